@@ -1,0 +1,43 @@
+# Every target sets up what it needs from nothing: system packages, .venv, Python packages.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export PYTHONDONTWRITEBYTECODE := 1
+
+.PHONY: run test bench lint system clean
+
+# bubblewrap gives the scoring sandbox its namespaces; without it we fall back to unshare.
+system:
+	@if ! command -v bwrap >/dev/null 2>&1; then \
+		if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+			(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap) \
+			|| echo "warning: could not install bubblewrap; the sandbox falls back to unshare"; \
+		else echo "warning: bubblewrap is not installed; the sandbox falls back to unshare"; fi; \
+	fi
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+run: system $(STAMP)
+	mkdir -p var
+	$(BIN)/rollwatch --config config/rollwatch.toml serve
+
+test: system $(STAMP)
+	$(BIN)/pytest -q
+
+bench: system $(STAMP)
+	$(BIN)/pip install -q -e '.[dev,bench]'
+	$(BIN)/python bench/run_all.py
+
+lint: $(STAMP)
+	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) var
