@@ -1,0 +1,401 @@
+"""Configuration: one TOML file, validated as a whole before anything starts.
+
+Every problem is reported at once, each naming the file, the key path
+(``providers[1].kind``) and what is allowed. Unknown keys are errors: a typo must
+never be silently ignored. Relative paths resolve against the working directory,
+as the example in SPEC §3 (``path = "config/problems"``) reads.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from rollwatch.errors import ConfigError
+
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)\s*$")
+
+
+def parse_duration(value: object) -> float:
+    """Seconds from "500ms", "30s", "10m", "6h", "90d", "2w" (or a bare number of seconds)."""
+    if isinstance(value, bool):
+        raise ValueError("a duration is a string such as '30s', '10m', '6h' or '90d'")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError("a duration cannot be negative")
+        return float(value)
+    if isinstance(value, str):
+        m = _DURATION.match(value)
+        if m:
+            return float(m.group(1)) * _UNITS[m.group(2)]
+    raise ValueError(
+        f"{value!r} is not a duration: use a number with a unit, ms s m h d w (e.g. '500ms', '90d')"
+    )
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+
+
+class StoreConfig(_Strict):
+    url: str = "sqlite:var/events.db"
+    projections: str | None = None
+    """Where read models live (a SQLite file); default: next to a SQLite log, else ./var."""
+
+    @field_validator("url")
+    @classmethod
+    def _known_scheme(cls, v: str) -> str:
+        if not (v.startswith("sqlite:") or v.startswith(("postgresql://", "postgres://"))):
+            raise ValueError(
+                f"{v!r}: use sqlite:PATH (sqlite:///abs/path.db) or postgresql://user@host/db"
+            )
+        return v
+
+    @property
+    def sqlite_path(self) -> Path | None:
+        """The SQLite file of ``url`` (``sqlite:///abs`` is absolute, ``sqlite:rel`` relative)."""
+        if not self.url.startswith("sqlite:"):
+            return None
+        rest = self.url.removeprefix("sqlite:")
+        if rest.startswith("//"):
+            rest = rest[2:]
+        return Path(os.path.expandvars(rest))
+
+    @property
+    def projections_path(self) -> Path:
+        """The SQLite file that holds projections (read models, rebuilt from the log)."""
+        if self.projections:
+            return Path(self.projections)
+        base = self.sqlite_path
+        if base is None:
+            return Path("var/projections.db")
+        return base.with_name(base.stem + ".projections.db")
+
+
+class ServerConfig(_Strict):
+    listen: str = "127.0.0.1:8080"
+    feed_rate_per_minute: int = Field(default=600, ge=1)
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, v: str) -> str:
+        host, sep, port = v.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError(f"{v!r}: expected HOST:PORT, e.g. 127.0.0.1:8080")
+        return v
+
+    @property
+    def host(self) -> str:
+        return self.listen.rpartition(":")[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+
+class PublicationConfig(_Strict):
+    embargo: Duration = parse_duration("90d")
+    positive: Literal["passed"] = "passed"
+    release_check: Duration = 1.0
+    """How often the release job looks for decisions whose embargo has passed."""
+
+
+class ScoringConfig(_Strict):
+    workers: int | None = Field(default=None, ge=1, le=256)
+    """Parallel scoring processes; default: the number of cores."""
+    require_isolation: bool = False
+    """Refuse to score without namespace isolation (bubblewrap or unshare)."""
+    memory_mb: int = Field(default=1024, ge=64)
+    timeout: Duration = 10.0
+
+
+class ProblemSetConfig(_Strict):
+    name: Name
+    path: str
+    format: Literal["folder", "humaneval"] = "folder"
+    prompt_template: str | None = None
+
+
+class Price(_Strict):
+    input: float = Field(ge=0)
+    output: float = Field(ge=0)
+    cached_input: float | None = Field(default=None, ge=0)
+
+
+ProviderKind = Literal["openai", "anthropic", "gemini", "reference"]
+
+DEFAULT_BASE_URLS: dict[str, str] = {
+    "openai": "https://api.openai.com/v1",
+    "anthropic": "https://api.anthropic.com",
+    "gemini": "https://generativelanguage.googleapis.com/v1beta",
+    "reference": "",
+}
+
+
+class ProviderConfig(_Strict):
+    name: Name
+    kind: ProviderKind
+    base_url: str | None = None
+    api_key_env: str | None = None
+    api_key_file: str | None = None
+    max_concurrency: int = Field(default=8, ge=1, le=10000)
+    requests_per_minute: float | None = Field(default=None, gt=0)
+    tokens_per_minute: float | None = Field(default=None, gt=0)
+    timeout: Duration = 600.0
+    max_attempts: int = Field(default=6, ge=1, le=100)
+    max_rollout_time: Duration = 3600.0
+    """Cap on the total time of one rollout, all retries and waits included."""
+    backoff_base: Duration = 1.0
+    backoff_max: Duration = 120.0
+    system_prompt: str | None = None
+    prices: dict[str, Price] = Field(default_factory=dict)
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("http://", "https://")):
+            raise ValueError(f"{v!r}: base_url must start with http:// or https://")
+        return v.rstrip("/") if v else v
+
+    @model_validator(mode="after")
+    def _key_source(self) -> ProviderConfig:
+        if self.kind != "reference" and self.api_key_env and self.api_key_file:
+            raise ValueError("set only one of api_key_env and api_key_file")
+        return self
+
+    @property
+    def url(self) -> str:
+        """``base_url``, or the vendor SDK's default for this kind."""
+        return self.base_url or DEFAULT_BASE_URLS[self.kind]
+
+    def has_key(self) -> bool:
+        """Whether an API key can be read (without reading it)."""
+        if self.kind == "reference":
+            return True
+        if self.api_key_env:
+            return bool(os.environ.get(self.api_key_env))
+        if self.api_key_file:
+            return _credential_path(self.api_key_file).is_file()
+        return False
+
+    def read_key(self) -> str | None:
+        """The API key from the environment or a (systemd credential) file."""
+        if self.api_key_env:
+            return os.environ.get(self.api_key_env) or None
+        if self.api_key_file:
+            try:
+                return _credential_path(self.api_key_file).read_text().strip() or None
+            except OSError:
+                return None
+        return None
+
+
+def _credential_path(value: str) -> Path:
+    """A bare name is looked up in ``$CREDENTIALS_DIRECTORY`` (systemd LoadCredential=)."""
+    creds = os.environ.get("CREDENTIALS_DIRECTORY")
+    if creds and "/" not in value:
+        return Path(creds) / value
+    return Path(value)
+
+
+class ScheduleConfig(_Strict):
+    name: Name
+    provider: str
+    models: list[Annotated[str, Field(min_length=1)]] = Field(min_length=1)
+    problem_set: str
+    rollouts: int = Field(default=1, ge=1, le=100000)
+    every: Duration | None = None
+    cron: str | None = None
+    timezone: str = "UTC"
+    jitter: Duration = 0.0
+    budget_usd: float | None = Field(default=None, ge=0)
+    catch_up: Duration | None = None
+    """Missed fires within this window collapse into one run at start (default: one period)."""
+    params: dict[str, Any] = Field(default_factory=dict)
+    enabled: bool = True
+
+    @model_validator(mode="after")
+    def _one_trigger(self) -> ScheduleConfig:
+        if (self.every is None) == (self.cron is None):
+            raise ValueError("set exactly one of every (e.g. '24h') and cron (e.g. '0 3 * * *')")
+        if self.every is not None and self.every < 1:
+            raise ValueError("every must be at least 1s")
+        return self
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, v: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"{v!r} is not an IANA time zone (e.g. 'UTC', 'Europe/Paris')") from None
+        return v
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        from apscheduler.triggers.cron import CronTrigger
+
+        try:
+            CronTrigger.from_crontab(v)
+        except ValueError as e:
+            raise ValueError(f"{v!r} is not a crontab expression (min hour day month dow): {e}") from None
+        return v
+
+
+class Config(_Strict):
+    node: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+    store: StoreConfig = StoreConfig()
+    server: ServerConfig = ServerConfig()
+    publication: PublicationConfig = PublicationConfig()
+    scoring: ScoringConfig = ScoringConfig()
+    problem_sets: list[ProblemSetConfig] = Field(default_factory=list)
+    providers: list[ProviderConfig] = Field(default_factory=list)
+    schedules: list[ScheduleConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _references(self) -> Config:
+        problems: list[str] = []
+        for field, items in (
+            ("problem_sets", self.problem_sets),
+            ("providers", self.providers),
+            ("schedules", self.schedules),
+        ):
+            seen: set[str] = set()
+            for i, item in enumerate(items):
+                if item.name in seen:
+                    problems.append(f"{field}[{i}].name: {item.name!r} is defined twice")
+                seen.add(item.name)
+        providers = [p.name for p in self.providers]
+        sets = [s.name for s in self.problem_sets]
+        for i, s in enumerate(self.schedules):
+            if s.provider not in providers:
+                problems.append(
+                    f"schedules[{i}].provider: {s.provider!r} is not one of {_alts(providers)}"
+                )
+            if s.problem_set not in sets:
+                problems.append(
+                    f"schedules[{i}].problem_set: {s.problem_set!r} is not one of {_alts(sets)}"
+                )
+        if problems:
+            raise _CrossRefError(problems)
+        return self
+
+    def provider(self, name: str) -> ProviderConfig:
+        """The provider called ``name`` (names are validated to exist)."""
+        return next(p for p in self.providers if p.name == name)
+
+    def problem_set(self, name: str) -> ProblemSetConfig:
+        """The problem set called ``name``."""
+        return next(p for p in self.problem_sets if p.name == name)
+
+    def schedule(self, name: str) -> ScheduleConfig:
+        """The schedule called ``name``; a ConfigError naming the known ones otherwise."""
+        for s in self.schedules:
+            if s.name == name:
+                return s
+        raise ConfigError("schedules", [f"no schedule {name!r}; known: {_alts([s.name for s in self.schedules])}"])
+
+
+class _CrossRefError(ValueError):
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(problems))
+
+
+def _alts(names: list[str]) -> str:
+    return ", ".join(names) if names else "(none defined)"
+
+
+def _loc(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part.startswith(("function-", "is-instance[")) or "[" in part:
+            continue  # pydantic's internal validator names, not config keys
+        else:
+            out += ("." if out else "") + (part if re.match(r"^[A-Za-z_][\w-]*$", part) else f'"{part}"')
+    return out or "(top level)"
+
+
+def _message(err: Mapping[str, Any]) -> str:
+    kind = err["type"]
+    msg = str(err["msg"])
+    ctx = err.get("ctx") or {}
+    if kind == "extra_forbidden":
+        return "unknown key (a typo?); remove it or check the spelling against the README"
+    if kind == "literal_error":
+        return f"{err['input']!r} is not one of {ctx.get('expected', '').replace(' or ', ', ')}"
+    if kind == "missing":
+        return "required key is missing"
+    if kind == "string_pattern_mismatch":
+        return f"{err['input']!r}: use letters, digits, '.', '_' or '-' (at most 64)"
+    return msg.removeprefix("Value error, ").removeprefix("Assertion failed, ")
+
+
+def parse_config(data: dict[str, Any], path: str = "<config>") -> Config:
+    """Validate a parsed TOML document; raise ConfigError listing every problem."""
+    try:
+        return Config.model_validate(data)
+    except ValidationError as e:
+        problems: list[str] = []
+        for err in e.errors():
+            if err["type"] == "value_error" and isinstance(
+                (err.get("ctx") or {}).get("error"), _CrossRefError
+            ):
+                problems.extend(err["ctx"]["error"].problems)
+                continue
+            problems.append(f"{_loc(err['loc'])}: {_message(err)}")
+        raise ConfigError(path, problems) from None
+
+
+def default_config_path() -> Path:
+    """``$ROLLWATCH_CONFIG``, else ./config/rollwatch.toml, else /etc/rollwatch/rollwatch.toml."""
+    env = os.environ.get("ROLLWATCH_CONFIG")
+    if env:
+        return Path(env)
+    local = Path("config/rollwatch.toml")
+    if local.exists():
+        return local
+    return Path("/etc/rollwatch/rollwatch.toml")
+
+
+def load_config(path: Path | str | None = None) -> Config:
+    """Read and validate the configuration file; raise ConfigError on any problem."""
+    p = Path(path) if path is not None else default_config_path()
+    try:
+        raw = p.read_bytes()
+    except OSError as e:
+        raise ConfigError(str(p), [f"cannot read the file: {e.strerror or e}"]) from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(str(p), ["the file is not UTF-8 text"]) from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(str(p), [f"not valid TOML: {e}"]) from None
+    return parse_config(data, str(p))

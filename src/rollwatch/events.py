@@ -1,0 +1,325 @@
+"""Domain events: small frozen typed classes, stored as JSON.
+
+Each class has a ``TYPE`` (the envelope's ``type``) and a ``SCHEMA`` version. When a
+type's fields change, bump ``SCHEMA`` and register an upcaster that turns the old
+``data`` into the new shape; stored events are never rewritten, they are upcast
+when read. Readers outside Python only see the JSON ``data``.
+
+Canonical encoding (stable; the hash chain and the Merkle tree hash these bytes)
+-----------------------------------------------------------------------------------
+An event's canonical bytes are the UTF-8 encoding of the JSON object with exactly
+the keys ``at, data, id, schema, seq, stream, type`` in that (sorted) order, no
+whitespace (separators ``,`` and ``:``), non-ASCII characters as themselves (not
+``\\u`` escapes), and ``data`` encoded the same way recursively (keys sorted,
+NaN and infinities forbidden, floats as Python's shortest round-trip repr).
+``hash`` = hex(SHA-256(previous hash as 32 raw bytes ‖ canonical bytes)); the
+first event's previous hash is 32 zero bytes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, ClassVar, TypeVar
+
+from rollwatch.errors import UnknownEventType
+
+GENESIS = bytes(32)
+
+
+def canonical_json(value: Any) -> str:
+    """The canonical JSON text of ``value`` (see the module docstring)."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def rfc3339(ts: datetime) -> str:
+    """UTC timestamp as RFC 3339 with microseconds and a ``Z``."""
+    return ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_rfc3339(text: str) -> datetime:
+    """The datetime of an RFC 3339 timestamp written by :func:`rfc3339`."""
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def canonical_bytes(*, seq: int, id: str, stream: str, type: str, schema: int, at: str, data_json: str) -> bytes:
+    """The canonical bytes of one envelope; ``data_json`` must be ``canonical_json(data)``."""
+    # Built by hand so that the data, already canonical, is not encoded twice.
+    d = json.dumps
+    return (
+        f'{{"at":{d(at)},"data":{data_json},"id":{d(id)},"schema":{schema},'
+        f'"seq":{seq},"stream":{d(stream, ensure_ascii=False)},"type":{d(type)}}}'
+    ).encode()
+
+
+def chain_hash(prev: bytes, canonical: bytes) -> bytes:
+    """SHA-256 over the previous hash and this event's canonical bytes."""
+    return hashlib.sha256(prev + canonical).digest()
+
+
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    """One stored event: the envelope of SPEC §4 (plus the stream ``version``)."""
+
+    seq: int
+    id: str
+    stream: str
+    version: int
+    type: str
+    schema: int
+    at: str
+    data_json: str
+    hash: str
+
+    @property
+    def data(self) -> dict[str, Any]:
+        """The event's data, decoded on access (readers that skip an event never pay)."""
+        return json.loads(self.data_json)  # type: ignore[no-any-return]
+
+    def canonical(self) -> bytes:
+        """The canonical bytes this event's hash covers."""
+        return canonical_bytes(
+            seq=self.seq, id=self.id, stream=self.stream, type=self.type,
+            schema=self.schema, at=self.at, data_json=self.data_json,
+        )
+
+    def envelope(self) -> dict[str, Any]:
+        """The envelope exactly as SPEC §4 names it."""
+        return {
+            "seq": self.seq, "id": self.id, "stream": self.stream, "type": self.type,
+            "schema": self.schema, "at": self.at, "data": self.data, "hash": self.hash,
+        }
+
+    def event(self) -> Event:
+        """The typed event, upcast to the current schema of its type."""
+        return decode(self.type, self.schema, self.data)
+
+    @property
+    def at_datetime(self) -> datetime:
+        return parse_rfc3339(self.at)
+
+
+# --- typed events ------------------------------------------------------------------
+
+_REGISTRY: dict[str, type[Event]] = {}
+_UPCASTERS: dict[tuple[str, int], Callable[[dict[str, Any]], dict[str, Any]]] = {}
+
+E = TypeVar("E", bound="Event")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Event:
+    """Base of every event type. Subclasses are frozen, keyword-only dataclasses."""
+
+    TYPE: ClassVar[str] = ""
+    SCHEMA: ClassVar[int] = 1
+
+    def __init_subclass__(cls, **kw: Any) -> None:
+        super().__init_subclass__(**kw)
+        cls.TYPE = cls.__name__
+        _REGISTRY[cls.TYPE] = cls
+
+    def to_data(self) -> dict[str, Any]:
+        """The JSON object stored as the envelope's ``data``."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_data(cls: type[E], data: dict[str, Any]) -> E:
+        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        # Unknown keys are kept out rather than failing: a newer writer may add fields.
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def upcaster(type_: str, from_schema: int) -> Callable[[Callable[[dict[str, Any]], dict[str, Any]]], Callable[[dict[str, Any]], dict[str, Any]]]:
+    """Register a function that turns ``type_`` data of ``from_schema`` into ``from_schema + 1``."""
+
+    def register(fn: Callable[[dict[str, Any]], dict[str, Any]]) -> Callable[[dict[str, Any]], dict[str, Any]]:
+        _UPCASTERS[(type_, from_schema)] = fn
+        return fn
+
+    return register
+
+
+def decode(type_: str, schema: int, data: dict[str, Any]) -> Event:
+    """A typed event from stored data, upcast step by step to the current schema."""
+    cls = _REGISTRY.get(type_)
+    if cls is None:
+        raise UnknownEventType(f"event type {type_!r} is unknown to this version of rollwatch")
+    while schema < cls.SCHEMA:
+        up = _UPCASTERS.get((type_, schema))
+        if up is None:
+            raise UnknownEventType(f"no upcaster for {type_} schema {schema} -> {schema + 1}")
+        data = up(data)
+        schema += 1
+    if schema > cls.SCHEMA:
+        raise UnknownEventType(
+            f"{type_} schema {schema} is newer than this version reads ({cls.SCHEMA}); upgrade rollwatch"
+        )
+    return cls.from_data(data)
+
+
+def event_types() -> dict[str, type[Event]]:
+    """Every registered event type by name."""
+    return dict(_REGISTRY)
+
+
+# Runs and rollouts ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunStarted(Event):
+    run_id: str
+    schedule: str
+    provider: str
+    models: list[str]
+    problem_set: str
+    node: str
+    rollouts: int
+    problems: list[str] = field(default_factory=list)
+    budget_usd: float | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    trigger: str = "manual"
+    """Why the run started: schedule, catch_up, trigger, manual."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class RolloutRequested(Event):
+    rollout_id: str
+    run_id: str
+    provider: str
+    model: str
+    problem_id: str
+    problem_hash: str
+    sample: int
+    attempt: int
+    request: dict[str, Any]
+    node: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class RolloutResponded(Event):
+    rollout_id: str
+    attempt: int
+    text: str
+    reasoning: str | None = None
+    finish_reason: str | None = None
+    usage: dict[str, Any] = field(default_factory=dict)
+    cost_usd: float | None = None
+    latency_ms: float = 0.0
+    request_id: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class RolloutFailed(Event):
+    rollout_id: str
+    attempt: int
+    kind: str
+    status: int | None
+    retryable: bool
+    message: str
+    retry_after_s: float | None = None
+    final: bool = False
+    """True when no further attempt will be made for this rollout in this run."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class RolloutScored(Event):
+    rollout_id: str
+    passed: bool
+    score: float
+    scorer: str
+    reason: str = ""
+    extraction: str = ""
+    duration_ms: float = 0.0
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunFinished(Event):
+    run_id: str
+    status: str
+    """completed, budget_exhausted, provider_failed, interrupted, failed."""
+    rollouts: int
+    passed: int
+    cost_usd: float
+    scored: int = 0
+    failures: dict[str, int] = field(default_factory=dict)
+    message: str = ""
+
+
+# Publication -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class PublicationDecided(Event):
+    rollout_id: str
+    audience: str
+    """subscribers or public."""
+    not_before: str
+    embargo_s: float = 0.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class PublicReleased(Event):
+    rollout_id: str
+
+
+# Schedules ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class SchedulePaused(Event):
+    schedule: str
+    note: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScheduleResumed(Event):
+    schedule: str
+    note: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScheduleTriggered(Event):
+    schedule: str
+    note: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScheduleSkipped(Event):
+    """A fire that did not start a run: the previous run was still going, or paused."""
+
+    schedule: str
+    reason: str
+    fire_time: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScheduleMissed(Event):
+    """Fires that passed while the daemon was down; they collapse into one catch-up run."""
+
+    schedule: str
+    missed: int
+    since: str
+
+
+# Subscribers -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class SubscriberAdded(Event):
+    name: str
+    key_hash: str
+    key_prefix: str
+    scopes: list[str] = field(default_factory=list)
+    expires: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class SubscriberRevoked(Event):
+    name: str
+    note: str = ""

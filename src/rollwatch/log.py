@@ -1,0 +1,87 @@
+"""Structured logs: JSON lines off a terminal, a readable console on one.
+
+One event per line with stable keys (``event``, ``level``, ``timestamp`` and the
+context keys ``run_id``, ``rollout_id``, ``provider``, ``model``). The stdlib
+logging of libraries (httpx, apscheduler, uvicorn) flows through the same
+processors via ``ProcessorFormatter``, so an operator tails one format.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any, TextIO
+
+import structlog
+
+_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+def configure_logging(level: str = "info", *, stream: TextIO | None = None, json: bool | None = None) -> None:
+    """Route structlog and stdlib logging to ``stream`` (stderr by default).
+
+    ``json`` defaults to "not a terminal": systemd's journal and log shippers get
+    JSON lines, a person at a terminal gets colours and aligned keys.
+    """
+    out = stream if stream is not None else sys.stderr
+    if json is None:
+        json = not out.isatty()
+    lvl = getattr(logging, level.upper(), None)
+    if level.lower() not in _LEVELS or not isinstance(lvl, int):
+        raise ValueError(f"log level {level!r} is not one of {', '.join(_LEVELS)}")
+
+    shared: list[structlog.typing.Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.stdlib.ExtraAdder(),
+    ]
+    renderer: structlog.typing.Processor
+    if json:
+        renderer = structlog.processors.JSONRenderer()
+        final: list[structlog.typing.Processor] = [
+            structlog.processors.dict_tracebacks,
+            structlog.processors.UnicodeDecoder(),
+        ]
+    else:
+        renderer = structlog.dev.ConsoleRenderer(colors=out.isatty())
+        final = []
+
+    structlog.configure(
+        processors=[
+            *shared,
+            structlog.stdlib.PositionalArgumentsFormatter(),
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=False,
+    )
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=shared,
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            *final,
+            renderer,
+        ],
+    )
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(lvl)
+    # Libraries are chatty at INFO (one line per HTTP request); keep them at WARNING
+    # unless the operator asks for debug.
+    quiet = logging.DEBUG if lvl <= logging.DEBUG else logging.WARNING
+    for name in ("httpx", "httpcore", "apscheduler", "aiosqlite", "asyncio"):
+        logging.getLogger(name).setLevel(quiet)
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        lg = logging.getLogger(name)
+        lg.handlers.clear()
+        lg.propagate = True
+
+
+def get_logger(name: str, **context: Any) -> structlog.stdlib.BoundLogger:
+    """A logger bound to ``context`` (use the stable keys: run_id, rollout_id, provider, model)."""
+    return structlog.stdlib.get_logger(name).bind(**context)  # type: ignore[no-any-return]

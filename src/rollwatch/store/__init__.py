@@ -1,0 +1,20 @@
+"""Event store backends. ``open_store(url)`` picks one from the configured URL."""
+
+from __future__ import annotations
+
+from rollwatch.abc import EventStore
+from rollwatch.config import StoreConfig
+from rollwatch.errors import ConfigError
+
+
+def open_store(config: StoreConfig) -> EventStore:
+    """An (unopened) event store for ``config.url``; use it with ``async with``."""
+    path = config.sqlite_path
+    if path is not None:
+        from rollwatch.store.sqlite import SQLiteEventStore
+
+        return SQLiteEventStore(path)
+    raise ConfigError("store.url", [f"store.url: {config.url!r}: the PostgreSQL store is not available yet"])
+
+
+__all__ = ["open_store"]
