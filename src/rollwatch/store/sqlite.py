@@ -28,12 +28,12 @@ from typing import Any
 
 import aiosqlite
 import anyio
+import anyio.lowlevel
 from anyio.abc import TaskGroup
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from rollwatch.abc import EventStore, VerifyReport
 from rollwatch.errors import ConcurrencyConflict, IntegrityError, StoreError
-from rollwatch.events import GENESIS, Event, Recorded, canonical_bytes, canonical_json, chain_hash, rfc3339
+from rollwatch.events import GENESIS, Event, Recorded, canonical_bytes, canonical_json, chain_hash
 from rollwatch.log import get_logger
 
 log = get_logger(__name__)
@@ -68,18 +68,27 @@ PRAGMAS = (
 )
 
 _COLUMNS = "seq, id, stream, version, type, schema, at, data, hash"
-_MAX_GROUP_EVENTS = 20_000
+_MAX_GROUP_CALLS = 10_000
 _POLL_S = 0.1  # how often a follower looks for appends by other processes
 
 
 @dataclass(slots=True)
 class _Pending:
+    """One append call waiting for the writer."""
+
     stream: str
     expected: int | None
     rows: list[tuple[str, str, int, str, str]]  # id, type, schema, at, data_json
-    done: anyio.Event = field(default_factory=anyio.Event)
     result: list[Recorded] | None = None
     error: BaseException | None = None
+
+
+@dataclass(slots=True)
+class _Group:
+    """The calls that will share the next commit, and the event that ends their wait."""
+
+    calls: list[_Pending] = field(default_factory=list)
+    done: anyio.Event = field(default_factory=anyio.Event)
 
 
 class SQLiteEventStore(EventStore):
@@ -90,9 +99,15 @@ class SQLiteEventStore(EventStore):
         self.path = Path(path)
         self._writer_db: aiosqlite.Connection | None = None
         self._reader_db: aiosqlite.Connection | None = None
-        self._send: MemoryObjectSendStream[_Pending] | None = None
+        self._open_flag = False
+        self._queue = _Group()
+        self._wake = anyio.Event()
         self._appended = anyio.Event()
         self._head = 0
+        # Stream versions as of our last commit. Valid only while no other process has
+        # appended since (checked under the write lock by comparing the tip's seq).
+        self._versions_seen: dict[str, int] = {}
+        self._versions_at = -1
 
     async def _connect(self) -> aiosqlite.Connection:
         # isolation_level=None: we issue BEGIN/COMMIT ourselves (the sqlite3 module's
@@ -113,51 +128,64 @@ class SQLiteEventStore(EventStore):
         self._reader_db = await self._connect()
         stack.push_async_callback(self._reader_db.close)
         self._head = await self.head()
-        send, recv = anyio.create_memory_object_stream[_Pending](max_buffer_size=10_000)
-        self._send = send
+        self._open_flag = True
         tg: TaskGroup = await stack.enter_async_context(anyio.create_task_group())
-        # Closing the send side ends the writer loop after it drained the queue.
-        stack.callback(send.close)
-        tg.start_soon(self._writer, recv)
+        # On exit: refuse new appends, let the writer commit what is queued, then stop.
+        stack.callback(self._close_writer)
+        tg.start_soon(self._writer)
+
+    def _close_writer(self) -> None:
+        self._open_flag = False
+        self._wake.set()
 
     # -- writing ----------------------------------------------------------------------
 
     async def append(
         self, stream: str, events: Sequence[Event], *, expected_version: int | None = None
     ) -> list[Recorded]:
-        if self._send is None:
+        if not self._open_flag:
             raise StoreError("the event store is not open (use it with `async with`)")
         if not events:
             return []
-        at = rfc3339(datetime.now(UTC))
-        rows = [
-            (str(uuid.uuid4()), e.TYPE, e.SCHEMA, at, canonical_json(e.to_data())) for e in events
-        ]
+        now = datetime.now(UTC)
+        at = now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond:06d}Z"
+        rows = [(str(uuid.uuid4()), e.TYPE, e.SCHEMA, at, canonical_json(e.to_data())) for e in events]
         pending = _Pending(stream, expected_version, rows)
-        await self._send.send(pending)
+        group = self._queue
+        group.calls.append(pending)
+        self._wake.set()
         # Once queued, the append completes even if this task is cancelled: shield the
         # wait so a cancelled caller never mistakes a committed event for a lost one.
         with anyio.CancelScope(shield=True):
-            await pending.done.wait()
+            await group.done.wait()
         if pending.error is not None:
             raise pending.error
         assert pending.result is not None
         return pending.result
 
-    async def _writer(self, recv: MemoryObjectReceiveStream[_Pending]) -> None:
-        async with recv:
-            async for first in recv:
-                group = [first]
-                n = len(first.rows)
-                while n < _MAX_GROUP_EVENTS:
-                    try:
-                        p = recv.receive_nowait()
-                    except (anyio.WouldBlock, anyio.EndOfStream):
-                        break
-                    group.append(p)
-                    n += len(p.rows)
-                with anyio.CancelScope(shield=True):
-                    await self._commit(group)
+    async def _writer(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake = anyio.Event()
+            group = self._queue
+            if not group.calls:
+                if not self._open_flag:
+                    return
+                continue
+            # Let every task that is ready to append run first, so that one commit (one
+            # fsync) carries all of them: stop when a pass adds nothing.
+            n = -1
+            while n != len(group.calls) and len(group.calls) < _MAX_GROUP_CALLS:
+                n = len(group.calls)
+                await anyio.lowlevel.checkpoint()
+            self._queue = _Group()
+            with anyio.CancelScope(shield=True):
+                try:
+                    await self._commit(group.calls)
+                finally:
+                    group.done.set()
+            if self._queue.calls:
+                self._wake.set()
 
     async def _commit(self, group: list[_Pending]) -> None:
         db = self._writer_db
@@ -167,7 +195,13 @@ class SQLiteEventStore(EventStore):
             try:
                 tip = await db.execute_fetchall("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1")
                 seq, prev = (tip[0][0], bytes.fromhex(tip[0][1])) if tip else (0, GENESIS)  # type: ignore[index]
-                versions = await self._versions(db, {p.stream for p in group})
+                if seq != self._versions_at or len(self._versions_seen) > 200_000:
+                    self._versions_seen = {}
+                versions = self._versions_seen
+                missing = {p.stream for p in group} - versions.keys()
+                if missing:
+                    versions.update(await self._versions(db, missing))
+                    versions.update({m: 0 for m in missing if m not in versions})
                 out: list[tuple[Any, ...]] = []
                 for p in group:
                     current = versions.get(p.stream, 0)
@@ -188,7 +222,9 @@ class SQLiteEventStore(EventStore):
                     p.result = recorded
                 await db.executemany(f"INSERT INTO events ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)", out)
                 await db.execute("COMMIT")
+                self._versions_at = seq
             except BaseException:
+                self._versions_seen = {}
                 await db.execute("ROLLBACK")
                 raise
         except Exception as e:
@@ -201,9 +237,6 @@ class SQLiteEventStore(EventStore):
                 self._head = seq
             self._appended.set()
             self._appended = anyio.Event()
-        finally:
-            for p in group:
-                p.done.set()
 
     @staticmethod
     async def _versions(db: aiosqlite.Connection, streams: set[str]) -> dict[str, int]:
@@ -250,7 +283,7 @@ class SQLiteEventStore(EventStore):
             if not rows:
                 return
             for row in rows:
-                yield Recorded(*row)
+                yield tuple.__new__(Recorded, row)
             cursor = rows[-1][0]  # type: ignore[index]
             if len(rows) < batch:  # type: ignore[arg-type]
                 return

@@ -1,0 +1,341 @@
+"""Projections: read models derived from the log only, rebuildable at any time.
+
+They live in their own SQLite file (``store.projections``), apart from the log:
+dropping that file loses nothing. Each projection keeps its tables and the last
+``seq`` it applied, and both change in the same transaction, so an event is applied
+exactly once even across crashes and even when two processes (the daemon and a CLI
+command) catch up at the same time: ``BEGIN IMMEDIATE`` serialises them and each
+re-reads the checkpoint under the lock.
+
+``synchronous=NORMAL`` is enough here (unlike the log): after a power loss a
+projection may lose its last transactions, together with their checkpoint, and
+simply applies those events again.
+
+Projection code is plain synchronous SQL run through ``anyio.to_thread`` on one
+connection per role (writer, reader), each behind an ``anyio.Lock``.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import anyio
+
+from rollwatch.abc import EventStore
+from rollwatch.events import Recorded, parse_rfc3339
+from rollwatch.log import get_logger
+
+log = get_logger(__name__)
+
+Row = tuple[Any, ...]
+
+
+class Projection:
+    """One read model: its tables, the event types it reads, and how it applies one.
+
+    Bump ``version`` when ``ddl`` or ``apply`` changes meaning: the projection is then
+    dropped and rebuilt from the log at the next start.
+    """
+
+    name: ClassVar[str]
+    version: ClassVar[int] = 1
+    tables: ClassVar[tuple[str, ...]] = ()
+    ddl: ClassVar[str] = ""
+    types: ClassVar[frozenset[str]] = frozenset()
+
+    def apply(self, db: sqlite3.Connection, ev: Recorded) -> None:
+        """Apply one event (of one of ``types``) inside the caller's transaction."""
+        raise NotImplementedError
+
+
+class ProjectionDB:
+    """The projections' SQLite file, and the catch-up loop that feeds it from the log."""
+
+    def __init__(self, path: Path | str, projections: Sequence[Projection]) -> None:
+        self.path = Path(path)
+        self.projections = list(projections)
+        self._w: sqlite3.Connection | None = None
+        self._r: sqlite3.Connection | None = None
+        self._wlock = anyio.Lock()
+        self._rlock = anyio.Lock()
+        self.applied = 0  # the seq up to which every projection is current (in this process)
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute("PRAGMA busy_timeout=30000")
+        return db
+
+    async def __aenter__(self) -> ProjectionDB:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._w = await anyio.to_thread.run_sync(self._connect)
+        self._r = await anyio.to_thread.run_sync(self._connect)
+        await self._run(self._setup)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for db in (self._w, self._r):
+            if db is not None:
+                db.close()
+        self._w = self._r = None
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        async with self._wlock:
+            return await anyio.to_thread.run_sync(fn, self._w)
+
+    async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        """Run a read query on the reader connection."""
+        async with self._rlock:
+            return await anyio.to_thread.run_sync(lambda: self._r.execute(sql, params).fetchall())  # type: ignore[union-attr]
+
+    async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
+        rows = await self.fetchall(sql, params)
+        return rows[0] if rows else None
+
+    # -- schema and checkpoints ---------------------------------------------------------
+
+    def _setup(self, db: sqlite3.Connection) -> None:
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS projection_state "
+                "(name TEXT PRIMARY KEY, version INTEGER NOT NULL, seq INTEGER NOT NULL)"
+            )
+            state = {r[0]: r[1] for r in db.execute("SELECT name, version FROM projection_state")}
+            for p in self.projections:
+                if state.get(p.name) not in (None, p.version):
+                    log.info("projection_version_changed", projection=p.name, rebuild=True)
+                    self._drop(db, p)
+                for stmt in filter(str.strip, p.ddl.split(";")):
+                    db.execute(stmt)
+                db.execute(
+                    "INSERT OR IGNORE INTO projection_state (name, version, seq) VALUES (?, ?, 0)",
+                    (p.name, p.version),
+                )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    @staticmethod
+    def _drop(db: sqlite3.Connection, p: Projection) -> None:
+        for t in p.tables:
+            db.execute(f"DROP TABLE IF EXISTS {t}")
+        db.execute("DELETE FROM projection_state WHERE name = ?", (p.name,))
+
+    async def rebuild(self) -> None:
+        """Drop every projection's tables and checkpoint; the next catch-up starts from seq 0."""
+
+        def drop(db: sqlite3.Connection) -> None:
+            db.execute("BEGIN IMMEDIATE")
+            for p in self.projections:
+                self._drop(db, p)
+            db.execute("COMMIT")
+
+        await self._run(drop)
+        await self._run(self._setup)
+        self.applied = 0
+
+    async def checkpoints(self) -> dict[str, int]:
+        rows = await self.fetchall("SELECT name, seq FROM projection_state")
+        return {r[0]: r[1] for r in rows}
+
+    # -- catching up -----------------------------------------------------------------------
+
+    async def catch_up(
+        self, store: EventStore, *, until: int | None = None, progress: Callable[[int, int], None] | None = None
+    ) -> int:
+        """Apply every event not yet applied, in batches; return the seq now applied."""
+        cps = await self.checkpoints()
+        start = min((cps.get(p.name, 0) for p in self.projections), default=0)
+        head = until if until is not None else await store.head()
+        types = set().union(*(p.types for p in self.projections))
+        batch: list[Recorded] = []
+        async for ev in store.read(after=start, types=types, until=head, batch=2000):
+            batch.append(ev)
+            if len(batch) >= 2000:
+                await self._run(lambda db, b=batch: self._apply(db, b, None))
+                batch = []
+                if progress is not None:
+                    progress(ev.seq, head)
+        await self._run(lambda db: self._apply(db, batch, head))
+        if progress is not None:
+            progress(head, head)
+        self.applied = max(self.applied, head)
+        return head
+
+    def _apply(self, db: sqlite3.Connection, events: list[Recorded], upto: int | None) -> None:
+        if not events and upto is None:
+            return
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            cps = {r[0]: r[1] for r in db.execute("SELECT name, seq FROM projection_state")}
+            for p in self.projections:
+                done = cps.get(p.name, 0)
+                last = done
+                for ev in events:
+                    if ev.seq > done and ev.type in p.types:
+                        p.apply(db, ev)
+                    last = max(last, ev.seq)
+                if upto is not None:
+                    last = max(last, upto)
+                if last > done:
+                    db.execute("UPDATE projection_state SET seq = ? WHERE name = ?", (last, p.name))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+
+def _j(v: Any) -> str:
+    return json.dumps(v, separators=(",", ":"))
+
+
+def _epoch(at: str) -> float:
+    return parse_rfc3339(at).timestamp()
+
+
+# --- the read models ------------------------------------------------------------------
+
+
+class RunsProjection(Projection):
+    """Runs and their rollouts: what the daemon resumes, what the report counts."""
+
+    name = "runs"
+    version = 1
+    tables = ("runs", "rollouts")
+    types = frozenset(
+        {"RunStarted", "RunFinished", "RolloutRequested", "RolloutResponded", "RolloutFailed", "RolloutScored"}
+    )
+    ddl = """
+    CREATE TABLE IF NOT EXISTS runs (
+        run_id TEXT PRIMARY KEY, schedule TEXT, provider TEXT, models TEXT, problem_set TEXT,
+        node TEXT, trigger TEXT, rollouts INTEGER, budget_usd REAL, started_seq INTEGER,
+        started_at TEXT, finished_at TEXT, status TEXT, passed INTEGER, cost_usd REAL, summary TEXT
+    );
+    CREATE INDEX IF NOT EXISTS runs_schedule ON runs (schedule, started_seq);
+    CREATE TABLE IF NOT EXISTS rollouts (
+        rollout_id TEXT PRIMARY KEY, run_id TEXT, provider TEXT, model TEXT, problem_id TEXT,
+        problem_hash TEXT, sample INTEGER, attempts INTEGER DEFAULT 0, state TEXT,
+        requested_at TEXT, answered_at TEXT, answer_seq INTEGER, cost_usd REAL,
+        fail_kind TEXT, passed INTEGER, score REAL, scored_at TEXT, scored_seq INTEGER, reason TEXT
+    );
+    CREATE INDEX IF NOT EXISTS rollouts_run ON rollouts (run_id, state);
+    CREATE INDEX IF NOT EXISTS rollouts_model ON rollouts (provider, model, problem_id)
+    """
+
+    def apply(self, db: sqlite3.Connection, ev: Recorded) -> None:
+        d = ev.data
+        t = ev.type
+        if t == "RunStarted":
+            db.execute(
+                "INSERT OR IGNORE INTO runs (run_id, schedule, provider, models, problem_set, node, trigger,"
+                " rollouts, budget_usd, started_seq, started_at, status, passed, cost_usd)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?, 'running', 0, 0)",
+                (d["run_id"], d["schedule"], d["provider"], _j(d["models"]), d["problem_set"], d["node"],
+                 d.get("trigger"), d.get("rollouts"), d.get("budget_usd"), ev.seq, ev.at),
+            )
+        elif t == "RunFinished":
+            db.execute(
+                "UPDATE runs SET finished_at=?, status=?, passed=?, cost_usd=?, summary=? WHERE run_id=?",
+                (ev.at, d["status"], d["passed"], d["cost_usd"], ev.data_json, d["run_id"]),
+            )
+        elif t == "RolloutRequested":
+            db.execute(
+                "INSERT INTO rollouts (rollout_id, run_id, provider, model, problem_id, problem_hash, sample,"
+                " attempts, state, requested_at) VALUES (?,?,?,?,?,?,?,1,'requested',?)"
+                " ON CONFLICT (rollout_id) DO UPDATE SET attempts = attempts + 1,"
+                " state = CASE WHEN state IN ('answered','scored') THEN state ELSE 'requested' END",
+                (d["rollout_id"], d["run_id"], d["provider"], d["model"], d["problem_id"],
+                 d.get("problem_hash"), d["sample"], ev.at),
+            )
+        elif t == "RolloutResponded":
+            db.execute(
+                "UPDATE rollouts SET state = CASE WHEN state = 'scored' THEN state ELSE 'answered' END,"
+                " answered_at=?, answer_seq=?, cost_usd=? WHERE rollout_id=?",
+                (ev.at, ev.seq, d.get("cost_usd"), d["rollout_id"]),
+            )
+            if d.get("cost_usd"):
+                db.execute(
+                    "UPDATE runs SET cost_usd = cost_usd + ? WHERE run_id ="
+                    " (SELECT run_id FROM rollouts WHERE rollout_id=?)",
+                    (d["cost_usd"], d["rollout_id"]),
+                )
+        elif t == "RolloutFailed":
+            db.execute(
+                "UPDATE rollouts SET fail_kind=?, state = CASE WHEN ? AND state = 'requested'"
+                " THEN 'failed' ELSE state END WHERE rollout_id=?",
+                (d["kind"], bool(d.get("final")), d["rollout_id"]),
+            )
+        elif t == "RolloutScored":
+            db.execute(
+                "UPDATE rollouts SET state='scored', passed=?, score=?, scored_at=?, scored_seq=?, reason=?"
+                " WHERE rollout_id=?",
+                (int(bool(d["passed"])), d.get("score"), ev.at, ev.seq, d.get("reason"), d["rollout_id"]),
+            )
+            if d["passed"]:
+                db.execute(
+                    "UPDATE runs SET passed = passed + 1 WHERE run_id ="
+                    " (SELECT run_id FROM rollouts WHERE rollout_id=?)",
+                    (d["rollout_id"],),
+                )
+
+
+class SchedulesProjection(Projection):
+    """Each schedule's pause state, pending triggers, last run and skip/miss counts."""
+
+    name = "schedules"
+    version = 1
+    tables = ("schedules",)
+    types = frozenset(
+        {"SchedulePaused", "ScheduleResumed", "ScheduleTriggered", "ScheduleSkipped", "ScheduleMissed",
+         "RunStarted", "RunFinished"}
+    )
+    ddl = """
+    CREATE TABLE IF NOT EXISTS schedules (
+        name TEXT PRIMARY KEY, paused INTEGER DEFAULT 0, note TEXT DEFAULT '',
+        triggered_seq INTEGER DEFAULT 0, last_run_id TEXT, last_started_at TEXT,
+        last_finished_at TEXT, last_status TEXT, skipped INTEGER DEFAULT 0, missed INTEGER DEFAULT 0
+    )
+    """
+
+    def _ensure(self, db: sqlite3.Connection, name: str) -> None:
+        db.execute("INSERT OR IGNORE INTO schedules (name) VALUES (?)", (name,))
+
+    def apply(self, db: sqlite3.Connection, ev: Recorded) -> None:
+        d = ev.data
+        t = ev.type
+        if t == "RunFinished":
+            db.execute(
+                "UPDATE schedules SET last_finished_at=?, last_status=? WHERE last_run_id=?",
+                (ev.at, d["status"], d["run_id"]),
+            )
+            return
+        name = d["schedule"]
+        self._ensure(db, name)
+        if t == "SchedulePaused":
+            db.execute("UPDATE schedules SET paused=1, note=? WHERE name=?", (d.get("note", ""), name))
+        elif t == "ScheduleResumed":
+            db.execute("UPDATE schedules SET paused=0, note=? WHERE name=?", (d.get("note", ""), name))
+        elif t == "ScheduleTriggered":
+            db.execute("UPDATE schedules SET triggered_seq=? WHERE name=?", (ev.seq, name))
+        elif t == "ScheduleSkipped":
+            db.execute("UPDATE schedules SET skipped = skipped + 1 WHERE name=?", (name,))
+        elif t == "ScheduleMissed":
+            db.execute("UPDATE schedules SET missed = missed + ? WHERE name=?", (d.get("missed", 1), name))
+        elif t == "RunStarted":
+            db.execute(
+                "UPDATE schedules SET last_run_id=?, last_started_at=?, last_finished_at=NULL,"
+                " last_status='running' WHERE name=?",
+                (d["run_id"], ev.at, name),
+            )
+
+
+def default_projections() -> list[Projection]:
+    """Every read model rollwatch keeps."""
+    return [RunsProjection(), SchedulesProjection()]

@@ -1,0 +1,29 @@
+"""Helpers for tests that run the real ``rollwatch`` command."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+
+def write_config(tmp_path: Path, extra: str = "", *, problems: str | None = None) -> Path:
+    """A minimal valid config with its log under ``tmp_path``."""
+    root = Path(__file__).resolve().parents[1]
+    cfg = tmp_path / "rollwatch.toml"
+    cfg.write_text(
+        f'[store]\nurl = "sqlite:{tmp_path / "events.db"}"\n'
+        f'[[problem_sets]]\nname = "favorites"\npath = "{problems or root / "config" / "problems"}"\n'
+        '[[providers]]\nname = "reference"\nkind = "reference"\n' + extra
+    )
+    return cfg
+
+
+def rollwatch(*args: str, env: dict[str, str] | None = None, timeout: float = 60, input: str | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m rollwatch ARGS`` and capture its output."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "rollwatch", *args],
+        capture_output=True, text=True, timeout=timeout, env=full_env, input=input,
+    )

@@ -1,0 +1,108 @@
+"""Configuration: every kind of mistake gives exit code 2 and names the key path."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from rollwatch.config import load_config, parse_duration
+from tests.helpers import rollwatch
+
+BASE = """
+[[problem_sets]]
+name = "favorites"
+path = "config/problems"
+
+[[providers]]
+name = "reference"
+kind = "reference"
+
+[[providers]]
+name = "openai"
+kind = "openai"
+api_key_env = "OPENAI_API_KEY"
+
+[[schedules]]
+name = "daily"
+provider = "openai"
+models = ["gpt-5"]
+problem_set = "favorites"
+every = "24h"
+"""
+
+
+class TestDurations:
+    @pytest.mark.parametrize(
+        ("text", "seconds"),
+        [("500ms", 0.5), ("30s", 30), ("10m", 600), ("6h", 21600), ("90d", 7776000), ("1.5h", 5400), (12, 12)],
+    )
+    def test_parses_units(self, text: str | int, seconds: float) -> None:
+        """Durations parse from milliseconds to days."""
+        assert parse_duration(text) == seconds
+
+    @pytest.mark.parametrize("text", ["10", "ten minutes", "5y", "-3s", "", True])
+    def test_rejects_nonsense(self, text: object) -> None:
+        """Anything without a known unit is refused with a hint."""
+        with pytest.raises(ValueError, match="duration"):
+            parse_duration(text)
+
+
+def test_bundled_config_is_valid() -> None:
+    """config/rollwatch.toml, the one `make run` uses, validates."""
+    cfg = load_config(Path(__file__).resolve().parents[1] / "config" / "rollwatch.toml")
+    assert any(p.kind == "reference" for p in cfg.providers)
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        pytest.param(BASE.replace('kind = "openai"', 'kind = "opena"'), "providers[1].kind: 'opena' is not one of 'openai', 'anthropic', 'gemini', 'reference'", id="bad-literal"),
+        pytest.param(BASE + '\n[server]\nlisten = "localhost"\n', "server.listen: 'localhost': expected HOST:PORT", id="bad-listen"),
+        pytest.param(BASE + '\n[publication]\nembargo = "3 months"\n', "publication.embargo: '3 months' is not a duration", id="bad-duration"),
+        pytest.param(BASE + '\n[publication]\nembarg = "90d"\n', "publication.embarg: unknown key", id="unknown-key"),
+        pytest.param(BASE.replace('every = "24h"', 'every = "24h"\ncron = "0 3 * * *"'), "schedules[0]: set exactly one of every", id="every-and-cron"),
+        pytest.param(BASE.replace('every = "24h"', 'cron = "99 3 * * *"'), "schedules[0].cron: '99 3 * * *' is not a crontab", id="bad-cron"),
+        pytest.param(BASE.replace('provider = "openai"', 'provider = "openia"'), "schedules[0].provider: 'openia' is not one of reference, openai", id="dangling-provider"),
+        pytest.param(BASE.replace('name = "openai"', 'name = "reference"'), "providers[1].name: 'reference' is defined twice", id="duplicate-name"),
+        pytest.param(BASE.replace('models = ["gpt-5"]', "models = []"), "schedules[0].models", id="empty-models"),
+        pytest.param(BASE.replace('every = "24h"', 'every = "24h"\nrollouts = 0'), "schedules[0].rollouts", id="zero-rollouts"),
+        pytest.param(BASE + '\n[store]\nurl = "mysql://x"\n', "store.url: 'mysql://x'", id="bad-store"),
+        pytest.param(BASE + "\n[[providers]\n", "not valid TOML", id="bad-toml"),
+        pytest.param(BASE.replace('every = "24h"', 'every = "24h"\ntimezone = "Mars/Olympus"'), "schedules[0].timezone: 'Mars/Olympus' is not an IANA time zone", id="bad-tz"),
+        pytest.param(BASE + '\n[scoring]\nworkers = "many"\n', "scoring.workers", id="bad-type"),
+    ],
+)
+def test_bad_config_exits_2_naming_file_and_key(tmp_path: Path, change: str, expected: str) -> None:
+    """Each kind of bad configuration: exit code 2, the file, the key path, what is allowed."""
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text(change)
+    res = rollwatch("--config", str(cfg), "verify")
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert str(cfg) in res.stderr
+    assert expected in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_all_problems_are_reported_at_once(tmp_path: Path) -> None:
+    """Validation covers the whole file: two mistakes, two lines."""
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text(BASE.replace('kind = "openai"', 'kind = "x"') + '\n[server]\nlisten = "nope"\n')
+    res = rollwatch("--config", str(cfg), "verify")
+    assert res.returncode == 2
+    assert "providers[1].kind" in res.stderr
+    assert "server.listen" in res.stderr
+
+
+def test_logs_are_json_lines_off_a_terminal(tmp_path: Path) -> None:
+    """Off a terminal every log line is one JSON object with an event name and level."""
+    cfg = tmp_path / "ok.toml"
+    cfg.write_text(f'[store]\nurl = "sqlite:{tmp_path}/e.db"\n')
+    res = rollwatch("--config", str(cfg), "--log-level", "debug", "rebuild")
+    assert res.returncode == 0, res.stderr
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert any(json.loads(ln)["event"] == "projections_rebuilt" for ln in lines)
+    for ln in lines:
+        obj = json.loads(ln)
+        assert {"event", "level", "timestamp"} <= obj.keys()

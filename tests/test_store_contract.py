@@ -1,0 +1,159 @@
+"""The event store contract, run against every backend (see ``conftest.store``)."""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from rollwatch.abc import NO_STREAM, EventStore
+from rollwatch.errors import ConcurrencyConflict
+from rollwatch.events import GENESIS, RunFinished, SchedulePaused, chain_hash
+
+pytestmark = pytest.mark.anyio
+
+
+def ev(i: int = 0, note: str = "") -> SchedulePaused:
+    return SchedulePaused(schedule=f"s{i}", note=note)
+
+
+class TestAppend:
+    async def test_seq_is_gap_free_and_versions_count_per_stream(self, store: EventStore) -> None:
+        """seq runs 1, 2, 3 over all streams; version counts within each stream."""
+        a = await store.append("a", [ev(1), ev(2)])
+        b = await store.append("b", [ev(3)])
+        c = await store.append("a", [ev(4)])
+        assert [r.seq for r in a + b + c] == [1, 2, 3, 4]
+        assert [r.version for r in a + b + c] == [1, 2, 1, 3]
+        assert await store.head() == 4
+        assert await store.stream_version("a") == 3
+        assert await store.stream_version("nope") == 0
+
+    async def test_conflict_raises_and_writes_nothing(self, store: EventStore) -> None:
+        """A stale expected_version raises ConcurrencyConflict and appends none of the batch."""
+        await store.append("a", [ev()], expected_version=NO_STREAM)
+        with pytest.raises(ConcurrencyConflict, match="stream 'a' is at version 1"):
+            await store.append("a", [ev(), ev()], expected_version=NO_STREAM)
+        assert await store.head() == 1
+        await store.append("a", [ev()], expected_version=1)
+        assert await store.stream_version("a") == 2
+
+    async def test_hash_chain_links_every_event(self, store: EventStore) -> None:
+        """Each hash is SHA-256 over the previous hash and the event's canonical bytes."""
+        await store.append("a", [ev(i, note="é ünïcode") for i in range(5)])
+        prev = GENESIS
+        async for r in store.read():
+            assert r.hash == chain_hash(prev, r.canonical()).hex()
+            prev = bytes.fromhex(r.hash)
+        assert (await store.verify()).events == 5
+
+    async def test_concurrent_appends_stay_atomic_and_contiguous(self, store: EventStore) -> None:
+        """Many tasks appending batches at once: each batch's events are contiguous in seq."""
+        results = {}
+
+        async def writer(i: int) -> None:
+            for j in range(10):
+                recs = await store.append(f"w{i}", [ev(i, note=f"{j}-{k}") for k in range(3)])
+                results[(i, j)] = [r.seq for r in recs]
+
+        async with anyio.create_task_group() as tg:
+            for i in range(20):
+                tg.start_soon(writer, i)
+        assert await store.head() == 600
+        for seqs in results.values():
+            assert seqs == list(range(seqs[0], seqs[0] + 3))
+        for i in range(20):
+            assert await store.stream_version(f"w{i}") == 30
+        await store.verify()
+
+    async def test_concurrent_conflicts_let_exactly_one_win(self, store: EventStore) -> None:
+        """Tasks racing on the same expected version: one commits, the rest conflict."""
+        outcomes: list[str] = []
+
+        async def racer() -> None:
+            try:
+                await store.append("x", [ev()], expected_version=NO_STREAM)
+                outcomes.append("ok")
+            except ConcurrencyConflict:
+                outcomes.append("conflict")
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(10):
+                tg.start_soon(racer)
+        assert sorted(outcomes) == ["conflict"] * 9 + ["ok"]
+        assert await store.head() == 1
+
+
+class TestRead:
+    async def test_read_filters_and_batches(self, store: EventStore) -> None:
+        """read() pages through the log in batches, by stream, type and range."""
+        for i in range(25):
+            await store.append(f"s{i % 3}", [ev(i)])
+        await store.append("r", [RunFinished(run_id="r", status="completed", rollouts=1, passed=1, cost_usd=0.5)])
+        assert [r.seq for r in [x async for x in store.read(batch=4)]] == list(range(1, 27))
+        assert len([x async for x in store.read(stream="s1", batch=2)]) == 8
+        only = [x async for x in store.read(types={"RunFinished"})]
+        assert [x.seq for x in only] == [26]
+        assert only[0].event() == RunFinished(run_id="r", status="completed", rollouts=1, passed=1, cost_usd=0.5)
+        assert [x.seq async for x in store.read(after=10, until=12, batch=1)] == [11, 12]
+
+    async def test_follow_yields_new_events(self, store: EventStore) -> None:
+        """follow() yields the backlog, then events appended later, promptly."""
+        await store.append("a", [ev(0)])
+        seen: list[int] = []
+        got_three = anyio.Event()
+
+        async def follower() -> None:
+            async for r in store.follow():
+                seen.append(r.seq)
+                if len(seen) == 3:
+                    got_three.set()
+                    return
+
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(follower)
+                await anyio.wait_all_tasks_blocked()
+                await store.append("a", [ev(1), ev(2)])
+                await got_three.wait()
+        assert seen == [1, 2, 3]
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    ops=st.lists(
+        st.tuples(st.sampled_from(["a", "b", "c"]), st.integers(1, 4), st.booleans()),
+        min_size=1,
+        max_size=20,
+    )
+)
+def test_property_order_versions_conflicts_and_chain(tmp_path_factory: pytest.TempPathFactory, ops: list[tuple[str, int, bool]]) -> None:
+    """For any sequence of appends (some with stale expected versions), the log equals a model."""
+    from rollwatch.store.sqlite import SQLiteEventStore
+
+    path = tmp_path_factory.mktemp("prop") / "events.db"
+
+    async def main() -> None:
+        model: list[tuple[str, int]] = []
+        versions: dict[str, int] = {}
+        async with SQLiteEventStore(path) as store:
+            for n, (stream, count, stale) in enumerate(ops):
+                current = versions.get(stream, 0)
+                expected = current + 1 if stale else current
+                batch = [ev(n, note=f"{n}.{k}") for k in range(count)]
+                if stale:
+                    with pytest.raises(ConcurrencyConflict):
+                        await store.append(stream, batch, expected_version=expected)
+                    continue
+                await store.append(stream, batch, expected_version=expected)
+                for k in range(count):
+                    model.append((stream, current + k + 1))
+                versions[stream] = current + count
+            got = [(r.stream, r.version) async for r in store.read(batch=3)]
+            seqs = [r.seq async for r in store.read(batch=7)]
+            assert got == model
+            assert seqs == list(range(1, len(model) + 1))
+            assert (await store.verify()).events == len(model)
+
+    anyio.run(main)

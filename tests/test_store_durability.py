@@ -1,0 +1,141 @@
+"""Crash safety and tamper evidence of the SQLite event log, with real processes and files."""
+
+from __future__ import annotations
+
+import random
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import anyio
+import pytest
+
+from rollwatch.store.sqlite import SQLiteEventStore
+from tests.helpers import rollwatch, write_config
+
+CHILD = textwrap.dedent(
+    """
+    import sys, anyio
+    from rollwatch.store.sqlite import SQLiteEventStore
+    from rollwatch.events import SchedulePaused
+
+    async def main():
+        async with SQLiteEventStore(sys.argv[1]) as store:
+            async def writer(i):
+                n = 0
+                while True:
+                    n += 1
+                    recs = await store.append(f"w{i}", [SchedulePaused(schedule="x", note=f"{i}-{n}-{k}") for k in range(2)])
+                    # Acknowledged: append returned. Report it before anything else.
+                    sys.stdout.write(" ".join(str(r.seq) for r in recs) + "\\n")
+                    sys.stdout.flush()
+            async with anyio.create_task_group() as tg:
+                for i in range(8):
+                    tg.start_soon(writer, i)
+
+    anyio.run(main)
+    """
+)
+
+
+def test_acknowledged_appends_survive_sigkill(tmp_path: Path) -> None:
+    """A writer SIGKILLed at random moments never loses an append it acknowledged."""
+    db = tmp_path / "events.db"
+    acked: set[int] = set()
+    rng = random.Random(42)
+    for _round in range(5):
+        proc = subprocess.Popen([sys.executable, "-c", CHILD, str(db)], stdout=subprocess.PIPE, text=True)
+        assert proc.stdout is not None
+        target = rng.randint(20, 400)
+        lines = 0
+        for line in proc.stdout:
+            acked.update(int(s) for s in line.split())
+            lines += 1
+            if lines >= target:
+                break
+        proc.kill()
+        # Lines already in the pipe were acknowledged too.
+        rest = proc.stdout.read()
+        acked.update(int(s) for s in rest.split())
+        proc.stdout.close()
+        proc.wait()
+    assert len(acked) > 100
+
+    async def check() -> None:
+        async with SQLiteEventStore(db) as store:
+            stored = {r.seq async for r in store.read(batch=5000)}
+            assert acked <= stored
+            report = await store.verify()
+            assert report.events == len(stored) == max(stored)
+
+    anyio.run(check)
+
+
+def _fill(db: Path, n: int = 30) -> None:
+    from rollwatch.events import SchedulePaused
+
+    async def main() -> None:
+        async with SQLiteEventStore(db) as store:
+            for i in range(n):
+                await store.append(f"s{i % 4}", [SchedulePaused(schedule=f"s{i}", note="hello")])
+
+    anyio.run(main)
+
+
+def _tamper(db: Path, *sql: str) -> None:
+    con = sqlite3.connect(db)
+    con.execute("DROP TRIGGER events_no_update")
+    con.execute("DROP TRIGGER events_no_delete")
+    for s in sql:
+        con.execute(s)
+    con.commit()
+    con.close()
+
+
+@pytest.mark.parametrize(
+    ("sql", "bad_seq"),
+    [
+        pytest.param(["UPDATE events SET data = replace(data, 'hello', 'hellp') WHERE seq = 17"], 17, id="one-byte-changed"),
+        pytest.param(["DELETE FROM events WHERE seq = 11"], 11, id="row-deleted"),
+        pytest.param(
+            [
+                "UPDATE events SET seq = -1 WHERE seq = 8",
+                "UPDATE events SET seq = 8 WHERE seq = 9",
+                "UPDATE events SET seq = 9 WHERE seq = -1",
+            ],
+            8,
+            id="rows-swapped",
+        ),
+        pytest.param(
+            ["INSERT INTO events SELECT 31, id || 'x', stream, version + 100, type, schema, at, data, hash FROM events WHERE seq = 30"],
+            31,
+            id="row-appended-by-hand",
+        ),
+        pytest.param(["UPDATE events SET at = '2020-01-01T00:00:00.000000Z' WHERE seq = 3"], 3, id="time-changed"),
+    ],
+)
+def test_verify_names_the_first_tampered_seq(tmp_path: Path, sql: list[str], bad_seq: int) -> None:
+    """Any change to a stored event makes `rollwatch verify` exit 1 and name its seq."""
+    cfg = write_config(tmp_path)
+    _fill(tmp_path / "events.db")
+    ok = rollwatch("--config", str(cfg), "verify")
+    assert ok.returncode == 0, ok.stderr
+    assert "30 events" in ok.stdout
+    _tamper(tmp_path / "events.db", *sql)
+    bad = rollwatch("--config", str(cfg), "verify")
+    assert bad.returncode == 1, bad.stdout + bad.stderr
+    assert f"seq {bad_seq}" in bad.stderr
+
+
+def test_log_refuses_update_and_delete_through_sqlite(tmp_path: Path) -> None:
+    """The triggers make the table append-only for anyone going through SQLite."""
+    db = tmp_path / "events.db"
+    _fill(db, 2)
+    con = sqlite3.connect(db)
+    with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+        con.execute("UPDATE events SET data = '{}' WHERE seq = 1")
+    with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+        con.execute("DELETE FROM events")
+    con.close()
