@@ -81,7 +81,18 @@ class EventStore(ABC):
         """Append ``events`` to ``stream`` atomically and durably; return them as recorded."""
 
     @abstractmethod
-    def read(
+    def read_batches(
+        self,
+        *,
+        after: int = 0,
+        stream: str | None = None,
+        types: Collection[str] | None = None,
+        until: int | None = None,
+        batch: int = 1000,
+    ) -> AsyncIterator[list[Recorded]]:
+        """Events with ``seq > after`` (and ``<= until``), oldest first, in lists of at most ``batch``."""
+
+    async def read(
         self,
         *,
         after: int = 0,
@@ -90,7 +101,10 @@ class EventStore(ABC):
         until: int | None = None,
         batch: int = 1000,
     ) -> AsyncIterator[Recorded]:
-        """Events with ``seq > after`` (and ``<= until``), oldest first, fetched ``batch`` at a time."""
+        """Events one by one; see :meth:`read_batches`."""
+        async for page in self.read_batches(after=after, stream=stream, types=types, until=until, batch=batch):
+            for ev in page:
+                yield ev
 
     @abstractmethod
     async def head(self) -> int:

@@ -19,8 +19,10 @@ first event's previous hash is 32 zero bytes.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -48,12 +50,20 @@ def parse_rfc3339(text: str) -> datetime:
 
 def canonical_bytes(*, seq: int, id: str, stream: str, type: str, schema: int, at: str, data_json: str) -> bytes:
     """The canonical bytes of one envelope; ``data_json`` must be ``canonical_json(data)``."""
-    # Built by hand so that the data, already canonical, is not encoded twice.
-    d = json.dumps
+    # Built by hand so that the data, already canonical, is not encoded twice. at, id
+    # and type are plain ASCII with nothing to escape when they match _PLAIN.
+    d = _json_str
     return (
         f'{{"at":{d(at)},"data":{data_json},"id":{d(id)},"schema":{schema},'
-        f'"seq":{seq},"stream":{d(stream, ensure_ascii=False)},"type":{d(type)}}}'
+        f'"seq":{seq},"stream":{d(stream)},"type":{d(type)}}}'
     ).encode()
+
+
+_PLAIN = re.compile(r"[A-Za-z0-9 ._:+/@=-]*")
+
+
+def _json_str(s: str) -> str:
+    return f'"{s}"' if _PLAIN.fullmatch(s) else json.dumps(s, ensure_ascii=False)
 
 
 def chain_hash(prev: bytes, canonical: bytes) -> bytes:
@@ -128,13 +138,18 @@ class Event:
 
     def to_data(self) -> dict[str, Any]:
         """The JSON object stored as the envelope's ``data``."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return {name: getattr(self, name) for name in _field_names(type(self))}
 
     @classmethod
     def from_data(cls: type[E], data: dict[str, Any]) -> E:
         names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
         # Unknown keys are kept out rather than failing: a newer writer may add fields.
         return cls(**{k: v for k, v in data.items() if k in names})
+
+
+@functools.cache
+def _field_names(cls: type[Event]) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(cls))  # type: ignore[arg-type]
 
 
 def upcaster(type_: str, from_schema: int) -> Callable[[Callable[[dict[str, Any]], dict[str, Any]]], Callable[[dict[str, Any]], dict[str, Any]]]:

@@ -23,8 +23,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
-import anyio
-
+from rollwatch._sqlite import ThreadConnection
 from rollwatch.abc import EventStore
 from rollwatch.events import Recorded, parse_rfc3339
 from rollwatch.log import get_logger
@@ -32,6 +31,7 @@ from rollwatch.log import get_logger
 log = get_logger(__name__)
 
 Row = tuple[Any, ...]
+_PRAGMAS = ("PRAGMA journal_mode=WAL", "PRAGMA synchronous=NORMAL", "PRAGMA busy_timeout=30000")
 
 
 class Projection:
@@ -58,40 +58,31 @@ class ProjectionDB:
     def __init__(self, path: Path | str, projections: Sequence[Projection]) -> None:
         self.path = Path(path)
         self.projections = list(projections)
-        self._w: sqlite3.Connection | None = None
-        self._r: sqlite3.Connection | None = None
-        self._wlock = anyio.Lock()
-        self._rlock = anyio.Lock()
+        self._w: ThreadConnection | None = None
+        self._r: ThreadConnection | None = None
         self.applied = 0  # the seq up to which every projection is current (in this process)
-
-    def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")
-        db.execute("PRAGMA busy_timeout=30000")
-        return db
 
     async def __aenter__(self) -> ProjectionDB:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._w = await anyio.to_thread.run_sync(self._connect)
-        self._r = await anyio.to_thread.run_sync(self._connect)
+        self._w = await ThreadConnection.open(self.path, _PRAGMAS)
+        self._r = await ThreadConnection.open(self.path, _PRAGMAS)
         await self._run(self._setup)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         for db in (self._w, self._r):
             if db is not None:
-                db.close()
+                await db.close()
         self._w = self._r = None
 
     async def _run(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
-        async with self._wlock:
-            return await anyio.to_thread.run_sync(fn, self._w)
+        assert self._w is not None, "use ProjectionDB with `async with`"
+        return await self._w.run(fn)
 
     async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
         """Run a read query on the reader connection."""
-        async with self._rlock:
-            return await anyio.to_thread.run_sync(lambda: self._r.execute(sql, params).fetchall())  # type: ignore[union-attr]
+        assert self._r is not None, "use ProjectionDB with `async with`"
+        return await self._r.fetchall(sql, params)
 
     async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
         rows = await self.fetchall(sql, params)
@@ -155,15 +146,11 @@ class ProjectionDB:
         start = min((cps.get(p.name, 0) for p in self.projections), default=0)
         head = until if until is not None else await store.head()
         types = set().union(*(p.types for p in self.projections))
-        batch: list[Recorded] = []
-        async for ev in store.read(after=start, types=types, until=head, batch=2000):
-            batch.append(ev)
-            if len(batch) >= 2000:
-                await self._run(lambda db, b=batch: self._apply(db, b, None))
-                batch = []
-                if progress is not None:
-                    progress(ev.seq, head)
-        await self._run(lambda db: self._apply(db, batch, head))
+        async for page in store.read_batches(after=start, types=types, until=head, batch=2000):
+            await self._run(lambda db, b=page: self._apply(db, b, None))
+            if progress is not None:
+                progress(page[-1].seq, head)
+        await self._run(lambda db: self._apply(db, [], head))
         if progress is not None:
             progress(head, head)
         self.applied = max(self.applied, head)

@@ -1,4 +1,4 @@
-"""The event log in one SQLite file, through aiosqlite.
+"""The event log in one SQLite file (sqlite3 in worker threads, see ``rollwatch._sqlite``).
 
 Durability: ``journal_mode=WAL`` so readers (the feed, projections, a CLI in another
 process) never block the writer, and ``synchronous=FULL`` because in WAL mode
@@ -18,6 +18,7 @@ so two writers can never fork the chain.
 
 from __future__ import annotations
 
+import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from contextlib import AsyncExitStack
@@ -26,11 +27,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import aiosqlite
 import anyio
 import anyio.lowlevel
 from anyio.abc import TaskGroup
 
+from rollwatch._sqlite import ThreadConnection
 from rollwatch.abc import EventStore, VerifyReport
 from rollwatch.errors import ConcurrencyConflict, IntegrityError, StoreError
 from rollwatch.events import GENESIS, Event, Recorded, canonical_bytes, canonical_json, chain_hash
@@ -97,8 +98,8 @@ class SQLiteEventStore(EventStore):
     def __init__(self, path: Path | str) -> None:
         super().__init__()
         self.path = Path(path)
-        self._writer_db: aiosqlite.Connection | None = None
-        self._reader_db: aiosqlite.Connection | None = None
+        self._writer_db: ThreadConnection | None = None
+        self._reader_db: ThreadConnection | None = None
         self._open_flag = False
         self._queue = _Group()
         self._wake = anyio.Event()
@@ -109,24 +110,16 @@ class SQLiteEventStore(EventStore):
         self._versions_seen: dict[str, int] = {}
         self._versions_at = -1
 
-    async def _connect(self) -> aiosqlite.Connection:
-        # isolation_level=None: we issue BEGIN/COMMIT ourselves (the sqlite3 module's
-        # implicit transactions would start them lazily and as DEFERRED).
-        db = await aiosqlite.connect(self.path, isolation_level=None)
-        for p in PRAGMAS:
-            await db.execute(p)
-        return db
-
     async def _open(self, stack: AsyncExitStack) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self._writer_db = await self._connect()
-        except Exception as e:
+            self._writer_db = await ThreadConnection.open(self.path, PRAGMAS)
+            stack.push_async_callback(self._writer_db.close)
+            await self._writer_db.run(lambda db: db.executescript(SCHEMA))
+            self._reader_db = await ThreadConnection.open(self.path, PRAGMAS)
+            stack.push_async_callback(self._reader_db.close)
+        except sqlite3.Error as e:
             raise StoreError(f"cannot open the event log {self.path}: {e}") from e
-        stack.push_async_callback(self._writer_db.close)
-        await self._writer_db.executescript(SCHEMA)
-        self._reader_db = await self._connect()
-        stack.push_async_callback(self._reader_db.close)
         self._head = await self.head()
         self._open_flag = True
         tg: TaskGroup = await stack.enter_async_context(anyio.create_task_group())
@@ -187,73 +180,75 @@ class SQLiteEventStore(EventStore):
             if self._queue.calls:
                 self._wake.set()
 
+    def _conn(self, reader: bool = False) -> ThreadConnection:
+        db = self._reader_db if reader else self._writer_db
+        if db is None:
+            raise StoreError("the event store is not open (use it with `async with`)")
+        return db
+
     async def _commit(self, group: list[_Pending]) -> None:
-        db = self._writer_db
-        assert db is not None
         try:
-            await db.execute("BEGIN IMMEDIATE")
-            try:
-                tip = await db.execute_fetchall("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1")
-                seq, prev = (tip[0][0], bytes.fromhex(tip[0][1])) if tip else (0, GENESIS)  # type: ignore[index]
-                if seq != self._versions_at or len(self._versions_seen) > 200_000:
-                    self._versions_seen = {}
-                versions = self._versions_seen
-                missing = {p.stream for p in group} - versions.keys()
-                if missing:
-                    versions.update(await self._versions(db, missing))
-                    versions.update({m: 0 for m in missing if m not in versions})
-                out: list[tuple[Any, ...]] = []
-                for p in group:
-                    current = versions.get(p.stream, 0)
-                    if p.expected is not None and p.expected != current:
-                        p.error = ConcurrencyConflict(p.stream, p.expected, current)
-                        continue
-                    recorded = []
-                    for i, (eid, typ, schema, at, data) in enumerate(p.rows, start=1):
-                        seq += 1
-                        h = chain_hash(prev, canonical_bytes(
-                            seq=seq, id=eid, stream=p.stream, type=typ, schema=schema, at=at, data_json=data
-                        ))
-                        prev = h
-                        r = Recorded(seq, eid, p.stream, current + i, typ, schema, at, data, h.hex())
-                        recorded.append(r)
-                        out.append((r.seq, r.id, r.stream, r.version, r.type, r.schema, r.at, r.data_json, r.hash))
-                    versions[p.stream] = current + len(p.rows)
-                    p.result = recorded
-                await db.executemany(f"INSERT INTO events ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)", out)
-                await db.execute("COMMIT")
-                self._versions_at = seq
-            except BaseException:
-                self._versions_seen = {}
-                await db.execute("ROLLBACK")
-                raise
+            seq = await self._conn().run(self._commit_sync, group)
         except Exception as e:
+            self._versions_seen = {}
             log.error("append_failed", error=str(e), calls=len(group))
             for p in group:
                 p.result = None
                 p.error = p.error or StoreError(f"append to {self.path} failed, nothing was written: {e}")
-        else:
-            if seq > self._head:
-                self._head = seq
-            self._appended.set()
-            self._appended = anyio.Event()
+            return
+        if seq > self._head:
+            self._head = seq
+        self._appended.set()
+        self._appended = anyio.Event()
 
-    @staticmethod
-    async def _versions(db: aiosqlite.Connection, streams: set[str]) -> dict[str, int]:
-        out: dict[str, int] = {}
-        names = list(streams)
-        for i in range(0, len(names), 500):
-            chunk = names[i : i + 500]
-            rows = await db.execute_fetchall(
-                f"SELECT stream, MAX(version) FROM events WHERE stream IN ({','.join('?' * len(chunk))}) GROUP BY stream",
-                chunk,
-            )
-            out.update({r[0]: r[1] for r in rows})
-        return out
+    def _commit_sync(self, db: sqlite3.Connection, group: list[_Pending]) -> int:
+        """One transaction for the whole group (runs in the writer's thread)."""
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            tip = db.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1").fetchone()
+            seq, prev = (tip[0], bytes.fromhex(tip[1])) if tip else (0, GENESIS)
+            if seq != self._versions_at or len(self._versions_seen) > 200_000:
+                self._versions_seen = {}
+            versions = self._versions_seen
+            missing = list({p.stream for p in group} - versions.keys())
+            for i in range(0, len(missing), 500):
+                chunk = missing[i : i + 500]
+                rows = db.execute(
+                    f"SELECT stream, MAX(version) FROM events WHERE stream IN ({','.join('?' * len(chunk))})"
+                    " GROUP BY stream",
+                    chunk,
+                ).fetchall()
+                versions.update({m: 0 for m in chunk})
+                versions.update(dict(rows))
+            out: list[Recorded] = []
+            for p in group:
+                current = versions[p.stream]
+                if p.expected is not None and p.expected != current:
+                    p.error = ConcurrencyConflict(p.stream, p.expected, current)
+                    continue
+                first = len(out)
+                for i, (eid, typ, schema, at, data) in enumerate(p.rows, start=1):
+                    seq += 1
+                    prev = chain_hash(prev, canonical_bytes(
+                        seq=seq, id=eid, stream=p.stream, type=typ, schema=schema, at=at, data_json=data
+                    ))
+                    out.append(tuple.__new__(
+                        Recorded, (seq, eid, p.stream, current + i, typ, schema, at, data, prev.hex())
+                    ))
+                versions[p.stream] = current + len(p.rows)
+                p.result = out[first:]
+            db.executemany(f"INSERT INTO events ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)", out)
+            db.execute("COMMIT")
+        except BaseException:
+            self._versions_seen = {}
+            db.execute("ROLLBACK")
+            raise
+        self._versions_at = seq
+        return seq
 
     # -- reading -------------------------------------------------------------------------
 
-    async def read(
+    async def read_batches(
         self,
         *,
         after: int = 0,
@@ -261,10 +256,8 @@ class SQLiteEventStore(EventStore):
         types: Collection[str] | None = None,
         until: int | None = None,
         batch: int = 1000,
-    ) -> AsyncIterator[Recorded]:
-        db = self._reader_db
-        if db is None:
-            raise StoreError("the event store is not open (use it with `async with`)")
+    ) -> AsyncIterator[list[Recorded]]:
+        db = self._conn(reader=True)
         where = ["seq > ?"]
         extra: list[Any] = []
         if stream is not None:
@@ -277,29 +270,29 @@ class SQLiteEventStore(EventStore):
             where.append("seq <= ?")
             extra.append(until)
         sql = f"SELECT {_COLUMNS} FROM events WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?"
+
+        def page(conn: sqlite3.Connection, cursor: int) -> list[Recorded]:
+            rows = conn.execute(sql, (cursor, *extra, batch)).fetchall()
+            return [tuple.__new__(Recorded, r) for r in rows]
+
         cursor = after
         while True:
-            rows = await db.execute_fetchall(sql, (cursor, *extra, batch))
-            if not rows:
+            recs = await db.run(page, cursor)
+            if recs:
+                yield recs
+            if len(recs) < batch:
                 return
-            for row in rows:
-                yield tuple.__new__(Recorded, row)
-            cursor = rows[-1][0]  # type: ignore[index]
-            if len(rows) < batch:  # type: ignore[arg-type]
-                return
+            cursor = recs[-1].seq
 
     async def head(self) -> int:
-        db = self._reader_db
-        if db is None:
-            raise StoreError("the event store is not open (use it with `async with`)")
-        rows = await db.execute_fetchall("SELECT MAX(seq) FROM events")
-        return int(rows[0][0] or 0)  # type: ignore[index]
+        rows = await self._conn(reader=True).fetchall("SELECT MAX(seq) FROM events")
+        return int(rows[0][0] or 0)
 
     async def stream_version(self, stream: str) -> int:
-        db = self._reader_db
-        assert db is not None
-        rows = await db.execute_fetchall("SELECT MAX(version) FROM events WHERE stream = ?", (stream,))
-        return int(rows[0][0] or 0)  # type: ignore[index]
+        rows = await self._conn(reader=True).fetchall(
+            "SELECT MAX(version) FROM events WHERE stream = ?", (stream,)
+        )
+        return int(rows[0][0] or 0)
 
     async def wait_for_new(self, after: int, timeout: float) -> int:
         with anyio.move_on_after(timeout):
@@ -319,24 +312,23 @@ class SQLiteEventStore(EventStore):
     async def verify(self, progress: Callable[[int], None] | None = None) -> VerifyReport:
         prev = GENESIS
         expected = 1
-        async for ev in self.read(batch=5000):
-            if ev.seq != expected:
-                raise IntegrityError(expected, f"event {expected} is missing (the next stored is {ev.seq})")
-            if chain_hash(prev, ev.canonical()).hex() != ev.hash:
-                raise IntegrityError(ev.seq, "its hash does not match its content and the previous hash")
-            prev = bytes.fromhex(ev.hash)
-            expected += 1
-            if progress is not None and ev.seq % 10_000 == 0:
-                progress(ev.seq)
-        db = self._reader_db
-        assert db is not None
+        async for page in self.read_batches(batch=5000):
+            for ev in page:
+                if ev.seq != expected:
+                    raise IntegrityError(expected, f"event {expected} is missing (the next stored is {ev.seq})")
+                if chain_hash(prev, ev.canonical()).hex() != ev.hash:
+                    raise IntegrityError(ev.seq, "its hash does not match its content and the previous hash")
+                prev = bytes.fromhex(ev.hash)
+                expected += 1
+            if progress is not None:
+                progress(page[-1].seq)
         # Stream versions are not in the hashed envelope (they follow from seq order);
         # check that they do.
-        rows = await db.execute_fetchall(
+        rows = await self._conn(reader=True).fetchall(
             "SELECT seq FROM (SELECT seq, version, ROW_NUMBER() OVER "
             "(PARTITION BY stream ORDER BY seq) AS n FROM events) WHERE version != n ORDER BY seq LIMIT 1"
         )
         if rows:
-            bad = rows[0][0]  # type: ignore[index]
+            bad = rows[0][0]
             raise IntegrityError(bad, "its stream version does not follow the order of the log")
         return VerifyReport(events=expected - 1, head_hash=prev.hex() if expected > 1 else "")

@@ -1,0 +1,55 @@
+"""One SQLite connection used from async code, one thread hop per unit of work.
+
+aiosqlite hops to its thread once per statement; a group commit or a page of reads
+is several statements, so we hand the whole unit (a plain function over a
+``sqlite3.Connection``) to ``anyio.to_thread`` instead. The lock keeps units on one
+connection strictly one at a time, as sqlite3 connections require.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import anyio
+
+T = TypeVar("T")
+
+
+class ThreadConnection:
+    """A ``sqlite3.Connection`` whose work runs in a worker thread, one unit at a time."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+        self._lock = anyio.Lock()
+
+    @classmethod
+    async def open(cls, path: Path, pragmas: Sequence[str]) -> ThreadConnection:
+        """Open ``path`` in autocommit mode (we write BEGIN/COMMIT) and apply ``pragmas``."""
+
+        def connect() -> sqlite3.Connection:
+            db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            for p in pragmas:
+                db.execute(p)
+            return db
+
+        return cls(await anyio.to_thread.run_sync(connect))
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(connection, *args)`` in a worker thread."""
+        async with self._lock:
+            # The thread finishes its unit even if we are cancelled; shielding keeps the
+            # lock held until it has, so the next unit never overlaps it.
+            with anyio.CancelScope(shield=True):
+                return await anyio.to_thread.run_sync(fn, self.db, *args)
+
+    async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Run one query and return every row."""
+        return await self.run(lambda db: db.execute(sql, params).fetchall())
+
+    async def close(self) -> None:
+        """Close the connection once no unit is running."""
+        async with self._lock:
+            self.db.close()

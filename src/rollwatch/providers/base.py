@@ -1,0 +1,253 @@
+"""The provider layer's interfaces and normalized types.
+
+Every adapter (``openai.py``, ``anthropic.py``, ``gemini.py``, ``reference.py``) maps
+one vendor's wire format onto the same :class:`Answer`; :class:`ProviderClient`
+(``client.py``) wraps an adapter with limits, retries and the attempt log. Adapters
+never import each other, and none of them touches the network: the client sends
+what an adapter builds and hands back what came in.
+
+Token accounting is normalized the same way for every vendor, so that cost and
+reports compare across them:
+
+* ``input_tokens`` — every prompt token, cached ones included (OpenAI's
+  ``prompt_tokens``, Gemini's ``promptTokenCount``; Anthropic's ``input_tokens``
+  plus ``cache_read_input_tokens`` and ``cache_creation_input_tokens``).
+* ``cached_tokens`` — the part of ``input_tokens`` read from the provider's cache.
+* ``output_tokens`` — every generated token, reasoning included (OpenAI's
+  ``completion_tokens``, Anthropic's ``output_tokens``; Gemini's
+  ``candidatesTokenCount`` plus ``thoughtsTokenCount``): that is what the vendors bill
+  at the output price.
+* ``reasoning_tokens`` — the part of ``output_tokens`` spent thinking, where the
+  provider says (Anthropic does not: 0 there).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import anyio
+import httpx
+
+from rollwatch.errors import ProviderError
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Token counts of one answer (see the module docstring for what each counts)."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    reasoning_tokens: int = 0
+    cached_tokens: int = 0
+
+    def to_dict(self) -> dict[str, int]:
+        """The JSON object stored in ``RolloutResponded.usage``."""
+        return {
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "reasoning_tokens": self.reasoning_tokens,
+            "cached_tokens": self.cached_tokens,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """One provider's answer, normalized: what ``RolloutResponded`` records."""
+
+    text: str
+    reasoning: str | None
+    finish_reason: str | None
+    usage: Usage
+    request_id: str | None
+    latency_ms: float
+    model: str | None
+    """The model the provider says answered (it may name a dated snapshot)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Prompt:
+    """What a rollout asks: the problem's prompt, an optional system prompt and,
+    for the ``reference`` provider only, the problem's reference solution."""
+
+    text: str
+    system: str | None = None
+    reference_solution: str | None = None
+
+
+class AttemptLog(Protocol):
+    """Where :meth:`ProviderClient.rollout` records every attempt (the run appends events).
+
+    Contract: for each attempt, ``requested`` once the request is about to go out,
+    then exactly one of ``responded`` or ``failed``. ``failed(final=True)`` is the last
+    call of a rollout that produced no answer. A request that could not even be built
+    (bad ``params``) gets ``failed(1, ..., final=True)`` with no ``requested`` before it:
+    nothing was sent. ``request`` is the JSON body as sent; it never holds a key.
+    """
+
+    async def requested(self, attempt: int, request: dict[str, Any]) -> None:
+        """Attempt ``attempt`` (1-based) is about to send ``request``."""
+
+    async def failed(self, attempt: int, error: ProviderError, final: bool) -> None:
+        """Attempt ``attempt`` failed; ``final`` when no further attempt will follow."""
+
+    async def responded(self, attempt: int, answer: Answer, cost_usd: float | None) -> None:
+        """Attempt ``attempt`` produced ``answer`` (the rollout's last call)."""
+
+
+@runtime_checkable
+class Clock(Protocol):
+    """Monotonic time in seconds and a sleep on the same time line (tests may fake both)."""
+
+    def now(self) -> float:
+        """The current monotonic time in seconds."""
+
+    async def sleep(self, seconds: float) -> None:
+        """Return after ``seconds`` on this clock (at once when ``seconds <= 0``)."""
+
+
+class AnyioClock:
+    """The event loop's clock (``anyio.current_time``), the default everywhere."""
+
+    def now(self) -> float:
+        """The event loop's monotonic time."""
+        return anyio.current_time()
+
+    async def sleep(self, seconds: float) -> None:
+        """``anyio.sleep`` for ``seconds`` (a checkpoint even when 0)."""
+        await anyio.sleep(max(0.0, seconds))
+
+
+@dataclass(slots=True)
+class WireRequest:
+    """One HTTP request an adapter built: POST ``path`` (relative to base_url) with ``body``.
+
+    ``headers`` never include the key: :meth:`WireAdapter.auth_headers` adds it at send
+    time, so that ``body`` and ``headers`` can be recorded and logged as they are.
+    """
+
+    path: str
+    body: dict[str, Any]
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Parsed:
+    """What an adapter read from a successful response (the client adds latency)."""
+
+    text: str
+    reasoning: str | None
+    finish_reason: str | None
+    usage: Usage
+    request_id: str | None
+    model: str | None
+
+
+class WireAdapter(Protocol):
+    """One vendor's HTTP wire format. Pure functions of their inputs: no I/O, no state.
+
+    The client calls ``build`` once per rollout, sends ``POST base_url + path`` with
+    ``auth_headers(key)`` merged in, then calls ``parse`` on a 2xx JSON body or
+    ``error`` on anything else. ``parse`` raises ``ProviderError(kind="bad_response")``
+    when the body does not have the documented shape (the client retries those).
+    """
+
+    kind: str
+
+    def build(
+        self, model: str, prompt: Prompt, params: Mapping[str, Any], system: str | None
+    ) -> WireRequest:
+        """The request for one rollout; ``ProviderError("invalid_request")`` on bad params."""
+        ...
+
+    def auth_headers(self, key: str) -> dict[str, str]:
+        """The headers that carry ``key`` (and only those)."""
+        ...
+
+    def parse(self, data: Any, headers: httpx.Headers) -> Parsed:
+        """The answer in a decoded 2xx body."""
+        ...
+
+    def error(self, status: int, headers: httpx.Headers, body: bytes, now: float) -> ProviderError:
+        """The classified error of a non-2xx response (``now``: wall-clock epoch seconds,
+        for ``Retry-After`` dates)."""
+        ...
+
+    def pause_hint(self, headers: httpx.Headers) -> float | None:
+        """Seconds the provider asks every request to wait, read from a *successful*
+        response (e.g. a rate-limit window with nothing left in it); None: no wait."""
+        ...
+
+
+# --- helpers shared by the adapters --------------------------------------------------
+
+EXCERPT_CHARS = 300
+
+# Vendor key shapes, masked wherever a provider echoes one back (OpenAI's 401 message
+# quotes a partly masked key; the exact key is redacted separately, always).
+_KEY_SHAPES = re.compile(r"\b(?:sk-[A-Za-z0-9_\-*]{8,}|AIza[0-9A-Za-z_\-]{20,})")
+
+
+def redact(text: str, secret: str | None) -> str:
+    """``text`` with ``secret`` and anything shaped like an API key masked."""
+    if secret:
+        text = text.replace(secret, "[redacted]")
+    return _KEY_SHAPES.sub("[redacted]", text)
+
+
+def excerpt(text: str, limit: int = EXCERPT_CHARS) -> str:
+    """``text`` on one line, at most ``limit`` characters."""
+    one = " ".join(text.split())
+    return one if len(one) <= limit else one[: limit - 1] + "…"
+
+
+def error_message(body: bytes) -> str:
+    """A short excerpt of a provider's error body: its ``error.message`` when the body is
+    the usual JSON envelope (OpenAI, Anthropic and Google all use one), else the text."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        data = None
+    if isinstance(data, list) and data:  # Google sometimes wraps the envelope in a list
+        data = data[0]
+    if isinstance(data, dict):
+        err = data.get("error", data)
+        if isinstance(err, dict) and isinstance(err.get("message"), str):
+            return excerpt(err["message"])
+        if isinstance(err, str):
+            return excerpt(err)
+    return excerpt(body.decode("utf-8", "replace")) or "(empty body)"
+
+
+def classify_status(status: int) -> tuple[str, bool]:
+    """The error ``kind`` and whether it is worth retrying, from the HTTP status alone."""
+    if status == 429:
+        return "rate_limited", True
+    if status in (401, 403):
+        return "auth", False
+    if status == 402:  # OpenRouter & co.: out of credits; nothing will succeed until topped up
+        return "auth", False
+    if status == 404:
+        return "not_found", False
+    if status == 408:
+        return "timeout", True
+    if status == 409:  # Anthropic documents 409 as transient
+        return "server_error", True
+    if status in (503, 529):
+        return "overloaded", True
+    if status >= 500:
+        return "server_error", True
+    return "invalid_request", False
+
+
+def as_int(value: Any) -> int:
+    """A token count from a body field that may be missing or null."""
+    return value if isinstance(value, int) else 0
+
+
+def bad_response(message: str) -> ProviderError:
+    """A retryable ``bad_response`` error: the body did not have the documented shape."""
+    return ProviderError("bad_response", message, retryable=True)

@@ -1,0 +1,174 @@
+"""The limits one provider's rollouts share: concurrency, request and token rates, pauses.
+
+One :class:`ProviderLimits` lives on each :class:`~rollwatch.providers.ProviderClient`,
+so every run using the provider draws from the same budget. Three mechanisms:
+
+* **Concurrency** — at most ``window`` requests in flight. ``window`` starts at
+  ``max_concurrency`` and follows AIMD (as TCP's congestion window): halved when the
+  provider says "too many" (429, or overloaded 503/529), grown by ``1/window`` per
+  success. Only a rejection of a request sent *after* the last cut cuts again, so a
+  burst of 429s from requests already in flight halves the window once, not 50 times.
+* **Rates** — ``requests_per_minute`` and ``tokens_per_minute`` as GCRA (the
+  "virtual scheduling" form of a token bucket): each request reserves its place on a
+  time line, so waiting is FIFO and costs no lock or background task. A burst of up to
+  ``BURST_SECONDS`` worth goes at once. Token use is not known before the answer, so a
+  request reserves an estimate and the real count is charged afterwards (the debt
+  delays later requests). The same AIMD signal scales both rates by ``rate_factor``.
+* **A shared pause** — ``not_before``: when any request is told to wait (Retry-After
+  and friends), every request of the provider waits, not only the one that was told.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import anyio
+
+from rollwatch.providers.base import Clock
+
+#: A rate limiter lets this many seconds' worth of requests (or tokens) go at once.
+BURST_SECONDS = 6.0
+#: AIMD never scales the configured rates below this fraction.
+MIN_RATE_FACTOR = 1 / 64
+
+
+class RateLimiter:
+    """A GCRA rate limit of ``per_minute`` units, scaled by a factor the owner sets."""
+
+    def __init__(self, per_minute: float, clock: Clock, burst_seconds: float = BURST_SECONDS) -> None:
+        self.per_minute = per_minute
+        self.factor = 1.0
+        self._clock = clock
+        self._burst = burst_seconds
+        self._tat = -math.inf  # theoretical arrival time of the next unit
+
+    @property
+    def _interval(self) -> float:
+        return 60.0 / (self.per_minute * self.factor)
+
+    def reserve(self, units: float) -> float:
+        """Reserve ``units`` now; return the clock time at which the caller may go."""
+        now = self._clock.now()
+        tat = max(self._tat, now)
+        go = max(now, tat - self._burst)
+        self._tat = tat + units * self._interval
+        return go
+
+    def charge(self, units: float) -> None:
+        """Account ``units`` more (or fewer, when negative) than were reserved."""
+        if self._tat == -math.inf:
+            return
+        self._tat += units * self._interval
+
+
+@dataclass(frozen=True, slots=True)
+class Slot:
+    """A permission to send one request; ``epoch`` tells a late 429 from a fresh one."""
+
+    epoch: int
+    estimate: float
+
+
+class ProviderLimits:
+    """Concurrency, rates and the shared pause of one provider (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        max_concurrency: int,
+        requests_per_minute: float | None,
+        tokens_per_minute: float | None,
+        clock: Clock,
+    ) -> None:
+        self.max_concurrency = max_concurrency
+        self._clock = clock
+        self._window = float(max_concurrency)
+        self._limiter = anyio.CapacityLimiter(max_concurrency)
+        self._requests = RateLimiter(requests_per_minute, clock) if requests_per_minute else None
+        self._tokens = RateLimiter(tokens_per_minute, clock) if tokens_per_minute else None
+        self._rpm = requests_per_minute
+        self.not_before = -math.inf
+        self.epoch = 0
+        self.rate_factor = 1.0
+        self.cuts = 0
+
+    # -- state for metrics ----------------------------------------------------------
+
+    @property
+    def window(self) -> int:
+        """How many requests may be in flight now (AIMD-adjusted concurrency)."""
+        return int(self._limiter.total_tokens)
+
+    @property
+    def in_flight(self) -> int:
+        """Requests holding a slot now."""
+        return self._limiter.borrowed_tokens
+
+    # -- the one entry point ----------------------------------------------------------
+
+    @asynccontextmanager
+    async def slot(self, estimated_tokens: float = 0.0) -> AsyncIterator[Slot]:
+        """Wait until a request may go (pause, concurrency, rates), and hold its place."""
+        await self._wait_pause()
+        token = object()  # one borrower per acquisition, not per task
+        await self._limiter.acquire_on_behalf_of(token)
+        try:
+            go = self._clock.now()
+            if self._requests is not None:
+                go = max(go, self._requests.reserve(1))
+            if self._tokens is not None and estimated_tokens > 0:
+                go = max(go, self._tokens.reserve(estimated_tokens))
+            await self._clock.sleep(go - self._clock.now())
+            # A pause may have started while this request waited for its turn.
+            await self._wait_pause()
+            yield Slot(self.epoch, estimated_tokens)
+        finally:
+            self._limiter.release_on_behalf_of(token)
+
+    async def _wait_pause(self) -> None:
+        while (wait := self.not_before - self._clock.now()) > 0:
+            await self._clock.sleep(wait)
+
+    # -- feedback from responses ------------------------------------------------------
+
+    def pause(self, seconds: float) -> None:
+        """Hold every request of this provider for ``seconds`` from now (never shortens)."""
+        if seconds > 0:
+            self.not_before = max(self.not_before, self._clock.now() + seconds)
+
+    def used_tokens(self, slot: Slot, tokens: int) -> None:
+        """Charge the difference between a request's real token use and its estimate."""
+        if self._tokens is not None:
+            self._tokens.charge(tokens - slot.estimate)
+
+    def slow_down(self, slot: Slot) -> bool:
+        """Multiplicative decrease after a 429/overload; once per epoch. True if it cut."""
+        if slot.epoch != self.epoch:
+            return False
+        self.epoch += 1
+        self.cuts += 1
+        self._window = max(1.0, self._window / 2)
+        self._limiter.total_tokens = max(1, int(self._window))
+        self.rate_factor = max(MIN_RATE_FACTOR, self.rate_factor / 2)
+        self._apply_rate_factor()
+        return True
+
+    def succeeded(self) -> None:
+        """Additive increase after a success: about +1 concurrent request per window of
+        successes, and +1 request per minute of rate per success."""
+        if self._window < self.max_concurrency:
+            self._window = min(float(self.max_concurrency), self._window + 1.0 / self._window)
+            if int(self._window) != self._limiter.total_tokens:
+                self._limiter.total_tokens = int(self._window)
+        if self.rate_factor < 1.0:
+            step = 1.0 / self._rpm if self._rpm else 1.0 / 60
+            self.rate_factor = min(1.0, self.rate_factor + step)
+            self._apply_rate_factor()
+
+    def _apply_rate_factor(self) -> None:
+        for limiter in (self._requests, self._tokens):
+            if limiter is not None:
+                limiter.factor = self.rate_factor
