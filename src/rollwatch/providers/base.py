@@ -248,6 +248,11 @@ def as_int(value: Any) -> int:
     return value if isinstance(value, int) else 0
 
 
+def as_dict(value: Any) -> dict[str, Any]:
+    """``value`` if it is a JSON object, else an empty one (for optional sub-objects)."""
+    return value if isinstance(value, dict) else {}
+
+
 def bad_response(message: str) -> ProviderError:
     """A retryable ``bad_response`` error: the body did not have the documented shape."""
     return ProviderError("bad_response", message, retryable=True)

@@ -38,7 +38,9 @@ MIN_RATE_FACTOR = 1 / 64
 class RateLimiter:
     """A GCRA rate limit of ``per_minute`` units, scaled by a factor the owner sets."""
 
-    def __init__(self, per_minute: float, clock: Clock, burst_seconds: float = BURST_SECONDS) -> None:
+    def __init__(
+        self, per_minute: float, clock: Clock, burst_seconds: float = BURST_SECONDS
+    ) -> None:
         self.per_minute = per_minute
         self.factor = 1.0
         self._clock = clock

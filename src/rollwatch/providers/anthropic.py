@@ -1,0 +1,133 @@
+"""Anthropic's Messages API.
+
+``POST {base_url}/v1/messages`` with ``x-api-key`` and ``anthropic-version:
+2023-06-01``. The API requires ``max_tokens``: it comes from params (``max_tokens``, or
+``max_completion_tokens`` as OpenAI names it), else :data:`DEFAULT_MAX_TOKENS`. Other
+params pass through verbatim (temperature, top_p, top_k, stop_sequences, thinking,
+...). The system prompt is the top-level ``system`` field.
+
+In the answer, ``text`` blocks are joined into the text and ``thinking`` blocks into
+the reasoning (``redacted_thinking`` blocks carry no readable text and are counted
+only in usage). ``input_tokens`` counts only the uncached part of the prompt, so the
+normalized input is ``input_tokens + cache_read_input_tokens +
+cache_creation_input_tokens``; cache writes are billed at the input price here (their
+1.25× surcharge is not modelled: rollwatch never asks for caching). Anthropic does not
+report thinking tokens apart from output tokens, so ``reasoning_tokens`` is 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import httpx
+
+from rollwatch.errors import ProviderError
+from rollwatch.providers.base import (
+    Parsed,
+    Prompt,
+    Usage,
+    WireRequest,
+    as_dict,
+    as_int,
+    bad_response,
+    classify_status,
+    error_message,
+)
+from rollwatch.providers.retry import parse_retry_after
+
+API_VERSION = "2023-06-01"
+DEFAULT_MAX_TOKENS = 16000
+_RESERVED = frozenset({"model", "messages", "system"})
+
+
+class AnthropicAdapter:
+    """The Messages API wire format (see the module docstring)."""
+
+    kind = "anthropic"
+
+    def build(
+        self, model: str, prompt: Prompt, params: Mapping[str, Any], system: str | None
+    ) -> WireRequest:
+        """``{"model", "max_tokens", "system"?, "messages": [user], **params}``."""
+        clash = _RESERVED & params.keys()
+        if clash:
+            raise ProviderError(
+                "invalid_request",
+                f"params may not set {', '.join(sorted(clash))}: rollwatch sets them",
+            )
+        if params.get("stream"):
+            raise ProviderError(
+                "invalid_request", "params.stream is not supported: rollwatch reads whole answers"
+            )
+        rest = dict(params)
+        max_tokens = rest.pop("max_tokens", None)
+        alias = rest.pop("max_completion_tokens", None)
+        body: dict[str, Any] = {
+            "model": model,
+            "max_tokens": max_tokens or alias or DEFAULT_MAX_TOKENS,
+        }
+        if system:
+            body["system"] = system
+        body["messages"] = [{"role": "user", "content": prompt.text}]
+        body.update(rest)
+        return WireRequest("/v1/messages", body, {"anthropic-version": API_VERSION})
+
+    def auth_headers(self, key: str) -> dict[str, str]:
+        """``x-api-key: KEY``."""
+        return {"x-api-key": key}
+
+    def parse(self, data: Any, headers: httpx.Headers) -> Parsed:
+        """Text and thinking blocks, stop reason and usage."""
+        if not isinstance(data, dict):
+            raise bad_response("the body is not a JSON object")
+        if data.get("type") == "error":
+            err = data.get("error") or {}
+            raise bad_response(f"an error body with status 200: {err.get('message', '')}")
+        content = data.get("content")
+        if not isinstance(content, list):
+            raise bad_response("the body has no content list")
+        texts: list[str] = []
+        thoughts: list[str] = []
+        for block in content:
+            if not isinstance(block, dict):
+                raise bad_response("a content block is not an object")
+            if block.get("type") == "text" and isinstance(block.get("text"), str):
+                texts.append(block["text"])
+            elif block.get("type") == "thinking" and isinstance(block.get("thinking"), str):
+                thoughts.append(block["thinking"])
+        usage = as_dict(data.get("usage"))
+        cache_read = as_int(usage.get("cache_read_input_tokens"))
+        cache_write = as_int(usage.get("cache_creation_input_tokens"))
+        return Parsed(
+            text="".join(texts),
+            reasoning="\n\n".join(thoughts) or None,
+            finish_reason=data.get("stop_reason"),
+            usage=Usage(
+                input_tokens=as_int(usage.get("input_tokens")) + cache_read + cache_write,
+                output_tokens=as_int(usage.get("output_tokens")),
+                reasoning_tokens=0,
+                cached_tokens=cache_read,
+            ),
+            request_id=headers.get("request-id") or _str(data.get("id")),
+            model=_str(data.get("model")),
+        )
+
+    def error(self, status: int, headers: httpx.Headers, body: bytes, now: float) -> ProviderError:
+        """Classified by status (529: overloaded); the wait from Retry-After."""
+        kind, retryable = classify_status(status)
+        return ProviderError(
+            kind,
+            error_message(body),
+            status=status,
+            retryable=retryable,
+            retry_after=parse_retry_after(headers, now),
+        )
+
+    def pause_hint(self, headers: httpx.Headers) -> float | None:
+        """None: Anthropic's rate-limit headers are only acted on when it answers 429."""
+        return None
+
+
+def _str(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None

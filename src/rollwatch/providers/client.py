@@ -1,0 +1,474 @@
+"""One configured provider: an adapter behind shared limits, retries and the attempt log.
+
+A :class:`ProviderClient` is made once per ``[[providers]]`` entry and shared by every
+run that uses the provider, so its limits (``limits.py``) are the provider's, not a
+run's. ``rollout`` is the only call a run makes:
+
+1. wait for a slot (shared pause, AIMD concurrency window, request and token rates);
+2. ``log.requested``, send, then ``log.responded`` or ``log.failed``;
+3. on a retryable failure, release the slot, back off (full jitter, at least what the
+   provider asked for) and go again — until ``max_attempts`` or ``max_rollout_time``.
+
+``max_rollout_time`` starts when the rollout's first request gets its slot: time
+queued behind other rollouts of the same provider is the run's business, not this
+rollout's. A 429 or overload pauses and slows the whole provider (see ``limits.py``).
+A rejected key (401/403, Gemini's ``API_KEY_INVALID``, 402 out of credits, OpenAI's
+``insufficient_quota``) disables the client: one ERROR log line, ``disabled`` set, and
+every later ``rollout`` returns None at once, with no request and no event. A rollout
+that was backing off when that happened also returns None without another event.
+
+Secrets: the key lives only in this object and in the headers of the requests it
+sends. Recorded requests are the JSON bodies (the key is a header), error messages
+are excerpts of provider bodies with the key (and anything key-shaped) masked, and
+URLs never carry it (Gemini takes it in ``x-goog-api-key``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Self
+
+import anyio
+import httpx
+
+from rollwatch.config import ProviderConfig
+from rollwatch.errors import ConfigError, ProviderError
+from rollwatch.log import get_logger
+from rollwatch.providers.anthropic import AnthropicAdapter
+from rollwatch.providers.base import (
+    Answer,
+    AnyioClock,
+    AttemptLog,
+    Clock,
+    Prompt,
+    Usage,
+    WireAdapter,
+    bad_response,
+    excerpt,
+    redact,
+)
+from rollwatch.providers.gemini import GeminiAdapter
+from rollwatch.providers.limits import ProviderLimits, Slot
+from rollwatch.providers.openai import OpenAIAdapter
+from rollwatch.providers.reference import ReferenceAdapter
+from rollwatch.providers.retry import full_jitter
+
+ADAPTERS: dict[str, type[WireAdapter]] = {
+    "openai": OpenAIAdapter,
+    "anthropic": AnthropicAdapter,
+    "gemini": GeminiAdapter,
+}
+
+#: Error kinds after which the provider is paused and slowed down as a whole.
+_PACING_KINDS = frozenset({"rate_limited", "overloaded"})
+#: How long a failure is given to be recorded once its rollout is being cancelled.
+_SHIELD_S = 5.0
+_USER_AGENT = "rollwatch (+https://github.com/rollwatch)"
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderStats:
+    """A snapshot of one provider's counters, for ``/metrics``."""
+
+    provider: str
+    requests: int
+    """Requests sent (attempts that reached the network)."""
+    responses: int
+    """Attempts that produced an answer."""
+    errors: dict[str, int]
+    """Failed attempts by error kind."""
+    rollouts_answered: int
+    rollouts_failed: int
+    latency_ms_sum: float
+    """Sum of answered attempts' latency (divide by ``responses`` for the mean)."""
+    latency_ms_max: float
+    input_tokens: int
+    output_tokens: int
+    cost_usd: float
+    in_flight: int
+    window: int
+    """The AIMD concurrency window now (``max_concurrency`` when never rate-limited)."""
+    rate_factor: float
+    """The fraction of the configured request/token rates in force now."""
+    slowdowns: int
+    """How many times a 429 or overload cut the window and rates."""
+    paused_s: float
+    """Seconds until the provider-wide pause ends (0 when not paused)."""
+    disabled: bool
+
+
+@dataclass(slots=True)
+class _Counters:
+    requests: int = 0
+    responses: int = 0
+    errors: Counter[str] = field(default_factory=Counter)
+    answered: int = 0
+    failed: int = 0
+    latency_sum: float = 0.0
+    latency_max: float = 0.0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost: float = 0.0
+
+
+class ProviderClient:
+    """The rollouts of one configured provider (see the module docstring).
+
+    Use as an async context manager: entering reads the key (a missing key is a
+    ``ConfigError`` naming where it was looked for) and opens the HTTP client.
+    """
+
+    def __init__(
+        self,
+        config: ProviderConfig,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.config = config
+        self.name = config.name
+        self.disabled: ProviderError | None = None
+        """Why the provider was disabled (a rejected key), or None while it is usable."""
+        self._clock = clock or AnyioClock()
+        self._rng = rng or random.Random()
+        self._transport = transport
+        self._reference = ReferenceAdapter() if config.kind == "reference" else None
+        self._adapter: WireAdapter | None = (
+            None if config.kind == "reference" else ADAPTERS[config.kind]()
+        )
+        self.limits = ProviderLimits(
+            max_concurrency=config.max_concurrency,
+            requests_per_minute=config.requests_per_minute,
+            tokens_per_minute=config.tokens_per_minute,
+            clock=self._clock,
+        )
+        self._key: str | None = None
+        self._http: httpx.AsyncClient | None = None
+        self._unpriced: set[str] = set()
+        self._n = _Counters()
+        self._log = get_logger(__name__, provider=config.name)
+
+    def __repr__(self) -> str:
+        return f"ProviderClient(name={self.name!r}, kind={self.config.kind!r})"
+
+    async def __aenter__(self) -> Self:
+        if self._adapter is None:
+            return self
+        key = self.config.read_key()
+        if not key:
+            raise ConfigError(f"providers.{self.name}", [_missing_key(self.config)])
+        self._key = key
+        n = self.config.max_concurrency
+        self._http = httpx.AsyncClient(
+            transport=self._transport,
+            # Our own limiter keeps at most max_concurrency requests in flight, so the
+            # pool never makes a request wait (httpx's default of 100 would, above it).
+            limits=httpx.Limits(max_connections=n, max_keepalive_connections=n),
+            timeout=httpx.Timeout(self.config.timeout, pool=None),
+            headers={"user-agent": _USER_AGENT},
+        )
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        http, self._http = self._http, None
+        self._key = None
+        if http is not None:
+            with anyio.CancelScope(shield=True):
+                await http.aclose()
+
+    # -- the one call a run makes ------------------------------------------------------
+
+    async def rollout(
+        self, model: str, prompt: Prompt, params: dict[str, Any], log: AttemptLog
+    ) -> Answer | None:
+        """Ask ``model`` for one answer to ``prompt``, retrying inside; record every attempt.
+
+        Returns the answer, or None when the rollout failed for good (after
+        ``log.failed(..., final=True)``) or the provider is disabled (see ``disabled``).
+        """
+        if self.disabled is not None:
+            return None
+        if self._reference is not None:
+            return await self._reference_rollout(model, prompt, params, log)
+        adapter, http, key = self._adapter, self._http, self._key
+        if adapter is None or http is None or key is None:
+            raise RuntimeError("use the ProviderClient as `async with ProviderClient(...)`")
+        system = prompt.system if prompt.system is not None else self.config.system_prompt
+        try:
+            wire = adapter.build(model, prompt, params, system)
+        except ProviderError as e:
+            await self._fail(log, 1, e, final=True)
+            return None
+        content = json.dumps(wire.body, separators=(",", ":"), ensure_ascii=False).encode()
+        headers = {"content-type": "application/json", **wire.headers, **adapter.auth_headers(key)}
+        url = self.config.url + wire.path
+        # Roughly four bytes a token: only a first reservation, corrected by the answer.
+        estimate = len(content) / 4 if self.config.tokens_per_minute else 0.0
+        deadline = math.inf
+        attempt = 0
+        while True:
+            attempt += 1
+            async with self.limits.slot(estimate) as slot:
+                if self.disabled is not None:
+                    return None
+                now = self._clock.now()
+                if attempt == 1:
+                    deadline = now + self.config.max_rollout_time
+                if now >= deadline:
+                    err = ProviderError(
+                        "timeout",
+                        f"max_rollout_time ({self.config.max_rollout_time:g}s) passed while "
+                        "waiting for the provider's limits; nothing was sent",
+                        retryable=True,
+                    )
+                    await self._fail(log, attempt, err, final=True)
+                    return None
+                await log.requested(attempt, wire.body)
+                self._n.requests += 1
+                timeout = min(self.config.timeout, deadline - now)
+                try:
+                    answer = await self._send(adapter, http, url, content, headers, timeout)
+                except ProviderError as e:
+                    error = e
+                except anyio.get_cancelled_exc_class():
+                    with anyio.move_on_after(_SHIELD_S, shield=True):
+                        cancelled = ProviderError(
+                            "cancelled", "the rollout was cancelled with its request in flight"
+                        )
+                        await self._fail(log, attempt, cancelled, final=True)
+                    raise
+                else:
+                    await self._answered(model, slot, answer, log, attempt)
+                    return answer
+            # Back off without holding a slot: others may use it meanwhile.
+            delay = self._after_failure(model, slot, error, attempt)
+            final = (
+                not error.retryable
+                or attempt >= self.config.max_attempts
+                or self._clock.now() + delay >= deadline
+            )
+            await self._fail(log, attempt, error, final=final)
+            if final:
+                return None
+            await self._clock.sleep(delay)
+            if self.disabled is not None:
+                return None
+
+    # -- one attempt -----------------------------------------------------------------
+
+    async def _send(
+        self,
+        adapter: WireAdapter,
+        http: httpx.AsyncClient,
+        url: str,
+        content: bytes,
+        headers: dict[str, str],
+        time_limit: float,
+    ) -> Answer:
+        start = time.perf_counter()
+        try:
+            with anyio.fail_after(time_limit):
+                response = await http.post(url, content=content, headers=headers)
+        except (TimeoutError, httpx.TimeoutException):
+            raise ProviderError(
+                "timeout", f"no complete answer within {time_limit:g}s", retryable=True
+            ) from None
+        except httpx.RemoteProtocolError as e:
+            text = str(e)
+            # h11 says "peer closed connection without sending complete message body"
+            if "message body" in text:
+                raise bad_response(f"the body was cut off: {self._clean(text)}") from None
+            raise ProviderError("connection", self._clean(text), retryable=True) from None
+        except httpx.TransportError as e:
+            raise ProviderError(
+                "connection", f"{type(e).__name__}: {self._clean(str(e))}", retryable=True
+            ) from None
+        latency_ms = (time.perf_counter() - start) * 1000.0
+        status = response.status_code
+        body = response.content
+        rid = response.headers.get("x-request-id") or response.headers.get("request-id")
+        if not 200 <= status < 300:
+            err = adapter.error(status, response.headers, body, time.time())
+            raise self._with_context(err, rid)
+        try:
+            data = json.loads(body)
+        except ValueError:
+            text = self._clean(excerpt(body.decode("utf-8", "replace"), 120))
+            raise bad_response(f"the body is not JSON (HTTP {status}): {text}") from None
+        try:
+            parsed = adapter.parse(data, response.headers)
+        except ProviderError as e:
+            raise self._with_context(e, rid) from None
+        except (KeyError, TypeError, AttributeError, IndexError, ValueError) as e:
+            raise bad_response(f"unexpected body shape: {type(e).__name__}: {e}") from None
+        if (pause := adapter.pause_hint(response.headers)) is not None:
+            self.limits.pause(pause)
+        return Answer(
+            text=parsed.text,
+            reasoning=parsed.reasoning,
+            finish_reason=parsed.finish_reason,
+            usage=parsed.usage,
+            request_id=parsed.request_id,
+            latency_ms=latency_ms,
+            model=parsed.model,
+        )
+
+    def _clean(self, text: str) -> str:
+        return redact(text, self._key)
+
+    def _with_context(self, err: ProviderError, request_id: str | None) -> ProviderError:
+        """``err`` with its message redacted and the provider's request id appended."""
+        message = self._clean(err.message)
+        if request_id:
+            message += f" (request id {request_id})"
+        return ProviderError(
+            err.kind,
+            message,
+            status=err.status,
+            retryable=err.retryable,
+            retry_after=err.retry_after,
+        )
+
+    async def _answered(
+        self, model: str, slot: Slot, answer: Answer, log: AttemptLog, attempt: int
+    ) -> None:
+        self.limits.succeeded()
+        u = answer.usage
+        self.limits.used_tokens(slot, u.input_tokens + u.output_tokens)
+        cost = self.cost(model, u)
+        n = self._n
+        n.responses += 1
+        n.answered += 1
+        n.latency_sum += answer.latency_ms
+        n.latency_max = max(n.latency_max, answer.latency_ms)
+        n.input_tokens += u.input_tokens
+        n.output_tokens += u.output_tokens
+        if cost is not None:
+            n.cost += cost
+        await log.responded(attempt, answer, cost)
+
+    def _after_failure(self, model: str, slot: Slot, error: ProviderError, attempt: int) -> float:
+        """Feed a failure back into the shared limits; return this rollout's backoff."""
+        if error.kind in _PACING_KINDS:
+            self.limits.slow_down(slot)
+            self.limits.pause(
+                error.retry_after if error.retry_after is not None else self.config.backoff_base
+            )
+        elif error.retry_after is not None and error.retryable:
+            self.limits.pause(error.retry_after)
+        if error.kind == "auth" or (error.kind == "rate_limited" and not error.retryable):
+            self._disable(model, error)
+        jitter = full_jitter(attempt, self.config.backoff_base, self.config.backoff_max, self._rng)
+        return max(error.retry_after or 0.0, jitter)
+
+    def _disable(self, model: str, error: ProviderError) -> None:
+        if self.disabled is not None:
+            return
+        self.disabled = error
+        self._log.error(
+            "provider disabled: it rejected the key or the account; fix it and restart",
+            provider=self.name,
+            model=model,
+            status=error.status,
+            kind=error.kind,
+            reason=error.message,
+        )
+
+    async def _fail(
+        self, log: AttemptLog, attempt: int, error: ProviderError, *, final: bool
+    ) -> None:
+        self._n.errors[error.kind] += 1
+        if final:
+            self._n.failed += 1
+        await log.failed(attempt, error, final)
+
+    async def _reference_rollout(
+        self, model: str, prompt: Prompt, params: dict[str, Any], log: AttemptLog
+    ) -> Answer | None:
+        assert self._reference is not None
+        await log.requested(1, self._reference.request(model, prompt, params))
+        self._n.requests += 1
+        try:
+            answer = self._reference.answer(model, prompt)
+        except ProviderError as e:
+            await self._fail(log, 1, e, final=True)
+            return None
+        self._n.responses += 1
+        self._n.answered += 1
+        await log.responded(1, answer, 0.0)
+        return answer
+
+    # -- cost and stats --------------------------------------------------------------
+
+    def cost(self, model: str, usage: Usage) -> float | None:
+        """USD for ``usage`` at the configured prices of ``model``; None if it has none.
+
+        Prices are per million tokens. Cached input tokens cost ``cached_input`` when
+        given, else ``input``; ``output_tokens`` include reasoning tokens, billed at the
+        output price (as OpenAI, Anthropic and Google bill them). A model without a price
+        is logged once (WARNING) and costs None; the reference provider costs 0.
+        """
+        if self._reference is not None:
+            return 0.0
+        price = self.config.prices.get(model)
+        if price is None:
+            if model not in self._unpriced:
+                self._unpriced.add(model)
+                self._log.warning(
+                    "no price for this model: its cost is unknown; add it under "
+                    f"[providers.prices] of provider {self.name!r}",
+                    provider=self.name,
+                    model=model,
+                )
+            return None
+        cached = min(usage.cached_tokens, usage.input_tokens)
+        cached_price = price.cached_input if price.cached_input is not None else price.input
+        return (
+            (usage.input_tokens - cached) * price.input
+            + cached * cached_price
+            + usage.output_tokens * price.output
+        ) / 1_000_000
+
+    @property
+    def stats(self) -> ProviderStats:
+        """A snapshot of this provider's counters (safe to keep; it does not change)."""
+        n = self._n
+        return ProviderStats(
+            provider=self.name,
+            requests=n.requests,
+            responses=n.responses,
+            errors=dict(n.errors),
+            rollouts_answered=n.answered,
+            rollouts_failed=n.failed,
+            latency_ms_sum=n.latency_sum,
+            latency_ms_max=n.latency_max,
+            input_tokens=n.input_tokens,
+            output_tokens=n.output_tokens,
+            cost_usd=n.cost,
+            in_flight=self.limits.in_flight,
+            window=self.limits.window,
+            rate_factor=self.limits.rate_factor,
+            slowdowns=self.limits.cuts,
+            paused_s=max(0.0, self.limits.not_before - self._clock.now()),
+            disabled=self.disabled is not None,
+        )
+
+
+def _missing_key(config: ProviderConfig) -> str:
+    if config.api_key_env:
+        return (
+            f"api_key_env: the environment variable {config.api_key_env} is not set or empty; "
+            f"set it, or use api_key_file"
+        )
+    if config.api_key_file:
+        return f"api_key_file: {config.api_key_file!r} cannot be read or is empty"
+    return f"no API key: set api_key_env or api_key_file for a provider of kind {config.kind!r}"
