@@ -68,7 +68,10 @@ class EventStore(ABC):
     ) -> None:
         stack, self._exit_stack = self._exit_stack, None
         if stack is not None:
-            await stack.__aexit__(et, e, tb)
+            # The caller's exception is the caller's: close as on a clean exit (pending
+            # appends still commit) and let it propagate unwrapped, rather than through
+            # the writer's task group as an ExceptionGroup.
+            await stack.__aexit__(None, None, None)
 
     @abstractmethod
     async def _open(self, stack: AsyncExitStack) -> None:

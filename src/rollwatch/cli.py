@@ -158,10 +158,203 @@ def rebuild(ctx: Context) -> None:
     run_async(main)
 
 
+# --- serve, run, schedules ------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--grace", type=float, default=30.0, show_default=True,
+              help="seconds in-flight rollouts get to finish on SIGTERM")
+@common
+def serve(ctx: Context, grace: float) -> None:
+    """The daemon: scheduler, runs, feed server. Stops cleanly on SIGTERM/SIGINT."""
+    from rollwatch.daemon import Daemon
+
+    config = ctx.config
+    run_async(lambda: Daemon(config, grace=grace).run())
+
+
+@cli.command("run")
+@click.argument("schedule")
+@click.option("--rollouts", type=click.IntRange(1, 100_000), default=None, help="samples per model and problem")
+@click.option("--models", default=None, help="comma-separated models (default: the schedule's)")
+@common
+def run_cmd(ctx: Context, schedule: str, rollouts: int | None, models: str | None) -> None:
+    """One run of SCHEDULE now, in the foreground, with a progress bar on a terminal."""
+    import signal
+
+    from rollwatch.daemon import open_services
+    from rollwatch.progress import Progress
+    from rollwatch.runs import Run, RunState
+
+    config = ctx.config
+    sched = config.schedule(schedule)
+    model_list = [m.strip() for m in models.split(",") if m.strip()] if models else None
+
+    async def main() -> int:
+        async with open_services(config) as svc:
+            if sched.provider not in svc.providers:
+                raise UsageError(
+                    f"schedule {schedule!r}: provider {sched.provider!r} has no API key "
+                    f"(set {config.provider(sched.provider).api_key_env or config.provider(sched.provider).api_key_file})"
+                )
+            if sched.problem_set not in svc.problem_sets:
+                raise UsageError(f"schedule {schedule!r}: problem set {sched.problem_set!r} did not load (see the log)")
+            bar: Progress | None = None
+
+            def progress(st: RunState) -> None:
+                nonlocal bar
+                if bar is None:
+                    bar = Progress(schedule, st.total)
+                bar.total = st.total
+                bar.update(st.done, passed=st.passed, cost=f"${st.cost_usd:.4f}")
+
+            run = await Run.start(svc, sched, trigger="manual", rollouts=rollouts, models=model_list,
+                                  on_progress=progress)
+            async with anyio.create_task_group() as tg:
+
+                async def on_signal() -> None:
+                    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as sigs:
+                        async for _ in sigs:
+                            log.info("run_stopping", run_id=run.run_id, hint="resumes at the next start of the daemon")
+                            run.stopping.set()
+                            return
+
+                tg.start_soon(on_signal)
+                fin = await run.drive(grace=10.0)
+                tg.cancel_scope.cancel()
+            if bar is not None:
+                bar.close()
+            if fin is None:
+                click.echo(f"run {run.run_id} stopped before its end; `rollwatch serve` resumes it")
+                return 0
+            click.echo(
+                f"run {run.run_id}: {fin.status}, {fin.rollouts} answered, {fin.passed} passed, "
+                f"${fin.cost_usd:.4f}" + (f", failures {fin.failures}" if fin.failures else "")
+                + (f" ({fin.message})" if fin.message else "")
+            )
+            return 0
+
+    sys.exit(run_async(main))
+
+
+@cli.group()
+def schedules() -> None:
+    """Inspect and steer schedules (pause/resume/trigger act on a running daemon via the log)."""
+
+
+async def _schedule_states(config: Config) -> tuple[Any, dict[str, Any]]:
+    from rollwatch.projections import ProjectionDB, default_projections
+    from rollwatch.scheduler import load_states
+    from rollwatch.store import open_store
+
+    async with open_store(config.store) as store, ProjectionDB(
+        config.store.projections_path, default_projections()
+    ) as pdb:
+        await pdb.catch_up(store)
+        return None, await load_states(pdb)
+
+
+@schedules.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@common
+def schedules_list(ctx: Context, as_json: bool) -> None:
+    """Each schedule's state, next fire time, last run and outcome, skipped/missed counts."""
+    from datetime import UTC, datetime
+
+    from rollwatch.scheduler import ScheduleState, fmt_next, make_trigger, next_fire
+
+    config = ctx.config
+    _, states = run_async(lambda: _schedule_states(config))
+    rows = []
+    now = datetime.now(UTC)
+    for s in config.schedules:
+        st = states.get(s.name, ScheduleState(name=s.name))
+        active = config.provider(s.provider).has_key()
+        nxt = None if st.paused or not active else next_fire(s, make_trigger(s), st.last_fire_at, now)[0]
+        rows.append({
+            "schedule": s.name,
+            "state": "paused" if st.paused else ("active" if active else "inactive (no API key)"),
+            "trigger": f"every {s.every:g}s" if s.every else f"cron '{s.cron}' {s.timezone}",
+            "next": fmt_next(nxt),
+            "last_run": st.last_run_id or "-",
+            "last_status": st.last_status or "-",
+            "skipped": st.skipped,
+            "missed": st.missed,
+            "note": st.note,
+        })
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    cols = ["schedule", "state", "trigger", "next", "last_run", "last_status", "skipped", "missed", "note"]
+    widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) if rows else len(c) for c in cols}
+    click.echo("  ".join(c.upper().ljust(widths[c]) for c in cols))
+    for r in rows:
+        click.echo("  ".join(str(r[c]).ljust(widths[c]) for c in cols))
+
+
+def _append_schedule_event(config: Config, name: str, event: Any) -> int:
+    from rollwatch.store import open_store
+
+    config.schedule(name)  # names the known schedules when this one is not
+
+    async def main() -> int:
+        async with open_store(config.store) as store:
+            recs = await store.append(f"schedule-{name}", [event])
+            return recs[0].seq
+
+    return run_async(main)
+
+
+@schedules.command("pause")
+@click.argument("name")
+@click.option("--note", default="", help="why (shown by `schedules list`)")
+@common
+def schedules_pause(ctx: Context, name: str, note: str) -> None:
+    """Stop NAME from firing until resumed (a running run goes on)."""
+    from rollwatch.events import SchedulePaused
+
+    seq = _append_schedule_event(ctx.config, name, SchedulePaused(schedule=name, note=note))
+    click.echo(f"paused {name} (seq {seq})")
+
+
+@schedules.command("resume")
+@click.argument("name")
+@click.option("--note", default="")
+@common
+def schedules_resume(ctx: Context, name: str, note: str) -> None:
+    """Let NAME fire again."""
+    from rollwatch.events import ScheduleResumed
+
+    seq = _append_schedule_event(ctx.config, name, ScheduleResumed(schedule=name, note=note))
+    click.echo(f"resumed {name} (seq {seq})")
+
+
+@schedules.command("trigger")
+@click.argument("name")
+@click.option("--note", default="")
+@common
+def schedules_trigger(ctx: Context, name: str, note: str) -> None:
+    """Ask the running daemon to start a run of NAME now."""
+    from rollwatch.events import ScheduleTriggered
+
+    seq = _append_schedule_event(ctx.config, name, ScheduleTriggered(schedule=name, note=note))
+    click.echo(f"triggered {name} (seq {seq}); the daemon starts it within a second")
+
+
+def _single(e: BaseException) -> BaseException:
+    """The one exception inside nested single-member exception groups."""
+    while isinstance(e, BaseExceptionGroup) and len(e.exceptions) == 1:
+        e = e.exceptions[0]
+    return e
+
+
 def main() -> None:
     """Console-script entry point: map errors to exit codes and clear messages."""
     try:
-        cli.main(standalone_mode=False)
+        try:
+            cli.main(standalone_mode=False)
+        except BaseExceptionGroup as group:
+            raise _single(group) from None
     except click.exceptions.Abort:
         sys.exit(130)
     except click.ClickException as e:

@@ -26,7 +26,7 @@ from pydantic import (
     model_validator,
 )
 
-from rollwatch.errors import ConfigError
+from rollwatch.errors import ConfigError, UsageError
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)\s*$")
@@ -318,7 +318,7 @@ class Config(_Strict):
         for s in self.schedules:
             if s.name == name:
                 return s
-        raise ConfigError("schedules", [f"no schedule {name!r}; known: {_alts([s.name for s in self.schedules])}"])
+        raise UsageError(f"no schedule {name!r}; known: {_alts([s.name for s in self.schedules])}")
 
 
 class _CrossRefError(ValueError):

@@ -202,6 +202,10 @@ class RunStarted(Event):
     params: dict[str, Any] = field(default_factory=dict)
     trigger: str = "manual"
     """Why the run started: schedule, catch_up, trigger, manual."""
+    trigger_seq: int = 0
+    """For trigger: the seq of the ScheduleTriggered event this run answers."""
+    fire_time: str | None = None
+    """For schedule and catch_up: the fire time the scheduler computed."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -229,6 +233,8 @@ class RolloutResponded(Event):
     cost_usd: float | None = None
     latency_ms: float = 0.0
     request_id: str | None = None
+    model: str | None = None
+    """The model the provider says answered (it may name a dated snapshot)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -267,6 +273,18 @@ class RunFinished(Event):
     scored: int = 0
     failures: dict[str, int] = field(default_factory=dict)
     message: str = ""
+    planned: int = 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunInterrupted(Event):
+    """The node stopped (SIGTERM) with the run unfinished; the next start resumes it."""
+
+    run_id: str
+    node: str
+    done: int
+    total: int
+    reason: str
 
 
 # Publication -------------------------------------------------------------------------
@@ -314,6 +332,8 @@ class ScheduleSkipped(Event):
     schedule: str
     reason: str
     fire_time: str
+    trigger_seq: int = 0
+    """When the fire was a trigger: its seq (the trigger counts as answered)."""
 
 
 @dataclass(frozen=True, kw_only=True)

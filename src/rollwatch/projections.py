@@ -286,7 +286,8 @@ class SchedulesProjection(Projection):
     ddl = """
     CREATE TABLE IF NOT EXISTS schedules (
         name TEXT PRIMARY KEY, paused INTEGER DEFAULT 0, note TEXT DEFAULT '',
-        triggered_seq INTEGER DEFAULT 0, last_run_id TEXT, last_started_at TEXT,
+        triggered_seq INTEGER DEFAULT 0, handled_trigger_seq INTEGER DEFAULT 0, last_fire_at TEXT,
+        last_run_id TEXT, last_started_at TEXT,
         last_finished_at TEXT, last_status TEXT, skipped INTEGER DEFAULT 0, missed INTEGER DEFAULT 0
     )
     """
@@ -312,14 +313,19 @@ class SchedulesProjection(Projection):
         elif t == "ScheduleTriggered":
             db.execute("UPDATE schedules SET triggered_seq=? WHERE name=?", (ev.seq, name))
         elif t == "ScheduleSkipped":
-            db.execute("UPDATE schedules SET skipped = skipped + 1 WHERE name=?", (name,))
+            db.execute(
+                "UPDATE schedules SET skipped = skipped + 1, last_fire_at = max(coalesce(last_fire_at, ''), ?),"
+                " handled_trigger_seq = max(handled_trigger_seq, ?) WHERE name=?",
+                (d["fire_time"], d.get("trigger_seq") or 0, name),
+            )
         elif t == "ScheduleMissed":
             db.execute("UPDATE schedules SET missed = missed + ? WHERE name=?", (d.get("missed", 1), name))
         elif t == "RunStarted":
             db.execute(
                 "UPDATE schedules SET last_run_id=?, last_started_at=?, last_finished_at=NULL,"
-                " last_status='running' WHERE name=?",
-                (d["run_id"], ev.at, name),
+                " last_status='running', last_fire_at = max(coalesce(last_fire_at, ''), ?),"
+                " handled_trigger_seq = max(handled_trigger_seq, ?) WHERE name=?",
+                (d["run_id"], ev.at, d.get("fire_time") or ev.at, d.get("trigger_seq") or 0, name),
             )
 
 

@@ -1,0 +1,213 @@
+"""The composition root: wires the store, projections, providers, scorer, scheduler,
+runs and HTTP server into one anyio task group (``rollwatch serve``).
+
+Lifecycle (modelled on APScheduler 4's ``run_until_stopped``): everything opens in
+one ``AsyncExitStack``; READY=1 goes to systemd only once the HTTP server listens,
+unfinished runs are resuming and the schedules are armed. SIGTERM/SIGINT: STOPPING=1,
+the scheduler stops firing, every run stops starting rollouts and gives those in
+flight a grace period, the HTTP server drains, and the process exits 0.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
+
+import anyio
+from anyio.abc import TaskGroup, TaskStatus
+
+from rollwatch.config import Config, ScheduleConfig
+from rollwatch.log import get_logger
+from rollwatch.metrics import Metrics
+from rollwatch.notify import Notifier
+from rollwatch.projections import ProjectionDB, default_projections
+from rollwatch.runs import Run, RunLock, RunServices, unfinished_runs
+from rollwatch.scheduler import Scheduler
+from rollwatch.store import open_store
+
+log = get_logger(__name__)
+
+
+def load_problem_sets(config: Config) -> dict[str, Any]:
+    """Every configured problem set that loads; a broken one is logged and left out."""
+    from rollwatch.errors import ProblemError
+    from rollwatch.problems import load_problem_set
+
+    out: dict[str, Any] = {}
+    for ps in config.problem_sets:
+        try:
+            out[ps.name] = load_problem_set(ps)
+        except ProblemError as e:
+            log.error("problem_set_invalid", problem_set=ps.name, error=str(e))
+    return out
+
+
+@asynccontextmanager
+async def open_services(config: Config, *, scoring: bool = True) -> AsyncIterator[RunServices]:
+    """Open everything a run needs; close it all on exit."""
+    from rollwatch.providers.client import ProviderClient
+    from rollwatch.scoring import ScoringPool, settings_from_config
+
+    async with AsyncExitStack() as stack:
+        store = await stack.enter_async_context(open_store(config.store))
+        pdb = await stack.enter_async_context(ProjectionDB(config.store.projections_path, default_projections()))
+        problem_sets = load_problem_sets(config)
+        scorer = await stack.enter_async_context(ScoringPool(settings_from_config(config.scoring)))
+        log.info("sandbox", isolation=scorer.isolation, workers=scorer.workers)
+        providers: dict[str, Any] = {}
+        for p in config.providers:
+            if not p.has_key():
+                log.info("provider_skipped", provider=p.name, reason="no API key set",
+                         key_source=p.api_key_env or p.api_key_file)
+                continue
+            providers[p.name] = await stack.enter_async_context(ProviderClient(p))
+        yield RunServices(
+            config=config, store=store, projections=pdb, providers=providers, problem_sets=problem_sets,
+            scorer=scorer, node=config.node, locks_dir=config.store.projections_path.parent / "locks",
+        )
+
+
+class Daemon:
+    """``rollwatch serve``: scheduler, runs, release job and feed server."""
+
+    def __init__(self, config: Config, *, grace: float = 30.0, notifier: Notifier | None = None) -> None:
+        self.config = config
+        self.grace = grace
+        self.notifier = notifier or Notifier()
+        self.metrics = Metrics()
+        self.active: dict[str, Run] = {}  # run_id -> Run driven by this process
+        self.by_schedule: dict[str, str] = {}  # schedule -> run_id
+        self.stopping = anyio.Event()
+        self.http: Any = None
+        self.services: RunServices | None = None
+        self.scheduler: Scheduler | None = None
+
+    # -- runs -----------------------------------------------------------------------------
+
+    def is_running(self, schedule: str) -> bool:
+        """Whether a run of ``schedule`` is going, here or in another process."""
+        if schedule in self.by_schedule:
+            return True
+        return False
+
+    async def _drive(self, run: Run) -> None:
+        self.active[run.run_id] = run
+        self.by_schedule[run.schedule] = run.run_id
+        try:
+            if self.stopping.is_set():
+                run.stopping.set()
+            await run.drive(grace=self.grace)
+        except Exception:
+            log.exception("run_crashed", run_id=run.run_id)
+        finally:
+            self.active.pop(run.run_id, None)
+            if self.by_schedule.get(run.schedule) == run.run_id:
+                del self.by_schedule[run.schedule]
+
+    async def start_run(self, s: ScheduleConfig, kind: str, trigger_seq: int, fire_time: str,
+                        *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """A scheduler fire: record RunStarted, report started, drive the run."""
+        assert self.services is not None
+        if self.stopping.is_set():
+            task_status.started()
+            return
+        try:
+            run = await Run.start(self.services, s, trigger=kind, trigger_seq=trigger_seq, fire_time=fire_time)
+        finally:
+            task_status.started()
+        await self._drive(run)
+
+    async def resume_unfinished(self, tg: TaskGroup) -> int:
+        """Start driving every run that has no RunFinished and no other process drives."""
+        assert self.services is not None
+        n = 0
+        for run_id in await unfinished_runs(self.services):
+            lock = RunLock(self.services.locks_dir, run_id)
+            if not lock.acquire():
+                continue
+            lock.release()
+            run = await Run.load(self.services, run_id)
+            log.info("run_resuming", run_id=run_id, schedule=run.schedule)
+            tg.start_soon(self._drive, run, name=f"resumed run {run_id}")
+            n += 1
+        return n
+
+    # -- background tasks ----------------------------------------------------------------------
+
+    async def _follow_log(self) -> None:
+        """Keep metrics and projections current, and wake the scheduler on schedule events."""
+        assert self.services is not None
+        svc = self.services
+        after = await svc.store.head()
+        self.metrics.events_seen = after
+        while True:
+            wake = False
+            async for page in svc.store.read_batches(after=after, batch=1000):
+                for ev in page:
+                    self.metrics.observe_event(ev)
+                    if ev.type.startswith("Schedule") and ev.type not in ("ScheduleSkipped", "ScheduleMissed"):
+                        wake = True
+                after = page[-1].seq
+            if wake and self.scheduler is not None:
+                await svc.projections.catch_up(svc.store)
+                self.scheduler.wake()
+            await svc.store.wait_for_new(after, timeout=1.0)
+
+    async def _signals(self, main: TaskGroup) -> None:
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for signum in signals:
+                log.info("shutdown_requested", signal=signal.Signals(signum).name,
+                         runs=len(self.active), grace_s=self.grace)
+                self.notifier.notify(STOPPING=1, STATUS="stopping")
+                self.stopping.set()
+                return
+
+    # -- the whole lifetime --------------------------------------------------------------------
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Serve until SIGTERM/SIGINT (or ``stopping`` is set), then stop cleanly."""
+        from rollwatch.web.app import build_app
+        from rollwatch.web.server import HTTPServer
+
+        async with AsyncExitStack() as stack:
+            svc = await stack.enter_async_context(open_services(self.config))
+            self.services = svc
+            await svc.projections.catch_up(svc.store)
+            schedules = [s for s in self.config.schedules if s.provider in svc.providers and s.problem_set in svc.problem_sets]
+            for s in self.config.schedules:
+                if s not in schedules:
+                    log.info("schedule_inactive", schedule=s.name,
+                             reason="its provider has no API key" if s.provider not in svc.providers else "its problem set did not load")
+            self.scheduler = Scheduler(
+                schedules, svc.projections, svc.store, self.start_run, self.is_running,
+                lambda: svc.projections.catch_up(svc.store),
+            )
+            self.http = HTTPServer(build_app(self.metrics, self.extra_routes()), self.config.server.host,
+                                   self.config.server.port)
+            async with anyio.create_task_group() as main:
+                main.start_soon(self._signals, main)
+                await main.start(self.http.run)
+                async with anyio.create_task_group() as runs:
+                    resumed = await self.resume_unfinished(runs)
+                    async with anyio.create_task_group() as sched:
+                        await self.scheduler.run_in(sched, runs)
+                        sched.start_soon(self._follow_log)
+                        sched.start_soon(self.notifier.watchdog)
+                        self.notifier.notify(READY=1, STATUS=f"serving on {self.config.server.listen}")
+                        log.info("daemon_ready", listen=f"{self.config.server.host}:{self.http.port}",
+                                 node=self.config.node, schedules=[s.name for s in schedules], resumed=resumed)
+                        task_status.started()
+                        await self.stopping.wait()
+                        sched.cancel_scope.cancel()
+                    # Runs stop starting rollouts; in-flight ones get the grace period.
+                    for run in list(self.active.values()):
+                        run.stopping.set()
+                self.http.stop()
+                main.cancel_scope.cancel()
+            log.info("daemon_stopped")
+
+    def extra_routes(self) -> list[Any]:
+        """Routes beyond /healthz and /metrics (the publication feed adds its own)."""
+        return []

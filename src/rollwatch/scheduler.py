@@ -1,0 +1,208 @@
+"""Schedules: when to start runs, rebuilt from the log and the config at every start.
+
+APScheduler 3.11's triggers compute fire times (``IntervalTrigger`` with jitter,
+``CronTrigger`` with a time zone); the loop that waits for them is ours, one anyio
+task per schedule inside the daemon's task group. APScheduler's own scheduler would
+start jobs as bare asyncio tasks outside our task group and keep its state outside
+our log; here every decision is an event (runs started, fires skipped or missed,
+pauses, resumes, triggers) and the state is derived from those events.
+
+Rules: an ``every`` schedule that never ran starts at once; a ``cron`` one waits for
+its time. Fires missed while the daemon was down collapse into one catch-up run (one
+``ScheduleMissed`` records how many), within the ``catch_up`` window when one is set.
+A fire while the schedule's previous run is still going is skipped and recorded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import anyio
+from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+
+from rollwatch.config import ScheduleConfig
+from rollwatch.events import ScheduleMissed, ScheduleSkipped, parse_rfc3339, rfc3339
+from rollwatch.log import get_logger
+from rollwatch.projections import ProjectionDB
+
+log = get_logger(__name__)
+
+_MAX_COUNT = 100_000
+
+
+def make_trigger(s: ScheduleConfig) -> Any:
+    """The APScheduler trigger that computes ``s``'s fire times."""
+    if s.cron is not None:
+        return CronTrigger.from_crontab(s.cron, timezone=ZoneInfo(s.timezone))
+    assert s.every is not None
+    return IntervalTrigger(seconds=s.every, jitter=int(s.jitter) or None, timezone=UTC)
+
+
+@dataclass
+class ScheduleState:
+    """What the log says about one schedule."""
+
+    name: str
+    paused: bool = False
+    note: str = ""
+    triggered_seq: int = 0
+    handled_trigger_seq: int = 0
+    last_fire_at: datetime | None = None
+    last_run_id: str | None = None
+    last_status: str | None = None
+    last_started_at: str | None = None
+    last_finished_at: str | None = None
+    skipped: int = 0
+    missed: int = 0
+
+
+async def load_states(pdb: ProjectionDB) -> dict[str, ScheduleState]:
+    """Every schedule's state from the schedules projection."""
+    rows = await pdb.fetchall(
+        "SELECT name, paused, note, triggered_seq, handled_trigger_seq, last_fire_at, last_run_id,"
+        " last_status, last_started_at, last_finished_at, skipped, missed FROM schedules"
+    )
+    out = {}
+    for r in rows:
+        out[r[0]] = ScheduleState(
+            name=r[0], paused=bool(r[1]), note=r[2] or "", triggered_seq=r[3] or 0,
+            handled_trigger_seq=r[4] or 0, last_fire_at=parse_rfc3339(r[5]) if r[5] else None,
+            last_run_id=r[6], last_status=r[7], last_started_at=r[8], last_finished_at=r[9],
+            skipped=r[10] or 0, missed=r[11] or 0,
+        )
+    return out
+
+
+def next_fire(s: ScheduleConfig, trigger: Any, last_fire: datetime | None, now: datetime) -> tuple[datetime | None, int, datetime | None]:
+    """(next fire time, fires missed before ``now``, the latest missed fire time).
+
+    With fires missed, the next fire is "now" (one catch-up run), unless all of them
+    are older than the ``catch_up`` window: then they are only counted.
+    """
+    if last_fire is None:
+        if s.every is not None:
+            return now, 0, None
+        return trigger.get_next_fire_time(None, now), 0, None
+    nxt = trigger.get_next_fire_time(last_fire, now)
+    missed = 0
+    latest: datetime | None = None
+    while nxt is not None and nxt <= now and missed < _MAX_COUNT:
+        missed += 1
+        latest = nxt
+        nxt = trigger.get_next_fire_time(nxt, now)
+    if missed == 0:
+        return nxt, 0, None
+    window = s.catch_up
+    if window is not None and latest is not None and (now - latest).total_seconds() > window:
+        return nxt, missed, latest
+    return now, missed, latest
+
+
+FireFn = Callable[..., Awaitable[None]]
+"""start_run(schedule, trigger kind, trigger seq, fire time, *, task_status): a task that
+records RunStarted, calls ``task_status.started()``, then drives the run to its end."""
+
+
+class Scheduler:
+    """One task per schedule; ``wake()`` after the log changed (pause, resume, trigger)."""
+
+    def __init__(
+        self,
+        schedules: list[ScheduleConfig],
+        projections: ProjectionDB,
+        store: Any,
+        start_run: FireFn,
+        is_running: Callable[[str], bool],
+        refresh: Callable[[], Awaitable[None]],
+    ) -> None:
+        self.schedules = schedules
+        self.pdb = projections
+        self.store = store
+        self.start_run = start_run
+        self.is_running = is_running
+        self.refresh = refresh
+        self._wake: dict[str, anyio.Event] = {s.name: anyio.Event() for s in schedules}
+        self.next_fires: dict[str, datetime | None] = {}
+
+    def wake(self) -> None:
+        """Make every schedule loop look at the log again."""
+        for name, ev in list(self._wake.items()):
+            ev.set()
+            self._wake[name] = anyio.Event()
+
+    async def run_in(self, loops: anyio.abc.TaskGroup, runs: anyio.abc.TaskGroup) -> None:
+        """Start one loop per schedule in ``loops``; the runs they fire go to ``runs``.
+
+        Two groups, so that stopping the scheduler (cancelling ``loops``) never cancels a
+        run: runs stop on their own terms, with a grace period.
+        """
+        for s in self.schedules:
+            loops.start_soon(self._loop, s, runs, name=f"schedule {s.name}")
+
+    async def _loop(self, s: ScheduleConfig, tg: anyio.abc.TaskGroup) -> None:
+        trigger = make_trigger(s)
+        slog = log.bind(schedule=s.name)
+        while True:
+            wake = self._wake[s.name]
+            await self.refresh()
+            st = (await load_states(self.pdb)).get(s.name, ScheduleState(name=s.name))
+            now = datetime.now(UTC)
+            if st.triggered_seq > st.handled_trigger_seq:
+                await self._fire(s, st, tg, "trigger", st.triggered_seq, now, slog)
+                continue
+            if st.paused or not s.enabled:
+                self.next_fires[s.name] = None
+                await wake.wait()
+                continue
+            nxt, missed, latest = next_fire(s, trigger, st.last_fire_at, now)
+            self.next_fires[s.name] = nxt
+            if missed:
+                await self.store.append(f"schedule-{s.name}", [ScheduleMissed(
+                    schedule=s.name, missed=missed, since=rfc3339(st.last_fire_at or now),
+                )])
+                slog.info("schedule_missed", missed=missed, catch_up=nxt == now)
+                if nxt != now:
+                    # Too old to catch up: remember them as handled and wait for the next.
+                    await self.store.append(f"schedule-{s.name}", [ScheduleSkipped(
+                        schedule=s.name, reason="missed fires older than the catch_up window",
+                        fire_time=rfc3339(latest or now),
+                    )])
+                    continue
+            if nxt is None:
+                await wake.wait()
+                continue
+            delay = (nxt - now).total_seconds()
+            if delay > 0:
+                with anyio.move_on_after(delay):
+                    await wake.wait()
+                if datetime.now(UTC) < nxt:
+                    continue  # woken by the log: look again
+            await self._fire(s, st, tg, "catch_up" if missed else "schedule", 0, nxt, slog)
+
+    async def _fire(self, s: ScheduleConfig, st: ScheduleState, tg: anyio.abc.TaskGroup, kind: str,
+                    trigger_seq: int, fire_time: datetime, slog: Any) -> None:
+        ft = rfc3339(fire_time)
+        if self.is_running(s.name):
+            await self.store.append(f"schedule-{s.name}", [ScheduleSkipped(
+                schedule=s.name, reason="the previous run of this schedule is still going", fire_time=ft,
+                trigger_seq=trigger_seq,
+            )])
+            slog.info("schedule_skipped", reason="overlap", fire_time=ft, trigger=kind)
+            return
+        # The run records RunStarted before start() returns, so the next look at the log
+        # sees this fire as done.
+        await tg.start(self.start_run, s, kind, trigger_seq, ft, name=f"run of {s.name}")
+
+
+def fmt_next(dt: datetime | None) -> str:
+    if dt is None:
+        return "-"
+    return rfc3339(dt)[:19] + "Z"
+
+
+__all__ = ["Scheduler", "ScheduleState", "load_states", "make_trigger", "next_fire", "fmt_next", "timedelta"]

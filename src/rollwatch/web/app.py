@@ -1,0 +1,62 @@
+"""The ASGI application: health, metrics, and (publication) the feeds.
+
+Routes are fixed by SPEC §6. Every request gets one structured access-log line.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from rollwatch.log import get_logger
+from rollwatch.metrics import Metrics
+
+access = get_logger("rollwatch.access")
+
+
+class AccessLog:
+    """One log line per request: method, path (no query: it may hold cursors), status, ms."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+
+        async def send_wrapper(message: Any) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            client = scope.get("client")
+            access.info(
+                "http_request", method=scope["method"], path=scope["path"], status=status,
+                ms=round((time.perf_counter() - start) * 1000, 2), client=client[0] if client else None,
+            )
+
+
+def build_app(metrics: Metrics, extra_routes: list[Route] | None = None) -> ASGIApp:
+    """The app with /healthz and /metrics, plus any routes the daemon adds."""
+
+    async def healthz(_: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def metrics_route(_: Request) -> Response:
+        return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
+
+    routes = [Route("/healthz", healthz), Route("/metrics", metrics_route), *(extra_routes or [])]
+    return AccessLog(Starlette(routes=routes))
