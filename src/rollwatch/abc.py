@@ -51,6 +51,8 @@ class EventStore(ABC):
 
     def __init__(self) -> None:
         self._exit_stack: AsyncExitStack | None = None
+        self.append_observer: Callable[[float], None] | None = None
+        """Called with each append's latency in seconds (the daemon's metrics)."""
 
     async def __aenter__(self) -> Self:
         stack = AsyncExitStack()

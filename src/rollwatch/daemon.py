@@ -174,6 +174,8 @@ class Daemon:
         async with AsyncExitStack() as stack:
             svc = await stack.enter_async_context(open_services(self.config))
             self.services = svc
+            svc.store.append_observer = self.metrics.append_latency.observe
+            self.metrics.scoring_queue = lambda: sum(r.state.scoring for r in self.active.values())
             await svc.projections.catch_up(svc.store)
             schedules = [s for s in self.config.schedules if s.provider in svc.providers and s.problem_set in svc.problem_sets]
             for s in self.config.schedules:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import bisect
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from rollwatch.events import Recorded
@@ -53,8 +54,7 @@ class Metrics:
         self.provider_errors: Counter[tuple[str, str]] = Counter()
         self.request_latency = Histogram()
         self.append_latency = Histogram()
-        self.scoring_queue = 0
-        self.scoring_running = 0
+        self.scoring_queue: Callable[[], int] = lambda: 0
         self.events_seen = 0
         self._provider_of: dict[str, str] = {}
 
@@ -116,7 +116,7 @@ class Metrics:
             *self.append_latency.render("rollwatch_append_latency_seconds"),
             "# HELP rollwatch_scoring_queue_depth Answers waiting for a scorer.",
             "# TYPE rollwatch_scoring_queue_depth gauge",
-            f"rollwatch_scoring_queue_depth {self.scoring_queue}",
+            f"rollwatch_scoring_queue_depth {self.scoring_queue()}",
             "# HELP rollwatch_events_applied The highest seq this daemon has applied.",
             "# TYPE rollwatch_events_applied gauge",
             f"rollwatch_events_applied {self.events_seen}",

@@ -120,6 +120,8 @@ class RunState:
     reserved_usd: float = 0.0
     failures: Counter[str] = field(default_factory=Counter)
     budget_hit: bool = False
+    scoring: int = 0
+    """Answers waiting for or being scored."""
 
 
 class RunLock:
@@ -454,7 +456,11 @@ class Run:
             window.release()
 
     async def _score(self, rid: str, problem: Any, text: str) -> None:
-        result = await self.services.scorer.score(problem, text)
+        self.state.scoring += 1
+        try:
+            result = await self.services.scorer.score(problem, text)
+        finally:
+            self.state.scoring -= 1
         d = result.to_dict() if hasattr(result, "to_dict") else dict(result)
         scored = RolloutScored(
             rollout_id=rid, passed=bool(d.get("passed")), score=float(d.get("score") or 0.0),

@@ -19,6 +19,7 @@ so two writers can never fork the chain.
 from __future__ import annotations
 
 import sqlite3
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from contextlib import AsyncExitStack
@@ -144,6 +145,7 @@ class SQLiteEventStore(EventStore):
         at = now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond:06d}Z"
         rows = [(str(uuid.uuid4()), e.TYPE, e.SCHEMA, at, canonical_json(e.to_data())) for e in events]
         pending = _Pending(stream, expected_version, rows)
+        t0 = time.perf_counter()
         group = self._queue
         group.calls.append(pending)
         self._wake.set()
@@ -151,6 +153,8 @@ class SQLiteEventStore(EventStore):
         # wait so a cancelled caller never mistakes a committed event for a lost one.
         with anyio.CancelScope(shield=True):
             await group.done.wait()
+        if self.append_observer is not None:
+            self.append_observer(time.perf_counter() - t0)
         if pending.error is not None:
             raise pending.error
         assert pending.result is not None

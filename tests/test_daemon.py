@@ -1,0 +1,189 @@
+"""The daemon as operators run it: a real `rollwatch serve` process, a loopback provider."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def wait_until(pred, timeout: float = 30.0, what: str = "condition"):  # type: ignore[no-untyped-def]
+    """Poll ``pred`` until it returns something truthy, or fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def events(db: Path, type_: str | None = None) -> list[tuple[int, str, dict]]:
+    if not db.exists():
+        return []
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        sql = "SELECT seq, type, data FROM events"
+        rows = con.execute(sql + (" WHERE type = ?" if type_ else "") + " ORDER BY seq", (type_,) if type_ else ()).fetchall()
+    except sqlite3.OperationalError:
+        return []
+    finally:
+        con.close()
+    return [(s, t, json.loads(d)) for s, t, d in rows]
+
+
+@pytest.fixture
+def provider(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """A loopback OpenAI-compatible server in its own process; yields (base_url, request log)."""
+    port_file, log = tmp_path / "port", tmp_path / "requests.jsonl"
+    log.touch()
+    proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "fake_provider.py"), str(port_file), str(log), "0.1"])
+    try:
+        port = wait_until(lambda: port_file.exists() and port_file.read_text(), 20, "the fake provider")
+        yield f"http://127.0.0.1:{port}/v1", log
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def config(tmp_path: Path, base_url: str, *, rollouts: int = 6, every: str = "1h") -> Path:
+    cfg = tmp_path / "rollwatch.toml"
+    cfg.write_text(f"""
+node = "test-node"
+[store]
+url = "sqlite:{tmp_path / 'events.db'}"
+[server]
+listen = "127.0.0.1:{free_port()}"
+[scoring]
+workers = 2
+[[problem_sets]]
+name = "favorites"
+path = "{ROOT / 'config' / 'problems'}"
+[[providers]]
+name = "fake"
+kind = "openai"
+base_url = "{base_url}"
+api_key_env = "FAKE_PROVIDER_KEY"
+max_concurrency = 4
+[providers.prices]
+"m1" = {{ input = 1.0, output = 2.0 }}
+[[schedules]]
+name = "fake-often"
+provider = "fake"
+models = ["m1"]
+problem_set = "favorites"
+rollouts = {rollouts}
+every = "{every}"
+""")
+    return cfg
+
+
+def serve(cfg: Path, **env: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "rollwatch", "--config", str(cfg), "serve", "--grace", "5"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "FAKE_PROVIDER_KEY": "sk-test-secret-123", **env},
+    )
+
+
+def test_fires_by_itself_and_survives_sigkill(tmp_path: Path, provider: tuple[str, Path]) -> None:
+    """The schedule fires on its own; SIGKILL mid-run and a restart finish the run with
+    no rollout answered twice and no more provider answers than rollouts plus those in flight."""
+    base_url, req_log = provider
+    cfg = config(tmp_path, base_url, rollouts=6)
+    db = tmp_path / "events.db"
+    proc = serve(cfg)
+    try:
+        started = wait_until(lambda: events(db, "RunStarted"), 60, "the first run to start by itself")
+        total = started[0][2]["rollouts"] * len(started[0][2]["problems"])
+        assert total >= 40
+        wait_until(lambda: len(events(db, "RolloutResponded")) >= 10, 60, "some answers")
+    finally:
+        proc.kill()
+        proc.communicate()
+    assert not events(db, "RunFinished")
+
+    proc = serve(cfg)
+    try:
+        fin = wait_until(lambda: events(db, "RunFinished"), 120, "the resumed run to finish")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err[-2000:]
+    run_id = started[0][2]["run_id"]
+    assert [f[2]["run_id"] for f in fin] == [run_id]
+    assert fin[0][2]["status"] == "completed"
+    answered = Counter(e[2]["rollout_id"] for e in events(db, "RolloutResponded"))
+    assert len(answered) == total
+    assert max(answered.values()) == 1, "a rollout was answered twice"
+    scored = Counter(e[2]["rollout_id"] for e in events(db, "RolloutScored"))
+    assert set(scored) == set(answered) and max(scored.values()) == 1
+    served = len(req_log.read_text().splitlines())
+    # Requests in flight at the kill were answered by the provider but never recorded;
+    # there are at most max_concurrency of them.
+    assert total <= served <= total + 4
+    # The restart did not start a second run: the last fire is recent, the next is in 1h.
+    assert len(events(db, "RunStarted")) == 1
+    assert b"sk-test-secret-123" not in db.read_bytes()
+    assert "sk-test-secret-123" not in out + err
+
+
+def test_sigterm_notify_and_json_logs(tmp_path: Path, provider: tuple[str, Path]) -> None:
+    """READY=1, WATCHDOG=1 and STOPPING=1 reach NOTIFY_SOCKET; SIGTERM exits 0 promptly;
+    every line of output off a terminal is a JSON object."""
+    base_url, _ = provider
+    cfg = config(tmp_path, base_url, rollouts=50)
+    sock_path = tmp_path / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(sock_path))
+    sock.settimeout(30)
+    received: list[str] = []
+
+    def expect(word: str) -> None:
+        while not any(word in m for m in received):
+            received.append(sock.recv(4096).decode())
+
+    proc = serve(cfg, NOTIFY_SOCKET=str(sock_path), WATCHDOG_USEC="400000")
+    try:
+        expect("READY=1")
+        expect("WATCHDOG=1")
+        wait_until(lambda: events(tmp_path / "events.db", "RolloutResponded"), 60, "rollouts in flight")
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        expect("STOPPING=1")
+        out, err = proc.communicate(timeout=30)
+        took = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        sock.close()
+    assert proc.returncode == 0, err[-2000:]
+    assert took < 15
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert lines
+    for ln in lines:
+        assert isinstance(json.loads(ln), dict), ln
+    names = [json.loads(ln)["event"] for ln in lines]
+    assert "daemon_ready" in names and "daemon_stopped" in names and "run_interrupted" in names
+    # The run was interrupted, not finished: it resumes at the next start.
+    assert not events(tmp_path / "events.db", "RunFinished")
+    assert events(tmp_path / "events.db", "RunInterrupted")
