@@ -153,7 +153,6 @@ class ProviderClient:
         self._http: httpx.AsyncClient | None = None
         self._unpriced: set[str] = set()
         self._n = _Counters()
-        self._log = get_logger(__name__, provider=config.name)
 
     def __repr__(self) -> str:
         return f"ProviderClient(name={self.name!r}, kind={self.config.kind!r})"
@@ -217,6 +216,7 @@ class ProviderClient:
         attempt = 0
         while True:
             attempt += 1
+            answer: Answer | None = None
             async with self.limits.slot(estimate) as slot:
                 if self.disabled is not None:
                     return None
@@ -234,11 +234,14 @@ class ProviderClient:
                     return None
                 await log.requested(attempt, wire.body)
                 self._n.requests += 1
-                timeout = min(self.config.timeout, deadline - now)
+                time_limit = min(self.config.timeout, deadline - now)
                 try:
-                    answer = await self._send(adapter, http, url, content, headers, timeout)
+                    answer = await self._send(adapter, http, url, content, headers, time_limit)
                 except ProviderError as e:
                     error = e
+                    # Feedback goes in while the slot is held, so that no waiting rollout
+                    # can slip a request past a pause or a disabled key.
+                    delay = self._after_failure(model, slot, error, attempt)
                 except anyio.get_cancelled_exc_class():
                     with anyio.move_on_after(_SHIELD_S, shield=True):
                         cancelled = ProviderError(
@@ -247,10 +250,11 @@ class ProviderClient:
                         await self._fail(log, attempt, cancelled, final=True)
                     raise
                 else:
-                    await self._answered(model, slot, answer, log, attempt)
-                    return answer
-            # Back off without holding a slot: others may use it meanwhile.
-            delay = self._after_failure(model, slot, error, attempt)
+                    cost = self._succeeded(model, slot, answer)
+            # Recording and backing off happen without the slot: others may use it.
+            if answer is not None:
+                await log.responded(attempt, answer, cost)
+                return answer
             final = (
                 not error.retryable
                 or attempt >= self.config.max_attempts
@@ -338,9 +342,8 @@ class ProviderClient:
             retry_after=err.retry_after,
         )
 
-    async def _answered(
-        self, model: str, slot: Slot, answer: Answer, log: AttemptLog, attempt: int
-    ) -> None:
+    def _succeeded(self, model: str, slot: Slot, answer: Answer) -> float | None:
+        """Feed a success back into the shared limits and counters; return its cost."""
         self.limits.succeeded()
         u = answer.usage
         self.limits.used_tokens(slot, u.input_tokens + u.output_tokens)
@@ -354,7 +357,7 @@ class ProviderClient:
         n.output_tokens += u.output_tokens
         if cost is not None:
             n.cost += cost
-        await log.responded(attempt, answer, cost)
+        return cost
 
     def _after_failure(self, model: str, slot: Slot, error: ProviderError, attempt: int) -> float:
         """Feed a failure back into the shared limits; return this rollout's backoff."""
@@ -374,7 +377,7 @@ class ProviderClient:
         if self.disabled is not None:
             return
         self.disabled = error
-        self._log.error(
+        get_logger(__name__).error(
             "provider disabled: it rejected the key or the account; fix it and restart",
             provider=self.name,
             model=model,
@@ -423,7 +426,7 @@ class ProviderClient:
         if price is None:
             if model not in self._unpriced:
                 self._unpriced.add(model)
-                self._log.warning(
+                get_logger(__name__).warning(
                     "no price for this model: its cost is unknown; add it under "
                     f"[providers.prices] of provider {self.name!r}",
                     provider=self.name,
