@@ -258,7 +258,7 @@ class ScheduleConfig(_Strict):
     def _cron(cls, v: str | None) -> str | None:
         if v is None:
             return v
-        from apscheduler.triggers.cron import CronTrigger
+        from apscheduler.triggers.cron import CronTrigger  # type: ignore[import-untyped]
 
         try:
             CronTrigger.from_crontab(v)
@@ -287,6 +287,7 @@ class Config(_Strict):
         ):
             seen: set[str] = set()
             for i, item in enumerate(items):
+                assert isinstance(item, ProblemSetConfig | ProviderConfig | ScheduleConfig)
                 if item.name in seen:
                     problems.append(f"{field}[{i}].name: {item.name!r} is defined twice")
                 seen.add(item.name)

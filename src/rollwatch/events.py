@@ -19,7 +19,6 @@ first event's previous hash is 32 zero bytes.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
 import json
 import re
@@ -142,14 +141,19 @@ class Event:
 
     @classmethod
     def from_data(cls: type[E], data: dict[str, Any]) -> E:
-        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        names = set(_field_names(cls))
         # Unknown keys are kept out rather than failing: a newer writer may add fields.
         return cls(**{k: v for k, v in data.items() if k in names})
 
 
-@functools.cache
+_FIELDS: dict[type[Event], tuple[str, ...]] = {}
+
+
 def _field_names(cls: type[Event]) -> tuple[str, ...]:
-    return tuple(f.name for f in dataclasses.fields(cls))  # type: ignore[arg-type]
+    names = _FIELDS.get(cls)
+    if names is None:
+        names = _FIELDS[cls] = tuple(f.name for f in dataclasses.fields(cls))
+    return names
 
 
 def upcaster(type_: str, from_schema: int) -> Callable[[Callable[[dict[str, Any]], dict[str, Any]]], Callable[[dict[str, Any]], dict[str, Any]]]:

@@ -85,4 +85,4 @@ def configure_logging(level: str = "info", *, stream: TextIO | None = None, json
 def get_logger(name: str, **context: Any) -> structlog.stdlib.BoundLogger:
     """A logger bound to ``context`` (use the stable keys: run_id, rollout_id, provider, model)."""
     # Lazy: a module-level logger made before configure_logging() still uses its config.
-    return structlog.stdlib.get_logger(name, **context)  # type: ignore[no-any-return]
+    return structlog.stdlib.get_logger(name, **context)

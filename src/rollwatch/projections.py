@@ -147,14 +147,18 @@ class ProjectionDB:
         head = until if until is not None else await store.head()
         types = set().union(*(p.types for p in self.projections))
         async for page in store.read_batches(after=start, types=types, until=head, batch=2000):
-            await self._run(lambda db, b=page: self._apply(db, b, None))
+            await self._w_apply(page, None)
             if progress is not None:
                 progress(page[-1].seq, head)
-        await self._run(lambda db: self._apply(db, [], head))
+        await self._w_apply([], head)
         if progress is not None:
             progress(head, head)
         self.applied = max(self.applied, head)
         return head
+
+    async def _w_apply(self, events: list[Recorded], upto: int | None) -> None:
+        assert self._w is not None, "use ProjectionDB with `async with`"
+        await self._w.run(self._apply, events, upto)
 
     def _apply(self, db: sqlite3.Connection, events: list[Recorded], upto: int | None) -> None:
         if not events and upto is None:

@@ -15,15 +15,15 @@ A fire while the schedule's previous run is still going is skipped and recorded.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import anyio
-from apscheduler.triggers.cron import CronTrigger
-from apscheduler.triggers.interval import IntervalTrigger
+from apscheduler.triggers.cron import CronTrigger  # type: ignore[import-untyped]
+from apscheduler.triggers.interval import IntervalTrigger  # type: ignore[import-untyped]
 
 from rollwatch.config import ScheduleConfig
 from rollwatch.events import ScheduleMissed, ScheduleSkipped, parse_rfc3339, rfc3339
@@ -103,7 +103,7 @@ def next_fire(s: ScheduleConfig, trigger: Any, last_fire: datetime | None, now: 
     return now, missed, latest
 
 
-FireFn = Callable[..., Awaitable[None]]
+FireFn = Callable[..., Coroutine[Any, Any, None]]
 """start_run(schedule, trigger kind, trigger seq, fire time, *, task_status): a task that
 records RunStarted, calls ``task_status.started()``, then drives the run to its end."""
 
@@ -118,7 +118,7 @@ class Scheduler:
         store: Any,
         start_run: FireFn,
         is_running: Callable[[str], bool],
-        refresh: Callable[[], Awaitable[None]],
+        refresh: Callable[[], Awaitable[object]],
     ) -> None:
         self.schedules = schedules
         self.pdb = projections
