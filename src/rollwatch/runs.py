@@ -334,7 +334,7 @@ class Run:
 
         # Places for rollout tasks: those in flight at the provider and those whose answer
         # waits for a scorer. Beyond this the producer waits, so memory stays flat.
-        window = anyio.CapacityLimiter(max(2, svc.config.provider(self.provider_name).max_concurrency * 2))
+        window = anyio.Semaphore(max(2, svc.config.provider(self.provider_name).max_concurrency * 2))
         interrupted = False
 
         async with anyio.create_task_group() as tg:
@@ -422,7 +422,7 @@ class Run:
             ev.set()
             self._settled_ev = anyio.Event()
 
-    async def _rollout(self, window: anyio.CapacityLimiter, provider: ProviderLike, rid: str, model: str,
+    async def _rollout(self, window: anyio.Semaphore, provider: ProviderLike, rid: str, model: str,
                        problem: Any, sample: int, first_attempt: int, reserved: float) -> None:
         try:
             pset = self.services.problem_sets[self.problem_set_name]
@@ -448,7 +448,7 @@ class Run:
         finally:
             window.release()
 
-    async def _score_existing(self, window: anyio.CapacityLimiter, rid: str, problem: Any, answer_seq: int) -> None:
+    async def _score_existing(self, window: anyio.Semaphore, rid: str, problem: Any, answer_seq: int) -> None:
         try:
             evs = [ev async for ev in self.services.store.read(after=answer_seq - 1, until=answer_seq)]
             await self._score(rid, problem, evs[0].data["text"])
