@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: run test bench lint system clean
+.PHONY: run test bench lint system services clean
 
 # bubblewrap gives the scoring sandbox its namespaces; without it we fall back to unshare.
 system:
@@ -15,6 +15,13 @@ system:
 			(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap) \
 			|| echo "warning: could not install bubblewrap; the sandbox falls back to unshare"; \
 		else echo "warning: bubblewrap is not installed; the sandbox falls back to unshare"; fi; \
+	fi
+
+# The PostgreSQL store's tests need the local server (127.0.0.1:5432, trust auth).
+services:
+	@if command -v pg_ctlcluster >/dev/null 2>&1 && ! pg_isready -q -h 127.0.0.1 -p 5432; then \
+		pg_ctlcluster --skip-systemctl-redirect "$$(ls /etc/postgresql | head -n1)" main start \
+		|| echo "warning: could not start PostgreSQL; its tests will fail"; \
 	fi
 
 $(STAMP): pyproject.toml
@@ -27,10 +34,10 @@ run: system $(STAMP)
 	mkdir -p var
 	$(BIN)/rollwatch --config config/rollwatch.toml serve
 
-test: system $(STAMP)
+test: system services $(STAMP)
 	$(BIN)/pytest -q
 
-bench: system $(STAMP)
+bench: system services $(STAMP)
 	$(BIN)/pip install -q -e '.[dev,bench]'
 	$(BIN)/python bench/run_all.py
 
