@@ -435,7 +435,8 @@ async def _runs(pdb: Fetcher) -> dict[str, tuple[str | None, str | None]]:
 
 def _sum_opt(values: Iterable[float | None]) -> float | None:
     known = [v for v in values if v is not None]
-    return math.fsum(known) if known else None
+    # Dollars to the nano-dollar: SQL's float sums leave 0.6000000000000004 otherwise.
+    return round(math.fsum(known), 9) if known else None
 
 
 def _row(provider: str, model: str, cells: Sequence[_Cell], **ident: Any) -> Row:
