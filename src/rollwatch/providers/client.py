@@ -70,6 +70,8 @@ _PACING_KINDS = frozenset({"rate_limited", "overloaded"})
 #: How long a failure is given to be recorded once its rollout is being cancelled.
 _SHIELD_S = 5.0
 _USER_AGENT = "rollwatch (+https://github.com/rollwatch)"
+#: Connections per httpx client (see :class:`_Pools` for why not one big pool).
+CONNECTIONS_PER_POOL = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,7 +152,7 @@ class ProviderClient:
             clock=self._clock,
         )
         self._key: str | None = None
-        self._http: httpx.AsyncClient | None = None
+        self._pools: _Pools | None = None
         self._unpriced: set[str] = set()
         self._n = _Counters()
 
@@ -164,25 +166,17 @@ class ProviderClient:
         if not key:
             raise ConfigError(f"providers.{self.name}", [_missing_key(self.config)])
         self._key = key
-        n = self.config.max_concurrency
-        self._http = httpx.AsyncClient(
-            transport=self._transport,
-            # Our own limiter keeps at most max_concurrency requests in flight, so the
-            # pool never makes a request wait (httpx's default of 100 would, above it).
-            limits=httpx.Limits(max_connections=n, max_keepalive_connections=n),
-            timeout=httpx.Timeout(self.config.timeout, pool=None),
-            headers={"user-agent": _USER_AGENT},
-        )
+        self._pools = _Pools(self.config, self._transport)
         return self
 
     async def __aexit__(
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
-        http, self._http = self._http, None
+        pools, self._pools = self._pools, None
         self._key = None
-        if http is not None:
+        if pools is not None:
             with anyio.CancelScope(shield=True):
-                await http.aclose()
+                await pools.aclose()
 
     # -- the one call a run makes ------------------------------------------------------
 
@@ -198,8 +192,8 @@ class ProviderClient:
             return None
         if self._reference is not None:
             return await self._reference_rollout(model, prompt, params, log)
-        adapter, http, key = self._adapter, self._http, self._key
-        if adapter is None or http is None or key is None:
+        adapter, pools, key = self._adapter, self._pools, self._key
+        if adapter is None or pools is None or key is None:
             raise RuntimeError("use the ProviderClient as `async with ProviderClient(...)`")
         system = prompt.system if prompt.system is not None else self.config.system_prompt
         try:
@@ -235,7 +229,9 @@ class ProviderClient:
                 await log.requested(attempt, wire.body)
                 self._n.requests += 1
                 time_limit = min(self.config.timeout, deadline - now)
+                lease = pools.take()
                 try:
+                    http = pools.clients[lease]
                     answer = await self._send(adapter, http, url, content, headers, time_limit)
                 except ProviderError as e:
                     error = e
@@ -251,6 +247,8 @@ class ProviderClient:
                     raise
                 else:
                     cost = self._succeeded(model, slot, answer)
+                finally:
+                    pools.give(lease)
             # Recording and backing off happen without the slot: others may use it.
             if answer is not None:
                 await log.responded(attempt, answer, cost)
@@ -464,6 +462,54 @@ class ProviderClient:
             paused_s=max(0.0, self.limits.not_before - self._clock.now()),
             disabled=self.disabled is not None,
         )
+
+
+class _Pools:
+    """httpx clients that together hold ``max_concurrency`` connections, a few per client.
+
+    Why not one client with one big pool: httpcore 1.0's pool walks every connection
+    (polling each idle socket) whenever a request starts or ends (encode/httpcore#1035),
+    so the CPU per request grows with the pool. At 500 connections in one pool that
+    bookkeeping was ~10 ms CPU per request, ~7x what pools of 4 cost
+    (``bench/bench_providers.py``). Each rollout leases a place in one client while it
+    holds its slot; there are exactly as many places as connections, and the provider
+    limits never hand out more slots than that, so no pool ever queues a request. A
+    lease is a stack (last returned, first reused) so light load stays on warm
+    connections. One SSL context serves every client (loading CA certificates is slow).
+    """
+
+    def __init__(self, config: ProviderConfig, transport: httpx.AsyncBaseTransport | None) -> None:
+        n = config.max_concurrency
+        # A test transport is one object: it gets one client.
+        per = n if transport is not None else CONNECTIONS_PER_POOL
+        sizes = [min(per, n - start) for start in range(0, n, per)]
+        # httpx builds a context per client otherwise, even for http:// URLs.
+        verify = httpx.create_ssl_context()
+        self.clients = [
+            httpx.AsyncClient(
+                transport=transport,
+                verify=verify,
+                limits=httpx.Limits(max_connections=size, max_keepalive_connections=size),
+                # The pool never makes a request wait (see above), so no pool timeout.
+                timeout=httpx.Timeout(config.timeout, pool=None),
+                headers={"user-agent": _USER_AGENT},
+            )
+            for size in sizes
+        ]
+        self._free = [i for i, size in enumerate(sizes) for _ in range(size)]
+
+    def take(self) -> int:
+        """Lease a place; the index of its client."""
+        return self._free.pop() if self._free else 0
+
+    def give(self, index: int) -> None:
+        """Return a place leased by :meth:`take`."""
+        self._free.append(index)
+
+    async def aclose(self) -> None:
+        """Close every client and its connections."""
+        for client in self.clients:
+            await client.aclose()
 
 
 def _missing_key(config: ProviderConfig) -> str:
