@@ -142,7 +142,7 @@ def hits(passed: int, n: int) -> list[bool]:
 
 
 @pytest.fixture
-async def log(tmp_path: Path):  # type: ignore[no-untyped-def]
+async def log(tmp_path: Path) -> AsyncIterator[EventStore]:
     """An open, empty SQLite event log under ``tmp_path``."""
     async with SQLiteEventStore(tmp_path / "events.db") as store:
         yield store
@@ -196,7 +196,7 @@ class TestPassAtK:
         n, c = nc
         values = [pass_at_k(n, c, k) for k in range(1, n + 1)]
         assert all(v is not None and 0.0 <= v <= 1.0 for v in values)
-        assert all(a <= b + 1e-12 for a, b in itertools.pairwise(values))  # type: ignore[operator]
+        assert all(a <= b + 1e-12 for a, b in itertools.pairwise(values))
 
     def test_large_n_does_not_overflow(self) -> None:
         """n in the tens of thousands stays finite and exact enough (the binomials would not)."""
@@ -214,8 +214,8 @@ class TestWilson:
         """The interval matches published values: 0/300 -> [0, z²/(n+z²)] = [0, 0.012643],
         1/300 -> [0.000589, 0.018637], 3/10 -> [0.10779, 0.60322] (R's prop.test, no correction)."""
         assert wilson(0, 300) == (0.0, pytest.approx(Z95**2 / (300 + Z95**2)))
-        assert wilson(0, 300)[1] == pytest.approx(0.0126430, abs=1e-7)  # type: ignore[index]
-        low, high = wilson(1, 300)  # type: ignore[misc]
+        assert wilson(0, 300)[1] == pytest.approx(0.0126430, abs=1e-7)
+        low, high = wilson(1, 300)
         assert low == pytest.approx(0.00058866, abs=1e-7)
         assert high == pytest.approx(0.0186367, abs=1e-6)
         assert wilson(3, 10) == (
@@ -225,15 +225,15 @@ class TestWilson:
 
     def test_edges_are_exact_and_empty_is_null(self) -> None:
         """All-fail starts at exactly 0, all-pass ends at exactly 1; no trials gives None."""
-        assert wilson(0, 7)[0] == 0.0  # type: ignore[index]
-        assert wilson(7, 7)[1] == 1.0  # type: ignore[index]
+        assert wilson(0, 7)[0] == 0.0
+        assert wilson(7, 7)[1] == 1.0
         assert wilson(0, 0) is None
 
     @given(st.integers(1, 10_000).flatmap(lambda n: st.tuples(st.integers(0, n), st.just(n))))
     def test_contains_the_estimate(self, kn: tuple[int, int]) -> None:
         """The interval lies within [0, 1] and contains the observed rate."""
         k, n = kn
-        low, high = wilson(k, n)  # type: ignore[misc]
+        low, high = wilson(k, n)
         assert 0.0 <= low <= k / n <= high <= 1.0
 
     def test_simulated_coverage_is_nominal(self) -> None:
@@ -246,7 +246,7 @@ class TestWilson:
             p = rng.uniform(0.005, 0.5)
             n = rng.choice((50, 100, 300))
             k = sum(rng.random() < p for _ in range(n))
-            low, high = wilson(k, n)  # type: ignore[misc]
+            low, high = wilson(k, n)
             covered += low <= p <= high
         assert 0.93 <= covered / trials <= 0.97
 
@@ -259,7 +259,7 @@ class TestWilson:
             return math.fsum(
                 math.comb(n, k) * p**k * (1 - p) ** (n - k)
                 for k in range(n + 1)
-                if wilson(k, n)[0] <= p <= wilson(k, n)[1]  # type: ignore[index]
+                if wilson(k, n)[0] <= p <= wilson(k, n)[1]
             )
 
         rates = [0.001 + 0.049 * i / 200 for i in range(201)]
@@ -564,13 +564,17 @@ class TestRenderings:
         never = next(r for r in rows if r["model"] == "never")
         assert never["expected_rollouts_to_solve"] == ""
 
-    def test_empty_report(self) -> None:
-        """No rollouts yet: the table says so, JSON is an empty list, CSV is just the header."""
-        from rollwatch.report import Report
-
-        empty = Report(title="t", rows=(), keys=("provider", "model"), columns=())
-        assert to_json(empty) == []
-        assert to_csv(empty) == "provider,model\n"
+    @pytest.mark.anyio
+    async def test_empty_log(self, log: EventStore, tmp_path: Path) -> None:
+        """No rollouts yet: every view renders; the table says so, JSON is an empty list, CSV is
+        just the header."""
+        async with projections(log, tmp_path) as pdb:
+            reports = [await build_report(pdb, by) for by in ("model", "problem", "run")]
+            reports += [await build_trend(pdb), await build_release_impact(pdb)]
+        for report in reports:
+            assert "(no rollouts)" in to_table(report)
+            assert to_json(report) == []
+            assert to_csv(report) == ",".join(report.keys) + "\n"
 
 
 # --- the command --------------------------------------------------------------------------

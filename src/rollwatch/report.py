@@ -486,7 +486,7 @@ def _row(provider: str, model: str, cells: Sequence[_Cell], **ident: Any) -> Row
     )
 
 
-def summarize(
+def _summarize(
     cells: Iterable[_Cell], by: By, runs: Mapping[str, tuple[str | None, str | None]]
 ) -> list[Row]:
     """Group rollout cells into report rows (the pure part of :func:`build_report`)."""
@@ -532,7 +532,7 @@ async def build_report(pdb: Fetcher, by: str = "model") -> Report:
     """The report per provider and model, or per problem or run of each (``by``)."""
     if by not in BY_CHOICES:
         raise UsageError(f"report: by must be one of {', '.join(BY_CHOICES)}, not {by!r}")
-    rows = summarize(await _cells(pdb), by, await _runs(pdb))
+    rows = _summarize(await _cells(pdb), by, await _runs(pdb))
     drop = {
         "model": ("problem_id", "run_id", "run_started_at"),
         "problem": ("run_id", "run_started_at"),
@@ -789,7 +789,7 @@ def to_table(report: Report) -> str:
     """The rows as an aligned table for a terminal, with the notes under it."""
     header = [c.header for c in report.columns]
     body = [[c.text(r) for c in report.columns] for r in report.rows]
-    widths = [max(len(h), *(len(line[i]) for line in body)) for i, h in enumerate(header)]
+    widths = [max([len(h), *(len(line[i]) for line in body)]) for i, h in enumerate(header)]
 
     def fmt(cells: Sequence[str]) -> str:
         parts = [
