@@ -16,8 +16,8 @@ The statistics, and why these ones
   Language Models Trained on Code": per problem with ``n`` samples of which ``c``
   passed, ``1 - C(n-c, k) / C(n, k)``, the chance that ``k`` samples drawn without
   replacement hold a pass; averaged over the problems that have ``n >= k`` samples
-  (``pass_at_k_problems`` says how many). Null when no problem has ``k`` samples: a
-  smaller sample cannot say anything about ``k`` tries.
+  (``pass_at_10_problems`` and so on say how many). Null when no problem has ``k``
+  samples: a smaller sample cannot say anything about ``k`` tries.
 * Expected rollouts to a first solution is ``1/p`` (the mean of a geometric
   distribution, counting the solving rollout), its range ``1/high .. 1/low`` from
   the Wilson bounds; dollars are that times the mean cost of a scored rollout. With
