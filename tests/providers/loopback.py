@@ -19,7 +19,7 @@ import anyio
 from anyio.abc import SocketStream
 from anyio.streams.buffered import BufferedByteReceiveStream
 
-Action = Literal["respond", "malformed", "cut", "drop", "stall"]
+Action = Literal["respond", "malformed", "cut", "drop", "stall", "hold"]
 
 _REASONS = {
     200: "OK",
@@ -44,7 +44,8 @@ class Reply:
     body is not JSON; ``cut`` announces the full body (``body``, else the default
     reply's) but sends half of it and closes;
     ``drop`` closes without a response; ``stall`` never answers (until the server
-    stops), for timeouts.
+    stops), for timeouts; ``hold`` answers the default reply once ``server.release``
+    is set.
     """
 
     status: int = 200
@@ -85,6 +86,7 @@ class LoopbackServer:
         self.script: deque[Reply] = deque()
         self.seen: list[Seen] = []
         self._arrived = anyio.Event()
+        self.release = anyio.Event()
 
     def then(self, *replies: Reply) -> LoopbackServer:
         """Append ``replies`` to the script."""
@@ -132,6 +134,9 @@ class LoopbackServer:
             return False
         if reply.action == "stall":
             await anyio.sleep_forever()
+        if reply.action == "hold":
+            await self.release.wait()
+            reply = self.default(seen)
         status = 200 if reply.action == "malformed" else reply.status
         body = b'{"choices": [{"message": ' if reply.action == "malformed" else reply.payload()
         if reply.action == "cut" and not body:  # cut the wire's real answer in half

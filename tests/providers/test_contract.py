@@ -117,8 +117,13 @@ class TestRetries:
                 "bad_response",
                 "not JSON",
             ),
+            (
+                Reply(200, b"not gzip at all", {"content-encoding": "gzip"}),
+                "bad_response",
+                "decode",
+            ),
         ],
-        ids=["malformed-json", "cut-off-body", "dropped-connection", "html-body"],
+        ids=["malformed-json", "cut-off-body", "dropped-connection", "html-body", "bad-gzip"],
     )
     async def test_broken_responses_are_retried(
         self,
@@ -326,6 +331,28 @@ class TestRateLimits:
         assert stats.errors == {"rate_limited": 4}
         assert stats.rollouts_answered == 4
         assert stats.window == 4
+
+
+class TestConcurrency:
+    async def test_every_slot_reaches_the_server_at_once(
+        self, wire: Wire, server: LoopbackServer, make_config: MakeConfig
+    ) -> None:
+        """With max_concurrency rollouts in flight, all their requests are at the server
+        together: the connection pools behind the client never queue one."""
+        n = 11  # several httpx pools, the last one partly filled
+        server.then(*(Reply(action="hold") for _ in range(n)))
+        async with ProviderClient(make_config(max_concurrency=n)) as client:
+            logs = [RecordingLog() for _ in range(n + 3)]
+            async with anyio.create_task_group() as tg:
+                for log in logs:
+                    tg.start_soon(client.rollout, MODEL, PROMPT, {}, log)
+                await server.wait_for_requests(n)
+                await anyio.wait_all_tasks_blocked()
+                assert len(server.seen) == n
+                assert client.stats.in_flight == n
+                server.release.set()
+        assert all(log.trail == [("requested", 1), ("responded", 1)] for log in logs)
+        assert len(server.seen) == n + 3
 
 
 class TestCancellation:

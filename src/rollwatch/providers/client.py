@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import ssl
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ from types import TracebackType
 from typing import Any, Self
 
 import anyio
+import anyio.to_thread
 import httpx
 
 from rollwatch.config import ProviderConfig
@@ -166,7 +168,9 @@ class ProviderClient:
         if not key:
             raise ConfigError(f"providers.{self.name}", [_missing_key(self.config)])
         self._key = key
-        self._pools = _Pools(self.config, self._transport)
+        # Loading the CA bundle takes tens of milliseconds: not on the event loop.
+        ssl_context = await anyio.to_thread.run_sync(httpx.create_ssl_context)
+        self._pools = _Pools(self.config, self._transport, ssl_context)
         return self
 
     async def __aexit__(
@@ -290,6 +294,8 @@ class ProviderClient:
             if "message body" in text:
                 raise bad_response(f"the body was cut off: {self._clean(text)}") from None
             raise ProviderError("connection", self._clean(text), retryable=True) from None
+        except httpx.DecodingError as e:  # a body that fails its Content-Encoding
+            raise bad_response(f"the body cannot be decoded: {self._clean(str(e))}") from None
         except httpx.TransportError as e:
             raise ProviderError(
                 "connection", f"{type(e).__name__}: {self._clean(str(e))}", retryable=True
@@ -478,17 +484,21 @@ class _Pools:
     connections. One SSL context serves every client (loading CA certificates is slow).
     """
 
-    def __init__(self, config: ProviderConfig, transport: httpx.AsyncBaseTransport | None) -> None:
+    def __init__(
+        self,
+        config: ProviderConfig,
+        transport: httpx.AsyncBaseTransport | None,
+        ssl_context: ssl.SSLContext,
+    ) -> None:
         n = config.max_concurrency
         # A test transport is one object: it gets one client.
         per = n if transport is not None else CONNECTIONS_PER_POOL
         sizes = [min(per, n - start) for start in range(0, n, per)]
-        # httpx builds a context per client otherwise, even for http:// URLs.
-        verify = httpx.create_ssl_context()
         self.clients = [
             httpx.AsyncClient(
                 transport=transport,
-                verify=verify,
+                # httpx would build a context per client, even for http:// URLs.
+                verify=ssl_context,
                 limits=httpx.Limits(max_connections=size, max_keepalive_connections=size),
                 # The pool never makes a request wait (see above), so no pool timeout.
                 timeout=httpx.Timeout(config.timeout, pool=None),
