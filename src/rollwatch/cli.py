@@ -374,3 +374,7 @@ def main() -> None:
     sys.exit(0)
 
 
+
+
+# Commands defined in their own modules register themselves on `cli`.
+import rollwatch.cli_report  # noqa: E402,F401

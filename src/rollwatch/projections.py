@@ -335,4 +335,6 @@ class SchedulesProjection(Projection):
 
 def default_projections() -> list[Projection]:
     """Every read model rollwatch keeps."""
-    return [RunsProjection(), SchedulesProjection()]
+    from rollwatch.report import ReleasesProjection
+
+    return [RunsProjection(), SchedulesProjection(), ReleasesProjection()]
