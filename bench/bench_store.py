@@ -22,8 +22,8 @@ import anyio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from rollwatch.events import SchedulePaused  # noqa: E402
-from rollwatch.store.sqlite import PRAGMAS, SCHEMA, SQLiteEventStore  # noqa: E402
+from rollwatch.events import SchedulePaused
+from rollwatch.store.sqlite import PRAGMAS, SCHEMA, SQLiteEventStore
 
 NOTE = "x" * 900
 
@@ -47,7 +47,9 @@ def raw_read(path: Path) -> tuple[float, int]:
     con = sqlite3.connect(path)
     t = time.perf_counter()
     n = 0
-    for _row in con.execute("SELECT seq, id, stream, version, type, schema, at, data, hash FROM events ORDER BY seq"):
+    for _row in con.execute(
+        "SELECT seq, id, stream, version, type, schema, at, data, hash FROM events ORDER BY seq"
+    ):
         n += 1
     took = time.perf_counter() - t
     con.close()
@@ -95,7 +97,10 @@ def main() -> None:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as d:
         ours = Path(d) / "ours.db"
-        print(f"appending {args.events} events of ~1 KB from {args.tasks} tasks, {args.batch} per call...", file=sys.stderr)
+        print(
+            f"appending {args.events} events of ~1 KB from {args.tasks} tasks, {args.batch} per call...",
+            file=sys.stderr,
+        )
         t_ours = anyio.run(our_append, ours, args.events, args.tasks, args.batch)
         single = Path(d) / "single.db"
         n_single = args.events // 10
@@ -115,10 +120,18 @@ def main() -> None:
         assert n_raw == n_ours == args.events
         a_ours, a_raw = args.events / t_ours, args.events / t_raw
         rd_ours, rd_raw = args.events / r_ours, args.events / r_raw
-        print(f"store append: {a_ours:,.0f} events/s (event data {size:.0f} B), raw executemany (1,000 per transaction) {a_raw:,.0f} events/s, ratio {a_ours / a_raw:.2f}x (floor 0.5x)")
-        print(f"store append, one event per call from {args.tasks} tasks ({n_single} events): {n_single / t_single:,.0f} events/s, ratio {n_single / t_single / a_raw:.2f}x raw (group commit bounded by {args.tasks} events per fsync)")
-        print(f"store read:   {rd_ours:,.0f} events/s, raw cursor {rd_raw:,.0f} events/s, ratio {rd_ours / rd_raw:.2f}x (floor 0.5x)")
-        print(f"store read peak memory: {peak_tenth / 1e6:.1f} MB for {n_tenth:,} events, {peak_full / 1e6:.1f} MB for {n_ours:,} events (ratio {peak_full / max(peak_tenth, 1):.2f}x for 10x the log)")
+        print(
+            f"store append: {a_ours:,.0f} events/s (event data {size:.0f} B), raw executemany (1,000 per transaction) {a_raw:,.0f} events/s, ratio {a_ours / a_raw:.2f}x (floor 0.5x)"
+        )
+        print(
+            f"store append, one event per call from {args.tasks} tasks ({n_single} events): {n_single / t_single:,.0f} events/s, ratio {n_single / t_single / a_raw:.2f}x raw (group commit bounded by {args.tasks} events per fsync)"
+        )
+        print(
+            f"store read:   {rd_ours:,.0f} events/s, raw cursor {rd_raw:,.0f} events/s, ratio {rd_ours / rd_raw:.2f}x (floor 0.5x)"
+        )
+        print(
+            f"store read peak memory: {peak_tenth / 1e6:.1f} MB for {n_tenth:,} events, {peak_full / 1e6:.1f} MB for {n_ours:,} events (ratio {peak_full / max(peak_tenth, 1):.2f}x for 10x the log)"
+        )
 
 
 if __name__ == "__main__":

@@ -33,17 +33,24 @@ async def chat(request: Request) -> JSONResponse:
     with open(LOG, "a") as f:
         f.write(json.dumps({"id": rid, "model": body.get("model"), "t": time.time()}) + "\n")
         f.flush()
-    return JSONResponse({
-        "id": rid,
-        "object": "chat.completion",
-        "model": body.get("model"),
-        "choices": [{
-            "index": 0,
-            "finish_reason": "stop",
-            "message": {"role": "assistant", "content": "```python\ndef solve():\n    return 42\n```"},
-        }],
-        "usage": {"prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120},
-    })
+    return JSONResponse(
+        {
+            "id": rid,
+            "object": "chat.completion",
+            "model": body.get("model"),
+            "choices": [
+                {
+                    "index": 0,
+                    "finish_reason": "stop",
+                    "message": {
+                        "role": "assistant",
+                        "content": "```python\ndef solve():\n    return 42\n```",
+                    },
+                }
+            ],
+            "usage": {"prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120},
+        }
+    )
 
 
 def main() -> None:

@@ -20,10 +20,16 @@ def write_config(tmp_path: Path, extra: str = "", *, problems: str | None = None
     return cfg
 
 
-def rollwatch(*args: str, env: dict[str, str] | None = None, timeout: float = 60, input: str | None = None) -> subprocess.CompletedProcess[str]:
+def rollwatch(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60, input: str | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run ``python -m rollwatch ARGS`` and capture its output."""
     full_env = {**os.environ, **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "rollwatch", *args],
-        capture_output=True, text=True, timeout=timeout, env=full_env, input=input,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=full_env,
+        input=input,
     )

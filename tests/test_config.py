@@ -36,7 +36,15 @@ every = "24h"
 class TestDurations:
     @pytest.mark.parametrize(
         ("text", "seconds"),
-        [("500ms", 0.5), ("30s", 30), ("10m", 600), ("6h", 21600), ("90d", 7776000), ("1.5h", 5400), (12, 12)],
+        [
+            ("500ms", 0.5),
+            ("30s", 30),
+            ("10m", 600),
+            ("6h", 21600),
+            ("90d", 7776000),
+            ("1.5h", 5400),
+            (12, 12),
+        ],
     )
     def test_parses_units(self, text: str | int, seconds: float) -> None:
         """Durations parse from milliseconds to days."""
@@ -58,19 +66,59 @@ def test_bundled_config_is_valid() -> None:
 @pytest.mark.parametrize(
     ("change", "expected"),
     [
-        pytest.param(BASE.replace('kind = "openai"', 'kind = "opena"'), "providers[1].kind: 'opena' is not one of 'openai', 'anthropic', 'gemini', 'reference'", id="bad-literal"),
-        pytest.param(BASE + '\n[server]\nlisten = "localhost"\n', "server.listen: 'localhost': expected HOST:PORT", id="bad-listen"),
-        pytest.param(BASE + '\n[publication]\nembargo = "3 months"\n', "publication.embargo: '3 months' is not a duration", id="bad-duration"),
-        pytest.param(BASE + '\n[publication]\nembarg = "90d"\n', "publication.embarg: unknown key", id="unknown-key"),
-        pytest.param(BASE.replace('every = "24h"', 'every = "24h"\ncron = "0 3 * * *"'), "schedules[0]: set exactly one of every", id="every-and-cron"),
-        pytest.param(BASE.replace('every = "24h"', 'cron = "99 3 * * *"'), "schedules[0].cron: '99 3 * * *' is not a crontab", id="bad-cron"),
-        pytest.param(BASE.replace('provider = "openai"', 'provider = "openia"'), "schedules[0].provider: 'openia' is not one of reference, openai", id="dangling-provider"),
-        pytest.param(BASE.replace('name = "openai"', 'name = "reference"'), "providers[1].name: 'reference' is defined twice", id="duplicate-name"),
-        pytest.param(BASE.replace('models = ["gpt-5"]', "models = []"), "schedules[0].models", id="empty-models"),
-        pytest.param(BASE.replace('every = "24h"', 'every = "24h"\nrollouts = 0'), "schedules[0].rollouts", id="zero-rollouts"),
+        pytest.param(
+            BASE.replace('kind = "openai"', 'kind = "opena"'),
+            "providers[1].kind: 'opena' is not one of 'openai', 'anthropic', 'gemini', 'reference'",
+            id="bad-literal",
+        ),
+        pytest.param(
+            BASE + '\n[server]\nlisten = "localhost"\n',
+            "server.listen: 'localhost': expected HOST:PORT",
+            id="bad-listen",
+        ),
+        pytest.param(
+            BASE + '\n[publication]\nembargo = "3 months"\n',
+            "publication.embargo: '3 months' is not a duration",
+            id="bad-duration",
+        ),
+        pytest.param(
+            BASE + '\n[publication]\nembarg = "90d"\n', "publication.embarg: unknown key", id="unknown-key"
+        ),
+        pytest.param(
+            BASE.replace('every = "24h"', 'every = "24h"\ncron = "0 3 * * *"'),
+            "schedules[0]: set exactly one of every",
+            id="every-and-cron",
+        ),
+        pytest.param(
+            BASE.replace('every = "24h"', 'cron = "99 3 * * *"'),
+            "schedules[0].cron: '99 3 * * *' is not a crontab",
+            id="bad-cron",
+        ),
+        pytest.param(
+            BASE.replace('provider = "openai"', 'provider = "openia"'),
+            "schedules[0].provider: 'openia' is not one of reference, openai",
+            id="dangling-provider",
+        ),
+        pytest.param(
+            BASE.replace('name = "openai"', 'name = "reference"'),
+            "providers[1].name: 'reference' is defined twice",
+            id="duplicate-name",
+        ),
+        pytest.param(
+            BASE.replace('models = ["gpt-5"]', "models = []"), "schedules[0].models", id="empty-models"
+        ),
+        pytest.param(
+            BASE.replace('every = "24h"', 'every = "24h"\nrollouts = 0'),
+            "schedules[0].rollouts",
+            id="zero-rollouts",
+        ),
         pytest.param(BASE + '\n[store]\nurl = "mysql://x"\n', "store.url: 'mysql://x'", id="bad-store"),
         pytest.param(BASE + "\n[[providers]\n", "not valid TOML", id="bad-toml"),
-        pytest.param(BASE.replace('every = "24h"', 'every = "24h"\ntimezone = "Mars/Olympus"'), "schedules[0].timezone: 'Mars/Olympus' is not an IANA time zone", id="bad-tz"),
+        pytest.param(
+            BASE.replace('every = "24h"', 'every = "24h"\ntimezone = "Mars/Olympus"'),
+            "schedules[0].timezone: 'Mars/Olympus' is not an IANA time zone",
+            id="bad-tz",
+        ),
         pytest.param(BASE + '\n[scoring]\nworkers = "many"\n', "scoring.workers", id="bad-type"),
     ],
 )

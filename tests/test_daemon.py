@@ -36,7 +36,9 @@ def events(db: Path, type_: str | None = None) -> list[tuple[int, str, dict]]:
     con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
         sql = "SELECT seq, type, data FROM events"
-        rows = con.execute(sql + (" WHERE type = ?" if type_ else "") + " ORDER BY seq", (type_,) if type_ else ()).fetchall()
+        rows = con.execute(
+            sql + (" WHERE type = ?" if type_ else "") + " ORDER BY seq", (type_,) if type_ else ()
+        ).fetchall()
     except sqlite3.OperationalError:
         return []
     finally:
@@ -49,7 +51,9 @@ def provider(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     """A loopback OpenAI-compatible server in its own process; yields (base_url, request log)."""
     port_file, log = tmp_path / "port", tmp_path / "requests.jsonl"
     log.touch()
-    proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "fake_provider.py"), str(port_file), str(log), "0.1"])
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "tests" / "fake_provider.py"), str(port_file), str(log), "0.1"]
+    )
     try:
         port = wait_until(lambda: port_file.exists() and port_file.read_text(), 20, "the fake provider")
         yield f"http://127.0.0.1:{port}/v1", log
@@ -69,14 +73,14 @@ def config(tmp_path: Path, base_url: str, *, rollouts: int = 6, every: str = "1h
     cfg.write_text(f"""
 node = "test-node"
 [store]
-url = "sqlite:{tmp_path / 'events.db'}"
+url = "sqlite:{tmp_path / "events.db"}"
 [server]
 listen = "127.0.0.1:{free_port()}"
 [scoring]
 workers = 2
 [[problem_sets]]
 name = "favorites"
-path = "{ROOT / 'config' / 'problems'}"
+path = "{ROOT / "config" / "problems"}"
 [[providers]]
 name = "fake"
 kind = "openai"
@@ -99,7 +103,9 @@ every = "{every}"
 def serve(cfg: Path, **env: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "rollwatch", "--config", str(cfg), "serve", "--grace", "5"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
         env={**os.environ, "FAKE_PROVIDER_KEY": "sk-test-secret-123", **env},
     )
 
@@ -135,7 +141,8 @@ def test_fires_by_itself_and_survives_sigkill(tmp_path: Path, provider: tuple[st
     assert len(answered) == total
     assert max(answered.values()) == 1, "a rollout was answered twice"
     scored = Counter(e[2]["rollout_id"] for e in events(db, "RolloutScored"))
-    assert set(scored) == set(answered) and max(scored.values()) == 1
+    assert set(scored) == set(answered)
+    assert max(scored.values()) == 1
     served = len(req_log.read_text().splitlines())
     # Requests in flight at the kill were answered by the provider but never recorded;
     # there are at most max_concurrency of them.
@@ -169,7 +176,7 @@ def test_sigterm_notify_and_json_logs(tmp_path: Path, provider: tuple[str, Path]
         t0 = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         expect("STOPPING=1")
-        out, err = proc.communicate(timeout=30)
+        _out, err = proc.communicate(timeout=30)
         took = time.monotonic() - t0
     finally:
         if proc.poll() is None:
@@ -183,7 +190,9 @@ def test_sigterm_notify_and_json_logs(tmp_path: Path, provider: tuple[str, Path]
     for ln in lines:
         assert isinstance(json.loads(ln), dict), ln
     names = [json.loads(ln)["event"] for ln in lines]
-    assert "daemon_ready" in names and "daemon_stopped" in names and "run_interrupted" in names
+    assert "daemon_ready" in names
+    assert "daemon_stopped" in names
+    assert "run_interrupted" in names
     # The run was interrupted, not finished: it resumes at the next start.
     assert not events(tmp_path / "events.db", "RunFinished")
     assert events(tmp_path / "events.db", "RunInterrupted")

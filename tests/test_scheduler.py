@@ -36,14 +36,16 @@ class TestEvery:
         nxt, missed, latest = next_fire(s, make_trigger(s), NOW - timedelta(hours=10, minutes=30), NOW)
         assert nxt == NOW
         assert missed == 10
-        assert latest is not None and latest <= NOW
+        assert latest is not None
+        assert latest <= NOW
 
     def test_catch_up_window_drops_old_fires(self) -> None:
         """Missed fires older than catch_up are counted but not run; the next fire is in the future."""
         s = sched(every="1h", catch_up="10m")
         nxt, missed, _ = next_fire(s, make_trigger(s), NOW - timedelta(hours=3, minutes=30), NOW)
         assert missed == 3
-        assert nxt is not None and nxt > NOW
+        assert nxt is not None
+        assert nxt > NOW
 
 
 class TestCron:

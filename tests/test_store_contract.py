@@ -90,12 +90,16 @@ class TestRead:
         """read() pages through the log in batches, by stream, type and range."""
         for i in range(25):
             await store.append(f"s{i % 3}", [ev(i)])
-        await store.append("r", [RunFinished(run_id="r", status="completed", rollouts=1, passed=1, cost_usd=0.5)])
+        await store.append(
+            "r", [RunFinished(run_id="r", status="completed", rollouts=1, passed=1, cost_usd=0.5)]
+        )
         assert [r.seq for r in [x async for x in store.read(batch=4)]] == list(range(1, 27))
         assert len([x async for x in store.read(stream="s1", batch=2)]) == 8
         only = [x async for x in store.read(types={"RunFinished"})]
         assert [x.seq for x in only] == [26]
-        assert only[0].event() == RunFinished(run_id="r", status="completed", rollouts=1, passed=1, cost_usd=0.5)
+        assert only[0].event() == RunFinished(
+            run_id="r", status="completed", rollouts=1, passed=1, cost_usd=0.5
+        )
         assert [x.seq async for x in store.read(after=10, until=12, batch=1)] == [11, 12]
 
     async def test_follow_yields_new_events(self, store: EventStore) -> None:
@@ -128,7 +132,9 @@ class TestRead:
         max_size=20,
     )
 )
-def test_property_order_versions_conflicts_and_chain(tmp_path_factory: pytest.TempPathFactory, ops: list[tuple[str, int, bool]]) -> None:
+def test_property_order_versions_conflicts_and_chain(
+    tmp_path_factory: pytest.TempPathFactory, ops: list[tuple[str, int, bool]]
+) -> None:
     """For any sequence of appends (some with stale expected versions), the log equals a model."""
     from rollwatch.store.sqlite import SQLiteEventStore
 

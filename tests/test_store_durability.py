@@ -49,10 +49,8 @@ def test_acknowledged_appends_survive_sigkill(tmp_path: Path) -> None:
         proc = subprocess.Popen([sys.executable, "-c", CHILD, str(db)], stdout=subprocess.PIPE, text=True)
         assert proc.stdout is not None
         target = rng.randint(20, 400)
-        lines = 0
-        for line in proc.stdout:
+        for lines, line in enumerate(proc.stdout, start=1):
             acked.update(int(s) for s in line.split())
-            lines += 1
             if lines >= target:
                 break
         proc.kill()
@@ -97,7 +95,11 @@ def _tamper(db: Path, *sql: str) -> None:
 @pytest.mark.parametrize(
     ("sql", "bad_seq"),
     [
-        pytest.param(["UPDATE events SET data = replace(data, 'hello', 'hellp') WHERE seq = 17"], 17, id="one-byte-changed"),
+        pytest.param(
+            ["UPDATE events SET data = replace(data, 'hello', 'hellp') WHERE seq = 17"],
+            17,
+            id="one-byte-changed",
+        ),
         pytest.param(["DELETE FROM events WHERE seq = 11"], 11, id="row-deleted"),
         pytest.param(
             [
@@ -109,11 +111,15 @@ def _tamper(db: Path, *sql: str) -> None:
             id="rows-swapped",
         ),
         pytest.param(
-            ["INSERT INTO events SELECT 31, id || 'x', stream, version + 100, type, schema, at, data, hash FROM events WHERE seq = 30"],
+            [
+                "INSERT INTO events SELECT 31, id || 'x', stream, version + 100, type, schema, at, data, hash FROM events WHERE seq = 30"
+            ],
             31,
             id="row-appended-by-hand",
         ),
-        pytest.param(["UPDATE events SET at = '2020-01-01T00:00:00.000000Z' WHERE seq = 3"], 3, id="time-changed"),
+        pytest.param(
+            ["UPDATE events SET at = '2020-01-01T00:00:00.000000Z' WHERE seq = 3"], 3, id="time-changed"
+        ),
     ],
 )
 def test_verify_names_the_first_tampered_seq(tmp_path: Path, sql: list[str], bad_seq: int) -> None:

@@ -43,8 +43,7 @@ class ThreadConnection:
             # The thread finishes its unit even if we are cancelled; shielding keeps the
             # lock held until it has, so the next unit never overlaps it.
             with anyio.CancelScope(shield=True):
-                result = await anyio.to_thread.run_sync(fn, self.db, *args)
-            return result
+                return await anyio.to_thread.run_sync(fn, self.db, *args)
 
     async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Run one query and return every row."""

@@ -107,7 +107,9 @@ class EventStore(ABC):
         batch: int = 1000,
     ) -> AsyncIterator[Recorded]:
         """Events one by one; see :meth:`read_batches`."""
-        async for page in self.read_batches(after=after, stream=stream, types=types, until=until, batch=batch):
+        async for page in self.read_batches(
+            after=after, stream=stream, types=types, until=until, batch=batch
+        ):
             for ev in page:
                 yield ev
 
@@ -120,7 +122,7 @@ class EventStore(ABC):
         """The current version of ``stream`` (0 when it has no events)."""
 
     @abstractmethod
-    async def wait_for_new(self, after: int, timeout: float) -> int:
+    async def wait_for_new(self, after: int, timeout: float) -> int:  # noqa: ASYNC109 (returns on timeout, never raises)
         """Wait until the log holds an event with ``seq > after`` or ``timeout`` passes; return the head."""
 
     async def follow(

@@ -5,6 +5,7 @@ Exit codes: 0 ok, 1 a check failed, 2 bad usage or bad configuration.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import sys
@@ -42,8 +43,13 @@ class Context:
 def common(fn: F) -> F:
     """``--config`` and ``--log-level`` on every command (also accepted before the command)."""
 
-    @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
-                  help="config file (default: $ROLLWATCH_CONFIG, ./config/rollwatch.toml, /etc/rollwatch/rollwatch.toml)")
+    @click.option(
+        "--config",
+        "config_path",
+        type=click.Path(dir_okay=False),
+        default=None,
+        help="config file (default: $ROLLWATCH_CONFIG, ./config/rollwatch.toml, /etc/rollwatch/rollwatch.toml)",
+    )
     @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default=None)
     @functools.wraps(fn)
     def wrapper(*args: Any, config_path: str | None, log_level: str | None, **kw: Any) -> Any:
@@ -96,7 +102,11 @@ def events_tail(ctx: Context, follow: bool, types: tuple[str, ...], after: int |
     async def main() -> None:
         async with open_store(ctx.config.store) as store:
             start = after if after is not None else max(0, await store.head() - 20)
-            it = store.follow(after=start, types=types or None) if follow else store.read(after=start, types=types or None)
+            it = (
+                store.follow(after=start, types=types or None)
+                if follow
+                else store.read(after=start, types=types or None)
+            )
             async for ev in it:
                 if as_json:
                     line = json.dumps(ev.envelope(), ensure_ascii=False, separators=(",", ":"))
@@ -105,10 +115,8 @@ def events_tail(ctx: Context, follow: bool, types: tuple[str, ...], after: int |
                 sys.stdout.write(line + "\n")
                 sys.stdout.flush()
 
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         run_async(main)
-    except KeyboardInterrupt:
-        pass
 
 
 @cli.command()
@@ -144,9 +152,10 @@ def rebuild(ctx: Context) -> None:
     from rollwatch.store import open_store
 
     async def main() -> None:
-        async with open_store(ctx.config.store) as store, ProjectionDB(
-            ctx.config.store.projections_path, default_projections()
-        ) as pdb:
+        async with (
+            open_store(ctx.config.store) as store,
+            ProjectionDB(ctx.config.store.projections_path, default_projections()) as pdb,
+        ):
             head = await store.head()
             bar = Progress("rebuild", head)
             await pdb.rebuild()
@@ -162,8 +171,13 @@ def rebuild(ctx: Context) -> None:
 
 
 @cli.command()
-@click.option("--grace", type=float, default=30.0, show_default=True,
-              help="seconds in-flight rollouts get to finish on SIGTERM")
+@click.option(
+    "--grace",
+    type=float,
+    default=30.0,
+    show_default=True,
+    help="seconds in-flight rollouts get to finish on SIGTERM",
+)
 @common
 def serve(ctx: Context, grace: float) -> None:
     """The daemon: scheduler, runs, feed server. Stops cleanly on SIGTERM/SIGINT."""
@@ -175,7 +189,9 @@ def serve(ctx: Context, grace: float) -> None:
 
 @cli.command("run")
 @click.argument("schedule")
-@click.option("--rollouts", type=click.IntRange(1, 100_000), default=None, help="samples per model and problem")
+@click.option(
+    "--rollouts", type=click.IntRange(1, 100_000), default=None, help="samples per model and problem"
+)
 @click.option("--models", default=None, help="comma-separated models (default: the schedule's)")
 @common
 def run_cmd(ctx: Context, schedule: str, rollouts: int | None, models: str | None) -> None:
@@ -198,7 +214,9 @@ def run_cmd(ctx: Context, schedule: str, rollouts: int | None, models: str | Non
                     f"(set {config.provider(sched.provider).api_key_env or config.provider(sched.provider).api_key_file})"
                 )
             if sched.problem_set not in svc.problem_sets:
-                raise UsageError(f"schedule {schedule!r}: problem set {sched.problem_set!r} did not load (see the log)")
+                raise UsageError(
+                    f"schedule {schedule!r}: problem set {sched.problem_set!r} did not load (see the log)"
+                )
             bar: Progress | None = None
 
             def progress(st: RunState) -> None:
@@ -208,14 +226,19 @@ def run_cmd(ctx: Context, schedule: str, rollouts: int | None, models: str | Non
                 bar.total = st.total
                 bar.update(st.done, passed=st.passed, cost=f"${st.cost_usd:.4f}")
 
-            run = await Run.start(svc, sched, trigger="manual", rollouts=rollouts, models=model_list,
-                                  on_progress=progress)
+            run = await Run.start(
+                svc, sched, trigger="manual", rollouts=rollouts, models=model_list, on_progress=progress
+            )
             async with anyio.create_task_group() as tg:
 
                 async def on_signal() -> None:
                     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as sigs:
                         async for _ in sigs:
-                            log.info("run_stopping", run_id=run.run_id, hint="resumes at the next start of the daemon")
+                            log.info(
+                                "run_stopping",
+                                run_id=run.run_id,
+                                hint="resumes at the next start of the daemon",
+                            )
                             run.stopping.set()
                             return
 
@@ -229,7 +252,8 @@ def run_cmd(ctx: Context, schedule: str, rollouts: int | None, models: str | Non
                 return 0
             click.echo(
                 f"run {run.run_id}: {fin.status}, {fin.rollouts} answered, {fin.passed} passed, "
-                f"${fin.cost_usd:.4f}" + (f", failures {fin.failures}" if fin.failures else "")
+                f"${fin.cost_usd:.4f}"
+                + (f", failures {fin.failures}" if fin.failures else "")
                 + (f" ({fin.message})" if fin.message else "")
             )
             return 0
@@ -247,9 +271,10 @@ async def _schedule_states(config: Config) -> tuple[Any, dict[str, Any]]:
     from rollwatch.scheduler import load_states
     from rollwatch.store import open_store
 
-    async with open_store(config.store) as store, ProjectionDB(
-        config.store.projections_path, default_projections()
-    ) as pdb:
+    async with (
+        open_store(config.store) as store,
+        ProjectionDB(config.store.projections_path, default_projections()) as pdb,
+    ):
         await pdb.catch_up(store)
         return None, await load_states(pdb)
 
@@ -271,17 +296,19 @@ def schedules_list(ctx: Context, as_json: bool) -> None:
         st = states.get(s.name, ScheduleState(name=s.name))
         active = config.provider(s.provider).has_key()
         nxt = None if st.paused or not active else next_fire(s, make_trigger(s), st.last_fire_at, now)[0]
-        rows.append({
-            "schedule": s.name,
-            "state": "paused" if st.paused else ("active" if active else "inactive (no API key)"),
-            "trigger": f"every {s.every:g}s" if s.every else f"cron '{s.cron}' {s.timezone}",
-            "next": fmt_next(nxt),
-            "last_run": st.last_run_id or "-",
-            "last_status": st.last_status or "-",
-            "skipped": st.skipped,
-            "missed": st.missed,
-            "note": st.note,
-        })
+        rows.append(
+            {
+                "schedule": s.name,
+                "state": "paused" if st.paused else ("active" if active else "inactive (no API key)"),
+                "trigger": f"every {s.every:g}s" if s.every else f"cron '{s.cron}' {s.timezone}",
+                "next": fmt_next(nxt),
+                "last_run": st.last_run_id or "-",
+                "last_status": st.last_status or "-",
+                "skipped": st.skipped,
+                "missed": st.missed,
+                "note": st.note,
+            }
+        )
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -372,8 +399,6 @@ def main() -> None:
     except SystemExit:
         raise
     sys.exit(0)
-
-
 
 
 # Commands defined in their own modules register themselves on `cli`.

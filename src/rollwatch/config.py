@@ -65,10 +65,8 @@ class StoreConfig(_Strict):
     @field_validator("url")
     @classmethod
     def _known_scheme(cls, v: str) -> str:
-        if not (v.startswith("sqlite:") or v.startswith(("postgresql://", "postgres://"))):
-            raise ValueError(
-                f"{v!r}: use sqlite:PATH (sqlite:///abs/path.db) or postgresql://user@host/db"
-            )
+        if not (v.startswith(("sqlite:", "postgresql://", "postgres://"))):
+            raise ValueError(f"{v!r}: use sqlite:PATH (sqlite:///abs/path.db) or postgresql://user@host/db")
         return v
 
     @property
@@ -295,13 +293,9 @@ class Config(_Strict):
         sets = [s.name for s in self.problem_sets]
         for i, s in enumerate(self.schedules):
             if s.provider not in providers:
-                problems.append(
-                    f"schedules[{i}].provider: {s.provider!r} is not one of {_alts(providers)}"
-                )
+                problems.append(f"schedules[{i}].provider: {s.provider!r} is not one of {_alts(providers)}")
             if s.problem_set not in sets:
-                problems.append(
-                    f"schedules[{i}].problem_set: {s.problem_set!r} is not one of {_alts(sets)}"
-                )
+                problems.append(f"schedules[{i}].problem_set: {s.problem_set!r} is not one of {_alts(sets)}")
         if problems:
             raise _CrossRefError(problems)
         return self

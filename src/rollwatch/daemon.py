@@ -32,8 +32,9 @@ log = get_logger(__name__)
 
 def load_problem_sets(config: Config) -> dict[str, Any]:
     """Every configured problem set that loads; a broken one is logged and left out."""
-    from rollwatch.errors import ProblemError
     from rollwatch.problems import load_problem_set
+
+    from rollwatch.errors import ProblemError
 
     out: dict[str, Any] = {}
     for ps in config.problem_sets:
@@ -52,20 +53,32 @@ async def open_services(config: Config, *, scoring: bool = True) -> AsyncIterato
 
     async with AsyncExitStack() as stack:
         store = await stack.enter_async_context(open_store(config.store))
-        pdb = await stack.enter_async_context(ProjectionDB(config.store.projections_path, default_projections()))
+        pdb = await stack.enter_async_context(
+            ProjectionDB(config.store.projections_path, default_projections())
+        )
         problem_sets = load_problem_sets(config)
         scorer = await stack.enter_async_context(ScoringPool(settings_from_config(config.scoring)))
         log.info("sandbox", isolation=scorer.isolation, workers=scorer.workers)
         providers: dict[str, Any] = {}
         for p in config.providers:
             if not p.has_key():
-                log.info("provider_skipped", provider=p.name, reason="no API key set",
-                         key_source=p.api_key_env or p.api_key_file)
+                log.info(
+                    "provider_skipped",
+                    provider=p.name,
+                    reason="no API key set",
+                    key_source=p.api_key_env or p.api_key_file,
+                )
                 continue
             providers[p.name] = await stack.enter_async_context(ProviderClient(p))
         yield RunServices(
-            config=config, store=store, projections=pdb, providers=providers, problem_sets=problem_sets,
-            scorer=scorer, node=config.node, locks_dir=config.store.projections_path.parent / "locks",
+            config=config,
+            store=store,
+            projections=pdb,
+            providers=providers,
+            problem_sets=problem_sets,
+            scorer=scorer,
+            node=config.node,
+            locks_dir=config.store.projections_path.parent / "locks",
         )
 
 
@@ -88,9 +101,7 @@ class Daemon:
 
     def is_running(self, schedule: str) -> bool:
         """Whether a run of ``schedule`` is going, here or in another process."""
-        if schedule in self.by_schedule:
-            return True
-        return False
+        return schedule in self.by_schedule
 
     async def _drive(self, run: Run) -> None:
         self.active[run.run_id] = run
@@ -106,15 +117,24 @@ class Daemon:
             if self.by_schedule.get(run.schedule) == run.run_id:
                 del self.by_schedule[run.schedule]
 
-    async def start_run(self, s: ScheduleConfig, kind: str, trigger_seq: int, fire_time: str,
-                        *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+    async def start_run(
+        self,
+        s: ScheduleConfig,
+        kind: str,
+        trigger_seq: int,
+        fire_time: str,
+        *,
+        task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
         """A scheduler fire: record RunStarted, report started, drive the run."""
         assert self.services is not None
         if self.stopping.is_set():
             task_status.started()
             return
         try:
-            run = await Run.start(self.services, s, trigger=kind, trigger_seq=trigger_seq, fire_time=fire_time)
+            run = await Run.start(
+                self.services, s, trigger=kind, trigger_seq=trigger_seq, fire_time=fire_time
+            )
         finally:
             task_status.started()
         await self._drive(run)
@@ -147,7 +167,10 @@ class Daemon:
             async for page in svc.store.read_batches(after=after, batch=1000):
                 for ev in page:
                     self.metrics.observe_event(ev)
-                    if ev.type.startswith("Schedule") and ev.type not in ("ScheduleSkipped", "ScheduleMissed"):
+                    if ev.type.startswith("Schedule") and ev.type not in (
+                        "ScheduleSkipped",
+                        "ScheduleMissed",
+                    ):
                         wake = True
                 after = page[-1].seq
             if wake and self.scheduler is not None:
@@ -158,8 +181,12 @@ class Daemon:
     async def _signals(self, main: TaskGroup) -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async for signum in signals:
-                log.info("shutdown_requested", signal=signal.Signals(signum).name,
-                         runs=len(self.active), grace_s=self.grace)
+                log.info(
+                    "shutdown_requested",
+                    signal=signal.Signals(signum).name,
+                    runs=len(self.active),
+                    grace_s=self.grace,
+                )
                 self.notifier.notify(STOPPING=1, STATUS="stopping")
                 self.stopping.set()
                 return
@@ -177,17 +204,31 @@ class Daemon:
             svc.store.append_observer = self.metrics.append_latency.observe
             self.metrics.scoring_queue = lambda: sum(r.state.scoring for r in self.active.values())
             await svc.projections.catch_up(svc.store)
-            schedules = [s for s in self.config.schedules if s.provider in svc.providers and s.problem_set in svc.problem_sets]
+            schedules = [
+                s
+                for s in self.config.schedules
+                if s.provider in svc.providers and s.problem_set in svc.problem_sets
+            ]
             for s in self.config.schedules:
                 if s not in schedules:
-                    log.info("schedule_inactive", schedule=s.name,
-                             reason="its provider has no API key" if s.provider not in svc.providers else "its problem set did not load")
+                    log.info(
+                        "schedule_inactive",
+                        schedule=s.name,
+                        reason="its provider has no API key"
+                        if s.provider not in svc.providers
+                        else "its problem set did not load",
+                    )
             self.scheduler = Scheduler(
-                schedules, svc.projections, svc.store, self.start_run, self.is_running,
+                schedules,
+                svc.projections,
+                svc.store,
+                self.start_run,
+                self.is_running,
                 lambda: svc.projections.catch_up(svc.store),
             )
-            self.http = HTTPServer(build_app(self.metrics, self.extra_routes()), self.config.server.host,
-                                   self.config.server.port)
+            self.http = HTTPServer(
+                build_app(self.metrics, self.extra_routes()), self.config.server.host, self.config.server.port
+            )
             async with anyio.create_task_group() as main:
                 main.start_soon(self._signals, main)
                 await main.start(self.http.run)
@@ -198,8 +239,13 @@ class Daemon:
                         sched.start_soon(self._follow_log)
                         sched.start_soon(self.notifier.watchdog)
                         self.notifier.notify(READY=1, STATUS=f"serving on {self.config.server.listen}")
-                        log.info("daemon_ready", listen=f"{self.config.server.host}:{self.http.port}",
-                                 node=self.config.node, schedules=[s.name for s in schedules], resumed=resumed)
+                        log.info(
+                            "daemon_ready",
+                            listen=f"{self.config.server.host}:{self.http.port}",
+                            node=self.config.node,
+                            schedules=[s.name for s in schedules],
+                            resumed=resumed,
+                        )
                         task_status.started()
                         await self.stopping.wait()
                         sched.cancel_scope.cancel()

@@ -47,7 +47,9 @@ def parse_rfc3339(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
-def canonical_bytes(*, seq: int, id: str, stream: str, type: str, schema: int, at: str, data_json: str) -> bytes:
+def canonical_bytes(
+    *, seq: int, id: str, stream: str, type: str, schema: int, at: str, data_json: str
+) -> bytes:
     """The canonical bytes of one envelope; ``data_json`` must be ``canonical_json(data)``."""
     # Built by hand so that the data, already canonical, is not encoded twice. at, id
     # and type are plain ASCII with nothing to escape when they match _PLAIN.
@@ -95,15 +97,26 @@ class Recorded(NamedTuple):
     def canonical(self) -> bytes:
         """The canonical bytes this event's hash covers."""
         return canonical_bytes(
-            seq=self.seq, id=self.id, stream=self.stream, type=self.type,
-            schema=self.schema, at=self.at, data_json=self.data_json,
+            seq=self.seq,
+            id=self.id,
+            stream=self.stream,
+            type=self.type,
+            schema=self.schema,
+            at=self.at,
+            data_json=self.data_json,
         )
 
     def envelope(self) -> dict[str, Any]:
         """The envelope exactly as SPEC §4 names it."""
         return {
-            "seq": self.seq, "id": self.id, "stream": self.stream, "type": self.type,
-            "schema": self.schema, "at": self.at, "data": self.data, "hash": self.hash,
+            "seq": self.seq,
+            "id": self.id,
+            "stream": self.stream,
+            "type": self.type,
+            "schema": self.schema,
+            "at": self.at,
+            "data": self.data,
+            "hash": self.hash,
         }
 
     def event(self) -> Event:
@@ -156,10 +169,14 @@ def _field_names(cls: type[Event]) -> tuple[str, ...]:
     return names
 
 
-def upcaster(type_: str, from_schema: int) -> Callable[[Callable[[dict[str, Any]], dict[str, Any]]], Callable[[dict[str, Any]], dict[str, Any]]]:
+def upcaster(
+    type_: str, from_schema: int
+) -> Callable[[Callable[[dict[str, Any]], dict[str, Any]]], Callable[[dict[str, Any]], dict[str, Any]]]:
     """Register a function that turns ``type_`` data of ``from_schema`` into ``from_schema + 1``."""
 
-    def register(fn: Callable[[dict[str, Any]], dict[str, Any]]) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    def register(
+        fn: Callable[[dict[str, Any]], dict[str, Any]],
+    ) -> Callable[[dict[str, Any]], dict[str, Any]]:
         _UPCASTERS[(type_, from_schema)] = fn
         return fn
 

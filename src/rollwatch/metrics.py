@@ -93,7 +93,10 @@ class Metrics:
             "# HELP rollwatch_runs_finished_total Runs finished, by status.",
             "# TYPE rollwatch_runs_finished_total counter",
         ]
-        lines += [f'rollwatch_runs_finished_total{{status="{k}"}} {v}' for k, v in sorted(self.runs_finished.items())]
+        lines += [
+            f'rollwatch_runs_finished_total{{status="{k}"}} {v}'
+            for k, v in sorted(self.runs_finished.items())
+        ]
         lines += [
             "# HELP rollwatch_rollouts_total Rollouts by outcome (answered, failed, passed, not_passed).",
             "# TYPE rollwatch_rollouts_total counter",

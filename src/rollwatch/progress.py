@@ -22,7 +22,9 @@ def _fmt_secs(s: float) -> str:
 class Progress:
     """Redraws one line on stderr at most ten times a second."""
 
-    def __init__(self, label: str, total: int, *, stream: TextIO | None = None, enabled: bool | None = None) -> None:
+    def __init__(
+        self, label: str, total: int, *, stream: TextIO | None = None, enabled: bool | None = None
+    ) -> None:
         self.stream = stream or sys.stderr
         self.enabled = self.stream.isatty() if enabled is None else enabled
         self.label = label

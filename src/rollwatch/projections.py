@@ -139,7 +139,11 @@ class ProjectionDB:
     # -- catching up -----------------------------------------------------------------------
 
     async def catch_up(
-        self, store: EventStore, *, until: int | None = None, progress: Callable[[int, int], None] | None = None
+        self,
+        store: EventStore,
+        *,
+        until: int | None = None,
+        progress: Callable[[int, int], None] | None = None,
     ) -> int:
         """Apply every event not yet applied, in batches; return the seq now applied."""
         cps = await self.checkpoints()
@@ -201,7 +205,14 @@ class RunsProjection(Projection):
     version = 1
     tables = ("runs", "rollouts")
     types = frozenset(
-        {"RunStarted", "RunFinished", "RolloutRequested", "RolloutResponded", "RolloutFailed", "RolloutScored"}
+        {
+            "RunStarted",
+            "RunFinished",
+            "RolloutRequested",
+            "RolloutResponded",
+            "RolloutFailed",
+            "RolloutScored",
+        }
     )
     ddl = """
     CREATE TABLE IF NOT EXISTS runs (
@@ -228,8 +239,19 @@ class RunsProjection(Projection):
                 "INSERT OR IGNORE INTO runs (run_id, schedule, provider, models, problem_set, node, trigger,"
                 " rollouts, budget_usd, started_seq, started_at, status, passed, cost_usd)"
                 " VALUES (?,?,?,?,?,?,?,?,?,?,?, 'running', 0, 0)",
-                (d["run_id"], d["schedule"], d["provider"], _j(d["models"]), d["problem_set"], d["node"],
-                 d.get("trigger"), d.get("rollouts"), d.get("budget_usd"), ev.seq, ev.at),
+                (
+                    d["run_id"],
+                    d["schedule"],
+                    d["provider"],
+                    _j(d["models"]),
+                    d["problem_set"],
+                    d["node"],
+                    d.get("trigger"),
+                    d.get("rollouts"),
+                    d.get("budget_usd"),
+                    ev.seq,
+                    ev.at,
+                ),
             )
         elif t == "RunFinished":
             db.execute(
@@ -242,8 +264,16 @@ class RunsProjection(Projection):
                 " attempts, state, requested_at) VALUES (?,?,?,?,?,?,?,1,'requested',?)"
                 " ON CONFLICT (rollout_id) DO UPDATE SET attempts = attempts + 1,"
                 " state = CASE WHEN state IN ('answered','scored') THEN state ELSE 'requested' END",
-                (d["rollout_id"], d["run_id"], d["provider"], d["model"], d["problem_id"],
-                 d.get("problem_hash"), d["sample"], ev.at),
+                (
+                    d["rollout_id"],
+                    d["run_id"],
+                    d["provider"],
+                    d["model"],
+                    d["problem_id"],
+                    d.get("problem_hash"),
+                    d["sample"],
+                    ev.at,
+                ),
             )
         elif t == "RolloutResponded":
             db.execute(
@@ -284,8 +314,15 @@ class SchedulesProjection(Projection):
     version = 1
     tables = ("schedules",)
     types = frozenset(
-        {"SchedulePaused", "ScheduleResumed", "ScheduleTriggered", "ScheduleSkipped", "ScheduleMissed",
-         "RunStarted", "RunFinished"}
+        {
+            "SchedulePaused",
+            "ScheduleResumed",
+            "ScheduleTriggered",
+            "ScheduleSkipped",
+            "ScheduleMissed",
+            "RunStarted",
+            "RunFinished",
+        }
     )
     ddl = """
     CREATE TABLE IF NOT EXISTS schedules (

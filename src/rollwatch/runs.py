@@ -89,7 +89,9 @@ class ScorerLike(Protocol):
 class ProviderLike(Protocol):
     disabled: ProviderError | None
 
-    async def rollout(self, model: str, prompt: Prompt, params: dict[str, Any], log: Any) -> Answer | None: ...
+    async def rollout(
+        self, model: str, prompt: Prompt, params: dict[str, Any], log: Any
+    ) -> Answer | None: ...
     def cost(self, model: str, usage: Any) -> float | None: ...
 
 
@@ -172,25 +174,54 @@ class _AttemptRecorder:
         self.offset = first_attempt - 1
 
     async def requested(self, attempt: int, request: dict[str, Any]) -> None:
-        await self.run.append_rollout(self.rid, RolloutRequested(
-            rollout_id=self.rid, run_id=self.run.run_id, provider=self.run.provider_name, model=self.model,
-            problem_id=self.problem.id, problem_hash=self.problem.content_hash, sample=self.sample,
-            attempt=attempt + self.offset, request=request, node=self.run.services.node,
-        ))
+        await self.run.append_rollout(
+            self.rid,
+            RolloutRequested(
+                rollout_id=self.rid,
+                run_id=self.run.run_id,
+                provider=self.run.provider_name,
+                model=self.model,
+                problem_id=self.problem.id,
+                problem_hash=self.problem.content_hash,
+                sample=self.sample,
+                attempt=attempt + self.offset,
+                request=request,
+                node=self.run.services.node,
+            ),
+        )
 
     async def failed(self, attempt: int, error: ProviderError, final: bool) -> None:
         self.run.state.failures[error.kind] += final
-        await self.run.append_rollout(self.rid, RolloutFailed(
-            rollout_id=self.rid, attempt=attempt + self.offset, kind=error.kind, status=error.status,
-            retryable=error.retryable, message=error.message, retry_after_s=error.retry_after, final=final,
-        ))
+        await self.run.append_rollout(
+            self.rid,
+            RolloutFailed(
+                rollout_id=self.rid,
+                attempt=attempt + self.offset,
+                kind=error.kind,
+                status=error.status,
+                retryable=error.retryable,
+                message=error.message,
+                retry_after_s=error.retry_after,
+                final=final,
+            ),
+        )
 
     async def responded(self, attempt: int, answer: Answer, cost_usd: float | None) -> None:
-        await self.run.append_rollout(self.rid, RolloutResponded(
-            rollout_id=self.rid, attempt=attempt + self.offset, text=answer.text, reasoning=answer.reasoning,
-            finish_reason=answer.finish_reason, usage=answer.usage.to_dict(), cost_usd=cost_usd,
-            latency_ms=round(answer.latency_ms, 3), request_id=answer.request_id, model=answer.model,
-        ))
+        await self.run.append_rollout(
+            self.rid,
+            RolloutResponded(
+                rollout_id=self.rid,
+                attempt=attempt + self.offset,
+                text=answer.text,
+                reasoning=answer.reasoning,
+                finish_reason=answer.finish_reason,
+                usage=answer.usage.to_dict(),
+                cost_usd=cost_usd,
+                latency_ms=round(answer.latency_ms, 3),
+                request_id=answer.request_id,
+                model=answer.model,
+            ),
+        )
 
 
 class Run:
@@ -256,25 +287,56 @@ class Run:
             params=dict(schedule.params),
             on_progress=on_progress,
         )
-        await services.store.append(run_stream(run.run_id), [RunStarted(
-            run_id=run.run_id, schedule=run.schedule, provider=run.provider_name, models=run.models,
-            problem_set=run.problem_set_name, node=services.node, rollouts=run.rollouts,
-            problems=run.problem_ids, budget_usd=run.budget, params=run.params, trigger=trigger,
-            trigger_seq=trigger_seq, fire_time=fire_time,
-        )], expected_version=0)
-        run.log.info("run_started", models=run.models, problems=len(run.problem_ids), rollouts=run.rollouts,
-                     total=run.state.total, trigger=trigger)
+        await services.store.append(
+            run_stream(run.run_id),
+            [
+                RunStarted(
+                    run_id=run.run_id,
+                    schedule=run.schedule,
+                    provider=run.provider_name,
+                    models=run.models,
+                    problem_set=run.problem_set_name,
+                    node=services.node,
+                    rollouts=run.rollouts,
+                    problems=run.problem_ids,
+                    budget_usd=run.budget,
+                    params=run.params,
+                    trigger=trigger,
+                    trigger_seq=trigger_seq,
+                    fire_time=fire_time,
+                )
+            ],
+            expected_version=0,
+        )
+        run.log.info(
+            "run_started",
+            models=run.models,
+            problems=len(run.problem_ids),
+            rollouts=run.rollouts,
+            total=run.state.total,
+            trigger=trigger,
+        )
         return run
 
     @classmethod
-    async def load(cls, services: RunServices, run_id: str, on_progress: Callable[[RunState], None] | None = None) -> Run:
+    async def load(
+        cls, services: RunServices, run_id: str, on_progress: Callable[[RunState], None] | None = None
+    ) -> Run:
         """The run ``run_id`` as its ``RunStarted`` event describes it."""
         first = [ev async for ev in services.store.read(stream=run_stream(run_id), types={"RunStarted"})]
         d = first[0].data
         return cls(
-            services, run_id=run_id, schedule=d["schedule"], provider=d["provider"], models=d["models"],
-            problem_set=d["problem_set"], problems=d.get("problems") or [], rollouts=d["rollouts"],
-            budget_usd=d.get("budget_usd"), params=d.get("params") or {}, on_progress=on_progress,
+            services,
+            run_id=run_id,
+            schedule=d["schedule"],
+            provider=d["provider"],
+            models=d["models"],
+            problem_set=d["problem_set"],
+            problems=d.get("problems") or [],
+            rollouts=d["rollouts"],
+            budget_usd=d.get("budget_usd"),
+            params=d.get("params") or {},
+            on_progress=on_progress,
         )
 
     # -- appending --------------------------------------------------------------------------
@@ -321,7 +383,9 @@ class Run:
         if provider is None or pset is None:
             what = "provider" if provider is None else "problem set"
             name = self.provider_name if provider is None else self.problem_set_name
-            return await self._finish("failed", f"{what} {name!r} is not configured (or has no API key) on this node")
+            return await self._finish(
+                "failed", f"{what} {name!r} is not configured (or has no API key) on this node"
+            )
         existing = await self._existing()
         problems = []
         for pid in self.problem_ids:
@@ -352,8 +416,11 @@ class Run:
             async with anyio.create_task_group() as work:
                 for model in self.models:
                     if not self._price_known(model) and self.budget is not None:
-                        self.log.warning("budget_unenforceable", model=model,
-                                         reason="no price for this model in [providers.prices]")
+                        self.log.warning(
+                            "budget_unenforceable",
+                            model=model,
+                            reason="no price for this model in [providers.prices]",
+                        )
                 plan = ((m, p, k) for m in self.models for p in problems for k in range(self.rollouts))
                 for model, problem, sample in plan:
                     rid = rollout_id(self.run_id, model, problem.id, sample)
@@ -371,15 +438,24 @@ class Run:
                     if estimate is None:
                         window.release()
                         break
-                    work.start_soon(self._rollout, window, provider, rid, model, problem, sample,
-                                    attempts + 1, estimate)
+                    work.start_soon(
+                        self._rollout, window, provider, rid, model, problem, sample, attempts + 1, estimate
+                    )
             tg.cancel_scope.cancel()
 
         if interrupted:
-            await svc.store.append(run_stream(self.run_id), [RunInterrupted(
-                run_id=self.run_id, node=svc.node, done=self.state.done, total=self.state.total,
-                reason="shutdown",
-            )])
+            await svc.store.append(
+                run_stream(self.run_id),
+                [
+                    RunInterrupted(
+                        run_id=self.run_id,
+                        node=svc.node,
+                        done=self.state.done,
+                        total=self.state.total,
+                        reason="shutdown",
+                    )
+                ],
+            )
             self.log.info("run_interrupted", done=self.state.done, total=self.state.total)
             return None
         if provider.disabled is not None:
@@ -395,7 +471,9 @@ class Run:
         price = self.services.config.provider(self.provider_name).prices[model]
         # The most it could cost: every output token allowed, and a generous token
         # count for the prompt (fewer than one token per two characters in practice).
-        worst = ((len(prompt) // 2 + 1000) * price.input + _max_output_tokens(self.params) * price.output) / 1e6
+        worst = (
+            (len(prompt) // 2 + 1000) * price.input + _max_output_tokens(self.params) * price.output
+        ) / 1e6
         while self.state.cost_usd + self.state.reserved_usd + worst > self.budget:
             if self.state.reserved_usd <= 0:
                 self.state.budget_hit = True
@@ -422,8 +500,17 @@ class Run:
             ev.set()
             self._settled_ev = anyio.Event()
 
-    async def _rollout(self, window: anyio.Semaphore, provider: ProviderLike, rid: str, model: str,
-                       problem: Any, sample: int, first_attempt: int, reserved: float) -> None:
+    async def _rollout(
+        self,
+        window: anyio.Semaphore,
+        provider: ProviderLike,
+        rid: str,
+        model: str,
+        problem: Any,
+        sample: int,
+        first_attempt: int,
+        reserved: float,
+    ) -> None:
         try:
             pset = self.services.problem_sets[self.problem_set_name]
             prompt = Prompt(
@@ -463,19 +550,29 @@ class Run:
             self.state.scoring -= 1
         d = result.to_dict() if hasattr(result, "to_dict") else dict(result)
         scored = RolloutScored(
-            rollout_id=rid, passed=bool(d.get("passed")), score=float(d.get("score") or 0.0),
-            scorer=str(d.get("scorer", "")), reason=str(d.get("reason", "")),
-            extraction=str(d.get("extraction", "")), duration_ms=float(d.get("duration_ms") or 0.0),
+            rollout_id=rid,
+            passed=bool(d.get("passed")),
+            score=float(d.get("score") or 0.0),
+            scorer=str(d.get("scorer", "")),
+            reason=str(d.get("reason", "")),
+            extraction=str(d.get("extraction", "")),
+            duration_ms=float(d.get("duration_ms") or 0.0),
             detail=d.get("detail") or {},
         )
         now = datetime.now(UTC)
         embargo = self.services.config.publication.embargo
-        decisions: list[Event] = [PublicationDecided(rollout_id=rid, audience="subscribers", not_before=rfc3339(now))]
+        decisions: list[Event] = [
+            PublicationDecided(rollout_id=rid, audience="subscribers", not_before=rfc3339(now))
+        ]
         if scored.passed:
-            decisions.append(PublicationDecided(
-                rollout_id=rid, audience="public", not_before=rfc3339(now + timedelta(seconds=embargo)),
-                embargo_s=embargo,
-            ))
+            decisions.append(
+                PublicationDecided(
+                    rollout_id=rid,
+                    audience="public",
+                    not_before=rfc3339(now + timedelta(seconds=embargo)),
+                    embargo_s=embargo,
+                )
+            )
         await self.append_rollout(rid, scored, *decisions)
         self.state.scored += 1
         self.state.done += 1
@@ -489,13 +586,26 @@ class Run:
     async def _finish(self, status: str, message: str) -> RunFinished:
         s = self.state
         fin = RunFinished(
-            run_id=self.run_id, status=status, rollouts=s.answered, passed=s.passed,
-            cost_usd=round(s.cost_usd, 6), scored=s.scored, failures=dict(s.failures), message=message,
+            run_id=self.run_id,
+            status=status,
+            rollouts=s.answered,
+            passed=s.passed,
+            cost_usd=round(s.cost_usd, 6),
+            scored=s.scored,
+            failures=dict(s.failures),
+            message=message,
             planned=s.total,
         )
         await self.services.store.append(run_stream(self.run_id), [fin])
-        self.log.info("run_finished", status=status, rollouts=s.answered, passed=s.passed,
-                      cost_usd=round(s.cost_usd, 6), failures=dict(s.failures), message=message)
+        self.log.info(
+            "run_finished",
+            status=status,
+            rollouts=s.answered,
+            passed=s.passed,
+            cost_usd=round(s.cost_usd, 6),
+            failures=dict(s.failures),
+            message=message,
+        )
         return fin
 
 

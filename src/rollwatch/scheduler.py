@@ -70,15 +70,25 @@ async def load_states(pdb: ProjectionDB) -> dict[str, ScheduleState]:
     out = {}
     for r in rows:
         out[r[0]] = ScheduleState(
-            name=r[0], paused=bool(r[1]), note=r[2] or "", triggered_seq=r[3] or 0,
-            handled_trigger_seq=r[4] or 0, last_fire_at=parse_rfc3339(r[5]) if r[5] else None,
-            last_run_id=r[6], last_status=r[7], last_started_at=r[8], last_finished_at=r[9],
-            skipped=r[10] or 0, missed=r[11] or 0,
+            name=r[0],
+            paused=bool(r[1]),
+            note=r[2] or "",
+            triggered_seq=r[3] or 0,
+            handled_trigger_seq=r[4] or 0,
+            last_fire_at=parse_rfc3339(r[5]) if r[5] else None,
+            last_run_id=r[6],
+            last_status=r[7],
+            last_started_at=r[8],
+            last_finished_at=r[9],
+            skipped=r[10] or 0,
+            missed=r[11] or 0,
         )
     return out
 
 
-def next_fire(s: ScheduleConfig, trigger: Any, last_fire: datetime | None, now: datetime) -> tuple[datetime | None, int, datetime | None]:
+def next_fire(
+    s: ScheduleConfig, trigger: Any, last_fire: datetime | None, now: datetime
+) -> tuple[datetime | None, int, datetime | None]:
     """(next fire time, fires missed before ``now``, the latest missed fire time).
 
     With fires missed, the next fire is "now" (one catch-up run), unless all of them
@@ -162,16 +172,29 @@ class Scheduler:
             nxt, missed, latest = next_fire(s, trigger, st.last_fire_at, now)
             self.next_fires[s.name] = nxt
             if missed:
-                await self.store.append(f"schedule-{s.name}", [ScheduleMissed(
-                    schedule=s.name, missed=missed, since=rfc3339(st.last_fire_at or now),
-                )])
+                await self.store.append(
+                    f"schedule-{s.name}",
+                    [
+                        ScheduleMissed(
+                            schedule=s.name,
+                            missed=missed,
+                            since=rfc3339(st.last_fire_at or now),
+                        )
+                    ],
+                )
                 slog.info("schedule_missed", missed=missed, catch_up=nxt == now)
                 if nxt != now:
                     # Too old to catch up: remember them as handled and wait for the next.
-                    await self.store.append(f"schedule-{s.name}", [ScheduleSkipped(
-                        schedule=s.name, reason="missed fires older than the catch_up window",
-                        fire_time=rfc3339(latest or now),
-                    )])
+                    await self.store.append(
+                        f"schedule-{s.name}",
+                        [
+                            ScheduleSkipped(
+                                schedule=s.name,
+                                reason="missed fires older than the catch_up window",
+                                fire_time=rfc3339(latest or now),
+                            )
+                        ],
+                    )
                     continue
             if nxt is None:
                 await wake.wait()
@@ -184,14 +207,29 @@ class Scheduler:
                     continue  # woken by the log: look again
             await self._fire(s, st, tg, "catch_up" if missed else "schedule", 0, nxt, slog)
 
-    async def _fire(self, s: ScheduleConfig, st: ScheduleState, tg: anyio.abc.TaskGroup, kind: str,
-                    trigger_seq: int, fire_time: datetime, slog: Any) -> None:
+    async def _fire(
+        self,
+        s: ScheduleConfig,
+        st: ScheduleState,
+        tg: anyio.abc.TaskGroup,
+        kind: str,
+        trigger_seq: int,
+        fire_time: datetime,
+        slog: Any,
+    ) -> None:
         ft = rfc3339(fire_time)
         if self.is_running(s.name):
-            await self.store.append(f"schedule-{s.name}", [ScheduleSkipped(
-                schedule=s.name, reason="the previous run of this schedule is still going", fire_time=ft,
-                trigger_seq=trigger_seq,
-            )])
+            await self.store.append(
+                f"schedule-{s.name}",
+                [
+                    ScheduleSkipped(
+                        schedule=s.name,
+                        reason="the previous run of this schedule is still going",
+                        fire_time=ft,
+                        trigger_seq=trigger_seq,
+                    )
+                ],
+            )
             slog.info("schedule_skipped", reason="overlap", fire_time=ft, trigger=kind)
             return
         # The run records RunStarted before start() returns, so the next look at the log
@@ -205,4 +243,4 @@ def fmt_next(dt: datetime | None) -> str:
     return rfc3339(dt)[:19] + "Z"
 
 
-__all__ = ["Scheduler", "ScheduleState", "load_states", "make_trigger", "next_fire", "fmt_next", "timedelta"]
+__all__ = ["ScheduleState", "Scheduler", "fmt_next", "load_states", "make_trigger", "next_fire", "timedelta"]

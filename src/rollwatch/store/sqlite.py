@@ -222,7 +222,7 @@ class SQLiteEventStore(EventStore):
                     " GROUP BY stream",
                     chunk,
                 ).fetchall()
-                versions.update({m: 0 for m in chunk})
+                versions.update(dict.fromkeys(chunk, 0))
                 versions.update(dict(rows))
             out: list[Recorded] = []
             for p in group:
@@ -233,12 +233,17 @@ class SQLiteEventStore(EventStore):
                 first = len(out)
                 for i, (eid, typ, schema, at, data) in enumerate(p.rows, start=1):
                     seq += 1
-                    prev = chain_hash(prev, canonical_bytes(
-                        seq=seq, id=eid, stream=p.stream, type=typ, schema=schema, at=at, data_json=data
-                    ))
-                    out.append(tuple.__new__(
-                        Recorded, (seq, eid, p.stream, current + i, typ, schema, at, data, prev.hex())
-                    ))
+                    prev = chain_hash(
+                        prev,
+                        canonical_bytes(
+                            seq=seq, id=eid, stream=p.stream, type=typ, schema=schema, at=at, data_json=data
+                        ),
+                    )
+                    out.append(
+                        tuple.__new__(
+                            Recorded, (seq, eid, p.stream, current + i, typ, schema, at, data, prev.hex())
+                        )
+                    )
                 versions[p.stream] = current + len(p.rows)
                 p.result = out[first:]
             db.executemany(f"INSERT INTO events ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)", out)
@@ -298,7 +303,7 @@ class SQLiteEventStore(EventStore):
         )
         return int(rows[0][0] or 0)
 
-    async def wait_for_new(self, after: int, timeout: float) -> int:
+    async def wait_for_new(self, after: int, timeout: float) -> int:  # noqa: ASYNC109 (returns on timeout, never raises)
         with anyio.move_on_after(timeout):
             while True:
                 if self._head > after:
@@ -319,7 +324,9 @@ class SQLiteEventStore(EventStore):
         async for page in self.read_batches(batch=5000):
             for ev in page:
                 if ev.seq != expected:
-                    raise IntegrityError(expected, f"event {expected} is missing (the next stored is {ev.seq})")
+                    raise IntegrityError(
+                        expected, f"event {expected} is missing (the next stored is {ev.seq})"
+                    )
                 if chain_hash(prev, ev.canonical()).hex() != ev.hash:
                     raise IntegrityError(ev.seq, "its hash does not match its content and the previous hash")
                 prev = bytes.fromhex(ev.hash)

@@ -44,8 +44,12 @@ class AccessLog:
         finally:
             client = scope.get("client")
             access.info(
-                "http_request", method=scope["method"], path=scope["path"], status=status,
-                ms=round((time.perf_counter() - start) * 1000, 2), client=client[0] if client else None,
+                "http_request",
+                method=scope["method"],
+                path=scope["path"],
+                status=status,
+                ms=round((time.perf_counter() - start) * 1000, 2),
+                client=client[0] if client else None,
             )
 
 

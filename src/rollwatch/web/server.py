@@ -27,8 +27,14 @@ class HTTPServer:
 
     def __init__(self, app: Any, host: str, port: int) -> None:
         config = uvicorn.Config(
-            app, host=host, port=port, log_config=None, access_log=False, lifespan="off",
-            server_header=False, timeout_graceful_shutdown=5,
+            app,
+            host=host,
+            port=port,
+            log_config=None,
+            access_log=False,
+            lifespan="off",
+            server_header=False,
+            timeout_graceful_shutdown=5,
         )
         self.server = _Server(config)
 
