@@ -9,6 +9,7 @@ import pytest
 
 from rollwatch.abc import EventStore
 from rollwatch.store.sqlite import SQLiteEventStore
+from tests.pg import ScratchPostgresStore
 
 
 @pytest.fixture
@@ -20,7 +21,11 @@ def _sqlite(tmp_path: Path) -> EventStore:
     return SQLiteEventStore(tmp_path / "events.db")
 
 
-STORE_FACTORIES = {"sqlite": _sqlite}
+def _postgres(tmp_path: Path) -> EventStore:
+    return ScratchPostgresStore()
+
+
+STORE_FACTORIES = {"sqlite": _sqlite, "postgres": _postgres}
 
 
 @pytest.fixture(params=sorted(STORE_FACTORIES), ids=sorted(STORE_FACTORIES))

@@ -1,0 +1,637 @@
+"""The event log in PostgreSQL, through asyncpg (so: on anyio's asyncio backend).
+
+The same contract, envelope and hash chain as ``store/sqlite.py``; only the locking,
+the waking of followers and the failure modes differ.
+
+Gap-free ``seq`` with writers in several processes: a ``bigserial`` would hand out
+numbers at INSERT time, so a transaction holding 7 can commit after one holding 8,
+and a reader that saw 8 and moved its cursor past it never sees 7. Instead every
+append transaction first takes one transaction-level advisory lock (a fixed key),
+then reads the tip (seq, hash) in a *new* statement, computes seq, versions and the
+hash chain in Python, inserts and commits; the lock is released by the commit. So
+positions are handed out in commit order and a reader can never see a later seq
+before an earlier one is visible. (The tip must be read in a statement after the one
+that took the lock: in READ COMMITTED each statement takes its snapshot when it
+starts, and a snapshot taken while still waiting for the lock would miss the commit
+of the transaction that held it.) ``UNIQUE (stream, version)`` is the backstop for
+the version arithmetic.
+
+Group commit as in the SQLite store: ``append`` queues its events for one writer task
+that takes everything queued and writes it in one transaction (one lock, one COPY,
+one commit, one WAL flush); a call whose expected version is stale gets
+``ConcurrencyConflict`` and contributes nothing, the others commit.
+
+Durability: ``synchronous_commit`` stays ``on`` (the server's default, and set back
+to ``on`` for the writer if the database or role turned it off): COMMIT then returns
+only once the commit record is flushed to the server's disk (and, where synchronous
+replication is configured, to the standbys it names). With ``off`` the server
+acknowledges before the flush, and a server crash loses the last few hundred
+milliseconds of appends that ``append`` already reported as done, which the contract
+forbids. Group commit spreads the cost of that flush over every waiting append.
+
+A connection that breaks while COMMIT is in flight leaves the outcome unknown. The
+writer then asks the database, under the same advisory lock (which the old session
+holds until its transaction has really ended), whether the group's last event is
+stored with its hash, and reports success or failure accordingly.
+
+Following: every append transaction ends with ``NOTIFY rollwatch_events, '<head
+seq>'``, which PostgreSQL delivers only when it commits, to listeners in every
+process. ``wait_for_new`` waits on a dedicated LISTEN connection; while that
+connection is down (it is re-established in the background) it polls the head.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Sequence
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+import asyncpg
+from anyio.abc import TaskGroup, TaskStatus
+
+from rollwatch.abc import EventStore, VerifyReport
+from rollwatch.errors import ConcurrencyConflict, IntegrityError, StoreError
+from rollwatch.events import GENESIS, Event, Recorded, canonical_bytes, canonical_json, chain_hash
+from rollwatch.log import get_logger
+
+log = get_logger(__name__)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    seq     bigint  PRIMARY KEY,      -- the global position, handed out under the append lock
+    id      text    NOT NULL,
+    stream  text    NOT NULL,
+    version bigint  NOT NULL,
+    type    text    NOT NULL,
+    schema  integer NOT NULL,
+    at      text    NOT NULL,         -- RFC 3339 exactly as hashed (timestamptz would reformat it)
+    data    text    NOT NULL,         -- canonical JSON, exactly the bytes the hash covers (not jsonb,
+                                      -- which reorders keys and rewrites numbers)
+    hash    text    NOT NULL,
+    UNIQUE (stream, version)
+);
+-- Append-only at the database level too: UPDATE, DELETE and TRUNCATE fail. (A superuser
+-- can disable these; that is what the hash chain and verify are for.)
+CREATE OR REPLACE FUNCTION rollwatch_events_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'the event log is append-only' USING ERRCODE = 'insufficient_privilege';
+END $$;
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_trigger
+                   WHERE tgrelid = 'events'::regclass AND tgname = 'events_no_update') THEN
+        CREATE TRIGGER events_no_update BEFORE UPDATE ON events
+            FOR EACH ROW EXECUTE FUNCTION rollwatch_events_append_only();
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_trigger
+                   WHERE tgrelid = 'events'::regclass AND tgname = 'events_no_delete') THEN
+        CREATE TRIGGER events_no_delete BEFORE DELETE ON events
+            FOR EACH ROW EXECUTE FUNCTION rollwatch_events_append_only();
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_trigger
+                   WHERE tgrelid = 'events'::regclass AND tgname = 'events_no_truncate') THEN
+        CREATE TRIGGER events_no_truncate BEFORE TRUNCATE ON events
+            FOR EACH STATEMENT EXECUTE FUNCTION rollwatch_events_append_only();
+    END IF;
+END $$;
+"""
+
+#: The advisory lock every append and import transaction holds (b"rw-event" as a bigint).
+APPEND_LOCK = int.from_bytes(b"rw-event", "big", signed=True)
+#: Taken while creating the schema, so that processes opening a new database at once
+#: do not race on CREATE TABLE (which is not safe to run concurrently in PostgreSQL).
+SCHEMA_LOCK = int.from_bytes(b"rw-schem", "big", signed=True)
+#: The NOTIFY channel; the payload is the head seq after the notifying commit.
+CHANNEL = "rollwatch_events"
+
+COLUMNS = ("seq", "id", "stream", "version", "type", "schema", "at", "data", "hash")
+_COLUMNS = ", ".join(COLUMNS)
+_TIP = "SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1"
+_VERSIONS = "SELECT stream, MAX(version) FROM events WHERE stream = ANY($1::text[]) GROUP BY stream"
+_MAX_GROUP_CALLS = 10_000
+_MAX_CACHED_STREAMS = 200_000
+_RECONNECT_MAX_S = 5.0
+
+
+@dataclass(slots=True)
+class _Pending:
+    """One append call waiting for the writer."""
+
+    stream: str
+    expected: int | None
+    rows: list[tuple[str, str, int, str, str]]  # id, type, schema, at, data_json
+    result: list[Recorded] | None = None
+    error: BaseException | None = None
+
+
+@dataclass(slots=True)
+class _Group:
+    """The calls that will share the next commit, and the event that ends their wait."""
+
+    calls: list[_Pending] = field(default_factory=list)
+    done: anyio.Event = field(default_factory=anyio.Event)
+
+
+class _InDoubt(Exception):
+    """Raised when the connection broke during COMMIT and the outcome could not be learned."""
+
+
+class PostgresEventStore(EventStore):
+    """The PostgreSQL implementation of :class:`rollwatch.abc.EventStore`.
+
+    ``url`` is a libpq-style URL (``postgresql://user@host:5432/db``); the database
+    must exist, the ``events`` table and its triggers are created on first open.
+    ``readers`` bounds the pool that serves reads; ``poll_interval`` is how often
+    ``wait_for_new`` polls the head while the LISTEN connection is down.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        readers: int = 4,
+        poll_interval: float = 0.1,
+        connect_timeout: float = 10.0,
+    ) -> None:
+        super().__init__()
+        self.url = url
+        self._readers = readers
+        self._poll_interval = poll_interval
+        self._connect_timeout = connect_timeout
+        self._writer_conn: asyncpg.Connection | None = None
+        self._pool: asyncpg.Pool | None = None
+        self._open_flag = False
+        self._queue = _Group()
+        self._wake = anyio.Event()
+        self._appended = anyio.Event()
+        self._head = 0
+        self._listening = False
+        self._listener_lost = anyio.Event()
+        self._listen_scope: anyio.CancelScope | None = None
+        # Stream versions as of our last commit. Valid only while nobody else has
+        # appended since (checked under the lock by comparing the tip's seq).
+        self._versions_seen: dict[str, int] = {}
+        self._versions_at = -1
+
+    def __repr__(self) -> str:
+        return f"PostgresEventStore({_redact(self.url)!r})"
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    async def _open(self, stack: AsyncExitStack) -> None:
+        try:
+            conn = await self._connect_writer()
+            stack.push_async_callback(self._close_writer_conn)
+            async with conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", SCHEMA_LOCK)
+                await conn.execute(SCHEMA)
+            self._pool = await asyncpg.create_pool(
+                self.url, min_size=1, max_size=self._readers, timeout=self._connect_timeout
+            )
+            stack.push_async_callback(self._pool.close)
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+            raise StoreError(f"cannot open the event log at {_redact(self.url)}: {e}") from e
+        tg: TaskGroup = await stack.enter_async_context(anyio.create_task_group())
+        # On exit: refuse new appends, let the writer commit what is queued, then stop.
+        stack.callback(self._close_writer)
+        # LISTEN before reading the head: an append that commits in between is then
+        # either in the head or announced.
+        await tg.start(self._keep_listening)
+        self._head = await self.head()
+        self._open_flag = True
+        tg.start_soon(self._writer)
+
+    def _close_writer(self) -> None:
+        self._open_flag = False
+        self._wake.set()
+        if self._listen_scope is not None:
+            self._listen_scope.cancel()
+
+    async def _connect(self) -> asyncpg.Connection:
+        return await asyncpg.connect(self.url, timeout=self._connect_timeout)
+
+    async def _connect_writer(self) -> asyncpg.Connection:
+        conn = self._writer_conn
+        if conn is not None and not conn.is_closed():
+            return conn
+        conn = await self._connect()
+        if await conn.fetchval("SHOW synchronous_commit") == "off":
+            log.warning("synchronous_commit_off", action="set to on for the event log writer")
+            await conn.execute("SET synchronous_commit = on")
+        if await conn.fetchval("SHOW fsync") == "off":
+            log.warning("fsync_off", consequence="appends will not survive a crash of the database host")
+        self._writer_conn = conn
+        return conn
+
+    async def _close_writer_conn(self) -> None:
+        conn, self._writer_conn = self._writer_conn, None
+        if conn is not None and not conn.is_closed():
+            with anyio.CancelScope(shield=True):
+                await conn.close(timeout=self._connect_timeout)
+
+    # -- writing ------------------------------------------------------------------------
+
+    async def append(
+        self, stream: str, events: Sequence[Event], *, expected_version: int | None = None
+    ) -> list[Recorded]:
+        if not self._open_flag:
+            raise StoreError("the event store is not open (use it with `async with`)")
+        if not events:
+            return []
+        if "\x00" in stream:
+            # PostgreSQL text cannot hold NUL; refuse here so the rest of the group commits.
+            raise StoreError(
+                f"stream name {stream!r} contains a NUL character, which PostgreSQL cannot store"
+            )
+        now = datetime.now(UTC)
+        at = now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond:06d}Z"
+        rows = [(str(uuid.uuid4()), e.TYPE, e.SCHEMA, at, canonical_json(e.to_data())) for e in events]
+        pending = _Pending(stream, expected_version, rows)
+        t0 = time.perf_counter()
+        group = self._queue
+        group.calls.append(pending)
+        self._wake.set()
+        # Once queued, the append completes even if this task is cancelled: shield the
+        # wait so a cancelled caller never mistakes a committed event for a lost one.
+        with anyio.CancelScope(shield=True):
+            await group.done.wait()
+        if self.append_observer is not None:
+            self.append_observer(time.perf_counter() - t0)
+        if pending.error is not None:
+            raise pending.error
+        assert pending.result is not None
+        return pending.result
+
+    async def _writer(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake = anyio.Event()
+            group = self._queue
+            if not group.calls:
+                if not self._open_flag:
+                    return
+                continue
+            # Let every task that is ready to append run first, so that one commit (one
+            # WAL flush) carries all of them: stop when a pass adds nothing.
+            n = -1
+            while n != len(group.calls) and len(group.calls) < _MAX_GROUP_CALLS:
+                n = len(group.calls)
+                await anyio.lowlevel.checkpoint()
+            self._queue = _Group()
+            with anyio.CancelScope(shield=True):
+                try:
+                    await self._commit(group.calls)
+                finally:
+                    group.done.set()
+            if self._queue.calls:
+                self._wake.set()
+
+    async def _commit(self, group: list[_Pending]) -> None:
+        try:
+            seq = await self._write_group(group)
+        except Exception as e:
+            self._versions_seen = {}
+            log.error("append_failed", error=str(e), calls=len(group))
+            if isinstance(e, _InDoubt):
+                msg = (
+                    f"the connection to {_redact(self.url)} broke while committing and the outcome "
+                    f"could not be checked ({e}); the events may or may not be in the log: "
+                    "read the stream before appending again"
+                )
+            else:
+                msg = f"append to {_redact(self.url)} failed, nothing was written: {e}"
+            for p in group:
+                p.result = None
+                p.error = p.error or StoreError(msg)
+            return
+        self._note_head(seq)
+
+    def _note_head(self, seq: int) -> None:
+        if seq > self._head:
+            self._head = seq
+        self._appended.set()
+        self._appended = anyio.Event()
+
+    async def _write_group(self, group: list[_Pending]) -> int:
+        """One transaction for the whole group; return the tip's seq after it."""
+        conn = await self._connect_writer()
+        tr = conn.transaction()  # READ COMMITTED: each statement sees the latest commits
+        await tr.start()
+        out: list[Recorded] = []
+        committing = False
+        try:
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", APPEND_LOCK)
+            tip = await conn.fetchrow(_TIP)
+            seq, prev = (tip[0], bytes.fromhex(tip[1])) if tip else (0, GENESIS)
+            if seq != self._versions_at or len(self._versions_seen) > _MAX_CACHED_STREAMS:
+                self._versions_seen = {}
+            versions = self._versions_seen
+            missing = list({p.stream for p in group} - versions.keys())
+            if missing:
+                versions.update(dict.fromkeys(missing, 0))
+                versions.update({r[0]: r[1] for r in await conn.fetch(_VERSIONS, missing)})
+            seq, prev = _assign(group, seq, prev, versions, out)
+            if out:
+                await conn.copy_records_to_table("events", records=out, columns=COLUMNS)
+                # Delivered to listeners only if and when this transaction commits.
+                await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, str(seq))
+            committing = True
+            await tr.commit()
+        except BaseException as e:
+            self._versions_seen = {}
+            if committing and out and await self._committed_after_all(out[-1], e):
+                return seq  # every call's result stands
+            for p in group:
+                p.result = None
+            if not committing and not conn.is_closed():
+                try:
+                    with anyio.CancelScope(shield=True):
+                        await tr.rollback()
+                except Exception:
+                    conn.terminate()
+            raise
+        self._versions_at = seq
+        return seq
+
+    async def _committed_after_all(self, last: Recorded, error: BaseException) -> bool:
+        """Whether a group whose COMMIT failed with ``error`` is in the log after all."""
+        if isinstance(error, asyncpg.PostgresError) and not _connection_lost(error):
+            return False  # the server answered the COMMIT: it did not commit
+        if self._writer_conn is not None:
+            self._writer_conn.terminate()
+        self._writer_conn = None
+        log.warning("commit_in_doubt", seq=last.seq, error=str(error))
+        try:
+            with anyio.CancelScope(shield=True):
+                conn = await self._connect()
+                try:
+                    async with conn.transaction():
+                        # Held by the broken session until its transaction has really
+                        # ended, so what we read next is final.
+                        await conn.execute("SET LOCAL lock_timeout = '60s'")
+                        await conn.execute("SELECT pg_advisory_xact_lock($1)", APPEND_LOCK)
+                        stored = await conn.fetchval("SELECT hash FROM events WHERE seq = $1", last.seq)
+                finally:
+                    await conn.close(timeout=self._connect_timeout)
+        except Exception as e:
+            raise _InDoubt(str(e)) from error
+        log.info("commit_in_doubt_resolved", seq=last.seq, committed=stored == last.hash)
+        return bool(stored == last.hash)
+
+    async def import_recorded(self, batch: Sequence[Recorded]) -> int:
+        """Append already-recorded events exactly as they are (``migrate`` uses this).
+
+        The batch must continue this log: ``seq`` one past the head, every ``hash``
+        chained to the previous one, every ``version`` one past its stream's. It is
+        written in one transaction under the append lock, or not at all
+        (``IntegrityError`` names the first event that does not fit). Returns the head.
+        """
+        if not self._open_flag:
+            raise StoreError("the event store is not open (use it with `async with`)")
+        if not batch:
+            return await self.head()
+        async with self._acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", APPEND_LOCK)
+            tip = await conn.fetchrow(_TIP)
+            seq, prev = (tip[0], bytes.fromhex(tip[1])) if tip else (0, GENESIS)
+            streams = list({r.stream for r in batch})
+            versions = dict.fromkeys(streams, 0)
+            versions.update({r[0]: r[1] for r in await conn.fetch(_VERSIONS, streams)})
+            for r in batch:
+                if r.seq != seq + 1:
+                    raise IntegrityError(
+                        seq + 1, f"the imported event has seq {r.seq}, the log continues at {seq + 1}"
+                    )
+                if chain_hash(prev, r.canonical()).hex() != r.hash:
+                    raise IntegrityError(
+                        r.seq, "the imported event's hash does not match its content and the previous hash"
+                    )
+                if r.version != versions[r.stream] + 1:
+                    raise IntegrityError(
+                        r.seq,
+                        f"the imported event has version {r.version} of stream {r.stream!r}, "
+                        f"which is at {versions[r.stream]}",
+                    )
+                versions[r.stream] = r.version
+                seq, prev = r.seq, bytes.fromhex(r.hash)
+            await conn.copy_records_to_table("events", records=batch, columns=COLUMNS)
+            await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, str(seq))
+        self._note_head(seq)
+        return seq
+
+    # -- reading ------------------------------------------------------------------------
+
+    def _acquire(self) -> Any:
+        if self._pool is None:
+            raise StoreError("the event store is not open (use it with `async with`)")
+        return self._pool.acquire()
+
+    async def read_batches(
+        self,
+        *,
+        after: int = 0,
+        stream: str | None = None,
+        types: Collection[str] | None = None,
+        until: int | None = None,
+        batch: int = 1000,
+    ) -> AsyncIterator[list[Recorded]]:
+        where = ["seq > $1"]
+        extra: list[Any] = []
+        if stream is not None:
+            extra.append(stream)
+            where.append(f"stream = ${len(extra) + 1}")
+        if types:
+            extra.append(list(types))
+            where.append(f"type = ANY(${len(extra) + 1}::text[])")
+        if until is not None:
+            extra.append(until)
+            where.append(f"seq <= ${len(extra) + 1}")
+        sql = (
+            f"SELECT {_COLUMNS} FROM events WHERE {' AND '.join(where)} ORDER BY seq LIMIT ${len(extra) + 2}"
+        )
+        cursor = after
+        while True:
+            # A connection per page, not per read: a reader that stops iterating (or
+            # pauses between pages) holds nothing.
+            async with self._acquire() as conn:
+                rows = await conn.fetch(sql, cursor, *extra, batch)
+            recs = [tuple.__new__(Recorded, r) for r in rows]
+            if recs:
+                yield recs
+            if len(recs) < batch:
+                return
+            cursor = recs[-1].seq
+
+    async def head(self) -> int:
+        async with self._acquire() as conn:
+            return int(await conn.fetchval("SELECT COALESCE(MAX(seq), 0) FROM events"))
+
+    async def stream_version(self, stream: str) -> int:
+        async with self._acquire() as conn:
+            v = await conn.fetchval("SELECT COALESCE(MAX(version), 0) FROM events WHERE stream = $1", stream)
+        return int(v)
+
+    async def wait_for_new(self, after: int, timeout: float) -> int:  # noqa: ASYNC109 (returns on timeout, never raises)
+        with anyio.move_on_after(timeout):
+            while True:
+                if self._head > after:
+                    return self._head
+                appended = self._appended
+                if self._listening:
+                    # NOTIFY (from any process), our own commits and the loss of the
+                    # LISTEN connection all set this event.
+                    await appended.wait()
+                    continue
+                with anyio.move_on_after(self._poll_interval):
+                    await appended.wait()
+                h = await self.head()
+                if h > self._head:
+                    self._head = h
+        return await self.head()
+
+    # -- listening ------------------------------------------------------------------------
+
+    async def _keep_listening(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Hold a LISTEN connection; re-establish it whenever it is lost."""
+        with anyio.CancelScope() as scope:
+            self._listen_scope = scope
+            try:
+                conn = await self._listen()
+            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+                raise StoreError(f"cannot LISTEN on {_redact(self.url)}: {e}") from e
+            task_status.started()
+            try:
+                while True:
+                    await self._listener_lost.wait()
+                    self._listener_lost = anyio.Event()
+                    log.warning("listen_connection_lost", fallback="polling the head")
+                    delay = self._poll_interval
+                    while True:
+                        try:
+                            conn = await self._listen()
+                            break
+                        except Exception as e:  # keep trying whatever broke: followers poll meanwhile
+                            log.warning("listen_reconnect_failed", error=str(e), retry_in_s=delay)
+                            await anyio.sleep(delay)
+                            delay = min(delay * 2, _RECONNECT_MAX_S)
+                    log.info("listen_connection_restored")
+                    # Appends while we were deaf were announced to nobody: re-read the head.
+                    with anyio.move_on_after(self._connect_timeout):
+                        try:
+                            self._note_head(await self.head())
+                        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+                            log.warning("head_after_listen_failed", error=str(e))
+            finally:
+                self._listening = False
+                conn.terminate()
+
+    async def _listen(self) -> asyncpg.Connection:
+        conn = await self._connect()
+        try:
+            await conn.add_listener(CHANNEL, self._on_notify)
+        except BaseException:
+            conn.terminate()
+            raise
+        conn.add_termination_listener(self._on_listener_lost)
+        self._listening = True
+        return conn
+
+    def _on_notify(self, conn: object, pid: int, channel: str, payload: object) -> None:
+        try:
+            seq = int(str(payload))
+        except ValueError:
+            return  # not ours: someone else NOTIFYing on our channel
+        if seq > self._head:
+            self._head = seq
+            self._appended.set()
+            self._appended = anyio.Event()
+
+    def _on_listener_lost(self, conn: object) -> None:
+        if self._listening:
+            self._listening = False
+            self._listener_lost.set()
+            # Waiters switch to polling.
+            self._appended.set()
+            self._appended = anyio.Event()
+
+    # -- checking -------------------------------------------------------------------------
+
+    async def verify(self, progress: Callable[[int], None] | None = None) -> VerifyReport:
+        prev = GENESIS
+        expected = 1
+        async for page in self.read_batches(batch=5000):
+            for ev in page:
+                if ev.seq != expected:
+                    raise IntegrityError(
+                        expected, f"event {expected} is missing (the next stored is {ev.seq})"
+                    )
+                if chain_hash(prev, ev.canonical()).hex() != ev.hash:
+                    raise IntegrityError(ev.seq, "its hash does not match its content and the previous hash")
+                prev = bytes.fromhex(ev.hash)
+                expected += 1
+            if progress is not None:
+                progress(page[-1].seq)
+        # Stream versions are not in the hashed envelope (they follow from seq order);
+        # check that they do, up to the last event whose hash we checked.
+        async with self._acquire() as conn:
+            bad = await conn.fetchval(
+                "SELECT seq FROM (SELECT seq, version, ROW_NUMBER() OVER "
+                "(PARTITION BY stream ORDER BY seq) AS n FROM events WHERE seq < $1) AS t "
+                "WHERE version != n ORDER BY seq LIMIT 1",
+                expected,
+            )
+        if bad is not None:
+            raise IntegrityError(bad, "its stream version does not follow the order of the log")
+        return VerifyReport(events=expected - 1, head_hash=prev.hex() if expected > 1 else "")
+
+
+def _assign(
+    group: Iterable[_Pending], seq: int, prev: bytes, versions: dict[str, int], out: list[Recorded]
+) -> tuple[int, bytes]:
+    """Check each call's expected version and give its events seq, version and hash.
+
+    Fills ``out`` and each call's ``result`` (or ``error``); returns the new tip.
+    """
+    for p in group:
+        current = versions[p.stream]
+        if p.expected is not None and p.expected != current:
+            p.error = ConcurrencyConflict(p.stream, p.expected, current)
+            continue
+        first = len(out)
+        for i, (eid, typ, schema, at, data) in enumerate(p.rows, start=1):
+            seq += 1
+            prev = chain_hash(
+                prev,
+                canonical_bytes(
+                    seq=seq, id=eid, stream=p.stream, type=typ, schema=schema, at=at, data_json=data
+                ),
+            )
+            out.append(
+                tuple.__new__(Recorded, (seq, eid, p.stream, current + i, typ, schema, at, data, prev.hex()))
+            )
+        versions[p.stream] = current + len(p.rows)
+        p.result = out[first:]
+    return seq, prev
+
+
+def _connection_lost(e: asyncpg.PostgresError) -> bool:
+    # Class 08 (connection exception) and 57P (operator intervention: shutdown,
+    # terminated backend) leave a COMMIT's outcome unknown.
+    state = getattr(e, "sqlstate", "") or ""
+    return state.startswith(("08", "57P"))
+
+
+def _redact(url: str) -> str:
+    """``url`` without a password, for messages and logs."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return url
+    creds, _, host = rest.rpartition("@")
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user}{':***' if ':' in creds else ''}@{host}"
