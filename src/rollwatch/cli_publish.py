@@ -1,0 +1,226 @@
+"""``rollwatch subscribers add|list|revoke`` and ``rollwatch publish export``.
+
+Thin: each command appends an event or reads a projection; the rules live in
+:mod:`rollwatch.publication`. A running daemon sees a new or revoked subscriber
+within a second, through the log.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+
+from rollwatch.cli import Context, cli, common, run_async
+from rollwatch.config import Config
+from rollwatch.errors import ConcurrencyConflict, UsageError
+from rollwatch.events import SubscriberAdded, SubscriberRevoked, parse_rfc3339, rfc3339
+from rollwatch.publication.keys import (
+    SCOPES,
+    check_name,
+    check_scopes,
+    hash_key,
+    key_prefix,
+    new_key,
+    parse_expires,
+    subscriber_stream,
+)
+
+
+def _projections() -> list[Any]:
+    """``default_projections()`` plus the publication ones it does not hold yet."""
+    from rollwatch.projections import default_projections
+    from rollwatch.publication.projections import publication_projections
+
+    have = default_projections()
+    names = {p.name for p in have}
+    return have + [p for p in publication_projections() if p.name not in names]
+
+
+@cli.group()
+def subscribers() -> None:
+    """Subscribers of the feed and their API keys (as events in the log)."""
+
+
+@subscribers.command("add")
+@click.argument("name")
+@click.option(
+    "--expires",
+    default=None,
+    metavar="DATE",
+    help="when the key stops working: 2026-12-31 (start of that day, UTC), "
+    "an RFC 3339 time, or a duration from now such as 90d (default: never)",
+)
+@click.option(
+    "--scope",
+    "scopes",
+    multiple=True,
+    metavar="S",
+    help=f"what the key may read, repeatable: {', '.join(SCOPES)} (default: all)",
+)
+@common
+def subscribers_add(ctx: Context, name: str, expires: str | None, scopes: tuple[str, ...]) -> None:
+    """Create subscriber NAME and print its API key, once (the log keeps only a hash)."""
+    from rollwatch.store import open_store
+
+    check_name(name)
+    scope_list = check_scopes(scopes)
+    until = parse_expires(expires) if expires else None
+    config = ctx.config
+    key = new_key()
+    event = SubscriberAdded(
+        name=name,
+        key_hash=hash_key(key),
+        key_prefix=key_prefix(key),
+        scopes=scope_list,
+        expires=rfc3339(until) if until else None,
+    )
+
+    async def main() -> int:
+        async with open_store(config.store) as store:
+            try:
+                recs = await store.append(subscriber_stream(name), [event], expected_version=0)
+            except ConcurrencyConflict:
+                raise UsageError(
+                    f"subscriber {name!r} exists already (names are never reused; choose another)"
+                ) from None
+            return recs[0].seq
+
+    seq = run_async(main)
+    # The key alone on stdout (for scripts); everything else on stderr.
+    click.echo(key)
+    click.echo(
+        f"added subscriber {name} (seq {seq}, scopes {','.join(scope_list)}, "
+        f"expires {rfc3339(until) if until else 'never'}). This key is shown only now: "
+        "store it safely; rollwatch keeps only its hash.",
+        err=True,
+    )
+
+
+async def _subscriber_rows(config: Config) -> list[dict[str, Any]]:
+    from rollwatch.projections import ProjectionDB
+    from rollwatch.store import open_store
+
+    async with (
+        open_store(config.store) as store,
+        ProjectionDB(config.store.projections_path, _projections()) as pdb,
+    ):
+        await pdb.catch_up(store)
+        rows = await pdb.fetchall(
+            "SELECT name, key_prefix, scopes, expires, added_at, revoked_at, note"
+            " FROM pub_subscribers ORDER BY added_seq"
+        )
+    now = datetime.now(UTC)
+    out = []
+    for name, prefix, scopes, expires, added, revoked, note in rows:
+        if revoked:
+            state = "revoked"
+        elif expires and parse_rfc3339(expires) <= now:
+            state = "expired"
+        else:
+            state = "active"
+        out.append(
+            {
+                "name": name,
+                "state": state,
+                "key": prefix + "…",
+                "scopes": json.loads(scopes),
+                "expires": expires,
+                "added": added,
+                "revoked": revoked,
+                "note": note or "",
+            }
+        )
+    return out
+
+
+@subscribers.command("list")
+@click.option("--json", "as_json", is_flag=True, help="a JSON list instead of a table")
+@common
+def subscribers_list(ctx: Context, as_json: bool) -> None:
+    """Every subscriber: state (active, expired, revoked), key prefix, scopes, expiry."""
+    config = ctx.config
+    rows = run_async(lambda: _subscriber_rows(config))
+    if as_json:
+        click.echo(json.dumps(rows, indent=2, ensure_ascii=False))
+        return
+    cols = ["name", "state", "key", "scopes", "expires", "added", "note"]
+    table = [{c: (",".join(r[c]) if c == "scopes" else str(r[c] or "-")) for c in cols} for r in rows]
+    widths = {c: max([len(c), *(len(t[c]) for t in table)]) for c in cols}
+    click.echo("  ".join(c.upper().ljust(widths[c]) for c in cols).rstrip())
+    for t in table:
+        click.echo("  ".join(t[c].ljust(widths[c]) for c in cols).rstrip())
+
+
+@subscribers.command("revoke")
+@click.argument("name")
+@click.option("--note", default="", help="why (shown by `subscribers list`)")
+@common
+def subscribers_revoke(ctx: Context, name: str, note: str) -> None:
+    """Revoke NAME's key; a running daemon refuses it within a second."""
+    from rollwatch.store import open_store
+
+    check_name(name)
+    config = ctx.config
+
+    async def main() -> str:
+        async with open_store(config.store) as store:
+            for _ in range(5):
+                stream = subscriber_stream(name)
+                events = [ev async for ev in store.read(stream=stream)]
+                if not events:
+                    raise UsageError(f"no subscriber {name!r} (see `rollwatch subscribers list`)")
+                if any(ev.type == "SubscriberRevoked" for ev in events):
+                    return f"subscriber {name} was already revoked"
+                try:
+                    recs = await store.append(
+                        stream, [SubscriberRevoked(name=name, note=note)], expected_version=events[-1].version
+                    )
+                except ConcurrencyConflict:
+                    continue
+                return f"revoked {name} (seq {recs[0].seq}); a running daemon refuses its key within a second"
+            raise UsageError(f"subscriber {name!r} keeps changing under us; try again")
+
+    click.echo(run_async(main))
+
+
+@cli.group()
+def publish() -> None:
+    """The public release."""
+
+
+@publish.command("export")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--base-url",
+    default=None,
+    help="the URL DIR will be served at, for the feeds' links (default: http://LISTEN/public/ from [server])",
+)
+@common
+def publish_export(ctx: Context, directory: Path, base_url: str | None) -> None:
+    """Write the public release to DIRECTORY: index.html, feed.json, feed.atom, results.jsonl."""
+    from rollwatch.projections import ProjectionDB
+    from rollwatch.publication.export import export_public
+    from rollwatch.store import open_store
+
+    config = ctx.config
+    base = base_url or f"http://{config.server.listen}/public/"
+    if not base.startswith(("http://", "https://")):
+        raise UsageError(f"--base-url {base!r}: give an absolute http:// or https:// URL")
+
+    async def main() -> str:
+        async with (
+            open_store(config.store) as store,
+            ProjectionDB(config.store.projections_path, _projections()) as pdb,
+        ):
+            s = await export_public(
+                store, pdb, directory, base_url=base, embargo_s=config.publication.embargo
+            )
+            return f"wrote {s.files} files to {s.directory} ({s.released} released results)"
+
+    click.echo(run_async(main))
+    sys.stdout.flush()

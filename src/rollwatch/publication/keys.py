@@ -1,0 +1,233 @@
+"""Subscriber API keys: minted once, stored as a hash, checked in constant time.
+
+A key is ``rw_`` followed by 32 random bytes from the OS CSPRNG in URL-safe base64
+(``secrets.token_urlsafe(32)``: 43 characters, 256 bits). It is printed once by
+``rollwatch subscribers add``; the log keeps only its SHA-256 and its first
+characters (``key_prefix``, to tell keys apart in ``subscribers list`` and to find
+the candidate without scanning every subscriber).
+
+Why a plain SHA-256 and not bcrypt/scrypt/Argon2: slow, salted hashes exist to make
+guessing *low-entropy* secrets (passwords) expensive after a leak. A key drawn
+uniformly from 2**256 values cannot be guessed however fast the hash is, and no
+precomputed table covers that space, so a salt adds nothing either. A slow hash
+would only cost CPU on every request. The prefix we keep in clear reveals 7
+characters (42 bits), leaving over 210 bits unknown.
+
+The hash comparison uses ``hmac.compare_digest`` so the time it takes does not
+depend on how many leading characters match.
+
+:class:`SubscriberDirectory` is the running daemon's view of who may read the feed:
+an in-memory map refreshed from the log at most ``max_age`` seconds old (0.5 s), so
+a ``subscribers revoke`` run in another process takes effect within a second.
+Expiry is checked against the wall clock on every request.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import json
+import re
+import secrets
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+
+import anyio
+
+from rollwatch.abc import EventStore
+from rollwatch.config import parse_duration
+from rollwatch.errors import UsageError
+from rollwatch.events import Recorded, parse_rfc3339, rfc3339
+
+KEY_PREFIX = "rw_"
+PREFIX_LEN = len(KEY_PREFIX) + 7
+"""How many leading characters of a key are kept in clear (``rw_`` and 7 more)."""
+
+SCOPES = ("feed", "rollouts", "report")
+"""What a key may read: ``/v1/feed``, ``/v1/rollouts/{id}``, ``/v1/report``."""
+
+SUBSCRIBER_TYPES = frozenset({"SubscriberAdded", "SubscriberRevoked"})
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_KEY = re.compile(r"^rw_[A-Za-z0-9_-]{43}$")
+
+
+def subscriber_stream(name: str) -> str:
+    """The stream of one subscriber's events (``SubscriberAdded`` opens it)."""
+    return f"subscriber-{name}"
+
+
+def new_key() -> str:
+    """A fresh API key: ``rw_`` and 256 random bits."""
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def hash_key(key: str) -> str:
+    """The hex SHA-256 of ``key``: all the log keeps of it (see the module docstring)."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def key_prefix(key: str) -> str:
+    """The leading characters of ``key`` that are kept in clear."""
+    return key[:PREFIX_LEN]
+
+
+def check_name(name: str) -> str:
+    """``name`` if it is a valid subscriber name; a UsageError saying what is allowed otherwise."""
+    if not _NAME.match(name):
+        raise UsageError(
+            f"subscriber name {name!r}: use letters, digits, '.', '_' or '-' (at most 64), "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+def check_scopes(scopes: Iterable[str]) -> list[str]:
+    """The scopes, deduplicated in the order of :data:`SCOPES`; all of them when none are given."""
+    wanted = list(scopes)
+    unknown = [s for s in wanted if s not in SCOPES]
+    if unknown:
+        raise UsageError(f"scope {unknown[0]!r} is not one of {', '.join(SCOPES)}")
+    return [s for s in SCOPES if s in wanted] if wanted else list(SCOPES)
+
+
+def parse_expires(text: str, now: datetime | None = None) -> datetime:
+    """When a key stops working, from ``--expires``.
+
+    Accepts a date (``2026-12-31``: the key stops working at the start of that day,
+    UTC), an RFC 3339 timestamp (``2026-12-31T18:00:00+01:00``; without an offset it
+    is UTC), or a duration from now (``90d``, ``12h``). A moment in the past is an error.
+    """
+    now = now or datetime.now(UTC)
+    raw = text.strip()
+    when: datetime | None = None
+    with contextlib.suppress(ValueError):
+        when = now + timedelta(seconds=parse_duration(raw))
+    if when is None:
+        try:
+            if re.fullmatch(r"\d{4}-\d{2}-\d{2}", raw):
+                when = datetime.combine(date.fromisoformat(raw), datetime.min.time(), UTC)
+            else:
+                when = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+                if when.tzinfo is None:
+                    when = when.replace(tzinfo=UTC)
+        except ValueError:
+            raise UsageError(
+                f"--expires {text!r}: use a date (2026-12-31), an RFC 3339 time "
+                "(2026-12-31T18:00:00Z) or a duration from now (90d)"
+            ) from None
+    if when <= now:
+        raise UsageError(f"--expires {text!r} is in the past ({rfc3339(when)}); give a later moment")
+    return when.astimezone(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class Subscriber:
+    """One subscriber as the log describes it."""
+
+    name: str
+    key_hash: str
+    key_prefix: str
+    scopes: tuple[str, ...]
+    expires: datetime | None
+    revoked: bool = False
+
+    def expired(self, now: datetime) -> bool:
+        """Whether the key has stopped working at ``now``."""
+        return self.expires is not None and now >= self.expires
+
+
+@dataclass(frozen=True, slots=True)
+class AuthResult:
+    """The outcome of checking one bearer key: a subscriber, or why not (a 401 message)."""
+
+    subscriber: Subscriber | None
+    reason: str = ""
+
+
+@dataclass
+class SubscriberDirectory:
+    """Who may read, kept current from the log (at most ``max_age`` seconds behind)."""
+
+    store: EventStore
+    max_age: float = 0.5
+    _by_name: dict[str, Subscriber] = field(default_factory=dict)
+    _by_prefix: dict[str, list[Subscriber]] = field(default_factory=dict)
+    _cursor: int = 0
+    _fresh_at: float = float("-inf")
+    _lock: anyio.Lock = field(default_factory=anyio.Lock)
+
+    async def refresh(self, *, force: bool = False) -> None:
+        """Apply subscriber events appended since the last refresh (if older than ``max_age``)."""
+        if not force and time.monotonic() - self._fresh_at < self.max_age:
+            return
+        async with self._lock:
+            if not force and time.monotonic() - self._fresh_at < self.max_age:
+                return
+            started = time.monotonic()
+            head = await self.store.head()
+            changed = False
+            async for ev in self.store.read(after=self._cursor, types=SUBSCRIBER_TYPES, until=head):
+                self._apply(ev)
+                changed = True
+            self._cursor = max(self._cursor, head)
+            if changed:
+                self._by_prefix = {}
+                for s in self._by_name.values():
+                    self._by_prefix.setdefault(s.key_prefix, []).append(s)
+            self._fresh_at = started
+
+    def _apply(self, ev: Recorded) -> None:
+        d = ev.data
+        name = d["name"]
+        if ev.type == "SubscriberAdded":
+            expires = parse_rfc3339(d["expires"]) if d.get("expires") else None
+            self._by_name[name] = Subscriber(
+                name=name,
+                key_hash=d["key_hash"],
+                key_prefix=d["key_prefix"],
+                scopes=tuple(d.get("scopes") or SCOPES),
+                expires=expires,
+            )
+        elif ev.type == "SubscriberRevoked" and name in self._by_name:
+            old = self._by_name[name]
+            self._by_name[name] = Subscriber(
+                name=old.name,
+                key_hash=old.key_hash,
+                key_prefix=old.key_prefix,
+                scopes=old.scopes,
+                expires=old.expires,
+                revoked=True,
+            )
+
+    async def authenticate(self, key: str | None, now: datetime | None = None) -> AuthResult:
+        """The subscriber holding ``key``, or the reason the key is refused."""
+        if not key:
+            return AuthResult(None, "missing API key: send 'Authorization: Bearer rw_...'")
+        await self.refresh()
+        if not _KEY.match(key):
+            return AuthResult(None, "unknown API key")
+        digest = hash_key(key)
+        match: Subscriber | None = None
+        # Compare against every candidate (not stopping at the first) so that the time
+        # taken does not tell which one matched.
+        for s in self._by_prefix.get(key_prefix(key), []):
+            if hmac.compare_digest(s.key_hash, digest):
+                match = s
+        if match is None:
+            return AuthResult(None, "unknown API key")
+        if match.revoked:
+            return AuthResult(None, "this API key has been revoked")
+        now = now or datetime.now(UTC)
+        if match.expired(now):
+            assert match.expires is not None
+            return AuthResult(None, f"this API key expired at {rfc3339(match.expires)}")
+        return AuthResult(match)
+
+
+def scopes_json(scopes: Iterable[str]) -> str:
+    """Scopes as stored in the subscribers projection."""
+    return json.dumps(list(scopes))

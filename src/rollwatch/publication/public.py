@@ -1,0 +1,257 @@
+"""What the public may see: released results, and the figures of the pass-rate chart.
+
+Released means all three of: a ``PublicReleased`` event (``released_seq``), a public
+decision whose ``not_before`` has passed by this process's clock, and a passing
+score. Each check alone would do in a healthy log; together they keep an early or
+forged release, or a clock ahead on another node, from showing anything early.
+
+The chart needs rates, so it needs the rollouts that failed too (never shown one by
+one). A run's figures for one model are disclosed once the run has finished, every
+public decision among its rollouts has been released, and its last score is older
+than the embargo: the largest ``embargo_s`` its decisions carry, or, for a run with
+no positive result (no decision to read it from), the configured embargo.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from rollwatch.abc import EventStore
+from rollwatch.events import parse_rfc3339
+from rollwatch.projections import ProjectionDB
+
+_COLUMNS = (
+    "rollout_id, run_id, provider, model, problem_id, sample, score, cost_usd, scored_at,"
+    " not_before, released_at, released_seq, answer_seq"
+)
+_RELEASED = "released_seq IS NOT NULL AND not_before_ts IS NOT NULL AND not_before_ts <= ? AND passed = 1"
+
+
+@dataclass(frozen=True, slots=True)
+class Released:
+    """One publicly released result."""
+
+    rollout_id: str
+    run_id: str
+    provider: str
+    model: str
+    problem_id: str
+    sample: int
+    score: float | None
+    cost_usd: float | None
+    scored_at: str
+    not_before: str
+    released_at: str
+    released_seq: int
+    answer_seq: int | None
+    answer: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The result as one line of ``results.jsonl`` (and ``/public/rollouts/{id}.json``)."""
+        return {
+            "rollout_id": self.rollout_id,
+            "run_id": self.run_id,
+            "provider": self.provider,
+            "model": self.model,
+            "problem_id": self.problem_id,
+            "sample": self.sample,
+            "passed": True,
+            "score": self.score,
+            "cost_usd": self.cost_usd,
+            "scored_at": self.scored_at,
+            "not_before": self.not_before,
+            "released_at": self.released_at,
+            "released_seq": self.released_seq,
+            "answer": self.answer,
+        }
+
+
+async def _answer(store: EventStore, seq: int | None) -> str | None:
+    if seq is None:
+        return None
+    async for ev in store.read(after=seq - 1, until=seq):
+        return str(ev.data.get("text") or "")
+    return None
+
+
+async def _with_answers(store: EventStore, rows: Sequence[tuple[Any, ...]]) -> list[Released]:
+    out = []
+    for row in rows:
+        r = Released(*row)
+        out.append(dataclasses.replace(r, answer=await _answer(store, r.answer_seq)))
+    return out
+
+
+async def released_one(
+    store: EventStore, pdb: ProjectionDB, rollout_id: str, now: datetime
+) -> Released | None:
+    """The released result of ``rollout_id``, or None when it is not (yet) public."""
+    rows = await pdb.fetchall(
+        f"SELECT {_COLUMNS} FROM public_rollouts WHERE rollout_id = ? AND {_RELEASED}",
+        (rollout_id, now.timestamp()),
+    )
+    found = await _with_answers(store, rows)
+    return found[0] if found else None
+
+
+async def recent_released(store: EventStore, pdb: ProjectionDB, now: datetime, limit: int) -> list[Released]:
+    """The ``limit`` most recently released results, newest first, with their answers."""
+    rows = await pdb.fetchall(
+        f"SELECT {_COLUMNS} FROM public_rollouts WHERE {_RELEASED} ORDER BY released_seq DESC LIMIT ?",
+        (now.timestamp(), limit),
+    )
+    return await _with_answers(store, rows)
+
+
+async def iter_released(
+    store: EventStore, pdb: ProjectionDB, now: datetime, batch: int = 500
+) -> AsyncIterator[Released]:
+    """Every released result, oldest release first, with its answer (in bounded batches)."""
+    after = 0
+    while True:
+        rows = await pdb.fetchall(
+            f"SELECT {_COLUMNS} FROM public_rollouts WHERE {_RELEASED} AND released_seq > ?"
+            " ORDER BY released_seq LIMIT ?",
+            (now.timestamp(), after, batch),
+        )
+        for r in await _with_answers(store, rows):
+            yield r
+        if len(rows) < batch:
+            return
+        after = rows[-1][11]
+
+
+# --- the page's tables and chart ------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Point:
+    """One disclosed run of one model: when it finished and how often it passed."""
+
+    at: str
+    ts: float
+    run_id: str
+    rollouts: int
+    passed: int
+
+    @property
+    def rate(self) -> float:
+        return self.passed / self.rollouts if self.rollouts else 0.0
+
+
+@dataclass(slots=True)
+class Series:
+    """The disclosed runs of one provider and model, oldest first."""
+
+    provider: str
+    model: str
+    points: list[Point] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        return f"{self.provider}/{self.model}"
+
+
+@dataclass(slots=True)
+class ModelRow:
+    """One provider and model: released solutions, problems solved, disclosed pass rate."""
+
+    provider: str
+    model: str
+    released: int = 0
+    problems_solved: int = 0
+    first_released_at: str | None = None
+    last_released_at: str | None = None
+    disclosed_rollouts: int = 0
+    disclosed_passed: int = 0
+
+    @property
+    def pass_rate(self) -> float | None:
+        return self.disclosed_passed / self.disclosed_rollouts if self.disclosed_rollouts else None
+
+
+@dataclass(slots=True)
+class PublicView:
+    """Everything the public page and the feeds show."""
+
+    generated_at: datetime
+    total_released: int
+    recent: list[Released]
+    models: list[ModelRow]
+    problems: list[str]
+    cells: dict[tuple[str, str, str], tuple[int, str]]
+    """(provider, model, problem) -> (released solutions, first released at)."""
+    series: list[Series]
+
+    @property
+    def updated(self) -> str | None:
+        """When the newest released result was released."""
+        return max((r.released_at for r in self.recent), default=None)
+
+
+async def public_view(
+    store: EventStore,
+    pdb: ProjectionDB,
+    *,
+    now: datetime | None = None,
+    embargo_default: float,
+    recent: int = 100,
+) -> PublicView:
+    """The released results as of ``now`` (see the module docstring for what counts)."""
+    now = now or datetime.now(UTC)
+    ts = now.timestamp()
+    cells_rows = await pdb.fetchall(
+        f"SELECT provider, model, problem_id, count(*), min(released_at), max(released_at)"
+        f" FROM public_rollouts WHERE {_RELEASED} GROUP BY provider, model, problem_id",
+        (ts,),
+    )
+    models: dict[tuple[str, str], ModelRow] = {}
+    cells: dict[tuple[str, str, str], tuple[int, str]] = {}
+    problems: set[str] = set()
+    total = 0
+    for prov, model, pid, n, first, last in cells_rows:
+        m = models.setdefault((prov, model), ModelRow(prov, model))
+        m.released += n
+        m.problems_solved += 1
+        m.first_released_at = min(filter(None, (m.first_released_at, first)))
+        m.last_released_at = max(filter(None, (m.last_released_at, last)))
+        cells[(prov, model, pid)] = (n, first)
+        problems.add(pid)
+        total += n
+
+    groups = await pdb.fetchall(
+        "SELECT r.run_id, r.provider, r.model, count(*), sum(r.passed), max(r.scored_ts),"
+        " max(r.embargo_s), count(r.decided_seq),"
+        " sum(r.released_seq IS NOT NULL AND r.not_before_ts <= ?), u.finished_at"
+        " FROM public_rollouts r JOIN public_runs u ON u.run_id = r.run_id"
+        " WHERE r.scored_ts IS NOT NULL AND u.finished_at IS NOT NULL"
+        " GROUP BY r.run_id, r.provider, r.model",
+        (ts,),
+    )
+    series: dict[tuple[str, str], Series] = {}
+    for run_id, prov, model, n, passed, last_ts, emb, decided, released, finished in groups:
+        embargo = float(emb) if decided and emb is not None else embargo_default
+        if decided != released or last_ts + embargo > ts:
+            continue
+        fin = parse_rfc3339(finished)
+        series.setdefault((prov, model), Series(prov, model)).points.append(
+            Point(at=finished, ts=fin.timestamp(), run_id=run_id, rollouts=n, passed=int(passed or 0))
+        )
+        m = models.setdefault((prov, model), ModelRow(prov, model))
+        m.disclosed_rollouts += n
+        m.disclosed_passed += int(passed or 0)
+    for s in series.values():
+        s.points.sort(key=lambda p: (p.ts, p.run_id))
+    return PublicView(
+        generated_at=now,
+        total_released=total,
+        recent=await recent_released(store, pdb, now, recent),
+        models=sorted(models.values(), key=lambda m: (m.provider, m.model)),
+        problems=sorted(problems),
+        cells=cells,
+        series=sorted(series.values(), key=lambda s: s.label),
+    )

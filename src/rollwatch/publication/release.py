@@ -1,0 +1,165 @@
+"""The release job: ``PublicReleased`` for every public decision whose embargo has passed.
+
+The decision (``PublicationDecided`` with audience ``public``) is made when a positive
+result is scored and carries its own ``not_before``; this job only carries it out. It
+reads pending decisions from the public projection, then, for each, re-reads the
+rollout's stream (the log is the truth; the projection may lag) and appends
+``PublicReleased`` with ``expected_version`` set to the stream's version as read. So:
+
+* after downtime, the first pass releases everything that fell due meanwhile;
+* a rollout is released once, ever: a second pass finds the ``PublicReleased`` in the
+  stream, and two processes racing on the same rollout cannot both append, because
+  the second append expects a version the first one moved on from
+  (``ConcurrencyConflict``; the loser re-reads and finds the release);
+* a change of ``publication.embargo`` cannot move a decision already in the log: the
+  job never computes a date, it compares the event's ``not_before`` with the clock.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+
+import anyio
+from anyio.abc import TaskStatus
+
+from rollwatch.abc import EventStore
+from rollwatch.errors import ConcurrencyConflict
+from rollwatch.events import PublicReleased, parse_rfc3339
+from rollwatch.log import get_logger
+from rollwatch.projections import ProjectionDB
+
+log = get_logger(__name__)
+
+_BATCH = 1000
+_PARALLEL = 32  # appends in flight at once; the store commits them in shared transactions
+_ATTEMPTS = 5
+
+
+def rollout_stream(rollout_id: str) -> str:
+    """The stream holding one rollout's events (as ``rollwatch.runs`` names it)."""
+    return f"rollout-{rollout_id}"
+
+
+async def caught_up(store: EventStore, pdb: ProjectionDB) -> int:
+    """Bring the projections up to the log's current head; return that head."""
+    head = await store.head()
+    if pdb.applied < head:
+        await pdb.catch_up(store, until=head)
+    return head
+
+
+async def release_one(store: EventStore, rollout_id: str, now: datetime | None = None) -> bool:
+    """Append ``PublicReleased`` for one rollout if its log says it is due; True if appended.
+
+    Due means: scored as passed, a public decision whose ``not_before`` is at or before
+    ``now``, and no ``PublicReleased`` yet.
+    """
+    stream = rollout_stream(rollout_id)
+    for _ in range(_ATTEMPTS):
+        version = 0
+        passed = released = False
+        not_before: datetime | None = None
+        async for ev in store.read(stream=stream):
+            version = ev.version
+            if ev.type == "RolloutScored":
+                passed = bool(ev.data["passed"])
+            elif ev.type == "PublicationDecided" and not_before is None:
+                d = ev.data
+                if d["audience"] == "public":
+                    not_before = parse_rfc3339(d["not_before"])
+            elif ev.type == "PublicReleased":
+                released = True
+        when = now or datetime.now(UTC)
+        if released or not passed or not_before is None or not_before > when:
+            return False
+        try:
+            await store.append(stream, [PublicReleased(rollout_id=rollout_id)], expected_version=version)
+        except ConcurrencyConflict:
+            # Someone appended to this stream since we read it (perhaps the same release
+            # from another process): read again and decide again.
+            continue
+        return True
+    log.warning("release_contended", rollout_id=rollout_id, attempts=_ATTEMPTS)
+    return False
+
+
+async def _release_into(
+    store: EventStore, rid: str, now: datetime | None, limiter: anyio.CapacityLimiter, done: list[str]
+) -> None:
+    async with limiter:
+        if await release_one(store, rid, now):
+            done.append(rid)
+
+
+async def release_due(store: EventStore, pdb: ProjectionDB, now: datetime | None = None) -> int:
+    """Release every rollout whose public decision has fallen due; return how many were released."""
+    released = 0
+    last_ts = float("-inf")
+    last_id = ""
+    while True:
+        await caught_up(store, pdb)
+        when = now or datetime.now(UTC)
+        rows = await pdb.fetchall(
+            "SELECT rollout_id, not_before_ts FROM public_rollouts"
+            " WHERE released_seq IS NULL AND not_before_ts IS NOT NULL AND not_before_ts <= ?"
+            " AND passed = 1 AND (not_before_ts > ? OR (not_before_ts = ? AND rollout_id > ?))"
+            " ORDER BY not_before_ts, rollout_id LIMIT ?",
+            (when.timestamp(), last_ts, last_ts, last_id, _BATCH),
+        )
+        if not rows:
+            break
+        limiter = anyio.CapacityLimiter(_PARALLEL)
+        done: list[str] = []
+        async with anyio.create_task_group() as tg:
+            for rid, _ts in rows:
+                tg.start_soon(_release_into, store, rid, now, limiter, done)
+        released += len(done)
+        last_id, last_ts = rows[-1][0], rows[-1][1]
+        if len(rows) < _BATCH:
+            break
+    if released:
+        log.info("public_released", rollouts=released)
+    return released
+
+
+async def _next_due(pdb: ProjectionDB) -> float | None:
+    """Seconds until the earliest pending decision falls due (None when none is pending)."""
+    row = await pdb.fetchone(
+        "SELECT min(not_before_ts) FROM public_rollouts"
+        " WHERE released_seq IS NULL AND not_before_ts IS NOT NULL AND passed = 1"
+    )
+    if row is None or row[0] is None:
+        return None
+    return float(row[0]) - time.time()
+
+
+async def release_job(
+    store: EventStore,
+    pdb: ProjectionDB,
+    *,
+    interval: float = 1.0,
+    stop_event: anyio.Event | None = None,
+    task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """Release due results every ``interval`` seconds (sooner when one falls due sooner).
+
+    Runs until cancelled or until ``stop_event`` is set. An error in one pass is logged
+    and the next pass tries again: the job never gives up while the daemon runs.
+    Reports started at once (``await tg.start(...)``); its first pass is the catch-up
+    after downtime.
+    """
+    task_status.started()
+    while stop_event is None or not stop_event.is_set():
+        try:
+            await release_due(store, pdb)
+            due = await _next_due(pdb)
+        except Exception:
+            log.exception("release_pass_failed", retry_in_s=interval)
+            due = None
+        wait = interval if due is None else max(0.0, min(interval, due + 0.001))
+        with anyio.move_on_after(wait):
+            if stop_event is not None:
+                await stop_event.wait()
+            else:
+                await anyio.sleep_forever()

@@ -1,0 +1,447 @@
+"""The publication's HTTP routes (SPEC §6): the subscriber API and the public release.
+
+Subscriber routes (``Authorization: Bearer KEY``):
+
+* ``GET /v1/feed?after=SEQ&limit=N&wait=S`` — feed items after a cursor, oldest first
+  (see :class:`~rollwatch.publication.projections.FeedProjection` for which events are
+  items and their shape). ``next`` is the cursor for the following call: the last
+  item's ``seq`` when the page is full, otherwise the log's head as scanned, so an
+  idle client does not rescan invisible events. ``wait`` long-polls up to 60 s.
+* ``GET /v1/rollouts/{rollout_id}`` — the whole archived record, from the log.
+* ``GET /v1/report?by=model|problem|run&trend=&release_impact=`` — the report as JSON.
+
+Every subscriber response has an ``ETag`` (a hash of its body; ``If-None-Match`` gets
+304). A missing, unknown, expired or revoked key gets 401 and no data; a key without
+the route's scope 403; a key over ``server.feed_rate_per_minute`` 429 with
+``Retry-After``; a bad query parameter 400 naming it.
+
+Public routes (anyone): ``/public/`` (HTML), ``/public/feed.json`` (JSON Feed 1.1),
+``/public/feed.atom`` (Atom 1.0), ``/public/results.jsonl``,
+``/public/rollouts/{id}.json``; and ``/openapi.json``. They show released results only
+(see :mod:`rollwatch.publication.public`).
+
+Reads go through the projections, brought up to the log's head before each answer;
+the subscriber directory is refreshed from the log at most 0.5 s old, so a revocation
+takes effect within a second.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import anyio
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from rollwatch.abc import EventStore
+from rollwatch.config import Config
+from rollwatch.errors import UsageError
+from rollwatch.log import get_logger
+from rollwatch.metrics import Metrics
+from rollwatch.projections import ProjectionDB
+from rollwatch.publication import feeds
+from rollwatch.publication.archive import rollout_record
+from rollwatch.publication.keys import Subscriber, SubscriberDirectory
+from rollwatch.publication.openapi import openapi_document
+from rollwatch.publication.public import PublicView, iter_released, public_view, released_one
+
+log = get_logger(__name__)
+
+MAX_LIMIT = 1000
+DEFAULT_LIMIT = 100
+MAX_WAIT = 60.0
+_ROLLOUT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+_VIEW_TTL = 10.0  # seconds a rendered public view is reused (it only grows with time)
+
+
+class ServicesLike(Protocol):
+    """What the routes need from the composition root."""
+
+    @property
+    def store(self) -> EventStore: ...
+    @property
+    def projections(self) -> ProjectionDB: ...
+    @property
+    def config(self) -> Config: ...
+
+
+class HTTPProblem(Exception):
+    """Raised inside a handler to answer with a JSON error (``{"error", "message"}``)."""
+
+    def __init__(self, status: int, error: str, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.error = error
+        self.message = message
+        self.headers = headers or {}
+
+    def response(self) -> Response:
+        return JSONResponse({"error": self.error, "message": self.message}, self.status, self.headers)
+
+
+@dataclass
+class RateLimiter:
+    """A token bucket per key: ``per_minute`` requests a minute, bursts up to ``per_minute``."""
+
+    per_minute: int
+    clock: Callable[[], float] = time.monotonic
+    _buckets: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+    def take(self, key: str) -> float | None:
+        """Take one token for ``key``; None when allowed, else the seconds until one is free."""
+        now = self.clock()
+        rate = self.per_minute / 60.0
+        tokens, last = self._buckets.get(key, (float(self.per_minute), now))
+        tokens = min(float(self.per_minute), tokens + (now - last) * rate)
+        if tokens >= 1.0:
+            self._buckets[key] = (tokens - 1.0, now)
+            return None
+        self._buckets[key] = (tokens, now)
+        return (1.0 - tokens) / rate
+
+
+# --- helpers -------------------------------------------------------------------------------------
+
+
+def _etag(body: bytes) -> str:
+    return '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
+
+
+def _matches(if_none_match: str | None, etag: str) -> bool:
+    if not if_none_match:
+        return False
+    for tag in if_none_match.split(","):
+        tag = tag.strip()
+        if tag == "*" or tag.removeprefix("W/") == etag:
+            return True
+    return False
+
+
+def _tagged(request: Request, body: bytes, media_type: str, cache: str, vary: str | None = None) -> Response:
+    """``body`` with its ETag, or 304 when the client already has it."""
+    etag = _etag(body)
+    headers = {"ETag": etag, "Cache-Control": cache}
+    if vary:
+        headers["Vary"] = vary
+    if _matches(request.headers.get("if-none-match"), etag):
+        return Response(status_code=304, headers=headers)
+    return Response(body, media_type=media_type, headers=headers)
+
+
+def _json_bytes(obj: Any) -> bytes:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+
+
+def _only(request: Request, allowed: set[str]) -> dict[str, str]:
+    """The query parameters, refusing unknown or repeated ones (a typo must not pass silently)."""
+    params: dict[str, str] = {}
+    for k, v in request.query_params.multi_items():
+        if k not in allowed:
+            known = ", ".join(sorted(allowed)) or "none"
+            raise HTTPProblem(400, "bad_request", f"unknown query parameter {k!r} (known: {known})")
+        if k in params:
+            raise HTTPProblem(400, "bad_request", f"query parameter {k!r} is given more than once")
+        params[k] = v
+    return params
+
+
+def _int(params: dict[str, str], name: str, default: int, lo: int, hi: int) -> int:
+    raw = params.get(name)
+    if raw is None:
+        return default
+    try:
+        v = int(raw)
+    except ValueError:
+        v = None
+    if v is None or not lo <= v <= hi:
+        raise HTTPProblem(400, "bad_request", f"{name}: expected an integer from {lo} to {hi}, got {raw!r}")
+    return v
+
+
+def _float(params: dict[str, str], name: str, default: float, lo: float, hi: float) -> float:
+    raw = params.get(name)
+    if raw is None:
+        return default
+    try:
+        v = float(raw)
+    except ValueError:
+        v = math.nan
+    if not (math.isfinite(v) and lo <= v <= hi):
+        raise HTTPProblem(
+            400, "bad_request", f"{name}: expected a number of seconds from {lo:g} to {hi:g}, got {raw!r}"
+        )
+    return v
+
+
+def _bool(params: dict[str, str], name: str) -> bool:
+    raw = params.get(name)
+    if raw is None:
+        return False
+    low = raw.lower()
+    if low in ("1", "true", "yes", ""):
+        return True
+    if low in ("0", "false", "no"):
+        return False
+    raise HTTPProblem(400, "bad_request", f"{name}: expected true or false, got {raw!r}")
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def _guarded(fn: Handler) -> Handler:
+    async def handler(request: Request) -> Response:
+        try:
+            return await fn(request)
+        except HTTPProblem as p:
+            return p.response()
+
+    handler.__name__ = fn.__name__
+    handler.__doc__ = fn.__doc__
+    return handler
+
+
+# --- the routes -----------------------------------------------------------------------------------
+
+
+class PublicationAPI:
+    """The state behind the routes: subscribers, rate limits, the projection catch-up, caches."""
+
+    def __init__(
+        self, store: EventStore, pdb: ProjectionDB, config: Config, metrics: Metrics | None = None
+    ) -> None:
+        names = {p.name for p in pdb.projections}
+        missing = {"feed", "public"} - names
+        if missing:
+            raise ValueError(
+                f"the projection database lacks {', '.join(sorted(missing))}: register "
+                "rollwatch.publication.publication_projections() in default_projections()"
+            )
+        self.store = store
+        self.pdb = pdb
+        self.config = config
+        self.metrics = metrics
+        self.subscribers = SubscriberDirectory(store)
+        self.limiter = RateLimiter(config.server.feed_rate_per_minute)
+        self._catch_up_lock = anyio.Lock()
+        self._view: tuple[int, float, PublicView] | None = None
+        self._view_lock = anyio.Lock()
+        self._renders: dict[tuple[str, str], bytes] = {}  # (route, base URL) -> body of self._view
+
+    # -- plumbing ----------------------------------------------------------------------------------
+
+    async def current(self) -> int:
+        """The log's head, with the projections caught up to it."""
+        head = await self.store.head()
+        if self.pdb.applied < head:
+            async with self._catch_up_lock:
+                if self.pdb.applied < head:
+                    await self.pdb.catch_up(self.store)
+        return head
+
+    async def authorize(self, request: Request, scope: str) -> Subscriber:
+        """The subscriber behind the request's bearer key; HTTPProblem 401/403/429 otherwise."""
+        header = request.headers.get("authorization", "")
+        scheme, _, key = header.partition(" ")
+        key = key.strip() if scheme.lower() == "bearer" else ""
+        result = await self.subscribers.authenticate(key or None)
+        if result.subscriber is None:
+            challenge = 'Bearer realm="rollwatch"' + (', error="invalid_token"' if key else "")
+            raise HTTPProblem(401, "unauthorized", result.reason, {"WWW-Authenticate": challenge})
+        sub = result.subscriber
+        if scope not in sub.scopes:
+            raise HTTPProblem(403, "forbidden", f"this key lacks the {scope!r} scope")
+        wait = self.limiter.take(sub.name)
+        if wait is not None:
+            retry = max(1, math.ceil(wait))
+            raise HTTPProblem(
+                429,
+                "rate_limited",
+                f"more than {self.config.server.feed_rate_per_minute} requests a minute; retry in {retry} s",
+                {"Retry-After": str(retry)},
+            )
+        return sub
+
+    # -- subscriber routes --------------------------------------------------------------------------
+
+    async def feed(self, request: Request) -> Response:
+        """``/v1/feed``: items after ``after``, at most ``limit``, waiting up to ``wait`` s for one."""
+        await self.authorize(request, "feed")
+        params = _only(request, {"after", "limit", "wait"})
+        after = _int(params, "after", 0, 0, 2**62)
+        limit = _int(params, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
+        wait = _float(params, "wait", 0.0, 0.0, MAX_WAIT)
+        deadline = anyio.current_time() + wait
+        while True:
+            head = await self.current()
+            rows = await self.pdb.fetchall(
+                "SELECT seq, item FROM feed_items WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT ?",
+                (after, head, limit),
+            )
+            remaining = deadline - anyio.current_time()
+            if rows or remaining <= 0:
+                break
+            # Nothing visible yet: wait for the log to grow (an append in this process wakes
+            # us at once; another process's within the store's poll interval).
+            await self.store.wait_for_new(head, remaining)
+        nxt = rows[-1][0] if len(rows) == limit else max(after, head)
+        body = b'{"items":[' + ",".join(r[1] for r in rows).encode() + b'],"next":%d}' % nxt
+        return _tagged(request, body, "application/json", "private, no-cache", vary="Authorization")
+
+    async def rollout(self, request: Request) -> Response:
+        """``/v1/rollouts/{rollout_id}``: the whole archived record, from the log."""
+        await self.authorize(request, "rollouts")
+        _only(request, set())
+        rid = request.path_params["rollout_id"]
+        if not _ROLLOUT_ID.match(rid):
+            raise HTTPProblem(400, "bad_request", f"rollout_id {rid[:80]!r} is not a rollout id")
+        rec = await rollout_record(self.store, rid)
+        if rec is None:
+            raise HTTPProblem(404, "not_found", f"no rollout {rid!r} in the log")
+        return _tagged(
+            request, _json_bytes(rec), "application/json", "private, no-cache", vary="Authorization"
+        )
+
+    async def report(self, request: Request) -> Response:
+        """``/v1/report``: ``rollwatch.report.report_json`` (503 when that module is absent)."""
+        await self.authorize(request, "report")
+        params = _only(request, {"by", "trend", "release_impact"})
+        by = params.get("by", "model")
+        if by not in ("model", "problem", "run"):
+            raise HTTPProblem(400, "bad_request", f"by: expected model, problem or run, got {by!r}")
+        options = {k: True for k in ("trend", "release_impact") if _bool(params, k)}
+        try:
+            from rollwatch import report as report_module
+        except ImportError:
+            report_module = None  # type: ignore[assignment]
+        report_json = getattr(report_module, "report_json", None)
+        if report_json is None:
+            raise HTTPProblem(503, "unavailable", "the report is not available in this version of rollwatch")
+        await self.current()
+        try:
+            rows = await report_json(self.pdb, by, **options)
+        except UsageError as e:
+            raise HTTPProblem(400, "bad_request", str(e)) from None
+        except sqlite3.OperationalError as e:
+            log.error("report_unavailable", error=str(e))
+            raise HTTPProblem(503, "unavailable", "the report's read models are not available") from None
+        return _tagged(
+            request, _json_bytes(rows), "application/json", "private, no-cache", vary="Authorization"
+        )
+
+    # -- public routes -------------------------------------------------------------------------------
+
+    async def view(self) -> PublicView:
+        """The public view as of now (reused for a few seconds while the log does not move)."""
+        head = await self.current()
+        async with self._view_lock:
+            cached = self._view
+            if cached is not None and cached[0] == head and time.monotonic() - cached[1] < _VIEW_TTL:
+                return cached[2]
+            # What is public only grows with time, so a view reused for a few seconds can
+            # show less than it could, never more.
+            v = await public_view(
+                self.store, self.pdb, now=datetime.now(UTC), embargo_default=self.config.publication.embargo
+            )
+            self._view = (head, time.monotonic(), v)
+            self._renders.clear()
+            return v
+
+    def _base(self, request: Request) -> str:
+        return str(request.base_url) + "public/"
+
+    async def _public(
+        self, request: Request, kind: str, render: Callable[[PublicView, str], bytes], media_type: str
+    ) -> Response:
+        _only(request, set())
+        v = await self.view()
+        base = self._base(request)
+        body = self._renders.get((kind, base))
+        if body is None:  # no await since view(): self._renders still belongs to v
+            if len(self._renders) > 64:
+                self._renders.clear()
+            body = self._renders[(kind, base)] = render(v, base)
+        return _tagged(request, body, media_type, "public, max-age=30")
+
+    async def public_page(self, request: Request) -> Response:
+        """``/public/``: the HTML page."""
+        embargo = self.config.publication.embargo
+        return await self._public(
+            request,
+            "html",
+            lambda v, _b: feeds.html_page(v, embargo_s=embargo).encode(),
+            "text/html; charset=utf-8",
+        )
+
+    async def json_feed(self, request: Request) -> Response:
+        """``/public/feed.json``: JSON Feed 1.1."""
+        return await self._public(request, "json", feeds.json_feed_bytes, "application/feed+json")
+
+    async def atom_feed(self, request: Request) -> Response:
+        """``/public/feed.atom``: Atom 1.0."""
+        return await self._public(request, "atom", feeds.atom_feed, "application/atom+xml")
+
+    async def results(self, request: Request) -> Response:
+        """``/public/results.jsonl``: every released result, one per line, oldest release first."""
+        _only(request, set())
+        await self.current()
+        now = datetime.now(UTC)
+
+        async def lines() -> AsyncIterator[bytes]:
+            async for r in iter_released(self.store, self.pdb, now):
+                yield _json_bytes(r.to_json()) + b"\n"
+
+        return StreamingResponse(
+            lines(), media_type="application/x-ndjson", headers={"Cache-Control": "public, max-age=30"}
+        )
+
+    async def public_rollout(self, request: Request) -> Response:
+        """``/public/rollouts/{id}.json``: one released result (404 unless released)."""
+        _only(request, set())
+        rid = request.path_params["rollout_id"]
+        await self.current()
+        r = (
+            await released_one(self.store, self.pdb, rid, datetime.now(UTC))
+            if _ROLLOUT_ID.match(rid)
+            else None
+        )
+        if r is None:
+            raise HTTPProblem(404, "not_found", "no released result with this id")
+        return _tagged(request, _json_bytes(r.to_json()), "application/json", "public, max-age=300")
+
+    async def openapi(self, request: Request) -> Response:
+        """``/openapi.json``."""
+        return _tagged(request, _json_bytes(openapi_document()), "application/json", "public, max-age=300")
+
+    def routes(self) -> list[Route]:
+        """Every publication route, ready for ``build_app(metrics, extra_routes)``."""
+        g = _guarded
+        return [
+            Route("/v1/feed", g(self.feed), methods=["GET"]),
+            Route("/v1/rollouts/{rollout_id}", g(self.rollout), methods=["GET"]),
+            Route("/v1/report", g(self.report), methods=["GET"]),
+            Route("/openapi.json", g(self.openapi), methods=["GET"]),
+            Route("/public/", g(self.public_page), methods=["GET"]),
+            Route("/public/feed.json", g(self.json_feed), methods=["GET"]),
+            Route("/public/feed.atom", g(self.atom_feed), methods=["GET"]),
+            Route("/public/results.jsonl", g(self.results), methods=["GET"]),
+            Route("/public/rollouts/{rollout_id}.json", g(self.public_rollout), methods=["GET"]),
+        ]
+
+
+def publication_routes(services: ServicesLike, metrics: Metrics | None = None) -> list[Route]:
+    """The routes of SPEC §6 that publication serves (subscriber API, public release, OpenAPI).
+
+    ``services`` has ``.store``, ``.projections`` (a ProjectionDB holding
+    :func:`~rollwatch.publication.projections.publication_projections`) and ``.config``.
+    """
+    return PublicationAPI(services.store, services.projections, services.config, metrics).routes()
