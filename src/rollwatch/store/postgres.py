@@ -116,6 +116,8 @@ _TIP = "SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1"
 _VERSIONS = "SELECT stream, MAX(version) FROM events WHERE stream = ANY($1::text[]) GROUP BY stream"
 _MAX_GROUP_CALLS = 10_000
 _MAX_CACHED_STREAMS = 200_000
+_RECONNECT_FIRST_S = 0.1
+_RECONNECT_FIRST_S = 0.1
 _RECONNECT_MAX_S = 5.0
 
 
@@ -511,7 +513,7 @@ class PostgresEventStore(EventStore):
                     await self._listener_lost.wait()
                     self._listener_lost = anyio.Event()
                     log.warning("listen_connection_lost", fallback="polling the head")
-                    delay = self._poll_interval
+                    delay = _RECONNECT_FIRST_S
                     while True:
                         try:
                             conn = await self._listen()
