@@ -136,7 +136,7 @@ def atom_feed(view: PublicView, base_url: str) -> bytes:
         sub(entry, "title", title_of(r))
         sub(entry, "updated", r.released_at)
         sub(entry, "published", r.released_at)
-        sub(entry, "link", rel="alternate", href=item_url(base_url, r.rollout_id), type="application/json")
+        sub(entry, "link", rel="alternate", href=item_url(base_url, r.rollout_id))
         sub(entry, "summary", summary_of(r))
         sub(entry, "content", content_of(r), type="text")
         for term in (r.provider, r.model, r.problem_id):

@@ -28,6 +28,7 @@ takes effect within a second.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import math
 import re
@@ -320,9 +321,9 @@ class PublicationAPI:
             raise HTTPProblem(400, "bad_request", f"by: expected model, problem or run, got {by!r}")
         options = {k: True for k in ("trend", "release_impact") if _bool(params, k)}
         try:
-            from rollwatch import report as report_module
+            report_module = importlib.import_module("rollwatch.report")
         except ImportError:
-            report_module = None  # type: ignore[assignment]
+            report_module = None
         report_json = getattr(report_module, "report_json", None)
         if report_json is None:
             raise HTTPProblem(503, "unavailable", "the report is not available in this version of rollwatch")

@@ -1,0 +1,91 @@
+"""Subscriber keys: their form, their hash, expiry parsing, and the directory's verdicts."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from rollwatch.errors import UsageError
+from rollwatch.publication.keys import (
+    SCOPES,
+    SubscriberDirectory,
+    check_name,
+    check_scopes,
+    hash_key,
+    key_prefix,
+    new_key,
+    parse_expires,
+)
+from rollwatch.store.sqlite import SQLiteEventStore
+from tests.publication.helpers import add_subscriber, revoke
+
+pytestmark = pytest.mark.anyio
+
+
+class TestKeys:
+    def test_key_is_prefixed_256_bit_random(self) -> None:
+        """A key is ``rw_`` and 32 random bytes in URL-safe base64; no two are alike."""
+        keys = {new_key() for _ in range(1000)}
+        assert len(keys) == 1000
+        for k in list(keys)[:20]:
+            assert k.startswith("rw_")
+            raw = base64.urlsafe_b64decode(k[3:] + "=")
+            assert len(raw) == 32
+
+    def test_hash_is_sha256_and_prefix_is_short(self) -> None:
+        """Only the SHA-256 and the first 10 characters are kept; the rest stays secret."""
+        k = new_key()
+        assert hash_key(k) == hashlib.sha256(k.encode()).hexdigest()
+        assert key_prefix(k) == k[:10]
+        assert len(k) - len(key_prefix(k)) >= 36  # > 210 bits never stored in clear
+
+    def test_names_and_scopes_are_checked(self) -> None:
+        """Bad names and unknown scopes are usage errors; no scope means every scope."""
+        assert check_name("acme-labs.1") == "acme-labs.1"
+        for bad in ("", "-x", "a b", "x" * 65, "a/b"):
+            with pytest.raises(UsageError):
+                check_name(bad)
+        assert check_scopes([]) == list(SCOPES)
+        assert check_scopes(["report", "feed", "feed"]) == ["feed", "report"]
+        with pytest.raises(UsageError, match="'admin' is not one of"):
+            check_scopes(["admin"])
+
+    def test_expires_forms(self) -> None:
+        """A date is the start of that day UTC; RFC 3339 keeps its offset; durations count from now."""
+        now = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+        assert parse_expires("2026-12-31", now) == datetime(2026, 12, 31, tzinfo=UTC)
+        assert parse_expires("2026-06-01T10:00:00+02:00", now) == datetime(2026, 6, 1, 8, tzinfo=UTC)
+        assert parse_expires("2026-06-01T10:00:00", now) == datetime(2026, 6, 1, 10, tzinfo=UTC)
+        assert parse_expires("90d", now) == now + timedelta(days=90)
+        with pytest.raises(UsageError, match="in the past"):
+            parse_expires("2026-01-01", now)
+        with pytest.raises(UsageError, match="use a date"):
+            parse_expires("next tuesday", now)
+
+
+class TestDirectory:
+    async def test_verdicts(self, tmp_path: Path) -> None:
+        """Known keys pass; missing, malformed, unknown, expired and revoked keys each say why."""
+        async with SQLiteEventStore(tmp_path / "e.db") as store:
+            good = await add_subscriber(store, "good")
+            gone = await add_subscriber(store, "gone")
+            old = await add_subscriber(store, "old", expires=datetime.now(UTC) + timedelta(hours=1))
+            await revoke(store, "gone")
+            d = SubscriberDirectory(store)
+            ok = await d.authenticate(good)
+            assert ok.subscriber is not None
+            assert ok.subscriber.name == "good"
+            assert "missing" in (await d.authenticate(None)).reason
+            assert (await d.authenticate("Bearer nonsense")).reason == "unknown API key"
+            assert (await d.authenticate(new_key())).reason == "unknown API key"
+            # Same prefix, different secret: still unknown (the whole hash is compared).
+            forged = good[:10] + ("A" if good[10] != "A" else "B") + good[11:]
+            assert (await d.authenticate(forged)).reason == "unknown API key"
+            assert "revoked" in (await d.authenticate(gone)).reason
+            later = datetime.now(UTC) + timedelta(hours=2)
+            assert "expired" in (await d.authenticate(old, now=later)).reason
+            assert (await d.authenticate(old)).subscriber is not None
