@@ -18,7 +18,9 @@ depend on how many leading characters match.
 
 :class:`SubscriberDirectory` is the running daemon's view of who may read the feed:
 an in-memory map refreshed from the log at most ``max_age`` seconds old (0.5 s), so
-a ``subscribers revoke`` run in another process takes effect within a second.
+a ``subscribers revoke`` run in another process takes effect within a second. It
+starts from the subscribers projection when it has one, so the first request after a
+start reads the log from that projection's checkpoint rather than from seq 0.
 Expiry is checked against the wall clock on every request.
 """
 
@@ -41,6 +43,7 @@ from rollwatch.abc import EventStore
 from rollwatch.config import parse_duration
 from rollwatch.errors import UsageError
 from rollwatch.events import Recorded, parse_rfc3339, rfc3339
+from rollwatch.projections import ProjectionDB
 
 KEY_PREFIX = "rw_"
 PREFIX_LEN = len(KEY_PREFIX) + 7
@@ -153,7 +156,10 @@ class SubscriberDirectory:
     """Who may read, kept current from the log (at most ``max_age`` seconds behind)."""
 
     store: EventStore
+    pdb: ProjectionDB | None = None
+    """When it holds the subscribers projection, the first refresh starts from it, not seq 0."""
     max_age: float = 0.5
+    _seeded: bool = False
     _by_name: dict[str, Subscriber] = field(default_factory=dict)
     _by_prefix: dict[str, list[Subscriber]] = field(default_factory=dict)
     _cursor: int = 0
@@ -168,8 +174,11 @@ class SubscriberDirectory:
             if not force and time.monotonic() - self._fresh_at < self.max_age:
                 return
             started = time.monotonic()
-            head = await self.store.head()
             changed = False
+            if not self._seeded:
+                changed = await self._seed()
+                self._seeded = True
+            head = await self.store.head()
             async for ev in self.store.read(after=self._cursor, types=SUBSCRIBER_TYPES, until=head):
                 self._apply(ev)
                 changed = True
@@ -179,6 +188,29 @@ class SubscriberDirectory:
                 for s in self._by_name.values():
                     self._by_prefix.setdefault(s.key_prefix, []).append(s)
             self._fresh_at = started
+
+    async def _seed(self) -> bool:
+        """Load the subscribers projection, so the log is read from its checkpoint on."""
+        if self.pdb is None or not any(p.name == "subscribers" for p in self.pdb.projections):
+            return False
+        # The checkpoint first, the rows second: rows may be newer than the checkpoint,
+        # and replaying the events after it, in order, still ends in the right state
+        # (each event sets a subscriber's state; names are never reused).
+        cp = (await self.pdb.checkpoints()).get("subscribers", 0)
+        rows = await self.pdb.fetchall(
+            "SELECT name, key_hash, key_prefix, scopes, expires, revoked_seq FROM pub_subscribers"
+        )
+        for name, key_hash, prefix, scopes, expires, revoked_seq in rows:
+            self._by_name[name] = Subscriber(
+                name=name,
+                key_hash=key_hash,
+                key_prefix=prefix,
+                scopes=tuple(json.loads(scopes) or SCOPES),
+                expires=parse_rfc3339(expires) if expires else None,
+                revoked=revoked_seq is not None,
+            )
+        self._cursor = cp
+        return bool(rows)
 
     def _apply(self, ev: Recorded) -> None:
         d = ev.data
@@ -226,8 +258,3 @@ class SubscriberDirectory:
             assert match.expires is not None
             return AuthResult(None, f"this API key expired at {rfc3339(match.expires)}")
         return AuthResult(match)
-
-
-def scopes_json(scopes: Iterable[str]) -> str:
-    """Scopes as stored in the subscribers projection."""
-    return json.dumps(list(scopes))

@@ -231,10 +231,10 @@ class PublicationAPI:
         self.pdb = pdb
         self.config = config
         self.metrics = metrics
-        self.subscribers = SubscriberDirectory(store)
+        self.subscribers = SubscriberDirectory(store, pdb)
         self.limiter = RateLimiter(config.server.feed_rate_per_minute)
         self._catch_up_lock = anyio.Lock()
-        self._view: tuple[int, float, PublicView] | None = None
+        self._view: tuple[tuple[int, int], float, PublicView] | None = None
         self._view_lock = anyio.Lock()
         self._renders: dict[tuple[str, str], bytes] = {}  # (route, base URL) -> body of self._view
 
@@ -342,18 +342,26 @@ class PublicationAPI:
     # -- public routes -------------------------------------------------------------------------------
 
     async def view(self) -> PublicView:
-        """The public view as of now (reused for a few seconds while the log does not move)."""
-        head = await self.current()
+        """The public view as of now, reused while no release happens (for a few seconds)."""
+        await self.current()
         async with self._view_lock:
+            state = await self.pdb.fetchone(
+                "SELECT count(*), coalesce(max(released_seq), 0) FROM public_rollouts"
+                " WHERE released_seq IS NOT NULL"
+            )
+            key = (int(state[0]), int(state[1])) if state else (0, 0)
             cached = self._view
-            if cached is not None and cached[0] == head and time.monotonic() - cached[1] < _VIEW_TTL:
+            if cached is not None and cached[0] == key and time.monotonic() - cached[1] < _VIEW_TTL:
                 return cached[2]
             # What is public only grows with time, so a view reused for a few seconds can
-            # show less than it could, never more.
+            # show less than it could (a run's figures becoming disclosed), never more.
             v = await public_view(
-                self.store, self.pdb, now=datetime.now(UTC), embargo_default=self.config.publication.embargo
+                self.store,
+                self.pdb,
+                now=datetime.now(UTC),
+                embargo_default=self.config.publication.embargo,
             )
-            self._view = (head, time.monotonic(), v)
+            self._view = (key, time.monotonic(), v)
             self._renders.clear()
             return v
 
