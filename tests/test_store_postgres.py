@@ -17,7 +17,6 @@ import asyncpg
 import pytest
 from anyio.abc import Process
 from anyio.streams.buffered import BufferedByteReceiveStream
-from asyncpg.transaction import Transaction
 
 from rollwatch.abc import NO_STREAM
 from rollwatch.errors import ConcurrencyConflict, IntegrityError, StoreError
@@ -35,7 +34,10 @@ CHILD = textwrap.dedent(
     """
     import itertools, sys, anyio
     from rollwatch.events import SchedulePaused
+    from rollwatch.log import configure_logging
     from rollwatch.store.postgres import PostgresEventStore
+
+    configure_logging(stream=sys.stderr)  # stdout carries the protocol
 
     async def main(url, name, tasks, appends, size):
         async with PostgresEventStore(url) as store:
@@ -315,17 +317,17 @@ class TestInDoubtCommit:
     ) -> None:
         """The connection breaks after COMMIT took effect: the store finds the events
         stored and append returns them; the next append reconnects and chains on."""
-        commit = Transaction.commit
-
-        async def commit_then_break(self: Transaction) -> None:
-            await commit(self)
-            self._connection.terminate()
-            raise asyncpg.ConnectionDoesNotExistError("connection was closed in the middle of operation")
-
         async with PostgresEventStore(url) as store:
-            monkeypatch.setattr(Transaction, "commit", commit_then_break)
+            finish = store._finish
+
+            async def commit_then_break(conn: asyncpg.Connection, sql: str) -> None:
+                await finish(conn, sql)
+                conn.terminate()
+                raise asyncpg.ConnectionDoesNotExistError("connection was closed in the middle of operation")
+
+            monkeypatch.setattr(store, "_finish", commit_then_break)
             recs = await store.append("a", [ev(1), ev(2)])
-            monkeypatch.setattr(Transaction, "commit", commit)
+            monkeypatch.setattr(store, "_finish", finish)
             assert [r.seq for r in recs] == [1, 2]
             (r,) = await store.append("a", [ev(3)], expected_version=2)
             assert r.seq == 3
@@ -336,17 +338,17 @@ class TestInDoubtCommit:
     ) -> None:
         """The connection breaks before COMMIT reaches the server: append raises
         StoreError saying nothing was written, and nothing was."""
-        commit = Transaction.commit
-
-        async def break_before_commit(self: Transaction) -> None:
-            self._connection.terminate()
-            raise asyncpg.ConnectionDoesNotExistError("connection was closed in the middle of operation")
-
         async with PostgresEventStore(url) as store:
-            monkeypatch.setattr(Transaction, "commit", break_before_commit)
+            finish = store._finish
+
+            async def break_before_commit(conn: asyncpg.Connection, sql: str) -> None:
+                conn.terminate()
+                raise asyncpg.ConnectionDoesNotExistError("connection was closed in the middle of operation")
+
+            monkeypatch.setattr(store, "_finish", break_before_commit)
             with pytest.raises(StoreError, match="nothing was written"):
                 await store.append("a", [ev(1)])
-            monkeypatch.setattr(Transaction, "commit", commit)
+            monkeypatch.setattr(store, "_finish", finish)
             assert await store.head() == 0
             (r,) = await store.append("a", [ev(2)], expected_version=NO_STREAM)
             assert r.seq == 1

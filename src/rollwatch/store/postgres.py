@@ -112,6 +112,7 @@ CHANNEL = "rollwatch_events"
 
 COLUMNS = ("seq", "id", "stream", "version", "type", "schema", "at", "data", "hash")
 _COLUMNS = ", ".join(COLUMNS)
+_BEGIN_LOCKED = f"BEGIN ISOLATION LEVEL READ COMMITTED; SELECT pg_advisory_xact_lock({APPEND_LOCK})"
 _TIP = "SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1"
 _VERSIONS = "SELECT stream, MAX(version) FROM events WHERE stream = ANY($1::text[]) GROUP BY stream"
 _MAX_GROUP_CALLS = 10_000
@@ -322,12 +323,12 @@ class PostgresEventStore(EventStore):
     async def _write_group(self, group: list[_Pending]) -> int:
         """One transaction for the whole group; return the tip's seq after it."""
         conn = await self._connect_writer()
-        tr = conn.transaction()  # READ COMMITTED: each statement sees the latest commits
-        await tr.start()
         out: list[Recorded] = []
         committing = False
         try:
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", APPEND_LOCK)
+            # BEGIN and the lock in one round trip; READ COMMITTED: each later statement
+            # takes a fresh snapshot, which sees every commit made before we got the lock.
+            await conn.execute(_BEGIN_LOCKED)
             tip = await conn.fetchrow(_TIP)
             seq, prev = (tip[0], bytes.fromhex(tip[1])) if tip else (0, GENESIS)
             if seq != self._versions_at or len(self._versions_seen) > _MAX_CACHED_STREAMS:
@@ -340,25 +341,29 @@ class PostgresEventStore(EventStore):
             seq, prev = _assign(group, seq, prev, versions, out)
             if out:
                 await conn.copy_records_to_table("events", records=out, columns=COLUMNS)
-                # Delivered to listeners only if and when this transaction commits.
-                await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, str(seq))
             committing = True
-            await tr.commit()
+            # NOTIFY is delivered to listeners only if and when the transaction commits.
+            await self._finish(conn, f"SELECT pg_notify('{CHANNEL}', '{seq}'); COMMIT" if out else "COMMIT")
         except BaseException as e:
             self._versions_seen = {}
             if committing and out and await self._committed_after_all(out[-1], e):
                 return seq  # every call's result stands
             for p in group:
                 p.result = None
-            if not committing and not conn.is_closed():
+            # Also after a failed COMMIT statement: if NOTIFY failed, COMMIT never ran.
+            if not conn.is_closed() and conn.is_in_transaction():
                 try:
                     with anyio.CancelScope(shield=True):
-                        await tr.rollback()
+                        await conn.execute("ROLLBACK")
                 except Exception:
                     conn.terminate()
             raise
         self._versions_at = seq
         return seq
+
+    async def _finish(self, conn: asyncpg.Connection, sql: str) -> None:
+        """Send the statement that ends the transaction (the tests break it on purpose)."""
+        await conn.execute(sql)
 
     async def _committed_after_all(self, last: Recorded, error: BaseException) -> bool:
         """Whether a group whose COMMIT failed with ``error`` is in the log after all."""
