@@ -54,6 +54,7 @@ import anyio
 import anyio.lowlevel
 import asyncpg
 from anyio.abc import TaskGroup, TaskStatus
+from asyncpg.pool import PoolAcquireContext
 
 from rollwatch.abc import EventStore, VerifyReport
 from rollwatch.errors import ConcurrencyConflict, IntegrityError, StoreError
@@ -167,7 +168,7 @@ class PostgresEventStore(EventStore):
         self._poll_interval = poll_interval
         self._connect_timeout = connect_timeout
         self._writer_conn: asyncpg.Connection | None = None
-        self._pool: asyncpg.Pool | None = None
+        self._pool: asyncpg.Pool[asyncpg.Record] | None = None
         self._open_flag = False
         self._queue = _Group()
         self._wake = anyio.Event()
@@ -187,9 +188,9 @@ class PostgresEventStore(EventStore):
     # -- lifecycle ----------------------------------------------------------------------
 
     async def _open(self, stack: AsyncExitStack) -> None:
+        stack.push_async_callback(self._close_writer_conn)
         try:
             conn = await self._connect_writer()
-            stack.push_async_callback(self._close_writer_conn)
             async with conn.transaction():
                 await conn.execute("SELECT pg_advisory_xact_lock($1)", SCHEMA_LOCK)
                 await conn.execute(SCHEMA)
@@ -222,13 +223,12 @@ class PostgresEventStore(EventStore):
         conn = self._writer_conn
         if conn is not None and not conn.is_closed():
             return conn
-        conn = await self._connect()
+        conn = self._writer_conn = await self._connect()
         if await conn.fetchval("SHOW synchronous_commit") == "off":
             log.warning("synchronous_commit_off", action="set to on for the event log writer")
             await conn.execute("SET synchronous_commit = on")
         if await conn.fetchval("SHOW fsync") == "off":
             log.warning("fsync_off", consequence="appends will not survive a crash of the database host")
-        self._writer_conn = conn
         return conn
 
     async def _close_writer_conn(self) -> None:
@@ -433,7 +433,7 @@ class PostgresEventStore(EventStore):
 
     # -- reading ------------------------------------------------------------------------
 
-    def _acquire(self) -> Any:
+    def _acquire(self) -> PoolAcquireContext[asyncpg.Record]:
         if self._pool is None:
             raise StoreError("the event store is not open (use it with `async with`)")
         return self._pool.acquire()
