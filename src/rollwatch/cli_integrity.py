@@ -1,0 +1,82 @@
+"""``rollwatch audit`` and the tree check ``rollwatch verify`` runs (see :mod:`rollwatch.integrity`)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import click
+
+from rollwatch.abc import EventStore
+from rollwatch.cli import Context, cli, common, run_async
+from rollwatch.config import StoreConfig
+from rollwatch.errors import UsageError
+from rollwatch.integrity.service import IntegrityConfig
+from rollwatch.integrity.verify import TreeReport
+
+
+@cli.command()
+@click.option("--url", required=True, help="the service, e.g. https://rollwatch.example.org")
+@click.option(
+    "--keep",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="file with the checkpoint (and key) of the last audit: check consistency from it, then keep the new one",
+)
+@click.option("--item", default=None, help="check that this released item (rollout id) is in the signed log")
+@click.option(
+    "--key", default=None, help="pin the verifier key (NAME+KEYID+BASE64) instead of trusting /public/key"
+)
+@click.option(
+    "--timeout", "http_timeout", type=float, default=30.0, show_default=True, help="seconds per request"
+)
+@common
+def audit(
+    ctx: Context, url: str, keep: Path | None, item: str | None, key: str | None, http_timeout: float
+) -> None:
+    """Check the signed checkpoint, its consistency with the kept one, and an item's inclusion; exit 1 on failure."""
+    from rollwatch.integrity.audit import AuditFailure
+    from rollwatch.integrity.audit import audit as run_audit
+
+    async def main() -> int:
+        try:
+            report = await run_audit(url, keep=keep, item=item, key=key, http_timeout=http_timeout)
+        except ValueError as e:
+            raise UsageError(f"--key: {e}") from None
+        except AuditFailure as e:
+            click.echo(f"FAILED {e.check}: {e.message}", err=True)
+            return 1
+        for line in report.lines:
+            click.echo(line)
+        click.echo("ok")
+        return 0
+
+    sys.exit(run_async(main))
+
+
+async def verify_tree(
+    store: EventStore,
+    integrity: IntegrityConfig,
+    store_config: StoreConfig,
+    *,
+    progress: Callable[[int], None] | None = None,
+) -> TreeReport:
+    """Check every checkpoint in the log (signature, root, consistency) and the stored tree.
+
+    Uses the configured key when it exists (never creates one) and the tree file
+    when it exists; raises :class:`IntegrityError` naming the seq at fault.
+    """
+    import anyio
+
+    from rollwatch.integrity.keys import existing_signer
+    from rollwatch.integrity.tree import MerkleTree
+    from rollwatch.integrity.verify import check_log_tree
+
+    signer = await anyio.to_thread.run_sync(existing_signer, integrity.key_path(store_config), integrity.name)
+    vkey = signer.vkey if signer is not None else None
+    path = integrity.tree_path(store_config)
+    if not await anyio.Path(path).exists():
+        return await check_log_tree(store, vkey=vkey, progress=progress)
+    async with MerkleTree(path) as tree:
+        return await check_log_tree(store, vkey=vkey, tree=tree, progress=progress)

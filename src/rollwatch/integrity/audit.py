@@ -1,0 +1,310 @@
+"""``rollwatch audit``: a third party's check of a rollwatch service, over HTTP only.
+
+An auditor has no access to the log, only to the public routes. Each run:
+
+1. **key**: the verifier key is ``--key`` if given, else the one kept from an
+   earlier run, else ``/public/key`` (trust on first use, said so in the output). A
+   server whose key differs from the pinned one fails.
+2. **checkpoint**: ``/public/checkpoint`` must carry a valid signature by that key.
+3. **consistency**: with a checkpoint kept from an earlier run (size M, root R),
+   the new one (size N, root R') must extend it: N ≥ M, and an RFC 9162 consistency
+   proof from ``/public/proof/consistency?from=M&to=N`` links R to R'. A log rewritten
+   since, even with its hash chain recomputed, fails here.
+4. **inclusion** (``--item ID``): the released item of ``/public/feed.json`` whose
+   rollout id is ID carries its event (``_rollwatch.canonical``), the leaf index and
+   an inclusion proof; the leaf hash recomputed from the event must be in the tree
+   under the verified root (through a consistency proof when the item's proof is for
+   an earlier size).
+
+Only when every check passes is the new checkpoint (and the key) kept in the file,
+so the next run checks consistency from it. Any failure raises
+:class:`AuditFailure` naming the check.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from rollwatch.errors import RollwatchError
+from rollwatch.integrity.checkpoint import Checkpoint, InvalidNote, NoteVerifier, b64, unb64
+from rollwatch.integrity.merkle import (
+    InvalidProof,
+    leaf_hash,
+    root_from_inclusion,
+    verify_consistency,
+    verify_inclusion,
+)
+
+
+class AuditFailure(RollwatchError):
+    """Raised when one audit check fails; ``check`` names it (fetch, keep, key, checkpoint, consistency, inclusion)."""
+
+    def __init__(self, check: str, message: str) -> None:
+        self.check = check
+        self.message = message
+        super().__init__(f"{check}: {message}")
+
+
+@dataclass
+class AuditReport:
+    """What an audit established, one line per check."""
+
+    checkpoint: Checkpoint
+    key: str
+    lines: list[str] = field(default_factory=list)
+
+
+def base_url(url: str) -> str:
+    """The service root from ``url`` (``http://host:port``, with or without ``/public``)."""
+    url = url.rstrip("/")
+    return url.removesuffix("/public")
+
+
+class _Client:
+    def __init__(self, client: httpx.AsyncClient, base: str) -> None:
+        self.client = client
+        self.base = base
+
+    async def get(self, path: str) -> httpx.Response:
+        url = self.base + path
+        try:
+            r = await self.client.get(url)
+        except httpx.HTTPError as e:
+            raise AuditFailure("fetch", f"GET {url}: {type(e).__name__}: {e}") from None
+        if r.status_code != 200:
+            raise AuditFailure("fetch", f"GET {url} answered {r.status_code}: {r.text[:200].strip()}")
+        return r
+
+    async def json(self, path: str) -> Any:
+        r = await self.get(path)
+        try:
+            return r.json()
+        except ValueError:
+            raise AuditFailure("fetch", f"GET {self.base + path} did not return JSON") from None
+
+
+def _hashes(value: Any, what: str) -> list[bytes]:
+    if not isinstance(value, list) or not all(isinstance(h, str) for h in value):
+        raise AuditFailure("fetch", f"{what} is not a list of base64 hashes")
+    try:
+        return [unb64(h, what) for h in value]
+    except InvalidNote as e:
+        raise AuditFailure("fetch", str(e)) from None
+
+
+def _load_keep(path: Path) -> dict[str, str] | None:
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise AuditFailure("keep", f"{path} cannot be read as a kept checkpoint: {e}") from None
+    if (
+        not isinstance(data, dict)
+        or not isinstance(data.get("key"), str)
+        or not isinstance(data.get("checkpoint"), str)
+    ):
+        raise AuditFailure("keep", f"{path} is not a kept checkpoint (expected JSON with key and checkpoint)")
+    return data
+
+
+def _save_keep(path: Path, key: str, note: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"key": key, "checkpoint": note}, indent=1) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+async def audit(
+    url: str,
+    *,
+    keep: Path | None = None,
+    item: str | None = None,
+    key: str | None = None,
+    client: httpx.AsyncClient | None = None,
+    http_timeout: float = 30.0,
+) -> AuditReport:
+    """Run every check against the service at ``url``; raise :class:`AuditFailure` at the first that fails.
+
+    ``key`` pins the verifier key (a ``vkey`` string; ValueError if malformed).
+    """
+    pinned = NoteVerifier.from_vkey(key) if key is not None else None
+    kept = _load_keep(keep) if keep is not None else None
+    ctx = (
+        httpx.AsyncClient(timeout=http_timeout, follow_redirects=True)
+        if client is None
+        else nullcontext(client)
+    )
+    async with ctx as c:
+        http = _Client(c, base_url(url))
+        lines: list[str] = []
+
+        # 1. key
+        served = (await http.get("/public/key")).text.strip()
+        if pinned is not None:
+            verifier = pinned
+            source = "given with --key"
+        elif kept is not None:
+            try:
+                verifier = NoteVerifier.from_vkey(kept["key"])
+            except ValueError as e:
+                raise AuditFailure("keep", f"{keep}: {e}") from None
+            source = f"kept in {keep}"
+        else:
+            try:
+                verifier = NoteVerifier.from_vkey(served)
+            except ValueError as e:
+                raise AuditFailure("key", f"/public/key: {e}") from None
+            source = "fetched from /public/key (trust on first use: compare it out of band, then pin it with --key or --keep)"
+        if kept is not None and kept["key"] != verifier.vkey:
+            raise AuditFailure(
+                "key", f"the key {verifier.vkey} is not the one kept in {keep} ({kept['key']})"
+            )
+        if served != verifier.vkey:
+            raise AuditFailure("key", f"the server's key is now {served}, not the pinned {verifier.vkey}")
+        lines.append(f"key: {verifier.vkey} ({source})")
+
+        # 2. checkpoint
+        note = (await http.get("/public/checkpoint")).text
+        try:
+            cp = verifier.open_checkpoint(note)
+        except InvalidNote as e:
+            raise AuditFailure("checkpoint", f"/public/checkpoint: {e}") from None
+        lines.append(f"checkpoint: {cp.origin} size {cp.size} root {b64(cp.root)}: signature ok")
+
+        # 3. consistency with the kept checkpoint
+        if kept is not None:
+            try:
+                old = verifier.open_checkpoint(kept["checkpoint"])
+            except InvalidNote as e:
+                raise AuditFailure("keep", f"the checkpoint kept in {keep} does not verify: {e}") from None
+            await _check_consistency(http, old, cp)
+            lines.append(f"consistency: kept size {old.size} -> size {cp.size}: ok")
+
+        # 4. a released item's inclusion
+        if item is not None:
+            seq = await _check_item(http, item, cp)
+            lines.append(f"inclusion: item {item} (event {seq}) is in the tree of size {cp.size}: ok")
+
+    if keep is not None:
+        _save_keep(keep, verifier.vkey, note)
+        lines.append(f"kept: checkpoint of size {cp.size} in {keep}")
+    return AuditReport(checkpoint=cp, key=verifier.vkey, lines=lines)
+
+
+async def _check_consistency(http: _Client, old: Checkpoint, new: Checkpoint) -> None:
+    if new.origin != old.origin:
+        raise AuditFailure(
+            "consistency", f"the checkpoint is for log {new.origin!r}, the kept one for {old.origin!r}"
+        )
+    if new.size < old.size:
+        raise AuditFailure(
+            "consistency",
+            f"the server's checkpoint (size {new.size}) is older than the kept one (size {old.size}): "
+            "the log was truncated or rolled back",
+        )
+    if new.size == old.size:
+        if new.root != old.root:
+            raise AuditFailure(
+                "consistency",
+                f"two different roots signed for size {new.size} ({b64(old.root)} kept, {b64(new.root)} now): "
+                "the log was rewritten",
+            )
+        return
+    proof = await http.json(f"/public/proof/consistency?from={old.size}&to={new.size}")
+    path = _hashes(proof.get("path") if isinstance(proof, dict) else None, "the consistency proof")
+    if not verify_consistency(old.size, new.size, old.root, new.root, path):
+        raise AuditFailure(
+            "consistency",
+            f"the checkpoint of size {new.size} (root {b64(new.root)}) is not consistent with the kept checkpoint "
+            f"of size {old.size} (root {b64(old.root)}): the log's first {old.size} events were rewritten",
+        )
+
+
+def _find_item(feed: Any, item: str) -> dict[str, Any]:
+    items = feed.get("items") if isinstance(feed, dict) else None
+    if not isinstance(items, list):
+        raise AuditFailure("inclusion", "/public/feed.json has no items list")
+    for it in items:
+        if not isinstance(it, dict):
+            continue
+        meta = it.get("_rollwatch")
+        if it.get("id") == item or (isinstance(meta, dict) and meta.get("rollout_id") == item):
+            if not isinstance(meta, dict):
+                raise AuditFailure("inclusion", f"item {item} has no _rollwatch fields")
+            return meta
+    raise AuditFailure("inclusion", f"no item with rollout id {item} in /public/feed.json")
+
+
+async def _check_item(http: _Client, item: str, cp: Checkpoint) -> int:
+    meta = _find_item(await http.json("/public/feed.json"), item)
+    index = meta.get("leaf_index")
+    if not isinstance(index, int) or index < 0:
+        raise AuditFailure("inclusion", f"item {item} has no leaf_index")
+    canonical = meta.get("canonical")
+    if isinstance(canonical, str):
+        leaf = leaf_hash(canonical.encode())
+        try:
+            event = json.loads(canonical)
+        except ValueError:
+            raise AuditFailure("inclusion", f"item {item}: its canonical event is not JSON") from None
+        if not isinstance(event, dict) or event.get("seq") != index + 1:
+            raise AuditFailure(
+                "inclusion", f"item {item}: its event is not event {index + 1} (leaf index {index})"
+            )
+        data = event.get("data")
+        if not isinstance(data, dict) or data.get("rollout_id", item) != item:
+            raise AuditFailure("inclusion", f"item {item}: its event is about another rollout")
+        if "leaf_hash" in meta and meta["leaf_hash"] != b64(leaf):
+            raise AuditFailure("inclusion", f"item {item}: its leaf_hash is not the hash of its event")
+    elif isinstance(meta.get("leaf_hash"), str):
+        leaf = _hashes([meta["leaf_hash"]], "the item's leaf_hash")[0]
+    else:
+        raise AuditFailure(
+            "inclusion", f"item {item} carries neither its event (canonical) nor its leaf_hash"
+        )
+    if index >= cp.size:
+        raise AuditFailure(
+            "inclusion",
+            f"item {item} is event {index + 1}, after the checkpoint (size {cp.size}): audit again after the next checkpoint",
+        )
+
+    inc = meta.get("inclusion")
+    size = inc.get("size") if isinstance(inc, dict) else None
+    if isinstance(inc, dict) and isinstance(size, int) and index < size <= cp.size:
+        path = _hashes(inc.get("path"), "the item's inclusion proof")
+        try:
+            root = root_from_inclusion(index, size, leaf, path)
+        except InvalidProof as e:
+            raise AuditFailure("inclusion", f"item {item}: its inclusion proof is malformed: {e}") from None
+        if size == cp.size:
+            if root != cp.root:
+                raise AuditFailure(
+                    "inclusion", f"item {item}: its inclusion proof does not lead to the signed root"
+                )
+            return index + 1
+        # The proof is for an earlier tree: that tree must be a prefix of the signed one.
+        proof = await http.json(f"/public/proof/consistency?from={size}&to={cp.size}")
+        cpath = _hashes(proof.get("path") if isinstance(proof, dict) else None, "the consistency proof")
+        if not verify_consistency(size, cp.size, root, cp.root, cpath):
+            raise AuditFailure(
+                "inclusion",
+                f"item {item}: the tree of size {size} its proof leads to is not a prefix of the signed tree",
+            )
+        return index + 1
+    proof = await http.json(f"/public/proof/inclusion?seq={index + 1}&size={cp.size}")
+    path = _hashes(proof.get("path") if isinstance(proof, dict) else None, "the inclusion proof")
+    if not verify_inclusion(index, cp.size, leaf, path, cp.root):
+        raise AuditFailure(
+            "inclusion",
+            f"item {item} (event {index + 1}) is not in the signed tree of size {cp.size}: "
+            "its content or the log was changed",
+        )
+    return index + 1

@@ -1,0 +1,268 @@
+"""Signed checkpoints: C2SP tlog-checkpoint bodies in C2SP signed notes (Ed25519).
+
+A checkpoint commits to the log's Merkle tree at one size::
+
+    rollwatch.example/log                 origin (the log's name; also the key's name)
+    1234                                  tree size (number of events, decimal)
+    8S4T7Xb8m3gGk1pF1yR1cVj7aZc8TnV1m0c6yKjzQ1U=   root hash (base64)
+                                          blank line
+    — rollwatch.example/log AbCdEf…       base64(4-byte key ID ‖ 64-byte Ed25519 signature)
+
+The signature covers the text above the blank line, final newline included. The key
+ID is ``SHA-256(name ‖ 0x0A ‖ 0x01 ‖ 32-byte public key)[:4]``, and verifiers are
+given the public key as a ``vkey`` string ``<name>+<hex key ID>+<base64(0x01 ‖ public
+key)>`` (the format of Go's ``golang.org/x/mod/sumdb/note``). See
+https://c2sp.org/tlog-checkpoint and https://c2sp.org/signed-note.
+
+Each checkpoint the service signs is also appended to the log as a
+:class:`CheckpointSigned` event, so the log carries its own history of signed tree
+heads (``rollwatch verify`` checks every one).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import re
+from dataclasses import dataclass
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from rollwatch.errors import RollwatchError
+from rollwatch.events import Event
+from rollwatch.integrity.merkle import HASH_SIZE
+
+ED25519 = 0x01
+"""The signed-note signature type of Ed25519."""
+
+_SIG_PREFIX = "— "  # U+2014 EM DASH, then a space
+_MAX_NOTE = 64 * 1024
+_MAX_SIGNATURES = 100
+_NAME = re.compile(r"[^\s+]+")
+_CONTROL = re.compile(r"[\x00-\x09\x0b-\x1f]")
+
+
+class InvalidNote(RollwatchError):
+    """Raised when a signed note or checkpoint is malformed or carries no valid signature of the expected key."""
+
+
+def b64(data: bytes) -> str:
+    """Standard base64 with padding (RFC 4648 §4), as every C2SP format uses."""
+    return base64.b64encode(data).decode("ascii")
+
+
+def unb64(text: str, what: str) -> bytes:
+    """Decode strict standard base64 or raise :class:`InvalidNote` naming ``what``."""
+    try:
+        return base64.b64decode(text.encode("ascii"), validate=True)
+    except (binascii.Error, UnicodeEncodeError, ValueError):
+        raise InvalidNote(f"{what} is not valid base64: {text[:60]!r}") from None
+
+
+def check_key_name(name: str) -> str:
+    """``name`` if it is a valid note key name (non-empty, no spaces, no ``+``)."""
+    if not _NAME.fullmatch(name):
+        raise ValueError(f"{name!r} is not a valid key name: it must be non-empty, with no spaces and no '+'")
+    return name
+
+
+def key_id(name: str, public_key: bytes) -> bytes:
+    """The 4-byte ID of an Ed25519 note key: ``SHA-256(name ‖ 0x0A ‖ 0x01 ‖ key)[:4]``."""
+    return hashlib.sha256(name.encode() + b"\n" + bytes([ED25519]) + public_key).digest()[:4]
+
+
+# --- the checkpoint body ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """One tree head: the log's ``origin``, its ``size`` and the ``root`` hash at that size."""
+
+    origin: str
+    size: int
+    root: bytes
+    extensions: tuple[str, ...] = ()
+
+    def body(self) -> str:
+        """The note text (tlog-checkpoint): origin, size, base64 root, extensions; each line ending in a newline."""
+        return "".join(
+            f"{line}\n" for line in (self.origin, str(self.size), b64(self.root), *self.extensions)
+        )
+
+    @classmethod
+    def parse(cls, text: str) -> Checkpoint:
+        """The checkpoint in a (verified) note text; :class:`InvalidNote` if it is not one."""
+        if not text.endswith("\n"):
+            raise InvalidNote("a checkpoint's text must end with a newline")
+        lines = text[:-1].split("\n")
+        if len(lines) < 3:
+            raise InvalidNote(
+                f"a checkpoint has at least 3 lines (origin, size, root); this one has {len(lines)}"
+            )
+        origin, size_s, root_s, *ext = lines
+        if not origin:
+            raise InvalidNote("the checkpoint's origin line is empty")
+        if not re.fullmatch(r"0|[1-9][0-9]*", size_s):
+            raise InvalidNote(f"the checkpoint's tree size {size_s!r} is not a decimal number")
+        root = unb64(root_s, "the checkpoint's root hash")
+        if len(root) != HASH_SIZE:
+            raise InvalidNote(f"the checkpoint's root hash is {len(root)} bytes, not {HASH_SIZE}")
+        if any(not e for e in ext):
+            raise InvalidNote("a checkpoint's extension lines must not be empty")
+        return cls(origin=origin, size=int(size_s), root=root, extensions=tuple(ext))
+
+
+# --- signing and verifying notes -------------------------------------------------------------
+
+
+class NoteSigner:
+    """Signs note texts with one Ed25519 key under one key name."""
+
+    def __init__(self, name: str, private_key: Ed25519PrivateKey) -> None:
+        self.name = check_key_name(name)
+        self._key = private_key
+        self.public_key = private_key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+        self.key_id = key_id(name, self.public_key)
+
+    @property
+    def vkey(self) -> str:
+        """The public verifier key: ``<name>+<hex key ID>+<base64(0x01 ‖ public key)>``."""
+        return f"{self.name}+{self.key_id.hex()}+{b64(bytes([ED25519]) + self.public_key)}"
+
+    def verifier(self) -> NoteVerifier:
+        """The verifier of this signer's notes."""
+        return NoteVerifier.from_vkey(self.vkey)
+
+    def sign(self, text: str) -> str:
+        """The signed note: ``text``, a blank line, and this key's signature line."""
+        _check_text(text)
+        sig = self._key.sign(text.encode())
+        return f"{text}\n{_SIG_PREFIX}{self.name} {b64(self.key_id + sig)}\n"
+
+    def sign_checkpoint(self, checkpoint: Checkpoint) -> str:
+        """The signed note of ``checkpoint``."""
+        return self.sign(checkpoint.body())
+
+
+class NoteVerifier:
+    """Verifies notes signed by one Ed25519 key, given as a ``vkey`` string."""
+
+    def __init__(self, name: str, public_key: bytes) -> None:
+        self.name = check_key_name(name)
+        if len(public_key) != 32:
+            raise ValueError(f"an Ed25519 public key is 32 bytes, not {len(public_key)}")
+        self.public_key = public_key
+        self.key_id = key_id(name, public_key)
+        self._key = Ed25519PublicKey.from_public_bytes(public_key)
+
+    @classmethod
+    def from_vkey(cls, vkey: str) -> NoteVerifier:
+        """Parse ``<name>+<hex key ID>+<base64(0x01 ‖ public key)>``; ValueError if malformed."""
+        parts = vkey.strip().split("+")
+        if len(parts) != 3:
+            raise ValueError(f"{vkey!r} is not a verifier key: expected NAME+KEYID+BASE64KEY")
+        name, hex_id, key_b64 = parts
+        try:
+            raw = unb64(key_b64, "the verifier key")
+            kid = bytes.fromhex(hex_id)
+        except (InvalidNote, ValueError):
+            raise ValueError(f"{vkey!r} is not a verifier key: bad key ID or key encoding") from None
+        if len(kid) != 4 or len(raw) != 33 or raw[0] != ED25519:
+            raise ValueError(f"{vkey!r} is not an Ed25519 verifier key (type 0x01, 32-byte key, 4-byte ID)")
+        v = cls(name, raw[1:])
+        if v.key_id != kid:
+            raise ValueError(
+                f"{vkey!r}: the key ID {hex_id} does not match the name and key (expected {v.key_id.hex()})"
+            )
+        return v
+
+    @property
+    def vkey(self) -> str:
+        """This key as a ``vkey`` string."""
+        return f"{self.name}+{self.key_id.hex()}+{b64(bytes([ED25519]) + self.public_key)}"
+
+    def open(self, note: str) -> str:
+        """The text of ``note`` once its signature by this key is verified.
+
+        Signatures by other keys are ignored, as the signed-note spec requires; a
+        signature by this key that does not verify rejects the note, and so does a
+        note this key did not sign.
+        """
+        text, sigs = split_note(note)
+        ours = 0
+        for name, blob in sigs:
+            if name != self.name or blob[:4] != self.key_id:
+                continue
+            ours += 1
+            if len(blob) != 4 + 64:
+                raise InvalidNote(f"the signature by {name} is {len(blob) - 4} bytes, not 64 (Ed25519)")
+            try:
+                self._key.verify(blob[4:], text.encode())
+            except InvalidSignature:
+                raise InvalidNote(f"the signature by {name} does not verify: the note was altered") from None
+        if not ours:
+            names = ", ".join(sorted({n for n, _ in sigs})) or "none"
+            raise InvalidNote(
+                f"the note is not signed by {self.name} (key ID {self.key_id.hex()}); signers: {names}"
+            )
+        return text
+
+    def open_checkpoint(self, note: str, *, origin: str | None = None) -> Checkpoint:
+        """The checkpoint in ``note`` once verified; its origin must be ``origin`` when given."""
+        cp = Checkpoint.parse(self.open(note))
+        if origin is not None and cp.origin != origin:
+            raise InvalidNote(f"the checkpoint is for log {cp.origin!r}, not {origin!r}")
+        return cp
+
+
+def _check_text(text: str) -> None:
+    if not text.endswith("\n"):
+        raise ValueError("a note's text must end with a newline")
+    if _CONTROL.search(text):
+        raise ValueError("a note's text must not contain control characters other than newline")
+
+
+def split_note(note: str) -> tuple[str, list[tuple[str, bytes]]]:
+    """A note's text and its signatures ``(key name, key ID ‖ signature)``, unverified."""
+    if len(note) > _MAX_NOTE:
+        raise InvalidNote(f"the note is {len(note)} characters long; at most {_MAX_NOTE} are accepted")
+    if _CONTROL.search(note):
+        raise InvalidNote("the note contains control characters")
+    # The text may contain blank lines; the signatures begin after the last one.
+    cut = note.rfind("\n\n")
+    if cut < 0 or not note.endswith("\n"):
+        raise InvalidNote("not a signed note: no blank line before the signatures, or no final newline")
+    text, sig_block = note[: cut + 1], note[cut + 2 :]
+    sigs: list[tuple[str, bytes]] = []
+    for line in sig_block[:-1].split("\n"):
+        if not line.startswith(_SIG_PREFIX):
+            raise InvalidNote(
+                f"not a signature line (it must start with an em dash and a space): {line[:60]!r}"
+            )
+        name, sep, sig_b64 = line[len(_SIG_PREFIX) :].partition(" ")
+        if not sep or not _NAME.fullmatch(name) or " " in sig_b64:
+            raise InvalidNote(f"malformed signature line: {line[:60]!r}")
+        blob = unb64(sig_b64, f"the signature by {name}")
+        if len(blob) < 5:
+            raise InvalidNote(f"the signature by {name} is too short")
+        sigs.append((name, blob))
+    if len(sigs) > _MAX_SIGNATURES:
+        raise InvalidNote(f"the note has {len(sigs)} signatures; at most {_MAX_SIGNATURES} are accepted")
+    return text, sigs
+
+
+# --- in the log ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class CheckpointSigned(Event):
+    """The service signed a checkpoint of the tree of the ``size`` events before this one."""
+
+    size: int
+    root: str
+    """The root hash at ``size``, base64."""
+    note: str
+    """The whole signed note, as served at ``/public/checkpoint``."""

@@ -1,0 +1,249 @@
+"""The checkpointer: signs the log's tree every N events or T seconds, and at shutdown.
+
+It never signs a checkpoint inconsistent with one signed before (C2SP
+tlog-checkpoint: "A log MUST not sign any checkpoint which is inconsistent with any
+checkpoint it previously signed"). Before signing size N it takes the last signed
+checkpoints it knows of, (M, R), and checks an RFC 9162 consistency proof from M to
+N, computed from the tree as the log now derives it, against R. Two places remember
+what was signed, so that rewriting the log cannot make the signer forget:
+
+* the log itself (the latest :class:`CheckpointSigned` event the tree absorbed), and
+* a witness file in the state directory (``checkpoint.last``), written before the
+  event is appended: a log rewritten *and* stripped of its checkpoint events still
+  meets the witness.
+
+A failed check logs an error and raises :class:`IntegrityError`; nothing is signed.
+The usual cause is a log changed behind the service's back followed by a tree
+rebuild (``rollwatch verify`` names the event when the chain itself is broken).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import anyio
+from anyio.abc import TaskStatus
+
+from rollwatch.abc import EventStore
+from rollwatch.errors import IntegrityError
+from rollwatch.integrity.checkpoint import (
+    Checkpoint,
+    CheckpointSigned,
+    InvalidNote,
+    NoteSigner,
+    b64,
+    split_note,
+)
+from rollwatch.integrity.merkle import verify_consistency
+from rollwatch.integrity.tree import MerkleTree
+from rollwatch.log import get_logger
+
+log = get_logger(__name__)
+
+STREAM = "checkpoints"
+"""The log stream that holds the CheckpointSigned events."""
+
+
+class Checkpointer:
+    """Signs checkpoints of ``tree`` (kept current from ``store``) with ``signer``.
+
+    ``origin`` defaults to the key's name (the signed-note convention). ``witness``
+    is the file that remembers the last signed note across log rewrites.
+    """
+
+    def __init__(
+        self,
+        store: EventStore,
+        tree: MerkleTree,
+        signer: NoteSigner,
+        *,
+        origin: str | None = None,
+        witness: Path | None = None,
+    ) -> None:
+        self.store = store
+        self.tree = tree
+        self.signer = signer
+        self.origin = origin or signer.name
+        self.witness = witness
+        self.verifier = signer.verifier()
+        self.covered = 0
+        """The tree size as of the last checkpoint signed or found unnecessary."""
+        self.latest: Checkpoint | None = None
+        self._lock = anyio.Lock()
+
+    # -- what was signed before ---------------------------------------------------------------
+
+    def _from_note(self, note: str, where: str, seq: int) -> Checkpoint:
+        """The checkpoint in a note found at ``where``: tampered notes raise, foreign keys warn."""
+        try:
+            text, sigs = split_note(note)
+            if any(name == self.verifier.name and blob[:4] == self.verifier.key_id for name, blob in sigs):
+                return self.verifier.open_checkpoint(note)
+            cp = Checkpoint.parse(text)
+        except InvalidNote as e:
+            raise self._refuse(seq, f"the checkpoint in {where} is not valid: {e}") from None
+        # Signed by another key (one rotated out): its tree head still binds this log,
+        # so it is checked for consistency like the others, though it proves nothing alone.
+        log.warning("checkpoint_foreign_key", where=where, size=cp.size, our_key=self.verifier.vkey)
+        return cp
+
+    async def signed_before(self) -> list[tuple[str, Checkpoint]]:
+        """Every checkpoint this log is bound by: the log's latest and the witness file's."""
+        out: list[tuple[str, Checkpoint]] = []
+        stored = await self.tree.latest_checkpoint()
+        if stored is not None:
+            where = f"the CheckpointSigned event at seq {stored.seq}"
+            cp = self._from_note(stored.note, where, stored.seq)
+            if (cp.size, b64(cp.root)) != (stored.size, stored.root):
+                raise self._refuse(
+                    stored.seq,
+                    f"{where} records size {stored.size} and root {stored.root} but its note says otherwise",
+                )
+            out.append((where, cp))
+        witnessed = _read_witness(self.witness)
+        if witnessed is not None:
+            where = f"the witness file {self.witness}"
+            out.append((where, self._from_note(witnessed, where, 0)))
+        return out
+
+    def _refuse(self, seq: int, reason: str) -> IntegrityError:
+        log.error("checkpoint_refused", seq=seq, reason=reason)
+        return IntegrityError(seq, reason)
+
+    # -- signing ---------------------------------------------------------------------------------
+
+    async def checkpoint(self) -> Checkpoint | None:
+        """Sign and append a checkpoint of the whole log now, unless nothing new happened.
+
+        Returns the new checkpoint, or None when the only events since the last one
+        are checkpoint events. Raises :class:`IntegrityError` (after logging it) when
+        the log is not consistent with what was signed before.
+        """
+        async with self._lock:
+            size = await self.tree.catch_up(self.store)
+            root = await self.tree.root(size)
+            priors = await self.signed_before()
+            for where, prior in priors:
+                await self._check_consistent(where, prior, size, root)
+            if priors:
+                last = max((p for _, p in priors), key=lambda c: c.size)
+                self.latest = last
+                unsigned = size - last.size
+                if unsigned == 0 or unsigned == await self.tree.checkpoint_events_between(last.size, size):
+                    self.covered = size
+                    return None
+            cp = Checkpoint(origin=self.origin, size=size, root=root)
+            # Shielded: once signed, the witness and the log both learn of it, or the
+            # error says why.
+            with anyio.CancelScope(shield=True):
+                note = self.signer.sign_checkpoint(cp)
+                if self.witness is not None:
+                    _write_atomically(self.witness, note)
+                [rec] = await self.store.append(
+                    STREAM, [CheckpointSigned(size=size, root=b64(root), note=note)]
+                )
+                await self.tree.catch_up(self.store)
+            log.info("checkpoint_signed", size=size, root=b64(root), seq=rec.seq)
+            self.latest = cp
+            self.covered = size
+            return cp
+
+    async def _check_consistent(self, where: str, prior: Checkpoint, size: int, root: bytes) -> None:
+        if prior.size > size:
+            raise self._refuse(
+                prior.size,
+                f"{where} signed a tree of {prior.size} events but the log now has {size}: "
+                "events were removed; refusing to sign",
+            )
+        proof = await self.tree.consistency_proof(prior.size, size)
+        if not verify_consistency(prior.size, size, prior.root, root, proof):
+            old_root = await self.tree.root(prior.size)
+            raise self._refuse(
+                prior.size,
+                f"the log is not consistent with {where} (size {prior.size}, root {b64(prior.root)}): "
+                f"its first {prior.size} events now hash to {b64(old_root)}, so an event at or before "
+                f"seq {prior.size} was changed after it was signed; refusing to sign size {size}",
+            )
+
+    async def run(self, *, every_events: int, interval: float) -> None:
+        """Sign whenever ``every_events`` events or ``interval`` seconds have passed; never returns."""
+        deadline = anyio.current_time() + interval
+        while True:
+            target = self.covered + every_events
+            remaining = max(0.0, deadline - anyio.current_time())
+            head = await self.store.wait_for_new(target - 1, timeout=remaining)
+            if head >= target or anyio.current_time() >= deadline:
+                await self.checkpoint()
+                deadline = anyio.current_time() + interval
+
+
+def _read_witness(path: Path | None) -> str | None:
+    if path is None or not path.exists():
+        return None
+    return path.read_text(encoding="utf-8")
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+async def checkpointer(
+    store: EventStore,
+    tree: MerkleTree,
+    signer: NoteSigner,
+    *,
+    every_events: int,
+    interval: float,
+    stop: anyio.Event,
+    origin: str | None = None,
+    witness: Path | None = None,
+    task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """The checkpointer task: sign at start, every N events or T seconds, and once more at ``stop``.
+
+    Set ``stop`` once nothing else will append (after the runs have ended): the task
+    then signs a final checkpoint and returns. Raises :class:`IntegrityError` when
+    the log is inconsistent with a checkpoint signed before (nothing is signed).
+    """
+    cp = Checkpointer(store, tree, signer, origin=origin, witness=witness)
+    await cp.checkpoint()
+    task_status.started()
+    failure: BaseException | None = None
+    async with anyio.create_task_group() as tg:
+
+        async def until_stopped() -> None:
+            await stop.wait()
+            tg.cancel_scope.cancel()
+
+        tg.start_soon(until_stopped)
+        try:
+            await cp.run(every_events=every_events, interval=interval)
+        except Exception as e:
+            # Raised from here, not through the task group: callers see the
+            # IntegrityError itself rather than an ExceptionGroup around it.
+            failure = e
+            tg.cancel_scope.cancel()
+    if failure is not None:
+        raise failure
+    with anyio.CancelScope(shield=True):
+        await cp.checkpoint()
+
+
+async def final_checkpoint(
+    store: EventStore,
+    tree: MerkleTree,
+    signer: NoteSigner,
+    *,
+    origin: str | None = None,
+    witness: Path | None = None,
+) -> Checkpoint | None:
+    """Sign the log as it stands (at shutdown, once nothing else appends); None if nothing is new."""
+    with anyio.CancelScope(shield=True):
+        return await Checkpointer(store, tree, signer, origin=origin, witness=witness).checkpoint()

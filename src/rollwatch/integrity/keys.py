@@ -1,0 +1,123 @@
+"""The checkpoint signing key: made at first start, or handed over by systemd.
+
+Where it comes from, first match wins:
+
+1. ``$CREDENTIALS_DIRECTORY/checkpoint-key`` (systemd ``LoadCredential=checkpoint-key:/path``):
+   the operator made the key and keeps it elsewhere; it is never written.
+2. The configured key file (default ``<state dir>/checkpoint.key``): read if it
+   exists, otherwise generated and written with mode 0600 before anything is signed.
+
+The file holds an unencrypted PKCS #8 PEM Ed25519 key, what
+``openssl genpkey -algorithm ed25519`` writes; a bare 32-byte seed is accepted too.
+Losing the key does not lose the log, but a new key starts a new line of signed
+checkpoints that auditors must be told about (they pin the old one).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+    load_pem_private_key,
+)
+
+from rollwatch.errors import ConfigError
+from rollwatch.integrity.checkpoint import NoteSigner
+from rollwatch.log import get_logger
+
+log = get_logger(__name__)
+
+CREDENTIAL_NAME = "checkpoint-key"
+
+
+def credential_path() -> Path | None:
+    """The systemd credential holding the key, when the service was given one."""
+    creds = os.environ.get("CREDENTIALS_DIRECTORY")
+    if creds:
+        p = Path(creds) / CREDENTIAL_NAME
+        if p.exists():
+            return p
+    return None
+
+
+def parse_private_key(data: bytes, source: str) -> Ed25519PrivateKey:
+    """An Ed25519 private key from PEM (PKCS #8) or a raw 32-byte seed; ConfigError naming ``source``."""
+    if len(data) == 32 and not data.startswith(b"-----"):
+        return Ed25519PrivateKey.from_private_bytes(data)
+    try:
+        key = load_pem_private_key(data, password=None)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(source, [f"not an unencrypted PEM private key: {e}"]) from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ConfigError(source, [f"the key is {type(key).__name__}, not Ed25519"])
+    return key
+
+
+def _write_new_key(path: Path) -> Ed25519PrivateKey:
+    key = Ed25519PrivateKey.generate()
+    pem = key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    # Created 0600 from the first byte (never chmod-ed after the fact), synced, then
+    # linked into place without replacing: two first starts racing keep one key.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, pem)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        tmp.unlink()
+        return _read_key(path)
+    tmp.unlink()
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    log.info("checkpoint_key_created", path=str(path))
+    return key
+
+
+def _read_key(path: Path) -> Ed25519PrivateKey:
+    mode = path.stat().st_mode
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        log.warning(
+            "checkpoint_key_permissions",
+            path=str(path),
+            mode=oct(stat.S_IMODE(mode)),
+            fix=f"chmod 600 {path}",
+        )
+    return parse_private_key(path.read_bytes(), str(path))
+
+
+def load_signer(key_file: Path, name: str, *, create: bool = True) -> NoteSigner:
+    """The signer under key ``name``: from the systemd credential, the key file, or a new key."""
+    cred = credential_path()
+    if cred is not None:
+        key = parse_private_key(cred.read_bytes(), str(cred))
+    elif key_file.exists():
+        key = _read_key(key_file)
+    elif create:
+        key = _write_new_key(key_file)
+    else:
+        raise ConfigError(
+            str(key_file),
+            ["integrity.key_file: no checkpoint key here (it is made by the first `rollwatch serve`)"],
+        )
+    return NoteSigner(name, key)
+
+
+def existing_signer(key_file: Path, name: str) -> NoteSigner | None:
+    """The signer if a key exists already (``rollwatch verify`` never creates one)."""
+    if credential_path() is None and not key_file.exists():
+        return None
+    return load_signer(key_file, name, create=False)

@@ -1,0 +1,127 @@
+"""The public integrity routes (SPEC §6): checkpoint, key, and RFC 9162 proofs.
+
+* ``GET /public/checkpoint``: the latest signed checkpoint note, ``text/plain``.
+* ``GET /public/key``: the verifier key, ``<name>+<hex key ID>+<base64(0x01 ‖ key)>``.
+* ``GET /public/proof/consistency?from=M&to=N``:
+  ``{"from": M, "to": N, "path": [base64, ...]}``.
+* ``GET /public/proof/inclusion?seq=S&size=N``:
+  ``{"seq": S, "leaf_index": S - 1, "size": N, "leaf_hash": base64, "path": [base64, ...]}``.
+
+Proofs are served for any size the tree holds, not only signed ones; a verifier
+checks them against a root it trusts (a verified checkpoint). A bad or missing
+parameter, or a size the tree does not hold yet, is a 400 naming it. Proofs carry
+hashes only: nothing of an event under embargo can be read from them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from rollwatch.events import Recorded
+from rollwatch.integrity.checkpoint import b64
+from rollwatch.integrity.merkle import InvalidProof, leaf_hash
+from rollwatch.integrity.tree import MerkleTree
+
+_NO_STORE = {"Cache-Control": "no-cache"}
+_MAX_INT = 1 << 62
+
+
+class _BadParam(Exception):
+    pass
+
+
+def _int(request: Request, name: str, *, low: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None:
+        raise _BadParam(f"missing query parameter {name!r}")
+    if not raw.isdigit() or len(raw) > 19:
+        raise _BadParam(f"{name}={raw[:30]!r} is not a non-negative integer")
+    value = int(raw)
+    if not low <= value < _MAX_INT:
+        raise _BadParam(f"{name} must be at least {low}")
+    return value
+
+
+def _bad(message: str) -> Response:
+    return JSONResponse({"error": message}, status_code=400)
+
+
+def integrity_routes(tree: MerkleTree, vkey: str) -> list[Route]:
+    """The four public routes, serving ``tree`` and the verifier key ``vkey``."""
+
+    async def checkpoint(_: Request) -> Response:
+        latest = await tree.latest_checkpoint()
+        if latest is None:
+            return PlainTextResponse(
+                "no checkpoint has been signed yet\n", status_code=404, headers=_NO_STORE
+            )
+        return PlainTextResponse(latest.note, headers=_NO_STORE)
+
+    async def key(_: Request) -> Response:
+        return PlainTextResponse(vkey + "\n")
+
+    async def consistency(request: Request) -> Response:
+        try:
+            old = _int(request, "from", low=0)
+            new = _int(request, "to", low=0)
+            if old > new:
+                raise _BadParam(f"from={old} is larger than to={new}")
+            path = await tree.consistency_proof(old, new)
+        except (_BadParam, InvalidProof) as e:
+            return _bad(str(e))
+        return JSONResponse({"from": old, "to": new, "path": [b64(h) for h in path]}, headers=_NO_STORE)
+
+    async def inclusion(request: Request) -> Response:
+        try:
+            seq = _int(request, "seq", low=1)
+            size = _int(request, "size", low=1)
+            if seq > size:
+                raise _BadParam(f"event {seq} is not in a tree of size {size}")
+            path = await tree.inclusion_proof(seq - 1, size)
+            [leaf] = await tree.leaf_hashes(seq - 1, seq)
+        except (_BadParam, InvalidProof) as e:
+            return _bad(str(e))
+        return JSONResponse(
+            {
+                "seq": seq,
+                "leaf_index": seq - 1,
+                "size": size,
+                "leaf_hash": b64(leaf),
+                "path": [b64(h) for h in path],
+            },
+            headers=_NO_STORE,
+        )
+
+    return [
+        Route("/public/checkpoint", checkpoint),
+        Route("/public/key", key),
+        Route("/public/proof/consistency", consistency),
+        Route("/public/proof/inclusion", inclusion),
+    ]
+
+
+async def inclusion_fields(tree: MerkleTree, event: Recorded, size: int) -> dict[str, Any]:
+    """What a released item of ``/public/feed.json`` carries under ``_rollwatch`` for ``rollwatch audit --item``.
+
+    ``event`` is the event the item stands for (its ``RolloutScored``), ``size`` the
+    tree size of the latest checkpoint (at least ``event.seq``)::
+
+        {"seq": S, "leaf_index": S - 1, "canonical": "<the event's canonical JSON>",
+         "leaf_hash": base64, "inclusion": {"size": N, "path": [base64, ...]}}
+
+    The auditor recomputes the leaf hash from ``canonical``, checks it names the
+    item's rollout, and checks the path against a signed checkpoint.
+    """
+    canonical = event.canonical()
+    path = await tree.inclusion_proof(event.seq - 1, size)
+    return {
+        "seq": event.seq,
+        "leaf_index": event.seq - 1,
+        "canonical": canonical.decode(),
+        "leaf_hash": b64(leaf_hash(canonical)),
+        "inclusion": {"size": size, "path": [b64(h) for h in path]},
+    }

@@ -1,0 +1,165 @@
+"""The operator's check of the tree and of every checkpoint in the log (``rollwatch verify``).
+
+Reads the log twice, in batches (memory stays flat whatever its size): first the
+``CheckpointSigned`` events, then every event, hashing the leaves into a
+:class:`CompactRange`. It then knows, for each checkpoint, the root the log derives
+*now* for the size it signed, and checks:
+
+* the note is signed by this service's key (when the key is at hand) and says the
+  size and root its event records;
+* it signed the events before it (its size is below its own ``seq``);
+* its root is the log's root at that size: a single event changed, even with the
+  hash chain recomputed after it, fails every checkpoint signed since, and the
+  error names the span between the last checkpoint that still holds and the first
+  that does not;
+* consecutive checkpoints are linked by a consistency proof from the stored tree,
+  and the stored tree holds, leaf for leaf, what the log holds: an event changed
+  after the tree absorbed it is named exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from itertools import pairwise
+
+import anyio
+
+from rollwatch.abc import EventStore
+from rollwatch.errors import IntegrityError
+from rollwatch.integrity.checkpoint import CheckpointSigned, InvalidNote, NoteVerifier, b64, unb64
+from rollwatch.integrity.merkle import EMPTY_ROOT, CompactRange, leaf_hash, verify_consistency
+from rollwatch.integrity.tree import MerkleTree
+
+
+@dataclass(frozen=True, slots=True)
+class TreeReport:
+    """What :func:`check_log_tree` checked."""
+
+    events: int
+    root: str
+    """The log's tree head now, base64."""
+    checkpoints: int
+    signatures: int
+    """Checkpoints whose signature was verified (0 when no key was at hand)."""
+    tree_leaves: int
+    """Leaves compared with the stored tree."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Claim:
+    seq: int
+    size: int
+    root: bytes
+
+
+def _claim(seq: int, data: dict[str, object], verifier: NoteVerifier | None) -> tuple[_Claim, bool]:
+    size, root_s, note = data.get("size"), data.get("root"), data.get("note")
+    if not isinstance(size, int) or not isinstance(root_s, str) or not isinstance(note, str):
+        raise IntegrityError(seq, "this CheckpointSigned event lacks its size, root or note")
+    try:
+        root = unb64(root_s, "its root")
+        cp = verifier.open_checkpoint(note) if verifier is not None else None
+    except InvalidNote as e:
+        raise IntegrityError(seq, f"its checkpoint is not valid: {e}") from None
+    if cp is not None and (cp.size, cp.root) != (size, root):
+        raise IntegrityError(
+            seq, f"its note signs size {cp.size}, root {b64(cp.root)}, not the size and root it records"
+        )
+    if not 0 <= size < seq:
+        raise IntegrityError(seq, f"it signs a tree of {size} events but {seq - 1} precede it")
+    return _Claim(seq, size, root), cp is not None
+
+
+async def check_log_tree(
+    store: EventStore,
+    *,
+    vkey: str | None = None,
+    tree: MerkleTree | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> TreeReport:
+    """Check every checkpoint against the log (and ``tree`` against the log); raise IntegrityError naming the seq."""
+    verifier = NoteVerifier.from_vkey(vkey) if vkey else None
+    claims: list[_Claim] = []
+    signatures = 0
+    async for page in store.read_batches(types=[CheckpointSigned.TYPE], batch=1000):
+        for ev in page:
+            claim, signed = _claim(ev.seq, ev.data, verifier)
+            claims.append(claim)
+            signatures += signed
+    by_size: dict[int, list[_Claim]] = {}
+    for c in claims:
+        by_size.setdefault(c.size, []).append(c)
+
+    stored = await tree.current_size() if tree is not None else 0
+    cr = CompactRange()
+    holds = 0  # the largest signed size found to hold so far
+    compared = 0
+
+    def check_root(size: int, root: bytes) -> None:
+        nonlocal holds
+        for c in by_size.get(size, ()):
+            if c.root != root:
+                raise IntegrityError(
+                    c.seq,
+                    f"its checkpoint signed root {b64(c.root)} for the first {size} events, but they now hash to "
+                    f"{b64(root)}: an event between seq {holds + 1} and {size} was changed after it was signed",
+                )
+        if size in by_size:
+            holds = max(holds, size)
+
+    check_root(0, EMPTY_ROOT)
+    async for page in store.read_batches(batch=5000):
+        leaves = await anyio.to_thread.run_sync(lambda p=page: [leaf_hash(ev.canonical()) for ev in p])
+        if page[0].seq <= stored:
+            kept = await tree.leaf_hashes(page[0].seq - 1, page[-1].seq) if tree is not None else []
+            for ev, leaf, old in zip(page, leaves, kept, strict=False):
+                if leaf != old:
+                    raise IntegrityError(
+                        ev.seq,
+                        "its content differs from what the Merkle tree absorbed when it was appended: "
+                        "the event was changed since",
+                    )
+            compared += len(kept)
+        for ev, leaf in zip(page, leaves, strict=True):
+            if ev.seq != cr.size + 1:
+                raise IntegrityError(
+                    cr.size + 1, f"event {cr.size + 1} is missing (the next stored is {ev.seq})"
+                )
+            cr.append(leaf)
+            if cr.size in by_size:
+                check_root(cr.size, cr.root())
+        if progress is not None:
+            progress(page[-1].seq)
+    for c in claims:
+        if c.size > cr.size:
+            raise IntegrityError(c.seq, f"it signs {c.size} events but the log holds {cr.size}")
+
+    if tree is not None:
+        await _check_stored_tree(tree, stored, cr, claims)
+    return TreeReport(
+        events=cr.size,
+        root=b64(cr.root()),
+        checkpoints=len(claims),
+        signatures=signatures,
+        tree_leaves=compared,
+    )
+
+
+async def _check_stored_tree(tree: MerkleTree, stored: int, cr: CompactRange, claims: list[_Claim]) -> None:
+    """The stored tree's proofs link consecutive checkpoints, and its root is the log's."""
+    if stored > cr.size:
+        raise IntegrityError(cr.size + 1, f"the Merkle tree holds {stored} events but the log only {cr.size}")
+    if stored == cr.size and await tree.root(stored) != cr.root():
+        raise IntegrityError(stored, "the stored Merkle tree's root is not the log's; rebuild the tree")
+    linked = sorted((c for c in claims if c.size <= stored), key=lambda c: c.seq)
+    for a, b in pairwise(linked):
+        if b.size < a.size:
+            raise IntegrityError(
+                b.seq, f"its checkpoint (size {b.size}) is older than the one at seq {a.seq} (size {a.size})"
+            )
+        proof = await tree.consistency_proof(a.size, b.size)
+        if not verify_consistency(a.size, b.size, a.root, b.root, proof):
+            raise IntegrityError(
+                b.seq, f"no consistency proof links its checkpoint (size {b.size}) to the one at seq {a.seq}"
+            )
