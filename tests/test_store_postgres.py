@@ -24,7 +24,7 @@ from rollwatch.events import SchedulePaused, chain_hash
 from rollwatch.migrate import migrate
 from rollwatch.store.postgres import PostgresEventStore
 from rollwatch.store.sqlite import SQLiteEventStore
-from tests.pg import scratch_database
+from tests.pg import ADMIN_URL, scratch_database
 
 pytestmark = pytest.mark.anyio
 
@@ -117,6 +117,15 @@ async def _sql(url: str, *statements: str) -> None:
         await conn.close()
 
 
+async def listeners(conn: asyncpg.Connection, url: str) -> set[int]:
+    """The sessions LISTENing in the database of ``url``."""
+    rows = await conn.fetch(
+        "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND query LIKE 'LISTEN %'",
+        url.rpartition("/")[2],
+    )
+    return {r[0] for r in rows}
+
+
 async def _fill(url: str, n: int = 30) -> None:
     async with PostgresEventStore(url) as store:
         for i in range(n):
@@ -194,19 +203,13 @@ class TestProcesses:
         """When the LISTEN session is terminated the store reconnects it, and NOTIFY from
         another process wakes a follower again (polling stays off)."""
 
-        async def listeners(conn: asyncpg.Connection) -> set[int]:
-            rows = await conn.fetch(
-                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND query LIKE 'LISTEN %'"
-            )
-            return {r[0] for r in rows}
-
         admin = await asyncpg.connect(url)
         try:
             async with PostgresEventStore(url, poll_interval=3600) as store:
                 with anyio.fail_after(30):
-                    (old,) = await listeners(admin)
+                    (old,) = await listeners(admin, url)
                     await admin.execute("SELECT pg_terminate_backend($1)", old)
-                    while not (new := await listeners(admin)) or old in new:
+                    while not (new := await listeners(admin, url)) or old in new:
                         await anyio.sleep(0.02)  # a poll with a deadline, not a wait for time
                     child = await _Child.start(url, "after", tasks=1, appends=1, size=1)
                     async with anyio.create_task_group() as tg:
@@ -218,6 +221,33 @@ class TestProcesses:
                         await anyio.wait_all_tasks_blocked()
                         await child.go()
                     assert await child.batches() == [[1]]
+        finally:
+            await admin.close()
+
+    async def test_follower_polls_while_it_cannot_listen(self, url: str) -> None:
+        """With its LISTEN session killed and the database refusing new connections (so it
+        cannot LISTEN again), a follower still sees another store's append by polling."""
+        name = url.rpartition("/")[2]
+        admin = await asyncpg.connect(ADMIN_URL)
+        try:
+            async with PostgresEventStore(url, poll_interval=0.05) as a, PostgresEventStore(url) as b:
+                await a.head()  # the pools' connections exist before connections are refused
+                await b.append("warm", [ev()])
+                await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+                try:
+                    for pid in await listeners(admin, url):
+                        await admin.execute("SELECT pg_terminate_backend($1)", pid)
+                    with anyio.fail_after(10):
+                        async with anyio.create_task_group() as tg:
+
+                            async def wake() -> None:
+                                assert await a.wait_for_new(1, timeout=3600) == 2
+
+                            tg.start_soon(wake)
+                            await anyio.wait_all_tasks_blocked()
+                            await b.append("x", [ev()])
+                finally:
+                    await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
         finally:
             await admin.close()
 
@@ -302,6 +332,18 @@ class TestStores:
             (r,) = await store.append("a", [ev(3)], expected_version=2)
             assert (r.seq, r.version) == (3, 3)
             assert (await store.verify()).events == 3
+
+    async def test_writer_commits_synchronously_even_if_the_database_says_off(self, url: str) -> None:
+        """A database configured with synchronous_commit = off does not weaken append's
+        durability: the store's writer session sets it back to on."""
+        name = url.rpartition("/")[2]
+        await _sql(url, f'ALTER DATABASE "{name}" SET synchronous_commit = off')
+        async with PostgresEventStore(url) as store:
+            await store.append("a", [ev()])
+            assert store._writer_conn is not None
+            assert await store._writer_conn.fetchval("SHOW synchronous_commit") == "on"
+            async with store._acquire() as reader:
+                assert await reader.fetchval("SHOW synchronous_commit") == "off"
 
     async def test_unreachable_database_is_a_store_error(self) -> None:
         """Opening a store whose server is not there raises StoreError naming the URL, not its password."""
