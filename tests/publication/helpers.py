@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -208,9 +208,14 @@ class Env:
 
 @asynccontextmanager
 async def serving(
-    tmp_path: Path, config: Config | None = None, *, store: EventStore | None = None
+    tmp_path: Path,
+    config: Config | None = None,
+    *,
+    store: EventStore | None = None,
+    wrap: Callable[[Any], Any] | None = None,
 ) -> AsyncIterator[Env]:
-    """The publication routes in ``build_app`` on an ephemeral loopback port."""
+    """The publication routes in ``build_app`` on an ephemeral loopback port (the app
+    wrapped in ``wrap`` when given, to observe it)."""
     config = config or make_config()
     async with (
         store or SQLiteEventStore(tmp_path / "events.db") as st,
@@ -218,6 +223,8 @@ async def serving(
     ):
         services = SimpleNamespace(store=st, projections=pdb, config=config)
         app = build_app(Metrics(), publication_routes(services))
+        if wrap is not None:
+            app = wrap(app)
         server = HTTPServer(app, "127.0.0.1", 0)
         async with anyio.create_task_group() as tg:
             await tg.start(server.run)

@@ -7,6 +7,7 @@ import sys
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import anyio
 import httpx
@@ -241,6 +242,45 @@ class TestFeed:
             assert [i["type"] for i in r.json()["items"]] == ["RunStarted"]
             assert result["done_at"] > appended_at  # type: ignore[operator]
             assert result["elapsed"] < 5  # type: ignore[operator]
+
+    async def test_long_poll_ends_when_the_client_hangs_up(self, tmp_path: Path) -> None:
+        """A long poll whose client disconnects ends on the server within a couple of seconds,
+        not at the end of its ``wait``."""
+        store = SignallingStore(tmp_path / "events.db")
+        finished = anyio.Event()
+        statuses: list[int] = []
+
+        def observe(app: Any) -> Any:
+            async def wrapped(scope: Any, receive: Any, send: Any) -> None:
+                async def spy(message: Any) -> None:
+                    if message["type"] == "http.response.start":
+                        statuses.append(message["status"])
+                    await send(message)
+
+                await app(scope, receive, spy)
+                if scope["type"] == "http" and scope["path"] == "/v1/feed":
+                    finished.set()
+
+            return wrapped
+
+        async with serving(tmp_path, store=store, wrap=observe) as env:
+            key = await add_subscriber(env.store, "alice")
+            head = await env.store.head()
+            async with anyio.create_task_group() as tg:
+
+                async def poll() -> None:
+                    async with httpx.AsyncClient(base_url=env.base) as own:
+                        await own.get("/v1/feed", params={"after": head, "wait": 60}, headers=bearer(key))
+
+                tg.start_soon(poll)
+                with anyio.fail_after(10):
+                    await store.waiting.wait()
+                hung_up = time.monotonic()
+                tg.cancel_scope.cancel()
+            with anyio.fail_after(5):
+                await finished.wait()
+            assert time.monotonic() - hung_up < 3
+            assert statuses == [499]
 
     async def test_long_poll_times_out_empty(self, tmp_path: Path) -> None:
         """With nothing new, a long poll answers after ``wait`` with no items and the same cursor."""

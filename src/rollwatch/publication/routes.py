@@ -292,8 +292,11 @@ class PublicationAPI:
             if rows or remaining <= 0:
                 break
             # Nothing visible yet: wait for the log to grow (an append in this process wakes
-            # us at once; another process's within the store's poll interval).
-            await self.store.wait_for_new(head, remaining)
+            # us at once; another process's within the store's poll interval), in slices, so
+            # that a client that hung up does not keep its poll alive for a minute.
+            await self.store.wait_for_new(head, min(remaining, 1.0))
+            if await request.is_disconnected():
+                return Response(status_code=499)
         nxt = rows[-1][0] if len(rows) == limit else max(after, head)
         body = b'{"items":[' + ",".join(r[1] for r in rows).encode() + b'],"next":%d}' % nxt
         return _tagged(request, body, "application/json", "private, no-cache", vary="Authorization")
