@@ -462,6 +462,6 @@ def main() -> None:
 
 
 # Commands defined in their own modules register themselves on `cli`.
+import rollwatch.cli_integrity  # noqa: E402,F401
 import rollwatch.cli_publish  # noqa: E402
 import rollwatch.cli_report  # noqa: E402,F401
-import rollwatch.cli_integrity  # noqa: E402,F401
