@@ -199,15 +199,18 @@ async def bench(args: argparse.Namespace) -> None:
     rd_ours, rd_raw = n / r_ours, n / r_raw
     print(
         f"pg append: {a_ours:,.0f} events/s ({args.tasks} tasks, {args.batch} per call, event data {size:.0f} B), "
-        f"raw asyncpg {a_raw:,.0f} events/s ({args.batch} rows per transaction), ratio {a_ours / a_raw:.2f}x (floor 0.5x)"
+        f"raw asyncpg {a_raw:,.0f} events/s ({args.batch} rows per transaction), ratio {a_ours / a_raw:.2f}x (floor 0.5x)",
+        flush=True,
     )
     print(
         f"pg append, one task (every call its own transaction, like raw): {a_single:,.0f} events/s, "
-        f"raw asyncpg {a_raw:,.0f} events/s, ratio {a_single / a_raw:.2f}x (floor 0.5x)"
+        f"raw asyncpg {a_raw:,.0f} events/s, ratio {a_single / a_raw:.2f}x (floor 0.5x)",
+        flush=True,
     )
     print(
         f"pg read:   {rd_ours:,.0f} events/s, raw asyncpg {rd_raw:,.0f} events/s (pages of 1,000), "
-        f"ratio {rd_ours / rd_raw:.2f}x (floor 0.5x); peak memory {peak / 1e6:.1f} MB for {n:,} events"
+        f"ratio {rd_ours / rd_raw:.2f}x (floor 0.5x); peak memory {peak / 1e6:.1f} MB for {n:,} events",
+        flush=True,
     )
     print(
         f"4 processes appending at once ({args.proc_events} events, {args.proc_tasks} tasks each)...",
@@ -221,7 +224,8 @@ async def bench(args: argparse.Namespace) -> None:
     assert verified == args.proc_events, (verified, args.proc_events)
     print(
         f"pg append from 4 processes at once: {args.proc_events / took:,.0f} events/s in total, "
-        f"chain verified ({verified:,} events, seq gap-free)"
+        f"chain verified ({verified:,} events, seq gap-free)",
+        flush=True,
     )
 
 
