@@ -14,7 +14,8 @@ Both hold as many connections as the concurrency (httpx's default pool is 100): 
 bare loop in one pool of 500, as the brief for this benchmark has it; ours in pools
 of four (see ``_Pools`` in ``providers/client.py``: httpcore 1.0 walks the whole pool
 on every request, encode/httpcore#1035, which dominates the bare loop's CPU). Each
-is measured once after a warm-up. CPU is this process's (``time.process_time``: the
+is measured once after a warm-up; a third run, a bare loop on the same small pools,
+shows what our layer itself costs on top of httpx. CPU is this process's (``time.process_time``: the
 event loop plus the SQLite writer thread). Floor: ours ≥ 0.8× bare throughput.
 """
 
@@ -41,6 +42,7 @@ from rollwatch.config import ProviderConfig
 from rollwatch.errors import ProviderError
 from rollwatch.events import RolloutFailed, RolloutRequested, RolloutResponded
 from rollwatch.providers import Answer, Prompt, ProviderClient
+from rollwatch.providers.client import CONNECTIONS_PER_POOL
 from rollwatch.store.sqlite import SQLiteEventStore
 
 KEY_ENV = "ROLLWATCH_BENCH_KEY"
@@ -163,8 +165,9 @@ async def _workers(n: int, concurrency: int, one: Any) -> None:
             tg.start_soon(worker)
 
 
-async def bare(url: str, n: int, concurrency: int) -> Result:
-    """The floor's reference: a plain httpx loop with the same body and pool size."""
+async def bare(url: str, n: int, concurrency: int, per_pool: int | None = None) -> Result:
+    """The floor's reference: a plain httpx loop with the same body and as many
+    connections; in one pool, or (``per_pool``) spread as ProviderClient spreads them."""
     body = json.dumps(
         {
             "model": MODEL,
@@ -176,17 +179,30 @@ async def bare(url: str, n: int, concurrency: int) -> Result:
         }
     ).encode()
     headers = {"content-type": "application/json", "authorization": "Bearer bench-key"}
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(limits=limits, timeout=60) as client:
+    per = per_pool or concurrency
+    clients = [
+        httpx.AsyncClient(limits=httpx.Limits(max_connections=per, max_keepalive_connections=per), timeout=60)
+        for _ in range(0, concurrency, per)
+    ]
+    free = [i for i in range(len(clients)) for _ in range(per)]
 
-        async def one(i: int) -> None:
-            r = await client.post(url + "/chat/completions", content=body, headers=headers)
-            r.raise_for_status()
-            json.loads(r.content)
+    async def one(i: int) -> None:
+        lease = free.pop()
+        try:
+            r = await clients[lease].post(url + "/chat/completions", content=body, headers=headers)
+        finally:
+            free.append(lease)
+        r.raise_for_status()
+        json.loads(r.content)
 
+    try:
         t, c = time.perf_counter(), time.process_time()
         await _workers(n, concurrency, one)
-        return Result("bare httpx", n, time.perf_counter() - t, time.process_time() - c)
+        name = f"bare httpx, pools of {per}" if per_pool else "bare httpx"
+        return Result(name, n, time.perf_counter() - t, time.process_time() - c)
+    finally:
+        for client in clients:
+            await client.aclose()
 
 
 class StoreLog:
@@ -310,9 +326,10 @@ def main() -> None:
             anyio.run(ours, url, conc, conc, Path(d) / "warm.db")
             b = anyio.run(bare, url, n, conc)
             o = anyio.run(ours, url, n, conc, Path(d) / "events.db")
-        for r in (b, o):
+            s = anyio.run(bare, url, n, conc, CONNECTIONS_PER_POOL)
+        for r in (b, o, s):
             print(
-                f"  {r.name:<11} {r.rate:8,.0f} rollouts/s  {r.cpu_ms:6.3f} CPU ms/rollout",
+                f"  {r.name:<24} {r.rate:8,.0f} rollouts/s  {r.cpu_ms:6.3f} CPU ms/rollout",
                 file=sys.stderr,
             )
         print(
@@ -320,6 +337,11 @@ def main() -> None:
             f"(adapter + limits + 2 event appends each); bare httpx loop {b.rate:,.0f} rollouts/s, "
             f"{b.cpu_ms:.3f} CPU ms/request; throughput ratio {o.rate / b.rate:.2f}x (floor 0.8x), "
             f"CPU ratio {o.cpu_ms / b.cpu_ms:.2f}x"
+        )
+        print(
+            f"providers vs a bare loop on the same small pools ({s.rate:,.0f} rollouts/s, "
+            f"{s.cpu_ms:.3f} CPU ms/request): throughput {o.rate / s.rate:.2f}x, "
+            f"our own cost {o.cpu_ms - s.cpu_ms:.3f} CPU ms/rollout"
         )
         if o.rate < 0.8 * b.rate:
             sys.exit(1)

@@ -46,9 +46,7 @@ class AnthropicAdapter:
 
     kind = "anthropic"
 
-    def build(
-        self, model: str, prompt: Prompt, params: Mapping[str, Any], system: str | None
-    ) -> WireRequest:
+    def build(self, model: str, prompt: Prompt, params: Mapping[str, Any], system: str | None) -> WireRequest:
         """``{"model", "max_tokens", "system"?, "messages": [user], **params}``."""
         clash = _RESERVED & params.keys()
         if clash:

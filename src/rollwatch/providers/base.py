@@ -157,9 +157,7 @@ class WireAdapter(Protocol):
 
     kind: str
 
-    def build(
-        self, model: str, prompt: Prompt, params: Mapping[str, Any], system: str | None
-    ) -> WireRequest:
+    def build(self, model: str, prompt: Prompt, params: Mapping[str, Any], system: str | None) -> WireRequest:
         """The request for one rollout; ``ProviderError("invalid_request")`` on bad params."""
         ...
 

@@ -144,9 +144,7 @@ class ProviderClient:
         self._rng = rng or random.Random()
         self._transport = transport
         self._reference = ReferenceAdapter() if config.kind == "reference" else None
-        self._adapter: WireAdapter | None = (
-            None if config.kind == "reference" else ADAPTERS[config.kind]()
-        )
+        self._adapter: WireAdapter | None = None if config.kind == "reference" else ADAPTERS[config.kind]()
         self.limits = ProviderLimits(
             max_concurrency=config.max_concurrency,
             requests_per_minute=config.requests_per_minute,
@@ -390,9 +388,7 @@ class ProviderClient:
             reason=error.message,
         )
 
-    async def _fail(
-        self, log: AttemptLog, attempt: int, error: ProviderError, *, final: bool
-    ) -> None:
+    async def _fail(self, log: AttemptLog, attempt: int, error: ProviderError, *, final: bool) -> None:
         self._n.errors[error.kind] += 1
         if final:
             self._n.failed += 1

@@ -73,9 +73,7 @@ class GeminiAdapter:
 
     kind = "gemini"
 
-    def build(
-        self, model: str, prompt: Prompt, params: Mapping[str, Any], system: str | None
-    ) -> WireRequest:
+    def build(self, model: str, prompt: Prompt, params: Mapping[str, Any], system: str | None) -> WireRequest:
         """``{"contents", "systemInstruction"?, "generationConfig"?, top-level params}``."""
         body: dict[str, Any] = {"contents": [{"role": "user", "parts": [{"text": prompt.text}]}]}
         if system:
@@ -88,9 +86,7 @@ class GeminiAdapter:
                 continue
             name = _ALIASES.get(key) or _camel(key)
             if name in _RESERVED:
-                raise ProviderError(
-                    "invalid_request", f"params may not set {key}: rollwatch sets it"
-                )
+                raise ProviderError("invalid_request", f"params may not set {key}: rollwatch sets it")
             if key == "stream":
                 if value:
                     raise ProviderError(
@@ -100,9 +96,7 @@ class GeminiAdapter:
                 continue
             if name == "generationConfig":
                 if not isinstance(value, Mapping):
-                    raise ProviderError(
-                        "invalid_request", "params.generation_config must be a table"
-                    )
+                    raise ProviderError("invalid_request", "params.generation_config must be a table")
                 config.update(value)
             elif name in _TOP_LEVEL:
                 body[name] = value
@@ -185,9 +179,7 @@ class GeminiAdapter:
         wait = google_retry_delay(data)
         if wait is None:
             wait = parse_retry_after(headers, now)
-        return ProviderError(
-            kind, error_message(body), status=status, retryable=retryable, retry_after=wait
-        )
+        return ProviderError(kind, error_message(body), status=status, retryable=retryable, retry_after=wait)
 
     def pause_hint(self, headers: httpx.Headers) -> float | None:
         """None: Gemini sends no rate-limit headers on success."""

@@ -45,9 +45,7 @@ class OpenAIAdapter:
 
     kind = "openai"
 
-    def build(
-        self, model: str, prompt: Prompt, params: Mapping[str, Any], system: str | None
-    ) -> WireRequest:
+    def build(self, model: str, prompt: Prompt, params: Mapping[str, Any], system: str | None) -> WireRequest:
         """``{"model", "messages": [system?, user], **params}``."""
         clash = _RESERVED & params.keys()
         if clash:
