@@ -56,9 +56,7 @@ class OpenAIWire:
                 "object": "chat.completion",
                 "created": 1741569952,
                 "model": "gpt-5-2025-08-07",
-                "choices": [
-                    {"index": 0, "message": message, "logprobs": None, "finish_reason": "stop"}
-                ],
+                "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": "stop"}],
                 "usage": {
                     "prompt_tokens": 120,
                     "completion_tokens": 300,

@@ -105,9 +105,7 @@ class TestOpenAI:
 
     def test_reset_headers_without_remaining(self) -> None:
         """When the server does not say which window ran out, the shorter reset is used."""
-        headers = httpx.Headers(
-            {"x-ratelimit-reset-requests": "1s", "x-ratelimit-reset-tokens": "1m30s"}
-        )
+        headers = httpx.Headers({"x-ratelimit-reset-requests": "1s", "x-ratelimit-reset-tokens": "1m30s"})
         err = self.adapter.error(429, headers, b"{}", NOW)
         assert err.retry_after == pytest.approx(1.0)
 
@@ -118,17 +116,13 @@ class TestOpenAI:
 
     def test_insufficient_quota_is_not_retried(self) -> None:
         """A 429 for billing (``insufficient_quota``) is not a pacing signal."""
-        data = {
-            "error": {"message": "You exceeded your current quota", "code": "insufficient_quota"}
-        }
+        data = {"error": {"message": "You exceeded your current quota", "code": "insufficient_quota"}}
         err = self.adapter.error(429, httpx.Headers(), body(data), NOW)
         assert (err.kind, err.retryable) == ("rate_limited", False)
 
     def test_success_with_an_empty_window_pauses(self) -> None:
         """A 200 whose request window is used up asks everyone to wait for the reset."""
-        headers = httpx.Headers(
-            {"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "2s"}
-        )
+        headers = httpx.Headers({"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "2s"})
         assert self.adapter.pause_hint(headers) == pytest.approx(2.0)
         assert self.adapter.pause_hint(httpx.Headers()) is None
 

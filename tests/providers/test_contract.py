@@ -7,6 +7,7 @@ are asserted, never how fast we are.
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Callable
 
 import anyio
@@ -224,6 +225,22 @@ class TestFailFast:
         async with ProviderClient(make_config()) as client:
             log = RecordingLog()
             assert await client.rollout(MODEL, PROMPT, {"stream": True}, log) is None
+        assert log.trail == [("failed", 1)]
+        assert log.failures[0].kind == "invalid_request"
+        assert server.seen == []
+
+    @pytest.mark.parametrize(
+        "params",
+        [{"temperature": float("nan")}, {"seed": datetime.date(2026, 1, 1)}],
+        ids=["nan", "toml-date"],
+    )
+    async def test_params_that_are_not_json(
+        self, wire: Wire, server: LoopbackServer, make_config: MakeConfig, params: dict[str, object]
+    ) -> None:
+        """Params JSON cannot carry fail the rollout before anything is sent or recorded."""
+        async with ProviderClient(make_config()) as client:
+            log = RecordingLog()
+            assert await client.rollout(MODEL, PROMPT, params, log) is None
         assert log.trail == [("failed", 1)]
         assert log.failures[0].kind == "invalid_request"
         assert server.seen == []

@@ -200,10 +200,10 @@ class ProviderClient:
         system = prompt.system if prompt.system is not None else self.config.system_prompt
         try:
             wire = adapter.build(model, prompt, params, system)
+            content = _encode(wire.body)
         except ProviderError as e:
             await self._fail(log, 1, e, final=True)
             return None
-        content = json.dumps(wire.body, separators=(",", ":"), ensure_ascii=False).encode()
         headers = {"content-type": "application/json", **wire.headers, **adapter.auth_headers(key)}
         url = self.config.url + wire.path
         # Roughly four bytes a token: only a first reservation, corrected by the answer.
@@ -516,6 +516,15 @@ class _Pools:
         """Close every client and its connections."""
         for client in self.clients:
             await client.aclose()
+
+
+def _encode(body: dict[str, Any]) -> bytes:
+    """The JSON bytes of a request body; ``invalid_request`` for what JSON cannot hold
+    (a TOML date in params, NaN): the event log could not record it either."""
+    try:
+        return json.dumps(body, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+    except (TypeError, ValueError) as e:
+        raise ProviderError("invalid_request", f"params cannot be sent as JSON: {e}") from None
 
 
 def _missing_key(config: ProviderConfig) -> str:
