@@ -161,7 +161,7 @@ class NoteVerifier:
     @classmethod
     def from_vkey(cls, vkey: str) -> NoteVerifier:
         """Parse ``<name>+<hex key ID>+<base64(0x01 ‖ public key)>``; ValueError if malformed."""
-        parts = vkey.strip().split("+")
+        parts = vkey.strip().split("+", 2)
         if len(parts) != 3:
             raise ValueError(f"{vkey!r} is not a verifier key: expected NAME+KEYID+BASE64KEY")
         name, hex_id, key_b64 = parts

@@ -118,20 +118,42 @@ class Integrity:
         signed. Raises :class:`IntegrityError` when the log no longer matches what was
         signed (the tree refuses to absorb it, or the checkpointer to sign it).
         """
-        async with anyio.create_task_group() as tg:
-            await tg.start(self.tree.follow, self.store)
-            await checkpointer(
-                self.store,
-                self.tree,
-                self.signer,
-                every_events=self.config.checkpoint_every,
-                interval=self.config.checkpoint_interval,
-                stop=stop,
-                origin=self.config.origin,
-                witness=self.witness,
-                task_status=task_status,
-            )
+        failure: BaseException | None = None
+
+        async def fail_with(e: BaseException) -> None:
+            nonlocal failure
+            failure = failure or e
             tg.cancel_scope.cancel()
+
+        async def follow(*, task_status: TaskStatus[None]) -> None:
+            try:
+                await self.tree.follow(self.store, task_status=task_status)
+            except Exception as e:
+                await fail_with(e)
+
+        # Failures leave through here as themselves, not wrapped in an ExceptionGroup:
+        # the daemon reports an IntegrityError as such. A log that no longer continues
+        # the tree fails here, before anything starts.
+        await self.tree.catch_up(self.store)
+        async with anyio.create_task_group() as tg:
+            await tg.start(follow)
+            try:
+                await checkpointer(
+                    self.store,
+                    self.tree,
+                    self.signer,
+                    every_events=self.config.checkpoint_every,
+                    interval=self.config.checkpoint_interval,
+                    stop=stop,
+                    origin=self.config.origin,
+                    witness=self.witness,
+                    task_status=task_status,
+                )
+            except Exception as e:
+                await fail_with(e)
+            tg.cancel_scope.cancel()
+        if failure is not None:
+            raise failure
 
     async def final_checkpoint(self) -> Checkpoint | None:
         """Sign the log as it stands now (shutdown, after the runs); None when nothing is new."""

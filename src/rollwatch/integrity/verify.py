@@ -27,6 +27,7 @@ import anyio
 
 from rollwatch.abc import EventStore
 from rollwatch.errors import IntegrityError
+from rollwatch.events import Recorded
 from rollwatch.integrity.checkpoint import CheckpointSigned, InvalidNote, NoteVerifier, b64, unb64
 from rollwatch.integrity.merkle import EMPTY_ROOT, CompactRange, leaf_hash, verify_consistency
 from rollwatch.integrity.tree import MerkleTree
@@ -110,7 +111,7 @@ async def check_log_tree(
 
     check_root(0, EMPTY_ROOT)
     async for page in store.read_batches(batch=5000):
-        leaves = await anyio.to_thread.run_sync(lambda p=page: [leaf_hash(ev.canonical()) for ev in p])
+        leaves = await anyio.to_thread.run_sync(_leaf_hashes, page)
         if page[0].seq <= stored:
             kept = await tree.leaf_hashes(page[0].seq - 1, page[-1].seq) if tree is not None else []
             for ev, leaf, old in zip(page, leaves, kept, strict=False):
@@ -144,6 +145,10 @@ async def check_log_tree(
         signatures=signatures,
         tree_leaves=compared,
     )
+
+
+def _leaf_hashes(page: list[Recorded]) -> list[bytes]:
+    return [leaf_hash(ev.canonical()) for ev in page]
 
 
 async def _check_stored_tree(tree: MerkleTree, stored: int, cr: CompactRange, claims: list[_Claim]) -> None:

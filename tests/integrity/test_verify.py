@@ -1,0 +1,115 @@
+"""The operator's check (``rollwatch verify``'s tree part): every checkpoint against the log, the stored tree against the log."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from rollwatch.config import StoreConfig
+from rollwatch.errors import IntegrityError
+from rollwatch.integrity.checkpoint import Checkpoint, CheckpointSigned, NoteSigner, b64
+from rollwatch.integrity.checkpointer import Checkpointer
+from rollwatch.integrity.keys import load_signer
+from rollwatch.integrity.service import IntegrityConfig
+from rollwatch.integrity.tree import MerkleTree
+from rollwatch.integrity.verify import check_log_tree
+from rollwatch.store.sqlite import SQLiteEventStore
+from tests.integrity.conftest import append_n, rewrite_event
+from tests.integrity.test_merkle import ref_leaf, ref_mth
+
+
+async def signed_log(store: SQLiteEventStore, tree: MerkleTree, signer: NoteSigner) -> None:
+    """Three checkpoints over 60 events, as a daemon would leave them."""
+    cpr = Checkpointer(store, tree, signer)
+    for n in (15, 25, 20):
+        await append_n(store, n)
+        await cpr.checkpoint()
+
+
+class TestCheckLogTree:
+    @pytest.mark.anyio
+    async def test_a_clean_log_passes(
+        self, store: SQLiteEventStore, tree: MerkleTree, signer: NoteSigner
+    ) -> None:
+        """Every checkpoint verifies, matches the log's root at its size, and the stored tree matches leaf for leaf."""
+        await signed_log(store, tree, signer)
+        report = await check_log_tree(store, vkey=signer.vkey, tree=tree)
+        leaves = [ref_leaf(e.canonical()) async for e in store.read()]
+        assert report.events == len(leaves) == 63
+        assert report.root == b64(ref_mth(leaves))
+        assert (report.checkpoints, report.signatures, report.tree_leaves) == (3, 3, 63)
+        plain = await check_log_tree(store)
+        assert (plain.checkpoints, plain.signatures, plain.tree_leaves) == (3, 0, 0)
+
+    @pytest.mark.anyio
+    async def test_a_rewrite_is_named_exactly_while_the_tree_remembers(
+        self, store: SQLiteEventStore, tree: MerkleTree, signer: NoteSigner, tmp_path: Path
+    ) -> None:
+        """An old event rewritten with the chain recomputed: the stored tree's leaf names the exact seq."""
+        await signed_log(store, tree, signer)
+        rewrite_event(tmp_path / "events.db", 22, '{"note":"","schedule":"rewritten"}')
+        with pytest.raises(IntegrityError) as e:
+            await check_log_tree(store, vkey=signer.vkey, tree=tree)
+        assert e.value.seq == 22
+
+    @pytest.mark.anyio
+    async def test_after_a_tree_rebuild_the_checkpoints_bracket_the_rewrite(
+        self, store: SQLiteEventStore, tree: MerkleTree, signer: NoteSigner, tmp_path: Path
+    ) -> None:
+        """With the tree rebuilt from the rewritten log, the first checkpoint covering the event fails, naming the span."""
+        await signed_log(store, tree, signer)
+        rewrite_event(tmp_path / "events.db", 22, '{"note":"","schedule":"rewritten"}')
+        await tree.rebuild()
+        await tree.catch_up(store)
+        with pytest.raises(IntegrityError) as e:
+            await check_log_tree(store, vkey=signer.vkey, tree=tree)
+        # Checkpoints: size 15 (seq 16), size 41 (seq 42), size 62 (seq 63).
+        assert e.value.seq == 42
+        assert "between seq 16 and 41" in e.value.reason
+
+    @pytest.mark.anyio
+    async def test_a_forged_note_is_named(
+        self, store: SQLiteEventStore, tree: MerkleTree, signer: NoteSigner
+    ) -> None:
+        """A checkpoint event whose note is not signed by the service's key fails at its seq."""
+        await signed_log(store, tree, signer)
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+        mallory = NoteSigner(signer.name, Ed25519PrivateKey.generate())
+        root = await tree.root(63)
+        note = mallory.sign_checkpoint(Checkpoint(signer.name, 63, root))
+        [ev] = await store.append("checkpoints", [CheckpointSigned(size=63, root=b64(root), note=note)])
+        with pytest.raises(IntegrityError) as e:
+            await check_log_tree(store, vkey=signer.vkey)
+        assert e.value.seq == ev.seq
+        assert "not signed by" in e.value.reason
+
+    @pytest.mark.anyio
+    async def test_a_checkpoint_claiming_the_future_is_named(
+        self, store: SQLiteEventStore, signer: NoteSigner
+    ) -> None:
+        """A checkpoint event signing more events than precede it fails at its seq."""
+        await append_n(store, 3)
+        note = signer.sign_checkpoint(Checkpoint(signer.name, 9, bytes(32)))
+        [ev] = await store.append("checkpoints", [CheckpointSigned(size=9, root=b64(bytes(32)), note=note)])
+        with pytest.raises(IntegrityError, match="precede it") as e:
+            await check_log_tree(store, vkey=signer.vkey)
+        assert e.value.seq == ev.seq
+
+
+class TestVerifyTreeForConfig:
+    @pytest.mark.anyio
+    async def test_uses_the_configured_key_and_tree(self, tmp_path: Path, store: SQLiteEventStore) -> None:
+        """cli_integrity.verify_tree finds the key and merkle.db from the configuration and checks signatures."""
+        from rollwatch.cli_integrity import verify_tree
+
+        store_cfg = StoreConfig(url=f"sqlite:{tmp_path / 'events.db'}")
+        cfg = IntegrityConfig(origin="rollwatch.test/log")
+        signer = load_signer(cfg.key_path(store_cfg), cfg.name)
+        async with MerkleTree(cfg.tree_path(store_cfg)) as tree:
+            await signed_log(store, tree, signer)
+        report = await verify_tree(store, cfg, store_cfg)
+        assert (report.checkpoints, report.signatures, report.tree_leaves) == (3, 3, 63)
+        assert cfg.tree_path(store_cfg) == tmp_path / "merkle.db"
+        assert cfg.key_path(store_cfg) == tmp_path / "checkpoint.key"
