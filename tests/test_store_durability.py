@@ -145,3 +145,24 @@ def test_log_refuses_update_and_delete_through_sqlite(tmp_path: Path) -> None:
     with pytest.raises(sqlite3.IntegrityError, match="append-only"):
         con.execute("DELETE FROM events")
     con.close()
+
+
+def test_migrate_command_copies_the_log_to_postgresql(tmp_path: Path) -> None:
+    """`rollwatch migrate --to postgresql://…` copies every event and the copy verifies."""
+    from tests.pg import scratch_database
+
+    cfg = write_config(tmp_path)
+    _fill(tmp_path / "events.db", 40)
+
+    async def main() -> None:
+        async with scratch_database() as url:
+            res = await anyio.to_thread.run_sync(lambda: rollwatch("--config", str(cfg), "migrate", "--to", url))
+            assert res.returncode == 0, res.stderr
+            assert "copied 40 events" in res.stdout
+            pg_cfg = tmp_path / "pg.toml"
+            pg_cfg.write_text(f'[store]\nurl = "{url}"\n')
+            ver = await anyio.to_thread.run_sync(lambda: rollwatch("--config", str(pg_cfg), "verify"))
+            assert ver.returncode == 0, ver.stderr
+            assert "40 events" in ver.stdout
+
+    anyio.run(main)

@@ -369,6 +369,32 @@ def schedules_trigger(ctx: Context, name: str, note: str) -> None:
 
 
 
+
+@cli.command()
+@click.option("--to", "target", required=True, help="postgresql://user@host/db (the database must exist)")
+@common
+def migrate(ctx: Context, target: str) -> None:
+    """Copy this config's SQLite log into PostgreSQL and verify the copy."""
+    from rollwatch.config import StoreConfig
+    from rollwatch.migrate import migrate as copy_log
+    from rollwatch.progress import Progress
+    from rollwatch.store import open_store
+
+    if ctx.config.store.sqlite_path is None:
+        raise UsageError("store.url is not a SQLite log; migrate copies a SQLite log into PostgreSQL")
+    if not target.startswith(("postgresql://", "postgres://")):
+        raise UsageError(f"--to {target!r}: expected postgresql://user@host/db")
+
+    async def main() -> int:
+        async with open_store(ctx.config.store) as source, open_store(StoreConfig(url=target)) as dest:
+            bar = Progress("migrate", await source.head())
+            n = await copy_log(source, dest, progress=lambda seq: bar.update(seq))
+            bar.close()
+            click.echo(f"copied {n} events; the PostgreSQL log verifies and ends with the same hash")
+            return 0
+
+    sys.exit(run_async(main))
+
 # --- problems --------------------------------------------------------------------------
 
 

@@ -10,6 +10,7 @@ flight a grace period, the HTTP server drains, and the process exits 0.
 
 from __future__ import annotations
 
+import functools
 import signal
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -23,6 +24,8 @@ from rollwatch.log import get_logger
 from rollwatch.metrics import Metrics
 from rollwatch.notify import Notifier
 from rollwatch.projections import ProjectionDB, default_projections
+from rollwatch.publication.release import release_job
+from rollwatch.publication.routes import publication_routes
 from rollwatch.runs import Run, RunLock, RunServices, unfinished_runs
 from rollwatch.scheduler import Scheduler
 from rollwatch.store import open_store
@@ -237,6 +240,10 @@ class Daemon:
                     async with anyio.create_task_group() as sched:
                         await self.scheduler.run_in(sched, runs)
                         sched.start_soon(self._follow_log)
+                        await sched.start(functools.partial(
+                            release_job, svc.store, svc.projections,
+                            interval=self.config.publication.release_check, stop_event=self.stopping,
+                        ))
                         sched.start_soon(self.notifier.watchdog)
                         self.notifier.notify(READY=1, STATUS=f"serving on {self.config.server.listen}")
                         log.info(
@@ -257,5 +264,6 @@ class Daemon:
             log.info("daemon_stopped")
 
     def extra_routes(self) -> list[Any]:
-        """Routes beyond /healthz and /metrics (the publication feed adds its own)."""
-        return []
+        """Routes beyond /healthz and /metrics: the subscriber feed and the public release."""
+        assert self.services is not None
+        return publication_routes(self.services, self.metrics)

@@ -372,6 +372,7 @@ class SchedulesProjection(Projection):
 
 def default_projections() -> list[Projection]:
     """Every read model rollwatch keeps."""
+    from rollwatch.publication.projections import publication_projections
     from rollwatch.report import ReleasesProjection
 
-    return [RunsProjection(), SchedulesProjection(), ReleasesProjection()]
+    return [RunsProjection(), SchedulesProjection(), *publication_projections(), ReleasesProjection()]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from rollwatch.abc import EventStore
 from rollwatch.config import StoreConfig
-from rollwatch.errors import ConfigError
 
 
 def open_store(config: StoreConfig) -> EventStore:
@@ -14,7 +13,9 @@ def open_store(config: StoreConfig) -> EventStore:
         from rollwatch.store.sqlite import SQLiteEventStore
 
         return SQLiteEventStore(path)
-    raise ConfigError("store.url", [f"store.url: {config.url!r}: the PostgreSQL store is not available yet"])
+    from rollwatch.store.postgres import PostgresEventStore
+
+    return PostgresEventStore(config.url)
 
 
 __all__ = ["open_store"]
