@@ -1,44 +1,112 @@
-"""Code from an answer: which fenced block, and why."""
+"""Code from a model's answer: which part was taken, and why.
+
+Rules, in order:
+
+1. Reasoning a model returns inline (``<think>…</think>``) is dropped first: code it
+   drafted while thinking is not its answer.
+2. Fenced blocks (```` ``` ```` or ``~~~``, of at least three characters) tagged
+   ``python``, ``py``, ``python3``, ``py3`` or not tagged at all are candidates; blocks
+   tagged with another language (``bash``, ``text``, ``json``…) are not. A block the
+   answer never closes (the output was cut off) runs to the end of the text.
+3. Among the candidates, the last block that defines the entry point (a top-level
+   ``def``/``class``/assignment of that name) wins: ``fenced-entry-point``. Else the
+   last candidate: ``fenced-last``.
+4. Without any candidate block, the whole text when it parses as Python and is more
+   than a bare expression (so "Sorry." is not code): ``whole-text``.
+5. Else nothing: ``none``.
+"""
 
 from __future__ import annotations
 
 import ast
 import re
 from dataclasses import dataclass
+from typing import Any, Literal
 
-_FENCE = re.compile(r"^[ \t]*```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n(.*?)^[ \t]*```", re.S | re.M)
-_PY = {"", "python", "py", "python3", "py3"}
+__all__ = ["Extraction", "ExtractionMethod", "extract_code"]
+
+ExtractionMethod = Literal["fenced-entry-point", "fenced-last", "whole-text", "none"]
+
+_PYTHON_TAGS = {"", "python", "py", "python3", "py3", "pycon3"}
+_OPEN = re.compile(r"^(?P<indent>[ \t]{0,3})(?P<fence>`{3,}|~{3,})[ \t]*(?P<info>[^\n`]*)$")
+_THINK = re.compile(r"<think(?:ing)?>.*?(?:</think(?:ing)?>|\Z)", re.S | re.I)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Extraction:
-    """The code taken from an answer and how it was chosen."""
+    """The code taken from an answer (None when there is none), how, and out of how many blocks."""
 
-    code: str
-    method: str
-    """fenced-entry-point, fenced-last, whole-text or none."""
+    code: str | None
+    method: ExtractionMethod
     blocks: int
+    """Python (or untagged) fenced blocks in the answer."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"method": self.method, "blocks": self.blocks}
 
 
-def _parses(code: str) -> bool:
+def _blocks(text: str) -> list[str]:
+    """The bodies of the Python and untagged fenced blocks, in order."""
+    lines = text.splitlines()
+    out: list[str] = []
+    i = 0
+    while i < len(lines):
+        m = _OPEN.match(lines[i])
+        if not m:
+            i += 1
+            continue
+        fence = m.group("fence")
+        tag = m.group("info").strip().split(maxsplit=1)
+        lang = tag[0].lower().lstrip("{.").rstrip("}") if tag else ""
+        body: list[str] = []
+        i += 1
+        while i < len(lines):
+            stripped = lines[i].strip()
+            if stripped.startswith(fence[0] * len(fence)) and set(stripped) == {fence[0]}:
+                break
+            body.append(lines[i])
+            i += 1
+        i += 1  # past the closing fence (or the end)
+        if lang in _PYTHON_TAGS:
+            indent = len(m.group("indent"))
+            out.append("\n".join(ln[indent:] if ln[:indent].isspace() else ln for ln in body) + "\n")
+    return out
+
+
+def _defines(code: str, name: str) -> bool:
     try:
-        ast.parse(code)
+        tree = ast.parse(code)
+    except (SyntaxError, ValueError):
+        # A block that does not parse may still be the intended one: a textual test.
+        return re.search(rf"^(?:async\s+)?(?:def|class)\s+{re.escape(name)}\b", code, re.M) is not None
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef) and node.name == name:
+            return True
+        if isinstance(node, ast.Assign) and any(
+            isinstance(t, ast.Name) and t.id == name for t in node.targets
+        ):
+            return True
+    return False
+
+
+def _is_program(text: str) -> bool:
+    try:
+        tree = ast.parse(text)
     except (SyntaxError, ValueError):
         return False
-    return True
+    return any(not isinstance(node, ast.Expr) for node in tree.body)
 
 
 def extract_code(text: str, entry_point: str | None = None) -> Extraction:
-    """The block that defines ``entry_point``, else the last Python block, else the whole
-    text when it parses as Python, else nothing."""
-    blocks = [m.group(2) for m in _FENCE.finditer(text) if m.group(1).lower() in _PY]
+    """The code in ``text`` by the rules of this module's docstring."""
+    text = _THINK.sub("", text)
+    blocks = _blocks(text)
     if blocks:
         if entry_point:
-            pat = re.compile(rf"^\s*(async\s+)?def\s+{re.escape(entry_point)}\s*\(", re.M)
-            for b in reversed(blocks):
-                if pat.search(b):
-                    return Extraction(b, "fenced-entry-point", len(blocks))
+            for block in reversed(blocks):
+                if _defines(block, entry_point):
+                    return Extraction(block, "fenced-entry-point", len(blocks))
         return Extraction(blocks[-1], "fenced-last", len(blocks))
-    if text.strip() and _parses(text):
+    if text.strip() and _is_program(text):
         return Extraction(text, "whole-text", 0)
-    return Extraction("", "none", 0)
+    return Extraction(None, "none", 0)

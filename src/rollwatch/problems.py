@@ -1,240 +1,560 @@
 """Problem sets: folders of ``problem.toml`` problems, or HumanEval-format JSONL.
 
-Every problem has a content hash over everything that defines it (prompt, scorer
-settings, tests, cases, checker, reference), recorded with every rollout: a later
-change to a problem's tests shows in the archive.
+A folder problem (SPEC §5)::
+
+    id = "two-sum"                 # default: the folder's name
+    title = "Two sum"
+    released = 2026-01-15          # when the problem became public
+    prompt_file = "prompt.md"      # or prompt = \"\"\"...\"\"\"
+    tags = ["arrays"]              # optional
+    [scorer]
+    kind = "python-function"       # python-function | stdio | command
+    entry_point = "two_sum"        # python-function: the tests call check(entry_point)
+    tests = "tests.py"             # python-function: defines check(candidate)
+    timeout = "10s"                # per sample (stdio and command: per run of the program)
+    cases = "cases"                # stdio: NAME.in / NAME.out pairs (the default folder)
+    float_tolerance = 1e-6         # stdio: compare numbers token by token within this
+    command = ["python3", "check.py"]  # command: run with the solution's path appended
+    checker_timeout = "120s"       # command: the checker's whole budget
+    [reference]
+    solution = "solution.py"
+
+Unknown keys are errors naming the file and the key. Every problem has a
+``content_hash``: SHA-256 over a canonical listing of everything that defines it
+(its settings and every file of its folder), recorded with each rollout so a later
+change to its tests shows in the log.
+
+Prompts: each scorer kind has a default template asking for one fenced code block
+(HumanEval: the whole function); a problem set may override it with its own
+``prompt_template`` holding a ``{prompt}`` placeholder (``{entry_point}``,
+``{title}`` and ``{id}`` are filled in too).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import json
+import re
 import tomllib
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
-from rollwatch.config import ProblemSetConfig, parse_duration
 from rollwatch.errors import ProblemError
 
+__all__ = [
+    "DEFAULT_TEMPLATES",
+    "Case",
+    "Problem",
+    "ProblemSet",
+    "ScorerKind",
+    "describe_problems",
+    "load_folder_set",
+    "load_humaneval",
+    "load_problem",
+    "load_problem_set",
+]
+
 ScorerKind = Literal["python-function", "stdio", "command"]
+KINDS: tuple[str, ...] = ("python-function", "stdio", "command")
+
+_FENCE_ASK = "Answer with exactly one fenced ```python code block holding the complete solution."
 
 DEFAULT_TEMPLATES: dict[str, str] = {
     "python-function": (
-        "Complete the following Python function. Answer with the whole function, including its"
-        " signature and any imports it needs, in one ```python fenced code block.\n\n{prompt}"
+        "{prompt}\n\n"
+        "Write the Python function `{entry_point}` (with any imports and helpers it needs). "
+        + _FENCE_ASK
+    ),
+    "humaneval": (
+        "Complete the following Python function.\n\n```python\n{prompt}```\n\n"
+        "Answer with the whole function (its signature, the imports and any helper functions "
+        "it needs) in exactly one fenced ```python code block."
     ),
     "stdio": (
-        "{prompt}\n\nWrite a complete Python 3 program that reads the input from standard input and"
-        " writes the answer to standard output. Answer with one ```python fenced code block."
+        "{prompt}\n\n"
+        "Write a complete Python 3 program that reads the input from standard input and "
+        "writes the answer to standard output. " + _FENCE_ASK
     ),
-    "command": "{prompt}\n\nAnswer with one ```python fenced code block.",
+    "command": "{prompt}\n\nWrite a complete Python 3 program. " + _FENCE_ASK,
 }
-
-_TOP_KEYS = {"id", "title", "released", "prompt", "prompt_file", "scorer", "reference", "tags"}
-_SCORER_KEYS = {
-    "python-function": {"kind", "entry_point", "tests", "timeout"},
-    "stdio": {"kind", "timeout", "float_tolerance", "cases"},
-    "command": {"kind", "command", "timeout"},
-}
+_PLACEHOLDERS = ("prompt", "entry_point", "title", "id")
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Case:
-    """One stdio test case: input and expected output."""
+    """One stdio case: the bytes given on stdin and the expected stdout."""
 
     name: str
-    input: str
-    output: str
+    input: bytes
+    output: bytes
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Problem:
-    """One problem, loaded and self-contained (no file reads after loading)."""
+    """One problem, loaded, validated and self-contained (no file reads after loading)."""
 
     id: str
     title: str
     prompt: str
     scorer: ScorerKind
+    """python-function, stdio or command."""
     content_hash: str
     released: date | None = None
     entry_point: str | None = None
     tests: str = ""
-    """python-function: the test code defining ``check(candidate)``."""
+    """python-function: the source of the tests; it defines ``check(candidate)``."""
     cases: tuple[Case, ...] = ()
     float_tolerance: float | None = None
     command: tuple[str, ...] = ()
-    """command: the operator's checker argv; the solution path is appended."""
-    timeout: float = 10.0
+    """command: the checker's argv (its file resolved in the folder); the solution's path is appended."""
+    timeout: float | None = None
+    """Seconds per sample (stdio, command: per run of the program); None: the pool's default."""
+    checker_timeout: float | None = None
+    """command: the checker's whole budget; None: ten times the timeout."""
     reference_solution: str | None = None
     folder: Path | None = None
+    """The problem's folder (None for HumanEval problems)."""
+    prelude: str = ""
+    """Code run before the candidate's and before the tests (HumanEval: the prompt)."""
+    source: Literal["folder", "humaneval"] = "folder"
     tags: tuple[str, ...] = ()
 
+    def scorer_settings(self) -> dict[str, Any]:
+        """The scalar scorer settings as JSON (part of the content hash)."""
+        out: dict[str, Any] = {"kind": self.scorer}
+        for key in ("entry_point", "timeout", "float_tolerance", "checker_timeout"):
+            value = getattr(self, key)
+            if value is not None:
+                out[key] = value
+        if self.command:
+            # Files of the folder by their relative name: the hash must not depend on
+            # where the problem set is installed.
+            root = self.folder.resolve() if self.folder else None
+            out["command"] = [
+                Path(a).relative_to(root).as_posix() if root and Path(a).is_relative_to(root) else a
+                for a in self.command
+            ]
+        return out
 
-@dataclass
+
+class _SetConfig(Protocol):
+    name: str
+    path: str
+    format: str
+    prompt_template: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class ProblemSet:
-    """Problems by id, with the prompt template of their set."""
+    """A named, ordered set of problems and the prompt template they are asked with."""
 
     name: str
-    problems: list[Problem] = field(default_factory=list)
-    template: str | None = None
+    path: Path
+    format: Literal["folder", "humaneval"]
+    problems: list[Problem]
+    prompt_template: str | None = None
+    _by_id: dict[str, Problem] = field(default_factory=dict, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        for p in self.problems:
+            self._by_id[p.id] = p
 
     def get(self, problem_id: str) -> Problem:
-        """The problem ``problem_id`` (KeyError when the set has none)."""
-        for p in self.problems:
-            if p.id == problem_id:
-                return p
-        raise KeyError(problem_id)
+        """The problem ``problem_id``; KeyError when the set has none."""
+        return self._by_id[problem_id]
+
+    def __len__(self) -> int:
+        return len(self.problems)
 
     def prompt(self, problem: Problem) -> str:
-        """The text sent to the model."""
-        template = self.template or DEFAULT_TEMPLATES[problem.scorer]
-        return template.replace("{prompt}", problem.prompt)
+        """The text sent to a model for ``problem``."""
+        template = self.prompt_template
+        if template is None:
+            template = DEFAULT_TEMPLATES["humaneval" if problem.source == "humaneval" else problem.scorer]
+        values = {
+            "prompt": problem.prompt,
+            "entry_point": problem.entry_point or "",
+            "title": problem.title,
+            "id": problem.id,
+        }
+        # Literal replacement, not str.format: prompts and templates are full of braces.
+        return re.sub(r"\{(prompt|entry_point|title|id)\}", lambda m: values[m.group(1)], template)
 
 
-def _hash(parts: dict[str, Any]) -> str:
-    blob = json.dumps(parts, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-    return "sha256:" + hashlib.sha256(blob).hexdigest()
+# -- loading -----------------------------------------------------------------------------------
 
 
-def _read(folder: Path, rel: str, where: str) -> str:
-    p = (folder / rel).resolve()
-    if folder.resolve() not in p.parents and p != folder.resolve():
-        raise ProblemError(f"{where}: {rel!r} points outside the problem folder")
-    try:
-        return p.read_text(encoding="utf-8")
-    except OSError as e:
-        raise ProblemError(f"{where}: cannot read {rel!r}: {e.strerror or e}") from None
+def load_problem_set(config: _SetConfig) -> ProblemSet:
+    """The problem set a ``[[problem_sets]]`` entry describes; ProblemError naming what is wrong."""
+    template = config.prompt_template
+    if template is not None and "{prompt}" not in template:
+        raise ProblemError(
+            f"problem set {config.name!r}: prompt_template has no {{prompt}} placeholder; "
+            "add one where the problem's text goes"
+        )
+    path = Path(config.path)
+    if config.format == "humaneval":
+        return load_humaneval(path, name=config.name, prompt_template=template)
+    if config.format != "folder":
+        raise ProblemError(f"problem set {config.name!r}: format {config.format!r} is not one of folder, humaneval")
+    return load_folder_set(path, name=config.name, prompt_template=template)
 
 
-def load_problem(folder: Path) -> Problem:
-    """One problem from its folder; ProblemError naming the file and key on any mistake."""
-    toml_path = folder / "problem.toml"
-    where = str(toml_path)
-    try:
-        data = tomllib.loads(toml_path.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise ProblemError(f"{where}: cannot read: {e.strerror or e}") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ProblemError(f"{where}: not valid TOML: {e}") from None
-    unknown = set(data) - _TOP_KEYS
-    if unknown:
-        raise ProblemError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}; allowed: {', '.join(sorted(_TOP_KEYS))}")
-    pid = str(data.get("id") or folder.name)
-    if "prompt" in data and "prompt_file" in data:
-        raise ProblemError(f"{where}: set only one of prompt and prompt_file")
-    if "prompt_file" in data:
-        prompt = _read(folder, str(data["prompt_file"]), f"{where}: prompt_file")
-    elif "prompt" in data:
-        prompt = str(data["prompt"])
+def load_folder_set(path: Path, *, name: str | None = None, prompt_template: str | None = None) -> ProblemSet:
+    """Every problem folder under ``path`` (or ``path`` itself when it holds a problem.toml)."""
+    if not path.is_dir():
+        raise ProblemError(f"{path}: no such folder of problems (problem_sets.path)")
+    if (path / "problem.toml").is_file():
+        folders = [path]
     else:
-        raise ProblemError(f"{where}: prompt or prompt_file is required")
-    scorer = data.get("scorer")
-    if not isinstance(scorer, dict):
-        raise ProblemError(f"{where}: [scorer] table is required")
-    kind = scorer.get("kind")
-    if kind not in _SCORER_KEYS:
-        raise ProblemError(f"{where}: scorer.kind: {kind!r} is not one of python-function, stdio, command")
-    unknown = set(scorer) - _SCORER_KEYS[kind]
-    if unknown:
-        raise ProblemError(f"{where}: scorer: unknown key(s) {', '.join(sorted(unknown))} for kind {kind}")
-    try:
-        timeout = parse_duration(scorer.get("timeout", "10s"))
-    except ValueError as e:
-        raise ProblemError(f"{where}: scorer.timeout: {e}") from None
-    released = data.get("released")
-    if released is not None and not isinstance(released, date):
-        raise ProblemError(f"{where}: released: use a TOML date such as 2026-01-15")
-    reference = data.get("reference") or {}
-    if set(reference) - {"solution"}:
-        raise ProblemError(f"{where}: reference: only 'solution' is allowed")
-    ref = _read(folder, reference["solution"], f"{where}: reference.solution") if "solution" in reference else None
-
-    parts: dict[str, Any] = {"id": pid, "prompt": prompt, "scorer": {k: v for k, v in scorer.items() if k != "tests"}}
-    fields: dict[str, Any] = {}
-    if kind == "python-function":
-        if "entry_point" not in scorer or "tests" not in scorer:
-            raise ProblemError(f"{where}: scorer: python-function needs entry_point and tests")
-        fields["entry_point"] = str(scorer["entry_point"])
-        fields["tests"] = _read(folder, str(scorer["tests"]), f"{where}: scorer.tests")
-        parts["tests"] = fields["tests"]
-    elif kind == "stdio":
-        cases_dir = folder / str(scorer.get("cases", "cases"))
-        ins = sorted(cases_dir.glob("*.in"))
-        if not ins:
-            raise ProblemError(f"{where}: stdio needs cases: no *.in files in {cases_dir}")
-        cases = []
-        for f in ins:
-            out = f.with_suffix(".out")
-            if not out.exists():
-                raise ProblemError(f"{where}: case {f.name} has no {out.name}")
-            cases.append(Case(f.stem, f.read_text(), out.read_text()))
-        fields["cases"] = tuple(cases)
-        tol = scorer.get("float_tolerance")
-        fields["float_tolerance"] = float(tol) if tol is not None else None
-        parts["cases"] = [[c.name, c.input, c.output] for c in cases]
-    else:
-        cmd = scorer.get("command")
-        if not (isinstance(cmd, list) and cmd and all(isinstance(c, str) for c in cmd)):
-            raise ProblemError(f"{where}: scorer.command: a list of strings, e.g. [\"python3\", \"check.py\"]")
-        resolved = tuple(str((folder / c).resolve()) if (folder / c).exists() else c for c in cmd)
-        fields["command"] = resolved
-        parts["checker"] = [(folder / c).read_text() if (folder / c).is_file() else c for c in cmd]
-    parts["reference"] = ref
-    return Problem(
-        id=pid, title=str(data.get("title", pid)), prompt=prompt, scorer=kind, content_hash=_hash(parts),
-        released=released, timeout=timeout, reference_solution=ref, folder=folder,
-        tags=tuple(data.get("tags", ())), **fields,
+        folders = []
+        for child in sorted(path.iterdir()):
+            if not child.is_dir() or child.name.startswith((".", "_")):
+                continue
+            if not (child / "problem.toml").is_file():
+                raise ProblemError(f"{child}: a folder of a problem set without a problem.toml")
+            folders.append(child)
+    problems = [load_problem(f) for f in folders]
+    _no_duplicates(problems, path)
+    return ProblemSet(
+        name=name or path.name,
+        path=path,
+        format="folder",
+        problems=problems,
+        prompt_template=prompt_template,
     )
 
 
-def load_humaneval(path: Path) -> list[Problem]:
-    """HumanEval-format JSONL (``.jsonl`` or ``.jsonl.gz``): task_id, prompt, entry_point, test, canonical_solution."""
+def _no_duplicates(problems: Iterable[Problem], where: Path) -> None:
+    seen: dict[str, Problem] = {}
+    for p in problems:
+        if p.id in seen:
+            raise ProblemError(f"{where}: problem id {p.id!r} is used twice ({seen[p.id].root} and {p.root})")
+        seen[p.id] = p
+
+
+_TOP_KEYS = {"id", "title", "released", "prompt_file", "prompt", "tags", "scorer", "reference"}
+_SCORER_KEYS = {"kind", "entry_point", "tests", "timeout", "cases", "float_tolerance", "command", "checker_timeout"}
+_KIND_KEYS: dict[str, set[str]] = {
+    "python-function": {"kind", "entry_point", "tests", "timeout"},
+    "stdio": {"kind", "timeout", "cases", "float_tolerance"},
+    "command": {"kind", "timeout", "command", "checker_timeout"},
+}
+_REFERENCE_KEYS = {"solution"}
+
+
+class _Reader:
+    """Typed access to one problem.toml with errors that name the file and the key."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.root = path.parent
+
+    def fail(self, key: str, message: str) -> ProblemError:
+        return ProblemError(f"{self.path}: {key}: {message}")
+
+    def unknown(self, table: Mapping[str, Any], allowed: set[str], prefix: str) -> None:
+        for key in table:
+            if key not in allowed:
+                raise self.fail(
+                    prefix + key, f"unknown key; allowed here: {', '.join(sorted(allowed))}"
+                )
+
+    def string(self, table: Mapping[str, Any], key: str, prefix: str = "", *, required: bool = False) -> str | None:
+        value = table.get(key)
+        if value is None:
+            if required:
+                raise self.fail(prefix + key, "is required")
+            return None
+        if not isinstance(value, str) or not value.strip():
+            raise self.fail(prefix + key, f"expected a non-empty string, got {value!r}")
+        return value
+
+    def file(self, table: Mapping[str, Any], key: str, prefix: str = "", *, required: bool = False) -> Path | None:
+        name = self.string(table, key, prefix, required=required)
+        if name is None:
+            return None
+        p = (self.root / name).resolve()
+        if not p.is_relative_to(self.root.resolve()):
+            raise self.fail(prefix + key, f"{name!r} is outside the problem's folder")
+        if not p.is_file():
+            raise self.fail(prefix + key, f"{name!r}: no such file in {self.root}")
+        return p
+
+    def text(self, p: Path, key: str) -> str:
+        try:
+            return p.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise self.fail(key, f"{p.name} is not UTF-8 text ({e})") from None
+
+    def duration(self, table: Mapping[str, Any], key: str, prefix: str) -> float | None:
+        from rollwatch.config import parse_duration
+
+        value = table.get(key)
+        if value is None:
+            return None
+        try:
+            seconds = parse_duration(value)
+        except ValueError as e:
+            raise self.fail(prefix + key, str(e)) from None
+        if seconds <= 0:
+            raise self.fail(prefix + key, "must be more than zero")
+        return seconds
+
+
+def load_problem(folder: Path) -> Problem:
+    """The problem in ``folder`` (which holds a problem.toml)."""
+    path = folder / "problem.toml"
+    r = _Reader(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as e:
+        raise ProblemError(f"{path}: cannot read: {e}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ProblemError(f"{path}: not valid TOML: {e}") from None
+    r.unknown(data, _TOP_KEYS, "")
+
+    pid = r.string(data, "id") or folder.name
+    if not _ID.match(pid):
+        raise r.fail("id", f"{pid!r}: use letters, digits and . _ - / (at most 128)")
+    title = r.string(data, "title") or pid
+    released = data.get("released")
+    if isinstance(released, str):
+        try:
+            released = date.fromisoformat(released)
+        except ValueError:
+            raise r.fail("released", f"{released!r} is not a date (YYYY-MM-DD)") from None
+    if released is not None and (not isinstance(released, date) or hasattr(released, "hour")):
+        raise r.fail("released", f"expected a date such as 2026-01-15, got {released!r}")
+    tags = data.get("tags", [])
+    if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+        raise r.fail("tags", "expected a list of strings")
+
+    if "prompt" in data and "prompt_file" in data:
+        raise r.fail("prompt", "give prompt or prompt_file, not both")
+    prompt_path = r.file(data, "prompt_file")
+    if prompt_path is not None:
+        prompt = r.text(prompt_path, "prompt_file")
+    else:
+        prompt = r.string(data, "prompt")
+        if prompt is None:
+            raise r.fail("prompt", "is required (or prompt_file)")
+
+    scorer = data.get("scorer")
+    if not isinstance(scorer, dict):
+        raise r.fail("scorer", "a [scorer] table is required")
+    r.unknown(scorer, _SCORER_KEYS, "scorer.")
+    kind = scorer.get("kind")
+    if kind not in KINDS:
+        raise r.fail("scorer.kind", f"{kind!r} is not one of {', '.join(KINDS)}")
+    for key in scorer:
+        if key not in _KIND_KEYS[kind]:
+            raise r.fail(f"scorer.{key}", f"does not apply to kind {kind!r}")
+    fields: dict[str, Any] = {"timeout": r.duration(scorer, "timeout", "scorer.")}
+    if kind == "python-function":
+        entry = r.string(scorer, "entry_point", "scorer.", required=True)
+        assert entry is not None
+        if not _IDENT.match(entry):
+            raise r.fail("scorer.entry_point", f"{entry!r} is not a Python identifier")
+        tests_path = r.file(scorer, "tests", "scorer.", required=True)
+        assert tests_path is not None
+        tests = r.text(tests_path, "scorer.tests")
+        try:
+            compile(tests, str(tests_path), "exec", dont_inherit=True)
+        except SyntaxError as e:
+            raise r.fail("scorer.tests", f"{tests_path.name} does not compile: {e}") from None
+        if not re.search(r"^def check\(", tests, re.M):
+            raise r.fail("scorer.tests", f"{tests_path.name} defines no check(candidate) function")
+        fields.update(entry_point=entry, tests=tests)
+    elif kind == "stdio":
+        tol = scorer.get("float_tolerance")
+        if tol is not None and (isinstance(tol, bool) or not isinstance(tol, int | float) or not tol >= 0):
+            raise r.fail("scorer.float_tolerance", f"expected a number >= 0, got {tol!r}")
+        fields.update(
+            cases=_read_cases(r, r.string(scorer, "cases", "scorer.") or "cases"),
+            float_tolerance=float(tol) if tol is not None else None,
+        )
+    else:
+        command = scorer.get("command")
+        if (
+            not isinstance(command, list)
+            or not command
+            or not all(isinstance(a, str) and a for a in command)
+        ):
+            raise r.fail("scorer.command", 'expected a list of strings such as ["python3", "check.py"]')
+        # Every argument naming a file of the folder is resolved to it, so the checker
+        # can be given as "check.py" whatever the working folder.
+        resolved = []
+        for i, arg in enumerate(command):
+            f = folder / arg
+            if "/" in arg and i == 0 and not f.is_file():
+                raise r.fail("scorer.command", f"{arg!r}: no such file in {folder}")
+            resolved.append(str(f.resolve()) if f.is_file() else arg)
+        fields.update(command=tuple(resolved), checker_timeout=r.duration(scorer, "checker_timeout", "scorer."))
+
+    reference = data.get("reference", {})
+    if not isinstance(reference, dict):
+        raise r.fail("reference", "expected a [reference] table")
+    r.unknown(reference, _REFERENCE_KEYS, "reference.")
+    ref_path = r.file(reference, "solution", "reference.")
+    solution = r.text(ref_path, "reference.solution") if ref_path is not None else None
+
+    problem = Problem(
+        id=pid,
+        title=title,
+        prompt=prompt,
+        scorer=kind,
+        content_hash="",
+        released=released,
+        reference_solution=solution,
+        folder=folder,
+        source="folder",
+        tags=tuple(tags),
+        **fields,
+    )
+    settings = {
+        "id": pid,
+        "title": title,
+        "released": released.isoformat() if released else None,
+        "prompt": prompt,
+        "tags": tags,
+        "scorer": problem.scorer_settings(),
+        "reference": solution is not None,
+    }
+    return dataclasses.replace(problem, content_hash=_folder_hash(folder, settings))
+
+
+def _read_cases(r: _Reader, name: str) -> tuple[Case, ...]:
+    folder = (r.root / name).resolve()
+    if not folder.is_relative_to(r.root.resolve()) or not folder.is_dir():
+        raise r.fail("scorer.cases", f"{name!r}: no such folder in {r.root} (it holds NAME.in and NAME.out)")
+    cases = []
+    for inp in sorted(folder.glob("*.in")):
+        out = inp.with_suffix(".out")
+        if not out.is_file():
+            raise r.fail("scorer.cases", f"{inp.name} has no {out.name} beside it")
+        cases.append(Case(name=inp.stem, input=inp.read_bytes(), output=out.read_bytes()))
+    for out in folder.glob("*.out"):
+        if not out.with_suffix(".in").is_file():
+            raise r.fail("scorer.cases", f"{out.name} has no {out.stem}.in beside it")
+    if not cases:
+        raise r.fail("scorer.cases", f"{folder} holds no NAME.in / NAME.out pairs")
+    return tuple(cases)
+
+
+def _hashed_files(folder: Path) -> Iterable[Path]:
+    for p in sorted(folder.rglob("*")):
+        rel = p.relative_to(folder)
+        if any(part.startswith(".") or part == "__pycache__" for part in rel.parts):
+            continue
+        if p.is_file() and p.suffix != ".pyc" and rel != Path("problem.toml"):
+            yield p
+
+
+def _folder_hash(folder: Path, settings: dict[str, Any]) -> str:
+    """SHA-256 over the parsed settings and (path, SHA-256) of every file of the folder."""
+    files = [
+        [p.relative_to(folder).as_posix(), hashlib.sha256(p.read_bytes()).hexdigest()]
+        for p in _hashed_files(folder)
+    ]
+    listing = {"format": "rollwatch-problem/1", "settings": settings, "files": files}
+    return "sha256:" + hashlib.sha256(_canonical(listing)).hexdigest()
+
+
+def _canonical(obj: Any) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+# -- HumanEval ---------------------------------------------------------------------------------
+
+_HUMANEVAL_KEYS = ("task_id", "prompt", "canonical_solution", "test", "entry_point")
+
+
+def load_humaneval(path: Path, *, name: str | None = None, prompt_template: str | None = None) -> ProblemSet:
+    """A HumanEval-format JSONL file (``.jsonl`` or ``.jsonl.gz``): one problem per line."""
+    if not path.is_file():
+        raise ProblemError(f"{path}: no such HumanEval file (problem_sets.path)")
     opener = gzip.open if path.suffix == ".gz" else open
-    out = []
+    problems = []
     try:
         with opener(path, "rt", encoding="utf-8") as f:
-            for n, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    d = json.loads(line)
-                    pid = str(d["task_id"]).replace("/", "-")
-                    tests = d["test"]
-                    ref = d["prompt"] + d["canonical_solution"]
-                    out.append(Problem(
-                        id=pid, title=str(d["task_id"]), prompt=d["prompt"], scorer="python-function",
-                        entry_point=d["entry_point"], tests=tests, reference_solution=ref, timeout=10.0,
-                        content_hash=_hash({"prompt": d["prompt"], "test": tests, "entry_point": d["entry_point"], "reference": ref}),
-                    ))
-                except (KeyError, TypeError, json.JSONDecodeError) as e:
-                    raise ProblemError(f"{path}:{n}: not a HumanEval record ({e})") from None
-    except OSError as e:
-        raise ProblemError(f"{path}: cannot read: {e.strerror or e}") from None
-    return out
-
-
-def load_problem_set(cfg: ProblemSetConfig) -> ProblemSet:
-    """The problem set ``cfg`` describes; ProblemError naming every broken problem."""
-    path = Path(cfg.path)
-    if cfg.format == "humaneval":
-        return ProblemSet(cfg.name, load_humaneval(path), cfg.prompt_template)
-    if not path.is_dir():
-        raise ProblemError(f"problem set {cfg.name!r}: {path} is not a folder")
-    problems, errors = [], []
-    for folder in sorted(p for p in path.iterdir() if (p / "problem.toml").is_file()):
-        try:
-            problems.append(load_problem(folder))
-        except ProblemError as e:
-            errors.append(str(e))
-    if errors:
-        raise ProblemError(f"problem set {cfg.name!r}:\n  " + "\n  ".join(errors))
-    ids = [p.id for p in problems]
-    dups = {i for i in ids if ids.count(i) > 1}
-    if dups:
-        raise ProblemError(f"problem set {cfg.name!r}: duplicate problem id(s) {', '.join(sorted(dups))}")
+            for lineno, line in enumerate(f, 1):
+                if line.strip():
+                    problems.append(_humaneval_problem(path, lineno, line))
+    except (OSError, UnicodeDecodeError, EOFError) as e:
+        raise ProblemError(f"{path}: cannot read: {e}") from None
     if not problems:
-        raise ProblemError(f"problem set {cfg.name!r}: no problem.toml under {path}")
-    return ProblemSet(cfg.name, problems, cfg.prompt_template)
+        raise ProblemError(f"{path}: holds no problems")
+    _no_duplicates(problems, path)
+    return ProblemSet(
+        name=name or path.name.split(".")[0],
+        path=path,
+        format="humaneval",
+        problems=problems,
+        prompt_template=prompt_template,
+    )
+
+
+def _humaneval_problem(path: Path, lineno: int, line: str) -> Problem:
+    where = f"{path}:{lineno}"
+    try:
+        row = json.loads(line)
+    except ValueError as e:
+        raise ProblemError(f"{where}: not a JSON object: {e}") from None
+    if not isinstance(row, dict):
+        raise ProblemError(f"{where}: not a JSON object")
+    for key in _HUMANEVAL_KEYS:
+        if key not in row and key != "canonical_solution":
+            raise ProblemError(f"{where}: {key}: is required")
+        if key in row and not isinstance(row[key], str):
+            raise ProblemError(f"{where}: {key}: expected a string")
+    if not _IDENT.match(row["entry_point"]):
+        raise ProblemError(f"{where}: entry_point: {row['entry_point']!r} is not a Python identifier")
+    prompt, test, entry = row["prompt"], row["test"], row["entry_point"]
+    canonical = row.get("canonical_solution")
+    listing = {"format": "rollwatch-humaneval/1", **{k: row.get(k) for k in _HUMANEVAL_KEYS}}
+    return Problem(
+        # "/" is awkward in paths and URLs; the original id stays the title.
+        id=row["task_id"].replace("/", "-"),
+        title=row["task_id"],
+        prompt=prompt,
+        scorer="python-function",
+        content_hash="sha256:" + hashlib.sha256(_canonical(listing)).hexdigest(),
+        entry_point=entry,
+        tests=test,
+        reference_solution=prompt + canonical if canonical is not None else None,
+        prelude=prompt,
+        source="humaneval",
+    )
+
+
+# -- listing -----------------------------------------------------------------------------------
+
+
+def describe_problems(problem_set: ProblemSet) -> list[dict[str, Any]]:
+    """One JSON-ready row per problem, for ``rollwatch problems list``."""
+    rows = []
+    for p in problem_set.problems:
+        rows.append(
+            {
+                "problem_set": problem_set.name,
+                "id": p.id,
+                "title": p.title,
+                "released": p.released.isoformat() if p.released else None,
+                "scorer": p.scorer,
+                "entry_point": p.entry_point,
+                "cases": len(p.cases),
+                "timeout_s": p.timeout,
+                "reference": p.reference_solution is not None,
+                "tags": list(p.tags),
+                "content_hash": p.content_hash,
+            }
+        )
+    return rows

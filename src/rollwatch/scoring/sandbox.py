@@ -1,208 +1,446 @@
-"""Sandboxed execution: a pool of zygotes, one per worker slot, each in its own sandbox.
+"""Sandboxes: one resident zygote per worker slot, in bubblewrap, in unshare, or bare.
 
-Isolation levels, best first:
+Isolation levels, best first (``ScoringSettings.isolation = "auto"`` takes the first
+that starts):
 
-* ``bwrap``: bubblewrap with every namespace unshared (no network at all, not even the
-  host's loopback), a read-only ``/usr``, a private ``/tmp`` and ``/dev``, no ``/etc``
-  (so no ``/etc/shadow``), an empty environment, ``--die-with-parent``, and the
-  zygote as PID 1 of its PID namespace.
-* ``none``: no namespaces; rlimits and a process group per job only. Refused when
-  ``scoring.require_isolation`` is set.
+``bwrap``
+    bubblewrap: new PID, network, IPC, UTS (and cgroup) namespaces; a root file system
+    of read-only binds of only what Python needs (``/usr``, ``/lib*``, the
+    interpreter's prefix, ``ld.so.cache``), so ``/etc/shadow``, ``/root``, ``/home``,
+    the event log and the credentials do not exist in there; fresh ``/proc`` and
+    ``/dev``; size-capped private tmpfs on ``/tmp``, ``/var/tmp`` and ``/dev/shm``;
+    ``--die-with-parent``. As root, the zygote keeps only the capabilities it needs to
+    drop each sample to its slot's uid.
+``unshare``
+    util-linux ``unshare`` makes the same namespaces and the zygote builds the same
+    file system itself (bind mounts, pivot_root), as root only. ``setpriv
+    --pdeathsig`` and ``--kill-child`` tie it to the daemon.
+``none``
+    No namespaces: rlimits, the slot's uid (as root) and a process-tree kill. Refused
+    when ``require_isolation`` is set.
 
-Either way each slot's zygote runs as a uid of its own (60000 + slot) when we are root:
-as root RLIMIT_NPROC is not enforced and files readable by root would be readable.
-Limits (CPU, address space, file size, open files, processes) and the wall-clock
-timeout apply to every job's child; the timeout is enforced from outside the job
-(by the zygote, and around the zygote by us), never by the job's own signals.
+Why the slot's own uid (60000 + slot): as root, RLIMIT_NPROC is not enforced, and a
+root process could read whatever the sandbox shows; a uid of its own per slot also
+keeps one slot's fork bomb from starving another. Without root, bubblewrap maps the
+daemon's uid into a user namespace instead, and RLIMIT_NPROC counts per namespace.
+
+Everything else (limits, timeouts, killing, the verdict channel) happens in the
+zygote: see ``_zygote.py``.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import secrets
 import shutil
+import signal
 import struct
 import sys
-from dataclasses import dataclass
+import tempfile
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, ClassVar
 
 import anyio
 from anyio.abc import Process
+from anyio.streams.buffered import BufferedByteReceiveStream
 
-from rollwatch.errors import IsolationUnavailable, SandboxError
+from rollwatch.errors import SandboxError
 from rollwatch.log import get_logger
+from rollwatch.scoring.base import SampleRequest, SampleResult, Sandbox, ScoringSettings
 
 log = get_logger(__name__)
 
-ZYGOTE_SOURCE = (Path(__file__).with_name("zygote.py")).read_text()
-_BASE_UID = 60000
+ZYGOTE = Path(__file__).with_name("_zygote.py")
+ONESHOT = Path(__file__).with_name("_oneshot.py")
+_ZYGOTE_IN_SANDBOX = "/opt/rollwatch/zygote.py"
+_BACKSTOP_S = 10.0
+"""Beyond a sample's own timeout, how long the host waits for the zygote's answer."""
+
+# The environment of everything in the sandbox: nothing of the daemon's.
+SANDBOX_ENV = {
+    "PATH": "/usr/local/bin:/usr/bin:/bin",
+    "HOME": "/tmp",
+    "TMPDIR": "/tmp",
+    "LANG": "C.UTF-8",
+    "LC_ALL": "C.UTF-8",
+    "PYTHONDONTWRITEBYTECODE": "1",
+}
+# What the zygote needs (as root, in bwrap) to set each sample's uid, give it a new
+# IPC namespace, kill what it leaves behind and wipe its files; the samples have none.
+_ZYGOTE_CAPS = (
+    "CAP_SETUID",
+    "CAP_SETGID",
+    "CAP_KILL",
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FOWNER",
+    "CAP_SYS_ADMIN",
+)
 
 
-@dataclass(frozen=True)
-class Limits:
-    """Per-job limits."""
-
-    timeout: float = 10.0
-    cpu_s: int = 10
-    memory_bytes: int = 1024 * 1024 * 1024
-    out_cap: int = 1 << 20
-    nproc: int = 32
+def privileged() -> bool:
+    """Whether we run as root (samples then get a uid of their own)."""
+    return os.geteuid() == 0
 
 
-def _sandbox_python() -> str:
-    """An interpreter readable by an unprivileged uid (pyenv under /root is not)."""
-    for cand in ("/usr/bin/python3", "/usr/local/bin/python3"):
-        if os.access(cand, os.X_OK):
-            return cand
-    return sys.executable
+def sandbox_python() -> str:
+    """The interpreter the daemon itself runs on (not the venv's launcher): same version, same stdlib."""
+    return os.path.realpath(getattr(sys, "_base_executable", None) or sys.executable)
 
 
-def detect_isolation() -> str:
-    """The best isolation this machine offers: bwrap or none."""
-    if shutil.which("bwrap") is None:
-        return "none"
-    return "bwrap"
+def fs_plan(settings: ScoringSettings) -> list[list[Any]]:
+    """The sandbox's file system, as steps both bwrap and the zygote's own setup follow."""
+    plan: list[list[Any]] = [["ro-bind", "/usr", "/usr"]]
+    for top in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
+        if os.path.islink(top):
+            plan.append(["symlink", os.readlink(top), top])
+        elif os.path.isdir(top):
+            plan.append(["ro-bind", top, top])
+    for f in ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/localtime"):
+        if os.path.exists(f):
+            plan.append(["ro-bind", f, f])
+    bound = ("/usr/", "/bin/", "/sbin/", "/lib/", "/lib64/")
+    for path in {os.path.realpath(sys.base_prefix), os.path.dirname(os.path.dirname(sandbox_python()))}:
+        if not (path + "/").startswith(bound):
+            plan.append(["ro-bind", path, path])
+    size = settings.tmp_size_mb * 1024 * 1024
+    plan += [
+        ["proc", "/proc"],
+        ["dev", "/dev"],
+        ["tmpfs", "/tmp", size],
+        ["tmpfs", "/var/tmp", size],
+        ["tmpfs", "/dev/shm", size],
+    ]
+    # Dedupe while keeping order (base_prefix and the executable's prefix are often one).
+    seen: set[str] = set()
+    out = []
+    for step in plan:
+        key = json.dumps(step)
+        if key not in seen:
+            seen.add(key)
+            out.append(step)
+    return out
 
 
-class Zygote:
-    """One sandboxed interpreter serving jobs one at a time."""
+def _frame(obj: dict[str, Any]) -> bytes:
+    body = json.dumps(obj, separators=(",", ":")).encode()
+    return struct.pack(">I", len(body)) + body
 
-    def __init__(self, slot: int, isolation: str) -> None:
+
+class ZygoteSandbox(Sandbox):
+    """A zygote serving one slot; subclasses say how it is isolated."""
+
+    isolation: ClassVar[str] = ""
+
+    def __init__(self, settings: ScoringSettings, slot: int) -> None:
+        self.settings = settings
         self.slot = slot
-        self.isolation = isolation
-        self.proc: Process | None = None
-        self.lock = anyio.Lock()
-        self.uid = _BASE_UID + slot if os.geteuid() == 0 else None
-        self.python = _sandbox_python()
+        self.uid = settings.uid_base + slot if privileged() else None
+        self.hello: dict[str, Any] = {}
+        self.restarts = 0
+        self._proc: Process | None = None
+        self._rx: BufferedByteReceiveStream | None = None
+        self._errors: IO[bytes] | None = None
+        self._lock = anyio.Lock()
+        self._host_dir: str | None = None
 
-    def _argv(self) -> list[str]:
-        py = [self.python, "-I", "-S", "-c", ZYGOTE_SOURCE]
-        if self.isolation == "none":
-            return py
-        args = [
-            "bwrap", "--unshare-all", "--die-with-parent", "--as-pid-1", "--new-session",
-            "--ro-bind", "/usr", "/usr",
-            "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp",
-            "--clearenv", "--setenv", "RW_WORK", "/tmp/job", "--setenv", "PATH", "/usr/bin:/bin",
-            "--chdir", "/tmp", "--hostname", "sandbox",
-        ]
-        for link, target in (("/bin", "usr/bin"), ("/lib", "usr/lib"), ("/lib64", "usr/lib64"), ("/sbin", "usr/sbin")):
-            if os.path.islink(link):
-                args += ["--symlink", target, link]
-            elif os.path.isdir(link):
-                args += ["--ro-bind", link, link]
-        return [*args, *py]
+    # -- what subclasses define -----------------------------------------------------------
+
+    def launcher(self, zygote: str, config: dict[str, Any]) -> list[str]:
+        """argv that starts ``zygote`` with ``config`` inside this kind of sandbox."""
+        raise NotImplementedError
+
+    def zygote_config(self, *, oneshot: bool = False) -> dict[str, Any]:
+        """What the zygote is told at start (see ``_zygote.py``)."""
+        return {
+            "uid": self.uid,
+            "gid": self.uid,
+            "ipc_unshare": privileged(),
+            "kill": "namespace",
+            "workdir": "/tmp/work",
+            "wipe": ["/tmp", "/var/tmp", "/dev/shm"],
+            "env": SANDBOX_ENV,
+            "preload": not oneshot,
+            "setup": None,
+        }
+
+    # -- the Sandbox interface ------------------------------------------------------------
+
+    def argv(self, *, oneshot: bool = False) -> list[str]:
+        return self.launcher(str(ZYGOTE), self.zygote_config(oneshot=oneshot))
+
+    def oneshot_argv(self) -> list[str]:
+        return self.argv(oneshot=True)
+
+    @property
+    def pid(self) -> int | None:
+        """The host pid of the sandbox's outermost process, while it runs."""
+        return self._proc.pid if self._proc is not None else None
 
     async def start(self) -> None:
-        env = {"RW_WORK": f"/tmp/rw-job-{self.slot}", "PATH": "/usr/bin:/bin"}
-        if self.uid is not None and self.isolation == "none":
-            env["RW_OWN_UID"] = "1"
-        kw: dict[str, Any] = {}
-        if self.uid is not None:
-            kw.update(user=self.uid, group=self.uid, extra_groups=[])
-        self.proc = await anyio.open_process(self._argv(), env=env, cwd="/tmp", start_new_session=True, **kw)
-        hello = await self._recv(10.0)
-        if not hello.get("ready"):
-            raise SandboxError(f"the sandbox did not start: {hello}")
+        if self._proc is not None:
+            return
+        argv = self.argv()
+        self._errors = tempfile.TemporaryFile()  # noqa: SIM115 (closed in _kill)
+        try:
+            self._proc = await anyio.open_process(
+                argv,
+                stdin=-1,
+                stdout=-1,
+                stderr=self._errors,
+                env=dict(SANDBOX_ENV),
+                start_new_session=True,
+            )
+        except OSError as e:
+            raise SandboxError(f"{self.isolation} sandbox: cannot start {argv[0]}: {e}") from None
+        assert self._proc.stdout is not None
+        self._rx = BufferedByteReceiveStream(self._proc.stdout)
+        try:
+            with anyio.fail_after(self.settings.start_timeout):
+                self.hello = await self._recv()
+        except (TimeoutError, anyio.EndOfStream, anyio.IncompleteRead, anyio.BrokenResourceError) as e:
+            why = self._stderr_tail() or type(e).__name__
+            await self._kill()
+            raise SandboxError(f"the {self.isolation} sandbox did not start: {why}") from None
+        except BaseException:
+            await self._kill()
+            raise
+        log.debug("sandbox_started", isolation=self.isolation, slot=self.slot, pid=self._proc.pid, uid=self.uid)
 
-    async def _send(self, obj: dict[str, Any]) -> None:
-        assert self.proc is not None and self.proc.stdin is not None
-        data = json.dumps(obj).encode()
-        await self.proc.stdin.send(struct.pack(">I", len(data)) + data)
-
-    async def _recv(self, timeout: float) -> dict[str, Any]:
-        assert self.proc is not None and self.proc.stdout is not None
-        buf = b""
-        with anyio.fail_after(timeout):
-            need = 4
-            while len(buf) < need:
-                try:
-                    buf += await self.proc.stdout.receive(65536)
-                except (anyio.EndOfStream, anyio.BrokenResourceError):
-                    err = b""
-                    if self.proc.stderr is not None:
-                        with anyio.move_on_after(0.5):
-                            try:
-                                err = await self.proc.stderr.receive(4096)
-                            except (anyio.EndOfStream, anyio.BrokenResourceError):
-                                pass
-                    raise SandboxError(f"the sandbox exited: {err.decode(errors='replace')[-500:]}") from None
-                if need == 4 and len(buf) >= 4:
-                    need = 4 + struct.unpack(">I", buf[:4])[0]
-        return json.loads(buf[4:need])  # type: ignore[no-any-return]
-
-    async def run(self, program: str, stdin: str, limits: Limits) -> dict[str, Any]:
-        """Run ``program`` as ``__main__`` with ``stdin``; the zygote's reply."""
-        nonce = secrets.token_hex(16)
-        job = {
-            "program": program, "stdin": stdin, "timeout": limits.timeout, "cpu": limits.cpu_s,
-            "mem": limits.memory_bytes, "out_cap": limits.out_cap, "nproc": limits.nproc, "nonce": nonce,
-        }
-        async with self.lock:
+    async def run(self, request: SampleRequest) -> SampleResult:
+        async with self._lock:
+            wire = _frame(request.to_wire())
             for attempt in (1, 2):
+                await self.start()
+                assert self._proc is not None and self._proc.stdin is not None
                 try:
-                    if self.proc is None or self.proc.returncode is not None:
-                        await self.start()
-                    await self._send(job)
-                    # The zygote enforces the timeout; this outer bound catches a stuck zygote.
-                    return await self._recv(limits.timeout + 10.0)
-                except (SandboxError, TimeoutError, anyio.BrokenResourceError, OSError) as e:
-                    await self.stop()
+                    with anyio.fail_after(request.timeout + _BACKSTOP_S):
+                        await self._proc.stdin.send(wire)
+                        resp = await self._recv()
+                except (anyio.EndOfStream, anyio.IncompleteRead, anyio.BrokenResourceError, OSError):
+                    why = self._stderr_tail()
+                    await self._kill()
+                    self.restarts += 1
+                    log.warning("sandbox_lost", isolation=self.isolation, slot=self.slot, attempt=attempt, stderr=why)
                     if attempt == 2:
-                        raise SandboxError(f"sandbox slot {self.slot} failed twice: {e}") from e
-                    log.warning("sandbox_restart", slot=self.slot, error=str(e))
+                        return SampleResult(outcome="lost", stderr=why)
+                    continue
+                except TimeoutError:
+                    # The zygote itself did not answer in time: it is stuck, so it goes.
+                    await self._kill()
+                    self.restarts += 1
+                    log.warning("sandbox_unresponsive", isolation=self.isolation, slot=self.slot)
+                    return SampleResult(outcome="timeout", wall_ms=(request.timeout + _BACKSTOP_S) * 1000)
+                except BaseException:
+                    # Cancelled mid-sample: the zygote's state is unknown; start afresh next time.
+                    await self._kill()
+                    raise
+                if resp.get("outcome") == "error":
+                    await self._kill()
+                    raise SandboxError(
+                        f"the {self.isolation} sandbox failed to run a sample: {resp.get('error')}\n"
+                        f"{resp.get('traceback', '')}"
+                    )
+                return SampleResult.from_wire(resp)
         raise AssertionError("unreachable")
 
-    async def stop(self) -> None:
-        proc, self.proc = self.proc, None
-        if proc is None:
-            return
+    async def aclose(self) -> None:
         with anyio.CancelScope(shield=True):
-            try:
-                proc.kill()
-            except ProcessLookupError:
-                pass
-            with anyio.move_on_after(5):
-                await proc.wait()
-            await proc.aclose()
+            proc = self._proc
+            if proc is not None and proc.stdin is not None:
+                # EOF on its control pipe: the zygote kills what is left and exits.
+                try:
+                    await proc.stdin.aclose()
+                except (anyio.BrokenResourceError, OSError):
+                    pass
+                with anyio.move_on_after(5):
+                    await proc.wait()
+            await self._kill()
+            if self._host_dir is not None:
+                shutil.rmtree(self._host_dir, ignore_errors=True)
+                self._host_dir = None
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    async def _recv(self) -> dict[str, Any]:
+        assert self._rx is not None
+        (n,) = struct.unpack(">I", await self._rx.receive_exactly(4))
+        result: dict[str, Any] = json.loads(await self._rx.receive_exactly(n))
+        return result
+
+    def _stderr_tail(self) -> str:
+        if self._errors is None:
+            return ""
+        try:
+            self._errors.seek(0, os.SEEK_END)
+            size = self._errors.tell()
+            self._errors.seek(max(0, size - 4000))
+            return self._errors.read().decode("utf-8", "replace").strip()
+        except (OSError, ValueError):
+            return ""
+
+    async def _kill(self) -> None:
+        proc, self._proc, self._rx = self._proc, None, None
+        with anyio.CancelScope(shield=True):
+            if proc is not None:
+                if proc.returncode is None:
+                    try:
+                        # The whole session: bwrap, unshare or the bare zygote, and
+                        # (isolation "none") the samples that did not leave it.
+                        os.killpg(proc.pid, signal.SIGKILL)
+                    except (ProcessLookupError, PermissionError):
+                        pass
+                    try:
+                        proc.kill()
+                    except ProcessLookupError:
+                        pass
+                with anyio.move_on_after(5):
+                    await proc.wait()
+                await proc.aclose()
+            if self._errors is not None:
+                self._errors.close()
+                self._errors = None
 
 
-class SandboxPool:
-    """``workers`` zygotes; a job takes a free one."""
+class BwrapSandbox(ZygoteSandbox):
+    """The zygote in bubblewrap."""
 
-    def __init__(self, workers: int, *, require_isolation: bool = False, isolation: str | None = None) -> None:
-        self.isolation = isolation or detect_isolation()
-        if require_isolation and self.isolation == "none":
-            raise IsolationUnavailable(
-                "scoring.require_isolation is set but bubblewrap is not installed "
-                "(apt-get install -y bubblewrap); refusing to score"
-            )
-        self.workers = workers
-        self._zygotes = [Zygote(i, self.isolation) for i in range(workers)]
-        self._free: list[Zygote] = list(self._zygotes)
-        self._sem = anyio.Semaphore(workers)
+    isolation: ClassVar[str] = "bwrap"
 
-    async def __aenter__(self) -> SandboxPool:
-        if self.isolation == "bwrap":
-            # Fail early and clearly when bwrap cannot build its sandbox here (no user
-            # namespaces, a seccomp policy...): fall back, or refuse when required.
-            try:
-                await self._zygotes[0].start()
-            except (SandboxError, OSError) as e:
-                log.warning("sandbox_bwrap_unusable", error=str(e))
-                raise IsolationUnavailable(f"bubblewrap cannot create a sandbox here: {e}") from e
-        return self
+    @staticmethod
+    def available() -> bool:
+        return shutil.which("bwrap") is not None
 
-    async def __aexit__(self, *exc: object) -> None:
-        for z in self._zygotes:
-            await z.stop()
+    def launcher(self, zygote: str, config: dict[str, Any]) -> list[str]:
+        bwrap = shutil.which("bwrap") or "bwrap"
+        args = [
+            bwrap,
+            "--die-with-parent",
+            "--new-session",
+            "--unshare-pid",
+            "--unshare-net",
+            "--unshare-ipc",
+            "--unshare-uts",
+            "--unshare-cgroup-try",
+            "--hostname",
+            "sandbox",
+        ]
+        if privileged():
+            args += ["--cap-drop", "ALL"]
+            for cap in _ZYGOTE_CAPS:
+                args += ["--cap-add", cap]
+        else:
+            args += ["--unshare-user"]
+        for step in fs_plan(self.settings):
+            kind = step[0]
+            if kind == "ro-bind":
+                args += ["--ro-bind", step[1], step[2]]
+            elif kind == "symlink":
+                args += ["--symlink", step[1], step[2]]
+            elif kind == "proc":
+                args += ["--proc", step[1]]
+            elif kind == "dev":
+                args += ["--dev", step[1]]
+            elif kind == "tmpfs":
+                args += ["--size", str(step[2]), "--tmpfs", step[1]]
+        args += [
+            "--ro-bind",
+            zygote,
+            _ZYGOTE_IN_SANDBOX,
+            "--chdir",
+            "/tmp",
+            "--",
+            sandbox_python(),
+            "-I",
+            "-B",
+            _ZYGOTE_IN_SANDBOX,
+            json.dumps(config, separators=(",", ":")),
+        ]
+        return args
 
-    async def run(self, program: str, stdin: str, limits: Limits) -> dict[str, Any]:
-        async with self._sem:
-            z = self._free.pop()
-            try:
-                return await z.run(program, stdin, limits)
-            finally:
-                self._free.append(z)
+    def zygote_config(self, *, oneshot: bool = False) -> dict[str, Any]:
+        cfg = super().zygote_config(oneshot=oneshot)
+        # Without root, bwrap drops every capability: no per-sample IPC namespace.
+        cfg["ipc_unshare"] = privileged()
+        return cfg
+
+
+class UnshareSandbox(ZygoteSandbox):
+    """The zygote as PID 1 of namespaces made by ``unshare``; it builds its own root."""
+
+    isolation: ClassVar[str] = "unshare"
+
+    @staticmethod
+    def available() -> bool:
+        return privileged() and shutil.which("unshare") is not None
+
+    def launcher(self, zygote: str, config: dict[str, Any]) -> list[str]:
+        args: list[str] = []
+        setpriv = shutil.which("setpriv")
+        if setpriv is not None:
+            # unshare has no --die-with-parent: make it die with the daemon.
+            args += [setpriv, "--pdeathsig", "KILL", "--"]
+        args += [
+            shutil.which("unshare") or "unshare",
+            "--mount",
+            "--net",
+            "--pid",
+            "--ipc",
+            "--uts",
+            "--fork",
+            "--kill-child",
+            "--propagation",
+            "private",
+            "--",
+            sandbox_python(),
+            "-I",
+            "-B",
+            zygote,
+            json.dumps(config, separators=(",", ":")),
+        ]
+        return args
+
+    def zygote_config(self, *, oneshot: bool = False) -> dict[str, Any]:
+        cfg = super().zygote_config(oneshot=oneshot)
+        cfg["setup"] = fs_plan(self.settings)
+        return cfg
+
+
+class UnisolatedSandbox(ZygoteSandbox):
+    """The zygote without namespaces: limits, the slot's uid (as root), a tree kill."""
+
+    isolation: ClassVar[str] = "none"
+
+    @staticmethod
+    def available() -> bool:
+        return True
+
+    def launcher(self, zygote: str, config: dict[str, Any]) -> list[str]:
+        return [sandbox_python(), "-I", "-B", zygote, json.dumps(config, separators=(",", ":"))]
+
+    def zygote_config(self, *, oneshot: bool = False) -> dict[str, Any]:
+        cfg = super().zygote_config(oneshot=oneshot)
+        if self._host_dir is None:
+            self._host_dir = tempfile.mkdtemp(prefix=f"rollwatch-slot{self.slot}-")
+            os.chmod(self._host_dir, 0o711)
+        base = tempfile.mkdtemp(dir=self._host_dir) if oneshot else self._host_dir
+        os.chmod(base, 0o711)
+        cfg.update(
+            kill="tree" if self.uid is None else "uid", workdir=base + "/work", wipe=[base], ipc_unshare=False
+        )
+        return cfg
+
+
+SANDBOXES: dict[str, type[ZygoteSandbox]] = {
+    "bwrap": BwrapSandbox,
+    "unshare": UnshareSandbox,
+    "none": UnisolatedSandbox,
+}
+
+
+def isolation_candidates(settings: ScoringSettings) -> list[str]:
+    """The isolation levels to try, best first."""
+    if settings.isolation != "auto":
+        return [settings.isolation]
+    out = [name for name in ("bwrap", "unshare") if SANDBOXES[name].available()]  # type: ignore[attr-defined]
+    return [*out, "none"]

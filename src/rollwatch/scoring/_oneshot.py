@@ -1,0 +1,106 @@
+"""Run one program in a fresh sandbox: the helper a ``command`` checker calls.
+
+A checker is the operator's program and runs on the host; the candidate's program
+must not. So the checker gets ``$ROLLWATCH_RUN``, a small executable, and runs the
+candidate through it as if it were the program itself::
+
+    out = subprocess.run([os.environ["ROLLWATCH_RUN"], solution_path],
+                         input=data, capture_output=True).stdout
+
+stdin is given to the program, its stdout (capped) comes back on stdout, the tail
+of its stderr on stderr. Exit status: the program's own; 124 on timeout, 125 over
+the output limit, 128+N when killed by signal N, 126 when the sandbox could not
+run it. The timeout is ``$ROLLWATCH_TIMEOUT`` seconds (the problem's).
+
+Standard library only; started as ``python -I -B _oneshot.py SPEC SOLUTION`` where
+SPEC is a JSON file the scoring pool wrote: the sandbox's argv, environment and
+limits.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from _zygote import read_frame, write_frame  # noqa: E402
+
+MAX_STDIN = 64 * 1024 * 1024
+
+
+def main() -> int:
+    if len(sys.argv) != 3:
+        print("usage: $ROLLWATCH_RUN SOLUTION < input > output", file=sys.stderr)
+        return 126
+    with open(sys.argv[1], encoding="utf-8") as f:
+        spec = json.load(f)
+    try:
+        with open(sys.argv[2], encoding="utf-8") as f:
+            code = f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        print(f"rollwatch: cannot read the solution: {e}", file=sys.stderr)
+        return 126
+    data = sys.stdin.buffer.read(MAX_STDIN + 1)
+    if len(data) > MAX_STDIN:
+        print("rollwatch: more than 64 MiB of input", file=sys.stderr)
+        return 126
+    timeout = float(os.environ.get("ROLLWATCH_TIMEOUT") or spec["timeout"])
+    with tempfile.TemporaryFile() as errors:
+        # bwrap --die-with-parent / setpriv --pdeathsig: killing us kills the sandbox.
+        proc = subprocess.Popen(spec["argv"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errors, env=spec["env"])
+        assert proc.stdin is not None and proc.stdout is not None
+        try:
+            if read_frame(proc.stdout.fileno()) is None:
+                raise EOFError
+            write_frame(
+                proc.stdin.fileno(),
+                {
+                    "mode": "program",
+                    "code": code,
+                    "stdin": base64.b64encode(data).decode(),
+                    "timeout": timeout,
+                    "limits": spec["limits"],
+                    "output_limit": spec["output_limit"],
+                    "keep_stdout": True,
+                },
+            )
+            resp = read_frame(proc.stdout.fileno())
+            if resp is None:
+                raise EOFError
+        except (EOFError, OSError):
+            errors.seek(0)
+            print(f"rollwatch: the sandbox failed: {errors.read()[-2000:].decode(errors='replace')}", file=sys.stderr)
+            proc.kill()
+            proc.wait()
+            return 126
+        proc.stdin.close()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    if resp.get("outcome") == "error":
+        print(f"rollwatch: the sandbox failed: {resp.get('error')}", file=sys.stderr)
+        return 126
+    sys.stdout.buffer.write(base64.b64decode(resp.get("stdout") or ""))
+    sys.stdout.flush()
+    sys.stderr.write(resp.get("stderr") or "")
+    if resp["outcome"] == "timeout":
+        print("rollwatch: timeout", file=sys.stderr)
+        return 124
+    if resp["outcome"] == "output_limit":
+        print("rollwatch: output limit", file=sys.stderr)
+        return 125
+    if resp.get("signal") is not None:
+        print(f"rollwatch: killed by signal {resp['signal']}", file=sys.stderr)
+        return 128 + int(resp["signal"])
+    return int(resp.get("exit_code") or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,809 @@
+"""The sandbox's resident interpreter: it forks one child per sample.
+
+This file runs *inside* the sandbox, under the interpreter the daemon itself runs
+on, as a plain script (``python -I -B _zygote.py CONFIG``): it imports nothing but
+the standard library and nothing from rollwatch.
+
+Why a zygote: starting an interpreter costs ~86 ms, a fork of a warm one ~1 ms.
+The zygote starts once per worker slot, imports the modules solutions usually
+need, freezes its heap (``gc.freeze``) and then serves requests from the host, one
+at a time, each in a fresh child:
+
+* The child drops everything before it runs a byte of candidate code: a new IPC
+  namespace (when privileged), rlimits (address space, CPU, processes, file size,
+  open files, no core dumps), the slot's unprivileged uid/gid with no
+  supplementary groups, ``no_new_privs``, an empty environment and a parent-death
+  signal. The candidate can neither signal the zygote (another uid) nor see the
+  host (own PID, network, mount and IPC namespaces).
+* The deadline is enforced from here, outside the candidate: at the deadline, or
+  as soon as the child itself exits, the zygote kills *every* other process of the
+  sandbox (``kill(-1, SIGKILL)`` inside the PID namespace reaches all of them,
+  whatever session or process group they moved to) and reaps them; it is a child
+  subreaper, so orphans come back to it. A program that catches SIGALRM or
+  ``BaseException`` cannot outlive its deadline.
+* Output is read with byte caps; exceeding one kills the sample ("output limit"),
+  so 1 GB of prints costs no memory.
+* The verdict of a python-function sample is a line tagged with a fresh random
+  nonce, written by the harness on a private pipe only *after* ``check()``
+  returned. An ``os._exit(0)`` before the tests, an exit status, or anything the
+  candidate prints proves nothing. Return values cross into the tests only as
+  plain data (a ``marshal`` round trip), so an object whose ``__eq__`` always
+  says True never reaches an assertion. The tests run in their own namespace
+  over a copy of the builtins taken before the candidate ran. (The nonce lives in
+  the same address space as the candidate: this stops accidental and lazy reward
+  hacks, not a program written to dig through the harness's frames.)
+* Between samples the private ``/tmp``, ``/var/tmp`` and ``/dev/shm`` are wiped.
+
+Protocol: frames of a 4-byte big-endian length and a UTF-8 JSON object, requests
+on fd 0 and responses on fd 1. EOF on fd 0 means the host is gone: kill
+everything and exit. With ``--setup`` (the ``unshare`` backend) the zygote first
+builds the sandbox's file system itself, as bubblewrap would.
+"""
+
+from __future__ import annotations
+
+import base64
+import ctypes
+import errno
+import json
+import os
+import resource
+import select
+import shutil
+import signal
+import socket
+import struct
+import sys
+import time
+
+PR_SET_PDEATHSIG = 1
+PR_SET_DUMPABLE = 4
+PR_SET_CHILD_SUBREAPER = 36
+PR_SET_NO_NEW_PRIVS = 38
+CLONE_NEWIPC = 0x08000000
+
+MS_RDONLY = 1
+MS_NOSUID = 2
+MS_NODEV = 4
+MS_NOEXEC = 8
+MS_REMOUNT = 32
+MS_BIND = 4096
+MS_REC = 16384
+MS_PRIVATE = 1 << 18
+MNT_DETACH = 2
+SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "riscv64": 41}
+
+VERDICT_FD = 3
+STDERR_KEEP = 8192
+STDOUT_HEAD = 4096
+VERDICT_KEEP = 65536
+
+# Modules solutions commonly import: imported once here, shared by every child.
+PRELOAD = (
+    "array bisect cmath collections copy dataclasses datetime decimal enum fractions "
+    "functools hashlib heapq io itertools json math numbers operator random re statistics "
+    "string textwrap traceback typing marshal"
+).split()
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+_libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
+
+
+def _check(ret: int, what: str) -> None:
+    if ret != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, f"{what}: {os.strerror(e)}")
+
+
+def prctl(option: int, arg: int) -> None:
+    _check(_libc.prctl(option, arg, 0, 0, 0), f"prctl({option})")
+
+
+# -- framing -------------------------------------------------------------------------------
+
+
+def read_exact(fd: int, n: int) -> bytes | None:
+    """``n`` bytes from ``fd``, or None on EOF before the first byte."""
+    chunks = []
+    got = 0
+    while got < n:
+        b = os.read(fd, n - got)
+        if not b:
+            if got == 0:
+                return None
+            raise EOFError("truncated frame")
+        chunks.append(b)
+        got += len(b)
+    return b"".join(chunks)
+
+
+def read_frame(fd: int) -> dict | None:
+    head = read_exact(fd, 4)
+    if head is None:
+        return None
+    (n,) = struct.unpack(">I", head)
+    body = read_exact(fd, n)
+    if body is None:
+        raise EOFError("truncated frame")
+    return json.loads(body)
+
+
+def write_frame(fd: int, obj: dict) -> None:
+    body = json.dumps(obj, separators=(",", ":")).encode()
+    data = struct.pack(">I", len(body)) + body
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+# -- building the file system (unshare backend) --------------------------------------------
+
+
+def _mount(src: str | None, dst: str, fstype: str | None, flags: int, data: str | None = None) -> None:
+    _check(
+        _libc.mount(
+            src.encode() if src else None,
+            dst.encode(),
+            fstype.encode() if fstype else None,
+            flags,
+            data.encode() if data else None,
+        ),
+        f"mount {dst}",
+    )
+
+
+def _mountpoint(path: str, like: str) -> None:
+    if os.path.isdir(like):
+        os.makedirs(path, exist_ok=True)
+    else:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        if not os.path.exists(path):
+            with open(path, "w"):
+                pass
+
+
+def setup_root(plan: list[list]) -> None:
+    """Build a fresh root from ``plan`` (the same list bwrap's arguments come from) and pivot into it.
+
+    We are PID 1 of new mount, PID, network, IPC and UTS namespaces, as root.
+    """
+    _mount(None, "/", None, MS_REC | MS_PRIVATE)
+    new = "/tmp"  # a tmpfs over the host's /tmp, in our mount namespace only
+    _mount("tmpfs", new, "tmpfs", MS_NOSUID | MS_NODEV, "mode=755")
+    late = []
+    for step in plan:
+        kind = step[0]
+        if kind == "ro-bind":
+            src, dst = step[1], new + step[2]
+            _mountpoint(dst, src)
+            _mount(src, dst, None, MS_BIND | MS_REC)
+            _mount(None, dst, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
+        elif kind == "symlink":
+            os.makedirs(os.path.dirname(new + step[2]), exist_ok=True)
+            os.symlink(step[1], new + step[2])
+        elif kind == "dev":
+            dev = new + step[1]
+            os.makedirs(dev, exist_ok=True)
+            _mount("tmpfs", dev, "tmpfs", MS_NOSUID, "mode=755")
+            for node in ("null", "zero", "full", "random", "urandom", "tty"):
+                if os.path.exists("/dev/" + node):
+                    _mountpoint(f"{dev}/{node}", "/dev/" + node)
+                    _mount("/dev/" + node, f"{dev}/{node}", None, MS_BIND)
+            for name, target in (
+                ("fd", "/proc/self/fd"),
+                ("stdin", "/proc/self/fd/0"),
+                ("stdout", "/proc/self/fd/1"),
+                ("stderr", "/proc/self/fd/2"),
+            ):
+                os.symlink(target, f"{dev}/{name}")
+            os.mkdir(dev + "/shm")
+        elif kind == "proc":
+            os.makedirs(new + step[1], exist_ok=True)
+            _mount("proc", new + step[1], "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+        elif kind == "tmpfs":
+            late.append(step)
+        else:
+            raise ValueError(f"unknown file system step {kind!r}")
+    for _, path, size in late:
+        os.makedirs(new + path, exist_ok=True)
+        _mount("tmpfs", new + path, "tmpfs", MS_NOSUID | MS_NODEV, f"mode=1777,size={size},nr_inodes=16384")
+    old = new + "/.oldroot"
+    os.mkdir(old)
+    nr = SYS_PIVOT_ROOT.get(os.uname().machine)
+    if nr is not None and _libc.syscall(nr, new.encode(), old.encode()) == 0:
+        os.chdir("/")
+        _check(_libc.umount2(b"/.oldroot", MNT_DETACH), "umount old root")
+        os.rmdir("/.oldroot")
+    else:  # no pivot_root here: chroot is enough, the candidate never holds CAP_SYS_CHROOT
+        os.chdir(new)
+        os.chroot(".")
+        os.rmdir("/.oldroot")
+    _mount(None, "/", None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID)
+    try:
+        import fcntl
+
+        _libc.sethostname(b"sandbox", 7)
+        # Loopback up, as bwrap leaves it: programs may talk to themselves, never to the host.
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        ifr = struct.pack("16sH14s", b"lo", 0, b"")
+        flags = struct.unpack("16sH14s", fcntl.ioctl(s, 0x8913, ifr))[1]  # SIOCGIFFLAGS
+        fcntl.ioctl(s, 0x8914, struct.pack("16sH14s", b"lo", flags | 1, b""))  # SIOCSIFFLAGS |= IFF_UP
+        s.close()
+    except OSError:
+        pass
+
+
+# -- one sample -----------------------------------------------------------------------------
+
+
+def _limits(lim: dict) -> None:
+    mb = 1024 * 1024
+    pairs = [
+        (resource.RLIMIT_AS, lim["memory_mb"] * mb),
+        (resource.RLIMIT_CPU, lim["cpu_s"]),
+        (resource.RLIMIT_NPROC, lim["processes"]),
+        (resource.RLIMIT_FSIZE, lim["file_size_mb"] * mb),
+        (resource.RLIMIT_NOFILE, lim["open_files"]),
+        (resource.RLIMIT_CORE, 0),
+    ]
+    for which, soft in pairs:
+        hard = soft + 1 if which == resource.RLIMIT_CPU else soft
+        resource.setrlimit(which, (soft, hard))
+
+
+def _enter_child(cfg: dict, req: dict, stdin_fd: int, out_w: int, err_w: int, ver_w: int) -> None:
+    """Everything between fork and the first byte of candidate code."""
+    prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if cfg.get("ipc_unshare"):
+        _libc.unshare(CLONE_NEWIPC)  # SysV/POSIX IPC objects of one sample never reach the next
+    os.setsid()
+    import fcntl
+
+    high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 100) for fd in (stdin_fd, out_w, err_w, ver_w)]
+    for fd, target in zip(high, (0, 1, 2, VERDICT_FD), strict=True):
+        os.dup2(fd, target)
+    os.closerange(VERDICT_FD + 1, 1 << 20)
+    for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGALRM):
+        signal.signal(sig, signal.SIG_DFL)
+    work = cfg["workdir"]
+    os.chdir(work)
+    _limits(req["limits"])
+    uid, gid = cfg.get("uid"), cfg.get("gid")
+    if uid is not None:
+        os.setgroups([])
+        os.setresgid(gid, gid, gid)
+        os.setresuid(uid, uid, uid)
+    prctl(PR_SET_NO_NEW_PRIVS, 1)
+    prctl(PR_SET_DUMPABLE, 1)  # /proc/self readable by the program itself, as usual
+    os.environ.clear()
+    os.environ.update(cfg["env"])
+    sys.stdin = sys.__stdin__ = open(0, encoding="utf-8", closefd=False)  # noqa: SIM115
+    sys.stdout = sys.__stdout__ = open(1, "w", encoding="utf-8", closefd=False)  # noqa: SIM115
+    sys.stderr = sys.__stderr__ = open(  # noqa: SIM115
+        2, "w", buffering=1, encoding="utf-8", errors="backslashreplace", closefd=False
+    )
+    sys.argv = ["solution.py"]
+    sys.path = [p for p in sys.path if p.startswith(sys.base_prefix) or p.startswith("/usr")]
+
+
+def _describe(e: BaseException) -> str:
+    try:
+        msg = str(e)
+    except BaseException:  # a candidate-made exception whose __str__ raises
+        msg = "<unprintable>"
+    name = type(e).__name__
+    msg = msg.strip().splitlines()[0][:300] if msg.strip() else ""
+    return f"{name}: {msg}" if msg else name
+
+
+def _kind(e: BaseException) -> str:
+    if isinstance(e, MemoryError):
+        return "memory"
+    if isinstance(e, SystemExit):
+        return "exit"
+    return "exception"
+
+
+def _test_line(e: BaseException, filename: str) -> tuple[int, str] | None:
+    """The innermost line of ``filename`` in ``e``'s traceback: where a test failed."""
+    import linecache
+    import traceback
+
+    found = None
+    for fs in traceback.extract_tb(e.__traceback__):
+        if fs.filename == filename:
+            found = (fs.lineno or 0, (fs.line or linecache.getline(filename, fs.lineno or 0)).strip())
+    return found
+
+
+def _run_function(req: dict, nonce: str) -> int:
+    """HumanEval semantics: the prompt, the candidate, the tests, ``check(entry_point)``."""
+    import builtins
+    import linecache
+    import marshal
+
+    write = os.write
+    dumps, loads = marshal.dumps, marshal.loads
+    safe_builtins = dict(builtins.__dict__)
+
+    def report(obj: dict) -> None:
+        write(VERDICT_FD, (nonce + " " + json.dumps(obj) + "\n").encode())
+
+    def source(name: str, text: str) -> object:
+        linecache.cache[name] = (len(text), None, text.splitlines(True), name)
+        return compile(text, name, "exec", dont_inherit=True, optimize=0)
+
+    prelude = req.get("prelude") or ""
+    try:
+        prelude_code = source("prompt.py", prelude)
+        tests_code = source("tests.py", req["tests"])
+    except SyntaxError as e:
+        report({"ok": False, "kind": "harness", "reason": f"the problem's tests do not compile: {e}"})
+        return 2
+    try:
+        cand_code = source("solution.py", req["code"])
+    except (SyntaxError, ValueError) as e:
+        line = f" (line {e.lineno})" if getattr(e, "lineno", None) else ""
+        report({"ok": False, "kind": "syntax", "reason": f"syntax error: {getattr(e, 'msg', e)}{line}"})
+        return 1
+
+    violations: list[str] = []
+
+    class Unverifiable(BaseException):
+        pass
+
+    def guard(fn):  # type: ignore[no-untyped-def]
+        def candidate(*args, **kwargs):  # type: ignore[no-untyped-def]
+            result = fn(*args, **kwargs)
+            try:
+                return loads(dumps(result))
+            except (ValueError, TypeError, RecursionError):
+                violations.append(type(result).__qualname__)
+                raise Unverifiable(f"returned a {type(result).__qualname__}, not plain data") from None
+
+        return candidate
+
+    entry = req["entry_point"]
+    stage = "candidate"
+    try:
+        ns: dict = {"__name__": "__candidate__", "__builtins__": builtins}
+        exec(prelude_code, ns)
+        exec(cand_code, ns)
+        fn = ns.get(entry)
+        if not callable(fn):
+            report({"ok": False, "kind": "entry_point", "reason": f"entry point {entry!r} is not defined"})
+            return 1
+        stage = "tests"
+        tns: dict = {"__name__": "__tests__", "__builtins__": safe_builtins}
+        exec(prelude_code, tns)
+        exec(tests_code, tns)
+        tns["check"](guard(fn))
+    except BaseException as e:
+        if violations:
+            report({"ok": False, "kind": "unverifiable", "reason": f"unverifiable return value: {violations[0]}"})
+            return 1
+        kind = _kind(e)
+        where = _test_line(e, "tests.py") if stage == "tests" else None
+        reason = f"exception: {_describe(e)}"
+        if kind == "memory":
+            reason = "memory"
+        elif kind == "exit":
+            reason = f"exited before the tests finished (SystemExit {getattr(e, 'code', None)!r})"
+        detail = {"ok": False, "kind": kind, "reason": reason, "stage": stage}
+        if where:
+            detail["test_line"] = where[0]
+            detail["test_source"] = where[1][:300]
+        try:
+            import traceback
+
+            sys.stderr.write("".join(traceback.format_exception(e)[-20:]))
+            sys.stderr.flush()
+        except BaseException:
+            pass
+        report(detail)
+        return 1
+    if violations:
+        report({"ok": False, "kind": "unverifiable", "reason": f"unverifiable return value: {violations[0]}"})
+        return 1
+    report({"ok": True})
+    return 0
+
+
+def _run_program(req: dict, nonce: str) -> int:
+    """A script run as ``__main__``, stdin to stdout, as ``python3 solution.py`` would."""
+    import builtins
+    import linecache
+    import traceback
+
+    write = os.write
+
+    def report(obj: dict) -> None:
+        write(VERDICT_FD, (nonce + " " + json.dumps(obj) + "\n").encode())
+
+    text = req["code"]
+    path = os.path.join(os.getcwd(), "solution.py")
+    try:
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+    except OSError:
+        pass
+    linecache.cache[path] = (len(text), None, text.splitlines(True), path)
+    try:
+        code = compile(text, path, "exec", dont_inherit=True, optimize=0)
+    except (SyntaxError, ValueError) as e:
+        traceback.print_exception(e, limit=0)
+        line = f" (line {e.lineno})" if getattr(e, "lineno", None) else ""
+        report({"kind": "syntax", "reason": f"syntax error: {getattr(e, 'msg', e)}{line}"})
+        return 1
+    status = 0
+    try:
+        exec(code, {"__name__": "__main__", "__file__": path, "__builtins__": builtins})
+    except SystemExit as e:
+        c = e.code
+        if c is None:
+            status = 0
+        elif isinstance(c, int):
+            status = c & 0xFF
+        else:
+            try:
+                print(c, file=sys.stderr)
+            except BaseException:
+                pass
+            status = 1
+    except BaseException as e:
+        try:
+            traceback.print_exception(type(e), e, e.__traceback__.tb_next if e.__traceback__ else None)
+        except BaseException:
+            pass
+        kind = _kind(e)
+        report({"kind": kind, "reason": "memory" if kind == "memory" else f"exception: {_describe(e)}"})
+        status = 1
+    try:
+        sys.stdout.flush()
+    except BaseException:
+        status = status or 120
+    try:
+        sys.stderr.flush()
+    except BaseException:
+        pass
+    return status
+
+
+def _child(cfg: dict, req: dict, fds: tuple[int, int, int, int], nonce: str) -> None:
+    status = 70
+    try:
+        _enter_child(cfg, req, *fds)
+        status = _run_function(req, nonce) if req["mode"] == "function" else _run_program(req, nonce)
+    except BaseException as e:
+        try:
+            os.write(2, f"sandbox child: {_describe(e)}\n".encode())
+        except BaseException:
+            pass
+    finally:
+        os._exit(status)
+
+
+class Zygote:
+    def __init__(self, cfg: dict, ctl_in: int, ctl_out: int) -> None:
+        self.cfg = cfg
+        self.ctl_in = ctl_in
+        self.ctl_out = ctl_out
+        self.kill_mode = cfg["kill"]
+
+    # -- killing and reaping ------------------------------------------------------------
+
+    def _descendants(self) -> list[int]:
+        """Live (not zombie) processes below this one, from /proc."""
+        me = os.getpid()
+        parent: dict[int, int] = {}
+        live: set[int] = set()
+        for name in os.listdir("/proc"):
+            if name.isdigit():
+                try:
+                    with open(f"/proc/{name}/stat", "rb") as f:
+                        data = f.read()
+                    fields = data[data.rindex(b")") + 2 :].split()
+                    parent[int(name)] = int(fields[1])
+                    if fields[0] not in (b"Z", b"X"):
+                        live.add(int(name))
+                except (OSError, ValueError):
+                    continue
+        out = []
+        for pid in live:
+            p, hops = pid, 0
+            while p in parent and hops < 4096:
+                p = parent[p]
+                hops += 1
+                if p == me:
+                    out.append(pid)
+                    break
+        return out
+
+    def kill_all(self) -> None:
+        """SIGKILL every process this zygote's samples started, wherever they moved."""
+        if self.kill_mode == "namespace":
+            # Inside our own PID namespace every process but init and us is the sample's.
+            try:
+                os.kill(-1, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            return
+        if self.kill_mode == "uid":
+            # No PID namespace, but the samples run as a uid of their own: a process of
+            # that uid sending kill(-1) reaches every one of them (and nothing else), in
+            # one atomic sweep that a fork bomb cannot outrun.
+            uid = self.cfg["uid"]
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    os.setresuid(uid, uid, uid)
+                    os.kill(-1, signal.SIGKILL)
+                finally:
+                    os._exit(0)
+            os.waitpid(pid, 0)
+            return
+        for _ in range(100):
+            pids = self._descendants()
+            if not pids:
+                return
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
+    def reap_all(self, child: int) -> tuple[int | None, object | None]:
+        """Wait for every child (orphans come to us: we are a subreaper); the sample's status."""
+        status = usage = None
+        while True:
+            try:
+                pid, st, ru = os.wait4(-1, 0)
+            except ChildProcessError:
+                return status, usage
+            except InterruptedError:
+                continue
+            if pid == child:
+                status, usage = st, ru
+            elif self.kill_mode == "tree":
+                self.kill_all()
+
+    def wipe(self) -> None:
+        """Empty the private temporary folders for the next sample."""
+
+        def fix(func, path, _exc):  # type: ignore[no-untyped-def]
+            try:
+                os.chmod(os.path.dirname(path), 0o700)
+                os.chmod(path, 0o700)
+                func(path)
+            except OSError:
+                pass
+
+        for d in self.cfg["wipe"]:
+            try:
+                entries = list(os.scandir(d))
+            except OSError:
+                continue
+            for e in entries:
+                try:
+                    if e.is_dir(follow_symlinks=False):
+                        shutil.rmtree(e.path, onerror=fix)
+                    else:
+                        os.unlink(e.path)
+                except OSError:
+                    pass
+
+    # -- one request --------------------------------------------------------------------
+
+    def run(self, req: dict) -> dict:
+        cfg = self.cfg
+        work = cfg["workdir"]
+        os.makedirs(work, mode=0o700, exist_ok=True)
+        if cfg.get("uid") is not None:
+            os.chown(work, cfg["uid"], cfg["gid"])
+        stdin_data = req.get("stdin")
+        if stdin_data is None:
+            stdin_fd = os.open("/dev/null", os.O_RDONLY)
+        else:
+            stdin_fd = os.memfd_create("stdin", 0)
+            data = base64.b64decode(stdin_data)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(stdin_fd, view) :]
+            os.lseek(stdin_fd, 0, os.SEEK_SET)
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        ver_r, ver_w = os.pipe()
+        nonce = os.urandom(16).hex()
+        limit = int(req["output_limit"])
+        keep_stdout = bool(req.get("keep_stdout"))
+        timeout = float(req["timeout"])
+
+        started = time.monotonic()
+        pid = os.fork()
+        if pid == 0:
+            os.close(out_r)
+            os.close(err_r)
+            os.close(ver_r)
+            _child(cfg, req, (stdin_fd, out_w, err_w, ver_w), nonce)
+        for fd in (stdin_fd, out_w, err_w, ver_w):
+            os.close(fd)
+        pidfd = os.pidfd_open(pid)
+
+        stdout = bytearray()
+        stdout_total = 0
+        stderr = bytearray()
+        stderr_total = 0
+        verdict = bytearray()
+        outcome = None  # "timeout" | "output_limit" | None (exited)
+        host_gone = False
+        poller = select.poll()
+        for fd in (out_r, err_r, ver_r):
+            poller.register(fd, select.POLLIN)
+        poller.register(pidfd, select.POLLIN)
+        poller.register(self.ctl_in, select.POLLIN)
+        open_fds = {out_r, err_r, ver_r}
+        deadline = started + timeout
+
+        def take(fd: int) -> bool:
+            """Read what ``fd`` has; False at EOF (or, once every writer is dead, when empty)."""
+            nonlocal stdout_total, stderr_total
+            try:
+                data = os.read(fd, 65536)
+            except BlockingIOError:
+                return False
+            if not data:
+                return False
+            if fd == out_r:
+                stdout_total += len(data)
+                room = (limit if keep_stdout else STDOUT_HEAD) - len(stdout)
+                if room > 0:
+                    stdout.extend(data[:room])
+            elif fd == err_r:
+                stderr_total += len(data)
+                stderr.extend(data)
+                if len(stderr) > 2 * STDERR_KEEP:
+                    del stderr[:-STDERR_KEEP]
+            elif len(verdict) < VERDICT_KEEP:
+                verdict.extend(data)
+            return True
+
+        exited = False
+        while not exited and outcome is None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                outcome = "timeout"
+                break
+            for fd, ev in poller.poll(max(1, int(remaining * 1000) + 1)):
+                if fd == pidfd:
+                    exited = True
+                elif fd == self.ctl_in:
+                    host_gone = True
+                    outcome = "host_gone"
+                elif fd in open_fds and ev & (select.POLLIN | select.POLLHUP | select.POLLERR):
+                    if not take(fd):
+                        poller.unregister(fd)
+                        open_fds.discard(fd)
+            if stdout_total > limit or stderr_total > limit:
+                outcome = "output_limit"
+
+        # The sample is over: whatever it left behind dies now, then the pipes drain.
+        self.kill_all()
+        status, usage = self.reap_all(pid)
+        os.close(pidfd)
+        for fd in (out_r, err_r, ver_r):
+            os.set_blocking(fd, False)
+            while fd in open_fds:
+                try:
+                    if not take(fd):
+                        open_fds.discard(fd)
+                except OSError:
+                    open_fds.discard(fd)
+            os.close(fd)
+        wall = time.monotonic() - started
+        self.wipe()
+        if host_gone:
+            raise SystemExit(0)
+
+        resp: dict = {
+            "outcome": outcome or "exited",
+            "wall_ms": round(wall * 1000, 3),
+            "stdout": base64.b64encode(bytes(stdout)).decode(),
+            "stdout_bytes": stdout_total,
+            "stderr": bytes(stderr[-STDERR_KEEP:]).decode("utf-8", "replace"),
+            "stderr_bytes": stderr_total,
+            "verdict": None,
+            "verdict_forged": False,
+        }
+        if status is not None:
+            if os.WIFSIGNALED(status):
+                resp["signal"] = os.WTERMSIG(status)
+            else:
+                resp["exit_code"] = os.WEXITSTATUS(status)
+        if usage is not None:
+            resp["cpu_ms"] = round((usage.ru_utime + usage.ru_stime) * 1000, 3)
+            resp["maxrss_kb"] = usage.ru_maxrss
+        for line in bytes(verdict).decode("utf-8", "replace").splitlines():
+            tag, _, body = line.partition(" ")
+            if tag == nonce:
+                try:
+                    resp["verdict"] = json.loads(body)
+                except ValueError:
+                    resp["verdict_forged"] = True
+            else:
+                resp["verdict_forged"] = True
+        return resp
+
+    def serve(self) -> None:
+        while True:
+            req = read_frame(self.ctl_in)
+            if req is None:
+                return
+            try:
+                resp = self.run(req)
+            except SystemExit:
+                return
+            except Exception as e:
+                import traceback
+
+                resp = {"outcome": "error", "error": _describe(e), "traceback": traceback.format_exc()[-4000:]}
+            write_frame(self.ctl_out, resp)
+
+
+def main() -> None:
+    cfg = json.loads(sys.argv[1])
+    # The protocol owns fds 0 and 1; anything else that prints goes nowhere.
+    ctl_in, ctl_out = os.dup(0), os.dup(1)
+    null = os.open("/dev/null", os.O_RDWR)
+    os.dup2(null, 0)
+    os.dup2(null, 1)
+    os.close(null)
+    if cfg["kill"] != "namespace":
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # no namespace to die with: die with the host
+        if os.getppid() == 1:
+            raise SystemExit(1)
+    prctl(PR_SET_CHILD_SUBREAPER, 1)
+    if cfg.get("setup"):
+        setup_root(cfg["setup"])
+    for d in cfg["wipe"]:
+        try:
+            os.chmod(d, 0o1777)  # bwrap makes its tmpfs 0755: the sample's uid must write there
+        except OSError:
+            pass
+    if cfg.get("preload", True):
+        import gc
+        import importlib
+
+        for name in PRELOAD:
+            try:
+                importlib.import_module(name)
+            except ImportError:
+                pass
+        gc.collect()
+        gc.freeze()  # the children's heaps stay shared: no copy-on-write by the collector
+    hello = {
+        "hello": 1,
+        "pid": os.getpid(),
+        "uid": os.getuid(),
+        "python": sys.version.split()[0],
+        "interfaces": sorted(name for _, name in socket.if_nameindex()),
+    }
+    write_frame(ctl_out, hello)
+    z = Zygote(cfg, ctl_in, ctl_out)
+    try:
+        z.serve()
+    finally:
+        z.kill_all()
+        try:
+            while True:
+                os.wait()
+        except ChildProcessError:
+            pass
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except OSError as e:
+        if e.errno != errno.EPIPE:
+            raise

@@ -1,0 +1,314 @@
+"""The scoring interfaces and their value types, with their contracts.
+
+    ScoringPool ──leases──▶ Sandbox (one per worker slot: a zygote in bwrap/unshare/none)
+        │                       ▲
+        └──▶ Scorer (one per kind: function.py, stdio.py, command.py) ──runs samples in──┘
+
+A :class:`Scorer` turns (problem, extracted code) into an :class:`Outcome`, running
+the code only through the :class:`Sandbox` it is handed; the pool adds extraction,
+timing and isolation and returns a :class:`Score`. Scorers never import each other
+or a sandbox implementation.
+"""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal, Protocol
+
+from rollwatch.problems import Problem
+
+Isolation = Literal["bwrap", "unshare", "none"]
+ISOLATIONS: tuple[Isolation, ...] = ("bwrap", "unshare", "none")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScoringSettings:
+    """How scoring runs; the daemon fills it from the ``[scoring]`` table."""
+
+    workers: int | None = None
+    """Samples scored in parallel (one sandbox each); None: the number of cores."""
+    require_isolation: bool = False
+    """Refuse to score (IsolationUnavailable) without namespace isolation."""
+    memory_mb: int = 1024
+    """Address-space limit of every sandboxed process."""
+    timeout: float = 10.0
+    """Seconds per sample when the problem sets none (stdio, command: per run)."""
+    isolation: Literal["auto", "bwrap", "unshare", "none"] = "auto"
+    """auto: bwrap, else unshare (as root), else none (unless require_isolation)."""
+    uid_base: int = 60000
+    """As root, slot N runs its samples as uid and gid ``uid_base + N``."""
+    output_limit_kb: int = 4096
+    """Bytes a sample may write to stdout (and, separately, to stderr) before it is killed."""
+    file_size_mb: int = 64
+    """Largest file a sample may write (RLIMIT_FSIZE)."""
+    tmp_size_mb: int = 256
+    """Size of each private tmpfs (/tmp, /var/tmp, /dev/shm)."""
+    processes: int = 64
+    """Processes and threads a sample may have at once (RLIMIT_NPROC of its uid)."""
+    open_files: int = 256
+    """Open files per process (RLIMIT_NOFILE)."""
+    start_timeout: float = 30.0
+    """Seconds a sandbox may take to start."""
+
+    @property
+    def worker_count(self) -> int:
+        return self.workers or os.cpu_count() or 2
+
+    def limits(self, timeout: float) -> dict[str, int]:
+        """The rlimits of one sample with this wall-clock ``timeout``."""
+        return {
+            "memory_mb": self.memory_mb,
+            # CPU seconds: the wall clock is the real limit; this one stops a spinning
+            # process even if everything else failed.
+            "cpu_s": max(1, int(timeout) + 1),
+            "processes": self.processes,
+            "file_size_mb": self.file_size_mb,
+            "open_files": self.open_files,
+        }
+
+
+class _ScoringConfig(Protocol):
+    workers: int | None
+    require_isolation: bool
+    memory_mb: int
+    timeout: float
+
+
+def settings_from_config(config: _ScoringConfig) -> ScoringSettings:
+    """The ``[scoring]`` table as settings; keys the table does not have keep their defaults."""
+    names = ScoringSettings.__dataclass_fields__
+    values = {k: getattr(config, k) for k in names if getattr(config, k, None) is not None}
+    values.setdefault("workers", None)
+    return ScoringSettings(**values)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Score:
+    """The verdict on one answer; ``to_dict`` is what ``RolloutScored`` records."""
+
+    passed: bool
+    score: float
+    """0..1: 1.0 when passed; for stdio the share of cases passed; for command the checker's."""
+    scorer: str
+    reason: str
+    """"passed", or why not: "timeout", "memory", "output limit", "wrong answer on case 3 (…)",
+    "exception: AssertionError …", "no code found", "killed by signal SIGSEGV", …"""
+    detail: dict[str, Any] = field(default_factory=dict)
+    duration_ms: float = 0.0
+    extraction: str = ""
+    """How the code was found: fenced-entry-point, fenced-last, whole-text or none."""
+    isolation: str = ""
+    problem_hash: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready."""
+        return {
+            "passed": self.passed,
+            "score": self.score,
+            "scorer": self.scorer,
+            "reason": self.reason,
+            "detail": self.detail,
+            "duration_ms": self.duration_ms,
+            "extraction": self.extraction,
+            "isolation": self.isolation,
+            "problem_hash": self.problem_hash,
+        }
+
+
+@dataclass(frozen=True, kw_only=True)
+class Outcome:
+    """What a scorer found: the part of a :class:`Score` that depends on running the code."""
+
+    passed: bool
+    score: float
+    reason: str
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SampleRequest:
+    """One run of candidate code in a sandbox."""
+
+    mode: Literal["function", "program"]
+    """function: HumanEval harness (prelude, code, tests, check); program: code as __main__."""
+    code: str
+    timeout: float
+    limits: dict[str, int]
+    output_limit: int
+    tests: str = ""
+    prelude: str = ""
+    entry_point: str = ""
+    stdin: bytes | None = None
+    keep_stdout: bool = False
+    """Return the whole stdout (up to ``output_limit``), not just its head."""
+
+    def to_wire(self) -> dict[str, Any]:
+        import base64
+
+        return {
+            "mode": self.mode,
+            "code": self.code,
+            "tests": self.tests,
+            "prelude": self.prelude,
+            "entry_point": self.entry_point,
+            "stdin": base64.b64encode(self.stdin).decode() if self.stdin is not None else None,
+            "timeout": self.timeout,
+            "limits": self.limits,
+            "output_limit": self.output_limit,
+            "keep_stdout": self.keep_stdout,
+        }
+
+
+_SIGNAL_REASONS = {
+    "SIGXCPU": "timeout (CPU time limit)",
+    "SIGXFSZ": "file size limit",
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class SampleResult:
+    """How one run ended, as the zygote saw it from outside the candidate."""
+
+    outcome: Literal["exited", "timeout", "output_limit", "lost"]
+    """lost: the sandbox itself died during the run."""
+    exit_code: int | None = None
+    signal: int | None = None
+    stdout: bytes = b""
+    stdout_bytes: int = 0
+    stderr: str = ""
+    stderr_bytes: int = 0
+    verdict: dict[str, Any] | None = None
+    """The harness's nonce-tagged report (None when it never wrote one)."""
+    verdict_forged: bool = False
+    """Something else wrote on the verdict channel."""
+    wall_ms: float = 0.0
+    cpu_ms: float | None = None
+    maxrss_kb: int | None = None
+
+    @classmethod
+    def from_wire(cls, d: dict[str, Any]) -> SampleResult:
+        import base64
+
+        return cls(
+            outcome=d["outcome"],
+            exit_code=d.get("exit_code"),
+            signal=d.get("signal"),
+            stdout=base64.b64decode(d.get("stdout") or ""),
+            stdout_bytes=int(d.get("stdout_bytes") or 0),
+            stderr=d.get("stderr") or "",
+            stderr_bytes=int(d.get("stderr_bytes") or 0),
+            verdict=d.get("verdict"),
+            verdict_forged=bool(d.get("verdict_forged")),
+            wall_ms=float(d.get("wall_ms") or 0.0),
+            cpu_ms=d.get("cpu_ms"),
+            maxrss_kb=d.get("maxrss_kb"),
+        )
+
+    def abnormal(self) -> str | None:
+        """Why the run ended other than by the program exiting by itself, if it did."""
+        if self.outcome == "timeout":
+            return "timeout"
+        if self.outcome == "output_limit":
+            return "output limit"
+        if self.outcome == "lost":
+            return "sandbox lost"
+        if self.signal is not None:
+            import signal as _signal
+
+            try:
+                name = _signal.Signals(self.signal).name
+            except ValueError:
+                name = str(self.signal)
+            return _SIGNAL_REASONS.get(name, f"killed by signal {name}")
+        if self.verdict and self.verdict.get("kind") == "memory":
+            return "memory"
+        return None
+
+    def detail(self) -> dict[str, Any]:
+        """What an operator looks at when a verdict surprises: figures and output tails."""
+        d: dict[str, Any] = {"wall_ms": self.wall_ms}
+        for key in ("exit_code", "signal", "cpu_ms", "maxrss_kb"):
+            value = getattr(self, key)
+            if value is not None:
+                d[key] = value
+        if self.stderr:
+            d["stderr_tail"] = self.stderr[-2000:]
+        d["stdout_bytes"] = self.stdout_bytes
+        if self.verdict_forged:
+            d["verdict_forged"] = True
+        return d
+
+
+class Sandbox(ABC):
+    """One worker slot: runs one sample at a time, isolated, and cleans up after it.
+
+    Contract (pinned by ``tests/scoring/test_sandbox.py`` for every isolation level):
+
+    * ``run`` executes the request's code in a process of its own that cannot reach the
+      network, the host's files (bar a read-only view of what Python needs), the
+      environment of the daemon or any process outside the sandbox.
+    * The run ends at its timeout at the latest; then, or as soon as the sample's
+      first process exits, every process it started is killed, wherever it moved.
+    * Output beyond ``output_limit`` ends the run ("output_limit"); memory is bounded.
+    * ``run`` never raises for anything the candidate does; a sandbox that dies under
+      it yields ``outcome="lost"`` and is restarted on the next run. It raises
+      SandboxError only when the sandbox cannot be (re)started at all.
+    * The verdict channel carries only what the harness wrote after ``check()``
+      returned; nothing the candidate prints or exits with can pass for it.
+    """
+
+    isolation: ClassVar[str]
+    uid: int | None
+    """The uid samples run as (None: the daemon's own, unprivileged)."""
+
+    @abstractmethod
+    async def start(self) -> None:
+        """Start the sandbox now (``run`` starts it when needed)."""
+
+    @abstractmethod
+    async def run(self, request: SampleRequest) -> SampleResult:
+        """Run one sample; see the class contract."""
+
+    @abstractmethod
+    async def aclose(self) -> None:
+        """Stop the sandbox and everything in it."""
+
+    @abstractmethod
+    def oneshot_argv(self) -> list[str]:
+        """argv of a fresh sandbox of the same kind serving one request (command checkers)."""
+
+
+class Scorer(ABC):
+    """One scorer kind.
+
+    Contract: ``score`` runs untrusted code only through ``sandbox.run``; it decides
+    from what the sandbox observed from outside (exit, signal, the nonce verdict, the
+    captured output compared here), never from what the program claims; it never
+    raises for anything the candidate does.
+    """
+
+    kind: ClassVar[str]
+
+    def __init__(self, settings: ScoringSettings, helper_dir: str) -> None:
+        self.settings = settings
+        self.helper_dir = helper_dir
+
+    def timeout(self, problem: Problem) -> float:
+        return problem.timeout or self.settings.timeout
+
+    def request(self, problem: Problem, mode: Literal["function", "program"], code: str, **kw: Any) -> SampleRequest:
+        timeout = self.timeout(problem)
+        return SampleRequest(
+            mode=mode,
+            code=code,
+            timeout=timeout,
+            limits=self.settings.limits(timeout),
+            output_limit=self.settings.output_limit_kb * 1024,
+            **kw,
+        )
+
+    @abstractmethod
+    async def score(self, problem: Problem, code: str, sandbox: Sandbox) -> Outcome:
+        """Judge ``code`` (already extracted) for ``problem``."""

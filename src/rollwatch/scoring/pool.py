@@ -1,0 +1,188 @@
+"""The scoring pool: extraction, a sandbox per worker slot, a scorer per kind.
+
+    async with ScoringPool(settings) as pool:
+        log.info("sandbox", isolation=pool.isolation, workers=pool.workers)
+        score = await pool.score(problem, answer_text)
+
+At most ``workers`` samples run at once, each in its own slot's sandbox; callers
+beyond that wait their turn in order. Nothing here blocks the event loop: the
+sandboxes are separate processes spoken to over pipes.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import replace
+from types import TracebackType
+from typing import Self
+
+import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from rollwatch.errors import IsolationUnavailable, SandboxError
+from rollwatch.extract import Extraction, extract_code
+from rollwatch.log import get_logger
+from rollwatch.problems import Problem
+from rollwatch.scoring.base import Outcome, Score, Scorer, ScoringSettings
+from rollwatch.scoring.command import CommandScorer
+from rollwatch.scoring.function import FunctionScorer
+from rollwatch.scoring.sandbox import SANDBOXES, ZygoteSandbox, isolation_candidates
+from rollwatch.scoring.stdio import StdioScorer
+
+log = get_logger(__name__)
+
+SCORERS: dict[str, type[Scorer]] = {
+    FunctionScorer.kind: FunctionScorer,
+    StdioScorer.kind: StdioScorer,
+    CommandScorer.kind: CommandScorer,
+}
+
+
+class ScoringPool:
+    """Scores answers in sandboxes; an async context manager.
+
+    ``isolation`` (after entering) is "bwrap", "unshare" or "none": log it at start.
+    Entering raises IsolationUnavailable when ``require_isolation`` is set and no
+    namespace sandbox starts, and SandboxError when no sandbox starts at all.
+    """
+
+    def __init__(self, settings: ScoringSettings | None = None, *, isolation: str | None = None) -> None:
+        settings = settings or ScoringSettings()
+        if isolation is not None:
+            settings = replace(settings, isolation=isolation)  # type: ignore[arg-type]
+        self.settings = settings
+        self.workers = settings.worker_count
+        self.isolation = ""
+        self.sandboxes: list[ZygoteSandbox] = []
+        self._helper_dir = ""
+        self._scorers: dict[str, Scorer] = {}
+        self._free_tx: MemoryObjectSendStream[ZygoteSandbox] | None = None
+        self._free_rx: MemoryObjectReceiveStream[ZygoteSandbox] | None = None
+
+    # -- lifetime ---------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        s = self.settings
+        self._helper_dir = tempfile.mkdtemp(prefix="rollwatch-scoring-")
+        try:
+            first = await self._first_sandbox()
+            self.sandboxes = [first] + [SANDBOXES[self.isolation](s, slot) for slot in range(1, self.workers)]
+            async with anyio.create_task_group() as tg:
+                for sb in self.sandboxes[1:]:
+                    tg.start_soon(sb.start)
+        except BaseException:
+            await self._close()
+            raise
+        self._free_tx, self._free_rx = anyio.create_memory_object_stream[ZygoteSandbox](self.workers)
+        for sb in self.sandboxes:
+            self._free_tx.send_nowait(sb)
+        self._scorers = {kind: cls(s, self._helper_dir) for kind, cls in SCORERS.items()}
+        log.info(
+            "scoring_pool_started",
+            isolation=self.isolation,
+            workers=self.workers,
+            uids=[sb.uid for sb in self.sandboxes] if self.sandboxes[0].uid is not None else "own",
+            memory_mb=s.memory_mb,
+        )
+        return self
+
+    async def _first_sandbox(self) -> ZygoteSandbox:
+        s = self.settings
+        failures: list[str] = []
+        for name in isolation_candidates(s):
+            if name == "none" and s.require_isolation:
+                break
+            sb = SANDBOXES[name](s, 0)
+            try:
+                await sb.start()
+            except SandboxError as e:
+                failures.append(f"{name}: {e}")
+                log.warning("sandbox_unusable", isolation=name, error=str(e))
+                continue
+            self.isolation = name
+            return sb
+        why = "; ".join(failures) or "no namespace sandbox is available here"
+        if s.require_isolation:
+            raise IsolationUnavailable(
+                f"scoring.require_isolation is set but no namespace sandbox works ({why}); "
+                "install bubblewrap (apt-get install bubblewrap) or run as root for unshare"
+            )
+        raise SandboxError(f"no sandbox could start: {why}")
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self._close()
+
+    async def _close(self) -> None:
+        with anyio.CancelScope(shield=True):
+            async with anyio.create_task_group() as tg:
+                for sb in self.sandboxes:
+                    tg.start_soon(sb.aclose)
+            if self._helper_dir:
+                shutil.rmtree(self._helper_dir, ignore_errors=True)
+            for stream in (self._free_tx, self._free_rx):
+                if stream is not None:
+                    stream.close()
+
+    @asynccontextmanager
+    async def _lease(self) -> AsyncIterator[ZygoteSandbox]:
+        if self._free_rx is None or self._free_tx is None:
+            raise SandboxError("the scoring pool is not open: use it as `async with ScoringPool(...)`")
+        sb = await self._free_rx.receive()
+        try:
+            yield sb
+        finally:
+            self._free_tx.send_nowait(sb)
+
+    # -- scoring ----------------------------------------------------------------------------
+
+    async def score(self, problem: Problem, answer: str) -> Score:
+        """Extract the code from ``answer`` (a model's whole text) and judge it."""
+        started = time.perf_counter()
+        ex = extract_code(answer, problem.entry_point)
+        if ex.code is None:
+            outcome = Outcome(passed=False, score=0.0, reason="no code found")
+        else:
+            outcome = await self._judge(problem, ex.code)
+        return self._score(problem, outcome, ex, started)
+
+    async def score_code(self, problem: Problem, code: str) -> Score:
+        """Judge ``code`` as it is (no extraction)."""
+        started = time.perf_counter()
+        outcome = await self._judge(problem, code)
+        return self._score(problem, outcome, Extraction(code, "whole-text", 0), started)
+
+    async def _judge(self, problem: Problem, code: str) -> Outcome:
+        scorer = self._scorers.get(problem.scorer)
+        if scorer is None:
+            raise SandboxError(f"the scoring pool is not open, or {problem.scorer!r} is not a scorer kind")
+        async with self._lease() as sandbox:
+            return await scorer.score(problem, code, sandbox)
+
+    def _score(self, problem: Problem, outcome: Outcome, ex: Extraction, started: float) -> Score:
+        duration = round((time.perf_counter() - started) * 1000, 3)
+        score = Score(
+            passed=outcome.passed,
+            score=outcome.score,
+            scorer=problem.scorer,
+            reason=outcome.reason,
+            detail={"extraction_blocks": ex.blocks, **outcome.detail},
+            duration_ms=duration,
+            extraction=ex.method,
+            isolation=self.isolation,
+            problem_hash=problem.content_hash,
+        )
+        log.debug(
+            "scored",
+            problem_id=problem.id,
+            passed=score.passed,
+            reason=score.reason,
+            extraction=ex.method,
+            duration_ms=duration,
+        )
+        return score
