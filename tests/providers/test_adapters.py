@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import httpx
 import pytest
 
 from rollwatch.errors import ProviderError
@@ -69,7 +68,7 @@ class TestOpenAI:
             ],
             "usage": {"prompt_tokens": 5, "completion_tokens": 7},
         }
-        parsed = self.adapter.parse(data, httpx.Headers())
+        parsed = self.adapter.parse(data, {})
         assert parsed.reasoning == "hmm"
         assert parsed.finish_reason == "length"
         assert parsed.request_id == "gen-1"
@@ -79,52 +78,50 @@ class TestOpenAI:
     def test_null_content_is_empty_text(self) -> None:
         """A refusal or an empty answer (``content: null``) is an empty text, not an error."""
         data = {"choices": [{"message": {"role": "assistant", "content": None}}]}
-        assert self.adapter.parse(data, httpx.Headers()).text == ""
+        assert self.adapter.parse(data, {}).text == ""
 
     def test_error_in_a_200_body(self) -> None:
         """OpenRouter's ``{"error": {...}}`` with status 200 is classified by its code."""
         data = {"error": {"code": 502, "message": "upstream failed"}}
         with pytest.raises(ProviderError) as e:
-            self.adapter.parse(data, httpx.Headers())
+            self.adapter.parse(data, {})
         assert (e.value.kind, e.value.status, e.value.retryable) == ("server_error", 502, True)
         assert "upstream failed" in e.value.message
 
     def test_reset_headers_on_429(self) -> None:
         """Without Retry-After, a 429 waits for the exhausted window's reset."""
-        headers = httpx.Headers(
-            {
-                "x-ratelimit-remaining-requests": "10",
-                "x-ratelimit-reset-requests": "20ms",
-                "x-ratelimit-remaining-tokens": "0",
-                "x-ratelimit-reset-tokens": "6m0s",
-            }
-        )
+        headers = {
+            "x-ratelimit-remaining-requests": "10",
+            "x-ratelimit-reset-requests": "20ms",
+            "x-ratelimit-remaining-tokens": "0",
+            "x-ratelimit-reset-tokens": "6m0s",
+        }
         err = self.adapter.error(429, headers, body({"error": {"message": "slow down"}}), NOW)
         assert err.retry_after == pytest.approx(360.0)
         assert err.retryable
 
     def test_reset_headers_without_remaining(self) -> None:
         """When the server does not say which window ran out, the shorter reset is used."""
-        headers = httpx.Headers({"x-ratelimit-reset-requests": "1s", "x-ratelimit-reset-tokens": "1m30s"})
+        headers = {"x-ratelimit-reset-requests": "1s", "x-ratelimit-reset-tokens": "1m30s"}
         err = self.adapter.error(429, headers, b"{}", NOW)
         assert err.retry_after == pytest.approx(1.0)
 
     def test_retry_after_wins_over_resets(self) -> None:
         """Retry-After (here in milliseconds) is the wait when present."""
-        headers = httpx.Headers({"retry-after-ms": "1500", "x-ratelimit-reset-requests": "9s"})
+        headers = {"retry-after-ms": "1500", "x-ratelimit-reset-requests": "9s"}
         assert self.adapter.error(429, headers, b"{}", NOW).retry_after == pytest.approx(1.5)
 
     def test_insufficient_quota_is_not_retried(self) -> None:
         """A 429 for billing (``insufficient_quota``) is not a pacing signal."""
         data = {"error": {"message": "You exceeded your current quota", "code": "insufficient_quota"}}
-        err = self.adapter.error(429, httpx.Headers(), body(data), NOW)
+        err = self.adapter.error(429, {}, body(data), NOW)
         assert (err.kind, err.retryable) == ("rate_limited", False)
 
     def test_success_with_an_empty_window_pauses(self) -> None:
         """A 200 whose request window is used up asks everyone to wait for the reset."""
-        headers = httpx.Headers({"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "2s"})
+        headers = {"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "2s"}
         assert self.adapter.pause_hint(headers) == pytest.approx(2.0)
-        assert self.adapter.pause_hint(httpx.Headers()) is None
+        assert self.adapter.pause_hint({}) is None
 
 
 class TestAnthropic:
@@ -169,7 +166,7 @@ class TestAnthropic:
             "stop_reason": "max_tokens",
             "usage": {"input_tokens": 3, "output_tokens": 4},
         }
-        parsed = self.adapter.parse(data, httpx.Headers())
+        parsed = self.adapter.parse(data, {})
         assert parsed.text == "one two"
         assert parsed.reasoning == "a\n\nb"
         assert parsed.finish_reason == "max_tokens"
@@ -178,7 +175,7 @@ class TestAnthropic:
     def test_overloaded(self) -> None:
         """529 ``overloaded_error`` is a retryable ``overloaded``."""
         data = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
-        err = self.adapter.error(529, httpx.Headers(), body(data), NOW)
+        err = self.adapter.error(529, {}, body(data), NOW)
         assert (err.kind, err.retryable, err.message) == ("overloaded", True, "Overloaded")
 
 
@@ -239,7 +236,7 @@ class TestGemini:
             "promptFeedback": {"blockReason": "PROHIBITED_CONTENT"},
             "usageMetadata": {"promptTokenCount": 9, "totalTokenCount": 9},
         }
-        parsed = self.adapter.parse(data, httpx.Headers())
+        parsed = self.adapter.parse(data, {})
         assert (parsed.text, parsed.finish_reason) == ("", "blocked:PROHIBITED_CONTENT")
         assert parsed.usage.input_tokens == 9
 
@@ -249,7 +246,7 @@ class TestGemini:
             "candidates": [{"content": {"role": "model"}, "finishReason": "MAX_TOKENS"}],
             "usageMetadata": {"promptTokenCount": 9, "thoughtsTokenCount": 100},
         }
-        parsed = self.adapter.parse(data, httpx.Headers())
+        parsed = self.adapter.parse(data, {})
         assert (parsed.text, parsed.reasoning, parsed.finish_reason) == ("", None, "MAX_TOKENS")
         assert (parsed.usage.output_tokens, parsed.usage.reasoning_tokens) == (100, 100)
 
@@ -269,7 +266,7 @@ class TestGemini:
                 ],
             }
         }
-        err = self.adapter.error(400, httpx.Headers(), body(data), NOW)
+        err = self.adapter.error(400, {}, body(data), NOW)
         assert (err.kind, err.retryable) == ("auth", False)
 
     def test_fractional_retry_delay(self) -> None:
@@ -289,7 +286,7 @@ class TestGemini:
                 }
             }
         ]
-        err = self.adapter.error(429, httpx.Headers(), body(data), NOW)
+        err = self.adapter.error(429, {}, body(data), NOW)
         assert err.retry_after == pytest.approx(45.837906927)
         assert err.message == "Resource exhausted"
 

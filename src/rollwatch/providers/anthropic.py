@@ -20,10 +20,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import httpx
-
 from rollwatch.errors import ProviderError
 from rollwatch.providers.base import (
+    Headers,
     Parsed,
     Prompt,
     Usage,
@@ -75,7 +74,7 @@ class AnthropicAdapter:
         """``x-api-key: KEY``."""
         return {"x-api-key": key}
 
-    def parse(self, data: Any, headers: httpx.Headers) -> Parsed:
+    def parse(self, data: Any, headers: Headers) -> Parsed:
         """Text and thinking blocks, stop reason and usage."""
         if not isinstance(data, dict):
             raise bad_response("the body is not a JSON object")
@@ -111,7 +110,7 @@ class AnthropicAdapter:
             model=_str(data.get("model")),
         )
 
-    def error(self, status: int, headers: httpx.Headers, body: bytes, now: float) -> ProviderError:
+    def error(self, status: int, headers: Headers, body: bytes, now: float) -> ProviderError:
         """Classified by status (529: overloaded); the wait from Retry-After."""
         kind, retryable = classify_status(status)
         return ProviderError(
@@ -122,7 +121,7 @@ class AnthropicAdapter:
             retry_after=parse_retry_after(headers, now),
         )
 
-    def pause_hint(self, headers: httpx.Headers) -> float | None:
+    def pause_hint(self, headers: Headers) -> float | None:
         """None: Anthropic's rate-limit headers are only acted on when it answers 429."""
         return None
 

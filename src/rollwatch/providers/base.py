@@ -25,12 +25,12 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import anyio
-import httpx
 
 from rollwatch.errors import ProviderError
 
@@ -110,11 +110,11 @@ class Clock(Protocol):
 
 
 class AnyioClock:
-    """The event loop's clock (``anyio.current_time``), the default everywhere."""
+    """Real time: ``time.monotonic`` and ``anyio.sleep``, the default everywhere."""
 
     def now(self) -> float:
-        """The event loop's monotonic time."""
-        return anyio.current_time()
+        """Monotonic seconds (only differences matter; cheaper than a backend lookup)."""
+        return time.monotonic()
 
     async def sleep(self, seconds: float) -> None:
         """``anyio.sleep`` for ``seconds`` (a checkpoint even when 0)."""
@@ -146,6 +146,10 @@ class Parsed:
     model: str | None
 
 
+Headers = Mapping[str, str]
+"""Response headers as adapters see them: one plain mapping, names in lower case."""
+
+
 class WireAdapter(Protocol):
     """One vendor's HTTP wire format. Pure functions of their inputs: no I/O, no state.
 
@@ -165,16 +169,16 @@ class WireAdapter(Protocol):
         """The headers that carry ``key`` (and only those)."""
         ...
 
-    def parse(self, data: Any, headers: httpx.Headers) -> Parsed:
+    def parse(self, data: Any, headers: Headers) -> Parsed:
         """The answer in a decoded 2xx body."""
         ...
 
-    def error(self, status: int, headers: httpx.Headers, body: bytes, now: float) -> ProviderError:
+    def error(self, status: int, headers: Headers, body: bytes, now: float) -> ProviderError:
         """The classified error of a non-2xx response (``now``: wall-clock epoch seconds,
         for ``Retry-After`` dates)."""
         ...
 
-    def pause_hint(self, headers: httpx.Headers) -> float | None:
+    def pause_hint(self, headers: Headers) -> float | None:
         """Seconds the provider asks every request to wait, read from a *successful*
         response (e.g. a rate-limit window with nothing left in it); None: no wait."""
         ...

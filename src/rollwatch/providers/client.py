@@ -301,9 +301,11 @@ class ProviderClient:
         latency_ms = (time.perf_counter() - start) * 1000.0
         status = response.status_code
         body = response.content
-        rid = response.headers.get("x-request-id") or response.headers.get("request-id")
+        # One pass into a plain dict: every httpx.Headers lookup scans the whole list.
+        headers = dict(response.headers.items())
+        rid = headers.get("x-request-id") or headers.get("request-id")
         if not 200 <= status < 300:
-            err = adapter.error(status, response.headers, body, time.time())
+            err = adapter.error(status, headers, body, time.time())
             raise self._with_context(err, rid)
         try:
             data = json.loads(body)
@@ -311,12 +313,12 @@ class ProviderClient:
             text = self._clean(excerpt(body.decode("utf-8", "replace"), 120))
             raise bad_response(f"the body is not JSON (HTTP {status}): {text}") from None
         try:
-            parsed = adapter.parse(data, response.headers)
+            parsed = adapter.parse(data, headers)
         except ProviderError as e:
             raise self._with_context(e, rid) from None
         except (KeyError, TypeError, AttributeError, IndexError, ValueError) as e:
             raise bad_response(f"unexpected body shape: {type(e).__name__}: {e}") from None
-        if (pause := adapter.pause_hint(response.headers)) is not None:
+        if (pause := adapter.pause_hint(headers)) is not None:
             self.limits.pause(pause)
         return Answer(
             text=parsed.text,

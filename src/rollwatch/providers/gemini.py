@@ -31,10 +31,9 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
 
-import httpx
-
 from rollwatch.errors import ProviderError
 from rollwatch.providers.base import (
+    Headers,
     Parsed,
     Prompt,
     Usage,
@@ -117,7 +116,7 @@ class GeminiAdapter:
         """``x-goog-api-key: KEY`` (a header, so the key never reaches a URL)."""
         return {"x-goog-api-key": key}
 
-    def parse(self, data: Any, headers: httpx.Headers) -> Parsed:
+    def parse(self, data: Any, headers: Headers) -> Parsed:
         """The first candidate's parts, finish reason and usage metadata."""
         if not isinstance(data, dict):
             raise bad_response("the body is not a JSON object")
@@ -167,7 +166,7 @@ class GeminiAdapter:
             model=model,
         )
 
-    def error(self, status: int, headers: httpx.Headers, body: bytes, now: float) -> ProviderError:
+    def error(self, status: int, headers: Headers, body: bytes, now: float) -> ProviderError:
         """Classified by status (a bad key's 400 as ``auth``); the wait from RetryInfo."""
         kind, retryable = classify_status(status)
         try:
@@ -181,7 +180,7 @@ class GeminiAdapter:
             wait = parse_retry_after(headers, now)
         return ProviderError(kind, error_message(body), status=status, retryable=retryable, retry_after=wait)
 
-    def pause_hint(self, headers: httpx.Headers) -> float | None:
+    def pause_hint(self, headers: Headers) -> float | None:
         """None: Gemini sends no rate-limit headers on success."""
         return None
 

@@ -20,10 +20,9 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-import httpx
-
 from rollwatch.errors import ProviderError
 from rollwatch.providers.base import (
+    Headers,
     Parsed,
     Prompt,
     Usage,
@@ -67,7 +66,7 @@ class OpenAIAdapter:
         """``Authorization: Bearer KEY``."""
         return {"authorization": f"Bearer {key}"}
 
-    def parse(self, data: Any, headers: httpx.Headers) -> Parsed:
+    def parse(self, data: Any, headers: Headers) -> Parsed:
         """The first choice's message, finish reason and usage."""
         if not isinstance(data, dict):
             raise bad_response("the body is not a JSON object")
@@ -101,7 +100,7 @@ class OpenAIAdapter:
             model=_str(data.get("model")),
         )
 
-    def error(self, status: int, headers: httpx.Headers, body: bytes, now: float) -> ProviderError:
+    def error(self, status: int, headers: Headers, body: bytes, now: float) -> ProviderError:
         """Classified by status; the wait from Retry-After or the exhausted window."""
         kind, retryable = classify_status(status)
         message = error_message(body)
@@ -112,12 +111,12 @@ class OpenAIAdapter:
             wait = _exhausted_reset(headers, only_exhausted=False)
         return ProviderError(kind, message, status=status, retryable=retryable, retry_after=wait)
 
-    def pause_hint(self, headers: httpx.Headers) -> float | None:
+    def pause_hint(self, headers: Headers) -> float | None:
         """The reset time of a rate-limit window that this response left empty."""
         return _exhausted_reset(headers, only_exhausted=True)
 
 
-def _exhausted_reset(headers: httpx.Headers, *, only_exhausted: bool) -> float | None:
+def _exhausted_reset(headers: Headers, *, only_exhausted: bool) -> float | None:
     """The longest reset among exhausted windows; failing that (``only_exhausted`` off,
     on a 429 where the server did not say which window), the shortest reset given."""
     resets: list[float] = []
