@@ -1,45 +1,60 @@
-"""Checker: generates graphs, runs the solution (argv[1]), verifies each order.
-Exit status 0 when every case passes, 1 otherwise (no JSON: exit status decides)."""
+"""Checker for topo-order: generates graphs, runs the solution, verifies each order.
 
+Trusted; runs on the host. The solution (argv[1]) only ever runs through
+$ROLLWATCH_RUN, in a fresh sandbox each time. No JSON: exit status 0 when every
+case passes, else 1 with the reason as the last line.
+"""
+
+import os
 import random
 import subprocess
 import sys
 
 solution = sys.argv[1]
+run = os.environ["ROLLWATCH_RUN"]
 rng = random.Random(4)
 
 
-def case(n, m, cyclic):
+def graph(n: int, m: int, cyclic: bool) -> list[tuple[int, int]]:
     perm = list(range(1, n + 1))
     rng.shuffle(perm)
     edges = set()
     while len(edges) < m:
         i, j = sorted(rng.sample(range(n), 2))
         edges.add((perm[i], perm[j]))
-    edges = list(edges)
+    out = sorted(edges)
+    rng.shuffle(out)
     if cyclic:
-        a, b = edges[0]
-        edges.append((b, a))
-    return n, edges
+        a, b = out[0]
+        out.append((b, a))
+    return out
 
 
-for n, m, cyclic in [(3, 2, False), (5, 4, True), (1000, 3000, False), (50000, 150000, False), (2000, 5000, True)]:
-    n, edges = case(n, min(m, n * (n - 1) // 2), cyclic)
-    inp = f"{n} {len(edges)}\n" + "\n".join(f"{a} {b}" for a, b in edges) + "\n"
-    r = subprocess.run([sys.executable, solution], input=inp, capture_output=True, text=True, timeout=5)
+CASES = [(1, 0, False), (3, 2, False), (5, 4, True), (1000, 3000, False), (100_000, 200_000, False), (2000, 5000, True)]
+for n, m, cyclic in CASES:
+    edges = graph(n, min(m, n * (n - 1) // 2), cyclic)
+    data = f"{n} {len(edges)}\n" + "".join(f"{a} {b}\n" for a, b in edges)
+    r = subprocess.run([run, solution], input=data, capture_output=True, text=True)
+    if r.returncode != 0:
+        print(f"n={n}: " + (r.stderr.strip().splitlines() or [f"exit status {r.returncode}"])[-1])
+        sys.exit(1)
     out = r.stdout.split()
     if cyclic:
         if out != ["IMPOSSIBLE"]:
-            print(f"n={n}: expected IMPOSSIBLE")
+            print(f"n={n}: the prerequisites have a cycle, expected IMPOSSIBLE")
             sys.exit(1)
         continue
     try:
         order = [int(x) for x in out]
     except ValueError:
-        print(f"n={n}: not numbers")
+        print(f"n={n}: the output is not course numbers")
+        sys.exit(1)
+    if sorted(order) != list(range(1, n + 1)):
+        print(f"n={n}: not every course exactly once")
         sys.exit(1)
     pos = {c: i for i, c in enumerate(order)}
-    if sorted(order) != list(range(1, n + 1)) or any(pos[a] >= pos[b] for a, b in edges):
-        print(f"n={n}: not a valid order")
+    bad = next(((a, b) for a, b in edges if pos[a] >= pos[b]), None)
+    if bad:
+        print(f"n={n}: course {bad[0]} must come before {bad[1]}")
         sys.exit(1)
 sys.exit(0)

@@ -179,6 +179,9 @@ def setup_root(plan: list[list]) -> None:
             _mountpoint(dst, src)
             _mount(src, dst, None, MS_BIND | MS_REC)
             _mount(None, dst, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
+        elif kind == "dir":
+            os.makedirs(new + step[1], mode=0o755, exist_ok=True)
+            os.chmod(new + step[1], 0o755)
         elif kind == "symlink":
             os.makedirs(os.path.dirname(new + step[2]), exist_ok=True)
             os.symlink(step[1], new + step[2])
@@ -300,9 +303,14 @@ def _describe(e: BaseException) -> str:
 def _kind(e: BaseException) -> str:
     if isinstance(e, MemoryError):
         return "memory"
+    if isinstance(e, OSError) and e.errno == errno.EFBIG:
+        return "file_size"  # Python ignores SIGXFSZ: past RLIMIT_FSIZE a write raises EFBIG
     if isinstance(e, SystemExit):
         return "exit"
     return "exception"
+
+
+_LIMIT_REASONS = {"memory": "memory", "file_size": "file size limit"}
 
 
 def _test_line(e: BaseException, filename: str) -> tuple[int, str] | None:
@@ -326,6 +334,24 @@ def _run_function(req: dict, nonce: str) -> int:
     write = os.write
     dumps, loads = marshal.dumps, marshal.loads
     safe_builtins = dict(builtins.__dict__)
+    # What the tests may import: the candidate must not rebind any of it (say,
+    # builtins.eval or random.randint) to bend the tests its way.
+    modules = {
+        name: (m, dict(vars(m)))
+        for name, m in list(sys.modules.items())
+        if "." not in name and not name.startswith("_") and name not in ("sys", "__main__") and m is not None
+    }
+    modules["builtins"] = (builtins, dict(safe_builtins))
+
+    def tampered() -> str | None:
+        for name, (m, before) in modules.items():
+            if sys.modules.get(name) is not m:
+                return f"module {name} was replaced"
+            now = vars(m)
+            for key, value in before.items():
+                if now.get(key, now) is not value:
+                    return f"{name}.{key} was rebound"
+        return None
 
     def report(obj: dict) -> None:
         write(VERDICT_FD, (nonce + " " + json.dumps(obj) + "\n").encode())
@@ -385,10 +411,8 @@ def _run_function(req: dict, nonce: str) -> int:
             return 1
         kind = _kind(e)
         where = _test_line(e, "tests.py") if stage == "tests" else None
-        reason = f"exception: {_describe(e)}"
-        if kind == "memory":
-            reason = "memory"
-        elif kind == "exit":
+        reason = _LIMIT_REASONS.get(kind) or f"exception: {_describe(e)}"
+        if kind == "exit":
             reason = f"exited before the tests finished (SystemExit {getattr(e, 'code', None)!r})"
         detail = {"ok": False, "kind": kind, "reason": reason, "stage": stage}
         if where:
@@ -405,6 +429,10 @@ def _run_function(req: dict, nonce: str) -> int:
         return 1
     if violations:
         report({"ok": False, "kind": "unverifiable", "reason": f"unverifiable return value: {violations[0]}"})
+        return 1
+    what = tampered()
+    if what is not None:
+        report({"ok": False, "kind": "tampered", "reason": f"tampered with the standard library: {what}"})
         return 1
     report({"ok": True})
     return 0
@@ -457,7 +485,7 @@ def _run_program(req: dict, nonce: str) -> int:
         except BaseException:
             pass
         kind = _kind(e)
-        report({"kind": kind, "reason": "memory" if kind == "memory" else f"exception: {_describe(e)}"})
+        report({"kind": kind, "reason": _LIMIT_REASONS.get(kind) or f"exception: {_describe(e)}"})
         status = 1
     try:
         sys.stdout.flush()

@@ -222,8 +222,8 @@ class SampleResult:
             except ValueError:
                 name = str(self.signal)
             return _SIGNAL_REASONS.get(name, f"killed by signal {name}")
-        if self.verdict and self.verdict.get("kind") == "memory":
-            return "memory"
+        if self.verdict and self.verdict.get("kind") in ("memory", "file_size"):
+            return str(self.verdict.get("reason"))
         return None
 
     def detail(self) -> dict[str, Any]:

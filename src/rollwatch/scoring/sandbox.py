@@ -100,8 +100,13 @@ def fs_plan(settings: ScoringSettings) -> list[list[Any]]:
         if os.path.exists(f):
             plan.append(["ro-bind", f, f])
     bound = ("/usr/", "/bin/", "/sbin/", "/lib/", "/lib64/")
-    for path in {os.path.realpath(sys.base_prefix), os.path.dirname(os.path.dirname(sandbox_python()))}:
+    for path in sorted({os.path.realpath(sys.base_prefix), os.path.dirname(os.path.dirname(sandbox_python()))}):
         if not (path + "/").startswith(bound):
+            # Its parents must be traversable by the sample's uid (bwrap would make them
+            # 0700): the interpreter may live under /root (pyenv).
+            parents = Path(path).parents
+            for parent in reversed(parents[:-1] if len(parents) > 1 else []):
+                plan.append(["dir", str(parent)])
             plan.append(["ro-bind", path, path])
     size = settings.tmp_size_mb * 1024 * 1024
     plan += [
@@ -343,6 +348,8 @@ class BwrapSandbox(ZygoteSandbox):
                 args += ["--dev", step[1]]
             elif kind == "tmpfs":
                 args += ["--size", str(step[2]), "--tmpfs", step[1]]
+            elif kind == "dir":
+                args += ["--perms", "0755", "--dir", step[1]]
         args += [
             "--ro-bind",
             zygote,
@@ -426,9 +433,39 @@ class UnisolatedSandbox(ZygoteSandbox):
         base = tempfile.mkdtemp(dir=self._host_dir) if oneshot else self._host_dir
         os.chmod(base, 0o711)
         cfg.update(
-            kill="tree" if self.uid is None else "uid", workdir=base + "/work", wipe=[base], ipc_unshare=False
+            kill="tree" if self.uid is None else "uid",
+            workdir=base + "/work",
+            wipe=[base],
+            ipc_unshare=False,
+            # Without a mount namespace the stdlib may be unreadable to the slot's uid
+            # (pyenv under /root): what is imported before the uid drop still works.
+            preload=True,
         )
         return cfg
+
+    async def start(self) -> None:
+        if self._proc is None and self.uid is not None and self.slot == 0:
+            hidden = _unreadable_parent(os.path.realpath(sys.base_prefix))
+            if hidden:
+                log.warning(
+                    "sandbox_stdlib_unreadable",
+                    isolation=self.isolation,
+                    path=hidden,
+                    hint="samples can import only the preloaded modules; use bwrap, or a Python under /usr",
+                )
+        await super().start()
+
+
+def _unreadable_parent(path: str) -> str | None:
+    """The first folder of ``path`` that others cannot traverse, if any."""
+    p = Path(path)
+    for d in [*reversed(p.parents), p]:
+        try:
+            if not os.stat(d).st_mode & 0o001:
+                return str(d)
+        except OSError:
+            return str(d)
+    return None
 
 
 SANDBOXES: dict[str, type[ZygoteSandbox]] = {
