@@ -14,6 +14,7 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -172,7 +173,16 @@ def test_sigterm_notify_and_json_logs(tmp_path: Path, provider: tuple[str, Path]
     try:
         expect("READY=1")
         expect("WATCHDOG=1")
-        wait_until(lambda: events(tmp_path / "events.db", "RolloutResponded"), 60, "rollouts in flight")
+        wait_until(lambda: events(tmp_path / "events.db", "RolloutScored"), 60, "rollouts in flight")
+        listen = [ln for ln in cfg.read_text().splitlines() if ln.startswith("listen")][0].split('"')[1]
+        assert httpx.get(f"http://{listen}/healthz").status_code == 200
+        metrics = wait_until(
+            lambda: (m := httpx.get(f"http://{listen}/metrics").text) and "rollwatch_rollouts_total{outcome=" in m and m,
+            30, "rollout metrics",
+        )
+        for name in ("rollwatch_runs_started_total 1", "rollwatch_request_latency_seconds_count",
+                     "rollwatch_append_latency_seconds_bucket", "rollwatch_scoring_queue_depth"):
+            assert name in metrics, name
         t0 = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         expect("STOPPING=1")

@@ -443,7 +443,6 @@ def problems_check(ctx: Context, problem_set: str | None) -> None:
     async def main() -> int:
         bad = 0
         async with ScoringPool(settings_from_config(ctx.config.scoring)) as pool:
-            log.info("sandbox", isolation=pool.isolation, workers=pool.workers)
             for ps in sets:
                 failures = await check_references(ps, pool)
                 for pid, why in failures:

@@ -61,7 +61,6 @@ async def open_services(config: Config, *, scoring: bool = True) -> AsyncIterato
         )
         problem_sets = load_problem_sets(config)
         scorer = await stack.enter_async_context(ScoringPool(settings_from_config(config.scoring)))
-        log.info("sandbox", isolation=scorer.isolation, workers=scorer.workers)
         providers: dict[str, Any] = {}
         for p in config.providers:
             if not p.has_key():
