@@ -50,10 +50,20 @@ def events(db: Path, type_: str | None = None) -> list[tuple[int, str, dict]]:
 @pytest.fixture
 def provider(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     """A loopback OpenAI-compatible server in its own process; yields (base_url, request log)."""
+    yield from _provider(tmp_path, 0.1)
+
+
+@pytest.fixture
+def slow_provider(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """The same, answering after a second: runs last long enough to overlap."""
+    yield from _provider(tmp_path, 1.0)
+
+
+def _provider(tmp_path: Path, delay: float) -> Iterator[tuple[str, Path]]:
     port_file, log = tmp_path / "port", tmp_path / "requests.jsonl"
     log.touch()
     proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "tests" / "fake_provider.py"), str(port_file), str(log), "0.1"]
+        [sys.executable, str(ROOT / "tests" / "fake_provider.py"), str(port_file), str(log), str(delay)]
     )
     try:
         port = wait_until(lambda: port_file.exists() and port_file.read_text(), 20, "the fake provider")
@@ -206,3 +216,61 @@ def test_sigterm_notify_and_json_logs(tmp_path: Path, provider: tuple[str, Path]
     # The run was interrupted, not finished: it resumes at the next start.
     assert not events(tmp_path / "events.db", "RunFinished")
     assert events(tmp_path / "events.db", "RunInterrupted")
+
+
+def test_budget_stops_starting_rollouts(tmp_path: Path, provider: tuple[str, Path]) -> None:
+    """`rollwatch run` with a small budget ends budget_exhausted without passing the budget."""
+    base_url, _ = provider
+    cfg = config(tmp_path, base_url, rollouts=5)
+    cfg.write_text(cfg.read_text() + 'budget_usd = 0.003\n[schedules.params]\nmax_tokens = 50\n')
+    res = subprocess.run(
+        [sys.executable, "-m", "rollwatch", "--config", str(cfg), "run", "fake-often"],
+        capture_output=True, text=True, timeout=120, env={**os.environ, "FAKE_PROVIDER_KEY": "k"},
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    fin = events(tmp_path / "events.db", "RunFinished")
+    assert len(fin) == 1
+    d = fin[0][2]
+    assert d["status"] == "budget_exhausted"
+    assert 0 < d["rollouts"] < d["planned"]
+    assert d["cost_usd"] <= 0.003
+    assert "budget_exhausted" in res.stdout
+
+
+def test_schedules_are_steered_through_the_log(tmp_path: Path, slow_provider: tuple[str, Path]) -> None:
+    """pause, trigger, resume from the CLI act on a running daemon; a fire during a run is skipped and recorded."""
+    base_url, _ = slow_provider
+    cfg = config(tmp_path, base_url, rollouts=1)
+    db = tmp_path / "events.db"
+    env = {"FAKE_PROVIDER_KEY": "k"}
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "rollwatch", "--config", str(cfg), *args],
+                              capture_output=True, text=True, timeout=60, env={**os.environ, **env})
+
+    proc = serve(cfg)
+    try:
+        wait_until(lambda: events(db, "RunFinished"), 60, "the first run")
+        assert cli("schedules", "pause", "fake-often", "--note", "maintenance").returncode == 0
+        listed = json.loads(cli("schedules", "list", "--json").stdout)
+        assert listed[0]["state"] == "paused" and listed[0]["note"] == "maintenance"
+        # A trigger is an explicit order: it runs even while paused.
+        assert cli("schedules", "trigger", "fake-often").returncode == 0
+        wait_until(lambda: len(events(db, "RunStarted")) == 2, 30, "the triggered run")
+        # A second trigger while that run goes (each answer takes a second) is skipped
+        # and recorded, never queued.
+        assert cli("schedules", "trigger", "fake-often").returncode == 0
+        wait_until(lambda: events(db, "ScheduleSkipped"), 30, "the skipped fire")
+        assert not events(db, "RunFinished")[1:], "the triggered run ended before the second trigger"
+        wait_until(lambda: len(events(db, "RunFinished")) == 2, 60, "the triggered run to finish")
+        started = events(db, "RunStarted")
+        assert started[1][2]["trigger"] == "trigger"
+        assert len(started) == 2
+        assert cli("schedules", "resume", "fake-often").returncode == 0
+        listed = json.loads(cli("schedules", "list", "--json").stdout)
+        assert listed[0]["state"] == "active"
+        assert listed[0]["last_status"] == "completed"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+    assert proc.returncode == 0
