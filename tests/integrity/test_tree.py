@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import tempfile
 import tracemalloc
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AsyncExitStack
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
+from anyio.abc import TaskStatus
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from rollwatch.abc import EventStore, VerifyReport
 from rollwatch.errors import IntegrityError
-from rollwatch.events import SchedulePaused
+from rollwatch.events import Event, Recorded, SchedulePaused
 from rollwatch.integrity import merkle
 from rollwatch.integrity.checkpoint import CheckpointSigned
 from rollwatch.integrity.tree import MerkleTree
@@ -182,3 +190,121 @@ class TestLogChecks:
         after = [await tree.root(k) for k in range(31)]
         assert after[:7] == before[:7]
         assert all(a != b for a, b in zip(after[7:], before[7:], strict=True))
+
+
+class GenericStore(EventStore):
+    """The SQLite store seen only through the EventStore interface (forces the generic read path)."""
+
+    def __init__(self, inner: SQLiteEventStore) -> None:
+        super().__init__()
+        self.inner = inner
+
+    async def _open(self, stack: AsyncExitStack) -> None:  # pragma: no cover - never opened
+        raise NotImplementedError
+
+    async def append(
+        self, stream: str, events: Sequence[Event], *, expected_version: int | None = None
+    ) -> list[Recorded]:
+        return await self.inner.append(stream, events, expected_version=expected_version)
+
+    def read_batches(self, **kw: Any) -> AsyncIterator[list[Recorded]]:
+        return self.inner.read_batches(**kw)
+
+    async def head(self) -> int:
+        return await self.inner.head()
+
+    async def stream_version(self, stream: str) -> int:
+        return await self.inner.stream_version(stream)
+
+    async def wait_for_new(self, after: int, timeout: float) -> int:
+        return await self.inner.wait_for_new(after, timeout)
+
+    async def verify(self, progress: Callable[[int], None] | None = None) -> VerifyReport:
+        return await self.inner.verify(progress)
+
+
+# Stream names as a caller might choose them: plain ones take the fast path, the rest
+# (quotes, backslashes, control characters, NUL, non-ASCII) must be rebuilt exactly.
+streams = st.text(
+    alphabet=st.sampled_from([*"az09 ._:+/@=-", '"', "\\", "\n", "\x00", "\x7f", "é", "\u2028", "😀", "{"]),
+    max_size=12,
+)
+
+
+class TestReadPaths:
+    @pytest.mark.anyio
+    async def test_file_and_generic_paths_agree_with_the_canonical_bytes(self, tmp_path: Path) -> None:
+        """Whatever the stream names, the file reader and the generic path give every event's reference leaf."""
+
+        @settings(max_examples=25, deadline=None)
+        @given(names=st.lists(streams, min_size=1, max_size=8))
+        def check(names: list[str]) -> None:
+            async def run() -> None:
+                d = Path(tempfile.mkdtemp(dir=tmp_path))
+                async with SQLiteEventStore(d / "e.db") as store:
+                    for i, name in enumerate(names):
+                        await store.append(name, [SchedulePaused(schedule=name, note=f'{i}\u00e9"')])
+                    want = await log_leaves(store)
+                    async with (
+                        MerkleTree(d / "fast.db", batch=3) as fast,
+                        MerkleTree(d / "slow.db", batch=3) as slow,
+                    ):
+                        await fast.catch_up(store)
+                        await slow.catch_up(GenericStore(store))
+                        assert await fast.leaf_hashes(0, len(want)) == want
+                        assert await slow.leaf_hashes(0, len(want)) == want
+
+            anyio.run(run)
+
+        await anyio.to_thread.run_sync(check)
+
+    @pytest.mark.anyio
+    async def test_generic_path_checks_like_the_file_path(
+        self, store: SQLiteEventStore, tree: MerkleTree, tmp_path: Path
+    ) -> None:
+        """Through the generic path too, a rewritten tail is refused and the roots are the reference's."""
+        generic = GenericStore(store)
+        await append_n(store, 23)
+        assert await tree.catch_up(generic) == 23
+        assert await tree.root() == ref_mth(await log_leaves(store))
+        rewrite_event(tmp_path / "events.db", 23, '{"note":"","schedule":"forged"}')
+        with pytest.raises(IntegrityError) as e:
+            await tree.catch_up(generic)
+        assert e.value.seq == 23
+
+
+class TestWorker:
+    @pytest.mark.anyio
+    async def test_worker_follows_appends(self, store: SQLiteEventStore, tree: MerkleTree) -> None:
+        """follow_in_worker reports started once the worker caught up, then the worker absorbs each append."""
+        await append_n(store, 40)
+        async with anyio.create_task_group() as tg:
+            await tg.start(tree.follow_in_worker, store)
+            assert tree.size == 40
+            await append_n(store, 25)
+            with anyio.fail_after(20):
+                while await tree.current_size() < 65:
+                    await store.wait_for_new(await store.head(), timeout=0.2)
+            tg.cancel_scope.cancel()
+        assert await tree.root() == ref_mth(await log_leaves(store))
+
+    @pytest.mark.anyio
+    async def test_worker_reports_a_rewritten_tail(
+        self, store: SQLiteEventStore, tree: MerkleTree, tmp_path: Path
+    ) -> None:
+        """When the worker finds the last absorbed event changed, follow_in_worker raises its IntegrityError."""
+        await append_n(store, 10)
+        caught: list[IntegrityError] = []
+
+        async def run(*, task_status: TaskStatus[None]) -> None:
+            try:
+                await tree.follow_in_worker(store, task_status=task_status)
+            except IntegrityError as e:
+                caught.append(e)
+
+        with anyio.fail_after(20):
+            async with anyio.create_task_group() as tg:
+                await tg.start(run)
+                rewrite_event(tmp_path / "events.db", 10, '{"note":"","schedule":"forged"}')
+                await append_n(store, 1)
+        assert [e.seq for e in caught] == [10]

@@ -127,7 +127,7 @@ class Integrity:
 
         async def follow(*, task_status: TaskStatus[None]) -> None:
             try:
-                await self.tree.follow(self.store, task_status=task_status)
+                await self.tree.follow_in_worker(self.store, task_status=task_status)
             except Exception as e:
                 await fail_with(e)
 

@@ -23,11 +23,25 @@ The tree checks the log as it goes: every batch must continue at ``size + 1``, a
 before each catch-up the event it absorbed last must still carry the hash it had
 (a rewrite of the log's tail is refused with :class:`IntegrityError`). Rewrites
 further back are what checkpoints and ``rollwatch verify`` catch.
+
+Reading the log: any :class:`EventStore` through ``read_batches``, the canonical
+bytes rebuilt from each :class:`Recorded`. A SQLite log is read straight from its
+file instead (:class:`SQLiteLogFile`), on a read-only connection of the tree's own,
+as bytes: half the Python work per event. And in the daemon the follower runs in a
+worker process (:meth:`MerkleTree.follow_in_worker`): hashing every event of a busy
+log in the daemon's own process would compete with the appends for the GIL (in
+``bench/bench_integrity.py``, an in-process follower costs appends 15-30% of their
+throughput on two cores; the worker, a few per cent).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import re
 import sqlite3
+import subprocess
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +49,7 @@ from typing import Any
 
 import anyio
 from anyio.abc import TaskStatus
+from anyio.streams.buffered import BufferedByteReceiveStream
 
 from rollwatch._sqlite import ThreadConnection
 from rollwatch.abc import EventStore
@@ -64,6 +79,8 @@ FORMAT = 1
 STRIP = 64
 """Hashes per row."""
 
+_FILE_POLL_S = 0.1  # how often a follower of a bare file looks for new events
+
 _PRAGMAS = ("PRAGMA journal_mode=WAL", "PRAGMA synchronous=NORMAL", "PRAGMA busy_timeout=30000")
 
 SCHEMA = """
@@ -80,6 +97,91 @@ CREATE TABLE IF NOT EXISTS tree_checkpoints (
     seq INTEGER PRIMARY KEY, size INTEGER NOT NULL, root TEXT NOT NULL, note TEXT NOT NULL
 );
 """
+
+
+_COLUMNS = "seq, id, stream, version, type, schema, at, data, hash"
+# Everything as bytes (no UTF-8 decoding into str), and the data of checkpoint events.
+_FILE_PAGE = f"""
+SELECT seq, CAST(at AS BLOB), CAST(id AS BLOB), CAST(stream AS BLOB), CAST(type AS BLOB), schema,
+       CAST(data AS BLOB), CASE WHEN type = '{CheckpointSigned.TYPE}' THEN data END
+FROM events WHERE seq > ? AND seq <= ? ORDER BY seq
+"""
+# A string goes into canonical JSON as is when it is ASCII from this set (the fast
+# path of rollwatch.events._json_str); any other row is rebuilt by canonical_bytes.
+_PLAIN = re.compile(rb"[A-Za-z0-9 ._:+/@=-]*")
+_CANONICAL = b'{"at":"%s","data":%s,"id":"%s","schema":%d,"seq":%d,"stream":"%s","type":"%s"}'
+_LEAF_PREFIX = hashlib.sha256(b"\x00")
+
+
+class SQLiteLogFile:
+    """A SQLite event log read straight from its file (what the tree's worker process reads)."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+
+
+class _FileReader:
+    """Reads a SQLite log file on a connection of its own.
+
+    Used only inside the tree writer's thread units, so it is never used from two
+    threads at once.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._db: sqlite3.Connection | None = None
+
+    def db(self) -> sqlite3.Connection:
+        if self._db is None:
+            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA busy_timeout=30000")
+            db.execute("PRAGMA query_only=1")
+            self._db = db
+        return self._db
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    def head(self) -> int:
+        return int(self.db().execute("SELECT MAX(seq) FROM events").fetchone()[0] or 0)
+
+    def hash_at(self, seq: int) -> str | None:
+        row = self.db().execute("SELECT hash FROM events WHERE seq = ?", (seq,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def page(self, after: int, upto: int) -> tuple[list[int], list[bytes], str, list[tuple[int, str]]]:
+        """Events ``after < seq <= upto``: (seqs, leaf hashes, chain hash of the last, checkpoint data)."""
+        db = self.db()
+        db.execute("BEGIN")
+        try:
+            rows = db.execute(_FILE_PAGE, (after, upto)).fetchall()
+            last = (
+                db.execute("SELECT hash FROM events WHERE seq = ?", (rows[-1][0],)).fetchone()
+                if rows
+                else None
+            )
+            seqs, leaves, cps, slow = [], [], [], []
+            new = _LEAF_PREFIX.copy
+            plain = _PLAIN.fullmatch
+            for i, (seq, at, eid, stream, typ, schema, data, cp) in enumerate(rows):
+                seqs.append(seq)
+                h = new()
+                if plain(at + eid + stream + typ):
+                    h.update(_CANONICAL % (at, data, eid, schema, seq, stream, typ))
+                    leaves.append(h.digest())
+                else:
+                    leaves.append(b"")
+                    slow.append(i)
+                if cp is not None:
+                    cps.append((seq, cp))
+            for i in slow:
+                rec = db.execute(f"SELECT {_COLUMNS} FROM events WHERE seq = ?", (seqs[i],)).fetchone()
+                leaves[i] = leaf_hash(tuple.__new__(Recorded, rec).canonical())
+        finally:
+            db.execute("COMMIT")
+        return seqs, leaves, "" if last is None else str(last[0]), cps
 
 
 def _key(level: int, index: int) -> int:
@@ -110,6 +212,7 @@ class MerkleTree:
         """The size as of this process's last catch-up or read."""
         self._w: ThreadConnection | None = None
         self._r: ThreadConnection | None = None
+        self._files: dict[Path, _FileReader] = {}
         self._lock = anyio.Lock()
 
     async def __aenter__(self) -> MerkleTree:
@@ -124,6 +227,14 @@ class MerkleTree:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        files, self._files = list(self._files.values()), {}
+
+        def close_files(_: sqlite3.Connection) -> None:
+            for f in files:
+                f.close()
+
+        if self._w is not None:
+            await self._w.run(close_files)
         for db in (self._w, self._r):
             if db is not None:
                 await db.close()
@@ -179,7 +290,7 @@ class MerkleTree:
 
     async def catch_up(
         self,
-        store: EventStore,
+        store: EventStore | SQLiteLogFile,
         *,
         until: int | None = None,
         progress: Callable[[int, int], None] | None = None,
@@ -187,12 +298,13 @@ class MerkleTree:
         """Absorb every event not yet in the tree (up to ``until``); return the tree size.
 
         Raises :class:`IntegrityError` when the log no longer continues the tree: the
-        last absorbed event changed, or the log is shorter than the tree.
+        last absorbed event changed, a seq is missing, or the log is shorter than the tree.
         """
         async with self._lock:
+            file = self._file_reader(store)
             while True:
                 size, last_hash = await self._state()
-                head = await store.head() if until is None else until
+                head = until if until is not None else await self._head(store, file)
                 if size > head:
                     if until is not None:
                         return size
@@ -201,34 +313,66 @@ class MerkleTree:
                         f"the Merkle tree holds {size} events but the log only {head}: events were removed",
                     )
                 if size:
-                    await self._check_tail(store, size, last_hash)
+                    await self._check_tail(store, file, size, last_hash)
                 restart = False
-                async for page in store.read_batches(after=size, until=head, batch=self.batch):
-                    new_size = await self._conn().run(self._absorb, size, page)
-                    if new_size != page[-1].seq:
-                        # Another process absorbed some of these first: start from its size.
-                        restart = True
-                        break
-                    size = new_size
-                    if progress is not None:
-                        progress(size, head)
+                if file is not None:
+                    while size < head and not restart:
+                        want = min(head, size + self.batch)
+                        new_size = await self._conn().run(self._absorb_file, file, size, want)
+                        restart = new_size != want
+                        size = new_size
+                        if progress is not None:
+                            progress(size, head)
+                else:
+                    assert isinstance(store, EventStore)
+                    async for page in store.read_batches(after=size, until=head, batch=self.batch):
+                        new_size = await self._conn().run(self._absorb_records, size, page)
+                        if new_size != page[-1].seq:
+                            restart = True
+                            break
+                        size = new_size
+                        if progress is not None:
+                            progress(size, head)
+                # On a restart another process absorbed some of these first: go on from its size.
                 self.size = size
                 if not restart:
                     return size
+
+    def _file_reader(self, store: EventStore | SQLiteLogFile) -> _FileReader | None:
+        from rollwatch.store.sqlite import SQLiteEventStore
+
+        if not isinstance(store, SQLiteEventStore | SQLiteLogFile):
+            return None
+        reader = self._files.get(store.path)
+        if reader is None:
+            reader = self._files[store.path] = _FileReader(store.path)
+        return reader
+
+    async def _head(self, store: EventStore | SQLiteLogFile, file: _FileReader | None) -> int:
+        if file is not None:
+            return await self._conn().run(lambda _: file.head())
+        assert isinstance(store, EventStore)
+        return await store.head()
 
     def _fail(self, seq: int, reason: str) -> IntegrityError:
         log.error("merkle_tree_log_mismatch", seq=seq, reason=reason, tree=str(self.path))
         return IntegrityError(seq, reason)
 
-    async def _check_tail(self, store: EventStore, size: int, last_hash: str) -> None:
-        tail: list[Recorded] = []
-        async for page in store.read_batches(after=size - 1, until=size, batch=1):
-            tail.extend(page)
-        if not tail or tail[0].seq != size:
+    async def _check_tail(
+        self, store: EventStore | SQLiteLogFile, file: _FileReader | None, size: int, last_hash: str
+    ) -> None:
+        if file is not None:
+            found = await self._conn().run(lambda _: file.hash_at(size))
+        else:
+            assert isinstance(store, EventStore)
+            found = None
+            async for page in store.read_batches(after=size - 1, until=size, batch=1):
+                found = page[0].hash if page[0].seq == size else None
+        if found is None:
             raise self._fail(
                 size, f"event {size}, the last the Merkle tree absorbed, is missing from the log"
             )
-        if tail[0].hash != last_hash:
+        if found != last_hash:
             raise self._fail(
                 size,
                 f"event {size}, the last the Merkle tree absorbed, has changed in the log since "
@@ -236,44 +380,148 @@ class MerkleTree:
             )
 
     async def follow(
-        self, store: EventStore, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+        self, store: EventStore | SQLiteLogFile, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
         """Catch up, report started, then absorb new events as they are appended; never returns."""
         size = await self.catch_up(store)
         task_status.started()
         while True:
-            await store.wait_for_new(size, timeout=5.0)
+            if isinstance(store, SQLiteLogFile):
+                # No in-process wake-up for a file: look again shortly.
+                await anyio.sleep(_FILE_POLL_S)
+            else:
+                await store.wait_for_new(size, timeout=5.0)
             size = await self.catch_up(store)
 
-    def _absorb(self, db: sqlite3.Connection, expected: int, events: Sequence[Recorded]) -> int:
-        """Add ``events`` (seq ``expected + 1`` on) in one transaction; return the size after."""
-        # Hash before taking the write lock: the lock is held for the writes only.
+    async def follow_in_worker(
+        self, store: EventStore, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Like :meth:`follow`, but the hashing runs in a worker process when the log is a SQLite file.
+
+        This process catches up first (so errors in the log surface here, as
+        themselves), then starts ``python -m rollwatch.integrity._worker``, wakes it
+        on every append, and reports started once the worker has caught up. Raises
+        :class:`IntegrityError` when the worker finds the log inconsistent with the
+        tree, :class:`StoreError` when it dies otherwise. Other stores: :meth:`follow`.
+        """
+        file = self._file_reader(store)
+        if file is None:
+            await self.follow(store, task_status=task_status)
+            return
+        size = await self.catch_up(store)
+        cmd = [
+            sys.executable,
+            "-m",
+            "rollwatch.integrity._worker",
+            str(file.path),
+            str(self.path),
+            str(self.batch),
+        ]
+        failure: BaseException | None = None
+        async with await anyio.open_process(
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None
+        ) as proc:
+            assert proc.stdin is not None
+            assert proc.stdout is not None
+            stdin, lines = proc.stdin, BufferedByteReceiveStream(proc.stdout)
+
+            async def wake() -> None:
+                after = size
+                while True:
+                    head = await store.wait_for_new(after, timeout=5.0)
+                    if head > after:
+                        after = head
+                        await stdin.send(b"\n")
+
+            try:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(wake)
+                    started = False
+                    while True:
+                        try:
+                            line = (await lines.receive_until(b"\n", 65536)).decode()
+                        except (anyio.EndOfStream, anyio.IncompleteRead):
+                            code = await proc.wait()
+                            failure = StoreError(f"the Merkle tree worker exited with status {code}")
+                            break
+                        kind, _, rest = line.partition(" ")
+                        if kind == "size":
+                            self.size = int(rest)
+                            if not started:
+                                started = True
+                                task_status.started()
+                        elif kind == "integrity":
+                            seq, _, reason = rest.partition(" ")
+                            failure = IntegrityError(int(seq), reason)
+                            break
+                        else:
+                            failure = StoreError(f"the Merkle tree worker failed: {rest}")
+                            break
+                    tg.cancel_scope.cancel()
+            finally:
+                # Closing its stdin tells the worker to stop; it finishes its batch first.
+                with anyio.CancelScope(shield=True), anyio.move_on_after(10):
+                    await stdin.aclose()
+                    await proc.wait()
+        if failure is not None:
+            raise failure
+
+    def _absorb_file(self, db: sqlite3.Connection, file: _FileReader, expected: int, upto: int) -> int:
+        seqs, leaves, last_hash, cps = file.page(expected, upto)
+        if not seqs:
+            # upto never exceeds the head read before: those events must exist.
+            raise self._fail(expected + 1, f"event {expected + 1} is missing from the log")
+        first = seqs[0]
+        for i, seq in enumerate(seqs):
+            if seq != first + i:
+                raise self._fail(first + i, f"event {first + i} is missing from the log (the next is {seq})")
+        rows = [(seq, *_checkpoint_fields(json.loads(data))) for seq, data in cps]
+        return self._write_batch(db, expected, first, leaves, last_hash, rows)
+
+    def _absorb_records(self, db: sqlite3.Connection, expected: int, events: Sequence[Recorded]) -> int:
+        first = events[0].seq
+        for i, ev in enumerate(events):
+            if ev.seq != first + i:
+                raise self._fail(
+                    first + i, f"event {first + i} is missing from the log (the next is {ev.seq})"
+                )
         leaves = [leaf_hash(ev.canonical()) for ev in events]
+        cps = [(ev.seq, *_checkpoint_fields(ev.data)) for ev in events if ev.type == CheckpointSigned.TYPE]
+        return self._write_batch(db, expected, first, leaves, events[-1].hash, cps)
+
+    def _write_batch(
+        self,
+        db: sqlite3.Connection,
+        expected: int,
+        first: int,
+        leaves: list[bytes],
+        last_hash: str,
+        cps: list[tuple[int, int, str, str]],
+    ) -> int:
+        """Add the leaves of events ``first, first + 1, ...`` in one transaction; return the size after."""
         db.execute("BEGIN IMMEDIATE")
         try:
-            size = db.execute("SELECT size FROM tree_state").fetchone()[0]
+            size = int(db.execute("SELECT size FROM tree_state").fetchone()[0])
             if size != expected:
-                skip = size - events[0].seq + 1
-                if skip < 0 or skip >= len(events):
+                # Another process got here first; keep what it has not absorbed yet.
+                skip = size - first + 1
+                if skip < 0 or skip >= len(leaves):
                     db.execute("ROLLBACK")
-                    return int(size)
-                events, leaves = events[skip:], leaves[skip:]
-            for i, ev in enumerate(events):
-                if ev.seq != size + 1 + i:
-                    raise self._fail(
-                        size + 1 + i, f"event {size + 1 + i} is missing from the log (the next is {ev.seq})"
-                    )
+                    return size
+                leaves = leaves[skip:]
+                cps = [c for c in cps if c[0] > size]
+            elif first != size + 1:
+                raise self._fail(size + 1, f"event {size + 1} is missing from the log (the next is {first})")
             self._add_leaves(db, size, leaves)
-            cps = [(ev.seq, *_checkpoint_fields(ev)) for ev in events if ev.type == CheckpointSigned.TYPE]
             if cps:
                 db.executemany("INSERT OR REPLACE INTO tree_checkpoints VALUES (?, ?, ?, ?)", cps)
-            size += len(events)
-            db.execute("UPDATE tree_state SET size = ?, last_hash = ?", (size, events[-1].hash))
+            size += len(leaves)
+            db.execute("UPDATE tree_state SET size = ?, last_hash = ?", (size, last_hash))
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
-        return int(size)
+        return size
 
     def _add_leaves(self, db: sqlite3.Connection, n: int, leaves: list[bytes]) -> None:
         """Write ``leaves`` (indices n, n+1, ...) and every perfect subtree they complete."""
@@ -421,8 +669,7 @@ class MerkleTree:
         return int(rows[0][0])
 
 
-def _checkpoint_fields(ev: Recorded) -> tuple[int, str, str]:
-    d = ev.data
+def _checkpoint_fields(d: dict[str, Any]) -> tuple[int, str, str]:
     size, root, note = d.get("size"), d.get("root"), d.get("note")
     # Malformed checkpoint events are kept as found: verification rejects them loudly.
     return (size if isinstance(size, int) else -1, str(root or ""), str(note or ""))

@@ -1,0 +1,57 @@
+"""The Merkle tree's worker process: ``python -m rollwatch.integrity._worker LOG TREE BATCH``.
+
+Started by :meth:`rollwatch.integrity.tree.MerkleTree.follow_in_worker` so that
+hashing the log does not take the daemon's GIL. It catches the tree in TREE up with
+the SQLite log in LOG whenever a line arrives on stdin (the daemon writes one per
+append) and at least every second (appends by other processes), and reports on
+stdout, one line each:
+
+* ``size N``: the tree now holds N events;
+* ``integrity SEQ REASON``: the log does not continue the tree (the worker exits 1);
+* ``error MESSAGE``: anything else went wrong (the worker exits 2).
+
+It exits 0 when stdin closes. Its logs go to stderr, like the daemon's.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import sys
+
+import anyio
+
+from rollwatch.errors import IntegrityError
+from rollwatch.integrity.tree import MerkleTree, SQLiteLogFile
+from rollwatch.log import configure_logging
+
+
+def _wait_for_input(fd: int, timeout: float) -> bool:
+    """Whether stdin is still open after waiting up to ``timeout`` for a line (drains what came)."""
+    readable, _, _ = select.select([fd], [], [], timeout)
+    if not readable:
+        return True
+    return os.read(fd, 65536) != b""
+
+
+async def main(log_path: str, tree_path: str, batch: int) -> int:
+    fd = sys.stdin.fileno()
+    async with MerkleTree(tree_path, batch=batch) as tree:
+        log = SQLiteLogFile(log_path)
+        while True:
+            try:
+                size = await tree.catch_up(log)
+            except IntegrityError as e:
+                print(f"integrity {e.seq} {e.reason}", flush=True)
+                return 1
+            except Exception as e:
+                print(f"error {type(e).__name__}: {e}", flush=True)
+                return 2
+            print(f"size {size}", flush=True)
+            if not await anyio.to_thread.run_sync(_wait_for_input, fd, 1.0):
+                return 0
+
+
+if __name__ == "__main__":
+    configure_logging(os.environ.get("ROLLWATCH_LOG_LEVEL", "info"))
+    sys.exit(anyio.run(main, sys.argv[1], sys.argv[2], int(sys.argv[3])))
