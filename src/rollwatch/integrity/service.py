@@ -132,9 +132,8 @@ class Integrity:
                 await fail_with(e)
 
         # Failures leave through here as themselves, not wrapped in an ExceptionGroup:
-        # the daemon reports an IntegrityError as such. A log that no longer continues
-        # the tree fails here, before anything starts.
-        await self.tree.catch_up(self.store)
+        # the daemon reports an IntegrityError as such. The worker catches up first; a
+        # log that no longer continues the tree fails before anything is reported started.
         async with anyio.create_task_group() as tg:
             await tg.start(follow)
             try:

@@ -398,9 +398,8 @@ class MerkleTree:
     ) -> None:
         """Like :meth:`follow`, but the hashing runs in a worker process when the log is a SQLite file.
 
-        This process catches up first (so errors in the log surface here, as
-        themselves), then starts ``python -m rollwatch.integrity._worker``, wakes it
-        on every append, and reports started once the worker has caught up. Raises
+        Starts ``python -m rollwatch.integrity._worker``, wakes it on every append,
+        and reports started once the worker has caught up. Raises
         :class:`IntegrityError` when the worker finds the log inconsistent with the
         tree, :class:`StoreError` when it dies otherwise. Other stores: :meth:`follow`.
         """
@@ -408,7 +407,7 @@ class MerkleTree:
         if file is None:
             await self.follow(store, task_status=task_status)
             return
-        size = await self.catch_up(store)
+        size = await self.current_size()
         cmd = [
             sys.executable,
             "-m",
@@ -431,7 +430,10 @@ class MerkleTree:
                     head = await store.wait_for_new(after, timeout=5.0)
                     if head > after:
                         after = head
-                        await stdin.send(b"\n")
+                        try:
+                            await stdin.send(b"\n")
+                        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                            return  # the worker is gone; the reader below reports why
 
             try:
                 async with anyio.create_task_group() as tg:
