@@ -47,7 +47,8 @@ class Extraction:
 
 def _blocks(text: str) -> list[str]:
     """The bodies of the Python and untagged fenced blocks, in order."""
-    lines = text.splitlines()
+    # Only "\n" ends a line: splitlines() would also split code at "\x85" or "\u2028".
+    lines = text.replace("\r\n", "\n").split("\n")
     out: list[str] = []
     i = 0
     while i < len(lines):
@@ -66,7 +67,10 @@ def _blocks(text: str) -> list[str]:
                 break
             body.append(lines[i])
             i += 1
-        i += 1  # past the closing fence (or the end)
+        if i >= len(lines):  # never closed (a cut-off answer): drop the text's final newline
+            while body and not body[-1].strip():
+                body.pop()
+        i += 1  # past the closing fence
         if lang in _PYTHON_TAGS:
             indent = len(m.group("indent"))
             out.append("\n".join(ln[indent:] if ln[:indent].isspace() else ln for ln in body) + "\n")

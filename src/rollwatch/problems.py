@@ -236,7 +236,7 @@ def _no_duplicates(problems: Iterable[Problem], where: Path) -> None:
     seen: dict[str, Problem] = {}
     for p in problems:
         if p.id in seen:
-            raise ProblemError(f"{where}: problem id {p.id!r} is used twice ({seen[p.id].root} and {p.root})")
+            raise ProblemError(f"{where}: problem id {p.id!r} is used twice ({seen[p.id].folder} and {p.folder})")
         seen[p.id] = p
 
 

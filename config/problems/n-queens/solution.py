@@ -1,22 +1,18 @@
 import sys
 
 
-def queens(n):
-    # The classic explicit construction (Hoffman, Loessi & Moore).
-    if n % 6 not in (2, 3):
-        evens = list(range(2, n + 1, 2))
-        odds = list(range(1, n + 1, 2))
-        rows = evens + odds
-    else:
-        evens = list(range(2, n + 1, 2))
-        odds = list(range(1, n + 1, 2))
-        if n % 6 == 2:
-            odds = [3, 1] + list(range(7, n + 1, 2)) + [5]
-        else:
-            evens = list(range(4, n + 1, 2)) + [2]
-            odds = list(range(5, n + 1, 2)) + [1, 3]
-        rows = evens + odds
-    return [r - 1 for r in rows]
+def queens(n: int) -> list[int]:
+    """The classic explicit construction (Hoffman, Loessi & Moore, 1969)."""
+    evens = list(range(2, n + 1, 2))
+    odds = list(range(1, n + 1, 2))
+    if n % 6 == 2:
+        odds = [3, 1, *range(7, n + 1, 2), 5]
+    elif n % 6 == 3:
+        evens = [*range(4, n + 1, 2), 2]
+        odds = [*range(5, n + 1, 2), 1, 3]
+    return [r - 1 for r in evens + odds]
 
 
-print(" ".join(map(str, queens(int(sys.stdin.read())))))
+data = sys.stdin.read().split()
+out = [" ".join(map(str, queens(int(n)))) for n in data[1 : 1 + int(data[0])]]
+sys.stdout.write("\n".join(out) + "\n")
