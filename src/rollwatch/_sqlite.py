@@ -44,6 +44,7 @@ class ThreadConnection:
             # lock held until it has, so the next unit never overlaps it.
             with anyio.CancelScope(shield=True):
                 return await anyio.to_thread.run_sync(fn, self.db, *args)
+        raise AssertionError("unreachable: a shielded scope swallows no exception")
 
     async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Run one query and return every row."""
