@@ -12,7 +12,7 @@ from rollwatch.abc import EventStore
 from rollwatch.cli import Context, cli, common, run_async
 from rollwatch.config import StoreConfig
 from rollwatch.errors import UsageError
-from rollwatch.integrity.service import IntegrityConfig
+from rollwatch.integrity.config import IntegrityConfig
 from rollwatch.integrity.verify import TreeReport
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import anyio
@@ -11,7 +13,8 @@ from pydantic import ValidationError
 
 from rollwatch.config import StoreConfig
 from rollwatch.errors import IntegrityError
-from rollwatch.integrity.service import IntegrityConfig, open_integrity
+from rollwatch.integrity.config import IntegrityConfig
+from rollwatch.integrity.service import open_integrity
 from rollwatch.metrics import Metrics
 from rollwatch.store.sqlite import SQLiteEventStore
 from rollwatch.web.app import build_app
@@ -56,6 +59,15 @@ class TestConfig:
         assert cfg.key_path(store) == tmp_path / "state" / "checkpoint.key"
         assert cfg.witness_path(store) == tmp_path / "state" / "checkpoint.last"
         assert cfg.tree_path(store) == Path("/srv/x/merkle.db")
+
+    def test_importing_the_config_loads_nothing_else(self) -> None:
+        """rollwatch.config can import IntegrityConfig at its top: no cycle back, nothing heavy loaded."""
+        code = (
+            "import sys; import rollwatch.integrity.config; "
+            "print(sorted(m for m in sys.modules if m.startswith(('rollwatch', 'starlette', 'cryptography'))))"
+        )
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+        assert out.strip() == "['rollwatch', 'rollwatch.integrity', 'rollwatch.integrity.config']"
 
 
 class TestIntegrityRun:

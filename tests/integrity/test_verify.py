@@ -10,8 +10,8 @@ from rollwatch.config import StoreConfig
 from rollwatch.errors import IntegrityError
 from rollwatch.integrity.checkpoint import Checkpoint, CheckpointSigned, NoteSigner, b64
 from rollwatch.integrity.checkpointer import Checkpointer
+from rollwatch.integrity.config import IntegrityConfig
 from rollwatch.integrity.keys import load_signer
-from rollwatch.integrity.service import IntegrityConfig
 from rollwatch.integrity.tree import MerkleTree
 from rollwatch.integrity.verify import check_log_tree
 from rollwatch.store.sqlite import SQLiteEventStore

@@ -2,29 +2,64 @@
 signed checkpoints (C2SP tlog-checkpoint), public proofs, and the auditor.
 
 Modules: :mod:`~rollwatch.integrity.merkle` (hashes, proofs, verifiers; pure),
-:mod:`~rollwatch.integrity.tree` (the tree kept in ``merkle.db``),
-:mod:`~rollwatch.integrity.checkpoint` (notes, keys' IDs, the ``CheckpointSigned``
-event), :mod:`~rollwatch.integrity.keys` (the signing key),
+:mod:`~rollwatch.integrity.tree` (the tree kept in ``merkle.db``, and its worker
+process), :mod:`~rollwatch.integrity.checkpoint` (signed notes, checkpoints, the
+``CheckpointSigned`` event), :mod:`~rollwatch.integrity.keys` (the signing key),
 :mod:`~rollwatch.integrity.checkpointer` (signing, never inconsistently),
 :mod:`~rollwatch.integrity.routes` (HTTP), :mod:`~rollwatch.integrity.audit` (the
 third party's check), :mod:`~rollwatch.integrity.verify` (the operator's check),
-:mod:`~rollwatch.integrity.service` (configuration and wiring for the daemon).
+:mod:`~rollwatch.integrity.config` (``[integrity]``) and
+:mod:`~rollwatch.integrity.service` (the daemon's bundle).
+
+The names below are imported on first use, so that ``rollwatch.config`` can import
+``IntegrityConfig`` without pulling in (or cycling through) the rest.
 """
 
-from rollwatch.integrity.audit import AuditFailure, AuditReport, audit
-from rollwatch.integrity.checkpoint import (
-    Checkpoint,
-    CheckpointSigned,
-    InvalidNote,
-    NoteSigner,
-    NoteVerifier,
-)
-from rollwatch.integrity.checkpointer import Checkpointer, checkpointer, final_checkpoint
-from rollwatch.integrity.merkle import InvalidProof
-from rollwatch.integrity.routes import inclusion_fields, integrity_routes
-from rollwatch.integrity.service import Integrity, IntegrityConfig, open_integrity
-from rollwatch.integrity.tree import MerkleTree
-from rollwatch.integrity.verify import TreeReport, check_log_tree
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rollwatch.integrity.audit import AuditFailure, AuditReport, audit
+    from rollwatch.integrity.checkpoint import (
+        Checkpoint,
+        CheckpointSigned,
+        InvalidNote,
+        NoteSigner,
+        NoteVerifier,
+    )
+    from rollwatch.integrity.checkpointer import Checkpointer, checkpointer, final_checkpoint
+    from rollwatch.integrity.config import IntegrityConfig
+    from rollwatch.integrity.merkle import InvalidProof
+    from rollwatch.integrity.routes import inclusion_fields, integrity_routes
+    from rollwatch.integrity.service import Integrity, open_integrity
+    from rollwatch.integrity.tree import MerkleTree, SQLiteLogFile
+    from rollwatch.integrity.verify import TreeReport, check_log_tree
+
+_WHERE = {
+    "AuditFailure": "audit",
+    "AuditReport": "audit",
+    "audit": "audit",
+    "Checkpoint": "checkpoint",
+    "CheckpointSigned": "checkpoint",
+    "InvalidNote": "checkpoint",
+    "NoteSigner": "checkpoint",
+    "NoteVerifier": "checkpoint",
+    "Checkpointer": "checkpointer",
+    "checkpointer": "checkpointer",
+    "final_checkpoint": "checkpointer",
+    "IntegrityConfig": "config",
+    "InvalidProof": "merkle",
+    "inclusion_fields": "routes",
+    "integrity_routes": "routes",
+    "Integrity": "service",
+    "open_integrity": "service",
+    "MerkleTree": "tree",
+    "SQLiteLogFile": "tree",
+    "TreeReport": "verify",
+    "check_log_tree": "verify",
+}
 
 __all__ = [
     "AuditFailure",
@@ -39,6 +74,7 @@ __all__ = [
     "MerkleTree",
     "NoteSigner",
     "NoteVerifier",
+    "SQLiteLogFile",
     "TreeReport",
     "audit",
     "check_log_tree",
@@ -48,3 +84,13 @@ __all__ = [
     "integrity_routes",
     "open_integrity",
 ]
+
+
+assert sorted(__all__) == sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
