@@ -101,7 +101,7 @@ class Checkpointer:
                     f"{where} records size {stored.size} and root {stored.root} but its note says otherwise",
                 )
             out.append((where, cp))
-        witnessed = _read_witness(self.witness)
+        witnessed = await anyio.to_thread.run_sync(_read_witness, self.witness)
         if witnessed is not None:
             where = f"the witness file {self.witness}"
             out.append((where, self._from_note(witnessed, where, 0)))
@@ -139,7 +139,7 @@ class Checkpointer:
             with anyio.CancelScope(shield=True):
                 note = self.signer.sign_checkpoint(cp)
                 if self.witness is not None:
-                    _write_atomically(self.witness, note)
+                    await anyio.to_thread.run_sync(_write_atomically, self.witness, note)
                 [rec] = await self.store.append(
                     STREAM, [CheckpointSigned(size=size, root=b64(root), note=note)]
                 )
