@@ -190,6 +190,7 @@ def test_sigterm_notify_and_json_logs(tmp_path: Path, provider: tuple[str, Path]
             lambda: (m := httpx.get(f"http://{listen}/metrics").text) and "rollwatch_rollouts_total{outcome=" in m and m,
             30, "rollout metrics",
         )
+        assert httpx.get(f"http://{listen}/public/checkpoint").text.count("\n") >= 4
         for name in ("rollwatch_runs_started_total 1", "rollwatch_request_latency_seconds_count",
                      "rollwatch_append_latency_seconds_bucket", "rollwatch_scoring_queue_depth"):
             assert name in metrics, name
@@ -213,6 +214,10 @@ def test_sigterm_notify_and_json_logs(tmp_path: Path, provider: tuple[str, Path]
     assert "daemon_ready" in names
     assert "daemon_stopped" in names
     assert "run_interrupted" in names
+    # A final checkpoint is signed at shutdown, after the runs' last events.
+    checkpoints = events(tmp_path / "events.db", "CheckpointSigned")
+    assert checkpoints
+    assert checkpoints[-1][0] >= events(tmp_path / "events.db", "RunInterrupted")[-1][0]
     # The run was interrupted, not finished: it resumes at the next start.
     assert not events(tmp_path / "events.db", "RunFinished")
     assert events(tmp_path / "events.db", "RunInterrupted")

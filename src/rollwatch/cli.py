@@ -123,6 +123,7 @@ def events_tail(ctx: Context, follow: bool, types: tuple[str, ...], after: int |
 @common
 def verify(ctx: Context) -> None:
     """Check the whole log's hash chain; exit 1 naming the first bad seq."""
+    from rollwatch.cli_integrity import verify_tree
     from rollwatch.progress import Progress
     from rollwatch.store import open_store
 
@@ -135,9 +136,19 @@ def verify(ctx: Context) -> None:
                 bar.close()
                 click.echo(f"FAILED at seq {e.seq}: {e.reason}", err=True)
                 return 1
+            try:
+                tree = await verify_tree(store, ctx.config.integrity, ctx.config.store, progress=bar.update)
+            except IntegrityError as e:
+                bar.close()
+                click.echo(f"FAILED at seq {e.seq}: {e.reason}", err=True)
+                return 1
             bar.update(report.events)
             bar.close()
             click.echo(f"ok: {report.events} events, head hash {report.head_hash or '(empty log)'}")
+            click.echo(
+                f"ok: Merkle tree of {tree.events} events, root {tree.root or '-'}; "
+                f"{tree.checkpoints} checkpoints, {tree.signatures} signatures valid"
+            )
             return 0
 
     sys.exit(run_async(main))

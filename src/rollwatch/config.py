@@ -27,6 +27,7 @@ from pydantic import (
 )
 
 from rollwatch.errors import ConfigError, UsageError
+from rollwatch.integrity.config import IntegrityConfig
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)\s*$")
@@ -271,6 +272,7 @@ class Config(_Strict):
     server: ServerConfig = ServerConfig()
     publication: PublicationConfig = PublicationConfig()
     scoring: ScoringConfig = ScoringConfig()
+    integrity: IntegrityConfig = IntegrityConfig()
     problem_sets: list[ProblemSetConfig] = Field(default_factory=list)
     providers: list[ProviderConfig] = Field(default_factory=list)
     schedules: list[ScheduleConfig] = Field(default_factory=list)

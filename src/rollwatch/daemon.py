@@ -20,6 +20,7 @@ import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
 from rollwatch.config import Config, ScheduleConfig
+from rollwatch.integrity.service import open_integrity
 from rollwatch.log import get_logger
 from rollwatch.metrics import Metrics
 from rollwatch.notify import Notifier
@@ -228,36 +229,47 @@ class Daemon:
                 self.is_running,
                 lambda: svc.projections.catch_up(svc.store),
             )
-            self.http = HTTPServer(
-                build_app(self.metrics, self.extra_routes()), self.config.server.host, self.config.server.port
+            integrity = await stack.enter_async_context(
+                open_integrity(self.config.integrity, self.config.store, svc.store)
             )
+            self.http = HTTPServer(
+                build_app(self.metrics, [*self.extra_routes(), *integrity.routes()]),
+                self.config.server.host,
+                self.config.server.port,
+            )
+            integrity_stop = anyio.Event()
             async with anyio.create_task_group() as main:
                 main.start_soon(self._signals, main)
                 await main.start(self.http.run)
-                async with anyio.create_task_group() as runs:
-                    resumed = await self.resume_unfinished(runs)
-                    async with anyio.create_task_group() as sched:
-                        await self.scheduler.run_in(sched, runs)
-                        sched.start_soon(self._follow_log)
-                        await sched.start(functools.partial(
-                            release_job, svc.store, svc.projections,
-                            interval=self.config.publication.release_check, stop_event=self.stopping,
-                        ))
-                        sched.start_soon(self.notifier.watchdog)
-                        self.notifier.notify(READY=1, STATUS=f"serving on {self.config.server.listen}")
-                        log.info(
-                            "daemon_ready",
-                            listen=f"{self.config.server.host}:{self.http.port}",
-                            node=self.config.node,
-                            schedules=[s.name for s in schedules],
-                            resumed=resumed,
-                        )
-                        task_status.started()
-                        await self.stopping.wait()
-                        sched.cancel_scope.cancel()
-                    # Runs stop starting rollouts; in-flight ones get the grace period.
-                    for run in list(self.active.values()):
-                        run.stopping.set()
+                # The tree and checkpoints outlive the runs: the final checkpoint covers
+                # everything they recorded. A log that no longer matches what was signed
+                # raises here and stops the daemon, loudly.
+                async with anyio.create_task_group() as checkpoints:
+                    await checkpoints.start(integrity.run, integrity_stop)
+                    async with anyio.create_task_group() as runs:
+                        resumed = await self.resume_unfinished(runs)
+                        async with anyio.create_task_group() as sched:
+                            await self.scheduler.run_in(sched, runs)
+                            sched.start_soon(self._follow_log)
+                            await sched.start(
+                                functools.partial(
+                                    release_job, svc.store, svc.projections,
+                                    interval=self.config.publication.release_check, stop_event=self.stopping,
+                                )
+                            )
+                            sched.start_soon(self.notifier.watchdog)
+                            self.notifier.notify(READY=1, STATUS=f"serving on {self.config.server.listen}")
+                            log.info(
+                                "daemon_ready", listen=f"{self.config.server.host}:{self.http.port}",
+                                node=self.config.node, schedules=[s.name for s in schedules], resumed=resumed,
+                            )
+                            task_status.started()
+                            await self.stopping.wait()
+                            sched.cancel_scope.cancel()
+                        # Runs stop starting rollouts; in-flight ones get the grace period.
+                        for run in list(self.active.values()):
+                            run.stopping.set()
+                    integrity_stop.set()
                 self.http.stop()
                 main.cancel_scope.cancel()
             log.info("daemon_stopped")
