@@ -9,7 +9,7 @@ Rules, in order:
    tagged with another language (``bash``, ``text``, ``json``…) are not. A block the
    answer never closes (the output was cut off) runs to the end of the text.
 3. Among the candidates, the last block that defines the entry point (a top-level
-   ``def``/``class``/assignment of that name) wins: ``fenced-entry-point``. Else the
+   ``def``/``class``/assignment of that name, in column 0) wins: ``fenced-entry-point``. Else the
    last candidate: ``fenced-last``.
 4. Without any candidate block, the whole text when it parses as Python and is more
    than a bare expression (so "Sorry." is not code): ``whole-text``.
@@ -78,19 +78,14 @@ def _blocks(text: str) -> list[str]:
 
 
 def _defines(code: str, name: str) -> bool:
-    try:
-        tree = ast.parse(code)
-    except (SyntaxError, ValueError):
-        # A block that does not parse may still be the intended one: a textual test.
-        return re.search(rf"^(?:async\s+)?(?:def|class)\s+{re.escape(name)}\b", code, re.M) is not None
-    for node in tree.body:
-        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef) and node.name == name:
-            return True
-        if isinstance(node, ast.Assign) and any(
-            isinstance(t, ast.Name) and t.id == name for t in node.targets
-        ):
-            return True
-    return False
+    """Whether ``code`` defines ``name`` at its top level (column 0): def, class or assignment.
+
+    Textual on purpose: it also recognizes the intended block when it does not parse,
+    and costs nothing next to an ``ast.parse`` of every block.
+    """
+    n = re.escape(name)
+    pattern = rf"^(?:(?:async[ \t]+)?def[ \t]+{n}[ \t]*\(|class[ \t]+{n}\b|{n}[ \t]*(?::[^=\n]*)?=(?!=))"
+    return re.search(pattern, code, re.M) is not None
 
 
 def _is_program(text: str) -> bool:

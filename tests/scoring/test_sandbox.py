@@ -185,28 +185,65 @@ HOSTILE: dict[str, tuple[str, str | tuple[str, ...]]] = {
         """,
         "exited before the tests finished",
     ),
-    "rebinds-builtins-for-the-tests": (
-        """
-        import builtins
-        builtins.abs = lambda x: 0
-        def f(x):
-            return x * x
-        """,
-        "tampered with the standard library: builtins.abs was rebound",
-    ),
-    "swallows-assertions-in-a-patched-module": (
-        """
-        import random
-        random.randint = lambda a, b: 0
-        def f(x):
-            return x * x
-        """,
-        "random.randint was rebound",
-    ),
 }
 
 
 class TestHostilePrograms:
+    async def test_rebound_builtins_do_not_reach_the_tests(self, pool: ScoringPool) -> None:
+        """A candidate that rebinds builtins (abs, isinstance) cannot bend the tests' own use of them."""
+        p = function_problem(
+            """
+            def check(candidate):
+                assert abs(candidate(2) - 4) < 1e-9
+                assert isinstance(candidate(3), int)
+            """
+        )
+        code = """
+            import builtins
+            builtins.abs = lambda x: 0
+            builtins.isinstance = lambda *a: True
+            def f(x):
+                return 4.5
+        """
+        s = await pool.score(p, fenced(code))
+        assert not s.passed and s.reason == "exception: AssertionError", s
+        tests_import_builtins = function_problem(
+            "import builtins\ndef check(candidate):\n    assert builtins.abs(candidate(2) - 4) == 0\n"
+        )
+        s = await pool.score(tests_import_builtins, fenced(code))
+        assert not s.passed and "builtins.abs was rebound" in s.reason, s
+
+    async def test_rebinding_what_the_tests_import_fails(self, pool: ScoringPool) -> None:
+        """A candidate that rebinds a function of a module the tests import (random.randint) fails."""
+        p = function_problem(
+            """
+            import random
+            def check(candidate):
+                x = random.Random(1).randint(0, 10)
+                assert candidate(x) == x * x
+            """
+        )
+        code = """
+            import random, os
+            random.randint = lambda a, b: 0
+            os._exit = lambda code: None
+            def f(x):
+                return x * x
+        """
+        s = await pool.score(p, fenced(code))
+        assert not s.passed and s.reason == "tampered with the standard library: random.randint was rebound", s
+
+    async def test_a_left_trace_function_fails(self, pool: ScoringPool) -> None:
+        """A candidate that installs a trace function (it could skip the tests' lines) fails."""
+        code = """
+            import sys
+            def f(x):
+                sys.settrace(lambda *a: None)
+                return x * x
+        """
+        s = await pool.score(SQUARE, fenced(code))
+        assert not s.passed and "trace or profile function" in s.reason, s
+
     @pytest.mark.parametrize("name", sorted(HOSTILE))
     async def test_contained_and_failed(self, pool: ScoringPool, name: str) -> None:
         """A hostile program fails with its reason; the pool goes on; nothing is left running."""

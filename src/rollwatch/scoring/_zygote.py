@@ -43,10 +43,15 @@ builds the sandbox's file system itself, as bubblewrap would.
 from __future__ import annotations
 
 import base64
+import builtins
 import ctypes
 import errno
+import fcntl
 import json
+import linecache
+import marshal
 import os
+import re
 import resource
 import select
 import shutil
@@ -60,7 +65,6 @@ PR_SET_PDEATHSIG = 1
 PR_SET_DUMPABLE = 4
 PR_SET_CHILD_SUBREAPER = 36
 PR_SET_NO_NEW_PRIVS = 38
-CLONE_NEWIPC = 0x08000000
 
 MS_RDONLY = 1
 MS_NOSUID = 2
@@ -74,6 +78,9 @@ MNT_DETACH = 2
 SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "riscv64": 41}
 
 VERDICT_FD = 3
+SAFE_BUILTINS: dict = {}
+_exit = os._exit
+_IMPORTS = re.compile(r"^[ \t]*(?:from|import)[ \t]+([A-Za-z_]\w*)", re.M)
 STDERR_KEEP = 8192
 STDOUT_HEAD = 4096
 VERDICT_KEEP = 65536
@@ -204,6 +211,9 @@ def setup_root(plan: list[list]) -> None:
         elif kind == "proc":
             os.makedirs(new + step[1], exist_ok=True)
             _mount("proc", new + step[1], "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+        elif kind == "mqueue":
+            os.makedirs(new + step[1], exist_ok=True)
+            _mount("mqueue", new + step[1], "mqueue", MS_NOSUID | MS_NODEV | MS_NOEXEC)
         elif kind == "tmpfs":
             late.append(step)
         else:
@@ -224,8 +234,6 @@ def setup_root(plan: list[list]) -> None:
         os.rmdir("/.oldroot")
     _mount(None, "/", None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID)
     try:
-        import fcntl
-
         _libc.sethostname(b"sandbox", 7)
         # Loopback up, as bwrap leaves it: programs may talk to themselves, never to the host.
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -256,38 +264,31 @@ def _limits(lim: dict) -> None:
 
 
 def _enter_child(cfg: dict, req: dict, stdin_fd: int, out_w: int, err_w: int, ver_w: int) -> None:
-    """Everything between fork and the first byte of candidate code."""
-    prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    if cfg.get("ipc_unshare"):
-        _libc.unshare(CLONE_NEWIPC)  # SysV/POSIX IPC objects of one sample never reach the next
-    os.setsid()
-    import fcntl
+    """Everything between fork and the first byte of candidate code.
 
+    Kept to the bone: every object this touches is a page copied after the fork.
+    What can be done once (the environment, no_new_privs, the standard streams) was
+    done by the zygote before it forked.
+    """
+    if cfg["kill"] != "namespace":
+        # No PID namespace to take the sample down with the zygote: a death signal.
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    os.setsid()
     high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 100) for fd in (stdin_fd, out_w, err_w, ver_w)]
     for fd, target in zip(high, (0, 1, 2, VERDICT_FD), strict=True):
         os.dup2(fd, target)
     os.closerange(VERDICT_FD + 1, 1 << 20)
-    for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGALRM):
-        signal.signal(sig, signal.SIG_DFL)
-    work = cfg["workdir"]
-    os.chdir(work)
+    # Signal dispositions are the zygote's, which are a fresh interpreter's: it sets none.
+    os.chdir(cfg["workdir"])
     _limits(req["limits"])
     uid, gid = cfg.get("uid"), cfg.get("gid")
     if uid is not None:
         os.setgroups([])
         os.setresgid(gid, gid, gid)
-        os.setresuid(uid, uid, uid)
-    prctl(PR_SET_NO_NEW_PRIVS, 1)
-    prctl(PR_SET_DUMPABLE, 1)  # /proc/self readable by the program itself, as usual
-    os.environ.clear()
-    os.environ.update(cfg["env"])
-    sys.stdin = sys.__stdin__ = open(0, encoding="utf-8", closefd=False)  # noqa: SIM115
-    sys.stdout = sys.__stdout__ = open(1, "w", encoding="utf-8", closefd=False)  # noqa: SIM115
-    sys.stderr = sys.__stderr__ = open(  # noqa: SIM115
-        2, "w", buffering=1, encoding="utf-8", errors="backslashreplace", closefd=False
-    )
+        os.setresuid(uid, uid, uid)  # every capability is gone with root
+    # sys.stdin/stdout/stderr are the zygote's objects over fds 0, 1 and 2, never used
+    # by it (its protocol runs on duplicates): they now read and write the sample's pipes.
     sys.argv = ["solution.py"]
-    sys.path = [p for p in sys.path if p.startswith(sys.base_prefix) or p.startswith("/usr")]
 
 
 def _describe(e: BaseException) -> str:
@@ -325,42 +326,63 @@ def _test_line(e: BaseException, filename: str) -> tuple[int, str] | None:
     return found
 
 
-def _run_function(req: dict, nonce: str) -> int:
-    """HumanEval semantics: the prompt, the candidate, the tests, ``check(entry_point)``."""
-    import builtins
-    import linecache
-    import marshal
+class Unverifiable(BaseException):
+    """A candidate's return value that is not plain data (raised into the tests)."""
 
+
+def _run_function(req: dict, nonce: str) -> int:
+    """HumanEval semantics: the prompt, the candidate, the tests, ``check(entry_point)``.
+
+    Once the candidate has run, the builtins module is whatever it made of it: until
+    they are restored, the harness uses no builtin name (only what it captured before,
+    dict methods and operators), so a rebound ``isinstance`` or ``len`` cannot steer it.
+    """
     write = os.write
     dumps, loads = marshal.dumps, marshal.loads
-    safe_builtins = dict(builtins.__dict__)
-    # What the tests may import: the candidate must not rebind any of it (say,
-    # builtins.eval or random.randint) to bend the tests its way.
-    modules = {
-        name: (m, dict(vars(m)))
-        for name, m in list(sys.modules.items())
-        if "." not in name and not name.startswith("_") and name not in ("sys", "__main__") and m is not None
-    }
-    modules["builtins"] = (builtins, dict(safe_builtins))
+    gettrace, getprofile = sys.gettrace, sys.getprofile
+    sysmods = sys.modules
+    safe_builtins = SAFE_BUILTINS  # the zygote's snapshot, taken before any candidate ran
+    restore_builtins = vars(builtins).update
+    prelude = req.get("prelude") or ""
+    # The modules the tests import: the candidate must not rebind any of their names
+    # (say random.randint) to bend the tests its way. Only those: copying every module's
+    # dict would touch (and copy-on-write) half the zygote's heap. The tests' bare
+    # builtins are the snapshot, whatever the candidate does to the module.
+    imported = set(_IMPORTS.findall(req["tests"] + "\n" + prelude))
+    watched = [
+        (name, sysmods[name], dict(vars(sysmods[name])))
+        for name in imported
+        if name in sysmods and name not in ("sys", "__main__", "builtins")
+    ]
+    if "builtins" in imported:
+        watched.append(("builtins", builtins, safe_builtins))
 
     def tampered() -> str | None:
-        for name, (m, before) in modules.items():
-            if sys.modules.get(name) is not m:
-                return f"module {name} was replaced"
-            now = vars(m)
+        for name, m, before in watched:
+            if sysmods.get(name) is not m:
+                return "module " + name + " was replaced"
+            now = m.__dict__
             for key, value in before.items():
                 if now.get(key, now) is not value:
-                    return f"{name}.{key} was rebound"
+                    return name + "." + key + " was rebound"
+        if gettrace() is not None or getprofile() is not None:
+            return "a trace or profile function was left installed"
         return None
 
     def report(obj: dict) -> None:
+        restore_builtins(safe_builtins)
         write(VERDICT_FD, (nonce + " " + json.dumps(obj) + "\n").encode())
 
+    sources: dict[str, str] = {}
+
     def source(name: str, text: str) -> object:
-        linecache.cache[name] = (len(text), None, text.splitlines(True), name)
+        sources[name] = text
         return compile(text, name, "exec", dont_inherit=True, optimize=0)
 
-    prelude = req.get("prelude") or ""
+    def lines_for_tracebacks() -> None:
+        for name, text in sources.items():
+            linecache.cache[name] = (len(text), None, text.splitlines(True), name)
+
     try:
         prelude_code = source("prompt.py", prelude)
         tests_code = source("tests.py", req["tests"])
@@ -374,10 +396,7 @@ def _run_function(req: dict, nonce: str) -> int:
         report({"ok": False, "kind": "syntax", "reason": f"syntax error: {getattr(e, 'msg', e)}{line}"})
         return 1
 
-    violations: list[str] = []
-
-    class Unverifiable(BaseException):
-        pass
+    violations: list[object] = []
 
     def guard(fn):  # type: ignore[no-untyped-def]
         def candidate(*args, **kwargs):  # type: ignore[no-untyped-def]
@@ -385,8 +404,8 @@ def _run_function(req: dict, nonce: str) -> int:
             try:
                 return loads(dumps(result))
             except (ValueError, TypeError, RecursionError):
-                violations.append(type(result).__qualname__)
-                raise Unverifiable(f"returned a {type(result).__qualname__}, not plain data") from None
+                violations.append(result.__class__)
+                raise Unverifiable("returned a value that is not plain data") from None
 
         return candidate
 
@@ -397,18 +416,23 @@ def _run_function(req: dict, nonce: str) -> int:
         exec(prelude_code, ns)
         exec(cand_code, ns)
         fn = ns.get(entry)
-        if not callable(fn):
+        if fn is None or not hasattr(fn, "__call__"):  # noqa: B004 (callable() may be rebound)
             report({"ok": False, "kind": "entry_point", "reason": f"entry point {entry!r} is not defined"})
             return 1
         stage = "tests"
+        candidate = guard(fn)
         tns: dict = {"__name__": "__tests__", "__builtins__": safe_builtins}
         exec(prelude_code, tns)
+        # HumanEval's tests may call the entry point by its name, not only as `candidate`.
+        tns[entry] = candidate
         exec(tests_code, tns)
-        tns["check"](guard(fn))
+        tns["check"](candidate)
     except BaseException as e:
+        restore_builtins(safe_builtins)
         if violations:
-            report({"ok": False, "kind": "unverifiable", "reason": f"unverifiable return value: {violations[0]}"})
+            report(_unverifiable(violations[0]))
             return 1
+        lines_for_tracebacks()
         kind = _kind(e)
         where = _test_line(e, "tests.py") if stage == "tests" else None
         reason = _LIMIT_REASONS.get(kind) or f"exception: {_describe(e)}"
@@ -428,20 +452,23 @@ def _run_function(req: dict, nonce: str) -> int:
         report(detail)
         return 1
     if violations:
-        report({"ok": False, "kind": "unverifiable", "reason": f"unverifiable return value: {violations[0]}"})
+        report(_unverifiable(violations[0]))
         return 1
     what = tampered()
     if what is not None:
-        report({"ok": False, "kind": "tampered", "reason": f"tampered with the standard library: {what}"})
+        report({"ok": False, "kind": "tampered", "reason": "tampered with the standard library: " + what})
         return 1
-    report({"ok": True})
+    write(VERDICT_FD, (nonce + ' {"ok":true}\n').encode())
     return 0
+
+
+def _unverifiable(cls: object) -> dict:
+    name = getattr(cls, "__qualname__", "?")
+    return {"ok": False, "kind": "unverifiable", "reason": f"unverifiable return value: {name}"}
 
 
 def _run_program(req: dict, nonce: str) -> int:
     """A script run as ``__main__``, stdin to stdout, as ``python3 solution.py`` would."""
-    import builtins
-    import linecache
     import traceback
 
     write = os.write
@@ -456,7 +483,6 @@ def _run_program(req: dict, nonce: str) -> int:
             f.write(text)
     except OSError:
         pass
-    linecache.cache[path] = (len(text), None, text.splitlines(True), path)
     try:
         code = compile(text, path, "exec", dont_inherit=True, optimize=0)
     except (SyntaxError, ValueError) as e:
@@ -480,6 +506,7 @@ def _run_program(req: dict, nonce: str) -> int:
                 pass
             status = 1
     except BaseException as e:
+        linecache.cache[path] = (len(text), None, text.splitlines(True), path)
         try:
             traceback.print_exception(type(e), e, e.__traceback__.tb_next if e.__traceback__ else None)
         except BaseException:
@@ -509,7 +536,7 @@ def _child(cfg: dict, req: dict, fds: tuple[int, int, int, int], nonce: str) -> 
         except BaseException:
             pass
     finally:
-        os._exit(status)
+        _exit(status)  # captured at import: the candidate may rebind os._exit
 
 
 class Zygote:
@@ -596,8 +623,27 @@ class Zygote:
             elif self.kill_mode == "tree":
                 self.kill_all()
 
+    def wipe_ipc(self) -> None:
+        """Remove the SysV IPC objects a sample left in the sandbox's IPC namespace."""
+        for kind in ("shm", "msg", "sem"):
+            try:
+                with open(f"/proc/sysvipc/{kind}") as f:
+                    rows = f.read().splitlines()[1:]
+            except OSError:
+                continue
+            for row in rows:
+                ident = int(row.split()[1])
+                if kind == "shm":
+                    _libc.shmctl(ident, 0, None)  # IPC_RMID
+                elif kind == "msg":
+                    _libc.msgctl(ident, 0, None)
+                else:
+                    _libc.semctl(ident, 0, 0)
+
     def wipe(self) -> None:
-        """Empty the private temporary folders for the next sample."""
+        """Empty the private temporary folders (and IPC) for the next sample."""
+        if self.kill_mode != "tree" and self.kill_mode != "uid":
+            self.wipe_ipc()
 
         def fix(func, path, _exc):  # type: ignore[no-untyped-def]
             try:
@@ -793,13 +839,19 @@ def main() -> None:
     prctl(PR_SET_CHILD_SUBREAPER, 1)
     if cfg.get("setup"):
         setup_root(cfg["setup"])
+    # Once for every sample: an empty environment, and no privilege from any exec.
+    os.environ.clear()
+    os.environ.update(cfg["env"])
+    prctl(PR_SET_NO_NEW_PRIVS, 1)
     for d in cfg["wipe"]:
         try:
             os.chmod(d, 0o1777)  # bwrap makes its tmpfs 0755: the sample's uid must write there
         except OSError:
             pass
+    import builtins
+    import gc
+
     if cfg.get("preload", True):
-        import gc
         import importlib
 
         for name in PRELOAD:
@@ -807,6 +859,9 @@ def main() -> None:
                 importlib.import_module(name)
             except ImportError:
                 pass
+    global SAFE_BUILTINS
+    SAFE_BUILTINS = dict(vars(builtins))
+    if cfg.get("preload", True):
         gc.collect()
         gc.freeze()  # the children's heaps stay shared: no copy-on-write by the collector
     hello = {

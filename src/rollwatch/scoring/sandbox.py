@@ -112,6 +112,7 @@ def fs_plan(settings: ScoringSettings) -> list[list[Any]]:
     plan += [
         ["proc", "/proc"],
         ["dev", "/dev"],
+        ["mqueue", "/dev/mqueue"],
         ["tmpfs", "/tmp", size],
         ["tmpfs", "/var/tmp", size],
         ["tmpfs", "/dev/shm", size],
@@ -160,10 +161,10 @@ class ZygoteSandbox(Sandbox):
         return {
             "uid": self.uid,
             "gid": self.uid,
-            "ipc_unshare": privileged(),
             "kill": "namespace",
             "workdir": "/tmp/work",
-            "wipe": ["/tmp", "/var/tmp", "/dev/shm"],
+            # Between samples: files, and POSIX message queues (SysV IPC: see _zygote).
+            "wipe": ["/tmp", "/var/tmp", "/dev/shm", "/dev/mqueue"],
             "env": SANDBOX_ENV,
             "preload": not oneshot,
             "setup": None,
@@ -346,6 +347,8 @@ class BwrapSandbox(ZygoteSandbox):
                 args += ["--proc", step[1]]
             elif kind == "dev":
                 args += ["--dev", step[1]]
+            elif kind == "mqueue":
+                args += ["--mqueue", step[1]]
             elif kind == "tmpfs":
                 args += ["--size", str(step[2]), "--tmpfs", step[1]]
             elif kind == "dir":
@@ -364,12 +367,6 @@ class BwrapSandbox(ZygoteSandbox):
             json.dumps(config, separators=(",", ":")),
         ]
         return args
-
-    def zygote_config(self, *, oneshot: bool = False) -> dict[str, Any]:
-        cfg = super().zygote_config(oneshot=oneshot)
-        # Without root, bwrap drops every capability: no per-sample IPC namespace.
-        cfg["ipc_unshare"] = privileged()
-        return cfg
 
 
 class UnshareSandbox(ZygoteSandbox):
@@ -436,7 +433,6 @@ class UnisolatedSandbox(ZygoteSandbox):
             kill="tree" if self.uid is None else "uid",
             workdir=base + "/work",
             wipe=[base],
-            ipc_unshare=False,
             # Without a mount namespace the stdlib may be unreadable to the slot's uid
             # (pyenv under /root): what is imported before the uid drop still works.
             preload=True,
