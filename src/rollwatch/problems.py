@@ -67,8 +67,7 @@ _FENCE_ASK = "Answer with exactly one fenced ```python code block holding the co
 DEFAULT_TEMPLATES: dict[str, str] = {
     "python-function": (
         "{prompt}\n\n"
-        "Write the Python function `{entry_point}` (with any imports and helpers it needs). "
-        + _FENCE_ASK
+        "Write the Python function `{entry_point}` (with any imports and helpers it needs). " + _FENCE_ASK
     ),
     "humaneval": (
         "Complete the following Python function.\n\n```python\n{prompt}```\n\n"
@@ -145,10 +144,16 @@ class Problem:
 
 
 class _SetConfig(Protocol):
-    name: str
-    path: str
-    format: str
-    prompt_template: str | None
+    """What ``load_problem_set`` reads of a ``[[problem_sets]]`` entry (``ProblemSetConfig``)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def path(self) -> str: ...
+    @property
+    def format(self) -> str: ...
+    @property
+    def prompt_template(self) -> str | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,7 +208,9 @@ def load_problem_set(config: _SetConfig) -> ProblemSet:
     if config.format == "humaneval":
         return load_humaneval(path, name=config.name, prompt_template=template)
     if config.format != "folder":
-        raise ProblemError(f"problem set {config.name!r}: format {config.format!r} is not one of folder, humaneval")
+        raise ProblemError(
+            f"problem set {config.name!r}: format {config.format!r} is not one of folder, humaneval"
+        )
     return load_folder_set(path, name=config.name, prompt_template=template)
 
 
@@ -236,12 +243,23 @@ def _no_duplicates(problems: Iterable[Problem], where: Path) -> None:
     seen: dict[str, Problem] = {}
     for p in problems:
         if p.id in seen:
-            raise ProblemError(f"{where}: problem id {p.id!r} is used twice ({seen[p.id].folder} and {p.folder})")
+            raise ProblemError(
+                f"{where}: problem id {p.id!r} is used twice ({seen[p.id].folder} and {p.folder})"
+            )
         seen[p.id] = p
 
 
 _TOP_KEYS = {"id", "title", "released", "prompt_file", "prompt", "tags", "scorer", "reference"}
-_SCORER_KEYS = {"kind", "entry_point", "tests", "timeout", "cases", "float_tolerance", "command", "checker_timeout"}
+_SCORER_KEYS = {
+    "kind",
+    "entry_point",
+    "tests",
+    "timeout",
+    "cases",
+    "float_tolerance",
+    "command",
+    "checker_timeout",
+}
 _KIND_KEYS: dict[str, set[str]] = {
     "python-function": {"kind", "entry_point", "tests", "timeout"},
     "stdio": {"kind", "timeout", "cases", "float_tolerance"},
@@ -263,11 +281,11 @@ class _Reader:
     def unknown(self, table: Mapping[str, Any], allowed: set[str], prefix: str) -> None:
         for key in table:
             if key not in allowed:
-                raise self.fail(
-                    prefix + key, f"unknown key; allowed here: {', '.join(sorted(allowed))}"
-                )
+                raise self.fail(prefix + key, f"unknown key; allowed here: {', '.join(sorted(allowed))}")
 
-    def string(self, table: Mapping[str, Any], key: str, prefix: str = "", *, required: bool = False) -> str | None:
+    def string(
+        self, table: Mapping[str, Any], key: str, prefix: str = "", *, required: bool = False
+    ) -> str | None:
         value = table.get(key)
         if value is None:
             if required:
@@ -277,7 +295,9 @@ class _Reader:
             raise self.fail(prefix + key, f"expected a non-empty string, got {value!r}")
         return value
 
-    def file(self, table: Mapping[str, Any], key: str, prefix: str = "", *, required: bool = False) -> Path | None:
+    def file(
+        self, table: Mapping[str, Any], key: str, prefix: str = "", *, required: bool = False
+    ) -> Path | None:
         name = self.string(table, key, prefix, required=required)
         if name is None:
             return None
@@ -340,12 +360,13 @@ def load_problem(folder: Path) -> Problem:
     if "prompt" in data and "prompt_file" in data:
         raise r.fail("prompt", "give prompt or prompt_file, not both")
     prompt_path = r.file(data, "prompt_file")
+    inline = r.string(data, "prompt")
     if prompt_path is not None:
         prompt = r.text(prompt_path, "prompt_file")
+    elif inline is not None:
+        prompt = inline
     else:
-        prompt = r.string(data, "prompt")
-        if prompt is None:
-            raise r.fail("prompt", "is required (or prompt_file)")
+        raise r.fail("prompt", "is required (or prompt_file)")
 
     scorer = data.get("scorer")
     if not isinstance(scorer, dict):
@@ -383,11 +404,7 @@ def load_problem(folder: Path) -> Problem:
         )
     else:
         command = scorer.get("command")
-        if (
-            not isinstance(command, list)
-            or not command
-            or not all(isinstance(a, str) and a for a in command)
-        ):
+        if not isinstance(command, list) or not command or not all(isinstance(a, str) and a for a in command):
             raise r.fail("scorer.command", 'expected a list of strings such as ["python3", "check.py"]')
         # Every argument naming a file of the folder is resolved to it, so the checker
         # can be given as "check.py" whatever the working folder.
@@ -397,7 +414,9 @@ def load_problem(folder: Path) -> Problem:
             if "/" in arg and i == 0 and not f.is_file():
                 raise r.fail("scorer.command", f"{arg!r}: no such file in {folder}")
             resolved.append(str(f.resolve()) if f.is_file() else arg)
-        fields.update(command=tuple(resolved), checker_timeout=r.duration(scorer, "checker_timeout", "scorer."))
+        fields.update(
+            command=tuple(resolved), checker_timeout=r.duration(scorer, "checker_timeout", "scorer.")
+        )
 
     reference = data.get("reference", {})
     if not isinstance(reference, dict):

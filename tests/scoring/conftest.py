@@ -34,7 +34,9 @@ def backend_available(name: str) -> bool:
 
 
 BACKENDS = [
-    pytest.param(name, marks=pytest.mark.skipif(not backend_available(name), reason=f"{name} is not available"))
+    pytest.param(
+        name, marks=pytest.mark.skipif(not backend_available(name), reason=f"{name} is not available")
+    )
     for name in ("bwrap", "unshare")
 ]
 
@@ -93,7 +95,9 @@ async def nothing_left(uids: range | None = None, within: float = 5.0) -> None:
             await anyio.sleep(0.02)
 
 
-def function_problem(tests: str, entry: str = "f", *, timeout: float | None = None, prelude: str = "") -> Problem:
+def function_problem(
+    tests: str, entry: str = "f", *, timeout: float | None = None, prelude: str = ""
+) -> Problem:
     return Problem(
         id="t-" + entry,
         title=entry,
@@ -107,7 +111,9 @@ def function_problem(tests: str, entry: str = "f", *, timeout: float | None = No
     )
 
 
-def stdio_problem(cases: list[tuple[str, str]], *, tolerance: float | None = None, timeout: float | None = None) -> Problem:
+def stdio_problem(
+    cases: list[tuple[str, str]], *, tolerance: float | None = None, timeout: float | None = None
+) -> Problem:
     return Problem(
         id="t-stdio",
         title="stdio",

@@ -23,7 +23,9 @@ class TestFencedBlocks:
 
     def test_classes_and_assignments_define_an_entry_point(self) -> None:
         """`class f` and `f = ...` at the top level count as defining f."""
-        assert extract_code("```\nclass f:\n    pass\n```\n```\nx = 1\n```", "f").method == "fenced-entry-point"
+        assert (
+            extract_code("```\nclass f:\n    pass\n```\n```\nx = 1\n```", "f").method == "fenced-entry-point"
+        )
         assert extract_code("```\nf = lambda x: x\n```\n```\nx = 1\n```", "f").method == "fenced-entry-point"
         assert extract_code("```\nx = 1\n```\n```\nx = 2\n```", "f").method == "fenced-last"
 
@@ -37,24 +39,29 @@ class TestFencedBlocks:
         """Blocks tagged bash, text or json are skipped; tildes and longer fences work."""
         text = "```text\nnot code\n```\n~~~python3\nx = 1\n~~~\n````python\ny = '```'\n````\n```json\n{}\n```"
         ex = extract_code(text)
-        assert ex.code == "y = '```'\n" and ex.blocks == 2
+        assert ex.code == "y = '```'\n"
+        assert ex.blocks == 2
 
     def test_an_unclosed_block_runs_to_the_end(self) -> None:
         """A truncated answer still yields its code."""
-        assert extract_code("Sure:\n```python\ndef f():\n    return 1\n", "f").code == "def f():\n    return 1\n"
+        assert (
+            extract_code("Sure:\n```python\ndef f():\n    return 1\n", "f").code == "def f():\n    return 1\n"
+        )
 
     def test_reasoning_is_dropped(self) -> None:
         """Code drafted inside <think> is not the answer."""
         text = "<think>\n```python\ndef f(): return 'draft'\n```\n</think>\nFinal:\n```python\ndef f(): return 'final'\n```"
         ex = extract_code(text, "f")
-        assert "final" in (ex.code or "") and ex.blocks == 1
+        assert "final" in (ex.code or "")
+        assert ex.blocks == 1
 
 
 class TestFallbacks:
     def test_whole_text_when_it_parses(self) -> None:
         """A bare program without fences is taken whole."""
         ex = extract_code("import sys\nprint(sum(map(int, sys.stdin.read().split())))\n")
-        assert ex.method == "whole-text" and ex.blocks == 0
+        assert ex.method == "whole-text"
+        assert ex.blocks == 0
 
     def test_prose_is_not_code(self) -> None:
         """Prose, a lone word, or nothing: no code."""

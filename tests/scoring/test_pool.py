@@ -14,9 +14,19 @@ import pytest
 
 from rollwatch.config import ScoringConfig
 from rollwatch.errors import IsolationUnavailable, SandboxError
-from rollwatch.scoring import ScoringPool, ScoringSettings, settings_from_config
+from rollwatch.scoring import ScoringPool, settings_from_config
 
-from .conftest import BACKENDS, ROOT, SQUARE, UID_BASE, fenced, function_problem, nothing_left, sandbox_processes, settings
+from .conftest import (
+    BACKENDS,
+    ROOT,
+    SQUARE,
+    UID_BASE,
+    fenced,
+    function_problem,
+    nothing_left,
+    sandbox_processes,
+    settings,
+)
 
 pytestmark = pytest.mark.anyio
 SQUARE_OK = fenced("def f(x):\n    return x * x")
@@ -27,7 +37,8 @@ class TestSettings:
         """The [scoring] table maps onto the settings; what it lacks keeps its default."""
         s = settings_from_config(ScoringConfig(workers=3, require_isolation=True, memory_mb=256, timeout=7.5))
         assert (s.workers, s.require_isolation, s.memory_mb, s.timeout) == (3, True, 256, 7.5)
-        assert s.isolation == "auto" and s.worker_count == 3
+        assert s.isolation == "auto"
+        assert s.worker_count == 3
         assert settings_from_config(ScoringConfig()).worker_count == (os.cpu_count() or 2)
 
 
@@ -88,7 +99,8 @@ class TestLifetime:
                 for _ in range(40):
                     inner.start_soon(one)
             tg.cancel_scope.cancel()
-        assert len(results) == 40 and all(r.passed for r in results)
+        assert len(results) == 40
+        assert all(r.passed for r in results)
         assert max(gaps) < 0.25, max(gaps)
 
     async def test_cancelled_sample_leaves_nothing(self, isolation: str) -> None:
@@ -173,4 +185,5 @@ def _cmdlines_with(marker: bytes) -> list[int]:
 async def test_function_problem_helper() -> None:
     """The test helper builds a scoreable problem (keeps the helpers honest)."""
     p = function_problem("def check(candidate):\n    pass\n", "g")
-    assert p.entry_point == "g" and p.scorer == "python-function"
+    assert p.entry_point == "g"
+    assert p.scorer == "python-function"

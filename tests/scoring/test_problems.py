@@ -8,6 +8,7 @@ import shutil
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -53,7 +54,10 @@ timeout = "2s"
 [reference]
 solution = "solution.py"
 """
-FUNCTION_FILES = {"tests.py": "def check(candidate):\n    assert candidate(3) == 9\n", "solution.py": "def sq(x):\n    return x * x\n"}
+FUNCTION_FILES = {
+    "tests.py": "def check(candidate):\n    assert candidate(3) == 9\n",
+    "solution.py": "def sq(x):\n    return x * x\n",
+}
 
 
 class TestBundledSet:
@@ -73,7 +77,9 @@ class TestBundledSet:
         """describe_problems gives one JSON-ready row per problem for `problems list`."""
         rows = describe_problems(load_folder_set(PROBLEMS, name="favorites"))
         row = next(r for r in rows if r["id"] == "n-queens")
-        assert row["scorer"] == "command" and row["reference"] is True and row["released"] == "2026-04-01"
+        assert row["scorer"] == "command"
+        assert row["reference"] is True
+        assert row["released"] == "2026-04-01"
         json.dumps(rows)
 
 
@@ -100,7 +106,8 @@ class TestFolderProblems:
         )
         p = load_problem(folder)
         assert [(c.name, c.input, c.output) for c in p.cases] == [("a", b"1", b"1"), ("b", b"2", b"2")]
-        assert p.prompt == "Echo" and p.float_tolerance == 0.001
+        assert p.prompt == "Echo"
+        assert p.float_tolerance == 0.001
 
     @pytest.mark.parametrize(
         ("toml", "files", "message"),
@@ -111,7 +118,11 @@ class TestFolderProblems:
                 {},
                 "problem.toml: scorer.entry_pont: unknown key",
             ),
-            ('prompt = "x"\n[scorer]\nkind = "stdio"\nentry_point = "f"\n', {}, "scorer.entry_point: does not apply"),
+            (
+                'prompt = "x"\n[scorer]\nkind = "stdio"\nentry_point = "f"\n',
+                {},
+                "scorer.entry_point: does not apply",
+            ),
             ('prompt = "x"\n[scorer]\nkind = "java"\n', {}, "scorer.kind: 'java' is not one of"),
             ('prompt = "x"\n[scorer]\nkind = "stdio"\n', {}, "scorer.cases: 'cases': no such folder"),
             ('prompt = "x"\n[scorer]\nkind = "stdio"\n', {"cases/a.in": "1"}, "a.in has no a.out"),
@@ -131,13 +142,31 @@ class TestFolderProblems:
                 {"t.py": "def check(c): pass\n"},
                 "scorer.timeout: 'soon' is not a duration",
             ),
-            ('prompt = "x"\n[scorer]\nkind = "command"\ncommand = "check.py"\n', {}, "scorer.command: expected a list"),
-            ('prompt = "x"\n[scorer]\nkind = "command"\ncommand = ["python3"]\n[reference]\nfile = "s.py"\n', {}, "reference.file: unknown key"),
-            ('prompt = "x"\nreleased = "someday"\n[scorer]\nkind = "command"\ncommand = ["true"]\n', {}, "released:"),
-            ('prompt = "x"\n[scorer]\nkind = "command"\ncommand = ["../../etc/passwd"]\n', {}, "no such file"),
+            (
+                'prompt = "x"\n[scorer]\nkind = "command"\ncommand = "check.py"\n',
+                {},
+                "scorer.command: expected a list",
+            ),
+            (
+                'prompt = "x"\n[scorer]\nkind = "command"\ncommand = ["python3"]\n[reference]\nfile = "s.py"\n',
+                {},
+                "reference.file: unknown key",
+            ),
+            (
+                'prompt = "x"\nreleased = "someday"\n[scorer]\nkind = "command"\ncommand = ["true"]\n',
+                {},
+                "released:",
+            ),
+            (
+                'prompt = "x"\n[scorer]\nkind = "command"\ncommand = ["../../etc/passwd"]\n',
+                {},
+                "no such file",
+            ),
         ],
     )
-    def test_errors_name_the_file_and_the_key(self, tmp_path: Path, toml: str, files: dict[str, str], message: str) -> None:
+    def test_errors_name_the_file_and_the_key(
+        self, tmp_path: Path, toml: str, files: dict[str, str], message: str
+    ) -> None:
         """Every mistake is a ProblemError naming problem.toml, the key and what is wrong."""
         folder = write_problem(tmp_path / "bad", toml, files)
         with pytest.raises(ProblemError) as err:
@@ -153,7 +182,7 @@ class TestFolderProblems:
             load_folder_set(tmp_path)
         shutil.rmtree(tmp_path / "b")
         (tmp_path / "notes").mkdir()
-        with pytest.raises(ProblemError, match="without a problem.toml"):
+        with pytest.raises(ProblemError, match=r"without a problem\.toml"):
             load_folder_set(tmp_path)
         (tmp_path / "notes").rename(tmp_path / "_notes")
         assert [p.id for p in load_folder_set(tmp_path).problems] == ["x"]
@@ -198,9 +227,9 @@ class TestContentHash:
 
 
 class TestHumanEval:
-    RECORD = {
+    RECORD: ClassVar[dict[str, str]] = {
         "task_id": "HumanEval/0",
-        "prompt": "def add(a, b):\n    \"\"\"Sum.\"\"\"\n",
+        "prompt": 'def add(a, b):\n    """Sum."""\n',
         "canonical_solution": "    return a + b\n",
         "test": "def check(candidate):\n    assert candidate(1, 2) == 3\n",
         "entry_point": "add",
@@ -242,7 +271,8 @@ class TestPrompts:
         ps = load_folder_set(PROBLEMS)
         for p in ps.problems:
             text = ps.prompt(p)
-            assert p.prompt in text and "```python" in text
+            assert p.prompt in text
+            assert "```python" in text
         assert "`lru_run`" in ps.prompt(ps.get("lru-cache"))
         assert "standard input" in ps.prompt(ps.get("dijkstra"))
         assert set(DEFAULT_TEMPLATES) == {"python-function", "humaneval", "stdio", "command"}

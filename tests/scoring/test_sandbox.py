@@ -151,7 +151,10 @@ HOSTILE: dict[str, tuple[str, str | tuple[str, ...]]] = {
     ),
     "recursion-error": ("def down(n):\n    return down(n + 1)\ndown(0)", "RecursionError"),
     "exit-0-before-the-tests": ("import os\nos._exit(0)", "exited before the tests finished (exit status 0)"),
-    "sys-exit-before-the-tests": ("import sys\nsys.exit(0)", "exited before the tests finished (SystemExit 0)"),
+    "sys-exit-before-the-tests": (
+        "import sys\nsys.exit(0)",
+        "exited before the tests finished (SystemExit 0)",
+    ),
     "always-equal": (
         """
         class Anything:
@@ -206,12 +209,14 @@ class TestHostilePrograms:
                 return 4.5
         """
         s = await pool.score(p, fenced(code))
-        assert not s.passed and s.reason == "exception: AssertionError", s
+        assert not s.passed
+        assert s.reason == "exception: AssertionError", s
         tests_import_builtins = function_problem(
             "import builtins\ndef check(candidate):\n    assert builtins.abs(candidate(2) - 4) == 0\n"
         )
         s = await pool.score(tests_import_builtins, fenced(code))
-        assert not s.passed and "builtins.abs was rebound" in s.reason, s
+        assert not s.passed
+        assert "builtins.abs was rebound" in s.reason, s
 
     async def test_rebinding_what_the_tests_import_fails(self, pool: ScoringPool) -> None:
         """A candidate that rebinds a function of a module the tests import (random.randint) fails."""
@@ -231,7 +236,8 @@ class TestHostilePrograms:
                 return x * x
         """
         s = await pool.score(p, fenced(code))
-        assert not s.passed and s.reason == "tampered with the standard library: random.randint was rebound", s
+        assert not s.passed
+        assert s.reason == "tampered with the standard library: random.randint was rebound", s
 
     async def test_a_left_trace_function_fails(self, pool: ScoringPool) -> None:
         """A candidate that installs a trace function (it could skip the tests' lines) fails."""
@@ -242,7 +248,8 @@ class TestHostilePrograms:
                 return x * x
         """
         s = await pool.score(SQUARE, fenced(code))
-        assert not s.passed and "trace or profile function" in s.reason, s
+        assert not s.passed
+        assert "trace or profile function" in s.reason, s
 
     @pytest.mark.parametrize("name", sorted(HOSTILE))
     async def test_contained_and_failed(self, pool: ScoringPool, name: str) -> None:
@@ -321,7 +328,8 @@ class TestHostilePrograms:
         """
         s = await pool.score(SQUARE, fenced(code))
         assert not s.passed
-        assert SECRET not in s.reason and SECRET not in str(s.detail)
+        assert SECRET not in s.reason
+        assert SECRET not in str(s.detail)
         assert "ROLLWATCH_TEST_SECRET" not in s.reason
         assert ":READ:" not in s.reason, s.reason
         assert "env=HOME,LANG,LC_ALL,PATH,PYTHONDONTWRITEBYTECODE,TMPDIR" in s.reason

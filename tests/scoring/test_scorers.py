@@ -21,7 +21,9 @@ def favorites():  # type: ignore[no-untyped-def]
     return load_folder_set(PROBLEMS, name="favorites")
 
 
-def command_problem(tmp_path: Path, checker: str, *, timeout: str = "5s", checker_timeout: str | None = None) -> Problem:
+def command_problem(
+    tmp_path: Path, checker: str, *, timeout: str = "5s", checker_timeout: str | None = None
+) -> Problem:
     folder = tmp_path / "cmd"
     folder.mkdir(exist_ok=True)
     (folder / "check.py").write_text(textwrap.dedent(checker))
@@ -60,7 +62,8 @@ class TestReferences:
         failures = await check_references(broken, pool)
         assert [f.problem_id for f in failures] == ["merge-intervals", "no-ref"]
         pid, why = failures[0]
-        assert pid == "merge-intervals" and why.startswith("exception: AssertionError")
+        assert pid == "merge-intervals"
+        assert why.startswith("exception: AssertionError")
         assert failures[1].reason == "no reference solution to check"
 
 
@@ -93,7 +96,9 @@ class TestPythonFunction:
     async def test_humaneval_prelude_is_shared_with_candidate_and_tests(self, pool: ScoringPool) -> None:
         """As in HumanEval, helpers of the prompt are visible to the candidate and to the tests."""
         prompt = 'import math\n\ndef helper(x):\n    return x + 1\n\ndef f(x):\n    """helper(x) squared"""\n'
-        p = function_problem("def check(candidate):\n    assert candidate(2) == helper(2) ** 2\n", prelude=prompt)
+        p = function_problem(
+            "def check(candidate):\n    assert candidate(2) == helper(2) ** 2\n", prelude=prompt
+        )
         s = await pool.score(p, fenced("def f(x):\n    return int(math.pow(helper(x), 2))"))
         assert s.passed, s
 
@@ -101,10 +106,15 @@ class TestPythonFunction:
         """to_dict() round-trips through JSON with every field the log records."""
         s = await pool.score(SQUARE, fenced("def f(x):\n    return x * x"))
         d = json.loads(json.dumps(s.to_dict()))
-        assert d["passed"] is True and d["score"] == 1.0 and d["reason"] == "passed"
-        assert d["scorer"] == "python-function" and d["extraction"] == "fenced-entry-point"
-        assert d["isolation"] == pool.isolation and d["problem_hash"] == "sha256:test"
-        assert d["duration_ms"] > 0 and d["detail"]["wall_ms"] > 0
+        assert d["passed"] is True
+        assert d["score"] == 1.0
+        assert d["reason"] == "passed"
+        assert d["scorer"] == "python-function"
+        assert d["extraction"] == "fenced-entry-point"
+        assert d["isolation"] == pool.isolation
+        assert d["problem_hash"] == "sha256:test"
+        assert d["duration_ms"] > 0
+        assert d["detail"]["wall_ms"] > 0
 
 
 class TestStdio:
@@ -127,7 +137,8 @@ class TestStdio:
         one = replace(p, cases=p.cases[:1])
         assert (await pool.score(one, fenced("print(1.4142135)"))).passed
         far = await pool.score(one, fenced("print(1.42)"))
-        assert not far.passed and far.reason == "wrong answer on case 1 (01-example)"
+        assert not far.passed
+        assert far.reason == "wrong answer on case 1 (01-example)"
 
     async def test_crash_and_timeout_name_the_case(self, pool: ScoringPool) -> None:
         """A crash reports the exception; a timeout stops the remaining cases."""
@@ -147,13 +158,16 @@ class TestStdio:
     async def test_wrong_answer_on_a_bundled_problem(self, pool: ScoringPool, favorites) -> None:  # type: ignore[no-untyped-def]
         """Dijkstra with a wrong program fails on the first case."""
         s = await pool.score(favorites.get("dijkstra"), fenced("print('0 1 2 3')"))
-        assert not s.passed and s.reason.startswith("wrong answer on case 1")
+        assert not s.passed
+        assert s.reason.startswith("wrong answer on case 1")
 
 
 class TestCommand:
     async def test_json_verdict_and_partial_score(self, pool: ScoringPool, favorites) -> None:  # type: ignore[no-untyped-def]
         """n-queens' checker returns a JSON score; a solution right only for N=4 scores low."""
-        s = await pool.score(favorites.get("n-queens"), fenced("input()\nfor _ in range(14):\n    print('1 3 0 2')"))
+        s = await pool.score(
+            favorites.get("n-queens"), fenced("input()\nfor _ in range(14):\n    print('1 3 0 2')")
+        )
         assert not s.passed
         assert s.reason.startswith("N=5: ")
         assert 0 < s.score < 0.2
@@ -162,11 +176,14 @@ class TestCommand:
         """topo-order's checker decides by exit status and names the failure."""
         s = await pool.score(favorites.get("topo-order"), fenced("print('IMPOSSIBLE')"))
         assert not s.passed
-        assert s.reason == "checker: n=1: the prerequisites have a cycle, expected IMPOSSIBLE" or s.reason.startswith(
-            "checker: n=1:"
+        assert (
+            s.reason == "checker: n=1: the prerequisites have a cycle, expected IMPOSSIBLE"
+            or s.reason.startswith("checker: n=1:")
         )
 
-    async def test_candidate_runs_sandboxed_even_through_the_checker(self, pool: ScoringPool, tmp_path: Path) -> None:
+    async def test_candidate_runs_sandboxed_even_through_the_checker(
+        self, pool: ScoringPool, tmp_path: Path
+    ) -> None:
         """The candidate run through $ROLLWATCH_RUN is sandboxed: no network, no secrets, a timeout."""
         p = command_problem(
             tmp_path,
@@ -189,8 +206,10 @@ class TestCommand:
         s = await pool.score(p, fenced(code))
         assert not s.passed
         assert s.reason.startswith("exit 124: ")
-        assert "ROLLWATCH_TEST_SECRET" not in s.reason and "ROLLWATCH_RUN" not in s.reason
-        assert "['lo']" in s.reason and "False" in s.reason
+        assert "ROLLWATCH_TEST_SECRET" not in s.reason
+        assert "ROLLWATCH_RUN" not in s.reason
+        assert "['lo']" in s.reason
+        assert "False" in s.reason
         assert "rollwatch: timeout" in s.reason
 
     async def test_checker_timeout_kills_the_checker(self, pool: ScoringPool, tmp_path: Path) -> None:
@@ -203,6 +222,8 @@ class TestCommand:
         """Exit status 0 passes; anything else fails with the checker's last line."""
         p = command_problem(tmp_path, "import sys\nprint('looks fine')\nsys.exit(0)\n")
         assert (await pool.score(p, fenced("print(1)"))).passed
-        p = command_problem(tmp_path, "import sys\nprint('first')\nprint('bad output on case 7')\nsys.exit(2)\n")
+        p = command_problem(
+            tmp_path, "import sys\nprint('first')\nprint('bad output on case 7')\nsys.exit(2)\n"
+        )
         s = await pool.score(p, fenced("print(1)"))
         assert (s.passed, s.reason) == (False, "checker: bad output on case 7")

@@ -20,15 +20,18 @@ limits.
 from __future__ import annotations
 
 import base64
+import importlib
 import json
 import os
 import subprocess
 import sys
 import tempfile
 
+# The framing is the zygote's own (a sibling file: -I keeps the script's folder off sys.path).
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+_zygote = importlib.import_module("_zygote")
+read_frame, write_frame = _zygote.read_frame, _zygote.write_frame
 
-from _zygote import read_frame, write_frame  # noqa: E402
 
 MAX_STDIN = 64 * 1024 * 1024
 
@@ -52,8 +55,11 @@ def main() -> int:
     timeout = float(os.environ.get("ROLLWATCH_TIMEOUT") or spec["timeout"])
     with tempfile.TemporaryFile() as errors:
         # bwrap --die-with-parent / setpriv --pdeathsig: killing us kills the sandbox.
-        proc = subprocess.Popen(spec["argv"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errors, env=spec["env"])
-        assert proc.stdin is not None and proc.stdout is not None
+        proc = subprocess.Popen(
+            spec["argv"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errors, env=spec["env"]
+        )
+        assert proc.stdin is not None
+        assert proc.stdout is not None
         try:
             if read_frame(proc.stdout.fileno()) is None:
                 raise EOFError
@@ -74,7 +80,10 @@ def main() -> int:
                 raise EOFError
         except (EOFError, OSError):
             errors.seek(0)
-            print(f"rollwatch: the sandbox failed: {errors.read()[-2000:].decode(errors='replace')}", file=sys.stderr)
+            print(
+                f"rollwatch: the sandbox failed: {errors.read()[-2000:].decode(errors='replace')}",
+                file=sys.stderr,
+            )
             proc.kill()
             proc.wait()
             return 126

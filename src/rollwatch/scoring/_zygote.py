@@ -40,10 +40,15 @@ everything and exit. With ``--setup`` (the ``unshare`` backend) the zygote first
 builds the sandbox's file system itself, as bubblewrap would.
 """
 
+# This is the harness itself: it exec()s candidate code on purpose (S102), names the
+# sandbox's own /tmp (S108) and opens its private folders to the sample's uid (S103).
+# ruff: noqa: S102, S103, S108
+
 from __future__ import annotations
 
 import base64
 import builtins
+import contextlib
 import ctypes
 import errno
 import fcntl
@@ -60,6 +65,11 @@ import socket
 import struct
 import sys
 import time
+from collections.abc import Callable
+from types import CodeType
+from typing import Any
+
+Json = dict[str, Any]
 
 PR_SET_PDEATHSIG = 1
 PR_SET_DUMPABLE = 4
@@ -78,7 +88,7 @@ MNT_DETACH = 2
 SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "riscv64": 41}
 
 VERDICT_FD = 3
-SAFE_BUILTINS: dict = {}
+SAFE_BUILTINS: Json = {}
 _exit = os._exit
 _IMPORTS = re.compile(r"^[ \t]*(?:from|import)[ \t]+([A-Za-z_]\w*)", re.M)
 STDERR_KEEP = 8192
@@ -86,11 +96,35 @@ STDOUT_HEAD = 4096
 VERDICT_KEEP = 65536
 
 # Modules solutions commonly import: imported once here, shared by every child.
-PRELOAD = (
-    "array bisect cmath collections copy dataclasses datetime decimal enum fractions "
-    "functools hashlib heapq io itertools json math numbers operator random re statistics "
-    "string textwrap traceback typing marshal"
-).split()
+PRELOAD = [
+    "array",
+    "bisect",
+    "cmath",
+    "collections",
+    "copy",
+    "dataclasses",
+    "datetime",
+    "decimal",
+    "enum",
+    "fractions",
+    "functools",
+    "hashlib",
+    "heapq",
+    "io",
+    "itertools",
+    "json",
+    "math",
+    "numbers",
+    "operator",
+    "random",
+    "re",
+    "statistics",
+    "string",
+    "textwrap",
+    "traceback",
+    "typing",
+    "marshal",
+]
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
@@ -125,7 +159,7 @@ def read_exact(fd: int, n: int) -> bytes | None:
     return b"".join(chunks)
 
 
-def read_frame(fd: int) -> dict | None:
+def read_frame(fd: int) -> Json | None:
     head = read_exact(fd, 4)
     if head is None:
         return None
@@ -133,10 +167,11 @@ def read_frame(fd: int) -> dict | None:
     body = read_exact(fd, n)
     if body is None:
         raise EOFError("truncated frame")
-    return json.loads(body)
+    obj: Json = json.loads(body)
+    return obj
 
 
-def write_frame(fd: int, obj: dict) -> None:
+def write_frame(fd: int, obj: Json) -> None:
     body = json.dumps(obj, separators=(",", ":")).encode()
     data = struct.pack(">I", len(body)) + body
     view = memoryview(data)
@@ -170,7 +205,7 @@ def _mountpoint(path: str, like: str) -> None:
                 pass
 
 
-def setup_root(plan: list[list]) -> None:
+def setup_root(plan: list[list[Any]]) -> None:
     """Build a fresh root from ``plan`` (the same list bwrap's arguments come from) and pivot into it.
 
     We are PID 1 of new mount, PID, network, IPC and UTS namespaces, as root.
@@ -248,7 +283,7 @@ def setup_root(plan: list[list]) -> None:
 # -- one sample -----------------------------------------------------------------------------
 
 
-def _limits(lim: dict) -> None:
+def _limits(lim: Json) -> None:
     mb = 1024 * 1024
     pairs = [
         (resource.RLIMIT_AS, lim["memory_mb"] * mb),
@@ -263,7 +298,7 @@ def _limits(lim: dict) -> None:
         resource.setrlimit(which, (soft, hard))
 
 
-def _enter_child(cfg: dict, req: dict, stdin_fd: int, out_w: int, err_w: int, ver_w: int) -> None:
+def _enter_child(cfg: Json, req: Json, stdin_fd: int, out_w: int, err_w: int, ver_w: int) -> None:
     """Everything between fork and the first byte of candidate code.
 
     Kept to the bone: every object this touches is a page copied after the fork.
@@ -283,6 +318,7 @@ def _enter_child(cfg: dict, req: dict, stdin_fd: int, out_w: int, err_w: int, ve
     _limits(req["limits"])
     uid, gid = cfg.get("uid"), cfg.get("gid")
     if uid is not None:
+        assert gid is not None
         os.setgroups([])
         os.setresgid(gid, gid, gid)
         os.setresuid(uid, uid, uid)  # every capability is gone with root
@@ -330,7 +366,7 @@ class Unverifiable(BaseException):
     """A candidate's return value that is not plain data (raised into the tests)."""
 
 
-def _run_function(req: dict, nonce: str) -> int:
+def _run_function(req: Json, nonce: str) -> int:
     """HumanEval semantics: the prompt, the candidate, the tests, ``check(entry_point)``.
 
     Once the candidate has run, the builtins module is whatever it made of it: until
@@ -360,22 +396,22 @@ def _run_function(req: dict, nonce: str) -> int:
     def tampered() -> str | None:
         for name, m, before in watched:
             if sysmods.get(name) is not m:
-                return "module " + name + " was replaced"
+                return "module " + str(name) + " was replaced"
             now = m.__dict__
             for key, value in before.items():
                 if now.get(key, now) is not value:
-                    return name + "." + key + " was rebound"
+                    return str(name) + "." + str(key) + " was rebound"
         if gettrace() is not None or getprofile() is not None:
             return "a trace or profile function was left installed"
         return None
 
-    def report(obj: dict) -> None:
+    def report(obj: Json) -> None:
         restore_builtins(safe_builtins)
         write(VERDICT_FD, (nonce + " " + json.dumps(obj) + "\n").encode())
 
     sources: dict[str, str] = {}
 
-    def source(name: str, text: str) -> object:
+    def source(name: str, text: str) -> CodeType:
         sources[name] = text
         return compile(text, name, "exec", dont_inherit=True, optimize=0)
 
@@ -392,14 +428,15 @@ def _run_function(req: dict, nonce: str) -> int:
     try:
         cand_code = source("solution.py", req["code"])
     except (SyntaxError, ValueError) as e:
-        line = f" (line {e.lineno})" if getattr(e, "lineno", None) else ""
+        lineno = getattr(e, "lineno", None)
+        line = f" (line {lineno})" if lineno else ""
         report({"ok": False, "kind": "syntax", "reason": f"syntax error: {getattr(e, 'msg', e)}{line}"})
         return 1
 
     violations: list[object] = []
 
-    def guard(fn):  # type: ignore[no-untyped-def]
-        def candidate(*args, **kwargs):  # type: ignore[no-untyped-def]
+    def guard(fn: Callable[..., Any]) -> Callable[..., Any]:
+        def candidate(*args: Any, **kwargs: Any) -> Any:
             result = fn(*args, **kwargs)
             try:
                 return loads(dumps(result))
@@ -412,7 +449,7 @@ def _run_function(req: dict, nonce: str) -> int:
     entry = req["entry_point"]
     stage = "candidate"
     try:
-        ns: dict = {"__name__": "__candidate__", "__builtins__": builtins}
+        ns: Json = {"__name__": "__candidate__", "__builtins__": builtins}
         exec(prelude_code, ns)
         exec(cand_code, ns)
         fn = ns.get(entry)
@@ -421,7 +458,7 @@ def _run_function(req: dict, nonce: str) -> int:
             return 1
         stage = "tests"
         candidate = guard(fn)
-        tns: dict = {"__name__": "__tests__", "__builtins__": safe_builtins}
+        tns: Json = {"__name__": "__tests__", "__builtins__": safe_builtins}
         exec(prelude_code, tns)
         # HumanEval's tests may call the entry point by its name, not only as `candidate`.
         tns[entry] = candidate
@@ -442,13 +479,11 @@ def _run_function(req: dict, nonce: str) -> int:
         if where:
             detail["test_line"] = where[0]
             detail["test_source"] = where[1][:300]
-        try:
+        with contextlib.suppress(BaseException):  # stderr may be closed by the candidate
             import traceback
 
             sys.stderr.write("".join(traceback.format_exception(e)[-20:]))
             sys.stderr.flush()
-        except BaseException:
-            pass
         report(detail)
         return 1
     if violations:
@@ -462,18 +497,18 @@ def _run_function(req: dict, nonce: str) -> int:
     return 0
 
 
-def _unverifiable(cls: object) -> dict:
+def _unverifiable(cls: object) -> Json:
     name = getattr(cls, "__qualname__", "?")
     return {"ok": False, "kind": "unverifiable", "reason": f"unverifiable return value: {name}"}
 
 
-def _run_program(req: dict, nonce: str) -> int:
+def _run_program(req: Json, nonce: str) -> int:
     """A script run as ``__main__``, stdin to stdout, as ``python3 solution.py`` would."""
     import traceback
 
     write = os.write
 
-    def report(obj: dict) -> None:
+    def report(obj: Json) -> None:
         write(VERDICT_FD, (nonce + " " + json.dumps(obj) + "\n").encode())
 
     text = req["code"]
@@ -487,7 +522,8 @@ def _run_program(req: dict, nonce: str) -> int:
         code = compile(text, path, "exec", dont_inherit=True, optimize=0)
     except (SyntaxError, ValueError) as e:
         traceback.print_exception(e, limit=0)
-        line = f" (line {e.lineno})" if getattr(e, "lineno", None) else ""
+        lineno = getattr(e, "lineno", None)
+        line = f" (line {lineno})" if lineno else ""
         report({"kind": "syntax", "reason": f"syntax error: {getattr(e, 'msg', e)}{line}"})
         return 1
     status = 0
@@ -500,17 +536,13 @@ def _run_program(req: dict, nonce: str) -> int:
         elif isinstance(c, int):
             status = c & 0xFF
         else:
-            try:
+            with contextlib.suppress(BaseException):
                 print(c, file=sys.stderr)
-            except BaseException:
-                pass
             status = 1
     except BaseException as e:
         linecache.cache[path] = (len(text), None, text.splitlines(True), path)
-        try:
+        with contextlib.suppress(BaseException):
             traceback.print_exception(type(e), e, e.__traceback__.tb_next if e.__traceback__ else None)
-        except BaseException:
-            pass
         kind = _kind(e)
         report({"kind": kind, "reason": _LIMIT_REASONS.get(kind) or f"exception: {_describe(e)}"})
         status = 1
@@ -518,29 +550,25 @@ def _run_program(req: dict, nonce: str) -> int:
         sys.stdout.flush()
     except BaseException:
         status = status or 120
-    try:
+    with contextlib.suppress(BaseException):
         sys.stderr.flush()
-    except BaseException:
-        pass
     return status
 
 
-def _child(cfg: dict, req: dict, fds: tuple[int, int, int, int], nonce: str) -> None:
+def _child(cfg: Json, req: Json, fds: tuple[int, int, int, int], nonce: str) -> None:
     status = 70
     try:
         _enter_child(cfg, req, *fds)
         status = _run_function(req, nonce) if req["mode"] == "function" else _run_program(req, nonce)
     except BaseException as e:
-        try:
+        with contextlib.suppress(BaseException):
             os.write(2, f"sandbox child: {_describe(e)}\n".encode())
-        except BaseException:
-            pass
     finally:
         _exit(status)  # captured at import: the candidate may rebind os._exit
 
 
 class Zygote:
-    def __init__(self, cfg: dict, ctl_in: int, ctl_out: int) -> None:
+    def __init__(self, cfg: Json, ctl_in: int, ctl_out: int) -> None:
         self.cfg = cfg
         self.ctl_in = ctl_in
         self.ctl_out = ctl_out
@@ -579,10 +607,8 @@ class Zygote:
         """SIGKILL every process this zygote's samples started, wherever they moved."""
         if self.kill_mode == "namespace":
             # Inside our own PID namespace every process but init and us is the sample's.
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(-1, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
             return
         if self.kill_mode == "uid":
             # No PID namespace, but the samples run as a uid of their own: a process of
@@ -603,12 +629,10 @@ class Zygote:
             if not pids:
                 return
             for pid in pids:
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
 
-    def reap_all(self, child: int) -> tuple[int | None, object | None]:
+    def reap_all(self, child: int) -> tuple[int | None, resource.struct_rusage | None]:
         """Wait for every child (orphans come to us: we are a subreaper); the sample's status."""
         status = usage = None
         while True:
@@ -669,7 +693,7 @@ class Zygote:
 
     # -- one request --------------------------------------------------------------------
 
-    def run(self, req: dict) -> dict:
+    def run(self, req: Json) -> Json:
         cfg = self.cfg
         work = cfg["workdir"]
         os.makedirs(work, mode=0o700, exist_ok=True)
@@ -754,10 +778,11 @@ class Zygote:
                 elif fd == self.ctl_in:
                     host_gone = True
                     outcome = "host_gone"
-                elif fd in open_fds and ev & (select.POLLIN | select.POLLHUP | select.POLLERR):
-                    if not take(fd):
-                        poller.unregister(fd)
-                        open_fds.discard(fd)
+                elif (
+                    fd in open_fds and ev & (select.POLLIN | select.POLLHUP | select.POLLERR) and not take(fd)
+                ):
+                    poller.unregister(fd)
+                    open_fds.discard(fd)
             if stdout_total > limit or stderr_total > limit:
                 outcome = "output_limit"
 
@@ -779,7 +804,7 @@ class Zygote:
         if host_gone:
             raise SystemExit(0)
 
-        resp: dict = {
+        resp: Json = {
             "outcome": outcome or "exited",
             "wall_ms": round(wall * 1000, 3),
             "stdout": base64.b64encode(bytes(stdout)).decode(),
@@ -820,7 +845,11 @@ class Zygote:
             except Exception as e:
                 import traceback
 
-                resp = {"outcome": "error", "error": _describe(e), "traceback": traceback.format_exc()[-4000:]}
+                resp = {
+                    "outcome": "error",
+                    "error": _describe(e),
+                    "traceback": traceback.format_exc()[-4000:],
+                }
             write_frame(self.ctl_out, resp)
 
 
@@ -844,10 +873,8 @@ def main() -> None:
     os.environ.update(cfg["env"])
     prctl(PR_SET_NO_NEW_PRIVS, 1)
     for d in cfg["wipe"]:
-        try:
+        with contextlib.suppress(OSError):
             os.chmod(d, 0o1777)  # bwrap makes its tmpfs 0755: the sample's uid must write there
-        except OSError:
-            pass
     import builtins
     import gc
 
@@ -855,10 +882,8 @@ def main() -> None:
         import importlib
 
         for name in PRELOAD:
-            try:
+            with contextlib.suppress(ImportError):
                 importlib.import_module(name)
-            except ImportError:
-                pass
     global SAFE_BUILTINS
     SAFE_BUILTINS = dict(vars(builtins))
     if cfg.get("preload", True):

@@ -298,7 +298,9 @@ class Scorer(ABC):
     def timeout(self, problem: Problem) -> float:
         return problem.timeout or self.settings.timeout
 
-    def request(self, problem: Problem, mode: Literal["function", "program"], code: str, **kw: Any) -> SampleRequest:
+    def request(
+        self, problem: Problem, mode: Literal["function", "program"], code: str, **kw: Any
+    ) -> SampleRequest:
         timeout = self.timeout(problem)
         return SampleRequest(
             mode=mode,

@@ -18,6 +18,7 @@ output as the reason.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -127,7 +128,9 @@ class CommandScorer(Scorer):
                 argv, stdin=subprocess.DEVNULL, cwd=problem.folder, env=env, start_new_session=True
             )
         except OSError as e:
-            return Outcome(passed=False, score=0.0, reason=f"checker could not start: {e}", detail={"argv": argv})
+            return Outcome(
+                passed=False, score=0.0, reason=f"checker could not start: {e}", detail={"argv": argv}
+            )
         timed_out = False
         try:
             with anyio.move_on_after(budget) as scope:
@@ -138,10 +141,8 @@ class CommandScorer(Scorer):
             timed_out = scope.cancelled_caught
         finally:
             with anyio.CancelScope(shield=True):
-                try:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(proc.pid, signal.SIGKILL)  # the checker's helpers and their sandboxes
-                except (ProcessLookupError, PermissionError):
-                    pass
                 await proc.aclose()
         out = stdout.decode("utf-8", "replace")
         err = stderr.decode("utf-8", "replace")
@@ -158,7 +159,9 @@ class CommandScorer(Scorer):
             try:
                 score = min(1.0, max(0.0, float(verdict.get("score", 1.0 if verdict.get("passed") else 0.0))))
             except (TypeError, ValueError):
-                return Outcome(passed=False, score=0.0, reason="checker: score is not a number", detail=detail)
+                return Outcome(
+                    passed=False, score=0.0, reason="checker: score is not a number", detail=detail
+                )
             passed = bool(verdict["passed"]) if "passed" in verdict else score >= 1.0
             detail["checker"] = verdict
             if passed and code != 0:

@@ -28,8 +28,13 @@ Everything else (limits, timeouts, killing, the verdict channel) happens in the
 zygote: see ``_zygote.py``.
 """
 
+# The paths under /tmp here are the sandbox's own private tmpfs, not the host's (S108);
+# the slot folders of isolation "none" must be traversable by the slot's uid (S103).
+# ruff: noqa: S103, S108
+
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -100,7 +105,9 @@ def fs_plan(settings: ScoringSettings) -> list[list[Any]]:
         if os.path.exists(f):
             plan.append(["ro-bind", f, f])
     bound = ("/usr/", "/bin/", "/sbin/", "/lib/", "/lib64/")
-    for path in sorted({os.path.realpath(sys.base_prefix), os.path.dirname(os.path.dirname(sandbox_python()))}):
+    for path in sorted(
+        {os.path.realpath(sys.base_prefix), os.path.dirname(os.path.dirname(sandbox_python()))}
+    ):
         if not (path + "/").startswith(bound):
             # Its parents must be traversable by the sample's uid (bwrap would make them
             # 0700): the interpreter may live under /root (pyenv).
@@ -211,14 +218,17 @@ class ZygoteSandbox(Sandbox):
         except BaseException:
             await self._kill()
             raise
-        log.debug("sandbox_started", isolation=self.isolation, slot=self.slot, pid=self._proc.pid, uid=self.uid)
+        log.debug(
+            "sandbox_started", isolation=self.isolation, slot=self.slot, pid=self._proc.pid, uid=self.uid
+        )
 
     async def run(self, request: SampleRequest) -> SampleResult:
         async with self._lock:
             wire = _frame(request.to_wire())
             for attempt in (1, 2):
                 await self.start()
-                assert self._proc is not None and self._proc.stdin is not None
+                assert self._proc is not None
+                assert self._proc.stdin is not None
                 try:
                     with anyio.fail_after(request.timeout + _BACKSTOP_S):
                         await self._proc.stdin.send(wire)
@@ -227,7 +237,9 @@ class ZygoteSandbox(Sandbox):
                     why = self._stderr_tail()
                     await self._kill()
                     self.restarts += 1
-                    log.warning("sandbox_lost", isolation=self.isolation, slot=self.slot, attempt=attempt, stderr=why)
+                    log.warning(
+                        "sandbox_lost", isolation=self.isolation, slot=self.slot, attempt=attempt, stderr=why
+                    )
                     if attempt == 2:
                         return SampleResult(outcome="lost", stderr=why)
                     continue
@@ -255,10 +267,8 @@ class ZygoteSandbox(Sandbox):
             proc = self._proc
             if proc is not None and proc.stdin is not None:
                 # EOF on its control pipe: the zygote kills what is left and exits.
-                try:
+                with contextlib.suppress(anyio.BrokenResourceError, OSError):
                     await proc.stdin.aclose()
-                except (anyio.BrokenResourceError, OSError):
-                    pass
                 with anyio.move_on_after(5):
                     await proc.wait()
             await self._kill()
@@ -290,16 +300,12 @@ class ZygoteSandbox(Sandbox):
         with anyio.CancelScope(shield=True):
             if proc is not None:
                 if proc.returncode is None:
-                    try:
-                        # The whole session: bwrap, unshare or the bare zygote, and
-                        # (isolation "none") the samples that did not leave it.
+                    # The whole session: bwrap, unshare or the bare zygote, and
+                    # (isolation "none") the samples that did not leave it.
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
                         os.killpg(proc.pid, signal.SIGKILL)
-                    except (ProcessLookupError, PermissionError):
-                        pass
-                    try:
+                    with contextlib.suppress(ProcessLookupError):
                         proc.kill()
-                    except ProcessLookupError:
-                        pass
                 with anyio.move_on_after(5):
                     await proc.wait()
                 await proc.aclose()
@@ -441,7 +447,7 @@ class UnisolatedSandbox(ZygoteSandbox):
 
     async def start(self) -> None:
         if self._proc is None and self.uid is not None and self.slot == 0:
-            hidden = _unreadable_parent(os.path.realpath(sys.base_prefix))
+            hidden = await anyio.to_thread.run_sync(_unreadable_parent, sys.base_prefix)
             if hidden:
                 log.warning(
                     "sandbox_stdlib_unreadable",
@@ -454,7 +460,7 @@ class UnisolatedSandbox(ZygoteSandbox):
 
 def _unreadable_parent(path: str) -> str | None:
     """The first folder of ``path`` that others cannot traverse, if any."""
-    p = Path(path)
+    p = Path(os.path.realpath(path))
     for d in [*reversed(p.parents), p]:
         try:
             if not os.stat(d).st_mode & 0o001:
