@@ -362,6 +362,36 @@ class TestHostilePrograms:
         for d in ("/tmp", "/var/tmp", "/dev/shm"):
             assert not Path(d, marker).exists()
 
+    async def test_ipc_objects_do_not_outlive_a_sample(self, pool: ScoringPool) -> None:
+        """A SysV shared memory segment or a POSIX message queue left by one sample is gone for the next."""
+        key = 0x5200 + os.getpid() % 1000
+        make = f"""
+            import ctypes, os
+            libc = ctypes.CDLL(None, use_errno=True)
+            assert libc.shmget({key}, 4096, 0o1666) >= 0, os.strerror(ctypes.get_errno())
+            assert libc.mq_open(b"/rw-{key}", os.O_CREAT | os.O_RDWR, 0o666, None) >= 0, os.strerror(ctypes.get_errno())
+            def f(x):
+                return x * x
+        """
+        look = f"""
+            import ctypes, os
+            libc = ctypes.CDLL(None, use_errno=True)
+            left = []
+            if libc.shmget({key}, 0, 0) >= 0:
+                left.append("shm")
+            if libc.mq_open(b"/rw-{key}", os.O_RDWR) >= 0:
+                left.append("mqueue")
+            assert not left, left
+            def f(x):
+                return x * x
+        """
+        for _ in range(pool.workers):
+            s = await pool.score(SQUARE, fenced(make))
+            assert s.passed, s
+        for _ in range(pool.workers):
+            s = await pool.score(SQUARE, fenced(look))
+            assert s.passed, s
+
     async def test_the_rest_of_the_file_system_is_read_only(self, pool: ScoringPool) -> None:
         """Writes outside the private folders fail."""
         code = """

@@ -866,6 +866,9 @@ def main() -> None:
         if os.getppid() == 1:
             raise SystemExit(1)
     prctl(PR_SET_CHILD_SUBREAPER, 1)
+    # Not ptrace-able, its /proc/PID/mem and fds closed to everyone else: without root
+    # the samples share our uid, and must not reach into the zygote.
+    prctl(PR_SET_DUMPABLE, 0)
     if cfg.get("setup"):
         setup_root(cfg["setup"])
     # Once for every sample: an empty environment, and no privilege from any exec.
