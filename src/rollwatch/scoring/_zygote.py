@@ -6,21 +6,24 @@ the standard library and nothing from rollwatch.
 
 Why a zygote: starting an interpreter costs ~86 ms, a fork of a warm one ~1 ms.
 The zygote starts once per worker slot, imports the modules solutions usually
-need, freezes its heap (``gc.freeze``) and then serves requests from the host, one
-at a time, each in a fresh child:
+need, freezes its heap (``gc.freeze``), and once and for all clears its
+environment, sets ``no_new_privs`` and makes itself non-dumpable. Then it serves
+requests from the host, one at a time, each in a fresh child:
 
-* The child drops everything before it runs a byte of candidate code: a new IPC
-  namespace (when privileged), rlimits (address space, CPU, processes, file size,
-  open files, no core dumps), the slot's unprivileged uid/gid with no
-  supplementary groups, ``no_new_privs``, an empty environment and a parent-death
-  signal. The candidate can neither signal the zygote (another uid) nor see the
-  host (own PID, network, mount and IPC namespaces).
+* The child drops everything before it runs a byte of candidate code: rlimits
+  (address space, CPU, processes, file size, open files, no core dumps), the
+  slot's unprivileged uid/gid with no supplementary groups (as root: with it every
+  capability), a session of its own. The candidate can neither signal nor trace
+  the zygote, nor see the host (own PID, network, mount, IPC and UTS namespaces).
+  Little else happens in the child on purpose: every object it touches is a page
+  copied after the fork, and that, not the fork, is what a sample costs.
 * The deadline is enforced from here, outside the candidate: at the deadline, or
   as soon as the child itself exits, the zygote kills *every* other process of the
   sandbox (``kill(-1, SIGKILL)`` inside the PID namespace reaches all of them,
   whatever session or process group they moved to) and reaps them; it is a child
   subreaper, so orphans come back to it. A program that catches SIGALRM or
-  ``BaseException`` cannot outlive its deadline.
+  ``BaseException`` cannot outlive its deadline. (Without a PID namespace: a
+  ``kill(-1)`` sent as the slot's uid, else a walk of the process tree.)
 * Output is read with byte caps; exceeding one kills the sample ("output limit"),
   so 1 GB of prints costs no memory.
 * The verdict of a python-function sample is a line tagged with a fresh random
@@ -28,16 +31,20 @@ at a time, each in a fresh child:
   returned. An ``os._exit(0)`` before the tests, an exit status, or anything the
   candidate prints proves nothing. Return values cross into the tests only as
   plain data (a ``marshal`` round trip), so an object whose ``__eq__`` always
-  says True never reaches an assertion. The tests run in their own namespace
-  over a copy of the builtins taken before the candidate ran. (The nonce lives in
-  the same address space as the candidate: this stops accidental and lazy reward
-  hacks, not a program written to dig through the harness's frames.)
-* Between samples the private ``/tmp``, ``/var/tmp`` and ``/dev/shm`` are wiped.
+  says True never reaches an assertion. The tests run in their own namespace over
+  the builtins as they were before the candidate ran, and the modules they import
+  must come back unchanged (no rebound ``random.randint``), with no trace function
+  left. (The nonce lives in the same address space as the candidate: this stops
+  accidental and lazy reward hacks, not a program written to dig through the
+  harness's frames for it.)
+* Between samples the private ``/tmp``, ``/var/tmp``, ``/dev/shm`` and
+  ``/dev/mqueue`` are emptied and SysV IPC objects removed.
 
 Protocol: frames of a 4-byte big-endian length and a UTF-8 JSON object, requests
 on fd 0 and responses on fd 1. EOF on fd 0 means the host is gone: kill
-everything and exit. With ``--setup`` (the ``unshare`` backend) the zygote first
-builds the sandbox's file system itself, as bubblewrap would.
+everything and exit. With a ``setup`` plan in its config (the ``unshare``
+backend) the zygote first builds the sandbox's file system itself, as bubblewrap
+would.
 """
 
 # This is the harness itself: it exec()s candidate code on purpose (S102), names the
@@ -822,15 +829,22 @@ class Zygote:
         if usage is not None:
             resp["cpu_ms"] = round((usage.ru_utime + usage.ru_stime) * 1000, 3)
             resp["maxrss_kb"] = usage.ru_maxrss
+        # The harness writes exactly one tagged line. Anything else on the channel is
+        # noted; more than one tagged line means someone else had the nonce: no verdict.
+        authentic = []
         for line in bytes(verdict).decode("utf-8", "replace").splitlines():
             tag, _, body = line.partition(" ")
             if tag == nonce:
-                try:
-                    resp["verdict"] = json.loads(body)
-                except ValueError:
-                    resp["verdict_forged"] = True
+                authentic.append(body)
             else:
                 resp["verdict_forged"] = True
+        if len(authentic) == 1:
+            try:
+                resp["verdict"] = json.loads(authentic[0])
+            except ValueError:
+                resp["verdict_forged"] = True
+        elif authentic:
+            resp["verdict_forged"] = True
         return resp
 
     def serve(self) -> None:
