@@ -4,7 +4,9 @@ Writes the same bytes the public routes serve: ``index.html``, ``feed.json``,
 ``feed.atom``, ``results.jsonl`` (every released result, oldest release first) and
 ``rollouts/{id}.json`` (what the feeds' item links point at). Each file is written
 to a temporary name and renamed, so a web server reading DIR never serves half a file.
-Only released results are written (see :mod:`rollwatch.publication.public`).
+Only released results are written (see :mod:`rollwatch.publication.public`). Given
+the Merkle tree, ``feed.json`` items and ``results.jsonl`` lines carry their inclusion
+proofs as the public routes serve them (see :mod:`rollwatch.publication.inclusion`).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 import anyio
@@ -23,6 +26,9 @@ from rollwatch.projections import ProjectionDB
 from rollwatch.publication import feeds
 from rollwatch.publication.public import iter_released, public_view
 from rollwatch.publication.release import caught_up
+
+if TYPE_CHECKING:
+    from rollwatch.integrity.tree import MerkleTree
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,13 +58,23 @@ async def export_public(
     base_url: str,
     embargo_s: float,
     now: datetime | None = None,
+    tree: MerkleTree | None = None,
 ) -> ExportSummary:
-    """Write the public release under ``out_dir``; ``base_url`` is where DIR will be served."""
+    """Write the public release under ``out_dir``; ``base_url`` is where DIR will be served.
+
+    With ``tree`` (the log's Merkle tree, caught up), ``feed.json`` items and
+    ``results.jsonl`` lines carry their inclusion proofs under ``_rollwatch``.
+    """
     if not base_url.endswith("/"):
         base_url += "/"
     await caught_up(store, pdb)
     now = now or datetime.now(UTC)
     view = await public_view(store, pdb, now=now, embargo_default=embargo_s)
+    proofs = None
+    if tree is not None:
+        from rollwatch.publication.inclusion import InclusionProofs
+
+        proofs = InclusionProofs(store, tree)
     rollouts = out_dir / "rollouts"
     await anyio.to_thread.run_sync(lambda: rollouts.mkdir(parents=True, exist_ok=True))
     released = 0
@@ -66,12 +82,17 @@ async def export_public(
     async with await anyio.open_file(tmp, "wb") as f:
         async for r in iter_released(store, pdb, now):
             line = _json(r.to_json())
-            await f.write(line + b"\n")
             await anyio.to_thread.run_sync(_write, rollouts / f"{quote(r.rollout_id, safe='')}.json", line)
+            if proofs is not None:
+                found, _ = await proofs.fields([r])
+                if r.rollout_id in found:
+                    line = _json({**r.to_json(), "_rollwatch": found[r.rollout_id]})
+            await f.write(line + b"\n")
             released += 1
     await anyio.to_thread.run_sync(os.replace, tmp, out_dir / "results.jsonl")
+    extra = (await proofs.fields(view.recent))[0] if proofs is not None else None
     pages = {
-        "feed.json": feeds.json_feed_bytes(view, base_url),
+        "feed.json": feeds.json_feed_bytes(view, base_url, extra),
         "feed.atom": feeds.atom_feed(view, base_url),
         "index.html": feeds.html_page(view, embargo_s=embargo_s).encode(),
     }

@@ -16,6 +16,7 @@ import json
 import re
 import uuid
 import xml.etree.ElementTree as ET
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
@@ -72,12 +73,20 @@ def content_of(r: Released) -> str:
 # --- JSON Feed 1.1 ---------------------------------------------------------------------------
 
 
-def json_feed(view: PublicView, base_url: str) -> dict[str, Any]:
-    """The JSON Feed 1.1 document (https://www.jsonfeed.org/version/1.1/)."""
+def json_feed(
+    view: PublicView, base_url: str, extra: Mapping[str, Mapping[str, Any]] | None = None
+) -> dict[str, Any]:
+    """The JSON Feed 1.1 document (https://www.jsonfeed.org/version/1.1/).
+
+    ``extra`` maps rollout ids to more fields for their items' ``_rollwatch`` object
+    (the inclusion proofs of :mod:`rollwatch.publication.inclusion`).
+    """
     items = []
     for r in view.recent:
         meta = r.to_json()
         meta.pop("answer")
+        if extra is not None and r.rollout_id in extra:
+            meta.update(extra[r.rollout_id])
         items.append(
             {
                 "id": item_id(r.rollout_id),
@@ -102,9 +111,11 @@ def json_feed(view: PublicView, base_url: str) -> dict[str, Any]:
     }
 
 
-def json_feed_bytes(view: PublicView, base_url: str) -> bytes:
+def json_feed_bytes(
+    view: PublicView, base_url: str, extra: Mapping[str, Mapping[str, Any]] | None = None
+) -> bytes:
     """The JSON Feed as UTF-8 bytes."""
-    return json.dumps(json_feed(view, base_url), ensure_ascii=False, indent=1).encode()
+    return json.dumps(json_feed(view, base_url, extra), ensure_ascii=False, indent=1).encode()
 
 
 # --- Atom 1.0 -------------------------------------------------------------------------------------

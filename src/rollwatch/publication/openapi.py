@@ -227,6 +227,9 @@ def openapi_document() -> dict[str, Any]:
             "/public/feed.json": {
                 "get": {
                     "summary": "JSON Feed 1.1 of released results",
+                    "description": "Each item's _rollwatch object holds the result and, when the log is "
+                    "signed, its RolloutScored event (seq, leaf_index, canonical, leaf_hash) and an "
+                    "inclusion proof {size, path} against the latest checkpoint (rollwatch audit --item).",
                     "responses": {
                         "200": {"description": "JSON Feed", "content": {"application/feed+json": {}}},
                         "304": _NOT_MODIFIED,

@@ -207,14 +207,14 @@ class PublicProjection(Projection):
     """
 
     name = "public"
-    version = 1
+    version = 2  # 2: scored_seq (the event a released item's inclusion proof is for)
     tables = ("public_rollouts", "public_runs")
     types = frozenset({"RunStarted", "RunFinished"}) | _ROLLOUT_EVENTS
     ddl = """
     CREATE TABLE IF NOT EXISTS public_rollouts (
         rollout_id TEXT PRIMARY KEY, run_id TEXT, provider TEXT, model TEXT, problem_id TEXT,
         sample INTEGER, requested_at TEXT, cost_usd REAL, answer_seq INTEGER,
-        passed INTEGER, score REAL, scorer TEXT, scored_at TEXT, scored_ts REAL,
+        passed INTEGER, score REAL, scorer TEXT, scored_at TEXT, scored_ts REAL, scored_seq INTEGER,
         not_before TEXT, not_before_ts REAL, embargo_s REAL, decided_seq INTEGER,
         released_at TEXT, released_seq INTEGER
     );
@@ -265,14 +265,15 @@ class PublicProjection(Projection):
             )
         elif t == "RolloutScored":
             db.execute(
-                "UPDATE public_rollouts SET passed = ?, score = ?, scorer = ?, scored_at = ?, scored_ts = ?"
-                " WHERE rollout_id = ?",
+                "UPDATE public_rollouts SET passed = ?, score = ?, scorer = ?, scored_at = ?, scored_ts = ?,"
+                " scored_seq = ? WHERE rollout_id = ?",
                 (
                     int(bool(d["passed"])),
                     d.get("score"),
                     d.get("scorer"),
                     ev.at,
                     _epoch(ev.at),
+                    ev.seq,
                     d["rollout_id"],
                 ),
             )

@@ -26,7 +26,7 @@ from rollwatch.projections import ProjectionDB
 
 _COLUMNS = (
     "rollout_id, run_id, provider, model, problem_id, sample, score, cost_usd, scored_at,"
-    " not_before, released_at, released_seq, answer_seq"
+    " not_before, released_at, released_seq, answer_seq, scored_seq"
 )
 _RELEASED = "released_seq IS NOT NULL AND not_before_ts IS NOT NULL AND not_before_ts <= ? AND passed = 1"
 
@@ -48,6 +48,8 @@ class Released:
     released_at: str
     released_seq: int
     answer_seq: int | None
+    scored_seq: int | None
+    """The ``RolloutScored`` event the result stands for (its inclusion proof's leaf)."""
     answer: str | None = None
 
     def to_json(self) -> dict[str, Any]:

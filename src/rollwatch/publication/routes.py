@@ -18,7 +18,9 @@ the route's scope 403; a key over ``server.feed_rate_per_minute`` 429 with
 Public routes (anyone): ``/public/`` (HTML), ``/public/feed.json`` (JSON Feed 1.1),
 ``/public/feed.atom`` (Atom 1.0), ``/public/results.jsonl``,
 ``/public/rollouts/{id}.json``; and ``/openapi.json``. They show released results only
-(see :mod:`rollwatch.publication.public`).
+(see :mod:`rollwatch.publication.public`). With the integrity services, each item of
+``/public/feed.json`` carries its event's leaf index and an inclusion proof against the
+latest signed checkpoint (see :mod:`rollwatch.publication.inclusion`).
 
 Reads go through the projections, brought up to the log's head before each answer;
 the subscriber directory is refreshed from the log at most 0.5 s old, so a revocation
@@ -37,7 +39,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 from starlette.requests import Request
@@ -55,6 +57,10 @@ from rollwatch.publication.archive import rollout_record
 from rollwatch.publication.keys import Subscriber, SubscriberDirectory
 from rollwatch.publication.openapi import openapi_document
 from rollwatch.publication.public import PublicView, iter_released, public_view, released_one
+
+if TYPE_CHECKING:
+    from rollwatch.integrity.service import Integrity
+    from rollwatch.publication.inclusion import InclusionProofs
 
 log = get_logger(__name__)
 
@@ -218,8 +224,14 @@ class PublicationAPI:
     """The state behind the routes: subscribers, rate limits, the projection catch-up, caches."""
 
     def __init__(
-        self, store: EventStore, pdb: ProjectionDB, config: Config, metrics: Metrics | None = None
+        self,
+        store: EventStore,
+        pdb: ProjectionDB,
+        config: Config,
+        metrics: Metrics | None = None,
+        integrity: Integrity | None = None,
     ) -> None:
+        """``integrity``, when given, adds each item's inclusion proof to ``/public/feed.json``."""
         names = {p.name for p in pdb.projections}
         missing = {"feed", "public"} - names
         if missing:
@@ -237,6 +249,11 @@ class PublicationAPI:
         self._view: tuple[tuple[int, int], float, PublicView] | None = None
         self._view_lock = anyio.Lock()
         self._renders: dict[tuple[str, str], bytes] = {}  # (route, base URL) -> body of self._view
+        self.proofs: InclusionProofs | None = None
+        if integrity is not None:
+            from rollwatch.publication.inclusion import InclusionProofs
+
+            self.proofs = InclusionProofs(store, integrity.tree)
 
     # -- plumbing ----------------------------------------------------------------------------------
 
@@ -374,13 +391,26 @@ class PublicationAPI:
     async def _public(
         self, request: Request, kind: str, render: Callable[[PublicView, str], bytes], media_type: str
     ) -> Response:
-        v = await self.view()
+        return self._rendered(request, await self.view(), kind, render, media_type)
+
+    def _rendered(
+        self,
+        request: Request,
+        v: PublicView,
+        kind: str,
+        render: Callable[[PublicView, str], bytes],
+        media_type: str,
+    ) -> Response:
+        """``render(v, base)``, reused while ``v`` is the current view (``kind`` names the rendering)."""
         base = self._base(request)
-        body = self._renders.get((kind, base))
-        if body is None:  # no await since view(): self._renders still belongs to v
-            if len(self._renders) > 64:
-                self._renders.clear()
-            body = self._renders[(kind, base)] = render(v, base)
+        current = self._view is not None and self._view[2] is v
+        body = self._renders.get((kind, base)) if current else None
+        if body is None:
+            body = render(v, base)
+            if current:  # no await since the check: self._renders still belongs to v
+                if len(self._renders) > 64:
+                    self._renders.clear()
+                self._renders[(kind, base)] = body
         return _tagged(request, body, media_type, "public, max-age=30")
 
     async def public_page(self, request: Request) -> Response:
@@ -394,8 +424,18 @@ class PublicationAPI:
         )
 
     async def json_feed(self, request: Request) -> Response:
-        """``/public/feed.json``: JSON Feed 1.1."""
-        return await self._public(request, "json", feeds.json_feed_bytes, "application/feed+json")
+        """``/public/feed.json``: JSON Feed 1.1 (with inclusion proofs when integrity is on)."""
+        if self.proofs is None:
+            return await self._public(request, "json", feeds.json_feed_bytes, "application/feed+json")
+        v = await self.view()
+        extra, (signed, current) = await self.proofs.fields(v.recent)
+        return self._rendered(
+            request,
+            v,
+            f"json@{signed}:{current}",
+            lambda view, base: feeds.json_feed_bytes(view, base, extra),
+            "application/feed+json",
+        )
 
     async def atom_feed(self, request: Request) -> Response:
         """``/public/feed.atom``: Atom 1.0."""
@@ -447,10 +487,15 @@ class PublicationAPI:
         ]
 
 
-def publication_routes(services: ServicesLike, metrics: Metrics | None = None) -> list[Route]:
+def publication_routes(
+    services: ServicesLike, metrics: Metrics | None = None, integrity: Integrity | None = None
+) -> list[Route]:
     """The routes of SPEC §6 that publication serves (subscriber API, public release, OpenAPI).
 
     ``services`` has ``.store``, ``.projections`` (a ProjectionDB holding
     :func:`~rollwatch.publication.projections.publication_projections`) and ``.config``.
+    With ``integrity`` (:class:`rollwatch.integrity.service.Integrity`), every item of
+    ``/public/feed.json`` carries its leaf index and inclusion proof under ``_rollwatch``
+    (see :mod:`rollwatch.publication.inclusion`), for ``rollwatch audit --item``.
     """
-    return PublicationAPI(services.store, services.projections, services.config, metrics).routes()
+    return PublicationAPI(services.store, services.projections, services.config, metrics, integrity).routes()

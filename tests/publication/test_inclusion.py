@@ -1,0 +1,228 @@
+"""Released items carry inclusion proofs: ``rollwatch audit --item`` against the real publication routes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+
+from rollwatch.config import Config
+from rollwatch.integrity.checkpoint import unb64
+from rollwatch.integrity.merkle import leaf_hash, verify_inclusion
+from rollwatch.integrity.service import Integrity, open_integrity
+from rollwatch.metrics import Metrics
+from rollwatch.projections import ProjectionDB
+from rollwatch.publication import export_public, release_due
+from rollwatch.publication.routes import publication_routes
+from rollwatch.store.sqlite import SQLiteEventStore
+from rollwatch.web.app import build_app
+from rollwatch.web.server import HTTPServer
+from tests.publication.helpers import (
+    add_rollout,
+    all_projections,
+    finish_run,
+    make_config,
+    new_run_id,
+    serving,
+    start_run,
+)
+
+pytestmark = pytest.mark.anyio
+
+
+async def release_positive(store: SQLiteEventStore, pdb: ProjectionDB) -> str:
+    """Record a run with one passing rollout (no embargo) and release it; return its id."""
+    run_id = new_run_id()
+    await start_run(store, run_id)
+    rid = await add_rollout(store, run_id, passed=True, embargo_s=0.0)
+    await finish_run(store, run_id, rollouts=1, passed=1)
+    assert await release_due(store, pdb) == 1
+    return rid
+
+
+@dataclass
+class Site:
+    """A daemon's worth of publication and integrity, served on loopback."""
+
+    store: SQLiteEventStore
+    pdb: ProjectionDB
+    integrity: Integrity
+    url: str
+    client: httpx.AsyncClient
+
+    async def release_positive(self) -> str:
+        return await release_positive(self.store, self.pdb)
+
+    async def scored_seq(self, rid: str) -> int:
+        [ev] = [e async for e in self.store.read(stream=f"rollout-{rid}", types={"RolloutScored"})]
+        return ev.seq
+
+    async def item(self, rid: str) -> dict[str, Any]:
+        """The ``_rollwatch`` object of ``rid``'s item in ``/public/feed.json``."""
+        r = await self.client.get("/public/feed.json")
+        assert r.status_code == 200
+        [meta] = [i["_rollwatch"] for i in r.json()["items"] if i["_rollwatch"]["rollout_id"] == rid]
+        return meta  # type: ignore[no-any-return]
+
+
+def integrity_config(tmp_path: Path) -> Config:
+    # Checkpoints only when the test signs them: at start, and by final_checkpoint().
+    return make_config(
+        store={"url": f"sqlite:{tmp_path / 'events.db'}"},
+        integrity={"origin": "rollwatch.test/log", "checkpoint_every": 10**9, "checkpoint_interval": "1h"},
+    )
+
+
+@asynccontextmanager
+async def site(tmp_path: Path, config: Config, *, before: int = 0) -> AsyncIterator[Site]:
+    """The log, the integrity service started as the daemon starts it, and the routes on a free port.
+
+    ``before`` positives are released before the integrity service starts (so its
+    first checkpoint covers them).
+    """
+    async with (
+        SQLiteEventStore(tmp_path / "events.db") as store,
+        ProjectionDB(config.store.projections_path, all_projections()) as pdb,
+    ):
+        for _ in range(before):
+            await release_positive(store, pdb)
+        async with open_integrity(config.integrity, config.store, store) as integrity:
+            services = SimpleNamespace(store=store, projections=pdb, config=config)
+            app = build_app(Metrics(), [*publication_routes(services, None, integrity), *integrity.routes()])
+            server = HTTPServer(app, "127.0.0.1", 0)
+            stop = anyio.Event()
+            async with anyio.create_task_group() as tg:
+                await tg.start(integrity.run, stop)
+                await tg.start(server.run)
+                url = f"http://127.0.0.1:{server.port}"
+                try:
+                    async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+                        yield Site(store, pdb, integrity, url, client)
+                finally:
+                    server.stop()
+                    stop.set()
+
+
+async def rollwatch_audit(*args: str) -> tuple[int, str, str]:
+    """``python -m rollwatch audit ARGS`` as a real command, in a worker thread (the server keeps serving)."""
+    p = await anyio.to_thread.run_sync(
+        lambda: subprocess.run(
+            [sys.executable, "-m", "rollwatch", "audit", *args], capture_output=True, text=True, timeout=60
+        )
+    )
+    return p.returncode, p.stdout, p.stderr
+
+
+class TestFeedInclusion:
+    async def test_audit_checks_a_released_item(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Each feed item carries its RolloutScored event, leaf index and a proof for the signed checkpoint;
+        ``rollwatch audit --item`` passes for it and exits 1 naming an unknown id."""
+        monkeypatch.delenv("STATE_DIRECTORY", raising=False)
+        keep = tmp_path / "kept.json"
+        async with site(tmp_path, integrity_config(tmp_path), before=2) as s:
+            rid = await s.release_positive()  # after the first checkpoint
+            await s.integrity.final_checkpoint()
+            cp = await s.integrity.tree.latest_checkpoint()
+            assert cp is not None
+
+            meta = await s.item(rid)
+            seq = await s.scored_seq(rid)
+            assert (meta["seq"], meta["leaf_index"]) == (seq, seq - 1)
+            assert meta["inclusion"]["size"] == cp.size
+            leaf = leaf_hash(meta["canonical"].encode())
+            path = [unb64(h, "path") for h in meta["inclusion"]["path"]]
+            assert verify_inclusion(seq - 1, cp.size, leaf, path, unb64(cp.root, "root"))
+
+            code, out, err = await rollwatch_audit("--url", s.url, "--keep", str(keep), "--item", rid)
+            assert code == 0, err
+            assert f"inclusion: item {rid} (event {seq})" in out
+
+            code, out, err = await rollwatch_audit(
+                "--url", s.url, "--keep", str(keep), "--item", "no-such-rollout"
+            )
+            assert code == 1
+            assert "FAILED inclusion" in err
+            assert "no-such-rollout" in err
+
+    async def test_item_after_the_checkpoint_is_proved_once_signed(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """An item released after the latest checkpoint fails the audit (audit again later); once a
+        checkpoint covers it, every item's proof moves to that checkpoint and the audit passes,
+        consistent with the checkpoint kept from before."""
+        monkeypatch.delenv("STATE_DIRECTORY", raising=False)
+        keep = tmp_path / "kept.json"
+        async with site(tmp_path, integrity_config(tmp_path), before=1) as s:
+            first = await s.integrity.tree.latest_checkpoint()
+            assert first is not None
+            [old] = [
+                i["_rollwatch"]["rollout_id"]
+                for i in (await s.client.get("/public/feed.json")).json()["items"]
+            ]
+            assert (await s.item(old))["inclusion"]["size"] == first.size
+            code, _, err = await rollwatch_audit("--url", s.url, "--keep", str(keep), "--item", old)
+            assert code == 0, err
+
+            new = await s.release_positive()
+            meta = await s.item(new)
+            assert meta["leaf_index"] == await s.scored_seq(new) - 1
+            assert meta.get("inclusion", {"size": first.size + 1})["size"] > first.size
+            code, _, err = await rollwatch_audit("--url", s.url, "--keep", str(keep), "--item", new)
+            assert code == 1
+            assert "after the checkpoint" in err
+
+            second = await s.integrity.final_checkpoint()
+            assert second is not None
+            for rid in (new, old):
+                assert (await s.item(rid))["inclusion"]["size"] == second.size
+            code, out, err = await rollwatch_audit("--url", s.url, "--keep", str(keep), "--item", new)
+            assert code == 0, err
+            assert f"consistency: kept size {first.size} -> size {second.size}: ok" in out
+            code, _, err = await rollwatch_audit("--url", s.url, "--keep", str(keep), "--item", old)
+            assert code == 0, err
+
+
+class TestExport:
+    async def test_export_carries_proofs(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Given the tree, the export's feed.json items and results.jsonl lines carry the proofs the
+        routes serve; the per-rollout records stay as they were."""
+        monkeypatch.delenv("STATE_DIRECTORY", raising=False)
+        out = tmp_path / "export"
+        async with site(tmp_path, integrity_config(tmp_path), before=2) as s:
+            await export_public(
+                s.store, s.pdb, out, base_url=s.url + "/public/", embargo_s=0.0, tree=s.integrity.tree
+            )
+            served = (await s.client.get("/public/feed.json")).json()
+        assert json.loads((out / "feed.json").read_text()) == served
+        lines = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
+        assert len(lines) == 2
+        for line in lines:
+            assert line["_rollwatch"]["leaf_index"] == line["_rollwatch"]["seq"] - 1
+            assert line["_rollwatch"]["inclusion"]["path"]
+            record = json.loads((out / "rollouts" / f"{line['rollout_id']}.json").read_text())
+            assert "_rollwatch" not in record
+
+
+class TestWithoutIntegrity:
+    async def test_items_have_no_proofs(self, tmp_path: Path) -> None:
+        """Without the integrity services the feed's items are as before: no leaf index, no proof."""
+        async with serving(tmp_path) as env:
+            run_id = new_run_id()
+            await start_run(env.store, run_id)
+            rid = await add_rollout(env.store, run_id, passed=True, embargo_s=0.0)
+            assert await release_due(env.store, env.pdb) == 1
+            [item] = (await env.client.get("/public/feed.json")).json()["items"]
+            assert item["_rollwatch"]["rollout_id"] == rid
+            assert not {"seq", "leaf_index", "canonical", "inclusion"} & set(item["_rollwatch"])
