@@ -70,7 +70,7 @@ def main() -> int:
                     "code": code,
                     "stdin": base64.b64encode(data).decode(),
                     "timeout": timeout,
-                    "limits": spec["limits"],
+                    "limits": {**spec["limits"], "cpu_s": max(1, int(timeout) + 1)},
                     "output_limit": spec["output_limit"],
                     "keep_stdout": True,
                 },
