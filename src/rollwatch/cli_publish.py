@@ -213,12 +213,17 @@ def publish_export(ctx: Context, directory: Path, base_url: str | None) -> None:
         raise UsageError(f"--base-url {base!r}: give an absolute http:// or https:// URL")
 
     async def main() -> str:
+        from rollwatch.integrity.tree import MerkleTree
+
         async with (
             open_store(config.store) as store,
             ProjectionDB(config.store.projections_path, _projections()) as pdb,
+            MerkleTree(config.integrity.tree_path(config.store)) as tree,
         ):
+            # Items carry inclusion proofs against the tree of the log as it is now.
+            await tree.catch_up(store)
             s = await export_public(
-                store, pdb, directory, base_url=base, embargo_s=config.publication.embargo
+                store, pdb, directory, base_url=base, embargo_s=config.publication.embargo, tree=tree
             )
             return f"wrote {s.files} files to {s.directory} ({s.released} released results)"
 

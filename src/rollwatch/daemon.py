@@ -233,7 +233,7 @@ class Daemon:
                 open_integrity(self.config.integrity, self.config.store, svc.store)
             )
             self.http = HTTPServer(
-                build_app(self.metrics, [*self.extra_routes(), *integrity.routes()]),
+                build_app(self.metrics, [*self.extra_routes(integrity), *integrity.routes()]),
                 self.config.server.host,
                 self.config.server.port,
             )
@@ -274,7 +274,8 @@ class Daemon:
                 main.cancel_scope.cancel()
             log.info("daemon_stopped")
 
-    def extra_routes(self) -> list[Any]:
-        """Routes beyond /healthz and /metrics: the subscriber feed and the public release."""
+    def extra_routes(self, integrity: Any = None) -> list[Any]:
+        """Routes beyond /healthz and /metrics: the subscriber feed and the public release
+        (whose items carry inclusion proofs when ``integrity`` is given)."""
         assert self.services is not None
-        return publication_routes(self.services, self.metrics)
+        return publication_routes(self.services, self.metrics, integrity)
