@@ -184,15 +184,24 @@ def test_sigterm_notify_and_json_logs(tmp_path: Path, provider: tuple[str, Path]
         expect("READY=1")
         expect("WATCHDOG=1")
         wait_until(lambda: events(tmp_path / "events.db", "RolloutScored"), 60, "rollouts in flight")
-        listen = [ln for ln in cfg.read_text().splitlines() if ln.startswith("listen")][0].split('"')[1]
+        listen = next(ln for ln in cfg.read_text().splitlines() if ln.startswith("listen")).split('"')[1]
         assert httpx.get(f"http://{listen}/healthz").status_code == 200
         metrics = wait_until(
-            lambda: (m := httpx.get(f"http://{listen}/metrics").text) and "rollwatch_rollouts_total{outcome=" in m and m,
-            30, "rollout metrics",
+            lambda: (
+                (m := httpx.get(f"http://{listen}/metrics").text)
+                and "rollwatch_rollouts_total{outcome=" in m
+                and m
+            ),
+            30,
+            "rollout metrics",
         )
         assert httpx.get(f"http://{listen}/public/checkpoint").text.count("\n") >= 4
-        for name in ("rollwatch_runs_started_total 1", "rollwatch_request_latency_seconds_count",
-                     "rollwatch_append_latency_seconds_bucket", "rollwatch_scoring_queue_depth"):
+        for name in (
+            "rollwatch_runs_started_total 1",
+            "rollwatch_request_latency_seconds_count",
+            "rollwatch_append_latency_seconds_bucket",
+            "rollwatch_scoring_queue_depth",
+        ):
             assert name in metrics, name
         t0 = time.monotonic()
         proc.send_signal(signal.SIGTERM)
@@ -227,10 +236,13 @@ def test_budget_stops_starting_rollouts(tmp_path: Path, provider: tuple[str, Pat
     """`rollwatch run` with a small budget ends budget_exhausted without passing the budget."""
     base_url, _ = provider
     cfg = config(tmp_path, base_url, rollouts=5)
-    cfg.write_text(cfg.read_text() + 'budget_usd = 0.003\n[schedules.params]\nmax_tokens = 50\n')
+    cfg.write_text(cfg.read_text() + "budget_usd = 0.003\n[schedules.params]\nmax_tokens = 50\n")
     res = subprocess.run(
         [sys.executable, "-m", "rollwatch", "--config", str(cfg), "run", "fake-often"],
-        capture_output=True, text=True, timeout=120, env={**os.environ, "FAKE_PROVIDER_KEY": "k"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "FAKE_PROVIDER_KEY": "k"},
     )
     assert res.returncode == 0, res.stderr[-2000:]
     fin = events(tmp_path / "events.db", "RunFinished")
@@ -250,15 +262,21 @@ def test_schedules_are_steered_through_the_log(tmp_path: Path, slow_provider: tu
     env = {"FAKE_PROVIDER_KEY": "k"}
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "rollwatch", "--config", str(cfg), *args],
-                              capture_output=True, text=True, timeout=60, env={**os.environ, **env})
+        return subprocess.run(
+            [sys.executable, "-m", "rollwatch", "--config", str(cfg), *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, **env},
+        )
 
     proc = serve(cfg)
     try:
         wait_until(lambda: events(db, "RunFinished"), 60, "the first run")
         assert cli("schedules", "pause", "fake-often", "--note", "maintenance").returncode == 0
         listed = json.loads(cli("schedules", "list", "--json").stdout)
-        assert listed[0]["state"] == "paused" and listed[0]["note"] == "maintenance"
+        assert listed[0]["state"] == "paused"
+        assert listed[0]["note"] == "maintenance"
         # A trigger is an explicit order: it runs even while paused.
         assert cli("schedules", "trigger", "fake-often").returncode == 0
         wait_until(lambda: len(events(db, "RunStarted")) == 2, 30, "the triggered run")

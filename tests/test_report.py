@@ -116,9 +116,7 @@ async def add_run(
                             node="test",
                         ),
                         RolloutResponded(rollout_id=rid, attempt=1, text="x", cost_usd=cost),
-                        RolloutScored(
-                            rollout_id=rid, passed=passed, score=float(passed), scorer="t"
-                        ),
+                        RolloutScored(rollout_id=rid, passed=passed, score=float(passed), scorer="t"),
                     ],
                 )
     await store.append(
@@ -179,11 +177,7 @@ class TestPassAtK:
         assert pass_at_k(9, 3, 10) is None
         assert pass_at_k(99, 99, 100) is None
 
-    @given(
-        st.integers(1, 60).flatmap(
-            lambda n: st.tuples(st.just(n), st.integers(0, n), st.integers(1, n))
-        )
-    )
+    @given(st.integers(1, 60).flatmap(lambda n: st.tuples(st.just(n), st.integers(0, n), st.integers(1, n))))
     def test_product_form_equals_exact_binomials(self, nck: tuple[int, int, int]) -> None:
         """The stable product form agrees with exact rational arithmetic on the binomial formula."""
         n, c, k = nck
@@ -360,9 +354,7 @@ class TestBuildReport:
     async def test_pass_at_k_is_averaged_per_problem(self, log: EventStore, tmp_path: Path) -> None:
         """Three problems with 10 samples and 3, 0 and 10 passes: pass@1 pools 13/30, pass@10
         averages (1 + 0 + 1)/3, pass@100 is null (no problem has 100 samples); 2 of 3 solved."""
-        await add_run(
-            log, "r1", {("m", "a"): hits(3, 10), ("m", "b"): hits(0, 10), ("m", "c"): hits(10, 10)}
-        )
+        await add_run(log, "r1", {("m", "a"): hits(3, 10), ("m", "b"): hits(0, 10), ("m", "c"): hits(10, 10)})
         async with projections(log, tmp_path) as pdb:
             (row,) = await report_json(pdb)
         assert row["pass_at_1"] == pytest.approx(13 / 30)
@@ -372,9 +364,7 @@ class TestBuildReport:
         assert row["cost_per_solved_problem"] == pytest.approx(30 * 0.002 / 2)
 
     @pytest.mark.anyio
-    async def test_samples_pool_across_runs_and_split_by_run(
-        self, log: EventStore, tmp_path: Path
-    ) -> None:
+    async def test_samples_pool_across_runs_and_split_by_run(self, log: EventStore, tmp_path: Path) -> None:
         """Two runs of 50 samples pool into one model row of 100 (so pass@100 exists), while
         --by run keeps them apart in start order with their start times."""
         await add_run(log, "r1", {("m", "a"): hits(5, 50)})
@@ -390,9 +380,7 @@ class TestBuildReport:
         assert "run_id" not in row
 
     @pytest.mark.anyio
-    async def test_unscored_rollouts_cost_but_do_not_count(
-        self, log: EventStore, tmp_path: Path
-    ) -> None:
+    async def test_unscored_rollouts_cost_but_do_not_count(self, log: EventStore, tmp_path: Path) -> None:
         """A rollout answered but not yet scored, and one that failed at the provider, are not in
         ``rollouts``; the answered one's cost is in ``cost_usd`` (money spent), not in the cost
         per rollout."""
@@ -494,9 +482,7 @@ class TestTrend:
 
 class TestReleaseImpact:
     @pytest.mark.anyio
-    async def test_before_and_after_the_first_release(
-        self, log: EventStore, tmp_path: Path
-    ) -> None:
+    async def test_before_and_after_the_first_release(self, log: EventStore, tmp_path: Path) -> None:
         """A problem's solution released between two runs splits every model's rollouts on it at
         the release: 2/100 before and 30/100 after is beyond noise; a problem never released is
         absent."""
@@ -541,9 +527,7 @@ class TestReleaseImpact:
 
 class TestRenderings:
     @pytest.mark.anyio
-    async def test_table_csv_and_json_show_the_same_rows(
-        self, log: EventStore, tmp_path: Path
-    ) -> None:
+    async def test_table_csv_and_json_show_the_same_rows(self, log: EventStore, tmp_path: Path) -> None:
         """The table aligns its columns and shows pass@1 with its interval and the "none in N"
         bound; the CSV has one line per JSON row with the same keys, nulls empty."""
         await add_run(log, "r1", {("rare", "hard"): hits(1, 300), ("never", "hard"): hits(0, 300)})
@@ -621,18 +605,14 @@ class TestCommand:
         """--by problem, --trend and --release-impact as JSON, CSV with a header, an aligned
         table, and JSON by default when stdout is not a terminal."""
         problem = json.loads(
-            rollwatch(
-                "--config", str(config), "report", "--by", "problem", "--format", "json"
-            ).stdout
+            rollwatch("--config", str(config), "report", "--by", "problem", "--format", "json").stdout
         )
         assert {(r["model"], r["problem_id"]) for r in problem} == {
             ("gpt", "a"),
             ("gpt", "b"),
             ("claude", "a"),
         }
-        trend = json.loads(
-            rollwatch("--config", str(config), "report", "--trend", "--format", "json").stdout
-        )
+        trend = json.loads(rollwatch("--config", str(config), "report", "--trend", "--format", "json").stdout)
         assert [r["run_id"] for r in trend if r["model"] == "gpt"] == ["r1", "r2"]
         impact = json.loads(rollwatch("--config", str(config), "report", "--release-impact").stdout)
         assert {(r["model"], r["problem_id"]) for r in impact} == {("gpt", "a"), ("claude", "a")}
@@ -649,8 +629,6 @@ class TestCommand:
 
     def test_one_view_per_json(self, config: Path) -> None:
         """JSON holds one view: asking for two is a usage error (exit 2) that says what to do."""
-        out = rollwatch(
-            "--config", str(config), "report", "--format", "json", "--trend", "--release-impact"
-        )
+        out = rollwatch("--config", str(config), "report", "--format", "json", "--trend", "--release-impact")
         assert out.returncode == 2
         assert "choose --trend or --release-impact" in out.stderr

@@ -156,7 +156,9 @@ def test_migrate_command_copies_the_log_to_postgresql(tmp_path: Path) -> None:
 
     async def main() -> None:
         async with scratch_database() as url:
-            res = await anyio.to_thread.run_sync(lambda: rollwatch("--config", str(cfg), "migrate", "--to", url))
+            res = await anyio.to_thread.run_sync(
+                lambda: rollwatch("--config", str(cfg), "migrate", "--to", url)
+            )
             assert res.returncode == 0, res.stderr
             assert "copied 40 events" in res.stdout
             pg_cfg = tmp_path / "pg.toml"

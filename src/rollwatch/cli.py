@@ -379,8 +379,6 @@ def schedules_trigger(ctx: Context, name: str, note: str) -> None:
     click.echo(f"triggered {name} (seq {seq}); the daemon starts it within a second")
 
 
-
-
 @cli.command()
 @click.option("--to", "target", required=True, help="postgresql://user@host/db (the database must exist)")
 @common
@@ -406,6 +404,7 @@ def migrate(ctx: Context, target: str) -> None:
 
     sys.exit(run_async(main))
 
+
 # --- problems --------------------------------------------------------------------------
 
 
@@ -420,7 +419,9 @@ def _problem_sets(config: Config, name: str | None) -> list[Any]:
 
     sets = [ps for ps in config.problem_sets if name is None or ps.name == name]
     if name is not None and not sets:
-        raise UsageError(f"no problem set {name!r}; known: {', '.join(p.name for p in config.problem_sets) or '(none)'}")
+        raise UsageError(
+            f"no problem set {name!r}; known: {', '.join(p.name for p in config.problem_sets) or '(none)'}"
+        )
     out = []
     for ps in sets:
         try:
@@ -459,10 +460,13 @@ def problems_check(ctx: Context, problem_set: str | None) -> None:
                 for pid, why in failures:
                     click.echo(f"FAIL {ps.name}/{pid}: {why}")
                 bad += len(failures)
-                click.echo(f"{ps.name}: {len(ps.problems) - len(failures)}/{len(ps.problems)} reference solutions pass")
+                click.echo(
+                    f"{ps.name}: {len(ps.problems) - len(failures)}/{len(ps.problems)} reference solutions pass"
+                )
         return 1 if bad else 0
 
     sys.exit(run_async(main))
+
 
 def _single(e: BaseException) -> BaseException:
     """The one exception inside nested single-member exception groups."""
@@ -498,6 +502,6 @@ def main() -> None:
 
 
 # Commands defined in their own modules register themselves on `cli`.
-import rollwatch.cli_integrity  # noqa: E402,F401
+import rollwatch.cli_integrity  # noqa: E402
 import rollwatch.cli_publish  # noqa: E402
 import rollwatch.cli_report  # noqa: E402,F401

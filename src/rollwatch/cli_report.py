@@ -64,9 +64,7 @@ def report_cmd(ctx: Context, fmt: str | None, by: str, trend: bool, release_impa
 
     fmt = fmt or ("table" if sys.stdout.isatty() else "json")
     if fmt != "table" and trend and release_impact:
-        raise UsageError(
-            f"report: --format {fmt} holds one view; choose --trend or --release-impact"
-        )
+        raise UsageError(f"report: --format {fmt} holds one view; choose --trend or --release-impact")
     config = ctx.config
 
     async def main() -> list[Report]:
@@ -91,8 +89,6 @@ def report_cmd(ctx: Context, fmt: str | None, by: str, trend: bool, release_impa
         click.echo(to_csv(views[0]), nl=False)
     else:
         click.echo(
-            "\n".join(
-                f"{v.title}\n{to_table(v)}" if len(views) > 1 else to_table(v) for v in views
-            ),
+            "\n".join(f"{v.title}\n{to_table(v)}" if len(views) > 1 else to_table(v) for v in views),
             nl=False,
         )

@@ -36,9 +36,8 @@ log = get_logger(__name__)
 
 def load_problem_sets(config: Config) -> dict[str, Any]:
     """Every configured problem set that loads; a broken one is logged and left out."""
-    from rollwatch.problems import load_problem_set
-
     from rollwatch.errors import ProblemError
+    from rollwatch.problems import load_problem_set
 
     out: dict[str, Any] = {}
     for ps in config.problem_sets:
@@ -253,15 +252,21 @@ class Daemon:
                             sched.start_soon(self._follow_log)
                             await sched.start(
                                 functools.partial(
-                                    release_job, svc.store, svc.projections,
-                                    interval=self.config.publication.release_check, stop_event=self.stopping,
+                                    release_job,
+                                    svc.store,
+                                    svc.projections,
+                                    interval=self.config.publication.release_check,
+                                    stop_event=self.stopping,
                                 )
                             )
                             sched.start_soon(self.notifier.watchdog)
                             self.notifier.notify(READY=1, STATUS=f"serving on {self.config.server.listen}")
                             log.info(
-                                "daemon_ready", listen=f"{self.config.server.host}:{self.http.port}",
-                                node=self.config.node, schedules=[s.name for s in schedules], resumed=resumed,
+                                "daemon_ready",
+                                listen=f"{self.config.server.host}:{self.http.port}",
+                                node=self.config.node,
+                                schedules=[s.name for s in schedules],
+                                resumed=resumed,
                             )
                             task_status.started()
                             await self.stopping.wait()

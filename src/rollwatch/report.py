@@ -252,8 +252,7 @@ class ReleasesProjection(Projection):
     def apply(self, db: sqlite3.Connection, ev: Recorded) -> None:
         """Record the release of one rollout; a repeated release keeps the first date."""
         db.execute(
-            "INSERT OR IGNORE INTO report_releases (rollout_id, released_at, released_seq)"
-            " VALUES (?, ?, ?)",
+            "INSERT OR IGNORE INTO report_releases (rollout_id, released_at, released_seq) VALUES (?, ?, ?)",
             (ev.data["rollout_id"], ev.at, ev.seq),
         )
 
@@ -591,13 +590,9 @@ async def build_trend(pdb: Fetcher) -> Report:
     for cell in await _cells(pdb):
         problem_set = runs.get(cell.run_id, (None, None))[1]
         per_run[(cell.provider, cell.model, problem_set, cell.run_id)].append(cell)
-    series: dict[tuple[str, str, str | None], list[tuple[str | None, str, list[_Cell]]]] = (
-        defaultdict(list)
-    )
+    series: dict[tuple[str, str, str | None], list[tuple[str | None, str, list[_Cell]]]] = defaultdict(list)
     for (provider, model, problem_set, run_id), cells in per_run.items():
-        series[(provider, model, problem_set)].append(
-            (runs.get(run_id, (None, None))[0], run_id, cells)
-        )
+        series[(provider, model, problem_set)].append((runs.get(run_id, (None, None))[0], run_id, cells))
     rows: list[TrendRow] = []
     for (provider, model, problem_set), items in sorted(
         series.items(), key=lambda kv: tuple(map(str, kv[0]))
@@ -685,9 +680,7 @@ async def build_release_impact(pdb: Fetcher) -> Report:
             "open the projections with rollwatch.report.report_projections()"
         )
     rows: list[ReleaseRow] = []
-    for provider, model, problem_id, released_at, bn, bc, an, ac in await pdb.fetchall(
-        _RELEASE_SQL
-    ):
+    for provider, model, problem_id, released_at, bn, bc, an, ac in await pdb.fetchall(_RELEASE_SQL):
         b, a = wilson(bc, bn), wilson(ac, an)
         both = bn > 0 and an > 0
         p_value = fisher_exact(ac, an, bc, bn) if both else None
@@ -735,9 +728,7 @@ async def build_release_impact(pdb: Fetcher) -> Report:
         "released: the first public release of a solution of the problem; a rollout is before it "
         f"when it was requested earlier; P: Fisher's exact test, beyond noise when P < {ALPHA}",
     )
-    return Report(
-        title="release impact", rows=tuple(rows), keys=_keys(ReleaseRow), columns=cols, notes=notes
-    )
+    return Report(title="release impact", rows=tuple(rows), keys=_keys(ReleaseRow), columns=cols, notes=notes)
 
 
 async def report_json(
@@ -745,9 +736,7 @@ async def report_json(
 ) -> list[dict[str, Any]]:
     """What ``GET /v1/report`` returns: rows by ``by``, or the trend, or the release impact."""
     if trend and release_impact:
-        raise UsageError(
-            "report: JSON holds one view; ask for the trend or the release impact, not both"
-        )
+        raise UsageError("report: JSON holds one view; ask for the trend or the release impact, not both")
     if trend:
         return to_json(await build_trend(pdb))
     if release_impact:
@@ -776,12 +765,7 @@ def to_csv(report: Report) -> str:
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(report.keys)
     for row in to_json(report):
-        w.writerow(
-            [
-                "" if v is None else str(v).lower() if isinstance(v, bool) else v
-                for v in row.values()
-            ]
-        )
+        w.writerow(["" if v is None else str(v).lower() if isinstance(v, bool) else v for v in row.values()])
     return buf.getvalue()
 
 
