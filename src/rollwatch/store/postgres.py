@@ -42,12 +42,8 @@ connection is down (it is re-established in the background) it polls the head.
 
 from __future__ import annotations
 
-import time
-import uuid
 from collections.abc import AsyncIterator, Callable, Collection, Iterable, Sequence
 from contextlib import AsyncExitStack
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import anyio
@@ -58,8 +54,9 @@ from asyncpg.pool import PoolAcquireContext
 
 from rollwatch.abc import EventStore, VerifyReport
 from rollwatch.errors import ConcurrencyConflict, IntegrityError, StoreError
-from rollwatch.events import GENESIS, Event, Recorded, canonical_bytes, canonical_json, chain_hash
+from rollwatch.events import GENESIS, Event, Recorded, canonical_bytes, chain_hash
 from rollwatch.log import get_logger
+from rollwatch.store._group_commit import GroupCommitter, Pending
 
 log = get_logger(__name__)
 
@@ -116,29 +113,9 @@ _COLUMNS = ", ".join(COLUMNS)
 _BEGIN_LOCKED = f"BEGIN ISOLATION LEVEL READ COMMITTED; SELECT pg_advisory_xact_lock({APPEND_LOCK})"
 _TIP = "SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1"
 _VERSIONS = "SELECT stream, MAX(version) FROM events WHERE stream = ANY($1::text[]) GROUP BY stream"
-_MAX_GROUP_CALLS = 10_000
 _MAX_CACHED_STREAMS = 200_000
 _RECONNECT_FIRST_S = 0.1
 _RECONNECT_MAX_S = 5.0
-
-
-@dataclass(slots=True)
-class _Pending:
-    """One append call waiting for the writer."""
-
-    stream: str
-    expected: int | None
-    rows: list[tuple[str, str, int, str, str]]  # id, type, schema, at, data_json
-    result: list[Recorded] | None = None
-    error: BaseException | None = None
-
-
-@dataclass(slots=True)
-class _Group:
-    """The calls that will share the next commit, and the event that ends their wait."""
-
-    calls: list[_Pending] = field(default_factory=list)
-    done: anyio.Event = field(default_factory=anyio.Event)
 
 
 class _InDoubt(Exception):
@@ -169,9 +146,7 @@ class PostgresEventStore(EventStore):
         self._connect_timeout = connect_timeout
         self._writer_conn: asyncpg.Connection | None = None
         self._pool: asyncpg.Pool[asyncpg.Record] | None = None
-        self._open_flag = False
-        self._queue = _Group()
-        self._wake = anyio.Event()
+        self._writer = GroupCommitter(self._commit, lambda: self.append_observer)
         self._appended = anyio.Event()
         self._head = 0
         self._listening = False
@@ -207,12 +182,10 @@ class PostgresEventStore(EventStore):
         # either in the head or announced.
         await tg.start(self._keep_listening)
         self._head = await self.head()
-        self._open_flag = True
-        tg.start_soon(self._writer)
+        await tg.start(self._writer.run)
 
     def _close_writer(self) -> None:
-        self._open_flag = False
-        self._wake.set()
+        self._writer.close()
         if self._listen_scope is not None:
             self._listen_scope.cancel()
 
@@ -242,59 +215,18 @@ class PostgresEventStore(EventStore):
     async def append(
         self, stream: str, events: Sequence[Event], *, expected_version: int | None = None
     ) -> list[Recorded]:
-        if not self._open_flag:
-            raise StoreError("the event store is not open (use it with `async with`)")
         if not events:
+            if not self._writer.open:
+                raise StoreError("the event store is not open (use it with `async with`)")
             return []
         if "\x00" in stream:
             # PostgreSQL text cannot hold NUL; refuse here so the rest of the group commits.
             raise StoreError(
                 f"stream name {stream!r} contains a NUL character, which PostgreSQL cannot store"
             )
-        now = datetime.now(UTC)
-        at = now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond:06d}Z"
-        rows = [(str(uuid.uuid4()), e.TYPE, e.SCHEMA, at, canonical_json(e.to_data())) for e in events]
-        pending = _Pending(stream, expected_version, rows)
-        t0 = time.perf_counter()
-        group = self._queue
-        group.calls.append(pending)
-        self._wake.set()
-        # Once queued, the append completes even if this task is cancelled: shield the
-        # wait so a cancelled caller never mistakes a committed event for a lost one.
-        with anyio.CancelScope(shield=True):
-            await group.done.wait()
-        if self.append_observer is not None:
-            self.append_observer(time.perf_counter() - t0)
-        if pending.error is not None:
-            raise pending.error
-        assert pending.result is not None
-        return pending.result
+        return await self._writer.append(stream, events, expected_version)
 
-    async def _writer(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake = anyio.Event()
-            group = self._queue
-            if not group.calls:
-                if not self._open_flag:
-                    return
-                continue
-            # Let every task that is ready to append run first, so that one commit (one
-            # WAL flush) carries all of them: stop when a pass adds nothing.
-            n = -1
-            while n != len(group.calls) and len(group.calls) < _MAX_GROUP_CALLS:
-                n = len(group.calls)
-                await anyio.lowlevel.checkpoint()
-            self._queue = _Group()
-            with anyio.CancelScope(shield=True):
-                try:
-                    await self._commit(group.calls)
-                finally:
-                    group.done.set()
-            if self._queue.calls:
-                self._wake.set()
-
-    async def _commit(self, group: list[_Pending]) -> None:
+    async def _commit(self, group: list[Pending]) -> None:
         try:
             seq = await self._write_group(group)
         except Exception as e:
@@ -320,7 +252,7 @@ class PostgresEventStore(EventStore):
         self._appended.set()
         self._appended = anyio.Event()
 
-    async def _write_group(self, group: list[_Pending]) -> int:
+    async def _write_group(self, group: list[Pending]) -> int:
         """One transaction for the whole group; return the tip's seq after it."""
         conn = await self._connect_writer()
         out: list[Recorded] = []
@@ -398,7 +330,7 @@ class PostgresEventStore(EventStore):
         written in one transaction under the append lock, or not at all
         (``IntegrityError`` names the first event that does not fit). Returns the head.
         """
-        if not self._open_flag:
+        if not self._writer.open:
             raise StoreError("the event store is not open (use it with `async with`)")
         if not batch:
             return await self.head()
@@ -598,7 +530,7 @@ class PostgresEventStore(EventStore):
 
 
 def _assign(
-    group: Iterable[_Pending], seq: int, prev: bytes, versions: dict[str, int], out: list[Recorded]
+    group: Iterable[Pending], seq: int, prev: bytes, versions: dict[str, int], out: list[Recorded]
 ) -> tuple[int, bytes]:
     """Check each call's expected version and give its events seq, version and hash.
 

@@ -19,24 +19,20 @@ so two writers can never fork the chain.
 from __future__ import annotations
 
 import sqlite3
-import time
-import uuid
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from contextlib import AsyncExitStack
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import anyio
-import anyio.lowlevel
 from anyio.abc import TaskGroup
 
 from rollwatch._sqlite import ThreadConnection
 from rollwatch.abc import EventStore, VerifyReport
 from rollwatch.errors import ConcurrencyConflict, IntegrityError, StoreError
-from rollwatch.events import GENESIS, Event, Recorded, canonical_bytes, canonical_json, chain_hash
+from rollwatch.events import GENESIS, Event, Recorded, canonical_bytes, chain_hash
 from rollwatch.log import get_logger
+from rollwatch.store._group_commit import GroupCommitter, Pending
 
 log = get_logger(__name__)
 
@@ -70,27 +66,7 @@ PRAGMAS = (
 )
 
 _COLUMNS = "seq, id, stream, version, type, schema, at, data, hash"
-_MAX_GROUP_CALLS = 10_000
 _POLL_S = 0.1  # how often a follower looks for appends by other processes
-
-
-@dataclass(slots=True)
-class _Pending:
-    """One append call waiting for the writer."""
-
-    stream: str
-    expected: int | None
-    rows: list[tuple[str, str, int, str, str]]  # id, type, schema, at, data_json
-    result: list[Recorded] | None = None
-    error: BaseException | None = None
-
-
-@dataclass(slots=True)
-class _Group:
-    """The calls that will share the next commit, and the event that ends their wait."""
-
-    calls: list[_Pending] = field(default_factory=list)
-    done: anyio.Event = field(default_factory=anyio.Event)
 
 
 class SQLiteEventStore(EventStore):
@@ -101,9 +77,7 @@ class SQLiteEventStore(EventStore):
         self.path = Path(path)
         self._writer_db: ThreadConnection | None = None
         self._reader_db: ThreadConnection | None = None
-        self._open_flag = False
-        self._queue = _Group()
-        self._wake = anyio.Event()
+        self._writer = GroupCommitter(self._commit, lambda: self.append_observer)
         self._appended = anyio.Event()
         self._head = 0
         # Stream versions as of our last commit. Valid only while no other process has
@@ -122,67 +96,21 @@ class SQLiteEventStore(EventStore):
         except sqlite3.Error as e:
             raise StoreError(f"cannot open the event log {self.path}: {e}") from e
         self._head = await self.head()
-        self._open_flag = True
         tg: TaskGroup = await stack.enter_async_context(anyio.create_task_group())
         # On exit: refuse new appends, let the writer commit what is queued, then stop.
-        stack.callback(self._close_writer)
-        tg.start_soon(self._writer)
-
-    def _close_writer(self) -> None:
-        self._open_flag = False
-        self._wake.set()
+        stack.callback(self._writer.close)
+        await tg.start(self._writer.run)
 
     # -- writing ----------------------------------------------------------------------
 
     async def append(
         self, stream: str, events: Sequence[Event], *, expected_version: int | None = None
     ) -> list[Recorded]:
-        if not self._open_flag:
-            raise StoreError("the event store is not open (use it with `async with`)")
         if not events:
+            if not self._writer.open:
+                raise StoreError("the event store is not open (use it with `async with`)")
             return []
-        now = datetime.now(UTC)
-        at = now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond:06d}Z"
-        rows = [(str(uuid.uuid4()), e.TYPE, e.SCHEMA, at, canonical_json(e.to_data())) for e in events]
-        pending = _Pending(stream, expected_version, rows)
-        t0 = time.perf_counter()
-        group = self._queue
-        group.calls.append(pending)
-        self._wake.set()
-        # Once queued, the append completes even if this task is cancelled: shield the
-        # wait so a cancelled caller never mistakes a committed event for a lost one.
-        with anyio.CancelScope(shield=True):
-            await group.done.wait()
-        if self.append_observer is not None:
-            self.append_observer(time.perf_counter() - t0)
-        if pending.error is not None:
-            raise pending.error
-        assert pending.result is not None
-        return pending.result
-
-    async def _writer(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake = anyio.Event()
-            group = self._queue
-            if not group.calls:
-                if not self._open_flag:
-                    return
-                continue
-            # Let every task that is ready to append run first, so that one commit (one
-            # fsync) carries all of them: stop when a pass adds nothing.
-            n = -1
-            while n != len(group.calls) and len(group.calls) < _MAX_GROUP_CALLS:
-                n = len(group.calls)
-                await anyio.lowlevel.checkpoint()
-            self._queue = _Group()
-            with anyio.CancelScope(shield=True):
-                try:
-                    await self._commit(group.calls)
-                finally:
-                    group.done.set()
-            if self._queue.calls:
-                self._wake.set()
+        return await self._writer.append(stream, events, expected_version)
 
     def _conn(self, reader: bool = False) -> ThreadConnection:
         db = self._reader_db if reader else self._writer_db
@@ -190,7 +118,7 @@ class SQLiteEventStore(EventStore):
             raise StoreError("the event store is not open (use it with `async with`)")
         return db
 
-    async def _commit(self, group: list[_Pending]) -> None:
+    async def _commit(self, group: list[Pending]) -> None:
         try:
             seq = await self._conn().run(self._commit_sync, group)
         except Exception as e:
@@ -205,7 +133,7 @@ class SQLiteEventStore(EventStore):
         self._appended.set()
         self._appended = anyio.Event()
 
-    def _commit_sync(self, db: sqlite3.Connection, group: list[_Pending]) -> int:
+    def _commit_sync(self, db: sqlite3.Connection, group: list[Pending]) -> int:
         """One transaction for the whole group (runs in the writer's thread)."""
         db.execute("BEGIN IMMEDIATE")
         try:
