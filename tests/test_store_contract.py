@@ -163,3 +163,32 @@ def test_property_order_versions_conflicts_and_chain(
             assert (await store.verify()).events == len(model)
 
     anyio.run(main)
+
+
+@given(
+    stream=st.text(max_size=30),
+    type_=st.text(max_size=12),
+    data=st.dictionaries(
+        st.text(max_size=8), st.one_of(st.integers(), st.text(max_size=10), st.none()), max_size=4
+    ),
+)
+def test_canonical_bytes_equal_the_documented_json(stream: str, type_: str, data: dict[str, object]) -> None:
+    """The hand-built canonical bytes equal sorted, compact, non-ASCII-preserving JSON of the envelope."""
+    import json
+
+    from rollwatch.events import canonical_bytes, canonical_json
+
+    env = {
+        "seq": 7,
+        "id": "6f1d7f0e-3c9b-4c1e-9a57-2b8f0d4c7a11",
+        "stream": stream,
+        "type": type_,
+        "schema": 1,
+        "at": "2026-11-29T00:00:00.000000Z",
+        "data": data,
+    }
+    expected = json.dumps(env, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    got = canonical_bytes(
+        seq=7, id=env["id"], stream=stream, type=type_, schema=1, at=env["at"], data_json=canonical_json(data)
+    )  # type: ignore[arg-type]
+    assert got == expected

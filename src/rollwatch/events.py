@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -51,8 +50,7 @@ def canonical_bytes(
     *, seq: int, id: str, stream: str, type: str, schema: int, at: str, data_json: str
 ) -> bytes:
     """The canonical bytes of one envelope; ``data_json`` must be ``canonical_json(data)``."""
-    # Built by hand so that the data, already canonical, is not encoded twice. at, id
-    # and type are plain ASCII with nothing to escape when they match _PLAIN.
+    # Built by hand so that the data, already canonical, is not encoded twice.
     d = _json_str
     return (
         f'{{"at":{d(at)},"data":{data_json},"id":{d(id)},"schema":{schema},'
@@ -60,11 +58,12 @@ def canonical_bytes(
     ).encode()
 
 
-_PLAIN = re.compile(r"[A-Za-z0-9 ._:+/@=-]*")
-
-
 def _json_str(s: str) -> str:
-    return f'"{s}"' if _PLAIN.fullmatch(s) else json.dumps(s, ensure_ascii=False)
+    # json.dumps(ensure_ascii=False) escapes only '"', '\\' and control characters; a
+    # printable string without quote or backslash encodes as itself (the usual case).
+    if s.isprintable() and '"' not in s and "\\" not in s:
+        return f'"{s}"'
+    return json.dumps(s, ensure_ascii=False)
 
 
 def chain_hash(prev: bytes, canonical: bytes) -> bytes:

@@ -9,8 +9,9 @@ each call's ``result`` or ``error``: a call whose expected version no longer hol
 
 from __future__ import annotations
 
+import json
+import os
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -20,9 +21,27 @@ import anyio.lowlevel
 from anyio.abc import TaskStatus
 
 from rollwatch.errors import StoreError
-from rollwatch.events import Event, Recorded, canonical_json
+from rollwatch.events import Event, Recorded
 
 MAX_GROUP_CALLS = 10_000
+# A group closes at this many events even with more calls waiting: the callers of the
+# committed group then encode their next events while the next group is in the
+# database's thread, so encoding and committing overlap on two cores.
+MAX_GROUP_EVENTS = 2_000
+
+_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def _uuid4s(n: int) -> list[str]:
+    """``n`` random (version 4) UUIDs as strings, from one read of the OS's entropy."""
+    raw = bytearray(os.urandom(16 * n))
+    out = []
+    for i in range(0, 16 * n, 16):
+        raw[i + 6] = raw[i + 6] & 0x0F | 0x40
+        raw[i + 8] = raw[i + 8] & 0x3F | 0x80
+        h = raw[i : i + 16].hex()
+        out.append(f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}")
+    return out
 
 
 @dataclass(slots=True)
@@ -34,13 +53,6 @@ class Pending:
     rows: list[tuple[str, str, int, str, str]]  # id, type, schema, at, data_json
     result: list[Recorded] | None = None
     error: BaseException | None = None
-
-
-@dataclass(slots=True)
-class _Group:
-    """The calls that will share the next commit, and the event that ends their wait."""
-
-    calls: list[Pending] = field(default_factory=list)
     done: anyio.Event = field(default_factory=anyio.Event)
 
 
@@ -55,7 +67,7 @@ class GroupCommitter:
         self._commit = commit
         self._observer = observer
         self.open = False
-        self._queue = _Group()
+        self._queue: list[Pending] = []
         self._wake = anyio.Event()
 
     async def append(self, stream: str, events: Sequence[Event], expected: int | None) -> list[Recorded]:
@@ -64,16 +76,17 @@ class GroupCommitter:
             raise StoreError("the event store is not open (use it with `async with`)")
         now = datetime.now(UTC)
         at = now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond:06d}Z"
-        rows = [(str(uuid.uuid4()), e.TYPE, e.SCHEMA, at, canonical_json(e.to_data())) for e in events]
+        # canonical_json, with the encoder built once (see rollwatch.events).
+        encode = _ENCODER.encode
+        rows = [(i, e.TYPE, e.SCHEMA, at, encode(e.to_data())) for i, e in zip(_uuid4s(len(events)), events, strict=True)]
         pending = Pending(stream, expected, rows)
         t0 = time.perf_counter()
-        group = self._queue
-        group.calls.append(pending)
+        self._queue.append(pending)
         self._wake.set()
         # Once queued, the append completes even if this task is cancelled: shield the
         # wait so a cancelled caller never mistakes a committed event for a lost one.
         with anyio.CancelScope(shield=True):
-            await group.done.wait()
+            await pending.done.wait()
         observe = self._observer()
         if observe is not None:
             observe(time.perf_counter() - t0)
@@ -89,24 +102,32 @@ class GroupCommitter:
         while True:
             await self._wake.wait()
             self._wake = anyio.Event()
-            group = self._queue
-            if not group.calls:
+            if not self._queue:
                 if not self.open:
                     return
                 continue
             # Let every task that is ready to append run first, so that one commit
             # carries all of them: stop when a pass adds nothing.
             n = -1
-            while n != len(group.calls) and len(group.calls) < MAX_GROUP_CALLS:
-                n = len(group.calls)
+            while n != len(self._queue) and len(self._queue) < MAX_GROUP_CALLS:
+                n = len(self._queue)
                 await anyio.lowlevel.checkpoint()
-            self._queue = _Group()
+            # Close the group at MAX_GROUP_EVENTS; later calls go with the next commit.
+            events = 0
+            cut = len(self._queue)
+            for i, call in enumerate(self._queue):
+                events += len(call.rows)
+                if events >= MAX_GROUP_EVENTS:
+                    cut = i + 1
+                    break
+            group, self._queue = self._queue[:cut], self._queue[cut:]
             with anyio.CancelScope(shield=True):
                 try:
-                    await self._commit(group.calls)
+                    await self._commit(group)
                 finally:
-                    group.done.set()
-            if self._queue.calls:
+                    for call in group:
+                        call.done.set()
+            if self._queue:
                 self._wake.set()
 
     def close(self) -> None:
