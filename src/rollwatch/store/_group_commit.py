@@ -78,7 +78,10 @@ class GroupCommitter:
         at = now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond:06d}Z"
         # canonical_json, with the encoder built once (see rollwatch.events).
         encode = _ENCODER.encode
-        rows = [(i, e.TYPE, e.SCHEMA, at, encode(e.to_data())) for i, e in zip(_uuid4s(len(events)), events, strict=True)]
+        rows = [
+            (i, e.TYPE, e.SCHEMA, at, encode(e.to_data()))
+            for i, e in zip(_uuid4s(len(events)), events, strict=True)
+        ]
         pending = Pending(stream, expected, rows)
         t0 = time.perf_counter()
         self._queue.append(pending)
