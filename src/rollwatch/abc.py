@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Self
 
-from rollwatch.events import Event, Recorded
+from rollwatch.errors import IntegrityError
+from rollwatch.events import GENESIS, Event, Recorded, chain_hash
 
 #: ``expected_version`` for "this stream must not exist yet".
 NO_STREAM = 0
@@ -136,6 +137,27 @@ class EventStore(ABC):
                 after = ev.seq
             after = max(after, head)
             await self.wait_for_new(after, timeout=1.0)
+
+    async def _verify_chain(self, progress: Callable[[int], None] | None) -> tuple[int, str]:
+        """Walk the whole log in seq order checking gaps and hashes: (events, head hash).
+
+        Raises ``IntegrityError`` naming the first missing or changed ``seq``.
+        """
+        prev = GENESIS
+        expected = 1
+        async for page in self.read_batches(batch=5000):
+            for ev in page:
+                if ev.seq != expected:
+                    raise IntegrityError(
+                        expected, f"event {expected} is missing (the next stored is {ev.seq})"
+                    )
+                if chain_hash(prev, ev.canonical()).hex() != ev.hash:
+                    raise IntegrityError(ev.seq, "its hash does not match its content and the previous hash")
+                prev = bytes.fromhex(ev.hash)
+                expected += 1
+            if progress is not None:
+                progress(page[-1].seq)
+        return expected - 1, prev.hex() if expected > 1 else ""
 
     @abstractmethod
     async def verify(self, progress: Callable[[int], None] | None = None) -> VerifyReport:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -20,8 +20,8 @@ import anyio
 import anyio.lowlevel
 from anyio.abc import TaskStatus
 
-from rollwatch.errors import StoreError
-from rollwatch.events import Event, Recorded
+from rollwatch.errors import ConcurrencyConflict, StoreError
+from rollwatch.events import Event, Recorded, canonical_bytes, chain_hash
 
 MAX_GROUP_CALLS = 10_000
 # A group closes at this many events even with more calls waiting: the callers of the
@@ -137,3 +137,32 @@ class GroupCommitter:
         """Refuse new appends; the writer commits what is queued, then returns."""
         self.open = False
         self._wake.set()
+
+
+def assign(
+    group: Iterable[Pending], seq: int, prev: bytes, versions: dict[str, int], out: list[Recorded]
+) -> tuple[int, bytes]:
+    """Check each call's expected version and give its events seq, version and hash.
+
+    Fills ``out`` and each call's ``result`` (or ``error``); returns the new tip.
+    """
+    for p in group:
+        current = versions[p.stream]
+        if p.expected is not None and p.expected != current:
+            p.error = ConcurrencyConflict(p.stream, p.expected, current)
+            continue
+        first = len(out)
+        for i, (eid, typ, schema, at, data) in enumerate(p.rows, start=1):
+            seq += 1
+            prev = chain_hash(
+                prev,
+                canonical_bytes(
+                    seq=seq, id=eid, stream=p.stream, type=typ, schema=schema, at=at, data_json=data
+                ),
+            )
+            out.append(
+                tuple.__new__(Recorded, (seq, eid, p.stream, current + i, typ, schema, at, data, prev.hex()))
+            )
+        versions[p.stream] = current + len(p.rows)
+        p.result = out[first:]
+    return seq, prev

@@ -42,7 +42,7 @@ connection is down (it is re-established in the background) it polls the head.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Collection, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -53,10 +53,10 @@ from anyio.abc import TaskGroup, TaskStatus
 from asyncpg.pool import PoolAcquireContext
 
 from rollwatch.abc import EventStore, VerifyReport
-from rollwatch.errors import ConcurrencyConflict, IntegrityError, StoreError
-from rollwatch.events import GENESIS, Event, Recorded, canonical_bytes, chain_hash
+from rollwatch.errors import IntegrityError, StoreError
+from rollwatch.events import GENESIS, Event, Recorded, chain_hash
 from rollwatch.log import get_logger
-from rollwatch.store._group_commit import GroupCommitter, Pending
+from rollwatch.store._group_commit import GroupCommitter, Pending, assign
 
 log = get_logger(__name__)
 
@@ -270,7 +270,7 @@ class PostgresEventStore(EventStore):
             if missing:
                 versions.update(dict.fromkeys(missing, 0))
                 versions.update({r[0]: r[1] for r in await conn.fetch(_VERSIONS, missing)})
-            seq, prev = _assign(group, seq, prev, versions, out)
+            seq, prev = assign(group, seq, prev, versions, out)
             if out:
                 await conn.copy_records_to_table("events", records=out, columns=COLUMNS)
             committing = True
@@ -501,20 +501,8 @@ class PostgresEventStore(EventStore):
     # -- checking -------------------------------------------------------------------------
 
     async def verify(self, progress: Callable[[int], None] | None = None) -> VerifyReport:
-        prev = GENESIS
-        expected = 1
-        async for page in self.read_batches(batch=5000):
-            for ev in page:
-                if ev.seq != expected:
-                    raise IntegrityError(
-                        expected, f"event {expected} is missing (the next stored is {ev.seq})"
-                    )
-                if chain_hash(prev, ev.canonical()).hex() != ev.hash:
-                    raise IntegrityError(ev.seq, "its hash does not match its content and the previous hash")
-                prev = bytes.fromhex(ev.hash)
-                expected += 1
-            if progress is not None:
-                progress(page[-1].seq)
+        events, head = await self._verify_chain(progress)
+        expected = events + 1
         # Stream versions are not in the hashed envelope (they follow from seq order);
         # check that they do, up to the last event whose hash we checked.
         async with self._acquire() as conn:
@@ -526,36 +514,7 @@ class PostgresEventStore(EventStore):
             )
         if bad is not None:
             raise IntegrityError(bad, "its stream version does not follow the order of the log")
-        return VerifyReport(events=expected - 1, head_hash=prev.hex() if expected > 1 else "")
-
-
-def _assign(
-    group: Iterable[Pending], seq: int, prev: bytes, versions: dict[str, int], out: list[Recorded]
-) -> tuple[int, bytes]:
-    """Check each call's expected version and give its events seq, version and hash.
-
-    Fills ``out`` and each call's ``result`` (or ``error``); returns the new tip.
-    """
-    for p in group:
-        current = versions[p.stream]
-        if p.expected is not None and p.expected != current:
-            p.error = ConcurrencyConflict(p.stream, p.expected, current)
-            continue
-        first = len(out)
-        for i, (eid, typ, schema, at, data) in enumerate(p.rows, start=1):
-            seq += 1
-            prev = chain_hash(
-                prev,
-                canonical_bytes(
-                    seq=seq, id=eid, stream=p.stream, type=typ, schema=schema, at=at, data_json=data
-                ),
-            )
-            out.append(
-                tuple.__new__(Recorded, (seq, eid, p.stream, current + i, typ, schema, at, data, prev.hex()))
-            )
-        versions[p.stream] = current + len(p.rows)
-        p.result = out[first:]
-    return seq, prev
+        return VerifyReport(events=events, head_hash=head)
 
 
 def _connection_lost(e: asyncpg.PostgresError) -> bool:

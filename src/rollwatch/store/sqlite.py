@@ -29,10 +29,10 @@ from anyio.abc import TaskGroup
 
 from rollwatch._sqlite import ThreadConnection
 from rollwatch.abc import EventStore, VerifyReport
-from rollwatch.errors import ConcurrencyConflict, IntegrityError, StoreError
-from rollwatch.events import GENESIS, Event, Recorded, canonical_bytes, chain_hash
+from rollwatch.errors import IntegrityError, StoreError
+from rollwatch.events import GENESIS, Event, Recorded
 from rollwatch.log import get_logger
-from rollwatch.store._group_commit import GroupCommitter, Pending
+from rollwatch.store._group_commit import GroupCommitter, Pending, assign
 
 log = get_logger(__name__)
 
@@ -153,27 +153,7 @@ class SQLiteEventStore(EventStore):
                 versions.update(dict.fromkeys(chunk, 0))
                 versions.update(dict(rows))
             out: list[Recorded] = []
-            for p in group:
-                current = versions[p.stream]
-                if p.expected is not None and p.expected != current:
-                    p.error = ConcurrencyConflict(p.stream, p.expected, current)
-                    continue
-                first = len(out)
-                for i, (eid, typ, schema, at, data) in enumerate(p.rows, start=1):
-                    seq += 1
-                    prev = chain_hash(
-                        prev,
-                        canonical_bytes(
-                            seq=seq, id=eid, stream=p.stream, type=typ, schema=schema, at=at, data_json=data
-                        ),
-                    )
-                    out.append(
-                        tuple.__new__(
-                            Recorded, (seq, eid, p.stream, current + i, typ, schema, at, data, prev.hex())
-                        )
-                    )
-                versions[p.stream] = current + len(p.rows)
-                p.result = out[first:]
+            seq, prev = assign(group, seq, prev, versions, out)
             db.executemany(f"INSERT INTO events ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)", out)
             db.execute("COMMIT")
         except BaseException:
@@ -247,20 +227,7 @@ class SQLiteEventStore(EventStore):
         return await self.head()
 
     async def verify(self, progress: Callable[[int], None] | None = None) -> VerifyReport:
-        prev = GENESIS
-        expected = 1
-        async for page in self.read_batches(batch=5000):
-            for ev in page:
-                if ev.seq != expected:
-                    raise IntegrityError(
-                        expected, f"event {expected} is missing (the next stored is {ev.seq})"
-                    )
-                if chain_hash(prev, ev.canonical()).hex() != ev.hash:
-                    raise IntegrityError(ev.seq, "its hash does not match its content and the previous hash")
-                prev = bytes.fromhex(ev.hash)
-                expected += 1
-            if progress is not None:
-                progress(page[-1].seq)
+        events, head = await self._verify_chain(progress)
         # Stream versions are not in the hashed envelope (they follow from seq order);
         # check that they do.
         rows = await self._conn(reader=True).fetchall(
@@ -270,4 +237,4 @@ class SQLiteEventStore(EventStore):
         if rows:
             bad = rows[0][0]
             raise IntegrityError(bad, "its stream version does not follow the order of the log")
-        return VerifyReport(events=expected - 1, head_hash=prev.hex() if expected > 1 else "")
+        return VerifyReport(events=events, head_hash=head)
