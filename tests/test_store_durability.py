@@ -168,3 +168,53 @@ def test_migrate_command_copies_the_log_to_postgresql(tmp_path: Path) -> None:
             assert "40 events" in ver.stdout
 
     anyio.run(main)
+
+
+def test_tail_follows_appends_from_another_process(tmp_path: Path) -> None:
+    """`events tail -f --json` prints, as SPEC §4 envelopes, events another process appends later."""
+    import json
+    import os
+    import time
+
+    cfg = write_config(tmp_path)
+    _fill(tmp_path / "events.db", 2)
+    tail = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "rollwatch",
+            "--config",
+            str(cfg),
+            "events",
+            "tail",
+            "-f",
+            "--json",
+            "--after",
+            "2",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env={**os.environ},
+    )
+    try:
+        assert tail.stdout is not None
+        # A separate process appends while the tail waits.
+        _fill(tmp_path / "events.db", 3)
+        import select
+
+        deadline = time.monotonic() + 20
+        lines: list[str] = []
+        while len(lines) < 3:
+            left = deadline - time.monotonic()
+            assert left > 0, f"tail printed only {lines}"
+            if select.select([tail.stdout], [], [], left)[0]:
+                lines.append(tail.stdout.readline())
+        envelopes = [json.loads(ln) for ln in lines]
+        assert [e["seq"] for e in envelopes] == [3, 4, 5]
+        assert all(
+            list(e) == ["seq", "id", "stream", "type", "schema", "at", "data", "hash"] for e in envelopes
+        )
+    finally:
+        tail.kill()
+        tail.communicate()
