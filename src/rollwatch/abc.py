@@ -8,11 +8,14 @@ Implementations live in one module each (``store/sqlite.py``, ``store/postgres.p
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Callable, Collection, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Self
+
+import anyio
+from anyio.abc import TaskStatus
 
 from rollwatch.errors import IntegrityError
 from rollwatch.events import GENESIS, Event, Recorded, chain_hash
@@ -137,6 +140,25 @@ class EventStore(ABC):
                 after = ev.seq
             after = max(after, head)
             await self.wait_for_new(after, timeout=1.0)
+
+    async def lead(
+        self,
+        name: str,
+        body: Callable[[], Awaitable[None]],
+        stop: anyio.Event,
+        *,
+        task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Run ``body`` while this process is the one leader for ``name`` among every
+        process sharing this log; return when ``body`` returns or ``stop`` is set.
+
+        Reports started at once (not once leading). A store that one machine owns has
+        one leader by construction: this default just runs ``body``. A shared store
+        elects one (PostgreSQL: a session advisory lock) and cancels ``body`` if the
+        leadership is lost.
+        """
+        task_status.started()
+        await body()
 
     async def _verify_chain(self, progress: Callable[[int], None] | None) -> tuple[int, str]:
         """Walk the whole log in seq order checking gaps and hashes: (events, head hash).

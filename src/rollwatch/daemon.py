@@ -180,6 +180,20 @@ class Daemon:
                 self.scheduler.wake()
             await svc.store.wait_for_new(after, timeout=1.0)
 
+    async def _lead(self) -> None:
+        """The leader's work, until stopping: resume unfinished runs and fire schedules."""
+        assert self.scheduler is not None
+        async with anyio.create_task_group() as runs:
+            resumed = await self.resume_unfinished(runs)
+            log.info("leading", node=self.config.node, resumed=resumed)
+            async with anyio.create_task_group() as loops:
+                await self.scheduler.run_in(loops, runs)
+                await self.stopping.wait()
+                loops.cancel_scope.cancel()
+            # Runs stop starting rollouts; in-flight ones get the grace period.
+            for run in list(self.active.values()):
+                run.stopping.set()
+
     async def _signals(self, main: TaskGroup) -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async for signum in signals:
@@ -245,35 +259,31 @@ class Daemon:
                 # raises here and stops the daemon, loudly.
                 async with anyio.create_task_group() as checkpoints:
                     await checkpoints.start(integrity.run, integrity_stop)
-                    async with anyio.create_task_group() as runs:
-                        resumed = await self.resume_unfinished(runs)
-                        async with anyio.create_task_group() as sched:
-                            await self.scheduler.run_in(sched, runs)
-                            sched.start_soon(self._follow_log)
-                            await sched.start(
-                                functools.partial(
-                                    release_job,
-                                    svc.store,
-                                    svc.projections,
-                                    interval=self.config.publication.release_check,
-                                    stop_event=self.stopping,
-                                )
+                    async with anyio.create_task_group() as background:
+                        background.start_soon(self._follow_log)
+                        await background.start(
+                            functools.partial(
+                                release_job,
+                                svc.store,
+                                svc.projections,
+                                interval=self.config.publication.release_check,
+                                stop_event=self.stopping,
                             )
-                            sched.start_soon(self.notifier.watchdog)
+                        )
+                        background.start_soon(self.notifier.watchdog)
+                        async with anyio.create_task_group() as leading:
+                            # One node among those sharing the log resumes runs and fires
+                            # schedules; the others stand by to take over.
+                            await leading.start(svc.store.lead, "scheduler", self._lead, self.stopping)
                             self.notifier.notify(READY=1, STATUS=f"serving on {self.config.server.listen}")
                             log.info(
                                 "daemon_ready",
                                 listen=f"{self.config.server.host}:{self.http.port}",
                                 node=self.config.node,
                                 schedules=[s.name for s in schedules],
-                                resumed=resumed,
                             )
                             task_status.started()
-                            await self.stopping.wait()
-                            sched.cancel_scope.cancel()
-                        # Runs stop starting rollouts; in-flight ones get the grace period.
-                        for run in list(self.active.values()):
-                            run.stopping.set()
+                        background.cancel_scope.cancel()
                     integrity_stop.set()
                 self.http.stop()
                 main.cancel_scope.cancel()

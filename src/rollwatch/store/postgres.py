@@ -42,7 +42,8 @@ connection is down (it is re-established in the background) it polls the head.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Collection, Sequence
+import hashlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -497,6 +498,60 @@ class PostgresEventStore(EventStore):
             # Waiters switch to polling.
             self._appended.set()
             self._appended = anyio.Event()
+
+    # -- leadership -----------------------------------------------------------------------
+
+    async def lead(
+        self,
+        name: str,
+        body: Callable[[], Awaitable[None]],
+        stop: anyio.Event,
+        *,
+        task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        # A session-level advisory lock on a connection of its own: PostgreSQL releases
+        # it when the session ends, so a node that dies hands leadership on at once.
+        task_status.started()
+        key = int.from_bytes(
+            hashlib.sha256(f"rollwatch-leader:{name}".encode()).digest()[:8], "big", signed=True
+        )
+        while not stop.is_set():
+            conn: asyncpg.Connection | None = None
+            lost = False
+            try:
+                conn = await self._connect()
+                if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", key):
+                    with anyio.move_on_after(1.0):
+                        await stop.wait()
+                    continue
+                log.info("leadership_acquired", role=name)
+                async with anyio.create_task_group() as tg:
+
+                    async def keepalive(c: asyncpg.Connection = conn) -> None:
+                        nonlocal lost
+                        while True:
+                            await anyio.sleep(2.0)
+                            try:
+                                await c.fetchval("SELECT 1", timeout=5)
+                            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                                lost = True
+                                tg.cancel_scope.cancel()
+                                return
+
+                    tg.start_soon(keepalive)
+                    await body()
+                    tg.cancel_scope.cancel()
+                if not lost:
+                    return
+                log.error("leadership_lost", role=name, hint="another node takes over")
+            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+                log.warning("leadership_unavailable", role=name, error=str(e))
+                with anyio.move_on_after(1.0):
+                    await stop.wait()
+            finally:
+                if conn is not None and not conn.is_closed():
+                    with anyio.CancelScope(shield=True):
+                        await conn.close(timeout=self._connect_timeout)
 
     # -- checking -------------------------------------------------------------------------
 
