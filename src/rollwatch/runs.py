@@ -68,11 +68,6 @@ def run_stream(run_id: str) -> str:
     return f"run-{run_id}"
 
 
-class ProblemLike(Protocol):
-    id: str
-    content_hash: str
-
-
 class ProblemSetLike(Protocol):
     name: str
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -243,4 +243,4 @@ def fmt_next(dt: datetime | None) -> str:
     return rfc3339(dt)[:19] + "Z"
 
 
-__all__ = ["ScheduleState", "Scheduler", "fmt_next", "load_states", "make_trigger", "next_fire", "timedelta"]
+__all__ = ["ScheduleState", "Scheduler", "fmt_next", "load_states", "make_trigger", "next_fire"]

@@ -245,6 +245,20 @@ def classify_status(status: int) -> tuple[str, bool]:
     return "invalid_request", False
 
 
+STREAM_UNSUPPORTED = "params.stream is not supported: rollwatch reads whole answers"
+
+
+def check_params(params: Mapping[str, Any], reserved: frozenset[str]) -> None:
+    """Refuse ``[schedules.params]`` that set what the adapter sets itself, or streaming."""
+    clash = reserved & params.keys()
+    if clash:
+        raise ProviderError(
+            "invalid_request", f"params may not set {', '.join(sorted(clash))}: rollwatch sets them"
+        )
+    if params.get("stream"):
+        raise ProviderError("invalid_request", STREAM_UNSUPPORTED)
+
+
 def as_int(value: Any) -> int:
     """A token count from a body field that may be missing or null."""
     return value if isinstance(value, int) else 0

@@ -33,6 +33,7 @@ from urllib.parse import quote
 
 from rollwatch.errors import ProviderError
 from rollwatch.providers.base import (
+    STREAM_UNSUPPORTED,
     Headers,
     Parsed,
     Prompt,
@@ -88,10 +89,7 @@ class GeminiAdapter:
                 raise ProviderError("invalid_request", f"params may not set {key}: rollwatch sets it")
             if key == "stream":
                 if value:
-                    raise ProviderError(
-                        "invalid_request",
-                        "params.stream is not supported: rollwatch reads whole answers",
-                    )
+                    raise ProviderError("invalid_request", STREAM_UNSUPPORTED)
                 continue
             if name == "generationConfig":
                 if not isinstance(value, Mapping):

@@ -30,6 +30,7 @@ from rollwatch.providers.base import (
     as_dict,
     as_int,
     bad_response,
+    check_params,
     classify_status,
     error_message,
 )
@@ -46,16 +47,7 @@ class OpenAIAdapter:
 
     def build(self, model: str, prompt: Prompt, params: Mapping[str, Any], system: str | None) -> WireRequest:
         """``{"model", "messages": [system?, user], **params}``."""
-        clash = _RESERVED & params.keys()
-        if clash:
-            raise ProviderError(
-                "invalid_request",
-                f"params may not set {', '.join(sorted(clash))}: rollwatch sets them",
-            )
-        if params.get("stream"):
-            raise ProviderError(
-                "invalid_request", "params.stream is not supported: rollwatch reads whole answers"
-            )
+        check_params(params, _RESERVED)
         messages: list[dict[str, str]] = []
         if system:
             messages.append({"role": "system", "content": system})
