@@ -19,6 +19,7 @@ from anyio.abc import TaskStatus
 
 from rollwatch.errors import IntegrityError
 from rollwatch.events import GENESIS, Event, Recorded, chain_hash
+from rollwatch.work import LocalBoard, WorkBoard
 
 #: ``expected_version`` for "this stream must not exist yet".
 NO_STREAM = 0
@@ -159,6 +160,15 @@ class EventStore(ABC):
         """
         task_status.started()
         await body()
+
+    def work_board(self, owner: str, lease: float) -> WorkBoard:
+        """The board on which the processes driving a run share its rollouts.
+
+        ``owner`` names this process uniquely (node and a per-process token); ``lease``
+        is how long a claim holds without renewal. A log one machine owns has one
+        process driving each run: the default board is that process's own.
+        """
+        return LocalBoard()
 
     async def _verify_chain(self, progress: Callable[[int], None] | None) -> tuple[int, str]:
         """Walk the whole log in seq order checking gaps and hashes: (events, head hash).

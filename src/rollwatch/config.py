@@ -266,6 +266,16 @@ class ScheduleConfig(_Strict):
         return v
 
 
+class ClusterConfig(_Strict):
+    """How several daemons on one PostgreSQL log share the rollouts of a run."""
+
+    lease: Duration = Field(default=30.0, ge=1.0, le=3600.0)
+    """How long a node holds a chunk of work without renewing (it renews every third of
+    it); a dead node's chunks go to the others this long after it died."""
+    chunk: int = Field(default=16, ge=1, le=10_000)
+    """Rollouts (samples of one model on one problem) per chunk of work."""
+
+
 class Config(_Strict):
     node: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
     store: StoreConfig = StoreConfig()
@@ -273,6 +283,7 @@ class Config(_Strict):
     publication: PublicationConfig = PublicationConfig()
     scoring: ScoringConfig = ScoringConfig()
     integrity: IntegrityConfig = IntegrityConfig()
+    cluster: ClusterConfig = ClusterConfig()
     problem_sets: list[ProblemSetConfig] = Field(default_factory=list)
     providers: list[ProviderConfig] = Field(default_factory=list)
     schedules: list[ScheduleConfig] = Field(default_factory=list)

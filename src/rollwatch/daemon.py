@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import signal
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
@@ -72,6 +73,12 @@ async def open_services(config: Config, *, scoring: bool = True) -> AsyncIterato
                 )
                 continue
             providers[p.name] = await stack.enter_async_context(ProviderClient(p))
+        # The owner name is unique per process, so a node restarted under the same name
+        # never renews the leases of its previous life.
+        board = store.work_board(f"{config.node}/{uuid.uuid4().hex[:8]}", config.cluster.lease)
+        leases: TaskGroup = await stack.enter_async_context(anyio.create_task_group())
+        stack.callback(leases.cancel_scope.cancel)
+        await leases.start(board.keep)
         yield RunServices(
             config=config,
             store=store,
@@ -81,6 +88,7 @@ async def open_services(config: Config, *, scoring: bool = True) -> AsyncIterato
             scorer=scorer,
             node=config.node,
             locks_dir=config.store.projections_path.parent / "locks",
+            board=board,
         )
 
 
@@ -98,6 +106,7 @@ class Daemon:
         self.http: Any = None
         self.services: RunServices | None = None
         self.scheduler: Scheduler | None = None
+        self._runs: TaskGroup | None = None  # where every run this process drives goes
 
     # -- runs -----------------------------------------------------------------------------
 
@@ -142,19 +151,50 @@ class Daemon:
         await self._drive(run)
 
     async def resume_unfinished(self, tg: TaskGroup) -> int:
-        """Start driving every run that has no RunFinished and no other process drives."""
+        """Start driving every run that has no RunFinished and that this process does not
+        drive yet (nor, on a log one machine owns, another process)."""
         assert self.services is not None
         n = 0
         for run_id in await unfinished_runs(self.services):
-            lock = RunLock(self.services.locks_dir, run_id)
-            if not lock.acquire():
+            if run_id in self.active or self.stopping.is_set():
                 continue
-            lock.release()
+            if not self.services.board.shared:
+                lock = RunLock(self.services.locks_dir, run_id)
+                if not lock.acquire():
+                    continue
+                lock.release()
             run = await Run.load(self.services, run_id)
-            log.info("run_resuming", run_id=run_id, schedule=run.schedule)
-            tg.start_soon(self._drive, run, name=f"resumed run {run_id}")
+            self.active[run.run_id] = run
+            log.info(
+                "run_joining" if self.services.board.shared else "run_resuming",
+                run_id=run_id,
+                schedule=run.schedule,
+            )
+            tg.start_soon(self._drive, run, name=f"run {run_id}")
             n += 1
         return n
+
+    async def _join_runs(self) -> None:
+        """On a shared log: take part in every unfinished run, whoever started it (at
+        start, and within a second of each RunStarted); returns once stopping."""
+        assert self.services is not None
+        assert self._runs is not None
+        store = self.services.store
+        async with anyio.create_task_group() as tg:
+
+            async def until_stopping() -> None:
+                await self.stopping.wait()
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(until_stopping)
+            after = await store.head()
+            await self.resume_unfinished(self._runs)
+            while True:
+                head = await store.wait_for_new(after, timeout=5.0)
+                if [ev async for ev in store.read(after=after, until=head, types={"RunStarted"})]:
+                    await self.resume_unfinished(self._runs)
+                after = head
+                await anyio.sleep(1.0)  # at most one look a second, however busy the log
 
     # -- background tasks ----------------------------------------------------------------------
 
@@ -181,18 +221,17 @@ class Daemon:
             await svc.store.wait_for_new(after, timeout=1.0)
 
     async def _lead(self) -> None:
-        """The leader's work, until stopping: resume unfinished runs and fire schedules."""
+        """The leader's work, until stopping: fire schedules (and, on a log one machine
+        owns, resume unfinished runs; on a shared log every node joins them anyway)."""
         assert self.scheduler is not None
-        async with anyio.create_task_group() as runs:
-            resumed = await self.resume_unfinished(runs)
-            log.info("leading", node=self.config.node, resumed=resumed)
-            async with anyio.create_task_group() as loops:
-                await self.scheduler.run_in(loops, runs)
-                await self.stopping.wait()
-                loops.cancel_scope.cancel()
-            # Runs stop starting rollouts; in-flight ones get the grace period.
-            for run in list(self.active.values()):
-                run.stopping.set()
+        assert self.services is not None
+        assert self._runs is not None
+        resumed = 0 if self.services.board.shared else await self.resume_unfinished(self._runs)
+        log.info("leading", node=self.config.node, resumed=resumed)
+        async with anyio.create_task_group() as loops:
+            await self.scheduler.run_in(loops, self._runs)
+            await self.stopping.wait()
+            loops.cancel_scope.cancel()
 
     async def _signals(self, main: TaskGroup) -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
@@ -271,18 +310,28 @@ class Daemon:
                             )
                         )
                         background.start_soon(self.notifier.watchdog)
-                        async with anyio.create_task_group() as leading:
-                            # One node among those sharing the log resumes runs and fires
-                            # schedules; the others stand by to take over.
-                            await leading.start(svc.store.lead, "scheduler", self._lead, self.stopping)
-                            self.notifier.notify(READY=1, STATUS=f"serving on {self.config.server.listen}")
-                            log.info(
-                                "daemon_ready",
-                                listen=f"{self.config.server.host}:{self.http.port}",
-                                node=self.config.node,
-                                schedules=[s.name for s in schedules],
-                            )
-                            task_status.started()
+                        async with anyio.create_task_group() as runs:
+                            self._runs = runs
+                            async with anyio.create_task_group() as leading:
+                                # One node among those sharing the log fires schedules;
+                                # the others stand by to take over. On a shared log every
+                                # node takes part in every run.
+                                await leading.start(svc.store.lead, "scheduler", self._lead, self.stopping)
+                                if svc.board.shared:
+                                    leading.start_soon(self._join_runs)
+                                self.notifier.notify(
+                                    READY=1, STATUS=f"serving on {self.config.server.listen}"
+                                )
+                                log.info(
+                                    "daemon_ready",
+                                    listen=f"{self.config.server.host}:{self.http.port}",
+                                    node=self.config.node,
+                                    schedules=[s.name for s in schedules],
+                                )
+                                task_status.started()
+                            # Runs stop starting rollouts; in-flight ones get the grace period.
+                            for run in list(self.active.values()):
+                                run.stopping.set()
                         background.cancel_scope.cancel()
                     integrity_stop.set()
                 self.http.stop()

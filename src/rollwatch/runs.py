@@ -28,7 +28,7 @@ import anyio
 
 from rollwatch.abc import EventStore
 from rollwatch.config import Config, ScheduleConfig
-from rollwatch.errors import ProviderError
+from rollwatch.errors import ConcurrencyConflict, ProviderError
 from rollwatch.events import (
     Event,
     PublicationDecided,
@@ -44,6 +44,7 @@ from rollwatch.events import (
 from rollwatch.log import get_logger
 from rollwatch.projections import ProjectionDB
 from rollwatch.providers.base import Answer, Prompt
+from rollwatch.work import Chunk, LocalBoard, WorkBoard, plan_units
 
 log = get_logger(__name__)
 
@@ -102,6 +103,8 @@ class RunServices:
     scorer: ScorerLike
     node: str
     locks_dir: Path
+    board: WorkBoard = field(default_factory=LocalBoard)
+    """Shares the rollouts of a run among the processes driving it (see ``rollwatch.work``)."""
 
 
 @dataclass
@@ -157,20 +160,39 @@ def _max_output_tokens(params: dict[str, Any]) -> int:
     return 32_000
 
 
-class _AttemptRecorder:
-    """The provider client's AttemptLog for one rollout: every attempt becomes an event."""
+class _TakenOver(Exception):
+    """A rollout's stream moved on under us: another node has it now (see ``rollwatch.work``)."""
 
-    def __init__(self, run: Run, rid: str, model: str, problem: Any, sample: int, first_attempt: int) -> None:
+
+class _AttemptRecorder:
+    """The provider client's AttemptLog for one rollout: every attempt becomes an event.
+
+    Every append names the stream version it expects, so a node that lost its lease on
+    the rollout's chunk cannot add to a rollout that another node has taken over.
+    """
+
+    def __init__(
+        self, run: Run, rid: str, model: str, problem: Any, sample: int, first_attempt: int, version: int
+    ) -> None:
         self.run = run
         self.rid = rid
         self.model = model
         self.problem = problem
         self.sample = sample
         self.offset = first_attempt - 1
+        self.version = version
+
+    async def append(self, *events: Event) -> None:
+        try:
+            await self.run.services.store.append(
+                rollout_stream(self.rid), list(events), expected_version=self.version
+            )
+        except ConcurrencyConflict as e:
+            raise _TakenOver(str(e)) from e
+        self.version += len(events)
 
     async def requested(self, attempt: int, request: dict[str, Any]) -> None:
-        await self.run.append_rollout(
-            self.rid,
+        await self.append(
             RolloutRequested(
                 rollout_id=self.rid,
                 run_id=self.run.run_id,
@@ -186,9 +208,7 @@ class _AttemptRecorder:
         )
 
     async def failed(self, attempt: int, error: ProviderError, final: bool) -> None:
-        self.run.state.failures[error.kind] += final
-        await self.run.append_rollout(
-            self.rid,
+        await self.append(
             RolloutFailed(
                 rollout_id=self.rid,
                 attempt=attempt + self.offset,
@@ -200,10 +220,10 @@ class _AttemptRecorder:
                 final=final,
             ),
         )
+        self.run.state.failures[error.kind] += final
 
     async def responded(self, attempt: int, answer: Answer, cost_usd: float | None) -> None:
-        await self.run.append_rollout(
-            self.rid,
+        await self.append(
             RolloutResponded(
                 rollout_id=self.rid,
                 attempt=attempt + self.offset,
@@ -217,6 +237,35 @@ class _AttemptRecorder:
                 model=answer.model,
             ),
         )
+
+
+@dataclass(frozen=True, slots=True)
+class _Known:
+    """A rollout's state in the log when its chunk was claimed."""
+
+    state: str
+    attempts: int
+    answer_seq: int | None
+    version: int
+
+
+class _ChunkWork:
+    """Counts a chunk's rollouts in progress; the last to end reports the chunk to the board."""
+
+    def __init__(self, board: WorkBoard, chunk: Chunk) -> None:
+        self.board = board
+        self.chunk = chunk
+        self.left = 1  # the producer's own share, until it has started every rollout
+        self.finished = True
+
+    def add(self) -> None:
+        self.left += 1
+
+    async def end(self, finished: bool = True) -> None:
+        self.finished &= finished
+        self.left -= 1
+        if self.left == 0:
+            await self.board.done(self.chunk, finished=self.finished)
 
 
 class Run:
@@ -236,6 +285,7 @@ class Run:
         budget_usd: float | None,
         params: dict[str, Any],
         on_progress: Callable[[RunState], None] | None = None,
+        fresh: bool = False,
     ) -> None:
         self.services = services
         self.run_id = run_id
@@ -248,6 +298,8 @@ class Run:
         self.budget = budget_usd
         self.params = params
         self.on_progress = on_progress
+        self.fresh = fresh
+        """Created by this process just now: no rollout of it has events yet."""
         self.state = RunState(total=len(models) * len(problems) * rollouts)
         self.stopping = anyio.Event()
         self.log = log.bind(run_id=run_id, schedule=schedule, provider=provider)
@@ -281,7 +333,10 @@ class Run:
             budget_usd=schedule.budget_usd,
             params=dict(schedule.params),
             on_progress=on_progress,
+            fresh=True,
         )
+        # The plan goes on the board first, so that nodes joining at RunStarted find it.
+        await run._plan()
         await services.store.append(
             run_stream(run.run_id),
             [
@@ -334,15 +389,25 @@ class Run:
             on_progress=on_progress,
         )
 
-    # -- appending --------------------------------------------------------------------------
-
-    async def append_rollout(self, rid: str, *events: Event) -> None:
-        await self.services.store.append(rollout_stream(rid), list(events))
+    async def _plan(self) -> None:
+        """Put the run's chunks on the board (a no-op when another node already did)."""
+        prior = 0.0
+        if not self.fresh:
+            await self.services.projections.catch_up(self.services.store)
+            row = await self.services.projections.fetchone(
+                "SELECT COALESCE(SUM(cost_usd), 0) FROM rollouts WHERE run_id = ?", (self.run_id,)
+            )
+            prior = float(row[0]) if row else 0.0
+        units = plan_units(self.models, self.problem_ids, self.rollouts, self.services.config.cluster.chunk)
+        await self.services.board.plan(self.run_id, units, fresh=self.fresh, prior_cost=prior)
 
     # -- driving ------------------------------------------------------------------------------
 
     async def drive(self, *, grace: float = 30.0) -> RunFinished | None:
-        """Carry the run to its end; return its ``RunFinished``, or None when stopped first."""
+        """Carry the run to its end; return its ``RunFinished``, or None when stopped first
+        (or when another node recorded the end)."""
+        if self.services.board.shared:
+            return await self._drive(grace)
         lock = RunLock(self.services.locks_dir, self.run_id)
         if not lock.acquire():
             self.log.warning("run_locked_elsewhere", hint="another rollwatch process drives this run")
@@ -352,43 +417,55 @@ class Run:
         finally:
             lock.release()
 
-    async def _existing(self) -> dict[str, tuple[str, int, int | None, float | None]]:
-        """Rollouts this run already has: id -> (state, attempts, answer_seq, cost)."""
+    async def _count_existing(self) -> None:
+        """Start the live figures from what the log already has for this run."""
         await self.services.projections.catch_up(self.services.store)
-        rows = await self.services.projections.fetchall(
-            "SELECT rollout_id, state, attempts, answer_seq, cost_usd, passed FROM rollouts WHERE run_id = ?",
+        row = await self.services.projections.fetchone(
+            "SELECT COUNT(*) FILTER (WHERE state IN ('answered','scored')),"
+            " COUNT(*) FILTER (WHERE state = 'scored'), COALESCE(SUM(passed), 0), COALESCE(SUM(cost_usd), 0)"
+            " FROM rollouts WHERE run_id = ?",
             (self.run_id,),
         )
-        out = {}
-        for rid, st, attempts, answer_seq, cost, passed in rows:
-            out[rid] = (st, attempts or 0, answer_seq, cost)
-            if st in ("answered", "scored"):
-                self.state.answered += 1
-                self.state.cost_usd += cost or 0.0
-            if st == "scored":
-                self.state.scored += 1
-                self.state.done += 1
-                self.state.passed += int(bool(passed))
-        return out
+        if row is not None:
+            self.state.answered, self.state.scored, self.state.passed, self.state.cost_usd = (
+                row[0],
+                row[1],
+                int(row[2]),
+                float(row[3]),
+            )
+            self.state.done = self.state.scored
 
     async def _drive(self, grace: float) -> RunFinished | None:
         svc = self.services
+        board = svc.board
         provider = svc.providers.get(self.provider_name)
         pset = svc.problem_sets.get(self.problem_set_name)
         if provider is None or pset is None:
             what = "provider" if provider is None else "problem set"
             name = self.provider_name if provider is None else self.problem_set_name
-            return await self._finish(
-                "failed", f"{what} {name!r} is not configured (or has no API key) on this node"
-            )
-        existing = await self._existing()
-        problems = []
+            message = f"{what} {name!r} is not configured (or has no API key) on this node"
+            if board.shared:
+                # Other nodes may have it: leave the run to them.
+                self.log.warning("run_not_joined", reason=message)
+                return None
+            return await self._finish("failed", message)
+        problems: dict[str, Any] = {}
         for pid in self.problem_ids:
             try:
-                problems.append(pset.get(pid))
+                problems[pid] = pset.get(pid)
             except KeyError:
                 self.log.error("problem_missing", problem_id=pid)
                 self.state.total -= len(self.models) * self.rollouts
+        if not self.fresh:
+            await self._plan()
+            await self._count_existing()
+        for model in self.models:
+            if not self._price_known(model) and self.budget is not None:
+                self.log.warning(
+                    "budget_unenforceable",
+                    model=model,
+                    reason="no price for this model in [providers.prices]",
+                )
         self._report()
 
         # Places for rollout tasks: those in flight at the provider and those whose answer
@@ -409,35 +486,12 @@ class Run:
 
             tg.start_soon(watch_stop)
             async with anyio.create_task_group() as work:
-                for model in self.models:
-                    if not self._price_known(model) and self.budget is not None:
-                        self.log.warning(
-                            "budget_unenforceable",
-                            model=model,
-                            reason="no price for this model in [providers.prices]",
-                        )
-                plan = ((m, p, k) for m in self.models for p in problems for k in range(self.rollouts))
-                for model, problem, sample in plan:
-                    rid = rollout_id(self.run_id, model, problem.id, sample)
-                    st, attempts, answer_seq, _cost = existing.get(rid, ("new", 0, None, None))
-                    if st == "scored":
-                        continue
-                    await window.acquire()
-                    if self.stopping.is_set() or provider.disabled is not None:
-                        window.release()
-                        break
-                    if st == "answered" and answer_seq is not None:
-                        work.start_soon(self._score_existing, window, rid, problem, answer_seq)
-                        continue
-                    estimate = await self._reserve(model, pset.prompt(problem))
-                    if estimate is None:
-                        window.release()
-                        break
-                    work.start_soon(
-                        self._rollout, window, provider, rid, model, problem, sample, attempts + 1, estimate
-                    )
+                await self._produce(work, window, provider, problems)
             tg.cancel_scope.cancel()
 
+        closed = (await board.status(self.run_id)).closed
+        with anyio.CancelScope(shield=True):
+            await board.release(self.run_id)
         if interrupted:
             await svc.store.append(
                 run_stream(self.run_id),
@@ -453,31 +507,130 @@ class Run:
             )
             self.log.info("run_interrupted", done=self.state.done, total=self.state.total)
             return None
-        if provider.disabled is not None:
-            return await self._finish("provider_failed", provider.disabled.message)
-        if self.state.budget_hit:
-            return await self._finish("budget_exhausted", f"budget ${self.budget:.2f} reached")
-        return await self._finish("completed", "")
+        status, _, message = (closed or "completed").partition(": ")
+        return await self._finish(status, message)
 
-    async def _reserve(self, model: str, prompt: str) -> float | None:
+    async def _produce(
+        self,
+        work: anyio.abc.TaskGroup,
+        window: anyio.Semaphore,
+        provider: ProviderLike,
+        problems: dict[str, Any],
+    ) -> None:
+        """Claim chunks and start their rollouts until the run has no work left for us."""
+        board = self.services.board
+        # How often an idle node looks for chunks handed back or left by a dead node.
+        poll = min(1.0, self.services.config.cluster.lease / 4)
+        while not self.stopping.is_set():
+            if provider.disabled is not None:
+                await board.close(self.run_id, f"provider_failed: {provider.disabled.message}")
+            elif self.state.budget_hit:
+                await board.close(self.run_id, f"budget_exhausted: budget ${self.budget:.2f} reached")
+            chunks = await board.claim(self.run_id, board.claim_batch)
+            if chunks:
+                known = await self._known(chunks)
+                for chunk in chunks:
+                    if not await self._start_chunk(work, window, provider, problems, chunk, known):
+                        break
+                continue
+            if not board.shared:
+                return
+            # Nothing to claim: the run ends once no chunk is open anywhere (ours included:
+            # a chunk we give back is claimed again), or once it is closed and every
+            # node has let go of its chunks.
+            st = await board.status(self.run_id)
+            if st.open == 0 or (st.closed is not None and st.claimed == 0):
+                return
+            with anyio.move_on_after(poll):
+                await self.stopping.wait()
+
+    async def _known(self, chunks: list[Chunk]) -> dict[str, _Known]:
+        """What the log says about the rollouts of chunks that were handed out before."""
+        rids = [
+            rollout_id(self.run_id, c.unit.model, c.unit.problem_id, k)
+            for c in chunks
+            if not c.fresh
+            for k in range(c.unit.first, c.unit.first + c.unit.count)
+        ]
+        if not rids:
+            return {}
+        svc = self.services
+        await svc.projections.catch_up(svc.store)
+        out: dict[str, _Known] = {}
+        for i in range(0, len(rids), 500):
+            part = rids[i : i + 500]
+            rows = await svc.projections.fetchall(
+                "SELECT rollout_id, state, attempts, answer_seq FROM rollouts"
+                f" WHERE rollout_id IN ({','.join('?' * len(part))})",
+                tuple(part),
+            )
+            for rid, st, attempts, answer_seq in rows:
+                # The version fences our appends (see _AttemptRecorder); only rollouts we
+                # will append to need it.
+                version = 0 if st == "scored" else await svc.store.stream_version(rollout_stream(rid))
+                out[rid] = _Known(st, attempts or 0, answer_seq, version)
+        return out
+
+    async def _start_chunk(
+        self,
+        work: anyio.abc.TaskGroup,
+        window: anyio.Semaphore,
+        provider: ProviderLike,
+        problems: dict[str, Any],
+        chunk: Chunk,
+        known: dict[str, _Known],
+    ) -> bool:
+        """Start the rollouts of ``chunk``; False when the run must stop starting any."""
+        u = chunk.unit
+        progress = _ChunkWork(self.services.board, chunk)
+        problem = problems.get(u.problem_id)
+        if problem is not None:
+            for sample in range(u.first, u.first + u.count):
+                rid = rollout_id(self.run_id, u.model, problem.id, sample)
+                k = known.get(rid, _Known("new", 0, None, 0))
+                if k.state == "scored":
+                    continue
+                await window.acquire()
+                if self.stopping.is_set() or provider.disabled is not None:
+                    window.release()
+                    return False
+                if k.state == "answered" and k.answer_seq is not None:
+                    progress.add()
+                    work.start_soon(self._score_existing, window, progress, rid, problem, k)
+                    continue
+                reserved = await self._reserve(chunk, u.model, problem)
+                if reserved is None:
+                    window.release()
+                    return False
+                progress.add()
+                work.start_soon(self._rollout, window, progress, provider, rid, sample, problem, k, reserved)
+        await progress.end()
+        return True
+
+    async def _reserve(self, chunk: Chunk, model: str, problem: Any) -> float | None:
         """Reserve the most this rollout could cost; None when the budget cannot allow it."""
         if self.budget is None or not self._price_known(model):
             return 0.0
         price = self.services.config.provider(self.provider_name).prices[model]
+        prompt = self.services.problem_sets[self.problem_set_name].prompt(problem)
         # The most it could cost: every output token allowed, and a generous token
         # count for the prompt (fewer than one token per two characters in practice).
         worst = (
             (len(prompt) // 2 + 1000) * price.input + _max_output_tokens(self.params) * price.output
         ) / 1e6
-        while self.state.cost_usd + self.state.reserved_usd + worst > self.budget:
-            if self.state.reserved_usd <= 0:
+        while True:
+            ok = await self.services.board.reserve(chunk, worst, self.budget)
+            if ok:
+                self.state.reserved_usd += worst
+                return worst
+            if ok is None:
                 self.state.budget_hit = True
                 self.log.info("budget_exhausted", spent=round(self.state.cost_usd, 6), budget=self.budget)
                 return None
-            # Rollouts in flight may cost less than reserved: wait for one to settle.
-            await self._settled.wait()
-        self.state.reserved_usd += worst
-        return worst
+            # Rollouts in flight (here or on other nodes) may cost less than reserved:
+            # wait for one to settle.
+            with anyio.move_on_after(0.5 if self.services.board.shared else float("inf")):
+                await self._settled.wait()
 
     def _price_known(self, model: str) -> bool:
         return model in self.services.config.provider(self.provider_name).prices
@@ -498,14 +651,15 @@ class Run:
     async def _rollout(
         self,
         window: anyio.Semaphore,
+        progress: _ChunkWork,
         provider: ProviderLike,
         rid: str,
-        model: str,
-        problem: Any,
         sample: int,
-        first_attempt: int,
+        problem: Any,
+        known: _Known,
         reserved: float,
     ) -> None:
+        model = progress.chunk.unit.model
         try:
             pset = self.services.problem_sets[self.problem_set_name]
             prompt = Prompt(
@@ -513,37 +667,63 @@ class Run:
                 system=self.services.config.provider(self.provider_name).system_prompt,
                 reference_solution=getattr(problem, "reference_solution", None),
             )
-            recorder = _AttemptRecorder(self, rid, model, problem, sample, first_attempt)
+            recorder = _AttemptRecorder(self, rid, model, problem, sample, known.attempts + 1, known.version)
+            cost = 0.0
             try:
                 answer = await provider.rollout(model, prompt, self.params, recorder)
                 if answer is not None:
+                    cost = provider.cost(model, answer.usage) or 0.0
                     self.state.answered += 1
-                    self.state.cost_usd += provider.cost(model, answer.usage) or 0.0
+                    self.state.cost_usd += cost
             finally:
                 self.state.reserved_usd -= reserved
+                if reserved:
+                    with anyio.CancelScope(shield=True):
+                        await self.services.board.settle(progress.chunk, reserved, cost)
                 self._notify_settled()
-            if answer is None:
+            if answer is not None:
+                await self._score(recorder, problem, answer.text)
+            else:
                 self.state.done += 1
                 self._report()
-                return
-            await self._score(rid, problem, answer.text)
+        except _TakenOver as e:
+            self.log.warning("rollout_taken_over", rollout_id=rid, error=str(e))
+            await progress.end(finished=False)
+            return
         finally:
             window.release()
+        # A rollout given up for a disabled provider is not finished: a later run of
+        # the chunk (after the key is fixed) requests it again.
+        await progress.end(finished=answer is not None or provider.disabled is None)
 
-    async def _score_existing(self, window: anyio.Semaphore, rid: str, problem: Any, answer_seq: int) -> None:
+    async def _score_existing(
+        self, window: anyio.Semaphore, progress: _ChunkWork, rid: str, problem: Any, known: _Known
+    ) -> None:
         try:
-            evs = [ev async for ev in self.services.store.read(after=answer_seq - 1, until=answer_seq)]
-            await self._score(rid, problem, evs[0].data["text"])
+            assert known.answer_seq is not None
+            evs = [
+                ev
+                async for ev in self.services.store.read(after=known.answer_seq - 1, until=known.answer_seq)
+            ]
+            u = progress.chunk.unit
+            recorder = _AttemptRecorder(self, rid, u.model, problem, -1, known.attempts + 1, known.version)
+            await self._score(recorder, problem, evs[0].data["text"])
+        except _TakenOver as e:
+            self.log.warning("rollout_taken_over", rollout_id=rid, error=str(e))
+            await progress.end(finished=False)
+            return
         finally:
             window.release()
+        await progress.end()
 
-    async def _score(self, rid: str, problem: Any, text: str) -> None:
+    async def _score(self, recorder: _AttemptRecorder, problem: Any, text: str) -> None:
         self.state.scoring += 1
         try:
             result = await self.services.scorer.score(problem, text)
         finally:
             self.state.scoring -= 1
         d = result.to_dict() if hasattr(result, "to_dict") else dict(result)
+        rid = recorder.rid
         scored = RolloutScored(
             rollout_id=rid,
             passed=bool(d.get("passed")),
@@ -568,7 +748,7 @@ class Run:
                     embargo_s=embargo,
                 )
             )
-        await self.append_rollout(rid, scored, *decisions)
+        await recorder.append(scored, *decisions)
         self.state.scored += 1
         self.state.done += 1
         self.state.passed += int(scored.passed)
@@ -578,27 +758,59 @@ class Run:
         if self.on_progress is not None:
             self.on_progress(self.state)
 
-    async def _finish(self, status: str, message: str) -> RunFinished:
-        s = self.state
+    async def _summary(self) -> tuple[int, int, int, float, dict[str, int]]:
+        """(answered, scored, passed, cost, final failures by kind) of the run, from the log."""
+        pdb = self.services.projections
+        await pdb.catch_up(self.services.store)
+        row = await pdb.fetchone(
+            "SELECT COUNT(*) FILTER (WHERE state IN ('answered','scored')),"
+            " COUNT(*) FILTER (WHERE state = 'scored'),"
+            " COALESCE(SUM(passed) FILTER (WHERE state = 'scored'), 0), COALESCE(SUM(cost_usd), 0)"
+            " FROM rollouts WHERE run_id = ?",
+            (self.run_id,),
+        )
+        failures = await pdb.fetchall(
+            "SELECT fail_kind, COUNT(*) FROM rollouts WHERE run_id = ? AND state = 'failed'"
+            " GROUP BY fail_kind ORDER BY fail_kind",
+            (self.run_id,),
+        )
+        assert row is not None
+        return int(row[0]), int(row[1]), int(row[2]), float(row[3]), {str(k): int(n) for k, n in failures}
+
+    async def _finish(self, status: str, message: str) -> RunFinished | None:
+        """Record the run's end with its summary, unless another node already did."""
+        answered, scored, passed, cost, failures = await self._summary()
         fin = RunFinished(
             run_id=self.run_id,
             status=status,
-            rollouts=s.answered,
-            passed=s.passed,
-            cost_usd=round(s.cost_usd, 6),
-            scored=s.scored,
-            failures=dict(s.failures),
+            rollouts=answered,
+            passed=passed,
+            cost_usd=round(cost, 6),
+            scored=scored,
+            failures=failures,
             message=message,
-            planned=s.total,
+            planned=self.state.total,
         )
-        await self.services.store.append(run_stream(self.run_id), [fin])
+        stream = run_stream(self.run_id)
+        while True:
+            evs = [ev async for ev in self.services.store.read(stream=stream)]
+            if any(ev.type == "RunFinished" for ev in evs):
+                self.log.info("run_finished_elsewhere")
+                return None
+            try:
+                await self.services.store.append(
+                    stream, [fin], expected_version=evs[-1].version if evs else 0
+                )
+                break
+            except ConcurrencyConflict:
+                continue  # another node appended to the run: look again
         self.log.info(
             "run_finished",
             status=status,
-            rollouts=s.answered,
-            passed=s.passed,
-            cost_usd=round(s.cost_usd, 6),
-            failures=dict(s.failures),
+            rollouts=answered,
+            passed=passed,
+            cost_usd=round(cost, 6),
+            failures=failures,
             message=message,
         )
         return fin

@@ -58,6 +58,9 @@ from rollwatch.errors import IntegrityError, StoreError
 from rollwatch.events import GENESIS, Event, Recorded, chain_hash
 from rollwatch.log import get_logger
 from rollwatch.store._group_commit import GroupCommitter, Pending, assign
+from rollwatch.store.postgres_work import SCHEMA as WORK_SCHEMA
+from rollwatch.store.postgres_work import PostgresBoard
+from rollwatch.work import WorkBoard
 
 log = get_logger(__name__)
 
@@ -170,6 +173,7 @@ class PostgresEventStore(EventStore):
             async with conn.transaction():
                 await conn.execute("SELECT pg_advisory_xact_lock($1)", SCHEMA_LOCK)
                 await conn.execute(SCHEMA)
+                await conn.execute(WORK_SCHEMA)
             self._pool = await asyncpg.create_pool(
                 self.url, min_size=1, max_size=self._readers, timeout=self._connect_timeout
             )
@@ -500,6 +504,10 @@ class PostgresEventStore(EventStore):
             self._appended = anyio.Event()
 
     # -- leadership -----------------------------------------------------------------------
+
+    def work_board(self, owner: str, lease: float) -> WorkBoard:
+        # Every process on this database takes part in every run (rollwatch.work).
+        return PostgresBoard(self._acquire, owner, lease)
 
     async def lead(
         self,

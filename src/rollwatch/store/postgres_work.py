@@ -1,0 +1,209 @@
+"""The work board in PostgreSQL: every ``rollwatch serve`` on the database shares the runs.
+
+The pattern of PostgreSQL job queues (procrastinate, graphile-worker, pg-boss): a row per
+chunk, claimed with ``UPDATE ... WHERE (run_id, idx) IN (SELECT ... FOR UPDATE SKIP
+LOCKED)`` so that concurrent claimers never wait for nor take each other's rows, and a
+lease (``lease_until``, on the database's clock, so the nodes' clocks do not matter)
+that the owner renews every third of the lease. A chunk whose lease ran out counts as
+to do again. These tables coordinate; they are not the record: the event log is, and
+a chunk handed out a second time is resumed from it (see ``rollwatch.work``).
+
+Budget reservations of a run are serialized by a row lock on its ``work_runs`` row;
+only reservations under a live lease count, so a dead node's vanish with its lease.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import anyio
+import asyncpg
+from anyio.abc import TaskStatus
+from asyncpg.pool import PoolAcquireContext
+
+from rollwatch.log import get_logger
+from rollwatch.work import Chunk, Status, Unit, WorkBoard
+
+log = get_logger(__name__)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS work_runs (
+    run_id     text PRIMARY KEY,
+    closed     text,                          -- why the run was ended early, once it was
+    prior_cost double precision NOT NULL DEFAULT 0,
+    planned_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE IF NOT EXISTS work_chunks (
+    run_id      text    NOT NULL REFERENCES work_runs ON DELETE CASCADE,
+    idx         integer NOT NULL,
+    model       text    NOT NULL,
+    problem_id  text    NOT NULL,
+    first       integer NOT NULL,
+    count       integer NOT NULL,
+    state       text    NOT NULL DEFAULT 'todo',   -- todo | claimed | done
+    owner       text,
+    lease_until timestamptz,
+    claims      integer NOT NULL DEFAULT 0,        -- > 0: its rollouts may have events
+    reserved    double precision NOT NULL DEFAULT 0,
+    spent       double precision NOT NULL DEFAULT 0,
+    PRIMARY KEY (run_id, idx)
+);
+CREATE INDEX IF NOT EXISTS work_chunks_owner ON work_chunks (owner) WHERE state = 'claimed';
+"""
+
+_LIVE = "state = 'claimed' AND lease_until >= clock_timestamp()"
+_TODO = "(state = 'todo' OR (state = 'claimed' AND lease_until < clock_timestamp()))"
+
+_CLAIM = f"""
+UPDATE work_chunks c
+   SET state = 'claimed', owner = $2, lease_until = clock_timestamp() + make_interval(secs => $3),
+       claims = c.claims + 1, reserved = 0
+  FROM (SELECT run_id, idx, owner AS previous FROM work_chunks
+         WHERE run_id = $1 AND {_TODO}
+           AND NOT EXISTS (SELECT 1 FROM work_runs r WHERE r.run_id = $1 AND r.closed IS NOT NULL)
+         ORDER BY idx LIMIT $4 FOR UPDATE SKIP LOCKED) s
+ WHERE c.run_id = s.run_id AND c.idx = s.idx
+RETURNING c.idx, c.model, c.problem_id, c.first, c.count, c.claims, s.previous
+"""
+
+
+class PostgresBoard(WorkBoard):
+    """Chunks, leases and reservations in two tables of the log's database."""
+
+    shared = True
+    claim_batch = 2  # small, so that the chunks of a run spread over every node
+
+    def __init__(
+        self, acquire: Callable[[], PoolAcquireContext[asyncpg.Record]], owner: str, lease: float
+    ) -> None:
+        self._acquire = acquire
+        self.owner = owner
+        self.lease = lease
+
+    async def plan(self, run_id: str, units: list[Unit], *, fresh: bool, prior_cost: float) -> None:
+        async with self._acquire() as conn, conn.transaction():
+            new = await conn.fetchval(
+                "INSERT INTO work_runs (run_id, prior_cost) VALUES ($1, $2)"
+                " ON CONFLICT (run_id) DO NOTHING RETURNING true",
+                run_id,
+                prior_cost,
+            )
+            if new:
+                claims = 0 if fresh else 1
+                await conn.copy_records_to_table(
+                    "work_chunks",
+                    records=[
+                        (run_id, i, u.model, u.problem_id, u.first, u.count, claims)
+                        for i, u in enumerate(units)
+                    ],
+                    columns=("run_id", "idx", "model", "problem_id", "first", "count", "claims"),
+                )
+
+    async def claim(self, run_id: str, n: int) -> list[Chunk]:
+        async with self._acquire() as conn:
+            rows = await conn.fetch(_CLAIM, run_id, self.owner, self.lease, n)
+        out = []
+        for idx, model, problem_id, first, count, claims, previous in sorted(tuple(r) for r in rows):
+            if previous is not None and previous != self.owner:
+                log.info("chunk_taken_over", run_id=run_id, chunk=idx, previous_owner=previous)
+            out.append(Chunk(run_id, idx, Unit(model, problem_id, first, count), fresh=claims == 1))
+        return out
+
+    async def done(self, chunk: Chunk, *, finished: bool = True) -> None:
+        # Only while still ours: a chunk taken over is the new owner's to finish.
+        async with self._acquire() as conn:
+            await conn.execute(
+                "UPDATE work_chunks SET state = $4, owner = CASE WHEN $4 = 'done' THEN owner END,"
+                " lease_until = NULL, reserved = 0"
+                " WHERE run_id = $1 AND idx = $2 AND owner = $3 AND state = 'claimed'",
+                chunk.run_id,
+                chunk.index,
+                self.owner,
+                "done" if finished else "todo",
+            )
+
+    async def release(self, run_id: str) -> None:
+        async with self._acquire() as conn:
+            n = await conn.execute(
+                "UPDATE work_chunks SET state = 'todo', owner = NULL, lease_until = NULL, reserved = 0"
+                " WHERE run_id = $1 AND owner = $2 AND state = 'claimed'",
+                run_id,
+                self.owner,
+            )
+        if n != "UPDATE 0":
+            log.info("chunks_released", run_id=run_id, chunks=int(n.split()[-1]))
+
+    async def close(self, run_id: str, reason: str) -> None:
+        async with self._acquire() as conn:
+            await conn.execute(
+                "UPDATE work_runs SET closed = COALESCE(closed, $2) WHERE run_id = $1", run_id, reason
+            )
+
+    async def status(self, run_id: str) -> Status:
+        async with self._acquire() as conn:
+            row = await conn.fetchrow(
+                f"SELECT COUNT(*) FILTER (WHERE {_TODO}), COUNT(*) FILTER (WHERE {_LIVE}),"
+                " (SELECT closed FROM work_runs WHERE run_id = $1)"
+                " FROM work_chunks WHERE run_id = $1",
+                run_id,
+            )
+        assert row is not None
+        todo, claimed, closed = row
+        return Status(claimed + (0 if closed else todo), claimed, closed)
+
+    async def reserve(self, chunk: Chunk, amount: float, budget: float) -> bool | None:
+        async with self._acquire() as conn, conn.transaction():
+            run = await conn.fetchrow(
+                "SELECT closed, prior_cost FROM work_runs WHERE run_id = $1 FOR UPDATE", chunk.run_id
+            )
+            if run is None or run["closed"] is not None:
+                return None
+            totals = await conn.fetchrow(
+                f"SELECT COALESCE(SUM(spent), 0), COALESCE(SUM(reserved) FILTER (WHERE {_LIVE}), 0)"
+                " FROM work_chunks WHERE run_id = $1",
+                chunk.run_id,
+            )
+            assert totals is not None
+            spent, reserved = totals
+            if run["prior_cost"] + spent + reserved + amount <= budget:
+                await conn.execute(
+                    "UPDATE work_chunks SET reserved = reserved + $3 WHERE run_id = $1 AND idx = $2",
+                    chunk.run_id,
+                    chunk.index,
+                    amount,
+                )
+                return True
+            return False if reserved > 0 else None
+
+    async def settle(self, chunk: Chunk, reserved: float, cost: float) -> None:
+        async with self._acquire() as conn:
+            await conn.execute(
+                "UPDATE work_chunks SET reserved = GREATEST(reserved - $3, 0), spent = spent + $4"
+                " WHERE run_id = $1 AND idx = $2",
+                chunk.run_id,
+                chunk.index,
+                reserved,
+                cost,
+            )
+
+    async def keep(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        failing_since: float | None = None
+        while True:
+            await anyio.sleep(self.lease / 3)
+            try:
+                async with self._acquire() as conn:
+                    await conn.execute(
+                        "UPDATE work_chunks SET lease_until = clock_timestamp() + make_interval(secs => $2)"
+                        " WHERE owner = $1 AND state = 'claimed'",
+                        self.owner,
+                        self.lease,
+                    )
+                failing_since = None
+            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+                now = anyio.current_time()
+                failing_since = failing_since or now
+                # Past the lease, other nodes may take our chunks; our appends to their
+                # rollouts then conflict and we drop them (see rollwatch.work).
+                level = log.error if now - failing_since >= self.lease else log.warning
+                level("lease_renewal_failed", owner=self.owner, error=str(e))
