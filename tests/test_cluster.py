@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -19,12 +20,25 @@ from tests.test_daemon import ROOT, _provider, free_port
 pytestmark = pytest.mark.anyio
 
 
-def node_config(tmp_path: Path, name: str, url: str, base_url: str) -> Path:
+def node_config(
+    tmp_path: Path,
+    name: str,
+    url: str,
+    base_url: str,
+    *,
+    rollouts: int = 1,
+    concurrency: int = 4,
+    cluster: str = "",
+) -> Path:
     d = tmp_path / name
     d.mkdir()
     cfg = d / "rollwatch.toml"
     cfg.write_text(f"""
 node = "{name}"
+{cluster}
+[integrity]
+key_file = "{tmp_path / "checkpoint.key"}"
+checkpoint_every = 10
 [store]
 url = "{url}"
 projections = "{d / "projections.db"}"
@@ -40,13 +54,13 @@ name = "fake"
 kind = "openai"
 base_url = "{base_url}"
 api_key_env = "FAKE_PROVIDER_KEY"
-max_concurrency = 4
+max_concurrency = {concurrency}
 [[schedules]]
 name = "fake-often"
 provider = "fake"
 models = ["m1"]
 problem_set = "favorites"
-rollouts = 1
+rollouts = {rollouts}
 every = "1h"
 """)
     return cfg
@@ -119,6 +133,115 @@ async def test_one_leader_fires_and_another_takes_over(tmp_path: Path) -> None:
             assert len(runs) == 2
             procs[other].send_signal(signal.SIGTERM)
             assert await anyio.to_thread.run_sync(lambda: procs[other].wait(30)) == 0
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        for _ in gen:
+            pass
+
+
+async def events_of(url: str, *types: str) -> list[dict[str, object]]:
+    conn = await asyncpg.connect(url)
+    try:
+        rows = await conn.fetch(
+            "SELECT type, data FROM events WHERE type = ANY($1::text[]) ORDER BY seq", list(types)
+        )
+    except asyncpg.UndefinedTableError:
+        return []
+    finally:
+        await conn.close()
+    return [{"type": r["type"], **json.loads(r["data"])} for r in rows]
+
+
+async def test_rollouts_spread_over_nodes_and_a_dead_nodes_work_is_taken_over(tmp_path: Path) -> None:
+    """Two daemons, one run of 40 rollouts: both nodes request rollouts; one is killed
+    mid-run, the other takes its chunks over once their lease runs out and finishes the
+    run; no rollout is answered or scored twice, and RunFinished is recorded once."""
+    gen = _provider(tmp_path, 0.3)
+    base_url, served = next(gen)
+    env = {**os.environ, "FAKE_PROVIDER_KEY": "k"}
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    logs = {n: tmp_path / f"{n}.log" for n in ("node-a", "node-b")}
+    try:
+        async with scratch_database() as url:
+            cfgs = {
+                n: node_config(
+                    tmp_path,
+                    n,
+                    url,
+                    base_url,
+                    rollouts=4,
+                    concurrency=2,
+                    cluster='[cluster]\nlease = "2s"\nchunk = 1',
+                )
+                for n in logs
+            }
+            for n, cfg in cfgs.items():
+                with logs[n].open("wb") as err:
+                    procs[n] = subprocess.Popen(
+                        [sys.executable, "-m", "rollwatch", "--config", str(cfg), "serve", "--grace", "2"],
+                        env=env,
+                        stdout=subprocess.DEVNULL,
+                        stderr=err,
+                    )
+            # Both nodes at work on the one run: then kill one of them.
+            with anyio.fail_after(90):
+                while True:
+                    requested = await events_of(url, "RolloutRequested")
+                    by_node = {n: sum(1 for e in requested if e["node"] == n) for n in logs}
+                    if min(by_node.values()) >= 3:
+                        break
+                    await anyio.sleep(0.1)
+            victim, survivor = "node-a", "node-b"
+            procs[victim].kill()
+            procs[victim].wait()
+            killed_at = len(await events_of(url, "RolloutRequested"))
+            with anyio.fail_after(90):
+                while not await events_of(url, "RunFinished"):
+                    await anyio.sleep(0.2)
+            runs = await events_of(url, "RunStarted")
+            finished = await events_of(url, "RunFinished")
+            assert len(runs) == 1
+            assert len(finished) == 1
+            fin = finished[0]
+            assert fin["status"] == "completed", fin
+            assert fin["rollouts"] == fin["scored"] == fin["planned"] == 40
+            requested = await events_of(url, "RolloutRequested")
+            assert {e["node"] for e in requested} == {victim, survivor}
+            # The survivor requested rollouts after the kill: its own and the victim's.
+            assert len(requested) > killed_at
+            answered = [e["rollout_id"] for e in await events_of(url, "RolloutResponded")]
+            scored = [e["rollout_id"] for e in await events_of(url, "RolloutScored")]
+            assert len(answered) == len(set(answered)) == 40
+            assert len(scored) == len(set(scored)) == 40
+            # The provider answered each rollout once, plus at most the victim's requests
+            # in flight when it died (its concurrency limit).
+            lines = served.read_text().splitlines()
+            assert 40 <= len(lines) <= 40 + 2
+            procs[survivor].send_signal(signal.SIGTERM)
+            assert await anyio.to_thread.run_sync(lambda: procs[survivor].wait(30)) == 0
+            survivor_log = logs[survivor].read_text()
+            assert "chunk_taken_over" in survivor_log
+            # One series of checkpoints, signed by whichever node led, under the shared
+            # key: verify checks the chain, the tree and every signature.
+            assert "checkpoint_foreign_key" not in survivor_log + logs[victim].read_text()
+            signers = [e["node"] for e in await events_of(url, "CheckpointSigned")]
+            assert signers, signers
+            assert set(signers) <= {victim, survivor}
+            # One signer at a time: the series changes hands at most once (at the kill).
+            assert sum(a != b for a, b in itertools.pairwise(signers)) <= 1, signers
+            res = await anyio.to_thread.run_sync(
+                lambda: subprocess.run(
+                    [sys.executable, "-m", "rollwatch", "--config", str(cfgs[survivor]), "verify"],
+                    capture_output=True,
+                    text=True,
+                    env=env,
+                    timeout=60,
+                )
+            )
+            assert res.returncode == 0, res.stdout + res.stderr
     finally:
         for p in procs.values():
             if p.poll() is None:

@@ -54,6 +54,10 @@ class EventStore(ABC):
     Use as an async context manager: it opens on enter and closes on exit.
     """
 
+    #: Whether processes on other machines may append to this log too (PostgreSQL);
+    #: then work that must happen once (schedules, checkpoints) goes through ``lead``.
+    shared: bool = False
+
     def __init__(self) -> None:
         self._exit_stack: AsyncExitStack | None = None
         self.append_observer: Callable[[float], None] | None = None

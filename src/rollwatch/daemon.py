@@ -282,7 +282,7 @@ class Daemon:
                 lambda: svc.projections.catch_up(svc.store),
             )
             integrity = await stack.enter_async_context(
-                open_integrity(self.config.integrity, self.config.store, svc.store)
+                open_integrity(self.config.integrity, self.config.store, svc.store, self.config.node)
             )
             self.http = HTTPServer(
                 build_app(self.metrics, [*self.extra_routes(integrity), *integrity.routes()]),

@@ -266,3 +266,5 @@ class CheckpointSigned(Event):
     """The root hash at ``size``, base64."""
     note: str
     """The whole signed note, as served at ``/public/checkpoint``."""
+    node: str = ""
+    """The daemon that signed it (on a shared log, the leader of checkpoints)."""

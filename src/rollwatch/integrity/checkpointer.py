@@ -60,7 +60,9 @@ class Checkpointer:
         *,
         origin: str | None = None,
         witness: Path | None = None,
+        node: str = "",
     ) -> None:
+        self.node = node
         self.store = store
         self.tree = tree
         self.signer = signer
@@ -141,7 +143,7 @@ class Checkpointer:
                 if self.witness is not None:
                     await anyio.to_thread.run_sync(_write_atomically, self.witness, note)
                 [rec] = await self.store.append(
-                    STREAM, [CheckpointSigned(size=size, root=b64(root), note=note)]
+                    STREAM, [CheckpointSigned(size=size, root=b64(root), note=note, node=self.node)]
                 )
                 await self.tree.catch_up(self.store)
             log.info("checkpoint_signed", size=size, root=b64(root), seq=rec.seq)
@@ -204,6 +206,7 @@ async def checkpointer(
     stop: anyio.Event,
     origin: str | None = None,
     witness: Path | None = None,
+    node: str = "",
     task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """The checkpointer task: sign at start, every N events or T seconds, and once more at ``stop``.
@@ -212,7 +215,7 @@ async def checkpointer(
     then signs a final checkpoint and returns. Raises :class:`IntegrityError` when
     the log is inconsistent with a checkpoint signed before (nothing is signed).
     """
-    cp = Checkpointer(store, tree, signer, origin=origin, witness=witness)
+    cp = Checkpointer(store, tree, signer, origin=origin, witness=witness, node=node)
     await cp.checkpoint()
     task_status.started()
     failure: BaseException | None = None

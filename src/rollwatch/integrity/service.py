@@ -7,6 +7,7 @@ tree current (in a worker process) and signs checkpoints until told to stop.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -32,8 +33,15 @@ class Integrity:
     """The tree, the signer and the checkpointer of one daemon (see :func:`open_integrity`)."""
 
     def __init__(
-        self, config: IntegrityConfig, store: EventStore, tree: MerkleTree, signer: NoteSigner, witness: Path
+        self,
+        config: IntegrityConfig,
+        store: EventStore,
+        tree: MerkleTree,
+        signer: NoteSigner,
+        witness: Path,
+        node: str = "",
     ) -> None:
+        self.node = node
         self.config = config
         self.store = store
         self.tree = tree
@@ -69,21 +77,31 @@ class Integrity:
         # Failures leave through here as themselves, not wrapped in an ExceptionGroup:
         # the daemon reports an IntegrityError as such. The worker catches up first; a
         # log that no longer continues the tree fails before anything is reported started.
+        sign = functools.partial(
+            checkpointer,
+            self.store,
+            self.tree,
+            self.signer,
+            every_events=self.config.checkpoint_every,
+            interval=self.config.checkpoint_interval,
+            stop=stop,
+            origin=self.config.origin,
+            witness=self.witness,
+            node=self.node,
+        )
         async with anyio.create_task_group() as tg:
             await tg.start(follow)
             try:
-                await checkpointer(
-                    self.store,
-                    self.tree,
-                    self.signer,
-                    every_events=self.config.checkpoint_every,
-                    interval=self.config.checkpoint_interval,
-                    stop=stop,
-                    origin=self.config.origin,
-                    witness=self.witness,
-                    task_status=task_status,
-                )
+                if self.store.shared:
+                    # Every node keeps its tree (for proofs); one signs at a time, the
+                    # leader of "checkpoints", so the log has one series of checkpoints.
+                    task_status.started()
+                    await self.store.lead("checkpoints", sign, stop)
+                else:
+                    await sign(task_status=task_status)
             except Exception as e:
+                while isinstance(e, ExceptionGroup) and len(e.exceptions) == 1:
+                    e = e.exceptions[0]
                 await fail_with(e)
             tg.cancel_scope.cancel()
         if failure is not None:
@@ -98,9 +116,9 @@ class Integrity:
 
 @asynccontextmanager
 async def open_integrity(
-    config: IntegrityConfig, store_config: StoreConfig, store: EventStore
+    config: IntegrityConfig, store_config: StoreConfig, store: EventStore, node: str = ""
 ) -> AsyncIterator[Integrity]:
     """Open the tree and load (or make) the key; close the tree on exit."""
     signer = await anyio.to_thread.run_sync(load_signer, config.key_path(store_config), config.name)
     async with MerkleTree(config.tree_path(store_config)) as tree:
-        yield Integrity(config, store, tree, signer, config.witness_path(store_config))
+        yield Integrity(config, store, tree, signer, config.witness_path(store_config), node)

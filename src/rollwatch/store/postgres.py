@@ -135,6 +135,8 @@ class PostgresEventStore(EventStore):
     ``wait_for_new`` polls the head while the LISTEN connection is down.
     """
 
+    shared = True
+
     def __init__(
         self,
         url: str,
