@@ -404,8 +404,8 @@ class Run:
     # -- driving ------------------------------------------------------------------------------
 
     async def drive(self, *, grace: float = 30.0) -> RunFinished | None:
-        """Carry the run to its end; return its ``RunFinished``, or None when stopped first
-        (or when another node recorded the end)."""
+        """Carry the run to its end; return its ``RunFinished`` (recorded here or, on a
+        shared log, by another node), or None when stopped first."""
         if self.services.board.shared:
             return await self._drive(grace)
         lock = RunLock(self.services.locks_dir, self.run_id)
@@ -777,8 +777,9 @@ class Run:
         assert row is not None
         return int(row[0]), int(row[1]), int(row[2]), float(row[3]), {str(k): int(n) for k, n in failures}
 
-    async def _finish(self, status: str, message: str) -> RunFinished | None:
-        """Record the run's end with its summary, unless another node already did."""
+    async def _finish(self, status: str, message: str) -> RunFinished:
+        """Record the run's end with its summary, unless another node already did (then
+        return the one it recorded)."""
         answered, scored, passed, cost, failures = await self._summary()
         fin = RunFinished(
             run_id=self.run_id,
@@ -794,9 +795,11 @@ class Run:
         stream = run_stream(self.run_id)
         while True:
             evs = [ev async for ev in self.services.store.read(stream=stream)]
-            if any(ev.type == "RunFinished" for ev in evs):
-                self.log.info("run_finished_elsewhere")
-                return None
+            done = [ev.event() for ev in evs if ev.type == "RunFinished"]
+            if done:
+                assert isinstance(done[0], RunFinished)
+                self.log.info("run_finished_elsewhere", status=done[0].status)
+                return done[0]
             try:
                 await self.services.store.append(
                     stream, [fin], expected_version=evs[-1].version if evs else 0
