@@ -29,6 +29,7 @@ def node_config(
     rollouts: int = 1,
     concurrency: int = 4,
     cluster: str = "",
+    budget: float | None = None,
 ) -> Path:
     d = tmp_path / name
     d.mkdir()
@@ -55,6 +56,8 @@ kind = "openai"
 base_url = "{base_url}"
 api_key_env = "FAKE_PROVIDER_KEY"
 max_concurrency = {concurrency}
+[providers.prices]
+"m1" = {{ input = 1.0, output = 2.0 }}
 [[schedules]]
 name = "fake-often"
 provider = "fake"
@@ -62,6 +65,9 @@ models = ["m1"]
 problem_set = "favorites"
 rollouts = {rollouts}
 every = "1h"
+{f"budget_usd = {budget}" if budget is not None else ""}
+[schedules.params]
+max_tokens = 50
 """)
     return cfg
 
@@ -242,6 +248,55 @@ async def test_rollouts_spread_over_nodes_and_a_dead_nodes_work_is_taken_over(tm
                 )
             )
             assert res.returncode == 0, res.stdout + res.stderr
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        for _ in gen:
+            pass
+
+
+async def test_a_budget_holds_across_nodes(tmp_path: Path) -> None:
+    """Two daemons share one run with a budget: together they stop at it, one node
+    records budget_exhausted, and neither is left waiting for the other."""
+    gen = _provider(tmp_path, 0.1)
+    base_url, _ = next(gen)
+    env = {**os.environ, "FAKE_PROVIDER_KEY": "k"}
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    try:
+        async with scratch_database() as url:
+            for n in ("node-a", "node-b"):
+                cfg = node_config(
+                    tmp_path,
+                    n,
+                    url,
+                    base_url,
+                    rollouts=5,
+                    concurrency=2,
+                    budget=0.006,
+                    cluster='[cluster]\nlease = "2s"\nchunk = 1',
+                )
+                procs[n] = subprocess.Popen(
+                    [sys.executable, "-m", "rollwatch", "--config", str(cfg), "serve", "--grace", "2"],
+                    env=env,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            with anyio.fail_after(90):
+                while not (finished := await events_of(url, "RunFinished")):
+                    await anyio.sleep(0.2)
+            [fin] = finished
+            assert fin["status"] == "budget_exhausted", fin
+            assert 0 < int(fin["rollouts"]) < int(fin["planned"]) == 50
+            costs = [float(e["cost_usd"]) for e in await events_of(url, "RolloutResponded")]
+            assert float(fin["cost_usd"]) == pytest.approx(sum(costs))
+            assert sum(costs) <= 0.006
+            for p in procs.values():
+                p.send_signal(signal.SIGTERM)
+            for p in procs.values():
+                assert await anyio.to_thread.run_sync(lambda p=p: p.wait(30)) == 0
+            assert len(await events_of(url, "RunFinished")) == 1
     finally:
         for p in procs.values():
             if p.poll() is None:

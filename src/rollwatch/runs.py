@@ -529,8 +529,12 @@ class Run:
             chunks = await board.claim(self.run_id, board.claim_batch)
             if chunks:
                 known = await self._known(chunks)
-                for chunk in chunks:
+                for i, chunk in enumerate(chunks):
                     if not await self._start_chunk(work, window, provider, problems, chunk, known):
+                        # Stopping: the chunks not started go back at once (to another
+                        # node, or to whoever resumes the run).
+                        for rest in chunks[i + 1 :]:
+                            await board.done(rest, finished=False)
                         break
                 continue
             if not board.shared:
@@ -593,6 +597,7 @@ class Run:
                 await window.acquire()
                 if self.stopping.is_set() or provider.disabled is not None:
                     window.release()
+                    await progress.end(finished=False)
                     return False
                 if k.state == "answered" and k.answer_seq is not None:
                     progress.add()
@@ -601,6 +606,7 @@ class Run:
                 reserved = await self._reserve(chunk, u.model, problem)
                 if reserved is None:
                     window.release()
+                    await progress.end(finished=False)
                     return False
                 progress.add()
                 work.start_soon(self._rollout, window, progress, provider, rid, sample, problem, k, reserved)
