@@ -304,3 +304,57 @@ async def test_a_budget_holds_across_nodes(tmp_path: Path) -> None:
                 p.wait()
         for _ in gen:
             pass
+
+
+async def test_a_node_stopped_with_sigterm_hands_its_chunks_over_at_once(tmp_path: Path) -> None:
+    """SIGTERM to one of two daemons mid-run: it finishes or hands back its chunks and
+    exits 0; the other finishes the run long before the (30 s) lease would have run out."""
+    gen = _provider(tmp_path, 0.3)
+    base_url, _ = next(gen)
+    env = {**os.environ, "FAKE_PROVIDER_KEY": "k"}
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    try:
+        async with scratch_database() as url:
+            for n in ("node-a", "node-b"):
+                cfg = node_config(
+                    tmp_path,
+                    n,
+                    url,
+                    base_url,
+                    rollouts=4,
+                    concurrency=2,
+                    cluster='[cluster]\nlease = "30s"\nchunk = 1',
+                )
+                procs[n] = subprocess.Popen(
+                    [sys.executable, "-m", "rollwatch", "--config", str(cfg), "serve", "--grace", "0"],
+                    env=env,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            with anyio.fail_after(90):
+                while True:
+                    requested = await events_of(url, "RolloutRequested")
+                    if min(sum(1 for e in requested if e["node"] == n) for n in procs) >= 3:
+                        break
+                    await anyio.sleep(0.1)
+            procs["node-a"].send_signal(signal.SIGTERM)
+            assert await anyio.to_thread.run_sync(lambda: procs["node-a"].wait(30)) == 0
+            with anyio.fail_after(25):
+                while not await events_of(url, "RunFinished"):
+                    await anyio.sleep(0.2)
+            [fin] = await events_of(url, "RunFinished")
+            assert fin["status"] == "completed"
+            assert fin["scored"] == 40
+            [interrupted] = await events_of(url, "RunInterrupted")
+            assert interrupted["node"] == "node-a"
+            answered = [e["rollout_id"] for e in await events_of(url, "RolloutResponded")]
+            assert len(answered) == len(set(answered)) == 40
+            procs["node-b"].send_signal(signal.SIGTERM)
+            assert await anyio.to_thread.run_sync(lambda: procs["node-b"].wait(30)) == 0
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        for _ in gen:
+            pass
