@@ -389,17 +389,10 @@ class Run:
             on_progress=on_progress,
         )
 
-    async def _plan(self) -> None:
+    async def _plan(self, prior_cost: float = 0.0) -> None:
         """Put the run's chunks on the board (a no-op when another node already did)."""
-        prior = 0.0
-        if not self.fresh:
-            await self.services.projections.catch_up(self.services.store)
-            row = await self.services.projections.fetchone(
-                "SELECT COALESCE(SUM(cost_usd), 0) FROM rollouts WHERE run_id = ?", (self.run_id,)
-            )
-            prior = float(row[0]) if row else 0.0
         units = plan_units(self.models, self.problem_ids, self.rollouts, self.services.config.cluster.chunk)
-        await self.services.board.plan(self.run_id, units, fresh=self.fresh, prior_cost=prior)
+        await self.services.board.plan(self.run_id, units, fresh=self.fresh, prior_cost=prior_cost)
 
     # -- driving ------------------------------------------------------------------------------
 
@@ -416,24 +409,6 @@ class Run:
             return await self._drive(grace)
         finally:
             lock.release()
-
-    async def _count_existing(self) -> None:
-        """Start the live figures from what the log already has for this run."""
-        await self.services.projections.catch_up(self.services.store)
-        row = await self.services.projections.fetchone(
-            "SELECT COUNT(*) FILTER (WHERE state IN ('answered','scored')),"
-            " COUNT(*) FILTER (WHERE state = 'scored'), COALESCE(SUM(passed), 0), COALESCE(SUM(cost_usd), 0)"
-            " FROM rollouts WHERE run_id = ?",
-            (self.run_id,),
-        )
-        if row is not None:
-            self.state.answered, self.state.scored, self.state.passed, self.state.cost_usd = (
-                row[0],
-                row[1],
-                int(row[2]),
-                float(row[3]),
-            )
-            self.state.done = self.state.scored
 
     async def _drive(self, grace: float) -> RunFinished | None:
         svc = self.services
@@ -457,8 +432,11 @@ class Run:
                 self.log.error("problem_missing", problem_id=pid)
                 self.state.total -= len(self.models) * self.rollouts
         if not self.fresh:
-            await self._plan()
-            await self._count_existing()
+            # Resumed or joined: the live figures start from what the log already has.
+            s = self.state
+            s.answered, s.scored, s.passed, s.cost_usd, _ = await self._summary()
+            s.done = s.scored
+            await self._plan(prior_cost=s.cost_usd)
         for model in self.models:
             if not self._price_known(model) and self.budget is not None:
                 self.log.warning(
@@ -601,7 +579,7 @@ class Run:
                     return False
                 if k.state == "answered" and k.answer_seq is not None:
                     progress.add()
-                    work.start_soon(self._score_existing, window, progress, rid, problem, k)
+                    work.start_soon(self._score_existing, window, progress, rid, sample, problem, k)
                     continue
                 reserved = await self._reserve(chunk, u.model, problem)
                 if reserved is None:
@@ -703,7 +681,13 @@ class Run:
         await progress.end(finished=answer is not None or provider.disabled is None)
 
     async def _score_existing(
-        self, window: anyio.Semaphore, progress: _ChunkWork, rid: str, problem: Any, known: _Known
+        self,
+        window: anyio.Semaphore,
+        progress: _ChunkWork,
+        rid: str,
+        sample: int,
+        problem: Any,
+        known: _Known,
     ) -> None:
         try:
             assert known.answer_seq is not None
@@ -712,7 +696,9 @@ class Run:
                 async for ev in self.services.store.read(after=known.answer_seq - 1, until=known.answer_seq)
             ]
             u = progress.chunk.unit
-            recorder = _AttemptRecorder(self, rid, u.model, problem, -1, known.attempts + 1, known.version)
+            recorder = _AttemptRecorder(
+                self, rid, u.model, problem, sample, known.attempts + 1, known.version
+            )
             await self._score(recorder, problem, evs[0].data["text"])
         except _TakenOver as e:
             self.log.warning("rollout_taken_over", rollout_id=rid, error=str(e))
