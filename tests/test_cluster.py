@@ -1,4 +1,5 @@
-"""Several daemons on one PostgreSQL log: one leader fires the schedules; another takes over."""
+"""Several daemons on one PostgreSQL log: one leader fires the schedules, every node
+claims chunks of the runs, and a dead or stopped node's work goes to the others."""
 
 from __future__ import annotations
 
@@ -8,7 +9,11 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import anyio
 import asyncpg
@@ -18,6 +23,8 @@ from tests.pg import scratch_database
 from tests.test_daemon import ROOT, _provider, free_port
 
 pytestmark = pytest.mark.anyio
+
+ENV = {**os.environ, "FAKE_PROVIDER_KEY": "k"}
 
 
 def node_config(
@@ -72,73 +79,96 @@ max_tokens = 50
     return cfg
 
 
-async def started_runs(url: str) -> list[dict[str, object]]:
-    conn = await asyncpg.connect(url)
-    try:
-        rows = await conn.fetch("SELECT data FROM events WHERE type = 'RunStarted' ORDER BY seq")
-        fin = await conn.fetchval("SELECT count(*) FROM events WHERE type = 'RunFinished'")
-    except asyncpg.UndefinedTableError:
-        return []  # the first daemon has not created the log yet
-    finally:
-        await conn.close()
-    return [{**json.loads(r["data"]), "_finished": fin} for r in rows]
+@dataclass
+class Cluster:
+    """Daemons on one scratch database, with their configs and stderr logs."""
+
+    url: str
+    cfgs: dict[str, Path]
+    logs: dict[str, Path]
+    procs: dict[str, subprocess.Popen[bytes]]
+    served: Path
+    """One line per request the fake provider answered."""
+
+    async def events(self, *types: str) -> list[dict[str, Any]]:
+        """The data of every event of ``types``, in seq order (with its ``type``)."""
+        conn = await asyncpg.connect(self.url)
+        try:
+            rows = await conn.fetch(
+                "SELECT type, data FROM events WHERE type = ANY($1::text[]) ORDER BY seq", list(types)
+            )
+        except asyncpg.UndefinedTableError:
+            return []  # no daemon has created the log yet
+        finally:
+            await conn.close()
+        return [{"type": r["type"], **json.loads(r["data"])} for r in rows]
+
+    async def until(self, timeout: float, *types: str, enough: Any = bool) -> list[dict[str, Any]]:
+        """Poll the events of ``types`` until ``enough(events)`` holds; return them."""
+        with anyio.fail_after(timeout):
+            while not enough(evs := await self.events(*types)):
+                await anyio.sleep(0.1)
+        return evs
+
+    async def both_at_work(self, each: int = 3) -> None:
+        """Wait until every node has requested at least ``each`` rollouts."""
+
+        def enough(evs: list[dict[str, Any]]) -> bool:
+            return all(sum(e["node"] == n for e in evs) >= each for n in self.procs)
+
+        await self.until(90, "RolloutRequested", enough=enough)
+
+    def kill(self, node: str) -> None:
+        self.procs[node].kill()
+        self.procs[node].wait()
+
+    async def stop(self, node: str) -> int:
+        self.procs[node].send_signal(signal.SIGTERM)
+        return await anyio.to_thread.run_sync(lambda: self.procs[node].wait(30))
+
+    async def cli(self, node: str, *args: str) -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "-m", "rollwatch", "--config", str(self.cfgs[node]), *args]
+        return await anyio.to_thread.run_sync(
+            lambda: subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=60)
+        )
 
 
-async def test_one_leader_fires_and_another_takes_over(tmp_path: Path) -> None:
-    """Two daemons, one schedule: one run, by one node; kill that node, and a trigger is
-    fired by the other, which took the leadership over."""
-    gen = _provider(tmp_path, 0.05)
-    base_url, _ = next(gen)
-    env = {**os.environ, "FAKE_PROVIDER_KEY": "k"}
+@asynccontextmanager
+async def cluster(
+    tmp_path: Path,
+    *,
+    delay: float,
+    grace: str = "2",
+    nodes: tuple[str, ...] = ("node-a", "node-b"),
+    **cfg: Any,
+) -> AsyncIterator[Cluster]:
+    """A fake provider answering after ``delay`` s and ``nodes`` running ``serve`` on a new
+    database (``cfg``: see ``node_config``); everything is killed on exit."""
+    gen = _provider(tmp_path, delay)
+    base_url, served = next(gen)
     procs: dict[str, subprocess.Popen[bytes]] = {}
     try:
         async with scratch_database() as url:
-            cfgs = {n: node_config(tmp_path, n, url, base_url) for n in ("node-a", "node-b")}
-            for n, cfg in cfgs.items():
-                procs[n] = subprocess.Popen(
-                    [sys.executable, "-m", "rollwatch", "--config", str(cfg), "serve", "--grace", "2"],
-                    env=env,
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                )
-            with anyio.fail_after(90):
-                while True:
-                    runs = await started_runs(url)
-                    if runs and runs[0]["_finished"]:
-                        break
-                    await anyio.sleep(0.2)
-            runs = await started_runs(url)
-            assert len(runs) == 1
-            leader = str(runs[0]["node"])
-            other = "node-b" if leader == "node-a" else "node-a"
-            procs[leader].kill()
-            procs[leader].wait()
-            res = await anyio.to_thread.run_sync(
-                lambda: subprocess.run(
-                    [
-                        sys.executable,
-                        "-m",
-                        "rollwatch",
-                        "--config",
-                        str(cfgs[other]),
-                        "schedules",
-                        "trigger",
-                        "fake-often",
-                    ],
-                    capture_output=True,
-                    text=True,
-                    env=env,
-                    timeout=60,
-                )
-            )
-            assert res.returncode == 0, res.stderr
-            with anyio.fail_after(60):
-                while len(runs := await started_runs(url)) < 2:
-                    await anyio.sleep(0.2)
-            assert runs[1]["node"] == other
-            assert len(runs) == 2
-            procs[other].send_signal(signal.SIGTERM)
-            assert await anyio.to_thread.run_sync(lambda: procs[other].wait(30)) == 0
+            cfgs = {n: node_config(tmp_path, n, url, base_url, **cfg) for n in nodes}
+            logs = {n: tmp_path / f"{n}.log" for n in nodes}
+            for n in nodes:
+                with logs[n].open("wb") as err:
+                    procs[n] = subprocess.Popen(
+                        [
+                            sys.executable,
+                            "-m",
+                            "rollwatch",
+                            "--config",
+                            str(cfgs[n]),
+                            "serve",
+                            "--grace",
+                            grace,
+                        ],
+                        env=ENV,
+                        stdout=subprocess.DEVNULL,
+                        stderr=err,
+                    )
+            yield Cluster(url, cfgs, logs, procs, served)
     finally:
         for p in procs.values():
             if p.poll() is None:
@@ -148,213 +178,94 @@ async def test_one_leader_fires_and_another_takes_over(tmp_path: Path) -> None:
             pass
 
 
-async def events_of(url: str, *types: str) -> list[dict[str, object]]:
-    conn = await asyncpg.connect(url)
-    try:
-        rows = await conn.fetch(
-            "SELECT type, data FROM events WHERE type = ANY($1::text[]) ORDER BY seq", list(types)
-        )
-    except asyncpg.UndefinedTableError:
-        return []
-    finally:
-        await conn.close()
-    return [{"type": r["type"], **json.loads(r["data"])} for r in rows]
+def answered_once(evs: list[dict[str, Any]], n: int) -> None:
+    ids = [e["rollout_id"] for e in evs]
+    assert len(ids) == len(set(ids)) == n
+
+
+FAST_LEASE = '[cluster]\nlease = "2s"\nchunk = 1'
+
+
+async def test_one_leader_fires_and_another_takes_over(tmp_path: Path) -> None:
+    """Two daemons, one schedule: one run per period; kill the node that started it, and
+    a trigger is fired by the other, which took the leadership over."""
+    async with cluster(tmp_path, delay=0.05) as c:
+        await c.until(90, "RunFinished")
+        [run] = await c.events("RunStarted")
+        leader = str(run["node"])
+        other = "node-b" if leader == "node-a" else "node-a"
+        c.kill(leader)
+        res = await c.cli(other, "schedules", "trigger", "fake-often")
+        assert res.returncode == 0, res.stderr
+        runs = await c.until(60, "RunStarted", enough=lambda evs: len(evs) >= 2)
+        assert [r["node"] for r in runs] == [leader, other]
+        assert await c.stop(other) == 0
 
 
 async def test_rollouts_spread_over_nodes_and_a_dead_nodes_work_is_taken_over(tmp_path: Path) -> None:
     """Two daemons, one run of 40 rollouts: both nodes request rollouts; one is killed
     mid-run, the other takes its chunks over once their lease runs out and finishes the
     run; no rollout is answered or scored twice, and RunFinished is recorded once."""
-    gen = _provider(tmp_path, 0.3)
-    base_url, served = next(gen)
-    env = {**os.environ, "FAKE_PROVIDER_KEY": "k"}
-    procs: dict[str, subprocess.Popen[bytes]] = {}
-    logs = {n: tmp_path / f"{n}.log" for n in ("node-a", "node-b")}
-    try:
-        async with scratch_database() as url:
-            cfgs = {
-                n: node_config(
-                    tmp_path,
-                    n,
-                    url,
-                    base_url,
-                    rollouts=4,
-                    concurrency=2,
-                    cluster='[cluster]\nlease = "2s"\nchunk = 1',
-                )
-                for n in logs
-            }
-            for n, cfg in cfgs.items():
-                with logs[n].open("wb") as err:
-                    procs[n] = subprocess.Popen(
-                        [sys.executable, "-m", "rollwatch", "--config", str(cfg), "serve", "--grace", "2"],
-                        env=env,
-                        stdout=subprocess.DEVNULL,
-                        stderr=err,
-                    )
-            # Both nodes at work on the one run: then kill one of them.
-            with anyio.fail_after(90):
-                while True:
-                    requested = await events_of(url, "RolloutRequested")
-                    by_node = {n: sum(1 for e in requested if e["node"] == n) for n in logs}
-                    if min(by_node.values()) >= 3:
-                        break
-                    await anyio.sleep(0.1)
-            victim, survivor = "node-a", "node-b"
-            procs[victim].kill()
-            procs[victim].wait()
-            killed_at = len(await events_of(url, "RolloutRequested"))
-            with anyio.fail_after(90):
-                while not await events_of(url, "RunFinished"):
-                    await anyio.sleep(0.2)
-            runs = await events_of(url, "RunStarted")
-            finished = await events_of(url, "RunFinished")
-            assert len(runs) == 1
-            assert len(finished) == 1
-            fin = finished[0]
-            assert fin["status"] == "completed", fin
-            assert fin["rollouts"] == fin["scored"] == fin["planned"] == 40
-            requested = await events_of(url, "RolloutRequested")
-            assert {e["node"] for e in requested} == {victim, survivor}
-            # The survivor requested rollouts after the kill: its own and the victim's.
-            assert len(requested) > killed_at
-            answered = [e["rollout_id"] for e in await events_of(url, "RolloutResponded")]
-            scored = [e["rollout_id"] for e in await events_of(url, "RolloutScored")]
-            assert len(answered) == len(set(answered)) == 40
-            assert len(scored) == len(set(scored)) == 40
-            # The provider answered each rollout once, plus at most the victim's requests
-            # in flight when it died (its concurrency limit).
-            lines = served.read_text().splitlines()
-            assert 40 <= len(lines) <= 40 + 2
-            procs[survivor].send_signal(signal.SIGTERM)
-            assert await anyio.to_thread.run_sync(lambda: procs[survivor].wait(30)) == 0
-            survivor_log = logs[survivor].read_text()
-            assert "chunk_taken_over" in survivor_log
-            # One series of checkpoints, signed by whichever node led, under the shared
-            # key: verify checks the chain, the tree and every signature.
-            assert "checkpoint_foreign_key" not in survivor_log + logs[victim].read_text()
-            signers = [e["node"] for e in await events_of(url, "CheckpointSigned")]
-            assert signers, signers
-            assert set(signers) <= {victim, survivor}
-            # One signer at a time: the series changes hands at most once (at the kill).
-            assert sum(a != b for a, b in itertools.pairwise(signers)) <= 1, signers
-            res = await anyio.to_thread.run_sync(
-                lambda: subprocess.run(
-                    [sys.executable, "-m", "rollwatch", "--config", str(cfgs[survivor]), "verify"],
-                    capture_output=True,
-                    text=True,
-                    env=env,
-                    timeout=60,
-                )
-            )
-            assert res.returncode == 0, res.stdout + res.stderr
-    finally:
-        for p in procs.values():
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-        for _ in gen:
-            pass
+    victim, survivor = "node-a", "node-b"
+    async with cluster(tmp_path, delay=0.3, rollouts=4, concurrency=2, cluster=FAST_LEASE) as c:
+        await c.both_at_work()
+        c.kill(victim)
+        killed_at = len(await c.events("RolloutRequested"))
+        await c.until(90, "RunFinished")
+        assert len(await c.events("RunStarted")) == 1
+        [fin] = await c.events("RunFinished")
+        assert fin["status"] == "completed", fin
+        assert fin["rollouts"] == fin["scored"] == fin["planned"] == 40
+        requested = await c.events("RolloutRequested")
+        assert {e["node"] for e in requested} == {victim, survivor}
+        # The survivor requested rollouts after the kill: its own and the victim's.
+        assert len(requested) > killed_at
+        answered_once(await c.events("RolloutResponded"), 40)
+        answered_once(await c.events("RolloutScored"), 40)
+        # The provider answered each rollout once, plus at most the victim's requests
+        # in flight when it died (its concurrency limit).
+        assert 40 <= len(c.served.read_text().splitlines()) <= 40 + 2
+        assert await c.stop(survivor) == 0
+        survivor_log = c.logs[survivor].read_text()
+        assert "chunk_taken_over" in survivor_log
+        # One series of checkpoints, signed by whichever node led, under the shared
+        # key: verify checks the chain, the tree and every signature.
+        assert "checkpoint_foreign_key" not in survivor_log + c.logs[victim].read_text()
+        signers = [e["node"] for e in await c.events("CheckpointSigned")]
+        assert signers
+        assert set(signers) <= {victim, survivor}
+        # One signer at a time: the series changes hands at most once (at the kill).
+        assert sum(a != b for a, b in itertools.pairwise(signers)) <= 1, signers
+        res = await c.cli(survivor, "verify")
+        assert res.returncode == 0, res.stdout + res.stderr
+
+
+async def test_a_node_stopped_with_sigterm_hands_its_chunks_over_at_once(tmp_path: Path) -> None:
+    """SIGTERM to one of two daemons mid-run: it hands back its chunks and exits 0; the
+    other finishes the run long before the (30 s) lease would have run out."""
+    lease = '[cluster]\nlease = "30s"\nchunk = 1'
+    async with cluster(tmp_path, delay=0.3, grace="0", rollouts=4, concurrency=2, cluster=lease) as c:
+        await c.both_at_work()
+        assert await c.stop("node-a") == 0
+        [fin] = await c.until(25, "RunFinished")
+        assert fin["status"] == "completed"
+        assert fin["scored"] == 40
+        [interrupted] = await c.events("RunInterrupted")
+        assert interrupted["node"] == "node-a"
+        answered_once(await c.events("RolloutResponded"), 40)
+        assert await c.stop("node-b") == 0
 
 
 async def test_a_budget_holds_across_nodes(tmp_path: Path) -> None:
     """Two daemons share one run with a budget: together they stop at it, one node
     records budget_exhausted, and neither is left waiting for the other."""
-    gen = _provider(tmp_path, 0.1)
-    base_url, _ = next(gen)
-    env = {**os.environ, "FAKE_PROVIDER_KEY": "k"}
-    procs: dict[str, subprocess.Popen[bytes]] = {}
-    try:
-        async with scratch_database() as url:
-            for n in ("node-a", "node-b"):
-                cfg = node_config(
-                    tmp_path,
-                    n,
-                    url,
-                    base_url,
-                    rollouts=5,
-                    concurrency=2,
-                    budget=0.006,
-                    cluster='[cluster]\nlease = "2s"\nchunk = 1',
-                )
-                procs[n] = subprocess.Popen(
-                    [sys.executable, "-m", "rollwatch", "--config", str(cfg), "serve", "--grace", "2"],
-                    env=env,
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                )
-            with anyio.fail_after(90):
-                while not (finished := await events_of(url, "RunFinished")):
-                    await anyio.sleep(0.2)
-            [fin] = finished
-            assert fin["status"] == "budget_exhausted", fin
-            assert 0 < int(fin["rollouts"]) < int(fin["planned"]) == 50
-            costs = [float(e["cost_usd"]) for e in await events_of(url, "RolloutResponded")]
-            assert float(fin["cost_usd"]) == pytest.approx(sum(costs))
-            assert sum(costs) <= 0.006
-            for p in procs.values():
-                p.send_signal(signal.SIGTERM)
-            for p in procs.values():
-                assert await anyio.to_thread.run_sync(lambda p=p: p.wait(30)) == 0
-            assert len(await events_of(url, "RunFinished")) == 1
-    finally:
-        for p in procs.values():
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-        for _ in gen:
-            pass
-
-
-async def test_a_node_stopped_with_sigterm_hands_its_chunks_over_at_once(tmp_path: Path) -> None:
-    """SIGTERM to one of two daemons mid-run: it finishes or hands back its chunks and
-    exits 0; the other finishes the run long before the (30 s) lease would have run out."""
-    gen = _provider(tmp_path, 0.3)
-    base_url, _ = next(gen)
-    env = {**os.environ, "FAKE_PROVIDER_KEY": "k"}
-    procs: dict[str, subprocess.Popen[bytes]] = {}
-    try:
-        async with scratch_database() as url:
-            for n in ("node-a", "node-b"):
-                cfg = node_config(
-                    tmp_path,
-                    n,
-                    url,
-                    base_url,
-                    rollouts=4,
-                    concurrency=2,
-                    cluster='[cluster]\nlease = "30s"\nchunk = 1',
-                )
-                procs[n] = subprocess.Popen(
-                    [sys.executable, "-m", "rollwatch", "--config", str(cfg), "serve", "--grace", "0"],
-                    env=env,
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                )
-            with anyio.fail_after(90):
-                while True:
-                    requested = await events_of(url, "RolloutRequested")
-                    if min(sum(1 for e in requested if e["node"] == n) for n in procs) >= 3:
-                        break
-                    await anyio.sleep(0.1)
-            procs["node-a"].send_signal(signal.SIGTERM)
-            assert await anyio.to_thread.run_sync(lambda: procs["node-a"].wait(30)) == 0
-            with anyio.fail_after(25):
-                while not await events_of(url, "RunFinished"):
-                    await anyio.sleep(0.2)
-            [fin] = await events_of(url, "RunFinished")
-            assert fin["status"] == "completed"
-            assert fin["scored"] == 40
-            [interrupted] = await events_of(url, "RunInterrupted")
-            assert interrupted["node"] == "node-a"
-            answered = [e["rollout_id"] for e in await events_of(url, "RolloutResponded")]
-            assert len(answered) == len(set(answered)) == 40
-            procs["node-b"].send_signal(signal.SIGTERM)
-            assert await anyio.to_thread.run_sync(lambda: procs["node-b"].wait(30)) == 0
-    finally:
-        for p in procs.values():
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-        for _ in gen:
-            pass
+    async with cluster(tmp_path, delay=0.1, rollouts=5, concurrency=2, budget=0.006, cluster=FAST_LEASE) as c:
+        [fin] = await c.until(90, "RunFinished")
+        assert fin["status"] == "budget_exhausted", fin
+        assert 0 < int(fin["rollouts"]) < int(fin["planned"]) == 50
+        costs = [float(e["cost_usd"]) for e in await c.events("RolloutResponded")]
+        assert float(fin["cost_usd"]) == pytest.approx(sum(costs))
+        assert sum(costs) <= 0.006
+        assert await c.stop("node-a") == 0
+        assert await c.stop("node-b") == 0
+        assert len(await c.events("RunFinished")) == 1
