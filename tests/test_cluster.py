@@ -269,3 +269,32 @@ async def test_a_budget_holds_across_nodes(tmp_path: Path) -> None:
         assert await c.stop("node-a") == 0
         assert await c.stop("node-b") == 0
         assert len(await c.events("RunFinished")) == 1
+
+
+async def test_runs_survive_the_database_dropping_every_connection(tmp_path: Path) -> None:
+    """Every connection of the daemons is terminated, again and again for a second,
+    mid-run: appends and claims fail, the runs crash and are resumed from the log, and
+    the run still completes with every rollout answered once."""
+    async with cluster(tmp_path, delay=0.2, rollouts=4, concurrency=2, cluster=FAST_LEASE) as c:
+        await c.both_at_work()
+        admin = await asyncpg.connect(c.url)
+        try:
+            with anyio.move_on_after(1.0):
+                while True:
+                    await admin.execute(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                        " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                    )
+                    await anyio.sleep(0.05)
+        finally:
+            await admin.close()
+        [fin] = await c.until(90, "RunFinished")
+        assert fin["status"] == "completed", fin
+        assert fin["scored"] == 40
+        answered_once(await c.events("RolloutResponded"), 40)
+        answered_once(await c.events("RolloutScored"), 40)
+        for node in c.procs:
+            assert c.procs[node].poll() is None, f"{node} exited"
+            assert await c.stop(node) == 0
+        res = await c.cli("node-a", "verify")
+        assert res.returncode == 0, res.stdout + res.stderr

@@ -156,3 +156,20 @@ async def test_an_expired_lease_is_taken_over_and_the_old_owner_is_fenced() -> N
         assert (st.open, st.claimed) == (1, 1)
         await other.done(theirs)
         assert (await other.status("r1")).open == 0
+
+
+async def test_a_renewed_lease_is_not_taken_over() -> None:
+    async with scratch_database() as url, PostgresEventStore(url) as s1, PostgresEventStore(url) as s2:
+        alive, other = s1.work_board("n1/a", 1.0), s2.work_board("n2/b", 30.0)
+        await alive.plan("r1", UNITS[:1], fresh=True, prior_cost=0.0)
+        async with anyio.create_task_group() as tg:
+            await tg.start(alive.keep)
+            [mine] = await alive.claim("r1", 1)
+            # Three lease lengths later the claim still holds: keep renewed it.
+            deadline = anyio.current_time() + 3.0
+            while anyio.current_time() < deadline:
+                assert await other.claim("r1", 1) == []
+                await anyio.sleep(0.2)
+            await alive.done(mine)
+            tg.cancel_scope.cancel()
+        assert (await other.status("r1")).open == 0

@@ -115,14 +115,37 @@ class Daemon:
         return schedule in self.by_schedule
 
     async def _drive(self, run: Run) -> None:
+        """Drive ``run`` until it ends or the daemon stops. A run that fails (the
+        database went away, say) is resumed from the log after a pause that doubles up
+        to a minute: the daemon stays up and the run is not abandoned."""
+        assert self.services is not None
         self.active[run.run_id] = run
         self.by_schedule[run.schedule] = run.run_id
+        pause = 1.0
         try:
-            if self.stopping.is_set():
-                run.stopping.set()
-            await run.drive(grace=self.grace)
-        except Exception:
-            log.exception("run_crashed", run_id=run.run_id)
+            while True:
+                if self.stopping.is_set():
+                    run.stopping.set()
+                try:
+                    await run.drive(grace=self.grace)
+                    return
+                except Exception:
+                    log.exception("run_crashed", run_id=run.run_id, retry_in_s=pause)
+                while True:
+                    with anyio.move_on_after(pause):
+                        await self.stopping.wait()
+                    if self.stopping.is_set():
+                        return
+                    pause = min(pause * 2, 60.0)
+                    try:
+                        # Chunks this process still holds go back first: the new
+                        # attempt claims them again and reads their state from the log.
+                        await self.services.board.release(run.run_id)
+                        run = await Run.load(self.services, run.run_id)
+                        break
+                    except Exception as e:
+                        log.warning("run_resume_failed", run_id=run.run_id, error=str(e), retry_in_s=pause)
+                self.active[run.run_id] = run
         finally:
             self.active.pop(run.run_id, None)
             if self.by_schedule.get(run.schedule) == run.run_id:

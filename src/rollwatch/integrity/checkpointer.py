@@ -26,7 +26,7 @@ import anyio
 from anyio.abc import TaskStatus
 
 from rollwatch.abc import EventStore
-from rollwatch.errors import IntegrityError
+from rollwatch.errors import ConcurrencyConflict, IntegrityError
 from rollwatch.integrity.checkpoint import (
     Checkpoint,
     CheckpointSigned,
@@ -123,6 +123,11 @@ class Checkpointer:
         the log is not consistent with what was signed before.
         """
         async with self._lock:
+            # The checkpoint stream's version before the tree catches up: our append
+            # expects it, so a checkpoint another signer appends meanwhile (a leader
+            # that lost its lease but is still signing, say) makes ours conflict
+            # instead of landing after a larger one.
+            version = await self.store.stream_version(STREAM)
             size = await self.tree.catch_up(self.store)
             root = await self.tree.root(size)
             priors = await self.signed_before()
@@ -142,9 +147,15 @@ class Checkpointer:
                 note = self.signer.sign_checkpoint(cp)
                 if self.witness is not None:
                     await anyio.to_thread.run_sync(_write_atomically, self.witness, note)
-                [rec] = await self.store.append(
-                    STREAM, [CheckpointSigned(size=size, root=b64(root), note=note, node=self.node)]
-                )
+                try:
+                    [rec] = await self.store.append(
+                        STREAM,
+                        [CheckpointSigned(size=size, root=b64(root), note=note, node=self.node)],
+                        expected_version=version,
+                    )
+                except ConcurrencyConflict:
+                    log.info("checkpoint_superseded", size=size, reason="another signer appended one first")
+                    return None
                 await self.tree.catch_up(self.store)
             log.info("checkpoint_signed", size=size, root=b64(root), seq=rec.seq)
             self.latest = cp

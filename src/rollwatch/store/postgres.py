@@ -45,7 +45,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from contextlib import AsyncExitStack
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import anyio.lowlevel
@@ -120,6 +120,10 @@ _VERSIONS = "SELECT stream, MAX(version) FROM events WHERE stream = ANY($1::text
 _MAX_CACHED_STREAMS = 200_000
 _RECONNECT_FIRST_S = 0.1
 _RECONNECT_MAX_S = 5.0
+_RETRY_FIRST_S = 0.05
+_RETRY_MAX_S = 2.0
+
+T = TypeVar("T")
 
 
 class _InDoubt(Exception):
@@ -144,9 +148,11 @@ class PostgresEventStore(EventStore):
         readers: int = 4,
         poll_interval: float = 0.1,
         connect_timeout: float = 10.0,
+        retry_for: float = 60.0,
     ) -> None:
         super().__init__()
         self.url = url
+        self._retry_for = retry_for
         self._readers = readers
         self._poll_interval = poll_interval
         self._connect_timeout = connect_timeout
@@ -234,24 +240,41 @@ class PostgresEventStore(EventStore):
         return await self._writer.append(stream, events, expected_version)
 
     async def _commit(self, group: list[Pending]) -> None:
-        try:
-            seq = await self._write_group(group)
-        except Exception as e:
-            self._versions_seen = {}
-            log.error("append_failed", error=str(e), calls=len(group))
-            if isinstance(e, _InDoubt):
-                msg = (
-                    f"the connection to {_redact(self.url)} broke while committing and the outcome "
-                    f"could not be checked ({e}); the events may or may not be in the log: "
-                    "read the stream before appending again"
-                )
-            else:
-                msg = f"append to {_redact(self.url)} failed, nothing was written: {e}"
+        pause, deadline = _RETRY_FIRST_S, None
+        while True:
             for p in group:
-                p.result = None
-                p.error = p.error or StoreError(msg)
-            return
+                p.result = p.error = None
+            try:
+                seq = await self._write_group(group)
+                break
+            except Exception as e:
+                self._versions_seen = {}
+                # Known not written and the database went away: write the group again
+                # (seq, versions and hashes are assigned anew), for up to retry_for.
+                now = anyio.current_time()
+                deadline = deadline or now + self._retry_for
+                if not isinstance(e, _InDoubt) and _transient(e) and now < deadline:
+                    log.warning("append_retry", error=str(e) or type(e).__name__, calls=len(group))
+                    await anyio.sleep(pause)
+                    pause = min(pause * 2, _RETRY_MAX_S)
+                    continue
+                self._fail_group(group, e)
+                return
         self._note_head(seq)
+
+    def _fail_group(self, group: list[Pending], e: Exception) -> None:
+        log.error("append_failed", error=str(e), calls=len(group))
+        if isinstance(e, _InDoubt):
+            msg = (
+                f"the connection to {_redact(self.url)} broke while committing and the outcome "
+                f"could not be checked ({e}); the events may or may not be in the log: "
+                "read the stream before appending again"
+            )
+        else:
+            msg = f"append to {_redact(self.url)} failed, nothing was written: {e}"
+        for p in group:
+            p.result = None
+            p.error = p.error or StoreError(msg)
 
     def _note_head(self, seq: int) -> None:
         if seq > self._head:
@@ -377,6 +400,27 @@ class PostgresEventStore(EventStore):
             raise StoreError("the event store is not open (use it with `async with`)")
         return self._pool.acquire()
 
+    async def _with_conn(self, fn: Callable[[Any], Awaitable[T]]) -> T:
+        """``fn`` on a pooled connection. When the connection or the server goes away
+        (a restart, a failover, a terminated backend) it is tried again on a new one,
+        backing off, for up to ``retry_for`` seconds; then ``StoreError``. So ``fn``
+        must be safe to run twice: a read, or a write whose repetition is harmless."""
+        pause, deadline = _RETRY_FIRST_S, None
+        while True:
+            try:
+                async with self._acquire() as conn:
+                    return await fn(conn)
+            except Exception as e:
+                if not _transient(e):
+                    raise
+                now = anyio.current_time()
+                deadline = deadline or now + self._retry_for
+                if now >= deadline:
+                    raise StoreError(f"the database at {_redact(self.url)} is unreachable: {e}") from e
+                log.warning("database_retry", error=str(e) or type(e).__name__, retry_in_s=round(pause, 2))
+                await anyio.sleep(pause)
+                pause = min(pause * 2, _RETRY_MAX_S)
+
     async def read_batches(
         self,
         *,
@@ -404,8 +448,10 @@ class PostgresEventStore(EventStore):
         while True:
             # A connection per page, not per read: a reader that stops iterating (or
             # pauses between pages) holds nothing.
-            async with self._acquire() as conn:
-                rows = await conn.fetch(sql, cursor, *extra, batch)
+            async def page(conn: Any, after: int = cursor) -> list[asyncpg.Record]:
+                return list(await conn.fetch(sql, after, *extra, batch))
+
+            rows = await self._with_conn(page)
             recs = [tuple.__new__(Recorded, r) for r in rows]
             if recs:
                 yield recs
@@ -414,13 +460,11 @@ class PostgresEventStore(EventStore):
             cursor = recs[-1].seq
 
     async def head(self) -> int:
-        async with self._acquire() as conn:
-            return int(await conn.fetchval("SELECT COALESCE(MAX(seq), 0) FROM events"))
+        return int(await self._with_conn(lambda c: c.fetchval("SELECT COALESCE(MAX(seq), 0) FROM events")))
 
     async def stream_version(self, stream: str) -> int:
-        async with self._acquire() as conn:
-            v = await conn.fetchval("SELECT COALESCE(MAX(version), 0) FROM events WHERE stream = $1", stream)
-        return int(v)
+        sql = "SELECT COALESCE(MAX(version), 0) FROM events WHERE stream = $1"
+        return int(await self._with_conn(lambda c: c.fetchval(sql, stream)))
 
     async def wait_for_new(self, after: int, timeout: float) -> int:  # noqa: ASYNC109 (returns on timeout, never raises)
         with anyio.move_on_after(timeout):
@@ -509,7 +553,7 @@ class PostgresEventStore(EventStore):
 
     def work_board(self, owner: str, lease: float) -> WorkBoard:
         # Every process on this database takes part in every run (rollwatch.work).
-        return PostgresBoard(self._acquire, owner, lease)
+        return PostgresBoard(self._with_conn, owner, lease)
 
     async def lead(
         self,
@@ -580,6 +624,14 @@ class PostgresEventStore(EventStore):
         if bad is not None:
             raise IntegrityError(bad, "its stream version does not follow the order of the log")
         return VerifyReport(events=events, head_hash=head)
+
+
+def _transient(e: BaseException) -> bool:
+    """Whether ``e`` says the connection or the server went away (worth another try)."""
+    if isinstance(e, asyncpg.PostgresError):
+        # 53300: too many connections; 57P03: the server is starting up.
+        return _connection_lost(e) or getattr(e, "sqlstate", "") in ("53300", "57P03")
+    return isinstance(e, OSError | TimeoutError | asyncpg.InterfaceError | asyncpg.InternalClientError)
 
 
 def _connection_lost(e: asyncpg.PostgresError) -> bool:

@@ -14,17 +14,20 @@ only reservations under a live lease count, so a dead node's vanish with its lea
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import anyio
-import asyncpg
 from anyio.abc import TaskStatus
-from asyncpg.pool import PoolAcquireContext
 
 from rollwatch.log import get_logger
 from rollwatch.work import Chunk, Status, Unit, WorkBoard
 
 log = get_logger(__name__)
+
+#: Runs a function on a pooled connection, retrying it when the connection is lost
+#: (``PostgresEventStore._with_conn``): every statement here is safe to repeat.
+WithConn = Callable[[Callable[[Any], Awaitable[Any]]], Awaitable[Any]]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS work_runs (
@@ -73,15 +76,20 @@ class PostgresBoard(WorkBoard):
     shared = True
     claim_batch = 2  # small, so that the chunks of a run spread over every node
 
-    def __init__(
-        self, acquire: Callable[[], PoolAcquireContext[asyncpg.Record]], owner: str, lease: float
-    ) -> None:
-        self._acquire = acquire
+    def __init__(self, with_conn: WithConn, owner: str, lease: float) -> None:
+        self._with_conn = with_conn
         self.owner = owner
         self.lease = lease
+        # The chunks this process knows it holds: only these are renewed. A claim whose
+        # answer was lost with its connection holds chunks we do not know of; their
+        # lease runs out and they are claimed again.
+        self._held: set[tuple[str, int]] = set()
 
     async def plan(self, run_id: str, units: list[Unit], *, fresh: bool, prior_cost: float) -> None:
-        async with self._acquire() as conn, conn.transaction():
+        await self._with_conn(lambda conn: self._plan(conn, run_id, units, fresh, prior_cost))
+
+    async def _plan(self, conn: Any, run_id: str, units: list[Unit], fresh: bool, prior_cost: float) -> None:
+        async with conn.transaction():
             new = await conn.fetchval(
                 "INSERT INTO work_runs (run_id, prior_cost) VALUES ($1, $2)"
                 " ON CONFLICT (run_id) DO NOTHING RETURNING true",
@@ -100,59 +108,59 @@ class PostgresBoard(WorkBoard):
                 )
 
     async def claim(self, run_id: str, n: int) -> list[Chunk]:
-        async with self._acquire() as conn:
-            rows = await conn.fetch(_CLAIM, run_id, self.owner, self.lease, n)
+        rows = await self._with_conn(lambda c: c.fetch(_CLAIM, run_id, self.owner, self.lease, n))
         out = []
         for idx, model, problem_id, first, count, claims, previous in sorted(tuple(r) for r in rows):
             if previous is not None and previous != self.owner:
                 log.info("chunk_taken_over", run_id=run_id, chunk=idx, previous_owner=previous)
             out.append(Chunk(run_id, idx, Unit(model, problem_id, first, count), fresh=claims == 1))
+            self._held.add((run_id, idx))
         return out
 
     async def done(self, chunk: Chunk, *, finished: bool = True) -> None:
         # Only while still ours: a chunk taken over is the new owner's to finish.
-        async with self._acquire() as conn:
-            await conn.execute(
-                "UPDATE work_chunks SET state = $4, owner = CASE WHEN $4 = 'done' THEN owner END,"
-                " lease_until = NULL, reserved = 0"
-                " WHERE run_id = $1 AND idx = $2 AND owner = $3 AND state = 'claimed'",
-                chunk.run_id,
-                chunk.index,
-                self.owner,
-                "done" if finished else "todo",
-            )
+        sql = (
+            "UPDATE work_chunks SET state = $4, owner = CASE WHEN $4 = 'done' THEN owner END,"
+            " lease_until = NULL, reserved = 0"
+            " WHERE run_id = $1 AND idx = $2 AND owner = $3 AND state = 'claimed'"
+        )
+        state = "done" if finished else "todo"
+        await self._with_conn(lambda c: c.execute(sql, chunk.run_id, chunk.index, self.owner, state))
+        self._held.discard((chunk.run_id, chunk.index))
 
     async def release(self, run_id: str) -> None:
-        async with self._acquire() as conn:
-            n = await conn.execute(
-                "UPDATE work_chunks SET state = 'todo', owner = NULL, lease_until = NULL, reserved = 0"
-                " WHERE run_id = $1 AND owner = $2 AND state = 'claimed'",
-                run_id,
-                self.owner,
-            )
+        sql = (
+            "UPDATE work_chunks SET state = 'todo', owner = NULL, lease_until = NULL, reserved = 0"
+            " WHERE run_id = $1 AND owner = $2 AND state = 'claimed'"
+        )
+        n = await self._with_conn(lambda c: c.execute(sql, run_id, self.owner))
+        self._held = {h for h in self._held if h[0] != run_id}
         if n != "UPDATE 0":
             log.info("chunks_released", run_id=run_id, chunks=int(n.split()[-1]))
 
     async def close(self, run_id: str, reason: str) -> None:
-        async with self._acquire() as conn:
-            await conn.execute(
-                "UPDATE work_runs SET closed = COALESCE(closed, $2) WHERE run_id = $1", run_id, reason
-            )
+        sql = "UPDATE work_runs SET closed = COALESCE(closed, $2) WHERE run_id = $1"
+        await self._with_conn(lambda c: c.execute(sql, run_id, reason))
 
     async def status(self, run_id: str) -> Status:
-        async with self._acquire() as conn:
-            row = await conn.fetchrow(
-                f"SELECT COUNT(*) FILTER (WHERE {_TODO}), COUNT(*) FILTER (WHERE {_LIVE}),"
-                " (SELECT closed FROM work_runs WHERE run_id = $1)"
-                " FROM work_chunks WHERE run_id = $1",
-                run_id,
-            )
+        sql = (
+            f"SELECT COUNT(*) FILTER (WHERE {_TODO}), COUNT(*) FILTER (WHERE {_LIVE}),"
+            " (SELECT closed FROM work_runs WHERE run_id = $1)"
+            " FROM work_chunks WHERE run_id = $1"
+        )
+        row = await self._with_conn(lambda c: c.fetchrow(sql, run_id))
         assert row is not None
         todo, claimed, closed = row
         return Status(claimed + (0 if closed else todo), claimed, closed)
 
     async def reserve(self, chunk: Chunk, amount: float, budget: float) -> bool | None:
-        async with self._acquire() as conn, conn.transaction():
+        # Repeated after a lost connection, a reservation may count twice until the
+        # chunk is done: the budget is then kept with room to spare, never passed.
+        result: bool | None = await self._with_conn(lambda conn: self._reserve(conn, chunk, amount, budget))
+        return result
+
+    async def _reserve(self, conn: Any, chunk: Chunk, amount: float, budget: float) -> bool | None:
+        async with conn.transaction():
             run = await conn.fetchrow(
                 "SELECT closed, prior_cost FROM work_runs WHERE run_id = $1 FOR UPDATE", chunk.run_id
             )
@@ -176,15 +184,11 @@ class PostgresBoard(WorkBoard):
             return False if reserved > 0 else None
 
     async def settle(self, chunk: Chunk, reserved: float, cost: float) -> None:
-        async with self._acquire() as conn:
-            await conn.execute(
-                "UPDATE work_chunks SET reserved = GREATEST(reserved - $3, 0), spent = spent + $4"
-                " WHERE run_id = $1 AND idx = $2",
-                chunk.run_id,
-                chunk.index,
-                reserved,
-                cost,
-            )
+        sql = (
+            "UPDATE work_chunks SET reserved = GREATEST(reserved - $3, 0), spent = spent + $4"
+            " WHERE run_id = $1 AND idx = $2"
+        )
+        await self._with_conn(lambda c: c.execute(sql, chunk.run_id, chunk.index, reserved, cost))
 
     async def keep(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
@@ -192,18 +196,23 @@ class PostgresBoard(WorkBoard):
         while True:
             await anyio.sleep(self.lease / 3)
             try:
-                async with self._acquire() as conn:
-                    await conn.execute(
-                        "UPDATE work_chunks SET lease_until = clock_timestamp() + make_interval(secs => $2)"
-                        " WHERE owner = $1 AND state = 'claimed'",
-                        self.owner,
-                        self.lease,
-                    )
+                await self._renew(sorted(self._held))
                 failing_since = None
-            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+            except Exception as e:
                 now = anyio.current_time()
                 failing_since = failing_since or now
                 # Past the lease, other nodes may take our chunks; our appends to their
                 # rollouts then conflict and we drop them (see rollwatch.work).
                 level = log.error if now - failing_since >= self.lease else log.warning
                 level("lease_renewal_failed", owner=self.owner, error=str(e))
+
+    async def _renew(self, held: list[tuple[str, int]]) -> None:
+        if not held:
+            return
+        sql = (
+            "UPDATE work_chunks c SET lease_until = clock_timestamp() + make_interval(secs => $2)"
+            " FROM unnest($3::text[], $4::int[]) AS h(run_id, idx)"
+            " WHERE c.run_id = h.run_id AND c.idx = h.idx AND c.owner = $1 AND c.state = 'claimed'"
+        )
+        runs, idxs = [r for r, _ in held], [i for _, i in held]
+        await self._with_conn(lambda c: c.execute(sql, self.owner, self.lease, runs, idxs))
