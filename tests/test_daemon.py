@@ -297,3 +297,40 @@ def test_schedules_are_steered_through_the_log(tmp_path: Path, slow_provider: tu
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=30)
     assert proc.returncode == 0
+
+
+def test_a_fire_during_a_cli_run_of_the_schedule_is_skipped(
+    tmp_path: Path, slow_provider: tuple[str, Path]
+) -> None:
+    """`rollwatch run` of a schedule in another process counts as its run going: a
+    trigger the daemon takes meanwhile is skipped, not a second run."""
+    base_url, _ = slow_provider
+    cfg = config(tmp_path, base_url, rollouts=1)
+    db = tmp_path / "events.db"
+    env = {**os.environ, "FAKE_PROVIDER_KEY": "k"}
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "-m", "rollwatch", "--config", str(cfg), *args]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=env)
+
+    assert cli("schedules", "pause", "fake-often").returncode == 0
+    daemon = serve(cfg)
+    run = subprocess.Popen(
+        [sys.executable, "-m", "rollwatch", "--config", str(cfg), "run", "fake-often"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
+    try:
+        wait_until(lambda: events(db, "RolloutRequested"), 60, "the CLI run to request")
+        assert cli("schedules", "trigger", "fake-often").returncode == 0
+        wait_until(lambda: events(db, "ScheduleSkipped"), 30, "the skipped fire")
+        assert run.wait(60) == 0
+        started = events(db, "RunStarted")
+        assert [d["trigger"] for _, _, d in started] == ["manual"]
+    finally:
+        for p in (run, daemon):
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+                p.communicate(timeout=30)
+    assert daemon.returncode == 0

@@ -110,9 +110,26 @@ class Daemon:
 
     # -- runs -----------------------------------------------------------------------------
 
-    def is_running(self, schedule: str) -> bool:
-        """Whether a run of ``schedule`` is going, here or in another process."""
-        return schedule in self.by_schedule
+    async def is_running(self, schedule: str) -> bool:
+        """Whether a run of ``schedule`` is going, here or in another process: a
+        ``rollwatch run`` of it (which holds its run's lock), or, on a shared log, any
+        unfinished run of it (every node joins those)."""
+        if schedule in self.by_schedule:
+            return True
+        assert self.services is not None
+        svc = self.services
+        await svc.projections.catch_up(svc.store)
+        rows = await svc.projections.fetchall(
+            "SELECT run_id FROM runs WHERE schedule = ? AND finished_at IS NULL", (schedule,)
+        )
+        for (run_id,) in rows:
+            if svc.board.shared:
+                return True
+            lock = RunLock(svc.locks_dir, run_id)
+            if not lock.acquire():
+                return True
+            lock.release()
+        return False
 
     async def _drive(self, run: Run) -> None:
         """Drive ``run`` until it ends or the daemon stops. A run that fails (the

@@ -127,7 +127,7 @@ class Scheduler:
         projections: ProjectionDB,
         store: Any,
         start_run: FireFn,
-        is_running: Callable[[str], bool],
+        is_running: Callable[[str], Awaitable[bool]],
         refresh: Callable[[], Awaitable[object]],
     ) -> None:
         self.schedules = schedules
@@ -218,7 +218,7 @@ class Scheduler:
         slog: Any,
     ) -> None:
         ft = rfc3339(fire_time)
-        if self.is_running(s.name):
+        if await self.is_running(s.name):
             await self.store.append(
                 f"schedule-{s.name}",
                 [
