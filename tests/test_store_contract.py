@@ -192,3 +192,21 @@ def test_canonical_bytes_equal_the_documented_json(stream: str, type_: str, data
         seq=7, id=env["id"], stream=stream, type=type_, schema=1, at=env["at"], data_json=canonical_json(data)
     )  # type: ignore[arg-type]
     assert got == expected
+
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@given(value=_json_values)
+def test_canonical_json_fast_equals_canonical_json(value: object) -> None:
+    """The append path's encoder (built once) gives canonical_json's text, or its error."""
+    from rollwatch.events import canonical_json, canonical_json_fast
+
+    assert canonical_json_fast(value) == canonical_json(value)
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="Out of range float"):
+            canonical_json_fast({"x": [value, bad]})

@@ -9,7 +9,6 @@ each call's ``result`` or ``error``: a call whose expected version no longer hol
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -21,15 +20,13 @@ import anyio.lowlevel
 from anyio.abc import TaskStatus
 
 from rollwatch.errors import ConcurrencyConflict, StoreError
-from rollwatch.events import Event, Recorded, canonical_bytes, chain_hash
+from rollwatch.events import Event, Recorded, canonical_bytes, canonical_json_fast, chain_hash
 
 MAX_GROUP_CALLS = 10_000
 # A group closes at this many events even with more calls waiting: the callers of the
 # committed group then encode their next events while the next group is in the
 # database's thread, so encoding and committing overlap on two cores.
 MAX_GROUP_EVENTS = 2_000
-
-_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
 def _uuid4s(n: int) -> list[str]:
@@ -76,8 +73,7 @@ class GroupCommitter:
             raise StoreError("the event store is not open (use it with `async with`)")
         now = datetime.now(UTC)
         at = now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond:06d}Z"
-        # canonical_json, with the encoder built once (see rollwatch.events).
-        encode = _ENCODER.encode
+        encode = canonical_json_fast
         rows = [
             (i, e.TYPE, e.SCHEMA, at, encode(e.to_data()))
             for i, e in zip(_uuid4s(len(events)), events, strict=True)
