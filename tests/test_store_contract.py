@@ -210,3 +210,61 @@ def test_canonical_json_fast_equals_canonical_json(value: object) -> None:
     for bad in (float("nan"), float("inf")):
         with pytest.raises(ValueError, match="Out of range float"):
             canonical_json_fast({"x": [value, bad]})
+
+
+@given(
+    calls=st.lists(
+        st.tuples(
+            st.text(max_size=12),  # stream
+            st.text(max_size=30),  # at (append writes RFC 3339; any text must work)
+            st.lists(
+                st.tuples(
+                    st.sampled_from(["SchedulePaused", "Typé", 'Q"uote', "back\\slash", "tab\t", ""]),
+                    st.integers(1, 3),
+                    st.dictionaries(st.text(max_size=8), _json_values, max_size=3),
+                ),
+                min_size=1,
+                max_size=4,
+            ),
+        ),
+        min_size=1,
+        max_size=5,
+    ),
+    start=st.integers(0, 10**6),
+)
+def test_assign_hashes_what_canonical_bytes_and_chain_hash_define(
+    calls: list[tuple[str, str, list[tuple[str, int, dict[str, object]]]]], start: int
+) -> None:
+    """The group commit's hot loop (assign) builds each Recorded exactly as the reference
+    definition: canonical_bytes of the envelope, chained with chain_hash."""
+    from rollwatch.events import Recorded, canonical_bytes, canonical_json
+    from rollwatch.store._group_commit import Pending, _uuid4s, assign
+
+    prev0 = bytes(range(32))
+    group = [
+        Pending(
+            stream,
+            None,
+            at,
+            [(i, t, s, canonical_json(d)) for i, (t, s, d) in zip(_uuid4s(len(rows)), rows, strict=True)],
+        )
+        for stream, at, rows in calls
+    ]
+    out: list[Recorded] = []
+    seq, prev = assign(group, start, prev0, dict.fromkeys((c[0] for c in calls), 0), out)
+
+    expected: list[Recorded] = []
+    versions: dict[str, int] = {}
+    h, n = prev0, start
+    for p in group:
+        for eid, typ, schema, data in p.rows:
+            n += 1
+            versions[p.stream] = versions.get(p.stream, 0) + 1
+            env = canonical_bytes(
+                seq=n, id=eid, stream=p.stream, type=typ, schema=schema, at=p.at, data_json=data
+            )
+            h = chain_hash(h, env)
+            expected.append(Recorded(n, eid, p.stream, versions[p.stream], typ, schema, p.at, data, h.hex()))
+    assert out == expected
+    assert (seq, prev) == (n, h)
+    assert [r for p in group for r in p.result or []] == expected

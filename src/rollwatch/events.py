@@ -75,14 +75,15 @@ def canonical_bytes(
 ) -> bytes:
     """The canonical bytes of one envelope; ``data_json`` must be ``canonical_json(data)``."""
     # Built by hand so that the data, already canonical, is not encoded twice.
-    d = _json_str
+    d = json_str
     return (
         f'{{"at":{d(at)},"data":{data_json},"id":{d(id)},"schema":{schema},'
         f'"seq":{seq},"stream":{d(stream)},"type":{d(type)}}}'
     ).encode()
 
 
-def _json_str(s: str) -> str:
+def json_str(s: str) -> str:
+    """``s`` as a JSON string, as canonical JSON writes it."""
     # json.dumps(ensure_ascii=False) escapes only '"', '\\' and control characters; a
     # printable string without quote or backslash encodes as itself (the usual case).
     if s.isprintable() and '"' not in s and "\\" not in s:

@@ -9,6 +9,7 @@ each call's ``result`` or ``error``: a call whose expected version no longer hol
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -20,7 +21,7 @@ import anyio.lowlevel
 from anyio.abc import TaskStatus
 
 from rollwatch.errors import ConcurrencyConflict, StoreError
-from rollwatch.events import Event, Recorded, canonical_bytes, canonical_json_fast, chain_hash
+from rollwatch.events import Event, Recorded, canonical_json_fast, json_str
 
 MAX_GROUP_CALLS = 10_000
 # A group closes at this many events even with more calls waiting: the callers of the
@@ -47,7 +48,8 @@ class Pending:
 
     stream: str
     expected: int | None
-    rows: list[tuple[str, str, int, str, str]]  # id, type, schema, at, data_json
+    at: str
+    rows: list[tuple[str, str, int, str]]  # id, type, schema, data_json
     result: list[Recorded] | None = None
     error: BaseException | None = None
     done: anyio.Event = field(default_factory=anyio.Event)
@@ -75,10 +77,10 @@ class GroupCommitter:
         at = now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond:06d}Z"
         encode = canonical_json_fast
         rows = [
-            (i, e.TYPE, e.SCHEMA, at, encode(e.to_data()))
+            (i, e.TYPE, e.SCHEMA, encode(e.to_data()))
             for i, e in zip(_uuid4s(len(events)), events, strict=True)
         ]
-        pending = Pending(stream, expected, rows)
+        pending = Pending(stream, expected, at, rows)
         t0 = time.perf_counter()
         self._queue.append(pending)
         self._wake.set()
@@ -142,23 +144,33 @@ def assign(
 
     Fills ``out`` and each call's ``result`` (or ``error``); returns the new tip.
     """
+    # The hot loop of a commit, run with the write lock held: per event it builds the
+    # canonical bytes (the same bytes as rollwatch.events.canonical_bytes, pinned by
+    # tests/test_store_contract.py), hashes them and makes the Recorded row. The parts
+    # that do not change within a call (at, stream, type) are escaped once per call, and
+    # the id needs no escaping: it is one of the UUIDs ``append`` made (hex and dashes).
+    sha256 = hashlib.sha256
     for p in group:
-        current = versions[p.stream]
+        stream = p.stream
+        current = versions[stream]
         if p.expected is not None and p.expected != current:
-            p.error = ConcurrencyConflict(p.stream, p.expected, current)
+            p.error = ConcurrencyConflict(stream, p.expected, current)
             continue
+        at = p.at
+        head = f'{{"at":{json_str(at)},"data":'
+        stream_part = f',"stream":{json_str(stream)},"type":'
+        typ_now: str | None = None
+        tail = ""
         first = len(out)
-        for i, (eid, typ, schema, at, data) in enumerate(p.rows, start=1):
+        for version, (eid, typ, schema, data) in enumerate(p.rows, start=current + 1):
+            if typ is not typ_now:
+                typ_now, tail = typ, f"{stream_part}{json_str(typ)}}}"
             seq += 1
-            prev = chain_hash(
-                prev,
-                canonical_bytes(
-                    seq=seq, id=eid, stream=p.stream, type=typ, schema=schema, at=at, data_json=data
-                ),
-            )
+            canonical = f'{head}{data},"id":"{eid}","schema":{schema},"seq":{seq}{tail}'.encode()
+            prev = sha256(prev + canonical).digest()  # chain_hash, inlined
             out.append(
-                tuple.__new__(Recorded, (seq, eid, p.stream, current + i, typ, schema, at, data, prev.hex()))
+                tuple.__new__(Recorded, (seq, eid, stream, version, typ, schema, at, data, prev.hex()))
             )
-        versions[p.stream] = current + len(p.rows)
+        versions[stream] = current + len(p.rows)
         p.result = out[first:]
     return seq, prev
