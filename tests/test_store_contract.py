@@ -67,6 +67,41 @@ class TestAppend:
             assert await store.stream_version(f"w{i}") == 30
         await store.verify()
 
+    async def test_concurrent_appends_with_a_full_group_always_queued(
+        self, store: EventStore, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """With more queued than one group takes, the writer commits back to back and wakes
+        each group's callers during the next commit: still atomic, ordered and verified."""
+        from rollwatch.store import _group_commit
+
+        monkeypatch.setattr(_group_commit, "MAX_GROUP_EVENTS", 7)
+        returned: dict[int, tuple[int, str, int, str]] = {}
+        conflicts = 0
+
+        async def writer(i: int) -> None:
+            nonlocal conflicts
+            for j in range(8):
+                recs = await store.append(f"w{i}", [ev(i, note=f"{j}-{k}") for k in range(3)])
+                for r in recs:
+                    returned[r.seq] = (r.version, r.stream, r.seq, r.hash)
+                try:  # a stale expected version in between: it conflicts and writes nothing
+                    await store.append(f"w{i}", [ev(i)], expected_version=0)
+                except ConcurrencyConflict:
+                    conflicts += 1
+
+        async with anyio.create_task_group() as tg:
+            for i in range(12):
+                tg.start_soon(writer, i)
+        assert conflicts == 12 * 8
+        assert await store.head() == 12 * 8 * 3
+        stored = {r.seq: (r.version, r.stream, r.seq, r.hash) async for r in store.read()}
+        assert stored == returned
+        by_stream: dict[str, list[int]] = {}
+        for version, stream, _, _ in stored.values():
+            by_stream.setdefault(stream, []).append(version)
+        assert all(v == list(range(1, 25)) for v in by_stream.values())
+        assert (await store.verify()).events == 12 * 8 * 3
+
     async def test_concurrent_conflicts_let_exactly_one_win(self, store: EventStore) -> None:
         """Tasks racing on the same expected version: one commits, the rest conflict."""
         outcomes: list[str] = []

@@ -233,7 +233,10 @@ class PostgresEventStore(EventStore):
             )
         return await self._writer.append(stream, events, expected_version)
 
-    async def _commit(self, group: list[Pending]) -> None:
+    async def _commit(self, group: list[Pending], wake_previous: Callable[[], None]) -> None:
+        # Every await below lets the event loop run the previous group's callers anyway:
+        # wake them at once.
+        wake_previous()
         try:
             seq = await self._write_group(group)
         except Exception as e:

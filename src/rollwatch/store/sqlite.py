@@ -136,9 +136,9 @@ class SQLiteEventStore(EventStore):
             raise StoreError("the event store is not open (use it with `async with`)")
         return db
 
-    async def _commit(self, group: list[Pending]) -> None:
+    async def _commit(self, group: list[Pending], wake_previous: Callable[[], None]) -> None:
         try:
-            seq = await self._conn().run(self._commit_sync, group)
+            seq = await self._conn().run(self._commit_sync, group, wake_previous)
         except Exception as e:
             self._versions_seen = {}
             log.error("append_failed", error=str(e), calls=len(group))
@@ -151,7 +151,9 @@ class SQLiteEventStore(EventStore):
         self._appended.set()
         self._appended = anyio.Event()
 
-    def _commit_sync(self, db: sqlite3.Connection, group: list[Pending]) -> int:
+    def _commit_sync(
+        self, db: sqlite3.Connection, group: list[Pending], wake_previous: Callable[[], None]
+    ) -> int:
         """One transaction for the whole group (runs in the writer's thread)."""
         db.execute("BEGIN IMMEDIATE")
         try:
@@ -173,6 +175,9 @@ class SQLiteEventStore(EventStore):
             out: list[Recorded] = []
             seq, prev = assign(group, seq, prev, versions, out)
             _insert(db, out)
+            # COMMIT spends its time in SQLite and fsync, without the GIL: now is when the
+            # event loop's thread can run the previous group's callers (GroupCommitter.run).
+            self._conn().call_soon(wake_previous)
             db.execute("COMMIT")
         except BaseException:
             self._versions_seen = {}
