@@ -67,6 +67,41 @@ class TestAppend:
             assert await store.stream_version(f"w{i}") == 30
         await store.verify()
 
+    async def test_concurrent_appends_with_a_full_group_always_queued(
+        self, store: EventStore, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """With more queued than one group takes, the writer commits back to back and wakes
+        each group's callers during the next commit: still atomic, ordered and verified."""
+        from rollwatch.store import _group_commit
+
+        monkeypatch.setattr(_group_commit, "MAX_GROUP_EVENTS", 7)
+        returned: dict[int, tuple[int, str, int, str]] = {}
+        conflicts = 0
+
+        async def writer(i: int) -> None:
+            nonlocal conflicts
+            for j in range(8):
+                recs = await store.append(f"w{i}", [ev(i, note=f"{j}-{k}") for k in range(3)])
+                for r in recs:
+                    returned[r.seq] = (r.version, r.stream, r.seq, r.hash)
+                try:  # a stale expected version in between: it conflicts and writes nothing
+                    await store.append(f"w{i}", [ev(i)], expected_version=0)
+                except ConcurrencyConflict:
+                    conflicts += 1
+
+        async with anyio.create_task_group() as tg:
+            for i in range(12):
+                tg.start_soon(writer, i)
+        assert conflicts == 12 * 8
+        assert await store.head() == 12 * 8 * 3
+        stored = {r.seq: (r.version, r.stream, r.seq, r.hash) async for r in store.read()}
+        assert stored == returned
+        by_stream: dict[str, list[int]] = {}
+        for version, stream, _, _ in stored.values():
+            by_stream.setdefault(stream, []).append(version)
+        assert all(v == list(range(1, 25)) for v in by_stream.values())
+        assert (await store.verify()).events == 12 * 8 * 3
+
     async def test_concurrent_conflicts_let_exactly_one_win(self, store: EventStore) -> None:
         """Tasks racing on the same expected version: one commits, the rest conflict."""
         outcomes: list[str] = []
@@ -192,3 +227,79 @@ def test_canonical_bytes_equal_the_documented_json(stream: str, type_: str, data
         seq=7, id=env["id"], stream=stream, type=type_, schema=1, at=env["at"], data_json=canonical_json(data)
     )  # type: ignore[arg-type]
     assert got == expected
+
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@given(value=_json_values)
+def test_canonical_json_fast_equals_canonical_json(value: object) -> None:
+    """The append path's encoder (built once) gives canonical_json's text, or its error."""
+    from rollwatch.events import canonical_json, canonical_json_fast
+
+    assert canonical_json_fast(value) == canonical_json(value)
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="Out of range float"):
+            canonical_json_fast({"x": [value, bad]})
+
+
+@given(
+    calls=st.lists(
+        st.tuples(
+            st.text(max_size=12),  # stream
+            st.text(max_size=30),  # at (append writes RFC 3339; any text must work)
+            st.lists(
+                st.tuples(
+                    st.sampled_from(["SchedulePaused", "Typé", 'Q"uote', "back\\slash", "tab\t", ""]),
+                    st.integers(1, 3),
+                    st.dictionaries(st.text(max_size=8), _json_values, max_size=3),
+                ),
+                min_size=1,
+                max_size=4,
+            ),
+        ),
+        min_size=1,
+        max_size=5,
+    ),
+    start=st.integers(0, 10**6),
+)
+def test_assign_hashes_what_canonical_bytes_and_chain_hash_define(
+    calls: list[tuple[str, str, list[tuple[str, int, dict[str, object]]]]], start: int
+) -> None:
+    """The group commit's hot loop (assign) builds each Recorded exactly as the reference
+    definition: canonical_bytes of the envelope, chained with chain_hash."""
+    from rollwatch.events import Recorded, canonical_bytes, canonical_json
+    from rollwatch.store._group_commit import Pending, _uuid4s, assign
+
+    prev0 = bytes(range(32))
+    group = [
+        Pending(
+            stream,
+            None,
+            at,
+            [(i, t, s, canonical_json(d)) for i, (t, s, d) in zip(_uuid4s(len(rows)), rows, strict=True)],
+        )
+        for stream, at, rows in calls
+    ]
+    out: list[Recorded] = []
+    seq, prev = assign(group, start, prev0, dict.fromkeys((c[0] for c in calls), 0), out)
+
+    expected: list[Recorded] = []
+    versions: dict[str, int] = {}
+    h, n = prev0, start
+    for p in group:
+        for eid, typ, schema, data in p.rows:
+            n += 1
+            versions[p.stream] = versions.get(p.stream, 0) + 1
+            env = canonical_bytes(
+                seq=n, id=eid, stream=p.stream, type=typ, schema=schema, at=p.at, data_json=data
+            )
+            h = chain_hash(h, env)
+            expected.append(Recorded(n, eid, p.stream, versions[p.stream], typ, schema, p.at, data, h.hex()))
+    assert out == expected
+    assert (seq, prev) == (n, h)
+    assert [r for p in group for r in p.result or []] == expected

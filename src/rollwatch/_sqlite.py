@@ -8,12 +8,14 @@ connection strictly one at a time, as sqlite3 connections require.
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 import anyio
+import anyio.from_thread
 
 T = TypeVar("T")
 
@@ -24,6 +26,10 @@ class ThreadConnection:
     def __init__(self, db: sqlite3.Connection) -> None:
         self.db = db
         self._lock = anyio.Lock()
+        try:
+            self._loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:  # another anyio backend
+            self._loop = None
 
     @classmethod
     async def open(cls, path: Path, pragmas: Sequence[str]) -> ThreadConnection:
@@ -45,6 +51,17 @@ class ThreadConnection:
             with anyio.CancelScope(shield=True):
                 return await anyio.to_thread.run_sync(fn, self.db, *args)
         raise AssertionError("unreachable: a shielded scope swallows no exception")
+
+    def call_soon(self, fn: Callable[[], object]) -> None:
+        """From inside a unit: have the event loop call ``fn``, without waiting for it.
+
+        ``anyio.from_thread.run_sync`` waits for the call, and then for the GIL, which
+        the loop's thread holds if ``fn`` gave it work: on asyncio, ask the loop directly.
+        """
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(fn)
+        else:
+            anyio.from_thread.run_sync(fn)
 
     async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Run one query and return every row."""

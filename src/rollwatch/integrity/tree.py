@@ -107,7 +107,7 @@ SELECT seq, CAST(at AS BLOB), CAST(id AS BLOB), CAST(stream AS BLOB), CAST(type 
 FROM events WHERE seq > ? AND seq <= ? ORDER BY seq
 """
 # A string goes into canonical JSON as is when it is ASCII from this set (the fast
-# path of rollwatch.events._json_str); any other row is rebuilt by canonical_bytes.
+# path of rollwatch.events.json_str); any other row is rebuilt by canonical_bytes.
 _PLAIN = re.compile(rb"[A-Za-z0-9 ._:+/@=-]*")
 _CANONICAL = b'{"at":"%s","data":%s,"id":"%s","schema":%d,"seq":%d,"stream":"%s","type":"%s"}'
 _LEAF_PREFIX = hashlib.sha256(b"\x00")

@@ -239,7 +239,10 @@ class PostgresEventStore(EventStore):
             )
         return await self._writer.append(stream, events, expected_version)
 
-    async def _commit(self, group: list[Pending]) -> None:
+    async def _commit(self, group: list[Pending], wake_previous: Callable[[], None]) -> None:
+        # Every await below lets the event loop run the previous group's callers anyway:
+        # wake them at once.
+        wake_previous()
         pause, deadline = _RETRY_FIRST_S, None
         while True:
             for p in group:
