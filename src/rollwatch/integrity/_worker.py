@@ -35,6 +35,9 @@ def _wait_for_input(fd: int, timeout: float) -> bool:
 
 
 async def main(log_path: str, tree_path: str, batch: int) -> int:
+    # Background work: when the cores are busy, appends (the evidence) go first and the
+    # tree catches up after them. A checkpoint catches the tree up itself before signing.
+    os.nice(10)
     fd = sys.stdin.fileno()
     async with MerkleTree(tree_path, batch=batch) as tree:
         log = SQLiteLogFile(log_path)
