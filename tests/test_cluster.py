@@ -19,7 +19,7 @@ import anyio
 import asyncpg
 import pytest
 
-from tests.pg import scratch_database
+from tests.pg import ADMIN_URL, scratch_database
 from tests.test_daemon import ROOT, _provider, free_port
 
 pytestmark = pytest.mark.anyio
@@ -37,6 +37,7 @@ def node_config(
     concurrency: int = 4,
     cluster: str = "",
     budget: float | None = None,
+    retry: str = "60s",
 ) -> Path:
     d = tmp_path / name
     d.mkdir()
@@ -50,6 +51,7 @@ checkpoint_every = 10
 [store]
 url = "{url}"
 projections = "{d / "projections.db"}"
+retry = "{retry}"
 [server]
 listen = "127.0.0.1:{free_port()}"
 [scoring]
@@ -271,21 +273,35 @@ async def test_a_budget_holds_across_nodes(tmp_path: Path) -> None:
         assert len(await c.events("RunFinished")) == 1
 
 
-async def test_runs_survive_the_database_dropping_every_connection(tmp_path: Path) -> None:
-    """Every connection of the daemons is terminated, again and again for a second,
-    mid-run: appends and claims fail, the runs crash and are resumed from the log, and
-    the run still completes with every rollout answered once."""
-    async with cluster(tmp_path, delay=0.2, rollouts=4, concurrency=2, cluster=FAST_LEASE) as c:
+@pytest.mark.parametrize("outage", ["blips", "down"])
+async def test_runs_survive_the_database_going_away(tmp_path: Path, outage: str) -> None:
+    """Mid-run, the database drops every connection: again and again for a second
+    ("blips", which the retries ride out), or refuses all of them for four seconds
+    ("down", which outlasts a 1 s retry: operations fail, runs crash and are resumed from
+    the log, background loops wait). The daemons stay up, and the run completes with
+    every rollout answered once."""
+    retry = "60s" if outage == "blips" else "1s"
+    async with cluster(tmp_path, delay=0.2, rollouts=4, concurrency=2, cluster=FAST_LEASE, retry=retry) as c:
         await c.both_at_work()
-        admin = await asyncpg.connect(c.url)
+        db = c.url.rpartition("/")[2]
+        terminate = (
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = $1 AND pid <> pg_backend_pid()"
+        )
+        admin = await asyncpg.connect(ADMIN_URL)
         try:
-            with anyio.move_on_after(1.0):
-                while True:
-                    await admin.execute(
-                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                        " WHERE datname = current_database() AND pid <> pg_backend_pid()"
-                    )
-                    await anyio.sleep(0.05)
+            if outage == "blips":
+                with anyio.move_on_after(1.0):
+                    while True:
+                        await admin.execute(terminate, db)
+                        await anyio.sleep(0.05)
+            else:
+                await admin.execute(f'ALTER DATABASE "{db}" ALLOW_CONNECTIONS false')
+                try:
+                    await admin.execute(terminate, db)
+                    await anyio.sleep(4.0)
+                finally:
+                    await admin.execute(f'ALTER DATABASE "{db}" ALLOW_CONNECTIONS true')
         finally:
             await admin.close()
         [fin] = await c.until(90, "RunFinished")

@@ -62,6 +62,8 @@ class StoreConfig(_Strict):
     url: str = "sqlite:var/events.db"
     projections: str | None = None
     """Where read models live (a SQLite file); default: next to a SQLite log, else ./var."""
+    retry: Duration = Field(default=60.0, ge=0.0, le=3600.0)
+    """PostgreSQL: how long a lost connection is retried before the operation fails."""
 
     @field_validator("url")
     @classmethod

@@ -21,6 +21,7 @@ import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
 from rollwatch.config import Config, ScheduleConfig
+from rollwatch.errors import IntegrityError, StoreError
 from rollwatch.integrity.service import open_integrity
 from rollwatch.log import get_logger
 from rollwatch.metrics import Metrics
@@ -230,10 +231,16 @@ class Daemon:
             after = await store.head()
             await self.resume_unfinished(self._runs)
             while True:
-                head = await store.wait_for_new(after, timeout=5.0)
-                if [ev async for ev in store.read(after=after, until=head, types={"RunStarted"})]:
-                    await self.resume_unfinished(self._runs)
-                after = head
+                try:
+                    head = await store.wait_for_new(after, timeout=5.0)
+                    if [ev async for ev in store.read(after=after, until=head, types={"RunStarted"})]:
+                        await self.resume_unfinished(self._runs)
+                    after = head
+                except IntegrityError:
+                    raise
+                except StoreError as e:
+                    log.warning("join_runs_failed", error=str(e), retry_in_s=5.0)
+                    await anyio.sleep(4.0)
                 await anyio.sleep(1.0)  # at most one look a second, however busy the log
 
     # -- background tasks ----------------------------------------------------------------------
@@ -246,19 +253,25 @@ class Daemon:
         self.metrics.events_seen = after
         while True:
             wake = False
-            async for page in svc.store.read_batches(after=after, batch=1000):
-                for ev in page:
-                    self.metrics.observe_event(ev)
-                    if ev.type.startswith("Schedule") and ev.type not in (
-                        "ScheduleSkipped",
-                        "ScheduleMissed",
-                    ):
-                        wake = True
-                after = page[-1].seq
-            if wake and self.scheduler is not None:
-                await svc.projections.catch_up(svc.store)
-                self.scheduler.wake()
-            await svc.store.wait_for_new(after, timeout=1.0)
+            try:
+                async for page in svc.store.read_batches(after=after, batch=1000):
+                    for ev in page:
+                        self.metrics.observe_event(ev)
+                        if ev.type.startswith("Schedule") and ev.type not in (
+                            "ScheduleSkipped",
+                            "ScheduleMissed",
+                        ):
+                            wake = True
+                    after = page[-1].seq
+                if wake and self.scheduler is not None:
+                    await svc.projections.catch_up(svc.store)
+                    self.scheduler.wake()
+                await svc.store.wait_for_new(after, timeout=1.0)
+            except IntegrityError:
+                raise
+            except StoreError as e:
+                log.warning("follow_log_failed", error=str(e), retry_in_s=5.0)
+                await anyio.sleep(5.0)
 
     async def _lead(self) -> None:
         """The leader's work, until stopping: fire schedules (and, on a log one machine

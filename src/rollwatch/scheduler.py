@@ -26,6 +26,7 @@ from apscheduler.triggers.cron import CronTrigger  # type: ignore[import-untyped
 from apscheduler.triggers.interval import IntervalTrigger  # type: ignore[import-untyped]
 
 from rollwatch.config import ScheduleConfig
+from rollwatch.errors import IntegrityError, StoreError
 from rollwatch.events import ScheduleMissed, ScheduleSkipped, parse_rfc3339, rfc3339
 from rollwatch.log import get_logger
 from rollwatch.projections import ProjectionDB
@@ -155,8 +156,20 @@ class Scheduler:
             loops.start_soon(self._loop, s, runs, name=f"schedule {s.name}")
 
     async def _loop(self, s: ScheduleConfig, tg: anyio.abc.TaskGroup) -> None:
-        trigger = make_trigger(s)
         slog = log.bind(schedule=s.name)
+        while True:
+            try:
+                await self._loop_once(s, tg, slog)
+            except IntegrityError:
+                raise
+            except StoreError as e:
+                # The log is out of reach for now (a database outage): nothing was
+                # decided, so look again shortly.
+                slog.warning("schedule_loop_failed", error=str(e), retry_in_s=5.0)
+                await anyio.sleep(5.0)
+
+    async def _loop_once(self, s: ScheduleConfig, tg: anyio.abc.TaskGroup, slog: Any) -> None:
+        trigger = make_trigger(s)
         while True:
             wake = self._wake[s.name]
             await self.refresh()

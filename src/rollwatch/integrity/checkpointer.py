@@ -26,7 +26,7 @@ import anyio
 from anyio.abc import TaskStatus
 
 from rollwatch.abc import EventStore
-from rollwatch.errors import ConcurrencyConflict, IntegrityError
+from rollwatch.errors import ConcurrencyConflict, IntegrityError, StoreError
 from rollwatch.integrity.checkpoint import (
     Checkpoint,
     CheckpointSigned,
@@ -187,7 +187,14 @@ class Checkpointer:
             remaining = max(0.0, deadline - anyio.current_time())
             head = await self.store.wait_for_new(target - 1, timeout=remaining)
             if head >= target or anyio.current_time() >= deadline:
-                await self.checkpoint()
+                try:
+                    await self.checkpoint()
+                except IntegrityError:
+                    raise
+                except StoreError as e:
+                    # The log is out of reach for now: nothing was appended; sign at
+                    # the next round.
+                    log.warning("checkpoint_failed", error=str(e), retry_in_s=interval)
                 deadline = anyio.current_time() + interval
 
 

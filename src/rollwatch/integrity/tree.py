@@ -387,12 +387,20 @@ class MerkleTree:
         size = await self.catch_up(store)
         task_status.started()
         while True:
-            if isinstance(store, SQLiteLogFile):
-                # No in-process wake-up for a file: look again shortly.
-                await anyio.sleep(_FILE_POLL_S)
-            else:
-                await store.wait_for_new(size, timeout=5.0)
-            size = await self.catch_up(store)
+            try:
+                if isinstance(store, SQLiteLogFile):
+                    # No in-process wake-up for a file: look again shortly.
+                    await anyio.sleep(_FILE_POLL_S)
+                else:
+                    await store.wait_for_new(size, timeout=5.0)
+                size = await self.catch_up(store)
+            except IntegrityError:
+                raise
+            except StoreError as e:
+                # The log is out of reach for now (a database outage): try again. A log
+                # that no longer matches the tree raises IntegrityError, which is final.
+                log.warning("tree_follow_failed", error=str(e), retry_in_s=5.0)
+                await anyio.sleep(5.0)
 
     async def follow_in_worker(
         self, store: EventStore, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED

@@ -15,7 +15,7 @@ def open_store(config: StoreConfig) -> EventStore:
         return SQLiteEventStore(path)
     from rollwatch.store.postgres import PostgresEventStore
 
-    return PostgresEventStore(config.url)
+    return PostgresEventStore(config.url, retry_for=config.retry)
 
 
 __all__ = ["open_store"]

@@ -482,10 +482,15 @@ class PostgresEventStore(EventStore):
                     continue
                 with anyio.move_on_after(self._poll_interval):
                     await appended.wait()
-                h = await self.head()
-                if h > self._head:
-                    self._head = h
-        return await self.head()
+                self._head = max(self._head, await self._head_or_last())
+        return await self._head_or_last()
+
+    async def _head_or_last(self) -> int:
+        """The head, or the last one known while the database is out of reach."""
+        try:
+            return await self.head()
+        except StoreError:
+            return self._head
 
     # -- listening ------------------------------------------------------------------------
 
@@ -632,8 +637,9 @@ class PostgresEventStore(EventStore):
 def _transient(e: BaseException) -> bool:
     """Whether ``e`` says the connection or the server went away (worth another try)."""
     if isinstance(e, asyncpg.PostgresError):
-        # 53300: too many connections; 57P03: the server is starting up.
-        return _connection_lost(e) or getattr(e, "sqlstate", "") in ("53300", "57P03")
+        # 53300: too many connections; 55000: the database does not accept connections
+        # (ALLOW_CONNECTIONS false, for maintenance); 57P03: the server is starting up.
+        return _connection_lost(e) or getattr(e, "sqlstate", "") in ("53300", "55000", "57P03")
     return isinstance(e, OSError | TimeoutError | asyncpg.InterfaceError | asyncpg.InternalClientError)
 
 
