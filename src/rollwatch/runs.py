@@ -17,7 +17,6 @@ from __future__ import annotations
 import fcntl
 import os
 import uuid
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -109,7 +108,8 @@ class RunServices:
 
 @dataclass
 class RunState:
-    """Live figures of a run, for the progress bar, the summary and the metrics."""
+    """Live figures of a run, for the progress bar and the metrics (the summary in
+    RunFinished is counted from the log, so it covers every node and every resume)."""
 
     total: int = 0
     done: int = 0
@@ -117,8 +117,6 @@ class RunState:
     scored: int = 0
     passed: int = 0
     cost_usd: float = 0.0
-    reserved_usd: float = 0.0
-    failures: Counter[str] = field(default_factory=Counter)
     budget_hit: bool = False
     scoring: int = 0
     """Answers waiting for or being scored."""
@@ -220,7 +218,6 @@ class _AttemptRecorder:
                 final=final,
             ),
         )
-        self.run.state.failures[error.kind] += final
 
     async def responded(self, attempt: int, answer: Answer, cost_usd: float | None) -> None:
         await self.append(
@@ -605,7 +602,6 @@ class Run:
         while True:
             ok = await self.services.board.reserve(chunk, worst, self.budget)
             if ok:
-                self.state.reserved_usd += worst
                 return worst
             if ok is None:
                 self.state.budget_hit = True
@@ -660,7 +656,6 @@ class Run:
                     self.state.answered += 1
                     self.state.cost_usd += cost
             finally:
-                self.state.reserved_usd -= reserved
                 if reserved:
                     with anyio.CancelScope(shield=True):
                         await self.services.board.settle(progress.chunk, reserved, cost)
