@@ -152,6 +152,20 @@ class Recorded(NamedTuple):
         return parse_rfc3339(self.at)
 
 
+# --- stream names ------------------------------------------------------------------
+# Every stream name is built here, so that writers and readers never disagree.
+
+
+def run_stream(run_id: str) -> str:
+    """The stream of one run's own events (``RunStarted``, ``RunFinished``, ...)."""
+    return f"run-{run_id}"
+
+
+def rollout_stream(rollout_id: str) -> str:
+    """The stream of one rollout's events, from its request to its release."""
+    return f"rollout-{rollout_id}"
+
+
 # --- typed events ------------------------------------------------------------------
 
 _REGISTRY: dict[str, type[Event]] = {}
@@ -406,3 +420,19 @@ class SubscriberAdded(Event):
 class SubscriberRevoked(Event):
     name: str
     note: str = ""
+
+
+# Integrity ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class CheckpointSigned(Event):
+    """The service signed a checkpoint of the tree of the ``size`` events before this one."""
+
+    size: int
+    root: str
+    """The root hash at ``size``, base64."""
+    note: str
+    """The whole signed note, as served at ``/public/checkpoint``."""
+    node: str = ""
+    """The daemon that signed it (on a shared log, the leader of checkpoints)."""

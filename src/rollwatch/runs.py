@@ -39,6 +39,8 @@ from rollwatch.events import (
     RunInterrupted,
     RunStarted,
     rfc3339,
+    rollout_stream,
+    run_stream,
 )
 from rollwatch.log import get_logger
 from rollwatch.projections import ProjectionDB
@@ -58,14 +60,6 @@ def rollout_id(run_id: str, model: str, problem_id: str, sample: int) -> str:
 def new_run_id() -> str:
     """A fresh run id: sortable by start time, unique across nodes."""
     return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:8]
-
-
-def rollout_stream(rid: str) -> str:
-    return f"rollout-{rid}"
-
-
-def run_stream(run_id: str) -> str:
-    return f"run-{run_id}"
 
 
 class ProblemSetLike(Protocol):

@@ -10,8 +10,8 @@ import pytest
 import structlog
 
 from rollwatch.errors import IntegrityError
-from rollwatch.events import Recorded
-from rollwatch.integrity.checkpoint import CheckpointSigned, NoteSigner, unb64
+from rollwatch.events import CheckpointSigned, Recorded
+from rollwatch.integrity.checkpoint import NoteSigner, unb64
 from rollwatch.integrity.checkpointer import Checkpointer, checkpointer, final_checkpoint
 from rollwatch.integrity.tree import MerkleTree
 from rollwatch.store.sqlite import SQLiteEventStore

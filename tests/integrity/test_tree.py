@@ -17,9 +17,8 @@ from hypothesis import strategies as st
 
 from rollwatch.abc import EventStore, VerifyReport
 from rollwatch.errors import IntegrityError
-from rollwatch.events import Event, Recorded, SchedulePaused
+from rollwatch.events import CheckpointSigned, Event, Recorded, SchedulePaused
 from rollwatch.integrity import merkle
-from rollwatch.integrity.checkpoint import CheckpointSigned
 from rollwatch.integrity.tree import MerkleTree
 from rollwatch.store.sqlite import SQLiteEventStore
 from tests.integrity.conftest import append_n, rewrite_event

@@ -8,7 +8,8 @@ import pytest
 
 from rollwatch.config import StoreConfig
 from rollwatch.errors import IntegrityError
-from rollwatch.integrity.checkpoint import Checkpoint, CheckpointSigned, NoteSigner, b64
+from rollwatch.events import CheckpointSigned
+from rollwatch.integrity.checkpoint import Checkpoint, NoteSigner, b64
 from rollwatch.integrity.checkpointer import Checkpointer
 from rollwatch.integrity.config import IntegrityConfig
 from rollwatch.integrity.keys import load_signer

@@ -24,7 +24,6 @@ if TYPE_CHECKING:
     from rollwatch.integrity.audit import AuditFailure, AuditReport, audit
     from rollwatch.integrity.checkpoint import (
         Checkpoint,
-        CheckpointSigned,
         InvalidNote,
         NoteSigner,
         NoteVerifier,
@@ -42,7 +41,6 @@ _WHERE = {
     "AuditReport": "audit",
     "audit": "audit",
     "Checkpoint": "checkpoint",
-    "CheckpointSigned": "checkpoint",
     "InvalidNote": "checkpoint",
     "NoteSigner": "checkpoint",
     "NoteVerifier": "checkpoint",
@@ -65,7 +63,6 @@ __all__ = [
     "AuditFailure",
     "AuditReport",
     "Checkpoint",
-    "CheckpointSigned",
     "Checkpointer",
     "Integrity",
     "IntegrityConfig",

@@ -32,7 +32,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from rollwatch.errors import RollwatchError
-from rollwatch.events import Event
 from rollwatch.integrity.merkle import HASH_SIZE
 
 ED25519 = 0x01
@@ -252,19 +251,3 @@ def split_note(note: str) -> tuple[str, list[tuple[str, bytes]]]:
     if len(sigs) > _MAX_SIGNATURES:
         raise InvalidNote(f"the note has {len(sigs)} signatures; at most {_MAX_SIGNATURES} are accepted")
     return text, sigs
-
-
-# --- in the log ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, kw_only=True)
-class CheckpointSigned(Event):
-    """The service signed a checkpoint of the tree of the ``size`` events before this one."""
-
-    size: int
-    root: str
-    """The root hash at ``size``, base64."""
-    note: str
-    """The whole signed note, as served at ``/public/checkpoint``."""
-    node: str = ""
-    """The daemon that signed it (on a shared log, the leader of checkpoints)."""

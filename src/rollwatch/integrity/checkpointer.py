@@ -27,9 +27,9 @@ from anyio.abc import TaskStatus
 
 from rollwatch.abc import EventStore
 from rollwatch.errors import ConcurrencyConflict, IntegrityError, StoreError
+from rollwatch.events import CheckpointSigned
 from rollwatch.integrity.checkpoint import (
     Checkpoint,
-    CheckpointSigned,
     InvalidNote,
     NoteSigner,
     b64,

@@ -54,8 +54,7 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 from rollwatch._sqlite import ThreadConnection
 from rollwatch.abc import EventStore
 from rollwatch.errors import IntegrityError, StoreError
-from rollwatch.events import Recorded
-from rollwatch.integrity.checkpoint import CheckpointSigned
+from rollwatch.events import CheckpointSigned, Recorded
 from rollwatch.integrity.merkle import (
     HASH_SIZE,
     InvalidProof,

@@ -27,8 +27,8 @@ import anyio
 
 from rollwatch.abc import EventStore
 from rollwatch.errors import IntegrityError
-from rollwatch.events import Recorded
-from rollwatch.integrity.checkpoint import CheckpointSigned, InvalidNote, NoteVerifier, b64, unb64
+from rollwatch.events import CheckpointSigned, Recorded
+from rollwatch.integrity.checkpoint import InvalidNote, NoteVerifier, b64, unb64
 from rollwatch.integrity.merkle import EMPTY_ROOT, CompactRange, leaf_hash, verify_consistency
 from rollwatch.integrity.tree import MerkleTree
 

@@ -11,12 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from rollwatch.abc import EventStore
-from rollwatch.events import parse_rfc3339
-from rollwatch.publication.release import rollout_stream
-
-
-def _run_stream(run_id: str) -> str:
-    return f"run-{run_id}"
+from rollwatch.events import parse_rfc3339, rollout_stream, run_stream
 
 
 async def rollout_record(
@@ -105,7 +100,7 @@ async def rollout_record(
     rec["attempts"] = [attempts[k] for k in sorted(attempts)]
     rec["publication"]["state"] = _state(rec, now or datetime.now(UTC))
     if rec["run_id"]:
-        async for ev in store.read(stream=_run_stream(rec["run_id"]), types={"RunStarted"}):
+        async for ev in store.read(stream=run_stream(rec["run_id"]), types={"RunStarted"}):
             d = ev.data
             rec["run"] = {
                 "run_id": d["run_id"],

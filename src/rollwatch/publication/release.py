@@ -25,7 +25,7 @@ from anyio.abc import TaskStatus
 
 from rollwatch.abc import EventStore
 from rollwatch.errors import ConcurrencyConflict
-from rollwatch.events import PublicReleased, parse_rfc3339
+from rollwatch.events import PublicReleased, parse_rfc3339, rollout_stream
 from rollwatch.log import get_logger
 from rollwatch.projections import ProjectionDB
 
@@ -34,11 +34,6 @@ log = get_logger(__name__)
 _BATCH = 1000
 _PARALLEL = 32  # appends in flight at once; the store commits them in shared transactions
 _ATTEMPTS = 5
-
-
-def rollout_stream(rollout_id: str) -> str:
-    """The stream holding one rollout's events (as ``rollwatch.runs`` names it)."""
-    return f"rollout-{rollout_id}"
 
 
 async def caught_up(store: EventStore, pdb: ProjectionDB) -> int:
