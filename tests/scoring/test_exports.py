@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import inspect
 
-import rollwatch.extract
 import rollwatch.problems
 import rollwatch.scoring
+import rollwatch.scoring.extract
 
 
 def test_scoring_exports() -> None:
     """Every exported name exists and is documented; nothing private leaks into __all__."""
-    for module in (rollwatch.scoring, rollwatch.problems, rollwatch.extract):
+    for module in (rollwatch.scoring, rollwatch.problems, rollwatch.scoring.extract):
         for name in module.__all__:
             obj = getattr(module, name)
             assert not name.startswith("_")

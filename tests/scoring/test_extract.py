@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rollwatch.extract import extract_code
+from rollwatch.scoring.extract import extract_code
 
 
 class TestFencedBlocks:

@@ -11,7 +11,7 @@ Public API (everything else in this package is private to it)::
 
 Scorer kinds: ``python-function`` (``function.py``), ``stdio`` (``stdio.py``) and
 ``command`` (``command.py``); sandboxes: ``sandbox.py`` (host side) and
-``_zygote.py`` (inside); the interfaces and their contracts: ``base.py``.
+``inside/zygote.py`` (inside); the interfaces and their contracts: ``base.py``.
 """
 
 from rollwatch.scoring.base import (

@@ -5,7 +5,7 @@ outside the sandbox, with the path of the solution file as its last argument, th
 problem's folder as its working folder, a small environment (no API keys) and
 ``checker_timeout`` for its whole run, after which its process group is killed.
 It never executes the solution itself: it runs it through ``$ROLLWATCH_RUN
-SOLUTION`` (see ``_oneshot.py``), which starts a fresh sandbox of the pool's kind
+SOLUTION`` (see ``inside/oneshot.py``), which starts a fresh sandbox of the pool's kind
 and slot uid for every run, with the problem's ``timeout``. So the candidate cannot
 touch the checker, its files or its verdict.
 

@@ -24,11 +24,11 @@ import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from rollwatch.errors import IsolationUnavailable, SandboxError
-from rollwatch.extract import Extraction, extract_code
 from rollwatch.log import get_logger
 from rollwatch.problems import Problem
 from rollwatch.scoring.base import Outcome, Score, Scorer, ScoringSettings
 from rollwatch.scoring.command import CommandScorer
+from rollwatch.scoring.extract import Extraction, extract_code
 from rollwatch.scoring.function import FunctionScorer
 from rollwatch.scoring.sandbox import SANDBOXES, ZygoteSandbox, isolation_candidates
 from rollwatch.scoring.stdio import StdioScorer

@@ -25,7 +25,7 @@ keeps one slot's fork bomb from starving another. Without root, bubblewrap maps 
 daemon's uid into a user namespace instead, and RLIMIT_NPROC counts per namespace.
 
 Everything else (limits, timeouts, killing, the verdict channel) happens in the
-zygote: see ``_zygote.py``.
+zygote: see ``inside/zygote.py``.
 """
 
 # The paths under /tmp here are the sandbox's own private tmpfs, not the host's (S108);
@@ -55,8 +55,8 @@ from rollwatch.scoring.base import SampleRequest, SampleResult, Sandbox, Scoring
 
 log = get_logger(__name__)
 
-ZYGOTE = Path(__file__).with_name("_zygote.py")
-ONESHOT = Path(__file__).with_name("_oneshot.py")
+ZYGOTE = Path(__file__).parent / "inside" / "zygote.py"
+ONESHOT = Path(__file__).parent / "inside" / "oneshot.py"
 _ZYGOTE_IN_SANDBOX = "/opt/rollwatch/zygote.py"
 _BACKSTOP_S = 10.0
 """Beyond a sample's own timeout, how long the host waits for the zygote's answer."""
@@ -164,13 +164,13 @@ class ZygoteSandbox(Sandbox):
         raise NotImplementedError
 
     def zygote_config(self, *, oneshot: bool = False) -> dict[str, Any]:
-        """What the zygote is told at start (see ``_zygote.py``)."""
+        """What the zygote is told at start (see ``inside/zygote.py``)."""
         return {
             "uid": self.uid,
             "gid": self.uid,
             "kill": "namespace",
             "workdir": "/tmp/work",
-            # Between samples: files, and POSIX message queues (SysV IPC: see _zygote).
+            # Between samples: files, and POSIX message queues (SysV IPC: see inside/zygote.py).
             "wipe": ["/tmp", "/var/tmp", "/dev/shm", "/dev/mqueue"],
             "env": SANDBOX_ENV,
             "preload": not oneshot,

@@ -12,7 +12,7 @@ of its stderr on stderr. Exit status: the program's own; 124 on timeout, 125 ove
 the output limit, 128+N when killed by signal N, 126 when the sandbox could not
 run it. The timeout is ``$ROLLWATCH_TIMEOUT`` seconds (the problem's).
 
-Standard library only; started as ``python -I -B _oneshot.py SPEC SOLUTION`` where
+Standard library only; started as ``python -I -B oneshot.py SPEC SOLUTION`` where
 SPEC is a JSON file the scoring pool wrote: the sandbox's argv, environment and
 limits.
 """
@@ -29,7 +29,7 @@ import tempfile
 
 # The framing is the zygote's own (a sibling file: -I keeps the script's folder off sys.path).
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-_zygote = importlib.import_module("_zygote")
+_zygote = importlib.import_module("zygote")
 read_frame, write_frame = _zygote.read_frame, _zygote.write_frame
 
 

@@ -1,7 +1,7 @@
 """The sandbox's resident interpreter: it forks one child per sample.
 
 This file runs *inside* the sandbox, under the interpreter the daemon itself runs
-on, as a plain script (``python -I -B _zygote.py CONFIG``): it imports nothing but
+on, as a plain script (``python -I -B zygote.py CONFIG``): it imports nothing but
 the standard library and nothing from rollwatch.
 
 Why a zygote: starting an interpreter costs ~86 ms, a fork of a warm one ~1 ms.

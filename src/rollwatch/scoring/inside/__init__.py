@@ -1,0 +1,7 @@
+"""Programs that run inside the scoring sandbox, never imported by the daemon.
+
+``zygote.py`` and ``oneshot.py`` are started as plain scripts (``python -I -B``) in the
+sandbox: they import nothing but the standard library, and nothing of rollwatch's is
+importable there. They live in a folder of their own so that a reader can tell at a
+glance which code runs with the sample and which runs in the daemon.
+"""
