@@ -99,8 +99,9 @@ def serve(config: Path, static: Path) -> None:
 
     from rollwatch.config import load_config
     from rollwatch.metrics import Metrics
-    from rollwatch.projections import ProjectionDB, default_projections
+    from rollwatch.projections import ProjectionDB
     from rollwatch.publication.routes import publication_routes
+    from rollwatch.readmodels import default_projections
     from rollwatch.runs import RunServices
     from rollwatch.web.app import build_app
     from rollwatch.web.server import HTTPServer

@@ -30,7 +30,8 @@ from rollwatch.events import (
     RunFinished,
     RunStarted,
 )
-from rollwatch.projections import ProjectionDB, default_projections
+from rollwatch.projections import ProjectionDB
+from rollwatch.readmodels import default_projections, report_projections
 from rollwatch.report import (
     Z95,
     build_release_impact,
@@ -41,7 +42,6 @@ from rollwatch.report import (
     mean_pass_at_k,
     pass_at_k,
     report_json,
-    report_projections,
     to_csv,
     to_json,
     to_table,

@@ -159,7 +159,8 @@ def verify(ctx: Context) -> None:
 def rebuild(ctx: Context) -> None:
     """Drop every projection and rebuild it from the log."""
     from rollwatch.progress import Progress
-    from rollwatch.projections import ProjectionDB, default_projections
+    from rollwatch.projections import ProjectionDB
+    from rollwatch.readmodels import default_projections
     from rollwatch.store import open_store
 
     async def main() -> None:
@@ -278,7 +279,8 @@ def schedules() -> None:
 
 
 async def _schedule_states(config: Config) -> tuple[Any, dict[str, Any]]:
-    from rollwatch.projections import ProjectionDB, default_projections
+    from rollwatch.projections import ProjectionDB
+    from rollwatch.readmodels import default_projections
     from rollwatch.scheduler import load_states
     from rollwatch.store import open_store
 
@@ -331,13 +333,14 @@ def schedules_list(ctx: Context, as_json: bool) -> None:
 
 
 def _append_schedule_event(config: Config, name: str, event: Any) -> int:
+    from rollwatch.events import schedule_stream
     from rollwatch.store import open_store
 
     config.schedule(name)  # names the known schedules when this one is not
 
     async def main() -> int:
         async with open_store(config.store) as store:
-            recs = await store.append(f"schedule-{name}", [event])
+            recs = await store.append(schedule_stream(name), [event])
             return recs[0].seq
 
     return run_async(main)

@@ -11,14 +11,14 @@ import json
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from rollwatch.cli import Context, cli, common, run_async
 from rollwatch.config import Config
 from rollwatch.errors import ConcurrencyConflict, UsageError
-from rollwatch.events import SubscriberAdded, SubscriberRevoked, parse_rfc3339, rfc3339
+from rollwatch.events import SubscriberAdded, SubscriberRevoked, parse_rfc3339, rfc3339, subscriber_stream
 from rollwatch.publication.keys import (
     SCOPES,
     check_name,
@@ -27,18 +27,17 @@ from rollwatch.publication.keys import (
     key_prefix,
     new_key,
     parse_expires,
-    subscriber_stream,
 )
 
+if TYPE_CHECKING:
+    from rollwatch.projections import Projection
 
-def _projections() -> list[Any]:
-    """``default_projections()`` plus the publication ones it does not hold yet."""
-    from rollwatch.projections import default_projections
-    from rollwatch.publication.projections import publication_projections
 
-    have = default_projections()
-    names = {p.name for p in have}
-    return have + [p for p in publication_projections() if p.name not in names]
+def _projections() -> list[Projection]:
+    """Every read model (the publication commands read several)."""
+    from rollwatch.readmodels import default_projections
+
+    return default_projections()
 
 
 @cli.group()

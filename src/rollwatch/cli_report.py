@@ -50,12 +50,12 @@ def report_cmd(ctx: Context, fmt: str | None, by: str, trend: bool, release_impa
     and CSV hold one view each.
     """
     from rollwatch.projections import ProjectionDB
+    from rollwatch.readmodels import default_projections
     from rollwatch.report import (
         Report,
         build_release_impact,
         build_report,
         build_trend,
-        report_projections,
         to_csv,
         to_json,
         to_table,
@@ -70,7 +70,7 @@ def report_cmd(ctx: Context, fmt: str | None, by: str, trend: bool, release_impa
     async def main() -> list[Report]:
         async with (
             open_store(config.store) as store,
-            ProjectionDB(config.store.projections_path, report_projections()) as pdb,
+            ProjectionDB(config.store.projections_path, default_projections()) as pdb,
         ):
             await pdb.catch_up(store)
             views = []

@@ -26,9 +26,10 @@ from rollwatch.integrity.service import open_integrity
 from rollwatch.log import get_logger
 from rollwatch.metrics import Metrics
 from rollwatch.notify import Notifier
-from rollwatch.projections import ProjectionDB, default_projections
+from rollwatch.projections import ProjectionDB
 from rollwatch.publication.release import release_job
 from rollwatch.publication.routes import publication_routes
+from rollwatch.readmodels import default_projections
 from rollwatch.runs import Run, RunLock, RunServices, unfinished_runs
 from rollwatch.scheduler import Scheduler
 from rollwatch.store import open_store

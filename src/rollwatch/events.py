@@ -5,6 +5,18 @@ type's fields change, bump ``SCHEMA`` and register an upcaster that turns the ol
 ``data`` into the new shape; stored events are never rewritten, they are upcast
 when read. Readers outside Python only see the JSON ``data``.
 
+One read path
+-------------
+Every reader of the log's meaning (projections, runs, metrics, the report,
+publication) takes the typed event from :meth:`Recorded.event`, which decodes the
+stored JSON and upcasts it to the current schema of its type. ``Recorded.data`` is
+the data exactly as stored and hashed: integrity code and the subscriber feed (whose
+readers check the hashes) use it, nothing else should.
+
+Text that is not valid Unicode (a lone surrogate, which a provider's JSON can carry
+as ``"\\ud800"``) cannot be stored as UTF-8: it is stored with U+FFFD in its place,
+so that one answer can never make an append fail.
+
 Canonical encoding (stable; the hash chain and the Merkle tree hash these bytes)
 -----------------------------------------------------------------------------------
 An event's canonical bytes are the UTF-8 encoding of the JSON object with exactly
@@ -58,6 +70,24 @@ def canonical_json_fast(value: Any) -> str:
     if _c_encoder is None:
         return canonical_json(value)
     return "".join(_c_encoder(value, 0))
+
+
+def stored_json(value: Any) -> str:
+    """The canonical JSON of ``value`` as the log stores it: valid UTF-8 always.
+
+    A lone surrogate cannot be encoded as UTF-8, and would fail the whole group
+    commit it lands in; it is replaced by U+FFFD (pairs of surrogates are joined into
+    the character they stand for). The check costs one ``isascii`` on ASCII text.
+    """
+    text = canonical_json_fast(value)
+    if not text.isascii():
+        try:
+            text.encode()
+        except UnicodeEncodeError:
+            # Surrogates only occur inside JSON strings here (ensure_ascii=False
+            # writes them raw), so mending the text mends exactly those strings.
+            text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return text
 
 
 def rfc3339(ts: datetime) -> str:
@@ -115,7 +145,8 @@ class Recorded(NamedTuple):
 
     @property
     def data(self) -> dict[str, Any]:
-        """The event's data, decoded on access (readers that skip an event never pay)."""
+        """The data exactly as stored and hashed (not upcast): for integrity code and the
+        subscriber feed. Readers of the event's meaning use :meth:`event`."""
         return json.loads(self.data_json)  # type: ignore[no-any-return]
 
     def canonical(self) -> bytes:
@@ -144,8 +175,12 @@ class Recorded(NamedTuple):
         }
 
     def event(self) -> Event:
-        """The typed event, upcast to the current schema of its type."""
-        return decode(self.type, self.schema, self.data)
+        """The typed event, upcast to the current schema of its type: the one read path.
+
+        Raises ``UnknownEventType`` for a type this version does not know, or a schema
+        newer than it reads.
+        """
+        return decode(self.type, self.schema, json.loads(self.data_json))
 
     @property
     def at_datetime(self) -> datetime:
@@ -166,6 +201,20 @@ def rollout_stream(rollout_id: str) -> str:
     return f"rollout-{rollout_id}"
 
 
+def schedule_stream(name: str) -> str:
+    """The stream of one schedule's events (pauses, resumes, triggers, skips)."""
+    return f"schedule-{name}"
+
+
+def subscriber_stream(name: str) -> str:
+    """The stream of one subscriber's events (``SubscriberAdded`` opens it)."""
+    return f"subscriber-{name}"
+
+
+CHECKPOINT_STREAM = "checkpoints"
+"""The stream of the ``CheckpointSigned`` events."""
+
+
 # --- typed events ------------------------------------------------------------------
 
 _REGISTRY: dict[str, type[Event]] = {}
@@ -181,10 +230,14 @@ class Event:
     TYPE: ClassVar[str] = ""
     SCHEMA: ClassVar[int] = 1
 
-    def __init_subclass__(cls, **kw: Any) -> None:
+    def __init_subclass__(cls, *, register: bool = True, **kw: Any) -> None:
+        # ``register=False`` makes a class that writes an event's shape without being
+        # what the log's readers decode that type to: an old schema, kept by a test or
+        # a migration to write history as an older version wrote it.
         super().__init_subclass__(**kw)
-        cls.TYPE = cls.__name__
-        _REGISTRY[cls.TYPE] = cls
+        if register:
+            cls.TYPE = cls.__name__
+            _REGISTRY[cls.TYPE] = cls
 
     def to_data(self) -> dict[str, Any]:
         """The JSON object stored as the envelope's ``data``."""
@@ -192,18 +245,29 @@ class Event:
 
     @classmethod
     def from_data(cls: type[E], data: dict[str, Any]) -> E:
-        names = set(_field_names(cls))
-        # Unknown keys are kept out rather than failing: a newer writer may add fields.
-        return cls(**{k: v for k, v in data.items() if k in names})
+        """The event from its (current-schema) ``data``."""
+        names = _field_set(cls)
+        if not data.keys() <= names:
+            # Unknown keys are left out rather than failing: a newer writer may add fields.
+            data = {k: v for k, v in data.items() if k in names}
+        return cls(**data)
 
 
 _FIELDS: dict[type[Event], tuple[str, ...]] = {}
+_FIELD_SETS: dict[type[Event], frozenset[str]] = {}
 
 
 def _field_names(cls: type[Event]) -> tuple[str, ...]:
     names = _FIELDS.get(cls)
     if names is None:
         names = _FIELDS[cls] = tuple(f.name for f in dataclasses.fields(cls))
+    return names
+
+
+def _field_set(cls: type[Event]) -> frozenset[str]:
+    names = _FIELD_SETS.get(cls)
+    if names is None:
+        names = _FIELD_SETS[cls] = frozenset(_field_names(cls))
     return names
 
 
@@ -242,6 +306,22 @@ def decode(type_: str, schema: int, data: dict[str, Any]) -> Event:
 def event_types() -> dict[str, type[Event]]:
     """Every registered event type by name."""
     return dict(_REGISTRY)
+
+
+def register(cls: type[Event]) -> type[Event] | None:
+    """Make ``cls`` what events of type ``cls.TYPE`` decode to; return the class it replaces.
+
+    Defining an ``Event`` subclass registers it; this is for a class defined with
+    ``register=False`` (a new schema of a type, introduced by a test or a plug-in).
+    """
+    previous = _REGISTRY.get(cls.TYPE)
+    _REGISTRY[cls.TYPE] = cls
+    return previous
+
+
+def unregister_upcaster(type_: str, from_schema: int) -> None:
+    """Remove the upcaster registered for ``type_`` at ``from_schema`` (if any)."""
+    _UPCASTERS.pop((type_, from_schema), None)
 
 
 # Runs and rollouts ---------------------------------------------------------------

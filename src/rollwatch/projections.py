@@ -25,7 +25,21 @@ from typing import Any, ClassVar
 
 from rollwatch._sqlite import ThreadConnection
 from rollwatch.abc import EventStore
-from rollwatch.events import Recorded, parse_rfc3339
+from rollwatch.events import (
+    Recorded,
+    RolloutFailed,
+    RolloutRequested,
+    RolloutResponded,
+    RolloutScored,
+    RunFinished,
+    RunStarted,
+    ScheduleMissed,
+    SchedulePaused,
+    ScheduleResumed,
+    ScheduleSkipped,
+    ScheduleTriggered,
+    canonical_json,
+)
 from rollwatch.log import get_logger
 
 log = get_logger(__name__)
@@ -47,8 +61,12 @@ class Projection:
     ddl: ClassVar[str] = ""
     types: ClassVar[frozenset[str]] = frozenset()
 
-    def apply(self, db: sqlite3.Connection, ev: Recorded) -> None:
-        """Apply one event (of one of ``types``) inside the caller's transaction."""
+    def apply(self, db: sqlite3.Connection, rec: Recorded) -> None:
+        """Apply one event (of one of ``types``) inside the caller's transaction.
+
+        Read the event's meaning from ``rec.event()`` (typed and upcast), and its
+        position and time from ``rec.seq`` and ``rec.at``.
+        """
         raise NotImplementedError
 
 
@@ -191,10 +209,6 @@ def _j(v: Any) -> str:
     return json.dumps(v, separators=(",", ":"))
 
 
-def _epoch(at: str) -> float:
-    return parse_rfc3339(at).timestamp()
-
-
 # --- the read models ------------------------------------------------------------------
 
 
@@ -231,79 +245,78 @@ class RunsProjection(Projection):
     CREATE INDEX IF NOT EXISTS rollouts_model ON rollouts (provider, model, problem_id)
     """
 
-    def apply(self, db: sqlite3.Connection, ev: Recorded) -> None:
-        d = ev.data
-        t = ev.type
-        if t == "RunStarted":
+    def apply(self, db: sqlite3.Connection, rec: Recorded) -> None:
+        ev = rec.event()
+        if isinstance(ev, RunStarted):
             db.execute(
                 "INSERT OR IGNORE INTO runs (run_id, schedule, provider, models, problem_set, node, trigger,"
                 " rollouts, budget_usd, started_seq, started_at, status, passed, cost_usd)"
                 " VALUES (?,?,?,?,?,?,?,?,?,?,?, 'running', 0, 0)",
                 (
-                    d["run_id"],
-                    d["schedule"],
-                    d["provider"],
-                    _j(d["models"]),
-                    d["problem_set"],
-                    d["node"],
-                    d.get("trigger"),
-                    d.get("rollouts"),
-                    d.get("budget_usd"),
-                    ev.seq,
-                    ev.at,
+                    ev.run_id,
+                    ev.schedule,
+                    ev.provider,
+                    _j(ev.models),
+                    ev.problem_set,
+                    ev.node,
+                    ev.trigger,
+                    ev.rollouts,
+                    ev.budget_usd,
+                    rec.seq,
+                    rec.at,
                 ),
             )
-        elif t == "RunFinished":
+        elif isinstance(ev, RunFinished):
             db.execute(
                 "UPDATE runs SET finished_at=?, status=?, passed=?, cost_usd=?, summary=? WHERE run_id=?",
-                (ev.at, d["status"], d["passed"], d["cost_usd"], ev.data_json, d["run_id"]),
+                (rec.at, ev.status, ev.passed, ev.cost_usd, canonical_json(ev.to_data()), ev.run_id),
             )
-        elif t == "RolloutRequested":
+        elif isinstance(ev, RolloutRequested):
             db.execute(
                 "INSERT INTO rollouts (rollout_id, run_id, provider, model, problem_id, problem_hash, sample,"
                 " attempts, state, requested_at) VALUES (?,?,?,?,?,?,?,1,'requested',?)"
                 " ON CONFLICT (rollout_id) DO UPDATE SET attempts = attempts + 1,"
                 " state = CASE WHEN state IN ('answered','scored') THEN state ELSE 'requested' END",
                 (
-                    d["rollout_id"],
-                    d["run_id"],
-                    d["provider"],
-                    d["model"],
-                    d["problem_id"],
-                    d.get("problem_hash"),
-                    d["sample"],
-                    ev.at,
+                    ev.rollout_id,
+                    ev.run_id,
+                    ev.provider,
+                    ev.model,
+                    ev.problem_id,
+                    ev.problem_hash,
+                    ev.sample,
+                    rec.at,
                 ),
             )
-        elif t == "RolloutResponded":
+        elif isinstance(ev, RolloutResponded):
             db.execute(
                 "UPDATE rollouts SET state = CASE WHEN state = 'scored' THEN state ELSE 'answered' END,"
                 " answered_at=?, answer_seq=?, cost_usd=? WHERE rollout_id=?",
-                (ev.at, ev.seq, d.get("cost_usd"), d["rollout_id"]),
+                (rec.at, rec.seq, ev.cost_usd, ev.rollout_id),
             )
-            if d.get("cost_usd"):
+            if ev.cost_usd:
                 db.execute(
                     "UPDATE runs SET cost_usd = cost_usd + ? WHERE run_id ="
                     " (SELECT run_id FROM rollouts WHERE rollout_id=?)",
-                    (d["cost_usd"], d["rollout_id"]),
+                    (ev.cost_usd, ev.rollout_id),
                 )
-        elif t == "RolloutFailed":
+        elif isinstance(ev, RolloutFailed):
             db.execute(
                 "UPDATE rollouts SET fail_kind=?, state = CASE WHEN ? AND state = 'requested'"
                 " THEN 'failed' ELSE state END WHERE rollout_id=?",
-                (d["kind"], bool(d.get("final")), d["rollout_id"]),
+                (ev.kind, bool(ev.final), ev.rollout_id),
             )
-        elif t == "RolloutScored":
+        elif isinstance(ev, RolloutScored):
             db.execute(
                 "UPDATE rollouts SET state='scored', passed=?, score=?, scored_at=?, scored_seq=?, reason=?"
                 " WHERE rollout_id=?",
-                (int(bool(d["passed"])), d.get("score"), ev.at, ev.seq, d.get("reason"), d["rollout_id"]),
+                (int(bool(ev.passed)), ev.score, rec.at, rec.seq, ev.reason, ev.rollout_id),
             )
-            if d["passed"]:
+            if ev.passed:
                 db.execute(
                     "UPDATE runs SET passed = passed + 1 WHERE run_id ="
                     " (SELECT run_id FROM rollouts WHERE rollout_id=?)",
-                    (d["rollout_id"],),
+                    (ev.rollout_id,),
                 )
 
 
@@ -336,43 +349,44 @@ class SchedulesProjection(Projection):
     def _ensure(self, db: sqlite3.Connection, name: str) -> None:
         db.execute("INSERT OR IGNORE INTO schedules (name) VALUES (?)", (name,))
 
-    def apply(self, db: sqlite3.Connection, ev: Recorded) -> None:
-        d = ev.data
-        t = ev.type
-        if t == "RunFinished":
+    def apply(self, db: sqlite3.Connection, rec: Recorded) -> None:
+        ev = rec.event()
+        if isinstance(ev, RunFinished):
             db.execute(
                 "UPDATE schedules SET last_finished_at=?, last_status=? WHERE last_run_id=?",
-                (ev.at, d["status"], d["run_id"]),
+                (rec.at, ev.status, ev.run_id),
             )
             return
-        name = d["schedule"]
+        if not isinstance(
+            ev,
+            SchedulePaused
+            | ScheduleResumed
+            | ScheduleTriggered
+            | ScheduleSkipped
+            | ScheduleMissed
+            | RunStarted,
+        ):
+            return
+        name = ev.schedule
         self._ensure(db, name)
-        if t == "SchedulePaused":
-            db.execute("UPDATE schedules SET paused=1, note=? WHERE name=?", (d.get("note", ""), name))
-        elif t == "ScheduleResumed":
-            db.execute("UPDATE schedules SET paused=0, note=? WHERE name=?", (d.get("note", ""), name))
-        elif t == "ScheduleTriggered":
-            db.execute("UPDATE schedules SET triggered_seq=? WHERE name=?", (ev.seq, name))
-        elif t == "ScheduleSkipped":
+        if isinstance(ev, SchedulePaused):
+            db.execute("UPDATE schedules SET paused=1, note=? WHERE name=?", (ev.note, name))
+        elif isinstance(ev, ScheduleResumed):
+            db.execute("UPDATE schedules SET paused=0, note=? WHERE name=?", (ev.note, name))
+        elif isinstance(ev, ScheduleTriggered):
+            db.execute("UPDATE schedules SET triggered_seq=? WHERE name=?", (rec.seq, name))
+        elif isinstance(ev, ScheduleSkipped):
             db.execute(
                 "UPDATE schedules SET skipped = skipped + 1, last_fire_at = max(coalesce(last_fire_at, ''), ?),"
                 " handled_trigger_seq = max(handled_trigger_seq, ?) WHERE name=?",
-                (d["fire_time"], d.get("trigger_seq") or 0, name),
+                (ev.fire_time, ev.trigger_seq or 0, name),
             )
-        elif t == "ScheduleMissed":
-            db.execute("UPDATE schedules SET missed = missed + ? WHERE name=?", (d.get("missed", 1), name))
-        elif t == "RunStarted":
+        elif isinstance(ev, ScheduleMissed):
+            db.execute("UPDATE schedules SET missed = missed + ? WHERE name=?", (ev.missed, name))
+        else:
             db.execute(
                 "UPDATE schedules SET last_run_id=?, last_started_at=?, last_finished_at=NULL,"
                 " last_status='running', last_fire_at = max(coalesce(last_fire_at, ''), ?),"
                 " handled_trigger_seq = max(handled_trigger_seq, ?) WHERE name=?",
-                (d["run_id"], ev.at, d.get("fire_time") or ev.at, d.get("trigger_seq") or 0, name),
+                (ev.run_id, rec.at, ev.fire_time or rec.at, ev.trigger_seq or 0, name),
             )
-
-
-def default_projections() -> list[Projection]:
-    """Every read model rollwatch keeps."""
-    from rollwatch.publication.projections import publication_projections
-    from rollwatch.report import ReleasesProjection
-
-    return [RunsProjection(), SchedulesProjection(), *publication_projections(), ReleasesProjection()]

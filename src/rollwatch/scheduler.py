@@ -27,7 +27,7 @@ from apscheduler.triggers.interval import IntervalTrigger  # type: ignore[import
 
 from rollwatch.config import ScheduleConfig
 from rollwatch.errors import IntegrityError, StoreError
-from rollwatch.events import ScheduleMissed, ScheduleSkipped, parse_rfc3339, rfc3339
+from rollwatch.events import ScheduleMissed, ScheduleSkipped, parse_rfc3339, rfc3339, schedule_stream
 from rollwatch.log import get_logger
 from rollwatch.projections import ProjectionDB
 
@@ -186,7 +186,7 @@ class Scheduler:
             self.next_fires[s.name] = nxt
             if missed:
                 await self.store.append(
-                    f"schedule-{s.name}",
+                    schedule_stream(s.name),
                     [
                         ScheduleMissed(
                             schedule=s.name,
@@ -199,7 +199,7 @@ class Scheduler:
                 if nxt != now:
                     # Too old to catch up: remember them as handled and wait for the next.
                     await self.store.append(
-                        f"schedule-{s.name}",
+                        schedule_stream(s.name),
                         [
                             ScheduleSkipped(
                                 schedule=s.name,
@@ -233,7 +233,7 @@ class Scheduler:
         ft = rfc3339(fire_time)
         if await self.is_running(s.name):
             await self.store.append(
-                f"schedule-{s.name}",
+                schedule_stream(s.name),
                 [
                     ScheduleSkipped(
                         schedule=s.name,

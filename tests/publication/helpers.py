@@ -28,12 +28,13 @@ from rollwatch.events import (
     SubscriberAdded,
     SubscriberRevoked,
     rfc3339,
+    subscriber_stream,
 )
 from rollwatch.metrics import Metrics
 from rollwatch.projections import Projection, ProjectionDB
 from rollwatch.publication import publication_projections, publication_routes
-from rollwatch.publication.keys import SCOPES, hash_key, key_prefix, new_key, subscriber_stream
-from rollwatch.report import report_projections
+from rollwatch.publication.keys import SCOPES, hash_key, key_prefix, new_key
+from rollwatch.readmodels import default_projections
 from rollwatch.store.sqlite import SQLiteEventStore
 from rollwatch.web.app import build_app
 from rollwatch.web.server import HTTPServer
@@ -41,7 +42,7 @@ from rollwatch.web.server import HTTPServer
 
 def all_projections() -> list[Projection]:
     """Every read model: the daemon's, the report's and publication's."""
-    have = report_projections()
+    have = default_projections()
     names = {p.name for p in have}
     return have + [p for p in publication_projections() if p.name not in names]
 

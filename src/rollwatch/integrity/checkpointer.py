@@ -27,7 +27,7 @@ from anyio.abc import TaskStatus
 
 from rollwatch.abc import EventStore
 from rollwatch.errors import ConcurrencyConflict, IntegrityError, StoreError
-from rollwatch.events import CheckpointSigned
+from rollwatch.events import CHECKPOINT_STREAM, CheckpointSigned
 from rollwatch.integrity.checkpoint import (
     Checkpoint,
     InvalidNote,
@@ -41,7 +41,7 @@ from rollwatch.log import get_logger
 
 log = get_logger(__name__)
 
-STREAM = "checkpoints"
+STREAM = CHECKPOINT_STREAM
 """The log stream that holds the CheckpointSigned events."""
 
 

@@ -11,7 +11,18 @@ from datetime import UTC, datetime
 from typing import Any
 
 from rollwatch.abc import EventStore
-from rollwatch.events import parse_rfc3339, rollout_stream, run_stream
+from rollwatch.events import (
+    PublicationDecided,
+    PublicReleased,
+    RolloutFailed,
+    RolloutRequested,
+    RolloutResponded,
+    RolloutScored,
+    RunStarted,
+    parse_rfc3339,
+    rollout_stream,
+    run_stream,
+)
 
 
 async def rollout_record(
@@ -46,79 +57,88 @@ async def rollout_record(
         "events": [],
     }
     attempts: dict[int, dict[str, Any]] = {}
-    for ev in events:
-        d = ev.data
-        rec["events"].append({"seq": ev.seq, "id": ev.id, "type": ev.type, "at": ev.at, "hash": ev.hash})
-        if ev.type == "RolloutRequested":
-            for k in ("run_id", "provider", "model", "problem_id", "problem_hash", "sample"):
-                rec[k] = d.get(k)
-            attempts[d["attempt"]] = {
-                "attempt": d["attempt"],
-                "requested_at": ev.at,
-                "node": d.get("node"),
-                "request": d.get("request"),
+    for stored in events:
+        rec["events"].append(
+            {"seq": stored.seq, "id": stored.id, "type": stored.type, "at": stored.at, "hash": stored.hash}
+        )
+        at = stored.at
+        ev = stored.event()
+        if isinstance(ev, RolloutRequested):
+            rec.update(
+                run_id=ev.run_id,
+                provider=ev.provider,
+                model=ev.model,
+                problem_id=ev.problem_id,
+                problem_hash=ev.problem_hash,
+                sample=ev.sample,
+            )
+            attempts[ev.attempt] = {
+                "attempt": ev.attempt,
+                "requested_at": at,
+                "node": ev.node,
+                "request": ev.request,
                 "outcome": "pending",
                 "response": None,
                 "failure": None,
             }
-        elif ev.type == "RolloutResponded":
+        elif isinstance(ev, RolloutResponded):
             response = {
-                "at": ev.at,
-                "text": d.get("text"),
-                "reasoning": d.get("reasoning"),
-                "finish_reason": d.get("finish_reason"),
-                "usage": d.get("usage") or {},
-                "cost_usd": d.get("cost_usd"),
-                "latency_ms": d.get("latency_ms"),
-                "request_id": d.get("request_id"),
-                "model": d.get("model"),
+                "at": at,
+                "text": ev.text,
+                "reasoning": ev.reasoning,
+                "finish_reason": ev.finish_reason,
+                "usage": ev.usage or {},
+                "cost_usd": ev.cost_usd,
+                "latency_ms": ev.latency_ms,
+                "request_id": ev.request_id,
+                "model": ev.model,
             }
-            a = attempts.setdefault(d["attempt"], {"attempt": d["attempt"], "request": None})
+            a = attempts.setdefault(ev.attempt, {"attempt": ev.attempt, "request": None})
             a.update(outcome="responded", response=response)
             rec["answer"] = response
-            if d.get("cost_usd") is not None:
-                rec["cost_usd"] = (rec["cost_usd"] or 0.0) + d["cost_usd"]
-        elif ev.type == "RolloutFailed":
+            if ev.cost_usd is not None:
+                rec["cost_usd"] = (rec["cost_usd"] or 0.0) + ev.cost_usd
+        elif isinstance(ev, RolloutFailed):
             failure = {
-                k: d.get(k) for k in ("kind", "status", "retryable", "message", "retry_after_s", "final")
+                "kind": ev.kind,
+                "status": ev.status,
+                "retryable": ev.retryable,
+                "message": ev.message,
+                "retry_after_s": ev.retry_after_s,
+                "final": ev.final,
+                "at": at,
             }
-            failure["at"] = ev.at
-            a = attempts.setdefault(d["attempt"], {"attempt": d["attempt"], "request": None})
+            a = attempts.setdefault(ev.attempt, {"attempt": ev.attempt, "request": None})
             a.update(outcome="failed", failure=failure)
-        elif ev.type == "RolloutScored":
-            rec["score"] = {"at": ev.at, **d}
-        elif ev.type == "PublicationDecided":
-            aud = d["audience"]
-            if rec["publication"].get(aud) is None:
-                rec["publication"][aud] = {
-                    "decided_at": ev.at,
-                    "not_before": d["not_before"],
-                    "embargo_s": d.get("embargo_s", 0.0),
+        elif isinstance(ev, RolloutScored):
+            rec["score"] = {"at": at, **ev.to_data()}
+        elif isinstance(ev, PublicationDecided):
+            if rec["publication"].get(ev.audience) is None:
+                rec["publication"][ev.audience] = {
+                    "decided_at": at,
+                    "not_before": ev.not_before,
+                    "embargo_s": ev.embargo_s,
                 }
-        elif ev.type == "PublicReleased" and rec["publication"]["released"] is None:
-            rec["publication"]["released"] = {"at": ev.at, "seq": ev.seq}
+        elif isinstance(ev, PublicReleased) and rec["publication"]["released"] is None:
+            rec["publication"]["released"] = {"at": at, "seq": stored.seq}
     rec["attempts"] = [attempts[k] for k in sorted(attempts)]
     rec["publication"]["state"] = _state(rec, now or datetime.now(UTC))
     if rec["run_id"]:
-        async for ev in store.read(stream=run_stream(rec["run_id"]), types={"RunStarted"}):
-            d = ev.data
-            rec["run"] = {
-                "run_id": d["run_id"],
-                "started_at": ev.at,
-                **{
-                    k: d.get(k)
-                    for k in (
-                        "schedule",
-                        "provider",
-                        "models",
-                        "problem_set",
-                        "node",
-                        "rollouts",
-                        "params",
-                        "trigger",
-                    )
-                },
-            }
+        async for stored in store.read(stream=run_stream(rec["run_id"]), types={"RunStarted"}):
+            run = stored.event()
+            if isinstance(run, RunStarted):
+                rec["run"] = {
+                    "run_id": run.run_id,
+                    "started_at": stored.at,
+                    "schedule": run.schedule,
+                    "provider": run.provider,
+                    "models": run.models,
+                    "problem_set": run.problem_set,
+                    "node": run.node,
+                    "rollouts": run.rollouts,
+                    "params": run.params,
+                    "trigger": run.trigger,
+                }
             break
     return rec
 

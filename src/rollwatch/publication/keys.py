@@ -42,7 +42,13 @@ import anyio
 from rollwatch.abc import EventStore
 from rollwatch.config import parse_duration
 from rollwatch.errors import UsageError
-from rollwatch.events import Recorded, parse_rfc3339, rfc3339
+from rollwatch.events import (
+    Recorded,
+    SubscriberAdded,
+    SubscriberRevoked,
+    parse_rfc3339,
+    rfc3339,
+)
 from rollwatch.projections import ProjectionDB
 
 KEY_PREFIX = "rw_"
@@ -56,11 +62,6 @@ SUBSCRIBER_TYPES = frozenset({"SubscriberAdded", "SubscriberRevoked"})
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _KEY = re.compile(r"^rw_[A-Za-z0-9_-]{43}$")
-
-
-def subscriber_stream(name: str) -> str:
-    """The stream of one subscriber's events (``SubscriberAdded`` opens it)."""
-    return f"subscriber-{name}"
 
 
 def new_key() -> str:
@@ -212,19 +213,18 @@ class SubscriberDirectory:
         self._cursor = cp
         return bool(rows)
 
-    def _apply(self, ev: Recorded) -> None:
-        d = ev.data
-        name = d["name"]
-        if ev.type == "SubscriberAdded":
-            expires = parse_rfc3339(d["expires"]) if d.get("expires") else None
-            self._by_name[name] = Subscriber(
-                name=name,
-                key_hash=d["key_hash"],
-                key_prefix=d["key_prefix"],
-                scopes=tuple(d.get("scopes") or SCOPES),
-                expires=expires,
+    def _apply(self, rec: Recorded) -> None:
+        ev = rec.event()
+        if isinstance(ev, SubscriberAdded):
+            self._by_name[ev.name] = Subscriber(
+                name=ev.name,
+                key_hash=ev.key_hash,
+                key_prefix=ev.key_prefix,
+                scopes=tuple(ev.scopes or SCOPES),
+                expires=parse_rfc3339(ev.expires) if ev.expires else None,
             )
-        elif ev.type == "SubscriberRevoked" and name in self._by_name:
+        elif isinstance(ev, SubscriberRevoked) and ev.name in self._by_name:
+            name = ev.name
             old = self._by_name[name]
             self._by_name[name] = Subscriber(
                 name=old.name,

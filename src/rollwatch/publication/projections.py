@@ -15,7 +15,20 @@ import json
 import sqlite3
 from typing import Any
 
-from rollwatch.events import Recorded, parse_rfc3339
+from rollwatch.events import (
+    PublicationDecided,
+    PublicReleased,
+    Recorded,
+    RolloutFailed,
+    RolloutRequested,
+    RolloutResponded,
+    RolloutScored,
+    RunFinished,
+    RunStarted,
+    SubscriberAdded,
+    SubscriberRevoked,
+    parse_rfc3339,
+)
 from rollwatch.projections import Projection
 
 _ROLLOUT_EVENTS = frozenset(
@@ -53,28 +66,20 @@ class SubscribersProjection(Projection):
     )
     """
 
-    def apply(self, db: sqlite3.Connection, ev: Recorded) -> None:
+    def apply(self, db: sqlite3.Connection, rec: Recorded) -> None:
         """Add a subscriber, or mark one revoked."""
-        d = ev.data
-        if ev.type == "SubscriberAdded":
+        ev = rec.event()
+        if isinstance(ev, SubscriberAdded):
             db.execute(
                 "INSERT OR IGNORE INTO pub_subscribers (name, key_prefix, key_hash, scopes, expires,"
                 " added_at, added_seq) VALUES (?,?,?,?,?,?,?)",
-                (
-                    d["name"],
-                    d["key_prefix"],
-                    d["key_hash"],
-                    _j(d.get("scopes") or []),
-                    d.get("expires"),
-                    ev.at,
-                    ev.seq,
-                ),
+                (ev.name, ev.key_prefix, ev.key_hash, _j(ev.scopes or []), ev.expires, rec.at, rec.seq),
             )
-        else:
+        elif isinstance(ev, SubscriberRevoked):
             db.execute(
                 "UPDATE pub_subscribers SET revoked_at = coalesce(revoked_at, ?),"
                 " revoked_seq = coalesce(revoked_seq, ?), note = ? WHERE name = ?",
-                (ev.at, ev.seq, d.get("note", ""), d["name"]),
+                (rec.at, rec.seq, ev.note, ev.name),
             )
 
 
@@ -129,45 +134,53 @@ class FeedProjection(Projection):
     CREATE TABLE IF NOT EXISTS feed_items (seq INTEGER PRIMARY KEY, item TEXT NOT NULL)
     """
 
-    def apply(self, db: sqlite3.Connection, ev: Recorded) -> None:
+    def apply(self, db: sqlite3.Connection, rec: Recorded) -> None:
         """Keep the rollout context; render a feed item for the visible types."""
-        d = ev.data
-        t = ev.type
-        if t == "RolloutRequested":
+        ev = rec.event()
+        if isinstance(ev, RolloutRequested):
             db.execute(
                 "INSERT OR IGNORE INTO feed_rollouts (rollout_id, run_id, provider, model, problem_id,"
                 " sample) VALUES (?,?,?,?,?,?)",
-                (d["rollout_id"], d["run_id"], d["provider"], d["model"], d["problem_id"], d["sample"]),
+                (ev.rollout_id, ev.run_id, ev.provider, ev.model, ev.problem_id, ev.sample),
             )
             return
-        if t == "RolloutResponded":
-            if d.get("cost_usd") is not None:
+        if isinstance(ev, RolloutResponded):
+            if ev.cost_usd is not None:
                 db.execute(
                     "UPDATE feed_rollouts SET cost_usd = coalesce(cost_usd, 0) + ? WHERE rollout_id = ?",
-                    (d["cost_usd"], d["rollout_id"]),
+                    (ev.cost_usd, ev.rollout_id),
                 )
             return
-        if t == "RolloutFailed" and not d.get("final"):
+        if isinstance(ev, RolloutFailed) and not ev.final:
             return
         item: dict[str, Any] = dict.fromkeys(FEED_ITEM_KEYS)
-        item.update(seq=ev.seq, id=ev.id, type=t, at=ev.at, hash=ev.hash, detail={})
-        if t in ("RunStarted", "RunFinished"):
-            item["run_id"] = d["run_id"]
-            if t == "RunStarted":
-                item["provider"] = d["provider"]
-                item["detail"] = {
-                    k: d.get(k)
-                    for k in ("schedule", "models", "problem_set", "rollouts", "trigger", "budget_usd")
-                }
-                item["detail"]["problems"] = len(d.get("problems") or [])
-            else:
-                item["status"] = d["status"]
-                item["cost_usd"] = d.get("cost_usd")
-                item["detail"] = {
-                    k: d.get(k) for k in ("rollouts", "passed", "scored", "planned", "failures", "message")
-                }
-        else:
-            rid = d["rollout_id"]
+        item.update(seq=rec.seq, id=rec.id, type=rec.type, at=rec.at, hash=rec.hash, detail={})
+        if isinstance(ev, RunStarted):
+            item["run_id"] = ev.run_id
+            item["provider"] = ev.provider
+            item["detail"] = {
+                "schedule": ev.schedule,
+                "models": ev.models,
+                "problem_set": ev.problem_set,
+                "rollouts": ev.rollouts,
+                "trigger": ev.trigger,
+                "budget_usd": ev.budget_usd,
+                "problems": len(ev.problems or []),
+            }
+        elif isinstance(ev, RunFinished):
+            item["run_id"] = ev.run_id
+            item["status"] = ev.status
+            item["cost_usd"] = ev.cost_usd
+            item["detail"] = {
+                "rollouts": ev.rollouts,
+                "passed": ev.passed,
+                "scored": ev.scored,
+                "planned": ev.planned,
+                "failures": ev.failures,
+                "message": ev.message,
+            }
+        elif isinstance(ev, RolloutScored | RolloutFailed | PublicationDecided | PublicReleased):
+            rid = ev.rollout_id
             item["rollout_id"] = rid
             row = db.execute(
                 "SELECT run_id, provider, model, problem_id, sample, cost_usd FROM feed_rollouts"
@@ -179,20 +192,27 @@ class FeedProjection(Projection):
                     ("run_id", "provider", "model", "problem_id", "sample", "cost_usd"), row, strict=True
                 ):
                     item[k] = v
-            if t == "RolloutScored":
-                item["passed"] = bool(d["passed"])
-                item["score"] = d.get("score")
-                item["detail"] = {"scorer": d.get("scorer"), "reason": d.get("reason", "")}
-            elif t == "RolloutFailed":
+            if isinstance(ev, RolloutScored):
+                item["passed"] = bool(ev.passed)
+                item["score"] = ev.score
+                item["detail"] = {"scorer": ev.scorer, "reason": ev.reason}
+            elif isinstance(ev, RolloutFailed):
                 item["status"] = "failed"
-                item["detail"] = {k: d.get(k) for k in ("attempt", "kind", "status", "message")}
-            elif t == "PublicationDecided":
-                item["audience"] = d["audience"]
-                item["not_before"] = d["not_before"]
-                item["detail"] = {"embargo_s": d.get("embargo_s", 0.0)}
-            elif t == "PublicReleased":
+                item["detail"] = {
+                    "attempt": ev.attempt,
+                    "kind": ev.kind,
+                    "status": ev.status,
+                    "message": ev.message,
+                }
+            elif isinstance(ev, PublicationDecided):
+                item["audience"] = ev.audience
+                item["not_before"] = ev.not_before
+                item["detail"] = {"embargo_s": ev.embargo_s}
+            else:
                 item["audience"] = "public"
-        db.execute("INSERT OR IGNORE INTO feed_items (seq, item) VALUES (?, ?)", (ev.seq, _j(item)))
+        else:
+            return
+        db.execute("INSERT OR IGNORE INTO feed_items (seq, item) VALUES (?, ?)", (rec.seq, _j(item)))
 
 
 # --- the public release ---------------------------------------------------------------------
@@ -228,71 +248,54 @@ class PublicProjection(Projection):
     )
     """
 
-    def apply(self, db: sqlite3.Connection, ev: Recorded) -> None:
+    def apply(self, db: sqlite3.Connection, rec: Recorded) -> None:
         """Record context, score, public decision and release of each rollout."""
-        d = ev.data
-        t = ev.type
-        if t == "RunStarted":
+        ev = rec.event()
+        if isinstance(ev, RunStarted):
             db.execute(
                 "INSERT OR IGNORE INTO public_runs (run_id, provider, started_at) VALUES (?,?,?)",
-                (d["run_id"], d["provider"], ev.at),
+                (ev.run_id, ev.provider, rec.at),
             )
-        elif t == "RunFinished":
+        elif isinstance(ev, RunFinished):
             db.execute(
                 "UPDATE public_runs SET finished_at = ?, status = ? WHERE run_id = ?",
-                (ev.at, d["status"], d["run_id"]),
+                (rec.at, ev.status, ev.run_id),
             )
-        elif t == "RolloutRequested":
+        elif isinstance(ev, RolloutRequested):
             db.execute(
                 "INSERT OR IGNORE INTO public_rollouts (rollout_id, run_id, provider, model, problem_id,"
                 " sample, requested_at) VALUES (?,?,?,?,?,?,?)",
-                (
-                    d["rollout_id"],
-                    d["run_id"],
-                    d["provider"],
-                    d["model"],
-                    d["problem_id"],
-                    d["sample"],
-                    ev.at,
-                ),
+                (ev.rollout_id, ev.run_id, ev.provider, ev.model, ev.problem_id, ev.sample, rec.at),
             )
-        elif t == "RolloutResponded":
+        elif isinstance(ev, RolloutResponded):
             db.execute(
                 "UPDATE public_rollouts SET answer_seq = ?,"
                 " cost_usd = CASE WHEN ? IS NULL THEN cost_usd ELSE coalesce(cost_usd, 0) + ? END"
                 " WHERE rollout_id = ?",
-                (ev.seq, d.get("cost_usd"), d.get("cost_usd"), d["rollout_id"]),
+                (rec.seq, ev.cost_usd, ev.cost_usd, ev.rollout_id),
             )
-        elif t == "RolloutScored":
+        elif isinstance(ev, RolloutScored):
             db.execute(
                 "UPDATE public_rollouts SET passed = ?, score = ?, scorer = ?, scored_at = ?, scored_ts = ?,"
                 " scored_seq = ? WHERE rollout_id = ?",
-                (
-                    int(bool(d["passed"])),
-                    d.get("score"),
-                    d.get("scorer"),
-                    ev.at,
-                    _epoch(ev.at),
-                    ev.seq,
-                    d["rollout_id"],
-                ),
+                (int(bool(ev.passed)), ev.score, ev.scorer, rec.at, _epoch(rec.at), rec.seq, ev.rollout_id),
             )
-        elif t == "PublicationDecided" and d["audience"] == "public":
+        elif isinstance(ev, PublicationDecided) and ev.audience == "public":
             # The first public decision stands; a later one (there should be none) cannot
             # move a release date that readers may already rely on.
             db.execute(
                 "UPDATE public_rollouts SET not_before = ?, not_before_ts = ?, embargo_s = ?,"
                 " decided_seq = ? WHERE rollout_id = ? AND decided_seq IS NULL",
-                (d["not_before"], _epoch(d["not_before"]), d.get("embargo_s", 0.0), ev.seq, d["rollout_id"]),
+                (ev.not_before, _epoch(ev.not_before), ev.embargo_s, rec.seq, ev.rollout_id),
             )
-        elif t == "PublicReleased":
+        elif isinstance(ev, PublicReleased):
             db.execute(
                 "UPDATE public_rollouts SET released_at = ?, released_seq = ?"
                 " WHERE rollout_id = ? AND released_seq IS NULL",
-                (ev.at, ev.seq, d["rollout_id"]),
+                (rec.at, rec.seq, ev.rollout_id),
             )
 
 
 def publication_projections() -> list[Projection]:
-    """The read models publication needs; register them in ``default_projections()``."""
+    """The read models publication needs (``rollwatch.readmodels`` lists them with the others)."""
     return [SubscribersProjection(), FeedProjection(), PublicProjection()]

@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from rollwatch.abc import EventStore
-from rollwatch.events import parse_rfc3339
+from rollwatch.events import RolloutResponded, parse_rfc3339
 from rollwatch.projections import ProjectionDB
 
 _COLUMNS = (
@@ -75,8 +75,9 @@ class Released:
 async def _answer(store: EventStore, seq: int | None) -> str | None:
     if seq is None:
         return None
-    async for ev in store.read(after=seq - 1, until=seq):
-        return str(ev.data.get("text") or "")
+    async for rec in store.read(after=seq - 1, until=seq):
+        ev = rec.event()
+        return ev.text if isinstance(ev, RolloutResponded) else ""
     return None
 
 

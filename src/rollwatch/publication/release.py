@@ -25,7 +25,13 @@ from anyio.abc import TaskStatus
 
 from rollwatch.abc import EventStore
 from rollwatch.errors import ConcurrencyConflict
-from rollwatch.events import PublicReleased, parse_rfc3339, rollout_stream
+from rollwatch.events import (
+    PublicationDecided,
+    PublicReleased,
+    RolloutScored,
+    parse_rfc3339,
+    rollout_stream,
+)
 from rollwatch.log import get_logger
 from rollwatch.projections import ProjectionDB
 
@@ -55,15 +61,15 @@ async def release_one(store: EventStore, rollout_id: str, now: datetime | None =
         version = 0
         passed = released = False
         not_before: datetime | None = None
-        async for ev in store.read(stream=stream):
-            version = ev.version
-            if ev.type == "RolloutScored":
-                passed = bool(ev.data["passed"])
-            elif ev.type == "PublicationDecided" and not_before is None:
-                d = ev.data
-                if d["audience"] == "public":
-                    not_before = parse_rfc3339(d["not_before"])
-            elif ev.type == "PublicReleased":
+        async for rec in store.read(stream=stream):
+            version = rec.version
+            ev = rec.event()
+            if isinstance(ev, RolloutScored):
+                passed = bool(ev.passed)
+            elif isinstance(ev, PublicationDecided) and not_before is None:
+                if ev.audience == "public":
+                    not_before = parse_rfc3339(ev.not_before)
+            elif isinstance(ev, PublicReleased):
                 released = True
         when = now or datetime.now(UTC)
         if released or not passed or not_before is None or not_before > when:

@@ -31,7 +31,7 @@ import anyio.lowlevel
 from anyio.abc import TaskStatus
 
 from rollwatch.errors import ConcurrencyConflict, StoreError
-from rollwatch.events import Event, Recorded, canonical_json_fast, json_str
+from rollwatch.events import Event, Recorded, json_str, stored_json
 
 MAX_GROUP_CALLS = 10_000
 # A group closes at this many events even with more calls waiting: the callers of the
@@ -86,7 +86,7 @@ class GroupCommitter:
             raise StoreError("the event store is not open (use it with `async with`)")
         now = datetime.now(UTC)
         at = now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond:06d}Z"
-        encode = canonical_json_fast
+        encode = stored_json
         rows = [
             (i, e.TYPE, e.SCHEMA, encode(e.to_data()))
             for i, e in zip(_uuid4s(len(events)), events, strict=True)
