@@ -48,6 +48,19 @@ class TestAppend:
             prev = bytes.fromhex(r.hash)
         assert (await store.verify()).events == 5
 
+    async def test_text_that_is_not_valid_unicode_never_fails_an_append(self, store: EventStore) -> None:
+        """A lone surrogate (a provider's JSON may carry ``"\\ud800"``) is stored as U+FFFD,
+        a split surrogate pair as its character; appends sharing its group commit land too."""
+        hostile = ev(1, note="bad \ud800 end \udfff, pair \ud83d\ude00")
+        async with anyio.create_task_group() as tg:
+            for i in range(20):
+                tg.start_soon(store.append, f"other{i}", [ev(i)])
+            recs = await store.append("hostile", [hostile])
+        assert recs[0].data["note"] == "bad \ufffd end \ufffd, pair \U0001f600"
+        assert recs[0].event() == SchedulePaused(schedule="s1", note="bad \ufffd end \ufffd, pair \U0001f600")
+        assert await store.head() == 21
+        assert (await store.verify()).events == 21
+
     async def test_concurrent_appends_stay_atomic_and_contiguous(self, store: EventStore) -> None:
         """Many tasks appending batches at once: each batch's events are contiguous in seq."""
         results = {}

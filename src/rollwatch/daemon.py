@@ -389,6 +389,8 @@ class Daemon:
                         background.cancel_scope.cancel()
                     integrity_stop.set()
                 self.http.stop()
+                with anyio.move_on_after(10):
+                    await self.http.stopped.wait()
                 main.cancel_scope.cancel()
             log.info("daemon_stopped")
 

@@ -37,6 +37,8 @@ class HTTPServer:
             timeout_graceful_shutdown=5,
         )
         self.server = _Server(config)
+        self.stopped = anyio.Event()
+        """Set once the server has closed its sockets and connections after :meth:`stop`."""
 
     @property
     def port(self) -> int:
@@ -48,12 +50,24 @@ class HTTPServer:
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         async with anyio.create_task_group() as tg:
-            tg.start_soon(self.server.serve)
+            tg.start_soon(self._serve)
             while not self.server.started:
                 if self.server.should_exit:
                     break
                 await anyio.sleep(0.01)
             task_status.started()
 
+    async def _serve(self) -> None:
+        try:
+            await self.server.serve()
+        finally:
+            self.stopped.set()
+
     def stop(self) -> None:
+        """Ask the server to stop; :attr:`stopped` is set once it has closed everything.
+
+        Wait for that before cancelling the task that runs it: uvicorn closes its
+        listening sockets and connections only on the way out of ``serve``, and a
+        cancelled ``serve`` leaves them open.
+        """
         self.server.should_exit = True
