@@ -10,6 +10,7 @@ allocations (tracemalloc) at two log sizes: flat means reads are batched.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sqlite3
 import sys
@@ -96,6 +97,34 @@ def raw_read(path: Path) -> tuple[float, int]:
     return took, n
 
 
+def raw_read_decoded(path: Path) -> tuple[float, int]:
+    """The least a typed reader does: a cursor over the rows and json.loads of each data."""
+    con = sqlite3.connect(path)
+    t = time.perf_counter()
+    n = 0
+    loads = json.loads
+    for row in con.execute(
+        "SELECT seq, id, stream, version, type, schema, at, data, hash FROM events ORDER BY seq"
+    ):
+        loads(row[7])
+        n += 1
+    took = time.perf_counter() - t
+    con.close()
+    return took, n
+
+
+async def our_read_typed(path: Path) -> tuple[float, int]:
+    """Every event through the one read path: ``Recorded.event()`` (decoded, upcast, typed)."""
+    async with SQLiteEventStore(path) as store:
+        t = time.perf_counter()
+        n = 0
+        async for page in store.read_batches():
+            for rec in page:
+                rec.event()
+                n += 1
+        return time.perf_counter() - t, n
+
+
 async def our_append(path: Path, total: int, tasks: int, batch: int) -> float:
     async with SQLiteEventStore(path) as store:
         per = total // tasks // batch
@@ -158,6 +187,9 @@ def main() -> None:
         r_raw, n_raw = min(raw_read(Path(d) / "raw.db") for _ in range(3))
         r_ours, n_ours, peak_full = min(anyio.run(our_read, ours) for _ in range(3))
         _, n_tenth, peak_tenth = anyio.run(our_read, ours, args.events // 10)
+        r_raw_dec, _ = min(raw_read_decoded(Path(d) / "raw.db") for _ in range(3))
+        r_typed, n_typed = min(anyio.run(our_read_typed, ours) for _ in range(3))
+        assert n_typed == args.events
         assert n_raw == n_ours == args.events
         a_ours, a_raw = args.events / t_ours, args.events / t_raw
         rd_ours, rd_raw = args.events / r_ours, args.events / r_raw
@@ -173,6 +205,10 @@ def main() -> None:
         )
         print(
             f"store read:   {rd_ours:,.0f} events/s, raw cursor {rd_raw:,.0f} events/s, ratio {rd_ours / rd_raw:.2f}x (floor 0.5x)"
+        )
+        print(
+            f"store read, typed (Recorded.event() on every event): {args.events / r_typed:,.0f} events/s, "
+            f"raw cursor + json.loads {args.events / r_raw_dec:,.0f} events/s, ratio {r_raw_dec / r_typed:.2f}x (floor 0.5x)"
         )
         print(
             f"store read peak memory: {peak_tenth / 1e6:.1f} MB for {n_tenth:,} events, {peak_full / 1e6:.1f} MB for {n_ours:,} events (ratio {peak_full / max(peak_tenth, 1):.2f}x for 10x the log)"
