@@ -103,7 +103,7 @@ class TestVerifyTreeForConfig:
     @pytest.mark.anyio
     async def test_uses_the_configured_key_and_tree(self, tmp_path: Path, store: SQLiteEventStore) -> None:
         """cli_integrity.verify_tree finds the key and merkle.db from the configuration and checks signatures."""
-        from rollwatch.cli_integrity import verify_tree
+        from rollwatch.cli.integrity import verify_tree
 
         store_cfg = StoreConfig(url=f"sqlite:{tmp_path / 'events.db'}")
         cfg = IntegrityConfig(origin="rollwatch.test/log")

@@ -9,14 +9,14 @@ from pathlib import Path
 import click
 
 from rollwatch.abc import EventStore
-from rollwatch.cli import Context, cli, common, run_async
+from rollwatch.cli._common import Context, common, run_async
 from rollwatch.config import StoreConfig
 from rollwatch.errors import UsageError
 from rollwatch.integrity.config import IntegrityConfig
 from rollwatch.integrity.verify import TreeReport
 
 
-@cli.command()
+@click.command()
 @click.option("--url", required=True, help="the service, e.g. https://rollwatch.example.org")
 @click.option(
     "--keep",
