@@ -6,12 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from rollwatch.config import StoreConfig
+from rollwatch.config import IntegrityConfig, StoreConfig
 from rollwatch.errors import IntegrityError
 from rollwatch.events import CheckpointSigned
 from rollwatch.integrity.checkpoint import Checkpoint, NoteSigner, b64
 from rollwatch.integrity.checkpointer import Checkpointer
-from rollwatch.integrity.config import IntegrityConfig
 from rollwatch.integrity.keys import load_signer
 from rollwatch.integrity.tree import MerkleTree
 from rollwatch.integrity.verify import check_log_tree

@@ -10,9 +10,8 @@ import click
 
 from rollwatch.abc import EventStore
 from rollwatch.cli._common import Context, common, run_async
-from rollwatch.config import StoreConfig
+from rollwatch.config import IntegrityConfig, StoreConfig
 from rollwatch.errors import UsageError
-from rollwatch.integrity.config import IntegrityConfig
 from rollwatch.integrity.verify import TreeReport
 
 
