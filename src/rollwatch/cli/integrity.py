@@ -11,7 +11,7 @@ import click
 from rollwatch.abc import EventStore
 from rollwatch.cli._common import Context, common, run_async
 from rollwatch.config import IntegrityConfig, StoreConfig
-from rollwatch.errors import UsageError
+from rollwatch.errors import AuditFailure, UsageError
 from rollwatch.integrity.verify import TreeReport
 
 
@@ -35,7 +35,6 @@ def audit(
     ctx: Context, url: str, keep: Path | None, item: str | None, key: str | None, http_timeout: float
 ) -> None:
     """Check the signed checkpoint, its consistency with the kept one, and an item's inclusion; exit 1 on failure."""
-    from rollwatch.integrity.audit import AuditFailure
     from rollwatch.integrity.audit import audit as run_audit
 
     async def main() -> int:

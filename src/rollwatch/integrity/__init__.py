@@ -22,33 +22,32 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from rollwatch.config import IntegrityConfig
-    from rollwatch.integrity.audit import AuditFailure, AuditReport, audit
+    from rollwatch.errors import AuditFailure, InvalidNote, InvalidProof
+    from rollwatch.integrity.audit import AuditReport, audit
     from rollwatch.integrity.checkpoint import (
         Checkpoint,
-        InvalidNote,
         NoteSigner,
         NoteVerifier,
     )
     from rollwatch.integrity.checkpointer import Checkpointer, checkpointer, final_checkpoint
-    from rollwatch.integrity.merkle import InvalidProof
     from rollwatch.integrity.routes import inclusion_fields, integrity_routes
     from rollwatch.integrity.service import Integrity, open_integrity
     from rollwatch.integrity.tree import MerkleTree, SQLiteLogFile
     from rollwatch.integrity.verify import TreeReport, check_log_tree
 
 _WHERE = {
-    "AuditFailure": "audit",
+    "AuditFailure": "rollwatch.errors",
     "AuditReport": "audit",
     "audit": "audit",
     "Checkpoint": "checkpoint",
-    "InvalidNote": "checkpoint",
+    "InvalidNote": "rollwatch.errors",
     "NoteSigner": "checkpoint",
     "NoteVerifier": "checkpoint",
     "Checkpointer": "checkpointer",
     "checkpointer": "checkpointer",
     "final_checkpoint": "checkpointer",
     "IntegrityConfig": "rollwatch.config",
-    "InvalidProof": "merkle",
+    "InvalidProof": "rollwatch.errors",
     "inclusion_fields": "routes",
     "integrity_routes": "routes",
     "Integrity": "service",

@@ -21,9 +21,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from rollwatch.errors import InvalidProof
 from rollwatch.events import Recorded
 from rollwatch.integrity.checkpoint import b64
-from rollwatch.integrity.merkle import InvalidProof, leaf_hash
+from rollwatch.integrity.merkle import leaf_hash
 from rollwatch.integrity.tree import MerkleTree
 
 _NO_STORE = {"Cache-Control": "no-cache"}
