@@ -27,7 +27,6 @@ from pydantic import (
 )
 
 from rollwatch.errors import ConfigError, UsageError
-from rollwatch.integrity.config import IntegrityConfig
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)\s*$")
@@ -266,6 +265,81 @@ class ScheduleConfig(_Strict):
         except ValueError as e:
             raise ValueError(f"{v!r} is not a crontab expression (min hour day month dow): {e}") from None
         return v
+
+
+_KEY_NAME = re.compile(r"[^\s+]+")
+
+
+class IntegrityConfig(_Strict):
+    """``[integrity]``: how often checkpoints are signed, under which name and key.
+
+    Every key is optional::
+
+        [integrity]
+        origin = "rollwatch.example/log"   # the log's name in checkpoints (and the key's)
+        checkpoint_every = 1000            # sign after this many events ...
+        checkpoint_interval = "10m"        # ... or this long, whichever comes first (and at shutdown)
+        key_file = "/var/lib/rollwatch/checkpoint.key"   # default <state dir>/checkpoint.key
+        # key_name = "..."                 # default: origin
+        # tree = "var/merkle.db"           # default: merkle.db next to the projections
+
+    The state directory is ``$STATE_DIRECTORY`` (systemd ``StateDirectory=``) or else the
+    projections' folder. A systemd credential ``checkpoint-key`` takes precedence over the
+    key file (see :mod:`rollwatch.integrity.keys`).
+    """
+
+    origin: str = "rollwatch.example/log"
+    """The log's name on the first line of every checkpoint; a schema-less URL is recommended."""
+    key_name: str | None = None
+    """The signing key's name (default: ``origin``)."""
+    key_file: str | None = None
+    """The Ed25519 private key (PEM); made at first start (default ``<state dir>/checkpoint.key``)."""
+    tree: str | None = None
+    """The Merkle tree's SQLite file (default ``merkle.db`` next to the projections)."""
+    checkpoint_every: int = Field(default=1000, ge=1)
+    """Sign a checkpoint once this many events were appended since the last one."""
+    checkpoint_interval: Duration = Field(default=600.0, ge=1.0)
+    """Sign a checkpoint at least this often when anything was appended."""
+
+    @field_validator("origin")
+    @classmethod
+    def _origin(cls, v: str) -> str:
+        if not v or any(c.isspace() for c in v) or "+" in v:
+            raise ValueError(
+                f"{v!r}: the origin must be non-empty, without spaces or '+' (e.g. 'example.org/rollwatch')"
+            )
+        return v
+
+    @field_validator("key_name")
+    @classmethod
+    def _key_name(cls, v: str | None) -> str | None:
+        if v is not None and not _KEY_NAME.fullmatch(v):
+            raise ValueError(f"{v!r}: a key name must be non-empty, without spaces or '+'")
+        return v
+
+    @property
+    def name(self) -> str:
+        """The key name checkpoints are signed under."""
+        return self.key_name or self.origin
+
+    def state_dir(self, store: StoreConfig) -> Path:
+        """``$STATE_DIRECTORY`` (its first entry), else the projections' folder."""
+        state = os.environ.get("STATE_DIRECTORY")
+        if state:
+            return Path(state.split(":")[0])
+        return store.projections_path.parent
+
+    def key_path(self, store: StoreConfig) -> Path:
+        """Where the signing key is kept."""
+        return Path(self.key_file) if self.key_file else self.state_dir(store) / "checkpoint.key"
+
+    def witness_path(self, store: StoreConfig) -> Path:
+        """Where the last signed checkpoint is remembered apart from the log."""
+        return self.state_dir(store) / "checkpoint.last"
+
+    def tree_path(self, store: StoreConfig) -> Path:
+        """The Merkle tree's SQLite file."""
+        return Path(self.tree) if self.tree else store.projections_path.parent / "merkle.db"
 
 
 class ClusterConfig(_Strict):

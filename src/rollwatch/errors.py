@@ -1,7 +1,9 @@
-"""Every exception rollwatch raises on purpose.
+"""Every exception rollwatch raises on purpose, and only here.
 
     RollwatchError
     ├── ConfigError                 bad configuration (exit code 2)
+    ├── UsageError                  a command was used wrongly (exit code 2)
+    │   └── AddressInUse            server.listen is taken by another process
     ├── StoreError                  the event log could not do what was asked
     │   ├── ConcurrencyConflict     a stream moved on since the caller read it
     │   ├── IntegrityError          the stored log is not what was appended (tampering)
@@ -10,9 +12,20 @@
     ├── SandboxError                the sandbox could not run (not: the code failed)
     │   └── IsolationUnavailable    namespace isolation is required but missing
     ├── ProviderError               a provider call failed; carries kind/status/retryable
-    └── UsageError                  a command was used wrongly (exit code 2)
+    ├── InvalidProof                a Merkle proof is malformed or names sizes that do not exist
+    ├── InvalidNote                 a signed note or checkpoint is malformed or badly signed
+    ├── AuditFailure                one check of ``rollwatch audit`` failed (exit code 1)
+    └── HTTPError                   a request gets an error response (JSON error body)
+        ├── BadRequest              400: a query parameter or path segment is invalid
+        ├── Unauthorized            401: missing, unknown, expired or revoked key
+        ├── Forbidden               403: the key or peer may not read this route
+        ├── NotFound                404: nothing (visible) by that name
+        ├── TooManyRequests         429: over the key's rate limit
+        └── ServiceUnavailable      503: a part the route needs is not available
 
-Messages name the thing and say what to do about it.
+Messages name the thing and say what to do about it. Helpers that never leave their
+module (a pydantic validator's ``ValueError``, a sandbox program's own signals) are
+not listed: nothing outside catches them.
 """
 
 from __future__ import annotations
@@ -34,6 +47,17 @@ class ConfigError(RollwatchError):
 
 class UsageError(RollwatchError):
     """Raised when a command is given arguments it cannot act on."""
+
+
+class AddressInUse(UsageError):
+    """Raised when the address the HTTP server should listen on is taken by another process."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        super().__init__(
+            f"{address} is already in use; stop whatever listens there "
+            "(another `rollwatch serve`?) or set server.listen to another address"
+        )
 
 
 class StoreError(RollwatchError):
@@ -101,3 +125,78 @@ class ProviderError(RollwatchError):
         self.retry_after = retry_after
         self.message = message
         super().__init__(f"{kind}" + (f" (HTTP {status})" if status else "") + f": {message}")
+
+
+class InvalidProof(RollwatchError):
+    """Raised when a Merkle proof is malformed or asked for sizes that do not exist."""
+
+
+class InvalidNote(RollwatchError):
+    """Raised when a signed note or checkpoint is malformed or carries no valid signature of the expected key."""
+
+
+class AuditFailure(RollwatchError):
+    """Raised when one audit check fails; ``check`` names it (fetch, keep, key, checkpoint, consistency, inclusion)."""
+
+    def __init__(self, check: str, message: str) -> None:
+        self.check = check
+        self.message = message
+        super().__init__(f"{check}: {message}")
+
+
+class HTTPError(RollwatchError):
+    """Raised inside a route handler to answer with ``status`` and the JSON error body.
+
+    The body is ``{"error": code, "message": message}`` for every 4xx and 5xx answer
+    (see :mod:`rollwatch.web.errors`); ``headers`` go on the response.
+    """
+
+    status = 500
+    code = "internal"
+
+    def __init__(self, message: str, headers: dict[str, str] | None = None) -> None:
+        self.message = message
+        self.headers = headers or {}
+        super().__init__(message)
+
+
+class BadRequest(HTTPError):
+    """Raised when a query parameter or path segment is invalid; the message names it."""
+
+    status = 400
+    code = "bad_request"
+
+
+class Unauthorized(HTTPError):
+    """Raised when a request's key is missing, unknown, expired or revoked."""
+
+    status = 401
+    code = "unauthorized"
+
+
+class Forbidden(HTTPError):
+    """Raised when the key (or the peer) may not read the route."""
+
+    status = 403
+    code = "forbidden"
+
+
+class NotFound(HTTPError):
+    """Raised when nothing visible to the caller has the requested name."""
+
+    status = 404
+    code = "not_found"
+
+
+class TooManyRequests(HTTPError):
+    """Raised when a key is over its rate limit (with ``Retry-After``)."""
+
+    status = 429
+    code = "rate_limited"
+
+
+class ServiceUnavailable(HTTPError):
+    """Raised when a part the route needs is not available in this process."""
+
+    status = 503
+    code = "unavailable"

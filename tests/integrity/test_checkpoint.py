@@ -12,8 +12,8 @@ from cryptography.hazmat.primitives.asymmetric.ec import SECP256R1, generate_pri
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
-from rollwatch.errors import ConfigError
-from rollwatch.integrity.checkpoint import Checkpoint, InvalidNote, NoteSigner, NoteVerifier
+from rollwatch.errors import ConfigError, InvalidNote
+from rollwatch.integrity.checkpoint import Checkpoint, NoteSigner, NoteVerifier
 from rollwatch.integrity.keys import existing_signer, load_signer
 
 # The example of golang.org/x/mod/sumdb/note (its tests and documentation).

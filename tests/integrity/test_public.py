@@ -17,9 +17,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from rollwatch.errors import IntegrityError
+from rollwatch.errors import AuditFailure, IntegrityError
 from rollwatch.events import CheckpointSigned, RolloutScored
-from rollwatch.integrity.audit import AuditFailure, audit
+from rollwatch.integrity.audit import audit
 from rollwatch.integrity.checkpoint import Checkpoint, NoteSigner, b64, unb64
 from rollwatch.integrity.checkpointer import Checkpointer
 from rollwatch.integrity.routes import inclusion_fields, integrity_routes

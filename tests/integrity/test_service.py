@@ -11,9 +11,8 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
-from rollwatch.config import StoreConfig
+from rollwatch.config import IntegrityConfig, StoreConfig
 from rollwatch.errors import IntegrityError
-from rollwatch.integrity.config import IntegrityConfig
 from rollwatch.integrity.service import open_integrity
 from rollwatch.metrics import Metrics
 from rollwatch.store.sqlite import SQLiteEventStore
@@ -61,13 +60,14 @@ class TestConfig:
         assert cfg.tree_path(store) == Path("/srv/x/merkle.db")
 
     def test_importing_the_config_loads_nothing_else(self) -> None:
-        """rollwatch.config can import IntegrityConfig at its top: no cycle back, nothing heavy loaded."""
+        """IntegrityConfig lives in rollwatch.config with the other config types: importing
+        it loads no other part of rollwatch (no cycle) and nothing heavy."""
         code = (
-            "import sys; import rollwatch.integrity.config; "
+            "import sys; from rollwatch.config import IntegrityConfig; "
             "print(sorted(m for m in sys.modules if m.startswith(('rollwatch', 'starlette', 'cryptography'))))"
         )
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-        assert out.strip() == "['rollwatch', 'rollwatch.integrity', 'rollwatch.integrity.config']"
+        assert out.strip() == "['rollwatch', 'rollwatch.config', 'rollwatch.errors']"
 
 
 class TestIntegrityRun:

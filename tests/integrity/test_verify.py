@@ -6,12 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from rollwatch.config import StoreConfig
+from rollwatch.config import IntegrityConfig, StoreConfig
 from rollwatch.errors import IntegrityError
 from rollwatch.events import CheckpointSigned
 from rollwatch.integrity.checkpoint import Checkpoint, NoteSigner, b64
 from rollwatch.integrity.checkpointer import Checkpointer
-from rollwatch.integrity.config import IntegrityConfig
 from rollwatch.integrity.keys import load_signer
 from rollwatch.integrity.tree import MerkleTree
 from rollwatch.integrity.verify import check_log_tree
@@ -103,7 +102,7 @@ class TestVerifyTreeForConfig:
     @pytest.mark.anyio
     async def test_uses_the_configured_key_and_tree(self, tmp_path: Path, store: SQLiteEventStore) -> None:
         """cli_integrity.verify_tree finds the key and merkle.db from the configuration and checks signatures."""
-        from rollwatch.cli_integrity import verify_tree
+        from rollwatch.cli.integrity import verify_tree
 
         store_cfg = StoreConfig(url=f"sqlite:{tmp_path / 'events.db'}")
         cfg = IntegrityConfig(origin="rollwatch.test/log")

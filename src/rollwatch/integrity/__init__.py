@@ -7,12 +7,12 @@ process), :mod:`~rollwatch.integrity.checkpoint` (signed notes, checkpoints, the
 ``CheckpointSigned`` event), :mod:`~rollwatch.integrity.keys` (the signing key),
 :mod:`~rollwatch.integrity.checkpointer` (signing, never inconsistently),
 :mod:`~rollwatch.integrity.routes` (HTTP), :mod:`~rollwatch.integrity.audit` (the
-third party's check), :mod:`~rollwatch.integrity.verify` (the operator's check),
-:mod:`~rollwatch.integrity.config` (``[integrity]``) and
-:mod:`~rollwatch.integrity.service` (the daemon's bundle).
+third party's check), :mod:`~rollwatch.integrity.verify` (the operator's check) and
+:mod:`~rollwatch.integrity.service` (the daemon's bundle). ``[integrity]`` is
+:class:`rollwatch.config.IntegrityConfig`, with the rest of the configuration.
 
-The names below are imported on first use, so that ``rollwatch.config`` can import
-``IntegrityConfig`` without pulling in (or cycling through) the rest.
+The names below are imported on first use, so that importing one part does not
+pull in the rest.
 """
 
 from __future__ import annotations
@@ -21,34 +21,33 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from rollwatch.integrity.audit import AuditFailure, AuditReport, audit
+    from rollwatch.config import IntegrityConfig
+    from rollwatch.errors import AuditFailure, InvalidNote, InvalidProof
+    from rollwatch.integrity.audit import AuditReport, audit
     from rollwatch.integrity.checkpoint import (
         Checkpoint,
-        InvalidNote,
         NoteSigner,
         NoteVerifier,
     )
     from rollwatch.integrity.checkpointer import Checkpointer, checkpointer, final_checkpoint
-    from rollwatch.integrity.config import IntegrityConfig
-    from rollwatch.integrity.merkle import InvalidProof
     from rollwatch.integrity.routes import inclusion_fields, integrity_routes
     from rollwatch.integrity.service import Integrity, open_integrity
     from rollwatch.integrity.tree import MerkleTree, SQLiteLogFile
     from rollwatch.integrity.verify import TreeReport, check_log_tree
 
 _WHERE = {
-    "AuditFailure": "audit",
+    "AuditFailure": "rollwatch.errors",
     "AuditReport": "audit",
     "audit": "audit",
     "Checkpoint": "checkpoint",
-    "InvalidNote": "checkpoint",
+    "InvalidNote": "rollwatch.errors",
     "NoteSigner": "checkpoint",
     "NoteVerifier": "checkpoint",
     "Checkpointer": "checkpointer",
     "checkpointer": "checkpointer",
     "final_checkpoint": "checkpointer",
-    "IntegrityConfig": "config",
-    "InvalidProof": "merkle",
+    "IntegrityConfig": "rollwatch.config",
+    "InvalidProof": "rollwatch.errors",
     "inclusion_fields": "routes",
     "integrity_routes": "routes",
     "Integrity": "service",
@@ -90,4 +89,4 @@ def __getattr__(name: str) -> Any:
     module = _WHERE.get(name)
     if module is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    return getattr(importlib.import_module(module if "." in module else f"{__name__}.{module}"), name)

@@ -32,24 +32,14 @@ from typing import Any
 
 import httpx
 
-from rollwatch.errors import RollwatchError
-from rollwatch.integrity.checkpoint import Checkpoint, InvalidNote, NoteVerifier, b64, unb64
+from rollwatch.errors import AuditFailure, InvalidNote, InvalidProof
+from rollwatch.integrity.checkpoint import Checkpoint, NoteVerifier, b64, unb64
 from rollwatch.integrity.merkle import (
-    InvalidProof,
     leaf_hash,
     root_from_inclusion,
     verify_consistency,
     verify_inclusion,
 )
-
-
-class AuditFailure(RollwatchError):
-    """Raised when one audit check fails; ``check`` names it (fetch, keep, key, checkpoint, consistency, inclusion)."""
-
-    def __init__(self, check: str, message: str) -> None:
-        self.check = check
-        self.message = message
-        super().__init__(f"{check}: {message}")
 
 
 @dataclass

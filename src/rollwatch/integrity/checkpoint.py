@@ -31,7 +31,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from rollwatch.errors import RollwatchError
+from rollwatch.errors import InvalidNote
 from rollwatch.integrity.merkle import HASH_SIZE
 
 ED25519 = 0x01
@@ -42,10 +42,6 @@ _MAX_NOTE = 64 * 1024
 _MAX_SIGNATURES = 100
 _NAME = re.compile(r"[^\s+]+")
 _CONTROL = re.compile(r"[\x00-\x09\x0b-\x1f]")
-
-
-class InvalidNote(RollwatchError):
-    """Raised when a signed note or checkpoint is malformed or carries no valid signature of the expected key."""
 
 
 def b64(data: bytes) -> str:

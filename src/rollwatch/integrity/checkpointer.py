@@ -26,11 +26,10 @@ import anyio
 from anyio.abc import TaskStatus
 
 from rollwatch.abc import EventStore
-from rollwatch.errors import ConcurrencyConflict, IntegrityError, StoreError
+from rollwatch.errors import ConcurrencyConflict, IntegrityError, InvalidNote, StoreError
 from rollwatch.events import CHECKPOINT_STREAM, CheckpointSigned
 from rollwatch.integrity.checkpoint import (
     Checkpoint,
-    InvalidNote,
     NoteSigner,
     b64,
     split_note,

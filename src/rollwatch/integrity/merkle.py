@@ -27,7 +27,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 
-from rollwatch.errors import RollwatchError
+from rollwatch.errors import InvalidProof
 
 EMPTY_ROOT = hashlib.sha256(b"").digest()
 HASH_SIZE = 32
@@ -40,10 +40,6 @@ Range = tuple[int, int]
 
 _LEAF = hashlib.sha256(b"\x00")
 _NODE = hashlib.sha256(b"\x01")
-
-
-class InvalidProof(RollwatchError):
-    """Raised when a proof is malformed or asked for sizes that do not exist."""
 
 
 def leaf_hash(data: bytes) -> bytes:

@@ -9,7 +9,8 @@
 
 Proofs are served for any size the tree holds, not only signed ones; a verifier
 checks them against a root it trusts (a verified checkpoint). A bad or missing
-parameter, or a size the tree does not hold yet, is a 400 naming it. Proofs carry
+parameter, or a size the tree does not hold yet, is a 400 naming it, in the error
+body every route uses (:mod:`rollwatch.web.errors`). Proofs carry
 hashes only: nothing of an event under embargo can be read from them.
 """
 
@@ -21,33 +22,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from rollwatch.errors import BadRequest, InvalidProof, NotFound
 from rollwatch.events import Recorded
 from rollwatch.integrity.checkpoint import b64
-from rollwatch.integrity.merkle import InvalidProof, leaf_hash
+from rollwatch.integrity.merkle import leaf_hash
 from rollwatch.integrity.tree import MerkleTree
+from rollwatch.web.params import integer, query
 
 _NO_STORE = {"Cache-Control": "no-cache"}
-_MAX_INT = 1 << 62
-
-
-class _BadParam(Exception):
-    pass
-
-
-def _int(request: Request, name: str, *, low: int) -> int:
-    raw = request.query_params.get(name)
-    if raw is None:
-        raise _BadParam(f"missing query parameter {name!r}")
-    if not raw.isdigit() or len(raw) > 19:
-        raise _BadParam(f"{name}={raw[:30]!r} is not a non-negative integer")
-    value = int(raw)
-    if not low <= value < _MAX_INT:
-        raise _BadParam(f"{name} must be at least {low}")
-    return value
-
-
-def _bad(message: str) -> Response:
-    return JSONResponse({"error": message}, status_code=400)
+_MAX_INT = (1 << 62) - 1
 
 
 def integrity_routes(tree: MerkleTree, vkey: str) -> list[Route]:
@@ -56,35 +39,35 @@ def integrity_routes(tree: MerkleTree, vkey: str) -> list[Route]:
     async def checkpoint(_: Request) -> Response:
         latest = await tree.latest_checkpoint()
         if latest is None:
-            return PlainTextResponse(
-                "no checkpoint has been signed yet\n", status_code=404, headers=_NO_STORE
-            )
+            raise NotFound("no checkpoint has been signed yet", _NO_STORE)
         return PlainTextResponse(latest.note, headers=_NO_STORE)
 
     async def key(_: Request) -> Response:
         return PlainTextResponse(vkey + "\n")
 
     async def consistency(request: Request) -> Response:
+        params = query(request, {"from", "to"}, strict=False)
+        old = integer(params, "from", 0, _MAX_INT)
+        new = integer(params, "to", 0, _MAX_INT)
+        if old > new:
+            raise BadRequest(f"from={old} is larger than to={new}")
         try:
-            old = _int(request, "from", low=0)
-            new = _int(request, "to", low=0)
-            if old > new:
-                raise _BadParam(f"from={old} is larger than to={new}")
             path = await tree.consistency_proof(old, new)
-        except (_BadParam, InvalidProof) as e:
-            return _bad(str(e))
+        except InvalidProof as e:
+            raise BadRequest(str(e)) from None
         return JSONResponse({"from": old, "to": new, "path": [b64(h) for h in path]}, headers=_NO_STORE)
 
     async def inclusion(request: Request) -> Response:
+        params = query(request, {"seq", "size"}, strict=False)
+        seq = integer(params, "seq", 1, _MAX_INT)
+        size = integer(params, "size", 1, _MAX_INT)
+        if seq > size:
+            raise BadRequest(f"event {seq} is not in a tree of size {size}")
         try:
-            seq = _int(request, "seq", low=1)
-            size = _int(request, "size", low=1)
-            if seq > size:
-                raise _BadParam(f"event {seq} is not in a tree of size {size}")
             path = await tree.inclusion_proof(seq - 1, size)
             [leaf] = await tree.leaf_hashes(seq - 1, seq)
-        except (_BadParam, InvalidProof) as e:
-            return _bad(str(e))
+        except InvalidProof as e:
+            raise BadRequest(str(e)) from None
         return JSONResponse(
             {
                 "seq": seq,

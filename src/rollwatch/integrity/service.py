@@ -1,7 +1,7 @@
 """The daemon's integrity services in one object: tree, key, checkpointer, routes.
 
 :func:`open_integrity` opens them from the ``[integrity]`` configuration
-(:class:`rollwatch.integrity.config.IntegrityConfig`); :meth:`Integrity.run` keeps the
+(:class:`rollwatch.config.IntegrityConfig`); :meth:`Integrity.run` keeps the
 tree current (in a worker process) and signs checkpoints until told to stop.
 """
 
@@ -18,9 +18,9 @@ from anyio.abc import TaskStatus
 from starlette.routing import Route
 
 from rollwatch.abc import EventStore
+from rollwatch.config import IntegrityConfig
 from rollwatch.integrity.checkpoint import Checkpoint, NoteSigner
 from rollwatch.integrity.checkpointer import checkpointer, final_checkpoint
-from rollwatch.integrity.config import IntegrityConfig
 from rollwatch.integrity.keys import load_signer
 from rollwatch.integrity.routes import integrity_routes
 from rollwatch.integrity.tree import MerkleTree

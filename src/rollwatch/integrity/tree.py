@@ -53,11 +53,10 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 
 from rollwatch._sqlite import ThreadConnection
 from rollwatch.abc import EventStore
-from rollwatch.errors import IntegrityError, StoreError
+from rollwatch.errors import IntegrityError, InvalidProof, StoreError
 from rollwatch.events import CheckpointSigned, Recorded
 from rollwatch.integrity.merkle import (
     HASH_SIZE,
-    InvalidProof,
     Node,
     assemble,
     consistency_ranges,

@@ -26,9 +26,9 @@ from itertools import pairwise
 import anyio
 
 from rollwatch.abc import EventStore
-from rollwatch.errors import IntegrityError
+from rollwatch.errors import IntegrityError, InvalidNote
 from rollwatch.events import CheckpointSigned, Recorded
-from rollwatch.integrity.checkpoint import InvalidNote, NoteVerifier, b64, unb64
+from rollwatch.integrity.checkpoint import NoteVerifier, b64, unb64
 from rollwatch.integrity.merkle import EMPTY_ROOT, CompactRange, leaf_hash, verify_consistency
 from rollwatch.integrity.tree import MerkleTree
 

@@ -36,19 +36,27 @@ import math
 import re
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from rollwatch.abc import EventStore
 from rollwatch.config import Config
-from rollwatch.errors import UsageError
+from rollwatch.errors import (
+    BadRequest,
+    Forbidden,
+    NotFound,
+    ServiceUnavailable,
+    TooManyRequests,
+    Unauthorized,
+    UsageError,
+)
 from rollwatch.log import get_logger
 from rollwatch.metrics import Metrics
 from rollwatch.projections import ProjectionDB
@@ -57,6 +65,7 @@ from rollwatch.publication.archive import rollout_record
 from rollwatch.publication.keys import Subscriber, SubscriberDirectory
 from rollwatch.publication.openapi import openapi_document
 from rollwatch.publication.public import PublicView, iter_released, public_view, released_one
+from rollwatch.web.params import boolean, integer, query, seconds
 
 if TYPE_CHECKING:
     from rollwatch.integrity.service import Integrity
@@ -80,20 +89,6 @@ class ServicesLike(Protocol):
     def projections(self) -> ProjectionDB: ...
     @property
     def config(self) -> Config: ...
-
-
-class HTTPProblem(Exception):
-    """Raised inside a handler to answer with a JSON error (``{"error", "message"}``)."""
-
-    def __init__(self, status: int, error: str, message: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.error = error
-        self.message = message
-        self.headers = headers or {}
-
-    def response(self) -> Response:
-        return JSONResponse({"error": self.error, "message": self.message}, self.status, self.headers)
 
 
 @dataclass
@@ -149,74 +144,6 @@ def _json_bytes(obj: Any) -> bytes:
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
 
 
-def _only(request: Request, allowed: set[str]) -> dict[str, str]:
-    """The query parameters, refusing unknown or repeated ones (a typo must not pass silently)."""
-    params: dict[str, str] = {}
-    for k, v in request.query_params.multi_items():
-        if k not in allowed:
-            known = ", ".join(sorted(allowed)) or "none"
-            raise HTTPProblem(400, "bad_request", f"unknown query parameter {k!r} (known: {known})")
-        if k in params:
-            raise HTTPProblem(400, "bad_request", f"query parameter {k!r} is given more than once")
-        params[k] = v
-    return params
-
-
-def _int(params: dict[str, str], name: str, default: int, lo: int, hi: int) -> int:
-    raw = params.get(name)
-    if raw is None:
-        return default
-    try:
-        v = int(raw)
-    except ValueError:
-        v = None
-    if v is None or not lo <= v <= hi:
-        raise HTTPProblem(400, "bad_request", f"{name}: expected an integer from {lo} to {hi}, got {raw!r}")
-    return v
-
-
-def _float(params: dict[str, str], name: str, default: float, lo: float, hi: float) -> float:
-    raw = params.get(name)
-    if raw is None:
-        return default
-    try:
-        v = float(raw)
-    except ValueError:
-        v = math.nan
-    if not (math.isfinite(v) and lo <= v <= hi):
-        raise HTTPProblem(
-            400, "bad_request", f"{name}: expected a number of seconds from {lo:g} to {hi:g}, got {raw!r}"
-        )
-    return v
-
-
-def _bool(params: dict[str, str], name: str) -> bool:
-    raw = params.get(name)
-    if raw is None:
-        return False
-    low = raw.lower()
-    if low in ("1", "true", "yes", ""):
-        return True
-    if low in ("0", "false", "no"):
-        return False
-    raise HTTPProblem(400, "bad_request", f"{name}: expected true or false, got {raw!r}")
-
-
-Handler = Callable[[Request], Awaitable[Response]]
-
-
-def _guarded(fn: Handler) -> Handler:
-    async def handler(request: Request) -> Response:
-        try:
-            return await fn(request)
-        except HTTPProblem as p:
-            return p.response()
-
-    handler.__name__ = fn.__name__
-    handler.__doc__ = fn.__doc__
-    return handler
-
-
 # --- the routes -----------------------------------------------------------------------------------
 
 
@@ -267,23 +194,21 @@ class PublicationAPI:
         return head
 
     async def authorize(self, request: Request, scope: str) -> Subscriber:
-        """The subscriber behind the request's bearer key; HTTPProblem 401/403/429 otherwise."""
+        """The subscriber behind the request's bearer key; Unauthorized, Forbidden or TooManyRequests otherwise."""
         header = request.headers.get("authorization", "")
         scheme, _, key = header.partition(" ")
         key = key.strip() if scheme.lower() == "bearer" else ""
         result = await self.subscribers.authenticate(key or None)
         if result.subscriber is None:
             challenge = 'Bearer realm="rollwatch"' + (', error="invalid_token"' if key else "")
-            raise HTTPProblem(401, "unauthorized", result.reason, {"WWW-Authenticate": challenge})
+            raise Unauthorized(result.reason, {"WWW-Authenticate": challenge})
         sub = result.subscriber
         if scope not in sub.scopes:
-            raise HTTPProblem(403, "forbidden", f"this key lacks the {scope!r} scope")
+            raise Forbidden(f"this key lacks the {scope!r} scope")
         wait = self.limiter.take(sub.name)
         if wait is not None:
             retry = max(1, math.ceil(wait))
-            raise HTTPProblem(
-                429,
-                "rate_limited",
+            raise TooManyRequests(
                 f"more than {self.config.server.feed_rate_per_minute} requests a minute; retry in {retry} s",
                 {"Retry-After": str(retry)},
             )
@@ -294,10 +219,10 @@ class PublicationAPI:
     async def feed(self, request: Request) -> Response:
         """``/v1/feed``: items after ``after``, at most ``limit``, waiting up to ``wait`` s for one."""
         await self.authorize(request, "feed")
-        params = _only(request, {"after", "limit", "wait"})
-        after = _int(params, "after", 0, 0, 2**62)
-        limit = _int(params, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
-        wait = _float(params, "wait", 0.0, 0.0, MAX_WAIT)
+        params = query(request, {"after", "limit", "wait"})
+        after = integer(params, "after", 0, 2**62, default=0)
+        limit = integer(params, "limit", 1, MAX_LIMIT, default=DEFAULT_LIMIT)
+        wait = seconds(params, "wait", 0.0, 0.0, MAX_WAIT)
         deadline = anyio.current_time() + wait
         while True:
             head = await self.current()
@@ -321,13 +246,13 @@ class PublicationAPI:
     async def rollout(self, request: Request) -> Response:
         """``/v1/rollouts/{rollout_id}``: the whole archived record, from the log."""
         await self.authorize(request, "rollouts")
-        _only(request, set())  # subscriber routes are strict
+        query(request, set())  # subscriber routes are strict
         rid = request.path_params["rollout_id"]
         if not _ROLLOUT_ID.match(rid):
-            raise HTTPProblem(400, "bad_request", f"rollout_id {rid[:80]!r} is not a rollout id")
+            raise BadRequest(f"rollout_id {rid[:80]!r} is not a rollout id")
         rec = await rollout_record(self.store, rid)
         if rec is None:
-            raise HTTPProblem(404, "not_found", f"no rollout {rid!r} in the log")
+            raise NotFound(f"no rollout {rid!r} in the log")
         return _tagged(
             request, _json_bytes(rec), "application/json", "private, no-cache", vary="Authorization"
         )
@@ -335,26 +260,26 @@ class PublicationAPI:
     async def report(self, request: Request) -> Response:
         """``/v1/report``: ``rollwatch.report.report_json`` (503 when that module is absent)."""
         await self.authorize(request, "report")
-        params = _only(request, {"by", "trend", "release_impact"})
+        params = query(request, {"by", "trend", "release_impact"})
         by = params.get("by", "model")
         if by not in ("model", "problem", "run"):
-            raise HTTPProblem(400, "bad_request", f"by: expected model, problem or run, got {by!r}")
-        options = {k: True for k in ("trend", "release_impact") if _bool(params, k)}
+            raise BadRequest(f"by: expected model, problem or run, got {by[:40]!r}")
+        options = {k: True for k in ("trend", "release_impact") if boolean(params, k)}
         try:
             report_module = importlib.import_module("rollwatch.report")
         except ImportError:
             report_module = None
         report_json = getattr(report_module, "report_json", None)
         if report_json is None:
-            raise HTTPProblem(503, "unavailable", "the report is not available in this version of rollwatch")
+            raise ServiceUnavailable("the report is not available in this version of rollwatch")
         await self.current()
         try:
             rows = await report_json(self.pdb, by, **options)
         except UsageError as e:
-            raise HTTPProblem(400, "bad_request", str(e)) from None
+            raise BadRequest(str(e)) from None
         except sqlite3.OperationalError as e:
             log.error("report_unavailable", error=str(e))
-            raise HTTPProblem(503, "unavailable", "the report's read models are not available") from None
+            raise ServiceUnavailable("the report's read models are not available") from None
         return _tagged(
             request, _json_bytes(rows), "application/json", "private, no-cache", vary="Authorization"
         )
@@ -464,7 +389,7 @@ class PublicationAPI:
             else None
         )
         if r is None:
-            raise HTTPProblem(404, "not_found", "no released result with this id")
+            raise NotFound("no released result with this id")
         return _tagged(request, _json_bytes(r.to_json()), "application/json", "public, max-age=300")
 
     async def openapi(self, request: Request) -> Response:
@@ -473,17 +398,16 @@ class PublicationAPI:
 
     def routes(self) -> list[Route]:
         """Every publication route, ready for ``build_app(metrics, extra_routes)``."""
-        g = _guarded
         return [
-            Route("/v1/feed", g(self.feed), methods=["GET"]),
-            Route("/v1/rollouts/{rollout_id}", g(self.rollout), methods=["GET"]),
-            Route("/v1/report", g(self.report), methods=["GET"]),
-            Route("/openapi.json", g(self.openapi), methods=["GET"]),
-            Route("/public/", g(self.public_page), methods=["GET"]),
-            Route("/public/feed.json", g(self.json_feed), methods=["GET"]),
-            Route("/public/feed.atom", g(self.atom_feed), methods=["GET"]),
-            Route("/public/results.jsonl", g(self.results), methods=["GET"]),
-            Route("/public/rollouts/{rollout_id}.json", g(self.public_rollout), methods=["GET"]),
+            Route("/v1/feed", self.feed, methods=["GET"]),
+            Route("/v1/rollouts/{rollout_id}", self.rollout, methods=["GET"]),
+            Route("/v1/report", self.report, methods=["GET"]),
+            Route("/openapi.json", self.openapi, methods=["GET"]),
+            Route("/public/", self.public_page, methods=["GET"]),
+            Route("/public/feed.json", self.json_feed, methods=["GET"]),
+            Route("/public/feed.atom", self.atom_feed, methods=["GET"]),
+            Route("/public/results.jsonl", self.results, methods=["GET"]),
+            Route("/public/rollouts/{rollout_id}.json", self.public_rollout, methods=["GET"]),
         ]
 
 

@@ -1,6 +1,7 @@
 """The ASGI application: health, metrics, and (publication) the feeds.
 
-Routes are fixed by SPEC §6. Every request gets one structured access-log line.
+Routes are fixed by SPEC §6. Every request gets one structured access-log line, and
+every error answer the body of :mod:`rollwatch.web.errors`.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from rollwatch.log import get_logger
 from rollwatch.metrics import Metrics
+from rollwatch.web.errors import EXCEPTION_HANDLERS
 
 access = get_logger("rollwatch.access")
 
@@ -63,4 +65,4 @@ def build_app(metrics: Metrics, extra_routes: list[Route] | None = None) -> ASGI
         return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
 
     routes = [Route("/healthz", healthz), Route("/metrics", metrics_route), *(extra_routes or [])]
-    return AccessLog(Starlette(routes=routes))
+    return AccessLog(Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS))

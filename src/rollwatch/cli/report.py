@@ -11,11 +11,11 @@ import sys
 
 import click
 
-from rollwatch.cli import Context, cli, common, run_async
+from rollwatch.cli._common import Context, common, run_async
 from rollwatch.errors import UsageError
 
 
-@cli.command("report")
+@click.command("report")
 @click.option(
     "--format",
     "fmt",

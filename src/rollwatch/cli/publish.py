@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from rollwatch.cli import Context, cli, common, run_async
+from rollwatch.cli._common import Context, common, run_async
 from rollwatch.config import Config
 from rollwatch.errors import ConcurrencyConflict, UsageError
 from rollwatch.events import SubscriberAdded, SubscriberRevoked, parse_rfc3339, rfc3339, subscriber_stream
@@ -40,7 +40,7 @@ def _projections() -> list[Projection]:
     return default_projections()
 
 
-@cli.group()
+@click.group()
 def subscribers() -> None:
     """Subscribers of the feed and their API keys (as events in the log)."""
 
@@ -187,7 +187,7 @@ def subscribers_revoke(ctx: Context, name: str, note: str) -> None:
     click.echo(run_async(main))
 
 
-@cli.group()
+@click.group()
 def publish() -> None:
     """The public release."""
 

@@ -9,14 +9,13 @@ from pathlib import Path
 import click
 
 from rollwatch.abc import EventStore
-from rollwatch.cli import Context, cli, common, run_async
-from rollwatch.config import StoreConfig
-from rollwatch.errors import UsageError
-from rollwatch.integrity.config import IntegrityConfig
+from rollwatch.cli._common import Context, common, run_async
+from rollwatch.config import IntegrityConfig, StoreConfig
+from rollwatch.errors import AuditFailure, UsageError
 from rollwatch.integrity.verify import TreeReport
 
 
-@cli.command()
+@click.command()
 @click.option("--url", required=True, help="the service, e.g. https://rollwatch.example.org")
 @click.option(
     "--keep",
@@ -36,7 +35,6 @@ def audit(
     ctx: Context, url: str, keep: Path | None, item: str | None, key: str | None, http_timeout: float
 ) -> None:
     """Check the signed checkpoint, its consistency with the kept one, and an item's inclusion; exit 1 on failure."""
-    from rollwatch.integrity.audit import AuditFailure
     from rollwatch.integrity.audit import audit as run_audit
 
     async def main() -> int:

@@ -1,0 +1,101 @@
+"""What every command module shares: the context, ``--config``/``--log-level``, the
+event loop, and the mapping from errors to exit codes.
+
+Command modules import this module, never the root group (``rollwatch.cli``), so
+that the root can import them all without a cycle.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any, NoReturn, TypeVar
+
+import anyio
+import click
+
+from rollwatch.config import Config, load_config
+from rollwatch.errors import ConfigError, RollwatchError, UsageError
+from rollwatch.log import configure_logging
+
+T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Context:
+    """What every command gets: where the config is, and how to load it once."""
+
+    def __init__(self) -> None:
+        self.config_path: str | None = None
+        self.log_level = "info"
+        self._config: Config | None = None
+
+    @property
+    def config(self) -> Config:
+        """The validated configuration (loaded on first use; ConfigError when invalid)."""
+        if self._config is None:
+            self._config = load_config(self.config_path)
+        return self._config
+
+
+def common(fn: F) -> F:
+    """``--config`` and ``--log-level`` on every command (also accepted before the command)."""
+
+    @click.option(
+        "--config",
+        "config_path",
+        type=click.Path(dir_okay=False),
+        default=None,
+        help="config file (default: $ROLLWATCH_CONFIG, ./config/rollwatch.toml, /etc/rollwatch/rollwatch.toml)",
+    )
+    @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default=None)
+    @functools.wraps(fn)
+    def wrapper(*args: Any, config_path: str | None, log_level: str | None, **kw: Any) -> Any:
+        ctx = click.get_current_context().find_object(Context)
+        assert ctx is not None
+        if config_path:
+            ctx.config_path = config_path
+        if log_level:
+            ctx.log_level = log_level
+        configure_logging(ctx.log_level)
+        return fn(ctx, *args, **kw)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def run_async(fn: Callable[[], Awaitable[T]]) -> T:
+    """Run ``fn`` on a fresh event loop (one per command) and return its result."""
+    return anyio.run(fn)
+
+
+def _single(e: BaseException) -> BaseException:
+    """The one exception inside nested single-member exception groups."""
+    while isinstance(e, BaseExceptionGroup) and len(e.exceptions) == 1:
+        e = e.exceptions[0]
+    return e
+
+
+def run_command(group: click.Group) -> NoReturn:
+    """Run ``group`` as the program: map errors to exit codes and one-line messages.
+
+    Exit codes (SPEC §2): 0 ok, 1 a check failed, 2 bad usage or configuration,
+    130 interrupted at a prompt. An error we can name never shows a traceback.
+    """
+    try:
+        try:
+            group.main(standalone_mode=False)
+        except BaseExceptionGroup as group_error:
+            raise _single(group_error) from None
+    except click.exceptions.Abort:
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except (ConfigError, UsageError) as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    except RollwatchError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(1)
+    sys.exit(0)

@@ -1,0 +1,105 @@
+"""``rollwatch serve`` (the daemon) and ``rollwatch run`` (one run in the foreground)."""
+
+from __future__ import annotations
+
+import sys
+
+import anyio
+import click
+
+from rollwatch.cli._common import Context, common, run_async
+from rollwatch.errors import UsageError
+from rollwatch.log import get_logger
+
+log = get_logger("rollwatch.cli")
+
+
+@click.command()
+@click.option(
+    "--grace",
+    type=float,
+    default=30.0,
+    show_default=True,
+    help="seconds in-flight rollouts get to finish on SIGTERM",
+)
+@common
+def serve(ctx: Context, grace: float) -> None:
+    """The daemon: scheduler, runs, feed server. Stops cleanly on SIGTERM/SIGINT."""
+    from rollwatch.daemon import Daemon
+
+    config = ctx.config
+    run_async(lambda: Daemon(config, grace=grace).run())
+
+
+@click.command("run")
+@click.argument("schedule")
+@click.option(
+    "--rollouts", type=click.IntRange(1, 100_000), default=None, help="samples per model and problem"
+)
+@click.option("--models", default=None, help="comma-separated models (default: the schedule's)")
+@common
+def run_cmd(ctx: Context, schedule: str, rollouts: int | None, models: str | None) -> None:
+    """One run of SCHEDULE now, in the foreground, with a progress bar on a terminal."""
+    import signal
+
+    from rollwatch.daemon import open_services
+    from rollwatch.progress import Progress
+    from rollwatch.runs import Run, RunState
+
+    config = ctx.config
+    sched = config.schedule(schedule)
+    model_list = [m.strip() for m in models.split(",") if m.strip()] if models else None
+
+    async def main() -> int:
+        async with open_services(config) as svc:
+            if sched.provider not in svc.providers:
+                raise UsageError(
+                    f"schedule {schedule!r}: provider {sched.provider!r} has no API key "
+                    f"(set {config.provider(sched.provider).api_key_env or config.provider(sched.provider).api_key_file})"
+                )
+            if sched.problem_set not in svc.problem_sets:
+                raise UsageError(
+                    f"schedule {schedule!r}: problem set {sched.problem_set!r} did not load (see the log)"
+                )
+            bar: Progress | None = None
+
+            def progress(st: RunState) -> None:
+                nonlocal bar
+                if bar is None:
+                    bar = Progress(schedule, st.total)
+                bar.total = st.total
+                bar.update(st.done, passed=st.passed, cost=f"${st.cost_usd:.4f}")
+
+            run = await Run.start(
+                svc, sched, trigger="manual", rollouts=rollouts, models=model_list, on_progress=progress
+            )
+            async with anyio.create_task_group() as tg:
+
+                async def on_signal() -> None:
+                    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as sigs:
+                        async for _ in sigs:
+                            log.info(
+                                "run_stopping",
+                                run_id=run.run_id,
+                                hint="resumes at the next start of the daemon",
+                            )
+                            run.stopping.set()
+                            return
+
+                tg.start_soon(on_signal)
+                fin = await run.drive(grace=10.0)
+                tg.cancel_scope.cancel()
+            if bar is not None:
+                bar.close()
+            if fin is None:
+                click.echo(f"run {run.run_id} stopped before its end; `rollwatch serve` resumes it")
+                return 0
+            click.echo(
+                f"run {run.run_id}: {fin.status}, {fin.rollouts} answered, {fin.passed} passed, "
+                f"${fin.cost_usd:.4f}"
+                + (f", failures {fin.failures}" if fin.failures else "")
+                + (f" ({fin.message})" if fin.message else "")
+            )
+            return 0
+
+    sys.exit(run_async(main))

@@ -1,0 +1,120 @@
+"""``rollwatch schedules list|pause|resume|trigger``: inspect and steer schedules."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+
+from rollwatch.cli._common import Context, common, run_async
+from rollwatch.config import Config
+
+
+@click.group()
+def schedules() -> None:
+    """Inspect and steer schedules (pause/resume/trigger act on a running daemon via the log)."""
+
+
+async def _schedule_states(config: Config) -> tuple[Any, dict[str, Any]]:
+    from rollwatch.projections import ProjectionDB
+    from rollwatch.readmodels import default_projections
+    from rollwatch.scheduler import load_states
+    from rollwatch.store import open_store
+
+    async with (
+        open_store(config.store) as store,
+        ProjectionDB(config.store.projections_path, default_projections()) as pdb,
+    ):
+        await pdb.catch_up(store)
+        return None, await load_states(pdb)
+
+
+@schedules.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@common
+def schedules_list(ctx: Context, as_json: bool) -> None:
+    """Each schedule's state, next fire time, last run and outcome, skipped/missed counts."""
+    from datetime import UTC, datetime
+
+    from rollwatch.scheduler import ScheduleState, fmt_next, make_trigger, next_fire
+
+    config = ctx.config
+    _, states = run_async(lambda: _schedule_states(config))
+    rows = []
+    now = datetime.now(UTC)
+    for s in config.schedules:
+        st = states.get(s.name, ScheduleState(name=s.name))
+        active = config.provider(s.provider).has_key()
+        nxt = None if st.paused or not active else next_fire(s, make_trigger(s), st.last_fire_at, now)[0]
+        rows.append(
+            {
+                "schedule": s.name,
+                "state": "paused" if st.paused else ("active" if active else "inactive (no API key)"),
+                "trigger": f"every {s.every:g}s" if s.every else f"cron '{s.cron}' {s.timezone}",
+                "next": fmt_next(nxt),
+                "last_run": st.last_run_id or "-",
+                "last_status": st.last_status or "-",
+                "skipped": st.skipped,
+                "missed": st.missed,
+                "note": st.note,
+            }
+        )
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    cols = ["schedule", "state", "trigger", "next", "last_run", "last_status", "skipped", "missed", "note"]
+    widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) if rows else len(c) for c in cols}
+    click.echo("  ".join(c.upper().ljust(widths[c]) for c in cols))
+    for r in rows:
+        click.echo("  ".join(str(r[c]).ljust(widths[c]) for c in cols))
+
+
+def _append_schedule_event(config: Config, name: str, event: Any) -> int:
+    from rollwatch.events import schedule_stream
+    from rollwatch.store import open_store
+
+    config.schedule(name)  # names the known schedules when this one is not
+
+    async def main() -> int:
+        async with open_store(config.store) as store:
+            recs = await store.append(schedule_stream(name), [event])
+            return recs[0].seq
+
+    return run_async(main)
+
+
+@schedules.command("pause")
+@click.argument("name")
+@click.option("--note", default="", help="why (shown by `schedules list`)")
+@common
+def schedules_pause(ctx: Context, name: str, note: str) -> None:
+    """Stop NAME from firing until resumed (a running run goes on)."""
+    from rollwatch.events import SchedulePaused
+
+    seq = _append_schedule_event(ctx.config, name, SchedulePaused(schedule=name, note=note))
+    click.echo(f"paused {name} (seq {seq})")
+
+
+@schedules.command("resume")
+@click.argument("name")
+@click.option("--note", default="")
+@common
+def schedules_resume(ctx: Context, name: str, note: str) -> None:
+    """Let NAME fire again."""
+    from rollwatch.events import ScheduleResumed
+
+    seq = _append_schedule_event(ctx.config, name, ScheduleResumed(schedule=name, note=note))
+    click.echo(f"resumed {name} (seq {seq})")
+
+
+@schedules.command("trigger")
+@click.argument("name")
+@click.option("--note", default="")
+@common
+def schedules_trigger(ctx: Context, name: str, note: str) -> None:
+    """Ask the running daemon to start a run of NAME now."""
+    from rollwatch.events import ScheduleTriggered
+
+    seq = _append_schedule_event(ctx.config, name, ScheduleTriggered(schedule=name, note=note))
+    click.echo(f"triggered {name} (seq {seq}); the daemon starts it within a second")

@@ -1,0 +1,99 @@
+"""``rollwatch verify``, ``rebuild`` and ``migrate``: the log as a whole."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from rollwatch.cli._common import Context, common, run_async
+from rollwatch.errors import IntegrityError, UsageError
+from rollwatch.log import get_logger
+
+log = get_logger("rollwatch.cli")
+
+
+@click.command()
+@common
+def verify(ctx: Context) -> None:
+    """Check the whole log's hash chain; exit 1 naming the first bad seq."""
+    from rollwatch.cli.integrity import verify_tree
+    from rollwatch.progress import Progress
+    from rollwatch.store import open_store
+
+    async def main() -> int:
+        async with open_store(ctx.config.store) as store:
+            bar = Progress("verify", await store.head())
+            try:
+                report = await store.verify(progress=lambda s: bar.update(s))
+            except IntegrityError as e:
+                bar.close()
+                click.echo(f"FAILED at seq {e.seq}: {e.reason}", err=True)
+                return 1
+            try:
+                tree = await verify_tree(store, ctx.config.integrity, ctx.config.store, progress=bar.update)
+            except IntegrityError as e:
+                bar.close()
+                click.echo(f"FAILED at seq {e.seq}: {e.reason}", err=True)
+                return 1
+            bar.update(report.events)
+            bar.close()
+            click.echo(f"ok: {report.events} events, head hash {report.head_hash or '(empty log)'}")
+            click.echo(
+                f"ok: Merkle tree of {tree.events} events, root {tree.root or '-'}; "
+                f"{tree.checkpoints} checkpoints, {tree.signatures} signatures valid"
+            )
+            return 0
+
+    sys.exit(run_async(main))
+
+
+@click.command()
+@common
+def rebuild(ctx: Context) -> None:
+    """Drop every projection and rebuild it from the log."""
+    from rollwatch.progress import Progress
+    from rollwatch.projections import ProjectionDB
+    from rollwatch.readmodels import default_projections
+    from rollwatch.store import open_store
+
+    async def main() -> None:
+        async with (
+            open_store(ctx.config.store) as store,
+            ProjectionDB(ctx.config.store.projections_path, default_projections()) as pdb,
+        ):
+            head = await store.head()
+            bar = Progress("rebuild", head)
+            await pdb.rebuild()
+            await pdb.catch_up(store, progress=lambda done, total: bar.update(done))
+            bar.close()
+            log.info("projections_rebuilt", events=head, projections=[p.name for p in pdb.projections])
+            click.echo(f"rebuilt {len(pdb.projections)} projections from {head} events")
+
+    run_async(main)
+
+
+@click.command()
+@click.option("--to", "target", required=True, help="postgresql://user@host/db (the database must exist)")
+@common
+def migrate(ctx: Context, target: str) -> None:
+    """Copy this config's SQLite log into PostgreSQL and verify the copy."""
+    from rollwatch.config import StoreConfig
+    from rollwatch.migrate import migrate as copy_log
+    from rollwatch.progress import Progress
+    from rollwatch.store import open_store
+
+    if ctx.config.store.sqlite_path is None:
+        raise UsageError("store.url is not a SQLite log; migrate copies a SQLite log into PostgreSQL")
+    if not target.startswith(("postgresql://", "postgres://")):
+        raise UsageError(f"--to {target!r}: expected postgresql://user@host/db")
+
+    async def main() -> int:
+        async with open_store(ctx.config.store) as source, open_store(StoreConfig(url=target)) as dest:
+            bar = Progress("migrate", await source.head())
+            n = await copy_log(source, dest, progress=lambda seq: bar.update(seq))
+            bar.close()
+            click.echo(f"copied {n} events; the PostgreSQL log verifies and ends with the same hash")
+            return 0
+
+    sys.exit(run_async(main))

@@ -1,0 +1,63 @@
+"""One error body for every 4xx and 5xx answer: ``{"error": CODE, "message": TEXT}``.
+
+Route handlers raise :class:`rollwatch.errors.HTTPError` (or one of its kinds); the
+handlers below turn it, Starlette's own 404/405, and anything unexpected (500) into
+that body, so a client parses one shape whichever route answered.
+"""
+
+from __future__ import annotations
+
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from rollwatch.errors import HTTPError
+from rollwatch.log import get_logger
+
+log = get_logger("rollwatch.web")
+
+_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    429: "rate_limited",
+    503: "unavailable",
+}
+
+
+def error_response(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    """The error body with ``status`` (and ``headers``, such as ``Retry-After``)."""
+    return JSONResponse({"error": code, "message": message}, status, headers)
+
+
+async def on_http_error(_: Request, exc: Exception) -> Response:
+    """A handler's :class:`HTTPError` as the error body."""
+    assert isinstance(exc, HTTPError)
+    return error_response(exc.status, exc.code, exc.message, exc.headers)
+
+
+async def on_starlette_error(_: Request, exc: Exception) -> Response:
+    """The router's own errors (no such route, wrong method) in the same body."""
+    assert isinstance(exc, HTTPException)
+    if exc.status_code in (204, 304):  # no body allowed
+        return Response(status_code=exc.status_code, headers=exc.headers)
+    code = _CODES.get(exc.status_code, "error")
+    return error_response(exc.status_code, code, str(exc.detail), dict(exc.headers or {}))
+
+
+async def on_unexpected(request: Request, exc: Exception) -> Response:
+    """A bug: logged with its traceback, answered 500 without details."""
+    log.error("http_unhandled_error", path=request.url.path, error=repr(exc), exc_info=exc)
+    return error_response(500, "internal", "internal error; the operator's log has the details")
+
+
+EXCEPTION_HANDLERS = {
+    HTTPError: on_http_error,
+    HTTPException: on_starlette_error,
+    Exception: on_unexpected,
+}
+"""For ``Starlette(exception_handlers=...)``."""
