@@ -9,7 +9,7 @@ no enforceable budget: its rollouts reserve nothing (and the run logs it once).
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
 
 import anyio
 
@@ -20,7 +20,7 @@ from rollwatch.work import Chunk, WorkBoard
 DEFAULT_MAX_OUTPUT_TOKENS = 32_000
 
 
-def max_output_tokens(params: dict[str, Any]) -> int:
+def max_output_tokens(params: Mapping[str, object]) -> int:
     """The output tokens ``params`` allow (under any provider's name for the limit)."""
     for key in ("max_completion_tokens", "max_tokens", "max_output_tokens", "maxOutputTokens"):
         v = params.get(key)
@@ -37,7 +37,7 @@ class Budget:
         board: WorkBoard,
         limit: float | None,
         prices: dict[str, Price],
-        params: dict[str, Any],
+        params: Mapping[str, object],
     ) -> None:
         self.board = board
         self.limit = limit

@@ -9,7 +9,6 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
 import anyio
 from anyio.abc import TaskGroup
@@ -71,7 +70,7 @@ class Run:
         problems: list[str],
         rollouts: int,
         budget_usd: float | None,
-        params: dict[str, Any],
+        params: dict[str, object],
         on_progress: Callable[[RunState], None] | None = None,
         fresh: bool = False,
     ) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
 import anyio
 import structlog
@@ -85,7 +84,7 @@ class AttemptRecorder:
             raise TakenOver(str(e)) from e
         self.version += len(events)
 
-    async def requested(self, attempt: int, request: dict[str, Any]) -> None:
+    async def requested(self, attempt: int, request: dict[str, object]) -> None:
         """See ``AttemptLog.requested``."""
         r = self.rollouts
         await self.append(
@@ -168,7 +167,7 @@ class Rollouts:
         run_id: str,
         provider_name: str,
         problem_set: str,
-        params: dict[str, Any],
+        params: dict[str, object],
         state: RunState,
         budget: Budget,
         report: Callable[[], None],

@@ -13,7 +13,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 from rollwatch.abc import EventStore
 from rollwatch.config import Config
@@ -64,7 +64,7 @@ class ProviderLike(Protocol):
         ...
 
     async def rollout(
-        self, model: str, prompt: Prompt, params: dict[str, Any], log: AttemptLog
+        self, model: str, prompt: Prompt, params: dict[str, object], log: AttemptLog
     ) -> Answer | None:
         """One answer to ``prompt``, every attempt recorded on ``log``; None when none came."""
         ...
