@@ -405,8 +405,11 @@ class Daemon:
             # The stages, started in this order and stopped in the reverse order once
             # ``stopping`` is set.
             stages = Stages(stack)
-            serving = await stages.start("serving", stop=self._stop_serving)
-            serving.start_soon(self._signals)
+            signals = await stages.start("signals", stop=lambda tg: tg.cancel_scope.cancel())
+            signals.start_soon(self._signals)
+            # Stopped, the server closes its socket and lets open requests finish (for
+            # at most its graceful-shutdown timeout).
+            serving = await stages.start("serving", stop=lambda _: http.stop())
             await serving.start(http.run)
             # The tree and checkpoints outlive the runs and the loops: the final
             # checkpoint covers everything they recorded. A log that no longer matches
@@ -465,11 +468,6 @@ class Daemon:
                     else "its problem set did not load",
                 )
         return schedules
-
-    def _stop_serving(self, tg: TaskGroup) -> None:
-        if self.http is not None:
-            self.http.stop()
-        tg.cancel_scope.cancel()  # and the signal receiver with it
 
     def _stop_runs(self) -> None:
         for run in list(self.active.values()):
