@@ -21,7 +21,7 @@ each verdict is ``rollwatch.publication.policy``'s.
 from __future__ import annotations
 
 from rollwatch.runs.budget import Budget
-from rollwatch.runs.pipeline import Run, new_run_id, rollout_id, unfinished_runs
+from rollwatch.runs.pipeline import MAX_CRASHES, Run, new_run_id, rollout_id, unfinished_runs
 from rollwatch.runs.services import (
     ProblemSetLike,
     ProviderLike,
@@ -32,6 +32,7 @@ from rollwatch.runs.services import (
 )
 
 __all__ = [
+    "MAX_CRASHES",
     "Budget",
     "ProblemSetLike",
     "ProviderLike",

@@ -6,7 +6,7 @@ See the package docstring for how a run is bounded and how it resumes.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -14,7 +14,7 @@ import anyio
 from anyio.abc import TaskGroup
 
 from rollwatch.config import ScheduleConfig
-from rollwatch.errors import ConcurrencyConflict
+from rollwatch.errors import ConcurrencyConflict, StoreError
 from rollwatch.events import (
     RunFinished,
     RunInterrupted,
@@ -42,6 +42,23 @@ def rollout_id(run_id: str, model: str, problem_id: str, sample: int) -> str:
 def new_run_id() -> str:
     """A fresh run id: sortable by start time, unique across nodes."""
     return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:8]
+
+
+#: How many times a run may crash (driving it raised; a fault of ours, say, that every
+#: resume meets again) before it is closed as ``failed``. Each crash is recorded as a
+#: ``RunInterrupted`` whose reason starts with ``CRASH``; outages of the log are not
+#: crashes (nothing can be recorded then, and the run is not at fault).
+MAX_CRASHES = 3
+CRASH = "crash: "
+
+
+def _leaves(error: BaseException) -> Iterator[BaseException]:
+    """The exceptions an exception group holds, at any depth (or ``error`` itself)."""
+    if isinstance(error, BaseExceptionGroup):
+        for inner in error.exceptions:
+            yield from _leaves(inner)
+    else:
+        yield error
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,17 +203,66 @@ class Run:
 
     async def drive(self, *, grace: float = 30.0) -> RunFinished | None:
         """Carry the run to its end; return its ``RunFinished`` (recorded here or, on a
-        shared log, by another node), or None when stopped first."""
+        shared log, by another node), or None when stopped first.
+
+        When driving raises, the crash is recorded and the exception goes to the caller
+        (the daemon resumes the run later), unless the run has now crashed
+        ``MAX_CRASHES`` times: then it is closed as ``failed`` with the reason.
+        """
         if self.services.board.shared:
-            return await self._drive(grace)
+            return await self._drive_or_count(grace)
         lock = RunLock(self.services.locks_dir, self.run_id)
         if not lock.acquire():
             self.log.warning("run_locked_elsewhere", hint="another rollwatch process drives this run")
             return None
         try:
-            return await self._drive(grace)
+            return await self._drive_or_count(grace)
         finally:
             lock.release()
+
+    async def _drive_or_count(self, grace: float) -> RunFinished | None:
+        try:
+            return await self._drive(grace)
+        except Exception as e:
+            if any(isinstance(leaf, StoreError) for leaf in _leaves(e)):
+                # The log is out of reach (an outage): not the run's fault, and nothing
+                # could be recorded anyway. The daemon resumes it once the log is back.
+                raise
+            crashes, reason = await self._record_crash(e)
+            if crashes < MAX_CRASHES:
+                raise
+        message = f"crashed {crashes} times, the last: {reason}"
+        self.log.error("run_abandoned", crashes=crashes, reason=reason)
+        board = self.services.board
+        with anyio.CancelScope(shield=True):
+            await board.close(self.run_id, f"failed: {message}")
+            await board.release(self.run_id)
+        return await self._finish("failed", message)
+
+    async def _record_crash(self, error: Exception) -> tuple[int, str]:
+        """Record that driving the run raised ``error``; (crashes so far, the reason)."""
+        leaf = next(iter(_leaves(error)))
+        reason = f"{type(leaf).__name__}: {leaf}"[:500].encode("utf-8", "replace").decode("utf-8")
+        stream = run_stream(self.run_id)
+        await self.services.store.append(
+            stream,
+            [
+                RunInterrupted(
+                    run_id=self.run_id,
+                    node=self.services.node,
+                    done=self.state.done,
+                    total=self.state.total,
+                    reason=f"{CRASH}{reason}",
+                )
+            ],
+        )
+        crashes = 0
+        async for rec in self.services.store.read(stream=stream, types={"RunInterrupted"}):
+            ev = rec.event()
+            if isinstance(ev, RunInterrupted) and ev.reason.startswith(CRASH):
+                crashes += 1
+        self.log.warning("run_crash_recorded", crashes=crashes, max_crashes=MAX_CRASHES, reason=reason)
+        return crashes, reason
 
     async def _drive(self, grace: float) -> RunFinished | None:
         svc = self.services

@@ -23,6 +23,7 @@ from rollwatch.events import (
     RolloutRequested,
     RolloutResponded,
     RolloutScored,
+    canonical_json_fast,
     rollout_stream,
 )
 from rollwatch.problems import Problem
@@ -263,22 +264,57 @@ class Rollouts:
         """Judge ``text``; record the verdict and its publication decisions in one append."""
         self.state.scoring += 1
         try:
-            result = await self.services.scorer.score(problem, text)
+            scored = await self.verdict(recorder.rid, problem, text)
         finally:
             self.state.scoring -= 1
-        scored = RolloutScored(
-            rollout_id=recorder.rid,
-            passed=bool(result.passed),
-            score=float(result.score),
-            scorer=result.scorer,
-            reason=result.reason,
-            extraction=result.extraction,
-            duration_ms=result.duration_ms,
-            detail=result.detail,
-        )
         decisions = decide(self.services.config.publication, scored, datetime.now(UTC))
         await recorder.append(scored, *decisions)
         self.state.scored += 1
         self.state.done += 1
         self.state.passed += int(scored.passed)
         self.report()
+
+    async def verdict(self, rid: str, problem: Problem, text: str) -> RolloutScored:
+        """The verdict on ``text``, whatever happens: a scorer that raises (a bug of
+        ours, since the answer's own faults come back as failed verdicts), or returns a
+        verdict the log cannot hold, gives a scorer error on this rollout alone, so
+        the run goes on."""
+        try:
+            result = await self.services.scorer.score(problem, text)
+            scored = RolloutScored(
+                rollout_id=rid,
+                passed=bool(result.passed),
+                score=float(result.score),
+                scorer=result.scorer,
+                reason=result.reason,
+                extraction=result.extraction,
+                duration_ms=result.duration_ms,
+                detail=result.detail,
+            )
+            # What the append would do first: a detail nested too deep or holding what
+            # JSON cannot say fails here, not halfway through recording the verdict.
+            canonical_json_fast(scored.to_data())
+        except Exception as e:
+            self.log.error("scorer_error", rollout_id=rid, problem_id=problem.id, exc_info=True)
+            return scorer_error(rid, problem, e)
+        return scored
+
+
+#: The longest exception message a scorer-error verdict keeps.
+_MAX_ERROR_MESSAGE = 500
+
+
+def scorer_error(rid: str, problem: Problem, error: BaseException) -> RolloutScored:
+    """The verdict on a rollout whose scoring failed in our own code: failed, score 0,
+    marked ``detail.error = "scorer"`` so reports tell it from the model's failures."""
+    message = f"{type(error).__name__}: {error}"[:_MAX_ERROR_MESSAGE]
+    # The message may quote the answer; a lone surrogate in it could not be stored.
+    message = message.encode("utf-8", "replace").decode("utf-8")
+    return RolloutScored(
+        rollout_id=rid,
+        passed=False,
+        score=0.0,
+        scorer=problem.scorer,
+        reason=f"scorer error: {message}",
+        detail={"error": "scorer", "exception": type(error).__name__},
+    )
