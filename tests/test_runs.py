@@ -74,13 +74,14 @@ every = "{every}"
 class ReferenceAnswers:
     """A provider (the ``ProviderLike`` plug-in point) that answers with each problem's
     reference solution, recording its one attempt as the contract asks; ``fault``
-    makes a rollout raise instead (a bug in an adapter, say), ``text`` changes what it
-    answers."""
+    makes a rollout raise instead (a bug in an adapter, say), ``refuse`` makes it give
+    up (a final failure), ``text`` changes what it answers."""
 
     disabled: ProviderError | None = None
 
     def __init__(self) -> None:
         self.fault: Callable[[Prompt], bool] = lambda _: False
+        self.refuse: Callable[[Prompt], bool] = lambda _: False
         self.text: Callable[[Prompt, str], str] = lambda _, text: text
 
     async def rollout(
@@ -90,6 +91,9 @@ class ReferenceAnswers:
         await log.requested(1, {"model": model, "prompt": prompt.text})
         if self.fault(prompt):
             raise RuntimeError("the adapter broke")
+        if self.refuse(prompt):
+            await log.failed(1, ProviderError("invalid_request", "the provider refused", status=400), True)
+            return None
         solution = (prompt.reference_solution or "").rstrip("\n")
         answer = Answer(
             text=self.text(prompt, f"```python\n{solution}\n```\n"),
@@ -219,6 +223,34 @@ class TestEveryAnswerGetsAVerdict:
             assert fin.scored == fin.planned
             answers = [e for e in await events_of(svc.store, RolloutResponded) if "trailing words" in e.text]
             assert len(answers) == 1
+
+
+class TestRunStatus:
+    async def test_a_run_with_rollouts_left_unscored_ends_partial_with_counts_by_cause(
+        self, tmp_path: Path
+    ) -> None:
+        """SPEC §7: a run whose provider gave up on two rollouts (a final failure each)
+        ends ``partial``, not ``completed``, with those two counted under their cause
+        (the failure's kind); every other rollout is scored."""
+        config = write_config(tmp_path)
+        provider = ReferenceAnswers()
+        refused: list[str] = []
+
+        def two(prompt: Prompt) -> bool:
+            if len(refused) < 2:
+                refused.append(prompt.text)
+                return True
+            return False
+
+        provider.refuse = two
+        async with services(config, provider) as svc:
+            run = await Run.start(svc, config.schedule(SCHEDULE), trigger="manual")
+            with anyio.fail_after(120):
+                fin = await run.drive(grace=5)
+            assert fin is not None
+            assert fin.status == "partial", fin
+            assert fin.failures == {"invalid_request": 2}
+            assert fin.scored == fin.planned - 2 == len(await events_of(svc.store, RolloutScored))
 
 
 class TestEveryRunEnds:

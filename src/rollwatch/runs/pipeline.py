@@ -50,6 +50,8 @@ def new_run_id() -> str:
 #: crashes (nothing can be recorded then, and the run is not at fault).
 MAX_CRASHES = 3
 CRASH = "crash: "
+#: The cause counted for rollouts never requested, when the run was not closed early.
+NOT_REQUESTED = "not_requested"
 
 
 def _leaves(error: BaseException) -> Iterator[BaseException]:
@@ -237,7 +239,7 @@ class Run:
         with anyio.CancelScope(shield=True):
             await board.close(self.run_id, f"failed: {message}")
             await board.release(self.run_id)
-        return await self._finish("failed", message)
+        return await self._finish(message, failed=True)
 
     async def _record_crash(self, error: Exception) -> tuple[int, str]:
         """Record that driving the run raised ``error``; (crashes so far, the reason)."""
@@ -277,7 +279,7 @@ class Run:
                 # Other nodes may have it: leave the run to them.
                 self.log.warning("run_not_joined", reason=message)
                 return None
-            return await self._finish("failed", message)
+            return await self._finish(message, failed=True)
         problems: dict[str, Problem] = {}
         for pid in self.problem_ids:
             try:
@@ -288,7 +290,7 @@ class Run:
         if not self.fresh:
             # Resumed or joined: the live figures start from what the log already has.
             s = self.state
-            s.answered, s.scored, s.passed, s.cost_usd, _ = await self._summary()
+            s.answered, s.scored, s.passed, s.cost_usd = await self._summary()
             s.done = s.scored
             await self._plan(prior_cost=s.cost_usd)
         pconf = svc.config.provider(self.provider_name)
@@ -356,8 +358,9 @@ class Run:
             )
             self.log.info("run_interrupted", done=self.state.done, total=self.state.total)
             return None
-        status, _, message = (closed or "completed").partition(": ")
-        return await self._finish(status, message)
+        # Closed early ("budget_exhausted: ...", "provider_failed: ..."): the rollouts
+        # never requested are counted under that cause.
+        return await self._finish(closed or "", cause=(closed or "").partition(": ")[0] or NOT_REQUESTED)
 
     async def _produce(self, work: TaskGroup, d: _Driving) -> None:
         """Claim chunks and start their rollouts until the run has no work left for us."""
@@ -457,8 +460,8 @@ class Run:
         if self.on_progress is not None:
             self.on_progress(self.state)
 
-    async def _summary(self) -> tuple[int, int, int, float, dict[str, int]]:
-        """(answered, scored, passed, cost, final failures by kind) of the run, from the log."""
+    async def _summary(self) -> tuple[int, int, int, float]:
+        """(answered, scored, passed, cost) of the run, from the log."""
         pdb = self.services.projections
         await pdb.catch_up(self.services.store)
         row = await pdb.fetchone(
@@ -468,18 +471,43 @@ class Run:
             " FROM rollouts WHERE run_id = ?",
             (self.run_id,),
         )
-        failures = await pdb.fetchall(
-            "SELECT fail_kind, COUNT(*) FROM rollouts WHERE run_id = ? AND state = 'failed'"
-            " GROUP BY fail_kind ORDER BY fail_kind",
+        assert row is not None
+        return int(row[0]), int(row[1]), int(row[2]), float(row[3])
+
+    async def _unscored(self, cause: str) -> dict[str, int]:
+        """The run's rollouts without a verdict, by cause: the final provider failure's
+        kind, ``unanswered`` (requested, no answer), ``unscored`` (answered, no
+        verdict), or, for those never requested, ``cause``."""
+        rows = await self.services.projections.fetchall(
+            "SELECT state, fail_kind, COUNT(*) FROM rollouts WHERE run_id = ? AND state != 'scored'"
+            " GROUP BY state, fail_kind",
             (self.run_id,),
         )
-        assert row is not None
-        return int(row[0]), int(row[1]), int(row[2]), float(row[3]), {str(k): int(n) for k, n in failures}
+        out: dict[str, int] = {}
+        seen = 0
+        for state, kind, n in rows:
+            why = {"failed": str(kind or "failed"), "requested": "unanswered", "answered": "unscored"}
+            key = why.get(str(state), str(state))
+            out[key] = out.get(key, 0) + int(n)
+            seen += int(n)
+        scored_rows = await self.services.projections.fetchone(
+            "SELECT COUNT(*) FROM rollouts WHERE run_id = ? AND state = 'scored'", (self.run_id,)
+        )
+        assert scored_rows is not None
+        never = self.state.total - int(scored_rows[0]) - seen
+        if never > 0:
+            out[cause] = out.get(cause, 0) + never
+        return dict(sorted(out.items()))
 
-    async def _finish(self, status: str, message: str) -> RunFinished:
+    async def _finish(self, message: str, *, failed: bool = False, cause: str = NOT_REQUESTED) -> RunFinished:
         """Record the run's end with its summary, unless another node already did (then
-        return the one it recorded)."""
-        answered, scored, passed, cost, failures = await self._summary()
+        return the one it recorded). Its status: ``failed`` when ``failed``, else
+        ``completed`` when every planned rollout has a verdict, else ``partial``, with
+        ``failures`` counting the rollouts left without one by cause (``cause`` for
+        those never requested)."""
+        answered, scored, passed, cost = await self._summary()
+        unscored = await self._unscored(cause)
+        status = "failed" if failed else "partial" if unscored else "completed"
         fin = RunFinished(
             run_id=self.run_id,
             status=status,
@@ -487,7 +515,7 @@ class Run:
             passed=passed,
             cost_usd=round(cost, 6),
             scored=scored,
-            failures=failures,
+            failures=unscored,
             message=message,
             planned=self.state.total,
         )
@@ -512,7 +540,7 @@ class Run:
             rollouts=answered,
             passed=passed,
             cost_usd=round(cost, 6),
-            failures=failures,
+            failures=unscored,
             message=message,
         )
         return fin
