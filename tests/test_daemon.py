@@ -233,7 +233,8 @@ def test_sigterm_notify_and_json_logs(tmp_path: Path, provider: tuple[str, Path]
 
 
 def test_budget_stops_starting_rollouts(tmp_path: Path, provider: tuple[str, Path]) -> None:
-    """`rollwatch run` with a small budget ends budget_exhausted without passing the budget."""
+    """`rollwatch run` with a small budget ends `partial` (budget_exhausted) without
+    passing the budget, and exits 1."""
     base_url, _ = provider
     cfg = config(tmp_path, base_url, rollouts=5)
     cfg.write_text(cfg.read_text() + "budget_usd = 0.003\n[schedules.params]\nmax_tokens = 50\n")
@@ -244,11 +245,15 @@ def test_budget_stops_starting_rollouts(tmp_path: Path, provider: tuple[str, Pat
         timeout=120,
         env={**os.environ, "FAKE_PROVIDER_KEY": "k"},
     )
-    assert res.returncode == 0, res.stderr[-2000:]
+    # SPEC §7: a run that ends with rollouts unscored is `partial` (the cause in the
+    # message and in the counts), and `rollwatch run` exits 1.
+    assert res.returncode == 1, res.stderr[-2000:]
     fin = events(tmp_path / "events.db", "RunFinished")
     assert len(fin) == 1
     d = fin[0][2]
-    assert d["status"] == "budget_exhausted"
+    assert d["status"] == "partial"
+    assert d["message"].startswith("budget_exhausted: ")
+    assert d["failures"]["budget_exhausted"] == sum(d["failures"].values()) == d["planned"] - d["scored"]
     assert 0 < d["rollouts"] < d["planned"]
     assert d["cost_usd"] <= 0.003
     assert "budget_exhausted" in res.stdout

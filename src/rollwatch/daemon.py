@@ -1,11 +1,13 @@
 """The composition root: wires the store, projections, providers, scorer, scheduler,
-runs and HTTP server into one anyio task group (``rollwatch serve``).
+runs and HTTP server together (``rollwatch serve``).
 
-Lifecycle (modelled on APScheduler 4's ``run_until_stopped``): everything opens in
-one ``AsyncExitStack``; READY=1 goes to systemd only once the HTTP server listens,
-unfinished runs are resuming and the schedules are armed. SIGTERM/SIGINT: STOPPING=1,
-the scheduler stops firing, every run stops starting rollouts and gives those in
-flight a grace period, the HTTP server drains, and the process exits 0.
+Lifecycle (modelled on APScheduler 4's ``run_until_stopped``): everything opens on
+one ``AsyncExitStack``, the daemon's tasks as *stages* (see :class:`Stages`) started
+in order and stopped in reverse; READY=1 goes to systemd only once the HTTP server
+listens, unfinished runs are resuming and the schedules are armed. SIGTERM/SIGINT:
+STOPPING=1, the scheduler stops firing, every run stops starting rollouts and gives
+those in flight a grace period, the background loops stop, a final checkpoint is
+signed, the HTTP server closes, and the process exits 0.
 """
 
 from __future__ import annotations
@@ -13,16 +15,17 @@ from __future__ import annotations
 import functools
 import signal
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
+from starlette.routing import Route
 
 from rollwatch.config import Config, ScheduleConfig
 from rollwatch.errors import IntegrityError, StoreError
-from rollwatch.integrity.service import open_integrity
+from rollwatch.integrity.service import Integrity, open_integrity
 from rollwatch.log import get_logger
 from rollwatch.metrics import Metrics
 from rollwatch.notify import Notifier
@@ -30,19 +33,30 @@ from rollwatch.projections import ProjectionDB
 from rollwatch.publication.release import release_job
 from rollwatch.publication.routes import publication_routes
 from rollwatch.readmodels import default_projections
-from rollwatch.runs import Run, RunLock, RunServices, unfinished_runs
+from rollwatch.runs import (
+    ProblemSetLike,
+    ProviderLike,
+    Run,
+    RunLock,
+    RunServices,
+    ScorerLike,
+    unfinished_runs,
+)
 from rollwatch.scheduler import Scheduler
 from rollwatch.store import open_store
+
+if TYPE_CHECKING:
+    from rollwatch.web.server import HTTPServer
 
 log = get_logger(__name__)
 
 
-def load_problem_sets(config: Config) -> dict[str, Any]:
+def load_problem_sets(config: Config) -> dict[str, ProblemSetLike]:
     """Every configured problem set that loads; a broken one is logged and left out."""
     from rollwatch.errors import ProblemError
     from rollwatch.problems import load_problem_set
 
-    out: dict[str, Any] = {}
+    out: dict[str, ProblemSetLike] = {}
     for ps in config.problem_sets:
         try:
             out[ps.name] = load_problem_set(ps)
@@ -52,9 +66,18 @@ def load_problem_sets(config: Config) -> dict[str, Any]:
 
 
 @asynccontextmanager
-async def open_services(config: Config, *, scoring: bool = True) -> AsyncIterator[RunServices]:
-    """Open everything a run needs; close it all on exit."""
-    from rollwatch.providers.client import ProviderClient
+async def open_services(
+    config: Config,
+    *,
+    scorer: ScorerLike | None = None,
+    providers: dict[str, ProviderLike] | None = None,
+) -> AsyncIterator[RunServices]:
+    """Open everything a run needs; close it all on exit.
+
+    ``scorer`` and ``providers``, when given, are used instead of the scoring pool and
+    the provider clients the config describes (another implementation of the same
+    plug-in point: a test's, say); they are the caller's to open and close.
+    """
     from rollwatch.scoring import ScoringPool, settings_from_config
 
     async with AsyncExitStack() as stack:
@@ -63,18 +86,10 @@ async def open_services(config: Config, *, scoring: bool = True) -> AsyncIterato
             ProjectionDB(config.store.projections_path, default_projections())
         )
         problem_sets = load_problem_sets(config)
-        scorer = await stack.enter_async_context(ScoringPool(settings_from_config(config.scoring)))
-        providers: dict[str, Any] = {}
-        for p in config.providers:
-            if not p.has_key():
-                log.info(
-                    "provider_skipped",
-                    provider=p.name,
-                    reason="no API key set",
-                    key_source=p.api_key_env or p.api_key_file,
-                )
-                continue
-            providers[p.name] = await stack.enter_async_context(ProviderClient(p))
+        if scorer is None:
+            scorer = await stack.enter_async_context(ScoringPool(settings_from_config(config.scoring)))
+        if providers is None:
+            providers = await _open_providers(config, stack)
         # The owner name is unique per process, so a node restarted under the same name
         # never renews the leases of its previous life.
         board = store.work_board(f"{config.node}/{uuid.uuid4().hex[:8]}", config.cluster.lease)
@@ -94,18 +109,73 @@ async def open_services(config: Config, *, scoring: bool = True) -> AsyncIterato
         )
 
 
+async def _open_providers(config: Config, stack: AsyncExitStack) -> dict[str, ProviderLike]:
+    """A client for every configured provider that has a key, closed with ``stack``."""
+    from rollwatch.providers.client import ProviderClient
+
+    providers: dict[str, ProviderLike] = {}
+    for p in config.providers:
+        if not p.has_key():
+            log.info(
+                "provider_skipped",
+                provider=p.name,
+                reason="no API key set",
+                key_source=p.api_key_env or p.api_key_file,
+            )
+            continue
+        providers[p.name] = await stack.enter_async_context(ProviderClient(p))
+    return providers
+
+
+class Stages:
+    """The daemon's parts as stages on one exit stack: started in order, stopped in
+    the reverse order.
+
+    A stage is a task group; its ``stop`` is how its tasks are told to end (set an
+    event, cancel the group, or nothing when they end on their own), and the stage is
+    stopped once they have. So a stage started later always stops first, and each
+    keeps whatever it uses from the stages before it until it is through.
+    """
+
+    def __init__(self, stack: AsyncExitStack) -> None:
+        self._stack = stack
+
+    async def start(self, name: str, *, stop: Callable[[TaskGroup], object]) -> TaskGroup:
+        """Open stage ``name``; its tasks go in the task group returned."""
+        return await self._stack.enter_async_context(_stage(name, stop))
+
+
+@asynccontextmanager
+async def _stage(name: str, stop: Callable[[TaskGroup], object]) -> AsyncIterator[TaskGroup]:
+    async with anyio.create_task_group() as tg:
+        yield tg
+        log.debug("daemon_stage_stopping", stage=name)
+        stop(tg)
+
+
 class Daemon:
     """``rollwatch serve``: scheduler, runs, release job and feed server."""
 
-    def __init__(self, config: Config, *, grace: float = 30.0, notifier: Notifier | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        grace: float = 30.0,
+        notifier: Notifier | None = None,
+        scorer: ScorerLike | None = None,
+        providers: dict[str, ProviderLike] | None = None,
+    ) -> None:
+        """``scorer`` and ``providers``: see :func:`open_services`."""
         self.config = config
         self.grace = grace
         self.notifier = notifier or Notifier()
+        self._scorer = scorer
+        self._providers = providers
         self.metrics = Metrics()
         self.active: dict[str, Run] = {}  # run_id -> Run driven by this process
         self.by_schedule: dict[str, str] = {}  # schedule -> run_id
         self.stopping = anyio.Event()
-        self.http: Any = None
+        self.http: HTTPServer | None = None
         self.services: RunServices | None = None
         self.scheduler: Scheduler | None = None
         self._runs: TaskGroup | None = None  # where every run this process drives goes
@@ -287,7 +357,7 @@ class Daemon:
             await self.stopping.wait()
             loops.cancel_scope.cancel()
 
-    async def _signals(self, main: TaskGroup) -> None:
+    async def _signals(self) -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async for signum in signals:
                 log.info(
@@ -308,25 +378,14 @@ class Daemon:
         from rollwatch.web.server import HTTPServer
 
         async with AsyncExitStack() as stack:
-            svc = await stack.enter_async_context(open_services(self.config))
+            svc = await stack.enter_async_context(
+                open_services(self.config, scorer=self._scorer, providers=self._providers)
+            )
             self.services = svc
             svc.store.append_observer = self.metrics.append_latency.observe
             self.metrics.scoring_queue = lambda: sum(r.state.scoring for r in self.active.values())
             await svc.projections.catch_up(svc.store)
-            schedules = [
-                s
-                for s in self.config.schedules
-                if s.provider in svc.providers and s.problem_set in svc.problem_sets
-            ]
-            for s in self.config.schedules:
-                if s not in schedules:
-                    log.info(
-                        "schedule_inactive",
-                        schedule=s.name,
-                        reason="its provider has no API key"
-                        if s.provider not in svc.providers
-                        else "its problem set did not load",
-                    )
+            schedules = self._active_schedules(svc)
             self.scheduler = Scheduler(
                 schedules,
                 svc.projections,
@@ -338,63 +397,84 @@ class Daemon:
             integrity = await stack.enter_async_context(
                 open_integrity(self.config.integrity, self.config.store, svc.store, self.config.node)
             )
-            self.http = HTTPServer(
+            http = self.http = HTTPServer(
                 build_app(self.metrics, [*self.extra_routes(integrity), *integrity.routes()]),
                 self.config.server.host,
                 self.config.server.port,
             )
-            integrity_stop = anyio.Event()
-            async with anyio.create_task_group() as main:
-                main.start_soon(self._signals, main)
-                await main.start(self.http.run)
-                # The tree and checkpoints outlive the runs: the final checkpoint covers
-                # everything they recorded. A log that no longer matches what was signed
-                # raises here and stops the daemon, loudly.
-                async with anyio.create_task_group() as checkpoints:
-                    await checkpoints.start(integrity.run, integrity_stop)
-                    async with anyio.create_task_group() as background:
-                        background.start_soon(self._follow_log)
-                        await background.start(
-                            functools.partial(
-                                release_job,
-                                svc.store,
-                                svc.projections,
-                                interval=self.config.publication.release_check,
-                                stop_event=self.stopping,
-                            )
-                        )
-                        background.start_soon(self.notifier.watchdog)
-                        async with anyio.create_task_group() as runs:
-                            self._runs = runs
-                            async with anyio.create_task_group() as leading:
-                                # One node among those sharing the log fires schedules;
-                                # the others stand by to take over. On a shared log every
-                                # node takes part in every run.
-                                await leading.start(svc.store.lead, "scheduler", self._lead, self.stopping)
-                                if svc.board.shared:
-                                    leading.start_soon(self._join_runs)
-                                self.notifier.notify(
-                                    READY=1, STATUS=f"serving on {self.config.server.listen}"
-                                )
-                                log.info(
-                                    "daemon_ready",
-                                    listen=f"{self.config.server.host}:{self.http.port}",
-                                    node=self.config.node,
-                                    schedules=[s.name for s in schedules],
-                                )
-                                task_status.started()
-                            # Runs stop starting rollouts; in-flight ones get the grace period.
-                            for run in list(self.active.values()):
-                                run.stopping.set()
-                        background.cancel_scope.cancel()
-                    integrity_stop.set()
-                self.http.stop()
-                with anyio.move_on_after(10):
-                    await self.http.stopped.wait()
-                main.cancel_scope.cancel()
-            log.info("daemon_stopped")
 
-    def extra_routes(self, integrity: Any = None) -> list[Any]:
+            # The stages, started in this order and stopped in the reverse order once
+            # ``stopping`` is set.
+            stages = Stages(stack)
+            signals = await stages.start("signals", stop=lambda tg: tg.cancel_scope.cancel())
+            signals.start_soon(self._signals)
+            # Stopped, the server closes its socket and lets open requests finish (for
+            # at most its graceful-shutdown timeout).
+            serving = await stages.start("serving", stop=lambda _: http.stop())
+            await serving.start(http.run)
+            # The tree and checkpoints outlive the runs and the loops: the final
+            # checkpoint covers everything they recorded. A log that no longer matches
+            # what was signed raises here and stops the daemon, loudly.
+            integrity_stop = anyio.Event()
+            checkpoints = await stages.start("checkpoints", stop=lambda _: integrity_stop.set())
+            await checkpoints.start(integrity.run, integrity_stop)
+            background = await stages.start("background", stop=lambda tg: tg.cancel_scope.cancel())
+            background.start_soon(self._follow_log)
+            await background.start(
+                functools.partial(
+                    release_job,
+                    svc.store,
+                    svc.projections,
+                    interval=self.config.publication.release_check,
+                    stop_event=self.stopping,
+                )
+            )
+            background.start_soon(self.notifier.watchdog)
+            # Runs, once told to stop, start no more rollouts; those in flight get the
+            # grace period.
+            self._runs = await stages.start("runs", stop=lambda _: self._stop_runs())
+            # One node among those sharing the log fires schedules; the others stand by
+            # to take over. On a shared log every node takes part in every run. Both
+            # return once ``stopping`` is set.
+            leading = await stages.start("leading", stop=lambda _: None)
+            await leading.start(svc.store.lead, "scheduler", self._lead, self.stopping)
+            if svc.board.shared:
+                leading.start_soon(self._join_runs)
+
+            self.notifier.notify(READY=1, STATUS=f"serving on {self.config.server.listen}")
+            log.info(
+                "daemon_ready",
+                listen=f"{self.config.server.host}:{http.port}",
+                node=self.config.node,
+                schedules=[s.name for s in schedules],
+            )
+            task_status.started()
+            await self.stopping.wait()
+        log.info("daemon_stopped")
+
+    def _active_schedules(self, svc: RunServices) -> list[ScheduleConfig]:
+        """The schedules this node can fire (its provider has a key, its problem set loaded)."""
+        schedules = [
+            s
+            for s in self.config.schedules
+            if s.provider in svc.providers and s.problem_set in svc.problem_sets
+        ]
+        for s in self.config.schedules:
+            if s not in schedules:
+                log.info(
+                    "schedule_inactive",
+                    schedule=s.name,
+                    reason="its provider has no API key"
+                    if s.provider not in svc.providers
+                    else "its problem set did not load",
+                )
+        return schedules
+
+    def _stop_runs(self) -> None:
+        for run in list(self.active.values()):
+            run.stopping.set()
+
+    def extra_routes(self, integrity: Integrity | None = None) -> list[Route]:
         """Routes beyond /healthz and /metrics: the subscriber feed and the public release
         (whose items carry inclusion proofs when ``integrity`` is given)."""
         assert self.services is not None

@@ -15,16 +15,19 @@ A fire while the schedule's previous run is still going is skipped and recorded.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Protocol, cast
 from zoneinfo import ZoneInfo
 
 import anyio
+import structlog
+from anyio.abc import TaskStatus
 from apscheduler.triggers.cron import CronTrigger  # type: ignore[import-untyped]
 from apscheduler.triggers.interval import IntervalTrigger  # type: ignore[import-untyped]
 
+from rollwatch.abc import EventStore
 from rollwatch.config import ScheduleConfig
 from rollwatch.errors import IntegrityError, StoreError
 from rollwatch.events import ScheduleMissed, ScheduleSkipped, parse_rfc3339, rfc3339, schedule_stream
@@ -36,12 +39,20 @@ log = get_logger(__name__)
 _MAX_COUNT = 100_000
 
 
-def make_trigger(s: ScheduleConfig) -> Any:
+class Trigger(Protocol):
+    """What we use of an APScheduler 3 trigger (the package has no type hints)."""
+
+    def get_next_fire_time(self, previous_fire_time: datetime | None, now: datetime) -> datetime | None:
+        """The first fire time after ``previous_fire_time`` (None: the first ever), or None."""
+        ...
+
+
+def make_trigger(s: ScheduleConfig) -> Trigger:
     """The APScheduler trigger that computes ``s``'s fire times."""
     if s.cron is not None:
-        return CronTrigger.from_crontab(s.cron, timezone=ZoneInfo(s.timezone))
+        return cast(Trigger, CronTrigger.from_crontab(s.cron, timezone=ZoneInfo(s.timezone)))
     assert s.every is not None
-    return IntervalTrigger(seconds=s.every, jitter=int(s.jitter) or None, timezone=UTC)
+    return cast(Trigger, IntervalTrigger(seconds=s.every, jitter=int(s.jitter) or None, timezone=UTC))
 
 
 @dataclass
@@ -88,7 +99,7 @@ async def load_states(pdb: ProjectionDB) -> dict[str, ScheduleState]:
 
 
 def next_fire(
-    s: ScheduleConfig, trigger: Any, last_fire: datetime | None, now: datetime
+    s: ScheduleConfig, trigger: Trigger, last_fire: datetime | None, now: datetime
 ) -> tuple[datetime | None, int, datetime | None]:
     """(next fire time, fires missed before ``now``, the latest missed fire time).
 
@@ -114,9 +125,21 @@ def next_fire(
     return now, missed, latest
 
 
-FireFn = Callable[..., Coroutine[Any, Any, None]]
-"""start_run(schedule, trigger kind, trigger seq, fire time, *, task_status): a task that
-records RunStarted, calls ``task_status.started()``, then drives the run to its end."""
+class FireFn(Protocol):
+    """``Daemon.start_run``: what a fire of a schedule starts."""
+
+    async def __call__(
+        self,
+        s: ScheduleConfig,
+        kind: str,
+        trigger_seq: int,
+        fire_time: str,
+        *,
+        task_status: TaskStatus[None] = ...,
+    ) -> None:
+        """Record RunStarted for a run of ``s``, call ``task_status.started()``, then
+        drive the run to its end. ``kind``: schedule, catch_up or trigger."""
+        ...
 
 
 class Scheduler:
@@ -126,7 +149,7 @@ class Scheduler:
         self,
         schedules: list[ScheduleConfig],
         projections: ProjectionDB,
-        store: Any,
+        store: EventStore,
         start_run: FireFn,
         is_running: Callable[[str], Awaitable[bool]],
         refresh: Callable[[], Awaitable[object]],
@@ -168,7 +191,9 @@ class Scheduler:
                 slog.warning("schedule_loop_failed", error=str(e), retry_in_s=5.0)
                 await anyio.sleep(5.0)
 
-    async def _loop_once(self, s: ScheduleConfig, tg: anyio.abc.TaskGroup, slog: Any) -> None:
+    async def _loop_once(
+        self, s: ScheduleConfig, tg: anyio.abc.TaskGroup, slog: structlog.stdlib.BoundLogger
+    ) -> None:
         trigger = make_trigger(s)
         while True:
             wake = self._wake[s.name]
@@ -228,7 +253,7 @@ class Scheduler:
         kind: str,
         trigger_seq: int,
         fire_time: datetime,
-        slog: Any,
+        slog: structlog.stdlib.BoundLogger,
     ) -> None:
         ft = rfc3339(fire_time)
         if await self.is_running(s.name):

@@ -100,6 +100,6 @@ def run_cmd(ctx: Context, schedule: str, rollouts: int | None, models: str | Non
                 + (f", failures {fin.failures}" if fin.failures else "")
                 + (f" ({fin.message})" if fin.message else "")
             )
-            return 0
+            return 1 if fin.status in ("partial", "failed") else 0
 
     sys.exit(run_async(main))

@@ -1,0 +1,89 @@
+"""A run's spending limit, kept on the work board because several nodes spend it.
+
+Before a rollout starts it reserves the most it could cost (every output token the
+params allow, a generous token count for the prompt); when it ends it settles what
+it really cost. A rollout whose reservation cannot fit is not started, so the run
+never spends past its budget, whatever the answers cost. A model without a price has
+no enforceable budget: its rollouts reserve nothing (and the run logs it once).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import anyio
+
+from rollwatch.config import Price
+from rollwatch.work import Chunk, WorkBoard
+
+#: What a rollout is assumed to ask for when its params name no output limit.
+DEFAULT_MAX_OUTPUT_TOKENS = 32_000
+
+
+def max_output_tokens(params: Mapping[str, object]) -> int:
+    """The output tokens ``params`` allow (under any provider's name for the limit)."""
+    for key in ("max_completion_tokens", "max_tokens", "max_output_tokens", "maxOutputTokens"):
+        v = params.get(key)
+        if isinstance(v, int) and v > 0:
+            return v
+    return DEFAULT_MAX_OUTPUT_TOKENS
+
+
+class Budget:
+    """Reservations against ``limit`` USD (None: no limit) for the rollouts of one run."""
+
+    def __init__(
+        self,
+        board: WorkBoard,
+        limit: float | None,
+        prices: dict[str, Price],
+        params: Mapping[str, object],
+    ) -> None:
+        self.board = board
+        self.limit = limit
+        self.prices = prices
+        self.params = params
+        self.exhausted = False
+        """A rollout could not be reserved: the run starts no more."""
+        self._settled = anyio.Event()
+
+    def enforceable(self, model: str) -> bool:
+        """Whether rollouts of ``model`` count against the limit (it has a price)."""
+        return model in self.prices
+
+    def worst_case(self, model: str, prompt: str) -> float:
+        """The most one rollout of ``model`` asked ``prompt`` could cost, in USD."""
+        price = self.prices[model]
+        # A generous token count for the prompt: fewer than one token per two characters
+        # in practice.
+        return ((len(prompt) // 2 + 1000) * price.input + max_output_tokens(self.params) * price.output) / 1e6
+
+    async def reserve(self, chunk: Chunk, model: str, prompt: str) -> float | None:
+        """Reserve the most this rollout could cost; None when the budget cannot allow it
+        (then ``exhausted`` is set). 0.0 when there is nothing to enforce."""
+        if self.limit is None or not self.enforceable(model):
+            return 0.0
+        worst = self.worst_case(model, prompt)
+        while True:
+            ok = await self.board.reserve(chunk, worst, self.limit)
+            if ok:
+                return worst
+            if ok is None:
+                self.exhausted = True
+                return None
+            # Rollouts in flight (here or on other nodes) may cost less than reserved:
+            # wait for one to settle (on a shared board, one elsewhere is not announced
+            # here, so look again every half second).
+            with anyio.move_on_after(0.5 if self.board.shared else float("inf")):
+                await self._settled.wait()
+
+    async def settle(self, chunk: Chunk, reserved: float, cost: float) -> None:
+        """A rollout that reserved ``reserved`` ended having cost ``cost`` (shielded: the
+        reservation is given back even when the rollout was cancelled)."""
+        try:
+            if reserved:
+                with anyio.CancelScope(shield=True):
+                    await self.board.settle(chunk, reserved, cost)
+        finally:
+            self._settled.set()
+            self._settled = anyio.Event()

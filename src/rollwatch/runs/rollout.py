@@ -1,0 +1,320 @@
+"""One rollout, from its request to its verdict.
+
+The provider client makes the attempts (retries and limits are its own); every
+attempt becomes an event on the rollout's stream through :class:`AttemptRecorder`.
+The budget reservation made before the request is settled with the real cost, the
+answer is scored, and the verdict goes to the log with its publication decisions in
+one append.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import anyio
+import structlog
+
+from rollwatch.errors import ConcurrencyConflict, ProviderError
+from rollwatch.events import (
+    Event,
+    RolloutFailed,
+    RolloutRequested,
+    RolloutResponded,
+    RolloutScored,
+    canonical_json_fast,
+    rollout_stream,
+)
+from rollwatch.problems import Problem
+from rollwatch.providers.base import Answer, Prompt
+from rollwatch.publication.policy import decide
+from rollwatch.runs.budget import Budget
+from rollwatch.runs.services import ProviderLike, RunServices, RunState
+from rollwatch.work import Chunk, WorkBoard
+
+
+class TakenOver(Exception):
+    """A rollout's stream moved on under us: another node has it now (see ``rollwatch.work``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Known:
+    """A rollout's state in the log when its chunk was claimed."""
+
+    state: str
+    attempts: int
+    answer_seq: int | None
+    version: int
+
+
+NEW = Known("new", 0, None, 0)
+
+
+class AttemptRecorder:
+    """The provider client's AttemptLog for one rollout: every attempt becomes an event.
+
+    Every append names the stream version it expects, so a node that lost its lease on
+    the rollout's chunk cannot add to a rollout that another node has taken over.
+    """
+
+    def __init__(
+        self,
+        rollouts: Rollouts,
+        rid: str,
+        model: str,
+        problem: Problem,
+        sample: int,
+        known: Known,
+    ) -> None:
+        self.rollouts = rollouts
+        self.rid = rid
+        self.model = model
+        self.problem = problem
+        self.sample = sample
+        self.offset = known.attempts
+        self.version = known.version
+
+    async def append(self, *events: Event) -> None:
+        """Append to the rollout's stream at the version we last saw; TakenOver if it moved."""
+        try:
+            await self.rollouts.services.store.append(
+                rollout_stream(self.rid), list(events), expected_version=self.version
+            )
+        except ConcurrencyConflict as e:
+            raise TakenOver(str(e)) from e
+        self.version += len(events)
+
+    async def requested(self, attempt: int, request: dict[str, object]) -> None:
+        """See ``AttemptLog.requested``."""
+        r = self.rollouts
+        await self.append(
+            RolloutRequested(
+                rollout_id=self.rid,
+                run_id=r.run_id,
+                provider=r.provider_name,
+                model=self.model,
+                problem_id=self.problem.id,
+                problem_hash=self.problem.content_hash,
+                sample=self.sample,
+                attempt=attempt + self.offset,
+                request=request,
+                node=r.services.node,
+            ),
+        )
+
+    async def failed(self, attempt: int, error: ProviderError, final: bool) -> None:
+        """See ``AttemptLog.failed``."""
+        await self.append(
+            RolloutFailed(
+                rollout_id=self.rid,
+                attempt=attempt + self.offset,
+                kind=error.kind,
+                status=error.status,
+                retryable=error.retryable,
+                message=error.message,
+                retry_after_s=error.retry_after,
+                final=final,
+            ),
+        )
+
+    async def responded(self, attempt: int, answer: Answer, cost_usd: float | None) -> None:
+        """See ``AttemptLog.responded``."""
+        await self.append(
+            RolloutResponded(
+                rollout_id=self.rid,
+                attempt=attempt + self.offset,
+                text=answer.text,
+                reasoning=answer.reasoning,
+                finish_reason=answer.finish_reason,
+                usage=answer.usage.to_dict(),
+                cost_usd=cost_usd,
+                latency_ms=round(answer.latency_ms, 3),
+                request_id=answer.request_id,
+                model=answer.model,
+            ),
+        )
+
+
+class ChunkWork:
+    """Counts a chunk's rollouts in progress; the last to end reports the chunk to the board."""
+
+    def __init__(self, board: WorkBoard, chunk: Chunk) -> None:
+        self.board = board
+        self.chunk = chunk
+        self.left = 1  # the producer's own share, until it has started every rollout
+        self.finished = True
+
+    def add(self) -> None:
+        """One more rollout of the chunk is under way."""
+        self.left += 1
+
+    async def end(self, finished: bool = True) -> None:
+        """One share of the chunk ended (``finished``: nothing of it is left to do)."""
+        self.finished &= finished
+        self.left -= 1
+        if self.left == 0:
+            await self.board.done(self.chunk, finished=self.finished)
+
+
+class Rollouts:
+    """The rollouts of one run as this process carries them: each a task that holds a
+    place of the run's window until its verdict is recorded (or it stops)."""
+
+    def __init__(
+        self,
+        services: RunServices,
+        *,
+        run_id: str,
+        provider_name: str,
+        problem_set: str,
+        params: dict[str, object],
+        state: RunState,
+        budget: Budget,
+        report: Callable[[], None],
+        log: structlog.stdlib.BoundLogger,
+    ) -> None:
+        self.services = services
+        self.run_id = run_id
+        self.provider_name = provider_name
+        self.problem_set = problem_set
+        self.params = params
+        self.state = state
+        self.budget = budget
+        self.report = report
+        self.log = log
+
+    def prompt_text(self, problem: Problem) -> str:
+        """The text the model is asked for ``problem``."""
+        return self.services.problem_sets[self.problem_set].prompt(problem)
+
+    async def request(
+        self,
+        window: anyio.Semaphore,
+        progress: ChunkWork,
+        provider: ProviderLike,
+        rid: str,
+        sample: int,
+        problem: Problem,
+        known: Known,
+        reserved: float,
+    ) -> None:
+        """Ask the provider (its attempts recorded), settle the budget, score the answer."""
+        model = progress.chunk.unit.model
+        answer: Answer | None = None
+        try:
+            prompt = Prompt(
+                text=self.prompt_text(problem),
+                system=self.services.config.provider(self.provider_name).system_prompt,
+                reference_solution=problem.reference_solution,
+            )
+            recorder = AttemptRecorder(self, rid, model, problem, sample, known)
+            cost = 0.0
+            try:
+                answer = await provider.rollout(model, prompt, self.params, recorder)
+                if answer is not None:
+                    cost = provider.cost(model, answer.usage) or 0.0
+                    self.state.answered += 1
+                    self.state.cost_usd += cost
+            finally:
+                await self.budget.settle(progress.chunk, reserved, cost)
+            if answer is not None:
+                await self.score(recorder, problem, answer.text)
+            else:
+                self.state.done += 1
+                self.report()
+        except TakenOver as e:
+            self.log.warning("rollout_taken_over", rollout_id=rid, error=str(e))
+            await progress.end(finished=False)
+            return
+        finally:
+            window.release()
+        # A rollout given up for a disabled provider is not finished: a later run of
+        # the chunk (after the key is fixed) requests it again.
+        await progress.end(finished=answer is not None or provider.disabled is None)
+
+    async def score_recorded(
+        self,
+        window: anyio.Semaphore,
+        progress: ChunkWork,
+        rid: str,
+        sample: int,
+        problem: Problem,
+        known: Known,
+    ) -> None:
+        """Score the answer the log already holds for ``rid`` (answered before a stop)."""
+        try:
+            assert known.answer_seq is not None
+            answered = [
+                ev.event()
+                async for ev in self.services.store.read(after=known.answer_seq - 1, until=known.answer_seq)
+            ]
+            assert isinstance(answered[0], RolloutResponded)
+            recorder = AttemptRecorder(self, rid, progress.chunk.unit.model, problem, sample, known)
+            await self.score(recorder, problem, answered[0].text)
+        except TakenOver as e:
+            self.log.warning("rollout_taken_over", rollout_id=rid, error=str(e))
+            await progress.end(finished=False)
+            return
+        finally:
+            window.release()
+        await progress.end()
+
+    async def score(self, recorder: AttemptRecorder, problem: Problem, text: str) -> None:
+        """Judge ``text``; record the verdict and its publication decisions in one append."""
+        self.state.scoring += 1
+        try:
+            scored = await self.verdict(recorder.rid, problem, text)
+        finally:
+            self.state.scoring -= 1
+        decisions = decide(self.services.config.publication, scored, datetime.now(UTC))
+        await recorder.append(scored, *decisions)
+        self.state.scored += 1
+        self.state.done += 1
+        self.state.passed += int(scored.passed)
+        self.report()
+
+    async def verdict(self, rid: str, problem: Problem, text: str) -> RolloutScored:
+        """The verdict on ``text``, whatever happens: a scorer that raises (a bug of
+        ours, since the answer's own faults come back as failed verdicts), or returns a
+        verdict the log cannot hold, gives a scorer error on this rollout alone, so
+        the run goes on."""
+        try:
+            result = await self.services.scorer.score(problem, text)
+            scored = RolloutScored(
+                rollout_id=rid,
+                passed=bool(result.passed),
+                score=float(result.score),
+                scorer=result.scorer,
+                reason=result.reason,
+                extraction=result.extraction,
+                duration_ms=result.duration_ms,
+                detail=result.detail,
+            )
+            # What the append would do first: a detail nested too deep or holding what
+            # JSON cannot say fails here, not halfway through recording the verdict.
+            canonical_json_fast(scored.to_data())
+        except Exception as e:
+            self.log.error("scorer_error", rollout_id=rid, problem_id=problem.id, exc_info=True)
+            return scorer_error(rid, problem, e)
+        return scored
+
+
+#: The longest exception message a scorer-error verdict keeps.
+_MAX_ERROR_MESSAGE = 500
+
+
+def scorer_error(rid: str, problem: Problem, error: BaseException) -> RolloutScored:
+    """The verdict on a rollout whose scoring failed in our own code: failed, score 0,
+    marked ``detail.error = "scorer"`` so reports tell it from the model's failures."""
+    message = f"{type(error).__name__}: {error}"[:_MAX_ERROR_MESSAGE]
+    # The message may quote the answer; a lone surrogate in it could not be stored.
+    message = message.encode("utf-8", "replace").decode("utf-8")
+    return RolloutScored(
+        rollout_id=rid,
+        passed=False,
+        score=0.0,
+        scorer=problem.scorer,
+        reason=f"scorer error: {message}",
+        detail={"error": "scorer", "exception": type(error).__name__},
+    )

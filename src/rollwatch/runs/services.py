@@ -1,0 +1,135 @@
+"""What a run is made of: the plug-in points it is typed against, and their wiring.
+
+A run sees its collaborators only through the Protocols below, written in terms of the
+pipeline's real types (``Problem`` in, ``Prompt`` to the provider, ``Answer`` back,
+``Score`` from the scorer): ``ProblemSet``, ``ProviderClient`` and ``ScoringPool``
+satisfy them, and so does any other implementation a test or an operator plugs in.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from rollwatch.abc import EventStore
+from rollwatch.config import Config
+from rollwatch.errors import ProviderError
+from rollwatch.problems import Problem
+from rollwatch.projections import ProjectionDB
+from rollwatch.providers.base import Answer, AttemptLog, Prompt, Usage
+from rollwatch.scoring.base import Score
+from rollwatch.work import LocalBoard, WorkBoard
+
+
+class ProblemSetLike(Protocol):
+    """A named set of problems and how each is asked (``rollwatch.problems.ProblemSet``)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def problems(self) -> Sequence[Problem]: ...
+    def get(self, problem_id: str) -> Problem:
+        """The problem ``problem_id``; KeyError when the set has none."""
+        ...
+
+    def prompt(self, problem: Problem) -> str:
+        """The text sent to a model for ``problem``."""
+        ...
+
+
+class ScorerLike(Protocol):
+    """Judges one answer (``rollwatch.scoring.ScoringPool``).
+
+    Contract: whatever the answer holds, a verdict comes back; an answer that breaks
+    the sandbox is a failed ``Score`` ("sandbox error: ..."). An exception raised here
+    is a fault of the scorer itself: the run records it on the rollout as a scorer
+    error and goes on.
+    """
+
+    async def score(self, problem: Problem, answer: str) -> Score:
+        """The verdict on ``answer`` (a model's whole text) to ``problem``."""
+        ...
+
+
+class ProviderLike(Protocol):
+    """Asks a model for answers, retrying inside (``rollwatch.providers.ProviderClient``)."""
+
+    @property
+    def disabled(self) -> ProviderError | None:
+        """Why the provider cannot be used any more (a rejected key), or None."""
+        ...
+
+    async def rollout(
+        self, model: str, prompt: Prompt, params: dict[str, object], log: AttemptLog
+    ) -> Answer | None:
+        """One answer to ``prompt``, every attempt recorded on ``log``; None when none came."""
+        ...
+
+    def cost(self, model: str, usage: Usage) -> float | None:
+        """USD for ``usage`` at the configured prices of ``model``; None if it has none."""
+        ...
+
+
+@dataclass
+class RunServices:
+    """What a run needs, wired by the composition root (``daemon.py`` or the CLI)."""
+
+    config: Config
+    store: EventStore
+    projections: ProjectionDB
+    providers: dict[str, ProviderLike]
+    problem_sets: dict[str, ProblemSetLike]
+    scorer: ScorerLike
+    node: str
+    locks_dir: Path
+    board: WorkBoard = field(default_factory=LocalBoard)
+    """Shares the rollouts of a run among the processes driving it (see ``rollwatch.work``)."""
+
+
+@dataclass
+class RunState:
+    """Live figures of a run, for the progress bar and the metrics (the summary in
+    RunFinished is counted from the log, so it covers every node and every resume)."""
+
+    total: int = 0
+    done: int = 0
+    answered: int = 0
+    scored: int = 0
+    passed: int = 0
+    cost_usd: float = 0.0
+    scoring: int = 0
+    """Answers waiting for or being scored."""
+
+
+class RunLock:
+    """An exclusive ``flock`` on a run, so two processes never drive the same run.
+
+    The kernel drops it when the process dies, so a crashed run is free to resume.
+    """
+
+    def __init__(self, locks_dir: Path, run_id: str) -> None:
+        locks_dir.mkdir(parents=True, exist_ok=True)
+        self.path = locks_dir / f"{run_id}.lock"
+        self._fd: int | None = None
+
+    def acquire(self) -> bool:
+        """Take the lock if no other process holds it; False when one does."""
+        fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        self._fd = fd
+        return True
+
+    def release(self) -> None:
+        """Let go of the lock (a no-op when not held)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+            self.path.unlink(missing_ok=True)
