@@ -303,6 +303,8 @@ class Daemon:
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Serve until SIGTERM/SIGINT (or ``stopping`` is set), then stop cleanly."""
+        from rollwatch.publication.keys import SubscriberDirectory
+        from rollwatch.web.access import Operators
         from rollwatch.web.app import build_app
         from rollwatch.web.server import HTTPServer
 
@@ -337,10 +339,16 @@ class Daemon:
             integrity = await stack.enter_async_context(
                 open_integrity(self.config.integrity, self.config.store, svc.store, self.config.node)
             )
+            operators = Operators(
+                self.config.server.trusted_peers, SubscriberDirectory(svc.store, svc.projections)
+            )
             self.http = HTTPServer(
-                build_app(self.metrics, [*self.extra_routes(integrity), *integrity.routes()]),
+                build_app(
+                    self.metrics, [*self.extra_routes(integrity), *integrity.routes()], operators=operators
+                ),
                 self.config.server.host,
                 self.config.server.port,
+                head_timeout=self.config.server.request_head_timeout,
             )
             integrity_stop = anyio.Event()
             async with anyio.create_task_group() as main:

@@ -14,6 +14,9 @@ from dataclasses import dataclass, field
 
 from rollwatch.events import Recorded
 
+_RESULT_OUTCOMES = frozenset({"passed", "not_passed"})
+"""Outcomes that reveal scores, hence results under embargo."""
+
 _BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 
 
@@ -84,8 +87,13 @@ class Metrics:
         elif t == "RolloutScored":
             self.rollouts["passed" if ev.data.get("passed") else "not_passed"] += 1
 
-    def render(self) -> str:
-        """The text exposition format (version 0.0.4)."""
+    def render(self, *, results: bool = True) -> str:
+        """The text exposition format (version 0.0.4).
+
+        ``results=False`` leaves out the series that tell how answers scored (passed,
+        not passed): they count rollouts still under embargo, so only the operator
+        may read them (SPEC §7).
+        """
         lines = [
             "# HELP rollwatch_runs_started_total Runs started.",
             "# TYPE rollwatch_runs_started_total counter",
@@ -101,7 +109,11 @@ class Metrics:
             "# HELP rollwatch_rollouts_total Rollouts by outcome (answered, failed, passed, not_passed).",
             "# TYPE rollwatch_rollouts_total counter",
         ]
-        lines += [f'rollwatch_rollouts_total{{outcome="{k}"}} {v}' for k, v in sorted(self.rollouts.items())]
+        lines += [
+            f'rollwatch_rollouts_total{{outcome="{k}"}} {v}'
+            for k, v in sorted(self.rollouts.items())
+            if results or k not in _RESULT_OUTCOMES
+        ]
         lines += [
             "# HELP rollwatch_provider_errors_total Failed provider attempts, by provider and kind.",
             "# TYPE rollwatch_provider_errors_total counter",
