@@ -303,6 +303,7 @@ class Daemon:
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Serve until SIGTERM/SIGINT (or ``stopping`` is set), then stop cleanly."""
+        from rollwatch.providers.client import ProviderClient
         from rollwatch.publication.keys import SubscriberDirectory
         from rollwatch.web.access import Operators
         from rollwatch.web.app import build_app
@@ -313,6 +314,9 @@ class Daemon:
             self.services = svc
             svc.store.append_observer = self.metrics.append_latency.observe
             self.metrics.scoring_queue = lambda: sum(r.state.scoring for r in self.active.values())
+            self.metrics.providers = lambda: [
+                c.stats for c in svc.providers.values() if isinstance(c, ProviderClient)
+            ]
             await svc.projections.catch_up(svc.store)
             schedules = [
                 s
