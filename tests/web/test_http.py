@@ -181,6 +181,15 @@ class TestMetricsForTheOperatorOnly:
             r = await c.get("/metrics")
         assert 'rollwatch_rollouts_total{outcome="passed"} 7' in r.text
 
+    def test_ops_is_opt_in(self) -> None:
+        """A key gets the ``ops`` scope only when asked for: ``subscribers add`` without
+        --scope makes a subscriber, never an operator."""
+        from rollwatch.publication.keys import check_scopes
+
+        assert "ops" not in check_scopes([])
+        assert check_scopes(["ops"]) == ["ops"]
+        assert check_scopes(["ops", "feed"]) == ["feed", "ops"]
+
     def test_trusted_peers_is_validated(self) -> None:
         """server.trusted_peers holds IP networks; anything else is a config error naming the key."""
         from rollwatch.errors import ConfigError
