@@ -8,6 +8,7 @@ as the example in SPEC §3 (``path = "config/problems"``) reads.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import socket
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -50,6 +52,16 @@ def parse_duration(value: object) -> float:
 
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+def _http_url(value: str) -> str:
+    if not value.startswith(("http://", "https://")):
+        raise ValueError(f"{value!r}: base_url must start with http:// or https://")
+    return value.rstrip("/")
+
+
+HttpURL = Annotated[str, AfterValidator(_http_url)]
+"""An absolute http:// or https:// URL, kept without a trailing slash."""
 Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
 
 
@@ -95,6 +107,25 @@ class StoreConfig(_Strict):
 class ServerConfig(_Strict):
     listen: str = "127.0.0.1:8080"
     feed_rate_per_minute: int = Field(default=600, ge=1)
+    base_url: HttpURL | None = None
+    """The URL the service is reached at, for links in the feeds (default ``http://LISTEN``,
+    with a wildcard host or port 0 made concrete from the socket a request came in on).
+    Links never copy a request's ``Host`` header: a client could make them point anywhere."""
+    trusted_peers: list[str] = Field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
+    """Networks whose requests count as the operator's (``/metrics`` in full); others need
+    a key with scope ``ops``. Behind a reverse proxy on this host, set ``[]``."""
+    request_head_timeout: Duration = Field(default=10.0, gt=0.0, le=300.0)
+    """How long a client may take to send a request's line and headers (slowloris)."""
+
+    @field_validator("trusted_peers")
+    @classmethod
+    def _networks(cls, v: list[str]) -> list[str]:
+        for net in v:
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError:
+                raise ValueError(f"{net!r} is not an IP network (e.g. '127.0.0.0/8', '::1/128')") from None
+        return v
 
     @field_validator("listen")
     @classmethod
@@ -111,6 +142,11 @@ class ServerConfig(_Strict):
     @property
     def port(self) -> int:
         return int(self.listen.rpartition(":")[2])
+
+    @property
+    def url(self) -> str:
+        """``base_url``, or ``http://LISTEN``, without a trailing slash."""
+        return self.base_url or f"http://{self.listen}"
 
 
 class PublicationConfig(_Strict):
@@ -155,7 +191,7 @@ DEFAULT_BASE_URLS: dict[str, str] = {
 class ProviderConfig(_Strict):
     name: Name
     kind: ProviderKind
-    base_url: str | None = None
+    base_url: HttpURL | None = None
     api_key_env: str | None = None
     api_key_file: str | None = None
     max_concurrency: int = Field(default=8, ge=1, le=10000)
@@ -169,13 +205,6 @@ class ProviderConfig(_Strict):
     backoff_max: Duration = 120.0
     system_prompt: str | None = None
     prices: dict[str, Price] = Field(default_factory=dict)
-
-    @field_validator("base_url")
-    @classmethod
-    def _http_url(cls, v: str | None) -> str | None:
-        if v is not None and not v.startswith(("http://", "https://")):
-            raise ValueError(f"{v!r}: base_url must start with http:// or https://")
-        return v.rstrip("/") if v else v
 
     @model_validator(mode="after")
     def _key_source(self) -> ProviderConfig:

@@ -374,6 +374,9 @@ class Daemon:
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Serve until SIGTERM/SIGINT (or ``stopping`` is set), then stop cleanly."""
+        from rollwatch.providers.client import ProviderClient
+        from rollwatch.publication.keys import SubscriberDirectory
+        from rollwatch.web.access import Operators
         from rollwatch.web.app import build_app
         from rollwatch.web.server import HTTPServer
 
@@ -384,6 +387,9 @@ class Daemon:
             self.services = svc
             svc.store.append_observer = self.metrics.append_latency.observe
             self.metrics.scoring_queue = lambda: sum(r.state.scoring for r in self.active.values())
+            self.metrics.providers = lambda: [
+                c.stats for c in svc.providers.values() if isinstance(c, ProviderClient)
+            ]
             await svc.projections.catch_up(svc.store)
             schedules = self._active_schedules(svc)
             self.scheduler = Scheduler(
@@ -397,10 +403,16 @@ class Daemon:
             integrity = await stack.enter_async_context(
                 open_integrity(self.config.integrity, self.config.store, svc.store, self.config.node)
             )
+            operators = Operators(
+                self.config.server.trusted_peers, SubscriberDirectory(svc.store, svc.projections)
+            )
             http = self.http = HTTPServer(
-                build_app(self.metrics, [*self.extra_routes(integrity), *integrity.routes()]),
+                build_app(
+                    self.metrics, [*self.extra_routes(integrity), *integrity.routes()], operators=operators
+                ),
                 self.config.server.host,
                 self.config.server.port,
+                head_timeout=self.config.server.request_head_timeout,
             )
 
             # The stages, started in this order and stopped in the reverse order once

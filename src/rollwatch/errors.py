@@ -144,6 +144,19 @@ class AuditFailure(RollwatchError):
         super().__init__(f"{check}: {message}")
 
 
+HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    429: "rate_limited",
+    500: "internal",
+    503: "unavailable",
+}
+"""The ``error`` word of the HTTP error body, by status."""
+
+
 class HTTPError(RollwatchError):
     """Raised inside a route handler to answer with ``status`` and the JSON error body.
 
@@ -152,7 +165,11 @@ class HTTPError(RollwatchError):
     """
 
     status = 500
-    code = "internal"
+
+    @property
+    def code(self) -> str:
+        """The error body's ``error``: a stable word for the status (``bad_request``, …)."""
+        return HTTP_CODES.get(self.status, "error")
 
     def __init__(self, message: str, headers: dict[str, str] | None = None) -> None:
         self.message = message
@@ -164,39 +181,33 @@ class BadRequest(HTTPError):
     """Raised when a query parameter or path segment is invalid; the message names it."""
 
     status = 400
-    code = "bad_request"
 
 
 class Unauthorized(HTTPError):
     """Raised when a request's key is missing, unknown, expired or revoked."""
 
     status = 401
-    code = "unauthorized"
 
 
 class Forbidden(HTTPError):
     """Raised when the key (or the peer) may not read the route."""
 
     status = 403
-    code = "forbidden"
 
 
 class NotFound(HTTPError):
     """Raised when nothing visible to the caller has the requested name."""
 
     status = 404
-    code = "not_found"
 
 
 class TooManyRequests(HTTPError):
     """Raised when a key is over its rate limit (with ``Retry-After``)."""
 
     status = 429
-    code = "rate_limited"
 
 
 class ServiceUnavailable(HTTPError):
     """Raised when a part the route needs is not available in this process."""
 
     status = 503
-    code = "unavailable"

@@ -2,17 +2,26 @@
 
 Counters about runs, rollouts and provider errors are derived from the events the
 daemon sees (the log stays the single source); latencies of appends and the scoring
-queue depth are measured where they happen.
+queue depth are measured where they happen; each provider client's live figures
+(:class:`~rollwatch.providers.client.ProviderStats`: requests, tokens, cost, the
+concurrency window, pauses) are read from ``Metrics.providers`` at each scrape.
 """
 
 from __future__ import annotations
 
 import bisect
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from rollwatch.events import Recorded
+
+if TYPE_CHECKING:
+    from rollwatch.providers.client import ProviderStats
+
+_RESULT_OUTCOMES = frozenset({"passed", "not_passed"})
+"""Outcomes that reveal scores, hence results under embargo."""
 
 _BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 
@@ -55,6 +64,8 @@ class Metrics:
         self.request_latency = Histogram()
         self.append_latency = Histogram()
         self.scoring_queue: Callable[[], int] = lambda: 0
+        self.providers: Callable[[], Iterable[ProviderStats]] = lambda: ()
+        """Each provider client's current figures (the daemon sets it)."""
         self.events_seen = 0
         self._provider_of: dict[str, str] = {}
 
@@ -84,8 +95,13 @@ class Metrics:
         elif t == "RolloutScored":
             self.rollouts["passed" if ev.data.get("passed") else "not_passed"] += 1
 
-    def render(self) -> str:
-        """The text exposition format (version 0.0.4)."""
+    def render(self, *, results: bool = True) -> str:
+        """The text exposition format (version 0.0.4).
+
+        ``results=False`` leaves out the series that tell how answers scored (passed,
+        not passed): they count rollouts still under embargo, so only the operator
+        may read them (SPEC §7).
+        """
         lines = [
             "# HELP rollwatch_runs_started_total Runs started.",
             "# TYPE rollwatch_runs_started_total counter",
@@ -94,22 +110,27 @@ class Metrics:
             "# TYPE rollwatch_runs_finished_total counter",
         ]
         lines += [
-            f'rollwatch_runs_finished_total{{status="{k}"}} {v}'
+            f'rollwatch_runs_finished_total{{status="{_label(k)}"}} {v}'
             for k, v in sorted(self.runs_finished.items())
         ]
         lines += [
             "# HELP rollwatch_rollouts_total Rollouts by outcome (answered, failed, passed, not_passed).",
             "# TYPE rollwatch_rollouts_total counter",
         ]
-        lines += [f'rollwatch_rollouts_total{{outcome="{k}"}} {v}' for k, v in sorted(self.rollouts.items())]
+        lines += [
+            f'rollwatch_rollouts_total{{outcome="{_label(k)}"}} {v}'
+            for k, v in sorted(self.rollouts.items())
+            if results or k not in _RESULT_OUTCOMES
+        ]
         lines += [
             "# HELP rollwatch_provider_errors_total Failed provider attempts, by provider and kind.",
             "# TYPE rollwatch_provider_errors_total counter",
         ]
         lines += [
-            f'rollwatch_provider_errors_total{{provider="{p}",kind="{k}"}} {v}'
+            f'rollwatch_provider_errors_total{{provider="{_label(p)}",kind="{_label(k)}"}} {v}'
             for (p, k), v in sorted(self.provider_errors.items())
         ]
+        lines += _provider_lines(sorted(self.providers(), key=lambda st: st.provider))
         lines += [
             "# HELP rollwatch_request_latency_seconds Provider request latency of answered attempts.",
             "# TYPE rollwatch_request_latency_seconds histogram",
@@ -125,3 +146,42 @@ class Metrics:
             f"rollwatch_events_applied {self.events_seen}",
         ]
         return "\n".join(lines) + "\n"
+
+
+def _label(value: str) -> str:
+    """A label value escaped as the exposition format asks (backslash, quote, newline)."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+# (name, type, help, the figure of a ProviderStats)
+_PROVIDER_SERIES: tuple[tuple[str, str, str, Callable[[ProviderStats], float]], ...] = (
+    ("requests_total", "counter", "Requests sent to the provider (attempts).", lambda st: st.requests),
+    ("responses_total", "counter", "Attempts that produced an answer.", lambda st: st.responses),
+    ("input_tokens_total", "counter", "Input tokens of answered attempts.", lambda st: st.input_tokens),
+    ("output_tokens_total", "counter", "Output tokens of answered attempts.", lambda st: st.output_tokens),
+    ("cost_usd_total", "counter", "Cost of answered attempts, in USD.", lambda st: st.cost_usd),
+    ("latency_ms_max", "gauge", "The slowest answered attempt, in ms.", lambda st: st.latency_ms_max),
+    ("in_flight", "gauge", "Requests in flight now.", lambda st: st.in_flight),
+    ("window", "gauge", "The adaptive concurrency window now.", lambda st: st.window),
+    ("rate_factor", "gauge", "The fraction of the configured rates in force.", lambda st: st.rate_factor),
+    ("slowdowns_total", "counter", "Times a 429 or overload cut the window.", lambda st: st.slowdowns),
+    ("paused_seconds", "gauge", "Seconds until a provider-wide pause ends.", lambda st: st.paused_s),
+    ("disabled", "gauge", "1 when the provider was disabled (e.g. after a 401).", lambda st: st.disabled),
+)
+
+
+def _number(value: float) -> str:
+    """Integers exactly (a token count must not become 1.23457e+06), others in full."""
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+def _provider_lines(stats: list[ProviderStats]) -> list[str]:
+    """Each provider's live figures, one family per figure, labelled by provider."""
+    if not stats:
+        return []
+    lines: list[str] = []
+    for suffix, kind, text, figure in _PROVIDER_SERIES:
+        name = f"rollwatch_provider_{suffix}"
+        lines += [f"# HELP {name} {text}", f"# TYPE {name} {kind}"]
+        lines += [f'{name}{{provider="{_label(st.provider)}"}} {_number(figure(st))}' for st in stats]
+    return lines

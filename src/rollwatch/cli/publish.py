@@ -20,6 +20,7 @@ from rollwatch.config import Config
 from rollwatch.errors import ConcurrencyConflict, UsageError
 from rollwatch.events import SubscriberAdded, SubscriberRevoked, parse_rfc3339, rfc3339, subscriber_stream
 from rollwatch.publication.keys import (
+    ALL_SCOPES,
     SCOPES,
     check_name,
     check_scopes,
@@ -59,7 +60,8 @@ def subscribers() -> None:
     "scopes",
     multiple=True,
     metavar="S",
-    help=f"what the key may read, repeatable: {', '.join(SCOPES)} (default: all)",
+    help=f"what the key may read, repeatable: {', '.join(ALL_SCOPES)} "
+    f"(default: {','.join(SCOPES)}; ops is the operator's: /metrics in full)",
 )
 @common
 def subscribers_add(ctx: Context, name: str, expires: str | None, scopes: tuple[str, ...]) -> None:
@@ -197,7 +199,8 @@ def publish() -> None:
 @click.option(
     "--base-url",
     default=None,
-    help="the URL DIR will be served at, for the feeds' links (default: http://LISTEN/public/ from [server])",
+    help="the URL DIR will be served at, for the feeds' links (default: server.base_url + /public/, "
+    "else http://LISTEN/public/)",
 )
 @common
 def publish_export(ctx: Context, directory: Path, base_url: str | None) -> None:
@@ -207,7 +210,7 @@ def publish_export(ctx: Context, directory: Path, base_url: str | None) -> None:
     from rollwatch.store import open_store
 
     config = ctx.config
-    base = base_url or f"http://{config.server.listen}/public/"
+    base = base_url or f"{config.server.url}/public/"
     if not base.startswith(("http://", "https://")):
         raise UsageError(f"--base-url {base!r}: give an absolute http:// or https:// URL")
 

@@ -56,7 +56,10 @@ PREFIX_LEN = len(KEY_PREFIX) + 7
 """How many leading characters of a key are kept in clear (``rw_`` and 7 more)."""
 
 SCOPES = ("feed", "rollouts", "report")
-"""What a key may read: ``/v1/feed``, ``/v1/rollouts/{id}``, ``/v1/report``."""
+"""What a key may read: ``/v1/feed``, ``/v1/rollouts/{id}``, ``/v1/report`` (the default)."""
+
+ALL_SCOPES = (*SCOPES, "ops")
+"""Also ``ops``: the operator's routes (``/metrics`` in full); given only when asked for."""
 
 SUBSCRIBER_TYPES = frozenset({"SubscriberAdded", "SubscriberRevoked"})
 
@@ -90,12 +93,13 @@ def check_name(name: str) -> str:
 
 
 def check_scopes(scopes: Iterable[str]) -> list[str]:
-    """The scopes, deduplicated in the order of :data:`SCOPES`; all of them when none are given."""
+    """The scopes, deduplicated in the order of :data:`ALL_SCOPES`; the subscriber
+    scopes (:data:`SCOPES`, never ``ops``) when none are given."""
     wanted = list(scopes)
-    unknown = [s for s in wanted if s not in SCOPES]
+    unknown = [s for s in wanted if s not in ALL_SCOPES]
     if unknown:
-        raise UsageError(f"scope {unknown[0]!r} is not one of {', '.join(SCOPES)}")
-    return [s for s in SCOPES if s in wanted] if wanted else list(SCOPES)
+        raise UsageError(f"scope {unknown[0]!r} is not one of {', '.join(ALL_SCOPES)}")
+    return [s for s in ALL_SCOPES if s in wanted] if wanted else list(SCOPES)
 
 
 def parse_expires(text: str, now: datetime | None = None) -> datetime:

@@ -24,7 +24,10 @@ latest signed checkpoint (see :mod:`rollwatch.publication.inclusion`).
 
 Reads go through the projections, brought up to the log's head before each answer;
 the subscriber directory is refreshed from the log at most 0.5 s old, so a revocation
-takes effect within a second.
+takes effect within a second; ``/v1/feed`` reads it up to the log's head once more
+just before answering, so a long poll opened before a revocation delivers nothing
+after it. Links in the public feeds use ``server.base_url`` (default: the address of
+the socket the request came in on, i.e. ``http://LISTEN``), never the request's ``Host``.
 """
 
 from __future__ import annotations
@@ -65,6 +68,7 @@ from rollwatch.publication.archive import rollout_record
 from rollwatch.publication.keys import Subscriber, SubscriberDirectory
 from rollwatch.publication.openapi import openapi_document
 from rollwatch.publication.public import PublicView, iter_released, public_view, released_one
+from rollwatch.web.access import bearer_key
 from rollwatch.web.params import boolean, integer, query, seconds
 
 if TYPE_CHECKING:
@@ -195,10 +199,8 @@ class PublicationAPI:
 
     async def authorize(self, request: Request, scope: str) -> Subscriber:
         """The subscriber behind the request's bearer key; Unauthorized, Forbidden or TooManyRequests otherwise."""
-        header = request.headers.get("authorization", "")
-        scheme, _, key = header.partition(" ")
-        key = key.strip() if scheme.lower() == "bearer" else ""
-        result = await self.subscribers.authenticate(key or None)
+        key = bearer_key(request)
+        result = await self.subscribers.authenticate(key)
         if result.subscriber is None:
             challenge = 'Bearer realm="rollwatch"' + (', error="invalid_token"' if key else "")
             raise Unauthorized(result.reason, {"WWW-Authenticate": challenge})
@@ -215,6 +217,19 @@ class PublicationAPI:
         return sub
 
     # -- subscriber routes --------------------------------------------------------------------------
+
+    async def still_valid(self, request: Request) -> None:
+        """Unauthorized when the request's key was revoked (or expired) since it was let in.
+
+        Reads every subscriber event in the log up to now first, so a long poll opened
+        before ``subscribers revoke`` delivers nothing once the revocation is recorded.
+        """
+        await self.subscribers.refresh(force=True)
+        result = await self.subscribers.authenticate(bearer_key(request))
+        if result.subscriber is None:
+            raise Unauthorized(
+                result.reason, {"WWW-Authenticate": 'Bearer realm="rollwatch", error="invalid_token"'}
+            )
 
     async def feed(self, request: Request) -> Response:
         """``/v1/feed``: items after ``after``, at most ``limit``, waiting up to ``wait`` s for one."""
@@ -239,6 +254,7 @@ class PublicationAPI:
             await self.store.wait_for_new(head, min(remaining, 1.0))
             if await request.is_disconnected():
                 return Response(status_code=499)
+        await self.still_valid(request)
         nxt = rows[-1][0] if len(rows) == limit else max(after, head)
         body = b'{"items":[' + ",".join(r[1] for r in rows).encode() + b'],"next":%d}' % nxt
         return _tagged(request, body, "application/json", "private, no-cache", vary="Authorization")
@@ -311,7 +327,18 @@ class PublicationAPI:
             return v
 
     def _base(self, request: Request) -> str:
-        return str(request.base_url) + "public/"
+        # Never the request's Host header: anyone can send one, and a cache or a
+        # subscriber would then hand out links to the sender's site. Without
+        # server.base_url, the address of our own socket the request came in on: it is
+        # server.listen, made concrete when that is a wildcard (0.0.0.0) or port 0.
+        if self.config.server.base_url:
+            return self.config.server.base_url + "/public/"
+        local = request.scope.get("server")
+        if not local or local[1] is None:
+            return self.config.server.url + "/public/"
+        host, port = local
+        host = f"[{host}]" if ":" in host else host
+        return f"http://{host}:{port}/public/"
 
     async def _public(
         self, request: Request, kind: str, render: Callable[[PublicView, str], bytes], media_type: str

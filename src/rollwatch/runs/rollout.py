@@ -34,7 +34,7 @@ from rollwatch.runs.services import ProviderLike, RunServices, RunState
 from rollwatch.work import Chunk, WorkBoard
 
 
-class TakenOver(Exception):
+class _TakenOver(Exception):
     """A rollout's stream moved on under us: another node has it now (see ``rollwatch.work``)."""
 
 
@@ -76,13 +76,13 @@ class AttemptRecorder:
         self.version = known.version
 
     async def append(self, *events: Event) -> None:
-        """Append to the rollout's stream at the version we last saw; TakenOver if it moved."""
+        """Append to the rollout's stream at the version we last saw; _TakenOver if it moved."""
         try:
             await self.rollouts.services.store.append(
                 rollout_stream(self.rid), list(events), expected_version=self.version
             )
         except ConcurrencyConflict as e:
-            raise TakenOver(str(e)) from e
+            raise _TakenOver(str(e)) from e
         self.version += len(events)
 
     async def requested(self, attempt: int, request: dict[str, object]) -> None:
@@ -223,7 +223,7 @@ class Rollouts:
             else:
                 self.state.done += 1
                 self.report()
-        except TakenOver as e:
+        except _TakenOver as e:
             self.log.warning("rollout_taken_over", rollout_id=rid, error=str(e))
             await progress.end(finished=False)
             return
@@ -252,7 +252,7 @@ class Rollouts:
             assert isinstance(answered[0], RolloutResponded)
             recorder = AttemptRecorder(self, rid, progress.chunk.unit.model, problem, sample, known)
             await self.score(recorder, problem, answered[0].text)
-        except TakenOver as e:
+        except _TakenOver as e:
             self.log.warning("rollout_taken_over", rollout_id=rid, error=str(e))
             await progress.end(finished=False)
             return

@@ -17,6 +17,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from rollwatch.log import get_logger
 from rollwatch.metrics import Metrics
+from rollwatch.web.access import Operators
 from rollwatch.web.errors import EXCEPTION_HANDLERS
 
 access = get_logger("rollwatch.access")
@@ -55,14 +56,24 @@ class AccessLog:
             )
 
 
-def build_app(metrics: Metrics, extra_routes: list[Route] | None = None) -> ASGIApp:
-    """The app with /healthz and /metrics, plus any routes the daemon adds."""
+def build_app(
+    metrics: Metrics, extra_routes: list[Route] | None = None, *, operators: Operators | None = None
+) -> ASGIApp:
+    """The app with /healthz and /metrics, plus any routes the daemon adds.
+
+    ``/metrics`` shows the figures that reveal results (pass counts) only to the
+    operator, as ``operators`` decides (default: loopback peers, no ``ops`` keys).
+    """
+    gate = operators or Operators()
 
     async def healthz(_: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
-    async def metrics_route(_: Request) -> Response:
-        return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
+    async def metrics_route(request: Request) -> Response:
+        text = metrics.render(results=await gate.allows(request))
+        return PlainTextResponse(
+            text, media_type="text/plain; version=0.0.4", headers={"Vary": "Authorization"}
+        )
 
     routes = [Route("/healthz", healthz), Route("/metrics", metrics_route), *(extra_routes or [])]
     return AccessLog(Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS))

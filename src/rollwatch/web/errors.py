@@ -11,20 +11,10 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from rollwatch.errors import HTTPError
+from rollwatch.errors import HTTP_CODES, HTTPError
 from rollwatch.log import get_logger
 
 log = get_logger("rollwatch.web")
-
-_CODES = {
-    400: "bad_request",
-    401: "unauthorized",
-    403: "forbidden",
-    404: "not_found",
-    405: "method_not_allowed",
-    429: "rate_limited",
-    503: "unavailable",
-}
 
 
 def error_response(
@@ -45,7 +35,7 @@ async def on_starlette_error(_: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     if exc.status_code in (204, 304):  # no body allowed
         return Response(status_code=exc.status_code, headers=exc.headers)
-    code = _CODES.get(exc.status_code, "error")
+    code = HTTP_CODES.get(exc.status_code, "error")
     return error_response(exc.status_code, code, str(exc.detail), dict(exc.headers or {}))
 
 

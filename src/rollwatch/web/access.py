@@ -1,0 +1,77 @@
+"""Who counts as the operator on an HTTP request (SPEC §7: "loopback, or a key with
+scope ``ops``").
+
+A request is the operator's when its peer address is in ``server.trusted_peers``
+(loopback by default) or when it carries ``Authorization: Bearer KEY`` for a key with
+the ``ops`` scope that is neither expired nor revoked. The peer is the address uvicorn
+reports: the socket's, or a local proxy's ``X-Forwarded-For`` when that proxy
+connects from 127.0.0.1 (uvicorn's default). Behind a proxy on this host that does
+not set it, every request would come from loopback: set ``trusted_peers = []`` there.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+from typing import Protocol
+
+from starlette.requests import Request
+
+OPS_SCOPE = "ops"
+
+_LOOPBACK = ("127.0.0.0/8", "::1/128")
+
+
+class _Holder(Protocol):
+    @property
+    def scopes(self) -> tuple[str, ...]: ...
+
+
+class _Result(Protocol):
+    @property
+    def subscriber(self) -> _Holder | None: ...
+
+
+class KeyCheck(Protocol):
+    """What checks bearer keys (:class:`rollwatch.publication.keys.SubscriberDirectory`)."""
+
+    async def authenticate(self, key: str | None) -> _Result:
+        """The key's holder, or None with the reason."""
+        ...
+
+
+def bearer_key(request: Request) -> str | None:
+    """The key of an ``Authorization: Bearer KEY`` header, if any."""
+    scheme, _, key = request.headers.get("authorization", "").partition(" ")
+    return (key.strip() or None) if scheme.lower() == "bearer" else None
+
+
+class Operators:
+    """Decides whether a request is the operator's: a trusted peer, or an ``ops`` key."""
+
+    def __init__(self, trusted_peers: Iterable[str] = _LOOPBACK, keys: KeyCheck | None = None) -> None:
+        """``trusted_peers``: IP networks (CIDR); ``keys``: checks ``ops`` keys (none: peers only)."""
+        self.networks = [ipaddress.ip_network(n, strict=False) for n in trusted_peers]
+        self.keys = keys
+
+    def trusted_peer(self, request: Request) -> bool:
+        """Whether the request's peer address is in a trusted network."""
+        if request.client is None:
+            return False
+        try:
+            addr = ipaddress.ip_address(request.client.host)
+        except ValueError:
+            return False
+        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+            addr = addr.ipv4_mapped
+        return any(addr.version == n.version and addr in n for n in self.networks)
+
+    async def allows(self, request: Request) -> bool:
+        """Whether ``request`` is the operator's."""
+        if self.trusted_peer(request):
+            return True
+        key = bearer_key(request)
+        if key is None or self.keys is None:
+            return False
+        result = await self.keys.authenticate(key)
+        return result.subscriber is not None and OPS_SCOPE in result.subscriber.scopes

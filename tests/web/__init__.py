@@ -1,0 +1,1 @@
+"""Tests of the HTTP layer: errors, parameters, operator access, the server."""
