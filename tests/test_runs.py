@@ -17,7 +17,7 @@ from typing import TypeVar
 import anyio
 import pytest
 
-from rollwatch.abc import EventStore
+from rollwatch.abc import AttemptLog, EventStore
 from rollwatch.config import Config, load_config
 from rollwatch.daemon import Daemon, open_services
 from rollwatch.errors import ProviderError
@@ -31,7 +31,7 @@ from rollwatch.events import (
     ScheduleTriggered,
 )
 from rollwatch.problems import Problem
-from rollwatch.providers.base import Answer, AttemptLog, Prompt, Usage
+from rollwatch.providers.base import Answer, Prompt, Usage
 from rollwatch.runs import MAX_CRASHES, Run, RunServices
 from rollwatch.scoring import ScoringPool, settings_from_config
 from rollwatch.scoring.base import Score

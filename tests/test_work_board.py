@@ -10,11 +10,11 @@ from pathlib import Path
 import anyio
 import pytest
 
-from rollwatch.abc import EventStore
+from rollwatch.abc import EventStore, WorkBoard
 from rollwatch.errors import ConcurrencyConflict
 from rollwatch.events import SchedulePaused
 from rollwatch.store.postgres import PostgresEventStore
-from rollwatch.work import Unit, WorkBoard, plan_units
+from rollwatch.work import Unit, plan_units
 from tests.pg import ScratchPostgresStore, scratch_database
 
 pytestmark = pytest.mark.anyio

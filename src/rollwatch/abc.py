@@ -1,25 +1,50 @@
 """The interfaces of rollwatch's plug-in points, with their contracts.
 
-Implementations live in one module each (``store/sqlite.py``, ``store/postgres.py``,
-``providers/openai.py``, ...) and never import each other; the composition root
-(``daemon.py``) wires them.
+=================  ==========================  =========================================
+interface          implementations             contract tests
+=================  ==========================  =========================================
+``EventStore``     ``store/sqlite.py``,        ``tests/test_store_contract.py``
+                   ``store/postgres.py``
+``WorkBoard``      ``work.LocalBoard``,        ``tests/test_work_board.py``
+                   ``store/postgres_work.py``
+``Projection``     ``projections.py``,         ``tests/test_report.py``, ``tests/publication``
+                   ``publication/projections``,
+                   ``report/views.py``
+``WireAdapter``    ``providers/openai.py``,    ``tests/providers/test_contract.py``
+                   ``anthropic.py``, ``gemini.py``
+``AttemptLog``     ``runs/rollout.py``         ``tests/providers``
+``Clock``          ``providers/base.AnyioClock`` ``tests/providers/test_limits.py``
+``Scorer``,        ``scoring/``                ``tests/scoring``
+``Sandbox``
+=================  ==========================  =========================================
+
+Implementations live in one module each and never import each other; the
+composition root (``daemon.py``) wires them. This module imports only data types
+(events, errors) at run time, so any implementation can import it.
 """
 
 from __future__ import annotations
 
+import sqlite3
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Self
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, Self, runtime_checkable
 
 import anyio
 from anyio.abc import TaskStatus
 
 from rollwatch.errors import IntegrityError
 from rollwatch.events import GENESIS, Event, Recorded, chain_hash
-from rollwatch.work import LocalBoard, WorkBoard
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from rollwatch.errors import ProviderError
+    from rollwatch.providers.base import Answer, Headers, Parsed, Prompt, WireRequest
+    from rollwatch.work import Chunk, Status, Unit
 
 #: ``expected_version`` for "this stream must not exist yet".
 NO_STREAM = 0
@@ -165,14 +190,14 @@ class EventStore(ABC):
         task_status.started()
         await body()
 
+    @abstractmethod
     def work_board(self, owner: str, lease: float) -> WorkBoard:
         """The board on which the processes driving a run share its rollouts.
 
         ``owner`` names this process uniquely (node and a per-process token); ``lease``
         is how long a claim holds without renewal. A log one machine owns has one
-        process driving each run: the default board is that process's own.
+        process driving each run: its board is that process's own (``LocalBoard``).
         """
-        return LocalBoard()
 
     async def _verify_chain(self, progress: Callable[[int], None] | None) -> tuple[int, str]:
         """Walk the whole log in seq order checking gaps and hashes: (events, head hash).
@@ -198,3 +223,148 @@ class EventStore(ABC):
     @abstractmethod
     async def verify(self, progress: Callable[[int], None] | None = None) -> VerifyReport:
         """Check the whole chain; raise ``IntegrityError`` naming the first bad ``seq``."""
+
+
+# --- sharing a run's work -------------------------------------------------------------
+
+
+class WorkBoard(ABC):
+    """Chunks, leases and budget reservations of runs (see the module docstring)."""
+
+    #: Whether processes other than this one take part (then idle nodes join runs).
+    shared: bool = False
+    #: How many chunks ``claim`` hands out at once, at most.
+    claim_batch: int = 1
+
+    @abstractmethod
+    async def plan(self, run_id: str, units: list[Unit], *, fresh: bool, prior_cost: float) -> None:
+        """Record a run's chunks unless they already are. ``fresh``: the run is new (no
+        rollout has events); ``prior_cost``: what the run spent before they existed."""
+
+    @abstractmethod
+    async def claim(self, run_id: str, n: int) -> list[Chunk]:
+        """Up to ``n`` chunks nobody holds, in plan order; none once the run is closed."""
+
+    @abstractmethod
+    async def done(self, chunk: Chunk, *, finished: bool = True) -> None:
+        """This process is through with ``chunk``: every rollout of it finished, or (not
+        ``finished``) some were left, and the chunk goes back to be claimed again."""
+
+    @abstractmethod
+    async def release(self, run_id: str) -> None:
+        """Hand back every chunk of ``run_id`` this process holds and has not finished."""
+
+    @abstractmethod
+    async def close(self, run_id: str, reason: str) -> None:
+        """End the run early: no more claims or reservations (the first reason stays)."""
+
+    @abstractmethod
+    async def status(self, run_id: str) -> Status: ...
+
+    @abstractmethod
+    async def reserve(self, chunk: Chunk, amount: float, budget: float) -> bool | None:
+        """Reserve ``amount`` of the run's ``budget`` for a rollout of ``chunk``: True when
+        reserved, False when it does not fit while others' reservations are pending
+        (they may settle for less: try again), None when it cannot fit (or the run is
+        closed)."""
+
+    @abstractmethod
+    async def settle(self, chunk: Chunk, reserved: float, cost: float) -> None:
+        """A rollout that reserved ``reserved`` ended having cost ``cost``."""
+
+    async def keep(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Keep this process's leases alive until cancelled (nothing to do locally)."""
+        task_status.started()
+
+
+# --- read models ----------------------------------------------------------------------
+
+
+class Projection:
+    """One read model: its tables, the event types it reads, and how it applies one.
+
+    Bump ``version`` when ``ddl`` or ``apply`` changes meaning: the projection is then
+    dropped and rebuilt from the log at the next start.
+    """
+
+    name: ClassVar[str]
+    version: ClassVar[int] = 1
+    tables: ClassVar[tuple[str, ...]] = ()
+    ddl: ClassVar[str] = ""
+    types: ClassVar[frozenset[str]] = frozenset()
+
+    def apply(self, db: sqlite3.Connection, rec: Recorded) -> None:
+        """Apply one event (of one of ``types``) inside the caller's transaction.
+
+        Read the event's meaning from ``rec.event()`` (typed and upcast), and its
+        position and time from ``rec.seq`` and ``rec.at``.
+        """
+        raise NotImplementedError
+
+
+# --- providers --------------------------------------------------------------------------
+
+
+class AttemptLog(Protocol):
+    """Where :meth:`ProviderClient.rollout` records every attempt (the run appends events).
+
+    Contract: for each attempt, ``requested`` once the request is about to go out,
+    then exactly one of ``responded`` or ``failed``. ``failed(final=True)`` is the last
+    call of a rollout that produced no answer. A request that could not even be built
+    (bad ``params``) gets ``failed(1, ..., final=True)`` with no ``requested`` before it:
+    nothing was sent. ``request`` is the JSON body as sent; it never holds a key.
+    """
+
+    async def requested(self, attempt: int, request: dict[str, Any]) -> None:
+        """Attempt ``attempt`` (1-based) is about to send ``request``."""
+
+    async def failed(self, attempt: int, error: ProviderError, final: bool) -> None:
+        """Attempt ``attempt`` failed; ``final`` when no further attempt will follow."""
+
+    async def responded(self, attempt: int, answer: Answer, cost_usd: float | None) -> None:
+        """Attempt ``attempt`` produced ``answer`` (the rollout's last call)."""
+
+
+@runtime_checkable
+class Clock(Protocol):
+    """Monotonic time in seconds and a sleep on the same time line (tests may fake both)."""
+
+    def now(self) -> float:
+        """The current monotonic time in seconds."""
+
+    async def sleep(self, seconds: float) -> None:
+        """Return after ``seconds`` on this clock (at once when ``seconds <= 0``)."""
+
+
+class WireAdapter(Protocol):
+    """One vendor's HTTP wire format. Pure functions of their inputs: no I/O, no state.
+
+    The client calls ``build`` once per rollout, sends ``POST base_url + path`` with
+    ``auth_headers(key)`` merged in, then calls ``parse`` on a 2xx JSON body or
+    ``error`` on anything else. ``parse`` raises ``ProviderError(kind="bad_response")``
+    when the body does not have the documented shape (the client retries those).
+    """
+
+    kind: str
+
+    def build(self, model: str, prompt: Prompt, params: Mapping[str, Any], system: str | None) -> WireRequest:
+        """The request for one rollout; ``ProviderError("invalid_request")`` on bad params."""
+        ...
+
+    def auth_headers(self, key: str) -> dict[str, str]:
+        """The headers that carry ``key`` (and only those)."""
+        ...
+
+    def parse(self, data: Any, headers: Headers) -> Parsed:
+        """The answer in a decoded 2xx body."""
+        ...
+
+    def error(self, status: int, headers: Headers, body: bytes, now: float) -> ProviderError:
+        """The classified error of a non-2xx response (``now``: wall-clock epoch seconds,
+        for ``Retry-After`` dates)."""
+        ...
+
+    def pause_hint(self, headers: Headers) -> float | None:
+        """Seconds the provider asks every request to wait, read from a *successful*
+        response (e.g. a rate-limit window with nothing left in it); None: no wait."""
+        ...

@@ -21,10 +21,10 @@ import json
 import sqlite3
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 from rollwatch._sqlite import ThreadConnection
-from rollwatch.abc import EventStore
+from rollwatch.abc import EventStore, Projection
 from rollwatch.events import (
     Recorded,
     RolloutFailed,
@@ -42,32 +42,12 @@ from rollwatch.events import (
 )
 from rollwatch.log import get_logger
 
+__all__ = ["Projection", "ProjectionDB", "RunsProjection", "SchedulesProjection"]
+
 log = get_logger(__name__)
 
 Row = tuple[Any, ...]
 _PRAGMAS = ("PRAGMA journal_mode=WAL", "PRAGMA synchronous=NORMAL", "PRAGMA busy_timeout=30000")
-
-
-class Projection:
-    """One read model: its tables, the event types it reads, and how it applies one.
-
-    Bump ``version`` when ``ddl`` or ``apply`` changes meaning: the projection is then
-    dropped and rebuilt from the log at the next start.
-    """
-
-    name: ClassVar[str]
-    version: ClassVar[int] = 1
-    tables: ClassVar[tuple[str, ...]] = ()
-    ddl: ClassVar[str] = ""
-    types: ClassVar[frozenset[str]] = frozenset()
-
-    def apply(self, db: sqlite3.Connection, rec: Recorded) -> None:
-        """Apply one event (of one of ``types``) inside the caller's transaction.
-
-        Read the event's meaning from ``rec.event()`` (typed and upcast), and its
-        position and time from ``rec.seq`` and ``rec.at``.
-        """
-        raise NotImplementedError
 
 
 class ProjectionDB:

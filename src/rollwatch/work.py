@@ -23,11 +23,9 @@ reservations of a chunk whose lease ran out are void.
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
-import anyio
-from anyio.abc import TaskStatus
+from rollwatch.abc import WorkBoard
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,55 +68,6 @@ def plan_units(models: list[str], problems: list[str], rollouts: int, chunk: int
         for p in problems
         for first in range(0, rollouts, chunk)
     ]
-
-
-class WorkBoard(ABC):
-    """Chunks, leases and budget reservations of runs (see the module docstring)."""
-
-    #: Whether processes other than this one take part (then idle nodes join runs).
-    shared: bool = False
-    #: How many chunks ``claim`` hands out at once, at most.
-    claim_batch: int = 1
-
-    @abstractmethod
-    async def plan(self, run_id: str, units: list[Unit], *, fresh: bool, prior_cost: float) -> None:
-        """Record a run's chunks unless they already are. ``fresh``: the run is new (no
-        rollout has events); ``prior_cost``: what the run spent before they existed."""
-
-    @abstractmethod
-    async def claim(self, run_id: str, n: int) -> list[Chunk]:
-        """Up to ``n`` chunks nobody holds, in plan order; none once the run is closed."""
-
-    @abstractmethod
-    async def done(self, chunk: Chunk, *, finished: bool = True) -> None:
-        """This process is through with ``chunk``: every rollout of it finished, or (not
-        ``finished``) some were left, and the chunk goes back to be claimed again."""
-
-    @abstractmethod
-    async def release(self, run_id: str) -> None:
-        """Hand back every chunk of ``run_id`` this process holds and has not finished."""
-
-    @abstractmethod
-    async def close(self, run_id: str, reason: str) -> None:
-        """End the run early: no more claims or reservations (the first reason stays)."""
-
-    @abstractmethod
-    async def status(self, run_id: str) -> Status: ...
-
-    @abstractmethod
-    async def reserve(self, chunk: Chunk, amount: float, budget: float) -> bool | None:
-        """Reserve ``amount`` of the run's ``budget`` for a rollout of ``chunk``: True when
-        reserved, False when it does not fit while others' reservations are pending
-        (they may settle for less: try again), None when it cannot fit (or the run is
-        closed)."""
-
-    @abstractmethod
-    async def settle(self, chunk: Chunk, reserved: float, cost: float) -> None:
-        """A rollout that reserved ``reserved`` ended having cost ``cost``."""
-
-    async def keep(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Keep this process's leases alive until cancelled (nothing to do locally)."""
-        task_status.started()
 
 
 class LocalBoard(WorkBoard):

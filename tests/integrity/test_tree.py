@@ -15,7 +15,7 @@ from anyio.abc import TaskStatus
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rollwatch.abc import EventStore, VerifyReport
+from rollwatch.abc import EventStore, VerifyReport, WorkBoard
 from rollwatch.errors import IntegrityError
 from rollwatch.events import CheckpointSigned, Event, Recorded, SchedulePaused
 from rollwatch.integrity import merkle
@@ -211,6 +211,9 @@ class GenericStore(EventStore):
 
     async def head(self) -> int:
         return await self.inner.head()
+
+    def work_board(self, owner: str, lease: float) -> WorkBoard:
+        return self.inner.work_board(owner, lease)
 
     async def stream_version(self, stream: str) -> int:
         return await self.inner.stream_version(stream)

@@ -10,17 +10,8 @@
 
 from __future__ import annotations
 
-from rollwatch.providers.base import (
-    Answer,
-    AnyioClock,
-    AttemptLog,
-    Clock,
-    Parsed,
-    Prompt,
-    Usage,
-    WireAdapter,
-    WireRequest,
-)
+from rollwatch.abc import AttemptLog, Clock, WireAdapter
+from rollwatch.providers.base import Answer, AnyioClock, Parsed, Prompt, Usage, WireRequest
 from rollwatch.providers.client import ADAPTERS, ProviderClient, ProviderStats
 
 __all__ = [

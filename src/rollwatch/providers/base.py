@@ -28,7 +28,7 @@ import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import anyio
 
@@ -78,37 +78,6 @@ class Prompt:
     reference_solution: str | None = None
 
 
-class AttemptLog(Protocol):
-    """Where :meth:`ProviderClient.rollout` records every attempt (the run appends events).
-
-    Contract: for each attempt, ``requested`` once the request is about to go out,
-    then exactly one of ``responded`` or ``failed``. ``failed(final=True)`` is the last
-    call of a rollout that produced no answer. A request that could not even be built
-    (bad ``params``) gets ``failed(1, ..., final=True)`` with no ``requested`` before it:
-    nothing was sent. ``request`` is the JSON body as sent; it never holds a key.
-    """
-
-    async def requested(self, attempt: int, request: dict[str, Any]) -> None:
-        """Attempt ``attempt`` (1-based) is about to send ``request``."""
-
-    async def failed(self, attempt: int, error: ProviderError, final: bool) -> None:
-        """Attempt ``attempt`` failed; ``final`` when no further attempt will follow."""
-
-    async def responded(self, attempt: int, answer: Answer, cost_usd: float | None) -> None:
-        """Attempt ``attempt`` produced ``answer`` (the rollout's last call)."""
-
-
-@runtime_checkable
-class Clock(Protocol):
-    """Monotonic time in seconds and a sleep on the same time line (tests may fake both)."""
-
-    def now(self) -> float:
-        """The current monotonic time in seconds."""
-
-    async def sleep(self, seconds: float) -> None:
-        """Return after ``seconds`` on this clock (at once when ``seconds <= 0``)."""
-
-
 class AnyioClock:
     """Real time: ``time.monotonic`` and ``anyio.sleep``, the default everywhere."""
 
@@ -148,40 +117,6 @@ class Parsed:
 
 Headers = Mapping[str, str]
 """Response headers as adapters see them: one plain mapping, names in lower case."""
-
-
-class WireAdapter(Protocol):
-    """One vendor's HTTP wire format. Pure functions of their inputs: no I/O, no state.
-
-    The client calls ``build`` once per rollout, sends ``POST base_url + path`` with
-    ``auth_headers(key)`` merged in, then calls ``parse`` on a 2xx JSON body or
-    ``error`` on anything else. ``parse`` raises ``ProviderError(kind="bad_response")``
-    when the body does not have the documented shape (the client retries those).
-    """
-
-    kind: str
-
-    def build(self, model: str, prompt: Prompt, params: Mapping[str, Any], system: str | None) -> WireRequest:
-        """The request for one rollout; ``ProviderError("invalid_request")`` on bad params."""
-        ...
-
-    def auth_headers(self, key: str) -> dict[str, str]:
-        """The headers that carry ``key`` (and only those)."""
-        ...
-
-    def parse(self, data: Any, headers: Headers) -> Parsed:
-        """The answer in a decoded 2xx body."""
-        ...
-
-    def error(self, status: int, headers: Headers, body: bytes, now: float) -> ProviderError:
-        """The classified error of a non-2xx response (``now``: wall-clock epoch seconds,
-        for ``Retry-After`` dates)."""
-        ...
-
-    def pause_hint(self, headers: Headers) -> float | None:
-        """Seconds the provider asks every request to wait, read from a *successful*
-        response (e.g. a rate-limit window with nothing left in it); None: no wait."""
-        ...
 
 
 # --- helpers shared by the adapters --------------------------------------------------

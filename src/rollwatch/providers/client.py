@@ -39,22 +39,12 @@ import anyio
 import anyio.to_thread
 import httpx
 
+from rollwatch.abc import AttemptLog, Clock, WireAdapter
 from rollwatch.config import ProviderConfig
 from rollwatch.errors import ConfigError, ProviderError
 from rollwatch.log import get_logger
 from rollwatch.providers.anthropic import AnthropicAdapter
-from rollwatch.providers.base import (
-    Answer,
-    AnyioClock,
-    AttemptLog,
-    Clock,
-    Prompt,
-    Usage,
-    WireAdapter,
-    bad_response,
-    excerpt,
-    redact,
-)
+from rollwatch.providers.base import Answer, AnyioClock, Prompt, Usage, bad_response, excerpt, redact
 from rollwatch.providers.gemini import GeminiAdapter
 from rollwatch.providers.limits import ProviderLimits, Slot
 from rollwatch.providers.openai import OpenAIAdapter

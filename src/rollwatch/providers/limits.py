@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import anyio
 
-from rollwatch.providers.base import Clock
+from rollwatch.abc import Clock
 
 #: A rate limiter lets this many seconds' worth of requests (or tokens) go at once.
 BURST_SECONDS = 6.0

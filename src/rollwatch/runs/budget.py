@@ -13,8 +13,9 @@ from collections.abc import Mapping
 
 import anyio
 
+from rollwatch.abc import WorkBoard
 from rollwatch.config import Price
-from rollwatch.work import Chunk, WorkBoard
+from rollwatch.work import Chunk
 
 #: What a rollout is assumed to ask for when its params name no output limit.
 DEFAULT_MAX_OUTPUT_TOKENS = 32_000

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 import anyio
 import structlog
 
+from rollwatch.abc import WorkBoard
 from rollwatch.errors import ConcurrencyConflict, ProviderError
 from rollwatch.events import (
     Event,
@@ -31,7 +32,7 @@ from rollwatch.providers.base import Answer, Prompt
 from rollwatch.publication.policy import decide
 from rollwatch.runs.budget import Budget
 from rollwatch.runs.services import ProviderLike, RunServices, RunState
-from rollwatch.work import Chunk, WorkBoard
+from rollwatch.work import Chunk
 
 
 class _TakenOver(Exception):

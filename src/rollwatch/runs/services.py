@@ -15,14 +15,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from rollwatch.abc import EventStore
+from rollwatch.abc import AttemptLog, EventStore, WorkBoard
 from rollwatch.config import Config
 from rollwatch.errors import ProviderError
 from rollwatch.problems import Problem
 from rollwatch.projections import ProjectionDB
-from rollwatch.providers.base import Answer, AttemptLog, Prompt, Usage
+from rollwatch.providers.base import Answer, Prompt, Usage
 from rollwatch.scoring.base import Score
-from rollwatch.work import LocalBoard, WorkBoard
+from rollwatch.work import LocalBoard
 
 
 class ProblemSetLike(Protocol):

@@ -53,14 +53,13 @@ import asyncpg
 from anyio.abc import TaskGroup, TaskStatus
 from asyncpg.pool import PoolAcquireContext
 
-from rollwatch.abc import EventStore, VerifyReport
+from rollwatch.abc import EventStore, VerifyReport, WorkBoard
 from rollwatch.errors import IntegrityError, StoreError
 from rollwatch.events import GENESIS, Event, Recorded, chain_hash
 from rollwatch.log import get_logger
 from rollwatch.store._group_commit import GroupCommitter, Pending, assign
 from rollwatch.store.postgres_work import SCHEMA as WORK_SCHEMA
 from rollwatch.store.postgres_work import PostgresBoard
-from rollwatch.work import WorkBoard
 
 log = get_logger(__name__)
 

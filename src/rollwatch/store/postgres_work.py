@@ -20,8 +20,9 @@ from typing import Any
 import anyio
 from anyio.abc import TaskStatus
 
+from rollwatch.abc import WorkBoard
 from rollwatch.log import get_logger
-from rollwatch.work import Chunk, Status, Unit, WorkBoard
+from rollwatch.work import Chunk, Status, Unit
 
 log = get_logger(__name__)
 

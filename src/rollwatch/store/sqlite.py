@@ -29,11 +29,12 @@ import anyio
 from anyio.abc import TaskGroup
 
 from rollwatch._sqlite import ThreadConnection
-from rollwatch.abc import EventStore, VerifyReport
+from rollwatch.abc import EventStore, VerifyReport, WorkBoard
 from rollwatch.errors import IntegrityError, StoreError
 from rollwatch.events import GENESIS, Event, Recorded
 from rollwatch.log import get_logger
 from rollwatch.store._group_commit import GroupCommitter, Pending, assign
+from rollwatch.work import LocalBoard
 
 log = get_logger(__name__)
 
@@ -249,6 +250,11 @@ class SQLiteEventStore(EventStore):
                     self._head = max(self._head, h)
                     return h
         return await self.head()
+
+    def work_board(self, owner: str, lease: float) -> WorkBoard:
+        """This process's own board: one machine owns the log, and one process (holding
+        the run's lock) drives each run."""
+        return LocalBoard()
 
     async def verify(self, progress: Callable[[int], None] | None = None) -> VerifyReport:
         events, head = await self._verify_chain(progress)
