@@ -15,7 +15,20 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from rollwatch.events import Recorded
+from rollwatch.events import (
+    Recorded,
+    RolloutFailed,
+    RolloutRequested,
+    RolloutResponded,
+    RolloutScored,
+    RunFinished,
+    RunStarted,
+)
+
+_COUNTED = frozenset(
+    {"RunStarted", "RunFinished", "RolloutRequested", "RolloutResponded", "RolloutFailed", "RolloutScored"}
+)
+"""The event types the metrics count (the others are not decoded at all)."""
 
 if TYPE_CHECKING:
     from rollwatch.providers.client import ProviderStats
@@ -69,31 +82,30 @@ class Metrics:
         self.events_seen = 0
         self._provider_of: dict[str, str] = {}
 
-    def observe_event(self, ev: Recorded) -> None:
+    def observe_event(self, rec: Recorded) -> None:
         """Count what one event says (called once per event, in seq order)."""
-        self.events_seen = max(self.events_seen, ev.seq)
-        t = ev.type
-        if t == "RunStarted":
+        self.events_seen = max(self.events_seen, rec.seq)
+        if rec.type not in _COUNTED:
+            return
+        ev = rec.event()
+        if isinstance(ev, RunStarted):
             self.runs_started += 1
-        elif t == "RunFinished":
-            self.runs_finished[ev.data["status"]] += 1
-        elif t == "RolloutRequested":
-            d = ev.data
+        elif isinstance(ev, RunFinished):
+            self.runs_finished[ev.status] += 1
+        elif isinstance(ev, RolloutRequested):
             if len(self._provider_of) > 100_000:
                 self._provider_of.clear()
-            self._provider_of[d["rollout_id"]] = d["provider"]
-        elif t == "RolloutResponded":
-            d = ev.data
+            self._provider_of[ev.rollout_id] = ev.provider
+        elif isinstance(ev, RolloutResponded):
             self.rollouts["answered"] += 1
-            self.request_latency.observe(float(d.get("latency_ms") or 0) / 1000)
-        elif t == "RolloutFailed":
-            d = ev.data
-            prov = self._provider_of.get(d["rollout_id"], "unknown")
-            self.provider_errors[(prov, d["kind"])] += 1
-            if d.get("final"):
+            self.request_latency.observe(float(ev.latency_ms or 0) / 1000)
+        elif isinstance(ev, RolloutFailed):
+            prov = self._provider_of.get(ev.rollout_id, "unknown")
+            self.provider_errors[(prov, ev.kind)] += 1
+            if ev.final:
                 self.rollouts["failed"] += 1
-        elif t == "RolloutScored":
-            self.rollouts["passed" if ev.data.get("passed") else "not_passed"] += 1
+        elif isinstance(ev, RolloutScored):
+            self.rollouts["passed" if ev.passed else "not_passed"] += 1
 
     def render(self, *, results: bool = True) -> str:
         """The text exposition format (version 0.0.4).
