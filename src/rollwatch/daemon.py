@@ -338,7 +338,9 @@ class Daemon:
                 open_integrity(self.config.integrity, self.config.store, svc.store, self.config.node)
             )
             self.http = HTTPServer(
-                build_app(self.metrics, [*self.extra_routes(integrity), *integrity.routes()]),
+                build_app(
+                    self.metrics, [*self.extra_routes(integrity), *integrity.routes()], integrity.health
+                ),
                 self.config.server.host,
                 self.config.server.port,
             )
@@ -360,6 +362,7 @@ class Daemon:
                                 svc.projections,
                                 interval=self.config.publication.release_check,
                                 stop_event=self.stopping,
+                                health=integrity.health,
                             )
                         )
                         background.start_soon(self.notifier.watchdog)

@@ -35,6 +35,7 @@ from rollwatch.integrity.checkpoint import (
     b64,
     split_note,
 )
+from rollwatch.integrity.health import Health
 from rollwatch.integrity.merkle import verify_consistency
 from rollwatch.integrity.tree import MerkleTree
 from rollwatch.log import get_logger
@@ -61,8 +62,10 @@ class Checkpointer:
         origin: str | None = None,
         witness: Path | None = None,
         node: str = "",
+        health: Health | None = None,
     ) -> None:
         self.node = node
+        self.health = health
         self.store = store
         self.tree = tree
         self.signer = signer
@@ -123,6 +126,10 @@ class Checkpointer:
         the log is not consistent with what was signed before.
         """
         async with self._lock:
+            if self.health is not None and not self.health.ok:
+                # Never sign on top of a log found changed: a signature would vouch for it.
+                log.warning("checkpoint_withheld", reason="the log was found tampered with")
+                return None
             # The checkpoint stream's version before the tree catches up: our append
             # expects it, so a checkpoint another signer appends meanwhile (a leader
             # that lost its lease but is still signing, say) makes ours conflict
@@ -225,6 +232,7 @@ async def checkpointer(
     origin: str | None = None,
     witness: Path | None = None,
     node: str = "",
+    health: Health | None = None,
     task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """The checkpointer task: sign at start, every N events or T seconds, and once more at ``stop``.
@@ -233,7 +241,7 @@ async def checkpointer(
     then signs a final checkpoint and returns. Raises :class:`IntegrityError` when
     the log is inconsistent with a checkpoint signed before (nothing is signed).
     """
-    cp = Checkpointer(store, tree, signer, origin=origin, witness=witness, node=node)
+    cp = Checkpointer(store, tree, signer, origin=origin, witness=witness, node=node, health=health)
     await cp.checkpoint()
     task_status.started()
     failure: BaseException | None = None

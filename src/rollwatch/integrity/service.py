@@ -18,11 +18,14 @@ from anyio.abc import TaskStatus
 from starlette.routing import Route
 
 from rollwatch.abc import EventStore
+from rollwatch.errors import IntegrityError
 from rollwatch.integrity.checkpoint import Checkpoint, NoteSigner
 from rollwatch.integrity.checkpointer import checkpointer, final_checkpoint
 from rollwatch.integrity.config import IntegrityConfig
+from rollwatch.integrity.health import Health
 from rollwatch.integrity.keys import load_signer
 from rollwatch.integrity.routes import integrity_routes
+from rollwatch.integrity.scrub import ScrubTarget, scrub_forever
 from rollwatch.integrity.tree import MerkleTree
 
 if TYPE_CHECKING:
@@ -40,7 +43,13 @@ class Integrity:
         signer: NoteSigner,
         witness: Path,
         node: str = "",
+        store_config: StoreConfig | None = None,
     ) -> None:
+        from rollwatch.config import StoreConfig
+
+        self.store_config = store_config or StoreConfig()
+        self.health = Health()
+        """Ok until the tree follower, the checkpointer or the scrub finds the log changed."""
         self.node = node
         self.config = config
         self.store = store
@@ -55,24 +64,52 @@ class Integrity:
     async def run(
         self, stop: anyio.Event, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
-        """Keep the tree current and sign checkpoints until ``stop``; then sign a final one and return.
+        """Keep the tree current, sign checkpoints and scrub the log until ``stop``; then sign a final one.
 
         Reports started once the tree has caught up and the first checkpoint is
-        signed. Raises :class:`IntegrityError` when the log no longer matches what was
-        signed (the tree refuses to absorb it, or the checkpointer to sign it).
+        signed. Detection at start: a log that no longer matches the tree or what
+        was signed raises :class:`IntegrityError` before anything is reported
+        started (the daemon then refuses to start). Detection while running: the
+        tree follower (each new event), the checkpointer and the scrub (every old
+        event, every ``scrub_interval``) mark :attr:`health` tampered instead; then
+        nothing more is signed, the tree stops, and this returns at ``stop`` with
+        no final checkpoint, while the daemon keeps serving what was public.
         """
+        started = False
         failure: BaseException | None = None
 
-        async def fail_with(e: BaseException) -> None:
+        def report_started() -> None:
+            nonlocal started
+            if not started:
+                started = True
+                task_status.started()
+                tg.start_soon(scrub)
+
+        class _Started:
+            def started(self, value: object = None) -> None:
+                report_started()
+
+        async def fail_with(e: BaseException, found_by: str) -> None:
             nonlocal failure
-            failure = failure or e
+            while isinstance(e, ExceptionGroup) and len(e.exceptions) == 1:
+                e = e.exceptions[0]
+            if started and isinstance(e, IntegrityError):
+                self.health.tampered(e, found_by=found_by)
+            else:
+                failure = failure or e
             tg.cancel_scope.cancel()
 
         async def follow(*, task_status: TaskStatus[None]) -> None:
             try:
                 await self.tree.follow_in_worker(self.store, task_status=task_status)
             except Exception as e:
-                await fail_with(e)
+                await fail_with(e, "Merkle tree follower")
+
+        async def scrub() -> None:
+            try:
+                await scrub_forever(self.scrub_target(), self.config.scrub_interval)
+            except Exception as e:
+                await fail_with(e, "scrub")
 
         # Failures leave through here as themselves, not wrapped in an ExceptionGroup:
         # the daemon reports an IntegrityError as such. The worker catches up first; a
@@ -88,6 +125,7 @@ class Integrity:
             origin=self.config.origin,
             witness=self.witness,
             node=self.node,
+            health=self.health,
         )
         async with anyio.create_task_group() as tg:
             await tg.start(follow)
@@ -95,20 +133,27 @@ class Integrity:
                 if self.store.shared:
                     # Every node keeps its tree (for proofs); one signs at a time, the
                     # leader of "checkpoints", so the log has one series of checkpoints.
-                    task_status.started()
+                    report_started()
                     await self.store.lead("checkpoints", sign, stop)
                 else:
-                    await sign(task_status=task_status)
+                    await sign(task_status=_Started())
             except Exception as e:
-                while isinstance(e, ExceptionGroup) and len(e.exceptions) == 1:
-                    e = e.exceptions[0]
-                await fail_with(e)
-            tg.cancel_scope.cancel()
+                await fail_with(e, "checkpointer")
+            else:
+                tg.cancel_scope.cancel()
         if failure is not None:
             raise failure
+        if not self.health.ok:
+            await stop.wait()
+
+    def scrub_target(self) -> ScrubTarget:
+        """What the scrub reads: this daemon's log, tree, key and witness file."""
+        return ScrubTarget(self.store_config.url, self.tree.path, self.signer.vkey, self.witness)
 
     async def final_checkpoint(self) -> Checkpoint | None:
         """Sign the log as it stands now (shutdown, after the runs); None when nothing is new."""
+        if not self.health.ok:
+            return None
         return await final_checkpoint(
             self.store, self.tree, self.signer, origin=self.config.origin, witness=self.witness
         )
@@ -121,4 +166,4 @@ async def open_integrity(
     """Open the tree and load (or make) the key; close the tree on exit."""
     signer = await anyio.to_thread.run_sync(load_signer, config.key_path(store_config), config.name)
     async with MerkleTree(config.tree_path(store_config)) as tree:
-        yield Integrity(config, store, tree, signer, config.witness_path(store_config), node)
+        yield Integrity(config, store, tree, signer, config.witness_path(store_config), node, store_config)

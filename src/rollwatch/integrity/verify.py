@@ -19,7 +19,7 @@ Reads the log twice, in batches (memory stays flat whatever its size): first the
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
 
@@ -27,7 +27,7 @@ import anyio
 
 from rollwatch.abc import EventStore
 from rollwatch.errors import IntegrityError
-from rollwatch.events import CheckpointSigned, Recorded
+from rollwatch.events import GENESIS, CheckpointSigned, Recorded, chain_hash
 from rollwatch.integrity.checkpoint import InvalidNote, NoteVerifier, b64, unb64
 from rollwatch.integrity.merkle import EMPTY_ROOT, CompactRange, leaf_hash, verify_consistency
 from rollwatch.integrity.tree import MerkleTree
@@ -52,6 +52,31 @@ class _Claim:
     seq: int
     size: int
     root: bytes
+    where: str = ""
+    """Empty for the log's own CheckpointSigned events; else where the checkpoint was kept."""
+
+
+@dataclass(frozen=True, slots=True)
+class KeptCheckpoint:
+    """A signed checkpoint kept outside the log: the witness file, or one someone saved."""
+
+    where: str
+    note: str
+
+
+def _kept_claim(kept: KeptCheckpoint, verifier: NoteVerifier | None) -> _Claim:
+    """The size and root a kept note signs; an unreadable or wrongly signed one is tampering."""
+    from rollwatch.integrity.checkpoint import Checkpoint, split_note
+
+    try:
+        cp = (
+            verifier.open_checkpoint(kept.note)
+            if verifier is not None
+            else Checkpoint.parse(split_note(kept.note)[0])
+        )
+    except InvalidNote as e:
+        raise IntegrityError(0, f"{kept.where} does not hold a valid checkpoint of this log: {e}") from None
+    return _Claim(0, cp.size, cp.root, kept.where)
 
 
 def _claim(seq: int, data: dict[str, object], verifier: NoteVerifier | None) -> tuple[_Claim, bool]:
@@ -78,8 +103,16 @@ async def check_log_tree(
     vkey: str | None = None,
     tree: MerkleTree | None = None,
     progress: Callable[[int], None] | None = None,
+    chain: bool = False,
+    kept: Sequence[KeptCheckpoint] = (),
 ) -> TreeReport:
-    """Check every checkpoint against the log (and ``tree`` against the log); raise IntegrityError naming the seq."""
+    """Check every checkpoint against the log (and ``tree`` against the log); raise IntegrityError naming the seq.
+
+    ``chain``: check every event's chain hash in the same pass. ``kept``: checkpoints
+    kept outside the log (the witness file, one a user saved), each of which the log
+    must still contain: a log now shorter than one, or whose first ``size`` events
+    hash to another root (a fork, a rewrite), fails.
+    """
     verifier = NoteVerifier.from_vkey(vkey) if vkey else None
     claims: list[_Claim] = []
     signatures = 0
@@ -88,8 +121,9 @@ async def check_log_tree(
             claim, signed = _claim(ev.seq, ev.data, verifier)
             claims.append(claim)
             signatures += signed
+    outside = [_kept_claim(k, verifier) for k in kept]
     by_size: dict[int, list[_Claim]] = {}
-    for c in claims:
+    for c in [*claims, *outside]:
         by_size.setdefault(c.size, []).append(c)
 
     stored = await tree.current_size() if tree is not None else 0
@@ -100,6 +134,13 @@ async def check_log_tree(
     def check_root(size: int, root: bytes) -> None:
         nonlocal holds
         for c in by_size.get(size, ()):
+            if c.root != root and c.where:
+                raise IntegrityError(
+                    holds + 1,
+                    f"{c.where} signed root {b64(c.root)} for the first {size} events, but the log's first "
+                    f"{size} events now hash to {b64(root)}: the log was forked or rewritten at or after seq "
+                    f"{holds + 1} (the last checkpoint that still holds signs {holds} events)",
+                )
             if c.root != root:
                 raise IntegrityError(
                     c.seq,
@@ -110,23 +151,27 @@ async def check_log_tree(
             holds = max(holds, size)
 
     check_root(0, EMPTY_ROOT)
+    prev = GENESIS
     async for page in store.read_batches(batch=5000):
-        leaves = await anyio.to_thread.run_sync(_leaf_hashes, page)
+        # In this order, so that each fault is named for what it is: a deleted row as
+        # missing (not as the next event's wrong hash), a rewrite as a changed event.
+        for i, ev in enumerate(page, start=cr.size + 1):
+            if ev.seq != i:
+                raise IntegrityError(i, f"event {i} is missing (the next stored is {ev.seq})")
+        leaves, prev, bad = await anyio.to_thread.run_sync(_leaf_hashes, page, prev if chain else None)
         if page[0].seq <= stored:
-            kept = await tree.leaf_hashes(page[0].seq - 1, page[-1].seq) if tree is not None else []
-            for ev, leaf, old in zip(page, leaves, kept, strict=False):
+            absorbed = await tree.leaf_hashes(page[0].seq - 1, page[-1].seq) if tree is not None else []
+            for ev, leaf, old in zip(page, leaves, absorbed, strict=False):
                 if leaf != old:
                     raise IntegrityError(
                         ev.seq,
                         "its content differs from what the Merkle tree absorbed when it was appended: "
                         "the event was changed since",
                     )
-            compared += len(kept)
-        for ev, leaf in zip(page, leaves, strict=True):
-            if ev.seq != cr.size + 1:
-                raise IntegrityError(
-                    cr.size + 1, f"event {cr.size + 1} is missing (the next stored is {ev.seq})"
-                )
+            compared += len(absorbed)
+        if bad is not None:
+            raise IntegrityError(bad, "its hash does not match its content and the previous hash")
+        for leaf in leaves:
             cr.append(leaf)
             if cr.size in by_size:
                 check_root(cr.size, cr.root())
@@ -135,6 +180,12 @@ async def check_log_tree(
     for c in claims:
         if c.size > cr.size:
             raise IntegrityError(c.seq, f"it signs {c.size} events but the log holds {cr.size}")
+    for c in outside:
+        if c.size > cr.size:
+            raise IntegrityError(
+                cr.size + 1,
+                f"{c.where} signed a tree of {c.size} events but the log holds only {cr.size}: events were removed",
+            )
 
     if tree is not None:
         await _check_stored_tree(tree, stored, cr, claims)
@@ -147,8 +198,22 @@ async def check_log_tree(
     )
 
 
-def _leaf_hashes(page: list[Recorded]) -> list[bytes]:
-    return [leaf_hash(ev.canonical()) for ev in page]
+def _leaf_hashes(page: list[Recorded], prev: bytes | None) -> tuple[list[bytes], bytes, int | None]:
+    """The leaf hash of every event, and (given the hash before the page) the chain check:
+    (leaves, the last hash, the first seq whose chain hash is wrong or None)."""
+    if prev is None:
+        return [leaf_hash(ev.canonical()) for ev in page], b"", None
+    leaves = []
+    bad = None
+    for ev in page:
+        canonical = ev.canonical()
+        leaves.append(leaf_hash(canonical))
+        if bad is None:
+            h = chain_hash(prev, canonical)
+            if h.hex() != ev.hash:
+                bad = ev.seq
+            prev = bytes.fromhex(ev.hash) if bad is None else prev
+    return leaves, prev, bad
 
 
 async def _check_stored_tree(tree: MerkleTree, stored: int, cr: CompactRange, claims: list[_Claim]) -> None:

@@ -53,10 +53,16 @@ class AccessLog:
             )
 
 
-def build_app(metrics: Metrics, extra_routes: list[Route] | None = None) -> ASGIApp:
-    """The app with /healthz and /metrics, plus any routes the daemon adds."""
+def build_app(metrics: Metrics, extra_routes: list[Route] | None = None, health: Any = None) -> ASGIApp:
+    """The app with /healthz and /metrics, plus any routes the daemon adds.
+
+    ``health`` (a :class:`rollwatch.integrity.health.Health`): /healthz answers 503
+    with its reasons once it is not ok.
+    """
 
     async def healthz(_: Request) -> Response:
+        if health is not None and not health.ok:
+            return JSONResponse(health.as_json(), status_code=503)
         return JSONResponse({"status": "ok"})
 
     async def metrics_route(_: Request) -> Response:
