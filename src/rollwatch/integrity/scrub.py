@@ -107,12 +107,13 @@ async def scrub_pass(target: ScrubTarget) -> tuple[int, float]:
     raise StoreError(f"the scrub could not run: {rest}")
 
 
-async def scrub_forever(target: ScrubTarget, interval: float) -> None:
-    """A pass at once, then one every ``interval`` seconds (start to start); never returns.
+async def scrub_forever(target: ScrubTarget, interval: float, *, first_after: float = 0.0) -> None:
+    """A pass after ``first_after`` seconds, then one every ``interval`` (start to start); never returns.
 
     Raises :class:`IntegrityError` on the first finding. A pass that cannot run is
     logged and tried again at the next interval.
     """
+    await anyio.sleep(first_after)
     while True:
         next_at = anyio.current_time() + interval
         try:

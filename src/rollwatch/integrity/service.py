@@ -18,18 +18,21 @@ from anyio.abc import TaskStatus
 from starlette.routing import Route
 
 from rollwatch.abc import EventStore
-from rollwatch.errors import IntegrityError
+from rollwatch.errors import IntegrityError, StoreError
 from rollwatch.integrity.checkpoint import Checkpoint, NoteSigner
 from rollwatch.integrity.checkpointer import checkpointer, final_checkpoint
 from rollwatch.integrity.config import IntegrityConfig
 from rollwatch.integrity.health import Health
 from rollwatch.integrity.keys import load_signer
 from rollwatch.integrity.routes import integrity_routes
-from rollwatch.integrity.scrub import ScrubTarget, scrub_forever
+from rollwatch.integrity.scrub import ScrubTarget, scrub_forever, scrub_pass
 from rollwatch.integrity.tree import MerkleTree
+from rollwatch.log import get_logger
 
 if TYPE_CHECKING:
     from rollwatch.config import StoreConfig
+
+log = get_logger(__name__)
 
 
 class Integrity:
@@ -44,6 +47,7 @@ class Integrity:
         witness: Path,
         node: str = "",
         store_config: StoreConfig | None = None,
+        key_used_before: bool = False,
     ) -> None:
         from rollwatch.config import StoreConfig
 
@@ -51,6 +55,7 @@ class Integrity:
         self.health = Health()
         """Ok until the tree follower, the checkpointer or the scrub finds the log changed."""
         self.node = node
+        self.key_used_before = key_used_before
         self.config = config
         self.store = store
         self.tree = tree
@@ -107,7 +112,8 @@ class Integrity:
 
         async def scrub() -> None:
             try:
-                await scrub_forever(self.scrub_target(), self.config.scrub_interval)
+                interval = self.config.scrub_interval
+                await scrub_forever(self.scrub_target(), interval, first_after=interval)
             except Exception as e:
                 await fail_with(e, "scrub")
 
@@ -126,10 +132,16 @@ class Integrity:
             witness=self.witness,
             node=self.node,
             health=self.health,
+            key_used_before=self.key_used_before,
         )
         async with anyio.create_task_group() as tg:
             await tg.start(follow)
             try:
+                # Detection at start, before anything is appended: one whole pass over
+                # the log (chain, every leaf the tree absorbed, every checkpoint in the
+                # log and the witness file). A log changed while the daemon was down
+                # makes it refuse to start.
+                await self._scrub_at_start()
                 if self.store.shared:
                     # Every node keeps its tree (for proofs); one signs at a time, the
                     # leader of "checkpoints", so the log has one series of checkpoints.
@@ -145,6 +157,17 @@ class Integrity:
             raise failure
         if not self.health.ok:
             await stop.wait()
+
+    async def _scrub_at_start(self) -> None:
+        try:
+            events, seconds = await scrub_pass(self.scrub_target())
+        except IntegrityError:
+            raise
+        except StoreError as e:
+            # Not a finding: the pass could not run (the database out of reach, say).
+            log.warning("scrub_failed", error=str(e), at="start", retry_in_s=self.config.scrub_interval)
+            return
+        log.info("scrub_passed", events=events, seconds=round(seconds, 2), at="start")
 
     def scrub_target(self) -> ScrubTarget:
         """What the scrub reads: this daemon's log, tree, key and witness file."""
@@ -164,6 +187,17 @@ async def open_integrity(
     config: IntegrityConfig, store_config: StoreConfig, store: EventStore, node: str = ""
 ) -> AsyncIterator[Integrity]:
     """Open the tree and load (or make) the key; close the tree on exit."""
-    signer = await anyio.to_thread.run_sync(load_signer, config.key_path(store_config), config.name)
+    key_file = config.key_path(store_config)
+    key_used_before = await anyio.Path(key_file).exists()
+    signer = await anyio.to_thread.run_sync(load_signer, key_file, config.name)
     async with MerkleTree(config.tree_path(store_config)) as tree:
-        yield Integrity(config, store, tree, signer, config.witness_path(store_config), node, store_config)
+        yield Integrity(
+            config,
+            store,
+            tree,
+            signer,
+            config.witness_path(store_config),
+            node,
+            store_config,
+            key_used_before=key_used_before,
+        )

@@ -19,18 +19,25 @@ Reads the log twice, in batches (memory stays flat whatever its size): first the
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anyio
 
 from rollwatch.abc import EventStore
-from rollwatch.errors import IntegrityError
+from rollwatch.errors import IntegrityError, UsageError
 from rollwatch.events import GENESIS, CheckpointSigned, Recorded, chain_hash
 from rollwatch.integrity.checkpoint import InvalidNote, NoteVerifier, b64, unb64
 from rollwatch.integrity.merkle import EMPTY_ROOT, CompactRange, leaf_hash, verify_consistency
 from rollwatch.integrity.tree import MerkleTree
+
+if TYPE_CHECKING:
+    from rollwatch.config import StoreConfig
+    from rollwatch.integrity.config import IntegrityConfig
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,3 +240,52 @@ async def _check_stored_tree(tree: MerkleTree, stored: int, cr: CompactRange, cl
             raise IntegrityError(
                 b.seq, f"no consistency proof links its checkpoint (size {b.size}) to the one at seq {a.seq}"
             )
+
+
+def load_kept_checkpoint(path: Path) -> KeptCheckpoint:
+    """A checkpoint someone kept: a signed note, or the JSON file ``rollwatch audit --keep`` writes.
+
+    Raises :class:`UsageError` when the file cannot be read as either.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"--checkpoint {path}: cannot read it: {e}") from None
+    if text.lstrip().startswith("{"):
+        try:
+            note = json.loads(text)["checkpoint"]
+        except (ValueError, KeyError, TypeError):
+            raise UsageError(f"--checkpoint {path}: JSON without a 'checkpoint' note") from None
+        if not isinstance(note, str):
+            raise UsageError(f"--checkpoint {path}: its 'checkpoint' is not a note")
+        text = note
+    return KeptCheckpoint(f"the checkpoint kept in {path}", text)
+
+
+async def verify_state(
+    store: EventStore,
+    integrity: IntegrityConfig,
+    store_config: StoreConfig,
+    *,
+    checkpoint: Path | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> TreeReport:
+    """``rollwatch verify``'s tree part: every checkpoint in the log, the stored tree, the
+    witness file and ``checkpoint`` (one someone kept), all against the log.
+
+    Uses the configured key when it exists (never creates one) and opens the tree
+    read-only when it exists; raises :class:`IntegrityError` naming the seq at fault.
+    """
+    from rollwatch.integrity.keys import existing_signer
+    from rollwatch.integrity.scrub import read_kept
+
+    signer = await anyio.to_thread.run_sync(existing_signer, integrity.key_path(store_config), integrity.name)
+    vkey = signer.vkey if signer is not None else None
+    kept = await anyio.to_thread.run_sync(read_kept, integrity.witness_path(store_config))
+    if checkpoint is not None:
+        kept.append(await anyio.to_thread.run_sync(load_kept_checkpoint, checkpoint))
+    path = integrity.tree_path(store_config)
+    if not await anyio.Path(path).exists():
+        return await check_log_tree(store, vkey=vkey, progress=progress, kept=kept)
+    async with MerkleTree(path, read_only=True) as tree:
+        return await check_log_tree(store, vkey=vkey, tree=tree, progress=progress, kept=kept)
