@@ -22,27 +22,38 @@ class Health:
 
     reasons: list[str] = field(default_factory=list)
     first_seq: int | None = None
+    _reported: bool = False
 
     @property
     def ok(self) -> bool:
         """True while no check has found the log tampered with."""
         return not self.reasons
 
-    def tampered(self, error: IntegrityError, *, found_by: str) -> None:
-        """Record a finding; the first one is logged as an ERROR (later ones add their reason quietly)."""
+    def note(self, error: IntegrityError, *, found_by: str) -> None:
+        """Record a finding at once (everything that checks :attr:`ok` stops); log it with :meth:`report`."""
         reason = f"seq {error.seq}: {error.reason} (found by the {found_by})"
         if reason in self.reasons:
             return
-        if self.ok:
+        if self.first_seq is None or error.seq < self.first_seq:
             self.first_seq = error.seq
-            log.error(
-                "log_tampered",
-                seq=error.seq,
-                reason=error.reason,
-                found_by=found_by,
-                consequence="no more checkpoints or releases; serving what was public, read-only",
-            )
         self.reasons.append(reason)
+
+    def report(self) -> None:
+        """Log the findings as one ERROR naming the first bad seq (once, however often called)."""
+        if self.ok or self._reported:
+            return
+        self._reported = True
+        log.error(
+            "log_tampered",
+            seq=self.first_seq,
+            reasons=list(self.reasons),
+            consequence="no more checkpoints or releases; serving what was public, read-only",
+        )
+
+    def tampered(self, error: IntegrityError, *, found_by: str) -> None:
+        """:meth:`note` and :meth:`report` in one."""
+        self.note(error, found_by=found_by)
+        self.report()
 
     def as_json(self) -> dict[str, object]:
         """What ``/healthz`` answers."""

@@ -82,6 +82,7 @@ class Integrity:
         """
         started = False
         failure: BaseException | None = None
+        found_by = ""
 
         def report_started() -> None:
             nonlocal started
@@ -94,14 +95,15 @@ class Integrity:
             def started(self, value: object = None) -> None:
                 report_started()
 
-        async def fail_with(e: BaseException, found_by: str) -> None:
-            nonlocal failure
+        async def fail_with(e: BaseException, by: str) -> None:
+            nonlocal failure, found_by
             while isinstance(e, ExceptionGroup) and len(e.exceptions) == 1:
                 e = e.exceptions[0]
             if started and isinstance(e, IntegrityError):
-                self.health.tampered(e, found_by=found_by)
-            else:
-                failure = failure or e
+                # At once: the release job and the signer check health before each step.
+                self.health.note(e, found_by=by)
+            if failure is None:
+                failure, found_by = e, by
             tg.cancel_scope.cancel()
 
         async def follow(*, task_status: TaskStatus[None]) -> None:
@@ -142,21 +144,49 @@ class Integrity:
                 # log and the witness file). A log changed while the daemon was down
                 # makes it refuse to start.
                 await self._scrub_at_start()
-                if self.store.shared:
-                    # Every node keeps its tree (for proofs); one signs at a time, the
-                    # leader of "checkpoints", so the log has one series of checkpoints.
-                    report_started()
-                    await self.store.lead("checkpoints", sign, stop)
-                else:
-                    await sign(task_status=_Started())
-            except Exception as e:
-                await fail_with(e, "checkpointer")
+            except IntegrityError as e:
+                await fail_with(e, "scrub")
             else:
-                tg.cancel_scope.cancel()
-        if failure is not None:
+                try:
+                    if self.store.shared:
+                        # Every node keeps its tree (for proofs); one signs at a time, the
+                        # leader of "checkpoints", so the log has one series of checkpoints.
+                        report_started()
+                        await self.store.lead("checkpoints", sign, stop)
+                    else:
+                        await sign(task_status=_Started())
+                except Exception as e:
+                    await fail_with(e, "checkpointer")
+                else:
+                    tg.cancel_scope.cancel()
+        if isinstance(failure, IntegrityError) and found_by != "scrub":
+            # The follower sees the tail, the signer the roots: neither knows which
+            # event changed first. One pass of the scrub does.
+            located = await self._locate()
+            if located is not None:
+                if started:
+                    self.health.note(located, found_by="scrub")
+                elif located.seq <= failure.seq:
+                    failure = located
+        if not started and failure is not None:
+            if isinstance(failure, IntegrityError):
+                self.health.tampered(failure, found_by=found_by)
+            raise failure
+        if failure is not None and not isinstance(failure, IntegrityError):
             raise failure
         if not self.health.ok:
+            self.health.report()
             await stop.wait()
+
+    async def _locate(self) -> IntegrityError | None:
+        """The scrub's finding, if one pass now finds anything."""
+        try:
+            await scrub_pass(self.scrub_target())
+        except IntegrityError as e:
+            return e
+        except StoreError as e:
+            log.warning("scrub_failed", error=str(e))
+        return None
 
     async def _scrub_at_start(self) -> None:
         try:
