@@ -58,10 +58,21 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
 
 
+def postgres_state_folder(url: str) -> str:
+    """The folder a PostgreSQL log's state goes to, named after its server and database:
+    ``pg-HOST-PORT-DATABASE`` (without ``$STATE_DIRECTORY``, under ``./var``)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    name = f"pg-{parts.hostname or 'localhost'}-{parts.port or 5432}-{parts.path.strip('/') or 'postgres'}"
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name)
+
+
 class StoreConfig(_Strict):
     url: str = "sqlite:var/events.db"
     projections: str | None = None
-    """Where read models live (a SQLite file); default: next to a SQLite log, else ./var."""
+    """Where read models live (a SQLite file); default: next to a SQLite log, else
+    ``$STATE_DIRECTORY``, else ``./var/pg-HOST-PORT-DATABASE/``."""
     retry: Duration = Field(default=60.0, ge=0.0, le=3600.0)
     """PostgreSQL: how long a lost connection is retried before the operation fails."""
 
@@ -89,7 +100,12 @@ class StoreConfig(_Strict):
             return Path(self.projections)
         base = self.sqlite_path
         if base is None:
-            return Path("var/projections.db")
+            # Never a ./var shared by every PostgreSQL log run from this folder: another
+            # log's tree and witness would be taken for this one's (a false alarm).
+            state = os.environ.get("STATE_DIRECTORY")
+            if state:
+                return Path(state.split(":")[0]) / "projections.db"
+            return Path("var") / postgres_state_folder(self.url) / "projections.db"
         return base.with_name(base.stem + ".projections.db")
 
 

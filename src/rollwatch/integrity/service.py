@@ -23,6 +23,7 @@ from rollwatch.integrity.checkpoint import Checkpoint, NoteSigner
 from rollwatch.integrity.checkpointer import checkpointer, final_checkpoint
 from rollwatch.integrity.config import IntegrityConfig
 from rollwatch.integrity.health import Health
+from rollwatch.integrity.identity import set_aside_foreign_state
 from rollwatch.integrity.keys import load_signer
 from rollwatch.integrity.routes import integrity_routes
 from rollwatch.integrity.scrub import ScrubTarget, scrub_forever, scrub_pass
@@ -220,6 +221,7 @@ async def open_integrity(
     key_file = config.key_path(store_config)
     key_used_before = await anyio.Path(key_file).exists()
     signer = await anyio.to_thread.run_sync(load_signer, key_file, config.name)
+    await set_aside_foreign_state(store, config.tree_path(store_config), config.witness_path(store_config))
     async with MerkleTree(config.tree_path(store_config)) as tree:
         yield Integrity(
             config,

@@ -92,6 +92,8 @@ CREATE TABLE IF NOT EXISTS tree_state (
 );
 -- k = level << 40 | (index / 64), hashes = 32 bytes per node from index 64·(k & (2^40 - 1)) on
 CREATE TABLE IF NOT EXISTS tree_strips (k INTEGER PRIMARY KEY, hashes BLOB NOT NULL);
+-- which log this tree is of: the chain hash of its event 1
+CREATE TABLE IF NOT EXISTS tree_log (id INTEGER PRIMARY KEY CHECK (id = 1), first_hash TEXT NOT NULL);
 -- every CheckpointSigned event of the log, as absorbed
 CREATE TABLE IF NOT EXISTS tree_checkpoints (
     seq INTEGER PRIMARY KEY, size INTEGER NOT NULL, root TEXT NOT NULL, note TEXT NOT NULL
@@ -234,6 +236,7 @@ class MerkleTree:
         self._r: ThreadConnection | None = None
         self._files: dict[Path, _FileReader] = {}
         self._lock = anyio.Lock()
+        self._identified = False
 
     async def __aenter__(self) -> MerkleTree:
         if self.read_only:
@@ -298,6 +301,7 @@ class MerkleTree:
 
     @staticmethod
     def _clear(db: sqlite3.Connection) -> None:
+        db.execute("DELETE FROM tree_log")
         db.execute("DELETE FROM tree_strips")
         db.execute("DELETE FROM tree_checkpoints")
         db.execute("INSERT OR REPLACE INTO tree_state VALUES (1, ?, 0, '')", (FORMAT,))
@@ -317,6 +321,7 @@ class MerkleTree:
         async with self._lock:
             await self._conn().run(clear)
             self.size = 0
+            self._identified = False
 
     # -- catching up with the log -------------------------------------------------------------
 
@@ -367,8 +372,24 @@ class MerkleTree:
                             progress(size, head)
                 # On a restart another process absorbed some of these first: go on from its size.
                 self.size = size
+                if size and not self._identified:
+                    await self._record_identity(store, file)
                 if not restart:
                     return size
+
+    async def _record_identity(self, store: EventStore | SQLiteLogFile, file: _FileReader | None) -> None:
+        """Remember which log this tree is of (the hash of its event 1), once."""
+        first = await _first_hash(store, file, self._conn())
+        if first is not None:
+            await self._conn().run(
+                lambda db: db.execute("INSERT OR IGNORE INTO tree_log VALUES (1, ?)", (first,))
+            )
+            self._identified = True
+
+    async def first_hash(self) -> str | None:
+        """The chain hash of event 1 of the log this tree was built from (None if not known)."""
+        rows = await self._conn(reader=True).fetchall("SELECT first_hash FROM tree_log")
+        return str(rows[0][0]) if rows else None
 
     def _file_reader(self, store: EventStore | SQLiteLogFile) -> _FileReader | None:
         from rollwatch.store.sqlite import SQLiteEventStore
@@ -725,6 +746,32 @@ class MerkleTree:
             "SELECT COUNT(*) FROM tree_checkpoints WHERE seq > ? AND seq <= ?", (lo, hi)
         )
         return int(rows[0][0])
+
+
+async def _first_hash(
+    store: EventStore | SQLiteLogFile, file: _FileReader | None, conn: ThreadConnection
+) -> str | None:
+    if file is not None:
+        return await conn.run(lambda _: file.hash_at(1))
+    assert isinstance(store, EventStore)
+    async for page in store.read_batches(until=1, batch=1):
+        return page[0].hash if page[0].seq == 1 else None
+    return None
+
+
+def recorded_first_hash(tree_file: Path) -> str | None:
+    """The event-1 hash a tree file records, read without opening it for writing (None: no file, or not recorded)."""
+    if not tree_file.is_file():
+        return None
+    try:
+        con = sqlite3.connect(f"file:{tree_file}?mode=ro", uri=True)
+        try:
+            row = con.execute("SELECT first_hash FROM tree_log").fetchone()
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return None
+    return None if row is None else str(row[0])
 
 
 def _previous_hash(db: sqlite3.Connection, size: int) -> bytes | None:

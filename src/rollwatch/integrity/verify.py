@@ -34,6 +34,9 @@ from rollwatch.events import GENESIS, CheckpointSigned, Recorded, chain_hash
 from rollwatch.integrity.checkpoint import InvalidNote, NoteVerifier, b64, unb64
 from rollwatch.integrity.merkle import EMPTY_ROOT, CompactRange, leaf_hash, verify_consistency
 from rollwatch.integrity.tree import MerkleTree
+from rollwatch.log import get_logger
+
+log = get_logger(__name__)
 
 if TYPE_CHECKING:
     from rollwatch.config import StoreConfig
@@ -276,16 +279,21 @@ async def verify_state(
     Uses the configured key when it exists (never creates one) and opens the tree
     read-only when it exists; raises :class:`IntegrityError` naming the seq at fault.
     """
+    from rollwatch.integrity.identity import foreign_tree
     from rollwatch.integrity.keys import existing_signer
     from rollwatch.integrity.scrub import read_kept
 
     signer = await anyio.to_thread.run_sync(existing_signer, integrity.key_path(store_config), integrity.name)
     vkey = signer.vkey if signer is not None else None
-    kept = await anyio.to_thread.run_sync(read_kept, integrity.witness_path(store_config))
+    path = integrity.tree_path(store_config)
+    foreign = await foreign_tree(store, path)
+    kept = [] if foreign else await anyio.to_thread.run_sync(read_kept, integrity.witness_path(store_config))
+    if foreign:
+        # Another log's state is no evidence about this one (the daemon sets it aside).
+        log.warning("state_of_another_log_ignored", tree=str(path), its_log_first_hash=foreign)
     if checkpoint is not None:
         kept.append(await anyio.to_thread.run_sync(load_kept_checkpoint, checkpoint))
-    path = integrity.tree_path(store_config)
-    if not await anyio.Path(path).exists():
+    if foreign or not await anyio.Path(path).exists():
         return await check_log_tree(store, vkey=vkey, progress=progress, kept=kept)
     async with MerkleTree(path, read_only=True) as tree:
         return await check_log_tree(store, vkey=vkey, tree=tree, progress=progress, kept=kept)
