@@ -145,3 +145,45 @@ class TestThisLogsState:
             assert await tree.first_hash() is None
             await tree.catch_up(store)
             assert await tree.first_hash() == first
+
+
+class TestOrigin:
+    @pytest.mark.anyio
+    async def test_a_fresh_state_gets_its_own_origin_and_keeps_it(self, tmp_path: Path) -> None:
+        """Left at defaults, two fresh logs get different origins (host and a random name), each kept across restarts."""
+        origins = []
+        for name in ("one", "two"):
+            d = tmp_path / name
+            store_cfg = StoreConfig(url=f"sqlite:{d / 'events.db'}")
+            seen = []
+            for _ in range(2):
+                async with (
+                    SQLiteEventStore(d / "events.db") as store,
+                    open_integrity(IntegrityConfig(), store_cfg, store) as integ,
+                ):
+                    await append_n(store, 2)
+                    cp = await integ.final_checkpoint()
+                    assert cp is not None
+                    seen.append((cp.origin, integ.signer.name))
+            assert seen[0] == seen[1]
+            assert seen[0][0] == seen[0][1] != "rollwatch.example/log"
+            assert (d / "origin").read_text().strip() == seen[0][0]
+            origins.append(seen[0][0])
+        assert origins[0] != origins[1]
+
+    @pytest.mark.anyio
+    async def test_a_configured_origin_is_used_and_an_existing_log_keeps_its_own(
+        self, tmp_path: Path
+    ) -> None:
+        """A configured origin wins; a state without an origin file adopts the one its log's checkpoints carry."""
+        store_cfg = StoreConfig(url=f"sqlite:{tmp_path / 'events.db'}")
+        async with SQLiteEventStore(tmp_path / "events.db") as store:
+            await append_n(store, 3)
+            async with open_integrity(IntegrityConfig(origin="example.org/mine"), store_cfg, store) as integ:
+                cp = await integ.final_checkpoint()
+                assert cp is not None
+                assert cp.origin == "example.org/mine"
+            assert not (tmp_path / "origin").exists()
+            async with open_integrity(IntegrityConfig(), store_cfg, store) as integ:
+                assert integ.config.origin == "example.org/mine"
+        assert (tmp_path / "origin").read_text().strip() == "example.org/mine"

@@ -14,13 +14,20 @@ meets the signer's rule: no checkpoint of it exists anywhere, so nothing is sign
 
 from __future__ import annotations
 
+import re
+import socket
+import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anyio
 
 from rollwatch.abc import EventStore
 from rollwatch.integrity.tree import recorded_first_hash
 from rollwatch.log import get_logger
+
+if TYPE_CHECKING:
+    from rollwatch.integrity.config import IntegrityConfig
 
 log = get_logger(__name__)
 
@@ -51,8 +58,8 @@ def _set_aside(paths: list[Path], tag: str) -> list[str]:
     return moved
 
 
-async def set_aside_foreign_state(store: EventStore, tree: Path, witness: Path) -> bool:
-    """Move the tree and the witness file away when the tree is another log's; True if it was.
+async def set_aside_foreign_state(store: EventStore, tree: Path, others: list[Path]) -> bool:
+    """Move the tree and ``others`` (the witness file, the origin file) away when the tree is another log's; True if it was.
 
     Call before the tree is opened. Logs one WARNING naming both logs and where the
     files went.
@@ -60,7 +67,7 @@ async def set_aside_foreign_state(store: EventStore, tree: Path, witness: Path) 
     recorded = await foreign_tree(store, tree)
     if recorded is None:
         return False
-    paths = [tree, tree.with_name(tree.name + "-wal"), tree.with_name(tree.name + "-shm"), witness]
+    paths = [tree, tree.with_name(tree.name + "-wal"), tree.with_name(tree.name + "-shm"), *others]
     moved = await anyio.to_thread.run_sync(_set_aside, paths, recorded[:16])
     log.warning(
         "state_of_another_log_set_aside",
@@ -71,3 +78,57 @@ async def set_aside_foreign_state(store: EventStore, tree: Path, witness: Path) 
         action="rebuilding the tree from this log",
     )
     return True
+
+
+ORIGIN_FILE = "origin"
+
+
+def _fresh_origin() -> str:
+    host = re.sub(r"[^A-Za-z0-9.-]", "-", socket.gethostname()) or "rollwatch"
+    return f"{host}/rollwatch-{uuid.uuid4().hex[:12]}"
+
+
+async def _origin_in_log(store: EventStore) -> str | None:
+    """The origin of the latest checkpoint the log records (a deployment older than the origin file)."""
+    from rollwatch.events import CheckpointSigned
+    from rollwatch.integrity.checkpoint import Checkpoint, InvalidNote, split_note
+
+    last: str | None = None
+    async for page in store.read_batches(types=[CheckpointSigned.TYPE], batch=1000):
+        note = page[-1].data.get("note")
+        last = note if isinstance(note, str) else last
+    if last is None:
+        return None
+    try:
+        return Checkpoint.parse(split_note(last)[0]).origin
+    except InvalidNote:
+        return None
+
+
+async def resolve_origin(
+    config: IntegrityConfig, state_dir: Path, store: EventStore, *, create: bool = True
+) -> IntegrityConfig:
+    """``config`` with the origin this log is signed under.
+
+    A configured ``origin`` is used as it is. Otherwise the origin is the one kept in
+    ``<state dir>/origin``; a state without one adopts the origin of the log's latest
+    checkpoint, or else (a fresh log) gets ``HOST/rollwatch-RANDOM``, unique to this
+    log, and keeps it there (with ``create``): it never changes afterwards, so
+    deployments left at defaults no longer share the name ``rollwatch.example/log``.
+    """
+    if "origin" in config.model_fields_set:
+        return config
+    path = state_dir / ORIGIN_FILE
+    origin: str | None = None
+    if await anyio.Path(path).is_file():
+        origin = (await anyio.Path(path).read_text(encoding="utf-8")).strip() or None
+    if origin is None:
+        origin = await _origin_in_log(store)
+        if origin is None and not create:
+            return config
+        origin = origin or _fresh_origin()
+        if create:
+            await anyio.Path(state_dir).mkdir(parents=True, exist_ok=True)
+            await anyio.Path(path).write_text(origin + "\n", encoding="utf-8")
+            log.info("log_origin_chosen", origin=origin, kept_in=str(path))
+    return config.model_copy(update={"origin": origin})

@@ -23,7 +23,7 @@ from rollwatch.integrity.checkpoint import Checkpoint, NoteSigner
 from rollwatch.integrity.checkpointer import checkpointer, final_checkpoint
 from rollwatch.integrity.config import IntegrityConfig
 from rollwatch.integrity.health import Health
-from rollwatch.integrity.identity import set_aside_foreign_state
+from rollwatch.integrity.identity import ORIGIN_FILE, resolve_origin, set_aside_foreign_state
 from rollwatch.integrity.keys import load_signer
 from rollwatch.integrity.routes import integrity_routes
 from rollwatch.integrity.scrub import ScrubTarget, scrub_forever, scrub_pass
@@ -218,10 +218,15 @@ async def open_integrity(
     config: IntegrityConfig, store_config: StoreConfig, store: EventStore, node: str = ""
 ) -> AsyncIterator[Integrity]:
     """Open the tree and load (or make) the key; close the tree on exit."""
+    await set_aside_foreign_state(
+        store,
+        config.tree_path(store_config),
+        [config.witness_path(store_config), config.state_dir(store_config) / ORIGIN_FILE],
+    )
+    config = await resolve_origin(config, config.state_dir(store_config), store)
     key_file = config.key_path(store_config)
     key_used_before = await anyio.Path(key_file).exists()
     signer = await anyio.to_thread.run_sync(load_signer, key_file, config.name)
-    await set_aside_foreign_state(store, config.tree_path(store_config), config.witness_path(store_config))
     async with MerkleTree(config.tree_path(store_config)) as tree:
         yield Integrity(
             config,

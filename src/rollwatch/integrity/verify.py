@@ -279,7 +279,9 @@ async def verify_state(
     Uses the configured key when it exists (never creates one) and opens the tree
     read-only when it exists; raises :class:`IntegrityError` naming the seq at fault.
     """
-    from rollwatch.integrity.identity import foreign_tree
+    from rollwatch.integrity.identity import foreign_tree, resolve_origin
+
+    integrity = await resolve_origin(integrity, integrity.state_dir(store_config), store, create=False)
     from rollwatch.integrity.keys import existing_signer
     from rollwatch.integrity.scrub import read_kept
 
