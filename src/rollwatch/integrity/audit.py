@@ -20,9 +20,9 @@ An auditor has no access to the log, only to the public routes. Each run:
 
 5. **remembered items** (with ``--keep``): the keep file also remembers the event
    (seq and leaf hash) of every released item an audit has checked; each run checks
-   that every one of them is still in the signed tree, by an inclusion proof of the
-   remembered leaf. A released result rewritten or withdrawn since, even with the
-   tree rebuilt afterwards, fails here.
+   that the service's tree still holds that leaf at that seq and that an inclusion
+   proof of it verifies against the signed root. A released result rewritten or
+   withdrawn since, even with the tree rebuilt afterwards, fails here.
 
 Only when every check passes is the new checkpoint (and the key) kept in the file,
 so the next run checks consistency from it. Any failure raises
@@ -302,6 +302,15 @@ async def _check_remembered(http: _Client, item: str, seq: int, leaf_b64: str, c
         )
     leaf = _hashes([leaf_b64], "a remembered leaf hash")[0]
     proof = await http.json(f"/public/proof/inclusion?seq={seq}&size={cp.size}")
+    served = proof.get("leaf_hash") if isinstance(proof, dict) else None
+    # The signed root still covers the old leaf (its siblings did not change): what
+    # shows a rewrite is the leaf the service holds now.
+    if isinstance(served, str) and served != leaf_b64:
+        raise AuditFailure(
+            "remembered",
+            f"item {item} (event {seq}), released and audited before with leaf {leaf_b64}, now has leaf "
+            f"{served} in the service's tree: the released result was rewritten or withdrawn",
+        )
     path = _hashes(proof.get("path") if isinstance(proof, dict) else None, "the inclusion proof")
     if not verify_inclusion(seq - 1, cp.size, leaf, path, cp.root):
         raise AuditFailure(

@@ -12,8 +12,10 @@ every event, every ``scrub_interval``, and checks in one pass:
   the log's first ``size`` events hash to now, and the log is not shorter than any.
 
 A pass runs in a separate process (``python -m rollwatch.integrity.scrub``) at nice
-19, so that its hashing never takes the daemon's GIL and yields the cores to the
-appends; it opens the log and the tree read-only. A finding raises
+19, so that its hashing never takes the daemon's GIL, and paces itself: after each
+page of events it rests as long as the page took (:data:`DUTY` of one core at
+most), because nice alone does not keep a busy two-core machine's appends from
+slowing down (``bench/bench_scrub.py``). It opens the log and the tree read-only. A finding raises
 :class:`IntegrityError` in the daemon (see :meth:`rollwatch.integrity.service.Integrity.run`).
 """
 
@@ -37,6 +39,9 @@ if TYPE_CHECKING:
     from rollwatch.config import StoreConfig
 
 log = get_logger(__name__)
+
+DUTY = 0.5
+"""The share of one core a pass may use: it rests (1/DUTY − 1) times as long as it works."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,8 +78,11 @@ def read_kept(witness: Path | None) -> list[KeptCheckpoint]:
     return [KeptCheckpoint(f"the witness file {witness}", witness.read_text(encoding="utf-8"))]
 
 
-async def scrub_once(target: ScrubTarget) -> TreeReport:
-    """One full pass, in this process; raises :class:`IntegrityError` naming the first bad seq."""
+async def scrub_once(target: ScrubTarget, *, duty: float = 1.0) -> TreeReport:
+    """One full pass, in this process; raises :class:`IntegrityError` naming the first bad seq.
+
+    ``duty`` < 1: rest between pages so that the pass uses at most that share of a core.
+    """
     from rollwatch.config import StoreConfig
     from rollwatch.integrity.tree import MerkleTree
     from rollwatch.store import open_store
@@ -84,7 +92,17 @@ async def scrub_once(target: ScrubTarget) -> TreeReport:
         open_store(StoreConfig(url=target.store_url), read_only=True) as store,
         MerkleTree(target.tree, read_only=True) as tree,
     ):
-        return await check_log_tree(store, vkey=target.vkey, tree=tree, chain=True, kept=kept)
+        last = time.monotonic()
+
+        async def pace() -> None:
+            nonlocal last
+            worked = time.monotonic() - last
+            await anyio.sleep(worked * (1 / duty - 1))
+            last = time.monotonic()
+
+        return await check_log_tree(
+            store, vkey=target.vkey, tree=tree, chain=True, kept=kept, pace=pace if duty < 1 else None
+        )
 
 
 async def scrub_pass(target: ScrubTarget) -> tuple[int, float]:
@@ -135,7 +153,7 @@ async def _main(arg: str) -> int:
     # Background work: appends and the tree's follower go first.
     os.nice(19)
     try:
-        report = await scrub_once(ScrubTarget.from_json(arg))
+        report = await scrub_once(ScrubTarget.from_json(arg), duty=DUTY)
     except IntegrityError as e:
         print(f"integrity {e.seq} {e.reason}", flush=True)
         return 1

@@ -20,7 +20,7 @@ Reads the log twice, in batches (memory stays flat whatever its size): first the
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
 from pathlib import Path
@@ -114,6 +114,7 @@ async def check_log_tree(
     tree: MerkleTree | None = None,
     progress: Callable[[int], None] | None = None,
     chain: bool = False,
+    pace: Callable[[], Awaitable[None]] | None = None,
     kept: Sequence[KeptCheckpoint] = (),
 ) -> TreeReport:
     """Check every checkpoint against the log (and ``tree`` against the log); raise IntegrityError naming the seq.
@@ -121,7 +122,8 @@ async def check_log_tree(
     ``chain``: check every event's chain hash in the same pass. ``kept``: checkpoints
     kept outside the log (the witness file, one a user saved), each of which the log
     must still contain: a log now shorter than one, or whose first ``size`` events
-    hash to another root (a fork, a rewrite), fails.
+    hash to another root (a fork, a rewrite), fails. ``pace`` is awaited after each
+    page (the scrub yields the cores there).
     """
     verifier = NoteVerifier.from_vkey(vkey) if vkey else None
     claims: list[_Claim] = []
@@ -187,6 +189,8 @@ async def check_log_tree(
                 check_root(cr.size, cr.root())
         if progress is not None:
             progress(page[-1].seq)
+        if pace is not None:
+            await pace()
     for c in claims:
         if c.size > cr.size:
             raise IntegrityError(c.seq, f"it signs {c.size} events but the log holds {cr.size}")
