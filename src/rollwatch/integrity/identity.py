@@ -105,8 +105,21 @@ async def _origin_in_log(store: EventStore) -> str | None:
         return None
 
 
+def _database_origin(url: str) -> str:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    name = f"{parts.hostname or 'localhost'}/{parts.path.strip('/') or 'postgres'}/rollwatch"
+    return re.sub(r"[^A-Za-z0-9./_-]", "-", name)
+
+
 async def resolve_origin(
-    config: IntegrityConfig, state_dir: Path, store: EventStore, *, create: bool = True
+    config: IntegrityConfig,
+    state_dir: Path,
+    store: EventStore,
+    *,
+    create: bool = True,
+    store_url: str | None = None,
 ) -> IntegrityConfig:
     """``config`` with the origin this log is signed under.
 
@@ -115,9 +128,17 @@ async def resolve_origin(
     checkpoint, or else (a fresh log) gets ``HOST/rollwatch-RANDOM``, unique to this
     log, and keeps it there (with ``create``): it never changes afterwards, so
     deployments left at defaults no longer share the name ``rollwatch.example/log``.
+    A shared log (PostgreSQL, ``store_url``) is named by its checkpoints, else by
+    its database (``HOST/DATABASE/rollwatch``), the same for every node.
     """
     if "origin" in config.model_fields_set:
         return config
+    if store.shared and store_url is not None:
+        # Every node of a shared log must sign under one name, whichever leads: the
+        # log's own (its checkpoints', else one named after its database), not a
+        # name of each node's state.
+        shared = await _origin_in_log(store) or _database_origin(store_url)
+        return config.model_copy(update={"origin": shared})
     path = state_dir / ORIGIN_FILE
     origin: str | None = None
     if await anyio.Path(path).is_file():

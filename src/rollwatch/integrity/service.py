@@ -223,7 +223,7 @@ async def open_integrity(
         config.tree_path(store_config),
         [config.witness_path(store_config), config.state_dir(store_config) / ORIGIN_FILE],
     )
-    config = await resolve_origin(config, config.state_dir(store_config), store)
+    config = await resolve_origin(config, config.state_dir(store_config), store, store_url=store_config.url)
     key_file = config.key_path(store_config)
     key_used_before = await anyio.Path(key_file).exists()
     signer = await anyio.to_thread.run_sync(load_signer, key_file, config.name)

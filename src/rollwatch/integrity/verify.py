@@ -285,7 +285,9 @@ async def verify_state(
     """
     from rollwatch.integrity.identity import foreign_tree, resolve_origin
 
-    integrity = await resolve_origin(integrity, integrity.state_dir(store_config), store, create=False)
+    integrity = await resolve_origin(
+        integrity, integrity.state_dir(store_config), store, create=False, store_url=store_config.url
+    )
     from rollwatch.integrity.keys import existing_signer
     from rollwatch.integrity.scrub import read_kept
 
