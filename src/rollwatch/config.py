@@ -69,10 +69,21 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
 
 
+def postgres_state_folder(url: str) -> str:
+    """The folder a PostgreSQL log's state goes to, named after its server and database:
+    ``pg-HOST-PORT-DATABASE`` (without ``$STATE_DIRECTORY``, under ``./var``)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    name = f"pg-{parts.hostname or 'localhost'}-{parts.port or 5432}-{parts.path.strip('/') or 'postgres'}"
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name)
+
+
 class StoreConfig(_Strict):
     url: str = "sqlite:var/events.db"
     projections: str | None = None
-    """Where read models live (a SQLite file); default: next to a SQLite log, else ./var."""
+    """Where read models live (a SQLite file); default: next to a SQLite log, else
+    ``$STATE_DIRECTORY``, else ``./var/pg-HOST-PORT-DATABASE/``."""
     retry: Duration = Field(default=60.0, ge=0.0, le=3600.0)
     """PostgreSQL: how long a lost connection is retried before the operation fails."""
 
@@ -100,7 +111,12 @@ class StoreConfig(_Strict):
             return Path(self.projections)
         base = self.sqlite_path
         if base is None:
-            return Path("var/projections.db")
+            # Never a ./var shared by every PostgreSQL log run from this folder: another
+            # log's tree and witness would be taken for this one's (a false alarm).
+            state = os.environ.get("STATE_DIRECTORY")
+            if state:
+                return Path(state.split(":")[0]) / "projections.db"
+            return Path("var") / postgres_state_folder(self.url) / "projections.db"
         return base.with_name(base.stem + ".projections.db")
 
 
@@ -308,6 +324,7 @@ class IntegrityConfig(_Strict):
         origin = "rollwatch.example/log"   # the log's name in checkpoints (and the key's)
         checkpoint_every = 1000            # sign after this many events ...
         checkpoint_interval = "10m"        # ... or this long, whichever comes first (and at shutdown)
+        scrub_interval = "5m"              # re-read and check the whole log this often
         key_file = "/var/lib/rollwatch/checkpoint.key"   # default <state dir>/checkpoint.key
         # key_name = "..."                 # default: origin
         # tree = "var/merkle.db"           # default: merkle.db next to the projections
@@ -329,6 +346,9 @@ class IntegrityConfig(_Strict):
     """Sign a checkpoint once this many events were appended since the last one."""
     checkpoint_interval: Duration = Field(default=600.0, ge=1.0)
     """Sign a checkpoint at least this often when anything was appended."""
+    scrub_interval: Duration = Field(default=300.0, ge=0.1)
+    """Start a full re-read of the log (chain, tree leaves, checkpoints) this often; a pass
+    over 10⁶ events takes about 8 s of one core, at nice 19 in a process of its own."""
 
     @field_validator("origin")
     @classmethod

@@ -408,7 +408,10 @@ class Daemon:
             )
             http = self.http = HTTPServer(
                 build_app(
-                    self.metrics, [*self.extra_routes(integrity), *integrity.routes()], operators=operators
+                    self.metrics,
+                    [*self.extra_routes(integrity), *integrity.routes()],
+                    operators=operators,
+                    health=integrity.health,
                 ),
                 self.config.server.host,
                 self.config.server.port,
@@ -439,6 +442,7 @@ class Daemon:
                     svc.projections,
                     interval=self.config.publication.release_check,
                     stop_event=self.stopping,
+                    health=integrity.health,
                 )
             )
             background.start_soon(self.notifier.watchdog)

@@ -274,3 +274,36 @@ class TestAuditChecks:
             with pytest.raises(AuditFailure) as e:
                 await audit("http://x", keep=keep, client=c)
             assert e.value.check == "checkpoint"
+
+
+class TestRemembered:
+    @pytest.mark.anyio
+    async def test_a_released_item_rewritten_and_withdrawn_after_its_audit_is_reported(
+        self, service: Service, tmp_path: Path
+    ) -> None:
+        """`audit --keep --item` remembers the item's event; after the event is rewritten, the tree rebuilt and the
+        item withdrawn from the feed (no new checkpoint signed), a plain `audit --keep` fails naming the item."""
+        keep = tmp_path / "keep.json"
+        await append_n(service.store, 6)
+        seq = await service.release("r-kept", embed_proof=False)
+        await append_n(service.store, 3)
+        await service.checkpoint()
+        code, out, err = await rollwatch_audit("--url", service.url, "--keep", str(keep), "--item", "r-kept")
+        assert code == 0, err
+        remembered = json.loads(keep.read_text())["items"]
+        assert remembered["r-kept"]["seq"] == seq
+
+        code, out, err = await rollwatch_audit("--url", service.url, "--keep", str(keep))
+        assert code == 0, err
+        assert "remembered: 1 released items still in the signed tree: ok" in out
+
+        rewrite_event(
+            service.db, seq, '{"passed":false,"rollout_id":"r-kept","score":0.0,"scorer":"python-function"}'
+        )
+        await service.tree.rebuild()
+        await service.tree.catch_up(service.store)
+        service.feed.clear()
+        code, out, err = await rollwatch_audit("--url", service.url, "--keep", str(keep))
+        assert code == 1
+        assert "FAILED remembered" in err
+        assert f"item r-kept (event {seq})" in err

@@ -58,23 +58,10 @@ async def verify_tree(
     integrity: IntegrityConfig,
     store_config: StoreConfig,
     *,
+    checkpoint: Path | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> TreeReport:
-    """Check every checkpoint in the log (signature, root, consistency) and the stored tree.
+    """Check every checkpoint (log, witness file, ``checkpoint``) and the stored tree against the log."""
+    from rollwatch.integrity.verify import verify_state
 
-    Uses the configured key when it exists (never creates one) and the tree file
-    when it exists; raises :class:`IntegrityError` naming the seq at fault.
-    """
-    import anyio
-
-    from rollwatch.integrity.keys import existing_signer
-    from rollwatch.integrity.tree import MerkleTree
-    from rollwatch.integrity.verify import check_log_tree
-
-    signer = await anyio.to_thread.run_sync(existing_signer, integrity.key_path(store_config), integrity.name)
-    vkey = signer.vkey if signer is not None else None
-    path = integrity.tree_path(store_config)
-    if not await anyio.Path(path).exists():
-        return await check_log_tree(store, vkey=vkey, progress=progress)
-    async with MerkleTree(path) as tree:
-        return await check_log_tree(store, vkey=vkey, tree=tree, progress=progress)
+    return await verify_state(store, integrity, store_config, checkpoint=checkpoint, progress=progress)

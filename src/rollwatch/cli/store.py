@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import click
 
@@ -14,15 +15,25 @@ log = get_logger("rollwatch.cli")
 
 
 @click.command()
+@click.option(
+    "--checkpoint",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="a checkpoint someone kept (a signed note, or an audit --keep file): the log must still contain it",
+)
 @common
-def verify(ctx: Context) -> None:
-    """Check the whole log's hash chain; exit 1 naming the first bad seq."""
+def verify(ctx: Context, checkpoint: Path | None) -> None:
+    """Check the whole log's hash chain, tree and checkpoints; exit 1 naming the first bad seq."""
     from rollwatch.cli.integrity import verify_tree
     from rollwatch.progress import Progress
     from rollwatch.store import open_store
 
+    log_file = ctx.config.store.sqlite_path
+    if log_file is not None and not log_file.is_file():
+        raise UsageError(f"there is no event log at {log_file} (store.url {ctx.config.store.url})")
+
     async def main() -> int:
-        async with open_store(ctx.config.store) as store:
+        async with open_store(ctx.config.store, read_only=True) as store:
             bar = Progress("verify", await store.head())
             try:
                 report = await store.verify(progress=lambda s: bar.update(s))
@@ -31,7 +42,9 @@ def verify(ctx: Context) -> None:
                 click.echo(f"FAILED at seq {e.seq}: {e.reason}", err=True)
                 return 1
             try:
-                tree = await verify_tree(store, ctx.config.integrity, ctx.config.store, progress=bar.update)
+                tree = await verify_tree(
+                    store, ctx.config.integrity, ctx.config.store, checkpoint=checkpoint, progress=bar.update
+                )
             except IntegrityError as e:
                 bar.close()
                 click.echo(f"FAILED at seq {e.seq}: {e.reason}", err=True)

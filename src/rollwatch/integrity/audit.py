@@ -2,6 +2,8 @@
 
 An auditor has no access to the log, only to the public routes. Each run:
 
+0. **health**: a service that reports its own log tampered with (``/healthz`` 503)
+   fails first, with the service's reasons.
 1. **key**: the verifier key is ``--key`` if given, else the one kept from an
    earlier run, else ``/public/key`` (trust on first use, said so in the output). A
    server whose key differs from the pinned one fails.
@@ -15,6 +17,12 @@ An auditor has no access to the log, only to the public routes. Each run:
    an inclusion proof; the leaf hash recomputed from the event must be in the tree
    under the verified root (through a consistency proof when the item's proof is for
    an earlier size).
+
+5. **remembered items** (with ``--keep``): the keep file also remembers the event
+   (seq and leaf hash) of every released item an audit has checked; each run checks
+   that the service's tree still holds that leaf at that seq and that an inclusion
+   proof of it verifies against the signed root. A released result rewritten or
+   withdrawn since, even with the tree rebuilt afterwards, fails here.
 
 Only when every check passes is the new checkpoint (and the key) kept in the file,
 so the next run checks consistency from it. Any failure raises
@@ -89,7 +97,7 @@ def _hashes(value: Any, what: str) -> list[bytes]:
         raise AuditFailure("fetch", str(e)) from None
 
 
-def _load_keep(path: Path) -> dict[str, str] | None:
+def _load_keep(path: Path) -> dict[str, Any] | None:
     if not path.exists():
         return None
     try:
@@ -102,13 +110,20 @@ def _load_keep(path: Path) -> dict[str, str] | None:
         or not isinstance(data.get("checkpoint"), str)
     ):
         raise AuditFailure("keep", f"{path} is not a kept checkpoint (expected JSON with key and checkpoint)")
+    items = data.get("items", {})
+    if not isinstance(items, dict) or not all(
+        isinstance(v, dict) and isinstance(v.get("seq"), int) and isinstance(v.get("leaf"), str)
+        for v in items.values()
+    ):
+        raise AuditFailure("keep", f"{path}: its remembered items are not {{id: {{seq, leaf}}}}")
     return data
 
 
-def _save_keep(path: Path, key: str, note: str) -> None:
+def _save_keep(path: Path, key: str, note: str, items: dict[str, dict[str, Any]]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"key": key, "checkpoint": note}, indent=1) + "\n", encoding="utf-8")
+    body = {"key": key, "checkpoint": note, "items": items}
+    tmp.write_text(json.dumps(body, indent=1, sort_keys=True) + "\n", encoding="utf-8")
     os.replace(tmp, path)
 
 
@@ -135,6 +150,9 @@ async def audit(
     async with ctx as c:
         http = _Client(c, base_url(url))
         lines: list[str] = []
+
+        # 0. the service's own verdict on its log
+        await _check_health(c, http.base)
 
         # 1. key
         served = (await http.get("/public/key")).text.strip()
@@ -179,12 +197,28 @@ async def audit(
             lines.append(f"consistency: kept size {old.size} -> size {cp.size}: ok")
 
         # 4. a released item's inclusion
+        remembered: dict[str, dict[str, Any]] = dict(kept.get("items", {})) if kept is not None else {}
         if item is not None:
-            seq = await _check_item(http, item, cp)
+            seq, leaf = await _check_item(http, item, cp)
             lines.append(f"inclusion: item {item} (event {seq}) is in the tree of size {cp.size}: ok")
+            old_item = remembered.get(item)
+            if old_item is not None and (old_item["seq"], old_item["leaf"]) != (seq, b64(leaf)):
+                raise AuditFailure(
+                    "remembered",
+                    f"item {item} was event {old_item['seq']} with leaf {old_item['leaf']} when audited before; "
+                    f"now it is event {seq} with leaf {b64(leaf)}: the released result was rewritten",
+                )
+            remembered[item] = {"seq": seq, "leaf": b64(leaf)}
+
+        # 5. every item audited before is still in the signed tree, unchanged
+        if kept is not None:
+            for rid, rec in sorted(remembered.items()):
+                await _check_remembered(http, rid, rec["seq"], rec["leaf"], cp)
+            if remembered:
+                lines.append(f"remembered: {len(remembered)} released items still in the signed tree: ok")
 
     if keep is not None:
-        _save_keep(keep, verifier.vkey, note)
+        _save_keep(keep, verifier.vkey, note, remembered)
         lines.append(f"kept: checkpoint of size {cp.size} in {keep}")
     return AuditReport(checkpoint=cp, key=verifier.vkey, lines=lines)
 
@@ -233,7 +267,50 @@ def _find_item(feed: Any, item: str) -> dict[str, Any]:
     raise AuditFailure("inclusion", f"no item with rollout id {item} in /public/feed.json")
 
 
-async def _check_item(http: _Client, item: str, cp: Checkpoint) -> int:
+async def _check_health(client: httpx.AsyncClient, base: str) -> None:
+    """Fail when the service itself reports its log tampered with (/healthz 503)."""
+    try:
+        r = await client.get(base + "/healthz")
+    except httpx.HTTPError as e:
+        raise AuditFailure("fetch", f"GET {base}/healthz: {type(e).__name__}: {e}") from None
+    if r.status_code != 503:
+        return
+    try:
+        body = r.json()
+    except ValueError:
+        body = {}
+    reasons = body.get("reasons") if isinstance(body, dict) else None
+    said = "; ".join(str(x) for x in reasons) if isinstance(reasons, list) else r.text[:300].strip()
+    raise AuditFailure("health", f"the service reports its log is not what it signed: {said}")
+
+
+async def _check_remembered(http: _Client, item: str, seq: int, leaf_b64: str, cp: Checkpoint) -> None:
+    """The leaf remembered for ``item`` is still event ``seq`` of the signed tree."""
+    if seq > cp.size:
+        raise AuditFailure(
+            "remembered", f"item {item} was event {seq}, but the signed tree now holds only {cp.size} events"
+        )
+    leaf = _hashes([leaf_b64], "a remembered leaf hash")[0]
+    proof = await http.json(f"/public/proof/inclusion?seq={seq}&size={cp.size}")
+    served = proof.get("leaf_hash") if isinstance(proof, dict) else None
+    # The signed root still covers the old leaf (its siblings did not change): what
+    # shows a rewrite is the leaf the service holds now.
+    if isinstance(served, str) and served != leaf_b64:
+        raise AuditFailure(
+            "remembered",
+            f"item {item} (event {seq}), released and audited before with leaf {leaf_b64}, now has leaf "
+            f"{served} in the service's tree: the released result was rewritten or withdrawn",
+        )
+    path = _hashes(proof.get("path") if isinstance(proof, dict) else None, "the inclusion proof")
+    if not verify_inclusion(seq - 1, cp.size, leaf, path, cp.root):
+        raise AuditFailure(
+            "remembered",
+            f"item {item} (event {seq}), released and audited before, is no longer in the signed tree of "
+            f"size {cp.size} as it was: the released result was rewritten or withdrawn",
+        )
+
+
+async def _check_item(http: _Client, item: str, cp: Checkpoint) -> tuple[int, bytes]:
     meta = _find_item(await http.json("/public/feed.json"), item)
     index = meta.get("leaf_index")
     if not isinstance(index, int) or index < 0:
@@ -279,7 +356,7 @@ async def _check_item(http: _Client, item: str, cp: Checkpoint) -> int:
                 raise AuditFailure(
                     "inclusion", f"item {item}: its inclusion proof does not lead to the signed root"
                 )
-            return index + 1
+            return index + 1, leaf
         # The proof is for an earlier tree: that tree must be a prefix of the signed one.
         proof = await http.json(f"/public/proof/consistency?from={size}&to={cp.size}")
         cpath = _hashes(proof.get("path") if isinstance(proof, dict) else None, "the consistency proof")
@@ -288,7 +365,7 @@ async def _check_item(http: _Client, item: str, cp: Checkpoint) -> int:
                 "inclusion",
                 f"item {item}: the tree of size {size} its proof leads to is not a prefix of the signed tree",
             )
-        return index + 1
+        return index + 1, leaf
     proof = await http.json(f"/public/proof/inclusion?seq={index + 1}&size={cp.size}")
     path = _hashes(proof.get("path") if isinstance(proof, dict) else None, "the inclusion proof")
     if not verify_inclusion(index, cp.size, leaf, path, cp.root):
@@ -297,4 +374,4 @@ async def _check_item(http: _Client, item: str, cp: Checkpoint) -> int:
             f"item {item} (event {index + 1}) is not in the signed tree of size {cp.size}: "
             "its content or the log was changed",
         )
-    return index + 1
+    return index + 1, leaf

@@ -34,6 +34,7 @@ from rollwatch.integrity.checkpoint import (
     b64,
     split_note,
 )
+from rollwatch.integrity.health import Health
 from rollwatch.integrity.merkle import verify_consistency
 from rollwatch.integrity.tree import MerkleTree
 from rollwatch.log import get_logger
@@ -60,8 +61,14 @@ class Checkpointer:
         origin: str | None = None,
         witness: Path | None = None,
         node: str = "",
+        health: Health | None = None,
+        key_used_before: bool = False,
     ) -> None:
         self.node = node
+        self.health = health
+        self.key_used_before = key_used_before
+        """The key existed before this process: it has signed this log before, so a
+        non-empty log with no checkpoint anywhere (log, witness file) was replaced."""
         self.store = store
         self.tree = tree
         self.signer = signer
@@ -122,6 +129,10 @@ class Checkpointer:
         the log is not consistent with what was signed before.
         """
         async with self._lock:
+            if self.health is not None and not self.health.ok:
+                # Never sign on top of a log found changed: a signature would vouch for it.
+                log.warning("checkpoint_withheld", reason="the log was found tampered with")
+                return None
             # The checkpoint stream's version before the tree catches up: our append
             # expects it, so a checkpoint another signer appends meanwhile (a leader
             # that lost its lease but is still signing, say) makes ours conflict
@@ -132,6 +143,14 @@ class Checkpointer:
             priors = await self.signed_before()
             for where, prior in priors:
                 await self._check_consistent(where, prior, size, root)
+            if not priors and size > 0 and self.key_used_before:
+                raise self._refuse(
+                    1,
+                    f"the log holds {size} events but no signed checkpoint of them is found anywhere: none in the "
+                    f"log (no CheckpointSigned event), no witness file ({self.witness}), though the key has been "
+                    "used before; the log, the tree and the witness file may have been replaced by another history. "
+                    "Refusing to sign. (To start a new log on purpose, move the key file away: a new key is made.)",
+                )
             if priors:
                 last = max((p for _, p in priors), key=lambda c: c.size)
                 self.latest = last
@@ -224,6 +243,8 @@ async def checkpointer(
     origin: str | None = None,
     witness: Path | None = None,
     node: str = "",
+    health: Health | None = None,
+    key_used_before: bool = False,
     task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """The checkpointer task: sign at start, every N events or T seconds, and once more at ``stop``.
@@ -232,7 +253,16 @@ async def checkpointer(
     then signs a final checkpoint and returns. Raises :class:`IntegrityError` when
     the log is inconsistent with a checkpoint signed before (nothing is signed).
     """
-    cp = Checkpointer(store, tree, signer, origin=origin, witness=witness, node=node)
+    cp = Checkpointer(
+        store,
+        tree,
+        signer,
+        origin=origin,
+        witness=witness,
+        node=node,
+        health=health,
+        key_used_before=key_used_before,
+    )
     await cp.checkpoint()
     task_status.started()
     failure: BaseException | None = None

@@ -19,14 +19,21 @@ from starlette.routing import Route
 
 from rollwatch.abc import EventStore
 from rollwatch.config import IntegrityConfig
+from rollwatch.errors import IntegrityError, StoreError
 from rollwatch.integrity.checkpoint import Checkpoint, NoteSigner
 from rollwatch.integrity.checkpointer import checkpointer, final_checkpoint
+from rollwatch.integrity.health import Health
+from rollwatch.integrity.identity import ORIGIN_FILE, resolve_origin, set_aside_foreign_state
 from rollwatch.integrity.keys import load_signer
 from rollwatch.integrity.routes import integrity_routes
+from rollwatch.integrity.scrub import ScrubTarget, scrub_forever, scrub_pass
 from rollwatch.integrity.tree import MerkleTree
+from rollwatch.log import get_logger
 
 if TYPE_CHECKING:
     from rollwatch.config import StoreConfig
+
+log = get_logger(__name__)
 
 
 class Integrity:
@@ -40,8 +47,16 @@ class Integrity:
         signer: NoteSigner,
         witness: Path,
         node: str = "",
+        store_config: StoreConfig | None = None,
+        key_used_before: bool = False,
     ) -> None:
+        from rollwatch.config import StoreConfig
+
+        self.store_config = store_config or StoreConfig()
+        self.health = Health()
+        """Ok until the tree follower, the checkpointer or the scrub finds the log changed."""
         self.node = node
+        self.key_used_before = key_used_before
         self.config = config
         self.store = store
         self.tree = tree
@@ -55,24 +70,55 @@ class Integrity:
     async def run(
         self, stop: anyio.Event, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
-        """Keep the tree current and sign checkpoints until ``stop``; then sign a final one and return.
+        """Keep the tree current, sign checkpoints and scrub the log until ``stop``; then sign a final one.
 
         Reports started once the tree has caught up and the first checkpoint is
-        signed. Raises :class:`IntegrityError` when the log no longer matches what was
-        signed (the tree refuses to absorb it, or the checkpointer to sign it).
+        signed. Detection at start: a log that no longer matches the tree or what
+        was signed raises :class:`IntegrityError` before anything is reported
+        started (the daemon then refuses to start). Detection while running: the
+        tree follower (each new event), the checkpointer and the scrub (every old
+        event, every ``scrub_interval``) mark :attr:`health` tampered instead; then
+        nothing more is signed, the tree stops, and this returns at ``stop`` with
+        no final checkpoint, while the daemon keeps serving what was public.
         """
+        started = False
         failure: BaseException | None = None
+        found_by = ""
 
-        async def fail_with(e: BaseException) -> None:
-            nonlocal failure
-            failure = failure or e
+        def report_started() -> None:
+            nonlocal started
+            if not started:
+                started = True
+                task_status.started()
+                tg.start_soon(scrub)
+
+        class _Started:
+            def started(self, value: object = None) -> None:
+                report_started()
+
+        async def fail_with(e: BaseException, by: str) -> None:
+            nonlocal failure, found_by
+            while isinstance(e, ExceptionGroup) and len(e.exceptions) == 1:
+                e = e.exceptions[0]
+            if started and isinstance(e, IntegrityError):
+                # At once: the release job and the signer check health before each step.
+                self.health.note(e, found_by=by)
+            if failure is None:
+                failure, found_by = e, by
             tg.cancel_scope.cancel()
 
         async def follow(*, task_status: TaskStatus[None]) -> None:
             try:
                 await self.tree.follow_in_worker(self.store, task_status=task_status)
             except Exception as e:
-                await fail_with(e)
+                await fail_with(e, "Merkle tree follower")
+
+        async def scrub() -> None:
+            try:
+                interval = self.config.scrub_interval
+                await scrub_forever(self.scrub_target(), interval, first_after=interval)
+            except Exception as e:
+                await fail_with(e, "scrub")
 
         # Failures leave through here as themselves, not wrapped in an ExceptionGroup:
         # the daemon reports an IntegrityError as such. The worker catches up first; a
@@ -88,27 +134,80 @@ class Integrity:
             origin=self.config.origin,
             witness=self.witness,
             node=self.node,
+            health=self.health,
+            key_used_before=self.key_used_before,
         )
         async with anyio.create_task_group() as tg:
             await tg.start(follow)
             try:
-                if self.store.shared:
-                    # Every node keeps its tree (for proofs); one signs at a time, the
-                    # leader of "checkpoints", so the log has one series of checkpoints.
-                    task_status.started()
-                    await self.store.lead("checkpoints", sign, stop)
+                # Detection at start, before anything is appended: one whole pass over
+                # the log (chain, every leaf the tree absorbed, every checkpoint in the
+                # log and the witness file). A log changed while the daemon was down
+                # makes it refuse to start.
+                await self._scrub_at_start()
+            except IntegrityError as e:
+                await fail_with(e, "scrub")
+            else:
+                try:
+                    if self.store.shared:
+                        # Every node keeps its tree (for proofs); one signs at a time, the
+                        # leader of "checkpoints", so the log has one series of checkpoints.
+                        report_started()
+                        await self.store.lead("checkpoints", sign, stop)
+                    else:
+                        await sign(task_status=_Started())
+                except Exception as e:
+                    await fail_with(e, "checkpointer")
                 else:
-                    await sign(task_status=task_status)
-            except Exception as e:
-                while isinstance(e, ExceptionGroup) and len(e.exceptions) == 1:
-                    e = e.exceptions[0]
-                await fail_with(e)
-            tg.cancel_scope.cancel()
-        if failure is not None:
+                    tg.cancel_scope.cancel()
+        if isinstance(failure, IntegrityError) and found_by != "scrub":
+            # The follower sees the tail, the signer the roots: neither knows which
+            # event changed first. One pass of the scrub does.
+            located = await self._locate()
+            if located is not None:
+                if started:
+                    self.health.note(located, found_by="scrub")
+                elif located.seq <= failure.seq:
+                    failure = located
+        if not started and failure is not None:
+            if isinstance(failure, IntegrityError):
+                self.health.tampered(failure, found_by=found_by)
             raise failure
+        if failure is not None and not isinstance(failure, IntegrityError):
+            raise failure
+        if not self.health.ok:
+            self.health.report()
+            await stop.wait()
+
+    async def _locate(self) -> IntegrityError | None:
+        """The scrub's finding, if one pass now finds anything."""
+        try:
+            await scrub_pass(self.scrub_target())
+        except IntegrityError as e:
+            return e
+        except StoreError as e:
+            log.warning("scrub_failed", error=str(e))
+        return None
+
+    async def _scrub_at_start(self) -> None:
+        try:
+            events, seconds = await scrub_pass(self.scrub_target())
+        except IntegrityError:
+            raise
+        except StoreError as e:
+            # Not a finding: the pass could not run (the database out of reach, say).
+            log.warning("scrub_failed", error=str(e), at="start", retry_in_s=self.config.scrub_interval)
+            return
+        log.info("scrub_passed", events=events, seconds=round(seconds, 2), at="start")
+
+    def scrub_target(self) -> ScrubTarget:
+        """What the scrub reads: this daemon's log, tree, key and witness file."""
+        return ScrubTarget(self.store_config.url, self.tree.path, self.signer.vkey, self.witness)
 
     async def final_checkpoint(self) -> Checkpoint | None:
         """Sign the log as it stands now (shutdown, after the runs); None when nothing is new."""
+        if not self.health.ok:
+            return None
         return await final_checkpoint(
             self.store, self.tree, self.signer, origin=self.config.origin, witness=self.witness
         )
@@ -119,6 +218,23 @@ async def open_integrity(
     config: IntegrityConfig, store_config: StoreConfig, store: EventStore, node: str = ""
 ) -> AsyncIterator[Integrity]:
     """Open the tree and load (or make) the key; close the tree on exit."""
-    signer = await anyio.to_thread.run_sync(load_signer, config.key_path(store_config), config.name)
+    await set_aside_foreign_state(
+        store,
+        config.tree_path(store_config),
+        [config.witness_path(store_config), config.state_dir(store_config) / ORIGIN_FILE],
+    )
+    config = await resolve_origin(config, config.state_dir(store_config), store, store_url=store_config.url)
+    key_file = config.key_path(store_config)
+    key_used_before = await anyio.Path(key_file).exists()
+    signer = await anyio.to_thread.run_sync(load_signer, key_file, config.name)
     async with MerkleTree(config.tree_path(store_config)) as tree:
-        yield Integrity(config, store, tree, signer, config.witness_path(store_config), node)
+        yield Integrity(
+            config,
+            store,
+            tree,
+            signer,
+            config.witness_path(store_config),
+            node,
+            store_config,
+            key_used_before=key_used_before,
+        )

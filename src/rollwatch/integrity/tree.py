@@ -54,7 +54,7 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 from rollwatch._sqlite import ThreadConnection
 from rollwatch.abc import EventStore
 from rollwatch.errors import IntegrityError, InvalidProof, StoreError
-from rollwatch.events import CheckpointSigned, Recorded
+from rollwatch.events import GENESIS, CheckpointSigned, Recorded
 from rollwatch.integrity.merkle import (
     HASH_SIZE,
     Node,
@@ -91,6 +91,8 @@ CREATE TABLE IF NOT EXISTS tree_state (
 );
 -- k = level << 40 | (index / 64), hashes = 32 bytes per node from index 64·(k & (2^40 - 1)) on
 CREATE TABLE IF NOT EXISTS tree_strips (k INTEGER PRIMARY KEY, hashes BLOB NOT NULL);
+-- which log this tree is of: the chain hash of its event 1
+CREATE TABLE IF NOT EXISTS tree_log (id INTEGER PRIMARY KEY CHECK (id = 1), first_hash TEXT NOT NULL);
 -- every CheckpointSigned event of the log, as absorbed
 CREATE TABLE IF NOT EXISTS tree_checkpoints (
     seq INTEGER PRIMARY KEY, size INTEGER NOT NULL, root TEXT NOT NULL, note TEXT NOT NULL
@@ -102,7 +104,7 @@ _COLUMNS = "seq, id, stream, version, type, schema, at, data, hash"
 # Everything as bytes (no UTF-8 decoding into str), and the data of checkpoint events.
 _FILE_PAGE = f"""
 SELECT seq, CAST(at AS BLOB), CAST(id AS BLOB), CAST(stream AS BLOB), CAST(type AS BLOB), schema,
-       CAST(data AS BLOB), CASE WHEN type = '{CheckpointSigned.TYPE}' THEN data END
+       CAST(data AS BLOB), CASE WHEN type = '{CheckpointSigned.TYPE}' THEN data END, hash
 FROM events WHERE seq > ? AND seq <= ? ORDER BY seq
 """
 # A string goes into canonical JSON as is when it is ASCII from this set (the fast
@@ -150,8 +152,11 @@ class _FileReader:
         row = self.db().execute("SELECT hash FROM events WHERE seq = ?", (seq,)).fetchone()
         return None if row is None else str(row[0])
 
-    def page(self, after: int, upto: int) -> tuple[list[int], list[bytes], str, list[tuple[int, str]]]:
-        """Events ``after < seq <= upto``: (seqs, leaf hashes, chain hash of the last, checkpoint data)."""
+    def page(
+        self, after: int, upto: int, prev: bytes | None = None
+    ) -> tuple[list[int], list[bytes], str, list[tuple[int, str]], int | None]:
+        """Events ``after < seq <= upto``: (seqs, leaf hashes, chain hash of the last, checkpoint data,
+        the first seq whose chain hash does not follow from ``prev`` and its content, if any)."""
         db = self.db()
         db.execute("BEGIN")
         try:
@@ -162,25 +167,40 @@ class _FileReader:
                 else None
             )
             seqs, leaves, cps, slow = [], [], [], []
+            canon: list[bytes] = []
             new = _LEAF_PREFIX.copy
             plain = _PLAIN.fullmatch
-            for i, (seq, at, eid, stream, typ, schema, data, cp) in enumerate(rows):
+            for i, (seq, at, eid, stream, typ, schema, data, cp, _) in enumerate(rows):
                 seqs.append(seq)
                 h = new()
                 if plain(at + eid + stream + typ):
-                    h.update(_CANONICAL % (at, data, eid, schema, seq, stream, typ))
+                    c = _CANONICAL % (at, data, eid, schema, seq, stream, typ)
+                    h.update(c)
                     leaves.append(h.digest())
+                    canon.append(c)
                 else:
                     leaves.append(b"")
+                    canon.append(b"")
                     slow.append(i)
                 if cp is not None:
                     cps.append((seq, cp))
             for i in slow:
                 rec = db.execute(f"SELECT {_COLUMNS} FROM events WHERE seq = ?", (seqs[i],)).fetchone()
-                leaves[i] = leaf_hash(tuple.__new__(Recorded, rec).canonical())
+                canon[i] = tuple.__new__(Recorded, rec).canonical()
+                leaves[i] = leaf_hash(canon[i])
+            bad = None
+            if prev is not None:
+                # Each new event is checked as it is absorbed: its chain hash must
+                # follow from the one before, so a row slipped in with a made-up hash
+                # (the append-only triggers dropped) never enters the tree.
+                for seq, c, row in zip(seqs, canon, rows, strict=True):
+                    if hashlib.sha256(prev + c).hexdigest() != row[8]:
+                        bad = seq
+                        break
+                    prev = bytes.fromhex(row[8])
         finally:
             db.execute("COMMIT")
-        return seqs, leaves, "" if last is None else str(last[0]), cps
+        return seqs, leaves, "" if last is None else str(last[0]), cps, bad
 
 
 def _key(level: int, index: int) -> int:
@@ -204,17 +224,32 @@ class MerkleTree:
     rows only ever grow, and a read takes one snapshot.
     """
 
-    def __init__(self, path: Path | str, *, batch: int = 2000) -> None:
+    def __init__(self, path: Path | str, *, batch: int = 2000, read_only: bool = False) -> None:
         self.path = Path(path)
         self.batch = batch
+        self.read_only = read_only
+        """Read an existing file only (checks): nothing is created, nothing absorbed."""
         self.size = 0
         """The size as of this process's last catch-up or read."""
         self._w: ThreadConnection | None = None
         self._r: ThreadConnection | None = None
         self._files: dict[Path, _FileReader] = {}
         self._lock = anyio.Lock()
+        self._identified = False
 
     async def __aenter__(self) -> MerkleTree:
+        if self.read_only:
+            if not await anyio.Path(self.path).is_file():
+                raise StoreError(f"there is no Merkle tree at {self.path}")
+            try:
+                self._r = await ThreadConnection.open(
+                    self.path, ("PRAGMA query_only=1", "PRAGMA busy_timeout=30000")
+                )
+                self.size, _ = await self._state()
+            except sqlite3.Error as e:
+                await self.__aexit__()
+                raise StoreError(f"cannot read the Merkle tree {self.path}: {e}") from e
+            return self
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self._w = await ThreadConnection.open(self.path, _PRAGMAS)
@@ -232,7 +267,7 @@ class MerkleTree:
             for f in files:
                 f.close()
 
-        if self._w is not None:
+        if self._w is not None and files:
             await self._w.run(close_files)
         for db in (self._w, self._r):
             if db is not None:
@@ -265,6 +300,7 @@ class MerkleTree:
 
     @staticmethod
     def _clear(db: sqlite3.Connection) -> None:
+        db.execute("DELETE FROM tree_log")
         db.execute("DELETE FROM tree_strips")
         db.execute("DELETE FROM tree_checkpoints")
         db.execute("INSERT OR REPLACE INTO tree_state VALUES (1, ?, 0, '')", (FORMAT,))
@@ -284,6 +320,7 @@ class MerkleTree:
         async with self._lock:
             await self._conn().run(clear)
             self.size = 0
+            self._identified = False
 
     # -- catching up with the log -------------------------------------------------------------
 
@@ -334,8 +371,24 @@ class MerkleTree:
                             progress(size, head)
                 # On a restart another process absorbed some of these first: go on from its size.
                 self.size = size
+                if size and not self._identified:
+                    await self._record_identity(store, file)
                 if not restart:
                     return size
+
+    async def _record_identity(self, store: EventStore | SQLiteLogFile, file: _FileReader | None) -> None:
+        """Remember which log this tree is of (the hash of its event 1), once."""
+        first = await _first_hash(store, file, self._conn())
+        if first is not None:
+            await self._conn().run(
+                lambda db: db.execute("INSERT OR IGNORE INTO tree_log VALUES (1, ?)", (first,))
+            )
+            self._identified = True
+
+    async def first_hash(self) -> str | None:
+        """The chain hash of event 1 of the log this tree was built from (None if not known)."""
+        rows = await self._conn(reader=True).fetchall("SELECT first_hash FROM tree_log")
+        return str(rows[0][0]) if rows else None
 
     def _file_reader(self, store: EventStore | SQLiteLogFile) -> _FileReader | None:
         from rollwatch.store.sqlite import SQLiteEventStore
@@ -354,7 +407,8 @@ class MerkleTree:
         return await store.head()
 
     def _fail(self, seq: int, reason: str) -> IntegrityError:
-        log.error("merkle_tree_log_mismatch", seq=seq, reason=reason, tree=str(self.path))
+        # A warning: whoever runs the tree reports the finding (the daemon as one ERROR, log_tampered).
+        log.warning("merkle_tree_log_mismatch", seq=seq, reason=reason, tree=str(self.path))
         return IntegrityError(seq, reason)
 
     async def _check_tail(
@@ -480,7 +534,8 @@ class MerkleTree:
             raise failure
 
     def _absorb_file(self, db: sqlite3.Connection, file: _FileReader, expected: int, upto: int) -> int:
-        seqs, leaves, last_hash, cps = file.page(expected, upto)
+        prev = _previous_hash(db, expected)
+        seqs, leaves, last_hash, cps, bad = file.page(expected, upto, prev)
         if not seqs:
             # upto never exceeds the head read before: those events must exist.
             raise self._fail(expected + 1, f"event {expected + 1} is missing from the log")
@@ -488,6 +543,8 @@ class MerkleTree:
         for i, seq in enumerate(seqs):
             if seq != first + i:
                 raise self._fail(first + i, f"event {first + i} is missing from the log (the next is {seq})")
+        if bad is not None and first == expected + 1:
+            raise self._fail(bad, "its hash does not match its content and the previous hash")
         rows = [(seq, *_checkpoint_fields(json.loads(data))) for seq, data in cps]
         return self._write_batch(db, expected, first, leaves, last_hash, rows)
 
@@ -498,7 +555,15 @@ class MerkleTree:
                 raise self._fail(
                     first + i, f"event {first + i} is missing from the log (the next is {ev.seq})"
                 )
-        leaves = [leaf_hash(ev.canonical()) for ev in events]
+        prev = _previous_hash(db, expected) if first == expected + 1 else None
+        leaves = []
+        for ev in events:
+            canonical = ev.canonical()
+            leaves.append(leaf_hash(canonical))
+            if prev is not None:
+                if hashlib.sha256(prev + canonical).hexdigest() != ev.hash:
+                    raise self._fail(ev.seq, "its hash does not match its content and the previous hash")
+                prev = bytes.fromhex(ev.hash)
         cps = [(ev.seq, *_checkpoint_fields(ev.data)) for ev in events if ev.type == CheckpointSigned.TYPE]
         return self._write_batch(db, expected, first, leaves, events[-1].hash, cps)
 
@@ -680,6 +745,42 @@ class MerkleTree:
             "SELECT COUNT(*) FROM tree_checkpoints WHERE seq > ? AND seq <= ?", (lo, hi)
         )
         return int(rows[0][0])
+
+
+async def _first_hash(
+    store: EventStore | SQLiteLogFile, file: _FileReader | None, conn: ThreadConnection
+) -> str | None:
+    if file is not None:
+        return await conn.run(lambda _: file.hash_at(1))
+    assert isinstance(store, EventStore)
+    async for page in store.read_batches(until=1, batch=1):
+        return page[0].hash if page[0].seq == 1 else None
+    return None
+
+
+def recorded_first_hash(tree_file: Path) -> str | None:
+    """The event-1 hash a tree file records, read without opening it for writing (None: no file, or not recorded)."""
+    if not tree_file.is_file():
+        return None
+    try:
+        con = sqlite3.connect(f"file:{tree_file}?mode=ro", uri=True)
+        try:
+            row = con.execute("SELECT first_hash FROM tree_log").fetchone()
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return None
+    return None if row is None else str(row[0])
+
+
+def _previous_hash(db: sqlite3.Connection, size: int) -> bytes | None:
+    """The chain hash new events continue from (None when the tree does not know it)."""
+    if size == 0:
+        return GENESIS
+    row = db.execute("SELECT size, last_hash FROM tree_state").fetchone()
+    if row is None or row[0] != size or not row[1]:
+        return None
+    return bytes.fromhex(row[1])
 
 
 def _checkpoint_fields(d: dict[str, Any]) -> tuple[int, str, str]:

@@ -19,18 +19,27 @@ Reads the log twice, in batches (memory stays flat whatever its size): first the
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anyio
 
 from rollwatch.abc import EventStore
-from rollwatch.errors import IntegrityError, InvalidNote
-from rollwatch.events import CheckpointSigned, Recorded
+from rollwatch.errors import IntegrityError, InvalidNote, UsageError
+from rollwatch.events import GENESIS, CheckpointSigned, Recorded, chain_hash
 from rollwatch.integrity.checkpoint import NoteVerifier, b64, unb64
 from rollwatch.integrity.merkle import EMPTY_ROOT, CompactRange, leaf_hash, verify_consistency
 from rollwatch.integrity.tree import MerkleTree
+from rollwatch.log import get_logger
+
+log = get_logger(__name__)
+
+if TYPE_CHECKING:
+    from rollwatch.config import IntegrityConfig, StoreConfig
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +61,31 @@ class _Claim:
     seq: int
     size: int
     root: bytes
+    where: str = ""
+    """Empty for the log's own CheckpointSigned events; else where the checkpoint was kept."""
+
+
+@dataclass(frozen=True, slots=True)
+class KeptCheckpoint:
+    """A signed checkpoint kept outside the log: the witness file, or one someone saved."""
+
+    where: str
+    note: str
+
+
+def _kept_claim(kept: KeptCheckpoint, verifier: NoteVerifier | None) -> _Claim:
+    """The size and root a kept note signs; an unreadable or wrongly signed one is tampering."""
+    from rollwatch.integrity.checkpoint import Checkpoint, split_note
+
+    try:
+        cp = (
+            verifier.open_checkpoint(kept.note)
+            if verifier is not None
+            else Checkpoint.parse(split_note(kept.note)[0])
+        )
+    except InvalidNote as e:
+        raise IntegrityError(0, f"{kept.where} does not hold a valid checkpoint of this log: {e}") from None
+    return _Claim(0, cp.size, cp.root, kept.where)
 
 
 def _claim(seq: int, data: dict[str, object], verifier: NoteVerifier | None) -> tuple[_Claim, bool]:
@@ -78,8 +112,18 @@ async def check_log_tree(
     vkey: str | None = None,
     tree: MerkleTree | None = None,
     progress: Callable[[int], None] | None = None,
+    chain: bool = False,
+    pace: Callable[[], Awaitable[None]] | None = None,
+    kept: Sequence[KeptCheckpoint] = (),
 ) -> TreeReport:
-    """Check every checkpoint against the log (and ``tree`` against the log); raise IntegrityError naming the seq."""
+    """Check every checkpoint against the log (and ``tree`` against the log); raise IntegrityError naming the seq.
+
+    ``chain``: check every event's chain hash in the same pass. ``kept``: checkpoints
+    kept outside the log (the witness file, one a user saved), each of which the log
+    must still contain: a log now shorter than one, or whose first ``size`` events
+    hash to another root (a fork, a rewrite), fails. ``pace`` is awaited after each
+    page (the scrub yields the cores there).
+    """
     verifier = NoteVerifier.from_vkey(vkey) if vkey else None
     claims: list[_Claim] = []
     signatures = 0
@@ -88,8 +132,9 @@ async def check_log_tree(
             claim, signed = _claim(ev.seq, ev.data, verifier)
             claims.append(claim)
             signatures += signed
+    outside = [_kept_claim(k, verifier) for k in kept]
     by_size: dict[int, list[_Claim]] = {}
-    for c in claims:
+    for c in [*claims, *outside]:
         by_size.setdefault(c.size, []).append(c)
 
     stored = await tree.current_size() if tree is not None else 0
@@ -100,6 +145,13 @@ async def check_log_tree(
     def check_root(size: int, root: bytes) -> None:
         nonlocal holds
         for c in by_size.get(size, ()):
+            if c.root != root and c.where:
+                raise IntegrityError(
+                    holds + 1,
+                    f"{c.where} signed root {b64(c.root)} for the first {size} events, but the log's first "
+                    f"{size} events now hash to {b64(root)}: the log was forked or rewritten at or after seq "
+                    f"{holds + 1} (the last checkpoint that still holds signs {holds} events)",
+                )
             if c.root != root:
                 raise IntegrityError(
                     c.seq,
@@ -110,31 +162,43 @@ async def check_log_tree(
             holds = max(holds, size)
 
     check_root(0, EMPTY_ROOT)
+    prev = GENESIS
     async for page in store.read_batches(batch=5000):
-        leaves = await anyio.to_thread.run_sync(_leaf_hashes, page)
+        # In this order, so that each fault is named for what it is: a deleted row as
+        # missing (not as the next event's wrong hash), a rewrite as a changed event.
+        for i, ev in enumerate(page, start=cr.size + 1):
+            if ev.seq != i:
+                raise IntegrityError(i, f"event {i} is missing (the next stored is {ev.seq})")
+        leaves, prev, bad = await anyio.to_thread.run_sync(_leaf_hashes, page, prev if chain else None)
         if page[0].seq <= stored:
-            kept = await tree.leaf_hashes(page[0].seq - 1, page[-1].seq) if tree is not None else []
-            for ev, leaf, old in zip(page, leaves, kept, strict=False):
+            absorbed = await tree.leaf_hashes(page[0].seq - 1, page[-1].seq) if tree is not None else []
+            for ev, leaf, old in zip(page, leaves, absorbed, strict=False):
                 if leaf != old:
                     raise IntegrityError(
                         ev.seq,
                         "its content differs from what the Merkle tree absorbed when it was appended: "
                         "the event was changed since",
                     )
-            compared += len(kept)
-        for ev, leaf in zip(page, leaves, strict=True):
-            if ev.seq != cr.size + 1:
-                raise IntegrityError(
-                    cr.size + 1, f"event {cr.size + 1} is missing (the next stored is {ev.seq})"
-                )
+            compared += len(absorbed)
+        if bad is not None:
+            raise IntegrityError(bad, "its hash does not match its content and the previous hash")
+        for leaf in leaves:
             cr.append(leaf)
             if cr.size in by_size:
                 check_root(cr.size, cr.root())
         if progress is not None:
             progress(page[-1].seq)
+        if pace is not None:
+            await pace()
     for c in claims:
         if c.size > cr.size:
             raise IntegrityError(c.seq, f"it signs {c.size} events but the log holds {cr.size}")
+    for c in outside:
+        if c.size > cr.size:
+            raise IntegrityError(
+                cr.size + 1,
+                f"{c.where} signed a tree of {c.size} events but the log holds only {cr.size}: events were removed",
+            )
 
     if tree is not None:
         await _check_stored_tree(tree, stored, cr, claims)
@@ -147,8 +211,22 @@ async def check_log_tree(
     )
 
 
-def _leaf_hashes(page: list[Recorded]) -> list[bytes]:
-    return [leaf_hash(ev.canonical()) for ev in page]
+def _leaf_hashes(page: list[Recorded], prev: bytes | None) -> tuple[list[bytes], bytes, int | None]:
+    """The leaf hash of every event, and (given the hash before the page) the chain check:
+    (leaves, the last hash, the first seq whose chain hash is wrong or None)."""
+    if prev is None:
+        return [leaf_hash(ev.canonical()) for ev in page], b"", None
+    leaves = []
+    bad = None
+    for ev in page:
+        canonical = ev.canonical()
+        leaves.append(leaf_hash(canonical))
+        if bad is None:
+            h = chain_hash(prev, canonical)
+            if h.hex() != ev.hash:
+                bad = ev.seq
+            prev = bytes.fromhex(ev.hash) if bad is None else prev
+    return leaves, prev, bad
 
 
 async def _check_stored_tree(tree: MerkleTree, stored: int, cr: CompactRange, claims: list[_Claim]) -> None:
@@ -168,3 +246,61 @@ async def _check_stored_tree(tree: MerkleTree, stored: int, cr: CompactRange, cl
             raise IntegrityError(
                 b.seq, f"no consistency proof links its checkpoint (size {b.size}) to the one at seq {a.seq}"
             )
+
+
+def load_kept_checkpoint(path: Path) -> KeptCheckpoint:
+    """A checkpoint someone kept: a signed note, or the JSON file ``rollwatch audit --keep`` writes.
+
+    Raises :class:`UsageError` when the file cannot be read as either.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"--checkpoint {path}: cannot read it: {e}") from None
+    if text.lstrip().startswith("{"):
+        try:
+            note = json.loads(text)["checkpoint"]
+        except (ValueError, KeyError, TypeError):
+            raise UsageError(f"--checkpoint {path}: JSON without a 'checkpoint' note") from None
+        if not isinstance(note, str):
+            raise UsageError(f"--checkpoint {path}: its 'checkpoint' is not a note")
+        text = note
+    return KeptCheckpoint(f"the checkpoint kept in {path}", text)
+
+
+async def verify_state(
+    store: EventStore,
+    integrity: IntegrityConfig,
+    store_config: StoreConfig,
+    *,
+    checkpoint: Path | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> TreeReport:
+    """``rollwatch verify``'s tree part: every checkpoint in the log, the stored tree, the
+    witness file and ``checkpoint`` (one someone kept), all against the log.
+
+    Uses the configured key when it exists (never creates one) and opens the tree
+    read-only when it exists; raises :class:`IntegrityError` naming the seq at fault.
+    """
+    from rollwatch.integrity.identity import foreign_tree, resolve_origin
+
+    integrity = await resolve_origin(
+        integrity, integrity.state_dir(store_config), store, create=False, store_url=store_config.url
+    )
+    from rollwatch.integrity.keys import existing_signer
+    from rollwatch.integrity.scrub import read_kept
+
+    signer = await anyio.to_thread.run_sync(existing_signer, integrity.key_path(store_config), integrity.name)
+    vkey = signer.vkey if signer is not None else None
+    path = integrity.tree_path(store_config)
+    foreign = await foreign_tree(store, path)
+    kept = [] if foreign else await anyio.to_thread.run_sync(read_kept, integrity.witness_path(store_config))
+    if foreign:
+        # Another log's state is no evidence about this one (the daemon sets it aside).
+        log.warning("state_of_another_log_ignored", tree=str(path), its_log_first_hash=foreign)
+    if checkpoint is not None:
+        kept.append(await anyio.to_thread.run_sync(load_kept_checkpoint, checkpoint))
+    if foreign or not await anyio.Path(path).exists():
+        return await check_log_tree(store, vkey=vkey, progress=progress, kept=kept)
+    async with MerkleTree(path, read_only=True) as tree:
+        return await check_log_tree(store, vkey=vkey, tree=tree, progress=progress, kept=kept)

@@ -32,6 +32,7 @@ from rollwatch.events import (
     parse_rfc3339,
     rollout_stream,
 )
+from rollwatch.integrity.health import Health
 from rollwatch.log import get_logger
 from rollwatch.projections import ProjectionDB
 
@@ -141,6 +142,7 @@ async def release_job(
     *,
     interval: float = 1.0,
     stop_event: anyio.Event | None = None,
+    health: Health | None = None,
     task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Release due results every ``interval`` seconds (sooner when one falls due sooner).
@@ -148,10 +150,19 @@ async def release_job(
     Runs until cancelled or until ``stop_event`` is set. An error in one pass is logged
     and the next pass tries again: the job never gives up while the daemon runs.
     Reports started at once (``await tg.start(...)``); its first pass is the catch-up
-    after downtime.
+    after downtime. Once ``health`` is not ok (the log was found tampered with),
+    nothing more is released: a release would publish a result the log may no
+    longer hold as it was scored.
     """
     task_status.started()
     while stop_event is None or not stop_event.is_set():
+        if health is not None and not health.ok:
+            log.warning("release_withheld", reason="the log was found tampered with")
+            if stop_event is not None:
+                await stop_event.wait()
+            else:
+                await anyio.sleep_forever()
+            return
         try:
             await release_due(store, pdb)
             due = await _next_due(pdb)

@@ -6,13 +6,16 @@ from rollwatch.abc import EventStore
 from rollwatch.config import StoreConfig
 
 
-def open_store(config: StoreConfig) -> EventStore:
-    """An (unopened) event store for ``config.url``; use it with ``async with``."""
+def open_store(config: StoreConfig, *, read_only: bool = False) -> EventStore:
+    """An (unopened) event store for ``config.url``; use it with ``async with``.
+
+    ``read_only``: a SQLite log must exist (nothing is created) and ``append`` refuses.
+    """
     path = config.sqlite_path
     if path is not None:
         from rollwatch.store.sqlite import SQLiteEventStore
 
-        return SQLiteEventStore(path)
+        return SQLiteEventStore(path, read_only=read_only)
     from rollwatch.store.postgres import PostgresEventStore
 
     return PostgresEventStore(config.url, retry_for=config.retry)

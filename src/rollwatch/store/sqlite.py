@@ -67,6 +67,8 @@ PRAGMAS = (
     "PRAGMA cache_size=-65536",
 )
 
+READ_ONLY_PRAGMAS = ("PRAGMA query_only=1", "PRAGMA busy_timeout=30000", "PRAGMA cache_size=-65536")
+
 _COLUMNS = "seq, id, stream, version, type, schema, at, data, hash"
 _INSERT_ONE = f"INSERT INTO events ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)"
 _CHUNK = 250  # rows per INSERT statement (9 parameters each; SQLite allows 32,766)
@@ -91,9 +93,11 @@ def _insert(db: sqlite3.Connection, rows: list[Recorded]) -> None:
 class SQLiteEventStore(EventStore):
     """The SQLite implementation of :class:`rollwatch.abc.EventStore`."""
 
-    def __init__(self, path: Path | str) -> None:
+    def __init__(self, path: Path | str, *, read_only: bool = False) -> None:
         super().__init__()
         self.path = Path(path)
+        self.read_only = read_only
+        """Open an existing file for reading only: nothing is created, ``append`` refuses."""
         self._writer_db: ThreadConnection | None = None
         self._reader_db: ThreadConnection | None = None
         self._writer = GroupCommitter(self._commit, lambda: self.append_observer)
@@ -105,6 +109,9 @@ class SQLiteEventStore(EventStore):
         self._versions_at = -1
 
     async def _open(self, stack: AsyncExitStack) -> None:
+        if self.read_only:
+            await self._open_read_only(stack)
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self._writer_db = await ThreadConnection.open(self.path, PRAGMAS)
@@ -120,11 +127,26 @@ class SQLiteEventStore(EventStore):
         stack.callback(self._writer.close)
         await tg.start(self._writer.run)
 
+    async def _open_read_only(self, stack: AsyncExitStack) -> None:
+        # sqlite3 would create a missing file: a check of a mistyped path must not
+        # leave an empty log behind (and report "ok: 0 events").
+        if not await anyio.Path(self.path).is_file():
+            raise StoreError(f"there is no event log at {self.path}")
+        try:
+            self._reader_db = await ThreadConnection.open(self.path, READ_ONLY_PRAGMAS)
+            stack.push_async_callback(self._reader_db.close)
+            await self._reader_db.fetchall("SELECT 1 FROM events LIMIT 1")
+        except sqlite3.Error as e:
+            raise StoreError(f"cannot read the event log {self.path}: {e}") from e
+        self._head = await self.head()
+
     # -- writing ----------------------------------------------------------------------
 
     async def append(
         self, stream: str, events: Sequence[Event], *, expected_version: int | None = None
     ) -> list[Recorded]:
+        if self.read_only:
+            raise StoreError(f"the event log {self.path} is open read-only")
         if not events:
             if not self._writer.open:
                 raise StoreError("the event store is not open (use it with `async with`)")

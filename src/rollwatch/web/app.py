@@ -7,7 +7,7 @@ every error answer the body of :mod:`rollwatch.web.errors`.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -19,6 +19,9 @@ from rollwatch.log import get_logger
 from rollwatch.metrics import Metrics
 from rollwatch.web.access import Operators
 from rollwatch.web.errors import EXCEPTION_HANDLERS
+
+if TYPE_CHECKING:
+    from rollwatch.integrity.health import Health
 
 access = get_logger("rollwatch.access")
 
@@ -57,16 +60,23 @@ class AccessLog:
 
 
 def build_app(
-    metrics: Metrics, extra_routes: list[Route] | None = None, *, operators: Operators | None = None
+    metrics: Metrics,
+    extra_routes: list[Route] | None = None,
+    *,
+    operators: Operators | None = None,
+    health: Health | None = None,
 ) -> ASGIApp:
     """The app with /healthz and /metrics, plus any routes the daemon adds.
 
     ``/metrics`` shows the figures that reveal results (pass counts) only to the
     operator, as ``operators`` decides (default: loopback peers, no ``ops`` keys).
+    ``health``: /healthz answers 503 with its reasons once it is not ok.
     """
     gate = operators or Operators()
 
     async def healthz(_: Request) -> Response:
+        if health is not None and not health.ok:
+            return JSONResponse(health.as_json(), status_code=503)
         return JSONResponse({"status": "ok"})
 
     async def metrics_route(request: Request) -> Response:

@@ -1,0 +1,156 @@
+"""Which log derived state belongs to: the chain hash of the log's event 1.
+
+The Merkle tree records the hash of event 1 of the log it was built from. State
+found next to a log but recording another log's event 1 (a folder reused for
+another database, a test run from a folder holding another log's ``var/``) is not
+evidence about this log: the daemon sets it aside (renamed, never deleted) with one
+WARNING and rebuilds, and ``rollwatch verify`` leaves it out. State that records
+this log's event 1 and disagrees with the log is tampering, and is reported as such.
+
+A log replaced wholesale (a new event 1) under a key that has signed before still
+meets the signer's rule: no checkpoint of it exists anywhere, so nothing is signed
+(see :class:`rollwatch.integrity.checkpointer.Checkpointer`).
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import anyio
+
+from rollwatch.abc import EventStore
+from rollwatch.integrity.tree import recorded_first_hash
+from rollwatch.log import get_logger
+
+if TYPE_CHECKING:
+    from rollwatch.config import IntegrityConfig
+
+log = get_logger(__name__)
+
+
+async def first_hash(store: EventStore) -> str | None:
+    """The chain hash of the log's event 1 (None while the log is empty or lacks it)."""
+    async for page in store.read_batches(until=1, batch=1):
+        return page[0].hash if page[0].seq == 1 else None
+    return None
+
+
+async def foreign_tree(store: EventStore, tree: Path) -> str | None:
+    """The event-1 hash ``tree`` records when it is another log's (else None)."""
+    recorded = await anyio.to_thread.run_sync(recorded_first_hash, tree)
+    if recorded is None:
+        return None
+    ours = await first_hash(store)
+    return recorded if ours is not None and ours != recorded else None
+
+
+def _set_aside(paths: list[Path], tag: str) -> list[str]:
+    moved = []
+    for p in paths:
+        if p.exists():
+            target = p.with_name(f"{p.name}.of-log-{tag}")
+            p.replace(target)
+            moved.append(str(target))
+    return moved
+
+
+async def set_aside_foreign_state(store: EventStore, tree: Path, others: list[Path]) -> bool:
+    """Move the tree and ``others`` (the witness file, the origin file) away when the tree is another log's; True if it was.
+
+    Call before the tree is opened. Logs one WARNING naming both logs and where the
+    files went.
+    """
+    recorded = await foreign_tree(store, tree)
+    if recorded is None:
+        return False
+    paths = [tree, tree.with_name(tree.name + "-wal"), tree.with_name(tree.name + "-shm"), *others]
+    moved = await anyio.to_thread.run_sync(_set_aside, paths, recorded[:16])
+    log.warning(
+        "state_of_another_log_set_aside",
+        tree=str(tree),
+        its_log_first_hash=recorded,
+        this_log_first_hash=await first_hash(store),
+        moved_to=moved,
+        action="rebuilding the tree from this log",
+    )
+    return True
+
+
+ORIGIN_FILE = "origin"
+
+
+def _fresh_origin() -> str:
+    host = re.sub(r"[^A-Za-z0-9.-]", "-", socket.gethostname()) or "rollwatch"
+    return f"{host}/rollwatch-{uuid.uuid4().hex[:12]}"
+
+
+async def _origin_in_log(store: EventStore) -> str | None:
+    """The origin of the latest checkpoint the log records (a deployment older than the origin file)."""
+    from rollwatch.errors import InvalidNote
+    from rollwatch.events import CheckpointSigned
+    from rollwatch.integrity.checkpoint import Checkpoint, split_note
+
+    last: str | None = None
+    async for page in store.read_batches(types=[CheckpointSigned.TYPE], batch=1000):
+        note = page[-1].data.get("note")
+        last = note if isinstance(note, str) else last
+    if last is None:
+        return None
+    try:
+        return Checkpoint.parse(split_note(last)[0]).origin
+    except InvalidNote:
+        return None
+
+
+def _database_origin(url: str) -> str:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    name = f"{parts.hostname or 'localhost'}/{parts.path.strip('/') or 'postgres'}/rollwatch"
+    return re.sub(r"[^A-Za-z0-9./_-]", "-", name)
+
+
+async def resolve_origin(
+    config: IntegrityConfig,
+    state_dir: Path,
+    store: EventStore,
+    *,
+    create: bool = True,
+    store_url: str | None = None,
+) -> IntegrityConfig:
+    """``config`` with the origin this log is signed under.
+
+    A configured ``origin`` is used as it is. Otherwise the origin is the one kept in
+    ``<state dir>/origin``; a state without one adopts the origin of the log's latest
+    checkpoint, or else (a fresh log) gets ``HOST/rollwatch-RANDOM``, unique to this
+    log, and keeps it there (with ``create``): it never changes afterwards, so
+    deployments left at defaults no longer share the name ``rollwatch.example/log``.
+    A shared log (PostgreSQL, ``store_url``) is named by its checkpoints, else by
+    its database (``HOST/DATABASE/rollwatch``), the same for every node.
+    """
+    if "origin" in config.model_fields_set:
+        return config
+    if store.shared and store_url is not None:
+        # Every node of a shared log must sign under one name, whichever leads: the
+        # log's own (its checkpoints', else one named after its database), not a
+        # name of each node's state.
+        shared = await _origin_in_log(store) or _database_origin(store_url)
+        return config.model_copy(update={"origin": shared})
+    path = state_dir / ORIGIN_FILE
+    origin: str | None = None
+    if await anyio.Path(path).is_file():
+        origin = (await anyio.Path(path).read_text(encoding="utf-8")).strip() or None
+    if origin is None:
+        origin = await _origin_in_log(store)
+        if origin is None and not create:
+            return config
+        origin = origin or _fresh_origin()
+        if create:
+            await anyio.Path(state_dir).mkdir(parents=True, exist_ok=True)
+            await anyio.Path(path).write_text(origin + "\n", encoding="utf-8")
+            log.info("log_origin_chosen", origin=origin, kept_in=str(path))
+    return config.model_copy(update={"origin": origin})

@@ -1,0 +1,169 @@
+"""The scrub: the daemon re-reads its whole stored log, again and again, at low priority.
+
+The tree's follower checks each new event as it is absorbed (it continues the chain
+from the last absorbed hash, and the seq after the last), but nothing else would ever
+read an old event again: a rewrite of event 12 a month later would stay unseen until
+someone ran ``rollwatch verify``. The scrub (as ZFS and Ceph scrub their disks) reads
+every event, every ``scrub_interval``, and checks in one pass:
+
+* no seq is missing, and each event's chain hash covers its content and the hash before;
+* each event's Merkle leaf is the leaf ``merkle.db`` absorbed when it was appended;
+* every ``CheckpointSigned`` event of the log, and the witness file, sign the root
+  the log's first ``size`` events hash to now, and the log is not shorter than any.
+
+A pass runs in a separate process (``python -m rollwatch.integrity.scrub``) at nice
+19, so that its hashing never takes the daemon's GIL, and paces itself: after each
+page of events it rests as long as the page took (:data:`DUTY` of one core at
+most), because nice alone does not keep a busy two-core machine's appends from
+slowing down (``bench/bench_scrub.py``). It opens the log and the tree read-only. A finding raises
+:class:`IntegrityError` in the daemon (see :meth:`rollwatch.integrity.service.Integrity.run`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import anyio
+
+from rollwatch.errors import IntegrityError, StoreError
+from rollwatch.integrity.verify import KeptCheckpoint, TreeReport, check_log_tree
+from rollwatch.log import configure_logging, get_logger
+
+if TYPE_CHECKING:
+    from rollwatch.config import StoreConfig
+
+log = get_logger(__name__)
+
+DUTY = 0.5
+"""The share of one core a pass may use: it rests (1/DUTY − 1) times as long as it works."""
+
+
+@dataclass(frozen=True, slots=True)
+class ScrubTarget:
+    """What one pass reads: the log (as configured), the tree file, the key, the witness file."""
+
+    store_url: str
+    tree: Path
+    vkey: str | None
+    witness: Path | None
+
+    def to_json(self) -> str:
+        """The pass's one argument."""
+        return json.dumps(
+            {
+                "store_url": self.store_url,
+                "tree": str(self.tree),
+                "vkey": self.vkey,
+                "witness": None if self.witness is None else str(self.witness),
+            }
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> ScrubTarget:
+        """The inverse of :meth:`to_json`."""
+        d = json.loads(text)
+        return cls(d["store_url"], Path(d["tree"]), d["vkey"], Path(d["witness"]) if d["witness"] else None)
+
+
+def read_kept(witness: Path | None) -> list[KeptCheckpoint]:
+    """The witness file's checkpoint, if there is one."""
+    if witness is None or not witness.is_file():
+        return []
+    return [KeptCheckpoint(f"the witness file {witness}", witness.read_text(encoding="utf-8"))]
+
+
+async def scrub_once(target: ScrubTarget, *, duty: float = 1.0) -> TreeReport:
+    """One full pass, in this process; raises :class:`IntegrityError` naming the first bad seq.
+
+    ``duty`` < 1: rest between pages so that the pass uses at most that share of a core.
+    """
+    from rollwatch.config import StoreConfig
+    from rollwatch.integrity.tree import MerkleTree
+    from rollwatch.store import open_store
+
+    kept = await anyio.to_thread.run_sync(read_kept, target.witness)
+    async with (
+        open_store(StoreConfig(url=target.store_url), read_only=True) as store,
+        MerkleTree(target.tree, read_only=True) as tree,
+    ):
+        last = time.monotonic()
+
+        async def pace() -> None:
+            nonlocal last
+            worked = time.monotonic() - last
+            await anyio.sleep(worked * (1 / duty - 1))
+            last = time.monotonic()
+
+        return await check_log_tree(
+            store, vkey=target.vkey, tree=tree, chain=True, kept=kept, pace=pace if duty < 1 else None
+        )
+
+
+async def scrub_pass(target: ScrubTarget) -> tuple[int, float]:
+    """One pass in a worker process at low priority: (events checked, seconds).
+
+    Raises :class:`IntegrityError` on a finding, :class:`StoreError` when the pass
+    could not run (the log out of reach, say).
+    """
+    started = time.monotonic()
+    cmd = [sys.executable, "-m", "rollwatch.integrity.scrub", target.to_json()]
+    result = await anyio.run_process(cmd, check=False, stderr=None)
+    lines = result.stdout.decode(errors="replace").strip().splitlines()
+    last = lines[-1] if lines else f"error the scrub exited with status {result.returncode}"
+    kind, _, rest = last.partition(" ")
+    if kind == "ok":
+        return int(rest), time.monotonic() - started
+    if kind == "integrity":
+        seq, _, reason = rest.partition(" ")
+        raise IntegrityError(int(seq), reason)
+    raise StoreError(f"the scrub could not run: {rest}")
+
+
+async def scrub_forever(target: ScrubTarget, interval: float, *, first_after: float = 0.0) -> None:
+    """A pass after ``first_after`` seconds, then one every ``interval`` (start to start); never returns.
+
+    Raises :class:`IntegrityError` on the first finding. A pass that cannot run is
+    logged and tried again at the next interval.
+    """
+    await anyio.sleep(first_after)
+    while True:
+        next_at = anyio.current_time() + interval
+        try:
+            events, seconds = await scrub_pass(target)
+            log.info("scrub_passed", events=events, seconds=round(seconds, 2), next_in_s=interval)
+        except StoreError as e:
+            if isinstance(e, IntegrityError):
+                raise
+            log.warning("scrub_failed", error=str(e), retry_in_s=interval)
+        await anyio.sleep(max(0.0, next_at - anyio.current_time()))
+
+
+def target_for(store_config: StoreConfig, tree: Path, vkey: str | None, witness: Path | None) -> ScrubTarget:
+    """The scrub target of a daemon's store, tree, key and witness file."""
+    return ScrubTarget(store_config.url, tree, vkey, witness)
+
+
+async def _main(arg: str) -> int:
+    # Background work: appends and the tree's follower go first.
+    os.nice(19)
+    try:
+        report = await scrub_once(ScrubTarget.from_json(arg), duty=DUTY)
+    except IntegrityError as e:
+        print(f"integrity {e.seq} {e.reason}", flush=True)
+        return 1
+    except Exception as e:
+        print(f"error {type(e).__name__}: {e}", flush=True)
+        return 2
+    print(f"ok {report.events}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    configure_logging(os.environ.get("ROLLWATCH_LOG_LEVEL", "info"))
+    sys.exit(anyio.run(_main, sys.argv[1]))

@@ -1,0 +1,407 @@
+"""Tampering with the log by someone who holds the database file, tried from outside.
+
+Every attack runs against a log a real ``rollwatch serve`` built and signed (events
+appended by another process, checkpoints every 5 events, the witness file), and is
+checked four ways: (a) the live daemon stops signing and ``/healthz`` says why within
+the scrub interval, and ``rollwatch audit --keep`` fails; (b) a restarted daemon
+refuses to start, naming the first bad seq; (c) ``rollwatch verify --checkpoint``
+exits 1 naming it. Real SQLite files, real subprocesses, real loopback HTTP.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+import httpx
+import pytest
+
+from rollwatch.events import GENESIS, canonical_bytes, chain_hash
+from rollwatch.store.sqlite import SQLiteEventStore
+from tests.helpers import rollwatch, write_config
+from tests.integrity.conftest import append_n, delete_events, rewrite_event
+
+EVENTS = 40
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _poll(pred: Callable[[], object], timeout: float, what: str) -> object:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = pred()
+        if got:
+            return got
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+@dataclass
+class Site:
+    """A served log's files and address."""
+
+    dir: Path
+    config: Path
+    url: str
+
+    @property
+    def db(self) -> Path:
+        return self.dir / "events.db"
+
+    def checkpoints(self) -> list[tuple[int, int]]:
+        """(seq, size) of every CheckpointSigned event in the log."""
+        con = sqlite3.connect(self.db)
+        try:
+            rows = con.execute("SELECT seq, data FROM events WHERE type = 'CheckpointSigned' ORDER BY seq")
+            return [(seq, json.loads(data)["size"]) for seq, data in rows]
+        finally:
+            con.close()
+
+    def head(self) -> int:
+        con = sqlite3.connect(self.db)
+        try:
+            return int(con.execute("SELECT MAX(seq) FROM events").fetchone()[0] or 0)
+        finally:
+            con.close()
+
+    def serve(self) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "rollwatch", "--config", str(self.config), "serve", "--grace", "2"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    def healthz(self) -> httpx.Response | None:
+        try:
+            return httpx.get(self.url + "/healthz", timeout=2)
+        except httpx.HTTPError:
+            return None
+
+
+def _stop(proc: subprocess.Popen[str]) -> str:
+    """SIGTERM, wait, and return its stderr."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        _, err = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, err = proc.communicate()
+    return err
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Iterator[tuple[Site, subprocess.Popen[str]]]:
+    """A daemon serving a log of 40 appended events, signed up to the last of them; a kept checkpoint and audit file."""
+    port = _free_port()
+    cfg = write_config(
+        tmp_path,
+        f'[server]\nlisten = "127.0.0.1:{port}"\n'
+        '[integrity]\norigin = "rollwatch.test/tamper"\ncheckpoint_every = 5\n'
+        'checkpoint_interval = "1s"\nscrub_interval = "500ms"\n',
+    )
+    s = Site(tmp_path, cfg, f"http://127.0.0.1:{port}")
+    proc = s.serve()
+    try:
+        _poll(lambda: (r := s.healthz()) is not None and r.status_code == 200, 60, "the daemon to serve")
+
+        async def fill() -> None:
+            async with SQLiteEventStore(s.db) as store:
+                await append_n(store, EVENTS)
+
+        anyio.run(fill)
+        _poll(lambda: any(size >= EVENTS for _, size in s.checkpoints()), 30, "a checkpoint of every event")
+        note = httpx.get(s.url + "/public/checkpoint").text
+        (tmp_path / "kept.note").write_text(note)
+        first = rollwatch("audit", "--url", s.url, "--keep", str(tmp_path / "audit.json"))
+        assert first.returncode == 0, first.stderr
+        yield s, proc
+    finally:
+        _stop(proc)
+
+
+# --- the attacks ---------------------------------------------------------------------------------
+
+
+def _sql(db: Path, *statements: tuple[str, tuple[object, ...]]) -> None:
+    con = sqlite3.connect(db, isolation_level=None)
+    try:
+        con.execute("DROP TRIGGER IF EXISTS events_no_update")
+        con.execute("DROP TRIGGER IF EXISTS events_no_delete")
+        con.execute("BEGIN IMMEDIATE")
+        for sql, args in statements:
+            con.execute(sql, args)
+        con.execute("COMMIT")
+    finally:
+        con.close()
+
+
+def _recompute_chain(db: Path) -> None:
+    """Recompute every hash, as an attacker hiding a change from the chain would."""
+    con = sqlite3.connect(db, isolation_level=None)
+    try:
+        prev = GENESIS
+        con.execute("BEGIN IMMEDIATE")
+        for seq, eid, stream, typ, schema, at, data in con.execute(
+            "SELECT seq, id, stream, type, schema, at, data FROM events ORDER BY seq"
+        ).fetchall():
+            prev = chain_hash(
+                prev,
+                canonical_bytes(
+                    seq=seq, id=eid, stream=stream, type=typ, schema=schema, at=at, data_json=data
+                ),
+            )
+            con.execute("UPDATE events SET hash = ? WHERE seq = ?", (prev.hex(), seq))
+        con.execute("COMMIT")
+    finally:
+        con.close()
+
+
+def _paused_from(site: Site, seq: int) -> int:
+    """The first appended (SchedulePaused) event at or after ``seq``: its data is ours to change."""
+    con = sqlite3.connect(site.db)
+    try:
+        row = con.execute(
+            "SELECT MIN(seq) FROM events WHERE seq >= ? AND type = 'SchedulePaused'", (seq,)
+        ).fetchone()
+        return int(row[0])
+    finally:
+        con.close()
+
+
+def rewrite_old(site: Site) -> int:
+    seq = _paused_from(site, 10)
+    rewrite_event(site.db, seq, '{"note":"","schedule":"rewritten"}')
+    return seq
+
+
+def delete_row(site: Site) -> int:
+    delete_events(site.db, "seq = 10")
+    return 10
+
+
+def swap_rows(site: Site) -> int:
+    _sql(
+        site.db,
+        ("UPDATE events SET seq = -1 WHERE seq = 10", ()),
+        ("UPDATE events SET seq = 10 WHERE seq = 11", ()),
+        ("UPDATE events SET seq = 11 WHERE seq = -1", ()),
+    )
+    return 10
+
+
+def flip_byte(site: Site) -> int:
+    # One byte of the data in the middle of the log (the JSON still valid), the chain left as it was.
+    seq = _paused_from(site, EVENTS // 2)
+    _sql(
+        site.db,
+        (
+            'UPDATE events SET data = replace(data, \'"schedule":"e\', \'"schedule":"f\') WHERE seq = ?',
+            (seq,),
+        ),
+    )
+    return seq
+
+
+def change_time(site: Site) -> int:
+    _sql(site.db, ("UPDATE events SET at = '2020-01-01T00:00:00.000000Z' WHERE seq = 12", ()))
+    _recompute_chain(site.db)
+    return 12
+
+
+def append_forged(site: Site) -> int:
+    head = site.head()
+    row = (
+        head + 1,
+        str(uuid.uuid4()),
+        "s-forged",
+        1,
+        "SchedulePaused",
+        1,
+        "2026-11-30T00:00:00.000000Z",
+        '{"note":"","schedule":"forged"}',
+        "ab" * 32,
+    )
+    _sql(site.db, ("INSERT INTO events VALUES (?,?,?,?,?,?,?,?,?)", row))
+    return head + 1
+
+
+def truncate_and_drop_tree(site: Site) -> int:
+    delete_events(site.db, "seq > 20")
+    (site.dir / "merkle.db").unlink()
+    return 21
+
+
+def new_history(site: Site) -> int:
+    """Truncate, delete the tree, the witness and the projections, and write a new history of 5 events."""
+    rows = []
+    prev = GENESIS
+    for seq in range(1, 6):
+        eid, stream, at, data = (
+            str(uuid.uuid4()),
+            f"s-new-{seq}",
+            "2026-11-30T00:00:00.000000Z",
+            (f'{{"note":"","schedule":"new{seq}"}}'),
+        )
+        prev = chain_hash(
+            prev,
+            canonical_bytes(
+                seq=seq, id=eid, stream=stream, type="SchedulePaused", schema=1, at=at, data_json=data
+            ),
+        )
+        rows.append((seq, eid, stream, 1, "SchedulePaused", 1, at, data, prev.hex()))
+    _sql(
+        site.db,
+        ("DELETE FROM events", ()),
+        *[("INSERT INTO events VALUES (?,?,?,?,?,?,?,?,?)", r) for r in rows],
+    )
+    for name in ("merkle.db", "checkpoint.last", "events.projections.db"):
+        (site.dir / name).unlink(missing_ok=True)
+    return 6
+
+
+ATTACKS = [
+    rewrite_old,
+    delete_row,
+    swap_rows,
+    flip_byte,
+    change_time,
+    append_forged,
+    truncate_and_drop_tree,
+    new_history,
+]
+
+
+# --- (a) the live daemon, and (d) the audit --------------------------------------------------------
+
+
+@pytest.mark.parametrize("attack", ATTACKS, ids=lambda a: a.__name__)
+def test_the_live_daemon_stops_signing_and_says_why(
+    site: tuple[Site, subprocess.Popen[str]], attack: Callable[[Site], int]
+) -> None:
+    """Within the scrub interval /healthz is 503 naming the first bad seq; no checkpoint is signed after
+    (not even at shutdown); what was public is still served; `audit --keep` fails; one ERROR is logged."""
+    s, proc = site
+    signed_before = s.checkpoints()
+    bad = attack(s)
+    r = _poll(
+        lambda: (h := s.healthz()) is not None and h.status_code == 503 and h, 20, "/healthz to turn 503"
+    )
+    assert isinstance(r, httpx.Response)
+    assert r.json()["status"] == "tampered"
+    # The tree follower or the signer may see it first (at the tail); a scrub pass
+    # then names the first bad seq.
+    r = _poll(
+        lambda: (h := s.healthz()) is not None and h.json().get("first_bad_seq") == bad and h,
+        20,
+        f"/healthz to name seq {bad}",
+    )
+    assert isinstance(r, httpx.Response)
+    body = r.json()
+    assert r.status_code == 503
+    assert any(f"seq {bad}:" in reason for reason in body["reasons"]), body
+    # What was public stays served.
+    assert httpx.get(s.url + "/public/checkpoint").status_code == 200
+    audit = rollwatch("audit", "--url", s.url, "--keep", str(s.dir / "audit.json"))
+    assert audit.returncode == 1
+    assert "FAILED health" in audit.stderr
+    assert f"seq {bad}" in audit.stderr
+
+    err = _stop(proc)
+    assert proc.returncode == 0, err
+    after = [c for c in s.checkpoints() if c not in signed_before]
+    assert after == [], "a checkpoint was signed after the log was changed"
+    errors = [line for line in err.splitlines() if "log_tampered" in line]
+    assert len(errors) == 1, err
+    assert json.loads(errors[0])["seq"] == bad
+    assert json.loads(errors[0])["level"] == "error"
+
+
+# --- (b) a restart ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("attack", ATTACKS, ids=lambda a: a.__name__)
+def test_a_restarted_daemon_refuses_naming_the_seq(
+    site: tuple[Site, subprocess.Popen[str]], attack: Callable[[Site], int]
+) -> None:
+    """Changed while the daemon was down: the next start refuses before appending anything, naming the first bad seq."""
+    s, proc = site
+    err = _stop(proc)
+    assert proc.returncode == 0, err
+    bad = attack(s)
+    if attack is new_history:
+        # Nothing local remembers the old history; the key does: a log with no
+        # checkpoint under a key used before is refused as a whole (seq 1).
+        bad = 1
+    head = s.head()
+    again = s.serve()
+    try:
+        again.wait(timeout=60)
+    finally:
+        err = _stop(again)
+    assert again.returncode == 1, err
+    assert f"integrity check failed at seq {bad}:" in err, err
+    assert s.head() == head, "something was appended to the changed log"
+
+
+# --- (c) verify ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("attack", ATTACKS, ids=lambda a: a.__name__)
+def test_verify_names_the_seq(
+    site: tuple[Site, subprocess.Popen[str]], attack: Callable[[Site], int]
+) -> None:
+    """`rollwatch verify --checkpoint KEPT` exits 1 naming the first bad seq; it creates nothing."""
+    s, proc = site
+    _stop(proc)
+    bad = attack(s)
+    before = sorted(p.name for p in s.dir.iterdir())
+    r = rollwatch("--config", str(s.config), "verify", "--checkpoint", str(s.dir / "kept.note"))
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert f"FAILED at seq {bad}:" in r.stderr, r.stderr
+    assert sorted(p.name for p in s.dir.iterdir()) == before
+    if attack is not new_history:
+        # Every local record is enough for these: no kept checkpoint needed.
+        plain = rollwatch("--config", str(s.config), "verify")
+        assert plain.returncode == 1, plain.stdout
+        assert f"FAILED at seq {bad}:" in plain.stderr
+
+
+def test_verify_passes_an_untouched_log(site: tuple[Site, subprocess.Popen[str]]) -> None:
+    """The control: the same checks on the untouched log exit 0 (no false alarm), with the kept checkpoint too."""
+    s, proc = site
+    _stop(proc)
+    r = rollwatch("--config", str(s.config), "verify", "--checkpoint", str(s.dir / "kept.note"))
+    assert r.returncode == 0, r.stderr
+    again = s.serve()
+    try:
+        _poll(lambda: (h := s.healthz()) is not None and h.status_code == 200, 60, "the restarted daemon")
+    finally:
+        err = _stop(again)
+    assert again.returncode == 0, err
+    assert "log_tampered" not in err
+
+
+def test_verify_on_a_missing_store_exits_2_and_creates_nothing(tmp_path: Path) -> None:
+    """A mistyped store path: exit 2, and no empty database left behind."""
+    cfg = tmp_path / "rw.toml"
+    cfg.write_text(f'[store]\nurl = "sqlite:{tmp_path / "nope" / "events.db"}"\n')
+    r = rollwatch("--config", str(cfg), "verify")
+    assert r.returncode == 2
+    assert "no event log" in r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rw.toml"]
