@@ -106,6 +106,13 @@ def _claim(seq: int, data: dict[str, object], verifier: NoteVerifier | None) -> 
     return _Claim(seq, size, root), cp is not None
 
 
+def read_kept(witness: Path | None) -> list[KeptCheckpoint]:
+    """The witness file's checkpoint, if there is one."""
+    if witness is None or not witness.is_file():
+        return []
+    return [KeptCheckpoint(f"the witness file {witness}", witness.read_text(encoding="utf-8"))]
+
+
 async def check_log_tree(
     store: EventStore,
     *,
@@ -288,7 +295,6 @@ async def verify_state(
         integrity, integrity.state_dir(store_config), store, create=False, store_url=store_config.url
     )
     from rollwatch.integrity.keys import existing_signer
-    from rollwatch.integrity.scrub import read_kept
 
     signer = await anyio.to_thread.run_sync(existing_signer, integrity.key_path(store_config), integrity.name)
     vkey = signer.vkey if signer is not None else None
