@@ -35,6 +35,7 @@ from rollwatch.log import get_logger
 from rollwatch.projections import ProjectionDB
 
 log = get_logger(__name__)
+_Logger = structlog.stdlib.BoundLogger
 
 _MAX_COUNT = 100_000
 
@@ -191,9 +192,7 @@ class Scheduler:
                 slog.warning("schedule_loop_failed", error=str(e), retry_in_s=5.0)
                 await anyio.sleep(5.0)
 
-    async def _loop_once(
-        self, s: ScheduleConfig, tg: anyio.abc.TaskGroup, slog: structlog.stdlib.BoundLogger
-    ) -> None:
+    async def _loop_once(self, s: ScheduleConfig, tg: anyio.abc.TaskGroup, slog: _Logger) -> None:
         trigger = make_trigger(s)
         while True:
             wake = self._wake[s.name]
@@ -253,7 +252,7 @@ class Scheduler:
         kind: str,
         trigger_seq: int,
         fire_time: datetime,
-        slog: structlog.stdlib.BoundLogger,
+        slog: _Logger,
     ) -> None:
         ft = rfc3339(fire_time)
         if await self.is_running(s.name):

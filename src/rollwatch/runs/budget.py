@@ -10,6 +10,7 @@ no enforceable budget: its rollouts reserve nothing (and the run logs it once).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import anyio
 
@@ -30,23 +31,19 @@ def max_output_tokens(params: Mapping[str, object]) -> int:
     return DEFAULT_MAX_OUTPUT_TOKENS
 
 
+@dataclass
 class Budget:
     """Reservations against ``limit`` USD (None: no limit) for the rollouts of one run."""
 
-    def __init__(
-        self,
-        board: WorkBoard,
-        limit: float | None,
-        prices: dict[str, Price],
-        params: Mapping[str, object],
-    ) -> None:
-        self.board = board
-        self.limit = limit
-        self.prices = prices
-        self.params = params
-        self.exhausted = False
-        """A rollout could not be reserved: the run starts no more."""
-        self._settled = anyio.Event()
+    board: WorkBoard
+    limit: float | None
+    prices: Mapping[str, Price]
+    """Per model; a model without one has no enforceable budget."""
+    params: Mapping[str, object]
+    """The run's request params (they bound the output tokens)."""
+    exhausted: bool = False
+    """A rollout could not be reserved: the run starts no more."""
+    _settled: anyio.Event = field(default_factory=anyio.Event, repr=False)
 
     def enforceable(self, model: str) -> bool:
         """Whether rollouts of ``model`` count against the limit (it has a price)."""

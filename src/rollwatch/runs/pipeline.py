@@ -75,40 +75,37 @@ class _Driving:
 
 
 class Run:
-    """Drives one run to its end (or until asked to stop), from wherever its log left it."""
+    """Drives one run to its end (or until asked to stop), from wherever its log left it.
+
+    A run is what its ``RunStarted`` event says: the same whether this process started
+    it or resumes (or joins) it.
+    """
 
     def __init__(
         self,
         services: RunServices,
+        started: RunStarted,
         *,
-        run_id: str,
-        schedule: str,
-        provider: str,
-        models: list[str],
-        problem_set: str,
-        problems: list[str],
-        rollouts: int,
-        budget_usd: float | None,
-        params: dict[str, object],
         on_progress: Callable[[RunState], None] | None = None,
         fresh: bool = False,
     ) -> None:
         self.services = services
-        self.run_id = run_id
-        self.schedule = schedule
-        self.provider_name = provider
-        self.models = models
-        self.problem_set_name = problem_set
-        self.problem_ids = problems
-        self.rollouts = rollouts
-        self.budget_usd = budget_usd
-        self.params = params
+        self.started = started
+        self.run_id = started.run_id
+        self.schedule = started.schedule
+        self.provider_name = started.provider
+        self.models = started.models
+        self.problem_set_name = started.problem_set
+        self.problem_ids = started.problems or []
+        self.rollouts = started.rollouts
+        self.budget_usd = started.budget_usd
+        self.params: dict[str, object] = started.params or {}
         self.on_progress = on_progress
         self.fresh = fresh
         """Created by this process just now: no rollout of it has events yet."""
-        self.state = RunState(total=len(models) * len(problems) * rollouts)
+        self.state = RunState(total=len(self.models) * len(self.problem_ids) * self.rollouts)
         self.stopping = anyio.Event()
-        self.log = log.bind(run_id=run_id, schedule=schedule, provider=provider)
+        self.log = log.bind(run_id=self.run_id, schedule=self.schedule, provider=self.provider_name)
 
     # -- creating and resuming ------------------------------------------------------------
 
@@ -127,43 +124,25 @@ class Run:
     ) -> Run:
         """Record ``RunStarted`` for a new run of ``schedule`` and return it (not yet driven)."""
         pset = services.problem_sets[schedule.problem_set]
-        run = cls(
-            services,
+        started = RunStarted(
             run_id=new_run_id(),
             schedule=schedule.name,
             provider=schedule.provider,
             models=list(models or schedule.models),
             problem_set=schedule.problem_set,
-            problems=[p.id for p in pset.problems],
+            node=services.node,
             rollouts=rollouts or schedule.rollouts,
+            problems=[p.id for p in pset.problems],
             budget_usd=schedule.budget_usd,
             params=dict(schedule.params),
-            on_progress=on_progress,
-            fresh=True,
+            trigger=trigger,
+            trigger_seq=trigger_seq,
+            fire_time=fire_time,
         )
+        run = cls(services, started, on_progress=on_progress, fresh=True)
         # The plan goes on the board first, so that nodes joining at RunStarted find it.
         await run._plan()
-        await services.store.append(
-            run_stream(run.run_id),
-            [
-                RunStarted(
-                    run_id=run.run_id,
-                    schedule=run.schedule,
-                    provider=run.provider_name,
-                    models=run.models,
-                    problem_set=run.problem_set_name,
-                    node=services.node,
-                    rollouts=run.rollouts,
-                    problems=run.problem_ids,
-                    budget_usd=run.budget_usd,
-                    params=run.params,
-                    trigger=trigger,
-                    trigger_seq=trigger_seq,
-                    fire_time=fire_time,
-                )
-            ],
-            expected_version=0,
-        )
+        await services.store.append(run_stream(run.run_id), [started], expected_version=0)
         run.log.info(
             "run_started",
             models=run.models,
@@ -182,19 +161,7 @@ class Run:
         first = [ev async for ev in services.store.read(stream=run_stream(run_id), types={"RunStarted"})]
         started = first[0].event()
         assert isinstance(started, RunStarted)
-        return cls(
-            services,
-            run_id=run_id,
-            schedule=started.schedule,
-            provider=started.provider,
-            models=started.models,
-            problem_set=started.problem_set,
-            problems=started.problems or [],
-            rollouts=started.rollouts,
-            budget_usd=started.budget_usd,
-            params=started.params or {},
-            on_progress=on_progress,
-        )
+        return cls(services, started, on_progress=on_progress)
 
     async def _plan(self, prior_cost: float = 0.0) -> None:
         """Put the run's chunks on the board (a no-op when another node already did)."""
@@ -302,22 +269,12 @@ class Run:
                     model=model,
                     reason="no price for this model in [providers.prices]",
                 )
-        self._report()
+        self.report_progress()
         driving = _Driving(
             provider=provider,
             problems=problems,
             budget=budget,
-            rollouts=Rollouts(
-                svc,
-                run_id=self.run_id,
-                provider_name=self.provider_name,
-                problem_set=self.problem_set_name,
-                params=self.params,
-                state=self.state,
-                budget=budget,
-                report=self._report,
-                log=self.log,
-            ),
+            rollouts=Rollouts(self, budget),
             # Places for rollout tasks: those in flight at the provider and those whose
             # answer waits for a scorer. Beyond this the producer waits, so memory stays flat.
             window=anyio.Semaphore(max(2, pconf.max_concurrency * 2)),
@@ -456,7 +413,8 @@ class Run:
         await progress.end()
         return True
 
-    def _report(self) -> None:
+    def report_progress(self) -> None:
+        """Show the live figures to whoever follows the run (the CLI's progress bar)."""
         if self.on_progress is not None:
             self.on_progress(self.state)
 
@@ -534,15 +492,7 @@ class Run:
                 break
             except ConcurrencyConflict:
                 continue  # another node appended to the run: look again
-        self.log.info(
-            "run_finished",
-            status=status,
-            rollouts=answered,
-            passed=passed,
-            cost_usd=round(cost, 6),
-            failures=unscored,
-            message=message,
-        )
+        self.log.info("run_finished", **fin.to_data())
         return fin
 
 

@@ -9,12 +9,11 @@ one append.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import anyio
-import structlog
 
 from rollwatch.abc import WorkBoard
 from rollwatch.errors import ConcurrencyConflict, ProviderError
@@ -31,8 +30,11 @@ from rollwatch.problems import Problem
 from rollwatch.providers.base import Answer, Prompt
 from rollwatch.publication.policy import decide
 from rollwatch.runs.budget import Budget
-from rollwatch.runs.services import ProviderLike, RunServices, RunState
+from rollwatch.runs.services import ProviderLike
 from rollwatch.work import Chunk
+
+if TYPE_CHECKING:
+    from rollwatch.runs.pipeline import Run
 
 
 class _TakenOver(Exception):
@@ -52,6 +54,7 @@ class Known:
 NEW = Known("new", 0, None, 0)
 
 
+@dataclass(slots=True)
 class AttemptRecorder:
     """The provider client's AttemptLog for one rollout: every attempt becomes an event.
 
@@ -59,27 +62,20 @@ class AttemptRecorder:
     the rollout's chunk cannot add to a rollout that another node has taken over.
     """
 
-    def __init__(
-        self,
-        rollouts: Rollouts,
-        rid: str,
-        model: str,
-        problem: Problem,
-        sample: int,
-        known: Known,
-    ) -> None:
-        self.rollouts = rollouts
-        self.rid = rid
-        self.model = model
-        self.problem = problem
-        self.sample = sample
-        self.offset = known.attempts
-        self.version = known.version
+    rollouts: Rollouts
+    rid: str
+    model: str
+    problem: Problem
+    sample: int
+    offset: int
+    """Attempts recorded before this process took the rollout up (the client counts from 1)."""
+    version: int
+    """The rollout stream's version as we last saw it."""
 
     async def append(self, *events: Event) -> None:
         """Append to the rollout's stream at the version we last saw; _TakenOver if it moved."""
         try:
-            await self.rollouts.services.store.append(
+            await self.rollouts.run.services.store.append(
                 rollout_stream(self.rid), list(events), expected_version=self.version
             )
         except ConcurrencyConflict as e:
@@ -88,7 +84,7 @@ class AttemptRecorder:
 
     async def requested(self, attempt: int, request: dict[str, object]) -> None:
         """See ``AttemptLog.requested``."""
-        r = self.rollouts
+        r = self.rollouts.run
         await self.append(
             RolloutRequested(
                 rollout_id=self.rid,
@@ -158,36 +154,19 @@ class ChunkWork:
             await self.board.done(self.chunk, finished=self.finished)
 
 
+@dataclass(frozen=True, slots=True)
 class Rollouts:
     """The rollouts of one run as this process carries them: each a task that holds a
-    place of the run's window until its verdict is recorded (or it stops)."""
+    place of the run's window until its verdict is recorded (or it stops); each
+    updates the run's live figures as it ends."""
 
-    def __init__(
-        self,
-        services: RunServices,
-        *,
-        run_id: str,
-        provider_name: str,
-        problem_set: str,
-        params: dict[str, object],
-        state: RunState,
-        budget: Budget,
-        report: Callable[[], None],
-        log: structlog.stdlib.BoundLogger,
-    ) -> None:
-        self.services = services
-        self.run_id = run_id
-        self.provider_name = provider_name
-        self.problem_set = problem_set
-        self.params = params
-        self.state = state
-        self.budget = budget
-        self.report = report
-        self.log = log
+    run: Run
+    budget: Budget
 
     def prompt_text(self, problem: Problem) -> str:
         """The text the model is asked for ``problem``."""
-        return self.services.problem_sets[self.problem_set].prompt(problem)
+        run = self.run
+        return run.services.problem_sets[run.problem_set_name].prompt(problem)
 
     async def request(
         self,
@@ -206,26 +185,26 @@ class Rollouts:
         try:
             prompt = Prompt(
                 text=self.prompt_text(problem),
-                system=self.services.config.provider(self.provider_name).system_prompt,
+                system=self.run.services.config.provider(self.run.provider_name).system_prompt,
                 reference_solution=problem.reference_solution,
             )
-            recorder = AttemptRecorder(self, rid, model, problem, sample, known)
+            recorder = AttemptRecorder(self, rid, model, problem, sample, known.attempts, known.version)
             cost = 0.0
             try:
-                answer = await provider.rollout(model, prompt, self.params, recorder)
+                answer = await provider.rollout(model, prompt, self.run.params, recorder)
                 if answer is not None:
                     cost = provider.cost(model, answer.usage) or 0.0
-                    self.state.answered += 1
-                    self.state.cost_usd += cost
+                    self.run.state.answered += 1
+                    self.run.state.cost_usd += cost
             finally:
                 await self.budget.settle(progress.chunk, reserved, cost)
             if answer is not None:
                 await self.score(recorder, problem, answer.text)
             else:
-                self.state.done += 1
-                self.report()
+                self.run.state.done += 1
+                self.run.report_progress()
         except _TakenOver as e:
-            self.log.warning("rollout_taken_over", rollout_id=rid, error=str(e))
+            self.run.log.warning("rollout_taken_over", rollout_id=rid, error=str(e))
             await progress.end(finished=False)
             return
         finally:
@@ -248,13 +227,17 @@ class Rollouts:
             assert known.answer_seq is not None
             answered = [
                 ev.event()
-                async for ev in self.services.store.read(after=known.answer_seq - 1, until=known.answer_seq)
+                async for ev in self.run.services.store.read(
+                    after=known.answer_seq - 1, until=known.answer_seq
+                )
             ]
             assert isinstance(answered[0], RolloutResponded)
-            recorder = AttemptRecorder(self, rid, progress.chunk.unit.model, problem, sample, known)
+            recorder = AttemptRecorder(
+                self, rid, progress.chunk.unit.model, problem, sample, known.attempts, known.version
+            )
             await self.score(recorder, problem, answered[0].text)
         except _TakenOver as e:
-            self.log.warning("rollout_taken_over", rollout_id=rid, error=str(e))
+            self.run.log.warning("rollout_taken_over", rollout_id=rid, error=str(e))
             await progress.end(finished=False)
             return
         finally:
@@ -263,17 +246,17 @@ class Rollouts:
 
     async def score(self, recorder: AttemptRecorder, problem: Problem, text: str) -> None:
         """Judge ``text``; record the verdict and its publication decisions in one append."""
-        self.state.scoring += 1
+        self.run.state.scoring += 1
         try:
             scored = await self.verdict(recorder.rid, problem, text)
         finally:
-            self.state.scoring -= 1
-        decisions = decide(self.services.config.publication, scored, datetime.now(UTC))
+            self.run.state.scoring -= 1
+        decisions = decide(self.run.services.config.publication, scored, datetime.now(UTC))
         await recorder.append(scored, *decisions)
-        self.state.scored += 1
-        self.state.done += 1
-        self.state.passed += int(scored.passed)
-        self.report()
+        self.run.state.scored += 1
+        self.run.state.done += 1
+        self.run.state.passed += int(scored.passed)
+        self.run.report_progress()
 
     async def verdict(self, rid: str, problem: Problem, text: str) -> RolloutScored:
         """The verdict on ``text``, whatever happens: a scorer that raises (a bug of
@@ -281,7 +264,7 @@ class Rollouts:
         verdict the log cannot hold, gives a scorer error on this rollout alone, so
         the run goes on."""
         try:
-            result = await self.services.scorer.score(problem, text)
+            result = await self.run.services.scorer.score(problem, text)
             scored = RolloutScored(
                 rollout_id=rid,
                 passed=bool(result.passed),
@@ -296,7 +279,7 @@ class Rollouts:
             # JSON cannot say fails here, not halfway through recording the verdict.
             canonical_json_fast(scored.to_data())
         except Exception as e:
-            self.log.error("scorer_error", rollout_id=rid, problem_id=problem.id, exc_info=True)
+            self.run.log.error("scorer_error", rollout_id=rid, problem_id=problem.id, exc_info=True)
             return scorer_error(rid, problem, e)
         return scored
 
