@@ -15,15 +15,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from rollwatch.events import (
-    Recorded,
-    RolloutFailed,
-    RolloutRequested,
-    RolloutResponded,
-    RolloutScored,
-    RunFinished,
-    RunStarted,
-)
+from rollwatch import events as e
+from rollwatch.events import Recorded
 
 _COUNTED = frozenset(
     {"RunStarted", "RunFinished", "RolloutRequested", "RolloutResponded", "RolloutFailed", "RolloutScored"}
@@ -88,23 +81,23 @@ class Metrics:
         if rec.type not in _COUNTED:
             return
         ev = rec.event()
-        if isinstance(ev, RunStarted):
+        if isinstance(ev, e.RunStarted):
             self.runs_started += 1
-        elif isinstance(ev, RunFinished):
+        elif isinstance(ev, e.RunFinished):
             self.runs_finished[ev.status] += 1
-        elif isinstance(ev, RolloutRequested):
+        elif isinstance(ev, e.RolloutRequested):
             if len(self._provider_of) > 100_000:
                 self._provider_of.clear()
             self._provider_of[ev.rollout_id] = ev.provider
-        elif isinstance(ev, RolloutResponded):
+        elif isinstance(ev, e.RolloutResponded):
             self.rollouts["answered"] += 1
             self.request_latency.observe(float(ev.latency_ms or 0) / 1000)
-        elif isinstance(ev, RolloutFailed):
+        elif isinstance(ev, e.RolloutFailed):
             prov = self._provider_of.get(ev.rollout_id, "unknown")
             self.provider_errors[(prov, ev.kind)] += 1
             if ev.final:
                 self.rollouts["failed"] += 1
-        elif isinstance(ev, RolloutScored):
+        elif isinstance(ev, e.RolloutScored):
             self.rollouts["passed" if ev.passed else "not_passed"] += 1
 
     def render(self, *, results: bool = True) -> str:

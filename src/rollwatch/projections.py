@@ -23,23 +23,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from rollwatch import events as e
 from rollwatch._sqlite import ThreadConnection
 from rollwatch.abc import EventStore, Projection
-from rollwatch.events import (
-    Recorded,
-    RolloutFailed,
-    RolloutRequested,
-    RolloutResponded,
-    RolloutScored,
-    RunFinished,
-    RunStarted,
-    ScheduleMissed,
-    SchedulePaused,
-    ScheduleResumed,
-    ScheduleSkipped,
-    ScheduleTriggered,
-    canonical_json,
-)
+from rollwatch.events import Recorded, canonical_json
 from rollwatch.log import get_logger
 
 __all__ = ["Projection", "ProjectionDB", "RunsProjection", "SchedulesProjection"]
@@ -227,7 +214,7 @@ class RunsProjection(Projection):
 
     def apply(self, db: sqlite3.Connection, rec: Recorded) -> None:
         ev = rec.event()
-        if isinstance(ev, RunStarted):
+        if isinstance(ev, e.RunStarted):
             db.execute(
                 "INSERT OR IGNORE INTO runs (run_id, schedule, provider, models, problem_set, node, trigger,"
                 " rollouts, budget_usd, started_seq, started_at, status, passed, cost_usd)"
@@ -246,12 +233,12 @@ class RunsProjection(Projection):
                     rec.at,
                 ),
             )
-        elif isinstance(ev, RunFinished):
+        elif isinstance(ev, e.RunFinished):
             db.execute(
                 "UPDATE runs SET finished_at=?, status=?, passed=?, cost_usd=?, summary=? WHERE run_id=?",
                 (rec.at, ev.status, ev.passed, ev.cost_usd, canonical_json(ev.to_data()), ev.run_id),
             )
-        elif isinstance(ev, RolloutRequested):
+        elif isinstance(ev, e.RolloutRequested):
             db.execute(
                 "INSERT INTO rollouts (rollout_id, run_id, provider, model, problem_id, problem_hash, sample,"
                 " attempts, state, requested_at) VALUES (?,?,?,?,?,?,?,1,'requested',?)"
@@ -268,7 +255,7 @@ class RunsProjection(Projection):
                     rec.at,
                 ),
             )
-        elif isinstance(ev, RolloutResponded):
+        elif isinstance(ev, e.RolloutResponded):
             db.execute(
                 "UPDATE rollouts SET state = CASE WHEN state = 'scored' THEN state ELSE 'answered' END,"
                 " answered_at=?, answer_seq=?, cost_usd=? WHERE rollout_id=?",
@@ -280,13 +267,13 @@ class RunsProjection(Projection):
                     " (SELECT run_id FROM rollouts WHERE rollout_id=?)",
                     (ev.cost_usd, ev.rollout_id),
                 )
-        elif isinstance(ev, RolloutFailed):
+        elif isinstance(ev, e.RolloutFailed):
             db.execute(
                 "UPDATE rollouts SET fail_kind=?, state = CASE WHEN ? AND state = 'requested'"
                 " THEN 'failed' ELSE state END WHERE rollout_id=?",
                 (ev.kind, bool(ev.final), ev.rollout_id),
             )
-        elif isinstance(ev, RolloutScored):
+        elif isinstance(ev, e.RolloutScored):
             db.execute(
                 "UPDATE rollouts SET state='scored', passed=?, score=?, scored_at=?, scored_seq=?, reason=?"
                 " WHERE rollout_id=?",
@@ -331,7 +318,7 @@ class SchedulesProjection(Projection):
 
     def apply(self, db: sqlite3.Connection, rec: Recorded) -> None:
         ev = rec.event()
-        if isinstance(ev, RunFinished):
+        if isinstance(ev, e.RunFinished):
             db.execute(
                 "UPDATE schedules SET last_finished_at=?, last_status=? WHERE last_run_id=?",
                 (rec.at, ev.status, ev.run_id),
@@ -339,29 +326,29 @@ class SchedulesProjection(Projection):
             return
         if not isinstance(
             ev,
-            SchedulePaused
-            | ScheduleResumed
-            | ScheduleTriggered
-            | ScheduleSkipped
-            | ScheduleMissed
-            | RunStarted,
+            e.SchedulePaused
+            | e.ScheduleResumed
+            | e.ScheduleTriggered
+            | e.ScheduleSkipped
+            | e.ScheduleMissed
+            | e.RunStarted,
         ):
             return
         name = ev.schedule
         self._ensure(db, name)
-        if isinstance(ev, SchedulePaused):
+        if isinstance(ev, e.SchedulePaused):
             db.execute("UPDATE schedules SET paused=1, note=? WHERE name=?", (ev.note, name))
-        elif isinstance(ev, ScheduleResumed):
+        elif isinstance(ev, e.ScheduleResumed):
             db.execute("UPDATE schedules SET paused=0, note=? WHERE name=?", (ev.note, name))
-        elif isinstance(ev, ScheduleTriggered):
+        elif isinstance(ev, e.ScheduleTriggered):
             db.execute("UPDATE schedules SET triggered_seq=? WHERE name=?", (rec.seq, name))
-        elif isinstance(ev, ScheduleSkipped):
+        elif isinstance(ev, e.ScheduleSkipped):
             db.execute(
                 "UPDATE schedules SET skipped = skipped + 1, last_fire_at = max(coalesce(last_fire_at, ''), ?),"
                 " handled_trigger_seq = max(handled_trigger_seq, ?) WHERE name=?",
                 (ev.fire_time, ev.trigger_seq or 0, name),
             )
-        elif isinstance(ev, ScheduleMissed):
+        elif isinstance(ev, e.ScheduleMissed):
             db.execute("UPDATE schedules SET missed = missed + ? WHERE name=?", (ev.missed, name))
         else:
             db.execute(

@@ -101,15 +101,15 @@ class TestCheckLogTree:
 class TestVerifyTreeForConfig:
     @pytest.mark.anyio
     async def test_uses_the_configured_key_and_tree(self, tmp_path: Path, store: SQLiteEventStore) -> None:
-        """cli_integrity.verify_tree finds the key and merkle.db from the configuration and checks signatures."""
-        from rollwatch.cli.integrity import verify_tree
+        """verify_state (what `rollwatch verify` runs) finds the key and merkle.db from the configuration and checks signatures."""
+        from rollwatch.integrity.verify import verify_state
 
         store_cfg = StoreConfig(url=f"sqlite:{tmp_path / 'events.db'}")
         cfg = IntegrityConfig(origin="rollwatch.test/log")
         signer = load_signer(cfg.key_path(store_cfg), cfg.name)
         async with MerkleTree(cfg.tree_path(store_cfg)) as tree:
             await signed_log(store, tree, signer)
-        report = await verify_tree(store, cfg, store_cfg)
+        report = await verify_state(store, cfg, store_cfg)
         assert (report.checkpoints, report.signatures, report.tree_leaves) == (3, 3, 63)
         assert cfg.tree_path(store_cfg) == tmp_path / "merkle.db"
         assert cfg.key_path(store_cfg) == tmp_path / "checkpoint.key"

@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import click
 
-from rollwatch.abc import EventStore
 from rollwatch.cli._common import Context, common, run_async
-from rollwatch.config import IntegrityConfig, StoreConfig
 from rollwatch.errors import AuditFailure, UsageError
-from rollwatch.integrity.verify import TreeReport
 
 
 @click.command()
@@ -51,17 +47,3 @@ def audit(
         return 0
 
     sys.exit(run_async(main))
-
-
-async def verify_tree(
-    store: EventStore,
-    integrity: IntegrityConfig,
-    store_config: StoreConfig,
-    *,
-    checkpoint: Path | None = None,
-    progress: Callable[[int], None] | None = None,
-) -> TreeReport:
-    """Check every checkpoint (log, witness file, ``checkpoint``) and the stored tree against the log."""
-    from rollwatch.integrity.verify import verify_state
-
-    return await verify_state(store, integrity, store_config, checkpoint=checkpoint, progress=progress)

@@ -24,7 +24,7 @@ log = get_logger("rollwatch.cli")
 @common
 def verify(ctx: Context, checkpoint: Path | None) -> None:
     """Check the whole log's hash chain, tree and checkpoints; exit 1 naming the first bad seq."""
-    from rollwatch.cli.integrity import verify_tree
+    from rollwatch.integrity.verify import verify_state
     from rollwatch.progress import Progress
     from rollwatch.store import open_store
 
@@ -42,7 +42,7 @@ def verify(ctx: Context, checkpoint: Path | None) -> None:
                 click.echo(f"FAILED at seq {e.seq}: {e.reason}", err=True)
                 return 1
             try:
-                tree = await verify_tree(
+                tree = await verify_state(
                     store, ctx.config.integrity, ctx.config.store, checkpoint=checkpoint, progress=bar.update
                 )
             except IntegrityError as e:

@@ -15,20 +15,8 @@ import json
 import sqlite3
 from typing import Any
 
-from rollwatch.events import (
-    PublicationDecided,
-    PublicReleased,
-    Recorded,
-    RolloutFailed,
-    RolloutRequested,
-    RolloutResponded,
-    RolloutScored,
-    RunFinished,
-    RunStarted,
-    SubscriberAdded,
-    SubscriberRevoked,
-    parse_rfc3339,
-)
+from rollwatch import events as e
+from rollwatch.events import Recorded, parse_rfc3339
 from rollwatch.projections import Projection
 
 _ROLLOUT_EVENTS = frozenset(
@@ -69,13 +57,13 @@ class SubscribersProjection(Projection):
     def apply(self, db: sqlite3.Connection, rec: Recorded) -> None:
         """Add a subscriber, or mark one revoked."""
         ev = rec.event()
-        if isinstance(ev, SubscriberAdded):
+        if isinstance(ev, e.SubscriberAdded):
             db.execute(
                 "INSERT OR IGNORE INTO pub_subscribers (name, key_prefix, key_hash, scopes, expires,"
                 " added_at, added_seq) VALUES (?,?,?,?,?,?,?)",
                 (ev.name, ev.key_prefix, ev.key_hash, _j(ev.scopes or []), ev.expires, rec.at, rec.seq),
             )
-        elif isinstance(ev, SubscriberRevoked):
+        elif isinstance(ev, e.SubscriberRevoked):
             db.execute(
                 "UPDATE pub_subscribers SET revoked_at = coalesce(revoked_at, ?),"
                 " revoked_seq = coalesce(revoked_seq, ?), note = ? WHERE name = ?",
@@ -137,25 +125,25 @@ class FeedProjection(Projection):
     def apply(self, db: sqlite3.Connection, rec: Recorded) -> None:
         """Keep the rollout context; render a feed item for the visible types."""
         ev = rec.event()
-        if isinstance(ev, RolloutRequested):
+        if isinstance(ev, e.RolloutRequested):
             db.execute(
                 "INSERT OR IGNORE INTO feed_rollouts (rollout_id, run_id, provider, model, problem_id,"
                 " sample) VALUES (?,?,?,?,?,?)",
                 (ev.rollout_id, ev.run_id, ev.provider, ev.model, ev.problem_id, ev.sample),
             )
             return
-        if isinstance(ev, RolloutResponded):
+        if isinstance(ev, e.RolloutResponded):
             if ev.cost_usd is not None:
                 db.execute(
                     "UPDATE feed_rollouts SET cost_usd = coalesce(cost_usd, 0) + ? WHERE rollout_id = ?",
                     (ev.cost_usd, ev.rollout_id),
                 )
             return
-        if isinstance(ev, RolloutFailed) and not ev.final:
+        if isinstance(ev, e.RolloutFailed) and not ev.final:
             return
         item: dict[str, Any] = dict.fromkeys(FEED_ITEM_KEYS)
         item.update(seq=rec.seq, id=rec.id, type=rec.type, at=rec.at, hash=rec.hash, detail={})
-        if isinstance(ev, RunStarted):
+        if isinstance(ev, e.RunStarted):
             item["run_id"] = ev.run_id
             item["provider"] = ev.provider
             item["detail"] = {
@@ -167,7 +155,7 @@ class FeedProjection(Projection):
                 "budget_usd": ev.budget_usd,
                 "problems": len(ev.problems or []),
             }
-        elif isinstance(ev, RunFinished):
+        elif isinstance(ev, e.RunFinished):
             item["run_id"] = ev.run_id
             item["status"] = ev.status
             item["cost_usd"] = ev.cost_usd
@@ -179,7 +167,7 @@ class FeedProjection(Projection):
                 "failures": ev.failures,
                 "message": ev.message,
             }
-        elif isinstance(ev, RolloutScored | RolloutFailed | PublicationDecided | PublicReleased):
+        elif isinstance(ev, e.RolloutScored | e.RolloutFailed | e.PublicationDecided | e.PublicReleased):
             rid = ev.rollout_id
             item["rollout_id"] = rid
             row = db.execute(
@@ -192,11 +180,11 @@ class FeedProjection(Projection):
                     ("run_id", "provider", "model", "problem_id", "sample", "cost_usd"), row, strict=True
                 ):
                     item[k] = v
-            if isinstance(ev, RolloutScored):
+            if isinstance(ev, e.RolloutScored):
                 item["passed"] = bool(ev.passed)
                 item["score"] = ev.score
                 item["detail"] = {"scorer": ev.scorer, "reason": ev.reason}
-            elif isinstance(ev, RolloutFailed):
+            elif isinstance(ev, e.RolloutFailed):
                 item["status"] = "failed"
                 item["detail"] = {
                     "attempt": ev.attempt,
@@ -204,7 +192,7 @@ class FeedProjection(Projection):
                     "status": ev.status,
                     "message": ev.message,
                 }
-            elif isinstance(ev, PublicationDecided):
+            elif isinstance(ev, e.PublicationDecided):
                 item["audience"] = ev.audience
                 item["not_before"] = ev.not_before
                 item["detail"] = {"embargo_s": ev.embargo_s}
@@ -251,36 +239,36 @@ class PublicProjection(Projection):
     def apply(self, db: sqlite3.Connection, rec: Recorded) -> None:
         """Record context, score, public decision and release of each rollout."""
         ev = rec.event()
-        if isinstance(ev, RunStarted):
+        if isinstance(ev, e.RunStarted):
             db.execute(
                 "INSERT OR IGNORE INTO public_runs (run_id, provider, started_at) VALUES (?,?,?)",
                 (ev.run_id, ev.provider, rec.at),
             )
-        elif isinstance(ev, RunFinished):
+        elif isinstance(ev, e.RunFinished):
             db.execute(
                 "UPDATE public_runs SET finished_at = ?, status = ? WHERE run_id = ?",
                 (rec.at, ev.status, ev.run_id),
             )
-        elif isinstance(ev, RolloutRequested):
+        elif isinstance(ev, e.RolloutRequested):
             db.execute(
                 "INSERT OR IGNORE INTO public_rollouts (rollout_id, run_id, provider, model, problem_id,"
                 " sample, requested_at) VALUES (?,?,?,?,?,?,?)",
                 (ev.rollout_id, ev.run_id, ev.provider, ev.model, ev.problem_id, ev.sample, rec.at),
             )
-        elif isinstance(ev, RolloutResponded):
+        elif isinstance(ev, e.RolloutResponded):
             db.execute(
                 "UPDATE public_rollouts SET answer_seq = ?,"
                 " cost_usd = CASE WHEN ? IS NULL THEN cost_usd ELSE coalesce(cost_usd, 0) + ? END"
                 " WHERE rollout_id = ?",
                 (rec.seq, ev.cost_usd, ev.cost_usd, ev.rollout_id),
             )
-        elif isinstance(ev, RolloutScored):
+        elif isinstance(ev, e.RolloutScored):
             db.execute(
                 "UPDATE public_rollouts SET passed = ?, score = ?, scorer = ?, scored_at = ?, scored_ts = ?,"
                 " scored_seq = ? WHERE rollout_id = ?",
                 (int(bool(ev.passed)), ev.score, ev.scorer, rec.at, _epoch(rec.at), rec.seq, ev.rollout_id),
             )
-        elif isinstance(ev, PublicationDecided) and ev.audience == "public":
+        elif isinstance(ev, e.PublicationDecided) and ev.audience == "public":
             # The first public decision stands; a later one (there should be none) cannot
             # move a release date that readers may already rely on.
             db.execute(
@@ -288,7 +276,7 @@ class PublicProjection(Projection):
                 " decided_seq = ? WHERE rollout_id = ? AND decided_seq IS NULL",
                 (ev.not_before, _epoch(ev.not_before), ev.embargo_s, rec.seq, ev.rollout_id),
             )
-        elif isinstance(ev, PublicReleased):
+        elif isinstance(ev, e.PublicReleased):
             db.execute(
                 "UPDATE public_rollouts SET released_at = ?, released_seq = ?"
                 " WHERE rollout_id = ? AND released_seq IS NULL",
