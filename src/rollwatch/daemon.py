@@ -378,9 +378,15 @@ class Daemon:
         from rollwatch.publication.keys import SubscriberDirectory
         from rollwatch.web.access import Operators
         from rollwatch.web.app import build_app
-        from rollwatch.web.server import HTTPServer
+        from rollwatch.web.server import HTTPServer, listening_sockets
 
         async with AsyncExitStack() as stack:
+            # The address first: a busy port is reported before anything is opened or
+            # created (a scoring pool, a fresh checkpoint key).
+            host, port = self.config.server.host, self.config.server.port
+            sockets = await anyio.to_thread.run_sync(listening_sockets, host, port)
+            for s in sockets:
+                stack.callback(s.close)
             svc = await stack.enter_async_context(
                 open_services(self.config, scorer=self._scorer, providers=self._providers)
             )
@@ -413,9 +419,10 @@ class Daemon:
                     operators=operators,
                     health=integrity.health,
                 ),
-                self.config.server.host,
-                self.config.server.port,
+                host,
+                port,
                 head_timeout=self.config.server.request_head_timeout,
+                sockets=sockets,
             )
 
             # The stages, started in this order and stopped in the reverse order once

@@ -17,7 +17,7 @@ def test_a_busy_port_is_one_line_naming_the_address_and_exit_2(tmp_path: Path) -
         port = holder.getsockname()[1]
         config = tmp_path / "rollwatch.toml"
         config.write_text(
-            f'[store]\nurl = "sqlite:{tmp_path}/events.db"\n[server]\nlisten = "127.0.0.1:{port}"\n'
+            f'[store]\nurl = "sqlite:///{tmp_path}/events.db"\n[server]\nlisten = "127.0.0.1:{port}"\n'
         )
         p = subprocess.run(
             [sys.executable, "-m", "rollwatch", "serve", "--config", str(config)],
@@ -33,3 +33,5 @@ def test_a_busy_port_is_one_line_naming_the_address_and_exit_2(tmp_path: Path) -
         f"error: 127.0.0.1:{port} is already in use; stop whatever listens there "
         "(another `rollwatch serve`?) or set server.listen to another address"
     ]
+    # Reported before anything is opened: no log, no key, no tree made for nothing.
+    assert sorted(q.name for q in tmp_path.iterdir()) == ["rollwatch.toml"]

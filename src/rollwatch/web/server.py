@@ -93,7 +93,7 @@ class _Server(uvicorn.Server):
         yield
 
 
-def _listening_sockets(host: str, port: int) -> list[socket.socket]:
+def listening_sockets(host: str, port: int) -> list[socket.socket]:
     """Bound, listening sockets for ``host:port`` (one per address it resolves to)."""
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:
@@ -132,7 +132,15 @@ def _listening_sockets(host: str, port: int) -> list[socket.socket]:
 class HTTPServer:
     """Serves ``app`` on ``host:port``; ``start`` reports ready once the socket listens."""
 
-    def __init__(self, app: Any, host: str, port: int, *, head_timeout: float = DEFAULT_HEAD_TIMEOUT) -> None:
+    def __init__(
+        self,
+        app: Any,
+        host: str,
+        port: int,
+        *,
+        head_timeout: float = DEFAULT_HEAD_TIMEOUT,
+        sockets: list[socket.socket] | None = None,
+    ) -> None:
         """``head_timeout``: seconds a client has to send a whole request (line, headers, body)."""
         protocol = type("DeadlineH11", (_DeadlineH11,), {"head_timeout": head_timeout})
         config = uvicorn.Config(
@@ -147,6 +155,8 @@ class HTTPServer:
             timeout_graceful_shutdown=5,
         )
         self.host = host
+        self._sockets = sockets
+        """Sockets bound already (the daemon binds before anything else, to fail fast)."""
         self.server = _Server(config)
         self.stopped = anyio.Event()
         """Set once the server has closed its sockets and connections after :meth:`stop`."""
@@ -162,7 +172,9 @@ class HTTPServer:
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Bind (AddressInUse when taken), serve, and report ready once listening."""
         # getaddrinfo may ask a resolver: off the event loop.
-        sockets = await anyio.to_thread.run_sync(_listening_sockets, self.host, self.server.config.port)
+        sockets = self._sockets
+        if sockets is None:
+            sockets = await anyio.to_thread.run_sync(listening_sockets, self.host, self.server.config.port)
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._serve, sockets)
             while not self.server.started:
