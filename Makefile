@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: run test bench lint system services clean
+.PHONY: run test bench lint lock system services clean
 
 # bubblewrap gives the scoring sandbox its namespaces; without it we fall back to unshare.
 system:
@@ -24,11 +24,20 @@ services:
 		|| echo "warning: could not start PostgreSQL; its tests will fail"; \
 	fi
 
-$(STAMP): pyproject.toml
+# requirements.lock pins every package (CI, the tests and an install all get the set
+# that was tested); `make lock` refreshes it from the newest releases pyproject allows.
+$(STAMP): pyproject.toml requirements.lock
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -c requirements.lock -e '.[dev]'
 	touch $(STAMP)
+
+lock:
+	rm -rf .lock-venv && $(PY) -m venv .lock-venv
+	.lock-venv/bin/pip install -q --upgrade pip
+	.lock-venv/bin/pip install -q '.[dev,bench]'
+	{ head -n 2 requirements.lock; .lock-venv/bin/pip freeze --exclude-editable | grep -v '^rollwatch' | sort -f; } > requirements.lock.new
+	mv requirements.lock.new requirements.lock && rm -rf .lock-venv
 
 run: system $(STAMP)
 	mkdir -p var
@@ -38,7 +47,7 @@ test: system services $(STAMP)
 	$(BIN)/pytest -q
 
 bench: system services $(STAMP)
-	$(BIN)/pip install -q -e '.[dev,bench]'
+	$(BIN)/pip install -q -c requirements.lock -e '.[dev,bench]'
 	$(BIN)/python bench/run_all.py
 
 lint: $(STAMP)
