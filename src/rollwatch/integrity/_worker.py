@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import select
+import signal
 import sys
 
 import anyio
@@ -56,5 +57,8 @@ async def main(log_path: str, tree_path: str, batch: int) -> int:
 
 
 if __name__ == "__main__":
+    # Ctrl-C on a terminal reaches the whole process group; the daemon stops this worker
+    # itself (stdin closed, or cancelled), so the worker must not die with a traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     configure_logging(os.environ.get("ROLLWATCH_LOG_LEVEL", "info"))
     sys.exit(anyio.run(main, sys.argv[1], sys.argv[2], int(sys.argv[3])))

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -158,5 +159,8 @@ async def _main(arg: str) -> int:
 
 
 if __name__ == "__main__":
+    # Ctrl-C on a terminal reaches the whole process group; the daemon stops this worker
+    # itself (stdin closed, or cancelled), so the worker must not die with a traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     configure_logging(os.environ.get("ROLLWATCH_LOG_LEVEL", "info"))
     sys.exit(anyio.run(_main, sys.argv[1]))
