@@ -10,6 +10,9 @@ export PYTHONDONTWRITEBYTECODE := 1
 
 # bubblewrap gives the scoring sandbox its namespaces; without it we fall back to unshare.
 system:
+	@if ! $(PY) -c 'import ensurepip, venv' >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv; \
+	fi
 	@if ! command -v bwrap >/dev/null 2>&1; then \
 		if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
 			(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap) \
@@ -17,12 +20,11 @@ system:
 		else echo "warning: bubblewrap is not installed; the sandbox falls back to unshare"; fi; \
 	fi
 
-# The PostgreSQL store's tests need the local server (127.0.0.1:5432, trust auth).
+# The PostgreSQL store's tests need a server with trust auth and a database `test`: the
+# local one, started if it is down, or a throwaway cluster of our own (installing the
+# server first on a machine without one). scripts/test-postgres prints its URL.
 services:
-	@if command -v pg_ctlcluster >/dev/null 2>&1 && ! pg_isready -q -h 127.0.0.1 -p 5432; then \
-		pg_ctlcluster --skip-systemctl-redirect "$$(ls /etc/postgresql | head -n1)" main start \
-		|| echo "warning: could not start PostgreSQL; its tests will fail"; \
-	fi
+	@scripts/test-postgres >/dev/null
 
 # requirements.lock pins every package (CI, the tests and an install all get the set
 # that was tested); `make lock` refreshes it from the newest releases pyproject allows.
@@ -43,12 +45,12 @@ run: system $(STAMP)
 	mkdir -p var
 	$(BIN)/rollwatch --config config/rollwatch.toml serve
 
-test: system services $(STAMP)
-	$(BIN)/pytest -q
+test: system $(STAMP)
+	ROLLWATCH_TEST_PG="$$(scripts/test-postgres)" $(BIN)/pytest -q
 
-bench: system services $(STAMP)
+bench: system $(STAMP)
 	$(BIN)/pip install -q -c requirements.lock -e '.[dev,bench]'
-	$(BIN)/python bench/run_all.py
+	ROLLWATCH_BENCH_PG="$$(scripts/test-postgres)" $(BIN)/python bench/run_all.py
 
 lint: $(STAMP)
 	$(BIN)/ruff format --check src tests bench
