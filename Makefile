@@ -46,11 +46,11 @@ run: system $(STAMP)
 	$(BIN)/rollwatch --config config/rollwatch.toml serve
 
 test: system $(STAMP)
-	ROLLWATCH_TEST_PG="$$(scripts/test-postgres)" $(BIN)/pytest -q
+	pg="$$(scripts/test-postgres)" && ROLLWATCH_TEST_PG="$$pg" $(BIN)/pytest -q
 
 bench: system $(STAMP)
 	$(BIN)/pip install -q -c requirements.lock -e '.[dev,bench]'
-	ROLLWATCH_BENCH_PG="$$(scripts/test-postgres)" $(BIN)/python bench/run_all.py
+	pg="$$(scripts/test-postgres)" && ROLLWATCH_BENCH_PG="$$pg" $(BIN)/python bench/run_all.py
 
 lint: $(STAMP)
 	$(BIN)/ruff format --check src tests bench
