@@ -18,6 +18,7 @@ import pytest
 
 from rollwatch.problems import Case, Problem
 from rollwatch.scoring import ScoringPool, ScoringSettings
+from rollwatch.scoring.sandbox import JUDGE_UID_OFFSET
 
 ROOT = Path(__file__).resolve().parents[2]
 PROBLEMS = ROOT / "config" / "problems"
@@ -68,8 +69,9 @@ async def pool(request: pytest.FixtureRequest) -> AsyncIterator[ScoringPool]:
 
 
 def sandbox_processes(uids: range | None = None) -> list[tuple[int, int, str]]:
-    """(pid, uid, command) of every process running as one of our sandbox uids."""
+    """(pid, uid, command) of every process running as one of our sandbox uids (candidates' and judges')."""
     uids = uids or range(UID_BASE, UID_BASE + 8)
+    uids = set(uids) | {uid + JUDGE_UID_OFFSET for uid in uids}
     found = []
     for name in os.listdir("/proc"):
         if not name.isdigit():
