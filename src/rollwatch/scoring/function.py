@@ -19,11 +19,11 @@ from rollwatch.scoring.base import Outcome, SampleResult, Sandbox, Scorer
 
 def _gone(res: SampleResult) -> str:
     """Why the candidate's process stopped answering, as far as the sandbox saw it."""
-    if res.exit_code is not None:
-        return f"exited before the tests finished (exit status {res.exit_code})"
     why = str((res.verdict or {}).get("reason") or "")
     if why.startswith("the candidate sent"):
         return f"sandbox error: {why}"
+    if res.exit_code is not None:
+        return f"exited before the tests finished (exit status {res.exit_code})"
     return "exited before the tests finished (the candidate's process stopped answering)"
 
 

@@ -478,9 +478,9 @@ def recv_msg(fd: int) -> list[Any] | None:
     try:
         msg = _json_loads(body or b"")
     except (ValueError, RecursionError, MemoryError) as e:
-        raise NotPlain("garbled frame") from e
+        raise NotPlain("a garbled frame") from e
     if type(msg) is not list or not msg or type(msg[0]) is not str:
-        raise NotPlain("garbled frame")
+        raise NotPlain("a garbled frame")
     return msg
 
 
