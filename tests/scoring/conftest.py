@@ -18,7 +18,6 @@ import pytest
 
 from rollwatch.problems import Case, Problem
 from rollwatch.scoring import ScoringPool, ScoringSettings
-from rollwatch.scoring.sandbox import JUDGE_UID_OFFSET
 
 ROOT = Path(__file__).resolve().parents[2]
 PROBLEMS = ROOT / "config" / "problems"
@@ -69,9 +68,12 @@ async def pool(request: pytest.FixtureRequest) -> AsyncIterator[ScoringPool]:
 
 
 def sandbox_processes(uids: range | None = None) -> list[tuple[int, int, str]]:
-    """(pid, uid, command) of every process running as one of our sandbox uids (candidates' and judges')."""
+    """(pid, uid, command) of every process running as one of our sandbox uids.
+
+    The candidates' uids: the resident judge of each slot (``JUDGE_UID_OFFSET`` above)
+    belongs to the sandbox, like the zygote, and lives as long as it.
+    """
     uids = uids or range(UID_BASE, UID_BASE + 8)
-    uids = set(uids) | {uid + JUDGE_UID_OFFSET for uid in uids}
     found = []
     for name in os.listdir("/proc"):
         if not name.isdigit():

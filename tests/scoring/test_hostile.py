@@ -16,8 +16,17 @@ import pytest
 
 from rollwatch.problems import Problem
 from rollwatch.scoring import Score, ScoringPool
+from rollwatch.scoring.sandbox import JUDGE_UID_OFFSET
 
-from .conftest import SQUARE, fenced, function_problem, nothing_left, sandbox_processes, stdio_problem
+from .conftest import (
+    SQUARE,
+    UID_BASE,
+    fenced,
+    function_problem,
+    nothing_left,
+    sandbox_processes,
+    stdio_problem,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -359,8 +368,14 @@ def storable(s: Score) -> None:
     json.dumps(s.to_dict(), ensure_ascii=False).encode("utf-8")
 
 
+def judges() -> list[tuple[int, int, str]]:
+    """The processes running as a judge uid: at most the resident judge of each slot."""
+    return sandbox_processes(range(UID_BASE + JUDGE_UID_OFFSET, UID_BASE + JUDGE_UID_OFFSET + 8))
+
+
 async def honest_still_passes(pool: ScoringPool) -> None:
     await nothing_left(within=1.0)
+    assert len(judges()) <= pool.workers, judges()
     for p, code in ((SQUARE, HONEST_SQUARE), (ECHO, HONEST_ECHO)):
         with anyio.fail_after(15):
             ok = await pool.score(p, fenced(code))

@@ -301,6 +301,10 @@ def _limits(lim: Json) -> None:
         (resource.RLIMIT_CORE, 0),
     ]
     for which, soft in pairs:
+        if which == resource.RLIMIT_CPU and soft <= 0:
+            # The resident judge lives across samples: its CPU seconds would add up. The
+            # zygote's deadline bounds every sample it serves.
+            continue
         hard = soft + 1 if which == resource.RLIMIT_CPU else soft
         resource.setrlimit(which, (soft, hard))
 
@@ -788,6 +792,56 @@ def _run_judge(req: Json, nonce: str) -> int:
     return 1
 
 
+JUDGE_CTL_FD = 6
+JUDGE_RUNS = 500
+"""Samples a resident judge serves before a fresh one is forked (bounds what it accumulates)."""
+
+
+def _judge_loop() -> int:
+    """The resident judge: one sample per message from the zygote, until the zygote closes the socket.
+
+    Each message carries a memfd with the request and the sample's pipes (SCM_RIGHTS):
+    stdout, stderr, the verdict pipe, calls to the candidate and its answers. They are
+    put on fds 1-5 for the sample and replaced by /dev/null after it, so no pipe of one
+    sample stays open into the next. The reply is one byte: ``_run_judge``'s status.
+    """
+    ctl = socket.socket(fileno=JUDGE_CTL_FD)
+    null = os.open("/dev/null", os.O_RDWR)
+    while True:
+        try:
+            msg, fds, _flags, _addr = socket.recv_fds(ctl, 16, 8)
+        except OSError:
+            return 0
+        if not msg or len(fds) != 6:
+            return 0
+        memfd, *pipes = fds
+        status = 70
+        try:
+            os.lseek(memfd, 0, os.SEEK_SET)
+            chunks = []
+            while chunk := os.read(memfd, 1 << 20):
+                chunks.append(chunk)
+            os.close(memfd)
+            for target, fd in enumerate(pipes, 1):
+                os.dup2(fd, target)
+                os.close(fd)
+            req = json.loads(b"".join(chunks))
+            status = _run_judge(req, req["nonce"])
+        except BaseException as e:
+            with contextlib.suppress(BaseException):
+                os.write(2, f"sandbox judge: {_describe(e)}\n".encode())
+        with contextlib.suppress(BaseException):
+            sys.stdout.flush()
+        with contextlib.suppress(BaseException):
+            sys.stderr.flush()
+        for target in range(1, 6):
+            os.dup2(null, target)
+        try:
+            ctl.sendall(bytes([status & 0xFF]))
+        except OSError:
+            return 0
+
+
 VERDICT_KEYS = {"ok": bool, "kind": str, "reason": str, "stage": str, "test_line": int, "test_source": str}
 
 
@@ -935,6 +989,9 @@ class Zygote:
         self.ctl_in = ctl_in
         self.ctl_out = ctl_out
         self.kill_mode = cfg["kill"]
+        # The resident judge: (pid, pidfd, control socket) while it lives, and its sample count.
+        self.judge: tuple[int, int, socket.socket] | None = None
+        self.judge_runs = 0
 
     # -- killing and reaping ------------------------------------------------------------
 
@@ -1050,6 +1107,60 @@ class Zygote:
             _child(self.cfg, req, fds, uid, workdir, body)
         return pid
 
+    def _judge(self, req: Json) -> tuple[int, int, socket.socket]:
+        """The resident judge, forked now if there is none.
+
+        It is forked once and serves sample after sample, as long as every sample
+        ends cleanly: a second fork per sample would double what a sample costs.
+        Whenever something is left running after a sample, the sweep that kills it
+        takes the judge too, and the next sample gets a fresh one.
+        """
+        if self.judge is None:
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            null = os.open("/dev/null", os.O_RDWR)
+            limits = {**req["limits"], "cpu_s": 0}
+            pid = self._spawn(
+                {**req, "limits": limits},
+                [null] * JUDGE_CTL_FD + [theirs.fileno()],
+                self.cfg.get("judge_uid", self.cfg.get("uid")),
+                os.path.dirname(self.cfg["workdir"]),
+                _judge_loop,
+            )
+            theirs.close()
+            os.close(null)
+            self.judge = (pid, os.pidfd_open(pid), ours)
+            self.judge_runs = 0
+        return self.judge
+
+    def _drop_judge(self) -> int | None:
+        """Kill and reap the resident judge (it failed, or served enough); its status if it had ended."""
+        status = None
+        if self.judge is not None:
+            pid = self.judge[0]
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(ChildProcessError):
+                _, st = os.waitpid(pid, 0)
+                if not (os.WIFSIGNALED(st) and os.WTERMSIG(st) == signal.SIGKILL):
+                    status = -os.WTERMSIG(st) if os.WIFSIGNALED(st) else os.WEXITSTATUS(st)
+            self._forget_judge()
+        return status
+
+    def _forget_judge(self) -> None:
+        """Close our ends of the resident judge (a sweep killed it; the reaping happens there)."""
+        if self.judge is not None:
+            _, pidfd, sock = self.judge
+            self.judge = None
+            os.close(pidfd)
+            sock.close()
+
+    def _others_alive(self) -> bool:
+        """Whether any process of the sandbox but init, this zygote and the resident judge exists."""
+        keep = {1, os.getpid()}
+        if self.judge is not None:
+            keep.add(self.judge[0])
+        return any(name.isdigit() and int(name) not in keep for name in os.listdir("/proc"))
+
     def run(self, req: Json) -> Json:
         cfg = self.cfg
         work = cfg["workdir"]
@@ -1076,12 +1187,12 @@ class Zygote:
         function = req["mode"] == "function"
 
         started = time.monotonic()
+        judge_sock = None
         if function:
-            # Two processes: the candidate's code in one, the tests in the other (see
-            # "the channel" above). The judge's end is the sample's end.
+            # Two processes: the candidate's code in a fresh child, the tests in the
+            # resident judge (see "the channel" above). The judge's reply ends the sample.
             call_r, call_w = os.pipe()
             ans_r, ans_w = os.pipe()
-            null = os.open("/dev/null", os.O_RDONLY)
             cand = self._spawn(
                 req,
                 [stdin_fd, out_w, err_w, call_r, ans_w],
@@ -1089,22 +1200,31 @@ class Zygote:
                 work,
                 lambda: _run_candidate(req),
             )
-            main = self._spawn(
-                req,
-                [null, out_w, err_w, ver_w, call_w, ans_r],
-                cfg.get("judge_uid", cfg.get("uid")),
-                os.path.dirname(work),
-                lambda: _run_judge(req, nonce),
-            )
-            for fd in (call_r, call_w, ans_r, ans_w, null):
+            job = os.memfd_create("judge", 0)
+            body = json.dumps(
+                {k: req.get(k) for k in ("tests", "prelude", "entry_point")} | {"nonce": nonce}
+            ).encode()
+            view = memoryview(body)
+            while view:
+                view = view[os.write(job, view) :]
+            for attempt in (1, 2):
+                main, pidfd, judge_sock = self._judge(req)
+                try:
+                    socket.send_fds(judge_sock, [b"r"], [job, out_w, err_w, ver_w, call_w, ans_r])
+                    break
+                except OSError:
+                    self._drop_judge()  # it died between samples: a fresh one
+                    if attempt == 2:
+                        raise
+            for fd in (call_r, call_w, ans_r, ans_w, job):
                 os.close(fd)
         else:
             main = cand = self._spawn(
                 req, [stdin_fd, out_w, err_w, ver_w], cfg.get("uid"), work, lambda: _run_program(req, nonce)
             )
+            pidfd = os.pidfd_open(main)
         for fd in (stdin_fd, out_w, err_w, ver_w):
             os.close(fd)
-        pidfd = os.pidfd_open(main)
 
         stdout = bytearray()
         stdout_total = 0
@@ -1117,6 +1237,8 @@ class Zygote:
         for fd in (out_r, err_r, ver_r):
             poller.register(fd, select.POLLIN)
         poller.register(pidfd, select.POLLIN)
+        if judge_sock is not None:
+            poller.register(judge_sock.fileno(), select.POLLIN)
         poller.register(self.ctl_in, select.POLLIN)
         open_fds = {out_r, err_r, ver_r}
         deadline = started + timeout
@@ -1145,6 +1267,7 @@ class Zygote:
             return True
 
         exited = False
+        judge_status: int | None = None
         while not exited and outcome is None:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -1153,6 +1276,11 @@ class Zygote:
             for fd, ev in poller.poll(max(1, int(remaining * 1000) + 1)):
                 if fd == pidfd:
                     exited = True
+                elif judge_sock is not None and fd == judge_sock.fileno():
+                    exited = True
+                    reply = judge_sock.recv(1)
+                    if reply:
+                        judge_status = reply[0]
                 elif fd == self.ctl_in:
                     host_gone = True
                     outcome = "host_gone"
@@ -1164,22 +1292,34 @@ class Zygote:
             if stdout_total > limit or stderr_total > limit:
                 outcome = "output_limit"
 
-        # The candidate's own end explains a verdict of "gone" (a signal, an exit status).
-        # Once the judge has said "end" an honest candidate exits at once: a short wait.
-        cand_end = None
-        if function and exited and outcome is None:
-            cand_fd = os.pidfd_open(cand)
-            try:
-                select.select([cand_fd], [], [], 0.1)
-            finally:
-                os.close(cand_fd)
-            got, st, ru = os.wait4(cand, os.WNOHANG)
-            if got == cand:
-                cand_end = (st, ru)
-        # The sample is over: whatever it left behind dies now, then the pipes drain.
-        self.kill_all()
-        ends = self.reap_all({main, cand})
-        os.close(pidfd)
+        ends: dict[int, tuple[int, resource.struct_rusage]] = {}
+        if exited and outcome is None:
+            if function:
+                # The candidate's own end explains a verdict of "gone" (a signal, an exit
+                # status). After "end" an honest candidate exits at once: a short wait.
+                cand_fd = os.pidfd_open(cand)
+                try:
+                    select.select([cand_fd], [], [], 0.1)
+                finally:
+                    os.close(cand_fd)
+                got, st, ru = os.wait4(cand, os.WNOHANG)
+                if got == cand:
+                    ends[cand] = (st, ru)
+            else:
+                _, st, ru = os.wait4(main, 0)
+                ends[main] = (st, ru)
+        cand_by_itself = cand in ends
+        # The sample is over: whatever it left behind dies now (and the judge with it,
+        # unless the sample ended cleanly with nothing left), then the pipes drain.
+        judge_ok = function and judge_status is not None and outcome is None
+        if function and not judge_ok:
+            judge_status = self._drop_judge()
+        if self.kill_mode != "namespace" or self._others_alive():
+            self.kill_all()
+            self._forget_judge()  # the sweep killed it; reaped below
+            ends.update(self.reap_all({main, cand}))
+        if not function:
+            os.close(pidfd)
         for fd in (out_r, err_r, ver_r):
             os.set_blocking(fd, False)
             while fd in open_fds:
@@ -1191,6 +1331,10 @@ class Zygote:
             os.close(fd)
         wall = time.monotonic() - started
         clean = self.wipe()
+        if self.judge is not None:
+            self.judge_runs += 1
+            if self.judge_runs >= JUDGE_RUNS:
+                self._drop_judge()
         if host_gone:
             raise SystemExit(0)
 
@@ -1206,18 +1350,10 @@ class Zygote:
         }
         if not clean:
             resp["restart"] = "the private folders could not be emptied"
-        status = None
-        if function:
-            if cand_end is not None:
-                status = cand_end[0]
-            judge = ends.get(main)
-            if judge is not None:
-                st = judge[0]
-                resp["judge_exit"] = -os.WTERMSIG(st) if os.WIFSIGNALED(st) else os.WEXITSTATUS(st)
-            usage = cand_end[1] if cand_end is not None else ends[cand][1] if cand in ends else None
-        else:
-            status, usage = ends[main] if main in ends else (None, None)  # noqa: SIM401 (typed pair)
-        if status is not None:
+        if function and judge_status is not None:
+            resp["judge_exit"] = judge_status
+        status, usage = ends[cand] if cand in ends else (None, None)  # noqa: SIM401 (typed pair)
+        if status is not None and (not function or cand_by_itself):
             if os.WIFSIGNALED(status):
                 resp["signal"] = os.WTERMSIG(status)
             else:
@@ -1229,9 +1365,9 @@ class Zygote:
         # noted; more than one tagged line means someone else had the nonce: no verdict.
         authentic = []
         for line in bytes(verdict).decode("utf-8", "replace").splitlines():
-            tag, _, body = line.partition(" ")
+            tag, _, body_ = line.partition(" ")
             if tag == nonce:
-                authentic.append(body)
+                authentic.append(body_)
             else:
                 resp["verdict_forged"] = True
         if len(authentic) == 1:
@@ -1257,6 +1393,7 @@ class Zygote:
                 # Whatever went wrong, the sample's processes go, and the host starts a fresh zygote.
                 with contextlib.suppress(BaseException):
                     self.kill_all()
+                self.judge = None
                 resp = {
                     "outcome": "error",
                     "error": _describe(e),
