@@ -35,7 +35,11 @@ requests from the host, one at a time, each in a fresh child:
   candidate's exists where the tests run, and the judge's frames, memory and fds are
   out of its reach. The verdict is a line tagged with a fresh random nonce that only
   the judge knows, written on a pipe only the judge holds, after ``check()`` returned.
-  The sample's end is the judge's end.
+  The sample's end is the judge's reply. The judge is *resident*: forked once per
+  slot, it serves sample after sample (its pipes handed over as fds for each), so a
+  sample still costs one fork; any sample that leaves a process behind, times out or
+  upsets the judge takes the judge down with the sweep, and the next sample forks a
+  fresh one (as does every 500th).
 * A program sample (stdio, command) is one process; its output is read here and
   judged outside the sandbox. The harness in that process may only report why it
   failed (a syntax error, an exception): nothing it writes can make it pass.
