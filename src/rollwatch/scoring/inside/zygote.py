@@ -641,9 +641,13 @@ class HarnessError(BaseException):
     """The tests did something the channel cannot carry (a callable argument)."""
 
 
-def _rebuilt_exception(name: str, message: str) -> Exception:
-    """The judge's own exception for the candidate's: a built-in class by name, else a new class of that name."""
-    cls = getattr(builtins, name, None) if name.isidentifier() else None
+def _rebuilt_exception(name: str, message: str, tns: Json) -> Exception:
+    """The judge's own exception for the candidate's, by the class's name and with its message.
+
+    A class of that name in the tests' namespace (one the prompt defines, say) or among
+    the built-ins; else a new class of that name, derived from Exception.
+    """
+    cls = (tns.get(name) or getattr(builtins, name, None)) if name.isidentifier() else None
     if isinstance(cls, type) and issubclass(cls, Exception):
         try:
             return cls(message)
@@ -692,6 +696,8 @@ def _run_judge(req: Json, nonce: str) -> int:
         report({"ok": False, "kind": "harness", "reason": f"the problem's tests do not compile: {e}"})
         return 2
 
+    tns: Json = {"__name__": "__tests__", "__builtins__": builtins}
+
     def candidate(*args: Any, **kwargs: Any) -> Any:
         try:
             call = ["call", to_plain(list(args)), to_plain(kwargs)]
@@ -715,7 +721,7 @@ def _run_judge(req: Json, nonce: str) -> int:
                 raise LimitHit(kind)
             if kind == "exit":
                 raise CandidateExit(message)
-            raise _rebuilt_exception(name, message)
+            raise _rebuilt_exception(name, message, tns)
         raise ChannelBroken("the candidate sent a garbled message")
 
     entry = req["entry_point"]
@@ -724,7 +730,6 @@ def _run_judge(req: Json, nonce: str) -> int:
     tamper: Any = None
     ready = False
     try:
-        tns: Json = {"__name__": "__tests__", "__builtins__": builtins}
         exec(prelude_code, tns)
         exec(tests_code, tns)
         first = receive()
