@@ -10,6 +10,7 @@ answer on the same pool must pass.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import anyio
 import pytest
@@ -27,6 +28,7 @@ from .conftest import (
     sandbox_processes,
     stdio_problem,
 )
+from .test_scorers import command_problem
 
 pytestmark = pytest.mark.anyio
 
@@ -486,3 +488,32 @@ class TestJammers:
         assert not s.passed, s
         assert "verdict channel" in s.reason, s
         assert sandbox_processes() == []
+
+
+class TestCommandCheckerEchoes:
+    @pytest.mark.parametrize(
+        "last_line",
+        [
+            '"[" * 100000 + "]" * 100000',
+            '\'{"passed": false, "reason": ["x", ["y", {"z": 1}]], "score": 0}\'',
+            '\'{"passed": false, "reason": "\\\\ud800 \\\\udfff"}\'',
+            '\'{"passed": true, "score": 1e400}\'[:0] + \'{"passed": false, "score": \' + "9" * 500 + "}"',
+        ],
+    )
+    async def test_a_checker_echoing_the_candidates_output_cannot_stop_scoring(
+        self, pool: ScoringPool, tmp_path: Path, last_line: str
+    ) -> None:
+        """A checker whose last line is what the candidate printed (nested, surrogates, huge numbers) yields a score."""
+        p = command_problem(
+            tmp_path,
+            """
+            import os, subprocess, sys
+            r = subprocess.run([os.environ["ROLLWATCH_RUN"], sys.argv[1]], input=b"", capture_output=True)
+            sys.stdout.write(r.stdout.decode())
+            sys.exit(1)
+            """,
+        )
+        s = await pool.score(p, fenced(f"print({last_line})"))
+        assert not s.passed, s
+        storable(s)
+        await nothing_left(within=1.0)
