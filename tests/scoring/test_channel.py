@@ -125,3 +125,25 @@ async def test_only_the_entry_point_crosses(pool: ScoringPool) -> None:
     s = await pool.score(p, fenced("def helper(x):\n    return x * x\ndef f(x):\n    return helper(x)"))
     assert not s.passed
     assert "NameError" in s.reason, s
+
+
+async def test_a_swallowed_channel_failure_still_fails(pool: ScoringPool) -> None:
+    """Tests with a bare ``except:`` around a call cannot turn an unverifiable answer into a pass."""
+    p = function_problem(
+        """
+        def check(candidate):
+            for x in (2, 5):
+                try:
+                    r = candidate(x)
+                except:
+                    r = None
+                assert r is None or r == x * x
+        """
+    )
+    code = (
+        "class Anything:\n    def __eq__(self, other):\n        return True\ndef f(x):\n    return Anything()"
+    )
+    s = await pool.score(p, fenced(code))
+    assert not s.passed
+    assert s.reason == "unverifiable return value: Anything", s
+    assert (await pool.score(p, fenced("def f(x):\n    raise ValueError(x)"))).passed

@@ -698,7 +698,18 @@ def _run_judge(req: Json, nonce: str) -> int:
 
     tns: Json = {"__name__": "__tests__", "__builtins__": builtins}
 
+    # The first failure of the channel itself, kept even if the tests swallow it (a bare
+    # ``except:`` around a call must not turn an unverifiable answer into a pass).
+    sticky: list[BaseException] = []
+
     def candidate(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return call_candidate(args, kwargs)
+        except (ChannelBroken, Unverifiable, LimitHit, CandidateExit, HarnessError) as e:
+            sticky.append(e)
+            raise
+
+    def call_candidate(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         try:
             call = ["call", to_plain(list(args)), to_plain(kwargs)]
         except (NotPlain, ValueError, TypeError, RecursionError) as e:
@@ -750,6 +761,8 @@ def _run_judge(req: Json, nonce: str) -> int:
         tns["check"](candidate)
     except BaseException as e:
         failure = e
+    if sticky:
+        failure = sticky[0]
     if ready and not isinstance(failure, ChannelBroken):
         try:
             send(["end"])
