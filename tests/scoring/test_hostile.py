@@ -517,3 +517,22 @@ class TestCommandCheckerEchoes:
         assert not s.passed, s
         storable(s)
         await nothing_left(within=1.0)
+
+
+async def test_the_resident_judge_outlives_only_clean_samples(pool: ScoringPool) -> None:
+    """Honest samples keep their slot's judge (one fork per sample); a sample leaving a process behind replaces it."""
+    honest = fenced(HONEST_SQUARE)
+    for _ in range(2 * pool.workers):
+        assert (await pool.score(SQUARE, honest)).passed
+    before = {pid for pid, _, _ in judges()}
+    assert 1 <= len(before) <= pool.workers
+    for _ in range(2 * pool.workers):
+        assert (await pool.score(SQUARE, honest)).passed
+    assert {pid for pid, _, _ in judges()} == before
+    leave = fenced("import os, time\nif os.fork() == 0:\n    time.sleep(60)\n" + HONEST_SQUARE)
+    for _ in range(pool.workers):
+        assert (await pool.score(SQUARE, leave)).passed
+    await nothing_left(within=1.0)
+    for _ in range(pool.workers):
+        assert (await pool.score(SQUARE, honest)).passed
+    assert not before & {pid for pid, _, _ in judges()}
