@@ -593,7 +593,8 @@ def _run_candidate(req: Json) -> int:
     if fn is None or not callable(fn):
         answer(["load", "entry_point", f"entry point {entry!r} is not defined"])
         return 1
-    answer(["ready"])
+    # No "ready": the first answer (or a "load" failure) says the code loaded. Every
+    # answer carries the tamper report as of that moment.
     while True:
         msg = recv_msg(3)
         if msg is None:
@@ -612,13 +613,14 @@ def _run_candidate(req: Json) -> int:
                 message = f"exited before the tests finished (SystemExit {getattr(e, 'code', None)!r})"
             else:
                 message = _describe(e).partition(": ")[2]
-            answer(["raise", type(e).__name__, message, kind])
+            answer(["raise", type(e).__name__, message, kind, tampered(theirs)])
             continue
         theirs = to_harness()
         try:
-            answer(["return", to_plain(result)])
+            answer(["return", to_plain(result), tampered(theirs)])
         except (NotPlain, ValueError, TypeError, RecursionError, OverflowError) as e:
-            answer(["unplain", str(e) if isinstance(e, NotPlain) else type(result).__qualname__])
+            name = str(e) if isinstance(e, NotPlain) else type(result).__qualname__
+            answer(["unplain", name, tampered(theirs)])
 
 
 class ChannelBroken(BaseException):
@@ -639,6 +641,10 @@ class Unverifiable(BaseException):
 
 class HarnessError(BaseException):
     """The tests did something the channel cannot carry (a callable argument)."""
+
+
+class LoadFailed(BaseException):
+    """The candidate's code did not load (syntax, exception, no entry point): ``(kind, reason)``."""
 
 
 def _rebuilt_exception(name: str, message: str, tns: Json) -> Exception:
@@ -705,9 +711,26 @@ def _run_judge(req: Json, nonce: str) -> int:
     def candidate(*args: Any, **kwargs: Any) -> Any:
         try:
             return call_candidate(args, kwargs)
-        except (ChannelBroken, Unverifiable, LimitHit, CandidateExit, HarnessError) as e:
+        except (ChannelBroken, Unverifiable, LimitHit, CandidateExit, HarnessError, LoadFailed) as e:
             sticky.append(e)
             raise
+
+    loaded = False
+    tamper: Any = None
+
+    def answer() -> list[Any]:
+        """The candidate's next message; LoadFailed if its code did not load; notes its tamper report."""
+        nonlocal loaded, tamper
+        msg = receive()
+        if msg[0] == "load" and not loaded:
+            if len(msg) != 3:
+                raise ChannelBroken("the candidate sent a garbled message")
+            kind = msg[1] if msg[1] in _LOAD_KINDS else "exception"
+            raise LoadFailed(kind, str(msg[2])[:1000])
+        loaded = True
+        if tamper is None and type(msg[-1]) is str:
+            tamper = msg[-1]
+        return msg
 
     def call_candidate(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         try:
@@ -717,16 +740,16 @@ def _run_judge(req: Json, nonce: str) -> int:
                 f"the tests passed the candidate a value the channel cannot carry ({e})"
             ) from None
         send(call)
-        msg = receive()
+        msg = answer()
         tag = msg[0]
         try:
-            if tag == "return" and len(msg) == 2:
+            if tag == "return" and len(msg) == 3:
                 return from_plain(msg[1])
         except NotPlain as e:
             raise ChannelBroken(f"the candidate sent a {e}") from None
-        if tag == "unplain" and len(msg) == 2:
+        if tag == "unplain" and len(msg) == 3:
             raise Unverifiable(str(msg[1])[:200])
-        if tag == "raise" and len(msg) == 4:
+        if tag == "raise" and len(msg) == 5:
             name, message, kind = str(msg[1])[:100], str(msg[2])[:1000], msg[3]
             if kind in ("memory", "file_size"):
                 raise LimitHit(kind)
@@ -736,26 +759,10 @@ def _run_judge(req: Json, nonce: str) -> int:
         raise ChannelBroken("the candidate sent a garbled message")
 
     entry = req["entry_point"]
-    stage = "candidate"
     failure: BaseException | None = None
-    tamper: Any = None
-    ready = False
     try:
         exec(prelude_code, tns)
         exec(tests_code, tns)
-        first = receive()
-        if first[0] == "load" and len(first) == 3:
-            kind = (
-                first[1]
-                if first[1] in ("syntax", "exception", "entry_point", "memory", "file_size", "exit")
-                else "exception"
-            )
-            report({"ok": False, "kind": kind, "reason": str(first[2])[:1000], "stage": "candidate"})
-            return 1
-        if first != ["ready"]:
-            raise ChannelBroken("the candidate sent a garbled message")
-        ready = True
-        stage = "tests"
         # HumanEval's tests may call the entry point by its name, not only as `candidate`.
         tns[entry] = candidate
         tns["check"](candidate)
@@ -763,15 +770,20 @@ def _run_judge(req: Json, nonce: str) -> int:
         failure = e
     if sticky:
         failure = sticky[0]
-    if ready and not isinstance(failure, ChannelBroken):
+    if not loaded and not isinstance(failure, (ChannelBroken, LoadFailed)):
+        # The tests never got an answer: the candidate must still show that its code loaded.
         try:
             send(["end"])
-            msg = receive()
+            msg = answer()
             if msg[0] != "end" or len(msg) != 2:
                 raise ChannelBroken("the candidate sent a garbled message")
-            tamper = msg[1]
-        except ChannelBroken as e:
-            failure = failure or e
+        except (ChannelBroken, LoadFailed) as e:
+            failure = e
+    if isinstance(failure, LoadFailed):
+        kind, reason = failure.args
+        report({"ok": False, "kind": kind, "reason": reason, "stage": "candidate"})
+        return 1
+    stage = "tests" if loaded else "candidate"
     if tamper is not None:
         report(
             {
@@ -790,7 +802,7 @@ def _run_judge(req: Json, nonce: str) -> int:
         return 1
     if isinstance(err, ChannelBroken):
         report({"ok": False, "kind": "gone", "reason": str(err), "stage": stage})
-        return 1
+        return JUDGE_GONE
     if isinstance(err, HarnessError):
         report({"ok": False, "kind": "harness", "reason": str(err)})
         return 1
@@ -813,6 +825,10 @@ def _run_judge(req: Json, nonce: str) -> int:
     report(detail)
     return 1
 
+
+JUDGE_GONE = 3
+"""The judge's status when the candidate stopped answering: its own end is worth a wait."""
+_LOAD_KINDS = ("syntax", "exception", "entry_point", "memory", "file_size", "exit")
 
 JUDGE_CTL_FD = 6
 JUDGE_RUNS = 500
@@ -1315,10 +1331,18 @@ class Zygote:
                 outcome = "output_limit"
 
         ends: dict[int, tuple[int, resource.struct_rusage]] = {}
+        cand_by_itself = False
         if exited and outcome is None:
-            if function:
-                # The candidate's own end explains a verdict of "gone" (a signal, an exit
-                # status). After "end" an honest candidate exits at once: a short wait.
+            if function and judge_status != JUDGE_GONE:
+                # Judged: the candidate has nothing more to say. It goes now, alone: the
+                # judge stays for the next sample if nothing else is left.
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(cand, signal.SIGKILL)
+                _, st, ru = os.wait4(cand, 0)
+                ends[cand] = (st, ru)
+            elif function:
+                # It stopped answering: its own end (a signal, an exit status) explains
+                # why, so it gets a moment to end by itself.
                 cand_fd = os.pidfd_open(cand)
                 try:
                     select.select([cand_fd], [], [], 0.1)
@@ -1327,10 +1351,11 @@ class Zygote:
                 got, st, ru = os.wait4(cand, os.WNOHANG)
                 if got == cand:
                     ends[cand] = (st, ru)
+                    cand_by_itself = True
             else:
                 _, st, ru = os.wait4(main, 0)
                 ends[main] = (st, ru)
-        cand_by_itself = cand in ends
+                cand_by_itself = True
         # The sample is over: whatever it left behind dies now (and the judge with it,
         # unless the sample ended cleanly with nothing left), then the pipes drain.
         judge_ok = function and judge_status is not None and outcome is None
