@@ -528,22 +528,28 @@ def _run_candidate(req: Json) -> int:
     copy_live, clear_live, update_live = live.copy, live.clear, live.update
     snapshot = SAFE_BUILTINS
 
-    def to_harness() -> Json:
-        """The snapshot in place of the candidate's builtins; the candidate's, to put back."""
+    def to_harness() -> Json | None:
+        """The snapshot in place of the candidate's builtins; the candidate's, to put back (None: the same)."""
+        try:
+            if live == snapshot:  # the usual case, and cheaper than swapping
+                return None
+        except BaseException:  # noqa: S110 (a value of the candidate's whose __eq__ raises: swap)
+            pass
         theirs: Json = copy_live()
         clear_live()
         update_live(snapshot)
         return theirs
 
-    def to_candidate(theirs: Json) -> None:
-        clear_live()
-        update_live(theirs)
+    def to_candidate(theirs: Json | None) -> None:
+        if theirs is not None:
+            clear_live()
+            update_live(theirs)
 
-    def tampered(theirs: Json) -> str | None:
+    def tampered(theirs: Json | None) -> str | None:
         for name, m, before in watched:
             if sysmods.get(name) is not m:
                 return "module " + str(name) + " was replaced"
-            now = theirs if m is builtins else m.__dict__
+            now = (live if theirs is None else theirs) if m is builtins else m.__dict__
             for key, value in before.items():
                 if now.get(key, now) is not value:
                     return str(name) + "." + str(key) + " was rebound"
