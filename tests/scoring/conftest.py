@@ -68,7 +68,11 @@ async def pool(request: pytest.FixtureRequest) -> AsyncIterator[ScoringPool]:
 
 
 def sandbox_processes(uids: range | None = None) -> list[tuple[int, int, str]]:
-    """(pid, uid, command) of every process running as one of our sandbox uids."""
+    """(pid, uid, command) of every process running as one of our sandbox uids.
+
+    The candidates' uids: the resident judge of each slot (``JUDGE_UID_OFFSET`` above)
+    belongs to the sandbox, like the zygote, and lives as long as it.
+    """
     uids = uids or range(UID_BASE, UID_BASE + 8)
     found = []
     for name in os.listdir("/proc"):

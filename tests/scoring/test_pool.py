@@ -124,6 +124,11 @@ class TestLifetime:
             (sb,) = pool.sandboxes
             assert sb.pid is not None
             os.kill(sb.pid, signal.SIGKILL)
+            # The kill is asynchronous: on a busy machine the sandbox could still answer a
+            # sample before it is gone. Wait until it has exited (a zombie, or reaped).
+            with anyio.fail_after(10):
+                while _alive(sb.pid):
+                    await anyio.sleep(0.01)
             s = await pool.score(SQUARE, SQUARE_OK)
             assert s.passed, s
             assert sb.restarts == 1
@@ -168,6 +173,15 @@ class TestLifetime:
         with anyio.fail_after(5):
             while _cmdlines_with(marker):
                 await anyio.sleep(0.02)
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` exists and has not exited (zombies have)."""
+    try:
+        data = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return False
+    return data[data.rindex(b")") + 2 : data.rindex(b")") + 3] not in (b"Z", b"X")
 
 
 def _cmdlines_with(marker: bytes) -> list[int]:

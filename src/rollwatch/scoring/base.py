@@ -171,8 +171,8 @@ _SIGNAL_REASONS = {
 class SampleResult:
     """How one run ended, as the zygote saw it from outside the candidate."""
 
-    outcome: Literal["exited", "timeout", "output_limit", "lost"]
-    """lost: the sandbox itself died during the run."""
+    outcome: Literal["exited", "timeout", "output_limit", "lost", "error"]
+    """lost: the sandbox itself died during the run; error: it failed on this sample (and restarts)."""
     exit_code: int | None = None
     signal: int | None = None
     stdout: bytes = b""
@@ -180,7 +180,12 @@ class SampleResult:
     stderr: str = ""
     stderr_bytes: int = 0
     verdict: dict[str, Any] | None = None
-    """The harness's nonce-tagged report (None when it never wrote one)."""
+    """The harness's nonce-tagged report (None when it never wrote one): in function mode
+    the judge's, in program mode the program's harness's (which can only report a failure)."""
+    judge_exit: int | None = None
+    """Function mode: the judge's exit status (negative: killed by that signal)."""
+    error: str = ""
+    """Why the sandbox failed on this sample (outcome "error")."""
     verdict_forged: bool = False
     """Something else wrote on the verdict channel."""
     wall_ms: float = 0.0
@@ -199,8 +204,10 @@ class SampleResult:
             stdout_bytes=int(d.get("stdout_bytes") or 0),
             stderr=d.get("stderr") or "",
             stderr_bytes=int(d.get("stderr_bytes") or 0),
-            verdict=d.get("verdict"),
+            verdict=d.get("verdict") if isinstance(d.get("verdict"), dict) else None,
             verdict_forged=bool(d.get("verdict_forged")),
+            judge_exit=d.get("judge_exit") if isinstance(d.get("judge_exit"), int) else None,
+            error=str(d.get("error") or d.get("restart") or ""),
             wall_ms=float(d.get("wall_ms") or 0.0),
             cpu_ms=d.get("cpu_ms"),
             maxrss_kb=d.get("maxrss_kb"),
@@ -214,6 +221,8 @@ class SampleResult:
             return "output limit"
         if self.outcome == "lost":
             return "sandbox lost"
+        if self.outcome == "error":
+            return f"sandbox error: {self.error or 'the sandbox failed on this sample'}"
         if self.signal is not None:
             import signal as _signal
 
@@ -238,6 +247,8 @@ class SampleResult:
         d["stdout_bytes"] = self.stdout_bytes
         if self.verdict_forged:
             d["verdict_forged"] = True
+        if self.judge_exit is not None:
+            d["judge_exit"] = self.judge_exit
         return d
 
 
@@ -255,8 +266,12 @@ class Sandbox(ABC):
     * ``run`` never raises for anything the candidate does; a sandbox that dies under
       it yields ``outcome="lost"`` and is restarted on the next run. It raises
       SandboxError only when the sandbox cannot be (re)started at all.
-    * The verdict channel carries only what the harness wrote after ``check()``
-      returned; nothing the candidate prints or exits with can pass for it.
+    * The verdict channel carries only what the judge wrote after ``check()``
+      returned; the judge is a process of its own that the candidate's code cannot
+      reach, and it sees the candidate only through plain data. Nothing the
+      candidate prints, exits with or writes anywhere can pass for a verdict.
+    * A sample the zygote fails on ends as ``outcome="error"`` (a failed sample) and
+      the slot's sandbox restarts.
     """
 
     isolation: ClassVar[str]

@@ -61,7 +61,7 @@ def _verdict(stdout: str) -> dict[str, Any] | None:
     for c in candidates:
         try:
             obj = json.loads(c)
-        except ValueError:
+        except (ValueError, RecursionError):  # the checker may echo the candidate's output
             continue
         if isinstance(obj, dict) and ("score" in obj or "passed" in obj):
             return obj
@@ -158,7 +158,7 @@ class CommandScorer(Scorer):
         if verdict is not None:
             try:
                 score = min(1.0, max(0.0, float(verdict.get("score", 1.0 if verdict.get("passed") else 0.0))))
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, OverflowError):
                 return Outcome(
                     passed=False, score=0.0, reason="checker: score is not a number", detail=detail
                 )
@@ -168,7 +168,10 @@ class CommandScorer(Scorer):
                 return Outcome(
                     passed=False, score=score, reason=f"checker said passed but exited {code}", detail=detail
                 )
-            reason = "passed" if passed else str(verdict.get("reason") or "the checker's verdict: not passed")
+            why = verdict.get("reason")
+            # Only text or a number: the checker may echo the candidate's output, nested at will.
+            why = str(why)[:1000] if isinstance(why, str | int | float) and why != "" else None
+            reason = "passed" if passed else why or "the checker's verdict: not passed"
             return Outcome(passed=passed, score=score, reason=reason, detail=detail)
         if code == 0:
             return Outcome(passed=True, score=1.0, reason="passed", detail=detail)

@@ -1,9 +1,12 @@
-"""The ``python-function`` scorer: HumanEval semantics, judged from outside.
+"""The ``python-function`` scorer: HumanEval semantics, judged where the candidate cannot reach.
 
-The sandbox's harness runs the problem's prelude (HumanEval: the prompt), the
-candidate's code, then the tests in a namespace of their own, and calls
-``check(entry_point)``. The sample passes only when the harness's nonce-tagged
-verdict says the tests returned, and the process then exited 0 by itself.
+The sandbox runs the problem's prelude (HumanEval: the prompt) and the candidate's
+code in one process, and the prelude and the tests in another, the *judge*, which
+calls ``check(candidate)`` with a proxy: every call crosses to the candidate's
+process as plain data and its return value (or exception) comes back as plain data
+(see ``inside/zygote.py``). The sample passes only when the judge's nonce-tagged
+verdict says the tests returned, the judge then exited 0 by itself, and nothing else
+wrote on the verdict channel.
 """
 
 from __future__ import annotations
@@ -11,7 +14,17 @@ from __future__ import annotations
 from typing import ClassVar
 
 from rollwatch.problems import Problem
-from rollwatch.scoring.base import Outcome, Sandbox, Scorer
+from rollwatch.scoring.base import Outcome, SampleResult, Sandbox, Scorer
+
+
+def _gone(res: SampleResult) -> str:
+    """Why the candidate's process stopped answering, as far as the sandbox saw it."""
+    why = str((res.verdict or {}).get("reason") or "")
+    if why.startswith("the candidate sent"):
+        return f"sandbox error: {why}"
+    if res.exit_code is not None:
+        return f"exited before the tests finished (exit status {res.exit_code})"
+    return "exited before the tests finished (the candidate's process stopped answering)"
 
 
 class FunctionScorer(Scorer):
@@ -36,19 +49,28 @@ class FunctionScorer(Scorer):
             for key in ("stage", "test_line", "test_source"):
                 if key in verdict:
                     detail[key] = verdict[key]
+        if res.verdict_forged:
+            return Outcome(
+                passed=False,
+                score=0.0,
+                reason="sandbox error: something other than the judge wrote on the verdict channel",
+                detail=detail,
+            )
         if res.outcome == "exited" and verdict is not None and verdict.get("ok") is True:
-            if res.exit_code == 0:
+            if res.judge_exit == 0:
                 return Outcome(passed=True, score=1.0, reason="passed", detail=detail)
             return Outcome(
                 passed=False,
                 score=0.0,
-                reason=f"exit status {res.exit_code} after the tests passed",
+                reason=f"sandbox error: the judge exited with status {res.judge_exit} after the tests passed",
                 detail=detail,
             )
         reason = res.abnormal()
         if reason is None:
-            if verdict is not None and verdict.get("ok") is False:
+            if verdict is not None and verdict.get("kind") == "gone":
+                reason = _gone(res)
+            elif verdict is not None and verdict.get("ok") is False:
                 reason = str(verdict.get("reason") or "the tests failed")
             else:
-                reason = f"exited before the tests finished (exit status {res.exit_code})"
+                reason = f"sandbox error: the judge ended without a verdict (status {res.judge_exit})"
         return Outcome(passed=False, score=0.0, reason=reason, detail=detail)

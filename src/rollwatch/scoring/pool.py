@@ -11,6 +11,7 @@ sandboxes are separate processes spoken to over pipes.
 
 from __future__ import annotations
 
+import math
 import shutil
 import tempfile
 import time
@@ -18,7 +19,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
@@ -40,6 +41,32 @@ SCORERS: dict[str, type[Scorer]] = {
     StdioScorer.kind: StdioScorer,
     CommandScorer.kind: CommandScorer,
 }
+
+
+def plain_text(s: str, limit: int = 4000) -> str:
+    """``s`` cut to ``limit`` characters and encodable as UTF-8 (lone surrogates become "?")."""
+    return s[:limit].encode("utf-8", "replace").decode("utf-8")
+
+
+def plain_detail(value: Any, depth: int = 0) -> Any:
+    """A score's detail as the event log can always store it: bounded depth, size and text.
+
+    Parts of it come from the sample (its stderr, its exception's message) or from a
+    checker that may echo the sample's output: nothing there may stop a run.
+    """
+    if value is None or isinstance(value, bool | int):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, str):
+        return plain_text(value)
+    if depth >= 8:
+        return "…"
+    if isinstance(value, dict):
+        return {plain_text(str(k), 200): plain_detail(v, depth + 1) for k, v in list(value.items())[:100]}
+    if isinstance(value, list | tuple):
+        return [plain_detail(v, depth + 1) for v in value[:100]]
+    return plain_text(repr(value), 200)
 
 
 class ScoringPool:
@@ -166,12 +193,13 @@ class ScoringPool:
 
     def _score(self, problem: Problem, outcome: Outcome, ex: Extraction, started: float) -> Score:
         duration = round((time.perf_counter() - started) * 1000, 3)
+        detail = plain_detail({"extraction_blocks": ex.blocks, **outcome.detail})
         score = Score(
             passed=outcome.passed,
             score=outcome.score,
             scorer=problem.scorer,
-            reason=outcome.reason,
-            detail={"extraction_blocks": ex.blocks, **outcome.detail},
+            reason=plain_text(outcome.reason, 2000),
+            detail=detail if isinstance(detail, dict) else {},
             duration_ms=duration,
             extraction=ex.method,
             isolation=self.isolation,

@@ -60,6 +60,11 @@ ONESHOT = Path(__file__).parent / "inside" / "oneshot.py"
 _ZYGOTE_IN_SANDBOX = "/opt/rollwatch/zygote.py"
 _BACKSTOP_S = 10.0
 """Beyond a sample's own timeout, how long the host waits for the zygote's answer."""
+# --- judge uid (issue 20, judge/candidate split) ---
+JUDGE_UID_OFFSET = 1 << 16
+"""As root, a python-function sample's tests run as ``uid + JUDGE_UID_OFFSET``: a uid
+no candidate runs as, so no candidate can signal, trace or read the judge."""
+# --- end judge uid ---
 
 # The environment of everything in the sandbox: nothing of the daemon's.
 SANDBOX_ENV = {
@@ -149,6 +154,7 @@ class ZygoteSandbox(Sandbox):
         self.settings = settings
         self.slot = slot
         self.uid = settings.uid_base + slot if privileged() else None
+        self.judge_uid = self.uid + JUDGE_UID_OFFSET if self.uid is not None else None
         self.hello: dict[str, Any] = {}
         self.restarts = 0
         self._proc: Process | None = None
@@ -168,6 +174,7 @@ class ZygoteSandbox(Sandbox):
         return {
             "uid": self.uid,
             "gid": self.uid,
+            "judge_uid": self.judge_uid,
             "kill": "namespace",
             "workdir": "/tmp/work",
             # Between samples: files, and POSIX message queues (SysV IPC: see inside/zygote.py).
@@ -233,7 +240,14 @@ class ZygoteSandbox(Sandbox):
                     with anyio.fail_after(request.timeout + _BACKSTOP_S):
                         await self._proc.stdin.send(wire)
                         resp = await self._recv()
-                except (anyio.EndOfStream, anyio.IncompleteRead, anyio.BrokenResourceError, OSError):
+                except (
+                    anyio.EndOfStream,
+                    anyio.IncompleteRead,
+                    anyio.BrokenResourceError,
+                    OSError,
+                    ValueError,  # a frame that does not parse: the zygote is not itself any more
+                    RecursionError,
+                ):
                     why = self._stderr_tail()
                     await self._kill()
                     self.restarts += 1
@@ -253,13 +267,21 @@ class ZygoteSandbox(Sandbox):
                     # Cancelled mid-sample: the zygote's state is unknown; start afresh next time.
                     await self._kill()
                     raise
-                if resp.get("outcome") == "error":
+                # --- issue 20: every answer ends with a verdict ---
+                if resp.get("outcome") == "error" or resp.get("restart"):
+                    # The zygote failed on this sample, or could not clean up after it: the
+                    # sample fails with the reason and the slot starts afresh next time.
                     await self._kill()
-                    raise SandboxError(
-                        f"the {self.isolation} sandbox failed to run a sample: {resp.get('error')}\n"
-                        f"{resp.get('traceback', '')}"
+                    self.restarts += 1
+                    log.warning(
+                        "sandbox_restarted",
+                        isolation=self.isolation,
+                        slot=self.slot,
+                        error=str(resp.get("error") or resp.get("restart"))[:300],
+                        traceback=str(resp.get("traceback") or "")[-2000:],
                     )
                 return SampleResult.from_wire(resp)
+                # --- end issue 20 ---
         raise AssertionError("unreachable")
 
     async def aclose(self) -> None:

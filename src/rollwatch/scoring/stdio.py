@@ -36,6 +36,8 @@ class StdioScorer(Scorer):
             total_ms += res.wall_ms
             why = res.abnormal()
             diff = None
+            if why is None and res.verdict_forged:
+                why = "sandbox error: something other than the harness wrote on the verdict channel"
             if why is None and res.verdict is not None and res.verdict.get("kind") in ("syntax", "exception"):
                 why = str(res.verdict.get("reason"))
             if why is None and res.exit_code != 0:
@@ -51,7 +53,7 @@ class StdioScorer(Scorer):
                 if diff is not None:
                     detail["difference"] = diff
                 first = (f"{why} on case {i} ({case.name})", detail)
-            if why.startswith(("timeout", "syntax error", "sandbox lost")):
+            if why.startswith(("timeout", "syntax error", "sandbox lost", "sandbox error")):
                 break
         n = len(problem.cases)
         summary: dict[str, Any] = {"cases": n, "cases_passed": passed, "run_ms": round(total_ms, 3)}

@@ -26,17 +26,23 @@ requests from the host, one at a time, each in a fresh child:
   ``kill(-1)`` sent as the slot's uid, else a walk of the process tree.)
 * Output is read with byte caps; exceeding one kills the sample ("output limit"),
   so 1 GB of prints costs no memory.
-* The verdict of a python-function sample is a line tagged with a fresh random
-  nonce, written by the harness on a private pipe only *after* ``check()``
-  returned. An ``os._exit(0)`` before the tests, an exit status, or anything the
-  candidate prints proves nothing. Return values cross into the tests only as
-  plain data (a ``marshal`` round trip), so an object whose ``__eq__`` always
-  says True never reaches an assertion. The tests run in their own namespace over
-  the builtins as they were before the candidate ran, and the modules they import
-  must come back unchanged (no rebound ``random.randint``), with no trace function
-  left. (The nonce lives in the same address space as the candidate: this stops
-  accidental and lazy reward hacks, not a program written to dig through the
-  harness's frames for it.)
+* A python-function sample runs in two processes: the *candidate* (the prompt and
+  the model's code, as the slot's uid) and the *judge* (the prompt and the problem's
+  tests, as a second uid, non-dumpable). The tests call the candidate through a
+  proxy that carries plain data only over a pair of pipes (arguments in; the return
+  value, or the exception's type name and message, out; tagged JSON, checked types,
+  bounded depth and size), so no object, module, builtin or trace function of the
+  candidate's exists where the tests run, and the judge's frames, memory and fds are
+  out of its reach. The verdict is a line tagged with a fresh random nonce that only
+  the judge knows, written on a pipe only the judge holds, after ``check()`` returned.
+  The sample's end is the judge's reply. The judge is *resident*: forked once per
+  slot, it serves sample after sample (its pipes handed over as fds for each), so a
+  sample still costs one fork; any sample that leaves a process behind, times out or
+  upsets the judge takes the judge down with the sweep, and the next sample forks a
+  fresh one (as does every 500th).
+* A program sample (stdio, command) is one process; its output is read here and
+  judged outside the sandbox. The harness in that process may only report why it
+  failed (a syntax error, an exception): nothing it writes can make it pass.
 * Between samples the private ``/tmp``, ``/var/tmp``, ``/dev/shm`` and
   ``/dev/mqueue`` are emptied and SysV IPC objects removed.
 
@@ -61,12 +67,10 @@ import errno
 import fcntl
 import json
 import linecache
-import marshal
 import os
 import re
 import resource
 import select
-import shutil
 import signal
 import socket
 import struct
@@ -301,34 +305,40 @@ def _limits(lim: Json) -> None:
         (resource.RLIMIT_CORE, 0),
     ]
     for which, soft in pairs:
+        if which == resource.RLIMIT_CPU and soft <= 0:
+            # The resident judge lives across samples: its CPU seconds would add up. The
+            # zygote's deadline bounds every sample it serves.
+            continue
         hard = soft + 1 if which == resource.RLIMIT_CPU else soft
         resource.setrlimit(which, (soft, hard))
 
 
-def _enter_child(cfg: Json, req: Json, stdin_fd: int, out_w: int, err_w: int, ver_w: int) -> None:
-    """Everything between fork and the first byte of candidate code.
+def _enter_child(cfg: Json, req: Json, fds: list[int], uid: int | None, workdir: str) -> None:
+    """Everything between fork and the first byte of the candidate's code or the tests.
 
-    Kept to the bone: every object this touches is a page copied after the fork.
-    What can be done once (the environment, no_new_privs, the standard streams) was
-    done by the zygote before it forked.
+    ``fds`` become fds 0, 1, 2, ... in that order and every other fd is closed. Kept
+    to the bone: every object this touches is a page copied after the fork. What can
+    be done once (the environment, no_new_privs, the standard streams) was done by the
+    zygote before it forked.
     """
     if cfg["kill"] != "namespace":
         # No PID namespace to take the sample down with the zygote: a death signal.
         prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     os.setsid()
-    high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 100) for fd in (stdin_fd, out_w, err_w, ver_w)]
-    for fd, target in zip(high, (0, 1, 2, VERDICT_FD), strict=True):
+    high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 100) for fd in fds]
+    for target, fd in enumerate(high):
         os.dup2(fd, target)
-    os.closerange(VERDICT_FD + 1, 1 << 20)
+    os.closerange(len(fds), 1 << 20)
     # Signal dispositions are the zygote's, which are a fresh interpreter's: it sets none.
-    os.chdir(cfg["workdir"])
+    os.chdir(workdir)
     _limits(req["limits"])
-    uid, gid = cfg.get("uid"), cfg.get("gid")
     if uid is not None:
-        assert gid is not None
         os.setgroups([])
-        os.setresgid(gid, gid, gid)
+        os.setresgid(uid, uid, uid)
         os.setresuid(uid, uid, uid)  # every capability is gone with root
+    # A change of uid resets this flag to the system's default: set it again, so that
+    # neither process can be traced, nor its memory, fds or /proc files read, by the other.
+    prctl(PR_SET_DUMPABLE, 0)
     # sys.stdin/stdout/stderr are the zygote's objects over fds 0, 1 and 2, never used
     # by it (its protocol runs on duplicates): they now read and write the sample's pipes.
     sys.argv = ["solution.py"]
@@ -369,42 +379,177 @@ def _test_line(e: BaseException, filename: str) -> tuple[int, str] | None:
     return found
 
 
-class Unverifiable(BaseException):
-    """A candidate's return value that is not plain data (raised into the tests)."""
+# -- the channel between the judge and the candidate ---------------------------------------
+#
+# A python-function sample runs in two processes forked from the zygote: the
+# *candidate* (prelude + the model's code, as the slot's uid) and the *judge* (prelude +
+# the problem's tests, as a second uid). The tests call the candidate through a proxy
+# that sends the arguments over a pipe and reads back the return value or the
+# exception's type name and message, as plain data only: JSON arrays tagged with the
+# container type. Nothing of the candidate's (no object, no class, no patched module,
+# no trace function) exists in the judge; the judge's frames, memory and fds are in
+# another process of another uid, non-dumpable. The verdict pipe is the judge's alone.
+
+CHANNEL_MAX = 16 * 1024 * 1024
+"""Largest frame either side accepts on the channel (one call, one return value)."""
+PLAIN_DEPTH = 100
+"""Deepest nesting of a value on the channel."""
+_json_dumps = json.JSONEncoder(separators=(",", ":")).encode
+_json_loads = json.loads
 
 
-def _run_function(req: Json, nonce: str) -> int:
-    """HumanEval semantics: the prompt, the candidate, the tests, ``check(entry_point)``.
+class NotPlain(Exception):
+    """A value the channel does not carry: an object, a function, too deep or too large."""
 
-    Once the candidate has run, the builtins module is whatever it made of it: until
-    they are restored, the harness uses no builtin name (only what it captured before,
-    dict methods and operators), so a rebound ``isinstance`` or ``len`` cannot steer it.
+
+def to_plain(x: Any, depth: int = 0) -> Any:
+    """``x`` as JSON-ready tagged data, or NotPlain naming the first type that is not plain data.
+
+    Types are checked exactly (``type(x) is int``), so no subclass with an ``__eq__`` of
+    its own crosses. Containers become ``[tag, *items]``: l list, t tuple, s set,
+    f frozenset, d dict (``[key, value]`` pairs), b bytes (base64), c complex.
     """
-    write = os.write
-    dumps, loads = marshal.dumps, marshal.loads
-    gettrace, getprofile = sys.gettrace, sys.getprofile
+    t = type(x)
+    if x is None or t is bool or t is int or t is float or t is str:
+        return x
+    if depth >= PLAIN_DEPTH:
+        raise NotPlain(f"nested more than {PLAIN_DEPTH} deep")
+    d = depth + 1
+    if t is list or t is tuple or t is set or t is frozenset:
+        tag = "l" if t is list else "t" if t is tuple else "s" if t is set else "f"
+        return [tag, *[to_plain(v, d) for v in x]]
+    if t is dict:
+        return ["d", *[[to_plain(k, d), to_plain(v, d)] for k, v in x.items()]]
+    if t is bytes:
+        return ["b", base64.b64encode(x).decode()]
+    if t is complex:
+        return ["c", x.real, x.imag]
+    raise NotPlain(str(getattr(t, "__qualname__", "?")))
+
+
+def from_plain(x: Any, depth: int = 0) -> Any:
+    """The value ``to_plain`` encoded, built afresh from built-in types; NotPlain if garbled."""
+    t = type(x)
+    if x is None or t is bool or t is int or t is float or t is str:
+        return x
+    if t is not list or not x or depth >= PLAIN_DEPTH:
+        raise NotPlain("garbled value")
+    tag, d = x[0], depth + 1
+    try:
+        if tag == "l":
+            return [from_plain(v, d) for v in x[1:]]
+        if tag == "t":
+            return tuple([from_plain(v, d) for v in x[1:]])
+        if tag == "s":
+            return {from_plain(v, d) for v in x[1:]}
+        if tag == "f":
+            return frozenset([from_plain(v, d) for v in x[1:]])
+        if tag == "d":
+            out = {}
+            for pair in x[1:]:
+                if type(pair) is not list or len(pair) != 2:
+                    raise NotPlain("garbled value")
+                out[from_plain(pair[0], d)] = from_plain(pair[1], d)
+            return out
+        if tag == "b" and len(x) == 2 and type(x[1]) is str:
+            return base64.b64decode(x[1], validate=True)
+        if tag == "c" and len(x) == 3 and all(type(v) in (int, float) for v in x[1:]):
+            return complex(x[1], x[2])
+    except (TypeError, ValueError) as e:  # unhashable keys, bad base64
+        raise NotPlain("garbled value") from e
+    raise NotPlain("garbled value")
+
+
+def send_msg(fd: int, msg: list[Any]) -> None:
+    """One frame on the channel (4-byte length, ASCII JSON: lone surrogates are escaped)."""
+    body = _json_dumps(msg).encode()
+    if len(body) > CHANNEL_MAX:
+        raise NotPlain(f"larger than {CHANNEL_MAX >> 20} MiB")
+    data = struct.pack(">I", len(body)) + body
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def recv_msg(fd: int) -> list[Any] | None:
+    """One frame from the channel; None at EOF; NotPlain when it is not a well-formed message."""
+    try:
+        head = read_exact(fd, 4)
+        if head is None:
+            return None
+        (n,) = struct.unpack(">I", head)
+        if n > CHANNEL_MAX:
+            raise NotPlain("a frame larger than the channel's limit")
+        body = read_exact(fd, n)
+    except EOFError:
+        return None
+    try:
+        msg = _json_loads(body or b"")
+    except (ValueError, RecursionError, MemoryError) as e:
+        raise NotPlain("a garbled frame") from e
+    if type(msg) is not list or not msg or type(msg[0]) is not str:
+        raise NotPlain("a garbled frame")
+    return msg
+
+
+def _watched_modules(req: Json) -> list[tuple[str, Any, dict[str, Any]]]:
+    """The modules the tests import, with their names as they are now (before the candidate ran)."""
+    imported = set(_IMPORTS.findall(req["tests"] + "\n" + (req.get("prelude") or "")))
     sysmods = sys.modules
-    safe_builtins = SAFE_BUILTINS  # the zygote's snapshot, taken before any candidate ran
-    restore_builtins = vars(builtins).update
-    prelude = req.get("prelude") or ""
-    # The modules the tests import: the candidate must not rebind any of their names
-    # (say random.randint) to bend the tests its way. Only those: copying every module's
-    # dict would touch (and copy-on-write) half the zygote's heap. The tests' bare
-    # builtins are the snapshot, whatever the candidate does to the module.
-    imported = set(_IMPORTS.findall(req["tests"] + "\n" + prelude))
     watched = [
         (name, sysmods[name], dict(vars(sysmods[name])))
         for name in imported
         if name in sysmods and name not in ("sys", "__main__", "builtins")
     ]
     if "builtins" in imported:
-        watched.append(("builtins", builtins, safe_builtins))
+        watched.append(("builtins", builtins, SAFE_BUILTINS))
+    return watched
 
-    def tampered() -> str | None:
+
+def _run_candidate(req: Json) -> int:
+    """The candidate's process: prelude and code, then one call per request of the judge.
+
+    fds: 0 stdin (/dev/null), 1 and 2 the sample's output pipes, 3 calls from the judge,
+    4 answers to it. Whatever the candidate does to this process can only change the
+    answers it sends; the judge decides what they are worth.
+
+    Between calls the harness code here runs over the builtins as they were before
+    the candidate ran (its own view is put back for every call), so an honest
+    candidate that rebinds a builtin for itself still gets its answers across.
+
+    The tamper report (a module the tests import rebound, a trace function left) is
+    advisory: it comes from the candidate's own process, so it can only fail a sample,
+    never pass one. It catches the lazy reward hack; the split is the real guard.
+    """
+    watched = _watched_modules(req)
+    sysmods = sys.modules
+    gettrace, getprofile = sys.gettrace, sys.getprofile
+    live = vars(builtins)
+    copy_live, clear_live, update_live = live.copy, live.clear, live.update
+    snapshot = SAFE_BUILTINS
+
+    def to_harness() -> Json | None:
+        """The snapshot in place of the candidate's builtins; the candidate's, to put back (None: the same)."""
+        try:
+            if live == snapshot:  # the usual case, and cheaper than swapping
+                return None
+        except BaseException:  # noqa: S110 (a value of the candidate's whose __eq__ raises: swap)
+            pass
+        theirs: Json = copy_live()
+        clear_live()
+        update_live(snapshot)
+        return theirs
+
+    def to_candidate(theirs: Json | None) -> None:
+        if theirs is not None:
+            clear_live()
+            update_live(theirs)
+
+    def tampered(theirs: Json | None) -> str | None:
         for name, m, before in watched:
             if sysmods.get(name) is not m:
                 return "module " + str(name) + " was replaced"
-            now = m.__dict__
+            now = (live if theirs is None else theirs) if m is builtins else m.__dict__
             for key, value in before.items():
                 if now.get(key, now) is not value:
                     return str(name) + "." + str(key) + " was rebound"
@@ -412,9 +557,8 @@ def _run_function(req: Json, nonce: str) -> int:
             return "a trace or profile function was left installed"
         return None
 
-    def report(obj: Json) -> None:
-        restore_builtins(safe_builtins)
-        write(VERDICT_FD, (nonce + " " + json.dumps(obj) + "\n").encode())
+    def answer(msg: list[Any]) -> None:
+        send_msg(4, msg)
 
     sources: dict[str, str] = {}
 
@@ -422,91 +566,349 @@ def _run_function(req: Json, nonce: str) -> int:
         sources[name] = text
         return compile(text, name, "exec", dont_inherit=True, optimize=0)
 
-    def lines_for_tracebacks() -> None:
-        for name, text in sources.items():
-            linecache.cache[name] = (len(text), None, text.splitlines(True), name)
-
     try:
-        prelude_code = source("prompt.py", prelude)
-        tests_code = source("tests.py", req["tests"])
-    except SyntaxError as e:
-        report({"ok": False, "kind": "harness", "reason": f"the problem's tests do not compile: {e}"})
-        return 2
-    try:
+        prelude_code = source("prompt.py", req.get("prelude") or "")
         cand_code = source("solution.py", req["code"])
     except (SyntaxError, ValueError) as e:
         lineno = getattr(e, "lineno", None)
         line = f" (line {lineno})" if lineno else ""
-        report({"ok": False, "kind": "syntax", "reason": f"syntax error: {getattr(e, 'msg', e)}{line}"})
+        answer(["load", "syntax", f"syntax error: {getattr(e, 'msg', e)}{line}"])
         return 1
-
-    violations: list[object] = []
-
-    def guard(fn: Callable[..., Any]) -> Callable[..., Any]:
-        def candidate(*args: Any, **kwargs: Any) -> Any:
-            result = fn(*args, **kwargs)
-            try:
-                return loads(dumps(result))
-            except (ValueError, TypeError, RecursionError):
-                violations.append(result.__class__)
-                raise Unverifiable("returned a value that is not plain data") from None
-
-        return candidate
-
     entry = req["entry_point"]
-    stage = "candidate"
+    ns: Json = {"__name__": "__candidate__", "__builtins__": builtins}
     try:
-        ns: Json = {"__name__": "__candidate__", "__builtins__": builtins}
         exec(prelude_code, ns)
         exec(cand_code, ns)
-        fn = ns.get(entry)
-        if fn is None or not hasattr(fn, "__call__"):  # noqa: B004 (callable() may be rebound)
-            report({"ok": False, "kind": "entry_point", "reason": f"entry point {entry!r} is not defined"})
-            return 1
-        stage = "tests"
-        candidate = guard(fn)
-        tns: Json = {"__name__": "__tests__", "__builtins__": safe_builtins}
-        exec(prelude_code, tns)
-        # HumanEval's tests may call the entry point by its name, not only as `candidate`.
-        tns[entry] = candidate
-        exec(tests_code, tns)
-        tns["check"](candidate)
     except BaseException as e:
-        restore_builtins(safe_builtins)
-        if violations:
-            report(_unverifiable(violations[0]))
-            return 1
-        lines_for_tracebacks()
-        kind = _kind(e)
-        where = _test_line(e, "tests.py") if stage == "tests" else None
-        reason = _LIMIT_REASONS.get(kind) or f"exception: {_describe(e)}"
-        if kind == "exit":
-            reason = f"exited before the tests finished (SystemExit {getattr(e, 'code', None)!r})"
-        detail = {"ok": False, "kind": kind, "reason": reason, "stage": stage}
-        if where:
-            detail["test_line"] = where[0]
-            detail["test_source"] = where[1][:300]
+        to_harness()
+        for name, text in sources.items():
+            linecache.cache[name] = (len(text), None, text.splitlines(True), name)
         with contextlib.suppress(BaseException):  # stderr may be closed by the candidate
             import traceback
 
             sys.stderr.write("".join(traceback.format_exception(e)[-20:]))
             sys.stderr.flush()
-        report(detail)
+        kind = _kind(e)
+        reason = _LIMIT_REASONS.get(kind) or f"exception: {_describe(e)}"
+        if kind == "exit":
+            reason = f"exited before the tests finished (SystemExit {getattr(e, 'code', None)!r})"
+        answer(["load", kind, reason])
         return 1
-    if violations:
-        report(_unverifiable(violations[0]))
+    theirs = to_harness()
+    fn = ns.get(entry)
+    if fn is None or not callable(fn):
+        answer(["load", "entry_point", f"entry point {entry!r} is not defined"])
         return 1
-    what = tampered()
-    if what is not None:
-        report({"ok": False, "kind": "tampered", "reason": "tampered with the standard library: " + what})
-        return 1
-    write(VERDICT_FD, (nonce + ' {"ok":true}\n').encode())
-    return 0
+    # No "ready": the first answer (or a "load" failure) says the code loaded. Every
+    # answer carries the tamper report as of that moment.
+    while True:
+        msg = recv_msg(3)
+        if msg is None:
+            return 0
+        if msg[0] == "end":
+            answer(["end", tampered(theirs)])
+            return 0
+        args, kwargs = from_plain(msg[1]), from_plain(msg[2])
+        to_candidate(theirs)
+        try:
+            result = fn(*args, **kwargs)
+        except BaseException as e:
+            theirs = to_harness()
+            kind = _kind(e)
+            if kind == "exit":
+                message = f"exited before the tests finished (SystemExit {getattr(e, 'code', None)!r})"
+            else:
+                message = _describe(e).partition(": ")[2]
+            answer(["raise", type(e).__name__, message, kind, tampered(theirs)])
+            continue
+        theirs = to_harness()
+        try:
+            answer(["return", to_plain(result), tampered(theirs)])
+        except (NotPlain, ValueError, TypeError, RecursionError, OverflowError) as e:
+            name = str(e) if isinstance(e, NotPlain) else type(result).__qualname__
+            answer(["unplain", name, tampered(theirs)])
 
 
-def _unverifiable(cls: object) -> Json:
-    name = getattr(cls, "__qualname__", "?")
-    return {"ok": False, "kind": "unverifiable", "reason": f"unverifiable return value: {name}"}
+class ChannelBroken(BaseException):
+    """The candidate's process left, or sent something that is not a message."""
+
+
+class CandidateExit(BaseException):
+    """The candidate raised SystemExit (or the like) during a call."""
+
+
+class LimitHit(BaseException):
+    """The candidate ran out of memory or file size during a call."""
+
+
+class Unverifiable(BaseException):
+    """The candidate returned a value that is not plain data."""
+
+
+class HarnessError(BaseException):
+    """The tests did something the channel cannot carry (a callable argument)."""
+
+
+class LoadFailed(BaseException):
+    """The candidate's code did not load (syntax, exception, no entry point): ``(kind, reason)``."""
+
+
+def _rebuilt_exception(name: str, message: str, tns: Json) -> Exception:
+    """The judge's own exception for the candidate's, by the class's name and with its message.
+
+    A class of that name in the tests' namespace (one the prompt defines, say) or among
+    the built-ins; else a new class of that name, derived from Exception.
+    """
+    cls = (tns.get(name) or getattr(builtins, name, None)) if name.isidentifier() else None
+    if isinstance(cls, type) and issubclass(cls, Exception):
+        try:
+            return cls(message)
+        except Exception:  # noqa: S110 (classes such as UnicodeDecodeError want more arguments)
+            pass
+    made: type[Exception] = type(name if name.isidentifier() else "CandidateError", (Exception,), {})
+    return made(message)
+
+
+def _run_judge(req: Json, nonce: str) -> int:
+    """The judge's process: prelude and tests, ``check(candidate)`` through the channel.
+
+    fds: 0 /dev/null, 1 and 2 the sample's output pipes, 3 the verdict pipe, 4 calls to
+    the candidate, 5 its answers. Only this process holds the verdict pipe.
+    """
+    write = os.write
+
+    def report(obj: Json) -> None:
+        write(3, (nonce + " " + json.dumps(obj) + "\n").encode())
+
+    def receive() -> list[Any]:
+        try:
+            msg = recv_msg(5)
+        except NotPlain as e:
+            raise ChannelBroken(f"the candidate sent {e}") from None
+        if msg is None:
+            raise ChannelBroken("gone")
+        return msg
+
+    def send(msg: list[Any]) -> None:
+        try:
+            send_msg(4, msg)
+        except OSError:
+            raise ChannelBroken("gone") from None
+
+    sources: dict[str, str] = {}
+
+    def source(name: str, text: str) -> CodeType:
+        sources[name] = text
+        return compile(text, name, "exec", dont_inherit=True, optimize=0)
+
+    try:
+        prelude_code = source("prompt.py", req.get("prelude") or "")
+        tests_code = source("tests.py", req["tests"])
+    except SyntaxError as e:
+        report({"ok": False, "kind": "harness", "reason": f"the problem's tests do not compile: {e}"})
+        return 2
+
+    tns: Json = {"__name__": "__tests__", "__builtins__": builtins}
+
+    # The first failure of the channel itself, kept even if the tests swallow it (a bare
+    # ``except:`` around a call must not turn an unverifiable answer into a pass).
+    sticky: list[BaseException] = []
+
+    def candidate(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return call_candidate(args, kwargs)
+        except (ChannelBroken, Unverifiable, LimitHit, CandidateExit, HarnessError, LoadFailed) as e:
+            sticky.append(e)
+            raise
+
+    loaded = False
+    tamper: Any = None
+
+    def answer() -> list[Any]:
+        """The candidate's next message; LoadFailed if its code did not load; notes its tamper report."""
+        nonlocal loaded, tamper
+        msg = receive()
+        if msg[0] == "load" and not loaded:
+            if len(msg) != 3:
+                raise ChannelBroken("the candidate sent a garbled message")
+            kind = msg[1] if msg[1] in _LOAD_KINDS else "exception"
+            raise LoadFailed(kind, str(msg[2])[:1000])
+        loaded = True
+        if tamper is None and type(msg[-1]) is str:
+            tamper = msg[-1]
+        return msg
+
+    def call_candidate(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        try:
+            call = ["call", to_plain(list(args)), to_plain(kwargs)]
+        except (NotPlain, ValueError, TypeError, RecursionError) as e:
+            raise HarnessError(
+                f"the tests passed the candidate a value the channel cannot carry ({e})"
+            ) from None
+        send(call)
+        msg = answer()
+        tag = msg[0]
+        try:
+            if tag == "return" and len(msg) == 3:
+                return from_plain(msg[1])
+        except NotPlain as e:
+            raise ChannelBroken(f"the candidate sent a {e}") from None
+        if tag == "unplain" and len(msg) == 3:
+            raise Unverifiable(str(msg[1])[:200])
+        if tag == "raise" and len(msg) == 5:
+            name, message, kind = str(msg[1])[:100], str(msg[2])[:1000], msg[3]
+            if kind in ("memory", "file_size"):
+                raise LimitHit(kind)
+            if kind == "exit":
+                raise CandidateExit(message)
+            raise _rebuilt_exception(name, message, tns)
+        raise ChannelBroken("the candidate sent a garbled message")
+
+    entry = req["entry_point"]
+    failure: BaseException | None = None
+    try:
+        exec(prelude_code, tns)
+        exec(tests_code, tns)
+        # HumanEval's tests may call the entry point by its name, not only as `candidate`.
+        tns[entry] = candidate
+        tns["check"](candidate)
+    except BaseException as e:
+        failure = e
+    if sticky:
+        failure = sticky[0]
+    if not loaded and not isinstance(failure, (ChannelBroken, LoadFailed)):
+        # The tests never got an answer: the candidate must still show that its code loaded.
+        try:
+            send(["end"])
+            msg = answer()
+            if msg[0] != "end" or len(msg) != 2:
+                raise ChannelBroken("the candidate sent a garbled message")
+        except (ChannelBroken, LoadFailed) as e:
+            failure = e
+    if isinstance(failure, LoadFailed):
+        kind, reason = failure.args
+        report({"ok": False, "kind": kind, "reason": reason, "stage": "candidate"})
+        return 1
+    stage = "tests" if loaded else "candidate"
+    if tamper is not None:
+        report(
+            {
+                "ok": False,
+                "kind": "tampered",
+                "reason": "tampered with the standard library: " + str(tamper)[:300],
+            }
+        )
+        return 1
+    if failure is None:
+        write(3, (nonce + ' {"ok":true}\n').encode())
+        return 0
+    err = failure
+    if isinstance(err, Unverifiable):
+        report({"ok": False, "kind": "unverifiable", "reason": f"unverifiable return value: {err}"})
+        return 1
+    if isinstance(err, ChannelBroken):
+        report({"ok": False, "kind": "gone", "reason": str(err), "stage": stage})
+        return JUDGE_GONE
+    if isinstance(err, HarnessError):
+        report({"ok": False, "kind": "harness", "reason": str(err)})
+        return 1
+    for name, text in sources.items():
+        linecache.cache[name] = (len(text), None, text.splitlines(True), name)
+    kind = err.args[0] if isinstance(err, LimitHit) else _kind(err)
+    reason = _LIMIT_REASONS.get(kind) or f"exception: {_describe(err)}"
+    if isinstance(err, CandidateExit):
+        kind, reason = "exit", str(err)
+    detail: Json = {"ok": False, "kind": kind, "reason": reason, "stage": stage}
+    where = _test_line(err, "tests.py")
+    if where:
+        detail["test_line"] = where[0]
+        detail["test_source"] = where[1][:300]
+    with contextlib.suppress(BaseException):
+        import traceback
+
+        sys.stderr.write("".join(traceback.format_exception(err)[-20:]))
+        sys.stderr.flush()
+    report(detail)
+    return 1
+
+
+JUDGE_GONE = 3
+"""The judge's status when the candidate stopped answering: its own end is worth a wait."""
+_LOAD_KINDS = ("syntax", "exception", "entry_point", "memory", "file_size", "exit")
+
+JUDGE_CTL_FD = 6
+JUDGE_RUNS = 500
+"""Samples a resident judge serves before a fresh one is forked (bounds what it accumulates)."""
+
+
+def _judge_loop() -> int:
+    """The resident judge: one sample per message from the zygote, until the zygote closes the socket.
+
+    Each message carries a memfd with the request and the sample's pipes (SCM_RIGHTS):
+    stdout, stderr, the verdict pipe, calls to the candidate and its answers. They are
+    put on fds 1-5 for the sample and replaced by /dev/null after it, so no pipe of one
+    sample stays open into the next. The reply is one byte: ``_run_judge``'s status.
+    """
+    ctl = socket.socket(fileno=JUDGE_CTL_FD)
+    null = os.open("/dev/null", os.O_RDWR)
+    while True:
+        try:
+            msg, fds, _flags, _addr = socket.recv_fds(ctl, 16, 8)
+        except OSError:
+            return 0
+        if not msg or len(fds) != 6:
+            return 0
+        memfd, *pipes = fds
+        status = 70
+        try:
+            os.lseek(memfd, 0, os.SEEK_SET)
+            chunks = []
+            while chunk := os.read(memfd, 1 << 20):
+                chunks.append(chunk)
+            os.close(memfd)
+            for target, fd in enumerate(pipes, 1):
+                os.dup2(fd, target)
+                os.close(fd)
+            req = json.loads(b"".join(chunks))
+            status = _run_judge(req, req["nonce"])
+        except BaseException as e:
+            with contextlib.suppress(BaseException):
+                os.write(2, f"sandbox judge: {_describe(e)}\n".encode())
+        with contextlib.suppress(BaseException):
+            sys.stdout.flush()
+        with contextlib.suppress(BaseException):
+            sys.stderr.flush()
+        for target in range(1, 6):
+            os.dup2(null, target)
+        try:
+            ctl.sendall(bytes([status & 0xFF]))
+        except OSError:
+            return 0
+
+
+VERDICT_KEYS = {"ok": bool, "kind": str, "reason": str, "stage": str, "test_line": int, "test_source": str}
+
+
+def clean_verdict(text: str) -> Json | None:
+    """The verdict line's object with only the keys and types a verdict has; None if it is not one.
+
+    In program mode the harness shares the candidate's process, so the line may be
+    anything: deeply nested, not an object, lone surrogates. Nothing of that leaves here.
+    """
+    try:
+        obj = json.loads(text)
+    except (ValueError, RecursionError, MemoryError):
+        return None
+    if type(obj) is not dict:
+        return None
+    out: Json = {}
+    for key, want in VERDICT_KEYS.items():
+        value = obj.get(key)
+        if type(value) is want:
+            out[key] = (
+                value[:1000].encode("utf-8", "replace").decode("utf-8") if isinstance(value, str) else value
+            )
+    return out
 
 
 def _run_program(req: Json, nonce: str) -> int:
@@ -562,11 +964,62 @@ def _run_program(req: Json, nonce: str) -> int:
     return status
 
 
-def _child(cfg: Json, req: Json, fds: tuple[int, int, int, int], nonce: str) -> None:
+def empty_folder(top: str, budget: int = 1_000_000) -> bool:
+    """Remove everything inside ``top``, however deep, without recursion; True when it is empty.
+
+    A sample may leave a 3000-deep chain of folders (deeper than the recursion limit
+    and PATH_MAX), folders it made unreadable, or millions of files: this walks down
+    by ``chdir`` one level at a time and never follows a symbolic link. At most
+    ``budget`` entries are handled; whatever could not be removed is reported, not raised.
+    """
+    os.chdir(top)
+    depth = 0
+    stuck: set[tuple[int, int]] = set()
+    while budget > 0:
+        descended = False
+        with os.scandir(".") as it:
+            entries = list(it)
+        for e in entries:
+            budget -= 1
+            try:
+                if not e.is_dir(follow_symlinks=False):
+                    os.unlink(e.name)
+                    continue
+                try:
+                    os.rmdir(e.name)
+                    continue
+                except OSError:
+                    pass
+                st = e.stat(follow_symlinks=False)
+                if (st.st_dev, st.st_ino) in stuck:
+                    continue
+                stuck.add((st.st_dev, st.st_ino))
+                with contextlib.suppress(OSError):
+                    os.chmod(e.name, 0o700)
+                os.chdir(e.name)
+                depth += 1
+                descended = True
+                break
+            except OSError:
+                continue
+        if descended:
+            continue
+        if depth == 0:
+            break
+        os.chdir("..")
+        depth -= 1
+    os.chdir(top)
+    with os.scandir(".") as it:
+        return next(it, None) is None
+
+
+def _child(
+    cfg: Json, req: Json, fds: list[int], uid: int | None, workdir: str, body: Callable[[], int]
+) -> None:
     status = 70
     try:
-        _enter_child(cfg, req, *fds)
-        status = _run_function(req, nonce) if req["mode"] == "function" else _run_program(req, nonce)
+        _enter_child(cfg, req, fds, uid, workdir)
+        status = body()
     except BaseException as e:
         with contextlib.suppress(BaseException):
             os.write(2, f"sandbox child: {_describe(e)}\n".encode())
@@ -580,6 +1033,9 @@ class Zygote:
         self.ctl_in = ctl_in
         self.ctl_out = ctl_out
         self.kill_mode = cfg["kill"]
+        # The resident judge: (pid, pidfd, control socket) while it lives, and its sample count.
+        self.judge: tuple[int, int, socket.socket] | None = None
+        self.judge_runs = 0
 
     # -- killing and reaping ------------------------------------------------------------
 
@@ -618,18 +1074,18 @@ class Zygote:
                 os.kill(-1, signal.SIGKILL)
             return
         if self.kill_mode == "uid":
-            # No PID namespace, but the samples run as a uid of their own: a process of
-            # that uid sending kill(-1) reaches every one of them (and nothing else), in
-            # one atomic sweep that a fork bomb cannot outrun.
-            uid = self.cfg["uid"]
-            pid = os.fork()
-            if pid == 0:
-                try:
-                    os.setresuid(uid, uid, uid)
-                    os.kill(-1, signal.SIGKILL)
-                finally:
-                    os._exit(0)
-            os.waitpid(pid, 0)
+            # No PID namespace, but the candidate and the judge run as uids of their own:
+            # a process of that uid sending kill(-1) reaches every one of them (and
+            # nothing else), in one atomic sweep that a fork bomb cannot outrun.
+            for uid in {self.cfg["uid"], self.cfg.get("judge_uid", self.cfg["uid"])}:
+                pid = os.fork()
+                if pid == 0:
+                    try:
+                        os.setresuid(uid, uid, uid)
+                        os.kill(-1, signal.SIGKILL)
+                    finally:
+                        os._exit(0)
+                os.waitpid(pid, 0)
             return
         for _ in range(100):
             pids = self._descendants()
@@ -639,18 +1095,18 @@ class Zygote:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
 
-    def reap_all(self, child: int) -> tuple[int | None, resource.struct_rusage | None]:
-        """Wait for every child (orphans come to us: we are a subreaper); the sample's status."""
-        status = usage = None
+    def reap_all(self, wanted: set[int]) -> dict[int, tuple[int, resource.struct_rusage]]:
+        """Wait for every child (orphans come to us: we are a subreaper); the ``wanted`` ones' ends."""
+        ends: dict[int, tuple[int, resource.struct_rusage]] = {}
         while True:
             try:
                 pid, st, ru = os.wait4(-1, 0)
             except ChildProcessError:
-                return status, usage
+                return ends
             except InterruptedError:
                 continue
-            if pid == child:
-                status, usage = st, ru
+            if pid in wanted:
+                ends[pid] = (st, ru)
             elif self.kill_mode == "tree":
                 self.kill_all()
 
@@ -671,34 +1127,83 @@ class Zygote:
                 else:
                     _libc.semctl(ident, 0, 0)
 
-    def wipe(self) -> None:
-        """Empty the private temporary folders (and IPC) for the next sample."""
+    def wipe(self) -> bool:
+        """Empty the private temporary folders (and IPC) for the next sample; False if something stayed."""
         if self.kill_mode != "tree" and self.kill_mode != "uid":
             self.wipe_ipc()
-
-        def fix(func, path, _exc):  # type: ignore[no-untyped-def]
-            try:
-                os.chmod(os.path.dirname(path), 0o700)
-                os.chmod(path, 0o700)
-                func(path)
-            except OSError:
-                pass
-
+        clean = True
         for d in self.cfg["wipe"]:
             try:
-                entries = list(os.scandir(d))
+                clean = empty_folder(d) and clean
             except OSError:
-                continue
-            for e in entries:
-                try:
-                    if e.is_dir(follow_symlinks=False):
-                        shutil.rmtree(e.path, onerror=fix)
-                    else:
-                        os.unlink(e.path)
-                except OSError:
-                    pass
+                clean = False
+        with contextlib.suppress(OSError):
+            os.chdir("/")
+        return clean
 
     # -- one request --------------------------------------------------------------------
+
+    def _spawn(
+        self, req: Json, fds: list[int], uid: int | None, workdir: str, body: Callable[[], int]
+    ) -> int:
+        pid = os.fork()
+        if pid == 0:
+            _child(self.cfg, req, fds, uid, workdir, body)
+        return pid
+
+    def _judge(self, req: Json) -> tuple[int, int, socket.socket]:
+        """The resident judge, forked now if there is none.
+
+        It is forked once and serves sample after sample, as long as every sample
+        ends cleanly: a second fork per sample would double what a sample costs.
+        Whenever something is left running after a sample, the sweep that kills it
+        takes the judge too, and the next sample gets a fresh one.
+        """
+        if self.judge is None:
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            null = os.open("/dev/null", os.O_RDWR)
+            limits = {**req["limits"], "cpu_s": 0}
+            pid = self._spawn(
+                {**req, "limits": limits},
+                [null] * JUDGE_CTL_FD + [theirs.fileno()],
+                self.cfg.get("judge_uid", self.cfg.get("uid")),
+                os.path.dirname(self.cfg["workdir"]),
+                _judge_loop,
+            )
+            theirs.close()
+            os.close(null)
+            self.judge = (pid, os.pidfd_open(pid), ours)
+            self.judge_runs = 0
+        return self.judge
+
+    def _drop_judge(self) -> int | None:
+        """Kill and reap the resident judge (it failed, or served enough); its status if it had ended."""
+        status = None
+        if self.judge is not None:
+            pid = self.judge[0]
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(ChildProcessError):
+                _, st = os.waitpid(pid, 0)
+                if not (os.WIFSIGNALED(st) and os.WTERMSIG(st) == signal.SIGKILL):
+                    status = -os.WTERMSIG(st) if os.WIFSIGNALED(st) else os.WEXITSTATUS(st)
+            self._forget_judge()
+        return status
+
+    def _forget_judge(self) -> None:
+        """Close our ends of the resident judge (a sweep killed it; the reaping happens there)."""
+        if self.judge is not None:
+            _, pidfd, sock = self.judge
+            self.judge = None
+            os.close(pidfd)
+            sock.close()
+
+    def _others_alive(self) -> bool:
+        """Whether any process of the sandbox but init, this zygote and the resident judge exists."""
+        keep = {1, os.getpid()}
+        if self.judge is not None:
+            keep.add(self.judge[0])
+        return any(name.isdigit() and int(name) not in keep for name in os.listdir("/proc"))
 
     def run(self, req: Json) -> Json:
         cfg = self.cfg
@@ -723,17 +1228,47 @@ class Zygote:
         limit = int(req["output_limit"])
         keep_stdout = bool(req.get("keep_stdout"))
         timeout = float(req["timeout"])
+        function = req["mode"] == "function"
 
         started = time.monotonic()
-        pid = os.fork()
-        if pid == 0:
-            os.close(out_r)
-            os.close(err_r)
-            os.close(ver_r)
-            _child(cfg, req, (stdin_fd, out_w, err_w, ver_w), nonce)
+        judge_sock = None
+        if function:
+            # Two processes: the candidate's code in a fresh child, the tests in the
+            # resident judge (see "the channel" above). The judge's reply ends the sample.
+            call_r, call_w = os.pipe()
+            ans_r, ans_w = os.pipe()
+            cand = self._spawn(
+                req,
+                [stdin_fd, out_w, err_w, call_r, ans_w],
+                cfg.get("uid"),
+                work,
+                lambda: _run_candidate(req),
+            )
+            job = os.memfd_create("judge", 0)
+            body = json.dumps(
+                {k: req.get(k) for k in ("tests", "prelude", "entry_point")} | {"nonce": nonce}
+            ).encode()
+            view = memoryview(body)
+            while view:
+                view = view[os.write(job, view) :]
+            for attempt in (1, 2):
+                main, pidfd, judge_sock = self._judge(req)
+                try:
+                    socket.send_fds(judge_sock, [b"r"], [job, out_w, err_w, ver_w, call_w, ans_r])
+                    break
+                except OSError:
+                    self._drop_judge()  # it died between samples: a fresh one
+                    if attempt == 2:
+                        raise
+            for fd in (call_r, call_w, ans_r, ans_w, job):
+                os.close(fd)
+        else:
+            main = cand = self._spawn(
+                req, [stdin_fd, out_w, err_w, ver_w], cfg.get("uid"), work, lambda: _run_program(req, nonce)
+            )
+            pidfd = os.pidfd_open(main)
         for fd in (stdin_fd, out_w, err_w, ver_w):
             os.close(fd)
-        pidfd = os.pidfd_open(pid)
 
         stdout = bytearray()
         stdout_total = 0
@@ -746,6 +1281,8 @@ class Zygote:
         for fd in (out_r, err_r, ver_r):
             poller.register(fd, select.POLLIN)
         poller.register(pidfd, select.POLLIN)
+        if judge_sock is not None:
+            poller.register(judge_sock.fileno(), select.POLLIN)
         poller.register(self.ctl_in, select.POLLIN)
         open_fds = {out_r, err_r, ver_r}
         deadline = started + timeout
@@ -774,6 +1311,7 @@ class Zygote:
             return True
 
         exited = False
+        judge_status: int | None = None
         while not exited and outcome is None:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -782,6 +1320,11 @@ class Zygote:
             for fd, ev in poller.poll(max(1, int(remaining * 1000) + 1)):
                 if fd == pidfd:
                     exited = True
+                elif judge_sock is not None and fd == judge_sock.fileno():
+                    exited = True
+                    reply = judge_sock.recv(1)
+                    if reply:
+                        judge_status = reply[0]
                 elif fd == self.ctl_in:
                     host_gone = True
                     outcome = "host_gone"
@@ -793,10 +1336,43 @@ class Zygote:
             if stdout_total > limit or stderr_total > limit:
                 outcome = "output_limit"
 
-        # The sample is over: whatever it left behind dies now, then the pipes drain.
-        self.kill_all()
-        status, usage = self.reap_all(pid)
-        os.close(pidfd)
+        ends: dict[int, tuple[int, resource.struct_rusage]] = {}
+        cand_by_itself = False
+        if exited and outcome is None:
+            if function and judge_status != JUDGE_GONE:
+                # Judged: the candidate has nothing more to say. It goes now, alone: the
+                # judge stays for the next sample if nothing else is left.
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(cand, signal.SIGKILL)
+                _, st, ru = os.wait4(cand, 0)
+                ends[cand] = (st, ru)
+            elif function:
+                # It stopped answering: its own end (a signal, an exit status) explains
+                # why, so it gets a moment to end by itself.
+                cand_fd = os.pidfd_open(cand)
+                try:
+                    select.select([cand_fd], [], [], 0.1)
+                finally:
+                    os.close(cand_fd)
+                got, st, ru = os.wait4(cand, os.WNOHANG)
+                if got == cand:
+                    ends[cand] = (st, ru)
+                    cand_by_itself = True
+            else:
+                _, st, ru = os.wait4(main, 0)
+                ends[main] = (st, ru)
+                cand_by_itself = True
+        # The sample is over: whatever it left behind dies now (and the judge with it,
+        # unless the sample ended cleanly with nothing left), then the pipes drain.
+        judge_ok = function and judge_status is not None and outcome is None
+        if function and not judge_ok:
+            judge_status = self._drop_judge()
+        if self.kill_mode != "namespace" or self._others_alive():
+            self.kill_all()
+            self._forget_judge()  # the sweep killed it; reaped below
+            ends.update(self.reap_all({main, cand}))
+        if not function:
+            os.close(pidfd)
         for fd in (out_r, err_r, ver_r):
             os.set_blocking(fd, False)
             while fd in open_fds:
@@ -807,7 +1383,11 @@ class Zygote:
                     open_fds.discard(fd)
             os.close(fd)
         wall = time.monotonic() - started
-        self.wipe()
+        clean = self.wipe()
+        if self.judge is not None:
+            self.judge_runs += 1
+            if self.judge_runs >= JUDGE_RUNS:
+                self._drop_judge()
         if host_gone:
             raise SystemExit(0)
 
@@ -821,7 +1401,12 @@ class Zygote:
             "verdict": None,
             "verdict_forged": False,
         }
-        if status is not None:
+        if not clean:
+            resp["restart"] = "the private folders could not be emptied"
+        if function and judge_status is not None:
+            resp["judge_exit"] = judge_status
+        status, usage = ends[cand] if cand in ends else (None, None)  # noqa: SIM401 (typed pair)
+        if status is not None and (not function or cand_by_itself):
             if os.WIFSIGNALED(status):
                 resp["signal"] = os.WTERMSIG(status)
             else:
@@ -833,15 +1418,14 @@ class Zygote:
         # noted; more than one tagged line means someone else had the nonce: no verdict.
         authentic = []
         for line in bytes(verdict).decode("utf-8", "replace").splitlines():
-            tag, _, body = line.partition(" ")
+            tag, _, body_ = line.partition(" ")
             if tag == nonce:
-                authentic.append(body)
+                authentic.append(body_)
             else:
                 resp["verdict_forged"] = True
         if len(authentic) == 1:
-            try:
-                resp["verdict"] = json.loads(authentic[0])
-            except ValueError:
+            resp["verdict"] = clean_verdict(authentic[0])
+            if resp["verdict"] is None:
                 resp["verdict_forged"] = True
         elif authentic:
             resp["verdict_forged"] = True
@@ -856,9 +1440,13 @@ class Zygote:
                 resp = self.run(req)
             except SystemExit:
                 return
-            except Exception as e:
+            except BaseException as e:
                 import traceback
 
+                # Whatever went wrong, the sample's processes go, and the host starts a fresh zygote.
+                with contextlib.suppress(BaseException):
+                    self.kill_all()
+                self.judge = None
                 resp = {
                     "outcome": "error",
                     "error": _describe(e),
