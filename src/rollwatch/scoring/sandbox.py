@@ -52,12 +52,15 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 from rollwatch.errors import SandboxError
 from rollwatch.log import get_logger
 from rollwatch.scoring.base import SampleRequest, SampleResult, Sandbox, ScoringSettings
+from rollwatch.scoring.inside import seccomp
 
 log = get_logger(__name__)
 
 ZYGOTE = Path(__file__).parent / "inside" / "zygote.py"
 ONESHOT = Path(__file__).parent / "inside" / "oneshot.py"
+SECCOMP = Path(__file__).parent / "inside" / "seccomp.py"
 _ZYGOTE_IN_SANDBOX = "/opt/rollwatch/zygote.py"
+_SECCOMP_IN_SANDBOX = "/opt/rollwatch/seccomp.py"  # the zygote loads it from its own folder
 _BACKSTOP_S = 10.0
 """Beyond a sample's own timeout, how long the host waits for the zygote's answer."""
 
@@ -175,6 +178,7 @@ class ZygoteSandbox(Sandbox):
             "env": SANDBOX_ENV,
             "preload": not oneshot,
             "setup": None,
+            "seccomp": seccomp.supported(),
         }
 
     # -- the Sandbox interface ------------------------------------------------------------
@@ -361,8 +365,16 @@ class BwrapSandbox(ZygoteSandbox):
                 args += ["--perms", "0755", "--dir", step[1]]
         args += [
             "--ro-bind",
+            str(SECCOMP),
+            _SECCOMP_IN_SANDBOX,
+            "--ro-bind",
             zygote,
             _ZYGOTE_IN_SANDBOX,
+            # Last, once every mount point exists: the root itself (a tmpfs bwrap made,
+            # writable by the daemon's uid without root) read-only. Only the private
+            # tmpfs mounts take writes, and the zygote wipes them after each sample.
+            "--remount-ro",
+            "/",
             "--chdir",
             "/tmp",
             "--",

@@ -138,6 +138,25 @@ _libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_u
 _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
 
 
+# -- rollwatch:seccomp begin (sandbox kernel surface; see inside/seccomp.py) ----------------
+def _load_seccomp() -> Any:
+    """inside/seccomp.py, by path: loaded now, while the host's copy is still reachable (unshare)."""
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "seccomp.py")
+    spec = importlib.util.spec_from_file_location("_rollwatch_seccomp", path)
+    if spec is None or spec.loader is None:
+        raise ImportError(path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_seccomp = _load_seccomp()
+SECCOMP: Any = None  # the sample filter, made ready in main() before the first fork
+# -- rollwatch:seccomp end -------------------------------------------------------------------
+
+
 def _check(ret: int, what: str) -> None:
     if ret != 0:
         e = ctypes.get_errno()
@@ -329,6 +348,8 @@ def _enter_child(cfg: Json, req: Json, stdin_fd: int, out_w: int, err_w: int, ve
         os.setgroups([])
         os.setresgid(gid, gid, gid)
         os.setresuid(uid, uid, uid)  # every capability is gone with root
+    if SECCOMP is not None:  # rollwatch:seccomp: after the uid drop, before any candidate code
+        SECCOMP.install()
     # sys.stdin/stdout/stderr are the zygote's objects over fds 0, 1 and 2, never used
     # by it (its protocol runs on duplicates): they now read and write the sample's pipes.
     sys.argv = ["solution.py"]
@@ -889,6 +910,9 @@ def main() -> None:
     os.environ.clear()
     os.environ.update(cfg["env"])
     prctl(PR_SET_NO_NEW_PRIVS, 1)
+    if cfg.get("seccomp", True):  # rollwatch:seccomp
+        global SECCOMP
+        SECCOMP = _seccomp.Installer(_seccomp.build(_seccomp.protected_here()))
     for d in cfg["wipe"]:
         with contextlib.suppress(OSError):
             os.chmod(d, 0o1777)  # bwrap makes its tmpfs 0755: the sample's uid must write there

@@ -1,0 +1,276 @@
+"""The sandbox's kernel side, attacked from inside: seccomp, the read-only view, the parent.
+
+Every hostile program here runs in the real sandbox (bwrap and unshare, as root, and
+bwrap without root) and reports what the kernel told it; the assertions read that
+report from the failure reason.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from rollwatch.scoring import ScoringPool
+from rollwatch.scoring.inside import seccomp
+
+from .conftest import ROOT, SQUARE, fenced, function_problem
+
+pytestmark = pytest.mark.anyio
+
+NOBODY = 65534
+
+# Calls a sample makes with harmless arguments; unfiltered, most would not fail with
+# EPERM (ptrace(TRACEME) succeeds, bpf(0, NULL) is EFAULT, keyctl(GET_KEYRING_ID) works
+# for any uid), so EPERM on every one of them is the filter's doing.
+PROBE = """
+import ctypes, errno, os
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+def call(nr, *args):
+    ctypes.set_errno(0)
+    ret = libc.syscall(ctypes.c_long(nr), *[ctypes.c_long(a) for a in args])
+    return "ok" if ret >= 0 else errno.errorcode.get(ctypes.get_errno(), str(ctypes.get_errno()))
+out = {{}}
+for name, nr in {calls!r}.items():
+    out[name] = call(nr, *{args!r}.get(name, (0, 0, 0, 0, 0)))
+out["clone-newuser"] = call({clone}, 0x10000000 | 17, 0, 0, 0, 0)
+out["kill-parent-stop"] = call({kill}, os.getppid(), 19)
+out["kill-everyone"] = call({kill}, -1, 0)
+out["tgkill-parent"] = call({tgkill}, os.getppid(), os.getppid(), 19)
+out["pidfd-parent"] = call({pidfd_open}, os.getppid(), 0)
+out["prlimit-parent"] = call({prlimit}, os.getppid(), 7, 0, 0)
+# The reason is cut at 300 characters: report how many calls were made and the odd ones out.
+bad = {{k: v for k, v in out.items() if v != "EPERM"}}
+raise RuntimeError("PROBE" + json.dumps([len(out), bad]) + "PROBE")
+"""
+
+ARGS = {
+    "keyctl": (0, -3, 0),  # KEYCTL_GET_KEYRING_ID, the session keyring
+    "add_key": (0, 0, 0, 0, -4),
+    "ptrace": (0, 0, 0, 0),  # PTRACE_TRACEME
+    "unshare": (0x10000000,),
+    "io_uring_setup": (1, 0),
+}
+
+
+def _probe_code() -> str:
+    calls = {n: seccomp.number(n) for n in PROBED}
+    return "import json\n" + PROBE.format(
+        calls=calls,
+        args=ARGS,
+        clone=seccomp.number("clone"),
+        kill=seccomp.number("kill"),
+        tgkill=seccomp.number("tgkill"),
+        pidfd_open=seccomp.number("pidfd_open"),
+        prlimit=seccomp.number("prlimit64"),
+    )
+
+
+PROBED = [n for n in seccomp.DENIED if seccomp.number(n) is not None]
+
+
+def _not_eperm(reason: str) -> dict[str, str]:
+    """The calls of PROBE that did not fail with EPERM (all of them were made)."""
+    assert "PROBE" in reason, reason
+    made, bad = json.loads(reason.split("PROBE")[1])
+    assert made == len(PROBED) + 6, reason
+    return dict(bad)
+
+
+ALLOWED = """
+import os, subprocess, threading, signal, time
+from concurrent.futures import ThreadPoolExecutor
+with open("/tmp/data.txt", "w") as fh:
+    fh.write("x" * 100000)
+assert os.path.getsize("/tmp/data.txt") == 100000
+os.unlink("/tmp/data.txt")
+hits = []
+threads = [threading.Thread(target=hits.append, args=(i,)) for i in range(8)]
+for t in threads: t.start()
+for t in threads: t.join()
+assert sorted(hits) == list(range(8))
+with ThreadPoolExecutor(4) as ex:
+    assert list(ex.map(abs, [-1, -2])) == [1, 2]
+assert subprocess.run(["/bin/sh", "-c", "echo hi"], capture_output=True).stdout == b"hi\\n"
+pid = os.fork()
+if pid == 0:
+    os._exit(7)
+assert os.WEXITSTATUS(os.waitpid(pid, 0)[1]) == 7
+child = subprocess.Popen(["/bin/sleep", "30"])
+os.kill(child.pid, signal.SIGTERM)  # its own children it may signal
+assert child.wait() == -signal.SIGTERM
+def f(x):
+    return x * x
+"""
+
+
+@pytest.mark.skipif(not seccomp.supported(), reason="no seccomp filter for this machine")
+class TestSeccomp:
+    async def test_denied_calls_fail_with_eperm(self, pool: ScoringPool) -> None:
+        """keyring, ptrace, namespaces, mounts, bpf, perf, userfaultfd, modules...: each call fails with EPERM."""
+        s = await pool.score(SQUARE, fenced(_probe_code()))
+        assert _not_eperm(s.reason) == {}
+        assert {"keyctl", "add_key", "request_key", "ptrace", "bpf", "perf_event_open", "userfaultfd"} <= set(
+            PROBED
+        )
+        assert {"mount", "umount2", "pivot_root", "unshare", "setns", "kexec_load", "init_module"} <= set(
+            PROBED
+        )
+
+    async def test_keyring_carries_nothing_to_the_next_sample(self, pool: ScoringPool) -> None:
+        """A key stored by one sample cannot be stored at all, so the next one finds none."""
+        add, ctl = seccomp.number("add_key"), seccomp.number("keyctl")
+        store = f"""
+            import ctypes, os
+            libc = ctypes.CDLL(None, use_errno=True)
+            r = libc.syscall({add}, b"user", b"rw-carry", b"secret", 6, -4)  # KEY_SPEC_USER_KEYRING
+            assert r < 0 and ctypes.get_errno() == 1, (r, ctypes.get_errno())
+            def f(x):
+                return x * x
+        """
+        look = f"""
+            import ctypes
+            libc = ctypes.CDLL(None, use_errno=True)
+            r = libc.syscall({ctl}, 10, 0, 0, 0, 0)  # KEYCTL_SEARCH needs the call at all
+            assert r < 0 and ctypes.get_errno() == 1, (r, ctypes.get_errno())
+            def f(x):
+                return x * x
+        """
+        for _ in range(pool.workers):
+            assert (await pool.score(SQUARE, fenced(store))).passed
+        for _ in range(pool.workers):
+            assert (await pool.score(SQUARE, fenced(look))).passed
+
+    async def test_threads_processes_and_files_still_work(self, pool: ScoringPool) -> None:
+        """Threads, a thread pool, subprocess, fork, signalling its own child and /tmp I/O work under the filter."""
+        s = await pool.score(SQUARE, fenced(ALLOWED))
+        assert s.passed, s.reason
+
+    async def test_sigstop_to_the_parent_leaves_the_pool_working(self, pool: ScoringPool) -> None:
+        """A sample that tries to stop its parent (the zygote) fails to, and the next sample on that slot passes."""
+        code = """
+            import os, signal
+            for target in (os.getppid(), 1, -1, -os.getpgid(os.getppid()) if os.getppid() > 0 else -1):
+                try:
+                    os.kill(target, signal.SIGSTOP)
+                except OSError:
+                    pass
+            def f(x):
+                return x * x
+        """
+        for _ in range(pool.workers):
+            await pool.score(SQUARE, fenced(code))
+        quick = function_problem(SQUARE.tests, timeout=3.0)
+        for _ in range(pool.workers):
+            s = await pool.score(quick, fenced("def f(x):\n    return x * x"))
+            assert s.passed, s.reason
+
+
+def test_filter_has_no_jump_out_of_range_on_either_arch() -> None:
+    """The assembler checks every jump: both arches' filters build, with many protected pids."""
+    for machine in ("x86_64", "aarch64"):
+        prog = seccomp.build([1, 2, -1, -2, 4000000], machine)
+        assert len(prog) % 8 == 0
+        assert len(prog) // 8 < 200
+
+
+# -- without root ------------------------------------------------------------------------------
+
+NONROOT = r"""
+import json, sys
+sys.path[:0] = {paths!r}
+import anyio
+from rollwatch.scoring import ScoringPool, ScoringSettings
+from tests.scoring.conftest import SQUARE, fenced
+codes = json.loads(sys.argv[1])
+async def main():
+    out = []
+    async with ScoringPool(ScoringSettings(workers=1, isolation="bwrap", timeout=5.0, memory_mb=512)) as p:
+        for code in codes:
+            s = await p.score(SQUARE, fenced(code))
+            out.append([s.passed, s.reason])
+    print(json.dumps(out))
+anyio.run(main)
+"""
+
+
+def _as_nobody(codes: list[str]) -> list[tuple[bool, str]]:
+    """Score ``codes`` in a bwrap pool of a process running as nobody: (passed, reason) of each."""
+    # The system's interpreter: the daemon's may live where nobody can read (pyenv under /root).
+    paths = [str(ROOT / "src"), str(ROOT), *(p for p in sys.path if p.endswith("site-packages"))]
+    script = NONROOT.format(paths=paths)
+    r = subprocess.run(
+        [
+            "setpriv",
+            f"--reuid={NOBODY}",
+            f"--regid={NOBODY}",
+            "--clear-groups",
+            SYSTEM_PYTHON,
+            "-c",
+            script,
+            json.dumps(codes),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd="/",
+        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": "/tmp"},
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    return [(bool(p), str(why)) for p, why in json.loads(r.stdout.strip().splitlines()[-1])]
+
+
+WRITE_EVERYWHERE = """
+import os
+out = []
+for path in ("/rw-test", "/usr/rw-test", "/opt/rw-test", "/opt/rollwatch/rw-test", "/etc/rw-test", "/bin/rw-test"):
+    try:
+        open(path, "w").close()
+        out.append(path + ":WROTE")
+    except OSError as e:
+        out.append(path + ":" + type(e).__name__)
+for d in ("/tmp", "/var/tmp", "/dev/shm"):
+    with open(d + "/rw-left", "w") as fh:
+        fh.write("x" * 1000)
+raise RuntimeError(" ".join(out))
+"""
+LOOK_FOR_LEFTOVERS = """
+import os
+left = [p for p in ("/rw-test", "/opt/rw-test", "/tmp/rw-left", "/var/tmp/rw-left", "/dev/shm/rw-left") if os.path.exists(p)]
+assert not left, left
+def f(x):
+    return x * x
+"""
+
+
+SYSTEM_PYTHON = f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}"
+needs_nonroot_bwrap = pytest.mark.skipif(
+    os.geteuid() != 0
+    or shutil.which("bwrap") is None
+    or shutil.which("setpriv") is None
+    or not os.path.exists(SYSTEM_PYTHON),
+    reason=f"needs root (to become nobody), bwrap, setpriv and {SYSTEM_PYTHON}",
+)
+
+
+@needs_nonroot_bwrap
+def test_without_root_the_view_is_read_only_and_fresh() -> None:
+    """As nobody under bwrap: nothing outside the private tmpfs is writable, and nothing written survives."""
+    (_, reason), (passed, why) = _as_nobody([WRITE_EVERYWHERE, LOOK_FOR_LEFTOVERS])
+    assert "WROTE" not in reason, reason
+    assert "/rw-test:OSError" in reason or "/rw-test:PermissionError" in reason, reason
+    assert passed, why
+
+
+@needs_nonroot_bwrap
+@pytest.mark.skipif(not seccomp.supported(), reason="no seccomp filter for this machine")
+def test_without_root_the_parent_is_out_of_reach() -> None:
+    """As nobody (samples share the zygote's uid): SIGSTOP to the parent and kill(-1) fail, the next sample passes."""
+    (_, reason), (passed, why) = _as_nobody([_probe_code(), "def f(x):\n    return x * x"])
+    assert _not_eperm(reason) == {}
+    assert passed, why
