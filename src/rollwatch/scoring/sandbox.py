@@ -16,13 +16,18 @@ that starts):
     file system itself (bind mounts, pivot_root), as root only. ``setpriv
     --pdeathsig`` and ``--kill-child`` tie it to the daemon.
 ``none``
-    No namespaces: rlimits, the slot's uid (as root) and a process-tree kill. Refused
-    when ``require_isolation`` is set.
+    No namespaces: rlimits, the slot's uid (as root) and a process-tree kill. Never
+    chosen by "auto": only when written out, with ``require_isolation = false``, and
+    then a WARNING at every start.
 
-Why the slot's own uid (60000 + slot): as root, RLIMIT_NPROC is not enforced, and a
-root process could read whatever the sandbox shows; a uid of its own per slot also
-keeps one slot's fork bomb from starving another. Without root, bubblewrap maps the
-daemon's uid into a user namespace instead, and RLIMIT_NPROC counts per namespace.
+In every mode each sample runs under the seccomp filter of ``inside/seccomp.py``.
+
+Why the slot's own uid (``uid_base`` + slot, the pool's range from ``uids.py``): as
+root, RLIMIT_NPROC is not enforced, and a root process could read whatever the
+sandbox shows; a uid of its own per slot also keeps one slot's fork bomb from
+starving another, and a range per pool keeps one pool's from starving another
+pool's. Without root, bubblewrap maps the daemon's uid into a user namespace
+instead, and RLIMIT_NPROC counts per namespace.
 
 Everything else (limits, timeouts, killing, the verdict channel) happens in the
 zygote: see ``inside/zygote.py``.
@@ -432,6 +437,7 @@ class UnisolatedSandbox(ZygoteSandbox):
     """The zygote without namespaces: limits, the slot's uid (as root), a tree kill."""
 
     isolation: ClassVar[str] = "none"
+    _warned = False
 
     @staticmethod
     def available() -> bool:
@@ -458,6 +464,14 @@ class UnisolatedSandbox(ZygoteSandbox):
         return cfg
 
     async def start(self) -> None:
+        if self._proc is None and self.slot == 0 and not self._warned:
+            # At every start, in the operator's face: this was asked for, and it is not safe.
+            self._warned = True
+            log.warning(
+                "scoring_unisolated",
+                isolation=self.isolation,
+                hint='samples share the host\'s file system and network (scoring.isolation = "none")',
+            )
         if self._proc is None and self.uid is not None and self.slot == 0:
             hidden = await anyio.to_thread.run_sync(_unreadable_parent, sys.base_prefix)
             if hidden:
@@ -490,8 +504,19 @@ SANDBOXES: dict[str, type[ZygoteSandbox]] = {
 
 
 def isolation_candidates(settings: ScoringSettings) -> list[str]:
-    """The isolation levels to try, best first."""
+    """The isolation levels to try, best first: "auto" never ends in "none" (it must be written out)."""
     if settings.isolation != "auto":
         return [settings.isolation]
-    out = [name for name in ("bwrap", "unshare") if SANDBOXES[name].available()]  # type: ignore[attr-defined]
-    return [*out, "none"]
+    return [name for name in ("bwrap", "unshare") if SANDBOXES[name].available()]  # type: ignore[attr-defined]
+
+
+def missing_isolation() -> str:
+    """Why no namespace sandbox is available here, naming the missing tools."""
+    why = []
+    if shutil.which("bwrap") is None:
+        why.append("bwrap (bubblewrap) is not on PATH")
+    if shutil.which("unshare") is None:
+        why.append("unshare (util-linux) is not on PATH")
+    elif not privileged():
+        why.append("unshare needs root")
+    return "; ".join(why) or "no namespace sandbox is available here"
