@@ -274,3 +274,48 @@ def test_without_root_the_parent_is_out_of_reach() -> None:
     (_, reason), (passed, why) = _as_nobody([_probe_code(), "def f(x):\n    return x * x"])
     assert _not_eperm(reason) == {}
     assert passed, why
+
+
+# -- tmpfs inodes ------------------------------------------------------------------------------
+
+MANY_FILES = """
+import errno, os
+made = 0
+stop = "none"
+for d in ("/tmp", "/var/tmp", "/dev/shm"):
+    os.makedirs(d + "/many", exist_ok=True)
+    try:
+        for i in range(1_000_000):
+            open(f"{d}/many/{i}", "w").close()
+            made += 1
+    except OSError as e:
+        stop = errno.errorcode.get(e.errno, str(e.errno))
+raise RuntimeError(f"FILES {made} {stop} FILES")
+"""
+
+
+async def test_a_million_empty_files_hit_the_inode_cap(pool: ScoringPool) -> None:
+    """Empty files in each private tmpfs stop at its inode cap (ENOSPC), and the next sample starts clean."""
+    p = function_problem(SQUARE.tests, timeout=30.0)
+    s = await pool.score(p, fenced(MANY_FILES))
+    assert "FILES" in s.reason, s.reason
+    _, made, stop, _ = s.reason.split("FILES")[1].split(" ")
+    assert stop == "ENOSPC", s.reason
+    assert int(made) <= 3 * 16384, s.reason
+    look = (
+        "import os\nassert not any(os.path.exists(d + '/many') for d in ('/tmp', '/var/tmp', '/dev/shm'))\n"
+    )
+    for _ in range(pool.workers):
+        s = await pool.score(p, fenced(look + "def f(x):\n    return x * x"))
+        assert s.passed, s.reason
+
+
+@needs_nonroot_bwrap
+def test_without_root_the_inode_cap_holds_and_no_capability_is_left() -> None:
+    """As nobody: the inode cap holds too, and a sample has no capability (CAP_SYS_ADMIN was the zygote's, briefly)."""
+    caps = "caps = [l.split()[1] for l in open('/proc/self/status') if l.startswith('Cap')]\n"
+    caps += "assert set(caps) <= {'0000000000000000'} | {caps[3]}, caps  # the bounding set may stay\n"
+    caps += "assert caps[1] == caps[2] == caps[4] == '0000000000000000', caps\n"
+    (_, reason), (passed, why) = _as_nobody([MANY_FILES, caps + "def f(x):\n    return x * x"])
+    assert " ENOSPC " in reason, reason
+    assert passed, why

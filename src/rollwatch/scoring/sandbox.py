@@ -66,6 +66,8 @@ ONESHOT = Path(__file__).parent / "inside" / "oneshot.py"
 SECCOMP = Path(__file__).parent / "inside" / "seccomp.py"
 _ZYGOTE_IN_SANDBOX = "/opt/rollwatch/zygote.py"
 _SECCOMP_IN_SANDBOX = "/opt/rollwatch/seccomp.py"  # the zygote loads it from its own folder
+TMP_INODES = 16384
+"""Files (inodes) each private tmpfs holds: a cap on the kernel memory empty files take."""
 _BACKSTOP_S = 10.0
 """Beyond a sample's own timeout, how long the host waits for the zygote's answer."""
 
@@ -332,6 +334,12 @@ class BwrapSandbox(ZygoteSandbox):
     def available() -> bool:
         return shutil.which("bwrap") is not None
 
+    def zygote_config(self, *, oneshot: bool = False) -> dict[str, Any]:
+        cfg = super().zygote_config(oneshot=oneshot)
+        cfg["remount_tmpfs"] = [[s[1], s[2], TMP_INODES] for s in fs_plan(self.settings) if s[0] == "tmpfs"]
+        cfg["drop_caps"] = not privileged()
+        return cfg
+
     def launcher(self, zygote: str, config: dict[str, Any]) -> list[str]:
         bwrap = shutil.which("bwrap") or "bwrap"
         args = [
@@ -351,7 +359,9 @@ class BwrapSandbox(ZygoteSandbox):
             for cap in _ZYGOTE_CAPS:
                 args += ["--cap-add", cap]
         else:
-            args += ["--unshare-user"]
+            # CAP_SYS_ADMIN in the sandbox's user namespace, to remount the tmpfs mounts
+            # with an inode cap; the zygote drops it before it serves (bound_tmpfs).
+            args += ["--unshare-user", "--cap-add", "CAP_SYS_ADMIN"]
         for step in fs_plan(self.settings):
             kind = step[0]
             if kind == "ro-bind":

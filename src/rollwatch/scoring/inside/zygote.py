@@ -306,6 +306,32 @@ def setup_root(plan: list[list[Any]]) -> None:
         pass
 
 
+# -- rollwatch:tmpfs begin (bwrap's tmpfs has no inode cap; see sandbox.py) ---------------------
+def bound_tmpfs(cfg: Json) -> None:
+    """Cover bwrap's private tmpfs mounts with ones that cap files; then give up the capability it took.
+
+    bwrap can set a tmpfs's size but not its ``nr_inodes``: without one, a sample
+    could fill kernel memory with empty files that the size does not count. A
+    remount is refused in bwrap's mount namespace without root, so the new mounts
+    go on top, in a mount namespace of our own.
+    """
+    plan = cfg.get("remount_tmpfs") or []
+    if not plan:
+        return
+    _check(_libc.unshare(0x00020000), "unshare(CLONE_NEWNS)")
+    _mount(None, "/", None, MS_REC | MS_PRIVATE)
+    for path, size, inodes in plan:
+        _mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, f"mode=1777,size={size},nr_inodes={inodes}")
+    if cfg.get("drop_caps"):
+        # Without root, CAP_SYS_ADMIN (in our user namespace) was lent for the remount
+        # only: the samples are forked from us and must not inherit it.
+        header = struct.pack("=Ii", 0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this process
+        _check(_libc.capset(header, bytes(24)), "capset")
+
+
+# -- rollwatch:tmpfs end -------------------------------------------------------------------------
+
+
 # -- one sample -----------------------------------------------------------------------------
 
 
@@ -906,6 +932,7 @@ def main() -> None:
     prctl(PR_SET_DUMPABLE, 0)
     if cfg.get("setup"):
         setup_root(cfg["setup"])
+    bound_tmpfs(cfg)  # rollwatch:tmpfs
     # Once for every sample: an empty environment, and no privilege from any exec.
     os.environ.clear()
     os.environ.update(cfg["env"])
