@@ -133,6 +133,8 @@ class ScoringConfig(_Strict):
     uid_base: int = Field(default=60000, ge=1000, le=2**31 - 2**16)
     uid_count: int = Field(default=1024, ge=1, le=65536)
     """As root, every pool on the host takes its own range of these uids for its samples."""
+    cgroups: bool = True
+    """Count memory and processes per sample in a cgroup v2 where one can be made (systemd: Delegate=yes)."""
 
 
 class ProblemSetConfig(_Strict):

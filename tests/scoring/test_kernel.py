@@ -7,18 +7,23 @@ report from the failure reason.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import subprocess
 import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
 
+import anyio
 import pytest
 
 from rollwatch.scoring import ScoringPool
+from rollwatch.scoring.cgroup import cgroups
 from rollwatch.scoring.inside import seccomp
 
-from .conftest import ROOT, SQUARE, fenced, function_problem
+from .conftest import ROOT, SQUARE, fenced, function_problem, nothing_left, sandbox_processes, settings
 
 pytestmark = pytest.mark.anyio
 
@@ -319,3 +324,104 @@ def test_without_root_the_inode_cap_holds_and_no_capability_is_left() -> None:
     (_, reason), (passed, why) = _as_nobody([MANY_FILES, caps + "def f(x):\n    return x * x"])
     assert " ENOSPC " in reason, reason
     assert passed, why
+
+
+# -- cgroups -----------------------------------------------------------------------------------
+
+CG = cgroups()
+needs_cgroups = pytest.mark.skipif(CG.root is None, reason=f"no usable cgroup v2 here: {CG.why_not}")
+
+
+def _cgroup_of(pid: int) -> str:
+    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+        if line.startswith("0::"):
+            return line[3:]
+    return ""
+
+
+@needs_cgroups
+async def test_every_process_of_a_sample_is_in_its_slots_cgroup(pool: ScoringPool) -> None:
+    """A sample's processes, even one that left its session, sit in the slot's own cgroup, as does the sandbox."""
+    code = """
+        import os, time
+        if os.fork() == 0:
+            os.setsid()
+            if os.fork() == 0:
+                time.sleep(30)
+            os._exit(0)
+        time.sleep(1.5)
+        def f(x):
+            return x * x
+    """
+    p = function_problem(SQUARE.tests, timeout=10.0)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(pool.score, p, fenced(code))
+        with anyio.fail_after(10):
+            while not (procs := sandbox_processes()):
+                await anyio.sleep(0.02)
+        slots = {_cgroup_of(sb.pid) for sb in pool.sandboxes if sb.pid is not None}
+        assert all("/rollwatch-" in c and "/slot-" in c for c in slots), slots
+        for pid, _, _ in procs:
+            with contextlib.suppress(FileNotFoundError):
+                assert _cgroup_of(pid) in slots, (pid, _cgroup_of(pid), slots)
+    await nothing_left()
+
+
+@needs_cgroups
+async def test_slot_cgroups_go_with_the_pool() -> None:
+    """Closing a pool kills and removes its slots' cgroups."""
+    async with ScoringPool(settings("auto")) as p:
+        assert CG.root is not None
+        dirs = [CG.root / Path(_cgroup_of(sb.pid)).name for sb in p.sandboxes if sb.pid is not None]
+        assert dirs
+        assert all(d.is_dir() for d in dirs), dirs
+        assert (await p.score(SQUARE, fenced("def f(x):\n    return x * x"))).passed
+    assert not any(d.exists() for d in dirs), dirs
+
+
+@pytest.mark.skipif(
+    "memory" not in CG.controllers, reason=f"no cgroup v2 memory controller here: {CG.why_not}"
+)
+async def test_six_processes_of_300_mb_exceed_a_1024_mb_sample(pool_1g: ScoringPool) -> None:
+    """Memory counts for the whole sample: six processes of 300 MB each under memory_mb = 1024 fail."""
+    code = """
+        import os, time
+        kids = []
+        for _ in range(5):
+            pid = os.fork()
+            if pid == 0:
+                x = b"\\x01" * (300 << 20)
+                time.sleep(3)
+                os._exit(0)
+            kids.append(pid)
+        x = b"\\x01" * (300 << 20)
+        time.sleep(3)
+        assert all(os.waitpid(k, 0)[1] == 0 for k in kids)
+        def f(x):
+            return x * x
+    """
+    s = await pool_1g.score(function_problem(SQUARE.tests, timeout=30.0), fenced(code))
+    assert not s.passed, s
+    assert (await pool_1g.score(SQUARE, fenced("def f(x):\n    return x * x"))).passed
+
+
+@pytest.mark.skipif("pids" not in CG.controllers, reason=f"no cgroup v2 pids controller here: {CG.why_not}")
+async def test_processes_count_for_the_whole_sample(pool_1g: ScoringPool) -> None:
+    """pids.max holds the sample's threads and processes together: 200 threads under processes = 64 fail."""
+    code = """
+        import threading, time
+        ts = [threading.Thread(target=time.sleep, args=(2,)) for _ in range(200)]
+        for t in ts:
+            t.start()
+        def f(x):
+            return x * x
+    """
+    s = await pool_1g.score(SQUARE, fenced(code))
+    assert not s.passed, s
+
+
+@pytest.fixture(scope="module")
+async def pool_1g() -> AsyncIterator[ScoringPool]:
+    """A pool with the default memory limit (1024 MB)."""
+    async with ScoringPool(settings("auto", memory_mb=1024)) as p:
+        yield p

@@ -41,6 +41,8 @@ class ScoringSettings:
     """As root, samples run as uids from ``uid_base``: each pool takes a free range of ``workers`` (see uids.py)."""
     uid_count: int = 1024
     """How many uids from ``uid_base`` rollwatch pools on this host may take."""
+    cgroups: bool = True
+    """A cgroup v2 per slot where one can be made (memory, swap, processes per sample): see cgroup.py."""
     output_limit_kb: int = 4096
     """Bytes a sample may write to stdout (and, separately, to stderr) before it is killed."""
     file_size_mb: int = 64

@@ -27,6 +27,7 @@ from rollwatch.errors import IsolationUnavailable, SandboxError
 from rollwatch.log import get_logger
 from rollwatch.problems import Problem
 from rollwatch.scoring.base import Outcome, Score, Scorer, ScoringSettings
+from rollwatch.scoring.cgroup import cgroups
 from rollwatch.scoring.command import CommandScorer
 from rollwatch.scoring.extract import Extraction, extract_code
 from rollwatch.scoring.function import FunctionScorer
@@ -142,6 +143,8 @@ class ScoringPool:
                 shutil.rmtree(self._helper_dir, ignore_errors=True)
             if self._uids is not None:  # after the sandboxes are gone: then the uids are free
                 self._uids.release()
+            if self.settings.cgroups:
+                await anyio.to_thread.run_sync(cgroups().tidy)
             for stream in (self._free_tx, self._free_rx):
                 if stream is not None:
                     stream.close()

@@ -57,6 +57,7 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 from rollwatch.errors import SandboxError
 from rollwatch.log import get_logger
 from rollwatch.scoring.base import SampleRequest, SampleResult, Sandbox, ScoringSettings
+from rollwatch.scoring.cgroup import SlotCgroup, cgroups
 from rollwatch.scoring.inside import seccomp
 
 log = get_logger(__name__)
@@ -166,6 +167,7 @@ class ZygoteSandbox(Sandbox):
         self._errors: IO[bytes] | None = None
         self._lock = anyio.Lock()
         self._host_dir: str | None = None
+        self._cgroup: SlotCgroup | None = None
 
     # -- what subclasses define -----------------------------------------------------------
 
@@ -205,6 +207,14 @@ class ZygoteSandbox(Sandbox):
         if self._proc is not None:
             return
         argv = self.argv()
+        if self.settings.cgroups:
+            # A cgroup of its own, joined before bwrap or unshare starts: the whole sandbox counts.
+            s = self.settings
+            self._cgroup = await anyio.to_thread.run_sync(
+                lambda: cgroups().new_slot(s.memory_mb, s.processes)
+            )
+            if self._cgroup is not None:
+                argv = self._cgroup.argv(argv)
         self._errors = tempfile.TemporaryFile()  # noqa: SIM115 (closed in _kill)
         try:
             self._proc = await anyio.open_process(
@@ -320,6 +330,10 @@ class ZygoteSandbox(Sandbox):
                 with anyio.move_on_after(5):
                     await proc.wait()
                 await proc.aclose()
+            if self._cgroup is not None:
+                # Whatever the sandbox left, wherever it moved: gone with the cgroup.
+                await anyio.to_thread.run_sync(self._cgroup.remove)
+                self._cgroup = None
             if self._errors is not None:
                 self._errors.close()
                 self._errors = None
@@ -424,6 +438,7 @@ class UnshareSandbox(ZygoteSandbox):
             "--pid",
             "--ipc",
             "--uts",
+            "--cgroup",  # its cgroup (the slot's, when there is one) becomes the samples' /
             "--fork",
             "--kill-child",
             "--propagation",
