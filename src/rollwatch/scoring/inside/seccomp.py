@@ -18,9 +18,10 @@ Denied with EPERM (the call fails; the program goes on and can report it):
   host names, ``iopl``/``ioperm`` and the other legacy ones;
 * signals (``kill``, ``tkill``, ``tgkill``, ``rt_*sigqueueinfo``,
   ``pidfd_open``) and ``prlimit64`` aimed at a protected process: the zygote,
-  its parent, its process group, PID 1, or every process (``kill(-1)``). Without
-  root the samples share the zygote's uid, so the kernel alone would let them
-  stop it.
+  its parent, its process group or PID 1 (EPERM, as the kernel answers another
+  uid), or at every process (``kill(-1)``: ESRCH, as if there were none to
+  signal). Without root the samples share the zygote's uid, so the kernel alone
+  would let them stop it.
 
 ``clone3`` fails with ENOSYS instead: its flags live in memory a filter cannot
 read, and on ENOSYS the C library falls back to ``clone``, whose flags it can.
@@ -45,6 +46,7 @@ _RET_K = 0x06
 _RET_ALLOW = 0x7FFF0000
 _RET_ERRNO = 0x00050000
 EPERM = 1
+ESRCH = 3
 ENOSYS = 38
 
 PR_SET_NO_NEW_PRIVS = 38
@@ -213,8 +215,11 @@ def build(protected: list[int], machine: str | None = None) -> bytes:
     a.label("target")
     a.op(_LD_W_ABS, _ARG0_LO)  # pid_t is 32 bits: the kernel reads only the low word
     for pid in sorted({p & 0xFFFFFFFF for p in protected}):
-        a.op(_JEQ_K, pid, "deny", 0)
+        # kill(-1) answers what it answers a uid of its own: no process to signal.
+        a.op(_JEQ_K, pid, "absent" if pid == 0xFFFFFFFF else "deny", 0)
     a.op(_RET_K, _RET_ALLOW)
+    a.label("absent")
+    a.op(_RET_K, _RET_ERRNO | ESRCH)
     a.label("deny")
     a.op(_RET_K, _RET_ERRNO | EPERM)
     a.label("enosys")
