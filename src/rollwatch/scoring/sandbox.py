@@ -8,9 +8,12 @@ that starts):
     of read-only binds of only what Python needs (``/usr``, ``/lib*``, the
     interpreter's prefix, ``ld.so.cache``), so ``/etc/shadow``, ``/root``, ``/home``,
     the event log and the credentials do not exist in there; fresh ``/proc`` and
-    ``/dev``; size-capped private tmpfs on ``/tmp``, ``/var/tmp`` and ``/dev/shm``;
-    ``--die-with-parent``. As root, the zygote keeps only the capabilities it needs to
-    drop each sample to its slot's uid.
+    ``/dev``; size- and inode-capped private tmpfs on ``/tmp``, ``/var/tmp`` and
+    ``/dev/shm`` (the zygote mounts the capped ones: bwrap cannot set ``nr_inodes``);
+    the root itself remounted read-only, so without root too nothing outside those
+    takes a write; ``--die-with-parent``. As root, the zygote keeps only the
+    capabilities it needs to drop each sample to its slot's uid; without root it
+    drops the one it borrowed for the tmpfs mounts before it serves.
 ``unshare``
     util-linux ``unshare`` makes the same namespaces and the zygote builds the same
     file system itself (bind mounts, pivot_root), as root only. ``setpriv
@@ -20,7 +23,9 @@ that starts):
     chosen by "auto": only when written out, with ``require_isolation = false``, and
     then a WARNING at every start.
 
-In every mode each sample runs under the seccomp filter of ``inside/seccomp.py``.
+In every mode each sample runs under the seccomp filter of ``inside/seccomp.py``,
+and, where a cgroup v2 can be made, the whole sandbox in a cgroup of its own that
+counts memory and processes for the sample as a whole (``cgroup.py``).
 
 Why the slot's own uid (``uid_base`` + slot, the pool's range from ``uids.py``): as
 root, RLIMIT_NPROC is not enforced, and a root process could read whatever the
