@@ -119,6 +119,11 @@ class ScoringPool:
                 continue
             self.isolation = name
             return sb
+        if s.isolation == "none":  # written out, but the interlock is still on
+            raise IsolationUnavailable(
+                'scoring.isolation = "none" asks for no isolation, but scoring.require_isolation is true '
+                "(the default): set it to false as well to score without isolation"
+            )
         why = "; ".join(failures) or missing_isolation()
         if s.isolation == "auto" or s.require_isolation:
             raise IsolationUnavailable(
