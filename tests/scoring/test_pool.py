@@ -124,6 +124,11 @@ class TestLifetime:
             (sb,) = pool.sandboxes
             assert sb.pid is not None
             os.kill(sb.pid, signal.SIGKILL)
+            # Dead, not just signalled: on a busy machine the zygote could otherwise still
+            # answer before the kernel has run the launcher's exit (which kills it).
+            with anyio.fail_after(10):
+                while _alive(sb.pid):
+                    await anyio.sleep(0.01)
             s = await pool.score(SQUARE, SQUARE_OK)
             assert s.passed, s
             assert sb.restarts == 1
@@ -168,6 +173,15 @@ class TestLifetime:
         with anyio.fail_after(5):
             while _cmdlines_with(marker):
                 await anyio.sleep(0.02)
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` is still running (a zombie has run its exit already)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return False
+    return stat[stat.rindex(b")") + 2 :][:1] not in (b"Z", b"X")
 
 
 def _cmdlines_with(marker: bytes) -> list[int]:
