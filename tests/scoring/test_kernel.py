@@ -429,3 +429,44 @@ async def pool_1g() -> AsyncIterator[ScoringPool]:
     """A pool with the default memory limit (1024 MB)."""
     async with ScoringPool(settings("auto", memory_mb=1024)) as p:
         yield p
+
+
+async def test_a_command_checkers_candidate_runs_filtered_and_in_the_slots_cgroup(
+    pool: ScoringPool, tmp_path: Path
+) -> None:
+    """The candidate a command checker runs through $ROLLWATCH_RUN is under the seccomp filter and the slot's cgroup."""
+    from .test_scorers import command_problem
+
+    p = command_problem(
+        tmp_path,
+        """
+        import json, os, subprocess, sys
+        r = subprocess.run([os.environ["ROLLWATCH_RUN"], sys.argv[1]], input=b"", capture_output=True)
+        print(json.dumps({"passed": False, "score": 0.0, "reason": "RAN " + r.stdout.decode().strip()}))
+        """,
+        timeout="10s",
+    )
+    code = f"""
+        import ctypes, os, time
+        libc = ctypes.CDLL(None, use_errno=True)
+        r = libc.syscall({seccomp.number("keyctl")}, 0, -3, 0)
+        print("keyctl", r, ctypes.get_errno(), flush=True)
+        time.sleep(1.5)
+    """
+    async with anyio.create_task_group() as tg:
+        result: list[str] = []
+
+        async def score() -> None:
+            result.append((await pool.score(p, fenced(code))).reason)
+
+        tg.start_soon(score)
+        if CG.root is not None:
+            with anyio.fail_after(10):
+                while not (procs := sandbox_processes()):
+                    await anyio.sleep(0.02)
+            slots = {_cgroup_of(sb.pid) for sb in pool.sandboxes if sb.pid is not None}
+            for pid, _, _ in procs:
+                with contextlib.suppress(FileNotFoundError):
+                    assert _cgroup_of(pid) in slots, (pid, _cgroup_of(pid), slots)
+    assert result == ["RAN keyctl -1 1"], result
+    await nothing_left()

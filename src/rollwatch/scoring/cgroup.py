@@ -14,7 +14,8 @@ processes in it cannot hand controllers to children, the daemon first moves itse
 into a leaf (``daemon``) when it is alone there. Each process then makes
 ``rollwatch-<pid>/slot-<n>`` with ``memory.max``, ``memory.swap.max = 0`` and
 ``pids.max``; the sandbox's launcher joins it before anything else starts
-(``cgroup_argv``), and ``cgroup.kill`` takes the whole slot down at the end.
+(``SlotCgroup.argv``), as do the one-shot sandboxes a ``command`` checker starts
+for that slot, and ``cgroup.kill`` takes the whole slot down when its sandbox goes.
 
 Where the hierarchy is missing, read-only, or lacks the memory or pids controller
 (a host that binds them to cgroup v1), what is missing is said once at start
@@ -100,11 +101,11 @@ class Cgroups:
             with contextlib.suppress(OSError):
                 self.root.rmdir()
 
-    def new_slot(self, memory_mb: int, processes: int) -> SlotCgroup | None:
-        """A fresh cgroup for one sandbox, limits set; None where there are no cgroups."""
+    def new_slot(self, memory_mb: int, processes: int, name: str | None = None) -> SlotCgroup | None:
+        """A cgroup for one sandbox (``name``, again, or a fresh one), limits set; None without cgroups."""
         if self.root is None:
             return None
-        path = self.root / f"slot-{next(self._names)}"
+        path = self.root / (name or f"slot-{next(self._names)}")
         try:
             try:
                 self.root.mkdir()  # again, after tidy() removed it
@@ -112,7 +113,7 @@ class Cgroups:
                     _write(self.root / "cgroup.subtree_control", " ".join("+" + c for c in self.controllers))
             except FileExistsError:
                 pass
-            path.mkdir()
+            path.mkdir(exist_ok=name is not None)
             if "memory" in self.controllers:
                 _write(path / "memory.max", str((memory_mb + ZYGOTE_MB) * 1024 * 1024))
                 with contextlib.suppress(FileNotFoundError):  # no swap accounting in this kernel
@@ -157,6 +158,13 @@ class SlotCgroup:
             return [int(x) for x in (self.path / "cgroup.procs").read_text().split()]
         except OSError:
             return []
+
+    def empty(self, within: float = 5.0) -> None:
+        """Kill every process in it and wait until they are gone (blocking: a worker thread's job)."""
+        self.kill()
+        deadline = time.monotonic() + within
+        while self.pids() and time.monotonic() < deadline:
+            time.sleep(0.01)
 
     def remove(self, within: float = 5.0) -> None:
         """Kill what is left and remove the cgroup (blocking: a worker thread's job)."""

@@ -201,7 +201,9 @@ class ZygoteSandbox(Sandbox):
         return self.launcher(str(ZYGOTE), self.zygote_config(oneshot=oneshot))
 
     def oneshot_argv(self) -> list[str]:
-        return self.argv(oneshot=True)
+        argv = self.argv(oneshot=True)
+        # A command checker's runs of the candidate count with the slot's sample.
+        return self._cgroup.argv(argv) if self._cgroup is not None else argv
 
     @property
     def pid(self) -> int | None:
@@ -213,10 +215,11 @@ class ZygoteSandbox(Sandbox):
             return
         argv = self.argv()
         if self.settings.cgroups:
-            # A cgroup of its own, joined before bwrap or unshare starts: the whole sandbox counts.
-            s = self.settings
+            # A cgroup of its own, joined before bwrap or unshare starts: the whole sandbox
+            # counts. The same one across restarts: a command checker's helper names it.
+            s, name = self.settings, self._cgroup.path.name if self._cgroup is not None else None
             self._cgroup = await anyio.to_thread.run_sync(
-                lambda: cgroups().new_slot(s.memory_mb, s.processes)
+                lambda: cgroups().new_slot(s.memory_mb, s.processes, name)
             )
             if self._cgroup is not None:
                 argv = self._cgroup.argv(argv)
@@ -298,6 +301,9 @@ class ZygoteSandbox(Sandbox):
                 with anyio.move_on_after(5):
                     await proc.wait()
             await self._kill()
+            if self._cgroup is not None:
+                await anyio.to_thread.run_sync(self._cgroup.remove)
+                self._cgroup = None
             if self._host_dir is not None:
                 shutil.rmtree(self._host_dir, ignore_errors=True)
                 self._host_dir = None
@@ -336,9 +342,8 @@ class ZygoteSandbox(Sandbox):
                     await proc.wait()
                 await proc.aclose()
             if self._cgroup is not None:
-                # Whatever the sandbox left, wherever it moved: gone with the cgroup.
-                await anyio.to_thread.run_sync(self._cgroup.remove)
-                self._cgroup = None
+                # Whatever the sandbox left, wherever it moved, dies with the cgroup's members.
+                await anyio.to_thread.run_sync(self._cgroup.empty)
             if self._errors is not None:
                 self._errors.close()
                 self._errors = None
