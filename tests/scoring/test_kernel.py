@@ -470,3 +470,29 @@ async def test_a_command_checkers_candidate_runs_filtered_and_in_the_slots_cgrou
                     assert _cgroup_of(pid) in slots, (pid, _cgroup_of(pid), slots)
     assert result == ["RAN keyctl -1 1"], result
     await nothing_left()
+
+
+@needs_cgroups
+def test_a_dead_processs_empty_cgroups_are_swept() -> None:
+    """Cgroups left by a rollwatch process killed without tidying up go at the next start; live ones stay."""
+    from rollwatch.scoring import cgroup
+
+    assert CG.root is not None
+    here = CG.root.parent
+    dead = subprocess.Popen(["/bin/true"])
+    dead.wait()
+    stale = here / f"rollwatch-{dead.pid}"
+    (stale / "slot-0").mkdir(parents=True)
+    alive = here / f"rollwatch-{os.getppid()}"
+    made_alive = not alive.exists()
+    alive.mkdir(exist_ok=True)
+    try:
+        cgroup._sweep(here)
+        assert not stale.exists()
+        assert alive.exists()
+    finally:
+        if made_alive:
+            alive.rmdir()
+        with contextlib.suppress(OSError):
+            (stale / "slot-0").rmdir()
+            stale.rmdir()

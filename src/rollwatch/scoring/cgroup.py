@@ -218,14 +218,32 @@ def _detect() -> Cgroups:
     try:
         if wanted:
             _enable(here, wanted)
-        root = here / f"rollwatch-{os.getpid()}"
-        with contextlib.suppress(FileExistsError):
-            root.mkdir()
-        if wanted:
-            _write(root / "cgroup.subtree_control", " ".join("+" + c for c in wanted))
     except OSError as e:
         return Cgroups(None, why_not=f"cannot set up cgroups under {here}: {e}")
-    return Cgroups(root, frozenset(wanted), why)
+    _sweep(here)
+    # The folder itself is made with the first slot (new_slot), and goes with the last.
+    return Cgroups(here / f"rollwatch-{os.getpid()}", frozenset(wanted), why)
+
+
+def _sweep(here: Path) -> None:
+    """Remove the empty cgroups of rollwatch processes that died without tidying up (SIGKILL)."""
+    for d in here.glob("rollwatch-*"):
+        pid = d.name.removeprefix("rollwatch-")
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # alive (or its pid reused): not ours to touch
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        # rmdir refuses a cgroup with processes in it: only empty ones go.
+        for slot in d.glob("slot-*"):
+            with contextlib.suppress(OSError):
+                slot.rmdir()
+        with contextlib.suppress(OSError):
+            d.rmdir()
 
 
 def _enable(here: Path, wanted: list[str]) -> None:
