@@ -285,6 +285,33 @@ def test_without_root_the_parent_is_out_of_reach() -> None:
     assert passed, why
 
 
+OTHERS_MEMORY = """
+import os
+me = os.getpid()
+out = []
+for name in os.listdir("/proc"):
+    if name.isdigit() and int(name) != me:
+        for what in ("mem", "environ", "fd"):
+            try:
+                if what == "fd":
+                    os.listdir(f"/proc/{name}/fd")
+                else:
+                    open(f"/proc/{name}/{what}", "r+b" if what == "mem" else "rb").close()
+                out.append(f"{name}:{what}:OPEN")
+            except OSError:
+                pass
+raise RuntimeError("OPENED " + " ".join(out))
+"""
+
+
+@needs_nonroot_bwrap
+def test_without_root_no_other_process_in_the_sandbox_is_open_to_a_sample() -> None:
+    """As nobody (one uid for all): a sample can open no other sandbox process's memory, environment or fds."""
+    ((_, reason),) = _as_nobody([OTHERS_MEMORY])
+    assert "OPENED" in reason, reason
+    assert ":OPEN" not in reason, reason
+
+
 # -- tmpfs inodes ------------------------------------------------------------------------------
 
 MANY_FILES = """

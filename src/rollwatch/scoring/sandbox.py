@@ -371,6 +371,11 @@ class BwrapSandbox(ZygoteSandbox):
             "--die-with-parent",
             "--new-session",
             "--unshare-pid",
+            # The zygote itself is PID 1 (it reaps everything already): no bwrap init in
+            # there, which without root shares the samples' uid and is dumpable, so a
+            # sample could write into its memory through /proc/1/mem and, from it, stop
+            # the zygote. Signals from inside the namespace do not reach its PID 1 either.
+            "--as-pid-1",
             "--unshare-net",
             "--unshare-ipc",
             "--unshare-uts",
