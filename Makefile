@@ -8,7 +8,10 @@ export PYTHONDONTWRITEBYTECODE := 1
 
 .PHONY: run test bench lint lock system services clean
 
-# bubblewrap gives the scoring sandbox its namespaces; without it we fall back to unshare.
+# bubblewrap gives the scoring sandbox its namespaces; without it, unshare (as root).
+# With neither, scoring refuses to run (unless scoring.isolation = "none" is written out).
+# Per-sample memory and process limits need cgroup v2 with the memory and pids
+# controllers: say so when they are missing (rlimits per process remain).
 system:
 	@if ! $(PY) -c 'import ensurepip, venv' >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv; \
@@ -16,9 +19,13 @@ system:
 	@if ! command -v bwrap >/dev/null 2>&1; then \
 		if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
 			(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap) \
-			|| echo "warning: could not install bubblewrap; the sandbox falls back to unshare"; \
-		else echo "warning: bubblewrap is not installed; the sandbox falls back to unshare"; fi; \
+			|| echo "warning: could not install bubblewrap; the sandbox needs unshare and root"; \
+		else echo "warning: bubblewrap is not installed; the sandbox needs unshare and root"; fi; \
 	fi
+	@cg=$$(awk '{for (i = 7; i < NF; i++) if ($$i == "-") { if ($$(i + 1) == "cgroup2") { print $$5; exit } break }}' /proc/self/mountinfo); \
+	if [ -z "$$cg" ]; then echo "note: no cgroup v2 here: memory and processes are limited per process, not per sample"; \
+	else for c in memory pids; do grep -qw $$c "$$cg/cgroup.controllers" 2>/dev/null \
+		|| echo "note: cgroup v2 at $$cg has no $$c controller: that limit is per process, not per sample"; done; fi
 
 # The PostgreSQL store's tests need a server with trust auth and a database `test`: the
 # local one, started if it is down, or a throwaway cluster of our own (installing the

@@ -175,10 +175,17 @@ class PublicationConfig(_Strict):
 class ScoringConfig(_Strict):
     workers: int | None = Field(default=None, ge=1, le=256)
     """Parallel scoring processes; default: the number of cores."""
-    require_isolation: bool = False
+    require_isolation: bool = True
     """Refuse to score without namespace isolation (bubblewrap or unshare)."""
     memory_mb: int = Field(default=1024, ge=64)
     timeout: Duration = 10.0
+    isolation: Literal["auto", "bwrap", "unshare", "none"] = "auto"
+    """auto: bubblewrap, else unshare (as root). "none" only when written out (and require_isolation = false)."""
+    uid_base: int = Field(default=60000, ge=1000, le=2**31 - 2**16)
+    uid_count: int = Field(default=1024, ge=1, le=65536)
+    """As root, every pool on the host takes its own range of these uids for its samples."""
+    cgroups: bool = True
+    """Count memory and processes per sample in a cgroup v2 where one can be made (systemd: Delegate=yes)."""
 
 
 class ProblemSetConfig(_Strict):

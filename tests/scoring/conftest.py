@@ -51,6 +51,7 @@ def settings(isolation: str, **kw: object) -> ScoringSettings:
         "workers": WORKERS,
         "isolation": isolation,
         "uid_base": UID_BASE,
+        "uid_count": 8,
         "timeout": 5.0,
         "memory_mb": 512,
     }

@@ -29,16 +29,20 @@ class ScoringSettings:
 
     workers: int | None = None
     """Samples scored in parallel (one sandbox each); None: the number of cores."""
-    require_isolation: bool = False
-    """Refuse to score (IsolationUnavailable) without namespace isolation."""
+    require_isolation: bool = True
+    """Refuse to score (IsolationUnavailable) without namespace isolation, even with isolation "none"."""
     memory_mb: int = 1024
     """Address-space limit of every sandboxed process."""
     timeout: float = 10.0
     """Seconds per sample when the problem sets none (stdio, command: per run)."""
     isolation: Literal["auto", "bwrap", "unshare", "none"] = "auto"
-    """auto: bwrap, else unshare (as root), else none (unless require_isolation)."""
+    """auto: bwrap, else unshare (as root); never none, which must be written out."""
     uid_base: int = 60000
-    """As root, slot N runs its samples as uid and gid ``uid_base + N``."""
+    """As root, samples run as uids from ``uid_base``: each pool takes a free range of ``workers`` (see uids.py)."""
+    uid_count: int = 1024
+    """How many uids from ``uid_base`` rollwatch pools on this host may take."""
+    cgroups: bool = True
+    """A cgroup v2 per slot where one can be made (memory, swap, processes per sample): see cgroup.py."""
     output_limit_kb: int = 4096
     """Bytes a sample may write to stdout (and, separately, to stderr) before it is killed."""
     file_size_mb: int = 64

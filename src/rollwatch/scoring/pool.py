@@ -28,11 +28,19 @@ from rollwatch.errors import IsolationUnavailable, SandboxError
 from rollwatch.log import get_logger
 from rollwatch.problems import Problem
 from rollwatch.scoring.base import Outcome, Score, Scorer, ScoringSettings
+from rollwatch.scoring.cgroup import cgroups
 from rollwatch.scoring.command import CommandScorer
 from rollwatch.scoring.extract import Extraction, extract_code
 from rollwatch.scoring.function import FunctionScorer
-from rollwatch.scoring.sandbox import SANDBOXES, ZygoteSandbox, isolation_candidates
+from rollwatch.scoring.sandbox import (
+    SANDBOXES,
+    ZygoteSandbox,
+    isolation_candidates,
+    missing_isolation,
+    privileged,
+)
 from rollwatch.scoring.stdio import StdioScorer
+from rollwatch.scoring.uids import UidLease, take_uids
 
 log = get_logger(__name__)
 
@@ -89,13 +97,19 @@ class ScoringPool:
         self._scorers: dict[str, Scorer] = {}
         self._free_tx: MemoryObjectSendStream[ZygoteSandbox] | None = None
         self._free_rx: MemoryObjectReceiveStream[ZygoteSandbox] | None = None
+        self._uids: UidLease | None = None
 
     # -- lifetime ---------------------------------------------------------------------------
 
     async def __aenter__(self) -> Self:
-        s = self.settings
         self._helper_dir = tempfile.mkdtemp(prefix="rollwatch-scoring-")
         try:
+            # rollwatch:uids: as root, a run of uids no other process on the host holds.
+            if privileged():
+                s = self.settings
+                self._uids = await anyio.to_thread.run_sync(take_uids, s.uid_base, s.uid_count, self.workers)
+                self.settings = replace(s, uid_base=self._uids.start)
+            s = self.settings
             first = await self._first_sandbox()
             self.sandboxes = [first] + [SANDBOXES[self.isolation](s, slot) for slot in range(1, self.workers)]
             async with anyio.create_task_group() as tg:
@@ -132,11 +146,18 @@ class ScoringPool:
                 continue
             self.isolation = name
             return sb
-        why = "; ".join(failures) or "no namespace sandbox is available here"
-        if s.require_isolation:
+        if s.isolation == "none":  # written out, but the interlock is still on
             raise IsolationUnavailable(
-                f"scoring.require_isolation is set but no namespace sandbox works ({why}); "
-                "install bubblewrap (apt-get install bubblewrap) or run as root for unshare"
+                'scoring.isolation = "none" asks for no isolation, but scoring.require_isolation is true '
+                "(the default): set it to false as well to score without isolation"
+            )
+        why = "; ".join(failures) or missing_isolation()
+        if s.isolation == "auto" or s.require_isolation:
+            raise IsolationUnavailable(
+                f"scoring refuses to run without isolation (scoring.require_isolation, scoring.isolation = "
+                f'"{s.isolation}"): no namespace sandbox works ({why}); install bubblewrap '
+                "(apt-get install bubblewrap) or run as root for unshare; to score without any isolation, "
+                'write scoring.isolation = "none" and scoring.require_isolation = false'
             )
         raise SandboxError(f"no sandbox could start: {why}")
 
@@ -152,6 +173,10 @@ class ScoringPool:
                     tg.start_soon(sb.aclose)
             if self._helper_dir:
                 shutil.rmtree(self._helper_dir, ignore_errors=True)
+            if self._uids is not None:  # after the sandboxes are gone: then the uids are free
+                self._uids.release()
+            if self.settings.cgroups:
+                await anyio.to_thread.run_sync(cgroups().tidy)
             for stream in (self._free_tx, self._free_rx):
                 if stream is not None:
                     stream.close()

@@ -8,21 +8,31 @@ that starts):
     of read-only binds of only what Python needs (``/usr``, ``/lib*``, the
     interpreter's prefix, ``ld.so.cache``), so ``/etc/shadow``, ``/root``, ``/home``,
     the event log and the credentials do not exist in there; fresh ``/proc`` and
-    ``/dev``; size-capped private tmpfs on ``/tmp``, ``/var/tmp`` and ``/dev/shm``;
-    ``--die-with-parent``. As root, the zygote keeps only the capabilities it needs to
-    drop each sample to its slot's uid.
+    ``/dev``; size- and inode-capped private tmpfs on ``/tmp``, ``/var/tmp`` and
+    ``/dev/shm`` (the zygote mounts the capped ones: bwrap cannot set ``nr_inodes``);
+    the root itself remounted read-only, so without root too nothing outside those
+    takes a write; ``--die-with-parent``. As root, the zygote keeps only the
+    capabilities it needs to drop each sample to its slot's uid; without root it
+    drops the one it borrowed for the tmpfs mounts before it serves.
 ``unshare``
     util-linux ``unshare`` makes the same namespaces and the zygote builds the same
     file system itself (bind mounts, pivot_root), as root only. ``setpriv
     --pdeathsig`` and ``--kill-child`` tie it to the daemon.
 ``none``
-    No namespaces: rlimits, the slot's uid (as root) and a process-tree kill. Refused
-    when ``require_isolation`` is set.
+    No namespaces: rlimits, the slot's uid (as root) and a process-tree kill. Never
+    chosen by "auto": only when written out, with ``require_isolation = false``, and
+    then a WARNING at every start.
 
-Why the slot's own uid (60000 + slot): as root, RLIMIT_NPROC is not enforced, and a
-root process could read whatever the sandbox shows; a uid of its own per slot also
-keeps one slot's fork bomb from starving another. Without root, bubblewrap maps the
-daemon's uid into a user namespace instead, and RLIMIT_NPROC counts per namespace.
+In every mode each sample runs under the seccomp filter of ``inside/seccomp.py``,
+and, where a cgroup v2 can be made, the whole sandbox in a cgroup of its own that
+counts memory and processes for the sample as a whole (``cgroup.py``).
+
+Why the slot's own uid (``uid_base`` + slot, the pool's range from ``uids.py``): as
+root, RLIMIT_NPROC is not enforced, and a root process could read whatever the
+sandbox shows; a uid of its own per slot also keeps one slot's fork bomb from
+starving another, and a range per pool keeps one pool's from starving another
+pool's. Without root, bubblewrap maps the daemon's uid into a user namespace
+instead, and RLIMIT_NPROC counts per namespace.
 
 Everything else (limits, timeouts, killing, the verdict channel) happens in the
 zygote: see ``inside/zygote.py``.
@@ -52,12 +62,18 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 from rollwatch.errors import SandboxError
 from rollwatch.log import get_logger
 from rollwatch.scoring.base import SampleRequest, SampleResult, Sandbox, ScoringSettings
+from rollwatch.scoring.cgroup import SlotCgroup, cgroups
+from rollwatch.scoring.inside import seccomp
 
 log = get_logger(__name__)
 
 ZYGOTE = Path(__file__).parent / "inside" / "zygote.py"
 ONESHOT = Path(__file__).parent / "inside" / "oneshot.py"
+SECCOMP = Path(__file__).parent / "inside" / "seccomp.py"
 _ZYGOTE_IN_SANDBOX = "/opt/rollwatch/zygote.py"
+_SECCOMP_IN_SANDBOX = "/opt/rollwatch/seccomp.py"  # the zygote loads it from its own folder
+TMP_INODES = 16384
+"""Files (inodes) each private tmpfs holds: a cap on the kernel memory empty files take."""
 _BACKSTOP_S = 10.0
 """Beyond a sample's own timeout, how long the host waits for the zygote's answer."""
 # --- judge uid (issue 20, judge/candidate split) ---
@@ -162,6 +178,7 @@ class ZygoteSandbox(Sandbox):
         self._errors: IO[bytes] | None = None
         self._lock = anyio.Lock()
         self._host_dir: str | None = None
+        self._cgroup: SlotCgroup | None = None
 
     # -- what subclasses define -----------------------------------------------------------
 
@@ -182,6 +199,7 @@ class ZygoteSandbox(Sandbox):
             "env": SANDBOX_ENV,
             "preload": not oneshot,
             "setup": None,
+            "seccomp": seccomp.supported(),
         }
 
     # -- the Sandbox interface ------------------------------------------------------------
@@ -190,7 +208,9 @@ class ZygoteSandbox(Sandbox):
         return self.launcher(str(ZYGOTE), self.zygote_config(oneshot=oneshot))
 
     def oneshot_argv(self) -> list[str]:
-        return self.argv(oneshot=True)
+        argv = self.argv(oneshot=True)
+        # A command checker's runs of the candidate count with the slot's sample.
+        return self._cgroup.argv(argv) if self._cgroup is not None else argv
 
     @property
     def pid(self) -> int | None:
@@ -201,6 +221,15 @@ class ZygoteSandbox(Sandbox):
         if self._proc is not None:
             return
         argv = self.argv()
+        if self.settings.cgroups:
+            # A cgroup of its own, joined before bwrap or unshare starts: the whole sandbox
+            # counts. The same one across restarts: a command checker's helper names it.
+            s, name = self.settings, self._cgroup.path.name if self._cgroup is not None else None
+            self._cgroup = await anyio.to_thread.run_sync(
+                lambda: cgroups().new_slot(s.memory_mb, s.processes, name)
+            )
+            if self._cgroup is not None:
+                argv = self._cgroup.argv(argv)
         self._errors = tempfile.TemporaryFile()  # noqa: SIM115 (closed in _kill)
         try:
             self._proc = await anyio.open_process(
@@ -294,6 +323,9 @@ class ZygoteSandbox(Sandbox):
                 with anyio.move_on_after(5):
                     await proc.wait()
             await self._kill()
+            if self._cgroup is not None:
+                await anyio.to_thread.run_sync(self._cgroup.remove)
+                self._cgroup = None
             if self._host_dir is not None:
                 shutil.rmtree(self._host_dir, ignore_errors=True)
                 self._host_dir = None
@@ -331,6 +363,9 @@ class ZygoteSandbox(Sandbox):
                 with anyio.move_on_after(5):
                     await proc.wait()
                 await proc.aclose()
+            if self._cgroup is not None:
+                # Whatever the sandbox left, wherever it moved, dies with the cgroup's members.
+                await anyio.to_thread.run_sync(self._cgroup.empty)
             if self._errors is not None:
                 self._errors.close()
                 self._errors = None
@@ -345,6 +380,12 @@ class BwrapSandbox(ZygoteSandbox):
     def available() -> bool:
         return shutil.which("bwrap") is not None
 
+    def zygote_config(self, *, oneshot: bool = False) -> dict[str, Any]:
+        cfg = super().zygote_config(oneshot=oneshot)
+        cfg["remount_tmpfs"] = [[s[1], s[2], TMP_INODES] for s in fs_plan(self.settings) if s[0] == "tmpfs"]
+        cfg["drop_caps"] = not privileged()
+        return cfg
+
     def launcher(self, zygote: str, config: dict[str, Any]) -> list[str]:
         bwrap = shutil.which("bwrap") or "bwrap"
         args = [
@@ -352,6 +393,11 @@ class BwrapSandbox(ZygoteSandbox):
             "--die-with-parent",
             "--new-session",
             "--unshare-pid",
+            # The zygote itself is PID 1 (it reaps everything already): no bwrap init in
+            # there, which without root shares the samples' uid and is dumpable, so a
+            # sample could write into its memory through /proc/1/mem and, from it, stop
+            # the zygote. Signals from inside the namespace do not reach its PID 1 either.
+            "--as-pid-1",
             "--unshare-net",
             "--unshare-ipc",
             "--unshare-uts",
@@ -364,7 +410,9 @@ class BwrapSandbox(ZygoteSandbox):
             for cap in _ZYGOTE_CAPS:
                 args += ["--cap-add", cap]
         else:
-            args += ["--unshare-user"]
+            # CAP_SYS_ADMIN in the sandbox's user namespace, to remount the tmpfs mounts
+            # with an inode cap; the zygote drops it before it serves (bound_tmpfs).
+            args += ["--unshare-user", "--cap-add", "CAP_SYS_ADMIN"]
         for step in fs_plan(self.settings):
             kind = step[0]
             if kind == "ro-bind":
@@ -383,8 +431,16 @@ class BwrapSandbox(ZygoteSandbox):
                 args += ["--perms", "0755", "--dir", step[1]]
         args += [
             "--ro-bind",
+            str(SECCOMP),
+            _SECCOMP_IN_SANDBOX,
+            "--ro-bind",
             zygote,
             _ZYGOTE_IN_SANDBOX,
+            # Last, once every mount point exists: the root itself (a tmpfs bwrap made,
+            # writable by the daemon's uid without root) read-only. Only the private
+            # tmpfs mounts take writes, and the zygote wipes them after each sample.
+            "--remount-ro",
+            "/",
             "--chdir",
             "/tmp",
             "--",
@@ -419,6 +475,7 @@ class UnshareSandbox(ZygoteSandbox):
             "--pid",
             "--ipc",
             "--uts",
+            "--cgroup",  # its cgroup (the slot's, when there is one) becomes the samples' /
             "--fork",
             "--kill-child",
             "--propagation",
@@ -442,6 +499,7 @@ class UnisolatedSandbox(ZygoteSandbox):
     """The zygote without namespaces: limits, the slot's uid (as root), a tree kill."""
 
     isolation: ClassVar[str] = "none"
+    _warned = False
 
     @staticmethod
     def available() -> bool:
@@ -468,6 +526,14 @@ class UnisolatedSandbox(ZygoteSandbox):
         return cfg
 
     async def start(self) -> None:
+        if self._proc is None and self.slot == 0 and not self._warned:
+            # At every start, in the operator's face: this was asked for, and it is not safe.
+            self._warned = True
+            log.warning(
+                "scoring_unisolated",
+                isolation=self.isolation,
+                hint='samples share the host\'s file system and network (scoring.isolation = "none")',
+            )
         if self._proc is None and self.uid is not None and self.slot == 0:
             hidden = await anyio.to_thread.run_sync(_unreadable_parent, sys.base_prefix)
             if hidden:
@@ -500,8 +566,19 @@ SANDBOXES: dict[str, type[ZygoteSandbox]] = {
 
 
 def isolation_candidates(settings: ScoringSettings) -> list[str]:
-    """The isolation levels to try, best first."""
+    """The isolation levels to try, best first: "auto" never ends in "none" (it must be written out)."""
     if settings.isolation != "auto":
         return [settings.isolation]
-    out = [name for name in ("bwrap", "unshare") if SANDBOXES[name].available()]  # type: ignore[attr-defined]
-    return [*out, "none"]
+    return [name for name in ("bwrap", "unshare") if SANDBOXES[name].available()]  # type: ignore[attr-defined]
+
+
+def missing_isolation() -> str:
+    """Why no namespace sandbox is available here, naming the missing tools."""
+    why = []
+    if shutil.which("bwrap") is None:
+        why.append("bwrap (bubblewrap) is not on PATH")
+    if shutil.which("unshare") is None:
+        why.append("unshare (util-linux) is not on PATH")
+    elif not privileged():
+        why.append("unshare needs root")
+    return "; ".join(why) or "no namespace sandbox is available here"

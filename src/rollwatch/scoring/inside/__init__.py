@@ -3,5 +3,7 @@
 ``zygote.py`` and ``oneshot.py`` are started as plain scripts (``python -I -B``) in the
 sandbox: they import nothing but the standard library, and nothing of rollwatch's is
 importable there. They live in a folder of their own so that a reader can tell at a
-glance which code runs with the sample and which runs in the daemon.
+glance which code runs with the sample and which runs in the daemon. ``seccomp.py``
+is the one the daemon imports as well (to log and test what the filter denies); the
+zygote loads it by path.
 """

@@ -142,6 +142,25 @@ _libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_u
 _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
 
 
+# -- rollwatch:seccomp begin (sandbox kernel surface; see inside/seccomp.py) ----------------
+def _load_seccomp() -> Any:
+    """inside/seccomp.py, by path: loaded now, while the host's copy is still reachable (unshare)."""
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "seccomp.py")
+    spec = importlib.util.spec_from_file_location("_rollwatch_seccomp", path)
+    if spec is None or spec.loader is None:
+        raise ImportError(path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_seccomp = _load_seccomp()
+SECCOMP: Any = None  # the sample filter, made ready in main() before the first fork
+# -- rollwatch:seccomp end -------------------------------------------------------------------
+
+
 def _check(ret: int, what: str) -> None:
     if ret != 0:
         e = ctypes.get_errno()
@@ -291,6 +310,32 @@ def setup_root(plan: list[list[Any]]) -> None:
         pass
 
 
+# -- rollwatch:tmpfs begin (bwrap's tmpfs has no inode cap; see sandbox.py) ---------------------
+def bound_tmpfs(cfg: Json) -> None:
+    """Cover bwrap's private tmpfs mounts with ones that cap files; then give up the capability it took.
+
+    bwrap can set a tmpfs's size but not its ``nr_inodes``: without one, a sample
+    could fill kernel memory with empty files that the size does not count. A
+    remount is refused in bwrap's mount namespace without root, so the new mounts
+    go on top, in a mount namespace of our own.
+    """
+    plan = cfg.get("remount_tmpfs") or []
+    if not plan:
+        return
+    _check(_libc.unshare(0x00020000), "unshare(CLONE_NEWNS)")
+    _mount(None, "/", None, MS_REC | MS_PRIVATE)
+    for path, size, inodes in plan:
+        _mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, f"mode=1777,size={size},nr_inodes={inodes}")
+    if cfg.get("drop_caps"):
+        # Without root, CAP_SYS_ADMIN (in our user namespace) was lent for the remount
+        # only: the samples are forked from us and must not inherit it.
+        header = struct.pack("=Ii", 0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this process
+        _check(_libc.capset(header, bytes(24)), "capset")
+
+
+# -- rollwatch:tmpfs end -------------------------------------------------------------------------
+
+
 # -- one sample -----------------------------------------------------------------------------
 
 
@@ -339,6 +384,8 @@ def _enter_child(cfg: Json, req: Json, fds: list[int], uid: int | None, workdir:
     # A change of uid resets this flag to the system's default: set it again, so that
     # neither process can be traced, nor its memory, fds or /proc files read, by the other.
     prctl(PR_SET_DUMPABLE, 0)
+    if SECCOMP is not None:  # rollwatch:seccomp: after the uid drop, before any candidate code
+        SECCOMP.install()
     # sys.stdin/stdout/stderr are the zygote's objects over fds 0, 1 and 2, never used
     # by it (its protocol runs on duplicates): they now read and write the sample's pipes.
     sys.argv = ["solution.py"]
@@ -1473,10 +1520,14 @@ def main() -> None:
     prctl(PR_SET_DUMPABLE, 0)
     if cfg.get("setup"):
         setup_root(cfg["setup"])
+    bound_tmpfs(cfg)  # rollwatch:tmpfs
     # Once for every sample: an empty environment, and no privilege from any exec.
     os.environ.clear()
     os.environ.update(cfg["env"])
     prctl(PR_SET_NO_NEW_PRIVS, 1)
+    if cfg.get("seccomp", True):  # rollwatch:seccomp
+        global SECCOMP
+        SECCOMP = _seccomp.Installer(_seccomp.build(_seccomp.protected_here()))
     for d in cfg["wipe"]:
         with contextlib.suppress(OSError):
             os.chmod(d, 0o1777)  # bwrap makes its tmpfs 0755: the sample's uid must write there
