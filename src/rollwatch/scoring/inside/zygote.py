@@ -792,7 +792,13 @@ def _run_judge(req: Json, nonce: str) -> int:
             raise HarnessError(
                 f"the tests passed the candidate a value the channel cannot carry ({e})"
             ) from None
-        send(call)
+        try:
+            send(call)
+        except ChannelBroken:
+            # A candidate whose code did not load said why and ended, perhaps before the
+            # call went out (the pipe is then broken): its reason is still in the pipe.
+            answer()
+            raise
         msg = answer()
         tag = msg[0]
         try:
