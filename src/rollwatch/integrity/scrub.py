@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 import anyio
 
 from rollwatch.errors import IntegrityError, StoreError
-from rollwatch.integrity.verify import KeptCheckpoint, TreeReport, check_log_tree
+from rollwatch.integrity.verify import TreeReport, check_log_tree, read_kept
 from rollwatch.log import configure_logging, get_logger
 
 if TYPE_CHECKING:
@@ -69,13 +69,6 @@ class ScrubTarget:
         """The inverse of :meth:`to_json`."""
         d = json.loads(text)
         return cls(d["store_url"], Path(d["tree"]), d["vkey"], Path(d["witness"]) if d["witness"] else None)
-
-
-def read_kept(witness: Path | None) -> list[KeptCheckpoint]:
-    """The witness file's checkpoint, if there is one."""
-    if witness is None or not witness.is_file():
-        return []
-    return [KeptCheckpoint(f"the witness file {witness}", witness.read_text(encoding="utf-8"))]
 
 
 async def scrub_once(target: ScrubTarget, *, duty: float = 1.0) -> TreeReport:

@@ -249,6 +249,13 @@ async def _check_stored_tree(tree: MerkleTree, stored: int, cr: CompactRange, cl
             )
 
 
+def read_kept(witness: Path | None) -> list[KeptCheckpoint]:
+    """The witness file's checkpoint, if there is one."""
+    if witness is None or not witness.is_file():
+        return []
+    return [KeptCheckpoint(f"the witness file {witness}", witness.read_text(encoding="utf-8"))]
+
+
 def load_kept_checkpoint(path: Path) -> KeptCheckpoint:
     """A checkpoint someone kept: a signed note, or the JSON file ``rollwatch audit --keep`` writes.
 
@@ -289,7 +296,6 @@ async def verify_state(
         integrity, integrity.state_dir(store_config), store, create=False, store_url=store_config.url
     )
     from rollwatch.integrity.keys import existing_signer
-    from rollwatch.integrity.scrub import read_kept
 
     signer = await anyio.to_thread.run_sync(existing_signer, integrity.key_path(store_config), integrity.name)
     vkey = signer.vkey if signer is not None else None
