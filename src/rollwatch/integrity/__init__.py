@@ -8,7 +8,10 @@ process), :mod:`~rollwatch.integrity.checkpoint` (signed notes, checkpoints, the
 :mod:`~rollwatch.integrity.checkpointer` (signing, never inconsistently),
 :mod:`~rollwatch.integrity.routes` (HTTP), :mod:`~rollwatch.integrity.audit` (the
 third party's check), :mod:`~rollwatch.integrity.verify` (the operator's check),
-:mod:`~rollwatch.integrity.config` (``[integrity]``) and
+:mod:`~rollwatch.integrity.config` (``[integrity]``),
+:mod:`~rollwatch.integrity.scrub` (the daemon's periodic re-read of the whole log),
+:mod:`~rollwatch.integrity.health` (the daemon's verdict, behind ``/healthz``),
+:mod:`~rollwatch.integrity.identity` (which log state belongs to; the origin) and
 :mod:`~rollwatch.integrity.service` (the daemon's bundle).
 
 The names below are imported on first use, so that ``rollwatch.config`` can import
