@@ -311,6 +311,7 @@ class Daemon:
             self.services = svc
             svc.store.append_observer = self.metrics.append_latency.observe
             self.metrics.scoring_queue = lambda: sum(r.state.scoring for r in self.active.values())
+            await svc.projections.belongs_to(svc.store)
             await svc.projections.catch_up(svc.store)
             schedules = [
                 s
