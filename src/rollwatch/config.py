@@ -355,7 +355,7 @@ class IntegrityConfig(_Strict):
     """Sign a checkpoint at least this often when anything was appended."""
     scrub_interval: Duration = Field(default=300.0, ge=0.1)
     """Start a full re-read of the log (chain, tree leaves, checkpoints) this often; a pass
-    over 10⁶ events takes about 8 s of one core, at nice 19 in a process of its own."""
+    over 10⁶ events takes 15-25 s (paced to half a core, at nice 19, in a process of its own)."""
 
     @field_validator("origin")
     @classmethod

@@ -396,6 +396,7 @@ class Daemon:
             self.metrics.providers = lambda: [
                 c.stats for c in svc.providers.values() if isinstance(c, ProviderClient)
             ]
+            await svc.projections.belongs_to(svc.store)
             await svc.projections.catch_up(svc.store)
             schedules = self._active_schedules(svc)
             self.scheduler = Scheduler(

@@ -117,6 +117,43 @@ class ProjectionDB:
         await self._run(self._setup)
         self.applied = 0
 
+    async def belongs_to(self, store: EventStore) -> bool:
+        """Make sure these projections are of ``store``'s log; False if another log's were dropped.
+
+        The file records the chain hash of the log's event 1. Projections of another
+        log (a folder reused for another database) are dropped with one WARNING and
+        rebuilt by the next catch-up, rather than shown as this log's.
+        """
+        first: str | None = None
+        async for page in store.read_batches(until=1, batch=1):
+            first = page[0].hash if page[0].seq == 1 else None
+        if first is None:
+            return True
+
+        def check(db: sqlite3.Connection) -> str | None:
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS projection_log (id INTEGER PRIMARY KEY CHECK (id = 1), first_hash TEXT)"
+            )
+            row = db.execute("SELECT first_hash FROM projection_log").fetchone()
+            if row is None:
+                db.execute("INSERT INTO projection_log VALUES (1, ?)", (first,))
+                return None
+            return str(row[0])
+
+        recorded = await self._run(check)
+        if recorded is None or recorded == first:
+            return True
+        log.warning(
+            "projections_of_another_log",
+            path=str(self.path),
+            its_log_first_hash=recorded,
+            this_log_first_hash=first,
+            action="rebuilding from this log",
+        )
+        await self.rebuild()
+        await self._run(lambda db: db.execute("UPDATE projection_log SET first_hash = ?", (first,)))
+        return False
+
     async def checkpoints(self) -> dict[str, int]:
         rows = await self.fetchall("SELECT name, seq FROM projection_state")
         return {r[0]: r[1] for r in rows}

@@ -186,3 +186,32 @@ class TestOrigin:
             async with open_integrity(IntegrityConfig(), store_cfg, store) as integ:
                 assert integ.config.origin == "example.org/mine"
         assert (tmp_path / "origin").read_text().strip() == "example.org/mine"
+
+
+class TestProjections:
+    @pytest.mark.anyio
+    async def test_projections_of_another_log_are_rebuilt_with_one_warning(self, tmp_path: Path) -> None:
+        """Projections record their log's event 1; opened against another log they are dropped (one WARNING)
+        and rebuilt from it, while the same log is left as it is."""
+        from rollwatch.projections import ProjectionDB, default_projections
+
+        async with (
+            SQLiteEventStore(tmp_path / "a.db") as a,
+            SQLiteEventStore(tmp_path / "b.db") as b,
+            ProjectionDB(tmp_path / "p.db", default_projections()) as pdb,
+        ):
+            await append_n(a, 7, tag="a")
+            await append_n(b, 4, tag="b")
+            assert await pdb.belongs_to(a)
+            await pdb.catch_up(a)
+            assert set((await pdb.checkpoints()).values()) == {7}
+            with structlog.testing.capture_logs() as logged:
+                assert await pdb.belongs_to(a)
+                assert not await pdb.belongs_to(b)
+                assert await pdb.belongs_to(b)
+            assert [r["event"] for r in logged if r["log_level"] == "warning"] == [
+                "projections_of_another_log"
+            ]
+            assert set((await pdb.checkpoints()).values()) == {0}
+            await pdb.catch_up(b)
+            assert set((await pdb.checkpoints()).values()) == {4}

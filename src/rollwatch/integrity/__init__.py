@@ -7,7 +7,10 @@ process), :mod:`~rollwatch.integrity.checkpoint` (signed notes, checkpoints, the
 ``CheckpointSigned`` event), :mod:`~rollwatch.integrity.keys` (the signing key),
 :mod:`~rollwatch.integrity.checkpointer` (signing, never inconsistently),
 :mod:`~rollwatch.integrity.routes` (HTTP), :mod:`~rollwatch.integrity.audit` (the
-third party's check), :mod:`~rollwatch.integrity.verify` (the operator's check) and
+third party's check), :mod:`~rollwatch.integrity.verify` (the operator's check),
+:mod:`~rollwatch.integrity.scrub` (the daemon's periodic re-read of the whole log),
+:mod:`~rollwatch.integrity.health` (the daemon's verdict, behind ``/healthz``),
+:mod:`~rollwatch.integrity.identity` (which log state belongs to; the origin) and
 :mod:`~rollwatch.integrity.service` (the daemon's bundle). ``[integrity]`` is
 :class:`rollwatch.config.IntegrityConfig`, with the rest of the configuration.
 

@@ -106,13 +106,6 @@ def _claim(seq: int, data: dict[str, object], verifier: NoteVerifier | None) -> 
     return _Claim(seq, size, root), cp is not None
 
 
-def read_kept(witness: Path | None) -> list[KeptCheckpoint]:
-    """The witness file's checkpoint, if there is one."""
-    if witness is None or not witness.is_file():
-        return []
-    return [KeptCheckpoint(f"the witness file {witness}", witness.read_text(encoding="utf-8"))]
-
-
 async def check_log_tree(
     store: EventStore,
     *,
@@ -253,6 +246,13 @@ async def _check_stored_tree(tree: MerkleTree, stored: int, cr: CompactRange, cl
             raise IntegrityError(
                 b.seq, f"no consistency proof links its checkpoint (size {b.size}) to the one at seq {a.seq}"
             )
+
+
+def read_kept(witness: Path | None) -> list[KeptCheckpoint]:
+    """The witness file's checkpoint, if there is one."""
+    if witness is None or not witness.is_file():
+        return []
+    return [KeptCheckpoint(f"the witness file {witness}", witness.read_text(encoding="utf-8"))]
 
 
 def load_kept_checkpoint(path: Path) -> KeptCheckpoint:
