@@ -6,7 +6,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: run test bench lint lock system services clean
+.PHONY: run test bench lint lock install system services clean
+
+# Where `make install` puts the service: its own virtual environment, no dev tools.
+PREFIX ?= /opt/rollwatch
 
 # bubblewrap gives the scoring sandbox its namespaces; without it, unshare (as root).
 # With neither, scoring refuses to run (unless scoring.isolation = "none" is written out).
@@ -63,6 +66,16 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy
+
+# A real install: the package built from this checkout into $(PREFIX)/venv with only its
+# runtime dependencies, at the locked versions; nothing links back to the checkout. An
+# upgrade is the same command from the new checkout, then a restart.
+install: system
+	$(PY) -m venv $(PREFIX)/venv
+	$(PREFIX)/venv/bin/pip install -q --upgrade pip
+	$(PREFIX)/venv/bin/pip install -q --force-reinstall --no-deps -c requirements.lock .
+	$(PREFIX)/venv/bin/pip install -q -c requirements.lock .
+	install -m 0644 README.md systemd/rollwatch.service $(PREFIX)/
 
 clean:
 	rm -rf $(VENV) var

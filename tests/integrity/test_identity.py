@@ -193,7 +193,8 @@ class TestProjections:
     async def test_projections_of_another_log_are_rebuilt_with_one_warning(self, tmp_path: Path) -> None:
         """Projections record their log's event 1; opened against another log they are dropped (one WARNING)
         and rebuilt from it, while the same log is left as it is."""
-        from rollwatch.projections import ProjectionDB, default_projections
+        from rollwatch.projections import ProjectionDB
+        from rollwatch.readmodels import default_projections
 
         async with (
             SQLiteEventStore(tmp_path / "a.db") as a,
