@@ -14,9 +14,14 @@ interface          implementations             contract tests
                    ``anthropic.py``, ``gemini.py``
 ``AttemptLog``     ``runs/rollout.py``         ``tests/providers``
 ``Clock``          ``providers/base.AnyioClock`` ``tests/providers/test_limits.py``
-``Scorer``,        ``scoring/``                ``tests/scoring``
-``Sandbox``
+``Scorer``,        ``scoring/function.py``,    ``tests/scoring``
+``Sandbox``        ``stdio.py``, ``command.py``;
+                   ``scoring/sandbox.py``
 =================  ==========================  =========================================
+
+``Scorer`` and ``Sandbox`` are defined in :mod:`rollwatch.scoring.base`, beside the
+sample request and result types they exchange (and the settings the scorers share);
+every other interface is defined here.
 
 Implementations live in one module each and never import each other; the
 composition root (``daemon.py``) wires them. This module imports only data types
