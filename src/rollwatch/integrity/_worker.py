@@ -19,6 +19,8 @@ import os
 import select
 import signal
 import sys
+from collections.abc import Awaitable, Callable
+from typing import NoReturn
 
 import anyio
 
@@ -56,9 +58,15 @@ async def main(log_path: str, tree_path: str, batch: int) -> int:
                 return 0
 
 
-if __name__ == "__main__":
-    # Ctrl-C on a terminal reaches the whole process group; the daemon stops this worker
-    # itself (stdin closed, or cancelled), so the worker must not die with a traceback.
+def run_as_worker(fn: Callable[..., Awaitable[int]], *args: object) -> NoReturn:
+    """Run ``fn(*args)`` as the body of a worker process the daemon started, and exit
+    with its status. Ctrl-C on a terminal reaches the whole process group; the daemon
+    stops its workers itself (stdin closed, or cancelled), so a worker ignores SIGINT
+    rather than die with a traceback."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     configure_logging(os.environ.get("ROLLWATCH_LOG_LEVEL", "info"))
-    sys.exit(anyio.run(main, sys.argv[1], sys.argv[2], int(sys.argv[3])))
+    sys.exit(anyio.run(fn, *args))
+
+
+if __name__ == "__main__":
+    run_as_worker(main, sys.argv[1], sys.argv[2], int(sys.argv[3]))

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -34,7 +33,7 @@ import anyio
 
 from rollwatch.errors import IntegrityError, StoreError
 from rollwatch.integrity.verify import TreeReport, check_log_tree, read_kept
-from rollwatch.log import configure_logging, get_logger
+from rollwatch.log import get_logger
 
 if TYPE_CHECKING:
     from rollwatch.config import StoreConfig
@@ -159,8 +158,6 @@ async def _main(arg: str) -> int:
 
 
 if __name__ == "__main__":
-    # Ctrl-C on a terminal reaches the whole process group; the daemon stops this worker
-    # itself (stdin closed, or cancelled), so the worker must not die with a traceback.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    configure_logging(os.environ.get("ROLLWATCH_LOG_LEVEL", "info"))
-    sys.exit(anyio.run(_main, sys.argv[1]))
+    from rollwatch.integrity._worker import run_as_worker
+
+    run_as_worker(_main, sys.argv[1])
