@@ -82,32 +82,15 @@ async def rollout_record(
                 "failure": None,
             }
         elif isinstance(ev, RolloutResponded):
-            response = {
-                "at": at,
-                "text": ev.text,
-                "reasoning": ev.reasoning,
-                "finish_reason": ev.finish_reason,
-                "usage": ev.usage or {},
-                "cost_usd": ev.cost_usd,
-                "latency_ms": ev.latency_ms,
-                "request_id": ev.request_id,
-                "model": ev.model,
-            }
+            response = {"at": at, **_without(ev.to_data(), "rollout_id", "attempt")}
+            response["usage"] = response["usage"] or {}
             a = attempts.setdefault(ev.attempt, {"attempt": ev.attempt, "request": None})
             a.update(outcome="responded", response=response)
             rec["answer"] = response
             if ev.cost_usd is not None:
                 rec["cost_usd"] = (rec["cost_usd"] or 0.0) + ev.cost_usd
         elif isinstance(ev, RolloutFailed):
-            failure = {
-                "kind": ev.kind,
-                "status": ev.status,
-                "retryable": ev.retryable,
-                "message": ev.message,
-                "retry_after_s": ev.retry_after_s,
-                "final": ev.final,
-                "at": at,
-            }
+            failure = {**_without(ev.to_data(), "rollout_id", "attempt"), "at": at}
             a = attempts.setdefault(ev.attempt, {"attempt": ev.attempt, "request": None})
             a.update(outcome="failed", failure=failure)
         elif isinstance(ev, RolloutScored):
@@ -141,6 +124,10 @@ async def rollout_record(
                 }
             break
     return rec
+
+
+def _without(data: dict[str, Any], *keys: str) -> dict[str, Any]:
+    return {k: v for k, v in data.items() if k not in keys}
 
 
 def _state(rec: dict[str, Any], now: datetime) -> str:
