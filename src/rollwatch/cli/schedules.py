@@ -84,37 +84,31 @@ def _append_schedule_event(config: Config, name: str, event: Any) -> int:
     return run_async(main)
 
 
-@schedules.command("pause")
-@click.argument("name")
-@click.option("--note", default="", help="why (shown by `schedules list`)")
-@common
-def schedules_pause(ctx: Context, name: str, note: str) -> None:
-    """Stop NAME from firing until resumed (a running run goes on)."""
-    from rollwatch.events import SchedulePaused
+def _steering_command(verb: str, event: str, doc: str, said: str) -> None:
+    """``schedules VERB NAME [--note]``: append one schedule event; the daemon acts on it."""
 
-    seq = _append_schedule_event(ctx.config, name, SchedulePaused(schedule=name, note=note))
-    click.echo(f"paused {name} (seq {seq})")
+    @schedules.command(verb, help=doc)
+    @click.argument("name")
+    @click.option("--note", default="", help="why (shown by `schedules list`)")
+    @common
+    def command(ctx: Context, name: str, note: str) -> None:
+        from rollwatch import events
 
-
-@schedules.command("resume")
-@click.argument("name")
-@click.option("--note", default="")
-@common
-def schedules_resume(ctx: Context, name: str, note: str) -> None:
-    """Let NAME fire again."""
-    from rollwatch.events import ScheduleResumed
-
-    seq = _append_schedule_event(ctx.config, name, ScheduleResumed(schedule=name, note=note))
-    click.echo(f"resumed {name} (seq {seq})")
+        cls = getattr(events, event)
+        seq = _append_schedule_event(ctx.config, name, cls(schedule=name, note=note))
+        click.echo(said.format(name=name, seq=seq))
 
 
-@schedules.command("trigger")
-@click.argument("name")
-@click.option("--note", default="")
-@common
-def schedules_trigger(ctx: Context, name: str, note: str) -> None:
-    """Ask the running daemon to start a run of NAME now."""
-    from rollwatch.events import ScheduleTriggered
-
-    seq = _append_schedule_event(ctx.config, name, ScheduleTriggered(schedule=name, note=note))
-    click.echo(f"triggered {name} (seq {seq}); the daemon starts it within a second")
+_steering_command(
+    "pause",
+    "SchedulePaused",
+    "Stop NAME from firing until resumed (a running run goes on).",
+    "paused {name} (seq {seq})",
+)
+_steering_command("resume", "ScheduleResumed", "Let NAME fire again.", "resumed {name} (seq {seq})")
+_steering_command(
+    "trigger",
+    "ScheduleTriggered",
+    "Ask the running daemon to start a run of NAME now.",
+    "triggered {name} (seq {seq}); the daemon starts it within a second",
+)
