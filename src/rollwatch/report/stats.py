@@ -123,13 +123,13 @@ class Expectation:
     ``rollouts_high`` is None when the Wilson low bound is 0 (no upper bound).
     """
 
-    rollouts: float | None
-    rollouts_low: float | None
-    rollouts_high: float | None
-    usd: float | None
-    usd_low: float | None
-    usd_high: float | None
-    note: str
+    rollouts: float | None = None
+    rollouts_low: float | None = None
+    rollouts_high: float | None = None
+    usd: float | None = None
+    usd_low: float | None = None
+    usd_high: float | None = None
+    note: str = ""
 
 
 def _inv(x: float) -> float | None:
@@ -144,15 +144,7 @@ def expected_to_solve(passed: int, n: int, cost_per_rollout: float | None) -> Ex
     """Expected rollouts (``1/p``) and dollars (``cost/p``) until a first pass, with their range."""
     ci = wilson(passed, n)
     if ci is None:
-        return Expectation(
-            rollouts=None,
-            rollouts_low=None,
-            rollouts_high=None,
-            usd=None,
-            usd_low=None,
-            usd_high=None,
-            note="no scored rollouts",
-        )
+        return Expectation(note="no scored rollouts")
     low, high = ci
     point = n / passed if passed else None
     r_low, r_high = _inv(high), _inv(low)
