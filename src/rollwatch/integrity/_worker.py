@@ -20,13 +20,15 @@ import select
 import signal
 import sys
 from collections.abc import Awaitable, Callable
-from typing import NoReturn
+from typing import NoReturn, TypeVar
 
 import anyio
 
 from rollwatch.errors import IntegrityError
 from rollwatch.integrity.tree import MerkleTree, SQLiteLogFile
 from rollwatch.log import configure_logging
+
+T = TypeVar("T")
 
 
 def _wait_for_input(fd: int, timeout: float) -> bool:
@@ -37,6 +39,19 @@ def _wait_for_input(fd: int, timeout: float) -> bool:
     return os.read(fd, 65536) != b""
 
 
+async def reported(work: Awaitable[T]) -> tuple[T | None, int]:
+    """``work``'s result and 0; or None and the exit status, once the failure is reported
+    on stdout as the daemon reads it (``integrity SEQ REASON``: 1, ``error MESSAGE``: 2)."""
+    try:
+        return await work, 0
+    except IntegrityError as e:
+        print(f"integrity {e.seq} {e.reason}", flush=True)
+        return None, 1
+    except Exception as e:
+        print(f"error {type(e).__name__}: {e}", flush=True)
+        return None, 2
+
+
 async def main(log_path: str, tree_path: str, batch: int) -> int:
     # Background work: when the cores are busy, appends (the evidence) go first and the
     # tree catches up after them. A checkpoint catches the tree up itself before signing.
@@ -45,14 +60,9 @@ async def main(log_path: str, tree_path: str, batch: int) -> int:
     async with MerkleTree(tree_path, batch=batch) as tree:
         log = SQLiteLogFile(log_path)
         while True:
-            try:
-                size = await tree.catch_up(log)
-            except IntegrityError as e:
-                print(f"integrity {e.seq} {e.reason}", flush=True)
-                return 1
-            except Exception as e:
-                print(f"error {type(e).__name__}: {e}", flush=True)
-                return 2
+            size, status = await reported(tree.catch_up(log))
+            if size is None:
+                return status
             print(f"size {size}", flush=True)
             if not await anyio.to_thread.run_sync(_wait_for_input, fd, 1.0):
                 return 0

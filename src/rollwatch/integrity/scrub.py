@@ -145,16 +145,12 @@ def target_for(store_config: StoreConfig, tree: Path, vkey: str | None, witness:
 async def _main(arg: str) -> int:
     # Background work: appends and the tree's follower go first.
     os.nice(19)
-    try:
-        report = await scrub_once(ScrubTarget.from_json(arg), duty=DUTY)
-    except IntegrityError as e:
-        print(f"integrity {e.seq} {e.reason}", flush=True)
-        return 1
-    except Exception as e:
-        print(f"error {type(e).__name__}: {e}", flush=True)
-        return 2
-    print(f"ok {report.events}", flush=True)
-    return 0
+    from rollwatch.integrity._worker import reported
+
+    report, status = await reported(scrub_once(ScrubTarget.from_json(arg), duty=DUTY))
+    if report is not None:
+        print(f"ok {report.events}", flush=True)
+    return status
 
 
 if __name__ == "__main__":

@@ -64,14 +64,8 @@ async def rollout_record(
         at = stored.at
         ev = stored.event()
         if isinstance(ev, RolloutRequested):
-            rec.update(
-                run_id=ev.run_id,
-                provider=ev.provider,
-                model=ev.model,
-                problem_id=ev.problem_id,
-                problem_hash=ev.problem_hash,
-                sample=ev.sample,
-            )
+            for key in ("run_id", "provider", "model", "problem_id", "problem_hash", "sample"):
+                rec[key] = getattr(ev, key)
             attempts[ev.attempt] = {
                 "attempt": ev.attempt,
                 "requested_at": at,
