@@ -716,6 +716,27 @@ def _rebuilt_exception(name: str, message: str, tns: Json) -> Exception:
     return made(message)
 
 
+_JUDGE_CODE: dict[tuple[str, str], CodeType] = {}
+JUDGE_CODE_KEEP = 64
+"""Compiled preludes and tests the resident judge keeps: a problem is scored many times."""
+
+
+def _judge_compile(name: str, text: str) -> CodeType:
+    """``text`` compiled as ``name``, from the judge's cache when it has seen it before.
+
+    Only the problem's own prelude and tests are compiled here, never the candidate's
+    code; code objects are immutable, so one sample's run cannot change the next one's.
+    """
+    key = (name, text)
+    code = _JUDGE_CODE.get(key)
+    if code is None:
+        code = compile(text, name, "exec", dont_inherit=True, optimize=0)
+        if len(_JUDGE_CODE) >= JUDGE_CODE_KEEP:
+            del _JUDGE_CODE[next(iter(_JUDGE_CODE))]
+        _JUDGE_CODE[key] = code
+    return code
+
+
 def _run_judge(req: Json, nonce: str) -> int:
     """The judge's process: prelude and tests, ``check(candidate)`` through the channel.
 
@@ -746,7 +767,7 @@ def _run_judge(req: Json, nonce: str) -> int:
 
     def source(name: str, text: str) -> CodeType:
         sources[name] = text
-        return compile(text, name, "exec", dont_inherit=True, optimize=0)
+        return _judge_compile(name, text)
 
     try:
         prelude_code = source("prompt.py", req.get("prelude") or "")
@@ -1290,13 +1311,8 @@ class Zygote:
             # resident judge (see "the channel" above). The judge's reply ends the sample.
             call_r, call_w = os.pipe()
             ans_r, ans_w = os.pipe()
-            cand = self._spawn(
-                req,
-                [stdin_fd, out_w, err_w, call_r, ans_w],
-                cfg.get("uid"),
-                work,
-                lambda: _run_candidate(req),
-            )
+            # The judge's job is written before the fork: after it, every page the zygote
+            # writes is copied while the candidate shares it.
             job = os.memfd_create("judge", 0)
             body = json.dumps(
                 {k: req.get(k) for k in ("tests", "prelude", "entry_point")} | {"nonce": nonce}
@@ -1304,6 +1320,14 @@ class Zygote:
             view = memoryview(body)
             while view:
                 view = view[os.write(job, view) :]
+            del body, view
+            cand = self._spawn(
+                req,
+                [stdin_fd, out_w, err_w, call_r, ans_w],
+                cfg.get("uid"),
+                work,
+                lambda: _run_candidate(req),
+            )
             for attempt in (1, 2):
                 main, pidfd, judge_sock = self._judge(req)
                 try:
