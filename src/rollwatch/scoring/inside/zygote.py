@@ -1304,49 +1304,6 @@ class Zygote:
         timeout = float(req["timeout"])
         function = req["mode"] == "function"
 
-        started = time.monotonic()
-        judge_sock = None
-        if function:
-            # Two processes: the candidate's code in a fresh child, the tests in the
-            # resident judge (see "the channel" above). The judge's reply ends the sample.
-            call_r, call_w = os.pipe()
-            ans_r, ans_w = os.pipe()
-            # The judge's job is written before the fork: after it, every page the zygote
-            # writes is copied while the candidate shares it.
-            job = os.memfd_create("judge", 0)
-            body = json.dumps(
-                {k: req.get(k) for k in ("tests", "prelude", "entry_point")} | {"nonce": nonce}
-            ).encode()
-            view = memoryview(body)
-            while view:
-                view = view[os.write(job, view) :]
-            del body, view
-            cand = self._spawn(
-                req,
-                [stdin_fd, out_w, err_w, call_r, ans_w],
-                cfg.get("uid"),
-                work,
-                lambda: _run_candidate(req),
-            )
-            for attempt in (1, 2):
-                main, pidfd, judge_sock = self._judge(req)
-                try:
-                    socket.send_fds(judge_sock, [b"r"], [job, out_w, err_w, ver_w, call_w, ans_r])
-                    break
-                except OSError:
-                    self._drop_judge()  # it died between samples: a fresh one
-                    if attempt == 2:
-                        raise
-            for fd in (call_r, call_w, ans_r, ans_w, job):
-                os.close(fd)
-        else:
-            main = cand = self._spawn(
-                req, [stdin_fd, out_w, err_w, ver_w], cfg.get("uid"), work, lambda: _run_program(req, nonce)
-            )
-            pidfd = os.pidfd_open(main)
-        for fd in (stdin_fd, out_w, err_w, ver_w):
-            os.close(fd)
-
         stdout = bytearray()
         stdout_total = 0
         stderr = bytearray()
@@ -1354,15 +1311,6 @@ class Zygote:
         verdict = bytearray()
         outcome = None  # "timeout" | "output_limit" | None (exited)
         host_gone = False
-        poller = select.poll()
-        for fd in (out_r, err_r, ver_r):
-            poller.register(fd, select.POLLIN)
-        poller.register(pidfd, select.POLLIN)
-        if judge_sock is not None:
-            poller.register(judge_sock.fileno(), select.POLLIN)
-        poller.register(self.ctl_in, select.POLLIN)
-        open_fds = {out_r, err_r, ver_r}
-        deadline = started + timeout
 
         def take(fd: int) -> bool:
             """Read what ``fd`` has; False at EOF (or, once every writer is dead, when empty)."""
@@ -1386,6 +1334,62 @@ class Zygote:
             elif len(verdict) < VERDICT_KEEP:
                 verdict.extend(data)
             return True
+
+        # Everything that can be ready before the candidate's fork is: after it, each page
+        # the zygote writes is copied for as long as the candidate shares it.
+        poller = select.poll()
+        for fd in (out_r, err_r, ver_r, self.ctl_in):
+            poller.register(fd, select.POLLIN)
+        open_fds = {out_r, err_r, ver_r}
+        started = time.monotonic()
+        judge_sock = None
+        if function:
+            # Two processes: the candidate's code in a fresh child, the tests in the
+            # resident judge (see "the channel" above). The judge's reply ends the sample.
+            # The judge gets its job first and sets up while the candidate is forked; its
+            # first call waits in the pipe until the candidate reads it.
+            call_r, call_w = os.pipe()
+            ans_r, ans_w = os.pipe()
+            job = os.memfd_create("judge", 0)
+            body = json.dumps(
+                {k: req.get(k) for k in ("tests", "prelude", "entry_point")} | {"nonce": nonce}
+            ).encode()
+            view = memoryview(body)
+            while view:
+                view = view[os.write(job, view) :]
+            del body, view
+            for attempt in (1, 2):
+                main, pidfd, sock = self._judge(req)
+                try:
+                    socket.send_fds(sock, [b"r"], [job, out_w, err_w, ver_w, call_w, ans_r])
+                    break
+                except OSError:
+                    self._drop_judge()  # it died between samples: a fresh one
+                    if attempt == 2:
+                        raise
+            for fd in (call_w, ans_r, job):
+                os.close(fd)
+            poller.register(pidfd, select.POLLIN)
+            judge_sock = sock
+            poller.register(sock.fileno(), select.POLLIN)
+            cand = self._spawn(
+                req,
+                [stdin_fd, out_w, err_w, call_r, ans_w],
+                cfg.get("uid"),
+                work,
+                lambda: _run_candidate(req),
+            )
+            for fd in (call_r, ans_w):
+                os.close(fd)
+        else:
+            main = cand = self._spawn(
+                req, [stdin_fd, out_w, err_w, ver_w], cfg.get("uid"), work, lambda: _run_program(req, nonce)
+            )
+            pidfd = os.pidfd_open(main)
+            poller.register(pidfd, select.POLLIN)
+        for fd in (stdin_fd, out_w, err_w, ver_w):
+            os.close(fd)
+        deadline = started + timeout
 
         exited = False
         judge_status: int | None = None
