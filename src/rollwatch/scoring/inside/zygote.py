@@ -77,6 +77,8 @@ import struct
 import sys
 import time
 from collections.abc import Callable
+from itertools import repeat
+from operator import is_
 from types import CodeType
 from typing import Any
 
@@ -568,8 +570,10 @@ def _run_candidate(req: Json) -> int:
     advisory: it comes from the candidate's own process, so it can only fail a sample,
     never pass one. It catches the lazy reward hack; the split is the real guard.
     """
-    watched = _watched_modules(req)
+    # Names and values apart, so that each check is one loop in C: it runs for every answer.
+    watched = [(name, m, tuple(before), tuple(before.values())) for name, m, before in _watched_modules(req)]
     sysmods = sys.modules
+    all_, map_, zip_, same, again = all, map, zip, is_, repeat
     gettrace, getprofile = sys.gettrace, sys.getprofile
     live = vars(builtins)
     copy_live, clear_live, update_live = live.copy, live.clear, live.update
@@ -593,11 +597,13 @@ def _run_candidate(req: Json) -> int:
             update_live(theirs)
 
     def tampered(theirs: Json | None) -> str | None:
-        for name, m, before in watched:
+        for name, m, keys, values in watched:
             if sysmods.get(name) is not m:
                 return "module " + str(name) + " was replaced"
             now = (live if theirs is None else theirs) if m is builtins else m.__dict__
-            for key, value in before.items():
+            if all_(map_(same, map_(now.get, keys, again(now)), values)):
+                continue
+            for key, value in zip_(keys, values):  # which one: only once something changed
                 if now.get(key, now) is not value:
                     return str(name) + "." + str(key) + " was rebound"
         if gettrace() is not None or getprofile() is not None:
