@@ -104,6 +104,7 @@ VERDICT_FD = 3
 SAFE_BUILTINS: Json = {}
 _exit = os._exit
 _IMPORTS = re.compile(r"^[ \t]*(?:from|import)[ \t]+([A-Za-z_]\w*)", re.M)
+_WORDS = re.compile(r"[A-Za-z_]\w*")
 STDERR_KEEP = 8192
 STDOUT_HEAD = 4096
 VERDICT_KEEP = 65536
@@ -542,16 +543,29 @@ def recv_msg(fd: int) -> list[Any] | None:
 
 
 def _watched_modules(req: Json) -> list[tuple[str, Any, dict[str, Any]]]:
-    """The modules the tests import, with their names as they are now (before the candidate ran)."""
-    imported = set(_IMPORTS.findall(req["tests"] + "\n" + (req.get("prelude") or "")))
+    """The modules the tests import, with the names the tests mention as they are now (before the candidate ran).
+
+    Only names that occur in the tests' text are watched: the tests run in the judge,
+    so a rebinding only matters (as a sign of a reward hack) where the tests would
+    have looked; and every value read here is a page the candidate's process copies.
+    """
+    text = req["tests"] + "\n" + (req.get("prelude") or "")
+    imported = set(_IMPORTS.findall(text))
+    if not imported:
+        return []
+    mentioned = set(_WORDS.findall(text))
     sysmods = sys.modules
+
+    def names(d: dict[str, Any]) -> dict[str, Any]:
+        return {k: d[k] for k in mentioned if k in d}  # never a walk over the whole module
+
     watched = [
-        (name, sysmods[name], dict(vars(sysmods[name])))
+        (name, sysmods[name], names(vars(sysmods[name])))
         for name in imported
         if name in sysmods and name not in ("sys", "__main__", "builtins")
     ]
     if "builtins" in imported:
-        watched.append(("builtins", builtins, SAFE_BUILTINS))
+        watched.append(("builtins", builtins, names(SAFE_BUILTINS)))
     return watched
 
 
