@@ -1207,11 +1207,21 @@ class Zygote:
     def wipe_ipc(self) -> None:
         """Remove the SysV IPC objects a sample left in the sandbox's IPC namespace."""
         for kind in ("shm", "msg", "sem"):
+            # Raw reads, not open(): this runs after every sample, and a text file object
+            # touches (and so copies) far more of the zygote's pages than the read itself.
             try:
-                with open(f"/proc/sysvipc/{kind}") as f:
-                    rows = f.read().splitlines()[1:]
+                fd = os.open("/proc/sysvipc/" + kind, os.O_RDONLY)
             except OSError:
                 continue
+            try:
+                chunks = []
+                while chunk := os.read(fd, 65536):
+                    chunks.append(chunk)
+            except OSError:
+                continue
+            finally:
+                os.close(fd)
+            rows = b"".join(chunks).splitlines()[1:]
             for row in rows:
                 ident = int(row.split()[1])
                 if kind == "shm":
@@ -1228,6 +1238,9 @@ class Zygote:
         clean = True
         for d in self.cfg["wipe"]:
             try:
+                with os.scandir(d) as it:
+                    if next(it, None) is None:
+                        continue  # already empty: the usual case but for /tmp
                 clean = empty_folder(d) and clean
             except OSError:
                 clean = False
