@@ -1371,8 +1371,14 @@ class Zygote:
         # Everything that can be ready before the candidate's fork is: after it, each page
         # the zygote writes is copied for as long as the candidate shares it.
         poller = select.poll()
-        for fd in (out_r, err_r, ver_r, self.ctl_in):
+        for fd in (out_r, err_r, self.ctl_in):
             poller.register(fd, select.POLLIN)
+        if not function:
+            poller.register(ver_r, select.POLLIN)
+        # A judge's verdict is one line of a few KiB at most (its fields are cut to size),
+        # far below a pipe's capacity: it is read after the judge's reply, which saves the
+        # zygote a wake-up per sample. A program's harness shares the candidate's process,
+        # so its verdict pipe is read as it fills.
         open_fds = {out_r, err_r, ver_r}
         started = time.monotonic()
         judge_sock = None
