@@ -569,7 +569,7 @@ def _watched_modules(req: Json) -> list[tuple[str, Any, dict[str, Any]]]:
     return watched
 
 
-def _run_candidate(req: Json, prelude_code: CodeType | None) -> int:
+def _run_candidate(req: Json) -> int:
     """The candidate's process: prelude and code, then one call per request of the judge.
 
     fds: 0 stdin (/dev/null), 1 and 2 the sample's output pipes, 3 calls from the judge,
@@ -634,10 +634,7 @@ def _run_candidate(req: Json, prelude_code: CodeType | None) -> int:
         return compile(text, name, "exec", dont_inherit=True, optimize=0)
 
     try:
-        if prelude_code is None:
-            prelude_code = source("prompt.py", req.get("prelude") or "")
-        else:  # compiled by the zygote, before the fork
-            sources["prompt.py"] = req.get("prelude") or ""
+        prelude_code = source("prompt.py", req.get("prelude") or "")
         cand_code = source("solution.py", req["code"])
     except (SyntaxError, ValueError) as e:
         lineno = getattr(e, "lineno", None)
@@ -739,24 +736,24 @@ def _rebuilt_exception(name: str, message: str, tns: Json) -> Exception:
     return made(message)
 
 
-_PROBLEM_CODE: dict[tuple[str, str], CodeType] = {}
-PROBLEM_CODE_KEEP = 64
-"""Compiled preludes and tests kept (by the zygote and by the judge): a problem is scored many times."""
+_JUDGE_CODE: dict[tuple[str, str], CodeType] = {}
+JUDGE_CODE_KEEP = 64
+"""Compiled preludes and tests the resident judge keeps: a problem is scored many times."""
 
 
-def _problem_compile(name: str, text: str) -> CodeType:
-    """``text`` compiled as ``name``, from this process's cache when it has seen it before.
+def _judge_compile(name: str, text: str) -> CodeType:
+    """``text`` compiled as ``name``, from the judge's cache when it has seen it before.
 
     Only the problem's own prelude and tests are compiled here, never the candidate's
     code; code objects are immutable, so one sample's run cannot change the next one's.
     """
     key = (name, text)
-    code = _PROBLEM_CODE.get(key)
+    code = _JUDGE_CODE.get(key)
     if code is None:
         code = compile(text, name, "exec", dont_inherit=True, optimize=0)
-        if len(_PROBLEM_CODE) >= PROBLEM_CODE_KEEP:
-            del _PROBLEM_CODE[next(iter(_PROBLEM_CODE))]
-        _PROBLEM_CODE[key] = code
+        if len(_JUDGE_CODE) >= JUDGE_CODE_KEEP:
+            del _JUDGE_CODE[next(iter(_JUDGE_CODE))]
+        _JUDGE_CODE[key] = code
     return code
 
 
@@ -790,7 +787,7 @@ def _run_judge(req: Json, nonce: str) -> int:
 
     def source(name: str, text: str) -> CodeType:
         sources[name] = text
-        return _problem_compile(name, text)
+        return _judge_compile(name, text)
 
     try:
         prelude_code = source("prompt.py", req.get("prelude") or "")
@@ -1390,13 +1387,6 @@ class Zygote:
             # resident judge (see "the channel" above). The judge's reply ends the sample.
             # The judge gets its job first and sets up while the candidate is forked; its
             # first call waits in the pipe until the candidate reads it.
-            try:
-                # The prompt compiled once for every sample of the problem, here, rather
-                # than in each candidate's process, where each object compile() makes
-                # lands on a page copied from ours.
-                prelude_code: CodeType | None = _problem_compile("prompt.py", req.get("prelude") or "")
-            except (SyntaxError, ValueError, RecursionError, MemoryError):
-                prelude_code = None  # the candidate's process compiles it and says why
             call_r, call_w = os.pipe()
             ans_r, ans_w = os.pipe()
             job = os.memfd_create("judge", 0)
@@ -1426,7 +1416,7 @@ class Zygote:
                 [stdin_fd, out_w, err_w, call_r, ans_w],
                 cfg.get("uid"),
                 work,
-                lambda: _run_candidate(req, prelude_code),
+                lambda: _run_candidate(req),
             )
             for fd in (call_r, ans_w):
                 os.close(fd)
