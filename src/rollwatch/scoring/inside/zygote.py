@@ -77,6 +77,8 @@ import struct
 import sys
 import time
 from collections.abc import Callable
+from itertools import repeat
+from operator import is_
 from types import CodeType
 from typing import Any
 
@@ -102,6 +104,7 @@ VERDICT_FD = 3
 SAFE_BUILTINS: Json = {}
 _exit = os._exit
 _IMPORTS = re.compile(r"^[ \t]*(?:from|import)[ \t]+([A-Za-z_]\w*)", re.M)
+_WORDS = re.compile(r"[A-Za-z_]\w*")
 STDERR_KEEP = 8192
 STDOUT_HEAD = 4096
 VERDICT_KEEP = 65536
@@ -540,16 +543,29 @@ def recv_msg(fd: int) -> list[Any] | None:
 
 
 def _watched_modules(req: Json) -> list[tuple[str, Any, dict[str, Any]]]:
-    """The modules the tests import, with their names as they are now (before the candidate ran)."""
-    imported = set(_IMPORTS.findall(req["tests"] + "\n" + (req.get("prelude") or "")))
+    """The modules the tests import, with the names the tests mention as they are now (before the candidate ran).
+
+    Only names that occur in the tests' text are watched: the tests run in the judge,
+    so a rebinding only matters (as a sign of a reward hack) where the tests would
+    have looked; and every value read here is a page the candidate's process copies.
+    """
+    text = req["tests"] + "\n" + (req.get("prelude") or "")
+    imported = set(_IMPORTS.findall(text))
+    if not imported:
+        return []
+    mentioned = set(_WORDS.findall(text))
     sysmods = sys.modules
+
+    def names(d: dict[str, Any]) -> dict[str, Any]:
+        return {k: d[k] for k in mentioned if k in d}  # never a walk over the whole module
+
     watched = [
-        (name, sysmods[name], dict(vars(sysmods[name])))
+        (name, sysmods[name], names(vars(sysmods[name])))
         for name in imported
         if name in sysmods and name not in ("sys", "__main__", "builtins")
     ]
     if "builtins" in imported:
-        watched.append(("builtins", builtins, SAFE_BUILTINS))
+        watched.append(("builtins", builtins, names(SAFE_BUILTINS)))
     return watched
 
 
@@ -568,8 +584,10 @@ def _run_candidate(req: Json) -> int:
     advisory: it comes from the candidate's own process, so it can only fail a sample,
     never pass one. It catches the lazy reward hack; the split is the real guard.
     """
-    watched = _watched_modules(req)
+    # Names and values apart, so that each check is one loop in C: it runs for every answer.
+    watched = [(name, m, tuple(before), tuple(before.values())) for name, m, before in _watched_modules(req)]
     sysmods = sys.modules
+    all_, map_, zip_, same, again = all, map, zip, is_, repeat
     gettrace, getprofile = sys.gettrace, sys.getprofile
     live = vars(builtins)
     copy_live, clear_live, update_live = live.copy, live.clear, live.update
@@ -593,11 +611,13 @@ def _run_candidate(req: Json) -> int:
             update_live(theirs)
 
     def tampered(theirs: Json | None) -> str | None:
-        for name, m, before in watched:
+        for name, m, keys, values in watched:
             if sysmods.get(name) is not m:
                 return "module " + str(name) + " was replaced"
             now = (live if theirs is None else theirs) if m is builtins else m.__dict__
-            for key, value in before.items():
+            if all_(map_(same, map_(now.get, keys, again(now)), values)):
+                continue
+            for key, value in zip_(keys, values):  # which one: only once something changed
                 if now.get(key, now) is not value:
                     return str(name) + "." + str(key) + " was rebound"
         if gettrace() is not None or getprofile() is not None:
@@ -716,6 +736,27 @@ def _rebuilt_exception(name: str, message: str, tns: Json) -> Exception:
     return made(message)
 
 
+_JUDGE_CODE: dict[tuple[str, str], CodeType] = {}
+JUDGE_CODE_KEEP = 64
+"""Compiled preludes and tests the resident judge keeps: a problem is scored many times."""
+
+
+def _judge_compile(name: str, text: str) -> CodeType:
+    """``text`` compiled as ``name``, from the judge's cache when it has seen it before.
+
+    Only the problem's own prelude and tests are compiled here, never the candidate's
+    code; code objects are immutable, so one sample's run cannot change the next one's.
+    """
+    key = (name, text)
+    code = _JUDGE_CODE.get(key)
+    if code is None:
+        code = compile(text, name, "exec", dont_inherit=True, optimize=0)
+        if len(_JUDGE_CODE) >= JUDGE_CODE_KEEP:
+            del _JUDGE_CODE[next(iter(_JUDGE_CODE))]
+        _JUDGE_CODE[key] = code
+    return code
+
+
 def _run_judge(req: Json, nonce: str) -> int:
     """The judge's process: prelude and tests, ``check(candidate)`` through the channel.
 
@@ -746,7 +787,7 @@ def _run_judge(req: Json, nonce: str) -> int:
 
     def source(name: str, text: str) -> CodeType:
         sources[name] = text
-        return compile(text, name, "exec", dont_inherit=True, optimize=0)
+        return _judge_compile(name, text)
 
     try:
         prelude_code = source("prompt.py", req.get("prelude") or "")
@@ -1166,11 +1207,21 @@ class Zygote:
     def wipe_ipc(self) -> None:
         """Remove the SysV IPC objects a sample left in the sandbox's IPC namespace."""
         for kind in ("shm", "msg", "sem"):
+            # Raw reads, not open(): this runs after every sample, and a text file object
+            # touches (and so copies) far more of the zygote's pages than the read itself.
             try:
-                with open(f"/proc/sysvipc/{kind}") as f:
-                    rows = f.read().splitlines()[1:]
+                fd = os.open("/proc/sysvipc/" + kind, os.O_RDONLY)
             except OSError:
                 continue
+            try:
+                chunks = []
+                while chunk := os.read(fd, 65536):
+                    chunks.append(chunk)
+            except OSError:
+                continue
+            finally:
+                os.close(fd)
+            rows = b"".join(chunks).splitlines()[1:]
             for row in rows:
                 ident = int(row.split()[1])
                 if kind == "shm":
@@ -1187,6 +1238,9 @@ class Zygote:
         clean = True
         for d in self.cfg["wipe"]:
             try:
+                with os.scandir(d) as it:
+                    if next(it, None) is None:
+                        continue  # already empty: the usual case but for /tmp
                 clean = empty_folder(d) and clean
             except OSError:
                 clean = False
@@ -1283,46 +1337,6 @@ class Zygote:
         timeout = float(req["timeout"])
         function = req["mode"] == "function"
 
-        started = time.monotonic()
-        judge_sock = None
-        if function:
-            # Two processes: the candidate's code in a fresh child, the tests in the
-            # resident judge (see "the channel" above). The judge's reply ends the sample.
-            call_r, call_w = os.pipe()
-            ans_r, ans_w = os.pipe()
-            cand = self._spawn(
-                req,
-                [stdin_fd, out_w, err_w, call_r, ans_w],
-                cfg.get("uid"),
-                work,
-                lambda: _run_candidate(req),
-            )
-            job = os.memfd_create("judge", 0)
-            body = json.dumps(
-                {k: req.get(k) for k in ("tests", "prelude", "entry_point")} | {"nonce": nonce}
-            ).encode()
-            view = memoryview(body)
-            while view:
-                view = view[os.write(job, view) :]
-            for attempt in (1, 2):
-                main, pidfd, judge_sock = self._judge(req)
-                try:
-                    socket.send_fds(judge_sock, [b"r"], [job, out_w, err_w, ver_w, call_w, ans_r])
-                    break
-                except OSError:
-                    self._drop_judge()  # it died between samples: a fresh one
-                    if attempt == 2:
-                        raise
-            for fd in (call_r, call_w, ans_r, ans_w, job):
-                os.close(fd)
-        else:
-            main = cand = self._spawn(
-                req, [stdin_fd, out_w, err_w, ver_w], cfg.get("uid"), work, lambda: _run_program(req, nonce)
-            )
-            pidfd = os.pidfd_open(main)
-        for fd in (stdin_fd, out_w, err_w, ver_w):
-            os.close(fd)
-
         stdout = bytearray()
         stdout_total = 0
         stderr = bytearray()
@@ -1330,15 +1344,6 @@ class Zygote:
         verdict = bytearray()
         outcome = None  # "timeout" | "output_limit" | None (exited)
         host_gone = False
-        poller = select.poll()
-        for fd in (out_r, err_r, ver_r):
-            poller.register(fd, select.POLLIN)
-        poller.register(pidfd, select.POLLIN)
-        if judge_sock is not None:
-            poller.register(judge_sock.fileno(), select.POLLIN)
-        poller.register(self.ctl_in, select.POLLIN)
-        open_fds = {out_r, err_r, ver_r}
-        deadline = started + timeout
 
         def take(fd: int) -> bool:
             """Read what ``fd`` has; False at EOF (or, once every writer is dead, when empty)."""
@@ -1362,6 +1367,68 @@ class Zygote:
             elif len(verdict) < VERDICT_KEEP:
                 verdict.extend(data)
             return True
+
+        # Everything that can be ready before the candidate's fork is: after it, each page
+        # the zygote writes is copied for as long as the candidate shares it.
+        poller = select.poll()
+        for fd in (out_r, err_r, self.ctl_in):
+            poller.register(fd, select.POLLIN)
+        if not function:
+            poller.register(ver_r, select.POLLIN)
+        # A judge's verdict is one line of a few KiB at most (its fields are cut to size),
+        # far below a pipe's capacity: it is read after the judge's reply, which saves the
+        # zygote a wake-up per sample. A program's harness shares the candidate's process,
+        # so its verdict pipe is read as it fills.
+        open_fds = {out_r, err_r, ver_r}
+        started = time.monotonic()
+        judge_sock = None
+        if function:
+            # Two processes: the candidate's code in a fresh child, the tests in the
+            # resident judge (see "the channel" above). The judge's reply ends the sample.
+            # The judge gets its job first and sets up while the candidate is forked; its
+            # first call waits in the pipe until the candidate reads it.
+            call_r, call_w = os.pipe()
+            ans_r, ans_w = os.pipe()
+            job = os.memfd_create("judge", 0)
+            body = json.dumps(
+                {k: req.get(k) for k in ("tests", "prelude", "entry_point")} | {"nonce": nonce}
+            ).encode()
+            view = memoryview(body)
+            while view:
+                view = view[os.write(job, view) :]
+            del body, view
+            for attempt in (1, 2):
+                main, pidfd, sock = self._judge(req)
+                try:
+                    socket.send_fds(sock, [b"r"], [job, out_w, err_w, ver_w, call_w, ans_r])
+                    break
+                except OSError:
+                    self._drop_judge()  # it died between samples: a fresh one
+                    if attempt == 2:
+                        raise
+            for fd in (call_w, ans_r, job):
+                os.close(fd)
+            poller.register(pidfd, select.POLLIN)
+            judge_sock = sock
+            poller.register(sock.fileno(), select.POLLIN)
+            cand = self._spawn(
+                req,
+                [stdin_fd, out_w, err_w, call_r, ans_w],
+                cfg.get("uid"),
+                work,
+                lambda: _run_candidate(req),
+            )
+            for fd in (call_r, ans_w):
+                os.close(fd)
+        else:
+            main = cand = self._spawn(
+                req, [stdin_fd, out_w, err_w, ver_w], cfg.get("uid"), work, lambda: _run_program(req, nonce)
+            )
+            pidfd = os.pidfd_open(main)
+            poller.register(pidfd, select.POLLIN)
+        for fd in (stdin_fd, out_w, err_w, ver_w):
+            os.close(fd)
+        deadline = started + timeout
 
         exited = False
         judge_status: int | None = None
