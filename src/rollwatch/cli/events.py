@@ -23,24 +23,54 @@ def events() -> None:
 @click.option("--json", "as_json", is_flag=True, help="one envelope per line, as SPEC §4")
 @common
 def events_tail(ctx: Context, follow: bool, types: tuple[str, ...], after: int | None, as_json: bool) -> None:
-    """Print events; -f follows new ones."""
+    """Print events (by default the last 20, of the given types if any); -f follows new ones."""
+    from collections import deque
+
+    from rollwatch.errors import UsageError
+    from rollwatch.events import Recorded, event_types
     from rollwatch.store import open_store
+
+    known = event_types()
+    unknown = sorted(set(types) - set(known))
+    if unknown:
+        raise UsageError(
+            f"events tail --type: unknown event type {', '.join(map(repr, unknown))}; "
+            f"known types: {', '.join(sorted(known))}"
+        )
+
+    def show(ev: Recorded) -> None:
+        if as_json:
+            line = json.dumps(ev.envelope(), ensure_ascii=False, separators=(",", ":"))
+        else:
+            line = f"{ev.seq:>8} {ev.at} {ev.type:<20} {ev.stream:<40} {ev.data_json[:160]}"
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
 
     async def main() -> None:
         async with open_store(ctx.config.store) as store:
-            start = after if after is not None else max(0, await store.head() - 20)
+            start = after
+            if start is None:
+                # The last 20 events of the asked types (not the types among the last 20).
+                last: deque[Recorded] = deque(maxlen=20)
+                head = await store.head()
+                if types:
+                    async for page in store.read_batches(types=types, until=head):
+                        last.extend(page)
+                else:
+                    async for page in store.read_batches(after=max(0, head - 20), until=head):
+                        last.extend(page)
+                for ev in last:
+                    show(ev)
+                start = head
+                if not follow:
+                    return
             it = (
                 store.follow(after=start, types=types or None)
                 if follow
                 else store.read(after=start, types=types or None)
             )
             async for ev in it:
-                if as_json:
-                    line = json.dumps(ev.envelope(), ensure_ascii=False, separators=(",", ":"))
-                else:
-                    line = f"{ev.seq:>8} {ev.at} {ev.type:<20} {ev.stream:<40} {ev.data_json[:160]}"
-                sys.stdout.write(line + "\n")
-                sys.stdout.flush()
+                show(ev)
 
     with contextlib.suppress(KeyboardInterrupt):
         run_async(main)

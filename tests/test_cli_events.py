@@ -1,0 +1,61 @@
+"""``rollwatch events tail`` as a user runs it, on a real SQLite log."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import anyio
+
+from rollwatch.events import SchedulePaused, SubscriberRevoked
+from rollwatch.store.sqlite import SQLiteEventStore
+
+
+def _log(tmp_path: Path) -> Path:
+    """5 SubscriberRevoked events, then 40 SchedulePaused: the former are not among the last 20."""
+
+    async def build() -> None:
+        async with SQLiteEventStore(tmp_path / "events.db") as store:
+            await store.append("subscriber-x", [SubscriberRevoked(name=f"s{i}") for i in range(5)])
+            await store.append("schedule-s", [SchedulePaused(schedule="s", note=str(i)) for i in range(40)])
+
+    anyio.run(build)
+    config = tmp_path / "rollwatch.toml"
+    config.write_text(f'[store]\nurl = "sqlite:///{tmp_path}/events.db"\n')
+    return config
+
+
+def _tail(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "rollwatch", "events", "tail", "--config", str(config), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+class TestTail:
+    def test_type_shows_the_last_events_of_that_type(self, tmp_path: Path) -> None:
+        """--type T prints the last 20 events of type T, however far back they are."""
+        p = _tail(_log(tmp_path), "--type", "SubscriberRevoked")
+        assert p.returncode == 0, p.stderr
+        lines = p.stdout.splitlines()
+        assert len(lines) == 5
+        assert all("SubscriberRevoked" in line for line in lines)
+
+    def test_without_type_the_last_20(self, tmp_path: Path) -> None:
+        """With no filter, the last 20 events of the log, oldest first."""
+        p = _tail(_log(tmp_path))
+        assert p.returncode == 0, p.stderr
+        seqs = [int(line.split()[0]) for line in p.stdout.splitlines()]
+        assert seqs == list(range(26, 46))
+
+    def test_an_unknown_type_is_bad_usage_naming_the_known_ones(self, tmp_path: Path) -> None:
+        """A mistyped type exits 2 and lists the types there are, instead of printing nothing."""
+        p = _tail(_log(tmp_path), "--type", "RolloutScord")
+        assert p.returncode == 2
+        assert "RolloutScord" in p.stderr
+        assert "RolloutScored" in p.stderr
+        assert "Traceback" not in p.stderr
