@@ -31,7 +31,13 @@ def audit(
     ctx: Context, url: str, keep: Path | None, item: str | None, key: str | None, http_timeout: float
 ) -> None:
     """Check the signed checkpoint, its consistency with the kept one, and an item's inclusion; exit 1 on failure."""
+    from urllib.parse import urlsplit
+
     from rollwatch.integrity.audit import audit as run_audit
+
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise UsageError(f"--url {url!r}: give the service's address with its scheme, e.g. https://host:8080")
 
     async def main() -> int:
         try:

@@ -1,4 +1,4 @@
-"""``rollwatch events tail`` as a user runs it, on a real SQLite log."""
+"""Commands as a user runs them on a real SQLite log: `events tail`, and `audit`'s bad usage."""
 
 from __future__ import annotations
 
@@ -59,3 +59,18 @@ class TestTail:
         assert "RolloutScord" in p.stderr
         assert "RolloutScored" in p.stderr
         assert "Traceback" not in p.stderr
+
+
+def test_audit_with_a_url_without_scheme_is_bad_usage(tmp_path: Path) -> None:
+    """``audit --url host:8080`` (no scheme) exits 2 naming the URL, not 1 as a failed check."""
+    p = subprocess.run(
+        [sys.executable, "-m", "rollwatch", "audit", "--url", "127.0.0.1:9"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert p.returncode == 2, p.stderr
+    assert "127.0.0.1:9" in p.stderr
+    assert "Traceback" not in p.stderr
