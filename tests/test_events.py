@@ -50,6 +50,12 @@ class TestDecode:
         with pytest.raises(UnknownEventType, match="RolloutScored data lacks required field"):
             decode("RolloutScored", 1, {"rollout_id": "x", "score": 0.0, "scorer": "f"})
 
+    def test_data_that_is_not_an_object_is_an_error_naming_it(self) -> None:
+        """A row whose data is not a JSON object (only an edited file holds one) is refused
+        with a named error, not an AttributeError deep in a read model."""
+        with pytest.raises(UnknownEventType, match="SchedulePaused data is a JSON list"):
+            decode("SchedulePaused", 1, [])  # type: ignore[arg-type]
+
     def test_unknown_type_and_newer_schema_are_errors(self) -> None:
         """A type this version does not know, or a schema newer than it reads, is refused."""
         with pytest.raises(UnknownEventType, match="unknown"):

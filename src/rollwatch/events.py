@@ -251,7 +251,8 @@ class Event:
         Every reader decodes every event it reads, so this skips the dataclass
         ``__init__`` (a frozen one sets each field through ``object.__setattr__``):
         it fills the instance's ``__dict__`` directly, with defaults for the missing
-        fields. Read throughput with typed events doubled (``bench_store``).
+        fields. ``bench_store``'s typed read went from 0.55x to 0.64x of a raw cursor that only
+        ``json.loads`` each row.
         """
         spec = _spec(cls)
         keys = data.keys()
@@ -328,6 +329,9 @@ def decode(type_: str, schema: int, data: dict[str, Any]) -> Event:
     cls = _REGISTRY.get(type_)
     if cls is None:
         raise UnknownEventType(f"event type {type_!r} is unknown to this version of rollwatch")
+    if type(data) is not dict:
+        # Only a row written around rollwatch (an edited file) can hold this.
+        raise UnknownEventType(f"{type_} data is a JSON {type(data).__name__}, not an object")
     while schema < cls.SCHEMA:
         up = _UPCASTERS.get((type_, schema))
         if up is None:
