@@ -74,3 +74,27 @@ def test_audit_with_a_url_without_scheme_is_bad_usage(tmp_path: Path) -> None:
     assert p.returncode == 2, p.stderr
     assert "127.0.0.1:9" in p.stderr
     assert "Traceback" not in p.stderr
+
+
+def test_commands_that_read_the_log_never_create_it(tmp_path: Path) -> None:
+    """A mistyped store path: every command that reads the log exits 2 naming it, and nothing is created."""
+    cfg = tmp_path / "rw.toml"
+    cfg.write_text(f'[store]\nurl = "sqlite:{tmp_path / "typo" / "events.db"}"\n')
+    for args in (
+        ["events", "tail"],
+        ["report"],
+        ["schedules", "list"],
+        ["subscribers", "list"],
+        ["subscribers", "revoke", "bob"],
+        ["publish", "export", str(tmp_path / "out")],
+        ["rebuild"],
+        ["verify"],
+        ["key", "rotate"],
+    ):
+        r = subprocess.run(
+            [sys.executable, "-m", "rollwatch", "--config", str(cfg), *args], capture_output=True, text=True
+        )
+        assert r.returncode == 2, (args, r.stderr)
+        assert f"there is no event log at {tmp_path / 'typo' / 'events.db'}" in r.stderr, args
+        assert "Traceback" not in r.stderr
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["rw.toml"], args

@@ -558,3 +558,21 @@ class CheckpointSigned(Event):
     """The whole signed note, as served at ``/public/checkpoint``."""
     node: str = ""
     """The daemon that signed it (on a shared log, the leader of checkpoints)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class CheckpointKeyRotated(Event):
+    """The checkpoint key changed: from this event on, checkpoints are signed by ``new_key``.
+
+    ``note`` is a signed note (see :mod:`rollwatch.integrity.rotation`) naming the
+    log's origin, the old key and the new one, signed by both: the old key vouches
+    for the new, and the new proves it is held. Auditors who pinned the old key
+    follow the chain to the new one.
+    """
+
+    old_key: str
+    """The retired verifier key (vkey)."""
+    new_key: str
+    """The verifier key now in force (vkey)."""
+    note: str
+    node: str = ""

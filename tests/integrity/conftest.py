@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import AsyncIterator
+import subprocess
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import anyio
+import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -13,6 +16,8 @@ from rollwatch.events import GENESIS, SchedulePaused, canonical_bytes, chain_has
 from rollwatch.integrity.checkpoint import NoteSigner
 from rollwatch.integrity.tree import MerkleTree
 from rollwatch.store.sqlite import SQLiteEventStore
+from tests.helpers import rollwatch, write_config
+from tests.integrity.served import EVENTS, Site, _free_port, _poll, _stop
 
 ORIGIN = "rollwatch.test/log"
 
@@ -85,3 +90,33 @@ def delete_events(db_path: Path, where: str) -> None:
         con.execute(f"DELETE FROM events WHERE {where}")
     finally:
         con.close()
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Iterator[tuple[Site, subprocess.Popen[str]]]:
+    """A daemon serving a log of 40 appended events, signed up to the last of them; a kept checkpoint and audit file."""
+    port = _free_port()
+    cfg = write_config(
+        tmp_path,
+        f'[server]\nlisten = "127.0.0.1:{port}"\n'
+        '[integrity]\norigin = "rollwatch.test/tamper"\ncheckpoint_every = 5\n'
+        'checkpoint_interval = "1s"\nscrub_interval = "500ms"\n',
+    )
+    s = Site(tmp_path, cfg, f"http://127.0.0.1:{port}")
+    proc = s.serve()
+    try:
+        _poll(lambda: (r := s.healthz()) is not None and r.status_code == 200, 60, "the daemon to serve")
+
+        async def fill() -> None:
+            async with SQLiteEventStore(s.db) as store:
+                await append_n(store, EVENTS)
+
+        anyio.run(fill)
+        _poll(lambda: any(size >= EVENTS for _, size in s.checkpoints()), 30, "a checkpoint of every event")
+        note = httpx.get(s.url + "/public/checkpoint").text
+        (tmp_path / "kept.note").write_text(note)
+        first = rollwatch("audit", "--url", s.url, "--keep", str(tmp_path / "audit.json"))
+        assert first.returncode == 0, first.stderr
+        yield s, proc
+    finally:
+        _stop(proc)

@@ -11,129 +11,19 @@ exits 1 naming it. Real SQLite files, real subprocesses, real loopback HTTP.
 from __future__ import annotations
 
 import json
-import signal
-import socket
 import sqlite3
 import subprocess
-import sys
-import time
 import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 
-import anyio
 import httpx
 import pytest
 
 from rollwatch.events import GENESIS, canonical_bytes, chain_hash
-from rollwatch.store.sqlite import SQLiteEventStore
-from tests.helpers import rollwatch, write_config
-from tests.integrity.conftest import append_n, delete_events, rewrite_event
-
-EVENTS = 40
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _poll(pred: Callable[[], object], timeout: float, what: str) -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = pred()
-        if got:
-            return got
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
-@dataclass
-class Site:
-    """A served log's files and address."""
-
-    dir: Path
-    config: Path
-    url: str
-
-    @property
-    def db(self) -> Path:
-        return self.dir / "events.db"
-
-    def checkpoints(self) -> list[tuple[int, int]]:
-        """(seq, size) of every CheckpointSigned event in the log."""
-        con = sqlite3.connect(self.db)
-        try:
-            rows = con.execute("SELECT seq, data FROM events WHERE type = 'CheckpointSigned' ORDER BY seq")
-            return [(seq, json.loads(data)["size"]) for seq, data in rows]
-        finally:
-            con.close()
-
-    def head(self) -> int:
-        con = sqlite3.connect(self.db)
-        try:
-            return int(con.execute("SELECT MAX(seq) FROM events").fetchone()[0] or 0)
-        finally:
-            con.close()
-
-    def serve(self) -> subprocess.Popen[str]:
-        return subprocess.Popen(
-            [sys.executable, "-m", "rollwatch", "--config", str(self.config), "serve", "--grace", "2"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-
-    def healthz(self) -> httpx.Response | None:
-        try:
-            return httpx.get(self.url + "/healthz", timeout=2)
-        except httpx.HTTPError:
-            return None
-
-
-def _stop(proc: subprocess.Popen[str]) -> str:
-    """SIGTERM, wait, and return its stderr."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-    try:
-        _, err = proc.communicate(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        _, err = proc.communicate()
-    return err
-
-
-@pytest.fixture
-def site(tmp_path: Path) -> Iterator[tuple[Site, subprocess.Popen[str]]]:
-    """A daemon serving a log of 40 appended events, signed up to the last of them; a kept checkpoint and audit file."""
-    port = _free_port()
-    cfg = write_config(
-        tmp_path,
-        f'[server]\nlisten = "127.0.0.1:{port}"\n'
-        '[integrity]\norigin = "rollwatch.test/tamper"\ncheckpoint_every = 5\n'
-        'checkpoint_interval = "1s"\nscrub_interval = "500ms"\n',
-    )
-    s = Site(tmp_path, cfg, f"http://127.0.0.1:{port}")
-    proc = s.serve()
-    try:
-        _poll(lambda: (r := s.healthz()) is not None and r.status_code == 200, 60, "the daemon to serve")
-
-        async def fill() -> None:
-            async with SQLiteEventStore(s.db) as store:
-                await append_n(store, EVENTS)
-
-        anyio.run(fill)
-        _poll(lambda: any(size >= EVENTS for _, size in s.checkpoints()), 30, "a checkpoint of every event")
-        note = httpx.get(s.url + "/public/checkpoint").text
-        (tmp_path / "kept.note").write_text(note)
-        first = rollwatch("audit", "--url", s.url, "--keep", str(tmp_path / "audit.json"))
-        assert first.returncode == 0, first.stderr
-        yield s, proc
-    finally:
-        _stop(proc)
-
+from tests.helpers import rollwatch
+from tests.integrity.conftest import delete_events, rewrite_event
+from tests.integrity.served import EVENTS, Site, _poll, _stop
 
 # --- the attacks ---------------------------------------------------------------------------------
 

@@ -37,6 +37,7 @@ for command in (
     schedules.schedules,
     problems.problems,
     integrity.audit,
+    integrity.key,
     publish.subscribers,
     publish.publish,
     report.report_cmd,

@@ -64,6 +64,16 @@ def common(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def require_log(config: Config) -> None:
+    """Commands that read the log never create it: a SQLite log that is not there is bad usage (exit 2)."""
+    path = config.store.sqlite_path
+    if path is not None and not path.is_file():
+        raise UsageError(
+            f"there is no event log at {path} (store.url {config.store.url}); "
+            "`rollwatch serve` or `rollwatch run` creates it"
+        )
+
+
 def run_async(fn: Callable[[], Awaitable[T]]) -> T:
     """Run ``fn`` on a fresh event loop (one per command) and return its result."""
     return anyio.run(fn)

@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from rollwatch.cli._common import Context, common, run_async
+from rollwatch.cli._common import Context, common, require_log, run_async
 
 
 @click.group()
@@ -45,6 +45,8 @@ def events_tail(ctx: Context, follow: bool, types: tuple[str, ...], after: int |
             line = f"{ev.seq:>8} {ev.at} {ev.type:<20} {ev.stream:<40} {ev.data_json[:160]}"
         sys.stdout.write(line + "\n")
         sys.stdout.flush()
+
+    require_log(ctx.config)
 
     async def main() -> None:
         async with open_store(ctx.config.store) as store:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from rollwatch.cli._common import Context, common, run_async
+from rollwatch.cli._common import Context, common, require_log, run_async
 from rollwatch.errors import AuditFailure, UsageError
 
 
@@ -53,3 +53,50 @@ def audit(
         return 0
 
     sys.exit(run_async(main))
+
+
+@click.group()
+def key() -> None:
+    """The checkpoint signing key."""
+
+
+@key.command()
+@click.option(
+    "--new-key",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="a key you made (PEM Ed25519, as openssl genpkey writes); default: a new one is generated",
+)
+@common
+def rotate(ctx: Context, new_key: Path | None) -> None:
+    """Retire the checkpoint key: the old key signs the new one into the log.
+
+    The running daemon signs with the new key from its next checkpoint; auditors who
+    pinned the old key follow the rotation (`rollwatch audit`). The old key is kept
+    beside the new as `<key file>.retired-<key id>`.
+    """
+    from rollwatch.integrity.identity import resolve_origin
+    from rollwatch.integrity.rotation import rotate_key
+    from rollwatch.store import open_store
+
+    config = ctx.config
+    require_log(config)
+    key_file = config.integrity.key_path(config.store)
+
+    async def main() -> None:
+        async with open_store(config.store) as store:
+            integrity = await resolve_origin(
+                config.integrity,
+                config.integrity.state_dir(config.store),
+                store,
+                create=False,
+                store_url=config.store.url,
+            )
+            old, new, rec = await rotate_key(
+                store, key_file, integrity.name, integrity.origin, new_key_file=new_key, node=config.node
+            )
+        click.echo(f"rotated at seq {rec.seq}")
+        click.echo(f"old key: {old.vkey}")
+        click.echo(f"new key: {new.vkey}")
+
+    run_async(main)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from rollwatch.cli._common import Context, common, run_async
+from rollwatch.cli._common import Context, common, require_log, run_async
 from rollwatch.config import Config
 from rollwatch.errors import ConcurrencyConflict, UsageError
 from rollwatch.events import SubscriberAdded, SubscriberRevoked, parse_rfc3339, rfc3339, subscriber_stream
@@ -106,6 +106,7 @@ async def _subscriber_rows(config: Config) -> list[dict[str, Any]]:
     from rollwatch.projections import ProjectionDB
     from rollwatch.store import open_store
 
+    require_log(config)
     async with (
         open_store(config.store) as store,
         ProjectionDB(config.store.projections_path, _projections()) as pdb,
@@ -167,6 +168,7 @@ def subscribers_revoke(ctx: Context, name: str, note: str) -> None:
 
     check_name(name)
     config = ctx.config
+    require_log(config)
 
     async def main() -> str:
         async with open_store(config.store) as store:
@@ -213,6 +215,7 @@ def publish_export(ctx: Context, directory: Path, base_url: str | None) -> None:
     base = base_url or f"{config.server.url}/public/"
     if not base.startswith(("http://", "https://")):
         raise UsageError(f"--base-url {base!r}: give an absolute http:// or https:// URL")
+    require_log(config)
 
     async def main() -> str:
         from rollwatch.integrity.tree import MerkleTree

@@ -11,7 +11,7 @@ import sys
 
 import click
 
-from rollwatch.cli._common import Context, common, run_async
+from rollwatch.cli._common import Context, common, require_log, run_async
 from rollwatch.errors import UsageError
 
 
@@ -66,6 +66,7 @@ def report_cmd(ctx: Context, fmt: str | None, by: str, trend: bool, release_impa
     if fmt != "table" and trend and release_impact:
         raise UsageError(f"report: --format {fmt} holds one view; choose --trend or --release-impact")
     config = ctx.config
+    require_log(config)
 
     async def main() -> list[Report]:
         async with (

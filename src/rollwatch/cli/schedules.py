@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from rollwatch.cli._common import Context, common, run_async
+from rollwatch.cli._common import Context, common, require_log, run_async
 from rollwatch.config import Config
 
 
@@ -22,6 +22,7 @@ async def _schedule_states(config: Config) -> tuple[Any, dict[str, Any]]:
     from rollwatch.scheduler import load_states
     from rollwatch.store import open_store
 
+    require_log(config)
     async with (
         open_store(config.store) as store,
         ProjectionDB(config.store.projections_path, default_projections()) as pdb,

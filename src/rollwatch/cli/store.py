@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from rollwatch.cli._common import Context, common, run_async
+from rollwatch.cli._common import Context, common, require_log, run_async
 from rollwatch.errors import IntegrityError, UsageError
 from rollwatch.log import get_logger
 
@@ -28,9 +28,7 @@ def verify(ctx: Context, checkpoint: Path | None) -> None:
     from rollwatch.progress import Progress
     from rollwatch.store import open_store
 
-    log_file = ctx.config.store.sqlite_path
-    if log_file is not None and not log_file.is_file():
-        raise UsageError(f"there is no event log at {log_file} (store.url {ctx.config.store.url})")
+    require_log(ctx.config)
 
     async def main() -> int:
         async with open_store(ctx.config.store, read_only=True) as store:
@@ -65,6 +63,7 @@ def verify(ctx: Context, checkpoint: Path | None) -> None:
 @common
 def rebuild(ctx: Context) -> None:
     """Drop every projection and rebuild it from the log."""
+    require_log(ctx.config)
     from rollwatch.progress import Progress
     from rollwatch.projections import ProjectionDB
     from rollwatch.readmodels import default_projections

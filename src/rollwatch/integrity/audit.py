@@ -6,7 +6,10 @@ An auditor has no access to the log, only to the public routes. Each run:
    fails first, with the service's reasons.
 1. **key**: the verifier key is ``--key`` if given, else the one kept from an
    earlier run, else ``/public/key`` (trust on first use, said so in the output). A
-   server whose key differs from the pinned one fails.
+   server whose key differs from the pinned one fails, unless a chain of key
+   rotations (``/public/key/rotations``), each signed by the key before it, leads from
+   the pinned key to the served one, and each of those rotations is an event in the
+   signed tree (an inclusion proof against the new checkpoint).
 2. **checkpoint**: ``/public/checkpoint`` must carry a valid signature by that key.
 3. **consistency**: with a checkpoint kept from an earlier run (size M, root R),
    the new one (size N, root R') must extend it: N ≥ M, and an RFC 9162 consistency
@@ -48,6 +51,7 @@ from rollwatch.integrity.merkle import (
     verify_consistency,
     verify_inclusion,
 )
+from rollwatch.integrity.rotation import open_rotation
 
 
 @dataclass
@@ -175,9 +179,16 @@ async def audit(
             raise AuditFailure(
                 "key", f"the key {verifier.vkey} is not the one kept in {keep} ({kept['key']})"
             )
-        if served != verifier.vkey:
-            raise AuditFailure("key", f"the server's key is now {served}, not the pinned {verifier.vkey}")
         lines.append(f"key: {verifier.vkey} ({source})")
+        pinned_verifier = verifier
+        links: list[dict[str, Any]] = []
+        if served != verifier.vkey:
+            # 1b. a rotation: each link signed by the key before it (and the new one).
+            verifier, links = await _follow_rotations(http, verifier, served)
+            for link in links:
+                lines.append(
+                    f"key: rotated at seq {link['seq']} to {link['new_key']} (signed by the old key): ok"
+                )
 
         # 2. checkpoint
         note = (await http.get("/public/checkpoint")).text
@@ -186,11 +197,13 @@ async def audit(
         except InvalidNote as e:
             raise AuditFailure("checkpoint", f"/public/checkpoint: {e}") from None
         lines.append(f"checkpoint: {cp.origin} size {cp.size} root {b64(cp.root)}: signature ok")
+        for link in links:
+            await _check_rotation_logged(http, link, cp)
 
         # 3. consistency with the kept checkpoint
         if kept is not None:
             try:
-                old = verifier.open_checkpoint(kept["checkpoint"])
+                old = pinned_verifier.open_checkpoint(kept["checkpoint"])
             except InvalidNote as e:
                 raise AuditFailure("keep", f"the checkpoint kept in {keep} does not verify: {e}") from None
             await _check_consistency(http, old, cp)
@@ -221,6 +234,74 @@ async def audit(
         _save_keep(keep, verifier.vkey, note, remembered)
         lines.append(f"kept: checkpoint of size {cp.size} in {keep}")
     return AuditReport(checkpoint=cp, key=verifier.vkey, lines=lines)
+
+
+async def _follow_rotations(
+    http: _Client, start: NoteVerifier, served: str
+) -> tuple[NoteVerifier, list[dict[str, Any]]]:
+    """Follow ``/public/key/rotations`` from the pinned key to the served one; the links used."""
+    body = await http.json("/public/key/rotations")
+    rotations = body.get("rotations") if isinstance(body, dict) else None
+    if not isinstance(rotations, list):
+        raise AuditFailure("key", "/public/key/rotations has no rotations list")
+    current, used = start, []
+    for link in rotations:
+        if (
+            not isinstance(link, dict)
+            or not isinstance(link.get("note"), str)
+            or not isinstance(link.get("seq"), int)
+        ):
+            raise AuditFailure("key", "/public/key/rotations holds a malformed link")
+        if link.get("old_key") != current.vkey:
+            continue
+        try:
+            rotation = open_rotation(link["note"])
+        except InvalidNote as e:
+            raise AuditFailure("key", f"the key rotation at seq {link['seq']} does not verify: {e}") from None
+        if rotation.old.vkey != current.vkey or rotation.new.vkey != link.get("new_key"):
+            raise AuditFailure(
+                "key", f"the key rotation at seq {link['seq']} names other keys than it claims"
+            )
+        current = rotation.new
+        used.append(link)
+    if current.vkey != served:
+        raise AuditFailure(
+            "key",
+            f"the server's key is now {served}, not the pinned {start.vkey}, and no chain of key rotations "
+            "signed by the pinned key leads to it",
+        )
+    return current, used
+
+
+async def _check_rotation_logged(http: _Client, link: dict[str, Any], cp: Checkpoint) -> None:
+    """A rotation the audit followed is an event of the signed log (no split view of keys)."""
+    seq = link["seq"]
+    canonical = link.get("canonical")
+    try:
+        event = json.loads(canonical) if isinstance(canonical, str) else None
+    except ValueError:
+        event = None
+    if (
+        not isinstance(canonical, str)
+        or not isinstance(event, dict)
+        or event.get("seq") != seq
+        or event.get("type") != "CheckpointKeyRotated"
+        or not isinstance(event.get("data"), dict)
+        or event["data"].get("note") != link["note"]
+    ):
+        raise AuditFailure("key", f"the key rotation at seq {seq} does not carry its own event")
+    if seq > cp.size:
+        raise AuditFailure(
+            "key", f"the key rotation at seq {seq} is not in the signed tree of size {cp.size}"
+        )
+    leaf = leaf_hash(canonical.encode())
+    proof = await http.json(f"/public/proof/inclusion?seq={seq}&size={cp.size}")
+    path = _hashes(proof.get("path") if isinstance(proof, dict) else None, "the inclusion proof")
+    if not verify_inclusion(seq - 1, cp.size, leaf, path, cp.root):
+        raise AuditFailure(
+            "key",
+            f"the key rotation at seq {seq} is not in the signed tree of size {cp.size}: it was not logged",
+        )
 
 
 async def _check_consistency(http: _Client, old: Checkpoint, new: Checkpoint) -> None:

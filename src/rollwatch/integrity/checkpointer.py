@@ -20,6 +20,7 @@ rebuild (``rollwatch verify`` names the event when the chain itself is broken).
 from __future__ import annotations
 
 import os
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import anyio
@@ -36,6 +37,7 @@ from rollwatch.integrity.checkpoint import (
 )
 from rollwatch.integrity.health import Health
 from rollwatch.integrity.merkle import verify_consistency
+from rollwatch.integrity.rotation import KeyRing
 from rollwatch.integrity.tree import MerkleTree
 from rollwatch.log import get_logger
 
@@ -63,8 +65,14 @@ class Checkpointer:
         node: str = "",
         health: Health | None = None,
         key_used_before: bool = False,
+        reload: Callable[[], Awaitable[NoteSigner | None]] | None = None,
     ) -> None:
         self.node = node
+        self.reload = reload
+        """Loads the key again (after a rotation made by ``rollwatch key rotate``)."""
+        self.ring: KeyRing | None = None
+        """The log's chain of checkpoint keys, read before each signature."""
+        self._retired_said = False
         self.health = health
         self.key_used_before = key_used_before
         """The key existed before this process: it has signed this log before, so a
@@ -85,14 +93,16 @@ class Checkpointer:
     def _from_note(self, note: str, where: str, seq: int) -> Checkpoint:
         """The checkpoint in a note found at ``where``: tampered notes raise, foreign keys warn."""
         try:
-            text, sigs = split_note(note)
-            if any(name == self.verifier.name and blob[:4] == self.verifier.key_id for name, blob in sigs):
-                return self.verifier.open_checkpoint(note)
+            text, _ = split_note(note)
+            ring = self.ring or KeyRing(start=self.verifier)
+            key = ring.signer_of(note)
+            if key is not None:
+                return key.open_checkpoint(note)
             cp = Checkpoint.parse(text)
         except InvalidNote as e:
             raise self._refuse(seq, f"the checkpoint in {where} is not valid: {e}") from None
-        # Signed by another key (one rotated out): its tree head still binds this log,
-        # so it is checked for consistency like the others, though it proves nothing alone.
+        # Signed by a key outside the log's chain (one lost, say): its tree head still
+        # binds this log, so it is checked for consistency, though it proves nothing alone.
         log.warning("checkpoint_foreign_key", where=where, size=cp.size, our_key=self.verifier.vkey)
         return cp
 
@@ -138,6 +148,8 @@ class Checkpointer:
             # that lost its lease but is still signing, say) makes ours conflict
             # instead of landing after a larger one.
             version = await self.store.stream_version(STREAM)
+            if not await self._key_in_force():
+                return None
             size = await self.tree.catch_up(self.store)
             root = await self.tree.root(size)
             priors = await self.signed_before()
@@ -179,6 +191,32 @@ class Checkpointer:
             self.latest = cp
             self.covered = size
             return cp
+
+    async def _key_in_force(self) -> bool:
+        """Follow the log's key rotations; False (and one ERROR) when our key is not the one in force."""
+        if self.ring is None:
+            self.ring = await KeyRing.load(self.store, self.verifier, self.origin)
+        else:
+            await self.ring.refresh(self.store, self.origin)
+        current = self.ring.current
+        if current is None or current.vkey == self.signer.vkey:
+            return True
+        if self.reload is not None:
+            signer = await self.reload()
+            if signer is not None and signer.vkey == current.vkey:
+                log.info("checkpoint_key_in_use", key=signer.vkey, retired=self.signer.vkey)
+                self.signer, self.verifier = signer, signer.verifier()
+                self._retired_said = False
+                return True
+        if not self._retired_said:
+            self._retired_said = True
+            log.error(
+                "checkpoint_key_retired",
+                key=self.signer.vkey,
+                in_force=current.vkey,
+                reason="the log rotated to another key; give the service the new key (restart it)",
+            )
+        return False
 
     async def _check_consistent(self, where: str, prior: Checkpoint, size: int, root: bytes) -> None:
         if prior.size > size:
@@ -245,6 +283,7 @@ async def checkpointer(
     node: str = "",
     health: Health | None = None,
     key_used_before: bool = False,
+    reload: Callable[[], Awaitable[NoteSigner | None]] | None = None,
     task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """The checkpointer task: sign at start, every N events or T seconds, and once more at ``stop``.
@@ -262,6 +301,7 @@ async def checkpointer(
         node=node,
         health=health,
         key_used_before=key_used_before,
+        reload=reload,
     )
     await cp.checkpoint()
     task_status.started()

@@ -59,8 +59,9 @@ def parse_private_key(data: bytes, source: str) -> Ed25519PrivateKey:
     return key
 
 
-def _write_new_key(path: Path) -> Ed25519PrivateKey:
-    key = Ed25519PrivateKey.generate()
+def write_new_key(path: Path, key: Ed25519PrivateKey | None = None) -> Ed25519PrivateKey:
+    """Write ``key`` (a new one if None) to ``path``, 0600 from the first byte; an existing file wins."""
+    key = key or Ed25519PrivateKey.generate()
     pem = key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -107,7 +108,7 @@ def load_signer(key_file: Path, name: str, *, create: bool = True) -> NoteSigner
     elif key_file.exists():
         key = _read_key(key_file)
     elif create:
-        key = _write_new_key(key_file)
+        key = write_new_key(key_file)
     else:
         raise ConfigError(
             str(key_file),

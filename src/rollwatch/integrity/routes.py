@@ -2,6 +2,9 @@
 
 * ``GET /public/checkpoint``: the latest signed checkpoint note, ``text/plain``.
 * ``GET /public/key``: the verifier key, ``<name>+<hex key ID>+<base64(0x01 ‖ key)>``.
+* ``GET /public/key/rotations``: ``{"key": vkey, "rotations": [{"seq", "old_key",
+  "new_key", "note", "canonical", "leaf_hash"}, ...]}``, the chain of keys
+  (:mod:`rollwatch.integrity.rotation`), oldest first.
 * ``GET /public/proof/consistency?from=M&to=N``:
   ``{"from": M, "to": N, "path": [base64, ...]}``.
 * ``GET /public/proof/inclusion?seq=S&size=N``:
@@ -16,14 +19,16 @@ hashes only: nothing of an event under embargo can be read from them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from rollwatch.abc import EventStore
 from rollwatch.errors import BadRequest, InvalidProof, NotFound
-from rollwatch.events import Recorded
+from rollwatch.events import CHECKPOINT_STREAM, CheckpointKeyRotated, Recorded
 from rollwatch.integrity.checkpoint import b64
 from rollwatch.integrity.merkle import leaf_hash
 from rollwatch.integrity.tree import MerkleTree
@@ -33,8 +38,12 @@ _NO_STORE = {"Cache-Control": "no-cache"}
 _MAX_INT = (1 << 62) - 1
 
 
-def integrity_routes(tree: MerkleTree, vkey: str) -> list[Route]:
-    """The four public routes, serving ``tree`` and the verifier key ``vkey``."""
+def integrity_routes(
+    tree: MerkleTree, vkey: str | Callable[[], str], store: EventStore | None = None
+) -> list[Route]:
+    """The public routes, serving ``tree``, the verifier key ``vkey`` (the key in force
+    when a callable: it changes at a rotation) and the key rotations ``store`` holds."""
+    current_key = vkey if callable(vkey) else (lambda: vkey)
 
     async def checkpoint(_: Request) -> Response:
         latest = await tree.latest_checkpoint()
@@ -43,7 +52,29 @@ def integrity_routes(tree: MerkleTree, vkey: str) -> list[Route]:
         return PlainTextResponse(latest.note, headers=_NO_STORE)
 
     async def key(_: Request) -> Response:
-        return PlainTextResponse(vkey + "\n")
+        return PlainTextResponse(current_key() + "\n", headers=_NO_STORE)
+
+    async def rotations(_: Request) -> Response:
+        # Every link of the chain from the first key to the one in force, with its event
+        # (an auditor checks that event's inclusion in the signed tree).
+        out: list[dict[str, Any]] = []
+        if store is not None:
+            async for page in store.read_batches(
+                stream=CHECKPOINT_STREAM, types=[CheckpointKeyRotated.TYPE], batch=100
+            ):
+                for ev in page:
+                    canonical = ev.canonical()
+                    out.append(
+                        {
+                            "seq": ev.seq,
+                            "old_key": ev.data.get("old_key"),
+                            "new_key": ev.data.get("new_key"),
+                            "note": ev.data.get("note"),
+                            "canonical": canonical.decode(),
+                            "leaf_hash": b64(leaf_hash(canonical)),
+                        }
+                    )
+        return JSONResponse({"key": current_key(), "rotations": out}, headers=_NO_STORE)
 
     async def consistency(request: Request) -> Response:
         params = query(request, {"from", "to"}, strict=False)
@@ -82,6 +113,7 @@ def integrity_routes(tree: MerkleTree, vkey: str) -> list[Route]:
     return [
         Route("/public/checkpoint", checkpoint),
         Route("/public/key", key),
+        Route("/public/key/rotations", rotations),
         Route("/public/proof/consistency", consistency),
         Route("/public/proof/inclusion", inclusion),
     ]

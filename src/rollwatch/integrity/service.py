@@ -25,6 +25,7 @@ from rollwatch.integrity.checkpointer import checkpointer, final_checkpoint
 from rollwatch.integrity.health import Health
 from rollwatch.integrity.identity import ORIGIN_FILE, resolve_origin, set_aside_foreign_state
 from rollwatch.integrity.keys import load_signer
+from rollwatch.integrity.rotation import finish_rotation
 from rollwatch.integrity.routes import integrity_routes
 from rollwatch.integrity.scrub import ScrubTarget, scrub_forever, scrub_pass
 from rollwatch.integrity.tree import MerkleTree
@@ -64,8 +65,17 @@ class Integrity:
         self.witness = witness
 
     def routes(self) -> list[Route]:
-        """``/public/checkpoint``, ``/public/key`` and ``/public/proof/*``."""
-        return integrity_routes(self.tree, self.signer.vkey)
+        """``/public/checkpoint``, ``/public/key``, ``/public/key/rotations`` and ``/public/proof/*``."""
+        return integrity_routes(self.tree, lambda: self.signer.vkey, self.store)
+
+    async def reload_signer(self) -> NoteSigner | None:
+        """The key at hand now (after ``rollwatch key rotate``), which the routes then serve."""
+        from rollwatch.integrity.rotation import key_at_hand
+
+        signer = await key_at_hand(self.store, self.config.key_path(self.store_config), self.config.name)
+        if signer is not None:
+            self.signer = signer
+        return signer
 
     async def run(
         self, stop: anyio.Event, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
@@ -136,6 +146,7 @@ class Integrity:
             node=self.node,
             health=self.health,
             key_used_before=self.key_used_before,
+            reload=self.reload_signer,
         )
         async with anyio.create_task_group() as tg:
             await tg.start(follow)
@@ -225,6 +236,7 @@ async def open_integrity(
     )
     config = await resolve_origin(config, config.state_dir(store_config), store, store_url=store_config.url)
     key_file = config.key_path(store_config)
+    await finish_rotation(store, key_file, config.name)
     key_used_before = await anyio.Path(key_file).exists()
     signer = await anyio.to_thread.run_sync(load_signer, key_file, config.name)
     async with MerkleTree(config.tree_path(store_config)) as tree:

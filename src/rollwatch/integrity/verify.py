@@ -30,9 +30,10 @@ import anyio
 
 from rollwatch.abc import EventStore
 from rollwatch.errors import IntegrityError, InvalidNote, UsageError
-from rollwatch.events import GENESIS, CheckpointSigned, Recorded, chain_hash
+from rollwatch.events import GENESIS, CheckpointKeyRotated, CheckpointSigned, Recorded, chain_hash
 from rollwatch.integrity.checkpoint import NoteVerifier, b64, unb64
 from rollwatch.integrity.merkle import EMPTY_ROOT, CompactRange, leaf_hash, verify_consistency
+from rollwatch.integrity.rotation import KeyRing
 from rollwatch.integrity.tree import MerkleTree
 from rollwatch.log import get_logger
 
@@ -73,10 +74,15 @@ class KeptCheckpoint:
     note: str
 
 
-def _kept_claim(kept: KeptCheckpoint, verifier: NoteVerifier | None) -> _Claim:
-    """The size and root a kept note signs; an unreadable or wrongly signed one is tampering."""
+def _kept_claim(kept: KeptCheckpoint, ring: KeyRing) -> _Claim:
+    """The size and root a kept note signs; an unreadable or wrongly signed one is tampering.
+
+    It may be signed by any key of the log's chain (one kept before a rotation is
+    signed by the key of its day).
+    """
     from rollwatch.integrity.checkpoint import Checkpoint, split_note
 
+    verifier = ring.signer_of(kept.note) or ring.current
     try:
         cp = (
             verifier.open_checkpoint(kept.note)
@@ -124,15 +130,26 @@ async def check_log_tree(
     hash to another root (a fork, a rewrite), fails. ``pace`` is awaited after each
     page (the scrub yields the cores there).
     """
-    verifier = NoteVerifier.from_vkey(vkey) if vkey else None
+    start = NoteVerifier.from_vkey(vkey) if vkey else None
     claims: list[_Claim] = []
     signatures = 0
-    async for page in store.read_batches(types=[CheckpointSigned.TYPE], batch=1000):
-        for ev in page:
-            claim, signed = _claim(ev.seq, ev.data, verifier)
+    found: list[Recorded] = []
+    async for page in store.read_batches(
+        types=[CheckpointSigned.TYPE, CheckpointKeyRotated.TYPE], batch=1000
+    ):
+        found.extend(page)
+    # Which key signs at each point: the chain of rotations, which must lead to the
+    # key at hand (each link is signed by both its keys; see rotation.py).
+    ring = KeyRing.from_events((ev for ev in found if ev.type == CheckpointKeyRotated.TYPE), start)
+    if vkey:
+        ring.check_holds(vkey)
+    for ev in found:
+        if ev.type == CheckpointSigned.TYPE:
+            claim, signed = _claim(ev.seq, ev.data, ring.at(ev.seq))
             claims.append(claim)
             signatures += signed
-    outside = [_kept_claim(k, verifier) for k in kept]
+    del found
+    outside = [_kept_claim(k, ring) for k in kept]
     by_size: dict[int, list[_Claim]] = {}
     for c in [*claims, *outside]:
         by_size.setdefault(c.size, []).append(c)
@@ -294,9 +311,9 @@ async def verify_state(
     integrity = await resolve_origin(
         integrity, integrity.state_dir(store_config), store, create=False, store_url=store_config.url
     )
-    from rollwatch.integrity.keys import existing_signer
+    from rollwatch.integrity.rotation import key_at_hand
 
-    signer = await anyio.to_thread.run_sync(existing_signer, integrity.key_path(store_config), integrity.name)
+    signer = await key_at_hand(store, integrity.key_path(store_config), integrity.name)
     vkey = signer.vkey if signer is not None else None
     path = integrity.tree_path(store_config)
     foreign = await foreign_tree(store, path)

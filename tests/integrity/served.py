@@ -1,0 +1,89 @@
+"""A real ``rollwatch serve`` over a log of appended events, for the attacks of this folder."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+EVENTS = 40
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _poll(pred: Callable[[], object], timeout: float, what: str) -> object:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = pred()
+        if got:
+            return got
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+@dataclass
+class Site:
+    """A served log's files and address."""
+
+    dir: Path
+    config: Path
+    url: str
+
+    @property
+    def db(self) -> Path:
+        return self.dir / "events.db"
+
+    def checkpoints(self) -> list[tuple[int, int]]:
+        """(seq, size) of every CheckpointSigned event in the log."""
+        con = sqlite3.connect(self.db)
+        try:
+            rows = con.execute("SELECT seq, data FROM events WHERE type = 'CheckpointSigned' ORDER BY seq")
+            return [(seq, json.loads(data)["size"]) for seq, data in rows]
+        finally:
+            con.close()
+
+    def head(self) -> int:
+        con = sqlite3.connect(self.db)
+        try:
+            return int(con.execute("SELECT MAX(seq) FROM events").fetchone()[0] or 0)
+        finally:
+            con.close()
+
+    def serve(self) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "rollwatch", "--config", str(self.config), "serve", "--grace", "2"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    def healthz(self) -> httpx.Response | None:
+        try:
+            return httpx.get(self.url + "/healthz", timeout=2)
+        except httpx.HTTPError:
+            return None
+
+
+def _stop(proc: subprocess.Popen[str]) -> str:
+    """SIGTERM, wait, and return its stderr."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        _, err = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, err = proc.communicate()
+    return err
