@@ -33,3 +33,17 @@ def rollwatch(
         env=full_env,
         input=input,
     )
+
+
+def make_log(path: Path) -> Path:
+    """Create an empty SQLite event log at ``path`` (commands that only read a log refuse a missing one)."""
+    import anyio
+
+    from rollwatch.store.sqlite import SQLiteEventStore
+
+    async def create() -> None:
+        async with SQLiteEventStore(path):
+            pass
+
+    anyio.run(create)
+    return path

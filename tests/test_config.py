@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from rollwatch.config import load_config, parse_duration
-from tests.helpers import rollwatch
+from tests.helpers import make_log, rollwatch
 
 BASE = """
 [[problem_sets]]
@@ -147,6 +147,7 @@ def test_logs_are_json_lines_off_a_terminal(tmp_path: Path) -> None:
     """Off a terminal every log line is one JSON object with an event name and level."""
     cfg = tmp_path / "ok.toml"
     cfg.write_text(f'[store]\nurl = "sqlite:{tmp_path}/e.db"\n')
+    make_log(tmp_path / "e.db")
     res = rollwatch("--config", str(cfg), "--log-level", "debug", "rebuild")
     assert res.returncode == 0, res.stderr
     lines = [ln for ln in res.stderr.splitlines() if ln.strip()]

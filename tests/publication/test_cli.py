@@ -12,7 +12,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from tests.helpers import rollwatch
+from tests.helpers import make_log, rollwatch
 from tests.publication.helpers import bearer, serving
 
 pytestmark = pytest.mark.anyio
@@ -88,6 +88,7 @@ class TestSubscribersCommand:
     )
     def test_bad_usage_exits_2(self, tmp_path: Path, args: list[str], message: str) -> None:
         """Bad scopes, past expiry, bad names and unknown subscribers exit 2 with a clear message."""
+        make_log(tmp_path / "events.db")
         p = rollwatch("--config", str(config_file(tmp_path)), "subscribers", *args)
         assert p.returncode == 2, (p.stdout, p.stderr)
         assert message in p.stderr
@@ -106,6 +107,7 @@ class TestExportCommand:
     def test_export_writes_the_four_files(self, tmp_path: Path) -> None:
         """``publish export DIR`` writes index.html, feed.json, feed.atom and results.jsonl."""
         out = tmp_path / "site"
+        make_log(tmp_path / "events.db")
         p = rollwatch(
             "--config",
             str(config_file(tmp_path)),
