@@ -322,30 +322,6 @@ class ScheduleConfig(_Strict):
 _KEY_NAME = re.compile(r"[^\s+]+")
 
 
-class WitnessConfig(_Strict):
-    """One ``[[integrity.witnesses]]``: a C2SP tlog-witness the log submits its checkpoints to."""
-
-    url: str
-    """The witness's submission prefix (``POST <url>/add-checkpoint``)."""
-    key: str
-    """The witness's public key as a vkey (signature type 0x04, cosignature/v1)."""
-
-    @field_validator("url")
-    @classmethod
-    def _url(cls, v: str) -> str:
-        if not v.startswith(("http://", "https://")):
-            raise ValueError(f"{v!r}: a witness URL starts with http:// or https://")
-        return v
-
-    @field_validator("key")
-    @classmethod
-    def _key(cls, v: str) -> str:
-        from rollwatch.integrity.cosignature import CosignatureVerifier
-
-        CosignatureVerifier.from_vkey(v)
-        return v
-
-
 class IntegrityConfig(_Strict):
     """``[integrity]``: how often checkpoints are signed, under which name and key.
 
@@ -377,10 +353,6 @@ class IntegrityConfig(_Strict):
     """Sign a checkpoint once this many events were appended since the last one."""
     checkpoint_interval: Duration = Field(default=600.0, ge=1.0)
     """Sign a checkpoint at least this often when anything was appended."""
-    witnesses: list[WitnessConfig] = Field(default_factory=list)
-    """Witnesses each new checkpoint is submitted to (``rollwatch witness serve`` or any C2SP one)."""
-    witness_quorum: int | None = Field(default=None, ge=0)
-    """How many cosignatures make a checkpoint witnessed (default: every witness)."""
     scrub_interval: Duration = Field(default=300.0, ge=0.1)
     """Start a full re-read of the log (chain, tree leaves, checkpoints) this often; a pass
     over 10⁶ events takes 15-25 s (paced to half a core, at nice 19, in a process of its own)."""
@@ -416,23 +388,6 @@ class IntegrityConfig(_Strict):
     def key_path(self, store: StoreConfig) -> Path:
         """Where the signing key is kept."""
         return Path(self.key_file) if self.key_file else self.state_dir(store) / "checkpoint.key"
-
-    @model_validator(mode="after")
-    def _quorum(self) -> IntegrityConfig:
-        if self.witness_quorum is not None and self.witness_quorum > len(self.witnesses):
-            raise ValueError(
-                f"witness_quorum = {self.witness_quorum} but only {len(self.witnesses)} witnesses are configured"
-            )
-        return self
-
-    @property
-    def quorum(self) -> int:
-        """``witness_quorum``, or every configured witness."""
-        return len(self.witnesses) if self.witness_quorum is None else self.witness_quorum
-
-    def witnessed_path(self, store: StoreConfig) -> Path:
-        """Where the witnesses' cosignatures on the latest checkpoints are kept."""
-        return self.state_dir(store) / "checkpoint.witnessed"
 
     def witness_path(self, store: StoreConfig) -> Path:
         """Where the last signed checkpoint is remembered apart from the log."""

@@ -419,7 +419,6 @@ class Daemon:
                     [*self.extra_routes(integrity), *integrity.routes()],
                     operators=operators,
                     health=integrity.health,
-                    health_info=integrity.health_info,
                 ),
                 host,
                 port,

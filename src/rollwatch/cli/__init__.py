@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import click
 
-from rollwatch.cli import daemon, events, integrity, problems, publish, report, schedules, store, witness
+from rollwatch.cli import daemon, events, integrity, problems, publish, report, schedules, store
 from rollwatch.cli._common import Context, run_command
 
 __all__ = ["cli", "main"]
@@ -38,7 +38,6 @@ for command in (
     problems.problems,
     integrity.audit,
     integrity.key,
-    witness.witness,
     publish.subscribers,
     publish.publish,
     report.report_cmd,

@@ -26,33 +26,9 @@ from rollwatch.errors import AuditFailure, UsageError
 @click.option(
     "--timeout", "http_timeout", type=float, default=30.0, show_default=True, help="seconds per request"
 )
-@click.option(
-    "--witness",
-    "witnesses",
-    multiple=True,
-    help="a witness's key (vkey, type 0x04) whose cosignature the checkpoint must carry; repeat for more",
-)
-@click.option(
-    "--quorum", type=click.IntRange(0), default=None, help="cosignatures needed (default: every --witness)"
-)
-@click.option(
-    "--max-age",
-    type=float,
-    default=86400.0,
-    show_default=True,
-    help="seconds: an older cosignature does not count (a frozen log gets no new ones)",
-)
 @common
 def audit(
-    ctx: Context,
-    url: str,
-    keep: Path | None,
-    item: str | None,
-    key: str | None,
-    http_timeout: float,
-    witnesses: tuple[str, ...],
-    quorum: int | None,
-    max_age: float,
+    ctx: Context, url: str, keep: Path | None, item: str | None, key: str | None, http_timeout: float
 ) -> None:
     """Check the signed checkpoint, its consistency with the kept one, and an item's inclusion; exit 1 on failure."""
     from urllib.parse import urlsplit
@@ -65,18 +41,9 @@ def audit(
 
     async def main() -> int:
         try:
-            report = await run_audit(
-                url,
-                keep=keep,
-                item=item,
-                key=key,
-                http_timeout=http_timeout,
-                witnesses=witnesses,
-                quorum=quorum,
-                max_age=max_age,
-            )
+            report = await run_audit(url, keep=keep, item=item, key=key, http_timeout=http_timeout)
         except ValueError as e:
-            raise UsageError(str(e)) from None
+            raise UsageError(f"--key: {e}") from None
         except AuditFailure as e:
             click.echo(f"FAILED {e.check}: {e.message}", err=True)
             return 1

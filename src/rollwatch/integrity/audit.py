@@ -10,10 +10,7 @@ An auditor has no access to the log, only to the public routes. Each run:
    rotations (``/public/key/rotations``), each signed by the key before it, leads from
    the pinned key to the served one, and each of those rotations is an event in the
    signed tree (an inclusion proof against the new checkpoint).
-2. **checkpoint**: ``/public/checkpoint`` must carry a valid signature by that key
-   (and, with ``--witness``, valid cosignatures of a quorum of those witnesses, none
-   older than ``--max-age``: a log frozen or shown differently to different people
-   cannot get fresh ones).
+2. **checkpoint**: ``/public/checkpoint`` must carry a valid signature by that key.
 3. **consistency**: with a checkpoint kept from an earlier run (size M, root R),
    the new one (size N, root R') must extend it: N ≥ M, and an RFC 9162 consistency
    proof from ``/public/proof/consistency?from=M&to=N`` links R to R'. A log rewritten
@@ -39,8 +36,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
-from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,7 +45,6 @@ import httpx
 
 from rollwatch.errors import AuditFailure, InvalidNote, InvalidProof
 from rollwatch.integrity.checkpoint import Checkpoint, NoteVerifier, b64, unb64
-from rollwatch.integrity.cosignature import CosignatureVerifier
 from rollwatch.integrity.merkle import (
     leaf_hash,
     root_from_inclusion,
@@ -145,22 +139,12 @@ async def audit(
     key: str | None = None,
     client: httpx.AsyncClient | None = None,
     http_timeout: float = 30.0,
-    witnesses: Sequence[str] = (),
-    quorum: int | None = None,
-    max_age: float = 86400.0,
 ) -> AuditReport:
     """Run every check against the service at ``url``; raise :class:`AuditFailure` at the first that fails.
 
     ``key`` pins the verifier key (a ``vkey`` string; ValueError if malformed).
-    ``witnesses`` (vkeys, type 0x04): the served checkpoint must carry valid
-    cosignatures of at least ``quorum`` of them (default: all), none older than
-    ``max_age`` seconds.
     """
     pinned = NoteVerifier.from_vkey(key) if key is not None else None
-    cosigners = [CosignatureVerifier.from_vkey(w) for w in witnesses]
-    need = len(cosigners) if quorum is None else quorum
-    if need > len(cosigners):
-        raise ValueError(f"a quorum of {need} needs at least {need} witness keys; {len(cosigners)} given")
     kept = _load_keep(keep) if keep is not None else None
     ctx = (
         httpx.AsyncClient(timeout=http_timeout, follow_redirects=True)
@@ -213,8 +197,6 @@ async def audit(
         except InvalidNote as e:
             raise AuditFailure("checkpoint", f"/public/checkpoint: {e}") from None
         lines.append(f"checkpoint: {cp.origin} size {cp.size} root {b64(cp.root)}: signature ok")
-        if cosigners:
-            lines.append(_check_witnessed(note, cosigners, need, max_age))
         for link in links:
             await _check_rotation_logged(http, link, cp)
 
@@ -252,37 +234,6 @@ async def audit(
         _save_keep(keep, verifier.vkey, note, remembered)
         lines.append(f"kept: checkpoint of size {cp.size} in {keep}")
     return AuditReport(checkpoint=cp, key=verifier.vkey, lines=lines)
-
-
-def _check_witnessed(note: str, cosigners: list[CosignatureVerifier], need: int, max_age: float) -> str:
-    """The checkpoint carries valid, recent cosignatures of at least ``need`` witnesses."""
-    now = time.time()
-    good: list[tuple[str, int]] = []
-    stale: list[str] = []
-    for w in cosigners:
-        try:
-            ts = w.timestamp(note)
-        except InvalidNote as e:
-            raise AuditFailure("witness", f"/public/checkpoint: {e}") from None
-        if ts is None:
-            continue
-        if ts > now + 300:
-            raise AuditFailure(
-                "witness", f"the cosignature by {w.name} is dated {int(ts - now)} s in the future"
-            )
-        if now - ts > max_age:
-            stale.append(f"{w.name} ({int(now - ts)} s ago)")
-            continue
-        good.append((w.name, ts))
-    if len(good) < need:
-        said = f"; too old: {', '.join(stale)}" if stale else ""
-        raise AuditFailure(
-            "witness",
-            f"the checkpoint carries {len(good)} valid cosignatures newer than {int(max_age)} s, of {need} needed "
-            f"(witnesses: {', '.join(w.name for w in cosigners)}){said}: not witnessed, or the log is frozen",
-        )
-    newest = max(ts for _, ts in good) if good else now
-    return f"witnesses: {len(good)} of {len(cosigners)} cosigned (quorum {need}, newest {int(now - newest)} s ago): ok"
 
 
 async def _follow_rotations(

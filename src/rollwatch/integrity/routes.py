@@ -19,7 +19,7 @@ hashes only: nothing of an event under embargo can be read from them.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 from starlette.requests import Request
@@ -39,25 +39,17 @@ _MAX_INT = (1 << 62) - 1
 
 
 def integrity_routes(
-    tree: MerkleTree,
-    vkey: str | Callable[[], str],
-    store: EventStore | None = None,
-    *,
-    served_note: Callable[[], Awaitable[str | None]] | None = None,
+    tree: MerkleTree, vkey: str | Callable[[], str], store: EventStore | None = None
 ) -> list[Route]:
     """The public routes, serving ``tree``, the verifier key ``vkey`` (the key in force
     when a callable: it changes at a rotation) and the key rotations ``store`` holds."""
     current_key = vkey if callable(vkey) else (lambda: vkey)
 
     async def checkpoint(_: Request) -> Response:
-        if served_note is not None:
-            note = await served_note()
-        else:
-            latest = await tree.latest_checkpoint()
-            note = latest.note if latest is not None else None
-        if note is None:
+        latest = await tree.latest_checkpoint()
+        if latest is None:
             raise NotFound("no checkpoint has been signed yet", _NO_STORE)
-        return PlainTextResponse(note, headers=_NO_STORE)
+        return PlainTextResponse(latest.note, headers=_NO_STORE)
 
     async def key(_: Request) -> Response:
         return PlainTextResponse(current_key() + "\n", headers=_NO_STORE)

@@ -22,7 +22,6 @@ from rollwatch.config import IntegrityConfig
 from rollwatch.errors import IntegrityError, StoreError
 from rollwatch.integrity.checkpoint import Checkpoint, NoteSigner
 from rollwatch.integrity.checkpointer import checkpointer, final_checkpoint
-from rollwatch.integrity.cosignature import CosignatureVerifier
 from rollwatch.integrity.health import Health
 from rollwatch.integrity.identity import ORIGIN_FILE, resolve_origin, set_aside_foreign_state
 from rollwatch.integrity.keys import load_signer
@@ -30,7 +29,6 @@ from rollwatch.integrity.rotation import finish_rotation
 from rollwatch.integrity.routes import integrity_routes
 from rollwatch.integrity.scrub import ScrubTarget, scrub_forever, scrub_pass
 from rollwatch.integrity.tree import MerkleTree
-from rollwatch.integrity.witness import WitnessEndpoint, Witnessing
 from rollwatch.log import get_logger
 
 if TYPE_CHECKING:
@@ -65,34 +63,10 @@ class Integrity:
         self.tree = tree
         self.signer = signer
         self.witness = witness
-        self.witnessing = _witnessing(config, self.store_config, tree)
-        """Submits checkpoints to the configured witnesses (None when there are none)."""
 
     def routes(self) -> list[Route]:
         """``/public/checkpoint``, ``/public/key``, ``/public/key/rotations`` and ``/public/proof/*``."""
-        return integrity_routes(self.tree, lambda: self.signer.vkey, self.store, served_note=self.served_note)
-
-    async def served_note(self) -> str | None:
-        """``/public/checkpoint``: the newest witnessed checkpoint with its cosignatures, when
-        witnesses are configured; else the newest checkpoint."""
-        latest = await self.tree.latest_checkpoint()
-        note = latest.note if latest is not None else None
-        if self.witnessing is None:
-            return note
-        return self.witnessing.served_note(note)
-
-    def health_info(self) -> dict[str, object]:
-        """What ``/healthz`` adds about the witnesses."""
-        return {} if self.witnessing is None else {"witnesses": self.witnessing.health()}
-
-    async def _latest_signed(self) -> tuple[str, Checkpoint] | None:
-        from rollwatch.integrity.checkpoint import Checkpoint as Cp
-        from rollwatch.integrity.checkpoint import split_note
-
-        latest = await self.tree.latest_checkpoint()
-        if latest is None or not self.health.ok:
-            return None
-        return latest.note, Cp.parse(split_note(latest.note)[0])
+        return integrity_routes(self.tree, lambda: self.signer.vkey, self.store)
 
     async def reload_signer(self) -> NoteSigner | None:
         """The key at hand now (after ``rollwatch key rotate``), which the routes then serve."""
@@ -127,8 +101,6 @@ class Integrity:
                 started = True
                 task_status.started()
                 tg.start_soon(scrub)
-                if self.witnessing is not None:
-                    tg.start_soon(witness)
 
         class _Started:
             def started(self, value: object = None) -> None:
@@ -150,13 +122,6 @@ class Integrity:
                 await self.tree.follow_in_worker(self.store, task_status=task_status)
             except Exception as e:
                 await fail_with(e, "Merkle tree follower")
-
-        async def witness() -> None:
-            assert self.witnessing is not None
-            try:
-                await self.witnessing.run(self._latest_signed)
-            except Exception as e:  # never the log's failure: witnesses only delay the quorum
-                log.error("witnessing_failed", error=f"{type(e).__name__}: {e}")
 
         async def scrub() -> None:
             try:
@@ -259,13 +224,6 @@ class Integrity:
         )
 
 
-def _witnessing(config: IntegrityConfig, store_config: StoreConfig, tree: MerkleTree) -> Witnessing | None:
-    if not config.witnesses:
-        return None
-    endpoints = [WitnessEndpoint(w.url, CosignatureVerifier.from_vkey(w.key)) for w in config.witnesses]
-    return Witnessing(endpoints, config.quorum, config.witnessed_path(store_config), tree.consistency_proof)
-
-
 @asynccontextmanager
 async def open_integrity(
     config: IntegrityConfig, store_config: StoreConfig, store: EventStore, node: str = ""
@@ -274,11 +232,7 @@ async def open_integrity(
     await set_aside_foreign_state(
         store,
         config.tree_path(store_config),
-        [
-            config.witness_path(store_config),
-            config.witnessed_path(store_config),
-            config.state_dir(store_config) / ORIGIN_FILE,
-        ],
+        [config.witness_path(store_config), config.state_dir(store_config) / ORIGIN_FILE],
     )
     config = await resolve_origin(config, config.state_dir(store_config), store, store_url=store_config.url)
     key_file = config.key_path(store_config)

@@ -7,7 +7,6 @@ every error answer the body of :mod:`rollwatch.web.errors`.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
@@ -66,31 +65,19 @@ def build_app(
     *,
     operators: Operators | None = None,
     health: Health | None = None,
-    health_info: Callable[[], dict[str, Any]] | None = None,
 ) -> ASGIApp:
     """The app with /healthz and /metrics, plus any routes the daemon adds.
 
     ``/metrics`` shows the figures that reveal results (pass counts) only to the
     operator, as ``operators`` decides (default: loopback peers, no ``ops`` keys).
     ``health``: /healthz answers 503 with its reasons once it is not ok.
-    ``health_info``: more for /healthz (the witnesses); a witness that refused our
-    checkpoint makes it 503 ``degraded`` with the reasons.
     """
     gate = operators or Operators()
 
     async def healthz(_: Request) -> Response:
-        info = health_info() if health_info is not None else {}
         if health is not None and not health.ok:
-            return JSONResponse({**health.as_json(), **info}, status_code=503)
-        refusals = (
-            info.get("witnesses", {}).get("refusals") if isinstance(info.get("witnesses"), dict) else None
-        )
-        if refusals:
-            reasons = [
-                f"witness {name} refused our checkpoint: {why}" for name, why in sorted(refusals.items())
-            ]
-            return JSONResponse({"status": "degraded", "reasons": reasons, **info}, status_code=503)
-        return JSONResponse({"status": "ok", **info})
+            return JSONResponse(health.as_json(), status_code=503)
+        return JSONResponse({"status": "ok"})
 
     async def metrics_route(request: Request) -> Response:
         text = metrics.render(results=await gate.allows(request))
