@@ -416,7 +416,7 @@ class Daemon:
             http = self.http = HTTPServer(
                 build_app(
                     self.metrics,
-                    [*self.extra_routes(integrity), *integrity.routes()],
+                    [*self.extra_routes(integrity), *integrity.routes(operators)],
                     operators=operators,
                     health=integrity.health,
                 ),

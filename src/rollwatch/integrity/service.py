@@ -25,13 +25,14 @@ from rollwatch.integrity.checkpointer import checkpointer, final_checkpoint
 from rollwatch.integrity.health import Health
 from rollwatch.integrity.identity import ORIGIN_FILE, resolve_origin, set_aside_foreign_state
 from rollwatch.integrity.keys import load_signer
-from rollwatch.integrity.routes import integrity_routes
+from rollwatch.integrity.routes import integrity_routes, tlog_routes
 from rollwatch.integrity.scrub import ScrubTarget, scrub_forever, scrub_pass
 from rollwatch.integrity.tree import MerkleTree
 from rollwatch.log import get_logger
 
 if TYPE_CHECKING:
     from rollwatch.config import StoreConfig
+    from rollwatch.web.access import Operators
 
 log = get_logger(__name__)
 
@@ -63,9 +64,13 @@ class Integrity:
         self.signer = signer
         self.witness = witness
 
-    def routes(self) -> list[Route]:
-        """``/public/checkpoint``, ``/public/key`` and ``/public/proof/*``."""
-        return integrity_routes(self.tree, self.signer.vkey)
+    def routes(self, operators: Operators | None = None) -> list[Route]:
+        """``/public/checkpoint``, ``/public/key``, ``/public/proof/*``, and the tlog-tiles routes
+        (``/checkpoint``, ``/tile/...``; entry bundles for the operator, as ``operators`` decides)."""
+        return [
+            *integrity_routes(self.tree, self.signer.vkey),
+            *tlog_routes(self.tree, self.store, operators),
+        ]
 
     async def run(
         self, stop: anyio.Event, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED

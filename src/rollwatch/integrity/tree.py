@@ -732,6 +732,26 @@ class MerkleTree:
 
         return await self._read(get)  # type: ignore[no-any-return]
 
+    async def node_hashes(self, level: int, start: int, end: int, *, size: int | None = None) -> list[bytes]:
+        """The hashes of the perfect subtrees ``(level, i)`` for ``start <= i < end`` (tiles are made of these).
+
+        Every one must be complete in the tree of ``size`` (default: the stored size),
+        else :class:`InvalidProof` says which size would hold them.
+        """
+
+        def get(db: sqlite3.Connection, stored: int) -> list[bytes]:
+            n = stored if size is None else size
+            self._check(n, stored)
+            need = end << level
+            if start < 0 or end < start or need > n:
+                raise InvalidProof(
+                    f"nodes {start}..{end - 1} at level {level} need a tree of {need} events; it has {n}"
+                )
+            nodes = _get_nodes(db, [(level, i) for i in range(start, end)])
+            return [nodes[(level, i)] for i in range(start, end)]
+
+        return await self._read(get)  # type: ignore[no-any-return]
+
     async def latest_checkpoint(self) -> StoredCheckpoint | None:
         """The last ``CheckpointSigned`` event the tree has absorbed."""
         rows = await self._conn(reader=True).fetchall(

@@ -85,8 +85,11 @@ def json_feed(
     for r in view.recent:
         meta = r.to_json()
         meta.pop("answer")
-        if extra is not None and r.rollout_id in extra:
-            meta.update(extra[r.rollout_id])
+        if extra is not None:
+            # The item's proof bundle: every event of its claim against one checkpoint.
+            meta["proof_url"] = item_url(base_url, r.rollout_id)
+            if r.rollout_id in extra:
+                meta.update(extra[r.rollout_id])
         items.append(
             {
                 "id": item_id(r.rollout_id),
