@@ -410,6 +410,7 @@ class Daemon:
             integrity = await stack.enter_async_context(
                 open_integrity(self.config.integrity, self.config.store, svc.store, self.config.node)
             )
+            self.metrics.witnessed = integrity.witnessed if integrity.witnessing is not None else None
             operators = Operators(
                 self.config.server.trusted_peers, SubscriberDirectory(svc.store, svc.projections)
             )

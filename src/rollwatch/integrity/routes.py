@@ -24,6 +24,7 @@ hashes only: nothing of an event under embargo can be read from them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from starlette.requests import Request
@@ -52,14 +53,20 @@ _NO_STORE = {"Cache-Control": "no-cache"}
 _MAX_INT = (1 << 62) - 1
 
 
-def integrity_routes(tree: MerkleTree, vkey: str) -> list[Route]:
-    """The four public routes, serving ``tree`` and the verifier key ``vkey``."""
+def integrity_routes(
+    tree: MerkleTree, vkey: str, cosigned: Callable[[str], str] | None = None
+) -> list[Route]:
+    """The four public routes, serving ``tree`` and the verifier key ``vkey``.
+
+    ``cosigned`` adds the witnesses' cosignatures to the latest checkpoint's note.
+    """
 
     async def checkpoint(_: Request) -> Response:
         latest = await tree.latest_checkpoint()
         if latest is None:
             raise NotFound("no checkpoint has been signed yet", _NO_STORE)
-        return PlainTextResponse(latest.note, headers=_NO_STORE)
+        note = cosigned(latest.note) if cosigned is not None else latest.note
+        return PlainTextResponse(note, headers=_NO_STORE)
 
     async def key(_: Request) -> Response:
         return PlainTextResponse(vkey + "\n")
@@ -106,11 +113,16 @@ def integrity_routes(tree: MerkleTree, vkey: str) -> list[Route]:
     ]
 
 
-def tlog_routes(tree: MerkleTree, store: EventStore, operators: Operators | None = None) -> list[Route]:
+def tlog_routes(
+    tree: MerkleTree,
+    store: EventStore,
+    operators: Operators | None = None,
+    cosigned: Callable[[str], str] | None = None,
+) -> list[Route]:
     """``/checkpoint``, ``/tile/...`` and ``/tile/entries/...`` (C2SP tlog-tiles) over ``tree``.
 
     Entry bundles go only to the operator, as ``operators`` decides (default:
-    loopback peers).
+    loopback peers); ``cosigned`` adds the witnesses' cosignatures to the checkpoint.
     """
     gate = operators or Operators()
 
@@ -118,7 +130,8 @@ def tlog_routes(tree: MerkleTree, store: EventStore, operators: Operators | None
         latest = await tree.latest_checkpoint()
         if latest is None:
             raise NotFound("no checkpoint has been signed yet", _NO_STORE)
-        return PlainTextResponse(latest.note, headers=_NO_STORE)
+        note = cosigned(latest.note) if cosigned is not None else latest.note
+        return PlainTextResponse(note, headers=_NO_STORE)
 
     async def tile(request: Request) -> Response:
         try:
