@@ -74,6 +74,7 @@ class Integrity:
                 config.witness_quorum,
                 config.witness_timeout,
                 witness.parent,
+                refresh=config.checkpoint_interval,
             )
             self.health.witness = self.witnessing.status
 

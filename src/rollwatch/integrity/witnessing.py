@@ -86,6 +86,9 @@ class Witnessing:
     quorum: int
     timeout: float = 10.0
     cosigned_file: Path | None = None
+    refresh: float = 600.0
+    """Resubmit the latest checkpoint this often even when no new one was signed: a quiet log
+    then still gets fresh cosignatures, so an old cosignature means a frozen log (or witness)."""
     latest: StoredCheckpoint | None = None
     witnessed_size: int = 0
     witnessed_at: float | None = None
@@ -94,7 +97,13 @@ class Witnessing:
 
     @classmethod
     def from_config(
-        cls, tree: MerkleTree, witnesses: list[tuple[str, str]], quorum: int, timeout: float, state_dir: Path
+        cls,
+        tree: MerkleTree,
+        witnesses: list[tuple[str, str]],
+        quorum: int,
+        timeout: float,
+        state_dir: Path,
+        refresh: float = 600.0,
     ) -> Witnessing:
         """From ``[(url, vkey), ...]`` (validated by the configuration)."""
         return cls(
@@ -103,6 +112,7 @@ class Witnessing:
             quorum,
             timeout,
             state_dir / COSIGNED_FILE,
+            refresh,
         )
 
     # -- what others read ------------------------------------------------------------------------
@@ -150,11 +160,12 @@ class Witnessing:
                     for w in self.witnesses:
                         w.retry_at, w.backoff = 0.0, 1.0
                 if self.latest is not None:
+                    stale = time.time() - self.refresh
                     due = [
                         w
                         for w in self.witnesses
                         if w.refused is None
-                        and w.cosigned_size != self.latest.size
+                        and (w.cosigned_size != self.latest.size or (w.cosigned_at or 0) < stale)
                         and w.retry_at <= time.monotonic()
                     ]
                     if due:
@@ -172,12 +183,19 @@ class Witnessing:
         cp = self.latest
         if cp is None:
             return
-        times = sorted(w.cosigned_at or 0 for w in self.witnesses if w.cosigned_size == cp.size and w.line)
-        if len(times) >= self.quorum and cp.size > self.witnessed_size:
-            self.witnessed_size = cp.size
-            self.witnessed_at = float(times[self.quorum - 1]) if self.quorum else time.time()
+        times = sorted(
+            (w.cosigned_at or 0 for w in self.witnesses if w.cosigned_size == cp.size and w.line),
+            reverse=True,
+        )
+        if len(times) < self.quorum or cp.size < self.witnessed_size:
+            return
+        # Witnessed as of the quorum-th freshest cosignature (refreshes move it on).
+        at = float(times[self.quorum - 1]) if self.quorum else time.time()
+        if cp.size > self.witnessed_size:
             log.info("checkpoint_witnessed", size=cp.size, cosignatures=len(times), quorum=self.quorum)
-            self._write_cosigned()
+        self.witnessed_size = cp.size
+        self.witnessed_at = at
+        self._write_cosigned()
 
     def _write_cosigned(self) -> None:
         if self.cosigned_file is None or self.latest is None:
@@ -288,3 +306,33 @@ def cosignature_times(note: str, verifiers: list[CosignatureVerifier]) -> dict[s
 def checkpoint_of(note: str) -> Checkpoint:
     """The (unverified) checkpoint body of ``note``."""
     return Checkpoint.parse(split_note(note)[0])
+
+
+def check_witnessed(
+    note: str, verifiers: list[CosignatureVerifier], quorum: int, max_age: float, now: float | None = None
+) -> list[str]:
+    """Check ``note`` carries ``quorum`` valid cosignatures by ``verifiers``, none older than
+    ``max_age`` seconds nor in the future (a minute of clock skew allowed); return one line per
+    cosignature, or raise ValueError saying what is missing."""
+    t_now = time.time() if now is None else now
+    try:
+        times = cosignature_times(note, verifiers)
+    except InvalidNote as e:
+        raise ValueError(str(e)) from None
+    lines, fresh = [], 0
+    for name, t in sorted(times.items()):
+        age = t_now - t
+        if age < -60:
+            raise ValueError(f"the cosignature by {name} is dated {-age:.0f} s in the future")
+        if age > max_age:
+            lines.append(f"cosignature by {name}: {age:.0f} s old, older than the {max_age:.0f} s allowed")
+        else:
+            fresh += 1
+            lines.append(f"cosignature by {name}: {age:.0f} s old: ok")
+    if fresh < quorum:
+        missing = sorted({v.name for v in verifiers} - times.keys())
+        raise ValueError(
+            f"{fresh} fresh cosignatures, {quorum} needed; "
+            + "; ".join([*lines, *(f"no cosignature by {m}" for m in missing)])
+        )
+    return lines
