@@ -84,6 +84,16 @@ def witness_serve(tmp: Path, name: str, log_vkey: str, port: int = 0) -> Iterato
             proc.stdout.close()
 
 
+async def audit_cmd(*args: str) -> tuple[int, str, str]:
+    """``python -m rollwatch audit ARGS``, in a worker thread (the server keeps serving)."""
+    p = await anyio.to_thread.run_sync(
+        lambda: subprocess.run(
+            [sys.executable, "-m", "rollwatch", "audit", *args], capture_output=True, text=True, timeout=60
+        )
+    )
+    return p.returncode, p.stdout, p.stderr
+
+
 def log_key(path: Path) -> NoteSigner:
     """A checkpoint key written where the log's config points (so a second log can share it: a fork)."""
     if not path.exists():
@@ -112,6 +122,10 @@ class Site:
         cp = await self.integrity.final_checkpoint()
         assert cp is not None
         return cp.size
+
+    @property
+    def url(self) -> str:
+        return str(self.client.base_url).rstrip("/")
 
     async def until(self, cond: Callable[[], bool], timeout: float = 60) -> None:
         """Wait, on the witnessing's own change events, until ``cond()`` holds."""
@@ -191,6 +205,10 @@ class TestQuorum:
                     assert (
                         f"rollwatch_witnessed_checkpoint_size {size}" in (await s.client.get("/metrics")).text
                     )
+                    both = ("--witness", w1.vkey, "--witness", w2.vkey)
+                    code, out, err = await audit_cmd("--url", s.url, "--key", signer.vkey, *both)
+                    assert code == 0, err
+                    assert "witnessed: 2 of 2 witnesses needed: ok" in out
 
                     # One witness down: the log goes on, the quorum waits.
                     w2_ctx.__exit__(None, None, None)
@@ -206,6 +224,14 @@ class TestQuorum:
                     note2 = (await s.client.get("/checkpoint")).text
                     assert CosignatureVerifier.from_vkey(w1.vkey).timestamp(note2) is not None
                     assert CosignatureVerifier.from_vkey(w2.vkey).timestamp(note2) is None
+                    code, _, err = await audit_cmd("--url", s.url, "--key", signer.vkey, *both)
+                    assert code == 1
+                    assert "FAILED witness" in err
+                    assert "no cosignature by witness.test/w2" in err
+                    code, _, err = await audit_cmd(
+                        "--url", s.url, "--key", signer.vkey, *both, "--quorum", "1"
+                    )
+                    assert code == 0, err
 
                     # Back on the same port, with its key and state: it cosigns, the quorum is reached.
                     w2_ctx = witness_serve(tmp_path, "w2", signer.vkey, port=w2.port)
@@ -305,3 +331,29 @@ class TestWitnessProtocol:
             # A cosignature over another checkpoint does not verify for this one.
             with pytest.raises(InvalidNote, match="does not verify"):
                 verifier.timestamp(first + r.text)
+
+
+class TestCosignatureAge:
+    def test_a_stale_or_future_cosignature_does_not_count(self) -> None:
+        """check_witnessed counts only cosignatures younger than the bound (and not from the future),
+        and names what is missing; a tampered cosignature fails."""
+        from rollwatch.integrity.witness import Cosigner
+        from rollwatch.integrity.witnessing import check_witnessed
+
+        signer = NoteSigner(ORIGIN, Ed25519PrivateKey.generate())
+        note = signer.sign_checkpoint(Checkpoint(ORIGIN, 2, EMPTY_ROOT))
+        text = note.split("\n\n")[0] + "\n"
+        a = Cosigner("witness.test/a", Ed25519PrivateKey.generate())
+        b = Cosigner("witness.test/b", Ed25519PrivateKey.generate())
+        now = 2_000_000_000
+        cosigned = note + a.cosign(text, now - 10) + b.cosign(text, now - 3 * 86400)
+        vs = [CosignatureVerifier.from_vkey(c.vkey) for c in (a, b)]
+        assert len(check_witnessed(cosigned, vs, 1, 86400, now=now)) == 2
+        with pytest.raises(ValueError, match=r"1 fresh cosignatures, 2 needed.*witness\.test/b: 259200 s old"):
+            check_witnessed(cosigned, vs, 2, 86400, now=now)
+        with pytest.raises(ValueError, match="in the future"):
+            check_witnessed(note + a.cosign(text, now + 3600), vs[:1], 1, 86400, now=now)
+        # Another checkpoint's cosignature moved onto this note does not verify.
+        other = signer.sign_checkpoint(Checkpoint(ORIGIN, 3, EMPTY_ROOT)).split("\n\n")[0] + "\n"
+        with pytest.raises(ValueError, match="does not verify"):
+            check_witnessed(note + a.cosign(other, now - 10), vs[:1], 1, 86400, now=now)
