@@ -205,6 +205,13 @@ class TestQuorum:
                     assert (
                         f"rollwatch_witnessed_checkpoint_size {size}" in (await s.client.get("/metrics")).text
                     )
+                    # Kept for `publish export`, which ships the cosigned note when it is its checkpoint.
+                    from rollwatch.publication.export import cosigned_note
+
+                    kept = tmp_path / "log" / "checkpoint.cosigned"
+                    plain = note.split("\u2014 witness.test/")[0]
+                    assert cosigned_note(plain, kept) == note
+                    assert cosigned_note(plain.replace(f"\n{size}\n", "\n1\n"), kept) != note
                     both = ("--witness", w1.vkey, "--witness", w2.vkey)
                     code, out, err = await audit_cmd("--url", s.url, "--key", signer.vkey, *both)
                     assert code == 0, err
@@ -349,7 +356,9 @@ class TestCosignatureAge:
         cosigned = note + a.cosign(text, now - 10) + b.cosign(text, now - 3 * 86400)
         vs = [CosignatureVerifier.from_vkey(c.vkey) for c in (a, b)]
         assert len(check_witnessed(cosigned, vs, 1, 86400, now=now)) == 2
-        with pytest.raises(ValueError, match=r"1 fresh cosignatures, 2 needed.*witness\.test/b: 259200 s old"):
+        with pytest.raises(
+            ValueError, match=r"1 fresh cosignatures, 2 needed.*witness\.test/b: 259200 s old"
+        ):
             check_witnessed(cosigned, vs, 2, 86400, now=now)
         with pytest.raises(ValueError, match="in the future"):
             check_witnessed(note + a.cosign(text, now + 3600), vs[:1], 1, 86400, now=now)

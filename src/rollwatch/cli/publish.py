@@ -250,6 +250,7 @@ def publish_export(ctx: Context, directory: Path, base_url: str | None) -> None:
                 embargo_s=config.publication.embargo,
                 tree=tree,
                 vkey=await _vkey(config, store),
+                cosigned=config.integrity.state_dir(config.store) / "checkpoint.cosigned",
             )
             proven = f", proofs against the checkpoint of size {s.tree_size}" if s.tree_size else ""
             return f"wrote {s.files} files to {s.directory} ({s.released} released results{proven})"

@@ -70,13 +70,15 @@ async def export_public(
     now: datetime | None = None,
     tree: MerkleTree | None = None,
     vkey: str | None = None,
+    cosigned: Path | None = None,
 ) -> ExportSummary:
     """Write the public release under ``out_dir``; ``base_url`` is where DIR will be served.
 
     With ``tree`` (the log's Merkle tree, caught up), ``feed.json`` items and
     ``results.jsonl`` lines carry their inclusion proofs under ``_rollwatch``, every
     result its proof bundle under ``proof``, and the export holds the checkpoint, the
-    key ``vkey`` and the hash tiles.
+    key ``vkey`` and the hash tiles. ``cosigned``: the daemon's file of the latest
+    checkpoint with its witnesses' cosignatures, shipped instead when it is that checkpoint.
     """
     if not base_url.endswith("/"):
         base_url += "/"
@@ -121,7 +123,9 @@ async def export_public(
         "index.html": feeds.html_page(view, embargo_s=embargo_s).encode(),
     }
     if checkpoint is not None:
-        pages["checkpoint"] = checkpoint.note.encode()
+        pages["checkpoint"] = (
+            cosigned_note(checkpoint.note, cosigned) if cosigned else checkpoint.note
+        ).encode()
     if vkey is not None:
         pages["key"] = (vkey + "\n").encode()
     for name, body in pages.items():
@@ -157,3 +161,12 @@ async def write_tiles(tree: MerkleTree, out_dir: Path, size: int) -> int:
 
         written += await anyio.to_thread.run_sync(put)
     return written
+
+
+def cosigned_note(note: str, path: Path) -> str:
+    """``note`` with the cosignatures kept in ``path``, when ``path`` holds that very note cosigned."""
+    try:
+        kept = path.read_text(encoding="utf-8")
+    except OSError:
+        return note
+    return kept if kept.startswith(note) else note
