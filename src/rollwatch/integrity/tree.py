@@ -710,6 +710,17 @@ class MerkleTree:
 
         return await self._read(get)  # type: ignore[no-any-return]
 
+    async def inclusion_proofs(self, indices: Sequence[int], size: int) -> list[list[bytes]]:
+        """The audit paths of several leaves in the tree of ``size``, read in one snapshot (proof bundles)."""
+
+        def get(db: sqlite3.Connection, stored: int) -> list[list[bytes]]:
+            self._check(size, stored)
+            all_ranges = [inclusion_ranges(i, size) for i in indices]
+            nodes = _get_nodes(db, set().union(*(nodes_for(r) for r in all_ranges)))
+            return [assemble(r, nodes) for r in all_ranges]
+
+        return await self._read(get)  # type: ignore[no-any-return]
+
     async def consistency_proof(self, old_size: int, new_size: int) -> list[bytes]:
         """The proof that the tree of ``old_size`` is a prefix of the tree of ``new_size``."""
 

@@ -72,14 +72,17 @@ class ProofBundles:
         current = cp.seq == self._seq
         if current and rollout_id in self._kept:
             return self._kept[rollout_id]
-        events: list[dict[str, Any]] = []
         pending: list[int] = []
+        covered = []
         async for ev in self.store.read(stream=rollout_stream(rollout_id)):
             if ev.seq > cp.size:
                 pending.append(ev.seq)
-                continue
+            else:
+                covered.append(ev)
+        paths = await self.tree.inclusion_proofs([ev.seq - 1 for ev in covered], cp.size)
+        events: list[dict[str, Any]] = []
+        for ev, path in zip(covered, paths, strict=True):
             canonical = ev.canonical()
-            path = await self.tree.inclusion_proof(ev.seq - 1, cp.size)
             events.append(
                 {
                     "seq": ev.seq,
