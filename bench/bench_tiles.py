@@ -95,6 +95,9 @@ class TileClient:
 def serve_proofs(tree_path: str) -> None:
     """The JSON proof route over ``tree_path`` on a free port (prints it), until killed."""
     from rollwatch.integrity.routes import integrity_routes
+    from rollwatch.log import configure_logging
+
+    configure_logging("warning")  # no access log on the pipe nobody reads
     from rollwatch.metrics import Metrics
     from rollwatch.web.app import build_app
     from rollwatch.web.server import HTTPServer

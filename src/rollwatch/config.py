@@ -375,6 +375,8 @@ class IntegrityConfig(_Strict):
         key_file = "/var/lib/rollwatch/checkpoint.key"   # default <state dir>/checkpoint.key
         # key_name = "..."                 # default: origin
         # tree = "var/merkle.db"           # default: merkle.db next to the projections
+        witness_quorum = 1                 # cosignatures before a checkpoint counts as witnessed
+        witnesses = [{ url = "https://witness.example.org", key = "witness.example.org/w1+1a2b3c4d+BAj..." }]
 
     The state directory is ``$STATE_DIRECTORY`` (systemd ``StateDirectory=``) or else the
     projections' folder. A systemd credential ``checkpoint-key`` takes precedence over the

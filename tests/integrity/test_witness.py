@@ -366,3 +366,27 @@ class TestCosignatureAge:
         other = signer.sign_checkpoint(Checkpoint(ORIGIN, 3, EMPTY_ROOT)).split("\n\n")[0] + "\n"
         with pytest.raises(ValueError, match="does not verify"):
             check_witnessed(note + a.cosign(other, now - 10), vs[:1], 1, 86400, now=now)
+
+
+class TestWitnessConfig:
+    def test_bad_witness_settings_name_the_key(self) -> None:
+        """A malformed witness key, a URL without scheme, or a quorum above the witnesses configured
+        is a configuration error naming the key."""
+        from rollwatch.errors import ConfigError
+        from rollwatch.integrity.witness import Cosigner
+
+        good = Cosigner("witness.test/a", Ed25519PrivateKey.generate()).vkey
+        log_vkey = NoteSigner(ORIGIN, Ed25519PrivateKey.generate()).vkey  # type 0x01: not a witness key
+        cases = [
+            ({"witnesses": [{"url": "http://w", "key": log_vkey}]}, "witnesses[0].key"),
+            ({"witnesses": [{"url": "w.example", "key": good}]}, "witnesses[0].url"),
+            ({"witnesses": [{"url": "http://w", "key": good}], "witness_quorum": 2}, "witness_quorum = 2"),
+        ]
+        for integrity, where in cases:
+            with pytest.raises(ConfigError) as e:
+                parse_config({"integrity": integrity})
+            assert where in str(e.value), str(e.value)
+        cfg = parse_config(
+            {"integrity": {"witnesses": [{"url": "http://w/", "key": good}], "witness_quorum": 1}}
+        )
+        assert cfg.integrity.witnesses[0].url == "http://w"
