@@ -24,8 +24,10 @@ rollout id itself is ``UUIDv5(6f1d7f0e-3c9b-4c1e-9a57-2b8f0d4c7a11, run_id ‖ 0
 model ‖ 0x00 ‖ problem_id ‖ 0x00 ‖ sample)`` (see :func:`rollwatch.runs.pipeline.rollout_id`),
 so the request event ties the id to what was asked.
 
-Bundles for the checkpoint of the moment are kept (up to 10,000), so the public
-routes and ``results.jsonl`` build each one once per checkpoint.
+Bundles for the checkpoint of the moment are kept (up to 2,000, about 16 MB), so
+the feed's items and popular results are built once per checkpoint; a
+``results.jsonl`` of more results than that rebuilds the rest as it streams (about
+3 ms a result).
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from rollwatch.integrity.tree import MerkleTree, StoredCheckpoint
 
 FORMAT = "rollwatch-proof/v1"
 
-_KEEP = 10_000
+_KEEP = 2_000  # about 8 KB each
 
 
 class ProofBundles:

@@ -20,7 +20,9 @@ Public routes (anyone): ``/public/`` (HTML), ``/public/feed.json`` (JSON Feed 1.
 ``/public/rollouts/{id}.json``; and ``/openapi.json``. They show released results only
 (see :mod:`rollwatch.publication.public`). With the integrity services, each item of
 ``/public/feed.json`` carries its event's leaf index and an inclusion proof against the
-latest signed checkpoint (see :mod:`rollwatch.publication.inclusion`).
+latest signed checkpoint (see :mod:`rollwatch.publication.inclusion`) and a
+``proof_url``; ``/public/rollouts/{id}.json`` and each line of ``results.jsonl`` carry
+the result's proof bundle under ``proof`` (see :mod:`rollwatch.publication.proofs`).
 
 Reads go through the projections, brought up to the log's head before each answer;
 the subscriber directory is refreshed from the log at most 0.5 s old, so a revocation
