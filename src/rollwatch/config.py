@@ -8,6 +8,7 @@ as the example in SPEC §3 (``path = "config/problems"``) reads.
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import os
 import re
@@ -322,6 +323,45 @@ class ScheduleConfig(_Strict):
 _KEY_NAME = re.compile(r"[^\s+]+")
 
 
+class WitnessConfig(_Strict):
+    """One ``[[integrity.witnesses]]`` entry: a C2SP tlog-witness and its cosignature key."""
+
+    url: str
+    """The witness's submission prefix (``POST {url}/add-checkpoint``)."""
+    key: str
+    """Its public key as a vkey: ``<name>+<hex key ID>+base64(0x04 ‖ Ed25519 key)``."""
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError(f"{v!r}: a witness URL starts with http:// or https://")
+        return v.rstrip("/")
+
+    @field_validator("key")
+    @classmethod
+    def _key(cls, v: str) -> str:
+        # The shape only (the witnessing module checks the key ID when it loads it).
+        v = v.strip()
+        name, _, rest = v.partition("+")
+        hex_id, _, key = rest.partition("+")
+        try:
+            raw = base64.b64decode(key, validate=True)
+        except ValueError:
+            raw = b""
+        if (
+            not _KEY_NAME.fullmatch(name)
+            or not re.fullmatch(r"[0-9a-f]{8}", hex_id)
+            or raw[:1] != b"\x04"
+            or len(raw) != 33
+        ):
+            raise ValueError(
+                f"{v!r} is not a witness key: expected NAME+KEYID+BASE64 of 0x04 and a 32-byte Ed25519 key "
+                "(what `rollwatch witness serve` prints)"
+            )
+        return v
+
+
 class IntegrityConfig(_Strict):
     """``[integrity]``: how often checkpoints are signed, under which name and key.
 
@@ -335,6 +375,8 @@ class IntegrityConfig(_Strict):
         key_file = "/var/lib/rollwatch/checkpoint.key"   # default <state dir>/checkpoint.key
         # key_name = "..."                 # default: origin
         # tree = "var/merkle.db"           # default: merkle.db next to the projections
+        witness_quorum = 1                 # cosignatures before a checkpoint counts as witnessed
+        witnesses = [{ url = "https://witness.example.org", key = "witness.example.org/w1+1a2b3c4d+BAj..." }]
 
     The state directory is ``$STATE_DIRECTORY`` (systemd ``StateDirectory=``) or else the
     projections' folder. A systemd credential ``checkpoint-key`` takes precedence over the
@@ -356,6 +398,20 @@ class IntegrityConfig(_Strict):
     scrub_interval: Duration = Field(default=300.0, ge=0.1)
     """Start a full re-read of the log (chain, tree leaves, checkpoints) this often; a pass
     over 10⁶ events takes 15-25 s (paced to half a core, at nice 19, in a process of its own)."""
+    witnesses: list[WitnessConfig] = Field(default_factory=list)
+    """C2SP tlog-witnesses each new checkpoint is submitted to (``{url, key}`` each)."""
+    witness_quorum: int = Field(default=0, ge=0)
+    """How many witnesses must cosign a checkpoint before it counts as witnessed."""
+    witness_timeout: Duration = Field(default=10.0, gt=0.0)
+    """How long one submission to a witness may take."""
+
+    @model_validator(mode="after")
+    def _quorum(self) -> IntegrityConfig:
+        if self.witness_quorum > len(self.witnesses):
+            raise ValueError(
+                f"witness_quorum = {self.witness_quorum} is more than the {len(self.witnesses)} witnesses configured"
+            )
+        return self
 
     @field_validator("origin")
     @classmethod

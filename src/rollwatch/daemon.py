@@ -410,13 +410,14 @@ class Daemon:
             integrity = await stack.enter_async_context(
                 open_integrity(self.config.integrity, self.config.store, svc.store, self.config.node)
             )
+            self.metrics.witnessed = integrity.witnessed if integrity.witnessing is not None else None
             operators = Operators(
                 self.config.server.trusted_peers, SubscriberDirectory(svc.store, svc.projections)
             )
             http = self.http = HTTPServer(
                 build_app(
                     self.metrics,
-                    [*self.extra_routes(integrity), *integrity.routes()],
+                    [*self.extra_routes(integrity), *integrity.routes(operators)],
                     operators=operators,
                     health=integrity.health,
                 ),

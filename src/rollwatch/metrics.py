@@ -74,6 +74,8 @@ class Metrics:
         """Each provider client's current figures (the daemon sets it)."""
         self.events_seen = 0
         self._provider_of: dict[str, str] = {}
+        self.witnessed: Callable[[], tuple[int, float | None, int]] | None = None
+        """(size, age in seconds, refusals) of the latest witnessed checkpoint (the daemon sets it)."""
 
     def observe_event(self, rec: Recorded) -> None:
         """Count what one event says (called once per event, in seq order)."""
@@ -150,6 +152,19 @@ class Metrics:
             "# TYPE rollwatch_events_applied gauge",
             f"rollwatch_events_applied {self.events_seen}",
         ]
+        if self.witnessed is not None:
+            size, age, refusals = self.witnessed()
+            lines += [
+                "# HELP rollwatch_witnessed_checkpoint_size The size of the latest checkpoint a quorum of witnesses cosigned.",
+                "# TYPE rollwatch_witnessed_checkpoint_size gauge",
+                f"rollwatch_witnessed_checkpoint_size {size}",
+                "# HELP rollwatch_witnessed_checkpoint_age_seconds Seconds since that checkpoint reached its quorum.",
+                "# TYPE rollwatch_witnessed_checkpoint_age_seconds gauge",
+                f"rollwatch_witnessed_checkpoint_age_seconds {'NaN' if age is None else round(age, 1)}",
+                "# HELP rollwatch_witness_refusals Witnesses that refused a checkpoint as inconsistent (a fork).",
+                "# TYPE rollwatch_witness_refusals gauge",
+                f"rollwatch_witness_refusals {refusals}",
+            ]
         return "\n".join(lines) + "\n"
 
 

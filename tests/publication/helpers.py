@@ -189,9 +189,11 @@ def rollout_events(
     return evs
 
 
-async def add_rollout(store: EventStore, run_id: str, *, passed: bool, **kw: Any) -> str:
-    """Append one whole rollout (one append); return its id."""
-    rid = str(uuid.uuid4())
+async def add_rollout(
+    store: EventStore, run_id: str, *, passed: bool, rid: str | None = None, **kw: Any
+) -> str:
+    """Append one whole rollout (one append); return its id (``rid``, else a random one)."""
+    rid = rid or str(uuid.uuid4())
     await store.append(f"rollout-{rid}", rollout_events(rid, run_id, passed=passed, **kw))
     return rid
 

@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from rollwatch.config import Config
+from rollwatch.integrity.bundle import derive_rollout_id
 from rollwatch.integrity.checkpoint import unb64
 from rollwatch.integrity.merkle import leaf_hash, verify_inclusion
 from rollwatch.integrity.service import Integrity, open_integrity
@@ -44,7 +45,10 @@ async def release_positive(store: SQLiteEventStore, pdb: ProjectionDB) -> str:
     """Record a run with one passing rollout (no embargo) and release it; return its id."""
     run_id = new_run_id()
     await start_run(store, run_id)
-    rid = await add_rollout(store, run_id, passed=True, embargo_s=0.0)
+    # Its id derived as the pipeline derives it, which the proof bundle's check recomputes.
+    rid = await add_rollout(
+        store, run_id, passed=True, embargo_s=0.0, rid=derive_rollout_id(run_id, "gpt-x", "p1", 0)
+    )
     await finish_run(store, run_id, rollouts=1, passed=1)
     assert await release_due(store, pdb) == 1
     return rid
@@ -148,6 +152,7 @@ class TestFeedInclusion:
             code, out, err = await rollwatch_audit("--url", s.url, "--keep", str(keep), "--item", rid)
             assert code == 0, err
             assert f"inclusion: item {rid} (event {seq})" in out
+            assert f"bundle: item {rid}: 6 events (request, answer, score, decision, release)" in out
 
             code, out, err = await rollwatch_audit(
                 "--url", s.url, "--keep", str(keep), "--item", "no-such-rollout"

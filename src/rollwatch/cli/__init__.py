@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import click
 
-from rollwatch.cli import daemon, events, integrity, problems, publish, report, schedules, store
+from rollwatch.cli import daemon, events, integrity, problems, publish, report, schedules, store, witness
 from rollwatch.cli._common import Context, run_command
 
 __all__ = ["cli", "main"]
@@ -41,6 +41,7 @@ for command in (
     publish.subscribers,
     publish.publish,
     report.report_cmd,
+    witness.witness,
 ):
     cli.add_command(command)
 

@@ -26,9 +26,35 @@ from rollwatch.errors import AuditFailure, UsageError
 @click.option(
     "--timeout", "http_timeout", type=float, default=30.0, show_default=True, help="seconds per request"
 )
+@click.option(
+    "--witness",
+    "witnesses",
+    multiple=True,
+    help="a witness's cosignature key (NAME+KEYID+BASE64, type 0x04); repeat for each witness",
+)
+@click.option(
+    "--quorum",
+    type=click.IntRange(min=1),
+    default=None,
+    help="cosignatures needed (default: every --witness)",
+)
+@click.option(
+    "--max-cosignature-age",
+    default="1d",
+    show_default=True,
+    help="a cosignature older than this does not count (e.g. 1h, 1d)",
+)
 @common
 def audit(
-    ctx: Context, url: str, keep: Path | None, item: str | None, key: str | None, http_timeout: float
+    ctx: Context,
+    url: str,
+    keep: Path | None,
+    item: str | None,
+    key: str | None,
+    http_timeout: float,
+    witnesses: tuple[str, ...],
+    quorum: int | None,
+    max_cosignature_age: str,
 ) -> None:
     """Check the signed checkpoint, its consistency with the kept one, and an item's inclusion; exit 1 on failure."""
     from urllib.parse import urlsplit
@@ -39,9 +65,33 @@ def audit(
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise UsageError(f"--url {url!r}: give the service's address with its scheme, e.g. https://host:8080")
 
+    from rollwatch.config import parse_duration
+    from rollwatch.integrity.witness import CosignatureVerifier
+
+    try:
+        max_age = parse_duration(max_cosignature_age)
+    except ValueError as e:
+        raise UsageError(f"--max-cosignature-age: {e}") from None
+    for w in witnesses:
+        try:
+            CosignatureVerifier.from_vkey(w)
+        except ValueError as e:
+            raise UsageError(f"--witness: {e}") from None
+    if quorum is not None and quorum > len(witnesses):
+        raise UsageError(f"--quorum {quorum} is more than the {len(witnesses)} --witness keys given")
+
     async def main() -> int:
         try:
-            report = await run_audit(url, keep=keep, item=item, key=key, http_timeout=http_timeout)
+            report = await run_audit(
+                url,
+                keep=keep,
+                item=item,
+                key=key,
+                http_timeout=http_timeout,
+                witnesses=witnesses,
+                quorum=quorum,
+                max_cosignature_age=max_age,
+            )
         except ValueError as e:
             raise UsageError(f"--key: {e}") from None
         except AuditFailure as e:

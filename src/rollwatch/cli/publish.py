@@ -13,8 +13,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import anyio
 import click
 
+from rollwatch.abc import EventStore
 from rollwatch.cli._common import Context, common, require_log, run_async
 from rollwatch.config import Config
 from rollwatch.errors import ConcurrencyConflict, UsageError
@@ -191,6 +193,22 @@ def subscribers_revoke(ctx: Context, name: str, note: str) -> None:
     click.echo(run_async(main))
 
 
+async def _vkey(config: Config, store: EventStore) -> str | None:
+    """The log's public key (None before the first ``serve`` made one); never creates anything."""
+    from rollwatch.integrity.identity import resolve_origin
+    from rollwatch.integrity.keys import existing_signer
+
+    integrity = await resolve_origin(
+        config.integrity,
+        config.integrity.state_dir(config.store),
+        store,
+        create=False,
+        store_url=config.store.url,
+    )
+    signer = await anyio.to_thread.run_sync(existing_signer, integrity.key_path(config.store), integrity.name)
+    return signer.vkey if signer is not None else None
+
+
 @click.group()
 def publish() -> None:
     """The public release."""
@@ -228,9 +246,17 @@ def publish_export(ctx: Context, directory: Path, base_url: str | None) -> None:
             # Items carry inclusion proofs against the tree of the log as it is now.
             await tree.catch_up(store)
             s = await export_public(
-                store, pdb, directory, base_url=base, embargo_s=config.publication.embargo, tree=tree
+                store,
+                pdb,
+                directory,
+                base_url=base,
+                embargo_s=config.publication.embargo,
+                tree=tree,
+                vkey=await _vkey(config, store),
+                cosigned=config.integrity.state_dir(config.store) / "checkpoint.cosigned",
             )
-            return f"wrote {s.files} files to {s.directory} ({s.released} released results)"
+            proven = f", proofs against the checkpoint of size {s.tree_size}" if s.tree_size else ""
+            return f"wrote {s.files} files to {s.directory} ({s.released} released results{proven})"
 
     click.echo(run_async(main))
     sys.stdout.flush()

@@ -10,7 +10,11 @@ process), :mod:`~rollwatch.integrity.checkpoint` (signed notes, checkpoints, the
 third party's check), :mod:`~rollwatch.integrity.verify` (the operator's check),
 :mod:`~rollwatch.integrity.scrub` (the daemon's periodic re-read of the whole log),
 :mod:`~rollwatch.integrity.health` (the daemon's verdict, behind ``/healthz``),
-:mod:`~rollwatch.integrity.identity` (which log state belongs to; the origin) and
+:mod:`~rollwatch.integrity.identity` (which log state belongs to; the origin),
+:mod:`~rollwatch.integrity.tiles` (the log as a C2SP tlog-tiles log),
+:mod:`~rollwatch.integrity.bundle` (checking a released result's proof bundle),
+:mod:`~rollwatch.integrity.witness` (a C2SP tlog-witness: ``rollwatch witness serve``),
+:mod:`~rollwatch.integrity.witnessing` (the daemon's witnesses and their quorum) and
 :mod:`~rollwatch.integrity.service` (the daemon's bundle). ``[integrity]`` is
 :class:`rollwatch.config.IntegrityConfig`, with the rest of the configuration.
 

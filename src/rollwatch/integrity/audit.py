@@ -139,11 +139,19 @@ async def audit(
     key: str | None = None,
     client: httpx.AsyncClient | None = None,
     http_timeout: float = 30.0,
+    witnesses: tuple[str, ...] = (),
+    quorum: int | None = None,
+    max_cosignature_age: float = 86400.0,
 ) -> AuditReport:
     """Run every check against the service at ``url``; raise :class:`AuditFailure` at the first that fails.
 
     ``key`` pins the verifier key (a ``vkey`` string; ValueError if malformed).
+    ``witnesses`` (cosignature vkeys): the checkpoint must carry ``quorum`` (default:
+    all) of their cosignatures, none older than ``max_cosignature_age`` seconds.
     """
+    from rollwatch.integrity.witness import CosignatureVerifier
+
+    cosigners = [CosignatureVerifier.from_vkey(w) for w in witnesses]
     pinned = NoteVerifier.from_vkey(key) if key is not None else None
     kept = _load_keep(keep) if keep is not None else None
     ctx = (
@@ -197,6 +205,15 @@ async def audit(
         except InvalidNote as e:
             raise AuditFailure("checkpoint", f"/public/checkpoint: {e}") from None
         lines.append(f"checkpoint: {cp.origin} size {cp.size} root {b64(cp.root)}: signature ok")
+        if cosigners:
+            from rollwatch.integrity.witnessing import check_witnessed
+
+            need = len(cosigners) if quorum is None else quorum
+            try:
+                lines += check_witnessed(note, cosigners, need, max_cosignature_age)
+            except ValueError as e:
+                raise AuditFailure("witness", f"/public/checkpoint: {e}") from None
+            lines.append(f"witnessed: {need} of {len(cosigners)} witnesses needed: ok")
         for link in links:
             await _check_rotation_logged(http, link, cp)
 
@@ -214,6 +231,7 @@ async def audit(
         if item is not None:
             seq, leaf = await _check_item(http, item, cp)
             lines.append(f"inclusion: item {item} (event {seq}) is in the tree of size {cp.size}: ok")
+            lines.append(await _check_bundle(http, item, verifier, cp))
             old_item = remembered.get(item)
             if old_item is not None and (old_item["seq"], old_item["leaf"]) != (seq, b64(leaf)):
                 raise AuditFailure(
@@ -456,3 +474,43 @@ async def _check_item(http: _Client, item: str, cp: Checkpoint) -> tuple[int, by
             "its content or the log was changed",
         )
     return index + 1, leaf
+
+
+async def _check_bundle(http: _Client, item: str, verifier: NoteVerifier, cp: Checkpoint) -> str:
+    """The item's proof bundle (``/public/rollouts/{id}.json``): every event of its claim, against a
+    checkpoint consistent with the verified one."""
+    from urllib.parse import quote
+
+    from rollwatch.integrity.bundle import check_bundle
+
+    path = f"/public/rollouts/{quote(item, safe='')}.json"
+    try:
+        r = await http.client.get(http.base + path)
+    except httpx.HTTPError as e:
+        raise AuditFailure("fetch", f"GET {http.base + path}: {type(e).__name__}: {e}") from None
+    if r.status_code == 404:
+        return f"bundle: item {item}: the service serves no proof bundle (an older rollwatch): not checked"
+    if r.status_code != 200:
+        raise AuditFailure(
+            "fetch", f"GET {http.base + path} answered {r.status_code}: {r.text[:200].strip()}"
+        )
+    try:
+        record = r.json()
+    except ValueError:
+        raise AuditFailure("fetch", f"GET {http.base + path} did not return JSON") from None
+    bundle = record.get("proof") if isinstance(record, dict) else None
+    if bundle is None:
+        return f"bundle: item {item}: the service serves no proof bundle (an older rollwatch): not checked"
+    if isinstance(bundle, dict) and bundle.get("pending"):
+        return f"bundle: item {item}: events {bundle['pending']} await the next checkpoint: not checked yet"
+    try:
+        bundle_cp, events = check_bundle(bundle, item, verifier)
+    except ValueError as e:
+        raise AuditFailure("bundle", f"item {item}: {e}") from None
+    if bundle_cp.size > cp.size:
+        raise AuditFailure(
+            "bundle",
+            f"item {item}: its checkpoint (size {bundle_cp.size}) is newer than the log's ({cp.size})",
+        )
+    await _check_consistency(http, bundle_cp, cp)
+    return f"bundle: item {item}: {events} events (request, answer, score, decision, release) in the tree of size {bundle_cp.size}: ok"

@@ -8,6 +8,7 @@ ERROR naming the seq; the daemon keeps serving what was already public.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from rollwatch.errors import IntegrityError
@@ -23,6 +24,8 @@ class Health:
     reasons: list[str] = field(default_factory=list)
     first_seq: int | None = None
     _reported: bool = False
+    witness: Callable[[], dict[str, object]] | None = None
+    """The witnesses' status (:meth:`rollwatch.integrity.witnessing.Witnessing.status`), when configured."""
 
     @property
     def ok(self) -> bool:
@@ -57,6 +60,11 @@ class Health:
 
     def as_json(self) -> dict[str, object]:
         """What ``/healthz`` answers."""
-        if self.ok:
-            return {"status": "ok"}
-        return {"status": "tampered", "first_bad_seq": self.first_seq, "reasons": list(self.reasons)}
+        out: dict[str, object] = (
+            {"status": "ok"}
+            if self.ok
+            else {"status": "tampered", "first_bad_seq": self.first_seq, "reasons": list(self.reasons)}
+        )
+        if self.witness is not None:
+            out["witness"] = self.witness()
+        return out

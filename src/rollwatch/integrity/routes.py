@@ -10,6 +10,14 @@
 * ``GET /public/proof/inclusion?seq=S&size=N``:
   ``{"seq": S, "leaf_index": S - 1, "size": N, "leaf_hash": base64, "path": [base64, ...]}``.
 
+The same log as a C2SP tlog-tiles log (:mod:`rollwatch.integrity.tiles`), with the
+server's root as its prefix, and ``/public/`` too (as in ``publish export`` output):
+``GET /checkpoint`` (the note above), ``GET /tile/<L>/<N>[.p/<W>]``
+(hash tiles, anyone) and ``GET /tile/entries/<N>[.p/<W>]`` (entry bundles, the
+operator only: they hold every event, results under embargo included; anyone else
+gets 403). Full tiles are cached for a year, partial ones for a minute; a malformed
+path is a 400, a tile the tree does not hold yet a 404.
+
 Proofs are served for any size the tree holds, not only signed ones; a verifier
 checks them against a root it trusts (a verified checkpoint). A bad or missing
 parameter, or a size the tree does not hold yet, is a 400 naming it, in the error
@@ -27,11 +35,21 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from rollwatch.abc import EventStore
-from rollwatch.errors import BadRequest, InvalidProof, NotFound
+from rollwatch.errors import BadRequest, Forbidden, InvalidProof, NotFound
 from rollwatch.events import CHECKPOINT_STREAM, CheckpointKeyRotated, Recorded
 from rollwatch.integrity.checkpoint import b64
 from rollwatch.integrity.merkle import leaf_hash
+from rollwatch.integrity.tiles import (
+    FULL_CACHE,
+    PARTIAL_CACHE,
+    EntryTooLong,
+    TilePathError,
+    entry_bundle,
+    hash_tile,
+    parse_tile_path,
+)
 from rollwatch.integrity.tree import MerkleTree
+from rollwatch.web.access import Operators
 from rollwatch.web.params import integer, query
 
 _NO_STORE = {"Cache-Control": "no-cache"}
@@ -39,17 +57,24 @@ _MAX_INT = (1 << 62) - 1
 
 
 def integrity_routes(
-    tree: MerkleTree, vkey: str | Callable[[], str], store: EventStore | None = None
+    tree: MerkleTree,
+    vkey: str | Callable[[], str],
+    store: EventStore | None = None,
+    cosigned: Callable[[str], str] | None = None,
 ) -> list[Route]:
     """The public routes, serving ``tree``, the verifier key ``vkey`` (the key in force
-    when a callable: it changes at a rotation) and the key rotations ``store`` holds."""
+    when a callable: it changes at a rotation) and the key rotations ``store`` holds.
+
+    ``cosigned`` adds the witnesses' cosignatures to the latest checkpoint's note.
+    """
     current_key = vkey if callable(vkey) else (lambda: vkey)
 
     async def checkpoint(_: Request) -> Response:
         latest = await tree.latest_checkpoint()
         if latest is None:
             raise NotFound("no checkpoint has been signed yet", _NO_STORE)
-        return PlainTextResponse(latest.note, headers=_NO_STORE)
+        note = cosigned(latest.note) if cosigned is not None else latest.note
+        return PlainTextResponse(note, headers=_NO_STORE)
 
     async def key(_: Request) -> Response:
         return PlainTextResponse(current_key() + "\n", headers=_NO_STORE)
@@ -116,6 +141,57 @@ def integrity_routes(
         Route("/public/key/rotations", rotations),
         Route("/public/proof/consistency", consistency),
         Route("/public/proof/inclusion", inclusion),
+    ]
+
+
+def tlog_routes(
+    tree: MerkleTree,
+    store: EventStore,
+    operators: Operators | None = None,
+    cosigned: Callable[[str], str] | None = None,
+) -> list[Route]:
+    """``/checkpoint``, ``/tile/...`` and ``/tile/entries/...`` (C2SP tlog-tiles) over ``tree``.
+
+    Entry bundles go only to the operator, as ``operators`` decides (default:
+    loopback peers); ``cosigned`` adds the witnesses' cosignatures to the checkpoint.
+    """
+    gate = operators or Operators()
+
+    async def checkpoint(_: Request) -> Response:
+        latest = await tree.latest_checkpoint()
+        if latest is None:
+            raise NotFound("no checkpoint has been signed yet", _NO_STORE)
+        note = cosigned(latest.note) if cosigned is not None else latest.note
+        return PlainTextResponse(note, headers=_NO_STORE)
+
+    async def tile(request: Request) -> Response:
+        try:
+            t = parse_tile_path(request.path_params["path"])
+        except TilePathError as e:
+            raise BadRequest(str(e)) from None
+        try:
+            if t.level is None:
+                if not await gate.allows(request):
+                    raise Forbidden(
+                        "entry bundles hold every event, results under embargo included: operator only; "
+                        "a released result's events are in /public/rollouts/{id}.json"
+                    )
+                body = await entry_bundle(store, t, await tree.current_size())
+            else:
+                body = await hash_tile(tree, t)
+        except InvalidProof as e:
+            raise NotFound(f"{t.path()} is not in the tree yet: {e}", _NO_STORE) from None
+        except EntryTooLong as e:
+            raise NotFound(str(e)) from None
+        cache = FULL_CACHE if t.full else PARTIAL_CACHE
+        return Response(body, media_type="application/octet-stream", headers={"Cache-Control": cache})
+
+    # At the root (SPEC §7) and under /public/, where `publish export` output is usually
+    # hosted: one tlog prefix for the daemon and its static copy alike.
+    return [
+        Route("/checkpoint", checkpoint),
+        Route("/tile/{path:path}", tile),
+        Route("/public/tile/{path:path}", tile),
     ]
 
 

@@ -8,6 +8,7 @@ tree current (in a worker process) and signs checkpoints until told to stop.
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -26,13 +27,15 @@ from rollwatch.integrity.health import Health
 from rollwatch.integrity.identity import ORIGIN_FILE, resolve_origin, set_aside_foreign_state
 from rollwatch.integrity.keys import load_signer
 from rollwatch.integrity.rotation import finish_rotation
-from rollwatch.integrity.routes import integrity_routes
+from rollwatch.integrity.routes import integrity_routes, tlog_routes
 from rollwatch.integrity.scrub import ScrubTarget, scrub_forever, scrub_pass
 from rollwatch.integrity.tree import MerkleTree
+from rollwatch.integrity.witnessing import Witnessing
 from rollwatch.log import get_logger
 
 if TYPE_CHECKING:
     from rollwatch.config import StoreConfig
+    from rollwatch.web.access import Operators
 
 log = get_logger(__name__)
 
@@ -63,10 +66,35 @@ class Integrity:
         self.tree = tree
         self.signer = signer
         self.witness = witness
+        self.witnessing: Witnessing | None = None
+        """The witnesses of ``[integrity] witnesses`` and their cosignatures (None without any)."""
+        if config.witnesses:
+            self.witnessing = Witnessing.from_config(
+                tree,
+                [(w.url, w.key) for w in config.witnesses],
+                config.witness_quorum,
+                config.witness_timeout,
+                witness.parent,
+                refresh=config.checkpoint_interval,
+            )
+            self.health.witness = self.witnessing.status
 
-    def routes(self) -> list[Route]:
-        """``/public/checkpoint``, ``/public/key``, ``/public/key/rotations`` and ``/public/proof/*``."""
-        return integrity_routes(self.tree, lambda: self.signer.vkey, self.store)
+    def routes(self, operators: Operators | None = None) -> list[Route]:
+        """``/public/checkpoint``, ``/public/key``, ``/public/key/rotations``, ``/public/proof/*``, and the tlog-tiles routes
+        (``/checkpoint``, ``/tile/...``; entry bundles for the operator, as ``operators`` decides)."""
+        cosigned = self.witnessing.cosigned if self.witnessing is not None else None
+        return [
+            *integrity_routes(self.tree, lambda: self.signer.vkey, self.store, cosigned),
+            *tlog_routes(self.tree, self.store, operators, cosigned),
+        ]
+
+    def witnessed(self) -> tuple[int, float | None, int]:
+        """(size, age in seconds, refusals) of the latest witnessed checkpoint, for ``/metrics``."""
+        w = self.witnessing
+        if w is None:
+            return 0, None, 0
+        age = None if w.witnessed_at is None else time.time() - w.witnessed_at
+        return w.witnessed_size, age, len(w.refusals())
 
     async def reload_signer(self) -> NoteSigner | None:
         """The key at hand now (after ``rollwatch key rotate``), which the routes then serve."""
@@ -101,6 +129,9 @@ class Integrity:
                 started = True
                 task_status.started()
                 tg.start_soon(scrub)
+                if self.witnessing is not None:
+                    # Witnesses only ever wait for checkpoints; the log never waits for them.
+                    tg.start_soon(self.witnessing.run)
 
         class _Started:
             def started(self, value: object = None) -> None:

@@ -710,6 +710,17 @@ class MerkleTree:
 
         return await self._read(get)  # type: ignore[no-any-return]
 
+    async def inclusion_proofs(self, indices: Sequence[int], size: int) -> list[list[bytes]]:
+        """The audit paths of several leaves in the tree of ``size``, read in one snapshot (proof bundles)."""
+
+        def get(db: sqlite3.Connection, stored: int) -> list[list[bytes]]:
+            self._check(size, stored)
+            all_ranges = [inclusion_ranges(i, size) for i in indices]
+            nodes = _get_nodes(db, set().union(*(nodes_for(r) for r in all_ranges)))
+            return [assemble(r, nodes) for r in all_ranges]
+
+        return await self._read(get)  # type: ignore[no-any-return]
+
     async def consistency_proof(self, old_size: int, new_size: int) -> list[bytes]:
         """The proof that the tree of ``old_size`` is a prefix of the tree of ``new_size``."""
 
@@ -729,6 +740,26 @@ class MerkleTree:
                 return []
             nodes = _get_nodes(db, [(0, i) for i in range(start, stop)])
             return [nodes[(0, i)] for i in range(start, stop)]
+
+        return await self._read(get)  # type: ignore[no-any-return]
+
+    async def node_hashes(self, level: int, start: int, end: int, *, size: int | None = None) -> list[bytes]:
+        """The hashes of the perfect subtrees ``(level, i)`` for ``start <= i < end`` (tiles are made of these).
+
+        Every one must be complete in the tree of ``size`` (default: the stored size),
+        else :class:`InvalidProof` says which size would hold them.
+        """
+
+        def get(db: sqlite3.Connection, stored: int) -> list[bytes]:
+            n = stored if size is None else size
+            self._check(n, stored)
+            need = end << level
+            if start < 0 or end < start or need > n:
+                raise InvalidProof(
+                    f"nodes {start}..{end - 1} at level {level} need a tree of {need} events; it has {n}"
+                )
+            nodes = _get_nodes(db, [(level, i) for i in range(start, end)])
+            return [nodes[(level, i)] for i in range(start, end)]
 
         return await self._read(get)  # type: ignore[no-any-return]
 

@@ -85,8 +85,11 @@ def json_feed(
     for r in view.recent:
         meta = r.to_json()
         meta.pop("answer")
-        if extra is not None and r.rollout_id in extra:
-            meta.update(extra[r.rollout_id])
+        if extra is not None:
+            # The item's proof bundle: every event of its claim against one checkpoint.
+            meta["proof_url"] = item_url(base_url, r.rollout_id)
+            if r.rollout_id in extra:
+                meta.update(extra[r.rollout_id])
         items.append(
             {
                 "id": item_id(r.rollout_id),
@@ -274,6 +277,14 @@ def html_page(view: PublicView, *, embargo_s: float) -> str:
         f"<p class=muted>{view.total_released} released results. Updated "
         f'{_e(view.updated or "never")}. Feeds: <a href="feed.json">JSON Feed</a>, '
         '<a href="feed.atom">Atom</a>; all results: <a href="results.jsonl">results.jsonl</a>.</p>',
+        "<h2>Evidence</h2>",
+        "<p>Every event goes into a Merkle tree whose signed checkpoints are public the moment they "
+        "are signed, and are cosigned by independent witnesses: a result is committed to on the day "
+        "it was scored, long before it is released here. Each result's page (<code>rollouts/ID.json"
+        "</code>) carries the log's events behind it (the request, the answer, the score, the "
+        "publication decision and the release) with inclusion proofs against one signed checkpoint. "
+        'The log is served as a C2SP tlog-tiles log: <a href="checkpoint">checkpoint</a>, '
+        '<a href="key">key</a>, <code>tile/&lt;L&gt;/&lt;N&gt;</code>.</p>',
         "<h2>Pass rate over time</h2>",
         "<p class=muted>Each point is one run of one model: the share of its rollouts that passed.</p>",
         svg_chart(view.series),

@@ -20,7 +20,9 @@ Public routes (anyone): ``/public/`` (HTML), ``/public/feed.json`` (JSON Feed 1.
 ``/public/rollouts/{id}.json``; and ``/openapi.json``. They show released results only
 (see :mod:`rollwatch.publication.public`). With the integrity services, each item of
 ``/public/feed.json`` carries its event's leaf index and an inclusion proof against the
-latest signed checkpoint (see :mod:`rollwatch.publication.inclusion`).
+latest signed checkpoint (see :mod:`rollwatch.publication.inclusion`) and a
+``proof_url``; ``/public/rollouts/{id}.json`` and each line of ``results.jsonl`` carry
+the result's proof bundle under ``proof`` (see :mod:`rollwatch.publication.proofs`).
 
 Reads go through the projections, brought up to the log's head before each answer;
 the subscriber directory is refreshed from the log at most 0.5 s old, so a revocation
@@ -74,6 +76,7 @@ from rollwatch.web.params import boolean, integer, query, seconds
 if TYPE_CHECKING:
     from rollwatch.integrity.service import Integrity
     from rollwatch.publication.inclusion import InclusionProofs
+    from rollwatch.publication.proofs import ProofBundles
 
 log = get_logger(__name__)
 
@@ -181,10 +184,13 @@ class PublicationAPI:
         self._view_lock = anyio.Lock()
         self._renders: dict[tuple[str, str], bytes] = {}  # (route, base URL) -> body of self._view
         self.proofs: InclusionProofs | None = None
+        self.bundles: ProofBundles | None = None
         if integrity is not None:
             from rollwatch.publication.inclusion import InclusionProofs
+            from rollwatch.publication.proofs import ProofBundles
 
             self.proofs = InclusionProofs(store, integrity.tree)
+            self.bundles = ProofBundles(store, integrity.tree)
 
     # -- plumbing ----------------------------------------------------------------------------------
 
@@ -398,9 +404,16 @@ class PublicationAPI:
         await self.current()
         now = datetime.now(UTC)
 
+        bundles = self.bundles
+        cp = await bundles.checkpoint() if bundles is not None else None
+
         async def lines() -> AsyncIterator[bytes]:
             async for r in iter_released(self.store, self.pdb, now):
-                yield _json_bytes(r.to_json()) + b"\n"
+                line = r.to_json()
+                if bundles is not None and cp is not None:
+                    # Every line against the same checkpoint, whatever is signed meanwhile.
+                    line["proof"] = await bundles.bundle(r.rollout_id, cp)
+                yield _json_bytes(line) + b"\n"
 
         return StreamingResponse(
             lines(), media_type="application/x-ndjson", headers={"Cache-Control": "public, max-age=30"}
@@ -417,7 +430,10 @@ class PublicationAPI:
         )
         if r is None:
             raise NotFound("no released result with this id")
-        return _tagged(request, _json_bytes(r.to_json()), "application/json", "public, max-age=300")
+        body = r.to_json()
+        if self.bundles is not None:
+            body["proof"] = await self.bundles.bundle(r.rollout_id)
+        return _tagged(request, _json_bytes(body), "application/json", "public, max-age=60")
 
     async def openapi(self, request: Request) -> Response:
         """``/openapi.json``."""

@@ -75,8 +75,8 @@ def build_app(
     gate = operators or Operators()
 
     async def healthz(_: Request) -> Response:
-        if health is not None and not health.ok:
-            return JSONResponse(health.as_json(), status_code=503)
+        if health is not None:
+            return JSONResponse(health.as_json(), status_code=200 if health.ok else 503)
         return JSONResponse({"status": "ok"})
 
     async def metrics_route(request: Request) -> Response:

@@ -1,0 +1,78 @@
+"""Checking a released result's proof bundle (``rollwatch-proof/v1``, made by
+:mod:`rollwatch.publication.proofs`): what ``rollwatch audit --item`` does with it.
+
+Every event must be the rollout's, hash to a leaf whose inclusion path folds to the
+root of the bundle's checkpoint, and that checkpoint must carry the log's signature;
+the request must derive the rollout id (UUIDv5, :data:`ROLLOUT_NAMESPACE`), and the
+events must make the whole claim: request, answer, passing score, public decision,
+release.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+from rollwatch.errors import InvalidNote
+from rollwatch.integrity.checkpoint import Checkpoint, NoteVerifier, unb64
+from rollwatch.integrity.merkle import leaf_hash, verify_inclusion
+
+ROLLOUT_NAMESPACE = uuid.UUID("6f1d7f0e-3c9b-4c1e-9a57-2b8f0d4c7a11")
+"""``rollout_id = UUIDv5(ROLLOUT_NAMESPACE, run_id ‖ 0x00 ‖ model ‖ 0x00 ‖ problem_id ‖ 0x00 ‖ sample)``."""
+
+CLAIM = ("RolloutRequested", "RolloutResponded", "RolloutScored", "PublicationDecided", "PublicReleased")
+
+
+def derive_rollout_id(run_id: str, model: str, problem_id: str, sample: int) -> str:
+    """The rollout id the pipeline gives the sample ``sample`` of ``model`` on ``problem_id`` in ``run_id``."""
+    return str(uuid.uuid5(ROLLOUT_NAMESPACE, f"{run_id}\x00{model}\x00{problem_id}\x00{sample}"))
+
+
+def check_bundle(bundle: Any, rollout_id: str, verifier: NoteVerifier) -> tuple[Checkpoint, int]:
+    """The bundle's verified checkpoint and its number of events; ValueError saying what is wrong."""
+    if not isinstance(bundle, dict) or bundle.get("format") != "rollwatch-proof/v1":
+        raise ValueError("no rollwatch-proof/v1 bundle")
+    try:
+        cp = verifier.open_checkpoint(str(bundle.get("checkpoint", "")))
+    except InvalidNote as e:
+        raise ValueError(f"its checkpoint: {e}") from None
+    if bundle.get("pending"):
+        raise ValueError(f"events {bundle['pending']} are not under its checkpoint yet (ask again later)")
+    seen: dict[str, dict[str, Any]] = {}
+    for ev in bundle.get("events") or []:
+        try:
+            canonical = str(ev["canonical"]).encode()
+            index = int(ev["leaf_index"])
+            path = [unb64(h, "an inclusion hash") for h in ev["inclusion"]]
+            env = json.loads(canonical)
+        except (KeyError, TypeError, ValueError, InvalidNote) as e:
+            raise ValueError(f"a malformed event: {e}") from None
+        if not verify_inclusion(index, cp.size, leaf_hash(canonical), path, cp.root):
+            raise ValueError(
+                f"event {index + 1} is not in the tree of size {cp.size} (its bytes or path were changed)"
+            )
+        data = env.get("data") if isinstance(env, dict) else None
+        if (
+            not isinstance(data, dict)
+            or env.get("seq") != index + 1
+            or env.get("stream") != f"rollout-{rollout_id}"
+            or data.get("rollout_id") != rollout_id
+        ):
+            raise ValueError(f"event {index + 1} is not an event of rollout {rollout_id}")
+        if env.get("type") == "PublicationDecided" and data.get("audience") != "public":
+            continue
+        seen[str(env.get("type"))] = data
+    missing = [t for t in CLAIM if t not in seen]
+    if missing:
+        raise ValueError(f"the bundle lacks {', '.join(missing)}")
+    req = seen["RolloutRequested"]
+    try:
+        derived = derive_rollout_id(req["run_id"], req["model"], req["problem_id"], int(req["sample"]))
+    except (KeyError, TypeError, ValueError):
+        derived = ""
+    if derived != rollout_id:
+        raise ValueError("the rollout id is not the UUIDv5 of its request's run, model, problem and sample")
+    if seen["RolloutScored"].get("passed") is not True:
+        raise ValueError("its score event is not a pass")
+    return cp, len(bundle.get("events") or [])

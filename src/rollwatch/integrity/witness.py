@@ -1,0 +1,303 @@
+"""A C2SP tlog-witness (https://c2sp.org/tlog-witness) with cosignature/v1 signatures.
+
+``rollwatch witness serve`` runs one for a third party: it trusts a list of log keys,
+keeps the latest checkpoint it cosigned for each log (by origin), and answers
+
+    POST /add-checkpoint
+
+whose body is ``old <size>\\n``, up to 63 base64 consistency-proof lines, a blank
+line, and the signed checkpoint. It cosigns only a checkpoint that is signed by the
+log's key and consistent with the one it holds:
+
+* 404: the origin is not a log it witnesses; 403: no signature by that log's key verifies;
+* 400: the body is malformed, or ``old`` is larger than the checkpoint's size;
+* 409 (``text/x.tlog.size``, body ``<size>\\n``): ``old`` is not the size it holds, or
+  the same size with another root (a fork);
+* 422: the consistency proof from the size it holds does not verify (a fork);
+* 200: one cosignature line, ``— <name> base64(key ID ‖ u64 timestamp ‖ Ed25519 signature)``.
+
+The signed message (tlog-cosignature, Ed25519) is ``cosignature/v1\\ntime <t>\\n``
+followed by the checkpoint's text; the key ID is ``SHA-256(name ‖ 0x0A ‖ 0x04 ‖
+key)[:4]`` and the witness's public key is the vkey ``<name>+<hex ID>+base64(0x04 ‖
+key)``. Checking the old size and recording the new checkpoint happen under one lock,
+and the state file is replaced and synced before the answer leaves, so two racing
+submissions can never roll the witness back.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import os
+import re
+import struct
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+    PublicFormat,
+)
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
+
+from rollwatch.errors import InvalidNote
+from rollwatch.integrity.checkpoint import Checkpoint, NoteVerifier, b64, check_key_name, split_note
+from rollwatch.integrity.keys import parse_private_key
+from rollwatch.integrity.merkle import HASH_SIZE, verify_consistency
+from rollwatch.log import get_logger
+
+log = get_logger(__name__)
+
+COSIGNATURE_V1 = 0x04
+"""The signed-note signature type of timestamped Ed25519 cosignatures."""
+
+SIZE_TYPE = "text/x.tlog.size"
+MAX_PROOF_LINES = 63
+_MAX_BODY = 64 * 1024
+_SIG_PREFIX = "\u2014 "
+
+
+def cosignature_key_id(name: str, public_key: bytes) -> bytes:
+    """``SHA-256(name ‖ 0x0A ‖ 0x04 ‖ key)[:4]``."""
+    return hashlib.sha256(name.encode() + b"\n" + bytes([COSIGNATURE_V1]) + public_key).digest()[:4]
+
+
+def cosigned_message(text: str, timestamp: int) -> bytes:
+    """What a cosignature/v1 signs: the header line, the time line, the checkpoint text."""
+    return f"cosignature/v1\ntime {timestamp}\n{text}".encode()
+
+
+class Cosigner:
+    """Makes cosignature/v1 lines with one Ed25519 key under one name."""
+
+    def __init__(self, name: str, key: Ed25519PrivateKey) -> None:
+        self.name = check_key_name(name)
+        self._key = key
+        self.public_key = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+        self.key_id = cosignature_key_id(name, self.public_key)
+
+    @property
+    def vkey(self) -> str:
+        """``<name>+<hex key ID>+base64(0x04 ‖ key)``."""
+        return f"{self.name}+{self.key_id.hex()}+{b64(bytes([COSIGNATURE_V1]) + self.public_key)}"
+
+    def cosign(self, text: str, timestamp: int | None = None) -> str:
+        """The signature line (ending in a newline) over the checkpoint ``text``."""
+        t = int(time.time()) if timestamp is None else timestamp
+        sig = self._key.sign(cosigned_message(text, t))
+        return f"{_SIG_PREFIX}{self.name} {b64(self.key_id + struct.pack('>Q', t) + sig)}\n"
+
+
+@dataclass(frozen=True, slots=True)
+class CosignatureVerifier:
+    """Checks the cosignatures of one witness, given as a vkey of type 0x04."""
+
+    name: str
+    key_id: bytes
+    public_key: bytes
+
+    @classmethod
+    def from_vkey(cls, vkey: str) -> CosignatureVerifier:
+        """Parse ``<name>+<hex key ID>+base64(0x04 ‖ key)``; ValueError naming what is wrong."""
+        parts = vkey.strip().split("+", 2)
+        if len(parts) != 3:
+            raise ValueError(f"{vkey!r} is not a witness key: expected NAME+KEYID+BASE64KEY")
+        name, hex_id, key_b64 = parts
+        try:
+            raw = base64.b64decode(key_b64, validate=True)
+            kid = bytes.fromhex(hex_id)
+        except (binascii.Error, ValueError):
+            raise ValueError(f"{vkey!r} is not a witness key: bad key ID or key encoding") from None
+        if len(raw) != 33 or raw[0] != COSIGNATURE_V1 or len(kid) != 4:
+            raise ValueError(f"{vkey!r} is not a cosignature/v1 key (type 0x04, 32-byte Ed25519 key)")
+        check_key_name(name)
+        if cosignature_key_id(name, raw[1:]) != kid:
+            raise ValueError(f"{vkey!r}: the key ID does not match the name and key")
+        return cls(name, kid, raw[1:])
+
+    def timestamp(self, note: str) -> int | None:
+        """The time of this witness's cosignature on ``note`` (None: it has none).
+
+        Other signatures are ignored; a cosignature by this key that does not verify
+        raises :class:`InvalidNote`.
+        """
+        text, sigs = split_note(note)
+        key = Ed25519PublicKey.from_public_bytes(self.public_key)
+        found = None
+        for name, blob in sigs:
+            if name != self.name or blob[:4] != self.key_id:
+                continue
+            if len(blob) != 4 + 8 + 64:
+                raise InvalidNote(f"the cosignature by {name} is not 8 + 64 bytes")
+            (t,) = struct.unpack(">Q", blob[4:12])
+            try:
+                key.verify(blob[12:], cosigned_message(text, t))
+            except InvalidSignature:
+                raise InvalidNote(f"the cosignature by {name} does not verify") from None
+            found = t if found is None else max(found, t)
+        return found
+
+
+def load_cosigner(path: Path, name: str) -> Cosigner:
+    """The witness key in ``path`` (PEM or a 32-byte seed), made (mode 0600) when missing."""
+    if not path.exists():
+        key = Ed25519PrivateKey.generate()
+        pem = key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, pem)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        log.info("witness_key_created", path=str(path))
+        return Cosigner(name, key)
+    return Cosigner(name, parse_private_key(path.read_bytes(), str(path)))
+
+
+# --- the witness --------------------------------------------------------------------------------
+
+
+class Refused(Exception):
+    """Raised when a submission cannot be cosigned: ``status`` and the answer's text."""
+
+    def __init__(self, status: int, message: str, media_type: str = "text/plain; charset=utf-8") -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.media_type = media_type
+
+
+def parse_submission(body: bytes) -> tuple[int, list[bytes], str]:
+    """``(old size, consistency proof, signed checkpoint note)`` of an add-checkpoint body."""
+    if len(body) > _MAX_BODY:
+        raise Refused(400, f"the body is larger than {_MAX_BODY} bytes")
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise Refused(400, "the body is not UTF-8") from None
+    head, sep, note = text.partition("\n\n")
+    if not sep:
+        raise Refused(400, "no blank line between the old size and proof, and the checkpoint")
+    lines = head.split("\n")
+    m = re.fullmatch(r"old (0|[1-9][0-9]*)", lines[0])
+    if not m:
+        raise Refused(400, f"the first line must be 'old <size>', not {lines[0][:40]!r}")
+    if len(lines) - 1 > MAX_PROOF_LINES:
+        raise Refused(400, f"more than {MAX_PROOF_LINES} consistency proof lines")
+    proof = []
+    for line in lines[1:]:
+        try:
+            h = base64.b64decode(line, validate=True)
+        except binascii.Error:
+            h = b""
+        if len(h) != HASH_SIZE:
+            raise Refused(400, f"a consistency proof line is not a base64 SHA-256 hash: {line[:60]!r}")
+        proof.append(h)
+    return int(m.group(1)), proof, note
+
+
+class WitnessState:
+    """The latest cosigned checkpoint per origin, in one JSON file replaced atomically."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.logs: dict[str, tuple[int, bytes]] = {}
+        if path.exists():
+            data = json.loads(path.read_text(encoding="utf-8"))
+            self.logs = {o: (int(v["size"]), base64.b64decode(v["root"])) for o, v in data.items()}
+
+    def save(self) -> None:
+        """Write the file (synced, then renamed into place)."""
+        data = {o: {"size": s, "root": b64(r)} for o, (s, r) in sorted(self.logs.items())}
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        with tmp.open("w", encoding="utf-8") as f:
+            json.dump(data, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+
+
+class Witness:
+    """The witness's decisions (see the module docstring); :func:`witness_app` serves them."""
+
+    def __init__(self, cosigner: Cosigner, logs: list[NoteVerifier], state: WitnessState) -> None:
+        self.cosigner = cosigner
+        self.logs: dict[str, list[NoteVerifier]] = {}
+        for v in logs:
+            self.logs.setdefault(v.name, []).append(v)
+        self.state = state
+        self._lock = anyio.Lock()
+
+    async def add_checkpoint(self, body: bytes) -> str:
+        """The cosignature line for the submitted checkpoint, or :class:`Refused`."""
+        old, proof, note = parse_submission(body)
+        try:
+            text, _ = split_note(note)
+            cp = Checkpoint.parse(text)
+        except InvalidNote as e:
+            raise Refused(400, f"not a signed checkpoint: {e}") from None
+        verifiers = self.logs.get(cp.origin)
+        if not verifiers:
+            raise Refused(404, f"this witness does not witness the log {cp.origin!r}")
+        if not any(_signed_by(v, note) for v in verifiers):
+            raise Refused(403, f"no signature by a key of {cp.origin!r} verifies")
+        if old > cp.size:
+            raise Refused(400, f"old size {old} is larger than the checkpoint's size {cp.size}")
+        async with self._lock:
+            held_size, held_root = self.state.logs.get(cp.origin, (0, b""))
+            if old != held_size:
+                raise Refused(409, f"{held_size}\n", SIZE_TYPE)
+            if held_size == cp.size and held_size and held_root != cp.root:
+                log.error("witness_fork_seen", origin=cp.origin, size=cp.size)
+                raise Refused(409, f"{held_size}\n", SIZE_TYPE)
+            if held_size and not verify_consistency(held_size, cp.size, held_root, cp.root, proof):
+                log.error("witness_inconsistent_checkpoint", origin=cp.origin, held=held_size, size=cp.size)
+                raise Refused(
+                    422, f"the checkpoint of size {cp.size} is not consistent with size {held_size}"
+                )
+            if not held_size and proof:
+                raise Refused(422, "the consistency proof from size 0 must be empty")
+            self.state.logs[cp.origin] = (cp.size, cp.root)
+            await anyio.to_thread.run_sync(self.state.save)
+            log.info("witness_cosigned", origin=cp.origin, size=cp.size)
+            return self.cosigner.cosign(text)
+
+
+def _signed_by(verifier: NoteVerifier, note: str) -> bool:
+    try:
+        verifier.open(note)
+    except InvalidNote:
+        return False
+    return True
+
+
+def witness_app(witness: Witness) -> Starlette:
+    """``POST /add-checkpoint`` and ``GET /`` (the witness's vkey and the logs it witnesses)."""
+
+    async def add_checkpoint(request: Request) -> Response:
+        body = await request.body()
+        try:
+            line = await witness.add_checkpoint(body)
+        except Refused as e:
+            return Response(e.message, status_code=e.status, media_type=e.media_type)
+        return PlainTextResponse(line)
+
+    async def info(_: Request) -> Response:
+        logs = "".join(f"log {o}\n" for o in sorted(witness.logs))
+        return PlainTextResponse(f"witness {witness.cosigner.vkey}\n{logs}")
+
+    return Starlette(
+        routes=[Route("/add-checkpoint", add_checkpoint, methods=["POST"]), Route("/", info, methods=["GET"])]
+    )

@@ -1,0 +1,338 @@
+"""The daemon's side of C2SP tlog-witness: each new checkpoint goes to the witnesses of
+``[integrity] witnesses``, and the cosignatures that come back are published with it.
+
+A loop of its own watches the tree for a newly signed checkpoint and submits it to
+every witness at once (``POST <url>/add-checkpoint``), each with
+``integrity.witness_timeout``. A witness that is down, slow or answering 5xx is
+retried with a backoff doubling to a minute and never holds up the log: signing goes
+on, and only the quorum waits. A witness that refuses (409 with a size we cannot
+prove consistency from, 422) has seen another history under our key, a fork: the
+daemon logs the ERROR ``witness_refused`` with its answer and shows it on
+``/healthz``; that witness is not asked again until a restart.
+
+Each witness's size is learnt from its 409 (``text/x.tlog.size``): the first
+submission says ``old 0`` and is answered with the size it holds, and the next one
+carries our consistency proof from that size.
+
+``/checkpoint`` and ``/public/checkpoint`` then serve the latest checkpoint with
+every cosignature it got (signed-note lets a note carry many). A checkpoint counts
+as *witnessed* once ``integrity.witness_quorum`` witnesses cosigned it; the freshness
+of the latest witnessed checkpoint is on ``/healthz`` and ``/metrics``. The last
+cosigned note is also kept in ``<state dir>/checkpoint.cosigned`` for ``publish export``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+
+from rollwatch.errors import InvalidNote, InvalidProof
+from rollwatch.integrity.checkpoint import Checkpoint, b64, split_note
+from rollwatch.integrity.tree import MerkleTree, StoredCheckpoint
+from rollwatch.integrity.witness import SIZE_TYPE, CosignatureVerifier
+from rollwatch.log import get_logger
+
+log = get_logger(__name__)
+
+COSIGNED_FILE = "checkpoint.cosigned"
+
+_POLL_S = 0.5  # how often the loop looks for a newly signed checkpoint
+_MAX_BACKOFF_S = 60.0
+
+
+@dataclass(slots=True)
+class WitnessStatus:
+    """What the daemon knows of one witness."""
+
+    url: str
+    verifier: CosignatureVerifier
+    size: int = 0
+    """The size the witness holds, as far as we know."""
+    cosigned_size: int = 0
+    cosigned_at: int | None = None
+    """The timestamp of its latest cosignature."""
+    line: str = ""
+    """Its cosignature line on the latest checkpoint it cosigned."""
+    refused: str | None = None
+    """Why it refused a checkpoint (a fork); None while it has not."""
+    error: str | None = None
+    """The last failure to reach it."""
+    retry_at: float = 0.0
+    backoff: float = 1.0
+
+    def as_json(self, now: float) -> dict[str, Any]:
+        return {
+            "name": self.verifier.name,
+            "url": self.url,
+            "cosigned_size": self.cosigned_size,
+            "cosigned_age_s": None if self.cosigned_at is None else round(now - self.cosigned_at, 1),
+            "refused": self.refused,
+            "error": self.error,
+        }
+
+
+@dataclass(slots=True)
+class Witnessing:
+    """The witnesses of one log, their cosignatures on its latest checkpoint, and the quorum."""
+
+    tree: MerkleTree
+    witnesses: list[WitnessStatus]
+    quorum: int
+    timeout: float = 10.0
+    cosigned_file: Path | None = None
+    refresh: float = 600.0
+    """Resubmit the latest checkpoint this often even when no new one was signed: a quiet log
+    then still gets fresh cosignatures, so an old cosignature means a frozen log (or witness)."""
+    latest: StoredCheckpoint | None = None
+    witnessed_size: int = 0
+    witnessed_at: float | None = None
+    """When the latest witnessed checkpoint reached its quorum (the time of its quorum-th cosignature)."""
+    _changed: anyio.Event = field(default_factory=anyio.Event)
+
+    @classmethod
+    def from_config(
+        cls,
+        tree: MerkleTree,
+        witnesses: list[tuple[str, str]],
+        quorum: int,
+        timeout: float,
+        state_dir: Path,
+        refresh: float = 600.0,
+    ) -> Witnessing:
+        """From ``[(url, vkey), ...]`` (validated by the configuration)."""
+        return cls(
+            tree,
+            [WitnessStatus(url.rstrip("/"), CosignatureVerifier.from_vkey(k)) for url, k in witnesses],
+            quorum,
+            timeout,
+            state_dir / COSIGNED_FILE,
+            refresh,
+        )
+
+    # -- what others read ------------------------------------------------------------------------
+
+    def cosigned(self, note: str) -> str:
+        """``note`` with the cosignatures it got (as is when it is not the latest or got none)."""
+        if self.latest is None or note != self.latest.note:
+            return note
+        lines = [w.line for w in self.witnesses if w.line and w.cosigned_size == self.latest.size]
+        return note + "".join(lines)
+
+    def status(self) -> dict[str, Any]:
+        """The witnesses and the quorum, for ``/healthz``."""
+        now = time.time()
+        return {
+            "quorum": self.quorum,
+            "witnessed_size": self.witnessed_size,
+            "witnessed_age_s": None if self.witnessed_at is None else round(now - self.witnessed_at, 1),
+            "witnesses": [w.as_json(now) for w in self.witnesses],
+        }
+
+    def refusals(self) -> list[str]:
+        """The witnesses that refused a checkpoint, with their reasons."""
+        return [f"witness {w.verifier.name}: {w.refused}" for w in self.witnesses if w.refused]
+
+    async def wait_changed(self) -> None:
+        """Until the next cosignature, refusal or failure is recorded."""
+        await self._changed.wait()
+
+    def _note_change(self) -> None:
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    # -- the loop -----------------------------------------------------------------------------------
+
+    async def run(self, client: httpx.AsyncClient | None = None) -> None:
+        """Submit each new checkpoint to every witness, for ever (cancel to stop)."""
+        own = client is None
+        http = client or httpx.AsyncClient(timeout=self.timeout)
+        try:
+            while True:
+                cp = await self.tree.latest_checkpoint()
+                if cp is not None and (self.latest is None or cp.seq != self.latest.seq):
+                    self.latest = cp
+                    for w in self.witnesses:
+                        w.retry_at, w.backoff = 0.0, 1.0
+                if self.latest is not None:
+                    stale = time.time() - self.refresh
+                    due = [
+                        w
+                        for w in self.witnesses
+                        if w.refused is None
+                        and (w.cosigned_size != self.latest.size or (w.cosigned_at or 0) < stale)
+                        and w.retry_at <= time.monotonic()
+                    ]
+                    if due:
+                        async with anyio.create_task_group() as tg:
+                            for w in due:
+                                tg.start_soon(self._submit, http, w, self.latest)
+                        self._count_quorum()
+                await anyio.sleep(_POLL_S)
+        finally:
+            if own:
+                with anyio.CancelScope(shield=True):
+                    await http.aclose()
+
+    def _count_quorum(self) -> None:
+        cp = self.latest
+        if cp is None:
+            return
+        times = sorted(
+            (w.cosigned_at or 0 for w in self.witnesses if w.cosigned_size == cp.size and w.line),
+            reverse=True,
+        )
+        if len(times) < self.quorum or cp.size < self.witnessed_size:
+            return
+        # Witnessed as of the quorum-th freshest cosignature (refreshes move it on).
+        at = float(times[self.quorum - 1]) if self.quorum else time.time()
+        if cp.size > self.witnessed_size:
+            log.info("checkpoint_witnessed", size=cp.size, cosignatures=len(times), quorum=self.quorum)
+        self.witnessed_size = cp.size
+        self.witnessed_at = at
+        self._write_cosigned()
+
+    def _write_cosigned(self) -> None:
+        if self.cosigned_file is None or self.latest is None:
+            return
+        tmp = self.cosigned_file.with_name(f".{self.cosigned_file.name}.tmp")
+        try:
+            tmp.write_text(self.cosigned(self.latest.note), encoding="utf-8")
+            os.replace(tmp, self.cosigned_file)
+        except OSError as e:
+            log.warning("cosigned_checkpoint_not_kept", path=str(self.cosigned_file), error=str(e))
+
+    async def _submit(self, http: httpx.AsyncClient, w: WitnessStatus, cp: StoredCheckpoint) -> None:
+        try:
+            for _ in range(2):  # the second time with the size a 409 told us
+                body = await self._body(w.size, cp)
+                if body is None:
+                    self._refused(w, f"it holds size {w.size}, larger than our checkpoint's {cp.size}")
+                    return
+                r = await http.post(
+                    f"{w.url}/add-checkpoint", content=body, headers={"Content-Type": "text/plain"}
+                )
+                if r.status_code == 409 and r.headers.get("content-type", "").startswith(SIZE_TYPE):
+                    held = _size(r.text)
+                    if held is None:
+                        raise httpx.HTTPError(f"409 with a malformed size {r.text[:40]!r}")
+                    if held == w.size:  # same size, another root: a fork
+                        self._refused(w, f"409: it holds another tree of size {held}")
+                        return
+                    w.size = held
+                    continue
+                if r.status_code == 200:
+                    self._cosigned(w, cp, r.text)
+                    return
+                if r.status_code in (403, 404, 422) or 400 <= r.status_code < 500:
+                    self._refused(w, f"{r.status_code}: {r.text.strip()[:200]}")
+                    return
+                raise httpx.HTTPError(f"{r.status_code}: {r.text.strip()[:200]}")
+            raise httpx.HTTPError("the witness keeps changing its size")
+        except (httpx.HTTPError, OSError, InvalidNote) as e:
+            w.error = str(e) or type(e).__name__
+            w.retry_at = time.monotonic() + w.backoff
+            w.backoff = min(w.backoff * 2, _MAX_BACKOFF_S)
+            log.warning(
+                "witness_unreachable", witness=w.verifier.name, url=w.url, error=w.error, retry_in_s=w.backoff
+            )
+            self._note_change()
+
+    async def _body(self, old: int, cp: StoredCheckpoint) -> bytes | None:
+        if old > cp.size:
+            return None
+        proof: list[bytes] = []
+        if 0 < old < cp.size:
+            try:
+                proof = await self.tree.consistency_proof(old, cp.size)
+            except InvalidProof:
+                return None
+        lines = "".join(f"{b64(h)}\n" for h in proof)
+        return f"old {old}\n{lines}\n{cp.note}".encode()
+
+    def _cosigned(self, w: WitnessStatus, cp: StoredCheckpoint, answer: str) -> None:
+        lines = [ln + "\n" for ln in answer.splitlines() if ln]
+        mine = [ln for ln in lines if ln.startswith(f"\u2014 {w.verifier.name} ")]
+        stamp = None
+        for ln in mine:
+            try:
+                stamp = w.verifier.timestamp(cp.note + ln)
+            except InvalidNote as e:
+                raise InvalidNote(f"its cosignature does not verify: {e}") from None
+            if stamp is not None:
+                w.line = ln
+                break
+        if stamp is None:
+            raise InvalidNote("its answer has no cosignature by its key")
+        w.size = w.cosigned_size = cp.size
+        w.cosigned_at = stamp
+        w.error = None
+        log.info("checkpoint_cosigned", witness=w.verifier.name, size=cp.size, timestamp=stamp)
+        self._note_change()
+
+    def _refused(self, w: WitnessStatus, why: str) -> None:
+        w.refused = why
+        log.error(
+            "witness_refused",
+            witness=w.verifier.name,
+            url=w.url,
+            reason=why,
+            meaning="the witness holds a checkpoint our log is not consistent with: a fork of the log",
+        )
+        self._note_change()
+
+
+def _size(text: str) -> int | None:
+    s = text.strip()
+    return int(s) if s.isdigit() and (s == "0" or not s.startswith("0")) else None
+
+
+def cosignature_times(note: str, verifiers: list[CosignatureVerifier]) -> dict[str, int]:
+    """The valid cosignatures on ``note`` by ``verifiers``: witness name -> timestamp."""
+    split_note(note)  # malformed notes fail here, loudly
+    out = {}
+    for v in verifiers:
+        t = v.timestamp(note)
+        if t is not None:
+            out[v.name] = t
+    return out
+
+
+def checkpoint_of(note: str) -> Checkpoint:
+    """The (unverified) checkpoint body of ``note``."""
+    return Checkpoint.parse(split_note(note)[0])
+
+
+def check_witnessed(
+    note: str, verifiers: list[CosignatureVerifier], quorum: int, max_age: float, now: float | None = None
+) -> list[str]:
+    """Check ``note`` carries ``quorum`` valid cosignatures by ``verifiers``, none older than
+    ``max_age`` seconds nor in the future (a minute of clock skew allowed); return one line per
+    cosignature, or raise ValueError saying what is missing."""
+    t_now = time.time() if now is None else now
+    try:
+        times = cosignature_times(note, verifiers)
+    except InvalidNote as e:
+        raise ValueError(str(e)) from None
+    lines, fresh = [], 0
+    for name, t in sorted(times.items()):
+        age = t_now - t
+        if age < -60:
+            raise ValueError(f"the cosignature by {name} is dated {-age:.0f} s in the future")
+        if age > max_age:
+            lines.append(f"cosignature by {name}: {age:.0f} s old, older than the {max_age:.0f} s allowed")
+        else:
+            fresh += 1
+            lines.append(f"cosignature by {name}: {age:.0f} s old: ok")
+    if fresh < quorum:
+        missing = sorted({v.name for v in verifiers} - times.keys())
+        raise ValueError(
+            f"{fresh} fresh cosignatures, {quorum} needed; "
+            + "; ".join([*lines, *(f"no cosignature by {m}" for m in missing)])
+        )
+    return lines

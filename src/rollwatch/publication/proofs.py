@@ -1,0 +1,109 @@
+"""Proof bundles: every event behind a released result, proven against one signed checkpoint.
+
+A released result claims: this request (provider, model, problem and its content
+hash, sample, the prompt as sent) got this answer, which scored this, was decided
+public with this embargo, and was released. Each of those is an event of the
+rollout's stream ``rollout-<id>``; the bundle carries all of them, with the signed
+checkpoint they are proven against::
+
+    {"format": "rollwatch-proof/v1",
+     "rollout_id": ID,
+     "checkpoint": "<the signed note, as /checkpoint served it>",
+     "tree_size": N,                       # the checkpoint's size
+     "events": [{"seq": S, "leaf_index": S - 1, "type": "RolloutRequested",
+                 "canonical": "<the event's canonical JSON: the leaf's bytes>",
+                 "leaf_hash": base64, "inclusion": [base64, ...]}, ...],
+     "pending": [S, ...],                  # events after the checkpoint: proven at the next one
+     "complete": true}                     # no event pending
+
+An auditor needs the log's public key (``/public/key``, ``key`` in an export; pin it
+once) and nothing of ours: verify the note's Ed25519 signature, take its size and
+root, and for each event hash ``0x00 ‖ canonical`` and fold ``inclusion`` (RFC 9162
+§2.1.3.2) up to that root; then read the claim out of the canonical JSON. The
+rollout id itself is ``UUIDv5(6f1d7f0e-3c9b-4c1e-9a57-2b8f0d4c7a11, run_id ‖ 0x00 ‖
+model ‖ 0x00 ‖ problem_id ‖ 0x00 ‖ sample)`` (see :func:`rollwatch.runs.pipeline.rollout_id`),
+so the request event ties the id to what was asked.
+
+Bundles for the checkpoint of the moment are kept (up to 2,000, about 16 MB), so
+the feed's items and popular results are built once per checkpoint; a
+``results.jsonl`` of more results than that rebuilds the rest as it streams (about
+3 ms a result).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rollwatch.abc import EventStore
+from rollwatch.events import rollout_stream
+from rollwatch.integrity.checkpoint import b64
+from rollwatch.integrity.merkle import leaf_hash
+from rollwatch.integrity.tree import MerkleTree, StoredCheckpoint
+
+FORMAT = "rollwatch-proof/v1"
+
+_KEEP = 2_000  # about 8 KB each
+
+
+class ProofBundles:
+    """The proof bundles of released results, from ``store`` and its ``tree``."""
+
+    def __init__(self, store: EventStore, tree: MerkleTree) -> None:
+        self.store = store
+        self.tree = tree
+        self._seq = -1  # the CheckpointSigned event the kept bundles are for
+        self._kept: dict[str, dict[str, Any]] = {}
+
+    async def checkpoint(self) -> StoredCheckpoint | None:
+        """The checkpoint bundles are made against now (the latest signed one)."""
+        cp = await self.tree.latest_checkpoint()
+        if cp is None or cp.seq != self._seq or len(self._kept) > _KEEP:
+            self._seq, self._kept = (cp.seq if cp is not None else -1), {}
+        return cp
+
+    async def bundle(
+        self, rollout_id: str, checkpoint: StoredCheckpoint | None = None
+    ) -> dict[str, Any] | None:
+        """The bundle of ``rollout_id`` against ``checkpoint`` (default: the latest); None without one.
+
+        Only call this for released results: the bundle shows every event of the rollout.
+        """
+        cp = checkpoint or await self.checkpoint()
+        if cp is None:
+            return None
+        current = cp.seq == self._seq
+        if current and rollout_id in self._kept:
+            return self._kept[rollout_id]
+        pending: list[int] = []
+        covered = []
+        async for ev in self.store.read(stream=rollout_stream(rollout_id)):
+            if ev.seq > cp.size:
+                pending.append(ev.seq)
+            else:
+                covered.append(ev)
+        paths = await self.tree.inclusion_proofs([ev.seq - 1 for ev in covered], cp.size)
+        events: list[dict[str, Any]] = []
+        for ev, path in zip(covered, paths, strict=True):
+            canonical = ev.canonical()
+            events.append(
+                {
+                    "seq": ev.seq,
+                    "leaf_index": ev.seq - 1,
+                    "type": ev.type,
+                    "canonical": canonical.decode(),
+                    "leaf_hash": b64(leaf_hash(canonical)),
+                    "inclusion": [b64(h) for h in path],
+                }
+            )
+        out = {
+            "format": FORMAT,
+            "rollout_id": rollout_id,
+            "checkpoint": cp.note,
+            "tree_size": cp.size,
+            "events": events,
+            "pending": pending,
+            "complete": not pending,
+        }
+        if current:
+            self._kept[rollout_id] = out
+        return out

@@ -1,0 +1,392 @@
+"""Witnesses (C2SP tlog-witness, cosignature/v1): ``rollwatch witness serve`` as real processes,
+and a log on loopback that submits its checkpoints to them."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
+
+from rollwatch.config import parse_config
+from rollwatch.errors import InvalidNote
+from rollwatch.integrity.checkpoint import Checkpoint, NoteSigner, b64
+from rollwatch.integrity.merkle import EMPTY_ROOT, node_hash
+from rollwatch.integrity.service import Integrity, open_integrity
+from rollwatch.integrity.witness import CosignatureVerifier
+from rollwatch.metrics import Metrics
+from rollwatch.projections import ProjectionDB
+from rollwatch.publication.routes import publication_routes
+from rollwatch.store.sqlite import SQLiteEventStore
+from rollwatch.web.app import build_app
+from rollwatch.web.server import HTTPServer
+from tests.integrity.conftest import append_n
+from tests.publication.helpers import all_projections
+
+pytestmark = pytest.mark.anyio
+
+ORIGIN = "rollwatch.test/witnessed"
+
+
+@dataclass
+class WitnessProc:
+    proc: subprocess.Popen[str]
+    url: str
+    vkey: str
+    port: int
+
+
+@contextmanager
+def witness_serve(tmp: Path, name: str, log_vkey: str, port: int = 0) -> Iterator[WitnessProc]:
+    """``rollwatch witness serve`` on loopback; its key and state live in ``tmp/name``."""
+    home = tmp / name
+    home.mkdir(exist_ok=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "rollwatch",
+            "witness",
+            "serve",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--key",
+            str(home / "witness.key"),
+            "--log",
+            log_vkey,
+            "--name",
+            f"witness.test/{name}",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        url = first.rsplit(" ", 1)[-1].strip()
+        vkey = proc.stdout.readline().split(" ", 1)[1].strip()
+        yield WitnessProc(proc, url, vkey, int(url.rsplit(":", 1)[1]))
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+async def audit_cmd(*args: str) -> tuple[int, str, str]:
+    """``python -m rollwatch audit ARGS``, in a worker thread (the server keeps serving)."""
+    p = await anyio.to_thread.run_sync(
+        lambda: subprocess.run(
+            [sys.executable, "-m", "rollwatch", "audit", *args], capture_output=True, text=True, timeout=60
+        )
+    )
+    return p.returncode, p.stdout, p.stderr
+
+
+def log_key(path: Path) -> NoteSigner:
+    """A checkpoint key written where the log's config points (so a second log can share it: a fork)."""
+    if not path.exists():
+        key = Ed25519PrivateKey.generate()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
+        path.chmod(0o600)
+    from rollwatch.integrity.keys import load_signer
+
+    return load_signer(path, ORIGIN)
+
+
+@dataclass
+class Site:
+    store: SQLiteEventStore
+    integrity: Integrity
+    client: httpx.AsyncClient
+
+    @property
+    def witnessing(self) -> Any:
+        assert self.integrity.witnessing is not None
+        return self.integrity.witnessing
+
+    async def checkpoint(self, events: int, tag: str = "e") -> int:
+        await append_n(self.store, events, per_call=50, tag=tag)
+        cp = await self.integrity.final_checkpoint()
+        assert cp is not None
+        return cp.size
+
+    @property
+    def url(self) -> str:
+        return str(self.client.base_url).rstrip("/")
+
+    async def until(self, cond: Callable[[], bool], timeout: float = 60) -> None:
+        """Wait, on the witnessing's own change events, until ``cond()`` holds."""
+        with anyio.fail_after(timeout):
+            while not cond():
+                with anyio.move_on_after(1):  # the loop may be between polls of the tree
+                    await self.witnessing.wait_changed()
+
+
+@asynccontextmanager
+async def site(home: Path, key_file: Path, witnesses: list[WitnessProc], quorum: int) -> AsyncIterator[Site]:
+    config = parse_config(
+        {
+            "store": {"url": f"sqlite:{home / 'events.db'}"},
+            "integrity": {
+                "origin": ORIGIN,
+                "key_file": str(key_file),
+                "checkpoint_every": 10**9,
+                "checkpoint_interval": "1h",
+                "witnesses": [{"url": w.url, "key": w.vkey} for w in witnesses],
+                "witness_quorum": quorum,
+                "witness_timeout": "5s",
+            },
+        }
+    )
+    async with (
+        SQLiteEventStore(home / "events.db") as store,
+        ProjectionDB(config.store.projections_path, all_projections()) as pdb,
+        open_integrity(config.integrity, config.store, store) as integrity,
+    ):
+        metrics = Metrics()
+        metrics.witnessed = integrity.witnessed
+        services = SimpleNamespace(store=store, projections=pdb, config=config)
+        app = build_app(
+            metrics,
+            [*publication_routes(services, None, integrity), *integrity.routes()],
+            health=integrity.health,
+        )
+        server = HTTPServer(app, "127.0.0.1", 0)
+        stop = anyio.Event()
+        async with anyio.create_task_group() as tg:
+            await tg.start(integrity.run, stop)
+            await tg.start(server.run)
+            try:
+                async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.port}", timeout=30) as c:
+                    yield Site(store, integrity, c)
+            finally:
+                server.stop()
+                stop.set()
+
+
+class TestQuorum:
+    async def test_two_witnesses_reach_quorum_and_one_down_delays_it_not_the_log(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Both witnesses cosign each checkpoint, /checkpoint carries both cosignatures (each
+        verifies, with its timestamp), /healthz and /metrics show the witnessed size; with one
+        witness down the log signs on, the quorum waits, and the restarted witness catches up."""
+        monkeypatch.delenv("STATE_DIRECTORY", raising=False)
+        key = tmp_path / "log" / "checkpoint.key"
+        signer = log_key(key)
+        with witness_serve(tmp_path, "w1", signer.vkey) as w1:
+            w2_ctx = witness_serve(tmp_path, "w2", signer.vkey)
+            w2 = w2_ctx.__enter__()
+            try:
+                async with site(tmp_path / "log", key, [w1, w2], quorum=2) as s:
+                    size = await s.checkpoint(40)
+                    await s.until(lambda: s.witnessing.witnessed_size == size)
+                    note = (await s.client.get("/checkpoint")).text
+                    assert note.startswith(f"{ORIGIN}\n{size}\n")
+                    stamps = [CosignatureVerifier.from_vkey(w.vkey).timestamp(note) for w in (w1, w2)]
+                    assert all(isinstance(t, int) for t in stamps)
+                    assert (await s.client.get("/public/checkpoint")).text == note
+                    health = (await s.client.get("/healthz")).json()
+                    assert health["witness"]["witnessed_size"] == size
+                    assert health["witness"]["witnessed_age_s"] is not None
+                    assert (
+                        f"rollwatch_witnessed_checkpoint_size {size}" in (await s.client.get("/metrics")).text
+                    )
+                    # Kept for `publish export`, which ships the cosigned note when it is its checkpoint.
+                    from rollwatch.publication.export import cosigned_note
+
+                    kept = tmp_path / "log" / "checkpoint.cosigned"
+                    plain = note.split("\u2014 witness.test/")[0]
+                    assert cosigned_note(plain, kept) == note
+                    assert cosigned_note(plain.replace(f"\n{size}\n", "\n1\n"), kept) != note
+                    both = ("--witness", w1.vkey, "--witness", w2.vkey)
+                    code, out, err = await audit_cmd("--url", s.url, "--key", signer.vkey, *both)
+                    assert code == 0, err
+                    assert "witnessed: 2 of 2 witnesses needed: ok" in out
+
+                    # One witness down: the log goes on, the quorum waits.
+                    w2_ctx.__exit__(None, None, None)
+                    size2 = await s.checkpoint(30, tag="f")
+                    assert size2 > size
+                    w2_status = s.witnessing.witnesses[1]
+                    await s.until(
+                        lambda: (
+                            s.witnessing.witnesses[0].cosigned_size == size2 and w2_status.error is not None
+                        )
+                    )
+                    assert s.witnessing.witnessed_size == size
+                    note2 = (await s.client.get("/checkpoint")).text
+                    assert CosignatureVerifier.from_vkey(w1.vkey).timestamp(note2) is not None
+                    assert CosignatureVerifier.from_vkey(w2.vkey).timestamp(note2) is None
+                    code, _, err = await audit_cmd("--url", s.url, "--key", signer.vkey, *both)
+                    assert code == 1
+                    assert "FAILED witness" in err
+                    assert "no cosignature by witness.test/w2" in err
+                    code, _, err = await audit_cmd(
+                        "--url", s.url, "--key", signer.vkey, *both, "--quorum", "1"
+                    )
+                    assert code == 0, err
+
+                    # Back on the same port, with its key and state: it cosigns, the quorum is reached.
+                    w2_ctx = witness_serve(tmp_path, "w2", signer.vkey, port=w2.port)
+                    w2 = w2_ctx.__enter__()
+                    await s.until(lambda: s.witnessing.witnessed_size == size2)
+                    assert (await s.client.get("/healthz")).json()["witness"]["witnesses"][1][
+                        "refused"
+                    ] is None
+            finally:
+                w2_ctx.__exit__(None, None, None)
+
+
+class TestFork:
+    async def test_a_witness_refuses_a_fork_and_the_daemon_reports_it(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A second history signed with the same key and origin (what someone who rewrote the log
+        and deleted its state would sign) is refused by the witness that cosigned the first: 422,
+        ERROR witness_refused, shown on /healthz and /metrics; the witness keeps the first history."""
+        monkeypatch.delenv("STATE_DIRECTORY", raising=False)
+        key = tmp_path / "checkpoint.key"
+        signer = log_key(key)
+        with witness_serve(tmp_path, "w1", signer.vkey) as w1:
+            async with site(tmp_path / "a", key, [w1], quorum=1) as a:
+                size_a = await a.checkpoint(10)
+                await a.until(lambda: a.witnessing.witnessed_size == size_a)
+            async with site(tmp_path / "b", key, [w1], quorum=1) as b:
+                size_b = await b.checkpoint(30, tag="forked")
+                assert size_b > size_a
+                await b.until(lambda: bool(b.witnessing.refusals()))
+                [why] = b.witnessing.refusals()
+                assert "422" in why
+                assert b.witnessing.witnessed_size < size_b
+                health = (await b.client.get("/healthz")).json()
+                assert "422" in health["witness"]["witnesses"][0]["refused"]
+                assert "rollwatch_witness_refusals 1" in (await b.client.get("/metrics")).text
+            state = (tmp_path / "w1" / "witness-state.json").read_text()
+            assert f'"size": {size_a}' in state
+
+
+def submission(old: int, proof: list[bytes], note: str) -> bytes:
+    return (f"old {old}\n" + "".join(f"{b64(h)}\n" for h in proof) + "\n" + note).encode()
+
+
+class TestWitnessProtocol:
+    async def test_the_witness_answers_each_case_of_the_spec(self, tmp_path: Path) -> None:
+        """404 unknown origin, 403 a note not signed by the log's key, 400 malformed bodies and old >
+        size, 409 (text/x.tlog.size) a wrong old size or the same size with another root, 422 a proof
+        that does not verify, 200 with a verifying timestamped cosignature otherwise."""
+        signer = NoteSigner(ORIGIN, Ed25519PrivateKey.generate())
+        stranger = NoteSigner(ORIGIN, Ed25519PrivateKey.generate())
+        other_log = NoteSigner("other.test/log", Ed25519PrivateKey.generate())
+        leaves = [bytes([i]) * 32 for i in range(4)]
+        root2 = node_hash(leaves[0], leaves[1])
+        root4 = node_hash(root2, node_hash(leaves[2], leaves[3]))
+
+        def note(s: NoteSigner, size: int, root: bytes, origin: str = ORIGIN) -> str:
+            return s.sign_checkpoint(Checkpoint(origin, size, root))
+
+        with witness_serve(tmp_path, "w", signer.vkey) as w:
+            verifier = CosignatureVerifier.from_vkey(w.vkey)
+
+            def post(body: bytes) -> httpx.Response:
+                return httpx.post(w.url + "/add-checkpoint", content=body, timeout=30)
+
+            async def call(body: bytes) -> httpx.Response:
+                return await anyio.to_thread.run_sync(post, body)
+
+            assert (
+                await call(submission(0, [], note(other_log, 2, root2, "other.test/log")))
+            ).status_code == 404
+            assert (await call(submission(0, [], note(stranger, 2, root2)))).status_code == 403
+            for bad in (
+                b"",
+                b"old 01\n\n",
+                b"old 0\nnot-base64\n\n" + note(signer, 2, root2).encode(),
+                b"\xff\n\n",
+            ):
+                assert (await call(bad)).status_code == 400, bad
+            assert (await call(submission(3, [], note(signer, 2, root2)))).status_code == 400
+            first = note(signer, 2, root2)
+            r = await call(submission(0, [], first))
+            assert r.status_code == 200
+            assert verifier.timestamp(first + r.text) is not None
+            r = await call(submission(0, [], note(signer, 4, root4)))
+            assert r.status_code == 409
+            assert r.headers["content-type"].startswith("text/x.tlog.size")
+            assert r.text == "2\n"
+            r = await call(submission(2, [], note(signer, 2, EMPTY_ROOT)))
+            assert r.status_code == 409  # the same size, another root
+            bad_proof = [node_hash(leaves[3], leaves[2])]
+            assert (await call(submission(2, bad_proof, note(signer, 4, root4)))).status_code == 422
+            good_proof = [node_hash(leaves[2], leaves[3])]
+            r = await call(submission(2, good_proof, note(signer, 4, root4)))
+            assert r.status_code == 200
+            assert verifier.timestamp(note(signer, 4, root4) + r.text) is not None
+            # A cosignature over another checkpoint does not verify for this one.
+            with pytest.raises(InvalidNote, match="does not verify"):
+                verifier.timestamp(first + r.text)
+
+
+class TestCosignatureAge:
+    def test_a_stale_or_future_cosignature_does_not_count(self) -> None:
+        """check_witnessed counts only cosignatures younger than the bound (and not from the future),
+        and names what is missing; a tampered cosignature fails."""
+        from rollwatch.integrity.witness import Cosigner
+        from rollwatch.integrity.witnessing import check_witnessed
+
+        signer = NoteSigner(ORIGIN, Ed25519PrivateKey.generate())
+        note = signer.sign_checkpoint(Checkpoint(ORIGIN, 2, EMPTY_ROOT))
+        text = note.split("\n\n")[0] + "\n"
+        a = Cosigner("witness.test/a", Ed25519PrivateKey.generate())
+        b = Cosigner("witness.test/b", Ed25519PrivateKey.generate())
+        now = 2_000_000_000
+        cosigned = note + a.cosign(text, now - 10) + b.cosign(text, now - 3 * 86400)
+        vs = [CosignatureVerifier.from_vkey(c.vkey) for c in (a, b)]
+        assert len(check_witnessed(cosigned, vs, 1, 86400, now=now)) == 2
+        with pytest.raises(
+            ValueError, match=r"1 fresh cosignatures, 2 needed.*witness\.test/b: 259200 s old"
+        ):
+            check_witnessed(cosigned, vs, 2, 86400, now=now)
+        with pytest.raises(ValueError, match="in the future"):
+            check_witnessed(note + a.cosign(text, now + 3600), vs[:1], 1, 86400, now=now)
+        # Another checkpoint's cosignature moved onto this note does not verify.
+        other = signer.sign_checkpoint(Checkpoint(ORIGIN, 3, EMPTY_ROOT)).split("\n\n")[0] + "\n"
+        with pytest.raises(ValueError, match="does not verify"):
+            check_witnessed(note + a.cosign(other, now - 10), vs[:1], 1, 86400, now=now)
+
+
+class TestWitnessConfig:
+    def test_bad_witness_settings_name_the_key(self) -> None:
+        """A malformed witness key, a URL without scheme, or a quorum above the witnesses configured
+        is a configuration error naming the key."""
+        from rollwatch.errors import ConfigError
+        from rollwatch.integrity.witness import Cosigner
+
+        good = Cosigner("witness.test/a", Ed25519PrivateKey.generate()).vkey
+        log_vkey = NoteSigner(ORIGIN, Ed25519PrivateKey.generate()).vkey  # type 0x01: not a witness key
+        cases = [
+            ({"witnesses": [{"url": "http://w", "key": log_vkey}]}, "witnesses[0].key"),
+            ({"witnesses": [{"url": "w.example", "key": good}]}, "witnesses[0].url"),
+            ({"witnesses": [{"url": "http://w", "key": good}], "witness_quorum": 2}, "witness_quorum = 2"),
+        ]
+        for integrity, where in cases:
+            with pytest.raises(ConfigError) as e:
+                parse_config({"integrity": integrity})
+            assert where in str(e.value), str(e.value)
+        cfg = parse_config(
+            {"integrity": {"witnesses": [{"url": "http://w/", "key": good}], "witness_quorum": 1}}
+        )
+        assert cfg.integrity.witnesses[0].url == "http://w"
