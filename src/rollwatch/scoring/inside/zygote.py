@@ -737,8 +737,14 @@ def _rebuilt_exception(name: str, message: str, tns: Json) -> Exception:
 
 
 _JUDGE_CODE: dict[tuple[str, str], CodeType] = {}
-JUDGE_CODE_KEEP = 64
-"""Compiled preludes and tests the resident judge keeps: a problem is scored many times."""
+JUDGE_CODE_KEEP = 1024
+"""Compiled preludes and tests the resident judge keeps: a problem is scored many times.
+
+Sized for a whole problem set (HumanEval's 164 problems are 328 entries): with fewer
+entries than a run's problems, a run that goes through them in turn never hits."""
+JUDGE_CODE_CHARS = 32 * 1024 * 1024
+"""At most this much source text behind the cached code objects (the oldest go first)."""
+_judge_code_chars = 0
 
 
 def _judge_compile(name: str, text: str) -> CodeType:
@@ -746,14 +752,19 @@ def _judge_compile(name: str, text: str) -> CodeType:
 
     Only the problem's own prelude and tests are compiled here, never the candidate's
     code; code objects are immutable, so one sample's run cannot change the next one's.
+    Least recently used entries go first.
     """
+    global _judge_code_chars
     key = (name, text)
-    code = _JUDGE_CODE.get(key)
+    code = _JUDGE_CODE.pop(key, None)
     if code is None:
         code = compile(text, name, "exec", dont_inherit=True, optimize=0)
-        if len(_JUDGE_CODE) >= JUDGE_CODE_KEEP:
-            del _JUDGE_CODE[next(iter(_JUDGE_CODE))]
-        _JUDGE_CODE[key] = code
+        _judge_code_chars += len(text)
+        while _JUDGE_CODE and (len(_JUDGE_CODE) >= JUDGE_CODE_KEEP or _judge_code_chars > JUDGE_CODE_CHARS):
+            old = next(iter(_JUDGE_CODE))
+            del _JUDGE_CODE[old]
+            _judge_code_chars -= len(old[1])
+    _JUDGE_CODE[key] = code
     return code
 
 
