@@ -569,7 +569,32 @@ def _watched_modules(req: Json) -> list[tuple[str, Any, dict[str, Any]]]:
     return watched
 
 
-def _run_candidate(req: Json) -> int:
+Watched = list[tuple[str, Any, tuple[str, ...], tuple[Any, ...]]]
+_WATCHED: dict[str, Watched] = {}
+WATCHED_KEEP = 256
+"""Problems whose watch lists the zygote keeps (the regex scan of the tests costs the candidate's process more)."""
+
+
+def watched_for(req: Json) -> Watched:
+    """``_watched_modules(req)`` as the candidate checks it: names and values apart.
+
+    Made in the zygote before the candidate's fork, and kept per problem: the zygote
+    never runs a sample's code, so its modules are as every candidate finds them.
+    """
+    text = req["tests"] + "\n" + (req.get("prelude") or "")
+    watched = _WATCHED.pop(text, None)
+    if watched is None:
+        watched = [
+            (name, m, tuple(before), tuple(before.values())) for name, m, before in _watched_modules(req)
+        ]
+        while len(_WATCHED) >= WATCHED_KEEP:
+            del _WATCHED[next(iter(_WATCHED))]
+    if len(text) <= 1 << 20:
+        _WATCHED[text] = watched
+    return watched
+
+
+def _run_candidate(req: Json, watched: Watched) -> int:
     """The candidate's process: prelude and code, then one call per request of the judge.
 
     fds: 0 stdin (/dev/null), 1 and 2 the sample's output pipes, 3 calls from the judge,
@@ -584,8 +609,8 @@ def _run_candidate(req: Json) -> int:
     advisory: it comes from the candidate's own process, so it can only fail a sample,
     never pass one. It catches the lazy reward hack; the split is the real guard.
     """
-    # Names and values apart, so that each check is one loop in C: it runs for every answer.
-    watched = [(name, m, tuple(before), tuple(before.values())) for name, m, before in _watched_modules(req)]
+    # ``watched`` has names and values apart, so that each check is one loop in C: it
+    # runs for every answer.
     sysmods = sys.modules
     all_, map_, zip_, same, again = all, map, zip, is_, repeat
     gettrace, getprofile = sys.gettrace, sys.getprofile
@@ -1422,12 +1447,13 @@ class Zygote:
             poller.register(pidfd, select.POLLIN)
             judge_sock = sock
             poller.register(sock.fileno(), select.POLLIN)
+            watched = watched_for(req)
             cand = self._spawn(
                 req,
                 [stdin_fd, out_w, err_w, call_r, ans_w],
                 cfg.get("uid"),
                 work,
-                lambda: _run_candidate(req),
+                lambda: _run_candidate(req, watched),
             )
             for fd in (call_r, ans_w):
                 os.close(fd)
