@@ -767,8 +767,10 @@ JUDGE_CODE_KEEP = 1024
 
 Sized for a whole problem set (HumanEval's 164 problems are 328 entries): with fewer
 entries than a run's problems, a run that goes through them in turn never hits."""
-JUDGE_CODE_CHARS = 32 * 1024 * 1024
-"""At most this much source text behind the cached code objects (the oldest go first)."""
+JUDGE_CODE_CHARS = 4 * 1024 * 1024
+"""At most this much source text behind the cached code objects (the oldest go first):
+HumanEval's tests and prompts are 0.15 MiB, and the cache stays far below the judge's
+memory limit."""
 _judge_code_chars = 0
 
 
