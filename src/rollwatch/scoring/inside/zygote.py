@@ -572,7 +572,7 @@ def _watched_modules(req: Json) -> list[tuple[str, Any, dict[str, Any]]]:
 Watched = list[tuple[str, Any, tuple[str, ...], tuple[Any, ...]]]
 _WATCHED: dict[str, Watched] = {}
 WATCHED_KEEP = 256
-"""Problems whose watch lists the zygote keeps (the regex scan of the tests costs the candidate's process more)."""
+"""Problems whose watch lists and compiled preludes the zygote keeps (the candidate's process would redo them)."""
 
 
 def watched_for(req: Json) -> Watched:
@@ -594,7 +594,32 @@ def watched_for(req: Json) -> Watched:
     return watched
 
 
-def _run_candidate(req: Json, watched: Watched) -> int:
+_PRELUDE_CODE: dict[str, CodeType] = {}
+
+
+def prelude_code_for(req: Json) -> CodeType | None:
+    """The problem's prelude compiled in the zygote, kept per problem; None if it does not compile.
+
+    Only the problem's own text, never the candidate's code, is compiled here (as the
+    judge compiles it too). Code objects are immutable, and what a candidate's process
+    does to its copy of one stays in that process. None: the candidate's process
+    compiles it and reports the error as it would.
+    """
+    text = req.get("prelude") or ""
+    code = _PRELUDE_CODE.pop(text, None)
+    if code is None:
+        try:
+            code = compile(text, "prompt.py", "exec", dont_inherit=True, optimize=0)
+        except (SyntaxError, ValueError, RecursionError, MemoryError):
+            return None
+        while len(_PRELUDE_CODE) >= WATCHED_KEEP:
+            del _PRELUDE_CODE[next(iter(_PRELUDE_CODE))]
+    if len(text) <= 1 << 20:
+        _PRELUDE_CODE[text] = code
+    return code
+
+
+def _run_candidate(req: Json, watched: Watched, prelude: CodeType | None = None) -> int:
     """The candidate's process: prelude and code, then one call per request of the judge.
 
     fds: 0 stdin (/dev/null), 1 and 2 the sample's output pipes, 3 calls from the judge,
@@ -659,7 +684,11 @@ def _run_candidate(req: Json, watched: Watched) -> int:
         return compile(text, name, "exec", dont_inherit=True, optimize=0)
 
     try:
-        prelude_code = source("prompt.py", req.get("prelude") or "")
+        if prelude is None:
+            prelude_code = source("prompt.py", req.get("prelude") or "")
+        else:
+            sources["prompt.py"] = req.get("prelude") or ""
+            prelude_code = prelude
         cand_code = source("solution.py", req["code"])
     except (SyntaxError, ValueError) as e:
         lineno = getattr(e, "lineno", None)
@@ -1449,13 +1478,13 @@ class Zygote:
             poller.register(pidfd, select.POLLIN)
             judge_sock = sock
             poller.register(sock.fileno(), select.POLLIN)
-            watched = watched_for(req)
+            watched, prelude = watched_for(req), prelude_code_for(req)
             cand = self._spawn(
                 req,
                 [stdin_fd, out_w, err_w, call_r, ans_w],
                 cfg.get("uid"),
                 work,
-                lambda: _run_candidate(req, watched),
+                lambda: _run_candidate(req, watched, prelude),
             )
             for fd in (call_r, ans_w):
                 os.close(fd)
