@@ -147,3 +147,16 @@ async def test_a_swallowed_channel_failure_still_fails(pool: ScoringPool) -> Non
     assert not s.passed
     assert s.reason == "unverifiable return value: Anything", s
     assert (await pool.score(p, fenced("def f(x):\n    raise ValueError(x)"))).passed
+
+
+async def test_the_judge_never_runs_another_problems_tests(pool: ScoringPool) -> None:
+    """The resident judge keeps compiled tests per problem text: tests that differ in one value are never mixed up."""
+    answer = fenced("def f(x):\n    return x * x")
+    right = function_problem("def check(candidate):\n    assert candidate(2) == 4\n")
+    wrong = function_problem("def check(candidate):\n    assert candidate(2) == 5\n")
+    # Alternately, several times over, so that every slot's judge has both compiled.
+    for _ in range(2 * pool.workers):
+        r, w = await pool.score(right, answer), await pool.score(wrong, answer)
+        assert r.passed, r.reason
+        assert not w.passed
+        assert w.detail.get("test_source") == "assert candidate(2) == 5", w.detail

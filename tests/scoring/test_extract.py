@@ -29,6 +29,21 @@ class TestFencedBlocks:
         assert extract_code("```\nf = lambda x: x\n```\n```\nx = 1\n```", "f").method == "fenced-entry-point"
         assert extract_code("```\nx = 1\n```\n```\nx = 2\n```", "f").method == "fenced-last"
 
+    def test_only_that_name_defined_at_the_top_level_counts(self) -> None:
+        """A longer name, a use, a comparison or an indented definition of f does not define f; a later line does."""
+        for block in (
+            "def fx(a):\n    return a\n",
+            "fx = 1\n",
+            "class fx:\n    pass\n",
+            "print(f(2))\nf == 3\n",
+            "if True:\n    def f(a):\n        return a\n",
+            "async = 1\nfoo: f = 2\n",
+        ):
+            assert extract_code(f"```\n{block}```\n```\nx = 1\n```", "f").method == "fenced-last", block
+        defining = "x = 1\nasync def f(a):\n    return a\n"
+        assert extract_code(f"```\n{defining}```\n```\nx = 1\n```", "f").code == defining
+        assert extract_code("```\nf: int = 3\n```\n```\nx = 1\n```", "f").method == "fenced-entry-point"
+
     def test_without_entry_point_the_last_python_block(self) -> None:
         """No entry point (stdio): the last Python or untagged block."""
         text = "```python\na = 1\n```\n```\nb = 2\n```\n```bash\npython3 main.py\n```\n"

@@ -15,7 +15,7 @@ import structlog
 
 from rollwatch.errors import IsolationUnavailable
 from rollwatch.scoring import ScoringPool
-from rollwatch.scoring.uids import take_uids
+from rollwatch.scoring.uids import JUDGE_UID_OFFSET, take_uids
 
 from .conftest import ROOT, SQUARE, UID_BASE, fenced, function_problem, sandbox_processes, settings
 
@@ -132,6 +132,7 @@ async def main():
     s = ScoringSettings(workers=2, isolation="bwrap" if {bwrap} else "unshare", uid_base={base}, uid_count=8,
                         timeout=60, processes=32)
     async with ScoringPool(s) as pool:
+        print("JUDGES", json.dumps([sb.judge_uid for sb in pool.sandboxes]), flush=True)
         print("UIDS", json.dumps([sb.uid for sb in pool.sandboxes]), flush=True)
         async with anyio.create_task_group() as tg:
             if {hog}:
@@ -143,6 +144,14 @@ anyio.run(main)
 
 
 def _holder(base: int, *, hog: bool = False) -> tuple[subprocess.Popen[str], list[int]]:
+    proc, uids, _ = _holder_with_judges(base, hog=hog)
+    return proc, uids
+
+
+def _holder_with_judges(
+    base: int, *, hog: bool = False
+) -> tuple[subprocess.Popen[str], list[int], list[int]]:
+    """A process holding a pool of 2 at ``base``: it, its slots' uids and its judges' uids."""
     import shutil
 
     script = HOLDER.format(base=base, hog=hog, bwrap=shutil.which("bwrap") is not None)
@@ -155,9 +164,12 @@ def _holder(base: int, *, hog: bool = False) -> tuple[subprocess.Popen[str], lis
         text=True,
     )
     assert proc.stdout is not None
+    judges: list[int] = []
     for line in proc.stdout:  # the pool's own log lines come first
+        if line.startswith("JUDGES "):
+            judges = json.loads(line[7:])
         if line.startswith("UIDS "):
-            return proc, json.loads(line[5:])
+            return proc, json.loads(line[5:]), judges
     _stop(proc)
     raise AssertionError("the pool did not start")
 
@@ -208,6 +220,48 @@ class TestUids:
         finally:
             first.release()
             second.release()
+
+    def test_a_range_is_free_only_with_its_judge_uids(self) -> None:
+        """A run whose judge uids (+JUDGE_UID_OFFSET) another lease holds as candidate uids is skipped, both ways round."""
+        base = UID_BASE + 2300
+        low = take_uids(base, 8, 2)
+        try:
+            assert low.judge_uids == range(low.start + JUDGE_UID_OFFSET, low.start + JUDGE_UID_OFFSET + 2)
+            # uid_base set on the first lease's judge uids: its candidates must go elsewhere.
+            high = take_uids(low.start + JUDGE_UID_OFFSET, 8, 2)
+            try:
+                assert not set(high.uids) & set(low.judge_uids), (high, low)
+                assert not set(high.judge_uids) & set(low.uids)
+            finally:
+                high.release()
+        finally:
+            low.release()
+        # The other way round: candidates first high, then a pool whose judges would land on them.
+        high = take_uids(base + JUDGE_UID_OFFSET, 8, 2)
+        try:
+            low = take_uids(high.start - JUDGE_UID_OFFSET, 8, 2)
+            try:
+                assert not set(low.judge_uids) & set(high.uids), (low, high)
+            finally:
+                low.release()
+        finally:
+            high.release()
+
+    def test_two_pools_never_share_a_judge_uid(self) -> None:
+        """Two pools in two processes, the second's uid_base on the first's judge uids: no uid of either is the other's."""
+        base = UID_BASE + 2400
+        a, uids_a, judges_a = _holder_with_judges(base)
+        try:
+            assert judges_a == [u + JUDGE_UID_OFFSET for u in uids_a]
+            b, uids_b, judges_b = _holder_with_judges(uids_a[0] + JUDGE_UID_OFFSET)
+            try:
+                assert len(uids_b) == 2
+                everyone = uids_a + judges_a + uids_b + judges_b
+                assert len(set(everyone)) == len(everyone), (uids_a, judges_a, uids_b, judges_b)
+            finally:
+                _stop(b)
+        finally:
+            _stop(a)
 
     async def test_a_process_hog_in_one_pool_does_not_starve_another(self) -> None:
         """One pool's sample holds its process limit; an honest threaded solution in another pool still passes."""

@@ -38,7 +38,8 @@ class ScoringSettings:
     isolation: Literal["auto", "bwrap", "unshare", "none"] = "auto"
     """auto: bwrap, else unshare (as root); never none, which must be written out."""
     uid_base: int = 60000
-    """As root, samples run as uids from ``uid_base``: each pool takes a free range of ``workers`` (see uids.py)."""
+    """As root, samples run as uids from ``uid_base``: each pool takes a free range of ``workers`` (see uids.py),
+    and their tests (the judge) as those uids + 65536, locked with them."""
     uid_count: int = 1024
     """How many uids from ``uid_base`` rollwatch pools on this host may take."""
     cgroups: bool = True

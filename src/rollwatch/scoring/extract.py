@@ -77,15 +77,27 @@ def _blocks(text: str) -> list[str]:
     return out
 
 
+# One pattern for every name, compiled once: a pattern per entry point costs more to
+# compile (~1 ms) than the search, for each problem a process scores.
+_DEFINITION = re.compile(
+    r"^(?:(?:async[ \t]+)?def[ \t]+(\w+)[ \t]*\(|class[ \t]+(\w+)\b|(\w+)[ \t]*(?::[^=\n]*)?=(?!=))", re.M
+)
+_NAME = re.compile(r"\w+")
+
+
 def _defines(code: str, name: str) -> bool:
     """Whether ``code`` defines ``name`` at its top level (column 0): def, class or assignment.
 
     Textual on purpose: it also recognizes the intended block when it does not parse,
     and costs nothing next to an ``ast.parse`` of every block.
     """
-    n = re.escape(name)
-    pattern = rf"^(?:(?:async[ \t]+)?def[ \t]+{n}[ \t]*\(|class[ \t]+{n}\b|{n}[ \t]*(?::[^=\n]*)?=(?!=))"
-    return re.search(pattern, code, re.M) is not None
+    if _NAME.fullmatch(name) is None:  # not a plain name: a pattern of its own
+        n = re.escape(name)
+        pattern = rf"^(?:(?:async[ \t]+)?def[ \t]+{n}[ \t]*\(|class[ \t]+{n}\b|{n}[ \t]*(?::[^=\n]*)?=(?!=))"
+        return re.search(pattern, code, re.M) is not None
+    if name not in code:
+        return False
+    return any(name in m.groups() for m in _DEFINITION.finditer(code))
 
 
 def _is_program(text: str) -> bool:

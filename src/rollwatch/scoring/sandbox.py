@@ -64,6 +64,7 @@ from rollwatch.log import get_logger
 from rollwatch.scoring.base import SampleRequest, SampleResult, Sandbox, ScoringSettings
 from rollwatch.scoring.cgroup import SlotCgroup, cgroups
 from rollwatch.scoring.inside import seccomp
+from rollwatch.scoring.uids import JUDGE_UID_OFFSET
 
 log = get_logger(__name__)
 
@@ -76,11 +77,6 @@ TMP_INODES = 16384
 """Files (inodes) each private tmpfs holds: a cap on the kernel memory empty files take."""
 _BACKSTOP_S = 10.0
 """Beyond a sample's own timeout, how long the host waits for the zygote's answer."""
-# --- judge uid (issue 20, judge/candidate split) ---
-JUDGE_UID_OFFSET = 1 << 16
-"""As root, a python-function sample's tests run as ``uid + JUDGE_UID_OFFSET``: a uid
-no candidate runs as, so no candidate can signal, trace or read the judge."""
-# --- end judge uid ---
 
 # The environment of everything in the sandbox: nothing of the daemon's.
 SANDBOX_ENV = {

@@ -569,7 +569,57 @@ def _watched_modules(req: Json) -> list[tuple[str, Any, dict[str, Any]]]:
     return watched
 
 
-def _run_candidate(req: Json) -> int:
+Watched = list[tuple[str, Any, tuple[str, ...], tuple[Any, ...]]]
+_WATCHED: dict[str, Watched] = {}
+WATCHED_KEEP = 256
+"""Problems whose watch lists and compiled preludes the zygote keeps (the candidate's process would redo them)."""
+
+
+def watched_for(req: Json) -> Watched:
+    """``_watched_modules(req)`` as the candidate checks it: names and values apart.
+
+    Made in the zygote before the candidate's fork, and kept per problem: the zygote
+    never runs a sample's code, so its modules are as every candidate finds them.
+    """
+    text = req["tests"] + "\n" + (req.get("prelude") or "")
+    watched = _WATCHED.pop(text, None)
+    if watched is None:
+        watched = [
+            (name, m, tuple(before), tuple(before.values())) for name, m, before in _watched_modules(req)
+        ]
+        while len(_WATCHED) >= WATCHED_KEEP:
+            del _WATCHED[next(iter(_WATCHED))]
+    if len(text) <= 1 << 20:
+        _WATCHED[text] = watched
+    return watched
+
+
+_PRELUDE_CODE: dict[str, CodeType] = {}
+
+
+def prelude_code_for(req: Json) -> CodeType | None:
+    """The problem's prelude compiled in the zygote, kept per problem; None if it does not compile.
+
+    Only the problem's own text, never the candidate's code, is compiled here (as the
+    judge compiles it too). Code objects are immutable, and what a candidate's process
+    does to its copy of one stays in that process. None: the candidate's process
+    compiles it and reports the error as it would.
+    """
+    text = req.get("prelude") or ""
+    code = _PRELUDE_CODE.pop(text, None)
+    if code is None:
+        try:
+            code = compile(text, "prompt.py", "exec", dont_inherit=True, optimize=0)
+        except (SyntaxError, ValueError, RecursionError, MemoryError):
+            return None
+        while len(_PRELUDE_CODE) >= WATCHED_KEEP:
+            del _PRELUDE_CODE[next(iter(_PRELUDE_CODE))]
+    if len(text) <= 1 << 20:
+        _PRELUDE_CODE[text] = code
+    return code
+
+
+def _run_candidate(req: Json, watched: Watched, prelude: CodeType | None = None) -> int:
     """The candidate's process: prelude and code, then one call per request of the judge.
 
     fds: 0 stdin (/dev/null), 1 and 2 the sample's output pipes, 3 calls from the judge,
@@ -584,8 +634,8 @@ def _run_candidate(req: Json) -> int:
     advisory: it comes from the candidate's own process, so it can only fail a sample,
     never pass one. It catches the lazy reward hack; the split is the real guard.
     """
-    # Names and values apart, so that each check is one loop in C: it runs for every answer.
-    watched = [(name, m, tuple(before), tuple(before.values())) for name, m, before in _watched_modules(req)]
+    # ``watched`` has names and values apart, so that each check is one loop in C: it
+    # runs for every answer.
     sysmods = sys.modules
     all_, map_, zip_, same, again = all, map, zip, is_, repeat
     gettrace, getprofile = sys.gettrace, sys.getprofile
@@ -634,7 +684,11 @@ def _run_candidate(req: Json) -> int:
         return compile(text, name, "exec", dont_inherit=True, optimize=0)
 
     try:
-        prelude_code = source("prompt.py", req.get("prelude") or "")
+        if prelude is None:
+            prelude_code = source("prompt.py", req.get("prelude") or "")
+        else:
+            sources["prompt.py"] = req.get("prelude") or ""
+            prelude_code = prelude
         cand_code = source("solution.py", req["code"])
     except (SyntaxError, ValueError) as e:
         lineno = getattr(e, "lineno", None)
@@ -737,8 +791,16 @@ def _rebuilt_exception(name: str, message: str, tns: Json) -> Exception:
 
 
 _JUDGE_CODE: dict[tuple[str, str], CodeType] = {}
-JUDGE_CODE_KEEP = 64
-"""Compiled preludes and tests the resident judge keeps: a problem is scored many times."""
+JUDGE_CODE_KEEP = 1024
+"""Compiled preludes and tests the resident judge keeps: a problem is scored many times.
+
+Sized for a whole problem set (HumanEval's 164 problems are 328 entries): with fewer
+entries than a run's problems, a run that goes through them in turn never hits."""
+JUDGE_CODE_CHARS = 4 * 1024 * 1024
+"""At most this much source text behind the cached code objects (the oldest go first):
+HumanEval's tests and prompts are 0.15 MiB, and the cache stays far below the judge's
+memory limit."""
+_judge_code_chars = 0
 
 
 def _judge_compile(name: str, text: str) -> CodeType:
@@ -746,14 +808,19 @@ def _judge_compile(name: str, text: str) -> CodeType:
 
     Only the problem's own prelude and tests are compiled here, never the candidate's
     code; code objects are immutable, so one sample's run cannot change the next one's.
+    Least recently used entries go first.
     """
+    global _judge_code_chars
     key = (name, text)
-    code = _JUDGE_CODE.get(key)
+    code = _JUDGE_CODE.pop(key, None)
     if code is None:
         code = compile(text, name, "exec", dont_inherit=True, optimize=0)
-        if len(_JUDGE_CODE) >= JUDGE_CODE_KEEP:
-            del _JUDGE_CODE[next(iter(_JUDGE_CODE))]
-        _JUDGE_CODE[key] = code
+        _judge_code_chars += len(text)
+        while _JUDGE_CODE and (len(_JUDGE_CODE) >= JUDGE_CODE_KEEP or _judge_code_chars > JUDGE_CODE_CHARS):
+            old = next(iter(_JUDGE_CODE))
+            del _JUDGE_CODE[old]
+            _judge_code_chars -= len(old[1])
+    _JUDGE_CODE[key] = code
     return code
 
 
@@ -1411,12 +1478,13 @@ class Zygote:
             poller.register(pidfd, select.POLLIN)
             judge_sock = sock
             poller.register(sock.fileno(), select.POLLIN)
+            watched, prelude = watched_for(req), prelude_code_for(req)
             cand = self._spawn(
                 req,
                 [stdin_fd, out_w, err_w, call_r, ans_w],
                 cfg.get("uid"),
                 work,
-                lambda: _run_candidate(req),
+                lambda: _run_candidate(req, watched, prelude),
             )
             for fd in (call_r, ans_w):
                 os.close(fd)
