@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -80,10 +80,10 @@ def build_app(
         return JSONResponse({"status": "ok"})
 
     async def metrics_route(request: Request) -> Response:
-        text = metrics.render(results=await gate.allows(request))
-        return PlainTextResponse(
-            text, media_type="text/plain; version=0.0.4", headers={"Vary": "Authorization"}
+        body, content_type = metrics.render(
+            results=await gate.allows(request), accept=request.headers.get("accept", "")
         )
+        return Response(body, headers={"Content-Type": content_type, "Vary": "Authorization, Accept"})
 
     routes = [Route("/healthz", healthz), Route("/metrics", metrics_route), *(extra_routes or [])]
     return AccessLog(Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS))
