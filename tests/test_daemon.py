@@ -339,3 +339,34 @@ def test_a_fire_during_a_cli_run_of_the_schedule_is_skipped(
                 p.send_signal(signal.SIGTERM)
                 p.communicate(timeout=30)
     assert daemon.returncode == 0
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["INT", "TERM"])
+def test_an_interrupted_run_exits_non_zero(
+    tmp_path: Path, slow_provider: tuple[str, Path], sig: signal.Signals, code: int
+) -> None:
+    """`rollwatch run` stopped by SIGINT (Ctrl-C, sent to its whole process group as a terminal
+    does) or SIGTERM mid-run exits 128 + the signal, says the run resumes, prints no traceback,
+    and records no RunFinished (the run is unfinished, for `serve` to resume)."""
+    base_url, _ = slow_provider
+    cfg = config(tmp_path, base_url, rollouts=20)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rollwatch", "--config", str(cfg), "run", "fake-often"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "FAKE_PROVIDER_KEY": "sk-test-secret-123"},
+        start_new_session=True,
+    )
+    try:
+        wait_until(lambda: events(tmp_path / "events.db", "RolloutRequested"), 60, "rollouts in flight")
+        os.killpg(proc.pid, sig)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == code, (out, err)
+    assert "stopped before its end" in out
+    assert "Traceback" not in err
+    assert not events(tmp_path / "events.db", "RunFinished")
