@@ -370,3 +370,62 @@ def test_an_interrupted_run_exits_non_zero(
     assert "stopped before its end" in out
     assert "Traceback" not in err
     assert not events(tmp_path / "events.db", "RunFinished")
+
+
+def test_schedules_list_shows_when_the_schedule_really_fires(tmp_path: Path) -> None:
+    """With jitter, two `schedules list` calls after the first fire show the same NEXT, and
+    the daemon's following fire (its RunStarted or ScheduleSkipped) is at that instant."""
+    cfg = tmp_path / "rollwatch.toml"
+    cfg.write_text(f"""
+[store]
+url = "sqlite:{tmp_path / "events.db"}"
+[server]
+listen = "127.0.0.1:{free_port()}"
+[[problem_sets]]
+name = "favorites"
+path = "{ROOT / "config" / "problems"}"
+[[providers]]
+name = "reference"
+kind = "reference"
+[[schedules]]
+name = "jittery"
+provider = "reference"
+models = ["reference"]
+problem_set = "favorites"
+rollouts = 1
+every = "12s"
+jitter = "4s"
+""")
+    db = tmp_path / "events.db"
+
+    def fires() -> list[str]:
+        return [
+            d["fire_time"]
+            for _, t, d in events(db)
+            if t in ("RunStarted", "ScheduleSkipped") and d.get("fire_time")
+        ]
+
+    def next_shown() -> str:
+        p = subprocess.run(
+            [sys.executable, "-m", "rollwatch", "--config", str(cfg), "schedules", "list", "--json"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert p.returncode == 0, p.stderr
+        [row] = json.loads(p.stdout)
+        return str(row["next"])
+
+    proc = serve(cfg)
+    try:
+        wait_until(lambda: len(fires()) >= 1, 60, "the first fire")
+        before = len(fires())
+        shown = [next_shown(), next_shown()]
+        assert len(fires()) == before, "the next fire came before both calls ended; widen every"
+        assert shown[0] == shown[1] != "-"
+        wait_until(lambda: len(fires()) > before, 60, "the next fire")
+        fired = fires()[before]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=60)
+    assert fired[:19] + "Z" == shown[0]
