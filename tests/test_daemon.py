@@ -429,3 +429,99 @@ jitter = "4s"
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=60)
     assert fired[:19] + "Z" == shown[0]
+
+
+def test_schedules_that_cannot_run_degrade_health_and_refuse_triggers(
+    tmp_path: Path, provider: tuple[str, Path]
+) -> None:
+    """A schedule whose problem folder is a typo, one whose provider has no key, and one whose
+    provider rejected its key (401) make /healthz 503 "degraded" naming each with why;
+    `schedules list` shows them as "cannot run" with the same reason; `schedules trigger` on
+    them exits 2 with the reason and records nothing. An `optional` schedule without a key is
+    only inactive, and the healthy schedule runs and can be triggered."""
+    base_url, _ = provider
+    cfg = tmp_path / "rollwatch.toml"
+    listen = f"127.0.0.1:{free_port()}"
+
+    def schedule(name: str, provider: str, problem_set: str = "favorites", extra: str = "") -> str:
+        return (
+            f'[[schedules]]\nname = "{name}"\nprovider = "{provider}"\nmodels = ["m1"]\n'
+            f'problem_set = "{problem_set}"\nevery = "1h"\n{extra}'
+        )
+
+    cfg.write_text(
+        f'[store]\nurl = "sqlite:{tmp_path / "events.db"}"\n[server]\nlisten = "{listen}"\n'
+        f'[[problem_sets]]\nname = "favorites"\npath = "{ROOT / "config" / "problems"}"\n'
+        f'[[problem_sets]]\nname = "typo"\npath = "{ROOT / "config" / "problemz"}"\n'
+        '[[providers]]\nname = "reference"\nkind = "reference"\n'
+        '[[providers]]\nname = "keyless"\nkind = "openai"\napi_key_env = "ROLLWATCH_TEST_NEVER_SET"\n'
+        f'[[providers]]\nname = "fake"\nkind = "openai"\nbase_url = "{base_url}"\n'
+        'api_key_env = "FAKE_PROVIDER_KEY"\nmax_attempts = 2\n'
+        + schedule("good", "reference")
+        + schedule("typo", "reference", "typo")
+        + schedule("nokey", "keyless")
+        + schedule("maybe", "keyless", extra="optional = true\n")
+        + schedule("rejected", "fake")
+    )
+    db = tmp_path / "events.db"
+    env = {**os.environ, "FAKE_PROVIDER_KEY": "sk-rejected"}
+    env.pop("ROLLWATCH_TEST_NEVER_SET", None)
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "rollwatch", "--config", str(cfg), *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+        )
+
+    def health() -> httpx.Response | None:
+        try:
+            return httpx.get(f"http://{listen}/healthz", timeout=5)
+        except httpx.HTTPError:
+            return None
+
+    proc = serve(cfg, FAKE_PROVIDER_KEY="sk-rejected")
+    try:
+        r = wait_until(
+            lambda: (h := health()) is not None and "rejected" in h.json().get("schedules", {}) and h,
+            60,
+            "the 401 to degrade /healthz",
+        )
+        assert r.status_code == 503
+        body = r.json()
+        assert body["status"] == "degraded"
+        assert set(body["schedules"]) == {"typo", "nokey", "rejected"}
+        assert "problem set 'typo'" in body["schedules"]["typo"]
+        assert "ROLLWATCH_TEST_NEVER_SET" in body["schedules"]["nokey"]
+        assert "disabled" in body["schedules"]["rejected"]
+        assert len(body["reasons"]) == 3
+        assert "sk-rejected" not in r.text
+
+        rows = {row["schedule"]: row for row in json.loads(cli("schedules", "list", "--json").stdout)}
+        for name in ("typo", "nokey", "rejected"):
+            assert rows[name]["state"] == "cannot run", rows[name]
+            assert rows[name]["why"] == body["schedules"][name]
+            assert rows[name]["next"] == "-"
+        assert rows["maybe"]["state"] == "inactive (no API key)"
+        assert rows["good"]["state"] == "active"
+        assert rows["good"]["why"] == ""
+
+        for name in ("typo", "nokey", "rejected"):
+            p = cli("schedules", "trigger", name)
+            assert p.returncode == 2, (name, p.stdout, p.stderr)
+            assert f"schedule {name!r} cannot run" in p.stderr
+            assert body["schedules"][name] in p.stderr
+        assert not events(db, "ScheduleTriggered")
+        good = {d["run_id"] for _, _, d in events(db, "RunStarted") if d["schedule"] == "good"}
+        wait_until(lambda: {d["run_id"] for _, _, d in events(db, "RunFinished")} >= good, 60, "good's run")
+        assert cli("schedules", "trigger", "good").returncode == 0
+        wait_until(
+            lambda: [d for _, _, d in events(db, "RunStarted") if d["schedule"] == "good"][1:],
+            60,
+            "the triggered run",
+        )
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=60)

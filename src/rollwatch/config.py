@@ -250,6 +250,17 @@ class ProviderConfig(_Strict):
             return _credential_path(self.api_key_file).is_file()
         return False
 
+    def missing_key(self) -> str:
+        """Why no API key can be read, naming where it was looked for."""
+        if self.api_key_env:
+            return (
+                f"api_key_env: the environment variable {self.api_key_env} is not set or empty; "
+                f"set it, or use api_key_file"
+            )
+        if self.api_key_file:
+            return f"api_key_file: {str(_credential_path(self.api_key_file))!r} cannot be read or is empty"
+        return f"no API key: set api_key_env or api_key_file for a provider of kind {self.kind!r}"
+
     def read_key(self) -> str | None:
         """The API key from the environment or a (systemd credential) file."""
         if self.api_key_env:
@@ -285,6 +296,10 @@ class ScheduleConfig(_Strict):
     """Missed fires within this window collapse into one run at start (default: one period)."""
     params: dict[str, Any] = Field(default_factory=dict)
     enabled: bool = True
+    optional: bool = False
+    """Whether a missing API key only makes this schedule inactive. Otherwise a schedule
+    that cannot run (no key, a problem set that did not load, its provider disabled
+    after a 401) makes /healthz report degraded and ``schedules trigger`` refuse it."""
 
     @model_validator(mode="after")
     def _one_trigger(self) -> ScheduleConfig:

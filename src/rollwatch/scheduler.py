@@ -16,7 +16,7 @@ A fire while the schedule's previous run is still going is skipped and recorded.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Container, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Protocol, cast
@@ -29,7 +29,7 @@ from apscheduler.triggers.cron import CronTrigger  # type: ignore[import-untyped
 from apscheduler.triggers.interval import IntervalTrigger  # type: ignore[import-untyped]
 
 from rollwatch.abc import EventStore
-from rollwatch.config import ScheduleConfig
+from rollwatch.config import Config, ScheduleConfig
 from rollwatch.errors import IntegrityError, StoreError
 from rollwatch.events import ScheduleMissed, ScheduleSkipped, parse_rfc3339, rfc3339, schedule_stream
 from rollwatch.log import get_logger
@@ -87,6 +87,39 @@ class JitteredTrigger:
         """The base trigger's next time after ``previous_fire_time`` plus its jitter."""
         at = self.base.get_next_fire_time(previous_fire_time, now)
         return None if at is None else at + self.delay(at)
+
+
+class _Provider(Protocol):
+    @property
+    def disabled(self) -> object | None:
+        """Why the provider cannot be used any more (a rejected key), or None."""
+        ...
+
+
+def cannot_run(
+    config: Config, providers: Mapping[str, _Provider | None], problem_sets: Container[str]
+) -> dict[str, str]:
+    """Each enabled schedule that cannot run, with why: its problem set did not load, its
+    provider has no API key (unless the schedule is ``optional``), or its provider was
+    disabled (a key the provider rejected).
+
+    ``providers``: the provider clients by name (a name absent: no key; None: a key, no
+    client to ask, as in the CLI); ``problem_sets``: the names of the sets that loaded.
+    """
+    out: dict[str, str] = {}
+    for s in config.schedules:
+        if not s.enabled:
+            continue
+        if s.problem_set not in problem_sets:
+            out[s.name] = f"problem set {s.problem_set!r} did not load (see problem_set_invalid in the log)"
+        elif s.provider not in providers:
+            if not s.optional:
+                out[s.name] = (
+                    f"provider {s.provider!r} has no API key ({config.provider(s.provider).missing_key()})"
+                )
+        elif (client := providers[s.provider]) is not None and client.disabled is not None:
+            out[s.name] = f"provider {s.provider!r} was disabled: {client.disabled}"
+    return out
 
 
 @dataclass

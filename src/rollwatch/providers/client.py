@@ -520,11 +520,4 @@ def _encode(body: dict[str, Any]) -> bytes:
 
 
 def _missing_key(config: ProviderConfig) -> str:
-    if config.api_key_env:
-        return (
-            f"api_key_env: the environment variable {config.api_key_env} is not set or empty; "
-            f"set it, or use api_key_file"
-        )
-    if config.api_key_file:
-        return f"api_key_file: {config.api_key_file!r} cannot be read or is empty"
-    return f"no API key: set api_key_env or api_key_file for a provider of kind {config.kind!r}"
+    return config.missing_key()

@@ -233,6 +233,11 @@ def openapi_document() -> dict[str, Any]:
                         "status": {"type": "string", "enum": ["ok", "degraded", "tampered"]},
                         "first_bad_seq": {"type": ["integer", "null"]},
                         "reasons": {"type": "array", "items": {"type": "string"}},
+                        "schedules": {
+                            "type": "object",
+                            "additionalProperties": {"type": "string"},
+                            "description": "Each configured schedule that cannot run, with why.",
+                        },
                     },
                 },
                 "FeedItem": {

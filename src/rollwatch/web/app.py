@@ -7,6 +7,7 @@ every error answer the body of :mod:`rollwatch.web.errors`.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
@@ -65,19 +66,32 @@ def build_app(
     *,
     operators: Operators | None = None,
     health: Health | None = None,
+    cannot_run: Callable[[], dict[str, str]] | None = None,
 ) -> ASGIApp:
     """The app with /healthz and /metrics, plus any routes the daemon adds.
 
     ``/metrics`` shows the figures that reveal results (pass counts) only to the
     operator, as ``operators`` decides (default: loopback peers, no ``ops`` keys).
     ``health``: /healthz answers 503 with its reasons once it is not ok.
+    ``cannot_run``: the configured schedules that cannot run, with why (read at each
+    request); any makes /healthz answer 503, status ``degraded``, naming them.
     """
     gate = operators or Operators()
 
     async def healthz(_: Request) -> Response:
+        blocked = cannot_run() if cannot_run is not None else {}
+        body: dict[str, Any] = {"status": "ok"}
         if health is not None and not health.ok:
-            return JSONResponse(health.as_json(), status_code=503)
-        return JSONResponse({"status": "ok"})
+            body = health.as_json()
+        elif blocked:
+            body = {"status": "degraded", "reasons": []}
+        if blocked:
+            body["reasons"] = [
+                *body["reasons"],
+                *(f"schedule {name!r} cannot run: {why}" for name, why in sorted(blocked.items())),
+            ]
+            body["schedules"] = dict(sorted(blocked.items()))
+        return JSONResponse(body, status_code=200 if body["status"] == "ok" else 503)
 
     async def metrics_route(request: Request) -> Response:
         body, content_type = metrics.render(
