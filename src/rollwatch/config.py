@@ -273,11 +273,35 @@ class ProviderConfig(_Strict):
         return None
 
 
-def _credential_path(value: str) -> Path:
-    """A bare name is looked up in ``$CREDENTIALS_DIRECTORY`` (systemd LoadCredential=)."""
+CREDENTIAL_PREFIX = "rollwatch_"
+"""What systemd puts before each file's name when the unit loads a whole folder of
+credentials: ``LoadCredential=rollwatch:/etc/rollwatch/credentials`` (systemd 251 or
+later) gives ``$CREDENTIALS_DIRECTORY/rollwatch_openai`` for the folder's ``openai``."""
+
+
+def credential_file(name: str) -> Path | None:
+    """The systemd credential called ``name`` given to this service, if any:
+    ``$CREDENTIALS_DIRECTORY/NAME`` (``LoadCredential=NAME:/path``), else
+    ``$CREDENTIALS_DIRECTORY/rollwatch_NAME`` (the file NAME of a loaded folder)."""
     creds = os.environ.get("CREDENTIALS_DIRECTORY")
-    if creds and "/" not in value:
-        return Path(creds) / value
+    if not creds or "/" in name or name in ("", ".", ".."):
+        return None
+    for candidate in (Path(creds) / name, Path(creds) / f"{CREDENTIAL_PREFIX}{name}"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _credential_path(value: str) -> Path:
+    """A bare name is a systemd credential (see :func:`credential_file`) when the service
+    has one by that name; otherwise (and for any path) the file itself."""
+    if "/" not in value:
+        found = credential_file(value)
+        if found is not None:
+            return found
+        creds = os.environ.get("CREDENTIALS_DIRECTORY")
+        if creds:
+            return Path(creds) / value
     return Path(value)
 
 
