@@ -3,7 +3,8 @@
     python tests/fake_provider.py PORT_FILE REQUEST_LOG [DELAY_S]
 
 It binds an ephemeral port on 127.0.0.1, writes the port to PORT_FILE, answers every
-chat completion after DELAY_S with a short code answer, and appends one line per
+chat completion after DELAY_S with a short code answer (or 401 to the key
+``sk-rejected``), and appends one line per
 answered request to REQUEST_LOG (flushed before the response is sent), so a test
 can count what the provider served (and would bill).
 """
@@ -26,7 +27,18 @@ from starlette.routing import Route
 PORT_FILE, LOG, DELAY = sys.argv[1], sys.argv[2], float(sys.argv[3]) if len(sys.argv) > 3 else 0.05
 
 
+REJECTED_KEY = "sk-rejected"
+"""A key this server refuses with 401, as OpenAI refuses a revoked key."""
+
+
 async def chat(request: Request) -> JSONResponse:
+    if request.headers.get("authorization") == f"Bearer {REJECTED_KEY}":
+        error = {
+            "message": "Incorrect API key provided.",
+            "type": "invalid_request_error",
+            "code": "invalid_api_key",
+        }
+        return JSONResponse({"error": error}, status_code=401)
     body = await request.json()
     await anyio.sleep(DELAY)
     rid = uuid.uuid4().hex

@@ -339,3 +339,189 @@ def test_a_fire_during_a_cli_run_of_the_schedule_is_skipped(
                 p.send_signal(signal.SIGTERM)
                 p.communicate(timeout=30)
     assert daemon.returncode == 0
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["INT", "TERM"])
+def test_an_interrupted_run_exits_non_zero(
+    tmp_path: Path, slow_provider: tuple[str, Path], sig: signal.Signals, code: int
+) -> None:
+    """`rollwatch run` stopped by SIGINT (Ctrl-C, sent to its whole process group as a terminal
+    does) or SIGTERM mid-run exits 128 + the signal, says the run resumes, prints no traceback,
+    and records no RunFinished (the run is unfinished, for `serve` to resume)."""
+    base_url, _ = slow_provider
+    cfg = config(tmp_path, base_url, rollouts=20)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rollwatch", "--config", str(cfg), "run", "fake-often"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "FAKE_PROVIDER_KEY": "sk-test-secret-123"},
+        start_new_session=True,
+    )
+    try:
+        wait_until(lambda: events(tmp_path / "events.db", "RolloutRequested"), 60, "rollouts in flight")
+        os.killpg(proc.pid, sig)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == code, (out, err)
+    assert "stopped before its end" in out
+    assert "Traceback" not in err
+    assert not events(tmp_path / "events.db", "RunFinished")
+
+
+def test_schedules_list_shows_when_the_schedule_really_fires(tmp_path: Path) -> None:
+    """With jitter, two `schedules list` calls after the first fire show the same NEXT, and
+    the daemon's following fire (its RunStarted or ScheduleSkipped) is at that instant."""
+    cfg = tmp_path / "rollwatch.toml"
+    cfg.write_text(f"""
+[store]
+url = "sqlite:{tmp_path / "events.db"}"
+[server]
+listen = "127.0.0.1:{free_port()}"
+[[problem_sets]]
+name = "favorites"
+path = "{ROOT / "config" / "problems"}"
+[[providers]]
+name = "reference"
+kind = "reference"
+[[schedules]]
+name = "jittery"
+provider = "reference"
+models = ["reference"]
+problem_set = "favorites"
+rollouts = 1
+every = "12s"
+jitter = "4s"
+""")
+    db = tmp_path / "events.db"
+
+    def fires() -> list[str]:
+        return [
+            d["fire_time"]
+            for _, t, d in events(db)
+            if t in ("RunStarted", "ScheduleSkipped") and d.get("fire_time")
+        ]
+
+    def next_shown() -> str:
+        p = subprocess.run(
+            [sys.executable, "-m", "rollwatch", "--config", str(cfg), "schedules", "list", "--json"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert p.returncode == 0, p.stderr
+        [row] = json.loads(p.stdout)
+        return str(row["next"])
+
+    proc = serve(cfg)
+    try:
+        wait_until(lambda: len(fires()) >= 1, 60, "the first fire")
+        before = len(fires())
+        shown = [next_shown(), next_shown()]
+        assert len(fires()) == before, "the next fire came before both calls ended; widen every"
+        assert shown[0] == shown[1] != "-"
+        wait_until(lambda: len(fires()) > before, 60, "the next fire")
+        fired = fires()[before]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=60)
+    assert fired[:19] + "Z" == shown[0]
+
+
+def test_schedules_that_cannot_run_degrade_health_and_refuse_triggers(
+    tmp_path: Path, provider: tuple[str, Path]
+) -> None:
+    """A schedule whose problem folder is a typo, one whose provider has no key, and one whose
+    provider rejected its key (401) make /healthz 503 "degraded" naming each with why;
+    `schedules list` shows them as "cannot run" with the same reason; `schedules trigger` on
+    them exits 2 with the reason and records nothing. An `optional` schedule without a key is
+    only inactive, and the healthy schedule runs and can be triggered."""
+    base_url, _ = provider
+    cfg = tmp_path / "rollwatch.toml"
+    listen = f"127.0.0.1:{free_port()}"
+
+    def schedule(name: str, provider: str, problem_set: str = "favorites", extra: str = "") -> str:
+        return (
+            f'[[schedules]]\nname = "{name}"\nprovider = "{provider}"\nmodels = ["m1"]\n'
+            f'problem_set = "{problem_set}"\nevery = "1h"\n{extra}'
+        )
+
+    cfg.write_text(
+        f'[store]\nurl = "sqlite:{tmp_path / "events.db"}"\n[server]\nlisten = "{listen}"\n'
+        f'[[problem_sets]]\nname = "favorites"\npath = "{ROOT / "config" / "problems"}"\n'
+        f'[[problem_sets]]\nname = "typo"\npath = "{ROOT / "config" / "problemz"}"\n'
+        '[[providers]]\nname = "reference"\nkind = "reference"\n'
+        '[[providers]]\nname = "keyless"\nkind = "openai"\napi_key_env = "ROLLWATCH_TEST_NEVER_SET"\n'
+        f'[[providers]]\nname = "fake"\nkind = "openai"\nbase_url = "{base_url}"\n'
+        'api_key_env = "FAKE_PROVIDER_KEY"\nmax_attempts = 2\n'
+        + schedule("good", "reference")
+        + schedule("typo", "reference", "typo")
+        + schedule("nokey", "keyless")
+        + schedule("maybe", "keyless", extra="optional = true\n")
+        + schedule("rejected", "fake")
+    )
+    db = tmp_path / "events.db"
+    env = {**os.environ, "FAKE_PROVIDER_KEY": "sk-rejected"}
+    env.pop("ROLLWATCH_TEST_NEVER_SET", None)
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "rollwatch", "--config", str(cfg), *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+        )
+
+    def health() -> httpx.Response | None:
+        try:
+            return httpx.get(f"http://{listen}/healthz", timeout=5)
+        except httpx.HTTPError:
+            return None
+
+    proc = serve(cfg, FAKE_PROVIDER_KEY="sk-rejected")
+    try:
+        r = wait_until(
+            lambda: (h := health()) is not None and "rejected" in h.json().get("schedules", {}) and h,
+            60,
+            "the 401 to degrade /healthz",
+        )
+        assert r.status_code == 503
+        body = r.json()
+        assert body["status"] == "degraded"
+        assert set(body["schedules"]) == {"typo", "nokey", "rejected"}
+        assert "problem set 'typo'" in body["schedules"]["typo"]
+        assert "ROLLWATCH_TEST_NEVER_SET" in body["schedules"]["nokey"]
+        assert "disabled" in body["schedules"]["rejected"]
+        assert len(body["reasons"]) == 3
+        assert "sk-rejected" not in r.text
+
+        rows = {row["schedule"]: row for row in json.loads(cli("schedules", "list", "--json").stdout)}
+        for name in ("typo", "nokey", "rejected"):
+            assert rows[name]["state"] == "cannot run", rows[name]
+            assert rows[name]["why"] == body["schedules"][name]
+            assert rows[name]["next"] == "-"
+        assert rows["maybe"]["state"] == "inactive (no API key)"
+        assert rows["good"]["state"] == "active"
+        assert rows["good"]["why"] == ""
+
+        for name in ("typo", "nokey", "rejected"):
+            p = cli("schedules", "trigger", name)
+            assert p.returncode == 2, (name, p.stdout, p.stderr)
+            assert f"schedule {name!r} cannot run" in p.stderr
+            assert body["schedules"][name] in p.stderr
+        assert not events(db, "ScheduleTriggered")
+        good = {d["run_id"] for _, _, d in events(db, "RunStarted") if d["schedule"] == "good"}
+        wait_until(lambda: {d["run_id"] for _, _, d in events(db, "RunFinished")} >= good, 60, "good's run")
+        assert cli("schedules", "trigger", "good").returncode == 0
+        wait_until(
+            lambda: [d for _, _, d in events(db, "RunStarted") if d["schedule"] == "good"][1:],
+            60,
+            "the triggered run",
+        )
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=60)

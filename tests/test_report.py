@@ -516,6 +516,24 @@ class TestReleaseImpact:
         assert n["significant"] is False
 
     @pytest.mark.anyio
+    async def test_rollouts_but_no_releases_says_so(self, log: EventStore, tmp_path: Path) -> None:
+        """With scored rollouts but nothing released the table says there is no release yet,
+        not "(no rollouts)"; once one is released, the rows are there."""
+        ids = await add_run(log, "r1", {("m", "a"): hits(2, 10)})
+        async with projections(log, tmp_path) as pdb:
+            report = await build_release_impact(pdb)
+        table = to_table(report)
+        assert "(no rollouts)" not in table
+        assert "no releases yet: 10 scored rollouts" in table
+        assert to_json(report) == []
+        await log.append(f"rollout-{ids[0]}", [PublicReleased(rollout_id=ids[0])])
+        await add_run(log, "r2", {("m", "a"): hits(5, 10)})
+        async with projections(log, tmp_path) as pdb:
+            report = await build_release_impact(pdb)
+        assert "no releases yet" not in to_table(report)
+        assert len(to_json(report)) == 1
+
+    @pytest.mark.anyio
     async def test_needs_its_projection(self, log: EventStore, tmp_path: Path) -> None:
         """Without its projection the release impact says what to register, not a SQL error."""
         others = [p for p in default_projections() if p.name != "report_releases"]

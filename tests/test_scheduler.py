@@ -69,3 +69,46 @@ class TestCron:
         nxt, missed, _ = next_fire(s, make_trigger(s), datetime(2026, 11, 26, 3, 0, tzinfo=UTC), NOW)
         assert nxt == NOW
         assert missed == 3
+
+
+class TestJitter:
+    def test_drawn_once_per_fire(self) -> None:
+        """Asked again and again, at different moments before the fire and from a fresh trigger
+        (another process), the next fire is the same instant, delayed by less than the jitter."""
+        s = sched(every="1h", jitter="10m")
+        last = NOW - timedelta(minutes=10)
+        seen = {next_fire(s, make_trigger(s), last, NOW + timedelta(seconds=k * 7))[0] for k in range(50)}
+        assert len(seen) == 1
+        (nxt,) = seen
+        assert nxt is not None
+        assert last + timedelta(hours=1) <= nxt < last + timedelta(hours=1, minutes=10)
+
+    def test_spread_over_the_window(self) -> None:
+        """Fires of one schedule, and schedules of one period, get different delays spread over
+        [0, jitter): not all the same, none outside."""
+        delays = []
+        for i in range(200):
+            s = sched(name=f"s{i}", every="1h", jitter="10m")
+            nxt = next_fire(s, make_trigger(s), NOW, NOW)[0]
+            assert nxt is not None
+            delays.append((nxt - NOW - timedelta(hours=1)).total_seconds())
+        assert min(delays) >= 0
+        assert max(delays) < 600
+        assert len(set(delays)) > 190
+        assert min(delays) < 60 < 540 < max(delays)
+
+    def test_cron_is_jittered_too(self) -> None:
+        """A cron schedule's jitter delays its fire (it was ignored before) by less than the jitter."""
+        s = sched(cron="0 3 * * *", jitter="10m")
+        nxt = next_fire(s, make_trigger(s), None, NOW)[0]
+        assert nxt is not None
+        three = datetime(2026, 11, 30, 3, 0, tzinfo=UTC)
+        assert three <= nxt < three + timedelta(minutes=10)
+        assert nxt == next_fire(s, make_trigger(s), None, NOW + timedelta(hours=5))[0]
+
+    def test_missed_fires_are_counted_through_the_jitter(self) -> None:
+        """Downtime of ten periods with jitter: still one catch-up and ten missed."""
+        s = sched(every="1h", jitter="10m")
+        nxt, missed, _ = next_fire(s, make_trigger(s), NOW - timedelta(hours=10, minutes=59), NOW)
+        assert nxt == NOW
+        assert 9 <= missed <= 10

@@ -251,6 +251,17 @@ class ProviderConfig(_Strict):
             return _credential_path(self.api_key_file).is_file()
         return False
 
+    def missing_key(self) -> str:
+        """Why no API key can be read, naming where it was looked for."""
+        if self.api_key_env:
+            return (
+                f"api_key_env: the environment variable {self.api_key_env} is not set or empty; "
+                f"set it, or use api_key_file"
+            )
+        if self.api_key_file:
+            return f"api_key_file: {str(_credential_path(self.api_key_file))!r} cannot be read or is empty"
+        return f"no API key: set api_key_env or api_key_file for a provider of kind {self.kind!r}"
+
     def read_key(self) -> str | None:
         """The API key from the environment or a (systemd credential) file."""
         if self.api_key_env:
@@ -263,11 +274,35 @@ class ProviderConfig(_Strict):
         return None
 
 
-def _credential_path(value: str) -> Path:
-    """A bare name is looked up in ``$CREDENTIALS_DIRECTORY`` (systemd LoadCredential=)."""
+CREDENTIAL_PREFIX = "rollwatch_"
+"""What systemd puts before each file's name when the unit loads a whole folder of
+credentials: ``LoadCredential=rollwatch:/etc/rollwatch/credentials`` (systemd 251 or
+later) gives ``$CREDENTIALS_DIRECTORY/rollwatch_openai`` for the folder's ``openai``."""
+
+
+def credential_file(name: str) -> Path | None:
+    """The systemd credential called ``name`` given to this service, if any:
+    ``$CREDENTIALS_DIRECTORY/NAME`` (``LoadCredential=NAME:/path``), else
+    ``$CREDENTIALS_DIRECTORY/rollwatch_NAME`` (the file NAME of a loaded folder)."""
     creds = os.environ.get("CREDENTIALS_DIRECTORY")
-    if creds and "/" not in value:
-        return Path(creds) / value
+    if not creds or "/" in name or name in ("", ".", ".."):
+        return None
+    for candidate in (Path(creds) / name, Path(creds) / f"{CREDENTIAL_PREFIX}{name}"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _credential_path(value: str) -> Path:
+    """A bare name is a systemd credential (see :func:`credential_file`) when the service
+    has one by that name; otherwise (and for any path) the file itself."""
+    if "/" not in value:
+        found = credential_file(value)
+        if found is not None:
+            return found
+        creds = os.environ.get("CREDENTIALS_DIRECTORY")
+        if creds:
+            return Path(creds) / value
     return Path(value)
 
 
@@ -286,6 +321,10 @@ class ScheduleConfig(_Strict):
     """Missed fires within this window collapse into one run at start (default: one period)."""
     params: dict[str, Any] = Field(default_factory=dict)
     enabled: bool = True
+    optional: bool = False
+    """Whether a missing API key only makes this schedule inactive. Otherwise a schedule
+    that cannot run (no key, a problem set that did not load, its provider disabled
+    after a 401) makes /healthz report degraded and ``schedules trigger`` refuse it."""
 
     @model_validator(mode="after")
     def _one_trigger(self) -> ScheduleConfig:

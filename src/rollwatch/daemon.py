@@ -42,7 +42,7 @@ from rollwatch.runs import (
     ScorerLike,
     unfinished_runs,
 )
-from rollwatch.scheduler import Scheduler
+from rollwatch.scheduler import Scheduler, cannot_run
 from rollwatch.store import open_store
 
 if TYPE_CHECKING:
@@ -420,6 +420,7 @@ class Daemon:
                     [*self.extra_routes(integrity), *integrity.routes(operators)],
                     operators=operators,
                     health=integrity.health,
+                    cannot_run=lambda: cannot_run(self.config, svc.providers, svc.problem_sets),
                 ),
                 host,
                 port,
@@ -478,20 +479,23 @@ class Daemon:
         log.info("daemon_stopped")
 
     def _active_schedules(self, svc: RunServices) -> list[ScheduleConfig]:
-        """The schedules this node can fire (its provider has a key, its problem set loaded)."""
+        """The schedules this node can fire (its provider has a key, its problem set loaded).
+
+        Those that cannot are logged (a WARNING, and /healthz degraded, unless an
+        ``optional`` schedule merely lacks its key).
+        """
         schedules = [
             s
             for s in self.config.schedules
             if s.provider in svc.providers and s.problem_set in svc.problem_sets
         ]
+        blocked = cannot_run(self.config, svc.providers, svc.problem_sets)
         for s in self.config.schedules:
-            if s not in schedules:
+            if s.name in blocked:
+                log.warning("schedule_cannot_run", schedule=s.name, reason=blocked[s.name])
+            elif s not in schedules and s.enabled:
                 log.info(
-                    "schedule_inactive",
-                    schedule=s.name,
-                    reason="its provider has no API key"
-                    if s.provider not in svc.providers
-                    else "its problem set did not load",
+                    "schedule_inactive", schedule=s.name, reason="optional, and its provider has no API key"
                 )
         return schedules
 

@@ -1,19 +1,37 @@
-"""Prometheus metrics, in the text exposition format, without a client library.
+"""Prometheus metrics, exposed through ``prometheus_client``.
 
 Counters about runs, rollouts and provider errors are derived from the events the
 daemon sees (the log stays the single source); latencies of appends and the scoring
 queue depth are measured where they happen; each provider client's live figures
-(:class:`~rollwatch.providers.client.ProviderStats`: requests, tokens, cost, the
-concurrency window, pauses) are read from ``Metrics.providers`` at each scrape.
+(:class:`~rollwatch.providers.client.ProviderStats`: requests, failed attempts by kind,
+latency, tokens, cost, requests in flight, the concurrency window, pauses) are read
+from ``Metrics.providers`` at each scrape. The process's own figures (CPU, memory,
+file descriptors, garbage collection, Python version) come from the library's
+standard collectors.
+
+``prometheus_client`` writes the exposition (label escaping, number formatting, the
+text format or OpenMetrics as the scraper's ``Accept`` asks). Our figures are read at
+scrape time by a custom collector, so nothing is registered in the library's global
+registry and two ``Metrics`` (two daemons in one test process) never collide.
 """
 
 from __future__ import annotations
 
 import bisect
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    SummaryMetricFamily,
+)
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.metrics_core import Metric
 
 from rollwatch import events as e
 from rollwatch.events import Recorded
@@ -26,8 +44,8 @@ _COUNTED = frozenset(
 if TYPE_CHECKING:
     from rollwatch.providers.client import ProviderStats
 
-_RESULT_OUTCOMES = frozenset({"passed", "not_passed"})
-"""Outcomes that reveal scores, hence results under embargo."""
+RESULT_OUTCOMES = frozenset({"passed", "not_passed"})
+"""Outcomes that reveal scores, hence results under embargo: the operator's only."""
 
 _BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 
@@ -42,21 +60,20 @@ class Histogram:
     n: int = 0
 
     def observe(self, seconds: float) -> None:
+        """Count one observation of ``seconds``."""
         self.counts[bisect.bisect_left(self.buckets, seconds)] += 1
         self.total += seconds
         self.n += 1
 
-    def render(self, name: str, labels: str = "") -> list[str]:
-        out, acc = [], 0
-        sep = "," if labels else ""
+    def family(self, name: str, documentation: str) -> HistogramMetricFamily:
+        """This histogram as a metric family (cumulative buckets up to ``+Inf``)."""
+        buckets: list[tuple[str, float]] = []
+        acc = 0
         for b, c in zip(self.buckets, self.counts, strict=False):
             acc += c
-            out.append(f'{name}_bucket{{{labels}{sep}le="{b}"}} {acc}')
-        out.append(f'{name}_bucket{{{labels}{sep}le="+Inf"}} {self.n}')
-        lab = f"{{{labels}}}" if labels else ""
-        out.append(f"{name}_sum{lab} {self.total}")
-        out.append(f"{name}_count{lab} {self.n}")
-        return out
+            buckets.append((repr(float(b)), acc))
+        buckets.append(("+Inf", self.n))
+        return HistogramMetricFamily(name, documentation, buckets=buckets, sum_value=self.total)
 
 
 class Metrics:
@@ -76,6 +93,7 @@ class Metrics:
         self._provider_of: dict[str, str] = {}
         self.witnessed: Callable[[], tuple[int, float | None, int]] | None = None
         """(size, age in seconds, refusals) of the latest witnessed checkpoint (the daemon sets it)."""
+        self._registries = {results: _registry(_Figures(self, results=results)) for results in (True, False)}
 
     def observe_event(self, rec: Recorded) -> None:
         """Count what one event says (called once per event, in seq order)."""
@@ -102,78 +120,97 @@ class Metrics:
         elif isinstance(ev, e.RolloutScored):
             self.rollouts["passed" if ev.passed else "not_passed"] += 1
 
-    def render(self, *, results: bool = True) -> str:
-        """The text exposition format (version 0.0.4).
+    def registry(self, *, results: bool = True) -> CollectorRegistry:
+        """The registry a scrape reads: with the result-revealing series or without them."""
+        return self._registries[results]
+
+    def render(self, *, results: bool = True, accept: str = "") -> tuple[bytes, str]:
+        """The exposition for a scraper whose ``Accept`` header is ``accept``, and its
+        content type (the text format 0.0.4 unless OpenMetrics is asked for).
 
         ``results=False`` leaves out the series that tell how answers scored (passed,
         not passed): they count rollouts still under embargo, so only the operator
         may read them (SPEC §7).
         """
-        lines = [
-            "# HELP rollwatch_runs_started_total Runs started.",
-            "# TYPE rollwatch_runs_started_total counter",
-            f"rollwatch_runs_started_total {self.runs_started}",
-            "# HELP rollwatch_runs_finished_total Runs finished, by status.",
-            "# TYPE rollwatch_runs_finished_total counter",
-        ]
-        lines += [
-            f'rollwatch_runs_finished_total{{status="{_label(k)}"}} {v}'
-            for k, v in sorted(self.runs_finished.items())
-        ]
-        lines += [
-            "# HELP rollwatch_rollouts_total Rollouts by outcome (answered, failed, passed, not_passed).",
-            "# TYPE rollwatch_rollouts_total counter",
-        ]
-        lines += [
-            f'rollwatch_rollouts_total{{outcome="{_label(k)}"}} {v}'
-            for k, v in sorted(self.rollouts.items())
-            if results or k not in _RESULT_OUTCOMES
-        ]
-        lines += [
-            "# HELP rollwatch_provider_errors_total Failed provider attempts, by provider and kind.",
-            "# TYPE rollwatch_provider_errors_total counter",
-        ]
-        lines += [
-            f'rollwatch_provider_errors_total{{provider="{_label(p)}",kind="{_label(k)}"}} {v}'
-            for (p, k), v in sorted(self.provider_errors.items())
-        ]
-        lines += _provider_lines(sorted(self.providers(), key=lambda st: st.provider))
-        lines += [
-            "# HELP rollwatch_request_latency_seconds Provider request latency of answered attempts.",
-            "# TYPE rollwatch_request_latency_seconds histogram",
-            *self.request_latency.render("rollwatch_request_latency_seconds"),
-            "# HELP rollwatch_append_latency_seconds Event log append latency (group commit included).",
-            "# TYPE rollwatch_append_latency_seconds histogram",
-            *self.append_latency.render("rollwatch_append_latency_seconds"),
-            "# HELP rollwatch_scoring_queue_depth Answers waiting for a scorer.",
-            "# TYPE rollwatch_scoring_queue_depth gauge",
-            f"rollwatch_scoring_queue_depth {self.scoring_queue()}",
-            "# HELP rollwatch_events_applied The highest seq this daemon has applied.",
-            "# TYPE rollwatch_events_applied gauge",
-            f"rollwatch_events_applied {self.events_seen}",
-        ]
-        if self.witnessed is not None:
-            size, age, refusals = self.witnessed()
-            lines += [
-                "# HELP rollwatch_witnessed_checkpoint_size The size of the latest checkpoint a quorum of witnesses cosigned.",
-                "# TYPE rollwatch_witnessed_checkpoint_size gauge",
-                f"rollwatch_witnessed_checkpoint_size {size}",
-                "# HELP rollwatch_witnessed_checkpoint_age_seconds Seconds since that checkpoint reached its quorum.",
-                "# TYPE rollwatch_witnessed_checkpoint_age_seconds gauge",
-                f"rollwatch_witnessed_checkpoint_age_seconds {'NaN' if age is None else round(age, 1)}",
-                "# HELP rollwatch_witness_refusals Witnesses that refused a checkpoint as inconsistent (a fork).",
-                "# TYPE rollwatch_witness_refusals gauge",
-                f"rollwatch_witness_refusals {refusals}",
-            ]
-        return "\n".join(lines) + "\n"
+        encode, content_type = choose_encoder(accept)
+        return encode(self._registries[results]), content_type
 
 
-def _label(value: str) -> str:
-    """A label value escaped as the exposition format asks (backslash, quote, newline)."""
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+def _registry(figures: _Figures) -> CollectorRegistry:
+    """A registry of our figures and the process's (not the library's global one)."""
+    reg = CollectorRegistry(auto_describe=False)
+    ProcessCollector(registry=reg)
+    PlatformCollector(registry=reg)
+    GCCollector(registry=reg)
+    reg.register(figures)
+    return reg
 
 
-# (name, type, help, the figure of a ProviderStats)
+@dataclass(frozen=True)
+class _Figures:
+    """A collector reading a :class:`Metrics` at each scrape."""
+
+    metrics: Metrics
+    results: bool
+
+    def collect(self) -> Iterator[Metric]:
+        """Every rollwatch family, the result-revealing samples only when ``results``."""
+        m = self.metrics
+        yield CounterMetricFamily("rollwatch_runs_started", "Runs started.", value=m.runs_started)
+        runs = CounterMetricFamily("rollwatch_runs_finished", "Runs finished, by status.", labels=["status"])
+        for status, n in sorted(m.runs_finished.items()):
+            runs.add_metric([status], n)
+        yield runs
+        rollouts = CounterMetricFamily(
+            "rollwatch_rollouts",
+            "Rollouts by outcome (answered, failed; passed, not_passed for the operator only).",
+            labels=["outcome"],
+        )
+        for outcome, n in sorted(m.rollouts.items()):
+            if self.results or outcome not in RESULT_OUTCOMES:
+                rollouts.add_metric([outcome], n)
+        yield rollouts
+        errors = CounterMetricFamily(
+            "rollwatch_provider_errors",
+            "Failed provider attempts in the log, by provider and kind.",
+            labels=["provider", "kind"],
+        )
+        for (provider, kind), n in sorted(m.provider_errors.items()):
+            errors.add_metric([provider, kind], n)
+        yield errors
+        yield from _provider_families(sorted(m.providers(), key=lambda st: st.provider))
+        yield m.request_latency.family(
+            "rollwatch_request_latency_seconds", "Provider request latency of answered attempts."
+        )
+        yield m.append_latency.family(
+            "rollwatch_append_latency_seconds", "Event log append latency (group commit included)."
+        )
+        yield GaugeMetricFamily(
+            "rollwatch_scoring_queue_depth", "Answers waiting for a scorer.", value=m.scoring_queue()
+        )
+        yield GaugeMetricFamily(
+            "rollwatch_events_applied", "The highest seq this daemon has applied.", value=m.events_seen
+        )
+        if m.witnessed is not None:
+            size, age, refusals = m.witnessed()
+            yield GaugeMetricFamily(
+                "rollwatch_witnessed_checkpoint_size",
+                "The size of the latest checkpoint a quorum of witnesses cosigned.",
+                value=size,
+            )
+            yield GaugeMetricFamily(
+                "rollwatch_witnessed_checkpoint_age_seconds",
+                "Seconds since that checkpoint reached its quorum.",
+                value=float("nan") if age is None else round(age, 1),
+            )
+            yield GaugeMetricFamily(
+                "rollwatch_witness_refusals",
+                "Witnesses that refused a checkpoint as inconsistent (a fork).",
+                value=refusals,
+            )
+
+
+# (name, counter or gauge, help, the figure of a ProviderStats)
 _PROVIDER_SERIES: tuple[tuple[str, str, str, Callable[[ProviderStats], float]], ...] = (
     ("requests_total", "counter", "Requests sent to the provider (attempts).", lambda st: st.requests),
     ("responses_total", "counter", "Attempts that produced an answer.", lambda st: st.responses),
@@ -190,18 +227,40 @@ _PROVIDER_SERIES: tuple[tuple[str, str, str, Callable[[ProviderStats], float]], 
 )
 
 
-def _number(value: float) -> str:
-    """Integers exactly (a token count must not become 1.23457e+06), others in full."""
-    return str(int(value)) if float(value).is_integer() else repr(float(value))
-
-
-def _provider_lines(stats: list[ProviderStats]) -> list[str]:
-    """Each provider's live figures, one family per figure, labelled by provider."""
+def _provider_families(stats: list[ProviderStats]) -> Iterator[Metric]:
+    """This process's provider clients' live figures, one family per figure, by provider."""
     if not stats:
-        return []
-    lines: list[str] = []
+        return
     for suffix, kind, text, figure in _PROVIDER_SERIES:
         name = f"rollwatch_provider_{suffix}"
-        lines += [f"# HELP {name} {text}", f"# TYPE {name} {kind}"]
-        lines += [f'{name}{{provider="{_label(st.provider)}"}} {_number(figure(st))}' for st in stats]
-    return lines
+        fam: CounterMetricFamily | GaugeMetricFamily
+        if kind == "counter":
+            fam = CounterMetricFamily(name, text, labels=["provider"])
+        else:
+            fam = GaugeMetricFamily(name, text, labels=["provider"])
+        for st in stats:
+            fam.add_metric([st.provider], float(figure(st)))
+        yield fam
+    attempts = CounterMetricFamily(
+        "rollwatch_provider_attempt_errors",
+        "This process's failed attempts, by provider and error kind (the log's are "
+        "rollwatch_provider_errors_total).",
+        labels=["provider", "kind"],
+    )
+    done = CounterMetricFamily(
+        "rollwatch_provider_rollouts",
+        "This process's rollouts ended by the provider client: answered or failed for good.",
+        labels=["provider", "outcome"],
+    )
+    latency = SummaryMetricFamily(
+        "rollwatch_provider_latency_seconds",
+        "Latency of this process's answered attempts (sum and count; max in latency_ms_max).",
+        labels=["provider"],
+    )
+    for st in stats:
+        for kind, n in sorted(st.errors.items()):
+            attempts.add_metric([st.provider, kind], n)
+        done.add_metric([st.provider, "answered"], st.rollouts_answered)
+        done.add_metric([st.provider, "failed"], st.rollouts_failed)
+        latency.add_metric([st.provider], count_value=st.responses, sum_value=st.latency_ms_sum / 1000)
+    yield from (attempts, done, latency)

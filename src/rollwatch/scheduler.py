@@ -15,9 +15,10 @@ A fire while the schedule's previous run is still going is skipped and recorded.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import hashlib
+from collections.abc import Awaitable, Callable, Container, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Protocol, cast
 from zoneinfo import ZoneInfo
 
@@ -28,7 +29,7 @@ from apscheduler.triggers.cron import CronTrigger  # type: ignore[import-untyped
 from apscheduler.triggers.interval import IntervalTrigger  # type: ignore[import-untyped]
 
 from rollwatch.abc import EventStore
-from rollwatch.config import ScheduleConfig
+from rollwatch.config import Config, ScheduleConfig
 from rollwatch.errors import IntegrityError, StoreError
 from rollwatch.events import ScheduleMissed, ScheduleSkipped, parse_rfc3339, rfc3339, schedule_stream
 from rollwatch.log import get_logger
@@ -49,11 +50,76 @@ class Trigger(Protocol):
 
 
 def make_trigger(s: ScheduleConfig) -> Trigger:
-    """The APScheduler trigger that computes ``s``'s fire times."""
+    """The trigger that computes ``s``'s fire times: APScheduler's, with our jitter."""
+    base: Trigger
     if s.cron is not None:
-        return cast(Trigger, CronTrigger.from_crontab(s.cron, timezone=ZoneInfo(s.timezone)))
-    assert s.every is not None
-    return cast(Trigger, IntervalTrigger(seconds=s.every, jitter=int(s.jitter) or None, timezone=UTC))
+        base = cast(Trigger, CronTrigger.from_crontab(s.cron, timezone=ZoneInfo(s.timezone)))
+    else:
+        assert s.every is not None
+        base = cast(Trigger, IntervalTrigger(seconds=s.every, timezone=UTC))
+    return JitteredTrigger(base, s.name, s.jitter) if s.jitter > 0 else base
+
+
+@dataclass(frozen=True)
+class JitteredTrigger:
+    """A trigger whose fires are delayed by a jitter drawn once per fire, not per call.
+
+    APScheduler draws its jitter with ``random`` on every ``get_next_fire_time``, so each
+    look at a schedule (every ``schedules list``, every wake-up of the daemon's loop)
+    saw another time. Here the delay is a function of the schedule's name and the
+    un-jittered fire time (SHA-256 of both, scaled to ``[0, jitter)``): the same for
+    every process that asks, so the NEXT that ``schedules list`` prints is when the
+    daemon fires, and two schedules with one period still spread out.
+    """
+
+    base: Trigger
+    name: str
+    jitter: float
+    """Seconds: each fire is delayed by at least 0 and less than this."""
+
+    def delay(self, at: datetime) -> timedelta:
+        """The jitter of the fire whose un-jittered time is ``at``."""
+        digest = hashlib.sha256(f"{self.name}\0{rfc3339(at)}".encode()).digest()
+        fraction = int.from_bytes(digest[:8], "big") / 2**64
+        return timedelta(microseconds=int(fraction * self.jitter * 1_000_000))
+
+    def get_next_fire_time(self, previous_fire_time: datetime | None, now: datetime) -> datetime | None:
+        """The base trigger's next time after ``previous_fire_time`` plus its jitter."""
+        at = self.base.get_next_fire_time(previous_fire_time, now)
+        return None if at is None else at + self.delay(at)
+
+
+class _Provider(Protocol):
+    @property
+    def disabled(self) -> object | None:
+        """Why the provider cannot be used any more (a rejected key), or None."""
+        ...
+
+
+def cannot_run(
+    config: Config, providers: Mapping[str, _Provider | None], problem_sets: Container[str]
+) -> dict[str, str]:
+    """Each enabled schedule that cannot run, with why: its problem set did not load, its
+    provider has no API key (unless the schedule is ``optional``), or its provider was
+    disabled (a key the provider rejected).
+
+    ``providers``: the provider clients by name (a name absent: no key; None: a key, no
+    client to ask, as in the CLI); ``problem_sets``: the names of the sets that loaded.
+    """
+    out: dict[str, str] = {}
+    for s in config.schedules:
+        if not s.enabled:
+            continue
+        if s.problem_set not in problem_sets:
+            out[s.name] = f"problem set {s.problem_set!r} did not load (see problem_set_invalid in the log)"
+        elif s.provider not in providers:
+            if not s.optional:
+                out[s.name] = (
+                    f"provider {s.provider!r} has no API key ({config.provider(s.provider).missing_key()})"
+                )
+        elif (client := providers[s.provider]) is not None and client.disabled is not None:
+            out[s.name] = f"provider {s.provider!r} was disabled: {client.disabled}"
+    return out
 
 
 @dataclass
@@ -280,4 +346,12 @@ def fmt_next(dt: datetime | None) -> str:
     return rfc3339(dt)[:19] + "Z"
 
 
-__all__ = ["ScheduleState", "Scheduler", "fmt_next", "load_states", "make_trigger", "next_fire"]
+__all__ = [
+    "JitteredTrigger",
+    "ScheduleState",
+    "Scheduler",
+    "fmt_next",
+    "load_states",
+    "make_trigger",
+    "next_fire",
+]

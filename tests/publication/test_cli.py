@@ -13,7 +13,7 @@ import anyio
 import pytest
 
 from tests.helpers import make_log, rollwatch
-from tests.publication.helpers import bearer, serving
+from tests.publication.helpers import add_subscriber, bearer, serving
 
 pytestmark = pytest.mark.anyio
 
@@ -76,6 +76,62 @@ class TestSubscribersCommand:
         assert p.returncode == 0
         assert "already revoked" in p.stdout
         assert key.encode() not in all_bytes(tmp_path)
+
+    @pytest.mark.parametrize(
+        ("flags", "scopes"),
+        [
+            (["--scope", "feed,rollouts"], ["feed", "rollouts"]),
+            (["--scope", "rollouts feed"], ["feed", "rollouts"]),
+            (["--scope", "feed,", "--scope", "report"], ["feed", "report"]),
+            (["--scope", "feed", "--scope", "ops,feed"], ["feed", "ops"]),
+        ],
+    )
+    def test_scopes_are_taken_as_list_prints_them(
+        self, tmp_path: Path, flags: list[str], scopes: list[str]
+    ) -> None:
+        """``--scope`` takes what ``subscribers list`` prints (``feed,rollouts``), spaces too, and
+        repeats; the key gets exactly those scopes, in the canonical order."""
+        cfg = str(config_file(tmp_path))
+        p = rollwatch("--config", cfg, "subscribers", "add", "dora", *flags)
+        assert p.returncode == 0, p.stderr
+        p = rollwatch("--config", cfg, "subscribers", "list", "--json")
+        assert [r["scopes"] for r in json.loads(p.stdout)] == [scopes]
+        listed = rollwatch("--config", cfg, "subscribers", "list").stdout
+        assert ",".join(scopes) in listed
+
+    @pytest.mark.parametrize("bad", ["feed,admin", ",", " "])
+    def test_a_bad_scope_list_exits_2(self, tmp_path: Path, bad: str) -> None:
+        """An unknown scope inside a list, or a list of nothing, is bad usage (exit 2), no key."""
+        p = rollwatch("--config", str(config_file(tmp_path)), "subscribers", "add", "erin", "--scope", bad)
+        assert p.returncode == 2, (p.stdout, p.stderr)
+        assert "rw_" not in p.stdout
+
+    async def test_a_key_works_the_moment_add_returns(self, tmp_path: Path) -> None:
+        """20 times: while another subscriber polls the server (so its directory is always
+        fresh, never older than 0.5 s), ``subscribers add`` runs and its key is used at once:
+        never a 401."""
+        cfg = str(config_file(tmp_path))
+        async with serving(tmp_path) as env:
+            busy = await add_subscriber(env.store, "poller")
+            statuses: list[int] = []
+
+            async def poll() -> None:
+                while True:
+                    statuses.append((await env.client.get("/v1/report", headers=bearer(busy))).status_code)
+                    await anyio.sleep(0.05)  # pacing: 20 a second keeps it under the rate limit
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(poll)
+                for i in range(20):
+                    p = await anyio.to_thread.run_sync(
+                        lambda i=i: rollwatch("--config", cfg, "subscribers", "add", f"new{i}")
+                    )
+                    assert p.returncode == 0, p.stderr
+                    r = await env.client.get("/v1/feed", headers=bearer(p.stdout.strip()))
+                    assert r.status_code == 200, (i, r.text)
+                tg.cancel_scope.cancel()
+            assert len(statuses) > 20
+            assert set(statuses) == {200}
 
     @pytest.mark.parametrize(
         ("args", "message"),

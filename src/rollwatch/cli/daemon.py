@@ -39,7 +39,11 @@ def serve(ctx: Context, grace: float) -> None:
 @click.option("--models", default=None, help="comma-separated models (default: the schedule's)")
 @common
 def run_cmd(ctx: Context, schedule: str, rollouts: int | None, models: str | None) -> None:
-    """One run of SCHEDULE now, in the foreground, with a progress bar on a terminal."""
+    """One run of SCHEDULE now, in the foreground, with a progress bar on a terminal.
+
+    Exit status: 0 when the run completed, 1 when it ended partial or failed, 130 when
+    stopped by SIGINT (Ctrl-C) and 143 by SIGTERM (the run resumes at the next `serve`).
+    """
     import signal
 
     from rollwatch.daemon import open_services
@@ -73,11 +77,13 @@ def run_cmd(ctx: Context, schedule: str, rollouts: int | None, models: str | Non
             run = await Run.start(
                 svc, sched, trigger="manual", rollouts=rollouts, models=model_list, on_progress=progress
             )
+            received: list[int] = []
             async with anyio.create_task_group() as tg:
 
                 async def on_signal() -> None:
                     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as sigs:
-                        async for _ in sigs:
+                        async for signum in sigs:
+                            received.append(signum)
                             log.info(
                                 "run_stopping",
                                 run_id=run.run_id,
@@ -93,7 +99,10 @@ def run_cmd(ctx: Context, schedule: str, rollouts: int | None, models: str | Non
                 bar.close()
             if fin is None:
                 click.echo(f"run {run.run_id} stopped before its end; `rollwatch serve` resumes it")
-                return 0
+                # An interrupted run is not a success: 128 + the signal, as shells report a
+                # process killed by it (130 for Ctrl-C, 143 for SIGTERM); 1 when it stopped
+                # for another reason.
+                return 128 + received[0] if received else 1
             click.echo(
                 f"run {run.run_id}: {fin.status}, {fin.rollouts} answered, {fin.passed} passed, "
                 f"${fin.cost_usd:.4f}"

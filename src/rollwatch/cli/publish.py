@@ -62,7 +62,7 @@ def subscribers() -> None:
     "scopes",
     multiple=True,
     metavar="S",
-    help=f"what the key may read, repeatable: {', '.join(ALL_SCOPES)} "
+    help=f"what the key may read, repeatable or comma-separated (feed,rollouts): {', '.join(ALL_SCOPES)} "
     f"(default: {','.join(SCOPES)}; ops is the operator's: /metrics in full)",
 )
 @common

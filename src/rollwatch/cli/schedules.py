@@ -31,27 +31,63 @@ async def _schedule_states(config: Config) -> tuple[Any, dict[str, Any]]:
         return None, await load_states(pdb)
 
 
+def _cannot_run(config: Config) -> dict[str, str]:
+    """The schedules that cannot run, with why: as this process sees the configuration
+    (problem sets that do not load, missing keys) and as the running daemon reports on
+    its /healthz (providers it disabled after a rejected key), when one answers."""
+    import httpx
+
+    from rollwatch.daemon import load_problem_sets
+    from rollwatch.scheduler import cannot_run
+
+    keyed = {p.name: None for p in config.providers if p.has_key()}
+    blocked = cannot_run(config, keyed, load_problem_sets(config))
+    # A daemon listening on every address is asked on loopback (nothing is bound here).
+    wildcard = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}  # noqa: S104
+    host = wildcard.get(config.server.host, config.server.host)
+    url = f"http://{f'[{host}]' if ':' in host else host}:{config.server.port}/healthz"
+    try:
+        said = httpx.get(url, timeout=2.0).json().get("schedules") or {}
+    except (httpx.HTTPError, ValueError, AttributeError):
+        said = {}  # no daemon here (it acts on the log when it starts)
+    known = {s.name for s in config.schedules}
+    for name, why in said.items() if isinstance(said, dict) else ():
+        if name in known and isinstance(why, str):
+            blocked.setdefault(name, why)
+    return blocked
+
+
 @schedules.command("list")
 @click.option("--json", "as_json", is_flag=True)
 @common
 def schedules_list(ctx: Context, as_json: bool) -> None:
-    """Each schedule's state, next fire time, last run and outcome, skipped/missed counts."""
+    """Each schedule's state, next fire time, last run and outcome, skipped/missed counts,
+    and why a schedule cannot run (state "cannot run")."""
     from datetime import UTC, datetime
 
     from rollwatch.scheduler import ScheduleState, fmt_next, make_trigger, next_fire
 
     config = ctx.config
     _, states = run_async(lambda: _schedule_states(config))
+    blocked = _cannot_run(config)
     rows = []
     now = datetime.now(UTC)
     for s in config.schedules:
         st = states.get(s.name, ScheduleState(name=s.name))
-        active = config.provider(s.provider).has_key()
-        nxt = None if st.paused or not active else next_fire(s, make_trigger(s), st.last_fire_at, now)[0]
+        active = config.provider(s.provider).has_key() and s.name not in blocked
+        if not s.enabled:
+            state = "disabled"
+        elif s.name in blocked:
+            state = "cannot run"
+        elif st.paused:
+            state = "paused"
+        else:
+            state = "active" if active else "inactive (no API key)"
+        nxt = next_fire(s, make_trigger(s), st.last_fire_at, now)[0] if state == "active" else None
         rows.append(
             {
                 "schedule": s.name,
-                "state": "paused" if st.paused else ("active" if active else "inactive (no API key)"),
+                "state": state,
                 "trigger": f"every {s.every:g}s" if s.every else f"cron '{s.cron}' {s.timezone}",
                 "next": fmt_next(nxt),
                 "last_run": st.last_run_id or "-",
@@ -59,16 +95,28 @@ def schedules_list(ctx: Context, as_json: bool) -> None:
                 "skipped": st.skipped,
                 "missed": st.missed,
                 "note": st.note,
+                "why": blocked.get(s.name, ""),
             }
         )
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    cols = ["schedule", "state", "trigger", "next", "last_run", "last_status", "skipped", "missed", "note"]
+    cols = [
+        "schedule",
+        "state",
+        "trigger",
+        "next",
+        "last_run",
+        "last_status",
+        "skipped",
+        "missed",
+        "note",
+        "why",
+    ]
     widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) if rows else len(c) for c in cols}
-    click.echo("  ".join(c.upper().ljust(widths[c]) for c in cols))
+    click.echo("  ".join(c.upper().ljust(widths[c]) for c in cols).rstrip())
     for r in rows:
-        click.echo("  ".join(str(r[c]).ljust(widths[c]) for c in cols))
+        click.echo("  ".join(str(r[c]).ljust(widths[c]) for c in cols).rstrip())
 
 
 def _append_schedule_event(config: Config, name: str, event: Any) -> int:
@@ -85,8 +133,11 @@ def _append_schedule_event(config: Config, name: str, event: Any) -> int:
     return run_async(main)
 
 
-def _steering_command(verb: str, event: str, doc: str, said: str) -> None:
-    """``schedules VERB NAME [--note]``: append one schedule event; the daemon acts on it."""
+def _steering_command(verb: str, event: str, doc: str, said: str, *, runnable: bool = False) -> None:
+    """``schedules VERB NAME [--note]``: append one schedule event; the daemon acts on it.
+
+    ``runnable``: refuse (exit 2, nothing appended) when the schedule cannot run.
+    """
 
     @schedules.command(verb, help=doc)
     @click.argument("name")
@@ -94,7 +145,15 @@ def _steering_command(verb: str, event: str, doc: str, said: str) -> None:
     @common
     def command(ctx: Context, name: str, note: str) -> None:
         from rollwatch import events
+        from rollwatch.errors import UsageError
 
+        ctx.config.schedule(name)  # names the known schedules when this one is not
+        if runnable:
+            why = _cannot_run(ctx.config).get(name)
+            if why is None and not ctx.config.schedule(name).enabled:
+                why = "it is disabled (enabled = false)"
+            if why is not None:
+                raise UsageError(f"schedule {name!r} cannot run: {why}; nothing was triggered")
         cls = getattr(events, event)
         seq = _append_schedule_event(ctx.config, name, cls(schedule=name, note=note))
         click.echo(said.format(name=name, seq=seq))
@@ -110,6 +169,7 @@ _steering_command("resume", "ScheduleResumed", "Let NAME fire again.", "resumed 
 _steering_command(
     "trigger",
     "ScheduleTriggered",
-    "Ask the running daemon to start a run of NAME now.",
+    "Ask the running daemon to start a run of NAME now (refused, exit 2, when NAME cannot run).",
     "triggered {name} (seq {seq}); the daemon starts it within a second",
+    runnable=True,
 )

@@ -2,8 +2,9 @@
 
 Where it comes from, first match wins:
 
-1. ``$CREDENTIALS_DIRECTORY/checkpoint-key`` (systemd ``LoadCredential=checkpoint-key:/path``):
-   the operator made the key and keeps it elsewhere; it is never written.
+1. ``$CREDENTIALS_DIRECTORY/checkpoint-key`` (systemd ``LoadCredential=checkpoint-key:/path``),
+   or ``rollwatch_checkpoint-key`` (the file ``checkpoint-key`` of the credentials folder
+   the unit loads): the operator made the key and keeps it elsewhere; it is never written.
 2. The configured key file (default ``<state dir>/checkpoint.key``): read if it
    exists, otherwise generated and written with mode 0600 before anything is signed.
 
@@ -27,6 +28,7 @@ from cryptography.hazmat.primitives.serialization import (
     load_pem_private_key,
 )
 
+from rollwatch.config import credential_file
 from rollwatch.errors import ConfigError
 from rollwatch.integrity.checkpoint import NoteSigner
 from rollwatch.log import get_logger
@@ -37,13 +39,9 @@ CREDENTIAL_NAME = "checkpoint-key"
 
 
 def credential_path() -> Path | None:
-    """The systemd credential holding the key, when the service was given one."""
-    creds = os.environ.get("CREDENTIALS_DIRECTORY")
-    if creds:
-        p = Path(creds) / CREDENTIAL_NAME
-        if p.exists():
-            return p
-    return None
+    """The systemd credential holding the key, when the service was given one (by its own
+    ``LoadCredential=`` line, or as the file ``checkpoint-key`` of the loaded folder)."""
+    return credential_file(CREDENTIAL_NAME)
 
 
 def parse_private_key(data: bytes, source: str) -> Ed25519PrivateKey:

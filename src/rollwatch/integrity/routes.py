@@ -50,10 +50,9 @@ from rollwatch.integrity.tiles import (
 )
 from rollwatch.integrity.tree import MerkleTree
 from rollwatch.web.access import Operators
-from rollwatch.web.params import integer, query
+from rollwatch.web.params import ConsistencyQuery, InclusionQuery
 
 _NO_STORE = {"Cache-Control": "no-cache"}
-_MAX_INT = (1 << 62) - 1
 
 
 def integrity_routes(
@@ -102,9 +101,8 @@ def integrity_routes(
         return JSONResponse({"key": current_key(), "rotations": out}, headers=_NO_STORE)
 
     async def consistency(request: Request) -> Response:
-        params = query(request, {"from", "to"}, strict=False)
-        old = integer(params, "from", 0, _MAX_INT)
-        new = integer(params, "to", 0, _MAX_INT)
+        q = ConsistencyQuery.parse(request)
+        old, new = q.from_, q.to
         if old > new:
             raise BadRequest(f"from={old} is larger than to={new}")
         try:
@@ -114,9 +112,8 @@ def integrity_routes(
         return JSONResponse({"from": old, "to": new, "path": [b64(h) for h in path]}, headers=_NO_STORE)
 
     async def inclusion(request: Request) -> Response:
-        params = query(request, {"seq", "size"}, strict=False)
-        seq = integer(params, "seq", 1, _MAX_INT)
-        size = integer(params, "size", 1, _MAX_INT)
+        q = InclusionQuery.parse(request)
+        seq, size = q.seq, q.size
         if seq > size:
             raise BadRequest(f"event {seq} is not in a tree of size {size}")
         try:

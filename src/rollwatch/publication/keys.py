@@ -94,8 +94,17 @@ def check_name(name: str) -> str:
 
 def check_scopes(scopes: Iterable[str]) -> list[str]:
     """The scopes, deduplicated in the order of :data:`ALL_SCOPES`; the subscriber
-    scopes (:data:`SCOPES`, never ``ops``) when none are given."""
-    wanted = list(scopes)
+    scopes (:data:`SCOPES`, never ``ops``) when none are given.
+
+    Each item may list several scopes separated by commas or spaces (``feed,rollouts``,
+    ``"feed rollouts"``), as ``subscribers list`` prints them; an empty item is an error.
+    """
+    wanted: list[str] = []
+    for item in scopes:
+        parts = [p for p in re.split(r"[\s,]+", item) if p]
+        if not parts:
+            raise UsageError(f"scope {item!r} is empty; give one or more of {', '.join(ALL_SCOPES)}")
+        wanted += parts
     unknown = [s for s in wanted if s not in ALL_SCOPES]
     if unknown:
         raise UsageError(f"scope {unknown[0]!r} is not one of {', '.join(ALL_SCOPES)}")
@@ -253,6 +262,14 @@ class SubscriberDirectory:
         for s in self._by_prefix.get(key_prefix(key), []):
             if hmac.compare_digest(s.key_hash, digest):
                 match = s
+        if match is None:
+            # A key added a moment ago may be newer than the directory (read at most
+            # max_age ago): read the log up to its head once more before refusing, so a
+            # key works from the moment `subscribers add` returns (its event committed).
+            await self.refresh(force=True)
+            for s in self._by_prefix.get(key_prefix(key), []):
+                if hmac.compare_digest(s.key_hash, digest):
+                    match = s
         if match is None:
             return AuthResult(None, "unknown API key")
         if match.revoked:

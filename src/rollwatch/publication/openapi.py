@@ -1,10 +1,26 @@
-"""The OpenAPI 3.1 document served at ``/openapi.json`` (written by hand, kept beside the routes)."""
+"""The OpenAPI 3.1 document served at ``/openapi.json``.
+
+Query parameters, their bounds and defaults come from the pydantic models the routes
+validate with (:mod:`rollwatch.web.params`), so the document cannot drift from what
+is enforced; path parameters use the same patterns the routes check. Every route the
+daemon serves is described (``tests/publication/test_openapi.py`` compares the
+document's paths with the app's routes).
+"""
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from rollwatch.publication.projections import FEED_ITEM_KEYS
+from rollwatch.web.params import (
+    ROLLOUT_ID,
+    ConsistencyQuery,
+    EmptyQuery,
+    FeedQuery,
+    InclusionQuery,
+    ReportQuery,
+)
 
 
 def _error(description: str) -> dict[str, Any]:
@@ -68,8 +84,128 @@ _ITEM_PROPS: dict[str, Any] = {
 assert tuple(_ITEM_PROPS) == FEED_ITEM_KEYS
 
 
+_ROLLOUT_PARAM = {
+    "name": "rollout_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "pattern": ROLLOUT_ID.pattern},
+}
+_TEXT = {"text/plain": {"schema": {"type": "string"}}}
+_PROOF_BAD = _error("A parameter is missing or invalid, or names a size the tree does not hold yet.")
+
+
+def _b64_list(description: str) -> dict[str, Any]:
+    return {
+        "type": "array",
+        "items": {"type": "string", "contentEncoding": "base64"},
+        "description": description,
+    }
+
+
+_OPERATION_PATHS: dict[str, Any] = {
+    "/healthz": {
+        "get": {
+            "summary": "Whether the daemon is healthy",
+            "responses": {
+                "200": {
+                    "description": "Healthy",
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Health"}}},
+                },
+                "503": {
+                    "description": "Degraded: the log was tampered with, or a configured schedule "
+                    "cannot run; the reasons say which",
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Health"}}},
+                },
+            },
+        }
+    },
+    "/metrics": {
+        "get": {
+            "summary": "Prometheus metrics (text format 0.0.4, or OpenMetrics when the Accept header asks)",
+            "description": "Open to all, but the pass counts (rollwatch_rollouts_total with outcome "
+            "passed or not_passed) appear only for the operator: a peer in server.trusted_peers or a "
+            "bearer key with scope ops.",
+            "security": [{}, {"bearer": []}],
+            "responses": {"200": {"description": "The exposition", "content": _TEXT}},
+        }
+    },
+}
+
+_INTEGRITY_PATHS: dict[str, Any] = {
+    "/public/checkpoint": {
+        "get": {
+            "summary": "The latest signed checkpoint (C2SP tlog-checkpoint note) of the log's Merkle tree",
+            "responses": {
+                "200": {"description": "The signed note", "content": _TEXT},
+                "404": _error("No checkpoint has been signed yet."),
+            },
+        }
+    },
+    "/public/key": {
+        "get": {
+            "summary": "The checkpoint signing key (Ed25519, public), as a note verifier key",
+            "responses": {"200": {"description": "name+keyid+base64 key", "content": _TEXT}},
+        }
+    },
+    "/public/proof/consistency": {
+        "get": {
+            "summary": "An RFC 9162 consistency proof between two tree sizes",
+            "parameters": ConsistencyQuery.openapi_parameters(),
+            "responses": {
+                "200": {
+                    "description": "The proof",
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["from", "to", "path"],
+                                "properties": {
+                                    "from": {"type": "integer"},
+                                    "to": {"type": "integer"},
+                                    "path": _b64_list("The proof's hashes."),
+                                },
+                            }
+                        }
+                    },
+                },
+                "400": _PROOF_BAD,
+            },
+        }
+    },
+    "/public/proof/inclusion": {
+        "get": {
+            "summary": "An RFC 9162 inclusion proof of one event in a tree of a given size",
+            "parameters": InclusionQuery.openapi_parameters(),
+            "responses": {
+                "200": {
+                    "description": "The proof",
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["seq", "leaf_index", "size", "leaf_hash", "path"],
+                                "properties": {
+                                    "seq": {"type": "integer"},
+                                    "leaf_index": {"type": "integer", "description": "seq - 1"},
+                                    "size": {"type": "integer"},
+                                    "leaf_hash": {"type": "string", "contentEncoding": "base64"},
+                                    "path": _b64_list("The proof's hashes."),
+                                },
+                            }
+                        }
+                    },
+                },
+                "400": _PROOF_BAD,
+            },
+        }
+    },
+}
+
+
+@functools.cache
 def openapi_document() -> dict[str, Any]:
-    """The API's description: subscriber routes (bearer key) and the public release."""
+    """The API's description: health and metrics, subscriber routes (bearer key), the public
+    release and the integrity routes. Built once; do not modify the result."""
     bearer: list[dict[str, list[str]]] = [{"bearer": []}]
     return {
         "openapi": "3.1.0",
@@ -90,6 +226,20 @@ def openapi_document() -> dict[str, Any]:
                     "required": ["error", "message"],
                     "properties": {"error": {"type": "string"}, "message": {"type": "string"}},
                 },
+                "Health": {
+                    "type": "object",
+                    "required": ["status"],
+                    "properties": {
+                        "status": {"type": "string", "enum": ["ok", "degraded", "tampered"]},
+                        "first_bad_seq": {"type": ["integer", "null"]},
+                        "reasons": {"type": "array", "items": {"type": "string"}},
+                        "schedules": {
+                            "type": "object",
+                            "additionalProperties": {"type": "string"},
+                            "description": "Each configured schedule that cannot run, with why.",
+                        },
+                    },
+                },
                 "FeedItem": {
                     "type": "object",
                     "required": list(FEED_ITEM_KEYS),
@@ -109,29 +259,13 @@ def openapi_document() -> dict[str, Any]:
             },
         },
         "paths": {
+            **_OPERATION_PATHS,
             "/v1/feed": {
                 "get": {
                     "summary": "Events visible to subscribers after a cursor, oldest first",
                     "security": bearer,
                     "parameters": [
-                        {
-                            "name": "after",
-                            "in": "query",
-                            "schema": {"type": "integer", "minimum": 0, "default": 0},
-                            "description": "Cursor: the `next` of the previous page (a seq).",
-                        },
-                        {
-                            "name": "limit",
-                            "in": "query",
-                            "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
-                        },
-                        {
-                            "name": "wait",
-                            "in": "query",
-                            "schema": {"type": "number", "minimum": 0, "maximum": 60, "default": 0},
-                            "description": "Long poll: wait up to this many seconds for an item when "
-                            "there is none yet; returns as soon as one arrives.",
-                        },
+                        *FeedQuery.openapi_parameters(),
                         _INM,
                     ],
                     "responses": {
@@ -158,7 +292,8 @@ def openapi_document() -> dict[str, Any]:
                     "seq and hash of every event.",
                     "security": bearer,
                     "parameters": [
-                        {"name": "rollout_id", "in": "path", "required": True, "schema": {"type": "string"}},
+                        _ROLLOUT_PARAM,
+                        *EmptyQuery.openapi_parameters(),
                         _INM,
                     ],
                     "responses": {
@@ -181,21 +316,7 @@ def openapi_document() -> dict[str, Any]:
                     "summary": "The report (as `rollwatch report --format json`)",
                     "security": bearer,
                     "parameters": [
-                        {
-                            "name": "by",
-                            "in": "query",
-                            "schema": {
-                                "type": "string",
-                                "enum": ["model", "problem", "run"],
-                                "default": "model",
-                            },
-                        },
-                        {"name": "trend", "in": "query", "schema": {"type": "boolean", "default": False}},
-                        {
-                            "name": "release_impact",
-                            "in": "query",
-                            "schema": {"type": "boolean", "default": False},
-                        },
+                        *ReportQuery.openapi_parameters(),
                         _INM,
                     ],
                     "responses": {
@@ -256,9 +377,7 @@ def openapi_document() -> dict[str, Any]:
             "/public/rollouts/{rollout_id}.json": {
                 "get": {
                     "summary": "One released result with its answer",
-                    "parameters": [
-                        {"name": "rollout_id", "in": "path", "required": True, "schema": {"type": "string"}},
-                    ],
+                    "parameters": [_ROLLOUT_PARAM],
                     "responses": {
                         "200": {"description": "The released result", "content": {"application/json": {}}},
                         "404": _error("Not released (or no such rollout)."),
@@ -271,5 +390,6 @@ def openapi_document() -> dict[str, Any]:
                     "responses": {"200": {"description": "OpenAPI 3.1", "content": {"application/json": {}}}},
                 }
             },
+            **_INTEGRITY_PATHS,
         },
     }

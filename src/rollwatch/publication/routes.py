@@ -38,7 +38,6 @@ import hashlib
 import importlib
 import json
 import math
-import re
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
@@ -71,7 +70,7 @@ from rollwatch.publication.keys import Subscriber, SubscriberDirectory
 from rollwatch.publication.openapi import openapi_document
 from rollwatch.publication.public import PublicView, iter_released, public_view, released_one
 from rollwatch.web.access import bearer_key
-from rollwatch.web.params import boolean, integer, query, seconds
+from rollwatch.web.params import ROLLOUT_ID, EmptyQuery, FeedQuery, ReportQuery
 
 if TYPE_CHECKING:
     from rollwatch.integrity.service import Integrity
@@ -80,10 +79,6 @@ if TYPE_CHECKING:
 
 log = get_logger(__name__)
 
-MAX_LIMIT = 1000
-DEFAULT_LIMIT = 100
-MAX_WAIT = 60.0
-_ROLLOUT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 _VIEW_TTL = 10.0  # seconds a rendered public view is reused (it only grows with time)
 
 
@@ -240,10 +235,8 @@ class PublicationAPI:
     async def feed(self, request: Request) -> Response:
         """``/v1/feed``: items after ``after``, at most ``limit``, waiting up to ``wait`` s for one."""
         await self.authorize(request, "feed")
-        params = query(request, {"after", "limit", "wait"})
-        after = integer(params, "after", 0, 2**62, default=0)
-        limit = integer(params, "limit", 1, MAX_LIMIT, default=DEFAULT_LIMIT)
-        wait = seconds(params, "wait", 0.0, 0.0, MAX_WAIT)
+        q = FeedQuery.parse(request)
+        after, limit, wait = q.after, q.limit, q.wait
         deadline = anyio.current_time() + wait
         while True:
             head = await self.current()
@@ -268,9 +261,9 @@ class PublicationAPI:
     async def rollout(self, request: Request) -> Response:
         """``/v1/rollouts/{rollout_id}``: the whole archived record, from the log."""
         await self.authorize(request, "rollouts")
-        query(request, set())  # subscriber routes are strict
+        EmptyQuery.parse(request)  # subscriber routes are strict
         rid = request.path_params["rollout_id"]
-        if not _ROLLOUT_ID.match(rid):
+        if not ROLLOUT_ID.match(rid):
             raise BadRequest(f"rollout_id {rid[:80]!r} is not a rollout id")
         rec = await rollout_record(self.store, rid)
         if rec is None:
@@ -282,11 +275,9 @@ class PublicationAPI:
     async def report(self, request: Request) -> Response:
         """``/v1/report``: ``rollwatch.report.report_json`` (503 when that module is absent)."""
         await self.authorize(request, "report")
-        params = query(request, {"by", "trend", "release_impact"})
-        by = params.get("by", "model")
-        if by not in ("model", "problem", "run"):
-            raise BadRequest(f"by: expected model, problem or run, got {by[:40]!r}")
-        options = {k: True for k in ("trend", "release_impact") if boolean(params, k)}
+        q = ReportQuery.parse(request)
+        by = q.by
+        options = {k: True for k in ("trend", "release_impact") if getattr(q, k)}
         try:
             report_module = importlib.import_module("rollwatch.report")
         except ImportError:
@@ -425,7 +416,7 @@ class PublicationAPI:
         await self.current()
         r = (
             await released_one(self.store, self.pdb, rid, datetime.now(UTC))
-            if _ROLLOUT_ID.match(rid)
+            if ROLLOUT_ID.match(rid)
             else None
         )
         if r is None:

@@ -37,6 +37,8 @@ class Report:
     keys: tuple[str, ...]
     columns: tuple[Column, ...]
     notes: tuple[str, ...] = ()
+    empty: str = "(no rollouts)"
+    """What the table says when there are no rows (why the view has nothing to show)."""
 
 
 def _plain(v: Any) -> Any:
@@ -76,7 +78,7 @@ def to_table(report: Report) -> str:
 
     lines = [fmt(header), *(fmt(line) for line in body)]
     if not body:
-        lines.append("(no rollouts)")
+        lines.append(report.empty)
     lines += [f"  {n}" for n in report.notes]
     return "\n".join(lines) + "\n"
 

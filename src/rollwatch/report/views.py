@@ -509,7 +509,28 @@ async def build_release_impact(pdb: Fetcher) -> Report:
         "released: the first public release of a solution of the problem; a rollout is before it "
         f"when it was requested earlier; P: Fisher's exact test, beyond noise when P < {ALPHA}",
     )
-    return Report(title="release impact", rows=tuple(rows), keys=_keys(ReleaseRow), columns=cols, notes=notes)
+    return Report(
+        title="release impact",
+        rows=tuple(rows),
+        keys=_keys(ReleaseRow),
+        columns=cols,
+        notes=notes,
+        empty=await _why_no_release_impact(pdb) if not rows else "",
+    )
+
+
+async def _why_no_release_impact(pdb: Fetcher) -> str:
+    """Why the release impact has no rows: no rollouts, no release, or none of a released problem."""
+    [(scored,)] = await pdb.fetchall("SELECT COUNT(*) FROM rollouts WHERE state = 'scored'")
+    if not scored:
+        return "(no rollouts)"
+    [(released,)] = await pdb.fetchall(f"SELECT COUNT(*) FROM {ReleasesProjection.name}")
+    if not released:
+        return (
+            f"(no releases yet: {scored:,} scored rollouts, but no solution of any problem has been "
+            "released publicly, so there is no before and after to compare)"
+        )
+    return "(no scored rollout of a problem whose solution was released)"
 
 
 async def report_json(

@@ -7,11 +7,12 @@ every error answer the body of :mod:`rollwatch.web.errors`.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -65,25 +66,36 @@ def build_app(
     *,
     operators: Operators | None = None,
     health: Health | None = None,
+    cannot_run: Callable[[], dict[str, str]] | None = None,
 ) -> ASGIApp:
     """The app with /healthz and /metrics, plus any routes the daemon adds.
 
     ``/metrics`` shows the figures that reveal results (pass counts) only to the
     operator, as ``operators`` decides (default: loopback peers, no ``ops`` keys).
     ``health``: /healthz answers 503 with its reasons once it is not ok.
+    ``cannot_run``: the configured schedules that cannot run, with why (read at each
+    request); any makes /healthz answer 503, status ``degraded``, naming them.
     """
     gate = operators or Operators()
 
     async def healthz(_: Request) -> Response:
-        if health is not None:
-            return JSONResponse(health.as_json(), status_code=200 if health.ok else 503)
-        return JSONResponse({"status": "ok"})
+        blocked = cannot_run() if cannot_run is not None else {}
+        body: dict[str, Any] = health.as_json() if health is not None else {"status": "ok"}
+        if blocked:
+            if body["status"] == "ok":
+                body["status"] = "degraded"
+            body["reasons"] = [
+                *body.get("reasons", []),
+                *(f"schedule {name!r} cannot run: {why}" for name, why in sorted(blocked.items())),
+            ]
+            body["schedules"] = dict(sorted(blocked.items()))
+        return JSONResponse(body, status_code=200 if body["status"] == "ok" else 503)
 
     async def metrics_route(request: Request) -> Response:
-        text = metrics.render(results=await gate.allows(request))
-        return PlainTextResponse(
-            text, media_type="text/plain; version=0.0.4", headers={"Vary": "Authorization"}
+        body, content_type = metrics.render(
+            results=await gate.allows(request), accept=request.headers.get("accept", "")
         )
+        return Response(body, headers={"Content-Type": content_type, "Vary": "Authorization, Accept"})
 
     routes = [Route("/healthz", healthz), Route("/metrics", metrics_route), *(extra_routes or [])]
     return AccessLog(Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS))
