@@ -13,7 +13,7 @@ import pytest
 
 from rollwatch.config import CREDENTIAL_PREFIX, credential_file
 from rollwatch.integrity.keys import credential_path
-from tests.helpers import rollwatch
+from tests.helpers import make_log, rollwatch
 
 ROOT = Path(__file__).resolve().parents[1]
 UNIT = ROOT / "systemd" / "rollwatch.service"
@@ -102,6 +102,7 @@ class TestCredentialLookup:
             '[[schedules]]\nname = "o"\nprovider = "openai"\nmodels = ["m"]\nproblem_set = "favorites"\nevery = "24h"\n'
             '[[schedules]]\nname = "g"\nprovider = "gemini"\nmodels = ["m"]\nproblem_set = "favorites"\nevery = "24h"\n'
         )
+        make_log(tmp_path / "events.db")
         p = rollwatch(
             "--config", str(cfg), "schedules", "list", "--json", env={"CREDENTIALS_DIRECTORY": str(creds)}
         )

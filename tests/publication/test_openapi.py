@@ -3,6 +3,7 @@ enforce (taken from the same pydantic models, never copied)."""
 
 from __future__ import annotations
 
+import re
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -58,7 +59,9 @@ def app_routes(daemon: Daemon) -> set[tuple[str, str]]:
     out = set()
     for r in app.routes:
         assert isinstance(r, Route), r
-        out |= {(r.path, m.lower()) for m in (r.methods or ()) if m != "HEAD"}
+        # Starlette's {name:converter} is OpenAPI's {name}.
+        path = re.sub(r"\{(\w+):\w+\}", r"{\1}", r.path)
+        out |= {(path, m.lower()) for m in (r.methods or ()) if m != "HEAD"}
     return out
 
 

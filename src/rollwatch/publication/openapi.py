@@ -147,6 +147,52 @@ _INTEGRITY_PATHS: dict[str, Any] = {
             "responses": {"200": {"description": "name+keyid+base64 key", "content": _TEXT}},
         }
     },
+    "/public/key/rotations": {
+        "get": {
+            "summary": "The chain of checkpoint keys: each rotation, signed by the old key and the new one",
+            "responses": {
+                "200": {
+                    "description": "{key: the key in force, rotations: [{seq, old_key, new_key, note, canonical, "
+                    "leaf_hash}]}, oldest first",
+                    "content": {"application/json": {"schema": {"type": "object"}}},
+                }
+            },
+        }
+    },
+    "/checkpoint": {
+        "get": {
+            "summary": "C2SP tlog-tiles: the latest checkpoint, with the witnesses' cosignatures",
+            "responses": {
+                "200": {"description": "The signed note", "content": _TEXT},
+                "404": _error("No checkpoint has been signed yet."),
+            },
+        }
+    },
+    "/tile/{path}": {
+        "get": {
+            "summary": "C2SP tlog-tiles: a hash tile <L>/<N>[.p/<W>], or an entry bundle entries/<N>[.p/<W>] "
+            "(operator only: it holds every event)",
+            "parameters": [{"name": "path", "in": "path", "required": True, "schema": {"type": "string"}}],
+            "responses": {
+                "200": {"description": "The tile's bytes", "content": {"application/octet-stream": {}}},
+                "400": _error("Not a tile path of the spec."),
+                "403": _error("An entry bundle, asked by someone other than the operator."),
+                "404": _error("The tree does not hold that tile yet."),
+            },
+        }
+    },
+    "/public/tile/{path}": {
+        "get": {
+            "summary": "The same tiles under /public/, where a static export is usually hosted",
+            "parameters": [{"name": "path", "in": "path", "required": True, "schema": {"type": "string"}}],
+            "responses": {
+                "200": {"description": "The tile's bytes", "content": {"application/octet-stream": {}}},
+                "400": _error("Not a tile path of the spec."),
+                "403": _error("An entry bundle, asked by someone other than the operator."),
+                "404": _error("The tree does not hold that tile yet."),
+            },
+        }
+    },
     "/public/proof/consistency": {
         "get": {
             "summary": "An RFC 9162 consistency proof between two tree sizes",
