@@ -37,14 +37,19 @@ def serve(ctx: Context, grace: float) -> None:
     "--rollouts", type=click.IntRange(1, 100_000), default=None, help="samples per model and problem"
 )
 @click.option("--models", default=None, help="comma-separated models (default: the schedule's)")
+@click.option("--new", "new", is_flag=True, help="start a new run even when the schedule has an unfinished one")
 @common
-def run_cmd(ctx: Context, schedule: str, rollouts: int | None, models: str | None) -> None:
-    """One run of SCHEDULE now, in the foreground, with a progress bar on a terminal."""
+def run_cmd(ctx: Context, schedule: str, rollouts: int | None, models: str | None, new: bool) -> None:
+    """One run of SCHEDULE now, in the foreground, with a progress bar on a terminal.
+
+    When the schedule has an unfinished run (a crash, a kill, Ctrl-C), that run is
+    resumed: its answered rollouts are never requested again. ``--new`` starts another.
+    """
     import signal
 
     from rollwatch.daemon import open_services
     from rollwatch.progress import Progress
-    from rollwatch.runs import Run, RunState
+    from rollwatch.runs import Run, RunState, unfinished_run_of
 
     config = ctx.config
     sched = config.schedule(schedule)
@@ -70,9 +75,22 @@ def run_cmd(ctx: Context, schedule: str, rollouts: int | None, models: str | Non
                 bar.total = st.total
                 bar.update(st.done, passed=st.passed, cost=f"${st.cost_usd:.4f}")
 
-            run = await Run.start(
-                svc, sched, trigger="manual", rollouts=rollouts, models=model_list, on_progress=progress
-            )
+            pending = None if new else await unfinished_run_of(svc, schedule)
+            if pending is not None:
+                run = await Run.load(svc, pending, on_progress=progress)
+                if (rollouts is not None and rollouts != run.rollouts) or (
+                    model_list is not None and model_list != run.models
+                ):
+                    raise UsageError(
+                        f"schedule {schedule!r} has an unfinished run {run.run_id} (models "
+                        f"{','.join(run.models)}, {run.rollouts} rollouts): `rollwatch run {schedule}` "
+                        "resumes it; add --new to start a new run with other options"
+                    )
+                click.echo(f"resuming run {run.run_id} (--new starts a new run instead)", err=True)
+            else:
+                run = await Run.start(
+                    svc, sched, trigger="manual", rollouts=rollouts, models=model_list, on_progress=progress
+                )
             async with anyio.create_task_group() as tg:
 
                 async def on_signal() -> None:
@@ -91,6 +109,13 @@ def run_cmd(ctx: Context, schedule: str, rollouts: int | None, models: str | Non
                 tg.cancel_scope.cancel()
             if bar is not None:
                 bar.close()
+            if fin is None and run.locked_elsewhere:
+                click.echo(
+                    f"run {run.run_id} is being driven by another rollwatch process (the daemon?); "
+                    "wait for it, or add --new to start a new run",
+                    err=True,
+                )
+                return 1
             if fin is None:
                 click.echo(f"run {run.run_id} stopped before its end; `rollwatch serve` resumes it")
                 return 0

@@ -21,7 +21,7 @@ each verdict is ``rollwatch.publication.policy``'s.
 from __future__ import annotations
 
 from rollwatch.runs.budget import Budget
-from rollwatch.runs.pipeline import MAX_CRASHES, Run, new_run_id, rollout_id, unfinished_runs
+from rollwatch.runs.pipeline import MAX_CRASHES, Run, new_run_id, rollout_id, unfinished_run_of, unfinished_runs
 from rollwatch.runs.services import (
     ProblemSetLike,
     ProviderLike,
@@ -43,5 +43,6 @@ __all__ = [
     "ScorerLike",
     "new_run_id",
     "rollout_id",
+    "unfinished_run_of",
     "unfinished_runs",
 ]
