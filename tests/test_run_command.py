@@ -89,9 +89,11 @@ class TestResume:
         assert finished[0][2]["run_id"] == run_id
         assert len(_lines(req_log)) == total
         answered = Counter(d["rollout_id"] for _, _, d in events(db, "RolloutResponded"))
-        assert len(answered) == total and set(answered.values()) == {1}
+        assert len(answered) == total
+        assert set(answered.values()) == {1}
         scored = Counter(d["rollout_id"] for _, _, d in events(db, "RolloutScored"))
-        assert len(scored) == total and set(scored.values()) == {1}
+        assert len(scored) == total
+        assert set(scored.values()) == {1}
 
     def _unfinished(self, tmp_path: Path) -> tuple[Path, str]:
         """A config on the reference provider and a run of its schedule started and
@@ -132,7 +134,8 @@ class TestResume:
         res = rollwatch("--config", str(cfg), "run", "ref", "--new")
         assert res.returncode == 0, res.stderr
         runs = [d["run_id"] for _, _, d in events(db, "RunStarted")]
-        assert len(runs) == 2 and runs[0] == run_id
+        assert len(runs) == 2
+        assert runs[0] == run_id
         assert [d["run_id"] for _, _, d in events(db, "RunFinished")] == [runs[1]]
 
     def test_other_options_than_the_unfinished_runs_are_bad_usage(self, tmp_path: Path) -> None:
@@ -143,6 +146,70 @@ class TestResume:
         before = len(events(db))
         res = rollwatch("--config", str(cfg), "run", "ref", "--rollouts", "4")
         assert res.returncode == 2
-        assert run_id in res.stderr and "--new" in res.stderr
+        assert run_id in res.stderr
+        assert "--new" in res.stderr
         assert "Traceback" not in res.stderr
         assert len(events(db)) == before
+
+
+@pytest.fixture
+def fake_provider(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """The loopback provider (lists m1 and m2); yields (base_url, request log)."""
+    port_file, log = tmp_path / "port", tmp_path / "requests.jsonl"
+    log.touch()
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "tests" / "fake_provider.py"), str(port_file), str(log)]
+    )
+    try:
+        port = wait_until(lambda: port_file.exists() and port_file.read_text(), 20, "the fake provider")
+        yield f"http://127.0.0.1:{port}/v1", log
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+class TestModelsAProviderCannotServe:
+    def test_the_reference_provider_serves_only_reference(self, tmp_path: Path) -> None:
+        """`run --models gpt-5` on the reference provider: exit 2 naming what it
+        serves, and the log gets nothing (no "reference / gpt-5 100%" forever)."""
+        cfg = write_config(
+            tmp_path,
+            '[[schedules]]\nname = "ref"\nprovider = "reference"\nmodels = ["reference"]\n'
+            'problem_set = "favorites"\nrollouts = 1\nevery = "1h"\n',
+        )
+        res = rollwatch("--config", str(cfg), "run", "ref", "--models", "gpt-5")
+        assert res.returncode == 2, res.stderr
+        assert "cannot serve gpt-5" in res.stderr
+        assert "serves: reference" in res.stderr
+        assert "Traceback" not in res.stderr
+        assert events(tmp_path / "events.db") == []
+
+    def test_a_model_missing_from_the_providers_list_is_refused(
+        self, tmp_path: Path, fake_provider: tuple[str, Path]
+    ) -> None:
+        """An OpenAI-compatible host lists m1 and m2 at GET /models: `--models m1,m3`
+        is exit 2 naming m3 and the listed models; no rollout is requested."""
+        base_url, req_log = fake_provider
+        cfg = config(tmp_path, base_url)
+        res = rollwatch("--config", str(cfg), "run", "fake-often", "--models", "m1,m3", env=ENV)
+        assert res.returncode == 2, res.stderr
+        assert "cannot serve m3" in res.stderr
+        assert "its model list" in res.stderr
+        assert "m1, m2" in res.stderr
+        assert "sk-test-secret-123" not in res.stderr + res.stdout
+        assert events(tmp_path / "events.db") == []
+        assert _lines(req_log) == []
+
+    def test_without_a_model_list_the_configured_models_decide(
+        self, tmp_path: Path, fake_provider: tuple[str, Path]
+    ) -> None:
+        """A host whose model list cannot be read (404 here): only the models the
+        configuration names for the provider are accepted; the message says why."""
+        base_url, _req_log = fake_provider
+        cfg = config(tmp_path, base_url.replace("/v1", "/nowhere"))
+        res = rollwatch("--config", str(cfg), "run", "fake-often", "--models", "m2", env=ENV)
+        assert res.returncode == 2, res.stderr
+        assert "cannot serve m2" in res.stderr
+        assert "configuration" in res.stderr
+        assert "serves: m1" in res.stderr
+        assert events(tmp_path / "events.db") == []

@@ -8,6 +8,7 @@ import anyio
 import click
 
 from rollwatch.cli._common import Context, common, run_async
+from rollwatch.config import Config
 from rollwatch.errors import UsageError
 from rollwatch.log import get_logger
 
@@ -37,7 +38,9 @@ def serve(ctx: Context, grace: float) -> None:
     "--rollouts", type=click.IntRange(1, 100_000), default=None, help="samples per model and problem"
 )
 @click.option("--models", default=None, help="comma-separated models (default: the schedule's)")
-@click.option("--new", "new", is_flag=True, help="start a new run even when the schedule has an unfinished one")
+@click.option(
+    "--new", "new", is_flag=True, help="start a new run even when the schedule has an unfinished one"
+)
 @common
 def run_cmd(ctx: Context, schedule: str, rollouts: int | None, models: str | None, new: bool) -> None:
     """One run of SCHEDULE now, in the foreground, with a progress bar on a terminal.
@@ -88,6 +91,9 @@ def run_cmd(ctx: Context, schedule: str, rollouts: int | None, models: str | Non
                     )
                 click.echo(f"resuming run {run.run_id} (--new starts a new run instead)", err=True)
             else:
+                await _check_models(
+                    svc.providers[sched.provider], sched.provider, model_list or list(sched.models), config
+                )
                 run = await Run.start(
                     svc, sched, trigger="manual", rollouts=rollouts, models=model_list, on_progress=progress
                 )
@@ -128,3 +134,30 @@ def run_cmd(ctx: Context, schedule: str, rollouts: int | None, models: str | Non
             return 1 if fin.status in ("partial", "failed") else 0
 
     sys.exit(run_async(main))
+
+
+async def _check_models(provider: object, name: str, models: list[str], config: Config) -> None:
+    """UsageError, before anything is appended, when ``provider`` cannot serve one of
+    ``models``: it would be recorded (and reported) under a name that did not answer.
+
+    The provider's model list decides; when it cannot be had, the models the
+    configuration names for this provider (its schedules' and its prices') do.
+    """
+    from rollwatch.runs import ListsModels
+
+    if not isinstance(provider, ListsModels):
+        return
+    served = await provider.served_models()
+    source = "its model list"
+    if served is None:
+        source = "the configuration (its model list could not be read; see the log)"
+        served = sorted(
+            {m for s in config.schedules if s.provider == name for m in s.models}
+            | set(config.provider(name).prices)
+        )
+    missing = [m for m in models if m not in served]
+    if missing:
+        shown = ", ".join(sorted(served)[:50]) + (f" and {len(served) - 50} more" if len(served) > 50 else "")
+        raise UsageError(
+            f"provider {name!r} cannot serve {', '.join(missing)}; by {source} it serves: {shown or 'nothing'}"
+        )
