@@ -186,6 +186,9 @@ class ScoringConfig(_Strict):
     """As root, every pool on the host takes its own range of these uids for its samples."""
     cgroups: bool = True
     """Count memory and processes per sample in a cgroup v2 where one can be made (systemd: Delegate=yes)."""
+    rescore: Literal["auto", "manual"] = "manual"
+    """auto: the daemon re-scores archived answers in the background when it finds a
+    changed problem (at start, on SIGHUP); manual: only ``rollwatch rescore`` does."""
 
 
 class ProblemSetConfig(_Strict):

@@ -370,6 +370,47 @@ class Daemon:
                 self.stopping.set()
                 return
 
+    async def _watch_problems(self, svc: RunServices) -> None:
+        """Notice changed problems at start and on SIGHUP (the problem folders are read
+        again): record each new version, and with ``scoring.rescore = "auto"``
+        re-score the archive against it, one sample at a time so runs keep the pool.
+
+        Runs already going keep the problem versions they started with.
+        """
+        from rollwatch.runs.rescore import record_versions, rescore
+
+        async def check() -> None:
+            try:
+                if self.config.scoring.rescore == "auto":
+                    summary = await rescore(svc, parallel=1)
+                    log.info(
+                        "problems_checked", new_versions=len(summary.versions), rescored=summary.rescored
+                    )
+                else:
+                    versions = await record_versions(svc)
+                    if versions:
+                        log.warning(
+                            "problems_changed",
+                            problems=[f"{v.problem_set}/{v.problem_id}" for v in versions],
+                            hint="`rollwatch rescore` judges the archived answers again"
+                            ' (or set scoring.rescore = "auto")',
+                        )
+            except Exception:
+                # Never the daemon's end: the next SIGHUP (or start) tries again.
+                log.error("problems_check_failed", exc_info=True)
+
+        with anyio.open_signal_receiver(signal.SIGHUP) as hups:
+            await check()
+            async for _ in hups:
+                try:
+                    fresh = await anyio.to_thread.run_sync(load_problem_sets, self.config)
+                except Exception:
+                    log.error("problems_reload_failed", exc_info=True)
+                    continue
+                svc.problem_sets.update(fresh)
+                log.info("problems_reloaded", problem_sets=sorted(fresh))
+                await check()
+
     # -- the whole lifetime --------------------------------------------------------------------
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
@@ -454,6 +495,7 @@ class Daemon:
                 )
             )
             background.start_soon(self.notifier.watchdog)
+            background.start_soon(self._watch_problems, svc)
             # Runs, once told to stop, start no more rollouts; those in flight get the
             # grace period.
             self._runs = await stages.start("runs", stop=lambda _: self._stop_runs())

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import click
 
-from rollwatch.cli import daemon, events, integrity, problems, publish, report, schedules, store
+from rollwatch.cli import daemon, events, integrity, problems, publish, report, rescore, schedules, store
 from rollwatch.cli._common import Context, run_command
 
 __all__ = ["cli", "main"]
@@ -40,6 +40,7 @@ for command in (
     publish.subscribers,
     publish.publish,
     report.report_cmd,
+    rescore.rescore_cmd,
 ):
     cli.add_command(command)
 

@@ -24,6 +24,7 @@ from rollwatch.scoring.base import (
     Score,
     Scorer,
     ScoringSettings,
+    scorer_version,
     settings_from_config,
 )
 from rollwatch.scoring.check import CheckFailure, check_references
@@ -46,5 +47,6 @@ __all__ = [
     "check_references",
     "compare_output",
     "isolation_candidates",
+    "scorer_version",
     "settings_from_config",
 ]

@@ -12,12 +12,37 @@ or a sandbox implementation.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar, Literal, Protocol
 
 from rollwatch.problems import Problem
+
+_SCORER_VERSION: str | None = None
+
+
+def scorer_version() -> str:
+    """The version of the scoring code, recorded with every verdict: rollwatch's version
+    and a hash of this package's sources (extraction, scorers, sandbox, judge), so two
+    verdicts by the same code say so even between releases."""
+    global _SCORER_VERSION
+    if _SCORER_VERSION is None:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            release = version("rollwatch")
+        except PackageNotFoundError:  # run from a checkout without an install
+            release = "0"
+        digest = hashlib.sha256()
+        root = Path(__file__).resolve().parent
+        for path in sorted(root.rglob("*.py")):
+            digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+        _SCORER_VERSION = f"{release}+{digest.hexdigest()[:12]}"
+    return _SCORER_VERSION
+
 
 Isolation = Literal["bwrap", "unshare", "none"]
 ISOLATIONS: tuple[Isolation, ...] = ("bwrap", "unshare", "none")
