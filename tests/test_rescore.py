@@ -13,6 +13,7 @@ import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import anyio
 import httpx
@@ -65,7 +66,12 @@ def _setup(tmp_path: Path, base_url: str, *, embargo: str, rescore: str = "manua
     on them; returns (config, the HTTP port)."""
     problems = tmp_path / "problems"
     _problem(problems, "weak", WEAK, "def solve():\n    return 41\n")
-    _problem(problems, "stable", "def check(candidate):\n    assert candidate() == 42\n", "def solve():\n    return 42\n")
+    _problem(
+        problems,
+        "stable",
+        "def check(candidate):\n    assert candidate() == 42\n",
+        "def solve():\n    return 42\n",
+    )
     port = free_port()
     cfg = tmp_path / "rollwatch.toml"
     cfg.write_text(f"""
@@ -110,7 +116,8 @@ def _run_and_strengthen(tmp_path: Path, cfg: Path, req_log: Path) -> str:
     assert res.returncode == 0, res.stderr
     db = tmp_path / "events.db"
     scored = events(db, "RolloutScored")
-    assert len(scored) == 2 * ROLLOUTS and all(d["passed"] for _, _, d in scored)
+    assert len(scored) == 2 * ROLLOUTS
+    assert all(d["passed"] for _, _, d in scored)
     old = {d["problem_hash"] for _, _, d in events(db, "RolloutRequested") if d["problem_id"] == "weak"}
     assert len(old) == 1
     assert {d["problem_hash"] for _, _, d in scored} >= old, "verdicts name the problem version"
@@ -138,8 +145,8 @@ def _stop(proc: subprocess.Popen[str]) -> None:
         proc.kill()
 
 
-def _released_feed(port: int, want: int) -> list[dict[str, object]]:
-    def items() -> list[dict[str, object]] | None:
+def _released_feed(port: int, want: int) -> list[dict[str, Any]]:
+    def items() -> list[dict[str, Any]] | None:
         try:
             r = httpx.get(f"http://127.0.0.1:{port}/public/feed.json", timeout=5)
         except httpx.HTTPError:
@@ -147,7 +154,7 @@ def _released_feed(port: int, want: int) -> list[dict[str, object]]:
         got = r.json()["items"] if r.status_code == 200 else []
         return got if len(got) >= want else None
 
-    found: list[dict[str, object]] = wait_until(items, 60, f"{want} released results")
+    found: list[dict[str, Any]] = wait_until(items, 60, f"{want} released results")
     return found
 
 
@@ -171,7 +178,9 @@ class TestRescore:
             _released_feed(port, 2 * ROLLOUTS)
         finally:
             _stop(daemon)
-        old = {d["problem_hash"] for _, _, d in events(db, "RolloutRequested") if d["problem_id"] == "weak"}.pop()
+        old = {
+            d["problem_hash"] for _, _, d in events(db, "RolloutRequested") if d["problem_id"] == "weak"
+        }.pop()
         (tmp_path / "problems" / "weak" / "tests.py").write_text(STRONG)
 
         out = rollwatch("--config", str(cfg), "rescore", timeout=120)
@@ -196,47 +205,63 @@ class TestRescore:
         assert finished["problems"]["weak"]["to_fail"] == ROLLOUTS
 
         again = rollwatch("--config", str(cfg), "rescore", timeout=120)
-        assert again.returncode == 0 and "nothing to re-score" in again.stdout
+        assert again.returncode == 0
+        assert "nothing to re-score" in again.stdout
         assert len(events(db, "RolloutRescored")) == ROLLOUTS
 
-        newest = json.loads(rollwatch("--config", str(cfg), "report", "--format", "json", "--by", "problem").stdout)
+        newest = json.loads(
+            rollwatch("--config", str(cfg), "report", "--format", "json", "--by", "problem").stdout
+        )
         assert {(r["problem_id"], r["rollouts"], r["passed"]) for r in newest} == {
             ("weak", ROLLOUTS, 0),
             ("stable", ROLLOUTS, ROLLOUTS),
         }
         before = rollwatch(
-            "--config", str(cfg), "report", "--format", "json", "--by", "problem", "--problem-version", old[:20]
+            "--config",
+            str(cfg),
+            "report",
+            "--format",
+            "json",
+            "--by",
+            "problem",
+            "--problem-version",
+            old[:20],
         )
         assert before.returncode == 0, before.stderr
         assert [(r["problem_id"], r["rollouts"], r["passed"]) for r in json.loads(before.stdout)] == [
             ("weak", ROLLOUTS, ROLLOUTS)
         ]
         unknown = rollwatch("--config", str(cfg), "report", "--problem-version", "sha256:0000dead")
-        assert unknown.returncode == 2 and "no problem version" in unknown.stderr
+        assert unknown.returncode == 2
+        assert "no problem version" in unknown.stderr
 
         key = rollwatch("--config", str(cfg), "subscribers", "add", "alice").stdout.split()[0]
         daemon = _serve(cfg)
         try:
             items = _released_feed(port, 2 * ROLLOUTS)
             assert len(items) == 2 * ROLLOUTS, "a superseded result was removed"
-            marked = [i for i in items if i["_rollwatch"]["superseded"]]  # type: ignore[index]
+            marked = [i for i in items if i["_rollwatch"]["superseded"]]
             weak_ids = {d["rollout_id"] for d in rescored}
-            assert {i["_rollwatch"]["rollout_id"] for i in marked} == weak_ids  # type: ignore[index]
+            assert {i["_rollwatch"]["rollout_id"] for i in marked} == weak_ids
             assert all(str(i["title"]).startswith("[superseded]") for i in marked)
             base = f"http://127.0.0.1:{port}"
             atom = httpx.get(f"{base}/public/feed.atom").text
             page = httpx.get(f"{base}/public/").text
-            assert atom.count("[superseded]") == ROLLOUTS and page.count("[superseded]") == ROLLOUTS
+            assert atom.count("[superseded]") == ROLLOUTS
+            assert page.count("[superseded]") == ROLLOUTS
             lines = [json.loads(x) for x in httpx.get(f"{base}/public/results.jsonl").text.splitlines()]
             assert {r["rollout_id"] for r in lines if r["superseded"]} == weak_ids
             for rid in weak_ids:
                 one = httpx.get(f"{base}/public/rollouts/{rid}.json").json()
-                assert one["superseded"] is True and one["superseded_by_problem_version"] == new
+                assert one["superseded"] is True
+                assert one["superseded_by_problem_version"] == new
             feed = httpx.get(f"{base}/v1/feed?limit=1000", headers={"Authorization": f"Bearer {key}"}).json()
             changes = [i for i in feed["items"] if i["type"] == "RolloutRescored"]
             assert {i["rollout_id"] for i in changes} == weak_ids
             assert all(i["passed"] is False and i["detail"]["problem_hash"] == new for i in changes)
-            record = httpx.get(f"{base}/v1/rollouts/{next(iter(weak_ids))}", headers={"Authorization": f"Bearer {key}"})
+            record = httpx.get(
+                f"{base}/v1/rollouts/{next(iter(weak_ids))}", headers={"Authorization": f"Bearer {key}"}
+            )
             assert record.json()["score"]["passed"] is True, "the run's verdict stays"
             assert [r["passed"] for r in record.json()["rescores"]] == [False]
             assert record.json()["publication"]["superseded"] is True
@@ -270,7 +295,8 @@ class TestRescore:
 
         assert anyio.run(release) == ROLLOUTS
         released = {d["rollout_id"] for _, _, d in events(db, "PublicReleased")}
-        assert len(released) == ROLLOUTS and not released & weak_ids
+        assert len(released) == ROLLOUTS
+        assert not released & weak_ids
 
     def test_bad_selections_are_bad_usage(self, tmp_path: Path, provider: tuple[str, Path]) -> None:
         """An unknown problem set, problem or run: exit 2 naming it; nothing appended."""
@@ -283,7 +309,8 @@ class TestRescore:
         ):
             res = rollwatch("--config", str(cfg), "rescore", *args)
             assert res.returncode == 2, res.stderr
-            assert word in res.stderr and "Traceback" not in res.stderr
+            assert word in res.stderr
+            assert "Traceback" not in res.stderr
         assert events(tmp_path / "events.db") == []
 
 
@@ -304,7 +331,9 @@ class TestDaemonNoticesChangedProblems:
             assert all(not d["passed"] for _, _, d in events(db, "RolloutRescored"))
             (tmp_path / "problems" / "weak" / "tests.py").write_text(WEAK)
             daemon.send_signal(signal.SIGHUP)
-            wait_until(lambda: len(events(db, "RolloutRescored")) == 2 * ROLLOUTS, 90, "the re-score on SIGHUP")
+            wait_until(
+                lambda: len(events(db, "RolloutRescored")) == 2 * ROLLOUTS, 90, "the re-score on SIGHUP"
+            )
             assert len(events(db, "ProblemVersioned")) == 2
             flipped = [d for _, _, d in events(db, "RolloutRescored")][ROLLOUTS:]
             assert all(d["passed"] and d["previous_passed"] is False for d in flipped)
