@@ -11,14 +11,24 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import anyio
 import httpx
 import pytest
 
+from rollwatch.events import (
+    Event,
+    RolloutRequested,
+    RolloutResponded,
+    RolloutScored,
+    RunStarted,
+    rollout_stream,
+    run_stream,
+)
 from rollwatch.projections import ProjectionDB
 from rollwatch.publication.release import release_due, release_one
 from rollwatch.readmodels import default_projections
@@ -341,3 +351,73 @@ class TestDaemonNoticesChangedProblems:
         finally:
             _stop(daemon)
         assert _requests(req_log) == 2 * ROLLOUTS
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScoredV1(Event, register=False):
+    """``RolloutScored`` as schema 1 wrote it: no problem or scorer version."""
+
+    TYPE: ClassVar[str] = "RolloutScored"
+    SCHEMA: ClassVar[int] = 1
+    rollout_id: str
+    passed: bool
+    score: float
+    scorer: str
+
+
+class TestOlderVerdicts:
+    def test_a_schema_1_verdict_is_under_the_version_its_request_names(self, tmp_path: Path) -> None:
+        """A score event written before verdicts named versions upcasts with no
+        versions, and the read models place it under the problem version of its
+        request, so `rescore` and `report --problem-version` treat it like any other."""
+
+        async def main() -> None:
+            async with (
+                SQLiteEventStore(tmp_path / "events.db") as store,
+                ProjectionDB(tmp_path / "projections.db", default_projections()) as pdb,
+            ):
+                await store.append(
+                    run_stream("r1"),
+                    [
+                        RunStarted(
+                            run_id="r1",
+                            schedule="s",
+                            provider="p",
+                            models=["m"],
+                            problem_set="set",
+                            node="n",
+                            rollouts=1,
+                        )
+                    ],
+                )
+                await store.append(
+                    rollout_stream("x1"),
+                    [
+                        RolloutRequested(
+                            rollout_id="x1",
+                            run_id="r1",
+                            provider="p",
+                            model="m",
+                            problem_id="weak",
+                            problem_hash="sha256:old",
+                            sample=0,
+                            attempt=1,
+                            request={},
+                            node="n",
+                        ),
+                        RolloutResponded(rollout_id="x1", attempt=1, text="x"),
+                        ScoredV1(rollout_id="x1", passed=True, score=1.0, scorer="python-function"),
+                    ],
+                )
+                (rec,) = [r async for r in store.read(types={"RolloutScored"})]
+                assert rec.schema == 1
+                ev = rec.event()
+                assert isinstance(ev, RolloutScored)
+                assert (ev.problem_hash, ev.scorer_version) == (None, None)
+                await pdb.catch_up(store)
+                assert await pdb.fetchall(
+                    "SELECT problem_id, problem_hash, passed, rescore FROM verdicts"
+                ) == [("weak", "sha256:old", 1, 0)]
+                assert await pdb.fetchall("SELECT verdict_hash FROM rollouts") == [("sha256:old",)]
+
+        anyio.run(main)
