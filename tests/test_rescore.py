@@ -132,6 +132,7 @@ def _run_and_strengthen(tmp_path: Path, cfg: Path, req_log: Path) -> str:
     assert len(old) == 1
     assert {d["problem_hash"] for _, _, d in scored} >= old, "verdicts name the problem version"
     assert all(d["scorer_version"] for _, _, d in scored), "verdicts name the scorer version"
+    assert {d["time_limit_s"] for _, _, d in scored} == {10.0}, "verdicts record their time limit"
     assert _requests(req_log) == 2 * ROLLOUTS
     (tmp_path / "problems" / "weak" / "tests.py").write_text(STRONG)
     return old.pop()
@@ -209,6 +210,7 @@ class TestRescore:
         assert all(not d["passed"] and d["previous_passed"] for d in rescored)
         assert {(d["problem_hash"], d["previous_problem_hash"]) for d in rescored} == {(new, old)}
         assert all(d["scorer_version"] for d in rescored)
+        assert {d["time_limit_s"] for d in rescored} == {10.0}
         # The old verdicts stay in the log.
         assert sum(d["passed"] for _, _, d in events(db, "RolloutScored")) == 2 * ROLLOUTS
         (finished,) = [d for _, _, d in events(db, "RescoreFinished")]
@@ -421,3 +423,31 @@ class TestOlderVerdicts:
                 assert await pdb.fetchall("SELECT verdict_hash FROM rollouts") == [("sha256:old",)]
 
         anyio.run(main)
+
+
+class TestProblemsCheckShowsLimits:
+    def test_check_prints_the_measured_runtime_and_the_limit(self, tmp_path: Path) -> None:
+        """`problems check` prints each problem's time limit and where it comes from:
+        calibrated from the reference's measured runtime, or the problem's own."""
+        problems = tmp_path / "problems"
+        _problem(problems, "own", WEAK, "def solve():\n    return 41\n")
+        d = problems / "calibrated"
+        d.mkdir()
+        (d / "problem.toml").write_text(
+            'title = "c"\nreleased = 2026-01-01\nprompt = "def solve() -> int: ..."\n'
+            '[scorer]\nkind = "python-function"\nentry_point = "solve"\ntests = "tests.py"\n'
+            '[reference]\nsolution = "solution.py"\n'
+        )
+        (d / "tests.py").write_text(WEAK)
+        (d / "solution.py").write_text("def solve():\n    return 41\n")
+        cfg = tmp_path / "rollwatch.toml"
+        cfg.write_text(
+            f'[store]\nurl = "sqlite:{tmp_path / "events.db"}"\n[scoring]\nworkers = 1\n'
+            f'time_limit_floor = "2s"\n[[problem_sets]]\nname = "set"\npath = "{problems}"\n'
+        )
+        res = rollwatch("--config", str(cfg), "problems", "check", timeout=120)
+        assert res.returncode == 0, res.stderr
+        lines = {line.split()[0]: line for line in res.stdout.splitlines() if "time limit" in line}
+        assert "time limit 10s (problem)" in lines["own"]
+        assert "time limit 2s (reference " in lines["calibrated"]
+        assert lines["calibrated"].endswith("ms, calibrated)")

@@ -459,12 +459,15 @@ class RolloutScored(Event):
     whose version is the one their ``RolloutRequested`` names."""
     scorer_version: str | None = None
     """The version of rollwatch's scoring code that judged (None on schema 1 events)."""
+    time_limit_s: float | None = None
+    """The time limit the answer ran under (calibrated per machine unless the problem
+    sets one); None on schema 1 events."""
 
 
 @upcaster("RolloutScored", 1)
 def _scored_1_to_2(data: dict[str, Any]) -> dict[str, Any]:
     # Schema 1 did not name the versions; readers take the problem's from the request.
-    return {**data, "problem_hash": None, "scorer_version": None}
+    return {**data, "problem_hash": None, "scorer_version": None, "time_limit_s": None}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -485,6 +488,8 @@ class RolloutRescored(Event):
     previous_passed: bool | None = None
     """The verdict this one replaces (the newest before it)."""
     previous_problem_hash: str | None = None
+    time_limit_s: float | None = None
+    """The time limit the answer ran under this time."""
     reason: str = ""
     extraction: str = ""
     duration_ms: float = 0.0

@@ -267,6 +267,7 @@ async def _verdict(
         detail: dict[str, Any],
         extraction: str = "",
         duration_ms: float = 0.0,
+        time_limit_s: float | None = None,
     ) -> RolloutRescored:
         return RolloutRescored(
             rollout_id=c.rollout_id,
@@ -279,6 +280,7 @@ async def _verdict(
             rescore_id=rescore_id,
             previous_passed=c.passed,
             previous_problem_hash=c.verdict_hash,
+            time_limit_s=time_limit_s,
             reason=reason,
             extraction=extraction,
             duration_ms=duration_ms,
@@ -288,7 +290,14 @@ async def _verdict(
     try:
         r = await svc.scorer.score(c.problem, text)
         ev = verdict(
-            bool(r.passed), float(r.score), r.scorer, r.reason, r.detail, r.extraction, r.duration_ms
+            bool(r.passed),
+            float(r.score),
+            r.scorer,
+            r.reason,
+            r.detail,
+            r.extraction,
+            r.duration_ms,
+            r.time_limit_s,
         )
         # What the append would do first: a verdict the log cannot hold fails here.
         canonical_json_fast(ev.to_data())

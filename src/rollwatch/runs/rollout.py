@@ -277,6 +277,7 @@ class Rollouts:
                 detail=result.detail,
                 problem_hash=problem.content_hash,
                 scorer_version=scorer_version(),
+                time_limit_s=result.time_limit_s,
             )
             # What the append would do first: a detail nested too deep or holding what
             # JSON cannot say fails here, not halfway through recording the verdict.

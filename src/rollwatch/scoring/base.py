@@ -59,7 +59,13 @@ class ScoringSettings:
     memory_mb: int = 1024
     """Address-space limit of every sandboxed process."""
     timeout: float = 10.0
-    """Seconds per sample when the problem sets none (stdio, command: per run)."""
+    """Seconds per sample when the problem sets none and has no reference solution to
+    calibrate from (stdio, command: per run)."""
+    time_limit_factor: float = 4.0
+    """A problem without a timeout of its own gets this multiple of its reference
+    solution's runtime on this machine (EvalPlus's ``gt_time_limit_factor``)..."""
+    time_limit_floor: float = 1.0
+    """...and at least this many seconds (EvalPlus's ``min_time_limit``)."""
     isolation: Literal["auto", "bwrap", "unshare", "none"] = "auto"
     """auto: bwrap, else unshare (as root); never none, which must be written out."""
     uid_base: int = 60000
@@ -130,6 +136,8 @@ class Score:
     """How the code was found: fenced-entry-point, fenced-last, whole-text or none."""
     isolation: str = ""
     problem_hash: str = ""
+    time_limit_s: float | None = None
+    """The time limit the answer ran under (see :class:`TimeLimit`)."""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready."""
@@ -143,7 +151,21 @@ class Score:
             "extraction": self.extraction,
             "isolation": self.isolation,
             "problem_hash": self.problem_hash,
+            "time_limit_s": self.time_limit_s,
         }
+
+
+@dataclass(frozen=True, kw_only=True)
+class TimeLimit:
+    """A problem's time limit on this machine, and where it comes from."""
+
+    seconds: float
+    source: Literal["problem", "calibrated", "default"]
+    """problem: its own ``timeout``; calibrated: ``time_limit_factor`` times its reference
+    solution's runtime measured here, at least ``time_limit_floor``; default:
+    ``scoring.timeout`` (no reference, or the reference did not pass)."""
+    reference_ms: float | None = None
+    """The reference solution's runtime measured here (calibrated only)."""
 
 
 @dataclass(frozen=True, kw_only=True)
