@@ -290,7 +290,17 @@ class TestRescore:
         base_url, req_log = provider
         cfg, _ = _setup(tmp_path, base_url, embargo="90d")
         _run_and_strengthen(tmp_path, cfg, req_log)
+        # Re-scoring `stable` alone records `weak`'s new version too; the report then
+        # says its verdicts are under an older version, until they are re-scored.
+        only_stable = rollwatch("--config", str(cfg), "rescore", "--problem", "stable", timeout=120)
+        assert "nothing to re-score" in only_stable.stdout, only_stable.stdout
+        table = rollwatch("--config", str(cfg), "report", "--format", "table").stdout
+        assert f"{ROLLOUTS} verdicts on 1 problem under an older problem version" in table
         assert rollwatch("--config", str(cfg), "rescore", "--problem", "weak", timeout=120).returncode == 0
+        assert (
+            "older problem version"
+            not in rollwatch("--config", str(cfg), "report", "--format", "table").stdout
+        )
         db = tmp_path / "events.db"
         weak_ids = {d["rollout_id"] for _, _, d in events(db, "RolloutRescored")}
         assert len(weak_ids) == ROLLOUTS

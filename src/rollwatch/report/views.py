@@ -222,6 +222,18 @@ GROUP BY o.provider, o.model, o.problem_id, o.run_id
 """
 
 
+# Scored rollouts whose newest verdict is not under the newest version of their problem.
+_STALE_SQL = """
+WITH newest AS (
+    SELECT problem_id, problem_hash FROM problem_versions p
+    WHERE seq = (SELECT max(seq) FROM problem_versions q WHERE q.problem_id = p.problem_id)
+)
+SELECT count(*), count(DISTINCT o.problem_id)
+FROM rollouts o JOIN newest n ON n.problem_id = o.problem_id
+WHERE o.state = 'scored' AND o.verdict_hash IS NOT NULL AND o.verdict_hash != n.problem_hash
+"""
+
+
 async def resolve_version(pdb: Fetcher, version: str) -> tuple[str, str]:
     """(problem_id, full hash) of the problem version ``version`` names (a hash or a
     unique prefix of one, with or without ``sha256:``); UsageError otherwise."""
@@ -407,6 +419,14 @@ async def build_report(pdb: Fetcher, by: str = "model", *, problem_version: str 
         notes.append(f"verdicts under problem version {problem_version} only")
     else:
         notes.append("each rollout counts with its newest verdict (rollwatch rescore adds them)")
+        stale = await pdb.fetchall(_STALE_SQL)
+        if stale and stale[0][0]:
+            n, problems = int(stale[0][0]), int(stale[0][1])
+            notes.append(
+                f"{n} verdict{'s' if n != 1 else ''} on {problems} problem{'s' if problems != 1 else ''}"
+                " under an older problem version than the newest the log knows: `rollwatch rescore`"
+                " judges them again"
+            )
     return Report(
         title=f"report by {by}",
         rows=tuple(rows),
