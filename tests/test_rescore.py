@@ -277,6 +277,14 @@ class TestRescore:
             assert record.json()["score"]["passed"] is True, "the run's verdict stays"
             assert [r["passed"] for r in record.json()["rescores"]] == [False]
             assert record.json()["publication"]["superseded"] is True
+            auth = {"Authorization": f"Bearer {key}"}
+            rows = httpx.get(f"{base}/v1/report?by=problem&problem_version={old[:20]}", headers=auth).json()
+            assert [(r["problem_id"], r["passed"]) for r in rows] == [("weak", ROLLOUTS)]
+            rows = httpx.get(f"{base}/v1/report?by=problem", headers=auth).json()
+            assert {(r["problem_id"], r["passed"]) for r in rows} == {("weak", 0), ("stable", ROLLOUTS)}
+            bad = httpx.get(f"{base}/v1/report?problem_version=sha256:0000dead", headers=auth)
+            assert bad.status_code == 400
+            assert "no problem version" in bad.json()["message"]
         finally:
             _stop(daemon)
         assert _requests(req_log) == 2 * ROLLOUTS

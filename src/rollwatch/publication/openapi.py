@@ -196,6 +196,13 @@ def openapi_document() -> dict[str, Any]:
                             "in": "query",
                             "schema": {"type": "boolean", "default": False},
                         },
+                        {
+                            "name": "problem_version",
+                            "in": "query",
+                            "description": "verdicts under this version (content hash, or a prefix of"
+                            " at least 4 characters) of one problem, instead of each rollout's newest",
+                            "schema": {"type": "string"},
+                        },
                         _INM,
                     ],
                     "responses": {

@@ -276,11 +276,13 @@ class PublicationAPI:
     async def report(self, request: Request) -> Response:
         """``/v1/report``: ``rollwatch.report.report_json`` (503 when that module is absent)."""
         await self.authorize(request, "report")
-        params = query(request, {"by", "trend", "release_impact"})
+        params = query(request, {"by", "trend", "release_impact", "problem_version"})
         by = params.get("by", "model")
         if by not in ("model", "problem", "run"):
             raise BadRequest(f"by: expected model, problem or run, got {by[:40]!r}")
-        options = {k: True for k in ("trend", "release_impact") if boolean(params, k)}
+        options: dict[str, object] = {k: True for k in ("trend", "release_impact") if boolean(params, k)}
+        if "problem_version" in params:
+            options["problem_version"] = params["problem_version"][:100]
         try:
             report_module = importlib.import_module("rollwatch.report")
         except ImportError:
