@@ -1,17 +1,23 @@
 """A loopback OpenAI-compatible server for daemon tests, run as a subprocess.
 
-    python tests/fake_provider.py PORT_FILE REQUEST_LOG [DELAY_S]
+    python tests/fake_provider.py PORT_FILE REQUEST_LOG [DELAY_S [HOLD_AFTER]]
 
 It binds an ephemeral port on 127.0.0.1, writes the port to PORT_FILE, answers every
 chat completion after DELAY_S with a short code answer (or 401 to the key
 ``sk-rejected``), and appends one line per
 answered request to REQUEST_LOG (flushed before the response is sent), so a test
-can count what the provider served (and would bill).
+can count what the provider served (and would bill). ``GET /v1/models`` lists the
+models it serves (``m1``, ``m2``), as OpenAI's API does.
+
+With HOLD_AFTER, requests after the first HOLD_AFTER answered are held (not answered)
+until the file ``REQUEST_LOG.release`` exists; a held request whose client went away
+in the meantime is never answered, so it is not counted (nor billed).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import socket
 import sys
 import time
@@ -25,6 +31,15 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 PORT_FILE, LOG, DELAY = sys.argv[1], sys.argv[2], float(sys.argv[3]) if len(sys.argv) > 3 else 0.05
+HOLD_AFTER = int(sys.argv[4]) if len(sys.argv) > 4 else None
+MODELS = ("m1", "m2")
+answered = 0
+
+
+async def models(request: Request) -> JSONResponse:
+    return JSONResponse(
+        {"object": "list", "data": [{"id": m, "object": "model", "owned_by": "fake"} for m in MODELS]}
+    )
 
 
 REJECTED_KEY = "sk-rejected"
@@ -39,8 +54,16 @@ async def chat(request: Request) -> JSONResponse:
             "code": "invalid_api_key",
         }
         return JSONResponse({"error": error}, status_code=401)
+    global answered
     body = await request.json()
     await anyio.sleep(DELAY)
+    if HOLD_AFTER is not None and answered >= HOLD_AFTER:
+        release = LOG + ".release"
+        while not os.path.exists(release):
+            await anyio.sleep(0.02)
+        if await request.is_disconnected():
+            return JSONResponse({"error": {"message": "client went away"}}, status_code=499)
+    answered += 1
     rid = uuid.uuid4().hex
     with open(LOG, "a") as f:
         f.write(json.dumps({"id": rid, "model": body.get("model"), "t": time.time()}) + "\n")
@@ -69,13 +92,13 @@ def main() -> None:
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    app = Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"])])
+    app = Starlette(
+        routes=[Route("/v1/chat/completions", chat, methods=["POST"]), Route("/v1/models", models)]
+    )
     config = uvicorn.Config(app, log_level="warning")
     server = uvicorn.Server(config)
     with open(PORT_FILE + ".tmp", "w") as f:
         f.write(str(port))
-    import os
-
     os.replace(PORT_FILE + ".tmp", PORT_FILE)
     server.run(sockets=[sock])
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -38,6 +39,8 @@ def node_config(
     cluster: str = "",
     budget: float | None = None,
     retry: str = "60s",
+    problems: Path | None = None,
+    scoring: str = "",
 ) -> Path:
     d = tmp_path / name
     d.mkdir()
@@ -56,9 +59,10 @@ retry = "{retry}"
 listen = "127.0.0.1:{free_port()}"
 [scoring]
 workers = 1
+{scoring}
 [[problem_sets]]
 name = "favorites"
-path = "{ROOT / "config" / "problems"}"
+path = "{problems or ROOT / "config" / "problems"}"
 [[providers]]
 name = "fake"
 kind = "openai"
@@ -316,3 +320,35 @@ async def test_runs_survive_the_database_going_away(tmp_path: Path, outage: str)
             assert await c.stop(node) == 0
         res = await c.cli("node-a", "verify")
         assert res.returncode == 0, res.stdout + res.stderr
+
+
+async def test_only_the_leader_rescores_a_changed_problem(tmp_path: Path) -> None:
+    """Two daemons with ``scoring.rescore = "auto"``; a problem's tests change after a
+    run and both get SIGHUP: the leader records the new version and re-scores the
+    problem's rollout once; the other node leaves it to the leader (no duplicate)."""
+    problems = tmp_path / "problems"
+    shutil.copytree(ROOT / "config" / "problems", problems)
+    async with cluster(tmp_path, delay=0.05, problems=problems, scoring='rescore = "auto"') as c:
+        [fin] = await c.until(90, "RunFinished")
+        assert fin["status"] == "completed", fin
+        [run] = await c.events("RunStarted")
+        leader = str(run["node"])
+        other = "node-b" if leader == "node-a" else "node-a"
+        tests = problems / "lis-length" / "tests.py"
+        tests.write_text(tests.read_text() + "\n    assert candidate([]) == 0\n")
+        for p in c.procs.values():
+            p.send_signal(signal.SIGHUP)
+
+        def logged(node: str, event: str) -> bool:
+            lines = (json.loads(x) for x in c.logs[node].read_text().splitlines() if x.startswith("{"))
+            return any(e.get("event") == event and e.get("trigger") == "sighup" for e in lines)
+
+        with anyio.fail_after(90):
+            while not (logged(leader, "problems_checked") and logged(other, "problems_check_left_to_leader")):
+                await anyio.sleep(0.1)
+        versioned = await c.events("ProblemVersioned")
+        assert [(e["problem_id"], e["node"]) for e in versioned] == [("lis-length", leader)]
+        rescored = await c.events("RolloutRescored")
+        assert [e["problem_id"] for e in rescored] == ["lis-length"]
+        for node in c.procs:
+            assert c.procs[node].poll() is None, f"{node} exited"

@@ -8,6 +8,7 @@ log, the projections, the sandboxed scoring pool, the daemon's scheduler.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -303,3 +304,61 @@ class TestEveryRunEnds:
             assert [e.trigger for e in started] == ["schedule", "trigger"]
             assert runs[1].run_id == started[1].run_id != runs[0].run_id
             daemon.stopping.set()
+
+
+class TestRescoreFaults:
+    async def test_a_scorer_fault_during_a_rescore_is_a_scorer_error_verdict(self, tmp_path: Path) -> None:
+        """Two problems get a new version after a run, and the scorer fails on both
+        during the re-score (one raises, one returns a verdict the log cannot hold):
+        each of their rollouts gets a ``RolloutRescored`` scorer-error verdict under the
+        new version, the re-score finishes, and no other rollout is touched."""
+        from rollwatch.events import RescoreFinished, RolloutRescored
+        from rollwatch.problems import ProblemSet
+        from rollwatch.runs.rescore import rescore
+
+        config = write_config(tmp_path)
+        async with services(config, ReferenceAnswers(), dijkstra=raises, n_queens=unrecordable) as svc:
+            pset = svc.problem_sets["favorites"]
+            assert isinstance(pset, ProblemSet)
+            healthy = [p for p in pset.problems if p.id not in ("dijkstra", "n-queens")]
+            svc.problem_sets["favorites"] = dataclasses.replace(pset, problems=healthy, _by_id={})
+            run = await Run.start(svc, config.schedule(SCHEDULE), trigger="manual")
+            with anyio.fail_after(120):
+                fin = await run.drive(grace=5)
+            assert fin is not None
+            changed = {
+                p.id: dataclasses.replace(p, content_hash=p.content_hash + "-v2")
+                for p in pset.problems
+                if p.id in ("dijkstra", "n-queens", "lis-length")
+            }
+            # The set as it is now: two faulty problems back, one healthy problem changed.
+            now = [changed.get(p.id, p) for p in pset.problems]
+            svc.problem_sets["favorites"] = dataclasses.replace(pset, problems=now, _by_id={})
+            with anyio.fail_after(120):
+                summary = await rescore(svc)
+            # dijkstra and n-queens had no rollouts in the run (they were left out): only
+            # lis-length's one rollout is re-scored, and it still passes.
+            assert {pid: (f.rescored, f.to_pass, f.to_fail) for pid, f in summary.problems.items()} == {
+                "lis-length": (1, 0, 0)
+            }
+            # Now a run on all of them, then the faulty two changed again.
+            svc.problem_sets["favorites"] = dataclasses.replace(pset, problems=list(pset.problems), _by_id={})
+            svc.scorer.faults = {}
+            run = await Run.start(svc, config.schedule(SCHEDULE), trigger="manual", rollouts=1)
+            with anyio.fail_after(120):
+                assert (await run.drive(grace=5)) is not None
+            svc.problem_sets["favorites"] = dataclasses.replace(pset, problems=now, _by_id={})
+            svc.scorer.faults = {"dijkstra": raises, "n-queens": unrecordable}
+            with anyio.fail_after(120):
+                summary = await rescore(svc, run=run.run_id)
+            flips = {pid: (f.rescored, f.to_pass, f.to_fail) for pid, f in summary.problems.items()}
+            assert flips == {"dijkstra": (1, 0, 1), "n-queens": (1, 0, 1), "lis-length": (1, 0, 0)}
+            rescored = [
+                e for e in await events_of(svc.store, RolloutRescored) if e.problem_id != "lis-length"
+            ]
+            assert len(rescored) == 2
+            for e in rescored:
+                assert e.reason.startswith("scorer error: ")
+                assert (e.passed, e.detail.get("error")) == (False, "scorer")
+                assert e.problem_hash.endswith("-v2")
+            assert len(await events_of(svc.store, RescoreFinished)) == 2

@@ -2,7 +2,7 @@
 
 The scenario a schema change makes real: a log holds ``RolloutScored`` events written
 by an older rollwatch whose score event said ``ok`` and ``points``; the current code
-reads ``passed`` and ``score``. Registering schema 2 with an upcaster must be enough
+reads ``passed`` and ``score``. Registering the next schema with an upcaster must be enough
 for every read model, the report, the archive, the release job and a live daemon to
 see the old events in the new shape, after ``rebuild`` as on a first catch-up.
 """
@@ -45,12 +45,17 @@ from tests.publication.helpers import add_subscriber, bearer, make_config
 pytestmark = pytest.mark.anyio
 
 
+#: The schema the test plays "old": today's, written in another shape, with a next
+#: schema registered by the fixture (so the test holds whatever schema is current).
+OLD = RolloutScored.SCHEMA
+
+
 @dataclass(frozen=True, kw_only=True)
 class LegacyScored(Event, register=False):
-    """``RolloutScored`` as an older version wrote it (schema 1: ``ok``, ``points``)."""
+    """``RolloutScored`` as an older version wrote it (``ok``, ``points``)."""
 
     TYPE: ClassVar[str] = "RolloutScored"
-    SCHEMA: ClassVar[int] = 1
+    SCHEMA: ClassVar[int] = OLD
     rollout_id: str
     ok: bool
     points: float
@@ -59,9 +64,9 @@ class LegacyScored(Event, register=False):
 
 @dataclass(frozen=True, kw_only=True)
 class ScoredV2(RolloutScored, register=False):
-    """The current shape of ``RolloutScored``, as schema 2."""
+    """The current shape of ``RolloutScored``, as the next schema."""
 
-    SCHEMA: ClassVar[int] = 2
+    SCHEMA: ClassVar[int] = OLD + 1
 
 
 def _upcast_1_to_2(data: dict[str, Any]) -> dict[str, Any]:
@@ -71,19 +76,19 @@ def _upcast_1_to_2(data: dict[str, Any]) -> dict[str, Any]:
 
 @pytest.fixture
 def schema_2() -> Iterator[None]:
-    """Register schema 2 of ``RolloutScored`` and its upcaster; restore schema 1 after."""
+    """Register the next schema of ``RolloutScored`` and its upcaster; restore the current after."""
     previous = ev_mod.register(ScoredV2)
-    ev_mod.upcaster("RolloutScored", 1)(_upcast_1_to_2)
+    ev_mod.upcaster("RolloutScored", OLD)(_upcast_1_to_2)
     try:
         yield
     finally:
-        ev_mod.unregister_upcaster("RolloutScored", 1)
+        ev_mod.unregister_upcaster("RolloutScored", OLD)
         assert previous is not None
         ev_mod.register(previous)
 
 
 async def _legacy_log(store: SQLiteEventStore) -> tuple[str, str]:
-    """A run with two rollouts scored under schema 1: one passed, one not."""
+    """A run with two rollouts scored under the old shape: one passed, one not."""
     run_id = "run-" + uuid.uuid4().hex[:8]
     await store.append(
         run_stream(run_id),
@@ -145,15 +150,15 @@ async def _check_read_models(store: SQLiteEventStore, pdb: ProjectionDB, passed_
 
 
 async def test_every_read_model_and_the_report_see_the_upcast_form(tmp_path: Path, schema_2: None) -> None:
-    """Projections, the report, the archive record and the release job read schema-1
-    score events in the schema-2 shape, on first catch-up and again after ``rebuild``."""
+    """Projections, the report, the archive record and the release job read old-shape
+    score events in the next schema's shape, on first catch-up and again after ``rebuild``."""
     async with (
         SQLiteEventStore(tmp_path / "events.db") as store,
         ProjectionDB(tmp_path / "projections.db", default_projections()) as pdb,
     ):
         passed_id, _ = await _legacy_log(store)
         stored = [r async for r in store.read(types={"RolloutScored"})]
-        assert {r.schema for r in stored} == {1}
+        assert {r.schema for r in stored} == {OLD}
         assert "ok" in stored[0].data
         assert isinstance(stored[0].event(), RolloutScored)
         assert stored[0].event().passed is True
@@ -177,7 +182,7 @@ async def test_without_the_upcaster_a_reader_is_told_not_fooled(tmp_path: Path) 
         async with SQLiteEventStore(tmp_path / "events.db") as store:
             await _legacy_log(store)
             (rec,) = [r async for r in store.read(types={"RolloutScored"}, until=None)][:1]
-            with pytest.raises(ev_mod.UnknownEventType, match="no upcaster for RolloutScored schema 1"):
+            with pytest.raises(ev_mod.UnknownEventType, match=f"no upcaster for RolloutScored schema {OLD}"):
                 rec.event()
     finally:
         assert previous is not None
@@ -191,7 +196,7 @@ def _free_port() -> int:
 
 
 async def test_a_live_daemon_serves_the_upcast_form(tmp_path: Path, schema_2: None) -> None:
-    """A daemon started on a log of schema-1 score events reports them through
+    """A daemon started on a log of old-shape score events reports them through
     ``/v1/report`` and releases the passed one on ``/public/feed.json``."""
     port = _free_port()
     config = make_config(

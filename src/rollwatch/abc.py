@@ -373,3 +373,13 @@ class WireAdapter(Protocol):
         """Seconds the provider asks every request to wait, read from a *successful*
         response (e.g. a rate-limit window with nothing left in it); None: no wait."""
         ...
+
+    def models_request(self) -> WireRequest:
+        """The request (GET ``base_url + path``, its ``body`` unused) that lists the
+        models the provider serves."""
+        ...
+
+    def parse_models(self, data: Any) -> list[str]:
+        """The model names in a decoded 2xx answer to :meth:`models_request`, as a
+        rollout names them; ``ProviderError(kind="bad_response")`` on another shape."""
+        ...

@@ -187,6 +187,13 @@ class ScoringConfig(_Strict):
     """As root, every pool on the host takes its own range of these uids for its samples."""
     cgroups: bool = True
     """Count memory and processes per sample in a cgroup v2 where one can be made (systemd: Delegate=yes)."""
+    time_limit_factor: float = Field(default=4.0, ge=1.0, le=1000.0)
+    """A problem without its own timeout: this multiple of its reference solution's runtime..."""
+    time_limit_floor: Duration = 1.0
+    """...and at least this long."""
+    rescore: Literal["auto", "manual"] = "manual"
+    """auto: the daemon re-scores archived answers in the background when it finds a
+    changed problem (at start, on SIGHUP); manual: only ``rollwatch rescore`` does."""
 
 
 class ProblemSetConfig(_Strict):

@@ -173,6 +173,9 @@ class Daemon:
         self._providers = providers
         self.metrics = Metrics()
         self.active: dict[str, Run] = {}  # run_id -> Run driven by this process
+        self.leading = False
+        """Whether this node leads (fires schedules; on a shared log, checks problems)."""
+        self._problems_lock = anyio.Lock()
         self.by_schedule: dict[str, str] = {}  # schedule -> run_id
         self.stopping = anyio.Event()
         self.http: HTTPServer | None = None
@@ -352,10 +355,17 @@ class Daemon:
         assert self._runs is not None
         resumed = 0 if self.services.board.shared else await self.resume_unfinished(self._runs)
         log.info("leading", node=self.config.node, resumed=resumed)
-        async with anyio.create_task_group() as loops:
-            await self.scheduler.run_in(loops, self._runs)
-            await self.stopping.wait()
-            loops.cancel_scope.cancel()
+        self.leading = True
+        try:
+            async with anyio.create_task_group() as loops:
+                await self.scheduler.run_in(loops, self._runs)
+                if self.services.board.shared:
+                    # The check at start was left to the leader: that is us now.
+                    loops.start_soon(self.check_problems, self.services, "leading")
+                await self.stopping.wait()
+                loops.cancel_scope.cancel()
+        finally:
+            self.leading = False
 
     async def _signals(self) -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
@@ -369,6 +379,56 @@ class Daemon:
                 self.notifier.notify(STOPPING=1, STATUS="stopping")
                 self.stopping.set()
                 return
+
+    async def _watch_problems(self, svc: RunServices) -> None:
+        """Notice changed problems at start and on SIGHUP (the problem folders are read
+        again): see :meth:`check_problems`. Runs already going keep the problem
+        versions they started with."""
+        with anyio.open_signal_receiver(signal.SIGHUP) as hups:
+            await self.check_problems(svc, "start")
+            async for _ in hups:
+                try:
+                    fresh = await anyio.to_thread.run_sync(load_problem_sets, self.config)
+                except Exception:
+                    log.error("problems_reload_failed", exc_info=True)
+                    continue
+                svc.problem_sets.update(fresh)
+                log.info("problems_reloaded", problem_sets=sorted(fresh))
+                await self.check_problems(svc, "sighup")
+
+    async def check_problems(self, svc: RunServices, why: str) -> None:
+        """Record the new version of every changed problem and, with ``scoring.rescore =
+        "auto"``, re-score the archive against it, one sample at a time so runs keep
+        the pool. On a shared log only the leading node does it (each node would
+        otherwise re-score the same answers); it checks when it comes to lead. Never
+        raises: a failure is logged and the next start or SIGHUP tries again."""
+        from rollwatch.runs.rescore import record_versions, rescore
+
+        if svc.board.shared and not self.leading:
+            log.info("problems_check_left_to_leader", trigger=why)
+            return
+        async with self._problems_lock:
+            try:
+                if self.config.scoring.rescore == "auto":
+                    summary = await rescore(svc, parallel=1)
+                    log.info(
+                        "problems_checked",
+                        trigger=why,
+                        new_versions=len(summary.versions),
+                        rescored=summary.rescored,
+                    )
+                    return
+                versions = await record_versions(svc)
+                if versions:
+                    log.warning(
+                        "problems_changed",
+                        trigger=why,
+                        problems=[f"{v.problem_set}/{v.problem_id}" for v in versions],
+                        hint="`rollwatch rescore` judges the archived answers again"
+                        ' (or set scoring.rescore = "auto")',
+                    )
+            except Exception:
+                log.error("problems_check_failed", trigger=why, exc_info=True)
 
     # -- the whole lifetime --------------------------------------------------------------------
 
@@ -456,6 +516,7 @@ class Daemon:
                 )
             )
             background.start_soon(self.notifier.watchdog)
+            background.start_soon(self._watch_problems, svc)
             # Runs, once told to stop, start no more rollouts; those in flight get the
             # grace period.
             self._runs = await stages.start("runs", stop=lambda _: self._stop_runs())

@@ -206,6 +206,16 @@ def schedule_stream(name: str) -> str:
     return f"schedule-{name}"
 
 
+def problem_stream(problem_set: str, problem_id: str) -> str:
+    """The stream of one problem's versions."""
+    return f"problem-{problem_set}/{problem_id}"
+
+
+def rescore_stream(rescore_id: str) -> str:
+    """The stream of one re-score's verdicts and summary."""
+    return f"rescore-{rescore_id}"
+
+
 def subscriber_stream(name: str) -> str:
     """The stream of one subscriber's events (``SubscriberAdded`` opens it)."""
     return f"subscriber-{name}"
@@ -433,6 +443,9 @@ class RolloutFailed(Event):
 
 @dataclass(frozen=True, kw_only=True)
 class RolloutScored(Event):
+    """The run's verdict on a rollout's answer (re-scores are ``RolloutRescored``)."""
+
+    SCHEMA: ClassVar[int] = 2  # 2: problem_hash, scorer_version
     rollout_id: str
     passed: bool
     score: float
@@ -441,6 +454,70 @@ class RolloutScored(Event):
     extraction: str = ""
     duration_ms: float = 0.0
     detail: dict[str, Any] = field(default_factory=dict)
+    problem_hash: str | None = None
+    """The problem version (its content hash) judged against; None on schema 1 events,
+    whose version is the one their ``RolloutRequested`` names."""
+    scorer_version: str | None = None
+    """The version of rollwatch's scoring code that judged (None on schema 1 events)."""
+    time_limit_s: float | None = None
+    """The time limit the answer ran under (calibrated per machine unless the problem
+    sets one); None on schema 1 events."""
+
+
+@upcaster("RolloutScored", 1)
+def _scored_1_to_2(data: dict[str, Any]) -> dict[str, Any]:
+    # Schema 1 did not name the versions; readers take the problem's from the request.
+    return {**data, "problem_hash": None, "scorer_version": None, "time_limit_s": None}
+
+
+@dataclass(frozen=True, kw_only=True)
+class RolloutRescored(Event):
+    """An archived answer judged again against a problem's current version (``rollwatch
+    rescore``): no provider was asked. The rollout's earlier verdicts stay in the log;
+    readers take the verdict under the newest version."""
+
+    rollout_id: str
+    problem_id: str
+    passed: bool
+    score: float
+    scorer: str
+    problem_hash: str
+    scorer_version: str
+    rescore_id: str
+    """One ``rollwatch rescore`` (or the daemon's automatic re-score) and its summary."""
+    previous_passed: bool | None = None
+    """The verdict this one replaces (the newest before it)."""
+    previous_problem_hash: str | None = None
+    time_limit_s: float | None = None
+    """The time limit the answer ran under this time."""
+    reason: str = ""
+    extraction: str = ""
+    duration_ms: float = 0.0
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProblemVersioned(Event):
+    """A problem's content (prompt, tests, settings, reference) changed: its new version
+    (content hash) is the one verdicts should be under from now on."""
+
+    problem_set: str
+    problem_id: str
+    problem_hash: str
+    previous_hash: str | None = None
+    node: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class RescoreFinished(Event):
+    """The end of one re-score: per problem, how many verdicts flipped each way."""
+
+    rescore_id: str
+    scorer_version: str
+    rescored: int
+    problems: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """problem_id -> {problem_hash, rescored, to_pass, to_fail, unchanged}."""
+    node: str = ""
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -217,11 +217,17 @@ def _j(v: Any) -> str:
 
 
 class RunsProjection(Projection):
-    """Runs and their rollouts: what the daemon resumes, what the report counts."""
+    """Runs and their rollouts: what the daemon resumes, what the report counts.
+
+    A rollout's ``passed``/``score`` are its newest verdict (a re-score's, once there is
+    one; ``verdict_hash`` names the problem version it was under). Every verdict stays
+    in ``verdicts``; ``problem_versions`` dates each version of a problem by the first
+    event that named it (a ``ProblemVersioned`` dates it anew), so the newest is known.
+    """
 
     name = "runs"
-    version = 1
-    tables = ("runs", "rollouts")
+    version = 2  # 2: verdicts, problem_versions, rollouts.verdict_hash (re-scores)
+    tables = ("runs", "rollouts", "verdicts", "problem_versions")
     types = frozenset(
         {
             "RunStarted",
@@ -230,6 +236,8 @@ class RunsProjection(Projection):
             "RolloutResponded",
             "RolloutFailed",
             "RolloutScored",
+            "RolloutRescored",
+            "ProblemVersioned",
         }
     )
     ddl = """
@@ -243,7 +251,18 @@ class RunsProjection(Projection):
         rollout_id TEXT PRIMARY KEY, run_id TEXT, provider TEXT, model TEXT, problem_id TEXT,
         problem_hash TEXT, sample INTEGER, attempts INTEGER DEFAULT 0, state TEXT,
         requested_at TEXT, answered_at TEXT, answer_seq INTEGER, cost_usd REAL,
-        fail_kind TEXT, passed INTEGER, score REAL, scored_at TEXT, scored_seq INTEGER, reason TEXT
+        fail_kind TEXT, passed INTEGER, score REAL, scored_at TEXT, scored_seq INTEGER, reason TEXT,
+        verdict_hash TEXT
+    );
+    CREATE TABLE IF NOT EXISTS verdicts (
+        seq INTEGER PRIMARY KEY, rollout_id TEXT NOT NULL, problem_id TEXT, problem_hash TEXT,
+        scorer_version TEXT, passed INTEGER NOT NULL, score REAL, rescore INTEGER NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS verdicts_rollout ON verdicts (rollout_id, seq);
+    CREATE INDEX IF NOT EXISTS verdicts_hash ON verdicts (problem_hash);
+    CREATE TABLE IF NOT EXISTS problem_versions (
+        problem_id TEXT NOT NULL, problem_hash TEXT NOT NULL, seq INTEGER NOT NULL,
+        PRIMARY KEY (problem_id, problem_hash)
     );
     CREATE INDEX IF NOT EXISTS rollouts_run ON rollouts (run_id, state);
     CREATE INDEX IF NOT EXISTS rollouts_model ON rollouts (provider, model, problem_id)
@@ -292,6 +311,10 @@ class RunsProjection(Projection):
                     rec.at,
                 ),
             )
+            db.execute(
+                "INSERT OR IGNORE INTO problem_versions (problem_id, problem_hash, seq) VALUES (?,?,?)",
+                (ev.problem_id, ev.problem_hash, rec.seq),
+            )
         elif isinstance(ev, e.RolloutResponded):
             db.execute(
                 "UPDATE rollouts SET state = CASE WHEN state = 'scored' THEN state ELSE 'answered' END,"
@@ -311,17 +334,69 @@ class RunsProjection(Projection):
                 (ev.kind, bool(ev.final), ev.rollout_id),
             )
         elif isinstance(ev, e.RolloutScored):
+            row = db.execute(
+                "SELECT problem_id, problem_hash FROM rollouts WHERE rollout_id=?", (ev.rollout_id,)
+            ).fetchone()
+            pid, requested_hash = row if row is not None else (None, None)
+            vhash = ev.problem_hash or requested_hash
             db.execute(
-                "UPDATE rollouts SET state='scored', passed=?, score=?, scored_at=?, scored_seq=?, reason=?"
-                " WHERE rollout_id=?",
-                (int(bool(ev.passed)), ev.score, rec.at, rec.seq, ev.reason, ev.rollout_id),
+                "UPDATE rollouts SET state='scored', passed=?, score=?, scored_at=?, scored_seq=?, reason=?,"
+                " verdict_hash=? WHERE rollout_id=?",
+                (int(bool(ev.passed)), ev.score, rec.at, rec.seq, ev.reason, vhash, ev.rollout_id),
             )
+            self._verdict(db, rec.seq, ev.rollout_id, pid, vhash, ev.scorer_version, ev.passed, ev.score, 0)
             if ev.passed:
                 db.execute(
                     "UPDATE runs SET passed = passed + 1 WHERE run_id ="
                     " (SELECT run_id FROM rollouts WHERE rollout_id=?)",
                     (ev.rollout_id,),
                 )
+
+        elif isinstance(ev, e.RolloutRescored):
+            db.execute(
+                "UPDATE rollouts SET passed=?, score=?, reason=?, verdict_hash=? WHERE rollout_id=?",
+                (int(bool(ev.passed)), ev.score, ev.reason, ev.problem_hash, ev.rollout_id),
+            )
+            self._verdict(
+                db,
+                rec.seq,
+                ev.rollout_id,
+                ev.problem_id,
+                ev.problem_hash,
+                ev.scorer_version,
+                ev.passed,
+                ev.score,
+                1,
+            )
+        elif isinstance(ev, e.ProblemVersioned):
+            db.execute(
+                "INSERT INTO problem_versions (problem_id, problem_hash, seq) VALUES (?,?,?)"
+                " ON CONFLICT (problem_id, problem_hash) DO UPDATE SET seq = excluded.seq",
+                (ev.problem_id, ev.problem_hash, rec.seq),
+            )
+
+    @staticmethod
+    def _verdict(
+        db: sqlite3.Connection,
+        seq: int,
+        rid: str,
+        pid: str | None,
+        vhash: str | None,
+        scorer_version: str | None,
+        passed: bool,
+        score: float,
+        rescore: int,
+    ) -> None:
+        db.execute(
+            "INSERT OR IGNORE INTO verdicts (seq, rollout_id, problem_id, problem_hash, scorer_version,"
+            " passed, score, rescore) VALUES (?,?,?,?,?,?,?,?)",
+            (seq, rid, pid, vhash, scorer_version, int(bool(passed)), score, rescore),
+        )
+        if pid is not None and vhash is not None:
+            db.execute(
+                "INSERT OR IGNORE INTO problem_versions (problem_id, problem_hash, seq) VALUES (?,?,?)",
+                (pid, vhash, seq),
+            )
 
 
 class SchedulesProjection(Projection):

@@ -341,3 +341,50 @@ class TestShared:
         """The exact key and anything shaped like a vendor key are masked."""
         text = "key sk-proj-abc***wxyz and AIzaSyA1234567890abcdefghijk and my-secret"
         assert redact(text, "my-secret") == "key [redacted] and [redacted] and [redacted]"
+
+
+class TestModelLists:
+    """Each vendor's model list, read into the names a rollout uses."""
+
+    @pytest.mark.parametrize(
+        ("adapter", "path", "page", "names"),
+        [
+            (
+                OpenAIAdapter(),
+                "/models",
+                {"object": "list", "data": [{"id": "gpt-5", "object": "model"}, {"id": "o3"}]},
+                ["gpt-5", "o3"],
+            ),
+            (
+                AnthropicAdapter(),
+                "/v1/models?limit=1000",
+                {"data": [{"id": "claude-sonnet-4-5", "type": "model"}], "has_more": False},
+                ["claude-sonnet-4-5"],
+            ),
+            (
+                GeminiAdapter(),
+                "/models?pageSize=1000",
+                {"models": [{"name": "models/gemini-2.5-pro"}, {"name": "models/gemini-2.5-flash"}]},
+                ["gemini-2.5-pro", "gemini-2.5-flash"],
+            ),
+        ],
+        ids=["openai", "anthropic", "gemini"],
+    )
+    def test_the_list_is_read_into_model_names(
+        self,
+        adapter: OpenAIAdapter | AnthropicAdapter | GeminiAdapter,
+        path: str,
+        page: Any,
+        names: list[str],
+    ) -> None:
+        """The documented route and shape give the names as a rollout sends them."""
+        assert adapter.models_request().path == path
+        assert adapter.parse_models(page) == names
+
+    @pytest.mark.parametrize("page", [[], {"data": "x"}, {"models": None}, "nope"])
+    def test_another_shape_is_a_bad_response(self, page: Any) -> None:
+        """A body of another shape is a named bad_response, not a crash."""
+        for adapter in (OpenAIAdapter(), AnthropicAdapter(), GeminiAdapter()):
+            with pytest.raises(ProviderError) as e:
+                adapter.parse_models(page)
+            assert e.value.kind == "bad_response"

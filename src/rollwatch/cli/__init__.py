@@ -9,7 +9,18 @@ from __future__ import annotations
 
 import click
 
-from rollwatch.cli import daemon, events, integrity, problems, publish, report, schedules, store, witness
+from rollwatch.cli import (
+    daemon,
+    events,
+    integrity,
+    problems,
+    publish,
+    report,
+    rescore,
+    schedules,
+    store,
+    witness,
+)
 from rollwatch.cli._common import Context, run_command
 
 __all__ = ["cli", "main"]
@@ -42,6 +53,7 @@ for command in (
     publish.publish,
     report.report_cmd,
     witness.witness,
+    rescore.rescore_cmd,
 ):
     cli.add_command(command)
 

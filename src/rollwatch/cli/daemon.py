@@ -8,6 +8,7 @@ import anyio
 import click
 
 from rollwatch.cli._common import Context, common, run_async
+from rollwatch.config import Config
 from rollwatch.errors import UsageError
 from rollwatch.log import get_logger
 
@@ -37,9 +38,15 @@ def serve(ctx: Context, grace: float) -> None:
     "--rollouts", type=click.IntRange(1, 100_000), default=None, help="samples per model and problem"
 )
 @click.option("--models", default=None, help="comma-separated models (default: the schedule's)")
+@click.option(
+    "--new", "new", is_flag=True, help="start a new run even when the schedule has an unfinished one"
+)
 @common
-def run_cmd(ctx: Context, schedule: str, rollouts: int | None, models: str | None) -> None:
+def run_cmd(ctx: Context, schedule: str, rollouts: int | None, models: str | None, new: bool) -> None:
     """One run of SCHEDULE now, in the foreground, with a progress bar on a terminal.
+
+    When the schedule has an unfinished run (a crash, a kill, Ctrl-C), that run is
+    resumed: its answered rollouts are never requested again. ``--new`` starts another.
 
     Exit status: 0 when the run completed, 1 when it ended partial or failed, 130 when
     stopped by SIGINT (Ctrl-C) and 143 by SIGTERM (the run resumes at the next `serve`).
@@ -48,7 +55,7 @@ def run_cmd(ctx: Context, schedule: str, rollouts: int | None, models: str | Non
 
     from rollwatch.daemon import open_services
     from rollwatch.progress import Progress
-    from rollwatch.runs import Run, RunState
+    from rollwatch.runs import Run, RunState, unfinished_run_of
 
     config = ctx.config
     sched = config.schedule(schedule)
@@ -74,9 +81,25 @@ def run_cmd(ctx: Context, schedule: str, rollouts: int | None, models: str | Non
                 bar.total = st.total
                 bar.update(st.done, passed=st.passed, cost=f"${st.cost_usd:.4f}")
 
-            run = await Run.start(
-                svc, sched, trigger="manual", rollouts=rollouts, models=model_list, on_progress=progress
-            )
+            pending = None if new else await unfinished_run_of(svc, schedule)
+            if pending is not None:
+                run = await Run.load(svc, pending, on_progress=progress)
+                if (rollouts is not None and rollouts != run.rollouts) or (
+                    model_list is not None and model_list != run.models
+                ):
+                    raise UsageError(
+                        f"schedule {schedule!r} has an unfinished run {run.run_id} (models "
+                        f"{','.join(run.models)}, {run.rollouts} rollouts): `rollwatch run {schedule}` "
+                        "resumes it; add --new to start a new run with other options"
+                    )
+                click.echo(f"resuming run {run.run_id} (--new starts a new run instead)", err=True)
+            else:
+                await _check_models(
+                    svc.providers[sched.provider], sched.provider, model_list or list(sched.models), config
+                )
+                run = await Run.start(
+                    svc, sched, trigger="manual", rollouts=rollouts, models=model_list, on_progress=progress
+                )
             received: list[int] = []
             async with anyio.create_task_group() as tg:
 
@@ -97,6 +120,13 @@ def run_cmd(ctx: Context, schedule: str, rollouts: int | None, models: str | Non
                 tg.cancel_scope.cancel()
             if bar is not None:
                 bar.close()
+            if fin is None and run.locked_elsewhere:
+                click.echo(
+                    f"run {run.run_id} is being driven by another rollwatch process (the daemon?); "
+                    "wait for it, or add --new to start a new run",
+                    err=True,
+                )
+                return 1
             if fin is None:
                 click.echo(f"run {run.run_id} stopped before its end; `rollwatch serve` resumes it")
                 # An interrupted run is not a success: 128 + the signal, as shells report a
@@ -112,3 +142,30 @@ def run_cmd(ctx: Context, schedule: str, rollouts: int | None, models: str | Non
             return 1 if fin.status in ("partial", "failed") else 0
 
     sys.exit(run_async(main))
+
+
+async def _check_models(provider: object, name: str, models: list[str], config: Config) -> None:
+    """UsageError, before anything is appended, when ``provider`` cannot serve one of
+    ``models``: it would be recorded (and reported) under a name that did not answer.
+
+    The provider's model list decides; when it cannot be had, the models the
+    configuration names for this provider (its schedules' and its prices') do.
+    """
+    from rollwatch.runs import ListsModels
+
+    if not isinstance(provider, ListsModels):
+        return
+    served = await provider.served_models()
+    source = "its model list"
+    if served is None:
+        source = "the configuration (its model list could not be read; see the log)"
+        served = sorted(
+            {m for s in config.schedules if s.provider == name for m in s.models}
+            | set(config.provider(name).prices)
+        )
+    missing = [m for m in models if m not in served]
+    if missing:
+        shown = ", ".join(sorted(served)[:50]) + (f" and {len(served) - 50} more" if len(served) > 50 else "")
+        raise UsageError(
+            f"provider {name!r} cannot serve {', '.join(missing)}; by {source} it serves: {shown or 'nothing'}"
+        )

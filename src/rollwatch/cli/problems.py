@@ -63,6 +63,12 @@ def problems_check(ctx: Context, problem_set: str | None) -> None:
                 failures = await check_references(ps, pool)
                 for pid, why in failures:
                     click.echo(f"FAIL {ps.name}/{pid}: {why}")
+                for p in ps.problems:
+                    limit = await pool.time_limit(p)
+                    measured = (
+                        f"reference {limit.reference_ms:g} ms, " if limit.reference_ms is not None else ""
+                    )
+                    click.echo(f"  {p.id:<28} time limit {limit.seconds:g}s ({measured}{limit.source})")
                 bad += len(failures)
                 click.echo(
                     f"{ps.name}: {len(ps.problems) - len(failures)}/{len(ps.problems)} reference solutions pass"

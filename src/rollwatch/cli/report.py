@@ -41,8 +41,16 @@ from rollwatch.errors import UsageError
     is_flag=True,
     help="pass@1 of every model before and after each problem's solution was released",
 )
+@click.option(
+    "--problem-version",
+    default=None,
+    help="verdicts under this version (content hash or a prefix) of one problem, "
+    "instead of each rollout's newest",
+)
 @common
-def report_cmd(ctx: Context, fmt: str | None, by: str, trend: bool, release_impact: bool) -> None:
+def report_cmd(
+    ctx: Context, fmt: str | None, by: str, trend: bool, release_impact: bool, problem_version: str | None
+) -> None:
     """Per provider and model: rollouts, pass@1 with its 95% interval, pass@k, cost.
 
     --trend and --release-impact show those views instead of the summary (--by
@@ -80,7 +88,7 @@ def report_cmd(ctx: Context, fmt: str | None, by: str, trend: bool, release_impa
             if release_impact:
                 views.append(await build_release_impact(pdb))
             if not views:
-                views.append(await build_report(pdb, by))
+                views.append(await build_report(pdb, by, problem_version=problem_version))
             return views
 
     views = run_async(main)

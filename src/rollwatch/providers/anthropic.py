@@ -33,6 +33,7 @@ from rollwatch.providers.base import (
     check_params,
     classify_status,
     error_message,
+    model_ids,
 )
 from rollwatch.providers.retry import parse_retry_after
 
@@ -61,6 +62,14 @@ class AnthropicAdapter:
         body["messages"] = [{"role": "user", "content": prompt.text}]
         body.update(rest)
         return WireRequest("/v1/messages", body, {"anthropic-version": API_VERSION})
+
+    def models_request(self) -> WireRequest:
+        """``GET /v1/models``, one page as large as the API allows."""
+        return WireRequest("/v1/models?limit=1000", {}, {"anthropic-version": API_VERSION})
+
+    def parse_models(self, data: Any) -> list[str]:
+        """``{"data": [{"id": ...}, ...]}``."""
+        return model_ids(data, "data", "id")
 
     def auth_headers(self, key: str) -> dict[str, str]:
         """``x-api-key: KEY``."""

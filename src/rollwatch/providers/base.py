@@ -207,3 +207,12 @@ def as_dict(value: Any) -> dict[str, Any]:
 def bad_response(message: str) -> ProviderError:
     """A retryable ``bad_response`` error: the body did not have the documented shape."""
     return ProviderError("bad_response", message, retryable=True)
+
+
+def model_ids(data: Any, list_key: str, id_key: str) -> list[str]:
+    """The ``id_key`` of every object in ``data[list_key]`` (a model list's page);
+    ``bad_response`` when the body has another shape."""
+    items = data.get(list_key) if isinstance(data, dict) else None
+    if not isinstance(items, list):
+        raise bad_response(f"the model list has no {list_key!r} array")
+    return [str(m[id_key]) for m in items if isinstance(m, dict) and isinstance(m.get(id_key), str)]

@@ -402,6 +402,38 @@ class ProviderClient:
         await log.responded(1, answer, 0.0)
         return answer
 
+    # -- what it serves ---------------------------------------------------------------
+
+    async def served_models(self) -> list[str] | None:
+        """The models this provider serves, as its model list says (one GET); the
+        ``reference`` provider serves ``reference`` only. None when the list cannot be
+        had (a host without the route, an error, no answer in 30 s): logged, and the
+        caller decides."""
+        if self._reference is not None:
+            return list(self._reference.models)
+        adapter, pools, key = self._adapter, self._pools, self._key
+        if adapter is None or pools is None or key is None:
+            raise RuntimeError("use the ProviderClient as `async with ProviderClient(...)`")
+        wire = adapter.models_request()
+        url = self.config.url + wire.path
+        try:
+            with anyio.fail_after(min(self.config.timeout, 30.0)):
+                response = await pools.clients[0].get(
+                    url, headers={**wire.headers, **adapter.auth_headers(key)}
+                )
+            if not 200 <= response.status_code < 300:
+                err = adapter.error(
+                    response.status_code, dict(response.headers.items()), response.content, time.time()
+                )
+                raise self._with_context(err, None)
+            return adapter.parse_models(json.loads(response.content))
+        except (TimeoutError, httpx.HTTPError, ValueError, ProviderError) as e:
+            message = e.message if isinstance(e, ProviderError) else f"{type(e).__name__}: {e}"
+            get_logger(__name__).warning(
+                "provider_models_unknown", provider=self.name, error=self._clean(message)
+            )
+            return None
+
     # -- cost and stats --------------------------------------------------------------
 
     def cost(self, model: str, usage: Usage) -> float | None:

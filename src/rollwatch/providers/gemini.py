@@ -44,6 +44,7 @@ from rollwatch.providers.base import (
     bad_response,
     classify_status,
     error_message,
+    model_ids,
 )
 from rollwatch.providers.retry import google_retry_delay, parse_retry_after
 
@@ -109,6 +110,14 @@ class GeminiAdapter:
             body["generationConfig"] = config
         path = f"/models/{quote(model.removeprefix('models/'), safe='-._~')}:generateContent"
         return WireRequest(path, body)
+
+    def models_request(self) -> WireRequest:
+        """``GET /models``, one page as large as the API allows."""
+        return WireRequest("/models?pageSize=1000", {})
+
+    def parse_models(self, data: Any) -> list[str]:
+        """``{"models": [{"name": "models/ID"}, ...]}``: the ids without ``models/``."""
+        return [m.removeprefix("models/") for m in model_ids(data, "models", "name")]
 
     def auth_headers(self, key: str) -> dict[str, str]:
         """``x-goog-api-key: KEY`` (a header, so the key never reaches a URL)."""

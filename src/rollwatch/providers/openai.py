@@ -33,6 +33,7 @@ from rollwatch.providers.base import (
     check_params,
     classify_status,
     error_message,
+    model_ids,
 )
 from rollwatch.providers.retry import parse_go_duration, parse_retry_after
 
@@ -57,6 +58,15 @@ class OpenAIAdapter:
     def auth_headers(self, key: str) -> dict[str, str]:
         """``Authorization: Bearer KEY``."""
         return {"authorization": f"Bearer {key}"}
+
+    def models_request(self) -> WireRequest:
+        """``GET /models`` (OpenAI and every compatible host we know of: vLLM,
+        llama.cpp, Ollama, OpenRouter, DeepSeek)."""
+        return WireRequest("/models", {})
+
+    def parse_models(self, data: Any) -> list[str]:
+        """``{"data": [{"id": ...}, ...]}``."""
+        return model_ids(data, "data", "id")
 
     def parse(self, data: Any, headers: Headers) -> Parsed:
         """The first choice's message, finish reason and usage."""

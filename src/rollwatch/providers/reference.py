@@ -14,11 +14,16 @@ from typing import Any
 from rollwatch.errors import ProviderError
 from rollwatch.providers.base import Answer, Prompt, Usage
 
+#: The one model the reference provider serves: it has no other answers to give, so a
+#: run of "gpt-5" on it would record reference solutions under gpt-5's name.
+MODEL = "reference"
+
 
 class ReferenceAdapter:
     """Answers locally; the client records it like any other attempt."""
 
     kind = "reference"
+    models = (MODEL,)
 
     def request(self, model: str, prompt: Prompt, params: Mapping[str, Any]) -> dict[str, Any]:
         """What is recorded as "sent": the model and the prompt (nothing leaves the process)."""

@@ -16,6 +16,7 @@ from rollwatch.events import (
     PublicReleased,
     RolloutFailed,
     RolloutRequested,
+    RolloutRescored,
     RolloutResponded,
     RolloutScored,
     RunStarted,
@@ -52,6 +53,7 @@ async def rollout_record(
         "attempts": [],
         "answer": None,
         "score": None,
+        "rescores": [],
         "cost_usd": None,
         "publication": {"subscribers": None, "public": None, "released": None, "state": "pending"},
         "events": [],
@@ -89,6 +91,9 @@ async def rollout_record(
             a.update(outcome="failed", failure=failure)
         elif isinstance(ev, RolloutScored):
             rec["score"] = {"at": at, **ev.to_data()}
+        elif isinstance(ev, RolloutRescored):
+            # The run's verdict stays in "score"; each re-score, oldest first, here.
+            rec["rescores"].append({"at": at, "seq": stored.seq, **ev.to_data()})
         elif isinstance(ev, PublicationDecided):
             if rec["publication"].get(ev.audience) is None:
                 rec["publication"][ev.audience] = {
@@ -100,6 +105,12 @@ async def rollout_record(
             rec["publication"]["released"] = {"at": at, "seq": stored.seq}
     rec["attempts"] = [attempts[k] for k in sorted(attempts)]
     rec["publication"]["state"] = _state(rec, now or datetime.now(UTC))
+    # A positive whose newest verdict (a re-score under a newer problem version) fails:
+    # never released from now on, and marked where it already was.
+    newest = rec["rescores"][-1] if rec["rescores"] else None
+    rec["publication"]["superseded"] = (
+        rec["publication"]["public"] is not None and newest is not None and not newest["passed"]
+    )
     if rec["run_id"]:
         async for stored in store.read(stream=run_stream(rec["run_id"]), types={"RunStarted"}):
             run = stored.event()

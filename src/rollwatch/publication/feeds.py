@@ -49,8 +49,9 @@ def item_url(base_url: str, rollout_id: str) -> str:
 
 
 def title_of(r: Released) -> str:
-    """An item's title: who solved what."""
-    return f"{r.model} ({r.provider}) solved {r.problem_id}"
+    """An item's title: who solved what (marked when a re-score superseded it)."""
+    mark = "[superseded] " if r.superseded_at is not None else ""
+    return f"{mark}{r.model} ({r.provider}) solved {r.problem_id}"
 
 
 def summary_of(r: Released) -> str:
@@ -60,6 +61,12 @@ def summary_of(r: Released) -> str:
     return (
         f"{r.model} ({r.provider}) solved problem {r.problem_id} in run {r.run_id}, sample {r.sample}; "
         f"scored {r.scored_at}{score}{cost}; released {r.released_at}."
+        + (
+            f" Superseded {r.superseded_at}: the answer fails the problem's newer version"
+            f" {(r.superseded_hash or '')[:19]} (its tests were strengthened)."
+            if r.superseded_at is not None
+            else ""
+        )
     )
 
 
@@ -98,6 +105,7 @@ def json_feed(
                 "summary": summary_of(r),
                 "content_text": content_of(r),
                 "date_published": r.released_at,
+                "date_modified": r.updated,
                 "tags": [r.provider, r.model, r.problem_id],
                 "_rollwatch": meta,
             }
@@ -148,7 +156,7 @@ def atom_feed(view: PublicView, base_url: str) -> bytes:
         entry = sub(feed, "entry")
         sub(entry, "id", item_id(r.rollout_id))
         sub(entry, "title", title_of(r))
-        sub(entry, "updated", r.released_at)
+        sub(entry, "updated", r.updated)
         sub(entry, "published", r.released_at)
         sub(entry, "link", rel="alternate", href=item_url(base_url, r.rollout_id))
         sub(entry, "summary", summary_of(r))

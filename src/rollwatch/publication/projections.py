@@ -25,6 +25,7 @@ _ROLLOUT_EVENTS = frozenset(
         "RolloutResponded",
         "RolloutFailed",
         "RolloutScored",
+        "RolloutRescored",
         "PublicationDecided",
         "PublicReleased",
     }
@@ -74,7 +75,15 @@ class SubscribersProjection(Projection):
 # --- the subscriber feed ------------------------------------------------------------------
 
 FEED_TYPES = frozenset(
-    {"RunStarted", "RunFinished", "RolloutScored", "RolloutFailed", "PublicationDecided", "PublicReleased"}
+    {
+        "RunStarted",
+        "RunFinished",
+        "RolloutScored",
+        "RolloutRescored",
+        "RolloutFailed",
+        "PublicationDecided",
+        "PublicReleased",
+    }
 )
 """Event types a subscriber sees in ``/v1/feed`` (``RolloutFailed`` only when final)."""
 
@@ -111,7 +120,7 @@ class FeedProjection(Projection):
     """
 
     name = "feed"
-    version = 1
+    version = 2  # 2: RolloutRescored items
     tables = ("feed_rollouts", "feed_items")
     types = FEED_TYPES | _ROLLOUT_EVENTS
     ddl = """
@@ -167,7 +176,10 @@ class FeedProjection(Projection):
                 "failures": ev.failures,
                 "message": ev.message,
             }
-        elif isinstance(ev, e.RolloutScored | e.RolloutFailed | e.PublicationDecided | e.PublicReleased):
+        elif isinstance(
+            ev,
+            e.RolloutScored | e.RolloutRescored | e.RolloutFailed | e.PublicationDecided | e.PublicReleased,
+        ):
             rid = ev.rollout_id
             item["rollout_id"] = rid
             row = db.execute(
@@ -183,7 +195,24 @@ class FeedProjection(Projection):
             if isinstance(ev, e.RolloutScored):
                 item["passed"] = bool(ev.passed)
                 item["score"] = ev.score
-                item["detail"] = {"scorer": ev.scorer, "reason": ev.reason}
+                item["detail"] = {
+                    "scorer": ev.scorer,
+                    "reason": ev.reason,
+                    "problem_hash": ev.problem_hash,
+                    "scorer_version": ev.scorer_version,
+                }
+            elif isinstance(ev, e.RolloutRescored):
+                item["passed"] = bool(ev.passed)
+                item["score"] = ev.score
+                item["detail"] = {
+                    "scorer": ev.scorer,
+                    "reason": ev.reason,
+                    "problem_hash": ev.problem_hash,
+                    "scorer_version": ev.scorer_version,
+                    "previous_passed": ev.previous_passed,
+                    "previous_problem_hash": ev.previous_problem_hash,
+                    "rescore_id": ev.rescore_id,
+                }
             elif isinstance(ev, e.RolloutFailed):
                 item["status"] = "failed"
                 item["detail"] = {
@@ -215,7 +244,7 @@ class PublicProjection(Projection):
     """
 
     name = "public"
-    version = 2  # 2: scored_seq (the event a released item's inclusion proof is for)
+    version = 3  # 2: scored_seq (the event a released item's inclusion proof is for); 3: superseded
     tables = ("public_rollouts", "public_runs")
     types = frozenset({"RunStarted", "RunFinished"}) | _ROLLOUT_EVENTS
     ddl = """
@@ -224,7 +253,8 @@ class PublicProjection(Projection):
         sample INTEGER, requested_at TEXT, cost_usd REAL, answer_seq INTEGER,
         passed INTEGER, score REAL, scorer TEXT, scored_at TEXT, scored_ts REAL, scored_seq INTEGER,
         not_before TEXT, not_before_ts REAL, embargo_s REAL, decided_seq INTEGER,
-        released_at TEXT, released_seq INTEGER
+        released_at TEXT, released_seq INTEGER,
+        superseded_at TEXT, superseded_seq INTEGER, superseded_hash TEXT
     );
     CREATE INDEX IF NOT EXISTS public_rollouts_pending ON public_rollouts (not_before_ts)
         WHERE released_seq IS NULL AND not_before_ts IS NOT NULL;
@@ -268,6 +298,22 @@ class PublicProjection(Projection):
                 " scored_seq = ? WHERE rollout_id = ?",
                 (int(bool(ev.passed)), ev.score, ev.scorer, rec.at, _epoch(rec.at), rec.seq, ev.rollout_id),
             )
+        elif isinstance(ev, e.RolloutRescored):
+            # A result that fails its problem's newest version is superseded: never
+            # released, and marked (never removed) where it already is. A later
+            # re-score that passes it again lifts the mark.
+            if ev.passed:
+                db.execute(
+                    "UPDATE public_rollouts SET superseded_at = NULL, superseded_seq = NULL,"
+                    " superseded_hash = NULL WHERE rollout_id = ?",
+                    (ev.rollout_id,),
+                )
+            else:
+                db.execute(
+                    "UPDATE public_rollouts SET superseded_at = ?, superseded_seq = ?, superseded_hash = ?"
+                    " WHERE rollout_id = ?",
+                    (rec.at, rec.seq, ev.problem_hash, ev.rollout_id),
+                )
         elif isinstance(ev, e.PublicationDecided) and ev.audience == "public":
             # The first public decision stands; a later one (there should be none) cannot
             # move a release date that readers may already rely on.

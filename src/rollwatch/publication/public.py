@@ -26,7 +26,7 @@ from rollwatch.projections import ProjectionDB
 
 _COLUMNS = (
     "rollout_id, run_id, provider, model, problem_id, sample, score, cost_usd, scored_at,"
-    " not_before, released_at, released_seq, answer_seq, scored_seq"
+    " not_before, released_at, released_seq, answer_seq, scored_seq, superseded_at, superseded_hash"
 )
 _RELEASED = "released_seq IS NOT NULL AND not_before_ts IS NOT NULL AND not_before_ts <= ? AND passed = 1"
 
@@ -50,7 +50,17 @@ class Released:
     answer_seq: int | None
     scored_seq: int | None
     """The ``RolloutScored`` event the result stands for (its inclusion proof's leaf)."""
+    superseded_at: str | None = None
+    """When a re-score found the answer failing its problem's newest version (it stays
+    public, marked)."""
+    superseded_hash: str | None = None
+    """The problem version it fails."""
     answer: str | None = None
+
+    @property
+    def updated(self) -> str:
+        """When this result last changed: its release, or its being superseded."""
+        return max(self.released_at, self.superseded_at or "")
 
     def to_json(self) -> dict[str, Any]:
         """The result as one line of ``results.jsonl`` (and ``/public/rollouts/{id}.json``)."""
@@ -68,6 +78,9 @@ class Released:
             "not_before": self.not_before,
             "released_at": self.released_at,
             "released_seq": self.released_seq,
+            "superseded": self.superseded_at is not None,
+            "superseded_at": self.superseded_at,
+            "superseded_by_problem_version": self.superseded_hash,
             "answer": self.answer,
         }
 
@@ -192,8 +205,8 @@ class PublicView:
 
     @property
     def updated(self) -> str | None:
-        """When the newest released result was released."""
-        return max((r.released_at for r in self.recent), default=None)
+        """When a released result was last released or superseded."""
+        return max((r.updated for r in self.recent), default=None)
 
 
 async def public_view(

@@ -28,6 +28,7 @@ from rollwatch.errors import ConcurrencyConflict
 from rollwatch.events import (
     PublicationDecided,
     PublicReleased,
+    RolloutRescored,
     RolloutScored,
     parse_rfc3339,
     rollout_stream,
@@ -54,8 +55,9 @@ async def caught_up(store: EventStore, pdb: ProjectionDB) -> int:
 async def release_one(store: EventStore, rollout_id: str, now: datetime | None = None) -> bool:
     """Append ``PublicReleased`` for one rollout if its log says it is due; True if appended.
 
-    Due means: scored as passed, a public decision whose ``not_before`` is at or before
-    ``now``, and no ``PublicReleased`` yet.
+    Due means: scored as passed (by the newest verdict: a re-score under a newer
+    problem version that fails it means never), a public decision whose ``not_before``
+    is at or before ``now``, and no ``PublicReleased`` yet.
     """
     stream = rollout_stream(rollout_id)
     for _ in range(_ATTEMPTS):
@@ -65,7 +67,7 @@ async def release_one(store: EventStore, rollout_id: str, now: datetime | None =
         async for rec in store.read(stream=stream):
             version = rec.version
             ev = rec.event()
-            if isinstance(ev, RolloutScored):
+            if isinstance(ev, RolloutScored | RolloutRescored):
                 passed = bool(ev.passed)
             elif isinstance(ev, PublicationDecided) and not_before is None:
                 if ev.audience == "public":
@@ -105,7 +107,7 @@ async def release_due(store: EventStore, pdb: ProjectionDB, now: datetime | None
         rows = await pdb.fetchall(
             "SELECT rollout_id, not_before_ts FROM public_rollouts"
             " WHERE released_seq IS NULL AND not_before_ts IS NOT NULL AND not_before_ts <= ?"
-            " AND passed = 1 AND (not_before_ts > ? OR (not_before_ts = ? AND rollout_id > ?))"
+            " AND passed = 1 AND superseded_seq IS NULL AND (not_before_ts > ? OR (not_before_ts = ? AND rollout_id > ?))"
             " ORDER BY not_before_ts, rollout_id LIMIT ?",
             (when.timestamp(), last_ts, last_ts, last_id, _BATCH),
         )
@@ -129,7 +131,7 @@ async def _next_due(pdb: ProjectionDB) -> float | None:
     """Seconds until the earliest pending decision falls due (None when none is pending)."""
     row = await pdb.fetchone(
         "SELECT min(not_before_ts) FROM public_rollouts"
-        " WHERE released_seq IS NULL AND not_before_ts IS NOT NULL AND passed = 1"
+        " WHERE released_seq IS NULL AND not_before_ts IS NOT NULL AND passed = 1 AND superseded_seq IS NULL"
     )
     if row is None or row[0] is None:
         return None

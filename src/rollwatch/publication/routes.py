@@ -175,7 +175,7 @@ class PublicationAPI:
         self.subscribers = SubscriberDirectory(store, pdb)
         self.limiter = RateLimiter(config.server.feed_rate_per_minute)
         self._catch_up_lock = anyio.Lock()
-        self._view: tuple[tuple[int, int], float, PublicView] | None = None
+        self._view: tuple[tuple[int, ...], float, PublicView] | None = None
         self._view_lock = anyio.Lock()
         self._renders: dict[tuple[str, str], bytes] = {}  # (route, base URL) -> body of self._view
         self.proofs: InclusionProofs | None = None
@@ -277,7 +277,9 @@ class PublicationAPI:
         await self.authorize(request, "report")
         q = ReportQuery.parse(request)
         by = q.by
-        options = {k: True for k in ("trend", "release_impact") if getattr(q, k)}
+        options: dict[str, object] = {k: True for k in ("trend", "release_impact") if getattr(q, k)}
+        if q.problem_version is not None:
+            options["problem_version"] = q.problem_version
         try:
             report_module = importlib.import_module("rollwatch.report")
         except ImportError:
@@ -304,10 +306,10 @@ class PublicationAPI:
         await self.current()
         async with self._view_lock:
             state = await self.pdb.fetchone(
-                "SELECT count(*), coalesce(max(released_seq), 0) FROM public_rollouts"
-                " WHERE released_seq IS NOT NULL"
+                "SELECT count(*), coalesce(max(released_seq), 0), coalesce(max(superseded_seq), 0),"
+                " count(superseded_seq) FROM public_rollouts WHERE released_seq IS NOT NULL"
             )
-            key = (int(state[0]), int(state[1])) if state else (0, 0)
+            key = tuple(int(x) for x in state) if state else (0, 0, 0, 0)
             cached = self._view
             if cached is not None and cached[0] == key and time.monotonic() - cached[1] < _VIEW_TTL:
                 return cached[2]

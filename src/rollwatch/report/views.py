@@ -202,8 +202,63 @@ GROUP BY provider, model, problem_id, run_id
 """
 
 
-async def _cells(pdb: Fetcher) -> list[_Cell]:
-    rows = await pdb.fetchall(_CELLS_SQL)
+# One problem version's verdicts: each rollout's newest verdict under that version; the
+# problem's rollouts without one count as unscored.
+_VERSION_CELLS_SQL = """
+WITH v AS (
+    SELECT rollout_id, passed FROM verdicts
+    WHERE seq IN (SELECT max(seq) FROM verdicts WHERE problem_hash = ? GROUP BY rollout_id)
+)
+SELECT o.provider, o.model, o.problem_id, o.run_id,
+       SUM(v.rollout_id IS NOT NULL),
+       SUM(coalesce(v.passed, 0)),
+       COUNT(*),
+       SUM(o.cost_usd),
+       SUM(CASE WHEN v.rollout_id IS NOT NULL THEN o.cost_usd END),
+       SUM(v.rollout_id IS NOT NULL AND o.cost_usd IS NOT NULL)
+FROM rollouts o LEFT JOIN v ON v.rollout_id = o.rollout_id
+WHERE o.problem_id = ?
+GROUP BY o.provider, o.model, o.problem_id, o.run_id
+"""
+
+
+# Scored rollouts whose newest verdict is not under the newest version of their problem.
+_STALE_SQL = """
+WITH newest AS (
+    SELECT problem_id, problem_hash FROM problem_versions p
+    WHERE seq = (SELECT max(seq) FROM problem_versions q WHERE q.problem_id = p.problem_id)
+)
+SELECT count(*), count(DISTINCT o.problem_id)
+FROM rollouts o JOIN newest n ON n.problem_id = o.problem_id
+WHERE o.state = 'scored' AND o.verdict_hash IS NOT NULL AND o.verdict_hash != n.problem_hash
+"""
+
+
+async def resolve_version(pdb: Fetcher, version: str) -> tuple[str, str]:
+    """(problem_id, full hash) of the problem version ``version`` names (a hash or a
+    unique prefix of one, with or without ``sha256:``); UsageError otherwise."""
+    text = version.strip()
+    prefix = text if text.startswith("sha256:") else "sha256:" + text
+    rows = await pdb.fetchall(
+        "SELECT DISTINCT problem_id, problem_hash FROM problem_versions"
+        " WHERE substr(problem_hash, 1, ?) = ? OR substr(problem_hash, 1, ?) = ?",
+        (len(prefix), prefix, len(text), text),
+    )
+    if len(text) < 4 or not rows:
+        raise UsageError(
+            f"report: no problem version {version!r} in the log (`rollwatch problems list` shows hashes)"
+        )
+    if len(rows) > 1:
+        raise UsageError(f"report: problem version {version!r} is ambiguous: {len(rows)} versions start so")
+    return str(rows[0][0]), str(rows[0][1])
+
+
+async def _cells(pdb: Fetcher, problem_version: str | None = None) -> list[_Cell]:
+    if problem_version is None:
+        rows = await pdb.fetchall(_CELLS_SQL)
+    else:
+        pid, full = await resolve_version(pdb, problem_version)
+        rows = await pdb.fetchall(_VERSION_CELLS_SQL, (full, pid))
     return [_Cell(*r) for r in rows]
 
 
@@ -308,11 +363,16 @@ def _keys(cls: type[Any], drop: Iterable[str] = ()) -> tuple[str, ...]:
     return tuple(f.name for f in fields(cls) if f.name not in dropped)
 
 
-async def build_report(pdb: Fetcher, by: str = "model") -> Report:
-    """The report per provider and model, or per problem or run of each (``by``)."""
+async def build_report(pdb: Fetcher, by: str = "model", *, problem_version: str | None = None) -> Report:
+    """The report per provider and model, or per problem or run of each (``by``).
+
+    Each rollout counts with its newest verdict (under the newest version of its problem
+    that it was judged against); ``problem_version`` (a content hash or a prefix) shows
+    that version of one problem instead: its rollouts with their verdicts under it.
+    """
     if by not in BY_CHOICES:
         raise UsageError(f"report: by must be one of {', '.join(BY_CHOICES)}, not {by!r}")
-    rows = _summarize(await _cells(pdb), by, await _runs(pdb))
+    rows = _summarize(await _cells(pdb, problem_version), by, await _runs(pdb))
     drop = {
         "model": ("problem_id", "run_id", "run_started_at"),
         "problem": ("run_id", "run_started_at"),
@@ -355,6 +415,18 @@ async def build_report(pdb: Fetcher, by: str = "model") -> Report:
             "to solve: expected rollouts and dollars to a first solution (1/p), 95% range"
             " in brackets (none in N: no pass yet, only a lower bound)"
         )
+    if problem_version is not None:
+        notes.append(f"verdicts under problem version {problem_version} only")
+    else:
+        notes.append("each rollout counts with its newest verdict (rollwatch rescore adds them)")
+        stale = await pdb.fetchall(_STALE_SQL)
+        if stale and stale[0][0]:
+            n, problems = int(stale[0][0]), int(stale[0][1])
+            notes.append(
+                f"{n} verdict{'s' if n != 1 else ''} on {problems} problem{'s' if problems != 1 else ''}"
+                " under an older problem version than the newest the log knows: `rollwatch rescore`"
+                " judges them again"
+            )
     return Report(
         title=f"report by {by}",
         rows=tuple(rows),
@@ -534,7 +606,12 @@ async def _why_no_release_impact(pdb: Fetcher) -> str:
 
 
 async def report_json(
-    pdb: Fetcher, by: str = "model", *, trend: bool = False, release_impact: bool = False
+    pdb: Fetcher,
+    by: str = "model",
+    *,
+    trend: bool = False,
+    release_impact: bool = False,
+    problem_version: str | None = None,
 ) -> list[dict[str, Any]]:
     """What ``GET /v1/report`` returns: rows by ``by``, or the trend, or the release impact."""
     if trend and release_impact:
@@ -543,7 +620,7 @@ async def report_json(
         return to_json(await build_trend(pdb))
     if release_impact:
         return to_json(await build_release_impact(pdb))
-    return to_json(await build_report(pdb, by))
+    return to_json(await build_report(pdb, by, problem_version=problem_version))
 
 
 # --- renderings -----------------------------------------------------------------------------

@@ -21,8 +21,16 @@ each verdict is ``rollwatch.publication.policy``'s.
 from __future__ import annotations
 
 from rollwatch.runs.budget import Budget
-from rollwatch.runs.pipeline import MAX_CRASHES, Run, new_run_id, rollout_id, unfinished_runs
+from rollwatch.runs.pipeline import (
+    MAX_CRASHES,
+    Run,
+    new_run_id,
+    rollout_id,
+    unfinished_run_of,
+    unfinished_runs,
+)
 from rollwatch.runs.services import (
+    ListsModels,
     ProblemSetLike,
     ProviderLike,
     RunLock,
@@ -34,6 +42,7 @@ from rollwatch.runs.services import (
 __all__ = [
     "MAX_CRASHES",
     "Budget",
+    "ListsModels",
     "ProblemSetLike",
     "ProviderLike",
     "Run",
@@ -43,5 +52,6 @@ __all__ = [
     "ScorerLike",
     "new_run_id",
     "rollout_id",
+    "unfinished_run_of",
     "unfinished_runs",
 ]

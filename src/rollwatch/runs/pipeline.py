@@ -105,6 +105,8 @@ class Run:
         """Created by this process just now: no rollout of it has events yet."""
         self.state = RunState(total=len(self.models) * len(self.problem_ids) * self.rollouts)
         self.stopping = anyio.Event()
+        self.locked_elsewhere = False
+        """Set when :meth:`drive` found another process of this host driving the run."""
         self.log = log.bind(run_id=self.run_id, schedule=self.schedule, provider=self.provider_name)
 
     # -- creating and resuming ------------------------------------------------------------
@@ -182,6 +184,7 @@ class Run:
             return await self._drive_or_count(grace)
         lock = RunLock(self.services.locks_dir, self.run_id)
         if not lock.acquire():
+            self.locked_elsewhere = True
             self.log.warning("run_locked_elsewhere", hint="another rollwatch process drives this run")
             return None
         try:
@@ -503,3 +506,17 @@ async def unfinished_runs(services: RunServices) -> list[str]:
         "SELECT run_id FROM runs WHERE finished_at IS NULL ORDER BY started_seq"
     )
     return [r[0] for r in rows]
+
+
+async def unfinished_run_of(services: RunServices, schedule: str) -> str | None:
+    """The newest run of ``schedule`` that has no ``RunFinished`` (None: there is none).
+
+    ``rollwatch run SCHEDULE`` resumes it rather than paying for its answered rollouts
+    again in a new run.
+    """
+    await services.projections.catch_up(services.store)
+    row = await services.projections.fetchone(
+        "SELECT run_id FROM runs WHERE schedule = ? AND finished_at IS NULL ORDER BY started_seq DESC LIMIT 1",
+        (schedule,),
+    )
+    return None if row is None else str(row[0])

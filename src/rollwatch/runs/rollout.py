@@ -31,6 +31,7 @@ from rollwatch.providers.base import Answer, Prompt
 from rollwatch.publication.policy import decide
 from rollwatch.runs.budget import Budget
 from rollwatch.runs.services import ProviderLike
+from rollwatch.scoring.base import scorer_version
 from rollwatch.work import Chunk
 
 if TYPE_CHECKING:
@@ -274,6 +275,9 @@ class Rollouts:
                 extraction=result.extraction,
                 duration_ms=result.duration_ms,
                 detail=result.detail,
+                problem_hash=problem.content_hash,
+                scorer_version=scorer_version(),
+                time_limit_s=result.time_limit_s,
             )
             # What the append would do first: a detail nested too deep or holding what
             # JSON cannot say fails here, not halfway through recording the verdict.
@@ -301,4 +305,6 @@ def scorer_error(rid: str, problem: Problem, error: BaseException) -> RolloutSco
         scorer=problem.scorer,
         reason=f"scorer error: {message}",
         detail={"error": "scorer", "exception": type(error).__name__},
+        problem_hash=problem.content_hash,
+        scorer_version=scorer_version(),
     )

@@ -13,7 +13,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from rollwatch.abc import AttemptLog, EventStore, WorkBoard
 from rollwatch.config import Config
@@ -71,6 +71,15 @@ class ProviderLike(Protocol):
 
     def cost(self, model: str, usage: Usage) -> float | None:
         """USD for ``usage`` at the configured prices of ``model``; None if it has none."""
+        ...
+
+
+@runtime_checkable
+class ListsModels(Protocol):
+    """A provider that can say which models it serves (``ProviderClient`` can)."""
+
+    async def served_models(self) -> list[str] | None:
+        """The models it serves; None when it cannot tell now."""
         ...
 
 

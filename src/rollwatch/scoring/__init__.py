@@ -7,6 +7,7 @@ Public API (everything else in this package is private to it)::
         pool.isolation                                       # "bwrap" | "unshare" | "none"
         score = await pool.score(problem, answer_text)       # -> Score (never raises for bad code)
         score.to_dict()                                      # what RolloutScored records
+        limit = await pool.time_limit(problem)               # -> TimeLimit (own, calibrated, default)
         failures = await check_references(problem_set, pool) # rollwatch problems check
 
 Scorer kinds: ``python-function`` (``function.py``), ``stdio`` (``stdio.py``) and
@@ -24,6 +25,8 @@ from rollwatch.scoring.base import (
     Score,
     Scorer,
     ScoringSettings,
+    TimeLimit,
+    scorer_version,
     settings_from_config,
 )
 from rollwatch.scoring.check import CheckFailure, check_references
@@ -43,8 +46,10 @@ __all__ = [
     "Scorer",
     "ScoringPool",
     "ScoringSettings",
+    "TimeLimit",
     "check_references",
     "compare_output",
     "isolation_candidates",
+    "scorer_version",
     "settings_from_config",
 ]

@@ -12,12 +12,37 @@ or a sandbox implementation.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar, Literal, Protocol
 
 from rollwatch.problems import Problem
+
+_SCORER_VERSION: str | None = None
+
+
+def scorer_version() -> str:
+    """The version of the scoring code, recorded with every verdict: rollwatch's version
+    and a hash of this package's sources (extraction, scorers, sandbox, judge), so two
+    verdicts by the same code say so even between releases."""
+    global _SCORER_VERSION
+    if _SCORER_VERSION is None:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            release = version("rollwatch")
+        except PackageNotFoundError:  # run from a checkout without an install
+            release = "0"
+        digest = hashlib.sha256()
+        root = Path(__file__).resolve().parent
+        for path in sorted(root.rglob("*.py")):
+            digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+        _SCORER_VERSION = f"{release}+{digest.hexdigest()[:12]}"
+    return _SCORER_VERSION
+
 
 Isolation = Literal["bwrap", "unshare", "none"]
 ISOLATIONS: tuple[Isolation, ...] = ("bwrap", "unshare", "none")
@@ -34,7 +59,13 @@ class ScoringSettings:
     memory_mb: int = 1024
     """Address-space limit of every sandboxed process."""
     timeout: float = 10.0
-    """Seconds per sample when the problem sets none (stdio, command: per run)."""
+    """Seconds per sample when the problem sets none and has no reference solution to
+    calibrate from (stdio, command: per run)."""
+    time_limit_factor: float = 4.0
+    """A problem without a timeout of its own gets this multiple of its reference
+    solution's runtime on this machine (EvalPlus's ``gt_time_limit_factor``)..."""
+    time_limit_floor: float = 1.0
+    """...and at least this many seconds (EvalPlus's ``min_time_limit``)."""
     isolation: Literal["auto", "bwrap", "unshare", "none"] = "auto"
     """auto: bwrap, else unshare (as root); never none, which must be written out."""
     uid_base: int = 60000
@@ -106,6 +137,8 @@ class Score:
     """How the code was found: fenced-entry-point, fenced-last, whole-text or none."""
     isolation: str = ""
     problem_hash: str = ""
+    time_limit_s: float | None = None
+    """The time limit the answer ran under (see :class:`TimeLimit`)."""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready."""
@@ -119,7 +152,21 @@ class Score:
             "extraction": self.extraction,
             "isolation": self.isolation,
             "problem_hash": self.problem_hash,
+            "time_limit_s": self.time_limit_s,
         }
+
+
+@dataclass(frozen=True, kw_only=True)
+class TimeLimit:
+    """A problem's time limit on this machine, and where it comes from."""
+
+    seconds: float
+    source: Literal["problem", "calibrated", "default"]
+    """problem: its own ``timeout``; calibrated: ``time_limit_factor`` times its reference
+    solution's runtime measured here, at least ``time_limit_floor``; default:
+    ``scoring.timeout`` (no reference, or the reference did not pass)."""
+    reference_ms: float | None = None
+    """The reference solution's runtime measured here (calibrated only)."""
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -27,7 +27,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from rollwatch.errors import IsolationUnavailable, SandboxError
 from rollwatch.log import get_logger
 from rollwatch.problems import Problem
-from rollwatch.scoring.base import Outcome, Score, Scorer, ScoringSettings
+from rollwatch.scoring.base import Outcome, Score, Scorer, ScoringSettings, TimeLimit
 from rollwatch.scoring.cgroup import cgroups
 from rollwatch.scoring.command import CommandScorer
 from rollwatch.scoring.extract import Extraction, extract_code
@@ -95,6 +95,8 @@ class ScoringPool:
         self.sandboxes: list[ZygoteSandbox] = []
         self._helper_dir = ""
         self._scorers: dict[str, Scorer] = {}
+        self._limits: dict[str, TimeLimit] = {}
+        self._calibrating: dict[str, anyio.Lock] = {}
         self._free_tx: MemoryObjectSendStream[ZygoteSandbox] | None = None
         self._free_rx: MemoryObjectReceiveStream[ZygoteSandbox] | None = None
         self._uids: UidLease | None = None
@@ -196,18 +198,75 @@ class ScoringPool:
     async def score(self, problem: Problem, answer: str) -> Score:
         """Extract the code from ``answer`` (a model's whole text) and judge it."""
         started = time.perf_counter()
+        limit = await self.time_limit(problem)
         ex = extract_code(answer, problem.entry_point)
         if ex.code is None:
             outcome = Outcome(passed=False, score=0.0, reason="no code found")
         else:
-            outcome = await self._judge(problem, ex.code)
-        return self._score(problem, outcome, ex, started)
+            outcome = await self._judge(replace(problem, timeout=limit.seconds), ex.code)
+        return self._score(problem, outcome, ex, started, limit)
 
     async def score_code(self, problem: Problem, code: str) -> Score:
         """Judge ``code`` as it is (no extraction)."""
         started = time.perf_counter()
-        outcome = await self._judge(problem, code)
-        return self._score(problem, outcome, Extraction(code, "whole-text", 0), started)
+        limit = await self.time_limit(problem)
+        outcome = await self._judge(replace(problem, timeout=limit.seconds), code)
+        return self._score(problem, outcome, Extraction(code, "whole-text", 0), started, limit)
+
+    async def time_limit(self, problem: Problem) -> TimeLimit:
+        """The time limit ``problem``'s samples get on this machine.
+
+        Its own ``timeout`` when it sets one. Otherwise, as EvalPlus does, a multiple
+        (``time_limit_factor``) of its reference solution's runtime measured here in the
+        sandbox, at least ``time_limit_floor``: tests that a fast machine runs in 0.1 s
+        and a slow one in 2 s get limits to match, so a verdict on a slow machine is not
+        a timeout a fast one would not have had. The reference runs once per problem
+        version and pool; one that does not pass (or no reference) leaves the
+        ``scoring.timeout`` default.
+        """
+        if problem.timeout:
+            return TimeLimit(seconds=problem.timeout, source="problem")
+        if problem.reference_solution is None:
+            return TimeLimit(seconds=self.settings.timeout, source="default")
+        key = problem.content_hash
+        known = self._limits.get(key)
+        if known is not None:
+            return known
+        lock = self._calibrating.setdefault(key, anyio.Lock())
+        async with lock:
+            known = self._limits.get(key)
+            if known is None:
+                known = self._limits[key] = await self._calibrate(problem, problem.reference_solution)
+        return known
+
+    async def _calibrate(self, problem: Problem, reference: str) -> TimeLimit:
+        s = self.settings
+        probe = replace(problem, timeout=s.timeout)
+        scorer = self._scorers.get(problem.scorer)
+        if scorer is None:
+            raise SandboxError(f"the scoring pool is not open, or {problem.scorer!r} is not a scorer kind")
+        ex = extract_code(f"```python\n{reference.rstrip()}\n```\n", problem.entry_point)
+        async with self._lease() as sandbox:
+            # Timed inside the lease: waiting for a free sandbox is not the reference's time.
+            started = time.perf_counter()
+            outcome = await scorer.score(probe, ex.code or reference, sandbox)
+            runtime = time.perf_counter() - started
+        if not outcome.passed:
+            log.warning(
+                "time_limit_uncalibrated",
+                problem_id=problem.id,
+                reason=f"the reference solution did not pass: {outcome.reason}",
+                time_limit_s=s.timeout,
+            )
+            return TimeLimit(seconds=s.timeout, source="default")
+        seconds = round(max(s.time_limit_floor, s.time_limit_factor * runtime), 3)
+        log.info(
+            "time_limit_calibrated",
+            problem_id=problem.id,
+            reference_ms=round(runtime * 1000, 3),
+            time_limit_s=seconds,
+        )
+        return TimeLimit(seconds=seconds, source="calibrated", reference_ms=round(runtime * 1000, 3))
 
     async def _judge(self, problem: Problem, code: str) -> Outcome:
         scorer = self._scorers.get(problem.scorer)
@@ -216,7 +275,9 @@ class ScoringPool:
         async with self._lease() as sandbox:
             return await scorer.score(problem, code, sandbox)
 
-    def _score(self, problem: Problem, outcome: Outcome, ex: Extraction, started: float) -> Score:
+    def _score(
+        self, problem: Problem, outcome: Outcome, ex: Extraction, started: float, limit: TimeLimit
+    ) -> Score:
         duration = round((time.perf_counter() - started) * 1000, 3)
         detail = plain_detail({"extraction_blocks": ex.blocks, **outcome.detail})
         score = Score(
@@ -229,6 +290,7 @@ class ScoringPool:
             extraction=ex.method,
             isolation=self.isolation,
             problem_hash=problem.content_hash,
+            time_limit_s=limit.seconds,
         )
         log.debug(
             "scored",

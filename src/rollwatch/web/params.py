@@ -173,6 +173,12 @@ class ReportQuery(QueryModel):
     by: Literal["model", "problem", "run"] = Field("model", description="Rows per model, problem or run.")
     trend: Flag = Field(False, description="Add each row's pass rate over time.")
     release_impact: Flag = Field(False, description="Add how results changed around problem releases.")
+    problem_version: str | None = Field(
+        None,
+        max_length=100,
+        description="Verdicts under this version (content hash, or a prefix of at least 4 characters) "
+        "of one problem, instead of each rollout's newest.",
+    )
 
 
 class EmptyQuery(QueryModel):
