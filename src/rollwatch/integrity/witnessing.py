@@ -215,7 +215,9 @@ class Witnessing:
                     # Not proof of a fork by itself: this node may not have absorbed the
                     # newest checkpoint yet. A later checkpoint either proves consistency
                     # from the witness's size or is refused (422).
-                    raise httpx.HTTPError(f"it holds size {w.size}, ahead of our latest checkpoint ({cp.size})")
+                    raise httpx.HTTPError(
+                        f"it holds size {w.size}, ahead of our latest checkpoint ({cp.size})"
+                    )
                 r = await http.post(
                     f"{w.url}/add-checkpoint", content=body, headers={"Content-Type": "text/plain"}
                 )
