@@ -320,16 +320,19 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=2000)
     ap.add_argument("--audit", type=int, default=2000)
     ap.add_argument("--rollouts", type=int, default=16_500)
+    ap.add_argument("--part", choices=("serve", "audit", "both"), default="both")
     args = ap.parse_args()
     if args.serve_proofs:
         serve_proofs(args.serve_proofs)
         return
-    with tempfile.TemporaryDirectory() as tmp:
-        print("== serving tiles vs the JSON proof route")
-        serving(Path(tmp), args.leaves, args.requests, args.audit)
-    with tempfile.TemporaryDirectory() as tmp:
-        print("== checking every released result")
-        auditing(Path(tmp), args.rollouts)
+    if args.part in ("serve", "both"):
+        with tempfile.TemporaryDirectory() as tmp:
+            print("== serving tiles vs the JSON proof route")
+            serving(Path(tmp), args.leaves, args.requests, args.audit)
+    if args.part in ("audit", "both"):
+        with tempfile.TemporaryDirectory() as tmp:
+            print("== checking every released result")
+            auditing(Path(tmp), args.rollouts)
 
 
 if __name__ == "__main__":

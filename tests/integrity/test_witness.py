@@ -201,6 +201,8 @@ class TestQuorum:
                     assert (await s.client.get("/public/checkpoint")).text == note
                     health = (await s.client.get("/healthz")).json()
                     assert health["witness"]["witnessed_size"] == size
+                    page = (await s.client.get("/public/")).text
+                    assert f"The latest witnessed checkpoint (tree size {size}) had its quorum of 2" in page
                     assert health["witness"]["witnessed_age_s"] is not None
                     assert (
                         f"rollwatch_witnessed_checkpoint_size {size}" in (await s.client.get("/metrics")).text

@@ -212,8 +212,12 @@ class Witnessing:
             for _ in range(2):  # the second time with the size a 409 told us
                 body = await self._body(w.size, cp)
                 if body is None:
-                    self._refused(w, f"it holds size {w.size}, larger than our checkpoint's {cp.size}")
-                    return
+                    # Not proof of a fork by itself: this node may not have absorbed the
+                    # newest checkpoint yet. A later checkpoint either proves consistency
+                    # from the witness's size or is refused (422).
+                    raise httpx.HTTPError(
+                        f"it holds size {w.size}, ahead of our latest checkpoint ({cp.size})"
+                    )
                 r = await http.post(
                     f"{w.url}/add-checkpoint", content=body, headers={"Content-Type": "text/plain"}
                 )

@@ -262,8 +262,11 @@ def svg_chart(series: list[Series], width: int = 760, height: int = 320) -> str:
     return "".join(out)
 
 
-def html_page(view: PublicView, *, embargo_s: float) -> str:
-    """The public page: what is measured, results by model and problem, the chart, recent releases."""
+def html_page(view: PublicView, *, embargo_s: float, witnessed: str | None = None) -> str:
+    """The public page: what is measured, results by model and problem, the chart, recent releases.
+
+    ``witnessed``: a sentence on the latest witnessed checkpoint (how fresh it is).
+    """
     days = embargo_s / 86400
     embargo = f"{days:g} days" if days >= 1 else f"{embargo_s:g} seconds"
     parts = [
@@ -293,6 +296,7 @@ def html_page(view: PublicView, *, embargo_s: float) -> str:
         "publication decision and the release) with inclusion proofs against one signed checkpoint. "
         'The log is served as a C2SP tlog-tiles log: <a href="checkpoint">checkpoint</a>, '
         '<a href="key">key</a>, <code>tile/&lt;L&gt;/&lt;N&gt;</code>.</p>',
+        f"<p class=muted>{_e(witnessed)}</p>" if witnessed else "",
         "<h2>Pass rate over time</h2>",
         "<p class=muted>Each point is one run of one model: the share of its rollouts that passed.</p>",
         svg_chart(view.series),

@@ -180,6 +180,7 @@ class PublicationAPI:
         self._renders: dict[tuple[str, str], bytes] = {}  # (route, base URL) -> body of self._view
         self.proofs: InclusionProofs | None = None
         self.bundles: ProofBundles | None = None
+        self.witnessing = integrity.witnessing if integrity is not None else None
         if integrity is not None:
             from rollwatch.publication.inclusion import InclusionProofs
             from rollwatch.publication.proofs import ProofBundles
@@ -367,11 +368,25 @@ class PublicationAPI:
     async def public_page(self, request: Request) -> Response:
         """``/public/``: the HTML page."""
         embargo = self.config.publication.embargo
+        witnessed = self._witnessed()
         return await self._public(
             request,
-            "html",
-            lambda v, _b: feeds.html_page(v, embargo_s=embargo).encode(),
+            f"html@{witnessed}",
+            lambda v, _b: feeds.html_page(v, embargo_s=embargo, witnessed=witnessed).encode(),
             "text/html; charset=utf-8",
+        )
+
+    def _witnessed(self) -> str | None:
+        """How fresh the latest witnessed checkpoint is, in a sentence (None without witnesses)."""
+        w = self.witnessing
+        if w is None:
+            return None
+        if w.witnessed_at is None:
+            return f"No checkpoint has reached its quorum of {w.quorum} witness cosignatures yet."
+        at = datetime.fromtimestamp(w.witnessed_at, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+        return (
+            f"The latest witnessed checkpoint (tree size {w.witnessed_size}) had its quorum of "
+            f"{w.quorum} witness cosignatures at {at}."
         )
 
     async def json_feed(self, request: Request) -> Response:
