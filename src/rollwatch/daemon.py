@@ -46,6 +46,7 @@ from rollwatch.scheduler import Scheduler
 from rollwatch.store import open_store
 
 if TYPE_CHECKING:
+    from rollwatch.web.access import Operators
     from rollwatch.web.server import HTTPServer
 
 log = get_logger(__name__)
@@ -416,7 +417,7 @@ class Daemon:
             http = self.http = HTTPServer(
                 build_app(
                     self.metrics,
-                    [*self.extra_routes(integrity), *integrity.routes()],
+                    [*self.extra_routes(integrity), *integrity.routes(), *self._console(svc, operators)],
                     operators=operators,
                     health=integrity.health,
                 ),
@@ -497,6 +498,21 @@ class Daemon:
     def _stop_runs(self) -> None:
         for run in list(self.active.values()):
             run.stopping.set()
+
+    def _console(self, svc: RunServices, operators: Operators) -> list[Route]:
+        """The operator's console (``/ops/``) and ``GET /`` (a redirect to the public page)."""
+        from rollwatch.web.console import Console, root_redirect
+
+        scheduler = self.scheduler
+        console = Console(
+            svc.store,
+            svc.projections,
+            self.config,
+            operators,
+            problem_sets=svc.problem_sets,
+            next_fires=(lambda: scheduler.next_fires) if scheduler is not None else None,
+        )
+        return [Route("/", root_redirect, methods=["GET"]), *console.routes()]
 
     def extra_routes(self, integrity: Integrity | None = None) -> list[Route]:
         """Routes beyond /healthz and /metrics: the subscriber feed and the public release
