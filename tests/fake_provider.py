@@ -11,6 +11,7 @@ can count what the provider served (and would bill).
 from __future__ import annotations
 
 import json
+import os
 import socket
 import sys
 import time
@@ -24,6 +25,8 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 PORT_FILE, LOG, DELAY = sys.argv[1], sys.argv[2], float(sys.argv[3]) if len(sys.argv) > 3 else 0.05
+# The answer's text: FAKE_PROVIDER_ANSWER when set (hostile text for the console's tests).
+ANSWER = os.environ.get("FAKE_PROVIDER_ANSWER") or "```python\ndef solve():\n    return 42\n```"
 
 
 async def chat(request: Request) -> JSONResponse:
@@ -44,7 +47,7 @@ async def chat(request: Request) -> JSONResponse:
                     "finish_reason": "stop",
                     "message": {
                         "role": "assistant",
-                        "content": "```python\ndef solve():\n    return 42\n```",
+                        "content": ANSWER,
                     },
                 }
             ],
@@ -62,8 +65,6 @@ def main() -> None:
     server = uvicorn.Server(config)
     with open(PORT_FILE + ".tmp", "w") as f:
         f.write(str(port))
-    import os
-
     os.replace(PORT_FILE + ".tmp", PORT_FILE)
     server.run(sockets=[sock])
 

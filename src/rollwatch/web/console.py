@@ -24,6 +24,7 @@ import hmac
 import json
 import re
 import secrets
+import urllib.parse
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -64,6 +65,7 @@ _HEADERS = {
 _ACTIONS = {"pause": e.SchedulePaused, "resume": e.ScheduleResumed, "trigger": e.ScheduleTriggered}
 _RUNS_SHOWN = 200
 _NOTE_MAX = 500
+_FORM_MAX = 8192
 
 
 def natural_key(s: str) -> tuple[tuple[int, int | str], ...]:
@@ -426,15 +428,21 @@ class Console:
             != "application/x-www-form-urlencoded"
         ):
             raise BadRequest("send the console's form (application/x-www-form-urlencoded)")
+        size = request.headers.get("content-length", "")
+        if not size.isascii() or not size.isdigit() or int(size) > _FORM_MAX:
+            raise BadRequest(f"send the console's form: Content-Length up to {_FORM_MAX} bytes")
         body = await request.body()
-        if len(body) > 8192:
-            raise BadRequest("form too large")
-        form = await request.form()
-        token = form.get("token")
-        if not isinstance(token, str) or not hmac.compare_digest(token, self.token()):
+        if len(body) > _FORM_MAX:
+            raise BadRequest(f"form larger than {_FORM_MAX} bytes")
+        # Parsed here rather than by Starlette's request.form(), which needs python-multipart.
+        try:
+            form = urllib.parse.parse_qs(body.decode(), keep_blank_values=True, strict_parsing=bool(body))
+        except (UnicodeDecodeError, ValueError):
+            raise BadRequest("the form is not valid application/x-www-form-urlencoded UTF-8") from None
+        token = form.get("token", [""])[-1]
+        if not hmac.compare_digest(token.encode(), self.token().encode()):
             raise Forbidden("missing or stale console form token; reload the page")
-        note = form.get("note", "")
-        note = note.strip()[:_NOTE_MAX] if isinstance(note, str) else ""
+        note = form.get("note", [""])[-1].strip()[:_NOTE_MAX]
         if name not in {s.name for s in self.config.schedules}:
             raise NotFound(f"no schedule {name[:80]!r}")
         recs = await self.store.append(schedule_stream(name), [cls(schedule=name, note=note)])
