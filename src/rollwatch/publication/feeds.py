@@ -258,6 +258,7 @@ def html_page(view: PublicView, *, embargo_s: float) -> str:
     parts = [
         "<!doctype html><html lang=en><head><meta charset=utf-8>",
         '<meta name=viewport content="width=device-width,initial-scale=1">',
+        '<link rel=icon href="data:,">',
         f"<title>{_e(TITLE)}</title><style>{_CSS}</style>",
         '<link rel=alternate type="application/feed+json" href="feed.json" title="JSON Feed">',
         '<link rel=alternate type="application/atom+xml" href="feed.atom" title="Atom">',

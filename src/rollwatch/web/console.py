@@ -59,7 +59,7 @@ _CSP = (
 _HEADERS = {
     "Content-Security-Policy": _CSP,
     "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
+    "Referrer-Policy": "same-origin",  # no-referrer would make form POSTs send Origin: null
     "Cache-Control": "no-store",
 }
 _ACTIONS = {"pause": e.SchedulePaused, "resume": e.ScheduleResumed, "trigger": e.ScheduleTriggered}
@@ -381,7 +381,8 @@ class Console:
 
     async def schedules(self, request: Request) -> Response:
         """Each schedule: state, next fire, last outcome, skipped and missed fires, actions."""
-        params.query(request, set())
+        q = params.query(request, {"done", "schedule"})
+        done = {"done": q["done"], "schedule": q.get("schedule", "")} if q.get("done") in _ACTIONS else {}
         from rollwatch.scheduler import ScheduleState, load_states, make_trigger, next_fire
 
         await self._current()
@@ -412,7 +413,7 @@ class Console:
                     "note": st.note,
                 }
             )
-        return self._page("ops/schedules.html", schedules=rows, title="Schedules", done=request.query_params)
+        return self._page("ops/schedules.html", schedules=rows, title="Schedules", done=done)
 
     async def schedule_action(self, request: Request) -> Response:
         """POST ``/ops/schedules/{name}/{action}``: append the CLI's event for that action."""
@@ -447,7 +448,9 @@ class Console:
             raise NotFound(f"no schedule {name[:80]!r}")
         recs = await self.store.append(schedule_stream(name), [cls(schedule=name, note=note)])
         log.info("console_schedule_action", schedule=name, action=action, seq=recs[0].seq)
-        return RedirectResponse(f"/ops/schedules?done={action}&schedule={name}", 303)
+        return RedirectResponse(
+            f"/ops/schedules?{urllib.parse.urlencode({'done': action, 'schedule': name})}", 303
+        )
 
     async def subscribers(self, request: Request) -> Response:
         """Subscribers: names, scopes, key prefix, expiry, revocation; never a key or its hash."""

@@ -30,14 +30,16 @@
     });
     if (ended) { window.location.reload(); }
   }
+  var wait = 0; // the first poll answers at once (the page may be stale already), then long polls
   function poll() {
-    fetch("/ops/progress?after=" + after + "&wait=25", { credentials: "same-origin", cache: "no-store" })
+    fetch("/ops/progress?after=" + after + "&wait=" + wait, { credentials: "same-origin", cache: "no-store" })
       .then(function (resp) {
         if (!resp.ok) { throw new Error("HTTP " + resp.status); }
         return resp.json();
       })
       .then(function (data) {
         after = data.head;
+        wait = 25;
         state.textContent = "live at seq " + after;
         apply(data);
         setTimeout(poll, 250);
