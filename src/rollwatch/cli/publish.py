@@ -228,7 +228,13 @@ def publish_export(ctx: Context, directory: Path, base_url: str | None) -> None:
             # Items carry inclusion proofs against the tree of the log as it is now.
             await tree.catch_up(store)
             s = await export_public(
-                store, pdb, directory, base_url=base, embargo_s=config.publication.embargo, tree=tree
+                store,
+                pdb,
+                directory,
+                base_url=base,
+                embargo_s=config.publication.embargo,
+                embargo_counts=config.publication.embargo_counts,
+                tree=tree,
             )
             return f"wrote {s.files} files to {s.directory} ({s.released} released results)"
 

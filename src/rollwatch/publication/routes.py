@@ -321,6 +321,7 @@ class PublicationAPI:
                 self.pdb,
                 now=datetime.now(UTC),
                 embargo_default=self.config.publication.embargo,
+                embargo_counts=self.config.publication.embargo_counts,
             )
             self._view = (key, time.monotonic(), v)
             self._renders.clear()

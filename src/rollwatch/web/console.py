@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import re
 import secrets
 import urllib.parse
 from collections.abc import Awaitable, Callable, Mapping
@@ -30,7 +29,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-import jinja2
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
@@ -43,6 +41,9 @@ from rollwatch.report.stats import wilson
 from rollwatch.scoring.extract import extract_code
 from rollwatch.web import params
 from rollwatch.web.access import Operators, bearer_key
+from rollwatch.web.render import natural_key, templates
+from rollwatch.web.render import pct as _pct
+from rollwatch.web.render import usd as _usd
 
 if TYPE_CHECKING:
     from rollwatch.abc import EventStore
@@ -66,36 +67,6 @@ _ACTIONS = {"pause": e.SchedulePaused, "resume": e.ScheduleResumed, "trigger": e
 _RUNS_SHOWN = 200
 _NOTE_MAX = 500
 _FORM_MAX = 8192
-
-
-def natural_key(s: str) -> tuple[tuple[int, int | str], ...]:
-    """Sort key putting ``p2`` before ``p10`` (numbers compared as numbers)."""
-    return tuple((0, int(p)) if p.isdigit() else (1, p) for p in re.split(r"(\d+)", s) if p)
-
-
-def _pct(x: float | None) -> str:
-    return "–" if x is None else f"{100 * x:.1f}%"
-
-
-def _usd(x: float | None) -> str:
-    return "–" if x is None else f"${x:,.4f}" if x < 1 else f"${x:,.2f}"
-
-
-def _when(at: str | None) -> str:
-    return "–" if not at else at.replace("T", " ")[:19]
-
-
-def templates() -> jinja2.Environment:
-    """The console's (and the public page's) template environment, autoescaping on."""
-    env = jinja2.Environment(
-        loader=jinja2.PackageLoader("rollwatch.web", "templates"),
-        autoescape=True,  # every template is HTML; model text must never become markup
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-    )
-    env.filters.update(pct=_pct, usd=_usd, when=_when)
-    return env
 
 
 @dataclass(frozen=True, slots=True)
