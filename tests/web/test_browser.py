@@ -194,3 +194,75 @@ def test_pages_fit_a_phone(daemon: Daemon, phone: Watched, tmp_path: Path) -> No
     phone.page.goto(daemon.url + "/ops/")
     phone.page.screenshot(path=str(_shots(tmp_path) / "console-phone.png"), full_page=True)
     assert phone.errors == []
+
+
+@pytest.mark.parametrize("width", [1280, 390])
+def test_public_page_stays_readable_at_200_problems_and_20_models(
+    browser: Browser, width: int, tmp_path: Path
+) -> None:
+    """A public page of 200 problems × 20 models: the page itself never scrolls sideways, the
+    problem table scrolls inside its box with the problem column and model header in view,
+    problems in natural order."""
+    from datetime import UTC, datetime
+
+    from rollwatch.publication.feeds import html_page
+    from rollwatch.publication.public import ModelRow, Point, PublicView, Series
+
+    now = datetime(2026, 11, 30, tzinfo=UTC)
+    models = [
+        ModelRow("prov", f"model-with-a-long-name-{i}", released=40, problems_solved=30) for i in range(20)
+    ]
+    problems = [f"p{i}" for i in range(1, 201)]
+    cells = {
+        ("prov", m.model, p): (1 + (i + j) % 3, "2026-11-01T00:00:00Z")
+        for i, m in enumerate(models)
+        for j, p in enumerate(problems)
+        if (i * 7 + j) % 4 == 0
+    }
+    series = [
+        Series(
+            "prov",
+            m.model,
+            [
+                Point(at="", ts=now.timestamp() - 86400 * d, run_id=f"r{d}", rollouts=20, passed=(i + d) % 20)
+                for d in range(0, 730, 30)
+            ],
+        )
+        for i, m in enumerate(models[:6])
+    ]
+    view = PublicView(
+        generated_at=now,
+        total_released=800,
+        recent=[],
+        models=models,
+        problems=problems,
+        cells=cells,
+        series=series,
+    )
+    ctx = browser.new_context(viewport={"width": width, "height": 900})
+    try:
+        page = Watched(ctx.new_page())
+        page.page.set_content(html_page(view, embargo_s=90 * 86400))
+        assert page.page.evaluate("document.documentElement.scrollWidth") <= width
+        box = page.page.locator(".heat")
+        # the table scrolls inside its box: down always, sideways where 20 columns do not fit
+        assert box.evaluate("e => e.scrollHeight > e.clientHeight")
+        assert box.evaluate("e => e.scrollWidth > e.clientWidth") == (width < 800)
+        assert box.evaluate("e => e.clientHeight") < 900
+        rows = page.page.locator("#by-problem tbody th.p").all_inner_texts()
+        assert rows[:3] == ["p1", "p2", "p3"]
+        assert rows[9:11] == ["p10", "p11"]
+        assert len(rows) == 200
+        # scrolled to the far corner, the problem column and the model header stay in view
+        box.evaluate("e => { e.scrollTop = e.scrollHeight; e.scrollLeft = e.scrollWidth; }")
+        first_col = page.page.locator("#by-problem tbody tr:last-child th.p").bounding_box()
+        heat = box.bounding_box()
+        assert first_col is not None
+        assert heat is not None
+        assert abs(first_col["x"] - heat["x"]) < 2
+        if width == 1280:
+            box.evaluate("e => { e.scrollTop = 0; e.scrollLeft = 0; }")
+            page.page.screenshot(path=str(_shots(tmp_path) / "public-200x20.png"), full_page=False)
+        assert page.errors == []
+    finally:
+        ctx.close()
