@@ -11,7 +11,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from rollwatch.web.console import Rate, natural_key
+from rollwatch.web.console import Rate
+from rollwatch.web.render import natural_key
 from tests.test_daemon import events, wait_until
 from tests.web.opsd import Daemon, running_daemon
 
@@ -141,8 +142,13 @@ class TestPages:
                 assert f"<td>{seq}</td><td>{typ}</td>" in r.text
 
     def test_subscribers_page_never_shows_a_key(self, daemon: Daemon) -> None:
-        """Names and scopes are listed; neither key nor key hash appears."""
+        """Names, scopes and last use are listed; neither key nor key hash appears."""
+        assert httpx.get(
+            daemon.url + "/v1/feed", headers={"Authorization": f"Bearer {daemon.feed_key}"}
+        ).is_success
         r = httpx.get(daemon.url + "/ops/subscribers")
+        row = r.text.split("<td>feed-user</td>")[1].split("</tr>")[0]
+        assert re.search(r"<td>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d</td>", row), row
         assert r.status_code == 200
         assert "ops-user" in r.text
         assert "feed-user" in r.text

@@ -103,14 +103,17 @@ class Console:
         *,
         problem_sets: Mapping[str, ProblemSetLike] | None = None,
         next_fires: Callable[[], Mapping[str, datetime | None]] | None = None,
+        last_used: Callable[[], Mapping[str, datetime]] | None = None,
     ) -> None:
-        """``next_fires``: the scheduler's own next fire times (computed here when absent)."""
+        """``next_fires``: the scheduler's own next fire times (computed here when absent);
+        ``last_used``: when each subscriber's key last opened a route (this process)."""
         self.store = store
         self.pdb = pdb
         self.config = config
         self.operators = operators
         self.problem_sets = problem_sets or {}
         self.next_fires = next_fires
+        self.last_used = last_used or dict
         self.env = templates()
         self._secret = secrets.token_bytes(32)
 
@@ -430,8 +433,10 @@ class Console:
         rows = await self.pdb.fetchall(
             "SELECT name, scopes, key_prefix, expires, added_at, revoked_at, note FROM pub_subscribers ORDER BY name"
         )
+        used = self.last_used()
         subs = [
             {
+                "last_used": used[n].isoformat(timespec="seconds") if n in used else None,
                 "name": n,
                 "scopes": ", ".join(json.loads(sc or "[]")),
                 "prefix": prefix,
