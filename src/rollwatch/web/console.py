@@ -458,7 +458,9 @@ class Console:
         if head <= after and wait > 0:
             head = await self.store.wait_for_new(after, wait)
         await self._current()
-        rows = await self._run_rows("WHERE status = 'running' OR finished_at IS NULL", (), 50)
+        # As many as the runs page can show (200), so that no row shown as running is missed
+        # (the page reloads when one it shows as running is no longer listed).
+        rows = await self._run_rows("WHERE status = 'running' OR finished_at IS NULL", (), 2 * _RUNS_SHOWN)
         return JSONResponse(
             {
                 "head": head,
