@@ -25,6 +25,14 @@ system:
 			|| echo "warning: could not install bubblewrap; the sandbox needs unshare and root"; \
 		else echo "warning: bubblewrap is not installed; the sandbox needs unshare and root"; fi; \
 	fi
+	@# The browser tests (tests/web/test_browser.py) drive Debian's chromium through Playwright;
+	@# Playwright's own browser download is never used (no downloads outside the registries).
+	@if [ ! -x /usr/bin/chromium ]; then \
+		if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+			(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) \
+			|| echo "warning: could not install chromium; the browser tests will fail"; \
+		else echo "warning: /usr/bin/chromium is missing (apt-get install chromium); the browser tests will fail"; fi; \
+	fi
 	@cg=$$(awk '{for (i = 7; i < NF; i++) if ($$i == "-") { if ($$(i + 1) == "cgroup2") { print $$5; exit } break }}' /proc/self/mountinfo); \
 	if [ -z "$$cg" ]; then echo "note: no cgroup v2 here: memory and processes are limited per process, not per sample"; \
 	else for c in memory pids; do grep -qw $$c "$$cg/cgroup.controllers" 2>/dev/null \

@@ -45,6 +45,9 @@ async def models(request: Request) -> JSONResponse:
 REJECTED_KEY = "sk-rejected"
 """A key this server refuses with 401, as OpenAI refuses a revoked key."""
 
+# The answer's text: FAKE_PROVIDER_ANSWER when set (hostile text for the console's tests).
+ANSWER = os.environ.get("FAKE_PROVIDER_ANSWER") or "```python\ndef solve():\n    return 42\n```"
+
 
 async def chat(request: Request) -> JSONResponse:
     if request.headers.get("authorization") == f"Bearer {REJECTED_KEY}":
@@ -79,7 +82,7 @@ async def chat(request: Request) -> JSONResponse:
                     "finish_reason": "stop",
                     "message": {
                         "role": "assistant",
-                        "content": "```python\ndef solve():\n    return 42\n```",
+                        "content": ANSWER,
                     },
                 }
             ],

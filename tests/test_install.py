@@ -34,3 +34,15 @@ def test_make_install_is_a_real_install_without_dev_tools(tmp_path: Path) -> Non
     assert "serve" in out.stdout
     assert (prefix / "rollwatch.service").is_file()
     assert (prefix / "README.md").is_file()
+    # The console's templates and assets ship inside the package (package data).
+    subprocess.run(
+        [
+            str(bin_ / "python"),
+            "-c",
+            "from importlib.resources import files; from rollwatch.web.render import templates;"
+            " [templates().get_template(t) for t in ('ops/runs.html', 'ops/rollout.html', 'public/index.html')];"
+            " assert (files('rollwatch.web') / 'static' / 'console.js').is_file()",
+        ],
+        cwd=tmp_path,
+        check=True,
+    )

@@ -171,6 +171,9 @@ class PublicationConfig(_Strict):
     positive: Literal["passed"] = "passed"
     release_check: Duration = 1.0
     """How often the release job looks for decisions whose embargo has passed."""
+    embargo_counts: bool = True
+    """Whether the public page announces, per model, how many problems are solved under
+    embargo and when the next release is due (counts only; off for operators who sell them)."""
 
 
 class ScoringConfig(_Strict):

@@ -46,6 +46,8 @@ from rollwatch.scheduler import Scheduler, cannot_run
 from rollwatch.store import open_store
 
 if TYPE_CHECKING:
+    from rollwatch.publication.keys import SubscriberDirectory
+    from rollwatch.web.access import Operators
     from rollwatch.web.server import HTTPServer
 
 log = get_logger(__name__)
@@ -471,13 +473,18 @@ class Daemon:
                 open_integrity(self.config.integrity, self.config.store, svc.store, self.config.node)
             )
             self.metrics.witnessed = integrity.witnessed if integrity.witnessing is not None else None
-            operators = Operators(
-                self.config.server.trusted_peers, SubscriberDirectory(svc.store, svc.projections)
-            )
+            # One directory of keys for the feed, the operator's routes and the console
+            # (which shows each key's last use).
+            directory = SubscriberDirectory(svc.store, svc.projections)
+            operators = Operators(self.config.server.trusted_peers, directory)
             http = self.http = HTTPServer(
                 build_app(
                     self.metrics,
-                    [*self.extra_routes(integrity), *integrity.routes(operators)],
+                    [
+                        *self.extra_routes(integrity, directory),
+                        *integrity.routes(operators),
+                        *self._console(svc, operators, directory),
+                    ],
                     operators=operators,
                     health=integrity.health,
                     cannot_run=lambda: cannot_run(self.config, svc.providers, svc.problem_sets),
@@ -564,8 +571,26 @@ class Daemon:
         for run in list(self.active.values()):
             run.stopping.set()
 
-    def extra_routes(self, integrity: Integrity | None = None) -> list[Route]:
+    def _console(self, svc: RunServices, operators: Operators, directory: SubscriberDirectory) -> list[Route]:
+        """The operator's console (``/ops/``) and ``GET /`` (a redirect to the public page)."""
+        from rollwatch.web.console import Console, root_redirect
+
+        scheduler = self.scheduler
+        console = Console(
+            svc.store,
+            svc.projections,
+            self.config,
+            operators,
+            problem_sets=svc.problem_sets,
+            next_fires=(lambda: scheduler.next_fires) if scheduler is not None else None,
+            last_used=lambda: directory.last_used,
+        )
+        return [Route("/", root_redirect, methods=["GET"]), *console.routes()]
+
+    def extra_routes(
+        self, integrity: Integrity | None = None, subscribers: SubscriberDirectory | None = None
+    ) -> list[Route]:
         """Routes beyond /healthz and /metrics: the subscriber feed and the public release
         (whose items carry inclusion proofs when ``integrity`` is given)."""
         assert self.services is not None
-        return publication_routes(self.services, self.metrics, integrity)
+        return publication_routes(self.services, self.metrics, integrity, subscribers)

@@ -10,11 +10,18 @@ from __future__ import annotations
 from rollwatch.projections import Projection, RunsProjection, SchedulesProjection
 from rollwatch.publication.projections import publication_projections
 from rollwatch.report.views import ReleasesProjection
+from rollwatch.web.console_model import ConsoleRunsProjection
 
 
 def default_projections() -> list[Projection]:
     """Every read model rollwatch keeps, in the order one catch-up applies them."""
-    return [RunsProjection(), SchedulesProjection(), *publication_projections(), ReleasesProjection()]
+    return [
+        RunsProjection(),
+        SchedulesProjection(),
+        *publication_projections(),
+        ReleasesProjection(),
+        ConsoleRunsProjection(),
+    ]
 
 
 def report_projections() -> list[Projection]:

@@ -251,6 +251,7 @@ def publish_export(ctx: Context, directory: Path, base_url: str | None) -> None:
                 directory,
                 base_url=base,
                 embargo_s=config.publication.embargo,
+                embargo_counts=config.publication.embargo_counts,
                 tree=tree,
                 vkey=await _vkey(config, store),
                 cosigned=config.integrity.state_dir(config.store) / "checkpoint.cosigned",

@@ -67,6 +67,7 @@ async def export_public(
     *,
     base_url: str,
     embargo_s: float,
+    embargo_counts: bool = True,
     now: datetime | None = None,
     tree: MerkleTree | None = None,
     vkey: str | None = None,
@@ -84,7 +85,7 @@ async def export_public(
         base_url += "/"
     await caught_up(store, pdb)
     now = now or datetime.now(UTC)
-    view = await public_view(store, pdb, now=now, embargo_default=embargo_s)
+    view = await public_view(store, pdb, now=now, embargo_default=embargo_s, embargo_counts=embargo_counts)
     proofs = None
     bundles = None
     checkpoint = None

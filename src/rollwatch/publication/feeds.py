@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import html
 import json
+import math
 import re
 import uuid
 import xml.etree.ElementTree as ET
@@ -21,7 +22,10 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
+from markupsafe import Markup
+
 from rollwatch.publication.public import PublicView, Released, Series
+from rollwatch.web.render import natural_key, templates
 
 TITLE = "rollwatch: released results"
 ATOM_NS = "http://www.w3.org/2005/Atom"
@@ -204,14 +208,77 @@ def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.1f}%"
 
 
-def svg_chart(series: list[Series], width: int = 760, height: int = 320) -> str:
-    """Pass rate per disclosed run over time, one line per provider/model, as inline SVG."""
-    left, right, top, bottom = 48, 200, 16, 40
-    pw, ph = width - left - right, height - top - bottom
+# Tick steps for the time axis, smallest first: (seconds, label format). The axis takes
+# the smallest step that gives at most six ticks, placed on whole steps (midnight, the
+# hour, the 1st of a month), so no two ticks can carry the same label.
+_DAY = 86400
+_STEPS: tuple[tuple[float, str], ...] = (
+    (60, "%H:%M"),
+    (300, "%H:%M"),
+    (900, "%H:%M"),
+    (3600, "%H:%M"),
+    (3 * 3600, "%m-%d %H:%M"),
+    (6 * 3600, "%m-%d %H:%M"),
+    (12 * 3600, "%m-%d %H:%M"),
+    (_DAY, "%m-%d"),
+    (2 * _DAY, "%m-%d"),
+    (7 * _DAY, "%Y-%m-%d"),
+    (14 * _DAY, "%Y-%m-%d"),
+)
+_MONTHS = (1, 2, 3, 6, 12, 24, 60)
+
+
+def time_ticks(t0: float, t1: float, most: int = 6) -> list[tuple[float, str]]:
+    """Ticks for a time axis from ``t0`` to ``t1`` (epoch seconds): at most ``most``, on whole
+    minutes, hours, days or months, each label distinct."""
+    span = t1 - t0
+    for step, fmt in _STEPS:
+        if span / step <= most - 1:
+            first = math.ceil(t0 / step) * step
+            ticks = [first + i * step for i in range(int((t1 - first) // step) + 1)]
+            return _distinct([(t, datetime.fromtimestamp(t, UTC).strftime(fmt)) for t in ticks])
+    months = next((k for k in _MONTHS if span / (k * 30.44 * _DAY) <= most - 1), _MONTHS[-1])
+    start = datetime.fromtimestamp(t0, UTC)
+    m = -(-(start.year * 12 + start.month - 1) // months) * months  # a whole multiple of the step
+
+    def month(i: int) -> datetime:
+        return datetime(i // 12, i % 12 + 1, 1, tzinfo=UTC)
+
+    while month(m).timestamp() < t0:
+        m += months
+    out = []
+    while month(m).timestamp() <= t1:
+        out.append((month(m).timestamp(), month(m).strftime("%Y" if months >= 12 else "%Y-%m")))
+        m += months
+    return _distinct(out)
+
+
+def _distinct(ticks: list[tuple[float, str]]) -> list[tuple[float, str]]:
+    seen: set[str] = set()
+    out = []
+    for t, label in ticks:
+        if label not in seen:
+            seen.add(label)
+            out.append((t, label))
+    return out
+
+
+def svg_chart(series: list[Series], width: int = 760, height: int = 340) -> str:
+    """Pass rate per disclosed run over time, one line per provider/model, as inline SVG.
+
+    Each axis is labelled once (its title), its ticks on whole units of time; the legend
+    sits below the plot so that long model names never squeeze it.
+    """
+    left, right, top, bottom = 56, 16, 16, 56
+    legend_rows = (len(series) + 2) // 3
+    height += 18 * legend_rows
+    pw, ph = width - left - right, height - top - bottom - 18 * legend_rows
     out = [
         f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" width="{width}"'
         f' height="{height}" role="img" aria-label="Pass rate over time by model">',
         f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="#fff" stroke="#ccc"/>',
+        f'<text x="14" y="{top + ph / 2:.1f}" font-size="12" text-anchor="middle"'
+        f' transform="rotate(-90 14 {top + ph / 2:.1f})">pass rate</text>',
     ]
     for i in range(5):
         gy = top + ph - ph * i / 4
@@ -227,8 +294,8 @@ def svg_chart(series: list[Series], width: int = 760, height: int = 320) -> str:
         return "".join(out)
     t0 = min(p.ts for p in points)
     t1 = max(p.ts for p in points)
-    if t1 - t0 < 1:
-        t0, t1 = t0 - 43200, t1 + 43200
+    pad = max((t1 - t0) * 0.03, 1800.0)
+    t0, t1 = t0 - pad, t1 + pad
 
     def x(ts: float) -> float:
         return left + pw * (ts - t0) / (t1 - t0)
@@ -236,14 +303,17 @@ def svg_chart(series: list[Series], width: int = 760, height: int = 320) -> str:
     def y(rate: float) -> float:
         return top + ph - ph * rate
 
-    short = t1 - t0 < 3 * 86400
-    for i in range(5):
-        ts = t0 + (t1 - t0) * i / 4
-        when = datetime.fromtimestamp(ts, UTC)
-        label = when.strftime("%m-%d %H:%M") if short else when.strftime("%Y-%m-%d")
+    for ts, label in time_ticks(t0, t1):
         out.append(
-            f'<text x="{x(ts):.1f}" y="{top + ph + 16}" font-size="11" text-anchor="middle">{label}</text>'
+            f'<line x1="{x(ts):.1f}" y1="{top + ph}" x2="{x(ts):.1f}" y2="{top + ph + 4}" stroke="#999"/>'
         )
+        out.append(
+            f'<text x="{x(ts):.1f}" y="{top + ph + 17}" font-size="11" text-anchor="middle">{_e(label)}</text>'
+        )
+    out.append(
+        f'<text x="{left + pw / 2:.1f}" y="{top + ph + 36}" font-size="12" text-anchor="middle">'
+        "run finished (UTC)</text>"
+    )
     for i, s in enumerate(series):
         color = _PALETTE[i % len(_PALETTE)]
         coords = " ".join(f"{x(p.ts):.1f},{y(p.rate):.1f}" for p in s.points)
@@ -255,90 +325,50 @@ def svg_chart(series: list[Series], width: int = 760, height: int = 320) -> str:
                 f'<circle cx="{x(p.ts):.1f}" cy="{y(p.rate):.1f}" r="3.5" fill="{color}">'
                 f"<title>{_e(tip)}</title></circle>"
             )
-        ly = top + 14 + 18 * i
-        out.append(f'<rect x="{left + pw + 12}" y="{ly - 9}" width="12" height="12" fill="{color}"/>')
-        out.append(f'<text x="{left + pw + 30}" y="{ly + 1}" font-size="12">{_e(s.label)}</text>')
+        lx = left + (i % 3) * (pw / 3)
+        ly = top + ph + 54 + 18 * (i // 3)
+        out.append(f'<rect x="{lx:.1f}" y="{ly - 9}" width="12" height="12" fill="{color}"/>')
+        out.append(f'<text x="{lx + 18:.1f}" y="{ly + 1}" font-size="12">{_e(s.label[:40])}</text>')
     out.append("</svg>")
     return "".join(out)
 
 
+def release_groups(recent: list[Released]) -> list[tuple[str, list[tuple[str, list[Released]]]]]:
+    """Recent releases by day (newest first), then by provider/model, problems in natural order."""
+    days: dict[str, dict[str, list[Released]]] = {}
+    for r in recent:
+        days.setdefault(_day(r.released_at), {}).setdefault(f"{r.provider}/{r.model}", []).append(r)
+    return [
+        (
+            d,
+            [
+                (label, sorted(items, key=lambda r: (natural_key(r.problem_id), r.sample)))
+                for label, items in sorted(models.items())
+            ],
+        )
+        for d, models in sorted(days.items(), reverse=True)
+    ]
+
+
 def html_page(view: PublicView, *, embargo_s: float, witnessed: str | None = None) -> str:
-    """The public page: what is measured, results by model and problem, the chart, recent releases.
+    """The public page: what is measured, the evidence, counts under embargo, the chart, results
+    by model and problem, recent releases by day and model (``templates/public/index.html``).
 
     ``witnessed``: a sentence on the latest witnessed checkpoint (how fresh it is).
     """
     days = embargo_s / 86400
     embargo = f"{days:g} days" if days >= 1 else f"{embargo_s:g} seconds"
-    parts = [
-        "<!doctype html><html lang=en><head><meta charset=utf-8>",
-        '<meta name=viewport content="width=device-width,initial-scale=1">',
-        f"<title>{_e(TITLE)}</title><style>{_CSS}</style>",
-        '<link rel=alternate type="application/feed+json" href="feed.json" title="JSON Feed">',
-        '<link rel=alternate type="application/atom+xml" href="feed.atom" title="Atom">',
-        "</head><body>",
-        f"<h1>{_e(TITLE)}</h1>",
-        "<h2>What is measured</h2>",
-        "<p>rollwatch sends a fixed set of programming problems to large language models, many times "
-        "each (rollouts), on a schedule. Every answer is scored by running its code against the "
-        "problem's tests in a sandbox. Every request, answer, score and publication decision is "
-        "appended to a hash-chained, append-only log.</p>",
-        f"<p>Solved problems are released here after an embargo (currently {_e(embargo)}; each "
-        "result keeps the embargo in force when it was scored). Failed attempts are never listed "
-        "one by one; they count in the pass rates of runs whose results are all released.</p>",
-        f"<p class=muted>{view.total_released} released results. Updated "
-        f'{_e(view.updated or "never")}. Feeds: <a href="feed.json">JSON Feed</a>, '
-        '<a href="feed.atom">Atom</a>; all results: <a href="results.jsonl">results.jsonl</a>.</p>',
-        "<h2>Evidence</h2>",
-        "<p>Every event goes into a Merkle tree whose signed checkpoints are public the moment they "
-        "are signed, and are cosigned by independent witnesses: a result is committed to on the day "
-        "it was scored, long before it is released here. Each result's page (<code>rollouts/ID.json"
-        "</code>) carries the log's events behind it (the request, the answer, the score, the "
-        "publication decision and the release) with inclusion proofs against one signed checkpoint. "
-        'The log is served as a C2SP tlog-tiles log: <a href="checkpoint">checkpoint</a>, '
-        '<a href="key">key</a>, <code>tile/&lt;L&gt;/&lt;N&gt;</code>.</p>',
-        f"<p class=muted>{_e(witnessed)}</p>" if witnessed else "",
-        "<h2>Pass rate over time</h2>",
-        "<p class=muted>Each point is one run of one model: the share of its rollouts that passed.</p>",
-        svg_chart(view.series),
-        "<h2>By model</h2>",
-    ]
-    if view.models:
-        parts.append(
-            "<table><tr><th>provider</th><th>model</th><th>released solutions</th>"
-            "<th>problems solved</th><th>pass rate (disclosed runs)</th><th>rollouts</th>"
-            "<th>first release</th><th>latest release</th></tr>"
+    return (
+        templates()
+        .get_template("public/index.html")
+        .render(
+            title=TITLE,
+            view=view,
+            witnessed=witnessed,
+            embargo=embargo,
+            chart=Markup(svg_chart(view.series)),  # noqa: S704 (svg_chart escapes every text it draws)
+            groups=release_groups(view.recent),
+            summary_of=summary_of,
+            quote=lambda s: quote(s, safe=""),
         )
-        for m in view.models:
-            parts.append(
-                f"<tr><td>{_e(m.provider)}</td><td>{_e(m.model)}</td><td class=n>{m.released}</td>"
-                f"<td class=n>{m.problems_solved}</td><td class=n>{_pct(m.pass_rate)}</td>"
-                f"<td class=n>{m.disclosed_rollouts}</td><td>{_day(m.first_released_at)}</td>"
-                f"<td>{_day(m.last_released_at)}</td></tr>"
-            )
-        parts.append("</table>")
-    else:
-        parts.append("<p>Nothing released yet.</p>")
-    if view.problems:
-        parts.append("<h2>By model and problem</h2>")
-        parts.append("<p class=muted>Released solutions, and the day of the first.</p>")
-        parts.append(
-            "<table><tr><th>model</th>" + "".join(f"<th>{_e(p)}</th>" for p in view.problems) + "</tr>"
-        )
-        for m in view.models:
-            row = [f"<tr><th>{_e(m.provider)}/{_e(m.model)}</th>"]
-            for p in view.problems:
-                cell = view.cells.get((m.provider, m.model, p))
-                row.append(f"<td>{cell[0]} ({_day(cell[1])})</td>" if cell else "<td>-</td>")
-            parts.append("".join(row) + "</tr>")
-        parts.append("</table>")
-    if view.recent:
-        parts.append("<h2>Recent releases</h2>")
-        for r in view.recent:
-            parts.append(
-                f'<details id="rollout-{_e(r.rollout_id)}"><summary>{_e(_day(r.released_at))} '
-                f"{_e(title_of(r))}</summary><p>{_e(summary_of(r))} "
-                f'<a href="rollouts/{_e(quote(r.rollout_id, safe=""))}.json">record</a></p>'
-                f"<pre>{_e(r.answer or '')}</pre></details>"
-            )
-    parts.append("</body></html>")
-    return "\n".join(parts)
+    )

@@ -179,6 +179,9 @@ class SubscriberDirectory:
     _cursor: int = 0
     _fresh_at: float = float("-inf")
     _lock: anyio.Lock = field(default_factory=anyio.Lock)
+    last_used: dict[str, datetime] = field(default_factory=dict)
+    """When each subscriber's key last opened a route, in this process (not in the log:
+    a read appends nothing). The console shows it."""
 
     async def refresh(self, *, force: bool = False) -> None:
         """Apply subscriber events appended since the last refresh (if older than ``max_age``)."""
@@ -278,4 +281,5 @@ class SubscriberDirectory:
         if match.expired(now):
             assert match.expires is not None
             return AuthResult(None, f"this API key expired at {rfc3339(match.expires)}")
+        self.last_used[match.name] = now
         return AuthResult(match)

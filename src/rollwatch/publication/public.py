@@ -23,6 +23,7 @@ from typing import Any
 from rollwatch.abc import EventStore
 from rollwatch.events import RolloutResponded, parse_rfc3339
 from rollwatch.projections import ProjectionDB
+from rollwatch.web.render import natural_key
 
 _COLUMNS = (
     "rollout_id, run_id, provider, model, problem_id, sample, score, cost_usd, scored_at,"
@@ -190,6 +191,25 @@ class ModelRow:
         return self.disclosed_passed / self.disclosed_rollouts if self.disclosed_rollouts else None
 
 
+@dataclass(frozen=True, slots=True)
+class Embargoed:
+    """What one provider and model solved that is still under embargo: counts only.
+
+    The public's evidence that results exist before their details may be shown (with
+    the signed checkpoint, that they existed on that date), and the denominator of
+    what will be released. ``publication.embargo_counts = false`` leaves it out.
+    """
+
+    provider: str
+    model: str
+    problems: int
+    """Distinct problems with at least one passing rollout still under embargo."""
+    solutions: int
+    """Passing rollouts still under embargo."""
+    next_release: str
+    """The earliest ``not_before`` among them (RFC 3339)."""
+
+
 @dataclass(slots=True)
 class PublicView:
     """Everything the public page and the feeds show."""
@@ -202,6 +222,8 @@ class PublicView:
     cells: dict[tuple[str, str, str], tuple[int, str]]
     """(provider, model, problem) -> (released solutions, first released at)."""
     series: list[Series]
+    embargoed: list[Embargoed] = field(default_factory=list)
+    """Per model, counts of what is solved but not yet released (empty when switched off)."""
 
     @property
     def updated(self) -> str | None:
@@ -216,8 +238,10 @@ async def public_view(
     now: datetime | None = None,
     embargo_default: float,
     recent: int = 100,
+    embargo_counts: bool = True,
 ) -> PublicView:
-    """The released results as of ``now`` (see the module docstring for what counts)."""
+    """The released results as of ``now`` (see the module docstring for what counts), and
+    with ``embargo_counts`` how many problems each model solved that are still embargoed."""
     now = now or datetime.now(UTC)
     ts = now.timestamp()
     cells_rows = await pdb.fetchall(
@@ -262,12 +286,28 @@ async def public_view(
         m.disclosed_passed += int(passed or 0)
     for s in series.values():
         s.points.sort(key=lambda p: (p.ts, p.run_id))
+    embargoed: list[Embargoed] = []
+    if embargo_counts:
+        # A public decision not yet in force (or not yet acted on by the release job):
+        # counted, never shown. Only passing rollouts get a public decision.
+        rows = await pdb.fetchall(
+            "SELECT provider, model, count(DISTINCT problem_id), count(*), min(not_before_ts), min(not_before)"
+            " FROM public_rollouts WHERE passed = 1 AND decided_seq IS NOT NULL"
+            " AND NOT (released_seq IS NOT NULL AND not_before_ts <= ?)"
+            " GROUP BY provider, model ORDER BY provider, model",
+            (ts,),
+        )
+        embargoed = [
+            Embargoed(provider=p, model=m, problems=int(np), solutions=int(n), next_release=nb)
+            for p, m, np, n, _, nb in rows
+        ]
     return PublicView(
         generated_at=now,
         total_released=total,
         recent=await recent_released(store, pdb, now, recent),
         models=sorted(models.values(), key=lambda m: (m.provider, m.model)),
-        problems=sorted(problems),
+        problems=sorted(problems, key=natural_key),
         cells=cells,
         series=sorted(series.values(), key=lambda s: s.label),
+        embargoed=embargoed,
     )

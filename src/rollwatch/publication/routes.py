@@ -159,8 +159,11 @@ class PublicationAPI:
         config: Config,
         metrics: Metrics | None = None,
         integrity: Integrity | None = None,
+        subscribers: SubscriberDirectory | None = None,
     ) -> None:
-        """``integrity``, when given, adds each item's inclusion proof to ``/public/feed.json``."""
+        """``integrity``, when given, adds each item's inclusion proof to ``/public/feed.json``;
+        ``subscribers``: the directory to check keys with (shared with the console, which
+        shows when each key was last used)."""
         names = {p.name for p in pdb.projections}
         missing = {"feed", "public"} - names
         if missing:
@@ -172,7 +175,7 @@ class PublicationAPI:
         self.pdb = pdb
         self.config = config
         self.metrics = metrics
-        self.subscribers = SubscriberDirectory(store, pdb)
+        self.subscribers = subscribers or SubscriberDirectory(store, pdb)
         self.limiter = RateLimiter(config.server.feed_rate_per_minute)
         self._catch_up_lock = anyio.Lock()
         self._view: tuple[tuple[int, ...], float, PublicView] | None = None
@@ -321,6 +324,7 @@ class PublicationAPI:
                 self.pdb,
                 now=datetime.now(UTC),
                 embargo_default=self.config.publication.embargo,
+                embargo_counts=self.config.publication.embargo_counts,
             )
             self._view = (key, time.monotonic(), v)
             self._renders.clear()
@@ -463,7 +467,10 @@ class PublicationAPI:
 
 
 def publication_routes(
-    services: ServicesLike, metrics: Metrics | None = None, integrity: Integrity | None = None
+    services: ServicesLike,
+    metrics: Metrics | None = None,
+    integrity: Integrity | None = None,
+    subscribers: SubscriberDirectory | None = None,
 ) -> list[Route]:
     """The routes of SPEC §6 that publication serves (subscriber API, public release, OpenAPI).
 
@@ -473,4 +480,6 @@ def publication_routes(
     ``/public/feed.json`` carries its leaf index and inclusion proof under ``_rollwatch``
     (see :mod:`rollwatch.publication.inclusion`), for ``rollwatch audit --item``.
     """
-    return PublicationAPI(services.store, services.projections, services.config, metrics, integrity).routes()
+    return PublicationAPI(
+        services.store, services.projections, services.config, metrics, integrity, subscribers
+    ).routes()

@@ -167,6 +167,13 @@ class FeedQuery(QueryModel):
     )
 
 
+class ProgressQuery(QueryModel):
+    """``/ops/progress`` (the console's long poll)."""
+
+    after: AsciiInt = Field(0, ge=0, le=MAX_SEQ, description="Answer once the log is past this seq.")
+    wait: Seconds = Field(0.0, ge=0, le=30.0, description="Long poll: wait up to this many seconds.")
+
+
 class ReportQuery(QueryModel):
     """``/v1/report``."""
 

@@ -1,0 +1,543 @@
+"""The operator's console (SPEC §7: ``GET /ops/…``, loopback or a key with scope ``ops``).
+
+Server-rendered HTML (Jinja2, autoescaping on: model text is hostile input and is
+only ever shown as text), one small script for live progress, no build step. Every
+page reads projections, never the log as a whole: the one read of the log is a
+rollout's own stream (``rollout-<id>``, an indexed lookup), for its prompt, answer
+and event hashes.
+
+Schedule actions (pause with a note, resume, trigger) append the same events as
+``rollwatch schedules pause|resume|trigger``. A POST must carry the console's form
+token (an HMAC of a secret made at start-up: a page of another origin cannot read
+it) and, when the browser sends ``Origin``, come from this origin: a page elsewhere
+that a logged-in operator visits cannot steer schedules through the operator's
+loopback trust.
+
+Live progress is a long poll: ``GET /ops/progress?after=SEQ&wait=S`` answers once the
+log has grown past ``SEQ`` (or after ``S`` seconds) with every running run's figures.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import secrets
+import urllib.parse
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.routing import Route
+
+from rollwatch import events as e
+from rollwatch.errors import BadRequest, Forbidden, NotFound, Unauthorized
+from rollwatch.events import rollout_stream, schedule_stream
+from rollwatch.log import get_logger
+from rollwatch.report.stats import wilson
+from rollwatch.scoring.extract import extract_code
+from rollwatch.web import params
+from rollwatch.web.access import Operators, bearer_key
+from rollwatch.web.render import natural_key, templates
+from rollwatch.web.render import pct as _pct
+from rollwatch.web.render import usd as _usd
+
+if TYPE_CHECKING:
+    from rollwatch.abc import EventStore
+    from rollwatch.config import Config
+    from rollwatch.projections import ProjectionDB
+    from rollwatch.runs.services import ProblemSetLike
+
+log = get_logger("rollwatch.console")
+
+_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:;"
+    " connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+)
+_HEADERS = {
+    "Content-Security-Policy": _CSP,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",  # no-referrer would make form POSTs send Origin: null
+    "Cache-Control": "no-store",
+}
+_ACTIONS = {"pause": e.SchedulePaused, "resume": e.ScheduleResumed, "trigger": e.ScheduleTriggered}
+_RUNS_SHOWN = 200
+_NOTE_MAX = 500
+_FORM_MAX = 8192
+
+
+@dataclass(frozen=True, slots=True)
+class Rate:
+    """A pass rate with its Wilson 95% interval."""
+
+    passed: int
+    n: int
+
+    @property
+    def rate(self) -> float | None:
+        return self.passed / self.n if self.n else None
+
+    @property
+    def interval(self) -> tuple[float, float] | None:
+        return wilson(self.passed, self.n)
+
+    def __str__(self) -> str:
+        ci = self.interval
+        if ci is None:
+            return "–"
+        return f"{_pct(self.rate)} [{_pct(ci[0])}–{_pct(ci[1])}]"
+
+
+class Console:
+    """The ``/ops/`` routes, over the daemon's store, projections and configuration."""
+
+    def __init__(
+        self,
+        store: EventStore,
+        pdb: ProjectionDB,
+        config: Config,
+        operators: Operators,
+        *,
+        problem_sets: Mapping[str, ProblemSetLike] | None = None,
+        next_fires: Callable[[], Mapping[str, datetime | None]] | None = None,
+        last_used: Callable[[], Mapping[str, datetime]] | None = None,
+    ) -> None:
+        """``next_fires``: the scheduler's own next fire times (computed here when absent);
+        ``last_used``: when each subscriber's key last opened a route (this process)."""
+        self.store = store
+        self.pdb = pdb
+        self.config = config
+        self.operators = operators
+        self.problem_sets = problem_sets or {}
+        self.next_fires = next_fires
+        self.last_used = last_used or dict
+        self.env = templates()
+        self._secret = secrets.token_bytes(32)
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    def token(self) -> str:
+        """The form token every console POST must carry."""
+        return hmac.new(self._secret, b"rollwatch-ops-form", hashlib.sha256).hexdigest()
+
+    async def _gate(self, request: Request) -> None:
+        if await self.operators.allows(request):
+            return
+        if bearer_key(request) is None:
+            raise Unauthorized(
+                "the operator's console: connect from a trusted address or send a key with scope 'ops'",
+                headers={"WWW-Authenticate": 'Bearer realm="rollwatch-ops"'},
+            )
+        raise Forbidden("this key has no 'ops' scope")
+
+    async def _current(self) -> int:
+        head = await self.store.head()
+        if self.pdb.applied < head:
+            await self.pdb.catch_up(self.store)
+        return head
+
+    def _page(self, name: str, status: int = 200, **ctx: Any) -> Response:
+        body = self.env.get_template(name).render(token=self.token(), **ctx)
+        return HTMLResponse(body, status, headers=_HEADERS)
+
+    def _guarded(
+        self, fn: Callable[[Request], Awaitable[Response]]
+    ) -> Callable[[Request], Awaitable[Response]]:
+        async def route(request: Request) -> Response:
+            await self._gate(request)
+            return await fn(request)
+
+        return route
+
+    # -- queries ------------------------------------------------------------------------------
+
+    async def _planned(self, run_ids: list[str]) -> dict[str, int]:
+        if not run_ids:
+            return {}
+        marks = ",".join("?" * len(run_ids))
+        rows = await self.pdb.fetchall(
+            f"SELECT run_id, planned FROM ops_runs WHERE run_id IN ({marks})", run_ids
+        )
+        return {r[0]: int(r[1] or 0) for r in rows}
+
+    async def _run_rows(
+        self, where: str = "", args: tuple[Any, ...] = (), limit: int = _RUNS_SHOWN
+    ) -> list[dict[str, Any]]:
+        runs = await self.pdb.fetchall(
+            "SELECT run_id, schedule, provider, models, problem_set, status, started_at, finished_at,"
+            f" passed, cost_usd, summary FROM runs {where} ORDER BY started_seq DESC LIMIT ?",
+            (*args, limit),
+        )
+        ids = [r[0] for r in runs]
+        counts: dict[str, tuple[int, int, int, int]] = {}
+        if ids:
+            marks = ",".join("?" * len(ids))
+            for rid, total, scored, passed, failed in await self.pdb.fetchall(
+                "SELECT run_id, count(*), sum(state = 'scored'), sum(coalesce(passed, 0)),"
+                f" sum(state = 'failed') FROM rollouts WHERE run_id IN ({marks}) GROUP BY run_id",
+                ids,
+            ):
+                counts[rid] = (int(total), int(scored or 0), int(passed or 0), int(failed or 0))
+        planned = await self._planned(ids)
+        out = []
+        for rid, schedule, provider, models, pset, status, started, finished, _p, cost, summary in runs:
+            total, scored, passed, failed = counts.get(rid, (0, 0, 0, 0))
+            plan = planned.get(rid) or (json.loads(summary).get("planned", 0) if summary else 0) or total
+            done = scored + failed
+            out.append(
+                {
+                    "run_id": rid,
+                    "schedule": schedule,
+                    "provider": provider,
+                    "models": json.loads(models or "[]"),
+                    "problem_set": pset,
+                    "status": status,
+                    "started_at": started,
+                    "finished_at": finished,
+                    "requested": total,
+                    "scored": scored,
+                    "failed": failed,
+                    "done": done,
+                    "planned": plan,
+                    "progress": min(1.0, done / plan) if plan else 0.0,
+                    "rate": Rate(passed, scored),
+                    "cost_usd": cost,
+                }
+            )
+        return out
+
+    # -- pages ----------------------------------------------------------------------------------
+
+    async def runs(self, request: Request) -> Response:
+        """The runs, newest first: status, progress, cost, pass rate with its interval."""
+        params.query(request, set())
+        head = await self._current()
+        return self._page("ops/runs.html", runs=await self._run_rows(), head=head, title="Runs")
+
+    async def run(self, request: Request) -> Response:
+        """One run: model × problem heatmap of passes/rollouts, failures by cause."""
+        params.query(request, set())
+        run_id = request.path_params["run_id"]
+        head = await self._current()
+        rows = await self._run_rows("WHERE run_id = ?", (run_id,), 1)
+        if not rows:
+            raise NotFound(f"no run {run_id[:80]!r}")
+        cells: dict[tuple[str, str], Rate] = {}
+        by_model: dict[str, list[int]] = {}
+        for model, pid, scored, passed in await self.pdb.fetchall(
+            "SELECT model, problem_id, sum(state = 'scored'), sum(coalesce(passed, 0)) FROM rollouts"
+            " WHERE run_id = ? GROUP BY model, problem_id",
+            (run_id,),
+        ):
+            cells[(model, pid)] = Rate(int(passed or 0), int(scored or 0))
+            m = by_model.setdefault(model, [0, 0])
+            m[0] += int(passed or 0)
+            m[1] += int(scored or 0)
+        failures = await self.pdb.fetchall(
+            "SELECT coalesce(fail_kind, 'unknown'), count(*) FROM rollouts WHERE run_id = ? AND state = 'failed'"
+            " GROUP BY 1 ORDER BY 2 DESC",
+            (run_id,),
+        )
+        rollouts = await self.pdb.fetchall(
+            "SELECT rollout_id, model, problem_id, sample, state, passed, cost_usd, fail_kind FROM rollouts"
+            " WHERE run_id = ? ORDER BY model, problem_id, sample LIMIT 2000",
+            (run_id,),
+        )
+        models = sorted(by_model, key=natural_key)
+        problems = sorted({p for _, p in cells}, key=natural_key)
+        rollouts = sorted(rollouts, key=lambda r: (r[1], natural_key(r[2]), r[3]))
+        return self._page(
+            "ops/run.html",
+            run=rows[0],
+            head=head,
+            models=models,
+            model_rates={m: Rate(v[0], v[1]) for m, v in by_model.items()},
+            problems=problems,
+            cells=cells,
+            failures=failures,
+            rollouts=rollouts,
+            title=f"Run {run_id}",
+        )
+
+    async def rollout(self, request: Request) -> Response:
+        """One rollout: prompt, attempts, answer with its extracted code, score, event hashes."""
+        params.query(request, set())
+        rollout_id = request.path_params["rollout_id"]
+        row = await self.pdb.fetchone(
+            "SELECT run_id, provider, model, problem_id, sample, state, passed, score, cost_usd, fail_kind"
+            " FROM rollouts WHERE rollout_id = ?",
+            (rollout_id,),
+        )
+        if row is None:
+            await self._current()
+            row = await self.pdb.fetchone(
+                "SELECT run_id, provider, model, problem_id, sample, state, passed, score, cost_usd, fail_kind"
+                " FROM rollouts WHERE rollout_id = ?",
+                (rollout_id,),
+            )
+        if row is None:
+            raise NotFound(f"no rollout {rollout_id[:80]!r}")
+        run_id, provider, model, problem_id, sample, state, passed, score, cost, fail_kind = row
+        attempts: dict[int, dict[str, Any]] = {}
+        evs: list[dict[str, Any]] = []
+        prompt: list[dict[str, str]] = []
+        answer: str | None = None
+        reasoning: str | None = None
+        scored: e.RolloutScored | None = None
+        async for rec in self.store.read(stream=rollout_stream(rollout_id)):
+            ev = rec.event()
+            evs.append({"seq": rec.seq, "type": rec.type, "at": rec.at, "hash": rec.hash})
+            if isinstance(ev, e.RolloutRequested):
+                a = attempts.setdefault(ev.attempt, {"attempt": ev.attempt})
+                a.update(requested_at=rec.at, node=ev.node)
+                msgs = ev.request.get("messages")
+                if isinstance(msgs, list):
+                    prompt = [
+                        {"role": str(m.get("role", "")), "content": _text_of(m.get("content"))}
+                        for m in msgs
+                        if isinstance(m, dict)
+                    ]
+                elif "prompt" in ev.request:
+                    prompt = [{"role": "user", "content": _text_of(ev.request["prompt"])}]
+            elif isinstance(ev, e.RolloutResponded):
+                a = attempts.setdefault(ev.attempt, {"attempt": ev.attempt})
+                a.update(
+                    status="answered",
+                    latency_ms=ev.latency_ms,
+                    usage=ev.usage,
+                    cost_usd=ev.cost_usd,
+                    finish_reason=ev.finish_reason,
+                )
+                answer, reasoning = ev.text, ev.reasoning
+            elif isinstance(ev, e.RolloutFailed):
+                a = attempts.setdefault(ev.attempt, {"attempt": ev.attempt})
+                a.update(status=f"failed: {ev.kind}", http_status=ev.status, message=ev.message)
+            elif isinstance(ev, e.RolloutScored):
+                scored = ev
+        code = None
+        if answer is not None:
+            code = extract_code(answer, self._entry_point(run_id, problem_id)).code
+        return self._page(
+            "ops/rollout.html",
+            rollout_id=rollout_id,
+            run_id=run_id,
+            provider=provider,
+            model=model,
+            problem_id=problem_id,
+            sample=sample,
+            state=state,
+            passed=passed,
+            score=score,
+            cost_usd=cost,
+            fail_kind=fail_kind,
+            attempts=[attempts[k] for k in sorted(attempts)],
+            prompt=prompt,
+            answer_parts=_split_answer(answer, code),
+            reasoning=reasoning,
+            code=code,
+            scored=scored,
+            scored_detail=json.dumps(scored.detail, indent=2, ensure_ascii=False) if scored else "",
+            events=evs,
+            title=f"Rollout {rollout_id}",
+        )
+
+    def _entry_point(self, run_id: str, problem_id: str) -> str | None:
+        del run_id
+        for ps in self.problem_sets.values():
+            try:
+                return ps.get(problem_id).entry_point
+            except KeyError:
+                continue
+        return None
+
+    async def schedules(self, request: Request) -> Response:
+        """Each schedule: state, next fire, last outcome, skipped and missed fires, actions."""
+        q = params.query(request, {"done", "schedule"})
+        done = {"done": q["done"], "schedule": q.get("schedule", "")} if q.get("done") in _ACTIONS else {}
+        from rollwatch.scheduler import ScheduleState, load_states, make_trigger, next_fire
+
+        await self._current()
+        states = await load_states(self.pdb)
+        known = self.next_fires() if self.next_fires is not None else {}
+        now = datetime.now(UTC)
+        rows = []
+        for s in self.config.schedules:
+            st = states.get(s.name, ScheduleState(name=s.name))
+            active = self.config.provider(s.provider).has_key()
+            if st.paused or not active:
+                nxt = None
+            elif s.name in known:
+                nxt = known[s.name]
+            else:
+                nxt = next_fire(s, make_trigger(s), st.last_fire_at, now)[0]
+            rows.append(
+                {
+                    "name": s.name,
+                    "state": "paused" if st.paused else ("active" if active else "inactive (no API key)"),
+                    "paused": st.paused,
+                    "trigger": f"every {s.every:g}s" if s.every else f"cron '{s.cron}' {s.timezone}",
+                    "next": nxt.isoformat(timespec="seconds") if nxt else "–",
+                    "last_run": st.last_run_id,
+                    "last_status": st.last_status,
+                    "skipped": st.skipped,
+                    "missed": st.missed,
+                    "note": st.note,
+                }
+            )
+        return self._page("ops/schedules.html", schedules=rows, title="Schedules", done=done)
+
+    async def schedule_action(self, request: Request) -> Response:
+        """POST ``/ops/schedules/{name}/{action}``: append the CLI's event for that action."""
+        name, action = request.path_params["name"], request.path_params["action"]
+        cls = _ACTIONS.get(action)
+        if cls is None:
+            raise NotFound(f"no schedule action {action[:40]!r} (known: pause, resume, trigger)")
+        origin = request.headers.get("origin")
+        if origin is not None and origin != _own_origin(request):
+            raise Forbidden("a console form must be sent from the console's own origin")
+        if (
+            request.headers.get("content-type", "").split(";")[0].strip()
+            != "application/x-www-form-urlencoded"
+        ):
+            raise BadRequest("send the console's form (application/x-www-form-urlencoded)")
+        size = request.headers.get("content-length", "")
+        if not size.isascii() or not size.isdigit() or int(size) > _FORM_MAX:
+            raise BadRequest(f"send the console's form: Content-Length up to {_FORM_MAX} bytes")
+        body = await request.body()
+        if len(body) > _FORM_MAX:
+            raise BadRequest(f"form larger than {_FORM_MAX} bytes")
+        # Parsed here rather than by Starlette's request.form(), which needs python-multipart.
+        try:
+            form = urllib.parse.parse_qs(body.decode(), keep_blank_values=True, strict_parsing=bool(body))
+        except (UnicodeDecodeError, ValueError):
+            raise BadRequest("the form is not valid application/x-www-form-urlencoded UTF-8") from None
+        token = form.get("token", [""])[-1]
+        if not hmac.compare_digest(token.encode(), self.token().encode()):
+            raise Forbidden("missing or stale console form token; reload the page")
+        note = form.get("note", [""])[-1].strip()[:_NOTE_MAX]
+        if name not in {s.name for s in self.config.schedules}:
+            raise NotFound(f"no schedule {name[:80]!r}")
+        recs = await self.store.append(schedule_stream(name), [cls(schedule=name, note=note)])
+        log.info("console_schedule_action", schedule=name, action=action, seq=recs[0].seq)
+        return RedirectResponse(
+            f"/ops/schedules?{urllib.parse.urlencode({'done': action, 'schedule': name})}", 303
+        )
+
+    async def subscribers(self, request: Request) -> Response:
+        """Subscribers: names, scopes, key prefix, expiry, revocation; never a key or its hash."""
+        params.query(request, set())
+        await self._current()
+        rows = await self.pdb.fetchall(
+            "SELECT name, scopes, key_prefix, expires, added_at, revoked_at, note FROM pub_subscribers ORDER BY name"
+        )
+        used = self.last_used()
+        subs = [
+            {
+                "last_used": used[n].isoformat(timespec="seconds") if n in used else None,
+                "name": n,
+                "scopes": ", ".join(json.loads(sc or "[]")),
+                "prefix": prefix,
+                "expires": exp,
+                "added_at": added,
+                "revoked_at": revoked,
+                "note": note,
+            }
+            for n, sc, prefix, exp, added, revoked, note in rows
+        ]
+        return self._page("ops/subscribers.html", subscribers=subs, title="Subscribers")
+
+    async def progress(self, request: Request) -> Response:
+        """Long poll: the running runs' figures once the log has grown past ``after``."""
+        q = params.ProgressQuery.parse(request)
+        after, wait = q.after, q.wait
+        head = await self.store.head()
+        if head <= after and wait > 0:
+            head = await self.store.wait_for_new(after, wait)
+        await self._current()
+        # As many as the runs page can show (200), so that no row shown as running is missed
+        # (the page reloads when one it shows as running is no longer listed).
+        rows = await self._run_rows("WHERE status = 'running' OR finished_at IS NULL", (), 2 * _RUNS_SHOWN)
+        return JSONResponse(
+            {
+                "head": head,
+                "runs": [
+                    {
+                        "run_id": r["run_id"],
+                        "status": r["status"],
+                        "done": r["done"],
+                        "planned": r["planned"],
+                        "scored": r["scored"],
+                        "failed": r["failed"],
+                        "progress": r["progress"],
+                        "rate": str(r["rate"]),
+                        "cost": _usd(r["cost_usd"]),
+                    }
+                    for r in rows
+                ],
+            },
+            headers={"Cache-Control": "no-store"},
+        )
+
+    async def asset(self, request: Request) -> Response:
+        """The console's stylesheet and script (``/ops/static/console.css|js``)."""
+        name = request.path_params["name"]
+        kinds = {"console.css": "text/css", "console.js": "text/javascript"}
+        if name not in kinds:
+            raise NotFound(f"no asset {name[:40]!r}")
+        from importlib.resources import files
+
+        body = (files("rollwatch.web") / "static" / name).read_bytes()
+        return Response(body, media_type=kinds[name], headers={"Cache-Control": "max-age=300", **_HEADERS})
+
+    def routes(self) -> list[Route]:
+        """The console's routes, every one behind the operator gate."""
+        g = self._guarded
+        return [
+            Route("/ops", g(_to_ops), methods=["GET"]),
+            Route("/ops/", g(self.runs), methods=["GET"]),
+            Route("/ops/runs/{run_id}", g(self.run), methods=["GET"]),
+            Route("/ops/rollouts/{rollout_id}", g(self.rollout), methods=["GET"]),
+            Route("/ops/schedules", g(self.schedules), methods=["GET"]),
+            Route("/ops/schedules/{name}/{action}", g(self.schedule_action), methods=["POST"]),
+            Route("/ops/subscribers", g(self.subscribers), methods=["GET"]),
+            Route("/ops/progress", g(self.progress), methods=["GET"]),
+            Route("/ops/static/{name}", g(self.asset), methods=["GET"]),
+        ]
+
+
+async def _to_ops(_: Request) -> Response:
+    return RedirectResponse("/ops/", 308)
+
+
+def _own_origin(request: Request) -> str:
+    host = request.headers.get("host", "")
+    return f"{request.url.scheme}://{host}"
+
+
+def _text_of(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):  # content parts (OpenAI, Anthropic)
+        return "\n".join(str(p.get("text", "")) if isinstance(p, dict) else str(p) for p in content)
+    return json.dumps(content, ensure_ascii=False)
+
+
+def _split_answer(answer: str | None, code: str | None) -> list[tuple[bool, str]]:
+    """The answer cut into (is the extracted code, text) pieces, for highlighting that block."""
+    if answer is None:
+        return []
+    if not code:
+        return [(False, answer)]
+    body = code.rstrip("\n")
+    i = answer.rfind(body)
+    if i < 0:  # re-indented or tidied on the way out: shown apart, below the answer
+        return [(False, answer)]
+    return [(False, answer[:i]), (True, body), (False, answer[i + len(body) :])]
+
+
+async def root_redirect(_: Request) -> Response:
+    """``GET /``: the public page (SPEC §7)."""
+    return RedirectResponse("/public/", 302)

@@ -1,0 +1,151 @@
+"""A real `rollwatch serve` with runs in its log, for the console's tests.
+
+Two providers: the built-in ``reference`` one (it passes, so the heatmap and the public
+page have passes) and a loopback OpenAI-compatible fake whose every answer is hostile
+HTML. Schedules: ``ref-hourly`` and ``fake-hostile`` fire at start; ``fake-slow``
+(cron, next January) fires only when triggered, and takes seconds (the fake answers
+after a delay, one request at a time), for watching live progress.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.test_daemon import ROOT, events, free_port, wait_until
+
+HOSTILE = (
+    "Here you go <script>window.__pwned = 1</script> and "
+    '<img src=x onerror="window.__pwned = 2">:\n\n'
+    "```python\ndef solve():\n    return '</pre><script>window.__pwned = 3</script>'\n```\n"
+)
+FAKE_KEY = "sk-console-test-0123456789"
+
+
+@dataclass
+class Daemon:
+    """A running daemon: its base URL, config file, log file and an ``ops``-scoped key."""
+
+    url: str
+    config: Path
+    db: Path
+    ops_key: str
+    feed_key: str
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """``rollwatch --config CONFIG ARGS``."""
+        return subprocess.run(
+            [sys.executable, "-m", "rollwatch", "--config", str(self.config), *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "FAKE_PROVIDER_KEY": FAKE_KEY},
+        )
+
+    def schedules(self) -> dict[str, dict[str, object]]:
+        """``rollwatch schedules list --json``, by schedule name."""
+        out = self.cli("schedules", "list", "--json")
+        assert out.returncode == 0, out.stderr
+        return {r["schedule"]: r for r in json.loads(out.stdout)}
+
+
+def _config(tmp: Path, fake_url: str) -> Path:
+    cfg = tmp / "rollwatch.toml"
+    cfg.write_text(f"""
+node = "console-test"
+[store]
+url = "sqlite:{tmp / "events.db"}"
+[server]
+listen = "127.0.0.1:{free_port()}"
+[publication]
+embargo = "1s"
+release_check = "200ms"
+[scoring]
+workers = 2
+[[problem_sets]]
+name = "favorites"
+path = "{ROOT / "config" / "problems"}"
+[[providers]]
+name = "reference"
+kind = "reference"
+[[providers]]
+name = "fake"
+kind = "openai"
+base_url = "{fake_url}"
+api_key_env = "FAKE_PROVIDER_KEY"
+max_concurrency = 1
+[providers.prices]
+"m1" = {{ input = 1.0, output = 2.0 }}
+"m-slow" = {{ input = 1.0, output = 2.0 }}
+[[schedules]]
+name = "ref-hourly"
+provider = "reference"
+models = ["reference"]
+problem_set = "favorites"
+rollouts = 2
+every = "1h"
+[[schedules]]
+name = "fake-hostile"
+provider = "fake"
+models = ["m1"]
+problem_set = "favorites"
+rollouts = 1
+every = "1h"
+[[schedules]]
+name = "fake-slow"
+provider = "fake"
+models = ["m-slow"]
+problem_set = "favorites"
+rollouts = 3
+cron = "0 0 1 1 *"
+""")
+    return cfg
+
+
+@contextmanager
+def running_daemon(tmp: Path) -> Iterator[Daemon]:
+    """Start the fake provider and the daemon, wait for the two first runs, stop both after."""
+    port_file, req_log = tmp / "port", tmp / "requests.jsonl"
+    req_log.touch()
+    fake = subprocess.Popen(
+        [sys.executable, str(ROOT / "tests" / "fake_provider.py"), str(port_file), str(req_log), "0.3"],
+        env={**os.environ, "FAKE_PROVIDER_ANSWER": HOSTILE},
+    )
+    proc: subprocess.Popen[str] | None = None
+    try:
+        port = wait_until(lambda: port_file.exists() and port_file.read_text(), 20, "the fake provider")
+        cfg = _config(tmp, f"http://127.0.0.1:{port}/v1")
+        d = Daemon(url="", config=cfg, db=tmp / "events.db", ops_key="", feed_key="")
+        for name, scope in (("ops-user", "ops"), ("feed-user", "feed")):
+            out = d.cli("subscribers", "add", name, "--scope", scope)
+            assert out.returncode == 0, out.stderr
+            key = out.stdout.split()[0]
+            if scope == "ops":
+                d.ops_key = key
+            else:
+                d.feed_key = key
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "rollwatch", "--config", str(cfg), "serve", "--grace", "5"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "FAKE_PROVIDER_KEY": FAKE_KEY},
+        )
+        listen = cfg.read_text().split('listen = "')[1].split('"')[0]
+        d.url = f"http://{listen}"
+        wait_until(lambda: len(events(d.db, "RunFinished")) >= 2, 90, "the first two runs")
+        yield d
+    finally:
+        if proc is not None:
+            proc.send_signal(signal.SIGTERM)
+            _, err = proc.communicate(timeout=30)
+            assert proc.returncode == 0, err[-3000:]
+        fake.kill()
+        fake.wait()
