@@ -19,6 +19,7 @@ from rollwatch.web.params import (
     EmptyQuery,
     FeedQuery,
     InclusionQuery,
+    ProgressQuery,
     ReportQuery,
 )
 
@@ -130,6 +131,52 @@ _OPERATION_PATHS: dict[str, Any] = {
         }
     },
 }
+
+
+def _page(summary: str, *params: str, method: str = "get") -> dict[str, Any]:
+    """An operator console route (HTML, or JSON for the long poll)."""
+    return {
+        method: {
+            "summary": summary,
+            "description": "Operator only: a peer in server.trusted_peers, or a bearer key with scope ops.",
+            "security": [{}, {"bearer": []}],
+            "parameters": [
+                {"name": p, "in": "path", "required": True, "schema": {"type": "string"}} for p in params
+            ],
+            "responses": {
+                "200": {"description": "The page"},
+                "401": _error("No operator credentials."),
+                "403": _error("A key without the ops scope."),
+            },
+        }
+    }
+
+
+_CONSOLE_PATHS: dict[str, Any] = {
+    "/": {"get": {"summary": "Redirects to /public/", "responses": {"302": {"description": "To /public/"}}}},
+    "/ops": _page("Redirects to /ops/"),
+    "/ops/": _page("The console: runs, with live progress"),
+    "/ops/runs/{run_id}": _page("One run: model x problem heatmap, failures by cause", "run_id"),
+    "/ops/rollouts/{rollout_id}": _page(
+        "One rollout: prompt, attempts, answer, verdict, events", "rollout_id"
+    ),
+    "/ops/schedules": _page("Schedules: next fire, last outcome, pause/resume/trigger"),
+    "/ops/schedules/{name}/{action}": _page(
+        "Pause (with a note), resume or trigger a schedule (form: token, note)",
+        "name",
+        "action",
+        method="post",
+    ),
+    "/ops/subscribers": _page("Subscribers: names, scopes, last use (never keys)"),
+    "/ops/progress": {
+        "get": {
+            **_page("Long poll: running runs' figures once the log moves past `after`")["get"],
+            "parameters": ProgressQuery.openapi_parameters(),
+        }
+    },
+    "/ops/static/{name}": _page("The console's stylesheet and script", "name"),
+}
+
 
 _INTEGRITY_PATHS: dict[str, Any] = {
     "/public/checkpoint": {
@@ -306,6 +353,7 @@ def openapi_document() -> dict[str, Any]:
         },
         "paths": {
             **_OPERATION_PATHS,
+            **_CONSOLE_PATHS,
             "/v1/feed": {
                 "get": {
                     "summary": "Events visible to subscribers after a cursor, oldest first",
