@@ -7,7 +7,9 @@ parser that trips over an unexpected field fails here first.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import anyio
@@ -94,12 +96,29 @@ class OpenAIWire:
         )
 
     def rate_limited(self, wait: float) -> Reply:
+        """A 429 for this request alone: Retry-After, and budget left in every window."""
+        reply = self.error(
+            429,
+            "Rate limit reached for gpt-5 on requests per min (RPM): Limit 500, Used 499.",
+            "rate_limit_exceeded",
+        )
+        reply.headers["retry-after"] = f"{wait:g}"
+        reply.headers["x-ratelimit-remaining-requests"] = "1"
+        reply.headers["x-ratelimit-reset-requests"] = "120ms"
+        return reply
+
+    def exhausted(self, wait: float) -> Reply:
+        """A 429 whose request window is at 0 until a reset ``wait`` seconds away."""
         reply = self.error(
             429,
             "Rate limit reached for gpt-5 on requests per min (RPM): Limit 500, Used 500.",
             "rate_limit_exceeded",
         )
-        reply.headers["retry-after"] = f"{wait:g}"
+        reply.headers["x-ratelimit-limit-requests"] = "500"
+        reply.headers["x-ratelimit-remaining-requests"] = "0"
+        reply.headers["x-ratelimit-reset-requests"] = f"{wait:g}s"
+        reply.headers["x-ratelimit-remaining-tokens"] = "29000"
+        reply.headers["x-ratelimit-reset-tokens"] = "10ms"
         return reply
 
 
@@ -165,12 +184,31 @@ class AnthropicWire:
         )
 
     def rate_limited(self, wait: float) -> Reply:
+        """A 429 for this request alone: retry-after, and budget left in every window."""
         reply = self.error(429, "This request would exceed the rate limit for your organization.")
         reply.headers["retry-after"] = f"{wait:g}"
+        reply.headers["anthropic-ratelimit-requests-remaining"] = "3"
+        reply.headers["anthropic-ratelimit-requests-reset"] = _rfc3339_in(60)
+        return reply
+
+    def exhausted(self, wait: float) -> Reply:
+        """A 429 whose token window is at 0 until a reset ``wait`` seconds away."""
+        reply = self.error(429, "This request would exceed the rate limit for your organization.")
+        reply.headers["retry-after"] = "0"  # Anthropic rounds; the reset says more
+        reply.headers["anthropic-ratelimit-requests-limit"] = "50"
+        reply.headers["anthropic-ratelimit-requests-remaining"] = "12"
+        reply.headers["anthropic-ratelimit-requests-reset"] = _rfc3339_in(0.01)
+        reply.headers["anthropic-ratelimit-input-tokens-remaining"] = "0"
+        reply.headers["anthropic-ratelimit-input-tokens-reset"] = _rfc3339_in(wait)
         return reply
 
 
 _GOOGLE_API = "generativelanguage.googleapis.com"
+
+
+def _rfc3339_in(seconds: float) -> str:
+    """The wall-clock time ``seconds`` from now, as Anthropic writes reset times."""
+    return datetime.fromtimestamp(time.time() + seconds, UTC).isoformat().replace("+00:00", "Z")
 
 
 class GeminiWire:
@@ -238,6 +276,15 @@ class GeminiWire:
         )
 
     def rate_limited(self, wait: float) -> Reply:
+        """A 429 of the shared pay-as-you-go capacity: RetryInfo, no QuotaFailure."""
+        reply = self.error(429, "Resource has been exhausted (e.g. check quota).")
+        reply.body["error"]["details"] = [
+            {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": f"{wait:g}s"},
+        ]
+        return reply
+
+    def exhausted(self, wait: float) -> Reply:
+        """A 429 naming the project quota that is used up (QuotaFailure), with RetryInfo."""
         reply = self.error(429, "You exceeded your current quota, please check your plan.")
         reply.body["error"]["details"] = [
             {

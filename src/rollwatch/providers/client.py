@@ -11,7 +11,10 @@ run's. ``rollout`` is the only call a run makes:
 
 ``max_rollout_time`` starts when the rollout's first request gets its slot: time
 queued behind other rollouts of the same provider is the run's business, not this
-rollout's. A 429 or overload pauses and slows the whole provider (see ``limits.py``).
+rollout's. A 429 or overload narrows the provider's window gently and delays only its
+own rollout by the wait it asked for; a 429 showing the provider's whole budget used up
+(a window at 0 with a reset) pauses every rollout of the provider until the reset and
+cuts harder (see ``limits.py``).
 A rejected key (401/403, Gemini's ``API_KEY_INVALID``, 402 out of credits, OpenAI's
 ``insufficient_quota``) disables the client: one ERROR log line, ``disabled`` set, and
 every later ``rollout`` returns None at once, with no request and no event. A rollout
@@ -308,7 +311,7 @@ class ProviderClient:
             raise self._with_context(e, rid) from None
         except (KeyError, TypeError, AttributeError, IndexError, ValueError) as e:
             raise bad_response(f"unexpected body shape: {type(e).__name__}: {e}") from None
-        if (pause := adapter.pause_hint(headers)) is not None:
+        if (pause := adapter.pause_hint(headers, time.time())) is not None:
             self.limits.pause(pause)
         return Answer(
             text=parsed.text,
@@ -334,6 +337,7 @@ class ProviderClient:
             status=err.status,
             retryable=err.retryable,
             retry_after=err.retry_after,
+            provider_wide=err.provider_wide,
         )
 
     def _succeeded(self, model: str, slot: Slot, answer: Answer) -> float | None:
@@ -354,18 +358,23 @@ class ProviderClient:
         return cost
 
     def _after_failure(self, model: str, slot: Slot, error: ProviderError, attempt: int) -> float:
-        """Feed a failure back into the shared limits; return this rollout's backoff."""
-        if error.kind in _PACING_KINDS:
-            self.limits.slow_down(slot)
-            self.limits.pause(
-                error.retry_after if error.retry_after is not None else self.config.backoff_base
-            )
-        elif error.retry_after is not None and error.retryable:
-            self.limits.pause(error.retry_after)
+        """Feed a failure back into the shared limits; return this rollout's backoff.
+
+        Only a failure that shows the provider's whole budget used up
+        (``error.provider_wide``) pauses every request of the provider; any other wait
+        the provider asks for is this rollout's alone (it sleeps without its slot).
+        """
+        wait = error.retry_after
+        if error.provider_wide and error.retryable:
+            self.limits.slow_down(slot, hard=True)
+            self.limits.pause(wait if wait is not None else self.config.backoff_base)
+        elif error.kind in _PACING_KINDS:
+            hold = wait if wait is not None else self.config.backoff_base
+            self.limits.slow_down(slot, hard=False, hold=hold)
         if error.kind == "auth" or (error.kind == "rate_limited" and not error.retryable):
             self._disable(model, error)
         jitter = full_jitter(attempt, self.config.backoff_base, self.config.backoff_max, self._rng)
-        return max(error.retry_after or 0.0, jitter)
+        return max(wait or 0.0, jitter)
 
     def _disable(self, model: str, error: ProviderError) -> None:
         if self.disabled is not None:
