@@ -8,6 +8,7 @@ are asserted, never how fast we are.
 from __future__ import annotations
 
 import datetime
+import random
 from collections.abc import Callable
 
 import anyio
@@ -18,7 +19,7 @@ from rollwatch.config import ProviderConfig
 from rollwatch.providers import Prompt, ProviderClient
 from tests.providers.conftest import MODEL
 from tests.providers.fakes import KEY, RecordingLog, Wire
-from tests.providers.loopback import LoopbackServer, Reply
+from tests.providers.loopback import LoopbackServer, Reply, Seen, serve
 
 pytestmark = pytest.mark.anyio
 
@@ -331,6 +332,36 @@ class TestRateLimits:
         assert first.trail == [("requested", 1), ("failed", 1), ("requested", 2), ("responded", 2)]
         for log in others:
             assert log.trail == [("requested", 1), ("responded", 1)]
+
+    async def test_no_request_comes_before_its_retry_after(self, wire: Wire, make_config: MakeConfig) -> None:
+        """Under random 429s (a third of all requests, each demanding 0.2 s) across many
+        rollouts at once, the server never sees a rollout's request before the wait it
+        last demanded of that rollout has passed, and every rollout is answered."""
+        rng = random.Random(16)
+        not_before: dict[str, float] = {}
+        early: list[str] = []
+
+        def reply(seen: Seen) -> Reply:
+            key = wire.prompt_of(seen.json())
+            if seen.at < not_before.get(key, -1.0):
+                early.append(key)
+            if rng.random() < 1 / 3:
+                not_before[key] = seen.at + 0.2
+                return wire.rate_limited(0.2)
+            return wire.ok()
+
+        async with serve(reply) as server:
+            config = make_config(base_url=server.url, max_concurrency=8, max_attempts=20)
+            async with ProviderClient(config) as client:
+                logs = [RecordingLog() for _ in range(40)]
+                async with anyio.create_task_group() as tg:
+                    for i, log in enumerate(logs):
+                        prompt = Prompt(f"rollout {i}: write f()", system=PROMPT.system)
+                        tg.start_soon(client.rollout, MODEL, prompt, {}, log)
+                assert client.stats.paused_s == 0
+        assert not_before  # some 429s were sent
+        assert early == []
+        assert all(log.trail[-1][0] == "responded" for log in logs)
 
     async def test_exhausted_budget_pauses_every_request(
         self, wire: Wire, server: LoopbackServer, make_config: MakeConfig
