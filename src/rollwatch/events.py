@@ -416,6 +416,8 @@ class RolloutResponded(Event):
     request_id: str | None = None
     model: str | None = None
     """The model the provider says answered (it may name a dated snapshot)."""
+    system_fingerprint: str | None = None
+    """OpenAI's ``system_fingerprint`` of the answer (None from other providers)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -455,6 +457,27 @@ class RunFinished(Event):
     failures: dict[str, int] = field(default_factory=dict)
     message: str = ""
     planned: int = 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServedModelChanged(Event):
+    """The models a provider says served a configured model differ from the previous run's.
+
+    Appended with the run's ``RunFinished`` (in the same append), once per configured
+    model whose set of served models (``RolloutResponded.model``) is not the one of
+    the last earlier run of the same provider and model that got an answer. The
+    report splits its rows by served model, so the change never blends into a trend.
+    """
+
+    run_id: str
+    provider: str
+    model: str
+    """The model as configured (what the run asked for)."""
+    served: dict[str, int]
+    """Served model → answers in this run."""
+    previous: dict[str, int]
+    """Served model → answers in the previous run (``previous_run_id``)."""
+    previous_run_id: str
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -220,7 +220,7 @@ class RunsProjection(Projection):
     """Runs and their rollouts: what the daemon resumes, what the report counts."""
 
     name = "runs"
-    version = 1
+    version = 2  # 2: rollouts.served_model
     tables = ("runs", "rollouts")
     types = frozenset(
         {
@@ -243,7 +243,8 @@ class RunsProjection(Projection):
         rollout_id TEXT PRIMARY KEY, run_id TEXT, provider TEXT, model TEXT, problem_id TEXT,
         problem_hash TEXT, sample INTEGER, attempts INTEGER DEFAULT 0, state TEXT,
         requested_at TEXT, answered_at TEXT, answer_seq INTEGER, cost_usd REAL,
-        fail_kind TEXT, passed INTEGER, score REAL, scored_at TEXT, scored_seq INTEGER, reason TEXT
+        fail_kind TEXT, passed INTEGER, score REAL, scored_at TEXT, scored_seq INTEGER, reason TEXT,
+        served_model TEXT
     );
     CREATE INDEX IF NOT EXISTS rollouts_run ON rollouts (run_id, state);
     CREATE INDEX IF NOT EXISTS rollouts_model ON rollouts (provider, model, problem_id)
@@ -295,8 +296,8 @@ class RunsProjection(Projection):
         elif isinstance(ev, e.RolloutResponded):
             db.execute(
                 "UPDATE rollouts SET state = CASE WHEN state = 'scored' THEN state ELSE 'answered' END,"
-                " answered_at=?, answer_seq=?, cost_usd=? WHERE rollout_id=?",
-                (rec.at, rec.seq, ev.cost_usd, ev.rollout_id),
+                " answered_at=?, answer_seq=?, cost_usd=?, served_model=? WHERE rollout_id=?",
+                (rec.at, rec.seq, ev.cost_usd, ev.model, ev.rollout_id),
             )
             if ev.cost_usd:
                 db.execute(

@@ -65,7 +65,10 @@ class Answer:
     request_id: str | None
     latency_ms: float
     model: str | None
-    """The model the provider says answered (it may name a dated snapshot)."""
+    """The model the provider says answered (it may name a dated snapshot): OpenAI's
+    ``model``, Anthropic's ``model``, Gemini's ``modelVersion``."""
+    system_fingerprint: str | None = None
+    """OpenAI's ``system_fingerprint``: the backend configuration that served it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +116,7 @@ class Parsed:
     usage: Usage
     request_id: str | None
     model: str | None
+    system_fingerprint: str | None = None
 
 
 Headers = Mapping[str, str]

@@ -321,6 +321,7 @@ class ProviderClient:
             request_id=parsed.request_id,
             latency_ms=latency_ms,
             model=parsed.model,
+            system_fingerprint=parsed.system_fingerprint,
         )
 
     def _clean(self, text: str) -> str:

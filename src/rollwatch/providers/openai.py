@@ -92,6 +92,7 @@ class OpenAIAdapter:
             ),
             request_id=headers.get("x-request-id") or _str(data.get("id")),
             model=_str(data.get("model")),
+            system_fingerprint=_str(data.get("system_fingerprint")),
         )
 
     def error(self, status: int, headers: Headers, body: bytes, now: float) -> ProviderError:

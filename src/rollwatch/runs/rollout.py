@@ -129,6 +129,7 @@ class AttemptRecorder:
                 latency_ms=round(answer.latency_ms, 3),
                 request_id=answer.request_id,
                 model=answer.model,
+                system_fingerprint=answer.system_fingerprint,
             ),
         )
 
