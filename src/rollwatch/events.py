@@ -201,6 +201,11 @@ def rollout_stream(rollout_id: str) -> str:
     return f"rollout-{rollout_id}"
 
 
+def batch_stream(run_id: str) -> str:
+    """The stream of one run's provider batches (``BatchSubmitted``, ``BatchPolled``, ...)."""
+    return f"batches-{run_id}"
+
+
 def schedule_stream(name: str) -> str:
     """The stream of one schedule's events (pauses, resumes, triggers, skips)."""
     return f"schedule-{name}"
@@ -387,6 +392,8 @@ class RunStarted(Event):
     """For trigger: the seq of the ScheduleTriggered event this run answers."""
     fire_time: str | None = None
     """For schedule and catch_up: the fire time the scheduler computed."""
+    batch: bool = False
+    """The run's rollouts go through the provider's batch API."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -478,6 +485,52 @@ class ServedModelChanged(Event):
     previous: dict[str, int]
     """Served model → answers in the previous run (``previous_run_id``)."""
     previous_run_id: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class BatchSubmitted(Event):
+    """A provider accepted a batch of a run's rollouts (each already ``RolloutRequested``).
+
+    A daemon that resumes the run polls this batch; it never submits these rollouts
+    again unless the batch ends without their answers.
+    """
+
+    run_id: str
+    provider: str
+    batch_id: str
+    """The provider's id of the batch."""
+    rollouts: dict[str, int]
+    """Rollout id → the attempt number its request in this batch has."""
+    input_file_id: str | None = None
+    """OpenAI: the uploaded JSONL file."""
+    bytes: int = 0
+    node: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class BatchPolled(Event):
+    """A poll found a batch in another state (or with other counts) than the last one."""
+
+    run_id: str
+    batch_id: str
+    state: str
+    """The provider's word: OpenAI's ``status``, Anthropic's ``processing_status``."""
+    counts: dict[str, int] = field(default_factory=dict)
+    ends_at: str | None = None
+    """When the provider will expire the batch, if it said."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class BatchEnded(Event):
+    """A batch's results were read and recorded; ``unanswered`` rollouts (expired,
+    cancelled, missing) go into a later batch."""
+
+    run_id: str
+    batch_id: str
+    state: str
+    answered: int
+    failed: int
+    unanswered: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True, kw_only=True)

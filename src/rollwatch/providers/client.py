@@ -47,7 +47,17 @@ from rollwatch.config import ProviderConfig
 from rollwatch.errors import ConfigError, ProviderError
 from rollwatch.log import get_logger
 from rollwatch.providers.anthropic import AnthropicAdapter
-from rollwatch.providers.base import Answer, AnyioClock, Prompt, Usage, bad_response, excerpt, redact
+from rollwatch.providers.base import (
+    Answer,
+    AnyioClock,
+    Prompt,
+    Usage,
+    WireRequest,
+    bad_response,
+    excerpt,
+    redact,
+)
+from rollwatch.providers.batch import BATCH_APIS, BatchAPI
 from rollwatch.providers.gemini import GeminiAdapter
 from rollwatch.providers.limits import ProviderLimits, Slot
 from rollwatch.providers.openai import OpenAIAdapter
@@ -260,6 +270,61 @@ class ProviderClient:
             if self.disabled is not None:
                 return None
 
+    # -- batch APIs (``providers/batch.py``; driven by ``runs/batches.py``) -----------
+
+    def batch_api(self) -> BatchAPI:
+        """The batch API of this provider's kind; ConfigError when it has none."""
+        make = BATCH_APIS.get(self.config.kind)
+        if make is None or self._adapter is None:
+            raise ConfigError(
+                f"providers.{self.name}",
+                [f"batch: kind {self.config.kind!r} has no batch API rollwatch speaks"],
+            )
+        return make(self._adapter)
+
+    def build(self, model: str, prompt: Prompt, params: dict[str, Any]) -> WireRequest:
+        """The request a synchronous rollout would send (``invalid_request`` on bad params)."""
+        if self._adapter is None:
+            raise ProviderError("invalid_request", f"provider {self.name!r} builds no requests")
+        system = prompt.system if prompt.system is not None else self.config.system_prompt
+        wire = self._adapter.build(model, prompt, params, system)
+        _encode(wire.body)  # what JSON cannot hold fails here, as it would when sent
+        return wire
+
+    async def send(
+        self,
+        method: str,
+        path: str,
+        *,
+        content: bytes | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, dict[str, str], bytes]:
+        """One authenticated call to ``base_url + path`` (or to ``path`` when it is a whole
+        URL on the same host, as Anthropic's ``results_url``); transport failures are
+        retryable ``connection``/``timeout`` errors with the key redacted."""
+        adapter, pools, key = self._adapter, self._pools, self._key
+        if adapter is None or pools is None or key is None:
+            raise RuntimeError("use the ProviderClient as `async with ProviderClient(...)`")
+        base = self.config.url.rstrip("/")
+        if path.startswith(("http://", "https://")):
+            url = path
+            if httpx.URL(url).host != httpx.URL(base).host:
+                # Never send the key to a host the operator did not configure.
+                raise bad_response(f"the provider pointed at another host: {httpx.URL(url).host}")
+        else:
+            url = base + path
+        all_headers = {**(headers or {}), **adapter.auth_headers(key)}
+        self._n.requests += 1
+        try:
+            with anyio.fail_after(self.config.timeout):
+                response = await pools.clients[0].request(method, url, content=content, headers=all_headers)
+        except (TimeoutError, httpx.TimeoutException):
+            raise ProviderError("timeout", f"{method} {path}: no answer in time", retryable=True) from None
+        except httpx.HTTPError as e:
+            message = f"{method} {path}: {type(e).__name__}: {self._clean(str(e))}"
+            raise ProviderError("connection", message, retryable=True) from None
+        return response.status_code, dict(response.headers.items()), response.content
+
     # -- one attempt -----------------------------------------------------------------
 
     async def _send(
@@ -414,8 +479,11 @@ class ProviderClient:
 
     # -- cost and stats --------------------------------------------------------------
 
-    def cost(self, model: str, usage: Usage) -> float | None:
+    def cost(self, model: str, usage: Usage, *, batch: bool = False) -> float | None:
         """USD for ``usage`` at the configured prices of ``model``; None if it has none.
+
+        ``batch``: at the batch prices (``batch_input``/``batch_output``, by default half
+        the others; cached input at the batch input price when no cached price is set).
 
         Prices are per million tokens. Cached input tokens cost ``cached_input`` when
         given, else ``input``; ``output_tokens`` include reasoning tokens, billed at the
@@ -436,11 +504,13 @@ class ProviderClient:
                 )
             return None
         cached = min(usage.cached_tokens, usage.input_tokens)
-        cached_price = price.cached_input if price.cached_input is not None else price.input
+        p_in, p_out = price.input, price.output
+        if batch:
+            p_in = price.batch_input if price.batch_input is not None else price.input / 2
+            p_out = price.batch_output if price.batch_output is not None else price.output / 2
+        cached_price = min(p_in, price.cached_input) if price.cached_input is not None else p_in
         return (
-            (usage.input_tokens - cached) * price.input
-            + cached * cached_price
-            + usage.output_tokens * price.output
+            (usage.input_tokens - cached) * p_in + cached * cached_price + usage.output_tokens * p_out
         ) / 1_000_000
 
     @property

@@ -25,6 +25,8 @@ from rollwatch.events import (
 )
 from rollwatch.log import get_logger
 from rollwatch.problems import Problem
+from rollwatch.providers.client import ProviderClient
+from rollwatch.runs.batches import Batcher
 from rollwatch.runs.budget import Budget
 from rollwatch.runs.rollout import NEW, ChunkWork, Known, Rollouts
 from rollwatch.runs.services import ProviderLike, RunLock, RunServices, RunState
@@ -101,6 +103,9 @@ class Run:
         self.rollouts = started.rollouts
         self.budget_usd = started.budget_usd
         self.params: dict[str, object] = started.params or {}
+        self.batch = started.batch
+        """The rollouts go through the provider's batch API (``runs/batches.py``)."""
+        self.batcher: Batcher | None = None
         self.on_progress = on_progress
         self.fresh = fresh
         """Created by this process just now: no rollout of it has events yet."""
@@ -125,7 +130,9 @@ class Run:
     ) -> Run:
         """Record ``RunStarted`` for a new run of ``schedule`` and return it (not yet driven)."""
         pset = services.problem_sets[schedule.problem_set]
+        pconf = services.config.provider(schedule.provider)
         started = RunStarted(
+            batch=schedule.batch if schedule.batch is not None else pconf.batch,
             run_id=new_run_id(),
             schedule=schedule.name,
             provider=schedule.provider,
@@ -262,7 +269,16 @@ class Run:
             s.done = s.scored
             await self._plan(prior_cost=s.cost_usd)
         pconf = svc.config.provider(self.provider_name)
-        budget = Budget(board, self.budget_usd, pconf.prices, self.params)
+        budget = Budget(board, self.budget_usd, pconf.prices, self.params, batch=self.batch)
+        places = max(2, pconf.max_concurrency * 2)
+        if self.batch:
+            if not isinstance(provider, ProviderClient):
+                return await self._finish(f"provider {self.provider_name!r} has no batch API", failed=True)
+            self.batcher = Batcher(self, provider)
+            await self.batcher.load()
+            # A batch holds many rollouts at once: room for one full batch forming while
+            # another is submitted.
+            places = max(places, 2 * pconf.batch_max_requests)
         for model in self.models:
             if self.budget_usd is not None and not budget.enforceable(model):
                 self.log.warning(
@@ -278,7 +294,7 @@ class Run:
             rollouts=Rollouts(self, budget),
             # Places for rollout tasks: those in flight at the provider and those whose
             # answer waits for a scorer. Beyond this the producer waits, so memory stays flat.
-            window=anyio.Semaphore(max(2, pconf.max_concurrency * 2)),
+            window=anyio.Semaphore(places),
         )
         interrupted = False
 
