@@ -1,0 +1,233 @@
+"""Runs through provider batch APIs (``batch = true``): OpenAI Batch and Anthropic
+Message Batches, against a loopback server speaking each; then SIGKILL of a
+``rollwatch run`` at each stage of a batch's life, and a restart.
+
+Real parts: the loopback batch server (``tests/providers/batch_server.py``), the
+provider client, the SQLite log and projections, the sandboxed scoring pool, and for
+the kill tests the ``rollwatch`` command in a subprocess.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from collections import Counter
+from pathlib import Path
+
+import anyio
+import pytest
+
+from rollwatch.config import Config, load_config
+from rollwatch.daemon import open_services
+from rollwatch.events import (
+    BatchEnded,
+    BatchPolled,
+    BatchSubmitted,
+    RolloutFailed,
+    RolloutRequested,
+    RolloutResponded,
+    RunFinished,
+)
+from rollwatch.providers import ProviderClient, Usage
+from rollwatch.runs import Run
+from rollwatch.store.sqlite import SQLiteEventStore
+from tests.providers.batch_server import BatchProvider, Fate, batch_provider
+from tests.providers.fakes import KEY, KEY_ENV
+from tests.test_daemon import ROOT, free_port
+from tests.test_runs import events_of
+
+pytestmark = pytest.mark.anyio
+
+MODEL = "gpt-x"
+KINDS = ["openai", "anthropic"]
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(autouse=True)
+def _key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(KEY_ENV, KEY)
+
+
+def write_config(tmp_path: Path, kind: str, url: str, *, poll: str = "20ms") -> Path:
+    """One rollout per favorites problem, batched, on a ``kind`` provider at ``url``."""
+    cfg = tmp_path / "rollwatch.toml"
+    cfg.write_text(f"""
+node = "test-node"
+[store]
+url = "sqlite:{tmp_path / "events.db"}"
+[server]
+listen = "127.0.0.1:{free_port()}"
+[scoring]
+workers = 2
+[[problem_sets]]
+name = "favorites"
+path = "{ROOT / "config" / "problems"}"
+[[providers]]
+name = "acme"
+kind = "{kind}"
+base_url = "{url}"
+api_key_env = "{KEY_ENV}"
+max_attempts = 3
+backoff_base = "10ms"
+backoff_max = "50ms"
+batch_poll = "{poll}"
+batch_linger = "300ms"
+[providers.prices]
+"{MODEL}" = {{ input = 2.0, output = 10.0 }}
+[[schedules]]
+name = "nightly"
+provider = "acme"
+models = ["{MODEL}"]
+problem_set = "favorites"
+rollouts = 1
+every = "24h"
+batch = true
+""")
+    return cfg
+
+
+def first_batch_errs_and_expires(batch: int, index: int, custom_id: str) -> Fate:
+    """In the first batch, request 0 gets an error and request 1 expires; all else answers."""
+    if batch == 1 and index == 0:
+        return "error"
+    if batch == 1 and index == 1:
+        return "expire"
+    return "ok"
+
+
+async def run_once(config: Config) -> RunFinished:
+    async with open_services(config) as svc:
+        run = await Run.start(svc, config.schedule("nightly"), trigger="manual")
+        with anyio.fail_after(120):
+            fin = await run.drive(grace=5)
+    assert fin is not None
+    return fin
+
+
+class TestBatchRun:
+    @pytest.mark.parametrize("kind", KINDS)
+    async def test_batch_through_every_state_with_an_error_and_an_expiry(self, kind: str, tmp_path: Path) -> None:
+        """All rollouts go in one batch that moves through every state; its results
+        answer all but two: an errored request fails for good, an expired one goes
+        into a second batch (alone) and is answered there. Every step is in the log:
+        BatchSubmitted (ids and attempts), BatchPolled per state change, BatchEnded
+        with the unanswered rollout; answers cost batch prices (half)."""
+        async with batch_provider(kind, first_batch_errs_and_expires) as server:
+            config = load_config(write_config(tmp_path, kind, server.url))
+            fin = await run_once(config)
+            assert server.creates == 2
+            assert [len(b.requests) for b in server.batches.values()] == [10, 1]
+        async with SQLiteEventStore(tmp_path / "events.db") as store:
+            submitted = await events_of(store, BatchSubmitted)
+            polled = await events_of(store, BatchPolled)
+            ended = await events_of(store, BatchEnded)
+            answers = await events_of(store, RolloutResponded)
+            failures = await events_of(store, RolloutFailed)
+            requests = await events_of(store, RolloutRequested)
+        assert fin.status == "partial"
+        assert fin.failures == {"invalid_request": 1}
+        first, second = submitted
+        assert len(first.rollouts) == 10
+        assert set(first.rollouts.values()) == {1}
+        (expired,) = second.rollouts
+        assert second.rollouts[expired] == 2
+        states = [p.state for p in polled if p.batch_id == first.batch_id]
+        assert states == (["in_progress", "finalizing", "completed"] if kind == "openai" else ["in_progress", "ended"])
+        assert [(e.batch_id, e.answered, e.failed, e.unanswered) for e in ended] == [
+            (first.batch_id, 8, 1, [expired]),
+            (second.batch_id, 1, 0, []),
+        ]
+        assert Counter(a.rollout_id for a in answers) == Counter(set(first.rollouts) - {_errored(failures)})
+        assert [(f.rollout_id, f.attempt, f.kind, f.final) for f in failures if f.rollout_id == expired] == [
+            (expired, 1, "batch_unanswered", False)
+        ]
+        assert [(r.attempt) for r in requests if r.rollout_id == expired] == [1, 2]
+        usage = answers[0].usage
+        price_full = ProviderClient(config.provider("acme")).cost(MODEL, Usage(**usage))
+        assert price_full is not None
+        assert answers[0].cost_usd == pytest.approx(price_full / 2)
+
+
+def _errored(failures: list[RolloutFailed]) -> str:
+    (final,) = [f for f in failures if f.final]
+    assert final.kind == "invalid_request"
+    return final.rollout_id
+
+
+# --- SIGKILL and restart --------------------------------------------------------------------
+
+
+async def _rollwatch_run(cfg: Path) -> anyio.abc.Process:
+    env = {**os.environ, KEY_ENV: KEY}
+    return await anyio.open_process(
+        [sys.executable, "-m", "rollwatch", "--config", str(cfg), "run", "nightly"],
+        env=env,
+        stdout=None,
+        stderr=None,
+    )
+
+
+async def _wait_until(cond: object, timeout: float = 60) -> None:
+    assert callable(cond)
+    with anyio.fail_after(timeout):
+        while not cond():
+            await anyio.sleep(0.02)
+
+
+class TestBatchKill:
+    @pytest.mark.parametrize(
+        ("kind", "stage"),
+        [
+            ("openai", "submitted"),
+            ("openai", "polling"),
+            ("openai", "downloading"),
+            ("anthropic", "submitted"),
+            ("anthropic", "downloading"),
+        ],
+    )
+    async def test_sigkill_at_each_stage_then_restart(self, kind: str, stage: str, tmp_path: Path) -> None:
+        """``rollwatch run`` killed with SIGKILL after its batch was submitted (the first
+        poll arrived), while polling, or while downloading results, then started again:
+        the restart resumes the run by polling the same batch. The provider saw exactly
+        one batch created, and every rollout is answered exactly once."""
+        async with batch_provider(kind, lambda b, i, c: "ok", polls_in_progress=10**9) as server:
+            cfg = write_config(tmp_path, kind, server.url, poll="50ms")
+            if stage == "downloading":
+                server.hold_results = True
+            proc = await _rollwatch_run(cfg)
+            try:
+                if stage == "submitted":
+                    await _wait_until(lambda: server.polls >= 1)
+                elif stage == "polling":
+                    await _wait_until(lambda: server.polls >= 3)
+                else:
+                    server.polls_in_progress = 1
+                    await server.result_requested.wait()
+            finally:
+                proc.send_signal(signal.SIGKILL)
+                await proc.wait()
+            server.hold_results = False
+            server.polls_in_progress = 1
+            again = await _rollwatch_run(cfg)
+            with anyio.fail_after(120):
+                code = await again.wait()
+            assert code == 0
+            assert server.creates == 1
+        async with SQLiteEventStore(tmp_path / "events.db") as store:
+            answers = await events_of(store, RolloutResponded)
+            submitted = await events_of(store, BatchSubmitted)
+            finished = await events_of(store, RunFinished)
+        assert len(submitted) == 1
+        counts = Counter(a.rollout_id for a in answers)
+        assert set(counts) == set(submitted[0].rollouts)
+        assert set(counts.values()) == {1}
+        assert [f.status for f in finished] == ["completed"]
+
+
+def _unused(_: BatchProvider) -> None:  # keeps the import for type readers
+    return None
