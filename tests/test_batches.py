@@ -32,10 +32,10 @@ from rollwatch.events import (
 from rollwatch.providers import ProviderClient, Usage
 from rollwatch.runs import Run
 from rollwatch.store.sqlite import SQLiteEventStore
-from tests.providers.batch_server import BatchProvider, Fate, batch_provider
+from tests.providers.batch_server import Fate, batch_provider
 from tests.providers.fakes import KEY, KEY_ENV
 from tests.test_daemon import ROOT, free_port
-from tests.test_runs import events_of
+from tests.test_runs import events_of, wait_for
 
 pytestmark = pytest.mark.anyio
 
@@ -53,7 +53,7 @@ def _key(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(KEY_ENV, KEY)
 
 
-def write_config(tmp_path: Path, kind: str, url: str, *, poll: str = "20ms") -> Path:
+def write_config(tmp_path: Path, kind: str, url: str, *, poll: str = "20ms", enabled: bool = True) -> Path:
     """One rollout per favorites problem, batched, on a ``kind`` provider at ``url``."""
     cfg = tmp_path / "rollwatch.toml"
     cfg.write_text(f"""
@@ -87,6 +87,7 @@ problem_set = "favorites"
 rollouts = 1
 every = "24h"
 batch = true
+enabled = {"true" if enabled else "false"}
 """)
     return cfg
 
@@ -111,7 +112,9 @@ async def run_once(config: Config) -> RunFinished:
 
 class TestBatchRun:
     @pytest.mark.parametrize("kind", KINDS)
-    async def test_batch_through_every_state_with_an_error_and_an_expiry(self, kind: str, tmp_path: Path) -> None:
+    async def test_batch_through_every_state_with_an_error_and_an_expiry(
+        self, kind: str, tmp_path: Path
+    ) -> None:
         """All rollouts go in one batch that moves through every state; its results
         answer all but two: an errored request fails for good, an expired one goes
         into a second batch (alone) and is answered there. Every step is in the log:
@@ -137,7 +140,9 @@ class TestBatchRun:
         (expired,) = second.rollouts
         assert second.rollouts[expired] == 2
         states = [p.state for p in polled if p.batch_id == first.batch_id]
-        assert states == (["in_progress", "finalizing", "completed"] if kind == "openai" else ["in_progress", "ended"])
+        assert states == (
+            ["in_progress", "finalizing", "completed"] if kind == "openai" else ["in_progress", "ended"]
+        )
         assert [(e.batch_id, e.answered, e.failed, e.unanswered) for e in ended] == [
             (first.batch_id, 8, 1, [expired]),
             (second.batch_id, 1, 0, []),
@@ -162,13 +167,10 @@ def _errored(failures: list[RolloutFailed]) -> str:
 # --- SIGKILL and restart --------------------------------------------------------------------
 
 
-async def _rollwatch_run(cfg: Path) -> anyio.abc.Process:
+async def _rollwatch(cfg: Path, *args: str) -> anyio.abc.Process:
     env = {**os.environ, KEY_ENV: KEY}
     return await anyio.open_process(
-        [sys.executable, "-m", "rollwatch", "--config", str(cfg), "run", "nightly"],
-        env=env,
-        stdout=None,
-        stderr=None,
+        [sys.executable, "-m", "rollwatch", "--config", str(cfg), *args], env=env, stdout=None, stderr=None
     )
 
 
@@ -193,13 +195,15 @@ class TestBatchKill:
     async def test_sigkill_at_each_stage_then_restart(self, kind: str, stage: str, tmp_path: Path) -> None:
         """``rollwatch run`` killed with SIGKILL after its batch was submitted (the first
         poll arrived), while polling, or while downloading results, then started again:
-        the restart resumes the run by polling the same batch. The provider saw exactly
-        one batch created, and every rollout is answered exactly once."""
+        the restarted daemon (``rollwatch serve``, the schedule disabled so that only the
+        resumed run can create a batch) resumes the run by polling the same batch. The
+        provider saw exactly one batch created, and every rollout is answered exactly
+        once."""
         async with batch_provider(kind, lambda b, i, c: "ok", polls_in_progress=10**9) as server:
             cfg = write_config(tmp_path, kind, server.url, poll="50ms")
             if stage == "downloading":
                 server.hold_results = True
-            proc = await _rollwatch_run(cfg)
+            proc = await _rollwatch(cfg, "run", "nightly")
             try:
                 if stage == "submitted":
                     await _wait_until(lambda: server.polls >= 1)
@@ -213,9 +217,15 @@ class TestBatchKill:
                 await proc.wait()
             server.hold_results = False
             server.polls_in_progress = 1
-            again = await _rollwatch_run(cfg)
-            with anyio.fail_after(120):
-                code = await again.wait()
+            write_config(tmp_path, kind, server.url, poll="50ms", enabled=False)
+            daemon = await _rollwatch(cfg, "serve", "--grace", "5")
+            try:
+                async with SQLiteEventStore(tmp_path / "events.db") as store:
+                    await wait_for(store, RunFinished, bool, timeout=120)
+            finally:
+                daemon.send_signal(signal.SIGTERM)
+                with anyio.fail_after(60):
+                    code = await daemon.wait()
             assert code == 0
             assert server.creates == 1
         async with SQLiteEventStore(tmp_path / "events.db") as store:
@@ -227,7 +237,3 @@ class TestBatchKill:
         assert set(counts) == set(submitted[0].rollouts)
         assert set(counts.values()) == {1}
         assert [f.status for f in finished] == ["completed"]
-
-
-def _unused(_: BatchProvider) -> None:  # keeps the import for type readers
-    return None

@@ -70,7 +70,9 @@ class BatchProvider:
         if seen.method == "POST" and t == "/files":
             fid = f"file-{len(self.files) + 1}"
             self.files[fid] = _multipart_file(seen.body)
-            return Reply(200, {"id": fid, "object": "file", "purpose": "batch", "bytes": len(self.files[fid])})
+            return Reply(
+                200, {"id": fid, "object": "file", "purpose": "batch", "bytes": len(self.files[fid])}
+            )
         if seen.method == "POST" and t == "/batches":
             body = seen.json()
             lines = [json.loads(x) for x in self.files[body["input_file_id"]].splitlines() if x.strip()]
@@ -190,7 +192,10 @@ class BatchProvider:
         for r in b.requests:
             cid, fate = r["custom_id"], b.fates[r["custom_id"]]
             if fate == "ok":
-                result: dict[str, Any] = {"type": "succeeded", "message": wire.ok("def f():\n    return 1").body}
+                result: dict[str, Any] = {
+                    "type": "succeeded",
+                    "message": wire.ok("def f():\n    return 1").body,
+                }
             elif fate == "error":
                 result = {
                     "type": "errored",
@@ -218,7 +223,9 @@ def _multipart_file(body: bytes) -> bytes:
 
 
 @asynccontextmanager
-async def batch_provider(kind: str, fate: Callable[[int, int, str], Fate], **kw: Any) -> AsyncIterator[BatchProvider]:
+async def batch_provider(
+    kind: str, fate: Callable[[int, int, str], Fate], **kw: Any
+) -> AsyncIterator[BatchProvider]:
     """A running :class:`BatchProvider` of ``kind`` (openai or anthropic)."""
     provider = BatchProvider(kind, fate, **kw)
     async with serve(provider.reply) as server:
