@@ -29,6 +29,7 @@ from rollwatch.events import (
     RolloutResponded,
     RunFinished,
 )
+from rollwatch.metrics import Metrics
 from rollwatch.providers import ProviderClient, Usage
 from rollwatch.runs import Run
 from rollwatch.store.sqlite import SQLiteEventStore
@@ -119,7 +120,8 @@ class TestBatchRun:
         answer all but two: an errored request fails for good, an expired one goes
         into a second batch (alone) and is answered there. Every step is in the log:
         BatchSubmitted (ids and attempts), BatchPolled per state change, BatchEnded
-        with the unanswered rollout; answers cost batch prices (half)."""
+        with the unanswered rollout; answers cost batch prices (half); /metrics counts
+        the ended batches by state."""
         async with batch_provider(kind, first_batch_errs_and_expires) as server:
             config = load_config(write_config(tmp_path, kind, server.url))
             fin = await run_once(config)
@@ -132,6 +134,13 @@ class TestBatchRun:
             answers = await events_of(store, RolloutResponded)
             failures = await events_of(store, RolloutFailed)
             requests = await events_of(store, RolloutRequested)
+            metrics = Metrics()
+            async for rec in store.read():
+                metrics.observe_event(rec)
+        text = metrics.render()
+        final = "completed" if kind == "openai" else "ended"
+        assert f'rollwatch_batches_ended_total{{state="{final}"}} 2' in text
+        assert "rollwatch_batches{" not in text  # none open
         assert fin.status == "partial"
         assert fin.failures == {"invalid_request": 1}
         first, second = submitted

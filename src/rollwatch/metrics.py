@@ -19,7 +19,17 @@ from rollwatch import events as e
 from rollwatch.events import Recorded
 
 _COUNTED = frozenset(
-    {"RunStarted", "RunFinished", "RolloutRequested", "RolloutResponded", "RolloutFailed", "RolloutScored"}
+    {
+        "RunStarted",
+        "RunFinished",
+        "RolloutRequested",
+        "RolloutResponded",
+        "RolloutFailed",
+        "RolloutScored",
+        "BatchSubmitted",
+        "BatchPolled",
+        "BatchEnded",
+    }
 )
 """The event types the metrics count (the others are not decoded at all)."""
 
@@ -74,6 +84,9 @@ class Metrics:
         """Each provider client's current figures (the daemon sets it)."""
         self.events_seen = 0
         self._provider_of: dict[str, str] = {}
+        self.batches: dict[str, str] = {}
+        """Open provider batches → their last known state (``submitted`` until polled)."""
+        self.batches_ended: Counter[str] = Counter()
 
     def observe_event(self, rec: Recorded) -> None:
         """Count what one event says (called once per event, in seq order)."""
@@ -99,6 +112,13 @@ class Metrics:
                 self.rollouts["failed"] += 1
         elif isinstance(ev, e.RolloutScored):
             self.rollouts["passed" if ev.passed else "not_passed"] += 1
+        elif isinstance(ev, e.BatchSubmitted):
+            self.batches[ev.batch_id] = "submitted"
+        elif isinstance(ev, e.BatchPolled) and ev.batch_id in self.batches:
+            self.batches[ev.batch_id] = ev.state
+        elif isinstance(ev, e.BatchEnded) and self.batches.pop(ev.batch_id, None) is not None:
+            # Popped: a resumed run may read an ended batch again; each end counts once.
+            self.batches_ended[ev.state] += 1
 
     def render(self, *, results: bool = True) -> str:
         """The text exposition format (version 0.0.4).
@@ -134,6 +154,22 @@ class Metrics:
         lines += [
             f'rollwatch_provider_errors_total{{provider="{_label(p)}",kind="{_label(k)}"}} {v}'
             for (p, k), v in sorted(self.provider_errors.items())
+        ]
+        lines += [
+            "# HELP rollwatch_batches Provider batches not yet ended, by their last polled state.",
+            "# TYPE rollwatch_batches gauge",
+        ]
+        lines += [
+            f'rollwatch_batches{{state="{_label(k)}"}} {v}'
+            for k, v in sorted(Counter(self.batches.values()).items())
+        ]
+        lines += [
+            "# HELP rollwatch_batches_ended_total Provider batches ended, by final state.",
+            "# TYPE rollwatch_batches_ended_total counter",
+        ]
+        lines += [
+            f'rollwatch_batches_ended_total{{state="{_label(k)}"}} {v}'
+            for k, v in sorted(self.batches_ended.items())
         ]
         lines += _provider_lines(sorted(self.providers(), key=lambda st: st.provider))
         lines += [

@@ -300,7 +300,8 @@ class ProviderClient:
         headers: dict[str, str] | None = None,
     ) -> tuple[int, dict[str, str], bytes]:
         """One authenticated call to ``base_url + path`` (or to ``path`` when it is a whole
-        URL on the same host, as Anthropic's ``results_url``); transport failures are
+        URL on the configured origin, as Anthropic's ``results_url``; another origin is a
+        non-retryable ``bad_response`` and gets no request); transport failures are
         retryable ``connection``/``timeout`` errors with the key redacted."""
         adapter, pools, key = self._adapter, self._pools, self._key
         if adapter is None or pools is None or key is None:
@@ -308,9 +309,14 @@ class ProviderClient:
         base = self.config.url.rstrip("/")
         if path.startswith(("http://", "https://")):
             url = path
-            if httpx.URL(url).host != httpx.URL(base).host:
-                # Never send the key to a host the operator did not configure.
-                raise bad_response(f"the provider pointed at another host: {httpx.URL(url).host}")
+            there, here = httpx.URL(url), httpx.URL(base)
+            if (there.scheme, there.host, there.port) != (here.scheme, here.host, here.port):
+                # Never send the key anywhere but the origin the operator configured.
+                raise ProviderError(
+                    "bad_response",
+                    f"the provider pointed at another origin ({there.scheme}://{there.host}:{there.port}); "
+                    "not following it with the key",
+                )
         else:
             url = base + path
         all_headers = {**(headers or {}), **adapter.auth_headers(key)}
