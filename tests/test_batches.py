@@ -54,7 +54,15 @@ def _key(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(KEY_ENV, KEY)
 
 
-def write_config(tmp_path: Path, kind: str, url: str, *, poll: str = "20ms", enabled: bool = True) -> Path:
+def write_config(
+    tmp_path: Path,
+    kind: str,
+    url: str,
+    *,
+    poll: str = "20ms",
+    enabled: bool = True,
+    max_requests: int = 10000,
+) -> Path:
     """One rollout per favorites problem, batched, on a ``kind`` provider at ``url``."""
     cfg = tmp_path / "rollwatch.toml"
     cfg.write_text(f"""
@@ -78,6 +86,7 @@ backoff_base = "10ms"
 backoff_max = "50ms"
 batch_poll = "{poll}"
 batch_linger = "300ms"
+batch_max_requests = {max_requests}
 [providers.prices]
 "{MODEL}" = {{ input = 2.0, output = 10.0 }}
 [[schedules]]
@@ -165,6 +174,19 @@ class TestBatchRun:
         price_full = ProviderClient(config.provider("acme")).cost(MODEL, Usage(**usage))
         assert price_full is not None
         assert answers[0].cost_usd == pytest.approx(price_full / 2)
+
+    async def test_batches_are_cut_at_the_request_limit(self, tmp_path: Path) -> None:
+        """With ``batch_max_requests = 4`` the ten rollouts go in batches of 4, 4 and 2,
+        and each rollout is in exactly one of them."""
+        async with batch_provider("openai", lambda b, i, c: "ok") as server:
+            config = load_config(write_config(tmp_path, "openai", server.url, max_requests=4))
+            fin = await run_once(config)
+            sizes = sorted(len(b.requests) for b in server.batches.values())
+            ids = Counter(r["custom_id"] for b in server.batches.values() for r in b.requests)
+        assert fin.status == "completed"
+        assert sizes == [2, 4, 4]
+        assert len(ids) == 10
+        assert set(ids.values()) == {1}
 
 
 def _errored(failures: list[RolloutFailed]) -> str:

@@ -23,6 +23,7 @@ are submitted again on resume (paid twice, recorded once).
 
 from __future__ import annotations
 
+import json
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -45,6 +46,10 @@ if TYPE_CHECKING:
 
 log = get_logger(__name__)
 T = TypeVar("T")
+
+#: Request bytes per batch at most: under OpenAI's 200 MB input file and Anthropic's
+#: 256 MB request, with room for the JSONL and envelope around each body.
+BATCH_MAX_BYTES = 100 * 1024 * 1024
 
 
 def _answered(outcome: Outcome | None) -> bool:
@@ -71,6 +76,7 @@ class _Batch:
     done: anyio.Event = field(default_factory=anyio.Event)
     polling: bool = False
     submitted_at: float = field(default_factory=time.monotonic)
+    bytes: int = 0
 
 
 class Batcher:
@@ -162,12 +168,17 @@ class Batcher:
     async def _join(self, rid: str, wire: WireRequest, attempt: int) -> _Batch:
         """Put the request in the batch being formed; lead it if it is new; return the
         batch once its results (or its failure) are in."""
+        size = len(json.dumps(wire.body, separators=(",", ":"), ensure_ascii=False).encode()) + 200
         batch = self._forming
+        if batch is not None and batch.bytes + size > BATCH_MAX_BYTES:
+            batch.full.set()  # this request would not fit: it starts the next batch
+            batch = self._forming = None
         lead = batch is None
         if batch is None:
             batch = self._forming = _Batch()
         batch.rollouts[rid] = attempt
         batch.requests[rid] = wire
+        batch.bytes += size
         if len(batch.requests) >= self.config.batch_max_requests:
             batch.full.set()
             self._forming = None
