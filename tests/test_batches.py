@@ -62,6 +62,7 @@ def write_config(
     poll: str = "20ms",
     enabled: bool = True,
     max_requests: int = 10000,
+    timeout: str = "60s",
 ) -> Path:
     """One rollout per favorites problem, batched, on a ``kind`` provider at ``url``."""
     cfg = tmp_path / "rollwatch.toml"
@@ -87,6 +88,7 @@ backoff_max = "50ms"
 batch_poll = "{poll}"
 batch_linger = "300ms"
 batch_max_requests = {max_requests}
+timeout = "{timeout}"
 [providers.prices]
 "{MODEL}" = {{ input = 2.0, output = 10.0 }}
 [[schedules]]
@@ -188,6 +190,20 @@ class TestBatchRun:
         assert len(ids) == 10
         assert set(ids.values()) == {1}
 
+    async def test_a_lost_create_answer_is_found_not_repeated(self, tmp_path: Path) -> None:
+        """OpenAI makes the batch but its answer never arrives (the client times out):
+        before trying again the client finds the batch by its key in the batch list and
+        follows it; one batch is created, the run completes."""
+        async with batch_provider("openai", lambda b, i, c: "ok") as server:
+            server.stall_creates = 1
+            config = load_config(write_config(tmp_path, "openai", server.url, timeout="1s"))
+            fin = await run_once(config)
+            assert server.creates == 1
+        async with SQLiteEventStore(tmp_path / "events.db") as store:
+            submitted = await events_of(store, BatchSubmitted)
+        assert fin.status == "completed"
+        assert [s.batch_id for s in submitted] == ["batch_1"]
+
 
 def _errored(failures: list[RolloutFailed]) -> str:
     (final,) = [f for f in failures if f.final]
@@ -216,6 +232,7 @@ class TestBatchKill:
     @pytest.mark.parametrize(
         ("kind", "stage"),
         [
+            ("openai", "creating"),
             ("openai", "submitted"),
             ("openai", "polling"),
             ("openai", "downloading"),
@@ -224,8 +241,9 @@ class TestBatchKill:
         ],
     )
     async def test_sigkill_at_each_stage_then_restart(self, kind: str, stage: str, tmp_path: Path) -> None:
-        """``rollwatch run`` killed with SIGKILL after its batch was submitted (the first
-        poll arrived), while polling, or while downloading results, then started again:
+        """``rollwatch run`` killed with SIGKILL while its batch create was unanswered
+        (OpenAI made the batch), after its batch was submitted (the first poll arrived),
+        while polling, or while downloading results, then started again:
         the restarted daemon (``rollwatch serve``, the schedule disabled so that only the
         resumed run can create a batch) resumes the run by polling the same batch. The
         provider saw exactly one batch created, and every rollout is answered exactly
@@ -234,9 +252,13 @@ class TestBatchKill:
             cfg = write_config(tmp_path, kind, server.url, poll="50ms")
             if stage == "downloading":
                 server.hold_results = True
+            if stage == "creating":
+                server.stall_creates = 1
             proc = await _rollwatch(cfg, "run", "nightly")
             try:
-                if stage == "submitted":
+                if stage == "creating":
+                    await _wait_until(lambda: server.creates >= 1)
+                elif stage == "submitted":
                     await _wait_until(lambda: server.polls >= 1)
                 elif stage == "polling":
                     await _wait_until(lambda: server.polls >= 3)

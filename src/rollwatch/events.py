@@ -488,6 +488,23 @@ class ServedModelChanged(Event):
 
 
 @dataclass(frozen=True, kw_only=True)
+class BatchPrepared(Event):
+    """A batch of a run's rollouts is about to be submitted under ``key``.
+
+    Written before the provider is asked, so that a daemon killed before it learns the
+    batch's id can look for it (OpenAI: the batch's ``metadata.rollwatch_batch``) rather
+    than submit the rollouts again.
+    """
+
+    run_id: str
+    provider: str
+    key: str
+    rollouts: dict[str, int]
+    """Rollout id → the attempt number its request in this batch has."""
+    node: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
 class BatchSubmitted(Event):
     """A provider accepted a batch of a run's rollouts (each already ``RolloutRequested``).
 
@@ -505,6 +522,10 @@ class BatchSubmitted(Event):
     """OpenAI: the uploaded JSONL file."""
     bytes: int = 0
     node: str = ""
+    key: str = ""
+    """The ``BatchPrepared`` key it was submitted under."""
+    adopted: bool = False
+    """Found at the provider after a restart (the submitting daemon died first)."""
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -33,6 +33,7 @@ class _Batch:
     polls: int = 0
     state: str = ""
     fates: dict[str, Fate] = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)
 
 
 class BatchProvider:
@@ -49,6 +50,8 @@ class BatchProvider:
         self.polls = 0
         self.downloads = 0
         self.hold_results = False
+        self.stall_creates = 0
+        """Create this many batches without answering the create (the answer is lost)."""
         self.released = anyio.Event()
         self.result_requested = anyio.Event()
         self.server: LoopbackServer | None = None
@@ -77,7 +80,14 @@ class BatchProvider:
             body = seen.json()
             lines = [json.loads(x) for x in self.files[body["input_file_id"]].splitlines() if x.strip()]
             b = self._create("batch", lines, "validating")
+            b.metadata = body.get("metadata") or {}
+            if self.stall_creates > 0:
+                self.stall_creates -= 1
+                return Reply(action="stall")
             return Reply(200, self._openai_view(b))
+        if seen.method == "GET" and t.startswith("/batches?"):
+            data = [self._openai_view(b) for b in reversed(self.batches.values())]
+            return Reply(200, {"object": "list", "data": data, "has_more": False, "last_id": None})
         if seen.method == "GET" and (m := re.fullmatch(r"/batches/([\w-]+)", t)):
             b = self.batches[m.group(1)]
             self.polls += 1
@@ -138,6 +148,7 @@ class BatchProvider:
             "request_counts": self._counts(b),
             "output_file_id": None,
             "error_file_id": None,
+            "metadata": b.metadata,
         }
         if b.state == "completed":
             out["output_file_id"] = f"out-{b.id}"

@@ -63,6 +63,9 @@ class Submitted:
     bytes: int
 
 
+#: How many pages of the batch list a restarted daemon searches for its lost batch.
+FIND_PAGES = 10
+
 Outcome = Parsed | ProviderError
 """One request's result: the parsed answer, or the error the provider gave it."""
 
@@ -70,8 +73,14 @@ Outcome = Parsed | ProviderError
 class BatchAPI(Protocol):
     """One vendor's batch API (see the module docstring)."""
 
-    async def submit(self, send: Send, requests: Mapping[str, WireRequest]) -> Submitted:
-        """Submit ``requests`` (custom id → request); ProviderError when not accepted."""
+    async def submit(self, send: Send, requests: Mapping[str, WireRequest], key: str) -> Submitted:
+        """Submit ``requests`` (custom id → request) tagged with ``key`` where the API
+        can carry it; ProviderError when not accepted."""
+        ...
+
+    async def find(self, send: Send, key: str) -> str | None:
+        """The id of a batch submitted with ``key``; None when there is none or the API
+        cannot tell (Anthropic's batches carry no metadata)."""
         ...
 
     async def poll(self, send: Send, batch_id: str) -> BatchState:
@@ -137,8 +146,8 @@ class OpenAIBatchAPI:
     def __init__(self, adapter: WireAdapter) -> None:
         self.adapter = adapter
 
-    async def submit(self, send: Send, requests: Mapping[str, WireRequest]) -> Submitted:
-        """Upload the JSONL file, then create the batch."""
+    async def submit(self, send: Send, requests: Mapping[str, WireRequest], key: str) -> Submitted:
+        """Upload the JSONL file, then create the batch (``metadata.rollwatch_batch = key``)."""
         lines = [
             json.dumps(
                 {"custom_id": cid, "method": "POST", "url": "/v1" + w.path, "body": w.body},
@@ -167,7 +176,12 @@ class OpenAIBatchAPI:
         file_id = _check(status, body, "upload of the batch file").get("id")
         if not isinstance(file_id, str):
             raise bad_response("upload of the batch file: no file id in the answer")
-        create = {"input_file_id": file_id, "endpoint": "/v1/chat/completions", "completion_window": "24h"}
+        create = {
+            "input_file_id": file_id,
+            "endpoint": "/v1/chat/completions",
+            "completion_window": "24h",
+            "metadata": {"rollwatch_batch": key},
+        }
         status, _, body = await send(
             "POST",
             "/batches",
@@ -178,6 +192,26 @@ class OpenAIBatchAPI:
         if not isinstance(batch_id, str):
             raise bad_response("batch create: no batch id in the answer")
         return Submitted(batch_id, file_id, len(data))
+
+    async def find(self, send: Send, key: str) -> str | None:
+        """``GET /batches`` (newest first), up to :data:`FIND_PAGES` pages of 100."""
+        after: str | None = None
+        for _ in range(FIND_PAGES):
+            path = "/batches?limit=100" + (f"&after={after}" if after else "")
+            status, _, body = await send("GET", path)
+            data = as_dict(_check(status, body, "batch list"))
+            items = data.get("data")
+            if not isinstance(items, list):
+                return None
+            for item in items:
+                if isinstance(item, dict) and as_dict(item.get("metadata")).get("rollwatch_batch") == key:
+                    found = item.get("id")
+                    return found if isinstance(found, str) else None
+            last = data.get("last_id")
+            if not data.get("has_more") or not isinstance(last, str):
+                return None
+            after = last
+        return None
 
     async def poll(self, send: Send, batch_id: str) -> BatchState:
         """``GET /batches/{id}``."""
@@ -231,8 +265,12 @@ class AnthropicBatchAPI:
     def __init__(self, adapter: WireAdapter) -> None:
         self.adapter = adapter
 
-    async def submit(self, send: Send, requests: Mapping[str, WireRequest]) -> Submitted:
-        """``POST /v1/messages/batches`` with every request inline."""
+    async def find(self, send: Send, key: str) -> str | None:
+        """None: Anthropic's batches carry no metadata to find one by."""
+        return None
+
+    async def submit(self, send: Send, requests: Mapping[str, WireRequest], key: str) -> Submitted:
+        """``POST /v1/messages/batches`` with every request inline (``key`` unused)."""
         headers: dict[str, str] = {"content-type": "application/json"}
         for w in requests.values():
             headers.update(w.headers)  # anthropic-version

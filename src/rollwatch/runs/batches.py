@@ -16,9 +16,15 @@ reads its results. A batch that ends without answering some rollouts (expired,
 cancelled, missing from the results, or a retryable error) records those as failed
 attempts, and they go into a later batch, up to ``max_attempts``.
 
-Known gap: a kill in the milliseconds between the provider accepting a batch and
-``BatchSubmitted`` reaching the log leaves a batch the log does not know; its rollouts
-are submitted again on resume (paid twice, recorded once).
+Before a batch is submitted, ``BatchPrepared`` records its key and rollouts; OpenAI's
+batch carries the key in ``metadata.rollwatch_batch``. A daemon killed after asking
+but before ``BatchSubmitted`` reached the log looks the key up in the provider's batch
+list on resume and adopts the batch it finds (``BatchSubmitted`` with ``adopted``);
+only when there is none are the rollouts submitted again. A create whose answer is
+lost (a timeout) is looked up the same way before it is retried. Known gap:
+Anthropic's batches carry no metadata, so there a kill in that window (the
+milliseconds between the provider's answer and the append) or a lost create answer
+means those rollouts are submitted again (paid twice, recorded once).
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from __future__ import annotations
 import json
 import random
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
@@ -33,10 +40,10 @@ from typing import TYPE_CHECKING, TypeVar
 import anyio
 
 from rollwatch.errors import ProviderError
-from rollwatch.events import BatchEnded, BatchPolled, BatchSubmitted, Event, batch_stream
+from rollwatch.events import BatchEnded, BatchPolled, BatchPrepared, BatchSubmitted, Event, batch_stream
 from rollwatch.log import get_logger
 from rollwatch.providers.base import Answer, Parsed, Prompt, WireRequest
-from rollwatch.providers.batch import BatchState, Outcome
+from rollwatch.providers.batch import BatchState, Outcome, Submitted
 from rollwatch.providers.retry import full_jitter
 
 if TYPE_CHECKING:
@@ -94,12 +101,18 @@ class Batcher:
         self._batches: dict[str, _Batch] = {}
         self._rng = random.Random()
         self._append_lock = anyio.Lock()
+        self._prepared: dict[str, dict[str, int]] = {}
+        """Keys of batches prepared but not known to be submitted → their rollouts."""
+        self._adoption: dict[str, anyio.Lock] = {}
 
     async def load(self) -> None:
         """Read what the log says of this run's batches (on resume)."""
         async for rec in self.run.services.store.read(stream=self.stream):
             ev = rec.event()
-            if isinstance(ev, BatchSubmitted):
+            if isinstance(ev, BatchPrepared):
+                self._prepared[ev.key] = dict(ev.rollouts)
+            elif isinstance(ev, BatchSubmitted):
+                self._prepared.pop(ev.key, None)
                 b = self._batches.setdefault(ev.batch_id, _Batch(batch_id=ev.batch_id))
                 b.rollouts = dict(ev.rollouts)
                 for rid, attempt in ev.rollouts.items():
@@ -121,6 +134,10 @@ class Batcher:
         """The rollout's answer and its cost at batch prices (None, 0.0 when it failed for
         good); every attempt recorded on ``recorder`` as a synchronous one is."""
         n = 0  # attempts made by this call; the recorder adds those recorded before
+        for key, members in list(self._prepared.items()):
+            if members.get(rid) == recorded_attempts:
+                await self._adopt(key)
+                break
         latest = self._latest.get(rid)
         resumed: _Batch | None = None
         if latest is not None and latest[1] == recorded_attempts:
@@ -208,13 +225,51 @@ class Batcher:
 
     # -- one batch --------------------------------------------------------------------------
 
+    async def _adopt(self, key: str) -> None:
+        """Look for the batch prepared under ``key`` at the provider (once per key); when
+        found, record it as submitted so that its rollouts follow it."""
+        lock = self._adoption.setdefault(key, anyio.Lock())
+        async with lock:
+            members = self._prepared.get(key)
+            if members is None:
+                return  # settled by another rollout of the batch
+            try:
+                bid = await self._retrying("find", lambda: self.api.find(self.client.send, key))
+            except ProviderError:
+                bid = None
+            if bid is not None:
+                self._batches[bid] = _Batch(batch_id=bid, rollouts=dict(members))
+                for rid, attempt in members.items():
+                    self._latest[rid] = (bid, attempt)
+                await self._append(
+                    BatchSubmitted(
+                        run_id=self.run.run_id,
+                        provider=self.client.name,
+                        batch_id=bid,
+                        rollouts=dict(members),
+                        node=self.run.services.node,
+                        key=key,
+                        adopted=True,
+                    )
+                )
+                self.run.log.info("batch_adopted", batch_id=bid, key=key, requests=len(members))
+            del self._prepared[key]
+
     async def _lead(self, batch: _Batch) -> None:
         batch.polling = True
+        key = uuid.uuid4().hex
         try:
-            try:
-                sub = await self._retrying(
-                    "submit", lambda: self.api.submit(self.client.send, batch.requests)
+            await self._append(
+                BatchPrepared(
+                    run_id=self.run.run_id,
+                    provider=self.client.name,
+                    key=key,
+                    rollouts=dict(batch.rollouts),
+                    node=self.run.services.node,
                 )
+            )
+            try:
+                sub = await self._submit(batch, key)
             except ProviderError as e:
                 batch.error = e
                 return
@@ -230,6 +285,7 @@ class Batcher:
                     input_file_id=sub.input_file_id,
                     bytes=sub.bytes,
                     node=self.run.services.node,
+                    key=key,
                 )
             )
             self.run.log.info("batch_submitted", batch_id=sub.batch_id, requests=len(batch.rollouts))
@@ -237,6 +293,28 @@ class Batcher:
             await self._poll_and_read(batch)
         finally:
             batch.done.set()
+
+    async def _submit(self, batch: _Batch, key: str) -> Submitted:
+        """Submit, retrying while it fails retryably; before each retry, look for the
+        batch under its key (a create whose answer was lost may have made it)."""
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return await self.api.submit(self.client.send, batch.requests, key)
+            except ProviderError as e:
+                if not e.retryable or attempt >= self.config.max_attempts:
+                    self.run.log.warning("batch_submit_failed", error=e.message, kind=e.kind)
+                    raise
+                jitter = full_jitter(attempt, self.config.backoff_base, self.config.backoff_max, self._rng)
+                await anyio.sleep(max(e.retry_after or 0.0, jitter))
+                try:
+                    found = await self.api.find(self.client.send, key)
+                except ProviderError:
+                    found = None
+                if found is not None:
+                    self.run.log.info("batch_adopted", batch_id=found, key=key, requests=len(batch.requests))
+                    return Submitted(found, None, 0)
 
     async def _poll_and_read(self, batch: _Batch) -> None:
         """Poll until the batch ends, read its results, record ``BatchEnded``."""
