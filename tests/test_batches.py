@@ -9,11 +9,13 @@ the kill tests the ``rollwatch`` command in a subprocess.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -63,6 +65,7 @@ def write_config(
     enabled: bool = True,
     max_requests: int = 10000,
     timeout: str = "60s",
+    models: tuple[str, ...] = (MODEL,),
 ) -> Path:
     """One rollout per favorites problem, batched, on a ``kind`` provider at ``url``."""
     cfg = tmp_path / "rollwatch.toml"
@@ -94,7 +97,7 @@ timeout = "{timeout}"
 [[schedules]]
 name = "nightly"
 provider = "acme"
-models = ["{MODEL}"]
+models = {json.dumps(list(models))}
 problem_set = "favorites"
 rollouts = 1
 every = "24h"
@@ -203,6 +206,25 @@ class TestBatchRun:
             submitted = await events_of(store, BatchSubmitted)
         assert fin.status == "completed"
         assert [s.batch_id for s in submitted] == ["batch_1"]
+
+    @pytest.mark.parametrize("kind", KINDS)
+    async def test_one_model_per_batch(self, kind: str, tmp_path: Path) -> None:
+        """A run of two models makes a batch per model (OpenAI refuses a file that mixes
+        models), each rollout in exactly one."""
+        async with batch_provider(kind, lambda b, i, c: "ok") as server:
+            config = load_config(write_config(tmp_path, kind, server.url, models=("m-a", "m-b")))
+            fin = await run_once(config)
+            models = sorted({_model_of(r) for r in b.requests} for b in server.batches.values())
+            ids = Counter(r["custom_id"] for b in server.batches.values() for r in b.requests)
+        assert fin.status == "completed"
+        assert models == [{"m-a"}, {"m-b"}]
+        assert len(ids) == 20
+        assert set(ids.values()) == {1}
+
+
+def _model_of(request: dict[str, Any]) -> str:
+    body = request.get("body") or request["params"]  # OpenAI JSONL line, or Anthropic request
+    return str(body["model"])
 
 
 def _errored(failures: list[RolloutFailed]) -> str:

@@ -2,7 +2,8 @@
 
 Each rollout task still carries its own rollout (its events, its verdict); only the
 request goes another way. A rollout records ``RolloutRequested`` and joins the batch
-being formed; the first to join leads it: it waits ``batch_linger`` (or until
+being formed for its model (OpenAI takes one model per batch); the first to join
+leads it: it waits ``batch_linger`` (or until
 ``batch_max_requests`` joined), submits the batch, records ``BatchSubmitted`` (the
 provider's batch id and each rollout's attempt in it), polls every ``batch_poll``
 (recording ``BatchPolled`` when the state or counts change), reads the results and
@@ -95,7 +96,8 @@ class Batcher:
         self.api = client.batch_api()
         self.config = client.config
         self.stream = batch_stream(run.run_id)
-        self._forming: _Batch | None = None
+        self._forming: dict[str, _Batch] = {}
+        """Model → the batch being formed for it (OpenAI takes one model per batch)."""
         self._latest: dict[str, tuple[str, int]] = {}
         """Rollout id → (batch id, attempt) of its latest submitted batch, from the log."""
         self._batches: dict[str, _Batch] = {}
@@ -156,7 +158,7 @@ class Batcher:
                     await recorder.failed(n, e, True)
                     return None, 0.0
                 await recorder.requested(n, wire.body)
-                batch = await self._join(rid, wire, recorded_attempts + n)
+                batch = await self._join(rid, model, wire, recorded_attempts + n)
             outcome: Outcome | None = batch.error or batch.results.get(rid)
             if isinstance(outcome, Parsed):
                 answer = Answer(
@@ -182,28 +184,29 @@ class Batcher:
             if final:
                 return None, 0.0
 
-    async def _join(self, rid: str, wire: WireRequest, attempt: int) -> _Batch:
-        """Put the request in the batch being formed; lead it if it is new; return the
-        batch once its results (or its failure) are in."""
+    async def _join(self, rid: str, model: str, wire: WireRequest, attempt: int) -> _Batch:
+        """Put the request in the batch being formed for ``model``; lead it if it is new;
+        return the batch once its results (or its failure) are in."""
         size = len(json.dumps(wire.body, separators=(",", ":"), ensure_ascii=False).encode()) + 200
-        batch = self._forming
+        batch = self._forming.get(model)
         if batch is not None and batch.bytes + size > BATCH_MAX_BYTES:
             batch.full.set()  # this request would not fit: it starts the next batch
-            batch = self._forming = None
+            del self._forming[model]
+            batch = None
         lead = batch is None
         if batch is None:
-            batch = self._forming = _Batch()
+            batch = self._forming[model] = _Batch()
         batch.rollouts[rid] = attempt
         batch.requests[rid] = wire
         batch.bytes += size
         if len(batch.requests) >= self.config.batch_max_requests:
             batch.full.set()
-            self._forming = None
+            del self._forming[model]
         if lead:
             with anyio.move_on_after(self.config.batch_linger):
                 await batch.full.wait()
-            if self._forming is batch:
-                self._forming = None
+            if self._forming.get(model) is batch:
+                del self._forming[model]
             await self._lead(batch)
         else:
             await batch.done.wait()
