@@ -221,6 +221,22 @@ class TestBatchRun:
         assert len(ids) == 20
         assert set(ids.values()) == {1}
 
+    async def test_a_rejected_key_disables_the_provider(self, tmp_path: Path) -> None:
+        """A 401 on the batch create fails that batch's rollouts for good (``auth``) and
+        disables the provider: no further batch is tried, the run ends."""
+        async with batch_provider("openai", lambda b, i, c: "ok") as server:
+            server.reject_creates = 401
+            config = load_config(write_config(tmp_path, "openai", server.url, max_requests=4))
+            fin = await run_once(config)
+            assert server.server is not None
+            creates = [s for s in server.server.seen if s.method == "POST" and s.target == "/batches"]
+        # The two full batches went out together; the third, still forming when the
+        # first 401 came back, never did.
+        assert len(creates) <= 2
+        assert fin.status == "partial"
+        assert set(fin.failures) <= {"auth", "not_requested"}
+        assert fin.failures.get("auth", 0) >= 4
+
 
 def _model_of(request: dict[str, Any]) -> str:
     body = request.get("body") or request["params"]  # OpenAI JSONL line, or Anthropic request

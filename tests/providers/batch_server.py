@@ -50,6 +50,8 @@ class BatchProvider:
         self.polls = 0
         self.downloads = 0
         self.hold_results = False
+        self.reject_creates: int | None = None
+        """Answer every create with this status (e.g. 401) instead."""
         self.stall_creates = 0
         """Create this many batches without answering the create (the answer is lost)."""
         self.released = anyio.Event()
@@ -76,6 +78,8 @@ class BatchProvider:
             return Reply(
                 200, {"id": fid, "object": "file", "purpose": "batch", "bytes": len(self.files[fid])}
             )
+        if seen.method == "POST" and t == "/batches" and self.reject_creates:
+            return OpenAIWire().error(self.reject_creates, "Incorrect API key provided")
         if seen.method == "POST" and t == "/batches":
             body = seen.json()
             lines = [json.loads(x) for x in self.files[body["input_file_id"]].splitlines() if x.strip()]

@@ -444,11 +444,13 @@ class ProviderClient:
             hold = wait if wait is not None else self.config.backoff_base
             self.limits.slow_down(slot, hard=False, hold=hold)
         if error.kind == "auth" or (error.kind == "rate_limited" and not error.retryable):
-            self._disable(model, error)
+            self.disable(model, error)
         jitter = full_jitter(attempt, self.config.backoff_base, self.config.backoff_max, self._rng)
         return max(wait or 0.0, jitter)
 
-    def _disable(self, model: str, error: ProviderError) -> None:
+    def disable(self, model: str, error: ProviderError) -> None:
+        """Stop using this provider: ``error`` showed the key or account rejected (one
+        ERROR line; every later ``rollout`` returns None at once)."""
         if self.disabled is not None:
             return
         self.disabled = error

@@ -262,6 +262,9 @@ class Batcher:
         batch.polling = True
         key = uuid.uuid4().hex
         try:
+            if self.client.disabled is not None:  # rejected while this batch formed
+                batch.error = self.client.disabled
+                return
             await self._append(
                 BatchPrepared(
                     run_id=self.run.run_id,
@@ -274,7 +277,7 @@ class Batcher:
             try:
                 sub = await self._submit(batch, key)
             except ProviderError as e:
-                batch.error = e
+                self._failed(batch, e)
                 return
             batch.batch_id = sub.batch_id
             batch.submitted_at = time.monotonic()
@@ -334,7 +337,7 @@ class Batcher:
                     e = ProviderError(
                         "batch_lost", f"batch {bid}: {e.message}", status=e.status, retryable=True
                     )
-                batch.error = e
+                self._failed(batch, e)
                 return
             if (state.state, state.counts) != last:
                 last = (state.state, state.counts)
@@ -359,7 +362,7 @@ class Batcher:
                 "results", lambda: self.api.results(self.client.send, state), forever=True
             )
         except ProviderError as e:
-            batch.error = e
+            self._failed(batch, e)
             return
         batch.results = {rid: results[rid] for rid in batch.rollouts if rid in results}
         unanswered = sorted(rid for rid in batch.rollouts if not _answered(results.get(rid)))
@@ -397,6 +400,14 @@ class Batcher:
                     raise
                 jitter = full_jitter(attempt, self.config.backoff_base, self.config.backoff_max, self._rng)
                 await anyio.sleep(max(e.retry_after or 0.0, jitter))
+
+    def _failed(self, batch: _Batch, error: ProviderError) -> None:
+        """The batch cannot go on: its members fail this attempt; a rejected key or
+        account disables the provider (the run then starts no more rollouts)."""
+        batch.error = error
+        if error.kind == "auth":
+            model = next(iter(batch.requests.values())).body.get("model", "?") if batch.requests else "?"
+            self.client.disable(str(model), error)
 
     async def _append(self, event: Event) -> None:
         async with self._append_lock:
