@@ -235,6 +235,11 @@ class ProviderConfig(_Strict):
     backoff_max: Duration = 120.0
     system_prompt: str | None = None
     prices: dict[str, Price] = Field(default_factory=dict)
+    stream: bool | None = None
+    """Stream answers (server-sent events); unset: only requests that ask for reasoning
+    or more than 32,000 output tokens."""
+    stream_idle_timeout: Duration = 120.0
+    """A stream silent this long is a failed (retried) attempt."""
     batch: bool = False
     """Send this provider's rollouts through its batch API (schedules may override)."""
     batch_poll: Duration = 60.0

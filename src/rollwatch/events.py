@@ -425,6 +425,8 @@ class RolloutResponded(Event):
     """The model the provider says answered (it may name a dated snapshot)."""
     system_fingerprint: str | None = None
     """OpenAI's ``system_fingerprint`` of the answer (None from other providers)."""
+    ttft_ms: float | None = None
+    """Time to the first token of a streamed answer."""
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -7,6 +7,7 @@ parser that trips over an unexpected field fails here first.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -81,6 +82,23 @@ class OpenAIWire:
     model_echo = "gpt-5-2025-08-07"
     finish = "stop"
 
+    def sse(self, text: str = "def f():\n    return 1", reasoning: str | None = None) -> Reply:
+        """The same answer as ``ok``, streamed: deltas, a usage chunk, ``[DONE]``."""
+        base = {"id": "chatcmpl-B9MBs8", "object": "chat.completion.chunk", "model": self.model_echo}
+        deltas: list[dict[str, Any]] = [{"role": "assistant", "content": ""}]
+        if reasoning is not None:
+            deltas.append({"reasoning_content": reasoning})
+        half = len(text) // 2
+        deltas += [{"content": text[:half]}, {"content": text[half:]}]
+        events: list[Any] = [
+            {**base, "choices": [{"index": 0, "delta": d, "finish_reason": None}]} for d in deltas
+        ]
+        events.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+        usage = self.ok().body["usage"]
+        events.append({**base, "choices": [], "usage": usage})
+        events.append("[DONE]")
+        return _sse(events, {"x-request-id": self.request_id})
+
     def error(self, status: int, message: str, code: str | None = None) -> Reply:
         return Reply(
             status,
@@ -128,6 +146,30 @@ class AnthropicWire:
     request_id = "req_011CSHoEeqs5C35K2UUqR7Fy"
     model_echo = "claude-sonnet-4-5-20250929"
     finish = "end_turn"
+
+    def sse(self, text: str = "def f():\n    return 1", reasoning: str | None = None) -> Reply:
+        """The same answer as ``ok``, as Messages stream events."""
+        whole = self.ok(text, reasoning).body
+        start = {**whole, "content": [], "stop_reason": None, "usage": {**whole["usage"], "output_tokens": 1}}
+        events: list[Any] = [{"type": "message_start", "message": start}, {"type": "ping"}]
+        if reasoning is not None:
+            events.append(
+                {
+                    "type": "content_block_delta",
+                    "index": 0,
+                    "delta": {"type": "thinking_delta", "thinking": reasoning},
+                }
+            )
+        half = len(text) // 2
+        for piece in (text[:half], text[half:]):
+            events.append(
+                {"type": "content_block_delta", "index": 1, "delta": {"type": "text_delta", "text": piece}}
+            )
+        events.append(
+            {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 300}}
+        )
+        events.append({"type": "message_stop"})
+        return _sse(events, {"request-id": self.request_id}, named=True)
 
     def path(self, model: str) -> str:
         return "/v1/messages"
@@ -206,6 +248,17 @@ class AnthropicWire:
 _GOOGLE_API = "generativelanguage.googleapis.com"
 
 
+def _sse(events: list[Any], headers: dict[str, str], *, named: bool = False) -> Reply:
+    """A server-sent-events reply: one ``data:`` line per event (and ``event:`` lines,
+    as Anthropic names its events)."""
+    out = ""
+    for ev in events:
+        if named and isinstance(ev, dict):
+            out += f"event: {ev['type']}\n"
+        out += f"data: {ev if isinstance(ev, str) else json.dumps(ev)}\n\n"
+    return Reply(200, out.encode(), {"content-type": "text/event-stream", **headers})
+
+
 def _rfc3339_in(seconds: float) -> str:
     """The wall-clock time ``seconds`` from now, as Anthropic writes reset times."""
     return datetime.fromtimestamp(time.time() + seconds, UTC).isoformat().replace("+00:00", "Z")
@@ -217,6 +270,22 @@ class GeminiWire:
     request_id = "mA6TaO2xNOu0z7IP3Z6u8Qg"
     model_echo = "gemini-2.5-pro"
     finish = "STOP"
+
+    def sse(self, text: str = "def f():\n    return 1", reasoning: str | None = None) -> Reply:
+        """The same answer as ``ok``, as streamGenerateContent chunks."""
+        whole = self.ok(text, reasoning).body
+        meta = {"modelVersion": whole["modelVersion"], "responseId": whole["responseId"]}
+        parts: list[dict[str, Any]] = []
+        if reasoning is not None:
+            parts.append({"text": reasoning, "thought": True})
+        half = len(text) // 2
+        parts += [{"text": text[:half]}, {"text": text[half:]}]
+        events: list[Any] = [
+            {**meta, "candidates": [{"content": {"role": "model", "parts": [p]}, "index": 0}]} for p in parts
+        ]
+        events[-1]["candidates"][0]["finishReason"] = "STOP"
+        events[-1]["usageMetadata"] = whole["usageMetadata"]
+        return _sse(events, {})
 
     def path(self, model: str) -> str:
         return f"/models/{model}:generateContent"

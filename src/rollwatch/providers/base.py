@@ -69,6 +69,8 @@ class Answer:
     ``model``, Anthropic's ``model``, Gemini's ``modelVersion``."""
     system_fingerprint: str | None = None
     """OpenAI's ``system_fingerprint``: the backend configuration that served it."""
+    ttft_ms: float | None = None
+    """Time to the first token, when the answer was streamed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,7 +186,7 @@ def classify_status(status: int) -> tuple[str, bool]:
     return "invalid_request", False
 
 
-STREAM_UNSUPPORTED = "params.stream is not supported: rollwatch reads whole answers"
+STREAM_UNSUPPORTED = "params.stream is not for schedules: set stream = true on the provider instead"
 
 
 def check_params(params: Mapping[str, Any], reserved: frozenset[str]) -> None:

@@ -63,6 +63,7 @@ from rollwatch.providers.limits import ProviderLimits, Slot
 from rollwatch.providers.openai import OpenAIAdapter
 from rollwatch.providers.reference import ReferenceAdapter
 from rollwatch.providers.retry import full_jitter
+from rollwatch.providers.streaming import StreamFold, streamed, wants_stream
 
 ADAPTERS: dict[str, type[WireAdapter]] = {
     "openai": OpenAIAdapter,
@@ -201,8 +202,11 @@ class ProviderClient:
         if adapter is None or pools is None or key is None:
             raise RuntimeError("use the ProviderClient as `async with ProviderClient(...)`")
         system = prompt.system if prompt.system is not None else self.config.system_prompt
+        stream = wants_stream(self.config.stream, params)
         try:
             wire = adapter.build(model, prompt, params, system)
+            if stream:
+                wire = streamed(adapter.kind, wire)
             content = _encode(wire.body)
         except ProviderError as e:
             await self._fail(log, 1, e, final=True)
@@ -237,7 +241,8 @@ class ProviderClient:
                 lease = pools.take()
                 try:
                     http = pools.clients[lease]
-                    answer = await self._send(adapter, http, url, content, headers, time_limit)
+                    send = self._send_stream if stream else self._send
+                    answer = await send(adapter, http, url, content, headers, time_limit)
                 except ProviderError as e:
                     error = e
                     # Feedback goes in while the slot is held, so that no waiting rollout
@@ -332,6 +337,82 @@ class ProviderClient:
         return response.status_code, dict(response.headers.items()), response.content
 
     # -- one attempt -----------------------------------------------------------------
+
+    async def _send_stream(
+        self,
+        adapter: WireAdapter,
+        http: httpx.AsyncClient,
+        url: str,
+        content: bytes,
+        headers: dict[str, str],
+        time_limit: float,
+    ) -> Answer:
+        """One streamed attempt (``providers/streaming.py``): the events folded into a
+        whole answer; a stream silent for ``stream_idle_timeout`` or ended before its end
+        marker is a retryable failure, never a truncated answer."""
+        start = time.perf_counter()
+        fold = StreamFold(adapter.kind)
+        ttft: float | None = None
+        idle = self.config.stream_idle_timeout
+        try:
+            with anyio.fail_after(time_limit):
+                async with http.stream("POST", url, content=content, headers=headers) as response:
+                    got = dict(response.headers.items())
+                    rid = got.get("x-request-id") or got.get("request-id")
+                    if not 200 <= response.status_code < 300:
+                        body = await response.aread()
+                        raise self._with_context(
+                            adapter.error(response.status_code, got, body, time.time()), rid
+                        )
+                    lines = response.aiter_lines()
+                    while not fold.done:
+                        line: str | None = None
+                        with anyio.move_on_after(idle):
+                            line = await anext(lines, None)
+                            if line is None:
+                                raise bad_response("the stream ended before its end: the answer was cut off")
+                        if line is None:
+                            raise ProviderError(
+                                "timeout", f"the stream was silent for {idle:g}s", retryable=True
+                            )
+                        if line.startswith("data:"):
+                            try:
+                                fold.feed(line[5:].strip())
+                            except ProviderError as e:
+                                raise self._with_context(e, rid) from None
+                            if ttft is None and fold.first_token:
+                                ttft = (time.perf_counter() - start) * 1000.0
+        except (TimeoutError, httpx.TimeoutException):
+            raise ProviderError(
+                "timeout", f"no complete answer within {time_limit:g}s", retryable=True
+            ) from None
+        except httpx.RemoteProtocolError as e:
+            raise bad_response(f"the stream was cut off: {self._clean(str(e))}") from None
+        except httpx.DecodingError as e:
+            raise bad_response(f"the stream cannot be decoded: {self._clean(str(e))}") from None
+        except httpx.TransportError as e:
+            raise ProviderError(
+                "connection", f"{type(e).__name__}: {self._clean(str(e))}", retryable=True
+            ) from None
+        try:
+            parsed = adapter.parse(fold.body(), got)
+        except ProviderError as e:
+            raise self._with_context(e, rid) from None
+        except (KeyError, TypeError, AttributeError, IndexError, ValueError) as e:
+            raise bad_response(f"unexpected stream shape: {type(e).__name__}: {e}") from None
+        if (pause := adapter.pause_hint(got, time.time())) is not None:
+            self.limits.pause(pause)
+        return Answer(
+            text=parsed.text,
+            reasoning=parsed.reasoning,
+            finish_reason=parsed.finish_reason,
+            usage=parsed.usage,
+            request_id=parsed.request_id,
+            latency_ms=(time.perf_counter() - start) * 1000.0,
+            model=parsed.model,
+            system_fingerprint=parsed.system_fingerprint,
+            ttft_ms=ttft,
+        )
 
     async def _send(
         self,

@@ -130,6 +130,7 @@ class AttemptRecorder:
                 request_id=answer.request_id,
                 model=answer.model,
                 system_fingerprint=answer.system_fingerprint,
+                ttft_ms=round(answer.ttft_ms, 3) if answer.ttft_ms is not None else None,
             ),
         )
 
