@@ -235,6 +235,9 @@ class ProviderConfig(_Strict):
     backoff_max: Duration = 120.0
     system_prompt: str | None = None
     prices: dict[str, Price] = Field(default_factory=dict)
+    api: Literal["chat", "responses"] = "chat"
+    """OpenAI only: Chat Completions (``chat``, every compatible host) or the Responses
+    API (``responses``: reasoning summaries, reasoning tokens)."""
     stream: bool | None = None
     """Stream answers (server-sent events); unset: only requests that ask for reasoning
     or more than 32,000 output tokens."""
@@ -253,6 +256,8 @@ class ProviderConfig(_Strict):
     def _key_source(self) -> ProviderConfig:
         if self.kind != "reference" and self.api_key_env and self.api_key_file:
             raise ValueError("set only one of api_key_env and api_key_file")
+        if self.api == "responses" and self.kind != "openai":
+            raise ValueError(f"api = 'responses' is OpenAI's; kind {self.kind!r} has only its own API")
         if self.batch and self.kind not in BATCH_KINDS:
             raise ValueError(f"batch = true needs a provider with a batch API ({', '.join(BATCH_KINDS)})")
         return self

@@ -178,7 +178,8 @@ class OpenAIBatchAPI:
             raise bad_response("upload of the batch file: no file id in the answer")
         create = {
             "input_file_id": file_id,
-            "endpoint": "/v1/chat/completions",
+            # One endpoint per batch: /v1/chat/completions, or /v1/responses.
+            "endpoint": "/v1" + next(iter(requests.values())).path,
             "completion_window": "24h",
             "metadata": {"rollwatch_batch": key},
         }

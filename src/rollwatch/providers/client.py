@@ -61,6 +61,7 @@ from rollwatch.providers.batch import BATCH_APIS, BatchAPI
 from rollwatch.providers.gemini import GeminiAdapter
 from rollwatch.providers.limits import ProviderLimits, Slot
 from rollwatch.providers.openai import OpenAIAdapter
+from rollwatch.providers.openai_responses import OpenAIResponsesAdapter
 from rollwatch.providers.reference import ReferenceAdapter
 from rollwatch.providers.retry import full_jitter
 from rollwatch.providers.streaming import StreamFold, streamed, wants_stream
@@ -148,7 +149,13 @@ class ProviderClient:
         self._rng = rng or random.Random()
         self._transport = transport
         self._reference = ReferenceAdapter() if config.kind == "reference" else None
-        self._adapter: WireAdapter | None = None if config.kind == "reference" else ADAPTERS[config.kind]()
+        self._adapter: WireAdapter | None = (
+            None
+            if config.kind == "reference"
+            else OpenAIResponsesAdapter()
+            if config.api == "responses"
+            else ADAPTERS[config.kind]()
+        )
         self.limits = ProviderLimits(
             max_concurrency=config.max_concurrency,
             requests_per_minute=config.requests_per_minute,

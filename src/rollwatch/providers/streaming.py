@@ -11,6 +11,9 @@ adapter's own ``parse``, so a streamed answer is recorded exactly like a whole o
 * Anthropic Messages: ``"stream": true``; ``message_start`` (model, id, input usage),
   ``content_block_delta`` (``text_delta``, ``thinking_delta``), ``message_delta`` (stop
   reason, output usage), ``message_stop``; an ``error`` event mid-stream is an error.
+* OpenAI Responses: ``"stream": true``; ``response.output_text.delta`` and
+  ``response.reasoning_summary_text.delta`` events, then ``response.completed`` with
+  the whole response (``response.failed``/``error``: an error).
 * Gemini: ``:streamGenerateContent?alt=sse``; each ``data:`` is a
   ``GenerateContentResponse`` with the next parts; the one with a ``finishReason`` ends it.
 
@@ -78,6 +81,19 @@ class StreamFold:
             if choices[0].get("finish_reason"):
                 self._finish = choices[0]["finish_reason"]
 
+    def _openai_responses(self, event: dict[str, Any]) -> None:
+        kind = event.get("type")
+        if kind in ("error", "response.failed"):
+            err = as_dict(as_dict(event.get("response")).get("error")) or event
+            raise _stream_error({"error": err if "message" in err else {"message": str(kind)}})
+        if kind == "response.output_text.delta":
+            self._add(event.get("delta"), None)
+        elif kind == "response.reasoning_summary_text.delta":
+            self._add(None, event.get("delta"))
+        elif kind in ("response.completed", "response.incomplete"):
+            self._meta = dict(as_dict(event.get("response")))
+            self.done = True
+
     def _anthropic(self, event: dict[str, Any]) -> None:
         kind = event.get("type")
         if kind == "error":
@@ -133,6 +149,8 @@ class StreamFold:
                 "choices": [{"index": 0, "message": message, "finish_reason": self._finish}],
                 "usage": self._usage,
             }
+        if self.kind == "openai_responses":
+            return self._meta  # the whole response came with response.completed
         if self.kind == "anthropic":
             content: list[dict[str, Any]] = []
             if reasoning:
@@ -180,7 +198,7 @@ def streamed(kind: str, wire: WireRequest) -> WireRequest:
     if kind == "openai":
         body = {**wire.body, "stream": True, "stream_options": {"include_usage": True}}
         return WireRequest(wire.path, body, dict(wire.headers))
-    if kind == "anthropic":
+    if kind in ("anthropic", "openai_responses"):
         return WireRequest(wire.path, {**wire.body, "stream": True}, dict(wire.headers))
     path = wire.path.replace(":generateContent", ":streamGenerateContent") + "?alt=sse"
     return WireRequest(path, wire.body, dict(wire.headers))
