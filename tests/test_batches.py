@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import asyncpg
 import pytest
 
 from rollwatch.config import Config, load_config
@@ -34,7 +35,9 @@ from rollwatch.events import (
 from rollwatch.metrics import Metrics
 from rollwatch.providers import ProviderClient, Usage
 from rollwatch.runs import Run
+from rollwatch.store.postgres import PostgresEventStore
 from rollwatch.store.sqlite import SQLiteEventStore
+from tests.pg import scratch_database
 from tests.providers.batch_server import Fate, batch_provider
 from tests.providers.fakes import KEY, KEY_ENV
 from tests.test_daemon import ROOT, free_port
@@ -328,3 +331,103 @@ class TestBatchKill:
         assert set(counts) == set(submitted[0].rollouts)
         assert set(counts.values()) == {1}
         assert [f.status for f in finished] == ["completed"]
+
+
+# --- two daemons on one PostgreSQL log --------------------------------------------------------
+
+
+def _pg_node_config(tmp_path: Path, name: str, db_url: str, provider_url: str) -> Path:
+    d = tmp_path / name
+    d.mkdir()
+    cfg = d / "rollwatch.toml"
+    cfg.write_text(f"""
+node = "{name}"
+[cluster]
+lease = "2s"
+chunk = 1
+[integrity]
+key_file = "{tmp_path / "checkpoint.key"}"
+[store]
+url = "{db_url}"
+projections = "{d / "projections.db"}"
+[server]
+listen = "127.0.0.1:{free_port()}"
+[scoring]
+workers = 1
+[[problem_sets]]
+name = "favorites"
+path = "{ROOT / "config" / "problems"}"
+[[providers]]
+name = "acme"
+kind = "openai"
+base_url = "{provider_url}"
+api_key_env = "{KEY_ENV}"
+batch = true
+batch_poll = "50ms"
+batch_linger = "300ms"
+backoff_base = "10ms"
+[[schedules]]
+name = "nightly"
+provider = "acme"
+models = ["{MODEL}"]
+problem_set = "favorites"
+rollouts = 2
+every = "1h"
+""")
+    return cfg
+
+
+class TestBatchCluster:
+    async def test_a_dead_nodes_batch_is_followed_not_resubmitted(self, tmp_path: Path) -> None:
+        """Two daemons on one PostgreSQL log share a batched run; both submit batches
+        of their chunks. One is killed while its batch is in progress; the other takes
+        its chunks over, finds the dead node's batch in the log and polls it. At the
+        provider every rollout was in exactly one batch, and every rollout is answered
+        once; the run completes."""
+        async with (
+            batch_provider("openai", lambda b, i, c: "ok", polls_in_progress=10**9) as server,
+            scratch_database() as db_url,
+        ):
+            cfgs = {n: _pg_node_config(tmp_path, n, db_url, server.url) for n in ("node-a", "node-b")}
+            procs = {n: await _rollwatch(cfg, "serve", "--grace", "2") for n, cfg in cfgs.items()}
+            try:
+
+                async def submitted() -> list[dict[str, Any]]:
+                    conn = await asyncpg.connect(db_url)
+                    try:
+                        rows = await conn.fetch("SELECT data FROM events WHERE type = 'BatchSubmitted'")
+                    except asyncpg.UndefinedTableError:
+                        return []
+                    finally:
+                        await conn.close()
+                    return [json.loads(r["data"]) for r in rows]
+
+                with anyio.fail_after(120):
+                    while True:
+                        subs = await submitted()
+                        covered = {rid for s in subs for rid in s["rollouts"]}
+                        if len(covered) == 20 and {s["node"] for s in subs} == {"node-a", "node-b"}:
+                            break
+                        await anyio.sleep(0.1)
+                victim = subs[0]["node"]
+                procs[victim].kill()
+                await procs[victim].wait()
+                server.polls_in_progress = 1  # now every batch may end
+                survivor = "node-b" if victim == "node-a" else "node-a"
+                async with PostgresEventStore(db_url) as store:
+                    await wait_for(store, RunFinished, bool, timeout=120)
+                    answers = await events_of(store, RolloutResponded)
+                    finished = await events_of(store, RunFinished)
+                    all_subs = await events_of(store, BatchSubmitted)
+            finally:
+                for p in procs.values():
+                    if p.returncode is None:
+                        p.kill()
+                        await p.wait()
+            in_batches = Counter(r["custom_id"] for b in server.batches.values() for r in b.requests)
+        assert len(in_batches) == 20
+        assert set(in_batches.values()) == {1}
+        assert server.creates == len(all_subs)
+        assert Counter(a.rollout_id for a in answers) == Counter(set(in_batches))
+        assert [f.status for f in finished] == ["completed"]
+        assert survivor

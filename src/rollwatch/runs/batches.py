@@ -106,21 +106,37 @@ class Batcher:
         self._prepared: dict[str, dict[str, int]] = {}
         """Keys of batches prepared but not known to be submitted → their rollouts."""
         self._adoption: dict[str, anyio.Lock] = {}
+        self._settled: set[str] = set()
+        """Keys this process prepared itself, or looked for already: never adopted again."""
+        self._load_lock = anyio.Lock()
+        self._loaded = -1
 
     async def load(self) -> None:
-        """Read what the log says of this run's batches (on resume)."""
-        async for rec in self.run.services.store.read(stream=self.stream):
-            ev = rec.event()
-            if isinstance(ev, BatchPrepared):
+        """Read what the log says of this run's batches: on resume, and again when a
+        rollout comes with an attempt this process has not seen batched (on a shared
+        log, another node may have submitted it before it died)."""
+        store = self.run.services.store
+        async with self._load_lock:
+            version = await store.stream_version(self.stream)
+            if version == self._loaded:
+                return
+            async for rec in store.read(stream=self.stream):
+                self._apply(rec.event())
+            self._loaded = version
+
+    def _apply(self, ev: Event) -> None:
+        if isinstance(ev, BatchPrepared):
+            if ev.key not in self._settled:
                 self._prepared[ev.key] = dict(ev.rollouts)
-            elif isinstance(ev, BatchSubmitted):
-                self._prepared.pop(ev.key, None)
-                b = self._batches.setdefault(ev.batch_id, _Batch(batch_id=ev.batch_id))
-                b.rollouts = dict(ev.rollouts)
-                for rid, attempt in ev.rollouts.items():
-                    self._latest[rid] = (ev.batch_id, attempt)
-            elif isinstance(ev, BatchEnded) and ev.batch_id in self._batches:
-                self._batches[ev.batch_id].unanswered = set(ev.unanswered)
+        elif isinstance(ev, BatchSubmitted):
+            self._settled.add(ev.key)
+            self._prepared.pop(ev.key, None)
+            b = self._batches.setdefault(ev.batch_id, _Batch(batch_id=ev.batch_id))
+            b.rollouts = dict(ev.rollouts)
+            for rid, attempt in ev.rollouts.items():
+                self._latest[rid] = (ev.batch_id, attempt)
+        elif isinstance(ev, BatchEnded) and ev.batch_id in self._batches:
+            self._batches[ev.batch_id].unanswered = set(ev.unanswered)
 
     # -- one rollout ------------------------------------------------------------------------
 
@@ -136,6 +152,11 @@ class Batcher:
         """The rollout's answer and its cost at batch prices (None, 0.0 when it failed for
         good); every attempt recorded on ``recorder`` as a synchronous one is."""
         n = 0  # attempts made by this call; the recorder adds those recorded before
+        known = self._latest.get(rid, ("", -1))[1] == recorded_attempts or any(
+            m.get(rid) == recorded_attempts for m in self._prepared.values()
+        )
+        if recorded_attempts > 0 and not known:
+            await self.load()
         for key, members in list(self._prepared.items()):
             if members.get(rid) == recorded_attempts:
                 await self._adopt(key)
@@ -234,8 +255,9 @@ class Batcher:
         lock = self._adoption.setdefault(key, anyio.Lock())
         async with lock:
             members = self._prepared.get(key)
-            if members is None:
+            if members is None or key in self._settled:
                 return  # settled by another rollout of the batch
+            self._settled.add(key)
             try:
                 bid = await self._retrying("find", lambda: self.api.find(self.client.send, key))
             except ProviderError:
@@ -261,6 +283,7 @@ class Batcher:
     async def _lead(self, batch: _Batch) -> None:
         batch.polling = True
         key = uuid.uuid4().hex
+        self._settled.add(key)  # ours: a reload of the log must not adopt it
         try:
             if self.client.disabled is not None:  # rejected while this batch formed
                 batch.error = self.client.disabled
