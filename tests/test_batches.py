@@ -379,9 +379,10 @@ every = "1h"
 
 class TestBatchCluster:
     async def test_a_dead_nodes_batch_is_followed_not_resubmitted(self, tmp_path: Path) -> None:
-        """Two daemons on one PostgreSQL log share a batched run; both submit batches
-        of their chunks. One is killed while its batch is in progress; the other takes
-        its chunks over, finds the dead node's batch in the log and polls it. At the
+        """Two daemons on one PostgreSQL log share a batched run and submit batches of
+        the chunks they claim. A node that submitted a batch is killed while it is in
+        progress; the other takes its chunks over, finds the dead node's batch in the
+        log and polls it. At the
         provider every rollout was in exactly one batch, and every rollout is answered
         once; the run completes."""
         async with (
@@ -406,7 +407,9 @@ class TestBatchCluster:
                     while True:
                         subs = await submitted()
                         covered = {rid for s in subs for rid in s["rollouts"]}
-                        if len(covered) == 20 and {s["node"] for s in subs} == {"node-a", "node-b"}:
+                        # Every rollout in a batch (which node took which chunks is
+                        # the board's business: one node may have taken them all).
+                        if len(covered) == 20:
                             break
                         await anyio.sleep(0.1)
                 victim = subs[0]["node"]
