@@ -120,6 +120,23 @@ def test_bundled_config_is_valid() -> None:
             id="bad-tz",
         ),
         pytest.param(BASE + '\n[scoring]\nworkers = "many"\n', "scoring.workers", id="bad-type"),
+        pytest.param(
+            BASE.replace('kind = "reference"', 'kind = "reference"\nbatch = true'),
+            "providers[0]: batch = true needs a provider with a batch API (openai, anthropic)",
+            id="batch-on-reference",
+        ),
+        pytest.param(
+            BASE.replace('provider = "openai"', 'provider = "reference"\nbatch = true'),
+            "schedules[0].batch: provider 'reference' is of kind 'reference', which has no batch API",
+            id="batch-schedule-on-reference",
+        ),
+        pytest.param(
+            BASE.replace(
+                'api_key_env = "OPENAI_API_KEY"', 'api_key_env = "OPENAI_API_KEY"\nbatch_max_requests = 0'
+            ),
+            "providers[1].batch_max_requests",
+            id="batch-max-requests",
+        ),
     ],
 )
 def test_bad_config_exits_2_naming_file_and_key(tmp_path: Path, change: str, expected: str) -> None:

@@ -634,7 +634,7 @@ class TestCommand:
         impact = json.loads(rollwatch("--config", str(config), "report", "--release-impact").stdout)
         assert {(r["model"], r["problem_id"]) for r in impact} == {("gpt", "a"), ("claude", "a")}
         out = rollwatch("--config", str(config), "report", "--format", "csv")
-        assert out.stdout.splitlines()[0].startswith("provider,model,rollouts,passed,pass_at_1,")
+        assert out.stdout.splitlines()[0].startswith("provider,model,served_model,rollouts,passed,pass_at_1,")
         assert len(out.stdout.splitlines()) == 3
         table = rollwatch(
             "--config", str(config), "report", "--format", "table", "--trend", "--release-impact"

@@ -369,9 +369,10 @@ class WireAdapter(Protocol):
         for ``Retry-After`` dates)."""
         ...
 
-    def pause_hint(self, headers: Headers) -> float | None:
+    def pause_hint(self, headers: Headers, now: float) -> float | None:
         """Seconds the provider asks every request to wait, read from a *successful*
-        response (e.g. a rate-limit window with nothing left in it); None: no wait."""
+        response (e.g. a rate-limit window with nothing left in it); None: no wait.
+        ``now`` is wall-clock epoch seconds, for reset times given as dates."""
         ...
 
     def models_request(self) -> WireRequest:

@@ -210,9 +210,16 @@ class Price(_Strict):
     input: float = Field(ge=0)
     output: float = Field(ge=0)
     cached_input: float | None = Field(default=None, ge=0)
+    batch_input: float | None = Field(default=None, ge=0)
+    """USD per million input tokens through the batch API (default: half of ``input``,
+    OpenAI's and Anthropic's batch discount)."""
+    batch_output: float | None = Field(default=None, ge=0)
+    """USD per million output tokens through the batch API (default: half of ``output``)."""
 
 
 ProviderKind = Literal["openai", "anthropic", "gemini", "reference"]
+#: Provider kinds whose batch API rollwatch speaks.
+BATCH_KINDS = ("openai", "anthropic")
 
 DEFAULT_BASE_URLS: dict[str, str] = {
     "openai": "https://api.openai.com/v1",
@@ -239,11 +246,31 @@ class ProviderConfig(_Strict):
     backoff_max: Duration = 120.0
     system_prompt: str | None = None
     prices: dict[str, Price] = Field(default_factory=dict)
+    api: Literal["chat", "responses"] = "chat"
+    """OpenAI only: Chat Completions (``chat``, every compatible host) or the Responses
+    API (``responses``: reasoning summaries, reasoning tokens)."""
+    stream: bool | None = None
+    """Stream answers (server-sent events); unset: only requests that ask for reasoning
+    or more than 32,000 output tokens."""
+    stream_idle_timeout: Duration = 120.0
+    """A stream silent this long is a failed (retried) attempt."""
+    batch: bool = False
+    """Send this provider's rollouts through its batch API (schedules may override)."""
+    batch_poll: Duration = 60.0
+    """How often an open batch is polled."""
+    batch_linger: Duration = 5.0
+    """How long a batch waits for more rollouts before it is submitted."""
+    batch_max_requests: int = Field(default=10000, ge=1, le=50000)
+    """Rollouts per batch at most (OpenAI takes 50,000, Anthropic 100,000)."""
 
     @model_validator(mode="after")
     def _key_source(self) -> ProviderConfig:
         if self.kind != "reference" and self.api_key_env and self.api_key_file:
             raise ValueError("set only one of api_key_env and api_key_file")
+        if self.api == "responses" and self.kind != "openai":
+            raise ValueError(f"api = 'responses' is OpenAI's; kind {self.kind!r} has only its own API")
+        if self.batch and self.kind not in BATCH_KINDS:
+            raise ValueError(f"batch = true needs a provider with a batch API ({', '.join(BATCH_KINDS)})")
         return self
 
     @property
@@ -335,6 +362,9 @@ class ScheduleConfig(_Strict):
     """Whether a missing API key only makes this schedule inactive. Otherwise a schedule
     that cannot run (no key, a problem set that did not load, its provider disabled
     after a 401) makes /healthz report degraded and ``schedules trigger`` refuse it."""
+    batch: bool | None = None
+    """Send this schedule's rollouts through the provider's batch API (default: the
+    provider's ``batch``)."""
 
     @model_validator(mode="after")
     def _one_trigger(self) -> ScheduleConfig:
@@ -546,6 +576,12 @@ class Config(_Strict):
                 problems.append(f"schedules[{i}].provider: {s.provider!r} is not one of {_alts(providers)}")
             if s.problem_set not in sets:
                 problems.append(f"schedules[{i}].problem_set: {s.problem_set!r} is not one of {_alts(sets)}")
+            kind = next((p.kind for p in self.providers if p.name == s.provider), None)
+            if s.batch and kind is not None and kind not in BATCH_KINDS:
+                problems.append(
+                    f"schedules[{i}].batch: provider {s.provider!r} is of kind {kind!r}, which has no "
+                    f"batch API rollwatch speaks ({', '.join(BATCH_KINDS)})"
+                )
         if problems:
             raise _CrossRefError(problems)
         return self

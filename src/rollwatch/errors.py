@@ -107,7 +107,10 @@ class ProviderError(RollwatchError):
 
     ``kind`` is one of rate_limited, server_error, overloaded, timeout, connection,
     bad_response, auth, invalid_request, not_found, cancelled. ``retry_after`` is the
-    wait in seconds the provider asked for, when it said so.
+    wait in seconds the provider asked for, when it said so. ``provider_wide`` is set
+    when the response showed the provider's whole budget used up (a rate-limit window
+    with nothing remaining and a reset time, or Google's ``QuotaFailure``): then every
+    request of the provider waits, not only this one.
     """
 
     def __init__(
@@ -118,11 +121,13 @@ class ProviderError(RollwatchError):
         status: int | None = None,
         retryable: bool = False,
         retry_after: float | None = None,
+        provider_wide: bool = False,
     ) -> None:
         self.kind = kind
         self.status = status
         self.retryable = retryable
         self.retry_after = retry_after
+        self.provider_wide = provider_wide
         self.message = message
         super().__init__(f"{kind}" + (f" (HTTP {status})" if status else "") + f": {message}")
 

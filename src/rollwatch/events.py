@@ -201,6 +201,11 @@ def rollout_stream(rollout_id: str) -> str:
     return f"rollout-{rollout_id}"
 
 
+def batch_stream(run_id: str) -> str:
+    """The stream of one run's provider batches (``BatchSubmitted``, ``BatchPolled``, ...)."""
+    return f"batches-{run_id}"
+
+
 def schedule_stream(name: str) -> str:
     """The stream of one schedule's events (pauses, resumes, triggers, skips)."""
     return f"schedule-{name}"
@@ -397,6 +402,8 @@ class RunStarted(Event):
     """For trigger: the seq of the ScheduleTriggered event this run answers."""
     fire_time: str | None = None
     """For schedule and catch_up: the fire time the scheduler computed."""
+    batch: bool = False
+    """The run's rollouts go through the provider's batch API."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -426,6 +433,10 @@ class RolloutResponded(Event):
     request_id: str | None = None
     model: str | None = None
     """The model the provider says answered (it may name a dated snapshot)."""
+    system_fingerprint: str | None = None
+    """OpenAI's ``system_fingerprint`` of the answer (None from other providers)."""
+    ttft_ms: float | None = None
+    """Time to the first token of a streamed answer."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -532,6 +543,94 @@ class RunFinished(Event):
     failures: dict[str, int] = field(default_factory=dict)
     message: str = ""
     planned: int = 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServedModelChanged(Event):
+    """The models a provider says served a configured model differ from the previous run's.
+
+    Appended with the run's ``RunFinished`` (in the same append), once per configured
+    model whose set of served models (``RolloutResponded.model``) is not the one of
+    the last earlier run of the same provider and model that got an answer. The
+    report splits its rows by served model, so the change never blends into a trend.
+    """
+
+    run_id: str
+    provider: str
+    model: str
+    """The model as configured (what the run asked for)."""
+    served: dict[str, int]
+    """Served model → answers in this run."""
+    previous: dict[str, int]
+    """Served model → answers in the previous run (``previous_run_id``)."""
+    previous_run_id: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class BatchPrepared(Event):
+    """A batch of a run's rollouts is about to be submitted under ``key``.
+
+    Written before the provider is asked, so that a daemon killed before it learns the
+    batch's id can look for it (OpenAI: the batch's ``metadata.rollwatch_batch``) rather
+    than submit the rollouts again.
+    """
+
+    run_id: str
+    provider: str
+    key: str
+    rollouts: dict[str, int]
+    """Rollout id → the attempt number its request in this batch has."""
+    node: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class BatchSubmitted(Event):
+    """A provider accepted a batch of a run's rollouts (each already ``RolloutRequested``).
+
+    A daemon that resumes the run polls this batch; it never submits these rollouts
+    again unless the batch ends without their answers.
+    """
+
+    run_id: str
+    provider: str
+    batch_id: str
+    """The provider's id of the batch."""
+    rollouts: dict[str, int]
+    """Rollout id → the attempt number its request in this batch has."""
+    input_file_id: str | None = None
+    """OpenAI: the uploaded JSONL file."""
+    bytes: int = 0
+    node: str = ""
+    key: str = ""
+    """The ``BatchPrepared`` key it was submitted under."""
+    adopted: bool = False
+    """Found at the provider after a restart (the submitting daemon died first)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class BatchPolled(Event):
+    """A poll found a batch in another state (or with other counts) than the last one."""
+
+    run_id: str
+    batch_id: str
+    state: str
+    """The provider's word: OpenAI's ``status``, Anthropic's ``processing_status``."""
+    counts: dict[str, int] = field(default_factory=dict)
+    ends_at: str | None = None
+    """When the provider will expire the batch, if it said."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class BatchEnded(Event):
+    """A batch's results were read and recorded; ``unanswered`` rollouts (expired,
+    cancelled, missing) go into a later batch."""
+
+    run_id: str
+    batch_id: str
+    state: str
+    answered: int
+    failed: int
+    unanswered: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True, kw_only=True)

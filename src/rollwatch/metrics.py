@@ -37,7 +37,17 @@ from rollwatch import events as e
 from rollwatch.events import Recorded
 
 _COUNTED = frozenset(
-    {"RunStarted", "RunFinished", "RolloutRequested", "RolloutResponded", "RolloutFailed", "RolloutScored"}
+    {
+        "RunStarted",
+        "RunFinished",
+        "RolloutRequested",
+        "RolloutResponded",
+        "RolloutFailed",
+        "RolloutScored",
+        "BatchSubmitted",
+        "BatchPolled",
+        "BatchEnded",
+    }
 )
 """The event types the metrics count (the others are not decoded at all)."""
 
@@ -91,6 +101,9 @@ class Metrics:
         """Each provider client's current figures (the daemon sets it)."""
         self.events_seen = 0
         self._provider_of: dict[str, str] = {}
+        self.batches: dict[str, str] = {}
+        """Open provider batches → their last known state (``submitted`` until polled)."""
+        self.batches_ended: Counter[str] = Counter()
         self.witnessed: Callable[[], tuple[int, float | None, int]] | None = None
         """(size, age in seconds, refusals) of the latest witnessed checkpoint (the daemon sets it)."""
         self._registries = {results: _registry(_Figures(self, results=results)) for results in (True, False)}
@@ -119,6 +132,13 @@ class Metrics:
                 self.rollouts["failed"] += 1
         elif isinstance(ev, e.RolloutScored):
             self.rollouts["passed" if ev.passed else "not_passed"] += 1
+        elif isinstance(ev, e.BatchSubmitted):
+            self.batches[ev.batch_id] = "submitted"
+        elif isinstance(ev, e.BatchPolled) and ev.batch_id in self.batches:
+            self.batches[ev.batch_id] = ev.state
+        elif isinstance(ev, e.BatchEnded) and self.batches.pop(ev.batch_id, None) is not None:
+            # Popped: a resumed run may read an ended batch again; each end counts once.
+            self.batches_ended[ev.state] += 1
 
     def registry(self, *, results: bool = True) -> CollectorRegistry:
         """The registry a scrape reads: with the result-revealing series or without them."""
@@ -178,6 +198,20 @@ class _Figures:
         for (provider, kind), n in sorted(m.provider_errors.items()):
             errors.add_metric([provider, kind], n)
         yield errors
+        open_batches = GaugeMetricFamily(
+            "rollwatch_batches",
+            "Provider batches not yet ended, by their last polled state.",
+            labels=["state"],
+        )
+        for state, n in sorted(Counter(m.batches.values()).items()):
+            open_batches.add_metric([state], n)
+        yield open_batches
+        ended = CounterMetricFamily(
+            "rollwatch_batches_ended", "Provider batches ended, by final state.", labels=["state"]
+        )
+        for state, n in sorted(m.batches_ended.items()):
+            ended.add_metric([state], n)
+        yield ended
         yield from _provider_families(sorted(m.providers(), key=lambda st: st.provider))
         yield m.request_latency.family(
             "rollwatch_request_latency_seconds", "Provider request latency of answered attempts."

@@ -226,7 +226,7 @@ class RunsProjection(Projection):
     """
 
     name = "runs"
-    version = 2  # 2: verdicts, problem_versions, rollouts.verdict_hash (re-scores)
+    version = 3  # 2: verdicts, problem_versions, rollouts.verdict_hash (re-scores); 3: rollouts.served_model
     tables = ("runs", "rollouts", "verdicts", "problem_versions")
     types = frozenset(
         {
@@ -252,7 +252,8 @@ class RunsProjection(Projection):
         problem_hash TEXT, sample INTEGER, attempts INTEGER DEFAULT 0, state TEXT,
         requested_at TEXT, answered_at TEXT, answer_seq INTEGER, cost_usd REAL,
         fail_kind TEXT, passed INTEGER, score REAL, scored_at TEXT, scored_seq INTEGER, reason TEXT,
-        verdict_hash TEXT
+        verdict_hash TEXT,
+        served_model TEXT
     );
     CREATE TABLE IF NOT EXISTS verdicts (
         seq INTEGER PRIMARY KEY, rollout_id TEXT NOT NULL, problem_id TEXT, problem_hash TEXT,
@@ -318,8 +319,8 @@ class RunsProjection(Projection):
         elif isinstance(ev, e.RolloutResponded):
             db.execute(
                 "UPDATE rollouts SET state = CASE WHEN state = 'scored' THEN state ELSE 'answered' END,"
-                " answered_at=?, answer_seq=?, cost_usd=? WHERE rollout_id=?",
-                (rec.at, rec.seq, ev.cost_usd, ev.rollout_id),
+                " answered_at=?, answer_seq=?, cost_usd=?, served_model=? WHERE rollout_id=?",
+                (rec.at, rec.seq, ev.cost_usd, ev.model, ev.rollout_id),
             )
             if ev.cost_usd:
                 db.execute(

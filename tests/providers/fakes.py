@@ -7,7 +7,10 @@ parser that trips over an unexpected field fails here first.
 
 from __future__ import annotations
 
+import json
+import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import anyio
@@ -79,6 +82,23 @@ class OpenAIWire:
     model_echo = "gpt-5-2025-08-07"
     finish = "stop"
 
+    def sse(self, text: str = "def f():\n    return 1", reasoning: str | None = None) -> Reply:
+        """The same answer as ``ok``, streamed: deltas, a usage chunk, ``[DONE]``."""
+        base = {"id": "chatcmpl-B9MBs8", "object": "chat.completion.chunk", "model": self.model_echo}
+        deltas: list[dict[str, Any]] = [{"role": "assistant", "content": ""}]
+        if reasoning is not None:
+            deltas.append({"reasoning_content": reasoning})
+        half = len(text) // 2
+        deltas += [{"content": text[:half]}, {"content": text[half:]}]
+        events: list[Any] = [
+            {**base, "choices": [{"index": 0, "delta": d, "finish_reason": None}]} for d in deltas
+        ]
+        events.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+        usage = self.ok().body["usage"]
+        events.append({**base, "choices": [], "usage": usage})
+        events.append("[DONE]")
+        return _sse(events, {"x-request-id": self.request_id})
+
     def error(self, status: int, message: str, code: str | None = None) -> Reply:
         return Reply(
             status,
@@ -94,12 +114,29 @@ class OpenAIWire:
         )
 
     def rate_limited(self, wait: float) -> Reply:
+        """A 429 for this request alone: Retry-After, and budget left in every window."""
+        reply = self.error(
+            429,
+            "Rate limit reached for gpt-5 on requests per min (RPM): Limit 500, Used 499.",
+            "rate_limit_exceeded",
+        )
+        reply.headers["retry-after"] = f"{wait:g}"
+        reply.headers["x-ratelimit-remaining-requests"] = "1"
+        reply.headers["x-ratelimit-reset-requests"] = "120ms"
+        return reply
+
+    def exhausted(self, wait: float) -> Reply:
+        """A 429 whose request window is at 0 until a reset ``wait`` seconds away."""
         reply = self.error(
             429,
             "Rate limit reached for gpt-5 on requests per min (RPM): Limit 500, Used 500.",
             "rate_limit_exceeded",
         )
-        reply.headers["retry-after"] = f"{wait:g}"
+        reply.headers["x-ratelimit-limit-requests"] = "500"
+        reply.headers["x-ratelimit-remaining-requests"] = "0"
+        reply.headers["x-ratelimit-reset-requests"] = f"{wait:g}s"
+        reply.headers["x-ratelimit-remaining-tokens"] = "29000"
+        reply.headers["x-ratelimit-reset-tokens"] = "10ms"
         return reply
 
 
@@ -109,6 +146,30 @@ class AnthropicWire:
     request_id = "req_011CSHoEeqs5C35K2UUqR7Fy"
     model_echo = "claude-sonnet-4-5-20250929"
     finish = "end_turn"
+
+    def sse(self, text: str = "def f():\n    return 1", reasoning: str | None = None) -> Reply:
+        """The same answer as ``ok``, as Messages stream events."""
+        whole = self.ok(text, reasoning).body
+        start = {**whole, "content": [], "stop_reason": None, "usage": {**whole["usage"], "output_tokens": 1}}
+        events: list[Any] = [{"type": "message_start", "message": start}, {"type": "ping"}]
+        if reasoning is not None:
+            events.append(
+                {
+                    "type": "content_block_delta",
+                    "index": 0,
+                    "delta": {"type": "thinking_delta", "thinking": reasoning},
+                }
+            )
+        half = len(text) // 2
+        for piece in (text[:half], text[half:]):
+            events.append(
+                {"type": "content_block_delta", "index": 1, "delta": {"type": "text_delta", "text": piece}}
+            )
+        events.append(
+            {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 300}}
+        )
+        events.append({"type": "message_stop"})
+        return _sse(events, {"request-id": self.request_id}, named=True)
 
     def path(self, model: str) -> str:
         return "/v1/messages"
@@ -165,12 +226,42 @@ class AnthropicWire:
         )
 
     def rate_limited(self, wait: float) -> Reply:
+        """A 429 for this request alone: retry-after, and budget left in every window."""
         reply = self.error(429, "This request would exceed the rate limit for your organization.")
         reply.headers["retry-after"] = f"{wait:g}"
+        reply.headers["anthropic-ratelimit-requests-remaining"] = "3"
+        reply.headers["anthropic-ratelimit-requests-reset"] = _rfc3339_in(60)
+        return reply
+
+    def exhausted(self, wait: float) -> Reply:
+        """A 429 whose token window is at 0 until a reset ``wait`` seconds away."""
+        reply = self.error(429, "This request would exceed the rate limit for your organization.")
+        reply.headers["retry-after"] = "0"  # Anthropic rounds; the reset says more
+        reply.headers["anthropic-ratelimit-requests-limit"] = "50"
+        reply.headers["anthropic-ratelimit-requests-remaining"] = "12"
+        reply.headers["anthropic-ratelimit-requests-reset"] = _rfc3339_in(0.01)
+        reply.headers["anthropic-ratelimit-input-tokens-remaining"] = "0"
+        reply.headers["anthropic-ratelimit-input-tokens-reset"] = _rfc3339_in(wait)
         return reply
 
 
 _GOOGLE_API = "generativelanguage.googleapis.com"
+
+
+def _sse(events: list[Any], headers: dict[str, str], *, named: bool = False) -> Reply:
+    """A server-sent-events reply: one ``data:`` line per event (and ``event:`` lines,
+    as Anthropic names its events)."""
+    out = ""
+    for ev in events:
+        if named and isinstance(ev, dict):
+            out += f"event: {ev['type']}\n"
+        out += f"data: {ev if isinstance(ev, str) else json.dumps(ev)}\n\n"
+    return Reply(200, out.encode(), {"content-type": "text/event-stream", **headers})
+
+
+def _rfc3339_in(seconds: float) -> str:
+    """The wall-clock time ``seconds`` from now, as Anthropic writes reset times."""
+    return datetime.fromtimestamp(time.time() + seconds, UTC).isoformat().replace("+00:00", "Z")
 
 
 class GeminiWire:
@@ -179,6 +270,22 @@ class GeminiWire:
     request_id = "mA6TaO2xNOu0z7IP3Z6u8Qg"
     model_echo = "gemini-2.5-pro"
     finish = "STOP"
+
+    def sse(self, text: str = "def f():\n    return 1", reasoning: str | None = None) -> Reply:
+        """The same answer as ``ok``, as streamGenerateContent chunks."""
+        whole = self.ok(text, reasoning).body
+        meta = {"modelVersion": whole["modelVersion"], "responseId": whole["responseId"]}
+        parts: list[dict[str, Any]] = []
+        if reasoning is not None:
+            parts.append({"text": reasoning, "thought": True})
+        half = len(text) // 2
+        parts += [{"text": text[:half]}, {"text": text[half:]}]
+        events: list[Any] = [
+            {**meta, "candidates": [{"content": {"role": "model", "parts": [p]}, "index": 0}]} for p in parts
+        ]
+        events[-1]["candidates"][0]["finishReason"] = "STOP"
+        events[-1]["usageMetadata"] = whole["usageMetadata"]
+        return _sse(events, {})
 
     def path(self, model: str) -> str:
         return f"/models/{model}:generateContent"
@@ -238,6 +345,15 @@ class GeminiWire:
         )
 
     def rate_limited(self, wait: float) -> Reply:
+        """A 429 of the shared pay-as-you-go capacity: RetryInfo, no QuotaFailure."""
+        reply = self.error(429, "Resource has been exhausted (e.g. check quota).")
+        reply.body["error"]["details"] = [
+            {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": f"{wait:g}s"},
+        ]
+        return reply
+
+    def exhausted(self, wait: float) -> Reply:
+        """A 429 naming the project quota that is used up (QuotaFailure), with RetryInfo."""
         reply = self.error(429, "You exceeded your current quota, please check your plan.")
         reply.body["error"]["details"] = [
             {

@@ -19,7 +19,7 @@ import anyio
 from anyio.abc import SocketStream
 from anyio.streams.buffered import BufferedByteReceiveStream
 
-Action = Literal["respond", "malformed", "cut", "drop", "stall", "hold"]
+Action = Literal["respond", "malformed", "cut", "drop", "stall", "hold", "trickle"]
 
 _REASONS = {
     200: "OK",
@@ -45,7 +45,8 @@ class Reply:
     reply's) but sends half of it and closes;
     ``drop`` closes without a response; ``stall`` never answers (until the server
     stops), for timeouts; ``hold`` answers the default reply once ``server.release``
-    is set.
+    is set; ``trickle`` sends the head and half the body, then nothing more (a stream
+    that stalls mid-answer).
     """
 
     status: int = 200
@@ -149,6 +150,10 @@ class LoopbackServer:
             await stream.send(head.encode() + body[: len(body) // 2])
             seen.replied_at = anyio.current_time()
             return False
+        if reply.action == "trickle":
+            await stream.send(head.encode() + body[: len(body) // 2])
+            seen.replied_at = anyio.current_time()
+            await anyio.sleep_forever()
         await stream.send(head.encode() + body)
         seen.replied_at = anyio.current_time()
         return True

@@ -6,6 +6,7 @@ Pure functions: no server needed. The shared behaviour is in ``test_contract.py`
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -24,6 +25,10 @@ NOW = 1_700_000_000.0
 
 def body(data: Any) -> bytes:
     return json.dumps(data).encode()
+
+
+def _rfc3339(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).isoformat().replace("+00:00", "Z")
 
 
 class TestOpenAI:
@@ -120,8 +125,38 @@ class TestOpenAI:
     def test_success_with_an_empty_window_pauses(self) -> None:
         """A 200 whose request window is used up asks everyone to wait for the reset."""
         headers = {"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "2s"}
-        assert self.adapter.pause_hint(headers) == pytest.approx(2.0)
-        assert self.adapter.pause_hint({}) is None
+        assert self.adapter.pause_hint(headers, NOW) == pytest.approx(2.0)
+        assert self.adapter.pause_hint({}, NOW) is None
+
+    def test_exhausted_window_on_429_is_provider_wide(self) -> None:
+        """A 429 with a window at 0 and its reset is the provider's whole budget: it waits
+        for the reset even when Retry-After says less."""
+        headers = {
+            "retry-after": "1",
+            "x-ratelimit-remaining-requests": "0",
+            "x-ratelimit-reset-requests": "7s",
+        }
+        err = self.adapter.error(429, headers, b"{}", NOW)
+        assert (err.provider_wide, err.retry_after) == (True, pytest.approx(7.0))
+
+    def test_plain_429_is_the_request_s_own(self) -> None:
+        """Budget left in every window (or no headers at all): not provider-wide."""
+        headers = {
+            "retry-after": "1",
+            "x-ratelimit-remaining-requests": "5",
+            "x-ratelimit-reset-requests": "7s",
+        }
+        for h in (headers, {"retry-after": "1"}):
+            err = self.adapter.error(429, h, b"{}", NOW)
+            assert (err.provider_wide, err.retry_after) == (False, pytest.approx(1.0))
+
+    def test_an_exhausted_window_on_other_statuses_is_not_a_pause(self) -> None:
+        """Only a 429 is read as the budget running out; a 500 with such headers is not,
+        and neither is a 429 that is billing (``insufficient_quota``, not retried)."""
+        headers = {"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "7s"}
+        assert not self.adapter.error(500, headers, b"{}", NOW).provider_wide
+        quota = body({"error": {"message": "quota", "code": "insufficient_quota"}})
+        assert not self.adapter.error(429, headers, quota, NOW).provider_wide
 
 
 class TestAnthropic:
@@ -171,6 +206,52 @@ class TestAnthropic:
         assert parsed.reasoning == "a\n\nb"
         assert parsed.finish_reason == "max_tokens"
         assert parsed.request_id == "msg_1"
+
+    def test_exhausted_ratelimit_window_on_429_is_provider_wide(self) -> None:
+        """``anthropic-ratelimit-*-remaining: 0`` with its RFC 3339 reset: provider-wide,
+        waiting for the reset even when ``retry-after`` says less."""
+        headers = {
+            "retry-after": "2",
+            "anthropic-ratelimit-requests-remaining": "40",
+            "anthropic-ratelimit-requests-reset": _rfc3339(NOW + 1),
+            "anthropic-ratelimit-output-tokens-remaining": "0",
+            "anthropic-ratelimit-output-tokens-reset": _rfc3339(NOW + 12.5),
+        }
+        err = self.adapter.error(429, headers, b"{}", NOW)
+        assert (err.provider_wide, err.retry_after) == (True, pytest.approx(12.5))
+
+    def test_plain_429_waits_retry_after_alone(self) -> None:
+        """Budget left in every window: ``retry-after`` for this request only."""
+        headers = {
+            "retry-after": "3",
+            "anthropic-ratelimit-tokens-remaining": "1000",
+            "anthropic-ratelimit-tokens-reset": _rfc3339(NOW + 30),
+        }
+        err = self.adapter.error(429, headers, b"{}", NOW)
+        assert (err.provider_wide, err.retry_after) == (False, pytest.approx(3.0))
+
+    @pytest.mark.parametrize("reset", ["tomorrow", "2026-01-01T00:00:00", "", "9" * 400])
+    def test_unreadable_reset_is_not_a_pause(self, reset: str) -> None:
+        """A reset that is not an RFC 3339 time with a zone is ignored, never a crash."""
+        headers = {
+            "retry-after": "3",
+            "anthropic-ratelimit-requests-remaining": "0",
+            "anthropic-ratelimit-requests-reset": reset,
+        }
+        err = self.adapter.error(429, headers, b"{}", NOW)
+        assert (err.provider_wide, err.retry_after) == (False, pytest.approx(3.0))
+        assert self.adapter.pause_hint(headers, NOW) is None
+
+    def test_success_with_an_empty_window_pauses(self) -> None:
+        """A 200 that leaves a window at 0 asks everyone to wait for its reset; a reset in
+        the past is no wait."""
+        headers = {
+            "anthropic-ratelimit-requests-remaining": "0",
+            "anthropic-ratelimit-requests-reset": _rfc3339(NOW + 4),
+        }
+        assert self.adapter.pause_hint(headers, NOW) == pytest.approx(4.0)
+        assert self.adapter.pause_hint(headers, NOW + 10) == 0.0
+        assert self.adapter.pause_hint({}, NOW) is None
 
     def test_overloaded(self) -> None:
         """529 ``overloaded_error`` is a retryable ``overloaded``."""
@@ -289,6 +370,23 @@ class TestGemini:
         err = self.adapter.error(429, {}, body(data), NOW)
         assert err.retry_after == pytest.approx(45.837906927)
         assert err.message == "Resource exhausted"
+        assert not err.provider_wide  # no QuotaFailure: the shared capacity shed it
+
+    def test_quota_failure_is_provider_wide(self) -> None:
+        """A 429 naming a used-up project quota (``QuotaFailure``) holds every request."""
+        data = {
+            "error": {
+                "code": 429,
+                "message": "You exceeded your current quota",
+                "status": "RESOURCE_EXHAUSTED",
+                "details": [
+                    {"@type": "type.googleapis.com/google.rpc.QuotaFailure", "violations": []},
+                    {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "20s"},
+                ],
+            }
+        }
+        err = self.adapter.error(429, {}, body(data), NOW)
+        assert (err.provider_wide, err.retry_after) == (True, pytest.approx(20.0))
 
 
 class TestReference:

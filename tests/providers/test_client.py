@@ -71,6 +71,14 @@ class TestCost:
         client = ProviderClient(priced(input=2.0, output=8.0))
         assert client.cost("m", USAGE) == pytest.approx(1.0 * 2.0 + 2.0 * 8.0)
 
+    def test_batch_prices(self) -> None:
+        """Through a batch API: half the input and output prices unless batch prices are
+        set; cached tokens never cost more than the batch input price."""
+        half = ProviderClient(priced(input=2.0, output=8.0, cached_input=1.5))
+        assert half.cost("m", USAGE, batch=True) == pytest.approx(0.6 * 1.0 + 0.4 * 1.0 + 2.0 * 4.0)
+        own = ProviderClient(priced(input=2.0, output=8.0, batch_input=0.5, batch_output=3.0))
+        assert own.cost("m", USAGE, batch=True) == pytest.approx(1.0 * 0.5 + 2.0 * 3.0)
+
     def test_unknown_price_is_none_with_one_warning(self) -> None:
         """A model without a price costs None, with one warning per model, no crash."""
         client = ProviderClient(priced(input=1.0, output=1.0))

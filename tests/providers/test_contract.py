@@ -8,6 +8,7 @@ are asserted, never how fast we are.
 from __future__ import annotations
 
 import datetime
+import random
 from collections.abc import Callable
 
 import anyio
@@ -18,7 +19,7 @@ from rollwatch.config import ProviderConfig
 from rollwatch.providers import Prompt, ProviderClient
 from tests.providers.conftest import MODEL
 from tests.providers.fakes import KEY, RecordingLog, Wire
-from tests.providers.loopback import LoopbackServer, Reply
+from tests.providers.loopback import LoopbackServer, Reply, Seen, serve
 
 pytestmark = pytest.mark.anyio
 
@@ -304,32 +305,97 @@ class TestRateLimits:
         assert first.replied_at is not None
         assert second.at - first.replied_at >= 0.4
 
-    async def test_429_on_one_task_delays_the_others(
+    async def test_plain_429_delays_only_its_own_request(
         self, wire: Wire, server: LoopbackServer, make_config: MakeConfig
     ) -> None:
-        """A 429 pauses the whole provider: a rollout that starts after it, on another
-        task, waits out the demanded time too."""
-        server.then(wire.rate_limited(0.5))
+        """A 429 without evidence of an exhausted budget is that request's alone: rollouts
+        started after it, on other tasks, go at once, while its own retry waits out the
+        Retry-After (counted at the server)."""
+        server.then(wire.rate_limited(1.0))
         async with ProviderClient(make_config(max_concurrency=8)) as client:
             first = RecordingLog()
+            others = [RecordingLog() for _ in range(3)]
             async with anyio.create_task_group() as tg:
                 tg.start_soon(client.rollout, MODEL, PROMPT, {}, first)
                 await first.wait_for("failed")
+                for log in others:
+                    tg.start_soon(client.rollout, MODEL, PROMPT, {}, log)
+                # All three reach the server while the first still waits out its second.
+                await server.wait_for_requests(4)
+                assert first.trail == [("requested", 1), ("failed", 1)]
+            assert client.stats.paused_s == 0
+        limited = server.seen[0]
+        assert limited.replied_at is not None
+        assert len(server.seen) == 5
+        retry = server.seen[4]
+        assert retry.at - limited.replied_at >= 1.0
+        assert first.trail == [("requested", 1), ("failed", 1), ("requested", 2), ("responded", 2)]
+        for log in others:
+            assert log.trail == [("requested", 1), ("responded", 1)]
+
+    async def test_no_request_comes_before_its_retry_after(self, wire: Wire, make_config: MakeConfig) -> None:
+        """Under random 429s (a third of all requests, each demanding 0.2 s) across many
+        rollouts at once, the server never sees a rollout's request before the wait it
+        last demanded of that rollout has passed, and every rollout is answered."""
+        rng = random.Random(16)
+        not_before: dict[str, float] = {}
+        early: list[str] = []
+
+        def reply(seen: Seen) -> Reply:
+            key = wire.prompt_of(seen.json())
+            if seen.at < not_before.get(key, -1.0):
+                early.append(key)
+            if rng.random() < 1 / 3:
+                not_before[key] = seen.at + 0.2
+                return wire.rate_limited(0.2)
+            return wire.ok()
+
+        async with serve(reply) as server:
+            config = make_config(base_url=server.url, max_concurrency=8, max_attempts=20)
+            async with ProviderClient(config) as client:
+                logs = [RecordingLog() for _ in range(40)]
+                async with anyio.create_task_group() as tg:
+                    for i, log in enumerate(logs):
+                        prompt = Prompt(f"rollout {i}: write f()", system=PROMPT.system)
+                        tg.start_soon(client.rollout, MODEL, prompt, {}, log)
+                assert client.stats.paused_s == 0
+        assert not_before  # some 429s were sent
+        assert early == []
+        assert all(log.trail[-1][0] == "responded" for log in logs)
+
+    async def test_exhausted_budget_pauses_every_request(
+        self, wire: Wire, server: LoopbackServer, make_config: MakeConfig
+    ) -> None:
+        """A 429 whose headers (or Google's QuotaFailure) show the provider's budget used
+        up until a reset pauses the whole provider: a rollout that starts after it, on
+        another task, reaches the server no sooner than the reset."""
+        async with ProviderClient(make_config(max_concurrency=8)) as client:
+            # Scripted once the client is up: Anthropic's reset is a wall-clock time.
+            server.then(wire.exhausted(0.5))
+            first = RecordingLog()
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(client.rollout, MODEL, PROMPT, {}, first)
+                err = (await first.wait_for("failed")).error
+                assert err is not None
+                assert err.provider_wide
                 others = [RecordingLog() for _ in range(3)]
                 for log in others:
                     tg.start_soon(client.rollout, MODEL, PROMPT, {}, log)
         limited = server.seen[0]
         assert limited.replied_at is not None
+        assert err.retry_after is not None
+        assert err.retry_after > 0.2  # the reset, not Anthropic's rounded retry-after of 0
         assert len(server.seen) == 5
         for seen in server.seen[1:]:
-            assert seen.at - limited.replied_at >= 0.5
+            assert seen.at - limited.replied_at >= err.retry_after
         for log in others:
             assert log.trail == [("requested", 1), ("responded", 1)]
 
-    async def test_429_halves_the_window_once_per_burst(
+    async def test_plain_429s_narrow_the_window_gently_once_per_burst(
         self, wire: Wire, server: LoopbackServer, make_config: MakeConfig
     ) -> None:
-        """Several 429s for requests sent together cut the concurrency window once."""
+        """Several plain 429s for requests sent together cut the concurrency window once,
+        and gently (8 → 6.8, not 4); successes grow it back."""
         server.then(*(wire.rate_limited(0.05) for _ in range(4)))
         async with ProviderClient(make_config(max_concurrency=8)) as client:
             gate = anyio.Event()
@@ -344,10 +410,23 @@ class TestRateLimits:
                 await anyio.wait_all_tasks_blocked()
                 gate.set()
             stats = client.stats
-        assert stats.slowdowns == 1
-        assert stats.errors == {"rate_limited": 4}
-        assert stats.rollouts_answered == 4
-        assert stats.window == 4
+            assert stats.slowdowns == 1
+            assert stats.errors == {"rate_limited": 4}
+            assert stats.rollouts_answered == 4
+            # 6.8 and four successes' growth: 7.9 (a halving would have left 5.7).
+            assert stats.window == 7
+            for _ in range(10):
+                await one(client)
+            assert client.stats.window == 8
+
+    async def test_exhausted_budget_halves_the_window(
+        self, wire: Wire, server: LoopbackServer, make_config: MakeConfig
+    ) -> None:
+        """A 429 showing the budget used up is the strong signal: the window halves."""
+        server.then(wire.exhausted(0.05))
+        async with ProviderClient(make_config(max_concurrency=8)) as client:
+            await one(client)
+            assert (client.stats.slowdowns, client.stats.window) == (1, 4)
 
 
 class TestConcurrency:

@@ -184,3 +184,30 @@ class TestProviderLimits:
             assert limits.in_flight == 3
             release.set()
         assert peak == 3
+
+    async def test_gentle_cuts_keep_a_floor_and_wait_out_their_hold(self) -> None:
+        """A gentle cut takes 15% off the window, at most once per ``hold`` seconds, and
+        never below a quarter of ``max_concurrency``; a hard cut may go below that floor."""
+        clock = FakeClock()
+        limits = ProviderLimits(
+            max_concurrency=64, requests_per_minute=None, tokens_per_minute=None, clock=clock
+        )
+        assert limits.floor == 16
+        async with limits.slot() as a:
+            pass
+        assert limits.slow_down(a, hard=False, hold=1.0)
+        assert limits.window == 54  # 64 * 0.85 = 54.4
+        async with limits.slot() as b:
+            pass
+        assert not limits.slow_down(b, hard=False, hold=1.0)  # within the hold
+        clock.t += 1.0
+        for _ in range(50):
+            async with limits.slot() as c:
+                pass
+            limits.slow_down(c, hard=False, hold=1.0)
+            clock.t += 1.0
+        assert limits.window == 16
+        async with limits.slot() as d:
+            pass
+        assert limits.slow_down(d, hard=True)
+        assert limits.window == 8

@@ -13,11 +13,19 @@ normalized input is ``input_tokens + cache_read_input_tokens +
 cache_creation_input_tokens``; cache writes are billed at the input price here (their
 1.25× surcharge is not modelled: rollwatch never asks for caching). Anthropic does not
 report thinking tokens apart from output tokens, so ``reasoning_tokens`` is 0.
+
+Rate limits: Anthropic's ``anthropic-ratelimit-{requests,tokens,input-tokens,
+output-tokens}-{remaining,reset}`` headers (the reset an RFC 3339 time) are honoured as
+OpenAI's ``x-ratelimit-*`` are: a 429 with a window at 0 and its reset is provider-wide
+(every request waits for the reset, or ``retry-after`` if longer); any other 429 waits
+its ``retry-after`` alone; a success that leaves a window at 0 pauses the provider
+until that window resets.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
 from rollwatch.errors import ProviderError
@@ -35,11 +43,13 @@ from rollwatch.providers.base import (
     error_message,
     model_ids,
 )
-from rollwatch.providers.retry import parse_retry_after
+from rollwatch.providers.retry import MAX_HONOURED_WAIT, parse_retry_after
 
 API_VERSION = "2023-06-01"
 DEFAULT_MAX_TOKENS = 16000
 _RESERVED = frozenset({"model", "messages", "system"})
+#: The rate-limit windows Anthropic reports, as in ``anthropic-ratelimit-{window}-reset``.
+_WINDOWS = ("requests", "tokens", "input-tokens", "output-tokens")
 
 
 class AnthropicAdapter:
@@ -112,19 +122,51 @@ class AnthropicAdapter:
         )
 
     def error(self, status: int, headers: Headers, body: bytes, now: float) -> ProviderError:
-        """Classified by status (529: overloaded); the wait from Retry-After."""
+        """Classified by status (529: overloaded); the wait from ``retry-after``, or the
+        reset of an exhausted ``anthropic-ratelimit-*`` window (then provider-wide)."""
         kind, retryable = classify_status(status)
+        wait = parse_retry_after(headers, now)
+        exhausted = _exhausted_reset(headers, now) if status == 429 else None
+        if exhausted is not None:
+            wait = max(wait or 0.0, exhausted)
         return ProviderError(
             kind,
             error_message(body),
             status=status,
             retryable=retryable,
-            retry_after=parse_retry_after(headers, now),
+            retry_after=wait,
+            provider_wide=exhausted is not None and retryable,
         )
 
-    def pause_hint(self, headers: Headers) -> float | None:
-        """None: Anthropic's rate-limit headers are only acted on when it answers 429."""
+    def pause_hint(self, headers: Headers, now: float) -> float | None:
+        """The reset of an ``anthropic-ratelimit-*`` window this response left at 0."""
+        return _exhausted_reset(headers, now)
+
+
+def _exhausted_reset(headers: Headers, now: float) -> float | None:
+    """Seconds until the latest reset among windows with nothing remaining; None if none
+    is exhausted (or an exhausted one gives no readable reset)."""
+    waits: list[float] = []
+    for window in _WINDOWS:
+        if headers.get(f"anthropic-ratelimit-{window}-remaining", "").strip() != "0":
+            continue
+        reset = _rfc3339(headers.get(f"anthropic-ratelimit-{window}-reset"))
+        if reset is not None:
+            waits.append(min(MAX_HONOURED_WAIT, max(0.0, reset - now)))
+    return max(waits) if waits else None
+
+
+def _rfc3339(value: str | None) -> float | None:
+    """Epoch seconds of an RFC 3339 time (``2025-01-01T00:00:00Z``); None if not one."""
+    if not value:
         return None
+    try:
+        when = datetime.fromisoformat(value.strip())
+    except ValueError:
+        return None
+    if when.tzinfo is None:  # a time without a zone cannot be placed: ignore it
+        return None
+    return when.timestamp()
 
 
 def _str(value: Any) -> str | None:

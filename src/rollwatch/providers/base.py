@@ -65,7 +65,12 @@ class Answer:
     request_id: str | None
     latency_ms: float
     model: str | None
-    """The model the provider says answered (it may name a dated snapshot)."""
+    """The model the provider says answered (it may name a dated snapshot): OpenAI's
+    ``model``, Anthropic's ``model``, Gemini's ``modelVersion``."""
+    system_fingerprint: str | None = None
+    """OpenAI's ``system_fingerprint``: the backend configuration that served it."""
+    ttft_ms: float | None = None
+    """Time to the first token, when the answer was streamed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +118,7 @@ class Parsed:
     usage: Usage
     request_id: str | None
     model: str | None
+    system_fingerprint: str | None = None
 
 
 Headers = Mapping[str, str]
@@ -180,7 +186,7 @@ def classify_status(status: int) -> tuple[str, bool]:
     return "invalid_request", False
 
 
-STREAM_UNSUPPORTED = "params.stream is not supported: rollwatch reads whole answers"
+STREAM_UNSUPPORTED = "params.stream is not for schedules: set stream = true on the provider instead"
 
 
 def check_params(params: Mapping[str, Any], reserved: frozenset[str]) -> None:

@@ -11,7 +11,10 @@ run's. ``rollout`` is the only call a run makes:
 
 ``max_rollout_time`` starts when the rollout's first request gets its slot: time
 queued behind other rollouts of the same provider is the run's business, not this
-rollout's. A 429 or overload pauses and slows the whole provider (see ``limits.py``).
+rollout's. A 429 or overload narrows the provider's window gently and delays only its
+own rollout by the wait it asked for; a 429 showing the provider's whole budget used up
+(a window at 0 with a reset) pauses every rollout of the provider until the reset and
+cuts harder (see ``limits.py``).
 A rejected key (401/403, Gemini's ``API_KEY_INVALID``, 402 out of credits, OpenAI's
 ``insufficient_quota``) disables the client: one ERROR log line, ``disabled`` set, and
 every later ``rollout`` returns None at once, with no request and no event. A rollout
@@ -44,12 +47,24 @@ from rollwatch.config import ProviderConfig
 from rollwatch.errors import ConfigError, ProviderError
 from rollwatch.log import get_logger
 from rollwatch.providers.anthropic import AnthropicAdapter
-from rollwatch.providers.base import Answer, AnyioClock, Prompt, Usage, bad_response, excerpt, redact
+from rollwatch.providers.base import (
+    Answer,
+    AnyioClock,
+    Prompt,
+    Usage,
+    WireRequest,
+    bad_response,
+    excerpt,
+    redact,
+)
+from rollwatch.providers.batch import BATCH_APIS, BatchAPI
 from rollwatch.providers.gemini import GeminiAdapter
 from rollwatch.providers.limits import ProviderLimits, Slot
 from rollwatch.providers.openai import OpenAIAdapter
+from rollwatch.providers.openai_responses import OpenAIResponsesAdapter
 from rollwatch.providers.reference import ReferenceAdapter
 from rollwatch.providers.retry import full_jitter
+from rollwatch.providers.streaming import StreamFold, streamed, wants_stream
 
 ADAPTERS: dict[str, type[WireAdapter]] = {
     "openai": OpenAIAdapter,
@@ -134,7 +149,13 @@ class ProviderClient:
         self._rng = rng or random.Random()
         self._transport = transport
         self._reference = ReferenceAdapter() if config.kind == "reference" else None
-        self._adapter: WireAdapter | None = None if config.kind == "reference" else ADAPTERS[config.kind]()
+        self._adapter: WireAdapter | None = (
+            None
+            if config.kind == "reference"
+            else OpenAIResponsesAdapter()
+            if config.api == "responses"
+            else ADAPTERS[config.kind]()
+        )
         self.limits = ProviderLimits(
             max_concurrency=config.max_concurrency,
             requests_per_minute=config.requests_per_minute,
@@ -188,8 +209,11 @@ class ProviderClient:
         if adapter is None or pools is None or key is None:
             raise RuntimeError("use the ProviderClient as `async with ProviderClient(...)`")
         system = prompt.system if prompt.system is not None else self.config.system_prompt
+        stream = wants_stream(self.config.stream, params)
         try:
             wire = adapter.build(model, prompt, params, system)
+            if stream:
+                wire = streamed(adapter.kind, wire)
             content = _encode(wire.body)
         except ProviderError as e:
             await self._fail(log, 1, e, final=True)
@@ -224,7 +248,8 @@ class ProviderClient:
                 lease = pools.take()
                 try:
                     http = pools.clients[lease]
-                    answer = await self._send(adapter, http, url, content, headers, time_limit)
+                    send = self._send_stream if stream else self._send
+                    answer = await send(adapter, http, url, content, headers, time_limit)
                 except ProviderError as e:
                     error = e
                     # Feedback goes in while the slot is held, so that no waiting rollout
@@ -257,7 +282,144 @@ class ProviderClient:
             if self.disabled is not None:
                 return None
 
+    # -- batch APIs (``providers/batch.py``; driven by ``runs/batches.py``) -----------
+
+    def batch_api(self) -> BatchAPI:
+        """The batch API of this provider's kind; ConfigError when it has none."""
+        make = BATCH_APIS.get(self.config.kind)
+        if make is None or self._adapter is None:
+            raise ConfigError(
+                f"providers.{self.name}",
+                [f"batch: kind {self.config.kind!r} has no batch API rollwatch speaks"],
+            )
+        return make(self._adapter)
+
+    def build(self, model: str, prompt: Prompt, params: dict[str, Any]) -> WireRequest:
+        """The request a synchronous rollout would send (``invalid_request`` on bad params)."""
+        if self._adapter is None:
+            raise ProviderError("invalid_request", f"provider {self.name!r} builds no requests")
+        system = prompt.system if prompt.system is not None else self.config.system_prompt
+        wire = self._adapter.build(model, prompt, params, system)
+        _encode(wire.body)  # what JSON cannot hold fails here, as it would when sent
+        return wire
+
+    async def send(
+        self,
+        method: str,
+        path: str,
+        *,
+        content: bytes | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, dict[str, str], bytes]:
+        """One authenticated call to ``base_url + path`` (or to ``path`` when it is a whole
+        URL on the configured origin, as Anthropic's ``results_url``; another origin is a
+        non-retryable ``bad_response`` and gets no request); transport failures are
+        retryable ``connection``/``timeout`` errors with the key redacted."""
+        adapter, pools, key = self._adapter, self._pools, self._key
+        if adapter is None or pools is None or key is None:
+            raise RuntimeError("use the ProviderClient as `async with ProviderClient(...)`")
+        base = self.config.url.rstrip("/")
+        if path.startswith(("http://", "https://")):
+            url = path
+            there, here = httpx.URL(url), httpx.URL(base)
+            if (there.scheme, there.host, there.port) != (here.scheme, here.host, here.port):
+                # Never send the key anywhere but the origin the operator configured.
+                raise ProviderError(
+                    "bad_response",
+                    f"the provider pointed at another origin ({there.scheme}://{there.host}:{there.port}); "
+                    "not following it with the key",
+                )
+        else:
+            url = base + path
+        all_headers = {**(headers or {}), **adapter.auth_headers(key)}
+        self._n.requests += 1
+        try:
+            with anyio.fail_after(self.config.timeout):
+                response = await pools.clients[0].request(method, url, content=content, headers=all_headers)
+        except (TimeoutError, httpx.TimeoutException):
+            raise ProviderError("timeout", f"{method} {path}: no answer in time", retryable=True) from None
+        except httpx.HTTPError as e:
+            message = f"{method} {path}: {type(e).__name__}: {self._clean(str(e))}"
+            raise ProviderError("connection", message, retryable=True) from None
+        return response.status_code, dict(response.headers.items()), response.content
+
     # -- one attempt -----------------------------------------------------------------
+
+    async def _send_stream(
+        self,
+        adapter: WireAdapter,
+        http: httpx.AsyncClient,
+        url: str,
+        content: bytes,
+        headers: dict[str, str],
+        time_limit: float,
+    ) -> Answer:
+        """One streamed attempt (``providers/streaming.py``): the events folded into a
+        whole answer; a stream silent for ``stream_idle_timeout`` or ended before its end
+        marker is a retryable failure, never a truncated answer."""
+        start = time.perf_counter()
+        fold = StreamFold(adapter.kind)
+        ttft: float | None = None
+        idle = self.config.stream_idle_timeout
+        try:
+            with anyio.fail_after(time_limit):
+                async with http.stream("POST", url, content=content, headers=headers) as response:
+                    got = dict(response.headers.items())
+                    rid = got.get("x-request-id") or got.get("request-id")
+                    if not 200 <= response.status_code < 300:
+                        body = await response.aread()
+                        raise self._with_context(
+                            adapter.error(response.status_code, got, body, time.time()), rid
+                        )
+                    lines = response.aiter_lines()
+                    while not fold.done:
+                        line: str | None = None
+                        with anyio.move_on_after(idle):
+                            line = await anext(lines, None)
+                            if line is None:
+                                raise bad_response("the stream ended before its end: the answer was cut off")
+                        if line is None:
+                            raise ProviderError(
+                                "timeout", f"the stream was silent for {idle:g}s", retryable=True
+                            )
+                        if line.startswith("data:"):
+                            try:
+                                fold.feed(line[5:].strip())
+                            except ProviderError as e:
+                                raise self._with_context(e, rid) from None
+                            if ttft is None and fold.first_token:
+                                ttft = (time.perf_counter() - start) * 1000.0
+        except (TimeoutError, httpx.TimeoutException):
+            raise ProviderError(
+                "timeout", f"no complete answer within {time_limit:g}s", retryable=True
+            ) from None
+        except httpx.RemoteProtocolError as e:
+            raise bad_response(f"the stream was cut off: {self._clean(str(e))}") from None
+        except httpx.DecodingError as e:
+            raise bad_response(f"the stream cannot be decoded: {self._clean(str(e))}") from None
+        except httpx.TransportError as e:
+            raise ProviderError(
+                "connection", f"{type(e).__name__}: {self._clean(str(e))}", retryable=True
+            ) from None
+        try:
+            parsed = adapter.parse(fold.body(), got)
+        except ProviderError as e:
+            raise self._with_context(e, rid) from None
+        except (KeyError, TypeError, AttributeError, IndexError, ValueError) as e:
+            raise bad_response(f"unexpected stream shape: {type(e).__name__}: {e}") from None
+        if (pause := adapter.pause_hint(got, time.time())) is not None:
+            self.limits.pause(pause)
+        return Answer(
+            text=parsed.text,
+            reasoning=parsed.reasoning,
+            finish_reason=parsed.finish_reason,
+            usage=parsed.usage,
+            request_id=parsed.request_id,
+            latency_ms=(time.perf_counter() - start) * 1000.0,
+            model=parsed.model,
+            system_fingerprint=parsed.system_fingerprint,
+            ttft_ms=ttft,
+        )
 
     async def _send(
         self,
@@ -308,7 +470,7 @@ class ProviderClient:
             raise self._with_context(e, rid) from None
         except (KeyError, TypeError, AttributeError, IndexError, ValueError) as e:
             raise bad_response(f"unexpected body shape: {type(e).__name__}: {e}") from None
-        if (pause := adapter.pause_hint(headers)) is not None:
+        if (pause := adapter.pause_hint(headers, time.time())) is not None:
             self.limits.pause(pause)
         return Answer(
             text=parsed.text,
@@ -318,6 +480,7 @@ class ProviderClient:
             request_id=parsed.request_id,
             latency_ms=latency_ms,
             model=parsed.model,
+            system_fingerprint=parsed.system_fingerprint,
         )
 
     def _clean(self, text: str) -> str:
@@ -334,6 +497,7 @@ class ProviderClient:
             status=err.status,
             retryable=err.retryable,
             retry_after=err.retry_after,
+            provider_wide=err.provider_wide,
         )
 
     def _succeeded(self, model: str, slot: Slot, answer: Answer) -> float | None:
@@ -354,20 +518,27 @@ class ProviderClient:
         return cost
 
     def _after_failure(self, model: str, slot: Slot, error: ProviderError, attempt: int) -> float:
-        """Feed a failure back into the shared limits; return this rollout's backoff."""
-        if error.kind in _PACING_KINDS:
-            self.limits.slow_down(slot)
-            self.limits.pause(
-                error.retry_after if error.retry_after is not None else self.config.backoff_base
-            )
-        elif error.retry_after is not None and error.retryable:
-            self.limits.pause(error.retry_after)
-        if error.kind == "auth" or (error.kind == "rate_limited" and not error.retryable):
-            self._disable(model, error)
-        jitter = full_jitter(attempt, self.config.backoff_base, self.config.backoff_max, self._rng)
-        return max(error.retry_after or 0.0, jitter)
+        """Feed a failure back into the shared limits; return this rollout's backoff.
 
-    def _disable(self, model: str, error: ProviderError) -> None:
+        Only a failure that shows the provider's whole budget used up
+        (``error.provider_wide``) pauses every request of the provider; any other wait
+        the provider asks for is this rollout's alone (it sleeps without its slot).
+        """
+        wait = error.retry_after
+        if error.provider_wide and error.retryable:
+            self.limits.slow_down(slot, hard=True)
+            self.limits.pause(wait if wait is not None else self.config.backoff_base)
+        elif error.kind in _PACING_KINDS:
+            hold = wait if wait is not None else self.config.backoff_base
+            self.limits.slow_down(slot, hard=False, hold=hold)
+        if error.kind == "auth" or (error.kind == "rate_limited" and not error.retryable):
+            self.disable(model, error)
+        jitter = full_jitter(attempt, self.config.backoff_base, self.config.backoff_max, self._rng)
+        return max(wait or 0.0, jitter)
+
+    def disable(self, model: str, error: ProviderError) -> None:
+        """Stop using this provider: ``error`` showed the key or account rejected (one
+        ERROR line; every later ``rollout`` returns None at once)."""
         if self.disabled is not None:
             return
         self.disabled = error
@@ -436,8 +607,11 @@ class ProviderClient:
 
     # -- cost and stats --------------------------------------------------------------
 
-    def cost(self, model: str, usage: Usage) -> float | None:
+    def cost(self, model: str, usage: Usage, *, batch: bool = False) -> float | None:
         """USD for ``usage`` at the configured prices of ``model``; None if it has none.
+
+        ``batch``: at the batch prices (``batch_input``/``batch_output``, by default half
+        the others; cached input at the batch input price when no cached price is set).
 
         Prices are per million tokens. Cached input tokens cost ``cached_input`` when
         given, else ``input``; ``output_tokens`` include reasoning tokens, billed at the
@@ -458,11 +632,13 @@ class ProviderClient:
                 )
             return None
         cached = min(usage.cached_tokens, usage.input_tokens)
-        cached_price = price.cached_input if price.cached_input is not None else price.input
+        p_in, p_out = price.input, price.output
+        if batch:
+            p_in = price.batch_input if price.batch_input is not None else price.input / 2
+            p_out = price.batch_output if price.batch_output is not None else price.output / 2
+        cached_price = min(p_in, price.cached_input) if price.cached_input is not None else p_in
         return (
-            (usage.input_tokens - cached) * price.input
-            + cached * cached_price
-            + usage.output_tokens * price.output
+            (usage.input_tokens - cached) * p_in + cached * cached_price + usage.output_tokens * p_out
         ) / 1_000_000
 
     @property

@@ -19,7 +19,9 @@ normalized output is ``candidatesTokenCount + thoughtsTokenCount``. A prompt blo
 by safety filters is an answer with no text and ``finish_reason = "blocked:REASON"``.
 
 Errors: Google's envelope ``{"error": {"code", "message", "status", "details"}}``;
-the wait a 429 demands is ``details[].retryDelay`` of a ``google.rpc.RetryInfo``. A bad
+the wait a 429 demands is ``details[].retryDelay`` of a ``google.rpc.RetryInfo``. A 429
+with a ``google.rpc.QuotaFailure`` detail names a project quota that is used up: it is
+provider-wide (every request waits); one without is this request's alone. A bad
 key is a 400 with ``ErrorInfo.reason = "API_KEY_INVALID"``: classified as ``auth``.
 """
 
@@ -185,9 +187,16 @@ class GeminiAdapter:
         wait = google_retry_delay(data)
         if wait is None:
             wait = parse_retry_after(headers, now)
-        return ProviderError(kind, error_message(body), status=status, retryable=retryable, retry_after=wait)
+        return ProviderError(
+            kind,
+            error_message(body),
+            status=status,
+            retryable=retryable,
+            retry_after=wait,
+            provider_wide=status == 429 and retryable and _has_detail(data, "google.rpc.QuotaFailure"),
+        )
 
-    def pause_hint(self, headers: Headers) -> float | None:
+    def pause_hint(self, headers: Headers, now: float) -> float | None:
         """None: Gemini sends no rate-limit headers on success."""
         return None
 
@@ -202,6 +211,17 @@ def _reason(data: Any) -> str | None:
             reason = d.get("reason")
             return reason if isinstance(reason, str) else None
     return None
+
+
+def _has_detail(data: Any, type_suffix: str) -> bool:
+    """Whether a Google error body carries a detail of this ``@type``."""
+    if isinstance(data, list) and data:
+        data = data[0]
+    err = data.get("error") if isinstance(data, dict) else None
+    details = err.get("details") if isinstance(err, dict) else None
+    return isinstance(details, list) and any(
+        isinstance(d, dict) and str(d.get("@type", "")).endswith(type_suffix) for d in details
+    )
 
 
 def _str(value: Any) -> str | None:

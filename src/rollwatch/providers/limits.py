@@ -4,18 +4,31 @@ One :class:`ProviderLimits` lives on each :class:`~rollwatch.providers.ProviderC
 so every run using the provider draws from the same budget. Three mechanisms:
 
 * **Concurrency** — at most ``window`` requests in flight. ``window`` starts at
-  ``max_concurrency`` and follows AIMD (as TCP's congestion window): halved when the
-  provider says "too many" (429, or overloaded 503/529), grown by ``1/window`` per
-  success. Only a rejection of a request sent *after* the last cut cuts again, so a
-  burst of 429s from requests already in flight halves the window once, not 50 times.
+  ``max_concurrency`` and follows AIMD (as TCP's congestion window), in two strengths:
+
+  - a *hard* cut (:data:`HARD_DECREASE`, down to 1) when the provider says its whole
+    budget is used up (a 429 with a rate-limit window at 0 and a reset time);
+  - a *gentle* cut (:data:`GENTLE_DECREASE`, never below :data:`FLOOR_FRACTION` of
+    ``max_concurrency``) on any other 429 or overload (503/529). At most one gentle cut
+    per ``hold`` seconds (the wait that 429 asked for): the requests sent in that time
+    were sent before the cut could show its effect, so their 429s say nothing new.
+
+  Either way only a rejection of a request sent *after* the last cut cuts again, so a
+  burst of 429s from requests already in flight cuts once, not 50 times. Each success
+  grows the window by ``RECOVERY / window`` (about ``RECOVERY`` per window's worth of
+  successes). Why gentle: a 429 without evidence of an exhausted budget is as often a
+  load balancer shedding a random request as a sign that we send too much. Halving on
+  each one (what rollwatch did until 2026-11) held the window near 1 under 10% random
+  429s and made a run 8–10× slower; ``bench/bench_429.py`` measures the difference.
 * **Rates** — ``requests_per_minute`` and ``tokens_per_minute`` as GCRA (the
   "virtual scheduling" form of a token bucket): each request reserves its place on a
   time line, so waiting is FIFO and costs no lock or background task. A burst of up to
   ``BURST_SECONDS`` worth goes at once. Token use is not known before the answer, so a
   request reserves an estimate and the real count is charged afterwards (the debt
-  delays later requests). The same AIMD signal scales both rates by ``rate_factor``.
-* **A shared pause** — ``not_before``: when any request is told to wait (Retry-After
-  and friends), every request of the provider waits, not only the one that was told.
+  delays later requests). Each cut scales both rates by the same factor (``rate_factor``).
+* **A shared pause** — ``not_before``: when the provider says its whole budget is used
+  up until a reset, every request of the provider waits for the reset. Any other wait
+  a provider asks for (Retry-After on a plain 429) delays only the request it answered.
 """
 
 from __future__ import annotations
@@ -33,6 +46,14 @@ from rollwatch.abc import Clock
 BURST_SECONDS = 6.0
 #: AIMD never scales the configured rates below this fraction.
 MIN_RATE_FACTOR = 1 / 64
+#: A cut on evidence that the provider's budget is used up: halve, as TCP does on loss.
+HARD_DECREASE = 0.5
+#: A cut on a 429 or overload without that evidence.
+GENTLE_DECREASE = 0.85
+#: Gentle cuts never take the window below this fraction of ``max_concurrency``.
+FLOOR_FRACTION = 0.25
+#: The window grows back by about this many slots per window's worth of successes.
+RECOVERY = 2.0
 
 
 class RateLimiter:
@@ -94,6 +115,8 @@ class ProviderLimits:
         self.epoch = 0
         self.rate_factor = 1.0
         self.cuts = 0
+        self.floor = max(1.0, math.floor(max_concurrency * FLOOR_FRACTION))
+        self._quiet_until = -math.inf  # no gentle cut before this clock time
 
     # -- state for metrics ----------------------------------------------------------
 
@@ -152,23 +175,34 @@ class ProviderLimits:
         if self._tokens is not None:
             self._tokens.charge(tokens - slot.estimate)
 
-    def slow_down(self, slot: Slot) -> bool:
-        """Multiplicative decrease after a 429/overload; once per epoch. True if it cut."""
+    def slow_down(self, slot: Slot, *, hard: bool = True, hold: float = 0.0) -> bool:
+        """Multiplicative decrease after a 429/overload; True if it cut.
+
+        ``hard`` (the provider's budget is used up): halve window and rates, down to 1.
+        Otherwise a gentle cut, not below :attr:`floor`, and no further gentle cut for
+        ``hold`` seconds. Either way once per epoch (see the module docstring).
+        """
         if slot.epoch != self.epoch:
             return False
+        now = self._clock.now()
+        if not hard and now < self._quiet_until:
+            return False
+        factor = HARD_DECREASE if hard else GENTLE_DECREASE
+        floor = 1.0 if hard else min(self.floor, self._window)
         self.epoch += 1
         self.cuts += 1
-        self._window = max(1.0, self._window / 2)
+        self._quiet_until = now + hold
+        self._window = max(floor, self._window * factor)
         self._limiter.total_tokens = max(1, int(self._window))
-        self.rate_factor = max(MIN_RATE_FACTOR, self.rate_factor / 2)
+        self.rate_factor = max(MIN_RATE_FACTOR, self.rate_factor * factor)
         self._apply_rate_factor()
         return True
 
     def succeeded(self) -> None:
-        """Additive increase after a success: about +1 concurrent request per window of
-        successes, and +1 request per minute of rate per success."""
+        """Additive increase after a success: about +``RECOVERY`` concurrent requests per
+        window of successes, and +1 request per minute of rate per success."""
         if self._window < self.max_concurrency:
-            self._window = min(float(self.max_concurrency), self._window + 1.0 / self._window)
+            self._window = min(float(self.max_concurrency), self._window + RECOVERY / self._window)
             if int(self._window) != self._limiter.total_tokens:
                 self._limiter.total_tokens = int(self._window)
         if self.rate_factor < 1.0:

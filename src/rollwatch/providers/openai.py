@@ -8,9 +8,11 @@ operator writes params for one provider. Reasoning text is read from
 ``message.reasoning_content`` (DeepSeek, Moonshot, vLLM, llama.cpp) or
 ``message.reasoning`` (OpenRouter, Ollama); OpenAI itself returns none.
 
-Rate-limit hints: ``Retry-After``/``retry-after-ms`` first; else the reset time of the
-``x-ratelimit-*`` window that is exhausted (``remaining-… = 0``). A successful response
-whose window is exhausted pauses the provider until that window resets.
+Rate-limit hints: a 429 whose ``x-ratelimit-*`` window is exhausted (``remaining-… =
+0`` with a ``reset-…``) is provider-wide: every request waits for the reset (or the
+Retry-After, if longer). Any other 429 waits ``Retry-After``/``retry-after-ms``, else
+the shortest reset given, for itself alone. A successful response whose window is
+exhausted pauses the provider until that window resets.
 A 429 with ``error.code = "insufficient_quota"`` is billing, not pacing: not retryable.
 """
 
@@ -100,6 +102,7 @@ class OpenAIAdapter:
             ),
             request_id=headers.get("x-request-id") or _str(data.get("id")),
             model=_str(data.get("model")),
+            system_fingerprint=_str(data.get("system_fingerprint")),
         )
 
     def error(self, status: int, headers: Headers, body: bytes, now: float) -> ProviderError:
@@ -109,11 +112,21 @@ class OpenAIAdapter:
         if status == 429 and _error_code(body) == "insufficient_quota":
             retryable = False
         wait = parse_retry_after(headers, now)
-        if wait is None and status == 429:
+        exhausted = _exhausted_reset(headers, only_exhausted=True) if status == 429 else None
+        if exhausted is not None:
+            wait = max(wait or 0.0, exhausted)
+        elif wait is None and status == 429:
             wait = _exhausted_reset(headers, only_exhausted=False)
-        return ProviderError(kind, message, status=status, retryable=retryable, retry_after=wait)
+        return ProviderError(
+            kind,
+            message,
+            status=status,
+            retryable=retryable,
+            retry_after=wait,
+            provider_wide=exhausted is not None and retryable,
+        )
 
-    def pause_hint(self, headers: Headers) -> float | None:
+    def pause_hint(self, headers: Headers, now: float) -> float | None:
         """The reset time of a rate-limit window that this response left empty."""
         return _exhausted_reset(headers, only_exhausted=True)
 

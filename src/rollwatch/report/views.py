@@ -83,10 +83,16 @@ class Row:
     cost of a scored one. The ``expected_*`` fields follow from this row's pass rate:
     on a ``--by problem`` row they are the rollouts and dollars to a first solution
     of that problem; on wider rows, the rollouts and dollars per pass.
+
+    ``served_model`` is the model the provider said answered (it may name a dated
+    snapshot of ``model``, or another model altogether): rows are split by it, so that
+    a silent upgrade behind a configured name shows as a row of its own. A rollout
+    without an answer counts with the model that answered most of its run.
     """
 
     provider: str
     model: str
+    served_model: str | None = None
     problem_id: str | None = None
     run_id: str | None = None
     run_started_at: str | None = None
@@ -118,13 +124,15 @@ class Row:
 class TrendRow:
     """pass@1 of one model in one run, and whether it moved beyond noise since the previous run.
 
-    Runs are compared within one provider, model and problem set, in start order;
+    Runs are compared within one provider, model, served model and problem set, in start
+    order (a change of served model starts a series of its own);
     ``p_value`` is Fisher's exact test of this run's passes against the previous
     run's, ``significant`` is ``p_value < 0.05`` (None for a series' first run).
     """
 
     provider: str
     model: str
+    served_model: str | None
     problem_set: str | None
     run_id: str
     run_started_at: str | None
@@ -181,6 +189,7 @@ class _Cell:
     model: str
     problem_id: str
     run_id: str
+    served_model: str | None
     scored: int
     passed: int
     total: int
@@ -190,7 +199,7 @@ class _Cell:
 
 
 _CELLS_SQL = """
-SELECT provider, model, problem_id, run_id,
+SELECT provider, model, problem_id, run_id, served_model,
        SUM(state = 'scored'),
        SUM(CASE WHEN state = 'scored' THEN coalesce(passed, 0) ELSE 0 END),
        COUNT(*),
@@ -198,7 +207,7 @@ SELECT provider, model, problem_id, run_id,
        SUM(CASE WHEN state = 'scored' THEN cost_usd END),
        SUM(state = 'scored' AND cost_usd IS NOT NULL)
 FROM rollouts
-GROUP BY provider, model, problem_id, run_id
+GROUP BY provider, model, problem_id, run_id, served_model
 """
 
 
@@ -209,7 +218,7 @@ WITH v AS (
     SELECT rollout_id, passed FROM verdicts
     WHERE seq IN (SELECT max(seq) FROM verdicts WHERE problem_hash = ? GROUP BY rollout_id)
 )
-SELECT o.provider, o.model, o.problem_id, o.run_id,
+SELECT o.provider, o.model, o.problem_id, o.run_id, o.served_model,
        SUM(v.rollout_id IS NOT NULL),
        SUM(coalesce(v.passed, 0)),
        COUNT(*),
@@ -218,7 +227,7 @@ SELECT o.provider, o.model, o.problem_id, o.run_id,
        SUM(v.rollout_id IS NOT NULL AND o.cost_usd IS NOT NULL)
 FROM rollouts o LEFT JOIN v ON v.rollout_id = o.rollout_id
 WHERE o.problem_id = ?
-GROUP BY o.provider, o.model, o.problem_id, o.run_id
+GROUP BY o.provider, o.model, o.problem_id, o.run_id, o.served_model
 """
 
 
@@ -254,12 +263,22 @@ async def resolve_version(pdb: Fetcher, version: str) -> tuple[str, str]:
 
 
 async def _cells(pdb: Fetcher, problem_version: str | None = None) -> list[_Cell]:
+    """The cells (under one problem version when given), each unanswered one given the
+    served model of most of its run's answers."""
     if problem_version is None:
         rows = await pdb.fetchall(_CELLS_SQL)
     else:
         pid, full = await resolve_version(pdb, problem_version)
         rows = await pdb.fetchall(_VERSION_CELLS_SQL, (full, pid))
-    return [_Cell(*r) for r in rows]
+    cells = [_Cell(*r) for r in rows]
+    answers: dict[tuple[str, str, str], dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for c in cells:
+        if c.served_model is not None:
+            answers[(c.provider, c.model, c.run_id)][c.served_model] += c.total
+    for c in cells:
+        if c.served_model is None and (counts := answers.get((c.provider, c.model, c.run_id))):
+            c.served_model = max(sorted(counts), key=lambda s: counts[s])
+    return cells
 
 
 async def _runs(pdb: Fetcher) -> dict[str, tuple[str | None, str | None]]:
@@ -325,29 +344,30 @@ def _summarize(
     cells: Iterable[_Cell], by: By, runs: Mapping[str, tuple[str | None, str | None]]
 ) -> list[Row]:
     """Group rollout cells into report rows (the pure part of :func:`build_report`)."""
-    groups: dict[tuple[str, ...], list[_Cell]] = defaultdict(list)
+    groups: dict[tuple[str | None, ...], list[_Cell]] = defaultdict(list)
     for cell in cells:
         if by == "problem":
-            key: tuple[str, ...] = (cell.provider, cell.model, cell.problem_id)
+            key: tuple[str | None, ...] = (cell.provider, cell.model, cell.served_model, cell.problem_id)
         elif by == "run":
-            key = (cell.provider, cell.model, cell.run_id)
+            key = (cell.provider, cell.model, cell.served_model, cell.run_id)
         else:
-            key = (cell.provider, cell.model)
+            key = (cell.provider, cell.model, cell.served_model)
         groups[key].append(cell)
     rows = []
     for key, group in groups.items():
-        ident: dict[str, Any] = {}
+        ident: dict[str, Any] = {"served_model": key[2]}
         if by == "problem":
-            ident["problem_id"] = key[2]
+            ident["problem_id"] = key[3]
         elif by == "run":
-            ident["run_id"] = key[2]
-            ident["run_started_at"] = runs.get(key[2], (None, None))[0]
-        rows.append(_row(key[0], key[1], group, **ident))
+            ident["run_id"] = key[3]
+            ident["run_started_at"] = runs.get(str(key[3]), (None, None))[0]
+        rows.append(_row(str(key[0]), str(key[1]), group, **ident))
     rows.sort(
         key=lambda r: (
             r.provider,
             r.model,
             r.run_started_at or "",
+            r.served_model or "",
             r.run_id or "",
             r.problem_id or "",
         )
@@ -382,6 +402,8 @@ async def build_report(pdb: Fetcher, by: str = "model", *, problem_version: str 
         Column("PROVIDER", lambda r: r.provider, False),
         Column("MODEL", lambda r: r.model, False),
     ]
+    if any(r.served_model not in (None, r.model) for r in rows):
+        cols.append(Column("SERVED AS", lambda r: r.served_model or "-", False))
     if by == "problem":
         cols.append(Column("PROBLEM", lambda r: r.problem_id, False))
     elif by == "run":
@@ -439,15 +461,19 @@ async def build_report(pdb: Fetcher, by: str = "model", *, problem_version: str 
 async def build_trend(pdb: Fetcher) -> Report:
     """pass@1 per model per run, in start order, each run tested against the previous one."""
     runs = await _runs(pdb)
-    per_run: dict[tuple[str, str, str | None, str], list[_Cell]] = defaultdict(list)
+    per_run: dict[tuple[str, str, str | None, str | None, str], list[_Cell]] = defaultdict(list)
     for cell in await _cells(pdb):
         problem_set = runs.get(cell.run_id, (None, None))[1]
-        per_run[(cell.provider, cell.model, problem_set, cell.run_id)].append(cell)
-    series: dict[tuple[str, str, str | None], list[tuple[str | None, str, list[_Cell]]]] = defaultdict(list)
-    for (provider, model, problem_set, run_id), cells in per_run.items():
-        series[(provider, model, problem_set)].append((runs.get(run_id, (None, None))[0], run_id, cells))
+        per_run[(cell.provider, cell.model, cell.served_model, problem_set, cell.run_id)].append(cell)
+    series: dict[tuple[str, str, str | None, str | None], list[tuple[str | None, str, list[_Cell]]]] = (
+        defaultdict(list)
+    )
+    for (provider, model, served, problem_set, run_id), cells in per_run.items():
+        series[(provider, model, served, problem_set)].append(
+            (runs.get(run_id, (None, None))[0], run_id, cells)
+        )
     rows: list[TrendRow] = []
-    for (provider, model, problem_set), items in sorted(
+    for (provider, model, served, problem_set), items in sorted(
         series.items(), key=lambda kv: tuple(map(str, kv[0]))
     ):
         items.sort(key=lambda t: (t[0] or "", t[1]))
@@ -467,6 +493,7 @@ async def build_trend(pdb: Fetcher) -> Report:
                 TrendRow(
                     provider=provider,
                     model=model,
+                    served_model=served,
                     problem_set=problem_set,
                     run_id=run_id,
                     run_started_at=started_at,
@@ -484,9 +511,15 @@ async def build_trend(pdb: Fetcher) -> Report:
             )
             if n > 0:
                 prev = (run_id, k, n)
+    served_col = (
+        [Column("SERVED AS", lambda r: r.served_model or "-", False)]
+        if any(r.served_model not in (None, r.model) for r in rows)
+        else []
+    )
     cols = (
         Column("PROVIDER", lambda r: r.provider, False),
         Column("MODEL", lambda r: r.model, False),
+        *served_col,
         Column("SET", lambda r: r.problem_set or "-", False),
         Column("RUN", lambda r: r.run_id, False),
         Column("STARTED", lambda r: _when(r.run_started_at), False),

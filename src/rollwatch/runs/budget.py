@@ -41,6 +41,8 @@ class Budget:
     """Per model; a model without one has no enforceable budget."""
     params: Mapping[str, object]
     """The run's request params (they bound the output tokens)."""
+    batch: bool = False
+    """The run goes through the batch API: reservations are at the batch prices."""
     exhausted: bool = False
     """A rollout could not be reserved: the run starts no more."""
     _settled: anyio.Event = field(default_factory=anyio.Event, repr=False)
@@ -52,9 +54,13 @@ class Budget:
     def worst_case(self, model: str, prompt: str) -> float:
         """The most one rollout of ``model`` asked ``prompt`` could cost, in USD."""
         price = self.prices[model]
+        p_in, p_out = price.input, price.output
+        if self.batch:
+            p_in = price.batch_input if price.batch_input is not None else price.input / 2
+            p_out = price.batch_output if price.batch_output is not None else price.output / 2
         # A generous token count for the prompt: fewer than one token per two characters
         # in practice.
-        return ((len(prompt) // 2 + 1000) * price.input + max_output_tokens(self.params) * price.output) / 1e6
+        return ((len(prompt) // 2 + 1000) * p_in + max_output_tokens(self.params) * p_out) / 1e6
 
     async def reserve(self, chunk: Chunk, model: str, prompt: str) -> float | None:
         """Reserve the most this rollout could cost; None when the budget cannot allow it

@@ -19,11 +19,14 @@ from rollwatch.events import (
     RunFinished,
     RunInterrupted,
     RunStarted,
+    ServedModelChanged,
     rollout_stream,
     run_stream,
 )
 from rollwatch.log import get_logger
 from rollwatch.problems import Problem
+from rollwatch.providers.client import ProviderClient
+from rollwatch.runs.batches import Batcher
 from rollwatch.runs.budget import Budget
 from rollwatch.runs.rollout import NEW, ChunkWork, Known, Rollouts
 from rollwatch.runs.services import ProviderLike, RunLock, RunServices, RunState
@@ -100,6 +103,9 @@ class Run:
         self.rollouts = started.rollouts
         self.budget_usd = started.budget_usd
         self.params: dict[str, object] = started.params or {}
+        self.batch = started.batch
+        """The rollouts go through the provider's batch API (``runs/batches.py``)."""
+        self.batcher: Batcher | None = None
         self.on_progress = on_progress
         self.fresh = fresh
         """Created by this process just now: no rollout of it has events yet."""
@@ -126,7 +132,9 @@ class Run:
     ) -> Run:
         """Record ``RunStarted`` for a new run of ``schedule`` and return it (not yet driven)."""
         pset = services.problem_sets[schedule.problem_set]
+        pconf = services.config.provider(schedule.provider)
         started = RunStarted(
+            batch=schedule.batch if schedule.batch is not None else pconf.batch,
             run_id=new_run_id(),
             schedule=schedule.name,
             provider=schedule.provider,
@@ -264,7 +272,16 @@ class Run:
             s.done = s.scored
             await self._plan(prior_cost=s.cost_usd)
         pconf = svc.config.provider(self.provider_name)
-        budget = Budget(board, self.budget_usd, pconf.prices, self.params)
+        budget = Budget(board, self.budget_usd, pconf.prices, self.params, batch=self.batch)
+        places = max(2, pconf.max_concurrency * 2)
+        if self.batch:
+            if not isinstance(provider, ProviderClient):
+                return await self._finish(f"provider {self.provider_name!r} has no batch API", failed=True)
+            self.batcher = Batcher(self, provider)
+            await self.batcher.load()
+            # A batch holds many rollouts at once: room for one full batch forming while
+            # another is submitted.
+            places = max(places, 2 * pconf.batch_max_requests)
         for model in self.models:
             if self.budget_usd is not None and not budget.enforceable(model):
                 self.log.warning(
@@ -280,7 +297,7 @@ class Run:
             rollouts=Rollouts(self, budget),
             # Places for rollout tasks: those in flight at the provider and those whose
             # answer waits for a scorer. Beyond this the producer waits, so memory stays flat.
-            window=anyio.Semaphore(max(2, pconf.max_concurrency * 2)),
+            window=anyio.Semaphore(places),
         )
         interrupted = False
 
@@ -480,6 +497,7 @@ class Run:
             message=message,
             planned=self.state.total,
         )
+        changes = await self._served_model_changes()
         stream = run_stream(self.run_id)
         while True:
             evs = [ev async for ev in self.services.store.read(stream=stream)]
@@ -489,14 +507,67 @@ class Run:
                 self.log.info("run_finished_elsewhere", status=done[0].status)
                 return done[0]
             try:
+                # One append: the changes are recorded exactly when the end is.
                 await self.services.store.append(
-                    stream, [fin], expected_version=evs[-1].version if evs else 0
+                    stream, [*changes, fin], expected_version=evs[-1].version if evs else 0
                 )
                 break
             except ConcurrencyConflict:
                 continue  # another node appended to the run: look again
+        for change in changes:
+            self.log.warning(
+                "served_model_changed",
+                model=change.model,
+                served=change.served,
+                previous=change.previous,
+                previous_run_id=change.previous_run_id,
+                note="the provider answered this model with other models than last run; "
+                "the report splits its rows by served model",
+            )
         self.log.info("run_finished", **fin.to_data())
         return fin
+
+    async def _served_model_changes(self) -> list[ServedModelChanged]:
+        """For each model of the run: a change when the models the provider said served
+        it here are not those of the last earlier run of this provider and model that
+        got an answer (by ``RunStarted`` order)."""
+        pdb = self.services.projections
+        changes = []
+        for model in self.models:
+            served = await self._served(model, self.run_id)
+            if not served:
+                continue
+            row = await pdb.fetchone(
+                "SELECT r.run_id FROM rollouts r JOIN runs u ON u.run_id = r.run_id"
+                " WHERE r.provider = ? AND r.model = ? AND r.served_model IS NOT NULL"
+                " AND u.started_seq < (SELECT started_seq FROM runs WHERE run_id = ?)"
+                " ORDER BY u.started_seq DESC LIMIT 1",
+                (self.provider_name, model, self.run_id),
+            )
+            if row is None:
+                continue
+            previous = await self._served(model, row[0])
+            if set(previous) != set(served):
+                changes.append(
+                    ServedModelChanged(
+                        run_id=self.run_id,
+                        provider=self.provider_name,
+                        model=model,
+                        served=served,
+                        previous=previous,
+                        previous_run_id=row[0],
+                    )
+                )
+        return changes
+
+    async def _served(self, model: str, run_id: str) -> dict[str, int]:
+        """Served model → answers, of ``model`` in run ``run_id``."""
+        rows = await self.services.projections.fetchall(
+            "SELECT served_model, COUNT(*) FROM rollouts WHERE run_id = ? AND model = ?"
+            " AND served_model IS NOT NULL GROUP BY served_model ORDER BY served_model",
+            (run_id, model),
+        )
+        return {str(r[0]): int(r[1]) for r in rows}
 
 
 async def unfinished_runs(services: RunServices) -> list[str]:

@@ -130,6 +130,8 @@ class AttemptRecorder:
                 latency_ms=round(answer.latency_ms, 3),
                 request_id=answer.request_id,
                 model=answer.model,
+                system_fingerprint=answer.system_fingerprint,
+                ttft_ms=round(answer.ttft_ms, 3) if answer.ttft_ms is not None else None,
             ),
         )
 
@@ -191,10 +193,17 @@ class Rollouts:
             )
             recorder = AttemptRecorder(self, rid, model, problem, sample, known.attempts, known.version)
             cost = 0.0
+            batcher = self.run.batcher
             try:
-                answer = await provider.rollout(model, prompt, self.run.params, recorder)
+                if batcher is not None:
+                    answer, cost = await batcher.rollout(
+                        rid, model, prompt, self.run.params, recorder, known.attempts
+                    )
+                else:
+                    answer = await provider.rollout(model, prompt, self.run.params, recorder)
+                    if answer is not None:
+                        cost = provider.cost(model, answer.usage) or 0.0
                 if answer is not None:
-                    cost = provider.cost(model, answer.usage) or 0.0
                     self.run.state.answered += 1
                     self.run.state.cost_usd += cost
             finally:

@@ -1,0 +1,437 @@
+"""A run's rollouts through the provider's batch API (``batch = true``).
+
+Each rollout task still carries its own rollout (its events, its verdict); only the
+request goes another way. A rollout records ``RolloutRequested`` and joins the batch
+being formed for its model (OpenAI takes one model per batch); the first to join
+leads it: it waits ``batch_linger`` (or until
+``batch_max_requests`` joined), submits the batch, records ``BatchSubmitted`` (the
+provider's batch id and each rollout's attempt in it), polls every ``batch_poll``
+(recording ``BatchPolled`` when the state or counts change), reads the results and
+records ``BatchEnded``. Every member then records its own ``RolloutResponded`` or
+``RolloutFailed`` and is scored as usual.
+
+Durable across a kill: a rollout whose latest recorded attempt is in a submitted
+batch, and that the batch did not end without answering, is never submitted again. A
+daemon that resumes the run polls that batch (an ended one answers at once) and
+reads its results. A batch that ends without answering some rollouts (expired,
+cancelled, missing from the results, or a retryable error) records those as failed
+attempts, and they go into a later batch, up to ``max_attempts``.
+
+Before a batch is submitted, ``BatchPrepared`` records its key and rollouts; OpenAI's
+batch carries the key in ``metadata.rollwatch_batch``. A daemon killed after asking
+but before ``BatchSubmitted`` reached the log looks the key up in the provider's batch
+list on resume and adopts the batch it finds (``BatchSubmitted`` with ``adopted``);
+only when there is none are the rollouts submitted again. A create whose answer is
+lost (a timeout) is looked up the same way before it is retried. Known gap:
+Anthropic's batches carry no metadata, so there a kill in that window (the
+milliseconds between the provider's answer and the append) or a lost create answer
+means those rollouts are submitted again (paid twice, recorded once).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, TypeVar
+
+import anyio
+
+from rollwatch.errors import ProviderError
+from rollwatch.events import BatchEnded, BatchPolled, BatchPrepared, BatchSubmitted, Event, batch_stream
+from rollwatch.log import get_logger
+from rollwatch.providers.base import Answer, Parsed, Prompt, WireRequest
+from rollwatch.providers.batch import BatchState, Outcome, Submitted
+from rollwatch.providers.retry import full_jitter
+
+if TYPE_CHECKING:
+    from rollwatch.providers.client import ProviderClient
+    from rollwatch.runs.pipeline import Run
+    from rollwatch.runs.rollout import AttemptRecorder
+
+log = get_logger(__name__)
+T = TypeVar("T")
+
+#: Request bytes per batch at most: under OpenAI's 200 MB input file and Anthropic's
+#: 256 MB request, with room for the JSONL and envelope around each body.
+BATCH_MAX_BYTES = 100 * 1024 * 1024
+
+
+def _answered(outcome: Outcome | None) -> bool:
+    """Whether a result settles its rollout: an answer, or an error not worth retrying."""
+    if outcome is None:
+        return False
+    return isinstance(outcome, Parsed) or not outcome.retryable
+
+
+@dataclass(eq=False)
+class _Batch:
+    """One batch as this process knows it: forming, submitted, or read back from the log."""
+
+    rollouts: dict[str, int] = field(default_factory=dict)
+    """Rollout id → its attempt in this batch."""
+    requests: dict[str, WireRequest] = field(default_factory=dict)
+    batch_id: str | None = None
+    unanswered: set[str] = field(default_factory=set)
+    """From the log's ``BatchEnded``: these rollouts go into a later batch."""
+    results: dict[str, Outcome] = field(default_factory=dict)
+    error: ProviderError | None = None
+    """Set when the batch could not be submitted or read: every member fails this attempt."""
+    full: anyio.Event = field(default_factory=anyio.Event)
+    done: anyio.Event = field(default_factory=anyio.Event)
+    polling: bool = False
+    submitted_at: float = field(default_factory=time.monotonic)
+    bytes: int = 0
+
+
+class Batcher:
+    """The batches of one run on this node (see the module docstring)."""
+
+    def __init__(self, run: Run, client: ProviderClient) -> None:
+        self.run = run
+        self.client = client
+        self.api = client.batch_api()
+        self.config = client.config
+        self.stream = batch_stream(run.run_id)
+        self._forming: dict[str, _Batch] = {}
+        """Model → the batch being formed for it (OpenAI takes one model per batch)."""
+        self._latest: dict[str, tuple[str, int]] = {}
+        """Rollout id → (batch id, attempt) of its latest submitted batch, from the log."""
+        self._batches: dict[str, _Batch] = {}
+        self._rng = random.Random()
+        self._append_lock = anyio.Lock()
+        self._prepared: dict[str, dict[str, int]] = {}
+        """Keys of batches prepared but not known to be submitted → their rollouts."""
+        self._adoption: dict[str, anyio.Lock] = {}
+        self._settled: set[str] = set()
+        """Keys this process prepared itself, or looked for already: never adopted again."""
+        self._load_lock = anyio.Lock()
+        self._loaded = -1
+
+    async def load(self) -> None:
+        """Read what the log says of this run's batches: on resume, and again when a
+        rollout comes with an attempt this process has not seen batched (on a shared
+        log, another node may have submitted it before it died)."""
+        store = self.run.services.store
+        async with self._load_lock:
+            version = await store.stream_version(self.stream)
+            if version == self._loaded:
+                return
+            async for rec in store.read(stream=self.stream):
+                self._apply(rec.event())
+            self._loaded = version
+
+    def _apply(self, ev: Event) -> None:
+        if isinstance(ev, BatchPrepared):
+            if ev.key not in self._settled:
+                self._prepared[ev.key] = dict(ev.rollouts)
+        elif isinstance(ev, BatchSubmitted):
+            self._settled.add(ev.key)
+            self._prepared.pop(ev.key, None)
+            b = self._batches.setdefault(ev.batch_id, _Batch(batch_id=ev.batch_id))
+            b.rollouts = dict(ev.rollouts)
+            for rid, attempt in ev.rollouts.items():
+                self._latest[rid] = (ev.batch_id, attempt)
+        elif isinstance(ev, BatchEnded) and ev.batch_id in self._batches:
+            self._batches[ev.batch_id].unanswered = set(ev.unanswered)
+
+    # -- one rollout ------------------------------------------------------------------------
+
+    async def rollout(
+        self,
+        rid: str,
+        model: str,
+        prompt: Prompt,
+        params: dict[str, object],
+        recorder: AttemptRecorder,
+        recorded_attempts: int,
+    ) -> tuple[Answer | None, float]:
+        """The rollout's answer and its cost at batch prices (None, 0.0 when it failed for
+        good); every attempt recorded on ``recorder`` as a synchronous one is."""
+        n = 0  # attempts made by this call; the recorder adds those recorded before
+        known = self._latest.get(rid, ("", -1))[1] == recorded_attempts or any(
+            m.get(rid) == recorded_attempts for m in self._prepared.values()
+        )
+        if recorded_attempts > 0 and not known:
+            await self.load()
+        for key, members in list(self._prepared.items()):
+            if members.get(rid) == recorded_attempts:
+                await self._adopt(key)
+                break
+        latest = self._latest.get(rid)
+        resumed: _Batch | None = None
+        if latest is not None and latest[1] == recorded_attempts:
+            b = self._batches[latest[0]]
+            if rid not in b.unanswered:
+                resumed = b
+        while True:
+            if resumed is not None:
+                batch, resumed = resumed, None
+                await self._follow(batch)
+            else:
+                n += 1
+                try:
+                    wire = self.client.build(model, prompt, params)
+                except ProviderError as e:
+                    await recorder.failed(n, e, True)
+                    return None, 0.0
+                await recorder.requested(n, wire.body)
+                batch = await self._join(rid, model, wire, recorded_attempts + n)
+            outcome: Outcome | None = batch.error or batch.results.get(rid)
+            if isinstance(outcome, Parsed):
+                answer = Answer(
+                    text=outcome.text,
+                    reasoning=outcome.reasoning,
+                    finish_reason=outcome.finish_reason,
+                    usage=outcome.usage,
+                    request_id=outcome.request_id,
+                    latency_ms=round((time.monotonic() - batch.submitted_at) * 1000.0, 3),
+                    model=outcome.model,
+                    system_fingerprint=outcome.system_fingerprint,
+                )
+                cost = self.client.cost(model, answer.usage, batch=True)
+                await recorder.responded(n, answer, cost)
+                return answer, cost or 0.0
+            error = outcome or ProviderError(
+                "batch_unanswered",
+                f"batch {batch.batch_id} ended without an answer to this request",
+                retryable=True,
+            )
+            final = not error.retryable or recorded_attempts + n >= self.config.max_attempts
+            await recorder.failed(n, error, final)
+            if final:
+                return None, 0.0
+
+    async def _join(self, rid: str, model: str, wire: WireRequest, attempt: int) -> _Batch:
+        """Put the request in the batch being formed for ``model``; lead it if it is new;
+        return the batch once its results (or its failure) are in."""
+        size = len(json.dumps(wire.body, separators=(",", ":"), ensure_ascii=False).encode()) + 200
+        batch = self._forming.get(model)
+        if batch is not None and batch.bytes + size > BATCH_MAX_BYTES:
+            batch.full.set()  # this request would not fit: it starts the next batch
+            del self._forming[model]
+            batch = None
+        lead = batch is None
+        if batch is None:
+            batch = self._forming[model] = _Batch()
+        batch.rollouts[rid] = attempt
+        batch.requests[rid] = wire
+        batch.bytes += size
+        if len(batch.requests) >= self.config.batch_max_requests:
+            batch.full.set()
+            del self._forming[model]
+        if lead:
+            with anyio.move_on_after(self.config.batch_linger):
+                await batch.full.wait()
+            if self._forming.get(model) is batch:
+                del self._forming[model]
+            await self._lead(batch)
+        else:
+            await batch.done.wait()
+        return batch
+
+    async def _follow(self, batch: _Batch) -> None:
+        """Wait for a batch submitted before (by an earlier life of the run): poll it
+        unless another rollout already does."""
+        if batch.done.is_set():
+            return
+        if batch.polling:
+            await batch.done.wait()
+            return
+        batch.polling = True
+        try:
+            await self._poll_and_read(batch)
+        finally:
+            batch.done.set()
+
+    # -- one batch --------------------------------------------------------------------------
+
+    async def _adopt(self, key: str) -> None:
+        """Look for the batch prepared under ``key`` at the provider (once per key); when
+        found, record it as submitted so that its rollouts follow it."""
+        lock = self._adoption.setdefault(key, anyio.Lock())
+        async with lock:
+            members = self._prepared.get(key)
+            if members is None or key in self._settled:
+                return  # settled by another rollout of the batch
+            self._settled.add(key)
+            try:
+                bid = await self._retrying("find", lambda: self.api.find(self.client.send, key))
+            except ProviderError:
+                bid = None
+            if bid is not None:
+                self._batches[bid] = _Batch(batch_id=bid, rollouts=dict(members))
+                for rid, attempt in members.items():
+                    self._latest[rid] = (bid, attempt)
+                await self._append(
+                    BatchSubmitted(
+                        run_id=self.run.run_id,
+                        provider=self.client.name,
+                        batch_id=bid,
+                        rollouts=dict(members),
+                        node=self.run.services.node,
+                        key=key,
+                        adopted=True,
+                    )
+                )
+                self.run.log.info("batch_adopted", batch_id=bid, key=key, requests=len(members))
+            del self._prepared[key]
+
+    async def _lead(self, batch: _Batch) -> None:
+        batch.polling = True
+        key = uuid.uuid4().hex
+        self._settled.add(key)  # ours: a reload of the log must not adopt it
+        try:
+            if self.client.disabled is not None:  # rejected while this batch formed
+                batch.error = self.client.disabled
+                return
+            await self._append(
+                BatchPrepared(
+                    run_id=self.run.run_id,
+                    provider=self.client.name,
+                    key=key,
+                    rollouts=dict(batch.rollouts),
+                    node=self.run.services.node,
+                )
+            )
+            try:
+                sub = await self._submit(batch, key)
+            except ProviderError as e:
+                self._failed(batch, e)
+                return
+            batch.batch_id = sub.batch_id
+            batch.submitted_at = time.monotonic()
+            self._batches[sub.batch_id] = batch
+            await self._append(
+                BatchSubmitted(
+                    run_id=self.run.run_id,
+                    provider=self.client.name,
+                    batch_id=sub.batch_id,
+                    rollouts=dict(batch.rollouts),
+                    input_file_id=sub.input_file_id,
+                    bytes=sub.bytes,
+                    node=self.run.services.node,
+                    key=key,
+                )
+            )
+            self.run.log.info("batch_submitted", batch_id=sub.batch_id, requests=len(batch.rollouts))
+            batch.requests = {}  # the bodies are in the rollouts' events; free them
+            await self._poll_and_read(batch)
+        finally:
+            batch.done.set()
+
+    async def _submit(self, batch: _Batch, key: str) -> Submitted:
+        """Submit, retrying while it fails retryably; before each retry, look for the
+        batch under its key (a create whose answer was lost may have made it)."""
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return await self.api.submit(self.client.send, batch.requests, key)
+            except ProviderError as e:
+                if not e.retryable or attempt >= self.config.max_attempts:
+                    self.run.log.warning("batch_submit_failed", error=e.message, kind=e.kind)
+                    raise
+                jitter = full_jitter(attempt, self.config.backoff_base, self.config.backoff_max, self._rng)
+                await anyio.sleep(max(e.retry_after or 0.0, jitter))
+                try:
+                    found = await self.api.find(self.client.send, key)
+                except ProviderError:
+                    found = None
+                if found is not None:
+                    self.run.log.info("batch_adopted", batch_id=found, key=key, requests=len(batch.requests))
+                    return Submitted(found, None, 0)
+
+    async def _poll_and_read(self, batch: _Batch) -> None:
+        """Poll until the batch ends, read its results, record ``BatchEnded``."""
+        assert batch.batch_id is not None
+        bid = batch.batch_id
+        last: tuple[str, Mapping[str, int]] | None = None
+        while True:
+            try:
+                state = await self._retrying(
+                    "poll", lambda: self.api.poll(self.client.send, bid), forever=True
+                )
+            except ProviderError as e:
+                if e.kind == "not_found":  # the provider lost it: its rollouts go again
+                    e = ProviderError(
+                        "batch_lost", f"batch {bid}: {e.message}", status=e.status, retryable=True
+                    )
+                self._failed(batch, e)
+                return
+            if (state.state, state.counts) != last:
+                last = (state.state, state.counts)
+                await self._append(
+                    BatchPolled(
+                        run_id=self.run.run_id,
+                        batch_id=bid,
+                        state=state.state,
+                        counts=dict(state.counts),
+                        ends_at=state.ends_at,
+                    )
+                )
+            if state.ended:
+                break
+            await anyio.sleep(self.config.batch_poll)
+        await self._read(batch, state)
+
+    async def _read(self, batch: _Batch, state: BatchState) -> None:
+        assert batch.batch_id is not None
+        try:
+            results = await self._retrying(
+                "results", lambda: self.api.results(self.client.send, state), forever=True
+            )
+        except ProviderError as e:
+            self._failed(batch, e)
+            return
+        batch.results = {rid: results[rid] for rid in batch.rollouts if rid in results}
+        unanswered = sorted(rid for rid in batch.rollouts if not _answered(results.get(rid)))
+        answered = sum(isinstance(o, Parsed) for o in batch.results.values())
+        await self._append(
+            BatchEnded(
+                run_id=self.run.run_id,
+                batch_id=batch.batch_id,
+                state=state.state,
+                answered=answered,
+                failed=len(batch.results) - answered,
+                unanswered=unanswered,
+            )
+        )
+        self.run.log.info(
+            "batch_ended",
+            batch_id=batch.batch_id,
+            state=state.state,
+            answered=answered,
+            unanswered=len(unanswered),
+        )
+
+    async def _retrying(self, what: str, call: Callable[[], Awaitable[T]], *, forever: bool = False) -> T:
+        """``call()``, retried with backoff while it fails retryably, up to
+        ``max_attempts`` in a row, or (``forever``: once a batch is submitted, giving up
+        would mean paying for it twice) until it succeeds or the run stops."""
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return await call()
+            except ProviderError as e:
+                if not e.retryable or (attempt >= self.config.max_attempts and not forever):
+                    self.run.log.warning(f"batch_{what}_failed", error=e.message, kind=e.kind)
+                    raise
+                jitter = full_jitter(attempt, self.config.backoff_base, self.config.backoff_max, self._rng)
+                await anyio.sleep(max(e.retry_after or 0.0, jitter))
+
+    def _failed(self, batch: _Batch, error: ProviderError) -> None:
+        """The batch cannot go on: its members fail this attempt; a rejected key or
+        account disables the provider (the run then starts no more rollouts)."""
+        batch.error = error
+        if error.kind == "auth":
+            model = next(iter(batch.requests.values())).body.get("model", "?") if batch.requests else "?"
+            self.client.disable(str(model), error)
+
+    async def _append(self, event: Event) -> None:
+        async with self._append_lock:
+            await self.run.services.store.append(self.stream, [event])

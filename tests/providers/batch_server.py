@@ -1,0 +1,248 @@
+"""A loopback provider that speaks OpenAI's Batch API and Anthropic's Message Batches.
+
+Built on :mod:`tests.providers.loopback` (raw HTTP on 127.0.0.1). Every poll moves a
+batch one state further (OpenAI: validating → in_progress → finalizing → completed;
+Anthropic: in_progress → ended), after ``polls_in_progress`` polls in progress. What
+each request gets is the test's choice (``fate``): an answer, an error, or nothing
+(the batch "expired" before it: it is missing from the results). ``creates`` counts
+the batches created, ``hold_results`` holds the results download until released.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import anyio
+
+from tests.providers.fakes import AnthropicWire, OpenAIWire
+from tests.providers.loopback import LoopbackServer, Reply, Seen, serve
+
+Fate = Literal["ok", "error", "expire"]
+
+
+@dataclass
+class _Batch:
+    id: str
+    kind: str
+    requests: list[dict[str, Any]]
+    polls: int = 0
+    state: str = ""
+    fates: dict[str, Fate] = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+class BatchProvider:
+    """See the module docstring."""
+
+    def __init__(self, kind: str, fate: Callable[[int, int, str], Fate], polls_in_progress: int = 2) -> None:
+        self.kind = kind
+        self.fate = fate
+        """``fate(batch_number, index_in_batch, custom_id)``: 1-based batch number."""
+        self.polls_in_progress = polls_in_progress
+        self.batches: dict[str, _Batch] = {}
+        self.files: dict[str, bytes] = {}
+        self.creates = 0
+        self.polls = 0
+        self.downloads = 0
+        self.hold_results = False
+        self.reject_creates: int | None = None
+        """Answer every create with this status (e.g. 401) instead."""
+        self.stall_creates = 0
+        """Create this many batches without answering the create (the answer is lost)."""
+        self.released = anyio.Event()
+        self.result_requested = anyio.Event()
+        self.server: LoopbackServer | None = None
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        return self.server.url
+
+    # -- routing ------------------------------------------------------------------------
+
+    def reply(self, seen: Seen) -> Reply:
+        if self.kind == "openai":
+            return self._openai(seen)
+        return self._anthropic(seen)
+
+    def _openai(self, seen: Seen) -> Reply:
+        t = seen.target
+        if seen.method == "POST" and t == "/files":
+            fid = f"file-{len(self.files) + 1}"
+            self.files[fid] = _multipart_file(seen.body)
+            return Reply(
+                200, {"id": fid, "object": "file", "purpose": "batch", "bytes": len(self.files[fid])}
+            )
+        if seen.method == "POST" and t == "/batches" and self.reject_creates:
+            return OpenAIWire().error(self.reject_creates, "Incorrect API key provided")
+        if seen.method == "POST" and t == "/batches":
+            body = seen.json()
+            lines = [json.loads(x) for x in self.files[body["input_file_id"]].splitlines() if x.strip()]
+            b = self._create("batch", lines, "validating")
+            b.metadata = body.get("metadata") or {}
+            if self.stall_creates > 0:
+                self.stall_creates -= 1
+                return Reply(action="stall")
+            return Reply(200, self._openai_view(b))
+        if seen.method == "GET" and t.startswith("/batches?"):
+            data = [self._openai_view(b) for b in reversed(self.batches.values())]
+            return Reply(200, {"object": "list", "data": data, "has_more": False, "last_id": None})
+        if seen.method == "GET" and (m := re.fullmatch(r"/batches/([\w-]+)", t)):
+            b = self.batches[m.group(1)]
+            self.polls += 1
+            b.polls += 1
+            if b.state == "validating":
+                b.state = "in_progress"
+            elif b.state == "in_progress" and b.polls > self.polls_in_progress:
+                b.state = "finalizing"
+            elif b.state == "finalizing":
+                b.state = "completed"
+                self._write_openai_results(b)
+            return Reply(200, self._openai_view(b))
+        if seen.method == "GET" and (m := re.fullmatch(r"/files/([\w-]+)/content", t)):
+            return self._download(self.files[m.group(1)])
+        return Reply(404, {"error": {"message": f"no route {seen.method} {t}"}})
+
+    def _anthropic(self, seen: Seen) -> Reply:
+        t = seen.target
+        if seen.method == "POST" and t == "/v1/messages/batches":
+            b = self._create("msgbatch", seen.json()["requests"], "in_progress")
+            return Reply(200, self._anthropic_view(b))
+        if seen.method == "GET" and (m := re.fullmatch(r"/v1/messages/batches/(\w+)", t)):
+            b = self.batches[m.group(1)]
+            self.polls += 1
+            b.polls += 1
+            if b.state == "in_progress" and b.polls > self.polls_in_progress:
+                b.state = "ended"
+            return Reply(200, self._anthropic_view(b))
+        if seen.method == "GET" and (m := re.fullmatch(r"/v1/messages/batches/(\w+)/results", t)):
+            return self._download(self._anthropic_results(self.batches[m.group(1)]))
+        return Reply(404, {"type": "error", "error": {"type": "not_found_error", "message": t}})
+
+    # -- the batches -----------------------------------------------------------------------
+
+    def _create(self, prefix: str, requests: list[dict[str, Any]], state: str) -> _Batch:
+        self.creates += 1
+        bid = f"{prefix}_{self.creates}"
+        b = _Batch(bid, self.kind, requests, state=state)
+        for i, r in enumerate(requests):
+            b.fates[r["custom_id"]] = self.fate(self.creates, i, r["custom_id"])
+        self.batches[bid] = b
+        return b
+
+    def _counts(self, b: _Batch) -> dict[str, int]:
+        done = b.state in ("completed", "ended")
+        n = len(b.requests)
+        failed = sum(f != "ok" for f in b.fates.values()) if done else 0
+        return {"total": n, "completed": n - failed if done else 0, "failed": failed}
+
+    def _openai_view(self, b: _Batch) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "id": b.id,
+            "object": "batch",
+            "endpoint": "/v1/chat/completions",
+            "status": b.state,
+            "completion_window": "24h",
+            "expires_at": 1_900_000_000,
+            "request_counts": self._counts(b),
+            "output_file_id": None,
+            "error_file_id": None,
+            "metadata": b.metadata,
+        }
+        if b.state == "completed":
+            out["output_file_id"] = f"out-{b.id}"
+            out["error_file_id"] = f"err-{b.id}"
+        return out
+
+    def _write_openai_results(self, b: _Batch) -> None:
+        wire = OpenAIWire()
+        out, err = [], []
+        for r in b.requests:
+            cid, fate = r["custom_id"], b.fates[r["custom_id"]]
+            if fate == "ok":
+                ok = wire.ok("def f():\n    return 1")
+                out.append({"id": "r", "custom_id": cid, "response": {"status_code": 200, "body": ok.body}})
+            elif fate == "error":
+                e = wire.error(400, "Invalid value for 'temperature'")
+                err.append({"id": "r", "custom_id": cid, "response": {"status_code": 400, "body": e.body}})
+            else:  # OpenAI writes expired requests to the error file with this code
+                err.append(
+                    {
+                        "id": "r",
+                        "custom_id": cid,
+                        "response": None,
+                        "error": {"code": "batch_expired", "message": "not completed in time"},
+                    }
+                )
+        self.files[f"out-{b.id}"] = "".join(json.dumps(x) + "\n" for x in out).encode()
+        self.files[f"err-{b.id}"] = "".join(json.dumps(x) + "\n" for x in err).encode()
+
+    def _anthropic_view(self, b: _Batch) -> dict[str, Any]:
+        ended = b.state == "ended"
+        counts = {
+            "processing": 0 if ended else len(b.requests),
+            "succeeded": sum(f == "ok" for f in b.fates.values()) if ended else 0,
+            "errored": sum(f == "error" for f in b.fates.values()) if ended else 0,
+            "canceled": 0,
+            "expired": sum(f == "expire" for f in b.fates.values()) if ended else 0,
+        }
+        assert self.server is not None
+        return {
+            "id": b.id,
+            "type": "message_batch",
+            "processing_status": b.state,
+            "request_counts": counts,
+            "expires_at": "2026-12-01T00:00:00Z",
+            "results_url": f"{self.server.url}/v1/messages/batches/{b.id}/results" if ended else None,
+        }
+
+    def _anthropic_results(self, b: _Batch) -> bytes:
+        wire = AnthropicWire()
+        lines = []
+        for r in b.requests:
+            cid, fate = r["custom_id"], b.fates[r["custom_id"]]
+            if fate == "ok":
+                result: dict[str, Any] = {
+                    "type": "succeeded",
+                    "message": wire.ok("def f():\n    return 1").body,
+                }
+            elif fate == "error":
+                result = {
+                    "type": "errored",
+                    "error": {"type": "error", "error": {"type": "invalid_request_error", "message": "bad"}},
+                }
+            else:
+                result = {"type": "expired"}
+            lines.append(json.dumps({"custom_id": cid, "result": result}) + "\n")
+        return "".join(lines).encode()
+
+    def _download(self, data: bytes) -> Reply:
+        self.downloads += 1
+        self.result_requested.set()
+        if self.hold_results:
+            return Reply(action="stall")
+        return Reply(200, data, {"content-type": "application/binary"})
+
+
+def _multipart_file(body: bytes) -> bytes:
+    """The ``file`` part of a multipart/form-data body."""
+    start = body.index(b'name="file"')
+    start = body.index(b"\r\n\r\n", start) + 4
+    end = body.index(b"\r\n--", start)
+    return body[start:end]
+
+
+@asynccontextmanager
+async def batch_provider(
+    kind: str, fate: Callable[[int, int, str], Fate], **kw: Any
+) -> AsyncIterator[BatchProvider]:
+    """A running :class:`BatchProvider` of ``kind`` (openai or anthropic)."""
+    provider = BatchProvider(kind, fate, **kw)
+    async with serve(provider.reply) as server:
+        provider.server = server
+        yield provider

@@ -1,0 +1,436 @@
+"""Runs through provider batch APIs (``batch = true``): OpenAI Batch and Anthropic
+Message Batches, against a loopback server speaking each; then SIGKILL of a
+``rollwatch run`` at each stage of a batch's life, and a restart.
+
+Real parts: the loopback batch server (``tests/providers/batch_server.py``), the
+provider client, the SQLite log and projections, the sandboxed scoring pool, and for
+the kill tests the ``rollwatch`` command in a subprocess.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import anyio
+import asyncpg
+import pytest
+
+from rollwatch.config import Config, load_config
+from rollwatch.daemon import open_services
+from rollwatch.events import (
+    BatchEnded,
+    BatchPolled,
+    BatchSubmitted,
+    RolloutFailed,
+    RolloutRequested,
+    RolloutResponded,
+    RunFinished,
+)
+from rollwatch.metrics import Metrics
+from rollwatch.providers import ProviderClient, Usage
+from rollwatch.runs import Run
+from rollwatch.store.postgres import PostgresEventStore
+from rollwatch.store.sqlite import SQLiteEventStore
+from tests.pg import scratch_database
+from tests.providers.batch_server import Fate, batch_provider
+from tests.providers.fakes import KEY, KEY_ENV
+from tests.test_daemon import ROOT, free_port
+from tests.test_runs import events_of, wait_for
+
+pytestmark = pytest.mark.anyio
+
+MODEL = "gpt-x"
+KINDS = ["openai", "anthropic"]
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(autouse=True)
+def _key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(KEY_ENV, KEY)
+
+
+def write_config(
+    tmp_path: Path,
+    kind: str,
+    url: str,
+    *,
+    poll: str = "20ms",
+    enabled: bool = True,
+    max_requests: int = 10000,
+    timeout: str = "60s",
+    models: tuple[str, ...] = (MODEL,),
+) -> Path:
+    """One rollout per favorites problem, batched, on a ``kind`` provider at ``url``."""
+    cfg = tmp_path / "rollwatch.toml"
+    cfg.write_text(f"""
+node = "test-node"
+[store]
+url = "sqlite:{tmp_path / "events.db"}"
+[server]
+listen = "127.0.0.1:{free_port()}"
+[scoring]
+workers = 2
+[[problem_sets]]
+name = "favorites"
+path = "{ROOT / "config" / "problems"}"
+[[providers]]
+name = "acme"
+kind = "{kind}"
+base_url = "{url}"
+api_key_env = "{KEY_ENV}"
+max_attempts = 3
+backoff_base = "10ms"
+backoff_max = "50ms"
+batch_poll = "{poll}"
+batch_linger = "300ms"
+batch_max_requests = {max_requests}
+timeout = "{timeout}"
+[providers.prices]
+"{MODEL}" = {{ input = 2.0, output = 10.0 }}
+[[schedules]]
+name = "nightly"
+provider = "acme"
+models = {json.dumps(list(models))}
+problem_set = "favorites"
+rollouts = 1
+every = "24h"
+batch = true
+enabled = {"true" if enabled else "false"}
+""")
+    return cfg
+
+
+def first_batch_errs_and_expires(batch: int, index: int, custom_id: str) -> Fate:
+    """In the first batch, request 0 gets an error and request 1 expires; all else answers."""
+    if batch == 1 and index == 0:
+        return "error"
+    if batch == 1 and index == 1:
+        return "expire"
+    return "ok"
+
+
+async def run_once(config: Config) -> RunFinished:
+    async with open_services(config) as svc:
+        run = await Run.start(svc, config.schedule("nightly"), trigger="manual")
+        with anyio.fail_after(120):
+            fin = await run.drive(grace=5)
+    assert fin is not None
+    return fin
+
+
+class TestBatchRun:
+    @pytest.mark.parametrize("kind", KINDS)
+    async def test_batch_through_every_state_with_an_error_and_an_expiry(
+        self, kind: str, tmp_path: Path
+    ) -> None:
+        """All rollouts go in one batch that moves through every state; its results
+        answer all but two: an errored request fails for good, an expired one goes
+        into a second batch (alone) and is answered there. Every step is in the log:
+        BatchSubmitted (ids and attempts), BatchPolled per state change, BatchEnded
+        with the unanswered rollout; answers cost batch prices (half); /metrics counts
+        the ended batches by state."""
+        async with batch_provider(kind, first_batch_errs_and_expires) as server:
+            config = load_config(write_config(tmp_path, kind, server.url))
+            fin = await run_once(config)
+            assert server.creates == 2
+            assert [len(b.requests) for b in server.batches.values()] == [10, 1]
+        async with SQLiteEventStore(tmp_path / "events.db") as store:
+            submitted = await events_of(store, BatchSubmitted)
+            polled = await events_of(store, BatchPolled)
+            ended = await events_of(store, BatchEnded)
+            answers = await events_of(store, RolloutResponded)
+            failures = await events_of(store, RolloutFailed)
+            requests = await events_of(store, RolloutRequested)
+            metrics = Metrics()
+            async for rec in store.read():
+                metrics.observe_event(rec)
+        text = metrics.render()
+        final = "completed" if kind == "openai" else "ended"
+        assert f'rollwatch_batches_ended_total{{state="{final}"}} 2' in text
+        assert "rollwatch_batches{" not in text  # none open
+        assert fin.status == "partial"
+        assert fin.failures == {"invalid_request": 1}
+        first, second = submitted
+        assert len(first.rollouts) == 10
+        assert set(first.rollouts.values()) == {1}
+        (expired,) = second.rollouts
+        assert second.rollouts[expired] == 2
+        states = [p.state for p in polled if p.batch_id == first.batch_id]
+        assert states == (
+            ["in_progress", "finalizing", "completed"] if kind == "openai" else ["in_progress", "ended"]
+        )
+        assert [(e.batch_id, e.answered, e.failed, e.unanswered) for e in ended] == [
+            (first.batch_id, 8, 1, [expired]),
+            (second.batch_id, 1, 0, []),
+        ]
+        assert Counter(a.rollout_id for a in answers) == Counter(set(first.rollouts) - {_errored(failures)})
+        assert [(f.rollout_id, f.attempt, f.kind, f.final) for f in failures if f.rollout_id == expired] == [
+            (expired, 1, "batch_unanswered", False)
+        ]
+        assert [(r.attempt) for r in requests if r.rollout_id == expired] == [1, 2]
+        usage = answers[0].usage
+        price_full = ProviderClient(config.provider("acme")).cost(MODEL, Usage(**usage))
+        assert price_full is not None
+        assert answers[0].cost_usd == pytest.approx(price_full / 2)
+
+    async def test_batches_are_cut_at_the_request_limit(self, tmp_path: Path) -> None:
+        """With ``batch_max_requests = 4`` the ten rollouts go in batches of 4, 4 and 2,
+        and each rollout is in exactly one of them."""
+        async with batch_provider("openai", lambda b, i, c: "ok") as server:
+            config = load_config(write_config(tmp_path, "openai", server.url, max_requests=4))
+            fin = await run_once(config)
+            sizes = sorted(len(b.requests) for b in server.batches.values())
+            ids = Counter(r["custom_id"] for b in server.batches.values() for r in b.requests)
+        assert fin.status == "completed"
+        assert sizes == [2, 4, 4]
+        assert len(ids) == 10
+        assert set(ids.values()) == {1}
+
+    async def test_a_lost_create_answer_is_found_not_repeated(self, tmp_path: Path) -> None:
+        """OpenAI makes the batch but its answer never arrives (the client times out):
+        before trying again the client finds the batch by its key in the batch list and
+        follows it; one batch is created, the run completes."""
+        async with batch_provider("openai", lambda b, i, c: "ok") as server:
+            server.stall_creates = 1
+            config = load_config(write_config(tmp_path, "openai", server.url, timeout="1s"))
+            fin = await run_once(config)
+            assert server.creates == 1
+        async with SQLiteEventStore(tmp_path / "events.db") as store:
+            submitted = await events_of(store, BatchSubmitted)
+        assert fin.status == "completed"
+        assert [s.batch_id for s in submitted] == ["batch_1"]
+
+    @pytest.mark.parametrize("kind", KINDS)
+    async def test_one_model_per_batch(self, kind: str, tmp_path: Path) -> None:
+        """A run of two models makes a batch per model (OpenAI refuses a file that mixes
+        models), each rollout in exactly one."""
+        async with batch_provider(kind, lambda b, i, c: "ok") as server:
+            config = load_config(write_config(tmp_path, kind, server.url, models=("m-a", "m-b")))
+            fin = await run_once(config)
+            models = sorted({_model_of(r) for r in b.requests} for b in server.batches.values())
+            ids = Counter(r["custom_id"] for b in server.batches.values() for r in b.requests)
+        assert fin.status == "completed"
+        assert models == [{"m-a"}, {"m-b"}]
+        assert len(ids) == 20
+        assert set(ids.values()) == {1}
+
+    async def test_a_rejected_key_disables_the_provider(self, tmp_path: Path) -> None:
+        """A 401 on the batch create fails that batch's rollouts for good (``auth``) and
+        disables the provider: no further batch is tried, the run ends."""
+        async with batch_provider("openai", lambda b, i, c: "ok") as server:
+            server.reject_creates = 401
+            config = load_config(write_config(tmp_path, "openai", server.url, max_requests=4))
+            fin = await run_once(config)
+            assert server.server is not None
+            creates = [s for s in server.server.seen if s.method == "POST" and s.target == "/batches"]
+        # The two full batches went out together; the third, still forming when the
+        # first 401 came back, never did.
+        assert len(creates) <= 2
+        assert fin.status == "partial"
+        assert set(fin.failures) <= {"auth", "not_requested"}
+        assert fin.failures.get("auth", 0) >= 4
+
+
+def _model_of(request: dict[str, Any]) -> str:
+    body = request.get("body") or request["params"]  # OpenAI JSONL line, or Anthropic request
+    return str(body["model"])
+
+
+def _errored(failures: list[RolloutFailed]) -> str:
+    (final,) = [f for f in failures if f.final]
+    assert final.kind == "invalid_request"
+    return final.rollout_id
+
+
+# --- SIGKILL and restart --------------------------------------------------------------------
+
+
+async def _rollwatch(cfg: Path, *args: str) -> anyio.abc.Process:
+    env = {**os.environ, KEY_ENV: KEY}
+    return await anyio.open_process(
+        [sys.executable, "-m", "rollwatch", "--config", str(cfg), *args], env=env, stdout=None, stderr=None
+    )
+
+
+async def _wait_until(cond: object, timeout: float = 60) -> None:
+    assert callable(cond)
+    with anyio.fail_after(timeout):
+        while not cond():
+            await anyio.sleep(0.02)
+
+
+class TestBatchKill:
+    @pytest.mark.parametrize(
+        ("kind", "stage"),
+        [
+            ("openai", "creating"),
+            ("openai", "submitted"),
+            ("openai", "polling"),
+            ("openai", "downloading"),
+            ("anthropic", "submitted"),
+            ("anthropic", "downloading"),
+        ],
+    )
+    async def test_sigkill_at_each_stage_then_restart(self, kind: str, stage: str, tmp_path: Path) -> None:
+        """``rollwatch run`` killed with SIGKILL while its batch create was unanswered
+        (OpenAI made the batch), after its batch was submitted (the first poll arrived),
+        while polling, or while downloading results, then started again:
+        the restarted daemon (``rollwatch serve``, the schedule disabled so that only the
+        resumed run can create a batch) resumes the run by polling the same batch. The
+        provider saw exactly one batch created, and every rollout is answered exactly
+        once."""
+        async with batch_provider(kind, lambda b, i, c: "ok", polls_in_progress=10**9) as server:
+            cfg = write_config(tmp_path, kind, server.url, poll="50ms")
+            if stage == "downloading":
+                server.hold_results = True
+            if stage == "creating":
+                server.stall_creates = 1
+            proc = await _rollwatch(cfg, "run", "nightly")
+            try:
+                if stage == "creating":
+                    await _wait_until(lambda: server.creates >= 1)
+                elif stage == "submitted":
+                    await _wait_until(lambda: server.polls >= 1)
+                elif stage == "polling":
+                    await _wait_until(lambda: server.polls >= 3)
+                else:
+                    server.polls_in_progress = 1
+                    await server.result_requested.wait()
+            finally:
+                proc.send_signal(signal.SIGKILL)
+                await proc.wait()
+            server.hold_results = False
+            server.polls_in_progress = 1
+            write_config(tmp_path, kind, server.url, poll="50ms", enabled=False)
+            daemon = await _rollwatch(cfg, "serve", "--grace", "5")
+            try:
+                async with SQLiteEventStore(tmp_path / "events.db") as store:
+                    await wait_for(store, RunFinished, bool, timeout=120)
+            finally:
+                daemon.send_signal(signal.SIGTERM)
+                with anyio.fail_after(60):
+                    code = await daemon.wait()
+            assert code == 0
+            assert server.creates == 1
+        async with SQLiteEventStore(tmp_path / "events.db") as store:
+            answers = await events_of(store, RolloutResponded)
+            submitted = await events_of(store, BatchSubmitted)
+            finished = await events_of(store, RunFinished)
+        assert len(submitted) == 1
+        counts = Counter(a.rollout_id for a in answers)
+        assert set(counts) == set(submitted[0].rollouts)
+        assert set(counts.values()) == {1}
+        assert [f.status for f in finished] == ["completed"]
+
+
+# --- two daemons on one PostgreSQL log --------------------------------------------------------
+
+
+def _pg_node_config(tmp_path: Path, name: str, db_url: str, provider_url: str) -> Path:
+    d = tmp_path / name
+    d.mkdir()
+    cfg = d / "rollwatch.toml"
+    cfg.write_text(f"""
+node = "{name}"
+[cluster]
+lease = "2s"
+chunk = 1
+[integrity]
+key_file = "{tmp_path / "checkpoint.key"}"
+[store]
+url = "{db_url}"
+projections = "{d / "projections.db"}"
+[server]
+listen = "127.0.0.1:{free_port()}"
+[scoring]
+workers = 1
+[[problem_sets]]
+name = "favorites"
+path = "{ROOT / "config" / "problems"}"
+[[providers]]
+name = "acme"
+kind = "openai"
+base_url = "{provider_url}"
+api_key_env = "{KEY_ENV}"
+batch = true
+batch_poll = "50ms"
+batch_linger = "300ms"
+backoff_base = "10ms"
+[[schedules]]
+name = "nightly"
+provider = "acme"
+models = ["{MODEL}"]
+problem_set = "favorites"
+rollouts = 2
+every = "1h"
+""")
+    return cfg
+
+
+class TestBatchCluster:
+    async def test_a_dead_nodes_batch_is_followed_not_resubmitted(self, tmp_path: Path) -> None:
+        """Two daemons on one PostgreSQL log share a batched run and submit batches of
+        the chunks they claim. A node that submitted a batch is killed while it is in
+        progress; the other takes its chunks over, finds the dead node's batch in the
+        log and polls it. At the
+        provider every rollout was in exactly one batch, and every rollout is answered
+        once; the run completes."""
+        async with (
+            batch_provider("openai", lambda b, i, c: "ok", polls_in_progress=10**9) as server,
+            scratch_database() as db_url,
+        ):
+            cfgs = {n: _pg_node_config(tmp_path, n, db_url, server.url) for n in ("node-a", "node-b")}
+            procs = {n: await _rollwatch(cfg, "serve", "--grace", "2") for n, cfg in cfgs.items()}
+            try:
+
+                async def submitted() -> list[dict[str, Any]]:
+                    conn = await asyncpg.connect(db_url)
+                    try:
+                        rows = await conn.fetch("SELECT data FROM events WHERE type = 'BatchSubmitted'")
+                    except asyncpg.UndefinedTableError:
+                        return []
+                    finally:
+                        await conn.close()
+                    return [json.loads(r["data"]) for r in rows]
+
+                with anyio.fail_after(120):
+                    while True:
+                        subs = await submitted()
+                        covered = {rid for s in subs for rid in s["rollouts"]}
+                        # Every rollout in a batch (which node took which chunks is
+                        # the board's business: one node may have taken them all).
+                        if len(covered) == 20:
+                            break
+                        await anyio.sleep(0.1)
+                victim = subs[0]["node"]
+                procs[victim].kill()
+                await procs[victim].wait()
+                server.polls_in_progress = 1  # now every batch may end
+                survivor = "node-b" if victim == "node-a" else "node-a"
+                async with PostgresEventStore(db_url) as store:
+                    await wait_for(store, RunFinished, bool, timeout=120)
+                    answers = await events_of(store, RolloutResponded)
+                    finished = await events_of(store, RunFinished)
+                    all_subs = await events_of(store, BatchSubmitted)
+            finally:
+                for p in procs.values():
+                    if p.returncode is None:
+                        p.kill()
+                        await p.wait()
+            in_batches = Counter(r["custom_id"] for b in server.batches.values() for r in b.requests)
+        assert len(in_batches) == 20
+        assert set(in_batches.values()) == {1}
+        assert server.creates == len(all_subs)
+        assert Counter(a.rollout_id for a in answers) == Counter(set(in_batches))
+        assert [f.status for f in finished] == ["completed"]
+        assert survivor
