@@ -154,9 +154,9 @@ class TestBatchRun:
             metrics = Metrics()
             async for rec in store.read():
                 metrics.observe_event(rec)
-        text = metrics.render()
+        text = metrics.render()[0].decode()
         final = "completed" if kind == "openai" else "ended"
-        assert f'rollwatch_batches_ended_total{{state="{final}"}} 2' in text
+        assert f'rollwatch_batches_ended_total{{state="{final}"}} 2.0' in text
         assert "rollwatch_batches{" not in text  # none open
         assert fin.status == "partial"
         assert fin.failures == {"invalid_request": 1}
