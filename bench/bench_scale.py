@@ -30,6 +30,7 @@ of the log (floor: linear or better, i.e. factor ≤ the log's growth).
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -393,7 +394,7 @@ def main() -> None:
             if export:
                 line += f"; export {m['export_first']:.1f} s, again after +10% rollouts {m['export_second']:.1f} s"
             print(line, flush=True)
-        for (n0, a), (n1, b) in zip(results, results[1:], strict=False):
+        for (n0, a), (n1, b) in itertools.pairwise(results):
             g = n1 / n0
             parts = ", ".join(f"{k} {b[k] / a[k]:.2f}x" for k in a if a[k] > 0)
             print(f"growth {n0:,} -> {n1:,} events ({g:.2f}x the log; floor: at most that): {parts}")

@@ -7,6 +7,7 @@ every error answer the body of :mod:`rollwatch.web.errors`.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
@@ -65,19 +66,22 @@ def build_app(
     *,
     operators: Operators | None = None,
     health: Health | None = None,
+    status: Callable[[], dict[str, object]] | None = None,
 ) -> ASGIApp:
     """The app with /healthz and /metrics, plus any routes the daemon adds.
 
     ``/metrics`` shows the figures that reveal results (pass counts) only to the
     operator, as ``operators`` decides (default: loopback peers, no ``ops`` keys).
     ``health``: /healthz answers 503 with its reasons once it is not ok.
+    ``status``: more fields for /healthz's body (the projections' state and progress).
     """
     gate = operators or Operators()
 
     async def healthz(_: Request) -> Response:
+        extra = status() if status is not None else {}
         if health is not None and not health.ok:
-            return JSONResponse(health.as_json(), status_code=503)
-        return JSONResponse({"status": "ok"})
+            return JSONResponse({**health.as_json(), **extra}, status_code=503)
+        return JSONResponse({"status": "ok", **extra})
 
     async def metrics_route(request: Request) -> Response:
         text = metrics.render(results=await gate.allows(request))
