@@ -47,7 +47,11 @@ async def build_log(db: Path, key: str) -> int:
     async with SQLiteEventStore(db) as store:
         await store.append(
             subscriber_stream("reader"),
-            [SubscriberAdded(name="reader", key_hash=hash_key(key), key_prefix=key_prefix(key), scopes=["report"])],
+            [
+                SubscriberAdded(
+                    name="reader", key_hash=hash_key(key), key_prefix=key_prefix(key), scopes=["report"]
+                )
+            ],
         )
         await store.append(
             run_stream("run-1"),
@@ -83,8 +87,12 @@ async def build_log(db: Path, key: str) -> int:
                             request={"messages": [{"role": "user", "content": "solve it " * 40}]},
                             node="n",
                         ),
-                        RolloutResponded(rollout_id=rid, attempt=1, text="def f(): pass\n" * 30, cost_usd=0.01),
-                        RolloutScored(rollout_id=rid, passed=passed, score=float(passed), scorer="python-function"),
+                        RolloutResponded(
+                            rollout_id=rid, attempt=1, text="def f(): pass\n" * 30, cost_usd=0.01
+                        ),
+                        RolloutScored(
+                            rollout_id=rid, passed=passed, score=float(passed), scorer="python-function"
+                        ),
                         PublicationDecided(
                             rollout_id=rid, audience="subscribers", not_before="2026-01-01T00:00:00.000000Z"
                         ),
