@@ -37,6 +37,7 @@ import importlib
 import json
 import math
 import re
+import secrets
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
@@ -180,6 +181,8 @@ class PublicationAPI:
         self._view: tuple[tuple[int, int], float, PublicView] | None = None
         self._view_lock = anyio.Lock()
         self._renders: dict[tuple[str, str], bytes] = {}  # (route, base URL) -> body of self._view
+        self._reports: dict[tuple[str, ...], tuple[int, bytes]] = {}  # (by, options) -> (head, body)
+        self._boot = secrets.token_hex(4)
         self.proofs: InclusionProofs | None = None
         if integrity is not None:
             from rollwatch.publication.inclusion import InclusionProofs
@@ -315,17 +318,29 @@ class PublicationAPI:
         report_json = getattr(report_module, "report_json", None)
         if report_json is None:
             raise ServiceUnavailable("the report is not available in this version of rollwatch")
-        await self.current()
-        try:
-            rows = await report_json(self.pdb, by, **options)
-        except UsageError as e:
-            raise BadRequest(str(e)) from None
-        except sqlite3.OperationalError as e:
-            log.error("report_unavailable", error=str(e))
-            raise ServiceUnavailable("the report's read models are not available") from None
-        return _tagged(
-            request, _json_bytes(rows), "application/json", "private, no-cache", vary="Authorization"
-        )
+        head = await self.current()
+        # The report is a function of the log up to ``head``: its ETag is that position
+        # (and this process's start, since a new release may compute it differently),
+        # and the body is kept until the log moves.
+        view = (by, *sorted(options))
+        etag = f'"report-{self._boot}-{head}-{"-".join(view)}"'
+        headers = {"ETag": etag, "Cache-Control": "private, no-cache", "Vary": "Authorization"}
+        if _matches(request.headers.get("if-none-match"), etag):
+            return Response(status_code=304, headers=headers)
+        cached = self._reports.get(view)
+        if cached is not None and cached[0] == head:
+            body = cached[1]
+        else:
+            try:
+                rows = await report_json(self.pdb, by, **options)
+            except UsageError as e:
+                raise BadRequest(str(e)) from None
+            except sqlite3.OperationalError as e:
+                log.error("report_unavailable", error=str(e))
+                raise ServiceUnavailable("the report's read models are not available") from None
+            body = _json_bytes(rows)
+            self._reports[view] = (head, body)
+        return Response(body, media_type="application/json", headers=headers)
 
     # -- public routes -------------------------------------------------------------------------------
 
