@@ -331,7 +331,7 @@ class CatchUpProgress:
 
 _PAGE = 2000
 """Events per read of the log during a catch-up."""
-_TXN_EVENTS = 20000
+_TXN_EVENTS = 5000
 """About this many events are applied per projection transaction (bounded memory: a few MB)."""
 
 
