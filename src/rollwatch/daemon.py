@@ -3,8 +3,10 @@ runs and HTTP server together (``rollwatch serve``).
 
 Lifecycle (modelled on APScheduler 4's ``run_until_stopped``): everything opens on
 one ``AsyncExitStack``, the daemon's tasks as *stages* (see :class:`Stages`) started
-in order and stopped in reverse; READY=1 goes to systemd only once the HTTP server
-listens, unfinished runs are resuming and the schedules are armed. SIGTERM/SIGINT:
+in order and stopped in reverse. The HTTP server listens first and READY=1 goes to
+systemd then; the projections are built behind it (``/healthz`` and ``STATUS=`` lines
+show how far, and the routes that read them answer 503 with ``Retry-After`` until
+they are current); only then do the loops, the runs and the schedules start. SIGTERM/SIGINT:
 STOPPING=1, the scheduler stops firing, every run stops starting rollouts and gives
 those in flight a grace period, the background loops stop, a final checkpoint is
 signed, the HTTP server closes, and the process exits 0.
