@@ -220,7 +220,8 @@ class ProjectionDB:
         many projections read it) and handed to each projection that wants its type.
         Pages are read while the previous one is applied (two connections, two threads:
         SQLite works outside the GIL), and each transaction applies about
-        ``_TXN_EVENTS`` events. Memory stays flat: at most two pages are held.
+        ``_TXN_EVENTS`` events. Memory stays flat whatever the log's size: about
+        ``_TXN_EVENTS`` events and two pages are held at a time.
         """
         cps = await self.checkpoints()
         start = min((cps.get(p.name, 0) for p in self.projections), default=0)
