@@ -237,3 +237,28 @@ def test_listens_and_reports_progress_before_the_read_models_are_built(tmp_path:
     assert {"phase", "seq", "head", "percent", "events_per_s", "eta_s"} <= progress[0].keys()
     done = next(ln for ln in lines if ln["event"] == "projections_current")
     assert done["seq"] >= head
+
+
+def test_progress_figures() -> None:
+    """The figures /healthz, the log and STATUS= show: percent of the events to apply, rate, time left."""
+    from rollwatch.projections import CatchUpProgress
+
+    p = CatchUpProgress(first=100, target=1100, done=100, started=0.0)
+    assert p.figures(now=5.0) == {
+        "phase": "catching up",
+        "seq": 100,
+        "head": 1100,
+        "percent": 0.0,
+        "events_per_s": None,
+        "eta_s": None,
+    }
+    p.done = 600
+    f = p.figures(now=10.0)
+    assert (f["percent"], f["events_per_s"], f["eta_s"]) == (50.0, 50, 10.0)
+    p.done = 1100
+    assert p.figures(now=20.0)["percent"] == 100.0
+    assert p.figures(now=20.0)["eta_s"] == 0.0
+    setting_up = CatchUpProgress(first=0, target=0, done=0, started=0.0, phase="setting up")
+    assert setting_up.figures(now=1.0)["percent"] == 0.0
+    # An empty log caught up at once is complete, not stuck at 0%.
+    assert CatchUpProgress(first=0, target=0, done=0, started=0.0).figures(now=1.0)["percent"] == 100.0
