@@ -230,25 +230,37 @@ class ProjectionDB:
         if start < head:
             pages = store.read_batches(after=start, types=types, until=head, batch=_PAGE)
             send, receive = anyio.create_memory_object_stream[list[Recorded]](1)
+            # Errors are caught in both tasks and raised after the task group as they
+            # are: callers catch StoreError (a database away), not an ExceptionGroup.
+            failed: list[Exception] = []
 
             async def reader() -> None:
                 async with send:
-                    async for page in pages:
-                        await send.send(page)
+                    try:
+                        async for page in pages:
+                            await send.send(page)
+                    except Exception as exc:
+                        failed.append(exc)
 
             async with anyio.create_task_group() as tg:
                 tg.start_soon(reader)
-                pending: list[Recorded] = []
-                async with receive:
-                    async for page in receive:
-                        pending.extend(page)
-                        if len(pending) >= _TXN_EVENTS:
-                            await self._w_apply(pending, None)
-                            if progress is not None:
-                                progress(pending[-1].seq, head)
-                            pending = []
-                if pending:
-                    await self._w_apply(pending, None)
+                try:
+                    pending: list[Recorded] = []
+                    async with receive:
+                        async for page in receive:
+                            pending.extend(page)
+                            if len(pending) >= _TXN_EVENTS:
+                                await self._w_apply(pending, None)
+                                if progress is not None:
+                                    progress(pending[-1].seq, head)
+                                pending = []
+                    if pending and not failed:
+                        await self._w_apply(pending, None)
+                except Exception as exc:
+                    failed.insert(0, exc)
+                    tg.cancel_scope.cancel()
+            if failed:
+                raise failed[0]
         await self._w_apply([], head)
         if progress is not None:
             progress(head, head)
