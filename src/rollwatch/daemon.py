@@ -3,8 +3,10 @@ runs and HTTP server together (``rollwatch serve``).
 
 Lifecycle (modelled on APScheduler 4's ``run_until_stopped``): everything opens on
 one ``AsyncExitStack``, the daemon's tasks as *stages* (see :class:`Stages`) started
-in order and stopped in reverse; READY=1 goes to systemd only once the HTTP server
-listens, unfinished runs are resuming and the schedules are armed. SIGTERM/SIGINT:
+in order and stopped in reverse. The HTTP server listens first and READY=1 goes to
+systemd then; the projections are built behind it (``/healthz`` and ``STATUS=`` lines
+show how far, and the routes that read them answer 503 with ``Retry-After`` until
+they are current); only then do the loops, the runs and the schedules start. SIGTERM/SIGINT:
 STOPPING=1, the scheduler stops firing, every run stops starting rollouts and gives
 those in flight a grace period, the background loops stop, a final checkpoint is
 signed, the HTTP server closes, and the process exits 0.
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import signal
+import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -52,6 +55,9 @@ if TYPE_CHECKING:
 
 log = get_logger(__name__)
 
+_PROGRESS_EVERY = 5.0
+"""Seconds between progress lines (log and systemd STATUS=) while the projections build."""
+
 
 def load_problem_sets(config: Config) -> dict[str, ProblemSetLike]:
     """Every configured problem set that loads; a broken one is logged and left out."""
@@ -73,8 +79,12 @@ async def open_services(
     *,
     scorer: ScorerLike | None = None,
     providers: dict[str, ProviderLike] | None = None,
+    defer_projections: bool = False,
 ) -> AsyncIterator[RunServices]:
     """Open everything a run needs; close it all on exit.
+
+    ``defer_projections``: the projections' tables are not touched on opening; the
+    caller builds them (:meth:`ProjectionDB.build`), and they are not ``ready`` until then.
 
     ``scorer`` and ``providers``, when given, are used instead of the scoring pool and
     the provider clients the config describes (another implementation of the same
@@ -85,7 +95,7 @@ async def open_services(
     async with AsyncExitStack() as stack:
         store = await stack.enter_async_context(open_store(config.store))
         pdb = await stack.enter_async_context(
-            ProjectionDB(config.store.projections_path, default_projections())
+            ProjectionDB(config.store.projections_path, default_projections(), setup=not defer_projections)
         )
         problem_sets = load_problem_sets(config)
         if scorer is None:
@@ -450,7 +460,9 @@ class Daemon:
             for s in sockets:
                 stack.callback(s.close)
             svc = await stack.enter_async_context(
-                open_services(self.config, scorer=self._scorer, providers=self._providers)
+                open_services(
+                    self.config, scorer=self._scorer, providers=self._providers, defer_projections=True
+                )
             )
             self.services = svc
             svc.store.append_observer = self.metrics.append_latency.observe
@@ -458,17 +470,6 @@ class Daemon:
             self.metrics.providers = lambda: [
                 c.stats for c in svc.providers.values() if isinstance(c, ProviderClient)
             ]
-            await svc.projections.belongs_to(svc.store)
-            await svc.projections.catch_up(svc.store)
-            schedules = self._active_schedules(svc)
-            self.scheduler = Scheduler(
-                schedules,
-                svc.projections,
-                svc.store,
-                self.start_run,
-                self.is_running,
-                lambda: svc.projections.catch_up(svc.store),
-            )
             integrity = await stack.enter_async_context(
                 open_integrity(self.config.integrity, self.config.store, svc.store, self.config.node)
             )
@@ -488,6 +489,7 @@ class Daemon:
                     operators=operators,
                     health=integrity.health,
                     cannot_run=lambda: cannot_run(self.config, svc.providers, svc.problem_sets),
+                    status=self.projection_status,
                 ),
                 host,
                 port,
@@ -501,15 +503,53 @@ class Daemon:
             signals = await stages.start("signals", stop=lambda tg: tg.cancel_scope.cancel())
             signals.start_soon(self._signals)
             # Stopped, the server closes its socket and lets open requests finish (for
-            # at most its graceful-shutdown timeout).
+            # at most its graceful-shutdown timeout). It listens before the projections
+            # are built: /healthz shows their progress, and the routes that read them
+            # answer 503 with Retry-After until they are current.
+            signals.start_soon(self.notifier.watchdog)
             serving = await stages.start("serving", stop=lambda _: http.stop())
             await serving.start(http.run)
+            # READY=1 now, not once caught up: the daemon serves (health, metrics, the
+            # integrity routes) and says how far it is. A catch-up of millions of events
+            # takes minutes, longer than any start timeout one could set in advance; and
+            # `systemctl start` would hang for as long. STATUS= lines carry the progress.
+            self.notifier.notify(READY=1, STATUS="listening; building the read models")
+            log.info("daemon_listening", listen=f"{host}:{http.port}", node=self.config.node)
             # The tree and checkpoints outlive the runs and the loops: the final
             # checkpoint covers everything they recorded. A log that no longer matches
             # what was signed raises here and stops the daemon, loudly.
+            # The projections build meanwhile (the integrity check at start reads the
+            # log in its own process); nothing that reads them starts before they are built.
+            built = anyio.Event()
+            current = False
+
+            async def build() -> None:
+                nonlocal current
+                try:
+                    current = await self._build_projections(svc)
+                finally:
+                    built.set()
+
+            building = await stages.start("projections", stop=lambda tg: tg.cancel_scope.cancel())
+            building.start_soon(build)
             integrity_stop = anyio.Event()
             checkpoints = await stages.start("checkpoints", stop=lambda _: integrity_stop.set())
             await checkpoints.start(integrity.run, integrity_stop)
+            await built.wait()
+            if not current:
+                task_status.started()
+                await self.stopping.wait()
+                log.info("daemon_stopped")
+                return
+            schedules = self._active_schedules(svc)
+            self.scheduler = Scheduler(
+                schedules,
+                svc.projections,
+                svc.store,
+                self.start_run,
+                self.is_running,
+                lambda: svc.projections.catch_up(svc.store),
+            )
             background = await stages.start("background", stop=lambda tg: tg.cancel_scope.cancel())
             background.start_soon(self._follow_log)
             await background.start(
@@ -522,7 +562,6 @@ class Daemon:
                     health=integrity.health,
                 )
             )
-            background.start_soon(self.notifier.watchdog)
             background.start_soon(self._watch_problems, svc)
             # Runs, once told to stop, start no more rollouts; those in flight get the
             # grace period.
@@ -535,7 +574,7 @@ class Daemon:
             if svc.board.shared:
                 leading.start_soon(self._join_runs)
 
-            self.notifier.notify(READY=1, STATUS=f"serving on {self.config.server.listen}")
+            self.notifier.notify(STATUS=f"serving on {self.config.server.listen}")
             log.info(
                 "daemon_ready",
                 listen=f"{self.config.server.host}:{http.port}",
@@ -545,6 +584,68 @@ class Daemon:
             task_status.started()
             await self.stopping.wait()
         log.info("daemon_stopped")
+
+    def projection_status(self) -> dict[str, object]:
+        """/healthz's ``projections``: ``state`` (``building`` or ``current``) and, while
+        building, ``phase``, ``seq``, ``head``, ``percent``, ``events_per_s``, ``eta_s``."""
+        pdb = self.services.projections if self.services is not None else None
+        if pdb is not None and pdb.ready:
+            return {"projections": {"state": "current"}}
+        prog = pdb.progress if pdb is not None else None
+        figures = prog.figures() if prog is not None else {"phase": "setting up"}
+        return {"projections": {"state": "building", **figures}}
+
+    async def _build_projections(self, svc: RunServices) -> bool:
+        """Build the projections (set up, check they are this log's, catch up) while the
+        server answers; log and report the progress every few seconds. A failure that
+        may pass (the file locked by another process, the database away) is logged and
+        retried. False if the daemon was told to stop first."""
+        pdb = svc.projections
+        done = False
+        async with anyio.create_task_group() as tg:
+
+            async def until_stopping() -> None:
+                await self.stopping.wait()
+                tg.cancel_scope.cancel()
+
+            async def report() -> None:
+                while True:
+                    await anyio.sleep(_PROGRESS_EVERY)
+                    self._report_progress(pdb)
+
+            tg.start_soon(until_stopping)
+            tg.start_soon(report)
+            started = anyio.current_time()
+            log.info("projections_building", projections=[p.name for p in pdb.projections])
+            pause = 1.0
+            while True:
+                try:
+                    head = await pdb.build(svc.store)
+                    break
+                except (sqlite3.OperationalError, StoreError) as e:
+                    log.warning("projections_build_failed", error=str(e), retry_in_s=pause)
+                    await anyio.sleep(pause)
+                    pause = min(pause * 2, 30.0)
+            log.info("projections_current", seq=head, took_s=round(anyio.current_time() - started, 2))
+            done = True
+            tg.cancel_scope.cancel()
+        return done
+
+    def _report_progress(self, pdb: ProjectionDB) -> None:
+        prog = pdb.progress
+        if prog is None:
+            return
+        f = prog.figures()
+        log.info("projections_catching_up", **f)
+        if f["phase"] != "catching up":
+            self.notifier.notify(STATUS=f"listening; read models: {f['phase']}")
+            return
+        eta = f["eta_s"]
+        left = f", about {int(eta)} s left" if isinstance(eta, float | int) else ""
+        self.notifier.notify(
+            STATUS=f"listening; read models {f['percent']}% (seq {f['seq']} of {f['head']},"
+            f" {f['events_per_s'] or 0} events/s{left})"
+        )
 
     def _active_schedules(self, svc: RunServices) -> list[ScheduleConfig]:
         """The schedules this node can fire (its provider has a key, its problem set loaded).

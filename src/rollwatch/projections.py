@@ -17,11 +17,16 @@ connection per role (writer, reader), each behind an ``anyio.Lock``.
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
+import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import anyio
 
 from rollwatch import events as e
 from rollwatch._sqlite import ThreadConnection
@@ -29,30 +34,72 @@ from rollwatch.abc import EventStore, Projection
 from rollwatch.events import Recorded, canonical_json
 from rollwatch.log import get_logger
 
-__all__ = ["Projection", "ProjectionDB", "RunsProjection", "SchedulesProjection"]
+__all__ = ["CatchUpProgress", "Projection", "ProjectionDB", "RunsProjection", "SchedulesProjection"]
 
 log = get_logger(__name__)
 
 Row = tuple[Any, ...]
 _PRAGMAS = ("PRAGMA journal_mode=WAL", "PRAGMA synchronous=NORMAL", "PRAGMA busy_timeout=30000")
+# The writer keeps up to 64 MB of the file's pages: a catch-up updates rows all over the
+# rollout tables' B-trees, and the default 2 MB cache re-reads them from the OS per event.
+_WRITER_PRAGMAS = (*_PRAGMAS, "PRAGMA cache_size=-65536")
 
 
 class ProjectionDB:
     """The projections' SQLite file, and the catch-up loop that feeds it from the log."""
 
-    def __init__(self, path: Path | str, projections: Sequence[Projection]) -> None:
+    def __init__(self, path: Path | str, projections: Sequence[Projection], *, setup: bool = True) -> None:
+        """``setup=False``: opening does not touch the file's tables (which may wait for
+        another process's transaction, or drop a projection of an older version); the
+        owner calls :meth:`build` later, and :attr:`ready` stays False until it is done."""
         self.path = Path(path)
         self.projections = list(projections)
         self._w: ThreadConnection | None = None
         self._r: ThreadConnection | None = None
+        self._setup_on_open = setup
         self.applied = 0  # the seq up to which every projection is current (in this process)
+        self.ready = False
+        """True once the tables are set up and (after :meth:`build`) caught up with the log."""
+        self.progress: CatchUpProgress | None = None
+        """While :meth:`build` runs: how far it is."""
 
     async def __aenter__(self) -> ProjectionDB:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._w = await ThreadConnection.open(self.path, _PRAGMAS)
+        self._w = await ThreadConnection.open(self.path, _WRITER_PRAGMAS)
         self._r = await ThreadConnection.open(self.path, _PRAGMAS)
-        await self._run(self._setup)
+        if self._setup_on_open:
+            await self._run(self._setup)
+            self.ready = True
         return self
+
+    async def build(self, store: EventStore) -> int:
+        """Set the tables up and catch up with the log, keeping :attr:`progress` current;
+        :attr:`ready` once done. For a daemon that serves while its projections build.
+
+        Safe to call again after it failed: each batch is committed with its checkpoint.
+        """
+        self.progress = CatchUpProgress(
+            first=0, target=0, done=0, started=time.monotonic(), phase="setting up"
+        )
+        try:
+            await self._run(self._setup)
+            await self.belongs_to(store)
+            cps = await self.checkpoints()
+            first = min((cps.get(p.name, 0) for p in self.projections), default=0)
+            head = await store.head()
+            self.progress = CatchUpProgress(first=first, target=head, done=first, started=time.monotonic())
+            progress = self.progress
+
+            def seen(done: int, _head: int) -> None:
+                progress.done = done
+
+            head = await self.catch_up(store, until=head, progress=seen)
+            # Events appended meanwhile: a short second pass before switching over.
+            head = await self.catch_up(store)
+            self.ready = True
+            return head
+        finally:
+            self.progress = None
 
     async def __aexit__(self, *exc: object) -> None:
         for db in (self._w, self._r):
@@ -167,15 +214,53 @@ class ProjectionDB:
         until: int | None = None,
         progress: Callable[[int, int], None] | None = None,
     ) -> int:
-        """Apply every event not yet applied, in batches; return the seq now applied."""
+        """Apply every event not yet applied, in one pass over the log; return the seq now applied.
+
+        One pass for every projection: each event is read once, decoded once (however
+        many projections read it) and handed to each projection that wants its type.
+        Pages are read while the previous one is applied (two connections, two threads:
+        SQLite works outside the GIL), and each transaction applies about
+        ``_TXN_EVENTS`` events. Memory stays flat whatever the log's size: about
+        ``_TXN_EVENTS`` events and two pages are held at a time.
+        """
         cps = await self.checkpoints()
         start = min((cps.get(p.name, 0) for p in self.projections), default=0)
         head = until if until is not None else await store.head()
         types = set().union(*(p.types for p in self.projections))
-        async for page in store.read_batches(after=start, types=types, until=head, batch=2000):
-            await self._w_apply(page, None)
-            if progress is not None:
-                progress(page[-1].seq, head)
+        if start < head:
+            pages = store.read_batches(after=start, types=types, until=head, batch=_PAGE)
+            send, receive = anyio.create_memory_object_stream[list[Recorded]](1)
+            # Errors are caught in both tasks and raised after the task group as they
+            # are: callers catch StoreError (a database away), not an ExceptionGroup.
+            failed: list[Exception] = []
+
+            async def reader() -> None:
+                async with send:
+                    try:
+                        async for page in pages:
+                            await send.send(page)
+                    except Exception as exc:
+                        failed.append(exc)
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(reader)
+                try:
+                    pending: list[Recorded] = []
+                    async with receive:
+                        async for page in receive:
+                            pending.extend(page)
+                            if len(pending) >= _TXN_EVENTS:
+                                await self._w_apply(pending, None)
+                                if progress is not None:
+                                    progress(pending[-1].seq, head)
+                                pending = []
+                    if pending and not failed:
+                        await self._w_apply(pending, None)
+                except Exception as exc:
+                    failed.insert(0, exc)
+                    tg.cancel_scope.cancel()
+            if failed:
+                raise failed[0]
         await self._w_apply([], head)
         if progress is not None:
             progress(head, head)
@@ -192,21 +277,90 @@ class ProjectionDB:
         db.execute("BEGIN IMMEDIATE")
         try:
             cps = {r[0]: r[1] for r in db.execute("SELECT name, seq FROM projection_state")}
+            done = {p.name: cps.get(p.name, 0) for p in self.projections}
+            floor = min(done.values(), default=0)
+            by_type = self._by_type
+            for rec in events:
+                seq = rec.seq
+                if seq <= floor:
+                    continue
+                wants = by_type.get(rec.type)
+                if not wants:
+                    continue
+                once = tuple.__new__(_DecodedOnce, rec)
+                for p in wants:
+                    if seq > done[p.name]:
+                        p.apply(db, once)
+            last = events[-1].seq if events else 0
+            if upto is not None:
+                last = max(last, upto)
             for p in self.projections:
-                done = cps.get(p.name, 0)
-                last = done
-                for ev in events:
-                    if ev.seq > done and ev.type in p.types:
-                        p.apply(db, ev)
-                    last = max(last, ev.seq)
-                if upto is not None:
-                    last = max(last, upto)
-                if last > done:
+                if last > done[p.name]:
                     db.execute("UPDATE projection_state SET seq = ? WHERE name = ?", (last, p.name))
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
+
+    @functools.cached_property
+    def _by_type(self) -> dict[str, list[Projection]]:
+        """Event type -> the projections that read it, in the projections' order."""
+        out: dict[str, list[Projection]] = {}
+        for p in self.projections:
+            for t in p.types:
+                out.setdefault(t, []).append(p)
+        return out
+
+
+@dataclass(slots=True)
+class CatchUpProgress:
+    """How far a :meth:`ProjectionDB.build` is: applied up to ``done`` of ``first``..``target``."""
+
+    first: int
+    target: int
+    done: int
+    started: float  # time.monotonic()
+    phase: str = "catching up"
+
+    def figures(self, now: float | None = None) -> dict[str, str | float | int | None]:
+        """phase, seq, head, percent, events_per_s and eta_s (None until a first batch is applied)."""
+        now = time.monotonic() if now is None else now
+        total = max(self.target - self.first, 0)
+        did = max(self.done - self.first, 0)
+        elapsed = max(now - self.started, 1e-6)
+        rate = did / elapsed if did else None
+        left = (total - did) / rate if rate else None
+        return {
+            "phase": self.phase,
+            "seq": self.done,
+            "head": self.target,
+            "percent": round(100.0 * did / total, 1)
+            if total
+            else (0.0 if self.phase != "catching up" else 100.0),
+            "events_per_s": round(rate) if rate else None,
+            "eta_s": round(left, 1) if left is not None else None,
+        }
+
+
+_PAGE = 2000
+"""Events per read of the log during a catch-up."""
+_TXN_EVENTS = 5000
+"""About this many events are applied per projection transaction (bounded memory: a few MB)."""
+
+
+class _DecodedOnce(Recorded):
+    """A :class:`Recorded` whose :meth:`event` decodes once however many projections call it.
+
+    Made from a row with ``tuple.__new__`` (no ``__init__``); the decoded event is kept in
+    the instance's ``__dict__`` for as long as the event is being applied.
+    """
+
+    def event(self) -> e.Event:
+        d = self.__dict__
+        ev: e.Event | None = d.get("_ev")
+        if ev is None:
+            ev = d["_ev"] = Recorded.event(self)
+        return ev
 
 
 def _j(v: Any) -> str:

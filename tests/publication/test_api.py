@@ -419,6 +419,48 @@ class TestRecordAndReport:
             assert r.status_code == 503
             assert r.json()["error"] == "unavailable"
 
+    async def test_report_etag_is_the_log_position_and_moves_with_it(self, tmp_path: Path) -> None:
+        """``/v1/report``'s ETag names the log position: 304 while the log stands still,
+        a new tag and the new figures once it moves; the key is checked every time."""
+        async with serving(tmp_path) as env:
+            key = await add_subscriber(env.store, "alice")
+            other = await add_subscriber(env.store, "bob")
+            rid = new_run_id()
+            await start_run(env.store, rid)
+            await add_rollout(env.store, rid, passed=True)
+            r1 = await env.client.get("/v1/report", headers=bearer(key))
+            assert r1.status_code == 200
+            tag = r1.headers["etag"]
+            assert str(await env.store.head()) in tag
+            assert r1.json()[0]["rollouts"] == 1
+            again = await env.client.get("/v1/report", headers={**bearer(key), "if-none-match": tag})
+            assert again.status_code == 304
+            assert again.headers["etag"] == tag
+            assert (await env.client.get("/v1/report", headers=bearer(key))).content == r1.content
+            # Another view of the same position has its own tag and body.
+            by_problem = await env.client.get(
+                "/v1/report?by=problem", headers={**bearer(key), "if-none-match": tag}
+            )
+            assert by_problem.status_code == 200
+            assert by_problem.headers["etag"] != tag
+            # A revoked key gets nothing from the cache (revocations reach this route
+            # within half a second: see the README's limits).
+            await revoke(env.store, "bob")
+            with anyio.fail_after(10):
+                while True:
+                    r = await env.client.get("/v1/report", headers={**bearer(other), "if-none-match": tag})
+                    if r.status_code not in (200, 304):
+                        break
+                    await anyio.sleep(0.05)
+            assert r.status_code == 401
+            # The log moves: the old tag no longer matches, the figures are new.
+            await add_rollout(env.store, rid, passed=False)
+            r2 = await env.client.get("/v1/report", headers={**bearer(key), "if-none-match": tag})
+            assert r2.status_code == 200
+            assert r2.headers["etag"] != tag
+            assert r2.json()[0]["rollouts"] == 2
+            assert r2.json()[0]["passed"] == 1
+
     async def test_openapi_describes_the_routes(self, tmp_path: Path) -> None:
         """``/openapi.json`` is an OpenAPI 3.1 document naming every route and the item shape."""
         async with serving(tmp_path) as env:

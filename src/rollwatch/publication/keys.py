@@ -192,7 +192,9 @@ class SubscriberDirectory:
                 return
             started = time.monotonic()
             changed = False
-            if not self._seeded:
+            # Projections still being built are not read (their tables may not exist yet):
+            # the log is read instead, and the projection seeds a later refresh.
+            if not self._seeded and (self.pdb is None or self.pdb.ready):
                 changed = await self._seed()
                 self._seeded = True
             head = await self.store.head()

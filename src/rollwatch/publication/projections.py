@@ -36,8 +36,13 @@ def _epoch(at: str) -> float:
     return parse_rfc3339(at).timestamp()
 
 
+_ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+"""``json.dumps`` with these options, without building an encoder per call (a feed item
+is rendered for most events a catch-up applies)."""
+
+
 def _j(v: Any) -> str:
-    return json.dumps(v, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return _ENCODE(v)
 
 
 class SubscribersProjection(Projection):

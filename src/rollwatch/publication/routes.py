@@ -38,6 +38,7 @@ import hashlib
 import importlib
 import json
 import math
+import secrets
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
@@ -181,6 +182,8 @@ class PublicationAPI:
         self._view: tuple[tuple[int, ...], float, PublicView] | None = None
         self._view_lock = anyio.Lock()
         self._renders: dict[tuple[str, str], bytes] = {}  # (route, base URL) -> body of self._view
+        self._reports: dict[tuple[str, ...], tuple[int, bytes]] = {}  # (by, options) -> (head, body)
+        self._boot = secrets.token_hex(4)
         self.proofs: InclusionProofs | None = None
         self.bundles: ProofBundles | None = None
         self.witnessing = integrity.witnessing if integrity is not None else None
@@ -193,8 +196,33 @@ class PublicationAPI:
 
     # -- plumbing ----------------------------------------------------------------------------------
 
+    def not_building(self) -> None:
+        """ServiceUnavailable (503, ``Retry-After``, the progress) while the projections are
+        being built: until then they would answer with data that is not current."""
+        if self.pdb.ready:
+            return
+        prog = self.pdb.progress
+        f = prog.figures() if prog is not None else {}
+        eta = f.get("eta_s")
+        eta_s = math.ceil(eta) if isinstance(eta, float | int) else None
+        retry = min(60, max(1, eta_s)) if eta_s is not None else 5
+        if f.get("phase") == "catching up":
+            rate = f.get("events_per_s")
+            state = (
+                f"{f['percent']}% (seq {f['seq']} of {f['head']}"
+                + (f", {rate} events/s, about {eta_s} s left" if rate and eta_s is not None else "")
+                + ")"
+            )
+        else:
+            state = "setting up"
+        raise ServiceUnavailable(
+            f"the read models are being built from the log: {state}; retry in {retry} s",
+            {"Retry-After": str(retry)},
+        )
+
     async def current(self) -> int:
-        """The log's head, with the projections caught up to it."""
+        """The log's head, with the projections caught up to it (503 while they are being built)."""
+        self.not_building()
         head = await self.store.head()
         if self.pdb.applied < head:
             async with self._catch_up_lock:
@@ -203,7 +231,9 @@ class PublicationAPI:
         return head
 
     async def authorize(self, request: Request, scope: str) -> Subscriber:
-        """The subscriber behind the request's bearer key; Unauthorized, Forbidden or TooManyRequests otherwise."""
+        """The subscriber behind the request's bearer key; Unauthorized, Forbidden or TooManyRequests otherwise
+        (ServiceUnavailable first while the projections are being built)."""
+        self.not_building()
         key = bearer_key(request)
         result = await self.subscribers.authenticate(key)
         if result.subscriber is None:
@@ -291,17 +321,29 @@ class PublicationAPI:
         report_json = getattr(report_module, "report_json", None)
         if report_json is None:
             raise ServiceUnavailable("the report is not available in this version of rollwatch")
-        await self.current()
-        try:
-            rows = await report_json(self.pdb, by, **options)
-        except UsageError as e:
-            raise BadRequest(str(e)) from None
-        except sqlite3.OperationalError as e:
-            log.error("report_unavailable", error=str(e))
-            raise ServiceUnavailable("the report's read models are not available") from None
-        return _tagged(
-            request, _json_bytes(rows), "application/json", "private, no-cache", vary="Authorization"
-        )
+        head = await self.current()
+        # The report is a function of the log up to ``head``: its ETag is that position
+        # (and this process's start, since a new release may compute it differently),
+        # and the body is kept until the log moves.
+        view = (by, *sorted(options))
+        etag = f'"report-{self._boot}-{head}-{"-".join(view)}"'
+        headers = {"ETag": etag, "Cache-Control": "private, no-cache", "Vary": "Authorization"}
+        if _matches(request.headers.get("if-none-match"), etag):
+            return Response(status_code=304, headers=headers)
+        cached = self._reports.get(view)
+        if cached is not None and cached[0] == head:
+            body = cached[1]
+        else:
+            try:
+                rows = await report_json(self.pdb, by, **options)
+            except UsageError as e:
+                raise BadRequest(str(e)) from None
+            except sqlite3.OperationalError as e:
+                log.error("report_unavailable", error=str(e))
+                raise ServiceUnavailable("the report's read models are not available") from None
+            body = _json_bytes(rows)
+            self._reports[view] = (head, body)
+        return Response(body, media_type="application/json", headers=headers)
 
     # -- public routes -------------------------------------------------------------------------------
 

@@ -67,6 +67,7 @@ def build_app(
     operators: Operators | None = None,
     health: Health | None = None,
     cannot_run: Callable[[], dict[str, str]] | None = None,
+    status: Callable[[], dict[str, object]] | None = None,
 ) -> ASGIApp:
     """The app with /healthz and /metrics, plus any routes the daemon adds.
 
@@ -75,11 +76,13 @@ def build_app(
     ``health``: /healthz answers 503 with its reasons once it is not ok.
     ``cannot_run``: the configured schedules that cannot run, with why (read at each
     request); any makes /healthz answer 503, status ``degraded``, naming them.
+    ``status``: more fields for /healthz's body (the projections' state and progress).
     """
     gate = operators or Operators()
 
     async def healthz(_: Request) -> Response:
         blocked = cannot_run() if cannot_run is not None else {}
+        extra = status() if status is not None else {}
         body: dict[str, Any] = health.as_json() if health is not None else {"status": "ok"}
         if blocked:
             if body["status"] == "ok":
@@ -89,6 +92,7 @@ def build_app(
                 *(f"schedule {name!r} cannot run: {why}" for name, why in sorted(blocked.items())),
             ]
             body["schedules"] = dict(sorted(blocked.items()))
+        body.update(extra)
         return JSONResponse(body, status_code=200 if body["status"] == "ok" else 503)
 
     async def metrics_route(request: Request) -> Response:

@@ -1,0 +1,426 @@
+"""A year of data: what start, rebuild, verify, the report and the export cost as the log grows.
+
+Builds one real log through the store API (``SQLiteEventStore.append``, 50 concurrent
+writers, group commit) with the event shapes a real run makes: per run a
+``RunStarted`` and a ``RunFinished``; per rollout a ``RolloutRequested`` (the chat
+request as sent), a ``RolloutResponded`` (answer, reasoning, usage, cost), a
+``RolloutScored``, a ``PublicationDecided``, for 3 in 8 rollouts a retried attempt (a
+non-final ``RolloutFailed`` and a second ``RolloutRequested``), and for every pass
+(1 in 4) a ``PublicReleased``: 5.0 events and about 6.9 KB per rollout. The log is
+grown size by size (default 50k then 200k events; ``BENCH_SCALE_SIZES=200000,1000000``
+for the issue's sizes, ``BENCH_SCALE_BIG=1`` adds 1M to the default) and at each size,
+through the real ``rollwatch`` command in subprocesses:
+
+* ``serve`` with no projections file (every projection to build): wall time from the
+  process start to the first ``/healthz`` answer, and to caught up (``/healthz``
+  ``projections.state == "current"``; a daemon that only listens once caught up has
+  both the same); then a warm start (projections current) to the first ``/healthz``;
+* ``GET /v1/report`` (first request and best of 5) and the first ``GET /public/``;
+* ``rebuild`` and ``verify`` against a raw pass over the same rows in this process
+  (``SELECT`` every column, SHA-256 of each row's data), measured in the same run;
+* ``publish export`` into an empty folder, then again after 10% more rollouts
+  (skip with ``BENCH_SCALE_EXPORT=0``).
+
+Then the growth factor of each figure from one size to the next, against the growth
+of the log (floor: linear or better, i.e. factor ≤ the log's growth).
+
+    python bench/bench_scale.py
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import os
+import resource
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import anyio
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from rollwatch.events import (
+    PublicationDecided,
+    PublicReleased,
+    RolloutFailed,
+    RolloutRequested,
+    RolloutResponded,
+    RolloutScored,
+    RunFinished,
+    RunStarted,
+    SubscriberAdded,
+    rollout_stream,
+    run_stream,
+    subscriber_stream,
+)
+from rollwatch.publication.keys import hash_key, key_prefix, new_key
+from rollwatch.store.sqlite import SQLiteEventStore
+
+MODELS = [f"model-{i}" for i in range(10)]
+PROBLEMS = [f"problem-{i:02d}" for i in range(50)]
+ROLLOUTS_PER_RUN = 1000  # one model, 50 problems x 20 samples
+WRITERS = 50
+SYSTEM = "You are a careful Python programmer. Answer with one fenced code block. " * 6
+PROMPT = "Write a function `solve(xs: list[int]) -> int` that returns the answer described below. " * 12
+CODE = "def solve(xs):\n    total = 0\n    for i, x in enumerate(xs):\n        total += x * (i % 7)\n    return total\n"
+REASONING = "Let me think about the edge cases: empty input, negative numbers, large values. " * 18
+
+
+def rollout_events(run_id: str, model: str, n: int, rid: str) -> list[list[object]]:
+    """The appends one rollout makes, in order (each inner list is one append call)."""
+    problem = PROBLEMS[n % len(PROBLEMS)]
+    passed = n % 4 == 0
+    retried = n % 8 in (1, 3, 6)
+    request = {
+        "model": model,
+        "messages": [
+            {"role": "system", "content": SYSTEM},
+            {"role": "user", "content": f"{problem}: {PROMPT}"},
+        ],
+        "temperature": 1.0,
+        "max_tokens": 16000,
+    }
+
+    def requested(attempt: int) -> RolloutRequested:
+        return RolloutRequested(
+            rollout_id=rid,
+            run_id=run_id,
+            provider="openai",
+            model=model,
+            problem_id=problem,
+            problem_hash="sha256:" + "ab" * 32,
+            sample=n // len(PROBLEMS),
+            attempt=attempt,
+            request=request,
+            node="bench",
+        )
+
+    calls: list[list[object]] = [[requested(1)]]
+    if retried:
+        calls.append(
+            [
+                RolloutFailed(
+                    rollout_id=rid,
+                    attempt=1,
+                    kind="rate_limited",
+                    status=429,
+                    retryable=True,
+                    message="Rate limit reached for requests",
+                    retry_after_s=2.0,
+                )
+            ]
+        )
+        calls.append([requested(2)])
+    text = f"Here is my solution for {problem} (sample {n}):\n```python\n{CODE * 18}```\n"
+    calls.append(
+        [
+            RolloutResponded(
+                rollout_id=rid,
+                attempt=2 if retried else 1,
+                text=text,
+                reasoning=REASONING,
+                finish_reason="stop",
+                usage={"prompt_tokens": 420, "completion_tokens": 1800, "reasoning_tokens": 600},
+                cost_usd=0.0185,
+                latency_ms=12345.6,
+                request_id=f"req-{rid}",
+                model=model + "-2026-01-01",
+            )
+        ]
+    )
+    calls.append(
+        [
+            RolloutScored(
+                rollout_id=rid,
+                passed=passed,
+                score=1.0 if passed else 0.0,
+                scorer="python-function",
+                reason="ok" if passed else "assertion failed: solve([1, 2, 3]) == 6",
+                extraction="fenced",
+                duration_ms=85.0,
+            ),
+            PublicationDecided(
+                rollout_id=rid,
+                audience="public" if passed else "subscribers",
+                not_before="2026-01-01T00:00:00.000000Z",
+                embargo_s=7776000.0,
+            ),
+        ]
+    )
+    if passed:
+        calls.append([PublicReleased(rollout_id=rid)])
+    return calls
+
+
+async def grow(db: Path, start_rollouts: int, rollouts: int, key: str | None) -> int:
+    """Append rollouts ``start_rollouts`` .. ``rollouts - 1`` (in whole runs); return the head."""
+    async with SQLiteEventStore(db) as store:
+        if key is not None:
+            await store.append(
+                subscriber_stream("bench"),
+                [
+                    SubscriberAdded(
+                        name="bench",
+                        key_hash=hash_key(key),
+                        key_prefix=key_prefix(key),
+                        scopes=["feed", "rollouts", "report"],
+                    )
+                ],
+            )
+        for first in range(start_rollouts, rollouts, ROLLOUTS_PER_RUN):
+            run_no = first // ROLLOUTS_PER_RUN
+            run_id = f"run-{run_no:05d}"
+            model = MODELS[run_no % len(MODELS)]
+            last = min(first + ROLLOUTS_PER_RUN, rollouts)
+            await store.append(
+                run_stream(run_id),
+                [
+                    RunStarted(
+                        run_id=run_id,
+                        schedule=f"weekly-{model}",
+                        provider="openai",
+                        models=[model],
+                        problem_set="favorites",
+                        node="bench",
+                        rollouts=20,
+                        problems=PROBLEMS,
+                        trigger="schedule",
+                    )
+                ],
+            )
+
+            async def writer(
+                w: int, first: int = first, last: int = last, run_id: str = run_id, model: str = model
+            ) -> None:
+                for n in range(first + w, last, WRITERS):
+                    rid = f"{run_id}-{n:08d}"
+                    for call in rollout_events(run_id, model, n, rid):
+                        await store.append(rollout_stream(rid), call)  # type: ignore[arg-type]
+
+            async with anyio.create_task_group() as tg:
+                for w in range(WRITERS):
+                    tg.start_soon(writer, w)
+            await store.append(
+                run_stream(run_id),
+                [
+                    RunFinished(
+                        run_id=run_id,
+                        status="completed",
+                        rollouts=last - first,
+                        passed=(last - first) // 4,
+                        cost_usd=0.0185 * (last - first),
+                        scored=last - first,
+                        planned=last - first,
+                    )
+                ],
+            )
+        return await store.head()
+
+
+def raw_pass(db: Path) -> tuple[int, float, float]:
+    """Read every row's columns and SHA-256 its data: the disk-and-hash baseline (wall and CPU s)."""
+    t = time.perf_counter()
+    c = time.process_time()
+    conn = sqlite3.connect(db)
+    n = 0
+    for row in conn.execute("SELECT seq, id, stream, version, type, schema, at, data, hash FROM events"):
+        hashlib.sha256(row[7].encode()).digest()
+        n += 1
+    conn.close()
+    return n, time.perf_counter() - t, time.process_time() - c
+
+
+def _children_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+CPU: dict[str, float] = {}
+"""CPU seconds of the last ``cli`` call of each command (the machine may be shared: CPU
+time is what a loaded machine does not inflate)."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def cli(cfg: Path, *args: str) -> float:
+    t = time.perf_counter()
+    c = _children_cpu()
+    subprocess.run(
+        [sys.executable, "-m", "rollwatch", "--config", str(cfg), "--log-level", "warning", *args],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    CPU[args[0]] = _children_cpu() - c
+    return time.perf_counter() - t
+
+
+class Served:
+    """``rollwatch serve`` in a subprocess, timed from its start."""
+
+    def __init__(self, cfg: Path, port: int, log: Path) -> None:
+        self.base = f"http://127.0.0.1:{port}"
+        self.t0 = time.perf_counter()
+        self.log = log.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "rollwatch", "--config", str(cfg), "--log-level", "info", "serve"],
+            stdout=self.log,
+            stderr=self.log,
+        )
+
+    def poll_health(self, until_current: bool, deadline_s: float = 3600) -> float:
+        """Seconds from start until /healthz answers (and, if asked, says projections are current)."""
+        end = time.monotonic() + deadline_s
+        with httpx.Client(timeout=5) as c:
+            while time.monotonic() < end:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"serve exited with {self.proc.returncode}; see {self.log.name}")
+                try:
+                    r = c.get(self.base + "/healthz")
+                except httpx.TransportError:
+                    time.sleep(0.02)
+                    continue
+                if not until_current:
+                    return time.perf_counter() - self.t0
+                body = r.json()
+                state = (body.get("projections") or {}).get("state", "current")
+                if state == "current":
+                    return time.perf_counter() - self.t0
+                time.sleep(0.05)
+        raise RuntimeError("serve did not answer in time")
+
+    def get(self, path: str, key: str | None = None) -> float:
+        headers = {"authorization": f"Bearer {key}"} if key else {}
+        t = time.perf_counter()
+        r = httpx.get(self.base + path, headers=headers, timeout=600)
+        took = time.perf_counter() - t
+        r.raise_for_status()
+        return took
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
+
+
+def measure(d: Path, cfg: Path, db: Path, port: int, key: str, export: bool) -> dict[str, float]:
+    out: dict[str, float] = {}
+    proj = d / "projections.db"
+    for p in d.glob("projections.db*"):
+        p.unlink()
+    s = Served(cfg, port, d / "serve.log")
+    try:
+        out["cold_healthz"] = s.poll_health(False)
+        out["cold_current"] = s.poll_health(True)
+    finally:
+        s.stop()
+    s = Served(cfg, port, d / "serve.log")
+    try:
+        out["warm_healthz"] = s.poll_health(False)
+        s.poll_health(True)
+        out["report_first"] = s.get("/v1/report?by=model", key)
+        out["report_best"] = min(s.get("/v1/report?by=model", key) for _ in range(5))
+        out["public_first"] = s.get("/public/")
+    finally:
+        s.stop()
+    _, out["raw"], out["raw_cpu"] = raw_pass(db)
+    out["rebuild"] = cli(cfg, "rebuild")
+    out["rebuild_cpu"] = CPU["rebuild"]
+    out["verify"] = cli(cfg, "verify")
+    out["verify_cpu"] = CPU["verify"]
+    if export:
+        exp = d / "export"
+        shutil.rmtree(exp, ignore_errors=True)
+        out["export_first"] = cli(cfg, "publish", "export", str(exp))
+    assert proj.exists()
+    return out
+
+
+def main() -> None:
+    sizes_env = os.environ.get("BENCH_SCALE_SIZES")
+    if sizes_env:
+        sizes = [int(x) for x in sizes_env.split(",")]
+    else:
+        sizes = [50_000, 200_000] + ([1_000_000] if os.environ.get("BENCH_SCALE_BIG") == "1" else [])
+    export = os.environ.get("BENCH_SCALE_EXPORT", "1") != "0"
+    from rollwatch.log import configure_logging
+
+    configure_logging("warning", stream=sys.stderr)
+    key = new_key()
+    results: list[tuple[int, dict[str, float]]] = []
+    with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as tmp:
+        d = Path(tmp)
+        db = d / "events.db"
+        port = free_port()
+        cfg = d / "rollwatch.toml"
+        cfg.write_text(
+            f'[store]\nurl = "sqlite:{db}"\nprojections = "{d / "projections.db"}"\n'
+            f'[server]\nlisten = "127.0.0.1:{port}"\nfeed_rate_per_minute = 100000\n'
+        )
+        have = 0
+        for size in sizes:
+            want = size // 5
+            t = time.perf_counter()
+            head = anyio.run(grow, db, have, want, key if have == 0 else None)
+            print(
+                f"built {head:,} events ({db.stat().st_size / 1e6:,.0f} MB) in {time.perf_counter() - t:.0f} s",
+                file=sys.stderr,
+                flush=True,
+            )
+            have = want
+            m = measure(d, cfg, db, port, key, export)
+            if export:
+                more = have + have // 10
+                anyio.run(grow, db, have, more, None)
+                have = more
+                m["export_second"] = cli(cfg, "publish", "export", str(d / "export"))
+            results.append((head, m))
+            print(json.dumps({"events": head, **{k: round(v, 3) for k, v in m.items()}}), file=sys.stderr)
+            r = m["raw"]
+            print(
+                f"{head:>9,} events: cold start /healthz {m['cold_healthz']:.1f} s, caught up {m['cold_current']:.1f} s;"
+                f" warm start /healthz {m['warm_healthz']:.2f} s"
+            )
+            print(
+                f"{'':>17} raw sha256 pass {r:.2f} s; rebuild {m['rebuild']:.1f} s = {m['rebuild'] / r:.1f}x raw"
+                f" (target 5x); verify {m['verify']:.1f} s = {m['verify'] / r:.1f}x raw"
+            )
+            rc = m["raw_cpu"]
+            print(
+                f"{'':>17} CPU time (what a shared machine does not inflate): raw {rc:.2f} s;"
+                f" rebuild {m['rebuild_cpu']:.1f} s = {m['rebuild_cpu'] / rc:.1f}x;"
+                f" verify {m['verify_cpu']:.1f} s = {m['verify_cpu'] / rc:.1f}x (both include starting Python)"
+            )
+            line = (
+                f"{'':>17} /v1/report first {m['report_first'] * 1000:.0f} ms, best {m['report_best'] * 1000:.0f} ms;"
+                f" first /public/ {m['public_first'] * 1000:.0f} ms"
+            )
+            if export:
+                line += f"; export {m['export_first']:.1f} s, again after +10% rollouts {m['export_second']:.1f} s"
+            print(line, flush=True)
+        for (n0, a), (n1, b) in itertools.pairwise(results):
+            g = n1 / n0
+            parts = ", ".join(f"{k} {b[k] / a[k]:.2f}x" for k in a if a[k] > 0)
+            print(f"growth {n0:,} -> {n1:,} events ({g:.2f}x the log; floor: at most that): {parts}")
+
+
+if __name__ == "__main__":
+    main()
