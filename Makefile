@@ -8,6 +8,10 @@ export PYTHONDONTWRITEBYTECODE := 1
 
 .PHONY: run test bench lint lock install system services clean
 
+# Tests spend much of their time waiting on subprocesses (daemons, sandboxes, a
+# browser): one pytest-xdist worker per core, at least two, keeps the cores busy.
+TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); [ $$n -lt 2 ] && n=2; echo $$n)
+
 # Where `make install` puts the service: its own virtual environment, no dev tools.
 PREFIX ?= /opt/rollwatch
 
@@ -64,7 +68,7 @@ run: system $(STAMP)
 	$(BIN)/rollwatch --config config/rollwatch.toml serve
 
 test: system $(STAMP)
-	pg="$$(scripts/test-postgres)" && ROLLWATCH_TEST_PG="$$pg" $(BIN)/pytest -q
+	pg="$$(scripts/test-postgres)" && ROLLWATCH_TEST_PG="$$pg" $(BIN)/pytest -q -n $(TEST_WORKERS) --durations=15
 
 bench: system $(STAMP)
 	$(BIN)/pip install -q -c requirements.lock -e '.[dev,bench]'

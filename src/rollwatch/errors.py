@@ -14,6 +14,9 @@
     ├── ProviderError               a provider call failed; carries kind/status/retryable
     ├── InvalidProof                a Merkle proof is malformed or names sizes that do not exist
     ├── InvalidNote                 a signed note or checkpoint is malformed or badly signed
+    ├── TilePathError               a path is not a C2SP tlog-tiles tile path (also a ValueError)
+    ├── EntryTooLong                an event too long for an entry bundle (also a ValueError)
+    ├── WitnessRefused              a witness will not cosign a submission (its HTTP status)
     ├── AuditFailure                one check of ``rollwatch audit`` failed (exit code 1)
     └── HTTPError                   a request gets an error response (JSON error body)
         ├── BadRequest              400: a query parameter or path segment is invalid
@@ -138,6 +141,32 @@ class InvalidProof(RollwatchError):
 
 class InvalidNote(RollwatchError):
     """Raised when a signed note or checkpoint is malformed or carries no valid signature of the expected key."""
+
+
+class TilePathError(RollwatchError, ValueError):
+    """Raised when a path is not a tile or entry-bundle path of the tlog-tiles spec."""
+
+
+class EntryTooLong(RollwatchError, ValueError):
+    """Raised when an event's canonical bytes exceed what an entry bundle can hold (65,535)."""
+
+    def __init__(self, seq: int, length: int) -> None:
+        super().__init__(
+            f"event {seq} is {length} bytes, more than the 65535 an entry bundle can hold; "
+            "its leaf hash is in the level-0 tile as usual"
+        )
+        self.seq = seq
+        self.length = length
+
+
+class WitnessRefused(RollwatchError):
+    """Raised when a witness cannot cosign a submission: ``status`` and the answer's text."""
+
+    def __init__(self, status: int, message: str, media_type: str = "text/plain; charset=utf-8") -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.media_type = media_type
 
 
 class AuditFailure(RollwatchError):

@@ -35,15 +35,13 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from rollwatch.abc import EventStore
-from rollwatch.errors import BadRequest, Forbidden, InvalidProof, NotFound
+from rollwatch.errors import BadRequest, EntryTooLong, Forbidden, InvalidProof, NotFound, TilePathError
 from rollwatch.events import CHECKPOINT_STREAM, CheckpointKeyRotated, Recorded
 from rollwatch.integrity.checkpoint import b64
 from rollwatch.integrity.merkle import leaf_hash
 from rollwatch.integrity.tiles import (
     FULL_CACHE,
     PARTIAL_CACHE,
-    EntryTooLong,
-    TilePathError,
     entry_bundle,
     hash_tile,
     parse_tile_path,

@@ -38,7 +38,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from rollwatch.abc import EventStore
-from rollwatch.errors import InvalidProof
+from rollwatch.errors import EntryTooLong, InvalidProof, TilePathError
 from rollwatch.integrity.tree import MerkleTree
 
 HEIGHT = 8
@@ -57,10 +57,6 @@ _LEVEL = re.compile(r"0|[1-9][0-9]?")
 _WIDTH = re.compile(r"[1-9][0-9]{0,2}")
 _GROUP = re.compile(r"x[0-9]{3}")
 _LAST = re.compile(r"[0-9]{3}")
-
-
-class TilePathError(ValueError):
-    """Raised when a path is not a tile or entry-bundle path of the tlog-tiles spec."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,18 +148,6 @@ async def hash_tile(tree: MerkleTree, tile: Tile, *, size: int | None = None) ->
         raise ValueError("an entry bundle is not a hash tile")
     start = tile.index * WIDTH
     return b"".join(await tree.node_hashes(tile.height, start, start + tile.width, size=size))
-
-
-class EntryTooLong(ValueError):
-    """Raised when an event's canonical bytes exceed what an entry bundle can hold."""
-
-    def __init__(self, seq: int, length: int) -> None:
-        super().__init__(
-            f"event {seq} is {length} bytes, more than the {MAX_ENTRY} an entry bundle can hold; "
-            "its leaf hash is in the level-0 tile as usual"
-        )
-        self.seq = seq
-        self.length = length
 
 
 async def entry_bundle(store: EventStore, tile: Tile, available: int) -> bytes:

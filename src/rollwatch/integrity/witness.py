@@ -51,7 +51,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from rollwatch.errors import InvalidNote
+from rollwatch.errors import InvalidNote, WitnessRefused
 from rollwatch.integrity.checkpoint import Checkpoint, NoteVerifier, b64, check_key_name, split_note
 from rollwatch.integrity.keys import parse_private_key
 from rollwatch.integrity.merkle import HASH_SIZE, verify_consistency
@@ -169,14 +169,8 @@ def load_cosigner(path: Path, name: str) -> Cosigner:
 # --- the witness --------------------------------------------------------------------------------
 
 
-class Refused(Exception):
-    """Raised when a submission cannot be cosigned: ``status`` and the answer's text."""
-
-    def __init__(self, status: int, message: str, media_type: str = "text/plain; charset=utf-8") -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.media_type = media_type
+Refused = WitnessRefused
+"""The name this module raises it under."""
 
 
 def parse_submission(body: bytes) -> tuple[int, list[bytes], str]:
