@@ -68,7 +68,7 @@ run: system $(STAMP)
 	$(BIN)/rollwatch --config config/rollwatch.toml serve
 
 test: system $(STAMP)
-	pg="$$(scripts/test-postgres)" && ROLLWATCH_TEST_PG="$$pg" $(BIN)/pytest -q -n $(TEST_WORKERS) --durations=15
+	pg="$$(scripts/test-postgres)" && ROLLWATCH_TEST_PG="$$pg" $(BIN)/pytest -q -n $(TEST_WORKERS) --dist worksteal --durations=15
 
 bench: system $(STAMP)
 	$(BIN)/pip install -q -c requirements.lock -e '.[dev,bench]'

@@ -379,8 +379,9 @@ class TestInDoubtCommit:
         self, url: str, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         """The connection breaks before COMMIT reaches the server: append raises
-        StoreError saying nothing was written, and nothing was."""
-        async with PostgresEventStore(url) as store:
+        StoreError saying nothing was written, and nothing was (after retrying for
+        ``retry_for``, kept short here)."""
+        async with PostgresEventStore(url, retry_for=2.0) as store:
             finish = store._finish
 
             async def break_before_commit(conn: asyncpg.Connection, sql: str) -> None:
