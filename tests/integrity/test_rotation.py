@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import subprocess
+from pathlib import Path
 
 import anyio
 import httpx
@@ -104,6 +105,33 @@ class TestTheNote:
         ring.check_holds(a.vkey)  # a retired key is behind, not a stranger
         with pytest.raises(IntegrityError, match="without a rotation"):
             ring.check_holds(c.vkey)
+
+
+class _RotationLandsDuringRefresh(SQLiteEventStore):
+    """A real store where one rotation is appended at the moment the ring asks for the head:
+    the interleaving of a `key rotate` in another process with the signer's refresh."""
+
+    pending: CheckpointKeyRotated | None = None
+
+    async def head(self) -> int:
+        if self.pending is not None:
+            ev, self.pending = self.pending, None
+            await self.append(CHECKPOINT_STREAM, [ev])
+        return await super().head()
+
+
+@pytest.mark.anyio
+async def test_a_rotation_appended_during_a_refresh_is_never_skipped(tmp_path: Path) -> None:
+    a, b = _signer(), _signer()
+    async with _RotationLandsDuringRefresh(tmp_path / "events.db") as store:
+        await append_n(store, 3)
+        ring = await KeyRing.load(store, a.verifier(), NAME)
+        store.pending = CheckpointKeyRotated(old_key=a.vkey, new_key=b.vkey, note=sign_rotation(NAME, a, b))
+        first = await ring.refresh(store, NAME)
+        second = await ring.refresh(store, NAME)
+        assert [r.new.vkey for r in first + second] == [b.vkey]
+        assert ring.current is not None
+        assert ring.current.vkey == b.vkey
 
 
 # --- a rotation on a live daemon ----------------------------------------------------------------

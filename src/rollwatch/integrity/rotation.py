@@ -174,15 +174,22 @@ class KeyRing:
             )
 
     async def refresh(self, store: EventStore, origin: str | None = None) -> list[Rotation]:
-        """Read rotation events appended since the last call; return the new links."""
+        """Read rotation events appended since the last call; return the new links.
+
+        The head is taken first and the read stops there: a rotation appended while
+        this reads is found by the next call, never skipped.
+        """
+        head = await store.head()
         new: list[Rotation] = []
         async for page in store.read_batches(
-            after=self.seen, stream=CHECKPOINT_STREAM, types=[CheckpointKeyRotated.TYPE], batch=100
+            after=self.seen,
+            until=head,
+            stream=CHECKPOINT_STREAM,
+            types=[CheckpointKeyRotated.TYPE],
+            batch=100,
         ):
             for ev in page:
                 new.append(self.add(ev.seq, ev.data, origin))
-                self.seen = ev.seq
-        head = await store.head()
         self.seen = max(self.seen, head)
         return new
 

@@ -50,6 +50,7 @@ from rollwatch.providers.anthropic import AnthropicAdapter
 from rollwatch.providers.base import (
     Answer,
     AnyioClock,
+    Parsed,
     Prompt,
     Usage,
     WireRequest,
@@ -407,7 +408,18 @@ class ProviderClient:
             raise self._with_context(e, rid) from None
         except (KeyError, TypeError, AttributeError, IndexError, ValueError) as e:
             raise bad_response(f"unexpected stream shape: {type(e).__name__}: {e}") from None
-        if (pause := adapter.pause_hint(got, time.time())) is not None:
+        return self._answer(adapter, got, parsed, (time.perf_counter() - start) * 1000.0, ttft)
+
+    def _answer(
+        self,
+        adapter: WireAdapter,
+        headers: dict[str, str],
+        parsed: Parsed,
+        latency_ms: float,
+        ttft_ms: float | None = None,
+    ) -> Answer:
+        """The answer of a parsed response, after honouring its rate-limit headers."""
+        if (pause := adapter.pause_hint(headers, time.time())) is not None:
             self.limits.pause(pause)
         return Answer(
             text=parsed.text,
@@ -415,10 +427,10 @@ class ProviderClient:
             finish_reason=parsed.finish_reason,
             usage=parsed.usage,
             request_id=parsed.request_id,
-            latency_ms=(time.perf_counter() - start) * 1000.0,
+            latency_ms=latency_ms,
             model=parsed.model,
             system_fingerprint=parsed.system_fingerprint,
-            ttft_ms=ttft,
+            ttft_ms=ttft_ms,
         )
 
     async def _send(
@@ -470,18 +482,7 @@ class ProviderClient:
             raise self._with_context(e, rid) from None
         except (KeyError, TypeError, AttributeError, IndexError, ValueError) as e:
             raise bad_response(f"unexpected body shape: {type(e).__name__}: {e}") from None
-        if (pause := adapter.pause_hint(headers, time.time())) is not None:
-            self.limits.pause(pause)
-        return Answer(
-            text=parsed.text,
-            reasoning=parsed.reasoning,
-            finish_reason=parsed.finish_reason,
-            usage=parsed.usage,
-            request_id=parsed.request_id,
-            latency_ms=latency_ms,
-            model=parsed.model,
-            system_fingerprint=parsed.system_fingerprint,
-        )
+        return self._answer(adapter, headers, parsed, latency_ms)
 
     def _clean(self, text: str) -> str:
         return redact(text, self._key)

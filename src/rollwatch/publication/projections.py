@@ -197,7 +197,7 @@ class FeedProjection(Projection):
                     ("run_id", "provider", "model", "problem_id", "sample", "cost_usd"), row, strict=True
                 ):
                     item[k] = v
-            if isinstance(ev, e.RolloutScored):
+            if isinstance(ev, e.RolloutScored | e.RolloutRescored):
                 item["passed"] = bool(ev.passed)
                 item["score"] = ev.score
                 item["detail"] = {
@@ -206,18 +206,12 @@ class FeedProjection(Projection):
                     "problem_hash": ev.problem_hash,
                     "scorer_version": ev.scorer_version,
                 }
-            elif isinstance(ev, e.RolloutRescored):
-                item["passed"] = bool(ev.passed)
-                item["score"] = ev.score
-                item["detail"] = {
-                    "scorer": ev.scorer,
-                    "reason": ev.reason,
-                    "problem_hash": ev.problem_hash,
-                    "scorer_version": ev.scorer_version,
-                    "previous_passed": ev.previous_passed,
-                    "previous_problem_hash": ev.previous_problem_hash,
-                    "rescore_id": ev.rescore_id,
-                }
+                if isinstance(ev, e.RolloutRescored):
+                    item["detail"] |= {
+                        "previous_passed": ev.previous_passed,
+                        "previous_problem_hash": ev.previous_problem_hash,
+                        "rescore_id": ev.rescore_id,
+                    }
             elif isinstance(ev, e.RolloutFailed):
                 item["status"] = "failed"
                 item["detail"] = {
