@@ -59,11 +59,18 @@ def slow_provider(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     yield from _provider(tmp_path, 1.0)
 
 
-def _provider(tmp_path: Path, delay: float) -> Iterator[tuple[str, Path]]:
+@pytest.fixture
+def held_provider(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """The same, holding every answer until the file `<request log>.release` exists."""
+    yield from _provider(tmp_path, 0.05, hold_after=0)
+
+
+def _provider(tmp_path: Path, delay: float, hold_after: int | None = None) -> Iterator[tuple[str, Path]]:
     port_file, log = tmp_path / "port", tmp_path / "requests.jsonl"
     log.touch()
+    hold = [] if hold_after is None else [str(hold_after)]
     proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "tests" / "fake_provider.py"), str(port_file), str(log), str(delay)]
+        [sys.executable, str(ROOT / "tests" / "fake_provider.py"), str(port_file), str(log), str(delay), *hold]
     )
     try:
         port = wait_until(lambda: port_file.exists() and port_file.read_text(), 20, "the fake provider")
@@ -305,11 +312,13 @@ def test_schedules_are_steered_through_the_log(tmp_path: Path, slow_provider: tu
 
 
 def test_a_fire_during_a_cli_run_of_the_schedule_is_skipped(
-    tmp_path: Path, slow_provider: tuple[str, Path]
+    tmp_path: Path, held_provider: tuple[str, Path]
 ) -> None:
     """`rollwatch run` of a schedule in another process counts as its run going: a
-    trigger the daemon takes meanwhile is skipped, not a second run."""
-    base_url, _ = slow_provider
+    trigger the daemon takes meanwhile is skipped, not a second run. The provider holds
+    every answer until the skip is seen, so the CLI run cannot end first however
+    slow the machine."""
+    base_url, request_log = held_provider
     cfg = config(tmp_path, base_url, rollouts=1)
     db = tmp_path / "events.db"
     env = {**os.environ, "FAKE_PROVIDER_KEY": "k"}
@@ -330,6 +339,7 @@ def test_a_fire_during_a_cli_run_of_the_schedule_is_skipped(
         wait_until(lambda: events(db, "RolloutRequested"), 60, "the CLI run to request")
         assert cli("schedules", "trigger", "fake-often").returncode == 0
         wait_until(lambda: events(db, "ScheduleSkipped"), 30, "the skipped fire")
+        Path(f"{request_log}.release").touch()
         assert run.wait(60) == 0
         started = events(db, "RunStarted")
         assert [d["trigger"] for _, _, d in started] == ["manual"]
