@@ -1,6 +1,6 @@
-"""Runs through provider batch APIs (``batch = true``): OpenAI Batch and Anthropic
-Message Batches, against a loopback server speaking each; then SIGKILL of a
-``rollwatch run`` at each stage of a batch's life, and a restart.
+"""Runs through provider batch APIs (``batch = true``): OpenAI Batch, Anthropic
+Message Batches and Gemini batch mode, against a loopback server speaking each; then
+SIGKILL of a ``rollwatch run`` at each stage of a batch's life, and a restart.
 
 Real parts: the loopback batch server (``tests/providers/batch_server.py``), the
 provider client, the SQLite log and projections, the sandboxed scoring pool, and for
@@ -46,7 +46,14 @@ from tests.test_runs import events_of, wait_for
 pytestmark = pytest.mark.anyio
 
 MODEL = "gpt-x"
-KINDS = ["openai", "anthropic"]
+KINDS = ["openai", "anthropic", "gemini"]
+#: Per kind: the states the first batch's polls record, and each batch's final state
+#: (the first has an expired request, the second not).
+STATES = {
+    "openai": (["in_progress", "finalizing", "completed"], ["completed", "completed"]),
+    "anthropic": (["in_progress", "ended"], ["ended", "ended"]),
+    "gemini": (["BATCH_STATE_RUNNING", "BATCH_STATE_EXPIRED"], ["BATCH_STATE_EXPIRED", "BATCH_STATE_SUCCEEDED"]),
+}
 
 
 @pytest.fixture
@@ -155,8 +162,9 @@ class TestBatchRun:
             async for rec in store.read():
                 metrics.observe_event(rec)
         text = metrics.render()[0].decode()
-        final = "completed" if kind == "openai" else "ended"
-        assert f'rollwatch_batches_ended_total{{state="{final}"}} 2.0' in text
+        polled_states, finals = STATES[kind]
+        for final, n in Counter(finals).items():
+            assert f'rollwatch_batches_ended_total{{state="{final}"}} {n}.0' in text
         assert "rollwatch_batches{" not in text  # none open
         assert fin.status == "partial"
         assert fin.failures == {"invalid_request": 1}
@@ -166,12 +174,10 @@ class TestBatchRun:
         (expired,) = second.rollouts
         assert second.rollouts[expired] == 2
         states = [p.state for p in polled if p.batch_id == first.batch_id]
-        assert states == (
-            ["in_progress", "finalizing", "completed"] if kind == "openai" else ["in_progress", "ended"]
-        )
-        assert [(e.batch_id, e.answered, e.failed, e.unanswered) for e in ended] == [
-            (first.batch_id, 8, 1, [expired]),
-            (second.batch_id, 1, 0, []),
+        assert states == polled_states
+        assert [(e.batch_id, e.state, e.answered, e.failed, e.unanswered) for e in ended] == [
+            (first.batch_id, finals[0], 8, 1, [expired]),
+            (second.batch_id, finals[1], 1, 0, []),
         ]
         assert Counter(a.rollout_id for a in answers) == Counter(set(first.rollouts) - {_errored(failures)})
         assert [(f.rollout_id, f.attempt, f.kind, f.final) for f in failures if f.rollout_id == expired] == [
@@ -196,19 +202,25 @@ class TestBatchRun:
         assert len(ids) == 10
         assert set(ids.values()) == {1}
 
-    async def test_a_lost_create_answer_is_found_not_repeated(self, tmp_path: Path) -> None:
-        """OpenAI makes the batch but its answer never arrives (the client times out):
-        before trying again the client finds the batch by its key in the batch list and
-        follows it; one batch is created, the run completes."""
-        async with batch_provider("openai", lambda b, i, c: "ok") as server:
+    @pytest.mark.parametrize("kind", KINDS)
+    async def test_a_lost_create_answer_is_found_not_repeated(self, kind: str, tmp_path: Path) -> None:
+        """The provider makes the batch but its answer never arrives (the client times
+        out): before trying again the client finds the batch (OpenAI: by its key in the
+        metadata; Gemini: in the display name; Anthropic: the batch created since, of
+        ten requests, whose results' custom ids are the rollout ids) and follows it; one
+        batch is created, the run completes."""
+        async with batch_provider(kind, lambda b, i, c: "ok") as server:
             server.stall_creates = 1
-            config = load_config(write_config(tmp_path, "openai", server.url, timeout="1s"))
+            config = load_config(write_config(tmp_path, kind, server.url, timeout="1s"))
             fin = await run_once(config)
             assert server.creates == 1
+            (made,) = server.batches
         async with SQLiteEventStore(tmp_path / "events.db") as store:
             submitted = await events_of(store, BatchSubmitted)
+            answers = await events_of(store, RolloutResponded)
         assert fin.status == "completed"
-        assert [s.batch_id for s in submitted] == ["batch_1"]
+        assert [s.batch_id for s in submitted] == [made]
+        assert Counter(a.rollout_id for a in answers) == Counter(set(submitted[0].rollouts))
 
     @pytest.mark.parametrize("kind", KINDS)
     async def test_one_model_per_batch(self, kind: str, tmp_path: Path) -> None:

@@ -219,7 +219,7 @@ class Price(_Strict):
 
 ProviderKind = Literal["openai", "anthropic", "gemini", "reference"]
 #: Provider kinds whose batch API rollwatch speaks.
-BATCH_KINDS = ("openai", "anthropic")
+BATCH_KINDS = ("openai", "anthropic", "gemini")
 
 DEFAULT_BASE_URLS: dict[str, str] = {
     "openai": "https://api.openai.com/v1",
