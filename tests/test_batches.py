@@ -289,16 +289,24 @@ class TestBatchKill:
             ("openai", "submitted"),
             ("openai", "polling"),
             ("openai", "downloading"),
+            ("openai", "created"),
+            ("anthropic", "created"),
             ("anthropic", "submitted"),
             ("anthropic", "downloading"),
+            ("gemini", "created"),
+            ("gemini", "polling"),
+            ("gemini", "downloading"),
         ],
     )
     async def test_sigkill_at_each_stage_then_restart(self, kind: str, stage: str, tmp_path: Path) -> None:
         """``rollwatch run`` killed with SIGKILL while its batch create was unanswered
-        (OpenAI made the batch), after its batch was submitted (the first poll arrived),
-        while polling, or while downloading results, then started again:
-        the restarted daemon (``rollwatch serve``, the schedule disabled so that only the
-        resumed run can create a batch) resumes the run by polling the same batch. The
+        (the provider made the batch), right after the provider answered the create
+        (before the answer reached the log: a fault hook in the server kills it), after
+        its batch was submitted (the first poll arrived), while polling, or while
+        downloading results, then started again: the restarted daemon (``rollwatch
+        serve``, the schedule disabled so that only the resumed run can create a batch)
+        resumes the run by polling the same batch — found at the provider and adopted
+        when the log had only the intent (Anthropic: by the batch's contents). The
         provider saw exactly one batch created, and every rollout is answered exactly
         once."""
         async with batch_provider(kind, lambda b, i, c: "ok", polls_in_progress=10**9) as server:
@@ -307,9 +315,16 @@ class TestBatchKill:
                 server.hold_results = True
             if stage == "creating":
                 server.stall_creates = 1
+            procs: list[anyio.abc.Process] = []
+            if stage == "created":
+                server.after_create = lambda: os.kill(procs[0].pid, signal.SIGKILL)
             proc = await _rollwatch(cfg, "run", "nightly")
+            procs.append(proc)
             try:
-                if stage == "creating":
+                if stage == "created":
+                    with anyio.fail_after(60):
+                        await proc.wait()
+                elif stage == "creating":
                     await _wait_until(lambda: server.creates >= 1)
                 elif stage == "submitted":
                     await _wait_until(lambda: server.polls >= 1)
@@ -319,8 +334,11 @@ class TestBatchKill:
                     server.polls_in_progress = 1
                     await server.result_requested.wait()
             finally:
-                proc.send_signal(signal.SIGKILL)
+                if proc.returncode is None:
+                    proc.send_signal(signal.SIGKILL)
                 await proc.wait()
+            assert proc.returncode == -signal.SIGKILL
+            server.after_create = None
             server.hold_results = False
             server.polls_in_progress = 1
             write_config(tmp_path, kind, server.url, poll="50ms", enabled=False)
@@ -339,6 +357,8 @@ class TestBatchKill:
             submitted = await events_of(store, BatchSubmitted)
             finished = await events_of(store, RunFinished)
         assert len(submitted) == 1
+        # Killed before the log knew the batch's id: the restart found and adopted it.
+        assert submitted[0].adopted == (stage in ("creating", "created"))
         counts = Counter(a.rollout_id for a in answers)
         assert set(counts) == set(submitted[0].rollouts)
         assert set(counts.values()) == {1}
