@@ -52,7 +52,10 @@ KINDS = ["openai", "anthropic", "gemini"]
 STATES = {
     "openai": (["in_progress", "finalizing", "completed"], ["completed", "completed"]),
     "anthropic": (["in_progress", "ended"], ["ended", "ended"]),
-    "gemini": (["BATCH_STATE_RUNNING", "BATCH_STATE_EXPIRED"], ["BATCH_STATE_EXPIRED", "BATCH_STATE_SUCCEEDED"]),
+    "gemini": (
+        ["BATCH_STATE_RUNNING", "BATCH_STATE_EXPIRED"],
+        ["BATCH_STATE_EXPIRED", "BATCH_STATE_SUCCEEDED"],
+    ),
 }
 
 

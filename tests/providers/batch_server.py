@@ -202,9 +202,15 @@ class BatchProvider:
             for r in b.requests:
                 cid, fate = r["custom_id"], b.fates[r["custom_id"]]
                 if fate == "ok":
-                    items.append({"metadata": {"key": cid}, "response": wire.ok("def f():\n    return 1").body})
+                    items.append(
+                        {"metadata": {"key": cid}, "response": wire.ok("def f():\n    return 1").body}
+                    )
                 elif fate == "error":
-                    error = {"code": 3, "message": "Invalid value at 'temperature'", "status": "INVALID_ARGUMENT"}
+                    error = {
+                        "code": 3,
+                        "message": "Invalid value at 'temperature'",
+                        "status": "INVALID_ARGUMENT",
+                    }
                     items.append({"metadata": {"key": cid}, "error": error})
                 # an expired request has no response at all
             meta["output"] = {"inlinedResponses": {"inlinedResponses": items}}

@@ -102,6 +102,7 @@ class Lookup:
     """Sleep between polls of a candidate that has not ended yet (None: do not wait,
     a candidate still running counts as not found)."""
 
+
 Outcome = Parsed | ProviderError
 """One request's result: the parsed answer, or the error the provider gave it."""
 
