@@ -11,7 +11,6 @@ from collections import Counter
 from typing import Any
 
 import anyio
-
 import pytest
 
 from rollwatch.errors import ProviderError
