@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sys
 from collections import Counter
@@ -35,6 +36,7 @@ from rollwatch.events import (
 from rollwatch.metrics import Metrics
 from rollwatch.providers import ProviderClient, Usage
 from rollwatch.runs import Run
+from rollwatch.runs.services import BatchProgress, RunState
 from rollwatch.store.postgres import PostgresEventStore
 from rollwatch.store.sqlite import SQLiteEventStore
 from tests.pg import scratch_database
@@ -469,3 +471,85 @@ class TestBatchCluster:
         assert Counter(a.rollout_id for a in answers) == Counter(set(in_batches))
         assert [f.status for f in finished] == ["completed"]
         assert survivor
+
+
+# --- progress -------------------------------------------------------------------------------
+
+
+class TestBatchProgress:
+    def test_figures_name_states_counts_and_the_expected_end(self) -> None:
+        """Open batches by state with requests done, the ended count, and when the last
+        open batch should end at its pace so far; ``-`` while a batch reported none."""
+        st = RunState(total=30)
+        st.batches["a"] = BatchProgress("in_progress", 10, submitted_at=1000.0, done=5)
+        st.batches["b"] = BatchProgress("in_progress", 10, submitted_at=1030.0, done=2)
+        st.batches_ended.add("c")
+        # a: 5 of 10 in 60 s → ends at 1120; b: 2 of 10 in 30 s → ends at 1180.
+        assert st.batch_figures(1060.0) == {"batches": "2 in_progress 7/20, 1 ended", "batch_eta": "2m00s"}
+        st.batches["d"] = BatchProgress("submitted", 4, submitted_at=1060.0)
+        assert st.batch_figures(1060.0)["batch_eta"] == ">2m00s"
+        st.batches.clear()
+        assert st.batch_figures(1060.0) == {"batches": "1 ended", "batch_eta": "done"}
+        assert RunState().batch_figures(0.0) == {}
+
+    async def test_run_on_a_terminal_shows_batch_states_and_metrics_count_them(self, tmp_path: Path) -> None:
+        """``rollwatch run`` on a terminal (a pty) draws the batch's state, its requests
+        done and the expected end as the provider reports progress, then the batch as
+        ended; meanwhile the log read by /metrics' collector counts the batch as open
+        ``in_progress``."""
+        async with batch_provider("openai", lambda b, i, c: "ok", polls_in_progress=10**9) as server:
+            server.partial_counts = True
+            cfg = write_config(tmp_path, "openai", server.url, poll="100ms")
+            master, slave = os.openpty()
+            env = {**os.environ, KEY_ENV: KEY}
+            proc = await anyio.open_process(
+                [sys.executable, "-m", "rollwatch", "--config", str(cfg), "run", "nightly"],
+                env=env,
+                stdout=None,
+                stderr=slave,
+            )
+            os.close(slave)
+            out = bytearray()
+            seen_open = ""
+            async with await anyio.open_file(master, "rb", buffering=0, closefd=True) as term:
+
+                async def read() -> None:
+                    while True:
+                        try:
+                            chunk = await term.read(4096)
+                        except OSError:  # EIO: the child closed the terminal
+                            return
+                        if not chunk:
+                            return
+                        out.extend(chunk)
+
+                try:
+                    async with anyio.create_task_group() as tg:
+                        tg.start_soon(read)
+                        with anyio.fail_after(60):
+                            while b"in_progress 3/10" not in out:
+                                await anyio.sleep(0.05)
+                        async with SQLiteEventStore(tmp_path / "events.db") as store:
+                            metrics = Metrics()
+                            async for rec in store.read():
+                                metrics.observe_event(rec)
+                        seen_open = metrics.render()[0].decode()
+                        server.polls_in_progress = 1  # now let it end
+                        with anyio.fail_after(60):
+                            code = await proc.wait()
+                finally:
+                    if proc.returncode is None:
+                        proc.kill()
+                        await proc.wait()
+        text = out.decode(errors="replace")
+        assert code == 0, text
+        bars = [seg for seg in text.split("\r") if seg.startswith("nightly [")]
+        progressing = [seg for seg in bars if "batches 1 in_progress 3/10" in seg]
+        # Some requests done: the expected end is known (a duration, not "-").
+        assert progressing, bars
+        assert re.search(r"batch_eta \d+s", progressing[0]), progressing[0]
+        assert "0/10 passed" in progressing[0]  # no rollout answered yet: all in the batch
+        assert "10/10" in bars[-1]
+        assert "batches 1 ended" in bars[-1]
+        assert "batch_eta done" in bars[-1]
+        assert 'rollwatch_batches{state="in_progress"} 1.0' in seen_open

@@ -59,6 +59,9 @@ class BatchProvider:
         """Answer every create with this status (e.g. 401) instead."""
         self.stall_creates = 0
         """Create this many batches without answering the create (the answer is lost)."""
+        self.partial_counts = False
+        """Report requests done while a batch is in progress (OpenAI wire): a tenth
+        more at each poll."""
         self.after_create: Callable[[], None] | None = None
         """Called right after a create's answer is sent (e.g. SIGKILL the client)."""
         self.released = anyio.Event()
@@ -235,7 +238,8 @@ class BatchProvider:
         done = b.state in ("completed", "ended")
         n = len(b.requests)
         failed = sum(f != "ok" for f in b.fates.values()) if done else 0
-        return {"total": n, "completed": n - failed if done else 0, "failed": failed}
+        partial = min(n, n * b.polls // 10) if self.partial_counts else 0
+        return {"total": n, "completed": n - failed if done else partial, "failed": failed}
 
     def _openai_view(self, b: _Batch) -> dict[str, Any]:
         out: dict[str, Any] = {

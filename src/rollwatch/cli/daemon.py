@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 
 import anyio
 import click
@@ -79,7 +80,9 @@ def run_cmd(ctx: Context, schedule: str, rollouts: int | None, models: str | Non
                 if bar is None:
                     bar = Progress(schedule, st.total)
                 bar.total = st.total
-                bar.update(st.done, passed=st.passed, cost=f"${st.cost_usd:.4f}")
+                bar.update(
+                    st.done, passed=st.passed, cost=f"${st.cost_usd:.4f}", **st.batch_figures(time.time())
+                )
 
             pending = None if new else await unfinished_run_of(svc, schedule)
             if pending is not None:

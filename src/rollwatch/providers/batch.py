@@ -132,6 +132,20 @@ class BatchAPI(Protocol):
         ...
 
 
+def progress_of(counts: Mapping[str, int]) -> tuple[int, int]:
+    """(requests done, requests in all) from a poll's counts, whichever vendor's shape:
+    OpenAI ``total``/``completed``/``failed``; Anthropic ``processing`` and the ended
+    kinds; Gemini ``request_count``/``successful_request_count``/``failed_request_count``."""
+    if "request_count" in counts:
+        return counts.get("successful_request_count", 0) + counts.get("failed_request_count", 0), counts[
+            "request_count"
+        ]
+    if "processing" in counts:
+        total = sum(counts.values())
+        return total - counts["processing"], total
+    return counts.get("completed", 0) + counts.get("failed", 0), counts.get("total", 0)
+
+
 def _check(status: int, body: bytes, what: str) -> Any:
     """The decoded JSON of a 2xx answer; ProviderError (classified by status) otherwise."""
     if not 200 <= status < 300:

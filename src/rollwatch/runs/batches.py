@@ -46,8 +46,9 @@ from rollwatch.errors import ProviderError
 from rollwatch.events import BatchEnded, BatchPolled, BatchPrepared, BatchSubmitted, Event, batch_stream
 from rollwatch.log import get_logger
 from rollwatch.providers.base import Answer, Parsed, Prompt, WireRequest
-from rollwatch.providers.batch import BatchState, Lookup, Outcome, Submitted
+from rollwatch.providers.batch import BatchState, Lookup, Outcome, Submitted, progress_of
 from rollwatch.providers.retry import full_jitter
+from rollwatch.runs.services import BatchProgress
 
 if TYPE_CHECKING:
     from rollwatch.providers.client import ProviderClient
@@ -130,7 +131,9 @@ class Batcher:
                 if isinstance(ev, BatchPrepared):
                     self._prepared_at[ev.key] = _epoch(rec.at)
                 self._apply(ev)
+                self._track(ev, _epoch(rec.at))
             self._loaded = version
+        self.run.report_progress()
 
     def _apply(self, ev: Event) -> None:
         if isinstance(ev, BatchPrepared):
@@ -452,6 +455,8 @@ class Batcher:
         """The batch cannot go on: its members fail this attempt; a rejected key or
         account disables the provider (the run then starts no more rollouts)."""
         batch.error = error
+        if batch.batch_id is not None:  # lost at the provider: no longer open
+            self.run.state.batches.pop(batch.batch_id, None)
         if error.kind == "auth":
             model = next(iter(batch.requests.values())).body.get("model", "?") if batch.requests else "?"
             self.client.disable(str(model), error)
@@ -459,3 +464,20 @@ class Batcher:
     async def _append(self, event: Event) -> None:
         async with self._append_lock:
             await self.run.services.store.append(self.stream, [event])
+        self._track(event, time.time())
+        self.run.report_progress()
+
+    def _track(self, ev: Event, at: float) -> None:
+        """Keep the run's live batch figures (its progress line) in step with the log;
+        idempotent, as a reload reads the stream again."""
+        batches, ended = self.run.state.batches, self.run.state.batches_ended
+        if isinstance(ev, BatchSubmitted) and ev.batch_id not in ended:
+            batches.setdefault(ev.batch_id, BatchProgress("submitted", len(ev.rollouts), at))
+        elif isinstance(ev, BatchPolled) and ev.batch_id in batches:
+            b = batches[ev.batch_id]
+            b.state = ev.state
+            b.done, total = progress_of(ev.counts)
+            b.requests = total or b.requests
+        elif isinstance(ev, BatchEnded):
+            batches.pop(ev.batch_id, None)
+            ended.add(ev.batch_id)
