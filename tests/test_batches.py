@@ -193,6 +193,21 @@ class TestBatchRun:
         price_full = ProviderClient(config.provider("acme")).cost(MODEL, Usage(**usage))
         assert price_full is not None
         assert answers[0].cost_usd == pytest.approx(price_full / 2)
+        assert answers[0].list_cost_usd == pytest.approx(price_full)
+        # The report shows what batch mode saved: list price minus paid (here half).
+        cfg = str(tmp_path / "rollwatch.toml")
+        res = await anyio.run_process(
+            [sys.executable, "-m", "rollwatch", "--config", cfg, "report", "--format", "json"]
+        )
+        (row,) = json.loads(res.stdout)
+        paid = sum(a.cost_usd or 0.0 for a in answers)
+        assert row["cost_usd"] == pytest.approx(paid)
+        assert row["list_cost_usd"] == pytest.approx(2 * paid)
+        assert row["batch_saved_usd"] == pytest.approx(paid)
+        res = await anyio.run_process(
+            [sys.executable, "-m", "rollwatch", "--config", cfg, "report", "--format", "table"]
+        )
+        assert "BATCH SAVED" in res.stdout.decode()
 
     async def test_batches_are_cut_at_the_request_limit(self, tmp_path: Path) -> None:
         """With ``batch_max_requests = 4`` the ten rollouts go in batches of 4, 4 and 2,

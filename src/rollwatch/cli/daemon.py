@@ -80,9 +80,8 @@ def run_cmd(ctx: Context, schedule: str, rollouts: int | None, models: str | Non
                 if bar is None:
                     bar = Progress(schedule, st.total)
                 bar.total = st.total
-                bar.update(
-                    st.done, passed=st.passed, cost=f"${st.cost_usd:.4f}", **st.batch_figures(time.time())
-                )
+                bar.fields.update(st.batch_figures(time.time()))
+                bar.update(st.done, passed=st.passed, cost=f"${st.cost_usd:.4f}")
 
             pending = None if new else await unfinished_run_of(svc, schedule)
             if pending is not None:

@@ -204,7 +204,8 @@ class Batcher:
                     system_fingerprint=outcome.system_fingerprint,
                 )
                 cost = self.client.cost(model, answer.usage, batch=True)
-                await recorder.responded(n, answer, cost)
+                list_cost = self.client.cost(model, answer.usage)
+                await recorder.responded(n, answer, cost, list_cost_usd=list_cost)
                 return answer, cost or 0.0
             error = outcome or ProviderError(
                 "batch_unanswered",
