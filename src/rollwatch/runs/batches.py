@@ -271,6 +271,8 @@ class Batcher:
                 return  # settled by another rollout of the batch
             self._settled.add(key)
             lookup = self._lookup(members, self._prepared_at.get(key, 0.0))
+            # Anthropic: this may wait for candidate batches to end (hours, at worst).
+            self.run.log.info("batch_lookup", key=key, requests=len(members))
             try:
                 bid = await self._retrying("find", lambda: self.api.find(self.client.send, key, lookup))
             except ProviderError:
