@@ -24,6 +24,17 @@ from tests.providers.loopback import Reply, Seen, serve
 pytestmark = pytest.mark.anyio
 
 
+def _ok_bad_busy(out: dict[str, Any]) -> None:
+    """Results of exactly ``ok`` (an answer), ``bad`` (an error not worth retrying) and
+    ``busy`` (one worth retrying)."""
+    assert set(out) == {"ok", "bad", "busy"}
+    assert isinstance(out["ok"], Parsed)
+    bad, busy = out["bad"], out["busy"]
+    assert isinstance(bad, ProviderError)
+    assert isinstance(busy, ProviderError)
+    assert (bad.retryable, busy.retryable) == (False, True)
+
+
 def _line(item: Any) -> bytes:
     return json.dumps(item).encode() + b"\n"
 
@@ -142,12 +153,7 @@ class TestAnthropicResults:
             out = await client.batch_api().results(
                 client.send, BatchState("b", "ended", True, results=(url,))
             )
-        assert set(out) == {"ok", "bad", "busy"}
-        assert isinstance(out["ok"], Parsed)
-        bad, busy = out["bad"], out["busy"]
-        assert isinstance(bad, ProviderError)
-        assert isinstance(busy, ProviderError)
-        assert (bad.retryable, busy.retryable) == (False, True)
+        _ok_bad_busy(out)
 
 
 class TestAnthropicLookup:
@@ -267,9 +273,4 @@ class TestGeminiResults:
             state = await api.poll(client.send, "batches/b1")
             out = await api.results(client.send, state)
         assert (state.ended, state.counts) == (True, {"request_count": 5, "successful_request_count": 1})
-        assert set(out) == {"ok", "bad", "busy"}
-        assert isinstance(out["ok"], Parsed)
-        bad, busy = out["bad"], out["busy"]
-        assert isinstance(bad, ProviderError)
-        assert isinstance(busy, ProviderError)
-        assert (bad.retryable, busy.retryable) == (False, True)
+        _ok_bad_busy(out)

@@ -45,7 +45,8 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -158,6 +159,37 @@ def _check(status: int, body: bytes, what: str) -> Any:
         raise bad_response(f"{what}: the body is not JSON") from None
 
 
+def _last_id(data: dict[str, Any]) -> Any:
+    """OpenAI's and Anthropic's list cursor: ``last_id`` while ``has_more``."""
+    return data.get("last_id") if data.get("has_more") else None
+
+
+async def _listing(
+    send: Send,
+    path: Callable[[str | None], str],
+    key: str,
+    *,
+    cursor: Callable[[dict[str, Any]], Any] = _last_id,
+    headers: dict[str, str] | None = None,
+) -> AsyncGenerator[dict[str, Any], None]:
+    """The objects of a paginated batch list (``path(cursor)`` per page, the page's list
+    under ``key``), up to :data:`FIND_PAGES` pages; stops at a page without that list."""
+    token: str | None = None
+    for _ in range(FIND_PAGES):
+        status, _, body = await send("GET", path(token), headers=headers)
+        data = as_dict(_check(status, body, "batch list"))
+        items = data.get(key)
+        if not isinstance(items, list):
+            return
+        for item in items:
+            if isinstance(item, dict):
+                yield item
+        nxt = cursor(data)
+        if not isinstance(nxt, str) or not nxt:
+            return
+        token = nxt
+
+
 def _counts(value: Any) -> dict[str, int]:
     return {str(k): as_int(v) for k, v in as_dict(value).items()}
 
@@ -253,22 +285,14 @@ class OpenAIBatchAPI:
 
     async def find(self, send: Send, key: str, lookup: Lookup) -> str | None:
         """``GET /batches`` (newest first), up to :data:`FIND_PAGES` pages of 100."""
-        after: str | None = None
-        for _ in range(FIND_PAGES):
-            path = "/batches?limit=100" + (f"&after={after}" if after else "")
-            status, _, body = await send("GET", path)
-            data = as_dict(_check(status, body, "batch list"))
-            items = data.get("data")
-            if not isinstance(items, list):
-                return None
-            for item in items:
-                if isinstance(item, dict) and as_dict(item.get("metadata")).get("rollwatch_batch") == key:
+        pages = _listing(
+            send, lambda after: "/batches?limit=100" + (f"&after={after}" if after else ""), "data"
+        )
+        async with aclosing(pages) as items:
+            async for item in items:
+                if as_dict(item.get("metadata")).get("rollwatch_batch") == key:
                     found = item.get("id")
                     return found if isinstance(found, str) else None
-            last = data.get("last_id")
-            if not data.get("has_more") or not isinstance(last, str):
-                return None
-            after = last
         return None
 
     async def poll(self, send: Send, batch_id: str) -> BatchState:
@@ -349,29 +373,20 @@ class AnthropicBatchAPI:
 
     async def _candidates(self, send: Send, lookup: Lookup) -> list[str]:
         out: list[str] = []
-        after: str | None = None
-        for _ in range(FIND_PAGES):
-            path = "/v1/messages/batches?limit=100" + (f"&after_id={after}" if after else "")
-            status, _, body = await send("GET", path, headers={"anthropic-version": "2023-06-01"})
-            data = as_dict(_check(status, body, "batch list"))
-            items = data.get("data")
-            if not isinstance(items, list):
-                return out
-            older = False
-            for item in items:
-                if not isinstance(item, dict):
-                    continue
+        pages = _listing(
+            send,
+            lambda after: "/v1/messages/batches?limit=100" + (f"&after_id={after}" if after else ""),
+            "data",
+            headers={"anthropic-version": "2023-06-01"},
+        )
+        async with aclosing(pages) as items:
+            async for item in items:
                 bid, created = item.get("id"), _epoch(item.get("created_at"))
                 if created is not None and created < lookup.since - FIND_SKEW:
-                    older = True  # newest first: the rest are older still
-                    break
+                    break  # newest first: the rest are older still
                 total = sum(_counts(item.get("request_counts")).values())
                 if isinstance(bid, str) and bid not in lookup.known and total == len(lookup.custom_ids):
                     out.append(bid)
-            last = data.get("last_id")
-            if older or not data.get("has_more") or not isinstance(last, str):
-                return out
-            after = last
         return out
 
     async def _custom_ids(self, send: Send, state: BatchState) -> frozenset[str]:
@@ -483,22 +498,17 @@ class GeminiBatchAPI:
 
     async def find(self, send: Send, key: str, lookup: Lookup) -> str | None:
         """``GET /batches``, up to :data:`FIND_PAGES` pages of 100, by display name."""
-        token: str | None = None
-        for _ in range(FIND_PAGES):
-            path = "/batches?pageSize=100" + (f"&pageToken={token}" if token else "")
-            status, _, body = await send("GET", path)
-            data = as_dict(_check(status, body, "batch list"))
-            items = data.get("operations")
-            if not isinstance(items, list):
-                return None
-            for item in items:
-                meta = as_dict(as_dict(item).get("metadata"))
-                if meta.get("displayName") == f"rollwatch-{key}":
-                    found = as_dict(item).get("name")
+        pages = _listing(
+            send,
+            lambda token: "/batches?pageSize=100" + (f"&pageToken={token}" if token else ""),
+            "operations",
+            cursor=lambda data: data.get("nextPageToken"),
+        )
+        async with aclosing(pages) as items:
+            async for item in items:
+                if as_dict(item.get("metadata")).get("displayName") == f"rollwatch-{key}":
+                    found = item.get("name")
                     return found if isinstance(found, str) else None
-            token = data.get("nextPageToken") if isinstance(data.get("nextPageToken"), str) else None
-            if not token:
-                return None
         return None
 
     async def poll(self, send: Send, batch_id: str) -> BatchState:
