@@ -212,7 +212,7 @@ class Price(_Strict):
     cached_input: float | None = Field(default=None, ge=0)
     batch_input: float | None = Field(default=None, ge=0)
     """USD per million input tokens through the batch API (default: half of ``input``,
-    OpenAI's and Anthropic's batch discount)."""
+    OpenAI's, Anthropic's and Gemini's batch discount)."""
     batch_output: float | None = Field(default=None, ge=0)
     """USD per million output tokens through the batch API (default: half of ``output``)."""
 

@@ -16,7 +16,7 @@ import pytest
 from rollwatch.errors import ProviderError
 from rollwatch.providers import ProviderClient
 from rollwatch.providers.base import Parsed
-from rollwatch.providers.batch import BatchState, Lookup
+from rollwatch.providers.batch import BatchState, Lookup, progress_of
 from tests.providers.conftest import provider_config
 from tests.providers.fakes import KEY, AnthropicWire, GeminiWire, OpenAIWire
 from tests.providers.loopback import Reply, Seen, serve
@@ -274,3 +274,18 @@ class TestGeminiResults:
             out = await api.results(client.send, state)
         assert (state.ended, state.counts) == (True, {"request_count": 5, "successful_request_count": 1})
         _ok_bad_busy(out)
+
+
+@pytest.mark.parametrize(
+    ("counts", "expected"),
+    [
+        ({"total": 10, "completed": 6, "failed": 1}, (7, 10)),
+        ({"processing": 3, "succeeded": 5, "errored": 1, "canceled": 0, "expired": 1}, (7, 10)),
+        ({"request_count": 10, "successful_request_count": 6, "failed_request_count": 1}, (7, 10)),
+        ({}, (0, 0)),
+    ],
+    ids=["openai", "anthropic", "gemini", "none"],
+)
+def test_progress_of_each_vendors_counts(counts: dict[str, int], expected: tuple[int, int]) -> None:
+    """Requests done and in all, from each vendor's poll counts (as the adapters name them)."""
+    assert progress_of(counts) == expected
