@@ -1,6 +1,6 @@
-"""Runs through provider batch APIs (``batch = true``): OpenAI Batch and Anthropic
-Message Batches, against a loopback server speaking each; then SIGKILL of a
-``rollwatch run`` at each stage of a batch's life, and a restart.
+"""Runs through provider batch APIs (``batch = true``): OpenAI Batch, Anthropic
+Message Batches and Gemini batch mode, against a loopback server speaking each; then
+SIGKILL of a ``rollwatch run`` at each stage of a batch's life, and a restart.
 
 Real parts: the loopback batch server (``tests/providers/batch_server.py``), the
 provider client, the SQLite log and projections, the sandboxed scoring pool, and for
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sys
 from collections import Counter
@@ -35,6 +36,7 @@ from rollwatch.events import (
 from rollwatch.metrics import Metrics
 from rollwatch.providers import ProviderClient, Usage
 from rollwatch.runs import Run
+from rollwatch.runs.services import BatchProgress, RunState
 from rollwatch.store.postgres import PostgresEventStore
 from rollwatch.store.sqlite import SQLiteEventStore
 from tests.pg import scratch_database
@@ -46,7 +48,17 @@ from tests.test_runs import events_of, wait_for
 pytestmark = pytest.mark.anyio
 
 MODEL = "gpt-x"
-KINDS = ["openai", "anthropic"]
+KINDS = ["openai", "anthropic", "gemini"]
+#: Per kind: the states the first batch's polls record, and each batch's final state
+#: (the first has an expired request, the second not).
+STATES = {
+    "openai": (["in_progress", "finalizing", "completed"], ["completed", "completed"]),
+    "anthropic": (["in_progress", "ended"], ["ended", "ended"]),
+    "gemini": (
+        ["BATCH_STATE_RUNNING", "BATCH_STATE_EXPIRED"],
+        ["BATCH_STATE_EXPIRED", "BATCH_STATE_SUCCEEDED"],
+    ),
+}
 
 
 @pytest.fixture
@@ -155,8 +167,9 @@ class TestBatchRun:
             async for rec in store.read():
                 metrics.observe_event(rec)
         text = metrics.render()[0].decode()
-        final = "completed" if kind == "openai" else "ended"
-        assert f'rollwatch_batches_ended_total{{state="{final}"}} 2.0' in text
+        polled_states, finals = STATES[kind]
+        for final, n in Counter(finals).items():
+            assert f'rollwatch_batches_ended_total{{state="{final}"}} {n}.0' in text
         assert "rollwatch_batches{" not in text  # none open
         assert fin.status == "partial"
         assert fin.failures == {"invalid_request": 1}
@@ -166,12 +179,10 @@ class TestBatchRun:
         (expired,) = second.rollouts
         assert second.rollouts[expired] == 2
         states = [p.state for p in polled if p.batch_id == first.batch_id]
-        assert states == (
-            ["in_progress", "finalizing", "completed"] if kind == "openai" else ["in_progress", "ended"]
-        )
-        assert [(e.batch_id, e.answered, e.failed, e.unanswered) for e in ended] == [
-            (first.batch_id, 8, 1, [expired]),
-            (second.batch_id, 1, 0, []),
+        assert states == polled_states
+        assert [(e.batch_id, e.state, e.answered, e.failed, e.unanswered) for e in ended] == [
+            (first.batch_id, finals[0], 8, 1, [expired]),
+            (second.batch_id, finals[1], 1, 0, []),
         ]
         assert Counter(a.rollout_id for a in answers) == Counter(set(first.rollouts) - {_errored(failures)})
         assert [(f.rollout_id, f.attempt, f.kind, f.final) for f in failures if f.rollout_id == expired] == [
@@ -182,6 +193,21 @@ class TestBatchRun:
         price_full = ProviderClient(config.provider("acme")).cost(MODEL, Usage(**usage))
         assert price_full is not None
         assert answers[0].cost_usd == pytest.approx(price_full / 2)
+        assert answers[0].list_cost_usd == pytest.approx(price_full)
+        # The report shows what batch mode saved: list price minus paid (here half).
+        cfg = str(tmp_path / "rollwatch.toml")
+        res = await anyio.run_process(
+            [sys.executable, "-m", "rollwatch", "--config", cfg, "report", "--format", "json"]
+        )
+        (row,) = json.loads(res.stdout)
+        paid = sum(a.cost_usd or 0.0 for a in answers)
+        assert row["cost_usd"] == pytest.approx(paid)
+        assert row["list_cost_usd"] == pytest.approx(2 * paid)
+        assert row["batch_saved_usd"] == pytest.approx(paid)
+        res = await anyio.run_process(
+            [sys.executable, "-m", "rollwatch", "--config", cfg, "report", "--format", "table"]
+        )
+        assert "BATCH SAVED" in res.stdout.decode()
 
     async def test_batches_are_cut_at_the_request_limit(self, tmp_path: Path) -> None:
         """With ``batch_max_requests = 4`` the ten rollouts go in batches of 4, 4 and 2,
@@ -196,19 +222,25 @@ class TestBatchRun:
         assert len(ids) == 10
         assert set(ids.values()) == {1}
 
-    async def test_a_lost_create_answer_is_found_not_repeated(self, tmp_path: Path) -> None:
-        """OpenAI makes the batch but its answer never arrives (the client times out):
-        before trying again the client finds the batch by its key in the batch list and
-        follows it; one batch is created, the run completes."""
-        async with batch_provider("openai", lambda b, i, c: "ok") as server:
+    @pytest.mark.parametrize("kind", KINDS)
+    async def test_a_lost_create_answer_is_found_not_repeated(self, kind: str, tmp_path: Path) -> None:
+        """The provider makes the batch but its answer never arrives (the client times
+        out): before trying again the client finds the batch (OpenAI: by its key in the
+        metadata; Gemini: in the display name; Anthropic: the batch created since, of
+        ten requests, whose results' custom ids are the rollout ids) and follows it; one
+        batch is created, the run completes."""
+        async with batch_provider(kind, lambda b, i, c: "ok") as server:
             server.stall_creates = 1
-            config = load_config(write_config(tmp_path, "openai", server.url, timeout="1s"))
+            config = load_config(write_config(tmp_path, kind, server.url, timeout="1s"))
             fin = await run_once(config)
             assert server.creates == 1
+            (made,) = server.batches
         async with SQLiteEventStore(tmp_path / "events.db") as store:
             submitted = await events_of(store, BatchSubmitted)
+            answers = await events_of(store, RolloutResponded)
         assert fin.status == "completed"
-        assert [s.batch_id for s in submitted] == ["batch_1"]
+        assert [s.batch_id for s in submitted] == [made]
+        assert Counter(a.rollout_id for a in answers) == Counter(set(submitted[0].rollouts))
 
     @pytest.mark.parametrize("kind", KINDS)
     async def test_one_model_per_batch(self, kind: str, tmp_path: Path) -> None:
@@ -277,16 +309,24 @@ class TestBatchKill:
             ("openai", "submitted"),
             ("openai", "polling"),
             ("openai", "downloading"),
+            ("openai", "created"),
+            ("anthropic", "created"),
             ("anthropic", "submitted"),
             ("anthropic", "downloading"),
+            ("gemini", "created"),
+            ("gemini", "polling"),
+            ("gemini", "downloading"),
         ],
     )
     async def test_sigkill_at_each_stage_then_restart(self, kind: str, stage: str, tmp_path: Path) -> None:
         """``rollwatch run`` killed with SIGKILL while its batch create was unanswered
-        (OpenAI made the batch), after its batch was submitted (the first poll arrived),
-        while polling, or while downloading results, then started again:
-        the restarted daemon (``rollwatch serve``, the schedule disabled so that only the
-        resumed run can create a batch) resumes the run by polling the same batch. The
+        (the provider made the batch), right after the provider answered the create
+        (before the answer reached the log: a fault hook in the server kills it), after
+        its batch was submitted (the first poll arrived), while polling, or while
+        downloading results, then started again: the restarted daemon (``rollwatch
+        serve``, the schedule disabled so that only the resumed run can create a batch)
+        resumes the run by polling the same batch — found at the provider and adopted
+        when the log had only the intent (Anthropic: by the batch's contents). The
         provider saw exactly one batch created, and every rollout is answered exactly
         once."""
         async with batch_provider(kind, lambda b, i, c: "ok", polls_in_progress=10**9) as server:
@@ -295,9 +335,16 @@ class TestBatchKill:
                 server.hold_results = True
             if stage == "creating":
                 server.stall_creates = 1
+            procs: list[anyio.abc.Process] = []
+            if stage == "created":
+                server.after_create = lambda: os.kill(procs[0].pid, signal.SIGKILL)
             proc = await _rollwatch(cfg, "run", "nightly")
+            procs.append(proc)
             try:
-                if stage == "creating":
+                if stage == "created":
+                    with anyio.fail_after(60):
+                        await proc.wait()
+                elif stage == "creating":
                     await _wait_until(lambda: server.creates >= 1)
                 elif stage == "submitted":
                     await _wait_until(lambda: server.polls >= 1)
@@ -307,8 +354,11 @@ class TestBatchKill:
                     server.polls_in_progress = 1
                     await server.result_requested.wait()
             finally:
-                proc.send_signal(signal.SIGKILL)
+                if proc.returncode is None:
+                    proc.send_signal(signal.SIGKILL)
                 await proc.wait()
+            assert proc.returncode == -signal.SIGKILL
+            server.after_create = None
             server.hold_results = False
             server.polls_in_progress = 1
             write_config(tmp_path, kind, server.url, poll="50ms", enabled=False)
@@ -327,6 +377,8 @@ class TestBatchKill:
             submitted = await events_of(store, BatchSubmitted)
             finished = await events_of(store, RunFinished)
         assert len(submitted) == 1
+        # Killed before the log knew the batch's id: the restart found and adopted it.
+        assert submitted[0].adopted == (stage in ("creating", "created"))
         counts = Counter(a.rollout_id for a in answers)
         assert set(counts) == set(submitted[0].rollouts)
         assert set(counts.values()) == {1}
@@ -434,3 +486,85 @@ class TestBatchCluster:
         assert Counter(a.rollout_id for a in answers) == Counter(set(in_batches))
         assert [f.status for f in finished] == ["completed"]
         assert survivor
+
+
+# --- progress -------------------------------------------------------------------------------
+
+
+class TestBatchProgress:
+    def test_figures_name_states_counts_and_the_expected_end(self) -> None:
+        """Open batches by state with requests done, the ended count, and when the last
+        open batch should end at its pace so far; ``-`` while a batch reported none."""
+        st = RunState(total=30)
+        st.batches["a"] = BatchProgress("in_progress", 10, submitted_at=1000.0, done=5)
+        st.batches["b"] = BatchProgress("in_progress", 10, submitted_at=1030.0, done=2)
+        st.batches_ended.add("c")
+        # a: 5 of 10 in 60 s → ends at 1120; b: 2 of 10 in 30 s → ends at 1180.
+        assert st.batch_figures(1060.0) == {"batches": "2 in_progress 7/20, 1 ended", "batch_eta": "2m00s"}
+        st.batches["d"] = BatchProgress("submitted", 4, submitted_at=1060.0)
+        assert st.batch_figures(1060.0)["batch_eta"] == ">2m00s"
+        st.batches.clear()
+        assert st.batch_figures(1060.0) == {"batches": "1 ended", "batch_eta": "done"}
+        assert RunState().batch_figures(0.0) == {}
+
+    async def test_run_on_a_terminal_shows_batch_states_and_metrics_count_them(self, tmp_path: Path) -> None:
+        """``rollwatch run`` on a terminal (a pty) draws the batch's state, its requests
+        done and the expected end as the provider reports progress, then the batch as
+        ended; meanwhile the log read by /metrics' collector counts the batch as open
+        ``in_progress``."""
+        async with batch_provider("openai", lambda b, i, c: "ok", polls_in_progress=10**9) as server:
+            server.partial_counts = True
+            cfg = write_config(tmp_path, "openai", server.url, poll="100ms")
+            master, slave = os.openpty()
+            env = {**os.environ, KEY_ENV: KEY}
+            proc = await anyio.open_process(
+                [sys.executable, "-m", "rollwatch", "--config", str(cfg), "run", "nightly"],
+                env=env,
+                stdout=None,
+                stderr=slave,
+            )
+            os.close(slave)
+            out = bytearray()
+            seen_open = ""
+            async with await anyio.open_file(master, "rb", buffering=0, closefd=True) as term:
+
+                async def read() -> None:
+                    while True:
+                        try:
+                            chunk = await term.read(4096)
+                        except OSError:  # EIO: the child closed the terminal
+                            return
+                        if not chunk:
+                            return
+                        out.extend(chunk)
+
+                try:
+                    async with anyio.create_task_group() as tg:
+                        tg.start_soon(read)
+                        with anyio.fail_after(60):
+                            while b"in_progress 3/10" not in out:
+                                await anyio.sleep(0.05)
+                        async with SQLiteEventStore(tmp_path / "events.db") as store:
+                            metrics = Metrics()
+                            async for rec in store.read():
+                                metrics.observe_event(rec)
+                        seen_open = metrics.render()[0].decode()
+                        server.polls_in_progress = 1  # now let it end
+                        with anyio.fail_after(60):
+                            code = await proc.wait()
+                finally:
+                    if proc.returncode is None:
+                        proc.kill()
+                        await proc.wait()
+        text = out.decode(errors="replace")
+        assert code == 0, text
+        bars = [seg for seg in text.split("\r") if seg.startswith("nightly [")]
+        progressing = [seg for seg in bars if "batches 1 in_progress 3/10" in seg]
+        # Some requests done: the expected end is known (a duration, not "-").
+        assert progressing, bars
+        assert re.search(r"batch_eta \d+s", progressing[0]), progressing[0]
+        assert "0/10 passed" in progressing[0]  # no rollout answered yet: all in the batch
+        assert "10/10" in bars[-1]
+        assert "batches 1 ended" in bars[-1]
+        assert "batch_eta done" in bars[-1]
+        assert 'rollwatch_batches{state="in_progress"} 1.0' in seen_open

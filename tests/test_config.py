@@ -122,7 +122,7 @@ def test_bundled_config_is_valid() -> None:
         pytest.param(BASE + '\n[scoring]\nworkers = "many"\n', "scoring.workers", id="bad-type"),
         pytest.param(
             BASE.replace('kind = "reference"', 'kind = "reference"\nbatch = true'),
-            "providers[0]: batch = true needs a provider with a batch API (openai, anthropic)",
+            "providers[0]: batch = true needs a provider with a batch API (openai, anthropic, gemini)",
             id="batch-on-reference",
         ),
         pytest.param(

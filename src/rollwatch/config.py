@@ -212,14 +212,14 @@ class Price(_Strict):
     cached_input: float | None = Field(default=None, ge=0)
     batch_input: float | None = Field(default=None, ge=0)
     """USD per million input tokens through the batch API (default: half of ``input``,
-    OpenAI's and Anthropic's batch discount)."""
+    OpenAI's, Anthropic's and Gemini's batch discount)."""
     batch_output: float | None = Field(default=None, ge=0)
     """USD per million output tokens through the batch API (default: half of ``output``)."""
 
 
 ProviderKind = Literal["openai", "anthropic", "gemini", "reference"]
 #: Provider kinds whose batch API rollwatch speaks.
-BATCH_KINDS = ("openai", "anthropic")
+BATCH_KINDS = ("openai", "anthropic", "gemini")
 
 DEFAULT_BASE_URLS: dict[str, str] = {
     "openai": "https://api.openai.com/v1",

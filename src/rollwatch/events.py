@@ -437,6 +437,9 @@ class RolloutResponded(Event):
     """OpenAI's ``system_fingerprint`` of the answer (None from other providers)."""
     ttft_ms: float | None = None
     """Time to the first token of a streamed answer."""
+    list_cost_usd: float | None = None
+    """A batched answer's cost at the synchronous (list) prices; ``cost_usd`` is what it
+    cost at the batch prices. None on an answer that was not batched."""
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -10,7 +10,8 @@ import time
 from typing import TextIO
 
 
-def _fmt_secs(s: float) -> str:
+def fmt_secs(s: float) -> str:
+    """A duration for a person: ``42s``, ``3m07s``, ``2h05m``."""
     s = int(max(0, s))
     if s >= 3600:
         return f"{s // 3600}h{s % 3600 // 60:02d}m"
@@ -53,7 +54,7 @@ class Progress:
         elapsed = now - self._start
         left = elapsed / frac - elapsed if frac > 0 else 0.0
         extra = " ".join(f"{k} {v}" for k, v in self.fields.items())
-        eta = f"left {_fmt_secs(left)}" if 0 < frac < 1 else f"took {_fmt_secs(elapsed)}"
+        eta = f"left {fmt_secs(left)}" if 0 < frac < 1 else f"took {fmt_secs(elapsed)}"
         self.stream.write(f"\r{self.label} [{bar}] {self.done}/{self.total} {extra} {eta}\x1b[K")
         self.stream.flush()
 

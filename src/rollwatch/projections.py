@@ -380,7 +380,9 @@ class RunsProjection(Projection):
     """
 
     name = "runs"
-    version = 3  # 2: verdicts, problem_versions, rollouts.verdict_hash (re-scores); 3: rollouts.served_model
+    # 2: verdicts, problem_versions, rollouts.verdict_hash (re-scores); 3: rollouts.served_model;
+    # 4: rollouts.list_cost_usd (batched answers at list prices)
+    version = 4
     tables = ("runs", "rollouts", "verdicts", "problem_versions")
     types = frozenset(
         {
@@ -407,7 +409,8 @@ class RunsProjection(Projection):
         requested_at TEXT, answered_at TEXT, answer_seq INTEGER, cost_usd REAL,
         fail_kind TEXT, passed INTEGER, score REAL, scored_at TEXT, scored_seq INTEGER, reason TEXT,
         verdict_hash TEXT,
-        served_model TEXT
+        served_model TEXT,
+        list_cost_usd REAL
     );
     CREATE TABLE IF NOT EXISTS verdicts (
         seq INTEGER PRIMARY KEY, rollout_id TEXT NOT NULL, problem_id TEXT, problem_hash TEXT,
@@ -473,8 +476,8 @@ class RunsProjection(Projection):
         elif isinstance(ev, e.RolloutResponded):
             db.execute(
                 "UPDATE rollouts SET state = CASE WHEN state = 'scored' THEN state ELSE 'answered' END,"
-                " answered_at=?, answer_seq=?, cost_usd=?, served_model=? WHERE rollout_id=?",
-                (rec.at, rec.seq, ev.cost_usd, ev.model, ev.rollout_id),
+                " answered_at=?, answer_seq=?, cost_usd=?, served_model=?, list_cost_usd=? WHERE rollout_id=?",
+                (rec.at, rec.seq, ev.cost_usd, ev.model, ev.list_cost_usd, ev.rollout_id),
             )
             if ev.cost_usd:
                 db.execute(

@@ -1,17 +1,21 @@
-"""A loopback provider that speaks OpenAI's Batch API and Anthropic's Message Batches.
+"""A loopback provider that speaks OpenAI's Batch API, Anthropic's Message Batches and
+Gemini's batch mode.
 
 Built on :mod:`tests.providers.loopback` (raw HTTP on 127.0.0.1). Every poll moves a
 batch one state further (OpenAI: validating → in_progress → finalizing → completed;
-Anthropic: in_progress → ended), after ``polls_in_progress`` polls in progress. What
-each request gets is the test's choice (``fate``): an answer, an error, or nothing
-(the batch "expired" before it: it is missing from the results). ``creates`` counts
-the batches created, ``hold_results`` holds the results download until released.
+Anthropic: in_progress → ended; Gemini: PENDING → RUNNING → SUCCEEDED, or EXPIRED when
+a request of it expires), after ``polls_in_progress`` polls in progress. What each
+request gets is the test's choice (``fate``): an answer, an error, or nothing (the
+batch "expired" before it: it is missing from the results). ``creates`` counts the
+batches created, ``hold_results`` holds the results download until released, and
+``after_create`` (a fault hook) runs right after a create's answer is sent.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -19,7 +23,7 @@ from typing import Any, Literal
 
 import anyio
 
-from tests.providers.fakes import AnthropicWire, OpenAIWire
+from tests.providers.fakes import AnthropicWire, GeminiWire, OpenAIWire
 from tests.providers.loopback import LoopbackServer, Reply, Seen, serve
 
 Fate = Literal["ok", "error", "expire"]
@@ -34,6 +38,7 @@ class _Batch:
     state: str = ""
     fates: dict[str, Fate] = field(default_factory=dict)
     metadata: dict[str, Any] = field(default_factory=dict)
+    created_at: float = field(default_factory=time.time)
 
 
 class BatchProvider:
@@ -54,6 +59,11 @@ class BatchProvider:
         """Answer every create with this status (e.g. 401) instead."""
         self.stall_creates = 0
         """Create this many batches without answering the create (the answer is lost)."""
+        self.partial_counts = False
+        """Report requests done while a batch is in progress (OpenAI wire): a tenth
+        more at each poll."""
+        self.after_create: Callable[[], None] | None = None
+        """Called right after a create's answer is sent (e.g. SIGKILL the client)."""
         self.released = anyio.Event()
         self.result_requested = anyio.Event()
         self.server: LoopbackServer | None = None
@@ -68,7 +78,13 @@ class BatchProvider:
     def reply(self, seen: Seen) -> Reply:
         if self.kind == "openai":
             return self._openai(seen)
+        if self.kind == "gemini":
+            return self._gemini(seen)
         return self._anthropic(seen)
+
+    def _created(self, reply: Reply) -> Reply:
+        reply.after = self.after_create
+        return reply
 
     def _openai(self, seen: Seen) -> Reply:
         t = seen.target
@@ -88,7 +104,7 @@ class BatchProvider:
             if self.stall_creates > 0:
                 self.stall_creates -= 1
                 return Reply(action="stall")
-            return Reply(200, self._openai_view(b))
+            return self._created(Reply(200, self._openai_view(b)))
         if seen.method == "GET" and t.startswith("/batches?"):
             data = [self._openai_view(b) for b in reversed(self.batches.values())]
             return Reply(200, {"object": "list", "data": data, "has_more": False, "last_id": None})
@@ -112,7 +128,16 @@ class BatchProvider:
         t = seen.target
         if seen.method == "POST" and t == "/v1/messages/batches":
             b = self._create("msgbatch", seen.json()["requests"], "in_progress")
-            return Reply(200, self._anthropic_view(b))
+            if self.stall_creates > 0:
+                self.stall_creates -= 1
+                return Reply(action="stall")
+            return self._created(Reply(200, self._anthropic_view(b)))
+        if seen.method == "GET" and t.startswith("/v1/messages/batches?"):
+            # Newest first, one page: what a restarted client searches for its batch.
+            data = [self._anthropic_view(b) for b in reversed(self.batches.values())]
+            first = data[0]["id"] if data else None
+            last = data[-1]["id"] if data else None
+            return Reply(200, {"data": data, "has_more": False, "first_id": first, "last_id": last})
         if seen.method == "GET" and (m := re.fullmatch(r"/v1/messages/batches/(\w+)", t)):
             b = self.batches[m.group(1)]
             self.polls += 1
@@ -124,11 +149,85 @@ class BatchProvider:
             return self._download(self._anthropic_results(self.batches[m.group(1)]))
         return Reply(404, {"type": "error", "error": {"type": "not_found_error", "message": t}})
 
+    def _gemini(self, seen: Seen) -> Reply:
+        t = seen.target
+        if seen.method == "POST" and (m := re.fullmatch(r"/models/([\w.-]+):batchGenerateContent", t)):
+            batch = seen.json()["batch"]
+            requests = [
+                {"custom_id": r["metadata"]["key"], "body": {**r["request"], "model": m.group(1)}}
+                for r in batch["inputConfig"]["requests"]["requests"]
+            ]
+            b = self._create("batches/gb", requests, "BATCH_STATE_PENDING")
+            b.metadata = {"displayName": batch["displayName"], "model": f"models/{m.group(1)}"}
+            if self.stall_creates > 0:
+                self.stall_creates -= 1
+                return Reply(action="stall")
+            return self._created(Reply(200, self._gemini_view(b)))
+        if seen.method == "GET" and t.startswith("/batches?"):
+            ops = [self._gemini_view(b) for b in reversed(self.batches.values())]
+            return Reply(200, {"operations": ops})
+        if seen.method == "GET" and (m := re.fullmatch(r"/(batches/[\w-]+)", t)):
+            b = self.batches[m.group(1)]
+            if b.state in ("BATCH_STATE_SUCCEEDED", "BATCH_STATE_EXPIRED"):
+                # A read of an ended batch is the results download.
+                return self._download_reply(self._gemini_view(b))
+            self.polls += 1
+            b.polls += 1
+            if b.state == "BATCH_STATE_PENDING":
+                b.state = "BATCH_STATE_RUNNING"
+            elif b.state == "BATCH_STATE_RUNNING" and b.polls > self.polls_in_progress:
+                expired = any(f == "expire" for f in b.fates.values())
+                b.state = "BATCH_STATE_EXPIRED" if expired else "BATCH_STATE_SUCCEEDED"
+            return Reply(200, self._gemini_view(b))
+        return Reply(404, {"error": {"code": 404, "message": f"no route {t}", "status": "NOT_FOUND"}})
+
+    def _gemini_view(self, b: _Batch) -> dict[str, Any]:
+        ended = b.state in ("BATCH_STATE_SUCCEEDED", "BATCH_STATE_EXPIRED")
+        n = len(b.requests)
+        ok = sum(f == "ok" for f in b.fates.values())
+        err = sum(f == "error" for f in b.fates.values())
+        meta: dict[str, Any] = {
+            "@type": "type.googleapis.com/google.ai.generativelanguage.v1beta.GenerateContentBatch",
+            **b.metadata,
+            "name": b.id,
+            "state": b.state,
+            "batchStats": {
+                "requestCount": str(n),
+                "successfulRequestCount": str(ok if ended else 0),
+                "failedRequestCount": str(err if ended else 0),
+                "pendingRequestCount": str(n - ok - err if ended else n),
+            },
+        }
+        op: dict[str, Any] = {"name": b.id, "metadata": meta, "done": ended}
+        if ended:
+            wire = GeminiWire()
+            items: list[dict[str, Any]] = []
+            for r in b.requests:
+                cid, fate = r["custom_id"], b.fates[r["custom_id"]]
+                if fate == "ok":
+                    items.append(
+                        {"metadata": {"key": cid}, "response": wire.ok("def f():\n    return 1").body}
+                    )
+                elif fate == "error":
+                    error = {
+                        "code": 3,
+                        "message": "Invalid value at 'temperature'",
+                        "status": "INVALID_ARGUMENT",
+                    }
+                    items.append({"metadata": {"key": cid}, "error": error})
+                # an expired request has no response at all
+            meta["output"] = {"inlinedResponses": {"inlinedResponses": items}}
+            op["response"] = {
+                "@type": "type.googleapis.com/google.ai.generativelanguage.v1beta.GenerateContentBatchOutput",
+                "inlinedResponses": {"inlinedResponses": items},
+            }
+        return op
+
     # -- the batches -----------------------------------------------------------------------
 
     def _create(self, prefix: str, requests: list[dict[str, Any]], state: str) -> _Batch:
         self.creates += 1
-        bid = f"{prefix}_{self.creates}"
+        bid = f"{prefix}_{self.creates}" if "/" not in prefix else f"{prefix}{self.creates}"
         b = _Batch(bid, self.kind, requests, state=state)
         for i, r in enumerate(requests):
             b.fates[r["custom_id"]] = self.fate(self.creates, i, r["custom_id"])
@@ -139,7 +238,8 @@ class BatchProvider:
         done = b.state in ("completed", "ended")
         n = len(b.requests)
         failed = sum(f != "ok" for f in b.fates.values()) if done else 0
-        return {"total": n, "completed": n - failed if done else 0, "failed": failed}
+        partial = min(n, n * b.polls // 10) if self.partial_counts else 0
+        return {"total": n, "completed": n - failed if done else partial, "failed": failed}
 
     def _openai_view(self, b: _Batch) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -195,6 +295,7 @@ class BatchProvider:
         return {
             "id": b.id,
             "type": "message_batch",
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(b.created_at)),
             "processing_status": b.state,
             "request_counts": counts,
             "expires_at": "2026-12-01T00:00:00Z",
@@ -222,11 +323,14 @@ class BatchProvider:
         return "".join(lines).encode()
 
     def _download(self, data: bytes) -> Reply:
+        return self._download_reply(data, {"content-type": "application/binary"})
+
+    def _download_reply(self, data: Any, headers: dict[str, str] | None = None) -> Reply:
         self.downloads += 1
         self.result_requested.set()
         if self.hold_results:
             return Reply(action="stall")
-        return Reply(200, data, {"content-type": "application/binary"})
+        return Reply(200, data, headers or {})
 
 
 def _multipart_file(body: bytes) -> bytes:
@@ -241,7 +345,7 @@ def _multipart_file(body: bytes) -> bytes:
 async def batch_provider(
     kind: str, fate: Callable[[int, int, str], Fate], **kw: Any
 ) -> AsyncIterator[BatchProvider]:
-    """A running :class:`BatchProvider` of ``kind`` (openai or anthropic)."""
+    """A running :class:`BatchProvider` of ``kind`` (openai, anthropic or gemini)."""
     provider = BatchProvider(kind, fate, **kw)
     async with serve(provider.reply) as server:
         provider.server = server

@@ -46,13 +46,15 @@ class Reply:
     ``drop`` closes without a response; ``stall`` never answers (until the server
     stops), for timeouts; ``hold`` answers the default reply once ``server.release``
     is set; ``trickle`` sends the head and half the body, then nothing more (a stream
-    that stalls mid-answer).
+    that stalls mid-answer). ``after``, when set, is called once the reply is sent (a
+    fault hook: e.g. kill the client right after it got its answer).
     """
 
     status: int = 200
     body: Any = None
     headers: dict[str, str] = field(default_factory=dict)
     action: Action = "respond"
+    after: Callable[[], None] | None = None
 
     def payload(self) -> bytes:
         if isinstance(self.body, bytes):
@@ -156,6 +158,8 @@ class LoopbackServer:
             await anyio.sleep_forever()
         await stream.send(head.encode() + body)
         seen.replied_at = anyio.current_time()
+        if reply.after is not None:
+            reply.after()
         return True
 
 

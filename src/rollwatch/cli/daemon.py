@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 
 import anyio
 import click
@@ -79,6 +80,7 @@ def run_cmd(ctx: Context, schedule: str, rollouts: int | None, models: str | Non
                 if bar is None:
                     bar = Progress(schedule, st.total)
                 bar.total = st.total
+                bar.fields.update(st.batch_figures(time.time()))
                 bar.update(st.done, passed=st.passed, cost=f"${st.cost_usd:.4f}")
 
             pending = None if new else await unfinished_run_of(svc, schedule)

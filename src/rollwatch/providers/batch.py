@@ -1,6 +1,6 @@
 """Provider batch APIs: many requests in one job, answered within hours, at half price.
 
-Two wire formats, behind one small interface (:class:`BatchAPI`):
+Three wire formats, behind one small interface (:class:`BatchAPI`):
 
 * **OpenAI Batch** — upload the requests as a JSONL file (``POST {base_url}/files``,
   multipart, ``purpose=batch``; each line ``{"custom_id", "method": "POST", "url":
@@ -15,21 +15,40 @@ Two wire formats, behind one small interface (:class:`BatchAPI`):
   (``GET .../batches/{id}``: ``processing_status`` ``in_progress``, ``canceling``,
   ``ended``), and read the results (``GET`` the batch's ``results_url``; each line
   ``{"custom_id", "result": {"type": "succeeded" | "errored" | "canceled" |
-  "expired", ...}}``).
+  "expired", ...}}``). Its batches carry no metadata: a batch whose create answer was
+  lost (a kill, a timeout) is found by its *contents*: among the batches created
+  since the attempt, of the same request count and not known to the log, the one whose
+  results' custom ids are exactly our rollout ids (UUIDs: no other batch has them).
+  Results exist only once a batch ended, so that search waits for candidates to end.
+* **Gemini batch mode** — create with the requests inline (``POST
+  {base_url}/models/{model}:batchGenerateContent``, ``{"batch": {"displayName",
+  "inputConfig": {"requests": {"requests": [{"request", "metadata": {"key"}}]}}}}``,
+  at most 20 MB); the answer is a long-running operation named ``batches/{id}``; poll
+  it (``GET {base_url}/batches/{id}``: ``metadata.state`` ``BATCH_STATE_PENDING``,
+  ``_RUNNING``, then ``_SUCCEEDED``, ``_FAILED``, ``_CANCELLED`` or ``_EXPIRED``;
+  ``metadata.batchStats`` counts), and read the results inline in the ended operation
+  (``metadata.output.inlinedResponses.inlinedResponses`` or ``response.inlinedResponses
+  .inlinedResponses``; each ``{"metadata": {"key"}, "response" | "error"}``). The
+  display name carries the key (``rollwatch-KEY``), so a lost batch is found in
+  ``GET {base_url}/batches``. Input and output files (for batches over 20 MB) are not
+  used: batches are cut at 18 MB.
 
 Each request's body is what the synchronous adapter builds, so a batched answer is
 parsed by the same adapter and recorded exactly like a synchronous one. A request that
 a batch ends without answering (expired, cancelled, missing from the files) is
 *unanswered*: the run submits it again in a later batch. The custom id of a request
-is its rollout id (a UUID: valid for both vendors' ``^[a-zA-Z0-9_-]{1,64}$``).
+is its rollout id (a UUID: valid for OpenAI's and Anthropic's
+``^[a-zA-Z0-9_-]{1,64}$``; Gemini's per-request ``metadata.key``).
 """
 
 from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
+from contextlib import aclosing
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Protocol
 
 from rollwatch.abc import WireAdapter
@@ -66,6 +85,25 @@ class Submitted:
 #: How many pages of the batch list a restarted daemon searches for its lost batch.
 FIND_PAGES = 10
 
+#: Clock skew allowed between this host and the provider when searching by creation time.
+FIND_SKEW = 300.0
+
+
+@dataclass(frozen=True, slots=True)
+class Lookup:
+    """What the search for a batch whose create answer was lost may use besides its key."""
+
+    since: float
+    """Epoch seconds before which the batch cannot have been created (the intent's time)."""
+    custom_ids: frozenset[str]
+    """The batch's requests' custom ids (its rollout ids)."""
+    known: frozenset[str] = frozenset()
+    """Batch ids the log already records: never the lost one."""
+    wait: Callable[[], Awaitable[None]] | None = None
+    """Sleep between polls of a candidate that has not ended yet (None: do not wait,
+    a candidate still running counts as not found)."""
+
+
 Outcome = Parsed | ProviderError
 """One request's result: the parsed answer, or the error the provider gave it."""
 
@@ -78,9 +116,12 @@ class BatchAPI(Protocol):
         can carry it; ProviderError when not accepted."""
         ...
 
-    async def find(self, send: Send, key: str) -> str | None:
-        """The id of a batch submitted with ``key``; None when there is none or the API
-        cannot tell (Anthropic's batches carry no metadata)."""
+    max_bytes: int
+    """Request bytes per batch at most."""
+
+    async def find(self, send: Send, key: str, lookup: Lookup) -> str | None:
+        """The id of a batch submitted with ``key`` (or, where the API carries no key,
+        the batch that ``lookup`` identifies); None when there is none."""
         ...
 
     async def poll(self, send: Send, batch_id: str) -> BatchState:
@@ -90,6 +131,20 @@ class BatchAPI(Protocol):
     async def results(self, send: Send, state: BatchState) -> dict[str, Outcome]:
         """Every result of an ended batch by custom id (unanswered ones are absent)."""
         ...
+
+
+def progress_of(counts: Mapping[str, int]) -> tuple[int, int]:
+    """(requests done, requests in all) from a poll's counts, whichever vendor's shape:
+    OpenAI ``total``/``completed``/``failed``; Anthropic ``processing`` and the ended
+    kinds; Gemini ``request_count``/``successful_request_count``/``failed_request_count``."""
+    if "request_count" in counts:
+        return counts.get("successful_request_count", 0) + counts.get("failed_request_count", 0), counts[
+            "request_count"
+        ]
+    if "processing" in counts:
+        total = sum(counts.values())
+        return total - counts["processing"], total
+    return counts.get("completed", 0) + counts.get("failed", 0), counts.get("total", 0)
 
 
 def _check(status: int, body: bytes, what: str) -> Any:
@@ -102,6 +157,37 @@ def _check(status: int, body: bytes, what: str) -> Any:
         return json.loads(body)
     except ValueError:
         raise bad_response(f"{what}: the body is not JSON") from None
+
+
+def _last_id(data: dict[str, Any]) -> Any:
+    """OpenAI's and Anthropic's list cursor: ``last_id`` while ``has_more``."""
+    return data.get("last_id") if data.get("has_more") else None
+
+
+async def _listing(
+    send: Send,
+    path: Callable[[str | None], str],
+    key: str,
+    *,
+    cursor: Callable[[dict[str, Any]], Any] = _last_id,
+    headers: dict[str, str] | None = None,
+) -> AsyncGenerator[dict[str, Any], None]:
+    """The objects of a paginated batch list (``path(cursor)`` per page, the page's list
+    under ``key``), up to :data:`FIND_PAGES` pages; stops at a page without that list."""
+    token: str | None = None
+    for _ in range(FIND_PAGES):
+        status, _, body = await send("GET", path(token), headers=headers)
+        data = as_dict(_check(status, body, "batch list"))
+        items = data.get(key)
+        if not isinstance(items, list):
+            return
+        for item in items:
+            if isinstance(item, dict):
+                yield item
+        nxt = cursor(data)
+        if not isinstance(nxt, str) or not nxt:
+            return
+        token = nxt
 
 
 def _counts(value: Any) -> dict[str, int]:
@@ -142,6 +228,9 @@ _OPENAI_ENDED = frozenset({"completed", "failed", "expired", "cancelled"})
 
 class OpenAIBatchAPI:
     """OpenAI's Batch API (see the module docstring)."""
+
+    #: Under the 200 MB input file, with room for each line's envelope.
+    max_bytes = 100 * 1024 * 1024
 
     def __init__(self, adapter: WireAdapter) -> None:
         self.adapter = adapter
@@ -194,24 +283,16 @@ class OpenAIBatchAPI:
             raise bad_response("batch create: no batch id in the answer")
         return Submitted(batch_id, file_id, len(data))
 
-    async def find(self, send: Send, key: str) -> str | None:
+    async def find(self, send: Send, key: str, lookup: Lookup) -> str | None:
         """``GET /batches`` (newest first), up to :data:`FIND_PAGES` pages of 100."""
-        after: str | None = None
-        for _ in range(FIND_PAGES):
-            path = "/batches?limit=100" + (f"&after={after}" if after else "")
-            status, _, body = await send("GET", path)
-            data = as_dict(_check(status, body, "batch list"))
-            items = data.get("data")
-            if not isinstance(items, list):
-                return None
-            for item in items:
-                if isinstance(item, dict) and as_dict(item.get("metadata")).get("rollwatch_batch") == key:
+        pages = _listing(
+            send, lambda after: "/batches?limit=100" + (f"&after={after}" if after else ""), "data"
+        )
+        async with aclosing(pages) as items:
+            async for item in items:
+                if as_dict(item.get("metadata")).get("rollwatch_batch") == key:
                     found = item.get("id")
                     return found if isinstance(found, str) else None
-            last = data.get("last_id")
-            if not data.get("has_more") or not isinstance(last, str):
-                return None
-            after = last
         return None
 
     async def poll(self, send: Send, batch_id: str) -> BatchState:
@@ -263,12 +344,59 @@ class OpenAIBatchAPI:
 class AnthropicBatchAPI:
     """Anthropic's Message Batches API (see the module docstring)."""
 
+    #: Under the 256 MB request.
+    max_bytes = 100 * 1024 * 1024
+
     def __init__(self, adapter: WireAdapter) -> None:
         self.adapter = adapter
 
-    async def find(self, send: Send, key: str) -> str | None:
-        """None: Anthropic's batches carry no metadata to find one by."""
+    async def find(self, send: Send, key: str, lookup: Lookup) -> str | None:
+        """The batch made of exactly ``lookup.custom_ids``, created since
+        ``lookup.since`` (less :data:`FIND_SKEW`), not in ``lookup.known``: candidates of
+        the right request count from ``GET /v1/messages/batches`` (newest first), each
+        polled until it ends (``lookup.wait`` between polls) and its results' custom ids
+        compared. None when no candidate matches."""
+        candidates = await self._candidates(send, lookup)
+        while candidates:
+            waiting: list[str] = []
+            for bid in candidates:
+                state = await self.poll(send, bid)
+                if not state.ended:
+                    waiting.append(bid)
+                elif await self._custom_ids(send, state) == lookup.custom_ids:
+                    return bid
+            if not waiting or lookup.wait is None:
+                return None
+            await lookup.wait()
+            candidates = waiting
         return None
+
+    async def _candidates(self, send: Send, lookup: Lookup) -> list[str]:
+        out: list[str] = []
+        pages = _listing(
+            send,
+            lambda after: "/v1/messages/batches?limit=100" + (f"&after_id={after}" if after else ""),
+            "data",
+            headers={"anthropic-version": "2023-06-01"},
+        )
+        async with aclosing(pages) as items:
+            async for item in items:
+                bid, created = item.get("id"), _epoch(item.get("created_at"))
+                if created is not None and created < lookup.since - FIND_SKEW:
+                    break  # newest first: the rest are older still
+                total = sum(_counts(item.get("request_counts")).values())
+                if isinstance(bid, str) and bid not in lookup.known and total == len(lookup.custom_ids):
+                    out.append(bid)
+        return out
+
+    async def _custom_ids(self, send: Send, state: BatchState) -> frozenset[str]:
+        ids: set[str] = set()
+        for url in state.results:
+            status, _, body = await send("GET", url, headers={"anthropic-version": "2023-06-01"})
+            if not 200 <= status < 300:
+                _check(status, body, "download of the batch results")
+            ids.update(str(i["custom_id"]) for i in _jsonl(body) if isinstance(i.get("custom_id"), str))
+        return frozenset(ids)
 
     async def submit(self, send: Send, requests: Mapping[str, WireRequest], key: str) -> Submitted:
         """``POST /v1/messages/batches`` with every request inline (``key`` unused)."""
@@ -331,7 +459,125 @@ class AnthropicBatchAPI:
         return out
 
 
+# --- Gemini ---------------------------------------------------------------------------
+
+_GEMINI_ENDED = frozenset(
+    {"BATCH_STATE_SUCCEEDED", "BATCH_STATE_FAILED", "BATCH_STATE_CANCELLED", "BATCH_STATE_EXPIRED"}
+)
+#: google.rpc codes worth another try: CANCELLED, UNKNOWN, DEADLINE_EXCEEDED,
+#: RESOURCE_EXHAUSTED, ABORTED, INTERNAL, UNAVAILABLE.
+_GOOGLE_RETRYABLE = frozenset({1, 2, 4, 8, 10, 13, 14})
+
+
+class GeminiBatchAPI:
+    """The Gemini API's batch mode, inline requests (see the module docstring)."""
+
+    #: Under the 20 MB of an inline batch request.
+    max_bytes = 18 * 1024 * 1024
+
+    def __init__(self, adapter: WireAdapter) -> None:
+        self.adapter = adapter
+
+    async def submit(self, send: Send, requests: Mapping[str, WireRequest], key: str) -> Submitted:
+        """``POST /models/{model}:batchGenerateContent``, display name ``rollwatch-KEY``."""
+        path = next(iter(requests.values())).path.replace(":generateContent", ":batchGenerateContent")
+        batch = {
+            "displayName": f"rollwatch-{key}",
+            "inputConfig": {
+                "requests": {
+                    "requests": [{"request": w.body, "metadata": {"key": cid}} for cid, w in requests.items()]
+                }
+            },
+        }
+        data = json.dumps({"batch": batch}, separators=(",", ":"), ensure_ascii=False).encode()
+        status, _, body = await send("POST", path, content=data, headers={"content-type": "application/json"})
+        name = as_dict(_check(status, body, "batch create")).get("name")
+        if not isinstance(name, str) or not name.startswith("batches/"):
+            raise bad_response("batch create: no batches/ name in the answer")
+        return Submitted(name, None, len(data))
+
+    async def find(self, send: Send, key: str, lookup: Lookup) -> str | None:
+        """``GET /batches``, up to :data:`FIND_PAGES` pages of 100, by display name."""
+        pages = _listing(
+            send,
+            lambda token: "/batches?pageSize=100" + (f"&pageToken={token}" if token else ""),
+            "operations",
+            cursor=lambda data: data.get("nextPageToken"),
+        )
+        async with aclosing(pages) as items:
+            async for item in items:
+                if as_dict(item.get("metadata")).get("displayName") == f"rollwatch-{key}":
+                    found = item.get("name")
+                    return found if isinstance(found, str) else None
+        return None
+
+    async def poll(self, send: Send, batch_id: str) -> BatchState:
+        """``GET /batches/{id}`` (the operation)."""
+        data = await self._get(send, batch_id)
+        meta = as_dict(data.get("metadata"))
+        state = str(meta.get("state", "BATCH_STATE_UNSPECIFIED"))
+        ended = state in _GEMINI_ENDED or data.get("done") is True
+        return BatchState(
+            batch_id=batch_id,
+            state=state,
+            ended=ended,
+            counts={_snake(k): _int64(v) for k, v in as_dict(meta.get("batchStats")).items()},
+            results=(batch_id,) if ended else (),
+        )
+
+    async def results(self, send: Send, state: BatchState) -> dict[str, Outcome]:
+        """The ended operation's inline responses by their ``metadata.key``: answers,
+        and errors (``google.rpc.Status``) retryable by their code."""
+        out: dict[str, Outcome] = {}
+        for name in state.results:
+            data = await self._get(send, name)
+            output = as_dict(as_dict(data.get("metadata")).get("output")) or as_dict(data.get("response"))
+            items = as_dict(output.get("inlinedResponses")).get("inlinedResponses")
+            for item in items if isinstance(items, list) else []:
+                item = as_dict(item)
+                cid = as_dict(item.get("metadata")).get("key")
+                if not isinstance(cid, str):
+                    continue
+                if isinstance(item.get("response"), dict):
+                    out[cid] = _parse(self.adapter, 200, item["response"])
+                elif isinstance(item.get("error"), dict):
+                    err = as_dict(item.get("error"))
+                    code = as_int(err.get("code"))
+                    out[cid] = ProviderError(
+                        "server_error" if code in _GOOGLE_RETRYABLE else "invalid_request",
+                        f"batch: {err.get('status', code)}: {err.get('message', '')}",
+                        retryable=code in _GOOGLE_RETRYABLE,
+                    )
+        return out
+
+    async def _get(self, send: Send, name: str) -> dict[str, Any]:
+        status, _, body = await send("GET", "/" + name)
+        return as_dict(_check(status, body, f"batch {name}"))
+
+
+def _int64(value: Any) -> int:
+    """A protobuf int64 as JSON writes it (a string of digits), or an int."""
+    if isinstance(value, str) and value.isdigit():
+        return int(value)
+    return as_int(value)
+
+
+def _snake(name: str) -> str:
+    return "".join("_" + c.lower() if c.isupper() else c for c in name)
+
+
+def _epoch(value: Any) -> float | None:
+    """RFC 3339 → epoch seconds; None when absent or unreadable."""
+    if not isinstance(value, str):
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
 BATCH_APIS: dict[str, Callable[[WireAdapter], BatchAPI]] = {
     "openai": OpenAIBatchAPI,
     "anthropic": AnthropicBatchAPI,
+    "gemini": GeminiBatchAPI,
 }

@@ -109,6 +109,12 @@ class Row:
     problems_solved: int
     unscored: int
     cost_usd: float | None
+    list_cost_usd: float | None = None
+    """What the group would have cost at the synchronous (list) prices: batched answers
+    at list price, the others as paid (None when none is priced)."""
+    batch_saved_usd: float | None = None
+    """What batch mode saved: ``list_cost_usd - cost_usd`` over the batched answers
+    (None when the group has none)."""
     cost_per_rollout: float | None
     cost_per_solved_problem: float | None
     expected_rollouts_to_solve: float | None
@@ -196,6 +202,8 @@ class _Cell:
     cost: float | None
     cost_scored: float | None
     costed_scored: int
+    list_cost: float | None
+    batch_paid: float | None
 
 
 _CELLS_SQL = """
@@ -205,7 +213,9 @@ SELECT provider, model, problem_id, run_id, served_model,
        COUNT(*),
        SUM(cost_usd),
        SUM(CASE WHEN state = 'scored' THEN cost_usd END),
-       SUM(state = 'scored' AND cost_usd IS NOT NULL)
+       SUM(state = 'scored' AND cost_usd IS NOT NULL),
+       SUM(coalesce(list_cost_usd, cost_usd)),
+       SUM(CASE WHEN list_cost_usd IS NOT NULL THEN cost_usd END)
 FROM rollouts
 GROUP BY provider, model, problem_id, run_id, served_model
 """
@@ -224,7 +234,9 @@ SELECT o.provider, o.model, o.problem_id, o.run_id, o.served_model,
        COUNT(*),
        SUM(o.cost_usd),
        SUM(CASE WHEN v.rollout_id IS NOT NULL THEN o.cost_usd END),
-       SUM(v.rollout_id IS NOT NULL AND o.cost_usd IS NOT NULL)
+       SUM(v.rollout_id IS NOT NULL AND o.cost_usd IS NOT NULL),
+       SUM(coalesce(o.list_cost_usd, o.cost_usd)),
+       SUM(CASE WHEN o.list_cost_usd IS NOT NULL THEN o.cost_usd END)
 FROM rollouts o LEFT JOIN v ON v.rollout_id = o.rollout_id
 WHERE o.problem_id = ?
 GROUP BY o.provider, o.model, o.problem_id, o.run_id, o.served_model
@@ -311,6 +323,13 @@ def _row(provider: str, model: str, cells: Sequence[_Cell], **ident: Any) -> Row
     )
     solved = sum(1 for _, c_ in counts if c_ > 0)
     exp = expected_to_solve(c, n, cost_per_rollout)
+    list_cost = _sum_opt(cell.list_cost for cell in cells)
+    batch_paid = _sum_opt(cell.batch_paid for cell in cells)
+    # list - paid over everything equals list - paid over the batched answers (the
+    # others count at what they cost on both sides).
+    saved = None
+    if batch_paid is not None and list_cost is not None and cost is not None:
+        saved = round(list_cost - cost, 9)
     return Row(
         provider=provider,
         model=model,
@@ -328,6 +347,8 @@ def _row(provider: str, model: str, cells: Sequence[_Cell], **ident: Any) -> Row
         problems_solved=solved,
         unscored=sum(cell.total - cell.scored for cell in cells),
         cost_usd=cost,
+        list_cost_usd=list_cost,
+        batch_saved_usd=saved,
         cost_per_rollout=cost_per_rollout,
         cost_per_solved_problem=_ratio(cost, solved),
         expected_rollouts_to_solve=exp.rollouts,
@@ -428,6 +449,8 @@ async def build_report(pdb: Fetcher, by: str = "model", *, problem_version: str 
         ]
     else:
         cols += [Column("$/SOLVED PROBLEM", lambda r: _usd(r.cost_per_solved_problem))]
+    if any(r.batch_saved_usd is not None for r in rows):
+        cols += [Column("BATCH SAVED", lambda r: _usd(r.batch_saved_usd))]
     notes = [
         "pass@1: share of scored rollouts that passed, 95% Wilson interval in brackets; "
         "pass@k: Chen et al. (2021), averaged over problems with at least k rollouts"

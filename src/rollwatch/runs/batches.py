@@ -17,15 +17,16 @@ reads its results. A batch that ends without answering some rollouts (expired,
 cancelled, missing from the results, or a retryable error) records those as failed
 attempts, and they go into a later batch, up to ``max_attempts``.
 
-Before a batch is submitted, ``BatchPrepared`` records its key and rollouts; OpenAI's
-batch carries the key in ``metadata.rollwatch_batch``. A daemon killed after asking
-but before ``BatchSubmitted`` reached the log looks the key up in the provider's batch
-list on resume and adopts the batch it finds (``BatchSubmitted`` with ``adopted``);
-only when there is none are the rollouts submitted again. A create whose answer is
-lost (a timeout) is looked up the same way before it is retried. Known gap:
-Anthropic's batches carry no metadata, so there a kill in that window (the
-milliseconds between the provider's answer and the append) or a lost create answer
-means those rollouts are submitted again (paid twice, recorded once).
+Before a batch is submitted, ``BatchPrepared`` records its key and rollouts (the
+intent); OpenAI's batch carries the key in ``metadata.rollwatch_batch``, Gemini's in
+its display name. A daemon killed after asking but before ``BatchSubmitted`` reached
+the log looks the batch up at the provider on resume and adopts the batch it finds
+(``BatchSubmitted`` with ``adopted``); only when there is none are the rollouts
+submitted again. A create whose answer is lost (a timeout) is looked up the same way
+before it is retried. Anthropic's batches carry no metadata: there the lookup takes
+the batches created since the intent (``BatchPrepared``'s time), of its request
+count and not in the log, waits for each to end, and adopts the one whose results'
+custom ids are exactly the intent's rollout ids (see ``providers/batch.py``).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING, TypeVar
 
 import anyio
@@ -44,8 +46,9 @@ from rollwatch.errors import ProviderError
 from rollwatch.events import BatchEnded, BatchPolled, BatchPrepared, BatchSubmitted, Event, batch_stream
 from rollwatch.log import get_logger
 from rollwatch.providers.base import Answer, Parsed, Prompt, WireRequest
-from rollwatch.providers.batch import BatchState, Outcome, Submitted
+from rollwatch.providers.batch import BatchState, Lookup, Outcome, Submitted, progress_of
 from rollwatch.providers.retry import full_jitter
+from rollwatch.runs.services import BatchProgress
 
 if TYPE_CHECKING:
     from rollwatch.providers.client import ProviderClient
@@ -55,9 +58,10 @@ if TYPE_CHECKING:
 log = get_logger(__name__)
 T = TypeVar("T")
 
-#: Request bytes per batch at most: under OpenAI's 200 MB input file and Anthropic's
-#: 256 MB request, with room for the JSONL and envelope around each body.
-BATCH_MAX_BYTES = 100 * 1024 * 1024
+
+def _epoch(at: str) -> float:
+    """An event's ``at`` (RFC 3339) as epoch seconds."""
+    return datetime.fromisoformat(at.replace("Z", "+00:00")).timestamp()
 
 
 def _answered(outcome: Outcome | None) -> bool:
@@ -105,6 +109,8 @@ class Batcher:
         self._append_lock = anyio.Lock()
         self._prepared: dict[str, dict[str, int]] = {}
         """Keys of batches prepared but not known to be submitted → their rollouts."""
+        self._prepared_at: dict[str, float] = {}
+        """Keys of batches prepared → when (epoch seconds, from the log)."""
         self._adoption: dict[str, anyio.Lock] = {}
         self._settled: set[str] = set()
         """Keys this process prepared itself, or looked for already: never adopted again."""
@@ -121,8 +127,13 @@ class Batcher:
             if version == self._loaded:
                 return
             async for rec in store.read(stream=self.stream):
-                self._apply(rec.event())
+                ev = rec.event()
+                if isinstance(ev, BatchPrepared):
+                    self._prepared_at[ev.key] = _epoch(rec.at)
+                self._apply(ev)
+                self._track(ev, _epoch(rec.at))
             self._loaded = version
+        self.run.report_progress()
 
     def _apply(self, ev: Event) -> None:
         if isinstance(ev, BatchPrepared):
@@ -193,7 +204,8 @@ class Batcher:
                     system_fingerprint=outcome.system_fingerprint,
                 )
                 cost = self.client.cost(model, answer.usage, batch=True)
-                await recorder.responded(n, answer, cost)
+                list_cost = self.client.cost(model, answer.usage)
+                await recorder.responded(n, answer, cost, list_cost_usd=list_cost)
                 return answer, cost or 0.0
             error = outcome or ProviderError(
                 "batch_unanswered",
@@ -210,7 +222,7 @@ class Batcher:
         return the batch once its results (or its failure) are in."""
         size = len(json.dumps(wire.body, separators=(",", ":"), ensure_ascii=False).encode()) + 200
         batch = self._forming.get(model)
-        if batch is not None and batch.bytes + size > BATCH_MAX_BYTES:
+        if batch is not None and batch.bytes + size > self.api.max_bytes:
             batch.full.set()  # this request would not fit: it starts the next batch
             del self._forming[model]
             batch = None
@@ -258,8 +270,11 @@ class Batcher:
             if members is None or key in self._settled:
                 return  # settled by another rollout of the batch
             self._settled.add(key)
+            lookup = self._lookup(members, self._prepared_at.get(key, 0.0))
+            # Anthropic: this may wait for candidate batches to end (hours, at worst).
+            self.run.log.info("batch_lookup", key=key, requests=len(members))
             try:
-                bid = await self._retrying("find", lambda: self.api.find(self.client.send, key))
+                bid = await self._retrying("find", lambda: self.api.find(self.client.send, key, lookup))
             except ProviderError:
                 bid = None
             if bid is not None:
@@ -327,6 +342,7 @@ class Batcher:
         """Submit, retrying while it fails retryably; before each retry, look for the
         batch under its key (a create whose answer was lost may have made it)."""
         attempt = 0
+        lookup = self._lookup(batch.rollouts, time.time())
         while True:
             attempt += 1
             try:
@@ -338,12 +354,26 @@ class Batcher:
                 jitter = full_jitter(attempt, self.config.backoff_base, self.config.backoff_max, self._rng)
                 await anyio.sleep(max(e.retry_after or 0.0, jitter))
                 try:
-                    found = await self.api.find(self.client.send, key)
+                    found = await self.api.find(self.client.send, key, lookup)
                 except ProviderError:
                     found = None
                 if found is not None:
                     self.run.log.info("batch_adopted", batch_id=found, key=key, requests=len(batch.requests))
                     return Submitted(found, None, 0)
+
+    def _lookup(self, members: Mapping[str, int], since: float) -> Lookup:
+        """How to recognise the batch of ``members`` prepared at ``since``, on an API
+        whose batches carry no key (Anthropic): by its contents, once it ended."""
+
+        async def wait() -> None:
+            await anyio.sleep(self.config.batch_poll)
+
+        return Lookup(
+            since=since,
+            custom_ids=frozenset(members),
+            known=frozenset(self._batches),
+            wait=wait,
+        )
 
     async def _poll_and_read(self, batch: _Batch) -> None:
         """Poll until the batch ends, read its results, record ``BatchEnded``."""
@@ -428,6 +458,8 @@ class Batcher:
         """The batch cannot go on: its members fail this attempt; a rejected key or
         account disables the provider (the run then starts no more rollouts)."""
         batch.error = error
+        if batch.batch_id is not None:  # lost at the provider: no longer open
+            self.run.state.batches.pop(batch.batch_id, None)
         if error.kind == "auth":
             model = next(iter(batch.requests.values())).body.get("model", "?") if batch.requests else "?"
             self.client.disable(str(model), error)
@@ -435,3 +467,20 @@ class Batcher:
     async def _append(self, event: Event) -> None:
         async with self._append_lock:
             await self.run.services.store.append(self.stream, [event])
+        self._track(event, time.time())
+        self.run.report_progress()
+
+    def _track(self, ev: Event, at: float) -> None:
+        """Keep the run's live batch figures (its progress line) in step with the log;
+        idempotent, as a reload reads the stream again."""
+        batches, ended = self.run.state.batches, self.run.state.batches_ended
+        if isinstance(ev, BatchSubmitted) and ev.batch_id not in ended:
+            batches.setdefault(ev.batch_id, BatchProgress("submitted", len(ev.rollouts), at))
+        elif isinstance(ev, BatchPolled) and ev.batch_id in batches:
+            b = batches[ev.batch_id]
+            b.state = ev.state
+            b.done, total = progress_of(ev.counts)
+            b.requests = total or b.requests
+        elif isinstance(ev, BatchEnded):
+            batches.pop(ev.batch_id, None)
+            ended.add(ev.batch_id)

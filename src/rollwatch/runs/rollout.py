@@ -116,8 +116,11 @@ class AttemptRecorder:
             ),
         )
 
-    async def responded(self, attempt: int, answer: Answer, cost_usd: float | None) -> None:
-        """See ``AttemptLog.responded``."""
+    async def responded(
+        self, attempt: int, answer: Answer, cost_usd: float | None, *, list_cost_usd: float | None = None
+    ) -> None:
+        """See ``AttemptLog.responded``; ``list_cost_usd`` for a batched answer (its
+        cost at the synchronous prices)."""
         await self.append(
             RolloutResponded(
                 rollout_id=self.rid,
@@ -132,6 +135,7 @@ class AttemptRecorder:
                 model=answer.model,
                 system_fingerprint=answer.system_fingerprint,
                 ttft_ms=round(answer.ttft_ms, 3) if answer.ttft_ms is not None else None,
+                list_cost_usd=list_cost_usd,
             ),
         )
 

@@ -19,6 +19,7 @@ from rollwatch.abc import AttemptLog, EventStore, WorkBoard
 from rollwatch.config import Config
 from rollwatch.errors import ProviderError
 from rollwatch.problems import Problem
+from rollwatch.progress import fmt_secs
 from rollwatch.projections import ProjectionDB
 from rollwatch.providers.base import Answer, Prompt, Usage
 from rollwatch.scoring.base import Score
@@ -100,6 +101,26 @@ class RunServices:
 
 
 @dataclass
+class BatchProgress:
+    """One open provider batch of a run, as its last poll described it."""
+
+    state: str
+    requests: int
+    submitted_at: float
+    """Epoch seconds (the ``BatchSubmitted`` event's time)."""
+    done: int = 0
+    """Requests the provider has finished (answered or failed)."""
+
+    def expected_end(self, now: float) -> float | None:
+        """When the batch should end at its pace so far (epoch seconds); None before
+        the provider reports any request done."""
+        if self.done <= 0 or self.requests <= 0:
+            return None
+        elapsed = max(0.0, now - self.submitted_at)
+        return self.submitted_at + elapsed * self.requests / min(self.done, self.requests)
+
+
+@dataclass
 class RunState:
     """Live figures of a run, for the progress bar and the metrics (the summary in
     RunFinished is counted from the log, so it covers every node and every resume)."""
@@ -112,6 +133,33 @@ class RunState:
     cost_usd: float = 0.0
     scoring: int = 0
     """Answers waiting for or being scored."""
+    batches: dict[str, BatchProgress] = field(default_factory=dict)
+    """Open provider batches of the run (``batch = true``) by batch id."""
+    batches_ended: set[str] = field(default_factory=set)
+
+    def batch_figures(self, now: float) -> dict[str, str]:
+        """The batches for a progress line: open ones by state with their requests done,
+        the ended count, and when the last open one should end (``-`` while no batch
+        has reported progress); empty when the run has no batches."""
+        if not self.batches and not self.batches_ended:
+            return {}
+        by_state: dict[str, list[BatchProgress]] = {}
+        for b in self.batches.values():
+            by_state.setdefault(b.state, []).append(b)
+        parts = [
+            f"{len(bs)} {state} {sum(b.done for b in bs)}/{sum(b.requests for b in bs)}"
+            for state, bs in sorted(by_state.items())
+        ]
+        if self.batches_ended:
+            parts.append(f"{len(self.batches_ended)} ended")
+        ends = [b.expected_end(now) for b in self.batches.values()]
+        known = [e for e in ends if e is not None]
+        eta = "-"
+        if known and len(known) == len(ends):
+            eta = fmt_secs(max(known) - now)
+        elif known:
+            eta = f">{fmt_secs(max(known) - now)}"
+        return {"batches": ", ".join(parts), "batch_eta": eta if self.batches else "done"}
 
 
 class RunLock:
