@@ -98,3 +98,25 @@ def test_commands_that_read_the_log_never_create_it(tmp_path: Path) -> None:
         assert f"there is no event log at {tmp_path / 'typo' / 'events.db'}" in r.stderr, args
         assert "Traceback" not in r.stderr
         assert sorted(p.name for p in tmp_path.iterdir()) == ["rw.toml"], args
+
+
+def test_each_command_loads_only_what_it_needs() -> None:
+    """Every command name resolves to its command; `events tail --help` does not import the
+    web server, the sandbox or the templates (a command's module loads when it runs)."""
+    code = """
+import sys, click
+from rollwatch.cli import COMMANDS, cli
+from click.testing import CliRunner
+result = CliRunner().invoke(cli, ["events", "tail", "--help"])
+assert result.exit_code == 0, result.output
+heavy = sorted(m for m in ("jinja2", "uvicorn", "starlette", "rollwatch.scoring", "rollwatch.web") if m in sys.modules)
+assert not heavy, heavy
+ctx = click.Context(cli)
+for name in COMMANDS:
+    assert cli.get_command(ctx, name).name == name
+print("ok")
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert out.stdout.strip() == "ok", out.stderr

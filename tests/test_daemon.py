@@ -70,7 +70,14 @@ def _provider(tmp_path: Path, delay: float, hold_after: int | None = None) -> It
     log.touch()
     hold = [] if hold_after is None else [str(hold_after)]
     proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "tests" / "fake_provider.py"), str(port_file), str(log), str(delay), *hold]
+        [
+            sys.executable,
+            str(ROOT / "tests" / "fake_provider.py"),
+            str(port_file),
+            str(log),
+            str(delay),
+            *hold,
+        ]
     )
     try:
         port = wait_until(lambda: port_file.exists() and port_file.read_text(), 20, "the fake provider")

@@ -7,26 +7,53 @@ Exit codes: 0 ok, 1 a check failed, 2 bad usage or bad configuration.
 
 from __future__ import annotations
 
+import importlib
+
 import click
 
-from rollwatch.cli import (
-    daemon,
-    events,
-    integrity,
-    problems,
-    publish,
-    report,
-    rescore,
-    schedules,
-    store,
-    witness,
-)
 from rollwatch.cli._common import Context, run_command
 
 __all__ = ["cli", "main"]
 
+#: Each command's name and where it lives (``module:attribute`` under rollwatch.cli). A
+#: command's module is imported only when that command runs (or ``--help`` lists them
+#: all): ``rollwatch events tail`` need not import the web server, the sandbox or Jinja2.
+COMMANDS = {
+    "events": "events:events",
+    "verify": "store:verify",
+    "rebuild": "store:rebuild",
+    "migrate": "store:migrate",
+    "serve": "daemon:serve",
+    "run": "daemon:run_cmd",
+    "schedules": "schedules:schedules",
+    "problems": "problems:problems",
+    "audit": "integrity:audit",
+    "key": "integrity:key",
+    "subscribers": "publish:subscribers",
+    "publish": "publish:publish",
+    "report": "report:report_cmd",
+    "witness": "witness:witness",
+    "rescore": "rescore:rescore_cmd",
+}
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+
+class LazyGroup(click.Group):
+    """A group whose subcommands are imported on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in COMMANDS:
+            return None
+        module, attribute = COMMANDS[cmd_name].split(":")
+        command = getattr(importlib.import_module(f"rollwatch.cli.{module}"), attribute)
+        if not isinstance(command, click.Command) or command.name != cmd_name:
+            raise TypeError(f"rollwatch.cli.{module}.{attribute} is not the command {cmd_name!r}")
+        return command
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None, help="config file")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info")
 @click.version_option(package_name="rollwatch")
@@ -36,26 +63,6 @@ def cli(click_ctx: click.Context, config_path: str | None, log_level: str) -> No
     ctx = click_ctx.ensure_object(Context)
     ctx.config_path = config_path
     ctx.log_level = log_level
-
-
-for command in (
-    events.events,
-    store.verify,
-    store.rebuild,
-    store.migrate,
-    daemon.serve,
-    daemon.run_cmd,
-    schedules.schedules,
-    problems.problems,
-    integrity.audit,
-    integrity.key,
-    publish.subscribers,
-    publish.publish,
-    report.report_cmd,
-    witness.witness,
-    rescore.rescore_cmd,
-):
-    cli.add_command(command)
 
 
 def main() -> None:

@@ -15,16 +15,39 @@ Feed, Atom, HTML and SVG), ``openapi``, ``routes``, ``export``.
 
 from __future__ import annotations
 
-from rollwatch.publication.export import ExportSummary, export_public
-from rollwatch.publication.keys import SubscriberDirectory, hash_key, new_key
-from rollwatch.publication.projections import (
-    FeedProjection,
-    PublicProjection,
-    SubscribersProjection,
-    publication_projections,
-)
-from rollwatch.publication.release import release_due, release_job, release_one
-from rollwatch.publication.routes import PublicationAPI, publication_routes
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rollwatch.publication.export import ExportSummary, export_public
+    from rollwatch.publication.keys import SubscriberDirectory, hash_key, new_key
+    from rollwatch.publication.projections import (
+        FeedProjection,
+        PublicProjection,
+        SubscribersProjection,
+        publication_projections,
+    )
+    from rollwatch.publication.release import release_due, release_job, release_one
+    from rollwatch.publication.routes import PublicationAPI, publication_routes
+
+#: Where each name lives. The package imports its modules on first use (PEP 562), so a
+#: command that only needs the subscriber keys does not load the web routes and Jinja2.
+_WHERE = {
+    "ExportSummary": "export",
+    "export_public": "export",
+    "SubscriberDirectory": "keys",
+    "hash_key": "keys",
+    "new_key": "keys",
+    "FeedProjection": "projections",
+    "PublicProjection": "projections",
+    "SubscribersProjection": "projections",
+    "publication_projections": "projections",
+    "release_due": "release",
+    "release_job": "release",
+    "release_one": "release",
+    "PublicationAPI": "routes",
+    "publication_routes": "routes",
+}
 
 __all__ = [
     "ExportSummary",
@@ -42,3 +65,9 @@ __all__ = [
     "release_job",
     "release_one",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
