@@ -66,6 +66,8 @@ import ctypes
 import errno
 import fcntl
 import json
+import json.encoder
+import json.scanner
 import linecache
 import os
 import re
@@ -200,7 +202,7 @@ def _json_encoder() -> Callable[[Any], str]:
     check: what it encodes is the zygote's own data, or what ``to_plain`` built (fresh,
     and bounded in depth).
     """
-    make = json.encoder.c_make_encoder
+    make = getattr(json.encoder, "c_make_encoder", None)  # not in the typeshed stubs
     if make is None:  # an interpreter without json's C accelerator
         return json.JSONEncoder(separators=(",", ":")).encode
     encode = make(None, _not_json, json.encoder.encode_basestring_ascii, None, ":", ",", False, False, True)
@@ -210,7 +212,7 @@ def _json_encoder() -> Callable[[Any], str]:
 
 def _json_decoder() -> Callable[[str], Any]:
     """``json.loads`` of a str, in C only; stricter in one way: no whitespace around the value."""
-    make = json.scanner.c_make_scanner
+    make = getattr(json.scanner, "c_make_scanner", None)
     if make is None:
         return json.loads
     scan = make(json.JSONDecoder())
