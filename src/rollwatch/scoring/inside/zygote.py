@@ -1682,6 +1682,19 @@ class Zygote:
             write_frame(self.ctl_out, resp)
 
 
+def trim_heap() -> None:
+    """Give the C heap's free pages back to the system (glibc's ``malloc_trim``; elsewhere nothing).
+
+    Compiling this file and importing the preloaded modules leave megabytes freed but
+    still mapped in the heap (~3 MB here). Every fork copies the page table entries of
+    every mapped page and every sample's exit unmaps them again: fewer pages make both
+    cheaper (~0.1 ms per fork).
+    """
+    trim = getattr(_libc, "malloc_trim", None)
+    if trim is not None:
+        trim(0)
+
+
 def main() -> None:
     cfg = json.loads(sys.argv[1])
     # The protocol owns fds 0 and 1; anything else that prints goes nowhere.
@@ -1725,6 +1738,7 @@ def main() -> None:
     if cfg.get("preload", True):
         gc.collect()
         gc.freeze()  # the children's heaps stay shared: no copy-on-write by the collector
+    trim_heap()
     hello = {
         "hello": 1,
         "pid": os.getpid(),
