@@ -1,12 +1,14 @@
 """The sandbox's resident interpreter: it forks one child per sample.
 
 This file runs *inside* the sandbox, under the interpreter the daemon itself runs
-on, as a plain script (``python -I -B zygote.py CONFIG``): it imports nothing but
-the standard library and nothing from rollwatch.
+on, as a script (``python -I -B -c LAUNCHER zygote.py CONFIG``: the launcher
+compiles it with ``compile()``, see ``sandbox.zygote_command``): it imports nothing
+but the standard library and nothing from rollwatch.
 
 Why a zygote: starting an interpreter costs ~86 ms, a fork of a warm one ~1 ms.
 The zygote starts once per worker slot, imports the modules solutions usually
-need, freezes its heap (``gc.freeze``), and once and for all clears its
+need, freezes its heap (``gc.freeze``) and gives the C heap's free pages back (a
+fork copies the page tables of every mapped page), and once and for all clears its
 environment, sets ``no_new_privs`` and makes itself non-dumpable. Then it serves
 requests from the host, one at a time, each in a fresh child:
 
@@ -46,7 +48,7 @@ requests from the host, one at a time, each in a fresh child:
 * Between samples the private ``/tmp``, ``/var/tmp``, ``/dev/shm`` and
   ``/dev/mqueue`` are emptied and SysV IPC objects removed.
 
-Protocol: frames of a 4-byte big-endian length and a UTF-8 JSON object, requests
+Protocol: frames of a 4-byte big-endian length and a compact JSON object, requests
 on fd 0 and responses on fd 1. EOF on fd 0 means the host is gone: kill
 everything and exit. With a ``setup`` plan in its config (the ``unshare``
 backend) the zygote first builds the sandbox's file system itself, as bubblewrap
