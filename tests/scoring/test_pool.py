@@ -233,21 +233,16 @@ def _heap_kb(smaps: str) -> int:
 
 def _first_python_below(pid: int) -> int:
     """The nearest process below ``pid`` (bwrap, or setpriv and unshare) that runs the sandbox's Python."""
-    children: dict[int, list[int]] = {}
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                data = Path(f"/proc/{name}/stat").read_bytes()
-            except OSError:
-                continue
-            children.setdefault(int(data[data.rindex(b")") + 2 :].split()[1]), []).append(int(name))
+    python = sandbox_python().encode()
     level = [pid]
     while level:
+        below = []
         for p in level:
             with contextlib.suppress(OSError):
-                if Path(f"/proc/{p}/cmdline").read_bytes().split(b"\0")[0] == sandbox_python().encode():
+                if Path(f"/proc/{p}/cmdline").read_bytes().split(b"\0")[0] == python:
                     return p
-        level = [c for p in level for c in children.get(p, [])]
+                below += [int(c) for c in Path(f"/proc/{p}/task/{p}/children").read_text().split()]
+        level = below
     raise AssertionError(f"no process below {pid} runs {sandbox_python()}")
 
 
