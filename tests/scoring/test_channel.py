@@ -84,6 +84,37 @@ async def test_exceptions_cross_by_class_name_and_message(pool: ScoringPool) -> 
     assert s.passed, s
 
 
+async def test_rebound_builtins_do_not_bend_the_candidates_side_of_the_channel(pool: ScoringPool) -> None:
+    """A candidate that rebinds the built-ins the channel code uses (type, len, isinstance,
+    str, ValueError) for itself still gets its answers across, values and exceptions."""
+    p = function_problem(
+        """
+        def check(candidate):
+            assert candidate(2) == [2, (2,), {"k": {2}}, b"b", "s"]
+            try:
+                candidate(-1)
+                assert False, "no exception"
+            except ValueError as e:
+                assert str(e) == "negative"
+        """
+    )
+    code = """
+        import builtins
+        real_value_error = ValueError
+        builtins.type = lambda *a: int
+        builtins.len = lambda x: 0
+        builtins.isinstance = lambda *a: False
+        builtins.str = lambda *a: "?"
+        builtins.ValueError = KeyError
+        def f(x):
+            if x < 0:
+                raise real_value_error("negative")
+            return [x, (x,), {"k": {x}}, b"b", "s"]
+    """
+    s = await pool.score(p, fenced(code))
+    assert s.passed, s
+
+
 async def test_arguments_are_copies(pool: ScoringPool) -> None:
     """The candidate gets copies of the arguments: sorting one in place is invisible to the tests."""
     p = function_problem(

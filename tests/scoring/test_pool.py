@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -15,6 +16,8 @@ import pytest
 from rollwatch.config import ScoringConfig
 from rollwatch.errors import IsolationUnavailable, SandboxError
 from rollwatch.scoring import ScoringPool, settings_from_config
+from rollwatch.scoring.inside.zygote import PRELOAD
+from rollwatch.scoring.sandbox import sandbox_python
 
 from .conftest import (
     BACKENDS,
@@ -133,6 +136,25 @@ class TestLifetime:
             assert s.passed, s
             assert sb.restarts == 1
 
+    async def test_the_zygote_carries_no_dead_weight(self, isolation: str) -> None:
+        """The zygote's C heap is about a plain interpreter's with the same imports: no syntax
+        tree of its own source and no freed memory left mapped (every fork copies the page
+        tables of it, and every sample's exit tears them down)."""
+        async with ScoringPool(settings(isolation, workers=1)) as pool:
+            (sb,) = pool.sandboxes
+            assert sb.pid is not None
+            zygote = _first_python_below(sb.pid)
+            ours = _heap_kb(f"/proc/{zygote}/smaps")
+        plain = subprocess.run(
+            [sandbox_python(), "-I", "-B", "-c", _PLAIN_HEAP, *PRELOAD],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        theirs = int(plain.stdout)
+        # The zygote's own code, its seccomp filter and its caches: well under a MiB.
+        assert ours < theirs + 1024, (ours, theirs)
+
     async def test_a_killed_daemon_leaves_nothing_behind(self, isolation: str, tmp_path: Path) -> None:
         """SIGKILL of the process owning a pool, mid-sample, takes every sandbox process with it."""
         base = UID_BASE + 4
@@ -182,6 +204,46 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return data[data.rindex(b")") + 2 : data.rindex(b")") + 3] not in (b"Z", b"X")
+
+
+_PLAIN_HEAP = """
+import ctypes, importlib, sys
+for name in sys.argv[1:]:
+    importlib.import_module(name)
+heap = False
+for line in open("/proc/self/smaps"):
+    if "-" in line.split()[0] and not line.startswith(" "):
+        heap = line.rstrip().endswith("[heap]")
+    elif heap and line.startswith("Anonymous:"):
+        print(line.split()[1])
+        break
+"""
+
+
+def _heap_kb(smaps: str) -> int:
+    """The anonymous kB of the [heap] mapping in an smaps file."""
+    heap = False
+    for line in Path(smaps).read_text().splitlines():
+        if "-" in line.split()[0] and not line.startswith(" "):
+            heap = line.endswith("[heap]")
+        elif heap and line.startswith("Anonymous:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no [heap] in {smaps}")
+
+
+def _first_python_below(pid: int) -> int:
+    """The nearest process below ``pid`` (bwrap, or setpriv and unshare) that runs the sandbox's Python."""
+    python = sandbox_python().encode()
+    level = [pid]
+    while level:
+        below = []
+        for p in level:
+            with contextlib.suppress(OSError):
+                if Path(f"/proc/{p}/cmdline").read_bytes().split(b"\0")[0] == python:
+                    return p
+                below += [int(c) for c in Path(f"/proc/{p}/task/{p}/children").read_text().split()]
+        level = below
+    raise AssertionError(f"no process below {pid} runs {sandbox_python()}")
 
 
 def _cmdlines_with(marker: bytes) -> list[int]:

@@ -100,6 +100,31 @@ _ZYGOTE_CAPS = (
 )
 
 
+def zygote_command(zygote: str, config: dict[str, Any]) -> list[str]:
+    """argv (after the sandbox's own) that runs the zygote script ``zygote`` with ``config``.
+
+    The script is compiled by ``compile()`` from a one-line ``-c`` program rather than
+    run as ``python zygote.py``: Python keeps a script's syntax tree allocated for as
+    long as the script runs, and the zygote runs for ever, so megabytes of it would sit
+    in the page tables that every fork copies and every sample's exit tears down.
+    """
+    return [
+        sandbox_python(),
+        "-I",
+        "-B",
+        "-c",
+        _ZYGOTE_LAUNCHER,
+        zygote,
+        json.dumps(config, separators=(",", ":")),
+    ]
+
+
+_ZYGOTE_LAUNCHER = (
+    "import sys; sys.modules['__main__'].__file__ = sys.argv[1]; "
+    "exec(compile(open(sys.argv[1], 'rb').read(), sys.argv.pop(1), 'exec'))"
+)
+
+
 def privileged() -> bool:
     """Whether we run as root (samples then get a uid of their own)."""
     return os.geteuid() == 0
@@ -440,11 +465,7 @@ class BwrapSandbox(ZygoteSandbox):
             "--chdir",
             "/tmp",
             "--",
-            sandbox_python(),
-            "-I",
-            "-B",
-            _ZYGOTE_IN_SANDBOX,
-            json.dumps(config, separators=(",", ":")),
+            *zygote_command(_ZYGOTE_IN_SANDBOX, config),
         ]
         return args
 
@@ -477,11 +498,7 @@ class UnshareSandbox(ZygoteSandbox):
             "--propagation",
             "private",
             "--",
-            sandbox_python(),
-            "-I",
-            "-B",
-            zygote,
-            json.dumps(config, separators=(",", ":")),
+            *zygote_command(zygote, config),
         ]
         return args
 
@@ -502,7 +519,7 @@ class UnisolatedSandbox(ZygoteSandbox):
         return True
 
     def launcher(self, zygote: str, config: dict[str, Any]) -> list[str]:
-        return [sandbox_python(), "-I", "-B", zygote, json.dumps(config, separators=(",", ":"))]
+        return zygote_command(zygote, config)
 
     def zygote_config(self, *, oneshot: bool = False) -> dict[str, Any]:
         cfg = super().zygote_config(oneshot=oneshot)

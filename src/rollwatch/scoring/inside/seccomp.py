@@ -255,6 +255,7 @@ class Installer:
         self._prog = _SockFprog(len(program) // 8, ctypes.cast(self._buf, ctypes.c_void_p))
         self._libc.syscall.restype = ctypes.c_long
         self._addr = ctypes.c_void_p(ctypes.addressof(self._prog))
+        self._nr = _SECCOMP.get(os.uname().machine)
 
     def install(self) -> None:
         """Apply the filter to this thread and everything it starts.
@@ -265,7 +266,7 @@ class Installer:
         CPU-bound samples; samples ran without it before they had a filter. Where
         ``seccomp()`` or the flag is missing, ``prctl`` (mitigation and all).
         """
-        nr = _SECCOMP.get(os.uname().machine)
+        nr = self._nr  # looked up before the fork: the child makes one system call
         if nr is not None:
             done = self._libc.syscall(nr, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_SPEC_ALLOW, self._addr)
             if done == 0:
