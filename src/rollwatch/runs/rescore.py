@@ -9,7 +9,10 @@ the earlier verdicts stay in the log. Readers take each rollout's newest verdict
 
 Each verdict goes on its rollout's stream (so the release job, deciding from that
 stream, never releases a result that no longer passes); the summary
-(``RescoreFinished``) on the re-score's own stream.
+(``RescoreFinished``) on the re-score's own stream. A verdict that flips to a pass
+carries, in the same append, the publication decisions its rollout lacks
+(:func:`rollwatch.publication.policy.decide`): the public one with an embargo counted
+from the re-score, so the release job releases it like any other positive result.
 
 ``record_versions`` first writes a ``ProblemVersioned`` for every problem whose
 current content differs from the newest version the log knows, so that the log (not
@@ -21,13 +24,16 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import anyio
 
-from rollwatch.errors import UsageError
+from rollwatch.errors import ConcurrencyConflict, UsageError
 from rollwatch.events import (
+    Event,
     ProblemVersioned,
+    PublicationDecided,
     RescoreFinished,
     RolloutRescored,
     RolloutResponded,
@@ -38,6 +44,7 @@ from rollwatch.events import (
 )
 from rollwatch.log import get_logger
 from rollwatch.problems import Problem
+from rollwatch.publication.policy import decide
 from rollwatch.runs.rollout import scorer_error
 from rollwatch.runs.services import RunServices
 from rollwatch.scoring.base import scorer_version
@@ -217,7 +224,10 @@ async def rescore(
             ev = await _verdict(svc, c, answer.text, version, summary.rescore_id)
         # On the rollout's own stream: a release reading the stream to decide sees it,
         # and one that read it before conflicts on its append and reads again.
-        await svc.store.append(rollout_stream(c.rollout_id), [ev])
+        if ev.passed and not c.passed:
+            await _append_with_decisions(svc, ev)
+        else:
+            await svc.store.append(rollout_stream(c.rollout_id), [ev])
         flips = summary.problems[c.problem.id]
         flips.rescored += 1
         if ev.passed and not c.passed:
@@ -252,6 +262,40 @@ async def rescore(
         skipped=summary.skipped,
     )
     return summary
+
+
+_ATTEMPTS = 5
+
+
+async def _append_with_decisions(svc: RunServices, ev: RolloutRescored) -> None:
+    """Append ``ev`` (a flip to pass) with the publication decisions its rollout has not had.
+
+    Read and appended at the stream's version, so two re-scores of one rollout at once
+    (the command and the daemon's) cannot both decide it public.
+    """
+    stream = rollout_stream(ev.rollout_id)
+    events: list[Event] = [ev]
+    for _ in range(_ATTEMPTS):
+        version = 0
+        decided: set[str] = set()
+        async for rec in svc.store.read(stream=stream):
+            version = rec.version
+            if rec.type == "PublicationDecided":
+                old = rec.event()
+                assert isinstance(old, PublicationDecided)
+                decided.add(old.audience)
+        events = [ev, *decide(svc.config.publication, ev, datetime.now(UTC), decided)]
+        try:
+            await svc.store.append(stream, events, expected_version=version)
+        except ConcurrencyConflict:
+            continue  # the release job or another re-score appended: read again
+        if len(events) > 1:
+            log.info("rescore_decided", rollout_id=ev.rollout_id, audiences=[d.audience for d in events[1:]])
+        return
+    # Contended all along (five appends to one rollout while this one decided): append
+    # without the fence. A second public decision is harmless: the first one stands.
+    log.warning("rescore_decision_contended", rollout_id=ev.rollout_id, attempts=_ATTEMPTS)
+    await svc.store.append(stream, events)
 
 
 async def _verdict(
