@@ -31,7 +31,6 @@ import anyio
 
 from rollwatch.errors import ConcurrencyConflict, UsageError
 from rollwatch.events import (
-    Event,
     ProblemVersioned,
     PublicationDecided,
     RescoreFinished,
@@ -274,7 +273,7 @@ async def _append_with_decisions(svc: RunServices, ev: RolloutRescored) -> None:
     (the command and the daemon's) cannot both decide it public.
     """
     stream = rollout_stream(ev.rollout_id)
-    events: list[Event] = [ev]
+    decisions: list[PublicationDecided] = []
     for _ in range(_ATTEMPTS):
         version = 0
         decided: set[str] = set()
@@ -284,18 +283,18 @@ async def _append_with_decisions(svc: RunServices, ev: RolloutRescored) -> None:
                 old = rec.event()
                 assert isinstance(old, PublicationDecided)
                 decided.add(old.audience)
-        events = [ev, *decide(svc.config.publication, ev, datetime.now(UTC), decided)]
+        decisions = decide(svc.config.publication, ev, datetime.now(UTC), decided)
         try:
-            await svc.store.append(stream, events, expected_version=version)
+            await svc.store.append(stream, [ev, *decisions], expected_version=version)
         except ConcurrencyConflict:
             continue  # the release job or another re-score appended: read again
-        if len(events) > 1:
-            log.info("rescore_decided", rollout_id=ev.rollout_id, audiences=[d.audience for d in events[1:]])
+        if decisions:
+            log.info("rescore_decided", rollout_id=ev.rollout_id, audiences=[d.audience for d in decisions])
         return
     # Contended all along (five appends to one rollout while this one decided): append
     # without the fence. A second public decision is harmless: the first one stands.
     log.warning("rescore_decision_contended", rollout_id=ev.rollout_id, attempts=_ATTEMPTS)
-    await svc.store.append(stream, events)
+    await svc.store.append(stream, [ev, *decisions])
 
 
 async def _verdict(
