@@ -44,6 +44,7 @@ from rollwatch.events import (
 from rollwatch.log import get_logger
 from rollwatch.problems import Problem
 from rollwatch.publication.policy import decide
+from rollwatch.report.failures import verdict_cause
 from rollwatch.runs.rollout import scorer_error
 from rollwatch.runs.services import RunServices
 from rollwatch.scoring.base import scorer_version
@@ -152,7 +153,8 @@ async def rescore(
     rescore_id: str | None = None,
 ) -> RescoreSummary:
     """Judge again every scored rollout (of ``problem_set``, ``problem``, ``run`` when
-    given) whose newest verdict is not under its problem's current version.
+    given) whose newest verdict is not under its problem's current version, or is an
+    infra failure (a scorer or sandbox error: it judged nothing of the model).
 
     Never calls a provider: the answers come from the log. ``parallel`` bounds the
     samples in the scorer at once (default: all the scorer takes; the daemon's
@@ -187,13 +189,13 @@ async def rescore(
         where.append("o.run_id = ?")
         params.append(run)
     rows = await pdb.fetchall(
-        "SELECT o.rollout_id, u.problem_set, o.problem_id, o.answer_seq, o.passed, o.verdict_hash"
+        "SELECT o.rollout_id, u.problem_set, o.problem_id, o.answer_seq, o.passed, o.verdict_hash, o.reason"
         " FROM rollouts o JOIN runs u ON u.run_id = o.run_id"
         f" WHERE {' AND '.join(where)} ORDER BY o.answer_seq",
         tuple(params),
     )
     todo: list[_Candidate] = []
-    for rid, set_name, pid, answer_seq, passed, vhash in rows:
+    for rid, set_name, pid, answer_seq, passed, vhash, reason in rows:
         pset = svc.problem_sets.get(str(set_name))
         try:
             current = pset.get(str(pid)) if pset is not None else None
@@ -202,8 +204,10 @@ async def rescore(
         if current is None:
             summary.skipped["problem_not_configured"] = summary.skipped.get("problem_not_configured", 0) + 1
             continue
-        if vhash == current.content_hash:
-            continue  # already judged under the current version
+        if vhash == current.content_hash and (passed or verdict_cause(reason)[0] != "infra"):
+            # Already judged under the current version; a verdict that judged nothing
+            # of the model (our scorer or sandbox broke) is judged again.
+            continue
         todo.append(_Candidate(str(rid), current, int(answer_seq), bool(passed), vhash))
     for c in todo:
         summary.problems.setdefault(c.problem.id, ProblemFlips(c.problem.id, c.problem.content_hash))
