@@ -1,0 +1,262 @@
+"""Honest runs (issue 17): a run is ``completed`` only when every rollout is scored,
+else ``partial`` with its unscored rollouts counted by cause, and `rollwatch run`
+exits 1; the report (`rollwatch report`, ``/v1/report``) and the console's run page
+show infra failures (provider error kinds, budget, scorer and sandbox errors) apart
+from the model's (wrong answer, timeout, no code). End to end: the real command on a
+loopback provider that fails some requests for good."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from rollwatch.report.failures import rollout_cause, verdict_cause
+from tests.helpers import rollwatch
+from tests.test_daemon import ROOT, events, free_port, wait_until
+
+ENV = {"FAKE_PROVIDER_KEY": "sk-test-secret-123"}
+ROLLOUTS = 2
+# Each problem's prompt carries a marker the fake provider answers by.
+SCRIPT = [
+    ["MARK-broken", {"status": 500}],
+    ["MARK-nocode", {"answer": "I would rather not write code today."}],
+    ["MARK-slow", {"answer": "```python\ndef solve():\n    while True:\n        pass\n```"}],
+]
+
+
+def _problem(root: Path, name: str, tests: str) -> None:
+    d = root / name
+    d.mkdir(parents=True)
+    (d / "problem.toml").write_text(
+        f'title = "{name}"\nreleased = 2026-01-01\nprompt = """\n# MARK-{name}\ndef solve() -> int:\n'
+        '    ...\n"""\n[scorer]\nkind = "python-function"\nentry_point = "solve"\ntests = "tests.py"\n'
+        'timeout = "2s"\n'
+    )
+    (d / "tests.py").write_text(tests)
+
+
+@pytest.fixture
+def scripted(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """The loopback provider with :data:`SCRIPT`; yields (base_url, its request log)."""
+    port_file, log = tmp_path / "port", tmp_path / "requests.jsonl"
+    log.touch()
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "tests" / "fake_provider.py"), str(port_file), str(log), "0.01"],
+        env={**os.environ, "FAKE_PROVIDER_SCRIPT": json.dumps(SCRIPT)},
+    )
+    try:
+        port = wait_until(lambda: port_file.exists() and port_file.read_text(), 20, "the fake provider")
+        yield f"http://127.0.0.1:{port}/v1", log
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def _setup(tmp_path: Path, base_url: str) -> tuple[Path, int]:
+    """Five problems: ``right`` (the answer 42 passes), ``wrong`` (it fails the tests),
+    ``slow`` (the answer loops), ``nocode`` (the answer holds no code), ``broken`` (the
+    provider answers 500 until the two attempts are spent); returns (config, port)."""
+    problems = tmp_path / "problems"
+    _problem(problems, "right", "def check(candidate):\n    assert candidate() == 42\n")
+    _problem(problems, "wrong", "def check(candidate):\n    assert candidate() == 41\n")
+    for name in ("slow", "nocode", "broken"):
+        _problem(problems, name, "def check(candidate):\n    assert candidate() == 42\n")
+    port = free_port()
+    cfg = tmp_path / "rollwatch.toml"
+    cfg.write_text(f"""
+node = "test-node"
+[store]
+url = "sqlite:{tmp_path / "events.db"}"
+[server]
+listen = "127.0.0.1:{port}"
+[scoring]
+workers = 2
+[[problem_sets]]
+name = "set"
+path = "{problems}"
+[[providers]]
+name = "fake"
+kind = "openai"
+base_url = "{base_url}"
+api_key_env = "FAKE_PROVIDER_KEY"
+max_concurrency = 4
+max_attempts = 2
+backoff_base = "50ms"
+[providers.prices]
+"m1" = {{ input = 5.0, output = 25.0 }}
+[[schedules]]
+name = "sched"
+provider = "fake"
+models = ["m1"]
+problem_set = "set"
+rollouts = {ROLLOUTS}
+every = "24h"
+[[schedules]]
+name = "tight"
+provider = "fake"
+models = ["m1"]
+problem_set = "set"
+rollouts = 4
+every = "24h"
+budget_usd = 0.01
+[schedules.params]
+max_tokens = 50
+""")
+    return cfg, port
+
+
+def _report(cfg: Path, *args: str) -> list[dict[str, object]]:
+    res = rollwatch("--config", str(cfg), "report", "--format", "json", *args)
+    assert res.returncode == 0, res.stderr
+    rows: list[dict[str, object]] = json.loads(res.stdout)
+    return rows
+
+
+class TestHonestRuns:
+    def test_final_failures_make_a_partial_run_and_the_report_tells_them_from_the_models(
+        self, tmp_path: Path, scripted: tuple[str, Path]
+    ) -> None:
+        """The provider fails `broken` for good: the run ends `partial` with the two
+        unscored rollouts under `server_error`, and `rollwatch run` exits 1. The report
+        (JSON, table, CSV, /v1/report by model and by problem) and the console's run
+        page count the model's failures (wrong_answer, timeout, no_code) apart from the
+        provider's (server_error); pass@1 counts only scored rollouts."""
+        base_url, _ = scripted
+        cfg, port = _setup(tmp_path, base_url)
+        db = tmp_path / "events.db"
+        assert rollwatch("--config", str(cfg), "schedules", "pause", "sched").returncode == 0
+        assert rollwatch("--config", str(cfg), "schedules", "pause", "tight").returncode == 0
+        res = rollwatch("--config", str(cfg), "run", "sched", env=ENV, timeout=180)
+        assert res.returncode == 1, res.stderr[-2000:]
+        assert "partial" in res.stdout
+        assert "server_error" in res.stdout
+        ((_, _, fin),) = events(db, "RunFinished")
+        assert fin["status"] == "partial"
+        assert fin["failures"] == {"server_error": ROLLOUTS}
+        assert fin["scored"] == fin["planned"] - ROLLOUTS == 4 * ROLLOUTS
+        finals = [d for _, _, d in events(db, "RolloutFailed") if d.get("final")]
+        assert len(finals) == ROLLOUTS
+        assert {d["attempt"] for d in finals} == {2}, "retried, then given up"
+
+        (row,) = _report(cfg)
+        assert (row["rollouts"], row["passed"]) == (4 * ROLLOUTS, ROLLOUTS)
+        assert row["pass_at_1"] == 0.25
+        assert row["model_failures"] == {"no_code": ROLLOUTS, "timeout": ROLLOUTS, "wrong_answer": ROLLOUTS}
+        assert row["infra_failures"] == {"server_error": ROLLOUTS}
+        by_problem = {str(r["problem_id"]): r for r in _report(cfg, "--by", "problem")}
+        assert by_problem["broken"]["infra_failures"] == {"server_error": ROLLOUTS}
+        assert by_problem["broken"]["model_failures"] == {}
+        assert by_problem["nocode"]["model_failures"] == {"no_code": ROLLOUTS}
+        assert by_problem["slow"]["model_failures"] == {"timeout": ROLLOUTS}
+        assert by_problem["wrong"]["model_failures"] == {"wrong_answer": ROLLOUTS}
+        assert by_problem["right"]["model_failures"] == by_problem["right"]["infra_failures"] == {}
+        table = rollwatch("--config", str(cfg), "report", "--format", "table").stdout
+        assert "MODEL FAILED" in table
+        assert "INFRA FAILED" in table
+        assert "infra failed server_error 2" in table
+        csv = rollwatch("--config", str(cfg), "report", "--format", "csv").stdout
+        assert f"server_error={ROLLOUTS}" in csv
+
+        key = rollwatch("--config", str(cfg), "subscribers", "add", "alice").stdout.split()[0]
+        daemon = subprocess.Popen(
+            [sys.executable, "-m", "rollwatch", "--config", str(cfg), "serve", "--grace", "5"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, **ENV},
+        )
+        try:
+            base = f"http://127.0.0.1:{port}"
+
+            def report() -> list[dict[str, object]] | None:
+                try:
+                    r = httpx.get(f"{base}/v1/report", headers={"Authorization": f"Bearer {key}"}, timeout=5)
+                except httpx.HTTPError:
+                    return None
+                return r.json() if r.status_code == 200 else None
+
+            rows = wait_until(report, 60, "the report over HTTP")
+            assert [(r["model_failures"], r["infra_failures"]) for r in rows] == [
+                (row["model_failures"], row["infra_failures"])
+            ]
+            page = httpx.get(f"{base}/ops/runs/{fin['run_id']}", timeout=10).text
+            infra = page.split('id="infra-failures"')[1].split("</ul>")[0]
+            model = page.split('id="model-failures"')[1].split("</ul>")[0]
+            assert f"server_error: {ROLLOUTS}" in infra
+            assert "wrong_answer" not in infra
+            for cause in ("wrong_answer", "timeout", "no_code"):
+                assert f"{cause}: {ROLLOUTS}" in model
+        finally:
+            daemon.send_signal(signal.SIGTERM)
+            try:
+                daemon.communicate(timeout=60)
+            finally:
+                daemon.kill()
+
+    def test_a_budget_cut_counts_its_never_requested_rollouts_as_infra(
+        self, tmp_path: Path, scripted: tuple[str, Path]
+    ) -> None:
+        """A run stopped by its budget: `partial`, exit 1, and the rollouts it never
+        asked for are infra failures (`budget_exhausted`) in the report by model and by
+        run, never model failures."""
+        base_url, _ = scripted
+        cfg, _ = _setup(tmp_path, base_url)
+        for name in ("sched", "tight"):
+            assert rollwatch("--config", str(cfg), "schedules", "pause", name).returncode == 0
+        res = rollwatch("--config", str(cfg), "run", "tight", env=ENV, timeout=180)
+        assert res.returncode == 1, res.stderr[-2000:]
+        ((_, _, fin),) = events(tmp_path / "events.db", "RunFinished")
+        assert fin["status"] == "partial"
+        never = fin["failures"].get("budget_exhausted", 0)
+        assert never > 0
+        for by in ("model", "run"):
+            (row,) = _report(cfg, "--by", by)
+            infra = row["infra_failures"]
+            assert isinstance(infra, dict)
+            assert infra["budget_exhausted"] == never, row
+            assert sum(infra.values()) == sum(fin["failures"].values())
+            assert "budget_exhausted" not in row["model_failures"]  # type: ignore[operator]
+
+
+class TestCauses:
+    """The scorers' wording mapped to a side and a cause."""
+
+    @pytest.mark.parametrize(
+        ("reason", "side", "cause"),
+        [
+            ("scorer error: KeyError: 'x'", "infra", "scorer_error"),
+            ("sandbox error: the judge ended without a verdict (status 1)", "infra", "sandbox_error"),
+            ("sandbox lost on case 2 (b)", "infra", "sandbox_error"),
+            ("checker could not start: [Errno 2]", "infra", "checker_error"),
+            ("no code found", "model", "no_code"),
+            ("timeout", "model", "timeout"),
+            ("timeout (CPU time limit) on case 1 (a)", "model", "timeout"),
+            ("memory", "model", "limit"),
+            ("output limit", "model", "limit"),
+            ("AssertionError", "model", "wrong_answer"),
+            ("wrong answer on case 1 (a)", "model", "wrong_answer"),
+            ("syntax error: invalid syntax (line 1)", "model", "wrong_answer"),
+            ("", "model", "wrong_answer"),
+        ],
+    )
+    def test_a_failed_verdict_is_the_models_unless_our_judging_broke(
+        self, reason: str, side: str, cause: str
+    ) -> None:
+        """A verdict whose reason says the scorer, the sandbox or the checker broke is
+        infra; every other failed verdict is the model's."""
+        assert verdict_cause(reason) == (side, cause)
+
+    def test_unscored_rollouts_are_infra(self) -> None:
+        """A final provider failure counts under its kind; no answer or no verdict at the
+        run's end are infra too."""
+        assert rollout_cause("failed", "rate_limited", None) == ("infra", "rate_limited")
+        assert rollout_cause("requested", None, None) == ("infra", "unanswered")
+        assert rollout_cause("answered", None, None) == ("infra", "unscored")
