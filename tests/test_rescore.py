@@ -363,7 +363,8 @@ def _timed(db: Path, type_: str) -> list[tuple[int, str, dict[str, Any]]]:
 
 def _flip_to_pass(tmp_path: Path, cfg: Path, req_log: Path) -> tuple[set[str], dict[str, Any]]:
     """A run where the answers fail ``weak`` (strong tests) and pass ``stable``, then
-    ``weak``'s tests weakened and `rescore`: the three failures flip to passes. Returns
+    ``weak``'s tests weakened and `rescore --problem-set --run`: the three failures flip
+    to passes, and every flip carries its public decision. Returns
     the flipped rollouts and, per rollout, its events by type (seq, at, data)."""
     assert rollwatch("--config", str(cfg), "schedules", "pause", "sched").returncode == 0
     res = rollwatch("--config", str(cfg), "run", "sched", env=ENV, timeout=120)
@@ -371,7 +372,11 @@ def _flip_to_pass(tmp_path: Path, cfg: Path, req_log: Path) -> tuple[set[str], d
     db = tmp_path / "events.db"
     assert sum(not d["passed"] for _, _, d in events(db, "RolloutScored")) == ROLLOUTS
     (tmp_path / "problems" / "weak" / "tests.py").write_text(WEAK)
-    out = rollwatch("--config", str(cfg), "rescore", timeout=120)
+    ((_, _, started),) = events(db, "RunStarted")
+    # Selected by problem set and run (each the only one, so all of it).
+    out = rollwatch(
+        "--config", str(cfg), "rescore", "--problem-set", "set", "--run", started["run_id"], timeout=120
+    )
     assert out.returncode == 0, out.stderr
     row = next(line.split() for line in out.stdout.splitlines() if line.startswith("weak "))
     assert row[2:] == [str(ROLLOUTS), str(ROLLOUTS), "0"], out.stdout  # rescored, to pass, to fail
