@@ -8,10 +8,7 @@ loopback provider that fails some requests for good."""
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +17,7 @@ import pytest
 
 from rollwatch.report.failures import rollout_cause, verdict_cause
 from tests.helpers import rollwatch
-from tests.test_daemon import ROOT, events, free_port, wait_until
+from tests.test_daemon import _provider, events, free_port, serve, wait_until
 
 ENV = {"FAKE_PROVIDER_KEY": "sk-test-secret-123"}
 ROLLOUTS = 2
@@ -46,18 +43,7 @@ def _problem(root: Path, name: str, tests: str) -> None:
 @pytest.fixture
 def scripted(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     """The loopback provider with :data:`SCRIPT`; yields (base_url, its request log)."""
-    port_file, log = tmp_path / "port", tmp_path / "requests.jsonl"
-    log.touch()
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "tests" / "fake_provider.py"), str(port_file), str(log), "0.01"],
-        env={**os.environ, "FAKE_PROVIDER_SCRIPT": json.dumps(SCRIPT)},
-    )
-    try:
-        port = wait_until(lambda: port_file.exists() and port_file.read_text(), 20, "the fake provider")
-        yield f"http://127.0.0.1:{port}/v1", log
-    finally:
-        proc.kill()
-        proc.wait()
+    yield from _provider(tmp_path, 0.01, {"FAKE_PROVIDER_SCRIPT": json.dumps(SCRIPT)})
 
 
 def _setup(tmp_path: Path, base_url: str) -> tuple[Path, int]:
@@ -166,13 +152,7 @@ class TestHonestRuns:
         assert f"server_error={ROLLOUTS}" in csv
 
         key = rollwatch("--config", str(cfg), "subscribers", "add", "alice").stdout.split()[0]
-        daemon = subprocess.Popen(
-            [sys.executable, "-m", "rollwatch", "--config", str(cfg), "serve", "--grace", "5"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env={**os.environ, **ENV},
-        )
+        daemon = serve(cfg)
         try:
             base = f"http://127.0.0.1:{port}"
 
