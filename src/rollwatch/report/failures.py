@@ -43,6 +43,9 @@ VERDICT_CAUSES: tuple[tuple[str, Side, str], ...] = (
 """A failed verdict's cause by the start of its reason (the scorers' wording); any
 other failed verdict is the model's ``wrong_answer``."""
 
+_PREFIX = max(len(prefix) for prefix, _, _ in VERDICT_CAUSES)
+"""How much of a reason decides its cause (the SQL groups by that much of it)."""
+
 INFRA_VERDICTS = frozenset(cause for _, side, cause in VERDICT_CAUSES if side == "infra")
 """Causes of failed verdicts that judged nothing of the model (re-scored by ``rescore``)."""
 
@@ -56,17 +59,9 @@ def verdict_cause(reason: str | None) -> tuple[Side, str]:
     return "model", "wrong_answer"
 
 
-def _cause_sql(column: str) -> tuple[str, list[str]]:
-    """A SQL ``CASE`` giving ``side:cause`` of a failed verdict's reason in ``column``."""
-    whens, params = [], []
-    for prefix, side, cause in VERDICT_CAUSES:
-        whens.append(f"WHEN substr({column}, 1, {len(prefix)}) = ? THEN ?")
-        params += [prefix, f"{side}:{cause}"]
-    return f"CASE {' '.join(whens)} ELSE 'model:wrong_answer' END", params
-
-
-def rollout_cause(state: str | None, fail_kind: str | None, reason: str | None) -> tuple[Side, str] | None:
-    """(side, cause) of one rollout of a finished run that did not pass; None if it passed."""
+def rollout_cause(state: str | None, fail_kind: str | None, reason: str | None) -> tuple[Side, str]:
+    """(side, cause) of one rollout of a finished run that did not pass (``reason``: its
+    failed verdict's, when it has one)."""
     if state == "scored":
         return verdict_cause(reason)
     if state == "failed":
@@ -118,78 +113,82 @@ Key = tuple[str, str, str | None, str | None, str | None]
 """(provider, model, served model, problem, run) of a report row; None where the row
 does not split by it."""
 
-# The served model of a rollout without an answer is the one most of its run's answers
-# of that model came from (ties: the first by name), as the report's rows are split.
-_MAJOR = """
-major AS (
-    SELECT provider, model, run_id, served_model FROM (
-        SELECT provider, model, run_id, served_model, ROW_NUMBER() OVER (
-            PARTITION BY provider, model, run_id ORDER BY count(*) DESC, served_model
-        ) AS k
-        FROM rollouts WHERE served_model IS NOT NULL GROUP BY provider, model, run_id, served_model
-    ) WHERE k = 1
-)"""
+
+Answers = dict[tuple[str, str, str], dict[str | None, int]]
+"""(provider, model, run) -> its rollouts by the model that served them (None: no answer)."""
 
 
-async def failures_by_key(pdb: Fetcher, by: str, run_id: str | None = None) -> dict[Key, Failures]:
+async def _answers(pdb: Fetcher, run_id: str | None) -> Answers:
+    """Every run's (or run ``run_id``'s) rollouts by provider, model and served model."""
+    rows = await pdb.fetchall(
+        "SELECT provider, model, run_id, served_model, count(*) FROM rollouts"
+        + (" WHERE run_id = ?" if run_id is not None else "")
+        + " GROUP BY provider, model, run_id, served_model",
+        [run_id] if run_id is not None else [],
+    )
+    out: Answers = defaultdict(dict)
+    for provider, model, run, served, n in rows:
+        out[(str(provider), str(model), str(run))][served] = int(n)
+    return out
+
+
+def _major(counts: dict[str | None, int]) -> str | None:
+    """The model most of these answers came from (ties: the first by name), as the
+    report's rows place a rollout without an answer."""
+    named = {k: n for k, n in counts.items() if k is not None}
+    return max(sorted(named), key=lambda s: named[s]) if named else None
+
+
+async def failures_by_key(
+    pdb: Fetcher, by: str, run_id: str | None = None, answers: Answers | None = None
+) -> dict[Key, Failures]:
     """Failures of finished runs per report row (``by`` model, problem or run), or of
     the one run ``run_id``. Rollouts never requested count on ``model`` and ``run``
-    rows only (which problems they were for is not recorded)."""
-    case, params = _cause_sql("o.reason")
-    where = "u.finished_at IS NOT NULL AND (o.state != 'scored' OR coalesce(o.passed, 0) = 0)"
-    args: list[Any] = list(params)
+    rows only (which problems they were for is not recorded). ``answers``, when the
+    caller has them (the report's cells do), saves reading them again."""
+    where = (
+        "run_id IN (SELECT run_id FROM runs WHERE finished_at IS NOT NULL)"
+        " AND (state != 'scored' OR coalesce(passed, 0) = 0)"
+    )
+    args: list[Any] = []
     if run_id is not None:
-        where += " AND o.run_id = ?"
+        where += " AND run_id = ?"
         args.append(run_id)
+    problem = "problem_id" if by == "problem" else "NULL"
+    # Grouped by as much of the reason as decides the cause, not by the whole reason
+    # (it carries details: an exception's message, a case's name).
     rows = await pdb.fetchall(
-        f"WITH {_MAJOR} SELECT o.provider, o.model, coalesce(o.served_model, m.served_model),"
-        " o.problem_id, o.run_id, o.state, o.fail_kind,"
-        f" CASE WHEN o.state = 'scored' THEN {case} END, count(*)"
-        " FROM rollouts o JOIN runs u ON u.run_id = o.run_id"
-        " LEFT JOIN major m ON m.provider = o.provider AND m.model = o.model AND m.run_id = o.run_id"
-        f" WHERE {where} GROUP BY 1, 2, 3, 4, 5, 6, 7, 8",
+        f"SELECT provider, model, served_model, {problem}, run_id, state, fail_kind,"
+        f" CASE WHEN state = 'scored' THEN substr(coalesce(reason, ''), 1, {_PREFIX}) END, count(*)"
+        f" FROM rollouts WHERE {where} GROUP BY 1, 2, 3, 4, 5, 6, 7, 8",
         args,
     )
+    if answers is None:
+        answers = await _answers(pdb, run_id)
     out: dict[Key, Failures] = defaultdict(Failures)
-    for provider, model, served, problem, run, state, kind, verdict, n in rows:
-        if verdict is not None:
-            side, _, cause = str(verdict).partition(":")
-            found: tuple[Side, str] | None = ("infra" if side == "infra" else "model", cause)
-        else:
-            found = rollout_cause(state, kind, None)
-        if found is not None:
-            out[_key(by, provider, model, served, problem, run)].add(*found, int(n))
+    for provider, model, served, prob, run, state, kind, reason, n in rows:
+        if served is None:
+            served = _major(answers.get((str(provider), str(model), str(run)), {}))
+        out[_key(by, provider, model, served, prob, run)].add(*rollout_cause(state, kind, reason), int(n))
     if by != "problem":
-        for key, cause, n in await _never_requested(pdb, by, run_id):
+        for key, cause, n in await _never_requested(pdb, by, run_id, answers):
             out[key].add("infra", cause, n)
     return {k: v.sorted() for k, v in out.items()}
 
 
-async def _never_requested(pdb: Fetcher, by: str, run_id: str | None) -> Iterable[tuple[Key, str, int]]:
+async def _never_requested(
+    pdb: Fetcher, by: str, run_id: str | None, answers: Answers
+) -> Iterable[tuple[Key, str, int]]:
     """Per finished run and model: the planned rollouts it never asked for, and why."""
-    where = "u.finished_at IS NOT NULL AND u.summary IS NOT NULL"
+    where = "finished_at IS NOT NULL AND summary IS NOT NULL"
     args: list[Any] = []
     if run_id is not None:
-        where += " AND u.run_id = ?"
+        where += " AND run_id = ?"
         args.append(run_id)
-    runs = await pdb.fetchall(
-        f"SELECT u.run_id, u.provider, u.models, u.summary FROM runs u WHERE {where}", args
-    )
-    if not runs:
-        return []
-    asked = {
-        (str(r), str(m)): (int(n), s)
-        for r, m, n, s in await pdb.fetchall(
-            f"WITH {_MAJOR} SELECT o.run_id, o.model, count(*), max(m.served_model)"
-            " FROM rollouts o LEFT JOIN major m ON m.provider = o.provider AND m.model = o.model"
-            " AND m.run_id = o.run_id"
-            + (" WHERE o.run_id = ?" if run_id is not None else "")
-            + " GROUP BY o.run_id, o.model",
-            args,
-        )
-    }
     out = []
-    for run, provider, models_json, summary_json in runs:
+    for run, provider, models_json, summary_json in await pdb.fetchall(
+        f"SELECT run_id, provider, models, summary FROM runs WHERE {where}", args
+    ):
         models = json.loads(models_json or "[]")
         summary = json.loads(summary_json)
         planned = summary.get("planned")
@@ -199,10 +198,10 @@ async def _never_requested(pdb: Fetcher, by: str, run_id: str | None) -> Iterabl
         closed = str(summary.get("message") or "").partition(": ")[0]
         cause = closed if closed in failures else "not_requested"
         for model in models:
-            n, served = asked.get((str(run), str(model)), (0, None))
-            never = planned // len(models) - n
+            counts = answers.get((str(provider), str(model), str(run)), {})
+            never = planned // len(models) - sum(counts.values())
             if never > 0:
-                out.append((_key(by, provider, model, served, None, run), cause, never))
+                out.append((_key(by, provider, model, _major(counts), None, run), cause, never))
     return out
 
 

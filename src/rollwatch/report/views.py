@@ -19,7 +19,7 @@ from typing import Any, Literal, Protocol
 from rollwatch.errors import UsageError
 from rollwatch.events import PublicReleased, Recorded
 from rollwatch.projections import Projection
-from rollwatch.report.failures import describe, failures_by_key
+from rollwatch.report.failures import Answers, describe, failures_by_key
 from rollwatch.report.render import Column, Report, _int, _num, _p, _pct, _pp, _rate_ci, _usd, _when, to_json
 from rollwatch.report.stats import (
     ALPHA,
@@ -399,9 +399,10 @@ async def build_report(pdb: Fetcher, by: str = "model", *, problem_version: str 
     """
     if by not in BY_CHOICES:
         raise UsageError(f"report: by must be one of {', '.join(BY_CHOICES)}, not {by!r}")
-    rows = _summarize(await _cells(pdb, problem_version), by, await _runs(pdb))
+    cells = await _cells(pdb, problem_version)
+    rows = _summarize(cells, by, await _runs(pdb))
     if problem_version is None:
-        rows = await _with_failures(pdb, rows, by)
+        rows = await _with_failures(pdb, rows, by, cells)
     drop = {
         "model": ("problem_id", "run_id", "run_started_at"),
         "problem": ("run_id", "run_started_at"),
@@ -473,9 +474,15 @@ async def build_report(pdb: Fetcher, by: str = "model", *, problem_version: str 
     )
 
 
-async def _with_failures(pdb: Fetcher, rows: Sequence[Row], by: str) -> list[Row]:
-    """``rows`` with their failures by cause, the model's apart from ours."""
-    found = await failures_by_key(pdb, by)
+async def _with_failures(pdb: Fetcher, rows: Sequence[Row], by: str, cells: Iterable[_Cell]) -> list[Row]:
+    """``rows`` (made of ``cells``) with their failures by cause, the model's apart from ours."""
+    answers: Answers = defaultdict(dict)
+    for c in cells:
+        # The cells' served models, those of unanswered rollouts already filled in: the
+        # same majority the failures need, so failures land on the rows they belong to.
+        by_served = answers[(c.provider, c.model, c.run_id)]
+        by_served[c.served_model] = by_served.get(c.served_model, 0) + c.total
+    found = await failures_by_key(pdb, by, answers=answers)
     out = []
     for r in rows:
         f = found.get((r.provider, r.model, r.served_model, r.problem_id, r.run_id))
