@@ -215,6 +215,13 @@ class TestCauses:
             ("scorer error: KeyError: 'x'", "infra", "scorer_error"),
             ("sandbox error: the judge ended without a verdict (status 1)", "infra", "sandbox_error"),
             ("sandbox lost on case 2 (b)", "infra", "sandbox_error"),
+            ("sandbox error: the candidate sent a garbled frame", "model", "tampered"),
+            (
+                "sandbox error: something other than the judge wrote on the verdict channel",
+                "model",
+                "tampered",
+            ),
+            ("tampered with the standard library: builtins.len", "model", "tampered"),
             ("checker could not start: [Errno 2]", "infra", "checker_error"),
             ("no code found", "model", "no_code"),
             ("timeout", "model", "timeout"),
@@ -231,7 +238,8 @@ class TestCauses:
         self, reason: str, side: str, cause: str
     ) -> None:
         """A verdict whose reason says the scorer, the sandbox or the checker broke is
-        infra; every other failed verdict is the model's."""
+        infra; every other failed verdict is the model's, an attack on the harness that
+        the sandbox reports as its own error included."""
         assert verdict_cause(reason) == (side, cause)
 
     def test_unscored_rollouts_are_infra(self) -> None:

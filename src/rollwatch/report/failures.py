@@ -2,7 +2,8 @@
 
 A *model failure* is a verdict on the model's answer: ``wrong_answer`` (the tests
 failed, the code raised or did not compile), ``timeout``, ``limit`` (memory, output or
-file size) or ``no_code`` (no code in the answer). An *infra failure* says nothing
+file size), ``no_code`` (no code in the answer) or ``tampered`` (the code attacked the
+harness: garbage on the sandbox's channel, a forged verdict, a patched standard library). An *infra failure* says nothing
 about the model: the provider gave up (its error kind: ``server_error``,
 ``rate_limited``, ``auth``, ...), the run ended before asking (``budget_exhausted``,
 ``provider_failed``, ``not_requested``), an answer was never had or never judged once
@@ -27,6 +28,11 @@ from typing import Any, Literal, Protocol
 Side = Literal["model", "infra"]
 
 VERDICT_CAUSES: tuple[tuple[str, Side, str], ...] = (
+    # The candidate's own attacks on the harness come back as "sandbox error: ..." too:
+    # they are the model's, and must not hide among ours (tests/scoring/test_hostile.py).
+    ("sandbox error: the candidate", "model", "tampered"),
+    ("sandbox error: something other than", "model", "tampered"),
+    ("tampered with", "model", "tampered"),
     ("scorer error", "infra", "scorer_error"),
     ("sandbox error", "infra", "sandbox_error"),
     ("sandbox lost", "infra", "sandbox_error"),

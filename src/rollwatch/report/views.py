@@ -509,7 +509,7 @@ def _failure_notes(rows: Sequence[Row]) -> list[str]:
     if not lines:
         return []
     head = (
-        "failed, in finished runs: by the model (wrong_answer, timeout, limit, no_code) apart from"
+        "failed, in finished runs: by the model (wrong_answer, timeout, limit, no_code, tampered) apart from"
         " infra (the provider's error kinds, budget_exhausted, not_requested, unanswered: never scored,"
         " not in pass@1; scorer_error, sandbox_error: in pass@1 as failed until `rollwatch rescore`"
         " judges them again)"
