@@ -121,7 +121,7 @@ class Row:
     note: str = ""
     model_failures: dict[str, int] = field(default_factory=dict)
     """Rollouts of finished runs the model failed, by cause (``wrong_answer``, ``timeout``,
-    ``limit``, ``no_code``): see :mod:`rollwatch.report.failures`."""
+    ``limit``, ``no_code``, ``tampered``): see :mod:`rollwatch.report.failures`."""
     infra_failures: dict[str, int] = field(default_factory=dict)
     """Rollouts of finished runs that did not pass for a reason not the model's, by cause
     (the provider's error kind, ``budget_exhausted``, ``scorer_error``, ...)."""
