@@ -95,6 +95,16 @@ every = "24h"
 budget_usd = 0.01
 [schedules.params]
 max_tokens = 50
+[[schedules]]
+name = "broke"
+provider = "fake"
+models = ["m1", "m2"]
+problem_set = "set"
+rollouts = 1
+every = "24h"
+budget_usd = 0.0001
+[schedules.params]
+max_tokens = 50
 """)
     return cfg, port
 
@@ -118,8 +128,8 @@ class TestHonestRuns:
         base_url, _ = scripted
         cfg, port = _setup(tmp_path, base_url)
         db = tmp_path / "events.db"
-        assert rollwatch("--config", str(cfg), "schedules", "pause", "sched").returncode == 0
-        assert rollwatch("--config", str(cfg), "schedules", "pause", "tight").returncode == 0
+        for name in ("sched", "tight", "broke"):
+            assert rollwatch("--config", str(cfg), "schedules", "pause", name).returncode == 0
         res = rollwatch("--config", str(cfg), "run", "sched", env=ENV, timeout=180)
         assert res.returncode == 1, res.stderr[-2000:]
         assert "partial" in res.stdout
@@ -189,7 +199,7 @@ class TestHonestRuns:
         run, never model failures."""
         base_url, _ = scripted
         cfg, _ = _setup(tmp_path, base_url)
-        for name in ("sched", "tight"):
+        for name in ("sched", "tight", "broke"):
             assert rollwatch("--config", str(cfg), "schedules", "pause", name).returncode == 0
         res = rollwatch("--config", str(cfg), "run", "tight", env=ENV, timeout=180)
         assert res.returncode == 1, res.stderr[-2000:]
@@ -204,6 +214,28 @@ class TestHonestRuns:
             assert infra["budget_exhausted"] == never, row
             assert sum(infra.values()) == sum(fin["failures"].values())
             assert "budget_exhausted" not in row["model_failures"]  # type: ignore[operator]
+
+    def test_a_model_never_asked_for_still_has_its_row(
+        self, tmp_path: Path, scripted: tuple[str, Path]
+    ) -> None:
+        """A budget too small for a single rollout: the run is `partial` (exit 1), nothing
+        reaches the provider, and each model still has a report row: no rollout scored,
+        every planned one an infra failure (`budget_exhausted`)."""
+        base_url, req_log = scripted
+        cfg, _ = _setup(tmp_path, base_url)
+        for name in ("sched", "tight", "broke"):
+            assert rollwatch("--config", str(cfg), "schedules", "pause", name).returncode == 0
+        res = rollwatch("--config", str(cfg), "run", "broke", env=ENV, timeout=180)
+        assert res.returncode == 1, res.stderr[-2000:]
+        ((_, _, fin),) = events(tmp_path / "events.db", "RunFinished")
+        assert (fin["status"], fin["failures"]) == ("partial", {"budget_exhausted": 5 * 2})
+        assert req_log.read_text() == ""
+        rows = _report(cfg)
+        assert [(r["model"], r["rollouts"], r["infra_failures"], r["model_failures"]) for r in rows] == [
+            ("m1", 0, {"budget_exhausted": 5}, {}),
+            ("m2", 0, {"budget_exhausted": 5}, {}),
+        ]
+        assert len(_report(cfg, "--by", "run")) == 2
 
 
 class TestCauses:

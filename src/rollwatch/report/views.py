@@ -369,17 +369,19 @@ def _summarize(
             ident["run_id"] = key[3]
             ident["run_started_at"] = runs.get(str(key[3]), (None, None))[0]
         rows.append(_row(str(key[0]), str(key[1]), group, **ident))
-    rows.sort(
-        key=lambda r: (
-            r.provider,
-            r.model,
-            r.run_started_at or "",
-            r.served_model or "",
-            r.run_id or "",
-            r.problem_id or "",
-        )
-    )
+    rows.sort(key=_row_order)
     return rows
+
+
+def _row_order(r: Row) -> tuple[str, ...]:
+    return (
+        r.provider,
+        r.model,
+        r.run_started_at or "",
+        r.served_model or "",
+        r.run_id or "",
+        r.problem_id or "",
+    )
 
 
 # --- the views ------------------------------------------------------------------------------
@@ -485,8 +487,19 @@ async def _with_failures(pdb: Fetcher, rows: Sequence[Row], by: str, cells: Iter
     found = await failures_by_key(pdb, by, answers=answers)
     out = []
     for r in rows:
-        f = found.get((r.provider, r.model, r.served_model, r.problem_id, r.run_id))
+        f = found.pop((r.provider, r.model, r.served_model, r.problem_id, r.run_id), None)
         out.append(r if f is None else replace(r, model_failures=f.model, infra_failures=f.infra))
+    if found:
+        # A model none of whose rollouts was ever asked for (the budget ran out first)
+        # still has its row: nothing scored, everything an infra failure.
+        runs = await _runs(pdb)
+        for (provider, model, served, problem, run), f in found.items():
+            ident: dict[str, Any] = {"served_model": served, "problem_id": problem, "run_id": run}
+            if run is not None:
+                ident["run_started_at"] = runs.get(run, (None, None))[0]
+            row = _row(provider, model, [], **ident)
+            out.append(replace(row, model_failures=f.model, infra_failures=f.infra))
+        out.sort(key=_row_order)
     return out
 
 
