@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -109,6 +110,16 @@ max_tokens = 50
     return cfg, port
 
 
+def _partial_run(cfg: Path, schedule: str) -> subprocess.CompletedProcess[str]:
+    """`rollwatch run SCHEDULE` with every schedule paused (none fires meanwhile); it
+    must exit 1, as a run that ends `partial` does."""
+    for name in ("sched", "tight", "broke"):
+        assert rollwatch("--config", str(cfg), "schedules", "pause", name).returncode == 0
+    res = rollwatch("--config", str(cfg), "run", schedule, env=ENV, timeout=180)
+    assert res.returncode == 1, res.stderr[-2000:]
+    return res
+
+
 def _report(cfg: Path, *args: str) -> list[dict[str, object]]:
     res = rollwatch("--config", str(cfg), "report", "--format", "json", *args)
     assert res.returncode == 0, res.stderr
@@ -128,10 +139,7 @@ class TestHonestRuns:
         base_url, _ = scripted
         cfg, port = _setup(tmp_path, base_url)
         db = tmp_path / "events.db"
-        for name in ("sched", "tight", "broke"):
-            assert rollwatch("--config", str(cfg), "schedules", "pause", name).returncode == 0
-        res = rollwatch("--config", str(cfg), "run", "sched", env=ENV, timeout=180)
-        assert res.returncode == 1, res.stderr[-2000:]
+        res = _partial_run(cfg, "sched")
         assert "partial" in res.stdout
         assert "server_error" in res.stdout
         ((_, _, fin),) = events(db, "RunFinished")
@@ -199,10 +207,7 @@ class TestHonestRuns:
         run, never model failures."""
         base_url, _ = scripted
         cfg, _ = _setup(tmp_path, base_url)
-        for name in ("sched", "tight", "broke"):
-            assert rollwatch("--config", str(cfg), "schedules", "pause", name).returncode == 0
-        res = rollwatch("--config", str(cfg), "run", "tight", env=ENV, timeout=180)
-        assert res.returncode == 1, res.stderr[-2000:]
+        _partial_run(cfg, "tight")
         ((_, _, fin),) = events(tmp_path / "events.db", "RunFinished")
         assert fin["status"] == "partial"
         never = fin["failures"].get("budget_exhausted", 0)
@@ -223,10 +228,7 @@ class TestHonestRuns:
         every planned one an infra failure (`budget_exhausted`)."""
         base_url, req_log = scripted
         cfg, _ = _setup(tmp_path, base_url)
-        for name in ("sched", "tight", "broke"):
-            assert rollwatch("--config", str(cfg), "schedules", "pause", name).returncode == 0
-        res = rollwatch("--config", str(cfg), "run", "broke", env=ENV, timeout=180)
-        assert res.returncode == 1, res.stderr[-2000:]
+        _partial_run(cfg, "broke")
         ((_, _, fin),) = events(tmp_path / "events.db", "RunFinished")
         assert (fin["status"], fin["failures"]) == ("partial", {"budget_exhausted": 5 * 2})
         assert req_log.read_text() == ""
