@@ -59,12 +59,11 @@ def slow_provider(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     yield from _provider(tmp_path, 1.0)
 
 
-def _provider(tmp_path: Path, delay: float, env: dict[str, str] | None = None) -> Iterator[tuple[str, Path]]:
+def _provider(tmp_path: Path, delay: float) -> Iterator[tuple[str, Path]]:
     port_file, log = tmp_path / "port", tmp_path / "requests.jsonl"
     log.touch()
     proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "tests" / "fake_provider.py"), str(port_file), str(log), str(delay)],
-        env={**os.environ, **(env or {})},
+        [sys.executable, str(ROOT / "tests" / "fake_provider.py"), str(port_file), str(log), str(delay)]
     )
     try:
         port = wait_until(lambda: port_file.exists() and port_file.read_text(), 20, "the fake provider")

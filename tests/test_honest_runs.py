@@ -42,9 +42,11 @@ def _problem(root: Path, name: str, tests: str) -> None:
 
 
 @pytest.fixture
-def scripted(tmp_path: Path) -> Iterator[tuple[str, Path]]:
-    """The loopback provider with :data:`SCRIPT`; yields (base_url, its request log)."""
-    yield from _provider(tmp_path, 0.01, {"FAKE_PROVIDER_SCRIPT": json.dumps(SCRIPT)})
+def scripted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, Path]]:
+    """The loopback provider with :data:`SCRIPT` (it inherits the environment); yields
+    (base_url, its request log)."""
+    monkeypatch.setenv("FAKE_PROVIDER_SCRIPT", json.dumps(SCRIPT))
+    yield from _provider(tmp_path, 0.01)
 
 
 def _setup(tmp_path: Path, base_url: str) -> tuple[Path, int]:
