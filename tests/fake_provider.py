@@ -9,6 +9,12 @@ answered request to REQUEST_LOG (flushed before the response is sent), so a test
 can count what the provider served (and would bill). ``GET /v1/models`` lists the
 models it serves (``m1``, ``m2``), as OpenAI's API does.
 
+FAKE_PROVIDER_SCRIPT (JSON: a list of ``[MARKER, RESPONSE]``) scripts requests whose
+body holds MARKER (a problem's prompt can carry one): RESPONSE ``{"status": N}`` answers
+that HTTP status with an OpenAI error body (a final failure when not retryable, or
+once retries run out), ``{"answer": TEXT}`` answers TEXT. The first matching rule
+applies; a scripted error is not logged as answered (nothing is billed).
+
 With HOLD_AFTER, requests after the first HOLD_AFTER answered are held (not answered)
 until the file ``REQUEST_LOG.release`` exists; a held request whose client went away
 in the meantime is never answered, so it is not counted (nor billed).
@@ -47,6 +53,10 @@ REJECTED_KEY = "sk-rejected"
 
 # The answer's text: FAKE_PROVIDER_ANSWER when set (hostile text for the console's tests).
 ANSWER = os.environ.get("FAKE_PROVIDER_ANSWER") or "```python\ndef solve():\n    return 42\n```"
+SCRIPT: list[tuple[str, dict[str, object]]] = [
+    (str(marker), dict(response))
+    for marker, response in json.loads(os.environ.get("FAKE_PROVIDER_SCRIPT") or "[]")
+]
 
 
 async def chat(request: Request) -> JSONResponse:
@@ -58,8 +68,17 @@ async def chat(request: Request) -> JSONResponse:
         }
         return JSONResponse({"error": error}, status_code=401)
     global answered
-    body = await request.json()
+    raw = await request.body()
+    body = json.loads(raw)
     await anyio.sleep(DELAY)
+    text = ANSWER
+    for marker, response in SCRIPT:
+        if marker.encode() in raw:
+            if "status" in response:
+                error = {"message": f"scripted failure ({marker})", "type": "server_error", "code": None}
+                return JSONResponse({"error": error}, status_code=int(str(response["status"])))
+            text = str(response["answer"])
+            break
     if HOLD_AFTER is not None and answered >= HOLD_AFTER:
         release = LOG + ".release"
         while not os.path.exists(release):
@@ -82,7 +101,7 @@ async def chat(request: Request) -> JSONResponse:
                     "finish_reason": "stop",
                     "message": {
                         "role": "assistant",
-                        "content": ANSWER,
+                        "content": text,
                     },
                 }
             ],

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -26,6 +27,7 @@ from rollwatch.events import (
     RolloutResponded,
     RolloutScored,
     RunStarted,
+    parse_rfc3339,
     rollout_stream,
     run_stream,
 )
@@ -70,12 +72,15 @@ def provider(tmp_path: Path) -> Iterator[tuple[str, Path]]:
         proc.wait()
 
 
-def _setup(tmp_path: Path, base_url: str, *, embargo: str, rescore: str = "manual") -> tuple[Path, int]:
-    """Two problems the fake answer passes: ``weak`` (its tests about to be
-    strengthened, so the answer 42 will fail) and ``stable`` (never changed); a config
-    on them; returns (config, the HTTP port)."""
+def _setup(
+    tmp_path: Path, base_url: str, *, embargo: str, rescore: str = "manual", weak_tests: str = WEAK
+) -> tuple[Path, int]:
+    """Two problems: ``weak`` (the fake answer 42 passes its tests until they are
+    strengthened; with ``weak_tests=STRONG`` it fails them until they are weakened) and
+    ``stable`` (never changed, the answer passes); a config on them; returns (config,
+    the HTTP port)."""
     problems = tmp_path / "problems"
-    _problem(problems, "weak", WEAK, "def solve():\n    return 41\n")
+    _problem(problems, "weak", weak_tests, "def solve():\n    return 41\n")
     _problem(
         problems,
         "stable",
@@ -342,6 +347,177 @@ class TestRescore:
             assert word in res.stderr
             assert "Traceback" not in res.stderr
         assert events(tmp_path / "events.db") == []
+
+
+def _timed(db: Path, type_: str) -> list[tuple[int, str, dict[str, Any]]]:
+    """(seq, at, data) of every event of ``type_`` in the log ``db``, oldest first."""
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        rows = con.execute(
+            "SELECT seq, at, data FROM events WHERE type = ? ORDER BY seq", (type_,)
+        ).fetchall()
+    finally:
+        con.close()
+    return [(s, a, json.loads(d)) for s, a, d in rows]
+
+
+def _flip_to_pass(tmp_path: Path, cfg: Path, req_log: Path) -> tuple[set[str], dict[str, Any]]:
+    """A run where the answers fail ``weak`` (strong tests) and pass ``stable``, then
+    ``weak``'s tests weakened and `rescore --problem-set --run`: the three failures flip
+    to passes, and every flip carries its public decision. Returns
+    the flipped rollouts and, per rollout, its events by type (seq, at, data)."""
+    assert rollwatch("--config", str(cfg), "schedules", "pause", "sched").returncode == 0
+    res = rollwatch("--config", str(cfg), "run", "sched", env=ENV, timeout=120)
+    assert res.returncode == 0, res.stderr
+    db = tmp_path / "events.db"
+    assert sum(not d["passed"] for _, _, d in events(db, "RolloutScored")) == ROLLOUTS
+    (tmp_path / "problems" / "weak" / "tests.py").write_text(WEAK)
+    ((_, _, started),) = events(db, "RunStarted")
+    # Selected by problem set and run (each the only one, so all of it).
+    out = rollwatch(
+        "--config", str(cfg), "rescore", "--problem-set", "set", "--run", started["run_id"], timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    row = next(line.split() for line in out.stdout.splitlines() if line.startswith("weak "))
+    assert row[2:] == [str(ROLLOUTS), str(ROLLOUTS), "0"], out.stdout  # rescored, to pass, to fail
+    assert _requests(req_log) == 2 * ROLLOUTS, "a re-score asked the provider"
+    flipped = {d["rollout_id"] for _, _, d in events(db, "RolloutRescored") if d["passed"]}
+    assert len(flipped) == ROLLOUTS
+    by_rollout: dict[str, Any] = {rid: {} for rid in flipped}
+    for t in ("RolloutScored", "RolloutRescored", "PublicationDecided"):
+        for seq, at, d in _timed(db, t):
+            if d["rollout_id"] in flipped:
+                by_rollout[d["rollout_id"]].setdefault(t, []).append((seq, at, d))
+    for rid, evs in by_rollout.items():
+        # One decision per audience, ever: subscribers with the run's verdict, public
+        # with the flip, in the same append as the re-scored verdict.
+        assert [d["audience"] for _, _, d in evs["PublicationDecided"]] == ["subscribers", "public"], rid
+        ((scored_seq, _, _),) = evs["RolloutScored"]
+        ((rescored_seq, _, _),) = evs["RolloutRescored"]
+        public_seq = evs["PublicationDecided"][1][0]
+        assert public_seq == rescored_seq + 1
+        assert scored_seq < rescored_seq
+    return flipped, by_rollout
+
+
+class TestFlipToPass:
+    def test_a_flip_to_pass_is_released_with_its_proof_and_a_flip_back_is_superseded(
+        self, tmp_path: Path, provider: tuple[str, Path]
+    ) -> None:
+        """Answers that failed `weak`'s strong tests pass once the tests are weakened:
+        `rescore` records, with each flipped verdict, a public decision whose embargo
+        (0s here) counts from the re-score, not from the run's verdict. The daemon's
+        release job releases them like any pass: on every public route, standing for
+        the re-scored verdict (its inclusion proof's leaf), with a proof bundle holding
+        the flip and the decision; the subscriber feed carries decision and release.
+        Tests strengthened again: the released flips are marked superseded, not removed.
+        No request reaches the provider after the run."""
+        base_url, req_log = provider
+        cfg, port = _setup(tmp_path, base_url, embargo="0s", weak_tests=STRONG)
+        flipped, by_rollout = _flip_to_pass(tmp_path, cfg, req_log)
+        for evs in by_rollout.values():
+            scored_at = parse_rfc3339(evs["RolloutScored"][0][1])
+            rescored_at = parse_rfc3339(evs["RolloutRescored"][0][1])
+            not_before = parse_rfc3339(evs["PublicationDecided"][1][2]["not_before"])
+            assert scored_at < not_before <= rescored_at, "the embargo counts from the re-score"
+        db = tmp_path / "events.db"
+        key = rollwatch("--config", str(cfg), "subscribers", "add", "alice").stdout.split()[0]
+        auth = {"Authorization": f"Bearer {key}"}
+        base = f"http://127.0.0.1:{port}"
+        daemon = _serve(cfg)
+        try:
+            items = _released_feed(port, 2 * ROLLOUTS)
+            assert len(items) == 2 * ROLLOUTS
+            released = {i["_rollwatch"]["rollout_id"]: i for i in items}
+            assert set(released) >= flipped
+            for rid in flipped:
+                meta = released[rid]["_rollwatch"]
+                assert meta["superseded"] is False
+                rescored_seq, rescored_at, _ = by_rollout[rid]["RolloutRescored"][0]
+                assert meta["scored_at"] == rescored_at
+                assert meta["seq"] == rescored_seq, "the item stands for the re-scored verdict"
+                one = httpx.get(f"{base}/public/rollouts/{rid}.json").json()
+                assert one["passed"] is True
+                assert one["superseded"] is False
+                bundle = one["proof"]
+                assert bundle is not None
+                proven = {e["seq"]: e["type"] for e in bundle["events"]}
+                claim = set(proven) | set(bundle["pending"])
+                decision_seq = by_rollout[rid]["PublicationDecided"][1][0]
+                assert {rescored_seq, decision_seq} <= claim
+                assert proven.get(rescored_seq, "RolloutRescored") == "RolloutRescored"
+            page = httpx.get(f"{base}/public/").text
+            assert page.count("[superseded]") == 0
+            lines = [json.loads(x) for x in httpx.get(f"{base}/public/results.jsonl").text.splitlines()]
+            assert {r["rollout_id"] for r in lines} >= flipped
+            feed = httpx.get(f"{base}/v1/feed?limit=1000", headers=auth).json()["items"]
+            for rid in flipped:
+                mine = [(i["type"], i["audience"]) for i in feed if i["rollout_id"] == rid]
+                assert mine[-3:] == [
+                    ("RolloutRescored", None),
+                    ("PublicationDecided", "public"),
+                    ("PublicReleased", "public"),
+                ], mine
+            record = httpx.get(f"{base}/v1/rollouts/{next(iter(flipped))}", headers=auth).json()
+            assert record["score"]["passed"] is False, "the run's verdict stays"
+            assert record["publication"]["state"] == "released"
+        finally:
+            _stop(daemon)
+
+        (tmp_path / "problems" / "weak" / "tests.py").write_text(STRONG)
+        out = rollwatch("--config", str(cfg), "rescore", timeout=120)
+        row = next(line.split() for line in out.stdout.splitlines() if line.startswith("weak "))
+        assert row[2:] == [str(ROLLOUTS), "0", str(ROLLOUTS)], out.stdout
+        # A flip back to fail decides nothing new (a decision per rollout for subscribers,
+        # a public one per pass and per flip): the public decision stands, superseded.
+        assert len(events(db, "PublicationDecided")) == 2 * ROLLOUTS + ROLLOUTS + ROLLOUTS
+        daemon = _serve(cfg)
+        try:
+            items = _released_feed(port, 2 * ROLLOUTS)
+            assert len(items) == 2 * ROLLOUTS, "a superseded result was removed"
+            marked = {i["_rollwatch"]["rollout_id"] for i in items if i["_rollwatch"]["superseded"]}
+            assert marked == flipped
+            assert httpx.get(f"{base}/public/").text.count("[superseded]") == ROLLOUTS
+        finally:
+            _stop(daemon)
+        assert _requests(req_log) == 2 * ROLLOUTS
+
+    def test_a_flip_to_pass_under_embargo_waits_for_its_own_embargo(
+        self, tmp_path: Path, provider: tuple[str, Path]
+    ) -> None:
+        """With a 90-day embargo, a flip's public decision falls due 90 days after the
+        re-score: the release job releases nothing of it a second before, and releases
+        it a second after (by the log as by the projection)."""
+        base_url, req_log = provider
+        cfg, _ = _setup(tmp_path, base_url, embargo="90d", weak_tests=STRONG)
+        flipped, by_rollout = _flip_to_pass(tmp_path, cfg, req_log)
+        dues = set()
+        for evs in by_rollout.values():
+            rescored_at = parse_rfc3339(evs["RolloutRescored"][0][1])
+            public = evs["PublicationDecided"][1][2]
+            assert public["embargo_s"] == 90 * 86400
+            not_before = parse_rfc3339(public["not_before"])
+            assert timedelta(days=90) - timedelta(seconds=30) < not_before - rescored_at <= timedelta(days=90)
+            dues.add(not_before)
+        db = tmp_path / "events.db"
+        first, last = min(dues), max(dues)
+
+        async def release(now: datetime) -> set[str]:
+            async with (
+                SQLiteEventStore(db) as store,
+                ProjectionDB(tmp_path / "projections-test.db", default_projections()) as pdb,
+            ):
+                await release_due(store, pdb, now)
+            return {d["rollout_id"] for _, _, d in events(db, "PublicReleased")}
+
+        stable_due = {
+            parse_rfc3339(d["not_before"])
+            for _, _, d in events(db, "PublicationDecided")
+            if d["audience"] == "public" and d["rollout_id"] not in flipped
+        }
+        assert max(stable_due) < first, "the run's passes fall due before the flips"
+        assert anyio.run(release, first - timedelta(seconds=1)) & flipped == set()
+        assert anyio.run(release, last + timedelta(seconds=1)) >= flipped
 
 
 class TestDaemonNoticesChangedProblems:

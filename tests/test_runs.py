@@ -197,6 +197,41 @@ class TestEveryAnswerGetsAVerdict:
             assert len(others) == fin.planned - 2
             assert all(e.passed and e.reason == "passed" for e in others), others
 
+    async def test_scorer_errors_are_infra_failures_and_rescore_judges_them_again(
+        self, tmp_path: Path
+    ) -> None:
+        """The report counts the two scorer-error verdicts as infra failures, not the
+        model's; once the scorer is mended, `rescore` judges them again (their problem
+        unchanged) and they pass: the report then has no failure left."""
+        from rollwatch.report import build_report, to_json
+        from rollwatch.runs.rescore import rescore
+
+        config = write_config(tmp_path)
+        async with services(config, ReferenceAnswers(), dijkstra=raises, n_queens=unrecordable) as svc:
+            run = await Run.start(svc, config.schedule(SCHEDULE), trigger="manual")
+            with anyio.fail_after(120):
+                fin = await run.drive(grace=5)
+            assert fin is not None
+            await svc.projections.catch_up(svc.store)
+            (row,) = to_json(await build_report(svc.projections))
+            assert row["infra_failures"] == {"scorer_error": 2}
+            assert row["model_failures"] == {}
+            assert row["passed"] == fin.planned - 2
+            assert isinstance(svc.scorer, FaultyScorer)
+            svc.scorer.faults = {}
+            with anyio.fail_after(120):
+                summary = await rescore(svc)
+            assert {pid: (f.rescored, f.to_pass) for pid, f in summary.problems.items()} == {
+                "dijkstra": (1, 1),
+                "n-queens": (1, 1),
+            }
+            await svc.projections.catch_up(svc.store)
+            (row,) = to_json(await build_report(svc.projections))
+            assert (row["infra_failures"], row["model_failures"]) == ({}, {})
+            assert row["passed"] == fin.planned
+            with anyio.fail_after(120):
+                assert (await rescore(svc)).rescored == 0, "a sound verdict is not judged again"
+
     async def test_an_answer_with_a_lone_surrogate_does_not_jam_the_run(self, tmp_path: Path) -> None:
         """A provider's answer text holding a lone surrogate ("\\ud800", which UTF-8
         cannot encode) is recorded and scored like any other; the run completes."""

@@ -16,6 +16,7 @@ import anyio
 import pytest
 
 from rollwatch.problems import Problem
+from rollwatch.report.failures import verdict_cause
 from rollwatch.scoring import Score, ScoringPool
 from rollwatch.scoring.sandbox import JUDGE_UID_OFFSET
 
@@ -394,6 +395,7 @@ class TestForgers:
             s = await pool.score(problem, fenced(code))
         assert not s.passed, s
         assert PRIMITIVE_FAILED not in s.reason, s
+        assert verdict_cause(s.reason)[0] == "model", "an attack on the harness passed for our failure"
         storable(s)
         await honest_still_passes(pool)
 
@@ -446,6 +448,7 @@ class TestJammers:
             s = await pool.score(problem, fenced(code))
         assert not s.passed, s
         assert expected in s.reason, s
+        assert verdict_cause(s.reason)[0] == "model", "an attack on scoring passed for our failure"
         storable(s)
         await honest_still_passes(pool)
 
@@ -487,6 +490,7 @@ class TestJammers:
         s = await pool.score(ECHO, fenced("import os\nos.write(3, b'ok\\n')\nprint(input())"))
         assert not s.passed, s
         assert "verdict channel" in s.reason, s
+        assert verdict_cause(s.reason) == ("model", "tampered")
         assert sandbox_processes() == []
 
 

@@ -1,6 +1,7 @@
 """Inclusion proofs for released items, so that ``rollwatch audit --item ID`` can check them.
 
-A released item stands for its rollout's ``RolloutScored`` event. With the Merkle tree
+A released item stands for its rollout's ``RolloutScored`` event (or the
+``RolloutRescored`` that flipped it to a pass). With the Merkle tree
 at hand (:mod:`rollwatch.integrity`), the item's ``_rollwatch`` object carries what
 :func:`rollwatch.integrity.routes.inclusion_fields` gives: the event's ``seq``,
 ``leaf_index``, ``canonical`` JSON and ``leaf_hash``, and an inclusion proof

@@ -5,14 +5,22 @@ passed) also goes to the public once the embargo has passed. The decision is mad
 once, when the rollout is scored, and recorded with the verdict in the same append
 (``PublicationDecided``), so a later change of the embargo never reaches back to
 verdicts already decided; ``release_job`` carries the public ones out when due.
+
+A verdict that a re-score flips to a pass (``RolloutRescored``) is decided the same
+way, in the same append as that verdict, for the audiences not decided yet: its
+embargo counts from the re-score, because the result did not exist as a pass before
+(subscribers saw it as a failure until then). A rollout decided public once keeps
+that decision through later flips: a flip back to fail supersedes it (never released,
+or marked where already public), a flip to pass again lifts the mark.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import datetime, timedelta
 from typing import Protocol
 
-from rollwatch.events import PublicationDecided, RolloutScored, rfc3339
+from rollwatch.events import PublicationDecided, RolloutRescored, RolloutScored, rfc3339
 
 
 class PublicationPolicy(Protocol):
@@ -24,11 +32,19 @@ class PublicationPolicy(Protocol):
         ...
 
 
-def decide(policy: PublicationPolicy, verdict: RolloutScored, now: datetime) -> list[PublicationDecided]:
-    """The decisions to record with ``verdict``, scored at ``now``."""
+def decide(
+    policy: PublicationPolicy,
+    verdict: RolloutScored | RolloutRescored,
+    now: datetime,
+    decided: Collection[str] = (),
+) -> list[PublicationDecided]:
+    """The decisions to record with ``verdict``, scored at ``now``, leaving out the
+    audiences already ``decided`` for its rollout (a re-scored verdict's)."""
     rid = verdict.rollout_id
-    decisions = [PublicationDecided(rollout_id=rid, audience="subscribers", not_before=rfc3339(now))]
-    if verdict.passed:
+    decisions = []
+    if "subscribers" not in decided:
+        decisions.append(PublicationDecided(rollout_id=rid, audience="subscribers", not_before=rfc3339(now)))
+    if verdict.passed and "public" not in decided:
         embargo = policy.embargo
         decisions.append(
             PublicationDecided(

@@ -237,13 +237,18 @@ class FeedProjection(Projection):
 class PublicProjection(Projection):
     """Each rollout's result, public decision and release, and each run's end.
 
+    ``passed`` is 1 once any verdict passed the rollout (a superseded result keeps it,
+    marked by ``superseded_*``), so a re-score's flip to pass is released like a pass.
+
     The release job reads pending decisions from it; the public routes and the export
     read released results (``released_seq`` set *and* ``not_before`` passed *and*
     passed) and the figures behind the pass-rate chart.
     """
 
     name = "public"
-    version = 3  # 2: scored_seq (the event a released item's inclusion proof is for); 3: superseded
+    # 2: scored_seq (the event a released item's inclusion proof is for); 3: superseded;
+    # 4: a re-score's flip to pass makes a positive result
+    version = 4
     tables = ("public_rollouts", "public_runs")
     types = frozenset({"RunStarted", "RunFinished"}) | _ROLLOUT_EVENTS
     ddl = """
@@ -300,12 +305,21 @@ class PublicProjection(Projection):
         elif isinstance(ev, e.RolloutRescored):
             # A result that fails its problem's newest version is superseded: never
             # released, and marked (never removed) where it already is. A later
-            # re-score that passes it again lifts the mark.
+            # re-score that passes it again lifts the mark. One that failed until now
+            # becomes a positive result standing for this verdict (its score, its date,
+            # the event its inclusion proof is for); its public decision is appended
+            # with it. The right-hand sides read the row as it was.
             if ev.passed:
                 db.execute(
                     "UPDATE public_rollouts SET superseded_at = NULL, superseded_seq = NULL,"
-                    " superseded_hash = NULL WHERE rollout_id = ?",
-                    (ev.rollout_id,),
+                    " superseded_hash = NULL,"
+                    " score = CASE WHEN passed = 1 THEN score ELSE ? END,"
+                    " scorer = CASE WHEN passed = 1 THEN scorer ELSE ? END,"
+                    " scored_at = CASE WHEN passed = 1 THEN scored_at ELSE ? END,"
+                    " scored_ts = CASE WHEN passed = 1 THEN scored_ts ELSE ? END,"
+                    " scored_seq = CASE WHEN passed = 1 THEN scored_seq ELSE ? END,"
+                    " passed = 1 WHERE rollout_id = ?",
+                    (ev.score, ev.scorer, rec.at, _epoch(rec.at), rec.seq, ev.rollout_id),
                 )
             else:
                 db.execute(

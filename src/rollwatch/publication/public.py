@@ -50,7 +50,8 @@ class Released:
     released_seq: int
     answer_seq: int | None
     scored_seq: int | None
-    """The ``RolloutScored`` event the result stands for (its inclusion proof's leaf)."""
+    """The verdict the result stands for (its inclusion proof's leaf): its ``RolloutScored``,
+    or the ``RolloutRescored`` that flipped it to a pass."""
     superseded_at: str | None = None
     """When a re-score found the answer failing its problem's newest version (it stays
     public, marked)."""

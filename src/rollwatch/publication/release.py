@@ -1,7 +1,8 @@
 """The release job: ``PublicReleased`` for every public decision whose embargo has passed.
 
 The decision (``PublicationDecided`` with audience ``public``) is made when a positive
-result is scored and carries its own ``not_before``; this job only carries it out. It
+result is scored, or when a re-score flips a verdict to a pass, and carries its own
+``not_before``; this job only carries it out. It
 reads pending decisions from the public projection, then, for each, re-reads the
 rollout's stream (the log is the truth; the projection may lag) and appends
 ``PublicReleased`` with ``expected_version`` set to the stream's version as read. So:

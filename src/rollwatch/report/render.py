@@ -59,8 +59,19 @@ def to_csv(report: Report) -> str:
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(report.keys)
     for row in to_json(report):
-        w.writerow(["" if v is None else str(v).lower() if isinstance(v, bool) else v for v in row.values()])
+        w.writerow([_cell(v) for v in row.values()])
     return buf.getvalue()
+
+
+def _cell(v: Any) -> Any:
+    """A CSV cell: empty for null, ``true``/``false``, counts by cause as ``a=1;b=2``."""
+    if v is None:
+        return ""
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, dict):
+        return ";".join(f"{k}={n}" for k, n in v.items())
+    return v
 
 
 def to_table(report: Report) -> str:

@@ -13,12 +13,13 @@ import math
 import sqlite3
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Literal, Protocol
 
 from rollwatch.errors import UsageError
 from rollwatch.events import PublicReleased, Recorded
 from rollwatch.projections import Projection
+from rollwatch.report.failures import Answers, describe, failures_by_key
 from rollwatch.report.render import Column, Report, _int, _num, _p, _pct, _pp, _rate_ci, _usd, _when, to_json
 from rollwatch.report.stats import (
     ALPHA,
@@ -124,6 +125,12 @@ class Row:
     expected_usd_to_solve_low: float | None
     expected_usd_to_solve_high: float | None
     note: str = ""
+    model_failures: dict[str, int] = field(default_factory=dict)
+    """Rollouts of finished runs the model failed, by cause (``wrong_answer``, ``timeout``,
+    ``limit``, ``no_code``, ``tampered``): see :mod:`rollwatch.report.failures`."""
+    infra_failures: dict[str, int] = field(default_factory=dict)
+    """Rollouts of finished runs that did not pass for a reason not the model's, by cause
+    (the provider's error kind, ``budget_exhausted``, ``scorer_error``, ...)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -383,17 +390,19 @@ def _summarize(
             ident["run_id"] = key[3]
             ident["run_started_at"] = runs.get(str(key[3]), (None, None))[0]
         rows.append(_row(str(key[0]), str(key[1]), group, **ident))
-    rows.sort(
-        key=lambda r: (
-            r.provider,
-            r.model,
-            r.run_started_at or "",
-            r.served_model or "",
-            r.run_id or "",
-            r.problem_id or "",
-        )
-    )
+    rows.sort(key=_row_order)
     return rows
+
+
+def _row_order(r: Row) -> tuple[str, ...]:
+    return (
+        r.provider,
+        r.model,
+        r.run_started_at or "",
+        r.served_model or "",
+        r.run_id or "",
+        r.problem_id or "",
+    )
 
 
 # --- the views ------------------------------------------------------------------------------
@@ -413,7 +422,10 @@ async def build_report(pdb: Fetcher, by: str = "model", *, problem_version: str 
     """
     if by not in BY_CHOICES:
         raise UsageError(f"report: by must be one of {', '.join(BY_CHOICES)}, not {by!r}")
-    rows = _summarize(await _cells(pdb, problem_version), by, await _runs(pdb))
+    cells = await _cells(pdb, problem_version)
+    rows = _summarize(cells, by, await _runs(pdb))
+    if problem_version is None:
+        rows = await _with_failures(pdb, rows, by, cells)
     drop = {
         "model": ("problem_id", "run_id", "run_started_at"),
         "problem": ("run_id", "run_started_at"),
@@ -440,8 +452,13 @@ async def build_report(pdb: Fetcher, by: str = "model", *, problem_version: str 
         Column("PASS@1 (95%)", lambda r: _rate_ci(r.pass_at_1, r.pass_at_1_low, r.pass_at_1_high)),
         Column("PASS@10", lambda r: _pct(r.pass_at_10)),
         Column("PASS@100", lambda r: _pct(r.pass_at_100)),
-        Column("COST", lambda r: _usd(r.cost_usd)),
     ]
+    if problem_version is None:
+        cols += [
+            Column("MODEL FAILED", lambda r: _int(sum(r.model_failures.values()))),
+            Column("INFRA FAILED", lambda r: _int(sum(r.infra_failures.values()))),
+        ]
+    cols += [Column("COST", lambda r: _usd(r.cost_usd))]
     if by == "problem":
         cols += [
             Column("ROLLOUTS TO SOLVE", lambda r: _expect(r, "rollouts")),
@@ -464,6 +481,7 @@ async def build_report(pdb: Fetcher, by: str = "model", *, problem_version: str 
         notes.append(f"verdicts under problem version {problem_version} only")
     else:
         notes.append("each rollout counts with its newest verdict (rollwatch rescore adds them)")
+        notes += _failure_notes(rows)
         stale = await pdb.fetchall(_STALE_SQL)
         if stale and stale[0][0]:
             n, problems = int(stale[0][0]), int(stale[0][1])
@@ -479,6 +497,65 @@ async def build_report(pdb: Fetcher, by: str = "model", *, problem_version: str 
         columns=tuple(cols),
         notes=tuple(notes),
     )
+
+
+async def _with_failures(pdb: Fetcher, rows: Sequence[Row], by: str, cells: Iterable[_Cell]) -> list[Row]:
+    """``rows`` (made of ``cells``) with their failures by cause, the model's apart from ours."""
+    answers: Answers = defaultdict(dict)
+    for c in cells:
+        # The cells' served models, those of unanswered rollouts already filled in: the
+        # same majority the failures need, so failures land on the rows they belong to.
+        by_served = answers[(c.provider, c.model, c.run_id)]
+        by_served[c.served_model] = by_served.get(c.served_model, 0) + c.total
+    found = await failures_by_key(pdb, by, answers=answers)
+    out = []
+    for r in rows:
+        f = found.pop((r.provider, r.model, r.served_model, r.problem_id, r.run_id), None)
+        out.append(r if f is None else replace(r, model_failures=f.model, infra_failures=f.infra))
+    if found:
+        # A model none of whose rollouts was ever asked for (the budget ran out first)
+        # still has its row: nothing scored, everything an infra failure.
+        runs = await _runs(pdb)
+        for (provider, model, served, problem, run), f in found.items():
+            ident: dict[str, Any] = {"served_model": served, "problem_id": problem, "run_id": run}
+            if run is not None:
+                ident["run_started_at"] = runs.get(run, (None, None))[0]
+            row = _row(provider, model, [], **ident)
+            out.append(replace(row, model_failures=f.model, infra_failures=f.infra))
+        out.sort(key=_row_order)
+    return out
+
+
+_MAX_FAILURE_NOTES = 20
+
+
+def _failure_notes(rows: Sequence[Row]) -> list[str]:
+    """Per row with failures, their causes: the model's apart from ours."""
+    lines = []
+    for r in rows:
+        if not (r.model_failures or r.infra_failures):
+            continue
+        label = "/".join(
+            filter(None, (r.provider, r.model, r.served_model if r.served_model != r.model else None))
+        )
+        label += "".join(f" {x}" for x in (r.problem_id, r.run_id) if x)
+        lines.append(
+            f"{label}: model failed {describe(r.model_failures)}; infra failed {describe(r.infra_failures)}"
+        )
+    if not lines:
+        return []
+    head = (
+        "failed, in finished runs: by the model (wrong_answer, timeout, limit, no_code, tampered) apart from"
+        " infra (the provider's error kinds, budget_exhausted, not_requested, unanswered: never scored,"
+        " not in pass@1; scorer_error, sandbox_error: in pass@1 as failed until `rollwatch rescore`"
+        " judges them again)"
+    )
+    more = len(lines) - _MAX_FAILURE_NOTES
+    return [
+        head,
+        *lines[:_MAX_FAILURE_NOTES],
+        *([f"... and {more} more rows with failures"] if more > 0 else []),
+    ]
 
 
 async def build_trend(pdb: Fetcher) -> Report:

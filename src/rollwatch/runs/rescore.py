@@ -9,7 +9,10 @@ the earlier verdicts stay in the log. Readers take each rollout's newest verdict
 
 Each verdict goes on its rollout's stream (so the release job, deciding from that
 stream, never releases a result that no longer passes); the summary
-(``RescoreFinished``) on the re-score's own stream.
+(``RescoreFinished``) on the re-score's own stream. A verdict that flips to a pass
+carries, in the same append, the publication decisions its rollout lacks
+(:func:`rollwatch.publication.policy.decide`): the public one with an embargo counted
+from the re-score, so the release job releases it like any other positive result.
 
 ``record_versions`` first writes a ``ProblemVersioned`` for every problem whose
 current content differs from the newest version the log knows, so that the log (not
@@ -21,13 +24,15 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import anyio
 
-from rollwatch.errors import UsageError
+from rollwatch.errors import ConcurrencyConflict, UsageError
 from rollwatch.events import (
     ProblemVersioned,
+    PublicationDecided,
     RescoreFinished,
     RolloutRescored,
     RolloutResponded,
@@ -38,6 +43,8 @@ from rollwatch.events import (
 )
 from rollwatch.log import get_logger
 from rollwatch.problems import Problem
+from rollwatch.publication.policy import decide
+from rollwatch.report.failures import verdict_cause
 from rollwatch.runs.rollout import scorer_error
 from rollwatch.runs.services import RunServices
 from rollwatch.scoring.base import scorer_version
@@ -146,7 +153,8 @@ async def rescore(
     rescore_id: str | None = None,
 ) -> RescoreSummary:
     """Judge again every scored rollout (of ``problem_set``, ``problem``, ``run`` when
-    given) whose newest verdict is not under its problem's current version.
+    given) whose newest verdict is not under its problem's current version, or is an
+    infra failure (a scorer or sandbox error: it judged nothing of the model).
 
     Never calls a provider: the answers come from the log. ``parallel`` bounds the
     samples in the scorer at once (default: all the scorer takes; the daemon's
@@ -181,13 +189,13 @@ async def rescore(
         where.append("o.run_id = ?")
         params.append(run)
     rows = await pdb.fetchall(
-        "SELECT o.rollout_id, u.problem_set, o.problem_id, o.answer_seq, o.passed, o.verdict_hash"
+        "SELECT o.rollout_id, u.problem_set, o.problem_id, o.answer_seq, o.passed, o.verdict_hash, o.reason"
         " FROM rollouts o JOIN runs u ON u.run_id = o.run_id"
         f" WHERE {' AND '.join(where)} ORDER BY o.answer_seq",
         tuple(params),
     )
     todo: list[_Candidate] = []
-    for rid, set_name, pid, answer_seq, passed, vhash in rows:
+    for rid, set_name, pid, answer_seq, passed, vhash, reason in rows:
         pset = svc.problem_sets.get(str(set_name))
         try:
             current = pset.get(str(pid)) if pset is not None else None
@@ -196,8 +204,10 @@ async def rescore(
         if current is None:
             summary.skipped["problem_not_configured"] = summary.skipped.get("problem_not_configured", 0) + 1
             continue
-        if vhash == current.content_hash:
-            continue  # already judged under the current version
+        if vhash == current.content_hash and (passed or verdict_cause(reason)[0] != "infra"):
+            # Already judged under the current version; a verdict that judged nothing
+            # of the model (our scorer or sandbox broke) is judged again.
+            continue
         todo.append(_Candidate(str(rid), current, int(answer_seq), bool(passed), vhash))
     for c in todo:
         summary.problems.setdefault(c.problem.id, ProblemFlips(c.problem.id, c.problem.content_hash))
@@ -217,7 +227,10 @@ async def rescore(
             ev = await _verdict(svc, c, answer.text, version, summary.rescore_id)
         # On the rollout's own stream: a release reading the stream to decide sees it,
         # and one that read it before conflicts on its append and reads again.
-        await svc.store.append(rollout_stream(c.rollout_id), [ev])
+        if ev.passed and not c.passed:
+            await _append_with_decisions(svc, ev)
+        else:
+            await svc.store.append(rollout_stream(c.rollout_id), [ev])
         flips = summary.problems[c.problem.id]
         flips.rescored += 1
         if ev.passed and not c.passed:
@@ -252,6 +265,40 @@ async def rescore(
         skipped=summary.skipped,
     )
     return summary
+
+
+_ATTEMPTS = 5
+
+
+async def _append_with_decisions(svc: RunServices, ev: RolloutRescored) -> None:
+    """Append ``ev`` (a flip to pass) with the publication decisions its rollout has not had.
+
+    Read and appended at the stream's version, so two re-scores of one rollout at once
+    (the command and the daemon's) cannot both decide it public.
+    """
+    stream = rollout_stream(ev.rollout_id)
+    decisions: list[PublicationDecided] = []
+    for _ in range(_ATTEMPTS):
+        version = 0
+        decided: set[str] = set()
+        async for rec in svc.store.read(stream=stream):
+            version = rec.version
+            if rec.type == "PublicationDecided":
+                old = rec.event()
+                assert isinstance(old, PublicationDecided)
+                decided.add(old.audience)
+        decisions = decide(svc.config.publication, ev, datetime.now(UTC), decided)
+        try:
+            await svc.store.append(stream, [ev, *decisions], expected_version=version)
+        except ConcurrencyConflict:
+            continue  # the release job or another re-score appended: read again
+        if decisions:
+            log.info("rescore_decided", rollout_id=ev.rollout_id, audiences=[d.audience for d in decisions])
+        return
+    # Contended all along (five appends to one rollout while this one decided): append
+    # without the fence. A second public decision is harmless: the first one stands.
+    log.warning("rescore_decision_contended", rollout_id=ev.rollout_id, attempts=_ATTEMPTS)
+    await svc.store.append(stream, [ev, *decisions])
 
 
 async def _verdict(

@@ -37,6 +37,7 @@ from rollwatch import events as e
 from rollwatch.errors import BadRequest, Forbidden, NotFound, Unauthorized
 from rollwatch.events import rollout_stream, schedule_stream
 from rollwatch.log import get_logger
+from rollwatch.report.failures import Failures, failures_by_key
 from rollwatch.report.stats import wilson
 from rollwatch.scoring.extract import extract_code
 from rollwatch.web import params
@@ -218,7 +219,8 @@ class Console:
         return self._page("ops/runs.html", runs=await self._run_rows(), head=head, title="Runs")
 
     async def run(self, request: Request) -> Response:
-        """One run: model × problem heatmap of passes/rollouts, failures by cause."""
+        """One run: model × problem heatmap of passes/rollouts, failures by cause (the
+        model's apart from infra's)."""
         params.query(request, set())
         run_id = request.path_params["run_id"]
         head = await self._current()
@@ -236,11 +238,9 @@ class Console:
             m = by_model.setdefault(model, [0, 0])
             m[0] += int(passed or 0)
             m[1] += int(scored or 0)
-        failures = await self.pdb.fetchall(
-            "SELECT coalesce(fail_kind, 'unknown'), count(*) FROM rollouts WHERE run_id = ? AND state = 'failed'"
-            " GROUP BY 1 ORDER BY 2 DESC",
-            (run_id,),
-        )
+        # The model's failures apart from ours (provider, budget, scorer, sandbox), as
+        # the report counts them; only once the run has ended (until then they may pass).
+        failures = Failures.total((await failures_by_key(self.pdb, "run", run_id)).values())
         rollouts = await self.pdb.fetchall(
             "SELECT rollout_id, model, problem_id, sample, state, passed, cost_usd, fail_kind FROM rollouts"
             " WHERE run_id = ? ORDER BY model, problem_id, sample LIMIT 2000",
