@@ -5,6 +5,13 @@ page have passes) and a loopback OpenAI-compatible fake whose every answer is ho
 HTML. Schedules: ``ref-hourly`` and ``fake-hostile`` fire at start; ``fake-slow``
 (cron, next January) fires only when triggered, and takes seconds (the fake answers
 after a delay, one request at a time), for watching live progress.
+
+The problems are four small Python functions (``PROBLEMS``, ids that sort differently
+as text and as numbers), quick to score: the daemon is up with its two runs in a few
+seconds. ``p10`` sets no timeout, so its time limit is calibrated from its reference
+solution. One daemon serves every console and browser test of a pytest worker
+(``tests/web/conftest.py``): a test changes only what it owns (a schedule it pauses and
+resumes, the problem it edits) and reads the log for what it checks.
 """
 
 from __future__ import annotations
@@ -19,6 +26,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import anyio
+
+from rollwatch.events import SubscriberAdded, subscriber_stream
+from rollwatch.publication.keys import hash_key, key_prefix, new_key
+from rollwatch.store.sqlite import SQLiteEventStore
 from tests.test_daemon import ROOT, events, free_port, wait_until
 
 HOSTILE = (
@@ -27,6 +39,27 @@ HOSTILE = (
     "```python\ndef solve():\n    return '</pre><script>window.__pwned = 3</script>'\n```\n"
 )
 FAKE_KEY = "sk-console-test-0123456789"
+PROBLEMS = ("p1", "p2", "p9", "p10")
+"""In natural order (as text: p1, p10, p2, p9)."""
+EDITED = "p9"
+"""The problem a test edits (a new version, recorded on SIGHUP); no other test reads its hash."""
+
+
+def write_problems(root: Path) -> Path:
+    """The four problems: ``solve(x)`` returns ``x + N``; p10 has no timeout (calibrated)."""
+    for i, pid in enumerate(PROBLEMS):
+        d = root / pid
+        d.mkdir(parents=True)
+        timeout = "" if pid == "p10" else 'timeout = "5s"\n'
+        (d / "problem.toml").write_text(
+            f'title = "Add {i}"\nreleased = 2026-01-0{i + 1}\n'
+            f"prompt = '''\ndef solve(x: int) -> int:\n    \"\"\"Return x + {i}.\"\"\"\n'''\n"
+            f'[scorer]\nkind = "python-function"\nentry_point = "solve"\ntests = "tests.py"\n{timeout}'
+            '[reference]\nsolution = "solution.py"\n'
+        )
+        (d / "tests.py").write_text(f"def check(candidate):\n    assert candidate(1) == {1 + i}\n")
+        (d / "solution.py").write_text(f"def solve(x):\n    return x + {i}\n")
+    return root
 
 
 @dataclass
@@ -38,6 +71,8 @@ class Daemon:
     db: Path
     ops_key: str
     feed_key: str
+    problems: Path
+    pid: int = 0
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         """``rollwatch --config CONFIG ARGS``."""
@@ -56,7 +91,7 @@ class Daemon:
         return {r["schedule"]: r for r in json.loads(out.stdout)}
 
 
-def _config(tmp: Path, fake_url: str) -> Path:
+def _config(tmp: Path, fake_url: str, problems: Path) -> Path:
     cfg = tmp / "rollwatch.toml"
     cfg.write_text(f"""
 node = "console-test"
@@ -69,9 +104,11 @@ embargo = "1s"
 release_check = "200ms"
 [scoring]
 workers = 2
+[integrity]
+checkpoint_interval = "1s"
 [[problem_sets]]
 name = "favorites"
-path = "{ROOT / "config" / "problems"}"
+path = "{problems}"
 [[providers]]
 name = "reference"
 kind = "reference"
@@ -109,6 +146,19 @@ cron = "0 0 1 1 *"
     return cfg
 
 
+async def _add_subscribers(db: Path, subs: dict[str, tuple[str, str]]) -> None:
+    async with SQLiteEventStore(db) as store:
+        for name, (key, scope) in subs.items():
+            await store.append(
+                subscriber_stream(name),
+                [
+                    SubscriberAdded(
+                        name=name, key_hash=hash_key(key), key_prefix=key_prefix(key), scopes=[scope]
+                    )
+                ],
+            )
+
+
 @contextmanager
 def running_daemon(tmp: Path) -> Iterator[Daemon]:
     """Start the fake provider and the daemon, wait for the two first runs, stop both after."""
@@ -121,16 +171,14 @@ def running_daemon(tmp: Path) -> Iterator[Daemon]:
     proc: subprocess.Popen[str] | None = None
     try:
         port = wait_until(lambda: port_file.exists() and port_file.read_text(), 20, "the fake provider")
-        cfg = _config(tmp, f"http://127.0.0.1:{port}/v1")
-        d = Daemon(url="", config=cfg, db=tmp / "events.db", ops_key="", feed_key="")
-        for name, scope in (("ops-user", "ops"), ("feed-user", "feed")):
-            out = d.cli("subscribers", "add", name, "--scope", scope)
-            assert out.returncode == 0, out.stderr
-            key = out.stdout.split()[0]
-            if scope == "ops":
-                d.ops_key = key
-            else:
-                d.feed_key = key
+        problems = write_problems(tmp / "problems")
+        cfg = _config(tmp, f"http://127.0.0.1:{port}/v1", problems)
+        d = Daemon(
+            url="", config=cfg, db=tmp / "events.db", ops_key=new_key(), feed_key=new_key(), problems=problems
+        )
+        # The subscribers' events, appended through the store API (what `subscribers add`
+        # appends, without two more interpreters starting; its CLI has its own tests).
+        anyio.run(_add_subscribers, d.db, {"ops-user": (d.ops_key, "ops"), "feed-user": (d.feed_key, "feed")})
         proc = subprocess.Popen(
             [sys.executable, "-m", "rollwatch", "--config", str(cfg), "serve", "--grace", "5"],
             stdout=subprocess.DEVNULL,
@@ -138,6 +186,7 @@ def running_daemon(tmp: Path) -> Iterator[Daemon]:
             text=True,
             env={**os.environ, "FAKE_PROVIDER_KEY": FAKE_KEY},
         )
+        d.pid = proc.pid
         listen = cfg.read_text().split('listen = "')[1].split('"')[0]
         d.url = f"http://{listen}"
         wait_until(lambda: len(events(d.db, "RunFinished")) >= 2, 90, "the first two runs")

@@ -3,8 +3,8 @@
 against a real daemon with runs in its log.
 
 These tests are never skipped: without the browser they fail and say how to install it.
-Each module starts its own daemon, so they run alongside the others (and in parallel
-under a runner that splits by module). ``ROLLWATCH_SCREENSHOTS=DIR`` keeps the
+They share the worker's daemon with the HTTP tests (``tests/web/conftest.py``) and one
+browser per worker; each test opens its own browser context. ``ROLLWATCH_SCREENSHOTS=DIR`` keeps the
 screenshots there (the README's come from ``ROLLWATCH_SCREENSHOTS=docs``).
 """
 
@@ -19,20 +19,14 @@ import pytest
 from playwright.sync_api import Browser, ConsoleMessage, Page, expect, sync_playwright
 
 from tests.test_daemon import events, wait_until
-from tests.web.opsd import Daemon, running_daemon
+from tests.web.opsd import Daemon
 
 CHROMIUM = Path("/usr/bin/chromium")
 
 pytestmark = pytest.mark.browser
 
 
-@pytest.fixture(scope="module")
-def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
-    with running_daemon(tmp_path_factory.mktemp("browser")) as d:
-        yield d
-
-
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def browser() -> Iterator[Browser]:
     if not CHROMIUM.exists():
         pytest.fail(f"{CHROMIUM} is missing: `make system` installs it (apt-get install chromium)")
@@ -98,6 +92,8 @@ def _pages(daemon: Daemon) -> list[str]:
         f"/ops/rollouts/{_hostile_rollout(daemon)}",
         "/ops/schedules",
         "/ops/subscribers",
+        "/ops/problems",
+        "/ops/problems/p10",
         "/public/",
     ]
 
@@ -106,7 +102,12 @@ def test_every_page_renders_without_console_errors(daemon: Daemon, page: Watched
     """Each console page and the public page load (200), show their heading, and log no
     error, no warning and no uncaught exception (the CSP would report a blocked inline script)."""
     shots = _shots(tmp_path)
-    names = {"/ops/": "console-runs", "/ops/schedules": "console-schedules", "/public/": "public-page"}
+    names = {
+        "/ops/": "console-runs",
+        "/ops/schedules": "console-schedules",
+        "/ops/problems": "console-problems",
+        "/public/": "public-page",
+    }
     for path in _pages(daemon):
         resp = page.page.goto(daemon.url + path)
         assert resp is not None
