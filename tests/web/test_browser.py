@@ -4,7 +4,7 @@ against a real daemon with runs in its log.
 
 These tests are never skipped: without the browser they fail and say how to install it.
 They share the worker's daemon with the HTTP tests (``tests/web/conftest.py``) and one
-browser per worker; each test opens its own browser context. ``ROLLWATCH_SCREENSHOTS=DIR`` keeps the
+browser per module; each test opens its own browser context. ``ROLLWATCH_SCREENSHOTS=DIR`` keeps the
 screenshots there (the README's come from ``ROLLWATCH_SCREENSHOTS=docs``).
 """
 
@@ -26,7 +26,9 @@ CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = pytest.mark.browser
 
 
-@pytest.fixture(scope="session")
+# Module scope, not session: Playwright's sync API keeps an asyncio loop running while
+# the browser is open, and the anyio tests that a worker runs afterwards need their own.
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     if not CHROMIUM.exists():
         pytest.fail(f"{CHROMIUM} is missing: `make system` installs it (apt-get install chromium)")
