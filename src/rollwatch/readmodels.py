@@ -10,7 +10,7 @@ from __future__ import annotations
 from rollwatch.projections import Projection, RunsProjection, SchedulesProjection
 from rollwatch.publication.projections import publication_projections
 from rollwatch.report.views import ReleasesProjection
-from rollwatch.web.console_model import ConsoleProblemsProjection, ConsoleRunsProjection
+from rollwatch.web.console_model import ConsoleRunsProjection
 
 
 def default_projections() -> list[Projection]:
@@ -21,7 +21,6 @@ def default_projections() -> list[Projection]:
         *publication_projections(),
         ReleasesProjection(),
         ConsoleRunsProjection(),
-        ConsoleProblemsProjection(),
     ]
 
 

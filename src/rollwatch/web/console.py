@@ -170,38 +170,22 @@ class Console:
 
     # -- queries ------------------------------------------------------------------------------
 
-    async def _planned(self, run_ids: list[str]) -> dict[str, int]:
-        if not run_ids:
-            return {}
-        marks = ",".join("?" * len(run_ids))
-        rows = await self.pdb.fetchall(
-            f"SELECT run_id, planned FROM ops_runs WHERE run_id IN ({marks})", run_ids
-        )
-        return {r[0]: int(r[1] or 0) for r in rows}
-
     async def _run_rows(
         self, where: str = "", args: tuple[Any, ...] = (), limit: int = _RUNS_SHOWN
     ) -> list[dict[str, Any]]:
+        """Runs with their counts, newest first: one indexed read of ``runs`` and ``ops_runs``
+        (counted as the events arrived), never the rollouts themselves."""
         runs = await self.pdb.fetchall(
-            "SELECT run_id, schedule, provider, models, problem_set, status, started_at, finished_at,"
-            f" passed, cost_usd, summary FROM runs {where} ORDER BY started_seq DESC LIMIT ?",
+            "SELECT r.run_id, r.schedule, r.provider, r.models, r.problem_set, r.status, r.started_at,"
+            " r.finished_at, r.cost_usd, r.summary, o.planned, o.requested, o.scored, o.passed, o.failed"
+            f" FROM runs r LEFT JOIN ops_runs o ON o.run_id = r.run_id {where}"
+            " ORDER BY r.started_seq DESC LIMIT ?",
             (*args, limit),
         )
-        ids = [r[0] for r in runs]
-        counts: dict[str, tuple[int, int, int, int]] = {}
-        if ids:
-            marks = ",".join("?" * len(ids))
-            for rid, total, scored, passed, failed in await self.pdb.fetchall(
-                "SELECT run_id, count(*), sum(state = 'scored'), sum(coalesce(passed, 0)),"
-                f" sum(state = 'failed') FROM rollouts WHERE run_id IN ({marks}) GROUP BY run_id",
-                ids,
-            ):
-                counts[rid] = (int(total), int(scored or 0), int(passed or 0), int(failed or 0))
-        planned = await self._planned(ids)
         out = []
-        for rid, schedule, provider, models, pset, status, started, finished, _p, cost, summary in runs:
-            total, scored, passed, failed = counts.get(rid, (0, 0, 0, 0))
-            plan = planned.get(rid) or (json.loads(summary).get("planned", 0) if summary else 0) or total
+        for rid, schedule, provider, models, pset, status, started, finished, cost, summary, *n in runs:
+            planned, total, scored, passed, failed = (int(x or 0) for x in n)
+            plan = planned or (json.loads(summary).get("planned", 0) if summary else 0) or total
             done = scored + failed
             out.append(
                 {
@@ -238,7 +222,7 @@ class Console:
         params.query(request, set())
         run_id = request.path_params["run_id"]
         head = await self._current()
-        rows = await self._run_rows("WHERE run_id = ?", (run_id,), 1)
+        rows = await self._run_rows("WHERE r.run_id = ?", (run_id,), 1)
         if not rows:
             raise NotFound(f"no run {run_id[:80]!r}")
         cells: dict[tuple[str, str], Rate] = {}
@@ -636,7 +620,9 @@ class Console:
         await self._current()
         # As many as the runs page can show (200), so that no row shown as running is missed
         # (the page reloads when one it shows as running is no longer listed).
-        rows = await self._run_rows("WHERE status = 'running' OR finished_at IS NULL", (), 2 * _RUNS_SHOWN)
+        rows = await self._run_rows(
+            "WHERE r.status = 'running' OR r.finished_at IS NULL", (), 2 * _RUNS_SHOWN
+        )
         return JSONResponse(
             {
                 "head": head,

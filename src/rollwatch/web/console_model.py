@@ -1,7 +1,22 @@
-"""The console's own read model: what the shared projections do not keep.
+"""The console's own read model: what its pages need, counted as the events arrive.
 
-A running run's planned size (problems × models × samples, from ``RunStarted``), so
-that its progress bar has a denominator before ``RunFinished`` states one.
+Every console page reads a few hundred rows whatever the size of the log (a million
+events: 200,000 rollouts): nothing is counted at request time.
+
+* ``ops_runs``: per run its planned size (problems × models × samples, from
+  ``RunStarted``, the progress bar's denominator before ``RunFinished`` states one) and
+  its rollouts requested, scored, passed and finally failed;
+* ``ops_cells``: per problem, provider and model, rollouts, scored and passed (the
+  problems pages' pass rates);
+* ``ops_problem_versions``: per problem each content hash it had, when it was first
+  seen and when recorded as a new version (``ProblemVersioned``), the verdicts given
+  under it and the time limit they ran under;
+* ``ops_rollouts``: each rollout's run, cell, state and newest verdict, so a second
+  verdict on a rollout (a re-score) moves the counts by the difference instead of
+  counting the rollout twice.
+
+The states follow :class:`rollwatch.projections.RunsProjection` (the runs pages show
+both), but only from the events: rebuilding this projection alone gives the same rows.
 """
 
 from __future__ import annotations
@@ -14,109 +29,63 @@ from rollwatch.projections import Projection
 
 
 class ConsoleRunsProjection(Projection):
-    """Each run's planned number of rollouts."""
+    """Counts per run, per problem and model, and per problem version."""
 
     name = "ops_runs"
-    version = 1
-    tables = ("ops_runs",)
-    types = frozenset({"RunStarted"})
-    ddl = "CREATE TABLE IF NOT EXISTS ops_runs (run_id TEXT PRIMARY KEY, planned INTEGER NOT NULL)"
-
-    def apply(self, db: sqlite3.Connection, rec: Recorded) -> None:
-        """Record the planned size of a run when it starts (a resume keeps the first)."""
-        ev = rec.event()
-        if isinstance(ev, e.RunStarted):
-            planned = len(ev.problems or []) * len(ev.models or []) * int(ev.rollouts or 0)
-            db.execute("INSERT OR IGNORE INTO ops_runs (run_id, planned) VALUES (?, ?)", (ev.run_id, planned))
-
-
-class ConsoleProblemsProjection(Projection):
-    """Per problem: its versions (content hashes) over time, and pass rates per model.
-
-    Built from the events alone (never from another projection's rows, so rebuilding it
-    alone gives the same tables): ``ops_rollouts`` keeps each rollout's cell and newest
-    verdict, so a second verdict on a rollout (a re-score) moves the cell's count by
-    the difference instead of counting the rollout twice. The console's problem pages
-    read a few hundred rows whatever the size of the log.
-    """
-
-    name = "ops_problems"
-    version = 1
-    tables = ("ops_problem_versions", "ops_cells", "ops_rollouts")
-    types = frozenset({"RolloutRequested", "RolloutScored", "RolloutRescored", "ProblemVersioned"})
+    version = 2  # 2: counts per run, cell and problem version (ops_rollouts, ops_cells, ops_problem_versions)
+    tables = ("ops_runs", "ops_rollouts", "ops_cells", "ops_problem_versions")
+    types = frozenset(
+        {
+            "RunStarted",
+            "RolloutRequested",
+            "RolloutResponded",
+            "RolloutFailed",
+            "RolloutScored",
+            "RolloutRescored",
+            "ProblemVersioned",
+        }
+    )
     ddl = """
-    CREATE TABLE IF NOT EXISTS ops_problem_versions (
-        problem_id TEXT NOT NULL, problem_hash TEXT NOT NULL, problem_set TEXT,
-        first_seq INTEGER NOT NULL, first_at TEXT NOT NULL, versioned_at TEXT, previous_hash TEXT,
-        verdicts INTEGER NOT NULL DEFAULT 0, passed INTEGER NOT NULL DEFAULT 0, time_limit_s REAL,
-        PRIMARY KEY (problem_id, problem_hash)
+    CREATE TABLE IF NOT EXISTS ops_runs (
+        run_id TEXT PRIMARY KEY, planned INTEGER NOT NULL, requested INTEGER NOT NULL DEFAULT 0,
+        scored INTEGER NOT NULL DEFAULT 0, passed INTEGER NOT NULL DEFAULT 0, failed INTEGER NOT NULL DEFAULT 0
     );
+    CREATE TABLE IF NOT EXISTS ops_rollouts (
+        rollout_id TEXT PRIMARY KEY, run_id TEXT NOT NULL, cell INTEGER NOT NULL, problem_hash TEXT,
+        state TEXT NOT NULL, passed INTEGER
+    ) WITHOUT ROWID;
     CREATE TABLE IF NOT EXISTS ops_cells (
         id INTEGER PRIMARY KEY, problem_id TEXT NOT NULL, provider TEXT NOT NULL, model TEXT NOT NULL,
         rollouts INTEGER NOT NULL DEFAULT 0, scored INTEGER NOT NULL DEFAULT 0,
         passed INTEGER NOT NULL DEFAULT 0, UNIQUE (problem_id, provider, model)
     );
-    CREATE TABLE IF NOT EXISTS ops_rollouts (
-        rollout_id TEXT PRIMARY KEY, cell INTEGER NOT NULL, problem_hash TEXT, passed INTEGER
-    ) WITHOUT ROWID
+    CREATE TABLE IF NOT EXISTS ops_problem_versions (
+        problem_id TEXT NOT NULL, problem_hash TEXT NOT NULL, problem_set TEXT,
+        first_seq INTEGER NOT NULL, first_at TEXT NOT NULL, versioned_at TEXT, previous_hash TEXT,
+        verdicts INTEGER NOT NULL DEFAULT 0, passed INTEGER NOT NULL DEFAULT 0, time_limit_s REAL,
+        PRIMARY KEY (problem_id, problem_hash)
+    )
     """
 
     def apply(self, db: sqlite3.Connection, rec: Recorded) -> None:
-        """Count the rollout into its cell, a verdict into its cell and version, a version in."""
+        """Move the counts the event changes."""
         ev = rec.event()
-        if isinstance(ev, e.RolloutRequested):
-            if db.execute("SELECT 1 FROM ops_rollouts WHERE rollout_id = ?", (ev.rollout_id,)).fetchone():
-                return  # a retry's second request
-            key = (ev.problem_id, ev.provider, ev.model)
-            row = db.execute(
-                "SELECT id FROM ops_cells WHERE problem_id = ? AND provider = ? AND model = ?", key
-            ).fetchone()
-            if row is None:
-                cell = db.execute(
-                    "INSERT INTO ops_cells (problem_id, provider, model, rollouts) VALUES (?, ?, ?, 1)", key
-                ).lastrowid
-            else:
-                cell = row[0]
-                db.execute("UPDATE ops_cells SET rollouts = rollouts + 1 WHERE id = ?", (cell,))
-            db.execute(
-                "INSERT INTO ops_rollouts (rollout_id, cell, problem_hash) VALUES (?, ?, ?)",
-                (ev.rollout_id, cell, ev.problem_hash),
-            )
-            if ev.problem_hash:
-                db.execute(
-                    "INSERT OR IGNORE INTO ops_problem_versions (problem_id, problem_hash, first_seq, first_at)"
-                    " VALUES (?, ?, ?, ?)",
-                    (ev.problem_id, ev.problem_hash, rec.seq, rec.at),
-                )
+        if isinstance(ev, e.RunStarted):
+            # A resumed run's RunStarted keeps the first planned size.
+            planned = len(ev.problems or []) * len(ev.models or []) * int(ev.rollouts or 0)
+            db.execute("INSERT OR IGNORE INTO ops_runs (run_id, planned) VALUES (?, ?)", (ev.run_id, planned))
+        elif isinstance(ev, e.RolloutRequested):
+            self._requested(db, rec, ev)
+        elif isinstance(ev, e.RolloutResponded):
+            row = _rollout(db, ev.rollout_id)
+            if row is not None and row[2] in ("requested", "failed"):
+                self._move(db, ev.rollout_id, row, "answered")
+        elif isinstance(ev, e.RolloutFailed):
+            row = _rollout(db, ev.rollout_id)
+            if ev.final and row is not None and row[2] == "requested":
+                self._move(db, ev.rollout_id, row, "failed")
         elif isinstance(ev, e.RolloutScored | e.RolloutRescored):
-            row = db.execute(
-                "SELECT r.cell, r.problem_hash, r.passed, c.problem_id FROM ops_rollouts r"
-                " JOIN ops_cells c ON c.id = r.cell WHERE r.rollout_id = ?",
-                (ev.rollout_id,),
-            ).fetchone()
-            if row is None:
-                return  # a verdict on a rollout this log never requested
-            cell, requested_hash, before, problem_id = row
-            now = int(bool(ev.passed))
-            if before is None:
-                db.execute(
-                    "UPDATE ops_cells SET scored = scored + 1, passed = passed + ? WHERE id = ?", (now, cell)
-                )
-            elif before != now:
-                db.execute("UPDATE ops_cells SET passed = passed + ? WHERE id = ?", (now - before, cell))
-            db.execute("UPDATE ops_rollouts SET passed = ? WHERE rollout_id = ?", (now, ev.rollout_id))
-            vhash = ev.problem_hash or requested_hash
-            if vhash:
-                db.execute(
-                    "INSERT OR IGNORE INTO ops_problem_versions (problem_id, problem_hash, first_seq, first_at)"
-                    " VALUES (?, ?, ?, ?)",
-                    (problem_id, vhash, rec.seq, rec.at),
-                )
-                db.execute(
-                    "UPDATE ops_problem_versions SET verdicts = verdicts + 1, passed = passed + ?,"
-                    " time_limit_s = coalesce(?, time_limit_s) WHERE problem_id = ? AND problem_hash = ?",
-                    (now, ev.time_limit_s, problem_id, vhash),
-                )
+            self._verdict(db, rec, ev)
         elif isinstance(ev, e.ProblemVersioned):
             db.execute(
                 "INSERT INTO ops_problem_versions (problem_id, problem_hash, problem_set, first_seq, first_at,"
@@ -125,3 +94,89 @@ class ConsoleProblemsProjection(Projection):
                 " versioned_at = excluded.versioned_at, previous_hash = excluded.previous_hash",
                 (ev.problem_id, ev.problem_hash, ev.problem_set, rec.seq, rec.at, rec.at, ev.previous_hash),
             )
+
+    @staticmethod
+    def _move(
+        db: sqlite3.Connection, rollout_id: str, row: tuple[str, int, str, int | None], state: str
+    ) -> None:
+        """Set a rollout's state, keeping its run's count of final failures."""
+        run_id, _, before, _ = row
+        db.execute("UPDATE ops_rollouts SET state = ? WHERE rollout_id = ?", (state, rollout_id))
+        delta = (state == "failed") - (before == "failed")
+        if delta:
+            db.execute("UPDATE ops_runs SET failed = failed + ? WHERE run_id = ?", (delta, run_id))
+
+    def _requested(self, db: sqlite3.Connection, rec: Recorded, ev: e.RolloutRequested) -> None:
+        row = _rollout(db, ev.rollout_id)
+        if row is not None:  # a retry, or a resumed run asking again
+            if row[2] == "failed":
+                self._move(db, ev.rollout_id, row, "requested")
+            return
+        key = (ev.problem_id, ev.provider, ev.model)
+        found = db.execute(
+            "SELECT id FROM ops_cells WHERE problem_id = ? AND provider = ? AND model = ?", key
+        ).fetchone()
+        if found is None:
+            cell = db.execute(
+                "INSERT INTO ops_cells (problem_id, provider, model, rollouts) VALUES (?, ?, ?, 1)", key
+            ).lastrowid
+        else:
+            cell = found[0]
+            db.execute("UPDATE ops_cells SET rollouts = rollouts + 1 WHERE id = ?", (cell,))
+        db.execute(
+            "INSERT INTO ops_rollouts (rollout_id, run_id, cell, problem_hash, state) VALUES (?, ?, ?, ?, 'requested')",
+            (ev.rollout_id, ev.run_id, cell, ev.problem_hash),
+        )
+        db.execute("UPDATE ops_runs SET requested = requested + 1 WHERE run_id = ?", (ev.run_id,))
+        if ev.problem_hash:
+            db.execute(
+                "INSERT OR IGNORE INTO ops_problem_versions (problem_id, problem_hash, first_seq, first_at)"
+                " VALUES (?, ?, ?, ?)",
+                (ev.problem_id, ev.problem_hash, rec.seq, rec.at),
+            )
+
+    def _verdict(
+        self, db: sqlite3.Connection, rec: Recorded, ev: e.RolloutScored | e.RolloutRescored
+    ) -> None:
+        row = _rollout(db, ev.rollout_id)
+        if row is None:
+            return  # a verdict on a rollout this log never requested
+        run_id, cell, state, before = row
+        now = int(bool(ev.passed))
+        if state != "scored" and isinstance(ev, e.RolloutScored):
+            self._move(db, ev.rollout_id, row, "scored")
+            db.execute(
+                "UPDATE ops_cells SET scored = scored + 1, passed = passed + ? WHERE id = ?", (now, cell)
+            )
+            db.execute(
+                "UPDATE ops_runs SET scored = scored + 1, passed = passed + ? WHERE run_id = ?", (now, run_id)
+            )
+        elif state == "scored" and before is not None and before != now:
+            db.execute("UPDATE ops_cells SET passed = passed + ? WHERE id = ?", (now - before, cell))
+            db.execute("UPDATE ops_runs SET passed = passed + ? WHERE run_id = ?", (now - before, run_id))
+        db.execute("UPDATE ops_rollouts SET passed = ? WHERE rollout_id = ?", (now, ev.rollout_id))
+        problem_id, requested_hash = db.execute(
+            "SELECT c.problem_id, r.problem_hash FROM ops_rollouts r JOIN ops_cells c ON c.id = r.cell"
+            " WHERE r.rollout_id = ?",
+            (ev.rollout_id,),
+        ).fetchone()
+        vhash = ev.problem_hash or requested_hash
+        if vhash:
+            db.execute(
+                "INSERT OR IGNORE INTO ops_problem_versions (problem_id, problem_hash, first_seq, first_at)"
+                " VALUES (?, ?, ?, ?)",
+                (problem_id, vhash, rec.seq, rec.at),
+            )
+            db.execute(
+                "UPDATE ops_problem_versions SET verdicts = verdicts + 1, passed = passed + ?,"
+                " time_limit_s = coalesce(?, time_limit_s) WHERE problem_id = ? AND problem_hash = ?",
+                (now, ev.time_limit_s, problem_id, vhash),
+            )
+
+
+def _rollout(db: sqlite3.Connection, rollout_id: str) -> tuple[str, int, str, int | None] | None:
+    """(run_id, cell, state, passed) of a rollout, None when never requested."""
+    row = db.execute(
+        "SELECT run_id, cell, state, passed FROM ops_rollouts WHERE rollout_id = ?", (rollout_id,)
+    ).fetchone()
+    return None if row is None else (row[0], row[1], row[2], row[3])
