@@ -143,7 +143,8 @@ def test_an_answer_with_script_renders_as_text(daemon: Daemon, page: Watched) ->
 
 def test_a_schedule_paused_from_the_console_shows_in_schedules_list(daemon: Daemon, page: Watched) -> None:
     """Pause with a note by the form's button; `rollwatch schedules list` says paused with that
-    note; the page now offers Resume, which undoes it."""
+    note; the page now offers Resume, which undoes it (the resume read back from the page
+    and the log: each `schedules list` costs seconds)."""
     p = page.page
     p.goto(daemon.url + "/ops/schedules")
     card = p.locator("#schedule-ref-hourly")
@@ -157,7 +158,8 @@ def test_a_schedule_paused_from_the_console_shows_in_schedules_list(daemon: Daem
     assert card.locator("[data-field=note]").inner_text() == "maintenance <b>window</b>"
     card.get_by_role("button", name="Resume").click()
     p.wait_for_url("**/ops/schedules?done=resume*")
-    assert daemon.schedules()["ref-hourly"]["state"] == "active"
+    assert p.locator("#schedule-ref-hourly [data-field=state]").inner_text() == "active"
+    assert [d["schedule"] for _, _, d in events(daemon.db, "ScheduleResumed")][-1] == "ref-hourly"
     assert page.errors == []
 
 
