@@ -28,9 +28,8 @@ from pathlib import Path
 
 import anyio
 
-from rollwatch.events import SubscriberAdded, subscriber_stream
-from rollwatch.publication.keys import hash_key, key_prefix, new_key
 from rollwatch.store.sqlite import SQLiteEventStore
+from tests.publication.helpers import add_subscriber
 from tests.test_daemon import ROOT, events, free_port, wait_until
 
 HOSTILE = (
@@ -146,17 +145,11 @@ cron = "0 0 1 1 *"
     return cfg
 
 
-async def _add_subscribers(db: Path, subs: dict[str, tuple[str, str]]) -> None:
+async def _add_subscribers(db: Path) -> tuple[str, str]:
     async with SQLiteEventStore(db) as store:
-        for name, (key, scope) in subs.items():
-            await store.append(
-                subscriber_stream(name),
-                [
-                    SubscriberAdded(
-                        name=name, key_hash=hash_key(key), key_prefix=key_prefix(key), scopes=[scope]
-                    )
-                ],
-            )
+        return await add_subscriber(store, "ops-user", scopes=["ops"]), await add_subscriber(
+            store, "feed-user", scopes=["feed"]
+        )
 
 
 @contextmanager
@@ -168,24 +161,25 @@ def running_daemon(tmp: Path) -> Iterator[Daemon]:
         [sys.executable, str(ROOT / "tests" / "fake_provider.py"), str(port_file), str(req_log), "0.3"],
         env={**os.environ, "FAKE_PROVIDER_ANSWER": HOSTILE},
     )
-    proc: subprocess.Popen[str] | None = None
+    proc: subprocess.Popen[bytes] | None = None
+    err_file = tmp / "serve.err"
     try:
         port = wait_until(lambda: port_file.exists() and port_file.read_text(), 20, "the fake provider")
         problems = write_problems(tmp / "problems")
         cfg = _config(tmp, f"http://127.0.0.1:{port}/v1", problems)
-        d = Daemon(
-            url="", config=cfg, db=tmp / "events.db", ops_key=new_key(), feed_key=new_key(), problems=problems
-        )
-        # The subscribers' events, appended through the store API (what `subscribers add`
-        # appends, without two more interpreters starting; its CLI has its own tests).
-        anyio.run(_add_subscribers, d.db, {"ops-user": (d.ops_key, "ops"), "feed-user": (d.feed_key, "feed")})
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "rollwatch", "--config", str(cfg), "serve", "--grace", "5"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            env={**os.environ, "FAKE_PROVIDER_KEY": FAKE_KEY},
-        )
+        d = Daemon(url="", config=cfg, db=tmp / "events.db", ops_key="", feed_key="", problems=problems)
+        # The subscribers' events, appended through the store API as the CLI appends them
+        # (without two more interpreters starting; `subscribers add` has its own tests).
+        d.ops_key, d.feed_key = anyio.run(_add_subscribers, d.db)
+        # Its log to a file, not a pipe: a session's worth of log lines would fill a pipe
+        # nobody reads until the end, and the daemon would block writing.
+        with err_file.open("w") as err:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "rollwatch", "--config", str(cfg), "serve", "--grace", "5"],
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                env={**os.environ, "FAKE_PROVIDER_KEY": FAKE_KEY},
+            )
         d.pid = proc.pid
         listen = cfg.read_text().split('listen = "')[1].split('"')[0]
         d.url = f"http://{listen}"
@@ -194,7 +188,7 @@ def running_daemon(tmp: Path) -> Iterator[Daemon]:
     finally:
         if proc is not None:
             proc.send_signal(signal.SIGTERM)
-            _, err = proc.communicate(timeout=30)
-            assert proc.returncode == 0, err[-3000:]
+            proc.wait(timeout=30)
+            assert proc.returncode == 0, err_file.read_text()[-3000:]
         fake.kill()
         fake.wait()
