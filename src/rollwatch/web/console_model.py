@@ -22,6 +22,7 @@ both), but only from the events: rebuilding this projection alone gives the same
 from __future__ import annotations
 
 import sqlite3
+from typing import NamedTuple
 
 from rollwatch import events as e
 from rollwatch.events import Recorded
@@ -51,8 +52,8 @@ class ConsoleRunsProjection(Projection):
         scored INTEGER NOT NULL DEFAULT 0, passed INTEGER NOT NULL DEFAULT 0, failed INTEGER NOT NULL DEFAULT 0
     );
     CREATE TABLE IF NOT EXISTS ops_rollouts (
-        rollout_id TEXT PRIMARY KEY, run_id TEXT NOT NULL, cell INTEGER NOT NULL, problem_hash TEXT,
-        state TEXT NOT NULL, passed INTEGER
+        rollout_id TEXT PRIMARY KEY, run_id TEXT NOT NULL, cell INTEGER NOT NULL, problem_id TEXT NOT NULL,
+        problem_hash TEXT, state TEXT NOT NULL, passed INTEGER
     ) WITHOUT ROWID;
     CREATE TABLE IF NOT EXISTS ops_cells (
         id INTEGER PRIMARY KEY, problem_id TEXT NOT NULL, provider TEXT NOT NULL, model TEXT NOT NULL,
@@ -68,7 +69,8 @@ class ConsoleRunsProjection(Projection):
     """
 
     def apply(self, db: sqlite3.Connection, rec: Recorded) -> None:
-        """Move the counts the event changes."""
+        """Move the counts the event changes (a few indexed statements an event: a catch-up
+        applies it to every rollout of the log)."""
         ev = rec.event()
         if isinstance(ev, e.RunStarted):
             # A resumed run's RunStarted keeps the first planned size.
@@ -77,13 +79,19 @@ class ConsoleRunsProjection(Projection):
         elif isinstance(ev, e.RolloutRequested):
             self._requested(db, rec, ev)
         elif isinstance(ev, e.RolloutResponded):
-            row = _rollout(db, ev.rollout_id)
-            if row is not None and row[2] in ("requested", "failed"):
-                self._move(db, ev.rollout_id, row, "answered")
+            moved = db.execute(
+                "UPDATE ops_rollouts SET state = 'answered' WHERE rollout_id = ? AND state = 'requested'",
+                (ev.rollout_id,),
+            ).rowcount
+            if not moved:  # an answer after a final failure (rare): the failure no longer counts
+                row = _rollout(db, ev.rollout_id)
+                if row is not None and row.state == "failed":
+                    _move(db, row, "answered")
         elif isinstance(ev, e.RolloutFailed):
-            row = _rollout(db, ev.rollout_id)
-            if ev.final and row is not None and row[2] == "requested":
-                self._move(db, ev.rollout_id, row, "failed")
+            if ev.final:
+                row = _rollout(db, ev.rollout_id)
+                if row is not None and row.state == "requested":
+                    _move(db, row, "failed")
         elif isinstance(ev, e.RolloutScored | e.RolloutRescored):
             self._verdict(db, rec, ev)
         elif isinstance(ev, e.ProblemVersioned):
@@ -96,21 +104,11 @@ class ConsoleRunsProjection(Projection):
             )
 
     @staticmethod
-    def _move(
-        db: sqlite3.Connection, rollout_id: str, row: tuple[str, int, str, int | None], state: str
-    ) -> None:
-        """Set a rollout's state, keeping its run's count of final failures."""
-        run_id, _, before, _ = row
-        db.execute("UPDATE ops_rollouts SET state = ? WHERE rollout_id = ?", (state, rollout_id))
-        delta = (state == "failed") - (before == "failed")
-        if delta:
-            db.execute("UPDATE ops_runs SET failed = failed + ? WHERE run_id = ?", (delta, run_id))
-
-    def _requested(self, db: sqlite3.Connection, rec: Recorded, ev: e.RolloutRequested) -> None:
+    def _requested(db: sqlite3.Connection, rec: Recorded, ev: e.RolloutRequested) -> None:
         row = _rollout(db, ev.rollout_id)
         if row is not None:  # a retry, or a resumed run asking again
-            if row[2] == "failed":
-                self._move(db, ev.rollout_id, row, "requested")
+            if row.state == "failed":
+                _move(db, row, "requested")
             return
         key = (ev.problem_id, ev.provider, ev.model)
         found = db.execute(
@@ -124,8 +122,9 @@ class ConsoleRunsProjection(Projection):
             cell = found[0]
             db.execute("UPDATE ops_cells SET rollouts = rollouts + 1 WHERE id = ?", (cell,))
         db.execute(
-            "INSERT INTO ops_rollouts (rollout_id, run_id, cell, problem_hash, state) VALUES (?, ?, ?, ?, 'requested')",
-            (ev.rollout_id, ev.run_id, cell, ev.problem_hash),
+            "INSERT INTO ops_rollouts (rollout_id, run_id, cell, problem_id, problem_hash, state)"
+            " VALUES (?, ?, ?, ?, ?, 'requested')",
+            (ev.rollout_id, ev.run_id, cell, ev.problem_id, ev.problem_hash),
         )
         db.execute("UPDATE ops_runs SET requested = requested + 1 WHERE run_id = ?", (ev.run_id,))
         if ev.problem_hash:
@@ -135,48 +134,75 @@ class ConsoleRunsProjection(Projection):
                 (ev.problem_id, ev.problem_hash, rec.seq, rec.at),
             )
 
-    def _verdict(
-        self, db: sqlite3.Connection, rec: Recorded, ev: e.RolloutScored | e.RolloutRescored
-    ) -> None:
+    @staticmethod
+    def _verdict(db: sqlite3.Connection, rec: Recorded, ev: e.RolloutScored | e.RolloutRescored) -> None:
         row = _rollout(db, ev.rollout_id)
         if row is None:
             return  # a verdict on a rollout this log never requested
-        run_id, cell, state, before = row
         now = int(bool(ev.passed))
-        if state != "scored" and isinstance(ev, e.RolloutScored):
-            self._move(db, ev.rollout_id, row, "scored")
+        if row.state != "scored" and isinstance(ev, e.RolloutScored):
+            _move(db, row, "scored", now)
             db.execute(
-                "UPDATE ops_cells SET scored = scored + 1, passed = passed + ? WHERE id = ?", (now, cell)
+                "UPDATE ops_cells SET scored = scored + 1, passed = passed + ? WHERE id = ?", (now, row.cell)
             )
             db.execute(
-                "UPDATE ops_runs SET scored = scored + 1, passed = passed + ? WHERE run_id = ?", (now, run_id)
+                "UPDATE ops_runs SET scored = scored + 1, passed = passed + ? WHERE run_id = ?",
+                (now, row.run_id),
             )
-        elif state == "scored" and before is not None and before != now:
-            db.execute("UPDATE ops_cells SET passed = passed + ? WHERE id = ?", (now - before, cell))
-            db.execute("UPDATE ops_runs SET passed = passed + ? WHERE run_id = ?", (now - before, run_id))
-        db.execute("UPDATE ops_rollouts SET passed = ? WHERE rollout_id = ?", (now, ev.rollout_id))
-        problem_id, requested_hash = db.execute(
-            "SELECT c.problem_id, r.problem_hash FROM ops_rollouts r JOIN ops_cells c ON c.id = r.cell"
-            " WHERE r.rollout_id = ?",
-            (ev.rollout_id,),
-        ).fetchone()
-        vhash = ev.problem_hash or requested_hash
-        if vhash:
+        else:
+            db.execute("UPDATE ops_rollouts SET passed = ? WHERE rollout_id = ?", (now, row.rollout_id))
+            if row.state == "scored" and row.passed is not None and row.passed != now:
+                db.execute(
+                    "UPDATE ops_cells SET passed = passed + ? WHERE id = ?", (now - row.passed, row.cell)
+                )
+                db.execute(
+                    "UPDATE ops_runs SET passed = passed + ? WHERE run_id = ?", (now - row.passed, row.run_id)
+                )
+        vhash = ev.problem_hash or row.problem_hash
+        if not vhash:
+            return
+        if vhash != row.problem_hash:  # the request's version is in already
             db.execute(
                 "INSERT OR IGNORE INTO ops_problem_versions (problem_id, problem_hash, first_seq, first_at)"
                 " VALUES (?, ?, ?, ?)",
-                (problem_id, vhash, rec.seq, rec.at),
+                (row.problem_id, vhash, rec.seq, rec.at),
             )
-            db.execute(
-                "UPDATE ops_problem_versions SET verdicts = verdicts + 1, passed = passed + ?,"
-                " time_limit_s = coalesce(?, time_limit_s) WHERE problem_id = ? AND problem_hash = ?",
-                (now, ev.time_limit_s, problem_id, vhash),
-            )
+        db.execute(
+            "UPDATE ops_problem_versions SET verdicts = verdicts + 1, passed = passed + ?,"
+            " time_limit_s = coalesce(?, time_limit_s) WHERE problem_id = ? AND problem_hash = ?",
+            (now, ev.time_limit_s, row.problem_id, vhash),
+        )
 
 
-def _rollout(db: sqlite3.Connection, rollout_id: str) -> tuple[str, int, str, int | None] | None:
-    """(run_id, cell, state, passed) of a rollout, None when never requested."""
+class _Rollout(NamedTuple):
+    rollout_id: str
+    run_id: str
+    cell: int
+    problem_id: str
+    problem_hash: str | None
+    state: str
+    passed: int | None
+
+
+def _rollout(db: sqlite3.Connection, rollout_id: str) -> _Rollout | None:
+    """A rollout's row, None when this log never requested it."""
     row = db.execute(
-        "SELECT run_id, cell, state, passed FROM ops_rollouts WHERE rollout_id = ?", (rollout_id,)
+        "SELECT rollout_id, run_id, cell, problem_id, problem_hash, state, passed FROM ops_rollouts"
+        " WHERE rollout_id = ?",
+        (rollout_id,),
     ).fetchone()
-    return None if row is None else (row[0], row[1], row[2], row[3])
+    return None if row is None else _Rollout(*row)
+
+
+def _move(db: sqlite3.Connection, row: _Rollout, state: str, passed: int | None = None) -> None:
+    """Set a rollout's state (and verdict), keeping its run's count of final failures."""
+    if passed is None:
+        db.execute("UPDATE ops_rollouts SET state = ? WHERE rollout_id = ?", (state, row.rollout_id))
+    else:
+        db.execute(
+            "UPDATE ops_rollouts SET state = ?, passed = ? WHERE rollout_id = ?",
+            (state, passed, row.rollout_id),
+        )
+    delta = (state == "failed") - (row.state == "failed")
+    if delta:
+        db.execute("UPDATE ops_runs SET failed = failed + ? WHERE run_id = ?", (delta, row.run_id))
