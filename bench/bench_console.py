@@ -4,10 +4,10 @@ Builds a log through the store API with ``bench_scale``'s builder (the event sha
 real run makes, 5 events and about 6.9 KB per rollout; 1,000 rollouts a run, 50
 problems, 10 models) of ``BENCH_CONSOLE_EVENTS`` events (default 200,000, as ``make
 bench`` runs every bench; ``BENCH_CONSOLE_EVENTS=1000000`` for the issue's million, about
-15 minutes to build on two busy cores), starts a
-real ``rollwatch serve`` on it (projections built before the clock starts), then times
-each console page over loopback HTTP, best and median of ``BENCH_CONSOLE_REPEAT`` (7)
-requests, against two baselines measured in the same run:
+15 minutes to build on two busy cores), starts a real ``rollwatch serve`` on it
+(projections built before the clock starts), then times each console page over
+loopback HTTP, best and median of ``BENCH_CONSOLE_REPEAT`` (7) requests, against two
+baselines measured in the same run:
 
 * ``GET /healthz`` on the same server (an HTTP round trip that reads nothing), and
 * a bare ``sqlite3`` ``SELECT`` in this process on the projections file (the rows the
