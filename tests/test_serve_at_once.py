@@ -192,6 +192,13 @@ def test_listens_and_reports_progress_before_the_read_models_are_built(tmp_path:
                 ("/v1/feed", auth),
                 ("/public/", {}),
                 ("/public/results.jsonl", {}),
+                # the operator's console (loopback: the operator) reads the same read models
+                ("/ops/", {}),
+                ("/ops/runs/run-1", {}),
+                ("/ops/problems", {}),
+                ("/ops/schedules", {}),
+                ("/ops/subscribers", {}),
+                ("/ops/progress", {}),
             ):
                 r = c.get(path, headers=headers)
                 assert r.status_code == 503, (path, r.status_code, r.text)
@@ -219,6 +226,7 @@ def test_listens_and_reports_progress_before_the_read_models_are_built(tmp_path:
             assert sum(row["rollouts"] for row in rows.values()) == ROLLOUTS
             assert sum(row["passed"] for row in rows.values()) == (ROLLOUTS + 2) // 3
             assert c.get("/public/").status_code == 200
+            assert c.get("/ops/runs/run-1").status_code == 200
             feed = c.get("/v1/feed", headers=auth)
             assert feed.status_code == 403  # the key's scope is report only: authorised as usual again
         assert "serving on" in expect("STATUS=serving")

@@ -484,7 +484,7 @@ class Daemon:
                     [
                         *self.extra_routes(integrity, directory),
                         *integrity.routes(operators),
-                        *self._console(svc, operators, directory),
+                        *self._console(svc, operators, directory, integrity),
                     ],
                     operators=operators,
                     health=integrity.health,
@@ -672,8 +672,16 @@ class Daemon:
         for run in list(self.active.values()):
             run.stopping.set()
 
-    def _console(self, svc: RunServices, operators: Operators, directory: SubscriberDirectory) -> list[Route]:
+    def _console(
+        self,
+        svc: RunServices,
+        operators: Operators,
+        directory: SubscriberDirectory,
+        integrity: Integrity | None = None,
+    ) -> list[Route]:
         """The operator's console (``/ops/``) and ``GET /`` (a redirect to the public page)."""
+        from rollwatch.publication.proofs import ProofBundles
+        from rollwatch.scoring.pool import ScoringPool
         from rollwatch.web.console import Console, root_redirect
 
         scheduler = self.scheduler
@@ -685,6 +693,8 @@ class Daemon:
             problem_sets=svc.problem_sets,
             next_fires=(lambda: scheduler.next_fires) if scheduler is not None else None,
             last_used=lambda: directory.last_used,
+            time_limits=svc.scorer.known_limits if isinstance(svc.scorer, ScoringPool) else None,
+            proofs=ProofBundles(svc.store, integrity.tree) if integrity is not None else None,
         )
         return [Route("/", root_redirect, methods=["GET"]), *console.routes()]
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
@@ -31,6 +32,7 @@ import anyio
 from rollwatch import events as e
 from rollwatch._sqlite import ThreadConnection
 from rollwatch.abc import EventStore, Projection
+from rollwatch.errors import ServiceUnavailable
 from rollwatch.events import Recorded, canonical_json
 from rollwatch.log import get_logger
 
@@ -100,6 +102,31 @@ class ProjectionDB:
             return head
         finally:
             self.progress = None
+
+    def not_building(self) -> None:
+        """ServiceUnavailable (503, ``Retry-After``, how far) while :meth:`build` runs: the
+        tables would answer with data that is not current. Every route that reads them
+        (feed, report, public page, console) calls this first."""
+        if self.ready:
+            return
+        prog = self.progress
+        f = prog.figures() if prog is not None else {}
+        eta = f.get("eta_s")
+        eta_s = math.ceil(eta) if isinstance(eta, float | int) else None
+        retry = min(60, max(1, eta_s)) if eta_s is not None else 5
+        if f.get("phase") == "catching up":
+            rate = f.get("events_per_s")
+            state = (
+                f"{f['percent']}% (seq {f['seq']} of {f['head']}"
+                + (f", {rate} events/s, about {eta_s} s left" if rate and eta_s is not None else "")
+                + ")"
+            )
+        else:
+            state = "setting up"
+        raise ServiceUnavailable(
+            f"the read models are being built from the log: {state}; retry in {retry} s",
+            {"Retry-After": str(retry)},
+        )
 
     async def __aexit__(self, *exc: object) -> None:
         for db in (self._w, self._r):

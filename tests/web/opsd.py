@@ -5,6 +5,13 @@ page have passes) and a loopback OpenAI-compatible fake whose every answer is ho
 HTML. Schedules: ``ref-hourly`` and ``fake-hostile`` fire at start; ``fake-slow``
 (cron, next January) fires only when triggered, and takes seconds (the fake answers
 after a delay, one request at a time), for watching live progress.
+
+The problems are four small Python functions (``PROBLEMS``, ids that sort differently
+as text and as numbers), quick to score: the daemon is up with its two runs in a few
+seconds. ``p10`` sets no timeout, so its time limit is calibrated from its reference
+solution. One daemon serves every console and browser test of a pytest worker
+(``tests/web/conftest.py``): a test changes only what it owns (a schedule it pauses and
+resumes, the problem it edits) and reads the log for what it checks.
 """
 
 from __future__ import annotations
@@ -19,6 +26,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import anyio
+
+from rollwatch.store.sqlite import SQLiteEventStore
+from tests.publication.helpers import add_subscriber
 from tests.test_daemon import ROOT, events, free_port, wait_until
 
 HOSTILE = (
@@ -27,6 +38,27 @@ HOSTILE = (
     "```python\ndef solve():\n    return '</pre><script>window.__pwned = 3</script>'\n```\n"
 )
 FAKE_KEY = "sk-console-test-0123456789"
+PROBLEMS = ("p1", "p2", "p9", "p10")
+"""In natural order (as text: p1, p10, p2, p9)."""
+EDITED = "p9"
+"""The problem a test edits (a new version, recorded on SIGHUP); no other test reads its hash."""
+
+
+def write_problems(root: Path) -> Path:
+    """The four problems: ``solve(x)`` returns ``x + N``; p10 has no timeout (calibrated)."""
+    for i, pid in enumerate(PROBLEMS):
+        d = root / pid
+        d.mkdir(parents=True)
+        timeout = "" if pid == "p10" else 'timeout = "5s"\n'
+        (d / "problem.toml").write_text(
+            f'title = "Add {i}"\nreleased = 2026-01-0{i + 1}\n'
+            f"prompt = '''\ndef solve(x: int) -> int:\n    \"\"\"Return x + {i}.\"\"\"\n'''\n"
+            f'[scorer]\nkind = "python-function"\nentry_point = "solve"\ntests = "tests.py"\n{timeout}'
+            '[reference]\nsolution = "solution.py"\n'
+        )
+        (d / "tests.py").write_text(f"def check(candidate):\n    assert candidate(1) == {1 + i}\n")
+        (d / "solution.py").write_text(f"def solve(x):\n    return x + {i}\n")
+    return root
 
 
 @dataclass
@@ -38,6 +70,8 @@ class Daemon:
     db: Path
     ops_key: str
     feed_key: str
+    problems: Path
+    pid: int = 0
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         """``rollwatch --config CONFIG ARGS``."""
@@ -56,7 +90,7 @@ class Daemon:
         return {r["schedule"]: r for r in json.loads(out.stdout)}
 
 
-def _config(tmp: Path, fake_url: str) -> Path:
+def _config(tmp: Path, fake_url: str, problems: Path) -> Path:
     cfg = tmp / "rollwatch.toml"
     cfg.write_text(f"""
 node = "console-test"
@@ -69,9 +103,11 @@ embargo = "1s"
 release_check = "200ms"
 [scoring]
 workers = 2
+[integrity]
+checkpoint_interval = "1s"
 [[problem_sets]]
 name = "favorites"
-path = "{ROOT / "config" / "problems"}"
+path = "{problems}"
 [[providers]]
 name = "reference"
 kind = "reference"
@@ -109,6 +145,13 @@ cron = "0 0 1 1 *"
     return cfg
 
 
+async def _add_subscribers(db: Path) -> tuple[str, str]:
+    async with SQLiteEventStore(db) as store:
+        return await add_subscriber(store, "ops-user", scopes=["ops"]), await add_subscriber(
+            store, "feed-user", scopes=["feed"]
+        )
+
+
 @contextmanager
 def running_daemon(tmp: Path) -> Iterator[Daemon]:
     """Start the fake provider and the daemon, wait for the two first runs, stop both after."""
@@ -118,26 +161,26 @@ def running_daemon(tmp: Path) -> Iterator[Daemon]:
         [sys.executable, str(ROOT / "tests" / "fake_provider.py"), str(port_file), str(req_log), "0.3"],
         env={**os.environ, "FAKE_PROVIDER_ANSWER": HOSTILE},
     )
-    proc: subprocess.Popen[str] | None = None
+    proc: subprocess.Popen[bytes] | None = None
+    err_file = tmp / "serve.err"
     try:
         port = wait_until(lambda: port_file.exists() and port_file.read_text(), 20, "the fake provider")
-        cfg = _config(tmp, f"http://127.0.0.1:{port}/v1")
-        d = Daemon(url="", config=cfg, db=tmp / "events.db", ops_key="", feed_key="")
-        for name, scope in (("ops-user", "ops"), ("feed-user", "feed")):
-            out = d.cli("subscribers", "add", name, "--scope", scope)
-            assert out.returncode == 0, out.stderr
-            key = out.stdout.split()[0]
-            if scope == "ops":
-                d.ops_key = key
-            else:
-                d.feed_key = key
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "rollwatch", "--config", str(cfg), "serve", "--grace", "5"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            env={**os.environ, "FAKE_PROVIDER_KEY": FAKE_KEY},
-        )
+        problems = write_problems(tmp / "problems")
+        cfg = _config(tmp, f"http://127.0.0.1:{port}/v1", problems)
+        d = Daemon(url="", config=cfg, db=tmp / "events.db", ops_key="", feed_key="", problems=problems)
+        # The subscribers' events, appended through the store API as the CLI appends them
+        # (without two more interpreters starting; `subscribers add` has its own tests).
+        d.ops_key, d.feed_key = anyio.run(_add_subscribers, d.db)
+        # Its log to a file, not a pipe: a session's worth of log lines would fill a pipe
+        # nobody reads until the end, and the daemon would block writing.
+        with err_file.open("w") as err:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "rollwatch", "--config", str(cfg), "serve", "--grace", "5"],
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                env={**os.environ, "FAKE_PROVIDER_KEY": FAKE_KEY},
+            )
+        d.pid = proc.pid
         listen = cfg.read_text().split('listen = "')[1].split('"')[0]
         d.url = f"http://{listen}"
         wait_until(lambda: len(events(d.db, "RunFinished")) >= 2, 90, "the first two runs")
@@ -145,7 +188,7 @@ def running_daemon(tmp: Path) -> Iterator[Daemon]:
     finally:
         if proc is not None:
             proc.send_signal(signal.SIGTERM)
-            _, err = proc.communicate(timeout=30)
-            assert proc.returncode == 0, err[-3000:]
+            proc.wait(timeout=30)
+            assert proc.returncode == 0, err_file.read_text()[-3000:]
         fake.kill()
         fake.wait()

@@ -3,8 +3,8 @@
 against a real daemon with runs in its log.
 
 These tests are never skipped: without the browser they fail and say how to install it.
-Each module starts its own daemon, so they run alongside the others (and in parallel
-under a runner that splits by module). ``ROLLWATCH_SCREENSHOTS=DIR`` keeps the
+They share the worker's daemon with the HTTP tests (``tests/web/conftest.py``) and one
+browser per module; each test opens its own browser context. ``ROLLWATCH_SCREENSHOTS=DIR`` keeps the
 screenshots there (the README's come from ``ROLLWATCH_SCREENSHOTS=docs``).
 """
 
@@ -19,19 +19,15 @@ import pytest
 from playwright.sync_api import Browser, ConsoleMessage, Page, expect, sync_playwright
 
 from tests.test_daemon import events, wait_until
-from tests.web.opsd import Daemon, running_daemon
+from tests.web.opsd import Daemon
 
 CHROMIUM = Path("/usr/bin/chromium")
 
 pytestmark = pytest.mark.browser
 
 
-@pytest.fixture(scope="module")
-def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
-    with running_daemon(tmp_path_factory.mktemp("browser")) as d:
-        yield d
-
-
+# Module scope, not session: Playwright's sync API keeps an asyncio loop running while
+# the browser is open, and the anyio tests that a worker runs afterwards need their own.
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     if not CHROMIUM.exists():
@@ -98,6 +94,8 @@ def _pages(daemon: Daemon) -> list[str]:
         f"/ops/rollouts/{_hostile_rollout(daemon)}",
         "/ops/schedules",
         "/ops/subscribers",
+        "/ops/problems",
+        "/ops/problems/p10",
         "/public/",
     ]
 
@@ -106,7 +104,12 @@ def test_every_page_renders_without_console_errors(daemon: Daemon, page: Watched
     """Each console page and the public page load (200), show their heading, and log no
     error, no warning and no uncaught exception (the CSP would report a blocked inline script)."""
     shots = _shots(tmp_path)
-    names = {"/ops/": "console-runs", "/ops/schedules": "console-schedules", "/public/": "public-page"}
+    names = {
+        "/ops/": "console-runs",
+        "/ops/schedules": "console-schedules",
+        "/ops/problems": "console-problems",
+        "/public/": "public-page",
+    }
     for path in _pages(daemon):
         resp = page.page.goto(daemon.url + path)
         assert resp is not None
@@ -140,7 +143,8 @@ def test_an_answer_with_script_renders_as_text(daemon: Daemon, page: Watched) ->
 
 def test_a_schedule_paused_from_the_console_shows_in_schedules_list(daemon: Daemon, page: Watched) -> None:
     """Pause with a note by the form's button; `rollwatch schedules list` says paused with that
-    note; the page now offers Resume, which undoes it."""
+    note; the page now offers Resume, which undoes it (the resume read back from the page
+    and the log: each `schedules list` costs seconds)."""
     p = page.page
     p.goto(daemon.url + "/ops/schedules")
     card = p.locator("#schedule-ref-hourly")
@@ -154,7 +158,8 @@ def test_a_schedule_paused_from_the_console_shows_in_schedules_list(daemon: Daem
     assert card.locator("[data-field=note]").inner_text() == "maintenance <b>window</b>"
     card.get_by_role("button", name="Resume").click()
     p.wait_for_url("**/ops/schedules?done=resume*")
-    assert daemon.schedules()["ref-hourly"]["state"] == "active"
+    assert p.locator("#schedule-ref-hourly [data-field=state]").inner_text() == "active"
+    assert [d["schedule"] for _, _, d in events(daemon.db, "ScheduleResumed")][-1] == "ref-hourly"
     assert page.errors == []
 
 

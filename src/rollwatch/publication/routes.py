@@ -199,26 +199,7 @@ class PublicationAPI:
     def not_building(self) -> None:
         """ServiceUnavailable (503, ``Retry-After``, the progress) while the projections are
         being built: until then they would answer with data that is not current."""
-        if self.pdb.ready:
-            return
-        prog = self.pdb.progress
-        f = prog.figures() if prog is not None else {}
-        eta = f.get("eta_s")
-        eta_s = math.ceil(eta) if isinstance(eta, float | int) else None
-        retry = min(60, max(1, eta_s)) if eta_s is not None else 5
-        if f.get("phase") == "catching up":
-            rate = f.get("events_per_s")
-            state = (
-                f"{f['percent']}% (seq {f['seq']} of {f['head']}"
-                + (f", {rate} events/s, about {eta_s} s left" if rate and eta_s is not None else "")
-                + ")"
-            )
-        else:
-            state = "setting up"
-        raise ServiceUnavailable(
-            f"the read models are being built from the log: {state}; retry in {retry} s",
-            {"Retry-After": str(retry)},
-        )
+        self.pdb.not_building()
 
     async def current(self) -> int:
         """The log's head, with the projections caught up to it (503 while they are being built)."""

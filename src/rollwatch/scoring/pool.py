@@ -213,6 +213,11 @@ class ScoringPool:
         outcome = await self._judge(replace(problem, timeout=limit.seconds), code)
         return self._score(problem, outcome, Extraction(code, "whole-text", 0), started, limit)
 
+    def known_limits(self) -> dict[str, TimeLimit]:
+        """The time limits settled so far in this process, by problem version (content
+        hash): what the operator's console shows as each problem's reference runtime."""
+        return dict(self._limits)
+
     async def time_limit(self, problem: Problem) -> TimeLimit:
         """The time limit ``problem``'s samples get on this machine.
 

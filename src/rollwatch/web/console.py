@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+import anyio
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
@@ -49,8 +50,11 @@ from rollwatch.web.render import usd as _usd
 if TYPE_CHECKING:
     from rollwatch.abc import EventStore
     from rollwatch.config import Config
+    from rollwatch.problems import Problem
     from rollwatch.projections import ProjectionDB
+    from rollwatch.publication.proofs import ProofBundles
     from rollwatch.runs.services import ProblemSetLike
+    from rollwatch.scoring.base import TimeLimit
 
 log = get_logger("rollwatch.console")
 
@@ -105,9 +109,14 @@ class Console:
         problem_sets: Mapping[str, ProblemSetLike] | None = None,
         next_fires: Callable[[], Mapping[str, datetime | None]] | None = None,
         last_used: Callable[[], Mapping[str, datetime]] | None = None,
+        time_limits: Callable[[], Mapping[str, TimeLimit]] | None = None,
+        proofs: ProofBundles | None = None,
     ) -> None:
         """``next_fires``: the scheduler's own next fire times (computed here when absent);
-        ``last_used``: when each subscriber's key last opened a route (this process)."""
+        ``last_used``: when each subscriber's key last opened a route (this process);
+        ``time_limits``: the scoring pool's time limits by problem version (reference
+        runtimes measured in this process); ``proofs``: inclusion proofs of a rollout's
+        events against the latest signed checkpoint (the integrity service's tree)."""
         self.store = store
         self.pdb = pdb
         self.config = config
@@ -115,8 +124,11 @@ class Console:
         self.problem_sets = problem_sets or {}
         self.next_fires = next_fires
         self.last_used = last_used or dict
+        self.time_limits = time_limits or dict
+        self.proofs = proofs
         self.env = templates()
         self._secret = secrets.token_bytes(32)
+        self._catch_up_lock = anyio.Lock()
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -137,7 +149,9 @@ class Console:
     async def _current(self) -> int:
         head = await self.store.head()
         if self.pdb.applied < head:
-            await self.pdb.catch_up(self.store)
+            async with self._catch_up_lock:
+                if self.pdb.applied < head:
+                    await self.pdb.catch_up(self.store)
         return head
 
     def _page(self, name: str, status: int = 200, **ctx: Any) -> Response:
@@ -148,6 +162,8 @@ class Console:
         self, fn: Callable[[Request], Awaitable[Response]]
     ) -> Callable[[Request], Awaitable[Response]]:
         async def route(request: Request) -> Response:
+            # 503 + Retry-After while the projections are built, as every route reading them.
+            self.pdb.not_building()
             await self._gate(request)
             return await fn(request)
 
@@ -155,38 +171,22 @@ class Console:
 
     # -- queries ------------------------------------------------------------------------------
 
-    async def _planned(self, run_ids: list[str]) -> dict[str, int]:
-        if not run_ids:
-            return {}
-        marks = ",".join("?" * len(run_ids))
-        rows = await self.pdb.fetchall(
-            f"SELECT run_id, planned FROM ops_runs WHERE run_id IN ({marks})", run_ids
-        )
-        return {r[0]: int(r[1] or 0) for r in rows}
-
     async def _run_rows(
         self, where: str = "", args: tuple[Any, ...] = (), limit: int = _RUNS_SHOWN
     ) -> list[dict[str, Any]]:
+        """Runs with their counts, newest first: one indexed read of ``runs`` and ``ops_runs``
+        (counted as the events arrived), never the rollouts themselves."""
         runs = await self.pdb.fetchall(
-            "SELECT run_id, schedule, provider, models, problem_set, status, started_at, finished_at,"
-            f" passed, cost_usd, summary FROM runs {where} ORDER BY started_seq DESC LIMIT ?",
+            "SELECT r.run_id, r.schedule, r.provider, r.models, r.problem_set, r.status, r.started_at,"
+            " r.finished_at, r.cost_usd, r.summary, o.planned, o.requested, o.scored, o.passed, o.failed"
+            f" FROM runs r LEFT JOIN ops_runs o ON o.run_id = r.run_id {where}"
+            " ORDER BY r.started_seq DESC LIMIT ?",
             (*args, limit),
         )
-        ids = [r[0] for r in runs]
-        counts: dict[str, tuple[int, int, int, int]] = {}
-        if ids:
-            marks = ",".join("?" * len(ids))
-            for rid, total, scored, passed, failed in await self.pdb.fetchall(
-                "SELECT run_id, count(*), sum(state = 'scored'), sum(coalesce(passed, 0)),"
-                f" sum(state = 'failed') FROM rollouts WHERE run_id IN ({marks}) GROUP BY run_id",
-                ids,
-            ):
-                counts[rid] = (int(total), int(scored or 0), int(passed or 0), int(failed or 0))
-        planned = await self._planned(ids)
         out = []
-        for rid, schedule, provider, models, pset, status, started, finished, _p, cost, summary in runs:
-            total, scored, passed, failed = counts.get(rid, (0, 0, 0, 0))
-            plan = planned.get(rid) or (json.loads(summary).get("planned", 0) if summary else 0) or total
+        for rid, schedule, provider, models, pset, status, started, finished, cost, summary, *n in runs:
+            planned, total, scored, passed, failed = (int(x or 0) for x in n)
+            plan = planned or (json.loads(summary).get("planned", 0) if summary else 0) or total
             done = scored + failed
             out.append(
                 {
@@ -224,7 +224,7 @@ class Console:
         params.query(request, set())
         run_id = request.path_params["run_id"]
         head = await self._current()
-        rows = await self._run_rows("WHERE run_id = ?", (run_id,), 1)
+        rows = await self._run_rows("WHERE r.run_id = ?", (run_id,), 1)
         if not rows:
             raise NotFound(f"no run {run_id[:80]!r}")
         cells: dict[tuple[str, str], Rate] = {}
@@ -320,6 +320,10 @@ class Console:
         code = None
         if answer is not None:
             code = extract_code(answer, self._entry_point(run_id, problem_id)).code
+        checkpoint = await self.proofs.checkpoint() if self.proofs is not None else None
+        for item in evs:
+            if checkpoint is not None and item["seq"] <= checkpoint.size:
+                item["proof"] = f"/public/proof/inclusion?seq={item['seq']}&size={checkpoint.size}"
         return self._page(
             "ops/rollout.html",
             rollout_id=rollout_id,
@@ -341,7 +345,32 @@ class Console:
             scored=scored,
             scored_detail=json.dumps(scored.detail, indent=2, ensure_ascii=False) if scored else "",
             events=evs,
+            checkpoint_size=checkpoint.size if checkpoint is not None else None,
+            proofs=self.proofs is not None,
             title=f"Rollout {rollout_id}",
+        )
+
+    async def rollout_proof(self, request: Request) -> Response:
+        """``/ops/rollouts/{id}/proof``: the rollout's proof bundle (every event, with its
+        inclusion proof against the latest signed checkpoint), whether released or not:
+        the operator may see what is under embargo."""
+        params.query(request, set())
+        rollout_id = request.path_params["rollout_id"]
+        if self.proofs is None:
+            raise NotFound("this daemon keeps no Merkle tree of its log (no integrity service)")
+        await self._current()
+        exists = await self.pdb.fetchone("SELECT 1 FROM rollouts WHERE rollout_id = ?", (rollout_id,))
+        if exists is None:
+            raise NotFound(f"no rollout {rollout_id[:80]!r}")
+        bundle = await self.proofs.bundle(rollout_id)
+        if bundle is None:
+            raise NotFound("no signed checkpoint yet: the first is signed shortly after start")
+        return JSONResponse(
+            bundle,
+            headers={
+                "Cache-Control": "no-store",
+                "Content-Disposition": f'inline; filename="{rollout_id}.proof.json"',
+            },
         )
 
     def _entry_point(self, run_id: str, problem_id: str) -> str | None:
@@ -352,6 +381,138 @@ class Console:
             except KeyError:
                 continue
         return None
+
+    def _problems_by_id(self) -> dict[str, list[tuple[str, Problem]]]:
+        """Every configured problem by id, with the sets that have it."""
+        out: dict[str, list[tuple[str, Problem]]] = {}
+        for name, ps in self.problem_sets.items():
+            for p in ps.problems:
+                out.setdefault(p.id, []).append((name, p))
+        return out
+
+    def _limit(self, problem: Problem) -> dict[str, Any]:
+        """The time limit ``problem``'s answers get here, and the reference runtime behind it."""
+        if problem.timeout:
+            return {"seconds": problem.timeout, "source": "the problem's own timeout", "reference_ms": None}
+        known = self.time_limits().get(problem.content_hash)
+        if known is not None:
+            source = {"calibrated": "calibrated", "default": "scoring.timeout (reference did not pass)"}
+            return {
+                "seconds": known.seconds,
+                "source": source.get(known.source, known.source),
+                "reference_ms": known.reference_ms,
+            }
+        if problem.reference_solution is None:
+            return {
+                "seconds": self.config.scoring.timeout,
+                "source": "scoring.timeout (no reference)",
+                "reference_ms": None,
+            }
+        return {
+            "seconds": None,
+            "source": "not measured yet (at this problem's first answer)",
+            "reference_ms": None,
+        }
+
+    async def problems(self, request: Request) -> Response:
+        """Every problem (configured or in the log): versions, time limit, pass rate over all models."""
+        params.query(request, set())
+        await self._current()
+        configured = self._problems_by_id()
+        totals: dict[str, dict[str, Any]] = {}
+        for pid, provider, model, rollouts, scored, passed in await self.pdb.fetchall(
+            "SELECT problem_id, provider, model, rollouts, scored, passed FROM ops_cells"
+        ):
+            t = totals.setdefault(pid, {"rollouts": 0, "scored": 0, "passed": 0, "best": None})
+            t["rollouts"] += rollouts
+            t["scored"] += scored
+            t["passed"] += passed
+            rate = Rate(passed, scored)
+            if scored and (t["best"] is None or (rate.rate or 0) > (t["best"][1].rate or 0)):
+                t["best"] = (f"{provider}/{model}", rate)
+        versions = {
+            pid: (int(n), latest)
+            for pid, n, latest in await self.pdb.fetchall(
+                "SELECT problem_id, count(*), max(coalesce(versioned_at, first_at)) FROM ops_problem_versions"
+                " GROUP BY problem_id"
+            )
+        }
+        rows = []
+        for pid in sorted(set(configured) | set(totals), key=natural_key):
+            sets = configured.get(pid, [])
+            t = totals.get(pid, {"rollouts": 0, "scored": 0, "passed": 0, "best": None})
+            nv, latest = versions.get(pid, (0, None))
+            rows.append(
+                {
+                    "id": pid,
+                    "title": sets[0][1].title if sets else "",
+                    "sets": ", ".join(n for n, _ in sets) or "(no longer configured)",
+                    "hash": sets[0][1].content_hash if sets else None,
+                    "versions": nv,
+                    "latest": latest,
+                    "limit": self._limit(sets[0][1]) if sets else None,
+                    "rollouts": t["rollouts"],
+                    "rate": Rate(t["passed"], t["scored"]),
+                    "best": t["best"],
+                }
+            )
+        return self._page("ops/problems.html", problems=rows, title="Problems")
+
+    async def problem(self, request: Request) -> Response:
+        """One problem: its versions over time, its time limit here, pass rates per model."""
+        params.query(request, set())
+        pid = request.path_params["problem_id"]
+        await self._current()
+        configured = self._problems_by_id().get(pid, [])
+        versions = await self.pdb.fetchall(
+            "SELECT problem_hash, problem_set, first_at, versioned_at, previous_hash, verdicts, passed,"
+            " time_limit_s FROM ops_problem_versions WHERE problem_id = ? ORDER BY first_seq",
+            (pid,),
+        )
+        cells = await self.pdb.fetchall(
+            "SELECT provider, model, rollouts, scored, passed FROM ops_cells WHERE problem_id = ?", (pid,)
+        )
+        if not configured and not versions and not cells:
+            raise NotFound(f"no problem {pid[:80]!r}")
+        current = {p.content_hash for _, p in configured}
+        models = sorted(
+            (
+                {"provider": prov, "model": m, "rollouts": n, "rate": Rate(passed, scored)}
+                for prov, m, n, scored, passed in cells
+            ),
+            key=lambda r: (-(r["rate"].rate or -1.0), natural_key(r["provider"]), natural_key(r["model"])),
+        )
+        return self._page(
+            "ops/problem.html",
+            problem_id=pid,
+            configured=[
+                {
+                    "set": name,
+                    "title": p.title,
+                    "scorer": p.scorer,
+                    "entry_point": p.entry_point,
+                    "released": p.released.isoformat() if p.released else None,
+                    "hash": p.content_hash,
+                    "limit": self._limit(p),
+                }
+                for name, p in configured
+            ],
+            versions=[
+                {
+                    "hash": h,
+                    "set": pset,
+                    "first_at": first,
+                    "versioned_at": vat,
+                    "previous": prev,
+                    "rate": Rate(passed, n),
+                    "time_limit_s": tl,
+                    "current": h in current,
+                }
+                for h, pset, first, vat, prev, n, passed, tl in versions
+            ],
+            models=models,
+            title=f"Problem {pid}",
+        )
 
     async def schedules(self, request: Request) -> Response:
         """Each schedule: state, next fire, last outcome, skipped and missed fires, actions."""
@@ -459,7 +620,9 @@ class Console:
         await self._current()
         # As many as the runs page can show (200), so that no row shown as running is missed
         # (the page reloads when one it shows as running is no longer listed).
-        rows = await self._run_rows("WHERE status = 'running' OR finished_at IS NULL", (), 2 * _RUNS_SHOWN)
+        rows = await self._run_rows(
+            "WHERE r.status = 'running' OR r.finished_at IS NULL", (), 2 * _RUNS_SHOWN
+        )
         return JSONResponse(
             {
                 "head": head,
@@ -500,9 +663,12 @@ class Console:
             Route("/ops/", g(self.runs), methods=["GET"]),
             Route("/ops/runs/{run_id}", g(self.run), methods=["GET"]),
             Route("/ops/rollouts/{rollout_id}", g(self.rollout), methods=["GET"]),
+            Route("/ops/rollouts/{rollout_id}/proof", g(self.rollout_proof), methods=["GET"]),
             Route("/ops/schedules", g(self.schedules), methods=["GET"]),
             Route("/ops/schedules/{name}/{action}", g(self.schedule_action), methods=["POST"]),
             Route("/ops/subscribers", g(self.subscribers), methods=["GET"]),
+            Route("/ops/problems", g(self.problems), methods=["GET"]),
+            Route("/ops/problems/{problem_id:path}", g(self.problem), methods=["GET"]),
             Route("/ops/progress", g(self.progress), methods=["GET"]),
             Route("/ops/static/{name}", g(self.asset), methods=["GET"]),
         ]
