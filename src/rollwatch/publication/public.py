@@ -125,10 +125,10 @@ async def recent_released(store: EventStore, pdb: ProjectionDB, now: datetime, l
 
 
 async def iter_released(
-    store: EventStore, pdb: ProjectionDB, now: datetime, batch: int = 500
+    store: EventStore, pdb: ProjectionDB, now: datetime, batch: int = 500, *, after: int = 0
 ) -> AsyncIterator[Released]:
-    """Every released result, oldest release first, with its answer (in bounded batches)."""
-    after = 0
+    """Every released result (released after seq ``after``), oldest release first, with its
+    answer (in bounded batches)."""
     while True:
         rows = await pdb.fetchall(
             f"SELECT {_COLUMNS} FROM public_rollouts WHERE {_RELEASED} AND released_seq > ?"
@@ -140,6 +140,28 @@ async def iter_released(
         if len(rows) < batch:
             return
         after = rows[-1][11]
+
+
+async def held_back(pdb: ProjectionDB, after: int, until: int, now: datetime) -> int | None:
+    """The lowest seq in ``after``..``until`` of a release that is not public yet by this
+    clock (a release ahead of its ``not_before``), or None."""
+    row = await pdb.fetchone(
+        "SELECT min(released_seq) FROM public_rollouts WHERE released_seq > ? AND released_seq <= ?"
+        " AND passed = 1 AND not_before_ts > ?",
+        (after, until, now.timestamp()),
+    )
+    return int(row[0]) if row and row[0] is not None else None
+
+
+async def superseded_marks(pdb: ProjectionDB, now: datetime) -> list[dict[str, Any]]:
+    """Every released result a re-score found failing its problem's newest version, oldest
+    release first: ``rollout_id``, ``superseded_at``, ``superseded_by_problem_version``."""
+    rows = await pdb.fetchall(
+        "SELECT rollout_id, superseded_at, superseded_hash FROM public_rollouts"
+        f" WHERE superseded_seq IS NOT NULL AND {_RELEASED} ORDER BY released_seq",
+        (now.timestamp(),),
+    )
+    return [{"rollout_id": r[0], "superseded_at": r[1], "superseded_by_problem_version": r[2]} for r in rows]
 
 
 # --- the page's tables and chart ------------------------------------------------------------
