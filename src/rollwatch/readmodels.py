@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from rollwatch.projections import Projection, RunsProjection, SchedulesProjection
 from rollwatch.publication.projections import publication_projections
+from rollwatch.report.aggregates import ReportAggregatesProjection
 from rollwatch.report.views import ReleasesProjection
 from rollwatch.web.console_model import ConsoleRunsProjection
 
@@ -20,6 +21,7 @@ def default_projections() -> list[Projection]:
         SchedulesProjection(),
         *publication_projections(),
         ReleasesProjection(),
+        ReportAggregatesProjection(),
         ConsoleRunsProjection(),
     ]
 
