@@ -281,7 +281,7 @@ _AGG_UNSERVED_SQL = (
 _AGG_RUN_SERVED_SQL = """
 SELECT provider, model, run_id, served_model, sum(total) FROM agg_cells
 WHERE run_id IN (SELECT run_id FROM agg_cells WHERE served_model = char(0) AND total > 0)
-  AND served_model != char(0)
+  AND served_model != char(0) AND total > 0
 GROUP BY provider, model, run_id, served_model
 """
 # The stale-verdict note from the aggregates: scored rollouts per verdict version.
