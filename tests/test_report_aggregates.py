@@ -183,5 +183,3 @@ class TestAggregates:
                     assert await reports(pdb) != await reports(Grouped(pdb))
 
         anyio.run(main)
-
-

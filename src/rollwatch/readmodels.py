@@ -8,6 +8,7 @@ free of its implementations and no import cycle can form.
 from __future__ import annotations
 
 from rollwatch.projections import Projection, RunsProjection, SchedulesProjection
+from rollwatch.publication.aggregates import PublicAggregatesProjection
 from rollwatch.publication.projections import publication_projections
 from rollwatch.report.aggregates import ReportAggregatesProjection
 from rollwatch.report.views import ReleasesProjection
@@ -22,6 +23,7 @@ def default_projections() -> list[Projection]:
         *publication_projections(),
         ReleasesProjection(),
         ReportAggregatesProjection(),
+        PublicAggregatesProjection(),
         ConsoleRunsProjection(),
     ]
 
