@@ -16,7 +16,8 @@ Public means released *and* due by this process's clock (see
 logged and keep the latest ``not_before`` among them, so a reader uses a figure only
 when that date has passed, and otherwise recomputes that cell or run from
 ``public_rollouts`` (a release logged ahead of its date, which the release job never
-makes). Counts are added and removed exactly; a newest or oldest date cannot be
+makes; or one released without a public decision, which SQL's NULLs make a case of
+its own). Counts are added and removed exactly; a newest or oldest date cannot be
 removed, so a change that would need it (a rollout scored twice) marks its row
 ``dirty`` and readers recompute that row.
 """
@@ -100,7 +101,13 @@ def _run(s: _S) -> Contribution | None:
         ext["max_released_nb_ts"] = ("max", s.nb_ts)
     return (
         (s.run_id, s.provider, s.model),
-        (1, int(s.passed or 0), int(bool(s.decided)), int(bool(s.released) and s.nb_ts is not None)),
+        (
+            1,
+            int(s.passed or 0),
+            int(bool(s.decided)),
+            int(bool(s.released) and s.nb_ts is not None),
+            int(bool(s.released) and s.nb_ts is None),
+        ),
         ext,
     )
 
@@ -113,7 +120,7 @@ def _pending(s: _S) -> Contribution | None:
 
 _AGGREGATES: tuple[tuple[str, tuple[str, ...], tuple[str, ...], Callable[[_S], Contribution | None]], ...] = (
     ("pa_cells", ("provider", "model", "problem_id"), ("n",), _cell),
-    ("pa_runs", ("run_id", "provider", "model"), ("n", "passed", "decided", "released"), _run),
+    ("pa_runs", ("run_id", "provider", "model"), ("n", "passed", "decided", "released", "undecided"), _run),
     ("pa_pending", ("provider", "model", "problem_id"), ("n",), _pending),
 )
 
@@ -150,7 +157,8 @@ class PublicAggregatesProjection(Projection):
     );
     CREATE TABLE IF NOT EXISTS pa_runs (
         run_id TEXT, provider TEXT, model TEXT, n INTEGER NOT NULL, passed INTEGER NOT NULL,
-        decided INTEGER NOT NULL, released INTEGER NOT NULL, max_scored_ts REAL, max_embargo_s REAL,
+        decided INTEGER NOT NULL, released INTEGER NOT NULL, undecided INTEGER NOT NULL,
+        max_scored_ts REAL, max_embargo_s REAL,
         max_released_nb_ts REAL, dirty INTEGER NOT NULL DEFAULT 0,
         PRIMARY KEY (run_id, provider, model)
     );
@@ -256,7 +264,7 @@ CELLS_EXACT_SQL = "SELECT count(*) FROM pa_cells WHERE n > 0 AND (dirty = 1 OR m
 """Cells whose figure cannot be used as it is now (0: all can)."""
 RUNS_SQL = (
     "SELECT a.run_id, a.provider, a.model, a.n, a.passed, a.max_scored_ts, a.max_embargo_s, a.decided,"
-    " a.released, u.finished_at, a.dirty OR coalesce(a.max_released_nb_ts > ?, 0)"
+    " a.released, u.finished_at, a.dirty OR a.undecided > 0 OR coalesce(a.max_released_nb_ts > ?, 0)"
     " FROM pa_runs a JOIN pa_run_ends u ON u.run_id = a.run_id WHERE a.n > 0 AND u.finished_at IS NOT NULL"
 )
 PENDING_SQL = (
