@@ -23,7 +23,9 @@ through the real ``rollwatch`` command in subprocesses:
 * ``publish export`` into an empty folder, then again after 10% more rollouts, with the
   files and bytes each wrote (skip with ``BENCH_SCALE_EXPORT=0``). The bench's results
   are public from 2026-01-01, so the first export closes that month's folder and the
-  second files the new results into the open folder of the month it runs in.
+  second files the new results into the open folder of the month it runs in; before it,
+  a ``serve`` signs a checkpoint over the new events (an export files only results
+  under a signed checkpoint).
 
 Then the growth factor of each figure from one size to the next, against the growth
 of the log (floor: linear or better, i.e. factor ≤ the log's growth).
@@ -419,6 +421,28 @@ def files_since(root: Path, t_ns: int) -> tuple[int, int]:
     return n, size
 
 
+async def _head(db: Path) -> int:
+    async with SQLiteEventStore(db) as store:
+        return await store.head()
+
+
+def sign_checkpoint(cfg: Path, port: int, log: Path, head: int) -> None:
+    """Run ``serve`` until a signed checkpoint covers ``head``: an export files only results
+    under a signed checkpoint (the daemon signs one at start, every N events and at stop)."""
+    s = Served(cfg, port, log)
+    try:
+        s.poll_health(True)
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            note = httpx.get(s.base + "/public/checkpoint", timeout=30)
+            if note.status_code == 200 and int(note.text.splitlines()[1]) >= head:
+                return
+            time.sleep(0.2)
+        raise RuntimeError(f"no checkpoint covers {head} after 600 s")
+    finally:
+        s.stop()
+
+
 def export_again(cfg: Path, exp: Path) -> dict[str, float]:
     """``publish export`` into the folder of the previous export: time, files and MB it wrote."""
     t_ns = time.time_ns()
@@ -502,6 +526,7 @@ def main() -> None:
                 more = have + have // 10
                 anyio.run(grow, db, have, more, None)
                 have = more
+                sign_checkpoint(cfg, port, d / "serve.log", anyio.run(_head, db))
                 m.update(export_again(cfg, d / "export"))
             results.append((head, m))
             print(json.dumps({"events": head, **{k: round(v, 3) for k, v in m.items()}}), file=sys.stderr)

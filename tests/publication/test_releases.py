@@ -331,3 +331,39 @@ class TestCrash:
         assert sorted(folder_ids(out, period_of(month_start(now, 2).timestamp()))) == sorted(first)
         assert check_export(out) == []
         assert not (out / ".export-in-progress").exists()
+
+
+class TestProofs:
+    async def test_results_are_filed_only_under_a_signed_checkpoint(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A folder holds only results whose every event the export's signed checkpoint covers
+        (a complete proof bundle, checked end to end against the folder's manifest checkpoint);
+        one released after the checkpoint waits for an export under a later one."""
+        from tests.integrity.test_tlog_tiles import add_released, fill, live_log, verify_bundle
+
+        monkeypatch.delenv("STATE_DIRECTORY", raising=False)
+        out = tmp_path / "site"
+        async with live_log(tmp_path) as live:
+            rid, _ = await fill(live)
+            later = await add_released(live.store, live.pdb)
+            kw: dict[str, Any] = {"base_url": BASE, "embargo_s": 0.0, "tree": live.integrity.tree}
+            s = await export_public(live.store, live.pdb, out, **kw)
+            assert s.released == 1
+            await live.integrity.final_checkpoint()
+            s = await export_public(live.store, live.pdb, out, **kw)
+            assert s.released == 1
+            async with httpx.AsyncClient(base_url=live.url) as c:
+                vkey = (await c.get("/public/key")).text
+        this = out / "releases" / period_of(datetime.now(UTC).timestamp())
+        manifest = json.loads((this / "MANIFEST.json").read_text())
+        sizes = [c["checkpoint"]["tree_size"] for c in manifest["chunks"]]
+        assert sizes[0] < sizes[1]
+        for chunk, want in zip(manifest["chunks"], ([rid], [later]), strict=True):
+            lines = [json.loads(x) for x in (this / chunk["file"]).read_text().splitlines()]
+            assert [x["rollout_id"] for x in lines] == want
+            for line in lines:
+                assert line["proof"]["complete"]
+                assert line["proof"]["checkpoint"] == chunk["checkpoint"]["note"]
+                verify_bundle(line, vkey)
+        assert check_export(out) == []

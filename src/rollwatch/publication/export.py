@@ -115,6 +115,11 @@ async def export_public(
         if checkpoint is not None:
             written += await write_tiles(tree, out_dir, checkpoint.size)
     cut = {"tree_size": checkpoint.size, "note": checkpoint.note} if checkpoint is not None else None
+    # Folders are cut at the signed checkpoint: a result released after it waits for the
+    # next export, so every result filed carries a complete proof (files are never
+    # rewritten to complete one). Without a checkpoint (no tree, or none signed yet):
+    # the log's head, and no proofs.
+    upto = checkpoint.size if checkpoint is not None else head
     archive = await anyio.to_thread.run_sync(Archive.open, out_dir)
     seen = archive.exported_seq
     since = (
@@ -133,6 +138,8 @@ async def export_public(
     released = 0
     try:
         async for r in iter_released(store, pdb, now, after=since):
+            if r.released_seq > upto:
+                break
             seen = max(seen, r.released_seq)
             nb_ts = parse_rfc3339(r.not_before).timestamp()
             if r.released_seq <= archive.exported_seq and nb_ts <= archive.exported_at:
@@ -144,7 +151,7 @@ async def export_public(
                 await anyio.to_thread.run_sync(put, batch)
                 batch = []
         await anyio.to_thread.run_sync(put, batch)
-        until = max(seen, head)
+        until = max(seen, upto)
         held_from = await held_back(pdb, since, until, now)
         before = {f.period for f in archive.folders.values() if f.state == "closed"}
         await anyio.to_thread.run_sync(archive.finish, now, cut, until)

@@ -124,6 +124,8 @@ class Folder:
     _chunk_hash: Any = None
     _chunk_bytes: int = 0
     _chunk_results: int = 0
+    manifest_sha256: str | None = None
+    """A closed folder's, as the index names it (read once, when it closed)."""
     changed: bool = False
     wrote: int = 0
     """Files this export wrote here."""
@@ -280,14 +282,18 @@ class Archive:
             index = json.loads((root / INDEX).read_bytes())
         except FileNotFoundError:
             index = None
-        closed: dict[str, int] = {}
+        closed: dict[str, tuple[int, str | None]] = {}
         if index is not None:
             if index.get("format") != FORMAT:
                 raise ValueError(f"{root / INDEX}: not a rollwatch release index ({index.get('format')!r})")
             a.exported_seq = int(index["exported_seq"])
             a.exported_at = float(index["exported_at"])
             a.held_from = index.get("held_from")
-            closed = {e["period"]: int(e["results"]) for e in index["releases"] if e["state"] == "closed"}
+            closed = {
+                e["period"]: (int(e["results"]), e.get("manifest_sha256"))
+                for e in index["releases"]
+                if e["state"] == "closed"
+            }
         # A closed folder is never read again (the index has what we need of it); the
         # others as their manifests say, less what an export killed before the index
         # was written added to them.
@@ -298,7 +304,8 @@ class Archive:
                 if not d.is_dir():
                     continue
                 if d.name in closed:
-                    a.folders[d.name] = Folder(root, d.name, state="closed", results=closed[d.name])
+                    n, sha = closed[d.name]
+                    a.folders[d.name] = Folder(root, d.name, state="closed", results=n, manifest_sha256=sha)
                     continue
                 f = a.folders[d.name] = Folder.load(root, d.name)
                 if killed:
@@ -376,7 +383,8 @@ class Archive:
                 "manifest": f"releases/{f.period}/{MANIFEST}",
             }
             if f.state == "closed":
-                entry["manifest_sha256"] = sha256_file(f.path / MANIFEST)
+                f.manifest_sha256 = f.manifest_sha256 or sha256_file(f.path / MANIFEST)
+                entry["manifest_sha256"] = f.manifest_sha256
             releases.append(entry)
         index = {
             "format": FORMAT,
