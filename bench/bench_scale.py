@@ -384,7 +384,7 @@ class _Grouped:
 
 async def in_process(proj: Path) -> dict[str, float]:
     """``build_report`` by model and ``public_view``, from the aggregates and by grouping,
-    on the projections file in this process (best of 3 each): the figures without HTTP."""
+    on the projections file in this process (best of 5 each): the figures without HTTP."""
     from rollwatch.projections import ProjectionDB
     from rollwatch.publication.public import public_view
     from rollwatch.readmodels import default_projections
@@ -401,7 +401,7 @@ async def in_process(proj: Path) -> dict[str, float]:
                 ("public_inproc", lambda f: public_view(store, f, embargo_default=7776000.0)),
             ):
                 best = float("inf")
-                for _ in range(3):
+                for _ in range(5):
                     t = time.perf_counter()
                     await fn(src)
                     best = min(best, time.perf_counter() - t)
