@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ from rollwatch.readmodels import default_projections
 from rollwatch.report import build_report, build_trend, to_json
 from rollwatch.report.views import Fetcher
 from rollwatch.store.sqlite import SQLiteEventStore
+from tests.helpers import WithoutAggregates
 
 ROLLOUTS = [f"r{i}" for i in range(6)]
 # rollout -> (run, model, problem): two runs, two models, two problems
@@ -94,19 +94,6 @@ def event(op: tuple[Any, ...]) -> tuple[str, Event]:
     )
 
 
-class Grouped:
-    """The projections as a database without the aggregates shows them: the report then
-    groups every rollout, as it did before it had them (the reference to compare with)."""
-
-    def __init__(self, pdb: ProjectionDB) -> None:
-        self.pdb = pdb
-
-    async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        if "sqlite_master" in sql and "agg_cells" in params:
-            return []
-        return await self.pdb.fetchall(sql, params)
-
-
 def rounded(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Floats to 9 places (the aggregates sum costs in nano-dollars, SQL sums floats)."""
     return [{k: round(v, 9) if isinstance(v, float) else v for k, v in r.items()} for r in rows]
@@ -149,7 +136,7 @@ async def compare(ops: list[tuple[Any, ...]], split: int) -> None:
                 if i == split:  # catch up part-way too: the aggregates are kept across batches
                     await pdb.catch_up(store)
             await pdb.catch_up(store)
-            assert await reports(pdb) == await reports(Grouped(pdb))
+            assert await reports(pdb) == await reports(WithoutAggregates(pdb))
 
 
 class TestAggregates:
@@ -178,8 +165,8 @@ class TestAggregates:
                         stream, ev = event(op)
                         await store.append(stream, [ev])
                     await pdb.catch_up(store)
-                    assert await reports(pdb) == await reports(Grouped(pdb))
+                    assert await reports(pdb) == await reports(WithoutAggregates(pdb))
                     await pdb._run(lambda db: db.execute("UPDATE agg_models SET passed = 0"))
-                    assert await reports(pdb) != await reports(Grouped(pdb))
+                    assert await reports(pdb) != await reports(WithoutAggregates(pdb))
 
         anyio.run(main)

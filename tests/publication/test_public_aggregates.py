@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from rollwatch.projections import ProjectionDB
 from rollwatch.publication.public import PublicView, public_view
 from rollwatch.readmodels import default_projections
 from rollwatch.store.sqlite import SQLiteEventStore
+from tests.helpers import WithoutAggregates
 from tests.publication.helpers import add_rollout, make_config, new_run_id, serving, start_run
 
 pytestmark = pytest.mark.anyio
@@ -83,23 +83,11 @@ def event(op: tuple[Any, ...], now: datetime) -> tuple[str, Event]:
     return stream, PublicReleased(rollout_id=key)
 
 
-class Grouped:
-    """The projections as a database without the public aggregates shows them (the reference)."""
-
-    def __init__(self, pdb: ProjectionDB) -> None:
-        self.pdb = pdb
-
-    async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        if "sqlite_master" in sql and "pa_cells" in sql:
-            return []
-        return await self.pdb.fetchall(sql, params)
-
-
 async def views(store: SQLiteEventStore, pdb: ProjectionDB, now: datetime) -> tuple[PublicView, PublicView]:
     kw: dict[str, Any] = {"now": now, "embargo_default": 0.0}
     return (
         await public_view(store, pdb, **kw),
-        await public_view(store, Grouped(pdb), **kw),  # type: ignore[arg-type]
+        await public_view(store, WithoutAggregates(pdb), **kw),  # type: ignore[arg-type]
     )
 
 
