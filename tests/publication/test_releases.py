@@ -245,6 +245,19 @@ class TestFolders:
         assert kept["superseded"] is False
         assert check_export(out) == []
 
+    async def test_a_folder_with_another_index_is_refused(self, log: Log, tmp_path: Path) -> None:
+        """An export into a folder whose releases.json is not ours (or not JSON) stops with a
+        message naming the file, and writes no release folder."""
+        from rollwatch.errors import UsageError
+
+        for text in ("{not json", '{"format": "something-else/1"}'):
+            out = tmp_path / "site"
+            out.mkdir(exist_ok=True)
+            (out / "releases.json").write_text(text)
+            with pytest.raises(UsageError, match=r"releases\.json: not a rollwatch release index"):
+                await log.export(out)
+            assert sorted(p.name for p in out.iterdir()) == ["releases.json"]
+
 
 class TestCrash:
     async def test_kill_9_mid_export_leaves_the_previous_export_and_a_rerun_completes(

@@ -100,6 +100,7 @@ async def export_public(
         base_url += "/"
     head = await caught_up(store, pdb)
     now = now or datetime.now(UTC)
+    archive = await anyio.to_thread.run_sync(Archive.open, out_dir)  # refuses a folder not ours
     view = await public_view(store, pdb, now=now, embargo_default=embargo_s, embargo_counts=embargo_counts)
     proofs = None
     bundles = None
@@ -120,7 +121,6 @@ async def export_public(
     # rewritten to complete one). Without a checkpoint (no tree, or none signed yet):
     # the log's head, and no proofs.
     upto = checkpoint.size if checkpoint is not None else head
-    archive = await anyio.to_thread.run_sync(Archive.open, out_dir)
     seen = archive.exported_seq
     since = (
         archive.exported_seq

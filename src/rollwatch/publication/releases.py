@@ -43,6 +43,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from rollwatch.errors import UsageError
+
 FORMAT = "rollwatch-releases/1"
 MANIFEST_FORMAT = "rollwatch-release/1"
 INDEX = "releases.json"
@@ -282,10 +284,16 @@ class Archive:
             index = json.loads((root / INDEX).read_bytes())
         except FileNotFoundError:
             index = None
+        except ValueError as e:
+            raise UsageError(
+                f"{root / INDEX}: not a rollwatch release index ({e}); export to another folder"
+            ) from None
         closed: dict[str, tuple[int, str | None]] = {}
         if index is not None:
-            if index.get("format") != FORMAT:
-                raise ValueError(f"{root / INDEX}: not a rollwatch release index ({index.get('format')!r})")
+            if not isinstance(index, dict) or index.get("format") != FORMAT:
+                raise UsageError(
+                    f"{root / INDEX}: not a rollwatch release index (format {FORMAT!r}); export to another folder"
+                )
             a.exported_seq = int(index["exported_seq"])
             a.exported_at = float(index["exported_at"])
             a.held_from = index.get("held_from")
