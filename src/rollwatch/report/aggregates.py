@@ -98,25 +98,37 @@ class ReportAggregatesProjection(Projection):
                 (ev.rollout_id, ev.provider, ev.model, ev.problem_id, ev.run_id, ev.problem_hash, UNSERVED),
             )
             if cur.rowcount:
-                row = db.execute(_ROW, (ev.rollout_id,)).fetchone()
-                self._count(db, row, 1)
+                row = (
+                    ev.provider,
+                    ev.model,
+                    ev.run_id,
+                    ev.problem_id,
+                    UNSERVED,
+                    ev.problem_hash,
+                    0,
+                    0,
+                    None,
+                    None,
+                )
+                _count(db, row, None)
             self._version(db, ev.problem_id, ev.problem_hash, rec.seq, update=False)
         elif isinstance(ev, e.RolloutResponded):
-            self._change(
-                db,
-                ev.rollout_id,
-                served_model=UNSERVED if ev.model is None else ev.model,
-                cost_nusd=_nusd(ev.cost_usd),
-            )
+            served = UNSERVED if ev.model is None else ev.model
+            self._change(db, ev.rollout_id, {"served_model": served, "cost_nusd": _nusd(ev.cost_usd)})
         elif isinstance(ev, e.RolloutScored):
             row = db.execute(_ROW, (ev.rollout_id,)).fetchone()
             if row is not None:
                 vhash = ev.problem_hash or row[5]
-                self._change(db, ev.rollout_id, scored=1, passed=int(bool(ev.passed)), verdict_hash=vhash)
+                self._change(
+                    db,
+                    ev.rollout_id,
+                    {"scored": 1, "passed": int(bool(ev.passed)), "verdict_hash": vhash},
+                    row,
+                )
                 if vhash is not None:
                     self._version(db, row[3], vhash, rec.seq, update=False)
         elif isinstance(ev, e.RolloutRescored):
-            self._change(db, ev.rollout_id, passed=int(bool(ev.passed)), verdict_hash=ev.problem_hash)
+            self._change(db, ev.rollout_id, {"passed": int(bool(ev.passed)), "verdict_hash": ev.problem_hash})
             if ev.problem_hash is not None:
                 self._version(db, ev.problem_id, ev.problem_hash, rec.seq, update=False)
         elif isinstance(ev, e.ProblemVersioned):
@@ -128,64 +140,95 @@ class ReportAggregatesProjection(Projection):
     ) -> None:
         if pid is None or phash is None:
             return
-        db.execute(
-            "INSERT INTO agg_problem_versions (problem_id, problem_hash, seq) VALUES (?,?,?)"
-            + (
-                " ON CONFLICT (problem_id, problem_hash) DO UPDATE SET seq = excluded.seq"
-                if update
-                else " ON CONFLICT DO NOTHING"
-            ),
-            (pid, phash, seq),
-        )
+        db.execute(_VERSION_UPDATE if update else _VERSION_INSERT, (pid, phash, seq))
 
-    def _change(self, db: sqlite3.Connection, rid: str, **new: Any) -> None:
-        old = db.execute(_ROW, (rid,)).fetchone()
+    @staticmethod
+    def _change(
+        db: sqlite3.Connection, rid: str, new: dict[str, Any], old: tuple[Any, ...] | None = None
+    ) -> None:
+        old = old or db.execute(_ROW, (rid,)).fetchone()
         if old is None:
             return
-        self._count(db, old, -1)
         db.execute(
             f"UPDATE agg_rollouts SET {', '.join(f'{k} = ?' for k in new)} WHERE rollout_id = ?",
             (*new.values(), rid),
         )
-        self._count(db, db.execute(_ROW, (rid,)).fetchone(), 1)
-
-    @staticmethod
-    def _count(db: sqlite3.Connection, row: tuple[Any, ...], sign: int) -> None:
-        """Add (``sign`` 1) or remove (-1) one rollout's contribution."""
-        provider, model, run_id, problem_id, served, _phash, scored, passed, cost, vhash = row
-        costed = cost is not None
-        c = cost or 0
-        values = (
-            sign,
-            sign * scored,
-            sign * (scored and passed),
-            sign * c,
-            sign * costed,
-            sign * c * scored,
-            sign * (costed and scored),
-        )
-        db.execute(
-            "INSERT INTO agg_cells (provider, model, problem_id, run_id, served_model, "
-            + ", ".join(_COUNTS)
-            + ") VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
-            + f" ON CONFLICT (provider, model, problem_id, run_id, served_model) DO UPDATE SET {_SET}",
-            (provider, model, problem_id, run_id, served, *values),
-        )
-        db.execute(
-            "INSERT INTO agg_models (provider, model, served_model, problem_id, "
-            + ", ".join(_COUNTS)
-            + ") VALUES (?,?,?,?,?,?,?,?,?,?,?)"
-            + f" ON CONFLICT (provider, model, served_model, problem_id) DO UPDATE SET {_SET}",
-            (provider, model, served, problem_id, *values),
-        )
-        if scored and vhash is not None:
-            db.execute(
-                "INSERT INTO agg_verdicts (problem_id, verdict_hash, n) VALUES (?,?,?)"
-                " ON CONFLICT (problem_id, verdict_hash) DO UPDATE SET n = n + excluded.n",
-                (problem_id, vhash, sign),
-            )
+        row = list(old)
+        for k, v in new.items():
+            row[_ROW_INDEX[k]] = v
+        _count(db, tuple(row), old)
 
 
+def _contribution(row: tuple[Any, ...]) -> tuple[int, ...]:
+    _provider, _model, _run_id, _problem_id, _served, _phash, scored, passed, cost, _vhash = row
+    costed = cost is not None
+    c = cost or 0
+    return (1, scored, int(bool(scored and passed)), c, int(costed), c * scored, int(costed and bool(scored)))
+
+
+def _count(db: sqlite3.Connection, new: tuple[Any, ...], old: tuple[Any, ...] | None) -> None:
+    """Move one rollout's contribution from row ``old`` (None: none yet) to row ``new``: one
+    upsert per table when its group stays, a removal and an addition when it moves."""
+    provider, model, run_id, problem_id, served = new[:5]
+    values = _contribution(new)
+    if old is not None:
+        was = _contribution(old)
+        if old[4] == served:
+            values = tuple(a - b for a, b in zip(values, was, strict=True))
+        else:
+            _upsert(db, (provider, model, problem_id, run_id, old[4]), tuple(-x for x in was))
+    if any(values):
+        _upsert(db, (provider, model, problem_id, run_id, served), values)
+    if old is not None and old[6] and old[9] is not None:
+        db.execute(_VERDICT, (problem_id, old[9], -1))
+    if new[6] and new[9] is not None:
+        db.execute(_VERDICT, (problem_id, new[9], 1))
+
+
+def _upsert(db: sqlite3.Connection, key: tuple[Any, ...], values: tuple[int, ...]) -> None:
+    provider, model, problem_id, run_id, served = key
+    db.execute(_CELLS_UPSERT, (provider, model, problem_id, run_id, served, *values))
+    db.execute(_MODELS_UPSERT, (provider, model, served, problem_id, *values))
+
+
+_CELLS_UPSERT = (
+    "INSERT INTO agg_cells (provider, model, problem_id, run_id, served_model, "
+    + ", ".join(_COUNTS)
+    + ") VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
+    + f" ON CONFLICT (provider, model, problem_id, run_id, served_model) DO UPDATE SET {_SET}"
+)
+_MODELS_UPSERT = (
+    "INSERT INTO agg_models (provider, model, served_model, problem_id, "
+    + ", ".join(_COUNTS)
+    + ") VALUES (?,?,?,?,?,?,?,?,?,?,?)"
+    + f" ON CONFLICT (provider, model, served_model, problem_id) DO UPDATE SET {_SET}"
+)
+_VERDICT = (
+    "INSERT INTO agg_verdicts (problem_id, verdict_hash, n) VALUES (?,?,?)"
+    " ON CONFLICT (problem_id, verdict_hash) DO UPDATE SET n = n + excluded.n"
+)
+_VERSION_INSERT = "INSERT OR IGNORE INTO agg_problem_versions (problem_id, problem_hash, seq) VALUES (?,?,?)"
+_VERSION_UPDATE = (
+    "INSERT INTO agg_problem_versions (problem_id, problem_hash, seq) VALUES (?,?,?)"
+    " ON CONFLICT (problem_id, problem_hash) DO UPDATE SET seq = excluded.seq"
+)
+_ROW_INDEX = {
+    k: i
+    for i, k in enumerate(
+        (
+            "provider",
+            "model",
+            "run_id",
+            "problem_id",
+            "served_model",
+            "problem_hash",
+            "scored",
+            "passed",
+            "cost_nusd",
+            "verdict_hash",
+        )
+    )
+}
 _ROW = (
     "SELECT provider, model, run_id, problem_id, served_model, problem_hash, scored, passed, cost_nusd,"
     " verdict_hash FROM agg_rollouts WHERE rollout_id = ?"
