@@ -126,7 +126,7 @@ async def compare(ops: list[tuple[Any, ...]], split: int) -> None:
 
 
 class TestPublicAggregates:
-    @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(ops=OPS, split=st.integers(0, 30))
     def test_the_page_from_aggregates_equals_grouping_after_any_events(
         self, ops: list[tuple[Any, ...]], split: int

@@ -24,6 +24,7 @@ removed, so a change that would need it (a rollout scored twice) marks its row
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 from collections.abc import Callable
 from typing import Any
@@ -184,31 +185,62 @@ class PublicAggregatesProjection(Projection):
             )
         elif isinstance(ev, e.RolloutScored):
             ts = parse_rfc3339(rec.at).timestamp()
-            self._change(db, ev.rollout_id, "passed = ?, scored_ts = ?", (int(bool(ev.passed)), ts))
+            self._change(db, ev.rollout_id, {"passed": int(bool(ev.passed)), "scored_ts": ts})
         elif isinstance(ev, e.PublicationDecided) and ev.audience == "public":
-            self._change(
-                db,
-                ev.rollout_id,
-                "decided = 1, embargo_s = ?, nb_ts = ?, not_before = ?",
-                (ev.embargo_s, parse_rfc3339(ev.not_before).timestamp(), ev.not_before),
-                only="decided = 0",
-            )
+            nb = {
+                "decided": 1,
+                "embargo_s": ev.embargo_s,
+                "nb_ts": parse_rfc3339(ev.not_before).timestamp(),
+                "not_before": ev.not_before,
+            }
+            self._change(db, ev.rollout_id, nb, first="decided")
         elif isinstance(ev, e.PublicReleased):
-            self._change(db, ev.rollout_id, "released = 1, released_at = ?", (rec.at,), only="released = 0")
+            self._change(db, ev.rollout_id, {"released": 1, "released_at": rec.at}, first="released")
 
-    def _change(
-        self, db: sqlite3.Connection, rid: str, assign: str, params: tuple[Any, ...], only: str = "1"
-    ) -> None:
-        row = db.execute(
-            f"SELECT {_STATE} FROM pa_rollouts WHERE rollout_id = ? AND {only}", (rid,)
-        ).fetchone()
-        if row is None:
+    @staticmethod
+    def _change(db: sqlite3.Connection, rid: str, new: dict[str, Any], first: str | None = None) -> None:
+        """Set ``new`` on the rollout's row (once only, when ``first`` names a flag already
+        set), moving its contributions."""
+        row = db.execute(_SELECT_STATE, (rid,)).fetchone()
+        if row is None or (first is not None and row[_STATE_INDEX[first]]):
             return
-        old = _S(row)
-        db.execute(f"UPDATE pa_rollouts SET {assign} WHERE rollout_id = ?", (*params, rid))
-        new = _S(db.execute(f"SELECT {_STATE} FROM pa_rollouts WHERE rollout_id = ?", (rid,)).fetchone())
+        db.execute(_update(tuple(new)), (*new.values(), rid))
+        values = list(row)
+        for k, v in new.items():
+            values[_STATE_INDEX[k]] = v
+        old, now = _S(row), _S(tuple(values))
         for table, keys, counts, fn in _AGGREGATES:
-            _move(db, table, keys, counts, fn(old), fn(new))
+            _move(db, table, keys, counts, fn(old), fn(now))
+
+
+_STATE_INDEX = {k.strip(): i for i, k in enumerate(_STATE.split(","))}
+_SELECT_STATE = f"SELECT {_STATE} FROM pa_rollouts WHERE rollout_id = ?"
+
+
+@functools.cache
+def _update(columns: tuple[str, ...]) -> str:
+    return f"UPDATE pa_rollouts SET {', '.join(f'{c} = ?' for c in columns)} WHERE rollout_id = ?"
+
+
+@functools.cache
+def _retract_sql(table: str, keys: tuple[str, ...], counts: tuple[str, ...]) -> str:
+    where = " AND ".join(f"{k} = ?" for k in keys)
+    sets = ", ".join(f"{c} = {c} - ?" for c in counts)
+    return f"UPDATE {table} SET {sets}, dirty = 1 WHERE {where}"
+
+
+@functools.cache
+def _add_sql(
+    table: str, keys: tuple[str, ...], counts: tuple[str, ...], ext: tuple[tuple[str, str], ...]
+) -> str:
+    cols = (*keys, *counts, *(c for c, _ in ext))
+    upd = [f"{c} = {c} + excluded.{c}" for c in counts]
+    for c, fn in ext:
+        upd.append(f"{c} = CASE WHEN {c} IS NULL THEN excluded.{c} ELSE {fn}({c}, excluded.{c}) END")
+    return (
+        f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
+        f" ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {', '.join(upd)}"
+    )
 
 
 def _move(
@@ -222,25 +254,16 @@ def _move(
     """Replace contribution ``old`` by ``new`` in ``table``."""
     if old == new:
         return
-    where = " AND ".join(f"{k} = ?" for k in keys)
     if old is not None and (new is None or new[0] != old[0] or _shrinks(old[2], new[2])):
         # Counts come off exactly; a newest or oldest value cannot: readers recompute the row.
-        sets = ", ".join(f"{c} = {c} - ?" for c in counts)
-        db.execute(f"UPDATE {table} SET {sets}, dirty = 1 WHERE {where}", (*old[1], *old[0]))
+        db.execute(_retract_sql(table, keys, counts), (*old[1], *old[0]))
         old = None
     if new is None:
         return
     delta = new[1] if old is None else tuple(a - b for a, b in zip(new[1], old[1], strict=True))
     ext = new[2]
-    cols = (*keys, *counts, *ext)
-    upd = [f"{c} = {c} + excluded.{c}" for c in counts]
-    for c, (fn, _) in ext.items():
-        upd.append(f"{c} = CASE WHEN {c} IS NULL THEN excluded.{c} ELSE {fn}({c}, excluded.{c}) END")
-    db.execute(
-        f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
-        f" ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {', '.join(upd)}",
-        (*new[0], *delta, *(v for _, v in ext.values())),
-    )
+    sql = _add_sql(table, keys, counts, tuple((c, fn) for c, (fn, _) in ext.items()))
+    db.execute(sql, (*new[0], *delta, *(v for _, v in ext.values())))
 
 
 def _shrinks(old: dict[str, tuple[str, Any]], new: dict[str, tuple[str, Any]]) -> bool:

@@ -213,8 +213,9 @@ async def _run_groups(pdb: ProjectionDB, ts: float, maintained: bool) -> list[tu
 
     out: list[tuple[Any, ...]] = []
     for *row, inexact in await pdb.fetchall(agg.RUNS_SQL, (ts,)):
-        if inexact:  # a release ahead of its date, or a rollout scored twice: that run, grouped
-            out += await pdb.fetchall(_RUNS_GROUPED.format(run=" AND r.run_id = ?"), (ts, row[0]))
+        if inexact:  # a release ahead of its date, or a rollout scored twice: that group, grouped
+            one = " AND r.run_id = ? AND r.provider = ? AND r.model = ?"
+            out += await pdb.fetchall(_RUNS_GROUPED.format(run=one), (ts, *row[:3]))
         else:
             out.append(tuple(row))
     return out
