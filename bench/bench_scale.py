@@ -15,11 +15,17 @@ through the real ``rollwatch`` command in subprocesses:
   process start to the first ``/healthz`` answer, and to caught up (``/healthz``
   ``projections.state == "current"``; a daemon that only listens once caught up has
   both the same); then a warm start (projections current) to the first ``/healthz``;
-* ``GET /v1/report`` (first request and best of 5) and the first ``GET /public/``;
+* ``GET /v1/report`` (first request and best of 5), the first ``GET /public/``, and each
+  again first after one more released result (catch-up plus a read of the maintained
+  aggregates), with the GROUP BYs they replace timed on the same projections file;
 * ``rebuild`` and ``verify`` against a raw pass over the same rows in this process
   (``SELECT`` every column, SHA-256 of each row's data), measured in the same run;
-* ``publish export`` into an empty folder, then again after 10% more rollouts
-  (skip with ``BENCH_SCALE_EXPORT=0``).
+* ``publish export`` into an empty folder, then again after 10% more rollouts, with the
+  files and bytes each wrote (skip with ``BENCH_SCALE_EXPORT=0``). The bench's results
+  are public from 2026-01-01, so the first export closes that month's folder and the
+  second files the new results into the open folder of the month it runs in; before it,
+  a ``serve`` signs a checkpoint over the new events (an export files only results
+  under a signed checkpoint).
 
 Then the growth factor of each figure from one size to the next, against the growth
 of the log (floor: linear or better, i.e. factor ≤ the log's growth).
@@ -321,6 +327,130 @@ class Served:
         self.log.close()
 
 
+def reads_after_a_change(s: Served, db: Path, key: str) -> dict[str, float]:
+    """``/v1/report`` (by model and by run) and ``/public/`` first after one more released result:
+    the catch-up of its events plus a read of the maintained aggregates."""
+    out: dict[str, float] = {}
+    for name, path in (("report_moved", "/v1/report?by=model"), ("public_moved", "/public/")):
+        n = next(_EXTRA)
+        rid = f"extra-{n:06d}"
+
+        async def one(rid: str = rid, n: int = n) -> None:
+            async with SQLiteEventStore(db) as store:
+                for call in rollout_events("run-extra", MODELS[0], n * 4, rid):  # n * 4: a pass
+                    await store.append(rollout_stream(rid), call)  # type: ignore[arg-type]
+
+        anyio.run(one)
+        out[name] = s.get(path, key if path.startswith("/v1/") else None)
+    out["report_by_run"] = s.get("/v1/report?by=run", key)
+    return out
+
+
+_EXTRA = itertools.count()
+
+
+def grouped_baseline(proj: Path) -> dict[str, float]:
+    """What the report and the public page cost before the aggregates: their GROUP BY over every
+    rollout, on the same projections file, in this process."""
+    from rollwatch.publication.public import _RUNS_GROUPED
+    from rollwatch.report.views import _CELLS_SQL
+
+    conn = sqlite3.connect(proj)
+    out = {}
+    for name, sql, params in (
+        ("grouped_report", _CELLS_SQL, ()),
+        ("grouped_public", _RUNS_GROUPED.format(run=""), (time.time(),)),
+    ):
+        t = time.perf_counter()
+        conn.execute(sql, params).fetchall()
+        out[name] = time.perf_counter() - t
+    conn.close()
+    out.update(anyio.run(in_process, proj))
+    return out
+
+
+class _Grouped:
+    """The projections as a file without the aggregates shows them: the report and the page
+    then group every rollout, as before."""
+
+    def __init__(self, pdb: object) -> None:
+        self.pdb = pdb
+
+    async def fetchall(self, sql: str, params: object = ()) -> list[tuple[object, ...]]:
+        if "sqlite_master" in sql and ("pa_cells" in sql or "agg_cells" in str(params)):
+            return []
+        return await self.pdb.fetchall(sql, params)  # type: ignore[attr-defined, no-any-return]
+
+
+async def in_process(proj: Path) -> dict[str, float]:
+    """``build_report`` by model and ``public_view``, from the aggregates and by grouping,
+    on the projections file in this process (best of 5 each): the figures without HTTP."""
+    from rollwatch.projections import ProjectionDB
+    from rollwatch.publication.public import public_view
+    from rollwatch.readmodels import default_projections
+    from rollwatch.report import build_report
+
+    out: dict[str, float] = {}
+    async with (
+        SQLiteEventStore(proj.with_name("events.db")) as store,
+        ProjectionDB(proj, default_projections()) as pdb,
+    ):
+        for name, src in (("", pdb), ("_grouped", _Grouped(pdb))):
+            for what, fn in (
+                ("report_inproc", lambda f: build_report(f, "model")),
+                ("public_inproc", lambda f: public_view(store, f, embargo_default=7776000.0)),
+            ):
+                best = float("inf")
+                for _ in range(5):
+                    t = time.perf_counter()
+                    await fn(src)
+                    best = min(best, time.perf_counter() - t)
+                out[what + name] = best
+    return out
+
+
+def files_since(root: Path, t_ns: int) -> tuple[int, int]:
+    """Files under ``root`` written at or after ``t_ns`` (mtime), and their bytes."""
+    n = size = 0
+    for p in root.rglob("*"):
+        if p.is_file():
+            st = p.stat()
+            if st.st_mtime_ns >= t_ns:
+                n += 1
+                size += st.st_size
+    return n, size
+
+
+async def _head(db: Path) -> int:
+    async with SQLiteEventStore(db) as store:
+        return await store.head()
+
+
+def sign_checkpoint(cfg: Path, port: int, log: Path, head: int) -> None:
+    """Run ``serve`` until a signed checkpoint covers ``head``: an export files only results
+    under a signed checkpoint (the daemon signs one at start, every N events and at stop)."""
+    s = Served(cfg, port, log)
+    try:
+        s.poll_health(True)
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            note = httpx.get(s.base + "/public/checkpoint", timeout=30)
+            if note.status_code == 200 and int(note.text.splitlines()[1]) >= head:
+                return
+            time.sleep(0.2)
+        raise RuntimeError(f"no checkpoint covers {head} after 600 s")
+    finally:
+        s.stop()
+
+
+def export_again(cfg: Path, exp: Path) -> dict[str, float]:
+    """``publish export`` into the folder of the previous export: time, files and MB it wrote."""
+    t_ns = time.time_ns()
+    took = cli(cfg, "publish", "export", str(exp))
+    files, size = files_since(exp, t_ns)
+    return {"export_second": took, "export_second_files": files, "export_second_mb": size / 1e6}
+
+
 def measure(d: Path, cfg: Path, db: Path, port: int, key: str, export: bool) -> dict[str, float]:
     out: dict[str, float] = {}
     proj = d / "projections.db"
@@ -339,8 +469,10 @@ def measure(d: Path, cfg: Path, db: Path, port: int, key: str, export: bool) -> 
         out["report_first"] = s.get("/v1/report?by=model", key)
         out["report_best"] = min(s.get("/v1/report?by=model", key) for _ in range(5))
         out["public_first"] = s.get("/public/")
+        out.update(reads_after_a_change(s, db, key))
     finally:
         s.stop()
+    out.update(grouped_baseline(proj))
     _, out["raw"], out["raw_cpu"] = raw_pass(db)
     out["rebuild"] = cli(cfg, "rebuild")
     out["rebuild_cpu"] = CPU["rebuild"]
@@ -349,7 +481,10 @@ def measure(d: Path, cfg: Path, db: Path, port: int, key: str, export: bool) -> 
     if export:
         exp = d / "export"
         shutil.rmtree(exp, ignore_errors=True)
+        t_ns = time.time_ns()
         out["export_first"] = cli(cfg, "publish", "export", str(exp))
+        files, size = files_since(exp, t_ns)
+        out["export_first_files"], out["export_first_mb"] = files, size / 1e6
     assert proj.exists()
     return out
 
@@ -391,7 +526,8 @@ def main() -> None:
                 more = have + have // 10
                 anyio.run(grow, db, have, more, None)
                 have = more
-                m["export_second"] = cli(cfg, "publish", "export", str(d / "export"))
+                sign_checkpoint(cfg, port, d / "serve.log", anyio.run(_head, db))
+                m.update(export_again(cfg, d / "export"))
             results.append((head, m))
             print(json.dumps({"events": head, **{k: round(v, 3) for k, v in m.items()}}), file=sys.stderr)
             r = m["raw"]
@@ -409,13 +545,30 @@ def main() -> None:
                 f" rebuild {m['rebuild_cpu']:.1f} s = {m['rebuild_cpu'] / rc:.1f}x;"
                 f" verify {m['verify_cpu']:.1f} s = {m['verify_cpu'] / rc:.1f}x (both include starting Python)"
             )
-            line = (
-                f"{'':>17} /v1/report first {m['report_first'] * 1000:.0f} ms, best {m['report_best'] * 1000:.0f} ms;"
-                f" first /public/ {m['public_first'] * 1000:.0f} ms"
+            print(
+                f"{'':>17} /v1/report first {m['report_first'] * 1000:.0f} ms, best {m['report_best'] * 1000:.0f} ms,"
+                f" first after one more result {m['report_moved'] * 1000:.0f} ms, by run {m['report_by_run'] * 1000:.0f} ms;"
+                f" first /public/ {m['public_first'] * 1000:.0f} ms, after one more result"
+                f" {m['public_moved'] * 1000:.0f} ms",
+                flush=True,
+            )
+            print(
+                f"{'':>17} in process: report by model from the aggregates {m['report_inproc'] * 1000:.1f} ms"
+                f" vs grouping every rollout {m['report_inproc_grouped'] * 1000:.1f} ms"
+                f" ({m['report_inproc_grouped'] / m['report_inproc']:.0f}x); public view"
+                f" {m['public_inproc'] * 1000:.1f} ms vs {m['public_inproc_grouped'] * 1000:.1f} ms"
+                f" ({m['public_inproc_grouped'] / m['public_inproc']:.1f}x); the bare GROUP BYs: report"
+                f" {m['grouped_report'] * 1000:.0f} ms, public runs {m['grouped_public'] * 1000:.0f} ms",
+                flush=True,
             )
             if export:
-                line += f"; export {m['export_first']:.1f} s, again after +10% rollouts {m['export_second']:.1f} s"
-            print(line, flush=True)
+                print(
+                    f"{'':>17} publish export {m['export_first']:.1f} s ({m['export_first_files']:,.0f} files,"
+                    f" {m['export_first_mb']:,.0f} MB); again after +10% rollouts {m['export_second']:.1f} s"
+                    f" ({m['export_second_files']:,.0f} files, {m['export_second_mb']:,.0f} MB)"
+                    f" = {m['export_second'] / m['export_first']:.2f}x the first",
+                    flush=True,
+                )
         for (n0, a), (n1, b) in itertools.pairwise(results):
             g = n1 / n0
             parts = ", ".join(f"{k} {b[k] / a[k]:.2f}x" for k in a if a[k] > 0)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 
 def write_config(tmp_path: Path, extra: str = "", *, problems: str | None = None) -> Path:
@@ -47,3 +49,18 @@ def make_log(path: Path) -> Path:
 
     anyio.run(create)
     return path
+
+
+class WithoutAggregates:
+    """A projections database as one without the maintained aggregates shows it (report and
+    public page): their readers then group every rollout, the reference the aggregates must equal."""
+
+    def __init__(self, pdb: Any) -> None:
+        self.pdb = pdb
+
+    async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """The query's rows, except that neither ``agg_cells`` nor ``pa_cells`` exists."""
+        if "sqlite_master" in sql and ("pa_cells" in sql or "agg_cells" in params):
+            return []
+        rows: list[tuple[Any, ...]] = await self.pdb.fetchall(sql, params)
+        return rows

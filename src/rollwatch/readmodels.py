@@ -8,7 +8,9 @@ free of its implementations and no import cycle can form.
 from __future__ import annotations
 
 from rollwatch.projections import Projection, RunsProjection, SchedulesProjection
+from rollwatch.publication.aggregates import PublicAggregatesProjection
 from rollwatch.publication.projections import publication_projections
+from rollwatch.report.aggregates import ReportAggregatesProjection
 from rollwatch.report.views import ReleasesProjection
 from rollwatch.web.console_model import ConsoleRunsProjection
 
@@ -20,6 +22,8 @@ def default_projections() -> list[Projection]:
         SchedulesProjection(),
         *publication_projections(),
         ReleasesProjection(),
+        ReportAggregatesProjection(),
+        PublicAggregatesProjection(),
         ConsoleRunsProjection(),
     ]
 

@@ -224,7 +224,13 @@ def publish() -> None:
 )
 @common
 def publish_export(ctx: Context, directory: Path, base_url: str | None) -> None:
-    """Write the public release to DIRECTORY: index.html, feed.json, feed.atom, results.jsonl."""
+    """Add what is new to the public release in DIRECTORY.
+
+    One folder per month (releases/YYYY-MM/, with a MANIFEST.json of every file's
+    SHA-256 and the signed checkpoint), never changed once closed; at the top
+    releases.json (the index), index.html, feed.json, feed.atom, results.jsonl (the
+    open months' results), superseded.jsonl, rollouts/ID.json, LICENSE (CC BY 4.0).
+    """
     from rollwatch.projections import ProjectionDB
     from rollwatch.publication.export import export_public
     from rollwatch.store import open_store
@@ -257,7 +263,11 @@ def publish_export(ctx: Context, directory: Path, base_url: str | None) -> None:
                 cosigned=config.integrity.state_dir(config.store) / "checkpoint.cosigned",
             )
             proven = f", proofs against the checkpoint of size {s.tree_size}" if s.tree_size else ""
-            return f"wrote {s.files} files to {s.directory} ({s.released} released results{proven})"
+            closed = f"; closed release {', '.join(s.closed)}" if s.closed else ""
+            return (
+                f"wrote {s.files} files to {s.directory} ({s.released} new released results,"
+                f" {s.total} in all{proven}{closed})"
+            )
 
     click.echo(run_async(main))
     sys.stdout.flush()

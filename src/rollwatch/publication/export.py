@@ -1,42 +1,55 @@
-"""``rollwatch publish export DIR``: the public release as static files.
+"""``rollwatch publish export DIR``: the public release as static files, added to incrementally.
 
-Writes the same bytes the public routes serve: ``index.html``, ``feed.json``,
-``feed.atom``, ``results.jsonl`` (every released result, oldest release first) and
-``rollouts/{id}.json`` (what the feeds' item links point at). Each file is written
-to a temporary name and renamed, so a web server reading DIR never serves half a file.
-Only released results are written (see :mod:`rollwatch.publication.public`). Given
-the Merkle tree, ``feed.json`` items and ``results.jsonl`` lines carry their inclusion
-proofs as the public routes serve them (see :mod:`rollwatch.publication.inclusion`),
-and every result (``rollouts/{id}.json``, each line of ``results.jsonl``) its proof
-bundle (:mod:`rollwatch.publication.proofs`) against the latest signed checkpoint.
-The export then holds that checkpoint (``checkpoint``), the log's public key
-(``key``) and the hash tiles of its tree (``tile/<L>/<N>[.p/<W>]``, C2SP
-tlog-tiles): a plain static file server hosts a log that standard tlog clients read
-and verify, and an auditor checks every result offline. Full tiles never change, so
-a later export rewrites only the partial ones; entry bundles are never exported
-(they hold events under embargo).
+The archive is one folder per release month that never changes once closed (see
+:mod:`rollwatch.publication.releases` for the layout, the manifests and crash safety):
+an export writes each new result once, into its folder, and leaves every older file
+alone. At the top it rewrites what is small or current: ``index.html``, ``feed.json``,
+``feed.atom`` (the same bytes the public routes serve), ``results.jsonl`` (the results
+of the open folders, i.e. those not yet in a closed one), ``releases.json`` (the index
+of the folders), ``superseded.jsonl`` and ``rollouts/{id}.json`` (every result, a hard
+link to its folder's copy until a re-score marks it superseded; what the feeds' item
+links point at). Only released results are written (see
+:mod:`rollwatch.publication.public`). Given the Merkle tree, each new result carries
+its proof bundle (:mod:`rollwatch.publication.proofs`) against the latest signed
+checkpoint, and its ``results.jsonl`` line the feed's inclusion proof (see
+:mod:`rollwatch.publication.inclusion`). The export then holds that checkpoint
+(``checkpoint``), the log's public key (``key``) and the hash tiles of its tree
+(``tile/<L>/<N>[.p/<W>]``, C2SP tlog-tiles): a plain static file server hosts a log
+that standard tlog clients read and verify, and an auditor checks every result
+offline (an older folder's proofs against its own checkpoint, which the current tiles
+prove consistent). Full tiles never change, so a later export rewrites only the
+partial ones; entry bundles are never exported (they hold events under embargo).
 """
 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
 
 import anyio
 
 from rollwatch.abc import EventStore
+from rollwatch.events import parse_rfc3339
 from rollwatch.projections import ProjectionDB
 from rollwatch.publication import feeds
-from rollwatch.publication.public import iter_released, public_view
+from rollwatch.publication.public import (
+    Released,
+    held_back,
+    iter_released,
+    public_view,
+    released_one,
+    superseded_marks,
+)
 from rollwatch.publication.release import caught_up
+from rollwatch.publication.releases import Archive, rollout_file, write_atomic
 
 if TYPE_CHECKING:
-    from rollwatch.integrity.tree import MerkleTree
+    from rollwatch.integrity.tree import MerkleTree, StoredCheckpoint
+    from rollwatch.publication.inclusion import InclusionProofs
+    from rollwatch.publication.proofs import ProofBundles
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,15 +58,15 @@ class ExportSummary:
 
     directory: Path
     released: int
+    """Results new in this export (each written once, into its release folder)."""
     files: int
+    """Files written by this export (every other file was left as it was)."""
     tree_size: int = 0
     """The size of the checkpoint the proofs and tiles are for (0: no checkpoint)."""
-
-
-def _write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    total: int = 0
+    """Released results in the whole archive."""
+    closed: tuple[str, ...] = ()
+    """Release folders closed by this export."""
 
 
 def _json(obj: object) -> bytes:
@@ -73,23 +86,26 @@ async def export_public(
     vkey: str | None = None,
     cosigned: Path | None = None,
 ) -> ExportSummary:
-    """Write the public release under ``out_dir``; ``base_url`` is where DIR will be served.
+    """Add what is new to the public release under ``out_dir``; ``base_url`` is where DIR will be served.
 
-    With ``tree`` (the log's Merkle tree, caught up), ``feed.json`` items and
-    ``results.jsonl`` lines carry their inclusion proofs under ``_rollwatch``, every
-    result its proof bundle under ``proof``, and the export holds the checkpoint, the
-    key ``vkey`` and the hash tiles. ``cosigned``: the daemon's file of the latest
-    checkpoint with its witnesses' cosignatures, shipped instead when it is that checkpoint.
+    New results go into their release folders (see :mod:`rollwatch.publication.releases`);
+    the feeds, the page, the open folders' ``results.jsonl``, the index and the
+    supersession marks are rewritten. With ``tree`` (the log's Merkle tree, caught up),
+    new results carry their proof bundles under ``proof`` and their lines the feed's
+    inclusion proof under ``_rollwatch``, and the export holds the checkpoint, the key
+    ``vkey`` and the hash tiles. ``cosigned``: the daemon's file of the latest checkpoint
+    with its witnesses' cosignatures, shipped instead when it is that checkpoint.
     """
     if not base_url.endswith("/"):
         base_url += "/"
-    await caught_up(store, pdb)
+    head = await caught_up(store, pdb)
     now = now or datetime.now(UTC)
+    archive = await anyio.to_thread.run_sync(Archive.open, out_dir)  # refuses a folder not ours
     view = await public_view(store, pdb, now=now, embargo_default=embargo_s, embargo_counts=embargo_counts)
     proofs = None
     bundles = None
     checkpoint = None
-    tiles_written = 0
+    written = 0
     if tree is not None:
         from rollwatch.publication.inclusion import InclusionProofs
         from rollwatch.publication.proofs import ProofBundles
@@ -98,50 +114,66 @@ async def export_public(
         bundles = ProofBundles(store, tree)
         checkpoint = await bundles.checkpoint()
         if checkpoint is not None:
-            tiles_written = await write_tiles(tree, out_dir, checkpoint.size)
-    rollouts = out_dir / "rollouts"
-    await anyio.to_thread.run_sync(lambda: rollouts.mkdir(parents=True, exist_ok=True))
+            written += await write_tiles(tree, out_dir, checkpoint.size)
+    cut = {"tree_size": checkpoint.size, "note": checkpoint.note} if checkpoint is not None else None
+    # Folders are cut at the signed checkpoint: a result released after it waits for the
+    # next export, so every result filed carries a complete proof (files are never
+    # rewritten to complete one). Without a checkpoint (no tree, or none signed yet):
+    # the log's head, and no proofs.
+    upto = checkpoint.size if checkpoint is not None else head
+    seen = archive.exported_seq
+    since = (
+        archive.exported_seq
+        if archive.held_from is None
+        else min(archive.exported_seq, archive.held_from - 1)
+    )
+    # Results go out 200 per thread hop: a hop per file made a 16,500-result export
+    # take six minutes on two busy cores.
+    batch: list[tuple[str, float, bytes, bytes]] = []
+
+    def put(items: list[tuple[str, float, bytes, bytes]]) -> None:
+        for rid, nb_ts, record_bytes, line_bytes in items:
+            archive.add(rid, nb_ts, now, record_bytes, line_bytes)
+
     released = 0
-    tmp = out_dir / "results.jsonl.tmp"
-    # Files and lines go out 200 results per thread hop: a hop per file made a
-    # 16,500-result export take six minutes on two busy cores.
-    files: list[tuple[Path, bytes]] = []
-    lines: list[bytes] = []
-
-    def flush_files(batch: list[tuple[Path, bytes]]) -> None:
-        for path, body in batch:
-            _write(path, body)
-
-    async with await anyio.open_file(tmp, "wb") as f:
-
-        async def flush() -> None:
-            batch, files[:] = list(files), []
-            await anyio.to_thread.run_sync(flush_files, batch)
-            await f.write(b"".join(lines))
-            lines.clear()
-
-        async for r in iter_released(store, pdb, now):
-            record = r.to_json()
-            bundle = None
-            if bundles is not None and checkpoint is not None:
-                bundle = record["proof"] = await bundles.bundle(r.rollout_id, checkpoint)
-            line = _json(record)
-            files.append((rollouts / f"{quote(r.rollout_id, safe='')}.json", line))
-            if proofs is not None:
-                # The item's score event and its proof, as the feed carries them: from the
-                # bundle when it has them, else looked up.
-                meta = _scored_fields(bundle, r.scored_seq)
-                if meta is None:
-                    found, _ = await proofs.fields([r])
-                    meta = found.get(r.rollout_id)
-                if meta is not None:
-                    line = _json({**record, "_rollwatch": meta})
-            lines.append(line + b"\n")
+    try:
+        async for r in iter_released(store, pdb, now, after=since):
+            if r.released_seq > upto:
+                break
+            seen = max(seen, r.released_seq)
+            nb_ts = parse_rfc3339(r.not_before).timestamp()
+            if r.released_seq <= archive.exported_seq and nb_ts <= archive.exported_at:
+                continue  # in a folder already (a result held back last time is not)
+            record, line = await _result(r, bundles, checkpoint, proofs)
+            batch.append((r.rollout_id, nb_ts, record, line))
             released += 1
-            if len(files) >= 200:
-                await flush()
-        await flush()
-    await anyio.to_thread.run_sync(os.replace, tmp, out_dir / "results.jsonl")
+            if len(batch) >= 200:
+                await anyio.to_thread.run_sync(put, batch)
+                batch = []
+        await anyio.to_thread.run_sync(put, batch)
+        until = max(seen, upto)
+        held_from = await held_back(pdb, since, until, now)
+        before = {f.period for f in archive.folders.values() if f.state == "closed"}
+        await anyio.to_thread.run_sync(archive.finish, now, cut, until)
+    except BaseException:
+        await anyio.to_thread.run_sync(archive.abandon)
+        raise
+    closed = tuple(
+        sorted(f.period for f in archive.folders.values() if f.state == "closed" and f.period not in before)
+    )
+    written += sum(f.wrote for f in archive.folders.values())
+
+    # Supersession marks (a closed folder keeps its bytes): the list, and the top-level
+    # copy of each result whose mark changed, as the live route shows it.
+    marks = await superseded_marks(pdb, now)
+    changed = await anyio.to_thread.run_sync(archive.write_superseded, marks)
+    for rid in sorted(changed):
+        one = await released_one(store, pdb, rid, now)
+        if one is not None:
+            record, _ = await _result(one, bundles, checkpoint, None)
+            await anyio.to_thread.run_sync(write_atomic, out_dir / rollout_file(rid), record)
+            written += 1
+    await anyio.to_thread.run_sync(archive.open_results, out_dir / "results.jsonl")
     extra = (await proofs.fields(view.recent))[0] if proofs is not None else None
     pages = {
         "feed.json": feeds.json_feed_bytes(view, base_url, extra),
@@ -155,13 +187,46 @@ async def export_public(
     if vkey is not None:
         pages["key"] = (vkey + "\n").encode()
     for name, body in pages.items():
-        await anyio.to_thread.run_sync(_write, out_dir / name, body)
+        await anyio.to_thread.run_sync(write_atomic, out_dir / name, body)
+    await anyio.to_thread.run_sync(
+        lambda: archive.write_index(
+            now=now, exported_seq=until, held_from=held_from, tree_size=checkpoint.size if checkpoint else 0
+        )
+    )
     return ExportSummary(
         directory=out_dir,
         released=released,
-        files=released + 1 + len(pages) + tiles_written,
+        files=written + len(pages) + 4,  # + results.jsonl, superseded.jsonl, LICENSE, releases.json
         tree_size=checkpoint.size if checkpoint is not None else 0,
+        total=sum(f.results for f in archive.folders.values()),
+        closed=closed,
     )
+
+
+async def _result(
+    r: Released,
+    bundles: ProofBundles | None,
+    checkpoint: StoredCheckpoint | None,
+    proofs: InclusionProofs | None,
+) -> tuple[bytes, bytes]:
+    """One result's file (with its proof bundle) and its ``results.jsonl`` line (with the
+    feed's inclusion proof too, as ``_rollwatch``)."""
+    record = r.to_json()
+    bundle = None
+    if bundles is not None and checkpoint is not None:
+        bundle = record["proof"] = await bundles.bundle(r.rollout_id, checkpoint)
+    body = _json(record)
+    line = body
+    if proofs is not None:
+        # The item's score event and its proof, as the feed carries them: from the
+        # bundle when it has them, else looked up.
+        meta = _scored_fields(bundle, r.scored_seq)
+        if meta is None:
+            found, _ = await proofs.fields([r])
+            meta = found.get(r.rollout_id)
+        if meta is not None:
+            line = _json({**record, "_rollwatch": meta})
+    return body, line + b"\n"
 
 
 async def write_tiles(tree: MerkleTree, out_dir: Path, size: int) -> int:
@@ -183,7 +248,7 @@ async def write_tiles(tree: MerkleTree, out_dir: Path, size: int) -> int:
             if path.is_file() and path.stat().st_size == len(body) and path.read_bytes() == body:
                 continue
             path.parent.mkdir(parents=True, exist_ok=True)
-            _write(path, body)
+            write_atomic(path, body)
             n += 1
         return n
 

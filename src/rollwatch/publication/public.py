@@ -126,10 +126,10 @@ async def recent_released(store: EventStore, pdb: ProjectionDB, now: datetime, l
 
 
 async def iter_released(
-    store: EventStore, pdb: ProjectionDB, now: datetime, batch: int = 500
+    store: EventStore, pdb: ProjectionDB, now: datetime, batch: int = 500, *, after: int = 0
 ) -> AsyncIterator[Released]:
-    """Every released result, oldest release first, with its answer (in bounded batches)."""
-    after = 0
+    """Every released result (released after seq ``after``), oldest release first, with its
+    answer (in bounded batches)."""
     while True:
         rows = await pdb.fetchall(
             f"SELECT {_COLUMNS} FROM public_rollouts WHERE {_RELEASED} AND released_seq > ?"
@@ -141,6 +141,113 @@ async def iter_released(
         if len(rows) < batch:
             return
         after = rows[-1][11]
+
+
+async def held_back(pdb: ProjectionDB, after: int, until: int, now: datetime) -> int | None:
+    """The lowest seq in ``after``..``until`` of a release that is not public yet by this
+    clock (a release ahead of its ``not_before``), or None."""
+    row = await pdb.fetchone(
+        "SELECT min(released_seq) FROM public_rollouts WHERE released_seq > ? AND released_seq <= ?"
+        " AND passed = 1 AND not_before_ts > ?",
+        (after, until, now.timestamp()),
+    )
+    return int(row[0]) if row and row[0] is not None else None
+
+
+async def superseded_marks(pdb: ProjectionDB, now: datetime) -> list[dict[str, Any]]:
+    """Every released result a re-score found failing its problem's newest version, oldest
+    release first: ``rollout_id``, ``superseded_at``, ``superseded_by_problem_version``."""
+    rows = await pdb.fetchall(
+        "SELECT rollout_id, superseded_at, superseded_hash FROM public_rollouts"
+        f" WHERE superseded_seq IS NOT NULL AND {_RELEASED} ORDER BY released_seq",
+        (now.timestamp(),),
+    )
+    return [{"rollout_id": r[0], "superseded_at": r[1], "superseded_by_problem_version": r[2]} for r in rows]
+
+
+# --- the page's figures: from the maintained aggregates, or grouped ---------------------------
+
+_CELLS_GROUPED = (
+    "SELECT provider, model, problem_id, count(*), min(released_at), max(released_at)"
+    f" FROM public_rollouts WHERE {_RELEASED} GROUP BY provider, model, problem_id"
+)
+_RUNS_GROUPED = (
+    "SELECT r.run_id, r.provider, r.model, count(*), sum(r.passed), max(r.scored_ts),"
+    " max(r.embargo_s), count(r.decided_seq),"
+    " sum(r.released_seq IS NOT NULL AND r.not_before_ts <= ?), u.finished_at"
+    " FROM public_rollouts r JOIN public_runs u ON u.run_id = r.run_id"
+    " WHERE r.scored_ts IS NOT NULL AND u.finished_at IS NOT NULL{run}"
+    " GROUP BY r.run_id, r.provider, r.model"
+)
+# A public decision not yet in force (or not yet acted on by the release job): counted,
+# never shown. Only passing rollouts get a public decision.
+_EMBARGOED_GROUPED = (
+    "SELECT provider, model, count(DISTINCT problem_id), count(*), min(not_before_ts), min(not_before)"
+    " FROM public_rollouts WHERE passed = 1 AND decided_seq IS NOT NULL"
+    " AND NOT (released_seq IS NOT NULL AND not_before_ts <= ?)"
+    " GROUP BY provider, model ORDER BY provider, model"
+)
+
+
+async def _has_aggregates(pdb: ProjectionDB) -> bool:
+    """Whether the projections include the public page's aggregates (else it groups)."""
+    rows = await pdb.fetchall("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'pa_cells'")
+    return bool(rows)
+
+
+async def _released_cells(pdb: ProjectionDB, ts: float, maintained: bool) -> list[tuple[Any, ...]]:
+    """Per provider, model and problem: released results, first and last release."""
+    if maintained:
+        from rollwatch.publication import aggregates as agg
+
+        [(inexact,)] = await pdb.fetchall(agg.CELLS_EXACT_SQL, (ts,))
+        if not inexact:
+            return await pdb.fetchall(agg.CELLS_SQL)
+    return await pdb.fetchall(_CELLS_GROUPED, (ts,))
+
+
+async def _run_groups(pdb: ProjectionDB, ts: float, maintained: bool) -> list[tuple[Any, ...]]:
+    """Per finished run and model: what decides whether its pass rate is disclosed."""
+    if not maintained:
+        return await pdb.fetchall(_RUNS_GROUPED.format(run=""), (ts,))
+    from rollwatch.publication import aggregates as agg
+
+    out: list[tuple[Any, ...]] = []
+    for *row, inexact in await pdb.fetchall(agg.RUNS_SQL, (ts,)):
+        if inexact:  # a release ahead of its date, or a rollout scored twice: that group, grouped
+            one = " AND r.run_id = ? AND r.provider = ? AND r.model = ?"
+            out += await pdb.fetchall(_RUNS_GROUPED.format(run=one), (ts, *row[:3]))
+        else:
+            out.append(tuple(row))
+    return out
+
+
+async def _embargoed(pdb: ProjectionDB, ts: float, maintained: bool) -> list[Embargoed]:
+    """Per provider and model: problems and solutions under embargo, the next release."""
+    if not maintained:
+        rows = await pdb.fetchall(_EMBARGOED_GROUPED, (ts,))
+        return [
+            Embargoed(provider=p, model=m, problems=int(np), solutions=int(n), next_release=nb)
+            for p, m, np, n, _, nb in rows
+        ]
+    from rollwatch.publication import aggregates as agg
+
+    per: dict[tuple[str, str], tuple[set[str], list[int], list[str]]] = {}
+    for prov, model, pid, n in await pdb.fetchall(agg.PENDING_SQL):
+        probs, count, _ = per.setdefault((prov, model), (set(), [0], []))
+        probs.add(pid)
+        count[0] += n
+    for (prov, model), (_, _, nexts) in per.items():
+        nexts += [r[0] for r in await pdb.fetchall(agg.NEXT_SQL, (prov, model))]
+    for prov, model, pid, nb in await pdb.fetchall(agg.EARLY_SQL, (ts,)):
+        probs, count, nexts = per.setdefault((prov, model), (set(), [0], []))
+        probs.add(pid)
+        count[0] += 1
+        nexts.append(nb)
+    return [
+        Embargoed(provider=p, model=m, problems=len(probs), solutions=count[0], next_release=min(nexts))
+        for (p, m), (probs, count, nexts) in sorted(per.items())
+    ]
 
 
 # --- the page's tables and chart ------------------------------------------------------------
@@ -245,16 +352,12 @@ async def public_view(
     with ``embargo_counts`` how many problems each model solved that are still embargoed."""
     now = now or datetime.now(UTC)
     ts = now.timestamp()
-    cells_rows = await pdb.fetchall(
-        f"SELECT provider, model, problem_id, count(*), min(released_at), max(released_at)"
-        f" FROM public_rollouts WHERE {_RELEASED} GROUP BY provider, model, problem_id",
-        (ts,),
-    )
+    maintained = await _has_aggregates(pdb)
     models: dict[tuple[str, str], ModelRow] = {}
     cells: dict[tuple[str, str, str], tuple[int, str]] = {}
     problems: set[str] = set()
     total = 0
-    for prov, model, pid, n, first, last in cells_rows:
+    for prov, model, pid, n, first, last in await _released_cells(pdb, ts, maintained):
         m = models.setdefault((prov, model), ModelRow(prov, model))
         m.released += n
         m.problems_solved += 1
@@ -264,17 +367,10 @@ async def public_view(
         problems.add(pid)
         total += n
 
-    groups = await pdb.fetchall(
-        "SELECT r.run_id, r.provider, r.model, count(*), sum(r.passed), max(r.scored_ts),"
-        " max(r.embargo_s), count(r.decided_seq),"
-        " sum(r.released_seq IS NOT NULL AND r.not_before_ts <= ?), u.finished_at"
-        " FROM public_rollouts r JOIN public_runs u ON u.run_id = r.run_id"
-        " WHERE r.scored_ts IS NOT NULL AND u.finished_at IS NOT NULL"
-        " GROUP BY r.run_id, r.provider, r.model",
-        (ts,),
-    )
     series: dict[tuple[str, str], Series] = {}
-    for run_id, prov, model, n, passed, last_ts, emb, decided, released, finished in groups:
+    for run_id, prov, model, n, passed, last_ts, emb, decided, released, finished in await _run_groups(
+        pdb, ts, maintained
+    ):
         embargo = float(emb) if decided and emb is not None else embargo_default
         if decided != released or last_ts + embargo > ts:
             continue
@@ -289,19 +385,7 @@ async def public_view(
         s.points.sort(key=lambda p: (p.ts, p.run_id))
     embargoed: list[Embargoed] = []
     if embargo_counts:
-        # A public decision not yet in force (or not yet acted on by the release job):
-        # counted, never shown. Only passing rollouts get a public decision.
-        rows = await pdb.fetchall(
-            "SELECT provider, model, count(DISTINCT problem_id), count(*), min(not_before_ts), min(not_before)"
-            " FROM public_rollouts WHERE passed = 1 AND decided_seq IS NOT NULL"
-            " AND NOT (released_seq IS NOT NULL AND not_before_ts <= ?)"
-            " GROUP BY provider, model ORDER BY provider, model",
-            (ts,),
-        )
-        embargoed = [
-            Embargoed(provider=p, model=m, problems=int(np), solutions=int(n), next_release=nb)
-            for p, m, np, n, _, nb in rows
-        ]
+        embargoed = await _embargoed(pdb, ts, maintained)
     return PublicView(
         generated_at=now,
         total_released=total,

@@ -5,6 +5,7 @@ projections into rows (the read model), :mod:`~rollwatch.report.stats` holds the
 estimators, :mod:`~rollwatch.report.render` turns a report into JSON, CSV or a table.
 """
 
+from rollwatch.report.aggregates import ReportAggregatesProjection
 from rollwatch.report.render import Column, Report, to_csv, to_json, to_table
 from rollwatch.report.stats import (
     ALPHA,
@@ -43,6 +44,7 @@ __all__ = [
     "ReleaseRow",
     "ReleasesProjection",
     "Report",
+    "ReportAggregatesProjection",
     "Row",
     "TrendRow",
     "build_release_impact",

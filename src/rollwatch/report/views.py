@@ -19,7 +19,8 @@ from typing import Any, Literal, Protocol
 from rollwatch.errors import UsageError
 from rollwatch.events import PublicReleased, Recorded
 from rollwatch.projections import Projection
-from rollwatch.report.failures import Answers, describe, failures_by_key
+from rollwatch.report.aggregates import UNSERVED
+from rollwatch.report.failures import Answers, Failures, Key, describe, failures_by_key
 from rollwatch.report.render import Column, Report, _int, _num, _p, _pct, _pp, _rate_ci, _usd, _when, to_json
 from rollwatch.report.stats import (
     ALPHA,
@@ -281,19 +282,92 @@ async def resolve_version(pdb: Fetcher, version: str) -> tuple[str, str]:
     return str(rows[0][0]), str(rows[0][1])
 
 
-async def _cells(pdb: Fetcher, problem_version: str | None = None) -> list[_Cell]:
+_AGG_COLUMNS = "scored, passed, total, cost_nusd, costed, cost_scored_nusd, costed_scored, list_nusd, batch_paid_nusd, batched"
+# The whole grouping (for --by run and the trend), from the maintained aggregates.
+_AGG_CELLS_SQL = (
+    f"SELECT provider, model, problem_id, run_id, served_model, {_AGG_COLUMNS} FROM agg_cells WHERE total > 0"
+)
+# Without the run (for --by model and --by problem): answered rollouts by served model,
+# and the unanswered ones by run (each is counted with its run's main served model).
+_AGG_MODELS_SQL = (
+    f"SELECT provider, model, problem_id, '', served_model, {_AGG_COLUMNS} FROM agg_models"
+    " WHERE total > 0 AND served_model != char(0)"
+)
+_AGG_UNSERVED_SQL = (
+    f"SELECT provider, model, problem_id, run_id, served_model, {_AGG_COLUMNS} FROM agg_cells"
+    " WHERE served_model = char(0) AND total > 0"
+)
+_AGG_RUN_SERVED_SQL = """
+SELECT provider, model, run_id, served_model, sum(total) FROM agg_cells
+WHERE run_id IN (SELECT run_id FROM agg_cells WHERE served_model = char(0) AND total > 0)
+  AND served_model != char(0) AND total > 0
+GROUP BY provider, model, run_id, served_model
+"""
+# The stale-verdict note from the aggregates: scored rollouts per verdict version.
+_AGG_STALE_SQL = """
+WITH newest AS (
+    SELECT problem_id, problem_hash FROM agg_problem_versions p
+    WHERE seq = (SELECT max(seq) FROM agg_problem_versions q WHERE q.problem_id = p.problem_id)
+)
+SELECT coalesce(sum(v.n), 0), count(DISTINCT v.problem_id)
+FROM agg_verdicts v JOIN newest n ON n.problem_id = v.problem_id
+WHERE v.n > 0 AND v.verdict_hash != n.problem_hash
+"""
+
+
+def _agg_cell(row: tuple[Any, ...]) -> _Cell:
+    provider, model, pid, run_id, served, scored, passed, total, cost, costed, cost_scored, costed_scored = (
+        row[:12]
+    )
+    listed, batch_paid, batched = row[12:]
+    return _Cell(
+        provider,
+        model,
+        pid,
+        run_id,
+        None if served == UNSERVED else served,
+        scored,
+        passed,
+        total,
+        cost / 1e9 if costed else None,
+        cost_scored / 1e9 if costed_scored else None,
+        costed_scored,
+        listed / 1e9 if costed else None,
+        batch_paid / 1e9 if batched else None,
+    )
+
+
+async def has_aggregates(pdb: Fetcher) -> bool:
+    """Whether the projections include :class:`ReportAggregatesProjection` (else the report
+    groups the rollouts at each call, as it did before it had them)."""
+    rows = await pdb.fetchall("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", ("agg_cells",))
+    return bool(rows)
+
+
+async def _cells(pdb: Fetcher, problem_version: str | None = None, *, per_run: bool = True) -> list[_Cell]:
     """The cells (under one problem version when given), each unanswered one given the
-    served model of most of its run's answers."""
-    if problem_version is None:
-        rows = await pdb.fetchall(_CELLS_SQL)
-    else:
-        pid, full = await resolve_version(pdb, problem_version)
-        rows = await pdb.fetchall(_VERSION_CELLS_SQL, (full, pid))
-    cells = [_Cell(*r) for r in rows]
+    served model of most of its run's answers. ``per_run=False``: the cells may merge
+    runs (their ``run_id`` is then empty), which is all ``--by model`` and ``--by
+    problem`` need, and reads rows per model and problem rather than per run."""
     answers: dict[tuple[str, str, str], dict[str, int]] = defaultdict(lambda: defaultdict(int))
-    for c in cells:
-        if c.served_model is not None:
-            answers[(c.provider, c.model, c.run_id)][c.served_model] += c.total
+    if problem_version is not None:
+        pid, full = await resolve_version(pdb, problem_version)
+        cells = [_Cell(*r) for r in await pdb.fetchall(_VERSION_CELLS_SQL, (full, pid))]
+    elif not await has_aggregates(pdb):
+        cells = [_Cell(*r) for r in await pdb.fetchall(_CELLS_SQL)]
+    elif per_run:
+        cells = [_agg_cell(r) for r in await pdb.fetchall(_AGG_CELLS_SQL)]
+    else:
+        cells = [_agg_cell(r) for r in await pdb.fetchall(_AGG_MODELS_SQL)]
+        unserved = [_agg_cell(r) for r in await pdb.fetchall(_AGG_UNSERVED_SQL)]
+        if unserved:
+            for provider, model, run_id, served, total in await pdb.fetchall(_AGG_RUN_SERVED_SQL):
+                answers[(provider, model, run_id)][served] += total
+        cells += unserved
+    if not answers:
+        for c in cells:
+            if c.served_model is not None:
+                answers[(c.provider, c.model, c.run_id)][c.served_model] += c.total
     for c in cells:
         if c.served_model is None and (counts := answers.get((c.provider, c.model, c.run_id))):
             c.served_model = max(sorted(counts), key=lambda s: counts[s])
@@ -422,10 +496,11 @@ async def build_report(pdb: Fetcher, by: str = "model", *, problem_version: str 
     """
     if by not in BY_CHOICES:
         raise UsageError(f"report: by must be one of {', '.join(BY_CHOICES)}, not {by!r}")
-    cells = await _cells(pdb, problem_version)
-    rows = _summarize(cells, by, await _runs(pdb))
+    cells = await _cells(pdb, problem_version, per_run=by == "run")
+    rows = _summarize(cells, by, await _runs(pdb) if by == "run" else {})
     if problem_version is None:
-        rows = await _with_failures(pdb, rows, by, cells)
+        # Only cells of one run say which served models that run's answers came from.
+        rows = await _with_failures(pdb, rows, by, cells if by == "run" else None)
     drop = {
         "model": ("problem_id", "run_id", "run_started_at"),
         "problem": ("run_id", "run_started_at"),
@@ -482,7 +557,7 @@ async def build_report(pdb: Fetcher, by: str = "model", *, problem_version: str 
     else:
         notes.append("each rollout counts with its newest verdict (rollwatch rescore adds them)")
         notes += _failure_notes(rows)
-        stale = await pdb.fetchall(_STALE_SQL)
+        stale = await pdb.fetchall(_AGG_STALE_SQL if await has_aggregates(pdb) else _STALE_SQL)
         if stale and stale[0][0]:
             n, problems = int(stale[0][0]), int(stale[0][1])
             notes.append(
@@ -499,15 +574,24 @@ async def build_report(pdb: Fetcher, by: str = "model", *, problem_version: str 
     )
 
 
-async def _with_failures(pdb: Fetcher, rows: Sequence[Row], by: str, cells: Iterable[_Cell]) -> list[Row]:
-    """``rows`` (made of ``cells``) with their failures by cause, the model's apart from ours."""
+async def _with_failures(
+    pdb: Fetcher, rows: Sequence[Row], by: str, cells: Iterable[_Cell] | None
+) -> list[Row]:
+    """``rows`` with their failures by cause, the model's apart from ours. ``cells``, when
+    they are per run, save reading each run's served models again."""
+    if cells is None:
+        found = await failures_by_key(pdb, by)
+        return await _rows_with(pdb, rows, found)
     answers: Answers = defaultdict(dict)
     for c in cells:
         # The cells' served models, those of unanswered rollouts already filled in: the
         # same majority the failures need, so failures land on the rows they belong to.
         by_served = answers[(c.provider, c.model, c.run_id)]
         by_served[c.served_model] = by_served.get(c.served_model, 0) + c.total
-    found = await failures_by_key(pdb, by, answers=answers)
+    return await _rows_with(pdb, rows, await failures_by_key(pdb, by, answers=answers))
+
+
+async def _rows_with(pdb: Fetcher, rows: Sequence[Row], found: dict[Key, Failures]) -> list[Row]:
     out = []
     for r in rows:
         f = found.pop((r.provider, r.model, r.served_model, r.problem_id, r.run_id), None)

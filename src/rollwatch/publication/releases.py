@@ -1,0 +1,467 @@
+"""Releases as immutable folders: the archive half of ``rollwatch publish export``.
+
+An export directory holds one folder per release period (a calendar month, UTC)::
+
+    releases.json                  the index: every folder, its state, its manifest's SHA-256
+    superseded.jsonl               released results a re-score later found failing (issue 17)
+    LICENSE                        CC BY 4.0, for every file of the export
+    releases/2026-11/MANIFEST.json every file of the folder with its SHA-256 and size, the
+                                   signed checkpoint the folder was cut at, its state
+    releases/2026-11/LICENSE
+    releases/2026-11/results-0001.jsonl   the results one export added (with proof bundles)
+    releases/2026-11/rollouts/ID.json     one result (what the feeds' links point at)
+
+A result belongs to the month of its public date (its ``not_before``: when its embargo
+ended). A folder is *closed* by the first export after its month has ended and never
+written again; a result that turns up for a closed month (released late, or visible
+only now) goes into the folder of the export's own month, which is still open. An
+open folder grows by one ``results-NNNN.jsonl`` per export that adds to it (files are
+never rewritten: each chunk's proofs are against the checkpoint of its own export),
+so an export costs in proportion to what is new, not to the archive.
+
+A closed folder's bytes never change, so a re-score that supersedes one of its results
+is marked elsewhere: in ``superseded.jsonl`` and in the top-level copy of the result
+(``rollouts/ID.json``, which the live ``/public/rollouts/ID.json`` matches).
+
+Crash safety: every file is written to a temporary name and renamed; a folder's
+files are in place before its manifest lists them, the manifests before the index.
+``releases.json`` names only closed folders' manifest hashes (an open folder's
+manifest changes with each export), so an export killed at any point leaves the
+previous export whole; the next one removes what the killed one left unlisted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from rollwatch.errors import UsageError
+
+FORMAT = "rollwatch-releases/1"
+MANIFEST_FORMAT = "rollwatch-release/1"
+INDEX = "releases.json"
+MANIFEST = "MANIFEST.json"
+SUPERSEDED = "superseded.jsonl"
+LICENSE = "LICENSE"
+_IN_PROGRESS = ".export-in-progress"
+
+LICENCE = {
+    "id": "CC-BY-4.0",
+    "name": "Creative Commons Attribution 4.0 International",
+    "url": "https://creativecommons.org/licenses/by/4.0/",
+    "file": LICENSE,
+}
+LICENCE_TEXT = """\
+The results in this directory (every file of it) are licensed under the
+Creative Commons Attribution 4.0 International licence (CC BY 4.0):
+https://creativecommons.org/licenses/by/4.0/legalcode
+
+You may share and adapt them for any purpose, even commercially, if you give
+appropriate credit (name this release and link to it), link to the licence,
+and indicate if changes were made.
+
+The answers quoted in the results were produced by the models named in them;
+their providers' terms may apply to those texts as well.
+"""
+
+
+def period_of(ts: float) -> str:
+    """The release period (``YYYY-MM``, UTC) of a public date given as epoch seconds."""
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m")
+
+
+def period_end(period: str) -> datetime:
+    """When ``period`` (``YYYY-MM``) ends: the first instant of the next month, UTC."""
+    year, month = (int(x) for x in period.split("-"))
+    return datetime(year + month // 12, month % 12 + 1, 1, tzinfo=UTC)
+
+
+def sha256_file(path: Path) -> str:
+    """The hex SHA-256 of a file's bytes, read in 1 MB blocks."""
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary name, so no reader sees half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def _json(obj: object) -> bytes:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def rollout_file(rollout_id: str) -> str:
+    """The path of a result's file, relative to a folder (or to the export)."""
+    return f"rollouts/{quote(rollout_id, safe='')}.json"
+
+
+@dataclass
+class Folder:
+    """One release period's folder and its manifest, as loaded and as being extended."""
+
+    root: Path
+    period: str
+    state: str = "open"
+    results: int = 0
+    checkpoint: dict[str, Any] | None = None
+    chunks: list[dict[str, Any]] = field(default_factory=list)
+    files: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # What this export adds: the chunk being written, its hash so far, its results.
+    _chunk: Any = None
+    _chunk_name: str = ""
+    _chunk_hash: Any = None
+    _chunk_bytes: int = 0
+    _chunk_results: int = 0
+    manifest_sha256: str | None = None
+    """A closed folder's, as the index names it (read once, when it closed)."""
+    changed: bool = False
+    wrote: int = 0
+    """Files this export wrote here."""
+
+    @property
+    def path(self) -> Path:
+        return self.root / "releases" / self.period
+
+    @classmethod
+    def load(cls, root: Path, period: str) -> Folder:
+        """The folder as its manifest describes it (a new, empty one when there is none)."""
+        f = cls(root, period)
+        try:
+            m = json.loads((f.path / MANIFEST).read_bytes())
+        except FileNotFoundError:
+            return f
+        f.state, f.results, f.checkpoint = m["state"], m["results"], m.get("checkpoint")
+        f.chunks, f.files = m["chunks"], m["files"]
+        return f
+
+    def add(self, rollout_id: str, record: bytes, line: bytes) -> Path:
+        """Write one result's file and append its line to this export's chunk; return the file."""
+        assert self.state == "open", f"release {self.period} is closed"
+        if self._chunk is None:
+            (self.path / "rollouts").mkdir(parents=True, exist_ok=True)
+            if LICENSE not in self.files:
+                write_atomic(self.path / LICENSE, LICENCE_TEXT.encode())
+                self._listed(LICENSE, LICENCE_TEXT.encode())
+                self.wrote += 1
+            self._chunk_name = f"results-{len(self.chunks) + 1:04d}.jsonl"
+            self._chunk = (self.path / (self._chunk_name + ".tmp")).open("wb")
+            self._chunk_hash = hashlib.sha256()
+            self.changed = True
+        rel = rollout_file(rollout_id)
+        path = self.path / rel
+        write_atomic(path, record)
+        self._listed(rel, record)
+        self.wrote += 1
+        self._chunk.write(line)
+        self._chunk_hash.update(line)
+        self._chunk_bytes += len(line)
+        self._chunk_results += 1
+        return path
+
+    def _listed(self, rel: str, data: bytes) -> None:
+        self.files[rel] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+
+    def finish(self, checkpoint: dict[str, Any] | None, close: bool, through_seq: int) -> None:
+        """Put this export's chunk in place, close the folder when asked, then write the manifest."""
+        if self._chunk is not None:
+            self._chunk.close()
+            os.replace(self.path / (self._chunk_name + ".tmp"), self.path / self._chunk_name)
+            self.files[self._chunk_name] = {
+                "sha256": self._chunk_hash.hexdigest(),
+                "bytes": self._chunk_bytes,
+            }
+            self.chunks.append(
+                {
+                    "file": self._chunk_name,
+                    "results": self._chunk_results,
+                    "through_seq": through_seq,
+                    "checkpoint": checkpoint,
+                }
+            )
+            self.results += self._chunk_results
+            self.checkpoint = checkpoint
+            self._chunk = None
+            self.wrote += 1
+        if close and self.state == "open":
+            self.state = "closed"
+            self.changed = True
+        if self.changed:
+            write_atomic(self.path / MANIFEST, self.manifest_bytes())
+            self.wrote += 1
+
+    def abandon(self) -> None:
+        """Drop this export's unfinished chunk (an error stopped the export)."""
+        if self._chunk is not None:
+            self._chunk.close()
+            (self.path / (self._chunk_name + ".tmp")).unlink(missing_ok=True)
+            self._chunk = None
+
+    def manifest_bytes(self) -> bytes:
+        return (
+            json.dumps(
+                {
+                    "format": MANIFEST_FORMAT,
+                    "period": self.period,
+                    "state": self.state,
+                    "licence": LICENCE,
+                    "results": self.results,
+                    "checkpoint": self.checkpoint,
+                    "chunks": self.chunks,
+                    "files": dict(sorted(self.files.items())),
+                },
+                ensure_ascii=False,
+                indent=1,
+            ).encode()
+            + b"\n"
+        )
+
+    def roll_back(self, exported_seq: int) -> None:
+        """Forget what an export killed before writing the index added here (its chunks cut
+        after ``exported_seq``, the results in them, a close): the next export redoes it."""
+        keep = [c for c in self.chunks if c["through_seq"] <= exported_seq]
+        for c in self.chunks[len(keep) :]:
+            try:
+                lines = (self.path / c["file"]).read_bytes().splitlines()
+            except FileNotFoundError:
+                lines = []
+            for line in lines:
+                self.files.pop(rollout_file(json.loads(line)["rollout_id"]), None)
+            self.files.pop(c["file"], None)
+        if keep != self.chunks or self.state != "open":
+            self.changed = True
+        self.chunks, self.state = keep, "open"
+        self.results = sum(c["results"] for c in keep)
+        self.checkpoint = keep[-1]["checkpoint"] if keep else None
+
+    def sweep(self) -> int:
+        """Remove files a killed export left here that the manifest does not list; return how many."""
+        removed = 0
+        if not self.path.is_dir():
+            return 0
+        for p in sorted(self.path.rglob("*")):
+            if p.is_file():
+                rel = p.relative_to(self.path).as_posix()
+                if rel != MANIFEST and rel not in self.files:
+                    p.unlink()
+                    removed += 1
+        return removed
+
+
+@dataclass
+class Archive:
+    """The release folders of one export directory and the index that points at them."""
+
+    root: Path
+    folders: dict[str, Folder] = field(default_factory=dict)
+    exported_seq: int = 0
+    """Every result released at or before this seq (and public at ``exported_at``) is in a folder."""
+    exported_at: float = 0.0
+    held_from: int | None = None
+    """The lowest released seq that was not yet public at the last export (a release ahead
+    of its ``not_before`` by this clock): the next export looks again from there."""
+    superseded: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @classmethod
+    def open(cls, root: Path) -> Archive:
+        """The archive as the last complete export left it; cleans up after a killed one."""
+        a = cls(root)
+        root.mkdir(parents=True, exist_ok=True)
+        try:
+            index = json.loads((root / INDEX).read_bytes())
+        except FileNotFoundError:
+            index = None
+        except ValueError as e:
+            raise UsageError(
+                f"{root / INDEX}: not a rollwatch release index ({e}); export to another folder"
+            ) from None
+        closed: dict[str, tuple[int, str | None]] = {}
+        if index is not None:
+            if not isinstance(index, dict) or index.get("format") != FORMAT:
+                raise UsageError(
+                    f"{root / INDEX}: not a rollwatch release index (format {FORMAT!r}); export to another folder"
+                )
+            a.exported_seq = int(index["exported_seq"])
+            a.exported_at = float(index["exported_at"])
+            a.held_from = index.get("held_from")
+            closed = {
+                e["period"]: (int(e["results"]), e.get("manifest_sha256"))
+                for e in index["releases"]
+                if e["state"] == "closed"
+            }
+        # A closed folder is never read again (the index has what we need of it); the
+        # others as their manifests say, less what an export killed before the index
+        # was written added to them.
+        killed = index is None or (root / _IN_PROGRESS).exists()
+        base = root / "releases"
+        if base.is_dir():
+            for d in sorted(base.iterdir()):
+                if not d.is_dir():
+                    continue
+                if d.name in closed:
+                    n, sha = closed[d.name]
+                    a.folders[d.name] = Folder(root, d.name, state="closed", results=n, manifest_sha256=sha)
+                    continue
+                f = a.folders[d.name] = Folder.load(root, d.name)
+                if killed:
+                    f.roll_back(a.exported_seq)
+                    f.sweep()
+        for tmp in root.glob("*.tmp"):
+            tmp.unlink()
+        (root / _IN_PROGRESS).write_bytes(b"")
+        try:
+            for line in (root / SUPERSEDED).read_bytes().splitlines():
+                row = json.loads(line)
+                a.superseded[row["rollout_id"]] = row
+        except FileNotFoundError:
+            pass
+        return a
+
+    def folder_for(self, not_before_ts: float, now: datetime) -> Folder:
+        """The open folder a result public from ``not_before_ts`` goes in."""
+        period = period_of(not_before_ts)
+        f = self.folders.get(period) or self.folders.setdefault(period, Folder(self.root, period))
+        if f.state == "closed":
+            period = now.strftime("%Y-%m")
+            f = self.folders.get(period) or self.folders.setdefault(period, Folder(self.root, period))
+        return f
+
+    def add(self, rollout_id: str, not_before_ts: float, now: datetime, record: bytes, line: bytes) -> None:
+        """File one new result in its folder, and link it at the top (``rollouts/ID.json``)."""
+        src = self.folder_for(not_before_ts, now).add(rollout_id, record, line)
+        top = self.root / rollout_file(rollout_id)
+        top.parent.mkdir(exist_ok=True)
+        tmp = top.with_name(top.name + ".tmp")
+        tmp.unlink(missing_ok=True)
+        try:
+            os.link(src, tmp)  # one copy on disk for both names
+        except OSError:
+            shutil.copyfile(src, tmp)
+        os.replace(tmp, top)
+
+    def finish(self, now: datetime, checkpoint: dict[str, Any] | None, through_seq: int) -> list[Folder]:
+        """Put every chunk in place and close the folders whose month has ended; return the open ones."""
+        for f in self.folders.values():
+            if f.state == "open":
+                f.finish(checkpoint, close=period_end(f.period) <= now, through_seq=through_seq)
+        return [f for f in self.folders.values() if f.state == "open"]
+
+    def abandon(self) -> None:
+        for f in self.folders.values():
+            f.abandon()
+
+    def open_results(self, out: Path) -> int:
+        """Write the open folders' chunks, in order, as one file ``out``; return its size."""
+        tmp = out.with_name(out.name + ".tmp")
+        with tmp.open("wb") as dst:
+            for f in sorted(self.folders.values(), key=lambda f: f.period):
+                if f.state != "open":
+                    continue
+                for c in f.chunks:
+                    with (f.path / c["file"]).open("rb") as src:
+                        shutil.copyfileobj(src, dst, 1 << 20)
+            size = dst.tell()
+        os.replace(tmp, out)
+        return size
+
+    def write_index(self, *, now: datetime, exported_seq: int, held_from: int | None, tree_size: int) -> None:
+        """The top-level index, written last; then the export is complete."""
+        releases = []
+        for f in sorted(self.folders.values(), key=lambda f: f.period):
+            if not f.results:
+                continue
+            entry: dict[str, Any] = {
+                "period": f.period,
+                "path": f"releases/{f.period}/",
+                "state": f.state,
+                "results": f.results,
+                "manifest": f"releases/{f.period}/{MANIFEST}",
+            }
+            if f.state == "closed":
+                f.manifest_sha256 = f.manifest_sha256 or sha256_file(f.path / MANIFEST)
+                entry["manifest_sha256"] = f.manifest_sha256
+            releases.append(entry)
+        index = {
+            "format": FORMAT,
+            "generated_at": now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+            "period": "month",
+            "licence": LICENCE,
+            "tree_size": tree_size,
+            "results": sum(r["results"] for r in releases),
+            "open_results": "results.jsonl",
+            "superseded": SUPERSEDED,
+            "releases": releases,
+            "exported_seq": exported_seq,
+            "exported_at": now.timestamp(),
+            "held_from": held_from,
+        }
+        write_atomic(self.root / LICENSE, LICENCE_TEXT.encode())
+        write_atomic(self.root / INDEX, json.dumps(index, ensure_ascii=False, indent=1).encode() + b"\n")
+        (self.root / _IN_PROGRESS).unlink(missing_ok=True)
+
+    def write_superseded(self, rows: Iterable[dict[str, Any]]) -> set[str]:
+        """Write ``superseded.jsonl``; return the ids whose mark changed since the last export."""
+        now = {r["rollout_id"]: r for r in rows}
+        changed = {
+            rid for rid in now.keys() | self.superseded.keys() if now.get(rid) != self.superseded.get(rid)
+        }
+        if changed or not (self.root / SUPERSEDED).exists():
+            write_atomic(self.root / SUPERSEDED, b"".join(_json(r) + b"\n" for r in now.values()))
+        self.superseded = now
+        return changed
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing :func:`check_export` found wrong."""
+
+    path: str
+    what: str
+
+
+def check_export(root: Path) -> list[Problem]:
+    """Check an export directory as a mirror or an auditor would: every manifest's files are
+    there with their SHA-256, every closed folder's manifest has the hash the index names,
+    and no closed folder holds a file its manifest does not list."""
+    out: list[Problem] = []
+    try:
+        index = json.loads((root / INDEX).read_bytes())
+    except (OSError, ValueError) as e:
+        return [Problem(INDEX, f"unreadable: {e}")]
+    for entry in index["releases"]:
+        folder = root / entry["path"]
+        mpath = root / entry["manifest"]
+        try:
+            raw = mpath.read_bytes()
+            manifest = json.loads(raw)
+        except (OSError, ValueError) as e:
+            out.append(Problem(entry["manifest"], f"unreadable: {e}"))
+            continue
+        want = entry.get("manifest_sha256")
+        if want is not None and hashlib.sha256(raw).hexdigest() != want:
+            out.append(Problem(entry["manifest"], "SHA-256 differs from the index's"))
+        for rel, meta in manifest["files"].items():
+            p = folder / rel
+            if not p.is_file():
+                out.append(Problem(entry["path"] + rel, "listed but missing"))
+            elif sha256_file(p) != meta["sha256"]:
+                out.append(Problem(entry["path"] + rel, "SHA-256 differs from the manifest's"))
+        if manifest["state"] == "closed":
+            for p in folder.rglob("*"):
+                rel = p.relative_to(folder).as_posix()
+                if p.is_file() and rel != MANIFEST and rel not in manifest["files"]:
+                    out.append(Problem(entry["path"] + rel, "in a closed folder but not in its manifest"))
+    return out

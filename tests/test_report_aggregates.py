@@ -1,0 +1,180 @@
+"""The report's maintained aggregates against the full GROUP BY over every rollout."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import anyio
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from rollwatch.events import (
+    Event,
+    ProblemVersioned,
+    RolloutRequested,
+    RolloutRescored,
+    RolloutResponded,
+    RolloutScored,
+    RunStarted,
+    rollout_stream,
+    run_stream,
+)
+from rollwatch.projections import ProjectionDB
+from rollwatch.readmodels import default_projections
+from rollwatch.report import build_report, build_trend, to_json
+from rollwatch.report.views import Fetcher
+from rollwatch.store.sqlite import SQLiteEventStore
+from tests.helpers import WithoutAggregates
+
+ROLLOUTS = [f"r{i}" for i in range(6)]
+# rollout -> (run, model, problem): two runs, two models, two problems
+PLACE = {rid: (f"run-{i % 2}", f"m{i % 3 % 2}", f"p{i // 3}") for i, rid in enumerate(ROLLOUTS)}
+HASHES = ["h1", "h2", "h3"]
+
+requested = st.builds(lambda r: ("req", r), st.sampled_from(ROLLOUTS))
+responded = st.builds(
+    lambda r, served, cost, listed: ("resp", r, served, cost, listed),
+    st.sampled_from(ROLLOUTS),
+    st.sampled_from([None, "s1", "s2"]),
+    st.sampled_from([None, 0.0, 0.1, 0.25, 0.001]),
+    st.sampled_from([None, None, 0.2, 0.5]),  # the list price of a batched answer
+)
+scored = st.builds(
+    lambda r, passed, h: ("score", r, passed, h),
+    st.sampled_from(ROLLOUTS),
+    st.booleans(),
+    st.sampled_from([None, *HASHES]),
+)
+rescored = st.builds(
+    lambda r, passed, h: ("rescore", r, passed, h),
+    st.sampled_from(ROLLOUTS),
+    st.booleans(),
+    st.sampled_from(HASHES),
+)
+versioned = st.builds(lambda p, h: ("version", p, h), st.sampled_from(["p0", "p1"]), st.sampled_from(HASHES))
+OPS = st.lists(st.one_of(requested, responded, scored, rescored, versioned), max_size=30)
+
+
+def event(op: tuple[Any, ...]) -> tuple[str, Event]:
+    kind, key = op[0], op[1]
+    if kind == "version":
+        return "problems", ProblemVersioned(problem_set="s", problem_id=key, problem_hash=op[2])
+    run_id, model, problem = PLACE[key]
+    if kind == "req":
+        return rollout_stream(key), RolloutRequested(
+            rollout_id=key,
+            run_id=run_id,
+            provider="openai",
+            model=model,
+            problem_id=problem,
+            problem_hash="h1",
+            sample=0,
+            attempt=1,
+            request={},
+            node="n",
+        )
+    if kind == "resp":
+        return rollout_stream(key), RolloutResponded(
+            rollout_id=key,
+            attempt=1,
+            text="x",
+            usage={},
+            cost_usd=op[3],
+            latency_ms=1.0,
+            model=op[2],
+            list_cost_usd=op[4] if len(op) > 4 else None,
+        )
+    if kind == "score":
+        return rollout_stream(key), RolloutScored(
+            rollout_id=key, passed=op[2], score=float(op[2]), scorer="t", problem_hash=op[3]
+        )
+    return rollout_stream(key), RolloutRescored(
+        rollout_id=key,
+        problem_id=problem,
+        passed=op[2],
+        score=float(op[2]),
+        scorer="t",
+        problem_hash=op[3],
+        scorer_version="1",
+        rescore_id="x",
+    )
+
+
+def rounded(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Floats to 9 places (the aggregates sum costs in nano-dollars, SQL sums floats)."""
+    return [{k: round(v, 9) if isinstance(v, float) else v for k, v in r.items()} for r in rows]
+
+
+async def reports(pdb: Fetcher) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for by in ("model", "problem", "run"):
+        rep = await build_report(pdb, by)
+        out[by] = (rounded(to_json(rep)), rep.notes)
+    out["trend"] = rounded(to_json(await build_trend(pdb)))
+    return out
+
+
+async def compare(ops: list[tuple[Any, ...]], split: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        d = Path(tmp)
+        async with (
+            SQLiteEventStore(d / "events.db") as store,
+            ProjectionDB(d / "projections.db", default_projections()) as pdb,
+        ):
+            for run in ("run-0", "run-1"):
+                await store.append(
+                    run_stream(run),
+                    [
+                        RunStarted(
+                            run_id=run,
+                            schedule="s",
+                            provider="openai",
+                            models=["m0", "m1"],
+                            problem_set="s",
+                            node="n",
+                            rollouts=1,
+                        )
+                    ],
+                )
+            for i, op in enumerate(ops):
+                stream, ev = event(op)
+                await store.append(stream, [ev])
+                if i == split:  # catch up part-way too: the aggregates are kept across batches
+                    await pdb.catch_up(store)
+            await pdb.catch_up(store)
+            assert await reports(pdb) == await reports(WithoutAggregates(pdb))
+
+
+class TestAggregates:
+    @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(ops=OPS, split=st.integers(0, 30))
+    def test_the_aggregates_equal_the_group_by_after_any_events(
+        self, ops: list[tuple[Any, ...]], split: int
+    ) -> None:
+        """After any sequence of requests, answers (served model, cost), scores, re-scores and
+        new problem versions, caught up in one go or in two, the report by model, problem and
+        run, its notes (verdicts under an older version) and the trend read from the
+        aggregates are those of the GROUP BY over every rollout."""
+        anyio.run(compare, ops, split)
+
+    def test_a_wrong_count_is_caught(self) -> None:
+        """The comparison can fail: an aggregate edited behind the projection's back differs."""
+
+        async def main() -> None:
+            with tempfile.TemporaryDirectory() as tmp:
+                d = Path(tmp)
+                async with (
+                    SQLiteEventStore(d / "events.db") as store,
+                    ProjectionDB(d / "projections.db", default_projections()) as pdb,
+                ):
+                    for op in [("req", "r0"), ("resp", "r0", "s1", 0.1), ("score", "r0", True, None)]:
+                        stream, ev = event(op)
+                        await store.append(stream, [ev])
+                    await pdb.catch_up(store)
+                    assert await reports(pdb) == await reports(WithoutAggregates(pdb))
+                    await pdb._run(lambda db: db.execute("UPDATE agg_models SET passed = 0"))
+                    assert await reports(pdb) != await reports(WithoutAggregates(pdb))
+
+        anyio.run(main)
