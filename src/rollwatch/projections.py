@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import functools
 import json
+import operator
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,15 @@ from rollwatch.abc import EventStore, Projection
 from rollwatch.events import Recorded, canonical_json
 from rollwatch.log import get_logger
 
-__all__ = ["CatchUpProgress", "Projection", "ProjectionDB", "RunsProjection", "SchedulesProjection"]
+__all__ = [
+    "ROLLOUT_TYPES",
+    "CatchUpProgress",
+    "Projection",
+    "ProjectionDB",
+    "RowBatch",
+    "RunsProjection",
+    "SchedulesProjection",
+]
 
 log = get_logger(__name__)
 
@@ -279,7 +288,11 @@ class ProjectionDB:
             cps = {r[0]: r[1] for r in db.execute("SELECT name, seq FROM projection_state")}
             done = {p.name: cps.get(p.name, 0) for p in self.projections}
             floor = min(done.values(), default=0)
+            # Each projection gets its share of the batch in one call (its order among
+            # the projections is no contract: none reads another's tables); each event
+            # is decoded once however many projections read it.
             by_type = self._by_type
+            shares: dict[str, list[Recorded]] = {p.name: [] for p in self.projections}
             for rec in events:
                 seq = rec.seq
                 if seq <= floor:
@@ -290,7 +303,10 @@ class ProjectionDB:
                 once = tuple.__new__(_DecodedOnce, rec)
                 for p in wants:
                     if seq > done[p.name]:
-                        p.apply(db, once)
+                        shares[p.name].append(once)
+            for p in self.projections:
+                if shares[p.name]:
+                    p.apply_batch(db, shares[p.name])
             last = events[-1].seq if events else 0
             if upto is not None:
                 last = max(last, upto)
@@ -367,6 +383,76 @@ def _j(v: Any) -> str:
     return json.dumps(v, separators=(",", ":"))
 
 
+class RowBatch:
+    """One table's rows that a batch of events touches, each read once and written once.
+
+    For :meth:`Projection.apply_batch`: instead of an ``UPDATE`` per event, a row is
+    read (by primary key; :meth:`prefetch` reads many in one query), changed in memory
+    as each event says, and written back with one ``executemany`` at :meth:`flush`. A
+    row is a dict of every column; ``None`` stands for a row that does not exist.
+    """
+
+    __slots__ = ("_changed", "_db", "_load", "_load_many", "_save", "columns", "key", "rows")
+
+    def __init__(self, db: sqlite3.Connection, table: str, columns: Sequence[str], key: int = 1) -> None:
+        """``columns``: every column of ``table``; its first ``key`` of them are the primary key."""
+        self._db = db
+        self.columns = tuple(columns)
+        self.key = key
+        cols = ", ".join(self.columns)
+        where = " AND ".join(f"{c} = ?" for c in self.columns[:key])
+        self._load = f"SELECT {cols} FROM {table} WHERE {where}"
+        self._load_many = f"SELECT {cols} FROM {table} WHERE {self.columns[0]} IN " if key == 1 else ""
+        self._save = f"INSERT OR REPLACE INTO {table} ({cols}) VALUES ({', '.join('?' * len(self.columns))})"
+        self.rows: dict[Any, dict[str, Any] | None] = {}
+        self._changed: set[Any] = set()
+
+    def prefetch(self, keys: Iterable[Any]) -> None:
+        """Read the rows of ``keys`` (a one-column key) not read yet, a few hundred per query."""
+        want = [k for k in dict.fromkeys(keys) if k not in self.rows]
+        for i in range(0, len(want), 500):
+            chunk = want[i : i + 500]
+            self.rows.update(dict.fromkeys(chunk))
+            sql = self._load_many + f"({', '.join('?' * len(chunk))})"
+            for r in self._db.execute(sql, chunk):
+                self.rows[r[0]] = dict(zip(self.columns, r, strict=True))
+
+    def get(self, key: Any) -> dict[str, Any] | None:
+        """The row of ``key`` as it stands in this batch (read, not to be changed), or None."""
+        try:
+            return self.rows[key]
+        except KeyError:
+            params = key if self.key > 1 else (key,)
+            r = self._db.execute(self._load, params).fetchone()
+            row = self.rows[key] = dict(zip(self.columns, r, strict=True)) if r is not None else None
+            return row
+
+    def change(self, key: Any) -> dict[str, Any] | None:
+        """The row of ``key``, to change in place (written back at :meth:`flush`); None if none."""
+        row = self.get(key)
+        if row is not None:
+            self._changed.add(key)
+        return row
+
+    def insert_or_ignore(self, key: Any, values: dict[str, Any]) -> bool:
+        """``INSERT OR IGNORE``: a new row of ``values`` (other columns NULL) unless ``key`` has one."""
+        if self.get(key) is not None:
+            return False
+        row = dict.fromkeys(self.columns)
+        row.update(values)
+        self.rows[key] = row
+        self._changed.add(key)
+        return True
+
+    def flush(self) -> None:
+        """Write every changed row back."""
+        if self._changed:
+            rows = self.rows
+            values = operator.itemgetter(*self.columns)
+            self._db.executemany(self._save, [values(r) for k in self._changed if (r := rows[k]) is not None])
+            self._changed.clear()
+
+
 # --- the read models ------------------------------------------------------------------
 
 
@@ -423,135 +509,178 @@ class RunsProjection(Projection):
     CREATE INDEX IF NOT EXISTS rollouts_model ON rollouts (provider, model, problem_id)
     """
 
+    _RUN_COLUMNS = (
+        "run_id", "schedule", "provider", "models", "problem_set", "node", "trigger", "rollouts",
+        "budget_usd", "started_seq", "started_at", "finished_at", "status", "passed", "cost_usd", "summary",
+    )  # fmt: skip
+    _ROLLOUT_COLUMNS = (
+        "rollout_id", "run_id", "provider", "model", "problem_id", "problem_hash", "sample", "attempts",
+        "state", "requested_at", "answered_at", "answer_seq", "cost_usd", "fail_kind", "passed", "score",
+        "scored_at", "scored_seq", "reason", "verdict_hash", "served_model",
+    )  # fmt: skip
+
     def apply(self, db: sqlite3.Connection, rec: Recorded) -> None:
-        ev = rec.event()
-        if isinstance(ev, e.RunStarted):
-            db.execute(
-                "INSERT OR IGNORE INTO runs (run_id, schedule, provider, models, problem_set, node, trigger,"
-                " rollouts, budget_usd, started_seq, started_at, status, passed, cost_usd)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?, 'running', 0, 0)",
-                (
-                    ev.run_id,
-                    ev.schedule,
-                    ev.provider,
-                    _j(ev.models),
-                    ev.problem_set,
-                    ev.node,
-                    ev.trigger,
-                    ev.rollouts,
-                    ev.budget_usd,
-                    rec.seq,
-                    rec.at,
-                ),
-            )
-        elif isinstance(ev, e.RunFinished):
-            db.execute(
-                "UPDATE runs SET finished_at=?, status=?, passed=?, cost_usd=?, summary=? WHERE run_id=?",
-                (rec.at, ev.status, ev.passed, ev.cost_usd, canonical_json(ev.to_data()), ev.run_id),
-            )
-        elif isinstance(ev, e.RolloutRequested):
-            db.execute(
-                "INSERT INTO rollouts (rollout_id, run_id, provider, model, problem_id, problem_hash, sample,"
-                " attempts, state, requested_at) VALUES (?,?,?,?,?,?,?,1,'requested',?)"
-                " ON CONFLICT (rollout_id) DO UPDATE SET attempts = attempts + 1,"
-                " state = CASE WHEN state IN ('answered','scored') THEN state ELSE 'requested' END",
-                (
-                    ev.rollout_id,
-                    ev.run_id,
-                    ev.provider,
-                    ev.model,
-                    ev.problem_id,
-                    ev.problem_hash,
-                    ev.sample,
-                    rec.at,
-                ),
-            )
-            db.execute(
-                "INSERT OR IGNORE INTO problem_versions (problem_id, problem_hash, seq) VALUES (?,?,?)",
-                (ev.problem_id, ev.problem_hash, rec.seq),
-            )
-        elif isinstance(ev, e.RolloutResponded):
-            db.execute(
-                "UPDATE rollouts SET state = CASE WHEN state = 'scored' THEN state ELSE 'answered' END,"
-                " answered_at=?, answer_seq=?, cost_usd=?, served_model=? WHERE rollout_id=?",
-                (rec.at, rec.seq, ev.cost_usd, ev.model, ev.rollout_id),
-            )
-            if ev.cost_usd:
-                db.execute(
-                    "UPDATE runs SET cost_usd = cost_usd + ? WHERE run_id ="
-                    " (SELECT run_id FROM rollouts WHERE rollout_id=?)",
-                    (ev.cost_usd, ev.rollout_id),
-                )
-        elif isinstance(ev, e.RolloutFailed):
-            db.execute(
-                "UPDATE rollouts SET fail_kind=?, state = CASE WHEN ? AND state = 'requested'"
-                " THEN 'failed' ELSE state END WHERE rollout_id=?",
-                (ev.kind, bool(ev.final), ev.rollout_id),
-            )
-        elif isinstance(ev, e.RolloutScored):
-            row = db.execute(
-                "SELECT problem_id, problem_hash FROM rollouts WHERE rollout_id=?", (ev.rollout_id,)
-            ).fetchone()
-            pid, requested_hash = row if row is not None else (None, None)
-            vhash = ev.problem_hash or requested_hash
-            db.execute(
-                "UPDATE rollouts SET state='scored', passed=?, score=?, scored_at=?, scored_seq=?, reason=?,"
-                " verdict_hash=? WHERE rollout_id=?",
-                (int(bool(ev.passed)), ev.score, rec.at, rec.seq, ev.reason, vhash, ev.rollout_id),
-            )
-            self._verdict(db, rec.seq, ev.rollout_id, pid, vhash, ev.scorer_version, ev.passed, ev.score, 0)
-            if ev.passed:
-                db.execute(
-                    "UPDATE runs SET passed = passed + 1 WHERE run_id ="
-                    " (SELECT run_id FROM rollouts WHERE rollout_id=?)",
-                    (ev.rollout_id,),
+        """Apply one event (a batch of one)."""
+        self.apply_batch(db, [rec])
+
+    def apply_batch(self, db: sqlite3.Connection, recs: Sequence[Recorded]) -> None:
+        """Apply events in order; each touched row is read once and written once."""
+        runs = RowBatch(db, "runs", self._RUN_COLUMNS)
+        rollouts = RowBatch(db, "rollouts", self._ROLLOUT_COLUMNS)
+        versions = RowBatch(db, "problem_versions", ("problem_id", "problem_hash", "seq"), key=2)
+        verdicts: list[tuple[Any, ...]] = []
+        evs = [(rec, rec.event()) for rec in recs]
+        rollouts.prefetch(ev.rollout_id for _, ev in evs if isinstance(ev, ROLLOUT_TYPES))
+
+        def version_seen(pid: str | None, vhash: str | None, seq: int) -> None:
+            # INSERT OR IGNORE, which also ignores a row its NOT NULL columns refuse.
+            if pid is not None and vhash is not None:
+                versions.insert_or_ignore(
+                    (pid, vhash), {"problem_id": pid, "problem_hash": vhash, "seq": seq}
                 )
 
-        elif isinstance(ev, e.RolloutRescored):
-            db.execute(
-                "UPDATE rollouts SET passed=?, score=?, reason=?, verdict_hash=? WHERE rollout_id=?",
-                (int(bool(ev.passed)), ev.score, ev.reason, ev.problem_hash, ev.rollout_id),
-            )
-            self._verdict(
-                db,
-                rec.seq,
-                ev.rollout_id,
-                ev.problem_id,
-                ev.problem_hash,
-                ev.scorer_version,
-                ev.passed,
-                ev.score,
-                1,
-            )
-        elif isinstance(ev, e.ProblemVersioned):
-            db.execute(
-                "INSERT INTO problem_versions (problem_id, problem_hash, seq) VALUES (?,?,?)"
-                " ON CONFLICT (problem_id, problem_hash) DO UPDATE SET seq = excluded.seq",
-                (ev.problem_id, ev.problem_hash, rec.seq),
+        def add_to_run(rollout: dict[str, Any] | None, column: str, amount: float) -> None:
+            run = runs.change(rollout["run_id"]) if rollout is not None else None
+            if run is not None and run[column] is not None:
+                run[column] += amount
+
+        for rec, ev in evs:
+            if isinstance(ev, e.RunStarted):
+                runs.insert_or_ignore(
+                    ev.run_id,
+                    {
+                        "run_id": ev.run_id,
+                        "schedule": ev.schedule,
+                        "provider": ev.provider,
+                        "models": _j(ev.models),
+                        "problem_set": ev.problem_set,
+                        "node": ev.node,
+                        "trigger": ev.trigger,
+                        "rollouts": ev.rollouts,
+                        "budget_usd": ev.budget_usd,
+                        "started_seq": rec.seq,
+                        "started_at": rec.at,
+                        "status": "running",
+                        "passed": 0,
+                        "cost_usd": 0.0,
+                    },
+                )
+            elif isinstance(ev, e.RunFinished):
+                if (run := runs.change(ev.run_id)) is not None:
+                    run.update(
+                        finished_at=rec.at,
+                        status=ev.status,
+                        passed=ev.passed,
+                        cost_usd=ev.cost_usd,
+                        summary=canonical_json(ev.to_data()),
+                    )
+            elif isinstance(ev, e.RolloutRequested):
+                row = rollouts.change(ev.rollout_id)
+                if row is None:
+                    rollouts.insert_or_ignore(
+                        ev.rollout_id,
+                        {
+                            "rollout_id": ev.rollout_id,
+                            "run_id": ev.run_id,
+                            "provider": ev.provider,
+                            "model": ev.model,
+                            "problem_id": ev.problem_id,
+                            "problem_hash": ev.problem_hash,
+                            "sample": ev.sample,
+                            "attempts": 1,
+                            "state": "requested",
+                            "requested_at": rec.at,
+                        },
+                    )
+                else:
+                    row["attempts"] += 1
+                    if row["state"] not in ("answered", "scored"):
+                        row["state"] = "requested"
+                version_seen(ev.problem_id, ev.problem_hash, rec.seq)
+            elif isinstance(ev, e.RolloutResponded):
+                if (row := rollouts.change(ev.rollout_id)) is not None:
+                    if row["state"] != "scored":
+                        row["state"] = "answered"
+                    row.update(
+                        answered_at=rec.at, answer_seq=rec.seq, cost_usd=ev.cost_usd, served_model=ev.model
+                    )
+                if ev.cost_usd:
+                    add_to_run(row, "cost_usd", ev.cost_usd)
+            elif isinstance(ev, e.RolloutFailed):
+                if (row := rollouts.change(ev.rollout_id)) is not None:
+                    row["fail_kind"] = ev.kind
+                    if ev.final and row["state"] == "requested":
+                        row["state"] = "failed"
+            elif isinstance(ev, e.RolloutScored):
+                row = rollouts.change(ev.rollout_id)
+                pid, requested_hash = (
+                    (row["problem_id"], row["problem_hash"]) if row is not None else (None, None)
+                )
+                vhash = ev.problem_hash or requested_hash
+                if row is not None:
+                    row.update(
+                        state="scored",
+                        passed=int(bool(ev.passed)),
+                        score=ev.score,
+                        scored_at=rec.at,
+                        scored_seq=rec.seq,
+                        reason=ev.reason,
+                        verdict_hash=vhash,
+                    )
+                verdicts.append(
+                    (rec.seq, ev.rollout_id, pid, vhash, ev.scorer_version, int(bool(ev.passed)), ev.score, 0)
+                )
+                version_seen(pid, vhash, rec.seq)
+                if ev.passed:
+                    add_to_run(row, "passed", 1)
+            elif isinstance(ev, e.RolloutRescored):
+                if (row := rollouts.change(ev.rollout_id)) is not None:
+                    row.update(
+                        passed=int(bool(ev.passed)),
+                        score=ev.score,
+                        reason=ev.reason,
+                        verdict_hash=ev.problem_hash,
+                    )
+                verdicts.append(
+                    (
+                        rec.seq,
+                        ev.rollout_id,
+                        ev.problem_id,
+                        ev.problem_hash,
+                        ev.scorer_version,
+                        int(bool(ev.passed)),
+                        ev.score,
+                        1,
+                    )
+                )
+                version_seen(ev.problem_id, ev.problem_hash, rec.seq)
+            elif isinstance(ev, e.ProblemVersioned):
+                key = (ev.problem_id, ev.problem_hash)
+                if (pv := versions.change(key)) is not None:
+                    pv["seq"] = rec.seq
+                else:
+                    version_seen(ev.problem_id, ev.problem_hash, rec.seq)
+        runs.flush()
+        rollouts.flush()
+        versions.flush()
+        if verdicts:
+            db.executemany(
+                "INSERT OR IGNORE INTO verdicts (seq, rollout_id, problem_id, problem_hash, scorer_version,"
+                " passed, score, rescore) VALUES (?,?,?,?,?,?,?,?)",
+                verdicts,
             )
 
-    @staticmethod
-    def _verdict(
-        db: sqlite3.Connection,
-        seq: int,
-        rid: str,
-        pid: str | None,
-        vhash: str | None,
-        scorer_version: str | None,
-        passed: bool,
-        score: float,
-        rescore: int,
-    ) -> None:
-        db.execute(
-            "INSERT OR IGNORE INTO verdicts (seq, rollout_id, problem_id, problem_hash, scorer_version,"
-            " passed, score, rescore) VALUES (?,?,?,?,?,?,?,?)",
-            (seq, rid, pid, vhash, scorer_version, int(bool(passed)), score, rescore),
-        )
-        if pid is not None and vhash is not None:
-            db.execute(
-                "INSERT OR IGNORE INTO problem_versions (problem_id, problem_hash, seq) VALUES (?,?,?)",
-                (pid, vhash, seq),
-            )
+
+ROLLOUT_TYPES = (
+    e.RolloutRequested,
+    e.RolloutResponded,
+    e.RolloutFailed,
+    e.RolloutScored,
+    e.RolloutRescored,
+    e.PublicationDecided,
+    e.PublicReleased,
+)
+"""The events of one rollout (each has a ``rollout_id``)."""
 
 
 class SchedulesProjection(Projection):

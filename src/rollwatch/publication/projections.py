@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Sequence
 from typing import Any
 
 from rollwatch import events as e
 from rollwatch.events import Recorded, parse_rfc3339
-from rollwatch.projections import Projection
+from rollwatch.projections import ROLLOUT_TYPES as _ROLLOUT_TYPES
+from rollwatch.projections import Projection, RowBatch
 
 _ROLLOUT_EVENTS = frozenset(
     {
@@ -136,25 +138,46 @@ class FeedProjection(Projection):
     CREATE TABLE IF NOT EXISTS feed_items (seq INTEGER PRIMARY KEY, item TEXT NOT NULL)
     """
 
+    _CONTEXT = ("run_id", "provider", "model", "problem_id", "sample", "cost_usd")
+
     def apply(self, db: sqlite3.Connection, rec: Recorded) -> None:
         """Keep the rollout context; render a feed item for the visible types."""
-        ev = rec.event()
-        if isinstance(ev, e.RolloutRequested):
-            db.execute(
-                "INSERT OR IGNORE INTO feed_rollouts (rollout_id, run_id, provider, model, problem_id,"
-                " sample) VALUES (?,?,?,?,?,?)",
-                (ev.rollout_id, ev.run_id, ev.provider, ev.model, ev.problem_id, ev.sample),
-            )
-            return
-        if isinstance(ev, e.RolloutResponded):
-            if ev.cost_usd is not None:
-                db.execute(
-                    "UPDATE feed_rollouts SET cost_usd = coalesce(cost_usd, 0) + ? WHERE rollout_id = ?",
-                    (ev.cost_usd, ev.rollout_id),
+        self.apply_batch(db, [rec])
+
+    def apply_batch(self, db: sqlite3.Connection, recs: Sequence[Recorded]) -> None:
+        """Apply events in order: each rollout's context read and written once, the items
+        inserted with one statement."""
+        ctx = RowBatch(db, "feed_rollouts", ("rollout_id", *self._CONTEXT))
+        evs = [(rec, rec.event()) for rec in recs]
+        ctx.prefetch(ev.rollout_id for _, ev in evs if isinstance(ev, _ROLLOUT_TYPES))
+        items: list[tuple[int, str]] = []
+        for rec, ev in evs:
+            if isinstance(ev, e.RolloutRequested):
+                ctx.insert_or_ignore(
+                    ev.rollout_id,
+                    {
+                        "rollout_id": ev.rollout_id,
+                        "run_id": ev.run_id,
+                        "provider": ev.provider,
+                        "model": ev.model,
+                        "problem_id": ev.problem_id,
+                        "sample": ev.sample,
+                    },
                 )
-            return
+            elif isinstance(ev, e.RolloutResponded):
+                if ev.cost_usd is not None and (row := ctx.change(ev.rollout_id)) is not None:
+                    # float() as the REAL column would store it: the item reads it back.
+                    row["cost_usd"] = float(row["cost_usd"] or 0) + float(ev.cost_usd)
+            elif (item := self._item(rec, ev, ctx)) is not None:
+                items.append((rec.seq, _j(item)))
+        ctx.flush()
+        if items:
+            db.executemany("INSERT OR IGNORE INTO feed_items (seq, item) VALUES (?, ?)", items)
+
+    def _item(self, rec: Recorded, ev: e.Event, ctx: RowBatch) -> dict[str, Any] | None:
+        """The feed item of ``ev``, or None if subscribers do not see it."""
         if isinstance(ev, e.RolloutFailed) and not ev.final:
-            return
+            return None
         item: dict[str, Any] = dict.fromkeys(FEED_ITEM_KEYS)
         item.update(seq=rec.seq, id=rec.id, type=rec.type, at=rec.at, hash=rec.hash, detail={})
         if isinstance(ev, e.RunStarted):
@@ -187,16 +210,9 @@ class FeedProjection(Projection):
         ):
             rid = ev.rollout_id
             item["rollout_id"] = rid
-            row = db.execute(
-                "SELECT run_id, provider, model, problem_id, sample, cost_usd FROM feed_rollouts"
-                " WHERE rollout_id = ?",
-                (rid,),
-            ).fetchone()
-            if row is not None:
-                for k, v in zip(
-                    ("run_id", "provider", "model", "problem_id", "sample", "cost_usd"), row, strict=True
-                ):
-                    item[k] = v
+            if (row := ctx.get(rid)) is not None:
+                for k in self._CONTEXT:
+                    item[k] = row[k]
             if isinstance(ev, e.RolloutScored | e.RolloutRescored):
                 item["passed"] = bool(ev.passed)
                 item["score"] = ev.score
@@ -227,8 +243,8 @@ class FeedProjection(Projection):
             else:
                 item["audience"] = "public"
         else:
-            return
-        db.execute("INSERT OR IGNORE INTO feed_items (seq, item) VALUES (?, ?)", (rec.seq, _j(item)))
+            return None
+        return item
 
 
 # --- the public release ---------------------------------------------------------------------
@@ -265,68 +281,81 @@ class PublicProjection(Projection):
     )
     """
 
+    _COLUMNS = (
+        "rollout_id", "run_id", "provider", "model", "problem_id", "sample", "requested_at", "cost_usd",
+        "answer_seq", "passed", "score", "scorer", "scored_at", "scored_ts", "scored_seq", "not_before",
+        "not_before_ts", "embargo_s", "decided_seq", "released_at", "released_seq", "superseded_at",
+        "superseded_seq", "superseded_hash",
+    )  # fmt: skip
+
     def apply(self, db: sqlite3.Connection, rec: Recorded) -> None:
         """Record context, score, public decision and release of each rollout."""
-        ev = rec.event()
-        if isinstance(ev, e.RunStarted):
-            db.execute(
-                "INSERT OR IGNORE INTO public_runs (run_id, provider, started_at) VALUES (?,?,?)",
-                (ev.run_id, ev.provider, rec.at),
-            )
-        elif isinstance(ev, e.RunFinished):
-            db.execute(
-                "UPDATE public_runs SET finished_at = ?, status = ? WHERE run_id = ?",
-                (rec.at, ev.status, ev.run_id),
-            )
-        elif isinstance(ev, e.RolloutRequested):
-            db.execute(
-                "INSERT OR IGNORE INTO public_rollouts (rollout_id, run_id, provider, model, problem_id,"
-                " sample, requested_at) VALUES (?,?,?,?,?,?,?)",
-                (ev.rollout_id, ev.run_id, ev.provider, ev.model, ev.problem_id, ev.sample, rec.at),
-            )
-        elif isinstance(ev, e.RolloutResponded):
-            db.execute(
-                "UPDATE public_rollouts SET answer_seq = ?,"
-                " cost_usd = CASE WHEN ? IS NULL THEN cost_usd ELSE coalesce(cost_usd, 0) + ? END"
-                " WHERE rollout_id = ?",
-                (rec.seq, ev.cost_usd, ev.cost_usd, ev.rollout_id),
-            )
-        elif isinstance(ev, e.RolloutScored):
-            db.execute(
-                "UPDATE public_rollouts SET passed = ?, score = ?, scorer = ?, scored_at = ?, scored_ts = ?,"
-                " scored_seq = ? WHERE rollout_id = ?",
-                (int(bool(ev.passed)), ev.score, ev.scorer, rec.at, _epoch(rec.at), rec.seq, ev.rollout_id),
-            )
-        elif isinstance(ev, e.RolloutRescored):
-            # A result that fails its problem's newest version is superseded: never
-            # released, and marked (never removed) where it already is. A later
-            # re-score that passes it again lifts the mark.
-            if ev.passed:
-                db.execute(
-                    "UPDATE public_rollouts SET superseded_at = NULL, superseded_seq = NULL,"
-                    " superseded_hash = NULL WHERE rollout_id = ?",
-                    (ev.rollout_id,),
+        self.apply_batch(db, [rec])
+
+    def apply_batch(self, db: sqlite3.Connection, recs: Sequence[Recorded]) -> None:
+        """Apply events in order; each touched row is read once and written once."""
+        runs = RowBatch(db, "public_runs", ("run_id", "provider", "started_at", "finished_at", "status"))
+        rollouts = RowBatch(db, "public_rollouts", self._COLUMNS)
+        evs = [(rec, rec.event()) for rec in recs]
+        rollouts.prefetch(ev.rollout_id for _, ev in evs if isinstance(ev, _ROLLOUT_TYPES))
+        for rec, ev in evs:
+            if isinstance(ev, e.RunStarted):
+                runs.insert_or_ignore(
+                    ev.run_id, {"run_id": ev.run_id, "provider": ev.provider, "started_at": rec.at}
                 )
-            else:
-                db.execute(
-                    "UPDATE public_rollouts SET superseded_at = ?, superseded_seq = ?, superseded_hash = ?"
-                    " WHERE rollout_id = ?",
-                    (rec.at, rec.seq, ev.problem_hash, ev.rollout_id),
+            elif isinstance(ev, e.RunFinished):
+                if (run := runs.change(ev.run_id)) is not None:
+                    run.update(finished_at=rec.at, status=ev.status)
+            elif isinstance(ev, e.RolloutRequested):
+                rollouts.insert_or_ignore(
+                    ev.rollout_id,
+                    {
+                        "rollout_id": ev.rollout_id,
+                        "run_id": ev.run_id,
+                        "provider": ev.provider,
+                        "model": ev.model,
+                        "problem_id": ev.problem_id,
+                        "sample": ev.sample,
+                        "requested_at": rec.at,
+                    },
                 )
-        elif isinstance(ev, e.PublicationDecided) and ev.audience == "public":
-            # The first public decision stands; a later one (there should be none) cannot
-            # move a release date that readers may already rely on.
-            db.execute(
-                "UPDATE public_rollouts SET not_before = ?, not_before_ts = ?, embargo_s = ?,"
-                " decided_seq = ? WHERE rollout_id = ? AND decided_seq IS NULL",
-                (ev.not_before, _epoch(ev.not_before), ev.embargo_s, rec.seq, ev.rollout_id),
-            )
-        elif isinstance(ev, e.PublicReleased):
-            db.execute(
-                "UPDATE public_rollouts SET released_at = ?, released_seq = ?"
-                " WHERE rollout_id = ? AND released_seq IS NULL",
-                (rec.at, rec.seq, ev.rollout_id),
-            )
+            elif not isinstance(ev, _ROLLOUT_TYPES) or (row := rollouts.change(ev.rollout_id)) is None:
+                continue
+            elif isinstance(ev, e.RolloutResponded):
+                row["answer_seq"] = rec.seq
+                if ev.cost_usd is not None:
+                    row["cost_usd"] = (row["cost_usd"] or 0) + ev.cost_usd
+            elif isinstance(ev, e.RolloutScored):
+                row.update(
+                    passed=int(bool(ev.passed)),
+                    score=ev.score,
+                    scorer=ev.scorer,
+                    scored_at=rec.at,
+                    scored_ts=_epoch(rec.at),
+                    scored_seq=rec.seq,
+                )
+            elif isinstance(ev, e.RolloutRescored):
+                # A result that fails its problem's newest version is superseded: never
+                # released, and marked (never removed) where it already is. A later
+                # re-score that passes it again lifts the mark.
+                if ev.passed:
+                    row.update(superseded_at=None, superseded_seq=None, superseded_hash=None)
+                else:
+                    row.update(superseded_at=rec.at, superseded_seq=rec.seq, superseded_hash=ev.problem_hash)
+            elif isinstance(ev, e.PublicationDecided):
+                # The first public decision stands; a later one (there should be none) cannot
+                # move a release date that readers may already rely on.
+                if ev.audience == "public" and row["decided_seq"] is None:
+                    row.update(
+                        not_before=ev.not_before,
+                        not_before_ts=_epoch(ev.not_before),
+                        embargo_s=ev.embargo_s,
+                        decided_seq=rec.seq,
+                    )
+            elif isinstance(ev, e.PublicReleased) and row["released_seq"] is None:
+                row.update(released_at=rec.at, released_seq=rec.seq)
+        runs.flush()
+        rollouts.flush()
 
 
 def publication_projections() -> list[Projection]:
