@@ -17,12 +17,15 @@ connection per role (writer, reader), each behind an ``anyio.Lock``.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
 import json
 import operator
+import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,15 +74,118 @@ class ProjectionDB:
         """True once the tables are set up and (after :meth:`build`) caught up with the log."""
         self.progress: CatchUpProgress | None = None
         """While :meth:`build` runs: how far it is."""
+        self.file = self.path
+        """The file in use: ``path`` itself, or the generation ``path`` links to."""
+        self._hold: int | None = None  # a shared flock on ``file``: "in use, keep it"
+        self._retired: list[ThreadConnection] = []
+        self._switching = anyio.Lock()
+
+    @property
+    def generations(self) -> Path:
+        """The folder of the files ``path`` links to, one per complete build."""
+        return (
+            self.path.with_name(self.path.name + ".gen")
+            if not self.path.suffix
+            else self.path.with_suffix(".gen")
+        )
+
+    def _linked(self) -> Path:
+        """The file ``path`` stands for now: the generation it links to, or itself."""
+        try:
+            return self.path.parent / os.readlink(self.path)
+        except OSError:  # not a link (a file of an older release, or none yet)
+            return self.path
 
     async def __aenter__(self) -> ProjectionDB:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._w = await ThreadConnection.open(self.path, _WRITER_PRAGMAS)
-        self._r = await ThreadConnection.open(self.path, _PRAGMAS)
+        try:
+            await self._open(self._linked())
+        except sqlite3.DatabaseError as exc:
+            # Not a database (an edited or truncated file): never trusted, never
+            # repaired. A new, empty generation takes its place; the log fills it.
+            log.warning(
+                "projections_unreadable",
+                path=str(self.path),
+                error=str(exc),
+                action="rebuilding from the log",
+            )
+            await self._open(self._new_generation())
+            self._point_at(self.file)
         if self._setup_on_open:
             await self._run(self._setup)
             self.ready = True
         return self
+
+    async def _open(self, file: Path) -> None:
+        w = await ThreadConnection.open(file, _WRITER_PRAGMAS)
+        try:
+            r = await ThreadConnection.open(file, _PRAGMAS)
+            await r.fetchall("SELECT count(*) FROM sqlite_master")
+        except BaseException:
+            await w.close()
+            raise
+        self._w, self._r = w, r
+        self._use(file)
+
+    def _use(self, file: Path) -> None:
+        """Hold a shared lock on ``file`` while it is in use, so no rebuild deletes it."""
+        fd = os.open(file, os.O_RDONLY | os.O_CLOEXEC)
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        if self._hold is not None:
+            os.close(self._hold)
+        self.file, self._hold = file, fd
+
+    def _new_generation(self) -> Path:
+        gens = self.generations
+        gens.mkdir(exist_ok=True)
+        return gens / f"{time.time_ns()}.{os.getpid()}.db"
+
+    @contextlib.asynccontextmanager
+    async def _build_lock(self) -> AsyncIterator[None]:
+        """One build beside at a time across processes (a daemon starting, ``rollwatch rebuild``)."""
+        self.generations.mkdir(exist_ok=True)
+        fd = os.open(self.generations / "build.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if self.progress is not None:
+                        self.progress.phase = "waiting for another process's build"
+                    await anyio.sleep(0.2)
+            yield
+        finally:
+            os.close(fd)
+
+    def _point_at(self, file: Path) -> None:
+        """Switch ``path`` to ``file`` atomically (a new link renamed over the old one)."""
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.link")
+        tmp.unlink(missing_ok=True)
+        os.symlink(os.path.relpath(file, self.path.parent), tmp)
+        os.replace(tmp, self.path)
+        _fsync_dir(self.path.parent)
+        log.info("projections_switched", path=str(self.path), file=str(file))
+
+    def _collect(self) -> None:
+        """Delete every generation but the current one that no process holds any more."""
+        current = self._linked()
+        for f in self.generations.glob("*.db"):
+            if f == current or f == self.file:
+                continue
+            try:
+                fd = os.open(f, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # still in use: its user deletes it once it has switched
+            else:
+                for extra in ("", "-wal", "-shm", "-journal"):
+                    Path(f"{f}{extra}").unlink(missing_ok=True)
+            finally:
+                os.close(fd)
 
     async def build(self, store: EventStore) -> int:
         """Set the tables up and catch up with the log, keeping :attr:`progress` current;
@@ -91,18 +197,20 @@ class ProjectionDB:
             first=0, target=0, done=0, started=time.monotonic(), phase="setting up"
         )
         try:
+            why = await self.distrust(store)
+            if why is not None:
+                log.info("projections_building_beside", path=str(self.path), reason=why)
+                head = await self.rebuild_beside(store, progress=self._show)
+                self.ready = True
+                return head
             await self._run(self._setup)
-            await self.belongs_to(store)
+            first_hash = await _event_hash(store, 1)
+            await self._run(lambda db: _record_log(db, first_hash))
             cps = await self.checkpoints()
             first = min((cps.get(p.name, 0) for p in self.projections), default=0)
             head = await store.head()
             self.progress = CatchUpProgress(first=first, target=head, done=first, started=time.monotonic())
-            progress = self.progress
-
-            def seen(done: int, _head: int) -> None:
-                progress.done = done
-
-            head = await self.catch_up(store, until=head, progress=seen)
+            head = await self.catch_up(store, until=head, progress=self._show)
             # Events appended meanwhile: a short second pass before switching over.
             head = await self.catch_up(store)
             self.ready = True
@@ -110,11 +218,131 @@ class ProjectionDB:
         finally:
             self.progress = None
 
+    def _show(self, done: int, head: int) -> None:
+        if self.progress is None or self.progress.phase != "catching up":
+            self.progress = CatchUpProgress(first=0, target=head, done=done, started=time.monotonic())
+        self.progress.done = done
+
+    async def distrust(self, store: EventStore) -> str | None:
+        """Why the file in use cannot simply be caught up (so a build beside it is due), or None.
+
+        A projection missing or of another version; the file made from another log (its
+        event 1 differs); a checkpoint beyond the log's head, or whose event's hash is
+        not the log's (an edited file, or a log rewritten under it). Row edits that keep
+        the checkpoints are not detected: nothing short of a rebuild would.
+        """
+        first = await _event_hash(store, 1)
+        head = await store.head()
+
+        def read(db: sqlite3.Connection) -> str | None:
+            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if "projection_state" not in tables:
+                return "no projections yet"
+            state = {
+                r[0]: (r[1], r[2]) for r in db.execute("SELECT name, version, seq FROM projection_state")
+            }
+            for p in self.projections:
+                if p.name not in state:
+                    return f"projection {p.name} is new"
+                if state[p.name][0] != p.version:
+                    return f"projection {p.name} is of version {state[p.name][0]}, now {p.version}"
+                if state[p.name][1] > head:
+                    return f"projection {p.name} is at seq {state[p.name][1]}, beyond the log's head {head}"
+            if "projection_log" in tables:
+                row = db.execute("SELECT first_hash, anchor_seq, anchor_hash FROM projection_log").fetchone()
+                if row is not None and None not in (row[0], first) and row[0] != first:
+                    return "made from another log"
+                if row is not None and row[1]:
+                    return f"anchor:{row[1]}:{row[2]}"
+            return None
+
+        try:
+            why: str | None = await self._run(read)
+        except sqlite3.DatabaseError as exc:
+            return f"unreadable ({exc})"
+        if why is not None and why.startswith("anchor:"):
+            _, seq, recorded = why.split(":", 2)
+            if await _event_hash(store, int(seq)) != recorded:
+                return f"the hash of its event {seq} is not the log's (an edited file, or a rewritten log)"
+            return None
+        return why
+
+    async def rebuild_beside(
+        self, store: EventStore, *, progress: Callable[[int, int], None] | None = None
+    ) -> int:
+        """Build every projection from the log into a new file beside the one in use, then
+        switch ``path`` to it atomically; return the seq it is current to.
+
+        Until the switch, this process and any other keep reading (and catching up) the
+        previous file; a process killed meanwhile leaves it untouched (the unfinished
+        file is deleted by the next build). The new file is written without a journal
+        and without syncs (it is derived from the log; a crash only means building it
+        again) and synced once complete. Other processes follow the switch at their next
+        catch-up; a previous file is deleted once no process holds it.
+        """
+        async with self._switching, self._build_lock():
+            self._collect()
+            new = self._new_generation()
+            w = await ThreadConnection.open(new, _BUILD_PRAGMAS)
+            try:
+                _use = os.open(new, os.O_RDONLY | os.O_CLOEXEC)  # keep it from another build's collect
+                fcntl.flock(_use, fcntl.LOCK_SH)
+                first = await _event_hash(store, 1)
+                await w.run(self._setup)
+                await w.run(_record_log, first)
+                head = await store.head()
+                if progress is not None:
+                    progress(0, head)
+                head = await self.catch_up(store, until=head, progress=progress, writer=w)
+                await w.run(_finish_build)
+            finally:
+                await w.close()
+            try:
+                await anyio.to_thread.run_sync(_fsync, new)
+                self._point_at(new)
+                await self._switch_to(new, store)
+            finally:
+                os.close(_use)
+            self._collect()
+            return head
+
+    async def _switch_to(self, file: Path, store: EventStore) -> None:
+        """Use ``file`` from now on, once caught up with the log (never an older state)."""
+        w = await ThreadConnection.open(file, _WRITER_PRAGMAS)
+        r = await ThreadConnection.open(file, _PRAGMAS)
+        try:
+            await self.catch_up(store, writer=w)
+        except BaseException:
+            await w.close()
+            await r.close()
+            raise
+        old = [c for c in (self._w, self._r) if c is not None]
+        self._w, self._r = w, r
+        self._use(file)
+        # A unit may still be queued on the old connections: they are closed later.
+        for c in self._retired:
+            await c.close()
+        self._retired = old
+
+    async def _follow(self, store: EventStore) -> None:
+        """Switch to the file another process's rebuild linked ``path`` to, if any."""
+        async with self._switching:
+            linked = self._linked()
+            if linked == self.file or not linked.exists():
+                return
+            log.info("projections_following_rebuild", file=str(linked))
+            await self._switch_to(linked, store)
+        self._collect()
+
     async def __aexit__(self, *exc: object) -> None:
-        for db in (self._w, self._r):
+        for db in (self._w, self._r, *self._retired):
             if db is not None:
                 await db.close()
         self._w = self._r = None
+        self._retired = []
+        if self._hold is not None:
+            os.close(self._hold)
+            self._hold = None
 
     async def _run(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
         assert self._w is not None, "use ProjectionDB with `async with`"
@@ -138,6 +366,15 @@ class ProjectionDB:
                 "CREATE TABLE IF NOT EXISTS projection_state "
                 "(name TEXT PRIMARY KEY, version INTEGER NOT NULL, seq INTEGER NOT NULL)"
             )
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS projection_log (id INTEGER PRIMARY KEY CHECK (id = 1),"
+                " first_hash TEXT, anchor_seq INTEGER, anchor_hash TEXT)"
+            )
+            have = {r[1] for r in db.execute("PRAGMA table_info(projection_log)")}
+            for col in ("anchor_seq INTEGER", "anchor_hash TEXT"):  # a file of an older release
+                if col.split()[0] not in have:
+                    db.execute(f"ALTER TABLE projection_log ADD COLUMN {col}")
+            db.execute("INSERT OR IGNORE INTO projection_log (id) VALUES (1)")
             state = {r[0]: r[1] for r in db.execute("SELECT name, version FROM projection_state")}
             for p in self.projections:
                 if state.get(p.name) not in (None, p.version):
@@ -173,45 +410,12 @@ class ProjectionDB:
         await self._run(self._setup)
         self.applied = 0
 
-    async def belongs_to(self, store: EventStore) -> bool:
-        """Make sure these projections are of ``store``'s log; False if another log's were dropped.
-
-        The file records the chain hash of the log's event 1. Projections of another
-        log (a folder reused for another database) are dropped with one WARNING and
-        rebuilt by the next catch-up, rather than shown as this log's.
-        """
-        first: str | None = None
-        async for page in store.read_batches(until=1, batch=1):
-            first = page[0].hash if page[0].seq == 1 else None
-        if first is None:
-            return True
-
-        def check(db: sqlite3.Connection) -> str | None:
-            db.execute(
-                "CREATE TABLE IF NOT EXISTS projection_log (id INTEGER PRIMARY KEY CHECK (id = 1), first_hash TEXT)"
-            )
-            row = db.execute("SELECT first_hash FROM projection_log").fetchone()
-            if row is None:
-                db.execute("INSERT INTO projection_log VALUES (1, ?)", (first,))
-                return None
-            return str(row[0])
-
-        recorded = await self._run(check)
-        if recorded is None or recorded == first:
-            return True
-        log.warning(
-            "projections_of_another_log",
-            path=str(self.path),
-            its_log_first_hash=recorded,
-            this_log_first_hash=first,
-            action="rebuilding from this log",
-        )
-        await self.rebuild()
-        await self._run(lambda db: db.execute("UPDATE projection_log SET first_hash = ?", (first,)))
-        return False
-
-    async def checkpoints(self) -> dict[str, int]:
-        rows = await self.fetchall("SELECT name, seq FROM projection_state")
+    async def checkpoints(self, conn: ThreadConnection | None = None) -> dict[str, int]:
+        """Each projection's last applied seq (in the file ``conn`` writes, by default the one in use)."""
+        if conn is None:
+            rows = await self.fetchall("SELECT name, seq FROM projection_state")
+        else:
+            rows = await conn.fetchall("SELECT name, seq FROM projection_state")
         return {r[0]: r[1] for r in rows}
 
     # -- catching up -----------------------------------------------------------------------
@@ -222,8 +426,12 @@ class ProjectionDB:
         *,
         until: int | None = None,
         progress: Callable[[int, int], None] | None = None,
+        writer: ThreadConnection | None = None,
     ) -> int:
         """Apply every event not yet applied, in one pass over the log; return the seq now applied.
+
+        ``writer``: into that file (a build beside) instead of the one in use. Without it,
+        a switch another process's rebuild made is followed first.
 
         One pass for every projection: each event is read once, decoded once (however
         many projections read it) and handed to each projection that wants its type.
@@ -232,7 +440,9 @@ class ProjectionDB:
         ``_TXN_EVENTS`` events. Memory stays flat whatever the log's size: about
         ``_TXN_EVENTS`` events and two pages are held at a time.
         """
-        cps = await self.checkpoints()
+        if writer is None and self._linked() != self.file:
+            await self._follow(store)
+        cps = await self.checkpoints(writer or self._w)
         start = min((cps.get(p.name, 0) for p in self.projections), default=0)
         head = until if until is not None else await store.head()
         types = set().union(*(p.types for p in self.projections))
@@ -259,26 +469,30 @@ class ProjectionDB:
                         async for page in receive:
                             pending.extend(page)
                             if len(pending) >= _TXN_EVENTS:
-                                await self._w_apply(pending, None)
+                                await self._w_apply(pending, None, writer)
                                 if progress is not None:
                                     progress(pending[-1].seq, head)
                                 pending = []
                     if pending and not failed:
-                        await self._w_apply(pending, None)
+                        await self._w_apply(pending, None, writer)
                 except Exception as exc:
                     failed.insert(0, exc)
                     tg.cancel_scope.cancel()
             if failed:
                 raise failed[0]
-        await self._w_apply([], head)
+        await self._w_apply([], head, writer)
         if progress is not None:
             progress(head, head)
-        self.applied = max(self.applied, head)
+        if writer is None:
+            self.applied = max(self.applied, head)
         return head
 
-    async def _w_apply(self, events: list[Recorded], upto: int | None) -> None:
-        assert self._w is not None, "use ProjectionDB with `async with`"
-        await self._w.run(self._apply, events, upto)
+    async def _w_apply(
+        self, events: list[Recorded], upto: int | None, writer: ThreadConnection | None
+    ) -> None:
+        conn = writer or self._w
+        assert conn is not None, "use ProjectionDB with `async with`"
+        await conn.run(self._apply, events, upto)
 
     def _apply(self, db: sqlite3.Connection, events: list[Recorded], upto: int | None) -> None:
         if not events and upto is None:
@@ -313,6 +527,13 @@ class ProjectionDB:
             for p in self.projections:
                 if last > done[p.name]:
                     db.execute("UPDATE projection_state SET seq = ? WHERE name = ?", (last, p.name))
+            if events:
+                # An event this file has applied, with its hash: a later start checks the
+                # log still has it (see ``distrust``).
+                db.execute(
+                    "UPDATE projection_log SET anchor_seq = ?, anchor_hash = ?",
+                    (events[-1].seq, events[-1].hash),
+                )
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
@@ -326,6 +547,44 @@ class ProjectionDB:
             for t in p.types:
                 out.setdefault(t, []).append(p)
         return out
+
+
+_BUILD_PRAGMAS = ("PRAGMA journal_mode=OFF", "PRAGMA synchronous=OFF", "PRAGMA cache_size=-65536")
+"""A file built beside the one in use: no journal, no syncs until it is complete (it is
+derived from the log: a crash means building it again, never repairing it)."""
+
+
+def _record_log(db: sqlite3.Connection, first: str | None) -> None:
+    db.execute("UPDATE projection_log SET first_hash = coalesce(first_hash, ?)", (first,))
+
+
+def _finish_build(db: sqlite3.Connection) -> None:
+    db.execute("PRAGMA journal_mode=WAL")
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+async def _event_hash(store: EventStore, seq: int) -> str | None:
+    """The chain hash of the log's event ``seq``, or None if there is none."""
+    async for page in store.read_batches(after=seq - 1, until=seq, batch=1):
+        if page and page[0].seq == seq:
+            return page[0].hash
+    return None
 
 
 @dataclass(slots=True)
