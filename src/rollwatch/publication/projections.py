@@ -17,9 +17,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from rollwatch import events as e
+from rollwatch.abc import EventStore
 from rollwatch.events import Recorded, parse_rfc3339
 from rollwatch.projections import ROLLOUT_TYPES as _ROLLOUT_TYPES
-from rollwatch.projections import Projection, RowBatch
+from rollwatch.projections import Projection, ProjectionDB, RowBatch
 
 _ROLLOUT_EVENTS = frozenset(
     {
@@ -118,16 +119,22 @@ FEED_ITEM_KEYS = (
 
 
 class FeedProjection(Projection):
-    """The items of ``/v1/feed``, rendered once as JSON, keyed by ``seq`` (the cursor).
+    """The items of ``/v1/feed``, keyed by ``seq`` (the cursor); rendered when read.
 
     A subscriber sees each run's start and end, every rollout's score (with its run,
     provider, model, problem, sample and cost joined in), final failures, and every
     publication decision and public release. Requests and answers are not feed items
     (``/v1/rollouts/{id}`` has them in full); schedule and subscriber events never are.
+
+    An item is not stored: the log has the event, ``feed_rollouts`` the rollout's
+    context (fixed by its first request), and ``feed_items`` what may change after the
+    item: the rollout's cost as it stood then, and whether its context was known.
+    :func:`feed_page` renders a page from these (a full copy of every item made this
+    table 59% of the file, and JSON-encoding it most of a rebuild's feed work).
     """
 
     name = "feed"
-    version = 2  # 2: RolloutRescored items
+    version = 3  # 2: RolloutRescored items; 3: items rendered when read
     tables = ("feed_rollouts", "feed_items")
     types = FEED_TYPES | _ROLLOUT_EVENTS
     ddl = """
@@ -135,13 +142,13 @@ class FeedProjection(Projection):
         rollout_id TEXT PRIMARY KEY, run_id TEXT, provider TEXT, model TEXT, problem_id TEXT,
         sample INTEGER, cost_usd REAL
     );
-    CREATE TABLE IF NOT EXISTS feed_items (seq INTEGER PRIMARY KEY, item TEXT NOT NULL)
+    CREATE TABLE IF NOT EXISTS feed_items (seq INTEGER PRIMARY KEY, known INTEGER NOT NULL, cost_usd REAL)
     """
 
     _CONTEXT = ("run_id", "provider", "model", "problem_id", "sample", "cost_usd")
 
     def apply(self, db: sqlite3.Connection, rec: Recorded) -> None:
-        """Keep the rollout context; render a feed item for the visible types."""
+        """Keep the rollout context; record a feed item for the visible types."""
         self.apply_batch(db, [rec])
 
     def apply_batch(self, db: sqlite3.Connection, recs: Sequence[Recorded]) -> None:
@@ -150,7 +157,7 @@ class FeedProjection(Projection):
         ctx = RowBatch(db, "feed_rollouts", ("rollout_id", *self._CONTEXT))
         evs = [(rec, rec.event()) for rec in recs]
         ctx.prefetch(ev.rollout_id for _, ev in evs if isinstance(ev, _ROLLOUT_TYPES))
-        items: list[tuple[int, str]] = []
+        items: list[tuple[int, int, float | None]] = []
         for rec, ev in evs:
             if isinstance(ev, e.RolloutRequested):
                 ctx.insert_or_ignore(
@@ -166,18 +173,20 @@ class FeedProjection(Projection):
                 )
             elif isinstance(ev, e.RolloutResponded):
                 if ev.cost_usd is not None and (row := ctx.change(ev.rollout_id)) is not None:
-                    # float() as the REAL column would store it: the item reads it back.
-                    row["cost_usd"] = float(row["cost_usd"] or 0) + float(ev.cost_usd)
-            elif (item := self._item(rec, ev, ctx)) is not None:
-                items.append((rec.seq, _j(item)))
+                    row["cost_usd"] = (row["cost_usd"] or 0) + ev.cost_usd
+            elif isinstance(ev, e.RunStarted | e.RunFinished):
+                items.append((rec.seq, 0, None))
+            elif not (isinstance(ev, e.RolloutFailed) and not ev.final):
+                row = ctx.get(ev.rollout_id) if isinstance(ev, _ROLLOUT_TYPES) else None
+                items.append((rec.seq, int(row is not None), row["cost_usd"] if row is not None else None))
         ctx.flush()
         if items:
-            db.executemany("INSERT OR IGNORE INTO feed_items (seq, item) VALUES (?, ?)", items)
+            db.executemany("INSERT OR IGNORE INTO feed_items (seq, known, cost_usd) VALUES (?, ?, ?)", items)
 
-    def _item(self, rec: Recorded, ev: e.Event, ctx: RowBatch) -> dict[str, Any] | None:
-        """The feed item of ``ev``, or None if subscribers do not see it."""
-        if isinstance(ev, e.RolloutFailed) and not ev.final:
-            return None
+    @classmethod
+    def render(cls, rec: Recorded, context: dict[str, Any] | None) -> dict[str, Any]:
+        """The item of one visible event; ``context``: its rollout's, with the cost as of the item."""
+        ev = rec.event()
         item: dict[str, Any] = dict.fromkeys(FEED_ITEM_KEYS)
         item.update(seq=rec.seq, id=rec.id, type=rec.type, at=rec.at, hash=rec.hash, detail={})
         if isinstance(ev, e.RunStarted):
@@ -208,11 +217,10 @@ class FeedProjection(Projection):
             ev,
             e.RolloutScored | e.RolloutRescored | e.RolloutFailed | e.PublicationDecided | e.PublicReleased,
         ):
-            rid = ev.rollout_id
-            item["rollout_id"] = rid
-            if (row := ctx.get(rid)) is not None:
-                for k in self._CONTEXT:
-                    item[k] = row[k]
+            item["rollout_id"] = ev.rollout_id
+            if context is not None:
+                for k in cls._CONTEXT:
+                    item[k] = context[k]
             if isinstance(ev, e.RolloutScored | e.RolloutRescored):
                 item["passed"] = bool(ev.passed)
                 item["score"] = ev.score
@@ -242,9 +250,46 @@ class FeedProjection(Projection):
                 item["detail"] = {"embargo_s": ev.embargo_s}
             else:
                 item["audience"] = "public"
-        else:
-            return None
         return item
+
+
+async def feed_page(
+    store: EventStore, pdb: ProjectionDB, *, after: int, until: int, limit: int
+) -> tuple[list[str], int | None]:
+    """Up to ``limit`` feed items after seq ``after`` up to ``until``, as JSON texts, and the
+    seq of the last (None if there is none): the events read from the log, the contexts
+    from ``feed_rollouts``, one query each."""
+    rows = await pdb.fetchall(
+        "SELECT seq, known, cost_usd FROM feed_items WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT ?",
+        (after, until, limit),
+    )
+    if not rows:
+        return [], None
+    want = {r[0]: r for r in rows}
+    recs: list[Recorded] = []
+    async for page in store.read_batches(
+        after=rows[0][0] - 1, until=rows[-1][0], types=FEED_TYPES, batch=max(2 * len(rows), 100)
+    ):
+        recs.extend(r for r in page if r.seq in want)
+    events = [(rec, rec.event()) for rec in recs]
+    rids = sorted({ev.rollout_id for _, ev in events if isinstance(ev, _ROLLOUT_TYPES)})
+    contexts: dict[str, tuple[Any, ...]] = {}
+    for i in range(0, len(rids), 500):
+        chunk = rids[i : i + 500]
+        for r in await pdb.fetchall(
+            "SELECT rollout_id, run_id, provider, model, problem_id, sample FROM feed_rollouts"
+            f" WHERE rollout_id IN ({', '.join('?' * len(chunk))})",
+            chunk,
+        ):
+            contexts[r[0]] = r[1:]
+    out = []
+    for rec, ev in events:
+        _, known, cost = want[rec.seq]
+        context = None
+        if known and isinstance(ev, _ROLLOUT_TYPES) and (c := contexts.get(ev.rollout_id)) is not None:
+            context = dict(zip(FeedProjection._CONTEXT, (*c, cost), strict=True))
+        out.append(_j(FeedProjection.render(rec, context)))
+    return out, rows[-1][0]
 
 
 # --- the public release ---------------------------------------------------------------------
