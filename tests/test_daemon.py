@@ -310,7 +310,9 @@ def test_a_fire_during_a_cli_run_of_the_schedule_is_skipped(
     """`rollwatch run` of a schedule in another process counts as its run going: a
     trigger the daemon takes meanwhile is skipped, not a second run."""
     base_url, _ = slow_provider
-    cfg = config(tmp_path, base_url, rollouts=1)
+    # Three rounds of answers: the run lasts longer than a loaded machine takes to start
+    # the `schedules trigger` command.
+    cfg = config(tmp_path, base_url, rollouts=3)
     db = tmp_path / "events.db"
     env = {**os.environ, "FAKE_PROVIDER_KEY": "k"}
 
