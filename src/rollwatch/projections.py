@@ -99,7 +99,13 @@ class ProjectionDB:
     async def __aenter__(self) -> ProjectionDB:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            await self._open(self._linked())
+            file = self._linked()
+            if file == self.path and not file.exists():
+                # None yet: start with a generation, which later builds replace.
+                await self._open(await anyio.to_thread.run_sync(self._new_generation))
+                await anyio.to_thread.run_sync(self._point_at, self.file)
+            else:
+                await self._open(file)
         except sqlite3.DatabaseError as exc:
             # Not a database (an edited or truncated file): never trusted, never
             # repaired. A new, empty generation takes its place; the log fills it.
@@ -109,8 +115,8 @@ class ProjectionDB:
                 error=str(exc),
                 action="rebuilding from the log",
             )
-            await self._open(self._new_generation())
-            self._point_at(self.file)
+            await self._open(await anyio.to_thread.run_sync(self._new_generation))
+            await anyio.to_thread.run_sync(self._point_at, self.file)
         if self._setup_on_open:
             await self._run(self._setup)
             self.ready = True
@@ -125,12 +131,11 @@ class ProjectionDB:
             await w.close()
             raise
         self._w, self._r = w, r
-        self._use(file)
+        await anyio.to_thread.run_sync(self._use, file)
 
     def _use(self, file: Path) -> None:
         """Hold a shared lock on ``file`` while it is in use, so no rebuild deletes it."""
-        fd = os.open(file, os.O_RDONLY | os.O_CLOEXEC)
-        fcntl.flock(fd, fcntl.LOCK_SH)
+        fd = _hold(file)
         if self._hold is not None:
             os.close(self._hold)
         self.file, self._hold = file, fd
@@ -281,29 +286,29 @@ class ProjectionDB:
         catch-up; a previous file is deleted once no process holds it.
         """
         async with self._switching, self._build_lock():
-            self._collect()
-            new = self._new_generation()
-            w = await ThreadConnection.open(new, _BUILD_PRAGMAS)
+            await anyio.to_thread.run_sync(self._collect)
+            new = await anyio.to_thread.run_sync(self._new_generation)
+            # Held from its creation: no other process's collect deletes it meanwhile.
+            building = await anyio.to_thread.run_sync(_hold, new)
             try:
-                _use = os.open(new, os.O_RDONLY | os.O_CLOEXEC)  # keep it from another build's collect
-                fcntl.flock(_use, fcntl.LOCK_SH)
-                first = await _event_hash(store, 1)
-                await w.run(self._setup)
-                await w.run(_record_log, first)
-                head = await store.head()
-                if progress is not None:
-                    progress(0, head)
-                head = await self.catch_up(store, until=head, progress=progress, writer=w)
-                await w.run(_finish_build)
-            finally:
-                await w.close()
-            try:
+                w = await ThreadConnection.open(new, _BUILD_PRAGMAS)
+                try:
+                    first = await _event_hash(store, 1)
+                    await w.run(self._setup)
+                    await w.run(_record_log, first)
+                    head = await store.head()
+                    if progress is not None:
+                        progress(0, head)
+                    head = await self.catch_up(store, until=head, progress=progress, writer=w)
+                    await w.run(_finish_build)
+                finally:
+                    await w.close()
                 await anyio.to_thread.run_sync(_fsync, new)
-                self._point_at(new)
+                await anyio.to_thread.run_sync(self._point_at, new)
                 await self._switch_to(new, store)
             finally:
-                os.close(_use)
-            self._collect()
+                os.close(building)
+            await anyio.to_thread.run_sync(self._collect)
             return head
 
     async def _switch_to(self, file: Path, store: EventStore) -> None:
@@ -318,7 +323,7 @@ class ProjectionDB:
             raise
         old = [c for c in (self._w, self._r) if c is not None]
         self._w, self._r = w, r
-        self._use(file)
+        await anyio.to_thread.run_sync(self._use, file)
         # A unit may still be queued on the old connections: they are closed later.
         for c in self._retired:
             await c.close()
@@ -332,7 +337,7 @@ class ProjectionDB:
                 return
             log.info("projections_following_rebuild", file=str(linked))
             await self._switch_to(linked, store)
-        self._collect()
+        await anyio.to_thread.run_sync(self._collect)
 
     async def __aexit__(self, *exc: object) -> None:
         for db in (self._w, self._r, *self._retired):
@@ -552,6 +557,13 @@ class ProjectionDB:
 _BUILD_PRAGMAS = ("PRAGMA journal_mode=OFF", "PRAGMA synchronous=OFF", "PRAGMA cache_size=-65536")
 """A file built beside the one in use: no journal, no syncs until it is complete (it is
 derived from the log: a crash means building it again, never repairing it)."""
+
+
+def _hold(file: Path) -> int:
+    """A descriptor of ``file`` with a shared flock: "in use, do not delete" (see ``_collect``)."""
+    fd = os.open(file, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_SH)
+    return fd
 
 
 def _record_log(db: sqlite3.Connection, first: str | None) -> None:
