@@ -13,6 +13,13 @@ simply applies those events again.
 
 Projection code is plain synchronous SQL run through ``anyio.to_thread`` on one
 connection per role (writer, reader), each behind an ``anyio.Lock``.
+
+A rebuild never drops tables under a reader: ``store.projections`` is a link to one
+file per complete build (``<name>.gen/``); a rebuild writes a new one beside it (no
+journal, no syncs, a batch of events per projection call), syncs it, and renames a new
+link over the old. Other processes follow at their next catch-up; a file is deleted
+once no process holds its shared ``flock``. A file of an older release (no link) is
+used as it is until the first rebuild.
 """
 
 from __future__ import annotations
