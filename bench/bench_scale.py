@@ -39,7 +39,6 @@ import hashlib
 import itertools
 import json
 import os
-import resource
 import shutil
 import signal
 import socket
@@ -246,11 +245,6 @@ def raw_pass(db: Path) -> tuple[int, float, float]:
     return n, time.perf_counter() - t, time.process_time() - c
 
 
-def _children_cpu() -> float:
-    r = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return r.ru_utime + r.ru_stime
-
-
 CPU: dict[str, float] = {}
 """CPU seconds of the last ``cli`` call of each command (the machine may be shared: CPU
 time is what a loaded machine does not inflate)."""
@@ -262,17 +256,25 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+RSS: dict[str, float] = {}
+"""Peak resident memory (MB) of the last ``cli`` call of each command."""
+
+
 def cli(cfg: Path, *args: str) -> float:
     t = time.perf_counter()
-    c = _children_cpu()
-    subprocess.run(
+    proc = subprocess.Popen(
         [sys.executable, "-m", "rollwatch", "--config", str(cfg), "--log-level", "warning", *args],
-        check=True,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    CPU[args[0]] = _children_cpu() - c
-    return time.perf_counter() - t
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    took = time.perf_counter() - t
+    if proc.returncode:
+        raise subprocess.CalledProcessError(proc.returncode, proc.args)
+    CPU[args[0]] = usage.ru_utime + usage.ru_stime
+    RSS[args[0]] = usage.ru_maxrss / 1024
+    return took
 
 
 class Served:
@@ -451,11 +453,12 @@ def export_again(cfg: Path, exp: Path) -> dict[str, float]:
     return {"export_second": took, "export_second_files": files, "export_second_mb": size / 1e6}
 
 
-def measure(d: Path, cfg: Path, db: Path, port: int, key: str, export: bool) -> dict[str, float]:
+def measure(d: Path, cfg: Path, db: Path, port: int, key: str, export: bool, head: int) -> dict[str, float]:
     out: dict[str, float] = {}
     proj = d / "projections.db"
     for p in d.glob("projections.db*"):
         p.unlink()
+    shutil.rmtree(d / "projections.gen", ignore_errors=True)
     s = Served(cfg, port, d / "serve.log")
     try:
         out["cold_healthz"] = s.poll_health(False)
@@ -470,12 +473,19 @@ def measure(d: Path, cfg: Path, db: Path, port: int, key: str, export: bool) -> 
         out["report_best"] = min(s.get("/v1/report?by=model", key) for _ in range(5))
         out["public_first"] = s.get("/public/")
         out.update(reads_after_a_change(s, db, key))
+        # A page of the subscriber feed at both ends of the log (rendered from the log).
+        out["feed_first"] = min(s.get("/v1/feed?after=0&limit=100", key) for _ in range(5))
+        out["feed_last"] = min(s.get(f"/v1/feed?after={head - 400}&limit=100", key) for _ in range(5))
     finally:
         s.stop()
     out.update(grouped_baseline(proj))
     _, out["raw"], out["raw_cpu"] = raw_pass(db)
     out["rebuild"] = cli(cfg, "rebuild")
     out["rebuild_cpu"] = CPU["rebuild"]
+    out["rebuild_rss_mb"] = RSS["rebuild"]
+    out["projections_mb"] = (
+        sum(f.stat().st_size for f in proj.resolve().parent.glob(proj.resolve().name + "*")) / 1e6
+    )
     out["verify"] = cli(cfg, "verify")
     out["verify_cpu"] = CPU["verify"]
     if export:
@@ -521,7 +531,7 @@ def main() -> None:
                 flush=True,
             )
             have = want
-            m = measure(d, cfg, db, port, key, export)
+            m = measure(d, cfg, db, port, key, export, head)
             if export:
                 more = have + have // 10
                 anyio.run(grow, db, have, more, None)
@@ -561,6 +571,10 @@ def main() -> None:
                 f" {m['grouped_report'] * 1000:.0f} ms, public runs {m['grouped_public'] * 1000:.0f} ms",
                 flush=True,
             )
+            print(
+                f"{'':>17} rebuild peak memory {m['rebuild_rss_mb']:.0f} MB; projections file {m['projections_mb']:.0f} MB;"
+                f" /v1/feed page of 100 at the start {m['feed_first'] * 1000:.1f} ms, at the end {m['feed_last'] * 1000:.1f} ms"
+            )
             if export:
                 print(
                     f"{'':>17} publish export {m['export_first']:.1f} s ({m['export_first_files']:,.0f} files,"
@@ -571,6 +585,12 @@ def main() -> None:
                 )
         for (n0, a), (n1, b) in itertools.pairwise(results):
             g = n1 / n0
+            print(
+                f"rebuild {n0:,} -> {n1:,} events: wall {b['rebuild'] / a['rebuild']:.2f}x,"
+                f" CPU {b['rebuild_cpu'] / a['rebuild_cpu']:.2f}x for {g:.2f}x the log; rebuild/raw"
+                f" wall {a['rebuild'] / a['raw']:.1f}x -> {b['rebuild'] / b['raw']:.1f}x,"
+                f" CPU {a['rebuild_cpu'] / a['raw_cpu']:.1f}x -> {b['rebuild_cpu'] / b['raw_cpu']:.1f}x"
+            )
             parts = ", ".join(f"{k} {b[k] / a[k]:.2f}x" for k in a if a[k] > 0)
             print(f"growth {n0:,} -> {n1:,} events ({g:.2f}x the log; floor: at most that): {parts}")
 

@@ -276,7 +276,8 @@ def test_budget_stops_starting_rollouts(tmp_path: Path, provider: tuple[str, Pat
 def test_schedules_are_steered_through_the_log(tmp_path: Path, slow_provider: tuple[str, Path]) -> None:
     """pause, trigger, resume from the CLI act on a running daemon; a fire during a run is skipped and recorded."""
     base_url, _ = slow_provider
-    cfg = config(tmp_path, base_url, rollouts=1)
+    # Three rounds of answers: a run outlasts a `schedules trigger` on a loaded machine.
+    cfg = config(tmp_path, base_url, rollouts=3)
     db = tmp_path / "events.db"
     env = {"FAKE_PROVIDER_KEY": "k"}
 

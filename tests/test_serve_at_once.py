@@ -10,6 +10,7 @@ same routes give the log's figures.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
@@ -151,10 +152,15 @@ def test_listens_and_reports_progress_before_the_read_models_are_built(tmp_path:
     base = f"http://127.0.0.1:{port}"
     auth = {"authorization": f"Bearer {key}"}
 
-    # Another process holds the projections file's write lock.
+    # Another process builds the projections (it holds the build lock), and holds the
+    # write lock of the file in use.
     holder = sqlite3.connect(projections, isolation_level=None)
     holder.execute("PRAGMA journal_mode=WAL")
     holder.execute("BEGIN IMMEDIATE")
+    builder = tmp_path / "projections.gen" / "build.lock"
+    builder.parent.mkdir()
+    building = builder.open("w")
+    fcntl.flock(building, fcntl.LOCK_EX)
 
     sock_path = tmp_path / "notify.sock"
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -213,6 +219,7 @@ def test_listens_and_reports_progress_before_the_read_models_are_built(tmp_path:
 
             holder.execute("ROLLBACK")
             holder.close()
+            building.close()
 
             poll(
                 lambda: c.get("/healthz").json()["projections"]["state"] == "current",

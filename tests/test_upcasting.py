@@ -36,6 +36,7 @@ from rollwatch.events import (
 )
 from rollwatch.projections import ProjectionDB
 from rollwatch.publication.archive import rollout_record
+from rollwatch.publication.projections import feed_page
 from rollwatch.publication.release import release_one
 from rollwatch.readmodels import default_projections
 from rollwatch.report import build_report, to_json
@@ -140,7 +141,7 @@ async def _check_read_models(store: SQLiteEventStore, pdb: ProjectionDB, passed_
     assert run_passed == 1
     public = await pdb.fetchall("SELECT problem_id, passed, score FROM public_rollouts ORDER BY problem_id")
     assert public == [("p1", 1, 1.0), ("p2", 0, 0.0)]
-    items = [r[0] for r in await pdb.fetchall("SELECT item FROM feed_items ORDER BY seq")]
+    items, _ = await feed_page(store, pdb, after=0, until=await store.head(), limit=1000)
     scored = [i for i in items if '"type":"RolloutScored"' in i]
     assert len(scored) == 2
     assert '"passed":true' in scored[0]

@@ -306,6 +306,17 @@ class Projection:
         """
         raise NotImplementedError
 
+    def apply_batch(self, db: sqlite3.Connection, recs: Sequence[Recorded]) -> None:
+        """Apply ``recs`` (of ``types``, in ``seq`` order) inside the caller's transaction.
+
+        Must leave the same rows as :meth:`apply` on each in turn, whatever the batch's
+        size: a catch-up hands over thousands at a time, a daemon following the log a
+        few. Override it to write a batch with fewer statements (read each row once,
+        write it back once); the default applies one event at a time.
+        """
+        for rec in recs:
+            self.apply(db, rec)
+
 
 # --- providers --------------------------------------------------------------------------
 

@@ -13,16 +13,27 @@ simply applies those events again.
 
 Projection code is plain synchronous SQL run through ``anyio.to_thread`` on one
 connection per role (writer, reader), each behind an ``anyio.Lock``.
+
+A rebuild never drops tables under a reader: ``store.projections`` is a link to one
+file per complete build (``<name>.gen/``); a rebuild writes a new one beside it (no
+journal, no syncs, a batch of events per projection call), syncs it, and renames a new
+link over the old. Other processes follow at their next catch-up; a file is deleted
+once no process holds its shared ``flock``. A file of an older release (no link) is
+used as it is until the first rebuild.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
 import json
 import math
+import operator
+import os
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +47,15 @@ from rollwatch.errors import ServiceUnavailable
 from rollwatch.events import Recorded, canonical_json
 from rollwatch.log import get_logger
 
-__all__ = ["CatchUpProgress", "Projection", "ProjectionDB", "RunsProjection", "SchedulesProjection"]
+__all__ = [
+    "ROLLOUT_TYPES",
+    "CatchUpProgress",
+    "Projection",
+    "ProjectionDB",
+    "RowBatch",
+    "RunsProjection",
+    "SchedulesProjection",
+]
 
 log = get_logger(__name__)
 
@@ -64,15 +83,123 @@ class ProjectionDB:
         """True once the tables are set up and (after :meth:`build`) caught up with the log."""
         self.progress: CatchUpProgress | None = None
         """While :meth:`build` runs: how far it is."""
+        self.file = self.path
+        """The file in use: ``path`` itself, or the generation ``path`` links to."""
+        self._hold: int | None = None  # a shared flock on ``file``: "in use, keep it"
+        self._retired: list[ThreadConnection] = []
+        self._switching = anyio.Lock()
+
+    @property
+    def generations(self) -> Path:
+        """The folder of the files ``path`` links to, one per complete build."""
+        return (
+            self.path.with_name(self.path.name + ".gen")
+            if not self.path.suffix
+            else self.path.with_suffix(".gen")
+        )
+
+    def _linked(self) -> Path:
+        """The file ``path`` stands for now: the generation it links to, or itself."""
+        try:
+            return self.path.parent / os.readlink(self.path)
+        except OSError:  # not a link (a file of an older release, or none yet)
+            return self.path
 
     async def __aenter__(self) -> ProjectionDB:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._w = await ThreadConnection.open(self.path, _WRITER_PRAGMAS)
-        self._r = await ThreadConnection.open(self.path, _PRAGMAS)
+        try:
+            file = self._linked()
+            if file == self.path and not file.exists():
+                # None yet: start with a generation, which later builds replace.
+                await self._open(await anyio.to_thread.run_sync(self._new_generation))
+                await anyio.to_thread.run_sync(self._point_at, self.file)
+            else:
+                await self._open(file)
+        except sqlite3.DatabaseError as exc:
+            # Not a database (an edited or truncated file): never trusted, never
+            # repaired. A new, empty generation takes its place; the log fills it.
+            log.warning(
+                "projections_unreadable",
+                path=str(self.path),
+                error=str(exc),
+                action="rebuilding from the log",
+            )
+            await self._open(await anyio.to_thread.run_sync(self._new_generation))
+            await anyio.to_thread.run_sync(self._point_at, self.file)
         if self._setup_on_open:
             await self._run(self._setup)
             self.ready = True
         return self
+
+    async def _open(self, file: Path) -> None:
+        w = await ThreadConnection.open(file, _WRITER_PRAGMAS)
+        try:
+            r = await ThreadConnection.open(file, _PRAGMAS)
+            await r.fetchall("SELECT count(*) FROM sqlite_master")
+        except BaseException:
+            await w.close()
+            raise
+        self._w, self._r = w, r
+        await anyio.to_thread.run_sync(self._use, file)
+
+    def _use(self, file: Path) -> None:
+        """Hold a shared lock on ``file`` while it is in use, so no rebuild deletes it."""
+        fd = _hold(file)
+        if self._hold is not None:
+            os.close(self._hold)
+        self.file, self._hold = file, fd
+
+    def _new_generation(self) -> Path:
+        gens = self.generations
+        gens.mkdir(exist_ok=True)
+        return gens / f"{time.time_ns()}.{os.getpid()}.db"
+
+    @contextlib.asynccontextmanager
+    async def _build_lock(self) -> AsyncIterator[None]:
+        """One build beside at a time across processes (a daemon starting, ``rollwatch rebuild``)."""
+        self.generations.mkdir(exist_ok=True)
+        fd = os.open(self.generations / "build.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if self.progress is not None:
+                        self.progress.phase = "waiting for another process's build"
+                    await anyio.sleep(0.2)
+            yield
+        finally:
+            os.close(fd)
+
+    def _point_at(self, file: Path) -> None:
+        """Switch ``path`` to ``file`` atomically (a new link renamed over the old one)."""
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.link")
+        tmp.unlink(missing_ok=True)
+        os.symlink(os.path.relpath(file, self.path.parent), tmp)
+        os.replace(tmp, self.path)
+        _fsync_dir(self.path.parent)
+        log.info("projections_switched", path=str(self.path), file=str(file))
+
+    def _collect(self) -> None:
+        """Delete every generation but the current one that no process holds any more."""
+        current = self._linked()
+        for f in self.generations.glob("*.db"):
+            if f == current or f == self.file:
+                continue
+            try:
+                fd = os.open(f, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # still in use: its user deletes it once it has switched
+            else:
+                for extra in ("", "-wal", "-shm", "-journal"):
+                    Path(f"{f}{extra}").unlink(missing_ok=True)
+            finally:
+                os.close(fd)
 
     async def build(self, store: EventStore) -> int:
         """Set the tables up and catch up with the log, keeping :attr:`progress` current;
@@ -84,18 +211,20 @@ class ProjectionDB:
             first=0, target=0, done=0, started=time.monotonic(), phase="setting up"
         )
         try:
+            why = await self.distrust(store)
+            if why is not None:
+                log.info("projections_building_beside", path=str(self.path), reason=why)
+                head = await self.rebuild_beside(store, progress=self._show)
+                self.ready = True
+                return head
             await self._run(self._setup)
-            await self.belongs_to(store)
+            first_hash = await _event_hash(store, 1)
+            await self._run(lambda db: _record_log(db, first_hash))
             cps = await self.checkpoints()
             first = min((cps.get(p.name, 0) for p in self.projections), default=0)
             head = await store.head()
             self.progress = CatchUpProgress(first=first, target=head, done=first, started=time.monotonic())
-            progress = self.progress
-
-            def seen(done: int, _head: int) -> None:
-                progress.done = done
-
-            head = await self.catch_up(store, until=head, progress=seen)
+            head = await self.catch_up(store, until=head, progress=self._show)
             # Events appended meanwhile: a short second pass before switching over.
             head = await self.catch_up(store)
             self.ready = True
@@ -128,11 +257,131 @@ class ProjectionDB:
             {"Retry-After": str(retry)},
         )
 
+    def _show(self, done: int, head: int) -> None:
+        if self.progress is None or self.progress.phase != "catching up":
+            self.progress = CatchUpProgress(first=0, target=head, done=done, started=time.monotonic())
+        self.progress.done = done
+
+    async def distrust(self, store: EventStore) -> str | None:
+        """Why the file in use cannot simply be caught up (so a build beside it is due), or None.
+
+        A projection missing or of another version; the file made from another log (its
+        event 1 differs); a checkpoint beyond the log's head, or whose event's hash is
+        not the log's (an edited file, or a log rewritten under it). Row edits that keep
+        the checkpoints are not detected: nothing short of a rebuild would.
+        """
+        first = await _event_hash(store, 1)
+        head = await store.head()
+
+        def read(db: sqlite3.Connection) -> str | None:
+            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if "projection_state" not in tables:
+                return "no projections yet"
+            state = {
+                r[0]: (r[1], r[2]) for r in db.execute("SELECT name, version, seq FROM projection_state")
+            }
+            for p in self.projections:
+                if p.name not in state:
+                    return f"projection {p.name} is new"
+                if state[p.name][0] != p.version:
+                    return f"projection {p.name} is of version {state[p.name][0]}, now {p.version}"
+                if state[p.name][1] > head:
+                    return f"projection {p.name} is at seq {state[p.name][1]}, beyond the log's head {head}"
+            if "projection_log" in tables:
+                row = db.execute("SELECT first_hash, anchor_seq, anchor_hash FROM projection_log").fetchone()
+                if row is not None and None not in (row[0], first) and row[0] != first:
+                    return "made from another log"
+                if row is not None and row[1]:
+                    return f"anchor:{row[1]}:{row[2]}"
+            return None
+
+        try:
+            why: str | None = await self._run(read)
+        except sqlite3.DatabaseError as exc:
+            return f"unreadable ({exc})"
+        if why is not None and why.startswith("anchor:"):
+            _, seq, recorded = why.split(":", 2)
+            if await _event_hash(store, int(seq)) != recorded:
+                return f"the hash of its event {seq} is not the log's (an edited file, or a rewritten log)"
+            return None
+        return why
+
+    async def rebuild_beside(
+        self, store: EventStore, *, progress: Callable[[int, int], None] | None = None
+    ) -> int:
+        """Build every projection from the log into a new file beside the one in use, then
+        switch ``path`` to it atomically; return the seq it is current to.
+
+        Until the switch, this process and any other keep reading (and catching up) the
+        previous file; a process killed meanwhile leaves it untouched (the unfinished
+        file is deleted by the next build). The new file is written without a journal
+        and without syncs (it is derived from the log; a crash only means building it
+        again) and synced once complete. Other processes follow the switch at their next
+        catch-up; a previous file is deleted once no process holds it.
+        """
+        async with self._switching, self._build_lock():
+            await anyio.to_thread.run_sync(self._collect)
+            new = await anyio.to_thread.run_sync(self._new_generation)
+            # Held from its creation: no other process's collect deletes it meanwhile.
+            building = await anyio.to_thread.run_sync(_hold, new)
+            try:
+                w = await ThreadConnection.open(new, _BUILD_PRAGMAS)
+                try:
+                    first = await _event_hash(store, 1)
+                    await w.run(self._setup)
+                    await w.run(_record_log, first)
+                    head = await store.head()
+                    if progress is not None:
+                        progress(0, head)
+                    head = await self.catch_up(store, until=head, progress=progress, writer=w)
+                    await w.run(_finish_build)
+                finally:
+                    await w.close()
+                await anyio.to_thread.run_sync(_fsync, new)
+                await anyio.to_thread.run_sync(self._point_at, new)
+                await self._switch_to(new, store)
+            finally:
+                os.close(building)
+            await anyio.to_thread.run_sync(self._collect)
+            return head
+
+    async def _switch_to(self, file: Path, store: EventStore) -> None:
+        """Use ``file`` from now on, once caught up with the log (never an older state)."""
+        w = await ThreadConnection.open(file, _WRITER_PRAGMAS)
+        r = await ThreadConnection.open(file, _PRAGMAS)
+        try:
+            await self.catch_up(store, writer=w)
+        except BaseException:
+            await w.close()
+            await r.close()
+            raise
+        old = [c for c in (self._w, self._r) if c is not None]
+        self._w, self._r = w, r
+        await anyio.to_thread.run_sync(self._use, file)
+        # A unit may still be queued on the old connections: they are closed later.
+        for c in self._retired:
+            await c.close()
+        self._retired = old
+
+    async def _follow(self, store: EventStore) -> None:
+        """Switch to the file another process's rebuild linked ``path`` to, if any."""
+        async with self._switching:
+            linked = self._linked()
+            if linked == self.file or not linked.exists():
+                return
+            log.info("projections_following_rebuild", file=str(linked))
+            await self._switch_to(linked, store)
+        await anyio.to_thread.run_sync(self._collect)
+
     async def __aexit__(self, *exc: object) -> None:
-        for db in (self._w, self._r):
+        for db in (self._w, self._r, *self._retired):
             if db is not None:
                 await db.close()
         self._w = self._r = None
+        self._retired = []
+        if self._hold is not None:
+            os.close(self._hold)
+            self._hold = None
 
     async def _run(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
         assert self._w is not None, "use ProjectionDB with `async with`"
@@ -156,6 +405,15 @@ class ProjectionDB:
                 "CREATE TABLE IF NOT EXISTS projection_state "
                 "(name TEXT PRIMARY KEY, version INTEGER NOT NULL, seq INTEGER NOT NULL)"
             )
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS projection_log (id INTEGER PRIMARY KEY CHECK (id = 1),"
+                " first_hash TEXT, anchor_seq INTEGER, anchor_hash TEXT)"
+            )
+            have = {r[1] for r in db.execute("PRAGMA table_info(projection_log)")}
+            for col in ("anchor_seq INTEGER", "anchor_hash TEXT"):  # a file of an older release
+                if col.split()[0] not in have:
+                    db.execute(f"ALTER TABLE projection_log ADD COLUMN {col}")
+            db.execute("INSERT OR IGNORE INTO projection_log (id) VALUES (1)")
             state = {r[0]: r[1] for r in db.execute("SELECT name, version FROM projection_state")}
             for p in self.projections:
                 if state.get(p.name) not in (None, p.version):
@@ -191,45 +449,12 @@ class ProjectionDB:
         await self._run(self._setup)
         self.applied = 0
 
-    async def belongs_to(self, store: EventStore) -> bool:
-        """Make sure these projections are of ``store``'s log; False if another log's were dropped.
-
-        The file records the chain hash of the log's event 1. Projections of another
-        log (a folder reused for another database) are dropped with one WARNING and
-        rebuilt by the next catch-up, rather than shown as this log's.
-        """
-        first: str | None = None
-        async for page in store.read_batches(until=1, batch=1):
-            first = page[0].hash if page[0].seq == 1 else None
-        if first is None:
-            return True
-
-        def check(db: sqlite3.Connection) -> str | None:
-            db.execute(
-                "CREATE TABLE IF NOT EXISTS projection_log (id INTEGER PRIMARY KEY CHECK (id = 1), first_hash TEXT)"
-            )
-            row = db.execute("SELECT first_hash FROM projection_log").fetchone()
-            if row is None:
-                db.execute("INSERT INTO projection_log VALUES (1, ?)", (first,))
-                return None
-            return str(row[0])
-
-        recorded = await self._run(check)
-        if recorded is None or recorded == first:
-            return True
-        log.warning(
-            "projections_of_another_log",
-            path=str(self.path),
-            its_log_first_hash=recorded,
-            this_log_first_hash=first,
-            action="rebuilding from this log",
-        )
-        await self.rebuild()
-        await self._run(lambda db: db.execute("UPDATE projection_log SET first_hash = ?", (first,)))
-        return False
-
-    async def checkpoints(self) -> dict[str, int]:
-        rows = await self.fetchall("SELECT name, seq FROM projection_state")
+    async def checkpoints(self, conn: ThreadConnection | None = None) -> dict[str, int]:
+        """Each projection's last applied seq (in the file ``conn`` writes, by default the one in use)."""
+        if conn is None:
+            rows = await self.fetchall("SELECT name, seq FROM projection_state")
+        else:
+            rows = await conn.fetchall("SELECT name, seq FROM projection_state")
         return {r[0]: r[1] for r in rows}
 
     # -- catching up -----------------------------------------------------------------------
@@ -240,8 +465,12 @@ class ProjectionDB:
         *,
         until: int | None = None,
         progress: Callable[[int, int], None] | None = None,
+        writer: ThreadConnection | None = None,
     ) -> int:
         """Apply every event not yet applied, in one pass over the log; return the seq now applied.
+
+        ``writer``: into that file (a build beside) instead of the one in use. Without it,
+        a switch another process's rebuild made is followed first.
 
         One pass for every projection: each event is read once, decoded once (however
         many projections read it) and handed to each projection that wants its type.
@@ -250,7 +479,9 @@ class ProjectionDB:
         ``_TXN_EVENTS`` events. Memory stays flat whatever the log's size: about
         ``_TXN_EVENTS`` events and two pages are held at a time.
         """
-        cps = await self.checkpoints()
+        if writer is None and self._linked() != self.file:
+            await self._follow(store)
+        cps = await self.checkpoints(writer or self._w)
         start = min((cps.get(p.name, 0) for p in self.projections), default=0)
         head = until if until is not None else await store.head()
         types = set().union(*(p.types for p in self.projections))
@@ -277,26 +508,30 @@ class ProjectionDB:
                         async for page in receive:
                             pending.extend(page)
                             if len(pending) >= _TXN_EVENTS:
-                                await self._w_apply(pending, None)
+                                await self._w_apply(pending, None, writer)
                                 if progress is not None:
                                     progress(pending[-1].seq, head)
                                 pending = []
                     if pending and not failed:
-                        await self._w_apply(pending, None)
+                        await self._w_apply(pending, None, writer)
                 except Exception as exc:
                     failed.insert(0, exc)
                     tg.cancel_scope.cancel()
             if failed:
                 raise failed[0]
-        await self._w_apply([], head)
+        await self._w_apply([], head, writer)
         if progress is not None:
             progress(head, head)
-        self.applied = max(self.applied, head)
+        if writer is None:
+            self.applied = max(self.applied, head)
         return head
 
-    async def _w_apply(self, events: list[Recorded], upto: int | None) -> None:
-        assert self._w is not None, "use ProjectionDB with `async with`"
-        await self._w.run(self._apply, events, upto)
+    async def _w_apply(
+        self, events: list[Recorded], upto: int | None, writer: ThreadConnection | None
+    ) -> None:
+        conn = writer or self._w
+        assert conn is not None, "use ProjectionDB with `async with`"
+        await conn.run(self._apply, events, upto)
 
     def _apply(self, db: sqlite3.Connection, events: list[Recorded], upto: int | None) -> None:
         if not events and upto is None:
@@ -306,7 +541,11 @@ class ProjectionDB:
             cps = {r[0]: r[1] for r in db.execute("SELECT name, seq FROM projection_state")}
             done = {p.name: cps.get(p.name, 0) for p in self.projections}
             floor = min(done.values(), default=0)
+            # Each projection gets its share of the batch in one call (its order among
+            # the projections is no contract: none reads another's tables); each event
+            # is decoded once however many projections read it.
             by_type = self._by_type
+            shares: dict[str, list[Recorded]] = {p.name: [] for p in self.projections}
             for rec in events:
                 seq = rec.seq
                 if seq <= floor:
@@ -317,13 +556,23 @@ class ProjectionDB:
                 once = tuple.__new__(_DecodedOnce, rec)
                 for p in wants:
                     if seq > done[p.name]:
-                        p.apply(db, once)
+                        shares[p.name].append(once)
+            for p in self.projections:
+                if shares[p.name]:
+                    p.apply_batch(db, shares[p.name])
             last = events[-1].seq if events else 0
             if upto is not None:
                 last = max(last, upto)
             for p in self.projections:
                 if last > done[p.name]:
                     db.execute("UPDATE projection_state SET seq = ? WHERE name = ?", (last, p.name))
+            if events:
+                # An event this file has applied, with its hash: a later start checks the
+                # log still has it (see ``distrust``).
+                db.execute(
+                    "UPDATE projection_log SET anchor_seq = ?, anchor_hash = ?",
+                    (events[-1].seq, events[-1].hash),
+                )
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
@@ -337,6 +586,51 @@ class ProjectionDB:
             for t in p.types:
                 out.setdefault(t, []).append(p)
         return out
+
+
+_BUILD_PRAGMAS = ("PRAGMA journal_mode=OFF", "PRAGMA synchronous=OFF", "PRAGMA cache_size=-65536")
+"""A file built beside the one in use: no journal, no syncs until it is complete (it is
+derived from the log: a crash means building it again, never repairing it)."""
+
+
+def _hold(file: Path) -> int:
+    """A descriptor of ``file`` with a shared flock: "in use, do not delete" (see ``_collect``)."""
+    fd = os.open(file, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_SH)
+    return fd
+
+
+def _record_log(db: sqlite3.Connection, first: str | None) -> None:
+    db.execute("UPDATE projection_log SET first_hash = coalesce(first_hash, ?)", (first,))
+
+
+def _finish_build(db: sqlite3.Connection) -> None:
+    db.execute("PRAGMA journal_mode=WAL")
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+async def _event_hash(store: EventStore, seq: int) -> str | None:
+    """The chain hash of the log's event ``seq``, or None if there is none."""
+    async for page in store.read_batches(after=seq - 1, until=seq, batch=1):
+        if page and page[0].seq == seq:
+            return page[0].hash
+    return None
 
 
 @dataclass(slots=True)
@@ -392,6 +686,76 @@ class _DecodedOnce(Recorded):
 
 def _j(v: Any) -> str:
     return json.dumps(v, separators=(",", ":"))
+
+
+class RowBatch:
+    """One table's rows that a batch of events touches, each read once and written once.
+
+    For :meth:`Projection.apply_batch`: instead of an ``UPDATE`` per event, a row is
+    read (by primary key; :meth:`prefetch` reads many in one query), changed in memory
+    as each event says, and written back with one ``executemany`` at :meth:`flush`. A
+    row is a dict of every column; ``None`` stands for a row that does not exist.
+    """
+
+    __slots__ = ("_changed", "_db", "_load", "_load_many", "_save", "columns", "key", "rows")
+
+    def __init__(self, db: sqlite3.Connection, table: str, columns: Sequence[str], key: int = 1) -> None:
+        """``columns``: every column of ``table``; its first ``key`` of them are the primary key."""
+        self._db = db
+        self.columns = tuple(columns)
+        self.key = key
+        cols = ", ".join(self.columns)
+        where = " AND ".join(f"{c} = ?" for c in self.columns[:key])
+        self._load = f"SELECT {cols} FROM {table} WHERE {where}"
+        self._load_many = f"SELECT {cols} FROM {table} WHERE {self.columns[0]} IN " if key == 1 else ""
+        self._save = f"INSERT OR REPLACE INTO {table} ({cols}) VALUES ({', '.join('?' * len(self.columns))})"
+        self.rows: dict[Any, dict[str, Any] | None] = {}
+        self._changed: set[Any] = set()
+
+    def prefetch(self, keys: Iterable[Any]) -> None:
+        """Read the rows of ``keys`` (a one-column key) not read yet, a few hundred per query."""
+        want = [k for k in dict.fromkeys(keys) if k not in self.rows]
+        for i in range(0, len(want), 500):
+            chunk = want[i : i + 500]
+            self.rows.update(dict.fromkeys(chunk))
+            sql = self._load_many + f"({', '.join('?' * len(chunk))})"
+            for r in self._db.execute(sql, chunk):
+                self.rows[r[0]] = dict(zip(self.columns, r, strict=True))
+
+    def get(self, key: Any) -> dict[str, Any] | None:
+        """The row of ``key`` as it stands in this batch (read, not to be changed), or None."""
+        try:
+            return self.rows[key]
+        except KeyError:
+            params = key if self.key > 1 else (key,)
+            r = self._db.execute(self._load, params).fetchone()
+            row = self.rows[key] = dict(zip(self.columns, r, strict=True)) if r is not None else None
+            return row
+
+    def change(self, key: Any) -> dict[str, Any] | None:
+        """The row of ``key``, to change in place (written back at :meth:`flush`); None if none."""
+        row = self.get(key)
+        if row is not None:
+            self._changed.add(key)
+        return row
+
+    def insert_or_ignore(self, key: Any, values: dict[str, Any]) -> bool:
+        """``INSERT OR IGNORE``: a new row of ``values`` (other columns NULL) unless ``key`` has one."""
+        if self.get(key) is not None:
+            return False
+        row = dict.fromkeys(self.columns)
+        row.update(values)
+        self.rows[key] = row
+        self._changed.add(key)
+        return True
+
+    def flush(self) -> None:
+        """Write every changed row back."""
+        if self._changed:
+            rows = self.rows
+            values = operator.itemgetter(*self.columns)
+            self._db.executemany(self._save, [values(r) for k in self._changed if (r := rows[k]) is not None])
+            self._changed.clear()
 
 
 # --- the read models ------------------------------------------------------------------
@@ -453,135 +817,182 @@ class RunsProjection(Projection):
     CREATE INDEX IF NOT EXISTS rollouts_model ON rollouts (provider, model, problem_id)
     """
 
+    _RUN_COLUMNS = (
+        "run_id", "schedule", "provider", "models", "problem_set", "node", "trigger", "rollouts",
+        "budget_usd", "started_seq", "started_at", "finished_at", "status", "passed", "cost_usd", "summary",
+    )  # fmt: skip
+    _ROLLOUT_COLUMNS = (
+        "rollout_id", "run_id", "provider", "model", "problem_id", "problem_hash", "sample", "attempts",
+        "state", "requested_at", "answered_at", "answer_seq", "cost_usd", "fail_kind", "passed", "score",
+        "scored_at", "scored_seq", "reason", "verdict_hash", "served_model", "list_cost_usd",
+    )  # fmt: skip
+
     def apply(self, db: sqlite3.Connection, rec: Recorded) -> None:
-        ev = rec.event()
-        if isinstance(ev, e.RunStarted):
-            db.execute(
-                "INSERT OR IGNORE INTO runs (run_id, schedule, provider, models, problem_set, node, trigger,"
-                " rollouts, budget_usd, started_seq, started_at, status, passed, cost_usd)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?, 'running', 0, 0)",
-                (
-                    ev.run_id,
-                    ev.schedule,
-                    ev.provider,
-                    _j(ev.models),
-                    ev.problem_set,
-                    ev.node,
-                    ev.trigger,
-                    ev.rollouts,
-                    ev.budget_usd,
-                    rec.seq,
-                    rec.at,
-                ),
-            )
-        elif isinstance(ev, e.RunFinished):
-            db.execute(
-                "UPDATE runs SET finished_at=?, status=?, passed=?, cost_usd=?, summary=? WHERE run_id=?",
-                (rec.at, ev.status, ev.passed, ev.cost_usd, canonical_json(ev.to_data()), ev.run_id),
-            )
-        elif isinstance(ev, e.RolloutRequested):
-            db.execute(
-                "INSERT INTO rollouts (rollout_id, run_id, provider, model, problem_id, problem_hash, sample,"
-                " attempts, state, requested_at) VALUES (?,?,?,?,?,?,?,1,'requested',?)"
-                " ON CONFLICT (rollout_id) DO UPDATE SET attempts = attempts + 1,"
-                " state = CASE WHEN state IN ('answered','scored') THEN state ELSE 'requested' END",
-                (
-                    ev.rollout_id,
-                    ev.run_id,
-                    ev.provider,
-                    ev.model,
-                    ev.problem_id,
-                    ev.problem_hash,
-                    ev.sample,
-                    rec.at,
-                ),
-            )
-            db.execute(
-                "INSERT OR IGNORE INTO problem_versions (problem_id, problem_hash, seq) VALUES (?,?,?)",
-                (ev.problem_id, ev.problem_hash, rec.seq),
-            )
-        elif isinstance(ev, e.RolloutResponded):
-            db.execute(
-                "UPDATE rollouts SET state = CASE WHEN state = 'scored' THEN state ELSE 'answered' END,"
-                " answered_at=?, answer_seq=?, cost_usd=?, served_model=?, list_cost_usd=? WHERE rollout_id=?",
-                (rec.at, rec.seq, ev.cost_usd, ev.model, ev.list_cost_usd, ev.rollout_id),
-            )
-            if ev.cost_usd:
-                db.execute(
-                    "UPDATE runs SET cost_usd = cost_usd + ? WHERE run_id ="
-                    " (SELECT run_id FROM rollouts WHERE rollout_id=?)",
-                    (ev.cost_usd, ev.rollout_id),
-                )
-        elif isinstance(ev, e.RolloutFailed):
-            db.execute(
-                "UPDATE rollouts SET fail_kind=?, state = CASE WHEN ? AND state = 'requested'"
-                " THEN 'failed' ELSE state END WHERE rollout_id=?",
-                (ev.kind, bool(ev.final), ev.rollout_id),
-            )
-        elif isinstance(ev, e.RolloutScored):
-            row = db.execute(
-                "SELECT problem_id, problem_hash FROM rollouts WHERE rollout_id=?", (ev.rollout_id,)
-            ).fetchone()
-            pid, requested_hash = row if row is not None else (None, None)
-            vhash = ev.problem_hash or requested_hash
-            db.execute(
-                "UPDATE rollouts SET state='scored', passed=?, score=?, scored_at=?, scored_seq=?, reason=?,"
-                " verdict_hash=? WHERE rollout_id=?",
-                (int(bool(ev.passed)), ev.score, rec.at, rec.seq, ev.reason, vhash, ev.rollout_id),
-            )
-            self._verdict(db, rec.seq, ev.rollout_id, pid, vhash, ev.scorer_version, ev.passed, ev.score, 0)
-            if ev.passed:
-                db.execute(
-                    "UPDATE runs SET passed = passed + 1 WHERE run_id ="
-                    " (SELECT run_id FROM rollouts WHERE rollout_id=?)",
-                    (ev.rollout_id,),
+        """Apply one event (a batch of one)."""
+        self.apply_batch(db, [rec])
+
+    def apply_batch(self, db: sqlite3.Connection, recs: Sequence[Recorded]) -> None:
+        """Apply events in order; each touched row is read once and written once."""
+        runs = RowBatch(db, "runs", self._RUN_COLUMNS)
+        rollouts = RowBatch(db, "rollouts", self._ROLLOUT_COLUMNS)
+        versions = RowBatch(db, "problem_versions", ("problem_id", "problem_hash", "seq"), key=2)
+        verdicts: list[tuple[Any, ...]] = []
+        evs = [(rec, rec.event()) for rec in recs]
+        rollouts.prefetch(ev.rollout_id for _, ev in evs if isinstance(ev, ROLLOUT_TYPES))
+
+        def version_seen(pid: str | None, vhash: str | None, seq: int) -> None:
+            # INSERT OR IGNORE, which also ignores a row its NOT NULL columns refuse.
+            if pid is not None and vhash is not None:
+                versions.insert_or_ignore(
+                    (pid, vhash), {"problem_id": pid, "problem_hash": vhash, "seq": seq}
                 )
 
-        elif isinstance(ev, e.RolloutRescored):
-            db.execute(
-                "UPDATE rollouts SET passed=?, score=?, reason=?, verdict_hash=? WHERE rollout_id=?",
-                (int(bool(ev.passed)), ev.score, ev.reason, ev.problem_hash, ev.rollout_id),
-            )
-            self._verdict(
-                db,
-                rec.seq,
-                ev.rollout_id,
-                ev.problem_id,
-                ev.problem_hash,
-                ev.scorer_version,
-                ev.passed,
-                ev.score,
-                1,
-            )
-        elif isinstance(ev, e.ProblemVersioned):
-            db.execute(
-                "INSERT INTO problem_versions (problem_id, problem_hash, seq) VALUES (?,?,?)"
-                " ON CONFLICT (problem_id, problem_hash) DO UPDATE SET seq = excluded.seq",
-                (ev.problem_id, ev.problem_hash, rec.seq),
+        def add_to_run(rollout: dict[str, Any] | None, column: str, amount: float) -> None:
+            run = runs.change(rollout["run_id"]) if rollout is not None else None
+            if run is not None and run[column] is not None:
+                run[column] += amount
+
+        for rec, ev in evs:
+            if isinstance(ev, e.RunStarted):
+                runs.insert_or_ignore(
+                    ev.run_id,
+                    {
+                        "run_id": ev.run_id,
+                        "schedule": ev.schedule,
+                        "provider": ev.provider,
+                        "models": _j(ev.models),
+                        "problem_set": ev.problem_set,
+                        "node": ev.node,
+                        "trigger": ev.trigger,
+                        "rollouts": ev.rollouts,
+                        "budget_usd": ev.budget_usd,
+                        "started_seq": rec.seq,
+                        "started_at": rec.at,
+                        "status": "running",
+                        "passed": 0,
+                        "cost_usd": 0.0,
+                    },
+                )
+            elif isinstance(ev, e.RunFinished):
+                if (run := runs.change(ev.run_id)) is not None:
+                    run.update(
+                        finished_at=rec.at,
+                        status=ev.status,
+                        passed=ev.passed,
+                        cost_usd=ev.cost_usd,
+                        summary=canonical_json(ev.to_data()),
+                    )
+            elif isinstance(ev, e.RolloutRequested):
+                row = rollouts.change(ev.rollout_id)
+                if row is None:
+                    rollouts.insert_or_ignore(
+                        ev.rollout_id,
+                        {
+                            "rollout_id": ev.rollout_id,
+                            "run_id": ev.run_id,
+                            "provider": ev.provider,
+                            "model": ev.model,
+                            "problem_id": ev.problem_id,
+                            "problem_hash": ev.problem_hash,
+                            "sample": ev.sample,
+                            "attempts": 1,
+                            "state": "requested",
+                            "requested_at": rec.at,
+                        },
+                    )
+                else:
+                    row["attempts"] += 1
+                    if row["state"] not in ("answered", "scored"):
+                        row["state"] = "requested"
+                version_seen(ev.problem_id, ev.problem_hash, rec.seq)
+            elif isinstance(ev, e.RolloutResponded):
+                if (row := rollouts.change(ev.rollout_id)) is not None:
+                    if row["state"] != "scored":
+                        row["state"] = "answered"
+                    row.update(
+                        answered_at=rec.at,
+                        answer_seq=rec.seq,
+                        cost_usd=ev.cost_usd,
+                        served_model=ev.model,
+                        list_cost_usd=ev.list_cost_usd,
+                    )
+                if ev.cost_usd:
+                    add_to_run(row, "cost_usd", ev.cost_usd)
+            elif isinstance(ev, e.RolloutFailed):
+                if (row := rollouts.change(ev.rollout_id)) is not None:
+                    row["fail_kind"] = ev.kind
+                    if ev.final and row["state"] == "requested":
+                        row["state"] = "failed"
+            elif isinstance(ev, e.RolloutScored):
+                row = rollouts.change(ev.rollout_id)
+                pid, requested_hash = (
+                    (row["problem_id"], row["problem_hash"]) if row is not None else (None, None)
+                )
+                vhash = ev.problem_hash or requested_hash
+                if row is not None:
+                    row.update(
+                        state="scored",
+                        passed=int(bool(ev.passed)),
+                        score=ev.score,
+                        scored_at=rec.at,
+                        scored_seq=rec.seq,
+                        reason=ev.reason,
+                        verdict_hash=vhash,
+                    )
+                verdicts.append(
+                    (rec.seq, ev.rollout_id, pid, vhash, ev.scorer_version, int(bool(ev.passed)), ev.score, 0)
+                )
+                version_seen(pid, vhash, rec.seq)
+                if ev.passed:
+                    add_to_run(row, "passed", 1)
+            elif isinstance(ev, e.RolloutRescored):
+                if (row := rollouts.change(ev.rollout_id)) is not None:
+                    row.update(
+                        passed=int(bool(ev.passed)),
+                        score=ev.score,
+                        reason=ev.reason,
+                        verdict_hash=ev.problem_hash,
+                    )
+                verdicts.append(
+                    (
+                        rec.seq,
+                        ev.rollout_id,
+                        ev.problem_id,
+                        ev.problem_hash,
+                        ev.scorer_version,
+                        int(bool(ev.passed)),
+                        ev.score,
+                        1,
+                    )
+                )
+                version_seen(ev.problem_id, ev.problem_hash, rec.seq)
+            elif isinstance(ev, e.ProblemVersioned):
+                key = (ev.problem_id, ev.problem_hash)
+                if (pv := versions.change(key)) is not None:
+                    pv["seq"] = rec.seq
+                else:
+                    version_seen(ev.problem_id, ev.problem_hash, rec.seq)
+        runs.flush()
+        rollouts.flush()
+        versions.flush()
+        if verdicts:
+            db.executemany(
+                "INSERT OR IGNORE INTO verdicts (seq, rollout_id, problem_id, problem_hash, scorer_version,"
+                " passed, score, rescore) VALUES (?,?,?,?,?,?,?,?)",
+                verdicts,
             )
 
-    @staticmethod
-    def _verdict(
-        db: sqlite3.Connection,
-        seq: int,
-        rid: str,
-        pid: str | None,
-        vhash: str | None,
-        scorer_version: str | None,
-        passed: bool,
-        score: float,
-        rescore: int,
-    ) -> None:
-        db.execute(
-            "INSERT OR IGNORE INTO verdicts (seq, rollout_id, problem_id, problem_hash, scorer_version,"
-            " passed, score, rescore) VALUES (?,?,?,?,?,?,?,?)",
-            (seq, rid, pid, vhash, scorer_version, int(bool(passed)), score, rescore),
-        )
-        if pid is not None and vhash is not None:
-            db.execute(
-                "INSERT OR IGNORE INTO problem_versions (problem_id, problem_hash, seq) VALUES (?,?,?)",
-                (pid, vhash, seq),
-            )
+
+ROLLOUT_TYPES = (
+    e.RolloutRequested,
+    e.RolloutResponded,
+    e.RolloutFailed,
+    e.RolloutScored,
+    e.RolloutRescored,
+    e.PublicationDecided,
+    e.PublicReleased,
+)
+"""The events of one rollout (each has a ``rollout_id``)."""
 
 
 class SchedulesProjection(Projection):

@@ -62,7 +62,7 @@ def verify(ctx: Context, checkpoint: Path | None) -> None:
 @click.command()
 @common
 def rebuild(ctx: Context) -> None:
-    """Drop every projection and rebuild it from the log."""
+    """Rebuild every projection from the log, beside the one in use, and switch to it."""
     require_log(ctx.config)
     from rollwatch.progress import Progress
     from rollwatch.projections import ProjectionDB
@@ -72,12 +72,10 @@ def rebuild(ctx: Context) -> None:
     async def main() -> None:
         async with (
             open_store(ctx.config.store) as store,
-            ProjectionDB(ctx.config.store.projections_path, default_projections()) as pdb,
+            ProjectionDB(ctx.config.store.projections_path, default_projections(), setup=False) as pdb,
         ):
-            head = await store.head()
-            bar = Progress("rebuild", head)
-            await pdb.rebuild()
-            await pdb.catch_up(store, progress=lambda done, total: bar.update(done))
+            bar = Progress("rebuild", await store.head())
+            head = await pdb.rebuild_beside(store, progress=lambda done, total: bar.update(done))
             bar.close()
             log.info("projections_rebuilt", events=head, projections=[p.name for p in pdb.projections])
             click.echo(f"rebuilt {len(pdb.projections)} projections from {head} events")

@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Sequence
 from typing import Any
 
 from rollwatch import events as e
+from rollwatch.abc import EventStore
 from rollwatch.events import Recorded, parse_rfc3339
-from rollwatch.projections import Projection
+from rollwatch.projections import ROLLOUT_TYPES as _ROLLOUT_TYPES
+from rollwatch.projections import Projection, ProjectionDB, RowBatch
 
 _ROLLOUT_EVENTS = frozenset(
     {
@@ -116,16 +119,22 @@ FEED_ITEM_KEYS = (
 
 
 class FeedProjection(Projection):
-    """The items of ``/v1/feed``, rendered once as JSON, keyed by ``seq`` (the cursor).
+    """The items of ``/v1/feed``, keyed by ``seq`` (the cursor); rendered when read.
 
     A subscriber sees each run's start and end, every rollout's score (with its run,
     provider, model, problem, sample and cost joined in), final failures, and every
     publication decision and public release. Requests and answers are not feed items
     (``/v1/rollouts/{id}`` has them in full); schedule and subscriber events never are.
+
+    An item is not stored: the log has the event, ``feed_rollouts`` the rollout's
+    context (fixed by its first request), and ``feed_items`` what may change after the
+    item: the rollout's cost as it stood then, and whether its context was known.
+    :func:`feed_page` renders a page from these (a full copy of every item made this
+    table 59% of the file, and JSON-encoding it most of a rebuild's feed work).
     """
 
     name = "feed"
-    version = 2  # 2: RolloutRescored items
+    version = 3  # 2: RolloutRescored items; 3: items rendered when read
     tables = ("feed_rollouts", "feed_items")
     types = FEED_TYPES | _ROLLOUT_EVENTS
     ddl = """
@@ -133,28 +142,51 @@ class FeedProjection(Projection):
         rollout_id TEXT PRIMARY KEY, run_id TEXT, provider TEXT, model TEXT, problem_id TEXT,
         sample INTEGER, cost_usd REAL
     );
-    CREATE TABLE IF NOT EXISTS feed_items (seq INTEGER PRIMARY KEY, item TEXT NOT NULL)
+    CREATE TABLE IF NOT EXISTS feed_items (seq INTEGER PRIMARY KEY, known INTEGER NOT NULL, cost_usd REAL)
     """
 
+    _CONTEXT = ("run_id", "provider", "model", "problem_id", "sample", "cost_usd")
+
     def apply(self, db: sqlite3.Connection, rec: Recorded) -> None:
-        """Keep the rollout context; render a feed item for the visible types."""
-        ev = rec.event()
-        if isinstance(ev, e.RolloutRequested):
-            db.execute(
-                "INSERT OR IGNORE INTO feed_rollouts (rollout_id, run_id, provider, model, problem_id,"
-                " sample) VALUES (?,?,?,?,?,?)",
-                (ev.rollout_id, ev.run_id, ev.provider, ev.model, ev.problem_id, ev.sample),
-            )
-            return
-        if isinstance(ev, e.RolloutResponded):
-            if ev.cost_usd is not None:
-                db.execute(
-                    "UPDATE feed_rollouts SET cost_usd = coalesce(cost_usd, 0) + ? WHERE rollout_id = ?",
-                    (ev.cost_usd, ev.rollout_id),
+        """Keep the rollout context; record a feed item for the visible types."""
+        self.apply_batch(db, [rec])
+
+    def apply_batch(self, db: sqlite3.Connection, recs: Sequence[Recorded]) -> None:
+        """Apply events in order: each rollout's context read and written once, the items
+        inserted with one statement."""
+        ctx = RowBatch(db, "feed_rollouts", ("rollout_id", *self._CONTEXT))
+        evs = [(rec, rec.event()) for rec in recs]
+        ctx.prefetch(ev.rollout_id for _, ev in evs if isinstance(ev, _ROLLOUT_TYPES))
+        items: list[tuple[int, int, float | None]] = []
+        for rec, ev in evs:
+            if isinstance(ev, e.RolloutRequested):
+                ctx.insert_or_ignore(
+                    ev.rollout_id,
+                    {
+                        "rollout_id": ev.rollout_id,
+                        "run_id": ev.run_id,
+                        "provider": ev.provider,
+                        "model": ev.model,
+                        "problem_id": ev.problem_id,
+                        "sample": ev.sample,
+                    },
                 )
-            return
-        if isinstance(ev, e.RolloutFailed) and not ev.final:
-            return
+            elif isinstance(ev, e.RolloutResponded):
+                if ev.cost_usd is not None and (row := ctx.change(ev.rollout_id)) is not None:
+                    row["cost_usd"] = (row["cost_usd"] or 0) + ev.cost_usd
+            elif isinstance(ev, e.RunStarted | e.RunFinished):
+                items.append((rec.seq, 0, None))
+            elif not (isinstance(ev, e.RolloutFailed) and not ev.final):
+                row = ctx.get(ev.rollout_id) if isinstance(ev, _ROLLOUT_TYPES) else None
+                items.append((rec.seq, int(row is not None), row["cost_usd"] if row is not None else None))
+        ctx.flush()
+        if items:
+            db.executemany("INSERT OR IGNORE INTO feed_items (seq, known, cost_usd) VALUES (?, ?, ?)", items)
+
+    @classmethod
+    def render(cls, rec: Recorded, context: dict[str, Any] | None) -> dict[str, Any]:
+        """The item of one visible event; ``context``: its rollout's, with the cost as of the item."""
+        ev = rec.event()
         item: dict[str, Any] = dict.fromkeys(FEED_ITEM_KEYS)
         item.update(seq=rec.seq, id=rec.id, type=rec.type, at=rec.at, hash=rec.hash, detail={})
         if isinstance(ev, e.RunStarted):
@@ -185,18 +217,10 @@ class FeedProjection(Projection):
             ev,
             e.RolloutScored | e.RolloutRescored | e.RolloutFailed | e.PublicationDecided | e.PublicReleased,
         ):
-            rid = ev.rollout_id
-            item["rollout_id"] = rid
-            row = db.execute(
-                "SELECT run_id, provider, model, problem_id, sample, cost_usd FROM feed_rollouts"
-                " WHERE rollout_id = ?",
-                (rid,),
-            ).fetchone()
-            if row is not None:
-                for k, v in zip(
-                    ("run_id", "provider", "model", "problem_id", "sample", "cost_usd"), row, strict=True
-                ):
-                    item[k] = v
+            item["rollout_id"] = ev.rollout_id
+            if context is not None:
+                for k in cls._CONTEXT:
+                    item[k] = context[k]
             if isinstance(ev, e.RolloutScored | e.RolloutRescored):
                 item["passed"] = bool(ev.passed)
                 item["score"] = ev.score
@@ -226,9 +250,46 @@ class FeedProjection(Projection):
                 item["detail"] = {"embargo_s": ev.embargo_s}
             else:
                 item["audience"] = "public"
-        else:
-            return
-        db.execute("INSERT OR IGNORE INTO feed_items (seq, item) VALUES (?, ?)", (rec.seq, _j(item)))
+        return item
+
+
+async def feed_page(
+    store: EventStore, pdb: ProjectionDB, *, after: int, until: int, limit: int
+) -> tuple[list[str], int | None]:
+    """Up to ``limit`` feed items after seq ``after`` up to ``until``, as JSON texts, and the
+    seq of the last (None if there is none): the events read from the log, the contexts
+    from ``feed_rollouts``, one query each."""
+    rows = await pdb.fetchall(
+        "SELECT seq, known, cost_usd FROM feed_items WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT ?",
+        (after, until, limit),
+    )
+    if not rows:
+        return [], None
+    want = {r[0]: r for r in rows}
+    recs: list[Recorded] = []
+    async for page in store.read_batches(
+        after=rows[0][0] - 1, until=rows[-1][0], types=FEED_TYPES, batch=max(2 * len(rows), 100)
+    ):
+        recs.extend(r for r in page if r.seq in want)
+    events = [(rec, rec.event()) for rec in recs]
+    rids = sorted({ev.rollout_id for _, ev in events if isinstance(ev, _ROLLOUT_TYPES)})
+    contexts: dict[str, tuple[Any, ...]] = {}
+    for i in range(0, len(rids), 500):
+        chunk = rids[i : i + 500]
+        for r in await pdb.fetchall(
+            "SELECT rollout_id, run_id, provider, model, problem_id, sample FROM feed_rollouts"
+            f" WHERE rollout_id IN ({', '.join('?' * len(chunk))})",
+            chunk,
+        ):
+            contexts[r[0]] = r[1:]
+    out = []
+    for rec, ev in events:
+        _, known, cost = want[rec.seq]
+        context = None
+        if known and isinstance(ev, _ROLLOUT_TYPES) and (c := contexts.get(ev.rollout_id)) is not None:
+            context = dict(zip(FeedProjection._CONTEXT, (*c, cost), strict=True))
+        out.append(_j(FeedProjection.render(rec, context)))
+    return out, rows[-1][0]
 
 
 # --- the public release ---------------------------------------------------------------------
@@ -270,77 +331,93 @@ class PublicProjection(Projection):
     )
     """
 
+    _COLUMNS = (
+        "rollout_id", "run_id", "provider", "model", "problem_id", "sample", "requested_at", "cost_usd",
+        "answer_seq", "passed", "score", "scorer", "scored_at", "scored_ts", "scored_seq", "not_before",
+        "not_before_ts", "embargo_s", "decided_seq", "released_at", "released_seq", "superseded_at",
+        "superseded_seq", "superseded_hash",
+    )  # fmt: skip
+
     def apply(self, db: sqlite3.Connection, rec: Recorded) -> None:
         """Record context, score, public decision and release of each rollout."""
-        ev = rec.event()
-        if isinstance(ev, e.RunStarted):
-            db.execute(
-                "INSERT OR IGNORE INTO public_runs (run_id, provider, started_at) VALUES (?,?,?)",
-                (ev.run_id, ev.provider, rec.at),
-            )
-        elif isinstance(ev, e.RunFinished):
-            db.execute(
-                "UPDATE public_runs SET finished_at = ?, status = ? WHERE run_id = ?",
-                (rec.at, ev.status, ev.run_id),
-            )
-        elif isinstance(ev, e.RolloutRequested):
-            db.execute(
-                "INSERT OR IGNORE INTO public_rollouts (rollout_id, run_id, provider, model, problem_id,"
-                " sample, requested_at) VALUES (?,?,?,?,?,?,?)",
-                (ev.rollout_id, ev.run_id, ev.provider, ev.model, ev.problem_id, ev.sample, rec.at),
-            )
-        elif isinstance(ev, e.RolloutResponded):
-            db.execute(
-                "UPDATE public_rollouts SET answer_seq = ?,"
-                " cost_usd = CASE WHEN ? IS NULL THEN cost_usd ELSE coalesce(cost_usd, 0) + ? END"
-                " WHERE rollout_id = ?",
-                (rec.seq, ev.cost_usd, ev.cost_usd, ev.rollout_id),
-            )
-        elif isinstance(ev, e.RolloutScored):
-            db.execute(
-                "UPDATE public_rollouts SET passed = ?, score = ?, scorer = ?, scored_at = ?, scored_ts = ?,"
-                " scored_seq = ? WHERE rollout_id = ?",
-                (int(bool(ev.passed)), ev.score, ev.scorer, rec.at, _epoch(rec.at), rec.seq, ev.rollout_id),
-            )
-        elif isinstance(ev, e.RolloutRescored):
-            # A result that fails its problem's newest version is superseded: never
-            # released, and marked (never removed) where it already is. A later
-            # re-score that passes it again lifts the mark. One that failed until now
-            # becomes a positive result standing for this verdict (its score, its date,
-            # the event its inclusion proof is for); its public decision is appended
-            # with it. The right-hand sides read the row as it was.
-            if ev.passed:
-                db.execute(
-                    "UPDATE public_rollouts SET superseded_at = NULL, superseded_seq = NULL,"
-                    " superseded_hash = NULL,"
-                    " score = CASE WHEN passed = 1 THEN score ELSE ? END,"
-                    " scorer = CASE WHEN passed = 1 THEN scorer ELSE ? END,"
-                    " scored_at = CASE WHEN passed = 1 THEN scored_at ELSE ? END,"
-                    " scored_ts = CASE WHEN passed = 1 THEN scored_ts ELSE ? END,"
-                    " scored_seq = CASE WHEN passed = 1 THEN scored_seq ELSE ? END,"
-                    " passed = 1 WHERE rollout_id = ?",
-                    (ev.score, ev.scorer, rec.at, _epoch(rec.at), rec.seq, ev.rollout_id),
+        self.apply_batch(db, [rec])
+
+    def apply_batch(self, db: sqlite3.Connection, recs: Sequence[Recorded]) -> None:
+        """Apply events in order; each touched row is read once and written once."""
+        runs = RowBatch(db, "public_runs", ("run_id", "provider", "started_at", "finished_at", "status"))
+        rollouts = RowBatch(db, "public_rollouts", self._COLUMNS)
+        evs = [(rec, rec.event()) for rec in recs]
+        rollouts.prefetch(ev.rollout_id for _, ev in evs if isinstance(ev, _ROLLOUT_TYPES))
+        for rec, ev in evs:
+            if isinstance(ev, e.RunStarted):
+                runs.insert_or_ignore(
+                    ev.run_id, {"run_id": ev.run_id, "provider": ev.provider, "started_at": rec.at}
                 )
-            else:
-                db.execute(
-                    "UPDATE public_rollouts SET superseded_at = ?, superseded_seq = ?, superseded_hash = ?"
-                    " WHERE rollout_id = ?",
-                    (rec.at, rec.seq, ev.problem_hash, ev.rollout_id),
+            elif isinstance(ev, e.RunFinished):
+                if (run := runs.change(ev.run_id)) is not None:
+                    run.update(finished_at=rec.at, status=ev.status)
+            elif isinstance(ev, e.RolloutRequested):
+                rollouts.insert_or_ignore(
+                    ev.rollout_id,
+                    {
+                        "rollout_id": ev.rollout_id,
+                        "run_id": ev.run_id,
+                        "provider": ev.provider,
+                        "model": ev.model,
+                        "problem_id": ev.problem_id,
+                        "sample": ev.sample,
+                        "requested_at": rec.at,
+                    },
                 )
-        elif isinstance(ev, e.PublicationDecided) and ev.audience == "public":
-            # The first public decision stands; a later one (there should be none) cannot
-            # move a release date that readers may already rely on.
-            db.execute(
-                "UPDATE public_rollouts SET not_before = ?, not_before_ts = ?, embargo_s = ?,"
-                " decided_seq = ? WHERE rollout_id = ? AND decided_seq IS NULL",
-                (ev.not_before, _epoch(ev.not_before), ev.embargo_s, rec.seq, ev.rollout_id),
-            )
-        elif isinstance(ev, e.PublicReleased):
-            db.execute(
-                "UPDATE public_rollouts SET released_at = ?, released_seq = ?"
-                " WHERE rollout_id = ? AND released_seq IS NULL",
-                (rec.at, rec.seq, ev.rollout_id),
-            )
+            elif not isinstance(ev, _ROLLOUT_TYPES) or (row := rollouts.change(ev.rollout_id)) is None:
+                continue
+            elif isinstance(ev, e.RolloutResponded):
+                row["answer_seq"] = rec.seq
+                if ev.cost_usd is not None:
+                    row["cost_usd"] = (row["cost_usd"] or 0) + ev.cost_usd
+            elif isinstance(ev, e.RolloutScored):
+                row.update(
+                    passed=int(bool(ev.passed)),
+                    score=ev.score,
+                    scorer=ev.scorer,
+                    scored_at=rec.at,
+                    scored_ts=_epoch(rec.at),
+                    scored_seq=rec.seq,
+                )
+            elif isinstance(ev, e.RolloutRescored):
+                # A result that fails its problem's newest version is superseded: never
+                # released, and marked (never removed) where it already is. A later
+                # re-score that passes it again lifts the mark. One that failed until now
+                # becomes a positive result standing for this verdict (its score, its date,
+                # the event its inclusion proof is for); its public decision is appended
+                # with it.
+                if ev.passed:
+                    row.update(superseded_at=None, superseded_seq=None, superseded_hash=None)
+                    if row["passed"] != 1:
+                        row.update(
+                            passed=1,
+                            score=ev.score,
+                            scorer=ev.scorer,
+                            scored_at=rec.at,
+                            scored_ts=_epoch(rec.at),
+                            scored_seq=rec.seq,
+                        )
+                else:
+                    row.update(superseded_at=rec.at, superseded_seq=rec.seq, superseded_hash=ev.problem_hash)
+            elif isinstance(ev, e.PublicationDecided):
+                # The first public decision stands; a later one (there should be none) cannot
+                # move a release date that readers may already rely on.
+                if ev.audience == "public" and row["decided_seq"] is None:
+                    row.update(
+                        not_before=ev.not_before,
+                        not_before_ts=_epoch(ev.not_before),
+                        embargo_s=ev.embargo_s,
+                        decided_seq=rec.seq,
+                    )
+            elif isinstance(ev, e.PublicReleased) and row["released_seq"] is None:
+                row.update(released_at=rec.at, released_seq=rec.seq)
+        runs.flush()
+        rollouts.flush()
 
 
 def publication_projections() -> list[Projection]:

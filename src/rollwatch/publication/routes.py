@@ -69,6 +69,7 @@ from rollwatch.publication import feeds
 from rollwatch.publication.archive import rollout_record
 from rollwatch.publication.keys import Subscriber, SubscriberDirectory
 from rollwatch.publication.openapi import openapi_document
+from rollwatch.publication.projections import feed_page
 from rollwatch.publication.public import PublicView, iter_released, public_view, released_one
 from rollwatch.web.access import bearer_key
 from rollwatch.web.params import ROLLOUT_ID, EmptyQuery, FeedQuery, ReportQuery
@@ -255,12 +256,9 @@ class PublicationAPI:
         deadline = anyio.current_time() + wait
         while True:
             head = await self.current()
-            rows = await self.pdb.fetchall(
-                "SELECT seq, item FROM feed_items WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT ?",
-                (after, head, limit),
-            )
+            items, last = await feed_page(self.store, self.pdb, after=after, until=head, limit=limit)
             remaining = deadline - anyio.current_time()
-            if rows or remaining <= 0:
+            if items or remaining <= 0:
                 break
             # Nothing visible yet: wait for the log to grow (an append in this process wakes
             # us at once; another process's within the store's poll interval), in slices, so
@@ -269,8 +267,8 @@ class PublicationAPI:
             if await request.is_disconnected():
                 return Response(status_code=499)
         await self.still_valid(request)
-        nxt = rows[-1][0] if len(rows) == limit else max(after, head)
-        body = b'{"items":[' + ",".join(r[1] for r in rows).encode() + b'],"next":%d}' % nxt
+        nxt = last if last is not None and len(items) == limit else max(after, head)
+        body = b'{"items":[' + ",".join(items).encode() + b'],"next":%d}' % nxt
         return _tagged(request, body, "application/json", "private, no-cache", vary="Authorization")
 
     async def rollout(self, request: Request) -> Response:

@@ -37,6 +37,7 @@ _COUNTS = (
     "cost_scored_nusd",
     "costed_scored",
     "list_nusd",
+    "listed",
     "batch_paid_nusd",
     "batched",
 )
@@ -79,7 +80,8 @@ class ReportAggregatesProjection(Projection):
         total INTEGER NOT NULL, scored INTEGER NOT NULL, passed INTEGER NOT NULL,
         cost_nusd INTEGER NOT NULL, costed INTEGER NOT NULL,
         cost_scored_nusd INTEGER NOT NULL, costed_scored INTEGER NOT NULL,
-        list_nusd INTEGER NOT NULL, batch_paid_nusd INTEGER NOT NULL, batched INTEGER NOT NULL,
+        list_nusd INTEGER NOT NULL, listed INTEGER NOT NULL,
+        batch_paid_nusd INTEGER NOT NULL, batched INTEGER NOT NULL,
         PRIMARY KEY (provider, model, problem_id, run_id, served_model)
     );
     CREATE INDEX IF NOT EXISTS agg_cells_run ON agg_cells (run_id);
@@ -89,7 +91,8 @@ class ReportAggregatesProjection(Projection):
         total INTEGER NOT NULL, scored INTEGER NOT NULL, passed INTEGER NOT NULL,
         cost_nusd INTEGER NOT NULL, costed INTEGER NOT NULL,
         cost_scored_nusd INTEGER NOT NULL, costed_scored INTEGER NOT NULL,
-        list_nusd INTEGER NOT NULL, batch_paid_nusd INTEGER NOT NULL, batched INTEGER NOT NULL,
+        list_nusd INTEGER NOT NULL, listed INTEGER NOT NULL,
+        batch_paid_nusd INTEGER NOT NULL, batched INTEGER NOT NULL,
         PRIMARY KEY (provider, model, served_model, problem_id)
     );
     CREATE TABLE IF NOT EXISTS agg_verdicts (
@@ -196,6 +199,7 @@ def _contribution(row: tuple[Any, ...]) -> tuple[int, ...]:
         c * scored,
         int(costed and bool(scored)),
         c if listed is None else listed,
+        int(costed or listed is not None),
         c if batched else 0,
         int(batched),
     )
@@ -229,13 +233,13 @@ def _upsert(db: sqlite3.Connection, key: tuple[Any, ...], values: tuple[int, ...
 _CELLS_UPSERT = (
     "INSERT INTO agg_cells (provider, model, problem_id, run_id, served_model, "
     + ", ".join(_COUNTS)
-    + ") VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+    + ") VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
     + f" ON CONFLICT (provider, model, problem_id, run_id, served_model) DO UPDATE SET {_SET}"
 )
 _MODELS_UPSERT = (
     "INSERT INTO agg_models (provider, model, served_model, problem_id, "
     + ", ".join(_COUNTS)
-    + ") VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+    + ") VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
     + f" ON CONFLICT (provider, model, served_model, problem_id) DO UPDATE SET {_SET}"
 )
 _VERDICT = (

@@ -282,7 +282,7 @@ async def resolve_version(pdb: Fetcher, version: str) -> tuple[str, str]:
     return str(rows[0][0]), str(rows[0][1])
 
 
-_AGG_COLUMNS = "scored, passed, total, cost_nusd, costed, cost_scored_nusd, costed_scored, list_nusd, batch_paid_nusd, batched"
+_AGG_COLUMNS = "scored, passed, total, cost_nusd, costed, cost_scored_nusd, costed_scored, list_nusd, listed, batch_paid_nusd, batched"
 # The whole grouping (for --by run and the trend), from the maintained aggregates.
 _AGG_CELLS_SQL = (
     f"SELECT provider, model, problem_id, run_id, served_model, {_AGG_COLUMNS} FROM agg_cells WHERE total > 0"
@@ -319,7 +319,7 @@ def _agg_cell(row: tuple[Any, ...]) -> _Cell:
     provider, model, pid, run_id, served, scored, passed, total, cost, costed, cost_scored, costed_scored = (
         row[:12]
     )
-    listed, batch_paid, batched = row[12:]
+    list_cost, listed, batch_paid, batched = row[12:]
     return _Cell(
         provider,
         model,
@@ -332,7 +332,7 @@ def _agg_cell(row: tuple[Any, ...]) -> _Cell:
         cost / 1e9 if costed else None,
         cost_scored / 1e9 if costed_scored else None,
         costed_scored,
-        listed / 1e9 if costed else None,
+        list_cost / 1e9 if listed else None,
         batch_paid / 1e9 if batched else None,
     )
 
