@@ -57,6 +57,13 @@ ABS_SQUARE = function_problem(
     """
 )
 SLOW_SQUARE = function_problem(SQUARE.tests, timeout=15.0)
+# Tests that loop through map(): a StopIteration out of the call would end the loop.
+MAP_SQUARE = function_problem(
+    """
+    def check(candidate):
+        assert all(map(lambda x: candidate(x) == x * x, [2, 5, -3]))
+    """
+)
 ECHO = stdio_problem([("hello\n", "hello\n")])
 HONEST_ECHO = "print(input())"
 
@@ -209,6 +216,13 @@ def tracer(frame, event, arg):
 sys.settrace(tracer)
 def f(x):
     return 0
+""",
+    ),
+    "stop-iteration-ends-the-tests-map": (
+        MAP_SQUARE,
+        """
+def f(x):
+    raise StopIteration
 """,
     ),
     "patches-random-to-fix-the-tests-inputs": (

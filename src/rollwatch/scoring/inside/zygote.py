@@ -820,8 +820,15 @@ def _rebuilt_exception(name: str, message: str, tns: Json) -> Exception:
 
     A class of that name in the tests' namespace (one the prompt defines, say) or among
     the built-ins; else a new class of that name, derived from Exception.
+
+    Never StopIteration or StopAsyncIteration (or a subclass): raised from a call inside
+    ``map``, ``filter`` or a hand-written ``__next__``, it would end the tests' loop
+    early, and ``all(map(lambda x: candidate(x) == want(x), xs))`` would hold for a
+    candidate that only raises. It becomes a RuntimeError, as PEP 479 does for generators.
     """
     cls = (tns.get(name) or getattr(builtins, name, None)) if name.isidentifier() else None
+    if isinstance(cls, type) and issubclass(cls, (StopIteration, StopAsyncIteration)):
+        return RuntimeError(f"the candidate raised {name}: {message}")
     if isinstance(cls, type) and issubclass(cls, Exception):
         try:
             return cls(message)
