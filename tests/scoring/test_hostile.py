@@ -554,3 +554,54 @@ async def test_the_resident_judge_outlives_only_clean_samples(pool: ScoringPool)
     for _ in range(pool.workers):
         assert (await pool.score(SQUARE, honest)).passed
     assert not before & {pid for pid, _, _ in judges()}
+
+
+# A wrong answer that reads the problem's tests in its own process and answers from them
+# (special-casing the checks). The zygote reads each request, tests included, and forks
+# the candidate from itself: the text is in the candidate's memory (as a live object the
+# frames reach, and as freed copies of the request frame). Known hole: the test xfails
+# while the attack passes. The fix is a path for the tests that bypasses the zygote (branch h-g report).
+READS_THE_TESTS: dict[str, str] = {
+    "through-the-frames": """
+import re, sys
+def f(x):
+    fr, tests = sys._getframe(), None
+    while fr is not None and tests is None:
+        r = fr.f_locals.get("req")
+        tests = r.get("tests") if isinstance(r, dict) else None
+        fr = fr.f_back
+    if not tests:
+        raise SystemExit("ATTACK-PRIMITIVE-FAILED")
+    return {int(a): int(b) for a, b in re.findall(r"candidate\\((-?\\d+)\\) == (-?\\d+)", tests)}.get(x, 0)
+""",
+    "through-its-own-memory": """
+import ctypes, re
+def f(x):
+    table = {}
+    for line in open("/proc/self/maps").read().splitlines():
+        addr, perms = line.split()[:2]
+        lo, hi = (int(a, 16) for a in addr.split("-"))
+        if "r" not in perms or hi - lo > (64 << 20) or "[v" in line:
+            continue
+        try:
+            data = ctypes.string_at(lo, hi - lo)
+        except Exception:
+            continue
+        for a, b in re.findall(rb"candidate\\((-?\\d+)\\) == (-?\\d+)", data):
+            table[int(a)] = int(b)
+    if not table:
+        raise SystemExit("ATTACK-PRIMITIVE-FAILED")
+    return table.get(x, 0)
+""",
+}
+
+
+@pytest.mark.parametrize("name", sorted(READS_THE_TESTS))
+async def test_a_wrong_answer_cannot_read_the_tests(pool: ScoringPool, name: str) -> None:
+    """A wrong answer that looks up the expected values in the tests' text fails (today: xfail, a known hole)."""
+    with anyio.fail_after(30):
+        s = await pool.score(SLOW_SQUARE, fenced(READS_THE_TESTS[name]))
+    if s.passed:
+        pytest.xfail("the candidate's process holds the tests' text (known hole)")
+    assert PRIMITIVE_FAILED not in s.reason, s
+    await honest_still_passes(pool)
