@@ -557,10 +557,10 @@ async def test_the_resident_judge_outlives_only_clean_samples(pool: ScoringPool)
 
 
 # A wrong answer that reads the problem's tests in its own process and answers from them
-# (special-casing the checks). The zygote reads each request, tests included, and forks
-# the candidate from itself: the text is in the candidate's memory (as a live object the
-# frames reach, and as freed copies of the request frame). Known hole: the test xfails
-# while the attack passes. The fix is a path for the tests that bypasses the zygote (branch h-g report).
+# (special-casing the checks). The zygote the candidate is forked from gets each request's
+# tests as bytes apart from the JSON frame, hands them to the judge and wipes them before
+# the fork: neither the frames nor the process's memory hold them. (Before, the text was
+# in both, and both attacks passed.)
 READS_THE_TESTS: dict[str, str] = {
     "through-the-frames": """
 import re, sys
@@ -570,14 +570,16 @@ def f(x):
         r = fr.f_locals.get("req")
         tests = r.get("tests") if isinstance(r, dict) else None
         fr = fr.f_back
-    if not tests:
+    if isinstance(tests, (bytes, bytearray)):
+        tests = bytes(tests).decode("latin-1")
+    if tests is None:
         raise SystemExit("ATTACK-PRIMITIVE-FAILED")
     return {int(a): int(b) for a, b in re.findall(r"candidate\\((-?\\d+)\\) == (-?\\d+)", tests)}.get(x, 0)
 """,
     "through-its-own-memory": """
 import ctypes, re
 def f(x):
-    table = {}
+    table, seen_own_code = {}, False
     for line in open("/proc/self/maps").read().splitlines():
         addr, perms = line.split()[:2]
         lo, hi = (int(a, 16) for a in addr.split("-"))
@@ -587,9 +589,10 @@ def f(x):
             data = ctypes.string_at(lo, hi - lo)
         except Exception:
             continue
+        seen_own_code = seen_own_code or b"seen_own_code = seen_own_code" in data
         for a, b in re.findall(rb"candidate\\((-?\\d+)\\) == (-?\\d+)", data):
             table[int(a)] = int(b)
-    if not table:
+    if not seen_own_code:  # the scan reads this process's memory: its own source is in it
         raise SystemExit("ATTACK-PRIMITIVE-FAILED")
     return table.get(x, 0)
 """,
@@ -598,10 +601,9 @@ def f(x):
 
 @pytest.mark.parametrize("name", sorted(READS_THE_TESTS))
 async def test_a_wrong_answer_cannot_read_the_tests(pool: ScoringPool, name: str) -> None:
-    """A wrong answer that looks up the expected values in the tests' text fails (today: xfail, a known hole)."""
+    """A wrong answer that looks up the expected values in the tests' text finds none and fails."""
     with anyio.fail_after(30):
         s = await pool.score(SLOW_SQUARE, fenced(READS_THE_TESTS[name]))
-    if s.passed:
-        pytest.xfail("the candidate's process holds the tests' text (known hole)")
+    assert not s.passed, s
     assert PRIMITIVE_FAILED not in s.reason, s
     await honest_still_passes(pool)
