@@ -6,16 +6,19 @@ no longer stands."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from rollwatch.abc import EventStore
-from rollwatch.events import PublicationDecided, RolloutRescored, rfc3339
+from rollwatch.events import Event, PublicationDecided, PublicReleased, RolloutRescored, rfc3339
 from rollwatch.publication import release_due
 from rollwatch.publication.public import PublicView, public_view
-from rollwatch.publication.release import caught_up
+from rollwatch.publication.release import caught_up, release_one
+from rollwatch.store.sqlite import SQLiteEventStore
 from tests.publication.helpers import Env, add_rollout, finish_run, new_run_id, serving, start_run
 
 pytestmark = pytest.mark.anyio
@@ -103,3 +106,42 @@ class TestFlipsOnThePublicPage:
             assert counts(again) == counts(first)
             assert [e.next_release for e in again.embargoed] == [e.next_release for e in first.embargoed]
             assert rid not in (await env.client.get("/public/feed.json")).text
+
+
+class FlipBeforeRelease:
+    """The real store, where another process (a re-score) appends a flip to fail on the
+    rollout's stream just before the release job's own append lands."""
+
+    def __init__(self, store: SQLiteEventStore) -> None:
+        self.store = store
+        self.flipped = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+    async def append(
+        self, stream: str, events: Sequence[Event], *, expected_version: int | None = None
+    ) -> Any:
+        if not self.flipped and any(isinstance(ev, PublicReleased) for ev in events):
+            self.flipped = True
+            await rescore(
+                self.store, stream.removeprefix("rollout-"), passed=False, previous=True, decide=False
+            )
+        return await self.store.append(stream, events, expected_version=expected_version)
+
+
+class TestReleaseRace:
+    async def test_a_flip_to_fail_landing_during_the_release_stops_it(self, tmp_path: Path) -> None:
+        """The release job read a due pass; a re-score fails it before the release is
+        appended: the release's append conflicts, it reads again, releases nothing."""
+        async with SQLiteEventStore(tmp_path / "events.db") as store:
+            run = new_run_id()
+            await start_run(store, run)
+            past = datetime.now(UTC) - timedelta(seconds=1)
+            rid = await add_rollout(store, run, passed=True, problem_id="p1", not_before=past)
+            racing = FlipBeforeRelease(store)
+            assert await release_one(racing, rid) is False  # type: ignore[arg-type]
+            assert racing.flipped, "the race did not happen"
+            types = [r.type async for r in store.read(stream=f"rollout-{rid}")]
+            assert "PublicReleased" not in types
+            assert types[-1] == "RolloutRescored"
