@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import http.client
 import urllib.parse
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -58,6 +59,36 @@ class TestKeys:
             r = httpx.get(daemon.url + path, headers=auth)
             assert r.status_code in (401, 403), (path, r.status_code)
             assert set(r.json()) == {"error", "message"}, path
+
+    def test_a_long_poll_opened_before_revocation_delivers_nothing_after_it(self, daemon: Daemon) -> None:
+        """``/ops/progress?wait=`` held open with an ``ops`` key while the key is revoked:
+        no answer carries data from the revocation on; the poll ends 401/403."""
+        out = daemon.cli("subscribers", "add", "mallory-poll", "--scope", "ops")
+        assert out.returncode == 0, out.stderr
+        auth = {**REMOTE, "Authorization": f"Bearer {out.stdout.split()[0]}"}
+        url = daemon.url + "/ops/progress"
+        wait_until(lambda: httpx.get(url, headers=auth).status_code == 200, what="the new key")
+        head = httpx.get(url, headers=auth).json()["head"]
+
+        def poll(after: int) -> list[tuple[int, int]]:
+            seen = []  # (status, head) of every answer, until one refuses
+            for _ in range(20):
+                r = httpx.get(url, params={"after": after, "wait": 20}, headers=auth, timeout=60)
+                seen.append((r.status_code, r.json().get("head", -1) if r.status_code == 200 else -1))
+                if r.status_code != 200:
+                    break
+                after = r.json()["head"]
+            return seen
+
+        with ThreadPoolExecutor(1) as pool:
+            answers = pool.submit(poll, head)
+            assert daemon.cli("subscribers", "revoke", "mallory-poll").returncode == 0
+            seen = answers.result(timeout=120)
+        (revoked,) = [
+            s for s, t, d in events(daemon.db) if t == "SubscriberRevoked" and d["name"] == "mallory-poll"
+        ]
+        assert seen[-1][0] in (401, 403), seen
+        assert all(h < revoked for status, h in seen if status == 200), (seen, revoked)
 
     def test_a_forwarded_loopback_address_from_a_remote_peer_is_not_trusted(self, daemon: Daemon) -> None:
         """A remote client that puts 127.0.0.1 first in X-Forwarded-For (a proxy appends the
