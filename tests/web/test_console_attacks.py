@@ -60,6 +60,20 @@ class TestKeys:
             assert r.status_code in (401, 403), (path, r.status_code)
             assert set(r.json()) == {"error", "message"}, path
 
+    def test_an_expired_ops_key_opens_nothing(self, daemon: Daemon) -> None:
+        """An ``ops`` key that expires a few seconds after it is made works until then, and
+        from then on every console route refuses it."""
+        out = daemon.cli("subscribers", "add", "mallory-expiring", "--scope", "ops", "--expires", "8s")
+        assert out.returncode == 0, out.stderr
+        auth = {**REMOTE, "Authorization": f"Bearer {out.stdout.split()[0]}"}
+        ok = lambda: httpx.get(daemon.url + "/ops/", headers=auth).status_code == 200  # noqa: E731
+        wait_until(ok, timeout=6, what="the new key")
+        wait_until(lambda: httpx.get(daemon.url + "/ops/", headers=auth).status_code != 200, what="expiry")
+        for path in ("/ops/", "/ops/subscribers", "/ops/problems/p1"):
+            r = httpx.get(daemon.url + path, headers=auth)
+            assert r.status_code in (401, 403), (path, r.status_code)
+            assert set(r.json()) == {"error", "message"}, path
+
     def test_a_long_poll_opened_before_revocation_delivers_nothing_after_it(self, daemon: Daemon) -> None:
         """``/ops/progress?wait=`` held open with an ``ops`` key while the key is revoked:
         no answer carries data from the revocation on; the poll ends 401/403."""
