@@ -17,6 +17,7 @@ from rollwatch.events import (
     PublicationDecided,
     PublicReleased,
     RolloutRequested,
+    RolloutRescored,
     RolloutScored,
     RunFinished,
     RunStarted,
@@ -49,6 +50,7 @@ OPS = st.lists(
         ),
         st.builds(lambda r: ("release", r), R),
         st.builds(lambda run: ("finish", run), st.sampled_from(["run-0", "run-1"])),
+        st.builds(lambda r, p: ("rescore", r, p), R, st.booleans()),
     ),
     max_size=30,
 )
@@ -77,6 +79,17 @@ def event(op: tuple[Any, ...], now: datetime) -> tuple[str, Event]:
         )
     if kind == "score":
         return stream, RolloutScored(rollout_id=key, passed=op[2], score=float(op[2]), scorer="t")
+    if kind == "rescore":
+        return stream, RolloutRescored(
+            rollout_id=key,
+            problem_id=problem,
+            passed=op[2],
+            score=float(op[2]),
+            scorer="t2",
+            problem_hash="h2",
+            scorer_version="v",
+            rescore_id="x",
+        )
     if kind == "decide":
         nb = rfc3339(now + timedelta(days=op[3]))
         return stream, PublicationDecided(rollout_id=key, audience=op[2], not_before=nb, embargo_s=op[4])

@@ -57,6 +57,13 @@ ABS_SQUARE = function_problem(
     """
 )
 SLOW_SQUARE = function_problem(SQUARE.tests, timeout=15.0)
+# Tests that loop through map(): a StopIteration out of the call would end the loop.
+MAP_SQUARE = function_problem(
+    """
+    def check(candidate):
+        assert all(map(lambda x: candidate(x) == x * x, [2, 5, -3]))
+    """
+)
 ECHO = stdio_problem([("hello\n", "hello\n")])
 HONEST_ECHO = "print(input())"
 
@@ -209,6 +216,13 @@ def tracer(frame, event, arg):
 sys.settrace(tracer)
 def f(x):
     return 0
+""",
+    ),
+    "stop-iteration-ends-the-tests-map": (
+        MAP_SQUARE,
+        """
+def f(x):
+    raise StopIteration
 """,
     ),
     "patches-random-to-fix-the-tests-inputs": (
@@ -540,3 +554,56 @@ async def test_the_resident_judge_outlives_only_clean_samples(pool: ScoringPool)
     for _ in range(pool.workers):
         assert (await pool.score(SQUARE, honest)).passed
     assert not before & {pid for pid, _, _ in judges()}
+
+
+# A wrong answer that reads the problem's tests in its own process and answers from them
+# (special-casing the checks). The zygote the candidate is forked from gets each request's
+# tests as bytes apart from the JSON frame, hands them to the judge and wipes them before
+# the fork: neither the frames nor the process's memory hold them. (Before, the text was
+# in both, and both attacks passed.)
+READS_THE_TESTS: dict[str, str] = {
+    "through-the-frames": """
+import re, sys
+def f(x):
+    fr, tests = sys._getframe(), None
+    while fr is not None and tests is None:
+        r = fr.f_locals.get("req")
+        tests = r.get("tests") if isinstance(r, dict) else None
+        fr = fr.f_back
+    if isinstance(tests, (bytes, bytearray)):
+        tests = bytes(tests).decode("latin-1")
+    if tests is None:
+        raise SystemExit("ATTACK-PRIMITIVE-FAILED")
+    return {int(a): int(b) for a, b in re.findall(r"candidate\\((-?\\d+)\\) == (-?\\d+)", tests)}.get(x, 0)
+""",
+    "through-its-own-memory": """
+import ctypes, re
+def f(x):
+    table, seen_own_code = {}, False
+    for line in open("/proc/self/maps").read().splitlines():
+        addr, perms = line.split()[:2]
+        lo, hi = (int(a, 16) for a in addr.split("-"))
+        if "r" not in perms or hi - lo > (64 << 20) or "[v" in line:
+            continue
+        try:
+            data = ctypes.string_at(lo, hi - lo)
+        except Exception:
+            continue
+        seen_own_code = seen_own_code or b"seen_own_code = seen_own_code" in data
+        for a, b in re.findall(rb"candidate\\((-?\\d+)\\) == (-?\\d+)", data):
+            table[int(a)] = int(b)
+    if not seen_own_code:  # the scan reads this process's memory: its own source is in it
+        raise SystemExit("ATTACK-PRIMITIVE-FAILED")
+    return table.get(x, 0)
+""",
+}
+
+
+@pytest.mark.parametrize("name", sorted(READS_THE_TESTS))
+async def test_a_wrong_answer_cannot_read_the_tests(pool: ScoringPool, name: str) -> None:
+    """A wrong answer that looks up the expected values in the tests' text finds none and fails."""
+    with anyio.fail_after(30):
+        s = await pool.score(SLOW_SQUARE, fenced(READS_THE_TESTS[name]))
+    assert not s.passed, s
+    assert PRIMITIVE_FAILED not in s.reason, s
+    await honest_still_passes(pool)

@@ -35,7 +35,7 @@ from rollwatch.projections import Projection
 
 _STATE = (
     "run_id, provider, model, problem_id, passed, scored_ts, decided, embargo_s, nb_ts, not_before,"
-    " released, released_at"
+    " released, released_at, superseded"
 )
 
 
@@ -55,6 +55,7 @@ class _S:
         "released_at",
         "run_id",
         "scored_ts",
+        "superseded",
     )
 
     def __init__(self, row: tuple[Any, ...]) -> None:
@@ -71,6 +72,7 @@ class _S:
             self.not_before,
             self.released,
             self.released_at,
+            self.superseded,
         ) = row
 
 
@@ -114,7 +116,8 @@ def _run(s: _S) -> Contribution | None:
 
 
 def _pending(s: _S) -> Contribution | None:
-    if not (s.passed == 1 and s.decided and not s.released):
+    # A result a re-score failed since will never be released: not announced as solved.
+    if not (s.passed == 1 and s.decided and not s.released and not s.superseded):
         return None
     return ((s.provider, s.model, s.problem_id), (1,), {})
 
@@ -130,7 +133,7 @@ class PublicAggregatesProjection(Projection):
     """The counts behind the public page (see the module docstring)."""
 
     name = "public_aggregates"
-    version = 1
+    version = 2  # 2: re-scores (a flip to pass makes a positive result; a flip to fail supersedes)
     tables = ("pa_rollouts", "pa_cells", "pa_runs", "pa_pending", "pa_run_ends")
     types = frozenset(
         {
@@ -138,6 +141,7 @@ class PublicAggregatesProjection(Projection):
             "RunFinished",
             "RolloutRequested",
             "RolloutScored",
+            "RolloutRescored",
             "PublicationDecided",
             "PublicReleased",
         }
@@ -146,7 +150,8 @@ class PublicAggregatesProjection(Projection):
     CREATE TABLE IF NOT EXISTS pa_rollouts (
         rollout_id TEXT PRIMARY KEY, run_id TEXT, provider TEXT, model TEXT, problem_id TEXT,
         passed INTEGER, scored_ts REAL, decided INTEGER NOT NULL DEFAULT 0, embargo_s REAL,
-        nb_ts REAL, not_before TEXT, released INTEGER NOT NULL DEFAULT 0, released_at TEXT
+        nb_ts REAL, not_before TEXT, released INTEGER NOT NULL DEFAULT 0, released_at TEXT,
+        superseded INTEGER NOT NULL DEFAULT 0
     );
     CREATE INDEX IF NOT EXISTS pa_rollouts_pending ON pa_rollouts (provider, model, nb_ts)
         WHERE passed = 1 AND decided = 1 AND released = 0;
@@ -186,6 +191,16 @@ class PublicAggregatesProjection(Projection):
         elif isinstance(ev, e.RolloutScored):
             ts = parse_rfc3339(rec.at).timestamp()
             self._change(db, ev.rollout_id, {"passed": int(bool(ev.passed)), "scored_ts": ts})
+        elif isinstance(ev, e.RolloutRescored):
+            # As the public projection: ``passed`` stays 1 once any verdict passed (the
+            # first flip to pass stands for the result, dated by the re-score); a failing
+            # re-score marks it superseded, a passing one lifts the mark.
+            state = db.execute(_SELECT_STATE, (ev.rollout_id,)).fetchone()
+            if state is not None:
+                new: dict[str, Any] = {"superseded": 0 if ev.passed else 1}
+                if ev.passed and state[_STATE_INDEX["passed"]] != 1:
+                    new.update(passed=1, scored_ts=parse_rfc3339(rec.at).timestamp())
+                self._change(db, ev.rollout_id, new)
         elif isinstance(ev, e.PublicationDecided) and ev.audience == "public":
             nb = {
                 "decided": 1,
@@ -295,10 +310,10 @@ PENDING_SQL = (
 )
 EARLY_SQL = (
     "SELECT provider, model, problem_id, not_before FROM pa_rollouts"
-    " WHERE released = 1 AND nb_ts > ? AND passed = 1 AND decided = 1"
+    " WHERE released = 1 AND nb_ts > ? AND passed = 1 AND decided = 1 AND superseded = 0"
 )
 """Released ahead of their date by this clock: still embargoed."""
 NEXT_SQL = (
     "SELECT not_before FROM pa_rollouts WHERE provider = ? AND model = ? AND passed = 1 AND decided = 1"
-    " AND released = 0 ORDER BY nb_ts LIMIT 1"
+    " AND released = 0 AND superseded = 0 ORDER BY nb_ts LIMIT 1"
 )

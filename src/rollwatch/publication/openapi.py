@@ -175,6 +175,15 @@ _CONSOLE_PATHS: dict[str, Any] = {
         }
     },
     "/ops/static/{name}": _page("The console's stylesheet and script", "name"),
+    "/ops/rollouts/{rollout_id}/proof": _page(
+        "One rollout's proof bundle: every event (embargoed ones too) with its inclusion proof (JSON)",
+        "rollout_id",
+    ),
+    "/ops/problems": _page("Problems: versions, time limit, pass rate over all models"),
+    "/ops/problems/{problem_id}": _page(
+        "One problem: versions over time, time limit, pass rate per model (the id may contain '/')",
+        "problem_id",
+    ),
 }
 
 

@@ -181,9 +181,12 @@ _RUNS_GROUPED = (
 )
 # A public decision not yet in force (or not yet acted on by the release job): counted,
 # never shown. Only passing rollouts get a public decision.
+# Only passing rollouts get a public decision; one that a re-score failed since
+# (superseded) will never be released, so it is not announced as solved (a flip to pass
+# again lifts the mark and counts it again).
 _EMBARGOED_GROUPED = (
     "SELECT provider, model, count(DISTINCT problem_id), count(*), min(not_before_ts), min(not_before)"
-    " FROM public_rollouts WHERE passed = 1 AND decided_seq IS NOT NULL"
+    " FROM public_rollouts WHERE passed = 1 AND decided_seq IS NOT NULL AND superseded_seq IS NULL"
     " AND NOT (released_seq IS NOT NULL AND not_before_ts <= ?)"
     " GROUP BY provider, model ORDER BY provider, model"
 )

@@ -196,13 +196,19 @@ class SampleRequest:
     keep_stdout: bool = False
     """Return the whole stdout (up to ``output_limit``), not just its head."""
 
-    def to_wire(self) -> dict[str, Any]:
+    def to_wire(self) -> bytes:
+        """The request as the zygote reads it: a frame (4-byte big-endian length, JSON),
+        then the tests' UTF-8 bytes (``tests_bytes`` of them), which the zygote keeps out
+        of every object the candidate's process could find."""
         import base64
+        import json
+        import struct
 
-        return {
+        tests = self.tests.encode("utf-8", "surrogatepass")
+        head = {
             "mode": self.mode,
             "code": self.code,
-            "tests": self.tests,
+            "tests_bytes": len(tests),
             "prelude": self.prelude,
             "entry_point": self.entry_point,
             "stdin": base64.b64encode(self.stdin).decode() if self.stdin is not None else None,
@@ -211,6 +217,8 @@ class SampleRequest:
             "output_limit": self.output_limit,
             "keep_stdout": self.keep_stdout,
         }
+        body = json.dumps(head, separators=(",", ":")).encode()
+        return struct.pack(">I", len(body)) + body + tests
 
 
 _SIGNAL_REASONS = {

@@ -177,11 +177,6 @@ def fs_plan(settings: ScoringSettings) -> list[list[Any]]:
     return out
 
 
-def _frame(obj: dict[str, Any]) -> bytes:
-    body = json.dumps(obj, separators=(",", ":")).encode()
-    return struct.pack(">I", len(body)) + body
-
-
 class ZygoteSandbox(Sandbox):
     """A zygote serving one slot; subclasses say how it is isolated."""
 
@@ -281,7 +276,7 @@ class ZygoteSandbox(Sandbox):
 
     async def run(self, request: SampleRequest) -> SampleResult:
         async with self._lock:
-            wire = _frame(request.to_wire())
+            wire = request.to_wire()
             for attempt in (1, 2):
                 await self.start()
                 assert self._proc is not None

@@ -39,6 +39,10 @@ class KeyCheck(Protocol):
         """The key's holder, or None with the reason."""
         ...
 
+    async def refresh(self, *, force: bool = False) -> None:
+        """Apply the subscriber events appended since the last look (``force``: now)."""
+        ...
+
 
 def bearer_key(request: Request) -> str | None:
     """The key of an ``Authorization: Bearer KEY`` header, if any."""
@@ -75,3 +79,10 @@ class Operators:
             return False
         result = await self.keys.authenticate(key)
         return result.subscriber is not None and OPS_SCOPE in result.subscriber.scopes
+
+    async def still_allows(self, request: Request) -> bool:
+        """``allows``, after reading every subscriber event up to now: for an answer that
+        waited (a long poll), so that a key revoked meanwhile gets nothing."""
+        if self.keys is not None and not self.trusted_peer(request):
+            await self.keys.refresh(force=True)
+        return await self.allows(request)

@@ -617,6 +617,9 @@ class Console:
         head = await self.store.head()
         if head <= after and wait > 0:
             head = await self.store.wait_for_new(after, wait)
+            # A key revoked while this poll waited gets nothing (as on /v1/feed).
+            if not await self.operators.still_allows(request):
+                await self._gate(request)
         await self._current()
         # As many as the runs page can show (200), so that no row shown as running is missed
         # (the page reloads when one it shows as running is no longer listed).

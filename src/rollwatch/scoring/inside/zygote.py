@@ -49,7 +49,9 @@ requests from the host, one at a time, each in a fresh child:
   ``/dev/mqueue`` are emptied and SysV IPC objects removed.
 
 Protocol: frames of a 4-byte big-endian length and a compact JSON object, requests
-on fd 0 and responses on fd 1. EOF on fd 0 means the host is gone: kill
+on fd 0 and responses on fd 1; each request's frame is followed by its tests' UTF-8
+bytes (``tests_bytes`` of them), which go to the judge and never into an object the
+candidate's fork could find (``read_request``). EOF on fd 0 means the host is gone: kill
 everything and exit. With a ``setup`` plan in its config (the ``unshare``
 backend) the zygote first builds the sandbox's file system itself, as bubblewrap
 would.
@@ -67,6 +69,7 @@ import contextlib
 import ctypes
 import errno
 import fcntl
+import hashlib
 import json
 import json.encoder
 import json.scanner
@@ -118,8 +121,6 @@ SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "riscv64": 41}
 VERDICT_FD = 3
 SAFE_BUILTINS: Json = {}
 _exit = os._exit
-_IMPORTS = re.compile(r"^[ \t]*(?:from|import)[ \t]+([A-Za-z_]\w*)", re.M)
-_WORDS = re.compile(r"[A-Za-z_]\w*")
 STDERR_KEEP = 8192
 STDOUT_HEAD = 4096
 VERDICT_KEEP = 65536
@@ -251,6 +252,25 @@ def read_exact(fd: int, n: int) -> bytes | None:
     return b"".join(chunks)
 
 
+def read_into(fd: int, n: int) -> bytearray:
+    """``n`` bytes from ``fd`` straight into a fresh buffer (no bytes object holds them)."""
+    buf = bytearray(n)
+    view = memoryview(buf)
+    got = 0
+    while got < n:
+        k = os.readv(fd, [view[got:]])
+        if not k:
+            raise EOFError("truncated tests")
+        got += k
+    view.release()
+    return buf
+
+
+def wipe(buf: bytearray) -> None:
+    """Overwrite ``buf`` with zeros, in place."""
+    buf[:] = bytes(len(buf))
+
+
 def read_frame(fd: int) -> Json | None:
     head = read_exact(fd, 4)
     if head is None:
@@ -263,7 +283,25 @@ def read_frame(fd: int) -> Json | None:
     return obj
 
 
-def write_all(fd: int, data: bytes) -> None:
+def read_request(fd: int) -> Json | None:
+    """One request from the host: a frame, then (function mode) ``tests_bytes`` bytes of tests.
+
+    The tests never pass through a str, a bytes object or JSON in this process: they go
+    into a buffer of their own (``req["tests"]``, a bytearray), from there into the
+    judge's job, and are wiped before the candidate is forked. The candidate's process
+    is a fork of this one: any copy of the tests here (live or freed) it could find and
+    read, and answer every assertion from the expected values.
+    """
+    req = read_frame(fd)
+    if req is None:
+        return None
+    n = req.get("tests_bytes")
+    if type(n) is int and n >= 0:
+        req["tests"] = read_into(fd, n)
+    return req
+
+
+def write_all(fd: int, data: bytes | bytearray) -> None:
     """All of ``data`` on ``fd`` (a pipe: usually one write)."""
     n = os.write(fd, data)
     if n < len(data):
@@ -602,22 +640,37 @@ def recv_msg(fd: int) -> list[Any] | None:
     return msg
 
 
-def _watched_modules(req: Json) -> list[tuple[str, Any, dict[str, Any]]]:
+_IMPORTS_B = re.compile(rb"^[ \t]*(?:from|import)[ \t]+([A-Za-z_]\w*)", re.M)
+
+
+def _mentions(text: bytes | bytearray, name: str) -> bool:
+    """Whether ``name`` occurs in ``text`` as a word (a match holds no copy of ``text``)."""
+    key = name.encode()
+    if key not in text:
+        return False
+    return re.search(rb"(?<![\w])" + re.escape(key) + rb"(?![\w])", text) is not None
+
+
+def _watched_modules(tests: bytes | bytearray, prelude: str) -> list[tuple[str, Any, dict[str, Any]]]:
     """The modules the tests import, with the names the tests mention as they are now (before the candidate ran).
 
     Only names that occur in the tests' text are watched: the tests run in the judge,
     so a rebinding only matters (as a sign of a reward hack) where the tests would
     have looked; and every value read here is a page the candidate's process copies.
+
+    The tests' text is bytes here and never becomes a str or a list of its words: the
+    candidate's process is forked from this one, and whatever object was made of the
+    tests (freed or not) it could read (see ``read_request``). Each module's own names
+    are looked up in the text instead.
     """
-    text = req["tests"] + "\n" + (req.get("prelude") or "")
-    imported = set(_IMPORTS.findall(text))
+    pre = prelude.encode("utf-8", "surrogatepass")
+    imported = {m.decode() for m in _IMPORTS_B.findall(tests)} | {m.decode() for m in _IMPORTS_B.findall(pre)}
     if not imported:
         return []
-    mentioned = set(_WORDS.findall(text))
     sysmods = sys.modules
 
     def names(d: dict[str, Any]) -> dict[str, Any]:
-        return {k: d[k] for k in mentioned if k in d}  # never a walk over the whole module
+        return {k: d[k] for k in list(d) if type(k) is str and (_mentions(tests, k) or _mentions(pre, k))}
 
     watched = [
         (name, sysmods[name], names(vars(sysmods[name])))
@@ -630,27 +683,29 @@ def _watched_modules(req: Json) -> list[tuple[str, Any, dict[str, Any]]]:
 
 
 Watched = list[tuple[str, Any, tuple[str, ...], tuple[Any, ...]]]
-_WATCHED: dict[str, Watched] = {}
+_WATCHED: dict[bytes, Watched] = {}
 WATCHED_KEEP = 256
 """Problems whose watch lists and compiled preludes the zygote keeps (the candidate's process would redo them)."""
 
 
-def watched_for(req: Json) -> Watched:
-    """``_watched_modules(req)`` as the candidate checks it: names and values apart.
+def watched_for(req: Json, tests: bytes | bytearray) -> Watched:
+    """``_watched_modules`` as the candidate checks it: names and values apart.
 
-    Made in the zygote before the candidate's fork, and kept per problem: the zygote
-    never runs a sample's code, so its modules are as every candidate finds them.
+    Made in the zygote before the candidate's fork, and kept per problem (by a digest of
+    its tests and prelude, never their text): the zygote never runs a sample's code, so
+    its modules are as every candidate finds them.
     """
-    text = req["tests"] + "\n" + (req.get("prelude") or "")
-    watched = _WATCHED.pop(text, None)
+    prelude = req.get("prelude") or ""
+    key = hashlib.sha256(tests).digest() + hashlib.sha256(prelude.encode("utf-8", "surrogatepass")).digest()
+    watched = _WATCHED.pop(key, None)
     if watched is None:
         watched = [
-            (name, m, tuple(before), tuple(before.values())) for name, m, before in _watched_modules(req)
+            (name, m, tuple(before), tuple(before.values()))
+            for name, m, before in _watched_modules(tests, prelude)
         ]
         while len(_WATCHED) >= WATCHED_KEEP:
             del _WATCHED[next(iter(_WATCHED))]
-    if len(text) <= 1 << 20:
-        _WATCHED[text] = watched
+    _WATCHED[key] = watched
     return watched
 
 
@@ -820,8 +875,15 @@ def _rebuilt_exception(name: str, message: str, tns: Json) -> Exception:
 
     A class of that name in the tests' namespace (one the prompt defines, say) or among
     the built-ins; else a new class of that name, derived from Exception.
+
+    Never StopIteration or StopAsyncIteration (or a subclass): raised from a call inside
+    ``map``, ``filter`` or a hand-written ``__next__``, it would end the tests' loop
+    early, and ``all(map(lambda x: candidate(x) == want(x), xs))`` would hold for a
+    candidate that only raises. It becomes a RuntimeError, as PEP 479 does for generators.
     """
     cls = (tns.get(name) or getattr(builtins, name, None)) if name.isidentifier() else None
+    if isinstance(cls, type) and issubclass(cls, (StopIteration, StopAsyncIteration)):
+        return RuntimeError(f"the candidate raised {name}: {message}")
     if isinstance(cls, type) and issubclass(cls, Exception):
         try:
             return cls(message)
@@ -1071,7 +1133,9 @@ def _judge_loop() -> int:
             for target, fd in enumerate(pipes, 1):
                 os.dup2(fd, target)
                 os.close(fd)
-            req = json_decode(b"".join(chunks).decode())
+            head, _, tests = b"".join(chunks).partition(b"\n")
+            req = json_decode(head.decode())
+            req["tests"] = tests.decode("utf-8", "surrogatepass")
             status = _run_judge(req, req["nonce"])
         except BaseException as e:
             with contextlib.suppress(BaseException):
@@ -1498,13 +1562,16 @@ class Zygote:
             call_r, call_w = os.pipe()
             ans_r, ans_w = os.pipe()
             job = os.memfd_create("judge", 0)
+            # The job: a JSON line, then the tests' bytes as they came from the host.
+            tests: bytearray = req["tests"]
             write_all(
                 job,
                 json_encode(
-                    {"tests": req["tests"], "prelude": req.get("prelude"), "entry_point": req["entry_point"]}
-                    | {"nonce": nonce}
-                ).encode(),
+                    {"prelude": req.get("prelude"), "entry_point": req["entry_point"], "nonce": nonce}
+                ).encode()
+                + b"\n",
             )
+            write_all(job, tests)
             for attempt in (1, 2):
                 main, pidfd, sock = self._judge(req)
                 try:
@@ -1519,7 +1586,9 @@ class Zygote:
             poller.register(pidfd, select.POLLIN)
             judge_sock = sock
             poller.register(sock.fileno(), select.POLLIN)
-            watched, prelude = watched_for(req), prelude_code_for(req)
+            watched, prelude = watched_for(req, tests), prelude_code_for(req)
+            # The candidate is forked next: no copy of the tests may be in this process.
+            wipe(tests)
             cand = self._spawn(
                 req,
                 [stdin_fd, out_w, err_w, call_r, ans_w],
@@ -1662,7 +1731,7 @@ class Zygote:
 
     def serve(self) -> None:
         while True:
-            req = read_frame(self.ctl_in)
+            req = read_request(self.ctl_in)
             if req is None:
                 return
             try:
@@ -1681,6 +1750,10 @@ class Zygote:
                     "error": _describe(e),
                     "traceback": traceback.format_exc()[-4000:],
                 }
+            finally:
+                tests = req.get("tests")
+                if type(tests) is bytearray:
+                    wipe(tests)  # run() wipes them before the fork; on its way out too
             write_frame(self.ctl_out, resp)
 
 
