@@ -422,7 +422,7 @@ class Daemon:
         async with self._problems_lock:
             try:
                 if self.config.scoring.rescore == "auto":
-                    summary = await rescore(svc, parallel=1)
+                    summary = await rescore(svc, parallel=1, infra=False)
                     log.info(
                         "problems_checked",
                         trigger=why,

@@ -151,10 +151,14 @@ async def rescore(
     run: str | None = None,
     parallel: int | None = None,
     rescore_id: str | None = None,
+    infra: bool = True,
 ) -> RescoreSummary:
     """Judge again every scored rollout (of ``problem_set``, ``problem``, ``run`` when
-    given) whose newest verdict is not under its problem's current version, or is an
-    infra failure (a scorer or sandbox error: it judged nothing of the model).
+    given) whose newest verdict is not under its problem's current version, or (with
+    ``infra``, as ``rollwatch rescore`` asks) is an infra failure (a scorer or sandbox
+    error: it judged nothing of the model). The daemon's automatic re-score leaves
+    those to the operator: a scorer that keeps failing would otherwise be run again,
+    and its verdicts appended again, at every start and SIGHUP.
 
     Never calls a provider: the answers come from the log. ``parallel`` bounds the
     samples in the scorer at once (default: all the scorer takes; the daemon's
@@ -204,7 +208,7 @@ async def rescore(
         if current is None:
             summary.skipped["problem_not_configured"] = summary.skipped.get("problem_not_configured", 0) + 1
             continue
-        if vhash == current.content_hash and (passed or verdict_cause(reason)[0] != "infra"):
+        if vhash == current.content_hash and (passed or not infra or verdict_cause(reason)[0] != "infra"):
             # Already judged under the current version; a verdict that judged nothing
             # of the model (our scorer or sandbox broke) is judged again.
             continue
