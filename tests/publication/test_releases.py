@@ -160,8 +160,8 @@ class TestFolders:
 
     async def test_the_open_month_grows_by_one_chunk_per_export(self, log: Log, tmp_path: Path) -> None:
         """This month's folder stays open: each export adds a chunk and never rewrites the earlier
-        one; results.jsonl at the top holds the open folder's results; a result public in a month
-        already closed goes into the open folder."""
+        one; results.jsonl at the top holds every filed result in filing order (each export
+        appends its own); a result public in a month already closed goes into the open folder."""
         now = datetime.now(UTC)
         this = period_of(now.timestamp())
         out = tmp_path / "site"
@@ -179,7 +179,7 @@ class TestFolders:
         assert sorted(got[2:]) == sorted(b + late)
         assert folder_ids(out, period_of(month_start(now, 3).timestamp())) == old
         top = [json.loads(x)["rollout_id"] for x in (out / "results.jsonl").read_text().splitlines()]
-        assert top == got
+        assert top == got[:2] + old + got[2:]
         manifest = json.loads((out / "releases" / this / "MANIFEST.json").read_text())
         assert manifest["state"] == "open"
         assert [c["file"] for c in manifest["chunks"]] == ["results-0001.jsonl", "results-0002.jsonl"]
@@ -320,6 +320,8 @@ class TestCrash:
         assert sorted(x.name for x in (this / "rollouts").iterdir()) == sorted(f"{i}.json" for i in more)
         assert sorted(folder_ids(out, period_of(month_start(now, 1).timestamp()))) == sorted(first)
         assert not list(out.rglob("*.tmp"))
+        top = [json.loads(x)["rollout_id"] for x in (out / "results.jsonl").read_text().splitlines()]
+        assert sorted(top) == sorted(first + more), "results.jsonl holds each filed result once"
 
     async def test_a_kill_after_the_manifests_before_the_index_is_rolled_back(
         self, log: Log, tmp_path: Path
@@ -344,6 +346,8 @@ class TestCrash:
         assert sorted(folder_ids(out, period_of(month_start(now, 2).timestamp()))) == sorted(first)
         assert check_export(out) == []
         assert not (out / ".export-in-progress").exists()
+        top = [json.loads(x)["rollout_id"] for x in (out / "results.jsonl").read_text().splitlines()]
+        assert sorted(top) == sorted(first + second + this), "the killed export's lines are cut off"
 
 
 class TestProofs:

@@ -4,8 +4,7 @@ The archive is one folder per release month that never changes once closed (see
 :mod:`rollwatch.publication.releases` for the layout, the manifests and crash safety):
 an export writes each new result once, into its folder, and leaves every older file
 alone. At the top it rewrites what is small or current: ``index.html``, ``feed.json``,
-``feed.atom`` (the same bytes the public routes serve), ``results.jsonl`` (the results
-of the open folders, i.e. those not yet in a closed one), ``releases.json`` (the index
+``feed.atom`` (the same bytes the public routes serve), ``releases.json`` (the index
 of the folders), ``superseded.jsonl`` and ``rollouts/{id}.json`` (every result, a hard
 link to its folder's copy until a re-score marks it superseded; what the feeds' item
 links point at). Only released results are written (see
@@ -19,6 +18,8 @@ that standard tlog clients read and verify, and an auditor checks every result
 offline (an older folder's proofs against its own checkpoint, which the current tiles
 prove consistent). Full tiles never change, so a later export rewrites only the
 partial ones; entry bundles are never exported (they hold events under embargo).
+``results.jsonl`` holds every filed result, one line each; an export only appends its
+new lines to it (what a killed export appended is cut off by the next).
 """
 
 from __future__ import annotations
@@ -89,8 +90,8 @@ async def export_public(
     """Add what is new to the public release under ``out_dir``; ``base_url`` is where DIR will be served.
 
     New results go into their release folders (see :mod:`rollwatch.publication.releases`);
-    the feeds, the page, the open folders' ``results.jsonl``, the index and the
-    supersession marks are rewritten. With ``tree`` (the log's Merkle tree, caught up),
+    the feeds, the page, the index and the supersession marks are rewritten, and the new
+    results' lines appended to ``results.jsonl``. With ``tree`` (the log's Merkle tree, caught up),
     new results carry their proof bundles under ``proof`` and their lines the feed's
     inclusion proof under ``_rollwatch``, and the export holds the checkpoint, the key
     ``vkey`` and the hash tiles. ``cosigned``: the daemon's file of the latest checkpoint
@@ -173,7 +174,7 @@ async def export_public(
             record, _ = await _result(one, bundles, checkpoint, None)
             await anyio.to_thread.run_sync(write_atomic, out_dir / rollout_file(rid), record)
             written += 1
-    await anyio.to_thread.run_sync(archive.open_results, out_dir / "results.jsonl")
+    await anyio.to_thread.run_sync(archive.append_results, out_dir / "results.jsonl")
     extra = (await proofs.fields(view.recent))[0] if proofs is not None else None
     pages = {
         "feed.json": feeds.json_feed_bytes(view, base_url, extra),

@@ -131,6 +131,8 @@ class Folder:
     changed: bool = False
     wrote: int = 0
     """Files this export wrote here."""
+    new_chunk: str | None = None
+    """The chunk this export put in place here (appended to the top-level results.jsonl)."""
 
     @property
     def path(self) -> Path:
@@ -194,6 +196,7 @@ class Folder:
             )
             self.results += self._chunk_results
             self.checkpoint = checkpoint
+            self.new_chunk = self._chunk_name
             self._chunk = None
             self.wrote += 1
         if close and self.state == "open":
@@ -274,6 +277,9 @@ class Archive:
     """The lowest released seq that was not yet public at the last export (a release ahead
     of its ``not_before`` by this clock): the next export looks again from there."""
     superseded: dict[str, dict[str, Any]] = field(default_factory=dict)
+    results_bytes: int | None = None
+    """The length of the top-level results.jsonl the last complete export left (None: an
+    index that does not say, so the file is made again from every chunk)."""
 
     @classmethod
     def open(cls, root: Path) -> Archive:
@@ -297,6 +303,7 @@ class Archive:
             a.exported_seq = int(index["exported_seq"])
             a.exported_at = float(index["exported_at"])
             a.held_from = index.get("held_from")
+            a.results_bytes = index.get("results_jsonl_bytes")
             closed = {
                 e["period"]: (int(e["results"]), e.get("manifest_sha256"))
                 for e in index["releases"]
@@ -363,18 +370,31 @@ class Archive:
         for f in self.folders.values():
             f.abandon()
 
-    def open_results(self, out: Path) -> int:
-        """Write the open folders' chunks, in order, as one file ``out``; return its size."""
-        tmp = out.with_name(out.name + ".tmp")
-        with tmp.open("wb") as dst:
-            for f in sorted(self.folders.values(), key=lambda f: f.period):
-                if f.state != "open":
-                    continue
-                for c in f.chunks:
-                    with (f.path / c["file"]).open("rb") as src:
-                        shutil.copyfileobj(src, dst, 1 << 20)
+    def append_results(self, out: Path) -> int:
+        """Append this export's chunks to ``out`` (every filed result, one line each, in the
+        order exports filed them); return its size. The file only grows: what a killed
+        export appended past the length the index records is cut off first, so each
+        export costs what it adds, not the archive."""
+        if self.results_bytes is None or not out.exists():
+            start = 0
+            sources = sorted(self.root.glob("releases/*/results-*.jsonl"))
+        else:
+            start = self.results_bytes
+            sources = [
+                f.path / f.new_chunk
+                for f in sorted(self.folders.values(), key=lambda f: f.period)
+                if f.new_chunk is not None
+            ]
+        with out.open("r+b" if out.exists() else "w+b") as dst:
+            dst.truncate(start)
+            dst.seek(start)
+            for path in sources:
+                with path.open("rb") as src:
+                    shutil.copyfileobj(src, dst, 1 << 20)
             size = dst.tell()
-        os.replace(tmp, out)
+            dst.flush()
+            os.fsync(dst.fileno())
+        self.results_bytes = size
         return size
 
     def write_index(self, *, now: datetime, exported_seq: int, held_from: int | None, tree_size: int) -> None:
@@ -407,6 +427,7 @@ class Archive:
             "exported_seq": exported_seq,
             "exported_at": now.timestamp(),
             "held_from": held_from,
+            "results_jsonl_bytes": self.results_bytes,
         }
         write_atomic(self.root / LICENSE, LICENCE_TEXT.encode())
         write_atomic(self.root / INDEX, json.dumps(index, ensure_ascii=False, indent=1).encode() + b"\n")
