@@ -190,9 +190,9 @@ class TestOrigin:
 
 class TestProjections:
     @pytest.mark.anyio
-    async def test_projections_of_another_log_are_rebuilt_with_one_warning(self, tmp_path: Path) -> None:
-        """Projections record their log's event 1; opened against another log they are dropped (one WARNING)
-        and rebuilt from it, while the same log is left as it is."""
+    async def test_projections_of_another_log_are_rebuilt_beside(self, tmp_path: Path) -> None:
+        """Projections record their log's event 1; opened against another log they are not
+        shown as its own: the build names the reason and builds that log's beside them."""
         from rollwatch.projections import ProjectionDB
         from rollwatch.readmodels import default_projections
 
@@ -201,18 +201,16 @@ class TestProjections:
             SQLiteEventStore(tmp_path / "b.db") as b,
             ProjectionDB(tmp_path / "p.db", default_projections()) as pdb,
         ):
-            await append_n(a, 7, tag="a")
-            await append_n(b, 4, tag="b")
-            assert await pdb.belongs_to(a)
-            await pdb.catch_up(a)
-            assert set((await pdb.checkpoints()).values()) == {7}
-            with structlog.testing.capture_logs() as logged:
-                assert await pdb.belongs_to(a)
-                assert not await pdb.belongs_to(b)
-                assert await pdb.belongs_to(b)
-            assert [r["event"] for r in logged if r["log_level"] == "warning"] == [
-                "projections_of_another_log"
-            ]
-            assert set((await pdb.checkpoints()).values()) == {0}
-            await pdb.catch_up(b)
+            await append_n(a, 4, tag="a")
+            await append_n(b, 7, tag="b")  # longer: not caught as a file beyond the log's head
+            await pdb.build(a)
             assert set((await pdb.checkpoints()).values()) == {4}
+            assert await pdb.distrust(a) is None
+            assert await pdb.distrust(b) == "made from another log"
+            with structlog.testing.capture_logs() as logged:
+                await pdb.build(b)
+            assert [r.get("reason") for r in logged if r["event"] == "projections_building_beside"] == [
+                "made from another log"
+            ]
+            assert set((await pdb.checkpoints()).values()) == {7}
+            assert await pdb.distrust(b) is None
