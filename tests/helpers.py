@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
-from collections.abc import Sequence
+import tempfile
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -64,3 +66,39 @@ class WithoutAggregates:
             return []
         rows: list[tuple[Any, ...]] = await self.pdb.fetchall(sql, params)
         return rows
+
+
+@contextlib.asynccontextmanager
+async def replayed(events: Sequence[tuple[str, Any]], split: int) -> AsyncIterator[tuple[Any, Any]]:
+    """A fresh SQLite log holding runs ``run-0`` and ``run-1`` (provider ``openai``, models
+    ``m0`` and ``m1``), then ``events`` ((stream, event) pairs) appended one by one; the
+    projections are caught up after event ``split`` (the aggregates must hold across
+    batches) and at the end. Yields (store, projections)."""
+    from rollwatch.events import RunStarted, run_stream
+    from rollwatch.projections import ProjectionDB
+    from rollwatch.readmodels import default_projections
+    from rollwatch.store.sqlite import SQLiteEventStore
+
+    with tempfile.TemporaryDirectory() as tmp:
+        d = Path(tmp)
+        async with (
+            SQLiteEventStore(d / "events.db") as store,
+            ProjectionDB(d / "projections.db", default_projections()) as pdb,
+        ):
+            for run in ("run-0", "run-1"):
+                started = RunStarted(
+                    run_id=run,
+                    schedule="s",
+                    provider="openai",
+                    models=["m0", "m1"],
+                    problem_set="s",
+                    node="n",
+                    rollouts=1,
+                )
+                await store.append(run_stream(run), [started])
+            for i, (stream, ev) in enumerate(events):
+                await store.append(stream, [ev])
+                if i == split:
+                    await pdb.catch_up(store)
+            await pdb.catch_up(store)
+            yield store, pdb

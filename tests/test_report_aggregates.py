@@ -13,11 +13,12 @@ from hypothesis import strategies as st
 from rollwatch.events import (
     Event,
     ProblemVersioned,
+    RolloutFailed,
     RolloutRequested,
     RolloutRescored,
     RolloutResponded,
     RolloutScored,
-    RunStarted,
+    RunFinished,
     rollout_stream,
     run_stream,
 )
@@ -26,7 +27,7 @@ from rollwatch.readmodels import default_projections
 from rollwatch.report import build_report, build_trend, to_json
 from rollwatch.report.views import Fetcher
 from rollwatch.store.sqlite import SQLiteEventStore
-from tests.helpers import WithoutAggregates
+from tests.helpers import WithoutAggregates, replayed
 
 ROLLOUTS = [f"r{i}" for i in range(6)]
 # rollout -> (run, model, problem): two runs, two models, two problems
@@ -54,11 +55,15 @@ rescored = st.builds(
     st.sampled_from(HASHES),
 )
 versioned = st.builds(lambda p, h: ("version", p, h), st.sampled_from(["p0", "p1"]), st.sampled_from(HASHES))
-OPS = st.lists(st.one_of(requested, responded, scored, rescored, versioned), max_size=30)
+failed = st.builds(lambda r: ("fail", r), st.sampled_from(ROLLOUTS))
+finished = st.builds(lambda run: ("finish", run), st.sampled_from(["run-0", "run-1"]))
+OPS = st.lists(st.one_of(requested, responded, scored, rescored, versioned, failed, finished), max_size=30)
 
 
 def event(op: tuple[Any, ...]) -> tuple[str, Event]:
     kind, key = op[0], op[1]
+    if kind == "finish":  # the report's failures by cause count finished runs only
+        return run_stream(key), RunFinished(run_id=key, status="partial", rollouts=0, passed=0, cost_usd=0.0)
     if kind == "version":
         return "problems", ProblemVersioned(problem_set="s", problem_id=key, problem_hash=op[2])
     run_id, model, problem = PLACE[key]
@@ -74,6 +79,16 @@ def event(op: tuple[Any, ...]) -> tuple[str, Event]:
             attempt=1,
             request={},
             node="n",
+        )
+    if kind == "fail":
+        return rollout_stream(key), RolloutFailed(
+            rollout_id=key,
+            attempt=1,
+            kind="server_error",
+            status=500,
+            retryable=False,
+            message="x",
+            final=True,
         )
     if kind == "resp":
         return rollout_stream(key), RolloutResponded(
@@ -117,34 +132,8 @@ async def reports(pdb: Fetcher) -> dict[str, Any]:
 
 
 async def compare(ops: list[tuple[Any, ...]], split: int) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        d = Path(tmp)
-        async with (
-            SQLiteEventStore(d / "events.db") as store,
-            ProjectionDB(d / "projections.db", default_projections()) as pdb,
-        ):
-            for run in ("run-0", "run-1"):
-                await store.append(
-                    run_stream(run),
-                    [
-                        RunStarted(
-                            run_id=run,
-                            schedule="s",
-                            provider="openai",
-                            models=["m0", "m1"],
-                            problem_set="s",
-                            node="n",
-                            rollouts=1,
-                        )
-                    ],
-                )
-            for i, op in enumerate(ops):
-                stream, ev = event(op)
-                await store.append(stream, [ev])
-                if i == split:  # catch up part-way too: the aggregates are kept across batches
-                    await pdb.catch_up(store)
-            await pdb.catch_up(store)
-            assert await reports(pdb) == await reports(WithoutAggregates(pdb))
+    async with replayed([event(op) for op in ops], split) as (_, pdb):
+        assert await reports(pdb) == await reports(WithoutAggregates(pdb))
 
 
 class TestAggregates:

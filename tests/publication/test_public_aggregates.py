@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import tempfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -20,16 +19,14 @@ from rollwatch.events import (
     RolloutRescored,
     RolloutScored,
     RunFinished,
-    RunStarted,
     rfc3339,
     rollout_stream,
     run_stream,
 )
 from rollwatch.projections import ProjectionDB
 from rollwatch.publication.public import PublicView, public_view
-from rollwatch.readmodels import default_projections
 from rollwatch.store.sqlite import SQLiteEventStore
-from tests.helpers import WithoutAggregates
+from tests.helpers import WithoutAggregates, replayed
 from tests.publication.helpers import add_rollout, make_config, new_run_id, serving, start_run
 
 pytestmark = pytest.mark.anyio
@@ -106,36 +103,10 @@ async def views(store: SQLiteEventStore, pdb: ProjectionDB, now: datetime) -> tu
 
 async def compare(ops: list[tuple[Any, ...]], split: int) -> None:
     now = datetime.now(UTC)
-    with tempfile.TemporaryDirectory() as tmp:
-        d = Path(tmp)
-        async with (
-            SQLiteEventStore(d / "events.db") as store,
-            ProjectionDB(d / "projections.db", default_projections()) as pdb,
-        ):
-            for run in ("run-0", "run-1"):
-                await store.append(
-                    run_stream(run),
-                    [
-                        RunStarted(
-                            run_id=run,
-                            schedule="s",
-                            provider="openai",
-                            models=["m0", "m1"],
-                            problem_set="s",
-                            node="n",
-                            rollouts=1,
-                        )
-                    ],
-                )
-            for i, op in enumerate(ops):
-                stream, ev = event(op, now)
-                await store.append(stream, [ev])
-                if i == split:
-                    await pdb.catch_up(store)
-            await pdb.catch_up(store)
-            for at in (now - timedelta(days=3), now, now + timedelta(days=1), now + timedelta(days=3)):
-                kept, grouped = await views(store, pdb, at)
-                assert kept == grouped, at
+    async with replayed([event(op, now) for op in ops], split) as (store, pdb):
+        for at in (now - timedelta(days=3), now, now + timedelta(days=1), now + timedelta(days=3)):
+            kept, grouped = await views(store, pdb, at)
+            assert kept == grouped, at
 
 
 class TestPublicAggregates:

@@ -580,8 +580,10 @@ async def _with_failures(
     """``rows`` with their failures by cause, the model's apart from ours. ``cells``, when
     they are per run, save reading each run's served models again."""
     if cells is None:
-        found = await failures_by_key(pdb, by)
-        return await _rows_with(pdb, rows, found)
+        # Which served models each run's answers came from: from the aggregates (a row
+        # per run, problem and served model) when kept, else failures_by_key groups them.
+        kept = await _agg_answers(pdb) if await has_aggregates(pdb) else None
+        return await _rows_with(pdb, rows, await failures_by_key(pdb, by, answers=kept))
     answers: Answers = defaultdict(dict)
     for c in cells:
         # The cells' served models, those of unanswered rollouts already filled in: the
@@ -589,6 +591,20 @@ async def _with_failures(
         by_served = answers[(c.provider, c.model, c.run_id)]
         by_served[c.served_model] = by_served.get(c.served_model, 0) + c.total
     return await _rows_with(pdb, rows, await failures_by_key(pdb, by, answers=answers))
+
+
+_AGG_ANSWERS_SQL = (
+    "SELECT provider, model, run_id, served_model, sum(total) FROM agg_cells WHERE total > 0"
+    " GROUP BY provider, model, run_id, served_model"
+)
+
+
+async def _agg_answers(pdb: Fetcher) -> Answers:
+    """Every run's rollouts by provider, model and served model (None: no answer)."""
+    out: Answers = defaultdict(dict)
+    for provider, model, run, served, n in await pdb.fetchall(_AGG_ANSWERS_SQL):
+        out[(str(provider), str(model), str(run))][None if served == UNSERVED else served] = int(n)
+    return out
 
 
 async def _rows_with(pdb: Fetcher, rows: Sequence[Row], found: dict[Key, Failures]) -> list[Row]:
