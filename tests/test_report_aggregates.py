@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from rollwatch.events import (
@@ -42,22 +42,31 @@ responded = st.builds(
     st.sampled_from([None, 0.0, 0.1, 0.25, 0.001]),
     st.sampled_from([None, None, 0.2, 0.5]),  # the list price of a batched answer
 )
+REASONS = [None, "tests failed", "timeout after 5 s", "scorer error: boom", "sandbox error: the candidate wrote"]
 scored = st.builds(
-    lambda r, passed, h: ("score", r, passed, h),
+    lambda r, passed, h, reason: ("score", r, passed, h, reason),
     st.sampled_from(ROLLOUTS),
     st.booleans(),
     st.sampled_from([None, *HASHES]),
+    st.sampled_from(REASONS),
 )
 rescored = st.builds(
-    lambda r, passed, h: ("rescore", r, passed, h),
+    lambda r, passed, h, reason: ("rescore", r, passed, h, reason),
     st.sampled_from(ROLLOUTS),
     st.booleans(),
     st.sampled_from(HASHES),
+    st.sampled_from(REASONS),
 )
 versioned = st.builds(lambda p, h: ("version", p, h), st.sampled_from(["p0", "p1"]), st.sampled_from(HASHES))
-failed = st.builds(lambda r: ("fail", r), st.sampled_from(ROLLOUTS))
+failed = st.builds(
+    lambda r, kind, final: ("fail", r, kind, final),
+    st.sampled_from(ROLLOUTS),
+    st.sampled_from(["server_error", "rate_limited"]),
+    st.booleans(),
+)
 finished = st.builds(lambda run: ("finish", run), st.sampled_from(["run-0", "run-1"]))
-OPS = st.lists(st.one_of(requested, responded, scored, rescored, versioned, failed, finished), max_size=30)
+OPS_PARTS = (requested, responded, scored, rescored, versioned, failed, finished)
+OPS = st.lists(st.one_of(*OPS_PARTS), max_size=30)
 
 
 def event(op: tuple[Any, ...]) -> tuple[str, Event]:
@@ -84,11 +93,11 @@ def event(op: tuple[Any, ...]) -> tuple[str, Event]:
         return rollout_stream(key), RolloutFailed(
             rollout_id=key,
             attempt=1,
-            kind="server_error",
+            kind=op[2] if len(op) > 2 else "server_error",
             status=500,
             retryable=False,
             message="x",
-            final=True,
+            final=op[3] if len(op) > 3 else True,
         )
     if kind == "resp":
         return rollout_stream(key), RolloutResponded(
@@ -103,7 +112,12 @@ def event(op: tuple[Any, ...]) -> tuple[str, Event]:
         )
     if kind == "score":
         return rollout_stream(key), RolloutScored(
-            rollout_id=key, passed=op[2], score=float(op[2]), scorer="t", problem_hash=op[3]
+            rollout_id=key,
+            passed=op[2],
+            score=float(op[2]),
+            scorer="t",
+            problem_hash=op[3],
+            reason=(op[4] if len(op) > 4 else None) or "",
         )
     return rollout_stream(key), RolloutRescored(
         rollout_id=key,
@@ -114,6 +128,7 @@ def event(op: tuple[Any, ...]) -> tuple[str, Event]:
         problem_hash=op[3],
         scorer_version="1",
         rescore_id="x",
+        reason=(op[4] if len(op) > 4 else None) or "",
     )
 
 
@@ -132,13 +147,17 @@ async def reports(pdb: Fetcher) -> dict[str, Any]:
 
 
 async def compare(ops: list[tuple[Any, ...]], split: int) -> None:
+    # Both runs end last, whatever else happened: the failures by cause count finished runs.
+    ops = [*ops, ("finish", "run-0"), ("finish", "run-1")]
     async with replayed([event(op) for op in ops], split) as (_, pdb):
         assert await reports(pdb) == await reports(WithoutAggregates(pdb))
 
 
 class TestAggregates:
-    @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(ops=OPS, split=st.integers(0, 30))
+    # A retry after a final failure: the rollout is asked again (unanswered, not failed).
+    @example(ops=[("req", "r0"), ("fail", "r0", "server_error", True), ("req", "r0")], split=1)
     def test_the_aggregates_equal_the_group_by_after_any_events(
         self, ops: list[tuple[Any, ...]], split: int
     ) -> None:

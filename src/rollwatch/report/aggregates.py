@@ -19,14 +19,13 @@ nano-dollars, so adding and removing contributions never drifts.
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Sequence
 from typing import Any
 
 from rollwatch import events as e
 from rollwatch.events import Recorded
-from rollwatch.projections import Projection
-
-UNSERVED = "\x00"
-"""``served_model`` of a rollout without an answer (a primary key cannot hold NULL)."""
+from rollwatch.projections import Projection, RowBatch
+from rollwatch.report.failures import PREFIX, UNSERVED, rollout_cause
 
 _COUNTS = (
     "total",
@@ -55,15 +54,32 @@ class ReportAggregatesProjection(Projection):
     ``--by model`` and ``--by problem`` read); ``agg_verdicts`` counts scored rollouts
     per problem version of their newest verdict and ``agg_problem_versions`` dates each
     version, for the report's note on verdicts under an older version.
+    ``agg_failures`` counts the rollouts that did not pass by cause (see
+    :mod:`rollwatch.report.failures`) per run, problem and served model, and
+    ``agg_run_failures`` the same without the problem (what ``--by model`` and ``--by
+    run`` read): the report keeps those of finished runs.
+
+    A batch of events is applied in memory: each touched ``agg_rollouts`` row is read
+    once (one query for the batch), the counts' changes are summed per row of each
+    table, and each table is written once, with one ``executemany``.
     """
 
     name = "report_aggregates"
-    version = 1
-    tables = ("agg_rollouts", "agg_cells", "agg_models", "agg_verdicts", "agg_problem_versions")
+    version = 2  # 2: agg_failures, agg_run_failures (the report's failures by cause)
+    tables = (
+        "agg_rollouts",
+        "agg_cells",
+        "agg_models",
+        "agg_verdicts",
+        "agg_problem_versions",
+        "agg_failures",
+        "agg_run_failures",
+    )
     types = frozenset(
         {
             "RolloutRequested",
             "RolloutResponded",
+            "RolloutFailed",
             "RolloutScored",
             "RolloutRescored",
             "ProblemVersioned",
@@ -73,8 +89,9 @@ class ReportAggregatesProjection(Projection):
     CREATE TABLE IF NOT EXISTS agg_rollouts (
         rollout_id TEXT PRIMARY KEY, provider TEXT, model TEXT, problem_id TEXT, run_id TEXT,
         problem_hash TEXT, served_model TEXT NOT NULL, scored INTEGER NOT NULL, passed INTEGER NOT NULL,
-        cost_nusd INTEGER, verdict_hash TEXT, list_nusd INTEGER
-    );
+        cost_nusd INTEGER, verdict_hash TEXT, list_nusd INTEGER,
+        state TEXT NOT NULL, fail_kind TEXT, reason TEXT
+    ) WITHOUT ROWID;
     CREATE TABLE IF NOT EXISTS agg_cells (
         provider TEXT, model TEXT, problem_id TEXT, run_id TEXT, served_model TEXT NOT NULL,
         total INTEGER NOT NULL, scored INTEGER NOT NULL, passed INTEGER NOT NULL,
@@ -101,91 +118,139 @@ class ReportAggregatesProjection(Projection):
     CREATE TABLE IF NOT EXISTS agg_problem_versions (
         problem_id TEXT NOT NULL, problem_hash TEXT NOT NULL, seq INTEGER NOT NULL,
         PRIMARY KEY (problem_id, problem_hash)
+    );
+    CREATE TABLE IF NOT EXISTS agg_failures (
+        provider TEXT, model TEXT, problem_id TEXT, run_id TEXT, served_model TEXT NOT NULL,
+        side TEXT NOT NULL, cause TEXT NOT NULL, n INTEGER NOT NULL,
+        PRIMARY KEY (provider, model, problem_id, run_id, served_model, side, cause)
+    );
+    CREATE TABLE IF NOT EXISTS agg_run_failures (
+        provider TEXT, model TEXT, run_id TEXT, served_model TEXT NOT NULL,
+        side TEXT NOT NULL, cause TEXT NOT NULL, n INTEGER NOT NULL,
+        PRIMARY KEY (run_id, provider, model, served_model, side, cause)
     )
     """
 
     def apply(self, db: sqlite3.Connection, rec: Recorded) -> None:
-        """Move the rollout's contribution from what it was to what this event makes it."""
-        ev = rec.event()
-        if isinstance(ev, e.RolloutRequested):
-            cur = db.execute(
-                "INSERT OR IGNORE INTO agg_rollouts (rollout_id, provider, model, problem_id, run_id,"
-                " problem_hash, served_model, scored, passed) VALUES (?,?,?,?,?,?,?,0,0)",
-                (ev.rollout_id, ev.provider, ev.model, ev.problem_id, ev.run_id, ev.problem_hash, UNSERVED),
-            )
-            if cur.rowcount:
-                row = (
-                    ev.provider,
-                    ev.model,
-                    ev.run_id,
-                    ev.problem_id,
-                    UNSERVED,
-                    ev.problem_hash,
-                    0,
-                    0,
-                    None,
-                    None,
-                    None,
-                )
-                _count(db, row, None)
-            self._version(db, ev.problem_id, ev.problem_hash, rec.seq, update=False)
-        elif isinstance(ev, e.RolloutResponded):
-            served = UNSERVED if ev.model is None else ev.model
-            self._change(
-                db,
-                ev.rollout_id,
-                {
-                    "served_model": served,
-                    "cost_nusd": _nusd(ev.cost_usd),
-                    "list_nusd": _nusd(ev.list_cost_usd),
-                },
-            )
-        elif isinstance(ev, e.RolloutScored):
-            row = db.execute(_ROW, (ev.rollout_id,)).fetchone()
-            if row is not None:
-                vhash = ev.problem_hash or row[5]
-                self._change(
-                    db,
-                    ev.rollout_id,
-                    {"scored": 1, "passed": int(bool(ev.passed)), "verdict_hash": vhash},
-                    row,
-                )
-                if vhash is not None:
-                    self._version(db, row[3], vhash, rec.seq, update=False)
-        elif isinstance(ev, e.RolloutRescored):
-            self._change(db, ev.rollout_id, {"passed": int(bool(ev.passed)), "verdict_hash": ev.problem_hash})
-            if ev.problem_hash is not None:
-                self._version(db, ev.problem_id, ev.problem_hash, rec.seq, update=False)
-        elif isinstance(ev, e.ProblemVersioned):
-            self._version(db, ev.problem_id, ev.problem_hash, rec.seq, update=True)
+        """Apply one event (a batch of one)."""
+        self.apply_batch(db, [rec])
 
-    @staticmethod
-    def _version(
-        db: sqlite3.Connection, pid: str | None, phash: str | None, seq: int, *, update: bool
-    ) -> None:
-        if pid is None or phash is None:
-            return
-        db.execute(_VERSION_UPDATE if update else _VERSION_INSERT, (pid, phash, seq))
-
-    @staticmethod
-    def _change(
-        db: sqlite3.Connection, rid: str, new: dict[str, Any], old: tuple[Any, ...] | None = None
-    ) -> None:
-        old = old or db.execute(_ROW, (rid,)).fetchone()
-        if old is None:
-            return
-        db.execute(
-            f"UPDATE agg_rollouts SET {', '.join(f'{k} = ?' for k in new)} WHERE rollout_id = ?",
-            (*new.values(), rid),
+    def apply_batch(self, db: sqlite3.Connection, recs: Sequence[Recorded]) -> None:
+        """Apply the batch's events to the rollouts' rows in memory, then move each touched
+        rollout's contributions once, from what it was before the batch to what it is after."""
+        rows = RowBatch(db, "agg_rollouts", _ROLLOUT_COLUMNS)
+        evs = [(rec, rec.event()) for rec in recs]
+        rows.prefetch(
+            ev.rollout_id for _, ev in evs if isinstance(ev, _ROLLOUT) and type(ev.rollout_id) is str
         )
-        row = list(old)
-        for k, v in new.items():
-            row[_ROW_INDEX[k]] = v
-        _count(db, tuple(row), old)
+        acc = _Deltas()
+        before: dict[str, dict[str, Any] | None] = {}  # each touched rollout's row before the batch
+        for rec, ev in evs:
+            if isinstance(ev, e.ProblemVersioned):
+                acc.version(ev.problem_id, ev.problem_hash, rec.seq, update=True)
+                continue
+            if not isinstance(ev, _ROLLOUT):
+                continue
+            rid = ev.rollout_id
+            if type(rid) is not str:  # in no log a rollwatch writer made (an edited file)
+                continue
+            if isinstance(ev, e.RolloutRescored):
+                acc.version(ev.problem_id, ev.problem_hash, rec.seq, update=False)
+            row = rows.get(rid)
+            if isinstance(ev, e.RolloutRequested):
+                if row is None:
+                    before.setdefault(rid, None)
+                    rows.insert_or_ignore(
+                        rid,
+                        {
+                            "rollout_id": rid,
+                            "provider": ev.provider,
+                            "model": ev.model,
+                            "problem_id": ev.problem_id,
+                            "run_id": ev.run_id,
+                            "problem_hash": ev.problem_hash,
+                            "served_model": UNSERVED,
+                            "scored": 0,
+                            "passed": 0,
+                            "state": "requested",
+                        },
+                    )
+                elif row["state"] == "failed":  # asked again after a final failure
+                    if rid not in before:
+                        before[rid] = dict(row)
+                    rows.change(rid)
+                    row["state"] = "requested"
+                acc.version(ev.problem_id, ev.problem_hash, rec.seq, update=False)
+                continue
+            if row is None:
+                continue
+            if rid not in before:
+                before[rid] = dict(row)
+            rows.change(rid)
+            if isinstance(ev, e.RolloutResponded):
+                row["served_model"] = UNSERVED if ev.model is None else ev.model
+                row["cost_nusd"] = _nusd(ev.cost_usd)
+                row["list_nusd"] = _nusd(ev.list_cost_usd)
+                if row["state"] != "scored":
+                    row["state"] = "answered"
+            elif isinstance(ev, e.RolloutFailed):
+                row["fail_kind"] = ev.kind
+                if ev.final and row["state"] == "requested":
+                    row["state"] = "failed"
+            elif isinstance(ev, e.RolloutScored):
+                vhash = ev.problem_hash or row["problem_hash"]
+                row.update(
+                    scored=1,
+                    passed=int(bool(ev.passed)),
+                    verdict_hash=vhash,
+                    state="scored",
+                    reason=_reason(ev.reason),
+                )
+                acc.version(row["problem_id"], vhash, rec.seq, update=False)
+            else:
+                row.update(
+                    passed=int(bool(ev.passed)), verdict_hash=ev.problem_hash, reason=_reason(ev.reason)
+                )
+        all_rows = rows.rows
+        for rid, old in before.items():
+            new = all_rows[rid]
+            assert new is not None
+            acc.move(old, new)
+        rows.flush()
+        acc.flush(db)
 
 
-def _contribution(row: tuple[Any, ...]) -> tuple[int, ...]:
-    _provider, _model, _run_id, _problem_id, _served, _phash, scored, passed, cost, _vhash, listed = row
+_ROLLOUT = (e.RolloutRequested, e.RolloutResponded, e.RolloutFailed, e.RolloutScored, e.RolloutRescored)
+
+_ROLLOUT_COLUMNS = (
+    "rollout_id",
+    "provider",
+    "model",
+    "problem_id",
+    "run_id",
+    "problem_hash",
+    "served_model",
+    "scored",
+    "passed",
+    "cost_nusd",
+    "verdict_hash",
+    "list_nusd",
+    "state",
+    "fail_kind",
+    "reason",
+)
+
+
+def _reason(reason: str | None) -> str | None:
+    """As much of a verdict's reason as decides its cause (see ``failures.VERDICT_CAUSES``)."""
+    return None if reason is None else str(reason)[:PREFIX]
+
+
+def _contribution(row: dict[str, Any]) -> tuple[int, ...]:
+    """A rollout's counts in ``agg_cells`` and ``agg_models``."""
+    scored = row["scored"]
+    cost = row["cost_nusd"]
+    listed = row["list_nusd"]
     costed = cost is not None
     c = cost or 0
     # As _CELLS_SQL: the list price where a batch price was paid, else the price paid.
@@ -193,7 +258,7 @@ def _contribution(row: tuple[Any, ...]) -> tuple[int, ...]:
     return (
         1,
         scored,
-        int(bool(scored and passed)),
+        int(bool(scored and row["passed"])),
         c,
         int(costed),
         c * scored,
@@ -205,71 +270,161 @@ def _contribution(row: tuple[Any, ...]) -> tuple[int, ...]:
     )
 
 
-def _count(db: sqlite3.Connection, new: tuple[Any, ...], old: tuple[Any, ...] | None) -> None:
-    """Move one rollout's contribution from row ``old`` (None: none yet) to row ``new``: one
-    upsert per table when its group stays, a removal and an addition when it moves."""
-    provider, model, run_id, problem_id, served = new[:5]
-    values = _contribution(new)
-    if old is not None:
-        was = _contribution(old)
-        if old[4] == served:
-            values = tuple(a - b for a, b in zip(values, was, strict=True))
-        else:
-            _upsert(db, (provider, model, problem_id, run_id, old[4]), tuple(-x for x in was))
-    if any(values):
-        _upsert(db, (provider, model, problem_id, run_id, served), values)
-    if old is not None and old[6] and old[9] is not None:
-        db.execute(_VERDICT, (problem_id, old[9], -1))
-    if new[6] and new[9] is not None:
-        db.execute(_VERDICT, (problem_id, new[9], 1))
+def _failure(row: dict[str, Any]) -> tuple[str, str] | None:
+    """(side, cause) of a rollout that did not pass (the report counts those of finished runs)."""
+    state = row["state"]
+    if state == "scored" and row["passed"]:
+        return None
+    return rollout_cause(state, row["fail_kind"], row["reason"] if state == "scored" else None)
 
 
-def _upsert(db: sqlite3.Connection, key: tuple[Any, ...], values: tuple[int, ...]) -> None:
-    provider, model, problem_id, run_id, served = key
-    db.execute(_CELLS_UPSERT, (provider, model, problem_id, run_id, served, *values))
-    db.execute(_MODELS_UPSERT, (provider, model, served, problem_id, *values))
+class _Deltas:
+    """A batch's changes to the count tables, summed per row, written at :meth:`flush`.
+
+    A row a change touches is written even when its changes sum to nothing (as an upsert
+    per change would leave it): a batch leaves the rows event-by-event catch-up would.
+    """
+
+    __slots__ = ("cells", "fails", "models", "run_fails", "verdicts", "versions")
+
+    def __init__(self) -> None:
+        self.cells: dict[tuple[Any, ...], list[int]] = {}
+        self.models: dict[tuple[Any, ...], list[int]] = {}
+        self.verdicts: dict[tuple[Any, ...], int] = {}
+        self.fails: dict[tuple[Any, ...], int] = {}
+        self.run_fails: dict[tuple[Any, ...], int] = {}
+        self.versions: dict[tuple[Any, Any], tuple[int, bool]] = {}
+
+    def version(self, pid: str | None, phash: str | None, seq: int, *, update: bool) -> None:
+        """``INSERT OR IGNORE`` (first seen) or, ``update``, upsert (``ProblemVersioned``)."""
+        if pid is None or phash is None:
+            return
+        key = (pid, phash)
+        if update:
+            self.versions[key] = (seq, True)
+        elif key not in self.versions:
+            self.versions[key] = (seq, False)
+
+    def move(self, old: dict[str, Any] | None, new: dict[str, Any]) -> None:
+        """Move one rollout's contributions from ``old`` (None: none yet) to ``new``."""
+        provider, model, problem_id, run_id, served = (
+            new["provider"],
+            new["model"],
+            new["problem_id"],
+            new["run_id"],
+            new["served_model"],
+        )
+        values = _contribution(new)
+        if old is not None:
+            was = _contribution(old)
+            if old["served_model"] == served:
+                values = tuple(a - b for a, b in zip(values, was, strict=True))
+            else:
+                self._add(provider, model, problem_id, run_id, old["served_model"], tuple(-x for x in was))
+        if any(values):
+            self._add(provider, model, problem_id, run_id, served, values)
+        if old is not None and old["scored"] and old["verdict_hash"] is not None:
+            k = (problem_id, old["verdict_hash"])
+            self.verdicts[k] = self.verdicts.get(k, 0) - 1
+        if new["scored"] and new["verdict_hash"] is not None:
+            k = (problem_id, new["verdict_hash"])
+            self.verdicts[k] = self.verdicts.get(k, 0) + 1
+        was_failed = None if old is None else _failure(old)
+        now_failed = _failure(new)
+        if (
+            old is not None
+            and was_failed is not None
+            and (was_failed, old["served_model"]) != (now_failed, served)
+        ):
+            self._fail(provider, model, problem_id, run_id, old["served_model"], was_failed, -1)
+        if now_failed is not None and (
+            old is None or (was_failed, old["served_model"]) != (now_failed, served)
+        ):
+            self._fail(provider, model, problem_id, run_id, served, now_failed, 1)
+
+    def _add(
+        self, provider: Any, model: Any, problem_id: Any, run_id: Any, served: Any, values: tuple[int, ...]
+    ) -> None:
+        for acc, key in (
+            (self.cells, (provider, model, problem_id, run_id, served)),
+            (self.models, (provider, model, served, problem_id)),
+        ):
+            have = acc.get(key)
+            if have is None:
+                acc[key] = list(values)
+            else:
+                for i, v in enumerate(values):
+                    have[i] += v
+
+    def _fail(
+        self,
+        provider: Any,
+        model: Any,
+        problem_id: Any,
+        run_id: Any,
+        served: Any,
+        cause: tuple[str, str],
+        n: int,
+    ) -> None:
+        k = (provider, model, problem_id, run_id, served, *cause)
+        self.fails[k] = self.fails.get(k, 0) + n
+        rk = (run_id, provider, model, served, *cause)
+        self.run_fails[rk] = self.run_fails.get(rk, 0) + n
+
+    def flush(self, db: sqlite3.Connection) -> None:
+        """Write every changed row (one ``executemany`` per table), then delete the rows a
+        change counted down to nothing: a row is there exactly when a rollout counts in it,
+        however the events were batched."""
+        for (upsert, delete), acc in (
+            (_CELLS_SQL, self.cells),
+            (_MODELS_SQL, self.models),
+            (_VERDICTS_SQL, self.verdicts),
+            (_FAILURES_SQL, self.fails),
+            (_RUN_FAILURES_SQL, self.run_fails),
+        ):
+            changed = [(*k, *v) if isinstance(v, list) else (*k, v) for k, v in acc.items() if _nonzero(v)]
+            if changed:
+                db.executemany(upsert, changed)
+            less = [k for k, v in acc.items() if _negative(v)]
+            if less:
+                db.executemany(delete, less)
+        if self.versions:
+            db.executemany(_VERSION_INSERT, [(*k, s) for k, (s, up) in self.versions.items() if not up])
+            db.executemany(_VERSION_UPDATE, [(*k, s) for k, (s, up) in self.versions.items() if up])
 
 
-_CELLS_UPSERT = (
-    "INSERT INTO agg_cells (provider, model, problem_id, run_id, served_model, "
-    + ", ".join(_COUNTS)
-    + ") VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
-    + f" ON CONFLICT (provider, model, problem_id, run_id, served_model) DO UPDATE SET {_SET}"
+def _nonzero(v: list[int] | int) -> bool:
+    return any(v) if isinstance(v, list) else v != 0
+
+
+def _negative(v: list[int] | int) -> bool:
+    return any(x < 0 for x in v) if isinstance(v, list) else v < 0
+
+
+def _sql(table: str, keys: tuple[str, ...], counts: tuple[str, ...]) -> tuple[str, str]:
+    """The upsert adding counts to ``table``'s row, and the delete of that row once it counts nothing."""
+    cols = (*keys, *counts)
+    upsert = (
+        f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
+        f" ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {', '.join(f'{c} = {c} + excluded.{c}' for c in counts)}"
+    )
+    where = " AND ".join(f"{k} IS ?" for k in keys)
+    return upsert, f"DELETE FROM {table} WHERE {where} AND {counts[0]} = 0"
+
+
+_CELLS_SQL = _sql("agg_cells", ("provider", "model", "problem_id", "run_id", "served_model"), _COUNTS)
+_MODELS_SQL = _sql("agg_models", ("provider", "model", "served_model", "problem_id"), _COUNTS)
+_VERDICTS_SQL = _sql("agg_verdicts", ("problem_id", "verdict_hash"), ("n",))
+_FAILURES_SQL = _sql(
+    "agg_failures", ("provider", "model", "problem_id", "run_id", "served_model", "side", "cause"), ("n",)
 )
-_MODELS_UPSERT = (
-    "INSERT INTO agg_models (provider, model, served_model, problem_id, "
-    + ", ".join(_COUNTS)
-    + ") VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
-    + f" ON CONFLICT (provider, model, served_model, problem_id) DO UPDATE SET {_SET}"
+_RUN_FAILURES_SQL = _sql(
+    "agg_run_failures", ("run_id", "provider", "model", "served_model", "side", "cause"), ("n",)
 )
-_VERDICT = (
-    "INSERT INTO agg_verdicts (problem_id, verdict_hash, n) VALUES (?,?,?)"
-    " ON CONFLICT (problem_id, verdict_hash) DO UPDATE SET n = n + excluded.n"
-)
+
+
 _VERSION_INSERT = "INSERT OR IGNORE INTO agg_problem_versions (problem_id, problem_hash, seq) VALUES (?,?,?)"
 _VERSION_UPDATE = (
     "INSERT INTO agg_problem_versions (problem_id, problem_hash, seq) VALUES (?,?,?)"
     " ON CONFLICT (problem_id, problem_hash) DO UPDATE SET seq = excluded.seq"
-)
-_ROW_INDEX = {
-    k: i
-    for i, k in enumerate(
-        (
-            "provider",
-            "model",
-            "run_id",
-            "problem_id",
-            "served_model",
-            "problem_hash",
-            "scored",
-            "passed",
-            "cost_nusd",
-            "verdict_hash",
-            "list_nusd",
-        )
-    )
-}
-_ROW = (
-    "SELECT provider, model, run_id, problem_id, served_model, problem_hash, scored, passed, cost_nusd,"
-    " verdict_hash, list_nusd FROM agg_rollouts WHERE rollout_id = ?"
 )

@@ -49,7 +49,7 @@ VERDICT_CAUSES: tuple[tuple[str, Side, str], ...] = (
 """A failed verdict's cause by the start of its reason (the scorers' wording); any
 other failed verdict is the model's ``wrong_answer``."""
 
-_PREFIX = max(len(prefix) for prefix, _, _ in VERDICT_CAUSES)
+PREFIX = max(len(prefix) for prefix, _, _ in VERDICT_CAUSES)
 """How much of a reason decides its cause (the SQL groups by that much of it)."""
 
 INFRA_VERDICTS = frozenset(cause for _, side, cause in VERDICT_CAUSES if side == "infra")
@@ -138,6 +138,17 @@ async def _answers(pdb: Fetcher, run_id: str | None) -> Answers:
     return out
 
 
+UNSERVED = "\x00"
+"""``served_model`` of a rollout without an answer in the aggregates (a key cannot hold NULL)."""
+
+
+async def _kept(pdb: Fetcher) -> bool:
+    """Whether the projections keep the failures' counts (``agg_run_failures``)."""
+    return bool(
+        await pdb.fetchall("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", ("agg_cells",))
+    )
+
+
 def _major(counts: dict[str | None, int]) -> str | None:
     """The model most of these answers came from (ties: the first by name), as the
     report's rows place a rollout without an answer."""
@@ -152,30 +163,43 @@ async def failures_by_key(
     the one run ``run_id``. Rollouts never requested count on ``model`` and ``run``
     rows only (which problems they were for is not recorded). ``answers``, when the
     caller has them (the report's cells do), saves reading them again."""
-    where = (
-        "run_id IN (SELECT run_id FROM runs WHERE finished_at IS NOT NULL)"
-        " AND (state != 'scored' OR coalesce(passed, 0) = 0)"
-    )
+    finished = "run_id IN (SELECT run_id FROM runs WHERE finished_at IS NOT NULL)"
     args: list[Any] = []
     if run_id is not None:
-        where += " AND run_id = ?"
+        finished += " AND run_id = ?"
         args.append(run_id)
     problem = "problem_id" if by == "problem" else "NULL"
-    # Grouped by as much of the reason as decides the cause, not by the whole reason
-    # (it carries details: an exception's message, a case's name).
-    rows = await pdb.fetchall(
-        f"SELECT provider, model, served_model, {problem}, run_id, state, fail_kind,"
-        f" CASE WHEN state = 'scored' THEN substr(coalesce(reason, ''), 1, {_PREFIX}) END, count(*)"
-        f" FROM rollouts WHERE {where} GROUP BY 1, 2, 3, 4, 5, 6, 7, 8",
-        args,
-    )
+    found: list[tuple[Any, ...]] = []
+    if await _kept(pdb):
+        # The maintained counts (rollwatch.report.aggregates): a row per run, served
+        # model and cause (and problem, for --by problem), not one per rollout.
+        table = "agg_failures" if by == "problem" else "agg_run_failures"
+        for provider, model, served, prob, run, side, cause, n in await pdb.fetchall(
+            f"SELECT provider, model, served_model, {problem}, run_id, side, cause, n FROM {table}"
+            f" WHERE n > 0 AND {finished}",
+            args,
+        ):
+            found.append(
+                (provider, model, None if served == UNSERVED else served, prob, run, (side, cause), n)
+            )
+    else:
+        # Grouped by as much of the reason as decides the cause, not by the whole reason
+        # (it carries details: an exception's message, a case's name).
+        for provider, model, served, prob, run, state, kind, reason, n in await pdb.fetchall(
+            f"SELECT provider, model, served_model, {problem}, run_id, state, fail_kind,"
+            f" CASE WHEN state = 'scored' THEN substr(coalesce(reason, ''), 1, {PREFIX}) END, count(*)"
+            f" FROM rollouts WHERE {finished} AND (state != 'scored' OR coalesce(passed, 0) = 0)"
+            " GROUP BY 1, 2, 3, 4, 5, 6, 7, 8",
+            args,
+        ):
+            found.append((provider, model, served, prob, run, rollout_cause(state, kind, reason), n))
     if answers is None:
         answers = await _answers(pdb, run_id)
     out: dict[Key, Failures] = defaultdict(Failures)
-    for provider, model, served, prob, run, state, kind, reason, n in rows:
+    for provider, model, served, prob, run, (side, cause), n in found:
         if served is None:
             served = _major(answers.get((str(provider), str(model), str(run)), {}))
-        out[_key(by, provider, model, served, prob, run)].add(*rollout_cause(state, kind, reason), int(n))
+        out[_key(by, provider, model, served, prob, run)].add(side, cause, int(n))
     if by != "problem":
         for key, cause, n in await _never_requested(pdb, by, run_id, answers):
             out[key].add("infra", cause, n)

@@ -19,8 +19,7 @@ from typing import Any, Literal, Protocol
 from rollwatch.errors import UsageError
 from rollwatch.events import PublicReleased, Recorded
 from rollwatch.projections import Projection
-from rollwatch.report.aggregates import UNSERVED
-from rollwatch.report.failures import Answers, Failures, Key, describe, failures_by_key
+from rollwatch.report.failures import UNSERVED, Answers, Failures, Key, describe, failures_by_key
 from rollwatch.report.render import Column, Report, _int, _num, _p, _pct, _pp, _rate_ci, _usd, _when, to_json
 from rollwatch.report.stats import (
     ALPHA,
