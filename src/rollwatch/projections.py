@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import orjson
 
 from rollwatch import events as e
 from rollwatch._sqlite import ThreadConnection
@@ -680,8 +681,24 @@ class _DecodedOnce(Recorded):
         d = self.__dict__
         ev: e.Event | None = d.get("_ev")
         if ev is None:
-            ev = d["_ev"] = Recorded.event(self)
+            ev = d["_ev"] = e.decode(self.type, self.schema, fast_loads(self.data_json))
         return ev
+
+
+def fast_loads(text: str) -> Any:
+    """``json.loads`` for the read models, in about half its time (orjson).
+
+    The two agree on every document rollwatch writes. Where orjson refuses one (NaN, a
+    lone surrogate, nesting deeper than 1024), ``json`` decides, as it always did. One
+    difference remains: an integer beyond 64 bits (none of our writers makes one; a
+    provider's usage figures could) reads as the nearest float here. Only the catch-up
+    decodes this way (what read models keep); the feed, exports and ``verify`` read
+    events with ``json``.
+    """
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return json.loads(text)
 
 
 def _j(v: Any) -> str:
