@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Collection
+import gc
+import sqlite3
+from collections.abc import AsyncIterator, Collection, Sequence
 from pathlib import Path
 
 import pytest
 
 from rollwatch.errors import StoreError
 from rollwatch.events import PublicReleased, Recorded, rollout_stream
-from rollwatch.projections import ProjectionDB
+from rollwatch.projections import Projection, ProjectionDB
 from rollwatch.readmodels import default_projections
 from rollwatch.store.sqlite import SQLiteEventStore
 
@@ -67,3 +69,40 @@ async def test_a_read_that_fails_raises_its_store_error_and_marks_nothing_applie
         rows = await pdb.fetchone("SELECT count(*) FROM report_releases")
         assert rows is not None
         assert rows[0] == 30  # each rollout released once, its first release kept
+
+
+class GcWatcher(Projection):
+    """Records, for each batch it is handed, its size and whether the collector ran."""
+
+    name = "gc_watcher"
+    types = frozenset({"PublicReleased"})
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[int, bool]] = []
+
+    def apply_batch(self, db: sqlite3.Connection, recs: Sequence[Recorded]) -> None:
+        self.seen.append((len(recs), gc.isenabled()))
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+async def test_large_batches_pause_the_collector_and_leave_it_as_it_was(
+    tmp_path: Path, enabled: bool
+) -> None:
+    """A batch of thousands is applied without cyclic collection (it would walk the batch's
+    young objects again and again); a batch of a few is not; afterwards the collector is as
+    it was before (left disabled if someone disabled it)."""
+    async with SQLiteEventStore(tmp_path / "events.db") as store:
+        await store.append(rollout_stream("r"), [PublicReleased(rollout_id="r") for _ in range(3000)])
+        watcher = GcWatcher()
+        async with ProjectionDB(tmp_path / "p.db", [watcher]) as pdb:
+            was = gc.isenabled()
+            (gc.enable if enabled else gc.disable)()
+            try:
+                await pdb.catch_up(store)
+                await store.append(rollout_stream("r"), [PublicReleased(rollout_id="r")])
+                await pdb.catch_up(store)
+                assert gc.isenabled() is enabled
+            finally:
+                (gc.enable if was else gc.disable)()
+        assert watcher.seen[0] == (3000, False)
+        assert watcher.seen[-1] == (1, enabled)
