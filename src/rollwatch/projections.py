@@ -595,9 +595,10 @@ class ProjectionDB:
         return out
 
 
-_BUILD_PRAGMAS = ("PRAGMA journal_mode=OFF", "PRAGMA synchronous=OFF", "PRAGMA cache_size=-65536")
+_BUILD_PRAGMAS = ("PRAGMA journal_mode=OFF", "PRAGMA synchronous=OFF", "PRAGMA cache_size=-32768")
 """A file built beside the one in use: no journal, no syncs until it is complete (it is
-derived from the log: a crash means building it again, never repairing it)."""
+derived from the log: a crash means building it again, never repairing it). A 32 MB cache
+holds the indexes' hot pages; more only grows a rebuild's memory."""
 
 
 def _hold(file: Path) -> int:
