@@ -403,3 +403,33 @@ def test_rebuild_under_a_live_daemon_and_a_rebuild_killed_midway(tmp_path: Path)
         err.close()
     lines = (tmp_path / "serve.err").read_text()
     assert "projections_following_rebuild" in lines
+
+
+@pytest.mark.parametrize(
+    "command", [("report", "--by", "model", "--format", "json"), ("subscribers", "list", "--json")]
+)
+def test_a_command_does_not_trust_an_edited_file_either(tmp_path: Path, command: tuple[str, ...]) -> None:
+    """``rollwatch report`` (and every command that reads the read models) checks the file
+    against the log as the daemon does: one whose rows were edited along with the hash it
+    recorded of its last event (so that a catch-up in place would carry the edit on) is
+    rebuilt beside it, and the command answers from the log's truth."""
+    db = tmp_path / "events.db"
+    link = tmp_path / "projections.db"
+    cfg = tmp_path / "rollwatch.toml"
+    cfg.write_text(f'[store]\nurl = "sqlite:{db}"\nprojections = "{link}"\n')
+
+    async def build() -> None:
+        async with SQLiteEventStore(db) as store:
+            await write_log(store, new_key(), runs=1)
+
+    anyio.run(build)
+    truth = subprocess.run(_cli(cfg, *command), capture_output=True, text=True, check=True).stdout
+    edited = link.resolve()
+    conn = sqlite3.connect(edited, isolation_level=None)
+    conn.execute("UPDATE agg_models SET passed = total, scored = total")
+    conn.execute("UPDATE pub_subscribers SET revoked_at = '2026-01-01T00:00:00Z', scopes = '[\"ops\"]'")
+    conn.execute("UPDATE projection_log SET anchor_hash = 'sha256:' || hex(randomblob(32))")
+    conn.close()
+    got = subprocess.run(_cli(cfg, *command), capture_output=True, text=True, check=True).stdout
+    assert got == truth
+    assert link.resolve() != edited

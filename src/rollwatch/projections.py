@@ -204,20 +204,28 @@ class ProjectionDB:
             finally:
                 os.close(fd)
 
-    async def build(self, store: EventStore) -> int:
-        """Set the tables up and catch up with the log, keeping :attr:`progress` current;
-        :attr:`ready` once done. For a daemon that serves while its projections build.
+    async def build(self, store: EventStore, *, progress: Callable[[int, int], None] | None = None) -> int:
+        """Set the tables up and catch up with the log, keeping :attr:`progress` current
+        (and telling ``progress``, when given, events done of the head); :attr:`ready` once
+        done. For a daemon that serves while its projections build, and for commands that
+        read them (a file that does not match the log is rebuilt beside, see :meth:`distrust`).
 
         Safe to call again after it failed: each batch is committed with its checkpoint.
         """
         self.progress = CatchUpProgress(
             first=0, target=0, done=0, started=time.monotonic(), phase="setting up"
         )
+
+        def show(done: int, head: int) -> None:
+            self._show(done, head)
+            if progress is not None:
+                progress(done, head)
+
         try:
             why = await self.distrust(store)
             if why is not None:
                 log.info("projections_building_beside", path=str(self.path), reason=why)
-                head = await self.rebuild_beside(store, progress=self._show)
+                head = await self.rebuild_beside(store, progress=show)
                 self.ready = True
                 return head
             await self._run(self._setup)
@@ -227,9 +235,9 @@ class ProjectionDB:
             first = min((cps.get(p.name, 0) for p in self.projections), default=0)
             head = await store.head()
             self.progress = CatchUpProgress(first=first, target=head, done=first, started=time.monotonic())
-            head = await self.catch_up(store, until=head, progress=self._show)
+            head = await self.catch_up(store, until=head, progress=show)
             # Events appended meanwhile: a short second pass before switching over.
-            head = await self.catch_up(store)
+            head = await self.catch_up(store, progress=show)
             self.ready = True
             return head
         finally:

@@ -7,10 +7,12 @@ that the root can import them all without a cycle.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sys
-from collections.abc import Awaitable, Callable
-from typing import Any, NoReturn, TypeVar
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import anyio
 import click
@@ -19,8 +21,43 @@ from rollwatch.config import Config, load_config
 from rollwatch.errors import ConfigError, RollwatchError, UsageError
 from rollwatch.log import configure_logging
 
+if TYPE_CHECKING:
+    from rollwatch.abc import EventStore
+    from rollwatch.projections import ProjectionDB
+
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+@contextlib.asynccontextmanager
+async def current_projections(config: Config, store: EventStore) -> AsyncIterator[ProjectionDB]:
+    """The read models, made current with the log as the daemon makes them: a file that
+    does not match the log (another log's, edited, of an older version, unreadable) is
+    rebuilt beside the one in use, never caught up in place. A terminal sees progress
+    when that takes more than half a second."""
+    from rollwatch.progress import Progress
+    from rollwatch.projections import ProjectionDB
+    from rollwatch.readmodels import default_projections
+
+    started = time.monotonic()
+    bar: Progress | None = None
+
+    def show(done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:
+            if time.monotonic() - started < 0.5:
+                return
+            bar = Progress("read models", total)
+        bar.total = total
+        bar.update(done)
+
+    async with ProjectionDB(config.store.projections_path, default_projections(), setup=False) as pdb:
+        try:
+            await pdb.build(store, progress=show)
+        finally:
+            if bar is not None:
+                bar.close()
+        yield pdb
 
 
 class Context:

@@ -17,7 +17,7 @@ import anyio
 import click
 
 from rollwatch.abc import EventStore
-from rollwatch.cli._common import Context, common, require_log, run_async
+from rollwatch.cli._common import Context, common, current_projections, require_log, run_async
 from rollwatch.config import Config
 from rollwatch.errors import ConcurrencyConflict, UsageError
 from rollwatch.events import SubscriberAdded, SubscriberRevoked, parse_rfc3339, rfc3339, subscriber_stream
@@ -33,14 +33,7 @@ from rollwatch.publication.keys import (
 )
 
 if TYPE_CHECKING:
-    from rollwatch.projections import Projection
-
-
-def _projections() -> list[Projection]:
-    """Every read model (the publication commands read several)."""
-    from rollwatch.readmodels import default_projections
-
-    return default_projections()
+    pass
 
 
 @click.group()
@@ -105,15 +98,13 @@ def subscribers_add(ctx: Context, name: str, expires: str | None, scopes: tuple[
 
 
 async def _subscriber_rows(config: Config) -> list[dict[str, Any]]:
-    from rollwatch.projections import ProjectionDB
     from rollwatch.store import open_store
 
     require_log(config)
     async with (
         open_store(config.store) as store,
-        ProjectionDB(config.store.projections_path, _projections()) as pdb,
+        current_projections(config, store) as pdb,
     ):
-        await pdb.catch_up(store)
         rows = await pdb.fetchall(
             "SELECT name, key_prefix, scopes, expires, added_at, revoked_at, note"
             " FROM pub_subscribers ORDER BY added_seq"
@@ -231,7 +222,6 @@ def publish_export(ctx: Context, directory: Path, base_url: str | None) -> None:
     releases.json (the index), index.html, feed.json, feed.atom, results.jsonl (the
     open months' results), superseded.jsonl, rollouts/ID.json, LICENSE (CC BY 4.0).
     """
-    from rollwatch.projections import ProjectionDB
     from rollwatch.publication.export import export_public
     from rollwatch.store import open_store
 
@@ -246,7 +236,7 @@ def publish_export(ctx: Context, directory: Path, base_url: str | None) -> None:
 
         async with (
             open_store(config.store) as store,
-            ProjectionDB(config.store.projections_path, _projections()) as pdb,
+            current_projections(config, store) as pdb,
             MerkleTree(config.integrity.tree_path(config.store)) as tree,
         ):
             # Items carry inclusion proofs against the tree of the log as it is now.

@@ -11,7 +11,7 @@ import sys
 
 import click
 
-from rollwatch.cli._common import Context, common, require_log, run_async
+from rollwatch.cli._common import Context, common, current_projections, require_log, run_async
 from rollwatch.errors import UsageError
 
 
@@ -57,8 +57,6 @@ def report_cmd(
     applies to the summary); on a terminal both can be shown at once, while JSON
     and CSV hold one view each.
     """
-    from rollwatch.projections import ProjectionDB
-    from rollwatch.readmodels import default_projections
     from rollwatch.report import (
         Report,
         build_release_impact,
@@ -79,9 +77,8 @@ def report_cmd(
     async def main() -> list[Report]:
         async with (
             open_store(config.store) as store,
-            ProjectionDB(config.store.projections_path, default_projections()) as pdb,
+            current_projections(config, store) as pdb,
         ):
-            await pdb.catch_up(store)
             views = []
             if trend:
                 views.append(await build_trend(pdb))

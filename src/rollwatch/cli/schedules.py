@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from rollwatch.cli._common import Context, common, require_log, run_async
+from rollwatch.cli._common import Context, common, current_projections, require_log, run_async
 from rollwatch.config import Config
 
 
@@ -17,17 +17,14 @@ def schedules() -> None:
 
 
 async def _schedule_states(config: Config) -> tuple[Any, dict[str, Any]]:
-    from rollwatch.projections import ProjectionDB
-    from rollwatch.readmodels import default_projections
     from rollwatch.scheduler import load_states
     from rollwatch.store import open_store
 
     require_log(config)
     async with (
         open_store(config.store) as store,
-        ProjectionDB(config.store.projections_path, default_projections()) as pdb,
+        current_projections(config, store) as pdb,
     ):
-        await pdb.catch_up(store)
         return None, await load_states(pdb)
 
 
