@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from rollwatch import events as e
 from rollwatch.events import Recorded, canonical_json, rfc3339
-from rollwatch.projections import NULL, bindable
+from rollwatch.projections import NULL
 from rollwatch.publication.projections import publication_projections
 
 ROLLOUTS = ["r0", "r1", "r2", "r3", "unknown"]
@@ -160,10 +160,10 @@ def test_batches_hold_the_rows_of_one_event_at_a_time(events: list[e.Event], cut
 
 
 def test_null_binds_as_null() -> None:
-    """What ``bindable`` relies on: SQLite stores a NaN as NULL (never as a number)."""
+    """What the rows in memory rely on: SQLite stores a NaN (``NULL``) as NULL, never a number."""
     db = sqlite3.connect(":memory:")
     db.execute("CREATE TABLE t (a REAL, b TEXT, c INTEGER)")
-    db.execute("INSERT INTO t VALUES (?, ?, ?)", bindable((None, "x", 0)))
+    db.execute("INSERT INTO t VALUES (?, ?, ?)", (NULL, "x", 0))
     db.execute("INSERT INTO t VALUES (?, ?, ?)", (NULL, NULL, NULL))
     assert db.execute("SELECT a, typeof(a), b, c, typeof(b), typeof(c) FROM t").fetchall() == [
         (None, "null", "x", 0, "text", "integer"),

@@ -19,7 +19,7 @@ from typing import Any
 from rollwatch import events as e
 from rollwatch.abc import EventStore
 from rollwatch.events import Recorded, parse_rfc3339
-from rollwatch.projections import NULL, Projection, ProjectionDB, RowBatch, bindable
+from rollwatch.projections import NULL, Projection, ProjectionDB, RowBatch
 from rollwatch.projections import ROLLOUT_TYPES as _ROLLOUT_TYPES
 
 _ROLLOUT_EVENTS = frozenset(
@@ -50,13 +50,17 @@ def _j(v: Any) -> str:
 
 def _read_rows(db: sqlite3.Connection, select: str, keys: Iterable[str]) -> dict[str, list[Any] | None]:
     """The rows of ``keys`` (``select`` ends with ``WHERE <key> IN ``), as lists by key; None
-    for a key without a row. A few hundred keys per query."""
+    for a key without a row. A few hundred keys per query.
+
+    An empty column is :data:`NULL` in these lists (never ``None``): a row is written back
+    as it is, without a ``None`` to bind (the costly kind); ``x != x`` tells an empty one.
+    """
     want = list(dict.fromkeys(keys))
     rows: dict[str, list[Any] | None] = dict.fromkeys(want)
     for i in range(0, len(want), 500):
         chunk = want[i : i + 500]
         for r in db.execute(select + f"({', '.join('?' * len(chunk))})", chunk):
-            rows[r[0]] = list(r)
+            rows[r[0]] = [NULL if v is None else v for v in r]
     return rows
 
 
@@ -73,7 +77,8 @@ def _kinds(of: Callable[[e.Event], int]) -> Callable[[Sequence[e.Event]], list[i
         if -1 in ks:  # a class not seen yet
             for i, ev in enumerate(events):
                 if ks[i] == -1:
-                    ks[i] = known[type(ev)] = of(ev)
+                    cls = type(ev)
+                    ks[i] = known[cls] if cls in known else known.setdefault(cls, of(ev))
         return ks
 
     return kinds
@@ -222,16 +227,16 @@ class FeedProjection(Projection):
                 if row is None:
                     append((rec.seq, 0, NULL))
                 else:
-                    cost = row[6]
-                    append((rec.seq, 1, NULL if cost is None else cost))
+                    append((rec.seq, 1, row[6]))
             elif k == _F_REQUESTED:
                 rid = ev.rollout_id
                 if ctx[rid] is None:
-                    ctx[rid] = [rid, ev.run_id, ev.provider, ev.model, ev.problem_id, ev.sample, None]
+                    ctx[rid] = [rid, ev.run_id, ev.provider, ev.model, ev.problem_id, ev.sample, NULL]
                     changed[rid] = None
             elif k == _F_RESPONDED:
                 if ev.cost_usd is not None and (row := ctx[ev.rollout_id]) is not None:
-                    row[6] = (row[6] or 0) + ev.cost_usd
+                    cost = row[6]
+                    row[6] = (cost if cost == cost and cost else 0) + ev.cost_usd  # (cost or 0)
                     changed[ev.rollout_id] = None
             elif k == _F_OTHER:
                 append((rec.seq, 0, NULL))
@@ -239,7 +244,7 @@ class FeedProjection(Projection):
             db.executemany(
                 "INSERT OR REPLACE INTO feed_rollouts (rollout_id, run_id, provider, model, problem_id, sample,"
                 " cost_usd) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [r if r[6] is not None else [*r[:6], NULL] for rid in changed if (r := ctx[rid]) is not None],
+                [r for rid in changed if (r := ctx[rid]) is not None],
             )
         if items:
             db.executemany("INSERT OR IGNORE INTO feed_items (seq, known, cost_usd) VALUES (?, ?, ?)", items)
@@ -463,7 +468,8 @@ class PublicProjection(Projection):
                 if k == _P_RESPONDED:
                     row[_ANSWER_SEQ] = rec.seq
                     if ev.cost_usd is not None:
-                        row[_COST] = (row[_COST] or 0) + ev.cost_usd
+                        cost = row[_COST]
+                        row[_COST] = (cost if cost == cost and cost else 0) + ev.cost_usd  # (cost or 0)
                 elif k == _P_SCORED:
                     at = rec.at
                     row[_PASSED:_SCORED_SEQ + 1] = (
@@ -477,7 +483,7 @@ class PublicProjection(Projection):
                     # the event its inclusion proof is for); its public decision is appended
                     # with it.
                     if ev.passed:
-                        row[_SUPERSEDED_AT:] = (None, None, None)
+                        row[_SUPERSEDED_AT:] = (NULL, NULL, NULL)
                         if row[_PASSED] != 1:
                             at = rec.at
                             row[_PASSED : _SCORED_SEQ + 1] = (1, ev.score, ev.scorer, at, _epoch(at), rec.seq)
@@ -486,12 +492,12 @@ class PublicProjection(Projection):
                 elif k == _P_DECIDED:
                     # The first public decision stands; a later one (there should be none) cannot
                     # move a release date that readers may already rely on.
-                    if ev.audience == "public" and row[_DECIDED_SEQ] is None:
+                    if ev.audience == "public" and (d := row[_DECIDED_SEQ]) != d:  # no decision yet
                         nb = ev.not_before
                         if (ts := epochs.get(nb)) is None:
                             ts = epochs[nb] = _epoch(nb)
                         row[_NOT_BEFORE : _DECIDED_SEQ + 1] = (nb, ts, ev.embargo_s, rec.seq)
-                elif k == _P_RELEASED and row[_RELEASED_SEQ] is None:
+                elif k == _P_RELEASED and (r := row[_RELEASED_SEQ]) != r:  # not released yet
                     row[_RELEASED_AT : _RELEASED_SEQ + 1] = (rec.at, rec.seq)
             elif k == _P_RUN_STARTED:
                 runs.insert_or_ignore(
@@ -504,14 +510,14 @@ class PublicProjection(Projection):
             db.executemany(
                 f"INSERT OR REPLACE INTO public_rollouts ({', '.join(self._COLUMNS)})"
                 f" VALUES ({', '.join('?' * len(self._COLUMNS))})",
-                [bindable(r) for rid in changed if (r := rollouts[rid]) is not None],
+                [r for rid in changed if (r := rollouts[rid]) is not None],
             )
 
 
 # Positions in a public_rollouts row (PublicProjection._COLUMNS).
 _COST, _ANSWER_SEQ, _PASSED, _SCORED_SEQ = 7, 8, 9, 14
 _NOT_BEFORE, _DECIDED_SEQ, _RELEASED_AT, _RELEASED_SEQ, _SUPERSEDED_AT = 15, 18, 19, 20, 21
-_EMPTY_TAIL = (None,) * 17
+_EMPTY_TAIL = (NULL,) * 17
 """A new row's columns after ``requested_at``."""
 assert PublicProjection._COLUMNS[_COST] == "cost_usd"
 assert PublicProjection._COLUMNS[_ANSWER_SEQ] == "answer_seq"
