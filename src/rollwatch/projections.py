@@ -753,6 +753,12 @@ def _j(v: Any) -> str:
     return json.dumps(v, separators=(",", ":"))
 
 
+NULL = math.nan
+"""Binds as SQL NULL, like ``None`` (SQLite stores a NaN as NULL), but several times
+cheaper: Python's ``sqlite3`` (3.11) looks an adapter up for every ``None`` it binds
+(about 0.7 us each, most of the cost of writing a row of mostly empty columns)."""
+
+
 class RowBatch:
     """One table's rows that a batch of events touches, each read once and written once.
 
@@ -775,7 +781,7 @@ class RowBatch:
         self._load_many = f"SELECT {cols} FROM {table} WHERE {self.columns[0]} IN " if key == 1 else ""
         self._save = f"INSERT OR REPLACE INTO {table} ({cols}) VALUES ({', '.join('?' * len(self.columns))})"
         self.rows: dict[Any, dict[str, Any] | None] = {}
-        self._changed: set[Any] = set()
+        self._changed: dict[Any, None] = {}
 
     def prefetch(self, keys: Iterable[Any]) -> None:
         """Read the rows of ``keys`` (a one-column key) not read yet, a few hundred per query."""
@@ -801,7 +807,7 @@ class RowBatch:
         """The row of ``key``, to change in place (written back at :meth:`flush`); None if none."""
         row = self.get(key)
         if row is not None:
-            self._changed.add(key)
+            self._changed[key] = None
         return row
 
     def insert_or_ignore(self, key: Any, values: dict[str, Any]) -> bool:
@@ -811,7 +817,7 @@ class RowBatch:
         row = dict.fromkeys(self.columns)
         row.update(values)
         self.rows[key] = row
-        self._changed.add(key)
+        self._changed[key] = None
         return True
 
     def flush(self) -> None:
