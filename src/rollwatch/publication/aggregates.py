@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import functools
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from rollwatch import events as e
@@ -53,6 +53,8 @@ _STATE = (
  RELEASED_AT, SUPERSEDED) = range(len(_STATE))  # fmt: skip
 _NEW_STATE = (None, None, None, None, None, None, 0, None, None, None, 0, None, 0)
 """A requested rollout's state before its first columns are set (the table's defaults)."""
+_NOTHING = (None, None, None)
+"""What such a state adds to the aggregates: nothing."""
 
 State = list[Any] | tuple[Any, ...]
 # Each aggregate: (table, key columns, count columns, {column: (max|min, value)}) of a state.
@@ -103,15 +105,16 @@ def _pending(s: State) -> Contribution | None:
 
 
 class _Aggregate:
-    """One aggregate table: how a state contributes to it, and its rows a batch touches.
+    """One aggregate table (``_cell``, ``_run``, ``_pending`` say what a state adds to it)
+    and its rows a batch touches.
 
-    A batch first records, event by event, the statements the contributions' moves make
-    (:meth:`retract`, :meth:`add`); :meth:`flush` then reads every row they name in a few
+    A batch first records in :attr:`ops`, event by event, the statements the contributions'
+    moves make (see :func:`_move`: a retraction, or an upsert); :meth:`flush` then reads every row they name in a few
     queries, runs them in memory in order — as SQL would: a retraction of an absent row
     does nothing, an addition to one inserts it — and writes each changed row once.
     """
 
-    __slots__ = ("counts", "ext", "fn", "keys", "ops", "table")
+    __slots__ = ("counts", "ext", "keys", "ops", "table")
 
     def __init__(
         self,
@@ -119,24 +122,9 @@ class _Aggregate:
         keys: tuple[str, ...],
         counts: tuple[str, ...],
         ext: tuple[str, ...],
-        fn: Callable[[State], Contribution | None],
     ) -> None:
-        self.table, self.keys, self.counts, self.ext, self.fn = table, keys, counts, ext, fn
-        self.ops: list[tuple[tuple[Any, ...], tuple[int, ...], dict[str, tuple[str, Any]] | None]] = []
-
-    def move(self, old_state: State, new_state: State) -> None:
-        """Replace the contribution of ``old_state`` by that of ``new_state``."""
-        old, new = self.fn(old_state), self.fn(new_state)
-        if old == new:
-            return
-        if old is not None and (new is None or new[0] != old[0] or _shrinks(old[2], new[2])):
-            # Counts come off exactly; a newest or oldest value cannot: readers recompute the row.
-            self.ops.append((old[0], old[1], None))
-            old = None
-        if new is None:
-            return
-        delta = new[1] if old is None else tuple(a - b for a, b in zip(new[1], old[1], strict=True))
-        self.ops.append((new[0], delta, new[2]))
+        self.table, self.keys, self.counts, self.ext = table, keys, counts, ext
+        self.ops: Ops = []
 
     def flush(self, db: sqlite3.Connection) -> None:
         """Run the recorded statements on the rows they name, and write those rows back."""
@@ -211,16 +199,14 @@ def _aggregates() -> tuple[_Aggregate, ...]:
             ("provider", "model", "problem_id"),
             ("n",),
             ("first_released_at", "last_released_at", "max_nb_ts"),
-            _cell,
         ),
         _Aggregate(
             "pa_runs",
             ("run_id", "provider", "model"),
             ("n", "passed", "decided", "released", "undecided"),
             ("max_scored_ts", "max_embargo_s", "max_released_nb_ts"),
-            _run,
         ),
-        _Aggregate("pa_pending", ("provider", "model", "problem_id"), ("n",), (), _pending),
+        _Aggregate("pa_pending", ("provider", "model", "problem_id"), ("n",), ()),
     )
 
 
@@ -281,71 +267,124 @@ class PublicAggregatesProjection(Projection):
         memory event by event, and written once; so is each aggregate row (see
         :class:`_Aggregate`). The rows are those a statement per event would leave.
         """
-        evs = [(rec, rec.event()) for rec in recs]
-        ids = [_text(db, ev.rollout_id) for _, ev in evs if isinstance(ev, _ROLLOUT_EVENTS)]
-        rollouts = _Rollouts(db, ids)
-        aggregates = _aggregates()
-        ids_at = iter(ids)
+        evs: list[tuple[int, Recorded, Any, Any]] = []  # (kind, record, event typed by kind, rollout)
+        for rec in recs:
+            ev: Any = rec.event()
+            kind = _KINDS.get(type(ev))
+            if kind is None:
+                kind = _KINDS[type(ev)] = _kind(type(ev))
+            if kind >= _REQUESTED:
+                rid = ev.rollout_id
+                evs.append((kind, rec, ev, rid if type(rid) is str else _text(db, rid)))
+            elif kind:
+                evs.append((kind, rec, ev, None))
+        rollouts = _Rollouts(db, [rid for k, _, _, rid in evs if k >= _REQUESTED])
+        rows, inserted, updated = rollouts.rows, rollouts.inserted, rollouts.updated
+        cells, runs, pending = aggregates = _aggregates()
+        # Each state's contributions as last computed, so that a change computes only the new.
+        contributions: dict[Any, tuple[Contribution | None, ...]] = {}
 
-        def change(rid: Any, new: dict[int, Any], first: int | None = None) -> None:
-            """Set ``new`` on the rollout's state (once only, when ``first`` names a flag
-            already set), moving its contributions."""
-            state = rollouts.rows.get(rid)
-            if state is None or (first is not None and state[first]):
-                return
-            old = tuple(state)
-            for i, v in new.items():
-                state[i] = v
-            rollouts.changed(rid, new)
-            for agg in aggregates:
-                agg.move(old, state)
-
-        for rec, ev in evs:
-            if isinstance(ev, e.RunStarted):
+        for kind, rec, ev, rid in evs:
+            if kind == _STARTED:
                 db.execute("INSERT OR IGNORE INTO pa_run_ends (run_id) VALUES (?)", (ev.run_id,))
                 continue
-            if isinstance(ev, e.RunFinished):
+            if kind == _FINISHED:
                 db.execute("UPDATE pa_run_ends SET finished_at = ? WHERE run_id = ?", (rec.at, ev.run_id))
                 continue
-            rid = next(ids_at)
-            if isinstance(ev, e.RolloutRequested):
-                place = (ev.run_id, ev.provider, ev.model, ev.problem_id)
-                rollouts.insert_or_ignore(rid, [_text(db, v) for v in place])
-            elif isinstance(ev, e.RolloutScored):
-                change(rid, {PASSED: int(bool(ev.passed)), SCORED_TS: parse_rfc3339(rec.at).timestamp()})
-            elif isinstance(ev, e.RolloutRescored):
+            state = rows.get(rid)
+            if kind == _REQUESTED:  # INSERT OR IGNORE
+                if state is None:
+                    place = [ev.run_id, ev.provider, ev.model, ev.problem_id]
+                    for i, v in enumerate(place):
+                        if type(v) is not str:
+                            place[i] = _text(db, v)
+                    rollouts.insert(rid, place)
+                    contributions[rid] = _NOTHING
+                continue
+            if state is None:
+                continue
+            was = contributions.get(rid)
+            if was is None:
+                was = contributions[rid] = (_cell(state), _run(state), _pending(state))
+            if kind == _SCORED:
+                state[PASSED] = int(bool(ev.passed))
+                state[SCORED_TS] = parse_rfc3339(rec.at).timestamp()
+                columns: tuple[int, ...] = (PASSED, SCORED_TS)
+            elif kind == _RESCORED:
                 # As the public projection: ``passed`` stays 1 once any verdict passed (the
                 # first flip to pass stands for the result, dated by the re-score); a failing
                 # re-score marks it superseded, a passing one lifts the mark.
-                state = rollouts.rows.get(rid)
-                if state is not None:
-                    new: dict[int, Any] = {SUPERSEDED: 0 if ev.passed else 1}
-                    if ev.passed and state[PASSED] != 1:
-                        new.update({PASSED: 1, SCORED_TS: parse_rfc3339(rec.at).timestamp()})
-                    change(rid, new)
-            elif isinstance(ev, e.PublicationDecided):
-                if ev.audience == "public":
-                    nb = {
-                        DECIDED: 1,
-                        EMBARGO_S: _real(db, ev.embargo_s),
-                        NB_TS: parse_rfc3339(ev.not_before).timestamp(),
-                        NOT_BEFORE: _text(db, ev.not_before),
-                    }
-                    change(rid, nb, first=DECIDED)
-            else:
-                change(rid, {RELEASED: 1, RELEASED_AT: rec.at}, first=RELEASED)
+                if ev.passed and state[PASSED] != 1:
+                    state[PASSED] = 1
+                    state[SCORED_TS] = parse_rfc3339(rec.at).timestamp()
+                    columns = (PASSED, SCORED_TS, SUPERSEDED)
+                else:
+                    columns = (SUPERSEDED,)
+                state[SUPERSEDED] = 0 if ev.passed else 1
+            elif kind == _DECIDED:
+                # Once only: a second decision changes nothing.
+                if ev.audience != "public" or state[DECIDED]:
+                    continue
+                embargo_s = ev.embargo_s
+                nb_ts = parse_rfc3339(ev.not_before).timestamp()
+                state[DECIDED] = 1
+                state[EMBARGO_S] = embargo_s if type(embargo_s) is float else _real(db, embargo_s)
+                state[NB_TS] = nb_ts
+                state[NOT_BEFORE] = _text(db, ev.not_before)
+                columns = (DECIDED, EMBARGO_S, NB_TS, NOT_BEFORE)
+            else:  # released, once only
+                if state[RELEASED]:
+                    continue
+                state[RELEASED] = 1
+                state[RELEASED_AT] = rec.at
+                columns = (RELEASED, RELEASED_AT)
+            if rid not in inserted:
+                updated.setdefault(rid, set()).update(columns)
+            now = contributions[rid] = (_cell(state), _run(state), _pending(state))
+            if was[0] != now[0]:
+                _move(cells.ops, was[0], now[0])
+            if was[1] != now[1]:
+                _move(runs.ops, was[1], now[1])
+            if was[2] != now[2]:
+                _move(pending.ops, was[2], now[2])
         rollouts.flush()
         for agg in aggregates:
             agg.flush(db)
 
 
-_ROLLOUT_EVENTS = (
-    e.RolloutRequested,
-    e.RolloutScored,
-    e.RolloutRescored,
-    e.PublicationDecided,
-    e.PublicReleased,
-)
+_STARTED, _FINISHED, _REQUESTED, _SCORED, _RESCORED, _DECIDED, _RELEASED = range(1, 8)
+_KINDS: dict[type, int] = {}
+"""Event class -> what the batch does with it (0: nothing)."""
+
+
+def _kind(cls: type) -> int:
+    for k, t in (
+        (_STARTED, e.RunStarted),
+        (_FINISHED, e.RunFinished),
+        (_REQUESTED, e.RolloutRequested),
+        (_SCORED, e.RolloutScored),
+        (_RESCORED, e.RolloutRescored),
+        (_DECIDED, e.PublicationDecided),
+        (_RELEASED, e.PublicReleased),
+    ):
+        if issubclass(cls, t):
+            return k
+    return 0
+
+
+Ops = list[tuple[tuple[Any, ...], tuple[int, ...], dict[str, tuple[str, Any]] | None]]
+
+
+def _move(ops: Ops, old: Contribution | None, new: Contribution | None) -> None:
+    """Record the statements that replace contribution ``old`` by ``new`` (not equal)."""
+    if old is not None and (new is None or new[0] != old[0] or _shrinks(old[2], new[2])):
+        # Counts come off exactly; a newest or oldest value cannot: readers recompute the row.
+        ops.append((old[0], old[1], None))
+        old = None
+    if new is None:
+        return
+    delta = new[1] if old is None else tuple(a - b for a, b in zip(new[1], old[1], strict=True))
+    ops.append((new[0], delta, new[2]))
 
 
 class _Rollouts:
@@ -353,14 +392,14 @@ class _Rollouts:
     memory, written back once (new rows inserted in the order they came, changed ones
     updated in the columns that changed, so indexes on the others are left alone)."""
 
-    __slots__ = ("_db", "_updated", "inserted", "nulls", "rows")
+    __slots__ = ("_db", "inserted", "nulls", "rows", "updated")
 
     def __init__(self, db: sqlite3.Connection, ids: list[Any]) -> None:
         self._db = db
         self.rows: dict[Any, list[Any] | None] = {}
         self.inserted: dict[Any, None] = {}
-        self._updated: dict[Any, set[int]] = {}
-        self.nulls: list[list[Any]] = []  # requested with a NULL id: a row each time, never found
+        self.updated: dict[Any, set[int]] = {}
+        self.nulls: list[list[Any]] = []
         want = list(dict.fromkeys(ids))
         for i in range(0, len(want), 500):
             chunk = want[i : i + 500]
@@ -369,18 +408,13 @@ class _Rollouts:
             for r in db.execute(f"{sql} ({', '.join('?' * len(chunk))})", chunk):
                 self.rows[r[0]] = list(r[1:])
 
-    def insert_or_ignore(self, rid: Any, place: list[Any]) -> None:
-        """``INSERT OR IGNORE`` the rollout with its run, provider, model and problem."""
-        if rid is None:
+    def insert(self, rid: Any, place: list[Any]) -> None:
+        """Insert the rollout (not there) with its run, provider, model and problem."""
+        if rid is None:  # never found: a row each time
             self.nulls.append([None, *place, *_NEW_STATE[4:]])
-        elif self.rows.get(rid) is None:
+        else:
             self.rows[rid] = [*place, *_NEW_STATE[4:]]
             self.inserted[rid] = None
-
-    def changed(self, rid: Any, new: dict[int, Any]) -> None:
-        """Note that the columns ``new`` names were set on the row of ``rid``."""
-        if rid not in self.inserted:
-            self._updated.setdefault(rid, set()).update(new)
 
     def flush(self) -> None:
         """Write the new and changed rows."""
@@ -388,7 +422,7 @@ class _Rollouts:
         insert = f"INSERT INTO pa_rollouts (rollout_id, {', '.join(_STATE)}) VALUES ({', '.join('?' * 14)})"
         db.executemany(insert, [[rid, *rows[rid]] for rid in self.inserted] + self.nulls)  # type: ignore[misc]
         by_columns: dict[tuple[int, ...], list[list[Any]]] = {}
-        for rid, columns in self._updated.items():
+        for rid, columns in self.updated.items():
             cs = tuple(sorted(columns))
             row = rows[rid]
             assert row is not None
