@@ -25,6 +25,7 @@ removed, so a change that would need it (a rollout scored twice) marks its row
 from __future__ import annotations
 
 import functools
+import operator
 import sqlite3
 from collections.abc import Sequence
 from typing import Any
@@ -102,6 +103,15 @@ def _pending(s: State) -> Contribution | None:
     if not (s[PASSED] == 1 and s[DECIDED] and not s[RELEASED] and not s[SUPERSEDED]):
         return None
     return ((s[PROVIDER], s[MODEL], s[PROBLEM]), (1,), {})
+
+
+def _contributions(s: State) -> tuple[Contribution | None, ...]:
+    """What state ``s`` adds to each aggregate (each function's first test inlined)."""
+    return (
+        _cell(s) if s[RELEASED] else None,
+        None if s[SCORED_TS] is None else _run(s),
+        _pending(s) if s[DECIDED] and s[PASSED] == 1 else None,
+    )
 
 
 class _Aggregate:
@@ -295,9 +305,8 @@ class PublicAggregatesProjection(Projection):
             if kind == _REQUESTED:  # INSERT OR IGNORE
                 if state is None:
                     place = [ev.run_id, ev.provider, ev.model, ev.problem_id]
-                    for i, v in enumerate(place):
-                        if type(v) is not str:
-                            place[i] = _text(db, v)
+                    if not all(type(v) is str for v in place):
+                        place = [_text(db, v) for v in place]
                     rollouts.insert(rid, place)
                     contributions[rid] = _NOTHING
                 continue
@@ -305,7 +314,7 @@ class PublicAggregatesProjection(Projection):
                 continue
             was = contributions.get(rid)
             if was is None:
-                was = contributions[rid] = (_cell(state), _run(state), _pending(state))
+                was = contributions[rid] = _contributions(state)
             if kind == _SCORED:
                 state[PASSED] = int(bool(ev.passed))
                 state[SCORED_TS] = parse_rfc3339(rec.at).timestamp()
@@ -340,7 +349,7 @@ class PublicAggregatesProjection(Projection):
                 columns = (RELEASED, RELEASED_AT)
             if rid not in inserted:
                 updated.setdefault(rid, set()).update(columns)
-            now = contributions[rid] = (_cell(state), _run(state), _pending(state))
+            now = contributions[rid] = _contributions(state)
             if was[0] != now[0]:
                 _move(cells.ops, was[0], now[0])
             if was[1] != now[1]:
@@ -383,8 +392,7 @@ def _move(ops: Ops, old: Contribution | None, new: Contribution | None) -> None:
         old = None
     if new is None:
         return
-    delta = new[1] if old is None else tuple(a - b for a, b in zip(new[1], old[1], strict=True))
-    ops.append((new[0], delta, new[2]))
+    ops.append((new[0], new[1] if old is None else tuple(map(operator.sub, new[1], old[1])), new[2]))
 
 
 class _Rollouts:
