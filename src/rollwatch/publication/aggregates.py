@@ -58,43 +58,42 @@ _NOTHING = (None, None, None)
 """What such a state adds to the aggregates: nothing."""
 
 State = list[Any] | tuple[Any, ...]
-# Each aggregate: (table, key columns, count columns, {column: (max|min, value)}) of a state.
-Contribution = tuple[tuple[Any, ...], tuple[int, ...], dict[str, tuple[str, Any]]]
+ABSENT: Any = ...
+"""An extreme a contribution does not set (its statement leaves the column alone): a value
+no event holds (JSON has no ``...``), and one the garbage collector does not track."""
+# What a state adds to an aggregate: (key, counts, extremes); the extremes (a value, or
+# ABSENT) are those of the aggregate's ``ext`` columns, each kept as its max or min.
+# Tuples of plain values: no dict, nothing the garbage collector keeps looking at.
+Contribution = tuple[tuple[Any, ...], tuple[int, ...], tuple[Any, ...]]
 
 
 def _cell(s: State) -> Contribution | None:
     if not (s[RELEASED] and s[PASSED] == 1 and s[NB_TS] is not None):
         return None
-    return (
-        (s[PROVIDER], s[MODEL], s[PROBLEM]),
-        (1,),
-        {
-            "first_released_at": ("min", s[RELEASED_AT]),
-            "last_released_at": ("max", s[RELEASED_AT]),
-            "max_nb_ts": ("max", s[NB_TS]),
-        },
-    )
+    # first_released_at (min), last_released_at (max), max_nb_ts (max)
+    return ((s[PROVIDER], s[MODEL], s[PROBLEM]), (1,), (s[RELEASED_AT], s[RELEASED_AT], s[NB_TS]))
 
 
 def _run(s: State) -> Contribution | None:
     if s[SCORED_TS] is None:
         return None
-    ext: dict[str, tuple[str, Any]] = {"max_scored_ts": ("max", s[SCORED_TS])}
-    if s[EMBARGO_S] is not None:
-        ext["max_embargo_s"] = ("max", s[EMBARGO_S])
     released = bool(s[RELEASED])
-    if released and s[NB_TS] is not None:
-        ext["max_released_nb_ts"] = ("max", s[NB_TS])
+    nb_ts = s[NB_TS]
+    embargo_s = s[EMBARGO_S]
     return (
         (s[RUN], s[PROVIDER], s[MODEL]),
         (
             1,
             int(s[PASSED] or 0),
             int(bool(s[DECIDED])),
-            int(released and s[NB_TS] is not None),
-            int(released and s[NB_TS] is None),
+            int(released and nb_ts is not None),
+            int(released and nb_ts is None),
         ),
-        ext,
+        (
+            s[SCORED_TS],  # max_scored_ts
+            ABSENT if embargo_s is None else embargo_s,  # max_embargo_s
+            nb_ts if released and nb_ts is not None else ABSENT,  # max_released_nb_ts
+        ),
     )
 
 
@@ -102,7 +101,7 @@ def _pending(s: State) -> Contribution | None:
     # A result a re-score failed since will never be released: not announced as solved.
     if not (s[PASSED] == 1 and s[DECIDED] and not s[RELEASED] and not s[SUPERSEDED]):
         return None
-    return ((s[PROVIDER], s[MODEL], s[PROBLEM]), (1,), {})
+    return ((s[PROVIDER], s[MODEL], s[PROBLEM]), (1,), ())
 
 
 def _contributions(s: State) -> tuple[Contribution | None, ...]:
@@ -124,16 +123,19 @@ class _Aggregate:
     does nothing, an addition to one inserts it — and writes each changed row once.
     """
 
-    __slots__ = ("counts", "ext", "keys", "ops", "table")
+    __slots__ = ("counts", "ext", "fns", "keys", "ops", "table")
 
     def __init__(
         self,
         table: str,
         keys: tuple[str, ...],
         counts: tuple[str, ...],
-        ext: tuple[str, ...],
+        ext: tuple[tuple[str, str], ...],
     ) -> None:
-        self.table, self.keys, self.counts, self.ext = table, keys, counts, ext
+        """``ext``: the extremes' columns, each with ``max`` or ``min``."""
+        self.table, self.keys, self.counts = table, keys, counts
+        self.ext = tuple(c for c, _ in ext)
+        self.fns = tuple(fn for _, fn in ext)
         self.ops: Ops = []
 
     def flush(self, db: sqlite3.Connection) -> None:
@@ -141,9 +143,9 @@ class _Aggregate:
         if not self.ops:
             return
         ncounts = len(self.counts)
-        columns = (*self.counts, *self.ext, "dirty")
-        at = {c: i for i, c in enumerate(columns)}
-        dirty = at["dirty"]
+        first_ext = ncounts
+        dirty = ncounts + len(self.ext)
+        fns = [max if fn == "max" else min for fn in self.fns]
         rows = self._load(db, {k for k, _, _ in self.ops if None not in k})
         inserted: dict[tuple[Any, ...], list[Any]] = {}
         changed: set[tuple[Any, ...]] = set()
@@ -157,9 +159,7 @@ class _Aggregate:
                     row[dirty] = 1
                     changed.add(key)
             elif row is None:  # the upsert's INSERT
-                row = [*counts, *(None,) * len(self.ext), 0]
-                for c, (_, v) in ext.items():
-                    row[at[c]] = v
+                row = [*counts, *(None if v is ABSENT else v for v in ext), 0]
                 if None in key:
                     orphans.append([*key, *row])
                 else:
@@ -167,14 +167,14 @@ class _Aggregate:
             else:  # ... ON CONFLICT DO UPDATE: counts added, extremes extended
                 for i in range(ncounts):
                     row[i] += counts[i]
-                for c, (fn, v) in ext.items():
-                    i = at[c]
+                for i, v in enumerate(ext, first_ext):
+                    if v is ABSENT:
+                        continue
                     cur = row[i]
                     # CASE WHEN c IS NULL THEN v ELSE max(c, v) END; SQL's max(c, NULL) is NULL.
-                    row[i] = (
-                        v if cur is None else None if v is None else (max if fn == "max" else min)(cur, v)
-                    )
+                    row[i] = v if cur is None else None if v is None else fns[i - first_ext](cur, v)
                 changed.add(key)
+        columns = (*self.counts, *self.ext, "dirty")
         cols = (*self.keys, *columns)
         insert = f"INSERT INTO {self.table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
         db.executemany(insert, [[*k, *r] for k, r in inserted.items()] + orphans)
@@ -208,13 +208,13 @@ def _aggregates() -> tuple[_Aggregate, ...]:
             "pa_cells",
             ("provider", "model", "problem_id"),
             ("n",),
-            ("first_released_at", "last_released_at", "max_nb_ts"),
+            (("first_released_at", "min"), ("last_released_at", "max"), ("max_nb_ts", "max")),
         ),
         _Aggregate(
             "pa_runs",
             ("run_id", "provider", "model"),
             ("n", "passed", "decided", "released", "undecided"),
-            ("max_scored_ts", "max_embargo_s", "max_released_nb_ts"),
+            (("max_scored_ts", "max"), ("max_embargo_s", "max"), ("max_released_nb_ts", "max")),
         ),
         _Aggregate("pa_pending", ("provider", "model", "problem_id"), ("n",), ()),
     )
@@ -351,11 +351,11 @@ class PublicAggregatesProjection(Projection):
                 updated.setdefault(rid, set()).update(columns)
             now = contributions[rid] = _contributions(state)
             if was[0] != now[0]:
-                _move(cells.ops, was[0], now[0])
+                _move(cells, was[0], now[0])
             if was[1] != now[1]:
-                _move(runs.ops, was[1], now[1])
+                _move(runs, was[1], now[1])
             if was[2] != now[2]:
-                _move(pending.ops, was[2], now[2])
+                _move(pending, was[2], now[2])
         rollouts.flush()
         for agg in aggregates:
             agg.flush(db)
@@ -381,12 +381,13 @@ def _kind(cls: type) -> int:
     return 0
 
 
-Ops = list[tuple[tuple[Any, ...], tuple[int, ...], dict[str, tuple[str, Any]] | None]]
+Ops = list[tuple[tuple[Any, ...], tuple[int, ...], tuple[Any, ...] | None]]
 
 
-def _move(ops: Ops, old: Contribution | None, new: Contribution | None) -> None:
+def _move(agg: _Aggregate, old: Contribution | None, new: Contribution | None) -> None:
     """Record the statements that replace contribution ``old`` by ``new`` (not equal)."""
-    if old is not None and (new is None or new[0] != old[0] or _shrinks(old[2], new[2])):
+    ops = agg.ops
+    if old is not None and (new is None or new[0] != old[0] or _shrinks(old[2], new[2], agg.fns)):
         # Counts come off exactly; a newest or oldest value cannot: readers recompute the row.
         ops.append((old[0], old[1], None))
         old = None
@@ -464,13 +465,12 @@ def _update(columns: tuple[str, ...]) -> str:
     return f"UPDATE pa_rollouts SET {', '.join(f'{c} = ?' for c in columns)} WHERE rollout_id = ?"
 
 
-def _shrinks(old: dict[str, tuple[str, Any]], new: dict[str, tuple[str, Any]]) -> bool:
+def _shrinks(old: tuple[Any, ...], new: tuple[Any, ...], fns: tuple[str, ...]) -> bool:
     """Whether an extreme ``old`` added is no longer implied by ``new``."""
-    for c, (fn, v) in old.items():
-        if v is None:
+    for v, nv, fn in zip(old, new, fns, strict=True):
+        if v is None or v is ABSENT:
             continue
-        nv = new.get(c, (fn, None))[1]
-        if nv is None or (nv < v if fn == "max" else nv > v):
+        if nv is None or nv is ABSENT or (nv < v if fn == "max" else nv > v):
             return True
     return False
 
