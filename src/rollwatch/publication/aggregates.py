@@ -52,8 +52,8 @@ _STATE = (
 """A rollout's state as the aggregates counted it: ``pa_rollouts``'s columns after its key."""
 (RUN, PROVIDER, MODEL, PROBLEM, PASSED, SCORED_TS, DECIDED, EMBARGO_S, NB_TS, NOT_BEFORE, RELEASED,
  RELEASED_AT, SUPERSEDED) = range(len(_STATE))  # fmt: skip
-_NEW_STATE = (None, None, None, None, None, None, 0, None, None, None, 0, None, 0)
-"""A requested rollout's state before its first columns are set (the table's defaults)."""
+_UNSET = (None, None, 0, None, None, None, 0, None, 0)
+"""A requested rollout's state after its place, before any is set (the table's defaults)."""
 _NOTHING = (None, None, None)
 """What such a state adds to the aggregates: nothing."""
 
@@ -165,8 +165,10 @@ class _Aggregate:
                 else:
                     rows[key] = inserted[key] = row
             else:  # ... ON CONFLICT DO UPDATE: counts added, extremes extended
-                for i in range(ncounts):
-                    row[i] += counts[i]
+                if ncounts == 1:
+                    row[0] += counts[0]
+                else:
+                    row[:ncounts] = map(operator.add, row[:ncounts], counts)
                 for i, v in enumerate(ext, first_ext):
                     if v is ABSENT:
                         continue
@@ -304,11 +306,17 @@ class PublicAggregatesProjection(Projection):
             state = rows.get(rid)
             if kind == _REQUESTED:  # INSERT OR IGNORE
                 if state is None:
-                    place = [ev.run_id, ev.provider, ev.model, ev.problem_id]
-                    if not all(type(v) is str for v in place):
-                        place = [_text(db, v) for v in place]
-                    rollouts.insert(rid, place)
-                    contributions[rid] = _NOTHING
+                    run_id, provider, model, problem_id = ev.run_id, ev.provider, ev.model, ev.problem_id
+                    if not (type(run_id) is type(provider) is type(model) is type(problem_id) is str):
+                        run_id, provider, model, problem_id = (
+                            _text(db, v) for v in (run_id, provider, model, problem_id)
+                        )
+                    if rid is None:  # never found: a row each time
+                        rollouts.nulls.append([None, run_id, provider, model, problem_id, *_UNSET])
+                    else:
+                        rows[rid] = [run_id, provider, model, problem_id, *_UNSET]
+                        inserted[rid] = None
+                        contributions[rid] = _NOTHING
                 continue
             if state is None:
                 continue
@@ -416,14 +424,6 @@ class _Rollouts:
             sql = f"SELECT rollout_id, {', '.join(_STATE)} FROM pa_rollouts WHERE rollout_id IN"
             for r in db.execute(f"{sql} ({', '.join('?' * len(chunk))})", chunk):
                 self.rows[r[0]] = list(r[1:])
-
-    def insert(self, rid: Any, place: list[Any]) -> None:
-        """Insert the rollout (not there) with its run, provider, model and problem."""
-        if rid is None:  # never found: a row each time
-            self.nulls.append([None, *place, *_NEW_STATE[4:]])
-        else:
-            self.rows[rid] = [*place, *_NEW_STATE[4:]]
-            self.inserted[rid] = None
 
     def flush(self) -> None:
         """Write the new and changed rows."""
