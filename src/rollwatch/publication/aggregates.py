@@ -279,30 +279,35 @@ class PublicAggregatesProjection(Projection):
         memory event by event, and written once; so is each aggregate row (see
         :class:`_Aggregate`). The rows are those a statement per event would leave.
         """
-        evs: list[tuple[int, Recorded, Any, Any]] = []  # (kind, record, event typed by kind, rollout)
-        for rec in recs:
-            ev: Any = rec.event()
-            kind = _KINDS.get(type(ev))
+        evs: list[Any] = [rec.event() for rec in recs]  # typed by kind
+        kinds = _KINDS
+        ids = []
+        for ev in evs:
+            kind = kinds.get(type(ev))
             if kind is None:
-                kind = _KINDS[type(ev)] = _kind(type(ev))
+                kind = kinds[type(ev)] = _kind(type(ev))
             if kind >= _REQUESTED:
                 rid = ev.rollout_id
-                evs.append((kind, rec, ev, rid if type(rid) is str else _text(db, rid)))
-            elif kind:
-                evs.append((kind, rec, ev, None))
-        rollouts = _Rollouts(db, [rid for k, _, _, rid in evs if k >= _REQUESTED])
+                ids.append(rid if type(rid) is str else _text(db, rid))
+        rollouts = _Rollouts(db, ids)
         rows, inserted, updated = rollouts.rows, rollouts.inserted, rollouts.updated
         cells, runs, pending = aggregates = _aggregates()
         # Each state's contributions as last computed, so that a change computes only the new.
         contributions: dict[Any, tuple[Contribution | None, ...]] = {}
 
-        for kind, rec, ev, rid in evs:
+        for rec, ev in zip(recs, evs, strict=True):
+            kind = kinds[type(ev)]
+            if not kind:
+                continue
             if kind == _STARTED:
                 db.execute("INSERT OR IGNORE INTO pa_run_ends (run_id) VALUES (?)", (ev.run_id,))
                 continue
             if kind == _FINISHED:
                 db.execute("UPDATE pa_run_ends SET finished_at = ? WHERE run_id = ?", (rec.at, ev.run_id))
                 continue
+            rid = ev.rollout_id
+            if type(rid) is not str:
+                rid = _text(db, rid)
             state = rows.get(rid)
             if kind == _REQUESTED:  # INSERT OR IGNORE
                 if state is None:
