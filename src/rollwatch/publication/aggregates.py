@@ -25,8 +25,9 @@ removed, so a change that would need it (a rollout scored twice) marks its row
 from __future__ import annotations
 
 import functools
+import operator
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Sequence
 from typing import Any
 
 from rollwatch import events as e
@@ -34,99 +35,191 @@ from rollwatch.events import Recorded, parse_rfc3339
 from rollwatch.projections import Projection
 
 _STATE = (
-    "run_id, provider, model, problem_id, passed, scored_ts, decided, embargo_s, nb_ts, not_before,"
-    " released, released_at, superseded"
+    "run_id",
+    "provider",
+    "model",
+    "problem_id",
+    "passed",
+    "scored_ts",
+    "decided",
+    "embargo_s",
+    "nb_ts",
+    "not_before",
+    "released",
+    "released_at",
+    "superseded",
 )
+"""A rollout's state as the aggregates counted it: ``pa_rollouts``'s columns after its key."""
+(RUN, PROVIDER, MODEL, PROBLEM, PASSED, SCORED_TS, DECIDED, EMBARGO_S, NB_TS, NOT_BEFORE, RELEASED,
+ RELEASED_AT, SUPERSEDED) = range(len(_STATE))  # fmt: skip
+_UNSET = (None, None, 0, None, None, None, 0, None, 0)
+"""A requested rollout's state after its place, before any is set (the table's defaults)."""
+_NOTHING = (None, None, None)
+"""What such a state adds to the aggregates: nothing."""
+
+State = list[Any] | tuple[Any, ...]
+ABSENT: Any = ...
+"""An extreme a contribution does not set (its statement leaves the column alone): a value
+no event holds (JSON has no ``...``), and one the garbage collector does not track."""
+# What a state adds to an aggregate: (key, counts, extremes); the extremes (a value, or
+# ABSENT) are those of the aggregate's ``ext`` columns, each kept as its max or min.
+# Tuples of plain values: no dict, nothing the garbage collector keeps looking at.
+Contribution = tuple[tuple[Any, ...], tuple[int, ...], tuple[Any, ...]]
 
 
-class _S:
-    """One rollout's state, as the aggregates counted it."""
-
-    __slots__ = (
-        "decided",
-        "embargo_s",
-        "model",
-        "nb_ts",
-        "not_before",
-        "passed",
-        "problem_id",
-        "provider",
-        "released",
-        "released_at",
-        "run_id",
-        "scored_ts",
-        "superseded",
-    )
-
-    def __init__(self, row: tuple[Any, ...]) -> None:
-        (
-            self.run_id,
-            self.provider,
-            self.model,
-            self.problem_id,
-            self.passed,
-            self.scored_ts,
-            self.decided,
-            self.embargo_s,
-            self.nb_ts,
-            self.not_before,
-            self.released,
-            self.released_at,
-            self.superseded,
-        ) = row
-
-
-# Each aggregate: (table, key columns, count columns, {column: (max|min, value)}) of a state.
-Contribution = tuple[tuple[Any, ...], tuple[int, ...], dict[str, tuple[str, Any]]]
-
-
-def _cell(s: _S) -> Contribution | None:
-    if not (s.released and s.passed == 1 and s.nb_ts is not None):
+def _cell(s: State) -> Contribution | None:
+    if not (s[RELEASED] and s[PASSED] == 1 and s[NB_TS] is not None):
         return None
-    return (
-        (s.provider, s.model, s.problem_id),
-        (1,),
-        {
-            "first_released_at": ("min", s.released_at),
-            "last_released_at": ("max", s.released_at),
-            "max_nb_ts": ("max", s.nb_ts),
-        },
-    )
+    # first_released_at (min), last_released_at (max), max_nb_ts (max)
+    return ((s[PROVIDER], s[MODEL], s[PROBLEM]), (1,), (s[RELEASED_AT], s[RELEASED_AT], s[NB_TS]))
 
 
-def _run(s: _S) -> Contribution | None:
-    if s.scored_ts is None:
+def _run(s: State) -> Contribution | None:
+    if s[SCORED_TS] is None:
         return None
-    ext: dict[str, tuple[str, Any]] = {"max_scored_ts": ("max", s.scored_ts)}
-    if s.embargo_s is not None:
-        ext["max_embargo_s"] = ("max", s.embargo_s)
-    if s.released and s.nb_ts is not None:
-        ext["max_released_nb_ts"] = ("max", s.nb_ts)
+    released = bool(s[RELEASED])
+    nb_ts = s[NB_TS]
+    embargo_s = s[EMBARGO_S]
     return (
-        (s.run_id, s.provider, s.model),
+        (s[RUN], s[PROVIDER], s[MODEL]),
         (
             1,
-            int(s.passed or 0),
-            int(bool(s.decided)),
-            int(bool(s.released) and s.nb_ts is not None),
-            int(bool(s.released) and s.nb_ts is None),
+            int(s[PASSED] or 0),
+            int(bool(s[DECIDED])),
+            int(released and nb_ts is not None),
+            int(released and nb_ts is None),
         ),
-        ext,
+        (
+            s[SCORED_TS],  # max_scored_ts
+            ABSENT if embargo_s is None else embargo_s,  # max_embargo_s
+            nb_ts if released and nb_ts is not None else ABSENT,  # max_released_nb_ts
+        ),
     )
 
 
-def _pending(s: _S) -> Contribution | None:
+def _pending(s: State) -> Contribution | None:
     # A result a re-score failed since will never be released: not announced as solved.
-    if not (s.passed == 1 and s.decided and not s.released and not s.superseded):
+    if not (s[PASSED] == 1 and s[DECIDED] and not s[RELEASED] and not s[SUPERSEDED]):
         return None
-    return ((s.provider, s.model, s.problem_id), (1,), {})
+    return ((s[PROVIDER], s[MODEL], s[PROBLEM]), (1,), ())
 
 
-_AGGREGATES: tuple[tuple[str, tuple[str, ...], tuple[str, ...], Callable[[_S], Contribution | None]], ...] = (
-    ("pa_cells", ("provider", "model", "problem_id"), ("n",), _cell),
-    ("pa_runs", ("run_id", "provider", "model"), ("n", "passed", "decided", "released", "undecided"), _run),
-    ("pa_pending", ("provider", "model", "problem_id"), ("n",), _pending),
-)
+def _contributions(s: State) -> tuple[Contribution | None, ...]:
+    """What state ``s`` adds to each aggregate (each function's first test inlined)."""
+    return (
+        _cell(s) if s[RELEASED] else None,
+        None if s[SCORED_TS] is None else _run(s),
+        _pending(s) if s[DECIDED] and s[PASSED] == 1 else None,
+    )
+
+
+class _Aggregate:
+    """One aggregate table (``_cell``, ``_run``, ``_pending`` say what a state adds to it)
+    and its rows a batch touches.
+
+    A batch first records in :attr:`ops`, event by event, the statements the contributions'
+    moves make (see :func:`_move`: a retraction, or an upsert); :meth:`flush` then reads every row they name in a few
+    queries, runs them in memory in order — as SQL would: a retraction of an absent row
+    does nothing, an addition to one inserts it — and writes each changed row once.
+    """
+
+    __slots__ = ("counts", "ext", "fns", "keys", "ops", "table")
+
+    def __init__(
+        self,
+        table: str,
+        keys: tuple[str, ...],
+        counts: tuple[str, ...],
+        ext: tuple[tuple[str, str], ...],
+    ) -> None:
+        """``ext``: the extremes' columns, each with ``max`` or ``min``."""
+        self.table, self.keys, self.counts = table, keys, counts
+        self.ext = tuple(c for c, _ in ext)
+        self.fns = tuple(fn for _, fn in ext)
+        self.ops: Ops = []
+
+    def flush(self, db: sqlite3.Connection) -> None:
+        """Run the recorded statements on the rows they name, and write those rows back."""
+        if not self.ops:
+            return
+        ncounts = len(self.counts)
+        first_ext = ncounts
+        dirty = ncounts + len(self.ext)
+        fns = [max if fn == "max" else min for fn in self.fns]
+        rows = self._load(db, {k for k, _, _ in self.ops if None not in k})
+        inserted: dict[tuple[Any, ...], list[Any]] = {}
+        changed: set[tuple[Any, ...]] = set()
+        orphans: list[list[Any]] = []  # added under a key with a NULL: a new row each time
+        for key, counts, ext in self.ops:
+            row = rows.get(key)
+            if ext is None:  # UPDATE ... SET c = c - ?, dirty = 1 (nothing if there is no row)
+                if row is not None:
+                    for i in range(ncounts):
+                        row[i] -= counts[i]
+                    row[dirty] = 1
+                    changed.add(key)
+            elif row is None:  # the upsert's INSERT
+                row = [*counts, *(None if v is ABSENT else v for v in ext), 0]
+                if None in key:
+                    orphans.append([*key, *row])
+                else:
+                    rows[key] = inserted[key] = row
+            else:  # ... ON CONFLICT DO UPDATE: counts added, extremes extended
+                if ncounts == 1:
+                    row[0] += counts[0]
+                else:
+                    row[:ncounts] = map(operator.add, row[:ncounts], counts)
+                for i, v in enumerate(ext, first_ext):
+                    if v is ABSENT:
+                        continue
+                    cur = row[i]
+                    # CASE WHEN c IS NULL THEN v ELSE max(c, v) END; SQL's max(c, NULL) is NULL.
+                    row[i] = v if cur is None else None if v is None else fns[i - first_ext](cur, v)
+                changed.add(key)
+        columns = (*self.counts, *self.ext, "dirty")
+        cols = (*self.keys, *columns)
+        insert = f"INSERT INTO {self.table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
+        db.executemany(insert, [[*k, *r] for k, r in inserted.items()] + orphans)
+        where = " AND ".join(f"{k} = ?" for k in self.keys)
+        update = f"UPDATE {self.table} SET {', '.join(f'{c} = ?' for c in columns)} WHERE {where}"
+        db.executemany(update, [[*rows[k], *k] for k in changed if k not in inserted])
+        self.ops.clear()
+
+    def _load(self, db: sqlite3.Connection, keys: set[tuple[Any, ...]]) -> dict[tuple[Any, ...], list[Any]]:
+        """The rows of ``keys`` that exist: their counts, extremes and dirty mark."""
+        nk = len(self.keys)
+        cols = ", ".join((*self.keys, *self.counts, *self.ext, "dirty"))
+        rows: dict[tuple[Any, ...], list[Any]] = {}
+        want = list(keys)
+        for i in range(0, len(want), 300):
+            chunk = want[i : i + 300]
+            values = ", ".join([f"({', '.join('?' * nk)})"] * len(chunk))
+            pick = ", ".join(f"column{j + 1}" for j in range(nk))
+            sql = (
+                f"SELECT {cols} FROM {self.table} WHERE ({', '.join(self.keys)})"
+                f" IN (SELECT {pick} FROM (VALUES {values}))"
+            )
+            for r in db.execute(sql, [v for k in chunk for v in k]):
+                rows[r[:nk]] = list(r[nk:])
+        return rows
+
+
+def _aggregates() -> tuple[_Aggregate, ...]:
+    return (
+        _Aggregate(
+            "pa_cells",
+            ("provider", "model", "problem_id"),
+            ("n",),
+            (("first_released_at", "min"), ("last_released_at", "max"), ("max_nb_ts", "max")),
+        ),
+        _Aggregate(
+            "pa_runs",
+            ("run_id", "provider", "model"),
+            ("n", "passed", "decided", "released", "undecided"),
+            (("max_scored_ts", "max"), ("max_embargo_s", "max"), ("max_released_nb_ts", "max")),
+        ),
+        _Aggregate("pa_pending", ("provider", "model", "problem_id"), ("n",), ()),
+    )
 
 
 class PublicAggregatesProjection(Projection):
@@ -176,60 +269,200 @@ class PublicAggregatesProjection(Projection):
     """
 
     def apply(self, db: sqlite3.Connection, rec: Recorded) -> None:
-        """Move the rollout's contributions from what they were to what this event makes them."""
-        ev = rec.event()
-        if isinstance(ev, e.RunStarted):
-            db.execute("INSERT OR IGNORE INTO pa_run_ends (run_id) VALUES (?)", (ev.run_id,))
-        elif isinstance(ev, e.RunFinished):
-            db.execute("UPDATE pa_run_ends SET finished_at = ? WHERE run_id = ?", (rec.at, ev.run_id))
-        elif isinstance(ev, e.RolloutRequested):
-            db.execute(
-                "INSERT OR IGNORE INTO pa_rollouts (rollout_id, run_id, provider, model, problem_id)"
-                " VALUES (?,?,?,?,?)",
-                (ev.rollout_id, ev.run_id, ev.provider, ev.model, ev.problem_id),
-            )
-        elif isinstance(ev, e.RolloutScored):
-            ts = parse_rfc3339(rec.at).timestamp()
-            self._change(db, ev.rollout_id, {"passed": int(bool(ev.passed)), "scored_ts": ts})
-        elif isinstance(ev, e.RolloutRescored):
-            # As the public projection: ``passed`` stays 1 once any verdict passed (the
-            # first flip to pass stands for the result, dated by the re-score); a failing
-            # re-score marks it superseded, a passing one lifts the mark.
-            state = db.execute(_SELECT_STATE, (ev.rollout_id,)).fetchone()
-            if state is not None:
-                new: dict[str, Any] = {"superseded": 0 if ev.passed else 1}
-                if ev.passed and state[_STATE_INDEX["passed"]] != 1:
-                    new.update(passed=1, scored_ts=parse_rfc3339(rec.at).timestamp())
-                self._change(db, ev.rollout_id, new)
-        elif isinstance(ev, e.PublicationDecided) and ev.audience == "public":
-            nb = {
-                "decided": 1,
-                "embargo_s": ev.embargo_s,
-                "nb_ts": parse_rfc3339(ev.not_before).timestamp(),
-                "not_before": ev.not_before,
-            }
-            self._change(db, ev.rollout_id, nb, first="decided")
-        elif isinstance(ev, e.PublicReleased):
-            self._change(db, ev.rollout_id, {"released": 1, "released_at": rec.at}, first="released")
+        """Apply one event (a batch of one)."""
+        self.apply_batch(db, [rec])
 
-    @staticmethod
-    def _change(db: sqlite3.Connection, rid: str, new: dict[str, Any], first: str | None = None) -> None:
-        """Set ``new`` on the rollout's row (once only, when ``first`` names a flag already
-        set), moving its contributions."""
-        row = db.execute(_SELECT_STATE, (rid,)).fetchone()
-        if row is None or (first is not None and row[_STATE_INDEX[first]]):
-            return
-        db.execute(_update(tuple(new)), (*new.values(), rid))
-        values = list(row)
-        for k, v in new.items():
-            values[_STATE_INDEX[k]] = v
-        old, now = _S(row), _S(tuple(values))
-        for table, keys, counts, fn in _AGGREGATES:
-            _move(db, table, keys, counts, fn(old), fn(now))
+    def apply_batch(self, db: sqlite3.Connection, recs: Sequence[Recorded]) -> None:
+        """Move each rollout's contributions from what they were to what each event makes them.
+
+        Each ``pa_rollouts`` row the batch touches is read once (many in a query), changed in
+        memory event by event, and written once; so is each aggregate row (see
+        :class:`_Aggregate`). The rows are those a statement per event would leave.
+        """
+        evs: list[Any] = [rec.event() for rec in recs]  # typed by kind
+        kinds = _KINDS
+        ids = []
+        for ev in evs:
+            kind = kinds.get(type(ev))
+            if kind is None:
+                kind = kinds[type(ev)] = _kind(type(ev))
+            if kind >= _REQUESTED:
+                rid = ev.rollout_id
+                ids.append(rid if type(rid) is str else _text(db, rid))
+        rollouts = _Rollouts(db, ids)
+        rows, inserted, updated = rollouts.rows, rollouts.inserted, rollouts.updated
+        cells, runs, pending = aggregates = _aggregates()
+        # Each state's contributions as last computed, so that a change computes only the new.
+        contributions: dict[Any, tuple[Contribution | None, ...]] = {}
+
+        for rec, ev in zip(recs, evs, strict=True):
+            kind = kinds[type(ev)]
+            if not kind:
+                continue
+            if kind == _STARTED:
+                db.execute("INSERT OR IGNORE INTO pa_run_ends (run_id) VALUES (?)", (ev.run_id,))
+                continue
+            if kind == _FINISHED:
+                db.execute("UPDATE pa_run_ends SET finished_at = ? WHERE run_id = ?", (rec.at, ev.run_id))
+                continue
+            rid = ev.rollout_id
+            if type(rid) is not str:
+                rid = _text(db, rid)
+            state = rows.get(rid)
+            if kind == _REQUESTED:  # INSERT OR IGNORE
+                if state is None:
+                    run_id, provider, model, problem_id = ev.run_id, ev.provider, ev.model, ev.problem_id
+                    if not (type(run_id) is type(provider) is type(model) is type(problem_id) is str):
+                        run_id, provider, model, problem_id = (
+                            _text(db, v) for v in (run_id, provider, model, problem_id)
+                        )
+                    if rid is None:  # never found: a row each time
+                        rollouts.nulls.append([None, run_id, provider, model, problem_id, *_UNSET])
+                    else:
+                        rows[rid] = [run_id, provider, model, problem_id, *_UNSET]
+                        inserted[rid] = None
+                        contributions[rid] = _NOTHING
+                continue
+            if state is None:
+                continue
+            was = contributions.get(rid)
+            if was is None:
+                was = contributions[rid] = _contributions(state)
+            if kind == _SCORED:
+                state[PASSED] = int(bool(ev.passed))
+                state[SCORED_TS] = parse_rfc3339(rec.at).timestamp()
+                columns: tuple[int, ...] = (PASSED, SCORED_TS)
+            elif kind == _RESCORED:
+                # As the public projection: ``passed`` stays 1 once any verdict passed (the
+                # first flip to pass stands for the result, dated by the re-score); a failing
+                # re-score marks it superseded, a passing one lifts the mark.
+                if ev.passed and state[PASSED] != 1:
+                    state[PASSED] = 1
+                    state[SCORED_TS] = parse_rfc3339(rec.at).timestamp()
+                    columns = (PASSED, SCORED_TS, SUPERSEDED)
+                else:
+                    columns = (SUPERSEDED,)
+                state[SUPERSEDED] = 0 if ev.passed else 1
+            elif kind == _DECIDED:
+                # Once only: a second decision changes nothing.
+                if ev.audience != "public" or state[DECIDED]:
+                    continue
+                embargo_s = ev.embargo_s
+                nb_ts = parse_rfc3339(ev.not_before).timestamp()
+                state[DECIDED] = 1
+                state[EMBARGO_S] = embargo_s if type(embargo_s) is float else _real(db, embargo_s)
+                state[NB_TS] = nb_ts
+                state[NOT_BEFORE] = _text(db, ev.not_before)
+                columns = (DECIDED, EMBARGO_S, NB_TS, NOT_BEFORE)
+            else:  # released, once only
+                if state[RELEASED]:
+                    continue
+                state[RELEASED] = 1
+                state[RELEASED_AT] = rec.at
+                columns = (RELEASED, RELEASED_AT)
+            if rid not in inserted:
+                updated.setdefault(rid, set()).update(columns)
+            now = contributions[rid] = _contributions(state)
+            if was[0] != now[0]:
+                _move(cells, was[0], now[0])
+            if was[1] != now[1]:
+                _move(runs, was[1], now[1])
+            if was[2] != now[2]:
+                _move(pending, was[2], now[2])
+        rollouts.flush()
+        for agg in aggregates:
+            agg.flush(db)
 
 
-_STATE_INDEX = {k.strip(): i for i, k in enumerate(_STATE.split(","))}
-_SELECT_STATE = f"SELECT {_STATE} FROM pa_rollouts WHERE rollout_id = ?"
+_STARTED, _FINISHED, _REQUESTED, _SCORED, _RESCORED, _DECIDED, _RELEASED = range(1, 8)
+_KINDS: dict[type, int] = {}
+"""Event class -> what the batch does with it (0: nothing)."""
+
+
+def _kind(cls: type) -> int:
+    for k, t in (
+        (_STARTED, e.RunStarted),
+        (_FINISHED, e.RunFinished),
+        (_REQUESTED, e.RolloutRequested),
+        (_SCORED, e.RolloutScored),
+        (_RESCORED, e.RolloutRescored),
+        (_DECIDED, e.PublicationDecided),
+        (_RELEASED, e.PublicReleased),
+    ):
+        if issubclass(cls, t):
+            return k
+    return 0
+
+
+Ops = list[tuple[tuple[Any, ...], tuple[int, ...], tuple[Any, ...] | None]]
+
+
+def _move(agg: _Aggregate, old: Contribution | None, new: Contribution | None) -> None:
+    """Record the statements that replace contribution ``old`` by ``new`` (not equal)."""
+    ops = agg.ops
+    if old is not None and (new is None or new[0] != old[0] or _shrinks(old[2], new[2], agg.fns)):
+        # Counts come off exactly; a newest or oldest value cannot: readers recompute the row.
+        ops.append((old[0], old[1], None))
+        old = None
+    if new is None:
+        return
+    ops.append((new[0], new[1] if old is None else tuple(map(operator.sub, new[1], old[1])), new[2]))
+
+
+class _Rollouts:
+    """The ``pa_rollouts`` rows of a batch's rollouts: read in a few queries, changed in
+    memory, written back once (new rows inserted in the order they came, changed ones
+    updated in the columns that changed, so indexes on the others are left alone)."""
+
+    __slots__ = ("_db", "inserted", "nulls", "rows", "updated")
+
+    def __init__(self, db: sqlite3.Connection, ids: list[Any]) -> None:
+        self._db = db
+        self.rows: dict[Any, list[Any] | None] = {}
+        self.inserted: dict[Any, None] = {}
+        self.updated: dict[Any, set[int]] = {}
+        self.nulls: list[list[Any]] = []
+        want = list(dict.fromkeys(ids))
+        for i in range(0, len(want), 500):
+            chunk = want[i : i + 500]
+            self.rows.update(dict.fromkeys(chunk))
+            sql = f"SELECT rollout_id, {', '.join(_STATE)} FROM pa_rollouts WHERE rollout_id IN"
+            for r in db.execute(f"{sql} ({', '.join('?' * len(chunk))})", chunk):
+                self.rows[r[0]] = list(r[1:])
+
+    def flush(self) -> None:
+        """Write the new and changed rows."""
+        db, rows = self._db, self.rows
+        insert = f"INSERT INTO pa_rollouts (rollout_id, {', '.join(_STATE)}) VALUES ({', '.join('?' * 14)})"
+        db.executemany(insert, [[rid, *rows[rid]] for rid in self.inserted] + self.nulls)  # type: ignore[misc]
+        by_columns: dict[tuple[int, ...], list[list[Any]]] = {}
+        for rid, columns in self.updated.items():
+            cs = tuple(sorted(columns))
+            row = rows[rid]
+            assert row is not None
+            by_columns.setdefault(cs, []).append([*(row[i] for i in cs), rid])
+        for cs, params in by_columns.items():
+            db.executemany(_update(tuple(_STATE[i] for i in cs)), params)
+
+
+def _text(db: sqlite3.Connection, v: Any) -> Any:
+    """``v`` as a TEXT column stores it (and compares it): as it is if a string or NULL."""
+    return v if v is None or type(v) is str else _stored(db, "t", v)
+
+
+def _real(db: sqlite3.Connection, v: Any) -> Any:
+    """``v`` as a REAL column stores it."""
+    if v is None or type(v) is float:
+        return v
+    return float(v) if type(v) is int else _stored(db, "r", v)
+
+
+def _stored(db: sqlite3.Connection, column: str, v: Any) -> Any:
+    # An event holding an odd type (only a log written around rollwatch): ask SQLite.
+    db.execute("CREATE TEMP TABLE IF NOT EXISTS pa_affinity (t TEXT, r REAL)")
+    db.execute("DELETE FROM temp.pa_affinity")
+    db.execute(f"INSERT INTO temp.pa_affinity ({column}) VALUES (?)", (v,))
+    return db.execute(f"SELECT {column} FROM temp.pa_affinity").fetchone()[0]
 
 
 @functools.cache
@@ -237,57 +470,12 @@ def _update(columns: tuple[str, ...]) -> str:
     return f"UPDATE pa_rollouts SET {', '.join(f'{c} = ?' for c in columns)} WHERE rollout_id = ?"
 
 
-@functools.cache
-def _retract_sql(table: str, keys: tuple[str, ...], counts: tuple[str, ...]) -> str:
-    where = " AND ".join(f"{k} = ?" for k in keys)
-    sets = ", ".join(f"{c} = {c} - ?" for c in counts)
-    return f"UPDATE {table} SET {sets}, dirty = 1 WHERE {where}"
-
-
-@functools.cache
-def _add_sql(
-    table: str, keys: tuple[str, ...], counts: tuple[str, ...], ext: tuple[tuple[str, str], ...]
-) -> str:
-    cols = (*keys, *counts, *(c for c, _ in ext))
-    upd = [f"{c} = {c} + excluded.{c}" for c in counts]
-    for c, fn in ext:
-        upd.append(f"{c} = CASE WHEN {c} IS NULL THEN excluded.{c} ELSE {fn}({c}, excluded.{c}) END")
-    return (
-        f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
-        f" ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {', '.join(upd)}"
-    )
-
-
-def _move(
-    db: sqlite3.Connection,
-    table: str,
-    keys: tuple[str, ...],
-    counts: tuple[str, ...],
-    old: Contribution | None,
-    new: Contribution | None,
-) -> None:
-    """Replace contribution ``old`` by ``new`` in ``table``."""
-    if old == new:
-        return
-    if old is not None and (new is None or new[0] != old[0] or _shrinks(old[2], new[2])):
-        # Counts come off exactly; a newest or oldest value cannot: readers recompute the row.
-        db.execute(_retract_sql(table, keys, counts), (*old[1], *old[0]))
-        old = None
-    if new is None:
-        return
-    delta = new[1] if old is None else tuple(a - b for a, b in zip(new[1], old[1], strict=True))
-    ext = new[2]
-    sql = _add_sql(table, keys, counts, tuple((c, fn) for c, (fn, _) in ext.items()))
-    db.execute(sql, (*new[0], *delta, *(v for _, v in ext.values())))
-
-
-def _shrinks(old: dict[str, tuple[str, Any]], new: dict[str, tuple[str, Any]]) -> bool:
+def _shrinks(old: tuple[Any, ...], new: tuple[Any, ...], fns: tuple[str, ...]) -> bool:
     """Whether an extreme ``old`` added is no longer implied by ``new``."""
-    for c, (fn, v) in old.items():
-        if v is None:
+    for v, nv, fn in zip(old, new, fns, strict=True):
+        if v is None or v is ABSENT:
             continue
-        nv = new.get(c, (fn, None))[1]
-        if nv is None or (nv < v if fn == "max" else nv > v):
+        if nv is None or nv is ABSENT or (nv < v if fn == "max" else nv > v):
             return True
     return False
 
