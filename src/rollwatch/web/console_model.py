@@ -76,69 +76,67 @@ class ConsoleRunsProjection(Projection):
 
     def apply_batch(self, db: sqlite3.Connection, recs: Sequence[Recorded]) -> None:
         """Move the counts the events change, in order: each row the batch touches is read
-        once (many in one query) and written back once, leaving the rows that one
-        statement after another per event would (an update of a row that does not exist
-        does nothing; a new cell takes the id ``INSERT`` would give it, the largest + 1)."""
-        evs = [(rec, rec.event()) for rec in recs]
+        once (many in one query) and written back once, leaving the rows that the
+        statements one event at a time would (an update of a row that does not exist does
+        nothing; a new cell takes the id ``INSERT`` would give it, the largest + 1)."""
+        # (kind, event): the event typed Any, its kind saying which class it is.
+        evs: list[tuple[Recorded, int, Any]] = [(rec, _kind(ev := rec.event()), ev) for rec in recs]
+        rollout_ids: list[str] = []
+        run_ids: list[str] = []
+        requested: set[str] = set()  # the problems of the batch's requests
+        problems: set[str] = set()  # and those of its new versions
+        for _, kind, ev in evs:
+            if kind <= _VERDICT:
+                rollout_ids.append(ev.rollout_id)
+                if kind == _REQUESTED:
+                    run_ids.append(ev.run_id)
+                    requested.add(ev.problem_id)
+            elif kind == _STARTED:
+                run_ids.append(ev.run_id)
+            elif kind == _VERSIONED:
+                problems.add(ev.problem_id)
+
         # The columns' DEFAULT 0 (the others' is NULL), which an INSERT naming only some gives.
         runs = _Rows(db, "ops_runs", _RUN_COLUMNS, 1, zero=("requested", "scored", "passed", "failed"))
         rollouts = _Rows(db, "ops_rollouts", _ROLLOUT_COLUMNS, 1)
         cells = _Rows(db, "ops_cells", _CELL_COLUMNS, 1, zero=("rollouts", "scored", "passed"))
         versions = _Rows(db, "ops_problem_versions", _VERSION_COLUMNS, 2, zero=("verdicts", "passed"))
-
-        rollouts.prefetch(ev.rollout_id for _, ev in evs if isinstance(ev, _ROLLOUT_EVENTS))
+        rollouts.prefetch(rollout_ids)
         known = [r for r in rollouts.rows.values() if r is not None]
-        runs.prefetch(
-            [ev.run_id for _, ev in evs if isinstance(ev, e.RunStarted | e.RolloutRequested)]
-            + [r["run_id"] for r in known]
-        )
-        requested = {ev.problem_id for _, ev in evs if isinstance(ev, e.RolloutRequested)}
+        runs.prefetch(run_ids + [r["run_id"] for r in known])
         cells.prefetch(r["cell"] for r in known)
         cells.prefetch(requested, "problem_id")
-        # (problem_id, provider, model) -> id, complete for the problems of ``requested``
+        # (problem_id, provider, model) -> id: every cell of the requested problems
         cell_of = {
             (r["problem_id"], r["provider"], r["model"]): k for k, r in cells.rows.items() if r is not None
         }
         next_cell: list[int] = []  # the id the next new cell takes, once read
-        versions.prefetch(
-            {ev.problem_id for _, ev in evs if isinstance(ev, e.ProblemVersioned)}
-            | requested
-            | {r["problem_id"] for r in known}
-        )
-
-        def add_to_run(run_id: str, **amounts: int) -> None:
-            run = runs.change(run_id)
-            if run is not None:
-                for column, amount in amounts.items():
-                    run[column] += amount
+        versions.prefetch(problems | requested | {r["problem_id"] for r in known})
+        # Every rollout and run the batch names is read (None: no such row), and the cell of
+        # every rollout: their dicts are used directly, and ``*_changed`` marks the rows to write.
+        rollout_rows, rollouts_changed = rollouts.rows, rollouts.changed
+        run_rows, runs_changed = runs.rows, runs.changed
+        cell_rows, cells_changed = cells.rows, cells.changed
 
         def move(row: dict[str, Any], state: str) -> None:
-            # _move: the state (the verdict is set by the caller), and the run's final failures.
+            # The state (the caller sets the verdict), and the run's count of final failures.
             delta = (state == "failed") - (row["state"] == "failed")
             row["state"] = state
-            if delta:
-                add_to_run(row["run_id"], failed=delta)
+            if delta and (run := run_rows[row["run_id"]]) is not None:
+                run["failed"] += delta
+                runs_changed[row["run_id"]] = None
 
-        def version_seen(pid: str, vhash: str, rec: Recorded) -> None:
-            versions.insert_or_ignore(
-                (pid, vhash),
-                {"problem_id": pid, "problem_hash": vhash, "first_seq": rec.seq, "first_at": rec.at},
-            )
-
-        for rec, ev in evs:
-            if isinstance(ev, e.RunStarted):
-                # A resumed run's RunStarted keeps the first planned size.
-                planned = len(ev.problems or []) * len(ev.models or []) * int(ev.rollouts or 0)
-                runs.insert_or_ignore(ev.run_id, {"run_id": ev.run_id, "planned": planned})
-            elif isinstance(ev, e.RolloutRequested):
-                row = rollouts.change(ev.rollout_id)
-                if row is not None:  # a retry, or a resumed run asking again
+        for rec, kind, ev in evs:
+            if kind == _REQUESTED:
+                rid = ev.rollout_id
+                if (row := rollout_rows[rid]) is not None:  # a retry, or a resumed run asking again
                     if row["state"] == "failed":
                         move(row, "requested")
+                        rollouts_changed[rid] = None
                     continue
                 key = (ev.problem_id, ev.provider, ev.model)
-                found = cell_of.get(key)
-                if found is None:
+                cell = cell_of.get(key)
+                if cell is None:
                     if not next_cell:  # INSERT's rowid: the largest + 1 (no row is ever deleted)
                         top = db.execute("SELECT max(id) FROM ops_cells").fetchone()[0]
                         next_cell.append((top or 0) + 1)
@@ -154,14 +152,13 @@ class ConsoleRunsProjection(Projection):
                             "rollouts": 1,
                         },
                     )
-                else:
-                    cell = found
-                    if (c := cells.change(cell)) is not None:
-                        c["rollouts"] += 1
+                elif (c := cell_rows[cell]) is not None:
+                    c["rollouts"] += 1
+                    cells_changed[cell] = None
                 rollouts.insert_or_ignore(
-                    ev.rollout_id,
+                    rid,
                     {
-                        "rollout_id": ev.rollout_id,
+                        "rollout_id": rid,
                         "run_id": ev.run_id,
                         "cell": cell,
                         "problem_id": ev.problem_id,
@@ -169,59 +166,124 @@ class ConsoleRunsProjection(Projection):
                         "state": "requested",
                     },
                 )
-                add_to_run(ev.run_id, requested=1)
+                if (run := run_rows[ev.run_id]) is not None:
+                    run["requested"] += 1
+                    runs_changed[ev.run_id] = None
                 if ev.problem_hash:
-                    version_seen(ev.problem_id, ev.problem_hash, rec)
-            elif isinstance(ev, e.RolloutResponded):
-                if (row := rollouts.change(ev.rollout_id)) is not None:
+                    versions.insert_or_ignore(
+                        (ev.problem_id, ev.problem_hash),
+                        {
+                            "problem_id": ev.problem_id,
+                            "problem_hash": ev.problem_hash,
+                            "first_seq": rec.seq,
+                            "first_at": rec.at,
+                        },
+                    )
+            elif kind == _RESPONDED:
+                if (row := rollout_rows[ev.rollout_id]) is not None:
                     if row["state"] == "requested":
                         row["state"] = "answered"
+                        rollouts_changed[ev.rollout_id] = None
                     elif row["state"] == "failed":  # an answer after a final failure (rare)
                         move(row, "answered")
-            elif isinstance(ev, e.RolloutFailed):
-                row = rollouts.get(ev.rollout_id) if ev.final else None
-                if row is not None and row["state"] == "requested":
-                    move(row, "failed")
-                    rollouts.change(ev.rollout_id)
-            elif isinstance(ev, e.RolloutScored | e.RolloutRescored):
-                if (row := rollouts.change(ev.rollout_id)) is None:
+                        rollouts_changed[ev.rollout_id] = None
+            elif kind == _VERDICT:
+                if (row := rollout_rows[ev.rollout_id]) is None:
                     continue  # a verdict on a rollout this log never requested
+                rollouts_changed[ev.rollout_id] = None
                 now = int(bool(ev.passed))
                 before = row["passed"]
+                cell, run_id = row["cell"], row["run_id"]
                 if row["state"] != "scored" and isinstance(ev, e.RolloutScored):
                     move(row, "scored")
                     row["passed"] = now
-                    if (c := cells.change(row["cell"])) is not None:
+                    if (c := cell_rows[cell]) is not None:
                         c["scored"] += 1
                         c["passed"] += now
-                    add_to_run(row["run_id"], scored=1, passed=now)
+                        cells_changed[cell] = None
+                    if (run := run_rows[run_id]) is not None:
+                        run["scored"] += 1
+                        run["passed"] += now
+                        runs_changed[run_id] = None
                 else:
                     row["passed"] = now
                     if row["state"] == "scored" and before is not None and before != now:
-                        if (c := cells.change(row["cell"])) is not None:
+                        if (c := cell_rows[cell]) is not None:
                             c["passed"] += now - before
-                        add_to_run(row["run_id"], passed=now - before)
+                            cells_changed[cell] = None
+                        if (run := run_rows[run_id]) is not None:
+                            run["passed"] += now - before
+                            runs_changed[run_id] = None
                 vhash = ev.problem_hash or row["problem_hash"]
                 if not vhash:
                     continue
+                pid = row["problem_id"]
                 if vhash != row["problem_hash"]:  # the request's version is in already
-                    version_seen(row["problem_id"], vhash, rec)
-                if (v := versions.change((row["problem_id"], vhash))) is not None:
+                    versions.insert_or_ignore(
+                        (pid, vhash),
+                        {"problem_id": pid, "problem_hash": vhash, "first_seq": rec.seq, "first_at": rec.at},
+                    )
+                if (v := versions.change((pid, vhash))) is not None:
                     v["verdicts"] += 1
                     v["passed"] += now
                     if ev.time_limit_s is not None:
                         v["time_limit_s"] = ev.time_limit_s
-            elif isinstance(ev, e.ProblemVersioned):
+            elif kind == _FAILED:
+                if (
+                    ev.final
+                    and (row := rollout_rows[ev.rollout_id]) is not None
+                    and row["state"] == "requested"
+                ):
+                    move(row, "failed")
+                    rollouts_changed[ev.rollout_id] = None
+            elif kind == _STARTED:
+                # A resumed run's RunStarted keeps the first planned size.
+                planned = len(ev.problems or []) * len(ev.models or []) * int(ev.rollouts or 0)
+                runs.insert_or_ignore(ev.run_id, {"run_id": ev.run_id, "planned": planned})
+            elif kind == _VERSIONED:
                 vkey = (ev.problem_id, ev.problem_hash)
-                if (v := versions.change(vkey)) is None:
-                    version_seen(ev.problem_id, ev.problem_hash, rec)
-                    v = versions.change(vkey)
-                    assert v is not None
-                v.update(problem_set=ev.problem_set, versioned_at=rec.at, previous_hash=ev.previous_hash)
+                versions.insert_or_ignore(
+                    vkey,
+                    {
+                        "problem_id": ev.problem_id,
+                        "problem_hash": ev.problem_hash,
+                        "first_seq": rec.seq,
+                        "first_at": rec.at,
+                    },
+                )
+                if (v := versions.change(vkey)) is not None:
+                    v.update(problem_set=ev.problem_set, versioned_at=rec.at, previous_hash=ev.previous_hash)
         runs.flush()
         rollouts.flush()
         cells.flush()
         versions.flush()
+
+
+# The kinds of event this projection reads; the rollouts' first (up to _VERDICT).
+_REQUESTED, _RESPONDED, _FAILED, _VERDICT, _STARTED, _VERSIONED, _OTHER = range(7)
+_KINDS: dict[type, int] = {}
+
+
+def _kind(ev: e.Event) -> int:
+    """The kind of ``ev`` (by ``isinstance``, remembered per class)."""
+    try:
+        return _KINDS[type(ev)]
+    except KeyError:
+        pass
+    kind = _OTHER
+    for k, cls in (
+        (_STARTED, e.RunStarted),
+        (_REQUESTED, e.RolloutRequested),
+        (_RESPONDED, e.RolloutResponded),
+        (_FAILED, e.RolloutFailed),
+        (_VERDICT, e.RolloutScored | e.RolloutRescored),
+        (_VERSIONED, e.ProblemVersioned),
+    ):
+        if isinstance(ev, cls):
+            kind = k
+            break
+    _KINDS[type(ev)] = kind
+    return kind
 
 
 _RUN_COLUMNS = ("run_id", "planned", "requested", "scored", "passed", "failed")
@@ -248,7 +310,7 @@ class _Rows:
     back with an upsert on the key, so a row keeps its rowid (and a new cell the id given
     it here)."""
 
-    __slots__ = ("_changed", "_complete", "_db", "_new", "_save", "_table", "columns", "key", "rows")
+    __slots__ = ("_complete", "_db", "_new", "_save", "_table", "changed", "columns", "key", "rows")
 
     def __init__(
         self,
@@ -272,7 +334,7 @@ class _Rows:
             f" ON CONFLICT ({keys}) DO UPDATE SET {sets}"
         )
         self.rows: dict[Any, dict[str, Any] | None] = {}
-        self._changed: dict[
+        self.changed: dict[
             Any, None
         ] = {}  # in the order first changed: new rows' rowids as INSERTs give them
         self._complete: set[Any] = set()  # first key column's values whose rows are all read
@@ -322,19 +384,19 @@ class _Rows:
         """The row of ``key`` to change in place (written back at :meth:`flush`), or None."""
         row = self.get(key)
         if row is not None:
-            self._changed[key] = None
+            self.changed[key] = None
         return row
 
     def insert_or_ignore(self, key: Any, values: dict[str, Any]) -> None:
         """``INSERT OR IGNORE`` of ``values`` (the other columns their defaults)."""
         if self.get(key) is None:
             self.rows[key] = {**self._new, **values}
-            self._changed[key] = None
+            self.changed[key] = None
 
     def flush(self) -> None:
         """Write every changed row back."""
-        if self._changed:
+        if self.changed:
             values = operator.itemgetter(*self.columns)
             rows = self.rows
-            self._db.executemany(self._save, [values(r) for k in self._changed if (r := rows[k]) is not None])
-            self._changed.clear()
+            self._db.executemany(self._save, [values(r) for k in self.changed if (r := rows[k]) is not None])
+            self.changed.clear()
