@@ -80,7 +80,10 @@ class ConsoleRunsProjection(Projection):
         statements one event at a time would (an update of a row that does not exist does
         nothing; a new cell takes the id ``INSERT`` would give it, the largest + 1)."""
         # (kind, event): the event typed Any, its kind saying which class it is.
-        evs: list[tuple[Recorded, int, Any]] = [(rec, _kind(ev := rec.event()), ev) for rec in recs]
+        kinds = _KINDS
+        evs: list[tuple[Recorded, int, Any]] = [
+            (rec, kinds.get(type(ev)) or _kind(ev), ev) for rec in recs if (ev := rec.event()) is not None
+        ]
         rollout_ids: list[str] = []
         run_ids: list[str] = []
         requested: set[str] = set()  # the problems of the batch's requests
@@ -117,6 +120,7 @@ class ConsoleRunsProjection(Projection):
         rollout_rows, rollouts_changed = rollouts.rows, rollouts.changed
         run_rows, runs_changed = runs.rows, runs.changed
         cell_rows, cells_changed = cells.rows, cells.changed
+        version_rows, versions_changed = versions.rows, versions.changed  # not every key read: .get()
 
         def move(row: dict[str, Any], state: str) -> None:
             # The state (the caller sets the verdict), and the run's count of final failures.
@@ -155,21 +159,20 @@ class ConsoleRunsProjection(Projection):
                 elif (c := cell_rows[cell]) is not None:
                     c["rollouts"] += 1
                     cells_changed[cell] = None
-                rollouts.insert_or_ignore(
-                    rid,
-                    {
-                        "rollout_id": rid,
-                        "run_id": ev.run_id,
-                        "cell": cell,
-                        "problem_id": ev.problem_id,
-                        "problem_hash": ev.problem_hash,
-                        "state": "requested",
-                    },
-                )
+                rollout_rows[rid] = {
+                    "rollout_id": rid,
+                    "run_id": ev.run_id,
+                    "cell": cell,
+                    "problem_id": ev.problem_id,
+                    "problem_hash": ev.problem_hash,
+                    "state": "requested",
+                    "passed": None,
+                }
+                rollouts_changed[rid] = None
                 if (run := run_rows[ev.run_id]) is not None:
                     run["requested"] += 1
                     runs_changed[ev.run_id] = None
-                if ev.problem_hash:
+                if ev.problem_hash and version_rows.get((ev.problem_id, ev.problem_hash)) is None:
                     versions.insert_or_ignore(
                         (ev.problem_id, ev.problem_hash),
                         {
@@ -218,12 +221,21 @@ class ConsoleRunsProjection(Projection):
                 if not vhash:
                     continue
                 pid = row["problem_id"]
-                if vhash != row["problem_hash"]:  # the request's version is in already
-                    versions.insert_or_ignore(
-                        (pid, vhash),
-                        {"problem_id": pid, "problem_hash": vhash, "first_seq": rec.seq, "first_at": rec.at},
-                    )
-                if (v := versions.change((pid, vhash))) is not None:
+                vkey = (pid, vhash)
+                if (v := version_rows.get(vkey)) is None:
+                    if vhash != row["problem_hash"]:  # the request's version is in already
+                        versions.insert_or_ignore(
+                            vkey,
+                            {
+                                "problem_id": pid,
+                                "problem_hash": vhash,
+                                "first_seq": rec.seq,
+                                "first_at": rec.at,
+                            },
+                        )
+                    v = versions.get(vkey)
+                if v is not None:
+                    versions_changed[vkey] = None
                     v["verdicts"] += 1
                     v["passed"] += now
                     if ev.time_limit_s is not None:
@@ -260,7 +272,7 @@ class ConsoleRunsProjection(Projection):
 
 
 # The kinds of event this projection reads; the rollouts' first (up to _VERDICT).
-_REQUESTED, _RESPONDED, _FAILED, _VERDICT, _STARTED, _VERSIONED, _OTHER = range(7)
+_REQUESTED, _RESPONDED, _FAILED, _VERDICT, _STARTED, _VERSIONED, _OTHER = range(1, 8)  # none 0 (falsy)
 _KINDS: dict[type, int] = {}
 
 
@@ -347,9 +359,8 @@ class _Rows:
         ``values``, a few hundred values per query."""
         column = column or self.columns[0]
         first = column == self.columns[0]
-        want = (
-            list(dict.fromkeys(v for v in values if v not in self._complete)) if first else list(set(values))
-        )
+        complete = self._complete
+        want = [v for v in dict.fromkeys(values) if v not in complete] if first else list(set(values))
         cols = ", ".join(self.columns)
         for i in range(0, len(want), 500):
             chunk = want[i : i + 500]
