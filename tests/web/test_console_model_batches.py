@@ -248,7 +248,7 @@ class TestBatches:
 
 
 def reference_apply(db: sqlite3.Connection, rec: Recorded) -> None:
-    """The projection as it was before ``apply_batch`` (release 0.x): a few statements an
+    """The projection as it was before its ``apply_batch`` (main at b044dfe): a few statements an
     event, each event alone. The batched code must leave exactly its rows."""
     ev = rec.event()
     if isinstance(ev, e.RunStarted):
