@@ -42,7 +42,13 @@ responded = st.builds(
     st.sampled_from([None, 0.0, 0.1, 0.25, 0.001]),
     st.sampled_from([None, None, 0.2, 0.5]),  # the list price of a batched answer
 )
-REASONS = [None, "tests failed", "timeout after 5 s", "scorer error: boom", "sandbox error: the candidate wrote"]
+REASONS = [
+    None,
+    "tests failed",
+    "timeout after 5 s",
+    "scorer error: boom",
+    "sandbox error: the candidate wrote",
+]
 scored = st.builds(
     lambda r, passed, h, reason: ("score", r, passed, h, reason),
     st.sampled_from(ROLLOUTS),
