@@ -185,7 +185,7 @@ class PostgresEventStore(EventStore):
                 self.url, min_size=1, max_size=self._readers, timeout=self._connect_timeout
             )
             stack.push_async_callback(self._pool.close)
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+        except _CONN_ERRORS as e:
             raise StoreError(f"cannot open the event log at {_redact(self.url)}: {e}") from e
         tg: TaskGroup = await stack.enter_async_context(anyio.create_task_group())
         # On exit: refuse new appends, let the writer commit what is queued, then stop.
@@ -499,7 +499,7 @@ class PostgresEventStore(EventStore):
             self._listen_scope = scope
             try:
                 conn = await self._listen()
-            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+            except _CONN_ERRORS as e:
                 raise StoreError(f"cannot LISTEN on {_redact(self.url)}: {e}") from e
             task_status.started()
             try:
@@ -521,7 +521,7 @@ class PostgresEventStore(EventStore):
                     with anyio.move_on_after(self._connect_timeout):
                         try:
                             self._note_head(await self.head())
-                        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+                        except _CONN_ERRORS as e:
                             log.warning("head_after_listen_failed", error=str(e))
             finally:
                 self._listening = False
@@ -594,7 +594,7 @@ class PostgresEventStore(EventStore):
                             await anyio.sleep(2.0)
                             try:
                                 await c.fetchval("SELECT 1", timeout=5)
-                            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                            except _CONN_ERRORS:
                                 lost = True
                                 tg.cancel_scope.cancel()
                                 return
@@ -605,7 +605,7 @@ class PostgresEventStore(EventStore):
                 if not lost:
                     return
                 log.error("leadership_lost", role=name, hint="another node takes over")
-            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+            except _CONN_ERRORS as e:
                 log.warning("leadership_unavailable", role=name, error=str(e))
                 with anyio.move_on_after(1.0):
                     await stop.wait()
@@ -631,6 +631,12 @@ class PostgresEventStore(EventStore):
         if bad is not None:
             raise IntegrityError(bad, "its stream version does not follow the order of the log")
         return VerifyReport(events=events, head_hash=head)
+
+
+_CONN_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError)
+"""What a connection or a query on it raises when the server goes away or kills the session
+(asyncpg's InternalClientError included: a query on a new connection whose backend was
+terminated as it started, "cannot switch to state 12; another operation (2) is in progress")."""
 
 
 def _transient(e: BaseException) -> bool:
