@@ -150,6 +150,19 @@ class TestRead:
         )
         assert [x.seq async for x in store.read(after=10, until=12, batch=1)] == [11, 12]
 
+    async def test_read_at_gives_the_events_at_scattered_positions(self, store: EventStore) -> None:
+        """read_at() gives the events at any positions the log has (one query), by seq, the
+        same rows read() gives; positions the log lacks are absent, duplicates harmless."""
+        for i in range(1200):
+            await store.append(f"s{i % 5}", [ev(i)])
+        every = {r.seq: r async for r in store.read()}
+        want = [1200, 3, 77, 3, 501, 999, 0, -4, 5000, *range(100, 1200, 2)]
+        got = await store.read_at(want)
+        assert got == {s: every[s] for s in want if s in every}
+        assert await store.read_at([]) == {}
+        fallback = await EventStore.read_at(store, [5, 700, 1300])
+        assert fallback == {5: every[5], 700: every[700]}
+
     async def test_follow_yields_new_events(self, store: EventStore) -> None:
         """follow() yields the backlog, then events appended later, promptly."""
         await store.append("a", [ev(0)])

@@ -152,6 +152,15 @@ class EventStore(ABC):
             for ev in page:
                 yield ev
 
+    async def read_at(self, seqs: Collection[int]) -> dict[int, Recorded]:
+        """The events at positions ``seqs`` (those the log has), by seq. The stores read
+        them in one query; this fallback reads them one at a time."""
+        out: dict[int, Recorded] = {}
+        for seq in sorted(set(seqs)):
+            async for rec in self.read(after=seq - 1, until=seq):
+                out[rec.seq] = rec
+        return out
+
     @abstractmethod
     async def head(self) -> int:
         """The highest ``seq`` in the log (0 when empty)."""

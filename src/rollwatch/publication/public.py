@@ -87,20 +87,19 @@ class Released:
         }
 
 
-async def _answer(store: EventStore, seq: int | None) -> str | None:
-    if seq is None:
-        return None
-    async for rec in store.read(after=seq - 1, until=seq):
-        ev = rec.event()
-        return ev.text if isinstance(ev, RolloutResponded) else ""
-    return None
-
-
 async def _with_answers(store: EventStore, rows: Sequence[tuple[Any, ...]]) -> list[Released]:
+    """The results of ``rows`` with their answers, read from the log in one query."""
+    found = [Released(*row) for row in rows]
+    answers = await store.read_at([r.answer_seq for r in found if r.answer_seq is not None])
     out = []
-    for row in rows:
-        r = Released(*row)
-        out.append(dataclasses.replace(r, answer=await _answer(store, r.answer_seq)))
+    for r in found:
+        rec = answers.get(r.answer_seq) if r.answer_seq is not None else None
+        if rec is None:
+            answer = None
+        else:
+            ev = rec.event()
+            answer = ev.text if isinstance(ev, RolloutResponded) else ""
+        out.append(dataclasses.replace(r, answer=answer))
     return out
 
 

@@ -461,6 +461,18 @@ class PostgresEventStore(EventStore):
                 return
             cursor = recs[-1].seq
 
+    async def read_at(self, seqs: Collection[int]) -> dict[int, Recorded]:
+        want = sorted({int(s) for s in seqs})
+        if not want:
+            return {}
+
+        async def read(conn: Any) -> list[asyncpg.Record]:
+            return list(
+                await conn.fetch(f"SELECT {_COLUMNS} FROM events WHERE seq = ANY($1::bigint[])", want)
+            )
+
+        return {rec.seq: rec for rec in (tuple.__new__(Recorded, r) for r in await self._with_conn(read))}
+
     async def head(self) -> int:
         return int(await self._with_conn(lambda c: c.fetchval("SELECT COALESCE(MAX(seq), 0) FROM events")))
 
@@ -633,7 +645,13 @@ class PostgresEventStore(EventStore):
         return VerifyReport(events=events, head_hash=head)
 
 
-_CONN_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError)
+_CONN_ERRORS = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+)
 """What a connection or a query on it raises when the server goes away or kills the session
 (asyncpg's InternalClientError included: a query on a new connection whose backend was
 terminated as it started, "cannot switch to state 12; another operation (2) is in progress")."""

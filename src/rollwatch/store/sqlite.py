@@ -253,6 +253,21 @@ class SQLiteEventStore(EventStore):
                 return
             cursor = recs[-1].seq
 
+    async def read_at(self, seqs: Collection[int]) -> dict[int, Recorded]:
+        want = sorted({int(s) for s in seqs})
+
+        def read(conn: sqlite3.Connection) -> dict[int, Recorded]:
+            out: dict[int, Recorded] = {}
+            for i in range(0, len(want), 500):
+                chunk = want[i : i + 500]
+                sql = f"SELECT {_COLUMNS} FROM events WHERE seq IN ({','.join('?' * len(chunk))})"
+                for r in conn.execute(sql, chunk):
+                    rec = tuple.__new__(Recorded, r)
+                    out[rec.seq] = rec
+            return out
+
+        return await self._conn(reader=True).run(read) if want else {}
+
     async def head(self) -> int:
         rows = await self._conn(reader=True).fetchall("SELECT MAX(seq) FROM events")
         return int(rows[0][0] or 0)
