@@ -382,6 +382,11 @@ class Run:
         if not rids:
             return {}
         svc = self.services
+        # Each stream's version first, then the state: the version fences our appends
+        # (see AttemptRecorder). An append by the chunk's previous owner after this read
+        # makes ours conflict; one before it is in the catch-up below, so its rollout is
+        # seen as it is (a verdict appended meanwhile is not given a second one).
+        versions = {rid: await svc.store.stream_version(rollout_stream(rid)) for rid in rids}
         await svc.projections.catch_up(svc.store)
         out: dict[str, Known] = {}
         for i in range(0, len(rids), 500):
@@ -392,10 +397,7 @@ class Run:
                 tuple(part),
             )
             for rid, st, attempts, answer_seq in rows:
-                # The version fences our appends (see AttemptRecorder); only rollouts we
-                # will append to need it.
-                version = 0 if st == "scored" else await svc.store.stream_version(rollout_stream(rid))
-                out[rid] = Known(st, attempts or 0, answer_seq, version)
+                out[rid] = Known(st, attempts or 0, answer_seq, 0 if st == "scored" else versions[rid])
         return out
 
     async def _start_chunk(self, work: TaskGroup, d: _Driving, chunk: Chunk, known: dict[str, Known]) -> bool:
