@@ -10,7 +10,6 @@ another: every table of every projection holds the same rows.
 
 from __future__ import annotations
 
-import sqlite3
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from rollwatch.events import (
 from rollwatch.projections import ProjectionDB
 from rollwatch.readmodels import default_projections
 from rollwatch.store.sqlite import SQLiteEventStore
+from tests.test_rebuild import dump
 from tests.test_report_aggregates import OPS_PARTS, ROLLOUTS, event
 
 started = st.builds(lambda run: ("start", run), st.sampled_from(["run-0", "run-1"]))
@@ -63,17 +63,6 @@ def any_event(op: tuple[Any, ...]) -> tuple[str, Event]:
     if kind == "release":
         return rollout_stream(op[1]), PublicReleased(rollout_id=op[1])
     return event(op)
-
-
-def dump(file: Path) -> dict[str, list[tuple[Any, ...]]]:
-    db = sqlite3.connect(file)
-    try:
-        names = [
-            r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
-        ]
-        return {t: sorted(db.execute(f"SELECT * FROM {t}"), key=repr) for t in names if t != "projection_log"}
-    finally:
-        db.close()
 
 
 async def compare(ops: list[tuple[Any, ...]], cuts: set[int]) -> None:

@@ -11,7 +11,7 @@ import json
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio
 import click
@@ -31,9 +31,6 @@ from rollwatch.publication.keys import (
     new_key,
     parse_expires,
 )
-
-if TYPE_CHECKING:
-    pass
 
 
 @click.group()

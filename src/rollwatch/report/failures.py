@@ -142,11 +142,12 @@ UNSERVED = "\x00"
 """``served_model`` of a rollout without an answer in the aggregates (a key cannot hold NULL)."""
 
 
-async def _kept(pdb: Fetcher) -> bool:
-    """Whether the projections keep the failures' counts (``agg_run_failures``)."""
-    return bool(
-        await pdb.fetchall("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", ("agg_cells",))
-    )
+async def has_aggregates(pdb: Fetcher) -> bool:
+    """Whether the projections include the report's maintained aggregates
+    (:mod:`rollwatch.report.aggregates`, the failures' counts among them); else the report
+    groups the rollouts at each call, as it did before it had them."""
+    rows = await pdb.fetchall("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", ("agg_cells",))
+    return bool(rows)
 
 
 def _major(counts: dict[str | None, int]) -> str | None:
@@ -170,7 +171,7 @@ async def failures_by_key(
         args.append(run_id)
     problem = "problem_id" if by == "problem" else "NULL"
     found: list[tuple[Any, ...]] = []
-    if await _kept(pdb):
+    if await has_aggregates(pdb):
         # The maintained counts (rollwatch.report.aggregates): a row per run, served
         # model and cause (and problem, for --by problem), not one per rollout.
         table = "agg_failures" if by == "problem" else "agg_run_failures"

@@ -19,7 +19,15 @@ from typing import Any, Literal, Protocol
 from rollwatch.errors import UsageError
 from rollwatch.events import PublicReleased, Recorded
 from rollwatch.projections import Projection
-from rollwatch.report.failures import UNSERVED, Answers, Failures, Key, describe, failures_by_key
+from rollwatch.report.failures import (
+    UNSERVED,
+    Answers,
+    Failures,
+    Key,
+    describe,
+    failures_by_key,
+    has_aggregates,
+)
 from rollwatch.report.render import Column, Report, _int, _num, _p, _pct, _pp, _rate_ci, _usd, _when, to_json
 from rollwatch.report.stats import (
     ALPHA,
@@ -334,13 +342,6 @@ def _agg_cell(row: tuple[Any, ...]) -> _Cell:
         list_cost / 1e9 if listed else None,
         batch_paid / 1e9 if batched else None,
     )
-
-
-async def has_aggregates(pdb: Fetcher) -> bool:
-    """Whether the projections include :class:`ReportAggregatesProjection` (else the report
-    groups the rollouts at each call, as it did before it had them)."""
-    rows = await pdb.fetchall("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", ("agg_cells",))
-    return bool(rows)
 
 
 async def _cells(pdb: Fetcher, problem_version: str | None = None, *, per_run: bool = True) -> list[_Cell]:
