@@ -32,7 +32,9 @@ import json
 import math
 import operator
 import os
+import pickle
 import sqlite3
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
@@ -69,15 +71,34 @@ _PRAGMAS = ("PRAGMA journal_mode=WAL", "PRAGMA synchronous=NORMAL", "PRAGMA busy
 _WRITER_PRAGMAS = (*_PRAGMAS, "PRAGMA cache_size=-65536")
 
 
+SPLIT_FROM = 20_000
+"""A build beside of a log this long (events) or longer is split in two processes; below,
+a second Python starting costs more than it saves."""
+_START_WEIGHT = 0.5
+"""What starting the second process costs, in ``build_weight`` units (seconds)."""
+
+
 class ProjectionDB:
     """The projections' SQLite file, and the catch-up loop that feeds it from the log."""
 
-    def __init__(self, path: Path | str, projections: Sequence[Projection], *, setup: bool = True) -> None:
+    def __init__(
+        self,
+        path: Path | str,
+        projections: Sequence[Projection],
+        *,
+        setup: bool = True,
+        split_from: int | None = SPLIT_FROM,
+    ) -> None:
         """``setup=False``: opening does not touch the file's tables (which may wait for
         another process's transaction, or drop a projection of an older version); the
-        owner calls :meth:`build` later, and :attr:`ready` stays False until it is done."""
+        owner calls :meth:`build` later, and :attr:`ready` stays False until it is done.
+
+        ``split_from``: a build beside of a log of at least this many events is split
+        between this process and a second one (None: never), see :meth:`rebuild_beside`.
+        """
         self.path = Path(path)
         self.projections = list(projections)
+        self.split_from = split_from
         self._w: ThreadConnection | None = None
         self._r: ThreadConnection | None = None
         self._setup_on_open = setup
@@ -199,8 +220,7 @@ class ProjectionDB:
             except BlockingIOError:
                 continue  # still in use: its user deletes it once it has switched
             else:
-                for extra in ("", "-wal", "-shm", "-journal"):
-                    Path(f"{f}{extra}").unlink(missing_ok=True)
+                _remove(f)
             finally:
                 os.close(fd)
 
@@ -344,7 +364,7 @@ class ProjectionDB:
                     head = await store.head()
                     if progress is not None:
                         progress(0, head)
-                    head = await self.catch_up(store, until=head, progress=progress, writer=w)
+                    head = await self._fill(store, new, w, head, progress)
                     await w.run(_finish_build)
                 finally:
                     await w.close()
@@ -355,6 +375,98 @@ class ProjectionDB:
                 os.close(building)
             await anyio.to_thread.run_sync(self._collect)
             return head
+
+    async def _fill(
+        self,
+        store: EventStore,
+        new: Path,
+        w: ThreadConnection,
+        head: int,
+        progress: Callable[[int, int], None] | None,
+    ) -> int:
+        """Build every projection into ``new`` (set up, empty) up to ``head``.
+
+        A large log is split between two processes (the cores a rebuild can use): the
+        heavier half of the projections is built here, the other by a second Python
+        process into a file of its own, whose tables are then copied in (SQLite copies a
+        table into an empty one of the same schema page by page). Both read the log up to
+        the same ``head``. If the second process fails, its half is built here after all.
+        """
+        split = self._split(store, head)
+        if split is None:
+            return await self.catch_up(store, until=head, progress=progress, writer=w)
+        here, there, opener = split
+        part = new.with_name(new.name.removesuffix(".db") + ".part.db")
+        held = await anyio.to_thread.run_sync(_hold, part)  # no other process collects it
+        try:
+            failed: list[str] = []
+
+            t0 = time.monotonic()
+            took: dict[str, float] = {}
+
+            async def beside() -> None:
+                why = await _build_in_process(opener, there, part, head)
+                took["beside_s"] = round(time.monotonic() - t0, 2)
+                if why is not None:
+                    failed.append(why)
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(beside)
+                await ProjectionDB(new, here, split_from=None).catch_up(
+                    store, until=head, progress=progress, writer=w
+                )
+                took["here_s"] = round(time.monotonic() - t0, 2)
+            if failed:
+                log.warning(
+                    "projections_split_failed",
+                    projections=[p.name for p in there],
+                    error=failed[0],
+                    action="building them in this process",
+                )
+                await ProjectionDB(new, there, split_from=None).catch_up(store, until=head, writer=w)
+            else:
+                t1 = time.monotonic()
+                await w.run(_merge, part, there, head)
+                took["copy_s"] = round(time.monotonic() - t1, 2)
+            log.info(
+                "projections_built_split",
+                here=[p.name for p in here],
+                beside=[p.name for p in there],
+                **took,
+            )
+        finally:
+            os.close(held)
+            with anyio.CancelScope(shield=True):  # cancelled too (the process is killed by now)
+                await anyio.to_thread.run_sync(_remove, part)
+        return head
+
+    def _split(
+        self, store: EventStore, head: int
+    ) -> tuple[list[Projection], list[Projection], Callable[[], EventStore]] | None:
+        """The projections to build here and in a second process, and how it opens the log;
+        None when a build is better done in one (a small log, one projection, a store or a
+        projection that cannot be sent to another process)."""
+        if self.split_from is None or head < self.split_from or len(self.projections) < 2:
+            return None
+        opener = store.opener()
+        if opener is None:
+            return None
+        # Heaviest first, each to the lighter half; the other process starts Python first.
+        here: list[Projection] = []
+        there: list[Projection] = []
+        load = [0.0, _START_WEIGHT]
+        for p in sorted(self.projections, key=lambda p: -p.build_weight):
+            side = 0 if load[0] <= load[1] else 1
+            (here, there)[side].append(p)
+            load[side] += p.build_weight
+        if not there:
+            return None
+        try:
+            pickle.dumps((opener, there))
+        except Exception as exc:  # a projection of a plug-in holding a lock, say
+            log.info("projections_not_split", reason=f"cannot send them to another process: {exc}")
+            return None
+        return here, there, opener
 
     async def _switch_to(self, file: Path, store: EventStore) -> None:
         """Use ``file`` from now on, once caught up with the log (never an older state)."""
@@ -620,6 +732,85 @@ def _record_log(db: sqlite3.Connection, first: str | None) -> None:
     db.execute("UPDATE projection_log SET first_hash = coalesce(first_hash, ?)", (first,))
 
 
+async def _build_in_process(
+    opener: Callable[[], EventStore], projections: list[Projection], file: Path, head: int
+) -> str | None:
+    """Build ``projections`` into ``file`` up to ``head`` in a second Python process; None
+    once done, else why it failed. Cancelled, it kills the process."""
+    request = pickle.dumps((opener, projections, str(file), head))
+    env = dict(os.environ)
+    # The process imports rollwatch from where this process did.
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, (_SRC, env.get("PYTHONPATH"))))
+    try:
+        done = await anyio.run_process(
+            [sys.executable, "-c", "from rollwatch.projections import build_part; build_part()"],
+            input=request,
+            check=False,
+            env=env,
+        )
+    except OSError as exc:
+        return f"could not start {sys.executable}: {exc}"
+    if done.returncode != 0:
+        lines = done.stderr.decode(errors="replace").strip().splitlines()
+        return f"exit status {done.returncode}: {lines[-1] if lines else 'no message'}"
+    return None
+
+
+_SRC = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _remove(db: Path) -> None:
+    """Delete a database file with its journals."""
+    for extra in ("", "-wal", "-shm", "-journal"):
+        Path(f"{db}{extra}").unlink(missing_ok=True)
+
+
+def build_part() -> None:
+    """The second process of a split build: read what to build from stdin (pickled by
+    :func:`_build_in_process`), build it, exit 0; an error's message ends its stderr."""
+    opener, projections, file, head = pickle.load(sys.stdin.buffer)  # noqa: S301 (our own parent's)
+
+    async def build() -> None:
+        async with opener() as store:
+            part = ProjectionDB(file, projections, split_from=None)
+            w = await ThreadConnection.open(Path(file), _BUILD_PRAGMAS)
+            try:
+                await w.run(part._setup)
+                await part.catch_up(store, until=head, writer=w)
+            finally:
+                await w.close()
+
+    try:
+        anyio.run(build)
+    except Exception as exc:
+        sys.exit(f"{type(exc).__name__}: {exc}")
+
+
+def _merge(db: sqlite3.Connection, part: Path, projections: list[Projection], head: int) -> None:
+    """Copy the tables of ``projections`` from ``part`` (built by another process up to
+    ``head``) into this file's empty ones, with their checkpoints."""
+    db.execute("ATTACH DATABASE ? AS part", (str(part),))
+    try:
+        state = dict(db.execute("SELECT name, seq FROM part.projection_state").fetchall())
+        made = {r[0] for r in db.execute("SELECT name FROM part.sqlite_master WHERE type = 'table'")}
+        tables = {t for p in projections for t in p.tables}
+        if missing := made - tables - {"projection_state", "projection_log"}:
+            raise RuntimeError(f"tables no projection names were built beside: {sorted(missing)}")
+        db.execute("BEGIN")
+        for p in projections:
+            if state.get(p.name) != head:
+                raise RuntimeError(f"projection {p.name} was built to seq {state.get(p.name)}, not {head}")
+            for t in p.tables:
+                if t in made:
+                    db.execute(f"INSERT INTO main.{t} SELECT * FROM part.{t}")
+            db.execute("UPDATE main.projection_state SET seq = ? WHERE name = ?", (head, p.name))
+        db.execute("COMMIT")
+    finally:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        db.execute("DETACH DATABASE part")
+
+
 def _finish_build(db: sqlite3.Connection) -> None:
     db.execute("PRAGMA journal_mode=WAL")
 
@@ -842,6 +1033,7 @@ class RunsProjection(Projection):
     """
 
     name = "runs"
+    build_weight = 1.5
     # 2: verdicts, problem_versions, rollouts.verdict_hash (re-scores); 3: rollouts.served_model;
     # 4: rollouts.list_cost_usd (batched answers at list prices)
     version = 4

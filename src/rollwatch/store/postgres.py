@@ -42,6 +42,7 @@ connection is down (it is re-established in the background) it polls the head.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from contextlib import AsyncExitStack
@@ -472,6 +473,15 @@ class PostgresEventStore(EventStore):
             )
 
         return {rec.seq: rec for rec in (tuple.__new__(Recorded, r) for r in await self._with_conn(read))}
+
+    def opener(self) -> Callable[[], EventStore]:
+        return functools.partial(
+            PostgresEventStore,
+            self.url,
+            readers=1,
+            connect_timeout=self._connect_timeout,
+            retry_for=self._retry_for,
+        )
 
     async def head(self) -> int:
         return int(await self._with_conn(lambda c: c.fetchval("SELECT COALESCE(MAX(seq), 0) FROM events")))

@@ -18,6 +18,7 @@ so two writers can never fork the chain.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
@@ -267,6 +268,9 @@ class SQLiteEventStore(EventStore):
             return out
 
         return await self._conn(reader=True).run(read) if want else {}
+
+    def opener(self) -> Callable[[], EventStore]:
+        return functools.partial(SQLiteEventStore, self.path, read_only=True)
 
     async def head(self) -> int:
         rows = await self._conn(reader=True).fetchall("SELECT MAX(seq) FROM events")

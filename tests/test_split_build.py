@@ -1,0 +1,150 @@
+"""A build beside split between two processes: the same rows as a build in one, the part
+built by the second process really built there, its failure made good here, and nothing
+left running or lying around when the build is cancelled."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+import structlog
+
+from rollwatch.abc import Projection
+from rollwatch.events import Recorded
+from rollwatch.projections import ProjectionDB
+from rollwatch.readmodels import default_projections
+from rollwatch.store.sqlite import SQLiteEventStore
+from tests.pg import ScratchPostgresStore
+from tests.test_rebuild import dump, write_log
+
+pytestmark = pytest.mark.anyio
+
+
+class Where(Projection):
+    """Which process applied each ``RunStarted``: a row (seq, pid) per event.
+
+    ``build_weight`` steers the split: the heaviest projection is built here, so one of
+    weight 100 keeps every other (weights of a few units) for the second process.
+    ``beside``: what it does when applied in another process than the test's: "fail"
+    (raise), or "hang" (write its pid to ``pidfile`` and never return).
+    """
+
+    types = frozenset({"RunStarted"})
+
+    def __init__(self, name: str, weight: float, beside: str = "", pidfile: str = "") -> None:
+        self.name = name  # type: ignore[misc]
+        self.tables = (name,)  # type: ignore[misc]
+        self.ddl = f"CREATE TABLE IF NOT EXISTS {name} (seq INTEGER PRIMARY KEY, pid INTEGER)"  # type: ignore[misc]
+        self.build_weight = weight  # type: ignore[misc]
+        self.beside, self.pidfile, self.parent = beside, pidfile, os.getpid()
+
+    def apply(self, db: sqlite3.Connection, rec: Recorded) -> None:
+        if os.getpid() != self.parent:
+            if self.beside == "fail":
+                raise RuntimeError("this projection refuses to be built beside")
+            if self.beside == "hang":
+                Path(self.pidfile).write_text(str(os.getpid()))
+                while True:
+                    time.sleep(1)
+        db.execute(f"INSERT INTO {self.name} VALUES (?, ?)", (rec.seq, os.getpid()))
+
+
+def pids(file: Path, table: str) -> set[int]:
+    db = sqlite3.connect(file)
+    try:
+        return {r[0] for r in db.execute(f"SELECT pid FROM {table}")}
+    finally:
+        db.close()
+
+
+async def build(store: Any, file: Path, extra: list[Projection], split_from: int | None) -> Path:
+    async with ProjectionDB(file, [*default_projections(), *extra], setup=False, split_from=split_from) as p:
+        await p.rebuild_beside(store)
+        return p.file
+
+
+def without(rows: dict[str, Any], *extra: str) -> dict[str, Any]:
+    """``rows`` (a dump) without the tables and checkpoints of the projections ``extra``."""
+    out = {t: v for t, v in rows.items() if t not in extra}
+    out["projection_state"] = [r for r in out["projection_state"] if r[0] not in extra]
+    return out
+
+
+async def test_a_split_build_has_the_rows_of_one_built_in_one_process(tmp_path: Path) -> None:
+    async with SQLiteEventStore(tmp_path / "events.db") as store:
+        await write_log(store, "rw_test_key_0000", runs=3)
+        one = dump(await build(store, tmp_path / "one.db", [], None))
+        with structlog.testing.capture_logs() as logged:
+            file = await build(store, tmp_path / "two.db", [Where("here", 100.0), Where("there", 0.0)], 1)
+        two = dump(file)
+    assert without(two, "here", "there") == one
+    assert len(one["rollouts"]) == 120
+    # The second process really built its part: every row of "there" came from another pid.
+    assert pids(file, "here") == {os.getpid()}
+    (beside,) = pids(file, "there")
+    assert beside != os.getpid()
+    (split,) = [e for e in logged if e["event"] == "projections_built_split"]
+    assert split["here"] == ["here"]
+    assert "runs" in split["beside"]
+    # The second process's file is gone, and only the linked generation remains.
+    assert sorted(p.name for p in file.parent.glob("*.db")) == [file.name]
+
+
+async def test_a_second_process_that_fails_has_its_part_built_here(tmp_path: Path) -> None:
+    async with SQLiteEventStore(tmp_path / "events.db") as store:
+        await write_log(store, "rw_test_key_0000", runs=2)
+        one = dump(await build(store, tmp_path / "one.db", [], None))
+        with structlog.testing.capture_logs() as logged:
+            file = await build(
+                store, tmp_path / "two.db", [Where("here", 100.0), Where("refuses", 0.0, "fail")], 1
+            )
+        two = dump(file)
+    assert without(two, "here", "refuses") == one
+    assert pids(file, "refuses") == {os.getpid()}
+    (failed,) = [e for e in logged if e["event"] == "projections_split_failed"]
+    assert failed["log_level"] == "warning"
+    assert "refuses to be built beside" in failed["error"]
+    assert "runs" in failed["projections"]
+
+
+async def test_a_cancelled_split_build_leaves_no_process_and_no_file(tmp_path: Path) -> None:
+    pidfile = tmp_path / "beside.pid"
+    async with SQLiteEventStore(tmp_path / "events.db") as store:
+        await write_log(store, "rw_test_key_0000", runs=1)
+        async with ProjectionDB(tmp_path / "p.db", default_projections()) as pdb:
+            before = pdb.file
+            extra = [Where("here", 100.0), Where("hangs", 0.0, "hang", str(pidfile))]
+            async with ProjectionDB(
+                tmp_path / "p.db", [*default_projections(), *extra], split_from=1
+            ) as again:
+                with anyio.move_on_after(60) as scope:
+                    async with anyio.create_task_group() as tg:
+                        tg.start_soon(again.rebuild_beside, store)
+                        with anyio.fail_after(30):
+                            while not pidfile.exists() or not pidfile.read_text():
+                                await anyio.sleep(0.02)
+                        tg.cancel_scope.cancel()
+                assert not scope.cancelled_caught
+            pid = int(pidfile.read_text())
+            with pytest.raises(ProcessLookupError):  # killed and reaped
+                os.kill(pid, 0)
+            assert pdb._linked() == before  # still the file in use
+            gens = {p.name for p in before.parent.glob("*.db")}
+    # Only files in use (and the unfinished one, which nobody holds now) were there; a
+    # next build collects what the cancelled one left.
+    assert before.name in gens
+    assert not list(before.parent.glob("*.part.db*"))
+
+
+async def test_a_split_build_from_postgresql(tmp_path: Path) -> None:
+    async with ScratchPostgresStore() as store:
+        await write_log(store, "rw_test_key_0000", runs=2)  # type: ignore[arg-type]
+        one = dump(await build(store, tmp_path / "one.db", [], None))
+        file = await build(store, tmp_path / "two.db", [Where("here", 100.0), Where("there", 0.0)], 1)
+        assert without(dump(file), "here", "there") == one
+        assert pids(file, "there") - {os.getpid()}
