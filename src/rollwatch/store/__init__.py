@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from rollwatch.abc import EventStore
-from rollwatch.config import StoreConfig
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the configuration (pydantic) is not imported by who opens a store only
+    from rollwatch.abc import EventStore
+    from rollwatch.config import StoreConfig
 
 
 def open_store(config: StoreConfig, *, read_only: bool = False) -> EventStore:
