@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: run test bench lint lock install system services clean
+.PHONY: run test bench lint lock install system services clean compile
 
 # Tests spend much of their time waiting on subprocesses (daemons, sandboxes, a
 # browser): one pytest-xdist worker per core, at least two, keeps the cores busy.
@@ -63,14 +63,20 @@ lock:
 	{ head -n 2 requirements.lock; .lock-venv/bin/pip freeze --exclude-editable | grep -v '^rollwatch' | sort -f; } > requirements.lock.new
 	mv requirements.lock.new requirements.lock && rm -rf .lock-venv
 
-run: system $(STAMP)
+run: system $(STAMP) compile
 	mkdir -p var
 	$(BIN)/rollwatch --config config/rollwatch.toml serve
 
-test: system $(STAMP)
+# Every Python the tests and benchmarks start imports rollwatch: compiled once here, each one
+# loads it in 0.6 s rather than compiling it anew for 0.9 s (PYTHONDONTWRITEBYTECODE, set on
+# these machines, stops Python writing what it compiles; it still reads what is compiled).
+compile: $(STAMP)
+	@$(BIN)/python -m compileall -q src/rollwatch
+
+test: system $(STAMP) compile
 	pg="$$(scripts/test-postgres)" && ROLLWATCH_TEST_PG="$$pg" $(BIN)/pytest -q -n $(TEST_WORKERS) --dist worksteal --durations=15
 
-bench: system $(STAMP)
+bench: system $(STAMP) compile
 	$(BIN)/pip install -q -c requirements.lock -e '.[dev,bench]'
 	pg="$$(scripts/test-postgres)" && ROLLWATCH_BENCH_PG="$$pg" $(BIN)/python bench/run_all.py
 
