@@ -561,7 +561,8 @@ def main() -> None:
             print(
                 f"{'':>17} CPU time (what a shared machine does not inflate): raw {rc:.2f} s;"
                 f" rebuild {m['rebuild_cpu']:.1f} s = {m['rebuild_cpu'] / rc:.1f}x;"
-                f" verify {m['verify_cpu']:.1f} s = {m['verify_cpu'] / rc:.1f}x (both include starting Python)"
+                f" verify {m['verify_cpu']:.1f} s = {m['verify_cpu'] / rc:.1f}x (both include starting Python;"
+                " a rebuild's, both of its processes)"
             )
             print(
                 f"{'':>17} /v1/report first {m['report_first'] * 1000:.0f} ms, best {m['report_best'] * 1000:.0f} ms,"

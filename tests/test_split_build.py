@@ -4,8 +4,10 @@ left running or lying around when the build is cancelled."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -148,3 +150,51 @@ async def test_a_split_build_from_postgresql(tmp_path: Path) -> None:
         file = await build(store, tmp_path / "two.db", [Where("here", 100.0), Where("there", 0.0)], 1)
         assert without(dump(file), "here", "there") == one
         assert pids(file, "there") - {os.getpid()}
+
+
+_KILLED_PARENT = """
+import sys, anyio
+from pathlib import Path
+from rollwatch.projections import ProjectionDB
+from rollwatch.readmodels import default_projections
+from rollwatch.store.sqlite import SQLiteEventStore
+from tests.test_split_build import Where
+
+async def main(d: Path) -> None:
+    async with SQLiteEventStore(d / "events.db") as store:
+        extra = [Where("here", 100.0), Where("hangs", 0.0, "hang", str(d / "beside.pid"))]
+        async with ProjectionDB(d / "p.db", [*default_projections(), *extra], split_from=1) as p:
+            await p.rebuild_beside(store)
+
+anyio.run(main, Path(sys.argv[1]))
+"""
+
+
+async def test_the_second_process_dies_with_a_killed_parent(tmp_path: Path) -> None:
+    """SIGKILL gives a process no chance to stop what it started: the second process of
+    its build is killed by the kernel all the same (no orphan building on for nothing)."""
+    async with SQLiteEventStore(tmp_path / "events.db") as store:
+        await write_log(store, "rw_test_key_0000", runs=1)
+    pidfile = tmp_path / "beside.pid"
+    root = Path(__file__).resolve().parents[1]
+    async with await anyio.open_process(
+        [sys.executable, "-c", _KILLED_PARENT, str(tmp_path)], cwd=root
+    ) as parent:
+        with anyio.fail_after(30):
+            while not pidfile.exists() or not pidfile.read_text():
+                assert parent.returncode is None, "the building process ended early"
+                await anyio.sleep(0.02)
+        child = int(pidfile.read_text())
+        parent.kill()
+        await parent.wait()
+    with anyio.fail_after(10):
+        while True:
+            try:
+                os.kill(child, 0)
+            except ProcessLookupError:
+                break
+            # A zombie until init reaps it: dead all the same.
+            with contextlib.suppress(FileNotFoundError):
+                if Path(f"/proc/{child}/stat").read_text().split(") ")[1].startswith("Z"):
+                    break
+            await anyio.sleep(0.02)

@@ -25,6 +25,7 @@ used as it is until the first rebuild.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import fcntl
 import functools
 import gc
@@ -33,6 +34,7 @@ import math
 import operator
 import os
 import pickle
+import signal
 import sqlite3
 import sys
 import threading
@@ -743,7 +745,12 @@ async def _build_in_process(
     env["PYTHONPATH"] = os.pathsep.join(filter(None, (_SRC, env.get("PYTHONPATH"))))
     try:
         done = await anyio.run_process(
-            [sys.executable, "-c", "from rollwatch.projections import build_part; build_part()"],
+            [
+                sys.executable,
+                "-c",
+                "from rollwatch.projections import build_part; build_part()",
+                str(os.getpid()),
+            ],
             input=request,
             check=False,
             env=env,
@@ -765,9 +772,23 @@ def _remove(db: Path) -> None:
         Path(f"{db}{extra}").unlink(missing_ok=True)
 
 
+def _die_with_parent() -> None:
+    """Be killed when the process that started this one dies (Linux), even by SIGKILL: a
+    build nobody will use must not run on."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if sys.argv[1:] and os.getppid() != int(sys.argv[1]):  # it died before that
+        os._exit(1)
+
+
+_PR_SET_PDEATHSIG = 1
+
+
 def build_part() -> None:
     """The second process of a split build: read what to build from stdin (pickled by
     :func:`_build_in_process`), build it, exit 0; an error's message ends its stderr."""
+    _die_with_parent()
     opener, projections, file, head = pickle.load(sys.stdin.buffer)  # noqa: S301 (our own parent's)
 
     async def build() -> None:
