@@ -3,8 +3,11 @@ runs and HTTP server together (``rollwatch serve``).
 
 Lifecycle (modelled on APScheduler 4's ``run_until_stopped``): everything opens on
 one ``AsyncExitStack``, the daemon's tasks as *stages* (see :class:`Stages`) started
-in order and stopped in reverse. The HTTP server listens first and READY=1 goes to
-systemd then; the projections are built behind it (``/healthz`` and ``STATUS=`` lines
+in order and stopped in reverse. The HTTP server listens first, having imported little
+more than the config and /healthz (which answers at once; other requests wait the few
+hundred milliseconds until the rest is imported, in a worker thread, and opened: the
+store, the scoring pool, the providers, the integrity service, every route); READY=1
+goes to systemd then; the projections are built behind it (``/healthz`` and ``STATUS=`` lines
 show how far, and the routes that read them answer 503 with ``Retry-After`` until
 they are current); only then do the loops, the runs and the schedules start. SIGTERM/SIGINT:
 STOPPING=1, the scheduler stops firing, every run stops starting rollouts and gives
