@@ -137,7 +137,9 @@ def main() -> None:
         f"warm start to first /healthz ({head:,} events, median of {repeat}): {w:.3f} s"
         f" (best {min(warm):.3f} s; target {TARGET_S} s)"
     )
-    print(f"  baseline, bare Starlette app on uvicorn: {b:.3f} s (best {min(bare):.3f} s); ratio {w / b:.1f}x")
+    print(
+        f"  baseline, bare Starlette app on uvicorn: {b:.3f} s (best {min(bare):.3f} s); ratio {w / b:.1f}x"
+    )
     print(
         f"import rollwatch.daemon: {statistics.median(imp):.3f} s"
         f" (python -c pass: {statistics.median(empty):.3f} s)"

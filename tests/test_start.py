@@ -9,8 +9,12 @@ once it answers (``rollwatch.daemon.LATER``), and requests for them wait until t
 from __future__ import annotations
 
 import importlib
+import signal
+import socket
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import anyio
 import httpx
@@ -105,3 +109,43 @@ async def test_healthz_answers_at_once_and_other_requests_wait_for_the_whole_app
                 assert (await c.get("/healthz")).json() == {"status": "ok", "whole": True}
         finally:
             server.stop()
+
+
+def test_serve_answers_every_route_once_healthz_answers(tmp_path: Path) -> None:
+    """A real ``serve``: right after its first /healthz, a request for another route is
+    answered (it may wait for the rest to open, it is never refused); SIGTERM exits 0."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    cfg = tmp_path / "rollwatch.toml"
+    cfg.write_text(
+        f'[store]\nurl = "sqlite:{tmp_path / "events.db"}"\n[server]\nlisten = "127.0.0.1:{port}"\n'
+    )
+    err = (tmp_path / "serve.err").open("w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rollwatch", "--config", str(cfg), "serve"],
+        stdout=subprocess.DEVNULL,
+        stderr=err,
+    )
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as c:
+            deadline = time.monotonic() + 60
+            while True:
+                assert proc.poll() is None, (tmp_path / "serve.err").read_text()
+                assert time.monotonic() < deadline, "no /healthz within 60 s"
+                try:
+                    first = c.get("/healthz")
+                    break
+                except httpx.TransportError:
+                    time.sleep(0.01)
+            assert first.status_code == 200, first.text
+            assert first.json()["projections"]["state"] in ("building", "current")
+            metrics = c.get("/metrics")
+            assert metrics.status_code == 200, metrics.text
+            assert "rollwatch_runs_started" in metrics.text
+            assert c.get("/public/key").status_code == 200
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+        err.close()
+    assert "Traceback" not in (tmp_path / "serve.err").read_text()

@@ -660,11 +660,14 @@ class Daemon:
 
     def projection_status(self) -> dict[str, object]:
         """/healthz's ``projections``: ``state`` (``building`` or ``current``) and, while
-        building, ``phase``, ``seq``, ``head``, ``percent``, ``events_per_s``, ``eta_s``."""
-        pdb = self.services.projections if self.services is not None else None
-        if pdb is not None and pdb.ready:
+        building, ``phase``, ``seq``, ``head``, ``percent``, ``events_per_s``, ``eta_s``
+        (``phase`` is ``starting`` while the store and the rest are still being opened)."""
+        if self.services is None:
+            return {"projections": {"state": "building", "phase": "starting"}}
+        pdb = self.services.projections
+        if pdb.ready:
             return {"projections": {"state": "current"}}
-        prog = pdb.progress if pdb is not None else None
+        prog = pdb.progress
         figures = prog.figures() if prog is not None else {"phase": "setting up"}
         return {"projections": {"state": "building", **figures}}
 
