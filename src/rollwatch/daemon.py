@@ -524,11 +524,19 @@ class Daemon:
             await listening.start(serve_http)
             # /healthz answers from here on; the imports run in a worker thread so that
             # the event loop is free to answer it meanwhile.
-            await anyio.to_thread.run_sync(import_later)
+            try:
+                await anyio.to_thread.run_sync(import_later)
+                integrity = await self._open(stack)
+            except BaseException:
+                # A failure to start (say, no sandbox): the server closes its socket and
+                # connections (a cancelled one would leave them open), then the error is told.
+                http.stop()
+                with anyio.CancelScope(shield=True), anyio.move_on_after(10):
+                    await http_done.wait()
+                raise
             from rollwatch.publication.release import release_job
             from rollwatch.scheduler import Scheduler
 
-            integrity = await self._open(stack)
             svc = self.services
             assert svc is not None
             gate.open(self._whole_app(svc, integrity))
