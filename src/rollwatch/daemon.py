@@ -3,8 +3,11 @@ runs and HTTP server together (``rollwatch serve``).
 
 Lifecycle (modelled on APScheduler 4's ``run_until_stopped``): everything opens on
 one ``AsyncExitStack``, the daemon's tasks as *stages* (see :class:`Stages`) started
-in order and stopped in reverse. The HTTP server listens first and READY=1 goes to
-systemd then; the projections are built behind it (``/healthz`` and ``STATUS=`` lines
+in order and stopped in reverse. The HTTP server listens first, having imported little
+more than the config and /healthz (which answers at once; other requests wait the few
+hundred milliseconds until the rest is imported, in a worker thread, and opened: the
+store, the scoring pool, the providers, the integrity service, every route); READY=1
+goes to systemd then; the projections are built behind it (``/healthz`` and ``STATUS=`` lines
 show how far, and the routes that read them answer 503 with ``Retry-After`` until
 they are current); only then do the loops, the runs and the schedules start. SIGTERM/SIGINT:
 STOPPING=1, the scheduler stops firing, every run stops starting rollouts and gives
@@ -15,6 +18,7 @@ signed, the HTTP server closes, and the process exits 0.
 from __future__ import annotations
 
 import functools
+import importlib
 import signal
 import sqlite3
 import uuid
@@ -24,34 +28,53 @@ from typing import TYPE_CHECKING
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
-from starlette.routing import Route
 
 from rollwatch.config import Config, ScheduleConfig
 from rollwatch.errors import IntegrityError, StoreError
-from rollwatch.integrity.service import Integrity, open_integrity
 from rollwatch.log import get_logger
 from rollwatch.metrics import Metrics
 from rollwatch.notify import Notifier
-from rollwatch.projections import ProjectionDB
-from rollwatch.publication.release import release_job
-from rollwatch.publication.routes import publication_routes
-from rollwatch.readmodels import default_projections
-from rollwatch.runs import (
-    ProblemSetLike,
-    ProviderLike,
-    Run,
-    RunLock,
-    RunServices,
-    ScorerLike,
-    unfinished_runs,
-)
-from rollwatch.scheduler import Scheduler, cannot_run
-from rollwatch.store import open_store
 
 if TYPE_CHECKING:
+    from starlette.routing import Route
+    from starlette.types import ASGIApp
+
+    from rollwatch.integrity.service import Integrity
+    from rollwatch.projections import ProjectionDB
     from rollwatch.publication.keys import SubscriberDirectory
+    from rollwatch.runs import ProblemSetLike, ProviderLike, Run, RunServices, ScorerLike
+    from rollwatch.scheduler import Scheduler
     from rollwatch.web.access import Operators
     from rollwatch.web.server import HTTPServer
+
+#: What ``serve`` needs beyond answering /healthz: imported after the server listens (in a
+#: worker thread, so that the event loop answers meanwhile), never before. The start of
+#: ``serve`` imports only the HTTP server, /healthz and /metrics (tests/test_start.py).
+LATER = (
+    "prometheus_client",
+    "rollwatch.events",
+    "rollwatch.store",
+    "rollwatch.projections",
+    "rollwatch.readmodels",
+    "rollwatch.problems",
+    "rollwatch.scoring",
+    "rollwatch.providers.client",
+    "rollwatch.runs",
+    "rollwatch.scheduler",
+    "rollwatch.integrity.service",
+    "rollwatch.publication.keys",
+    "rollwatch.publication.proofs",
+    "rollwatch.publication.release",
+    "rollwatch.publication.routes",
+    "rollwatch.web.console",
+)
+
+
+def import_later() -> None:
+    """Import :data:`LATER` (what the daemon needs once it listens)."""
+    for name in LATER:
+        importlib.import_module(name)
+
 
 log = get_logger(__name__)
 
@@ -90,7 +113,11 @@ async def open_services(
     the provider clients the config describes (another implementation of the same
     plug-in point: a test's, say); they are the caller's to open and close.
     """
+    from rollwatch.projections import ProjectionDB
+    from rollwatch.readmodels import default_projections
+    from rollwatch.runs import RunServices
     from rollwatch.scoring import ScoringPool, settings_from_config
+    from rollwatch.store import open_store
 
     async with AsyncExitStack() as stack:
         store = await stack.enter_async_context(open_store(config.store))
@@ -201,6 +228,8 @@ class Daemon:
         """Whether a run of ``schedule`` is going, here or in another process: a
         ``rollwatch run`` of it (which holds its run's lock), or, on a shared log, any
         unfinished run of it (every node joins those)."""
+        from rollwatch.runs import RunLock
+
         if schedule in self.by_schedule:
             return True
         assert self.services is not None
@@ -222,6 +251,8 @@ class Daemon:
         """Drive ``run`` until it ends or the daemon stops. A run that fails (the
         database went away, say) is resumed from the log after a pause that doubles up
         to a minute: the daemon stays up and the run is not abandoned."""
+        from rollwatch.runs import Run
+
         assert self.services is not None
         self.active[run.run_id] = run
         self.by_schedule[run.schedule] = run.run_id
@@ -265,6 +296,8 @@ class Daemon:
         task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
         """A scheduler fire: record RunStarted, report started, drive the run."""
+        from rollwatch.runs import Run
+
         assert self.services is not None
         if self.stopping.is_set():
             task_status.started()
@@ -280,6 +313,8 @@ class Daemon:
     async def resume_unfinished(self, tg: TaskGroup) -> int:
         """Start driving every run that has no RunFinished and that this process does not
         drive yet (nor, on a log one machine owns, another process)."""
+        from rollwatch.runs import Run, RunLock, unfinished_runs
+
         assert self.services is not None
         n = 0
         for run_id in await unfinished_runs(self.services):
@@ -445,11 +480,13 @@ class Daemon:
     # -- the whole lifetime --------------------------------------------------------------------
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Serve until SIGTERM/SIGINT (or ``stopping`` is set), then stop cleanly."""
-        from rollwatch.providers.client import ProviderClient
-        from rollwatch.publication.keys import SubscriberDirectory
-        from rollwatch.web.access import Operators
-        from rollwatch.web.app import build_app
+        """Serve until SIGTERM/SIGINT (or ``stopping`` is set), then stop cleanly.
+
+        The server listens first, with /healthz only (the rest of the routes wait for the
+        whole app): what the other routes, the runs and the scoring need is imported and
+        opened once it answers, and READY=1 follows once it is all open.
+        """
+        from rollwatch.web.app import Starting, build_app
         from rollwatch.web.server import HTTPServer, listening_sockets
 
         async with AsyncExitStack() as stack:
@@ -459,42 +496,9 @@ class Daemon:
             sockets = await anyio.to_thread.run_sync(listening_sockets, host, port)
             for s in sockets:
                 stack.callback(s.close)
-            svc = await stack.enter_async_context(
-                open_services(
-                    self.config, scorer=self._scorer, providers=self._providers, defer_projections=True
-                )
-            )
-            self.services = svc
-            svc.store.append_observer = self.metrics.append_latency.observe
-            self.metrics.scoring_queue = lambda: sum(r.state.scoring for r in self.active.values())
-            self.metrics.providers = lambda: [
-                c.stats for c in svc.providers.values() if isinstance(c, ProviderClient)
-            ]
-            integrity = await stack.enter_async_context(
-                open_integrity(self.config.integrity, self.config.store, svc.store, self.config.node)
-            )
-            self.metrics.witnessed = integrity.witnessed if integrity.witnessing is not None else None
-            # One directory of keys for the feed, the operator's routes and the console
-            # (which shows each key's last use).
-            directory = SubscriberDirectory(svc.store, svc.projections)
-            operators = Operators(self.config.server.trusted_peers, directory)
+            gate = Starting(build_app(self.metrics, status=self.projection_status))
             http = self.http = HTTPServer(
-                build_app(
-                    self.metrics,
-                    [
-                        *self.extra_routes(integrity, directory),
-                        *integrity.routes(operators),
-                        *self._console(svc, operators, directory, integrity),
-                    ],
-                    operators=operators,
-                    health=integrity.health,
-                    cannot_run=lambda: cannot_run(self.config, svc.providers, svc.problem_sets),
-                    status=self.projection_status,
-                ),
-                host,
-                port,
-                head_timeout=self.config.server.request_head_timeout,
-                sockets=sockets,
+                gate, host, port, head_timeout=self.config.server.request_head_timeout, sockets=sockets
             )
 
             # The stages, started in this order and stopped in the reverse order once
@@ -502,13 +506,46 @@ class Daemon:
             stages = Stages(stack)
             signals = await stages.start("signals", stop=lambda tg: tg.cancel_scope.cancel())
             signals.start_soon(self._signals)
+            signals.start_soon(self.notifier.watchdog)
+            # The server listens before anything else is opened (its task group is the
+            # outer one), and is stopped by the "serving" stage below, after what opens
+            # later (a task group entered later exits first): it keeps the services it
+            # answers from until it has stopped. This stage only cancels a server that a
+            # failure to start left running.
+            http_done = anyio.Event()
+
+            async def serve_http(*, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+                try:
+                    await http.run(task_status=task_status)
+                finally:
+                    http_done.set()
+
+            listening = await stages.start("listening", stop=lambda tg: tg.cancel_scope.cancel())
+            await listening.start(serve_http)
+            # /healthz answers from here on; the imports run in a worker thread so that
+            # the event loop is free to answer it meanwhile.
+            try:
+                await anyio.to_thread.run_sync(import_later)
+                integrity = await self._open(stack)
+            except BaseException:
+                # A failure to start (say, no sandbox): the server closes its socket and
+                # connections (a cancelled one would leave them open), then the error is told.
+                http.stop()
+                with anyio.CancelScope(shield=True), anyio.move_on_after(10):
+                    await http_done.wait()
+                raise
+            from rollwatch.publication.release import release_job
+            from rollwatch.scheduler import Scheduler
+
+            svc = self.services
+            assert svc is not None
+            gate.open(self._whole_app(svc, integrity))
             # Stopped, the server closes its socket and lets open requests finish (for
             # at most its graceful-shutdown timeout). It listens before the projections
             # are built: /healthz shows their progress, and the routes that read them
             # answer 503 with Retry-After until they are current.
-            signals.start_soon(self.notifier.watchdog)
             serving = await stages.start("serving", stop=lambda _: http.stop())
-            await serving.start(http.run)
+            serving.start_soon(http_done.wait)
             # READY=1 now, not once caught up: the daemon serves (health, metrics, the
             # integrity routes) and says how far it is. A catch-up of millions of events
             # takes minutes, longer than any start timeout one could set in advance; and
@@ -585,13 +622,60 @@ class Daemon:
             await self.stopping.wait()
         log.info("daemon_stopped")
 
+    async def _open(self, stack: AsyncExitStack) -> Integrity:
+        """Open the services (:attr:`services`) and the integrity service on ``stack``."""
+        from rollwatch.integrity.service import open_integrity
+        from rollwatch.providers.client import ProviderClient
+
+        svc = await stack.enter_async_context(
+            open_services(self.config, scorer=self._scorer, providers=self._providers, defer_projections=True)
+        )
+        self.services = svc
+        svc.store.append_observer = self.metrics.append_latency.observe
+        self.metrics.scoring_queue = lambda: sum(r.state.scoring for r in self.active.values())
+        self.metrics.providers = lambda: [
+            c.stats for c in svc.providers.values() if isinstance(c, ProviderClient)
+        ]
+        integrity = await stack.enter_async_context(
+            open_integrity(self.config.integrity, self.config.store, svc.store, self.config.node)
+        )
+        self.metrics.witnessed = integrity.witnessed if integrity.witnessing is not None else None
+        return integrity
+
+    def _whole_app(self, svc: RunServices, integrity: Integrity) -> ASGIApp:
+        """Every route: the publication's, the integrity service's, the console's."""
+        from rollwatch.publication.keys import SubscriberDirectory
+        from rollwatch.scheduler import cannot_run
+        from rollwatch.web.access import Operators
+        from rollwatch.web.app import build_app
+
+        # One directory of keys for the feed, the operator's routes and the console
+        # (which shows each key's last use).
+        directory = SubscriberDirectory(svc.store, svc.projections)
+        operators = Operators(self.config.server.trusted_peers, directory)
+        return build_app(
+            self.metrics,
+            [
+                *self.extra_routes(integrity, directory),
+                *integrity.routes(operators),
+                *self._console(svc, operators, directory, integrity),
+            ],
+            operators=operators,
+            health=integrity.health,
+            cannot_run=lambda: cannot_run(self.config, svc.providers, svc.problem_sets),
+            status=self.projection_status,
+        )
+
     def projection_status(self) -> dict[str, object]:
         """/healthz's ``projections``: ``state`` (``building`` or ``current``) and, while
-        building, ``phase``, ``seq``, ``head``, ``percent``, ``events_per_s``, ``eta_s``."""
-        pdb = self.services.projections if self.services is not None else None
-        if pdb is not None and pdb.ready:
+        building, ``phase``, ``seq``, ``head``, ``percent``, ``events_per_s``, ``eta_s``
+        (``phase`` is ``starting`` while the store and the rest are still being opened)."""
+        if self.services is None:
+            return {"projections": {"state": "building", "phase": "starting"}}
+        pdb = self.services.projections
+        if pdb.ready:
             return {"projections": {"state": "current"}}
-        prog = pdb.progress if pdb is not None else None
+        prog = pdb.progress
         figures = prog.figures() if prog is not None else {"phase": "setting up"}
         return {"projections": {"state": "building", **figures}}
 
@@ -653,6 +737,8 @@ class Daemon:
         Those that cannot are logged (a WARNING, and /healthz degraded, unless an
         ``optional`` schedule merely lacks its key).
         """
+        from rollwatch.scheduler import cannot_run
+
         schedules = [
             s
             for s in self.config.schedules
@@ -680,6 +766,8 @@ class Daemon:
         integrity: Integrity | None = None,
     ) -> list[Route]:
         """The operator's console (``/ops/``) and ``GET /`` (a redirect to the public page)."""
+        from starlette.routing import Route
+
         from rollwatch.publication.proofs import ProofBundles
         from rollwatch.scoring.pool import ScoringPool
         from rollwatch.web.console import Console, root_redirect
@@ -703,5 +791,7 @@ class Daemon:
     ) -> list[Route]:
         """Routes beyond /healthz and /metrics: the subscriber feed and the public release
         (whose items carry inclusion proofs when ``integrity`` is given)."""
+        from rollwatch.publication.routes import publication_routes
+
         assert self.services is not None
         return publication_routes(self.services, self.metrics, integrity, subscribers)

@@ -23,19 +23,6 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
-from prometheus_client.core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    SummaryMetricFamily,
-)
-from prometheus_client.exposition import choose_encoder
-from prometheus_client.metrics_core import Metric
-
-from rollwatch import events as e
-from rollwatch.events import Recorded
-
 _COUNTED = frozenset(
     {
         "RunStarted",
@@ -52,7 +39,15 @@ _COUNTED = frozenset(
 """The event types the metrics count (the others are not decoded at all)."""
 
 if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.core import HistogramMetricFamily
+    from prometheus_client.metrics_core import Metric
+
+    from rollwatch.events import Recorded
     from rollwatch.providers.client import ProviderStats
+
+# ``prometheus_client`` and the event classes are imported on first use (a scrape, an
+# event): ``rollwatch serve`` answers /healthz before it needs them.
 
 RESULT_OUTCOMES = frozenset({"passed", "not_passed"})
 """Outcomes that reveal scores, hence results under embargo: the operator's only."""
@@ -77,6 +72,8 @@ class Histogram:
 
     def family(self, name: str, documentation: str) -> HistogramMetricFamily:
         """This histogram as a metric family (cumulative buckets up to ``+Inf``)."""
+        from prometheus_client.core import HistogramMetricFamily
+
         buckets: list[tuple[str, float]] = []
         acc = 0
         for b, c in zip(self.buckets, self.counts, strict=False):
@@ -106,13 +103,15 @@ class Metrics:
         self.batches_ended: Counter[str] = Counter()
         self.witnessed: Callable[[], tuple[int, float | None, int]] | None = None
         """(size, age in seconds, refusals) of the latest witnessed checkpoint (the daemon sets it)."""
-        self._registries = {results: _registry(_Figures(self, results=results)) for results in (True, False)}
+        self._registries: dict[bool, CollectorRegistry] = {}
 
     def observe_event(self, rec: Recorded) -> None:
         """Count what one event says (called once per event, in seq order)."""
         self.events_seen = max(self.events_seen, rec.seq)
         if rec.type not in _COUNTED:
             return
+        from rollwatch import events as e
+
         ev = rec.event()
         if isinstance(ev, e.RunStarted):
             self.runs_started += 1
@@ -142,6 +141,8 @@ class Metrics:
 
     def registry(self, *, results: bool = True) -> CollectorRegistry:
         """The registry a scrape reads: with the result-revealing series or without them."""
+        if results not in self._registries:
+            self._registries[results] = _registry(_Figures(self, results=results))
         return self._registries[results]
 
     def render(self, *, results: bool = True, accept: str = "") -> tuple[bytes, str]:
@@ -152,12 +153,16 @@ class Metrics:
         not passed): they count rollouts still under embargo, so only the operator
         may read them (SPEC §7).
         """
+        from prometheus_client.exposition import choose_encoder
+
         encode, content_type = choose_encoder(accept)
-        return encode(self._registries[results]), content_type
+        return encode(self.registry(results=results)), content_type
 
 
 def _registry(figures: _Figures) -> CollectorRegistry:
     """A registry of our figures and the process's (not the library's global one)."""
+    from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
+
     reg = CollectorRegistry(auto_describe=False)
     ProcessCollector(registry=reg)
     PlatformCollector(registry=reg)
@@ -175,6 +180,8 @@ class _Figures:
 
     def collect(self) -> Iterator[Metric]:
         """Every rollwatch family, the result-revealing samples only when ``results``."""
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
         m = self.metrics
         yield CounterMetricFamily("rollwatch_runs_started", "Runs started.", value=m.runs_started)
         runs = CounterMetricFamily("rollwatch_runs_finished", "Runs finished, by status.", labels=["status"])
@@ -263,6 +270,8 @@ _PROVIDER_SERIES: tuple[tuple[str, str, str, Callable[[ProviderStats], float]], 
 
 def _provider_families(stats: list[ProviderStats]) -> Iterator[Metric]:
     """This process's provider clients' live figures, one family per figure, by provider."""
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, SummaryMetricFamily
+
     if not stats:
         return
     for suffix, kind, text, figure in _PROVIDER_SERIES:

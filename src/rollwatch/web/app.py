@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import anyio
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -103,3 +104,32 @@ def build_app(
 
     routes = [Route("/healthz", healthz), Route("/metrics", metrics_route), *(extra_routes or [])]
     return AccessLog(Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS))
+
+
+class Starting:
+    """The app while the daemon starts: ``/healthz`` answers at once (from ``early``), every
+    other request waits until :meth:`open` hands over the whole app, then goes to it.
+
+    So the server can listen, and say it is alive, before the modules and the services the
+    other routes need are loaded and open (a few hundred milliseconds); a request for them
+    meanwhile is answered as it would be a moment later, never refused.
+    """
+
+    def __init__(self, early: ASGIApp) -> None:
+        self.early = early
+        self.app: ASGIApp | None = None
+        self._opened = anyio.Event()
+
+    def open(self, app: ASGIApp) -> None:
+        """From now on every request goes to ``app``."""
+        self.app = app
+        self._opened.set()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.app is None:
+            if scope["type"] == "http" and scope["path"] == "/healthz":
+                await self.early(scope, receive, send)
+                return
+            await self._opened.wait()
+        assert self.app is not None
+        await self.app(scope, receive, send)
