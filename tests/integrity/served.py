@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -62,12 +64,13 @@ class Site:
         finally:
             con.close()
 
-    def serve(self) -> subprocess.Popen[str]:
+    def serve(self, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
         return subprocess.Popen(
             [sys.executable, "-m", "rollwatch", "--config", str(self.config), "serve", "--grace", "2"],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            env=None if env is None else {**os.environ, **env},
         )
 
     def healthz(self) -> httpx.Response | None:
@@ -75,6 +78,34 @@ class Site:
             return httpx.get(self.url + "/healthz", timeout=2)
         except httpx.HTTPError:
             return None
+
+
+def serve_until_ready(site: Site, timeout: float = 60) -> subprocess.Popen[str]:
+    """Start ``rollwatch serve`` and return once it says (sd_notify ``STATUS=serving``) that it is
+    past its start: the integrity check at start passed, the signer and the scrub run. /healthz
+    answers 200 before that (while the read models build), so it cannot tell."""
+    with (
+        tempfile.TemporaryDirectory(prefix="rw-notify-") as d,
+        socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock,
+    ):
+        path = str(Path(d) / "notify.sock")
+        sock.bind(path)
+        proc = site.serve({"NOTIFY_SOCKET": path})
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0 or proc.poll() is not None:
+                    raise AssertionError(f"the daemon did not get past its start: {_stop(proc)[-3000:]}")
+                sock.settimeout(min(left, 1.0))
+                try:
+                    if "STATUS=serving" in sock.recv(4096).decode():
+                        return proc
+                except TimeoutError:
+                    continue
+        except BaseException:
+            _stop(proc)
+            raise
 
 
 def _stop(proc: subprocess.Popen[str]) -> str:
