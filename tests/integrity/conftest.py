@@ -18,7 +18,7 @@ from rollwatch.integrity.checkpoint import NoteSigner
 from rollwatch.integrity.tree import MerkleTree
 from rollwatch.store.sqlite import SQLiteEventStore
 from tests.helpers import rollwatch, write_config
-from tests.integrity.served import EVENTS, Site, _free_port, _poll, _stop, serve_until_ready
+from tests.integrity.served import EVENTS, Site, _free_port, _poll, _stop, serving
 
 ORIGIN = "rollwatch.test/log"
 
@@ -149,9 +149,5 @@ def stopped_site(signed_log: Path, tmp_path: Path) -> Site:
 @pytest.fixture
 def site(stopped_site: Site) -> Iterator[tuple[Site, subprocess.Popen[str]]]:
     """A live daemon serving this test's own copy of the signed log (a restart of the daemon that signed it)."""
-    s = stopped_site
-    proc = serve_until_ready(s)
-    try:
-        yield s, proc
-    finally:
-        _stop(proc)
+    with serving(stopped_site) as proc:
+        yield stopped_site, proc

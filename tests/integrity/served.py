@@ -11,7 +11,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,10 +81,12 @@ class Site:
             return None
 
 
-def serve_until_ready(site: Site, timeout: float = 60) -> subprocess.Popen[str]:
-    """Start ``rollwatch serve`` and return once it says (sd_notify ``STATUS=serving``) that it is
-    past its start: the integrity check at start passed, the signer and the scrub run. /healthz
-    answers 200 before that (while the read models build), so it cannot tell."""
+@contextmanager
+def serving(site: Site, timeout: float = 60) -> Iterator[subprocess.Popen[str]]:
+    """``rollwatch serve`` on ``site``, past its start when this enters (it said sd_notify
+    ``STATUS=serving``: the integrity check at start passed, the signer and the scrub run;
+    /healthz answers 200 earlier, while the read models build, so it cannot tell); stopped
+    when it exits. The notify socket lives as long as the daemon."""
     with (
         tempfile.TemporaryDirectory(prefix="rw-notify-") as d,
         socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock,
@@ -91,8 +94,8 @@ def serve_until_ready(site: Site, timeout: float = 60) -> subprocess.Popen[str]:
         path = str(Path(d) / "notify.sock")
         sock.bind(path)
         proc = site.serve({"NOTIFY_SOCKET": path})
-        deadline = time.monotonic() + timeout
         try:
+            deadline = time.monotonic() + timeout
             while True:
                 left = deadline - time.monotonic()
                 if left <= 0 or proc.poll() is not None:
@@ -100,12 +103,12 @@ def serve_until_ready(site: Site, timeout: float = 60) -> subprocess.Popen[str]:
                 sock.settimeout(min(left, 1.0))
                 try:
                     if "STATUS=serving" in sock.recv(4096).decode():
-                        return proc
+                        break
                 except TimeoutError:
                     continue
-        except BaseException:
+            yield proc
+        finally:
             _stop(proc)
-            raise
 
 
 def _stop(proc: subprocess.Popen[str]) -> str:
