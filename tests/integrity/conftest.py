@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import sqlite3
 import subprocess
 from collections.abc import AsyncIterator, Iterator
@@ -17,7 +18,7 @@ from rollwatch.integrity.checkpoint import NoteSigner
 from rollwatch.integrity.tree import MerkleTree
 from rollwatch.store.sqlite import SQLiteEventStore
 from tests.helpers import rollwatch, write_config
-from tests.integrity.served import EVENTS, Site, _free_port, _poll, _stop
+from tests.integrity.served import EVENTS, Site, _free_port, _poll, _stop, serving
 
 ORIGIN = "rollwatch.test/log"
 
@@ -92,17 +93,24 @@ def delete_events(db_path: Path, where: str) -> None:
         con.close()
 
 
-@pytest.fixture
-def site(tmp_path: Path) -> Iterator[tuple[Site, subprocess.Popen[str]]]:
-    """A daemon serving a log of 40 appended events, signed up to the last of them; a kept checkpoint and audit file."""
+def _site_config(directory: Path) -> Site:
+    """A config serving the log in ``directory`` on a free loopback port."""
     port = _free_port()
     cfg = write_config(
-        tmp_path,
+        directory,
         f'[server]\nlisten = "127.0.0.1:{port}"\n'
         '[integrity]\norigin = "rollwatch.test/tamper"\ncheckpoint_every = 5\n'
         'checkpoint_interval = "1s"\nscrub_interval = "500ms"\n',
     )
-    s = Site(tmp_path, cfg, f"http://127.0.0.1:{port}")
+    return Site(directory, cfg, f"http://127.0.0.1:{port}")
+
+
+@pytest.fixture(scope="session")
+def signed_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The folder of a log a real daemon served and signed, then stopped (once per xdist worker):
+    40 events appended by another process, signed up to the last of them; a kept checkpoint
+    (``kept.note``) and an audit file (``audit.json``). Never changed: tests attack copies."""
+    s = _site_config(tmp_path_factory.mktemp("signed-log"))
     proc = s.serve()
     try:
         _poll(lambda: (r := s.healthz()) is not None and r.status_code == 200, 60, "the daemon to serve")
@@ -114,9 +122,32 @@ def site(tmp_path: Path) -> Iterator[tuple[Site, subprocess.Popen[str]]]:
         anyio.run(fill)
         _poll(lambda: any(size >= EVENTS for _, size in s.checkpoints()), 30, "a checkpoint of every event")
         note = httpx.get(s.url + "/public/checkpoint").text
-        (tmp_path / "kept.note").write_text(note)
-        first = rollwatch("audit", "--url", s.url, "--keep", str(tmp_path / "audit.json"))
+        (s.dir / "kept.note").write_text(note)
+        first = rollwatch("audit", "--url", s.url, "--keep", str(s.dir / "audit.json"))
         assert first.returncode == 0, first.stderr
-        yield s, proc
     finally:
-        _stop(proc)
+        err = _stop(proc)
+    assert proc.returncode == 0, err
+    assert "log_tampered" not in err, err
+    return s.dir
+
+
+@pytest.fixture
+def stopped_site(signed_log: Path, tmp_path: Path) -> Site:
+    """This test's own copy of the signed log and its files (tree, witness, key, projections,
+    kept checkpoint, audit file), its daemon stopped, with a config naming the copy."""
+    shutil.copytree(
+        signed_log,
+        tmp_path,
+        symlinks=True,
+        dirs_exist_ok=True,
+        ignore=shutil.ignore_patterns("rollwatch.toml"),
+    )
+    return _site_config(tmp_path)
+
+
+@pytest.fixture
+def site(stopped_site: Site) -> Iterator[tuple[Site, subprocess.Popen[str]]]:
+    """A live daemon serving this test's own copy of the signed log (a restart of the daemon that signed it)."""
+    with serving(stopped_site) as proc:
+        yield stopped_site, proc

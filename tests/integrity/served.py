@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,12 +65,13 @@ class Site:
         finally:
             con.close()
 
-    def serve(self) -> subprocess.Popen[str]:
+    def serve(self, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
         return subprocess.Popen(
             [sys.executable, "-m", "rollwatch", "--config", str(self.config), "serve", "--grace", "2"],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            env=None if env is None else {**os.environ, **env},
         )
 
     def healthz(self) -> httpx.Response | None:
@@ -75,6 +79,36 @@ class Site:
             return httpx.get(self.url + "/healthz", timeout=2)
         except httpx.HTTPError:
             return None
+
+
+@contextmanager
+def serving(site: Site, timeout: float = 60) -> Iterator[subprocess.Popen[str]]:
+    """``rollwatch serve`` on ``site``, past its start when this enters (it said sd_notify
+    ``STATUS=serving``: the integrity check at start passed, the signer and the scrub run;
+    /healthz answers 200 earlier, while the read models build, so it cannot tell); stopped
+    when it exits. The notify socket lives as long as the daemon."""
+    with (
+        tempfile.TemporaryDirectory(prefix="rw-notify-") as d,
+        socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock,
+    ):
+        path = str(Path(d) / "notify.sock")
+        sock.bind(path)
+        proc = site.serve({"NOTIFY_SOCKET": path})
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0 or proc.poll() is not None:
+                    raise AssertionError(f"the daemon did not get past its start: {_stop(proc)[-3000:]}")
+                sock.settimeout(min(left, 1.0))
+                try:
+                    if "STATUS=serving" in sock.recv(4096).decode():
+                        break
+                except TimeoutError:
+                    continue
+            yield proc
+        finally:
+            _stop(proc)
 
 
 def _stop(proc: subprocess.Popen[str]) -> str:

@@ -196,12 +196,9 @@ def test_a_rotation_is_followed_by_the_daemon_audit_verify_and_a_restart(
     assert key_file.is_file()
 
 
-def test_a_rotation_cut_short_is_finished_at_the_next_start(
-    site: tuple[Site, subprocess.Popen[str]],
-) -> None:
+def test_a_rotation_cut_short_is_finished_at_the_next_start(stopped_site: Site) -> None:
     """The event was appended but the files not yet moved (a crash): start finishes the move."""
-    s, proc = site
-    _stop(proc)
+    s = stopped_site
     old_key = _served_key_from_file(s)
     r = rollwatch("--config", str(s.config), "key", "rotate")
     assert r.returncode == 0, r.stderr
@@ -233,10 +230,9 @@ def _served_key_from_file(s: Site) -> str:
 # --- attacks ----------------------------------------------------------------------------------
 
 
-def test_a_key_swapped_without_a_rotation_is_refused(site: tuple[Site, subprocess.Popen[str]]) -> None:
+def test_a_key_swapped_without_a_rotation_is_refused(stopped_site: Site) -> None:
     """Someone replaces the key file with their own: the log's checkpoints are not theirs."""
-    s, proc = site
-    _stop(proc)
+    s = stopped_site
     key_file = s.dir / "checkpoint.key"
     key_file.write_bytes(_key_pem(Ed25519PrivateKey.generate()))
     v = rollwatch("--config", str(s.config), "verify")

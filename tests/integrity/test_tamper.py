@@ -1,9 +1,11 @@
 """Tampering with the log by someone who holds the database file, tried from outside.
 
 Every attack runs against a log a real ``rollwatch serve`` built and signed (events
-appended by another process, checkpoints every 5 events, the witness file), and is
-checked four ways: (a) the live daemon stops signing and ``/healthz`` says why within
-the scrub interval, and ``rollwatch audit --keep`` fails; (b) a restarted daemon
+appended by another process, checkpoints every 5 events, the witness file): built once
+per test worker, then stopped, and copied with all its files for each test, so that
+every test attacks its own copy. Each attack is checked four ways: (a) a live daemon
+(restarted on the copy) stops signing and ``/healthz`` says why within the scrub
+interval, and ``rollwatch audit --keep`` fails; (b) a restarted daemon
 refuses to start, naming the first bad seq; (c) ``rollwatch verify --checkpoint``
 exits 1 naming it. Real SQLite files, real subprocesses, real loopback HTTP.
 """
@@ -226,13 +228,9 @@ def test_the_live_daemon_stops_signing_and_says_why(
 
 
 @pytest.mark.parametrize("attack", ATTACKS, ids=lambda a: a.__name__)
-def test_a_restarted_daemon_refuses_naming_the_seq(
-    site: tuple[Site, subprocess.Popen[str]], attack: Callable[[Site], int]
-) -> None:
+def test_a_restarted_daemon_refuses_naming_the_seq(stopped_site: Site, attack: Callable[[Site], int]) -> None:
     """Changed while the daemon was down: the next start refuses before appending anything, naming the first bad seq."""
-    s, proc = site
-    err = _stop(proc)
-    assert proc.returncode == 0, err
+    s = stopped_site
     bad = attack(s)
     if attack is new_history:
         # Nothing local remembers the old history; the key does: a log with no
@@ -253,12 +251,9 @@ def test_a_restarted_daemon_refuses_naming_the_seq(
 
 
 @pytest.mark.parametrize("attack", ATTACKS, ids=lambda a: a.__name__)
-def test_verify_names_the_seq(
-    site: tuple[Site, subprocess.Popen[str]], attack: Callable[[Site], int]
-) -> None:
+def test_verify_names_the_seq(stopped_site: Site, attack: Callable[[Site], int]) -> None:
     """`rollwatch verify --checkpoint KEPT` exits 1 naming the first bad seq; it creates nothing."""
-    s, proc = site
-    _stop(proc)
+    s = stopped_site
     bad = attack(s)
     before = sorted(p.name for p in s.dir.iterdir())
     r = rollwatch("--config", str(s.config), "verify", "--checkpoint", str(s.dir / "kept.note"))
@@ -272,10 +267,9 @@ def test_verify_names_the_seq(
         assert f"FAILED at seq {bad}:" in plain.stderr
 
 
-def test_verify_passes_an_untouched_log(site: tuple[Site, subprocess.Popen[str]]) -> None:
+def test_verify_passes_an_untouched_log(stopped_site: Site) -> None:
     """The control: the same checks on the untouched log exit 0 (no false alarm), with the kept checkpoint too."""
-    s, proc = site
-    _stop(proc)
+    s = stopped_site
     r = rollwatch("--config", str(s.config), "verify", "--checkpoint", str(s.dir / "kept.note"))
     assert r.returncode == 0, r.stderr
     again = s.serve()
