@@ -39,7 +39,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
-from bench_scale import PROBLEMS, ROLLOUTS_PER_RUN, Served, cli, free_port, grow  # noqa: E402
+from bench_scale import PROBLEMS, ROLLOUTS_PER_RUN, Served, cli, free_port, grow, write_config  # noqa: E402
 from rollwatch.publication.keys import new_key  # noqa: E402
 
 
@@ -68,17 +68,7 @@ def main() -> None:
             d = Path(stack.enter_context(tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP"))))
         db = d / "events.db"
         port = free_port()
-        cfg = d / "rollwatch.toml"
-        cfg.write_text(
-            f'[store]\nurl = "sqlite:{db}"\nprojections = "{d / "projections.db"}"\n'
-            f'[server]\nlisten = "127.0.0.1:{port}"\n'
-            # the sample problems for the problems page, a schedule for the schedules page
-            # (disabled: nothing runs during the bench)
-            f'[[problem_sets]]\nname = "favorites"\npath = "{ROOT / "config" / "problems"}"\n'
-            '[[providers]]\nname = "reference"\nkind = "reference"\n'
-            '[[schedules]]\nname = "weekly-model-0"\nprovider = "reference"\nmodels = ["reference"]\n'
-            'problem_set = "favorites"\nrollouts = 1\ncron = "0 0 1 1 *"\nenabled = false\n'
-        )
+        cfg = write_config(d, db, port, configured=True)
         rollouts = size // 5
         built = d / "built"
         if not (built.exists() and built.read_text() == str(rollouts)):

@@ -250,6 +250,29 @@ CPU: dict[str, float] = {}
 time is what a loaded machine does not inflate)."""
 
 
+def write_config(d: Path, db: Path, port: int, *, extra: str = "", configured: bool = False) -> Path:
+    """``d/rollwatch.toml`` for a log ``db`` and a server on ``port`` (plus ``extra`` TOML).
+
+    ``configured``: what a configured daemon has, a problem set, a provider and a schedule
+    (disabled: nothing runs during a bench).
+    """
+    cfg = d / "rollwatch.toml"
+    text = (
+        f'[store]\nurl = "sqlite:{db}"\nprojections = "{d / "projections.db"}"\n'
+        f'[server]\nlisten = "127.0.0.1:{port}"\n{extra}'
+    )
+    if configured:
+        root = Path(__file__).resolve().parents[1]
+        text += (
+            f'[[problem_sets]]\nname = "favorites"\npath = "{root / "config" / "problems"}"\n'
+            '[[providers]]\nname = "reference"\nkind = "reference"\n'
+            '[[schedules]]\nname = "weekly-model-0"\nprovider = "reference"\nmodels = ["reference"]\n'
+            'problem_set = "favorites"\nrollouts = 1\ncron = "0 0 1 1 *"\nenabled = false\n'
+        )
+    cfg.write_text(text)
+    return cfg
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -523,11 +546,7 @@ def main() -> None:
         d = Path(tmp)
         db = d / "events.db"
         port = free_port()
-        cfg = d / "rollwatch.toml"
-        cfg.write_text(
-            f'[store]\nurl = "sqlite:{db}"\nprojections = "{d / "projections.db"}"\n'
-            f'[server]\nlisten = "127.0.0.1:{port}"\nfeed_rate_per_minute = 100000\n'
-        )
+        cfg = write_config(d, db, port, extra="feed_rate_per_minute = 100000\n")
         have = 0
         for size in sizes:
             want = size // 5

@@ -13,9 +13,10 @@ same machine, timed the same way (``python`` start to the first answer). It is t
 for a Python process that imports an ASGI stack and listens. Also printed: the time
 until /healthz says the read models are current (everything is open then), and the time
 ``python -c "import rollwatch.daemon"`` takes (median), against ``python -c "pass"``.
-Both ways Python may find rollwatch's modules are measured: compiled at each start (as
-``make`` runs it: the Makefile sets PYTHONDONTWRITEBYTECODE=1 and the dev install is
-editable) and with their bytecode cached (as an installed package has it).
+Both ways Python may find rollwatch's modules are measured: as this checkout has them
+(``make bench`` compiles ``src/rollwatch`` first; run by hand on a machine that sets
+PYTHONDONTWRITEBYTECODE, without ``make compile``, they are compiled at each start) and
+with their bytecode cached in a folder of its own (as an installed package has it).
 
     python bench/bench_start.py
 """
@@ -36,7 +37,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
-from bench_scale import Served, cli, free_port, grow  # noqa: E402
+from bench_scale import Served, cli, free_port, grow, write_config  # noqa: E402
 from rollwatch.publication.keys import new_key  # noqa: E402
 
 TARGET_S = 0.7
@@ -113,30 +114,21 @@ def main() -> None:
         d = Path(tmp)
         db = d / "events.db"
         port = free_port()
-        cfg = d / "rollwatch.toml"
-        cfg.write_text(
-            f'[store]\nurl = "sqlite:{db}"\nprojections = "{d / "projections.db"}"\n'
-            f'[server]\nlisten = "127.0.0.1:{port}"\n'
-            # what a configured daemon has: a problem set, a provider, a schedule
-            # (disabled: nothing runs during the bench)
-            f'[[problem_sets]]\nname = "favorites"\npath = "{ROOT / "config" / "problems"}"\n'
-            '[[providers]]\nname = "reference"\nkind = "reference"\n'
-            '[[schedules]]\nname = "weekly-model-0"\nprovider = "reference"\nmodels = ["reference"]\n'
-            'problem_set = "favorites"\nrollouts = 1\ncron = "0 0 1 1 *"\nenabled = false\n'
-        )
+        cfg = write_config(d, db, port, configured=True)
         head = anyio.run(grow, db, 0, size // 5, new_key())
         cli(cfg, "rebuild")
         log = d / "serve.log"
         serve_start(cfg, port, log)  # the first start creates what later ones find
-        # Two ways Python may find rollwatch's own modules: compiled at every start (the
-        # Makefile exports PYTHONDONTWRITEBYTECODE=1, and the dev install is editable), or
-        # compiled once and cached (an installed package: pip writes the .pyc files). The
-        # cache goes to a temporary folder (PYTHONPYCACHEPREFIX), never into src/.
+        # Two ways Python may find rollwatch's own modules: as this checkout has them
+        # (compiled by `make compile`, or at every start where PYTHONDONTWRITEBYTECODE is
+        # set and nothing compiled them), or compiled once and cached (an installed package:
+        # pip writes the .pyc files). That cache goes to a temporary folder
+        # (PYTHONPYCACHEPREFIX), never into src/.
         plain = dict(os.environ)
         cached = {k: v for k, v in plain.items() if k != "PYTHONDONTWRITEBYTECODE"}
         cached["PYTHONPYCACHEPREFIX"] = str(d / "pycache")
         figures = {}
-        for name, env in (("bytecode cached, as installed", cached), ("compiled at each start", plain)):
+        for name, env in (("bytecode cached, as installed", cached), ("as this checkout has it", plain)):
             os.environ.clear()
             os.environ.update(env)
             try:
