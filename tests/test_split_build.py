@@ -97,7 +97,9 @@ async def test_a_split_build_has_the_rows_of_one_built_in_one_process(tmp_path: 
     assert sorted(p.name for p in file.parent.glob("*.db")) == [file.name]
 
 
-async def test_a_second_process_that_fails_has_its_part_built_here(tmp_path: Path) -> None:
+async def test_a_second_process_that_fails_has_its_part_built_here(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
     async with SQLiteEventStore(tmp_path / "events.db") as store:
         await write_log(store, "rw_test_key_0000", runs=2)
         one = dump(await build(store, tmp_path / "one.db", [], None))
@@ -112,6 +114,8 @@ async def test_a_second_process_that_fails_has_its_part_built_here(tmp_path: Pat
     assert failed["log_level"] == "warning"
     assert "refuses to be built beside" in failed["error"]
     assert "runs" in failed["projections"]
+    # Its own log went where ours goes (the journal, under systemd).
+    assert "projections_part_failed" in capfd.readouterr().err
 
 
 async def test_a_cancelled_split_build_leaves_no_process_and_no_file(tmp_path: Path) -> None:

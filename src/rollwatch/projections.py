@@ -738,7 +738,11 @@ async def _build_in_process(
     opener: Callable[[], EventStore], projections: list[Projection], file: Path, head: int
 ) -> str | None:
     """Build ``projections`` into ``file`` up to ``head`` in a second Python process; None
-    once done, else why it failed. Cancelled, it kills the process."""
+    once done, else why it failed. Cancelled, it kills the process.
+
+    Its log (warnings and errors, as JSON lines or for a terminal like ours) goes to our
+    stderr, so to the journal under systemd; its stdout carries only why it failed.
+    """
     request = pickle.dumps((opener, projections, str(file), head))
     env = dict(os.environ)
     # The process imports rollwatch from where this process did.
@@ -754,12 +758,13 @@ async def _build_in_process(
             input=request,
             check=False,
             env=env,
+            stderr=None,
         )
     except OSError as exc:
         return f"could not start {sys.executable}: {exc}"
     if done.returncode != 0:
-        lines = done.stderr.decode(errors="replace").strip().splitlines()
-        return f"exit status {done.returncode}: {lines[-1] if lines else 'no message'}"
+        why = done.stdout[-2000:].decode(errors="replace").strip()
+        return f"exit status {done.returncode}: {why or 'no message'}"
     return None
 
 
@@ -801,15 +806,21 @@ def build_part() -> None:
             finally:
                 await w.close()
 
+    from rollwatch.log import configure_logging
+
+    configure_logging("warning")
     try:
         anyio.run(build)
     except Exception as exc:
-        sys.exit(f"{type(exc).__name__}: {exc}")
+        log.error("projections_part_failed", error=f"{type(exc).__name__}: {exc}")
+        print(f"{type(exc).__name__}: {exc}", flush=True)
+        sys.exit(1)
 
 
 def _merge(db: sqlite3.Connection, part: Path, projections: list[Projection], head: int) -> None:
     """Copy the tables of ``projections`` from ``part`` (built by another process up to
-    ``head``) into this file's empty ones, with their checkpoints."""
+    ``head``) into this file's empty ones, with their checkpoints. Everything is checked
+    before a row is copied: this file has no journal to roll back with."""
     db.execute("ATTACH DATABASE ? AS part", (str(part),))
     try:
         state = dict(db.execute("SELECT name, seq FROM part.projection_state").fetchall())
@@ -817,10 +828,11 @@ def _merge(db: sqlite3.Connection, part: Path, projections: list[Projection], he
         tables = {t for p in projections for t in p.tables}
         if missing := made - tables - {"projection_state", "projection_log"}:
             raise RuntimeError(f"tables no projection names were built beside: {sorted(missing)}")
-        db.execute("BEGIN")
         for p in projections:
             if state.get(p.name) != head:
                 raise RuntimeError(f"projection {p.name} was built to seq {state.get(p.name)}, not {head}")
+        db.execute("BEGIN")
+        for p in projections:
             for t in p.tables:
                 if t in made:
                     db.execute(f"INSERT INTO main.{t} SELECT * FROM part.{t}")
