@@ -42,7 +42,7 @@ from rollwatch.store.sqlite import SQLiteEventStore
 from tests.pg import scratch_database
 from tests.providers.batch_server import Fate, batch_provider
 from tests.providers.fakes import KEY, KEY_ENV
-from tests.test_daemon import ROOT, free_port
+from tests.test_daemon import ROOT, daemon_toml, free_port
 from tests.test_runs import events_of, wait_for
 
 pytestmark = pytest.mark.anyio
@@ -84,17 +84,9 @@ def write_config(
 ) -> Path:
     """One rollout per favorites problem, batched, on a ``kind`` provider at ``url``."""
     cfg = tmp_path / "rollwatch.toml"
-    cfg.write_text(f"""
-node = "test-node"
-[store]
-url = "sqlite:{tmp_path / "events.db"}"
-[server]
-listen = "127.0.0.1:{free_port()}"
-[scoring]
-workers = 2
-[[problem_sets]]
-name = "favorites"
-path = "{ROOT / "config" / "problems"}"
+    cfg.write_text(
+        daemon_toml(tmp_path)
+        + f"""
 [[providers]]
 name = "acme"
 kind = "{kind}"
@@ -118,7 +110,8 @@ rollouts = 1
 every = "24h"
 batch = true
 enabled = {"true" if enabled else "false"}
-""")
+"""
+    )
     return cfg
 
 

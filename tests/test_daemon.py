@@ -93,9 +93,10 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def config(tmp_path: Path, base_url: str, *, rollouts: int = 6, every: str = "1h") -> Path:
-    cfg = tmp_path / "rollwatch.toml"
-    cfg.write_text(f"""
+def daemon_toml(tmp_path: Path) -> str:
+    """The start of a test daemon's config: its node, a log in ``tmp_path``, a free port,
+    two scoring workers and the bundled favorites problems."""
+    return f"""
 node = "test-node"
 [store]
 url = "sqlite:{tmp_path / "events.db"}"
@@ -106,6 +107,14 @@ workers = 2
 [[problem_sets]]
 name = "favorites"
 path = "{ROOT / "config" / "problems"}"
+"""
+
+
+def config(tmp_path: Path, base_url: str, *, rollouts: int = 6, every: str = "1h") -> Path:
+    cfg = tmp_path / "rollwatch.toml"
+    cfg.write_text(
+        daemon_toml(tmp_path)
+        + f"""
 [[providers]]
 name = "fake"
 kind = "openai"
@@ -121,7 +130,8 @@ models = ["m1"]
 problem_set = "favorites"
 rollouts = {rollouts}
 every = "{every}"
-""")
+"""
+    )
     return cfg
 
 

@@ -36,7 +36,7 @@ from rollwatch.providers.base import Answer, Prompt, Usage
 from rollwatch.runs import MAX_CRASHES, Run, RunServices
 from rollwatch.scoring import ScoringPool, settings_from_config
 from rollwatch.scoring.base import Score
-from tests.test_daemon import ROOT, free_port
+from tests.test_daemon import daemon_toml
 
 pytestmark = pytest.mark.anyio
 
@@ -47,17 +47,9 @@ E = TypeVar("E", bound=Event)
 def write_config(tmp_path: Path, *, every: str = "1h") -> Config:
     """One schedule of one rollout per favorites problem; the provider is the test's."""
     cfg = tmp_path / "rollwatch.toml"
-    cfg.write_text(f"""
-node = "test-node"
-[store]
-url = "sqlite:{tmp_path / "events.db"}"
-[server]
-listen = "127.0.0.1:{free_port()}"
-[scoring]
-workers = 2
-[[problem_sets]]
-name = "favorites"
-path = "{ROOT / "config" / "problems"}"
+    cfg.write_text(
+        daemon_toml(tmp_path)
+        + f"""
 [[providers]]
 name = "local"
 kind = "reference"
@@ -68,7 +60,8 @@ models = ["m1"]
 problem_set = "favorites"
 rollouts = 1
 every = "{every}"
-""")
+"""
+    )
     return load_config(cfg)
 
 

@@ -22,7 +22,7 @@ from rollwatch.report.render import to_json, to_table
 from rollwatch.runs import Run
 from tests.providers.fakes import KEY, KEY_ENV, OpenAIWire
 from tests.providers.loopback import Reply, Seen, serve
-from tests.test_daemon import ROOT, free_port
+from tests.test_daemon import daemon_toml
 from tests.test_runs import events_of
 
 pytestmark = pytest.mark.anyio
@@ -38,17 +38,9 @@ def anyio_backend() -> str:
 def write_config(tmp_path: Path, url: str) -> Config:
     """One schedule of one rollout per favorites problem on an OpenAI provider at ``url``."""
     cfg = tmp_path / "rollwatch.toml"
-    cfg.write_text(f"""
-node = "test-node"
-[store]
-url = "sqlite:{tmp_path / "events.db"}"
-[server]
-listen = "127.0.0.1:{free_port()}"
-[scoring]
-workers = 2
-[[problem_sets]]
-name = "favorites"
-path = "{ROOT / "config" / "problems"}"
+    cfg.write_text(
+        daemon_toml(tmp_path)
+        + f"""
 [[providers]]
 name = "acme"
 kind = "openai"
@@ -62,7 +54,8 @@ models = ["{MODEL}"]
 problem_set = "favorites"
 rollouts = 1
 every = "24h"
-""")
+"""
+    )
     return load_config(cfg)
 
 
