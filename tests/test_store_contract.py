@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sqlite3
+from pathlib import Path
+
 import anyio
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -9,7 +12,7 @@ from hypothesis import strategies as st
 
 from rollwatch.abc import NO_STREAM, EventStore
 from rollwatch.errors import ConcurrencyConflict
-from rollwatch.events import GENESIS, RunFinished, SchedulePaused, chain_hash
+from rollwatch.events import GENESIS, RunFinished, SchedulePaused, ScheduleTriggered, chain_hash
 
 pytestmark = pytest.mark.anyio
 
@@ -232,26 +235,32 @@ def test_property_order_versions_conflicts_and_chain(
     data=st.dictionaries(
         st.text(max_size=8), st.one_of(st.integers(), st.text(max_size=10), st.none()), max_size=4
     ),
+    at=st.just("2026-11-29T00:00:00.000000Z") | st.text(max_size=30),
+    id_=st.just("6f1d7f0e-3c9b-4c1e-9a57-2b8f0d4c7a11") | st.text(max_size=40),
 )
-def test_canonical_bytes_equal_the_documented_json(stream: str, type_: str, data: dict[str, object]) -> None:
-    """The hand-built canonical bytes equal sorted, compact, non-ASCII-preserving JSON of the envelope."""
+def test_canonical_bytes_equal_the_documented_json(
+    stream: str, type_: str, data: dict[str, object], at: str, id_: str
+) -> None:
+    """The hand-built canonical bytes equal sorted, compact, non-ASCII-preserving JSON of the
+    envelope, whatever its strings hold (one of four with a quote, a backslash or a control
+    character takes the slow path for all)."""
     import json
 
     from rollwatch.events import canonical_bytes, canonical_json
 
     env = {
         "seq": 7,
-        "id": "6f1d7f0e-3c9b-4c1e-9a57-2b8f0d4c7a11",
+        "id": id_,
         "stream": stream,
         "type": type_,
         "schema": 1,
-        "at": "2026-11-29T00:00:00.000000Z",
+        "at": at,
         "data": data,
     }
     expected = json.dumps(env, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
     got = canonical_bytes(
-        seq=7, id=env["id"], stream=stream, type=type_, schema=1, at=env["at"], data_json=canonical_json(data)
-    )  # type: ignore[arg-type]
+        seq=7, id=id_, stream=stream, type=type_, schema=1, at=at, data_json=canonical_json(data)
+    )
     assert got == expected
 
 
@@ -329,3 +338,40 @@ def test_assign_hashes_what_canonical_bytes_and_chain_hash_define(
     assert out == expected
     assert (seq, prev) == (n, h)
     assert [r for p in group for r in p.result or []] == expected
+
+
+@pytest.mark.parametrize("edit", ["UPDATE events SET version = version + 30 WHERE seq = 9", None])
+def test_the_fallback_and_the_store_check_stream_versions_alike(tmp_path: Path, edit: str | None) -> None:
+    """``EventStore.verify_versions`` (reading every event) and the SQLite store's query
+    name the same seq, or both pass."""
+    from rollwatch.errors import IntegrityError
+    from rollwatch.store.sqlite import SQLiteEventStore
+
+    db = tmp_path / "events.db"
+
+    async def write() -> int:
+        async with SQLiteEventStore(db) as store:
+            for i in range(12):
+                await store.append(f"s-{i % 3}", [ScheduleTriggered(schedule=f"s{i}")])
+            return await store.head()
+
+    head = anyio.run(write)
+    if edit is not None:
+        con = sqlite3.connect(db, isolation_level=None)
+        con.execute("DROP TRIGGER IF EXISTS events_no_update")
+        con.execute(edit)
+        con.close()
+
+    async def check(generic: bool) -> int | None:
+        async with SQLiteEventStore(db, read_only=True) as store:
+            try:
+                if generic:
+                    await EventStore.verify_versions(store, head)
+                else:
+                    await store.verify_versions(head)
+            except IntegrityError as e:
+                return e.seq
+            return None
+
+    got = {anyio.run(check, g) for g in (True, False)}
+    assert got == ({9} if edit else {None})

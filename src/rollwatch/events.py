@@ -104,7 +104,15 @@ def canonical_bytes(
     *, seq: int, id: str, stream: str, type: str, schema: int, at: str, data_json: str
 ) -> bytes:
     """The canonical bytes of one envelope; ``data_json`` must be ``canonical_json(data)``."""
-    # Built by hand so that the data, already canonical, is not encoded twice.
+    # Built by hand so that the data, already canonical, is not encoded twice. The usual
+    # case first: the four strings printable, without quote or backslash (one check for
+    # all four, see ``json_str``), so each encodes as itself.
+    plain = at + id + stream + type
+    if plain.isprintable() and '"' not in plain and "\\" not in plain:
+        return (
+            f'{{"at":"{at}","data":{data_json},"id":"{id}","schema":{schema},'
+            f'"seq":{seq},"stream":"{stream}","type":"{type}"}}'
+        ).encode()
     d = json_str
     return (
         f'{{"at":{d(at)},"data":{data_json},"id":{d(id)},"schema":{schema},'

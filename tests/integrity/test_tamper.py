@@ -267,6 +267,16 @@ def test_verify_names_the_seq(stopped_site: Site, attack: Callable[[Site], int])
         assert f"FAILED at seq {bad}:" in plain.stderr
 
 
+def test_verify_names_a_changed_stream_version(stopped_site: Site) -> None:
+    """No hash covers a stream's version (it follows from the order of the log): `verify`
+    checks it after its one pass over chain, tree and checkpoints, and names the seq."""
+    s = stopped_site
+    _sql(s.db, ("UPDATE events SET version = version + 30 WHERE seq = 12", ()))
+    r = rollwatch("--config", str(s.config), "verify")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "FAILED at seq 12: its stream version does not follow" in r.stderr, r.stderr
+
+
 def test_verify_passes_an_untouched_log(stopped_site: Site) -> None:
     """The control: the same checks on the untouched log exit 0 (no false alarm), with the kept checkpoint too."""
     s = stopped_site

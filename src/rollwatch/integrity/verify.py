@@ -55,6 +55,8 @@ class TreeReport:
     """Checkpoints whose signature was verified (0 when no key was at hand)."""
     tree_leaves: int
     """Leaves compared with the stored tree."""
+    head_hash: str = ""
+    """The last event's chain hash, when the chain was checked (``chain=True``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,6 +227,7 @@ async def check_log_tree(
         checkpoints=len(claims),
         signatures=signatures,
         tree_leaves=compared,
+        head_hash=prev.hex() if chain and cr.size else "",
     )
 
 
@@ -299,9 +302,11 @@ async def verify_state(
     *,
     checkpoint: Path | None = None,
     progress: Callable[[int], None] | None = None,
+    chain: bool = False,
 ) -> TreeReport:
     """``rollwatch verify``'s tree part: every checkpoint in the log, the stored tree, the
-    witness file and ``checkpoint`` (one someone kept), all against the log.
+    witness file and ``checkpoint`` (one someone kept), all against the log; ``chain``:
+    every event's chain hash too, in the same pass.
 
     Uses the configured key when it exists (never creates one) and opens the tree
     read-only when it exists; raises :class:`IntegrityError` naming the seq at fault.
@@ -324,6 +329,6 @@ async def verify_state(
     if checkpoint is not None:
         kept.append(await anyio.to_thread.run_sync(load_kept_checkpoint, checkpoint))
     if foreign or not await anyio.Path(path).exists():
-        return await check_log_tree(store, vkey=vkey, progress=progress, kept=kept)
+        return await check_log_tree(store, vkey=vkey, progress=progress, kept=kept, chain=chain)
     async with MerkleTree(path, read_only=True) as tree:
-        return await check_log_tree(store, vkey=vkey, tree=tree, progress=progress, kept=kept)
+        return await check_log_tree(store, vkey=vkey, tree=tree, progress=progress, kept=kept, chain=chain)
