@@ -202,3 +202,32 @@ async def test_the_second_process_dies_with_a_killed_parent(tmp_path: Path) -> N
                 if Path(f"/proc/{child}/stat").read_text().split(") ")[1].startswith("Z"):
                     break
             await anyio.sleep(0.02)
+
+
+@pytest.mark.parametrize("behind", ["far", "a little"])
+async def test_a_file_far_behind_is_built_beside_not_caught_up(tmp_path: Path, behind: str) -> None:
+    """A file with three quarters of the log or more left to apply (a daemon down for long)
+    is built beside, in two processes, which is sooner; one a little behind is caught up in
+    place. Either way the rows are those of a fresh build."""
+    async with SQLiteEventStore(tmp_path / "events.db") as store:
+        await write_log(store, "rw_test_key_0000", runs=1)
+        async with ProjectionDB(tmp_path / "p.db", default_projections(), setup=False, split_from=1) as pdb:
+            await pdb.build(store)
+            before = pdb.file
+        await write_log(store, "rw_test_key_0001", runs=6 if behind == "far" else 1)
+        with structlog.testing.capture_logs() as logged:
+            async with ProjectionDB(
+                tmp_path / "p.db", default_projections(), setup=False, split_from=1
+            ) as pdb:
+                await pdb.build(store)
+                after = pdb.file
+        fresh = dump(await build(store, tmp_path / "fresh.db", [], None))
+    assert dump(after) == fresh
+    beside = [e for e in logged if e["event"] == "projections_building_beside"]
+    if behind == "far":
+        assert after != before
+        assert "sooner built beside" in beside[0]["reason"]
+        assert any(e["event"] == "projections_built_split" for e in logged)
+    else:
+        assert after == before
+        assert not beside

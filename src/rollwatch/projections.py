@@ -256,6 +256,17 @@ class ProjectionDB:
             cps = await self.checkpoints()
             first = min((cps.get(p.name, 0) for p in self.projections), default=0)
             head = await store.head()
+            if self._sooner_beside(first, head):
+                # A file far behind (a daemon down for long, an old copy): building the
+                # whole log beside, in two processes, is done sooner than catching it up.
+                log.info(
+                    "projections_building_beside",
+                    path=str(self.path),
+                    reason=f"{head - first} of the log's {head} events to apply: sooner built beside",
+                )
+                head = await self.rebuild_beside(store, progress=show)
+                self.ready = True
+                return head
             self.progress = CatchUpProgress(first=first, target=head, done=first, started=time.monotonic())
             head = await self.catch_up(store, until=head, progress=show)
             # Events appended meanwhile: a short second pass before switching over.
@@ -264,6 +275,12 @@ class ProjectionDB:
             return head
         finally:
             self.progress = None
+
+    def _sooner_beside(self, applied: int, head: int) -> bool:
+        """Whether building the whole log beside (split in two processes) beats applying
+        the events after ``applied`` here: a split build costs about two thirds of a
+        catch-up per event (bench_scale, 200k), so when three quarters are left."""
+        return self.split_from is not None and head >= self.split_from and (head - applied) * 4 >= head * 3
 
     def not_building(self) -> None:
         """ServiceUnavailable (503, ``Retry-After``, how far) while :meth:`build` runs: the
