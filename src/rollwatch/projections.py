@@ -1083,7 +1083,7 @@ class RunsProjection(Projection):
     """
 
     name = "runs"
-    build_weight = 1.5
+    build_weight = 1.8
     # 2: verdicts, problem_versions, rollouts.verdict_hash (re-scores); 3: rollouts.served_model;
     # 4: rollouts.list_cost_usd (batched answers at list prices)
     version = 4
