@@ -231,3 +231,28 @@ async def test_a_file_far_behind_is_built_beside_not_caught_up(tmp_path: Path, b
     else:
         assert after == before
         assert not beside
+
+
+async def test_a_stuck_second_process_is_killed_and_its_half_built_here(tmp_path: Path) -> None:
+    """A second process that never ends (stuck on a lock, say) is not waited for: once this
+    process's half is done and the grace has passed, it is killed and its half built here.
+    The read models become current all the same."""
+    pidfile = tmp_path / "beside.pid"
+    async with SQLiteEventStore(tmp_path / "events.db") as store:
+        await write_log(store, "rw_test_key_0000", runs=1)
+        one = dump(await build(store, tmp_path / "one.db", [], None))
+        extra = [Where("here", 100.0), Where("hangs", 0.0, "hang", str(pidfile))]
+        with structlog.testing.capture_logs() as logged:
+            async with ProjectionDB(
+                tmp_path / "two.db", [*default_projections(), *extra], setup=False, split_from=1
+            ) as pdb:
+                pdb.split_grace = 1.0
+                with anyio.fail_after(60):
+                    await pdb.build(store)
+                file = pdb.file
+    assert without(dump(file), "here", "hangs") == one
+    assert pids(file, "hangs") == {os.getpid()}
+    (failed,) = [e for e in logged if e["event"] == "projections_split_failed"]
+    assert "killed" in failed["error"]
+    with pytest.raises(ProcessLookupError):
+        os.kill(int(pidfile.read_text()), 0)

@@ -101,6 +101,9 @@ class ProjectionDB:
         self.path = Path(path)
         self.projections = list(projections)
         self.split_from = split_from
+        self.split_grace = 60.0
+        """How long (at least) a split build waits for the second process once its own
+        half is done (or twice that half's time, if longer), before killing it."""
         self._w: ThreadConnection | None = None
         self._r: ThreadConnection | None = None
         self._setup_on_open = setup
@@ -422,9 +425,13 @@ class ProjectionDB:
 
             t0 = time.monotonic()
             took: dict[str, float] = {}
+            ended = anyio.Event()
 
             async def beside() -> None:
-                why = await _build_in_process(opener, there, part, head)
+                try:
+                    why = await _build_in_process(opener, there, part, head)
+                finally:
+                    ended.set()
                 took["beside_s"] = round(time.monotonic() - t0, 2)
                 if why is not None:
                     failed.append(why)
@@ -434,7 +441,15 @@ class ProjectionDB:
                 await ProjectionDB(new, here, split_from=None).catch_up(
                     store, until=head, progress=progress, writer=w
                 )
-                took["here_s"] = round(time.monotonic() - t0, 2)
+                here_s = took["here_s"] = round(time.monotonic() - t0, 2)
+                # The halves take about as long: one that takes far longer than ours is
+                # stuck (a lock it waits for, say), and is killed rather than waited for.
+                limit = max(self.split_grace, 2 * here_s)
+                with anyio.move_on_after(limit):
+                    await ended.wait()
+                if not ended.is_set():
+                    failed.append(f"not done {limit:.0f} s after this process's half: killed")
+                    tg.cancel_scope.cancel()
             if failed:
                 log.warning(
                     "projections_split_failed",
