@@ -239,15 +239,18 @@ class EventStore(ABC):
                 progress(page[-1].seq)
         return expected - 1, prev.hex() if expected > 1 else ""
 
-    @abstractmethod
     async def verify(self, progress: Callable[[int], None] | None = None) -> VerifyReport:
-        """Check the whole chain; raise ``IntegrityError`` naming the first bad ``seq``."""
+        """Check the whole chain, then the stream versions; raise ``IntegrityError`` naming
+        the first bad ``seq``."""
+        events, head = await self._verify_chain(progress)
+        await self.verify_versions(events)
+        return VerifyReport(events=events, head_hash=head)
 
     async def verify_versions(self, until: int) -> None:
         """What the hash chain does not cover: each stream's versions follow the order of
         the log (1, 2, 3, ... by seq) up to ``until``; ``IntegrityError`` naming the first
-        seq that breaks it. For a caller that checks the chain in a pass of its own (the
-        stores' ``verify`` calls it after theirs). This fallback reads every event; the
+        seq that breaks it. For a caller that checks the chain in a pass of its own
+        (:meth:`verify` calls it after its own). This fallback reads every event; the
         stores ask their database."""
         seen: dict[str, int] = {}
         async for page in self.read_batches(until=until, batch=5000):

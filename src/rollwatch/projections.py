@@ -412,7 +412,8 @@ class ProjectionDB:
         heavier half of the projections is built here, the other by a second Python
         process into a file of its own, whose tables are then copied in (SQLite copies a
         table into an empty one of the same schema page by page). Both read the log up to
-        the same ``head``. If the second process fails, its half is built here after all.
+        the same ``head``. If the second process fails, or is not done long after this
+        half (:attr:`split_grace`), it is killed and its half built here after all.
         """
         split = self._split(store, head)
         if split is None:
@@ -824,7 +825,8 @@ _PR_SET_PDEATHSIG = 1
 
 def build_part() -> None:
     """The second process of a split build: read what to build from stdin (pickled by
-    :func:`_build_in_process`), build it, exit 0; an error's message ends its stderr."""
+    :func:`_build_in_process`), build it, exit 0; else log the error (stderr), write its
+    message to stdout and exit 1."""
     _die_with_parent()
     opener, projections, file, head = pickle.load(sys.stdin.buffer)  # noqa: S301 (our own parent's)
 

@@ -9,9 +9,12 @@ import http.client
 import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 
+import anyio
 import httpx
 import pytest
 
+from rollwatch.events import SubscriberRevoked, subscriber_stream
+from rollwatch.store.sqlite import SQLiteEventStore
 from tests.test_daemon import events, wait_until
 from tests.web.opsd import Daemon
 
@@ -73,6 +76,29 @@ class TestKeys:
             r = httpx.get(daemon.url + path, headers=auth)
             assert r.status_code in (401, 403), (path, r.status_code)
             assert set(r.json()) == {"error", "message"}, path
+
+    def test_a_poll_that_need_not_wait_gets_nothing_after_a_revocation(self, daemon: Daemon) -> None:
+        """``/ops/progress?after=`` asked just after the key is revoked, when the log has
+        already moved past ``after`` (so the poll answers at once): the daemon's view of the
+        keys is up to half a second old, but the answer must not carry the revocation's
+        head. It is refused."""
+        out = daemon.cli("subscribers", "add", "mallory-quick", "--scope", "ops")
+        assert out.returncode == 0, out.stderr
+        auth = {**REMOTE, "Authorization": f"Bearer {out.stdout.split()[0]}"}
+        url = daemon.url + "/ops/progress"
+        wait_until(lambda: httpx.get(url, headers=auth).status_code == 200, what="the new key")
+
+        async def revoke_between_two_polls() -> tuple[int, int, int]:
+            async with SQLiteEventStore(daemon.db) as store, httpx.AsyncClient() as c:
+                before = (await c.get(url, headers=auth)).json()["head"]  # the keys just read
+                (rec,) = await store.append(
+                    subscriber_stream("mallory-quick"), [SubscriberRevoked(name="mallory-quick")]
+                )
+                r = await c.get(url, params={"after": before, "wait": 20}, headers=auth, timeout=60)
+                return rec.seq, r.status_code, r.json().get("head", -1) if r.status_code == 200 else -1
+
+        revoked, status, head = anyio.run(revoke_between_two_polls)
+        assert status in (401, 403), (status, head, revoked)
 
     def test_a_long_poll_opened_before_revocation_delivers_nothing_after_it(self, daemon: Daemon) -> None:
         """``/ops/progress?wait=`` held open with an ``ops`` key while the key is revoked:

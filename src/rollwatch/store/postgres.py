@@ -54,7 +54,7 @@ import asyncpg
 from anyio.abc import TaskGroup, TaskStatus
 from asyncpg.pool import PoolAcquireContext
 
-from rollwatch.abc import EventStore, VerifyReport, WorkBoard
+from rollwatch.abc import EventStore, WorkBoard
 from rollwatch.errors import IntegrityError, StoreError
 from rollwatch.events import GENESIS, Event, Recorded, chain_hash
 from rollwatch.log import get_logger
@@ -637,11 +637,6 @@ class PostgresEventStore(EventStore):
                         await conn.close(timeout=self._connect_timeout)
 
     # -- checking -------------------------------------------------------------------------
-
-    async def verify(self, progress: Callable[[int], None] | None = None) -> VerifyReport:
-        events, head = await self._verify_chain(progress)
-        await self.verify_versions(events)
-        return VerifyReport(events=events, head_hash=head)
 
     async def verify_versions(self, until: int) -> None:
         # Stream versions are not in the hashed envelope (they follow from seq order);

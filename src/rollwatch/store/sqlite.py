@@ -30,7 +30,7 @@ import anyio
 from anyio.abc import TaskGroup
 
 from rollwatch._sqlite import ThreadConnection
-from rollwatch.abc import EventStore, VerifyReport, WorkBoard
+from rollwatch.abc import EventStore, WorkBoard
 from rollwatch.errors import IntegrityError, StoreError
 from rollwatch.events import GENESIS, Event, Recorded
 from rollwatch.log import get_logger
@@ -301,11 +301,6 @@ class SQLiteEventStore(EventStore):
         """This process's own board: one machine owns the log, and one process (holding
         the run's lock) drives each run."""
         return LocalBoard()
-
-    async def verify(self, progress: Callable[[int], None] | None = None) -> VerifyReport:
-        events, head = await self._verify_chain(progress)
-        await self.verify_versions(events)
-        return VerifyReport(events=events, head_hash=head)
 
     async def verify_versions(self, until: int) -> None:
         # Stream versions are not in the hashed envelope (they follow from seq order).

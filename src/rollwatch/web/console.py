@@ -617,9 +617,11 @@ class Console:
         head = await self.store.head()
         if head <= after and wait > 0:
             head = await self.store.wait_for_new(after, wait)
-            # A key revoked while this poll waited gets nothing (as on /v1/feed).
-            if not await self.operators.still_allows(request):
-                await self._gate(request)
+        # Nothing up to ``head`` for a key revoked by then, whether this poll waited or the
+        # log had already moved on (the key was let in by a view of the keys up to a few
+        # seconds old): every subscriber event up to now is read first, as on /v1/feed.
+        if not await self.operators.still_allows(request):
+            await self._gate(request)
         await self._current()
         # As many as the runs page can show (200), so that no row shown as running is missed
         # (the page reloads when one it shows as running is no longer listed).
