@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+
 import pytest
 
 from rollwatch.errors import UnknownEventType
@@ -29,6 +32,21 @@ class TestDecode:
             back = decode(ev.TYPE, ev.SCHEMA, ev.to_data())
             assert back == ev
             assert type(back) is type(ev)
+
+    def test_complete_data_decodes_as_the_general_path_does(self) -> None:
+        """Data with every field (what ``to_data`` writes) becomes the event without a copy:
+        equal to what the general path makes of the same data with a key more, and two
+        decodes of one stored text share nothing (a read model may keep one of them)."""
+        ev = RolloutScored(rollout_id="x", passed=True, score=1.0, scorer="f", detail={"a": [1]})
+        text = json.dumps(ev.to_data())
+        complete = decode(ev.TYPE, ev.SCHEMA, json.loads(text))
+        general = decode(ev.TYPE, ev.SCHEMA, {**json.loads(text), "added_later": 1})
+        assert complete == general == ev
+        assert type(complete) is type(general) is RolloutScored
+        again = decode(ev.TYPE, ev.SCHEMA, json.loads(text))
+        assert again is not complete and again.detail is not complete.detail
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            complete.passed = False  # type: ignore[misc]
 
     def test_missing_optional_fields_get_their_defaults_fresh_each_time(self) -> None:
         """Fields an older writer left out take their defaults; mutable defaults are not shared."""

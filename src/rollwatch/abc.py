@@ -329,7 +329,8 @@ class Projection:
     types: ClassVar[frozenset[str]] = frozenset()
     build_weight: ClassVar[float] = 0.1
     """What building it from the whole log costs, relative to the others (about its seconds
-    per 200k events): a build split in two processes balances the halves by it."""
+    per 200k events, reading and decoding them apart: each process pays those once): a
+    build split in two processes balances the halves by it."""
 
     def apply(self, db: sqlite3.Connection, rec: Recorded) -> None:
         """Apply one event (of one of ``types``) inside the caller's transaction.

@@ -297,6 +297,8 @@ class Event:
 
 
 _FIELDS: dict[type[Event], tuple[str, ...]] = {}
+_new_object = object.__new__
+_set_attribute = object.__setattr__
 
 
 @dataclass(frozen=True, slots=True)
@@ -348,8 +350,20 @@ def upcaster(
 
 
 def decode(type_: str, schema: int, data: dict[str, Any]) -> Event:
-    """A typed event from stored data, upcast step by step to the current schema."""
+    """A typed event from stored data, upcast step by step to the current schema.
+
+    ``data`` is handed over (the callers pass what they just parsed): data of the current
+    schema with every field and no other, as :meth:`Event.to_data` writes it, becomes the
+    event's own ``__dict__``, not copied (a fifth of decoding an event, the catch-up's most
+    frequent step).
+    """
     cls = _REGISTRY.get(type_)
+    if cls is not None and schema == cls.SCHEMA and type(data) is dict:
+        spec = _SPECS.get(cls) or _spec(cls)
+        if data.keys() == spec.names:
+            obj = _new_object(cls)
+            _set_attribute(obj, "__dict__", data)
+            return obj
     if cls is None:
         raise UnknownEventType(f"event type {type_!r} is unknown to this version of rollwatch")
     if type(data) is not dict:

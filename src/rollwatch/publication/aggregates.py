@@ -226,7 +226,7 @@ class PublicAggregatesProjection(Projection):
     """The counts behind the public page (see the module docstring)."""
 
     name = "public_aggregates"
-    build_weight = 0.9
+    build_weight = 0.7
     version = 2  # 2: re-scores (a flip to pass makes a positive result; a flip to fail supersedes)
     tables = ("pa_rollouts", "pa_cells", "pa_runs", "pa_pending", "pa_run_ends")
     types = frozenset(

@@ -65,7 +65,7 @@ class ReportAggregatesProjection(Projection):
     """
 
     name = "report_aggregates"
-    build_weight = 1.2
+    build_weight = 0.9
     version = 2  # 2: agg_failures, agg_run_failures (the report's failures by cause)
     tables = (
         "agg_rollouts",

@@ -35,7 +35,7 @@ class ConsoleRunsProjection(Projection):
     """Counts per run, per problem and model, and per problem version."""
 
     name = "ops_runs"
-    build_weight = 0.75
+    build_weight = 0.55
     version = 2  # 2: counts per run, cell and problem version (ops_rollouts, ops_cells, ops_problem_versions)
     tables = ("ops_runs", "ops_rollouts", "ops_cells", "ops_problem_versions")
     types = frozenset(
