@@ -7,8 +7,8 @@ request as sent), a ``RolloutResponded`` (answer, reasoning, usage, cost), a
 ``RolloutScored``, a ``PublicationDecided``, for 3 in 8 rollouts a retried attempt (a
 non-final ``RolloutFailed`` and a second ``RolloutRequested``), and for every pass
 (1 in 4) a ``PublicReleased``: 5.0 events and about 6.9 KB per rollout. The log is
-grown size by size (default 50k then 200k events; ``BENCH_SCALE_SIZES=200000,1000000``
-for the issue's sizes, ``BENCH_SCALE_BIG=1`` adds 1M to the default) and at each size,
+grown size by size (default 200k then 1M events; ``BENCH_SCALE_SIZES=50000,200000`` for a
+quicker look) and at each size,
 through the real ``rollwatch`` command in subprocesses:
 
 * ``serve`` with no projections file (every projection to build): wall time from the
@@ -535,7 +535,7 @@ def main() -> None:
     if sizes_env:
         sizes = [int(x) for x in sizes_env.split(",")]
     else:
-        sizes = [50_000, 200_000] + ([1_000_000] if os.environ.get("BENCH_SCALE_BIG") == "1" else [])
+        sizes = [200_000, 1_000_000]
     export = os.environ.get("BENCH_SCALE_EXPORT", "1") != "0"
     from rollwatch.log import configure_logging
 

@@ -632,10 +632,9 @@ class ProjectionDB:
 
         One pass for every projection: each event is read once, decoded once (however
         many projections read it) and handed to each projection that wants its type.
-        Pages are read while the previous one is applied (two connections, two threads:
-        SQLite works outside the GIL), and each transaction applies about
+        Pages are read and applied in turn, each transaction applying about
         ``_TXN_EVENTS`` events. Memory stays flat whatever the log's size: about
-        ``_TXN_EVENTS`` events and two pages are held at a time.
+        ``_TXN_EVENTS`` events are held at a time.
         """
         if writer is None and self._linked() != self.file:
             await self._follow(store)
@@ -644,9 +643,9 @@ class ProjectionDB:
         head = until if until is not None else await store.head()
         types = set().union(*(p.types for p in self.projections))
         if start < head:
-            # Read, then apply, in turn: a reader running beside the writer would cost more
-            # than it overlaps (both threads drop and take the GIL on every row SQLite
-            # steps through: a 200k-event build took 7.1-7.4 s so against 6.0-6.5 s in turn).
+            # Read, then apply, in turn: a reader thread running beside the writer cost more
+            # than it overlapped (both drop and take the GIL on every row SQLite steps
+            # through): 200k events in one process took 7.1-7.4 s so, 6.0-6.5 s in turn.
             pending: list[Recorded] = []
             async for page in store.read_batches(after=start, types=types, until=head, batch=_PAGE):
                 pending.extend(page)
