@@ -184,6 +184,17 @@ class TestPassAtK:
         exact = 1 - Fraction(math.comb(n - c, k), math.comb(n, k))
         assert pass_at_k(n, c, k) == pytest.approx(float(exact), abs=1e-12)
 
+    @given(
+        st.integers(100, 6000).flatmap(lambda n: st.tuples(st.just(n), st.integers(0, n))),
+        st.sampled_from([1, 10, 100]),
+    )
+    def test_a_year_of_samples_equals_exact_binomials(self, nc: tuple[int, int], k: int) -> None:
+        """Thousands of samples on one problem (a year of weekly runs), at the k the report
+        shows: the product of min(c, k) factors agrees with exact arithmetic too."""
+        n, c = nc
+        exact = 1 - Fraction(math.comb(n - c, k), math.comb(n, k))
+        assert pass_at_k(n, c, k) == pytest.approx(float(exact), rel=1e-12, abs=1e-15)
+
     @given(st.integers(1, 400).flatmap(lambda n: st.tuples(st.just(n), st.integers(0, n))))
     def test_monotone_in_k_and_bounded(self, nc: tuple[int, int]) -> None:
         """pass@k lies in [0, 1] and never falls as k grows (more tries cannot hurt)."""

@@ -145,3 +145,34 @@ class TestReleaseRace:
             types = [r.type async for r in store.read(stream=f"rollout-{rid}")]
             assert "PublicReleased" not in types
             assert types[-1] == "RolloutRescored"
+
+
+class TestTheServedViewMovesAtOnce:
+    async def test_a_release_a_mark_and_its_lifting_show_within_the_views_reuse(self, tmp_path: Path) -> None:
+        """The routes reuse one public view for seconds while nothing was released or
+        marked: a release, a superseded mark and the mark lifted each show on the very next
+        request, never after the reuse runs out (the view is keyed on the newest release,
+        the newest mark and the number of marks)."""
+
+        async def served() -> dict[str, dict[str, Any]]:
+            items = (await env.client.get("/public/feed.json")).json()["items"]
+            return {i["_rollwatch"]["rollout_id"]: i["_rollwatch"] for i in items}
+
+        past = datetime.now(UTC) - timedelta(seconds=1)
+        async with serving(tmp_path) as env:
+            run = new_run_id()
+            await start_run(env.store, run)
+            first = await add_rollout(env.store, run, passed=True, problem_id="p1", not_before=past)
+            await finish_run(env.store, run, rollouts=1, passed=1)
+            await release_due(env.store, env.pdb)
+            assert set(await served()) == {first}
+            second = await add_rollout(env.store, run, passed=True, problem_id="p1", not_before=past)
+            await release_due(env.store, env.pdb)
+            assert set(await served()) == {first, second}, "a release waited for the view's reuse to end"
+            await rescore(env.store, first, passed=False, previous=True, decide=False)
+            assert (await served())[first]["superseded"] is True, "a mark waited for the view's reuse to end"
+            await rescore(env.store, second, passed=False, previous=True, decide=False)
+            assert (await served())[second]["superseded"] is True
+            # Lifting the older mark leaves the newest mark as it was: only the count moves.
+            await rescore(env.store, first, passed=True, previous=False, decide=False)
+            assert (await served())[first]["superseded"] is False, "a lifted mark waited"

@@ -423,6 +423,8 @@ class PublicProjection(Projection):
     CREATE INDEX IF NOT EXISTS public_rollouts_released ON public_rollouts (released_seq)
         WHERE released_seq IS NOT NULL;
     CREATE INDEX IF NOT EXISTS public_rollouts_run ON public_rollouts (run_id);
+    CREATE INDEX IF NOT EXISTS public_rollouts_superseded ON public_rollouts (superseded_seq)
+        WHERE superseded_seq IS NOT NULL;
     CREATE TABLE IF NOT EXISTS public_runs (
         run_id TEXT PRIMARY KEY, provider TEXT, started_at TEXT, finished_at TEXT, status TEXT
     )

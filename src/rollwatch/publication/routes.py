@@ -82,6 +82,11 @@ if TYPE_CHECKING:
 log = get_logger(__name__)
 
 _VIEW_TTL = 10.0  # seconds a rendered public view is reused (it only grows with time)
+_RELEASE_STATE_SQL = (
+    "SELECT (SELECT coalesce(max(released_seq), 0) FROM public_rollouts WHERE released_seq IS NOT NULL),"
+    " (SELECT coalesce(max(superseded_seq), 0) FROM public_rollouts WHERE superseded_seq IS NOT NULL),"
+    " (SELECT count(*) FROM public_rollouts WHERE superseded_seq IS NOT NULL)"
+)
 
 
 class ServicesLike(Protocol):
@@ -330,11 +335,12 @@ class PublicationAPI:
         """The public view as of now, reused while no release happens (for a few seconds)."""
         await self.current()
         async with self._view_lock:
-            state = await self.pdb.fetchone(
-                "SELECT count(*), coalesce(max(released_seq), 0), coalesce(max(superseded_seq), 0),"
-                " count(superseded_seq) FROM public_rollouts WHERE released_seq IS NOT NULL"
-            )
-            key = tuple(int(x) for x in state) if state else (0, 0, 0, 0)
+            # What has been released or marked superseded since: a release's seq and a mark's
+            # are the newest in the log when made, and a mark lifted lowers the count. Read
+            # from two partial indexes, whatever the number of released results (a count of
+            # them took 30 ms at a million events).
+            state = await self.pdb.fetchone(_RELEASE_STATE_SQL)
+            key = tuple(int(x) for x in state) if state else (0, 0, 0)
             cached = self._view
             if cached is not None and cached[0] == key and time.monotonic() - cached[1] < _VIEW_TTL:
                 return cached[2]
