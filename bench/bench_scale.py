@@ -531,11 +531,8 @@ def measure(d: Path, cfg: Path, db: Path, port: int, key: str, export: bool, hea
 
 
 def main() -> None:
-    sizes_env = os.environ.get("BENCH_SCALE_SIZES")
-    if sizes_env:
-        sizes = [int(x) for x in sizes_env.split(",")]
-    else:
-        sizes = [200_000, 1_000_000]
+    sizes_env = os.environ.get("BENCH_SCALE_SIZES", "200000,1000000")
+    sizes = [int(x) for x in sizes_env.split(",")]
     export = os.environ.get("BENCH_SCALE_EXPORT", "1") != "0"
     from rollwatch.log import configure_logging
 

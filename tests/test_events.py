@@ -44,7 +44,8 @@ class TestDecode:
         assert complete == general == ev
         assert type(complete) is type(general) is RolloutScored
         again = decode(ev.TYPE, ev.SCHEMA, json.loads(text))
-        assert again is not complete and again.detail is not complete.detail
+        assert again is not complete
+        assert again.detail is not complete.detail
         with pytest.raises(dataclasses.FrozenInstanceError):
             complete.passed = False  # type: ignore[misc]
 
