@@ -19,12 +19,13 @@ from rollwatch.events import (
     RolloutResponded,
     RolloutScored,
     RunFinished,
+    RunStarted,
     rollout_stream,
     run_stream,
 )
 from rollwatch.projections import ProjectionDB
 from rollwatch.readmodels import default_projections
-from rollwatch.report import build_report, build_trend, to_json
+from rollwatch.report import RunRows, build_report, build_trend, to_json
 from rollwatch.report.views import Fetcher
 from rollwatch.store.sqlite import SQLiteEventStore
 from tests.helpers import WithoutAggregates, replayed
@@ -190,5 +191,89 @@ class TestAggregates:
                     assert await reports(pdb) == await reports(WithoutAggregates(pdb))
                     await pdb._run(lambda db: db.execute("UPDATE agg_models SET passed = 0"))
                     assert await reports(pdb) != await reports(WithoutAggregates(pdb))
+
+        anyio.run(main)
+
+
+async def by_run_kept_and_made(ops: list[tuple[Any, ...]], cuts: list[int]) -> None:
+    """Apply ``ops`` with a catch-up after each cut; after each catch-up the report by run
+    from rows kept between reports (``RunRows``) equals one made from nothing."""
+    kept = RunRows()
+    ops = [*ops, ("finish", "run-0"), ("finish", "run-1")]
+    with tempfile.TemporaryDirectory() as tmp:
+        d = Path(tmp)
+        async with (
+            SQLiteEventStore(d / "events.db") as store,
+            ProjectionDB(d / "projections.db", default_projections()) as pdb,
+        ):
+            for run in ("run-0", "run-1", "run-2"):  # run-2 never gets a rollout
+                started = RunStarted(
+                    run_id=run, schedule="s", provider="openai", models=["m0", "m1"], problem_set="s", node="n",
+                    rollouts=1,
+                )  # fmt: skip
+                await store.append(run_stream(run), [started])
+            for i, op in enumerate(ops):
+                stream, ev = event(op)
+                await store.append(stream, [ev])
+                if i in cuts or i == len(ops) - 1:
+                    await pdb.catch_up(store)
+                    made = await build_report(pdb, "run")
+                    from_kept = await build_report(pdb, "run", run_rows=kept)
+                    assert to_json(from_kept) == to_json(made)
+                    assert from_kept.notes == made.notes
+                    assert [c.header for c in from_kept.columns] == [c.header for c in made.columns]
+
+
+class TestRunRowsKept:
+    @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(ops=OPS, cuts=st.lists(st.integers(0, 31), max_size=8))
+    # A run's failures appear when it finishes, with no rollout of it moving.
+    @example(ops=[("req", "r0"), ("fail", "r0", "server_error", True), ("finish", "run-0")], cuts=[0, 1])
+    def test_the_report_by_run_from_kept_rows_equals_one_made_anew(
+        self, ops: list[tuple[Any, ...]], cuts: list[int]
+    ) -> None:
+        """After any sequence of events, caught up at any points, the report by run that
+        makes again only the runs that moved (a rollout of theirs changed, or they started
+        or finished) equals the report made from nothing, rows, columns and notes."""
+        anyio.run(by_run_kept_and_made, ops, cuts)
+
+    def test_only_the_runs_that_moved_are_read_again(self) -> None:
+        """Kept rows are used: once a report by run is made, one more event reads the cells
+        of its run only (and the comparison above can fail: a row kept stale differs)."""
+
+        async def main() -> None:
+            kept = RunRows()
+            with tempfile.TemporaryDirectory() as tmp:
+                d = Path(tmp)
+                async with (
+                    SQLiteEventStore(d / "events.db") as store,
+                    ProjectionDB(d / "projections.db", default_projections()) as pdb,
+                ):
+                    for op in [("req", "r0"), ("req", "r1"), ("resp", "r0", "s1", 0.1)]:
+                        stream, ev = event(op)
+                        await store.append(stream, [ev])
+                    await pdb.catch_up(store)
+                    await build_report(pdb, "run", run_rows=kept)
+                    seen: list[str] = []
+
+                    class Watched:
+                        async def fetchall(self, sql: str, params: Any = ()) -> list[tuple[Any, ...]]:
+                            seen.append(" ".join(sql.split()) + f" {list(params)}")
+                            return await pdb.fetchall(sql, params)
+
+                    stream, ev = event(("score", "r1", True, None))
+                    await store.append(stream, [ev])
+                    await pdb.catch_up(store)
+                    fresh = await build_report(pdb, "run")
+                    assert to_json(await build_report(Watched(), "run", run_rows=kept)) == to_json(fresh)  # type: ignore[arg-type]
+                    cells = [q for q in seen if "FROM agg_cells" in q]
+                    assert cells
+                    assert all(q.endswith("['run-1']") for q in cells), cells
+                    # A row kept stale is caught by the comparison: edit a count behind the
+                    # projection's back, with no run moving, and the kept rows differ.
+                    await pdb._run(lambda db: db.execute("UPDATE agg_cells SET passed = 0"))
+                    assert to_json(await build_report(pdb, "run", run_rows=kept)) != to_json(
+                        await build_report(pdb, "run")
+                    )
 
         anyio.run(main)

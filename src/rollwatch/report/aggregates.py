@@ -57,7 +57,9 @@ class ReportAggregatesProjection(Projection):
     ``agg_failures`` counts the rollouts that did not pass by cause (see
     :mod:`rollwatch.report.failures`) per run, problem and served model, and
     ``agg_run_failures`` the same without the problem (what ``--by model`` and ``--by
-    run`` read): the report keeps those of finished runs.
+    run`` read): the report keeps those of finished runs. ``agg_runs`` holds, per run, the
+    seq of the last event that changed one of its rollouts here: the report by run makes
+    a run's rows again only when it moved (:class:`rollwatch.report.views.RunRows`).
 
     A batch of events is applied in memory: each touched ``agg_rollouts`` row is read
     once (one query for the batch), the counts' changes are summed per row of each
@@ -66,8 +68,11 @@ class ReportAggregatesProjection(Projection):
 
     name = "report_aggregates"
     build_weight = 0.9
-    version = 2  # 2: agg_failures, agg_run_failures (the report's failures by cause)
+    # 2: agg_failures, agg_run_failures (the report's failures by cause); 3: agg_runs (the
+    # report by run makes a run's rows again only once the run changed)
+    version = 3
     tables = (
+        "agg_runs",
         "agg_rollouts",
         "agg_cells",
         "agg_models",
@@ -87,6 +92,7 @@ class ReportAggregatesProjection(Projection):
         }
     )
     ddl = """
+    CREATE TABLE IF NOT EXISTS agg_runs (run_id TEXT PRIMARY KEY, seq INTEGER NOT NULL) WITHOUT ROWID;
     CREATE TABLE IF NOT EXISTS agg_rollouts (
         rollout_id TEXT PRIMARY KEY, provider TEXT, model TEXT, problem_id TEXT, run_id TEXT,
         problem_hash TEXT, served_model TEXT NOT NULL, scored INTEGER NOT NULL, passed INTEGER NOT NULL,
@@ -146,6 +152,12 @@ class ReportAggregatesProjection(Projection):
         )
         acc = _Deltas()
         before: dict[str, dict[str, Any] | None] = {}  # each touched rollout's row before the batch
+        runs: dict[str, int] = {}  # each touched run: the last event that touched one of its rollouts
+
+        def touched(run: Any, seq: int) -> None:
+            if type(run) is str:  # (anything else is in no log a rollwatch writer made)
+                runs[run] = seq
+
         for rec, ev in evs:
             if isinstance(ev, e.ProblemVersioned):
                 acc.version(ev.problem_id, ev.problem_hash, rec.seq, update=True)
@@ -161,6 +173,7 @@ class ReportAggregatesProjection(Projection):
             if isinstance(ev, e.RolloutRequested):
                 if row is None:
                     before.setdefault(rid, None)
+                    touched(ev.run_id, rec.seq)
                     rows.insert_or_ignore(
                         rid,
                         {
@@ -179,6 +192,7 @@ class ReportAggregatesProjection(Projection):
                 elif row["state"] == "failed":  # asked again after a final failure
                     if rid not in before:
                         before[rid] = dict(row)
+                    touched(row["run_id"], rec.seq)
                     rows.change(rid)
                     row["state"] = "requested"
                 acc.version(ev.problem_id, ev.problem_hash, rec.seq, update=False)
@@ -187,6 +201,7 @@ class ReportAggregatesProjection(Projection):
                 continue
             if rid not in before:
                 before[rid] = dict(row)
+            touched(row["run_id"], rec.seq)
             rows.change(rid)
             if isinstance(ev, e.RolloutResponded):
                 row["served_model"] = UNSERVED if ev.model is None else ev.model
@@ -219,6 +234,11 @@ class ReportAggregatesProjection(Projection):
             acc.move(old, new)
         rows.flush()
         acc.flush(db)
+        if runs:
+            db.executemany(
+                "INSERT OR REPLACE INTO agg_runs (run_id, seq) VALUES (?, ?)",
+                list(runs.items()),
+            )
 
 
 _ROLLOUT = (e.RolloutRequested, e.RolloutResponded, e.RolloutFailed, e.RolloutScored, e.RolloutRescored)

@@ -344,17 +344,22 @@ def _agg_cell(row: tuple[Any, ...]) -> _Cell:
     )
 
 
-async def _cells(pdb: Fetcher, problem_version: str | None = None, *, per_run: bool = True) -> list[_Cell]:
+async def _cells(
+    pdb: Fetcher, problem_version: str | None = None, *, per_run: bool = True, run_id: str | None = None
+) -> list[_Cell]:
     """The cells (under one problem version when given), each unanswered one given the
     served model of most of its run's answers. ``per_run=False``: the cells may merge
     runs (their ``run_id`` is then empty), which is all ``--by model`` and ``--by
-    problem`` need, and reads rows per model and problem rather than per run."""
+    problem`` need, and reads rows per model and problem rather than per run.
+    ``run_id``: that run's cells only (from the maintained aggregates)."""
     answers: dict[tuple[str, str, str], dict[str, int]] = defaultdict(lambda: defaultdict(int))
     if problem_version is not None:
         pid, full = await resolve_version(pdb, problem_version)
         cells = [_Cell(*r) for r in await pdb.fetchall(_VERSION_CELLS_SQL, (full, pid))]
     elif not await has_aggregates(pdb):
         cells = [_Cell(*r) for r in await pdb.fetchall(_CELLS_SQL)]
+    elif run_id is not None:
+        cells = [_agg_cell(r) for r in await pdb.fetchall(_AGG_CELLS_SQL + " AND run_id = ?", (run_id,))]
     elif per_run:
         cells = [_agg_cell(r) for r in await pdb.fetchall(_AGG_CELLS_SQL)]
     else:
@@ -487,20 +492,82 @@ def _keys(cls: type[Any], drop: Iterable[str] = ()) -> tuple[str, ...]:
     return tuple(f.name for f in fields(cls) if f.name not in dropped)
 
 
-async def build_report(pdb: Fetcher, by: str = "model", *, problem_version: str | None = None) -> Report:
+class RunRows:
+    """The report by run's rows, kept per run between reports by one process.
+
+    ``/v1/report?by=run`` is made again each time the log moves, and has a row per run:
+    a run's rows depend on its own rollouts (``agg_runs`` dates the last change to them)
+    and its start and end (the failures count once it finished), so only the runs whose
+    date, start or end moved are made again. Rows are kept with the state they were made
+    from: a run that moves while they are made is made again next time, never kept stale.
+    """
+
+    FEW = 16
+    """More runs moved than this (or nothing kept yet): the whole report is made at once."""
+
+    def __init__(self) -> None:
+        self._rows: dict[str, tuple[tuple[Any, ...], list[Row]]] = {}
+
+    async def rows(self, pdb: Fetcher) -> list[Row] | None:
+        """Every row of the report by run, or None when it cannot be kept (no aggregates)."""
+        if not await has_aggregates(pdb):
+            return None
+        marks = dict(await pdb.fetchall("SELECT run_id, seq FROM agg_runs"))
+        state: dict[str, tuple[Any, ...]] = {
+            str(run): (marks.get(run), started, finished)
+            for run, started, finished in await pdb.fetchall(
+                "SELECT run_id, started_at, finished_at FROM runs"
+            )
+        }
+        for run, seq in marks.items():
+            state.setdefault(str(run), (seq, None, None))
+        kept = self._rows
+        moved = [run for run, now in state.items() if (k := kept.get(run)) is None or k[0] != now]
+        if not kept or len(moved) > self.FEW:
+            runs = await _runs(pdb)
+            cells = await _cells(pdb, per_run=True)
+            rows = await _with_failures(pdb, _summarize(cells, "run", runs), "run", cells)
+            by_run: dict[str, list[Row]] = {run: [] for run in state}
+            for r in rows:
+                if r.run_id not in by_run:
+                    return rows  # a row of no run the state names: nothing kept
+                by_run[r.run_id].append(r)
+            self._rows = {run: (state[run], by_run[run]) for run in state}
+            return rows
+        if moved:
+            runs = await _runs(pdb)
+            for run in moved:
+                cells = await _cells(pdb, run_id=run)
+                made = await _with_failures(pdb, _summarize(cells, "run", runs), "run", cells, run)
+                kept[run] = (state[run], made)
+        for run in [run for run in kept if run not in state]:
+            del kept[run]
+        return sorted((r for _, rows in kept.values() for r in rows), key=_row_order)
+
+
+async def build_report(
+    pdb: Fetcher, by: str = "model", *, problem_version: str | None = None, run_rows: RunRows | None = None
+) -> Report:
     """The report per provider and model, or per problem or run of each (``by``).
 
     Each rollout counts with its newest verdict (under the newest version of its problem
     that it was judged against); ``problem_version`` (a content hash or a prefix) shows
     that version of one problem instead: its rollouts with their verdicts under it.
+    ``run_rows``: the rows by run kept from the last report by run (see :class:`RunRows`).
     """
     if by not in BY_CHOICES:
         raise UsageError(f"report: by must be one of {', '.join(BY_CHOICES)}, not {by!r}")
-    cells = await _cells(pdb, problem_version, per_run=by == "run")
-    rows = _summarize(cells, by, await _runs(pdb) if by == "run" else {})
-    if problem_version is None:
-        # Only cells of one run say which served models that run's answers came from.
-        rows = await _with_failures(pdb, rows, by, cells if by == "run" else None)
+    kept = None
+    if by == "run" and problem_version is None and run_rows is not None:
+        kept = await run_rows.rows(pdb)
+    if kept is not None:
+        rows = kept
+    else:
+        cells = await _cells(pdb, problem_version, per_run=by == "run")
+        rows = _summarize(cells, by, await _runs(pdb) if by == "run" else {})
+        if problem_version is None:
+            # Only cells of one run say which served models that run's answers came from.
+            rows = await _with_failures(pdb, rows, by, cells if by == "run" else None)
     drop = {
         "model": ("problem_id", "run_id", "run_started_at"),
         "problem": ("run_id", "run_started_at"),
@@ -575,10 +642,11 @@ async def build_report(pdb: Fetcher, by: str = "model", *, problem_version: str 
 
 
 async def _with_failures(
-    pdb: Fetcher, rows: Sequence[Row], by: str, cells: Iterable[_Cell] | None
+    pdb: Fetcher, rows: Sequence[Row], by: str, cells: Iterable[_Cell] | None, run_id: str | None = None
 ) -> list[Row]:
     """``rows`` with their failures by cause, the model's apart from ours. ``cells``, when
-    they are per run, save reading each run's served models again."""
+    they are per run, save reading each run's served models again. ``run_id``: the
+    rows, cells and failures of that run only."""
     if cells is None:
         # Which served models each run's answers came from: from the aggregates (a row
         # per run, problem and served model) when kept, else failures_by_key groups them.
@@ -590,7 +658,7 @@ async def _with_failures(
         # same majority the failures need, so failures land on the rows they belong to.
         by_served = answers[(c.provider, c.model, c.run_id)]
         by_served[c.served_model] = by_served.get(c.served_model, 0) + c.total
-    return await _rows_with(pdb, rows, await failures_by_key(pdb, by, answers=answers))
+    return await _rows_with(pdb, rows, await failures_by_key(pdb, by, run_id, answers=answers))
 
 
 _AGG_ANSWERS_SQL = (
@@ -845,15 +913,17 @@ async def report_json(
     trend: bool = False,
     release_impact: bool = False,
     problem_version: str | None = None,
+    run_rows: RunRows | None = None,
 ) -> list[dict[str, Any]]:
-    """What ``GET /v1/report`` returns: rows by ``by``, or the trend, or the release impact."""
+    """What ``GET /v1/report`` returns: rows by ``by``, or the trend, or the release impact
+    (``run_rows``: see :class:`RunRows`)."""
     if trend and release_impact:
         raise UsageError("report: JSON holds one view; ask for the trend or the release impact, not both")
     if trend:
         return to_json(await build_trend(pdb))
     if release_impact:
         return to_json(await build_release_impact(pdb))
-    return to_json(await build_report(pdb, by, problem_version=problem_version))
+    return to_json(await build_report(pdb, by, problem_version=problem_version, run_rows=run_rows))
 
 
 # --- renderings -----------------------------------------------------------------------------
