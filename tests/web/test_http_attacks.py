@@ -1,0 +1,61 @@
+"""The daemon's HTTP side attacked from outside, against the shared real daemon
+(:mod:`tests.web.opsd`): operator keys that should no longer work, spoofed peers and
+hosts, hostile paths and parameters. Every refusal is a 4xx with the error body only."""
+
+from __future__ import annotations
+
+import anyio
+import httpx
+
+from rollwatch.events import SubscriberRevoked, subscriber_stream
+from rollwatch.store.sqlite import SQLiteEventStore
+from tests.test_daemon import wait_until
+from tests.web.opsd import Daemon
+
+REMOTE = {"X-Forwarded-For": "203.0.113.9"}  # the daemon believes a loopback proxy
+PASS_COUNTS = 'outcome="passed"'
+
+
+def _ops_key(daemon: Daemon, name: str) -> dict[str, str]:
+    out = daemon.cli("subscribers", "add", name, "--scope", "ops")
+    assert out.returncode == 0, out.stderr
+    return {**REMOTE, "Authorization": f"Bearer {out.stdout.split()[0]}"}
+
+
+def _revoke_then_get(
+    daemon: Daemon, name: str, auth: dict[str, str], paths: list[str]
+) -> list[httpx.Response]:
+    """One request of each path (so the daemon has just read the keys), the revocation
+    appended by another process, then each path again at once."""
+
+    async def go() -> list[httpx.Response]:
+        async with SQLiteEventStore(daemon.db) as store, httpx.AsyncClient(base_url=daemon.url) as c:
+            for p in paths:
+                assert (await c.get(p, headers=auth)).status_code == 200, p
+            await store.append(subscriber_stream(name), [SubscriberRevoked(name=name)])
+            return [await c.get(p, headers=auth) for p in paths]
+
+    return anyio.run(go)
+
+
+class TestRevokedOpsKey:
+    def test_console_and_entry_bundles_refuse_at_once(self, daemon: Daemon) -> None:
+        """An ``ops`` key from a remote peer, revoked: the very next request of the console
+        and of an entry bundle (every event, embargoed results included) is refused."""
+        auth = _ops_key(daemon, "leaks-ops-console")
+        wait_until(lambda: httpx.get(daemon.url + "/ops/", headers=auth).status_code == 200, what="the key")
+        paths = ["/ops/", "/ops/problems", "/tile/entries/000.p/1"]
+        for p, r in zip(paths, _revoke_then_get(daemon, "leaks-ops-console", auth, paths), strict=True):
+            assert r.status_code in (401, 403), (p, r.status_code)
+            assert set(r.json()) == {"error", "message"}, p
+
+    def test_metrics_hide_pass_counts_at_once(self, daemon: Daemon) -> None:
+        """``/metrics`` with an ``ops`` key from a remote peer shows the pass counts; the
+        request right after the key's revocation does not."""
+        auth = _ops_key(daemon, "leaks-ops-metrics")
+        wait_until(
+            lambda: PASS_COUNTS in httpx.get(daemon.url + "/metrics", headers=auth).text, what="the key"
+        )
+        assert PASS_COUNTS not in httpx.get(daemon.url + "/metrics", headers=REMOTE).text
+        (r,) = _revoke_then_get(daemon, "leaks-ops-metrics", auth, ["/metrics"])
+        assert PASS_COUNTS not in r.text
