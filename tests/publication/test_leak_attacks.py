@@ -4,16 +4,21 @@ conditional requests and odd parameters."""
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 
 import anyio
 import pytest
 
+from rollwatch.publication import release_due
 from rollwatch.store.sqlite import SQLiteEventStore
 from tests.publication.helpers import (
+    Env,
     add_rollout,
     add_subscriber,
     bearer,
+    finish_run,
+    make_config,
     new_run_id,
     revoke,
     serving,
@@ -54,3 +59,74 @@ class TestRevokedAtOnce:
                 key = await add_subscriber(env.store, "second")
                 r = await env.client.get("/v1/report", headers=bearer(key))
             assert r.status_code == 200, r.text
+
+
+PUBLIC_PATHS = (
+    "/public/",
+    "/public/feed.json",
+    "/public/feed.atom",
+    "/public/results.jsonl",
+    "/openapi.json",
+    "/healthz",
+)
+_VOLATILE = {"date", "server"}
+
+
+async def public_snapshot(env: Env, *rollouts: str) -> dict[str, tuple[int, str, dict[str, str]]]:
+    """Every public route (and each rollout's public record), GET and HEAD: status, body
+    and headers (but the date), by method and path."""
+    out = {}
+    for path in (*PUBLIC_PATHS, *(f"/public/rollouts/{r}.json" for r in rollouts)):
+        for method in ("GET", "HEAD"):
+            r = await env.client.request(method, path)
+            headers = {k: v for k, v in r.headers.items() if k not in _VOLATILE}
+            out[f"{method} {path}"] = (r.status_code, r.text, headers)
+    return out
+
+
+class TestNothingOfTheEmbargoed:
+    """Results under embargo (passing and failing, of runs finished and not) change no byte
+    and no header of any public answer, when the operator hides the counts under embargo."""
+
+    async def test_public_answers_are_the_same_bytes_with_or_without_them(self, tmp_path: Path) -> None:
+        config = make_config(
+            publication={"embargo": "1h", "embargo_counts": False}, server={"base_url": "http://feed.test"}
+        )
+        async with serving(tmp_path, config) as env:
+            run = new_run_id()
+            await start_run(env.store, run)
+            public = await add_rollout(env.store, run, passed=True, embargo_s=0)
+            await add_rollout(env.store, run, passed=False, sample=1)
+            await finish_run(env.store, run, rollouts=2, passed=1)
+            with anyio.fail_after(10):
+                while await release_due(env.store, env.pdb) == 0:
+                    await anyio.sleep(0.05)
+            unknown = str(uuid.uuid4())
+            before = await public_snapshot(env, public, unknown)
+        assert before[f"GET /public/rollouts/{public}.json"][0] == 200
+        hidden: list[str] = []
+        async with SQLiteEventStore(tmp_path / "events.db") as store:
+            # More of the disclosed run's model, and a run of a new model, all under embargo.
+            later = new_run_id()
+            await start_run(store, later, models=("gpt-x", "gpt-secret"))
+            for model in ("gpt-x", "gpt-secret"):
+                for sample, passed in enumerate((True, True, False)):
+                    hidden.append(
+                        await add_rollout(
+                            store, later, passed=passed, model=model, sample=sample, embargo_s=3600
+                        )
+                    )
+            await finish_run(store, later, rollouts=6, passed=4)
+            unfinished = new_run_id()
+            await start_run(store, unfinished)
+            hidden.append(await add_rollout(store, unfinished, passed=True, embargo_s=3600))
+        # A server started now (no cache from before) answers exactly as the one before.
+        async with serving(tmp_path, config) as env:
+            after = await public_snapshot(env, public, unknown)
+            for rid in hidden:  # an embargoed result is as unknown as an id never used
+                r = await env.client.get(f"/public/rollouts/{rid}.json")
+                assert (r.status_code, r.text) == after[f"GET /public/rollouts/{unknown}.json"][:2]
+        for key, (status, body, headers) in after.items():
+            assert (status, headers) == before[key][::2], key
+            assert body == before[key][1], key
+            assert "gpt-secret" not in body, key
