@@ -4,14 +4,18 @@ conditional requests and odd parameters."""
 
 from __future__ import annotations
 
+import re
 import uuid
 from pathlib import Path
 
 import anyio
+import httpx
 import pytest
 
 from rollwatch.publication import release_due
 from rollwatch.store.sqlite import SQLiteEventStore
+from tests.integrity.conftest import append_n
+from tests.integrity.test_tlog_tiles import live_log
 from tests.publication.helpers import (
     Env,
     add_rollout,
@@ -130,3 +134,46 @@ class TestNothingOfTheEmbargoed:
             assert (status, headers) == before[key][::2], key
             assert body == before[key][1], key
             assert "gpt-secret" not in body, key
+
+
+class TestTreeSizeBeyondTheCheckpoint:
+    """The public integrity routes answer for the signed tree only: between two checkpoints
+    an outsider must not read the log's live size, which tells each verdict from the next
+    (a pass is appended with one more decision than a failure, so the size's steps count the
+    passes under embargo as they are scored)."""
+
+    async def test_no_public_route_tells_the_live_size(self, tmp_path: Path) -> None:
+        async with live_log(tmp_path) as live, httpx.AsyncClient(base_url=live.url) as c:
+            await append_n(live.store, 10)
+            await live.integrity.final_checkpoint()
+            cp = await live.integrity.tree.latest_checkpoint()
+            assert cp is not None
+            signed = cp.size
+            run = new_run_id()
+            await start_run(live.store, run)
+            await add_rollout(live.store, run, passed=True, embargo_s=3600)  # 6 events
+            head = await live.store.head()
+            with anyio.fail_after(10):  # the tree's worker takes the new events in
+                while await live.integrity.tree.current_size() < head:
+                    await anyio.sleep(0.02)
+            assert head > signed + 1
+            probes = [
+                f"/public/proof/inclusion?seq=1&size={head}",
+                f"/public/proof/inclusion?seq={head}&size={head}",
+                "/public/proof/inclusion?seq=1&size=999999999",
+                f"/public/proof/consistency?from={signed}&to={head}",
+                "/public/proof/consistency?from=1&to=999999999",
+                f"/tile/0/000.p/{head}",
+                f"/public/tile/0/000.p/{head}",
+                "/tile/0/000",
+            ]
+            for path in probes:
+                r = await c.get(path)
+                assert r.status_code in (400, 404), (path, r.status_code)
+                assert set(r.json()) == {"error", "message"}, path
+                told = set(re.findall(r"\d+", r.json()["message"])) - set(re.findall(r"\d+", path))
+                assert str(head) not in told, (path, r.text)
+            # What the checkpoint signed is served as before.
+            assert (await c.get(f"/public/proof/inclusion?seq=1&size={signed}")).status_code == 200
+            assert (await c.get(f"/public/proof/consistency?from=1&to={signed}")).status_code == 200
+            assert (await c.get(f"/tile/0/000.p/{signed}")).status_code == 200
