@@ -59,3 +59,16 @@ class TestRevokedOpsKey:
         assert PASS_COUNTS not in httpx.get(daemon.url + "/metrics", headers=REMOTE).text
         (r,) = _revoke_then_get(daemon, "leaks-ops-metrics", auth, ["/metrics"])
         assert PASS_COUNTS not in r.text
+
+
+class TestMetricsForOutsiders:
+    def test_the_live_log_length_is_the_operators(self, daemon: Daemon) -> None:
+        """``rollwatch_events_applied`` is the log's head as this daemon applied it; a verdict
+        that passed is appended with one more event (its public decision) than one that
+        failed, so an outsider scraping it around each verdict counts the passes under
+        embargo. Outsiders get neither it nor the pass counts; the operator gets both."""
+        outsider = httpx.get(daemon.url + "/metrics", headers=REMOTE).text
+        operator = httpx.get(daemon.url + "/metrics").text
+        for series in ("rollwatch_events_applied", PASS_COUNTS):
+            assert series in operator, series
+            assert series not in outsider, series
