@@ -10,7 +10,7 @@ import httpx
 from rollwatch.events import SubscriberRevoked, subscriber_stream
 from rollwatch.store.sqlite import SQLiteEventStore
 from tests.test_daemon import wait_until
-from tests.web.opsd import Daemon
+from tests.web.opsd import FAKE_KEY, Daemon
 
 REMOTE = {"X-Forwarded-For": "203.0.113.9"}  # the daemon believes a loopback proxy
 PASS_COUNTS = 'outcome="passed"'
@@ -72,3 +72,27 @@ class TestMetricsForOutsiders:
         for series in ("rollwatch_events_applied", PASS_COUNTS):
             assert series in operator, series
             assert series not in outsider, series
+
+
+class TestKeysNeverEchoed:
+    def test_keys_sent_anywhere_reach_no_answer_and_no_log_line(self, daemon: Daemon) -> None:
+        """A wrong key, a good one and the provider's key, sent in the header, the query
+        string and a form of the header that is not Bearer, on subscriber, operator and public
+        routes: no answer body or header and no line of the daemon's log holds any of them."""
+        wrong = "rw_" + "W" * 43
+        odd = "rw_not-a-key-" + "Q" * 20
+        secrets = [wrong, odd, daemon.feed_key, daemon.ops_key, FAKE_KEY]
+        answers = []
+        for path in ("/v1/feed", "/v1/report", "/v1/rollouts/x", "/ops/", "/metrics", "/public/", "/nope"):
+            for key in secrets:
+                for headers, params in (
+                    ({**REMOTE, "Authorization": f"Bearer {key}"}, {}),
+                    ({**REMOTE, "Authorization": f"Token {key}"}, {}),
+                    (REMOTE, {"api_key": key, "key": key, "access_token": key}),
+                ):
+                    r = httpx.get(daemon.url + path, headers=headers, params=params)
+                    answers.append(r.text + repr(r.headers))
+        log_text = (daemon.config.parent / "serve.err").read_text()
+        for key in secrets:
+            assert all(key not in a for a in answers), key
+            assert key not in log_text, key
