@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import anyio
@@ -177,3 +178,51 @@ class TestTreeSizeBeyondTheCheckpoint:
             assert (await c.get(f"/public/proof/inclusion?seq=1&size={signed}")).status_code == 200
             assert (await c.get(f"/public/proof/consistency?from=1&to={signed}")).status_code == 200
             assert (await c.get(f"/tile/0/000.p/{signed}")).status_code == 200
+
+
+class TestCachedAnswersForBadKeys:
+    """An answer a key once had is not served again (304 or HEAD) to a key that was revoked,
+    expired or lacks the scope: the key is checked before the cache."""
+
+    async def test_no_304_and_no_head_for_a_key_that_no_longer_works(self, tmp_path: Path) -> None:
+        async with serving(tmp_path) as env:
+            revoked = await add_subscriber(env.store, "gone")
+            expiring = await add_subscriber(
+                env.store, "late", expires=datetime.now(UTC) + timedelta(seconds=1)
+            )
+            feed_only = await add_subscriber(env.store, "feeder", scopes=["feed"])
+            run = new_run_id()
+            await start_run(env.store, run)
+            rid = await add_rollout(env.store, run, passed=True, embargo_s=3600)
+            paths = ("/v1/feed", f"/v1/rollouts/{rid}", "/v1/report")
+            etags = {}
+            for path in paths:
+                r = await env.client.get(path, headers=bearer(expiring))
+                assert r.status_code == 200, path
+                etags[path] = r.headers["etag"]
+            await revoke(env.store, "gone")
+            with anyio.fail_after(5):
+                while (await env.client.get("/v1/report", headers=bearer(expiring))).status_code == 200:
+                    await anyio.sleep(0.05)
+            for path in paths:
+                for key, allowed in ((revoked, (401,)), (expiring, (401,)), (feed_only, (401, 403))):
+                    if key == feed_only and path == "/v1/feed":
+                        continue
+                    for inm in (etags[path], "*", f"W/{etags[path]}"):
+                        for method in ("GET", "HEAD"):
+                            r = await env.client.request(
+                                method, path, headers={**bearer(key), "If-None-Match": inm}
+                            )
+                            assert r.status_code in allowed, (path, method, inm, r.status_code)
+                            assert "etag" not in r.headers, (path, method)
+                            assert rid not in r.text
+
+    async def test_a_long_poll_whose_key_expires_meanwhile_gets_nothing(self, tmp_path: Path) -> None:
+        """A ``/v1/feed`` long poll opened a moment before its key expires: the answer, with
+        or without new items, is 401 and no items."""
+        async with serving(tmp_path) as env:
+            key = await add_subscriber(env.store, "late", expires=datetime.now(UTC) + timedelta(seconds=1))
+            head = (await env.client.get("/v1/feed", headers=bearer(key))).json()["next"]
+            r = await env.client.get(f"/v1/feed?after={head}&wait=3", headers=bearer(key))
+            assert r.status_code == 401, r.text
+            assert "expired" in r.json()["message"]
