@@ -4,6 +4,8 @@ hosts, hostile paths and parameters. Every refusal is a 4xx with the error body 
 
 from __future__ import annotations
 
+import json
+
 import anyio
 import httpx
 
@@ -11,6 +13,7 @@ from rollwatch.events import SubscriberRevoked, subscriber_stream
 from rollwatch.store.sqlite import SQLiteEventStore
 from tests.test_daemon import wait_until
 from tests.web.opsd import FAKE_KEY, Daemon
+from tests.web.test_console_attacks import raw_get
 
 REMOTE = {"X-Forwarded-For": "203.0.113.9"}  # the daemon believes a loopback proxy
 PASS_COUNTS = 'outcome="passed"'
@@ -96,3 +99,55 @@ class TestKeysNeverEchoed:
         for key in secrets:
             assert all(key not in a for a in answers), key
             assert key not in log_text, key
+
+
+ODD_PATHS = [
+    "/public/../ops/",
+    "/public/%2e%2e/ops/",
+    "/public//ops/",
+    "//ops/",
+    "/v1/feed/../../ops/",
+    "/public/key/../../ops/",
+    "/ops/static/..%2f..%2fpyproject.toml",
+    "/ops/static/../../etc/passwd",
+    "/ops/static/%2e%2e%2f%2e%2e%2fetc%2fpasswd",
+    "/public/rollouts/..%2f..%2fv1%2freport.json",
+    "/public/feed.json%00",
+    "/public/%00",
+    "/tile/entries/../0/000.p/1",
+    "/public/tile/entries/000.p/1",
+]
+HOSTILE_QUERIES = [
+    "/public/proof/inclusion?seq=1&size=1&seq=2",
+    "/public/proof/inclusion?seq=%EF%BC%91&size=1",
+    "/public/proof/inclusion?seq=1&size=" + "9" * 30,
+    "/public/proof/consistency?from=-1&to=1",
+    "/public/proof/consistency?from=1e3&to=1",
+    "/tile/0/" + "x999/" * 20 + "000",
+    "/tile/9/000",
+    "/tile/0/000.p/255",
+    "/tile/0/x999/999/999",
+    "/v1/feed?after=%FF",
+    "/v1/feed?limit=" + "1" * 5000,
+]
+
+
+class TestOddRequests:
+    def test_odd_paths_open_nothing(self, daemon: Daemon) -> None:
+        """Dot segments, encoded slashes and NULs, doubled slashes, from a remote peer: a 4xx in
+        the error body, never a console page, a file of the host or an entry bundle."""
+        for path in ODD_PATHS:
+            status, ctype, body = raw_get(daemon, path, REMOTE)
+            assert 400 <= status < 500, (path, status)
+            assert ctype == "application/json", path
+            assert set(json.loads(body)) == {"error", "message"}, path
+
+    def test_hostile_parameters_are_4xx_naming_them(self, daemon: Daemon) -> None:
+        """Repeated, non-ASCII, negative, huge or malformed parameters and tile paths: a 4xx in
+        the error body, never a 500."""
+        for path in HOSTILE_QUERIES:
+            status, _ctype, body = raw_get(
+                daemon, path, {**REMOTE, "Authorization": f"Bearer {daemon.feed_key}"}
+            )
+            assert 400 <= status < 500, (path, status, body[:200])
+            assert set(json.loads(body)) == {"error", "message"}, path
