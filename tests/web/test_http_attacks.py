@@ -151,3 +151,22 @@ class TestOddRequests:
             )
             assert 400 <= status < 500, (path, status, body[:200])
             assert set(json.loads(body)) == {"error", "message"}, path
+
+
+class TestScopeConfusion:
+    def test_a_key_opens_only_its_own_scopes(self, daemon: Daemon) -> None:
+        """From a remote peer: a ``feed`` key opens no console page, no pass count and no
+        entry bundle; an ``ops`` key reads no subscriber route."""
+        feed = {**REMOTE, "Authorization": f"Bearer {daemon.feed_key}"}
+        ops = {**REMOTE, "Authorization": f"Bearer {daemon.ops_key}"}
+        for path in ("/ops/", "/ops/progress", "/ops/subscribers", "/tile/entries/000.p/1", "/v1/report"):
+            r = httpx.get(daemon.url + path, headers=feed)
+            assert r.status_code == 403, (path, r.status_code)
+            assert set(r.json()) == {"error", "message"}, path
+        assert PASS_COUNTS not in httpx.get(daemon.url + "/metrics", headers=feed).text
+        assert PASS_COUNTS in httpx.get(daemon.url + "/metrics", headers=ops).text  # the control
+        assert httpx.get(daemon.url + "/ops/", headers=ops).status_code == 200
+        for path in ("/v1/feed", "/v1/report", "/v1/rollouts/00000000-0000-4000-8000-000000000000"):
+            r = httpx.get(daemon.url + path, headers=ops)
+            assert r.status_code == 403, (path, r.status_code)
+            assert set(r.json()) == {"error", "message"}, path
