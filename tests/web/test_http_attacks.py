@@ -8,12 +8,16 @@ import json
 
 import anyio
 import httpx
+import pytest
 
 from rollwatch.events import SubscriberRevoked, subscriber_stream
+from rollwatch.metrics import Metrics
 from rollwatch.store.sqlite import SQLiteEventStore
+from rollwatch.web.app import build_app
 from tests.test_daemon import wait_until
 from tests.web.opsd import FAKE_KEY, Daemon
 from tests.web.test_console_attacks import raw_get
+from tests.web.test_http import server
 
 REMOTE = {"X-Forwarded-For": "203.0.113.9"}  # the daemon believes a loopback proxy
 PASS_COUNTS = 'outcome="passed"'
@@ -170,3 +174,27 @@ class TestScopeConfusion:
             r = httpx.get(daemon.url + path, headers=ops)
             assert r.status_code == 403, (path, r.status_code)
             assert set(r.json()) == {"error", "message"}, path
+
+
+class TestSpoofedPeers:
+    def test_forwarded_for_is_believed_from_loopback_proxies_only(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """``FORWARDED_ALLOW_IPS=*`` in the daemon's environment (read by uvicorn, as some
+        hosting set-ups export it) made uvicorn take the *leftmost* ``X-Forwarded-For`` entry,
+        which the client writes: a remote client sending ``X-Forwarded-For: 127.0.0.1``
+        through a proxy that appends its address became the loopback operator (pass counts,
+        console, entry bundles). Only a loopback proxy's header counts, whatever the environment."""
+        monkeypatch.setenv("FORWARDED_ALLOW_IPS", "*")
+        metrics = Metrics()
+        metrics.rollouts.update({"answered": 4, "passed": 3})
+
+        async def scrape() -> list[str]:
+            async with server(build_app(metrics)) as url, httpx.AsyncClient(base_url=url) as c:
+                return [
+                    (await c.get("/metrics", headers={"X-Forwarded-For": xff})).text
+                    for xff in ("127.0.0.1, 203.0.113.9", "::1, 203.0.113.9", "203.0.113.9")
+                ]
+
+        for text in anyio.run(scrape):
+            assert PASS_COUNTS not in text
