@@ -122,6 +122,13 @@ class TestNothingOfTheEmbargoed:
                         )
                     )
             await finish_run(store, later, rollouts=6, passed=4)
+            failures = new_run_id()  # no positive: disclosed only an embargo after its last score
+            await start_run(store, failures, models=("gpt-fails",))
+            for sample in range(3):
+                hidden.append(
+                    await add_rollout(store, failures, passed=False, model="gpt-fails", sample=sample)
+                )
+            await finish_run(store, failures, rollouts=3, passed=0)
             unfinished = new_run_id()
             await start_run(store, unfinished)
             hidden.append(await add_rollout(store, unfinished, passed=True, embargo_s=3600))
@@ -135,6 +142,7 @@ class TestNothingOfTheEmbargoed:
             assert (status, headers) == before[key][::2], key
             assert body == before[key][1], key
             assert "gpt-secret" not in body, key
+            assert "gpt-fails" not in body, key
 
 
 class TestTreeSizeBeyondTheCheckpoint:
