@@ -150,8 +150,9 @@ class Metrics:
         content type (the text format 0.0.4 unless OpenMetrics is asked for).
 
         ``results=False`` leaves out the series that tell how answers scored (passed,
-        not passed): they count rollouts still under embargo, so only the operator
-        may read them (SPEC §7).
+        not passed) and the log's live length (``rollwatch_events_applied``, whose steps
+        tell a pass from a failure): they count rollouts still under embargo, so only
+        the operator may read them (SPEC §7).
         """
         from prometheus_client.exposition import choose_encoder
 
@@ -229,9 +230,12 @@ class _Figures:
         yield GaugeMetricFamily(
             "rollwatch_scoring_queue_depth", "Answers waiting for a scorer.", value=m.scoring_queue()
         )
-        yield GaugeMetricFamily(
-            "rollwatch_events_applied", "The highest seq this daemon has applied.", value=m.events_seen
-        )
+        if self.results:
+            # The log's live length steps by one more event for a pass (its public
+            # decision) than for a failure: the operator's only, as the pass counts are.
+            yield GaugeMetricFamily(
+                "rollwatch_events_applied", "The highest seq this daemon has applied.", value=m.events_seen
+            )
         if m.witnessed is not None:
             size, age, refusals = m.witnessed()
             yield GaugeMetricFamily(

@@ -93,10 +93,12 @@ class TestOneErrorBody:
                 assert_error_body(await c.get(path), 400, "bad_request", name)
 
     async def test_proof_errors_and_router_errors_share_the_body(self, proofs: str) -> None:
-        """A size the tree lacks, an unknown route, a wrong method: the same body; a good
-        proof still works."""
+        """A size the tree lacks, a size no checkpoint signed yet, an unknown route, a wrong
+        method: the same body (good proofs: tests/integrity/test_public.py)."""
         async with httpx.AsyncClient(base_url=proofs) as c:
-            assert (await c.get("/public/proof/inclusion?seq=1&size=5")).status_code == 200
+            assert_error_body(
+                await c.get("/public/proof/inclusion?seq=1&size=5"), 400, "bad_request", "signed checkpoint"
+            )
             assert_error_body(await c.get("/public/proof/inclusion?seq=1&size=99"), 400, "bad_request")
             assert_error_body(await c.get("/public/checkpoint"), 404, "not_found", "checkpoint")
             assert_error_body(await c.get("/no/such/route"), 404, "not_found")

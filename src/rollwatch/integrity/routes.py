@@ -18,11 +18,14 @@ operator only: they hold every event, results under embargo included; anyone els
 gets 403). Full tiles are cached for a year, partial ones for a minute; a malformed
 path is a 400, a tile the tree does not hold yet a 404.
 
-Proofs are served for any size the tree holds, not only signed ones; a verifier
-checks them against a root it trusts (a verified checkpoint). A bad or missing
-parameter, or a size the tree does not hold yet, is a 400 naming it, in the error
-body every route uses (:mod:`rollwatch.web.errors`). Proofs carry
-hashes only: nothing of an event under embargo can be read from them.
+Proofs and hash tiles are served for the signed tree only (sizes up to the latest
+checkpoint's), which is all a verifier checks them against: the log's live size is
+not public, since its steps between two checkpoints would tell each verdict from the
+next (a pass is appended with one more decision than a failure). A bad or missing
+parameter, or a size beyond the latest checkpoint, is a 400 naming it, in the error
+body every route uses (:mod:`rollwatch.web.errors`); a tile beyond it is a 404.
+Proofs carry hashes only: nothing of an event under embargo can be read from them.
+Entry bundles (the operator's) follow the live tree.
 """
 
 from __future__ import annotations
@@ -51,6 +54,21 @@ from rollwatch.web.access import Operators
 from rollwatch.web.params import ConsistencyQuery, InclusionQuery
 
 _NO_STORE = {"Cache-Control": "no-cache"}
+
+
+async def signed_size(tree: MerkleTree) -> int:
+    """The size of the latest signed checkpoint (0 before the first): what the public
+    routes serve proofs and hash tiles for."""
+    latest = await tree.latest_checkpoint()
+    return latest.size if latest is not None else 0
+
+
+def _within_signed(name: str, size: int, signed: int) -> None:
+    if size > signed:
+        raise BadRequest(
+            f"{name}={size} is beyond the latest signed checkpoint (size {signed}): "
+            "proofs are served for signed tree sizes only; fetch /checkpoint again later"
+        )
 
 
 def integrity_routes(
@@ -103,6 +121,7 @@ def integrity_routes(
         old, new = q.from_, q.to
         if old > new:
             raise BadRequest(f"from={old} is larger than to={new}")
+        _within_signed("to", new, await signed_size(tree))
         try:
             path = await tree.consistency_proof(old, new)
         except InvalidProof as e:
@@ -114,6 +133,7 @@ def integrity_routes(
         seq, size = q.seq, q.size
         if seq > size:
             raise BadRequest(f"event {seq} is not in a tree of size {size}")
+        _within_signed("size", size, await signed_size(tree))
         try:
             path = await tree.inclusion_proof(seq - 1, size)
             [leaf] = await tree.leaf_hashes(seq - 1, seq)
@@ -173,7 +193,7 @@ def tlog_routes(
                     )
                 body = await entry_bundle(store, t, await tree.current_size())
             else:
-                body = await hash_tile(tree, t)
+                body = await hash_tile(tree, t, size=await signed_size(tree))
         except InvalidProof as e:
             raise NotFound(f"{t.path()} is not in the tree yet: {e}", _NO_STORE) from None
         except EntryTooLong as e:

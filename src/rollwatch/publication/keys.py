@@ -17,10 +17,11 @@ The hash comparison uses ``hmac.compare_digest`` so the time it takes does not
 depend on how many leading characters match.
 
 :class:`SubscriberDirectory` is the running daemon's view of who may read the feed:
-an in-memory map refreshed from the log at most ``max_age`` seconds old (0.5 s), so
-a ``subscribers revoke`` run in another process takes effect within a second. It
-starts from the subscribers projection when it has one, so the first request after a
-start reads the log from that projection's checkpoint rather than from seq 0.
+an in-memory map brought up to the log's head before every key is checked, so a
+``subscribers revoke`` run in another process takes effect from the moment its event
+is committed, on every keyed route. It starts from the subscribers projection when it
+has one, so the first request after a start reads the log from that projection's
+checkpoint rather than from seq 0.
 Expiry is checked against the wall clock on every request.
 """
 
@@ -167,7 +168,7 @@ class AuthResult:
 
 @dataclass
 class SubscriberDirectory:
-    """Who may read, kept current from the log (at most ``max_age`` seconds behind)."""
+    """Who may read, kept current from the log (``authenticate`` reads it up to its head)."""
 
     store: EventStore
     pdb: ProjectionDB | None = None
@@ -207,6 +208,15 @@ class SubscriberDirectory:
                 for s in self._by_name.values():
                     self._by_prefix.setdefault(s.key_prefix, []).append(s)
             self._fresh_at = started
+
+    async def up_to_head(self) -> None:
+        """Apply every subscriber event up to the log's head as of this call.
+
+        Reads only the head when the directory has already read that far (the usual case:
+        one b-tree lookup per keyed request), else what was appended since, as ``refresh``.
+        """
+        if self._cursor < await self.store.head():
+            await self.refresh(force=True)
 
     async def _seed(self) -> bool:
         """Load the subscribers projection, so the log is read from its checkpoint on."""
@@ -257,9 +267,12 @@ class SubscriberDirectory:
         """The subscriber holding ``key``, or the reason the key is refused."""
         if not key:
             return AuthResult(None, "missing API key: send 'Authorization: Bearer rw_...'")
-        await self.refresh()
         if not _KEY.match(key):
             return AuthResult(None, "unknown API key")
+        # Every subscriber event up to the log's head as of now: a key works from the
+        # moment its `subscribers add` is committed, and is refused from the moment its
+        # revocation is, on every route (one head query when nothing is new).
+        await self.up_to_head()
         digest = hash_key(key)
         match: Subscriber | None = None
         # Compare against every candidate (not stopping at the first) so that the time
@@ -267,14 +280,6 @@ class SubscriberDirectory:
         for s in self._by_prefix.get(key_prefix(key), []):
             if hmac.compare_digest(s.key_hash, digest):
                 match = s
-        if match is None:
-            # A key added a moment ago may be newer than the directory (read at most
-            # max_age ago): read the log up to its head once more before refusing, so a
-            # key works from the moment `subscribers add` returns (its event committed).
-            await self.refresh(force=True)
-            for s in self._by_prefix.get(key_prefix(key), []):
-                if hmac.compare_digest(s.key_hash, digest):
-                    match = s
         if match is None:
             return AuthResult(None, "unknown API key")
         if match.revoked:

@@ -92,7 +92,10 @@ _ROLLOUT_PARAM = {
     "schema": {"type": "string", "pattern": ROLLOUT_ID.pattern},
 }
 _TEXT = {"text/plain": {"schema": {"type": "string"}}}
-_PROOF_BAD = _error("A parameter is missing or invalid, or names a size the tree does not hold yet.")
+_PROOF_BAD = _error(
+    "A parameter is missing or invalid, or names a size beyond the latest signed checkpoint "
+    "(proofs are served for signed tree sizes only)."
+)
 
 
 def _b64_list(description: str) -> dict[str, Any]:
@@ -233,7 +236,9 @@ _INTEGRITY_PATHS: dict[str, Any] = {
                 "200": {"description": "The tile's bytes", "content": {"application/octet-stream": {}}},
                 "400": _error("Not a tile path of the spec."),
                 "403": _error("An entry bundle, asked by someone other than the operator."),
-                "404": _error("The tree does not hold that tile yet."),
+                "404": _error(
+                    "The latest signed checkpoint does not cover that tile yet (the operator's entry bundles: the tree does not hold it yet)."
+                ),
             },
         }
     },
@@ -245,7 +250,9 @@ _INTEGRITY_PATHS: dict[str, Any] = {
                 "200": {"description": "The tile's bytes", "content": {"application/octet-stream": {}}},
                 "400": _error("Not a tile path of the spec."),
                 "403": _error("An entry bundle, asked by someone other than the operator."),
-                "404": _error("The tree does not hold that tile yet."),
+                "404": _error(
+                    "The latest signed checkpoint does not cover that tile yet (the operator's entry bundles: the tree does not hold it yet)."
+                ),
             },
         }
     },

@@ -25,8 +25,8 @@ latest signed checkpoint (see :mod:`rollwatch.publication.inclusion`) and a
 the result's proof bundle under ``proof`` (see :mod:`rollwatch.publication.proofs`).
 
 Reads go through the projections, brought up to the log's head before each answer;
-the subscriber directory is refreshed from the log at most 0.5 s old, so a revocation
-takes effect within a second; ``/v1/feed`` reads it up to the log's head once more
+a key is checked against every subscriber event up to the log's head, so a revocation
+takes effect from the moment it is committed; ``/v1/feed`` checks the key once more
 just before answering, so a long poll opened before a revocation delivers nothing
 after it. Links in the public feeds use ``server.base_url`` (default: the address of
 the socket the request came in on, i.e. ``http://LISTEN``), never the request's ``Host``.
@@ -244,10 +244,10 @@ class PublicationAPI:
     async def still_valid(self, request: Request) -> None:
         """Unauthorized when the request's key was revoked (or expired) since it was let in.
 
-        Reads every subscriber event in the log up to now first, so a long poll opened
-        before ``subscribers revoke`` delivers nothing once the revocation is recorded.
+        ``authenticate`` reads every subscriber event in the log up to now first, so a long
+        poll opened before ``subscribers revoke`` delivers nothing once the revocation is
+        recorded.
         """
-        await self.subscribers.refresh(force=True)
         result = await self.subscribers.authenticate(bearer_key(request))
         if result.subscriber is None:
             raise Unauthorized(

@@ -129,6 +129,10 @@ def listening_sockets(host: str, port: int) -> list[socket.socket]:
     return sockets
 
 
+LOOPBACK_PROXIES = "127.0.0.1,::1"
+"""The peers whose ``X-Forwarded-For`` names the client (uvicorn's default, fixed)."""
+
+
 class HTTPServer:
     """Serves ``app`` on ``host:port``; ``start`` reports ready once the socket listens."""
 
@@ -153,6 +157,10 @@ class HTTPServer:
             lifespan="off",
             server_header=False,
             timeout_graceful_shutdown=5,
+            # X-Forwarded-For is believed from a proxy on this host only, whatever
+            # FORWARDED_ALLOW_IPS says: with "*" uvicorn takes the header's leftmost entry,
+            # which the client writes, and the operator's trust is by peer address.
+            forwarded_allow_ips=LOOPBACK_PROXIES,
         )
         self.host = host
         self._sockets = sockets
