@@ -13,23 +13,28 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import AsyncIterator
 
+import anyio
 import pytest
 
 from rollwatch.problems import Problem
+from rollwatch.report.failures import verdict_cause
 from rollwatch.scoring import ScoringPool
 
-from .conftest import BACKENDS, fenced, function_problem, nothing_left, settings, stdio_problem
+from .conftest import BACKENDS, SQUARE, fenced, function_problem, nothing_left, settings, stdio_problem
+from .test_hostile import ECHO, honest_still_passes, storable
 
 pytestmark = pytest.mark.anyio
 
 PRIMITIVE_FAILED = "ATTACK-PRIMITIVE-FAILED"
 
 
-@pytest.fixture(scope="module", params=BACKENDS)
+@pytest.fixture(params=BACKENDS)
 async def pool1(request: pytest.FixtureRequest) -> AsyncIterator[ScoringPool]:
-    """A one-slot pool: each sample is forked from the zygote that served the one before."""
+    """A one-slot pool of its own for one test: each sample is forked from the zygote that
+    served the one before (and no resident judge of it outlives the test)."""
     async with ScoringPool(settings(request.param, workers=1)) as p:
         yield p
+    await nothing_left()
 
 
 # Reads every readable mapping of its own process (a copy of the zygote's heap) and
@@ -162,3 +167,180 @@ async def test_a_previous_samples_output_cannot_be_replayed(pool1: ScoringPool) 
     assert not s.passed, s
     assert PRIMITIVE_FAILED not in s.reason, s
     await nothing_left()
+
+
+# -- more forgers and jammers, on the shared pools of every backend ------------------------
+#
+# name -> (problem, wrong answer): each must end as a failed verdict with a reason the
+# event log can store, leave nothing running, and the pool must still pass honest answers.
+
+FORGERS_MORE: dict[str, tuple[Problem, str]] = {
+    "int-subclass-equal-to-everything": (
+        SQUARE,
+        "class Yes(int):\n    def __eq__(self, o):\n        return True\n    __hash__ = int.__hash__\n"
+        "def f(x):\n    return Yes(0)",
+    ),
+    "str-list-dict-subclasses-equal-to-everything": (
+        function_problem(
+            "def check(candidate):\n    assert candidate(1) == [1]\n    assert candidate(2) == {2: 2}\n"
+        ),
+        "class L(list):\n    def __eq__(self, o):\n        return True\n"
+        "class D(dict):\n    def __eq__(self, o):\n        return True\n"
+        "def f(x):\n    return L() if x == 1 else D()",
+    ),
+    "lies-about-its-class": (
+        SQUARE,
+        "class Liar:\n    __class__ = property(lambda self: int)\n    def __eq__(self, o):\n        return True\n"
+        "def f(x):\n    return Liar()",
+    ),
+    "object-whose-del-and-repr-raise": (
+        SQUARE,
+        "class Bad:\n    def __del__(self):\n        raise SystemExit(0)\n    def __repr__(self):\n"
+        "        raise KeyboardInterrupt\n"
+        "def f(x):\n    return Bad()",
+    ),
+    "nan-and-huge-int": (
+        function_problem(
+            "def check(candidate):\n    assert abs(candidate(1.5) - 2.25) < 1e-9\n    assert candidate(3) == 9\n"
+        ),
+        "def f(x):\n    return float('nan') if isinstance(x, float) else 10 ** 5000",
+    ),
+    "raises-keyboardinterrupt": (SQUARE, "def f(x):\n    raise KeyboardInterrupt"),
+    "raises-generatorexit": (SQUARE, "def f(x):\n    raise GeneratorExit"),
+    "raises-systemexit-zero": (SQUARE, "def f(x):\n    raise SystemExit(0)"),
+    "raises-its-own-class-named-assertionerror": (
+        function_problem(
+            "class Done(Exception):\n    pass\n"
+            "def check(candidate):\n    try:\n        assert candidate(2) == 4\n    except Done:\n        raise\n",
+        ),
+        "class AssertionError(Exception):\n    pass\ndef f(x):\n    raise AssertionError('fine')",
+    ),
+    "os-exit-zero-in-the-call": (SQUARE, "import os\ndef f(x):\n    os._exit(0)"),
+    "sigkill-self-in-the-call": (
+        SQUARE,
+        "import os, signal\ndef f(x):\n    os.kill(os.getpid(), signal.SIGKILL)",
+    ),
+    "thread-spams-answers-after-returning": (
+        SQUARE,
+        """
+import os, struct, threading, json
+def _spam():
+    body = json.dumps(["return", 4, None]).encode()
+    while True:
+        try:
+            os.write(4, struct.pack(">I", len(body)) + body)
+        except OSError:
+            return
+def f(x):
+    threading.Thread(target=_spam, daemon=True).start()
+    return 4
+""",
+    ),
+    "atexit-and-signal-handlers-write-tags": (
+        SQUARE,
+        """
+import atexit, os, signal
+def _forge(*_):
+    for fd in range(0, 64):
+        try:
+            os.write(fd, b'0' * 32 + b' {"ok":true}\\n')
+        except OSError:
+            pass
+atexit.register(_forge)
+for s in (signal.SIGTERM, signal.SIGALRM, signal.SIGXCPU, signal.SIGHUP, signal.SIGINT, signal.SIGPIPE):
+    signal.signal(s, _forge)
+signal.alarm(1)
+def f(x):
+    _forge()
+    return 0
+""",
+    ),
+    "dup2-over-every-fd-then-wrong": (
+        SQUARE,
+        "import os\nr, w = os.pipe()\nfor fd in range(0, 64):\n    if fd not in (r, w, 3, 4):\n"
+        "        try:\n            os.dup2(w, fd)\n        except OSError:\n            pass\n"
+        "def f(x):\n    return x + 1",
+    ),
+    "patches-sys-modules-and-import": (
+        SQUARE,
+        """
+import builtins, sys, types
+fake = types.ModuleType("json")
+fake.dumps = lambda *a, **k: '{"ok": true}'
+sys.modules["json"] = fake
+sys.modules["traceback"] = fake
+_real_import = builtins.__import__
+builtins.__import__ = lambda name, *a, **k: fake if name in ("json", "traceback") else _real_import(name, *a, **k)
+def f(x):
+    return -1
+""",
+    ),
+    "fd-exhaustion-before-the-answer": (
+        SQUARE,
+        "import os\n_keep = []\ndef f(x):\n    while True:\n        try:\n            _keep.append(os.open('/dev/null', 0))\n"
+        "        except OSError:\n            break\n    return x + 1",
+    ),
+    "sleeps-to-the-limit-then-wrong": (
+        function_problem(SQUARE.tests, timeout=1.0),
+        "import time\ndef f(x):\n    time.sleep(0.95)\n    return x + 1",
+    ),
+    "reads-tmp-cwd-env-for-expected-values": (
+        SQUARE,
+        """
+import os, re
+def f(x):
+    found = {}
+    for top in ("/tmp", "/var/tmp", "/dev/shm", os.getcwd(), "/proc/self/cwd"):
+        for root, _, files in os.walk(top):
+            for n in files:
+                try:
+                    text = open(os.path.join(root, n), errors="replace").read()
+                except OSError:
+                    continue
+                for a, b in re.findall(r"candidate\\((-?\\d+)\\) == (-?\\d+)", text):
+                    found[int(a)] = int(b)
+    for v in os.environ.values():
+        for a, b in re.findall(r"candidate\\((-?\\d+)\\) == (-?\\d+)", v):
+            found[int(a)] = int(b)
+    return found.get(x, 0)
+""",
+    ),
+}
+
+STDIO_MORE: dict[str, str] = {
+    "prints-the-answer-then-crashes": "print(input())\nraise RuntimeError('boom')",
+    "prints-the-answer-then-sigkills-itself": "import os, signal, sys\nprint(input())\nsys.stdout.flush()\n"
+    "os.kill(os.getpid(), signal.SIGKILL)",
+    "child-prints-the-answer-after-main-exits-wrong": "import os, sys, time\ns = input()\nif os.fork() == 0:\n"
+    "    time.sleep(0.3)\n    print(s)\n    sys.stdout.flush()\n    os._exit(0)\nos._exit(0)",
+    "nul-bytes-and-partial-utf8": "import sys\ns = input()\nsys.stdout.buffer.write(s.encode() + b'\\x00\\xe2\\x82\\n')",
+    "one-enormous-line": "import sys\nsys.stdout.write('hello' + 'x' * (8 << 20))",
+    "closes-stdout-then-exits-zero": "import os\nos.close(1)\nos._exit(0)",
+    "forges-on-fd3-and-exits-zero-wrong": "import os\nos.write(3, b'0' * 32 + b' {\"kind\":\"exited\"}\\n')\nprint('hellO')",
+    "fills-tmp-and-inodes": "import os\ni = 0\ntry:\n    while True:\n        open(f'/tmp/{i}', 'w').close()\n"
+    "        i += 1\nexcept OSError:\n    pass\ntry:\n    open('/tmp/big', 'wb').write(b'x' * (300 << 20))\n"
+    "except OSError:\n    pass\nprint('nope')",
+}
+
+
+@pytest.mark.parametrize("name", sorted(FORGERS_MORE))
+async def test_another_forging_answer_fails(pool: ScoringPool, name: str) -> None:
+    """A wrong answer that bends the channel, the judge's view or its own process is scored failed."""
+    problem, code = FORGERS_MORE[name]
+    with anyio.fail_after(30):
+        s = await pool.score(problem, fenced(code))
+    assert not s.passed, s
+    assert verdict_cause(s.reason)[0] == "model", s
+    storable(s)
+    await honest_still_passes(pool)
+
+
+@pytest.mark.parametrize("name", sorted(STDIO_MORE))
+async def test_another_stdio_trick_fails(pool: ScoringPool, name: str) -> None:
+    """A program that prints the answer and dies, leaves a child to print it, writes bytes that
+    do not decode, or fills its folders, is scored failed, and the pool goes on."""
+    with anyio.fail_after(30):
+        s = await pool.score(ECHO, fenced(STDIO_MORE[name]))
+    assert not s.passed, s
+    storable(s)
+    await honest_still_passes(pool)
