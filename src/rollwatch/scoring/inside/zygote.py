@@ -49,10 +49,13 @@ requests from the host, one at a time, each in a fresh child:
   ``/dev/mqueue`` are emptied and SysV IPC objects removed.
 
 Protocol: frames of a 4-byte big-endian length and a compact JSON object, requests
-on fd 0 and responses on fd 1; each request's frame is followed by its tests' UTF-8
-bytes (``tests_bytes`` of them), which go to the judge and never into an object the
-candidate's fork could find (``read_request``). EOF on fd 0 means the host is gone: kill
-everything and exit. With a ``setup`` plan in its config (the ``unshare``
+on fd 0 and responses on fd 1; each request's frame is followed by its code's and its
+tests' UTF-8 bytes (``code_bytes``, ``tests_bytes``), which never go into a str or bytes
+object here (``read_request``); each response's frame by the sample's stdout, the tail
+of its stderr and what its verdict channel carried, raw (``raw``: their sizes), which the
+host parses. Every later sample is a fork of this process, freed memory included: what
+one sample sent or wrote (its code, its output, a verdict naming a test line) lives here
+only in buffers wiped after it. EOF on fd 0 means the host is gone: kill everything and exit. With a ``setup`` plan in its config (the ``unshare``
 backend) the zygote first builds the sandbox's file system itself, as bubblewrap
 would.
 """
@@ -1291,7 +1294,7 @@ class Zygote:
         # is a fork of this process and must find nothing of this one's output, its
         # judge's traceback or its verdict (which names the failing test line).
         self.scratch = bytearray(65536)
-        self.out_buf = bytearray(STDOUT_HEAD)
+        self.out_buf = bytearray()  # made for each sample, small, and grown as the output comes (grow_out)
         self.err_buf = bytearray(2 * STDERR_KEEP + len(self.scratch))
         self.ver_buf = bytearray(VERDICT_KEEP)
         self.used = [0, 0, 0]
@@ -1508,10 +1511,9 @@ class Zygote:
         stdout_total = 0
         stderr_total = 0
         out_cap = limit if keep_stdout else STDOUT_HEAD
-        if len(self.out_buf) < out_cap:
-            self.out_buf = bytearray(out_cap)  # the old one is all zeros (see wipe_output)
+        self.out_buf = bytearray(min(out_cap, len(self.scratch)))
         scratch = memoryview(self.scratch)
-        out_v, err_v, ver_v = memoryview(self.out_buf), memoryview(self.err_buf), memoryview(self.ver_buf)
+        err_v, ver_v = memoryview(self.err_buf), memoryview(self.ver_buf)
         used = self.used  # stdout, stderr, verdict
         outcome = None  # "timeout" | "output_limit" | None (exited)
         host_gone = False
@@ -1533,7 +1535,9 @@ class Zygote:
                 stdout_total += k
                 n = min(k, out_cap - used[0])
                 if n > 0:
-                    out_v[used[0] : used[0] + n] = scratch[:n]
+                    if used[0] + n > len(self.out_buf):
+                        self.grow_out(used[0] + n, out_cap)
+                    memoryview(self.out_buf)[used[0] : used[0] + n] = scratch[:n]
                     used[0] += n
             elif fd == err_r:
                 stderr_total += k
@@ -1702,7 +1706,7 @@ class Zygote:
         # stdout, the tail of stderr and the verdict channel follow the frame as raw
         # bytes, in that order (see ``serve``); the host parses the verdict.
         err_from = max(0, used[1] - STDERR_KEEP)
-        self.output = [out_v[: used[0]], err_v[err_from : used[1]], ver_v[: used[2]]]
+        self.output = [memoryview(self.out_buf)[: used[0]], err_v[err_from : used[1]], ver_v[: used[2]]]
         resp: Json = {
             "outcome": outcome or "exited",
             "wall_ms": round(wall * 1000, 3),
@@ -1757,6 +1761,18 @@ class Zygote:
                 for view in self.output:
                     write_all(self.ctl_out, view)
             self.wipe_output()
+
+    def grow_out(self, need: int, cap: int) -> None:
+        """A larger stdout buffer holding what the old one held; the old one is wiped.
+
+        Not one buffer of the whole limit kept across samples: written while a forked
+        sample still shares its pages, a large one costs a copy of each (huge) page.
+        """
+        old, n = self.out_buf, self.used[0]
+        new = bytearray(min(cap, max(need, 2 * len(old))))
+        memoryview(new)[:n] = memoryview(old)[:n]  # a memmove, no temporary copy
+        wipe(old)
+        self.out_buf = new
 
     def wipe_output(self) -> None:
         """Zero what the last sample wrote (and the scratch buffer): the next sample is forked from here."""
