@@ -169,6 +169,20 @@ async def test_a_previous_samples_output_cannot_be_replayed(pool1: ScoringPool) 
     await nothing_left()
 
 
+async def test_a_large_output_arrives_whole_and_leaves_nothing(pool1: ScoringPool) -> None:
+    """An output of many times the zygote's first buffer arrives byte for byte; none of the
+    copies the buffer went through as it grew is left for the next sample."""
+    filler = "".join(f"{i:07d}\n" for i in range(60000))  # 480 KB
+    problem = stdio_problem([("5\n", filler + "ANSWER-271828\n")], timeout=5.0)
+    honest = "import sys\nn = int(input())\nsys.stdout.write(''.join(f'{i:07d}\\n' for i in range(60000)))\n"
+    honest += "print('ANSWER-' + str(271828 + n - 5))"
+    assert (await pool1.score(problem, fenced(honest))).passed
+    s = await pool1.score(problem, fenced(REPLAYS_OUTPUT))
+    assert not s.passed, s
+    assert PRIMITIVE_FAILED not in s.reason, s
+    assert "nothing" in str(s.detail), s
+
+
 # -- more forgers and jammers, on the shared pools of every backend ------------------------
 #
 # name -> (problem, wrong answer): each must end as a failed verdict with a reason the
