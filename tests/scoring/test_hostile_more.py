@@ -358,3 +358,22 @@ async def test_another_stdio_trick_fails(pool: ScoringPool, name: str) -> None:
     assert not s.passed, s
     storable(s)
     await honest_still_passes(pool)
+
+
+# Answers without a fence whose text nests deeper than Python's parser goes (~3000 levels):
+# extraction parses the whole text on the host to see whether it is a program.
+TOO_DEEP_TO_PARSE = {
+    "unary-minus-chain": "-" * 5000 + "1",
+    "attribute-chain": "a" + ".b" * 5000,
+    "sum-chain": "x = " + "1 + " * 5000 + "1",
+    "call-chain": "f" + "()" * 5000,
+}
+
+
+@pytest.mark.parametrize("name", sorted(TOO_DEEP_TO_PARSE))
+async def test_an_answer_too_deep_to_parse_is_the_models_failure(pool: ScoringPool, name: str) -> None:
+    """Not a scorer error (ours, re-scored, logged with a traceback): no code found."""
+    s = await pool.score(SQUARE, TOO_DEEP_TO_PARSE[name])
+    assert not s.passed, s
+    assert s.reason == "no code found", s
+    assert verdict_cause(s.reason)[0] == "model", s
