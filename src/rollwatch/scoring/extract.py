@@ -101,9 +101,15 @@ def _defines(code: str, name: str) -> bool:
 
 
 def _is_program(text: str) -> bool:
+    """Whether ``text`` parses as Python and is more than a bare expression.
+
+    A text nested deeper than the parser goes (a few KB of ``-`` or ``1 +``) raises
+    RecursionError or MemoryError: it is not code either, and the answer's failure
+    stays the model's ("no code found"), not a scorer error of ours.
+    """
     try:
         tree = ast.parse(text)
-    except (SyntaxError, ValueError):
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
         return False
     return any(not isinstance(node, ast.Expr) for node in tree.body)
 
