@@ -11,6 +11,7 @@ is forked from the same zygote.
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import AsyncIterator
 
 import anyio
@@ -19,6 +20,7 @@ import pytest
 from rollwatch.problems import Problem
 from rollwatch.report.failures import verdict_cause
 from rollwatch.scoring import ScoringPool
+from rollwatch.scoring.extract import extract_code
 
 from .conftest import BACKENDS, SQUARE, fenced, function_problem, nothing_left, settings, stdio_problem
 from .test_hostile import ECHO, honest_still_passes, storable
@@ -377,3 +379,22 @@ async def test_an_answer_too_deep_to_parse_is_the_models_failure(pool: ScoringPo
     assert not s.passed, s
     assert s.reason == "no code found", s
     assert verdict_cause(s.reason)[0] == "model", s
+
+
+# A line that starts like a fence and goes on in spaces (a degenerate model's output):
+# extraction runs on the daemon's event loop, so its time is everyone's.
+FENCE_LIKE_LINES = {
+    "backticks-spaces-backtick": "```" + " " * 60000 + "`",
+    "many-such-lines": ("````" + " \t" * 1000 + "`\n") * 60,
+    "tagged-then-spaces": "```python" + " " * 60000 + "`",
+}
+
+
+@pytest.mark.parametrize("name", sorted(FENCE_LIKE_LINES))
+def test_extraction_takes_linear_time_on_fence_like_lines(name: str) -> None:
+    """60 KB of such a line takes milliseconds to extract from, not seconds (it took ~15 s
+    when the fence pattern's spaces could be split two ways at every step)."""
+    text = FENCE_LIKE_LINES[name]
+    started = time.perf_counter()
+    extract_code(text, "f")
+    assert time.perf_counter() - started < 1.0
