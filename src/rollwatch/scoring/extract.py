@@ -28,7 +28,10 @@ __all__ = ["Extraction", "ExtractionMethod", "extract_code"]
 ExtractionMethod = Literal["fenced-entry-point", "fenced-last", "whole-text", "none"]
 
 _PYTHON_TAGS = {"", "python", "py", "python3", "py3", "pycon3"}
-_OPEN = re.compile(r"^(?P<indent>[ \t]{0,3})(?P<fence>`{3,}|~{3,})[ \t]*(?P<info>[^\n`]*)$")
+# The info string starts at its first non-blank character: were the blanks before it
+# free to go to either part, a line of a fence and 60 KB of spaces that then fails
+# (a stray backtick at its end) would take seconds, on the daemon's event loop.
+_OPEN = re.compile(r"^(?P<indent>[ \t]{0,3})(?P<fence>`{3,}|~{3,})[ \t]*(?P<info>(?:[^\n` \t][^\n`]*)?)$")
 _THINK = re.compile(r"<think(?:ing)?>.*?(?:</think(?:ing)?>|\Z)", re.S | re.I)
 
 
