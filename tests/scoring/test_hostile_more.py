@@ -398,3 +398,27 @@ def test_extraction_takes_linear_time_on_fence_like_lines(name: str) -> None:
     started = time.perf_counter()
     extract_code(text, "f")
     assert time.perf_counter() - started < 1.0
+
+
+async def test_the_tests_own_exception_classes_cannot_be_raised_by_name(pool: ScoringPool) -> None:
+    """The candidate's exception crosses by class name; it may name a built-in class or one
+    the prompt defines (which it can see), never one only the tests define: raising that
+    name is a guess, and tests that catch such a class as their success signal would pass it."""
+    problem = function_problem(
+        """
+        class _Solved(Exception):
+            pass
+        def check(candidate):
+            try:
+                if candidate(2) == 4 and candidate(5) == 25:
+                    raise _Solved
+                raise AssertionError("wrong")
+            except _Solved:
+                pass
+        """
+    )
+    assert (await pool.score(problem, fenced("def f(x):\n    return x * x"))).passed
+    s = await pool.score(
+        problem, fenced("class _Solved(Exception):\n    pass\ndef f(x):\n    raise _Solved()")
+    )
+    assert not s.passed, s
