@@ -882,18 +882,21 @@ class LoadFailed(BaseException):
     """The candidate's code did not load (syntax, exception, no entry point): ``(kind, reason)``."""
 
 
-def _rebuilt_exception(name: str, message: str, tns: Json) -> Exception:
+def _rebuilt_exception(name: str, message: str, visible: Json) -> Exception:
     """The judge's own exception for the candidate's, by the class's name and with its message.
 
-    A class of that name in the tests' namespace (one the prompt defines, say) or among
-    the built-ins; else a new class of that name, derived from Exception.
+    A class of that name the candidate could see too (``visible``: what the prompt
+    defines) or among the built-ins; else a new class of that name, derived from
+    Exception. Never a class only the tests define: the candidate cannot see those, so
+    naming one is a guess, and tests that catch one as their success signal (to leave a
+    loop, say) would pass it.
 
     Never StopIteration or StopAsyncIteration (or a subclass): raised from a call inside
     ``map``, ``filter`` or a hand-written ``__next__``, it would end the tests' loop
     early, and ``all(map(lambda x: candidate(x) == want(x), xs))`` would hold for a
     candidate that only raises. It becomes a RuntimeError, as PEP 479 does for generators.
     """
-    cls = (tns.get(name) or getattr(builtins, name, None)) if name.isidentifier() else None
+    cls = (visible.get(name) or getattr(builtins, name, None)) if name.isidentifier() else None
     if isinstance(cls, type) and issubclass(cls, (StopIteration, StopAsyncIteration)):
         return RuntimeError(f"the candidate raised {name}: {message}")
     if isinstance(cls, type) and issubclass(cls, Exception):
@@ -979,6 +982,7 @@ def _run_judge(req: Json, nonce: str) -> int:
         return 2
 
     tns: Json = {"__name__": "__tests__", "__builtins__": builtins}
+    visible: Json = {}  # the prelude's names (the candidate's process has them too), before the tests'
 
     # The first failure of the channel itself, kept even if the tests swallow it (a bare
     # ``except:`` around a call must not turn an unverifiable answer into a pass).
@@ -1037,13 +1041,14 @@ def _run_judge(req: Json, nonce: str) -> int:
                 raise LimitHit(kind)
             if kind == "exit":
                 raise CandidateExit(message)
-            raise _rebuilt_exception(name, message, tns)
+            raise _rebuilt_exception(name, message, visible)
         raise ChannelBroken("the candidate sent a garbled message")
 
     entry = req["entry_point"]
     failure: BaseException | None = None
     try:
         exec(prelude_code, tns)
+        visible.update(tns)
         exec(tests_code, tns)
         # HumanEval's tests may call the entry point by its name, not only as `candidate`.
         tns[entry] = candidate
