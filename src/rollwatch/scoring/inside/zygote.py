@@ -55,9 +55,9 @@ object here (``read_request``); each response's frame by the sample's stdout, th
 of its stderr and what its verdict channel carried, raw (``raw``: their sizes), which the
 host parses. Every later sample is a fork of this process, freed memory included: what
 one sample sent or wrote (its code, its output, a verdict naming a test line) lives here
-only in buffers wiped after it. EOF on fd 0 means the host is gone: kill everything and exit. With a ``setup`` plan in its config (the ``unshare``
-backend) the zygote first builds the sandbox's file system itself, as bubblewrap
-would.
+only in buffers wiped after it. EOF on fd 0 means the host is gone: kill everything
+and exit. With a ``setup`` plan in its config (the ``unshare`` backend) the zygote
+first builds the sandbox's file system itself, as bubblewrap would.
 """
 
 # This is the harness itself: it exec()s candidate code on purpose (S102), names the
@@ -1546,9 +1546,9 @@ class Zygote:
                     used[0] += n
             elif fd == err_r:
                 stderr_total += k
-                out_at = used[1]
-                err_v[out_at : out_at + k] = scratch[:k]
-                used[1] = out_at + k
+                at = used[1]
+                err_v[at : at + k] = scratch[:k]
+                used[1] = at + k
                 if used[1] > 2 * STDERR_KEEP:  # keep the tail (the two ranges do not overlap)
                     err_v[:STDERR_KEEP] = err_v[used[1] - STDERR_KEEP : used[1]]
                     used[1] = STDERR_KEEP
