@@ -198,16 +198,18 @@ class SampleRequest:
 
     def to_wire(self) -> bytes:
         """The request as the zygote reads it: a frame (4-byte big-endian length, JSON),
-        then the tests' UTF-8 bytes (``tests_bytes`` of them), which the zygote keeps out
-        of every object the candidate's process could find."""
+        then the code's UTF-8 bytes (``code_bytes`` of them) and the tests' (``tests_bytes``),
+        which the zygote keeps out of every object a sample's process could find: a later
+        sample is forked from it."""
         import base64
         import json
         import struct
 
+        code = self.code.encode("utf-8", "surrogatepass")
         tests = self.tests.encode("utf-8", "surrogatepass")
         head = {
             "mode": self.mode,
-            "code": self.code,
+            "code_bytes": len(code),
             "tests_bytes": len(tests),
             "prelude": self.prelude,
             "entry_point": self.entry_point,
@@ -218,13 +220,62 @@ class SampleRequest:
             "keep_stdout": self.keep_stdout,
         }
         body = json.dumps(head, separators=(",", ":")).encode()
-        return struct.pack(">I", len(body)) + body + tests
+        return struct.pack(">I", len(body)) + body + code + tests
 
 
 _SIGNAL_REASONS = {
     "SIGXCPU": "timeout (CPU time limit)",
     "SIGXFSZ": "file size limit",
 }
+
+
+VERDICT_KEYS = {"ok": bool, "kind": str, "reason": str, "stage": str, "test_line": int, "test_source": str}
+
+
+def clean_verdict(text: str) -> dict[str, Any] | None:
+    """The verdict line's object with only the keys and types a verdict has; None if it is not one.
+
+    In program mode the harness shares the candidate's process, so the line may be
+    anything: deeply nested, not an object, lone surrogates. Nothing of that leaves here.
+    """
+    import json
+
+    try:
+        obj = json.loads(text)
+    except (ValueError, RecursionError, MemoryError):
+        return None
+    if type(obj) is not dict:
+        return None
+    out: dict[str, Any] = {}
+    for key, want in VERDICT_KEYS.items():
+        value = obj.get(key)
+        if type(value) is want:
+            out[key] = (
+                value[:1000].encode("utf-8", "replace").decode("utf-8") if isinstance(value, str) else value
+            )
+    return out
+
+
+def read_verdict(channel: bytes, nonce: str) -> tuple[dict[str, Any] | None, bool]:
+    """The verdict in what the verdict channel carried, and whether something else wrote there.
+
+    The harness writes exactly one line tagged with the sample's nonce. Anything else on
+    the channel is noted; more than one tagged line means someone else had the nonce: no verdict.
+    """
+    forged, authentic = False, []
+    for line in channel.decode("utf-8", "replace").splitlines():
+        tag, _, body = line.partition(" ")
+        if nonce and tag == nonce:
+            authentic.append(body)
+        else:
+            forged = True
+    verdict = None
+    if len(authentic) == 1:
+        verdict = clean_verdict(authentic[0])
+        forged = forged or verdict is None
+    elif authentic:
+        forged = True
+    return verdict, forged
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -253,19 +304,22 @@ class SampleResult:
     maxrss_kb: int | None = None
 
     @classmethod
-    def from_wire(cls, d: dict[str, Any]) -> SampleResult:
-        import base64
-
+    def from_wire(
+        cls, d: dict[str, Any], stdout: bytes = b"", stderr: bytes = b"", channel: bytes = b""
+    ) -> SampleResult:
+        """The zygote's response frame ``d`` and the raw parts that followed it: the
+        sample's stdout, the tail of its stderr and what its verdict channel carried."""
+        verdict, forged = read_verdict(channel, str(d.get("nonce") or ""))
         return cls(
             outcome=d["outcome"],
             exit_code=d.get("exit_code"),
             signal=d.get("signal"),
-            stdout=base64.b64decode(d.get("stdout") or ""),
+            stdout=stdout,
             stdout_bytes=int(d.get("stdout_bytes") or 0),
-            stderr=d.get("stderr") or "",
+            stderr=stderr.decode("utf-8", "replace"),
             stderr_bytes=int(d.get("stderr_bytes") or 0),
-            verdict=d.get("verdict") if isinstance(d.get("verdict"), dict) else None,
-            verdict_forged=bool(d.get("verdict_forged")),
+            verdict=verdict,
+            verdict_forged=forged,
             judge_exit=d.get("judge_exit") if isinstance(d.get("judge_exit"), int) else None,
             error=str(d.get("error") or d.get("restart") or ""),
             wall_ms=float(d.get("wall_ms") or 0.0),

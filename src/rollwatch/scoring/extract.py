@@ -28,7 +28,10 @@ __all__ = ["Extraction", "ExtractionMethod", "extract_code"]
 ExtractionMethod = Literal["fenced-entry-point", "fenced-last", "whole-text", "none"]
 
 _PYTHON_TAGS = {"", "python", "py", "python3", "py3", "pycon3"}
-_OPEN = re.compile(r"^(?P<indent>[ \t]{0,3})(?P<fence>`{3,}|~{3,})[ \t]*(?P<info>[^\n`]*)$")
+# The info string starts at its first non-blank character: were the blanks before it
+# free to go to either part, a line of a fence and 60 KB of spaces that then fails
+# (a stray backtick at its end) would take seconds, on the daemon's event loop.
+_OPEN = re.compile(r"^(?P<indent>[ \t]{0,3})(?P<fence>`{3,}|~{3,})[ \t]*(?P<info>(?:[^\n` \t][^\n`]*)?)$")
 _THINK = re.compile(r"<think(?:ing)?>.*?(?:</think(?:ing)?>|\Z)", re.S | re.I)
 
 
@@ -101,9 +104,15 @@ def _defines(code: str, name: str) -> bool:
 
 
 def _is_program(text: str) -> bool:
+    """Whether ``text`` parses as Python and is more than a bare expression.
+
+    A text nested deeper than the parser goes (a few KB of ``-`` or ``1 +``) raises
+    RecursionError or MemoryError: it is not code either, and the answer's failure
+    stays the model's ("no code found"), not a scorer error of ours.
+    """
     try:
         tree = ast.parse(text)
-    except (SyntaxError, ValueError):
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
         return False
     return any(not isinstance(node, ast.Expr) for node in tree.body)
 

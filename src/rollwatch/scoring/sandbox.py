@@ -76,6 +76,8 @@ _SECCOMP_IN_SANDBOX = "/opt/rollwatch/seccomp.py"  # the zygote loads it from it
 TMP_INODES = 16384
 """Files (inodes) each private tmpfs holds: a cap on the kernel memory empty files take."""
 _BACKSTOP_S = 10.0
+_RAW_MAX = 1 << 30
+"""Largest raw part (a sample's stdout) a response may announce: more means the zygote is not itself."""
 """Beyond a sample's own timeout, how long the host waits for the zygote's answer."""
 
 # The environment of everything in the sandbox: nothing of the daemon's.
@@ -285,6 +287,10 @@ class ZygoteSandbox(Sandbox):
                     with anyio.fail_after(request.timeout + _BACKSTOP_S):
                         await self._proc.stdin.send(wire)
                         resp = await self._recv()
+                        sizes = resp.get("raw") or [0, 0, 0]
+                        if type(sizes) is not list or len(sizes) != 3:
+                            raise ValueError("a response without its three raw parts")
+                        raw = [await self._recv_raw(n) for n in sizes]
                 except (
                     anyio.EndOfStream,
                     anyio.IncompleteRead,
@@ -325,7 +331,7 @@ class ZygoteSandbox(Sandbox):
                         error=str(resp.get("error") or resp.get("restart"))[:300],
                         traceback=str(resp.get("traceback") or "")[-2000:],
                     )
-                return SampleResult.from_wire(resp)
+                return SampleResult.from_wire(resp, *raw)
                 # --- end issue 20 ---
         raise AssertionError("unreachable")
 
@@ -353,6 +359,13 @@ class ZygoteSandbox(Sandbox):
         (n,) = struct.unpack(">I", await self._rx.receive_exactly(4))
         result: dict[str, Any] = json.loads(await self._rx.receive_exactly(n))
         return result
+
+    async def _recv_raw(self, n: object) -> bytes:
+        """``n`` raw bytes after a response frame (stdout, stderr, the verdict channel)."""
+        assert self._rx is not None
+        if type(n) is not int or not 0 <= n <= _RAW_MAX:
+            raise ValueError(f"the zygote announced {n!r} raw bytes")
+        return await self._rx.receive_exactly(n) if n else b""
 
     def _stderr_tail(self) -> str:
         if self._errors is None:

@@ -31,6 +31,7 @@ import tempfile
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 _zygote = importlib.import_module("zygote")
 read_frame, write_frame = _zygote.read_frame, _zygote.write_frame
+read_exact, write_all = _zygote.read_exact, _zygote.write_all
 
 
 MAX_STDIN = 64 * 1024 * 1024
@@ -63,11 +64,12 @@ def main() -> int:
         try:
             if read_frame(proc.stdout.fileno()) is None:
                 raise EOFError
+            source = code.encode("utf-8", "surrogatepass")
             write_frame(
                 proc.stdin.fileno(),
                 {
                     "mode": "program",
-                    "code": code,
+                    "code_bytes": len(source),
                     "stdin": base64.b64encode(data).decode(),
                     "timeout": timeout,
                     "limits": {**spec["limits"], "cpu_s": max(1, int(timeout) + 1)},
@@ -75,9 +77,15 @@ def main() -> int:
                     "keep_stdout": True,
                 },
             )
+            write_all(proc.stdin.fileno(), source)  # the code follows the frame as raw bytes
             resp = read_frame(proc.stdout.fileno())
             if resp is None:
                 raise EOFError
+            # stdout, the tail of stderr and the verdict channel follow the response as raw bytes.
+            out, err, _ = [
+                (read_exact(proc.stdout.fileno(), n) if n else b"") or b""
+                for n in resp.get("raw") or (0, 0, 0)
+            ]
         except (EOFError, OSError):
             errors.seek(0)
             print(
@@ -96,9 +104,9 @@ def main() -> int:
     if resp.get("outcome") == "error":
         print(f"rollwatch: the sandbox failed: {resp.get('error')}", file=sys.stderr)
         return 126
-    sys.stdout.buffer.write(base64.b64decode(resp.get("stdout") or ""))
+    sys.stdout.buffer.write(out)
     sys.stdout.flush()
-    sys.stderr.write(resp.get("stderr") or "")
+    sys.stderr.write(err.decode("utf-8", "replace"))
     if resp["outcome"] == "timeout":
         print("rollwatch: timeout", file=sys.stderr)
         return 124

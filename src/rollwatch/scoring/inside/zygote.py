@@ -49,12 +49,15 @@ requests from the host, one at a time, each in a fresh child:
   ``/dev/mqueue`` are emptied and SysV IPC objects removed.
 
 Protocol: frames of a 4-byte big-endian length and a compact JSON object, requests
-on fd 0 and responses on fd 1; each request's frame is followed by its tests' UTF-8
-bytes (``tests_bytes`` of them), which go to the judge and never into an object the
-candidate's fork could find (``read_request``). EOF on fd 0 means the host is gone: kill
-everything and exit. With a ``setup`` plan in its config (the ``unshare``
-backend) the zygote first builds the sandbox's file system itself, as bubblewrap
-would.
+on fd 0 and responses on fd 1; each request's frame is followed by its code's and its
+tests' UTF-8 bytes (``code_bytes``, ``tests_bytes``), which never go into a str or bytes
+object here (``read_request``); each response's frame by the sample's stdout, the tail
+of its stderr and what its verdict channel carried, raw (``raw``: their sizes), which the
+host parses. Every later sample is a fork of this process, freed memory included: what
+one sample sent or wrote (its code, its output, a verdict naming a test line) lives here
+only in buffers wiped after it. EOF on fd 0 means the host is gone: kill everything
+and exit. With a ``setup`` plan in its config (the ``unshare`` backend) the zygote
+first builds the sandbox's file system itself, as bubblewrap would.
 """
 
 # This is the harness itself: it exec()s candidate code on purpose (S102), names the
@@ -284,21 +287,30 @@ def read_frame(fd: int) -> Json | None:
 
 
 def read_request(fd: int) -> Json | None:
-    """One request from the host: a frame, then (function mode) ``tests_bytes`` bytes of tests.
+    """One request from the host: a frame, then ``code_bytes`` bytes of the sample's code,
+    then (function mode) ``tests_bytes`` bytes of tests.
 
     The tests never pass through a str, a bytes object or JSON in this process: they go
     into a buffer of their own (``req["tests"]``, a bytearray), from there into the
     judge's job, and are wiped before the candidate is forked. The candidate's process
     is a fork of this one: any copy of the tests here (live or freed) it could find and
-    read, and answer every assertion from the expected values.
+    read, and answer every assertion from the expected values. The code goes the same
+    way (``req["code"]``, wiped after the sample): a later sample, forked from here, must
+    not find an earlier one's code, nor the reference solution a calibration ran.
     """
     req = read_frame(fd)
     if req is None:
         return None
-    n = req.get("tests_bytes")
-    if type(n) is int and n >= 0:
-        req["tests"] = read_into(fd, n)
+    for key in ("code", "tests"):
+        n = req.get(key + "_bytes")
+        if type(n) is int and n >= 0:
+            req[key] = read_into(fd, n)
     return req
+
+
+def source_text(code: bytearray) -> str:
+    """A sample's code as text: done in the sample's own process, never in the zygote."""
+    return bytes(code).decode("utf-8", "surrogatepass")
 
 
 def write_all(fd: int, data: bytes | bytearray) -> None:
@@ -785,7 +797,7 @@ def _run_candidate(req: Json, watched: Watched, prelude: CodeType | None = None)
         else:
             sources["prompt.py"] = req.get("prelude") or ""
             prelude_code = prelude
-        cand_code = source("solution.py", req["code"])
+        cand_code = source("solution.py", source_text(req["code"]))
     except (SyntaxError, ValueError) as e:
         lineno = getattr(e, "lineno", None)
         line = f" (line {lineno})" if lineno else ""
@@ -870,18 +882,21 @@ class LoadFailed(BaseException):
     """The candidate's code did not load (syntax, exception, no entry point): ``(kind, reason)``."""
 
 
-def _rebuilt_exception(name: str, message: str, tns: Json) -> Exception:
+def _rebuilt_exception(name: str, message: str, visible: Json) -> Exception:
     """The judge's own exception for the candidate's, by the class's name and with its message.
 
-    A class of that name in the tests' namespace (one the prompt defines, say) or among
-    the built-ins; else a new class of that name, derived from Exception.
+    A class of that name the candidate could see too (``visible``: what the prompt
+    defines) or among the built-ins; else a new class of that name, derived from
+    Exception. Never a class only the tests define: the candidate cannot see those, so
+    naming one is a guess, and tests that catch one as their success signal (to leave a
+    loop, say) would pass it.
 
     Never StopIteration or StopAsyncIteration (or a subclass): raised from a call inside
     ``map``, ``filter`` or a hand-written ``__next__``, it would end the tests' loop
     early, and ``all(map(lambda x: candidate(x) == want(x), xs))`` would hold for a
     candidate that only raises. It becomes a RuntimeError, as PEP 479 does for generators.
     """
-    cls = (tns.get(name) or getattr(builtins, name, None)) if name.isidentifier() else None
+    cls = (visible.get(name) or getattr(builtins, name, None)) if name.isidentifier() else None
     if isinstance(cls, type) and issubclass(cls, (StopIteration, StopAsyncIteration)):
         return RuntimeError(f"the candidate raised {name}: {message}")
     if isinstance(cls, type) and issubclass(cls, Exception):
@@ -967,6 +982,7 @@ def _run_judge(req: Json, nonce: str) -> int:
         return 2
 
     tns: Json = {"__name__": "__tests__", "__builtins__": builtins}
+    visible: Json = {}  # the prelude's names (the candidate's process has them too), before the tests'
 
     # The first failure of the channel itself, kept even if the tests swallow it (a bare
     # ``except:`` around a call must not turn an unverifiable answer into a pass).
@@ -1025,13 +1041,14 @@ def _run_judge(req: Json, nonce: str) -> int:
                 raise LimitHit(kind)
             if kind == "exit":
                 raise CandidateExit(message)
-            raise _rebuilt_exception(name, message, tns)
+            raise _rebuilt_exception(name, message, visible)
         raise ChannelBroken("the candidate sent a garbled message")
 
     entry = req["entry_point"]
     failure: BaseException | None = None
     try:
         exec(prelude_code, tns)
+        visible.update(tns)
         exec(tests_code, tns)
         # HumanEval's tests may call the entry point by its name, not only as `candidate`.
         tns[entry] = candidate
@@ -1152,31 +1169,6 @@ def _judge_loop() -> int:
             return 0
 
 
-VERDICT_KEYS = {"ok": bool, "kind": str, "reason": str, "stage": str, "test_line": int, "test_source": str}
-
-
-def clean_verdict(text: str) -> Json | None:
-    """The verdict line's object with only the keys and types a verdict has; None if it is not one.
-
-    In program mode the harness shares the candidate's process, so the line may be
-    anything: deeply nested, not an object, lone surrogates. Nothing of that leaves here.
-    """
-    try:
-        obj = json.loads(text)
-    except (ValueError, RecursionError, MemoryError):
-        return None
-    if type(obj) is not dict:
-        return None
-    out: Json = {}
-    for key, want in VERDICT_KEYS.items():
-        value = obj.get(key)
-        if type(value) is want:
-            out[key] = (
-                value[:1000].encode("utf-8", "replace").decode("utf-8") if isinstance(value, str) else value
-            )
-    return out
-
-
 def _run_program(req: Json, nonce: str) -> int:
     """A script run as ``__main__``, stdin to stdout, as ``python3 solution.py`` would."""
     import traceback
@@ -1186,7 +1178,7 @@ def _run_program(req: Json, nonce: str) -> int:
     def report(obj: Json) -> None:
         write(VERDICT_FD, (nonce + " " + json_encode(obj) + "\n").encode())
 
-    text = req["code"]
+    text = source_text(req["code"])
     path = os.path.join(os.getcwd(), "solution.py")
     try:
         with open(path, "w", encoding="utf-8") as f:
@@ -1302,6 +1294,18 @@ class Zygote:
         # The resident judge: (pid, pidfd, control socket) while it lives, and its sample count.
         self.judge: tuple[int, int, socket.socket] | None = None
         self.judge_runs = 0
+        # What a sample writes is read into these and nowhere else (no bytes object, no
+        # str), sent to the host from them and wiped after every sample: the next sample
+        # is a fork of this process and must find nothing of this one's output, its
+        # judge's traceback or its verdict (which names the failing test line).
+        self.scratch = bytearray(65536)
+        self.out_buf = bytearray()  # made for each sample, small, and grown as the output comes (grow_out)
+        self.err_buf = bytearray(2 * STDERR_KEEP + len(self.scratch))
+        self.ver_buf = bytearray(VERDICT_KEEP)
+        self.used = [0, 0, 0]
+        """Bytes of the last sample in out_buf, err_buf and ver_buf (wiped once sent)."""
+        self.output: list[memoryview] = []
+        """The views ``run`` leaves for ``serve`` to send after the response frame."""
 
     # -- killing and reaping ------------------------------------------------------------
 
@@ -1509,35 +1513,50 @@ class Zygote:
         timeout = float(req["timeout"])
         function = req["mode"] == "function"
 
-        stdout = bytearray()
         stdout_total = 0
-        stderr = bytearray()
         stderr_total = 0
-        verdict = bytearray()
+        out_cap = limit if keep_stdout else STDOUT_HEAD
+        self.out_buf = bytearray(min(out_cap, len(self.scratch)))
+        scratch = memoryview(self.scratch)
+        err_v, ver_v = memoryview(self.err_buf), memoryview(self.ver_buf)
+        used = self.used  # stdout, stderr, verdict
         outcome = None  # "timeout" | "output_limit" | None (exited)
         host_gone = False
 
         def take(fd: int) -> bool:
-            """Read what ``fd`` has; False at EOF (or, once every writer is dead, when empty)."""
+            """Read what ``fd`` has; False at EOF (or, once every writer is dead, when empty).
+
+            Into the scratch buffer and from there into the sample's buffers, by memoryview:
+            no bytes object ever holds the output (see ``__init__``).
+            """
             nonlocal stdout_total, stderr_total
             try:
-                data = os.read(fd, 65536)
+                k = os.readv(fd, [scratch])
             except BlockingIOError:
                 return False
-            if not data:
+            if not k:
                 return False
             if fd == out_r:
-                stdout_total += len(data)
-                room = (limit if keep_stdout else STDOUT_HEAD) - len(stdout)
-                if room > 0:
-                    stdout.extend(data[:room])
+                stdout_total += k
+                n = min(k, out_cap - used[0])
+                if n > 0:
+                    if used[0] + n > len(self.out_buf):
+                        self.grow_out(used[0] + n, out_cap)
+                    memoryview(self.out_buf)[used[0] : used[0] + n] = scratch[:n]
+                    used[0] += n
             elif fd == err_r:
-                stderr_total += len(data)
-                stderr.extend(data)
-                if len(stderr) > 2 * STDERR_KEEP:
-                    del stderr[:-STDERR_KEEP]
-            elif len(verdict) < VERDICT_KEEP:
-                verdict.extend(data)
+                stderr_total += k
+                at = used[1]
+                err_v[at : at + k] = scratch[:k]
+                used[1] = at + k
+                if used[1] > 2 * STDERR_KEEP:  # keep the tail (the two ranges do not overlap)
+                    err_v[:STDERR_KEEP] = err_v[used[1] - STDERR_KEEP : used[1]]
+                    used[1] = STDERR_KEEP
+            else:
+                n = min(k, VERDICT_KEEP - used[2])
+                if n > 0:
+                    ver_v[used[2] : used[2] + n] = scratch[:n]
+                    used[2] += n
             return True
 
         # Everything that can be ready before the candidate's fork is: after it, each page
@@ -1689,15 +1708,17 @@ class Zygote:
         if host_gone:
             raise SystemExit(0)
 
+        # stdout, the tail of stderr and the verdict channel follow the frame as raw
+        # bytes, in that order (see ``serve``); the host parses the verdict.
+        err_from = max(0, used[1] - STDERR_KEEP)
+        self.output = [memoryview(self.out_buf)[: used[0]], err_v[err_from : used[1]], ver_v[: used[2]]]
         resp: Json = {
             "outcome": outcome or "exited",
             "wall_ms": round(wall * 1000, 3),
-            "stdout": binascii.b2a_base64(stdout, newline=False).decode(),
             "stdout_bytes": stdout_total,
-            "stderr": bytes(stderr[-STDERR_KEEP:]).decode("utf-8", "replace"),
             "stderr_bytes": stderr_total,
-            "verdict": None,
-            "verdict_forged": False,
+            "nonce": nonce,
+            "raw": [len(v) for v in self.output],
         }
         if not clean:
             resp["restart"] = "the private folders could not be emptied"
@@ -1712,21 +1733,6 @@ class Zygote:
         if usage is not None:
             resp["cpu_ms"] = round((usage.ru_utime + usage.ru_stime) * 1000, 3)
             resp["maxrss_kb"] = usage.ru_maxrss
-        # The harness writes exactly one tagged line. Anything else on the channel is
-        # noted; more than one tagged line means someone else had the nonce: no verdict.
-        authentic = []
-        for line in bytes(verdict).decode("utf-8", "replace").splitlines():
-            tag, _, body_ = line.partition(" ")
-            if tag == nonce:
-                authentic.append(body_)
-            else:
-                resp["verdict_forged"] = True
-        if len(authentic) == 1:
-            resp["verdict"] = clean_verdict(authentic[0])
-            if resp["verdict"] is None:
-                resp["verdict_forged"] = True
-        elif authentic:
-            resp["verdict_forged"] = True
         return resp
 
     def serve(self) -> None:
@@ -1751,10 +1757,37 @@ class Zygote:
                     "traceback": traceback.format_exc()[-4000:],
                 }
             finally:
-                tests = req.get("tests")
-                if type(tests) is bytearray:
-                    wipe(tests)  # run() wipes them before the fork; on its way out too
+                for key in ("tests", "code"):
+                    buf = req.get(key)
+                    if type(buf) is bytearray:
+                        wipe(buf)  # run() wipes the tests before the fork; on its way out too
             write_frame(self.ctl_out, resp)
+            if "raw" in resp:  # an "error" response has no output behind it
+                for view in self.output:
+                    write_all(self.ctl_out, view)
+            self.wipe_output()
+
+    def grow_out(self, need: int, cap: int) -> None:
+        """A larger stdout buffer holding what the old one held; the old one is wiped.
+
+        Not one buffer of the whole limit kept across samples: written while a forked
+        sample still shares its pages, a large one costs a copy of each (huge) page.
+        """
+        old, n = self.out_buf, self.used[0]
+        new = bytearray(min(cap, max(need, 2 * len(old))))
+        memoryview(new)[:n] = memoryview(old)[:n]  # a memmove, no temporary copy
+        wipe(old)
+        self.out_buf = new
+
+    def wipe_output(self) -> None:
+        """Zero what the last sample wrote (and the scratch buffer): the next sample is forked from here."""
+        for view in self.output:
+            view.release()
+        self.output = []
+        for buf, n in zip((self.out_buf, self.err_buf, self.ver_buf), self.used, strict=True):
+            buf[:n] = bytes(n)
+        wipe(self.scratch)
+        self.used[:] = [0, 0, 0]
 
 
 def trim_heap() -> None:
