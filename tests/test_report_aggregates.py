@@ -25,7 +25,7 @@ from rollwatch.events import (
 )
 from rollwatch.projections import ProjectionDB
 from rollwatch.readmodels import default_projections
-from rollwatch.report import RunRows, build_report, build_trend, to_json
+from rollwatch.report import KeptByRun, build_report, build_trend, to_json
 from rollwatch.report.views import Fetcher
 from rollwatch.store.sqlite import SQLiteEventStore
 from tests.helpers import WithoutAggregates, replayed
@@ -196,9 +196,10 @@ class TestAggregates:
 
 
 async def by_run_kept_and_made(ops: list[tuple[Any, ...]], cuts: list[int]) -> None:
-    """Apply ``ops`` with a catch-up after each cut; after each catch-up the report by run
-    from rows kept between reports (``RunRows``) equals one made from nothing."""
-    kept = RunRows()
+    """Apply ``ops`` with a catch-up after each cut; after each catch-up the reports by run
+    and by problem from what is kept per run between reports (``KeptByRun``) equal ones
+    made from nothing."""
+    kept = KeptByRun()
     ops = [*ops, ("finish", "run-0"), ("finish", "run-1")]
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
@@ -217,24 +218,42 @@ async def by_run_kept_and_made(ops: list[tuple[Any, ...]], cuts: list[int]) -> N
                 await store.append(stream, [ev])
                 if i in cuts or i == len(ops) - 1:
                     await pdb.catch_up(store)
-                    made = await build_report(pdb, "run")
-                    from_kept = await build_report(pdb, "run", run_rows=kept)
-                    assert to_json(from_kept) == to_json(made)
-                    assert from_kept.notes == made.notes
-                    assert [c.header for c in from_kept.columns] == [c.header for c in made.columns]
+                    for by in ("run", "problem"):
+                        made = await build_report(pdb, by)
+                        from_kept = await build_report(pdb, by, kept=kept)
+                        assert to_json(from_kept) == to_json(made), by
+                        assert from_kept.notes == made.notes
+                        assert [c.header for c in from_kept.columns] == [c.header for c in made.columns]
 
 
-class TestRunRowsKept:
+class TestKeptByRun:
     @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(ops=OPS, cuts=st.lists(st.integers(0, 31), max_size=8))
     # A run's failures appear when it finishes, with no rollout of it moving.
     @example(ops=[("req", "r0"), ("fail", "r0", "server_error", True), ("finish", "run-0")], cuts=[0, 1])
+    # A finished run with failures moves again: its old failures are taken away, not kept.
+    @example(
+        ops=[
+            ("req", "r0"), ("fail", "r0", "server_error", True), ("finish", "run-0"),
+            ("req", "r2"), ("fail", "r2", "server_error", True),
+        ],
+        cuts=[2, 4],
+    )  # fmt: skip
+    # A failure moves to another served model: the row it left is not kept with nothing in it.
+    @example(
+        ops=[
+            ("req", "r0"), ("fail", "r0", "server_error", True), ("finish", "run-0"),
+            ("req", "r0"), ("resp", "r0", "s1", 0.1),
+        ],
+        cuts=[2, 4],
+    )  # fmt: skip
     def test_the_report_by_run_from_kept_rows_equals_one_made_anew(
         self, ops: list[tuple[Any, ...]], cuts: list[int]
     ) -> None:
-        """After any sequence of events, caught up at any points, the report by run that
-        makes again only the runs that moved (a rollout of theirs changed, or they started
-        or finished) equals the report made from nothing, rows, columns and notes."""
+        """After any sequence of events, caught up at any points, the reports by run and by
+        problem that read again only the runs that moved (a rollout of theirs changed, or
+        they started or finished) equal the reports made from nothing, rows, columns and
+        notes."""
         anyio.run(by_run_kept_and_made, ops, cuts)
 
     def test_only_the_runs_that_moved_are_read_again(self) -> None:
@@ -242,7 +261,7 @@ class TestRunRowsKept:
         of its run only (and the comparison above can fail: a row kept stale differs)."""
 
         async def main() -> None:
-            kept = RunRows()
+            kept = KeptByRun()
             with tempfile.TemporaryDirectory() as tmp:
                 d = Path(tmp)
                 async with (
@@ -253,7 +272,7 @@ class TestRunRowsKept:
                         stream, ev = event(op)
                         await store.append(stream, [ev])
                     await pdb.catch_up(store)
-                    await build_report(pdb, "run", run_rows=kept)
+                    await build_report(pdb, "run", kept=kept)
                     seen: list[str] = []
 
                     class Watched:
@@ -265,14 +284,14 @@ class TestRunRowsKept:
                     await store.append(stream, [ev])
                     await pdb.catch_up(store)
                     fresh = await build_report(pdb, "run")
-                    assert to_json(await build_report(Watched(), "run", run_rows=kept)) == to_json(fresh)  # type: ignore[arg-type]
+                    assert to_json(await build_report(Watched(), "run", kept=kept)) == to_json(fresh)  # type: ignore[arg-type]
                     cells = [q for q in seen if "FROM agg_cells" in q]
                     assert cells
                     assert all(q.endswith("['run-1']") for q in cells), cells
                     # A row kept stale is caught by the comparison: edit a count behind the
                     # projection's back, with no run moving, and the kept rows differ.
                     await pdb._run(lambda db: db.execute("UPDATE agg_cells SET passed = 0"))
-                    assert to_json(await build_report(pdb, "run", run_rows=kept)) != to_json(
+                    assert to_json(await build_report(pdb, "run", kept=kept)) != to_json(
                         await build_report(pdb, "run")
                     )
 

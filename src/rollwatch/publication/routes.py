@@ -189,7 +189,7 @@ class PublicationAPI:
         self._view_lock = anyio.Lock()
         self._renders: dict[tuple[str, str], bytes] = {}  # (route, base URL) -> body of self._view
         self._reports: dict[tuple[str, ...], tuple[int, bytes]] = {}  # (by, options) -> (head, body)
-        self._run_rows: Any = None  # the report by run's rows, kept per run (report.RunRows)
+        self._kept: Any = None  # what the report keeps per run between requests (report.KeptByRun)
         self._boot = secrets.token_hex(4)
         self.proofs: InclusionProofs | None = None
         self.bundles: ProofBundles | None = None
@@ -306,8 +306,8 @@ class PublicationAPI:
         report_json = getattr(report_module, "report_json", None)
         if report_json is None:
             raise ServiceUnavailable("the report is not available in this version of rollwatch")
-        if by == "run" and not options and self._run_rows is None:
-            self._run_rows = report_module.RunRows()  # type: ignore[union-attr]
+        if self._kept is None:
+            self._kept = report_module.KeptByRun()  # type: ignore[union-attr]
         head = await self.current()
         # The report is a function of the log up to ``head``: its ETag is that position
         # (and this process's start, since a new release may compute it differently),
@@ -322,7 +322,7 @@ class PublicationAPI:
             body = cached[1]
         else:
             try:
-                kept = {"run_rows": self._run_rows} if by == "run" and not options else {}
+                kept = {} if options else {"kept": self._kept}
                 rows = await report_json(self.pdb, by, **options, **kept)
             except UsageError as e:
                 raise BadRequest(str(e)) from None

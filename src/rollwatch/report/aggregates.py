@@ -59,7 +59,7 @@ class ReportAggregatesProjection(Projection):
     ``agg_run_failures`` the same without the problem (what ``--by model`` and ``--by
     run`` read): the report keeps those of finished runs. ``agg_runs`` holds, per run, the
     seq of the last event that changed one of its rollouts here: the report by run makes
-    a run's rows again only when it moved (:class:`rollwatch.report.views.RunRows`).
+    a run's rows again only when it moved (:class:`rollwatch.report.views.KeptByRun`).
 
     A batch of events is applied in memory: each touched ``agg_rollouts`` row is read
     once (one query for the batch), the counts' changes are summed per row of each

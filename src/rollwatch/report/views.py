@@ -24,6 +24,7 @@ from rollwatch.report.failures import (
     Answers,
     Failures,
     Key,
+    _major,
     describe,
     failures_by_key,
     has_aggregates,
@@ -492,26 +493,29 @@ def _keys(cls: type[Any], drop: Iterable[str] = ()) -> tuple[str, ...]:
     return tuple(f.name for f in fields(cls) if f.name not in dropped)
 
 
-class RunRows:
-    """The report by run's rows, kept per run between reports by one process.
+class KeptByRun:
+    """What the report keeps per run between reports, in one process.
 
-    ``/v1/report?by=run`` is made again each time the log moves, and has a row per run:
-    a run's rows depend on its own rollouts (``agg_runs`` dates the last change to them)
-    and its start and end (the failures count once it finished), so only the runs whose
-    date, start or end moved are made again. Rows are kept with the state they were made
-    from: a run that moves while they are made is made again next time, never kept stale.
+    ``/v1/report`` is made again each time the log moves. A run's part of it depends on
+    its own rollouts (``agg_runs`` dates the last change to them) and on its start and end
+    (its failures count once it finished); so only the runs whose date, start or end moved
+    are read again: the report by run's rows (:meth:`rows`), and each run's failures by
+    problem, served model and cause, added up for the report by problem
+    (:meth:`problem_failures`). What is kept carries the state it was made from: a run
+    that moves while it is read is read again next time, never kept stale.
     """
 
     FEW = 16
-    """More runs moved than this (or nothing kept yet): the whole report is made at once."""
+    """More runs moved than this (or nothing kept yet): everything is read at once."""
 
     def __init__(self) -> None:
         self._rows: dict[str, tuple[tuple[Any, ...], list[Row]]] = {}
+        self._fails: dict[str, tuple[tuple[Any, ...], dict[Key, Failures]]] = {}
+        self._fail_total: dict[Key, Failures] = {}
 
-    async def rows(self, pdb: Fetcher) -> list[Row] | None:
-        """Every row of the report by run, or None when it cannot be kept (no aggregates)."""
-        if not await has_aggregates(pdb):
-            return None
+    @staticmethod
+    async def _state(pdb: Fetcher) -> dict[str, tuple[Any, ...]]:
+        """Every run's (last change, start, end)."""
         marks = dict(await pdb.fetchall("SELECT run_id, seq FROM agg_runs"))
         state: dict[str, tuple[Any, ...]] = {
             str(run): (marks.get(run), started, finished)
@@ -521,8 +525,20 @@ class RunRows:
         }
         for run, seq in marks.items():
             state.setdefault(str(run), (seq, None, None))
+        return state
+
+    def _moved(
+        self, kept: dict[str, tuple[tuple[Any, ...], Any]], state: dict[str, tuple[Any, ...]]
+    ) -> list[str]:
+        return [run for run, now in state.items() if (k := kept.get(run)) is None or k[0] != now]
+
+    async def rows(self, pdb: Fetcher) -> list[Row] | None:
+        """Every row of the report by run, or None when it cannot be kept (no aggregates)."""
+        if not await has_aggregates(pdb):
+            return None
+        state = await self._state(pdb)
         kept = self._rows
-        moved = [run for run, now in state.items() if (k := kept.get(run)) is None or k[0] != now]
+        moved = self._moved(kept, state)
         if not kept or len(moved) > self.FEW:
             runs = await _runs(pdb)
             cells = await _cells(pdb, per_run=True)
@@ -544,28 +560,109 @@ class RunRows:
             del kept[run]
         return sorted((r for _, rows in kept.values() for r in rows), key=_row_order)
 
+    async def problem_failures(self, pdb: Fetcher) -> dict[Key, Failures] | None:
+        """The report by problem's failures (as ``failures_by_key(pdb, "problem")``), or
+        None when they cannot be kept (no aggregates)."""
+        if not await has_aggregates(pdb):
+            return None
+        state = await self._state(pdb)
+        kept = self._fails
+        moved = self._moved(kept, state)
+        total = self._fail_total
+        if not kept or len(moved) > self.FEW:
+            per_run = await _problem_failures_by_run(pdb, None)
+            self._fails = {run: (now, per_run.pop(run, {})) for run, now in state.items()}
+            total = self._fail_total = {}
+            for _, part in self._fails.values():
+                _count(total, part, 1)
+            if per_run:  # failures of a run the state does not name: nothing kept
+                self._fails, self._fail_total = {}, {}
+                for part in per_run.values():
+                    _count(total, part, 1)
+        else:
+            per_run = await _problem_failures_by_run(pdb, moved) if moved else {}
+            for run in moved:
+                if (old := kept.get(run)) is not None:
+                    _count(total, old[1], -1)
+                part = per_run.get(run, {})
+                _count(total, part, 1)
+                kept[run] = (state[run], part)
+            for run in [run for run in kept if run not in state]:
+                _count(total, kept.pop(run)[1], -1)
+        return {k: v.sorted() for k, v in total.items()}
+
+
+def _count(total: dict[Key, Failures], part: dict[Key, Failures], sign: int) -> None:
+    """Add (``sign`` 1) or take away (-1) ``part``'s counts; keys and causes left at 0 go."""
+    for key, f in part.items():
+        into = total.setdefault(key, Failures())
+        for side, counts in (("model", f.model), ("infra", f.infra)):
+            mine = into.model if side == "model" else into.infra
+            for cause, n in counts.items():
+                left = mine.get(cause, 0) + sign * n
+                if left:
+                    mine[cause] = left
+                else:
+                    mine.pop(cause, None)
+        if not into.model and not into.infra:
+            del total[key]
+
+
+async def _problem_failures_by_run(
+    pdb: Fetcher, runs: Sequence[str] | None
+) -> dict[str, dict[Key, Failures]]:
+    """Each finished run's failures by provider, model, served model, problem and cause
+    (of ``runs``, or all), placed as :func:`failures_by_key` places them by problem."""
+    where, args = "", []
+    if runs is not None:
+        where, args = f" AND run_id IN ({', '.join('?' * len(runs))})", list(runs)
+    answers: Answers = defaultdict(dict)
+    for provider, model, run, served, n in await pdb.fetchall(
+        "SELECT provider, model, run_id, served_model, sum(total) FROM agg_cells WHERE total > 0"
+        f"{where} GROUP BY provider, model, run_id, served_model",
+        args,
+    ):
+        answers[(str(provider), str(model), str(run))][None if served == UNSERVED else served] = int(n)
+    out: dict[str, dict[Key, Failures]] = defaultdict(lambda: defaultdict(Failures))
+    for provider, model, served, problem, run, side, cause, n in await pdb.fetchall(
+        "SELECT provider, model, served_model, problem_id, run_id, side, cause, n FROM agg_failures"
+        " WHERE n > 0 AND run_id IN (SELECT run_id FROM runs WHERE finished_at IS NOT NULL)" + where,
+        args,
+    ):
+        placed = None if served == UNSERVED else served
+        if placed is None:
+            placed = _major(answers.get((str(provider), str(model), str(run)), {}))
+        key: Key = (str(provider), str(model), placed, problem, None)
+        out[str(run)][key].add(side, cause, int(n))
+    return out
+
 
 async def build_report(
-    pdb: Fetcher, by: str = "model", *, problem_version: str | None = None, run_rows: RunRows | None = None
+    pdb: Fetcher, by: str = "model", *, problem_version: str | None = None, kept: KeptByRun | None = None
 ) -> Report:
     """The report per provider and model, or per problem or run of each (``by``).
 
     Each rollout counts with its newest verdict (under the newest version of its problem
     that it was judged against); ``problem_version`` (a content hash or a prefix) shows
     that version of one problem instead: its rollouts with their verdicts under it.
-    ``run_rows``: the rows by run kept from the last report by run (see :class:`RunRows`).
+    ``kept``: what the last reports kept per run (see :class:`KeptByRun`).
     """
     if by not in BY_CHOICES:
         raise UsageError(f"report: by must be one of {', '.join(BY_CHOICES)}, not {by!r}")
-    kept = None
-    if by == "run" and problem_version is None and run_rows is not None:
-        kept = await run_rows.rows(pdb)
-    if kept is not None:
-        rows = kept
+    rows_kept = None
+    if by == "run" and problem_version is None and kept is not None:
+        rows_kept = await kept.rows(pdb)
+    if rows_kept is not None:
+        rows = rows_kept
     else:
         cells = await _cells(pdb, problem_version, per_run=by == "run")
         rows = _summarize(cells, by, await _runs(pdb) if by == "run" else {})
-        if problem_version is None:
+        failures = None
+        if by == "problem" and problem_version is None and kept is not None:
+            failures = await kept.problem_failures(pdb)
+        if failures is not None:
+            rows = await _rows_with(pdb, rows, dict(failures))
+        elif problem_version is None:
             # Only cells of one run say which served models that run's answers came from.
             rows = await _with_failures(pdb, rows, by, cells if by == "run" else None)
     drop = {
@@ -913,17 +1010,17 @@ async def report_json(
     trend: bool = False,
     release_impact: bool = False,
     problem_version: str | None = None,
-    run_rows: RunRows | None = None,
+    kept: KeptByRun | None = None,
 ) -> list[dict[str, Any]]:
     """What ``GET /v1/report`` returns: rows by ``by``, or the trend, or the release impact
-    (``run_rows``: see :class:`RunRows`)."""
+    (``kept``: see :class:`KeptByRun`)."""
     if trend and release_impact:
         raise UsageError("report: JSON holds one view; ask for the trend or the release impact, not both")
     if trend:
         return to_json(await build_trend(pdb))
     if release_impact:
         return to_json(await build_release_impact(pdb))
-    return to_json(await build_report(pdb, by, problem_version=problem_version, run_rows=run_rows))
+    return to_json(await build_report(pdb, by, problem_version=problem_version, kept=kept))
 
 
 # --- renderings -----------------------------------------------------------------------------
