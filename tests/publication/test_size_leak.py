@@ -27,15 +27,27 @@ from rollwatch.config import Config, load_config
 from rollwatch.events import RolloutRescored, RolloutScored
 from rollwatch.problems import Problem
 from rollwatch.providers.base import Prompt
+from rollwatch.publication.release import release_due
 from rollwatch.runs import Run
 from rollwatch.runs.rescore import rescore
 from rollwatch.scoring.base import Score
+from tests.publication.helpers import (
+    add_rollout,
+    add_subscriber,
+    bearer,
+    finish_run,
+    make_config,
+    serving,
+    start_run,
+)
 from tests.test_daemon import ROOT, daemon_toml
 from tests.test_runs import FaultyScorer, ReferenceAnswers, events_of, raises, services
 
 pytestmark = pytest.mark.anyio
 
 PROBLEM = "lis-length"
+FAILED = "0f0e0d0c-0000-4000-8000-000000000001"
+PASSED = "0f0e0d0c-0000-4000-8000-000000000002"
 WRONG = "```python\ndef lis_length(xs):\n    return 0\n```\n"
 
 
@@ -129,3 +141,73 @@ class TestTheSizeTellsNoVerdict:
             f"a flip to pass makes {head_pass - head_fail:+d} events more: {types_pass - types_fail}"
         )
         assert types_pass == types_fail
+
+
+class TestNoneIsNoPublicDecision:
+    async def test_a_failure_decided_none_reads_as_one_from_before_it(self, tmp_path: Path) -> None:
+        """Two logs of one run, a pass and a failure, as appended before "none" existed
+        (the failure with the subscribers decision alone) and as now: every reader gives
+        the same answers for both. The subscriber feed has the same items (no item for
+        "none"), the failure's record the same ``publication`` (no "none" key, no public
+        decision, ``subscribers_only``), the public release and its counts hold the
+        pass alone, the release job releases the pass alone, the report is the same."""
+        seen = {}
+        for old in (True, False):
+            d = tmp_path / ("old" if old else "new")
+            d.mkdir()
+            async with serving(d, make_config(publication={"embargo": "0s"})) as env:
+                key = await add_subscriber(env.store, "alice")
+                run_id = "run-same"
+                await start_run(env.store, run_id)
+                failed = await add_rollout(env.store, run_id, passed=False, rid=FAILED, old_shape=old)
+                passed = await add_rollout(env.store, run_id, passed=True, rid=PASSED, problem_id="p2")
+                await finish_run(env.store, run_id, rollouts=2, passed=1)
+                assert await release_due(env.store, env.pdb) == 1
+                feed = (await env.client.get("/v1/feed", params={"limit": 1000}, headers=bearer(key))).json()
+                items = [
+                    {k: v for k, v in item.items() if k not in ("seq", "id", "at", "hash", "not_before")}
+                    for item in feed["items"]
+                ]
+                records = {}
+                for rid in (failed, passed):
+                    r = await env.client.get(f"/v1/rollouts/{rid}", headers=bearer(key))
+                    assert r.status_code == 200, r.text
+                    pub = r.json()["publication"]
+                    records[rid] = {
+                        k: (sorted(v) if isinstance(v, dict) else v) for k, v in pub.items()
+                    }  # the decisions' keys: their dates differ
+                report = (await env.client.get("/v1/report", headers=bearer(key))).json()
+                public = await env.client.get(f"/public/rollouts/{failed}.json")
+                rows = await env.pdb.fetchall(
+                    "SELECT rollout_id, passed, not_before, decided_seq IS NOT NULL, released_seq IS NOT NULL"
+                    " FROM public_rollouts ORDER BY rollout_id"
+                )
+                pa = await env.pdb.fetchall(
+                    "SELECT rollout_id, decided, released FROM pa_rollouts ORDER BY rollout_id"
+                )
+                seen[old] = {
+                    "items": items,
+                    "records": records,
+                    "report": report,
+                    "public_failure": public.status_code,
+                    "public_rows": [(r[0], r[1], r[2] is None, r[3], r[4]) for r in rows],
+                    "pa": pa,
+                }
+                if not old:
+                    nones = [
+                        rec.seq
+                        async for rec in env.store.read(types={"PublicationDecided"})
+                        if rec.event().audience == "none"  # type: ignore[attr-defined]
+                    ]
+                    assert len(nones) == 1, "the new log has the failure's none decision"
+        assert seen[False] == seen[True]
+        assert not [i for i in seen[False]["items"] if i["audience"] == "none"]
+        assert seen[False]["records"][FAILED] == {
+            "subscribers": ["decided_at", "embargo_s", "not_before"],
+            "public": None,
+            "released": None,
+            "state": "subscribers_only",
+            "superseded": False,
+        }
+        assert seen[False]["public_failure"] == 404
+        assert seen[False]["pa"] == [(FAILED, 0, 0), (PASSED, 1, 1)]
