@@ -1,7 +1,7 @@
 """The operator's console on a big log: every ``/ops/`` page's answer time against baselines.
 
 Builds a log through the store API with ``bench_scale``'s builder (the event shapes a
-real run makes, 5 events and about 6.9 KB per rollout; 1,000 rollouts a run, 50
+real run makes, 6 events and about 7.0 KB per rollout; 1,000 rollouts a run, 50
 problems, 10 models) of ``BENCH_CONSOLE_EVENTS`` events (default 200,000, as ``make
 bench`` runs every bench; ``BENCH_CONSOLE_EVENTS=1000000`` for the issue's million, about
 15 minutes to build on two busy cores), starts a real ``rollwatch serve`` on it
@@ -39,7 +39,16 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
-from bench_scale import PROBLEMS, ROLLOUTS_PER_RUN, Served, cli, free_port, grow, write_config  # noqa: E402
+from bench_scale import (  # noqa: E402
+    EVENTS_PER_ROLLOUT,
+    PROBLEMS,
+    ROLLOUTS_PER_RUN,
+    Served,
+    cli,
+    free_port,
+    grow,
+    write_config,
+)
 from rollwatch.publication.keys import new_key  # noqa: E402
 
 
@@ -69,7 +78,7 @@ def main() -> None:
         db = d / "events.db"
         port = free_port()
         cfg = write_config(d, db, port, configured=True)
-        rollouts = size // 5
+        rollouts = size // EVENTS_PER_ROLLOUT
         built = d / "built"
         if not (built.exists() and built.read_text() == str(rollouts)):
             for p in d.glob("*.db*"):

@@ -4,9 +4,10 @@ Builds one real log through the store API (``SQLiteEventStore.append``, 50 concu
 writers, group commit) with the event shapes a real run makes: per run a
 ``RunStarted`` and a ``RunFinished``; per rollout a ``RolloutRequested`` (the chat
 request as sent), a ``RolloutResponded`` (answer, reasoning, usage, cost), a
-``RolloutScored``, a ``PublicationDecided``, for 3 in 8 rollouts a retried attempt (a
+``RolloutScored``, two ``PublicationDecided`` (subscribers, then public for a pass or
+none for a failure, as every real verdict has), for 3 in 8 rollouts a retried attempt (a
 non-final ``RolloutFailed`` and a second ``RolloutRequested``), and for every pass
-(1 in 4) a ``PublicReleased``: 5.0 events and about 6.9 KB per rollout. The log is
+(1 in 4) a ``PublicReleased``: 6.0 events and about 7.0 KB per rollout. The log is
 grown size by size (default 200k then 1M events; ``BENCH_SCALE_SIZES=50000,200000`` for a
 quicker look) and at each size,
 through the real ``rollwatch`` command in subprocesses:
@@ -79,6 +80,10 @@ SYSTEM = "You are a careful Python programmer. Answer with one fenced code block
 PROMPT = "Write a function `solve(xs: list[int]) -> int` that returns the answer described below. " * 12
 CODE = "def solve(xs):\n    total = 0\n    for i, x in enumerate(xs):\n        total += x * (i % 7)\n    return total\n"
 REASONING = "Let me think about the edge cases: empty input, negative numbers, large values. " * 18
+
+
+EVENTS_PER_ROLLOUT = 6
+"""What :func:`rollout_events` makes per rollout on average (the sizes asked are in events)."""
 
 
 def rollout_events(run_id: str, model: str, n: int, rid: str) -> list[list[object]]:
@@ -155,10 +160,18 @@ def rollout_events(run_id: str, model: str, n: int, rid: str) -> list[list[objec
                 duration_ms=85.0,
             ),
             PublicationDecided(
+                rollout_id=rid, audience="subscribers", not_before="2025-10-03T00:00:00.000000Z"
+            ),
+            # A real verdict's second decision, pass or fail (``publication.policy.decide``).
+            PublicationDecided(
                 rollout_id=rid,
-                audience="public" if passed else "subscribers",
+                audience="public",
                 not_before="2026-01-01T00:00:00.000000Z",
                 embargo_s=7776000.0,
+            )
+            if passed
+            else PublicationDecided(
+                rollout_id=rid, audience="none", not_before="2025-10-03T00:00:00.000000Z"
             ),
         ]
     )
@@ -546,7 +559,7 @@ def main() -> None:
         cfg = write_config(d, db, port, extra="feed_rate_per_minute = 100000\n")
         have = 0
         for size in sizes:
-            want = size // 5
+            want = size // EVENTS_PER_ROLLOUT
             t = time.perf_counter()
             head = anyio.run(grow, db, have, want, key if have == 0 else None)
             print(

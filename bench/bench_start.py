@@ -37,7 +37,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
-from bench_scale import Served, cli, free_port, grow, write_config  # noqa: E402
+from bench_scale import EVENTS_PER_ROLLOUT, Served, cli, free_port, grow, write_config  # noqa: E402
 from rollwatch.publication.keys import new_key  # noqa: E402
 
 TARGET_S = 0.7
@@ -115,7 +115,7 @@ def main() -> None:
         db = d / "events.db"
         port = free_port()
         cfg = write_config(d, db, port, configured=True)
-        head = anyio.run(grow, db, 0, size // 5, new_key())
+        head = anyio.run(grow, db, 0, size // EVENTS_PER_ROLLOUT, new_key())
         cli(cfg, "rebuild")
         log = d / "serve.log"
         serve_start(cfg, port, log)  # the first start creates what later ones find

@@ -11,6 +11,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -389,12 +390,16 @@ def _flip_to_pass(tmp_path: Path, cfg: Path, req_log: Path) -> tuple[set[str], d
             if d["rollout_id"] in flipped:
                 by_rollout[d["rollout_id"]].setdefault(t, []).append((seq, at, d))
     for rid, evs in by_rollout.items():
-        # One decision per audience, ever: subscribers with the run's verdict, public
+        # Subscribers and "none" (nothing public) with the run's failing verdict, public
         # with the flip, in the same append as the re-scored verdict.
-        assert [d["audience"] for _, _, d in evs["PublicationDecided"]] == ["subscribers", "public"], rid
+        assert [d["audience"] for _, _, d in evs["PublicationDecided"]] == [
+            "subscribers",
+            "none",
+            "public",
+        ], rid
         ((scored_seq, _, _),) = evs["RolloutScored"]
         ((rescored_seq, _, _),) = evs["RolloutRescored"]
-        public_seq = evs["PublicationDecided"][1][0]
+        public_seq = evs["PublicationDecided"][2][0]
         assert public_seq == rescored_seq + 1
         assert scored_seq < rescored_seq
     return flipped, by_rollout
@@ -418,7 +423,7 @@ class TestFlipToPass:
         for evs in by_rollout.values():
             scored_at = parse_rfc3339(evs["RolloutScored"][0][1])
             rescored_at = parse_rfc3339(evs["RolloutRescored"][0][1])
-            not_before = parse_rfc3339(evs["PublicationDecided"][1][2]["not_before"])
+            not_before = parse_rfc3339(evs["PublicationDecided"][2][2]["not_before"])
             assert scored_at < not_before <= rescored_at, "the embargo counts from the re-score"
         db = tmp_path / "events.db"
         key = rollwatch("--config", str(cfg), "subscribers", "add", "alice").stdout.split()[0]
@@ -443,7 +448,7 @@ class TestFlipToPass:
                 assert bundle is not None
                 proven = {e["seq"]: e["type"] for e in bundle["events"]}
                 claim = set(proven) | set(bundle["pending"])
-                decision_seq = by_rollout[rid]["PublicationDecided"][1][0]
+                decision_seq = by_rollout[rid]["PublicationDecided"][2][0]
                 assert {rescored_seq, decision_seq} <= claim
                 assert proven.get(rescored_seq, "RolloutRescored") == "RolloutRescored"
             page = httpx.get(f"{base}/public/").text
@@ -468,9 +473,15 @@ class TestFlipToPass:
         out = rollwatch("--config", str(cfg), "rescore", timeout=120)
         row = next(line.split() for line in out.stdout.splitlines() if line.startswith("weak "))
         assert row[2:] == [str(ROLLOUTS), "0", str(ROLLOUTS)], out.stdout
-        # A flip back to fail decides nothing new (a decision per rollout for subscribers,
-        # a public one per pass and per flip): the public decision stands, superseded.
-        assert len(events(db, "PublicationDecided")) == 2 * ROLLOUTS + ROLLOUTS + ROLLOUTS
+        # A flip back to fail decides nothing public ("none", as every verdict not going
+        # public: two decisions per rollout with the run's verdict, a public one per flip
+        # to pass, a "none" per flip back): the public decision stands, superseded.
+        decided = Counter(d["audience"] for _, _, d in events(db, "PublicationDecided"))
+        assert decided == {
+            "subscribers": 2 * ROLLOUTS,
+            "public": ROLLOUTS + ROLLOUTS,
+            "none": ROLLOUTS + ROLLOUTS,
+        }
         daemon = _serve(cfg)
         try:
             items = _released_feed(port, 2 * ROLLOUTS)
@@ -494,7 +505,7 @@ class TestFlipToPass:
         dues = set()
         for evs in by_rollout.values():
             rescored_at = parse_rfc3339(evs["RolloutRescored"][0][1])
-            public = evs["PublicationDecided"][1][2]
+            public = evs["PublicationDecided"][2][2]
             assert public["embargo_s"] == 90 * 86400
             not_before = parse_rfc3339(public["not_before"])
             assert timedelta(days=90) - timedelta(seconds=30) < not_before - rescored_at <= timedelta(days=90)

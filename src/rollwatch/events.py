@@ -676,7 +676,9 @@ class RunInterrupted(Event):
 class PublicationDecided(Event):
     rollout_id: str
     audience: str
-    """subscribers or public."""
+    """subscribers, public, or none: "none" says nothing of this verdict goes to the
+    public (every verdict records one more decision beside subscribers, public or none,
+    so the log's size does not tell passes from failures; see publication.policy)."""
     not_before: str
     embargo_s: float = 0.0
 

@@ -134,10 +134,13 @@ def rollout_events(
     not_before: datetime | None = None,
     failed_first: bool = False,
     answer: str | None = None,
+    old_shape: bool = False,
 ) -> list[Event]:
     """One rollout's events as ``runs`` appends them: request(s), answer, score, decisions.
 
-    The public decision's ``not_before`` is now + ``embargo_s`` unless given.
+    The public decision's ``not_before`` is now + ``embargo_s`` unless given. A failure's
+    second decision is "none" (``publication.policy.decide``), or with ``old_shape`` left
+    out, as logs from before it have it.
     """
     now = datetime.now(UTC)
     evs: list[Event] = []
@@ -186,6 +189,8 @@ def rollout_events(
         evs.append(
             PublicationDecided(rollout_id=rid, audience="public", not_before=rfc3339(nb), embargo_s=embargo_s)
         )
+    elif not old_shape:
+        evs.append(PublicationDecided(rollout_id=rid, audience="none", not_before=rfc3339(now)))
     return evs
 
 

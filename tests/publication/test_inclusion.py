@@ -8,6 +8,7 @@ import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -16,7 +17,8 @@ import anyio
 import httpx
 import pytest
 
-from rollwatch.config import Config
+from rollwatch.config import Config, PublicationConfig
+from rollwatch.events import RolloutRescored, rollout_stream
 from rollwatch.integrity.bundle import derive_rollout_id
 from rollwatch.integrity.checkpoint import unb64
 from rollwatch.integrity.merkle import leaf_hash, verify_inclusion
@@ -24,6 +26,7 @@ from rollwatch.integrity.service import Integrity, open_integrity
 from rollwatch.metrics import Metrics
 from rollwatch.projections import ProjectionDB
 from rollwatch.publication import export_public, release_due
+from rollwatch.publication.policy import decide
 from rollwatch.publication.routes import publication_routes
 from rollwatch.store.sqlite import SQLiteEventStore
 from rollwatch.web.app import build_app
@@ -160,6 +163,45 @@ class TestFeedInclusion:
             assert code == 1
             assert "FAILED inclusion" in err
             assert "no-such-rollout" in err
+
+    async def test_audit_checks_a_released_item_rescored_with_a_none_decision(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A released pass judged again, passing again (a new problem version, the same
+        verdict), gets a "none" decision with its ``RolloutRescored`` (as every verdict
+        gets one more decision, pass or fail): its bundle holds it, and ``rollwatch audit
+        --item`` still passes, the claim made of the public decision alone."""
+        monkeypatch.delenv("STATE_DIRECTORY", raising=False)
+        async with site(tmp_path, integrity_config(tmp_path), before=1) as s:
+            rid = await s.release_positive()
+            again = RolloutRescored(
+                rollout_id=rid,
+                problem_id="p1",
+                passed=True,
+                score=1.0,
+                scorer="python-function",
+                problem_hash="h2",
+                scorer_version="v2",
+                rescore_id="rs-1",
+                previous_passed=True,
+                previous_problem_hash="h",
+            )
+            decisions = decide(
+                PublicationConfig(embargo=0), again, datetime.now(UTC), {"subscribers", "public"}
+            )
+            assert [d.audience for d in decisions] == ["none"]
+            await s.store.append(rollout_stream(rid), [again, *decisions])
+            await s.integrity.final_checkpoint()
+            proof = (await s.client.get(f"/public/rollouts/{rid}.json")).json()["proof"]
+            decided = [
+                json.loads(e["canonical"])["data"]["audience"]
+                for e in proof["events"]
+                if e["type"] == "PublicationDecided"
+            ]
+            assert decided == ["subscribers", "public", "none"]
+            code, out, err = await rollwatch_audit("--url", s.url, "--item", rid)
+            assert code == 0, err
+            assert f"bundle: item {rid}: 8 events (request, answer, score, decision, release)" in out
 
     async def test_item_after_the_checkpoint_is_proved_once_signed(
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch

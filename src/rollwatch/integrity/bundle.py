@@ -61,7 +61,7 @@ def check_bundle(bundle: Any, rollout_id: str, verifier: NoteVerifier) -> tuple[
         ):
             raise ValueError(f"event {index + 1} is not an event of rollout {rollout_id}")
         if env.get("type") == "PublicationDecided" and data.get("audience") != "public":
-            continue
+            continue  # the claim is the public decision: not subscribers, not "none" (a re-score's)
         seen[str(env.get("type"))] = data
     missing = [t for t in CLAIM if t not in seen]
     if missing:

@@ -95,7 +95,9 @@ async def rollout_record(
             # The run's verdict stays in "score"; each re-score, oldest first, here.
             rec["rescores"].append({"at": at, "seq": stored.seq, **ev.to_data()})
         elif isinstance(ev, PublicationDecided):
-            if rec["publication"].get(ev.audience) is None:
+            # "none" (nothing goes to the public) is no decision to show: a failure's record
+            # reads as it did before every verdict appended one.
+            if ev.audience != "none" and rec["publication"].get(ev.audience) is None:
                 rec["publication"][ev.audience] = {
                     "decided_at": at,
                     "not_before": ev.not_before,

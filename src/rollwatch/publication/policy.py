@@ -6,13 +6,23 @@ once, when the rollout is scored, and recorded with the verdict in the same appe
 (``PublicationDecided``), so a later change of the embargo never reaches back to
 verdicts already decided; ``release_job`` carries the public ones out when due.
 
+Every verdict appends as many decisions, whatever it says: the public checkpoint
+(``/public/checkpoint``, served to anyone) carries the log's size, so a pass that made
+one event more than a failure would let anyone count the passes still under embargo
+from the sizes around a run. So the decision beside "subscribers" is always exactly one
+more: ``public`` for a pass not decided public yet, else ``none`` ("nothing of this
+verdict goes to the public", dated now, no embargo). A first verdict is always
+``RolloutScored`` and two decisions; a re-score always ``RolloutRescored`` and one (two
+if "subscribers" was somehow undecided, which does not depend on the verdict either).
+Every reader takes ``none`` as no public decision; logs from before it (a failure with
+the subscribers decision alone) read as they always did.
+
 A verdict that a re-score flips to a pass (``RolloutRescored``) is decided the same
 way, in the same append as that verdict, for the audiences not decided yet: its
 embargo counts from the re-score, because the result did not exist as a pass before
 (subscribers saw it as a failure until then). A rollout decided public once keeps
 that decision through later flips: a flip back to fail supersedes it (never released,
-or marked where already public), a flip to pass again lifts the mark.
-"""
+or marked where already public), a flip to pass again lifts the mark."""
 
 from __future__ import annotations
 
@@ -39,7 +49,10 @@ def decide(
     decided: Collection[str] = (),
 ) -> list[PublicationDecided]:
     """The decisions to record with ``verdict``, scored at ``now``, leaving out the
-    audiences already ``decided`` for its rollout (a re-scored verdict's)."""
+    audiences already ``decided`` for its rollout (a re-scored verdict's).
+
+    Their number does not depend on the verdict: "subscribers" if not decided yet, then
+    exactly one of "public" (a pass not decided public yet) or "none"."""
     rid = verdict.rollout_id
     decisions = []
     if "subscribers" not in decided:
@@ -54,4 +67,6 @@ def decide(
                 embargo_s=embargo,
             )
         )
+    else:
+        decisions.append(PublicationDecided(rollout_id=rid, audience="none", not_before=rfc3339(now)))
     return decisions

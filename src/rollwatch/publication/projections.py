@@ -129,7 +129,8 @@ FEED_TYPES = frozenset(
         "PublicReleased",
     }
 )
-"""Event types a subscriber sees in ``/v1/feed`` (``RolloutFailed`` only when final)."""
+"""Event types a subscriber sees in ``/v1/feed`` (``RolloutFailed`` only when final,
+``PublicationDecided`` not with audience "none")."""
 
 FEED_ITEM_KEYS = (
     "seq",
@@ -155,7 +156,7 @@ FEED_ITEM_KEYS = (
 
 
 # What the feed does with an event, by its class (the kinds of rollouts' events first).
-_F_REQUESTED, _F_RESPONDED, _F_ITEM, _F_FAILED, _F_OTHER = range(5)
+_F_REQUESTED, _F_RESPONDED, _F_ITEM, _F_DECIDED, _F_FAILED, _F_OTHER = range(6)
 
 
 @_kinds
@@ -168,6 +169,8 @@ def _feed_kinds(ev: e.Event) -> int:
         return _F_OTHER
     if isinstance(ev, e.RolloutFailed):
         return _F_FAILED  # an item when final
+    if isinstance(ev, e.PublicationDecided):
+        return _F_DECIDED  # an item unless its audience is "none"
     return _F_ITEM if isinstance(ev, _ROLLOUT_TYPES) else _F_OTHER
 
 
@@ -178,6 +181,10 @@ class FeedProjection(Projection):
     provider, model, problem, sample and cost joined in), final failures, and every
     publication decision and public release. Requests and answers are not feed items
     (``/v1/rollouts/{id}`` has them in full); schedule and subscriber events never are.
+    Nor is a decision with audience "none" (appended beside a verdict that does not go
+    to the public, so that every verdict makes as many events): it tells a subscriber
+    nothing the verdict's own item does not, and leaving it out keeps the feed's items
+    and their ``audience`` values (subscribers, public) what they were before it.
 
     An item is not stored: the log has the event, ``feed_rollouts`` the rollout's
     context (fixed by its first request), and ``feed_items`` what may change after the
@@ -223,7 +230,7 @@ class FeedProjection(Projection):
         items: list[tuple[int, int, Any]] = []
         append = items.append
         for k, rec, ev in zip(kinds, recs, events, strict=True):
-            if k == _F_ITEM or (k == _F_FAILED and ev.final):
+            if k == _F_ITEM or (k == _F_DECIDED and ev.audience != "none") or (k == _F_FAILED and ev.final):
                 row = ctx[ev.rollout_id]
                 if row is None:
                     append((rec.seq, 0, NULL))

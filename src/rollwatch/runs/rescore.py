@@ -9,10 +9,12 @@ the earlier verdicts stay in the log. Readers take each rollout's newest verdict
 
 Each verdict goes on its rollout's stream (so the release job, deciding from that
 stream, never releases a result that no longer passes); the summary
-(``RescoreFinished``) on the re-score's own stream. A verdict that flips to a pass
-carries, in the same append, the publication decisions its rollout lacks
-(:func:`rollwatch.publication.policy.decide`): the public one with an embargo counted
-from the re-score, so the release job releases it like any other positive result.
+(``RescoreFinished``) on the re-score's own stream. Every verdict carries, in the same
+append, its publication decisions (:func:`rollwatch.publication.policy.decide`): one
+whatever the verdict says (the log's size, public in every checkpoint, must not tell a
+flip to pass from any other re-score). A flip to pass gets the public one, with an
+embargo counted from the re-score, so the release job releases it like any other
+positive result; every other verdict gets "none".
 
 ``record_versions`` first writes a ``ProblemVersioned`` for every problem whose
 current content differs from the newest version the log knows, so that the log (not
@@ -231,10 +233,7 @@ async def rescore(
             ev = await _verdict(svc, c, answer.text, version, summary.rescore_id)
         # On the rollout's own stream: a release reading the stream to decide sees it,
         # and one that read it before conflicts on its append and reads again.
-        if ev.passed and not c.passed:
-            await _append_with_decisions(svc, ev)
-        else:
-            await svc.store.append(rollout_stream(c.rollout_id), [ev])
+        await _append_with_decisions(svc, ev)
         flips = summary.problems[c.problem.id]
         flips.rescored += 1
         if ev.passed and not c.passed:
@@ -275,7 +274,8 @@ _ATTEMPTS = 5
 
 
 async def _append_with_decisions(svc: RunServices, ev: RolloutRescored) -> None:
-    """Append ``ev`` (a flip to pass) with the publication decisions its rollout has not had.
+    """Append ``ev`` with its publication decisions: "public" if it passes and its rollout
+    has none yet, else "none" (and "subscribers" if its rollout somehow lacks it).
 
     Read and appended at the stream's version, so two re-scores of one rollout at once
     (the command and the daemon's) cannot both decide it public.
@@ -290,13 +290,14 @@ async def _append_with_decisions(svc: RunServices, ev: RolloutRescored) -> None:
             if rec.type == "PublicationDecided":
                 old = rec.event()
                 assert isinstance(old, PublicationDecided)
-                decided.add(old.audience)
+                if old.audience != "none":
+                    decided.add(old.audience)
         decisions = decide(svc.config.publication, ev, datetime.now(UTC), decided)
         try:
             await svc.store.append(stream, [ev, *decisions], expected_version=version)
         except ConcurrencyConflict:
             continue  # the release job or another re-score appended: read again
-        if decisions:
+        if any(d.audience != "none" for d in decisions):
             log.info("rescore_decided", rollout_id=ev.rollout_id, audiences=[d.audience for d in decisions])
         return
     # Contended all along (five appends to one rollout while this one decided): append
