@@ -19,8 +19,8 @@ import pytest
 
 from rollwatch.config import Config, PublicationConfig
 from rollwatch.events import RolloutRescored, rollout_stream
-from rollwatch.integrity.bundle import derive_rollout_id
-from rollwatch.integrity.checkpoint import unb64
+from rollwatch.integrity.bundle import check_bundle, derive_rollout_id
+from rollwatch.integrity.checkpoint import NoteVerifier, unb64
 from rollwatch.integrity.merkle import leaf_hash, verify_inclusion
 from rollwatch.integrity.service import Integrity, open_integrity
 from rollwatch.metrics import Metrics
@@ -202,6 +202,49 @@ class TestFeedInclusion:
             code, out, err = await rollwatch_audit("--url", s.url, "--item", rid)
             assert code == 0, err
             assert f"bundle: item {rid}: 8 events (request, answer, score, decision, release)" in out
+
+    async def test_audit_checks_a_result_a_rescore_flipped_to_pass(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A rollout the run scored failing and a re-score flipped to pass is released like any
+        pass: ``rollwatch audit --item`` checks the verdict its release stands for (the
+        re-score's), not the run's first one; a release standing for a failing verdict
+        still fails the check."""
+        monkeypatch.delenv("STATE_DIRECTORY", raising=False)
+        async with site(tmp_path, integrity_config(tmp_path), before=1) as s:
+            run_id = new_run_id()
+            await start_run(s.store, run_id)
+            rid = await add_rollout(
+                s.store, run_id, passed=False, rid=derive_rollout_id(run_id, "gpt-x", "p1", 0)
+            )
+            await finish_run(s.store, run_id, rollouts=1, passed=0)
+            flip = RolloutRescored(
+                rollout_id=rid,
+                problem_id="p1",
+                passed=True,
+                score=1.0,
+                scorer="python-function",
+                problem_hash="h2",
+                scorer_version="v2",
+                rescore_id="rs-1",
+                previous_passed=False,
+                previous_problem_hash="h",
+            )
+            decisions = decide(PublicationConfig(embargo=0), flip, datetime.now(UTC), {"subscribers"})
+            assert [d.audience for d in decisions] == ["public"]
+            await s.store.append(rollout_stream(rid), [flip, *decisions])
+            assert await release_due(s.store, s.pdb) == 1
+            await s.integrity.final_checkpoint()
+            code, out, err = await rollwatch_audit("--url", s.url, "--item", rid)
+            assert code == 0, err
+            assert f"bundle: item {rid}:" in out
+            # The same bundle with the flip left out stands for the run's failing verdict.
+            record = (await s.client.get(f"/public/rollouts/{rid}.json")).json()
+            bundle = record["proof"]
+            bundle["events"] = [e for e in bundle["events"] if e["type"] != "RolloutRescored"]
+            verifier = NoteVerifier.from_vkey(s.integrity.signer.vkey)
+            with pytest.raises(ValueError, match="the verdict its release stands for is not a pass"):
+                check_bundle(bundle, rid, verifier)
 
     async def test_item_after_the_checkpoint_is_proved_once_signed(
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch

@@ -40,6 +40,8 @@ def check_bundle(bundle: Any, rollout_id: str, verifier: NoteVerifier) -> tuple[
     if bundle.get("pending"):
         raise ValueError(f"events {bundle['pending']} are not under its checkpoint yet (ask again later)")
     seen: dict[str, dict[str, Any]] = {}
+    seqs: dict[str, int] = {}
+    verdicts: list[tuple[int, dict[str, Any]]] = []  # (seq, data) of every verdict
     for ev in bundle.get("events") or []:
         try:
             canonical = str(ev["canonical"]).encode()
@@ -62,7 +64,10 @@ def check_bundle(bundle: Any, rollout_id: str, verifier: NoteVerifier) -> tuple[
             raise ValueError(f"event {index + 1} is not an event of rollout {rollout_id}")
         if env.get("type") == "PublicationDecided" and data.get("audience") != "public":
             continue  # the claim is the public decision: not subscribers, not "none" (a re-score's)
+        if env.get("type") in ("RolloutScored", "RolloutRescored"):
+            verdicts.append((index + 1, data))
         seen[str(env.get("type"))] = data
+        seqs[str(env.get("type"))] = index + 1
     missing = [t for t in CLAIM if t not in seen]
     if missing:
         raise ValueError(f"the bundle lacks {', '.join(missing)}")
@@ -73,6 +78,9 @@ def check_bundle(bundle: Any, rollout_id: str, verifier: NoteVerifier) -> tuple[
         derived = ""
     if derived != rollout_id:
         raise ValueError("the rollout id is not the UUIDv5 of its request's run, model, problem and sample")
-    if seen["RolloutScored"].get("passed") is not True:
-        raise ValueError("its score event is not a pass")
+    # The release stands for the newest verdict before it: the run's, or a re-score's that
+    # flipped it to a pass (a later flip back marks it superseded; the release still was).
+    before = [(seq, data) for seq, data in verdicts if seq < seqs["PublicReleased"]]
+    if not before or max(before, key=lambda v: v[0])[1].get("passed") is not True:
+        raise ValueError("the verdict its release stands for is not a pass")
     return cp, len(bundle.get("events") or [])
