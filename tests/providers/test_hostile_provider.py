@@ -134,7 +134,8 @@ class TestOddNumbers:
         assert log.trail == [("requested", 1), ("responded", 1)]
         assert answer is not None
         assert answer.usage.input_tokens < wire.usage.input_tokens
-        assert log.records[1].cost is not None and log.records[1].cost >= 0
+        assert log.records[1].cost is not None
+        assert log.records[1].cost >= 0
 
 
 class TestSecrets:
@@ -197,7 +198,8 @@ class TestWaits:
         if value in ("-5", "nan"):
             assert answer is not None
         else:
-            assert answer is None and log.records[-1].final
+            assert answer is None
+            assert log.records[-1].final
 
 
 # --- a raw server for what LoopbackServer cannot send -----------------------------------
@@ -281,4 +283,5 @@ class TestTransport:
                 log = RecordingLog()
                 assert await client.rollout(MODEL, PROMPT, {}, log) is None
             assert elsewhere.seen == []
-        assert log.failures[0].status == 307 and log.records[-1].final
+        assert log.failures[0].status == 307
+        assert log.records[-1].final
