@@ -24,11 +24,10 @@ records the time to the first token.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from rollwatch.errors import ProviderError
-from rollwatch.providers.base import WireRequest, as_dict, bad_response, classify_status
+from rollwatch.providers.base import WireRequest, as_dict, bad_response, classify_status, loads
 
 
 class StreamFold:
@@ -51,7 +50,7 @@ class StreamFold:
             self.done = True
             return
         try:
-            event = json.loads(data)
+            event = loads(data)
         except ValueError:
             raise bad_response("a stream event is not JSON") from None
         if not isinstance(event, dict):
