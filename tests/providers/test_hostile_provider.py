@@ -285,3 +285,54 @@ class TestTransport:
             assert elsewhere.seen == []
         assert log.failures[0].status == 307
         assert log.records[-1].final
+
+
+class TestHostileStreams:
+    async def test_a_line_that_never_ends_is_refused_at_the_size_limit(self, wire: Wire) -> None:
+        """An SSE ``data:`` line that streams forever at loopback speed, with no newline:
+        before, it grew in memory until the 600 s default timeout (gigabytes); now it is a
+        retryable ``bad_response`` once past MAX_BODY_BYTES."""
+        from tests.providers.conftest import provider_config
+
+        async def endless(stream: SocketStream) -> None:
+            await stream.send(
+                _head(200, {"content-type": "text/event-stream", "transfer-encoding": "chunked"})
+            )
+            chunk = b"x" * 65536
+            await stream.send(b"%x\r\ndata: %s\r\n" % (len(chunk) + 6, chunk))
+            while True:
+                await stream.send(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+
+        async with raw_serve(endless) as url:
+            config = provider_config(wire.kind, url, stream=True, timeout=60.0, max_attempts=1)
+            with anyio.fail_after(30):
+                async with ProviderClient(config) as client:
+                    log = RecordingLog()
+                    assert await client.rollout(MODEL, PROMPT, {}, log) is None
+        assert log.failures[0].kind == "bad_response"
+        assert "too large" in log.failures[0].message
+
+    async def test_lines_split_across_writes_and_bare_cr_still_fold(
+        self, wire: Wire, server: LoopbackServer, make_config: MakeConfig
+    ) -> None:
+        """CRLF and bare-CR line ends (both SSE), garbage lines and comments between
+        events: the answer is the whole answer."""
+        reply = wire.sse()
+        body = reply.body.replace(b"\n\n", b"\r\n: keep-alive\r\nretry: 10\rid: 7\n\n")
+        server.then(Reply(200, body, reply.headers))
+        async with ProviderClient(make_config(stream=True)) as client:
+            log = RecordingLog()
+            answer = await client.rollout(MODEL, PROMPT, {}, log)
+        assert log.trail == [("requested", 1), ("responded", 1)]
+        assert answer is not None
+        assert answer.text == "def f():\n    return 1"
+
+    async def test_data_after_the_end_marker_is_ignored(
+        self, wire: Wire, server: LoopbackServer, make_config: MakeConfig
+    ) -> None:
+        reply = wire.sse()
+        server.then(Reply(200, reply.body + b"data: {not json\n\ndata: [DONE]\n\n", reply.headers))
+        async with ProviderClient(make_config(stream=True)) as client:
+            log = RecordingLog()
+            assert await client.rollout(MODEL, PROMPT, {}, log) is not None
+        assert log.trail == [("requested", 1), ("responded", 1)]

@@ -34,6 +34,7 @@ import random
 import ssl
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Self
@@ -377,7 +378,7 @@ class ProviderClient:
                         raise self._with_context(
                             adapter.error(response.status_code, got, body, time.time()), rid
                         )
-                    lines = response.aiter_lines()
+                    lines = _read_lines(response)
                     while not fold.done:
                         line: str | None = None
                         with anyio.move_on_after(idle):
@@ -744,6 +745,27 @@ async def _read_body(response: httpx.Response) -> bytes:
         if len(body) > MAX_BODY_BYTES:
             raise bad_response(f"the body is too large: over {MAX_BODY_BYTES // 2**20} MiB decoded")
     return bytes(body)
+
+
+async def _read_lines(response: httpx.Response) -> AsyncIterator[str]:
+    """The lines of a stream (ends ``\n``, ``\r\n`` or ``\r``, as SSE allows), read up
+    to :data:`MAX_BODY_BYTES` decoded in all: past it, or a line that never ends,
+    ``bad_response``."""
+    total = 0
+    pending = bytearray()
+    async for chunk in response.aiter_bytes():
+        total += len(chunk)
+        if total > MAX_BODY_BYTES:
+            raise bad_response(f"the stream is too large: over {MAX_BODY_BYTES // 2**20} MiB decoded")
+        # A CRLF split across chunks becomes two line ends: an empty line, which SSE ignores.
+        pending += chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        end = pending.rfind(b"\n")
+        if end >= 0:
+            for line in pending[:end].split(b"\n"):
+                yield line.decode("utf-8", "replace")
+            del pending[: end + 1]
+    if pending:
+        yield pending.decode("utf-8", "replace")
 
 
 def _encode(body: dict[str, Any]) -> bytes:
