@@ -336,3 +336,22 @@ class TestHostileStreams:
             log = RecordingLog()
             assert await client.rollout(MODEL, PROMPT, {}, log) is not None
         assert log.trail == [("requested", 1), ("responded", 1)]
+
+
+class TestTokenRate:
+    async def test_an_absurd_token_count_does_not_stop_the_token_rate(
+        self, wire: Wire, server: LoopbackServer, make_config: MakeConfig
+    ) -> None:
+        """An answer claiming 10**15 input tokens (a count, not past MAX_TOKEN_COUNT) is
+        recorded as said, but charges the tokens_per_minute limiter at most a minute's
+        budget (a request past it the provider itself refuses): before, the provider's
+        next request was held 10**15 / 60000 minutes; now at most one minute."""
+        server.then(_with_input_tokens(wire, 10**15))
+        async with ProviderClient(make_config(tokens_per_minute=60_000)) as client:
+            first = await client.rollout(MODEL, PROMPT, {}, RecordingLog())
+            assert first is not None
+            assert first.usage.input_tokens >= 10**15
+            tokens = client.limits._tokens  # the token rate, as the next request meets it
+            assert tokens is not None
+            now = anyio.current_time()
+            assert tokens.reserve(1) - now <= 60.0
