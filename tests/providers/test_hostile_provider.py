@@ -355,3 +355,33 @@ class TestTokenRate:
             assert tokens is not None
             now = anyio.current_time()
             assert tokens.reserve(1) - now <= 60.0
+
+
+class TestErrorMessages:
+    async def test_a_huge_error_event_mid_stream_is_recorded_as_an_excerpt(
+        self, wire: Wire, server: LoopbackServer, make_config: MakeConfig
+    ) -> None:
+        """An error event whose message is 1 MB: the recorded failure carries an excerpt
+        (before, the whole megabyte went into the event log, once per attempt)."""
+        error = {"type": "error", "error": {"type": "api_error", "code": 500, "message": "boom " * 200_000}}
+        body = b"data: " + json.dumps(error).encode() + b"\n\n"
+        server.then(Reply(200, body, {"content-type": "text/event-stream"}), wire.sse())
+        async with ProviderClient(make_config(stream=True)) as client:
+            log = RecordingLog()
+            assert await client.rollout(MODEL, PROMPT, {}, log) is not None
+        assert log.failures[0].kind == "server_error"
+        assert len(log.failures[0].message) < 500
+
+    async def test_a_huge_anthropic_error_with_status_200_is_recorded_as_an_excerpt(
+        self, wire: Wire, server: LoopbackServer, make_config: MakeConfig
+    ) -> None:
+        if wire.kind != "anthropic":
+            pytest.skip("an error body with status 200 in Anthropic's shape")
+        server.then(
+            Reply(200, {"type": "error", "error": {"type": "api_error", "message": "boom " * 200_000}})
+        )
+        async with ProviderClient(make_config()) as client:
+            log = RecordingLog()
+            assert await client.rollout(MODEL, PROMPT, {}, log) is not None
+        assert log.failures[0].kind == "bad_response"
+        assert len(log.failures[0].message) < 500

@@ -40,6 +40,7 @@ from rollwatch.providers.base import (
     check_params,
     classify_status,
     error_message,
+    excerpt,
     model_ids,
     token_count,
 )
@@ -91,7 +92,7 @@ class AnthropicAdapter:
             raise bad_response("the body is not a JSON object")
         if data.get("type") == "error":
             err = data.get("error") or {}
-            raise bad_response(f"an error body with status 200: {err.get('message', '')}")
+            raise bad_response(f"an error body with status 200: {excerpt(str(err.get('message', '')))}")
         content = data.get("content")
         if not isinstance(content, list):
             raise bad_response("the body has no content list")

@@ -27,7 +27,7 @@ from __future__ import annotations
 from typing import Any
 
 from rollwatch.errors import ProviderError
-from rollwatch.providers.base import WireRequest, as_dict, bad_response, classify_status, loads
+from rollwatch.providers.base import WireRequest, as_dict, bad_response, classify_status, excerpt, loads
 
 
 class StreamFold:
@@ -214,5 +214,5 @@ def _stream_error(event: dict[str, Any]) -> ProviderError:
     else:
         kind, retryable = "server_error", True
     return ProviderError(
-        kind, f"an error in the stream: {err.get('message', kind_word)}", retryable=retryable
+        kind, f"an error in the stream: {excerpt(str(err.get('message', kind_word)))}", retryable=retryable
     )
