@@ -36,12 +36,13 @@ from rollwatch.providers.base import (
     Usage,
     WireRequest,
     as_dict,
-    as_int,
     bad_response,
     check_params,
     classify_status,
     error_message,
+    excerpt,
     model_ids,
+    token_count,
 )
 from rollwatch.providers.retry import MAX_HONOURED_WAIT, parse_retry_after
 
@@ -91,7 +92,7 @@ class AnthropicAdapter:
             raise bad_response("the body is not a JSON object")
         if data.get("type") == "error":
             err = data.get("error") or {}
-            raise bad_response(f"an error body with status 200: {err.get('message', '')}")
+            raise bad_response(f"an error body with status 200: {excerpt(str(err.get('message', '')))}")
         content = data.get("content")
         if not isinstance(content, list):
             raise bad_response("the body has no content list")
@@ -105,15 +106,15 @@ class AnthropicAdapter:
             elif block.get("type") == "thinking" and isinstance(block.get("thinking"), str):
                 thoughts.append(block["thinking"])
         usage = as_dict(data.get("usage"))
-        cache_read = as_int(usage.get("cache_read_input_tokens"))
-        cache_write = as_int(usage.get("cache_creation_input_tokens"))
+        cache_read = token_count(usage, "cache_read_input_tokens")
+        cache_write = token_count(usage, "cache_creation_input_tokens")
         return Parsed(
             text="".join(texts),
             reasoning="\n\n".join(thoughts) or None,
             finish_reason=data.get("stop_reason"),
             usage=Usage(
-                input_tokens=as_int(usage.get("input_tokens")) + cache_read + cache_write,
-                output_tokens=as_int(usage.get("output_tokens")),
+                input_tokens=token_count(usage, "input_tokens") + cache_read + cache_write,
+                output_tokens=token_count(usage, "output_tokens"),
                 reasoning_tokens=0,
                 cached_tokens=cache_read,
             ),

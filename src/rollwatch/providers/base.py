@@ -147,11 +147,20 @@ def excerpt(text: str, limit: int = EXCERPT_CHARS) -> str:
     return one if len(one) <= limit else one[: limit - 1] + "…"
 
 
+def loads(text: bytes | str) -> Any:
+    """``json.loads``, where JSON nested too deep to decode (``RecursionError``) is a
+    ``ValueError`` like any other body that is not JSON."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("JSON nested too deep to decode") from None
+
+
 def error_message(body: bytes) -> str:
     """A short excerpt of a provider's error body: its ``error.message`` when the body is
     the usual JSON envelope (OpenAI, Anthropic and Google all use one), else the text."""
     try:
-        data = json.loads(body)
+        data = loads(body)
     except ValueError:
         data = None
     if isinstance(data, list) and data:  # Google sometimes wraps the envelope in a list
@@ -201,8 +210,24 @@ def check_params(params: Mapping[str, Any], reserved: frozenset[str]) -> None:
 
 
 def as_int(value: Any) -> int:
-    """A token count from a body field that may be missing or null."""
-    return value if isinstance(value, int) else 0
+    """An integer from a body field that may be missing or null (else 0)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+#: More tokens than this in one answer is no count: past it a float (the cost) is no
+#: longer exact, and 10**400 does not fit one at all.
+MAX_TOKEN_COUNT = 2**53
+
+
+def token_count(usage: Mapping[str, Any], name: str) -> int:
+    """``usage[name]`` as a token count: 0 when missing or not an integer (as a count the
+    provider did not give); a retryable ``bad_response`` for a negative one or one past
+    :data:`MAX_TOKEN_COUNT`, which no answer can have (never recorded, never priced)."""
+    value = as_int(usage.get(name))
+    if not 0 <= value <= MAX_TOKEN_COUNT:
+        shown = str(value) if abs(value) < 10**20 else f"a {len(str(abs(value)))}-digit number"
+        raise bad_response(f"usage {name} is not a possible token count: {shown}")
+    return value
 
 
 def as_dict(value: Any) -> dict[str, Any]:

@@ -53,7 +53,15 @@ from typing import Any, Protocol
 
 from rollwatch.abc import WireAdapter
 from rollwatch.errors import ProviderError
-from rollwatch.providers.base import Parsed, WireRequest, as_dict, as_int, bad_response, classify_status
+from rollwatch.providers.base import (
+    Parsed,
+    WireRequest,
+    as_dict,
+    as_int,
+    bad_response,
+    classify_status,
+    loads,
+)
 
 Send = Callable[..., Awaitable[tuple[int, dict[str, str], bytes]]]
 """``send(method, path_or_url, *, content=None, headers=None)`` → (status, headers, body):
@@ -154,7 +162,7 @@ def _check(status: int, body: bytes, what: str) -> Any:
         text = body.decode("utf-8", "replace")[:300]
         raise ProviderError(kind, f"{what}: HTTP {status}: {text}", status=status, retryable=retryable)
     try:
-        return json.loads(body)
+        return loads(body)
     except ValueError:
         raise bad_response(f"{what}: the body is not JSON") from None
 
@@ -202,7 +210,7 @@ def _jsonl(body: bytes) -> list[dict[str, Any]]:
         if not line.strip():
             continue
         try:
-            item = json.loads(line)
+            item = loads(line)
         except ValueError:
             continue
         if isinstance(item, dict):

@@ -34,6 +34,7 @@ import random
 import ssl
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Self
@@ -56,6 +57,7 @@ from rollwatch.providers.base import (
     WireRequest,
     bad_response,
     excerpt,
+    loads,
     redact,
 )
 from rollwatch.providers.batch import BATCH_APIS, BatchAPI
@@ -80,6 +82,9 @@ _SHIELD_S = 5.0
 _USER_AGENT = "rollwatch (+https://github.com/rollwatch)"
 #: Connections per httpx client (see :class:`_Pools` for why not one big pool).
 CONNECTIONS_PER_POOL = 4
+#: A whole answer's body, decoded, is refused past this (a gzip bomb, a runaway body):
+#: a retryable ``bad_response`` rather than a daemon out of memory.
+MAX_BODY_BYTES = 64 * 2**20
 
 
 @dataclass(frozen=True, slots=True)
@@ -342,7 +347,7 @@ class ProviderClient:
         except httpx.HTTPError as e:
             message = f"{method} {path}: {type(e).__name__}: {self._clean(str(e))}"
             raise ProviderError("connection", message, retryable=True) from None
-        return response.status_code, dict(response.headers.items()), response.content
+        return response.status_code, dict(response.headers.items()), self._scrub(response.content)
 
     # -- one attempt -----------------------------------------------------------------
 
@@ -362,17 +367,18 @@ class ProviderClient:
         fold = StreamFold(adapter.kind)
         ttft: float | None = None
         idle = self.config.stream_idle_timeout
+        key = self._key or "\0"  # a stream echoing the key has it masked, as a body has
         try:
             with anyio.fail_after(time_limit):
                 async with http.stream("POST", url, content=content, headers=headers) as response:
                     got = dict(response.headers.items())
                     rid = got.get("x-request-id") or got.get("request-id")
                     if not 200 <= response.status_code < 300:
-                        body = await response.aread()
+                        body = self._scrub(await _read_body(response))
                         raise self._with_context(
                             adapter.error(response.status_code, got, body, time.time()), rid
                         )
-                    lines = response.aiter_lines()
+                    lines = _read_lines(response)
                     while not fold.done:
                         line: str | None = None
                         with anyio.move_on_after(idle):
@@ -385,7 +391,7 @@ class ProviderClient:
                             )
                         if line.startswith("data:"):
                             try:
-                                fold.feed(line[5:].strip())
+                                fold.feed(line[5:].strip().replace(key, "[redacted]"))
                             except ProviderError as e:
                                 raise self._with_context(e, rid) from None
                             if ttft is None and fold.first_token:
@@ -445,7 +451,8 @@ class ProviderClient:
         start = time.perf_counter()
         try:
             with anyio.fail_after(time_limit):
-                response = await http.post(url, content=content, headers=headers)
+                async with http.stream("POST", url, content=content, headers=headers) as response:
+                    body = await _read_body(response)
         except (TimeoutError, httpx.TimeoutException):
             raise ProviderError(
                 "timeout", f"no complete answer within {time_limit:g}s", retryable=True
@@ -464,7 +471,7 @@ class ProviderClient:
             ) from None
         latency_ms = (time.perf_counter() - start) * 1000.0
         status = response.status_code
-        body = response.content
+        body = self._scrub(body)
         # One pass into a plain dict: every httpx.Headers lookup scans the whole list.
         headers = dict(response.headers.items())
         rid = headers.get("x-request-id") or headers.get("request-id")
@@ -472,7 +479,7 @@ class ProviderClient:
             err = adapter.error(status, headers, body, time.time())
             raise self._with_context(err, rid)
         try:
-            data = json.loads(body)
+            data = loads(body)
         except ValueError:
             text = self._clean(excerpt(body.decode("utf-8", "replace"), 120))
             raise bad_response(f"the body is not JSON (HTTP {status}): {text}") from None
@@ -486,6 +493,11 @@ class ProviderClient:
 
     def _clean(self, text: str) -> str:
         return redact(text, self._key)
+
+    def _scrub(self, body: bytes) -> bytes:
+        """``body`` with the key masked, before any excerpt of it could cut the key in
+        two (a cut key no longer matches :meth:`_clean`'s exact-key redaction)."""
+        return body.replace(self._key.encode(), b"[redacted]") if self._key else body
 
     def _with_context(self, err: ProviderError, request_id: str | None) -> ProviderError:
         """``err`` with its message redacted and the provider's request id appended."""
@@ -595,10 +607,13 @@ class ProviderClient:
                 )
             if not 200 <= response.status_code < 300:
                 err = adapter.error(
-                    response.status_code, dict(response.headers.items()), response.content, time.time()
+                    response.status_code,
+                    dict(response.headers.items()),
+                    self._scrub(response.content),
+                    time.time(),
                 )
                 raise self._with_context(err, None)
-            return adapter.parse_models(json.loads(response.content))
+            return adapter.parse_models(loads(response.content))
         except (TimeoutError, httpx.HTTPError, ValueError, ProviderError) as e:
             message = e.message if isinstance(e, ProviderError) else f"{type(e).__name__}: {e}"
             get_logger(__name__).warning(
@@ -720,6 +735,37 @@ class _Pools:
         """Close every client and its connections."""
         for client in self.clients:
             await client.aclose()
+
+
+async def _read_body(response: httpx.Response) -> bytes:
+    """The decoded body, read up to :data:`MAX_BODY_BYTES`; ``bad_response`` past it."""
+    body = bytearray()
+    async for chunk in response.aiter_bytes():
+        body += chunk
+        if len(body) > MAX_BODY_BYTES:
+            raise bad_response(f"the body is too large: over {MAX_BODY_BYTES // 2**20} MiB decoded")
+    return bytes(body)
+
+
+async def _read_lines(response: httpx.Response) -> AsyncIterator[str]:
+    """The lines of a stream (ends ``\n``, ``\r\n`` or ``\r``, as SSE allows), read up
+    to :data:`MAX_BODY_BYTES` decoded in all: past it, or a line that never ends,
+    ``bad_response``."""
+    total = 0
+    pending = bytearray()
+    async for chunk in response.aiter_bytes():
+        total += len(chunk)
+        if total > MAX_BODY_BYTES:
+            raise bad_response(f"the stream is too large: over {MAX_BODY_BYTES // 2**20} MiB decoded")
+        # A CRLF split across chunks becomes two line ends: an empty line, which SSE ignores.
+        pending += chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        end = pending.rfind(b"\n")
+        if end >= 0:
+            for line in pending[:end].split(b"\n"):
+                yield line.decode("utf-8", "replace")
+            del pending[: end + 1]
+    if pending:
+        yield pending.decode("utf-8", "replace")
 
 
 def _encode(body: dict[str, Any]) -> bytes:

@@ -42,11 +42,12 @@ from rollwatch.providers.base import (
     Usage,
     WireRequest,
     as_dict,
-    as_int,
     bad_response,
     classify_status,
     error_message,
+    loads,
     model_ids,
+    token_count,
 )
 from rollwatch.providers.retry import google_retry_delay, parse_retry_after
 
@@ -130,12 +131,12 @@ class GeminiAdapter:
         if not isinstance(data, dict):
             raise bad_response("the body is not a JSON object")
         meta = as_dict(data.get("usageMetadata"))
-        thoughts = as_int(meta.get("thoughtsTokenCount"))
+        thoughts = token_count(meta, "thoughtsTokenCount")
         usage = Usage(
-            input_tokens=as_int(meta.get("promptTokenCount")),
-            output_tokens=as_int(meta.get("candidatesTokenCount")) + thoughts,
+            input_tokens=token_count(meta, "promptTokenCount"),
+            output_tokens=token_count(meta, "candidatesTokenCount") + thoughts,
             reasoning_tokens=thoughts,
-            cached_tokens=as_int(meta.get("cachedContentTokenCount")),
+            cached_tokens=token_count(meta, "cachedContentTokenCount"),
         )
         request_id = _str(data.get("responseId")) or headers.get("x-request-id")
         model = _str(data.get("modelVersion"))
@@ -179,7 +180,7 @@ class GeminiAdapter:
         """Classified by status (a bad key's 400 as ``auth``); the wait from RetryInfo."""
         kind, retryable = classify_status(status)
         try:
-            data = json.loads(body)
+            data = loads(body)
         except ValueError:
             data = None
         if status == 400 and _reason(data) == "API_KEY_INVALID":

@@ -79,10 +79,12 @@ class RateLimiter:
         return go
 
     def charge(self, units: float) -> None:
-        """Account ``units`` more (or fewer, when negative) than were reserved."""
+        """Account ``units`` more (or fewer, when negative) than were reserved; at most a
+        minute's budget more: one request cannot use more (the provider refuses it), so
+        an answer claiming 10**15 tokens cannot stop the provider for ages."""
         if self._tat == -math.inf:
             return
-        self._tat += units * self._interval
+        self._tat += min(units, self.per_minute) * self._interval
 
 
 @dataclass(frozen=True, slots=True)

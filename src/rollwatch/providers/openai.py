@@ -30,14 +30,15 @@ from rollwatch.providers.base import (
     Usage,
     WireRequest,
     as_dict,
-    as_int,
     bad_response,
     check_params,
     classify_status,
     error_message,
+    loads,
     model_ids,
+    token_count,
 )
-from rollwatch.providers.retry import parse_go_duration, parse_retry_after
+from rollwatch.providers.retry import MAX_HONOURED_WAIT, parse_go_duration, parse_retry_after
 
 #: Keys rollwatch sets itself; params may not override them.
 _RESERVED = frozenset({"model", "messages"})
@@ -95,10 +96,10 @@ class OpenAIAdapter:
             reasoning=reasoning if isinstance(reasoning, str) and reasoning else None,
             finish_reason=choice.get("finish_reason"),
             usage=Usage(
-                input_tokens=as_int(usage.get("prompt_tokens")),
-                output_tokens=as_int(usage.get("completion_tokens")),
-                reasoning_tokens=as_int(completion_details.get("reasoning_tokens")),
-                cached_tokens=as_int(prompt_details.get("cached_tokens")),
+                input_tokens=token_count(usage, "prompt_tokens"),
+                output_tokens=token_count(usage, "completion_tokens"),
+                reasoning_tokens=token_count(completion_details, "reasoning_tokens"),
+                cached_tokens=token_count(prompt_details, "cached_tokens"),
             ),
             request_id=headers.get("x-request-id") or _str(data.get("id")),
             model=_str(data.get("model")),
@@ -140,6 +141,7 @@ def _exhausted_reset(headers: Headers, *, only_exhausted: bool) -> float | None:
         reset = parse_go_duration(headers.get(f"x-ratelimit-reset-{window}"))
         if reset is None:
             continue
+        reset = min(reset, MAX_HONOURED_WAIT)  # "100000h" or a 400-digit inf: nonsense
         resets.append(reset)
         if headers.get(f"x-ratelimit-remaining-{window}", "").strip() == "0":
             exhausted.append(reset)
@@ -152,7 +154,7 @@ def _exhausted_reset(headers: Headers, *, only_exhausted: bool) -> float | None:
 
 def _error_code(body: bytes) -> str | None:
     try:
-        err = json.loads(body).get("error")
+        err = loads(body).get("error")
     except (ValueError, AttributeError):
         return None
     return err.get("code") if isinstance(err, dict) else None

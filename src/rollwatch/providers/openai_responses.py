@@ -28,9 +28,9 @@ from rollwatch.providers.base import (
     Usage,
     WireRequest,
     as_dict,
-    as_int,
     bad_response,
     check_params,
+    token_count,
 )
 from rollwatch.providers.openai import OpenAIAdapter
 
@@ -98,10 +98,10 @@ class OpenAIResponsesAdapter(OpenAIAdapter):
             reasoning="\n\n".join(thoughts) or None,
             finish_reason=finish if isinstance(finish, str) else None,
             usage=Usage(
-                input_tokens=as_int(usage.get("input_tokens")),
-                output_tokens=as_int(usage.get("output_tokens")),
-                reasoning_tokens=as_int(as_dict(usage.get("output_tokens_details")).get("reasoning_tokens")),
-                cached_tokens=as_int(as_dict(usage.get("input_tokens_details")).get("cached_tokens")),
+                input_tokens=token_count(usage, "input_tokens"),
+                output_tokens=token_count(usage, "output_tokens"),
+                reasoning_tokens=token_count(as_dict(usage.get("output_tokens_details")), "reasoning_tokens"),
+                cached_tokens=token_count(as_dict(usage.get("input_tokens_details")), "cached_tokens"),
             ),
             request_id=headers.get("x-request-id") or _str(data.get("id")),
             model=_str(data.get("model")),

@@ -24,11 +24,10 @@ records the time to the first token.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from rollwatch.errors import ProviderError
-from rollwatch.providers.base import WireRequest, as_dict, bad_response, classify_status
+from rollwatch.providers.base import WireRequest, as_dict, bad_response, classify_status, excerpt, loads
 
 
 class StreamFold:
@@ -51,7 +50,7 @@ class StreamFold:
             self.done = True
             return
         try:
-            event = json.loads(data)
+            event = loads(data)
         except ValueError:
             raise bad_response("a stream event is not JSON") from None
         if not isinstance(event, dict):
@@ -215,5 +214,5 @@ def _stream_error(event: dict[str, Any]) -> ProviderError:
     else:
         kind, retryable = "server_error", True
     return ProviderError(
-        kind, f"an error in the stream: {err.get('message', kind_word)}", retryable=retryable
+        kind, f"an error in the stream: {excerpt(str(err.get('message', kind_word)))}", retryable=retryable
     )
