@@ -313,7 +313,7 @@ def source_text(code: bytearray) -> str:
     return bytes(code).decode("utf-8", "surrogatepass")
 
 
-def write_all(fd: int, data: bytes | bytearray) -> None:
+def write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
     """All of ``data`` on ``fd`` (a pipe: usually one write)."""
     n = os.write(fd, data)
     if n < len(data):
