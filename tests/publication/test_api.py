@@ -444,8 +444,8 @@ class TestRecordAndReport:
             )
             assert by_problem.status_code == 200
             assert by_problem.headers["etag"] != tag
-            # A revoked key gets nothing from the cache (revocations reach this route
-            # within half a second: see the README's limits).
+            # A revoked key gets nothing from the cache (test_leak_attacks checks it is
+            # refused at once; this only checks the cached answer is not handed out).
             await revoke(env.store, "bob")
             with anyio.fail_after(10):
                 while True:
