@@ -165,6 +165,25 @@ class TestSecrets:
         assert key[:6] not in text
         assert "[redacted]" in text
 
+    async def test_a_short_key_is_not_masked_inside_the_answer(
+        self,
+        wire: Wire,
+        server: LoopbackServer,
+        make_config: MakeConfig,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """A key of one letter (a local server's ``k``) is not masked in whole answers: it
+        would rewrite them (``prompt_tokens`` read ``prompt_to[redacted]ens``, and every
+        answer cost nothing, so a budget never held). Its answer reads whole."""
+        monkeypatch.setenv(KEY_ENV, "k")
+        server.then(wire.ok())
+        async with ProviderClient(make_config()) as client:
+            log = RecordingLog()
+            answer = await client.rollout(MODEL, PROMPT, {}, log)
+        assert answer is not None
+        assert answer.usage.input_tokens == wire.usage.input_tokens > 0
+        assert answer.text == "def f():\n    return 1"
+
 
 class TestWaits:
     @pytest.mark.parametrize("reset", ["100000h", "9" * 400 + "h"], ids=["11y", "inf"])

@@ -85,6 +85,9 @@ CONNECTIONS_PER_POOL = 4
 #: A whole answer's body, decoded, is refused past this (a gzip bomb, a runaway body):
 #: a retryable ``bad_response`` rather than a daemon out of memory.
 MAX_BODY_BYTES = 64 * 2**20
+#: A key this long or longer is masked wherever it appears in a provider's answer (see
+#: ``ProviderClient._mask``).
+MASK_FROM = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -367,7 +370,7 @@ class ProviderClient:
         fold = StreamFold(adapter.kind)
         ttft: float | None = None
         idle = self.config.stream_idle_timeout
-        key = self._key or "\0"  # a stream echoing the key has it masked, as a body has
+        key = self._mask or "\0"  # a stream echoing the key has it masked, as a body has
         try:
             with anyio.fail_after(time_limit):
                 async with http.stream("POST", url, content=content, headers=headers) as response:
@@ -494,10 +497,19 @@ class ProviderClient:
     def _clean(self, text: str) -> str:
         return redact(text, self._key)
 
+    @property
+    def _mask(self) -> str | None:
+        """The key as masked in whole bodies and stream lines: one of ``MASK_FROM`` characters
+        or more (every provider's are far longer). A shorter one is masked in messages only
+        (:meth:`_clean`): replaced in a body, it would rewrite the answer itself (a key
+        ``k`` turned every ``prompt_tokens`` into ``prompt_to[redacted]ens``)."""
+        return self._key if self._key and len(self._key) >= MASK_FROM else None
+
     def _scrub(self, body: bytes) -> bytes:
         """``body`` with the key masked, before any excerpt of it could cut the key in
         two (a cut key no longer matches :meth:`_clean`'s exact-key redaction)."""
-        return body.replace(self._key.encode(), b"[redacted]") if self._key else body
+        mask = self._mask
+        return body.replace(mask.encode(), b"[redacted]") if mask else body
 
     def _with_context(self, err: ProviderError, request_id: str | None) -> ProviderError:
         """``err`` with its message redacted and the provider's request id appended."""
