@@ -13,6 +13,7 @@ the run ends, and the key in no recorded failure.
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections import Counter
 from collections.abc import Callable
@@ -21,7 +22,6 @@ from typing import Any
 
 import anyio
 import pytest
-from anyio.abc import SocketStream
 
 from rollwatch.config import Config, load_config
 from rollwatch.events import (
@@ -32,14 +32,11 @@ from rollwatch.events import (
     RolloutResponded,
     RunFinished,
 )
-from rollwatch.providers import ProviderClient
-from rollwatch.providers.batch import BatchState
 from rollwatch.store.sqlite import SQLiteEventStore
 from tests.providers.batch_server import BatchProvider, Fate, batch_provider
-from tests.providers.conftest import provider_config
 from tests.providers.fakes import KEY
 from tests.providers.loopback import Reply, Seen
-from tests.providers.test_hostile_provider import DEEP, _head, raw_serve
+from tests.providers.test_hostile_provider import DEEP
 from tests.test_batches import run_once, write_config
 from tests.test_runs import events_of
 
@@ -210,7 +207,7 @@ class TestHostileResults:
             lines = data.splitlines()
             return b"\n".join([b"[" * DEEP + b"]" * DEEP, *lines[1:]]) + b"\n"
 
-        out, server = await hostile_run(tmp_path, kind, lambda s: mangle_downloads(s, mangle))
+        out, _server = await hostile_run(tmp_path, kind, lambda s: mangle_downloads(s, mangle))
         assert out.fin.status == "completed"
         assert [len(s.rollouts) for s in out.submitted] == [10, 1]
         out.answered_once()
@@ -226,7 +223,7 @@ class TestHostileResults:
             items = lines_of(data)
             return jsonl(items[: len(items) // 2])
 
-        out, server = await hostile_run(tmp_path, kind, lambda s: mangle_downloads(s, mangle))
+        out, _server = await hostile_run(tmp_path, kind, lambda s: mangle_downloads(s, mangle))
         assert out.fin.status == "partial"
         # 10 -> 5 answered, 5 again -> 2, 3 again -> 1, 2 fail for good after 3 attempts.
         assert [len(s.rollouts) for s in out.submitted] == [10, 5, 3]
@@ -253,7 +250,7 @@ class TestHostileResults:
             body["usage"][field] = value
             return jsonl(items)
 
-        out, server = await hostile_run(tmp_path, kind, lambda s: mangle_downloads(s, mangle))
+        out, _server = await hostile_run(tmp_path, kind, lambda s: mangle_downloads(s, mangle))
         assert out.fin.status == "completed"
         assert [len(s.rollouts) for s in out.submitted] == [10, 1]
         out.answered_once()
@@ -261,3 +258,187 @@ class TestHostileResults:
         assert (failure.kind, failure.final) == ("bad_response", False)
         assert field in failure.message
         assert all(a.cost_usd is not None and 0 <= a.cost_usd < 1 for a in out.answers)
+
+
+# --- the batch's state ---------------------------------------------------------------------
+
+OPENAI_POLL = re.compile(r"/batches/([\w-]+)")
+
+
+def script_polls(server: BatchProvider, answer: Callable[[BatchProvider, Any, int], Reply | None]) -> None:
+    """OpenAI: each poll of a batch (the n-th of it, from 1) answers ``answer(server,
+    batch, n)``; None lets the server's own logic answer."""
+    real = server._openai
+
+    def openai(seen: Seen) -> Reply:
+        m = OPENAI_POLL.fullmatch(seen.target)
+        if seen.method == "GET" and m:
+            b = server.batches[m.group(1)]
+            b.polls += 1
+            reply = answer(server, b, b.polls)
+            if reply is not None:
+                return reply
+            b.polls -= 1
+        return real(seen)
+
+    server._openai = openai  # type: ignore[method-assign]
+
+
+def states(*sequence: str) -> Callable[[BatchProvider, Any, int], Reply]:
+    """Polls answer these states in turn (the last one for ever); ``completed`` with
+    the real results."""
+
+    def answer(server: BatchProvider, b: Any, n: int) -> Reply:
+        b.state = sequence[min(n, len(sequence)) - 1]
+        if b.state == "completed" and f"out-{b.id}" not in server.files:
+            server._write_openai_results(b)
+        return Reply(200, server._openai_view(b))
+
+    return answer
+
+
+SHORT = 'batch_max_time = "1500ms"'
+
+
+class TestHostileStates:
+    async def test_a_batch_that_never_ends_gives_up_at_batch_max_time(self, tmp_path: Path) -> None:
+        """A batch ``in_progress`` for ever: at ``batch_max_time`` its rollouts fail for
+        good (``batch_timeout``, naming the limit and the last state), the run ends
+        ``partial``, and they are not submitted again (that could pay twice). Without
+        the limit the run polled for ever."""
+        with anyio.fail_after(60):
+            out, server = await hostile_run(
+                tmp_path, "openai", lambda s: script_polls(s, states("in_progress")), extra=SHORT
+            )
+        assert server.creates == 1
+        assert out.fin.status == "partial"
+        assert out.fin.failures == {"batch_timeout": 10}
+        assert {(f.kind, f.final, f.attempt) for f in out.failures} == {("batch_timeout", True, 1)}
+        assert "batch_max_time" in out.failures[0].message
+        assert "in_progress" in out.failures[0].message
+        out.no_key()
+
+    async def test_polls_that_always_fail_give_up_at_batch_max_time(self, tmp_path: Path) -> None:
+        """Every poll a 500 (retried while the batch may still end): at
+        ``batch_max_time`` the rollouts fail for good, the last error named."""
+
+        def boom(server: BatchProvider, b: Any, n: int) -> Reply:
+            return Reply(500, {"error": {"message": f"boom {KEY}"}})
+
+        with anyio.fail_after(60):
+            out, server = await hostile_run(tmp_path, "openai", lambda s: script_polls(s, boom), extra=SHORT)
+        assert server.creates == 1
+        assert out.fin.failures == {"batch_timeout": 10}
+        assert "HTTP 500" in out.failures[0].message
+        out.no_key()
+
+    @pytest.mark.parametrize("kind", FILE_KINDS)
+    async def test_a_results_download_that_never_answers(self, kind: str, tmp_path: Path) -> None:
+        """The batch ends but its results never come (every download stalls past the
+        client's timeout): at ``batch_max_time`` the rollouts fail for good."""
+
+        def hold(server: BatchProvider) -> None:
+            server.hold_results = True
+
+        with anyio.fail_after(60):
+            out, server = await hostile_run(tmp_path, kind, hold, extra=SHORT, timeout="300ms")
+        assert server.creates == 1
+        assert out.fin.failures == {"batch_timeout": 10}
+        assert "timeout" in out.failures[0].message or "no answer" in out.failures[0].message
+
+    async def test_an_anthropic_search_for_a_lost_batch_gives_up(self, tmp_path: Path) -> None:
+        """Anthropic: a create's answer is lost, and the batch it made never ends. The
+        search for it (by its results, once it ended) waits ``batch_max_time`` at most,
+        then the batch is submitted again; that one never ends either and fails for
+        good at its own limit. The run ends."""
+
+        def setup(server: BatchProvider) -> None:
+            server.stall_creates = 1
+            server.polls_in_progress = 10**9
+
+        with anyio.fail_after(60):
+            out, server = await hostile_run(tmp_path, "anthropic", setup, extra=SHORT, timeout="300ms")
+        assert server.creates == 2
+        assert out.fin.failures == {"batch_timeout": 10}
+
+    async def test_a_state_that_goes_backwards(self, tmp_path: Path) -> None:
+        """in_progress → validating → in_progress → finalizing → in_progress →
+        completed: each change is recorded as polled, the batch is read once it is
+        completed, every rollout answered once."""
+        seq = ("in_progress", "validating", "in_progress", "finalizing", "in_progress", "completed")
+        out, server = await hostile_run(tmp_path, "openai", lambda s: script_polls(s, states(*seq)))
+        assert out.fin.status == "completed"
+        assert server.creates == 1
+        assert [p.state for p in out.polled] == list(seq)
+        out.answered_once()
+
+    async def test_an_unknown_state(self, tmp_path: Path) -> None:
+        """A state no documentation names is not an end: the batch is polled on, and
+        read once it completes."""
+        seq = ("in_progress", "paused_by_a_wizard", "", "completed")
+        out, _ = await hostile_run(tmp_path, "openai", lambda s: script_polls(s, states(*seq)))
+        assert out.fin.status == "completed"
+        assert [p.state for p in out.polled] == list(seq)
+        out.answered_once()
+
+    async def test_an_unknown_state_for_ever_gives_up(self, tmp_path: Path) -> None:
+        with anyio.fail_after(60):
+            out, _ = await hostile_run(
+                tmp_path, "openai", lambda s: script_polls(s, states("paused_by_a_wizard")), extra=SHORT
+            )
+        assert out.fin.failures == {"batch_timeout": 10}
+        assert "paused_by_a_wizard" in out.failures[0].message
+
+    async def test_a_batch_id_suddenly_404(self, tmp_path: Path) -> None:
+        """The first batch answers its first poll, then is 404: its rollouts fail this
+        attempt (``batch_lost``, retried) and go into a second batch, which answers."""
+
+        def lost(server: BatchProvider, b: Any, n: int) -> Reply | None:
+            if b.id.endswith("_1") and n > 1:
+                return Reply(404, {"error": {"message": "No batch found"}})
+            return None
+
+        out, server = await hostile_run(tmp_path, "openai", lambda s: script_polls(s, lost))
+        assert out.fin.status == "completed"
+        assert server.creates == 2
+        assert Counter((f.kind, f.final) for f in out.failures) == {("batch_lost", False): 10}
+        out.answered_once()
+
+    @pytest.mark.parametrize("count", [10**400, -5, "12"], ids=["1e400", "negative", "string"])
+    async def test_absurd_request_counts(self, count: Any, tmp_path: Path) -> None:
+        """Request counts no batch can have are recorded as the provider said (or as 0)
+        and never crash the progress line; the run completes."""
+
+        def odd(server: BatchProvider, b: Any, n: int) -> Reply:
+            reply = states("in_progress", "completed")(server, b, n)
+            reply.body["request_counts"] = {"total": count, "completed": count, "failed": 0}
+            return reply
+
+        with anyio.fail_after(60):
+            out, _ = await hostile_run(tmp_path, "openai", lambda s: script_polls(s, odd))
+        assert out.fin.status == "completed"
+        out.answered_once()
+
+    @pytest.mark.parametrize(
+        "count", ["²", "9" * 5000, "-3", None], ids=["superscript", "5000-digit", "neg", "null"]
+    )
+    async def test_gemini_batch_stats_that_are_not_numbers(self, count: Any, tmp_path: Path) -> None:
+        """Gemini's counts are int64 strings: a digit that int() refuses (``²``), a
+        number past Python's 4300-digit limit, a sign, a null: counted as 0, the run
+        completes."""
+
+        def setup(server: BatchProvider) -> None:
+            real = server._gemini_view
+
+            def view(b: Any) -> dict[str, Any]:
+                op = real(b)
+                op["metadata"]["batchStats"]["requestCount"] = count
+                op["metadata"]["batchStats"]["pendingRequestCount"] = count
+                return op
+
+            server._gemini_view = view  # type: ignore[method-assign]
+
+        with anyio.fail_after(60):
+            out, _ = await hostile_run(tmp_path, "gemini", setup)
+        assert out.fin.status == "completed"
+        out.answered_once()

@@ -564,9 +564,11 @@ class GeminiBatchAPI:
 
 
 def _int64(value: Any) -> int:
-    """A protobuf int64 as JSON writes it (a string of digits), or an int."""
-    if isinstance(value, str) and value.isdigit():
-        return int(value)
+    """A protobuf int64 as JSON writes it (a string of digits), or an int; 0 for anything
+    else (``int()`` refuses some of what ``isdigit`` accepts, such as ``²``, and digits
+    past 4300, with a ValueError that crashed the run)."""
+    if isinstance(value, str):
+        return int(value) if value.isascii() and value.isdigit() and len(value) <= 19 else 0
     return as_int(value)
 
 
