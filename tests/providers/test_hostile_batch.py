@@ -22,8 +22,11 @@ from typing import Any
 
 import anyio
 import pytest
+from anyio.abc import SocketStream
+from anyio.streams.buffered import BufferedByteReceiveStream
 
 from rollwatch.config import Config, load_config
+from rollwatch.errors import ProviderError
 from rollwatch.events import (
     BatchEnded,
     BatchPolled,
@@ -32,11 +35,15 @@ from rollwatch.events import (
     RolloutResponded,
     RunFinished,
 )
+from rollwatch.providers import ProviderClient
+from rollwatch.providers.base import Parsed
+from rollwatch.providers.batch import BatchState
 from rollwatch.store.sqlite import SQLiteEventStore
 from tests.providers.batch_server import BatchProvider, Fate, batch_provider
-from tests.providers.fakes import KEY
+from tests.providers.conftest import provider_config
+from tests.providers.fakes import KEY, OpenAIWire
 from tests.providers.loopback import Reply, Seen
-from tests.providers.test_hostile_provider import DEEP
+from tests.providers.test_hostile_provider import DEEP, _head, raw_serve
 from tests.test_batches import run_once, write_config
 from tests.test_runs import events_of
 
@@ -442,3 +449,131 @@ class TestHostileStates:
             out, _ = await hostile_run(tmp_path, "gemini", setup)
         assert out.fin.status == "completed"
         out.answered_once()
+
+
+# --- the transport under a batch call -------------------------------------------------------
+
+POLLED = {
+    "openai": ("batch_1", {"id": "batch_1", "status": "in_progress"}),
+    "anthropic": ("msgbatch_1", {"id": "msgbatch_1", "processing_status": "in_progress"}),
+    "gemini": ("batches/gb1", {"name": "batches/gb1", "metadata": {"state": "BATCH_STATE_RUNNING"}}),
+}
+
+
+async def poll_once(kind: str, url: str, **config: Any) -> BatchState | ProviderError:
+    """One poll of a batch through the real client; its state, or the error it raised
+    (anything else propagates: a test failure)."""
+    bid = POLLED[kind][0]
+    async with ProviderClient(provider_config(kind, url, **config)) as client:
+        try:
+            with anyio.fail_after(10):
+                return await client.batch_api().poll(client.send, bid)
+        except ProviderError as e:
+            return e
+
+
+def retryable(result: BatchState | ProviderError, *kinds: str) -> ProviderError:
+    assert isinstance(result, ProviderError), result
+    assert result.kind in kinds, result
+    assert result.retryable
+    assert KEY not in result.message
+    return result
+
+
+class TestTransport:
+    @pytest.mark.parametrize("kind", sorted(POLLED))
+    async def test_a_reset_right_after_the_headers(self, kind: str) -> None:
+        """The head of a 200 with a body announced, then the connection is gone: a
+        retryable ``connection`` error (the poll is tried again), nothing else raises."""
+
+        async def reset(stream: SocketStream) -> None:
+            await stream.send(_head(200, {"content-type": "application/json", "content-length": "500"}))
+            await stream.aclose()
+
+        async with raw_serve(reset) as url:
+            retryable(await poll_once(kind, url), "connection")
+
+    @pytest.mark.parametrize("kind", sorted(POLLED))
+    async def test_a_content_length_shorter_than_the_body(self, kind: str) -> None:
+        """A Content-Length that cuts the JSON: a retryable ``bad_response`` (not JSON);
+        the bytes past it, left on the connection, do not poison the next call (which
+        gets the whole answer)."""
+        body = json.dumps(POLLED[kind][1]).encode()
+        calls = 0
+
+        async def short(stream: SocketStream) -> None:
+            nonlocal calls
+            reader = BufferedByteReceiveStream(stream)
+            while True:
+                calls += 1
+                length = len(body) // 2 if calls == 1 else len(body)
+                await stream.send(_head(200, {"content-length": str(length)}) + body)
+                try:
+                    await reader.receive_until(b"\r\n\r\n", 65536)
+                except anyio.IncompleteRead:  # the client dropped the poisoned connection
+                    return
+
+        async with raw_serve(short) as url, ProviderClient(provider_config(kind, url)) as client:
+            api = client.batch_api()
+            bid = POLLED[kind][0]
+            with anyio.fail_after(10):
+                try:
+                    await api.poll(client.send, bid)
+                except ProviderError as e:
+                    retryable(e, "bad_response")
+                else:
+                    raise AssertionError("a cut body was read as a poll")
+                second: BatchState | ProviderError
+                try:
+                    second = await api.poll(client.send, bid)
+                except ProviderError as e:
+                    second = e
+            # The leftover bytes are read as the next answer's start (httpx reuses the
+            # connection): one retryable error, then a fresh connection; never a crash.
+            if isinstance(second, ProviderError):
+                retryable(second, "connection", "bad_response")
+            else:
+                assert second.state in ("in_progress", "BATCH_STATE_RUNNING")
+
+    async def test_a_results_file_cut_by_its_content_length(self) -> None:
+        """OpenAI's output file under a Content-Length that ends mid-line: the whole
+        lines are answers, the cut one is absent (its rollout unanswered, submitted
+        again); nothing raises."""
+        ok = OpenAIWire().ok("def f():\n    return 1").body
+        data = b"".join(
+            json.dumps({"custom_id": f"r{i}", "response": {"status_code": 200, "body": ok}}).encode() + b"\n"
+            for i in range(3)
+        )
+        cut = len(data) - 40
+
+        async def short(stream: SocketStream) -> None:
+            await stream.send(_head(200, {"content-length": str(cut)}) + data)
+
+        async with raw_serve(short) as url, ProviderClient(provider_config("openai", url)) as client:
+            with anyio.fail_after(10):
+                out = await client.batch_api().results(
+                    client.send, BatchState("b", "completed", True, results=("file-out",))
+                )
+        assert set(out) == {"r0", "r1"}
+        assert all(isinstance(o, Parsed) for o in out.values())
+
+    @pytest.mark.parametrize("kind", sorted(POLLED))
+    async def test_no_headers_ever(self, kind: str) -> None:
+        """A server that takes the request and never answers: a retryable ``timeout``
+        at the configured ``timeout``, not a hang."""
+
+        async def silent(stream: SocketStream) -> None:
+            await anyio.sleep_forever()
+
+        async with raw_serve(silent) as url:
+            start = anyio.current_time()
+            retryable(await poll_once(kind, url, timeout=0.5), "timeout")
+            assert anyio.current_time() - start < 5
+
+    @pytest.mark.parametrize("kind", sorted(POLLED))
+    async def test_a_connection_refused(self, kind: str) -> None:
+        """Nothing listens: a retryable ``connection`` error."""
+        listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
+        port = listener.extra(anyio.abc.SocketAttribute.local_port)
+        await listener.aclose()
+        retryable(await poll_once(kind, f"http://127.0.0.1:{port}"), "connection")
