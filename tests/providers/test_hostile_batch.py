@@ -12,6 +12,7 @@ the run ends, and the key in no recorded failure.
 
 from __future__ import annotations
 
+import gzip
 import json
 import re
 import uuid
@@ -577,3 +578,20 @@ class TestTransport:
         port = listener.extra(anyio.abc.SocketAttribute.local_port)
         await listener.aclose()
         retryable(await poll_once(kind, f"http://127.0.0.1:{port}"), "connection")
+
+    @pytest.mark.parametrize("kind", FILE_KINDS)
+    async def test_a_decompression_bomb_on_a_poll_is_refused(self, kind: str) -> None:
+        """A poll answered by 100 kB of gzip that inflates to 100 MB: a retryable
+        ``bad_response`` once the decoded body passes 64 MiB, never held whole (the
+        batch calls read the whole body; a bigger bomb took the daemon's memory).
+        Gemini's poll is also its results read (the answers come inline in the ended
+        operation), so it has the results' limit (1 GiB), not tested here."""
+        bomb = gzip.compress(b" " * 100_000_000 + json.dumps(POLLED[kind][1]).encode(), compresslevel=9)
+
+        async def boom(stream: SocketStream) -> None:
+            head = {"content-type": "application/json", "content-encoding": "gzip"}
+            await stream.send(_head(200, {**head, "content-length": str(len(bomb))}) + bomb)
+
+        async with raw_serve(boom) as url:
+            error = retryable(await poll_once(kind, url), "bad_response")
+        assert "too large" in error.message
