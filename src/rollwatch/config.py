@@ -262,6 +262,10 @@ class ProviderConfig(_Strict):
     """How long a batch waits for more rollouts before it is submitted."""
     batch_max_requests: int = Field(default=10000, ge=1, le=50000)
     """Rollouts per batch at most (OpenAI takes 50,000, Anthropic 100,000)."""
+    batch_max_time: Duration = 72 * 3600.0
+    """How long a submitted batch may take, its polls and results download included,
+    before its rollouts fail for good (``batch_timeout``): a provider whose batch never
+    ends must not hold the run forever. The vendors end theirs within 24 to 48 hours."""
 
     @model_validator(mode="after")
     def _key_source(self) -> ProviderConfig:

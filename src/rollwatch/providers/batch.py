@@ -64,8 +64,9 @@ from rollwatch.providers.base import (
 )
 
 Send = Callable[..., Awaitable[tuple[int, dict[str, str], bytes]]]
-"""``send(method, path_or_url, *, content=None, headers=None)`` → (status, headers, body):
-the provider client's authenticated HTTP call; ``path`` is relative to ``base_url``."""
+"""``send(method, path_or_url, *, content=None, headers=None, results=False)`` →
+(status, headers, body): the provider client's authenticated HTTP call; ``path`` is
+relative to ``base_url``; ``results``: a batch's results, allowed a larger body."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -325,7 +326,7 @@ class OpenAIBatchAPI:
         """Both files' lines: a response with its status code, or an error object."""
         out: dict[str, Outcome] = {}
         for file_id in state.results:
-            status, _, body = await send("GET", f"/files/{file_id}/content")
+            status, _, body = await send("GET", f"/files/{file_id}/content", results=True)
             if not 200 <= status < 300:
                 _check(status, body, f"download of file {file_id}")
             for item in _jsonl(body):
@@ -400,7 +401,9 @@ class AnthropicBatchAPI:
     async def _custom_ids(self, send: Send, state: BatchState) -> frozenset[str]:
         ids: set[str] = set()
         for url in state.results:
-            status, _, body = await send("GET", url, headers={"anthropic-version": "2023-06-01"})
+            status, _, body = await send(
+                "GET", url, headers={"anthropic-version": "2023-06-01"}, results=True
+            )
             if not 200 <= status < 300:
                 _check(status, body, "download of the batch results")
             ids.update(str(i["custom_id"]) for i in _jsonl(body) if isinstance(i.get("custom_id"), str))
@@ -446,7 +449,9 @@ class AnthropicBatchAPI:
         are left out (unanswered)."""
         out: dict[str, Outcome] = {}
         for url in state.results:
-            status, _, body = await send("GET", url, headers={"anthropic-version": "2023-06-01"})
+            status, _, body = await send(
+                "GET", url, headers={"anthropic-version": "2023-06-01"}, results=True
+            )
             if not 200 <= status < 300:
                 _check(status, body, "download of the batch results")
             for item in _jsonl(body):
@@ -559,14 +564,17 @@ class GeminiBatchAPI:
         return out
 
     async def _get(self, send: Send, name: str) -> dict[str, Any]:
-        status, _, body = await send("GET", "/" + name)
+        # An ended operation carries every answer inline: the results' limit.
+        status, _, body = await send("GET", "/" + name, results=True)
         return as_dict(_check(status, body, f"batch {name}"))
 
 
 def _int64(value: Any) -> int:
-    """A protobuf int64 as JSON writes it (a string of digits), or an int."""
-    if isinstance(value, str) and value.isdigit():
-        return int(value)
+    """A protobuf int64 as JSON writes it (a string of digits), or an int; 0 for anything
+    else (``int()`` refuses some of what ``isdigit`` accepts, such as ``²``, and digits
+    past 4300, with a ValueError that crashed the run)."""
+    if isinstance(value, str):
+        return int(value) if value.isascii() and value.isdigit() and len(value) <= 19 else 0
     return as_int(value)
 
 

@@ -85,6 +85,9 @@ CONNECTIONS_PER_POOL = 4
 #: A whole answer's body, decoded, is refused past this (a gzip bomb, a runaway body):
 #: a retryable ``bad_response`` rather than a daemon out of memory.
 MAX_BODY_BYTES = 64 * 2**20
+#: The same for a batch's results (a download, or Gemini's operation with its answers
+#: inline): a whole batch of answers, so larger; still not a daemon out of memory.
+MAX_RESULTS_BYTES = 2**30
 #: A key this long or longer is masked wherever it appears in a provider's answer (see
 #: ``ProviderClient._mask``).
 MASK_FROM = 16
@@ -319,11 +322,14 @@ class ProviderClient:
         *,
         content: bytes | None = None,
         headers: dict[str, str] | None = None,
+        results: bool = False,
     ) -> tuple[int, dict[str, str], bytes]:
         """One authenticated call to ``base_url + path`` (or to ``path`` when it is a whole
         URL on the configured origin, as Anthropic's ``results_url``; another origin is a
         non-retryable ``bad_response`` and gets no request); transport failures are
-        retryable ``connection``/``timeout`` errors with the key redacted."""
+        retryable ``connection``/``timeout`` errors with the key redacted. The body is
+        read up to :data:`MAX_BODY_BYTES` decoded (``results``: a batch's results, up to
+        :data:`MAX_RESULTS_BYTES`); past it, a retryable ``bad_response``."""
         adapter, pools, key = self._adapter, self._pools, self._key
         if adapter is None or pools is None or key is None:
             raise RuntimeError("use the ProviderClient as `async with ProviderClient(...)`")
@@ -344,13 +350,16 @@ class ProviderClient:
         self._n.requests += 1
         try:
             with anyio.fail_after(self.config.timeout):
-                response = await pools.clients[0].request(method, url, content=content, headers=all_headers)
+                async with pools.clients[0].stream(
+                    method, url, content=content, headers=all_headers
+                ) as response:
+                    body = await _read_body(response, MAX_RESULTS_BYTES if results else MAX_BODY_BYTES)
         except (TimeoutError, httpx.TimeoutException):
             raise ProviderError("timeout", f"{method} {path}: no answer in time", retryable=True) from None
         except httpx.HTTPError as e:
             message = f"{method} {path}: {type(e).__name__}: {self._clean(str(e))}"
             raise ProviderError("connection", message, retryable=True) from None
-        return response.status_code, dict(response.headers.items()), self._scrub(response.content)
+        return response.status_code, dict(response.headers.items()), self._scrub(body)
 
     # -- one attempt -----------------------------------------------------------------
 
@@ -749,13 +758,13 @@ class _Pools:
             await client.aclose()
 
 
-async def _read_body(response: httpx.Response) -> bytes:
-    """The decoded body, read up to :data:`MAX_BODY_BYTES`; ``bad_response`` past it."""
+async def _read_body(response: httpx.Response, limit: int = MAX_BODY_BYTES) -> bytes:
+    """The decoded body, read up to ``limit`` bytes; ``bad_response`` past it."""
     body = bytearray()
     async for chunk in response.aiter_bytes():
         body += chunk
-        if len(body) > MAX_BODY_BYTES:
-            raise bad_response(f"the body is too large: over {MAX_BODY_BYTES // 2**20} MiB decoded")
+        if len(body) > limit:
+            raise bad_response(f"the body is too large: over {limit // 2**20} MiB decoded")
     return bytes(body)
 
 

@@ -15,7 +15,10 @@ batch, and that the batch did not end without answering, is never submitted agai
 daemon that resumes the run polls that batch (an ended one answers at once) and
 reads its results. A batch that ends without answering some rollouts (expired,
 cancelled, missing from the results, or a retryable error) records those as failed
-attempts, and they go into a later batch, up to ``max_attempts``.
+attempts, and they go into a later batch, up to ``max_attempts``. A batch that has
+not ended with readable results ``batch_max_time`` after it was submitted (a state
+that never ends, polls or downloads that keep failing) fails its rollouts for good
+(``batch_timeout``): sent again, they could be paid for twice.
 
 Before a batch is submitted, ``BatchPrepared`` records its key and rollouts (the
 intent); OpenAI's batch carries the key in ``metadata.rollwatch_batch``, Gemini's in
@@ -88,6 +91,9 @@ class _Batch:
     done: anyio.Event = field(default_factory=anyio.Event)
     polling: bool = False
     submitted_at: float = field(default_factory=time.monotonic)
+    started: float = field(default_factory=time.time)
+    """When it was submitted (epoch seconds; from the log when read back): its
+    ``batch_max_time`` counts from here."""
     bytes: int = 0
 
 
@@ -131,6 +137,8 @@ class Batcher:
                 if isinstance(ev, BatchPrepared):
                     self._prepared_at[ev.key] = _epoch(rec.at)
                 self._apply(ev)
+                if isinstance(ev, BatchSubmitted):
+                    self._batches[ev.batch_id].started = _epoch(rec.at)
                 self._track(ev, _epoch(rec.at))
             self._loaded = version
         self.run.report_progress()
@@ -319,6 +327,7 @@ class Batcher:
                 return
             batch.batch_id = sub.batch_id
             batch.submitted_at = time.monotonic()
+            batch.started = time.time()
             self._batches[sub.batch_id] = batch
             await self._append(
                 BatchSubmitted(
@@ -363,10 +372,21 @@ class Batcher:
 
     def _lookup(self, members: Mapping[str, int], since: float) -> Lookup:
         """How to recognise the batch of ``members`` prepared at ``since``, on an API
-        whose batches carry no key (Anthropic): by its contents, once it ended."""
+        whose batches carry no key (Anthropic): by its contents, once it ended. The
+        search waits for candidates to end until ``batch_max_time`` after ``since``, no
+        longer: a candidate still running then is not the batch (a provider whose batches
+        never end must not hold the run forever)."""
+        deadline = since + self.config.batch_max_time
 
         async def wait() -> None:
-            await anyio.sleep(self.config.batch_poll)
+            left = deadline - time.time()
+            if left <= 0:
+                raise ProviderError(
+                    "batch_timeout",
+                    f"no candidate batch ended within batch_max_time ({self.config.batch_max_time:g}s)",
+                    retryable=False,
+                )
+            await anyio.sleep(min(self.config.batch_poll, left))
 
         return Lookup(
             since=since,
@@ -379,18 +399,22 @@ class Batcher:
         """Poll until the batch ends, read its results, record ``BatchEnded``."""
         assert batch.batch_id is not None
         bid = batch.batch_id
+        deadline = batch.started + self.config.batch_max_time
         last: tuple[str, Mapping[str, int]] | None = None
         while True:
             try:
                 state = await self._retrying(
-                    "poll", lambda: self.api.poll(self.client.send, bid), forever=True
+                    "poll", lambda: self.api.poll(self.client.send, bid), forever=True, deadline=deadline
                 )
             except ProviderError as e:
+                error = e
                 if e.kind == "not_found":  # the provider lost it: its rollouts go again
-                    e = ProviderError(
+                    error = ProviderError(
                         "batch_lost", f"batch {bid}: {e.message}", status=e.status, retryable=True
                     )
-                self._failed(batch, e)
+                elif e.retryable:  # retried until the deadline passed
+                    error = self._overdue(bid, last[0] if last else None, e)
+                self._failed(batch, error)
                 return
             if (state.state, state.counts) != last:
                 last = (state.state, state.counts)
@@ -405,17 +429,33 @@ class Batcher:
                 )
             if state.ended:
                 break
-            await anyio.sleep(self.config.batch_poll)
-        await self._read(batch, state)
+            if time.time() >= deadline:
+                self._failed(batch, self._overdue(bid, state.state))
+                return
+            await anyio.sleep(min(self.config.batch_poll, max(0.0, deadline - time.time())))
+        await self._read(batch, state, deadline)
 
-    async def _read(self, batch: _Batch, state: BatchState) -> None:
+    def _overdue(self, bid: str, state: str | None, last: ProviderError | None = None) -> ProviderError:
+        """The failure of a batch past ``batch_max_time``: final (submitting the
+        requests again could pay for them twice, and a provider that never ends a batch
+        would hold the run forever)."""
+        self.run.log.warning("batch_overdue", batch_id=bid, state=state, error=last.message if last else None)
+        why = f"; last error: {last.message}" if last else ""
+        return ProviderError(
+            "batch_timeout",
+            f"batch {bid} did not end with readable results within batch_max_time "
+            f"({self.config.batch_max_time:g}s); last state: {state or 'never polled'}{why}",
+            retryable=False,
+        )
+
+    async def _read(self, batch: _Batch, state: BatchState, deadline: float) -> None:
         assert batch.batch_id is not None
         try:
             results = await self._retrying(
-                "results", lambda: self.api.results(self.client.send, state), forever=True
+                "results", lambda: self.api.results(self.client.send, state), forever=True, deadline=deadline
             )
         except ProviderError as e:
-            self._failed(batch, e)
+            self._failed(batch, self._overdue(batch.batch_id, state.state, e) if e.retryable else e)
             return
         batch.results = {rid: results[rid] for rid in batch.rollouts if rid in results}
         unanswered = sorted(rid for rid in batch.rollouts if not _answered(results.get(rid)))
@@ -438,21 +478,36 @@ class Batcher:
             unanswered=len(unanswered),
         )
 
-    async def _retrying(self, what: str, call: Callable[[], Awaitable[T]], *, forever: bool = False) -> T:
+    async def _retrying(
+        self,
+        what: str,
+        call: Callable[[], Awaitable[T]],
+        *,
+        forever: bool = False,
+        deadline: float | None = None,
+    ) -> T:
         """``call()``, retried with backoff while it fails retryably, up to
         ``max_attempts`` in a row, or (``forever``: once a batch is submitted, giving up
-        would mean paying for it twice) until it succeeds or the run stops."""
+        would mean paying for it twice) until it succeeds, the run stops, or
+        ``deadline`` (epoch seconds) passes."""
         attempt = 0
         while True:
             attempt += 1
             try:
                 return await call()
             except ProviderError as e:
-                if not e.retryable or (attempt >= self.config.max_attempts and not forever):
+                if (
+                    not e.retryable
+                    or (attempt >= self.config.max_attempts and not forever)
+                    or (deadline is not None and time.time() >= deadline)
+                ):
                     self.run.log.warning(f"batch_{what}_failed", error=e.message, kind=e.kind)
                     raise
                 jitter = full_jitter(attempt, self.config.backoff_base, self.config.backoff_max, self._rng)
-                await anyio.sleep(max(e.retry_after or 0.0, jitter))
+                wait = max(e.retry_after or 0.0, jitter)
+                if deadline is not None:
+                    wait = min(wait, max(0.0, deadline - time.time()))
+                await anyio.sleep(wait)
 
     def _failed(self, batch: _Batch, error: ProviderError) -> None:
         """The batch cannot go on: its members fail this attempt; a rejected key or
