@@ -57,6 +57,22 @@ async def release_positive(store: SQLiteEventStore, pdb: ProjectionDB) -> str:
     return rid
 
 
+def passing_rescore(rid: str, *, previous_passed: bool) -> RolloutRescored:
+    """A re-score of ``rid`` that passes under a new problem version ``h2``."""
+    return RolloutRescored(
+        rollout_id=rid,
+        problem_id="p1",
+        passed=True,
+        score=1.0,
+        scorer="python-function",
+        problem_hash="h2",
+        scorer_version="v2",
+        rescore_id="rs-1",
+        previous_passed=previous_passed,
+        previous_problem_hash="h",
+    )
+
+
 @dataclass
 class Site:
     """A daemon's worth of publication and integrity, served on loopback."""
@@ -174,18 +190,7 @@ class TestFeedInclusion:
         monkeypatch.delenv("STATE_DIRECTORY", raising=False)
         async with site(tmp_path, integrity_config(tmp_path), before=1) as s:
             rid = await s.release_positive()
-            again = RolloutRescored(
-                rollout_id=rid,
-                problem_id="p1",
-                passed=True,
-                score=1.0,
-                scorer="python-function",
-                problem_hash="h2",
-                scorer_version="v2",
-                rescore_id="rs-1",
-                previous_passed=True,
-                previous_problem_hash="h",
-            )
+            again = passing_rescore(rid, previous_passed=True)
             decisions = decide(
                 PublicationConfig(embargo=0), again, datetime.now(UTC), {"subscribers", "public"}
             )
@@ -218,18 +223,7 @@ class TestFeedInclusion:
                 s.store, run_id, passed=False, rid=derive_rollout_id(run_id, "gpt-x", "p1", 0)
             )
             await finish_run(s.store, run_id, rollouts=1, passed=0)
-            flip = RolloutRescored(
-                rollout_id=rid,
-                problem_id="p1",
-                passed=True,
-                score=1.0,
-                scorer="python-function",
-                problem_hash="h2",
-                scorer_version="v2",
-                rescore_id="rs-1",
-                previous_passed=False,
-                previous_problem_hash="h",
-            )
+            flip = passing_rescore(rid, previous_passed=False)
             decisions = decide(PublicationConfig(embargo=0), flip, datetime.now(UTC), {"subscribers"})
             assert [d.audience for d in decisions] == ["public"]
             await s.store.append(rollout_stream(rid), [flip, *decisions])
