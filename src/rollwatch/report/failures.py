@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -164,13 +164,42 @@ async def failures_by_key(
     the one run ``run_id``. Rollouts never requested count on ``model`` and ``run``
     rows only (which problems they were for is not recorded). ``answers``, when the
     caller has them (the report's cells do), saves reading them again."""
+    found = await _failure_rows(pdb, by, None if run_id is None else [run_id])
+    if answers is None:
+        answers = await _answers(pdb, run_id)
+    out: dict[Key, Failures] = defaultdict(Failures)
+    for _, key, side, cause, n in _placed(found, by, answers):
+        out[key].add(side, cause, n)
+    if by != "problem":
+        for key, cause, n in await _never_requested(pdb, by, run_id, answers):
+            out[key].add("infra", cause, n)
+    return {k: v.sorted() for k, v in out.items()}
+
+
+async def failures_by_run(
+    pdb: Fetcher, by: str, runs: Sequence[str] | None, answers: Answers
+) -> dict[str, dict[Key, Failures]]:
+    """As :func:`failures_by_key` (without the never requested), kept apart per finished
+    run (of ``runs``, or every one): what a report keeps per run and adds up."""
+    out: dict[str, dict[Key, Failures]] = defaultdict(lambda: defaultdict(Failures))
+    for run, key, side, cause, n in _placed(await _failure_rows(pdb, by, runs), by, answers):
+        out[str(run)][key].add(side, cause, n)
+    return out
+
+
+_Found = tuple[Any, Any, Any, Any, Any, tuple["Side", str], Any]
+"""(provider, model, served model or None, problem or None, run, (side, cause), n)."""
+
+
+async def _failure_rows(pdb: Fetcher, by: str, runs: Sequence[str] | None) -> list[_Found]:
+    """The failures of finished runs (of ``runs``, or every one), by row and cause."""
     finished = "run_id IN (SELECT run_id FROM runs WHERE finished_at IS NOT NULL)"
     args: list[Any] = []
-    if run_id is not None:
-        finished += " AND run_id = ?"
-        args.append(run_id)
+    if runs is not None:
+        finished += f" AND run_id IN ({', '.join('?' * len(runs))})"
+        args.extend(runs)
     problem = "problem_id" if by == "problem" else "NULL"
-    found: list[tuple[Any, ...]] = []
+    found: list[_Found] = []
     if await has_aggregates(pdb):
         # The maintained counts (rollwatch.report.aggregates): a row per run, served
         # model and cause (and problem, for --by problem), not one per rollout.
@@ -194,17 +223,16 @@ async def failures_by_key(
             args,
         ):
             found.append((provider, model, served, prob, run, rollout_cause(state, kind, reason), n))
-    if answers is None:
-        answers = await _answers(pdb, run_id)
-    out: dict[Key, Failures] = defaultdict(Failures)
+    return found
+
+
+def _placed(found: Iterable[_Found], by: str, answers: Answers) -> Iterator[tuple[Any, Key, Side, str, int]]:
+    """Each failure's (run, report row, side, cause, count); one without an answer goes to
+    the model most of its run's answers came from, as the report's rows place it."""
     for provider, model, served, prob, run, (side, cause), n in found:
         if served is None:
             served = _major(answers.get((str(provider), str(model), str(run)), {}))
-        out[_key(by, provider, model, served, prob, run)].add(side, cause, int(n))
-    if by != "problem":
-        for key, cause, n in await _never_requested(pdb, by, run_id, answers):
-            out[key].add("infra", cause, n)
-    return {k: v.sorted() for k, v in out.items()}
+        yield run, _key(by, provider, model, served, prob, run), side, cause, int(n)
 
 
 async def _never_requested(

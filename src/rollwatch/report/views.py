@@ -24,9 +24,9 @@ from rollwatch.report.failures import (
     Answers,
     Failures,
     Key,
-    _major,
     describe,
     failures_by_key,
+    failures_by_run,
     has_aggregates,
 )
 from rollwatch.report.render import Column, Report, _int, _num, _p, _pct, _pp, _rate_ci, _usd, _when, to_json
@@ -570,7 +570,7 @@ class KeptByRun:
         moved = self._moved(kept, state)
         total = self._fail_total
         if not kept or len(moved) > self.FEW:
-            per_run = await _problem_failures_by_run(pdb, None)
+            per_run = await failures_by_run(pdb, "problem", None, await _agg_answers(pdb))
             self._fails = {run: (now, per_run.pop(run, {})) for run, now in state.items()}
             total = self._fail_total = {}
             for _, part in self._fails.values():
@@ -580,7 +580,9 @@ class KeptByRun:
                 for part in per_run.values():
                     _count(total, part, 1)
         else:
-            per_run = await _problem_failures_by_run(pdb, moved) if moved else {}
+            per_run = (
+                await failures_by_run(pdb, "problem", moved, await _agg_answers(pdb, moved)) if moved else {}
+            )
             for run in moved:
                 if (old := kept.get(run)) is not None:
                     _count(total, old[1], -1)
@@ -606,35 +608,6 @@ def _count(total: dict[Key, Failures], part: dict[Key, Failures], sign: int) -> 
                     mine.pop(cause, None)
         if not into.model and not into.infra:
             del total[key]
-
-
-async def _problem_failures_by_run(
-    pdb: Fetcher, runs: Sequence[str] | None
-) -> dict[str, dict[Key, Failures]]:
-    """Each finished run's failures by provider, model, served model, problem and cause
-    (of ``runs``, or all), placed as :func:`failures_by_key` places them by problem."""
-    where, args = "", []
-    if runs is not None:
-        where, args = f" AND run_id IN ({', '.join('?' * len(runs))})", list(runs)
-    answers: Answers = defaultdict(dict)
-    for provider, model, run, served, n in await pdb.fetchall(
-        "SELECT provider, model, run_id, served_model, sum(total) FROM agg_cells WHERE total > 0"
-        f"{where} GROUP BY provider, model, run_id, served_model",
-        args,
-    ):
-        answers[(str(provider), str(model), str(run))][None if served == UNSERVED else served] = int(n)
-    out: dict[str, dict[Key, Failures]] = defaultdict(lambda: defaultdict(Failures))
-    for provider, model, served, problem, run, side, cause, n in await pdb.fetchall(
-        "SELECT provider, model, served_model, problem_id, run_id, side, cause, n FROM agg_failures"
-        " WHERE n > 0 AND run_id IN (SELECT run_id FROM runs WHERE finished_at IS NOT NULL)" + where,
-        args,
-    ):
-        placed = None if served == UNSERVED else served
-        if placed is None:
-            placed = _major(answers.get((str(provider), str(model), str(run)), {}))
-        key: Key = (str(provider), str(model), placed, problem, None)
-        out[str(run)][key].add(side, cause, int(n))
-    return out
 
 
 async def build_report(
@@ -758,16 +731,15 @@ async def _with_failures(
     return await _rows_with(pdb, rows, await failures_by_key(pdb, by, run_id, answers=answers))
 
 
-_AGG_ANSWERS_SQL = (
-    "SELECT provider, model, run_id, served_model, sum(total) FROM agg_cells WHERE total > 0"
-    " GROUP BY provider, model, run_id, served_model"
-)
-
-
-async def _agg_answers(pdb: Fetcher) -> Answers:
-    """Every run's rollouts by provider, model and served model (None: no answer)."""
+async def _agg_answers(pdb: Fetcher, runs: Sequence[str] | None = None) -> Answers:
+    """Every run's (or ``runs``') rollouts by provider, model and served model (None: no answer)."""
+    where = f" AND run_id IN ({', '.join('?' * len(runs))})" if runs is not None else ""
     out: Answers = defaultdict(dict)
-    for provider, model, run, served, n in await pdb.fetchall(_AGG_ANSWERS_SQL):
+    for provider, model, run, served, n in await pdb.fetchall(
+        "SELECT provider, model, run_id, served_model, sum(total) FROM agg_cells WHERE total > 0"
+        f"{where} GROUP BY provider, model, run_id, served_model",
+        list(runs or ()),
+    ):
         out[(str(provider), str(model), str(run))][None if served == UNSERVED else served] = int(n)
     return out
 
