@@ -28,13 +28,14 @@ URLs never carry it (Gemini takes it in ``x-goog-api-key``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
 import ssl
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Self
@@ -391,23 +392,27 @@ class ProviderClient:
                             adapter.error(response.status_code, got, body, time.time()), rid
                         )
                     lines = _read_lines(response)
-                    while not fold.done:
-                        line: str | None = None
-                        with anyio.move_on_after(idle):
-                            line = await anext(lines, None)
+                    # Closed with the response, not left to the garbage collector.
+                    async with contextlib.aclosing(lines):
+                        while not fold.done:
+                            line: str | None = None
+                            with anyio.move_on_after(idle):
+                                line = await anext(lines, None)
+                                if line is None:
+                                    raise bad_response(
+                                        "the stream ended before its end: the answer was cut off"
+                                    )
                             if line is None:
-                                raise bad_response("the stream ended before its end: the answer was cut off")
-                        if line is None:
-                            raise ProviderError(
-                                "timeout", f"the stream was silent for {idle:g}s", retryable=True
-                            )
-                        if line.startswith("data:"):
-                            try:
-                                fold.feed(line[5:].strip().replace(key, "[redacted]"))
-                            except ProviderError as e:
-                                raise self._with_context(e, rid) from None
-                            if ttft is None and fold.first_token:
-                                ttft = (time.perf_counter() - start) * 1000.0
+                                raise ProviderError(
+                                    "timeout", f"the stream was silent for {idle:g}s", retryable=True
+                                )
+                            if line.startswith("data:"):
+                                try:
+                                    fold.feed(line[5:].strip().replace(key, "[redacted]"))
+                                except ProviderError as e:
+                                    raise self._with_context(e, rid) from None
+                                if ttft is None and fold.first_token:
+                                    ttft = (time.perf_counter() - start) * 1000.0
         except (TimeoutError, httpx.TimeoutException):
             raise ProviderError(
                 "timeout", f"no complete answer within {time_limit:g}s", retryable=True
@@ -768,7 +773,7 @@ async def _read_body(response: httpx.Response, limit: int = MAX_BODY_BYTES) -> b
     return bytes(body)
 
 
-async def _read_lines(response: httpx.Response) -> AsyncIterator[str]:
+async def _read_lines(response: httpx.Response) -> AsyncGenerator[str, None]:
     """The lines of a stream (ends ``\n``, ``\r\n`` or ``\r``, as SSE allows), read up
     to :data:`MAX_BODY_BYTES` decoded in all: past it, or a line that never ends,
     ``bad_response``."""
@@ -778,7 +783,8 @@ async def _read_lines(response: httpx.Response) -> AsyncIterator[str]:
         total += len(chunk)
         if total > MAX_BODY_BYTES:
             raise bad_response(f"the stream is too large: over {MAX_BODY_BYTES // 2**20} MiB decoded")
-        # A CRLF split across chunks becomes two line ends: an empty line, which SSE ignores.
+        # A CRLF split across chunks becomes two line ends: an empty line more, which the
+        # reader skips (only ``data:`` lines count there).
         pending += chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         end = pending.rfind(b"\n")
         if end >= 0:
