@@ -252,6 +252,10 @@ def test_listens_and_reports_progress_before_the_read_models_are_built(tmp_path:
     assert {"phase", "seq", "head", "percent", "events_per_s", "eta_s"} <= progress[0].keys()
     done = next(ln for ln in lines if ln["event"] == "projections_current")
     assert done["seq"] >= head
+    # The reports' first answers were made once the read models were current.
+    primed = next(ln for ln in lines if ln["event"] == "reports_primed")
+    assert names.index("projections_current") < names.index("reports_primed")
+    assert primed["head"] >= head
 
 
 def test_progress_figures() -> None:

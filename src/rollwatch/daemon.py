@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from rollwatch.integrity.service import Integrity
     from rollwatch.projections import ProjectionDB
     from rollwatch.publication.keys import SubscriberDirectory
+    from rollwatch.publication.routes import PublicationAPI
     from rollwatch.runs import ProblemSetLike, ProviderLike, Run, RunServices, ScorerLike
     from rollwatch.scheduler import Scheduler
     from rollwatch.web.access import Operators
@@ -224,6 +225,7 @@ class Daemon:
         self.http: HTTPServer | None = None
         self.services: RunServices | None = None
         self.scheduler: Scheduler | None = None
+        self.publication: PublicationAPI | None = None
         self._runs: TaskGroup | None = None  # where every run this process drives goes
 
     # -- runs -----------------------------------------------------------------------------
@@ -570,6 +572,9 @@ class Daemon:
                     current = await self._build_projections(svc)
                 finally:
                     built.set()
+                if current and self.publication is not None:
+                    # The reports' first answers made now, not on the first request.
+                    await self.publication.prime_reports()
 
             building = await stages.start("projections", stop=lambda tg: tg.cancel_scope.cancel())
             building.start_soon(build)
@@ -795,7 +800,11 @@ class Daemon:
     ) -> list[Route]:
         """Routes beyond /healthz and /metrics: the subscriber feed and the public release
         (whose items carry inclusion proofs when ``integrity`` is given)."""
-        from rollwatch.publication.routes import publication_routes
+        from rollwatch.publication.routes import PublicationAPI
 
-        assert self.services is not None
-        return publication_routes(self.services, self.metrics, integrity, subscribers)
+        svc = self.services
+        assert svc is not None
+        self.publication = PublicationAPI(
+            svc.store, svc.projections, svc.config, self.metrics, integrity, subscribers
+        )
+        return self.publication.routes()

@@ -128,6 +128,7 @@ def rollout_events(
     provider: str = "openai",
     model: str = "gpt-x",
     problem_id: str = "p1",
+    problem_hash: str = "h",
     sample: int = 0,
     passed: bool,
     embargo_s: float = 0.0,
@@ -151,7 +152,7 @@ def rollout_events(
         "provider": provider,
         "model": model,
         "problem_id": problem_id,
-        "problem_hash": "h",
+        "problem_hash": problem_hash,
         "sample": sample,
         "node": "test-node",
     }

@@ -462,6 +462,30 @@ class TestRecordAndReport:
             assert r2.json()[0]["rollouts"] == 2
             assert r2.json()[0]["passed"] == 1
 
+    async def test_each_problem_version_is_its_own_report(self, tmp_path: Path) -> None:
+        """Two problem versions asked for at the same log position get their own rows and
+        tags: the cache names the version asked for, not only that one was."""
+        async with serving(tmp_path) as env:
+            key = await add_subscriber(env.store, "alice")
+            rid = new_run_id()
+            await start_run(env.store, rid)
+            one, two = "sha256:" + "a" * 64, "sha256:" + "b" * 64
+            await add_rollout(env.store, rid, passed=True, problem_id="p1", problem_hash=one)
+            await add_rollout(env.store, rid, passed=False, problem_id="p2", problem_hash=two)
+            got = {}
+            for h in (one, two, one):
+                r = await env.client.get(
+                    f"/v1/report?by=problem&problem_version={h[:20]}", headers=bearer(key)
+                )
+                assert r.status_code == 200
+                rows = r.json()
+                got.setdefault(h, set()).add(r.headers["etag"])
+                assert [(x["problem_id"], x["passed"]) for x in rows] == [
+                    ("p1", 1) if h == one else ("p2", 0)
+                ]
+            assert len(got[one]) == 1
+            assert got[one].isdisjoint(got[two])
+
     async def test_openapi_describes_the_routes(self, tmp_path: Path) -> None:
         """``/openapi.json`` is an OpenAPI 3.1 document naming every route and the item shape."""
         async with serving(tmp_path) as env:

@@ -149,6 +149,11 @@ def _tagged(request: Request, body: bytes, media_type: str, cache: str, vary: st
     return Response(body, media_type=media_type, headers=headers)
 
 
+def _report_view(by: str, options: dict[str, object]) -> tuple[object, ...]:
+    """What names one report view: ``by`` and the options with their values."""
+    return (by, *sorted(options.items()))
+
+
 def _json_bytes(obj: Any) -> bytes:
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
 
@@ -188,8 +193,9 @@ class PublicationAPI:
         self._view: tuple[tuple[int, ...], float, PublicView] | None = None
         self._view_lock = anyio.Lock()
         self._renders: dict[tuple[str, str], bytes] = {}  # (route, base URL) -> body of self._view
-        self._reports: dict[tuple[str, ...], tuple[int, bytes]] = {}  # (by, options) -> (head, body)
+        self._reports: dict[tuple[object, ...], tuple[int, bytes]] = {}  # _report_view -> (head, body)
         self._kept: Any = None  # what the report keeps per run between requests (report.KeptByRun)
+        self._report_lock = anyio.Lock()
         self._boot = secrets.token_hex(4)
         self.proofs: InclusionProofs | None = None
         self.bundles: ProofBundles | None = None
@@ -306,32 +312,52 @@ class PublicationAPI:
         report_json = getattr(report_module, "report_json", None)
         if report_json is None:
             raise ServiceUnavailable("the report is not available in this version of rollwatch")
-        if self._kept is None:
-            self._kept = report_module.KeptByRun()  # type: ignore[union-attr]
         head = await self.current()
         # The report is a function of the log up to ``head``: its ETag is that position
-        # (and this process's start, since a new release may compute it differently),
-        # and the body is kept until the log moves.
-        view = (by, *sorted(options))
-        etag = f'"report-{self._boot}-{head}-{"-".join(view)}"'
+        # (and this process's start, since a new release may compute it differently, and
+        # the view asked for), and the body is kept until the log moves.
+        view = _report_view(by, options)
+        etag = f'"report-{self._boot}-{head}-{hashlib.sha256(repr(view).encode()).hexdigest()[:16]}"'
         headers = {"ETag": etag, "Cache-Control": "private, no-cache", "Vary": "Authorization"}
         if _matches(request.headers.get("if-none-match"), etag):
             return Response(status_code=304, headers=headers)
-        cached = self._reports.get(view)
-        if cached is not None and cached[0] == head:
-            body = cached[1]
-        else:
-            try:
-                kept = {} if options else {"kept": self._kept}
-                rows = await report_json(self.pdb, by, **options, **kept)
-            except UsageError as e:
-                raise BadRequest(str(e)) from None
-            except sqlite3.OperationalError as e:
-                log.error("report_unavailable", error=str(e))
-                raise ServiceUnavailable("the report's read models are not available") from None
-            body = _json_bytes(rows)
-            self._reports[view] = (head, body)
+        try:
+            body = await self.report_body(report_module, view, head, by, options)
+        except UsageError as e:
+            raise BadRequest(str(e)) from None
+        except sqlite3.OperationalError as e:
+            log.error("report_unavailable", error=str(e))
+            raise ServiceUnavailable("the report's read models are not available") from None
         return Response(body, media_type="application/json", headers=headers)
+
+    async def report_body(
+        self, module: Any, view: tuple[object, ...], head: int, by: str, options: dict[str, object]
+    ) -> bytes:
+        """The report ``view``'s JSON at ``head`` (made once per position: one report is
+        made at a time, and a request that waited on another's finds it made)."""
+        async with self._report_lock:
+            cached = self._reports.get(view)
+            if cached is not None and cached[0] == head:
+                return cached[1]
+            if self._kept is None:
+                self._kept = module.KeptByRun()
+            kept = {} if options else {"kept": self._kept}
+            body = _json_bytes(await module.report_json(self.pdb, by, **options, **kept))
+            self._reports[view] = (head, body)
+            return body
+
+    async def prime_reports(self) -> None:
+        """Make the reports by model, run and problem now, so that the first of each asked
+        for does not read every run (the daemon calls this once the projections are built)."""
+        try:
+            module = importlib.import_module("rollwatch.report")
+            t = time.perf_counter()
+            head = await self.current()
+            for by in ("model", "run", "problem"):
+                await self.report_body(module, _report_view(by, {}), head, by, {})
+            log.info("reports_primed", head=head, took_s=round(time.perf_counter() - t, 3))
+        except (ImportError, sqlite3.OperationalError, ServiceUnavailable) as e:
+            log.warning("report_not_primed", error=str(e))
 
     # -- public routes -------------------------------------------------------------------------------
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import sqlite3
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Literal, Protocol
 
@@ -220,6 +220,24 @@ class _Cell:
     costed_scored: int
     list_cost: float | None
     batch_paid: float | None
+
+    def values(self) -> tuple[Any, ...]:
+        """Every field, in order (what a row made from this cell depends on)."""
+        return (
+            self.provider,
+            self.model,
+            self.problem_id,
+            self.run_id,
+            self.served_model,
+            self.scored,
+            self.passed,
+            self.total,
+            self.cost,
+            self.cost_scored,
+            self.costed_scored,
+            self.list_cost,
+            self.batch_paid,
+        )
 
 
 _CELLS_SQL = """
@@ -449,9 +467,19 @@ def _row(provider: str, model: str, cells: Sequence[_Cell], **ident: Any) -> Row
 
 
 def _summarize(
-    cells: Iterable[_Cell], by: By, runs: Mapping[str, tuple[str | None, str | None]]
+    cells: Iterable[_Cell],
+    by: By,
+    runs: Mapping[str, tuple[str | None, str | None]],
+    found: dict[Key, Failures] | None = None,
+    made: dict[Hashable, Row] | None = None,
 ) -> list[Row]:
-    """Group rollout cells into report rows (the pure part of :func:`build_report`)."""
+    """Group rollout cells into report rows (the pure part of :func:`build_report`).
+
+    ``found``: failures by row key, each taken (popped) into its row; those left name
+    rows without cells. ``made``: the rows made last time, by what they were made from
+    (their key, cells and failures); a row made from the same again is reused, and
+    ``made`` is left holding this time's rows only.
+    """
     groups: dict[tuple[str | None, ...], list[_Cell]] = defaultdict(list)
     for cell in cells:
         if by == "problem":
@@ -462,6 +490,7 @@ def _summarize(
             key = (cell.provider, cell.model, cell.served_model)
         groups[key].append(cell)
     rows = []
+    now: dict[Hashable, Row] = {}
     for key, group in groups.items():
         ident: dict[str, Any] = {"served_model": key[2]}
         if by == "problem":
@@ -469,7 +498,30 @@ def _summarize(
         elif by == "run":
             ident["run_id"] = key[3]
             ident["run_started_at"] = runs.get(str(key[3]), (None, None))[0]
-        rows.append(_row(str(key[0]), str(key[1]), group, **ident))
+        f = None
+        if found is not None:
+            f = found.pop(
+                (str(key[0]), str(key[1]), key[2], ident.get("problem_id"), ident.get("run_id")), None
+            )
+            if f is not None:
+                ident["model_failures"], ident["infra_failures"] = f.model, f.infra
+        if made is None:
+            rows.append(_row(str(key[0]), str(key[1]), group, **ident))
+            continue
+        what = (
+            key,
+            ident.get("run_started_at"),
+            tuple(c.values() for c in group),
+            None if f is None else (tuple(f.model.items()), tuple(f.infra.items())),
+        )
+        row = made.get(what)
+        if row is None:
+            row = _row(str(key[0]), str(key[1]), group, **ident)
+        now[what] = row
+        rows.append(row)
+    if made is not None:
+        made.clear()
+        made.update(now)
     rows.sort(key=_row_order)
     return rows
 
@@ -512,6 +564,8 @@ class KeptByRun:
         self._rows: dict[str, tuple[tuple[Any, ...], list[Row]]] = {}
         self._fails: dict[str, tuple[tuple[Any, ...], dict[Key, Failures]]] = {}
         self._fail_total: dict[Key, Failures] = {}
+        self.made: dict[Hashable, Row] = {}
+        """The report by problem's rows, by what each was made from (see :func:`_summarize`)."""
 
     @staticmethod
     async def _state(pdb: Fetcher) -> dict[str, tuple[Any, ...]]:
@@ -629,13 +683,16 @@ async def build_report(
         rows = rows_kept
     else:
         cells = await _cells(pdb, problem_version, per_run=by == "run")
-        rows = _summarize(cells, by, await _runs(pdb) if by == "run" else {})
         failures = None
         if by == "problem" and problem_version is None and kept is not None:
             failures = await kept.problem_failures(pdb)
-        if failures is not None:
-            rows = await _rows_with(pdb, rows, dict(failures))
-        elif problem_version is None:
+        if failures is not None and kept is not None:
+            found = dict(failures)
+            rows = _summarize(cells, by, {}, found, kept.made)
+            rows = await _rows_with(pdb, rows, found)  # failures of rows without cells
+        else:
+            rows = _summarize(cells, by, await _runs(pdb) if by == "run" else {})
+        if failures is None and problem_version is None:
             # Only cells of one run say which served models that run's answers came from.
             rows = await _with_failures(pdb, rows, by, cells if by == "run" else None)
     drop = {
