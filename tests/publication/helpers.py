@@ -32,7 +32,8 @@ from rollwatch.events import (
 )
 from rollwatch.metrics import Metrics
 from rollwatch.projections import Projection, ProjectionDB
-from rollwatch.publication import publication_projections, publication_routes
+from rollwatch.publication import publication_projections
+from rollwatch.publication.routes import PublicationAPI
 from rollwatch.publication.keys import SCOPES, hash_key, key_prefix, new_key
 from rollwatch.readmodels import default_projections
 from rollwatch.store.sqlite import SQLiteEventStore
@@ -213,6 +214,7 @@ class Env:
     config: Config
     client: httpx.AsyncClient
     base: str
+    api: PublicationAPI
 
 
 @asynccontextmanager
@@ -231,7 +233,8 @@ async def serving(
         ProjectionDB(tmp_path / "projections.db", all_projections()) as pdb,
     ):
         services = SimpleNamespace(store=st, projections=pdb, config=config)
-        app = build_app(Metrics(), publication_routes(services))
+        api = PublicationAPI(st, pdb, config)
+        app = build_app(Metrics(), api.routes())
         if wrap is not None:
             app = wrap(app)
         server = HTTPServer(app, "127.0.0.1", 0)
@@ -240,7 +243,7 @@ async def serving(
             base = f"http://127.0.0.1:{server.port}"
             try:
                 async with httpx.AsyncClient(base_url=base, timeout=90) as client:
-                    yield Env(st, pdb, config, client, base)
+                    yield Env(st, pdb, config, client, base, api)
             finally:
                 server.stop()
 

@@ -149,6 +149,10 @@ def _tagged(request: Request, body: bytes, media_type: str, cache: str, vary: st
     return Response(body, media_type=media_type, headers=headers)
 
 
+_REPORTS_KEPT = 16
+"""Report bodies kept (the views last made): the nine plain views and a few problem versions."""
+
+
 def _report_view(by: str, options: dict[str, object]) -> tuple[object, ...]:
     """What names one report view: ``by`` and the options with their values."""
     return (by, *sorted(options.items()))
@@ -343,7 +347,10 @@ class PublicationAPI:
                 self._kept = module.KeptByRun()
             kept = {} if options else {"kept": self._kept}
             body = _json_bytes(await module.report_json(self.pdb, by, **options, **kept))
+            self._reports.pop(view, None)
             self._reports[view] = (head, body)
+            while len(self._reports) > _REPORTS_KEPT:  # each problem version asked for is a view
+                del self._reports[next(iter(self._reports))]
             return body
 
     async def prime_reports(self) -> None:
