@@ -33,8 +33,8 @@ from rollwatch.events import (
 from rollwatch.metrics import Metrics
 from rollwatch.projections import Projection, ProjectionDB
 from rollwatch.publication import publication_projections
-from rollwatch.publication.routes import PublicationAPI
 from rollwatch.publication.keys import SCOPES, hash_key, key_prefix, new_key
+from rollwatch.publication.routes import PublicationAPI
 from rollwatch.readmodels import default_projections
 from rollwatch.store.sqlite import SQLiteEventStore
 from rollwatch.web.app import build_app
