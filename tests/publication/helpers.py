@@ -8,7 +8,6 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import anyio
@@ -232,7 +231,6 @@ async def serving(
         store or SQLiteEventStore(tmp_path / "events.db") as st,
         ProjectionDB(tmp_path / "projections.db", all_projections()) as pdb,
     ):
-        services = SimpleNamespace(store=st, projections=pdb, config=config)
         api = PublicationAPI(st, pdb, config)
         app = build_app(Metrics(), api.routes())
         if wrap is not None:
