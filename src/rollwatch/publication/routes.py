@@ -365,6 +365,8 @@ class PublicationAPI:
             log.info("reports_primed", head=head, took_s=round(time.perf_counter() - t, 3))
         except (ImportError, sqlite3.OperationalError, ServiceUnavailable) as e:
             log.warning("report_not_primed", error=str(e))
+        except Exception as e:  # a warm-up only: the first request makes the report (or says why not)
+            log.error("report_not_primed", error=repr(e))
 
     # -- public routes -------------------------------------------------------------------------------
 
