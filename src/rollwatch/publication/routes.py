@@ -199,7 +199,7 @@ class PublicationAPI:
         self._renders: dict[tuple[str, str], bytes] = {}  # (route, base URL) -> body of self._view
         self._reports: dict[tuple[object, ...], tuple[int, bytes]] = {}  # _report_view -> (head, body)
         self._kept: Any = None  # what the report keeps per run between requests (report.KeptByRun)
-        self._report_lock = anyio.Lock()
+        self._report_locks: dict[tuple[str, ...], anyio.Lock] = {}  # (by, option names) -> lock
         self._boot = secrets.token_hex(4)
         self.proofs: InclusionProofs | None = None
         self.bundles: ProofBundles | None = None
@@ -337,9 +337,12 @@ class PublicationAPI:
     async def report_body(
         self, module: Any, view: tuple[object, ...], head: int, by: str, options: dict[str, object]
     ) -> bytes:
-        """The report ``view``'s JSON at ``head`` (made once per position: one report is
-        made at a time, and a request that waited on another's finds it made)."""
-        async with self._report_lock:
+        """The report ``view``'s JSON at ``head`` (made once per position: one report of a
+        kind is made at a time, and a request that waited on another's finds it made; the
+        kinds keep apart what they keep, so a report by model never waits on one by run)."""
+        kind = (by, *sorted(options))
+        lock = self._report_locks.setdefault(kind, anyio.Lock())
+        async with lock:
             cached = self._reports.get(view)
             if cached is not None and cached[0] == head:
                 return cached[1]
