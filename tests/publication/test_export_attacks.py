@@ -1,0 +1,218 @@
+"""Attacks on ``publish export``: an export directory edited between exports (files deleted, cut
+short or added, symbolic links out of it), two exports of one directory at once."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from rollwatch.errors import UsageError
+from rollwatch.projections import ProjectionDB
+from rollwatch.publication.releases import Archive, check_export, period_of
+from rollwatch.store.sqlite import SQLiteEventStore
+from tests.publication.helpers import all_projections, start_run
+from tests.publication.test_releases import Log, folder_ids, month_start
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+async def log(tmp_path: Path) -> Any:
+    async with (
+        SQLiteEventStore(tmp_path / "events.db") as store,
+        ProjectionDB(tmp_path / "projections.db", all_projections()) as pdb,
+    ):
+        lg = Log(store, pdb)
+        await start_run(store, lg.run_id)
+        yield lg
+
+
+def top_ids(out: Path) -> list[str]:
+    return [json.loads(x)["rollout_id"] for x in (out / "results.jsonl").read_text().splitlines()]
+
+
+def this_folder(out: Path) -> Path:
+    return out / "releases" / period_of(datetime.now(UTC).timestamp())
+
+
+class TestLinks:
+    async def test_a_linked_results_jsonl_is_refused_not_written_through(
+        self, log: Log, tmp_path: Path
+    ) -> None:
+        """results.jsonl replaced by a link to a file outside DIR: the export stops naming it, and
+        the file outside keeps its bytes (it used to be cut and filled with results and NULs)."""
+        now = datetime.now(UTC)
+        out = tmp_path / "site"
+        await log.results(2, month_start(now))
+        await log.export(out)
+        outside = tmp_path / "outside.txt"
+        outside.write_text("precious\n")
+        (out / "results.jsonl").unlink()
+        (out / "results.jsonl").symlink_to(outside)
+        await log.results(2, month_start(now), problem_id="p2")
+        with pytest.raises(UsageError, match=r"results\.jsonl: a symbolic link"):
+            await log.export(out)
+        assert outside.read_text() == "precious\n"
+
+    async def test_a_linked_folder_is_refused(self, log: Log, tmp_path: Path) -> None:
+        """The open folder's rollouts/ (or a tile folder) made a link to a folder outside DIR:
+        refused, nothing written outside."""
+        now = datetime.now(UTC)
+        out = tmp_path / "site"
+        await log.results(1, month_start(now))
+        await log.export(out)
+        outside = tmp_path / "elsewhere"
+        outside.mkdir()
+        rollouts = this_folder(out) / "rollouts"
+        for p in rollouts.iterdir():
+            os.replace(p, outside / p.name)
+        rollouts.rmdir()
+        rollouts.symlink_to(outside)
+        before = sorted(p.name for p in outside.iterdir())
+        await log.results(2, month_start(now), problem_id="p2")
+        with pytest.raises(UsageError, match=r"rollouts: a symbolic link"):
+            await log.export(out)
+        assert sorted(p.name for p in outside.iterdir()) == before
+
+    async def test_a_planted_temporary_link_is_replaced_not_written_through(
+        self, log: Log, tmp_path: Path
+    ) -> None:
+        """A link planted at the temporary name the export writes a result through: the export
+        removes the link and writes its own file; the file the link pointed at is untouched."""
+        now = datetime.now(UTC)
+        out = tmp_path / "site"
+        await log.results(1, month_start(now))
+        await log.export(out)
+        [rid] = await log.results(1, month_start(now), problem_id="p2")
+        outside = tmp_path / "outside.txt"
+        outside.write_text("precious\n")
+        (this_folder(out) / "rollouts" / f"{rid}.json.tmp").symlink_to(outside)
+        await log.export(out)
+        assert outside.read_text() == "precious\n"
+        assert json.loads((this_folder(out) / "rollouts" / f"{rid}.json").read_text())["rollout_id"] == rid
+        assert check_export(out) == []
+
+
+class TestTampered:
+    async def test_a_result_deleted_from_the_open_folder_is_named(self, log: Log, tmp_path: Path) -> None:
+        """A result file of the open folder deleted or cut short: the next export refuses, naming
+        the file, rather than write a manifest that lists it as it was."""
+        now = datetime.now(UTC)
+        out = tmp_path / "site"
+        [a, b] = await log.results(2, month_start(now))
+        await log.export(out)
+        await log.results(1, month_start(now), problem_id="p2")
+        kept = (this_folder(out) / "rollouts" / f"{a}.json").read_bytes()
+        (this_folder(out) / "rollouts" / f"{a}.json").unlink()
+        with pytest.raises(UsageError, match=rf"rollouts/{a}\.json: missing"):
+            await log.export(out)
+        (this_folder(out) / "rollouts" / f"{a}.json").write_bytes(kept)
+        with (this_folder(out) / "rollouts" / f"{b}.json").open("r+b") as f:
+            f.truncate(10)
+        with pytest.raises(UsageError, match=rf"rollouts/{b}\.json: not the file"):
+            await log.export(out)
+
+    async def test_results_jsonl_cut_short_or_deleted_is_made_again_from_the_manifests(
+        self, log: Log, tmp_path: Path
+    ) -> None:
+        """results.jsonl cut short: the next export makes it again from the folders' chunks (it
+        used to be padded with NUL bytes to the recorded length). Deleted, with a stray chunk
+        added to the open folder: made again from the chunks the manifests list, and the stray
+        file is removed rather than served."""
+        now = datetime.now(UTC)
+        out = tmp_path / "site"
+        first = await log.results(2, month_start(now, 2))
+        second = await log.results(2, month_start(now))
+        await log.export(out)
+        with (out / "results.jsonl").open("r+b") as f:
+            f.truncate(20)
+        third = await log.results(1, month_start(now), problem_id="p2")
+        await log.export(out)
+        data = (out / "results.jsonl").read_bytes()
+        assert b"\0" not in data
+        assert sorted(top_ids(out)) == sorted(first + second + third)
+        (out / "results.jsonl").unlink()
+        stray = this_folder(out) / "results-0099.jsonl"
+        stray.write_bytes(
+            (
+                out / "releases" / period_of(month_start(now, 2).timestamp()) / "results-0001.jsonl"
+            ).read_bytes()
+        )
+        fourth = await log.results(1, month_start(now), problem_id="p3")
+        await log.export(out)
+        assert sorted(top_ids(out)) == sorted(first + second + third + fourth)
+        assert not stray.exists()
+        assert sorted(folder_ids(out, this_folder(out).name)) == sorted(second + third + fourth)
+        assert check_export(out) == []
+
+    async def test_a_cut_manifest_or_a_file_for_a_folder_is_one_line_exit_2(self, tmp_path: Path) -> None:
+        """``publish export`` over an open folder whose MANIFEST.json was cut short, or whose
+        rollouts/ was replaced by a file: exit 2 and one line naming the path, no traceback."""
+        now = datetime.now(UTC)
+        cfg = tmp_path / "rollwatch.toml"
+        cfg.write_text(f'[store]\nurl = "sqlite:{tmp_path / "events.db"}"\n')
+        out = tmp_path / "site"
+        async with (
+            SQLiteEventStore(tmp_path / "events.db") as store,
+            ProjectionDB(tmp_path / "projections.db", all_projections()) as pdb,
+        ):
+            log = Log(store, pdb)
+            await start_run(store, log.run_id)
+            await log.results(1, month_start(now))
+            await log.export(out)
+            await log.results(1, month_start(now), problem_id="p2")
+
+        def export() -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [sys.executable, "-m", "rollwatch", "--config", str(cfg), "publish", "export", str(out)],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+
+        manifest = this_folder(out) / "MANIFEST.json"
+        kept = manifest.read_bytes()
+        manifest.write_bytes(kept[: len(kept) // 2])
+        p = await anyio.to_thread.run_sync(export)
+        assert p.returncode == 2, p.stderr
+        assert "Traceback" not in p.stderr
+        assert "MANIFEST.json: not a release manifest" in p.stderr
+        manifest.write_bytes(kept)
+        for f in (this_folder(out) / "rollouts").iterdir():
+            f.unlink()
+        (this_folder(out) / "rollouts").rmdir()
+        (this_folder(out) / "rollouts").write_text("not a folder")
+        p = await anyio.to_thread.run_sync(export)
+        assert p.returncode == 2, p.stderr
+        assert "Traceback" not in p.stderr
+        assert len(p.stderr.strip().splitlines()) == 1, p.stderr
+        assert "rollouts" in p.stderr
+
+
+class TestTwoAtOnce:
+    async def test_a_second_export_of_the_same_folder_is_refused(self, log: Log, tmp_path: Path) -> None:
+        """While one export holds DIR, a second one stops with a clear error (it used to take the
+        first one's unfinished files for a killed export's and remove them); then it may run."""
+        now = datetime.now(UTC)
+        out = tmp_path / "site"
+        first = await log.results(2, month_start(now))
+        await log.export(out)
+        second = await log.results(2, month_start(now), problem_id="p2")
+        held = await anyio.to_thread.run_sync(Archive.open, out)
+        try:
+            with pytest.raises(UsageError, match="another export is writing"):
+                await log.export(out)
+        finally:
+            held.close()
+        s = await log.export(out)
+        assert s.released == 2
+        assert sorted(top_ids(out)) == sorted(first + second)
+        assert check_export(out) == []
