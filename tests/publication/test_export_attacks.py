@@ -216,3 +216,40 @@ class TestTwoAtOnce:
         assert s.released == 2
         assert sorted(top_ids(out)) == sorted(first + second)
         assert check_export(out) == []
+
+
+class TestAudit:
+    async def test_audit_checks_an_export_served_at_the_root_and_fails_an_edited_result(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """``rollwatch audit --url URL --item ID`` against ``python -m http.server`` serving DIR at
+        its root: the key, checkpoint, feed item and bundle are read from DIR (it used to ask for
+        /public/key and stop at a 404). A result whose answer was edited outside its proof fails
+        (the bundle's events were checked, never the fields of the result they came with)."""
+        from tests.helpers import rollwatch
+        from tests.integrity.test_tlog_tiles import fill, live_log, static_server
+
+        monkeypatch.delenv("STATE_DIRECTORY", raising=False)
+        async with live_log(tmp_path) as live:
+            rid, _ = await fill(live)
+        out = tmp_path / "site"
+        env = {"STATE_DIRECTORY": ""}
+        cfg = str(live.config_file)
+        p = await anyio.to_thread.run_sync(
+            lambda: rollwatch("--config", cfg, "publish", "export", str(out), env=env)
+        )
+        assert p.returncode == 0, p.stderr
+
+        def audit(url: str) -> subprocess.CompletedProcess[str]:
+            return rollwatch("--config", cfg, "audit", "--url", url, "--item", rid, env=env)  # type: ignore[no-any-return]
+
+        with static_server(out) as url:
+            p = await anyio.to_thread.run_sync(lambda: audit(url))
+            assert p.returncode == 0, p.stdout + p.stderr
+            assert f"bundle: item {rid}: 6 events" in p.stdout
+            record = json.loads((out / "rollouts" / f"{rid}.json").read_text())
+            record["answer"] = "print('something else')"
+            (out / "rollouts" / f"{rid}.json").write_text(json.dumps(record))
+            p = await anyio.to_thread.run_sync(lambda: audit(url))
+        assert p.returncode == 1, p.stdout + p.stderr
+        assert "the result's answer is not what its logged events say" in p.stdout + p.stderr

@@ -73,9 +73,28 @@ class _Client:
     def __init__(self, client: httpx.AsyncClient, base: str) -> None:
         self.client = client
         self.base = base
+        self.public = "/public"
+        """Where the public routes are: ``""`` for a ``publish export`` served at ``base``."""
+
+    def url(self, path: str) -> str:
+        """The URL of a public route (given as ``/public/…``)."""
+        if path.startswith("/public/"):
+            path = self.public + path.removeprefix("/public")
+        return self.base + path
+
+    async def find_export(self) -> None:
+        """A static ``publish export`` served at the base (its ``key`` and ``releases.json`` there,
+        no ``/public/key``): read the public routes from the base."""
+        try:
+            if (await self.client.get(self.base + "/public/key")).status_code != 404:
+                return
+            if (await self.client.get(self.base + "/releases.json")).status_code == 200:
+                self.public = ""
+        except httpx.HTTPError:
+            return  # the checks that follow say what is wrong
 
     async def get(self, path: str) -> httpx.Response:
-        url = self.base + path
+        url = self.url(path)
         try:
             r = await self.client.get(url)
         except httpx.HTTPError as e:
@@ -89,7 +108,7 @@ class _Client:
         try:
             return r.json()
         except ValueError:
-            raise AuditFailure("fetch", f"GET {self.base + path} did not return JSON") from None
+            raise AuditFailure("fetch", f"GET {self.url(path)} did not return JSON") from None
 
 
 def _hashes(value: Any, what: str) -> list[bytes]:
@@ -165,6 +184,7 @@ async def audit(
 
         # 0. the service's own verdict on its log
         await _check_health(c, http.base)
+        await http.find_export()
 
         # 1. key
         served = (await http.get("/public/key")).text.strip()
@@ -483,28 +503,26 @@ async def _check_bundle(http: _Client, item: str, verifier: NoteVerifier, cp: Ch
 
     from rollwatch.integrity.bundle import check_bundle
 
-    path = f"/public/rollouts/{quote(item, safe='')}.json"
+    path = http.url(f"/public/rollouts/{quote(item, safe='')}.json")
     try:
-        r = await http.client.get(http.base + path)
+        r = await http.client.get(path)
     except httpx.HTTPError as e:
-        raise AuditFailure("fetch", f"GET {http.base + path}: {type(e).__name__}: {e}") from None
+        raise AuditFailure("fetch", f"GET {path}: {type(e).__name__}: {e}") from None
     if r.status_code == 404:
         return f"bundle: item {item}: the service serves no proof bundle (an older rollwatch): not checked"
     if r.status_code != 200:
-        raise AuditFailure(
-            "fetch", f"GET {http.base + path} answered {r.status_code}: {r.text[:200].strip()}"
-        )
+        raise AuditFailure("fetch", f"GET {path} answered {r.status_code}: {r.text[:200].strip()}")
     try:
         record = r.json()
     except ValueError:
-        raise AuditFailure("fetch", f"GET {http.base + path} did not return JSON") from None
+        raise AuditFailure("fetch", f"GET {path} did not return JSON") from None
     bundle = record.get("proof") if isinstance(record, dict) else None
     if bundle is None:
         return f"bundle: item {item}: the service serves no proof bundle (an older rollwatch): not checked"
     if isinstance(bundle, dict) and bundle.get("pending"):
         return f"bundle: item {item}: events {bundle['pending']} await the next checkpoint: not checked yet"
     try:
-        bundle_cp, events = check_bundle(bundle, item, verifier)
+        bundle_cp, events = check_bundle(bundle, item, verifier, record)
     except ValueError as e:
         raise AuditFailure("bundle", f"item {item}: {e}") from None
     if bundle_cp.size > cp.size:
