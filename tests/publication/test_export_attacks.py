@@ -253,3 +253,66 @@ class TestAudit:
             p = await anyio.to_thread.run_sync(lambda: audit(url))
         assert p.returncode == 1, p.stdout + p.stderr
         assert "the result's answer is not what its logged events say" in p.stdout + p.stderr
+
+
+class TestKilled:
+    async def test_kills_at_later_points_lose_and_duplicate_nothing(self, tmp_path: Path) -> None:
+        """``publish export`` killed with SIGKILL once its chunk is in place, once it has appended
+        to results.jsonl, once it has rewritten the feeds: each time the index still describes
+        verifying folders, and the next export files every result exactly once, leaving no
+        temporary file behind."""
+        import signal
+        import time
+
+        now = datetime.now(UTC)
+        cfg = tmp_path / "rollwatch.toml"
+        cfg.write_text(f'[store]\nurl = "sqlite:{tmp_path / "events.db"}"\n')
+        out = tmp_path / "site"
+        this = out / "releases" / period_of(now.timestamp())
+        cmd = [sys.executable, "-m", "rollwatch", "--config", str(cfg), "publish", "export", str(out)]
+        filed: list[str] = []
+
+        def mtime(p: Path) -> int:
+            return p.stat().st_mtime_ns if p.exists() else 0
+
+        def kill_when(ready: Any) -> int:
+            proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and proc.poll() is None:
+                if ready():
+                    os.kill(proc.pid, signal.SIGKILL)
+                    break
+                time.sleep(0.001)  # a poll of the file system, not a wait for time to pass
+            return proc.wait()
+
+        kills = 0
+        for k, point in enumerate(("chunk", "results.jsonl", "feed.json")):
+            async with (
+                SQLiteEventStore(tmp_path / "events.db") as store,
+                ProjectionDB(tmp_path / "projections.db", all_projections()) as pdb,
+            ):
+                log = Log(store, pdb)
+                if k == 0:
+                    await start_run(store, log.run_id)
+                filed += await log.results(300, month_start(now), problem_id=f"k{k}", answer="x = 1\n" * 500)
+            chunk = this / f"results-{k + 1:04d}.jsonl"
+            marks = {p: mtime(out / p) for p in ("results.jsonl", "feed.json")}
+            ready = {
+                "chunk": chunk.exists,
+                "results.jsonl": lambda: mtime(out / "results.jsonl") != marks["results.jsonl"],
+                "feed.json": lambda: mtime(out / "feed.json") != marks["feed.json"],
+            }[point]
+            rc = await anyio.to_thread.run_sync(kill_when, ready)
+            kills += rc == -signal.SIGKILL
+            if (out / "releases.json").exists():
+                assert check_export(out) == [], point
+            p = await anyio.to_thread.run_sync(
+                lambda: subprocess.run(cmd, capture_output=True, text=True, check=False)
+            )
+            assert p.returncode == 0, p.stderr
+            assert check_export(out) == [], point
+            assert sorted(folder_ids(out, this.name)) == sorted(filed), point
+            assert sorted(top_ids(out)) == sorted(filed), point
+            assert sorted(x.name for x in (this / "rollouts").iterdir()) == sorted(f"{i}.json" for i in filed)
+            assert not list(out.rglob("*.tmp")), point
+        assert kills >= 2, "the exports finished before they could be killed"
