@@ -153,6 +153,45 @@ class TestTampered:
         assert sorted(folder_ids(out, this_folder(out).name)) == sorted(second + third + fourth)
         assert check_export(out) == []
 
+    async def test_a_closed_folder_deleted_or_its_manifest_edited_is_refused(
+        self, log: Log, tmp_path: Path
+    ) -> None:
+        """A closed folder removed, or its manifest edited: the next export refuses, naming it (it
+        used to drop the folder from releases.json, and file that month's late results in a new
+        folder of the same name). An index with a field missing is refused in one line too."""
+        import shutil
+
+        now = datetime.now(UTC)
+        out = tmp_path / "site"
+        await log.results(2, month_start(now, 2))
+        await log.export(out)
+        old = out / "releases" / period_of(month_start(now, 2).timestamp())
+        index = (out / "releases.json").read_bytes()
+        await log.results(1, month_start(now), problem_id="p2")
+        kept = tmp_path / "kept"
+        shutil.copytree(old, kept)
+        shutil.rmtree(old)
+        with pytest.raises(UsageError, match=r"MANIFEST\.json: missing, but releases\.json lists release"):
+            await log.export(out)
+        shutil.copytree(kept, old)
+        manifest = json.loads((old / "MANIFEST.json").read_text())
+        manifest["results"] = 1
+        (old / "MANIFEST.json").write_text(json.dumps(manifest))
+        with pytest.raises(UsageError, match=r"MANIFEST\.json: not the manifest releases\.json names"):
+            await log.export(out)
+        shutil.copyfile(kept / "MANIFEST.json", old / "MANIFEST.json")
+        broken = json.loads(index)
+        del broken["exported_seq"]
+        (out / "releases.json").write_text(json.dumps(broken))
+        with pytest.raises(
+            UsageError, match=r"releases\.json: not a rollwatch release index \(bad or missing"
+        ):
+            await log.export(out)
+        (out / "releases.json").write_bytes(index)
+        s = await log.export(out)
+        assert s.released == 1
+        assert check_export(out) == []
+
     async def test_a_cut_manifest_or_a_file_for_a_folder_is_one_line_exit_2(self, tmp_path: Path) -> None:
         """``publish export`` over an open folder whose MANIFEST.json was cut short, or whose
         rollouts/ was replaced by a file: exit 2 and one line naming the path, no traceback."""
@@ -299,8 +338,8 @@ class TestKilled:
             marks = {p: mtime(out / p) for p in ("results.jsonl", "feed.json")}
             ready = {
                 "chunk": chunk.exists,
-                "results.jsonl": lambda: mtime(out / "results.jsonl") != marks["results.jsonl"],
-                "feed.json": lambda: mtime(out / "feed.json") != marks["feed.json"],
+                "results.jsonl": lambda m=marks: mtime(out / "results.jsonl") != m["results.jsonl"],
+                "feed.json": lambda m=marks: mtime(out / "feed.json") != m["feed.json"],
             }[point]
             rc = await anyio.to_thread.run_sync(kill_when, ready)
             kills += rc == -signal.SIGKILL

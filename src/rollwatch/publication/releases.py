@@ -132,6 +132,8 @@ class Folder:
     _chunk_results: int = 0
     manifest_sha256: str | None = None
     """A closed folder's, as the index names it (read once, when it closed)."""
+    manifest_size: int | None = None
+    """A closed folder's manifest's size, as the index names it (None: an older index)."""
     changed: bool = False
     wrote: int = 0
     """Files this export wrote here."""
@@ -355,21 +357,26 @@ class Archive:
             raise UsageError(
                 f"{root / INDEX}: not a rollwatch release index ({e}); export to another folder"
             ) from None
-        closed: dict[str, tuple[int, str | None]] = {}
+        closed: dict[str, tuple[int, str | None, int | None]] = {}
         if index is not None:
             if not isinstance(index, dict) or index.get("format") != FORMAT:
                 raise UsageError(
                     f"{root / INDEX}: not a rollwatch release index (format {FORMAT!r}); export to another folder"
                 )
-            a.exported_seq = int(index["exported_seq"])
-            a.exported_at = float(index["exported_at"])
-            a.held_from = index.get("held_from")
-            a.results_bytes = index.get("results_jsonl_bytes")
-            closed = {
-                e["period"]: (int(e["results"]), e.get("manifest_sha256"))
-                for e in index["releases"]
-                if e["state"] == "closed"
-            }
+            try:
+                a.exported_seq = int(index["exported_seq"])
+                a.exported_at = float(index["exported_at"])
+                a.held_from = index.get("held_from")
+                a.results_bytes = index.get("results_jsonl_bytes")
+                closed = {
+                    str(e["period"]): (int(e["results"]), e.get("manifest_sha256"), e.get("manifest_bytes"))
+                    for e in index["releases"]
+                    if e["state"] == "closed"
+                }
+            except (KeyError, TypeError, ValueError) as e:
+                raise UsageError(
+                    f"{root / INDEX}: not a rollwatch release index (bad or missing {e}); restore it from a copy"
+                ) from None
         # A closed folder is never read again (the index has what we need of it); the
         # others as their manifests say, less what an export killed before the index
         # was written added to them.
@@ -380,14 +387,31 @@ class Archive:
                 if not d.is_dir():
                     continue
                 if d.name in closed:
-                    n, sha = closed[d.name]
-                    a.folders[d.name] = Folder(root, d.name, state="closed", results=n, manifest_sha256=sha)
+                    n, sha, size = closed[d.name]
+                    a.folders[d.name] = Folder(
+                        root, d.name, state="closed", results=n, manifest_sha256=sha, manifest_size=size
+                    )
                     continue
                 f = a.folders[d.name] = Folder.load(root, d.name)
                 if killed:
                     f.roll_back(a.exported_seq)
                 f.sweep()  # what a killed export (or anyone) left here unlisted is not served
                 f.check_files()
+        # Closed folders are not read, but one gone or with another manifest is not built on
+        # (a stat each: a later folder would be added beside a hole, or the index drop it).
+        for period in closed:
+            kept = a.folders.get(period)
+            manifest = base / period / MANIFEST
+            try:
+                size = manifest.stat().st_size
+            except FileNotFoundError:
+                raise UsageError(
+                    f"{manifest}: missing, but {INDEX} lists release {period} as closed; restore it from a copy"
+                ) from None
+            if kept is None or (kept.manifest_size is not None and size != kept.manifest_size):
+                raise UsageError(
+                    f"{manifest}: not the manifest {INDEX} names for release {period} (edited); restore it from a copy"
+                )
         for tmp in root.glob("*.tmp"):
             tmp.unlink()
         (root / _IN_PROGRESS).write_bytes(b"")
@@ -484,6 +508,9 @@ class Archive:
             if f.state == "closed":
                 f.manifest_sha256 = f.manifest_sha256 or sha256_file(f.path / MANIFEST)
                 entry["manifest_sha256"] = f.manifest_sha256
+                if f.manifest_size is None:
+                    f.manifest_size = (f.path / MANIFEST).stat().st_size
+                entry["manifest_bytes"] = f.manifest_size
             releases.append(entry)
         index = {
             "format": FORMAT,
