@@ -7,7 +7,7 @@ import json
 import os
 import subprocess
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -355,3 +355,51 @@ class TestKilled:
             assert sorted(x.name for x in (this / "rollouts").iterdir()) == sorted(f"{i}.json" for i in filed)
             assert not list(out.rglob("*.tmp")), point
         assert kills >= 2, "the exports finished before they could be killed"
+
+
+class TestEmbargo:
+    async def test_the_embargo_boundary_and_flips(self, log: Log, tmp_path: Path) -> None:
+        """A result public from T is in no file of an export at T less a microsecond and in the
+        export at T, once; one flipped to fail while under embargo is never released nor exported; one flipped to fail after its export, then back to
+        pass, gets its mark and then loses it, its closed-folder copy unchanged."""
+        from rollwatch.publication.release import release_due
+        from tests.publication.test_flip_attacks import rescore
+
+        now = datetime.now(UTC)
+        out = tmp_path / "site"
+        t = now - timedelta(minutes=1)
+        [at_t] = await log.results(1, t, answer="AT-T")
+        [flipped] = await log.results(1, now + timedelta(hours=1), problem_id="p2", answer="FLIPPED-FAIL")
+        [old] = await log.results(1, month_start(now, 2), problem_id="p3")
+        await rescore(log.store, flipped, passed=False, previous=True, decide=False)
+
+        def everything() -> bytes:
+            return b"".join(p.read_bytes() for p in out.rglob("*") if p.is_file())
+
+        await log.export(out, now=t - timedelta(microseconds=1))
+        assert at_t.encode() not in everything()
+        assert b"AT-T" not in everything()
+        s = await log.export(out, now=t)
+        assert s.released == 1
+        assert top_ids(out).count(at_t) == 1
+        await release_due(log.store, log.pdb, now=now + timedelta(hours=2))
+        s = await log.export(out, now=now + timedelta(hours=2))
+        assert s.released == 0
+        assert flipped.encode() not in everything()
+        assert b"FLIPPED-FAIL" not in everything()
+
+        period = out / "releases" / period_of(month_start(now, 2).timestamp())
+        kept = (period / "rollouts" / f"{old}.json").read_bytes()
+        await rescore(log.store, old, passed=False, previous=True, decide=False)
+        await log.export(out, now=now + timedelta(hours=2))
+        assert json.loads((out / "rollouts" / f"{old}.json").read_text())["superseded"] is True
+        assert [json.loads(x)["rollout_id"] for x in (out / "superseded.jsonl").read_text().splitlines()] == [
+            old
+        ]
+        await rescore(log.store, old, passed=True, previous=False, decide=False)
+        await log.export(out, now=now + timedelta(hours=2))
+        assert (period / "rollouts" / f"{old}.json").read_bytes() == kept
+        assert (out / "superseded.jsonl").read_text() == ""
+        assert json.loads((out / "rollouts" / f"{old}.json").read_text())["superseded"] is False
+        assert sorted(top_ids(out)) == sorted([at_t, old])
+        assert check_export(out) == []
