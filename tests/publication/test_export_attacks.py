@@ -256,6 +256,50 @@ class TestTwoAtOnce:
         assert sorted(top_ids(out)) == sorted(first + second)
         assert check_export(out) == []
 
+    async def test_publish_export_waits_for_no_one_it_refuses_in_one_line(self, tmp_path: Path) -> None:
+        """Another process holding DIR (an export under way): ``publish export`` exits 2 with one
+        line saying so, and writes nothing."""
+        cfg = tmp_path / "rollwatch.toml"
+        cfg.write_text(f'[store]\nurl = "sqlite:{tmp_path / "events.db"}"\n')
+        out = tmp_path / "site"
+        async with (
+            SQLiteEventStore(tmp_path / "events.db") as store,
+            ProjectionDB(tmp_path / "projections.db", all_projections()) as pdb,
+        ):
+            log = Log(store, pdb)
+            await start_run(store, log.run_id)
+            await log.results(1, month_start(datetime.now(UTC)))
+        holder = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                "import sys; from pathlib import Path; from rollwatch.publication.releases import Archive;"
+                " a = Archive.open(Path(sys.argv[1])); print('held', flush=True); sys.stdin.read()",
+                str(out),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert holder.stdout is not None
+            assert await anyio.to_thread.run_sync(holder.stdout.readline) == "held\n"
+            cmd = [sys.executable, "-m", "rollwatch", "--config", str(cfg), "publish", "export", str(out)]
+            p = await anyio.to_thread.run_sync(
+                lambda: subprocess.run(cmd, capture_output=True, text=True, check=False)
+            )
+        finally:
+            holder.communicate("")
+        assert p.returncode == 2, p.stderr
+        assert "another export is writing this folder" in p.stderr
+        assert "Traceback" not in p.stderr
+        assert not (out / "releases").exists()
+        p = await anyio.to_thread.run_sync(
+            lambda: subprocess.run(cmd, capture_output=True, text=True, check=False)
+        )
+        assert p.returncode == 0, p.stderr
+        assert check_export(out) == []
+
 
 class TestAudit:
     async def test_audit_checks_an_export_served_at_the_root_and_fails_an_edited_result(
