@@ -192,6 +192,26 @@ class TestTampered:
         assert s.released == 1
         assert check_export(out) == []
 
+    async def test_deleted_top_level_copies_are_put_back(self, log: Log, tmp_path: Path) -> None:
+        """rollouts/ID.json at the top (what the feeds link to) deleted: the next export puts it
+        back, the folder's copy linked again, or a superseded one with its mark."""
+        from tests.publication.test_flip_attacks import rescore
+
+        now = datetime.now(UTC)
+        out = tmp_path / "site"
+        [a, b] = await log.results(2, month_start(now, 2))
+        [c] = await log.results(1, month_start(now), problem_id="p2")
+        await rescore(log.store, b, passed=False, previous=True, decide=False)
+        await log.export(out)
+        for rid in (a, b, c):
+            (out / "rollouts" / f"{rid}.json").unlink()
+        await log.export(out)
+        old = out / "releases" / period_of(month_start(now, 2).timestamp())
+        assert (out / "rollouts" / f"{a}.json").read_bytes() == (old / "rollouts" / f"{a}.json").read_bytes()
+        assert (out / "rollouts" / f"{c}.json").samefile(this_folder(out) / "rollouts" / f"{c}.json")
+        assert json.loads((out / "rollouts" / f"{b}.json").read_text())["superseded"] is True
+        assert check_export(out) == []
+
     async def test_a_cut_manifest_or_a_file_for_a_folder_is_one_line_exit_2(self, tmp_path: Path) -> None:
         """``publish export`` over an open folder whose MANIFEST.json was cut short, or whose
         rollouts/ was replaced by a file: exit 2 and one line naming the path, no traceback."""

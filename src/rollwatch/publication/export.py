@@ -173,6 +173,10 @@ async def export_public(
         # copy of each result whose mark changed, as the live route shows it.
         marks = await superseded_marks(pdb, now)
         changed = await anyio.to_thread.run_sync(archive.write_superseded, marks)
+        # Top-level copies someone deleted are put back (a superseded one as the live route shows it).
+        back = await anyio.to_thread.run_sync(archive.relink_missing)
+        written += len(back)
+        changed |= {rid for rid in back if rid in archive.superseded}
         for rid in sorted(changed):
             one = await released_one(store, pdb, rid, now)
             if one is not None:

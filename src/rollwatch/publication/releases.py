@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 from rollwatch.errors import UsageError
 
@@ -438,13 +438,26 @@ class Archive:
         src = self.folder_for(not_before_ts, now).add(rollout_id, record, line)
         top = self.root / rollout_file(rollout_id)
         top.parent.mkdir(exist_ok=True)
-        tmp = top.with_name(top.name + ".tmp")
-        tmp.unlink(missing_ok=True)
-        try:
-            os.link(src, tmp)  # one copy on disk for both names
-        except OSError:
-            shutil.copyfile(src, tmp)
-        os.replace(tmp, top)
+        _link(src, top)
+
+    def relink_missing(self) -> list[str]:
+        """Put back the top-level copies (``rollouts/ID.json``) someone deleted: linked again to
+        their folder's copy. Only when ``rollouts/`` holds fewer files than the archive has
+        results (a listing, no read, when nothing is missing); returns the ids put back."""
+        top = self.root / "rollouts"
+        have = {e.name for e in os.scandir(top) if not e.name.endswith(".tmp")} if top.is_dir() else set()
+        if len(have) >= sum(f.results for f in self.folders.values()):
+            return []
+        back = []
+        for f in self.folders.values():
+            files = f.files if f.state == "open" else json.loads((f.path / MANIFEST).read_bytes())["files"]
+            for rel in files:
+                name = rel.removeprefix("rollouts/")
+                if name != rel and name not in have:
+                    top.mkdir(exist_ok=True)
+                    _link(f.path / rel, top / name)
+                    back.append(unquote(name.removesuffix(".json")))
+        return back
 
     def finish(self, now: datetime, checkpoint: dict[str, Any] | None, through_seq: int) -> list[Folder]:
         """Put every chunk in place and close the folders whose month has ended; return the open ones."""
@@ -541,6 +554,17 @@ class Archive:
             write_atomic(self.root / SUPERSEDED, b"".join(_json(r) + b"\n" for r in now.values()))
         self.superseded = now
         return changed
+
+
+def _link(src: Path, dst: Path) -> None:
+    """``dst`` a hard link to ``src`` (one copy on disk for both names), else a copy; atomically."""
+    tmp = dst.with_name(dst.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
 
 
 def _refuse_links(root: Path) -> None:
