@@ -322,34 +322,57 @@ class TestTwoAtOnce:
 
 
 class TestAudit:
-    async def test_audit_checks_an_export_served_at_the_root_and_fails_an_edited_result(
+    async def test_audit_checks_an_export_served_at_the_root_and_fails_an_edited_one(
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        """``rollwatch audit --url URL --item ID`` against ``python -m http.server`` serving DIR at
-        its root: the key, checkpoint, feed item and bundle are read from DIR (it used to ask for
-        /public/key and stop at a 404). A result whose answer was edited outside its proof fails
-        (the bundle's events were checked, never the fields of the result they came with)."""
+        """``rollwatch audit --url URL --keep FILE --item ID`` against ``python -m http.server``
+        serving DIR at its root: the key, checkpoint, feed item and bundle are read from DIR (it
+        used to ask for /public/key and stop at a 404), and the proofs it asked the service for
+        (consistency with the kept checkpoint, the remembered item's inclusion) are made from the
+        exported hash tiles (they used to 404). Then a tile edited on the item's path fails the
+        audit, and so does a result whose answer was edited outside its proof (the bundle's events
+        were checked, never the fields of the result they came with)."""
         from tests.helpers import rollwatch
-        from tests.integrity.test_tlog_tiles import fill, live_log, static_server
+        from tests.integrity.conftest import append_n
+        from tests.integrity.test_tlog_tiles import add_released, fill, live_log, static_server
 
         monkeypatch.delenv("STATE_DIRECTORY", raising=False)
-        async with live_log(tmp_path) as live:
-            rid, _ = await fill(live)
         out = tmp_path / "site"
         env = {"STATE_DIRECTORY": ""}
-        cfg = str(live.config_file)
-        p = await anyio.to_thread.run_sync(
-            lambda: rollwatch("--config", cfg, "publish", "export", str(out), env=env)
-        )
-        assert p.returncode == 0, p.stderr
+        keep = tmp_path / "keep.json"
+
+        def run(*args: str) -> subprocess.CompletedProcess[str]:
+            return rollwatch("--config", cfg, *args, env=env)  # type: ignore[no-any-return]
 
         def audit(url: str) -> subprocess.CompletedProcess[str]:
-            return rollwatch("--config", cfg, "audit", "--url", url, "--item", rid, env=env)  # type: ignore[no-any-return]
+            return run("audit", "--url", url, "--keep", str(keep), "--item", rid)
 
+        async with live_log(tmp_path) as live:
+            rid, _ = await fill(live)
+            cfg = str(live.config_file)
+            p = await anyio.to_thread.run_sync(lambda: run("publish", "export", str(out)))
+            assert p.returncode == 0, p.stderr
+            with static_server(out) as url:
+                p = await anyio.to_thread.run_sync(lambda: audit(url))
+            assert p.returncode == 0, p.stdout + p.stderr
+            assert f"bundle: item {rid}: 6 events" in p.stdout
+            await append_n(live.store, 100, per_call=50, tag="g")
+            await add_released(live.store, live.pdb)
+            await live.integrity.final_checkpoint()
+        p = await anyio.to_thread.run_sync(lambda: run("publish", "export", str(out)))
+        assert p.returncode == 0, p.stderr
+        tile = out / "tile" / "0" / "001"  # leaves 256..511: the item's event 305 among them
+        kept_tile = tile.read_bytes()
         with static_server(out) as url:
             p = await anyio.to_thread.run_sync(lambda: audit(url))
             assert p.returncode == 0, p.stdout + p.stderr
-            assert f"bundle: item {rid}: 6 events" in p.stdout
+            assert "consistency: kept size 606 -> size 715: ok" in p.stdout
+            assert "remembered: 1 released items still in the signed tree: ok" in p.stdout
+            tile.write_bytes(kept_tile[: 32 * 48] + bytes(32) + kept_tile[32 * 49 :])  # leaf 304
+            p = await anyio.to_thread.run_sync(lambda: audit(url))
+            assert p.returncode == 1, p.stdout + p.stderr
+            assert "was rewritten or withdrawn" in p.stdout + p.stderr
+            tile.write_bytes(kept_tile)
             record = json.loads((out / "rollouts" / f"{rid}.json").read_text())
             record["answer"] = "print('something else')"
             (out / "rollouts" / f"{rid}.json").write_text(json.dumps(record))
