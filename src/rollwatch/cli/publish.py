@@ -238,17 +238,21 @@ def publish_export(ctx: Context, directory: Path, base_url: str | None) -> None:
         ):
             # Items carry inclusion proofs against the tree of the log as it is now.
             await tree.catch_up(store)
-            s = await export_public(
-                store,
-                pdb,
-                directory,
-                base_url=base,
-                embargo_s=config.publication.embargo,
-                embargo_counts=config.publication.embargo_counts,
-                tree=tree,
-                vkey=await _vkey(config, store),
-                cosigned=config.integrity.state_dir(config.store) / "checkpoint.cosigned",
-            )
+            try:
+                s = await export_public(
+                    store,
+                    pdb,
+                    directory,
+                    base_url=base,
+                    embargo_s=config.publication.embargo,
+                    embargo_counts=config.publication.embargo_counts,
+                    tree=tree,
+                    vkey=await _vkey(config, store),
+                    cosigned=config.integrity.state_dir(config.store) / "checkpoint.cosigned",
+                )
+            except OSError as e:  # a folder read-only, a file where a folder should be, a full disk
+                where = e.filename or directory
+                raise UsageError(f"{where}: cannot write the export: {e.strerror or e}") from None
             proven = f", proofs against the checkpoint of size {s.tree_size}" if s.tree_size else ""
             closed = f"; closed release {', '.join(s.closed)}" if s.closed else ""
             return (

@@ -46,7 +46,13 @@ import httpx
 from rollwatch.errors import AuditFailure, InvalidNote, InvalidProof
 from rollwatch.integrity.checkpoint import Checkpoint, NoteVerifier, b64, unb64
 from rollwatch.integrity.merkle import (
+    Node,
+    assemble,
+    consistency_ranges,
+    inclusion_ranges,
     leaf_hash,
+    node_hash,
+    nodes_for,
     root_from_inclusion,
     verify_consistency,
     verify_inclusion,
@@ -73,9 +79,79 @@ class _Client:
     def __init__(self, client: httpx.AsyncClient, base: str) -> None:
         self.client = client
         self.base = base
+        self.public = "/public"
+        """Where the public routes are: ``""`` for a ``publish export`` served at ``base``."""
+
+    def url(self, path: str) -> str:
+        """The URL of a public route (given as ``/public/…``)."""
+        if path.startswith("/public/"):
+            path = self.public + path.removeprefix("/public")
+        return self.base + path
+
+    async def find_export(self) -> None:
+        """A static ``publish export`` served at the base (its ``key`` and ``releases.json`` there,
+        no ``/public/key``): read the public routes from the base."""
+        try:
+            if (await self.client.get(self.base + "/public/key")).status_code != 404:
+                return
+            if (await self.client.get(self.base + "/releases.json")).status_code == 200:
+                self.public = ""
+        except httpx.HTTPError:
+            return  # the checks that follow say what is wrong
+
+    async def proof(self, path: str) -> Any:
+        """What a proof route (``/public/proof/inclusion?seq=&size=``, ``…/consistency?from=&to=``)
+        answers; for a static export, which has no routes, made here from its hash tiles (they
+        are not trusted: the proof is checked against the signed root like any other)."""
+        if self.public:
+            return await self.json(path)
+        from urllib.parse import parse_qsl, urlsplit
+
+        q = dict(parse_qsl(urlsplit(path).query))
+        try:
+            if path.startswith("/public/proof/inclusion"):
+                seq, size = int(q["seq"]), int(q["size"])
+                ranges, leaf = inclusion_ranges(seq - 1, size), (0, seq - 1)
+            else:
+                size = int(q["to"])
+                ranges, leaf = consistency_ranges(int(q["from"]), size), None
+        except InvalidProof as e:
+            raise AuditFailure("fetch", f"no proof for {path}: {e}") from None
+        tiles: dict[str, bytes] = {}
+        nodes = {n: await self._node(n, size, tiles) for n in nodes_for(ranges) | ({leaf} if leaf else set())}
+        out: dict[str, Any] = {"path": [b64(h) for h in assemble(ranges, nodes)]}
+        if leaf is not None:
+            out["leaf_hash"] = b64(nodes[leaf])
+        return out
+
+    async def _node(self, node: Node, size: int, tiles: dict[str, bytes]) -> bytes:
+        """A perfect subtree's hash in the tree of ``size``, from the tile holding it (C2SP tlog-tiles)."""
+        from rollwatch.integrity.tiles import HEIGHT, WIDTH, Tile
+
+        level, index = node
+        tile_level, rest = divmod(level, HEIGHT)
+        first = index << rest  # the first of the tile hashes this node folds
+        n = first // WIDTH
+        per = WIDTH ** (tile_level + 1)
+        width = WIDTH if n < size // per else (size // WIDTH**tile_level) % WIDTH
+        path = "/" + Tile(tile_level, n, width).path()
+        if path not in tiles:
+            tiles[path] = (await self.get(path)).content
+            if len(tiles[path]) != 32 * width:
+                raise AuditFailure(
+                    "fetch", f"GET {self.url(path)}: {len(tiles[path])} bytes, not {32 * width}"
+                )
+        data = tiles[path]
+        lo = first % WIDTH
+        hashes = [data[32 * i : 32 * i + 32] for i in range(lo, lo + (1 << rest))]
+        if len(hashes[-1]) != 32:
+            raise AuditFailure("fetch", f"GET {self.url(path)} lacks node {level}/{index}")
+        while len(hashes) > 1:
+            hashes = [node_hash(hashes[i], hashes[i + 1]) for i in range(0, len(hashes), 2)]
+        return hashes[0]
 
     async def get(self, path: str) -> httpx.Response:
-        url = self.base + path
+        url = self.url(path)
         try:
             r = await self.client.get(url)
         except httpx.HTTPError as e:
@@ -89,7 +165,7 @@ class _Client:
         try:
             return r.json()
         except ValueError:
-            raise AuditFailure("fetch", f"GET {self.base + path} did not return JSON") from None
+            raise AuditFailure("fetch", f"GET {self.url(path)} did not return JSON") from None
 
 
 def _hashes(value: Any, what: str) -> list[bytes]:
@@ -165,6 +241,7 @@ async def audit(
 
         # 0. the service's own verdict on its log
         await _check_health(c, http.base)
+        await http.find_export()
 
         # 1. key
         served = (await http.get("/public/key")).text.strip()
@@ -313,7 +390,7 @@ async def _check_rotation_logged(http: _Client, link: dict[str, Any], cp: Checkp
             "key", f"the key rotation at seq {seq} is not in the signed tree of size {cp.size}"
         )
     leaf = leaf_hash(canonical.encode())
-    proof = await http.json(f"/public/proof/inclusion?seq={seq}&size={cp.size}")
+    proof = await http.proof(f"/public/proof/inclusion?seq={seq}&size={cp.size}")
     path = _hashes(proof.get("path") if isinstance(proof, dict) else None, "the inclusion proof")
     if not verify_inclusion(seq - 1, cp.size, leaf, path, cp.root):
         raise AuditFailure(
@@ -341,7 +418,7 @@ async def _check_consistency(http: _Client, old: Checkpoint, new: Checkpoint) ->
                 "the log was rewritten",
             )
         return
-    proof = await http.json(f"/public/proof/consistency?from={old.size}&to={new.size}")
+    proof = await http.proof(f"/public/proof/consistency?from={old.size}&to={new.size}")
     path = _hashes(proof.get("path") if isinstance(proof, dict) else None, "the consistency proof")
     if not verify_consistency(old.size, new.size, old.root, new.root, path):
         raise AuditFailure(
@@ -390,7 +467,7 @@ async def _check_remembered(http: _Client, item: str, seq: int, leaf_b64: str, c
             "remembered", f"item {item} was event {seq}, but the signed tree now holds only {cp.size} events"
         )
     leaf = _hashes([leaf_b64], "a remembered leaf hash")[0]
-    proof = await http.json(f"/public/proof/inclusion?seq={seq}&size={cp.size}")
+    proof = await http.proof(f"/public/proof/inclusion?seq={seq}&size={cp.size}")
     served = proof.get("leaf_hash") if isinstance(proof, dict) else None
     # The signed root still covers the old leaf (its siblings did not change): what
     # shows a rewrite is the leaf the service holds now.
@@ -457,7 +534,7 @@ async def _check_item(http: _Client, item: str, cp: Checkpoint) -> tuple[int, by
                 )
             return index + 1, leaf
         # The proof is for an earlier tree: that tree must be a prefix of the signed one.
-        proof = await http.json(f"/public/proof/consistency?from={size}&to={cp.size}")
+        proof = await http.proof(f"/public/proof/consistency?from={size}&to={cp.size}")
         cpath = _hashes(proof.get("path") if isinstance(proof, dict) else None, "the consistency proof")
         if not verify_consistency(size, cp.size, root, cp.root, cpath):
             raise AuditFailure(
@@ -465,7 +542,7 @@ async def _check_item(http: _Client, item: str, cp: Checkpoint) -> tuple[int, by
                 f"item {item}: the tree of size {size} its proof leads to is not a prefix of the signed tree",
             )
         return index + 1, leaf
-    proof = await http.json(f"/public/proof/inclusion?seq={index + 1}&size={cp.size}")
+    proof = await http.proof(f"/public/proof/inclusion?seq={index + 1}&size={cp.size}")
     path = _hashes(proof.get("path") if isinstance(proof, dict) else None, "the inclusion proof")
     if not verify_inclusion(index, cp.size, leaf, path, cp.root):
         raise AuditFailure(
@@ -483,28 +560,26 @@ async def _check_bundle(http: _Client, item: str, verifier: NoteVerifier, cp: Ch
 
     from rollwatch.integrity.bundle import check_bundle
 
-    path = f"/public/rollouts/{quote(item, safe='')}.json"
+    path = http.url(f"/public/rollouts/{quote(item, safe='')}.json")
     try:
-        r = await http.client.get(http.base + path)
+        r = await http.client.get(path)
     except httpx.HTTPError as e:
-        raise AuditFailure("fetch", f"GET {http.base + path}: {type(e).__name__}: {e}") from None
+        raise AuditFailure("fetch", f"GET {path}: {type(e).__name__}: {e}") from None
     if r.status_code == 404:
         return f"bundle: item {item}: the service serves no proof bundle (an older rollwatch): not checked"
     if r.status_code != 200:
-        raise AuditFailure(
-            "fetch", f"GET {http.base + path} answered {r.status_code}: {r.text[:200].strip()}"
-        )
+        raise AuditFailure("fetch", f"GET {path} answered {r.status_code}: {r.text[:200].strip()}")
     try:
         record = r.json()
     except ValueError:
-        raise AuditFailure("fetch", f"GET {http.base + path} did not return JSON") from None
+        raise AuditFailure("fetch", f"GET {path} did not return JSON") from None
     bundle = record.get("proof") if isinstance(record, dict) else None
     if bundle is None:
         return f"bundle: item {item}: the service serves no proof bundle (an older rollwatch): not checked"
     if isinstance(bundle, dict) and bundle.get("pending"):
         return f"bundle: item {item}: events {bundle['pending']} await the next checkpoint: not checked yet"
     try:
-        bundle_cp, events = check_bundle(bundle, item, verifier)
+        bundle_cp, events = check_bundle(bundle, item, verifier, record)
     except ValueError as e:
         raise AuditFailure("bundle", f"item {item}: {e}") from None
     if bundle_cp.size > cp.size:

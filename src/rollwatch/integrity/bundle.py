@@ -29,8 +29,13 @@ def derive_rollout_id(run_id: str, model: str, problem_id: str, sample: int) -> 
     return str(uuid.uuid5(ROLLOUT_NAMESPACE, f"{run_id}\x00{model}\x00{problem_id}\x00{sample}"))
 
 
-def check_bundle(bundle: Any, rollout_id: str, verifier: NoteVerifier) -> tuple[Checkpoint, int]:
-    """The bundle's verified checkpoint and its number of events; ValueError saying what is wrong."""
+def check_bundle(
+    bundle: Any, rollout_id: str, verifier: NoteVerifier, record: dict[str, Any] | None = None
+) -> tuple[Checkpoint, int]:
+    """The bundle's verified checkpoint and its number of events; ValueError saying what is wrong.
+
+    ``record``: the result the bundle came with, whose fields must be what the events say (its
+    request, answer and public date; its score too unless it is marked superseded)."""
     if not isinstance(bundle, dict) or bundle.get("format") != "rollwatch-proof/v1":
         raise ValueError("no rollwatch-proof/v1 bundle")
     try:
@@ -83,4 +88,15 @@ def check_bundle(bundle: Any, rollout_id: str, verifier: NoteVerifier) -> tuple[
     before = [(seq, data) for seq, data in verdicts if seq < seqs["PublicReleased"]]
     if not before or max(before, key=lambda v: v[0])[1].get("passed") is not True:
         raise ValueError("the verdict its release stands for is not a pass")
+    if record is not None:
+        claims = [(k, req.get(k)) for k in ("run_id", "provider", "model", "problem_id", "sample")]
+        claims += [
+            ("answer", seen["RolloutResponded"].get("text")),
+            ("not_before", seen["PublicationDecided"].get("not_before")),
+        ]
+        if record.get("superseded") is not True:
+            claims.append(("score", max(before, key=lambda v: v[0])[1].get("score")))
+        for k, logged in claims:
+            if record.get(k) != logged:
+                raise ValueError(f"the result's {k} is not what its logged events say")
     return cp, len(bundle.get("events") or [])

@@ -102,106 +102,120 @@ async def export_public(
     head = await caught_up(store, pdb)
     now = now or datetime.now(UTC)
     archive = await anyio.to_thread.run_sync(Archive.open, out_dir)  # refuses a folder not ours
-    view = await public_view(store, pdb, now=now, embargo_default=embargo_s, embargo_counts=embargo_counts)
-    proofs = None
-    bundles = None
-    checkpoint = None
-    written = 0
-    if tree is not None:
-        from rollwatch.publication.inclusion import InclusionProofs
-        from rollwatch.publication.proofs import ProofBundles
-
-        proofs = InclusionProofs(store, tree)
-        bundles = ProofBundles(store, tree)
-        checkpoint = await bundles.checkpoint()
-        if checkpoint is not None:
-            written += await write_tiles(tree, out_dir, checkpoint.size)
-    cut = {"tree_size": checkpoint.size, "note": checkpoint.note} if checkpoint is not None else None
-    # Folders are cut at the signed checkpoint: a result released after it waits for the
-    # next export, so every result filed carries a complete proof (files are never
-    # rewritten to complete one). Without a checkpoint (no tree, or none signed yet):
-    # the log's head, and no proofs.
-    upto = checkpoint.size if checkpoint is not None else head
-    seen = archive.exported_seq
-    since = (
-        archive.exported_seq
-        if archive.held_from is None
-        else min(archive.exported_seq, archive.held_from - 1)
-    )
-    # Results go out 200 per thread hop: a hop per file made a 16,500-result export
-    # take six minutes on two busy cores.
-    batch: list[tuple[str, float, bytes, bytes]] = []
-
-    def put(items: list[tuple[str, float, bytes, bytes]]) -> None:
-        for rid, nb_ts, record_bytes, line_bytes in items:
-            archive.add(rid, nb_ts, now, record_bytes, line_bytes)
-
-    released = 0
     try:
-        async for r in iter_released(store, pdb, now, after=since):
-            if r.released_seq > upto:
-                break
-            seen = max(seen, r.released_seq)
-            nb_ts = parse_rfc3339(r.not_before).timestamp()
-            if r.released_seq <= archive.exported_seq and nb_ts <= archive.exported_at:
-                continue  # in a folder already (a result held back last time is not)
-            record, line = await _result(r, bundles, checkpoint, proofs)
-            batch.append((r.rollout_id, nb_ts, record, line))
-            released += 1
-            if len(batch) >= 200:
-                await anyio.to_thread.run_sync(put, batch)
-                batch = []
-        await anyio.to_thread.run_sync(put, batch)
-        until = max(seen, upto)
-        held_from = await held_back(pdb, since, until, now)
-        before = {f.period for f in archive.folders.values() if f.state == "closed"}
-        await anyio.to_thread.run_sync(archive.finish, now, cut, until)
-    except BaseException:
-        await anyio.to_thread.run_sync(archive.abandon)
-        raise
-    closed = tuple(
-        sorted(f.period for f in archive.folders.values() if f.state == "closed" and f.period not in before)
-    )
-    written += sum(f.wrote for f in archive.folders.values())
-
-    # Supersession marks (a closed folder keeps its bytes): the list, and the top-level
-    # copy of each result whose mark changed, as the live route shows it.
-    marks = await superseded_marks(pdb, now)
-    changed = await anyio.to_thread.run_sync(archive.write_superseded, marks)
-    for rid in sorted(changed):
-        one = await released_one(store, pdb, rid, now)
-        if one is not None:
-            record, _ = await _result(one, bundles, checkpoint, None)
-            await anyio.to_thread.run_sync(write_atomic, out_dir / rollout_file(rid), record)
-            written += 1
-    await anyio.to_thread.run_sync(archive.append_results, out_dir / "results.jsonl")
-    extra = (await proofs.fields(view.recent))[0] if proofs is not None else None
-    pages = {
-        "feed.json": feeds.json_feed_bytes(view, base_url, extra),
-        "feed.atom": feeds.atom_feed(view, base_url),
-        "index.html": feeds.html_page(view, embargo_s=embargo_s).encode(),
-    }
-    if checkpoint is not None:
-        pages["checkpoint"] = (
-            cosigned_note(checkpoint.note, cosigned) if cosigned else checkpoint.note
-        ).encode()
-    if vkey is not None:
-        pages["key"] = (vkey + "\n").encode()
-    for name, body in pages.items():
-        await anyio.to_thread.run_sync(write_atomic, out_dir / name, body)
-    await anyio.to_thread.run_sync(
-        lambda: archive.write_index(
-            now=now, exported_seq=until, held_from=held_from, tree_size=checkpoint.size if checkpoint else 0
+        view = await public_view(
+            store, pdb, now=now, embargo_default=embargo_s, embargo_counts=embargo_counts
         )
-    )
-    return ExportSummary(
-        directory=out_dir,
-        released=released,
-        files=written + len(pages) + 4,  # + results.jsonl, superseded.jsonl, LICENSE, releases.json
-        tree_size=checkpoint.size if checkpoint is not None else 0,
-        total=sum(f.results for f in archive.folders.values()),
-        closed=closed,
-    )
+        proofs = None
+        bundles = None
+        checkpoint = None
+        written = 0
+        if tree is not None:
+            from rollwatch.publication.inclusion import InclusionProofs
+            from rollwatch.publication.proofs import ProofBundles
+
+            proofs = InclusionProofs(store, tree)
+            bundles = ProofBundles(store, tree)
+            checkpoint = await bundles.checkpoint()
+            if checkpoint is not None:
+                written += await write_tiles(tree, out_dir, checkpoint.size)
+        cut = {"tree_size": checkpoint.size, "note": checkpoint.note} if checkpoint is not None else None
+        # Folders are cut at the signed checkpoint: a result released after it waits for the
+        # next export, so every result filed carries a complete proof (files are never
+        # rewritten to complete one). Without a checkpoint (no tree, or none signed yet):
+        # the log's head, and no proofs.
+        upto = checkpoint.size if checkpoint is not None else head
+        seen = archive.exported_seq
+        since = (
+            archive.exported_seq
+            if archive.held_from is None
+            else min(archive.exported_seq, archive.held_from - 1)
+        )
+        # Results go out 200 per thread hop: a hop per file made a 16,500-result export
+        # take six minutes on two busy cores.
+        batch: list[tuple[str, float, bytes, bytes]] = []
+
+        def put(items: list[tuple[str, float, bytes, bytes]]) -> None:
+            for rid, nb_ts, record_bytes, line_bytes in items:
+                archive.add(rid, nb_ts, now, record_bytes, line_bytes)
+
+        released = 0
+        try:
+            async for r in iter_released(store, pdb, now, after=since):
+                if r.released_seq > upto:
+                    break
+                seen = max(seen, r.released_seq)
+                nb_ts = parse_rfc3339(r.not_before).timestamp()
+                if r.released_seq <= archive.exported_seq and nb_ts <= archive.exported_at:
+                    continue  # in a folder already (a result held back last time is not)
+                record, line = await _result(r, bundles, checkpoint, proofs)
+                batch.append((r.rollout_id, nb_ts, record, line))
+                released += 1
+                if len(batch) >= 200:
+                    await anyio.to_thread.run_sync(put, batch)
+                    batch = []
+            await anyio.to_thread.run_sync(put, batch)
+            until = max(seen, upto)
+            held_from = await held_back(pdb, since, until, now)
+            before = {f.period for f in archive.folders.values() if f.state == "closed"}
+            await anyio.to_thread.run_sync(archive.finish, now, cut, until)
+        except BaseException:
+            await anyio.to_thread.run_sync(archive.abandon)
+            raise
+        closed = tuple(
+            sorted(
+                f.period for f in archive.folders.values() if f.state == "closed" and f.period not in before
+            )
+        )
+        written += sum(f.wrote for f in archive.folders.values())
+
+        # Supersession marks (a closed folder keeps its bytes): the list, and the top-level
+        # copy of each result whose mark changed, as the live route shows it.
+        marks = await superseded_marks(pdb, now)
+        changed = await anyio.to_thread.run_sync(archive.write_superseded, marks)
+        # Top-level copies someone deleted are put back (a superseded one as the live route shows it).
+        back = await anyio.to_thread.run_sync(archive.relink_missing)
+        written += len(back)
+        changed |= {rid for rid in back if rid in archive.superseded}
+        for rid in sorted(changed):
+            one = await released_one(store, pdb, rid, now)
+            if one is not None:
+                record, _ = await _result(one, bundles, checkpoint, None)
+                await anyio.to_thread.run_sync(write_atomic, out_dir / rollout_file(rid), record)
+                written += 1
+        await anyio.to_thread.run_sync(archive.append_results, out_dir / "results.jsonl")
+        extra = (await proofs.fields(view.recent))[0] if proofs is not None else None
+        pages = {
+            "feed.json": feeds.json_feed_bytes(view, base_url, extra),
+            "feed.atom": feeds.atom_feed(view, base_url),
+            "index.html": feeds.html_page(view, embargo_s=embargo_s).encode(),
+        }
+        if checkpoint is not None:
+            pages["checkpoint"] = (
+                cosigned_note(checkpoint.note, cosigned) if cosigned else checkpoint.note
+            ).encode()
+        if vkey is not None:
+            pages["key"] = (vkey + "\n").encode()
+        for name, body in pages.items():
+            await anyio.to_thread.run_sync(write_atomic, out_dir / name, body)
+        await anyio.to_thread.run_sync(
+            lambda: archive.write_index(
+                now=now,
+                exported_seq=until,
+                held_from=held_from,
+                tree_size=checkpoint.size if checkpoint else 0,
+            )
+        )
+        return ExportSummary(
+            directory=out_dir,
+            released=released,
+            files=written + len(pages) + 4,  # + results.jsonl, superseded.jsonl, LICENSE, releases.json
+            tree_size=checkpoint.size if checkpoint is not None else 0,
+            total=sum(f.results for f in archive.folders.values()),
+            closed=closed,
+        )
+    finally:
+        archive.close()  # the next export may start
 
 
 async def _result(

@@ -32,6 +32,7 @@ previous export whole; the next one removes what the killed one left unlisted.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -41,7 +42,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 from rollwatch.errors import UsageError
 
@@ -96,8 +97,11 @@ def sha256_file(path: Path) -> str:
 def write_atomic(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary name, so no reader sees half a file."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    tmp.unlink(missing_ok=True)  # a link planted there is removed, never written through
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)  # replaces a symbolic link at ``path`` itself, not its target
 
 
 def _json(obj: object) -> bytes:
@@ -128,6 +132,8 @@ class Folder:
     _chunk_results: int = 0
     manifest_sha256: str | None = None
     """A closed folder's, as the index names it (read once, when it closed)."""
+    manifest_size: int | None = None
+    """A closed folder's manifest's size, as the index names it (None: an older index)."""
     changed: bool = False
     wrote: int = 0
     """Files this export wrote here."""
@@ -146,9 +152,34 @@ class Folder:
             m = json.loads((f.path / MANIFEST).read_bytes())
         except FileNotFoundError:
             return f
-        f.state, f.results, f.checkpoint = m["state"], m["results"], m.get("checkpoint")
-        f.chunks, f.files = m["chunks"], m["files"]
+        except ValueError as e:
+            raise UsageError(
+                f"{f.path / MANIFEST}: not a release manifest ({e}); restore it from a copy"
+            ) from None
+        try:
+            f.state, f.results, f.checkpoint = m["state"], int(m["results"]), m.get("checkpoint")
+            f.chunks, f.files = list(m["chunks"]), dict(m["files"])
+        except (TypeError, KeyError, ValueError) as e:
+            raise UsageError(
+                f"{f.path / MANIFEST}: not a release manifest (bad or missing {e}); restore it from a copy"
+            ) from None
         return f
+
+    def check_files(self) -> None:
+        """Refuse an open folder whose listed files are gone or changed in size (someone edited
+        the export): a later export would list them in its manifest as if they were intact."""
+        for rel, meta in self.files.items():
+            p = self.path / rel
+            try:
+                st = p.lstat()
+            except FileNotFoundError:
+                raise UsageError(
+                    f"{p}: missing, but its folder's {MANIFEST} lists it; restore it from a copy"
+                ) from None
+            if not p.is_file() or p.is_symlink() or st.st_size != meta["bytes"]:
+                raise UsageError(
+                    f"{p}: not the file its folder's {MANIFEST} lists (edited or replaced); restore it from a copy"
+                )
 
     def add(self, rollout_id: str, record: bytes, line: bytes) -> Path:
         """Write one result's file and append its line to this export's chunk; return the file."""
@@ -281,11 +312,43 @@ class Archive:
     """The length of the top-level results.jsonl the last complete export left (None: an
     index that does not say, so the file is made again from every chunk)."""
 
+    lock: int | None = None
+    """A descriptor holding the directory's export lock (see :meth:`open`, :meth:`close`)."""
+
     @classmethod
     def open(cls, root: Path) -> Archive:
-        """The archive as the last complete export left it; cleans up after a killed one."""
+        """The archive as the last complete export left it; cleans up after a killed one.
+
+        Holds an exclusive lock on the directory until :meth:`close`: a second export of the
+        same directory at the same time is refused (it would take the first one's unfinished
+        files for a killed export's and remove them)."""
         a = cls(root)
         root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)  # the lock is on the directory itself
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise UsageError(
+                f"{root}: another export is writing this folder; wait for it to finish"
+            ) from None
+        a.lock = fd
+        try:
+            a._load()
+        except BaseException:
+            a.close()
+            raise
+        return a
+
+    def close(self) -> None:
+        """Let the next export in."""
+        if self.lock is not None:
+            os.close(self.lock)
+            self.lock = None
+
+    def _load(self) -> None:
+        a, root = self, self.root
+        _refuse_links(root)
         try:
             index = json.loads((root / INDEX).read_bytes())
         except FileNotFoundError:
@@ -294,21 +357,26 @@ class Archive:
             raise UsageError(
                 f"{root / INDEX}: not a rollwatch release index ({e}); export to another folder"
             ) from None
-        closed: dict[str, tuple[int, str | None]] = {}
+        closed: dict[str, tuple[int, str | None, int | None]] = {}
         if index is not None:
             if not isinstance(index, dict) or index.get("format") != FORMAT:
                 raise UsageError(
                     f"{root / INDEX}: not a rollwatch release index (format {FORMAT!r}); export to another folder"
                 )
-            a.exported_seq = int(index["exported_seq"])
-            a.exported_at = float(index["exported_at"])
-            a.held_from = index.get("held_from")
-            a.results_bytes = index.get("results_jsonl_bytes")
-            closed = {
-                e["period"]: (int(e["results"]), e.get("manifest_sha256"))
-                for e in index["releases"]
-                if e["state"] == "closed"
-            }
+            try:
+                a.exported_seq = int(index["exported_seq"])
+                a.exported_at = float(index["exported_at"])
+                a.held_from = index.get("held_from")
+                a.results_bytes = index.get("results_jsonl_bytes")
+                closed = {
+                    str(e["period"]): (int(e["results"]), e.get("manifest_sha256"), e.get("manifest_bytes"))
+                    for e in index["releases"]
+                    if e["state"] == "closed"
+                }
+            except (KeyError, TypeError, ValueError) as e:
+                raise UsageError(
+                    f"{root / INDEX}: not a rollwatch release index (bad or missing {e}); restore it from a copy"
+                ) from None
         # A closed folder is never read again (the index has what we need of it); the
         # others as their manifests say, less what an export killed before the index
         # was written added to them.
@@ -319,13 +387,31 @@ class Archive:
                 if not d.is_dir():
                     continue
                 if d.name in closed:
-                    n, sha = closed[d.name]
-                    a.folders[d.name] = Folder(root, d.name, state="closed", results=n, manifest_sha256=sha)
+                    n, sha, size = closed[d.name]
+                    a.folders[d.name] = Folder(
+                        root, d.name, state="closed", results=n, manifest_sha256=sha, manifest_size=size
+                    )
                     continue
                 f = a.folders[d.name] = Folder.load(root, d.name)
                 if killed:
                     f.roll_back(a.exported_seq)
-                    f.sweep()
+                f.sweep()  # what a killed export (or anyone) left here unlisted is not served
+                f.check_files()
+        # Closed folders are not read, but one gone or with another manifest is not built on
+        # (a stat each: a later folder would be added beside a hole, or the index drop it).
+        for period in closed:
+            kept = a.folders.get(period)
+            manifest = base / period / MANIFEST
+            try:
+                size = manifest.stat().st_size
+            except FileNotFoundError:
+                raise UsageError(
+                    f"{manifest}: missing, but {INDEX} lists release {period} as closed; restore it from a copy"
+                ) from None
+            if kept is None or (kept.manifest_size is not None and size != kept.manifest_size):
+                raise UsageError(
+                    f"{manifest}: not the manifest {INDEX} names for release {period} (edited); restore it from a copy"
+                )
         for tmp in root.glob("*.tmp"):
             tmp.unlink()
         (root / _IN_PROGRESS).write_bytes(b"")
@@ -335,7 +421,8 @@ class Archive:
                 a.superseded[row["rollout_id"]] = row
         except FileNotFoundError:
             pass
-        return a
+        except (ValueError, TypeError, KeyError):
+            a.superseded = {}  # rewritten whole by this export, every mark counted as changed
 
     def folder_for(self, not_before_ts: float, now: datetime) -> Folder:
         """The open folder a result public from ``not_before_ts`` goes in."""
@@ -351,13 +438,26 @@ class Archive:
         src = self.folder_for(not_before_ts, now).add(rollout_id, record, line)
         top = self.root / rollout_file(rollout_id)
         top.parent.mkdir(exist_ok=True)
-        tmp = top.with_name(top.name + ".tmp")
-        tmp.unlink(missing_ok=True)
-        try:
-            os.link(src, tmp)  # one copy on disk for both names
-        except OSError:
-            shutil.copyfile(src, tmp)
-        os.replace(tmp, top)
+        _link(src, top)
+
+    def relink_missing(self) -> list[str]:
+        """Put back the top-level copies (``rollouts/ID.json``) someone deleted: linked again to
+        their folder's copy. Only when ``rollouts/`` holds fewer files than the archive has
+        results (a listing, no read, when nothing is missing); returns the ids put back."""
+        top = self.root / "rollouts"
+        have = {e.name for e in os.scandir(top) if not e.name.endswith(".tmp")} if top.is_dir() else set()
+        if len(have) >= sum(f.results for f in self.folders.values()):
+            return []
+        back = []
+        for f in self.folders.values():
+            files = f.files if f.state == "open" else json.loads((f.path / MANIFEST).read_bytes())["files"]
+            for rel in files:
+                name = rel.removeprefix("rollouts/")
+                if name != rel and name not in have:
+                    top.mkdir(exist_ok=True)
+                    _link(f.path / rel, top / name)
+                    back.append(unquote(name.removesuffix(".json")))
+        return back
 
     def finish(self, now: datetime, checkpoint: dict[str, Any] | None, through_seq: int) -> list[Folder]:
         """Put every chunk in place and close the folders whose month has ended; return the open ones."""
@@ -375,9 +475,16 @@ class Archive:
         order exports filed them); return its size. The file only grows: what a killed
         export appended past the length the index records is cut off first, so each
         export costs what it adds, not the archive."""
-        if self.results_bytes is None or not out.exists():
+        if self.results_bytes is None or not out.is_file() or out.stat().st_size < self.results_bytes:
+            # Made again from every folder's chunks, as their manifests list them (not a file
+            # someone put beside them): an old index, or a results.jsonl deleted or cut short.
             start = 0
-            sources = sorted(self.root.glob("releases/*/results-*.jsonl"))
+            sources = []
+            for f in sorted(self.folders.values(), key=lambda f: f.period):
+                chunks = f.chunks
+                if f.state == "closed":
+                    chunks = json.loads((f.path / MANIFEST).read_bytes())["chunks"]
+                sources += [f.path / c["file"] for c in chunks]
         else:
             start = self.results_bytes
             sources = [
@@ -385,7 +492,8 @@ class Archive:
                 for f in sorted(self.folders.values(), key=lambda f: f.period)
                 if f.new_chunk is not None
             ]
-        with out.open("r+b" if out.exists() else "w+b") as dst:
+        fd = os.open(out, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        with os.fdopen(fd, "r+b") as dst:
             dst.truncate(start)
             dst.seek(start)
             for path in sources:
@@ -413,6 +521,9 @@ class Archive:
             if f.state == "closed":
                 f.manifest_sha256 = f.manifest_sha256 or sha256_file(f.path / MANIFEST)
                 entry["manifest_sha256"] = f.manifest_sha256
+                if f.manifest_size is None:
+                    f.manifest_size = (f.path / MANIFEST).stat().st_size
+                entry["manifest_bytes"] = f.manifest_size
             releases.append(entry)
         index = {
             "format": FORMAT,
@@ -443,6 +554,43 @@ class Archive:
             write_atomic(self.root / SUPERSEDED, b"".join(_json(r) + b"\n" for r in now.values()))
         self.superseded = now
         return changed
+
+
+def _link(src: Path, dst: Path) -> None:
+    """``dst`` a hard link to ``src`` (one copy on disk for both names), else a copy; atomically."""
+    tmp = dst.with_name(dst.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
+def _refuse_links(root: Path) -> None:
+    """Refuse a directory holding a symbolic link where an export reads or writes (it could point
+    outside the directory): an entry of the top level, of ``releases/`` or of a release folder,
+    a folder's ``rollouts/``, a folder under ``tile/``. (Files an export writes are replaced,
+    never written through, wherever they are.)"""
+    small = [root]  # folders listed whole: a few entries each
+    dirs = [root / "rollouts", root / "tile"]  # folders only checked themselves
+    releases = root / "releases"
+    if releases.is_dir() and not releases.is_symlink():
+        small.append(releases)
+        for d in releases.iterdir():
+            if d.is_dir() and not d.is_symlink():
+                small.append(d)
+                dirs.append(d / "rollouts")
+    tile = root / "tile"
+    if tile.is_dir() and not tile.is_symlink():
+        dirs += [Path(top) / d for top, subdirs, _ in os.walk(tile) for d in subdirs]
+    links = [p for p in dirs if p.is_symlink()]
+    for d in small:
+        links += [Path(e.path) for e in os.scandir(d) if e.is_symlink()]
+    if links:
+        raise UsageError(
+            f"{links[0]}: a symbolic link in the export; an export writes only inside its folder, remove it"
+        )
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,492 @@
+"""Attacks on ``publish export``: an export directory edited between exports (files deleted, cut
+short or added, symbolic links out of it), two exports of one directory at once."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from rollwatch.errors import UsageError
+from rollwatch.projections import ProjectionDB
+from rollwatch.publication.releases import Archive, check_export, period_of
+from rollwatch.store.sqlite import SQLiteEventStore
+from tests.publication.helpers import all_projections, start_run
+from tests.publication.test_releases import Log, folder_ids, month_start
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+async def log(tmp_path: Path) -> Any:
+    async with (
+        SQLiteEventStore(tmp_path / "events.db") as store,
+        ProjectionDB(tmp_path / "projections.db", all_projections()) as pdb,
+    ):
+        lg = Log(store, pdb)
+        await start_run(store, lg.run_id)
+        yield lg
+
+
+def top_ids(out: Path) -> list[str]:
+    return [json.loads(x)["rollout_id"] for x in (out / "results.jsonl").read_text().splitlines()]
+
+
+def this_folder(out: Path) -> Path:
+    return out / "releases" / period_of(datetime.now(UTC).timestamp())
+
+
+class TestLinks:
+    async def test_a_linked_results_jsonl_is_refused_not_written_through(
+        self, log: Log, tmp_path: Path
+    ) -> None:
+        """results.jsonl replaced by a link to a file outside DIR: the export stops naming it, and
+        the file outside keeps its bytes (it used to be cut and filled with results and NULs)."""
+        now = datetime.now(UTC)
+        out = tmp_path / "site"
+        await log.results(2, month_start(now))
+        await log.export(out)
+        outside = tmp_path / "outside.txt"
+        outside.write_text("precious\n")
+        (out / "results.jsonl").unlink()
+        (out / "results.jsonl").symlink_to(outside)
+        await log.results(2, month_start(now), problem_id="p2")
+        with pytest.raises(UsageError, match=r"results\.jsonl: a symbolic link"):
+            await log.export(out)
+        assert outside.read_text() == "precious\n"
+
+    async def test_a_linked_folder_is_refused(self, log: Log, tmp_path: Path) -> None:
+        """The open folder's rollouts/ (or a tile folder) made a link to a folder outside DIR:
+        refused, nothing written outside."""
+        now = datetime.now(UTC)
+        out = tmp_path / "site"
+        await log.results(1, month_start(now))
+        await log.export(out)
+        outside = tmp_path / "elsewhere"
+        outside.mkdir()
+        rollouts = this_folder(out) / "rollouts"
+        for p in rollouts.iterdir():
+            os.replace(p, outside / p.name)
+        rollouts.rmdir()
+        rollouts.symlink_to(outside)
+        before = sorted(p.name for p in outside.iterdir())
+        await log.results(2, month_start(now), problem_id="p2")
+        with pytest.raises(UsageError, match=r"rollouts: a symbolic link"):
+            await log.export(out)
+        assert sorted(p.name for p in outside.iterdir()) == before
+
+    async def test_a_planted_temporary_link_is_replaced_not_written_through(
+        self, log: Log, tmp_path: Path
+    ) -> None:
+        """A link planted at the temporary name the export writes a result through: the export
+        removes the link and writes its own file; the file the link pointed at is untouched."""
+        now = datetime.now(UTC)
+        out = tmp_path / "site"
+        await log.results(1, month_start(now))
+        await log.export(out)
+        [rid] = await log.results(1, month_start(now), problem_id="p2")
+        outside = tmp_path / "outside.txt"
+        outside.write_text("precious\n")
+        (this_folder(out) / "rollouts" / f"{rid}.json.tmp").symlink_to(outside)
+        await log.export(out)
+        assert outside.read_text() == "precious\n"
+        assert json.loads((this_folder(out) / "rollouts" / f"{rid}.json").read_text())["rollout_id"] == rid
+        assert check_export(out) == []
+
+
+class TestTampered:
+    async def test_a_result_deleted_from_the_open_folder_is_named(self, log: Log, tmp_path: Path) -> None:
+        """A result file of the open folder deleted or cut short: the next export refuses, naming
+        the file, rather than write a manifest that lists it as it was."""
+        now = datetime.now(UTC)
+        out = tmp_path / "site"
+        [a, b] = await log.results(2, month_start(now))
+        await log.export(out)
+        await log.results(1, month_start(now), problem_id="p2")
+        kept = (this_folder(out) / "rollouts" / f"{a}.json").read_bytes()
+        (this_folder(out) / "rollouts" / f"{a}.json").unlink()
+        with pytest.raises(UsageError, match=rf"rollouts/{a}\.json: missing"):
+            await log.export(out)
+        (this_folder(out) / "rollouts" / f"{a}.json").write_bytes(kept)
+        with (this_folder(out) / "rollouts" / f"{b}.json").open("r+b") as f:
+            f.truncate(10)
+        with pytest.raises(UsageError, match=rf"rollouts/{b}\.json: not the file"):
+            await log.export(out)
+
+    async def test_results_jsonl_cut_short_or_deleted_is_made_again_from_the_manifests(
+        self, log: Log, tmp_path: Path
+    ) -> None:
+        """results.jsonl cut short: the next export makes it again from the folders' chunks (it
+        used to be padded with NUL bytes to the recorded length). Deleted, with a stray chunk
+        added to the open folder: made again from the chunks the manifests list, and the stray
+        file is removed rather than served."""
+        now = datetime.now(UTC)
+        out = tmp_path / "site"
+        first = await log.results(2, month_start(now, 2))
+        second = await log.results(2, month_start(now))
+        await log.export(out)
+        with (out / "results.jsonl").open("r+b") as f:
+            f.truncate(20)
+        third = await log.results(1, month_start(now), problem_id="p2")
+        await log.export(out)
+        data = (out / "results.jsonl").read_bytes()
+        assert b"\0" not in data
+        assert sorted(top_ids(out)) == sorted(first + second + third)
+        (out / "results.jsonl").unlink()
+        stray = this_folder(out) / "results-0099.jsonl"
+        stray.write_bytes(
+            (
+                out / "releases" / period_of(month_start(now, 2).timestamp()) / "results-0001.jsonl"
+            ).read_bytes()
+        )
+        fourth = await log.results(1, month_start(now), problem_id="p3")
+        await log.export(out)
+        assert sorted(top_ids(out)) == sorted(first + second + third + fourth)
+        assert not stray.exists()
+        assert sorted(folder_ids(out, this_folder(out).name)) == sorted(second + third + fourth)
+        assert check_export(out) == []
+
+    async def test_a_closed_folder_deleted_or_its_manifest_edited_is_refused(
+        self, log: Log, tmp_path: Path
+    ) -> None:
+        """A closed folder removed, or its manifest edited: the next export refuses, naming it (it
+        used to drop the folder from releases.json, and file that month's late results in a new
+        folder of the same name). An index with a field missing is refused in one line too."""
+        import shutil
+
+        now = datetime.now(UTC)
+        out = tmp_path / "site"
+        await log.results(2, month_start(now, 2))
+        await log.export(out)
+        old = out / "releases" / period_of(month_start(now, 2).timestamp())
+        index = (out / "releases.json").read_bytes()
+        await log.results(1, month_start(now), problem_id="p2")
+        kept = tmp_path / "kept"
+        shutil.copytree(old, kept)
+        shutil.rmtree(old)
+        with pytest.raises(UsageError, match=r"MANIFEST\.json: missing, but releases\.json lists release"):
+            await log.export(out)
+        shutil.copytree(kept, old)
+        manifest = json.loads((old / "MANIFEST.json").read_text())
+        manifest["results"] = 1
+        (old / "MANIFEST.json").write_text(json.dumps(manifest))
+        with pytest.raises(UsageError, match=r"MANIFEST\.json: not the manifest releases\.json names"):
+            await log.export(out)
+        shutil.copyfile(kept / "MANIFEST.json", old / "MANIFEST.json")
+        broken = json.loads(index)
+        del broken["exported_seq"]
+        (out / "releases.json").write_text(json.dumps(broken))
+        with pytest.raises(
+            UsageError, match=r"releases\.json: not a rollwatch release index \(bad or missing"
+        ):
+            await log.export(out)
+        (out / "releases.json").write_bytes(index)
+        s = await log.export(out)
+        assert s.released == 1
+        assert check_export(out) == []
+
+    async def test_deleted_top_level_copies_are_put_back(self, log: Log, tmp_path: Path) -> None:
+        """rollouts/ID.json at the top (what the feeds link to) deleted: the next export puts it
+        back, the folder's copy linked again, or a superseded one with its mark."""
+        from tests.publication.test_flip_attacks import rescore
+
+        now = datetime.now(UTC)
+        out = tmp_path / "site"
+        [a, b] = await log.results(2, month_start(now, 2))
+        [c] = await log.results(1, month_start(now), problem_id="p2")
+        await rescore(log.store, b, passed=False, previous=True, decide=False)
+        await log.export(out)
+        for rid in (a, b, c):
+            (out / "rollouts" / f"{rid}.json").unlink()
+        await log.export(out)
+        old = out / "releases" / period_of(month_start(now, 2).timestamp())
+        assert (out / "rollouts" / f"{a}.json").read_bytes() == (old / "rollouts" / f"{a}.json").read_bytes()
+        assert (out / "rollouts" / f"{c}.json").samefile(this_folder(out) / "rollouts" / f"{c}.json")
+        assert json.loads((out / "rollouts" / f"{b}.json").read_text())["superseded"] is True
+        assert check_export(out) == []
+
+    async def test_a_cut_manifest_or_a_file_for_a_folder_is_one_line_exit_2(self, tmp_path: Path) -> None:
+        """``publish export`` over an open folder whose MANIFEST.json was cut short, or whose
+        rollouts/ was replaced by a file: exit 2 and one line naming the path, no traceback."""
+        now = datetime.now(UTC)
+        cfg = tmp_path / "rollwatch.toml"
+        cfg.write_text(f'[store]\nurl = "sqlite:{tmp_path / "events.db"}"\n')
+        out = tmp_path / "site"
+        async with (
+            SQLiteEventStore(tmp_path / "events.db") as store,
+            ProjectionDB(tmp_path / "projections.db", all_projections()) as pdb,
+        ):
+            log = Log(store, pdb)
+            await start_run(store, log.run_id)
+            await log.results(1, month_start(now))
+            await log.export(out)
+            await log.results(1, month_start(now), problem_id="p2")
+
+        def export() -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [sys.executable, "-m", "rollwatch", "--config", str(cfg), "publish", "export", str(out)],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+
+        manifest = this_folder(out) / "MANIFEST.json"
+        kept = manifest.read_bytes()
+        manifest.write_bytes(kept[: len(kept) // 2])
+        p = await anyio.to_thread.run_sync(export)
+        assert p.returncode == 2, p.stderr
+        assert "Traceback" not in p.stderr
+        assert "MANIFEST.json: not a release manifest" in p.stderr
+        manifest.write_bytes(kept)
+        for f in (this_folder(out) / "rollouts").iterdir():
+            f.unlink()
+        (this_folder(out) / "rollouts").rmdir()
+        (this_folder(out) / "rollouts").write_text("not a folder")
+        p = await anyio.to_thread.run_sync(export)
+        assert p.returncode == 2, p.stderr
+        assert "Traceback" not in p.stderr
+        assert len(p.stderr.strip().splitlines()) == 1, p.stderr
+        assert "rollouts" in p.stderr
+
+
+class TestTwoAtOnce:
+    async def test_a_second_export_of_the_same_folder_is_refused(self, log: Log, tmp_path: Path) -> None:
+        """While one export holds DIR, a second one stops with a clear error (it used to take the
+        first one's unfinished files for a killed export's and remove them); then it may run."""
+        now = datetime.now(UTC)
+        out = tmp_path / "site"
+        first = await log.results(2, month_start(now))
+        await log.export(out)
+        second = await log.results(2, month_start(now), problem_id="p2")
+        held = await anyio.to_thread.run_sync(Archive.open, out)
+        try:
+            with pytest.raises(UsageError, match="another export is writing"):
+                await log.export(out)
+        finally:
+            held.close()
+        s = await log.export(out)
+        assert s.released == 2
+        assert sorted(top_ids(out)) == sorted(first + second)
+        assert check_export(out) == []
+
+    async def test_publish_export_waits_for_no_one_it_refuses_in_one_line(self, tmp_path: Path) -> None:
+        """Another process holding DIR (an export under way): ``publish export`` exits 2 with one
+        line saying so, and writes nothing."""
+        cfg = tmp_path / "rollwatch.toml"
+        cfg.write_text(f'[store]\nurl = "sqlite:{tmp_path / "events.db"}"\n')
+        out = tmp_path / "site"
+        async with (
+            SQLiteEventStore(tmp_path / "events.db") as store,
+            ProjectionDB(tmp_path / "projections.db", all_projections()) as pdb,
+        ):
+            log = Log(store, pdb)
+            await start_run(store, log.run_id)
+            await log.results(1, month_start(datetime.now(UTC)))
+        holder = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                "import sys; from pathlib import Path; from rollwatch.publication.releases import Archive;"
+                " a = Archive.open(Path(sys.argv[1])); print('held', flush=True); sys.stdin.read()",
+                str(out),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert holder.stdout is not None
+            assert await anyio.to_thread.run_sync(holder.stdout.readline) == "held\n"
+            cmd = [sys.executable, "-m", "rollwatch", "--config", str(cfg), "publish", "export", str(out)]
+            p = await anyio.to_thread.run_sync(
+                lambda: subprocess.run(cmd, capture_output=True, text=True, check=False)
+            )
+        finally:
+            holder.communicate("")
+        assert p.returncode == 2, p.stderr
+        assert "another export is writing this folder" in p.stderr
+        assert "Traceback" not in p.stderr
+        assert not (out / "releases").exists()
+        p = await anyio.to_thread.run_sync(
+            lambda: subprocess.run(cmd, capture_output=True, text=True, check=False)
+        )
+        assert p.returncode == 0, p.stderr
+        assert check_export(out) == []
+
+
+class TestAudit:
+    async def test_audit_checks_an_export_served_at_the_root_and_fails_an_edited_one(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """``rollwatch audit --url URL --keep FILE --item ID`` against ``python -m http.server``
+        serving DIR at its root: the key, checkpoint, feed item and bundle are read from DIR (it
+        used to ask for /public/key and stop at a 404), and the proofs it asked the service for
+        (consistency with the kept checkpoint, the remembered item's inclusion) are made from the
+        exported hash tiles (they used to 404). Then a tile edited on the item's path fails the
+        audit, and so does a result whose answer was edited outside its proof (the bundle's events
+        were checked, never the fields of the result they came with)."""
+        from tests.helpers import rollwatch
+        from tests.integrity.conftest import append_n
+        from tests.integrity.test_tlog_tiles import add_released, fill, live_log, static_server
+
+        monkeypatch.delenv("STATE_DIRECTORY", raising=False)
+        out = tmp_path / "site"
+        env = {"STATE_DIRECTORY": ""}
+        keep = tmp_path / "keep.json"
+
+        def run(*args: str) -> subprocess.CompletedProcess[str]:
+            return rollwatch("--config", cfg, *args, env=env)  # type: ignore[no-any-return]
+
+        def audit(url: str) -> subprocess.CompletedProcess[str]:
+            return run("audit", "--url", url, "--keep", str(keep), "--item", rid)
+
+        async with live_log(tmp_path) as live:
+            rid, _ = await fill(live)
+            cfg = str(live.config_file)
+            p = await anyio.to_thread.run_sync(lambda: run("publish", "export", str(out)))
+            assert p.returncode == 0, p.stderr
+            with static_server(out) as url:
+                p = await anyio.to_thread.run_sync(lambda: audit(url))
+            assert p.returncode == 0, p.stdout + p.stderr
+            assert f"bundle: item {rid}: 6 events" in p.stdout
+            await append_n(live.store, 100, per_call=50, tag="g")
+            await add_released(live.store, live.pdb)
+            await live.integrity.final_checkpoint()
+        p = await anyio.to_thread.run_sync(lambda: run("publish", "export", str(out)))
+        assert p.returncode == 0, p.stderr
+        tile = out / "tile" / "0" / "001"  # leaves 256..511: the item's event 305 among them
+        kept_tile = tile.read_bytes()
+        with static_server(out) as url:
+            p = await anyio.to_thread.run_sync(lambda: audit(url))
+            assert p.returncode == 0, p.stdout + p.stderr
+            assert "consistency: kept size 606 -> size 715: ok" in p.stdout
+            assert "remembered: 1 released items still in the signed tree: ok" in p.stdout
+            tile.write_bytes(kept_tile[: 32 * 48] + bytes(32) + kept_tile[32 * 49 :])  # leaf 304
+            p = await anyio.to_thread.run_sync(lambda: audit(url))
+            assert p.returncode == 1, p.stdout + p.stderr
+            assert "was rewritten or withdrawn" in p.stdout + p.stderr
+            tile.write_bytes(kept_tile)
+            record = json.loads((out / "rollouts" / f"{rid}.json").read_text())
+            record["answer"] = "print('something else')"
+            (out / "rollouts" / f"{rid}.json").write_text(json.dumps(record))
+            p = await anyio.to_thread.run_sync(lambda: audit(url))
+        assert p.returncode == 1, p.stdout + p.stderr
+        assert "the result's answer is not what its logged events say" in p.stdout + p.stderr
+
+
+class TestKilled:
+    async def test_kills_at_later_points_lose_and_duplicate_nothing(self, tmp_path: Path) -> None:
+        """``publish export`` killed with SIGKILL once its chunk is in place, once it has appended
+        to results.jsonl, once it has rewritten the feeds: each time the index still describes
+        verifying folders, and the next export files every result exactly once, leaving no
+        temporary file behind."""
+        import signal
+        import time
+
+        now = datetime.now(UTC)
+        cfg = tmp_path / "rollwatch.toml"
+        cfg.write_text(f'[store]\nurl = "sqlite:{tmp_path / "events.db"}"\n')
+        out = tmp_path / "site"
+        this = out / "releases" / period_of(now.timestamp())
+        cmd = [sys.executable, "-m", "rollwatch", "--config", str(cfg), "publish", "export", str(out)]
+        filed: list[str] = []
+
+        def mtime(p: Path) -> int:
+            return p.stat().st_mtime_ns if p.exists() else 0
+
+        def kill_when(ready: Any) -> int:
+            proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and proc.poll() is None:
+                if ready():
+                    os.kill(proc.pid, signal.SIGKILL)
+                    break
+                time.sleep(0.001)  # a poll of the file system, not a wait for time to pass
+            return proc.wait()
+
+        kills = 0
+        for k, point in enumerate(("chunk", "results.jsonl", "feed.json")):
+            async with (
+                SQLiteEventStore(tmp_path / "events.db") as store,
+                ProjectionDB(tmp_path / "projections.db", all_projections()) as pdb,
+            ):
+                log = Log(store, pdb)
+                if k == 0:
+                    await start_run(store, log.run_id)
+                filed += await log.results(300, month_start(now), problem_id=f"k{k}", answer="x = 1\n" * 500)
+            chunk = this / f"results-{k + 1:04d}.jsonl"
+            marks = {p: mtime(out / p) for p in ("results.jsonl", "feed.json")}
+            ready = {
+                "chunk": chunk.exists,
+                "results.jsonl": lambda m=marks: mtime(out / "results.jsonl") != m["results.jsonl"],
+                "feed.json": lambda m=marks: mtime(out / "feed.json") != m["feed.json"],
+            }[point]
+            rc = await anyio.to_thread.run_sync(kill_when, ready)
+            kills += rc == -signal.SIGKILL
+            if (out / "releases.json").exists():
+                assert check_export(out) == [], point
+            p = await anyio.to_thread.run_sync(
+                lambda: subprocess.run(cmd, capture_output=True, text=True, check=False)
+            )
+            assert p.returncode == 0, p.stderr
+            assert check_export(out) == [], point
+            assert sorted(folder_ids(out, this.name)) == sorted(filed), point
+            assert sorted(top_ids(out)) == sorted(filed), point
+            assert sorted(x.name for x in (this / "rollouts").iterdir()) == sorted(f"{i}.json" for i in filed)
+            assert not list(out.rglob("*.tmp")), point
+        assert kills >= 2, "the exports finished before they could be killed"
+
+
+class TestEmbargo:
+    async def test_the_embargo_boundary_and_flips(self, log: Log, tmp_path: Path) -> None:
+        """A result public from T is in no file of an export at T less a microsecond and in the
+        export at T, once; one flipped to fail while under embargo is never released nor exported; one flipped to fail after its export, then back to
+        pass, gets its mark and then loses it, its closed-folder copy unchanged."""
+        from rollwatch.publication.release import release_due
+        from tests.publication.test_flip_attacks import rescore
+
+        now = datetime.now(UTC)
+        out = tmp_path / "site"
+        t = now - timedelta(minutes=1)
+        [at_t] = await log.results(1, t, answer="AT-T")
+        [flipped] = await log.results(1, now + timedelta(hours=1), problem_id="p2", answer="FLIPPED-FAIL")
+        [old] = await log.results(1, month_start(now, 2), problem_id="p3")
+        await rescore(log.store, flipped, passed=False, previous=True, decide=False)
+
+        def everything() -> bytes:
+            return b"".join(p.read_bytes() for p in out.rglob("*") if p.is_file())
+
+        await log.export(out, now=t - timedelta(microseconds=1))
+        assert at_t.encode() not in everything()
+        assert b"AT-T" not in everything()
+        s = await log.export(out, now=t)
+        assert s.released == 1
+        assert top_ids(out).count(at_t) == 1
+        await release_due(log.store, log.pdb, now=now + timedelta(hours=2))
+        s = await log.export(out, now=now + timedelta(hours=2))
+        assert s.released == 0
+        assert flipped.encode() not in everything()
+        assert b"FLIPPED-FAIL" not in everything()
+
+        period = out / "releases" / period_of(month_start(now, 2).timestamp())
+        kept = (period / "rollouts" / f"{old}.json").read_bytes()
+        await rescore(log.store, old, passed=False, previous=True, decide=False)
+        await log.export(out, now=now + timedelta(hours=2))
+        assert json.loads((out / "rollouts" / f"{old}.json").read_text())["superseded"] is True
+        assert [json.loads(x)["rollout_id"] for x in (out / "superseded.jsonl").read_text().splitlines()] == [
+            old
+        ]
+        await rescore(log.store, old, passed=True, previous=False, decide=False)
+        await log.export(out, now=now + timedelta(hours=2))
+        assert (period / "rollouts" / f"{old}.json").read_bytes() == kept
+        assert (out / "superseded.jsonl").read_text() == ""
+        assert json.loads((out / "rollouts" / f"{old}.json").read_text())["superseded"] is False
+        assert sorted(top_ids(out)) == sorted([at_t, old])
+        assert check_export(out) == []
