@@ -145,4 +145,17 @@ def run_command(group: click.Group) -> NoReturn:
     except RollwatchError as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(1)
+    except OSError as e:
+        # A file or folder (of the configuration, or named on the command line) that cannot
+        # be made, opened or written: a read-only disk, a missing parent, a file in the way.
+        click.echo(f"error: {_os_message(e)}", err=True)
+        sys.exit(1)
     sys.exit(0)
+
+
+def _os_message(e: OSError) -> str:
+    """One line for an OSError: what failed on which file (``e`` itself when it names none)."""
+    if e.filename is None:
+        return str(e)
+    names = f"{e.filename}" + (f" -> {e.filename2}" if e.filename2 is not None else "")
+    return f"cannot use {names}: {e.strerror or e}"
