@@ -127,14 +127,17 @@ def run_command(group: click.Group) -> NoReturn:
     """Run ``group`` as the program: map errors to exit codes and one-line messages.
 
     Exit codes (SPEC §2): 0 ok, 1 a check failed, 2 bad usage or configuration,
-    130 interrupted at a prompt. An error we can name never shows a traceback.
+    130 interrupted (Ctrl-C). An error we can name never shows a traceback.
     """
     try:
         try:
             group.main(standalone_mode=False)
         except BaseExceptionGroup as group_error:
             raise _single(group_error) from None
-    except click.exceptions.Abort:
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        # Ctrl-C (click turns it into Abort inside a command; KeyboardInterrupt while the
+        # command's modules load): one line, 130 as shells report a process killed by SIGINT.
+        click.echo("interrupted", err=True)
         sys.exit(130)
     except click.ClickException as e:
         e.show()
