@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -168,3 +169,16 @@ def test_a_connection_is_closed_only_after_a_unit_cancelled_under_it_ends(tmp_pa
 
     asyncio.run(main())
     assert events == ["unit ended", "closed"]
+
+
+@pytest.mark.parametrize("timeout", ["inf", "nan", '"9999999999999w"'])
+def test_a_problem_timeout_that_is_no_duration_is_a_problem_error(tmp_path: Path, timeout: str) -> None:
+    """`problems check` crashed on these (OverflowError, ValueError) once a scorer used them."""
+    source = Path(__file__).resolve().parents[1] / "config" / "problems" / "lis-length"
+    problem = tmp_path / "problems" / "lis-length"
+    shutil.copytree(source, problem)
+    toml = problem / "problem.toml"
+    toml.write_text(toml.read_text().replace('timeout = "10s"', f"timeout = {timeout}"))
+    config = write_config(tmp_path, problems=str(tmp_path / "problems"))
+    lines = _clean(rollwatch("problems", "list", "--config", str(config)), 2)
+    assert lines[-1].startswith(f"error: {toml}: scorer.timeout: "), lines
