@@ -121,14 +121,19 @@ def test_bad_option_values_are_bad_usage(tmp_path: Path, args: list[str], messag
     assert lines[-1].startswith(message) or any(message in line for line in lines), lines
 
 
-def test_ctrl_c_while_the_command_loads_prints_one_line(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "program",
+    [[sys.executable, "-m", "rollwatch"], [str(Path(sys.executable).parent / "rollwatch")]],
+    ids=["python-m", "console-script"],
+)
+def test_ctrl_c_while_the_command_loads_prints_one_line(tmp_path: Path, program: list[str]) -> None:
     """SIGINT soon after start lands while the modules are imported (before click runs the
     command): it was a KeyboardInterrupt traceback. Several moments, each checked."""
     config = write_config(tmp_path)
     make_log(tmp_path / "events.db")
     for delay in (0.05, 0.15, 0.25, 0.35):
         proc = subprocess.Popen(
-            [sys.executable, "-m", "rollwatch", "schedules", "list", "--config", str(config)],
+            [*program, "schedules", "list", "--config", str(config)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,

@@ -1,9 +1,15 @@
-"""``python -m rollwatch``: the same as the ``rollwatch`` console script."""
+"""``python -m rollwatch`` and the ``rollwatch`` console script."""
 
 from rollwatch import _interrupt
 
-_interrupt.while_loading()
 
-from rollwatch.cli import main  # noqa: E402 (after the handler: importing takes a while)
+def main() -> None:
+    """Run the command line; Ctrl-C while its modules load ends it with one line (exit 130)."""
+    _interrupt.while_loading()
+    from rollwatch.cli import main as cli_main
 
-main()
+    cli_main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,4 +1,4 @@
-"""Ctrl-C while ``python -m rollwatch`` loads its modules: one line and exit 130.
+"""Ctrl-C while ``rollwatch`` (or ``python -m rollwatch``) loads its modules: one line, exit 130.
 
 A KeyboardInterrupt raised inside an import can land in the import lock's callback,
 where Python prints it as "Exception ignored" with a traceback and goes on with the
