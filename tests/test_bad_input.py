@@ -7,6 +7,7 @@ Python traceback (or, for Ctrl-C in a rebuild, a segmentation fault) before its 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import signal
@@ -187,3 +188,34 @@ def test_a_problem_timeout_that_is_no_duration_is_a_problem_error(tmp_path: Path
     config = write_config(tmp_path, problems=str(tmp_path / "problems"))
     lines = _clean(rollwatch("problems", "list", "--config", str(config)), 2)
     assert lines[-1].startswith(f"error: {toml}: scorer.timeout: "), lines
+
+
+HUMANEVAL = {
+    "task_id": "HumanEval/0",
+    "prompt": "def f(x):\n",
+    "entry_point": "f",
+    "canonical_solution": "    return x\n",
+    "test": "def check(candidate):\n    assert candidate(1) == 1\n",
+}
+BAD_HUMANEVAL = {
+    # line -> what the error must say after "FILE:1: "
+    "nested-deep": ("[" * 100_000 + "]" * 100_000, "not a JSON object: maximum recursion depth"),
+    "test-syntax": (json.dumps({**HUMANEVAL, "test": "def check(:"}), "test: does not compile"),
+    "test-nul": (json.dumps({**HUMANEVAL, "test": "def check(c):\x00 pass"}), "test: does not compile"),
+    "test-no-check": (json.dumps({**HUMANEVAL, "test": "assert True"}), "test: defines no check"),
+    "id-dots": (json.dumps({**HUMANEVAL, "task_id": "../../etc"}), "task_id: '../../etc': use letters"),
+    "id-control": (json.dumps({**HUMANEVAL, "task_id": "a\x07b"}), "task_id: 'a\\x07b': use letters"),
+    "id-empty": (json.dumps({**HUMANEVAL, "task_id": ""}), "task_id: '': use letters"),
+}
+
+
+@pytest.mark.parametrize(("line", "message"), BAD_HUMANEVAL.values(), ids=BAD_HUMANEVAL.keys())
+def test_a_bad_humaneval_line_is_a_problem_error(tmp_path: Path, line: str, message: str) -> None:
+    """A RecursionError traceback, or loaded as if fine: a test that cannot run (every model
+    would fail it), an id with control characters or dot-dot."""
+    data = tmp_path / "he.jsonl"
+    data.write_text(line + "\n")
+    config = tmp_path / "rollwatch.toml"
+    config.write_text(f'[[problem_sets]]\nname = "he"\nformat = "humaneval"\npath = "{data}"\n')
+    lines = _clean(rollwatch("problems", "list", "--config", str(config)), 2)
+    assert lines[-1].startswith(f"error: {data}:1: {message}"), lines
