@@ -219,3 +219,21 @@ def test_a_bad_humaneval_line_is_a_problem_error(tmp_path: Path, line: str, mess
     config.write_text(f'[[problem_sets]]\nname = "he"\nformat = "humaneval"\npath = "{data}"\n')
     lines = _clean(rollwatch("problems", "list", "--config", str(config)), 2)
     assert lines[-1].startswith(f"error: {data}:1: {message}"), lines
+
+
+def test_toml_nested_too_deep_is_a_config_or_problem_error(tmp_path: Path) -> None:
+    """tomllib recurses per level: 5,000 nested arrays were a RecursionError traceback (in
+    `serve`, for a problem file, the daemon's death instead of one problem set degraded)."""
+    deep = "[" * 5000 + "]" * 5000
+    config = tmp_path / "rollwatch.toml"
+    config.write_text(f"x = {deep}\n")
+    lines = _clean(rollwatch("schedules", "list", "--config", str(config)), 2)
+    assert lines[-1] == "  not valid TOML: arrays or tables nested too deep", lines
+
+    problem = tmp_path / "problems" / "lis-length"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "config" / "problems" / "lis-length", problem)
+    toml = problem / "problem.toml"
+    toml.write_text(f"tags = {deep}\n" + toml.read_text())
+    config = write_config(tmp_path, problems=str(tmp_path / "problems"))
+    lines = _clean(rollwatch("problems", "list", "--config", str(config)), 2)
+    assert lines[-1] == f"error: {toml}: not valid TOML: arrays or tables nested too deep", lines

@@ -722,4 +722,6 @@ def load_config(path: Path | str | None = None) -> Config:
         raise ConfigError(str(p), ["the file is not UTF-8 text"]) from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(str(p), [f"not valid TOML: {e}"]) from None
+    except RecursionError:
+        raise ConfigError(str(p), ["not valid TOML: arrays or tables nested too deep"]) from None
     return parse_config(data, str(p))

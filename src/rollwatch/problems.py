@@ -339,6 +339,8 @@ def load_problem(folder: Path) -> Problem:
         raise ProblemError(f"{path}: cannot read: {e}") from None
     except tomllib.TOMLDecodeError as e:
         raise ProblemError(f"{path}: not valid TOML: {e}") from None
+    except RecursionError:
+        raise ProblemError(f"{path}: not valid TOML: arrays or tables nested too deep") from None
     r.unknown(data, _TOP_KEYS, "")
 
     pid = r.string(data, "id") or folder.name
