@@ -2,8 +2,9 @@
 
 A KeyboardInterrupt raised inside an import can land in the import lock's callback,
 where Python prints it as "Exception ignored" with a traceback and goes on with the
-command. Until the command's module is loaded nothing is open, so the process may
-simply end. Left alone when SIGINT is ignored (a job started in the background).
+command. Until a command starts its event loop (``run_async``), it has only loaded
+modules and checked its arguments: the process may simply end. Left alone when SIGINT
+is ignored (a job started in the background).
 """
 
 from __future__ import annotations
@@ -25,6 +26,6 @@ def while_loading() -> None:
 
 
 def loaded() -> None:
-    """SIGINT raises KeyboardInterrupt again (the command handles Ctrl-C from here)."""
+    """SIGINT raises KeyboardInterrupt again (the command's event loop handles Ctrl-C from here)."""
     if signal.getsignal(signal.SIGINT) is _interrupted:
         signal.signal(signal.SIGINT, signal.default_int_handler)

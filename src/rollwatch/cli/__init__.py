@@ -11,7 +11,6 @@ import importlib
 
 import click
 
-from rollwatch import _interrupt
 from rollwatch.cli._common import Context, run_command
 
 __all__ = ["cli", "main"]
@@ -49,7 +48,6 @@ class LazyGroup(click.Group):
             return None
         module, attribute = COMMANDS[cmd_name].split(":")
         command = getattr(importlib.import_module(f"rollwatch.cli.{module}"), attribute)
-        _interrupt.loaded()
         if not isinstance(command, click.Command) or command.name != cmd_name:
             raise TypeError(f"rollwatch.cli.{module}.{attribute} is not the command {cmd_name!r}")
         return command

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 import anyio
 import click
 
+from rollwatch import _interrupt
 from rollwatch.config import Config, load_config
 from rollwatch.errors import ConfigError, RollwatchError, UsageError
 from rollwatch.log import configure_logging
@@ -112,7 +113,12 @@ def require_log(config: Config) -> None:
 
 
 def run_async(fn: Callable[[], Awaitable[T]]) -> T:
-    """Run ``fn`` on a fresh event loop (one per command) and return its result."""
+    """Run ``fn`` on a fresh event loop (one per command) and return its result.
+
+    Ctrl-C from here on cancels ``fn`` (asyncio.run's own handler); before, while the
+    command's modules load and it checks its arguments, it ends the process at once.
+    """
+    _interrupt.loaded()
     return anyio.run(fn)
 
 
