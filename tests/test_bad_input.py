@@ -92,17 +92,27 @@ def test_projections_that_cannot_be_made_are_one_line(tmp_path: Path) -> None:
     assert lines == [f"error: cannot use {tmp_path}/a-file: File exists"], lines
 
 
-def test_an_api_key_file_that_is_not_utf8_is_a_missing_key(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "content",
+    [b"\xff\xfe\n", b"sk-SECRET\x00abc\n", b"sk-SECRET\nabc\n", "sk-SECRÉT".encode()],
+    ids=["not-utf8", "nul", "two-lines", "not-ascii"],
+)
+def test_an_api_key_file_no_header_can_carry_is_a_missing_key(tmp_path: Path, content: bytes) -> None:
+    """Not UTF-8: a UnicodeDecodeError traceback. A NUL or a line break inside: httpx
+    refused each request with an error quoting the header, the key in it, into the log;
+    not ASCII: a UnicodeEncodeError. Now the run does not start, and the key is not shown."""
     key = tmp_path / "key"
-    key.write_bytes(b"\xff\xfe\n")
+    key.write_bytes(content)
     config = write_config(
         tmp_path,
         f'[[providers]]\nname = "oa"\nkind = "openai"\nbase_url = "http://127.0.0.1:9"\napi_key_file = "{key}"\n'
         + SCHEDULE.replace('"reference"]', '"m"]').replace('provider = "reference"', 'provider = "oa"')
         + 'every = "1h"\n[scoring]\nrequire_isolation = false\nisolation = "none"\nworkers = 1\n',
     )
-    lines = _clean(rollwatch("run", "s", "--config", str(config)), 2)
-    assert lines[-1] == f"  api_key_file: '{key}' cannot be read or is empty", lines
+    proc = rollwatch("run", "s", "--config", str(config))
+    lines = _clean(proc, 2)
+    assert lines[-1].startswith(f"  api_key_file: '{key}' cannot be read, is empty, or holds spaces"), lines
+    assert "SECRET" not in proc.stderr + proc.stdout
 
 
 @pytest.mark.parametrize(

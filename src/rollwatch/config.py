@@ -322,23 +322,32 @@ class ProviderConfig(_Strict):
         """Why no API key can be read, naming where it was looked for."""
         if self.api_key_env:
             return (
-                f"api_key_env: the environment variable {self.api_key_env} is not set or empty; "
-                f"set it, or use api_key_file"
+                f"api_key_env: the environment variable {self.api_key_env} is not set, empty, or holds "
+                "spaces or characters other than printable ASCII; set it, or use api_key_file"
             )
         if self.api_key_file:
-            return f"api_key_file: {str(_credential_path(self.api_key_file))!r} cannot be read or is empty"
+            return (
+                f"api_key_file: {str(_credential_path(self.api_key_file))!r} cannot be read, is empty, "
+                "or holds spaces or characters other than printable ASCII"
+            )
         return f"no API key: set api_key_env or api_key_file for a provider of kind {self.kind!r}"
 
     def read_key(self) -> str | None:
-        """The API key from the environment or a (systemd credential) file."""
+        """The API key from the environment or a (systemd credential) file; None when
+        there is none, or when it holds a character an HTTP header cannot carry (a space,
+        a NUL, a line break inside, a non-ASCII letter): httpx would refuse the request
+        with an error that quotes the header, the key in it, into the log."""
+        key: str | None = None
         if self.api_key_env:
-            return os.environ.get(self.api_key_env) or None
-        if self.api_key_file:
+            key = os.environ.get(self.api_key_env, "").strip()
+        elif self.api_key_file:
             try:
-                return _credential_path(self.api_key_file).read_text(encoding="utf-8").strip() or None
+                key = _credential_path(self.api_key_file).read_text(encoding="utf-8").strip()
             except (OSError, UnicodeDecodeError):
                 return None
-        return None
+        if not key or not all("!" <= c <= "~" for c in key):
+            return None
+        return key
 
 
 CREDENTIAL_PREFIX = "rollwatch_"
