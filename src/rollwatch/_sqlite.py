@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -34,6 +35,11 @@ class ThreadConnection:
     def __init__(self, db: sqlite3.Connection) -> None:
         self.db = db
         self._lock = anyio.Lock()
+        # Held by the worker thread for the whole unit. The async lock is not enough on its
+        # own: Ctrl-C under asyncio.run cancels the main task natively, through the
+        # shield, so a unit may still run when ``close`` comes (closing under it crashed
+        # the process with a segmentation fault in the middle of a rebuild).
+        self._busy = threading.Lock()
         try:
             self._loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:  # another anyio backend
@@ -57,8 +63,16 @@ class ThreadConnection:
             # The thread finishes its unit even if we are cancelled; shielding keeps the
             # lock held until it has, so the next unit never overlaps it.
             with anyio.CancelScope(shield=True):
-                return await anyio.to_thread.run_sync(fn, self.db, *args)
+                return await anyio.to_thread.run_sync(self._unit, fn, *args)
         raise AssertionError("unreachable: a shielded scope swallows no exception")
+
+    def _unit(self, fn: Callable[..., T], *args: Any) -> T:
+        with self._busy:
+            return fn(self.db, *args)
+
+    def _close_when_idle(self) -> None:
+        with self._busy:
+            self.db.close()
 
     def call_soon(self, fn: Callable[[], object]) -> None:
         """From inside a unit: have the event loop call ``fn``, without waiting for it.
@@ -78,4 +92,5 @@ class ThreadConnection:
     async def close(self) -> None:
         """Close the connection once no unit is running."""
         async with self._lock:
-            self.db.close()
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(self._close_when_idle)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import base64
 import ipaddress
+import json
+import math
 import os
 import re
 import socket
@@ -33,20 +35,28 @@ from rollwatch.errors import ConfigError, UsageError
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)\s*$")
+#: The longest duration anything takes: 100 years ("5218w"). Longer ones (and inf, nan)
+#: overflow the dates and timers they are added to.
+MAX_DURATION = 100 * 365.25 * 86400.0
 
 
 def parse_duration(value: object) -> float:
     """Seconds from "500ms", "30s", "10m", "6h", "90d", "2w" (or a bare number of seconds)."""
     if isinstance(value, bool):
         raise ValueError("a duration is a string such as '30s', '10m', '6h' or '90d'")
+    seconds: float | None = None
     if isinstance(value, int | float):
         if value < 0:
             raise ValueError("a duration cannot be negative")
-        return float(value)
-    if isinstance(value, str):
+        seconds = float(value)
+    elif isinstance(value, str):
         m = _DURATION.match(value)
         if m:
-            return float(m.group(1)) * _UNITS[m.group(2)]
+            seconds = float(m.group(1)) * _UNITS[m.group(2)]
+    if seconds is not None and math.isfinite(seconds):
+        if seconds > MAX_DURATION:
+            raise ValueError(f"{value!r} is longer than any duration rollwatch takes (at most 100 years)")
+        return seconds
     raise ValueError(
         f"{value!r} is not a duration: use a number with a unit, ms s m h d w (e.g. '500ms', '90d')"
     )
@@ -67,7 +77,9 @@ Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+    # inf and nan are TOML numbers, but no count, price or budget: they cannot be written
+    # to the log (JSON) nor compared or added to a date.
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True, allow_inf_nan=False)
 
 
 def postgres_state_folder(url: str) -> str:
@@ -93,6 +105,20 @@ class StoreConfig(_Strict):
     def _known_scheme(cls, v: str) -> str:
         if not (v.startswith(("sqlite:", "postgresql://", "postgres://"))):
             raise ValueError(f"{v!r}: use sqlite:PATH (sqlite:///abs/path.db) or postgresql://user@host/db")
+        if not v.startswith("sqlite:"):
+            from urllib.parse import urlsplit
+
+            try:
+                urlsplit(v).port  # noqa: B018 (raises ValueError when out of range or not a number)
+            except ValueError:
+                raise ValueError("the port must be a number up to 65535") from None
+        return v
+
+    @field_validator("projections")
+    @classmethod
+    def _projections_file(cls, v: str | None) -> str | None:
+        if v and Path(v).is_dir():
+            raise ValueError(f"{v!r} is a folder; name a file in it, e.g. {v.rstrip('/')}/projections.db")
         return v
 
     @property
@@ -296,23 +322,32 @@ class ProviderConfig(_Strict):
         """Why no API key can be read, naming where it was looked for."""
         if self.api_key_env:
             return (
-                f"api_key_env: the environment variable {self.api_key_env} is not set or empty; "
-                f"set it, or use api_key_file"
+                f"api_key_env: the environment variable {self.api_key_env} is not set, empty, or holds "
+                "spaces or characters other than printable ASCII; set it, or use api_key_file"
             )
         if self.api_key_file:
-            return f"api_key_file: {str(_credential_path(self.api_key_file))!r} cannot be read or is empty"
+            return (
+                f"api_key_file: {str(_credential_path(self.api_key_file))!r} cannot be read, is empty, "
+                "or holds spaces or characters other than printable ASCII"
+            )
         return f"no API key: set api_key_env or api_key_file for a provider of kind {self.kind!r}"
 
     def read_key(self) -> str | None:
-        """The API key from the environment or a (systemd credential) file."""
+        """The API key from the environment or a (systemd credential) file; None when
+        there is none, or when it holds a character an HTTP header cannot carry (a space,
+        a NUL, a line break inside, a non-ASCII letter): httpx would refuse the request
+        with an error that quotes the header, the key in it, into the log."""
+        key: str | None = None
         if self.api_key_env:
-            return os.environ.get(self.api_key_env) or None
-        if self.api_key_file:
+            key = os.environ.get(self.api_key_env, "").strip()
+        elif self.api_key_file:
             try:
-                return _credential_path(self.api_key_file).read_text().strip() or None
-            except OSError:
+                key = _credential_path(self.api_key_file).read_text(encoding="utf-8").strip()
+            except (OSError, UnicodeDecodeError):
                 return None
-        return None
+        if not key or not all("!" <= c <= "~" for c in key):
+            return None
+        return key
 
 
 CREDENTIAL_PREFIX = "rollwatch_"
@@ -377,6 +412,19 @@ class ScheduleConfig(_Strict):
         if self.every is not None and self.every < 1:
             raise ValueError("every must be at least 1s")
         return self
+
+    @field_validator("params")
+    @classmethod
+    def _json_params(cls, v: dict[str, Any]) -> dict[str, Any]:
+        # Sent as JSON and recorded in the log: a TOML date or time, inf or nan is neither.
+        try:
+            json.dumps(v, allow_nan=False)
+        except (TypeError, ValueError):
+            raise ValueError(
+                "params are sent as JSON: use strings, finite numbers, booleans, lists and tables "
+                "(no dates or times, inf or nan; quote a date)"
+            ) from None
+        return v
 
     @field_validator("timezone")
     @classmethod
@@ -683,4 +731,6 @@ def load_config(path: Path | str | None = None) -> Config:
         raise ConfigError(str(p), ["the file is not UTF-8 text"]) from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(str(p), [f"not valid TOML: {e}"]) from None
+    except RecursionError:
+        raise ConfigError(str(p), ["not valid TOML: arrays or tables nested too deep"]) from None
     return parse_config(data, str(p))

@@ -339,6 +339,8 @@ def load_problem(folder: Path) -> Problem:
         raise ProblemError(f"{path}: cannot read: {e}") from None
     except tomllib.TOMLDecodeError as e:
         raise ProblemError(f"{path}: not valid TOML: {e}") from None
+    except RecursionError:
+        raise ProblemError(f"{path}: not valid TOML: arrays or tables nested too deep") from None
     r.unknown(data, _TOP_KEYS, "")
 
     pid = r.string(data, "id") or folder.name
@@ -525,7 +527,7 @@ def _humaneval_problem(path: Path, lineno: int, line: str) -> Problem:
     where = f"{path}:{lineno}"
     try:
         row = json.loads(line)
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:  # RecursionError: arrays nested thousands deep
         raise ProblemError(f"{where}: not a JSON object: {e}") from None
     if not isinstance(row, dict):
         raise ProblemError(f"{where}: not a JSON object")
@@ -538,10 +540,21 @@ def _humaneval_problem(path: Path, lineno: int, line: str) -> Problem:
         raise ProblemError(f"{where}: entry_point: {row['entry_point']!r} is not a Python identifier")
     prompt, test, entry = row["prompt"], row["test"], row["entry_point"]
     canonical = row.get("canonical_solution")
+    # "/" is awkward in paths and URLs; the original id stays the title.
+    pid = row["task_id"].replace("/", "-")
+    if not _ID.match(pid):
+        raise ProblemError(
+            f"{where}: task_id: {row['task_id']!r}: use letters, digits and . _ - / (at most 128)"
+        )
+    try:
+        compile(test, "test", "exec", dont_inherit=True)
+    except (SyntaxError, ValueError) as e:
+        raise ProblemError(f"{where}: test: does not compile: {e}") from None
+    if not re.search(r"^def check\(", test, re.M):
+        raise ProblemError(f"{where}: test: defines no check(candidate) function")
     listing = {"format": "rollwatch-humaneval/1", **{k: row.get(k) for k in _HUMANEVAL_KEYS}}
     return Problem(
-        # "/" is awkward in paths and URLs; the original id stays the title.
-        id=row["task_id"].replace("/", "-"),
+        id=pid,
         title=row["task_id"],
         prompt=prompt,
         scorer="python-function",

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 import anyio
 import click
 
+from rollwatch import _interrupt
 from rollwatch.config import Config, load_config
 from rollwatch.errors import ConfigError, RollwatchError, UsageError
 from rollwatch.log import configure_logging
@@ -112,7 +113,12 @@ def require_log(config: Config) -> None:
 
 
 def run_async(fn: Callable[[], Awaitable[T]]) -> T:
-    """Run ``fn`` on a fresh event loop (one per command) and return its result."""
+    """Run ``fn`` on a fresh event loop (one per command) and return its result.
+
+    Ctrl-C from here on cancels ``fn`` (asyncio.run's own handler); before, while the
+    command's modules load and it checks its arguments, it ends the process at once.
+    """
+    _interrupt.loaded()
     return anyio.run(fn)
 
 
@@ -127,14 +133,17 @@ def run_command(group: click.Group) -> NoReturn:
     """Run ``group`` as the program: map errors to exit codes and one-line messages.
 
     Exit codes (SPEC §2): 0 ok, 1 a check failed, 2 bad usage or configuration,
-    130 interrupted at a prompt. An error we can name never shows a traceback.
+    130 interrupted (Ctrl-C). An error we can name never shows a traceback.
     """
     try:
         try:
             group.main(standalone_mode=False)
         except BaseExceptionGroup as group_error:
             raise _single(group_error) from None
-    except click.exceptions.Abort:
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        # Ctrl-C (click turns it into Abort inside a command; KeyboardInterrupt while the
+        # command's modules load): one line, 130 as shells report a process killed by SIGINT.
+        click.echo("interrupted", err=True)
         sys.exit(130)
     except click.ClickException as e:
         e.show()
@@ -145,4 +154,17 @@ def run_command(group: click.Group) -> NoReturn:
     except RollwatchError as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(1)
+    except OSError as e:
+        # A file or folder (of the configuration, or named on the command line) that cannot
+        # be made, opened or written: a read-only disk, a missing parent, a file in the way.
+        click.echo(f"error: {_os_message(e)}", err=True)
+        sys.exit(1)
     sys.exit(0)
+
+
+def _os_message(e: OSError) -> str:
+    """One line for an OSError: what failed on which file (``e`` itself when it names none)."""
+    if e.filename is None:
+        return str(e)
+    names = f"{e.filename}" + (f" -> {e.filename2}" if e.filename2 is not None else "")
+    return f"cannot use {names}: {e.strerror or e}"

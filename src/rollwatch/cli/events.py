@@ -19,7 +19,12 @@ def events() -> None:
 @events.command("tail")
 @click.option("-f", "--follow", is_flag=True, help="keep printing new events as they are appended")
 @click.option("--type", "types", multiple=True, help="only events of this type (repeatable)")
-@click.option("--after", type=int, default=None, help="start after this seq (default: the last 20)")
+@click.option(
+    "--after",
+    type=click.IntRange(0, 2**63 - 1),
+    default=None,
+    help="start after this seq (default: the last 20)",
+)
 @click.option("--json", "as_json", is_flag=True, help="one envelope per line, as SPEC §4")
 @common
 def events_tail(ctx: Context, follow: bool, types: tuple[str, ...], after: int | None, as_json: bool) -> None:

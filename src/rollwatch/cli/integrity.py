@@ -61,9 +61,18 @@ def audit(
 
     from rollwatch.integrity.audit import audit as run_audit
 
-    parts = urlsplit(url)
+    usage = f"--url {url!r}: give the service's address with its scheme, e.g. https://host:8080"
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (raises ValueError when not a number up to 65535)
+    except ValueError:
+        raise UsageError(usage) from None
     if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise UsageError(f"--url {url!r}: give the service's address with its scheme, e.g. https://host:8080")
+        raise UsageError(usage)
+    if not 0 < http_timeout <= 3600:  # also nan
+        raise UsageError(
+            f"--timeout {http_timeout}: give the seconds per request, more than 0 and at most 3600"
+        )
 
     from rollwatch.config import parse_duration
     from rollwatch.integrity.witness import CosignatureVerifier

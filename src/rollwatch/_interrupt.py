@@ -1,0 +1,31 @@
+"""Ctrl-C while ``rollwatch`` (or ``python -m rollwatch``) loads its modules: one line, exit 130.
+
+A KeyboardInterrupt raised inside an import can land in the import lock's callback,
+where Python prints it as "Exception ignored" with a traceback and goes on with the
+command. Until a command starts its event loop (``run_async``), it has only loaded
+modules and checked its arguments: the process may simply end. Left alone when SIGINT
+is ignored (a job started in the background).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from types import FrameType
+
+
+def _interrupted(signum: int, frame: FrameType | None) -> None:
+    os.write(2, b"interrupted\n")
+    os._exit(130)
+
+
+def while_loading() -> None:
+    """End the process at once on SIGINT, if SIGINT would raise KeyboardInterrupt."""
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _interrupted)
+
+
+def loaded() -> None:
+    """SIGINT raises KeyboardInterrupt again (the command's event loop handles Ctrl-C from here)."""
+    if signal.getsignal(signal.SIGINT) is _interrupted:
+        signal.signal(signal.SIGINT, signal.default_int_handler)

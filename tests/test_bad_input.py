@@ -1,0 +1,249 @@
+"""Bad input an operator or a file supplies: one clear line, the right exit code, no traceback.
+
+Each case runs the real command (``python -m rollwatch``) on a real SQLite log; each was a
+Python traceback (or, for Ctrl-C in a rebuild, a segmentation fault) before its fix.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from rollwatch._sqlite import ThreadConnection
+from tests.helpers import make_log, rollwatch, write_config
+
+SCHEDULE = (
+    '[[schedules]]\nname = "s"\nprovider = "reference"\nmodels = ["reference"]\nproblem_set = "favorites"\n'
+)
+
+
+def _clean(proc: subprocess.CompletedProcess[str], code: int) -> list[str]:
+    """The stderr lines that are not structured log records, after checking the exit code
+    and that no traceback reached the user."""
+    assert proc.returncode == code, proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    return [line for line in proc.stderr.splitlines() if line and not line.startswith("{")]
+
+
+# The config file as given -> the key the error must name. Each passed validation and
+# then crashed a command: inf/nan/huge durations overflow timedelta (`schedules list`, the
+# scheduler), inf money and TOML dates in params cannot be written to the log as JSON
+# (the run's first append), a bad port reached asyncpg's parser or socket.connect.
+BAD_CONFIGS = {
+    "every-inf": (SCHEDULE + "every = inf\n", "schedules[0].every"),
+    "every-nan": (SCHEDULE + "every = nan\n", "schedules[0].every"),
+    "every-huge": (SCHEDULE + 'every = "99999999999999999999w"\n', "schedules[0].every"),
+    "jitter-huge": (SCHEDULE + 'every = "1h"\njitter = "99999999999999w"\n', "schedules[0].jitter"),
+    "budget-inf": (SCHEDULE + 'every = "1h"\nbudget_usd = inf\n', "schedules[0].budget_usd"),
+    "params-date": (SCHEDULE + 'every = "1h"\nparams = { seed = 1979-05-27 }\n', "schedules[0].params"),
+    "params-nan": (SCHEDULE + 'every = "1h"\nparams = { temperature = nan }\n', "schedules[0].params"),
+    "embargo-inf": ("[publication]\nembargo = inf\n", "publication.embargo"),
+    "price-inf": (
+        '[[providers]]\nname = "oa"\nkind = "openai"\n[providers.prices]\nm = { input = inf, output = 1.0 }\n',
+        "providers[1].prices.m.input",
+    ),
+}
+
+
+@pytest.mark.parametrize(("extra", "key"), BAD_CONFIGS.values(), ids=BAD_CONFIGS.keys())
+def test_a_bad_config_value_is_a_config_error_naming_its_key(tmp_path: Path, extra: str, key: str) -> None:
+    config = write_config(tmp_path, extra)
+    make_log(tmp_path / "events.db")
+    lines = _clean(rollwatch("schedules", "list", "--config", str(config)), 2)
+    assert lines[0] == f"error: {config}: invalid configuration:", lines
+    assert any(line.strip().startswith(f"{key}:") for line in lines[1:]), lines
+
+
+@pytest.mark.parametrize("url", ["postgresql://u@127.0.0.1:99999/db", "postgresql://u@127.0.0.1:abc/db"])
+def test_a_postgres_url_with_a_bad_port_is_a_config_error(tmp_path: Path, url: str) -> None:
+    config = tmp_path / "rollwatch.toml"
+    config.write_text(f'[store]\nurl = "{url}"\n')
+    lines = _clean(rollwatch("report", "--config", str(config)), 2)
+    assert lines[-1] == "  store.url: the port must be a number up to 65535", lines
+
+
+def test_projections_that_name_a_folder_are_a_config_error(tmp_path: Path) -> None:
+    config = tmp_path / "rollwatch.toml"
+    config.write_text(f'[store]\nurl = "sqlite:///{tmp_path}/events.db"\nprojections = "{tmp_path}"\n')
+    make_log(tmp_path / "events.db")
+    lines = _clean(rollwatch("report", "--config", str(config)), 2)
+    assert lines[-1].startswith(f"  store.projections: '{tmp_path}' is a folder"), lines
+
+
+def test_projections_that_cannot_be_made_are_one_line(tmp_path: Path) -> None:
+    """A parent that is a file: the read models' folder cannot be made (was an OSError traceback)."""
+    (tmp_path / "a-file").write_text("")
+    config = tmp_path / "rollwatch.toml"
+    config.write_text(
+        f'[store]\nurl = "sqlite:///{tmp_path}/events.db"\nprojections = "{tmp_path}/a-file/p.db"\n'
+    )
+    make_log(tmp_path / "events.db")
+    lines = _clean(rollwatch("report", "--config", str(config)), 1)
+    assert lines == [f"error: cannot use {tmp_path}/a-file: File exists"], lines
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"\xff\xfe\n", b"sk-SECRET\x00abc\n", b"sk-SECRET\nabc\n", "sk-SECRÉT".encode()],
+    ids=["not-utf8", "nul", "two-lines", "not-ascii"],
+)
+def test_an_api_key_file_no_header_can_carry_is_a_missing_key(tmp_path: Path, content: bytes) -> None:
+    """Not UTF-8: a UnicodeDecodeError traceback. A NUL or a line break inside: httpx
+    refused each request with an error quoting the header, the key in it, into the log;
+    not ASCII: a UnicodeEncodeError. Now the run does not start, and the key is not shown."""
+    key = tmp_path / "key"
+    key.write_bytes(content)
+    config = write_config(
+        tmp_path,
+        f'[[providers]]\nname = "oa"\nkind = "openai"\nbase_url = "http://127.0.0.1:9"\napi_key_file = "{key}"\n'
+        + SCHEDULE.replace('"reference"]', '"m"]').replace('provider = "reference"', 'provider = "oa"')
+        + 'every = "1h"\n[scoring]\nrequire_isolation = false\nisolation = "none"\nworkers = 1\n',
+    )
+    proc = rollwatch("run", "s", "--config", str(config))
+    lines = _clean(proc, 2)
+    assert lines[-1].startswith(f"  api_key_file: '{key}' cannot be read, is empty, or holds spaces"), lines
+    assert "SECRET" not in proc.stderr + proc.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["events", "tail", "--after", "99999999999999999999999"], "Invalid value for '--after'"),
+        (["audit", "--url", "http://[::1"], "error: --url 'http://[::1': give the service's address"),
+        (["audit", "--url", "http://127.0.0.1:9", "--timeout", "nan"], "error: --timeout nan:"),
+        (["audit", "--url", "http://127.0.0.1:9", "--timeout", "-1"], "error: --timeout -1.0:"),
+    ],
+    ids=["after-too-big", "url-unclosed-ipv6", "timeout-nan", "timeout-negative"],
+)
+def test_bad_option_values_are_bad_usage(tmp_path: Path, args: list[str], message: str) -> None:
+    config = write_config(tmp_path)
+    make_log(tmp_path / "events.db")
+    lines = _clean(rollwatch(*args, "--config", str(config)), 2)
+    assert lines[-1].startswith(message) or any(message in line for line in lines), lines
+
+
+@pytest.mark.parametrize(
+    "program",
+    [[sys.executable, "-m", "rollwatch"], [str(Path(sys.executable).parent / "rollwatch")]],
+    ids=["python-m", "console-script"],
+)
+def test_ctrl_c_while_the_command_loads_prints_one_line(tmp_path: Path, program: list[str]) -> None:
+    """SIGINT soon after start lands while the modules are imported (before click runs the
+    command): it was a KeyboardInterrupt traceback. Several moments, each checked."""
+    config = write_config(tmp_path)
+    make_log(tmp_path / "events.db")
+    for delay in (0.05, 0.15, 0.25, 0.35):
+        proc = subprocess.Popen(
+            [*program, "schedules", "list", "--config", str(config)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        time.sleep(delay)  # the moment of the Ctrl-C is the input under test, not a wait
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+        assert "Traceback" not in err, (delay, err)
+        assert "KeyboardInterrupt" not in err, (delay, err)
+        if proc.returncode != 0:  # 0: it had finished before the signal
+            assert proc.returncode in (130, -signal.SIGINT), (delay, proc.returncode, err)
+            assert err.strip().splitlines()[-1] == "interrupted", (delay, err)
+
+
+def test_a_connection_is_closed_only_after_a_unit_cancelled_under_it_ends(tmp_path: Path) -> None:
+    """Ctrl-C under asyncio.run cancels the main task natively, through the shield of
+    ThreadConnection.run: the unit goes on in its thread. close() must wait for it (it
+    closed the connection under it, a segmentation fault in `rollwatch rebuild`)."""
+    events: list[str] = []
+    started = threading.Event()
+
+    def unit(db: object) -> None:
+        started.set()
+        time.sleep(0.3)
+        events.append("unit ended")
+
+    async def main() -> None:
+        conn = await ThreadConnection.open(tmp_path / "x.db", [])
+        task = asyncio.ensure_future(conn.run(unit))
+        while not started.is_set():
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await conn.close()
+        events.append("closed")
+
+    asyncio.run(main())
+    assert events == ["unit ended", "closed"]
+
+
+@pytest.mark.parametrize("timeout", ["inf", "nan", '"9999999999999w"'])
+def test_a_problem_timeout_that_is_no_duration_is_a_problem_error(tmp_path: Path, timeout: str) -> None:
+    """`problems check` crashed on these (OverflowError, ValueError) once a scorer used them."""
+    source = Path(__file__).resolve().parents[1] / "config" / "problems" / "lis-length"
+    problem = tmp_path / "problems" / "lis-length"
+    shutil.copytree(source, problem)
+    toml = problem / "problem.toml"
+    toml.write_text(toml.read_text().replace('timeout = "10s"', f"timeout = {timeout}"))
+    config = write_config(tmp_path, problems=str(tmp_path / "problems"))
+    lines = _clean(rollwatch("problems", "list", "--config", str(config)), 2)
+    assert lines[-1].startswith(f"error: {toml}: scorer.timeout: "), lines
+
+
+HUMANEVAL = {
+    "task_id": "HumanEval/0",
+    "prompt": "def f(x):\n",
+    "entry_point": "f",
+    "canonical_solution": "    return x\n",
+    "test": "def check(candidate):\n    assert candidate(1) == 1\n",
+}
+BAD_HUMANEVAL = {
+    # line -> what the error must say after "FILE:1: "
+    "nested-deep": ("[" * 100_000 + "]" * 100_000, "not a JSON object: maximum recursion depth"),
+    "test-syntax": (json.dumps({**HUMANEVAL, "test": "def check(:"}), "test: does not compile"),
+    "test-nul": (json.dumps({**HUMANEVAL, "test": "def check(c):\x00 pass"}), "test: does not compile"),
+    "test-no-check": (json.dumps({**HUMANEVAL, "test": "assert True"}), "test: defines no check"),
+    "id-dots": (json.dumps({**HUMANEVAL, "task_id": "../../etc"}), "task_id: '../../etc': use letters"),
+    "id-control": (json.dumps({**HUMANEVAL, "task_id": "a\x07b"}), "task_id: 'a\\x07b': use letters"),
+    "id-empty": (json.dumps({**HUMANEVAL, "task_id": ""}), "task_id: '': use letters"),
+}
+
+
+@pytest.mark.parametrize(("line", "message"), BAD_HUMANEVAL.values(), ids=BAD_HUMANEVAL.keys())
+def test_a_bad_humaneval_line_is_a_problem_error(tmp_path: Path, line: str, message: str) -> None:
+    """A RecursionError traceback, or loaded as if fine: a test that cannot run (every model
+    would fail it), an id with control characters or dot-dot."""
+    data = tmp_path / "he.jsonl"
+    data.write_text(line + "\n")
+    config = tmp_path / "rollwatch.toml"
+    config.write_text(f'[[problem_sets]]\nname = "he"\nformat = "humaneval"\npath = "{data}"\n')
+    lines = _clean(rollwatch("problems", "list", "--config", str(config)), 2)
+    assert lines[-1].startswith(f"error: {data}:1: {message}"), lines
+
+
+def test_toml_nested_too_deep_is_a_config_or_problem_error(tmp_path: Path) -> None:
+    """tomllib recurses per level: 5,000 nested arrays were a RecursionError traceback (in
+    `serve`, for a problem file, the daemon's death instead of one problem set degraded)."""
+    deep = "[" * 5000 + "]" * 5000
+    config = tmp_path / "rollwatch.toml"
+    config.write_text(f"x = {deep}\n")
+    lines = _clean(rollwatch("schedules", "list", "--config", str(config)), 2)
+    assert lines[-1] == "  not valid TOML: arrays or tables nested too deep", lines
+
+    problem = tmp_path / "problems" / "lis-length"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "config" / "problems" / "lis-length", problem)
+    toml = problem / "problem.toml"
+    toml.write_text(f"tags = {deep}\n" + toml.read_text())
+    config = write_config(tmp_path, problems=str(tmp_path / "problems"))
+    lines = _clean(rollwatch("problems", "list", "--config", str(config)), 2)
+    assert lines[-1] == f"error: {toml}: not valid TOML: arrays or tables nested too deep", lines
