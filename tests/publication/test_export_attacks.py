@@ -256,6 +256,35 @@ class TestTampered:
         assert "rollouts" in p.stderr
 
 
+class TestForeignFolder:
+    async def test_a_folder_no_export_made_is_not_written_into(self, log: Log, tmp_path: Path) -> None:
+        """DIR mistyped as a folder holding someone's site (an index.html, a LICENSE, work
+        in progress in a .tmp): refused, every file left as it was; an empty folder, or one a
+        killed first export left, is exported into."""
+        now = datetime.now(UTC)
+        await log.results(1, month_start(now))
+        site = tmp_path / "site"
+        site.mkdir()
+        mine = {"index.html": "<h1>mine</h1>", "LICENSE": "all rights reserved", "draft.tmp": "half"}
+        for name, text in mine.items():
+            (site / name).write_text(text)
+        with pytest.raises(UsageError, match="no export made it"):
+            await log.export(site)
+        assert {p.name: p.read_text() for p in site.iterdir()} == mine
+        empty = tmp_path / "empty"
+        empty.mkdir()
+        await log.export(empty)
+        assert top_ids(empty)
+        # A first export killed after it began: its marker says the folder is its own.
+        killed = tmp_path / "killed"
+        killed.mkdir()
+        (killed / ".export-in-progress").write_bytes(b"")
+        (killed / "feed.json.tmp").write_text("{")
+        await log.export(killed)
+        assert top_ids(killed) == top_ids(empty)
+        assert not (killed / "feed.json.tmp").exists()
+
+
 class TestTwoAtOnce:
     async def test_a_second_export_of_the_same_folder_is_refused(self, log: Log, tmp_path: Path) -> None:
         """While one export holds DIR, a second one stops with a clear error (it used to take the
