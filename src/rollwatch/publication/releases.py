@@ -358,14 +358,15 @@ class Archive:
                 f"{root / INDEX}: not a rollwatch release index ({e}); export to another folder"
             ) from None
         closed: dict[str, tuple[int, str | None, int | None]] = {}
-        if index is None and not (root / _IN_PROGRESS).exists():
-            # No export made this folder: its files (an index.html, a LICENSE, a feed.json,
-            # anything.tmp of someone else's) would be overwritten or swept.
-            if others := sorted(e.name for e in root.iterdir()):
-                raise UsageError(
-                    f"{root}: not empty ({', '.join(others[:3])}{', ...' if len(others) > 3 else ''}) and"
-                    f" no export made it (no {INDEX}); export into an empty folder or one an export made"
-                )
+        # No export made a folder without an index and no export in progress: its files (an
+        # index.html, a LICENSE, a feed.json, anything.tmp of someone else's) would be
+        # overwritten or swept.
+        others = sorted(e.name for e in root.iterdir())
+        if index is None and others and not (root / _IN_PROGRESS).exists():
+            raise UsageError(
+                f"{root}: not empty ({', '.join(others[:3])}{', ...' if len(others) > 3 else ''}) and"
+                f" no export made it (no {INDEX}); export into an empty folder or one an export made"
+            )
         if index is not None:
             if not isinstance(index, dict) or index.get("format") != FORMAT:
                 raise UsageError(
