@@ -48,6 +48,24 @@ BAD_CONFIGS = {
     "params-date": (SCHEDULE + 'every = "1h"\nparams = { seed = 1979-05-27 }\n', "schedules[0].params"),
     "params-nan": (SCHEDULE + 'every = "1h"\nparams = { temperature = nan }\n', "schedules[0].params"),
     "embargo-inf": ("[publication]\nembargo = inf\n", "publication.embargo"),
+    # Zero where only more than zero works: a release check in a busy loop, every sample
+    # timed out (blamed on the model), every request or stream timed out, batches polled
+    # without pause; a base URL with no host made links like "http:///feed.json".
+    "release-check-0": ('[publication]\nrelease_check = "0s"\n', "publication.release_check"),
+    "scoring-timeout-0": ('[scoring]\ntimeout = "0s"\n', "scoring.timeout"),
+    "provider-timeout-0": (
+        '[[providers]]\nname = "oa"\nkind = "openai"\ntimeout = "0s"\n',
+        "providers[1].timeout",
+    ),
+    "batch-poll-0": (
+        '[[providers]]\nname = "oa"\nkind = "openai"\nbatch_poll = "0s"\n',
+        "providers[1].batch_poll",
+    ),
+    "stream-idle-0": (
+        '[[providers]]\nname = "oa"\nkind = "openai"\nstream_idle_timeout = "0s"\n',
+        "providers[1].stream_idle_timeout",
+    ),
+    "base-url-no-host": ('[server]\nbase_url = "http://"\n', "server.base_url"),
     "price-inf": (
         '[[providers]]\nname = "oa"\nkind = "openai"\n[providers.prices]\nm = { input = inf, output = 1.0 }\n',
         "providers[1].prices.m.input",
@@ -247,3 +265,22 @@ def test_toml_nested_too_deep_is_a_config_or_problem_error(tmp_path: Path) -> No
     config = write_config(tmp_path, problems=str(tmp_path / "problems"))
     lines = _clean(rollwatch("problems", "list", "--config", str(config)), 2)
     assert lines[-1] == f"error: {toml}: not valid TOML: arrays or tables nested too deep", lines
+
+
+def test_a_problem_set_with_no_problems_or_no_path_is_a_problem_error(tmp_path: Path) -> None:
+    """An empty folder listed 0 problems (every run of it does nothing); an empty path meant
+    the working directory; a HumanEval id used twice said "(None and None)"."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    config = tmp_path / "rollwatch.toml"
+    config.write_text(f'[[problem_sets]]\nname = "e"\npath = "{empty}"\n')
+    lines = _clean(rollwatch("problems", "list", "--config", str(config)), 2)
+    assert lines[-1].startswith(f"error: {empty}: holds no problems"), lines
+    config.write_text('[[problem_sets]]\nname = "e"\npath = ""\n')
+    lines = _clean(rollwatch("problems", "list", "--config", str(config)), 2)
+    assert lines[-1] == "error: problem set 'e': path is empty; name its folder or HumanEval file", lines
+    data = tmp_path / "he.jsonl"
+    data.write_text(json.dumps(HUMANEVAL) + "\n" + json.dumps(HUMANEVAL) + "\n")
+    config.write_text(f'[[problem_sets]]\nname = "he"\nformat = "humaneval"\npath = "{data}"\n')
+    lines = _clean(rollwatch("problems", "list", "--config", str(config)), 2)
+    assert lines[-1] == f"error: {data}: problem id 'HumanEval-0' is used twice", lines

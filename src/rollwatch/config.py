@@ -19,6 +19,7 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -68,6 +69,13 @@ Duration = Annotated[float, BeforeValidator(parse_duration)]
 def _http_url(value: str) -> str:
     if not value.startswith(("http://", "https://")):
         raise ValueError(f"{value!r}: base_url must start with http:// or https://")
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018  # raises on a port that is not a number up to 65535
+    except ValueError as e:
+        raise ValueError(f"{value!r}: not a URL ({e})") from None
+    if not parts.hostname or any(c.isspace() for c in value):
+        raise ValueError(f"{value!r}: base_url needs a host, e.g. https://rollwatch.example.org")
     return value.rstrip("/")
 
 
@@ -195,7 +203,7 @@ class ServerConfig(_Strict):
 class PublicationConfig(_Strict):
     embargo: Duration = parse_duration("90d")
     positive: Literal["passed"] = "passed"
-    release_check: Duration = 1.0
+    release_check: Duration = Field(default=1.0, gt=0.0)
     """How often the release job looks for decisions whose embargo has passed."""
     embargo_counts: bool = True
     """Whether the public page announces, per model, how many problems are solved under
@@ -208,7 +216,7 @@ class ScoringConfig(_Strict):
     require_isolation: bool = True
     """Refuse to score without namespace isolation (bubblewrap or unshare)."""
     memory_mb: int = Field(default=1024, ge=64)
-    timeout: Duration = 10.0
+    timeout: Duration = Field(default=10.0, gt=0.0)
     isolation: Literal["auto", "bwrap", "unshare", "none"] = "auto"
     """auto: bubblewrap, else unshare (as root). "none" only when written out (and require_isolation = false)."""
     uid_base: int = Field(default=60000, ge=1000, le=2**31 - 2**16)
@@ -264,9 +272,9 @@ class ProviderConfig(_Strict):
     max_concurrency: int = Field(default=8, ge=1, le=10000)
     requests_per_minute: float | None = Field(default=None, gt=0)
     tokens_per_minute: float | None = Field(default=None, gt=0)
-    timeout: Duration = 600.0
+    timeout: Duration = Field(default=600.0, gt=0.0)
     max_attempts: int = Field(default=6, ge=1, le=100)
-    max_rollout_time: Duration = 3600.0
+    max_rollout_time: Duration = Field(default=3600.0, gt=0.0)
     """Cap on the total time of one rollout, all retries and waits included."""
     backoff_base: Duration = 1.0
     backoff_max: Duration = 120.0
@@ -278,17 +286,17 @@ class ProviderConfig(_Strict):
     stream: bool | None = None
     """Stream answers (server-sent events); unset: only requests that ask for reasoning
     or more than 32,000 output tokens."""
-    stream_idle_timeout: Duration = 120.0
+    stream_idle_timeout: Duration = Field(default=120.0, gt=0.0)
     """A stream silent this long is a failed (retried) attempt."""
     batch: bool = False
     """Send this provider's rollouts through its batch API (schedules may override)."""
-    batch_poll: Duration = 60.0
+    batch_poll: Duration = Field(default=60.0, ge=1.0)
     """How often an open batch is polled."""
     batch_linger: Duration = 5.0
     """How long a batch waits for more rollouts before it is submitted."""
     batch_max_requests: int = Field(default=10000, ge=1, le=50000)
     """Rollouts per batch at most (OpenAI takes 50,000, Anthropic 100,000)."""
-    batch_max_time: Duration = 72 * 3600.0
+    batch_max_time: Duration = Field(default=72 * 3600.0, gt=0.0)
     """How long a submitted batch may take, its polls and results download included,
     before its rollouts fail for good (``batch_timeout``): a provider whose batch never
     ends must not hold the run forever. The vendors end theirs within 24 to 48 hours."""

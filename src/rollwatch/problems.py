@@ -204,6 +204,8 @@ def load_problem_set(config: _SetConfig) -> ProblemSet:
             f"problem set {config.name!r}: prompt_template has no {{prompt}} placeholder; "
             "add one where the problem's text goes"
         )
+    if not config.path.strip():
+        raise ProblemError(f"problem set {config.name!r}: path is empty; name its folder or HumanEval file")
     path = Path(config.path)
     if config.format == "humaneval":
         return load_humaneval(path, name=config.name, prompt_template=template)
@@ -228,6 +230,8 @@ def load_folder_set(path: Path, *, name: str | None = None, prompt_template: str
             if not (child / "problem.toml").is_file():
                 raise ProblemError(f"{child}: a folder of a problem set without a problem.toml")
             folders.append(child)
+    if not folders:
+        raise ProblemError(f"{path}: holds no problems (a folder with a problem.toml in each of its folders)")
     problems = [load_problem(f) for f in folders]
     _no_duplicates(problems, path)
     return ProblemSet(
@@ -243,9 +247,8 @@ def _no_duplicates(problems: Iterable[Problem], where: Path) -> None:
     seen: dict[str, Problem] = {}
     for p in problems:
         if p.id in seen:
-            raise ProblemError(
-                f"{where}: problem id {p.id!r} is used twice ({seen[p.id].folder} and {p.folder})"
-            )
+            both = f" ({seen[p.id].folder} and {p.folder})" if p.folder is not None else ""
+            raise ProblemError(f"{where}: problem id {p.id!r} is used twice{both}")
         seen[p.id] = p
 
 
