@@ -37,6 +37,13 @@ system:
 			|| echo "warning: could not install chromium; the browser tests will fail"; \
 		else echo "warning: /usr/bin/chromium is missing (apt-get install chromium); the browser tests will fail"; fi; \
 	fi
+	@# The clock tests (tests/publication/test_clock.py) run the daemon under libfaketime.
+	@if ! ls /usr/lib/*/faketime/libfaketime.so.1 >/dev/null 2>&1; then \
+		if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+			(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq faketime) \
+			|| echo "warning: could not install faketime; the clock tests will be skipped"; \
+		else echo "warning: faketime is not installed (apt-get install faketime); the clock tests will be skipped"; fi; \
+	fi
 	@cg=$$(awk '{for (i = 7; i < NF; i++) if ($$i == "-") { if ($$(i + 1) == "cgroup2") { print $$5; exit } break }}' /proc/self/mountinfo); \
 	if [ -z "$$cg" ]; then echo "note: no cgroup v2 here: memory and processes are limited per process, not per sample"; \
 	else for c in memory pids; do grep -qw $$c "$$cg/cgroup.controllers" 2>/dev/null \

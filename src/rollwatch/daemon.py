@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 
     from rollwatch.integrity.service import Integrity
     from rollwatch.projections import ProjectionDB
+    from rollwatch.publication.clock import ReleaseClock
     from rollwatch.publication.keys import SubscriberDirectory
     from rollwatch.publication.routes import PublicationAPI
     from rollwatch.runs import ProblemSetLike, ProviderLike, Run, RunServices, ScorerLike
@@ -226,6 +227,8 @@ class Daemon:
         self.services: RunServices | None = None
         self.scheduler: Scheduler | None = None
         self.publication: PublicationAPI | None = None
+        self.clock: ReleaseClock | None = None
+        """The clock releases go by (made once the services are open)."""
         self._runs: TaskGroup | None = None  # where every run this process drives goes
 
     # -- runs -----------------------------------------------------------------------------
@@ -540,11 +543,16 @@ class Daemon:
                 with anyio.CancelScope(shield=True), anyio.move_on_after(10):
                     await http_done.wait()
                 raise
+            from rollwatch.publication.clock import ReleaseClock
             from rollwatch.publication.release import release_job
             from rollwatch.scheduler import Scheduler
 
             svc = self.services
             assert svc is not None
+            # The clock's offset from the steady one is taken now, and compared with the
+            # log before this daemon appends anything to it.
+            clock = self.clock = ReleaseClock()
+            await clock.check_log(svc.store)
             gate.open(self._whole_app(svc, integrity))
             # Stopped, the server closes its socket and lets open requests finish (for
             # at most its graceful-shutdown timeout). It listens before the projections
@@ -606,6 +614,7 @@ class Daemon:
                     interval=self.config.publication.release_check,
                     stop_event=self.stopping,
                     health=integrity.health,
+                    clock=clock,
                 )
             )
             background.start_soon(self._watch_problems, svc)
@@ -673,6 +682,7 @@ class Daemon:
             health=integrity.health,
             cannot_run=lambda: cannot_run(self.config, svc.providers, svc.problem_sets),
             status=self.projection_status,
+            held=self.clock.reasons if self.clock is not None else None,
         )
 
     def projection_status(self) -> dict[str, object]:
@@ -805,6 +815,6 @@ class Daemon:
         svc = self.services
         assert svc is not None
         self.publication = PublicationAPI(
-            svc.store, svc.projections, svc.config, self.metrics, integrity, subscribers
+            svc.store, svc.projections, svc.config, self.metrics, integrity, subscribers, self.clock
         )
         return self.publication.routes()

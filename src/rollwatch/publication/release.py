@@ -37,6 +37,7 @@ from rollwatch.events import (
 from rollwatch.integrity.health import Health
 from rollwatch.log import get_logger
 from rollwatch.projections import ProjectionDB
+from rollwatch.publication.clock import ReleaseClock
 
 log = get_logger(__name__)
 
@@ -146,6 +147,7 @@ async def release_job(
     interval: float = 1.0,
     stop_event: anyio.Event | None = None,
     health: Health | None = None,
+    clock: ReleaseClock | None = None,
     task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Release due results every ``interval`` seconds (sooner when one falls due sooner).
@@ -155,7 +157,8 @@ async def release_job(
     Reports started at once (``await tg.start(...)``); its first pass is the catch-up
     after downtime. Once ``health`` is not ok (the log was found tampered with),
     nothing more is released: a release would publish a result the log may no
-    longer hold as it was scored.
+    longer hold as it was scored. With ``clock``, releases go by it and wait while it is
+    held (a jump of the wall clock, or a clock behind the log: :mod:`.clock`).
     """
     task_status.started()
     while stop_event is None or not stop_event.is_set():
@@ -167,7 +170,12 @@ async def release_job(
                 await anyio.sleep_forever()
             return
         try:
-            await release_due(store, pdb)
+            if clock is not None:
+                await clock.check_log(store)
+            if clock is None:
+                await release_due(store, pdb)
+            elif not clock.held:
+                await release_due(store, pdb, clock.now())
             due = await _next_due(pdb)
         except Exception:
             log.exception("release_pass_failed", retry_in_s=interval)

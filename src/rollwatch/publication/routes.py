@@ -76,6 +76,7 @@ from rollwatch.web.params import ROLLOUT_ID, EmptyQuery, FeedQuery, ReportQuery
 
 if TYPE_CHECKING:
     from rollwatch.integrity.service import Integrity
+    from rollwatch.publication.clock import ReleaseClock
     from rollwatch.publication.inclusion import InclusionProofs
     from rollwatch.publication.proofs import ProofBundles
 
@@ -176,10 +177,12 @@ class PublicationAPI:
         metrics: Metrics | None = None,
         integrity: Integrity | None = None,
         subscribers: SubscriberDirectory | None = None,
+        clock: ReleaseClock | None = None,
     ) -> None:
         """``integrity``, when given, adds each item's inclusion proof to ``/public/feed.json``;
         ``subscribers``: the directory to check keys with (shared with the console, which
-        shows when each key was last used)."""
+        shows when each key was last used); ``clock``: the release job's, which the public
+        routes go by too (what a jump of the wall clock would show early stays hidden)."""
         names = {p.name for p in pdb.projections}
         missing = {"feed", "public"} - names
         if missing:
@@ -192,6 +195,7 @@ class PublicationAPI:
         self.config = config
         self.metrics = metrics
         self.subscribers = subscribers or SubscriberDirectory(store, pdb)
+        self.clock = clock
         self.limiter = RateLimiter(config.server.feed_rate_per_minute)
         self._catch_up_lock = anyio.Lock()
         self._view: tuple[tuple[int, ...], float, PublicView] | None = None
@@ -212,6 +216,10 @@ class PublicationAPI:
             self.bundles = ProofBundles(store, integrity.tree)
 
     # -- plumbing ----------------------------------------------------------------------------------
+
+    def now(self) -> datetime:
+        """The time the public routes show releases as of."""
+        return self.clock.now() if self.clock is not None else datetime.now(UTC)
 
     def not_building(self) -> None:
         """ServiceUnavailable (503, ``Retry-After``, the progress) while the projections are
@@ -391,7 +399,7 @@ class PublicationAPI:
             v = await public_view(
                 self.store,
                 self.pdb,
-                now=datetime.now(UTC),
+                now=self.now(),
                 embargo_default=self.config.publication.embargo,
                 embargo_counts=self.config.publication.embargo_counts,
             )
@@ -483,7 +491,7 @@ class PublicationAPI:
     async def results(self, request: Request) -> Response:
         """``/public/results.jsonl``: every released result, one per line, oldest release first."""
         await self.current()
-        now = datetime.now(UTC)
+        now = self.now()
 
         bundles = self.bundles
         cp = await bundles.checkpoint() if bundles is not None else None
@@ -504,11 +512,7 @@ class PublicationAPI:
         """``/public/rollouts/{id}.json``: one released result (404 unless released)."""
         rid = request.path_params["rollout_id"]
         await self.current()
-        r = (
-            await released_one(self.store, self.pdb, rid, datetime.now(UTC))
-            if ROLLOUT_ID.match(rid)
-            else None
-        )
+        r = await released_one(self.store, self.pdb, rid, self.now()) if ROLLOUT_ID.match(rid) else None
         if r is None:
             raise NotFound("no released result with this id")
         body = r.to_json()

@@ -1,0 +1,142 @@
+"""The clock releases go by: the host's wall clock, unless it is found lying.
+
+Every release compares a decision's ``not_before`` with the wall clock, so a clock
+stepped forward (an NTP step, a VM restored from an old snapshot then corrected, a
+``date -s``) would release early. The daemon keeps, from its start, the offset between
+the wall clock and a steady one (``CLOCK_BOOTTIME``, which counts a suspend, so a host
+woken up is no jump). Once the two disagree by more than :data:`JUMP_S` (either way),
+it logs one ERROR ``clock_jumped`` with the figures and holds: the release job releases
+nothing, ``/healthz`` is degraded naming it, and the public routes go by the earlier of
+the two clocks (what the wall clock said before the jump, carried on by the steady one).
+The hold ends when the clocks agree again (the step was undone), or at a restart: a
+clock that stays moved may be the right one (a snapshot's clock corrected), and only
+the operator can tell; a restart takes the clock as it then is, with the checks at start.
+
+At start (and at each release pass) the clock is also compared with the log: a clock
+behind the newest event's time (by more than :data:`SKEW_S`, the skew allowed between
+nodes) cannot be right, and holds releases the same way until it has caught up; one
+far ahead of it (more than :data:`AHEAD_S`) is believed, since the daemon may have been
+down that long, but said at start in a WARNING naming the gap.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from rollwatch.abc import EventStore
+from rollwatch.events import parse_rfc3339, rfc3339
+from rollwatch.log import get_logger
+
+log = get_logger(__name__)
+
+JUMP_S = 60.0
+"""How far the wall clock may move from the steady one (NTP slews, it steps only when far off)."""
+SKEW_S = 60.0
+"""How far behind the log's newest event the clock may be (another node's clock a little ahead)."""
+AHEAD_S = 86400.0
+"""How far ahead of the log's newest event the clock may be at start without a WARNING."""
+
+
+def _steady() -> float:
+    return time.clock_gettime(time.CLOCK_BOOTTIME) if hasattr(time, "CLOCK_BOOTTIME") else time.monotonic()
+
+
+async def newest_event_at(store: EventStore) -> datetime | None:
+    """The time of the log's newest event (None when the log is empty)."""
+    head = await store.head()
+    rec = (await store.read_at([head])).get(head) if head else None
+    return parse_rfc3339(rec.at) if rec is not None else None
+
+
+def behind_log(now: datetime, newest: datetime | None) -> float | None:
+    """Seconds ``now`` is behind the newest event, when more than :data:`SKEW_S` (else None)."""
+    if newest is None or (newest - now).total_seconds() <= SKEW_S:
+        return None
+    return (newest - now).total_seconds()
+
+
+class ReleaseClock:
+    """The daemon's clock for releases; see the module docstring."""
+
+    def __init__(self, wall: Callable[[], float] = time.time, steady: Callable[[], float] = _steady) -> None:
+        self._wall = wall
+        self._steady = steady
+        self._offset = wall() - steady()
+        self.jumped: float | None = None
+        """Seconds the wall clock moved from the steady one, while they disagree."""
+        self.behind: float | None = None
+        """Seconds the clock is behind the log's newest event, while it is."""
+        self._checked_log = False
+        self._newest: datetime | None = None  # the newest event time seen (the log's may be our own, later)
+
+    def now(self) -> datetime:
+        """The earlier of the wall clock and the one it left at a jump; notes a jump (or its end)."""
+        wall = self._wall()
+        kept = self._steady() + self._offset
+        moved = wall - kept
+        if abs(moved) > JUMP_S:
+            if self.jumped is None:
+                log.error(
+                    "clock_jumped",
+                    by_s=round(moved, 1),
+                    wall=rfc3339(datetime.fromtimestamp(wall, UTC)),
+                    expected=rfc3339(datetime.fromtimestamp(kept, UTC)),
+                    consequence="no releases until the clocks agree again or the daemon is restarted",
+                )
+            self.jumped = moved
+        elif self.jumped is not None:
+            log.warning("clock_agrees", by_s=round(moved, 1), consequence="releases resume")
+            self.jumped = None
+        return datetime.fromtimestamp(min(wall, kept), UTC)
+
+    async def check_log(self, store: EventStore) -> None:
+        """Compare the clock with the newest event time seen in the log (the daemon does at start,
+        before it appends anything, and the release job at each pass); the first time, say a big gap ahead."""
+        newest = await newest_event_at(store)
+        if newest is None or (self._newest is not None and newest < self._newest):
+            newest = self._newest
+        self._newest = newest
+        now = self.now()
+        behind = behind_log(now, newest)
+        if behind is not None and self.behind is None:
+            log.error(
+                "clock_behind_log",
+                behind_s=round(behind, 1),
+                clock=rfc3339(now),
+                newest_event=rfc3339(newest) if newest else None,
+                consequence="no releases until the clock is past the log's newest event",
+            )
+        elif behind is None and self.behind is not None:
+            log.warning("clock_past_log", clock=rfc3339(now), consequence="releases resume")
+        self.behind = behind
+        if not self._checked_log and newest is not None and (now - newest).total_seconds() > AHEAD_S:
+            log.warning(
+                "clock_ahead_of_log",
+                ahead_s=round((now - newest).total_seconds()),
+                clock=rfc3339(now),
+                newest_event=rfc3339(newest),
+                note="believed (the daemon may have been down that long); releases go by it",
+            )
+        self._checked_log = True
+
+    @property
+    def held(self) -> bool:
+        """True while releases wait for the clock (checks for a jump first)."""
+        self.now()
+        return self.jumped is not None or self.behind is not None
+
+    def reasons(self) -> list[str]:
+        """Why releases are held, for ``/healthz`` (empty when they are not)."""
+        self.now()
+        out = []
+        if self.jumped is not None:
+            out.append(
+                f"clock_jumped: the wall clock moved {self.jumped:+.0f} s from the steady clock; releases held"
+            )
+        if self.behind is not None:
+            out.append(
+                f"clock_behind_log: the clock is {self.behind:.0f} s behind the log's newest event; releases held"
+            )
+        return out
