@@ -12,9 +12,11 @@ The hold ends when the clocks agree again (the step was undone), or at a restart
 clock that stays moved may be the right one (a snapshot's clock corrected), and only
 the operator can tell; a restart takes the clock as it then is, with the checks at start.
 
-At start (and at each release pass) the clock is also compared with the log: a clock
-behind the newest event's time (by more than :data:`SKEW_S`, the skew allowed between
-nodes) cannot be right, and holds releases the same way until it has caught up; one
+At start, before the daemon appends anything, the clock is also compared with the log: a
+clock behind the newest event's time (by more than :data:`SKEW_S`, the skew allowed between
+nodes) cannot be right, and holds releases the same way until it has caught up (each
+release pass compares it with that time again; the log is not read again, since the
+daemon's own events carry its own clock); one
 far ahead of it (more than :data:`AHEAD_S`) is believed, since the daemon may have been
 down that long, but said at start in a WARNING naming the gap.
 """
@@ -92,12 +94,15 @@ class ReleaseClock:
         return datetime.fromtimestamp(min(wall, kept), UTC)
 
     async def check_log(self, store: EventStore) -> None:
-        """Compare the clock with the newest event time seen in the log (the daemon does at start,
-        before it appends anything, and the release job at each pass); the first time, say a big gap ahead."""
-        newest = await newest_event_at(store)
-        if newest is None or (self._newest is not None and newest < self._newest):
-            newest = self._newest
-        self._newest = newest
+        """Compare the clock with the log's newest event time, read the first time (the daemon
+        calls this at start, before it appends anything, and the release job at each pass);
+        the first time, say a big gap ahead."""
+        # The log is read once, before this daemon appends: its own events carry its own
+        # clock, and events it stamped during a jump (undone since) would hold releases
+        # for as long as the jump was. Later passes compare with what was read then.
+        if not self._checked_log:
+            self._newest = await newest_event_at(store)
+        newest = self._newest
         now = self.now()
         behind = behind_log(now, newest)
         if behind is not None and self.behind is None:
