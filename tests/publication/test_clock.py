@@ -230,3 +230,24 @@ def test_a_clock_far_ahead_of_the_log_is_said_at_start(tmp_path: Path) -> None:
     line = next(x for x in s.err.read_text().splitlines() if "clock_ahead_of_log" in x)
     assert "ahead_s" in line
     assert "warning" in line.lower()
+
+
+def test_publish_export_refuses_a_clock_behind_the_log(tmp_path: Path) -> None:
+    """What an export files is never rewritten: on a clock two days behind the log's newest
+    event it exits 2 and writes nothing; on the right clock it exports."""
+    seed_old(tmp_path / "events.db")
+    cfg = tmp_path / "rollwatch.toml"
+    cfg.write_text(f'[store]\nurl = "sqlite:{tmp_path / "events.db"}"\n')
+    clock = tmp_path / "faketime"
+    clock.write_text("-2d\n")
+    env = {**os.environ, "LD_PRELOAD": str(LIBFAKETIME), "FAKETIME_TIMESTAMP_FILE": str(clock)}
+    out = tmp_path / "site"
+    cmd = [sys.executable, "-m", "rollwatch", "--config", str(cfg), "publish", "export", str(out)]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+    assert p.returncode == 2, p.stderr
+    assert "behind the log's newest event" in p.stderr
+    assert "Traceback" not in p.stderr
+    assert not out.exists() or not any(out.iterdir())
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert (out / "releases.json").is_file()

@@ -33,9 +33,11 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from rollwatch.abc import EventStore
-from rollwatch.events import parse_rfc3339
+from rollwatch.errors import UsageError
+from rollwatch.events import parse_rfc3339, rfc3339
 from rollwatch.projections import ProjectionDB
 from rollwatch.publication import feeds
+from rollwatch.publication.clock import behind_log, newest_event_at
 from rollwatch.publication.public import (
     Released,
     held_back,
@@ -100,7 +102,16 @@ async def export_public(
     if not base_url.endswith("/"):
         base_url += "/"
     head = await caught_up(store, pdb)
-    now = now or datetime.now(UTC)
+    if now is None:
+        now = datetime.now(UTC)
+        # What is filed is never rewritten: a clock behind the log's newest event cannot be
+        # right (see publication.clock), and is not exported by.
+        newest = await newest_event_at(store)
+        if (behind := behind_log(now, newest)) is not None:
+            raise UsageError(
+                f"this host's clock ({rfc3339(now)}) is {behind:.0f} s behind the log's newest event"
+                f" ({rfc3339(newest) if newest else '-'}); set the clock right, then export"
+            )
     archive = await anyio.to_thread.run_sync(Archive.open, out_dir)  # refuses a folder not ours
     try:
         view = await public_view(
