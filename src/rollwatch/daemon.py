@@ -30,7 +30,7 @@ import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
 from rollwatch.config import Config, ScheduleConfig
-from rollwatch.errors import IntegrityError, StoreError
+from rollwatch.errors import IntegrityError, StoreError, storage_failure
 from rollwatch.log import get_logger
 from rollwatch.metrics import Metrics
 from rollwatch.notify import Notifier
@@ -270,8 +270,11 @@ class Daemon:
                 try:
                     await run.drive(grace=self.grace)
                     return
-                except Exception:
-                    log.exception("run_crashed", run_id=run.run_id, retry_in_s=pause)
+                except Exception as e:
+                    if (failure := storage_failure(e)) is not None:
+                        log.error("run_crashed", run_id=run.run_id, error=failure, retry_in_s=pause)
+                    else:
+                        log.exception("run_crashed", run_id=run.run_id, retry_in_s=pause)
                 while True:
                     with anyio.move_on_after(pause):
                         await self.stopping.wait()
@@ -673,6 +676,7 @@ class Daemon:
             health=integrity.health,
             cannot_run=lambda: cannot_run(self.config, svc.providers, svc.problem_sets),
             status=self.projection_status,
+            failing=lambda: [f"the log refuses appends: {e}"] if (e := svc.store.append_failing) else [],
         )
 
     def projection_status(self) -> dict[str, object]:

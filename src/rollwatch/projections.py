@@ -48,7 +48,7 @@ import anyio
 import orjson
 
 from rollwatch import events as e
-from rollwatch._sqlite import ThreadConnection
+from rollwatch._sqlite import ThreadConnection, rollback
 from rollwatch.abc import EventStore, Projection
 from rollwatch.errors import ServiceUnavailable
 from rollwatch.events import Recorded, canonical_json
@@ -585,7 +585,7 @@ class ProjectionDB:
                 )
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            rollback(db)
             raise
 
     @staticmethod
@@ -720,7 +720,7 @@ class ProjectionDB:
                 )
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            rollback(db)
             raise
 
     @functools.cached_property
@@ -857,7 +857,7 @@ def _merge(db: sqlite3.Connection, part: Path, projections: list[Projection], he
         db.execute("COMMIT")
     finally:
         if db.in_transaction:
-            db.execute("ROLLBACK")
+            rollback(db)
         db.execute("DETACH DATABASE part")
 
 

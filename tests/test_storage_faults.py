@@ -1,0 +1,176 @@
+"""The daemon under storage faults: a real `rollwatch serve` whose log, projections and state
+live on a small tmpfs that fills up, is locked by another process, or turns read-only mid-run.
+
+"Nothing may be lost ... a run goes on, the daemon stays up": while the log cannot take
+appends the daemon says so (one clear ERROR, /healthz 503) and stays up; once the storage
+is back the run finishes, `rollwatch verify` passes and no acknowledged event is gone.
+Mounting needs root; the tests skip, saying so, where mount is refused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import signal
+import sqlite3
+import subprocess
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.helpers import rollwatch
+from tests.test_daemon import _provider, config, events, serve, wait_until
+
+
+@pytest.fixture
+def slowish_provider(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """The loopback provider answering after 0.3 s: a run lasts long enough to break it."""
+    yield from _provider(tmp_path, 0.3)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """An 8 MiB tmpfs mounted for the test (skipped, saying why, where mount is refused)."""
+    where = tmp_path / "disk"
+    where.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(where)], capture_output=True, text=True
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs (needs root): {done.stderr.strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def fill(disk: Path) -> Path:
+    """Fill ``disk`` to the last byte with one big file; returns it."""
+    big = disk / "big.fill"
+    fd = os.open(big, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    try:
+        for size in (1 << 16, 512):  # big chunks, then the last few bytes
+            with contextlib.suppress(OSError):
+                while True:
+                    os.write(fd, b"\0" * size)
+    finally:
+        os.close(fd)
+    return big
+
+
+def health(cfg: Path) -> tuple[int, dict]:
+    listen = re.search(r'listen = "([^"]+)"', cfg.read_text())
+    assert listen
+    try:
+        r = httpx.get(f"http://{listen.group(1)}/healthz", timeout=5)
+    except httpx.HTTPError:
+        return 0, {}
+    try:
+        return r.status_code, r.json()
+    except ValueError:
+        return r.status_code, {"text": r.text}
+
+
+def stop(proc: subprocess.Popen[str]) -> tuple[str, str]:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.communicate()
+
+
+def snapshot(db: Path) -> list[tuple[int, str, str]]:
+    """Every event in the log as (seq, id, hash), read with a plain read-only connection."""
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
+    try:
+        return [tuple(r) for r in con.execute("SELECT seq, id, hash FROM events ORDER BY seq")]
+    finally:
+        con.close()
+
+
+def check_finished_run(db: Path, cfg: Path) -> None:
+    """The run finished completed, each rollout answered and scored once, the log verifies."""
+    fin = events(db, "RunFinished")
+    assert [f[2]["status"] for f in fin] == ["completed"], fin
+    answered = Counter(e[2]["rollout_id"] for e in events(db, "RolloutResponded"))
+    scored = Counter(e[2]["rollout_id"] for e in events(db, "RolloutScored"))
+    assert set(answered) == set(scored)
+    assert max(scored.values()) == 1
+    requested = Counter(e[2]["rollout_id"] for e in events(db, "RolloutRequested"))
+    # An unfinished rollout is re-requested at most once because of the outage.
+    assert max(requested.values()) <= 2, requested.most_common(3)
+    done = rollwatch("--config", str(cfg), "verify")
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def stderr_reader(proc: subprocess.Popen[str]) -> list[str]:
+    """Collect the daemon's stderr lines in a thread (so a full pipe never blocks it)."""
+    lines: list[str] = []
+
+    def read() -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            lines.append(line)
+
+    threading.Thread(target=read, daemon=True).start()
+    return lines
+
+
+def test_disk_full_mid_run(small_disk: Path, slowish_provider: tuple[str, Path]) -> None:
+    base_url, _ = slowish_provider
+    cfg = config(small_disk, base_url, rollouts=6, every="1h")
+    db = small_disk / "events.db"
+    proc = serve(cfg)
+    err_lines = stderr_reader(proc)
+    big = None
+    try:
+        wait_until(lambda: len(events(db, "RolloutScored")) >= 5, 90, "some scored rollouts")
+        before = snapshot(db)
+        big = fill(small_disk)
+        status = wait_until(
+            lambda: health(cfg)[0] == 503 and health(cfg), 30, "/healthz to say the log is failing"
+        )
+        # The outage lasts: the run is retried twice and the Merkle tree's worker fails too.
+        wait_until(
+            lambda: (
+                "".join(err_lines).count('"run_crashed"') >= 2 and "tree_follow_failed" in "".join(err_lines)
+            ),
+            30,
+            "the daemon to retry in the outage",
+        )
+        assert proc.poll() is None, "the daemon exited on a full disk:\n" + "".join(err_lines)[-3000:]
+        during = "".join(err_lines)
+        big.unlink()
+        wait_until(lambda: events(db, "RunFinished"), 120, "the run to finish once space is back")
+        wait_until(lambda: health(cfg)[0] == 200, 30, "/healthz to be ok again")
+        assert proc.poll() is None
+    finally:
+        if big is not None and big.exists():
+            big.unlink()
+        stop(proc)
+    assert "the log refuses appends" in " ".join(status[1]["reasons"]), status
+    after = snapshot(db)
+    assert after[: len(before)] == before, "an acknowledged event was lost or changed"
+    check_finished_run(db, cfg)
+    assert [s for s, _, _ in events(db, "CheckpointSigned") if s > len(before)], (
+        "no checkpoint after the outage"
+    )
+    quiet_outage(during)
+
+
+def quiet_outage(stderr: str) -> None:
+    """The outage was said in a few ERROR lines, none with a traceback."""
+    lines = [json.loads(ln) for ln in stderr.splitlines() if ln.startswith("{")]
+    errors = [d for d in lines if d.get("level") == "error"]
+    assert errors, "no ERROR said the log is failing:\n" + stderr[-3000:]
+    assert not [d for d in lines if "exception" in d], [d["event"] for d in lines if "exception" in d]
+    assert "Traceback" not in stderr
+    assert len(errors) <= 15, Counter(d["event"] for d in errors)
