@@ -24,7 +24,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers import rollwatch
+from tests.helpers import rollwatch, write_config
 from tests.test_daemon import _provider, config, events, serve, wait_until
 
 
@@ -50,8 +50,8 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(where)], check=False)
 
 
-def fill(disk: Path) -> Path:
-    """Fill ``disk`` to the last byte with one big file; returns it."""
+def fill(disk: Path, leave: int = 0) -> Path:
+    """Fill ``disk`` to the last byte with one big file, then free ``leave`` bytes; returns it."""
     big = disk / "big.fill"
     fd = os.open(big, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
     try:
@@ -59,6 +59,8 @@ def fill(disk: Path) -> Path:
             with contextlib.suppress(OSError):
                 while True:
                     os.write(fd, b"\0" * size)
+        if leave:
+            os.ftruncate(fd, os.fstat(fd).st_size - leave)
     finally:
         os.close(fd)
     return big
@@ -174,3 +176,58 @@ def quiet_outage(stderr: str) -> None:
     assert not [d for d in lines if "exception" in d], [d["event"] for d in lines if "exception" in d]
     assert "Traceback" not in stderr
     assert len(errors) <= 15, Counter(d["event"] for d in errors)
+
+
+def one_line_error(done: subprocess.CompletedProcess[str]) -> str:
+    assert done.returncode != 0, done.stdout
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    lines = [ln for ln in done.stderr.splitlines() if not ln.startswith("{")]
+    assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr[-3000:]
+    return lines[0]
+
+
+def digests(folder: Path) -> dict[str, bytes]:
+    return {f.name: f.read_bytes() for f in sorted(folder.iterdir()) if f.is_file()}
+
+
+def test_disk_full_during_rebuild_and_export(small_disk: Path) -> None:
+    """`rollwatch rebuild` and `publish export` on a full disk: one line, exit non-zero, the
+    projections and the export in use untouched, no half-built file left taking space;
+    once space is back both succeed."""
+    cfg = write_config(
+        small_disk,
+        '[[schedules]]\nname = "ref"\nprovider = "reference"\nmodels = ["reference"]\n'
+        'problem_set = "favorites"\nrollouts = 2\nevery = "24h"\n',
+    )
+    done = rollwatch("--config", str(cfg), "run", "ref", timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    export = small_disk / "export"
+    done = rollwatch("--config", str(cfg), "publish", "export", str(export))
+    assert done.returncode == 0, done.stderr[-3000:]
+    exported = digests(export)
+    projections = small_disk / "events.projections.db"
+    in_use = projections.resolve()
+    before = in_use.read_bytes()
+
+    # Room to open the log, not to build the projections beside the file in use.
+    big = fill(small_disk, leave=150 * 1024)
+    line = one_line_error(rollwatch("--config", str(cfg), "rebuild"))
+    assert "disk is full" in line, line
+    assert projections.resolve() == in_use and in_use.read_bytes() == before
+    assert [f for f in in_use.parent.glob("*.db") if f != in_use] == [], "a half-built file was left"
+
+    big.unlink()
+    big = fill(small_disk)
+    one_line_error(rollwatch("--config", str(cfg), "publish", "export", str(export)))
+    assert digests(export) == exported
+    assert projections.resolve() == in_use and in_use.read_bytes() == before
+
+    big.unlink()
+    done = rollwatch("--config", str(cfg), "rebuild")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert projections.resolve() != in_use
+    done = rollwatch("--config", str(cfg), "publish", "export", str(export))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert sorted(digests(export)) == sorted(exported)
+    done = rollwatch("--config", str(cfg), "verify")
+    assert done.returncode == 0, done.stdout + done.stderr

@@ -50,7 +50,7 @@ import orjson
 from rollwatch import events as e
 from rollwatch._sqlite import ThreadConnection, rollback
 from rollwatch.abc import EventStore, Projection
-from rollwatch.errors import ServiceUnavailable
+from rollwatch.errors import ServiceUnavailable, StoreError
 from rollwatch.events import Recorded, canonical_json
 from rollwatch.log import get_logger
 
@@ -393,8 +393,16 @@ class ProjectionDB:
                 await anyio.to_thread.run_sync(_fsync, new)
                 await anyio.to_thread.run_sync(self._point_at, new)
                 await self._switch_to(new, store)
-            finally:
+            except sqlite3.Error as e:
+                # A full disk, say: the file in use stays as it was, the unfinished one
+                # goes at once (it takes the space the next attempt needs).
                 os.close(building)
+                building = -1
+                await anyio.to_thread.run_sync(self._collect)
+                raise StoreError(f"cannot build the projections in {new}: {e}") from e
+            finally:
+                if building >= 0:
+                    os.close(building)
             await anyio.to_thread.run_sync(self._collect)
             return head
 
