@@ -182,7 +182,8 @@ def one_line_error(done: subprocess.CompletedProcess[str]) -> str:
     assert done.returncode != 0, done.stdout
     assert "Traceback" not in done.stderr, done.stderr[-3000:]
     lines = [ln for ln in done.stderr.splitlines() if not ln.startswith("{")]
-    assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr[-3000:]
+    assert len(lines) == 1, done.stderr[-3000:]
+    assert lines[0].startswith("error: "), lines
     return lines[0]
 
 
@@ -213,14 +214,16 @@ def test_disk_full_during_rebuild_and_export(small_disk: Path) -> None:
     big = fill(small_disk, leave=150 * 1024)
     line = one_line_error(rollwatch("--config", str(cfg), "rebuild"))
     assert "disk is full" in line, line
-    assert projections.resolve() == in_use and in_use.read_bytes() == before
+    assert projections.resolve() == in_use
+    assert in_use.read_bytes() == before
     assert [f for f in in_use.parent.glob("*.db") if f != in_use] == [], "a half-built file was left"
 
     big.unlink()
     big = fill(small_disk)
     one_line_error(rollwatch("--config", str(cfg), "publish", "export", str(export)))
     assert digests(export) == exported
-    assert projections.resolve() == in_use and in_use.read_bytes() == before
+    assert projections.resolve() == in_use
+    assert in_use.read_bytes() == before
 
     big.unlink()
     done = rollwatch("--config", str(cfg), "rebuild")
