@@ -16,6 +16,7 @@ import re
 import signal
 import sqlite3
 import subprocess
+import sys
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -234,3 +235,87 @@ def test_disk_full_during_rebuild_and_export(small_disk: Path) -> None:
     assert sorted(digests(export)) == sorted(exported)
     done = rollwatch("--config", str(cfg), "verify")
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def serve_without_dac(cfg: Path) -> subprocess.Popen[str]:
+    """`rollwatch serve` as root without CAP_DAC_OVERRIDE: file modes bind it as they bind
+    an operator's service user (a read-only file or folder refuses its writes)."""
+    return subprocess.Popen(
+        [
+            "setpriv",
+            "--bounding-set=-dac_override,-dac_read_search",
+            "--inh-caps=-dac_override,-dac_read_search",
+            sys.executable,
+            "-m",
+            "rollwatch",
+            "--config",
+            str(cfg),
+            "serve",
+            "--grace",
+            "5",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "FAKE_PROVIDER_KEY": "sk-test-secret-123"},
+    )
+
+
+def test_log_read_only_then_locked_mid_run(small_disk: Path, tmp_path: Path) -> None:
+    """Mid-run, the log file and its folder made read-only (a checkpoint falls due and its
+    witness file cannot be written), then restored; then the log locked by another process
+    for longer than the daemon's busy timeout (30 s), then released. The daemon stays up,
+    /healthz is 503 while appends fail, the run finishes, nothing acknowledged is lost."""
+    gen = _provider(tmp_path, 1.0)
+    base_url, _ = next(gen)
+    cfg = config(small_disk, base_url, rollouts=6, every="1h")
+    cfg.write_text(cfg.read_text() + "[integrity]\ncheckpoint_every = 40\n")
+    db = small_disk / "events.db"
+    proc = serve_without_dac(cfg)
+    err_lines = stderr_reader(proc)
+    holder = None
+    try:
+        wait_until(lambda: len(events(db, "RolloutScored")) >= 3, 90, "some scored rollouts")
+        before = snapshot(db)
+        db.chmod(0o444)
+        small_disk.chmod(0o555)
+        try:
+            wait_until(
+                lambda: "checkpoint_failed" in "".join(err_lines) or proc.poll() is not None,
+                60,
+                "a checkpoint to fail",
+            )
+            assert proc.poll() is None, (
+                "the daemon exited on a read-only folder:\n" + "".join(err_lines)[-3000:]
+            )
+        finally:
+            db.chmod(0o644)
+            small_disk.chmod(0o1777)
+
+        holder = subprocess.Popen(["sqlite3", str(db)], stdin=subprocess.PIPE, text=True)
+        assert holder.stdin is not None
+        holder.stdin.write("BEGIN EXCLUSIVE;\nSELECT 'held';\n")
+        holder.stdin.flush()
+        status = wait_until(
+            lambda: health(cfg)[0] == 503 and health(cfg), 60, "/healthz to say the log is locked"
+        )
+        assert proc.poll() is None
+        holder.stdin.write("COMMIT;\n.quit\n")
+        holder.stdin.close()
+        holder.wait(timeout=10)
+        during = "".join(err_lines)
+        wait_until(lambda: events(db, "RunFinished"), 120, "the run to finish once the lock is gone")
+        wait_until(lambda: health(cfg)[0] == 200, 30, "/healthz to be ok again")
+        assert proc.poll() is None
+    finally:
+        if holder is not None and holder.poll() is None:
+            holder.kill()
+        small_disk.chmod(0o1777)
+        db.chmod(0o644)
+        stop(proc)
+        gen.close()
+    assert "database is locked" in " ".join(status[1]["reasons"]), status
+    after = snapshot(db)
+    assert after[: len(before)] == before, "an acknowledged event was lost or changed"
+    check_finished_run(db, cfg)
+    quiet_outage(during)
