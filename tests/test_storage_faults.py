@@ -36,6 +36,12 @@ def slowish_provider(tmp_path: Path) -> Iterator[tuple[str, Path]]:
 
 
 @pytest.fixture
+def fast_provider(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """The loopback provider answering after 0.05 s."""
+    yield from _provider(tmp_path, 0.05)
+
+
+@pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """An 8 MiB tmpfs mounted for the test (skipped, saying why, where mount is refused)."""
     where = tmp_path / "disk"
@@ -319,3 +325,87 @@ def test_log_read_only_then_locked_mid_run(small_disk: Path, tmp_path: Path) -> 
     assert after[: len(before)] == before, "an acknowledged event was lost or changed"
     check_finished_run(db, cfg)
     quiet_outage(during)
+
+
+def get(cfg: Path, route: str, key: str | None = None) -> httpx.Response:
+    listen = re.search(r'listen = "([^"]+)"', cfg.read_text())
+    assert listen
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    return httpx.get(f"http://{listen.group(1)}{route}", headers=headers, timeout=30)
+
+
+ROUTES = ("/healthz", "/public/", "/public/feed.json", "/public/feed.atom", "/ops/", "/v1/report")
+
+
+def answers(cfg: Path, key: str) -> dict[str, httpx.Response]:
+    """Every route's answer: 200, or 503 with Retry-After; never a 500."""
+    got = {r: get(cfg, r, key) for r in ROUTES}
+    for route, r in got.items():
+        assert r.status_code in (200, 503), f"{route}: {r.status_code} {r.text[:300]}"
+        if r.status_code == 503 and route != "/healthz":
+            assert r.headers.get("retry-after"), route
+    return got
+
+
+def test_projections_deleted_or_garbage_while_serving(
+    tmp_path: Path, fast_provider: tuple[str, Path]
+) -> None:
+    """The projections file deleted while the daemon serves, then garbage written over the
+    file in use and over ``events.projections.db``: every route answers 200 or 503 with
+    Retry-After (never 500), the daemon rebuilds from the log, a new run is projected,
+    and its report says what the log says."""
+    base_url, _ = fast_provider
+    cfg = config(tmp_path, base_url, rollouts=2, every="1h")
+    db = tmp_path / "events.db"
+    key = rollwatch("--config", str(cfg), "subscribers", "add", "alice").stdout.split()[0]
+    proc = serve(cfg)
+    err_lines = stderr_reader(proc)
+    link = tmp_path / "events.projections.db"
+    try:
+        wait_until(lambda: events(db, "RunFinished"), 90, "the first run to finish")
+        wait_until(lambda: get(cfg, "/v1/report", key).json(), 30, "the first run in the report")
+        report = get(cfg, "/v1/report", key).json()
+
+        held = link.resolve()
+        link.unlink()
+        held.unlink()
+        got = answers(cfg, key)
+        assert got["/v1/report"].json() == report  # served from the file it holds
+
+        link.write_bytes(b"not a database\n" * 4096)
+        trig = rollwatch(
+            "--config", str(cfg), "schedules", "trigger", "fake-often", env={"FAKE_PROVIDER_KEY": "k"}
+        )
+        assert trig.returncode == 0, trig.stderr
+        wait_until(lambda: len(events(db, "RunFinished")) == 2, 90, "the second run to finish")
+        answers(cfg, key)
+        # A file in use with garbage written over it.
+        held = link.resolve()
+        assert held != link, "events.projections.db is a link again"
+        with open(held, "r+b") as f:
+            f.write(os.urandom(64 * 1024))
+        trig = rollwatch(
+            "--config", str(cfg), "schedules", "trigger", "fake-often", env={"FAKE_PROVIDER_KEY": "k"}
+        )
+        assert trig.returncode == 0, trig.stderr
+        wait_until(lambda: len(events(db, "RunFinished")) == 3, 90, "the third run to finish")
+        wait_until(
+            lambda: all(r.status_code == 200 for r in answers(cfg, key).values()),
+            30,
+            "every route to answer 200",
+        )
+        served = get(cfg, "/v1/report", key).json()
+        assert proc.poll() is None
+    finally:
+        stop(proc)
+    from_log = json.loads(rollwatch("--config", str(cfg), "report", "--format", "json").stdout)
+    fields = ("provider", "model", "rollouts", "passed")
+    assert [{k: r[k] for k in fields} for r in served] == [{k: r[k] for k in fields} for r in from_log]
+    assert sum(r["rollouts"] for r in served) == len(events(db, "RolloutScored"))
+    stderr = "".join(err_lines)
+    assert "Traceback" not in stderr
+    assert not [ln for ln in stderr.splitlines() if ln.startswith("{") and "exception" in json.loads(ln)], (
+        stderr[-3000:]
+    )
+    done = rollwatch("--config", str(cfg), "verify")
+    assert done.returncode == 0, done.stdout + done.stderr
