@@ -481,6 +481,8 @@ class MerkleTree:
             try:
                 await self._follow_with_worker(store, file, _Started())
                 return
+            except IntegrityError:
+                raise
             except StoreError as e:
                 if not started:
                     raise
