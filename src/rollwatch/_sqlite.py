@@ -29,6 +29,13 @@ T = TypeVar("T")
 sqlite3.register_adapter(type(None), cast("Callable[[None], None]", {}.get))
 
 
+def rollback(db: sqlite3.Connection) -> None:
+    """Roll back the open transaction, if any: SQLite rolls back by itself on some errors
+    (a full disk, I/O), and a ROLLBACK then fails and hides the error that mattered."""
+    if db.in_transaction:
+        db.execute("ROLLBACK")
+
+
 class ThreadConnection:
     """A ``sqlite3.Connection`` whose work runs in a worker thread, one unit at a time."""
 

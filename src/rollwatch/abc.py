@@ -92,6 +92,8 @@ class EventStore(ABC):
         self._exit_stack: AsyncExitStack | None = None
         self.append_observer: Callable[[float], None] | None = None
         """Called with each append's latency in seconds (the daemon's metrics)."""
+        self.append_failing: str | None = None
+        """Why appends fail, while they do (None again once one succeeds): ``/healthz`` says so."""
 
     async def __aenter__(self) -> Self:
         stack = AsyncExitStack()

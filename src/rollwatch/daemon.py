@@ -30,7 +30,7 @@ import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
 from rollwatch.config import Config, ScheduleConfig
-from rollwatch.errors import IntegrityError, StoreError
+from rollwatch.errors import IntegrityError, StoreError, storage_failure
 from rollwatch.log import get_logger
 from rollwatch.metrics import Metrics
 from rollwatch.notify import Notifier
@@ -273,8 +273,11 @@ class Daemon:
                 try:
                     await run.drive(grace=self.grace)
                     return
-                except Exception:
-                    log.exception("run_crashed", run_id=run.run_id, retry_in_s=pause)
+                except Exception as e:
+                    if (failure := storage_failure(e)) is not None:
+                        log.error("run_crashed", run_id=run.run_id, error=failure, retry_in_s=pause)
+                    else:
+                        log.exception("run_crashed", run_id=run.run_id, retry_in_s=pause)
                 while True:
                     with anyio.move_on_after(pause):
                         await self.stopping.wait()
@@ -682,7 +685,10 @@ class Daemon:
             health=integrity.health,
             cannot_run=lambda: cannot_run(self.config, svc.providers, svc.problem_sets),
             status=self.projection_status,
-            held=self.clock.reasons if self.clock is not None else None,
+            failing=lambda: [
+                *([f"the log refuses appends: {e}"] if (e := svc.store.append_failing) else []),
+                *(self.clock.reasons() if self.clock is not None else []),
+            ],
         )
 
     def projection_status(self) -> dict[str, object]:

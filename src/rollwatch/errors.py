@@ -245,3 +245,18 @@ class ServiceUnavailable(HTTPError):
     """Raised when a part the route needs is not available in this process."""
 
     status = 503
+
+
+def storage_failure(error: BaseException) -> str | None:
+    """The message of a storage failure we can name (the log or a SQLite file refusing a
+    write: a full disk, a lock held by another process, a read-only file), also when every
+    error in a group is one; None for anything else. A loop that retries logs such a failure
+    as one line, without a traceback: it is the operator's to fix, not a bug."""
+    import sqlite3
+
+    if isinstance(error, BaseExceptionGroup):
+        found = [storage_failure(e) for e in error.exceptions]
+        return found[0] if all(found) else None
+    if type(error) is StoreError or isinstance(error, sqlite3.OperationalError):
+        return str(error)
+    return None

@@ -48,9 +48,9 @@ import anyio
 import orjson
 
 from rollwatch import events as e
-from rollwatch._sqlite import ThreadConnection
+from rollwatch._sqlite import ThreadConnection, rollback
 from rollwatch.abc import EventStore, Projection
-from rollwatch.errors import ServiceUnavailable
+from rollwatch.errors import ServiceUnavailable, StoreError
 from rollwatch.events import Recorded, canonical_json
 from rollwatch.log import get_logger
 
@@ -253,31 +253,46 @@ class ProjectionDB:
                 head = await self.rebuild_beside(store, progress=show)
                 self.ready = True
                 return head
-            await self._run(self._setup)
-            first_hash = await _event_hash(store, 1)
-            await self._run(lambda db: _record_log(db, first_hash))
-            cps = await self.checkpoints()
-            first = min((cps.get(p.name, 0) for p in self.projections), default=0)
-            head = await store.head()
-            if self._sooner_beside(first, head):
-                # A file far behind (a daemon down for long, an old copy): building the
-                # whole log beside, in two processes, is done sooner than catching it up.
-                log.info(
-                    "projections_building_beside",
-                    path=str(self.path),
-                    reason=f"{head - first} of the log's {head} events to apply: sooner built beside",
+            try:
+                return await self._build_in_place(store, show)
+            except sqlite3.DatabaseError as e:
+                if type(e) is not sqlite3.DatabaseError:
+                    raise
+                # Garbage written over the file ("malformed"): built again from the log.
+                log.error(
+                    "projections_file_damaged", file=str(self.file), error=str(e), action="rebuilding it"
                 )
                 head = await self.rebuild_beside(store, progress=show)
                 self.ready = True
                 return head
-            self.progress = CatchUpProgress(first=first, target=head, done=first, started=time.monotonic())
-            head = await self.catch_up(store, until=head, progress=show)
-            # Events appended meanwhile: a short second pass before switching over.
-            head = await self.catch_up(store, progress=show)
-            self.ready = True
-            return head
         finally:
             self.progress = None
+
+    async def _build_in_place(self, store: EventStore, show: Callable[[int, int], None]) -> int:
+        """:meth:`build` on the file in use, which :meth:`distrust` did not find wanting."""
+        await self._run(self._setup)
+        first_hash = await _event_hash(store, 1)
+        await self._run(lambda db: _record_log(db, first_hash))
+        cps = await self.checkpoints()
+        first = min((cps.get(p.name, 0) for p in self.projections), default=0)
+        head = await store.head()
+        if self._sooner_beside(first, head):
+            # A file far behind (a daemon down for long, an old copy): building the
+            # whole log beside, in two processes, is done sooner than catching it up.
+            log.info(
+                "projections_building_beside",
+                path=str(self.path),
+                reason=f"{head - first} of the log's {head} events to apply: sooner built beside",
+            )
+            head = await self.rebuild_beside(store, progress=show)
+            self.ready = True
+            return head
+        self.progress = CatchUpProgress(first=first, target=head, done=first, started=time.monotonic())
+        head = await self.catch_up(store, until=head, progress=show)
+        # Events appended meanwhile: a short second pass before switching over.
+        head = await self.catch_up(store, progress=show)
+        self.ready = True
+        return head
 
     def _sooner_beside(self, applied: int, head: int) -> bool:
         """Whether building the whole log beside (split in two processes) beats applying
@@ -393,8 +408,16 @@ class ProjectionDB:
                 await anyio.to_thread.run_sync(_fsync, new)
                 await anyio.to_thread.run_sync(self._point_at, new)
                 await self._switch_to(new, store)
-            finally:
+            except sqlite3.Error as e:
+                # A full disk, say: the file in use stays as it was, the unfinished one
+                # goes at once (it takes the space the next attempt needs).
                 os.close(building)
+                building = -1
+                await anyio.to_thread.run_sync(self._collect)
+                raise StoreError(f"cannot build the projections in {new}: {e}") from e
+            finally:
+                if building >= 0:
+                    os.close(building)
             await anyio.to_thread.run_sync(self._collect)
             return head
 
@@ -528,7 +551,17 @@ class ProjectionDB:
             if linked == self.file or not linked.exists():
                 return
             log.info("projections_following_rebuild", file=str(linked))
-            await self._switch_to(linked, store)
+            try:
+                await self._switch_to(linked, store)
+                damaged = None
+            except sqlite3.DatabaseError as e:
+                damaged = e
+        if damaged is not None:
+            # Not a projections file (garbage copied over ``path``, say): the one in use
+            # stays until a new one, built from the log, replaces both.
+            log.error("projections_file_unusable", file=str(linked), error=str(damaged), action="rebuilding")
+            await self.rebuild_beside(store)
+            return
         await anyio.to_thread.run_sync(self._collect)
 
     async def __aexit__(self, *exc: object) -> None:
@@ -585,7 +618,7 @@ class ProjectionDB:
                 )
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            rollback(db)
             raise
 
     @staticmethod
@@ -618,6 +651,25 @@ class ProjectionDB:
     # -- catching up -----------------------------------------------------------------------
 
     async def catch_up(
+        self,
+        store: EventStore,
+        *,
+        until: int | None = None,
+        progress: Callable[[int, int], None] | None = None,
+        writer: ThreadConnection | None = None,
+    ) -> int:
+        """:meth:`_catch_up`; a file in use found damaged (garbage written over it: SQLite
+        says "malformed" or "not a database") is rebuilt from the log beside it."""
+        try:
+            return await self._catch_up(store, until=until, progress=progress, writer=writer)
+        except sqlite3.DatabaseError as e:
+            if writer is not None or type(e) is not sqlite3.DatabaseError:
+                raise
+            log.error("projections_file_damaged", file=str(self.file), error=str(e), action="rebuilding it")
+            await self.rebuild_beside(store)
+            return await self._catch_up(store, until=until, progress=progress)
+
+    async def _catch_up(
         self,
         store: EventStore,
         *,
@@ -720,7 +772,7 @@ class ProjectionDB:
                 )
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            rollback(db)
             raise
 
     @functools.cached_property
@@ -857,7 +909,7 @@ def _merge(db: sqlite3.Connection, part: Path, projections: list[Projection], he
         db.execute("COMMIT")
     finally:
         if db.in_transaction:
-            db.execute("ROLLBACK")
+            rollback(db)
         db.execute("DETACH DATABASE part")
 
 

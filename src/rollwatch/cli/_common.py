@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import sqlite3
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -19,7 +20,7 @@ import click
 
 from rollwatch import _interrupt
 from rollwatch.config import Config, load_config
-from rollwatch.errors import ConfigError, RollwatchError, UsageError
+from rollwatch.errors import ConfigError, RollwatchError, StoreError, UsageError
 from rollwatch.log import configure_logging
 
 if TYPE_CHECKING:
@@ -55,6 +56,8 @@ async def current_projections(config: Config, store: EventStore) -> AsyncIterato
     async with ProjectionDB(config.store.projections_path, default_projections(), setup=False) as pdb:
         try:
             await pdb.build(store, progress=show)
+        except sqlite3.Error as e:
+            raise StoreError(f"cannot bring the projections {pdb.path} up to date: {e}") from e
         finally:
             if bar is not None:
                 bar.close()

@@ -20,6 +20,7 @@ rebuild (``rollwatch verify`` names the event when the chain itself is broken).
 from __future__ import annotations
 
 import os
+import sqlite3
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -42,6 +43,9 @@ from rollwatch.integrity.tree import MerkleTree
 from rollwatch.log import get_logger
 
 log = get_logger(__name__)
+
+_RETRY_S = 5.0
+"""Seconds between attempts at a checkpoint that failed on storage."""
 
 STREAM = CHECKPOINT_STREAM
 """The log stream that holds the CheckpointSigned events."""
@@ -247,10 +251,14 @@ class Checkpointer:
                     await self.checkpoint()
                 except IntegrityError:
                     raise
-                except StoreError as e:
-                    # The log is out of reach for now: nothing was appended; sign at
-                    # the next round.
-                    log.warning("checkpoint_failed", error=str(e), retry_in_s=interval)
+                except (StoreError, OSError, sqlite3.OperationalError) as e:
+                    # The log, the tree or the witness file cannot be written for now (a
+                    # database outage, a full disk, a read-only folder): nothing was
+                    # appended; try again shortly (the events that made it due are still
+                    # there: without the pause this would try again at once, forever).
+                    log.error("checkpoint_failed", error=str(e), retry_in_s=_RETRY_S)
+                    await anyio.sleep(_RETRY_S)
+                    continue
                 deadline = anyio.current_time() + interval
 
 

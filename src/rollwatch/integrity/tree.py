@@ -51,7 +51,7 @@ import anyio
 from anyio.abc import TaskStatus
 from anyio.streams.buffered import BufferedByteReceiveStream
 
-from rollwatch._sqlite import ThreadConnection
+from rollwatch._sqlite import ThreadConnection, rollback
 from rollwatch.abc import EventStore
 from rollwatch.errors import IntegrityError, InvalidProof, StoreError
 from rollwatch.events import GENESIS, CheckpointSigned, Recorded
@@ -294,7 +294,7 @@ class MerkleTree:
                 db.execute("INSERT OR REPLACE INTO tree_state VALUES (1, ?, 0, '')", (FORMAT,))
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            rollback(db)
             raise
         return int(row[1]) if row else 0
 
@@ -314,7 +314,7 @@ class MerkleTree:
                 self._clear(db)
                 db.execute("COMMIT")
             except BaseException:
-                db.execute("ROLLBACK")
+                rollback(db)
                 raise
 
         async with self._lock:
@@ -468,6 +468,30 @@ class MerkleTree:
         if file is None:
             await self.follow(store, task_status=task_status)
             return
+        started = False
+
+        class _Started:
+            def started(self, value: object = None) -> None:
+                nonlocal started
+                if not started:
+                    started = True
+                    task_status.started()
+
+        while True:
+            try:
+                await self._follow_with_worker(store, file, _Started())
+                return
+            except IntegrityError:
+                raise
+            except StoreError as e:
+                if not started:
+                    raise
+                # The log or the tree cannot be written for now (a full disk, a lock held
+                # elsewhere, a read-only file): as :meth:`follow` does, start again later.
+                log.error("tree_follow_failed", error=str(e), retry_in_s=5.0)
+                await anyio.sleep(5.0)
+
+    async def _follow_with_worker(self, store: EventStore, file: _FileReader, task_status: Any) -> None:
         size = await self.current_size()
         cmd = [
             sys.executable,
@@ -584,7 +608,7 @@ class MerkleTree:
                 # Another process got here first; keep what it has not absorbed yet.
                 skip = size - first + 1
                 if skip < 0 or skip >= len(leaves):
-                    db.execute("ROLLBACK")
+                    rollback(db)
                     return size
                 leaves = leaves[skip:]
                 cps = [c for c in cps if c[0] > size]
@@ -597,7 +621,7 @@ class MerkleTree:
             db.execute("UPDATE tree_state SET size = ?, last_hash = ?", (size, last_hash))
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            rollback(db)
             raise
         return size
 
@@ -652,7 +676,7 @@ class MerkleTree:
                 db.execute("UPDATE tree_state SET size = ?, last_hash = ''", (size,))
                 db.execute("COMMIT")
             except BaseException:
-                db.execute("ROLLBACK")
+                rollback(db)
                 raise
             return size
 

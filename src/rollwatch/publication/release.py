@@ -25,7 +25,7 @@ import anyio
 from anyio.abc import TaskStatus
 
 from rollwatch.abc import EventStore
-from rollwatch.errors import ConcurrencyConflict
+from rollwatch.errors import ConcurrencyConflict, storage_failure
 from rollwatch.events import (
     PublicationDecided,
     PublicReleased,
@@ -161,6 +161,7 @@ async def release_job(
     held (a jump of the wall clock, or a clock behind the log: :mod:`.clock`).
     """
     task_status.started()
+    failing: str | None = None
     while stop_event is None or not stop_event.is_set():
         if health is not None and not health.ok:
             log.warning("release_withheld", reason="the log was found tampered with")
@@ -176,10 +177,15 @@ async def release_job(
                 await release_due(store, pdb)
             elif not clock.held:
                 await release_due(store, pdb, clock.now())
-            due = await _next_due(pdb)
-        except Exception:
-            log.exception("release_pass_failed", retry_in_s=interval)
-            due = None
+            # Held, what the wall clock says is due waits a whole interval (not a loop).
+            due = None if clock is not None and clock.held else await _next_due(pdb)
+            failing = None
+        except Exception as e:
+            if (failure := storage_failure(e)) is None:
+                log.exception("release_pass_failed", retry_in_s=interval)
+            elif failure != failing:  # once per outage, not once a pass
+                log.error("release_pass_failed", error=failure, retry_in_s=interval)
+            failing, due = failure, None
         wait = interval if due is None else max(0.0, min(interval, due + 0.001))
         with anyio.move_on_after(wait):
             if stop_event is not None:

@@ -29,7 +29,7 @@ from typing import Any
 import anyio
 from anyio.abc import TaskGroup
 
-from rollwatch._sqlite import ThreadConnection
+from rollwatch._sqlite import ThreadConnection, rollback
 from rollwatch.abc import EventStore, WorkBoard
 from rollwatch.errors import IntegrityError, StoreError
 from rollwatch.events import GENESIS, Event, Recorded
@@ -170,11 +170,16 @@ class SQLiteEventStore(EventStore):
             seq = await self._conn().run(self._commit_sync, group, wake_previous)
         except Exception as e:
             self._versions_seen = {}
-            log.error("append_failed", error=str(e), calls=len(group))
+            if self.append_failing != str(e):
+                log.error("append_failed", error=str(e), calls=len(group))
+            self.append_failing = str(e)
             for p in group:
                 p.result = None
                 p.error = p.error or StoreError(f"append to {self.path} failed, nothing was written: {e}")
             return
+        if self.append_failing is not None:
+            log.info("append_recovered", seq=seq)
+            self.append_failing = None
         if seq > self._head:
             self._head = seq
         self._appended.set()
@@ -210,7 +215,7 @@ class SQLiteEventStore(EventStore):
             db.execute("COMMIT")
         except BaseException:
             self._versions_seen = {}
-            db.execute("ROLLBACK")
+            rollback(db)
             raise
         self._versions_at = seq
         return seq

@@ -69,7 +69,7 @@ def build_app(
     health: Health | None = None,
     cannot_run: Callable[[], dict[str, str]] | None = None,
     status: Callable[[], dict[str, object]] | None = None,
-    held: Callable[[], list[str]] | None = None,
+    failing: Callable[[], list[str]] | None = None,
 ) -> ASGIApp:
     """The app with /healthz and /metrics, plus any routes the daemon adds.
 
@@ -79,7 +79,8 @@ def build_app(
     ``cannot_run``: the configured schedules that cannot run, with why (read at each
     request); any makes /healthz answer 503, status ``degraded``, naming them.
     ``status``: more fields for /healthz's body (the projections' state and progress).
-    ``held``: why releases are held (the clock's reasons); any makes /healthz degraded, naming them.
+    ``failing``: what fails now (the log refusing appends, releases held for the clock; read
+    at each request); any makes /healthz answer 503, status ``degraded``, naming them.
     """
     gate = operators or Operators()
 
@@ -95,11 +96,11 @@ def build_app(
                 *(f"schedule {name!r} cannot run: {why}" for name, why in sorted(blocked.items())),
             ]
             body["schedules"] = dict(sorted(blocked.items()))
-        clock = held() if held is not None else []
-        if clock:
+        failures = failing() if failing is not None else []
+        if failures:
             if body["status"] == "ok":
                 body["status"] = "degraded"
-            body["reasons"] = [*body.get("reasons", []), *clock]
+            body["reasons"] = [*body.get("reasons", []), *failures]
         body.update(extra)
         return JSONResponse(body, status_code=200 if body["status"] == "ok" else 503)
 

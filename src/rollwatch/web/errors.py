@@ -7,11 +7,13 @@ that body, so a client parses one shape whichever route answered.
 
 from __future__ import annotations
 
+import sqlite3
+
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from rollwatch.errors import HTTP_CODES, HTTPError
+from rollwatch.errors import HTTP_CODES, HTTPError, storage_failure
 from rollwatch.log import get_logger
 
 log = get_logger("rollwatch.web")
@@ -45,8 +47,20 @@ async def on_unexpected(request: Request, exc: Exception) -> Response:
     return error_response(500, "internal", "internal error; the operator's log has the details")
 
 
+async def on_storage(request: Request, exc: Exception) -> Response:
+    """A SQLite file that cannot answer for now (the log locked, the read models damaged and
+    being rebuilt): 503 with Retry-After, one line in the log; any other SQLite error is a bug."""
+    if storage_failure(exc) is None and type(exc) is not sqlite3.DatabaseError:
+        return await on_unexpected(request, exc)
+    log.warning("http_storage_unavailable", path=request.url.path, error=str(exc))
+    return error_response(
+        503, "unavailable", "the data is not available for now; try again shortly", {"Retry-After": "5"}
+    )
+
+
 EXCEPTION_HANDLERS = {
     HTTPError: on_http_error,
+    sqlite3.DatabaseError: on_storage,
     HTTPException: on_starlette_error,
     Exception: on_unexpected,
 }
