@@ -345,7 +345,8 @@ class TestBatchKill:
                     await _wait_until(lambda: server.polls >= 3)
                 else:
                     server.polls_in_progress = 1
-                    await server.result_requested.wait()
+                    with anyio.fail_after(60):
+                        await server.result_requested.wait()
             finally:
                 if proc.returncode is None:
                     proc.send_signal(signal.SIGKILL)

@@ -290,7 +290,7 @@ class ProviderConfig(_Strict):
     """A stream silent this long is a failed (retried) attempt."""
     batch: bool = False
     """Send this provider's rollouts through its batch API (schedules may override)."""
-    batch_poll: Duration = Field(default=60.0, ge=1.0)
+    batch_poll: Duration = Field(default=60.0, gt=0.0)
     """How often an open batch is polled."""
     batch_linger: Duration = 5.0
     """How long a batch waits for more rollouts before it is submitted."""
