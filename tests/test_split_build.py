@@ -246,7 +246,7 @@ async def test_a_stuck_second_process_is_killed_and_its_half_built_here(tmp_path
             async with ProjectionDB(
                 tmp_path / "two.db", [*default_projections(), *extra], setup=False, split_from=1
             ) as pdb:
-                pdb.split_grace = 1.0
+                pdb.split_grace = 5.0  # time for the second Python to start and hang, on a loaded machine
                 with anyio.fail_after(60):
                     await pdb.build(store)
                 file = pdb.file
