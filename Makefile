@@ -37,6 +37,11 @@ system:
 			|| echo "warning: could not install chromium; the browser tests will fail"; \
 		else echo "warning: /usr/bin/chromium is missing (apt-get install chromium); the browser tests will fail"; fi; \
 	fi
+	@# The storage-fault tests (tests/test_storage_faults.py) hold the log's lock from the sqlite3 shell.
+	@if ! command -v sqlite3 >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq sqlite3) \
+		|| echo "warning: could not install sqlite3; a storage-fault test will fail"; \
+	fi
 	@# The clock tests (tests/publication/test_clock.py) run the daemon under libfaketime.
 	@if ! ls /usr/lib/*/faketime/libfaketime.so.1 >/dev/null 2>&1; then \
 		if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
