@@ -33,6 +33,8 @@ not listed: nothing outside catches them.
 
 from __future__ import annotations
 
+import sqlite3
+
 
 class RollwatchError(Exception):
     """Base class of every error rollwatch raises on purpose."""
@@ -252,8 +254,6 @@ def storage_failure(error: BaseException) -> str | None:
     write: a full disk, a lock held by another process, a read-only file), also when every
     error in a group is one; None for anything else. A loop that retries logs such a failure
     as one line, without a traceback: it is the operator's to fix, not a bug."""
-    import sqlite3
-
     if isinstance(error, BaseExceptionGroup):
         found = [storage_failure(e) for e in error.exceptions]
         return found[0] if all(found) else None

@@ -71,7 +71,7 @@ class ReleaseClock:
         self.behind: float | None = None
         """Seconds the clock is behind the log's newest event, while it is."""
         self._checked_log = False
-        self._newest: datetime | None = None  # the newest event time seen (the log's may be our own, later)
+        self._newest: datetime | None = None  # the log's newest event time, as first read
 
     def now(self) -> datetime:
         """The earlier of the wall clock and the one it left at a jump; notes a jump (or its end)."""
