@@ -157,7 +157,8 @@ def test_bad_option_values_are_bad_usage(tmp_path: Path, args: list[str], messag
 )
 def test_ctrl_c_while_the_command_loads_prints_one_line(tmp_path: Path, program: list[str]) -> None:
     """SIGINT soon after start lands while the modules are imported (before click runs the
-    command): it was a KeyboardInterrupt traceback. Several moments, each checked."""
+    command): it was a KeyboardInterrupt traceback. Several moments, each checked; the later
+    ones land as the finished command exits, where Python died of SIGINT with no word said."""
     config = write_config(tmp_path)
     make_log(tmp_path / "events.db")
     for delay in (0.05, 0.15, 0.25, 0.35):

@@ -25,6 +25,13 @@ def while_loading() -> None:
         signal.signal(signal.SIGINT, _interrupted)
 
 
+def ending() -> None:
+    """The command is done (its output written, its exit code chosen): SIGINT from here on
+    ends the process at once, as while loading. Python would otherwise raise
+    KeyboardInterrupt into its shutdown, and die of SIGINT with no word said."""
+    while_loading()
+
+
 def loaded() -> None:
     """SIGINT raises KeyboardInterrupt again (the command's event loop handles Ctrl-C from here)."""
     if signal.getsignal(signal.SIGINT) is _interrupted:

@@ -143,6 +143,8 @@ def run_command(group: click.Group) -> NoReturn:
             group.main(standalone_mode=False)
         except BaseExceptionGroup as group_error:
             raise _single(group_error) from None
+        finally:
+            _interrupt.ending()
     except (click.exceptions.Abort, KeyboardInterrupt):
         # Ctrl-C (click turns it into Abort inside a command; KeyboardInterrupt while the
         # command's modules load): one line, 130 as shells report a process killed by SIGINT.
