@@ -7,6 +7,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import anyio
@@ -220,3 +221,34 @@ def test_tail_follows_appends_from_another_process(tmp_path: Path) -> None:
     finally:
         tail.kill()
         tail.communicate()
+
+
+def test_an_append_gives_up_on_a_held_lock_after_the_busy_timeout(tmp_path: Path) -> None:
+    """``store.busy_timeout``: an append waits that long for a lock another process holds
+    (here a connection inside ``BEGIN EXCLUSIVE``), then fails naming the lock, writes
+    nothing, and succeeds once the lock is gone."""
+    from rollwatch.config import StoreConfig
+    from rollwatch.errors import StoreError
+    from rollwatch.events import SchedulePaused
+    from rollwatch.store import open_store
+
+    db = tmp_path / "events.db"
+    _fill(db, 3)
+    config = StoreConfig.model_validate({"url": f"sqlite:{db}", "busy_timeout": "200ms"})
+    holder = sqlite3.connect(db, isolation_level=None)
+
+    async def main() -> None:
+        async with open_store(config) as store:
+            holder.execute("BEGIN EXCLUSIVE")
+            t0 = time.monotonic()
+            with pytest.raises(StoreError, match="database is locked"):
+                await store.append("s", [SchedulePaused(schedule="s", note="while locked")])
+            # 0.2 s configured; the default would wait 30 s (an append blocked in SQLite
+            # cannot be cancelled, so this is measured, with a margin far beyond noise).
+            assert time.monotonic() - t0 < 10
+            holder.execute("COMMIT")
+            [rec] = await store.append("s", [SchedulePaused(schedule="s", note="after")])
+            assert rec.seq == 4
+
+    anyio.run(main)
+    holder.close()

@@ -107,6 +107,9 @@ class StoreConfig(_Strict):
     ``$STATE_DIRECTORY``, else ``./var/pg-HOST-PORT-DATABASE/``."""
     retry: Duration = Field(default=60.0, ge=0.0, le=3600.0)
     """PostgreSQL: how long a lost connection is retried before the operation fails."""
+    busy_timeout: Duration = Field(default=30.0, gt=0.0, le=3600.0)
+    """SQLite: how long an append waits for a lock another process holds on the log (a
+    ``sqlite3`` shell inside a transaction, say) before it fails."""
 
     @field_validator("url")
     @classmethod

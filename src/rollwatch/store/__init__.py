@@ -18,7 +18,7 @@ def open_store(config: StoreConfig, *, read_only: bool = False) -> EventStore:
     if path is not None:
         from rollwatch.store.sqlite import SQLiteEventStore
 
-        return SQLiteEventStore(path, read_only=read_only)
+        return SQLiteEventStore(path, read_only=read_only, busy_timeout=config.busy_timeout)
     from rollwatch.store.postgres import PostgresEventStore
 
     return PostgresEventStore(config.url, retry_for=config.retry)

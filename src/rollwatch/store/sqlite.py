@@ -99,11 +99,14 @@ def _insert(db: sqlite3.Connection, rows: list[Recorded]) -> None:
 class SQLiteEventStore(EventStore):
     """The SQLite implementation of :class:`rollwatch.abc.EventStore`."""
 
-    def __init__(self, path: Path | str, *, read_only: bool = False) -> None:
+    def __init__(self, path: Path | str, *, read_only: bool = False, busy_timeout: float = 30.0) -> None:
         super().__init__()
         self.path = Path(path)
         self.read_only = read_only
         """Open an existing file for reading only: nothing is created, ``append`` refuses."""
+        self.busy_timeout = busy_timeout
+        """Seconds a statement waits for a lock another process holds before it fails."""
+        self._busy = f"PRAGMA busy_timeout={max(1, round(busy_timeout * 1000))}"
         self._writer_db: ThreadConnection | None = None
         self._reader_db: ThreadConnection | None = None
         self._writer = GroupCommitter(self._commit, lambda: self.append_observer)
@@ -120,10 +123,10 @@ class SQLiteEventStore(EventStore):
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self._writer_db = await ThreadConnection.open(self.path, PRAGMAS)
+            self._writer_db = await ThreadConnection.open(self.path, self._pragmas(PRAGMAS))
             stack.push_async_callback(self._writer_db.close)
             await self._writer_db.run(lambda db: db.executescript(SCHEMA))
-            self._reader_db = await ThreadConnection.open(self.path, READER_PRAGMAS)
+            self._reader_db = await ThreadConnection.open(self.path, self._pragmas(READER_PRAGMAS))
             stack.push_async_callback(self._reader_db.close)
         except sqlite3.Error as e:
             raise StoreError(f"cannot open the event log {self.path}: {e}") from e
@@ -139,7 +142,7 @@ class SQLiteEventStore(EventStore):
         if not await anyio.Path(self.path).is_file():
             raise StoreError(f"there is no event log at {self.path}")
         try:
-            self._reader_db = await ThreadConnection.open(self.path, READ_ONLY_PRAGMAS)
+            self._reader_db = await ThreadConnection.open(self.path, self._pragmas(READ_ONLY_PRAGMAS))
             stack.push_async_callback(self._reader_db.close)
             await self._reader_db.fetchall("SELECT 1 FROM events LIMIT 1")
         except sqlite3.Error as e:
@@ -275,7 +278,11 @@ class SQLiteEventStore(EventStore):
         return await self._conn(reader=True).run(read) if want else {}
 
     def opener(self) -> Callable[[], EventStore]:
-        return functools.partial(SQLiteEventStore, self.path, read_only=True)
+        return functools.partial(SQLiteEventStore, self.path, read_only=True, busy_timeout=self.busy_timeout)
+
+    def _pragmas(self, pragmas: tuple[str, ...]) -> tuple[str, ...]:
+        """``pragmas`` with this store's busy timeout."""
+        return tuple(self._busy if p.startswith("PRAGMA busy_timeout") else p for p in pragmas)
 
     async def head(self) -> int:
         rows = await self._conn(reader=True).fetchall("SELECT MAX(seq) FROM events")
