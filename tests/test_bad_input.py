@@ -90,6 +90,16 @@ def test_a_postgres_url_with_a_bad_port_is_a_config_error(tmp_path: Path, url: s
     assert lines[-1] == "  store.url: the port must be a number up to 65535", lines
 
 
+@pytest.mark.parametrize("value", ['"0s"', "inf", '"-1s"'])
+def test_a_busy_timeout_of_zero_or_forever_is_a_config_error(tmp_path: Path, value: str) -> None:
+    """Zero would fail every append the moment another process reads the log's lock."""
+    config = tmp_path / "rollwatch.toml"
+    config.write_text(f'[store]\nurl = "sqlite:///{tmp_path}/events.db"\nbusy_timeout = {value}\n')
+    make_log(tmp_path / "events.db")
+    lines = _clean(rollwatch("report", "--config", str(config)), 2)
+    assert any(line.strip().startswith("store.busy_timeout:") for line in lines[1:]), lines
+
+
 def test_projections_that_name_a_folder_are_a_config_error(tmp_path: Path) -> None:
     config = tmp_path / "rollwatch.toml"
     config.write_text(f'[store]\nurl = "sqlite:///{tmp_path}/events.db"\nprojections = "{tmp_path}"\n')
