@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -57,3 +58,120 @@ def test_ctrl_c_stops_serve_cleanly_with_no_traceback(tmp_path: Path) -> None:
     assert proc.returncode == 0, err
     assert "Traceback" not in err
     assert "KeyboardInterrupt" not in err
+
+
+def _log_with_events(db: Path, n: int = 200) -> None:
+    """A log the Merkle worker and the scrub have something to do with."""
+    import anyio
+
+    from rollwatch.events import SchedulePaused
+    from rollwatch.store.sqlite import SQLiteEventStore
+
+    async def fill() -> None:
+        async with SQLiteEventStore(db) as store:
+            for i in range(n):
+                await store.append(f"s{i % 7}", [SchedulePaused(schedule=f"s{i}", note="x" * 200)])
+
+    anyio.run(fill)
+
+
+def _serve(tmp_path: Path) -> tuple[subprocess.Popen[str], int]:
+    port = _free_port()
+    config = tmp_path / "rollwatch.toml"
+    config.write_text(
+        f'[store]\nurl = "sqlite:///{tmp_path}/events.db"\n[server]\nlisten = "127.0.0.1:{port}"\n'
+        '[integrity]\nscrub_interval = "1s"\n'
+    )
+    _log_with_events(tmp_path / "events.db")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rollwatch", "serve", "--config", str(config)],
+        cwd=tmp_path,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 60
+    while True:
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, "serve did not become healthy"
+        time.sleep(0.1)
+    return proc, port
+
+
+def _children(pid: int) -> set[int]:
+    """The processes ``pid`` started (its workers), read from /proc."""
+    out: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        out |= {int(c) for c in (task / "children").read_text().split()}
+    return out
+
+
+def _merkle_worker(pid: int) -> int | None:
+    for w in _children(pid):
+        with contextlib.suppress(FileNotFoundError):
+            if b"rollwatch.integrity._worker" in Path(f"/proc/{w}/cmdline").read_bytes():
+                return w
+    return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_sigterm_to_the_whole_group_stops_serve_cleanly(tmp_path: Path) -> None:
+    """SIGTERM to serve's whole process group (``timeout``, ``kill -- -PGID``, a unit
+    without ``KillMode=mixed``) is a clean stop, exit 0: the workers are not in the group.
+    Before, the Merkle worker died of it and serve exited 1, "the Merkle tree worker
+    exited with status -15"."""
+    proc, _ = _serve(tmp_path)
+    try:
+        deadline = time.monotonic() + 30
+        while _merkle_worker(proc.pid) is None:
+            assert time.monotonic() < deadline, "no Merkle worker started"
+            time.sleep(0.05)
+        workers = _children(proc.pid)
+        # Whether the worker dies before serve has begun to stop is a race (serve lost it
+        # when busy, at a million events): what decides it is that the signal cannot
+        # reach a worker at all.
+        assert all(os.getpgid(w) != proc.pid for w in workers), "a worker is in serve's group"
+        os.killpg(proc.pid, signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 0, err
+    bad = [line for line in err.splitlines() if line.startswith("error") or '"level": "error"' in line]
+    assert not bad, bad
+    assert "Traceback" not in err
+
+
+def test_workers_die_with_a_killed_serve(tmp_path: Path) -> None:
+    """serve killed with SIGKILL (nothing of it can clean up): every worker it started ends
+    too, none is left running on its own."""
+    proc, _ = _serve(tmp_path)
+    try:
+        deadline = time.monotonic() + 30
+        while _merkle_worker(proc.pid) is None:
+            assert time.monotonic() < deadline, "no Merkle worker started"
+            time.sleep(0.05)
+        workers = _children(proc.pid)
+        proc.kill()
+        proc.communicate(timeout=60)
+        deadline = time.monotonic() + 30
+        while left := {w for w in workers if _alive(w)}:
+            assert time.monotonic() < deadline, f"workers left running: {left}"
+            time.sleep(0.05)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)

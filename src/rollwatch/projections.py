@@ -25,7 +25,6 @@ used as it is until the first rebuild.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import fcntl
 import functools
 import gc
@@ -34,7 +33,6 @@ import math
 import operator
 import os
 import pickle
-import signal
 import sqlite3
 import sys
 import threading
@@ -47,6 +45,7 @@ from typing import Any
 import anyio
 import orjson
 
+from rollwatch import _child
 from rollwatch import events as e
 from rollwatch._sqlite import ThreadConnection, rollback
 from rollwatch.abc import EventStore, Projection
@@ -812,7 +811,7 @@ async def _build_in_process(
     stderr, so to the journal under systemd; its stdout carries only why it failed.
     """
     request = pickle.dumps((opener, projections, str(file), head))
-    env = dict(os.environ)
+    env = _child.env()
     # The process imports rollwatch from where this process did.
     env["PYTHONPATH"] = os.pathsep.join(filter(None, (_SRC, env.get("PYTHONPATH"))))
     try:
@@ -821,12 +820,12 @@ async def _build_in_process(
                 sys.executable,
                 "-c",
                 "from rollwatch.projections import build_part; build_part()",
-                str(os.getpid()),
             ],
             input=request,
             check=False,
             env=env,
             stderr=None,
+            start_new_session=True,
         )
     except OSError as exc:
         return f"could not start {sys.executable}: {exc}"
@@ -845,24 +844,11 @@ def _remove(db: Path) -> None:
         Path(f"{db}{extra}").unlink(missing_ok=True)
 
 
-def _die_with_parent() -> None:
-    """Be killed when the process that started this one dies (Linux), even by SIGKILL: a
-    build nobody will use must not run on."""
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    if sys.argv[1:] and os.getppid() != int(sys.argv[1]):  # it died before that
-        os._exit(1)
-
-
-_PR_SET_PDEATHSIG = 1
-
-
 def build_part() -> None:
     """The second process of a split build: read what to build from stdin (pickled by
     :func:`_build_in_process`), build it, exit 0; else log the error (stderr), write its
     message to stdout and exit 1."""
-    _die_with_parent()
+    _child.die_with_parent()
     opener, projections, file, head = pickle.load(sys.stdin.buffer)  # noqa: S301 (our own parent's)
 
     async def build() -> None:

@@ -24,6 +24,7 @@ from typing import NoReturn, TypeVar
 
 import anyio
 
+from rollwatch import _child
 from rollwatch.errors import IntegrityError
 from rollwatch.integrity.tree import MerkleTree, SQLiteLogFile
 from rollwatch.log import configure_logging
@@ -70,10 +71,11 @@ async def main(log_path: str, tree_path: str, batch: int) -> int:
 
 def run_as_worker(fn: Callable[..., Awaitable[int]], *args: object) -> NoReturn:
     """Run ``fn(*args)`` as the body of a worker process the daemon started, and exit
-    with its status. Ctrl-C on a terminal reaches the whole process group; the daemon
-    stops its workers itself (stdin closed, or cancelled), so a worker ignores SIGINT
-    rather than die with a traceback."""
+    with its status. The daemon starts it in a session of its own and stops it itself
+    (stdin closed, or cancelled); it dies with the daemon (:mod:`rollwatch._child`).
+    SIGINT is ignored all the same, should it come from outside."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _child.die_with_parent()
     configure_logging(os.environ.get("ROLLWATCH_LOG_LEVEL", "info"))
     sys.exit(anyio.run(fn, *args))
 

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 
+from rollwatch import _child
 from rollwatch.errors import IntegrityError, StoreError
 from rollwatch.integrity.verify import TreeReport, check_log_tree, read_kept
 from rollwatch.log import get_logger
@@ -106,7 +107,13 @@ async def scrub_pass(target: ScrubTarget) -> tuple[int, float]:
     """
     started = time.monotonic()
     cmd = [sys.executable, "-m", "rollwatch.integrity.scrub", target.to_json()]
-    result = await anyio.run_process(cmd, check=False, stderr=None)
+    result = await anyio.run_process(
+        cmd,
+        check=False,
+        stderr=None,
+        start_new_session=True,
+        env=_child.env(),  # see rollwatch._child
+    )
     lines = result.stdout.decode(errors="replace").strip().splitlines()
     last = lines[-1] if lines else f"error the scrub exited with status {result.returncode}"
     kind, _, rest = last.partition(" ")

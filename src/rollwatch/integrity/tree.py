@@ -51,6 +51,7 @@ import anyio
 from anyio.abc import TaskStatus
 from anyio.streams.buffered import BufferedByteReceiveStream
 
+from rollwatch import _child
 from rollwatch._sqlite import ThreadConnection, rollback
 from rollwatch.abc import EventStore
 from rollwatch.errors import IntegrityError, InvalidProof, StoreError
@@ -503,7 +504,12 @@ class MerkleTree:
         ]
         failure: BaseException | None = None
         async with await anyio.open_process(
-            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None
+            cmd,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=None,
+            start_new_session=True,  # see rollwatch._child
+            env=_child.env(),
         ) as proc:
             assert proc.stdin is not None
             assert proc.stdout is not None
