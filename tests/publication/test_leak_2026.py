@@ -10,9 +10,12 @@ import anyio
 import httpx
 import pytest
 
+from rollwatch.metrics import Metrics
+from rollwatch.web.app import build_app
 from tests.integrity.conftest import append_n
 from tests.integrity.test_tlog_tiles import Live, add_released, live_log
 from tests.publication.helpers import add_rollout, new_run_id, start_run
+from tests.web.test_http import server
 
 pytestmark = pytest.mark.anyio
 
@@ -55,6 +58,19 @@ class TestSharedCaches:
                 assert "private" in cache or "no-store" in cache, (path, cache)
                 assert "authorization" in r.headers.get("vary", "").lower(), path
             assert hidden.encode() in (await c.get(partial)).content  # what is at stake
+
+    async def test_the_operators_metrics_are_not_for_shared_caches(self) -> None:
+        """``/metrics`` shows the operator (here: loopback) the pass counts, and went out with
+        no ``Cache-Control`` at all: a shared cache may then keep a 200 for a heuristic time
+        (Varnish: 2 min by default) and hand the operator's counts to the next client, whose
+        address ``Vary`` cannot name. The operator's copy must be ``private`` or ``no-store``."""
+        metrics = Metrics()
+        metrics.rollouts.update({"answered": 4, "passed": 3})
+        async with server(build_app(metrics)) as url, httpx.AsyncClient(base_url=url) as c:
+            r = await c.get("/metrics")
+        assert 'outcome="passed"' in r.text  # the operator's figures
+        cache = [d.strip() for d in r.headers.get("cache-control", "").split(",")]
+        assert "no-store" in cache or "private" in cache, cache
 
 
 class TestLiveSizeInTheFeed:
