@@ -4,17 +4,31 @@ keeps of the operator's answers, what the public feed tells of the live log, and
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import anyio
 import httpx
 import pytest
 
+from rollwatch.abc import EventStore
+from rollwatch.events import PublicationDecided, RolloutScored
 from rollwatch.metrics import Metrics
+from rollwatch.publication import feeds
+from rollwatch.publication.policy import decide
+from rollwatch.publication.public import public_view
 from rollwatch.web.app import build_app
 from tests.integrity.conftest import append_n
 from tests.integrity.test_tlog_tiles import Live, add_released, live_log
-from tests.publication.helpers import add_rollout, new_run_id, start_run
+from tests.publication.helpers import (
+    add_rollout,
+    finish_run,
+    make_config,
+    new_run_id,
+    rollout_events,
+    serving,
+    start_run,
+)
 from tests.web.test_http import server
 
 pytestmark = pytest.mark.anyio
@@ -99,3 +113,65 @@ class TestLiveSizeInTheFeed:
             assert after.text == before.text
             assert after.headers["etag"] == before.headers["etag"]
             assert f'"size":{head}' not in after.text.replace(" ", "")
+
+
+DAY = 86400.0
+
+
+async def add_decided(store: EventStore, run: str, rid: str, *, passed: bool, embargo: str) -> None:
+    """One rollout whose decisions are those ``publication.policy.decide`` makes under
+    ``[publication] embargo = EMBARGO`` (the daemon's own, not the helper's)."""
+    evs = [e for e in rollout_events(rid, run, passed=passed) if not isinstance(e, PublicationDecided)]
+    scored = next(e for e in evs if isinstance(e, RolloutScored))
+    policy = make_config(publication={"embargo": embargo}).publication
+    await store.append(f"rollout-{rid}", [*evs, *decide(policy, scored, datetime.now(UTC))])
+
+
+class TestRunsDisclosedByTheirVerdicts:
+    async def test_when_a_run_is_disclosed_does_not_tell_whether_it_passed(self, tmp_path: Path) -> None:
+        """A run's pass rate is disclosed an embargo after its last score. That embargo was
+        the largest one its public decisions carried, else (no pass: no public decision)
+        the one configured now. Once the operator shortened the embargo (90 days, then 30),
+        a run with a pass decided under 90 days stayed off the chart while a run of
+        failures scored the same day went on it at day 30: from day 30 to 90 anyone could
+        tell the runs with passes under embargo from those without, counts of the
+        embargoed switched off or not. Two logs differing in one verdict under embargo
+        must give the same public page, feeds and chart on every day."""
+        runs = {"a": new_run_id(), "b": new_run_id(), "c": new_run_id()}
+        now_config = make_config(publication={"embargo": "30d", "embargo_counts": False})
+
+        async def answers(folder: Path, a_passed: bool) -> dict[int, tuple[bytes, str, list[object]]]:
+            folder.mkdir()
+            async with serving(folder, now_config) as env:
+                for run in runs.values():
+                    await start_run(env.store, run)
+                # Decided while the embargo was 90 days. a: the verdict that differs;
+                # b: a failure in both logs; c: a pass in both logs.
+                verdicts = {"a": a_passed, "b": False, "c": True}
+                for name, run in runs.items():
+                    await add_decided(env.store, run, f"rid-{name}", passed=verdicts[name], embargo="90d")
+                    await finish_run(env.store, run, rollouts=1, passed=int(verdicts[name]))
+                await env.api.current()
+                out = {}
+                start = datetime.now(UTC)
+                for day in (1, 31, 60, 89, 91):
+                    view = await public_view(
+                        env.store,
+                        env.pdb,
+                        now=start + timedelta(days=day),
+                        embargo_default=30 * DAY,
+                        embargo_counts=False,
+                    )
+                    chart = [(s.label, p.run_id, p.passed, p.rollouts) for s in view.series for p in s.points]
+                    page = feeds.html_page(view, embargo_s=30 * DAY)
+                    out[day] = (feeds.json_feed_bytes(view, "http://feed.test/"), page, chart)
+                return out
+
+        passed = await answers(tmp_path / "passed", True)
+        failed = await answers(tmp_path / "failed", False)
+        for day in (1, 31, 60, 89):
+            assert passed[day][2] == failed[day][2], (day, passed[day][2], failed[day][2])
+            assert passed[day][:2] == failed[day][:2], day
+        # The control: once 90 days are over, the runs are shown, and differ by that verdict.
+        assert (runs["b"], 0, 1) in [c[1:] for c in failed[91][2]]
+        assert passed[91][2] != failed[91][2]
