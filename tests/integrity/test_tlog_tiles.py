@@ -455,7 +455,7 @@ class TestLiveTiles:
                 # Entry bundles (the operator's, on loopback) hash to the level-0 tile.
                 r = client.get(live.url + "tile/entries/001")
                 assert r.status_code == 200
-                assert r.headers["cache-control"] == "public, max-age=31536000, immutable"
+                assert r.headers["cache-control"] == "private, max-age=31536000, immutable"
                 for i, entry in enumerate(read_bundle_entries(r.content)):
                     verify_entry(v, 256 + i, entry)
                 record = client.get(live.url + f"public/rollouts/{rid}.json").json()

@@ -55,11 +55,12 @@ class TestAsManyDecisionsWhateverTheVerdict:
 
     def test_a_failure_is_decided_none_beside_subscribers(self) -> None:
         """Only positives are ever public: a failed verdict (a scorer error included)
-        goes to subscribers, and its second decision says "nothing for the public"."""
+        goes to subscribers, and its second decision says "nothing for the public", with
+        the embargo in force (its run's figures wait for it, as for a pass)."""
         subscribers, none = decide(PublicationConfig(embargo=3600), verdict(False), NOW)
         assert (subscribers.audience, none.rollout_id, none.audience) == ("subscribers", "r-1", "none")
         assert parse_rfc3339(none.not_before) == NOW
-        assert none.embargo_s == 0.0
+        assert none.embargo_s == 3600
 
     @pytest.mark.parametrize(
         "decided",

@@ -15,7 +15,8 @@ server's root as its prefix, and ``/public/`` too (as in ``publish export`` outp
 ``GET /checkpoint`` (the note above), ``GET /tile/<L>/<N>[.p/<W>]``
 (hash tiles, anyone) and ``GET /tile/entries/<N>[.p/<W>]`` (entry bundles, the
 operator only: they hold every event, results under embargo included; anyone else
-gets 403). Full tiles are cached for a year, partial ones for a minute; a malformed
+gets 403). Full tiles are cached for a year, partial ones for a minute (entry bundles
+``private``: no shared cache may hand the operator's copy to anyone else); a malformed
 path is a 400, a tile the tree does not hold yet a 404.
 
 Proofs and hash tiles are served for the signed tree only (sizes up to the latest
@@ -184,8 +185,13 @@ def tlog_routes(
             t = parse_tile_path(request.path_params["path"])
         except TilePathError as e:
             raise BadRequest(str(e)) from None
+        cache = FULL_CACHE if t.full else PARTIAL_CACHE
+        headers = {"Cache-Control": cache}
         try:
             if t.level is None:
+                # The operator's answer: no shared cache (a CDN, a caching proxy) may keep it
+                # for the next client; only the operator's own browser may.
+                headers = {"Cache-Control": cache.replace("public", "private"), "Vary": "Authorization"}
                 if not await gate.allows(request):
                     raise Forbidden(
                         "entry bundles hold every event, results under embargo included: operator only; "
@@ -198,8 +204,7 @@ def tlog_routes(
             raise NotFound(f"{t.path()} is not in the tree yet: {e}", _NO_STORE) from None
         except EntryTooLong as e:
             raise NotFound(str(e)) from None
-        cache = FULL_CACHE if t.full else PARTIAL_CACHE
-        return Response(body, media_type="application/octet-stream", headers={"Cache-Control": cache})
+        return Response(body, media_type="application/octet-stream", headers=headers)
 
     # At the root (SPEC §7) and under /public/, where `publish export` output is usually
     # hosted: one tlog prefix for the daemon and its static copy alike.

@@ -227,7 +227,7 @@ class PublicAggregatesProjection(Projection):
 
     name = "public_aggregates"
     build_weight = 0.7
-    version = 2  # 2: re-scores (a flip to pass makes a positive result; a flip to fail supersedes)
+    version = 3  # 2: re-scores (a flip to pass makes a positive result; a flip to fail supersedes); 3: "none" embargoes
     tables = ("pa_rollouts", "pa_cells", "pa_runs", "pa_pending", "pa_run_ends")
     types = frozenset(
         {
@@ -345,16 +345,21 @@ class PublicAggregatesProjection(Projection):
                     columns = (SUPERSEDED,)
                 state[SUPERSEDED] = 0 if ev.passed else 1
             elif kind == _DECIDED:
-                # Once only: a second decision changes nothing.
-                if ev.audience != "public" or state[DECIDED]:
-                    continue
                 embargo_s = ev.embargo_s
-                nb_ts = parse_rfc3339(ev.not_before).timestamp()
-                state[DECIDED] = 1
-                state[EMBARGO_S] = embargo_s if type(embargo_s) is float else _real(db, embargo_s)
-                state[NB_TS] = nb_ts
-                state[NOT_BEFORE] = _text(db, ev.not_before)
-                columns = (DECIDED, EMBARGO_S, NB_TS, NOT_BEFORE)
+                embargo_s = embargo_s if type(embargo_s) is float else _real(db, embargo_s)
+                if ev.audience == "none" and embargo_s:
+                    # The embargo in force (as the public projection): the run's disclosure
+                    # waits for the largest, whatever its verdicts.
+                    state[EMBARGO_S] = _larger(state[EMBARGO_S], embargo_s)
+                    columns = (EMBARGO_S,)
+                elif ev.audience != "public" or state[DECIDED]:  # once only: a second changes nothing
+                    continue
+                else:
+                    state[DECIDED] = 1
+                    state[EMBARGO_S] = _larger(state[EMBARGO_S], embargo_s)
+                    state[NB_TS] = parse_rfc3339(ev.not_before).timestamp()
+                    state[NOT_BEFORE] = _text(db, ev.not_before)
+                    columns = (DECIDED, EMBARGO_S, NB_TS, NOT_BEFORE)
             else:  # released, once only
                 if state[RELEASED]:
                     continue
@@ -449,6 +454,11 @@ class _Rollouts:
 def _text(db: sqlite3.Connection, v: Any) -> Any:
     """``v`` as a TEXT column stores it (and compares it): as it is if a string or NULL."""
     return v if v is None or type(v) is str else _stored(db, "t", v)
+
+
+def _larger(have: Any, embargo: Any) -> Any:
+    """The larger of a rollout's embargo (None: none yet) and a decision's."""
+    return embargo if have is None or embargo > have else have
 
 
 def _real(db: sqlite3.Connection, v: Any) -> Any:

@@ -5,10 +5,11 @@ A released item stands for its rollout's ``RolloutScored`` event (or the
 at hand (:mod:`rollwatch.integrity`), the item's ``_rollwatch`` object carries what
 :func:`rollwatch.integrity.routes.inclusion_fields` gives: the event's ``seq``,
 ``leaf_index``, ``canonical`` JSON and ``leaf_hash``, and an inclusion proof
-``{"size", "path"}``. The proof is for the latest signed checkpoint's size when that
-checkpoint covers the event, so an auditor checks it against the checkpoint it just
-verified; otherwise for the tree as it stands (the auditor then waits for the next
-checkpoint). An event the tree has not absorbed yet gets its leaf fields only.
+``{"size", "path"}`` for the latest signed checkpoint's size, so an auditor checks it
+against the checkpoint it just verified. An event after that checkpoint gets its leaf
+fields only (the auditor waits for the next checkpoint): a proof against the tree as it
+stands would tell anyone the log's live size, which the public routes keep to the
+signed tree (its steps between checkpoints time each verdict under embargo).
 
 Proofs are O(log n) node reads, made only for the items served; those under the
 latest checkpoint are kept until the next one.
@@ -58,38 +59,23 @@ class InclusionProofs:
         self._size = 0
         self._kept: dict[int, dict[str, Any]] = {}  # seq -> fields for a tree of self._size
 
-    async def fields(self, items: Iterable[Released]) -> tuple[ItemFields, tuple[int, int]]:
-        """The fields of each of ``items`` (by rollout id), and the tree sizes they were made for.
-
-        The sizes, ``(checkpoint size, tree size)``, identify the answer: the same
-        items with the same sizes get the same fields. The tree size is 0 when every
-        item is under the checkpoint (so a growing tree does not change the answer).
-        """
+    async def fields(self, items: Iterable[Released]) -> tuple[ItemFields, int]:
+        """The fields of each of ``items`` (by rollout id), and the checkpoint size they
+        were made for: the same items with the same size get the same fields."""
         latest = await self.tree.latest_checkpoint()
         signed = latest.size if latest is not None else 0
         if signed != self._size or len(self._kept) > _KEEP:
             self._size, self._kept = signed, {}
         kept = self._kept
-        current = 0
         out: ItemFields = {}
         for r in items:
             seq = r.scored_seq
             if seq is None:  # no score recorded: nothing the item could be checked against
                 continue
-            if seq <= signed:
-                if seq not in kept:
-                    ev = await _event(self.store, seq)
-                    if ev is None:
-                        continue
-                    kept[seq] = await inclusion_fields(self.tree, ev, signed)
-                out[r.rollout_id] = kept[seq]
-                continue
-            # After the checkpoint: prove it in the tree as it stands, if the tree has it yet.
-            current = current or await self.tree.current_size()
-            ev = await _event(self.store, seq)
-            if ev is None:
-                continue
-            out[r.rollout_id] = (
-                await inclusion_fields(self.tree, ev, current) if seq <= current else _leaf_only(ev)
-            )
-        return out, (signed, current)
+            if seq not in kept:
+                ev = await _event(self.store, seq)
+                if ev is None:
+                    continue
+                kept[seq] = await inclusion_fields(self.tree, ev, signed) if seq <= signed else _leaf_only(ev)
+            out[r.rollout_id] = kept[seq]
+        return out, signed

@@ -11,7 +11,8 @@ Every verdict appends as many decisions, whatever it says: the public checkpoint
 one event more than a failure would let anyone count the passes still under embargo
 from the sizes around a run. So the decision beside "subscribers" is always exactly one
 more: ``public`` for a pass not decided public yet, else ``none`` ("nothing of this
-verdict goes to the public", dated now, no embargo). A first verdict is always
+verdict goes to the public", dated now, with the embargo in force, which dates the
+disclosure of its run's pass rate). A first verdict is always
 ``RolloutScored`` and two decisions; a re-score always ``RolloutRescored`` and one (two
 if "subscribers" was somehow undecided, which does not depend on the verdict either).
 Every reader takes ``none`` as no public decision; logs from before it (a failure with
@@ -68,5 +69,12 @@ def decide(
             )
         )
     else:
-        decisions.append(PublicationDecided(rollout_id=rid, audience="none", not_before=rfc3339(now)))
+        # The embargo in force, as a public decision would carry it: a run's figures are
+        # disclosed that long after its last score, so a run of failures waits as long as
+        # one with a pass decided today (see publication.public).
+        decisions.append(
+            PublicationDecided(
+                rollout_id=rid, audience="none", not_before=rfc3339(now), embargo_s=policy.embargo
+            )
+        )
     return decisions

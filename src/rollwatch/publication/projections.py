@@ -412,8 +412,9 @@ class PublicProjection(Projection):
     build_weight = 0.6
     # 2: scored_seq (the event a released item's inclusion proof is for); 3: superseded;
     # 4: a re-score's flip to pass makes a positive result; 5: public_rollouts WITHOUT ROWID (one
-    # b-tree, not a table and its key's index: a quarter less time writing them)
-    version = 5
+    # b-tree, not a table and its key's index: a quarter less time writing them); 6: embargo_s is
+    # the largest of every decision's, "none" included
+    version = 6
     tables = ("public_rollouts", "public_runs")
     types = frozenset({"RunStarted", "RunFinished"}) | _ROLLOUT_EVENTS
     ddl = """
@@ -507,7 +508,16 @@ class PublicProjection(Projection):
                         nb = ev.not_before
                         if (ts := epochs.get(nb)) is None:
                             ts = epochs[nb] = _epoch(nb)
-                        row[_NOT_BEFORE : _DECIDED_SEQ + 1] = (nb, ts, ev.embargo_s, rec.seq)
+                        row[_NOT_BEFORE : _DECIDED_SEQ + 1] = (
+                            nb,
+                            ts,
+                            _larger(row[_EMBARGO], ev.embargo_s),
+                            rec.seq,
+                        )
+                    elif ev.audience == "none" and ev.embargo_s:
+                        # The embargo in force when a verdict was decided not public (none
+                        # before 2026-12: 0): the run's disclosure waits for the largest.
+                        row[_EMBARGO] = _larger(row[_EMBARGO], ev.embargo_s)
                 elif k == _P_RELEASED and (r := row[_RELEASED_SEQ]) != r:  # not released yet
                     row[_RELEASED_AT : _RELEASED_SEQ + 1] = (rec.at, rec.seq)
             elif k == _P_RUN_STARTED:
@@ -527,7 +537,7 @@ class PublicProjection(Projection):
 
 # Positions in a public_rollouts row (PublicProjection._COLUMNS).
 _COST, _ANSWER_SEQ, _PASSED, _SCORED_SEQ = 7, 8, 9, 14
-_NOT_BEFORE, _DECIDED_SEQ, _RELEASED_AT, _RELEASED_SEQ, _SUPERSEDED_AT = 15, 18, 19, 20, 21
+_NOT_BEFORE, _EMBARGO, _DECIDED_SEQ, _RELEASED_AT, _RELEASED_SEQ, _SUPERSEDED_AT = 15, 17, 18, 19, 20, 21
 _EMPTY_TAIL = (NULL,) * 17
 """A new row's columns after ``requested_at``."""
 assert PublicProjection._COLUMNS[_COST] == "cost_usd"
@@ -538,9 +548,15 @@ assert PublicProjection._COLUMNS[_PASSED : _SCORED_SEQ + 1] == (
 assert PublicProjection._COLUMNS[_NOT_BEFORE : _DECIDED_SEQ + 1] == (
     "not_before", "not_before_ts", "embargo_s", "decided_seq"
 )  # fmt: skip
+assert PublicProjection._COLUMNS[_EMBARGO] == "embargo_s"
 assert PublicProjection._COLUMNS[_RELEASED_AT : _RELEASED_SEQ + 1] == ("released_at", "released_seq")
 assert PublicProjection._COLUMNS[_SUPERSEDED_AT:] == ("superseded_at", "superseded_seq", "superseded_hash")
 assert len(PublicProjection._COLUMNS) == 7 + len(_EMPTY_TAIL)
+
+
+def _larger(have: Any, embargo: Any) -> Any:
+    """The larger of a row's embargo (NULL: none yet) and a decision's."""
+    return embargo if have != have or have is None or embargo > have else have
 
 
 def publication_projections() -> list[Projection]:

@@ -8,8 +8,10 @@ forged release, or a clock ahead on another node, from showing anything early.
 The chart needs rates, so it needs the rollouts that failed too (never shown one by
 one). A run's figures for one model are disclosed once the run has finished, every
 public decision among its rollouts has been released, and its last score is older
-than the embargo: the largest ``embargo_s`` its decisions carry, or, for a run with
-no positive result (no decision to read it from), the configured embargo.
+than the embargo: the largest ``embargo_s`` its decisions carry, "none" decisions
+included (each carries the embargo in force, so a run of failures waits as long as one
+with a pass decided the same day: when a run shows tells nothing of its verdicts), or,
+where no decision carries one (a log from before), the configured embargo.
 """
 
 from __future__ import annotations
@@ -373,7 +375,7 @@ async def public_view(
     for run_id, prov, model, n, passed, last_ts, emb, decided, released, finished in await _run_groups(
         pdb, ts, maintained
     ):
-        embargo = float(emb) if decided and emb is not None else embargo_default
+        embargo = float(emb) if emb is not None else embargo_default
         if decided != released or last_ts + embargo > ts:
             continue
         fin = parse_rfc3339(finished)

@@ -475,11 +475,11 @@ class PublicationAPI:
         if self.proofs is None:
             return await self._public(request, "json", feeds.json_feed_bytes, "application/feed+json")
         v = await self.view()
-        extra, (signed, current) = await self.proofs.fields(v.recent)
+        extra, signed = await self.proofs.fields(v.recent)
         return self._rendered(
             request,
             v,
-            f"json@{signed}:{current}",
+            f"json@{signed}",
             lambda view, base: feeds.json_feed_bytes(view, base, extra),
             "application/feed+json",
         )

@@ -108,7 +108,10 @@ def build_app(
         body, content_type = metrics.render(
             results=await gate.allows(request), accept=request.headers.get("accept", "")
         )
-        return Response(body, headers={"Content-Type": content_type, "Vary": "Authorization, Accept"})
+        # No cache may keep it: the operator's copy holds the pass counts, and who is the
+        # operator depends on the peer's address too, which no Vary can name.
+        headers = {"Content-Type": content_type, "Vary": "Authorization, Accept", "Cache-Control": "no-store"}
+        return Response(body, headers=headers)
 
     routes = [Route("/healthz", healthz), Route("/metrics", metrics_route), *(extra_routes or [])]
     return AccessLog(Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS))
