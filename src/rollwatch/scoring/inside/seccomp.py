@@ -13,6 +13,9 @@ Denied with EPERM (the call fails; the program goes on and can report it):
 * new namespaces (``unshare``, ``setns``, ``clone`` with any ``CLONE_NEW*``
   flag) and every way to mount (``mount``, ``umount2``, ``pivot_root``,
   ``chroot``, the new mount API, ``open_by_handle_at``);
+* memory no address space counts: ``memfd_create``, ``memfd_secret``, SysV
+  ``shmget`` and ``msgget`` (their pages live on with no mapping, so RLIMIT_AS never
+  sees them: without a memory cgroup, one sample held gigabytes under a 256 MB limit);
 * ``bpf``, ``perf_event_open``, ``userfaultfd``, ``io_uring_*``, kernel modules,
   ``kexec_*``, ``reboot``, swap, ``acct``, ``quotactl``, the clocks, ``syslog``,
   host names, ``iopl``/``ioperm`` and the other legacy ones;
@@ -119,6 +122,10 @@ _TABLE: dict[str, tuple[int | None, int | None]] = {
     "ioperm": (173, None),
     "uselib": (134, None),
     "_sysctl": (156, None),
+    "memfd_create": (319, 279),
+    "memfd_secret": (447, 447),
+    "shmget": (29, 194),
+    "msgget": (68, 186),
 }
 DENIED = tuple(_TABLE)
 """System calls a sample may never make."""

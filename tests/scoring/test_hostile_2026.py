@@ -1,0 +1,81 @@
+"""Session 2026's hostile answers: memory no limit sees, and more ways to bend a verdict.
+
+Each test is an attack by a model that games its tests, against the real pool (real
+sandboxes of each backend, real subprocesses). Those that found a hole failed before
+the fix named in their docstring; the others cover ground no earlier test did.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import anyio
+import pytest
+
+from rollwatch.report.failures import verdict_cause
+from rollwatch.scoring import ScoringPool
+
+from .conftest import BACKENDS, fenced, nothing_left, settings, stdio_problem
+from .test_hostile import honest_still_passes, storable
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(params=BACKENDS)
+async def pool_256(request: pytest.FixtureRequest) -> AsyncIterator[ScoringPool]:
+    """A one-slot pool whose samples may use 256 MB each."""
+    async with ScoringPool(settings(request.param, workers=1, memory_mb=256)) as p:
+        yield p
+    await nothing_left()
+
+
+# Memory held in objects that live on with no mapping: RLIMIT_AS (the memory limit where
+# no memory cgroup exists) counts mapped pages only. Each answer holds 384 MB under a
+# 256 MB limit and says so; scaled up (256 memfds of 64 MB a process, SysV segments
+# without end) it takes the host's memory.
+UNMAPPED_MEMORY = {
+    "memfd": """
+import os
+chunk, fds, held = b"x" * (1 << 20), [], 0
+try:
+    for i in range(12):
+        fd = os.memfd_create("m%d" % i)
+        for _ in range(32):
+            os.write(fd, chunk)
+        fds.append(fd)
+        held += 32
+except OSError as e:
+    print("refused:", e)
+print("held" if held >= 384 else "only %d MB" % held)
+""",
+    "sysv-shm": """
+import ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+libc.shmat.restype = ctypes.c_void_p
+held = 0
+for i in range(12):
+    ident = libc.shmget(0, 32 << 20, 0o1600)  # IPC_PRIVATE, IPC_CREAT | 0600
+    if ident < 0:
+        print("refused: errno", ctypes.get_errno())
+        break
+    addr = libc.shmat(ident, None, 0)
+    ctypes.memset(addr, 1, 32 << 20)
+    libc.shmdt(ctypes.c_void_p(addr))  # unmapped: no longer in the address space, still in memory
+    held += 32
+print("held" if held >= 384 else "only %d MB" % held)
+""",
+}
+
+
+@pytest.mark.parametrize("name", sorted(UNMAPPED_MEMORY))
+async def test_memory_outside_the_address_space_is_refused(pool_256: ScoringPool, name: str) -> None:
+    """memfds and SysV segments held 384 MB under memory_mb = 256 (both passed before the
+    seccomp filter denied memfd_create, memfd_secret, shmget and msgget)."""
+    problem = stdio_problem([("", "held\n")], timeout=10.0)
+    with anyio.fail_after(30):
+        s = await pool_256.score(problem, fenced(UNMAPPED_MEMORY[name]))
+    assert not s.passed, s
+    assert "refused" in s.detail["first_failure"]["difference"], s
+    storable(s)
+    assert verdict_cause(s.reason)[0] == "model", s
+    await honest_still_passes(pool_256)
