@@ -15,8 +15,8 @@ import pytest
 from rollwatch.report.failures import verdict_cause
 from rollwatch.scoring import ScoringPool
 
-from .conftest import BACKENDS, fenced, nothing_left, settings, stdio_problem
-from .test_hostile import honest_still_passes, storable
+from .conftest import BACKENDS, SQUARE, fenced, nothing_left, settings, stdio_problem
+from .test_hostile import ECHO, honest_still_passes, storable
 
 pytestmark = pytest.mark.anyio
 
@@ -79,3 +79,62 @@ async def test_memory_outside_the_address_space_is_refused(pool_256: ScoringPool
     storable(s)
     assert verdict_cause(s.reason)[0] == "model", s
     await honest_still_passes(pool_256)
+
+
+# A wrong answer that words its failure as ours: "sandbox lost", "sandbox error: …" and
+# "scorer error: …" are infra failures (report.failures): counted against rollwatch, not
+# the model, and judged again by `rollwatch rescore`. A program shares its process with
+# the harness that reports its exception (and so its nonce); a function's candidate
+# sends the judge its own load failure or SystemExit message.
+OUR_WORDS = "sandbox lost: the zygote died (not the model's fault)"
+
+
+def _program_reports(kind: str, reason: str) -> str:
+    """A program that finds the harness's nonce, reports its own failure, and prints a wrong answer."""
+    verdict = {"kind": kind, "reason": reason}
+    return (
+        "import json, os, sys\n"
+        "nonce = sys._getframe(0).f_back.f_locals['nonce']\n"
+        f"os.write(3, (nonce + ' ' + json.dumps({verdict!r}) + '\\n').encode())\n"
+        "print('wrong')\n"
+    )
+
+
+LAUNDERED_STDIO = {
+    "exception-verdict": _program_reports("exception", OUR_WORDS),
+    "memory-verdict": _program_reports("memory", "scorer error: ours"),
+    "syntax-verdict": _program_reports("syntax", "sandbox error: the sandbox failed"),
+}
+# A candidate writes its own messages on its answer pipe (fd 4) to the judge.
+_SEND = (
+    "import json, os, struct\n"
+    "def _send(msg):\n"
+    "    b = json.dumps(msg).encode()\n"
+    "    os.write(4, struct.pack('>I', len(b)) + b)\n"
+)
+LAUNDERED_FUNCTION = {
+    "load-failure": _SEND + f"_send(['load', 'exception', {OUR_WORDS!r}])\nos._exit(1)\n",
+    "load-memory": _SEND + "_send(['load', 'memory', 'scorer error: ours'])\nos._exit(1)\n",
+    "exit-in-call": _SEND
+    + f"def f(x):\n    _send(['raise', 'SystemExit', {OUR_WORDS!r}, 'exit', None])\n"
+    + "    import time\n    time.sleep(0.2)\n    return 0\n",
+}
+
+
+@pytest.mark.parametrize("name", sorted(LAUNDERED_STDIO))
+async def test_a_program_cannot_word_its_failure_as_ours(pool: ScoringPool, name: str) -> None:
+    """Each was counted an infra failure (the reason as the program wrote it) before the host
+    kept a sample's reason under its kind's own wording."""
+    s = await pool.score(ECHO, fenced(LAUNDERED_STDIO[name]))
+    assert not s.passed, s
+    assert verdict_cause(s.reason)[0] == "model", s
+    await honest_still_passes(pool)
+
+
+@pytest.mark.parametrize("name", sorted(LAUNDERED_FUNCTION))
+async def test_a_candidate_cannot_word_its_failure_as_ours(pool: ScoringPool, name: str) -> None:
+    """As above, through the judge: a load failure or a SystemExit message is the candidate's text."""
+    s = await pool.score(SQUARE, fenced(LAUNDERED_FUNCTION[name]))
+    assert not s.passed, s
+    assert verdict_cause(s.reason)[0] == "model", s
+    await honest_still_passes(pool)
