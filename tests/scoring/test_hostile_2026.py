@@ -7,6 +7,7 @@ the fix named in their docstring; the others cover ground no earlier test did.
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 
 import anyio
@@ -14,6 +15,7 @@ import pytest
 
 from rollwatch.report.failures import verdict_cause
 from rollwatch.scoring import ScoringPool
+from rollwatch.scoring.extract import WHOLE_TEXT_MAX, extract_code
 
 from .conftest import BACKENDS, SQUARE, fenced, nothing_left, settings, stdio_problem
 from .test_hostile import ECHO, honest_still_passes, storable
@@ -138,3 +140,16 @@ async def test_a_candidate_cannot_word_its_failure_as_ours(pool: ScoringPool, na
     assert not s.passed, s
     assert verdict_cause(s.reason)[0] == "model", s
     await honest_still_passes(pool)
+
+
+def test_a_long_unfenced_answer_is_not_parsed_on_the_event_loop() -> None:
+    """1.2 MB of unfenced, valid Python: extraction parsed it whole on the daemon's event
+    loop (5-30 s on our shared machine, every run and request stalled); now no code found
+    at once. Unfenced code up to WHOLE_TEXT_MAX is still taken."""
+    text = "x = 1\n" * 200_000 + "def f(x):\n    return x * x\n"
+    started = time.perf_counter()
+    ex = extract_code(text, "f")
+    assert time.perf_counter() - started < 0.5
+    assert ex.method == "none"
+    short = "x = 1\n" * (WHOLE_TEXT_MAX // 6 - 10) + "def f(x):\n    return x * x\n"
+    assert extract_code(short, "f").method == "whole-text"
