@@ -7,12 +7,15 @@ the fix named in their docstring; the others cover ground no earlier test did.
 
 from __future__ import annotations
 
+import textwrap
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import anyio
 import pytest
 
+from rollwatch.problems import Problem, load_problem
 from rollwatch.report.failures import verdict_cause
 from rollwatch.scoring import ScoringPool
 from rollwatch.scoring.extract import WHOLE_TEXT_MAX, extract_code
@@ -153,3 +156,46 @@ def test_a_long_unfenced_answer_is_not_parsed_on_the_event_loop() -> None:
     assert ex.method == "none"
     short = "x = 1\n" * (WHOLE_TEXT_MAX // 6 - 10) + "def f(x):\n    return x * x\n"
     assert extract_code(short, "f").method == "whole-text"
+
+
+def _command_problem(tmp_path: Path, checker: str) -> Problem:
+    folder = tmp_path / "cmd"
+    folder.mkdir(exist_ok=True)
+    (folder / "check.py").write_text(textwrap.dedent(checker))
+    (folder / "problem.toml").write_text(
+        'prompt = "p"\n[scorer]\nkind = "command"\ncommand = ["python3", "check.py"]\ntimeout = "5s"\n'
+    )
+    return load_problem(folder)
+
+
+# A checker that decides by its exit status, as the command protocol allows, and names
+# what it got (topo-order's does: "n=1: the prerequisites have a cycle, expected IMPOSSIBLE").
+EXIT_STATUS_CHECKER = """
+import os, subprocess, sys
+out = subprocess.run([os.environ["ROLLWATCH_RUN"], sys.argv[1]], input=b"2\\n", capture_output=True).stdout
+if out.strip() != b"4":
+    print("expected 4, got", out.decode(errors="replace").strip()[:100])
+    sys.exit(1)
+"""
+
+
+async def test_a_checkers_failing_exit_status_is_the_models_failure(
+    pool: ScoringPool, tmp_path: Path
+) -> None:
+    """Every wrong answer a checker failed by exit status ("checker: <its last line>") was
+    counted an infra failure (checker_error: our judging broke) and queued for `rescore`,
+    whatever the answer printed; it is the model's wrong answer. A checker that cannot
+    start, times out, dies by a signal or gives a score that is not a number stays ours."""
+    problem = _command_problem(tmp_path, EXIT_STATUS_CHECKER)
+    assert (await pool.score(problem, fenced("print(int(input()) ** 2)"))).passed
+    for code in ("print(5)", f"print({OUR_WORDS!r})"):
+        s = await pool.score(problem, fenced(code))
+        assert not s.passed, s
+        assert s.reason.startswith("checker: expected 4, got"), s
+        assert verdict_cause(s.reason) == ("model", "wrong_answer"), s
+    for reason in (
+        "checker timeout (60s)",
+        "checker killed by signal SIGSEGV",
+        "checker: score is not a number",
+    ):
+        assert verdict_cause(reason) == ("infra", "checker_error"), reason
