@@ -199,3 +199,32 @@ async def test_a_checkers_failing_exit_status_is_the_models_failure(
         "checker: score is not a number",
     ):
         assert verdict_cause(reason) == ("infra", "checker_error"), reason
+
+
+# The same checker, but it shows what it got on a line of its own, last: the program's
+# output is then the checker's last line, which the protocol reads as JSON.
+ECHOING_CHECKER = """
+import os, subprocess, sys
+out = subprocess.run([os.environ["ROLLWATCH_RUN"], sys.argv[1]], input=b"2\\n", capture_output=True).stdout
+if out.strip() != b"4":
+    print("expected 4, got:")
+    print(out.decode(errors="replace").strip()[:300])
+    sys.exit(1)
+"""
+ECHOED_VERDICTS = {
+    "reason-in-our-words": {"passed": False, "score": 0.0, "reason": OUR_WORDS},
+    "passed-against-the-exit-status": {"passed": True},
+}
+
+
+@pytest.mark.parametrize("name", sorted(ECHOED_VERDICTS))
+async def test_an_echoed_verdict_is_not_worded_as_ours(pool: ScoringPool, tmp_path: Path, name: str) -> None:
+    """A program printing a JSON verdict through a checker that echoes it: its own reason
+    ("sandbox lost: …") or a pass the exit status denies ("checker said passed but exited
+    1", with score 1.0) made the failure ours (infra, re-scored). Still a failure, now the
+    model's, and no credit."""
+    problem = _command_problem(tmp_path, ECHOING_CHECKER)
+    s = await pool.score(problem, fenced(f"import json\nprint(json.dumps({ECHOED_VERDICTS[name]!r}))"))
+    assert not s.passed, s
+    assert verdict_cause(s.reason)[0] == "model", s
+    assert s.score == 0.0, s

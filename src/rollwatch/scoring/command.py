@@ -37,6 +37,8 @@ from rollwatch.scoring.base import Outcome, Sandbox, Scorer
 from rollwatch.scoring.sandbox import ONESHOT, SANDBOX_ENV, sandbox_python
 
 _CHECKER_OUTPUT = 1024 * 1024
+_OUR_WORDS = ("scorer error", "sandbox", "checker")
+"""How rollwatch's own failures start (report/failures.py): never the opening of a checker's reason."""
 
 
 async def _read_capped(stream: ByteReceiveStream | None, sink: bytearray) -> None:
@@ -165,12 +167,16 @@ class CommandScorer(Scorer):
             passed = bool(verdict["passed"]) if "passed" in verdict else score >= 1.0
             detail["checker"] = verdict
             if passed and code != 0:
+                # Likely the program's own JSON, echoed as the checker's last line: no credit.
                 return Outcome(
-                    passed=False, score=score, reason=f"checker said passed but exited {code}", detail=detail
+                    passed=False, score=0.0, reason=f"checker said passed but exited {code}", detail=detail
                 )
             why = verdict.get("reason")
             # Only text or a number: the checker may echo the candidate's output, nested at will.
             why = str(why)[:1000] if isinstance(why, str | int | float) and why != "" else None
+            if why is not None and why.startswith(_OUR_WORDS):
+                # Echoed, a program's "sandbox lost" would count its failure as ours.
+                why = "the checker's verdict: " + why
             reason = "passed" if passed else why or "the checker's verdict: not passed"
             return Outcome(passed=passed, score=score, reason=reason, detail=detail)
         if code == 0:
