@@ -7,9 +7,12 @@ the fix named in their docstring; the others cover ground no earlier test did.
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 import textwrap
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import anyio
@@ -228,3 +231,55 @@ async def test_an_echoed_verdict_is_not_worded_as_ours(pool: ScoringPool, tmp_pa
     assert not s.passed, s
     assert verdict_cause(s.reason)[0] == "model", s
     assert s.score == 0.0, s
+
+
+@pytest.fixture
+def problem_under_usr() -> Iterator[Path]:
+    """A problem folder where an operator might install problem sets: under /usr/local/share."""
+    top = Path("/usr/local/share")
+    if not os.access(top, os.W_OK):
+        pytest.skip("/usr/local/share is not writable here")
+    folder = Path(tempfile.mkdtemp(prefix="rollwatch-problem-", dir=top))
+    try:
+        (folder / "tests.py").write_text(SECRET_TESTS)
+        (folder / "problem.toml").write_text(
+            'prompt = "def f(x): ..."\n[scorer]\nkind = "python-function"\nentry_point = "f"\n'
+            'tests = "tests.py"\ntimeout = "5s"\n'
+        )
+        folder.chmod(0o755)
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+SECRET_TESTS = """
+def check(candidate):
+    for x in range(-5, 30):
+        assert candidate(x) == (x * 7919 + 17) % 1009, x
+"""
+# Finds the tests in the file system (every folder the sandbox shows is read-only /usr, /lib...)
+# and answers from their text.
+READS_THE_TESTS = r"""
+import os, re
+_known = {}
+for root, _, files in os.walk("/usr/local/share"):
+    if "tests.py" in files and "problem.toml" in files:
+        text = open(os.path.join(root, "tests.py")).read()
+        for x in range(-5, 30):
+            _known[x] = eval(re.search(r"== (.*), x", text).group(1), {"x": x})
+def f(x):
+    return _known.get(x, 0)
+"""
+
+
+async def test_a_problem_folder_the_sandbox_shows_is_refused(
+    pool: ScoringPool, problem_under_usr: Path
+) -> None:
+    """The sandbox shows /usr (and /bin, /lib, the interpreter's prefix) read-only: with a
+    problem set installed there, an answer read the tests and passed without solving
+    anything. Such a problem is now not scored at all: a scorer error naming the folder."""
+    problem = load_problem(problem_under_usr)
+    s = await pool.score(problem, fenced(READS_THE_TESTS))
+    assert not s.passed, s
+    assert s.reason.startswith("scorer error: the problem's folder"), s
+    assert str(problem_under_usr) in s.reason, s

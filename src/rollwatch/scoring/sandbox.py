@@ -179,6 +179,18 @@ def fs_plan(settings: ScoringSettings) -> list[list[Any]]:
     return out
 
 
+def shown_to_samples(path: str | os.PathLike[str], plan: list[list[Any]]) -> str | None:
+    """The folder of the sandbox's view (``plan``, see ``fs_plan``) through which every
+    sample can read ``path``, if there is one."""
+    real = os.path.realpath(path)
+    for step in plan:
+        if step[0] == "ro-bind":
+            src = os.path.realpath(step[1])
+            if real == src or real.startswith(src.rstrip("/") + "/"):
+                return str(step[1])
+    return None
+
+
 class ZygoteSandbox(Sandbox):
     """A zygote serving one slot; subclasses say how it is isolated."""
 
