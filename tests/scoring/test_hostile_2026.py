@@ -37,11 +37,12 @@ async def pool_256(request: pytest.FixtureRequest) -> AsyncIterator[ScoringPool]
     await nothing_left()
 
 
-# Memory held in objects that live on with no mapping: RLIMIT_AS (the memory limit where
-# no memory cgroup exists) counts mapped pages only. Each answer holds 384 MB under a
-# 256 MB limit and says so; scaled up (256 memfds of 64 MB a process, SysV segments
-# without end) it takes the host's memory.
-UNMAPPED_MEMORY = {
+# Memory held where no limit of the sample looks: RLIMIT_AS (the memory limit where no
+# memory cgroup exists) counts mapped pages only, not memfds or SysV segments that live on
+# unmapped, nor the kernel's socket buffers. Each answer holds 384 MB under a 256 MB limit
+# and says so; scaled up (256 memfds of 64 MB a process, SysV segments without end, the
+# host's whole TCP budget) it takes the host's memory.
+UNCOUNTED_MEMORY = {
     "memfd": """
 import os
 chunk, fds, held = b"x" * (1 << 20), [], 0
@@ -72,16 +73,40 @@ for i in range(12):
     held += 32
 print("held" if held >= 384 else "only %d MB" % held)
 """,
+    # Kernel socket buffers: a sender whose peer never reads. TCP's are charged to the host's
+    # one budget for every TCP socket (tcp_mem), the daemon's included.
+    "tcp-loopback-buffers": """
+import socket
+keep, total, chunk = [], 0, b"x" * (1 << 20)
+try:
+    ls = socket.socket()
+    ls.bind(("127.0.0.1", 0))
+    ls.listen(200)
+    while total < (384 << 20) and len(keep) < 240:
+        c = socket.create_connection(ls.getsockname())
+        s, _ = ls.accept()
+        keep += [c, s]
+        c.setblocking(False)
+        while True:
+            try:
+                total += c.send(chunk)
+            except BlockingIOError:
+                break
+except OSError as e:
+    print("refused:", e)
+print("held" if total >= (384 << 20) else "only %d MB" % (total >> 20))
+""",
 }
 
 
-@pytest.mark.parametrize("name", sorted(UNMAPPED_MEMORY))
+@pytest.mark.parametrize("name", sorted(UNCOUNTED_MEMORY))
 async def test_memory_outside_the_address_space_is_refused(pool_256: ScoringPool, name: str) -> None:
-    """memfds and SysV segments held 384 MB under memory_mb = 256 (both passed before the
-    seccomp filter denied memfd_create, memfd_secret, shmget and msgget)."""
+    """memfds, SysV segments and TCP buffers on the sandbox's loopback held 384 MB under
+    memory_mb = 256 (each passed before the seccomp filter denied memfd_create,
+    memfd_secret, shmget and msgget, and IPv4/IPv6 sockets)."""
     problem = stdio_problem([("", "held\n")], timeout=10.0)
     with anyio.fail_after(30):
-        s = await pool_256.score(problem, fenced(UNMAPPED_MEMORY[name]))
+        s = await pool_256.score(problem, fenced(UNCOUNTED_MEMORY[name]))
     assert not s.passed, s
     assert "refused" in s.detail["first_failure"]["difference"], s
     storable(s)
