@@ -308,3 +308,30 @@ async def test_a_problem_folder_the_sandbox_shows_is_refused(
     assert not s.passed, s
     assert s.reason.startswith("scorer error: the problem's folder"), s
     assert str(problem_under_usr) in s.reason, s
+
+
+async def test_unix_sockets_asyncio_and_multiprocessing_still_work(pool: ScoringPool) -> None:
+    """What the socket refusal leaves: Unix sockets (asyncio's own self-pipe is one) and a
+    multiprocessing pool; only IPv4 and IPv6 are refused, with EPERM."""
+    code = """
+import asyncio, errno, multiprocessing, socket
+a, b = socket.socketpair()
+a.sendall(b"ping")
+assert b.recv(4) == b"ping"
+async def _twice(x):
+    await asyncio.sleep(0)
+    return 2 * x
+assert asyncio.run(_twice(3)) == 6
+with multiprocessing.get_context("fork").Pool(2) as p:
+    assert p.map(abs, [-1, -2]) == [1, 2]
+for family in (socket.AF_INET, socket.AF_INET6):
+    try:
+        socket.socket(family, socket.SOCK_STREAM)
+        raise AssertionError("an IP socket opened")
+    except PermissionError as e:
+        assert e.errno == errno.EPERM
+def f(x):
+    return x * x
+"""
+    s = await pool.score(SQUARE, fenced(code))
+    assert s.passed, s
