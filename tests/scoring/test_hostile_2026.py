@@ -311,8 +311,9 @@ async def test_a_problem_folder_the_sandbox_shows_is_refused(
 
 
 async def test_unix_sockets_asyncio_and_multiprocessing_still_work(pool: ScoringPool) -> None:
-    """What the socket refusal leaves: Unix sockets (asyncio's own self-pipe is one) and a
-    multiprocessing pool; only IPv4 and IPv6 are refused, with EPERM."""
+    """What the socket refusal leaves: Unix sockets (asyncio's own self-pipe is one), a
+    multiprocessing pool, netlink (if_nameindex); IPv4, IPv6 and the other families fail
+    with EPERM."""
     code = """
 import asyncio, errno, multiprocessing, socket
 a, b = socket.socketpair()
@@ -324,12 +325,21 @@ async def _twice(x):
 assert asyncio.run(_twice(3)) == 6
 with multiprocessing.get_context("fork").Pool(2) as p:
     assert p.map(abs, [-1, -2]) == [1, 2]
-for family in (socket.AF_INET, socket.AF_INET6):
+assert [n for _, n in socket.if_nameindex()] == ["lo"]  # over netlink
+for family, kind in ((socket.AF_INET, socket.SOCK_STREAM), (socket.AF_INET, socket.SOCK_DGRAM),
+                     (socket.AF_INET6, socket.SOCK_STREAM), (socket.AF_PACKET, socket.SOCK_RAW),
+                     (socket.AF_VSOCK, socket.SOCK_STREAM), (socket.AF_ALG, socket.SOCK_SEQPACKET),
+                     (30, socket.SOCK_RDM)):  # AF_TIPC
     try:
-        socket.socket(family, socket.SOCK_STREAM)
-        raise AssertionError("an IP socket opened")
+        socket.socket(family, kind)
+        raise AssertionError("a socket of family %d opened" % family)
     except PermissionError as e:
         assert e.errno == errno.EPERM
+try:
+    socket.socketpair(socket.AF_INET)
+    raise AssertionError("an IP socket pair opened")
+except PermissionError:
+    pass
 def f(x):
     return x * x
 """

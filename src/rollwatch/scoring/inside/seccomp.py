@@ -16,11 +16,13 @@ Denied with EPERM (the call fails; the program goes on and can report it):
 * memory no address space counts: ``memfd_create``, ``memfd_secret``, SysV
   ``shmget`` and ``msgget`` (their pages live on with no mapping, so RLIMIT_AS never
   sees them: without a memory cgroup, one sample held gigabytes under a 256 MB limit);
-* IPv4 and IPv6 sockets (``socket`` with ``AF_INET`` or ``AF_INET6``), loopback
-  included: a sample has no network to use them on, and their buffers are kernel
-  memory no limit of the sample counts, charged to the host's one TCP budget
-  (``tcp_mem``): a sample held 384 MB on its loopback under a 256 MB limit, and
-  enough of them would starve every TCP connection on the host, the daemon's too;
+* sockets of any family but ``AF_UNIX`` and ``AF_NETLINK`` (``socket``,
+  ``socketpair``): IPv4 and IPv6 on its loopback included. A sample has no network
+  to use them on; TCP's buffers are kernel memory no limit of the sample counts,
+  charged to the host's one TCP budget (``tcp_mem``): a sample held 384 MB on its
+  loopback under a 256 MB limit, and enough of them would starve every TCP
+  connection on the host, the daemon's too. The rarer families (TIPC, RDS, vsock,
+  AF_ALG...) are kernel code, some loaded on first use, no answer needs;
 * ``bpf``, ``perf_event_open``, ``userfaultfd``, ``io_uring_*``, kernel modules,
   ``kexec_*``, ``reboot``, swap, ``acct``, ``quotactl``, the clocks, ``syslog``,
   host names, ``iopl``/``ioperm`` and the other legacy ones;
@@ -148,8 +150,9 @@ TARGETED = tuple(_SIGNALS)
 """System calls that may not be aimed (first argument) at a protected process."""
 
 _SOCKET = {"x86_64": 41, "aarch64": 198}
-DENIED_DOMAINS = {"AF_INET": 2, "AF_INET6": 10}
-"""Socket address families a sample may not open (``socket``'s first argument)."""
+_SOCKETPAIR = {"x86_64": 53, "aarch64": 199}
+ALLOWED_DOMAINS = {"AF_UNIX": 1, "AF_NETLINK": 16}
+"""The only socket address families a sample may open (``socket``'s first argument)."""
 _CLONE = {"x86_64": 56, "aarch64": 220}
 _CLONE3 = 435
 _ARCHES = {"x86_64": (0xC000003E, 0), "aarch64": (0xC00000B7, 1)}
@@ -172,6 +175,8 @@ def number(name: str, machine: str | None = None) -> int | None:
         return _CLONE[machine]
     if name == "socket":
         return _SOCKET[machine]
+    if name == "socketpair":
+        return _SOCKETPAIR[machine]
     if name == "clone3":
         return _CLONE3
     return None
@@ -225,6 +230,7 @@ def build(protected: list[int], machine: str | None = None) -> bytes:
     a.op(_JEQ_K, _CLONE[machine], "clone", 0)
     a.op(_JEQ_K, _CLONE3, "enosys", 0)
     a.op(_JEQ_K, _SOCKET[machine], "socket", 0)
+    a.op(_JEQ_K, _SOCKETPAIR[machine], "socket", 0)
     for nrs2 in _SIGNALS.values():
         a.op(_JEQ_K, nrs2[col], "target", 0)
     a.op(_RET_K, _RET_ALLOW)
@@ -234,8 +240,10 @@ def build(protected: list[int], machine: str | None = None) -> bytes:
     a.op(_RET_K, _RET_ALLOW)
     a.label("socket")
     a.op(_LD_W_ABS, _ARG0_LO)  # the address family, an int
-    for domain in DENIED_DOMAINS.values():
-        a.op(_JEQ_K, domain, "deny", 0)
+    for domain in ALLOWED_DOMAINS.values():
+        a.op(_JEQ_K, domain, "allow", 0)
+    a.op(_RET_K, _RET_ERRNO | EPERM)
+    a.label("allow")
     a.op(_RET_K, _RET_ALLOW)
     a.label("target")
     a.op(_LD_W_ABS, _ARG0_LO)  # pid_t is 32 bits: the kernel reads only the low word
