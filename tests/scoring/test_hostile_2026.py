@@ -73,6 +73,22 @@ for i in range(12):
     held += 32
 print("held" if held >= 384 else "only %d MB" % held)
 """,
+    # Semaphore sets: kernel memory, 32000 semaphores a set, 32000 sets a namespace.
+    "sysv-semaphores": """
+import ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+def avail():
+    for line in open("/proc/meminfo"):
+        if line.startswith("MemAvailable"):
+            return int(line.split()[1]) >> 10
+before = avail()
+for i in range(200):
+    if libc.semget(0, 32000, 0o1600) < 0:  # IPC_PRIVATE, IPC_CREAT | 0600
+        print("refused: errno", ctypes.get_errno())
+        break
+held = before - avail()
+print("held" if held >= 384 else "only %d MB" % held)
+""",
     # Kernel socket buffers: a sender whose peer never reads. TCP's are charged to the host's
     # one budget for every TCP socket (tcp_mem), the daemon's included.
     "tcp-loopback-buffers": """
@@ -101,9 +117,9 @@ print("held" if total >= (384 << 20) else "only %d MB" % (total >> 20))
 
 @pytest.mark.parametrize("name", sorted(UNCOUNTED_MEMORY))
 async def test_memory_outside_the_address_space_is_refused(pool_256: ScoringPool, name: str) -> None:
-    """memfds, SysV segments and TCP buffers on the sandbox's loopback held 384 MB under
-    memory_mb = 256 (each passed before the seccomp filter denied memfd_create,
-    memfd_secret, shmget and msgget, and IPv4/IPv6 sockets)."""
+    """memfds, SysV segments and semaphore sets, TCP buffers on the sandbox's loopback:
+    each held 384 MB under memory_mb = 256 (each passed before the seccomp filter denied
+    memfd_create, memfd_secret, shmget, msgget and semget, and IPv4/IPv6 sockets)."""
     problem = stdio_problem([("", "held\n")], timeout=10.0)
     with anyio.fail_after(30):
         s = await pool_256.score(problem, fenced(UNCOUNTED_MEMORY[name]))

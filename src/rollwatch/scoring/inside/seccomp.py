@@ -13,9 +13,10 @@ Denied with EPERM (the call fails; the program goes on and can report it):
 * new namespaces (``unshare``, ``setns``, ``clone`` with any ``CLONE_NEW*``
   flag) and every way to mount (``mount``, ``umount2``, ``pivot_root``,
   ``chroot``, the new mount API, ``open_by_handle_at``);
-* memory no address space counts: ``memfd_create``, ``memfd_secret``, SysV
-  ``shmget`` and ``msgget`` (their pages live on with no mapping, so RLIMIT_AS never
-  sees them: without a memory cgroup, one sample held gigabytes under a 256 MB limit);
+* memory no address space counts: ``memfd_create``, ``memfd_secret`` and SysV IPC
+  (``shmget``, ``msgget``, ``semget``): their pages live on with no mapping, or in the
+  kernel, so RLIMIT_AS never sees them; without a memory cgroup, one sample held 384 MB
+  under a 256 MB limit in each, and semaphore sets alone go to tens of gigabytes;
 * sockets of any family but ``AF_UNIX`` and ``AF_NETLINK`` (``socket``,
   ``socketpair``): IPv4 and IPv6 on its loopback included. A sample has no network
   to use them on; TCP's buffers are kernel memory no limit of the sample counts,
@@ -133,6 +134,7 @@ _TABLE: dict[str, tuple[int | None, int | None]] = {
     "memfd_secret": (447, 447),
     "shmget": (29, 194),
     "msgget": (68, 186),
+    "semget": (64, 190),
 }
 DENIED = tuple(_TABLE)
 """System calls a sample may never make."""
