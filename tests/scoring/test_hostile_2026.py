@@ -202,12 +202,16 @@ def test_a_long_unfenced_answer_is_not_parsed_on_the_event_loop() -> None:
     assert extract_code(short, "f").method == "whole-text"
 
 
-def _command_problem(tmp_path: Path, checker: str) -> Problem:
+def _command_problem(
+    tmp_path: Path, checker: str, *, timeout: str = "5s", checker_timeout: str | None = None
+) -> Problem:
     folder = tmp_path / "cmd"
     folder.mkdir(exist_ok=True)
     (folder / "check.py").write_text(textwrap.dedent(checker))
+    extra = f'checker_timeout = "{checker_timeout}"\n' if checker_timeout else ""
     (folder / "problem.toml").write_text(
-        'prompt = "p"\n[scorer]\nkind = "command"\ncommand = ["python3", "check.py"]\ntimeout = "5s"\n'
+        'prompt = "p"\n[scorer]\nkind = "command"\ncommand = ["python3", "check.py"]\n'
+        f'timeout = "{timeout}"\n{extra}'
     )
     return load_problem(folder)
 
@@ -361,3 +365,30 @@ def f(x):
 """
     s = await pool.score(SQUARE, fenced(code))
     assert s.passed, s
+
+
+async def test_a_slow_answer_that_outlasts_its_checker_is_the_models_timeout(
+    pool: ScoringPool, tmp_path: Path
+) -> None:
+    """Each run within its own limit, but slow enough that a checker running the program
+    many times ran out of its budget: "checker timeout", an infra failure (ours, queued for
+    `rescore`, which spends the checker's whole budget again). The program's runs took that
+    time, so it is the model's timeout; a checker that hangs by itself stays ours."""
+    problem = _command_problem(
+        tmp_path,
+        """
+        import os, subprocess, sys
+        for _ in range(12):
+            subprocess.run([os.environ["ROLLWATCH_RUN"], sys.argv[1]], input=b"2\\n", capture_output=True)
+        """,
+        timeout="1s",
+        checker_timeout="3s",
+    )
+    s = await pool.score(problem, fenced("import time\ntime.sleep(0.8)\nprint(4)"))
+    assert not s.passed, s
+    assert s.reason.startswith("timeout: the program's runs took"), s
+    assert verdict_cause(s.reason) == ("model", "timeout"), s
+    hangs = _command_problem(tmp_path, "import time\ntime.sleep(60)\n", checker_timeout="1s")
+    s = await pool.score(hangs, fenced("print(4)"))
+    assert s.reason == "checker timeout (1s)", s
+    assert verdict_cause(s.reason) == ("infra", "checker_error"), s

@@ -70,6 +70,15 @@ def _verdict(stdout: str) -> dict[str, Any] | None:
     return None
 
 
+def _run_seconds(path: str) -> float:
+    """The seconds the program's finished runs took, as ``$ROLLWATCH_RUN`` logged them."""
+    try:
+        with open(path, encoding="ascii") as f:
+            return sum(float(line) for line in f if line.strip())
+    except (OSError, ValueError):
+        return 0.0
+
+
 class CommandScorer(Scorer):
     """Runs the problem's checker on the solution file."""
 
@@ -121,6 +130,7 @@ class CommandScorer(Scorer):
             "ROLLWATCH_RUN": helper,
             "ROLLWATCH_TIMEOUT": str(self.timeout(problem)),
             "ROLLWATCH_PROBLEM_DIR": str(problem.folder or ""),
+            "ROLLWATCH_RUN_TIMES": os.path.join(work, "run-times"),
         }
         argv = [*problem.command, solution]
         stdout, stderr = bytearray(), bytearray()
@@ -154,6 +164,13 @@ class CommandScorer(Scorer):
         if out.strip():
             detail["checker_stdout_tail"] = out[-2000:]
         if timed_out:
+            ran = await anyio.to_thread.run_sync(_run_seconds, os.path.join(work, "run-times"))
+            detail["program_runs_s"] = round(ran, 3)
+            if ran >= budget / 2:
+                # The program's runs (each within its own limit) ate the checker's time: a slow
+                # answer, the model's, not a checker that hung (ours).
+                reason = f"timeout: the program's runs took {ran:.1f}s of the checker's {budget:g}s"
+                return Outcome(passed=False, score=0.0, reason=reason, detail=detail)
             return Outcome(passed=False, score=0.0, reason=f"checker timeout ({budget:g}s)", detail=detail)
         verdict = _verdict(out)
         code = proc.returncode
