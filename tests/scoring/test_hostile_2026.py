@@ -23,7 +23,7 @@ from rollwatch.report.failures import verdict_cause
 from rollwatch.scoring import ScoringPool
 from rollwatch.scoring.extract import WHOLE_TEXT_MAX, extract_code
 
-from .conftest import BACKENDS, SQUARE, fenced, nothing_left, settings, stdio_problem
+from .conftest import BACKENDS, SQUARE, fenced, nothing_left, sandbox_processes, settings, stdio_problem
 from .test_hostile import ECHO, honest_still_passes, storable
 
 pytestmark = pytest.mark.anyio
@@ -392,3 +392,43 @@ async def test_a_slow_answer_that_outlasts_its_checker_is_the_models_timeout(
     s = await pool.score(hangs, fenced("print(4)"))
     assert s.reason == "checker timeout (1s)", s
     assert verdict_cause(s.reason) == ("infra", "checker_error"), s
+
+
+# Busy processes, each in a session of its own: the scheduler shares the CPU between
+# sessions (autogroups), so each counts as much as a whole other sample.
+CPU_HOG = """
+import os, time
+for _ in range(40):
+    if os.fork() == 0:
+        os.setsid()
+        try:
+            os.sched_setaffinity(0, range(os.cpu_count()))
+        except OSError:
+            pass
+        while True:
+            pass
+time.sleep(4)
+print("no")
+"""
+BUSY_HONEST = """
+n = 0
+for i in range(3_000_000):
+    n += i
+print("ok")
+"""
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="one CPU: every slot shares it")
+async def test_a_cpu_hog_does_not_time_out_another_slots_answer(pool: ScoringPool) -> None:
+    """An honest answer taking 0.2-0.3 s timed out at 1.5 s while another slot's sample ran 40
+    busy processes in sessions of their own. Each slot's sandbox is now pinned to a CPU of
+    its own, which its samples cannot change."""
+    honest = stdio_problem([("", "ok\n")], timeout=1.5)
+    assert (await pool.score(honest, fenced(BUSY_HONEST))).passed
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(pool.score, stdio_problem([("", "yes\n")], timeout=5.0), fenced(CPU_HOG))
+        with anyio.fail_after(10):  # the hog's processes are running
+            while len(sandbox_processes()) < 30:
+                await anyio.sleep(0.05)
+        s = await pool.score(honest, fenced(BUSY_HONEST))
+        assert s.passed, s

@@ -24,6 +24,8 @@ Denied with EPERM (the call fails; the program goes on and can report it):
   loopback under a 256 MB limit, and enough of them would starve every TCP
   connection on the host, the daemon's too. The rarer families (TIPC, RDS, vsock,
   AF_ALG...) are kernel code, some loaded on first use, no answer needs;
+* ``sched_setaffinity``: the zygote pins its slot to one CPU, and a sample of many busy
+  processes must not spread over the other slots' CPUs;
 * ``bpf``, ``perf_event_open``, ``userfaultfd``, ``io_uring_*``, kernel modules,
   ``kexec_*``, ``reboot``, swap, ``acct``, ``quotactl``, the clocks, ``syslog``,
   host names, ``iopl``/``ioperm`` and the other legacy ones;
@@ -135,6 +137,7 @@ _TABLE: dict[str, tuple[int | None, int | None]] = {
     "shmget": (29, 194),
     "msgget": (68, 186),
     "semget": (64, 190),
+    "sched_setaffinity": (203, 122),
 }
 DENIED = tuple(_TABLE)
 """System calls a sample may never make."""

@@ -1817,6 +1817,11 @@ def main() -> None:
         if os.getppid() == 1:
             raise SystemExit(1)
     prctl(PR_SET_CHILD_SUBREAPER, 1)
+    if cfg.get("cpu") is not None:
+        # The slot's own CPU, for everything forked from here (samples cannot change it:
+        # seccomp), so that a sample's busy processes take no CPU from another slot's.
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(0, {cfg["cpu"]})
     # Not ptrace-able, its /proc/PID/mem and fds closed to everyone else: without root
     # the samples share our uid, and must not reach into the zygote.
     prctl(PR_SET_DUMPABLE, 0)
