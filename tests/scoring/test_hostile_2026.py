@@ -407,7 +407,7 @@ for _ in range(40):
             pass
         while True:
             pass
-time.sleep(4)
+time.sleep(2.5)
 print("no")
 """
 BUSY_HONEST = """
