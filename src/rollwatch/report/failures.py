@@ -38,8 +38,12 @@ VERDICT_CAUSES: tuple[tuple[str, Side, str], ...] = (
     ("sandbox lost", "infra", "sandbox_error"),
     ("checker could not start", "infra", "checker_error"),
     ("checker timeout", "infra", "checker_error"),
-    ("checker: ", "infra", "checker_error"),
-    ("checker said passed", "infra", "checker_error"),
+    # "checker: <its last line>" is a checker that failed the answer by its exit status (as
+    # the command protocol has it), and "checker said passed but exited N" most likely the
+    # program's own JSON echoed last: the model's wrong answers. Only the checker's own
+    # faults are ours: a score that is not a number, a death by a signal.
+    ("checker: score is not a number", "infra", "checker_error"),
+    ("checker killed by signal", "infra", "checker_error"),
     ("no code found", "model", "no_code"),
     ("timeout", "model", "timeout"),
     ("output limit", "model", "limit"),

@@ -232,6 +232,35 @@ _SIGNAL_REASONS = {
 VERDICT_KEYS = {"ok": bool, "kind": str, "reason": str, "stage": str, "test_line": int, "test_source": str}
 
 
+# How each kind of failure a sample reports is worded (the harness's words; see
+# inside/zygote.py). A reason comes from code the candidate can reach (a program's harness
+# shares its process; a candidate sends the judge its own load failure or SystemExit), so
+# it may say anything: worded as ours ("sandbox lost", "scorer error: …") a wrong answer
+# would count as an infra failure, not the model's, and be judged again by `rescore`.
+_REASON_WORDING: dict[str, tuple[str, ...]] = {
+    "syntax": ("syntax error",),
+    "exception": ("exception: ",),
+    "entry_point": ("entry point ",),
+    "exit": ("exited before the tests finished", "exception: "),
+    "memory": (),
+    "file_size": (),
+    "tampered": ("tampered with ",),
+    "unverifiable": ("unverifiable return value",),
+}
+_LIMIT_WORDS = {"memory": "memory", "file_size": "file size limit"}
+
+
+def _worded(kind: str, reason: str) -> str:
+    """``reason`` as a failure of this ``kind`` is worded: a limit's fixed words, else the
+    kind's opening put before a reason that does not start with it."""
+    if kind in _LIMIT_WORDS:
+        return _LIMIT_WORDS[kind]
+    openings = _REASON_WORDING[kind]
+    if reason.startswith(openings):
+        return reason
+    return openings[0].rstrip(": ") + ": " + reason
+
+
 def clean_verdict(text: str) -> dict[str, Any] | None:
     """The verdict line's object with only the keys and types a verdict has; None if it is not one.
 
@@ -253,6 +282,8 @@ def clean_verdict(text: str) -> dict[str, Any] | None:
             out[key] = (
                 value[:1000].encode("utf-8", "replace").decode("utf-8") if isinstance(value, str) else value
             )
+    if out.get("kind") in _REASON_WORDING and "reason" in out:
+        out["reason"] = _worded(out["kind"], out["reason"])
     return out
 
 

@@ -37,6 +37,8 @@ from rollwatch.scoring.base import Outcome, Sandbox, Scorer
 from rollwatch.scoring.sandbox import ONESHOT, SANDBOX_ENV, sandbox_python
 
 _CHECKER_OUTPUT = 1024 * 1024
+_OUR_WORDS = ("scorer error", "sandbox", "checker")
+"""How rollwatch's own failures start (report/failures.py): never the opening of a checker's reason."""
 
 
 async def _read_capped(stream: ByteReceiveStream | None, sink: bytearray) -> None:
@@ -66,6 +68,15 @@ def _verdict(stdout: str) -> dict[str, Any] | None:
         if isinstance(obj, dict) and ("score" in obj or "passed" in obj):
             return obj
     return None
+
+
+def _run_seconds(path: str) -> float:
+    """The seconds the program's finished runs took, as ``$ROLLWATCH_RUN`` logged them."""
+    try:
+        with open(path, encoding="ascii") as f:
+            return sum(float(line) for line in f if line.strip())
+    except (OSError, ValueError):
+        return 0.0
 
 
 class CommandScorer(Scorer):
@@ -119,6 +130,7 @@ class CommandScorer(Scorer):
             "ROLLWATCH_RUN": helper,
             "ROLLWATCH_TIMEOUT": str(self.timeout(problem)),
             "ROLLWATCH_PROBLEM_DIR": str(problem.folder or ""),
+            "ROLLWATCH_RUN_TIMES": os.path.join(work, "run-times"),
         }
         argv = [*problem.command, solution]
         stdout, stderr = bytearray(), bytearray()
@@ -152,6 +164,13 @@ class CommandScorer(Scorer):
         if out.strip():
             detail["checker_stdout_tail"] = out[-2000:]
         if timed_out:
+            ran = await anyio.to_thread.run_sync(_run_seconds, os.path.join(work, "run-times"))
+            detail["program_runs_s"] = round(ran, 3)
+            if ran >= budget / 2:
+                # The program's runs (each within its own limit) ate the checker's time: a slow
+                # answer, the model's, not a checker that hung (ours).
+                reason = f"timeout: the program's runs took {ran:.1f}s of the checker's {budget:g}s"
+                return Outcome(passed=False, score=0.0, reason=reason, detail=detail)
             return Outcome(passed=False, score=0.0, reason=f"checker timeout ({budget:g}s)", detail=detail)
         verdict = _verdict(out)
         code = proc.returncode
@@ -165,12 +184,16 @@ class CommandScorer(Scorer):
             passed = bool(verdict["passed"]) if "passed" in verdict else score >= 1.0
             detail["checker"] = verdict
             if passed and code != 0:
+                # Likely the program's own JSON, echoed as the checker's last line: no credit.
                 return Outcome(
-                    passed=False, score=score, reason=f"checker said passed but exited {code}", detail=detail
+                    passed=False, score=0.0, reason=f"checker said passed but exited {code}", detail=detail
                 )
             why = verdict.get("reason")
             # Only text or a number: the checker may echo the candidate's output, nested at will.
             why = str(why)[:1000] if isinstance(why, str | int | float) and why != "" else None
+            if why is not None and why.startswith(_OUR_WORDS):
+                # Echoed, a program's "sandbox lost" would count its failure as ours.
+                why = "the checker's verdict: " + why
             reason = "passed" if passed else why or "the checker's verdict: not passed"
             return Outcome(passed=passed, score=score, reason=reason, detail=detail)
         if code == 0:

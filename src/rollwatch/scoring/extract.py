@@ -11,8 +11,9 @@ Rules, in order:
 3. Among the candidates, the last block that defines the entry point (a top-level
    ``def``/``class``/assignment of that name, in column 0) wins: ``fenced-entry-point``. Else the
    last candidate: ``fenced-last``.
-4. Without any candidate block, the whole text when it parses as Python and is more
-   than a bare expression (so "Sorry." is not code): ``whole-text``.
+4. Without any candidate block, the whole text when it is at most ``WHOLE_TEXT_MAX``
+   characters, parses as Python and is more than a bare expression (so "Sorry." is
+   not code): ``whole-text``.
 5. Else nothing: ``none``.
 """
 
@@ -32,6 +33,10 @@ _PYTHON_TAGS = {"", "python", "py", "python3", "py3", "pycon3"}
 # free to go to either part, a line of a fence and 60 KB of spaces that then fails
 # (a stray backtick at its end) would take seconds, on the daemon's event loop.
 _OPEN = re.compile(r"^(?P<indent>[ \t]{0,3})(?P<fence>`{3,}|~{3,})[ \t]*(?P<info>(?:[^\n` \t][^\n`]*)?)$")
+# Parsing runs on the daemon's event loop, at a few µs a character, and holds the GIL
+# (a thread would not help): 1 MB of unfenced code stalled every run and request for
+# 4-30 s. Code that long comes fenced.
+WHOLE_TEXT_MAX = 64 * 1024
 _THINK = re.compile(r"<think(?:ing)?>.*?(?:</think(?:ing)?>|\Z)", re.S | re.I)
 
 
@@ -127,6 +132,6 @@ def extract_code(text: str, entry_point: str | None = None) -> Extraction:
                 if _defines(block, entry_point):
                     return Extraction(block, "fenced-entry-point", len(blocks))
         return Extraction(blocks[-1], "fenced-last", len(blocks))
-    if text.strip() and _is_program(text):
+    if text.strip() and len(text) <= WHOLE_TEXT_MAX and _is_program(text):
         return Extraction(text, "whole-text", 0)
     return Extraction(None, "none", 0)

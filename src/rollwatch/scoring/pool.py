@@ -35,9 +35,11 @@ from rollwatch.scoring.function import FunctionScorer
 from rollwatch.scoring.sandbox import (
     SANDBOXES,
     ZygoteSandbox,
+    fs_plan,
     isolation_candidates,
     missing_isolation,
     privileged,
+    shown_to_samples,
 )
 from rollwatch.scoring.stdio import StdioScorer
 from rollwatch.scoring.uids import UidLease, take_uids
@@ -96,6 +98,7 @@ class ScoringPool:
         self._helper_dir = ""
         self._scorers: dict[str, Scorer] = {}
         self._limits: dict[str, TimeLimit] = {}
+        self._shown_folders: dict[str, str | None] = {}
         self._calibrating: dict[str, anyio.Lock] = {}
         self._free_tx: MemoryObjectSendStream[ZygoteSandbox] | None = None
         self._free_rx: MemoryObjectReceiveStream[ZygoteSandbox] | None = None
@@ -277,8 +280,27 @@ class ScoringPool:
         scorer = self._scorers.get(problem.scorer)
         if scorer is None:
             raise SandboxError(f"the scoring pool is not open, or {problem.scorer!r} is not a scorer kind")
+        shown = self._shown(problem)
+        if shown is not None:
+            # Its tests, expected outputs and checker would be there for every answer to read.
+            return Outcome(
+                passed=False,
+                score=0.0,
+                reason=f"scorer error: the problem's folder {problem.folder} is in the sandbox's "
+                f"read-only view of the host ({shown}): every answer could read its tests; move it elsewhere",
+            )
         async with self._lease() as sandbox:
             return await scorer.score(problem, code, sandbox)
+
+    def _shown(self, problem: Problem) -> str | None:
+        """The folder of the sandbox's view that shows ``problem``'s folder to samples, if any
+        (under ``isolation = "none"`` samples see the whole host anyway)."""
+        if problem.folder is None or self.isolation not in ("bwrap", "unshare"):
+            return None
+        key = str(problem.folder)
+        if key not in self._shown_folders:
+            self._shown_folders[key] = shown_to_samples(problem.folder, fs_plan(self.settings))
+        return self._shown_folders[key]
 
     def _score(
         self, problem: Problem, outcome: Outcome, ex: Extraction, started: float, limit: TimeLimit

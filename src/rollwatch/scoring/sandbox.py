@@ -179,6 +179,34 @@ def fs_plan(settings: ScoringSettings) -> list[list[Any]]:
     return out
 
 
+def slot_cpu(index: int) -> int | None:
+    """The CPU the sandbox of slot ``index`` (its uid where it has one, so that pools on one
+    host spread) is pinned to: one of this process's, in turn; None with only one.
+
+    Without it a sample of 40 busy processes, each in a session of its own (the scheduler
+    shares the CPU by session), took the CPU from the samples of every other slot, and an
+    honest answer there timed out. Pinned, and unable to change it (seccomp), a sample
+    competes for its own slot's CPU only.
+    """
+    try:
+        allowed = sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return None
+    return allowed[index % len(allowed)] if len(allowed) > 1 else None
+
+
+def shown_to_samples(path: str | os.PathLike[str], plan: list[list[Any]]) -> str | None:
+    """The folder of the sandbox's view (``plan``, see ``fs_plan``) through which every
+    sample can read ``path``, if there is one."""
+    real = os.path.realpath(path)
+    for step in plan:
+        if step[0] == "ro-bind":
+            src = os.path.realpath(step[1])
+            if real == src or real.startswith(src.rstrip("/") + "/"):
+                return str(step[1])
+    return None
+
+
 class ZygoteSandbox(Sandbox):
     """A zygote serving one slot; subclasses say how it is isolated."""
 
@@ -218,6 +246,7 @@ class ZygoteSandbox(Sandbox):
             "preload": not oneshot,
             "setup": None,
             "seccomp": seccomp.supported(),
+            "cpu": slot_cpu(self.uid if self.uid is not None else self.slot),
         }
 
     # -- the Sandbox interface ------------------------------------------------------------

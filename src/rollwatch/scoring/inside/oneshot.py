@@ -37,6 +37,19 @@ read_exact, write_all = _zygote.read_exact, _zygote.write_all
 MAX_STDIN = 64 * 1024 * 1024
 
 
+def log_run_time(resp: dict[str, object]) -> None:
+    """Add this run's seconds to ``$ROLLWATCH_RUN_TIMES`` (a file of the scorer's): a checker
+    that runs out of time is then known to have spent it waiting on the program, or not."""
+    path = os.environ.get("ROLLWATCH_RUN_TIMES")
+    wall = resp.get("wall_ms")
+    if path and isinstance(wall, int | float):
+        try:
+            with open(path, "a", encoding="ascii") as f:
+                f.write(f"{wall / 1000:.3f}\n")
+        except OSError:
+            pass
+
+
 def main() -> int:
     if len(sys.argv) != 3:
         print("usage: $ROLLWATCH_RUN SOLUTION < input > output", file=sys.stderr)
@@ -104,6 +117,7 @@ def main() -> int:
     if resp.get("outcome") == "error":
         print(f"rollwatch: the sandbox failed: {resp.get('error')}", file=sys.stderr)
         return 126
+    log_run_time(resp)
     sys.stdout.buffer.write(out)
     sys.stdout.flush()
     sys.stderr.write(err.decode("utf-8", "replace"))

@@ -13,6 +13,19 @@ Denied with EPERM (the call fails; the program goes on and can report it):
 * new namespaces (``unshare``, ``setns``, ``clone`` with any ``CLONE_NEW*``
   flag) and every way to mount (``mount``, ``umount2``, ``pivot_root``,
   ``chroot``, the new mount API, ``open_by_handle_at``);
+* memory no address space counts: ``memfd_create``, ``memfd_secret`` and SysV IPC
+  (``shmget``, ``msgget``, ``semget``): their pages live on with no mapping, or in the
+  kernel, so RLIMIT_AS never sees them; without a memory cgroup, one sample held 384 MB
+  under a 256 MB limit in each, and semaphore sets alone go to tens of gigabytes;
+* sockets of any family but ``AF_UNIX`` and ``AF_NETLINK`` (``socket``,
+  ``socketpair``): IPv4 and IPv6 on its loopback included. A sample has no network
+  to use them on; TCP's buffers are kernel memory no limit of the sample counts,
+  charged to the host's one TCP budget (``tcp_mem``): a sample held 384 MB on its
+  loopback under a 256 MB limit, and enough of them would starve every TCP
+  connection on the host, the daemon's too. The rarer families (TIPC, RDS, vsock,
+  AF_ALG...) are kernel code, some loaded on first use, no answer needs;
+* ``sched_setaffinity``: the zygote pins its slot to one CPU, and a sample of many busy
+  processes must not spread over the other slots' CPUs;
 * ``bpf``, ``perf_event_open``, ``userfaultfd``, ``io_uring_*``, kernel modules,
   ``kexec_*``, ``reboot``, swap, ``acct``, ``quotactl``, the clocks, ``syslog``,
   host names, ``iopl``/``ioperm`` and the other legacy ones;
@@ -119,6 +132,12 @@ _TABLE: dict[str, tuple[int | None, int | None]] = {
     "ioperm": (173, None),
     "uselib": (134, None),
     "_sysctl": (156, None),
+    "memfd_create": (319, 279),
+    "memfd_secret": (447, 447),
+    "shmget": (29, 194),
+    "msgget": (68, 186),
+    "semget": (64, 190),
+    "sched_setaffinity": (203, 122),
 }
 DENIED = tuple(_TABLE)
 """System calls a sample may never make."""
@@ -135,6 +154,10 @@ _SIGNALS: dict[str, tuple[int, int]] = {
 TARGETED = tuple(_SIGNALS)
 """System calls that may not be aimed (first argument) at a protected process."""
 
+_SOCKET = {"x86_64": 41, "aarch64": 198}
+_SOCKETPAIR = {"x86_64": 53, "aarch64": 199}
+ALLOWED_DOMAINS = {"AF_UNIX": 1, "AF_NETLINK": 16}
+"""The only socket address families a sample may open (``socket``'s first argument)."""
 _CLONE = {"x86_64": 56, "aarch64": 220}
 _CLONE3 = 435
 _ARCHES = {"x86_64": (0xC000003E, 0), "aarch64": (0xC00000B7, 1)}
@@ -155,6 +178,10 @@ def number(name: str, machine: str | None = None) -> int | None:
         return _SIGNALS[name][col]
     if name == "clone":
         return _CLONE[machine]
+    if name == "socket":
+        return _SOCKET[machine]
+    if name == "socketpair":
+        return _SOCKETPAIR[machine]
     if name == "clone3":
         return _CLONE3
     return None
@@ -207,12 +234,21 @@ def build(protected: list[int], machine: str | None = None) -> bytes:
             a.op(_JEQ_K, nr, "deny", 0)
     a.op(_JEQ_K, _CLONE[machine], "clone", 0)
     a.op(_JEQ_K, _CLONE3, "enosys", 0)
+    a.op(_JEQ_K, _SOCKET[machine], "socket", 0)
+    a.op(_JEQ_K, _SOCKETPAIR[machine], "socket", 0)
     for nrs2 in _SIGNALS.values():
         a.op(_JEQ_K, nrs2[col], "target", 0)
     a.op(_RET_K, _RET_ALLOW)
     a.label("clone")
     a.op(_LD_W_ABS, _ARG0_LO)
     a.op(_JSET_K, CLONE_NEW_ANY, "deny", 0)
+    a.op(_RET_K, _RET_ALLOW)
+    a.label("socket")
+    a.op(_LD_W_ABS, _ARG0_LO)  # the address family, an int
+    for domain in ALLOWED_DOMAINS.values():
+        a.op(_JEQ_K, domain, "allow", 0)
+    a.op(_RET_K, _RET_ERRNO | EPERM)
+    a.label("allow")
     a.op(_RET_K, _RET_ALLOW)
     a.label("target")
     a.op(_LD_W_ABS, _ARG0_LO)  # pid_t is 32 bits: the kernel reads only the low word

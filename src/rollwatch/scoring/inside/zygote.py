@@ -418,7 +418,8 @@ def setup_root(plan: list[list[Any]]) -> None:
     _mount(None, "/", None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID)
     try:
         _libc.sethostname(b"sandbox", 7)
-        # Loopback up, as bwrap leaves it: programs may talk to themselves, never to the host.
+        # Loopback up, as bwrap leaves it (never the host's; samples may not open IPv4 or
+        # IPv6 sockets at all: see inside/seccomp.py).
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         ifr = struct.pack("16sH14s", b"lo", 0, b"")
         flags = struct.unpack("16sH14s", fcntl.ioctl(s, 0x8913, ifr))[1]  # SIOCGIFFLAGS
@@ -1816,6 +1817,11 @@ def main() -> None:
         if os.getppid() == 1:
             raise SystemExit(1)
     prctl(PR_SET_CHILD_SUBREAPER, 1)
+    if cfg.get("cpu") is not None:
+        # The slot's own CPU, for everything forked from here (samples cannot change it:
+        # seccomp), so that a sample's busy processes take no CPU from another slot's.
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(0, {cfg["cpu"]})
     # Not ptrace-able, its /proc/PID/mem and fds closed to everyone else: without root
     # the samples share our uid, and must not reach into the zygote.
     prctl(PR_SET_DUMPABLE, 0)
