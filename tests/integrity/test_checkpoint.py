@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption,
 
 from rollwatch.errors import ConfigError, InvalidNote
 from rollwatch.integrity.checkpoint import Checkpoint, NoteSigner, NoteVerifier
-from rollwatch.integrity.keys import existing_signer, load_signer
+from rollwatch.integrity.keys import existing_signer, load_signer, pending_key_path, promote_key
 
 # The example of golang.org/x/mod/sumdb/note (its tests and documentation).
 GO_VKEY = "PeterNeumann+c74f20a3+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW"
@@ -150,13 +150,22 @@ class TestCheckpointBody:
 
 class TestKeys:
     def test_first_start_makes_a_0600_key_and_later_starts_reuse_it(self, tmp_path: Path) -> None:
-        """The key file is created owner-only (0600) on first use and read back unchanged afterwards."""
+        """The key is created owner-only (0600) on first use, as ``checkpoint.key.pending``
+        until its first signature gives it the key file's name; read back unchanged
+        before and after."""
         path = tmp_path / "state" / "checkpoint.key"
+        pending = pending_key_path(path)
         a = load_signer(path, "rollwatch.test/log")
-        assert stat.S_IMODE(path.stat().st_mode) == 0o600
-        assert path.read_bytes().startswith(b"-----BEGIN PRIVATE KEY-----")
+        assert not path.exists()
+        assert stat.S_IMODE(pending.stat().st_mode) == 0o600
+        assert pending.read_bytes().startswith(b"-----BEGIN PRIVATE KEY-----")
         b = load_signer(path, "rollwatch.test/log")
         assert a.vkey == b.vkey
+        promote_key(path)
+        assert not pending.exists()
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        c = load_signer(path, "rollwatch.test/log")
+        assert a.vkey == c.vkey
         assert not list(path.parent.glob(".*tmp"))
 
     def test_verify_never_creates_a_key(self, tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ from rollwatch.errors import IntegrityError
 from rollwatch.events import CheckpointSigned
 from rollwatch.integrity.checkpoint import Checkpoint, NoteSigner, b64
 from rollwatch.integrity.checkpointer import Checkpointer
-from rollwatch.integrity.keys import load_signer
+from rollwatch.integrity.keys import load_signer, promote_key
 from rollwatch.integrity.tree import MerkleTree
 from rollwatch.integrity.verify import check_log_tree
 from rollwatch.store.sqlite import SQLiteEventStore
@@ -107,6 +107,7 @@ class TestVerifyTreeForConfig:
         store_cfg = StoreConfig(url=f"sqlite:{tmp_path / 'events.db'}")
         cfg = IntegrityConfig(origin="rollwatch.test/log")
         signer = load_signer(cfg.key_path(store_cfg), cfg.name)
+        promote_key(cfg.key_path(store_cfg))  # what the checkpointer does before it signs
         async with MerkleTree(cfg.tree_path(store_cfg)) as tree:
             await signed_log(store, tree, signer)
         report = await verify_state(store, cfg, store_cfg)

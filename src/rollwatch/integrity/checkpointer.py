@@ -70,9 +70,13 @@ class Checkpointer:
         health: Health | None = None,
         key_used_before: bool = False,
         reload: Callable[[], Awaitable[NoteSigner | None]] | None = None,
+        promote: Callable[[], None] | None = None,
     ) -> None:
         self.node = node
         self.reload = reload
+        self.promote = promote
+        """Gives a new key the key file's name before its first signature (blocking; see
+        ``keys.promote_key``)."""
         """Loads the key again (after a rotation made by ``rollwatch key rotate``)."""
         self.ring: KeyRing | None = None
         """The log's chain of checkpoint keys, read before each signature."""
@@ -178,6 +182,9 @@ class Checkpointer:
             # Shielded: once signed, the witness and the log both learn of it, or the
             # error says why.
             with anyio.CancelScope(shield=True):
+                if self.promote is not None:
+                    await anyio.to_thread.run_sync(self.promote)
+                    self.promote = None
                 note = self.signer.sign_checkpoint(cp)
                 if self.witness is not None:
                     await anyio.to_thread.run_sync(_write_atomically, self.witness, note)
@@ -292,6 +299,7 @@ async def checkpointer(
     health: Health | None = None,
     key_used_before: bool = False,
     reload: Callable[[], Awaitable[NoteSigner | None]] | None = None,
+    promote: Callable[[], None] | None = None,
     task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """The checkpointer task: sign at start, every N events or T seconds, and once more at ``stop``.
@@ -310,6 +318,7 @@ async def checkpointer(
         health=health,
         key_used_before=key_used_before,
         reload=reload,
+        promote=promote,
     )
     await cp.checkpoint()
     task_status.started()

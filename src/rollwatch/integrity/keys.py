@@ -7,6 +7,11 @@ Where it comes from, first match wins:
    the unit loads): the operator made the key and keeps it elsewhere; it is never written.
 2. The configured key file (default ``<state dir>/checkpoint.key``): read if it
    exists, otherwise generated and written with mode 0600 before anything is signed.
+   A new key is written beside it first (``checkpoint.key.pending``) and takes the key
+   file's name just before its first signature (:func:`promote_key`): a key file means a
+   key that has signed, so that a log with no checkpoint anywhere beside it was replaced
+   (see ``Checkpointer``), and a daemon stopped before its first checkpoint (the tree of
+   a big log takes a while) does not make its own log look replaced at the next start.
 
 The file holds an unencrypted PKCS #8 PEM Ed25519 key, what
 ``openssl genpkey -algorithm ed25519`` writes; a bare 32-byte seed is accepted too.
@@ -77,13 +82,17 @@ def write_new_key(path: Path, key: Ed25519PrivateKey | None = None) -> Ed25519Pr
         tmp.unlink()
         return _read_key(path)
     tmp.unlink()
-    dir_fd = os.open(path.parent, os.O_RDONLY)
+    _fsync_dir(path.parent)
+    log.info("checkpoint_key_created", path=str(path))
+    return key
+
+
+def _fsync_dir(path: Path) -> None:
+    dir_fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
-    log.info("checkpoint_key_created", path=str(path))
-    return key
 
 
 def _read_key(path: Path) -> Ed25519PrivateKey:
@@ -98,15 +107,38 @@ def _read_key(path: Path) -> Ed25519PrivateKey:
     return parse_private_key(path.read_bytes(), str(path))
 
 
+def pending_key_path(key_file: Path) -> Path:
+    """Where a new key waits for its first signature (see :func:`promote_key`)."""
+    return key_file.with_name(key_file.name + ".pending")
+
+
+def promote_key(key_file: Path) -> None:
+    """Give a pending key the key file's name (synced), before it first signs; nothing
+    to do when the key file exists (or the key is a systemd credential)."""
+    pending = pending_key_path(key_file)
+    if credential_path() is not None or key_file.exists() or not pending.exists():
+        return
+    try:
+        os.link(pending, key_file)
+    except FileExistsError:
+        return
+    _fsync_dir(key_file.parent)
+    pending.unlink(missing_ok=True)
+
+
 def load_signer(key_file: Path, name: str, *, create: bool = True) -> NoteSigner:
-    """The signer under key ``name``: from the systemd credential, the key file, or a new key."""
+    """The signer under key ``name``: from the systemd credential, the key file, a key made
+    before that has not signed yet (``create`` only), or a new key."""
     cred = credential_path()
+    pending = pending_key_path(key_file)
     if cred is not None:
         key = parse_private_key(cred.read_bytes(), str(cred))
     elif key_file.exists():
         key = _read_key(key_file)
+    elif create and pending.exists():
+        key = _read_key(pending)
     elif create:
-        key = write_new_key(key_file)
+        key = write_new_key(pending)
     else:
         raise ConfigError(
             str(key_file),

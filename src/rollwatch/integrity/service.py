@@ -25,7 +25,7 @@ from rollwatch.integrity.checkpoint import Checkpoint, NoteSigner
 from rollwatch.integrity.checkpointer import checkpointer, final_checkpoint
 from rollwatch.integrity.health import Health
 from rollwatch.integrity.identity import ORIGIN_FILE, resolve_origin, set_aside_foreign_state
-from rollwatch.integrity.keys import load_signer
+from rollwatch.integrity.keys import load_signer, promote_key
 from rollwatch.integrity.rotation import finish_rotation
 from rollwatch.integrity.routes import integrity_routes, tlog_routes
 from rollwatch.integrity.scrub import ScrubTarget, scrub_forever, scrub_pass
@@ -178,6 +178,7 @@ class Integrity:
             health=self.health,
             key_used_before=self.key_used_before,
             reload=self.reload_signer,
+            promote=functools.partial(promote_key, self.config.key_path(self.store_config)),
         )
         async with anyio.create_task_group() as tg:
             await tg.start(follow)
