@@ -24,40 +24,23 @@ def test_ctrl_c_stops_serve_cleanly_with_no_traceback(tmp_path: Path) -> None:
     """SIGINT sent to serve's whole process group (what a terminal's Ctrl-C does) stops
     it with exit 0, and no process of the group (the Merkle and scrub workers among them)
     prints a traceback."""
-    port = _free_port()
-    config = tmp_path / "rollwatch.toml"
-    config.write_text(
-        f'[store]\nurl = "sqlite:///{tmp_path}/events.db"\n[server]\nlisten = "127.0.0.1:{port}"\n'
-        '[integrity]\nscrub_interval = "1s"\n'
-    )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "rollwatch", "serve", "--config", str(config)],
-        cwd=tmp_path,
-        stderr=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        text=True,
-        start_new_session=True,
-    )
+    proc, _ = _serve(tmp_path, events=0)
+    err = _stopped(proc, signal.SIGINT)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
+    assert "KeyboardInterrupt" not in err
+
+
+def _stopped(proc: subprocess.Popen[str], sig: int) -> str:
+    """``sig`` to ``proc``'s whole process group; its stderr once it exits (killed if it
+    does not within a minute)."""
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "serve did not become healthy"
-            time.sleep(0.1)
-        os.killpg(proc.pid, signal.SIGINT)
-        _, err = proc.communicate(timeout=60)
+        os.killpg(proc.pid, sig)
+        return proc.communicate(timeout=60)[1]
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-    assert proc.returncode == 0, err
-    assert "Traceback" not in err
-    assert "KeyboardInterrupt" not in err
 
 
 def _log_with_events(db: Path, n: int = 200) -> None:
@@ -75,14 +58,15 @@ def _log_with_events(db: Path, n: int = 200) -> None:
     anyio.run(fill)
 
 
-def _serve(tmp_path: Path) -> tuple[subprocess.Popen[str], int]:
+def _serve(tmp_path: Path, events: int = 200) -> tuple[subprocess.Popen[str], int]:
+    """``serve`` on a log of ``events`` events (scrubbed every second), once healthy."""
     port = _free_port()
     config = tmp_path / "rollwatch.toml"
     config.write_text(
         f'[store]\nurl = "sqlite:///{tmp_path}/events.db"\n[server]\nlisten = "127.0.0.1:{port}"\n'
         '[integrity]\nscrub_interval = "1s"\n'
     )
-    _log_with_events(tmp_path / "events.db")
+    _log_with_events(tmp_path / "events.db", events)
     proc = subprocess.Popen(
         [sys.executable, "-m", "rollwatch", "serve", "--config", str(config)],
         cwd=tmp_path,
@@ -144,12 +128,8 @@ def test_sigterm_to_the_whole_group_stops_serve_cleanly(tmp_path: Path) -> None:
         # when busy, at a million events): what decides it is that the signal cannot
         # reach a worker at all.
         assert all(os.getpgid(w) != proc.pid for w in workers), "a worker is in serve's group"
-        os.killpg(proc.pid, signal.SIGTERM)
-        _, err = proc.communicate(timeout=60)
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        err = _stopped(proc, signal.SIGTERM)
     assert proc.returncode == 0, err
     bad = [line for line in err.splitlines() if line.startswith("error") or '"level": "error"' in line]
     assert not bad, bad

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-import textwrap
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -18,13 +17,14 @@ from pathlib import Path
 import anyio
 import pytest
 
-from rollwatch.problems import Problem, load_problem
+from rollwatch.problems import load_problem
 from rollwatch.report.failures import verdict_cause
 from rollwatch.scoring import ScoringPool
 from rollwatch.scoring.extract import WHOLE_TEXT_MAX, extract_code
 
 from .conftest import BACKENDS, SQUARE, fenced, nothing_left, sandbox_processes, settings, stdio_problem
 from .test_hostile import ECHO, honest_still_passes, storable
+from .test_scorers import command_problem
 
 pytestmark = pytest.mark.anyio
 
@@ -202,20 +202,6 @@ def test_a_long_unfenced_answer_is_not_parsed_on_the_event_loop() -> None:
     assert extract_code(short, "f").method == "whole-text"
 
 
-def _command_problem(
-    tmp_path: Path, checker: str, *, timeout: str = "5s", checker_timeout: str | None = None
-) -> Problem:
-    folder = tmp_path / "cmd"
-    folder.mkdir(exist_ok=True)
-    (folder / "check.py").write_text(textwrap.dedent(checker))
-    extra = f'checker_timeout = "{checker_timeout}"\n' if checker_timeout else ""
-    (folder / "problem.toml").write_text(
-        'prompt = "p"\n[scorer]\nkind = "command"\ncommand = ["python3", "check.py"]\n'
-        f'timeout = "{timeout}"\n{extra}'
-    )
-    return load_problem(folder)
-
-
 # A checker that decides by its exit status, as the command protocol allows, and names
 # what it got (topo-order's does: "n=1: the prerequisites have a cycle, expected IMPOSSIBLE").
 EXIT_STATUS_CHECKER = """
@@ -234,7 +220,7 @@ async def test_a_checkers_failing_exit_status_is_the_models_failure(
     counted an infra failure (checker_error: our judging broke) and queued for `rescore`,
     whatever the answer printed; it is the model's wrong answer. A checker that cannot
     start, times out, dies by a signal or gives a score that is not a number stays ours."""
-    problem = _command_problem(tmp_path, EXIT_STATUS_CHECKER)
+    problem = command_problem(tmp_path, EXIT_STATUS_CHECKER)
     assert (await pool.score(problem, fenced("print(int(input()) ** 2)"))).passed
     for code in ("print(5)", f"print({OUR_WORDS!r})"):
         s = await pool.score(problem, fenced(code))
@@ -271,7 +257,7 @@ async def test_an_echoed_verdict_is_not_worded_as_ours(pool: ScoringPool, tmp_pa
     ("sandbox lost: …") or a pass the exit status denies ("checker said passed but exited
     1", with score 1.0) made the failure ours (infra, re-scored). Still a failure, now the
     model's, and no credit."""
-    problem = _command_problem(tmp_path, ECHOING_CHECKER)
+    problem = command_problem(tmp_path, ECHOING_CHECKER)
     s = await pool.score(problem, fenced(f"import json\nprint(json.dumps({ECHOED_VERDICTS[name]!r}))"))
     assert not s.passed, s
     assert verdict_cause(s.reason)[0] == "model", s
@@ -374,7 +360,7 @@ async def test_a_slow_answer_that_outlasts_its_checker_is_the_models_timeout(
     many times ran out of its budget: "checker timeout", an infra failure (ours, queued for
     `rescore`, which spends the checker's whole budget again). The program's runs took that
     time, so it is the model's timeout; a checker that hangs by itself stays ours."""
-    problem = _command_problem(
+    problem = command_problem(
         tmp_path,
         """
         import os, subprocess, sys
@@ -388,7 +374,7 @@ async def test_a_slow_answer_that_outlasts_its_checker_is_the_models_timeout(
     assert not s.passed, s
     assert s.reason.startswith("timeout: the program's runs took"), s
     assert verdict_cause(s.reason) == ("model", "timeout"), s
-    hangs = _command_problem(tmp_path, "import time\ntime.sleep(60)\n", checker_timeout="1s")
+    hangs = command_problem(tmp_path, "import time\ntime.sleep(60)\n", checker_timeout="1s")
     s = await pool.score(hangs, fenced("print(4)"))
     assert s.reason == "checker timeout (1s)", s
     assert verdict_cause(s.reason) == ("infra", "checker_error"), s
@@ -407,7 +393,7 @@ for _ in range(40):
             pass
         while True:
             pass
-time.sleep(2.5)
+time.sleep(6)
 print("no")
 """
 BUSY_HONEST = """
@@ -422,11 +408,12 @@ print("ok")
 async def test_a_cpu_hog_does_not_time_out_another_slots_answer(pool: ScoringPool) -> None:
     """An honest answer taking 0.2-0.3 s timed out at 1.5 s while another slot's sample ran 40
     busy processes in sessions of their own. Each slot's sandbox is now pinned to a CPU of
-    its own, which its samples cannot change."""
-    honest = stdio_problem([("", "ok\n")], timeout=1.5)
+    its own, which its samples cannot change. (3 s: starved while the hog runs, 6 s, the
+    answer times out; pinned, it passes with room for a machine busy with other tests.)"""
+    honest = stdio_problem([("", "ok\n")], timeout=3.0)
     assert (await pool.score(honest, fenced(BUSY_HONEST))).passed
     async with anyio.create_task_group() as tg:
-        tg.start_soon(pool.score, stdio_problem([("", "yes\n")], timeout=5.0), fenced(CPU_HOG))
+        tg.start_soon(pool.score, stdio_problem([("", "yes\n")], timeout=10.0), fenced(CPU_HOG))
         with anyio.fail_after(10):  # the hog's processes are running
             while len(sandbox_processes()) < 30:
                 await anyio.sleep(0.05)
