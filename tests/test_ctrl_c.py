@@ -104,6 +104,15 @@ def _merkle_worker(pid: int) -> int | None:
     return None
 
 
+def _workers_once_merkle_runs(pid: int) -> set[int]:
+    """``pid``'s workers, once its Merkle worker is among them (the sandboxes come first)."""
+    deadline = time.monotonic() + 30
+    while _merkle_worker(pid) is None:
+        assert time.monotonic() < deadline, "no Merkle worker started"
+        time.sleep(0.05)
+    return _children(pid)
+
+
 def _alive(pid: int) -> bool:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
@@ -119,11 +128,7 @@ def test_sigterm_to_the_whole_group_stops_serve_cleanly(tmp_path: Path) -> None:
     exited with status -15"."""
     proc, _ = _serve(tmp_path)
     try:
-        deadline = time.monotonic() + 30
-        while _merkle_worker(proc.pid) is None:
-            assert time.monotonic() < deadline, "no Merkle worker started"
-            time.sleep(0.05)
-        workers = _children(proc.pid)
+        workers = _workers_once_merkle_runs(proc.pid)
         # Whether the worker dies before serve has begun to stop is a race (serve lost it
         # when busy, at a million events): what decides it is that the signal cannot
         # reach a worker at all.
@@ -141,11 +146,7 @@ def test_workers_die_with_a_killed_serve(tmp_path: Path) -> None:
     too, none is left running on its own."""
     proc, _ = _serve(tmp_path)
     try:
-        deadline = time.monotonic() + 30
-        while _merkle_worker(proc.pid) is None:
-            assert time.monotonic() < deadline, "no Merkle worker started"
-            time.sleep(0.05)
-        workers = _children(proc.pid)
+        workers = _workers_once_merkle_runs(proc.pid)
         proc.kill()
         proc.communicate(timeout=60)
         deadline = time.monotonic() + 30
