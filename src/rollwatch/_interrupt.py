@@ -24,15 +24,18 @@ def while_loading() -> None:
     """End the process at once on SIGINT, if SIGINT would raise KeyboardInterrupt."""
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         signal.signal(signal.SIGINT, _interrupted)
-        # The first registered runs last: after the other exit handlers, as the interpreter
-        # tears itself down. Python then puts SIGINT back to the system's default, and a
-        # Ctrl-C in those last moments killed the process silently (status -2, not 0 or 130).
-        atexit.register(_finalizing)
 
 
 def _finalizing() -> None:
     if signal.getsignal(signal.SIGINT) is _interrupted:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+# Registered as this module loads, first thing in the process, so it runs last: after the
+# other exit handlers, as the interpreter tears itself down. Python then puts SIGINT back to
+# the system's default, and a Ctrl-C in those last moments killed the process silently
+# (status -2, not 0 or 130).
+atexit.register(_finalizing)
 
 
 def ending() -> None:

@@ -894,8 +894,7 @@ def _merge(db: sqlite3.Connection, part: Path, projections: list[Projection], he
             db.execute("UPDATE main.projection_state SET seq = ? WHERE name = ?", (head, p.name))
         db.execute("COMMIT")
     finally:
-        if db.in_transaction:
-            rollback(db)
+        rollback(db)
         db.execute("DETACH DATABASE part")
 
 

@@ -168,6 +168,14 @@ class TestKeys:
         assert a.vkey == c.vkey
         assert not list(path.parent.glob(".*tmp"))
 
+    def test_a_key_that_never_signed_is_not_used_where_one_must_exist(self, tmp_path: Path) -> None:
+        """What needs a key that has signed (``key rotate``) says the pending one has not yet."""
+        path = tmp_path / "checkpoint.key"
+        load_signer(path, "rollwatch.test/log")
+        with pytest.raises(ConfigError, match=r"checkpoint.key.pending\) has not signed a checkpoint yet"):
+            load_signer(path, "rollwatch.test/log", create=False)
+        assert existing_signer(path, "rollwatch.test/log") is None
+
     def test_verify_never_creates_a_key(self, tmp_path: Path) -> None:
         """existing_signer returns None where no key exists, and creates nothing."""
         assert existing_signer(tmp_path / "none.key", "x") is None

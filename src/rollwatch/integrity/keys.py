@@ -139,6 +139,14 @@ def load_signer(key_file: Path, name: str, *, create: bool = True) -> NoteSigner
         key = _read_key(pending)
     elif create:
         key = write_new_key(pending)
+    elif pending.exists():
+        raise ConfigError(
+            str(key_file),
+            [
+                f"integrity.key_file: the key `rollwatch serve` made ({pending.name}) has not signed a"
+                " checkpoint yet; start serve until it has"
+            ],
+        )
     else:
         raise ConfigError(
             str(key_file),
