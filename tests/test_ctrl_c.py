@@ -156,3 +156,99 @@ def test_workers_die_with_a_killed_serve(tmp_path: Path) -> None:
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_sigterm_during_the_scrub_at_start_stops_serve_at_once(tmp_path: Path) -> None:
+    """A stop while the daemon is still starting (the scrub at start reads the whole log,
+    40 s at a million events) ends it then, not once the scrub is done: before, serve
+    waited for the scrub and its first checkpoint, longer than systemd's stop timeout.
+    The scrub is held stopped here (a pass that would never end): serve must exit 0 all
+    the same, kill the scrub, and sign nothing over a log it did not finish checking."""
+    from tests.integrity.test_first_key import _scrub, _start
+
+    config = tmp_path / "rollwatch.toml"
+    config.write_text(
+        f'[store]\nurl = "sqlite:///{tmp_path}/events.db"\n[server]\nlisten = "127.0.0.1:{_free_port()}"\n'
+    )
+    _log_with_events(tmp_path / "events.db")
+    proc = _start(config, tmp_path, "serve.log")  # the scrub found is the one at start: the next is hours away
+    scrub = None
+    try:
+        deadline = time.monotonic() + 60
+        while (scrub := _scrub(proc.pid)) is None:
+            assert proc.poll() is None
+            assert time.monotonic() < deadline, "no scrub at start"
+            time.sleep(0.005)
+        os.kill(scrub, signal.SIGSTOP)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+        err = (tmp_path / "serve.log").read_text()
+        deadline = time.monotonic() + 10
+        while _alive(scrub):
+            assert time.monotonic() < deadline, "the scrub was left running"
+            time.sleep(0.02)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        if scrub is not None:  # in a session of its own, stopped: no signal of serve's reaches it
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(scrub, signal.SIGKILL)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
+    assert "checkpoint_signed" not in err
+    assert "while_starting" in err
+
+
+def test_sigterm_while_the_projections_build_stops_serve_at_once(tmp_path: Path) -> None:
+    """The same for a build of the projections from scratch (a new release's, or a first
+    start on a big log: minutes): its second process held stopped, a SIGTERM once the
+    log is checked and signed ends serve all the same, and that process with it."""
+    import anyio
+
+    from rollwatch.events import SchedulePaused
+    from rollwatch.projections import SPLIT_FROM
+    from rollwatch.store.sqlite import SQLiteEventStore
+    from tests.integrity.test_first_key import _start
+
+    async def fill() -> None:  # a log long enough for a build in two processes
+        async with SQLiteEventStore(tmp_path / "events.db") as store:
+            for i in range(0, SPLIT_FROM, 500):
+                await store.append(f"s{i}", [SchedulePaused(schedule=f"s{i}", note="x")] * 500)
+
+    anyio.run(fill)
+    config = tmp_path / "rollwatch.toml"
+    config.write_text(
+        f'[store]\nurl = "sqlite:///{tmp_path}/events.db"\n[server]\nlisten = "127.0.0.1:{_free_port()}"\n'
+    )
+    proc = _start(config, tmp_path, "serve.log")
+    part = None
+    try:
+        deadline = time.monotonic() + 60
+        while part is None:
+            assert proc.poll() is None
+            assert time.monotonic() < deadline, "no build in a second process"
+            for child in _children(proc.pid):
+                with contextlib.suppress(FileNotFoundError):
+                    if b"build_part" in Path(f"/proc/{child}/cmdline").read_bytes():
+                        part = child
+            time.sleep(0.005)
+        os.kill(part, signal.SIGSTOP)
+        while "checkpoint_signed" not in (tmp_path / "serve.log").read_text():
+            assert proc.poll() is None
+            assert time.monotonic() < deadline, "no checkpoint signed"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+        err = (tmp_path / "serve.log").read_text()
+        deadline = time.monotonic() + 10
+        while _alive(part):
+            assert time.monotonic() < deadline, "the build's second process was left running"
+            time.sleep(0.02)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        if part is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(part, signal.SIGKILL)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err

@@ -22,7 +22,7 @@ import importlib
 import signal
 import sqlite3
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import TYPE_CHECKING
 
@@ -591,7 +591,14 @@ class Daemon:
             building.start_soon(build)
             integrity_stop = anyio.Event()
             checkpoints = await stages.start("checkpoints", stop=lambda _: integrity_stop.set())
-            await checkpoints.start(integrity.run, integrity_stop)
+            # The integrity service's start gives way to a stop, as the build does: the
+            # scrub at start reads the whole log (40 s a million events), and SIGTERM
+            # meanwhile ends the daemon now, not once it is done. A start cut short signs
+            # nothing (the log was not checked) and runs nothing.
+            if not await self._unless_stopping(checkpoints.start, integrity.run, integrity_stop):
+                task_status.started()
+                log.info("daemon_stopped", while_starting=True)
+                return
             await built.wait()
             if not current:
                 task_status.started()
@@ -642,6 +649,21 @@ class Daemon:
             task_status.started()
             await self.stopping.wait()
         log.info("daemon_stopped")
+
+    async def _unless_stopping(self, fn: Callable[..., Awaitable[object]], *args: object) -> bool:
+        """Await ``fn(*args)``, cancelled once ``stopping`` is set; whether it finished."""
+        done = False
+        async with anyio.create_task_group() as tg:
+
+            async def watch() -> None:
+                await self.stopping.wait()
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(watch)
+            await fn(*args)
+            done = True
+            tg.cancel_scope.cancel()
+        return done
 
     async def _open(self, stack: AsyncExitStack) -> Integrity:
         """Open the services (:attr:`services`) and the integrity service on ``stack``."""
