@@ -171,7 +171,8 @@ def test_sigterm_during_the_scrub_at_start_stops_serve_at_once(tmp_path: Path) -
         f'[store]\nurl = "sqlite:///{tmp_path}/events.db"\n[server]\nlisten = "127.0.0.1:{_free_port()}"\n'
     )
     _log_with_events(tmp_path / "events.db")
-    proc = _start(config, tmp_path, "serve.log")  # the scrub found is the one at start: the next is hours away
+    # The scrub found is the one at start: the next is hours away.
+    proc = _start(config, tmp_path, "serve.log")
     scrub = None
     try:
         deadline = time.monotonic() + 60
