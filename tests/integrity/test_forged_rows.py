@@ -36,7 +36,17 @@ def append_raw(site: Site, typ: str, data: str, *, schema: int = 1, at: str = AT
         canonical = canonical_bytes(
             seq=seq + 1, id=eid, stream=stream, type=typ, schema=schema, at=at, data_json=data
         )
-        row = (seq + 1, eid, stream, 1, typ, schema, at, data, chain_hash(bytes.fromhex(prev), canonical).hex())
+        row = (
+            seq + 1,
+            eid,
+            stream,
+            1,
+            typ,
+            schema,
+            at,
+            data,
+            chain_hash(bytes.fromhex(prev), canonical).hex(),
+        )
         con.execute("INSERT INTO events VALUES (?,?,?,?,?,?,?,?,?)", row)
         con.execute("COMMIT")
     finally:
@@ -110,7 +120,9 @@ def test_rebuild_names_the_event_it_cannot_read(stopped_site: Site, case: str) -
     [("SomethingNewer", 1, '{"x":1}'), ("RolloutScored", 99, SCORED)],
     ids=["unknown_type", "newer_schema"],
 )
-def test_what_a_newer_rollwatch_writes_is_no_finding(stopped_site: Site, typ: str, schema: int, data: str) -> None:
+def test_what_a_newer_rollwatch_writes_is_no_finding(
+    stopped_site: Site, typ: str, schema: int, data: str
+) -> None:
     """The control: a type or schema this version does not know, in canonical form, passes `verify`."""
     append_raw(stopped_site, typ, data, schema=schema)
     r = rollwatch("--config", str(stopped_site.config), "verify")

@@ -38,9 +38,9 @@ async def test_an_edited_row_is_not_served_as_released(tmp_path: Path) -> None:
         await finish_run(env.store, run, rollouts=3, passed=2)
         await release_due(env.store, env.pdb)
         assert honest in (await env.client.get("/public/feed.json")).text
-        released_seq = (await env.pdb.fetchone(
-            "SELECT released_seq FROM public_rollouts WHERE rollout_id = ?", (honest,)
-        ))[0]
+        released_seq = (
+            await env.pdb.fetchone("SELECT released_seq FROM public_rollouts WHERE rollout_id = ?", (honest,))
+        )[0]
 
         db = sqlite3.connect(env.pdb.file, isolation_level=None)
         try:

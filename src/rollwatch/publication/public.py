@@ -132,7 +132,9 @@ async def _with_answers(store: EventStore, rows: Sequence[tuple[Any, ...]], now:
     return out
 
 
-def _not_released_by_log(r: Released, decided: int | None, events: dict[int, Recorded], now: datetime) -> str | None:
+def _not_released_by_log(
+    r: Released, decided: int | None, events: dict[int, Recorded], now: datetime
+) -> str | None:
     """Why the log's events at the row's seqs do not release ``r`` as the row says, or None."""
 
     def of_rollout(seq: int | None, kinds: tuple[type[Event], ...], what: str) -> Any:
