@@ -186,9 +186,13 @@ class Recorded(NamedTuple):
         """The typed event, upcast to the current schema of its type: the one read path.
 
         Raises ``UnknownEventType`` for a type this version does not know, or a schema
-        newer than it reads.
+        newer than it reads, or data no rollwatch wrote (not JSON, fields missing: a row
+        written around rollwatch), naming the event's seq.
         """
-        return decode(self.type, self.schema, json.loads(self.data_json))
+        try:
+            return decode(self.type, self.schema, json.loads(self.data_json))
+        except (ValueError, UnknownEventType) as exc:
+            raise unreadable(self.seq, self.type, exc) from None
 
     @property
     def at_datetime(self) -> datetime:
@@ -380,6 +384,14 @@ def decode(type_: str, schema: int, data: dict[str, Any]) -> Event:
             f"{type_} schema {schema} is newer than this version reads ({cls.SCHEMA}); upgrade rollwatch"
         )
     return cls.from_data(data)
+
+
+def unreadable(seq: int, type_: str, exc: Exception) -> UnknownEventType:
+    """The error for event ``seq`` whose data did not decode (``exc``: why), naming the seq."""
+    if isinstance(exc, UnknownEventType):
+        return UnknownEventType(f"event {seq}: {exc}")
+    # json's ValueError (bad JSON, a lone surrogate): never in data rollwatch wrote.
+    return UnknownEventType(f"event {seq}: its {type_} data is not valid JSON ({exc})")
 
 
 def event_types() -> dict[str, type[Event]]:

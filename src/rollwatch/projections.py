@@ -49,7 +49,7 @@ from rollwatch import _child
 from rollwatch import events as e
 from rollwatch._sqlite import ThreadConnection, rollback
 from rollwatch.abc import EventStore, Projection
-from rollwatch.errors import ServiceUnavailable, StoreError
+from rollwatch.errors import ServiceUnavailable, StoreError, UnknownEventType
 from rollwatch.events import Recorded, canonical_json
 from rollwatch.log import get_logger
 
@@ -1007,7 +1007,10 @@ class _DecodedOnce(Recorded):
         d = self.__dict__
         ev: e.Event | None = d.get("_ev")
         if ev is None:
-            ev = d["_ev"] = e.decode(self.type, self.schema, fast_loads(self.data_json))
+            try:
+                ev = d["_ev"] = e.decode(self.type, self.schema, fast_loads(self.data_json))
+            except (ValueError, UnknownEventType) as exc:
+                raise e.unreadable(self.seq, self.type, exc) from None
         return ev
 
 

@@ -20,6 +20,7 @@ Reads the log twice, in batches (memory stays flat whatever its size): first the
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
@@ -27,10 +28,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import anyio
+import orjson
 
 from rollwatch.abc import EventStore
 from rollwatch.errors import IntegrityError, InvalidNote, UsageError
-from rollwatch.events import GENESIS, CheckpointKeyRotated, CheckpointSigned, Recorded, chain_hash
+from rollwatch.events import (
+    GENESIS,
+    CheckpointKeyRotated,
+    CheckpointSigned,
+    Recorded,
+    canonical_json_fast,
+    chain_hash,
+)
 from rollwatch.integrity.checkpoint import NoteVerifier, b64, unb64
 from rollwatch.integrity.merkle import EMPTY_ROOT, CompactRange, leaf_hash, verify_consistency
 from rollwatch.integrity.rotation import KeyRing
@@ -188,7 +197,7 @@ async def check_log_tree(
         for i, ev in enumerate(page, start=cr.size + 1):
             if ev.seq != i:
                 raise IntegrityError(i, f"event {i} is missing (the next stored is {ev.seq})")
-        leaves, prev, bad = await anyio.to_thread.run_sync(_leaf_hashes, page, prev if chain else None)
+        leaves, prev, bad, odd = await anyio.to_thread.run_sync(_leaf_hashes, page, prev if chain else None)
         if page[0].seq <= stored:
             absorbed = await tree.leaf_hashes(page[0].seq - 1, page[-1].seq) if tree is not None else []
             for ev, leaf, old in zip(page, leaves, absorbed, strict=False):
@@ -199,8 +208,10 @@ async def check_log_tree(
                         "the event was changed since",
                     )
             compared += len(absorbed)
-        if bad is not None:
+        if bad is not None and (odd is None or bad <= odd.seq):
             raise IntegrityError(bad, "its hash does not match its content and the previous hash")
+        if odd is not None:
+            raise odd
         for leaf in leaves:
             cr.append(leaf)
             if cr.size in by_size:
@@ -231,13 +242,17 @@ async def check_log_tree(
     )
 
 
-def _leaf_hashes(page: list[Recorded], prev: bytes | None) -> tuple[list[bytes], bytes, int | None]:
-    """The leaf hash of every event, and (given the hash before the page) the chain check:
-    (leaves, the last hash, the first seq whose chain hash is wrong or None)."""
+def _leaf_hashes(
+    page: list[Recorded], prev: bytes | None
+) -> tuple[list[bytes], bytes, int | None, IntegrityError | None]:
+    """The leaf hash of every event, and (given the hash before the page) the chain check
+    and the content check: (leaves, the last hash, the first seq whose chain hash is wrong
+    or None, the first event no rollwatch wrote or None; see :func:`foreign_data`)."""
     if prev is None:
-        return [leaf_hash(ev.canonical()) for ev in page], b"", None
+        return [leaf_hash(ev.canonical()) for ev in page], b"", None, None
     leaves = []
     bad = None
+    odd = None
     for ev in page:
         canonical = ev.canonical()
         leaves.append(leaf_hash(canonical))
@@ -246,7 +261,54 @@ def _leaf_hashes(page: list[Recorded], prev: bytes | None) -> tuple[list[bytes],
             if h.hex() != ev.hash:
                 bad = ev.seq
             prev = bytes.fromhex(ev.hash) if bad is None else prev
-    return leaves, prev, bad
+        if odd is None and (why := foreign_data(ev)) is not None:
+            odd = IntegrityError(ev.seq, why)
+    return leaves, prev, bad, odd
+
+
+_SORTED = orjson.OPT_SORT_KEYS
+_AT = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
+"""What :func:`rollwatch.events.rfc3339` writes."""
+
+
+def foreign_data(ev: Recorded) -> str | None:
+    """Why ``ev``'s data cannot have been written by rollwatch, or None.
+
+    rollwatch stores ``canonical_json`` of an event's fields and nothing else, so a
+    row with a valid chain hash whose data is not JSON, not an object, or not in
+    canonical form (spaces, unsorted or repeated keys: two readers may then see two
+    different verdicts under one signed hash), or whose time is not what
+    :func:`rollwatch.events.rfc3339` writes, was written around rollwatch, by someone
+    who could recompute the chain. Whether the data has the fields its type needs is
+    not checked here: that depends on the types and upcasters of the version reading
+    it (the read models name such an event when they cannot decode it).
+    orjson answers for almost every row (about 3 us); where it disagrees (a float it
+    writes differently, say), ``canonical_json`` decides.
+    """
+    if _AT.fullmatch(ev.at) is None:
+        return f"its time {ev.at!r} is not one rollwatch writes (UTC, RFC 3339, microseconds)"
+    text = ev.data_json
+    raw = text.encode()
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        try:
+            data = json.loads(text)
+        except ValueError as e:
+            return f"its data is not valid JSON ({e}): rollwatch never writes such a row"
+    if type(data) is not dict:
+        return f"its data is a JSON {type(data).__name__}, not an object: rollwatch never writes such a row"
+    if orjson.dumps(data, option=_SORTED) != raw:
+        try:
+            again = canonical_json_fast(json.loads(text))
+        except (ValueError, RecursionError):
+            again = None
+        if again != text:
+            return (
+                "its data is not in canonical JSON form (spaces, key order or a repeated key): "
+                "rollwatch never writes such a row"
+            )
+    return None
 
 
 async def _check_stored_tree(tree: MerkleTree, stored: int, cr: CompactRange, claims: list[_Claim]) -> None:

@@ -28,6 +28,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from rollwatch.abc import EventStore
+from rollwatch.errors import IntegrityError
 from rollwatch.events import parse_rfc3339, rfc3339
 from rollwatch.log import get_logger
 
@@ -49,7 +50,13 @@ async def newest_event_at(store: EventStore) -> datetime | None:
     """The time of the log's newest event (None when the log is empty)."""
     head = await store.head()
     rec = (await store.read_at([head])).get(head) if head else None
-    return parse_rfc3339(rec.at) if rec is not None else None
+    if rec is None:
+        return None
+    try:
+        return parse_rfc3339(rec.at)
+    except ValueError:
+        # rollwatch stamps every event with rfc3339(): a row written around it.
+        raise IntegrityError(rec.seq, f"its time {rec.at!r} is not one rollwatch writes") from None
 
 
 def behind_log(now: datetime, newest: datetime | None) -> float | None:

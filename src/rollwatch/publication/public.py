@@ -23,14 +23,27 @@ from datetime import UTC, datetime
 from typing import Any
 
 from rollwatch.abc import EventStore
-from rollwatch.events import RolloutResponded, parse_rfc3339
+from rollwatch.errors import StoreError
+from rollwatch.events import (
+    Event,
+    PublicationDecided,
+    PublicReleased,
+    Recorded,
+    RolloutRescored,
+    RolloutResponded,
+    RolloutScored,
+    parse_rfc3339,
+)
+from rollwatch.log import get_logger
 from rollwatch.projections import ProjectionDB
 from rollwatch.web.render import natural_key
 
 _COLUMNS = (
     "rollout_id, run_id, provider, model, problem_id, sample, score, cost_usd, scored_at,"
-    " not_before, released_at, released_seq, answer_seq, scored_seq, superseded_at, superseded_hash"
+    " not_before, released_at, released_seq, answer_seq, scored_seq, superseded_at, superseded_hash, decided_seq"
 )
+log = get_logger(__name__)
+
 _RELEASED = "released_seq IS NOT NULL AND not_before_ts IS NOT NULL AND not_before_ts <= ? AND passed = 1"
 
 
@@ -89,20 +102,69 @@ class Released:
         }
 
 
-async def _with_answers(store: EventStore, rows: Sequence[tuple[Any, ...]]) -> list[Released]:
-    """The results of ``rows`` with their answers, read from the log in one query."""
-    found = [Released(*row) for row in rows]
-    answers = await store.read_at([r.answer_seq for r in found if r.answer_seq is not None])
+async def _with_answers(store: EventStore, rows: Sequence[tuple[Any, ...]], now: datetime) -> list[Released]:
+    """The results of ``rows`` (``_COLUMNS`` and ``decided_seq``) with their answers, read
+    from the log in one query, and each checked against the log's events there: the
+    release, the verdict, the public decision (its date passed by ``now``) and the answer
+    must be of this rollout and say what the row says. A row that does not (the
+    projections file edited: a failure made a pass, a date moved earlier, a release
+    added) is left out and logged as ERROR ``projections_tampered``: a public route never
+    serves a result the log does not release."""
+    found = [(Released(*row[:-1]), row[-1]) for row in rows]
+    want: list[int] = []
+    for r, decided in found:
+        want += [s for s in (r.answer_seq, r.released_seq, r.scored_seq, decided) if s is not None]
+    events = await store.read_at(want)
     out = []
-    for r in found:
-        rec = answers.get(r.answer_seq) if r.answer_seq is not None else None
-        if rec is None:
-            answer = None
-        else:
-            ev = rec.event()
-            answer = ev.text if isinstance(ev, RolloutResponded) else ""
+    for r, decided in found:
+        why = _not_released_by_log(r, decided, events, now)
+        if why is not None:
+            log.error(
+                "projections_tampered",
+                rollout_id=r.rollout_id,
+                reason=why,
+                consequence="left out of the public release; run `rollwatch rebuild`",
+            )
+            continue
+        rec = events.get(r.answer_seq) if r.answer_seq is not None else None
+        answer = None if rec is None else rec.event().text  # type: ignore[attr-defined]
         out.append(dataclasses.replace(r, answer=answer))
     return out
+
+
+def _not_released_by_log(
+    r: Released, decided: int | None, events: dict[int, Recorded], now: datetime
+) -> str | None:
+    """Why the log's events at the row's seqs do not release ``r`` as the row says, or None."""
+
+    def of_rollout(seq: int | None, kinds: tuple[type[Event], ...], what: str) -> Any:
+        rec = events.get(seq) if seq is not None else None
+        ev = rec.event() if rec is not None else None
+        if not isinstance(ev, kinds) or getattr(ev, "rollout_id", None) != r.rollout_id:
+            raise _Mismatch(f"the log's event {seq} is not this rollout's {what}")
+        return ev
+
+    try:
+        of_rollout(r.released_seq, (PublicReleased,), "release")
+        verdict = of_rollout(r.scored_seq, (RolloutScored, RolloutRescored), "verdict")
+        if not verdict.passed:
+            return f"its verdict (event {r.scored_seq}) did not pass"
+        decision = of_rollout(decided, (PublicationDecided,), "public decision")
+        if decision.audience != "public" or decision.not_before != r.not_before:
+            return f"its decision (event {decided}) does not release it to the public on {r.not_before}"
+        if parse_rfc3339(decision.not_before) > now:
+            return f"its decision (event {decided}) holds it until {decision.not_before}"
+        if r.answer_seq is not None:
+            of_rollout(r.answer_seq, (RolloutResponded,), "answer")
+    except _Mismatch as e:
+        return str(e)
+    except StoreError as e:  # an event that does not decode (UnknownEventType)
+        return str(e)
+    return None
+
+
+class _Mismatch(Exception):
+    """Raised when a row's seq points at an event that is not the rollout's (internal)."""
 
 
 async def released_one(
@@ -113,7 +175,7 @@ async def released_one(
         f"SELECT {_COLUMNS} FROM public_rollouts WHERE rollout_id = ? AND {_RELEASED}",
         (rollout_id, now.timestamp()),
     )
-    found = await _with_answers(store, rows)
+    found = await _with_answers(store, rows, now)
     return found[0] if found else None
 
 
@@ -123,7 +185,7 @@ async def recent_released(store: EventStore, pdb: ProjectionDB, now: datetime, l
         f"SELECT {_COLUMNS} FROM public_rollouts WHERE {_RELEASED} ORDER BY released_seq DESC LIMIT ?",
         (now.timestamp(), limit),
     )
-    return await _with_answers(store, rows)
+    return await _with_answers(store, rows, now)
 
 
 async def iter_released(
@@ -137,11 +199,11 @@ async def iter_released(
             " ORDER BY released_seq LIMIT ?",
             (now.timestamp(), after, batch),
         )
-        for r in await _with_answers(store, rows):
+        for r in await _with_answers(store, rows, now):
             yield r
         if len(rows) < batch:
             return
-        after = rows[-1][11]
+        after = rows[-1][11]  # released_seq
 
 
 async def held_back(pdb: ProjectionDB, after: int, until: int, now: datetime) -> int | None:
