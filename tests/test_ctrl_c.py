@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -164,38 +165,10 @@ def test_sigterm_during_the_scrub_at_start_stops_serve_at_once(tmp_path: Path) -
     waited for the scrub and its first checkpoint, longer than systemd's stop timeout.
     The scrub is held stopped here (a pass that would never end): serve must exit 0 all
     the same, kill the scrub, and sign nothing over a log it did not finish checking."""
-    from tests.integrity.test_first_key import _scrub, _start
+    from tests.integrity.test_first_key import _scrub
 
-    config = tmp_path / "rollwatch.toml"
-    config.write_text(
-        f'[store]\nurl = "sqlite:///{tmp_path}/events.db"\n[server]\nlisten = "127.0.0.1:{_free_port()}"\n'
-    )
     _log_with_events(tmp_path / "events.db")
-    # The scrub found is the one at start: the next is hours away.
-    proc = _start(config, tmp_path, "serve.log")
-    scrub = None
-    try:
-        deadline = time.monotonic() + 60
-        while (scrub := _scrub(proc.pid)) is None:
-            assert proc.poll() is None
-            assert time.monotonic() < deadline, "no scrub at start"
-            time.sleep(0.005)
-        os.kill(scrub, signal.SIGSTOP)
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=30)
-        err = (tmp_path / "serve.log").read_text()
-        deadline = time.monotonic() + 10
-        while _alive(scrub):
-            assert time.monotonic() < deadline, "the scrub was left running"
-            time.sleep(0.02)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        if scrub is not None:  # in a session of its own, stopped: no signal of serve's reaches it
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(scrub, signal.SIGKILL)
-    assert proc.returncode == 0, err
-    assert "Traceback" not in err
+    err = _stopped_holding(tmp_path, _scrub, wait_for=None)
     assert "checkpoint_signed" not in err
     assert "while_starting" in err
 
@@ -209,47 +182,60 @@ def test_sigterm_while_the_projections_build_stops_serve_at_once(tmp_path: Path)
     from rollwatch.events import SchedulePaused
     from rollwatch.projections import SPLIT_FROM
     from rollwatch.store.sqlite import SQLiteEventStore
-    from tests.integrity.test_first_key import _start
 
     async def fill() -> None:  # a log long enough for a build in two processes
         async with SQLiteEventStore(tmp_path / "events.db") as store:
             for i in range(0, SPLIT_FROM, 500):
                 await store.append(f"s{i}", [SchedulePaused(schedule=f"s{i}", note="x")] * 500)
 
+    def build_part(pid: int) -> int | None:
+        for child in _children(pid):
+            with contextlib.suppress(FileNotFoundError):
+                if b"build_part" in Path(f"/proc/{child}/cmdline").read_bytes():
+                    return child
+        return None
+
     anyio.run(fill)
+    _stopped_holding(tmp_path, build_part, wait_for="checkpoint_signed")
+
+
+def _stopped_holding(tmp_path: Path, find: Callable[[int], int | None], wait_for: str | None) -> str:
+    """Start serve on ``tmp_path``'s log, hold the child ``find`` names stopped (SIGSTOP),
+    wait for ``wait_for`` in serve's log if given, SIGTERM serve: it must exit 0 within
+    30 s with no traceback and the held child must be gone. Serve's log."""
+    from tests.integrity.test_first_key import _start
+
     config = tmp_path / "rollwatch.toml"
     config.write_text(
         f'[store]\nurl = "sqlite:///{tmp_path}/events.db"\n[server]\nlisten = "127.0.0.1:{_free_port()}"\n'
     )
+    # A child found at start is the one at start: the next scrub is hours away.
     proc = _start(config, tmp_path, "serve.log")
-    part = None
+    held = None
     try:
         deadline = time.monotonic() + 60
-        while part is None:
+        while (held := find(proc.pid)) is None:
             assert proc.poll() is None
-            assert time.monotonic() < deadline, "no build in a second process"
-            for child in _children(proc.pid):
-                with contextlib.suppress(FileNotFoundError):
-                    if b"build_part" in Path(f"/proc/{child}/cmdline").read_bytes():
-                        part = child
+            assert time.monotonic() < deadline, "the child to hold never started"
             time.sleep(0.005)
-        os.kill(part, signal.SIGSTOP)
-        while "checkpoint_signed" not in (tmp_path / "serve.log").read_text():
+        os.kill(held, signal.SIGSTOP)
+        while wait_for is not None and wait_for not in (tmp_path / "serve.log").read_text():
             assert proc.poll() is None
-            assert time.monotonic() < deadline, "no checkpoint signed"
+            assert time.monotonic() < deadline, f"no {wait_for}"
             time.sleep(0.02)
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
-        err = (tmp_path / "serve.log").read_text()
         deadline = time.monotonic() + 10
-        while _alive(part):
-            assert time.monotonic() < deadline, "the build's second process was left running"
+        while _alive(held):
+            assert time.monotonic() < deadline, "the held child was left running"
             time.sleep(0.02)
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-        if part is not None:
+        if held is not None:  # in a session of its own, stopped: no signal of serve's reaches it
             with contextlib.suppress(ProcessLookupError):
-                os.kill(part, signal.SIGKILL)
+                os.kill(held, signal.SIGKILL)
+    err = (tmp_path / "serve.log").read_text()
     assert proc.returncode == 0, err
     assert "Traceback" not in err
+    return err
