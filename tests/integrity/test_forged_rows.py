@@ -87,6 +87,37 @@ def test_verify_names_a_row_rollwatch_never_writes(stopped_site: Site, case: str
     assert "Traceback" not in r.stderr
 
 
+@pytest.mark.parametrize("first", ["foreign", "hash"])
+def test_verify_names_the_first_bad_seq_whichever_check_finds_it(stopped_site: Site, first: str) -> None:
+    """The content check runs in a process of its own beside the hashing: with a row of
+    each kind, `verify` names the earlier, whichever of the two passes found it."""
+    foreign = "[1,2]"
+    if first == "foreign":
+        bad = append_raw(stopped_site, "RolloutScored", foreign)
+        append_raw(stopped_site, "RolloutScored", SCORED)
+        _break_hash(stopped_site, bad + 1)
+    else:
+        bad = append_raw(stopped_site, "RolloutScored", SCORED)
+        append_raw(stopped_site, "RolloutScored", foreign)
+        _break_hash(stopped_site, bad)
+    r = rollwatch("--config", str(stopped_site.config), "verify")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert f"FAILED at seq {bad}: " in r.stderr, r.stderr
+    why = "not an object" if first == "foreign" else "its hash does not match"
+    assert why in r.stderr, r.stderr
+
+
+def _break_hash(site: Site, seq: int) -> None:
+    """Give event ``seq`` a stored hash its content does not make (the next row's chain
+    then starts from the stored one, so only ``seq`` is named by the chain check)."""
+    con = sqlite3.connect(site.db, isolation_level=None)
+    try:
+        con.execute("DROP TRIGGER IF EXISTS events_no_update")
+        con.execute("UPDATE events SET hash = ? WHERE seq = ?", ("0" * 64, seq))
+    finally:
+        con.close()
+
+
 @pytest.mark.parametrize("case", FORGED)
 def test_serve_refuses_such_a_log_naming_the_seq(stopped_site: Site, case: str) -> None:
     """`serve` exits 1 naming the seq, before it appends anything, without a traceback."""

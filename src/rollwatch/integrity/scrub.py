@@ -31,8 +31,8 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from rollwatch import _child
 from rollwatch.errors import IntegrityError, StoreError
+from rollwatch.integrity.content import worker_pass
 from rollwatch.integrity.verify import TreeReport, check_log_tree, read_kept
 from rollwatch.log import get_logger
 
@@ -106,23 +106,8 @@ async def scrub_pass(target: ScrubTarget) -> tuple[int, float]:
     could not run (the log out of reach, say).
     """
     started = time.monotonic()
-    cmd = [sys.executable, "-m", "rollwatch.integrity.scrub", target.to_json()]
-    result = await anyio.run_process(
-        cmd,
-        check=False,
-        stderr=None,
-        start_new_session=True,
-        env=_child.env(),  # see rollwatch._child
-    )
-    lines = result.stdout.decode(errors="replace").strip().splitlines()
-    last = lines[-1] if lines else f"error the scrub exited with status {result.returncode}"
-    kind, _, rest = last.partition(" ")
-    if kind == "ok":
-        return int(rest), time.monotonic() - started
-    if kind == "integrity":
-        seq, _, reason = rest.partition(" ")
-        raise IntegrityError(int(seq), reason)
-    raise StoreError(f"the scrub could not run: {rest}")
+    events = await worker_pass("rollwatch.integrity.scrub", target.to_json(), "the scrub")
+    return events, time.monotonic() - started
 
 
 async def scrub_forever(target: ScrubTarget, interval: float, *, first_after: float = 0.0) -> None:

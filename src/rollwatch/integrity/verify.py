@@ -132,10 +132,12 @@ async def check_log_tree(
     chain: bool = False,
     pace: Callable[[], Awaitable[None]] | None = None,
     kept: Sequence[KeptCheckpoint] = (),
+    content: bool = True,
 ) -> TreeReport:
     """Check every checkpoint against the log (and ``tree`` against the log); raise IntegrityError naming the seq.
 
-    ``chain``: check every event's chain hash in the same pass. ``kept``: checkpoints
+    ``chain``: check every event's chain hash in the same pass, and (``content``) its
+    data (:func:`foreign_data`). ``kept``: checkpoints
     kept outside the log (the witness file, one a user saved), each of which the log
     must still contain: a log now shorter than one, or whose first ``size`` events
     hash to another root (a fork, a rewrite), fails. ``pace`` is awaited after each
@@ -197,7 +199,9 @@ async def check_log_tree(
         for i, ev in enumerate(page, start=cr.size + 1):
             if ev.seq != i:
                 raise IntegrityError(i, f"event {i} is missing (the next stored is {ev.seq})")
-        leaves, prev, bad, odd = await anyio.to_thread.run_sync(_leaf_hashes, page, prev if chain else None)
+        leaves, prev, bad, odd = await anyio.to_thread.run_sync(
+            _leaf_hashes, page, prev if chain else None, content
+        )
         if page[0].seq <= stored:
             absorbed = await tree.leaf_hashes(page[0].seq - 1, page[-1].seq) if tree is not None else []
             for ev, leaf, old in zip(page, leaves, absorbed, strict=False):
@@ -243,7 +247,7 @@ async def check_log_tree(
 
 
 def _leaf_hashes(
-    page: list[Recorded], prev: bytes | None
+    page: list[Recorded], prev: bytes | None, content: bool = True
 ) -> tuple[list[bytes], bytes, int | None, IntegrityError | None]:
     """The leaf hash of every event, and (given the hash before the page) the chain check
     and the content check: (leaves, the last hash, the first seq whose chain hash is wrong
@@ -261,9 +265,28 @@ def _leaf_hashes(
             if h.hex() != ev.hash:
                 bad = ev.seq
             prev = bytes.fromhex(ev.hash) if bad is None else prev
-        if odd is None and (why := foreign_data(ev)) is not None:
+        if content and odd is None and (why := foreign_data(ev)) is not None:
             odd = IntegrityError(ev.seq, why)
     return leaves, prev, bad, odd
+
+
+async def content_pass(store: EventStore) -> int:
+    """Every event's data checked (:func:`foreign_data`) in one pass; the events read.
+    Raises :class:`IntegrityError` naming the first that rollwatch cannot have written."""
+    events = 0
+    async for page in store.read_batches(batch=5000):
+        odd = await anyio.to_thread.run_sync(_first_foreign, page)
+        if odd is not None:
+            raise odd
+        events += len(page)
+    return events
+
+
+def _first_foreign(page: list[Recorded]) -> IntegrityError | None:
+    for ev in page:
+        if (why := foreign_data(ev)) is not None:
+            return IntegrityError(ev.seq, why)
+    return None
 
 
 _SORTED = orjson.OPT_SORT_KEYS
@@ -390,7 +413,39 @@ async def verify_state(
         log.warning("state_of_another_log_ignored", tree=str(path), its_log_first_hash=foreign)
     if checkpoint is not None:
         kept.append(await anyio.to_thread.run_sync(load_kept_checkpoint, checkpoint))
-    if foreign or not await anyio.Path(path).exists():
-        return await check_log_tree(store, vkey=vkey, progress=progress, kept=kept, chain=chain)
-    async with MerkleTree(path, read_only=True) as tree:
-        return await check_log_tree(store, vkey=vkey, tree=tree, progress=progress, kept=kept, chain=chain)
+
+    async def hashed(content: bool) -> TreeReport:
+        if foreign or not await anyio.Path(path).exists():
+            return await check_log_tree(
+                store, vkey=vkey, progress=progress, kept=kept, chain=chain, content=content
+            )
+        async with MerkleTree(path, read_only=True) as tree:
+            return await check_log_tree(
+                store, vkey=vkey, tree=tree, progress=progress, kept=kept, chain=chain, content=content
+            )
+
+    if not chain:
+        return await hashed(False)
+    # Each event's content is checked in a second process meanwhile (it costs about what
+    # the hashing does); the first bad seq either finds is the one named.
+    from rollwatch.integrity.content import content_beside
+
+    found: list[IntegrityError] = []
+
+    async def beside() -> None:
+        try:
+            await content_beside(store_config.url)
+        except IntegrityError as e:
+            found.append(e)
+
+    report = None
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(beside)
+        try:
+            report = await hashed(False)
+        except IntegrityError as e:
+            found.append(e)
+    if found:
+        raise min(found, key=lambda e: e.seq)
+    assert report is not None
+    return report
