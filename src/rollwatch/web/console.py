@@ -40,12 +40,12 @@ from rollwatch.events import rollout_stream, schedule_stream
 from rollwatch.log import get_logger
 from rollwatch.report.failures import Failures, failures_by_key
 from rollwatch.report.stats import wilson
-from rollwatch.scoring.extract import extract_code
 from rollwatch.web import params
 from rollwatch.web.access import Operators, bearer_key
 from rollwatch.web.render import natural_key, templates
 from rollwatch.web.render import pct as _pct
 from rollwatch.web.render import usd as _usd
+from rollwatch.web.scored import ScoredPart, Version, scored_part, split_answer
 
 if TYPE_CHECKING:
     from rollwatch.abc import EventStore
@@ -266,27 +266,25 @@ class Console:
         """One rollout: prompt, attempts, answer with its extracted code, score, event hashes."""
         params.query(request, set())
         rollout_id = request.path_params["rollout_id"]
-        row = await self.pdb.fetchone(
-            "SELECT run_id, provider, model, problem_id, sample, state, passed, score, cost_usd, fail_kind"
-            " FROM rollouts WHERE rollout_id = ?",
-            (rollout_id,),
+        sql = (
+            "SELECT o.run_id, o.provider, o.model, o.problem_id, o.sample, o.state, o.passed, o.score,"
+            " o.cost_usd, o.fail_kind, o.problem_hash, u.problem_set"
+            " FROM rollouts o LEFT JOIN runs u ON u.run_id = o.run_id WHERE o.rollout_id = ?"
         )
+        row = await self.pdb.fetchone(sql, (rollout_id,))
         if row is None:
             await self._current()
-            row = await self.pdb.fetchone(
-                "SELECT run_id, provider, model, problem_id, sample, state, passed, score, cost_usd, fail_kind"
-                " FROM rollouts WHERE rollout_id = ?",
-                (rollout_id,),
-            )
+            row = await self.pdb.fetchone(sql, (rollout_id,))
         if row is None:
             raise NotFound(f"no rollout {rollout_id[:80]!r}")
-        run_id, provider, model, problem_id, sample, state, passed, score, cost, fail_kind = row
+        (run_id, provider, model, problem_id, sample, state, passed, score, cost, fail_kind, requested_hash,
+         problem_set) = row  # fmt: skip
         attempts: dict[int, dict[str, Any]] = {}
         evs: list[dict[str, Any]] = []
         prompt: list[dict[str, str]] = []
         answer: str | None = None
         reasoning: str | None = None
-        scored: e.RolloutScored | None = None
+        verdicts: list[tuple[int, e.RolloutScored | e.RolloutRescored]] = []
         async for rec in self.store.read(stream=rollout_stream(rollout_id)):
             ev = rec.event()
             evs.append({"seq": rec.seq, "type": rec.type, "at": rec.at, "hash": rec.hash})
@@ -315,11 +313,20 @@ class Console:
             elif isinstance(ev, e.RolloutFailed):
                 a = attempts.setdefault(ev.attempt, {"attempt": ev.attempt})
                 a.update(status=f"failed: {ev.kind}", http_status=ev.status, message=ev.message)
-            elif isinstance(ev, e.RolloutScored):
-                scored = ev
-        code = None
-        if answer is not None:
-            code = extract_code(answer, self._entry_point(run_id, problem_id)).code
+            elif isinstance(ev, e.RolloutScored | e.RolloutRescored):
+                verdicts.append((rec.seq, ev))
+        # The verdict that stands is the newest (as the rollouts read model's passed/score);
+        # the code shown is the one it ran, under the problem version it names.
+        scored = verdicts[-1][1] if verdicts else None
+        version = self._version(
+            problem_set, problem_id, (scored.problem_hash if scored else None) or requested_hash
+        )
+        part = ScoredPart(None)
+        if answer is not None and scored is not None:
+            code_hash = scored.detail.get("code_sha256")
+            part = scored_part(
+                answer, scored.extraction, code_hash if isinstance(code_hash, str) else None, version
+            )
         checkpoint = await self.proofs.checkpoint() if self.proofs is not None else None
         for item in evs:
             if checkpoint is not None and item["seq"] <= checkpoint.size:
@@ -339,10 +346,16 @@ class Console:
             fail_kind=fail_kind,
             attempts=[attempts[k] for k in sorted(attempts)],
             prompt=prompt,
-            answer_parts=_split_answer(answer, code),
+            answer_parts=split_answer(answer, part.span) if answer is not None else [],
             reasoning=reasoning,
-            code=code,
+            part=part,
+            version=version,
             scored=scored,
+            rescored=isinstance(scored, e.RolloutRescored),
+            earlier=[
+                {"seq": seq, "rescore": isinstance(v, e.RolloutRescored), "verdict": v}
+                for seq, v in verdicts[:-1]
+            ],
             scored_detail=json.dumps(scored.detail, indent=2, ensure_ascii=False) if scored else "",
             events=evs,
             checkpoint_size=checkpoint.size if checkpoint is not None else None,
@@ -373,14 +386,21 @@ class Console:
             },
         )
 
-    def _entry_point(self, run_id: str, problem_id: str) -> str | None:
-        del run_id
-        for ps in self.problem_sets.values():
+    def _version(self, problem_set: str | None, problem_id: str, problem_hash: str | None) -> Version:
+        """The configured problem of version ``problem_hash``: the run's set's first, else
+        any set's with that content hash (the hash covers the entry point)."""
+        if not problem_hash:
+            return Version(None)
+        names = [problem_set] if problem_set in self.problem_sets else []
+        names += [n for n in self.problem_sets if n != problem_set]
+        for name in names:
             try:
-                return ps.get(problem_id).entry_point
+                p = self.problem_sets[name].get(problem_id)
             except KeyError:
                 continue
-        return None
+            if p.content_hash == problem_hash:
+                return Version(problem_hash, name, p.entry_point)
+        return Version(problem_hash)
 
     def _problems_by_id(self) -> dict[str, list[tuple[str, Problem]]]:
         """Every configured problem by id, with the sets that have it."""
@@ -694,19 +714,6 @@ def _text_of(content: Any) -> str:
     if isinstance(content, list):  # content parts (OpenAI, Anthropic)
         return "\n".join(str(p.get("text", "")) if isinstance(p, dict) else str(p) for p in content)
     return json.dumps(content, ensure_ascii=False)
-
-
-def _split_answer(answer: str | None, code: str | None) -> list[tuple[bool, str]]:
-    """The answer cut into (is the extracted code, text) pieces, for highlighting that block."""
-    if answer is None:
-        return []
-    if not code:
-        return [(False, answer)]
-    body = code.rstrip("\n")
-    i = answer.rfind(body)
-    if i < 0:  # re-indented or tidied on the way out: shown apart, below the answer
-        return [(False, answer)]
-    return [(False, answer[:i]), (True, body), (False, answer[i + len(body) :])]
 
 
 async def root_redirect(_: Request) -> Response:
