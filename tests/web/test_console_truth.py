@@ -4,14 +4,22 @@ sets that both have a problem ``twin``, with different entry points)."""
 
 from __future__ import annotations
 
+import os
 import re
-from collections.abc import Iterator
+import signal
+import uuid
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import anyio
 import httpx
 import pytest
 
-from tests.test_daemon import events, free_port
+from rollwatch import events as e
+from rollwatch.events import rollout_stream, run_stream
+from rollwatch.scoring.extract import code_sha256
+from rollwatch.store.sqlite import SQLiteEventStore
+from tests.test_daemon import events, free_port, wait_until
 from tests.web.opsd import Daemon, running_daemon
 
 TWIN_ANSWER = (
@@ -20,6 +28,8 @@ TWIN_ANSWER = (
     "```python\ndef right_fn(x):\n    return x + 2\n```\n"
 )
 """Both blocks define an entry point: the left set's problem takes the first, the right's the second."""
+LEFT_BLOCK = "def left_fn(x):\n    return x + 1\n"
+RIGHT_BLOCK = "def right_fn(x):\n    return x + 2\n"
 
 
 def _twin(root: Path, entry: str, add: int) -> Path:
@@ -39,6 +49,11 @@ def _twin(root: Path, entry: str, add: int) -> Path:
 def _setup(tmp: Path, fake_url: str) -> tuple[Path, Path]:
     left = _twin(tmp / "left", "left_fn", 1)
     right = _twin(tmp / "right", "right_fn", 2)
+    # The problem a test edits (its entry point changes): no other test reads it.
+    (right / "twin").rename(right / "shifty")
+    _twin(right, "right_fn", 2)
+    toml = right / "shifty" / "problem.toml"
+    toml.write_text(toml.read_text().replace('title = "Twin', 'id = "shifty"\ntitle = "Shifty'))
     cfg = tmp / "rollwatch.toml"
     # "left" first: a console that takes the first set having the problem takes the wrong one.
     cfg.write_text(f"""
@@ -76,7 +91,7 @@ every = "1h"
 
 @pytest.fixture(scope="module")
 def twins(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
-    """A daemon whose one run asked the right set's ``twin`` and scored the answer."""
+    """A daemon whose one run asked the right set's ``twin`` and ``shifty`` and scored the answers."""
     with running_daemon(tmp_path_factory.mktemp("twins"), setup=_setup, answer=TWIN_ANSWER, runs=1) as d:
         yield d
 
@@ -87,18 +102,204 @@ def _marked(html: str) -> list[str]:
     return [re.sub(r"<[^>]+>", "", m) for m in re.findall(r'<mark class="code"[^>]*>(.*?)</mark>', answer, re.S)]
 
 
+def _rollout(d: Daemon, problem_id: str) -> str:
+    (rid,) = [x["rollout_id"] for _, _, x in events(d.db, "RolloutRequested") if x["problem_id"] == problem_id]
+    return str(rid)
+
+
+def _page(d: Daemon, rid: str) -> str:
+    r = httpx.get(d.url + f"/ops/rollouts/{rid}")
+    assert r.status_code == 200, r.text
+    return r.text
+
+
+def _text(html: str, element_id: str) -> str:
+    """The text of the element with ``element_id`` (tags dropped, entities left)."""
+    m = re.search(rf'<(\w+)[^>]* id="{element_id}"[^>]*>(.*?)</\1>', html, re.S)
+    assert m, f"no #{element_id}"
+    return re.sub(r"<[^>]+>", "", m.group(2))
+
+
+def _hash_of(d: Daemon, problem_id: str) -> str:
+    return str(_requested(d, problem_id)["problem_hash"])
+
+
+def _requested(d: Daemon, problem_id: str) -> dict[str, object]:
+    return next(x for _, _, x in events(d.db, "RolloutRequested") if x["problem_id"] == problem_id)
+
+
+def append_run(
+    d: Daemon,
+    rollouts: Sequence[Sequence[e.Event]],
+    *,
+    problem_set: str = "right",
+    problem_id: str = "twin",
+    problem_hash: str = "sha256:" + "0" * 64,
+) -> tuple[str, list[str]]:
+    """A finished run of the right set written into the daemon's log as an older daemon
+    (or another node) wrote it: for each entry of ``rollouts`` a rollout requested under
+    ``problem_hash``, then those events (an answer, verdicts...) on its stream. The
+    rollouts' ids are ``{rollout_id}`` in the events given: ``"{rid}"`` is replaced."""
+    run_id = f"legacy-{uuid.uuid4().hex[:12]}"
+    rids = [str(uuid.uuid4()) for _ in rollouts]
+
+    async def go() -> None:
+        async with SQLiteEventStore(d.db) as store:
+            await store.append(
+                run_stream(run_id),
+                [
+                    e.RunStarted(
+                        run_id=run_id, schedule="legacy", provider="fake", models=["m1"],
+                        problem_set=problem_set, node="older-node", rollouts=1, problems=[problem_id],
+                    )
+                ],
+            )  # fmt: skip
+
+            async def one(i: int, rid: str) -> None:
+                request = e.RolloutRequested(
+                    rollout_id=rid, run_id=run_id, provider="fake", model="m1", problem_id=problem_id,
+                    problem_hash=problem_hash, sample=i, attempt=1, request={"messages": []}, node="older-node",
+                )  # fmt: skip
+                more = [_with_id(ev, rid) for ev in rollouts[i]]
+                await store.append(rollout_stream(rid), [request, *more])
+
+            async with anyio.create_task_group() as tg:  # concurrent: one group commit for many
+                for i, rid in enumerate(rids):
+                    tg.start_soon(one, i, rid)
+            await store.append(
+                run_stream(run_id),
+                [e.RunFinished(run_id=run_id, status="completed", rollouts=len(rids), passed=0, cost_usd=0.0)],
+            )
+
+    anyio.run(go)
+    return run_id, rids
+
+
+def _with_id(ev: e.Event, rid: str) -> e.Event:
+    from dataclasses import replace
+
+    return replace(ev, rollout_id=rid)  # type: ignore[type-var]
+
+
+def _answered(text: str = TWIN_ANSWER, attempt: int = 1) -> e.RolloutResponded:
+    return e.RolloutResponded(rollout_id="", attempt=attempt, text=text, cost_usd=0.001)
+
+
+def _scored(extraction: str, *, problem_hash: str | None, code: str | None = None, passed: bool = True) -> e.RolloutScored:
+    """A run's verdict; with ``code``, recording that code's hash as verdicts do now."""
+    detail: dict[str, object] = {"extraction_blocks": 2}
+    if code is not None:
+        detail["code_sha256"] = code_sha256(code)
+    return e.RolloutScored(
+        rollout_id="", passed=passed, score=float(passed), scorer="python-function",
+        reason="passed" if passed else "wrong answer", extraction=extraction, detail=detail,
+        problem_hash=problem_hash,
+    )  # fmt: skip
+
+
 class TestScoredCode:
     def test_the_highlighted_block_is_the_one_the_run_s_problem_set_scored(self, twins: Daemon) -> None:
         """Two configured sets both have ``twin`` (entry points ``left_fn`` and ``right_fn``);
         the run asked the right set's. The answer defines both in two blocks: the page
         highlights the block the scorer ran (``right_fn``), not the one the first
         configured set's entry point would pick."""
-        (rid,) = [d["rollout_id"] for _, _, d in events(twins.db, "RolloutRequested")]
-        (scored,) = [d for _, _, d in events(twins.db, "RolloutScored")]
+        rid = _rollout(twins, "twin")
+        (scored,) = [d for _, _, d in events(twins.db, "RolloutScored") if d["rollout_id"] == rid]
         assert scored["passed"] and scored["extraction"] == "fenced-entry-point"
-        r = httpx.get(twins.url + f"/ops/rollouts/{rid}")
-        assert r.status_code == 200
-        marked = _marked(r.text)
-        assert len(marked) == 1, marked
-        assert "def right_fn" in marked[0]
-        assert "left_fn" not in marked[0]
+        # the verdict names the code it ran by its hash
+        assert scored["detail"]["code_sha256"] == code_sha256(RIGHT_BLOCK)
+        html = _page(twins, rid)
+        assert _marked(html) == [RIGHT_BLOCK.rstrip("\n")]
+        assert "the verdict&#39;s hash of the code it ran" in _text(html, "scored-how")
+        assert "(problem set right)" in _text(html, "problem-version")
+
+    def test_an_older_verdict_is_read_under_the_run_s_problem_set(self, twins: Daemon) -> None:
+        """A verdict from before code hashes (``fenced-entry-point``, no ``code_sha256``) in a
+        run of the right set: the page takes the entry point of the version it names from
+        the run's set (``right_fn``), not from the first set that has the problem."""
+        _, (rid,) = append_run(
+            twins,
+            [[_answered(), _scored("fenced-entry-point", problem_hash=None)]],
+            problem_hash=_hash_of(twins, "twin"),
+        )
+        html = _page(twins, rid)
+        assert _marked(html) == [RIGHT_BLOCK.rstrip("\n")]
+        assert "&#39;right_fn&#39;" in _text(html, "scored-how")
+
+    def test_an_older_verdict_under_a_version_no_longer_configured_is_not_guessed(self, twins: Daemon) -> None:
+        """The version such a verdict names is configured nowhere any more: the page says so
+        and highlights nothing, rather than the block today's configuration would take."""
+        gone = "sha256:" + "ab" * 32
+        _, (rid,) = append_run(
+            twins, [[_answered(), _scored("fenced-entry-point", problem_hash=gone)]], problem_hash=gone
+        )
+        html = _page(twins, rid)
+        assert _marked(html) == []
+        assert "<h3>Scored code</h3>" not in html
+        warning = _text(html, "scored-warning")
+        assert f"problem version {gone} is no longer configured" in warning
+        assert "(no longer configured)" in _text(html, "problem-version")
+
+    @pytest.mark.parametrize(
+        ("extraction", "expected"),
+        [("fenced-last", RIGHT_BLOCK), ("none", None)],
+        ids=["fenced-last", "none"],
+    )
+    def test_an_older_verdict_whose_rule_needs_no_problem(
+        self, twins: Daemon, extraction: str, expected: str | None
+    ) -> None:
+        """``fenced-last`` (the last Python block) and ``none`` (no code) do not depend on the
+        problem: even under a version no longer configured the page shows what ran."""
+        gone = "sha256:" + "cd" * 32
+        _, (rid,) = append_run(twins, [[_answered(), _scored(extraction, problem_hash=gone)]], problem_hash=gone)
+        html = _page(twins, rid)
+        assert _marked(html) == ([expected.rstrip("\n")] if expected else [])
+        assert 'id="scored-warning"' not in html
+
+    def test_the_newest_verdict_is_the_one_shown(self, twins: Daemon) -> None:
+        """The run passed the answer (``right_fn``); a re-score under a newer version failed
+        it, running ``left_fn``. The page's result, its scorer section and its highlight are
+        the re-score's (as the read models and the report count it), the run's verdict is
+        listed under earlier verdicts."""
+        old, new = _hash_of(twins, "twin"), "sha256:" + "ef" * 32
+        rescore = e.RolloutRescored(
+            rollout_id="", problem_id="twin", passed=False, score=0.0, scorer="python-function",
+            problem_hash=new, scorer_version="v-test", rescore_id="rs-1234", previous_passed=True,
+            previous_problem_hash=old, reason="exception: AssertionError", extraction="fenced-entry-point",
+            detail={"code_sha256": code_sha256(LEFT_BLOCK)},
+        )  # fmt: skip
+        _, (rid,) = append_run(
+            twins,
+            [[_answered(), _scored("fenced-entry-point", problem_hash=old, code=RIGHT_BLOCK), rescore]],
+            problem_hash=old,
+        )
+        html = _page(twins, rid)
+        assert _marked(html) == [LEFT_BLOCK.rstrip("\n")]
+        verdict = _text(html, "verdict")
+        assert "failed" in verdict and "re-score rs-1234" in verdict
+        assert "exception: AssertionError" in verdict
+        earlier = _text(html, "earlier-verdicts")
+        assert "passed" in earlier and old in earlier
+        # the result at the top is the same verdict
+        assert '<span class="fail">failed</span>' in html.split("<dt>Result</dt>")[1].split("</dd>")[0]
+
+    def test_a_problem_whose_entry_point_changed_still_shows_the_code_that_ran(self, twins: Daemon) -> None:
+        """``shifty``'s answer was scored with entry point ``right_fn``; then its entry point
+        becomes ``left_fn`` (a new version, recorded on SIGHUP). Its page still highlights
+        the ``right_fn`` block, and names the version it was scored under as no longer
+        configured."""
+        rid = _rollout(twins, "shifty")
+        scored_under = _hash_of(twins, "shifty")
+        toml = twins.problems / "shifty" / "problem.toml"
+        toml.write_text(toml.read_text().replace('entry_point = "right_fn"', 'entry_point = "left_fn"'))
+        (twins.problems / "shifty" / "solution.py").write_text("def left_fn(x):\n    return x + 2\n")
+        os.kill(twins.pid, signal.SIGHUP)
+        wait_until(
+            lambda: [x for _, _, x in events(twins.db, "ProblemVersioned") if x["problem_id"] == "shifty"],
+            30,
+            "the new version of shifty",
+        )
+        html = _page(twins, rid)
+        assert _marked(html) == [RIGHT_BLOCK.rstrip("\n")]
+        version = _text(html, "problem-version")
+        assert scored_under in version and "(no longer configured)" in version

@@ -70,6 +70,7 @@ _HEADERS = {
 }
 _ACTIONS = {"pause": e.SchedulePaused, "resume": e.ScheduleResumed, "trigger": e.ScheduleTriggered}
 _RUNS_SHOWN = 200
+_ROLLOUTS_SHOWN = 2000  # a run's rollouts listed on its page (the page says when there are more)
 _NOTE_MAX = 500
 _FORM_MAX = 8192
 
@@ -243,8 +244,8 @@ class Console:
         failures = Failures.total((await failures_by_key(self.pdb, "run", run_id)).values())
         rollouts = await self.pdb.fetchall(
             "SELECT rollout_id, model, problem_id, sample, state, passed, cost_usd, fail_kind FROM rollouts"
-            " WHERE run_id = ? ORDER BY model, problem_id, sample LIMIT 2000",
-            (run_id,),
+            " WHERE run_id = ? ORDER BY model, problem_id, sample LIMIT ?",
+            (run_id, _ROLLOUTS_SHOWN),
         )
         models = sorted(by_model, key=natural_key)
         problems = sorted({p for _, p in cells}, key=natural_key)
