@@ -135,12 +135,13 @@ def append_run(
     problem_set: str = "right",
     problem_id: str = "twin",
     problem_hash: str = "sha256:" + "0" * 64,
+    run_id: str | None = None,
 ) -> tuple[str, list[str]]:
     """A finished run of the right set written into the daemon's log as an older daemon
     (or another node) wrote it: for each entry of ``rollouts`` a rollout requested under
     ``problem_hash``, then those events (an answer, verdicts...) on its stream. The
-    rollouts' ids are ``{rollout_id}`` in the events given: ``"{rid}"`` is replaced."""
-    run_id = f"legacy-{uuid.uuid4().hex[:12]}"
+    rollouts' ids are set on the events given."""
+    run_id = run_id or f"legacy-{uuid.uuid4().hex[:12]}"
     rids = [str(uuid.uuid4()) for _ in rollouts]
 
     async def go() -> None:
@@ -303,3 +304,85 @@ class TestScoredCode:
         assert _marked(html) == [RIGHT_BLOCK.rstrip("\n")]
         version = _text(html, "problem-version")
         assert scored_under in version and "(no longer configured)" in version
+
+
+TROJAN = (
+    "Here:\n\n```python\ndef right_fn(x):\n"
+    "    return x + 2  # \u202e\u2066 ;1 - x nruter\u2069 \u2066\n"
+    "    \u3164 = 1\u200b\n```\n"
+)
+"""A block whose comment a right-to-left override and isolates make read as other code,
+a Hangul filler (a letter to Python, blank on screen) and a zero-width space."""
+HIDDEN = ("\u202e", "\u2066", "\u2069", "\u3164", "\u200b")
+
+
+class TestWhatElseIsShown:
+    def test_hidden_and_bidi_characters_are_shown_as_code_points(self, twins: Daemon) -> None:
+        """Characters that reorder or hide text (Trojan Source) in the answer, the reasoning,
+        the scorer's reason and a provider's error message reach the page as visible
+        ``⟨U+XXXX⟩`` marks, never as themselves: the operator reads the code that ran."""
+        code = TROJAN.split("```python\n")[1].split("```")[0]
+        failed = e.RolloutFailed(
+            rollout_id="", attempt=1, kind="server_error", status=500, retryable=True,
+            message="upstream \u202eerror",
+        )  # fmt: skip
+        answered = e.RolloutResponded(rollout_id="", attempt=1, text=TROJAN, reasoning="plan\u2066 it\u2069")
+        verdict = e.RolloutScored(
+            rollout_id="", passed=False, score=0.0, scorer="python-function", reason="NameError: \u3164",
+            extraction="fenced-entry-point", detail={"code_sha256": code_sha256(code)},
+            problem_hash=_hash_of(twins, "twin"),
+        )  # fmt: skip
+        _, (rid,) = append_run(twins, [[failed, answered, verdict]], problem_hash=_hash_of(twins, "twin"))
+        html = _page(twins, rid)
+        for ch in HIDDEN:
+            assert ch not in html, f"U+{ord(ch):04X} reached the page"
+        marked = _marked(html)
+        assert len(marked) == 1
+        assert "⟨U+202E⟩⟨U+2066⟩ ;1 - x nruter⟨U+2069⟩ ⟨U+2066⟩" in marked[0]
+        assert "⟨U+3164⟩ = 1⟨U+200B⟩" in marked[0]
+        assert "plan⟨U+2066⟩ it⟨U+2069⟩" in _text(html, "reasoning")
+        assert "NameError: ⟨U+3164⟩" in _text(html, "verdict")
+        assert "upstream ⟨U+202E⟩error" in _text(html, "attempts")
+
+    def test_a_failure_that_was_retried_is_not_shown_as_the_state_s_cause(self, twins: Daemon) -> None:
+        """Attempt 1 failed (HTTP 500, retryable), attempt 2 was answered and scored: the
+        rollout's state is ``scored``, on its page and in its run's list, without the
+        earlier attempt's failure beside it (the attempts table keeps it); a rollout that
+        finally failed keeps its cause."""
+        run_id = f"legacy-{uuid.uuid4().hex[:12]}"
+        retried = [
+            e.RolloutFailed(rollout_id="", attempt=1, kind="server_error", status=500, retryable=True, message="x"),
+            e.RolloutRequested(
+                rollout_id="", run_id=run_id, provider="fake", model="m1", problem_id="twin",
+                problem_hash=_hash_of(twins, "twin"), sample=0, attempt=2, request={}, node="older-node",
+            ),
+            _answered(attempt=2),
+            _scored("fenced-entry-point", problem_hash=None, code=RIGHT_BLOCK),
+        ]  # fmt: skip
+        final = [
+            e.RolloutFailed(
+                rollout_id="", attempt=1, kind="bad_request", status=400, retryable=False, message="y", final=True
+            )
+        ]
+        _, (rid, failed_rid) = append_run(twins, [retried, final], problem_hash=_hash_of(twins, "twin"), run_id=run_id)
+        html = _page(twins, rid)
+        assert _text(html, "state") == "scored"
+        assert "failed: server_error" in html  # the attempt's own row
+        assert _text(_page(twins, failed_rid), "state") == "failed (bad_request)"
+        run = httpx.get(twins.url + f"/ops/runs/{run_id}").text
+        rows = {r: run.split(f"/ops/rollouts/{r}")[1].split("</tr>")[0] for r in (rid, failed_rid)}
+        assert "<td>scored</td>" in rows[rid]
+        assert "<td>failed (bad_request)</td>" in rows[failed_rid]
+        assert "<dt>Started (UTC)</dt>" in run
+
+    def test_a_run_with_more_rollouts_than_its_page_lists_says_so(self, twins: Daemon) -> None:
+        """A run of 2,001 rollouts: its page lists 2,000 and says they are the first 2,000 of
+        2,001, rather than passing the list off as the whole run."""
+        run_id, _ = append_run(twins, [[] for _ in range(2001)], problem_hash=_hash_of(twins, "twin"))
+        html = httpx.get(twins.url + f"/ops/runs/{run_id}").text
+        listed = html.split("<h2>Rollouts</h2>")[1]
+        assert listed.count('<a href="/ops/rollouts/') == 2000
+        assert "The first 2000 of the run's 2001 rollouts" in _text(html, "rollouts-cut")
+        # a run whose rollouts are all listed says nothing of the kind
+        small = next(x["run_id"] for _, _, x in events(twins.db, "RunStarted") if x["schedule"] == "twins-right")
+        assert 'id="rollouts-cut"' not in httpx.get(twins.url + f"/ops/runs/{small}").text
