@@ -176,6 +176,16 @@ def append_run(
     return run_id, rids
 
 
+def append_to(d: Daemon, rid: str, evs: Sequence[e.Event]) -> None:
+    """More events of rollout ``rid``, appended to its stream."""
+
+    async def go() -> None:
+        async with SQLiteEventStore(d.db) as store:
+            await store.append(rollout_stream(rid), [_with_id(ev, rid) for ev in evs])
+
+    anyio.run(go)
+
+
 def _with_id(ev: e.Event, rid: str) -> e.Event:
     from dataclasses import replace
 
@@ -374,6 +384,19 @@ class TestWhatElseIsShown:
         assert "<td>scored</td>" in rows[rid]
         assert "<td>failed (bad_request)</td>" in rows[failed_rid]
         assert "<dt>Started (UTC)</dt>" in run
+
+    def test_a_rollout_page_shows_the_state_its_events_have_now(self, twins: Daemon) -> None:
+        """A rollout's page opened while it waits for its answer, then again once it has
+        been answered and scored (no other page opened in between): the second visit shows
+        it scored and passed, as its events say, not the state the first visit saw."""
+        _, (rid,) = append_run(twins, [[]], problem_hash=_hash_of(twins, "twin"))
+        assert _text(_page(twins, rid), "state") == "requested"
+        append_to(twins, rid, [_answered(), _scored("fenced-entry-point", problem_hash=None, code=RIGHT_BLOCK)])
+        html = _page(twins, rid)
+        assert _text(html, "state") == "scored"
+        assert _text(html, "result").startswith("passed")
+        assert _text(html, "cost") == "$0.0010"
+        assert _marked(html) == [RIGHT_BLOCK.rstrip("\n")]
 
     def test_a_run_with_more_rollouts_than_its_page_lists_says_so(self, twins: Daemon) -> None:
         """A run of 2,001 rollouts: its page lists 2,000 and says they are the first 2,000 of

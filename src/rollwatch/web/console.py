@@ -264,32 +264,30 @@ class Console:
         )
 
     async def rollout(self, request: Request) -> Response:
-        """One rollout: prompt, attempts, answer with its extracted code, score, event hashes."""
+        """One rollout: prompt, attempts, answer with the code its verdict ran, verdicts, event hashes.
+
+        Its facts (state, result, cost) are read from its own events, as the rollouts read
+        model derives them: a read model caught up only when a page needs it was stale
+        here (a page opened before the answer still said "requested" once it was scored)."""
         params.query(request, set())
         rollout_id = request.path_params["rollout_id"]
-        sql = (
-            "SELECT o.run_id, o.provider, o.model, o.problem_id, o.sample, o.state, o.passed, o.score,"
-            " o.cost_usd, o.fail_kind, o.problem_hash, u.problem_set"
-            " FROM rollouts o LEFT JOIN runs u ON u.run_id = o.run_id WHERE o.rollout_id = ?"
-        )
-        row = await self.pdb.fetchone(sql, (rollout_id,))
-        if row is None:
-            await self._current()
-            row = await self.pdb.fetchone(sql, (rollout_id,))
-        if row is None:
-            raise NotFound(f"no rollout {rollout_id[:80]!r}")
-        (run_id, provider, model, problem_id, sample, state, passed, score, cost, fail_kind, requested_hash,
-         problem_set) = row  # fmt: skip
         attempts: dict[int, dict[str, Any]] = {}
         evs: list[dict[str, Any]] = []
         prompt: list[dict[str, str]] = []
         answer: str | None = None
         reasoning: str | None = None
         verdicts: list[tuple[int, e.RolloutScored | e.RolloutRescored]] = []
+        first: e.RolloutRequested | None = None
+        state: str | None = None
+        cost: float | None = None
+        fail_kind: str | None = None
         async for rec in self.store.read(stream=rollout_stream(rollout_id)):
             ev = rec.event()
             evs.append({"seq": rec.seq, "type": rec.type, "at": rec.at, "hash": rec.hash})
             if isinstance(ev, e.RolloutRequested):
+                first = first or ev
+                if state not in ("answered", "scored"):
+                    state = "requested"
                 a = attempts.setdefault(ev.attempt, {"attempt": ev.attempt})
                 a.update(requested_at=rec.at, node=ev.node)
                 msgs = ev.request.get("messages")
@@ -302,6 +300,9 @@ class Console:
                 elif "prompt" in ev.request:
                     prompt = [{"role": "user", "content": _text_of(ev.request["prompt"])}]
             elif isinstance(ev, e.RolloutResponded):
+                if state != "scored":
+                    state = "answered"
+                cost = ev.cost_usd
                 a = attempts.setdefault(ev.attempt, {"attempt": ev.attempt})
                 a.update(
                     status="answered",
@@ -312,10 +313,19 @@ class Console:
                 )
                 answer, reasoning = ev.text, ev.reasoning
             elif isinstance(ev, e.RolloutFailed):
+                fail_kind = ev.kind
+                if ev.final and state == "requested":
+                    state = "failed"
                 a = attempts.setdefault(ev.attempt, {"attempt": ev.attempt})
                 a.update(status=f"failed: {ev.kind}", http_status=ev.status, message=ev.message)
             elif isinstance(ev, e.RolloutScored | e.RolloutRescored):
+                if isinstance(ev, e.RolloutScored):
+                    state = "scored"
                 verdicts.append((rec.seq, ev))
+        if first is None:
+            raise NotFound(f"no rollout {rollout_id[:80]!r}")
+        run_id, problem_id, requested_hash = first.run_id, first.problem_id, first.problem_hash
+        problem_set = await self._run_problem_set(run_id)
         # The verdict that stands is the newest (as the rollouts read model's passed/score);
         # the code shown is the one it ran, under the problem version it names.
         scored = verdicts[-1][1] if verdicts else None
@@ -336,13 +346,13 @@ class Console:
             "ops/rollout.html",
             rollout_id=rollout_id,
             run_id=run_id,
-            provider=provider,
-            model=model,
+            provider=first.provider,
+            model=first.model,
             problem_id=problem_id,
-            sample=sample,
+            sample=first.sample,
             state=state,
-            passed=passed,
-            score=score,
+            passed=scored.passed if scored else None,
+            score=scored.score if scored else None,
             cost_usd=cost,
             fail_kind=fail_kind,
             attempts=[attempts[k] for k in sorted(attempts)],
@@ -386,6 +396,15 @@ class Console:
                 "Content-Disposition": f'inline; filename="{rollout_id}.proof.json"',
             },
         )
+
+    async def _run_problem_set(self, run_id: str) -> str | None:
+        """The problem set run ``run_id`` asked (its ``RunStarted``), from the runs read model."""
+        sql = "SELECT problem_set FROM runs WHERE run_id = ?"
+        row = await self.pdb.fetchone(sql, (run_id,))
+        if row is None:
+            await self._current()
+            row = await self.pdb.fetchone(sql, (run_id,))
+        return None if row is None else row[0]
 
     def _version(self, problem_set: str | None, problem_id: str, problem_hash: str | None) -> Version:
         """The configured problem of version ``problem_hash``: the run's set's first, else
