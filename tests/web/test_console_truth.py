@@ -99,11 +99,15 @@ def twins(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
 def _marked(html: str) -> list[str]:
     """The highlighted (scored) parts of a rollout page's answer, as text."""
     answer = html.split('id="answer">', 1)[1].split("</pre>", 1)[0]
-    return [re.sub(r"<[^>]+>", "", m) for m in re.findall(r'<mark class="code"[^>]*>(.*?)</mark>', answer, re.S)]
+    return [
+        re.sub(r"<[^>]+>", "", m) for m in re.findall(r'<mark class="code"[^>]*>(.*?)</mark>', answer, re.S)
+    ]
 
 
 def _rollout(d: Daemon, problem_id: str) -> str:
-    (rid,) = [x["rollout_id"] for _, _, x in events(d.db, "RolloutRequested") if x["problem_id"] == problem_id]
+    (rid,) = [
+        x["rollout_id"] for _, _, x in events(d.db, "RolloutRequested") if x["problem_id"] == problem_id
+    ]
     return str(rid)
 
 
@@ -169,7 +173,11 @@ def append_run(
                     tg.start_soon(one, i, rid)
             await store.append(
                 run_stream(run_id),
-                [e.RunFinished(run_id=run_id, status="completed", rollouts=len(rids), passed=0, cost_usd=0.0)],
+                [
+                    e.RunFinished(
+                        run_id=run_id, status="completed", rollouts=len(rids), passed=0, cost_usd=0.0
+                    )
+                ],
             )
 
     anyio.run(go)
@@ -196,7 +204,9 @@ def _answered(text: str = TWIN_ANSWER, attempt: int = 1) -> e.RolloutResponded:
     return e.RolloutResponded(rollout_id="", attempt=attempt, text=text, cost_usd=0.001)
 
 
-def _scored(extraction: str, *, problem_hash: str | None, code: str | None = None, passed: bool = True) -> e.RolloutScored:
+def _scored(
+    extraction: str, *, problem_hash: str | None, code: str | None = None, passed: bool = True
+) -> e.RolloutScored:
     """A run's verdict; with ``code``, recording that code's hash as verdicts do now."""
     detail: dict[str, object] = {"extraction_blocks": 2}
     if code is not None:
@@ -216,7 +226,8 @@ class TestScoredCode:
         configured set's entry point would pick."""
         rid = _rollout(twins, "twin")
         (scored,) = [d for _, _, d in events(twins.db, "RolloutScored") if d["rollout_id"] == rid]
-        assert scored["passed"] and scored["extraction"] == "fenced-entry-point"
+        assert scored["passed"]
+        assert scored["extraction"] == "fenced-entry-point"
         # the verdict names the code it ran by its hash
         assert scored["detail"]["code_sha256"] == code_sha256(RIGHT_BLOCK)
         html = _page(twins, rid)
@@ -237,7 +248,9 @@ class TestScoredCode:
         assert _marked(html) == [RIGHT_BLOCK.rstrip("\n")]
         assert "&#39;right_fn&#39;" in _text(html, "scored-how")
 
-    def test_an_older_verdict_under_a_version_no_longer_configured_is_not_guessed(self, twins: Daemon) -> None:
+    def test_an_older_verdict_under_a_version_no_longer_configured_is_not_guessed(
+        self, twins: Daemon
+    ) -> None:
         """The version such a verdict names is configured nowhere any more: the page says so
         and highlights nothing, rather than the block today's configuration would take."""
         gone = "sha256:" + "ab" * 32
@@ -262,7 +275,9 @@ class TestScoredCode:
         """``fenced-last`` (the last Python block) and ``none`` (no code) do not depend on the
         problem: even under a version no longer configured the page shows what ran."""
         gone = "sha256:" + "cd" * 32
-        _, (rid,) = append_run(twins, [[_answered(), _scored(extraction, problem_hash=gone)]], problem_hash=gone)
+        _, (rid,) = append_run(
+            twins, [[_answered(), _scored(extraction, problem_hash=gone)]], problem_hash=gone
+        )
         html = _page(twins, rid)
         assert _marked(html) == ([expected.rstrip("\n")] if expected else [])
         assert 'id="scored-warning"' not in html
@@ -287,10 +302,12 @@ class TestScoredCode:
         html = _page(twins, rid)
         assert _marked(html) == [LEFT_BLOCK.rstrip("\n")]
         verdict = _text(html, "verdict")
-        assert "failed" in verdict and "re-score rs-1234" in verdict
+        assert "failed" in verdict
+        assert "re-score rs-1234" in verdict
         assert "exception: AssertionError" in verdict
         earlier = _text(html, "earlier-verdicts")
-        assert "passed" in earlier and old in earlier
+        assert "passed" in earlier
+        assert old in earlier
         # the result at the top is the same verdict
         assert '<span class="fail">failed</span>' in html.split("<dt>Result</dt>")[1].split("</dd>")[0]
 
@@ -313,7 +330,8 @@ class TestScoredCode:
         html = _page(twins, rid)
         assert _marked(html) == [RIGHT_BLOCK.rstrip("\n")]
         version = _text(html, "problem-version")
-        assert scored_under in version and "(no longer configured)" in version
+        assert scored_under in version
+        assert "(no longer configured)" in version
 
 
 TROJAN = (
@@ -371,10 +389,18 @@ class TestWhatElseIsShown:
         ]  # fmt: skip
         final = [
             e.RolloutFailed(
-                rollout_id="", attempt=1, kind="bad_request", status=400, retryable=False, message="y", final=True
+                rollout_id="",
+                attempt=1,
+                kind="bad_request",
+                status=400,
+                retryable=False,
+                message="y",
+                final=True,
             )
         ]
-        _, (rid, failed_rid) = append_run(twins, [retried, final], problem_hash=_hash_of(twins, "twin"), run_id=run_id)
+        _, (rid, failed_rid) = append_run(
+            twins, [retried, final], problem_hash=_hash_of(twins, "twin"), run_id=run_id
+        )
         html = _page(twins, rid)
         assert _text(html, "state") == "scored"
         assert "failed: server_error" in html  # the attempt's own row
@@ -391,7 +417,9 @@ class TestWhatElseIsShown:
         it scored and passed, as its events say, not the state the first visit saw."""
         _, (rid,) = append_run(twins, [[]], problem_hash=_hash_of(twins, "twin"))
         assert _text(_page(twins, rid), "state") == "requested"
-        append_to(twins, rid, [_answered(), _scored("fenced-entry-point", problem_hash=None, code=RIGHT_BLOCK)])
+        append_to(
+            twins, rid, [_answered(), _scored("fenced-entry-point", problem_hash=None, code=RIGHT_BLOCK)]
+        )
         html = _page(twins, rid)
         assert _text(html, "state") == "scored"
         assert _text(html, "result").startswith("passed")
@@ -407,5 +435,7 @@ class TestWhatElseIsShown:
         assert listed.count('<a href="/ops/rollouts/') == 2000
         assert "The first 2000 of the run's 2001 rollouts" in _text(html, "rollouts-cut")
         # a run whose rollouts are all listed says nothing of the kind
-        small = next(x["run_id"] for _, _, x in events(twins.db, "RunStarted") if x["schedule"] == "twins-right")
+        small = next(
+            x["run_id"] for _, _, x in events(twins.db, "RunStarted") if x["schedule"] == "twins-right"
+        )
         assert 'id="rollouts-cut"' not in httpx.get(twins.url + f"/ops/runs/{small}").text

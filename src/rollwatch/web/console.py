@@ -411,8 +411,7 @@ class Console:
         any set's with that content hash (the hash covers the entry point)."""
         if not problem_hash:
             return Version(None)
-        names = [problem_set] if problem_set in self.problem_sets else []
-        names += [n for n in self.problem_sets if n != problem_set]
+        names = sorted(self.problem_sets, key=lambda n: n != problem_set)  # the run's set first
         for name in names:
             try:
                 p = self.problem_sets[name].get(problem_id)

@@ -78,7 +78,9 @@ def scored_part(answer: str, extraction: str, code_hash: str | None, version: Ve
                         f"point of problem version {version.problem_hash} (problem set {version.problem_set!r})",
                     )
     if not extraction:
-        return ScoredPart(None, warning="the verdict records no extraction (a scorer error): nothing is highlighted")
+        return ScoredPart(
+            None, warning="the verdict records no extraction (a scorer error): nothing is highlighted"
+        )
     return ScoredPart(
         None,
         warning=f"the verdict's extraction {extraction!r} does not fit this answer as recorded: "
