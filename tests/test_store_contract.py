@@ -118,6 +118,42 @@ class TestAppend:
         assert all(v == list(range(1, 25)) for v in by_stream.values())
         assert (await store.verify()).events == 12 * 8 * 3
 
+    async def test_a_burst_larger_than_one_group_all_returns(self, store: EventStore) -> None:
+        """More appends than one group takes, all queued before the writer runs and none
+        after them: the calls left over from the first group are committed with the next,
+        not left waiting for an append that never comes."""
+        from rollwatch.store._group_commit import MAX_GROUP_EVENTS
+
+        n = MAX_GROUP_EVENTS + 1
+        returned = 0
+        all_returned = anyio.Event()
+        stranded = 0
+
+        async def one(i: int) -> None:
+            nonlocal returned
+            await store.append(f"b{i}", [ev(i)])
+            returned += 1
+            if returned == n:
+                all_returned.set()
+
+        async def watch() -> None:
+            # An append's wait is shielded (a cancelled caller must still learn its fate):
+            # a stranded call is counted, then freed by one more append, never waited on forever.
+            nonlocal stranded
+            with anyio.move_on_after(20):
+                await all_returned.wait()
+            if not all_returned.is_set():
+                stranded = n - returned
+                await store.append("rescue", [ev()])
+
+        async with anyio.create_task_group() as tg:
+            for i in range(n):
+                tg.start_soon(one, i)
+            tg.start_soon(watch)
+        assert stranded == 0
+        assert await store.head() == n
+        assert (await store.verify()).events == n
+
     async def test_concurrent_conflicts_let_exactly_one_win(self, store: EventStore) -> None:
         """Tasks racing on the same expected version: one commits, the rest conflict."""
         outcomes: list[str] = []

@@ -21,7 +21,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -152,21 +152,35 @@ async def _add_subscribers(db: Path) -> tuple[str, str]:
         )
 
 
+def _setup(tmp: Path, fake_url: str) -> tuple[Path, Path]:
+    problems = write_problems(tmp / "problems")
+    return _config(tmp, fake_url, problems), problems
+
+
 @contextmanager
-def running_daemon(tmp: Path) -> Iterator[Daemon]:
-    """Start the fake provider and the daemon, wait for the two first runs, stop both after."""
+def running_daemon(
+    tmp: Path,
+    *,
+    setup: Callable[[Path, str], tuple[Path, Path]] = _setup,
+    answer: str = HOSTILE,
+    runs: int = 2,
+) -> Iterator[Daemon]:
+    """Start the fake provider and the daemon, wait for the first ``runs`` runs, stop both after.
+
+    ``setup(tmp, fake_url)`` writes the problems and the config (the fake provider at
+    ``fake_url``) and returns the config's path and the problems' folder; the fake
+    answers every request with ``answer``."""
     port_file, req_log = tmp / "port", tmp / "requests.jsonl"
     req_log.touch()
     fake = subprocess.Popen(
         [sys.executable, str(ROOT / "tests" / "fake_provider.py"), str(port_file), str(req_log), "0.3"],
-        env={**os.environ, "FAKE_PROVIDER_ANSWER": HOSTILE},
+        env={**os.environ, "FAKE_PROVIDER_ANSWER": answer},
     )
     proc: subprocess.Popen[bytes] | None = None
     err_file = tmp / "serve.err"
     try:
         port = wait_until(lambda: port_file.exists() and port_file.read_text(), 20, "the fake provider")
-        problems = write_problems(tmp / "problems")
-        cfg = _config(tmp, f"http://127.0.0.1:{port}/v1", problems)
+        cfg, problems = setup(tmp, f"http://127.0.0.1:{port}/v1")
         d = Daemon(url="", config=cfg, db=tmp / "events.db", ops_key="", feed_key="", problems=problems)
         # The subscribers' events, appended through the store API as the CLI appends them
         # (without two more interpreters starting; `subscribers add` has its own tests).
@@ -183,7 +197,7 @@ def running_daemon(tmp: Path) -> Iterator[Daemon]:
         d.pid = proc.pid
         listen = cfg.read_text().split('listen = "')[1].split('"')[0]
         d.url = f"http://{listen}"
-        wait_until(lambda: len(events(d.db, "RunFinished")) >= 2, 90, "the first two runs")
+        wait_until(lambda: len(events(d.db, "RunFinished")) >= runs, 90, f"the first {runs} runs")
         yield d
     finally:
         if proc is not None:

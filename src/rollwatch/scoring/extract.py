@@ -20,11 +20,13 @@ Rules, in order:
 from __future__ import annotations
 
 import ast
+import hashlib
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
-__all__ = ["Extraction", "ExtractionMethod", "extract_code"]
+__all__ = ["Candidate", "Extraction", "ExtractionMethod", "candidates", "code_sha256", "extract_code"]
 
 ExtractionMethod = Literal["fenced-entry-point", "fenced-last", "whole-text", "none"]
 
@@ -53,11 +55,57 @@ class Extraction:
         return {"method": self.method, "blocks": self.blocks}
 
 
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """A code that extraction can take from an answer: one of its fenced blocks, or its whole text."""
+
+    code: str
+    whole_text: bool
+    span: tuple[int, int] | None
+    """Where it lies in the answer as given (offsets of its first and past its last
+    character: a block's lines between its fences), or None when extraction read a
+    tidied copy (reasoning dropped, CRLF line ends) whose offsets are not the answer's."""
+
+
+def code_sha256(code: str) -> str:
+    """What a verdict records of the code it ran (``detail.code_sha256``): its SHA-256."""
+    # surrogatepass: a lone surrogate never reaches the log, but hashing must not raise.
+    return "sha256:" + hashlib.sha256(code.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def candidates(text: str) -> list[Candidate]:
+    """Every code extraction could take from ``text``: its Python (or untagged) fenced
+    blocks in order, then its whole text (reasoning dropped), each with where it lies.
+
+    The console finds the code a verdict ran among these by its hash, or by the rule
+    the verdict names (:func:`extract_code` picks among the same blocks)."""
+    tidied = _THINK.sub("", text)
+    normalized = tidied.replace("\r\n", "\n")
+    exact = normalized == text  # offsets in the tidied copy are the answer's own
+    lines = normalized.split("\n")
+    starts = [0]
+    for ln in lines:
+        starts.append(starts[-1] + len(ln) + 1)
+    out = []
+    for code, first, end, python in _fences(lines):
+        if python:
+            span = (starts[first], max(starts[first], starts[end] - 1)) if exact else None
+            out.append(Candidate(code, False, span))
+    out.append(Candidate(tidied, True, (0, len(text)) if tidied == text else None))
+    return out
+
+
 def _blocks(text: str) -> list[str]:
     """The bodies of the Python and untagged fenced blocks, in order."""
     # Only "\n" ends a line: splitlines() would also split code at "\x85" or "\u2028".
     lines = text.replace("\r\n", "\n").split("\n")
-    out: list[str] = []
+    return [code for code, _, _, python in _fences(lines) if python]
+
+
+def _fences(lines: list[str]) -> Iterator[tuple[str, int, int, bool]]:
+    """Each fenced block of ``lines``: its body (de-indented, as code; empty for another
+    language's), the index of its first body line and of the line past its last, and
+    whether it is Python or untagged."""
     i = 0
     while i < len(lines):
         m = _OPEN.match(lines[i])
@@ -75,14 +123,17 @@ def _blocks(text: str) -> list[str]:
                 break
             body.append(lines[i])
             i += 1
+        first = i - len(body)
         if i >= len(lines):  # never closed (a cut-off answer): drop the text's final newline
             while body and not body[-1].strip():
                 body.pop()
         i += 1  # past the closing fence
         if lang in _PYTHON_TAGS:
             indent = len(m.group("indent"))
-            out.append("\n".join(ln[indent:] if ln[:indent].isspace() else ln for ln in body) + "\n")
-    return out
+            code = "\n".join(ln[indent:] if ln[:indent].isspace() else ln for ln in body) + "\n"
+            yield code, first, first + len(body), True
+        else:
+            yield "", first, first + len(body), False
 
 
 # One pattern for every name, compiled once: a pattern per entry point costs more to

@@ -30,7 +30,7 @@ from rollwatch.problems import Problem
 from rollwatch.scoring.base import Outcome, Score, Scorer, ScoringSettings, TimeLimit
 from rollwatch.scoring.cgroup import cgroups
 from rollwatch.scoring.command import CommandScorer
-from rollwatch.scoring.extract import Extraction, extract_code
+from rollwatch.scoring.extract import Extraction, code_sha256, extract_code
 from rollwatch.scoring.function import FunctionScorer
 from rollwatch.scoring.sandbox import (
     SANDBOXES,
@@ -307,6 +307,13 @@ class ScoringPool:
     ) -> Score:
         duration = round((time.perf_counter() - started) * 1000, 3)
         detail = plain_detail({"extraction_blocks": ex.blocks, **outcome.detail})
+        if ex.code is not None and isinstance(detail, dict):
+            # The code's hash names the exact part of the answer that ran, whatever the
+            # problem's configuration becomes (the console finds it by this hash). First,
+            # so that neither a checker's output of the same name nor the cut of a long
+            # detail at 100 keys can take its place.
+            detail.pop("code_sha256", None)
+            detail = {"code_sha256": code_sha256(ex.code), **detail}
         score = Score(
             passed=outcome.passed,
             score=outcome.score,

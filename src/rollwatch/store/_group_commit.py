@@ -124,7 +124,14 @@ class GroupCommitter:
                 if not self._full():
                     _wake(held)
                     held = []
-                    await self._wake.wait()
+                    # Calls left over from the last group are not waited for: they queued
+                    # (and set the wake) before it was cut, and with nobody appending after
+                    # them, waiting for a wake stranded them for good (a burst of 2,001
+                    # appends: the last never returned).
+                    if not self._queue:
+                        if not self.open:
+                            return
+                        await self._wake.wait()
                     self._wake = anyio.Event()
                     if not self._queue:
                         if not self.open:

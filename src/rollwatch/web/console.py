@@ -40,12 +40,12 @@ from rollwatch.events import rollout_stream, schedule_stream
 from rollwatch.log import get_logger
 from rollwatch.report.failures import Failures, failures_by_key
 from rollwatch.report.stats import wilson
-from rollwatch.scoring.extract import extract_code
 from rollwatch.web import params
 from rollwatch.web.access import Operators, bearer_key
 from rollwatch.web.render import natural_key, templates
 from rollwatch.web.render import pct as _pct
 from rollwatch.web.render import usd as _usd
+from rollwatch.web.scored import ScoredPart, Version, scored_part, split_answer
 
 if TYPE_CHECKING:
     from rollwatch.abc import EventStore
@@ -70,6 +70,7 @@ _HEADERS = {
 }
 _ACTIONS = {"pause": e.SchedulePaused, "resume": e.ScheduleResumed, "trigger": e.ScheduleTriggered}
 _RUNS_SHOWN = 200
+_ROLLOUTS_SHOWN = 2000  # a run's rollouts listed on its page (the page says when there are more)
 _NOTE_MAX = 500
 _FORM_MAX = 8192
 
@@ -243,8 +244,8 @@ class Console:
         failures = Failures.total((await failures_by_key(self.pdb, "run", run_id)).values())
         rollouts = await self.pdb.fetchall(
             "SELECT rollout_id, model, problem_id, sample, state, passed, cost_usd, fail_kind FROM rollouts"
-            " WHERE run_id = ? ORDER BY model, problem_id, sample LIMIT 2000",
-            (run_id,),
+            " WHERE run_id = ? ORDER BY model, problem_id, sample LIMIT ?",
+            (run_id, _ROLLOUTS_SHOWN),
         )
         models = sorted(by_model, key=natural_key)
         problems = sorted({p for _, p in cells}, key=natural_key)
@@ -263,34 +264,30 @@ class Console:
         )
 
     async def rollout(self, request: Request) -> Response:
-        """One rollout: prompt, attempts, answer with its extracted code, score, event hashes."""
+        """One rollout: prompt, attempts, answer with the code its verdict ran, verdicts, event hashes.
+
+        Its facts (state, result, cost) are read from its own events, as the rollouts read
+        model derives them: a read model caught up only when a page needs it was stale
+        here (a page opened before the answer still said "requested" once it was scored)."""
         params.query(request, set())
         rollout_id = request.path_params["rollout_id"]
-        row = await self.pdb.fetchone(
-            "SELECT run_id, provider, model, problem_id, sample, state, passed, score, cost_usd, fail_kind"
-            " FROM rollouts WHERE rollout_id = ?",
-            (rollout_id,),
-        )
-        if row is None:
-            await self._current()
-            row = await self.pdb.fetchone(
-                "SELECT run_id, provider, model, problem_id, sample, state, passed, score, cost_usd, fail_kind"
-                " FROM rollouts WHERE rollout_id = ?",
-                (rollout_id,),
-            )
-        if row is None:
-            raise NotFound(f"no rollout {rollout_id[:80]!r}")
-        run_id, provider, model, problem_id, sample, state, passed, score, cost, fail_kind = row
         attempts: dict[int, dict[str, Any]] = {}
         evs: list[dict[str, Any]] = []
         prompt: list[dict[str, str]] = []
         answer: str | None = None
         reasoning: str | None = None
-        scored: e.RolloutScored | None = None
+        verdicts: list[tuple[int, e.RolloutScored | e.RolloutRescored]] = []
+        first: e.RolloutRequested | None = None
+        state: str | None = None
+        cost: float | None = None
+        fail_kind: str | None = None
         async for rec in self.store.read(stream=rollout_stream(rollout_id)):
             ev = rec.event()
             evs.append({"seq": rec.seq, "type": rec.type, "at": rec.at, "hash": rec.hash})
             if isinstance(ev, e.RolloutRequested):
+                first = first or ev
+                if state not in ("answered", "scored"):
+                    state = "requested"
                 a = attempts.setdefault(ev.attempt, {"attempt": ev.attempt})
                 a.update(requested_at=rec.at, node=ev.node)
                 msgs = ev.request.get("messages")
@@ -303,6 +300,9 @@ class Console:
                 elif "prompt" in ev.request:
                     prompt = [{"role": "user", "content": _text_of(ev.request["prompt"])}]
             elif isinstance(ev, e.RolloutResponded):
+                if state != "scored":
+                    state = "answered"
+                cost = ev.cost_usd
                 a = attempts.setdefault(ev.attempt, {"attempt": ev.attempt})
                 a.update(
                     status="answered",
@@ -313,13 +313,31 @@ class Console:
                 )
                 answer, reasoning = ev.text, ev.reasoning
             elif isinstance(ev, e.RolloutFailed):
+                fail_kind = ev.kind
+                if ev.final and state == "requested":
+                    state = "failed"
                 a = attempts.setdefault(ev.attempt, {"attempt": ev.attempt})
                 a.update(status=f"failed: {ev.kind}", http_status=ev.status, message=ev.message)
-            elif isinstance(ev, e.RolloutScored):
-                scored = ev
-        code = None
-        if answer is not None:
-            code = extract_code(answer, self._entry_point(run_id, problem_id)).code
+            elif isinstance(ev, e.RolloutScored | e.RolloutRescored):
+                if isinstance(ev, e.RolloutScored):
+                    state = "scored"
+                verdicts.append((rec.seq, ev))
+        if first is None:
+            raise NotFound(f"no rollout {rollout_id[:80]!r}")
+        run_id, problem_id, requested_hash = first.run_id, first.problem_id, first.problem_hash
+        problem_set = await self._run_problem_set(run_id)
+        # The verdict that stands is the newest (as the rollouts read model's passed/score);
+        # the code shown is the one it ran, under the problem version it names.
+        scored = verdicts[-1][1] if verdicts else None
+        version = self._version(
+            problem_set, problem_id, (scored.problem_hash if scored else None) or requested_hash
+        )
+        part = ScoredPart(None)
+        if answer is not None and scored is not None:
+            code_hash = scored.detail.get("code_sha256")
+            part = scored_part(
+                answer, scored.extraction, code_hash if isinstance(code_hash, str) else None, version
+            )
         checkpoint = await self.proofs.checkpoint() if self.proofs is not None else None
         for item in evs:
             if checkpoint is not None and item["seq"] <= checkpoint.size:
@@ -328,21 +346,27 @@ class Console:
             "ops/rollout.html",
             rollout_id=rollout_id,
             run_id=run_id,
-            provider=provider,
-            model=model,
+            provider=first.provider,
+            model=first.model,
             problem_id=problem_id,
-            sample=sample,
+            sample=first.sample,
             state=state,
-            passed=passed,
-            score=score,
+            passed=scored.passed if scored else None,
+            score=scored.score if scored else None,
             cost_usd=cost,
             fail_kind=fail_kind,
             attempts=[attempts[k] for k in sorted(attempts)],
             prompt=prompt,
-            answer_parts=_split_answer(answer, code),
+            answer_parts=split_answer(answer, part.span) if answer is not None else [],
             reasoning=reasoning,
-            code=code,
+            part=part,
+            version=version,
             scored=scored,
+            rescored=isinstance(scored, e.RolloutRescored),
+            earlier=[
+                {"seq": seq, "rescore": isinstance(v, e.RolloutRescored), "verdict": v}
+                for seq, v in verdicts[:-1]
+            ],
             scored_detail=json.dumps(scored.detail, indent=2, ensure_ascii=False) if scored else "",
             events=evs,
             checkpoint_size=checkpoint.size if checkpoint is not None else None,
@@ -373,14 +397,29 @@ class Console:
             },
         )
 
-    def _entry_point(self, run_id: str, problem_id: str) -> str | None:
-        del run_id
-        for ps in self.problem_sets.values():
+    async def _run_problem_set(self, run_id: str) -> str | None:
+        """The problem set run ``run_id`` asked (its ``RunStarted``), from the runs read model."""
+        sql = "SELECT problem_set FROM runs WHERE run_id = ?"
+        row = await self.pdb.fetchone(sql, (run_id,))
+        if row is None:
+            await self._current()
+            row = await self.pdb.fetchone(sql, (run_id,))
+        return None if row is None else row[0]
+
+    def _version(self, problem_set: str | None, problem_id: str, problem_hash: str | None) -> Version:
+        """The configured problem of version ``problem_hash``: the run's set's first, else
+        any set's with that content hash (the hash covers the entry point)."""
+        if not problem_hash:
+            return Version(None)
+        names = sorted(self.problem_sets, key=lambda n: n != problem_set)  # the run's set first
+        for name in names:
             try:
-                return ps.get(problem_id).entry_point
+                p = self.problem_sets[name].get(problem_id)
             except KeyError:
                 continue
-        return None
+            if p.content_hash == problem_hash:
+                return Version(problem_hash, name, p.entry_point)
+        return Version(problem_hash)
 
     def _problems_by_id(self) -> dict[str, list[tuple[str, Problem]]]:
         """Every configured problem by id, with the sets that have it."""
@@ -694,19 +733,6 @@ def _text_of(content: Any) -> str:
     if isinstance(content, list):  # content parts (OpenAI, Anthropic)
         return "\n".join(str(p.get("text", "")) if isinstance(p, dict) else str(p) for p in content)
     return json.dumps(content, ensure_ascii=False)
-
-
-def _split_answer(answer: str | None, code: str | None) -> list[tuple[bool, str]]:
-    """The answer cut into (is the extracted code, text) pieces, for highlighting that block."""
-    if answer is None:
-        return []
-    if not code:
-        return [(False, answer)]
-    body = code.rstrip("\n")
-    i = answer.rfind(body)
-    if i < 0:  # re-indented or tidied on the way out: shown apart, below the answer
-        return [(False, answer)]
-    return [(False, answer[:i]), (True, body), (False, answer[i + len(body) :])]
 
 
 async def root_redirect(_: Request) -> Response:

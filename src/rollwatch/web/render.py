@@ -10,6 +10,7 @@ import functools
 import re
 
 import jinja2
+import markupsafe
 
 
 def natural_key(s: str) -> tuple[tuple[int, int | str], ...]:
@@ -37,6 +38,28 @@ def day(at: str | None) -> str:
     return at[:10] if at else "–"
 
 
+# Characters that hide or reorder what a page shows while the code runs as written: C0
+# and C1 controls (but tab and line ends), bidirectional embeddings, overrides and
+# isolates (Trojan Source, CVE-2021-42574), zero-width and other invisible characters
+# (Python takes the Hangul fillers as letters of a name), Unicode tags and the
+# supplementary variation selectors (text smuggled past a reader).
+_HIDDEN = re.compile(
+    "[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180e"
+    "\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u206f\u3164\ufeff\uffa0\ufff9-\ufffb"
+    "\U000e0000-\U000e007f\U000e0100-\U000e01ef]"
+)
+
+
+def shown(text: object) -> markupsafe.Markup:
+    """``text`` escaped, with every character that would hide or reorder what is shown
+    (``_HIDDEN``) written out as a marked ``⟨U+XXXX⟩``: an operator reads the code that ran,
+    not what a right-to-left override or a zero-width space makes it look like."""
+    escaped = str(markupsafe.escape(text))
+    return markupsafe.Markup(  # noqa: S704 (escaped first; the replacement is constant markup)
+        _HIDDEN.sub(lambda m: f'<span class="ctl">⟨U+{ord(m[0]):04X}⟩</span>', escaped)
+    )
+
+
 @functools.cache
 def templates() -> jinja2.Environment:
     """The shared environment (templates under ``rollwatch/web/templates``), autoescaping on."""
@@ -47,7 +70,7 @@ def templates() -> jinja2.Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.filters.update(pct=pct, usd=usd, when=when, day=day)
+    env.filters.update(pct=pct, usd=usd, when=when, day=day, shown=shown)
     return env
 
 
