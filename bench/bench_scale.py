@@ -486,15 +486,21 @@ def sign_checkpoint(cfg: Path, port: int, log: Path, head: int) -> None:
     s = Served(cfg, port, log)
     try:
         s.poll_health(True)
-        deadline = time.monotonic() + 600
-        while time.monotonic() < deadline:
-            note = httpx.get(s.base + "/public/checkpoint", timeout=30)
-            if note.status_code == 200 and int(note.text.splitlines()[1]) >= head:
-                return
-            time.sleep(0.2)
-        raise RuntimeError(f"no checkpoint covers {head} after 600 s")
+        wait_signed(s, head)
     finally:
         s.stop()
+
+
+def wait_signed(s: Served, head: int) -> None:
+    """Wait until ``s`` has signed a checkpoint that covers ``head`` (a daemon stopped
+    before then, during its scrub at start, signs nothing)."""
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        note = httpx.get(s.base + "/public/checkpoint", timeout=30)
+        if note.status_code == 200 and int(note.text.splitlines()[1]) >= head:
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"no checkpoint covers {head} after 600 s")
 
 
 def export_again(cfg: Path, exp: Path) -> dict[str, float]:
@@ -528,6 +534,8 @@ def measure(d: Path, cfg: Path, db: Path, port: int, key: str, export: bool, hea
         # A page of the subscriber feed at both ends of the log (rendered from the log).
         out["feed_first"] = min(s.get("/v1/feed?after=0&limit=100", key) for _ in range(5))
         out["feed_last"] = min(s.get(f"/v1/feed?after={head - 400}&limit=100", key) for _ in range(5))
+        if export:  # the export files results under a signed checkpoint only
+            wait_signed(s, head)
     finally:
         s.stop()
     out.update(grouped_baseline(proj))
