@@ -170,7 +170,9 @@ class TestLayout:
         console's import of the report is named."""
         moved = [layer for layer in LAYERS if layer != "web"]
         moved.insert(moved.index("scoring") + 1, "web")
-        assert ("rollwatch.web.console", "rollwatch.report.failures") in layer_violations(import_graph(), moved)
+        assert ("rollwatch.web.console", "rollwatch.report.failures") in layer_violations(
+            import_graph(), moved
+        )
 
     def test_the_cycle_finder_finds_cycles(self) -> None:
         """The check above can fail: a two-module and a three-module cycle are found."""

@@ -321,7 +321,9 @@ def test_an_online_backup_verifies_apart_from_the_state_folder(stopped_site: Sit
     assert f"sqlite:{copy}" in cfg.read_text()
     r = rollwatch("--config", str(cfg), "verify")
     assert r.returncode == 0, r.stdout + r.stderr
-    assert sorted(p.name for p in backup.iterdir() if not p.name.startswith("events-copy")) == ["rollwatch.toml"]
+    assert sorted(p.name for p in backup.iterdir() if not p.name.startswith("events-copy")) == [
+        "rollwatch.toml"
+    ]
     rewrite_event(copy, 10, '{"note":"","schedule":"rewritten"}', recompute_chain=False)
     r = rollwatch("--config", str(cfg), "verify")
     assert r.returncode == 1, r.stdout + r.stderr
