@@ -110,11 +110,69 @@ def import_graph() -> dict[str, set[str]]:
     return {name: _imports(name, path, modules) for name, path in modules.items()}
 
 
+LAYERS = [
+    "cli",
+    "daemon",
+    "readmodels",
+    "runs",
+    "publication",
+    "integrity",
+    "web",
+    "report",
+    "scheduler",
+    "store",
+    "projections",
+    "providers",
+    "scoring",
+    "work",
+    "abc",
+    "problems",
+    "metrics",
+    "config",
+    "log",
+    "events",
+    "errors",
+]
+"""The layout the README draws, top to bottom (its "Design notes"): each package or module
+imports only from those below it."""
+
+
+def _layer(module: str) -> str | None:
+    top = module.split(".")[1] if "." in module else None
+    return top if top in LAYERS else None
+
+
+def layer_violations(graph: dict[str, set[str]], layers: list[str]) -> list[tuple[str, str]]:
+    """Every import (module, imported) that points up ``layers`` or across to a module not below."""
+    out = []
+    for name, deps in graph.items():
+        a = _layer(name)
+        for dep in deps:
+            b = _layer(dep)
+            if a is not None and b is not None and a != b and layers.index(b) < layers.index(a):
+                out.append((name, dep))
+    return sorted(out)
+
+
 class TestLayout:
     def test_no_import_cycles(self) -> None:
         """No two rollwatch modules import each other, directly or through others
         (imports inside functions count; ``if TYPE_CHECKING`` imports do not)."""
         assert _cycles(import_graph()) == []
+
+    def test_imports_point_down_the_readmes_layout(self) -> None:
+        """Every import between the packages and modules the README's layout lists points
+        down that list (imports inside functions count; ``if TYPE_CHECKING`` ones do not)."""
+        assert layer_violations(import_graph(), LAYERS) == []
+
+    def test_an_import_up_the_layout_is_found(self) -> None:
+        """The check above can fail: with the console's package listed below the report, the
+        console's import of the report is named."""
+        moved = [layer for layer in LAYERS if layer != "web"]
+        moved.insert(moved.index("scoring") + 1, "web")
+        assert ("rollwatch.web.console", "rollwatch.report.failures") in layer_violations(
+            import_graph(), moved
+        )
 
     def test_the_cycle_finder_finds_cycles(self) -> None:
         """The check above can fail: a two-module and a three-module cycle are found."""

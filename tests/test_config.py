@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -172,3 +175,31 @@ def test_logs_are_json_lines_off_a_terminal(tmp_path: Path) -> None:
     for ln in lines:
         obj = json.loads(ln)
         assert {"event", "level", "timestamp"} <= obj.keys()
+
+
+def test_library_logs_come_out_as_the_same_json_lines() -> None:
+    """Off a terminal, what httpx, apscheduler and uvicorn log through the standard library
+    comes out as rollwatch's own lines do: one JSON object each with ``event``, ``level``, a
+    UTC ISO ``timestamp`` and the ``logger`` that wrote it; context keys such as ``run_id``
+    stay keys of their own."""
+    code = (
+        "import logging, sys\n"
+        "from rollwatch.log import configure_logging, get_logger\n"
+        "configure_logging('info')\n"
+        "logging.getLogger('httpx').warning('pool %s full', 'p')\n"
+        "logging.getLogger('apscheduler.scheduler').error('job missed')\n"
+        "logging.getLogger('uvicorn.error').error('socket closed')\n"
+        "get_logger('rollwatch.runs').info('run_started', run_id='r1')\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    lines = [json.loads(ln) for ln in res.stderr.splitlines() if ln.strip()]
+    assert [(o["logger"], o["event"], o["level"]) for o in lines] == [
+        ("httpx", "pool p full", "warning"),
+        ("apscheduler.scheduler", "job missed", "error"),
+        ("uvicorn.error", "socket closed", "error"),
+        ("rollwatch.runs", "run_started", "info"),
+    ]
+    assert lines[-1]["run_id"] == "r1"
+    for o in lines:
+        assert o["timestamp"].endswith("Z"), o
+        assert datetime.fromisoformat(o["timestamp"]).utcoffset() == timedelta(0)

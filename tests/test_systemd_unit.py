@@ -4,6 +4,7 @@ key of that folder under the name systemd gives it."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -49,6 +50,23 @@ class TestUnitFile:
         )
         p = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True, timeout=60)
         assert "rollwatch.service" in p.stdout + p.stderr
+
+    def test_systemd_analyze_security_rates_it_ok(self) -> None:
+        """``systemd-analyze security --offline=yes`` rates the unit's exposure at most 2.5 ("OK"),
+        the figure the README gives; the namespaces the unit allows are those the README lists."""
+        analyze = shutil.which("systemd-analyze")
+        if analyze is None:
+            pytest.skip("systemd-analyze is not installed here")
+        p = subprocess.run(
+            [analyze, "security", "--offline=yes", "--no-pager", str(UNIT)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        found = re.search(r"Overall exposure level for rollwatch\.service: ([0-9.]+)", p.stdout)
+        assert found, p.stdout + p.stderr
+        assert float(found.group(1)) <= 2.5, found.group(0)
+        assert unit_lines("RestrictNamespaces") == ["user mnt pid net ipc uts cgroup"]
 
     def test_one_folder_of_credentials(self) -> None:
         """The unit loads the credentials folder as a whole, under the ID whose prefix rollwatch

@@ -299,3 +299,32 @@ def test_verify_on_a_missing_store_exits_2_and_creates_nothing(tmp_path: Path) -
     assert r.returncode == 2
     assert "no event log" in r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["rw.toml"]
+
+
+def test_an_online_backup_verifies_apart_from_the_state_folder(stopped_site: Site, tmp_path: Path) -> None:
+    """The README's backup: SQLite's online backup of the log (the API the shell's ``.backup``
+    uses) into a folder of its own, then ``verify`` with ``store.url`` pointed at the copy
+    passes with no tree, witness file or key beside it; the same copy with one row edited
+    fails, naming the seq (the copy is checked, not the original)."""
+    s = stopped_site
+    backup = tmp_path / "backup"
+    backup.mkdir()
+    copy = backup / "events-copy.db"
+    src, dst = sqlite3.connect(s.db), sqlite3.connect(copy)
+    try:
+        src.backup(dst)
+    finally:
+        src.close()
+        dst.close()
+    cfg = backup / "rollwatch.toml"
+    cfg.write_text(s.config.read_text().replace(f"sqlite:{s.db}", f"sqlite:{copy}"))
+    assert f"sqlite:{copy}" in cfg.read_text()
+    r = rollwatch("--config", str(cfg), "verify")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert sorted(p.name for p in backup.iterdir() if not p.name.startswith("events-copy")) == [
+        "rollwatch.toml"
+    ]
+    rewrite_event(copy, 10, '{"note":"","schedule":"rewritten"}', recompute_chain=False)
+    r = rollwatch("--config", str(cfg), "verify")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "FAILED at seq 10:" in r.stderr, r.stderr

@@ -25,11 +25,36 @@ from typing import NoReturn, TypeVar
 import anyio
 
 from rollwatch import _child
-from rollwatch.errors import IntegrityError
+from rollwatch.errors import IntegrityError, StoreError
 from rollwatch.integrity.tree import MerkleTree, SQLiteLogFile
 from rollwatch.log import configure_logging
 
 T = TypeVar("T")
+
+
+async def worker_pass(module: str, arg: str, what: str) -> int:
+    """Run ``python -m module arg`` (a pass over the log that reports as
+    :func:`reported` does) and return the events it checked.
+
+    Raises :class:`IntegrityError` on a finding, :class:`StoreError` when the pass could
+    not run (the log out of reach, say); ``what`` names the pass in that message.
+    """
+    result = await anyio.run_process(
+        [sys.executable, "-m", module, arg],
+        check=False,
+        stderr=None,
+        start_new_session=True,
+        env=_child.env(),  # see rollwatch._child
+    )
+    lines = result.stdout.decode(errors="replace").strip().splitlines()
+    last = lines[-1] if lines else f"error {what} exited with status {result.returncode}"
+    kind, _, rest = last.partition(" ")
+    if kind == "ok":
+        return int(rest)
+    if kind == "integrity":
+        seq, _, reason = rest.partition(" ")
+        raise IntegrityError(int(seq), reason)
+    raise StoreError(f"{what} could not run: {rest}")
 
 
 def _wait_for_input(fd: int, timeout: float) -> bool:

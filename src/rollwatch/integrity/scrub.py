@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 import anyio
 
 from rollwatch.errors import IntegrityError, StoreError
-from rollwatch.integrity.content import worker_pass
+from rollwatch.integrity._worker import worker_pass
 from rollwatch.integrity.verify import TreeReport, check_log_tree, read_kept
 from rollwatch.log import get_logger
 

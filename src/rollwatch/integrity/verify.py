@@ -428,13 +428,13 @@ async def verify_state(
         return await hashed(False)
     # Each event's content is checked in a second process meanwhile (it costs about what
     # the hashing does); the first bad seq either finds is the one named.
-    from rollwatch.integrity.content import content_beside
+    from rollwatch.integrity._worker import worker_pass
 
     found: list[IntegrityError] = []
 
     async def beside() -> None:
         try:
-            await content_beside(store_config.url)
+            await worker_pass("rollwatch.integrity.content", store_config.url, "the content check")
         except IntegrityError as e:
             found.append(e)
 
