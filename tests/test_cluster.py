@@ -3,14 +3,16 @@ claims chunks of the runs, and a dead or stopped node's work goes to the others.
 
 from __future__ import annotations
 
+import base64
 import itertools
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +20,7 @@ from typing import Any
 
 import anyio
 import asyncpg
+import httpx
 import pytest
 
 from tests.pg import ADMIN_URL, scratch_database
@@ -124,6 +127,16 @@ class Cluster:
 
         await self.until(90, "RolloutRequested", enough=enough)
 
+    async def health(self, node: str, enough: Callable[[httpx.Response], bool], timeout: float = 30) -> None:
+        """Poll ``node``'s /healthz until ``enough(response)``."""
+        port = re.search(r'listen = "127.0.0.1:(\d+)"', self.cfgs[node].read_text())
+        assert port is not None
+        async with httpx.AsyncClient(timeout=5) as client:
+            with anyio.fail_after(timeout):
+                while not enough(r := await client.get(f"http://127.0.0.1:{port[1]}/healthz")):
+                    await anyio.sleep(0.1)
+        assert r.json()["status"] in ("ok", "degraded"), r.text
+
     def kill(self, node: str) -> None:
         self.procs[node].kill()
         self.procs[node].wait()
@@ -146,21 +159,29 @@ async def cluster(
     delay: float,
     grace: str = "2",
     nodes: tuple[str, ...] = ("node-a", "node-b"),
+    edit: Callable[[str, str], str] | None = None,
+    prefix: dict[str, list[str]] | None = None,
     **cfg: Any,
 ) -> AsyncIterator[Cluster]:
     """A fake provider answering after ``delay`` s and ``nodes`` running ``serve`` on a new
-    database (``cfg``: see ``node_config``); everything is killed on exit."""
+    database (``cfg``: see ``node_config``); everything is killed on exit. ``edit(node,
+    toml)`` returns a node's config text as it is to be; ``prefix[node]`` is a command
+    put before that node's ``python`` (faketime, say)."""
     gen = _provider(tmp_path, delay)
     base_url, served = next(gen)
     procs: dict[str, subprocess.Popen[bytes]] = {}
     try:
         async with scratch_database() as url:
             cfgs = {n: node_config(tmp_path, n, url, base_url, **cfg) for n in nodes}
+            if edit is not None:
+                for n, path in cfgs.items():
+                    path.write_text(edit(n, path.read_text()))
             logs = {n: tmp_path / f"{n}.log" for n in nodes}
             for n in nodes:
                 with logs[n].open("wb") as err:
                     procs[n] = subprocess.Popen(
                         [
+                            *(prefix or {}).get(n, []),
                             sys.executable,
                             "-m",
                             "rollwatch",
@@ -284,8 +305,9 @@ async def test_runs_survive_the_database_going_away(tmp_path: Path, outage: str)
     """Mid-run, the database drops every connection: again and again for a second
     ("blips", which the retries ride out), or refuses all of them for four seconds
     ("down", which outlasts a 1 s retry: operations fail, runs crash and are resumed from
-    the log, background loops wait). The daemons stay up, and the run completes with
-    every rollout answered once."""
+    the log, background loops wait; /healthz answers 503 saying the database is out of
+    reach, then 200 again). The daemons stay up, and the run completes with every rollout
+    answered once."""
     retry = "60s" if outage == "blips" else "1s"
     async with cluster(tmp_path, delay=0.2, rollouts=4, concurrency=2, cluster=FAST_LEASE, retry=retry) as c:
         await c.both_at_work()
@@ -305,11 +327,18 @@ async def test_runs_survive_the_database_going_away(tmp_path: Path, outage: str)
                 await admin.execute(f'ALTER DATABASE "{db}" ALLOW_CONNECTIONS false')
                 try:
                     await admin.execute(terminate, db)
-                    await anyio.sleep(4.0)
+                    down = anyio.current_time()
+                    # /healthz says what is wrong while it lasts (it said ok before).
+                    for node in c.procs:
+                        await c.health(node, lambda r: r.status_code == 503 and "out of reach" in r.text)
+                    await anyio.sleep(max(0.0, 4.0 - (anyio.current_time() - down)))
                 finally:
                     await admin.execute(f'ALTER DATABASE "{db}" ALLOW_CONNECTIONS true')
         finally:
             await admin.close()
+        if outage == "down":
+            for node in c.procs:
+                await c.health(node, lambda r: r.status_code == 200)
         [fin] = await c.until(90, "RunFinished")
         assert fin["status"] == "completed", fin
         assert fin["scored"] == 40
@@ -352,3 +381,100 @@ async def test_only_the_leader_rescores_a_changed_problem(tmp_path: Path) -> Non
         assert [e["problem_id"] for e in rescored] == ["lis-length"]
         for node in c.procs:
             assert c.procs[node].poll() is None, f"{node} exited"
+
+
+def passing_problems(tmp_path: Path) -> Path:
+    """Two problems that the fake provider's answer (``solve() -> 42``) passes."""
+    problems = tmp_path / "problems"
+    for name in ("p1", "p2"):
+        d = problems / name
+        d.mkdir(parents=True)
+        (d / "problem.toml").write_text(
+            f'title = "{name}"\nreleased = 2026-01-01\nprompt = "def solve() -> int: ..."\n'
+            '[scorer]\nkind = "python-function"\nentry_point = "solve"\ntests = "tests.py"\n'
+            '[reference]\nsolution = "solution.py"\n'
+        )
+        (d / "tests.py").write_text("def check(candidate):\n    assert candidate() == 42\n")
+        (d / "solution.py").write_text("def solve():\n    return 42\n")
+    return problems
+
+
+async def exited(c: Cluster, node: str, timeout: float = 60) -> int:
+    """Wait for ``node`` to exit on its own; its exit status."""
+    with anyio.fail_after(timeout):
+        while (code := c.procs[node].poll()) is None:
+            await anyio.sleep(0.1)
+    return code
+
+
+@pytest.mark.skipif(shutil.which("faketime") is None, reason="faketime is not installed")
+@pytest.mark.parametrize("offset", ["+100d", "-100d"])
+async def test_a_node_whose_clock_is_off_the_databases_does_not_start(tmp_path: Path, offset: str) -> None:
+    """Two daemons, one with its clock 100 days ahead or behind (faketime), passes to
+    release after a 90-day embargo: the skewed node refuses to start (exit 2, saying
+    why), so nothing is released early. (Before, a node 100 days ahead released the
+    other's passes at once, and one behind decided embargoes that had ended already.)"""
+    prefix = {"node-b": ["env", "FAKETIME_DONT_FAKE_MONOTONIC=1", "faketime", "-f", offset]}
+    async with cluster(
+        tmp_path, delay=0.05, rollouts=4, problems=passing_problems(tmp_path), prefix=prefix
+    ) as c:
+        assert await exited(c, "node-b") == 2
+        err = c.logs["node-b"].read_text()
+        assert "clock of the log's database server" in err, err[-2000:]
+        assert "Traceback" not in err
+        [fin] = await c.until(90, "RunFinished")
+        assert fin["status"] == "completed", fin
+        assert fin["passed"] == 8, fin
+        decided = await c.events("PublicationDecided")
+        assert len([d for d in decided if d["audience"] == "public"]) == 8
+        assert {e["node"] for e in await c.events("RolloutRequested")} == {"node-a"}
+        assert await c.stop("node-a") == 0
+        assert await c.events("PublicReleased") == []
+
+
+def signing_keys(cps: list[dict[str, Any]]) -> set[str]:
+    """The key IDs whose signatures the checkpoints' notes carry."""
+    out = set()
+    for cp in cps:
+        for line in str(cp["note"]).splitlines():
+            if line.startswith("\u2014 "):
+                out.add(base64.b64decode(line.split()[-1])[:4].hex())
+    return out
+
+
+@pytest.mark.parametrize("start", ["later", "together"])
+async def test_a_node_with_another_checkpoint_key_signs_nothing(tmp_path: Path, start: str) -> None:
+    """node-b holds another checkpoint key than node-a. Started once node-a has signed,
+    or at the same time and then left to lead once node-a (which signed first) is
+    killed: node-b exits 2 naming the key, never signs (one series, one key), and does
+    not call the log tampered. (Before: started later, it called node-a's checkpoints
+    forgeries and stopped as if tampered with; started together, it took over and
+    signed a second series under its own key.)"""
+    gate = tmp_path / "start-b"
+    prefix = {"node-b": ["sh", "-c", f'until [ -e "{gate}" ]; do sleep 0.1; done; exec "$@"', "sh"]}
+
+    def edit(node: str, toml: str) -> str:
+        return toml.replace("checkpoint.key", "b.key") if node == "node-b" else toml
+
+    async with cluster(
+        tmp_path, delay=0.05, edit=edit, prefix=prefix if start == "later" else None, cluster=FAST_LEASE
+    ) as c:
+        if start == "later":
+            await c.until(60, "CheckpointSigned")
+            gate.touch()
+            assert await exited(c, "node-b") == 2
+        else:
+            # Whichever node signed first holds the log's key; the other is the odd one.
+            [first, *_] = await c.until(60, "CheckpointSigned")
+            signer = str(first["node"])
+            odd = "node-b" if signer == "node-a" else "node-a"
+            c.kill(signer)
+            assert await exited(c, odd) == 2
+        odd = "node-b" if start == "later" else odd
+        err = c.logs[odd].read_text()
+        assert "needs the same checkpoint key" in err, err[-3000:]
+        assert "tampered" not in err
+        assert "Traceback" not in err
+        cps = await c.events("CheckpointSigned")
+        assert odd not in {cp["node"] for cp in cps}
+        assert len(signing_keys(cps)) == 1

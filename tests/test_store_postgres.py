@@ -19,7 +19,7 @@ from anyio.abc import Process
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from rollwatch.abc import NO_STREAM
-from rollwatch.errors import ConcurrencyConflict, IntegrityError, StoreError
+from rollwatch.errors import ConcurrencyConflict, IntegrityError, NotLeading, StoreError
 from rollwatch.events import SchedulePaused, chain_hash
 from rollwatch.migrate import migrate
 from rollwatch.store.postgres import PostgresEventStore
@@ -524,3 +524,59 @@ class TestMigrate:
             with pytest.raises(IntegrityError, match="version 5 of stream 'a', which is at 1"):
                 await store.import_recorded([wrong_version])
             assert await store.head() == 1
+
+
+class TestLeadership:
+    async def test_a_deposed_leader_appends_nothing(self, url: str) -> None:
+        """A leads; its lock's session is terminated (a leader cut off, or stopped while
+        its session timed out), and B leads in its place. A's body, which has not noticed
+        yet (its keepalive looks every 2 s), appends: the append is refused with
+        NotLeading and the log holds only B's, so a schedule fire is never recorded by
+        two leaders. An append of A's outside the leadership still goes through."""
+        stop = anyio.Event()
+        a_leads, b_leads, go = anyio.Event(), anyio.Event(), anyio.Event()
+        a_result: list[object] = []
+
+        async def a_body() -> None:
+            a_leads.set()
+            await go.wait()
+            try:
+                await a_store.append("schedule-s", [ev(note="a")])
+                a_result.append("appended")
+            except NotLeading as e:
+                a_result.append(e)
+            await stop.wait()
+
+        async def b_body() -> None:
+            b_leads.set()
+            await b_store.append("schedule-s", [ev(note="b")])
+            await stop.wait()
+
+        async with PostgresEventStore(url) as a_store, PostgresEventStore(url) as b_store:
+            with anyio.fail_after(20):
+                async with anyio.create_task_group() as tg:
+                    await tg.start(a_store.lead, "scheduler", a_body, stop)
+                    await a_leads.wait()
+                    await tg.start(b_store.lead, "scheduler", b_body, stop)
+                    admin = await asyncpg.connect(ADMIN_URL)
+                    try:
+                        # The one session holding an advisory lock: A's.
+                        await admin.execute(
+                            "SELECT pg_terminate_backend(pid) FROM pg_locks"
+                            " WHERE locktype = 'advisory' AND granted AND database ="
+                            " (SELECT oid FROM pg_database WHERE datname = $1)",
+                            url.rpartition("/")[2],
+                        )
+                    finally:
+                        await admin.close()
+                    await b_leads.wait()
+                    go.set()
+                    while not a_result:
+                        await anyio.sleep(0.01)
+                    stop.set()
+            [refused] = a_result
+            assert isinstance(refused, NotLeading), refused
+            notes = [r.event().note async for r in b_store.read(stream="schedule-s")]  # type: ignore[attr-defined]
+            assert notes == ["b"]
+            await a_store.append("other", [ev(note="not a leader's")])
+            assert (await b_store.verify()).events == 2

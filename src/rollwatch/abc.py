@@ -34,6 +34,7 @@ import sqlite3
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from contextlib import AsyncExitStack
+from contextvars import ContextVar
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, Self, runtime_checkable
@@ -53,6 +54,14 @@ if TYPE_CHECKING:
 
 #: ``expected_version`` for "this stream must not exist yet".
 NO_STREAM = 0
+
+LEADERSHIP: ContextVar[object | None] = ContextVar("rollwatch_leadership", default=None)
+"""The leadership the current task acts under, set by a shared store's :meth:`EventStore.lead`
+for its body (and inherited by the tasks the body starts). An append made under a
+leadership that has been lost since (a leader stalled or cut off while another took
+over) is refused with :class:`~rollwatch.errors.NotLeading` instead of committed. Work
+that may outlive the leadership (a run's rollouts, once its ``RunStarted`` is in) sets
+it back to None."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +103,10 @@ class EventStore(ABC):
         """Called with each append's latency in seconds (the daemon's metrics)."""
         self.append_failing: str | None = None
         """Why appends fail, while they do (None again once one succeeds): ``/healthz`` says so."""
+        self.unreachable: str | None = None
+        """Why the database is out of reach, while it is (a shared log's server down, its
+        connections refused or cut; None again once a statement gets through): ``/healthz``
+        says so while operations wait and retry."""
 
     async def __aenter__(self) -> Self:
         stack = AsyncExitStack()
@@ -124,7 +137,10 @@ class EventStore(ABC):
     async def append(
         self, stream: str, events: Sequence[Event], *, expected_version: int | None = None
     ) -> list[Recorded]:
-        """Append ``events`` to ``stream`` atomically and durably; return them as recorded."""
+        """Append ``events`` to ``stream`` atomically and durably; return them as recorded.
+
+        Under a lost :data:`LEADERSHIP` (shared stores), nothing is appended:
+        :class:`~rollwatch.errors.NotLeading`."""
 
     @abstractmethod
     def read_batches(
@@ -191,6 +207,13 @@ class EventStore(ABC):
                 after = ev.seq
             after = max(after, head)
             await self.wait_for_new(after, timeout=1.0)
+
+    async def clock_skew(self) -> float | None:
+        """Seconds this host's wall clock is ahead of the clock of the database that
+        processes on other machines share (negative: behind); None for a log one machine
+        owns, which has no clock but this host's. Several nodes stamp events and embargo
+        dates by their own clocks, so they must agree with one clock: the database's."""
+        return None
 
     async def lead(
         self,

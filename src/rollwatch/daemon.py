@@ -30,7 +30,7 @@ import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
 from rollwatch.config import Config, ScheduleConfig
-from rollwatch.errors import IntegrityError, StoreError, storage_failure
+from rollwatch.errors import IntegrityError, NotLeading, StoreError, storage_failure
 from rollwatch.log import get_logger
 from rollwatch.metrics import Metrics
 from rollwatch.notify import Notifier
@@ -318,8 +318,16 @@ class Daemon:
             run = await Run.start(
                 self.services, s, trigger=kind, trigger_seq=trigger_seq, fire_time=fire_time
             )
+        except NotLeading as e:
+            # Deposed while firing: the new leader decides this fire.
+            log.warning("run_not_started", schedule=s.name, reason=str(e))
+            return
         finally:
             task_status.started()
+        # The run outlives this node's leadership: its rollouts are no leader's work.
+        from rollwatch.abc import LEADERSHIP
+
+        LEADERSHIP.set(None)
         await self._drive(run)
 
     async def resume_unfinished(self, tg: TaskGroup) -> int:
@@ -556,6 +564,12 @@ class Daemon:
             # log before this daemon appends anything to it.
             clock = self.clock = ReleaseClock()
             await clock.check_log(svc.store)
+            if clock.skewed is not None:
+                # Before this node appends or decides anything by its clock.
+                from rollwatch.errors import ClockSkewed
+                from rollwatch.publication.clock import SKEW_S
+
+                raise ClockSkewed(clock.skewed, SKEW_S)
             gate.open(self._whole_app(svc, integrity))
             # Stopped, the server closes its socket and lets open requests finish (for
             # at most its graceful-shutdown timeout). It listens before the projections
@@ -709,6 +723,7 @@ class Daemon:
             status=self.projection_status,
             failing=lambda: [
                 *([f"the log refuses appends: {e}"] if (e := svc.store.append_failing) else []),
+                *([u] if (u := svc.store.unreachable) else []),
                 *(self.clock.reasons() if self.clock is not None else []),
             ],
         )

@@ -3,9 +3,12 @@
     RollwatchError
     ├── ConfigError                 bad configuration (exit code 2)
     ├── UsageError                  a command was used wrongly (exit code 2)
-    │   └── AddressInUse            server.listen is taken by another process
+    │   ├── AddressInUse            server.listen is taken by another process
+    │   ├── ClockSkewed             this host's clock is far from the shared log's database's
+    │   └── ForeignCheckpointKey    a shared log's checkpoints are signed by a key this node lacks
     ├── StoreError                  the event log could not do what was asked
     │   ├── ConcurrencyConflict     a stream moved on since the caller read it
+    │   ├── NotLeading              an append made under a leadership lost since
     │   ├── IntegrityError          the stored log is not what was appended (tampering)
     │   └── UnknownEventType        an event type this version cannot read
     ├── ProblemError                a problem file or problem set is invalid
@@ -65,6 +68,33 @@ class AddressInUse(UsageError):
         )
 
 
+class ClockSkewed(UsageError):
+    """Raised when ``serve`` starts on a shared log with a clock far from the database's."""
+
+    def __init__(self, skew: float, limit: float) -> None:
+        self.skew = skew
+        side = "ahead of" if skew > 0 else "behind"
+        super().__init__(
+            f"this host's clock is {abs(skew):.0f} s {side} the clock of the log's database server "
+            f"(more than the {limit:.0f} s allowed): its events would carry wrong times and its "
+            "embargoes would end early or late for every node; set the clock right (NTP) and start again"
+        )
+
+
+class ForeignCheckpointKey(UsageError):
+    """Raised when a node on a shared log holds another checkpoint key than the one that
+    signs the log's checkpoints (it would sign a second series)."""
+
+    def __init__(self, ours: str, seq: int, node: str) -> None:
+        self.ours = ours
+        self.seq = seq
+        super().__init__(
+            f"the log's checkpoints (the latest at seq {seq}, signed by node {node or '?'}) are signed by "
+            f"another key than this node's ({ours}): every node sharing a log needs the same checkpoint key "
+            "(copy integrity.key_file, or the checkpoint-key credential, from the node that signs)"
+        )
+
+
 class StoreError(RollwatchError):
     """Raised when the event store cannot carry out an operation."""
 
@@ -79,6 +109,17 @@ class ConcurrencyConflict(StoreError):
         super().__init__(
             f"stream {stream!r} is at version {actual}, the append expected {expected}; "
             "nothing was written: re-read the stream and decide again"
+        )
+
+
+class NotLeading(StoreError):
+    """Raised when an append made by a leader (schedules, checkpoints) comes after another
+    process took the leadership over: nothing was written."""
+
+    def __init__(self, role: str) -> None:
+        self.role = role
+        super().__init__(
+            f"this process no longer leads {role!r} (another process took it over): nothing was written"
         )
 
 

@@ -28,7 +28,14 @@ import anyio
 from anyio.abc import TaskStatus
 
 from rollwatch.abc import EventStore
-from rollwatch.errors import ConcurrencyConflict, IntegrityError, InvalidNote, StoreError
+from rollwatch.errors import (
+    ConcurrencyConflict,
+    ForeignCheckpointKey,
+    IntegrityError,
+    InvalidNote,
+    NotLeading,
+    StoreError,
+)
 from rollwatch.events import CHECKPOINT_STREAM, CheckpointSigned
 from rollwatch.integrity.checkpoint import (
     Checkpoint,
@@ -159,6 +166,9 @@ class Checkpointer:
             if not await self._key_in_force():
                 return None
             size = await self.tree.catch_up(self.store)
+            # Another node signing this log with another key: signing on would start a
+            # second series under ours (two nodes given different keys, started at once).
+            await check_shared_key(self.store, self.tree, self.signer, self.origin)
             root = await self.tree.root(size)
             priors = await self.signed_before()
             for where, prior in priors:
@@ -196,6 +206,11 @@ class Checkpointer:
                     )
                 except ConcurrencyConflict:
                     log.info("checkpoint_superseded", size=size, reason="another signer appended one first")
+                    return None
+                except NotLeading:
+                    log.info(
+                        "checkpoint_superseded", size=size, reason="another node leads the checkpoints now"
+                    )
                     return None
                 await self.tree.catch_up(self.store)
             log.info("checkpoint_signed", size=size, root=b64(root), seq=rec.seq)
@@ -267,6 +282,27 @@ class Checkpointer:
                     await anyio.sleep(_RETRY_S)
                     continue
                 deadline = anyio.current_time() + interval
+
+
+async def check_shared_key(store: EventStore, tree: MerkleTree, signer: NoteSigner, origin: str) -> None:
+    """On a shared log, :class:`ForeignCheckpointKey` when its latest checkpoint is signed
+    by a key outside the log's key chain as this node knows it (its own key and the
+    rotations in the log): the nodes were given different keys. Checked at start, before
+    the scrub would call that checkpoint tampered with, and before each signature."""
+    stored = await tree.latest_checkpoint()
+    if not store.shared or stored is None:
+        return
+    ring = await KeyRing.load(store, signer.verifier(), origin)
+    if ring.signer_of(stored.note) is None:
+        node = await _node_of(store, stored.seq)
+        log.error("checkpoint_key_mismatch", seq=stored.seq, signed_by=node, our_key=signer.verifier().vkey)
+        raise ForeignCheckpointKey(signer.verifier().vkey, stored.seq, node)
+
+
+async def _node_of(store: EventStore, seq: int) -> str:
+    rec = (await store.read_at([seq])).get(seq)
+    node = rec.data.get("node") if rec is not None else None
+    return node if isinstance(node, str) else ""
 
 
 def _read_witness(path: Path | None) -> str | None:

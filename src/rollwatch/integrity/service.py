@@ -22,7 +22,7 @@ from rollwatch.abc import EventStore
 from rollwatch.config import IntegrityConfig
 from rollwatch.errors import IntegrityError, StoreError
 from rollwatch.integrity.checkpoint import Checkpoint, NoteSigner
-from rollwatch.integrity.checkpointer import checkpointer, final_checkpoint
+from rollwatch.integrity.checkpointer import check_shared_key, checkpointer, final_checkpoint
 from rollwatch.integrity.health import Health
 from rollwatch.integrity.identity import ORIGIN_FILE, resolve_origin, set_aside_foreign_state
 from rollwatch.integrity.keys import load_signer, promote_key
@@ -187,6 +187,12 @@ class Integrity:
                 # the log (chain, every leaf the tree absorbed, every checkpoint in the
                 # log and the witness file). A log changed while the daemon was down
                 # makes it refuse to start.
+                # First a key that differs from the one signing a shared log: the scrub
+                # would take its checkpoints for forgeries, the checkpointer start a
+                # second series.
+                await check_shared_key(
+                    self.store, self.tree, self.signer, self.config.origin or self.signer.name
+                )
                 await self._scrub_at_start()
             except IntegrityError as e:
                 await fail_with(e, "scrub")

@@ -19,6 +19,15 @@ release pass compares it with that time again; the log is not read again, since 
 daemon's own events carry its own clock); one
 far ahead of it (more than :data:`AHEAD_S`) is believed, since the daemon may have been
 down that long, but said at start in a WARNING naming the gap.
+
+On a log that several machines share (PostgreSQL), the database's clock is the one clock
+they all read, and each release pass compares the host's with it: off by more than
+:data:`SKEW_S` either way, releases are held the same way (``clock_off_database``) until
+they agree again. A node whose clock is that far off at start does not start at all
+(:class:`~rollwatch.errors.ClockSkewed`): every event it recorded would carry its time,
+and every embargo it decided would end that much early or late, for the other nodes to
+release by (a node 100 days ahead released, in the test, the other node's passes 90 days
+early).
 """
 
 from __future__ import annotations
@@ -77,6 +86,9 @@ class ReleaseClock:
         """Seconds the wall clock moved from the steady one, while they disagree."""
         self.behind: float | None = None
         """Seconds the clock is behind the log's newest event, while it is."""
+        self.skewed: float | None = None
+        """Seconds the clock is ahead of the shared database's (negative: behind), while
+        they disagree by more than :data:`SKEW_S`."""
         self._checked_log = False
         self._newest: datetime | None = None  # the log's newest event time, as first read
 
@@ -123,6 +135,7 @@ class ReleaseClock:
         elif behind is None and self.behind is not None:
             log.warning("clock_past_log", clock=rfc3339(now), consequence="releases resume")
         self.behind = behind
+        await self._check_database(store)
         if not self._checked_log and newest is not None and (now - newest).total_seconds() > AHEAD_S:
             log.warning(
                 "clock_ahead_of_log",
@@ -133,11 +146,30 @@ class ReleaseClock:
             )
         self._checked_log = True
 
+    async def _check_database(self, store: EventStore) -> None:
+        """Compare the clock with the shared database's (a log one machine owns has none)."""
+        skew = await store.clock_skew()
+        skewed = skew if skew is not None and abs(skew) > SKEW_S else None
+        if skewed is not None and self.skewed is None:
+            log.error(
+                "clock_off_database",
+                ahead_s=round(skewed, 1),
+                clock=rfc3339(datetime.fromtimestamp(self._wall(), UTC)),
+                consequence="no releases until this host's clock agrees with the database's",
+                hint="nodes sharing a log must keep their clocks within "
+                f"{SKEW_S:.0f} s of the database server's (NTP)",
+            )
+        elif skewed is None and self.skewed is not None:
+            log.warning(
+                "clock_agrees_with_database", ahead_s=round(skew or 0.0, 1), consequence="releases resume"
+            )
+        self.skewed = skewed
+
     @property
     def held(self) -> bool:
         """True while releases wait for the clock (checks for a jump first)."""
         self.now()
-        return self.jumped is not None or self.behind is not None
+        return self.jumped is not None or self.behind is not None or self.skewed is not None
 
     def reasons(self) -> list[str]:
         """Why releases are held, for ``/healthz`` (empty when they are not)."""
@@ -146,6 +178,11 @@ class ReleaseClock:
         if self.jumped is not None:
             out.append(
                 f"clock_jumped: the wall clock moved {self.jumped:+.0f} s from the steady clock; releases held"
+            )
+        if self.skewed is not None:
+            out.append(
+                f"clock_off_database: this host's clock is {abs(self.skewed):.0f} s "
+                f"{'ahead of' if self.skewed > 0 else 'behind'} the database server's; releases held"
             )
         if self.behind is not None:
             out.append(

@@ -62,6 +62,9 @@ class Pending:
     rows: list[tuple[str, str, int, str]]  # id, type, schema, data_json
     result: list[Recorded] | None = None
     error: BaseException | None = None
+    fence: object | None = None
+    """The leadership the call was made under (``abc.LEADERSHIP``); the backend refuses
+    the call if it has been lost."""
     done: anyio.Event = field(default_factory=anyio.Event)
 
 
@@ -80,7 +83,9 @@ class GroupCommitter:
         self._queued_events = 0  # rows in self._queue
         self._wake = anyio.Event()
 
-    async def append(self, stream: str, events: Sequence[Event], expected: int | None) -> list[Recorded]:
+    async def append(
+        self, stream: str, events: Sequence[Event], expected: int | None, fence: object | None = None
+    ) -> list[Recorded]:
         """Queue one call's events, wait for their commit, return them as recorded."""
         if not self.open:
             raise StoreError("the event store is not open (use it with `async with`)")
@@ -91,7 +96,7 @@ class GroupCommitter:
             (i, e.TYPE, e.SCHEMA, encode(e.to_data()))
             for i, e in zip(_uuid4s(len(events)), events, strict=True)
         ]
-        pending = Pending(stream, expected, at, rows)
+        pending = Pending(stream, expected, at, rows, fence=fence)
         t0 = time.perf_counter()
         self._queue.append(pending)
         self._queued_events += len(rows)
@@ -188,6 +193,8 @@ def assign(
     # the id needs no escaping: it is one of the UUIDs ``append`` made (hex and dashes).
     sha256 = hashlib.sha256
     for p in group:
+        if p.error is not None:
+            continue  # refused before (a lost leadership)
         stream = p.stream
         current = versions[stream]
         if p.expected is not None and p.expected != current:

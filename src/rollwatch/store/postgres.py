@@ -44,8 +44,10 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from contextlib import AsyncExitStack
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import anyio
@@ -54,8 +56,8 @@ import asyncpg
 from anyio.abc import TaskGroup, TaskStatus
 from asyncpg.pool import PoolAcquireContext
 
-from rollwatch.abc import EventStore, WorkBoard
-from rollwatch.errors import IntegrityError, StoreError
+from rollwatch.abc import LEADERSHIP, EventStore, WorkBoard
+from rollwatch.errors import IntegrityError, NotLeading, StoreError
 from rollwatch.events import GENESIS, Event, Recorded, chain_hash
 from rollwatch.log import get_logger
 from rollwatch.store._group_commit import GroupCommitter, Pending, assign
@@ -237,7 +239,10 @@ class PostgresEventStore(EventStore):
             raise StoreError(
                 f"stream name {stream!r} contains a NUL character, which PostgreSQL cannot store"
             )
-        return await self._writer.append(stream, events, expected_version)
+        fence = LEADERSHIP.get()
+        return await self._writer.append(
+            stream, events, expected_version, fence if isinstance(fence, _Leadership) else None
+        )
 
     async def _commit(self, group: list[Pending], wake_previous: Callable[[], None]) -> None:
         # Every await below lets the event loop run the previous group's callers anyway:
@@ -257,16 +262,35 @@ class PostgresEventStore(EventStore):
                 now = anyio.current_time()
                 deadline = deadline or now + self._retry_for
                 if not isinstance(e, _InDoubt) and _transient(e) and now < deadline:
+                    self._out_of_reach(e)
                     log.warning("append_retry", error=str(e) or type(e).__name__, calls=len(group))
                     await anyio.sleep(pause)
                     pause = min(pause * 2, _RETRY_MAX_S)
                     continue
+                if _transient(e):
+                    self._out_of_reach(e)
                 self._fail_group(group, e)
                 return
+        self._reached()
+        self.append_failing = None
         self._note_head(seq)
+
+    def _out_of_reach(self, e: BaseException) -> None:
+        """Note that the database did not answer (``/healthz`` says so until it does)."""
+        if self.unreachable is None:
+            log.warning("database_unreachable", url=_redact(self.url), error=str(e) or type(e).__name__)
+        self.unreachable = (
+            f"the database at {_redact(self.url)} is out of reach: {str(e) or type(e).__name__}"
+        )
+
+    def _reached(self) -> None:
+        if self.unreachable is not None:
+            log.info("database_reachable", url=_redact(self.url))
+            self.unreachable = None
 
     def _fail_group(self, group: list[Pending], e: Exception) -> None:
         log.error("append_failed", error=str(e), calls=len(group))
+        self.append_failing = str(e)
         if isinstance(e, _InDoubt):
             msg = (
                 f"the connection to {_redact(self.url)} broke while committing and the outcome "
@@ -303,6 +327,7 @@ class PostgresEventStore(EventStore):
             if missing:
                 versions.update(dict.fromkeys(missing, 0))
                 versions.update({r[0]: r[1] for r in await conn.fetch(_VERSIONS, missing)})
+            await self._check_fences(conn, group)
             seq, prev = assign(group, seq, prev, versions, out)
             if out:
                 await conn.copy_records_to_table("events", records=out, columns=COLUMNS)
@@ -325,6 +350,28 @@ class PostgresEventStore(EventStore):
             raise
         self._versions_at = seq
         return seq
+
+    async def _check_fences(self, conn: asyncpg.Connection, group: list[Pending]) -> None:
+        """Refuse the calls made under a leadership whose session no longer holds its lock.
+
+        Checked under the append lock, in the transaction that would commit them: a new
+        leader waits for that lock once before it acts (see :meth:`lead`), so a call
+        that passes here is in the log before the new leader reads it.
+        """
+        fences = {p.fence for p in group if isinstance(p.fence, _Leadership)}
+        if not fences:
+            return
+        rows = await conn.fetch(
+            "SELECT pid, classid::bigint, objid::bigint FROM pg_locks"
+            " WHERE locktype = 'advisory' AND granted AND objsubid = 1 AND pid = ANY($1::int[])",
+            [f.pid for f in fences],
+        )
+        held = {(r[0], r[1], r[2]) for r in rows}
+        for p in group:
+            f = p.fence
+            if isinstance(f, _Leadership) and (f.pid, *f.lock_ids) not in held:
+                p.error = NotLeading(f.role)
+                log.warning("append_refused_not_leading", role=f.role, stream=p.stream)
 
     async def _finish(self, conn: asyncpg.Connection, sql: str) -> None:
         """Send the statement that ends the transaction (the tests break it on purpose)."""
@@ -412,10 +459,13 @@ class PostgresEventStore(EventStore):
         while True:
             try:
                 async with self._acquire() as conn:
-                    return await fn(conn)
+                    out = await fn(conn)
+                self._reached()
+                return out
             except Exception as e:
                 if not _transient(e):
                     raise
+                self._out_of_reach(e)
                 now = anyio.current_time()
                 deadline = deadline or now + self._retry_for
                 if now >= deadline:
@@ -490,6 +540,17 @@ class PostgresEventStore(EventStore):
         sql = "SELECT COALESCE(MAX(version), 0) FROM events WHERE stream = $1"
         return int(await self._with_conn(lambda c: c.fetchval(sql, stream)))
 
+    async def clock_skew(self) -> float:
+        # The server's clock read halfway through the round trip, as NTP does: the error
+        # is at most half the round trip, milliseconds against the 60 s allowed.
+        async def read(conn: Any) -> tuple[float, float, float]:
+            t0 = time.time()
+            server = float(await conn.fetchval("SELECT extract(epoch FROM clock_timestamp())::float8"))
+            return t0, server, time.time()
+
+        t0, server, t1 = await self._with_conn(read)
+        return (t0 + t1) / 2 - server
+
     async def wait_for_new(self, after: int, timeout: float) -> int:  # noqa: ASYNC109 (returns on timeout, never raises)
         with anyio.move_on_after(timeout):
             while True:
@@ -535,6 +596,8 @@ class PostgresEventStore(EventStore):
                             conn = await self._listen()
                             break
                         except Exception as e:  # keep trying whatever broke: followers poll meanwhile
+                            if _transient(e):
+                                self._out_of_reach(e)
                             log.warning("listen_reconnect_failed", error=str(e), retry_in_s=delay)
                             await anyio.sleep(delay)
                             delay = min(delay * 2, _RECONNECT_MAX_S)
@@ -607,7 +670,14 @@ class PostgresEventStore(EventStore):
                     with anyio.move_on_after(1.0):
                         await stop.wait()
                     continue
+                # Whatever a deposed leader appended before it lost the lock has committed
+                # once we hold the append lock: the body reads the log after it.
+                async with conn.transaction():
+                    await conn.execute("SELECT pg_advisory_xact_lock($1)", APPEND_LOCK)
                 log.info("leadership_acquired", role=name)
+                # The body's appends carry the leadership; once its session is gone they
+                # are refused (a leader stalled past the moment another took over).
+                fence = LEADERSHIP.set(_Leadership(name, key, conn.get_server_pid()))
                 async with anyio.create_task_group() as tg:
 
                     async def keepalive(c: asyncpg.Connection = conn) -> None:
@@ -622,7 +692,13 @@ class PostgresEventStore(EventStore):
                                 return
 
                     tg.start_soon(keepalive)
-                    await body()
+                    try:
+                        await body()
+                    except NotLeading:
+                        # The body saw the loss before the keepalive did.
+                        lost = True
+                    finally:
+                        LEADERSHIP.reset(fence)
                     tg.cancel_scope.cancel()
                 if not lost:
                     return
@@ -650,6 +726,21 @@ class PostgresEventStore(EventStore):
             )
         if bad is not None:
             raise IntegrityError(bad, "its stream version does not follow the order of the log")
+
+
+@dataclass(frozen=True, slots=True)
+class _Leadership:
+    """A leadership held: its role, its advisory lock's key and the backend holding it."""
+
+    role: str
+    key: int
+    pid: int
+
+    @property
+    def lock_ids(self) -> tuple[int, int]:
+        """The key as pg_locks shows a bigint advisory lock: (classid, objid)."""
+        k = self.key & 0xFFFF_FFFF_FFFF_FFFF
+        return k >> 32, k & 0xFFFF_FFFF
 
 
 _CONN_ERRORS = (
