@@ -284,19 +284,31 @@ class Checkpointer:
                 deadline = anyio.current_time() + interval
 
 
-async def check_shared_key(store: EventStore, tree: MerkleTree, signer: NoteSigner, origin: str) -> None:
-    """On a shared log, :class:`ForeignCheckpointKey` when its latest checkpoint is signed
-    by a key outside the log's key chain as this node knows it (its own key and the
-    rotations in the log): the nodes were given different keys. Checked at start, before
-    the scrub would call that checkpoint tampered with, and before each signature."""
-    stored = await tree.latest_checkpoint()
-    if not store.shared or stored is None:
+async def check_shared_key(
+    store: EventStore, tree: MerkleTree, signer: NoteSigner, origin: str, *, at: int | None = None
+) -> None:
+    """On a shared log, :class:`ForeignCheckpointKey` when its latest checkpoint (or the one
+    at seq ``at``, if that event is a checkpoint) is signed by a key outside the log's key
+    chain as this node knows it (its own key and the rotations in the log): the nodes were
+    given different keys. Checked at start, before the scrub would call that checkpoint
+    tampered with, before each signature, and on a finding (``at``: the seq it names)."""
+    if not store.shared:
         return
+    if at is None:
+        stored = await tree.latest_checkpoint()
+        if stored is None:
+            return
+        seq, note = stored.seq, stored.note
+    else:
+        rec = (await store.read_at([at])).get(at)
+        if rec is None or rec.type != CheckpointSigned.TYPE or not isinstance(rec.data.get("note"), str):
+            return
+        seq, note = at, rec.data["note"]
     ring = await KeyRing.load(store, signer.verifier(), origin)
-    if ring.signer_of(stored.note) is None:
-        node = await _node_of(store, stored.seq)
-        log.error("checkpoint_key_mismatch", seq=stored.seq, signed_by=node, our_key=signer.verifier().vkey)
-        raise ForeignCheckpointKey(signer.verifier().vkey, stored.seq, node)
+    if ring.signer_of(note) is None:
+        node = await _node_of(store, seq)
+        log.error("checkpoint_key_mismatch", seq=seq, signed_by=node, our_key=signer.verifier().vkey)
+        raise ForeignCheckpointKey(signer.verifier().vkey, seq, node)
 
 
 async def _node_of(store: EventStore, seq: int) -> str:
