@@ -411,3 +411,44 @@ def test_projections_deleted_or_garbage_while_serving(
     )
     done = rollwatch("--config", str(cfg), "verify")
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_a_fire_while_the_log_is_locked_is_tried_again_and_the_daemon_stays_up(tmp_path: Path) -> None:
+    """A schedule falls due while another process holds the log locked past the busy
+    timeout: its ``RunStarted`` cannot be appended. The scheduler tries again once the
+    lock is gone and the run starts; the daemon stays up. Before, the append's error
+    reached the scheduler's task group after the fire had reported started, and took
+    the scheduler (and with it the daemon) down."""
+    gen = _provider(tmp_path, 0.0)
+    base_url, _ = next(gen)
+    cfg = config(tmp_path, base_url, rollouts=1, every="3s")
+    text = cfg.read_text().replace("[store]\n", '[store]\nbusy_timeout = "1s"\n', 1)
+    cfg.write_text(text)
+    db = tmp_path / "events.db"
+    proc = serve(cfg)
+    err_lines = stderr_reader(proc)
+    holder = None
+    try:
+        wait_until(lambda: events(db, "RunFinished"), 60, "the first run to finish")
+        holder = subprocess.Popen(["sqlite3", str(db)], stdin=subprocess.PIPE, text=True)
+        assert holder.stdin is not None
+        holder.stdin.write("BEGIN EXCLUSIVE;\nSELECT 'held';\n")
+        holder.stdin.flush()
+        wait_until(
+            lambda: "schedule_loop_failed" in "".join(err_lines) or proc.poll() is not None,
+            30,
+            "a fire to fail on the locked log",
+        )
+        assert proc.poll() is None, "the daemon exited:\n" + "".join(err_lines)[-3000:]
+        runs = len(events(db, "RunStarted"))
+        holder.stdin.write("COMMIT;\n.quit\n")
+        holder.stdin.close()
+        holder.wait(timeout=10)
+        wait_until(lambda: len(events(db, "RunStarted")) > runs, 30, "the next fire once the lock is gone")
+        assert proc.poll() is None
+    finally:
+        if holder is not None and holder.poll() is None:
+            holder.kill()
+        stop(proc)
+        gen.close()
+    assert proc.returncode == 0, "".join(err_lines)[-3000:]

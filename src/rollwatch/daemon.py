@@ -321,9 +321,13 @@ class Daemon:
         except NotLeading as e:
             # Deposed while firing: the new leader decides this fire.
             log.warning("run_not_started", schedule=s.name, reason=str(e))
-            return
-        finally:
             task_status.started()
+            return
+        # Only now: a fire whose RunStarted could not be appended (the log locked or out of
+        # reach) raises to the scheduler, which looks again shortly and fires it then.
+        # Reported started first, the error went to the scheduler's task group instead,
+        # and took the daemon down.
+        task_status.started()
         # The run outlives this node's leadership: its rollouts are no leader's work.
         from rollwatch.abc import LEADERSHIP
 
