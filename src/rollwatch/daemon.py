@@ -751,35 +751,31 @@ class Daemon:
         may pass (the file locked by another process, the database away) is logged and
         retried. False if the daemon was told to stop first."""
         pdb = svc.projections
-        done = False
-        async with anyio.create_task_group() as tg:
 
-            async def until_stopping() -> None:
-                await self.stopping.wait()
+        async def build() -> None:
+            async with anyio.create_task_group() as tg:
+
+                async def report() -> None:
+                    while True:
+                        await anyio.sleep(_PROGRESS_EVERY)
+                        self._report_progress(pdb)
+
+                tg.start_soon(report)
+                started = anyio.current_time()
+                log.info("projections_building", projections=[p.name for p in pdb.projections])
+                pause = 1.0
+                while True:
+                    try:
+                        head = await pdb.build(svc.store)
+                        break
+                    except (sqlite3.OperationalError, StoreError) as e:
+                        log.warning("projections_build_failed", error=str(e), retry_in_s=pause)
+                        await anyio.sleep(pause)
+                        pause = min(pause * 2, 30.0)
+                log.info("projections_current", seq=head, took_s=round(anyio.current_time() - started, 2))
                 tg.cancel_scope.cancel()
 
-            async def report() -> None:
-                while True:
-                    await anyio.sleep(_PROGRESS_EVERY)
-                    self._report_progress(pdb)
-
-            tg.start_soon(until_stopping)
-            tg.start_soon(report)
-            started = anyio.current_time()
-            log.info("projections_building", projections=[p.name for p in pdb.projections])
-            pause = 1.0
-            while True:
-                try:
-                    head = await pdb.build(svc.store)
-                    break
-                except (sqlite3.OperationalError, StoreError) as e:
-                    log.warning("projections_build_failed", error=str(e), retry_in_s=pause)
-                    await anyio.sleep(pause)
-                    pause = min(pause * 2, 30.0)
-            log.info("projections_current", seq=head, took_s=round(anyio.current_time() - started, 2))
-            done = True
-            tg.cancel_scope.cancel()
-        return done
+        return await self._unless_stopping(build)
 
     def _report_progress(self, pdb: ProjectionDB) -> None:
         prog = pdb.progress
