@@ -33,14 +33,19 @@ T = TypeVar("T")
 
 
 async def worker_pass(module: str, arg: str, what: str) -> int:
-    """Run ``python -m module arg`` (a pass over the log that reports as
-    :func:`reported` does) and return the events it checked.
+    """Run ``python -m module`` with ``arg`` on its stdin (a pass over the log that
+    reports as :func:`reported` does) and return the events it checked.
+
+    ``arg`` names the store, a PostgreSQL password perhaps: on stdin it is not in the
+    command line that ``ps`` shows every user of the machine. The module reads it with
+    :func:`worker_arg`.
 
     Raises :class:`IntegrityError` on a finding, :class:`StoreError` when the pass could
     not run (the log out of reach, say); ``what`` names the pass in that message.
     """
     result = await anyio.run_process(
-        [sys.executable, "-m", module, arg],
+        [sys.executable, "-m", module],
+        input=arg.encode(),
         check=False,
         stderr=None,
         start_new_session=True,
@@ -55,6 +60,11 @@ async def worker_pass(module: str, arg: str, what: str) -> int:
         seq, _, reason = rest.partition(" ")
         raise IntegrityError(int(seq), reason)
     raise StoreError(f"{what} could not run: {rest}")
+
+
+def worker_arg() -> str:
+    """The argument :func:`worker_pass` sent this process on its stdin."""
+    return sys.stdin.read()
 
 
 def _wait_for_input(fd: int, timeout: float) -> bool:

@@ -3,15 +3,13 @@
 Every event's data must be what rollwatch writes (see
 :func:`rollwatch.integrity.verify.foreign_data`): parsing and re-serializing it costs
 about as much as the rest of ``verify`` together, so ``verify`` runs it here, on the
-other core, while it hashes the log (``python -m rollwatch.integrity.content URL``,
+other core, while it hashes the log (``python -m rollwatch.integrity.content``, the store URL on stdin,
 started through :func:`rollwatch.integrity._worker.worker_pass`; this module imports
 ``verify``, so ``verify`` never imports it).
 The scrub checks content in its own pass (it runs in a process of its own already).
 """
 
 from __future__ import annotations
-
-import sys
 
 
 async def _main(store_url: str) -> int:
@@ -28,6 +26,6 @@ async def _main(store_url: str) -> int:
 
 
 if __name__ == "__main__":
-    from rollwatch.integrity._worker import run_as_worker
+    from rollwatch.integrity._worker import run_as_worker, worker_arg
 
-    run_as_worker(_main, sys.argv[1])
+    run_as_worker(_main, worker_arg())

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -146,6 +145,6 @@ async def _main(arg: str) -> int:
 
 
 if __name__ == "__main__":
-    from rollwatch.integrity._worker import run_as_worker
+    from rollwatch.integrity._worker import run_as_worker, worker_arg
 
-    run_as_worker(_main, sys.argv[1])
+    run_as_worker(_main, worker_arg())

@@ -1,0 +1,110 @@
+"""The store's URL, a PostgreSQL password perhaps, never reaches a command line.
+
+Any user of the machine reads every process's command line (``ps``, /proc/PID/cmdline).
+The scrub and ``verify``'s content check run in processes of their own and were given the
+store URL as their argument, so a password in it was on show for as long as they ran.
+They now read it from their stdin. These tests hold each such process stopped, read its
+command line as ``ps`` would, and look for the password there and in the logs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import anyio
+import pytest
+
+from tests.pg import scratch_database
+from tests.test_ctrl_c import _children, _free_port
+
+# Trust auth on the test server: the password is sent, never checked.
+SECRET = "pw-b7e1c3d9a0-not-for-ps"
+
+pytestmark = pytest.mark.anyio
+
+
+def _with_password(url: str) -> str:
+    scheme, _, rest = url.partition("://")
+    userinfo, at, host = rest.rpartition("@")
+    user = userinfo.split(":", 1)[0] if at else "postgres"
+    return f"{scheme}://{user}:{SECRET}@{host if at else rest}"
+
+
+def _held_child(pid: int, module: bytes, proc: subprocess.Popen[bytes]) -> tuple[int, bytes]:
+    """The child of ``pid`` running ``module``, stopped (SIGSTOP), and its command line."""
+    deadline = time.monotonic() + 60
+    while True:
+        for child in _children(pid):
+            with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+                cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+                if module in cmdline:
+                    os.kill(child, signal.SIGSTOP)
+                    return child, cmdline
+        assert proc.poll() is None, f"exited {proc.returncode} before {module!r} started"
+        assert time.monotonic() < deadline, f"no {module!r} started"
+        time.sleep(0.002)
+
+
+def _all_command_lines() -> bytes:
+    lines = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                lines.append((entry / "cmdline").read_bytes())
+    return b"\n".join(lines)
+
+
+def _run_holding(tmp_path: Path, argv: list[str], module: bytes) -> str:
+    """Run ``rollwatch argv``; hold its ``module`` child stopped while every command line
+    on the machine is read; let it go; return the log (stderr) once it has been stopped."""
+    log = tmp_path / f"{argv[0]}.log"
+    with log.open("wb") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "rollwatch", "--config", str(tmp_path / "rollwatch.toml"), *argv],
+            cwd=tmp_path,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            start_new_session=True,
+        )
+    held = None
+    try:
+        held, cmdline = _held_child(proc.pid, module, proc)
+        assert SECRET.encode() not in cmdline, cmdline
+        assert SECRET.encode() not in _all_command_lines()
+        os.kill(held, signal.SIGCONT)
+        if argv[0] == "serve":
+            proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        if held is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(held, signal.SIGKILL)
+    return log.read_text()
+
+
+async def test_the_scrub_and_the_content_check_get_no_password_on_their_command_line(
+    tmp_path: Path,
+) -> None:
+    async with scratch_database() as url:
+        (tmp_path / "rollwatch.toml").write_text(
+            f'[store]\nurl = "{_with_password(url)}"\n[server]\nlisten = "127.0.0.1:{_free_port()}"\n'
+        )
+        # serve's scrub at start; then verify's content check, on the log serve began.
+        served = await anyio.to_thread.run_sync(
+            _run_holding, tmp_path, ["serve"], b"rollwatch.integrity.scrub"
+        )
+        assert "Traceback" not in served, served
+        assert SECRET not in served
+        verified = await anyio.to_thread.run_sync(
+            _run_holding, tmp_path, ["verify"], b"rollwatch.integrity.content"
+        )
+        assert "Traceback" not in verified, verified
+        assert SECRET not in verified
