@@ -133,6 +133,12 @@ def append_forged(site: Site) -> int:
     return head + 1
 
 
+def truncate(site: Site) -> int:
+    """The log's tail deleted, every other file left as it was (the tree still holds it)."""
+    delete_events(site.db, "seq > 20")
+    return 21
+
+
 def truncate_and_drop_tree(site: Site) -> int:
     delete_events(site.db, "seq > 20")
     (site.dir / "merkle.db").unlink()
@@ -174,6 +180,7 @@ ATTACKS = [
     flip_byte,
     change_time,
     append_forged,
+    truncate,
     truncate_and_drop_tree,
     new_history,
 ]
