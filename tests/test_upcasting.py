@@ -9,13 +9,12 @@ see the old events in the new shape, after ``rebuild`` as on a first catch-up.
 
 from __future__ import annotations
 
+import os
 import socket
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, ClassVar
 
 import anyio
 import httpx
@@ -42,50 +41,22 @@ from rollwatch.readmodels import default_projections
 from rollwatch.report import build_report, to_json
 from rollwatch.store.sqlite import SQLiteEventStore
 from tests.publication.helpers import add_subscriber, bearer, make_config
+from tests.schema_next import OLD, LegacyScored, ScoredV2, register, register_in_children, unregister
 
 pytestmark = pytest.mark.anyio
 
 
-#: The schema the test plays "old": today's, written in another shape, with a next
-#: schema registered by the fixture (so the test holds whatever schema is current).
-OLD = RolloutScored.SCHEMA
-
-
-@dataclass(frozen=True, kw_only=True)
-class LegacyScored(Event, register=False):
-    """``RolloutScored`` as an older version wrote it (``ok``, ``points``)."""
-
-    TYPE: ClassVar[str] = "RolloutScored"
-    SCHEMA: ClassVar[int] = OLD
-    rollout_id: str
-    ok: bool
-    points: float
-    scorer: str
-
-
-@dataclass(frozen=True, kw_only=True)
-class ScoredV2(RolloutScored, register=False):
-    """The current shape of ``RolloutScored``, as the next schema."""
-
-    SCHEMA: ClassVar[int] = OLD + 1
-
-
-def _upcast_1_to_2(data: dict[str, Any]) -> dict[str, Any]:
-    out = {k: v for k, v in data.items() if k not in ("ok", "points")}
-    return {**out, "passed": data["ok"], "score": data["points"]}
-
-
 @pytest.fixture
-def schema_2() -> Iterator[None]:
-    """Register the next schema of ``RolloutScored`` and its upcaster; restore the current after."""
-    previous = ev_mod.register(ScoredV2)
-    ev_mod.upcaster("RolloutScored", OLD)(_upcast_1_to_2)
+def schema_2(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Register the next schema of ``RolloutScored`` and its upcaster, here and in every
+    worker process a daemon starts; restore the current after."""
+    site = register_in_children(tmp_path_factory.mktemp("schema-next"))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, (site, os.environ.get("PYTHONPATH")))))
+    previous = register()
     try:
         yield
     finally:
-        ev_mod.unregister_upcaster("RolloutScored", OLD)
-        assert previous is not None
-        ev_mod.register(previous)
+        unregister(previous)
 
 
 async def _legacy_log(store: SQLiteEventStore) -> tuple[str, str]:

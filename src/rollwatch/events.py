@@ -394,6 +394,11 @@ def unreadable(seq: int, type_: str, exc: Exception) -> UnknownEventType:
     return UnknownEventType(f"event {seq}: its {type_} data is not valid JSON ({exc})")
 
 
+def event_class(type_: str) -> type[Event] | None:
+    """The class events of type ``type_`` decode to, or None if this version does not know it."""
+    return _REGISTRY.get(type_)
+
+
 def event_types() -> dict[str, type[Event]]:
     """Every registered event type by name."""
     return dict(_REGISTRY)

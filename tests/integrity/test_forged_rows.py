@@ -6,9 +6,9 @@ object, not canonical (a repeated key: two readers, two verdicts under one signe
 or whose time is not RFC 3339, is no event rollwatch wrote. Before: ``verify`` passed every
 one of them; ``serve`` died with a traceback on the bad JSON and the bad time; ``rebuild``
 printed a traceback. Now ``verify`` names the seq, ``serve`` refuses to start naming it,
-and ``rebuild`` says which event it cannot read (one lacking a field its type needs too,
-which ``verify`` leaves to the read models: whether a field is needed depends on the
-version reading it), all without a traceback. A type or a schema this version does not
+and ``rebuild`` says which event it cannot read, all without a traceback. Data of a known
+type and schema that does not decode (a field its type needs is missing) is named the same
+way: every schema rollwatch wrote decodes in every later version. A type or a schema this version does not
 know is no such evidence (a newer rollwatch writes them) and passes ``verify``.
 """
 
@@ -66,6 +66,7 @@ FORGED = {
         "not in canonical JSON form",
     ),
     "spaces": ("RolloutScored", SCORED.replace(",", ", "), {}, "not in canonical JSON form"),
+    "fields_missing": ("RolloutScored", '{"rollout_id":"r1"}', {}, "lacks required field(s) passed"),
     "time_not_rfc3339": (
         "SchedulePaused",
         '{"note":"","schedule":"e1"}',
@@ -138,7 +139,7 @@ def test_serve_refuses_such_a_log_naming_the_seq(stopped_site: Site, case: str) 
 def test_rebuild_names_the_event_it_cannot_read(stopped_site: Site, case: str) -> None:
     """`rollwatch rebuild` exits 1 naming the event, without a traceback (it printed one for bad
     JSON, and named no event for the others)."""
-    typ, data, kw, _ = {**FORGED, "fields_missing": ("RolloutScored", '{"rollout_id":"r1"}', {}, "")}[case]
+    typ, data, kw, _ = FORGED[case]
     seq = append_raw(stopped_site, typ, data, **kw)
     r = rollwatch("--config", str(stopped_site.config), "rebuild")
     assert r.returncode == 1, r.stdout + r.stderr

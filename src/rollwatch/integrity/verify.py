@@ -31,7 +31,7 @@ import anyio
 import orjson
 
 from rollwatch.abc import EventStore
-from rollwatch.errors import IntegrityError, InvalidNote, UsageError
+from rollwatch.errors import IntegrityError, InvalidNote, UnknownEventType, UsageError
 from rollwatch.events import (
     GENESIS,
     CheckpointKeyRotated,
@@ -39,6 +39,8 @@ from rollwatch.events import (
     Recorded,
     canonical_json_fast,
     chain_hash,
+    decode,
+    event_class,
 )
 from rollwatch.integrity.checkpoint import NoteVerifier, b64, unb64
 from rollwatch.integrity.merkle import EMPTY_ROOT, CompactRange, leaf_hash, verify_consistency
@@ -302,9 +304,10 @@ def foreign_data(ev: Recorded) -> str | None:
     canonical form (spaces, unsorted or repeated keys: two readers may then see two
     different verdicts under one signed hash), or whose time is not what
     :func:`rollwatch.events.rfc3339` writes, was written around rollwatch, by someone
-    who could recompute the chain. Whether the data has the fields its type needs is
-    not checked here: that depends on the types and upcasters of the version reading
-    it (the read models name such an event when they cannot decode it).
+    who could recompute the chain. So was data of a type and schema this version knows
+    that does not decode (a field its type needs is missing): every schema of a type
+    rollwatch wrote decodes in every later version, upcast where it must be. A type or a
+    schema this version does not know is no such evidence: a newer rollwatch writes them.
     orjson answers for almost every row (about 3 us); where it disagrees (a float it
     writes differently, say), ``canonical_json`` decides.
     """
@@ -331,7 +334,14 @@ def foreign_data(ev: Recorded) -> str | None:
                 "its data is not in canonical JSON form (spaces, key order or a repeated key): "
                 "rollwatch never writes such a row"
             )
+    cls = event_class(ev.type)
+    if cls is not None and ev.schema <= cls.SCHEMA:
+        try:
+            decode(ev.type, ev.schema, data)
+        except UnknownEventType as e:
+            return f"its data is no {ev.type} of schema {ev.schema} ({e}): rollwatch never writes such a row"
     return None
+
 
 
 async def _check_stored_tree(tree: MerkleTree, stored: int, cr: CompactRange, claims: list[_Claim]) -> None:
