@@ -229,6 +229,34 @@ async def test_one_leader_fires_and_another_takes_over(tmp_path: Path) -> None:
         assert await c.stop(other) == 0
 
 
+async def test_a_stopped_leader_loses_the_leadership_after_the_lease(tmp_path: Path) -> None:
+    """The leader stopped (SIGSTOP: a frozen VM keeps its TCP connection open): after
+    ``cluster.lease`` the database ends its idle session, the other node takes the
+    leadership over and fires a trigger. Woken up, the old leader finds it lost and fires
+    nothing more. Before, a stopped leader led until it resumed: nothing fired meanwhile."""
+    async with cluster(tmp_path, delay=0.05, cluster='[cluster]\nlease = "3s"') as c:
+        await c.until(90, "RunFinished")
+        [run] = await c.events("RunStarted")
+        leader = str(run["node"])
+        other = "node-b" if leader == "node-a" else "node-a"
+        c.procs[leader].send_signal(signal.SIGSTOP)
+        try:
+            res = await c.cli(other, "schedules", "trigger", "fake-often")
+            assert res.returncode == 0, res.stderr
+            runs = await c.until(60, "RunStarted", enough=lambda evs: len(evs) >= 2)
+            assert [r["node"] for r in runs] == [leader, other]
+        finally:
+            c.procs[leader].send_signal(signal.SIGCONT)
+        with anyio.fail_after(30):
+            while "leadership_lost" not in c.logs[leader].read_text():
+                await anyio.sleep(0.1)
+        await c.until(60, "RunFinished", enough=lambda evs: len(evs) >= 2)
+        assert [r["node"] for r in await c.events("RunStarted")] == [leader, other]
+        assert await c.stop(leader) == 0
+        assert await c.stop(other) == 0
+        assert "Traceback" not in c.logs[leader].read_text()
+
+
 async def test_rollouts_spread_over_nodes_and_a_dead_nodes_work_is_taken_over(tmp_path: Path) -> None:
     """Two daemons, one run of 40 rollouts: both nodes request rollouts; one is killed
     mid-run, the other takes its chunks over once their lease runs out and finishes the

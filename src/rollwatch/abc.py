@@ -221,6 +221,7 @@ class EventStore(ABC):
         body: Callable[[], Awaitable[None]],
         stop: anyio.Event,
         *,
+        lease: float = 30.0,
         task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
         """Run ``body`` while this process is the one leader for ``name`` among every
@@ -229,7 +230,9 @@ class EventStore(ABC):
         Reports started at once (not once leading). A store that one machine owns has
         one leader by construction: this default just runs ``body``. A shared store
         elects one (PostgreSQL: a session advisory lock) and cancels ``body`` if the
-        leadership is lost.
+        leadership is lost. A leader that stops answering for ``lease`` seconds (stopped,
+        frozen, cut off) loses the leadership to another process; whatever it appends
+        under it afterwards is refused (:class:`~rollwatch.errors.NotLeading`).
         """
         task_status.started()
         await body()

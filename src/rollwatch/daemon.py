@@ -653,7 +653,12 @@ class Daemon:
             # to take over. On a shared log every node takes part in every run. Both
             # return once ``stopping`` is set.
             leading = await stages.start("leading", stop=lambda _: None)
-            await leading.start(svc.store.lead, "scheduler", self._lead, self.stopping)
+            await leading.start(
+                functools.partial(svc.store.lead, lease=self.config.cluster.lease),
+                "scheduler",
+                self._lead,
+                self.stopping,
+            )
             if svc.board.shared:
                 leading.start_soon(self._join_runs)
 
@@ -698,7 +703,13 @@ class Daemon:
             c.stats for c in svc.providers.values() if isinstance(c, ProviderClient)
         ]
         integrity = await stack.enter_async_context(
-            open_integrity(self.config.integrity, self.config.store, svc.store, self.config.node)
+            open_integrity(
+                self.config.integrity,
+                self.config.store,
+                svc.store,
+                self.config.node,
+                lease=self.config.cluster.lease,
+            )
         )
         self.metrics.witnessed = integrity.witnessed if integrity.witnessing is not None else None
         return integrity

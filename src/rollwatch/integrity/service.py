@@ -53,6 +53,7 @@ class Integrity:
         node: str = "",
         store_config: StoreConfig | None = None,
         key_used_before: bool = False,
+        lease: float = 30.0,
     ) -> None:
         from rollwatch.config import StoreConfig
 
@@ -60,6 +61,8 @@ class Integrity:
         self.health = Health()
         """Ok until the tree follower, the checkpointer or the scrub finds the log changed."""
         self.node = node
+        self.lease = lease
+        """How long the signing leader of a shared log may stop answering before another takes over."""
         self.key_used_before = key_used_before
         self.config = config
         self.store = store
@@ -207,7 +210,7 @@ class Integrity:
                         # Every node keeps its tree (for proofs); one signs at a time, the
                         # leader of "checkpoints", so the log has one series of checkpoints.
                         report_started()
-                        await self.store.lead("checkpoints", sign, stop)
+                        await self.store.lead("checkpoints", sign, stop, lease=self.lease)
                     else:
                         await sign(task_status=_Started())
                 except Exception as e:
@@ -283,7 +286,12 @@ class Integrity:
 
 @asynccontextmanager
 async def open_integrity(
-    config: IntegrityConfig, store_config: StoreConfig, store: EventStore, node: str = ""
+    config: IntegrityConfig,
+    store_config: StoreConfig,
+    store: EventStore,
+    node: str = "",
+    *,
+    lease: float = 30.0,
 ) -> AsyncIterator[Integrity]:
     """Open the tree and load (or make) the key; close the tree on exit."""
     await set_aside_foreign_state(
@@ -306,4 +314,5 @@ async def open_integrity(
             node,
             store_config,
             key_used_before=key_used_before,
+            lease=lease,
         )

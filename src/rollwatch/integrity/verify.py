@@ -343,7 +343,6 @@ def foreign_data(ev: Recorded) -> str | None:
     return None
 
 
-
 async def _check_stored_tree(tree: MerkleTree, stored: int, cr: CompactRange, claims: list[_Claim]) -> None:
     """The stored tree's proofs link consecutive checkpoints, and its root is the log's."""
     if stored > cr.size:

@@ -653,11 +653,16 @@ class PostgresEventStore(EventStore):
         body: Callable[[], Awaitable[None]],
         stop: anyio.Event,
         *,
+        lease: float = 30.0,
         task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
         # A session-level advisory lock on a connection of its own: PostgreSQL releases
-        # it when the session ends, so a node that dies hands leadership on at once.
+        # it when the session ends, so a node that dies hands leadership on at once. A
+        # node that is stopped (SIGSTOP, a frozen VM) keeps its TCP connection open: the
+        # server ends the session once it has been idle for ``lease`` (the keepalive
+        # below speaks every third of it), and the leadership moves on.
         task_status.started()
+        beat = min(2.0, lease / 3)
         key = int.from_bytes(
             hashlib.sha256(f"rollwatch-leader:{name}".encode()).digest()[:8], "big", signed=True
         )
@@ -670,6 +675,7 @@ class PostgresEventStore(EventStore):
                     with anyio.move_on_after(1.0):
                         await stop.wait()
                     continue
+                await self._idle_timeout(conn, lease)
                 # Whatever a deposed leader appended before it lost the lock has committed
                 # once we hold the append lock: the body reads the log after it.
                 async with conn.transaction():
@@ -683,9 +689,9 @@ class PostgresEventStore(EventStore):
                     async def keepalive(c: asyncpg.Connection = conn) -> None:
                         nonlocal lost
                         while True:
-                            await anyio.sleep(2.0)
+                            await anyio.sleep(beat)
                             try:
-                                await c.fetchval("SELECT 1", timeout=5)
+                                await c.fetchval("SELECT 1", timeout=max(beat, 1.0))
                             except _CONN_ERRORS:
                                 lost = True
                                 tg.cancel_scope.cancel()
@@ -711,6 +717,22 @@ class PostgresEventStore(EventStore):
                 if conn is not None and not conn.is_closed():
                     with anyio.CancelScope(shield=True):
                         await conn.close(timeout=self._connect_timeout)
+
+    _idle_timeout_unsupported = False
+
+    async def _idle_timeout(self, conn: asyncpg.Connection, lease: float) -> None:
+        """End ``conn``'s session on the server once it is idle for ``lease`` (PostgreSQL 14
+        and later; older servers keep a stopped leader's session, said once)."""
+        try:
+            await conn.execute(f"SET idle_session_timeout = {max(1000, int(lease * 1000))}")
+        except asyncpg.UndefinedObjectError:
+            if not PostgresEventStore._idle_timeout_unsupported:
+                PostgresEventStore._idle_timeout_unsupported = True
+                log.warning(
+                    "leader_stall_not_bounded",
+                    reason="this PostgreSQL has no idle_session_timeout (it came in 14)",
+                    effect="a stopped leader keeps leading until its session ends",
+                )
 
     # -- checking -------------------------------------------------------------------------
 
