@@ -506,3 +506,42 @@ async def test_a_node_with_another_checkpoint_key_signs_nothing(tmp_path: Path, 
         cps = await c.events("CheckpointSigned")
         assert odd not in {cp["node"] for cp in cps}
         assert len(signing_keys(cps)) == 1
+
+
+async def test_a_node_with_a_shorter_embargo_decides_the_runs_verdicts_with_the_runs(tmp_path: Path) -> None:
+    """node-b is configured with no embargo, node-a (which starts the run) with 90 days.
+    node-b joins the run and scores its share: every verdict's decisions carry the 90
+    days the run was started with, and nothing is released. (Before, node-b decided its
+    passes public at once, and its release job published them.)"""
+    gate = tmp_path / "start-b"
+    prefix = {"node-b": ["sh", "-c", f'until [ -e "{gate}" ]; do sleep 0.1; done; exec "$@"', "sh"]}
+
+    def edit(node: str, toml: str) -> str:
+        return toml + '[publication]\nembargo = "0s"\n' if node == "node-b" else toml
+
+    async with cluster(
+        tmp_path,
+        delay=0.3,
+        rollouts=20,
+        concurrency=2,
+        problems=passing_problems(tmp_path),
+        cluster=FAST_LEASE,
+        edit=edit,
+        prefix=prefix,
+    ) as c:
+        [started] = await c.until(60, "RunStarted")
+        assert started["node"] == "node-a"
+        assert started["embargo_s"] == 90 * 86400
+        gate.touch()
+        [fin] = await c.until(120, "RunFinished")
+        assert fin["status"] == "completed", fin
+        by = {e["rollout_id"]: e["node"] for e in await c.events("RolloutRequested")}
+        assert set(by.values()) == {"node-a", "node-b"}, "node-b scored nothing: widen the run"
+        decided = [d for d in await c.events("PublicationDecided") if d["audience"] != "subscribers"]
+        assert len(decided) == 40
+        assert {d["embargo_s"] for d in decided} == {90 * 86400}
+        assert {d["audience"] for d in decided if by[d["rollout_id"]] == "node-b"} == {"public"}
+        assert await c.stop("node-b") == 0
+        assert await c.stop("node-a") == 0
+        assert await c.events("PublicReleased") == []
+        assert "run_embargo_differs" in c.logs["node-b"].read_text()

@@ -443,6 +443,10 @@ class RunStarted(Event):
     """For schedule and catch_up: the fire time the scheduler computed."""
     batch: bool = False
     """The run's rollouts go through the provider's batch API."""
+    embargo_s: float | None = None
+    """The embargo of the node that started the run (``publication.embargo``): every node
+    decides the run's verdicts with the longer of it and its own, so a node configured
+    with a shorter one releases nothing earlier. None in runs from before it."""
 
 
 @dataclass(frozen=True, kw_only=True)

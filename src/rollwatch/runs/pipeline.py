@@ -104,6 +104,9 @@ class Run:
         self.budget_usd = started.budget_usd
         self.params: dict[str, object] = started.params or {}
         self.batch = started.batch
+        self.publication = _Embargo(max(services.config.publication.embargo, started.embargo_s or 0.0))
+        """What this node decides the run's verdicts with: the longer of its own embargo
+        and the one the run was started with (see ``RunStarted.embargo_s``)."""
         """The rollouts go through the provider's batch API (``runs/batches.py``)."""
         self.batcher: Batcher | None = None
         self.on_progress = on_progress
@@ -114,6 +117,15 @@ class Run:
         self.locked_elsewhere = False
         """Set when :meth:`drive` found another process of this host driving the run."""
         self.log = log.bind(run_id=self.run_id, schedule=self.schedule, provider=self.provider_name)
+        own = services.config.publication.embargo
+        if started.embargo_s is not None and started.embargo_s != own:
+            self.log.warning(
+                "run_embargo_differs",
+                run_embargo_s=started.embargo_s,
+                own_embargo_s=own,
+                deciding_with_s=self.publication.embargo,
+                hint="give every node the same [publication] embargo",
+            )
 
     # -- creating and resuming ------------------------------------------------------------
 
@@ -148,6 +160,7 @@ class Run:
             trigger=trigger,
             trigger_seq=trigger_seq,
             fire_time=fire_time,
+            embargo_s=services.config.publication.embargo,
         )
         run = cls(services, started, on_progress=on_progress, fresh=True)
         # The plan goes on the board first, so that nodes joining at RunStarted find it.
@@ -593,3 +606,10 @@ async def unfinished_run_of(services: RunServices, schedule: str) -> str | None:
         (schedule,),
     )
     return None if row is None else str(row[0])
+
+
+@dataclass(frozen=True, slots=True)
+class _Embargo:
+    """A publication policy (:class:`rollwatch.publication.policy.PublicationPolicy`)."""
+
+    embargo: float

@@ -265,7 +265,7 @@ class Rollouts:
             scored = await self.verdict(recorder.rid, problem, text)
         finally:
             self.run.state.scoring -= 1
-        decisions = decide(self.run.services.config.publication, scored, datetime.now(UTC))
+        decisions = decide(self.run.publication, scored, datetime.now(UTC))
         await recorder.append(scored, *decisions)
         self.run.state.scored += 1
         self.run.state.done += 1
