@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -362,17 +363,22 @@ def _timed(db: Path, type_: str) -> list[tuple[int, str, dict[str, Any]]]:
     return [(s, a, json.loads(d)) for s, a, d in rows]
 
 
-def _flip_to_pass(tmp_path: Path, cfg: Path, req_log: Path) -> tuple[set[str], dict[str, Any]]:
+def _flip_to_pass(
+    tmp_path: Path, cfg: Path, req_log: Path, embargo_then: str | None = None
+) -> tuple[set[str], dict[str, Any]]:
     """A run where the answers fail ``weak`` (strong tests) and pass ``stable``, then
-    ``weak``'s tests weakened and `rescore --problem-set --run`: the three failures flip
-    to passes, and every flip carries its public decision. Returns
-    the flipped rollouts and, per rollout, its events by type (seq, at, data)."""
+    ``weak``'s tests weakened (and with ``embargo_then``, the configured embargo changed to
+    it) and `rescore --problem-set --run`: the three failures flip to passes, and every
+    flip carries its public decision. Returns the flipped rollouts and, per rollout, its
+    events by type (seq, at, data)."""
     assert rollwatch("--config", str(cfg), "schedules", "pause", "sched").returncode == 0
     res = rollwatch("--config", str(cfg), "run", "sched", env=ENV, timeout=120)
     assert res.returncode == 0, res.stderr
     db = tmp_path / "events.db"
     assert sum(not d["passed"] for _, _, d in events(db, "RolloutScored")) == ROLLOUTS
     (tmp_path / "problems" / "weak" / "tests.py").write_text(WEAK)
+    if embargo_then is not None:
+        cfg.write_text(re.sub(r'embargo = "[^"]*"', f'embargo = "{embargo_then}"', cfg.read_text()))
     ((_, _, started),) = events(db, "RunStarted")
     # Selected by problem set and run (each the only one, so all of it).
     out = rollwatch(
@@ -529,6 +535,21 @@ class TestFlipToPass:
         assert max(stable_due) < first, "the run's passes fall due before the flips"
         assert anyio.run(release, first - timedelta(seconds=1)) & flipped == set()
         assert anyio.run(release, last + timedelta(seconds=1)) >= flipped
+
+    def test_a_flip_waits_for_its_runs_embargo_when_the_configured_one_is_shorter(
+        self, tmp_path: Path, provider: tuple[str, Path]
+    ) -> None:
+        """A run started under a 90-day embargo, re-scored by a configuration that says
+        none (another node's, or one changed since): a flip's public decision still
+        carries the run's 90 days. Before, it was public at once."""
+        base_url, req_log = provider
+        cfg, _ = _setup(tmp_path, base_url, embargo="90d", weak_tests=STRONG)
+        _, by_rollout = _flip_to_pass(tmp_path, cfg, req_log, embargo_then="0s")
+        for evs in by_rollout.values():
+            rescored_at = parse_rfc3339(evs["RolloutRescored"][0][1])
+            public = evs["PublicationDecided"][2][2]
+            assert public["embargo_s"] == 90 * 86400
+            assert parse_rfc3339(public["not_before"]) - rescored_at > timedelta(days=89)
 
 
 class TestDaemonNoticesChangedProblems:

@@ -28,6 +28,7 @@ or marked where already public), a flip to pass again lifts the mark."""
 from __future__ import annotations
 
 from collections.abc import Collection
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
 
@@ -41,6 +42,13 @@ class PublicationPolicy(Protocol):
     def embargo(self) -> float:
         """Seconds between a verdict and its public release."""
         ...
+
+
+@dataclass(frozen=True, slots=True)
+class Embargo:
+    """A :class:`PublicationPolicy` of a given embargo (a run's: see ``RunStarted.embargo_s``)."""
+
+    embargo: float
 
 
 def decide(

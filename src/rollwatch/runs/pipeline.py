@@ -26,6 +26,7 @@ from rollwatch.events import (
 from rollwatch.log import get_logger
 from rollwatch.problems import Problem
 from rollwatch.providers.client import ProviderClient
+from rollwatch.publication.policy import Embargo
 from rollwatch.runs.batches import Batcher
 from rollwatch.runs.budget import Budget
 from rollwatch.runs.rollout import NEW, ChunkWork, Known, Rollouts
@@ -104,7 +105,7 @@ class Run:
         self.budget_usd = started.budget_usd
         self.params: dict[str, object] = started.params or {}
         self.batch = started.batch
-        self.publication = _Embargo(max(services.config.publication.embargo, started.embargo_s or 0.0))
+        self.publication = Embargo(max(services.config.publication.embargo, started.embargo_s or 0.0))
         """What this node decides the run's verdicts with: the longer of its own embargo
         and the one the run was started with (see ``RunStarted.embargo_s``)."""
         """The rollouts go through the provider's batch API (``runs/batches.py``)."""
@@ -606,10 +607,3 @@ async def unfinished_run_of(services: RunServices, schedule: str) -> str | None:
         (schedule,),
     )
     return None if row is None else str(row[0])
-
-
-@dataclass(frozen=True, slots=True)
-class _Embargo:
-    """A publication policy (:class:`rollwatch.publication.policy.PublicationPolicy`)."""
-
-    embargo: float

@@ -38,14 +38,16 @@ from rollwatch.events import (
     RescoreFinished,
     RolloutRescored,
     RolloutResponded,
+    RunStarted,
     canonical_json_fast,
     problem_stream,
     rescore_stream,
     rollout_stream,
+    run_stream,
 )
 from rollwatch.log import get_logger
 from rollwatch.problems import Problem
-from rollwatch.publication.policy import decide
+from rollwatch.publication.policy import Embargo, PublicationPolicy, decide
 from rollwatch.report.failures import verdict_cause
 from rollwatch.runs.rollout import scorer_error
 from rollwatch.runs.services import RunServices
@@ -143,6 +145,7 @@ class _Candidate:
     answer_seq: int
     passed: bool
     verdict_hash: str | None
+    run_id: str
 
 
 async def rescore(
@@ -195,13 +198,14 @@ async def rescore(
         where.append("o.run_id = ?")
         params.append(run)
     rows = await pdb.fetchall(
-        "SELECT o.rollout_id, u.problem_set, o.problem_id, o.answer_seq, o.passed, o.verdict_hash, o.reason"
+        "SELECT o.rollout_id, u.problem_set, o.problem_id, o.answer_seq, o.passed, o.verdict_hash, o.reason,"
+        " o.run_id"
         " FROM rollouts o JOIN runs u ON u.run_id = o.run_id"
         f" WHERE {' AND '.join(where)} ORDER BY o.answer_seq",
         tuple(params),
     )
     todo: list[_Candidate] = []
-    for rid, set_name, pid, answer_seq, passed, vhash, reason in rows:
+    for rid, set_name, pid, answer_seq, passed, vhash, reason, run_id in rows:
         pset = svc.problem_sets.get(str(set_name))
         try:
             current = pset.get(str(pid)) if pset is not None else None
@@ -214,13 +218,28 @@ async def rescore(
             # Already judged under the current version; a verdict that judged nothing
             # of the model (our scorer or sandbox broke) is judged again.
             continue
-        todo.append(_Candidate(str(rid), current, int(answer_seq), bool(passed), vhash))
+        todo.append(_Candidate(str(rid), current, int(answer_seq), bool(passed), vhash, str(run_id)))
     for c in todo:
         summary.problems.setdefault(c.problem.id, ProblemFlips(c.problem.id, c.problem.content_hash))
 
     version = scorer_version()
     limiter = anyio.CapacityLimiter(parallel or max(1, len(todo)))
     stream = rescore_stream(summary.rescore_id)
+
+    embargoes: dict[str, Embargo] = {}
+
+    async def embargo_of(run_id: str) -> Embargo:
+        """The longer of this node's embargo and the one the run was started with (see
+        ``RunStarted.embargo_s``): a re-score here releases nothing sooner than the run's
+        own verdicts would be."""
+        if run_id not in embargoes:
+            started = 0.0
+            async for rec in svc.store.read(stream=run_stream(run_id), types={"RunStarted"}):
+                ev = rec.event()
+                if isinstance(ev, RunStarted) and ev.embargo_s is not None:
+                    started = ev.embargo_s
+            embargoes[run_id] = Embargo(max(svc.config.publication.embargo, started))
+        return embargoes[run_id]
 
     async def one(c: _Candidate) -> None:
         async with limiter:
@@ -233,7 +252,7 @@ async def rescore(
             ev = await _verdict(svc, c, answer.text, version, summary.rescore_id)
         # On the rollout's own stream: a release reading the stream to decide sees it,
         # and one that read it before conflicts on its append and reads again.
-        await _append_with_decisions(svc, ev)
+        await _append_with_decisions(svc, ev, await embargo_of(c.run_id))
         flips = summary.problems[c.problem.id]
         flips.rescored += 1
         if ev.passed and not c.passed:
@@ -273,7 +292,7 @@ async def rescore(
 _ATTEMPTS = 5
 
 
-async def _append_with_decisions(svc: RunServices, ev: RolloutRescored) -> None:
+async def _append_with_decisions(svc: RunServices, ev: RolloutRescored, policy: PublicationPolicy) -> None:
     """Append ``ev`` with its publication decisions: "public" if it passes and its rollout
     has none yet, else "none" (and "subscribers" if its rollout somehow lacks it).
 
@@ -292,7 +311,7 @@ async def _append_with_decisions(svc: RunServices, ev: RolloutRescored) -> None:
                 assert isinstance(old, PublicationDecided)
                 if old.audience != "none":
                     decided.add(old.audience)
-        decisions = decide(svc.config.publication, ev, datetime.now(UTC), decided)
+        decisions = decide(policy, ev, datetime.now(UTC), decided)
         try:
             await svc.store.append(stream, [ev, *decisions], expected_version=version)
         except ConcurrencyConflict:
