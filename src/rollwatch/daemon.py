@@ -84,6 +84,9 @@ def import_later() -> None:
 
 log = get_logger(__name__)
 
+_REBUILD_AT_MOST_EVERY = 60.0
+"""Seconds between two builds of the read models that readers asked for (see
+``Daemon._rebuild_when_distrusted``): a finding that a build does not clear waits this long."""
 _PROGRESS_EVERY = 5.0
 """Seconds between progress lines (log and systemd STATUS=) while the projections build."""
 
@@ -418,6 +421,44 @@ class Daemon:
                 log.warning("follow_log_failed", error=str(e), retry_in_s=5.0)
                 await anyio.sleep(5.0)
 
+    async def _rebuild_when_distrusted(self) -> None:
+        """Build the read models again from the log whenever a reader finds the file in use
+        contradicting it (``projections_tampered``: a row edited by someone holding the
+        file). Until the new file is in, the routes keep leaving out what does not hold.
+        At most one build every ``_REBUILD_AT_MOST_EVERY`` seconds."""
+        assert self.services is not None
+        svc = self.services
+        pdb = svc.projections
+        wanted = anyio.Event()
+        reasons: list[str] = []
+
+        def distrusted(why: str) -> None:
+            reasons.append(why)
+            wanted.set()
+
+        pdb.on_distrusted = distrusted
+        try:
+            while True:
+                await wanted.wait()
+                started = anyio.current_time()
+                log.warning(
+                    "projections_rebuilding",
+                    reason=reasons[0],
+                    findings=len(reasons),
+                    hint="the read models contradicted the log: built again from it",
+                )
+                wanted = anyio.Event()
+                reasons.clear()
+                try:
+                    head = await pdb.rebuild_beside(svc.store)
+                except StoreError as e:
+                    log.error("projections_rebuild_failed", error=str(e))
+                else:
+                    log.info("projections_rebuilt", seq=head, took_s=round(anyio.current_time() - started, 2))
+                await anyio.sleep(max(0.0, started + _REBUILD_AT_MOST_EVERY - anyio.current_time()))
+        finally:
+            pdb.on_distrusted = None
+
     async def _lead(self) -> None:
         """The leader's work, until stopping: fire schedules (and, on a log one machine
         owns, resume unfinished runs; on a shared log every node joins them anyway)."""
@@ -634,6 +675,7 @@ class Daemon:
             )
             background = await stages.start("background", stop=lambda tg: tg.cancel_scope.cancel())
             background.start_soon(self._follow_log)
+            background.start_soon(self._rebuild_when_distrusted)
             await background.start(
                 functools.partial(
                     release_job,

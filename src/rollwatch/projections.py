@@ -116,6 +116,9 @@ class ProjectionDB:
         self._hold: int | None = None  # a shared flock on ``file``: "in use, keep it"
         self._retired: list[ThreadConnection] = []
         self._switching = anyio.Lock()
+        self.on_distrusted: Callable[[str], None] | None = None
+        """Called with why when a reader finds the file in use contradicting the log (see
+        :meth:`distrusted`); a daemon builds the file again from the log."""
 
     @property
     def generations(self) -> Path:
@@ -372,6 +375,12 @@ class ProjectionDB:
                 return f"the hash of its event {seq} is not the log's (an edited file, or a rewritten log)"
             return None
         return why
+
+    def distrusted(self, why: str) -> None:
+        """A reader found the file in use saying what the log does not (a row edited by
+        someone holding the file): hand it to :attr:`on_distrusted`, if anyone listens."""
+        if self.on_distrusted is not None:
+            self.on_distrusted(why)
 
     async def rebuild_beside(
         self, store: EventStore, *, progress: Callable[[int, int], None] | None = None

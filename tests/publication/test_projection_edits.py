@@ -12,20 +12,27 @@ this way (see the README's threat model).
 
 from __future__ import annotations
 
+import signal
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
+import anyio
+import httpx
 import pytest
 from structlog.testing import capture_logs
 
+from rollwatch.events import SchedulePaused
 from rollwatch.publication import release_due
+from rollwatch.store.sqlite import SQLiteEventStore
 from tests.publication.helpers import add_rollout, finish_run, new_run_id, serving, start_run
-
-pytestmark = pytest.mark.anyio
+from tests.test_daemon import free_port, wait_until
 
 PUBLIC = ("/public/", "/public/feed.json", "/public/feed.atom", "/public/results.jsonl")
 
 
+@pytest.mark.anyio
 async def test_an_edited_row_is_not_served_as_released(tmp_path: Path) -> None:
     """A failure edited into a released pass, and an embargoed pass edited to be due and
     released, appear on no public route; the honest release beside them still does."""
@@ -67,3 +74,88 @@ async def test_an_edited_row_is_not_served_as_released(tmp_path: Path) -> None:
         tampered = {e["rollout_id"] for e in logs if e["event"] == "projections_tampered"}
         assert tampered == {failed, held}
         assert all(e["log_level"] == "error" for e in logs if e["event"] == "projections_tampered")
+
+
+def test_a_daemon_builds_an_edited_file_again(tmp_path: Path) -> None:
+    """Under a live daemon, an honest release's row edited so that it no longer holds (its
+    release seq moved): the public routes leave it out (``projections_tampered``), the daemon
+    builds the read models again from the log (``projections_rebuilding``, then
+    ``projections_rebuilt``), and the honest result is served again. Before, it stayed left
+    out until an operator ran `rollwatch rebuild`."""
+    db = tmp_path / "events.db"
+    run = new_run_id()
+
+    async def fill() -> str:
+        async with SQLiteEventStore(db) as store:
+            await start_run(store, run)
+            rid = await add_rollout(store, run, passed=True)
+            await finish_run(store, run, rollouts=1, passed=1)
+            return rid
+
+    honest = anyio.run(fill)
+    port = free_port()
+    cfg = tmp_path / "rollwatch.toml"
+    cfg.write_text(
+        f'[store]\nurl = "sqlite:{db}"\nprojections = "{tmp_path / "projections.db"}"\n'
+        f'[server]\nlisten = "127.0.0.1:{port}"\n[publication]\nembargo = "0s"\nrelease_check = "200ms"\n'
+    )
+    url = f"http://127.0.0.1:{port}/public/feed.json"
+    with (tmp_path / "serve.log").open("wb") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "rollwatch", "--config", str(cfg), "serve"],
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
+    try:
+        wait_until(lambda: honest in _get(url), 60, "the honest result to be released")
+        edit = sqlite3.connect(tmp_path / "projections.db", isolation_level=None)
+        try:
+            edit.execute(
+                "UPDATE public_rollouts SET released_seq = released_seq - 1 WHERE rollout_id = ?", (honest,)
+            )
+        finally:
+            edit.close()
+
+        async def move_the_log() -> None:  # answers are cached until the log moves
+            async with SQLiteEventStore(db) as store:
+                await store.append("schedule-x", [SchedulePaused(schedule="x")])
+
+        anyio.run(move_the_log)
+        log = tmp_path / "serve.log"
+        # Readers find the edit (each request checks what it serves against the log).
+        wait_until(
+            lambda: (_get(url), "projections_rebuilt" in log.read_text())[1],
+            60,
+            "the read models built again",
+        )
+        text = log.read_text()
+        assert text.index("projections_tampered") < text.index("projections_rebuilding")
+        wait_until(lambda: honest in _get(url), 30, "the honest result served again")
+        again = sqlite3.connect(tmp_path / "projections.db")
+        try:
+            [(seq,)] = again.execute(
+                "SELECT released_seq FROM public_rollouts WHERE rollout_id = ?", (honest,)
+            )
+        finally:
+            again.close()
+        assert _event_type(db, seq) == "PublicReleased"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    assert proc.returncode == 0
+    assert "Traceback" not in (tmp_path / "serve.log").read_text()
+
+
+def _get(url: str) -> str:
+    try:
+        return httpx.get(url, timeout=10).text
+    except httpx.HTTPError:
+        return ""
+
+
+def _event_type(db: Path, seq: int) -> str:
+    con = sqlite3.connect(db)
+    try:
+        return str(con.execute("SELECT type FROM events WHERE seq = ?", (seq,)).fetchone()[0])
+    finally:
+        con.close()

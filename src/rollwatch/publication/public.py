@@ -102,14 +102,17 @@ class Released:
         }
 
 
-async def _with_answers(store: EventStore, rows: Sequence[tuple[Any, ...]], now: datetime) -> list[Released]:
+async def _with_answers(
+    store: EventStore, pdb: ProjectionDB, rows: Sequence[tuple[Any, ...]], now: datetime
+) -> list[Released]:
     """The results of ``rows`` (``_COLUMNS`` and ``decided_seq``) with their answers, read
     from the log in one query, and each checked against the log's events there: the
     release, the verdict, the public decision (its date passed by ``now``) and the answer
     must be of this rollout and say what the row says. A row that does not (the
     projections file edited: a failure made a pass, a date moved earlier, a release
     added) is left out and logged as ERROR ``projections_tampered``: a public route never
-    serves a result the log does not release."""
+    serves a result the log does not release. The file is then no longer trusted: a daemon
+    builds it again from the log (:meth:`ProjectionDB.distrusted`)."""
     found = [(Released(*row[:-1]), row[-1]) for row in rows]
     want: list[int] = []
     for r, decided in found:
@@ -123,8 +126,9 @@ async def _with_answers(store: EventStore, rows: Sequence[tuple[Any, ...]], now:
                 "projections_tampered",
                 rollout_id=r.rollout_id,
                 reason=why,
-                consequence="left out of the public release; run `rollwatch rebuild`",
+                consequence="left out of the public release; the read models are built again",
             )
+            pdb.distrusted(f"rollout {r.rollout_id}: {why}")
             continue
         rec = events.get(r.answer_seq) if r.answer_seq is not None else None
         answer = None if rec is None else rec.event().text  # type: ignore[attr-defined]
@@ -175,7 +179,7 @@ async def released_one(
         f"SELECT {_COLUMNS} FROM public_rollouts WHERE rollout_id = ? AND {_RELEASED}",
         (rollout_id, now.timestamp()),
     )
-    found = await _with_answers(store, rows, now)
+    found = await _with_answers(store, pdb, rows, now)
     return found[0] if found else None
 
 
@@ -185,7 +189,7 @@ async def recent_released(store: EventStore, pdb: ProjectionDB, now: datetime, l
         f"SELECT {_COLUMNS} FROM public_rollouts WHERE {_RELEASED} ORDER BY released_seq DESC LIMIT ?",
         (now.timestamp(), limit),
     )
-    return await _with_answers(store, rows, now)
+    return await _with_answers(store, pdb, rows, now)
 
 
 async def iter_released(
@@ -199,7 +203,7 @@ async def iter_released(
             " ORDER BY released_seq LIMIT ?",
             (now.timestamp(), after, batch),
         )
-        for r in await _with_answers(store, rows, now):
+        for r in await _with_answers(store, pdb, rows, now):
             yield r
         if len(rows) < batch:
             return
