@@ -33,6 +33,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import types
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -384,6 +386,71 @@ def decode(type_: str, schema: int, data: dict[str, Any]) -> Event:
             f"{type_} schema {schema} is newer than this version reads ({cls.SCHEMA}); upgrade rollwatch"
         )
     return cls.from_data(data)
+
+
+def wrong_field(ev: Event) -> str | None:
+    """Which field of ``ev`` holds a value of another type than its class declares, and
+    what it holds; None when every field is of its type.
+
+    Decoding takes the data's values as they are (the read path's speed depends on it),
+    so an event written around rollwatch with, say, ``"cost_usd": "abc"`` decodes. Every
+    writer of ours writes each field as declared: ``verify`` and the scrub check each
+    event with this, and a read model that fails on an event asks it which field is wrong.
+    A float field takes an integer (JSON does not tell ``1`` from ``1.0``); ``Any`` takes
+    anything.
+    """
+    for name, check, hint in _field_checks(type(ev)):
+        value = getattr(ev, name, None)
+        if not check(value):
+            return f"its field {name} is {_json_type(value)}, not {hint}"
+    return None
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "an array"}
+    return names.get(type(value), "an object" if isinstance(value, dict) else type(value).__name__)
+
+
+_CHECKS: dict[type[Event], tuple[tuple[str, Callable[[Any], bool], str], ...]] = {}
+
+
+def _field_checks(cls: type[Event]) -> tuple[tuple[str, Callable[[Any], bool], str], ...]:
+    checks = _CHECKS.get(cls)
+    if checks is None:
+        hints = typing.get_type_hints(cls)
+        checks = _CHECKS[cls] = tuple(
+            (f.name, _checker(hints[f.name]), str(f.type)) for f in dataclasses.fields(cls)
+        )
+    return checks
+
+
+def _checker(hint: Any) -> Callable[[Any], bool]:
+    """A test of a decoded JSON value against a field's type hint."""
+    if hint is Any:
+        return lambda v: True
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (types.UnionType, typing.Union):
+        parts = [_checker(a) for a in args]
+        return lambda v: any(p(v) for p in parts)
+    if hint is type(None):
+        return lambda v: v is None
+    if hint is bool:
+        return lambda v: type(v) is bool
+    if hint is int:
+        return lambda v: type(v) is int
+    if hint is float:
+        return lambda v: type(v) in (int, float)
+    if hint is str:
+        return lambda v: type(v) is str
+    if origin is list:
+        item = _checker(args[0]) if args else _checker(Any)
+        return lambda v: type(v) is list and all(item(x) for x in v)
+    if origin is dict:
+        value = _checker(args[1]) if len(args) == 2 else _checker(Any)
+        return lambda v: type(v) is dict and all(type(k) is str and value(x) for k, x in v.items())
+    return lambda v: True  # a type no event field has: not checked
 
 
 def unreadable(seq: int, type_: str, exc: Exception) -> UnknownEventType:

@@ -764,7 +764,10 @@ class ProjectionDB:
                         shares[p.name].append(once)
             for p in self.projections:
                 if shares[p.name]:
-                    p.apply_batch(db, shares[p.name])
+                    try:
+                        p.apply_batch(db, shares[p.name])
+                    except _BAD_VALUE as exc:
+                        raise _naming_the_event(shares[p.name], exc) from exc
             last = events[-1].seq if events else 0
             if upto is not None:
                 last = max(last, upto)
@@ -791,6 +794,32 @@ class ProjectionDB:
             for t in p.types:
                 out.setdefault(t, []).append(p)
         return out
+
+
+_BAD_VALUE = (
+    TypeError,
+    ValueError,
+    AttributeError,
+    KeyError,
+    OverflowError,
+    sqlite3.InterfaceError,
+    sqlite3.ProgrammingError,
+)
+"""What a projection raises on an event whose field holds a value of another type (an
+``"abc"`` cost, an object for a name): no writer of ours makes one."""
+
+
+def _naming_the_event(recs: Sequence[Recorded], exc: Exception) -> Exception:
+    """The error to raise for ``exc``, raised by a projection applying ``recs``: the first
+    event among them with a field of the wrong type, named as an unreadable event is (the
+    read models stop there, as on a field missing), else ``exc`` itself (a bug of ours)."""
+    for rec in recs:
+        why = e.wrong_field(rec.event())
+        if why is not None:
+            return UnknownEventType(
+                f"event {rec.seq}: its {rec.type} data is not what rollwatch writes ({why})"
+            )
+    return exc
 
 
 _BUILD_PRAGMAS = ("PRAGMA journal_mode=OFF", "PRAGMA synchronous=OFF", "PRAGMA cache_size=-32768")

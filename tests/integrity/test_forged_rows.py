@@ -67,6 +67,12 @@ FORGED = {
     ),
     "spaces": ("RolloutScored", SCORED.replace(",", ", "), {}, "not in canonical JSON form"),
     "fields_missing": ("RolloutScored", '{"rollout_id":"r1"}', {}, "lacks required field(s) passed"),
+    "wrong_type": (
+        "RolloutScored",
+        '{"passed":"yes","rollout_id":"r1","score":1.0,"scorer":"s"}',
+        {},
+        "its field passed is a string, not bool",
+    ),
     "time_not_rfc3339": (
         "SchedulePaused",
         '{"note":"","schedule":"e1"}',
@@ -159,3 +165,28 @@ def test_what_a_newer_rollwatch_writes_is_no_finding(
     append_raw(stopped_site, typ, data, schema=schema)
     r = rollwatch("--config", str(stopped_site.config), "verify")
     assert r.returncode == 0, r.stderr
+
+
+def test_rebuild_names_an_event_whose_field_a_read_model_cannot_take(stopped_site: Site) -> None:
+    """A run, a request and an answer whose cost is the string "abc" (chain hashes right):
+    `rollwatch rebuild` exits 1 naming the answer and its field, without a traceback (it
+    printed one: a read model added "abc" to the run's cost)."""
+    append_raw(
+        stopped_site,
+        "RunStarted",
+        '{"models":["m"],"node":"n","problem_set":"ps","provider":"p","rollouts":1,"run_id":"rX","schedule":"s"}',
+    )
+    append_raw(
+        stopped_site,
+        "RolloutRequested",
+        '{"attempt":1,"model":"m","node":"n","problem_hash":"h","problem_id":"p1","provider":"p",'
+        '"request":{},"rollout_id":"rr","run_id":"rX","sample":0}',
+    )
+    seq = append_raw(
+        stopped_site, "RolloutResponded", '{"attempt":1,"cost_usd":"abc","rollout_id":"rr","text":"x"}'
+    )
+    r = rollwatch("--config", str(stopped_site.config), "rebuild")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert f"error: event {seq}: " in r.stderr, r.stderr
+    assert "its field cost_usd is a string" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
