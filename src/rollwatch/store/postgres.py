@@ -662,7 +662,9 @@ class PostgresEventStore(EventStore):
         # server ends the session once it has been idle for ``lease`` (the keepalive
         # below speaks every third of it), and the leadership moves on.
         task_status.started()
-        beat = min(2.0, lease / 3)
+        # Never under 5 s: a busy node (its cores scoring) may miss a beat of a second or two.
+        idle = max(lease, _LEADER_IDLE_MIN)
+        beat = min(2.0, idle / 3)
         key = int.from_bytes(
             hashlib.sha256(f"rollwatch-leader:{name}".encode()).digest()[:8], "big", signed=True
         )
@@ -675,7 +677,7 @@ class PostgresEventStore(EventStore):
                     with anyio.move_on_after(1.0):
                         await stop.wait()
                     continue
-                await self._idle_timeout(conn, lease)
+                await self._idle_timeout(conn, idle)
                 # Whatever a deposed leader appended before it lost the lock has committed
                 # once we hold the append lock: the body reads the log after it.
                 async with conn.transaction():
@@ -725,7 +727,7 @@ class PostgresEventStore(EventStore):
         and later; older servers keep a stopped leader's session, said once)."""
         try:
             await conn.execute(f"SET idle_session_timeout = {max(1000, int(lease * 1000))}")
-        except asyncpg.UndefinedObjectError:
+        except asyncpg.UndefinedObjectError:  # before PostgreSQL 14
             if not PostgresEventStore._idle_timeout_unsupported:
                 PostgresEventStore._idle_timeout_unsupported = True
                 log.warning(
@@ -748,6 +750,10 @@ class PostgresEventStore(EventStore):
             )
         if bad is not None:
             raise IntegrityError(bad, "its stream version does not follow the order of the log")
+
+
+_LEADER_IDLE_MIN = 5.0
+"""The shortest time a leader's session may stay silent before the server ends it."""
 
 
 @dataclass(frozen=True, slots=True)
