@@ -399,10 +399,12 @@ def wrong_field(ev: Event) -> str | None:
     A float field takes an integer (JSON does not tell ``1`` from ``1.0``); ``Any`` takes
     anything.
     """
-    for name, check, hint in _field_checks(type(ev)):
-        value = getattr(ev, name, None)
-        if not check(value):
-            return f"its field {name} is {_json_type(value)}, not {hint}"
+    fields_ = ev.__dict__
+    for name, simple, deep, hint in _CHECKS.get(type(ev)) or _field_checks(type(ev)):
+        value = fields_.get(name)
+        if type(value) in simple or (deep is not None and deep(value)):
+            continue
+        return f"its field {name} is {_json_type(value)}, not {hint}"
     return None
 
 
@@ -413,44 +415,66 @@ def _json_type(value: Any) -> str:
     return names.get(type(value), "an object" if isinstance(value, dict) else type(value).__name__)
 
 
-_CHECKS: dict[type[Event], tuple[tuple[str, Callable[[Any], bool], str], ...]] = {}
+_Check = tuple[str, frozenset[type], Callable[[Any], bool] | None, str]
+_CHECKS: dict[type[Event], tuple[_Check, ...]] = {}
 
 
-def _field_checks(cls: type[Event]) -> tuple[tuple[str, Callable[[Any], bool], str], ...]:
-    checks = _CHECKS.get(cls)
-    if checks is None:
-        hints = typing.get_type_hints(cls)
-        checks = _CHECKS[cls] = tuple(
-            (f.name, _checker(hints[f.name]), str(f.type)) for f in dataclasses.fields(cls)
-        )
-    return checks
+def _field_checks(cls: type[Event]) -> tuple[_Check, ...]:
+    """Per field of ``cls`` (``Any`` fields left out): the types its value may simply be,
+    a test of a container value, and the hint as written."""
+    hints = typing.get_type_hints(cls)
+    checks = []
+    for f in dataclasses.fields(cls):
+        simple, deep = _checker(hints[f.name])
+        if simple is not None:
+            checks.append((f.name, simple, deep, str(f.type)))
+    _CHECKS[cls] = tuple(checks)
+    return _CHECKS[cls]
 
 
-def _checker(hint: Any) -> Callable[[Any], bool]:
-    """A test of a decoded JSON value against a field's type hint."""
-    if hint is Any:
-        return lambda v: True
+_SIMPLE: dict[Any, frozenset[type]] = {
+    type(None): frozenset({type(None)}),
+    bool: frozenset({bool}),
+    int: frozenset({int}),
+    float: frozenset({int, float}),
+    str: frozenset({str}),
+}
+
+
+def _checker(hint: Any) -> tuple[frozenset[type] | None, Callable[[Any], bool] | None]:
+    """The types a value of ``hint`` may simply be, and a test for a container value
+    (``list[...]``, ``dict[str, ...]``); (None, None) for anything (``Any``, or a type no
+    event field has)."""
+    if hint in _SIMPLE:
+        return _SIMPLE[hint], None
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (types.UnionType, typing.Union):
         parts = [_checker(a) for a in args]
-        return lambda v: any(p(v) for p in parts)
-    if hint is type(None):
-        return lambda v: v is None
-    if hint is bool:
-        return lambda v: type(v) is bool
-    if hint is int:
-        return lambda v: type(v) is int
-    if hint is float:
-        return lambda v: type(v) in (int, float)
-    if hint is str:
-        return lambda v: type(v) is str
+        if any(simple is None for simple, _ in parts):
+            return None, None
+        deeps = [d for _, d in parts if d is not None]
+        simple = frozenset().union(*(simple for simple, _ in parts if simple is not None))
+        return simple, (lambda v: any(d(v) for d in deeps)) if deeps else None
     if origin is list:
-        item = _checker(args[0]) if args else _checker(Any)
-        return lambda v: type(v) is list and all(item(x) for x in v)
+        item = _test(args[0]) if args else None
+        return frozenset(), lambda v: type(v) is list and (item is None or all(item(x) for x in v))
     if origin is dict:
-        value = _checker(args[1]) if len(args) == 2 else _checker(Any)
-        return lambda v: type(v) is dict and all(type(k) is str and value(x) for k, x in v.items())
-    return lambda v: True  # a type no event field has: not checked
+        value = _test(args[1]) if len(args) == 2 else None
+        return (
+            frozenset(),
+            lambda v: (
+                type(v) is dict and all(type(k) is str and (value is None or value(x)) for k, x in v.items())
+            ),
+        )
+    return None, None
+
+
+def _test(hint: Any) -> Callable[[Any], bool] | None:
+    """A test of one value against ``hint``; None when anything goes."""
+    simple, deep = _checker(hint)
+    if simple is None:
+        return None
+    return lambda v: type(v) in simple or (deep is not None and deep(v))
 
 
 def unreadable(seq: int, type_: str, exc: Exception) -> UnknownEventType:
