@@ -12,6 +12,7 @@ import functools
 import sqlite3
 import sys
 import time
+import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
@@ -148,6 +149,10 @@ def run_command(group: click.Group) -> NoReturn:
     except (click.exceptions.Abort, KeyboardInterrupt):
         # Ctrl-C (click turns it into Abort inside a command; KeyboardInterrupt while the
         # command's modules load): one line, 130 as shells report a process killed by SIGINT.
+        # A Ctrl-C as the event loop shuts down leaves its last coroutine unawaited, and
+        # Python warned of it as the process exited, after that line ("RuntimeWarning:
+        # coroutine 'BaseEventLoop.shutdown_default_executor' was never awaited").
+        warnings.simplefilter("ignore")
         click.echo("interrupted", err=True)
         sys.exit(130)
     except click.ClickException as e:
