@@ -393,9 +393,9 @@ def wrong_field(ev: Event) -> str | None:
     what it holds; None when every field is of its type.
 
     Decoding takes the data's values as they are (the read path's speed depends on it),
-    so an event written around rollwatch with, say, ``"cost_usd": "abc"`` decodes. Every
-    writer of ours writes each field as declared: ``verify`` and the scrub check each
-    event with this, and a read model that fails on an event asks it which field is wrong.
+    so an event with, say, ``"cost_usd": "abc"`` decodes: a read model that fails on an
+    event asks this which field is wrong, to name it. (``verify`` does not check types:
+    earlier versions wrote some fields a provider reports as it sent them.)
     A float field takes an integer (JSON does not tell ``1`` from ``1.0``); ``Any`` takes
     anything.
     """

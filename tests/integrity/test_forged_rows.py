@@ -67,12 +67,6 @@ FORGED = {
     ),
     "spaces": ("RolloutScored", SCORED.replace(",", ", "), {}, "not in canonical JSON form"),
     "fields_missing": ("RolloutScored", '{"rollout_id":"r1"}', {}, "lacks required field(s) passed"),
-    "wrong_type": (
-        "RolloutScored",
-        '{"passed":"yes","rollout_id":"r1","score":1.0,"scorer":"s"}',
-        {},
-        "its field passed is a string, not bool",
-    ),
     "time_not_rfc3339": (
         "SchedulePaused",
         '{"note":"","schedule":"e1"}',

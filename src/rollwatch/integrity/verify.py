@@ -41,7 +41,6 @@ from rollwatch.events import (
     chain_hash,
     decode,
     event_class,
-    wrong_field,
 )
 from rollwatch.integrity.checkpoint import NoteVerifier, b64, unb64
 from rollwatch.integrity.merkle import EMPTY_ROOT, CompactRange, leaf_hash, verify_consistency
@@ -306,9 +305,11 @@ def foreign_data(ev: Recorded) -> str | None:
     different verdicts under one signed hash), or whose time is not what
     :func:`rollwatch.events.rfc3339` writes, was written around rollwatch, by someone
     who could recompute the chain. So was data of a type and schema this version knows
-    that does not decode (a field its type needs is missing) or holds a value of another
-    type than its field's (:func:`rollwatch.events.wrong_field`): every schema of a type
-    rollwatch wrote decodes in every later version, upcast where it must be. A type or a
+    that does not decode (a field its type needs is missing): every schema of a type
+    rollwatch wrote decodes in every later version, upcast where it must be. The values'
+    types are not checked here: fields a provider reports (a finish reason, say) were
+    written as the provider sent them by earlier versions, and such an event is no
+    forgery; a read model that cannot take one names it (:func:`rollwatch.events.wrong_field`). A type or a
     schema this version does not know is no such evidence: a newer rollwatch writes them.
     orjson answers for almost every row (about 3 us); where it disagrees (a float it
     writes differently, say), ``canonical_json`` decides.
@@ -339,13 +340,9 @@ def foreign_data(ev: Recorded) -> str | None:
     cls = event_class(ev.type)
     if cls is not None and ev.schema <= cls.SCHEMA:
         try:
-            why = wrong_field(decode(ev.type, ev.schema, data))
+            decode(ev.type, ev.schema, data)
         except UnknownEventType as e:
-            why = str(e)
-        if why is not None:
-            return (
-                f"its data is no {ev.type} of schema {ev.schema} ({why}): rollwatch never writes such a row"
-            )
+            return f"its data is no {ev.type} of schema {ev.schema} ({e}): rollwatch never writes such a row"
     return None
 
 
