@@ -245,6 +245,16 @@ BAD_HUMANEVAL = {
     "id-dots": (json.dumps({**HUMANEVAL, "task_id": "../../etc"}), "task_id: '../../etc': use letters"),
     "id-control": (json.dumps({**HUMANEVAL, "task_id": "a\x07b"}), "task_id: 'a\\x07b': use letters"),
     "id-empty": (json.dumps({**HUMANEVAL, "task_id": ""}), "task_id: '': use letters"),
+    # A lone surrogate ("\\ud800" in the JSON) in the prompt: a UnicodeEncodeError traceback
+    # from every command that loads the set, the daemon's start included.
+    "prompt-surrogate": (
+        json.dumps({**HUMANEVAL, "prompt": "def f(x):\n    '\ud800'\n"}),
+        "prompt: holds '\\ud800', which is no Unicode character",
+    ),
+    "solution-surrogate": (
+        json.dumps({**HUMANEVAL, "canonical_solution": "    return '\udcff'\n"}),
+        "canonical_solution: holds '\\udcff', which is no Unicode character",
+    ),
 }
 
 
@@ -258,6 +268,66 @@ def test_a_bad_humaneval_line_is_a_problem_error(tmp_path: Path, line: str, mess
     config.write_text(f'[[problem_sets]]\nname = "he"\nformat = "humaneval"\npath = "{data}"\n')
     lines = _clean(rollwatch("problems", "list", "--config", str(config)), 2)
     assert lines[-1].startswith(f"error: {data}:1: {message}"), lines
+
+
+def _lis_length(tmp_path: Path) -> tuple[Path, Path]:
+    """A copy of the bundled ``lis-length`` problem under ``tmp_path``; (its folder, a config)."""
+    problem = tmp_path / "problems" / "lis-length"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "config" / "problems" / "lis-length", problem)
+    return problem, write_config(tmp_path, problems=str(tmp_path / "problems"))
+
+
+@pytest.mark.parametrize(
+    ("name", "key"), [("tests.py", "scorer.tests"), ("solution.py", "reference.solution")]
+)
+def test_a_problem_file_that_is_a_symlink_loop_is_a_problem_error(
+    tmp_path: Path, name: str, key: str
+) -> None:
+    """A problem's file that is a symlink to itself: Python 3.11's ``Path.resolve`` raised
+    ``RuntimeError: Symlink loop``, a traceback from every command that loads the set."""
+    problem, config = _lis_length(tmp_path)
+    (problem / name).unlink()
+    (problem / name).symlink_to(name)
+    lines = _clean(rollwatch("problems", "list", "--config", str(config)), 2)
+    assert lines[-1].startswith(f"error: {problem / 'problem.toml'}: {key}: {name!r}: cannot be resolved"), (
+        lines
+    )
+
+
+def test_a_file_of_a_problem_folder_that_cannot_be_read_is_a_problem_error(tmp_path: Path) -> None:
+    """Every file of the folder is part of the problem's version: one that cannot be read
+    (here a link to ``/proc/self/mem``, which fails with EIO even for root; a file removed
+    or made unreadable while the folder is read fails the same way) was an ``OSError``
+    traceback."""
+    problem, config = _lis_length(tmp_path)
+    (problem / "data.bin").symlink_to("/proc/self/mem")
+    lines = _clean(rollwatch("problems", "list", "--config", str(config)), 2)
+    assert lines[-1].startswith(f"error: {problem / 'problem.toml'}: cannot read the problem's files: "), (
+        lines
+    )
+    assert "Input/output error" in lines[-1], lines
+
+
+def test_a_file_name_that_is_not_utf8_is_part_of_the_version(tmp_path: Path) -> None:
+    """A file of the folder whose name is not UTF-8 (a Latin-1 name out of an old archive):
+    a UnicodeEncodeError traceback from every command that loads the set. Its name's bytes
+    are hashed now: the problem loads, and renaming the file is a new version."""
+    problem, config = _lis_length(tmp_path)
+
+    def listed() -> str:
+        """The version (a hash prefix) ``problems list`` shows."""
+        proc = rollwatch("problems", "list", "--config", str(config))
+        _clean(proc, 0)
+        (version,) = [w for w in proc.stdout.split() if w.startswith("sha256:")]
+        return version
+
+    before = listed()
+    name = os.fsencode(problem) + b"/caf\xe9.txt"
+    with open(name, "wb") as f:
+        f.write(b"data\n")
+    latin = listed()
+    os.rename(name, os.fsencode(problem) + b"/caf\xc3\xa9.txt")  # the same name in UTF-8
+    assert len({before, latin, listed()}) == 3
 
 
 def test_toml_nested_too_deep_is_a_config_or_problem_error(tmp_path: Path) -> None:
