@@ -365,3 +365,60 @@ def test_a_problem_set_with_no_problems_or_no_path_is_a_problem_error(tmp_path: 
     config.write_text(f'[[problem_sets]]\nname = "he"\nformat = "humaneval"\npath = "{data}"\n')
     lines = _clean(rollwatch("problems", "list", "--config", str(config)), 2)
     assert lines[-1] == f"error: {data}: problem id 'HumanEval-0' is used twice", lines
+
+
+def test_sighup_on_a_broken_problem_keeps_its_last_good_version_and_says_why(tmp_path: Path) -> None:
+    """`serve`, then a problem's tests file turned into a symlink loop, then SIGHUP: one
+    ``problem_set_invalid`` line naming the file and the key, and the set is not reloaded
+    (it keeps the version it had); the daemon goes on, and the next SIGHUP, on a fixed
+    folder, reloads it. Before: ``problems_reload_failed`` with a Python traceback in the
+    log, every frame's local variables included."""
+    from tests.test_daemon import ROOT, daemon_toml, wait_until
+
+    problem, _ = _lis_length(tmp_path)
+    cfg = tmp_path / "rollwatch.toml"
+    cfg.write_text(daemon_toml(tmp_path).replace(str(ROOT / "config" / "problems"), str(problem.parent)))
+    err_path = tmp_path / "serve.err"
+
+    def log_lines() -> list[dict[str, object]]:
+        return [json.loads(ln) for ln in err_path.read_text().splitlines() if ln.startswith("{")]
+
+    with err_path.open("w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "rollwatch", "--config", str(cfg), "serve", "--grace", "5"],
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
+    try:
+        wait_until(lambda: any(o["event"] == "daemon_ready" for o in log_lines()), 60, "the daemon")
+        tests = problem / "tests.py"
+        good = tests.read_text()
+        tests.unlink()
+        tests.symlink_to("tests.py")
+        proc.send_signal(signal.SIGHUP)
+        (invalid,) = wait_until(
+            lambda: [o for o in log_lines() if o["event"] == "problem_set_invalid"],
+            30,
+            "the reload's refusal",
+        )
+        assert f"{problem / 'problem.toml'}: scorer.tests: 'tests.py': cannot be resolved" in str(
+            invalid["error"]
+        )
+        tests.unlink()
+        tests.write_text(good + "\n# strengthened\n")
+        proc.send_signal(signal.SIGHUP)
+        reloads = wait_until(
+            lambda: [o["problem_sets"] for o in log_lines() if o["event"] == "problems_reloaded"][1:],
+            30,
+            "the second reload",
+        )
+        assert reloads == [["favorites"]]
+        assert [o["problem_sets"] for o in log_lines() if o["event"] == "problems_reloaded"][0] == []
+        assert proc.poll() is None
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    assert proc.returncode == 0
+    text = err_path.read_text()
+    assert "exception" not in {k for o in log_lines() for k in o}, text[-3000:]
+    assert "Traceback" not in text
