@@ -413,7 +413,7 @@ def test_sighup_on_a_broken_problem_keeps_its_last_good_version_and_says_why(tmp
             "the second reload",
         )
         assert reloads == [["favorites"]]
-        assert [o["problem_sets"] for o in log_lines() if o["event"] == "problems_reloaded"][0] == []
+        assert next(o["problem_sets"] for o in log_lines() if o["event"] == "problems_reloaded") == []
         assert proc.poll() is None
     finally:
         proc.send_signal(signal.SIGTERM)
