@@ -245,6 +245,16 @@ BAD_HUMANEVAL = {
     "id-dots": (json.dumps({**HUMANEVAL, "task_id": "../../etc"}), "task_id: '../../etc': use letters"),
     "id-control": (json.dumps({**HUMANEVAL, "task_id": "a\x07b"}), "task_id: 'a\\x07b': use letters"),
     "id-empty": (json.dumps({**HUMANEVAL, "task_id": ""}), "task_id: '': use letters"),
+    # A lone surrogate ("\\ud800" in the JSON) in the prompt: a UnicodeEncodeError traceback
+    # from every command that loads the set, the daemon's start included.
+    "prompt-surrogate": (
+        json.dumps({**HUMANEVAL, "prompt": "def f(x):\n    '\ud800'\n"}),
+        "prompt: holds '\\ud800', which is no Unicode character",
+    ),
+    "solution-surrogate": (
+        json.dumps({**HUMANEVAL, "canonical_solution": "    return '\udcff'\n"}),
+        "canonical_solution: holds '\\udcff', which is no Unicode character",
+    ),
 }
 
 
@@ -258,6 +268,66 @@ def test_a_bad_humaneval_line_is_a_problem_error(tmp_path: Path, line: str, mess
     config.write_text(f'[[problem_sets]]\nname = "he"\nformat = "humaneval"\npath = "{data}"\n')
     lines = _clean(rollwatch("problems", "list", "--config", str(config)), 2)
     assert lines[-1].startswith(f"error: {data}:1: {message}"), lines
+
+
+def _lis_length(tmp_path: Path) -> tuple[Path, Path]:
+    """A copy of the bundled ``lis-length`` problem under ``tmp_path``; (its folder, a config)."""
+    problem = tmp_path / "problems" / "lis-length"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "config" / "problems" / "lis-length", problem)
+    return problem, write_config(tmp_path, problems=str(tmp_path / "problems"))
+
+
+@pytest.mark.parametrize(
+    ("name", "key"), [("tests.py", "scorer.tests"), ("solution.py", "reference.solution")]
+)
+def test_a_problem_file_that_is_a_symlink_loop_is_a_problem_error(
+    tmp_path: Path, name: str, key: str
+) -> None:
+    """A problem's file that is a symlink to itself: Python 3.11's ``Path.resolve`` raised
+    ``RuntimeError: Symlink loop``, a traceback from every command that loads the set."""
+    problem, config = _lis_length(tmp_path)
+    (problem / name).unlink()
+    (problem / name).symlink_to(name)
+    lines = _clean(rollwatch("problems", "list", "--config", str(config)), 2)
+    assert lines[-1].startswith(f"error: {problem / 'problem.toml'}: {key}: {name!r}: cannot be resolved"), (
+        lines
+    )
+
+
+def test_a_file_of_a_problem_folder_that_cannot_be_read_is_a_problem_error(tmp_path: Path) -> None:
+    """Every file of the folder is part of the problem's version: one that cannot be read
+    (here a link to ``/proc/self/mem``, which fails with EIO even for root; a file removed
+    or made unreadable while the folder is read fails the same way) was an ``OSError``
+    traceback."""
+    problem, config = _lis_length(tmp_path)
+    (problem / "data.bin").symlink_to("/proc/self/mem")
+    lines = _clean(rollwatch("problems", "list", "--config", str(config)), 2)
+    assert lines[-1].startswith(f"error: {problem / 'problem.toml'}: cannot read the problem's files: "), (
+        lines
+    )
+    assert "Input/output error" in lines[-1], lines
+
+
+def test_a_file_name_that_is_not_utf8_is_part_of_the_version(tmp_path: Path) -> None:
+    """A file of the folder whose name is not UTF-8 (a Latin-1 name out of an old archive):
+    a UnicodeEncodeError traceback from every command that loads the set. Its name's bytes
+    are hashed now: the problem loads, and renaming the file is a new version."""
+    problem, config = _lis_length(tmp_path)
+
+    def listed() -> str:
+        """The version (a hash prefix) ``problems list`` shows."""
+        proc = rollwatch("problems", "list", "--config", str(config))
+        _clean(proc, 0)
+        (version,) = [w for w in proc.stdout.split() if w.startswith("sha256:")]
+        return version
+
+    before = listed()
+    name = os.fsencode(problem) + b"/caf\xe9.txt"
+    with open(name, "wb") as f:
+        f.write(b"data\n")
+    latin = listed()
+    os.rename(name, os.fsencode(problem) + b"/caf\xc3\xa9.txt")  # the same name in UTF-8
+    assert len({before, latin, listed()}) == 3
 
 
 def test_toml_nested_too_deep_is_a_config_or_problem_error(tmp_path: Path) -> None:
@@ -295,3 +365,60 @@ def test_a_problem_set_with_no_problems_or_no_path_is_a_problem_error(tmp_path: 
     config.write_text(f'[[problem_sets]]\nname = "he"\nformat = "humaneval"\npath = "{data}"\n')
     lines = _clean(rollwatch("problems", "list", "--config", str(config)), 2)
     assert lines[-1] == f"error: {data}: problem id 'HumanEval-0' is used twice", lines
+
+
+def test_sighup_on_a_broken_problem_keeps_its_last_good_version_and_says_why(tmp_path: Path) -> None:
+    """`serve`, then a problem's tests file turned into a symlink loop, then SIGHUP: one
+    ``problem_set_invalid`` line naming the file and the key, and the set is not reloaded
+    (it keeps the version it had); the daemon goes on, and the next SIGHUP, on a fixed
+    folder, reloads it. Before: ``problems_reload_failed`` with a Python traceback in the
+    log, every frame's local variables included."""
+    from tests.test_daemon import ROOT, daemon_toml, wait_until
+
+    problem, _ = _lis_length(tmp_path)
+    cfg = tmp_path / "rollwatch.toml"
+    cfg.write_text(daemon_toml(tmp_path).replace(str(ROOT / "config" / "problems"), str(problem.parent)))
+    err_path = tmp_path / "serve.err"
+
+    def log_lines() -> list[dict[str, object]]:
+        return [json.loads(ln) for ln in err_path.read_text().splitlines() if ln.startswith("{")]
+
+    with err_path.open("w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "rollwatch", "--config", str(cfg), "serve", "--grace", "5"],
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
+    try:
+        wait_until(lambda: any(o["event"] == "daemon_ready" for o in log_lines()), 60, "the daemon")
+        tests = problem / "tests.py"
+        good = tests.read_text()
+        tests.unlink()
+        tests.symlink_to("tests.py")
+        proc.send_signal(signal.SIGHUP)
+        (invalid,) = wait_until(
+            lambda: [o for o in log_lines() if o["event"] == "problem_set_invalid"],
+            30,
+            "the reload's refusal",
+        )
+        assert f"{problem / 'problem.toml'}: scorer.tests: 'tests.py': cannot be resolved" in str(
+            invalid["error"]
+        )
+        tests.unlink()
+        tests.write_text(good + "\n# strengthened\n")
+        proc.send_signal(signal.SIGHUP)
+        reloads = wait_until(
+            lambda: [o["problem_sets"] for o in log_lines() if o["event"] == "problems_reloaded"][1:],
+            30,
+            "the second reload",
+        )
+        assert reloads == [["favorites"]]
+        assert next(o["problem_sets"] for o in log_lines() if o["event"] == "problems_reloaded") == []
+        assert proc.poll() is None
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    assert proc.returncode == 0
+    text = err_path.read_text()
+    assert "exception" not in {k for o in log_lines() for k in o}, text[-3000:]
+    assert "Traceback" not in text

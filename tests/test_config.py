@@ -203,3 +203,31 @@ def test_library_logs_come_out_as_the_same_json_lines() -> None:
     for o in lines:
         assert o["timestamp"].endswith("Z"), o
         assert datetime.fromisoformat(o["timestamp"]).utcoffset() == timedelta(0)
+
+
+def test_a_logged_traceback_carries_no_local_values() -> None:
+    """A crash logged with its traceback (``run_crashed``, ``problems_reload_failed``,
+    ``scorer_error``, ``http_unhandled_error``) showed every frame's local variables in the
+    JSON log (structlog's ``dict_tracebacks`` shows them by default): a run crashed by a
+    provider's answer logged the API key (``key``, and the ``authorization`` header in
+    ``headers``, of the provider client's frames), and the store URL, a PostgreSQL password
+    in it, sat in the config objects' reprs. The traceback keeps the frames, without values."""
+    code = (
+        "from rollwatch.log import configure_logging, get_logger\n"
+        "configure_logging('info')\n"
+        "def send(key, url):\n"
+        "    headers = {'authorization': 'Bearer ' + key}\n"
+        "    raise ValueError('Out of range float values are not JSON compliant')\n"
+        "try:\n"
+        "    send('sk-live-LEAKME-0123456789', 'postgresql://rw:PGLEAK@db/rw')\n"
+        "except ValueError:\n"
+        "    get_logger('rollwatch.daemon').exception('run_crashed', run_id='r1')\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    (line,) = [json.loads(ln) for ln in res.stderr.splitlines() if ln.strip()]
+    assert line["event"] == "run_crashed"
+    (exc,) = line["exception"]
+    assert exc["exc_type"] == "ValueError"
+    assert [f["name"] for f in exc["frames"]] == ["<module>", "send"]
+    assert "LEAKME" not in res.stderr
+    assert "PGLEAK" not in res.stderr

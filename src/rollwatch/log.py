@@ -13,6 +13,7 @@ import sys
 from typing import Any, TextIO
 
 import structlog
+import structlog.tracebacks
 
 _LEVELS = ("debug", "info", "warning", "error", "critical")
 
@@ -41,11 +42,18 @@ def configure_logging(level: str = "info", *, stream: TextIO | None = None, json
     if json:
         renderer = structlog.processors.JSONRenderer()
         final: list[structlog.typing.Processor] = [
-            structlog.processors.dict_tracebacks,
+            # Frames without their local variables: structlog shows them by default, and a
+            # provider client's frame holds the API key, a config's repr the store URL.
+            structlog.processors.ExceptionRenderer(
+                structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+            ),
             structlog.processors.UnicodeDecoder(),
         ]
     else:
-        renderer = structlog.dev.ConsoleRenderer(colors=out.isatty())
+        # Plain tracebacks whatever is installed (rich's show every frame's locals).
+        renderer = structlog.dev.ConsoleRenderer(
+            colors=out.isatty(), exception_formatter=structlog.dev.plain_traceback
+        )
         final = []
 
     structlog.configure(

@@ -33,9 +33,11 @@ Prompts: each scorer kind has a default template asking for one fenced code bloc
 from __future__ import annotations
 
 import dataclasses
+import errno
 import gzip
 import hashlib
 import json
+import os
 import re
 import tomllib
 from collections.abc import Iterable, Mapping
@@ -304,7 +306,10 @@ class _Reader:
         name = self.string(table, key, prefix, required=required)
         if name is None:
             return None
-        p = (self.root / name).resolve()
+        try:
+            p = _resolve(self.root / name)
+        except OSError as e:
+            raise self.fail(prefix + key, f"{name!r}: cannot be resolved ({e.strerror or e})") from None
         if not p.is_relative_to(self.root.resolve()):
             raise self.fail(prefix + key, f"{name!r} is outside the problem's folder")
         if not p.is_file():
@@ -332,8 +337,27 @@ class _Reader:
         return seconds
 
 
+def _resolve(p: Path) -> Path:
+    """``p.resolve()``; a symlink loop is an OSError (Python 3.11 raises RuntimeError)."""
+    try:
+        return p.resolve()
+    except RuntimeError as e:
+        if isinstance(e, RecursionError):
+            raise
+        raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), str(p)) from None
+
+
 def load_problem(folder: Path) -> Problem:
     """The problem in ``folder`` (which holds a problem.toml)."""
+    try:
+        return _load_problem(folder)
+    except OSError as e:
+        # A file of the folder that cannot be read (gone or changed while it is read,
+        # unreadable, a link to something that fails): the problem's error, not a traceback.
+        raise ProblemError(f"{folder / 'problem.toml'}: cannot read the problem's files: {e}") from None
+
+
+def _load_problem(folder: Path) -> Problem:
     path = folder / "problem.toml"
     r = _Reader(path)
     try:
@@ -456,7 +480,10 @@ def load_problem(folder: Path) -> Problem:
 
 
 def _read_cases(r: _Reader, name: str) -> tuple[Case, ...]:
-    folder = (r.root / name).resolve()
+    try:
+        folder = _resolve(r.root / name)
+    except OSError as e:
+        raise r.fail("scorer.cases", f"{name!r}: cannot be resolved ({e.strerror or e})") from None
     if not folder.is_relative_to(r.root.resolve()) or not folder.is_dir():
         raise r.fail("scorer.cases", f"{name!r}: no such folder in {r.root} (it holds NAME.in and NAME.out)")
     cases = []
@@ -489,11 +516,12 @@ def _folder_hash(folder: Path, settings: dict[str, Any]) -> str:
         for p in _hashed_files(folder)
     ]
     listing = {"format": "rollwatch-problem/1", "settings": settings, "files": files}
-    return "sha256:" + hashlib.sha256(_canonical(listing)).hexdigest()
+    # A file name that is not UTF-8 hashes as its bytes (the settings are text already).
+    return "sha256:" + hashlib.sha256(_canonical(listing, "surrogateescape")).hexdigest()
 
 
-def _canonical(obj: Any) -> bytes:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+def _canonical(obj: Any, errors: str = "strict") -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8", errors)
 
 
 # -- HumanEval ---------------------------------------------------------------------------------
@@ -539,6 +567,13 @@ def _humaneval_problem(path: Path, lineno: int, line: str) -> Problem:
             raise ProblemError(f"{where}: {key}: is required")
         if key in row and not isinstance(row[key], str):
             raise ProblemError(f"{where}: {key}: expected a string")
+        if key in row and not row[key].isascii():
+            try:
+                row[key].encode()
+            except UnicodeEncodeError as e:  # "\ud800" in the JSON: a lone surrogate
+                raise ProblemError(
+                    f"{where}: {key}: holds {e.object[e.start]!r}, which is no Unicode character"
+                ) from None
     if not _IDENT.match(row["entry_point"]):
         raise ProblemError(f"{where}: entry_point: {row['entry_point']!r} is not a Python identifier")
     prompt, test, entry = row["prompt"], row["test"], row["entry_point"]

@@ -23,6 +23,7 @@ from anyio.abc import SocketStream
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from rollwatch.config import ProviderConfig
+from rollwatch.events import RolloutResponded, stored_json
 from rollwatch.providers import Prompt, ProviderClient
 from rollwatch.providers.retry import MAX_HONOURED_WAIT
 from tests.providers.conftest import MODEL
@@ -404,3 +405,35 @@ class TestErrorMessages:
             assert await client.rollout(MODEL, PROMPT, {}, log) is not None
         assert log.failures[0].kind == "bad_response"
         assert len(log.failures[0].message) < 500
+
+
+class TestOddFinishReasons:
+    @pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+    @pytest.mark.parametrize(
+        "literal", [b"NaN", b"Infinity", b"1e999", b'{"why": NaN}', b"[1, 2]", b"7"], ids=bytes.decode
+    )
+    async def test_a_finish_reason_that_is_no_string_is_none_and_storable(
+        self, wire: Wire, server: LoopbackServer, make_config: MakeConfig, stream: bool, literal: bytes
+    ) -> None:
+        """A good answer whose finish reason is no string (``NaN``, ``Infinity``, ``1e999``,
+        which Python's JSON reader turns into floats the log cannot encode, an object, a
+        list, a number): the answer is kept with no finish reason. Before, OpenAI's
+        ``finish_reason`` and Anthropic's ``stop_reason`` went into ``RolloutResponded`` as
+        they came; a NaN made the append raise and crashed the whole run, its paid answer lost."""
+        reply = wire.sse() if stream else wire.ok()
+        body = reply.payload()
+        finish = f'"{wire.finish}"'.encode()
+        assert finish in body
+        server.then(Reply(200, body.replace(finish, literal), reply.headers))
+        async with ProviderClient(make_config(stream=stream)) as client:
+            log = RecordingLog()
+            answer = await client.rollout(MODEL, PROMPT, {}, log)
+        assert log.trail == [("requested", 1), ("responded", 1)]
+        assert answer is not None
+        assert answer.text == "def f():\n    return 1"
+        assert answer.finish_reason is None
+        stored_json(
+            RolloutResponded(
+                rollout_id="r", attempt=1, text=answer.text, finish_reason=answer.finish_reason
+            ).to_data()
+        )

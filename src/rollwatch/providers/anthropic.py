@@ -111,7 +111,7 @@ class AnthropicAdapter:
         return Parsed(
             text="".join(texts),
             reasoning="\n\n".join(thoughts) or None,
-            finish_reason=data.get("stop_reason"),
+            finish_reason=_str(data.get("stop_reason")),
             usage=Usage(
                 input_tokens=token_count(usage, "input_tokens") + cache_read + cache_write,
                 output_tokens=token_count(usage, "output_tokens"),

@@ -94,7 +94,7 @@ class OpenAIAdapter:
         return Parsed(
             text=content or "",
             reasoning=reasoning if isinstance(reasoning, str) and reasoning else None,
-            finish_reason=choice.get("finish_reason"),
+            finish_reason=_str(choice.get("finish_reason")),
             usage=Usage(
                 input_tokens=token_count(usage, "prompt_tokens"),
                 output_tokens=token_count(usage, "completion_tokens"),
