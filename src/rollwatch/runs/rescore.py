@@ -26,7 +26,6 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import anyio
@@ -311,7 +310,7 @@ async def _append_with_decisions(svc: RunServices, ev: RolloutRescored, policy: 
                 assert isinstance(old, PublicationDecided)
                 if old.audience != "none":
                     decided.add(old.audience)
-        decisions = decide(policy, ev, datetime.now(UTC), decided)
+        decisions = decide(policy, ev, svc.decision_time(), decided)
         try:
             await svc.store.append(stream, [ev, *decisions], expected_version=version)
         except ConcurrencyConflict:
