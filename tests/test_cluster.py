@@ -15,6 +15,7 @@ import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,9 @@ import asyncpg
 import httpx
 import pytest
 
+from rollwatch.events import parse_rfc3339
 from tests.pg import ADMIN_URL, scratch_database
+from tests.publication.test_clock import LIBFAKETIME
 from tests.test_daemon import ROOT, _provider, free_port
 
 pytestmark = pytest.mark.anyio
@@ -545,3 +548,51 @@ async def test_a_node_with_a_shorter_embargo_decides_the_runs_verdicts_with_the_
         assert await c.stop("node-a") == 0
         assert await c.events("PublicReleased") == []
         assert "run_embargo_differs" in c.logs["node-b"].read_text()
+
+
+@pytest.mark.skipif(LIBFAKETIME is None, reason="libfaketime is not installed")
+async def test_a_node_whose_clock_steps_back_mid_run_decides_no_embargo_early(tmp_path: Path) -> None:
+    """Two daemons on one log, a 90-day embargo; node-b's wall clock steps 100 days back
+    once it is at work (after its checks at start). Every pass, node-b's too, is decided
+    public no sooner than 90 days from now, and nothing is released. Before, node-b decided
+    its passes public from 10 days ago, and node-a (right clock) released them at once."""
+    offset = tmp_path / "faketime-b"
+    offset.write_text("+0\n")
+    prefix = {
+        "node-b": [
+            "env",
+            f"LD_PRELOAD={LIBFAKETIME}",
+            f"FAKETIME_TIMESTAMP_FILE={offset}",
+            "FAKETIME_NO_CACHE=1",
+            "FAKETIME_DONT_FAKE_MONOTONIC=1",
+        ]
+    }
+    before = datetime.now(UTC)
+    async with cluster(
+        tmp_path,
+        delay=1.5,
+        rollouts=20,
+        concurrency=2,
+        problems=passing_problems(tmp_path),
+        cluster=FAST_LEASE,
+        prefix=prefix,
+    ) as c:
+        await c.both_at_work(each=1)
+        tmp = offset.with_suffix(".tmp")
+        tmp.write_text("-100d\n")
+        os.replace(tmp, offset)
+        [fin] = await c.until(120, "RunFinished")
+        assert fin["status"] == "completed", fin
+        by = {e["rollout_id"]: e["node"] for e in await c.events("RolloutRequested")}
+        public = [d for d in await c.events("PublicationDecided") if d["audience"] == "public"]
+        assert len(public) == 40
+        late_b = [d for d in public if by[d["rollout_id"]] == "node-b"]
+        assert len(late_b) > 2, "node-b scored too little after its step: widen the run"
+        early = [d for d in public if parse_rfc3339(d["not_before"]) < before + timedelta(days=90)]
+        # A few of node-a's release passes.
+        await anyio.sleep(2)
+        released = {e["rollout_id"] for e in await c.events("PublicReleased")}
+        assert not released, f"{len(released)} released, scored by {sorted({by[r] for r in released})}"
+        assert not early, f"{len(early)} decided public early, by {[by[d['rollout_id']] for d in early]}"
+        assert await c.stop("node-a") == 0
+        assert await c.stop("node-b") == 0

@@ -615,6 +615,8 @@ class Daemon:
                 from rollwatch.publication.clock import SKEW_S
 
                 raise ClockSkewed(clock.skewed, SKEW_S)
+            # Every decision this node makes is dated by the latest time it knows has passed.
+            svc.decision_time = clock.decision_time
             gate.open(self._whole_app(svc, integrity))
             # Stopped, the server closes its socket and lets open requests finish (for
             # at most its graceful-shutdown timeout). It listens before the projections

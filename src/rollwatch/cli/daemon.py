@@ -56,6 +56,7 @@ def run_cmd(ctx: Context, schedule: str, rollouts: int | None, models: str | Non
 
     from rollwatch.daemon import open_services
     from rollwatch.progress import Progress
+    from rollwatch.publication.clock import deciding_clock
     from rollwatch.runs import Run, RunState, unfinished_run_of
 
     config = ctx.config
@@ -64,6 +65,9 @@ def run_cmd(ctx: Context, schedule: str, rollouts: int | None, models: str | Non
 
     async def main() -> int:
         async with open_services(config) as svc:
+            # Before anything is appended: a clock behind the log or off the database's
+            # would date every decision wrong (embargoes that end early).
+            svc.decision_time = (await deciding_clock(svc.store)).decision_time
             if sched.provider not in svc.providers:
                 raise UsageError(
                     f"schedule {schedule!r}: provider {sched.provider!r} has no API key "

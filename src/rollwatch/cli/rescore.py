@@ -20,6 +20,7 @@ def rescore_cmd(ctx: Context, problem_set: str | None, problem: str | None, run_
     problem, how many verdicts flipped each way.
     """
     from rollwatch.daemon import open_services
+    from rollwatch.publication.clock import deciding_clock
     from rollwatch.runs.rescore import rescore
 
     config = ctx.config
@@ -27,6 +28,8 @@ def rescore_cmd(ctx: Context, problem_set: str | None, problem: str | None, run_
     async def main() -> None:
         # No provider client is even opened: a re-score never asks one.
         async with open_services(config, providers={}) as svc:
+            # A flip to pass is decided by this clock: checked against the log first.
+            svc.decision_time = (await deciding_clock(svc.store)).decision_time
             summary = await rescore(svc, problem_set=problem_set, problem=problem, run=run_id)
         for v in summary.versions:
             click.echo(

@@ -37,7 +37,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from rollwatch.abc import EventStore
-from rollwatch.errors import IntegrityError
+from rollwatch.errors import ClockSkewed, IntegrityError, UsageError
 from rollwatch.events import parse_rfc3339, rfc3339
 from rollwatch.log import get_logger
 
@@ -165,6 +165,24 @@ class ReleaseClock:
             )
         self.skewed = skewed
 
+    def decision_time(self) -> datetime:
+        """The time to date a publication decision by: the latest of the wall clock, the one it
+        left at a jump (carried on by the steady clock), the log's newest event as read at start,
+        and the shared database's clock when this host's is found behind it.
+
+        A decision's ``not_before`` is this time plus the embargo, and any node releases by it:
+        a clock stepped back 100 days (after the checks at start) decided a 90-day embargo that
+        had ended 10 days before, released at once by a node with the right clock, or by this
+        one once its clock was put right. Going by the latest, a clock that lies makes an
+        embargo end late, never early."""
+        wall = self._wall()
+        latest = max(wall, self._steady() + self._offset)
+        if self._newest is not None:
+            latest = max(latest, self._newest.timestamp())
+        if self.skewed is not None and self.skewed < 0:
+            latest = max(latest, wall - self.skewed)
+        return datetime.fromtimestamp(latest, UTC)
+
     @property
     def held(self) -> bool:
         """True while releases wait for the clock (checks for a jump first)."""
@@ -189,3 +207,25 @@ class ReleaseClock:
                 f"clock_behind_log: the clock is {self.behind:.0f} s behind the log's newest event; releases held"
             )
         return out
+
+
+async def deciding_clock(store: EventStore) -> ReleaseClock:
+    """The clock a command that scores (``rollwatch run``, ``rollwatch rescore``) decides
+    embargoes by, checked against the log first: a clock more than :data:`SKEW_S` behind the
+    log's newest event, or off the shared database's, raises :class:`UsageError` before
+    anything is appended (``serve`` refuses the database's the same way)."""
+    clock = ReleaseClock()
+    newest = await newest_event_at(store)
+    skew = await store.clock_skew()
+    if skew is not None and abs(skew) > SKEW_S:
+        raise ClockSkewed(skew, SKEW_S)
+    now = clock.now()
+    if (behind := behind_log(now, newest)) is not None:
+        raise UsageError(
+            f"this host's clock ({rfc3339(now)}) is {behind:.0f} s behind the log's newest event"
+            f" ({rfc3339(newest) if newest else '-'}): the embargoes it decided would end early;"
+            " set the clock right, then run again"
+        )
+    # Decisions are dated no earlier than the newest event (see decision_time).
+    clock._newest, clock._checked_log = newest, True
+    return clock

@@ -5,6 +5,7 @@ See the package docstring for how a run is bounded and how it resumes.
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -185,6 +186,9 @@ class Run:
         first = [ev async for ev in services.store.read(stream=run_stream(run_id), types={"RunStarted"})]
         started = first[0].event()
         assert isinstance(started, RunStarted)
+        if started.embargo_s is None and (logged := await decided_embargo(services, run_id)) is not None:
+            # A run from before RunStarted.embargo_s: the embargo its verdicts were decided with.
+            started = dataclasses.replace(started, embargo_s=logged)
         return cls(services, started, on_progress=on_progress)
 
     async def _plan(self, prior_cost: float = 0.0) -> None:
@@ -607,3 +611,16 @@ async def unfinished_run_of(services: RunServices, schedule: str) -> str | None:
         (schedule,),
     )
     return None if row is None else str(row[0])
+
+
+async def decided_embargo(services: RunServices, run_id: str) -> float | None:
+    """The longest embargo the run's verdicts were decided with (``PublicationDecided.embargo_s``,
+    "none" decisions included), from the projections; None when none carries one.
+
+    The run's embargo for a run from before ``RunStarted.embargo_s``: resumed or re-scored
+    under a configuration changed since to a shorter one, its verdicts would otherwise be
+    decided with that (a flip of a 90-day run's was public at once)."""
+    row = await services.projections.fetchone(
+        "SELECT max(embargo_s) FROM public_rollouts WHERE run_id = ?", (run_id,)
+    )
+    return float(row[0]) if row is not None and row[0] is not None and row[0] > 0 else None

@@ -26,7 +26,6 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import anyio
@@ -49,6 +48,7 @@ from rollwatch.log import get_logger
 from rollwatch.problems import Problem
 from rollwatch.publication.policy import Embargo, PublicationPolicy, decide
 from rollwatch.report.failures import verdict_cause
+from rollwatch.runs.pipeline import decided_embargo
 from rollwatch.runs.rollout import scorer_error
 from rollwatch.runs.services import RunServices
 from rollwatch.scoring.base import scorer_version
@@ -233,11 +233,14 @@ async def rescore(
         ``RunStarted.embargo_s``): a re-score here releases nothing sooner than the run's
         own verdicts would be."""
         if run_id not in embargoes:
-            started = 0.0
+            started: float | None = None
             async for rec in svc.store.read(stream=run_stream(run_id), types={"RunStarted"}):
                 ev = rec.event()
                 if isinstance(ev, RunStarted) and ev.embargo_s is not None:
                     started = ev.embargo_s
+            if started is None:
+                # A run from before RunStarted.embargo_s: the embargo its verdicts carry.
+                started = await decided_embargo(svc, run_id) or 0.0
             embargoes[run_id] = Embargo(max(svc.config.publication.embargo, started))
         return embargoes[run_id]
 
@@ -311,7 +314,7 @@ async def _append_with_decisions(svc: RunServices, ev: RolloutRescored, policy: 
                 assert isinstance(old, PublicationDecided)
                 if old.audience != "none":
                     decided.add(old.audience)
-        decisions = decide(policy, ev, datetime.now(UTC), decided)
+        decisions = decide(policy, ev, svc.decision_time(), decided)
         try:
             await svc.store.append(stream, [ev, *decisions], expected_version=version)
         except ConcurrencyConflict:

@@ -10,7 +10,6 @@ one append.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import anyio
@@ -265,7 +264,7 @@ class Rollouts:
             scored = await self.verdict(recorder.rid, problem, text)
         finally:
             self.run.state.scoring -= 1
-        decisions = decide(self.run.publication, scored, datetime.now(UTC))
+        decisions = decide(self.run.publication, scored, self.run.services.decision_time())
         await recorder.append(scored, *decisions)
         self.run.state.scored += 1
         self.run.state.done += 1

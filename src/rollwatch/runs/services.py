@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import fcntl
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -98,6 +99,10 @@ class RunServices:
     locks_dir: Path
     board: WorkBoard = field(default_factory=LocalBoard)
     """Shares the rollouts of a run among the processes driving it (see ``rollwatch.work``)."""
+    decision_time: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
+    """The time publication decisions are dated by: the daemon's and the scoring commands'
+    :meth:`rollwatch.publication.clock.ReleaseClock.decision_time`, never earlier than what
+    the process knows has passed (a wall clock stepped back decided embargoes ended already)."""
 
 
 @dataclass
