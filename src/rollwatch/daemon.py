@@ -242,11 +242,16 @@ class Daemon:
         unfinished run of it (every node joins those)."""
         from rollwatch.runs import RunLock
 
-        if schedule in self.by_schedule:
-            return True
         assert self.services is not None
         svc = self.services
         await svc.projections.catch_up(svc.store)
+        if (mine := self.by_schedule.get(schedule)) is not None:
+            # Driven or joined here; finished in the log already if another node ended it
+            # a moment ago and this one's driver has not seen it yet (a trigger then was
+            # skipped as an overlap with a run that was over).
+            row = await svc.projections.fetchone("SELECT finished_at FROM runs WHERE run_id = ?", (mine,))
+            if row is None or row[0] is None:
+                return True
         rows = await svc.projections.fetchall(
             "SELECT run_id FROM runs WHERE schedule = ? AND finished_at IS NULL", (schedule,)
         )
