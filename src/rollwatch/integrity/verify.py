@@ -309,8 +309,9 @@ def foreign_data(ev: Recorded) -> str | None:
     rollwatch wrote decodes in every later version, upcast where it must be. The values'
     types are not checked here: fields a provider reports (a finish reason, say) were
     written as the provider sent them by earlier versions, and such an event is no
-    forgery; a read model that cannot take one names it (:func:`rollwatch.events.wrong_field`). A type or a
-    schema this version does not know is no such evidence: a newer rollwatch writes them.
+    forgery; a read model that cannot take one names it (:func:`rollwatch.events.wrong_field`).
+    A type or a schema this version does not know is no such evidence: a newer rollwatch
+    writes them.
     orjson answers for almost every row (about 3 us); where it disagrees (a float it
     writes differently, say), ``canonical_json`` decides.
     """

@@ -106,10 +106,10 @@ class Run:
         self.budget_usd = started.budget_usd
         self.params: dict[str, object] = started.params or {}
         self.batch = started.batch
+        """The rollouts go through the provider's batch API (``runs/batches.py``)."""
         self.publication = Embargo(max(services.config.publication.embargo, started.embargo_s or 0.0))
         """What this node decides the run's verdicts with: the longer of its own embargo
         and the one the run was started with (see ``RunStarted.embargo_s``)."""
-        """The rollouts go through the provider's batch API (``runs/batches.py``)."""
         self.batcher: Batcher | None = None
         self.on_progress = on_progress
         self.fresh = fresh
@@ -186,9 +186,9 @@ class Run:
         first = [ev async for ev in services.store.read(stream=run_stream(run_id), types={"RunStarted"})]
         started = first[0].event()
         assert isinstance(started, RunStarted)
-        if started.embargo_s is None and (logged := await decided_embargo(services, run_id)) is not None:
+        if started.embargo_s is None:
             # A run from before RunStarted.embargo_s: the embargo its verdicts were decided with.
-            started = dataclasses.replace(started, embargo_s=logged)
+            started = dataclasses.replace(started, embargo_s=await decided_embargo(services, run_id))
         return cls(services, started, on_progress=on_progress)
 
     async def _plan(self, prior_cost: float = 0.0) -> None:
@@ -611,6 +611,19 @@ async def unfinished_run_of(services: RunServices, schedule: str) -> str | None:
         (schedule,),
     )
     return None if row is None else str(row[0])
+
+
+async def run_embargo(services: RunServices, run_id: str) -> Embargo:
+    """What this node decides ``run_id``'s verdicts with, as :attr:`Run.publication` (the
+    longer of its own embargo and the run's), without loading the run."""
+    started = None
+    async for rec in services.store.read(stream=run_stream(run_id), types={"RunStarted"}):
+        ev = rec.event()
+        if isinstance(ev, RunStarted):
+            started = ev.embargo_s
+    if started is None:
+        started = await decided_embargo(services, run_id)
+    return Embargo(max(services.config.publication.embargo, started or 0.0))
 
 
 async def decided_embargo(services: RunServices, run_id: str) -> float | None:

@@ -37,18 +37,16 @@ from rollwatch.events import (
     RescoreFinished,
     RolloutRescored,
     RolloutResponded,
-    RunStarted,
     canonical_json_fast,
     problem_stream,
     rescore_stream,
     rollout_stream,
-    run_stream,
 )
 from rollwatch.log import get_logger
 from rollwatch.problems import Problem
 from rollwatch.publication.policy import Embargo, PublicationPolicy, decide
 from rollwatch.report.failures import verdict_cause
-from rollwatch.runs.pipeline import decided_embargo
+from rollwatch.runs.pipeline import run_embargo
 from rollwatch.runs.rollout import scorer_error
 from rollwatch.runs.services import RunServices
 from rollwatch.scoring.base import scorer_version
@@ -226,22 +224,12 @@ async def rescore(
     limiter = anyio.CapacityLimiter(parallel or max(1, len(todo)))
     stream = rescore_stream(summary.rescore_id)
 
+    # A re-score here releases nothing sooner than the run's own verdicts would be.
     embargoes: dict[str, Embargo] = {}
 
     async def embargo_of(run_id: str) -> Embargo:
-        """The longer of this node's embargo and the one the run was started with (see
-        ``RunStarted.embargo_s``): a re-score here releases nothing sooner than the run's
-        own verdicts would be."""
         if run_id not in embargoes:
-            started: float | None = None
-            async for rec in svc.store.read(stream=run_stream(run_id), types={"RunStarted"}):
-                ev = rec.event()
-                if isinstance(ev, RunStarted) and ev.embargo_s is not None:
-                    started = ev.embargo_s
-            if started is None:
-                # A run from before RunStarted.embargo_s: the embargo its verdicts carry.
-                started = await decided_embargo(svc, run_id) or 0.0
-            embargoes[run_id] = Embargo(max(svc.config.publication.embargo, started))
+            embargoes[run_id] = await run_embargo(svc, run_id)
         return embargoes[run_id]
 
     async def one(c: _Candidate) -> None:

@@ -693,7 +693,7 @@ class PostgresEventStore(EventStore):
                         while True:
                             await anyio.sleep(beat)
                             try:
-                                await c.fetchval("SELECT 1", timeout=max(beat, 1.0))
+                                await c.fetchval("SELECT 1", timeout=5)
                             except _CONN_ERRORS:
                                 lost = True
                                 tg.cancel_scope.cancel()
