@@ -100,6 +100,33 @@ def test_commands_that_read_the_log_never_create_it(tmp_path: Path) -> None:
         assert sorted(p.name for p in tmp_path.iterdir()) == ["rw.toml"], args
 
 
+def test_commands_that_only_read_leave_an_empty_file_empty(tmp_path: Path) -> None:
+    """A store path naming an empty file (made by `touch`, or a copy that failed): every
+    command that only reads the log exits 1 saying it is not a log, and leaves it empty
+    (it used to write an empty log's tables into it, and report on nothing)."""
+    db = tmp_path / "events.db"
+    db.write_bytes(b"")
+    cfg = tmp_path / "rw.toml"
+    cfg.write_text(f'[store]\nurl = "sqlite:{db}"\nprojections = "{tmp_path / "p.db"}"\n')
+    for args in (
+        ["events", "tail"],
+        ["report"],
+        ["schedules", "list"],
+        ["subscribers", "list"],
+        ["publish", "export", str(tmp_path / "out")],
+        ["rebuild"],
+        ["verify"],
+    ):
+        r = subprocess.run(
+            [sys.executable, "-m", "rollwatch", "--config", str(cfg), *args], capture_output=True, text=True
+        )
+        assert r.returncode == 1, (args, r.stderr)
+        assert f"{db} is not a rollwatch event log (an empty file)" in r.stderr, (args, r.stderr)
+        assert "Traceback" not in r.stderr
+        assert db.stat().st_size == 0, args
+        assert not Path(f"{db}-wal").exists(), args
+
+
 def test_each_command_loads_only_what_it_needs() -> None:
     """Every command name resolves to its command; `events tail --help` does not import the
     web server, the sandbox or the templates (a command's module loads when it runs)."""

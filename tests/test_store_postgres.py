@@ -7,6 +7,7 @@ processes and a scratch database each (``tests/pg.py``).
 
 from __future__ import annotations
 
+import signal
 import sys
 import textwrap
 from collections.abc import AsyncIterator
@@ -22,7 +23,7 @@ from rollwatch.abc import NO_STREAM
 from rollwatch.errors import ConcurrencyConflict, IntegrityError, NotLeading, StoreError
 from rollwatch.events import SchedulePaused, chain_hash
 from rollwatch.migrate import migrate
-from rollwatch.store.postgres import PostgresEventStore
+from rollwatch.store.postgres import APPEND_LOCK, PostgresEventStore
 from rollwatch.store.sqlite import SQLiteEventStore
 from tests.pg import ADMIN_URL, scratch_database
 
@@ -39,8 +40,8 @@ CHILD = textwrap.dedent(
 
     configure_logging(stream=sys.stderr)  # stdout carries the protocol
 
-    async def main(url, name, tasks, appends, size):
-        async with PostgresEventStore(url) as store:
+    async def main(url, name, tasks, appends, size, stall):
+        async with PostgresEventStore(url, stall_timeout=stall) as store:
             print("ready", flush=True)
             await anyio.to_thread.run_sync(sys.stdin.readline)
 
@@ -56,7 +57,7 @@ CHILD = textwrap.dedent(
                     tg.start_soon(writer, i)
 
     url, name, tasks, appends, size = sys.argv[1], sys.argv[2], *map(int, sys.argv[3:6])
-    anyio.run(main, url, name, tasks, appends, size)
+    anyio.run(main, url, name, tasks, appends, size, float(sys.argv[6]))
     """
 )
 
@@ -81,9 +82,11 @@ class _Child:
         self.out = BufferedByteReceiveStream(proc.stdout)
 
     @classmethod
-    async def start(cls, url: str, name: str, *, tasks: int = 4, appends: int = 0, size: int = 3) -> _Child:
+    async def start(
+        cls, url: str, name: str, *, tasks: int = 4, appends: int = 0, size: int = 3, stall: float = 10.0
+    ) -> _Child:
         proc = await anyio.open_process(
-            [sys.executable, "-c", CHILD, url, name, str(tasks), str(appends), str(size)]
+            [sys.executable, "-c", CHILD, url, name, str(tasks), str(appends), str(size), str(stall)]
         )
         child = cls(proc)
         assert await child.line() == "ready"
@@ -176,6 +179,59 @@ class TestProcesses:
                 for i in range(tasks):
                     assert await store.stream_version(f"p{n}-{i}") == appends * size
             assert (await store.verify()).events == total
+
+    async def test_a_process_stopped_inside_an_append_holds_no_other_up(self, url: str) -> None:
+        """A node stopped (SIGSTOP: a frozen VM keeps its TCP connection open) while its
+        append holds the append lock: PostgreSQL ends its session once the transaction has
+        sat idle for its ``stall_timeout`` (it held the lock, and every node's appends, for
+        good before), and another process's append goes through. Woken, the node appends
+        on; nothing was half-written."""
+        key = APPEND_LOCK & 0xFFFF_FFFF_FFFF_FFFF
+        classid, objid = key >> 32, key & 0xFFFF_FFFF  # as pg_locks shows a bigint advisory lock
+        admin = await asyncpg.connect(url)
+        child = await _Child.start(url, "frozen", tasks=1, size=3, stall=1.0)
+        try:
+            await child.go()
+            frozen = None
+            with anyio.fail_after(60):
+                while frozen is None:  # stop it until it is caught holding the lock between statements
+                    assert await child.line() is not None
+                    child.proc.send_signal(signal.SIGSTOP)
+                    with anyio.move_on_after(0.5):
+                        while (
+                            frozen := await admin.fetchval(
+                                "SELECT pid FROM pg_locks l JOIN pg_stat_activity a USING (pid)"
+                                " WHERE l.locktype = 'advisory' AND l.granted AND l.classid = $1"
+                                " AND l.objid = $2 AND l.objsubid = 1 AND a.state = 'idle in transaction'",
+                                classid,
+                                objid,
+                            )
+                        ) is None:
+                            await anyio.sleep(0.02)
+                    if frozen is None:
+                        child.proc.send_signal(signal.SIGCONT)
+            with anyio.fail_after(20):  # the stopped node's session is ended
+                while await admin.fetchval("SELECT count(*) FROM pg_stat_activity WHERE pid = $1", frozen):
+                    await anyio.sleep(0.1)
+            async with PostgresEventStore(url) as store:
+                with anyio.fail_after(20):
+                    [rec] = await store.append("other", [ev(1)])
+                child.proc.send_signal(signal.SIGCONT)
+                with anyio.fail_after(30):
+                    while (line := await child.line()) is not None and int(line.split()[0]) < rec.seq:
+                        pass
+                assert line is not None, "the woken node stopped appending"
+                got = [int(s) for s in line.split()]
+                assert got == list(range(got[0], got[0] + 3)), "an append was split"
+                child.proc.kill()
+                await child.proc.wait()
+                assert (await store.verify()).events == await store.head()
+        finally:
+            if child.proc.returncode is None:
+                child.proc.send_signal(signal.SIGCONT)
+                child.proc.kill()
+                await child.proc.wait()
+            await admin.close()
 
     async def test_follower_is_woken_by_another_process_through_notify(self, url: str) -> None:
         """wait_for_new wakes when another process appends, by NOTIFY alone: polling is

@@ -335,3 +335,25 @@ def test_an_online_backup_verifies_apart_from_the_state_folder(stopped_site: Sit
     r = rollwatch("--config", str(cfg), "verify")
     assert r.returncode == 1, r.stdout + r.stderr
     assert "FAILED at seq 10:" in r.stderr, r.stderr
+
+
+def test_an_emptied_log_file_is_refused(stopped_site: Site) -> None:
+    """The log file truncated to nothing, every other file kept: `verify` exits 1 saying
+    so (the file left as it was, not made an empty log), and `serve`, which may create a
+    log, refuses to take it for one: the tree and the checkpoints remember events it lacks."""
+    s = stopped_site
+    s.db.write_bytes(b"")
+    for extra in ("-wal", "-shm"):
+        s.db.with_name(s.db.name + extra).unlink(missing_ok=True)
+    r = rollwatch("--config", str(s.config), "verify")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert f"{s.db} is not a rollwatch event log (an empty file)" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+    assert s.db.stat().st_size == 0
+    again = s.serve()
+    try:
+        again.wait(timeout=60)
+    finally:
+        err = _stop(again)
+    assert again.returncode == 1, err
+    assert "integrity check failed at seq 1:" in err, err

@@ -54,7 +54,7 @@ def events_tail(ctx: Context, follow: bool, types: tuple[str, ...], after: int |
     require_log(ctx.config)
 
     async def main() -> None:
-        async with open_store(ctx.config.store) as store:
+        async with open_store(ctx.config.store, read_only=True) as store:
             start = after
             if start is None:
                 # The last 20 events of the asked types (not the types among the last 20).

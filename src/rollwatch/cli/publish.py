@@ -99,7 +99,7 @@ async def _subscriber_rows(config: Config) -> list[dict[str, Any]]:
 
     require_log(config)
     async with (
-        open_store(config.store) as store,
+        open_store(config.store, read_only=True) as store,
         current_projections(config, store) as pdb,
     ):
         rows = await pdb.fetchall(
@@ -232,7 +232,7 @@ def publish_export(ctx: Context, directory: Path, base_url: str | None) -> None:
         from rollwatch.integrity.tree import MerkleTree
 
         async with (
-            open_store(config.store) as store,
+            open_store(config.store, read_only=True) as store,
             current_projections(config, store) as pdb,
             MerkleTree(config.integrity.tree_path(config.store)) as tree,
         ):

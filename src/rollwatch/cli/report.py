@@ -76,7 +76,7 @@ def report_cmd(
 
     async def main() -> list[Report]:
         async with (
-            open_store(config.store) as store,
+            open_store(config.store, read_only=True) as store,
             current_projections(config, store) as pdb,
         ):
             views = []

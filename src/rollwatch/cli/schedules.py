@@ -22,7 +22,7 @@ async def _schedule_states(config: Config) -> tuple[Any, dict[str, Any]]:
 
     require_log(config)
     async with (
-        open_store(config.store) as store,
+        open_store(config.store, read_only=True) as store,
         current_projections(config, store) as pdb,
     ):
         return None, await load_states(pdb)

@@ -73,7 +73,7 @@ def rebuild(ctx: Context) -> None:
 
     async def main() -> None:
         async with (
-            open_store(ctx.config.store) as store,
+            open_store(ctx.config.store, read_only=True) as store,
             ProjectionDB(ctx.config.store.projections_path, default_projections(), setup=False) as pdb,
         ):
             bar = Progress("rebuild", await store.head())

@@ -139,6 +139,8 @@ class PostgresEventStore(EventStore):
     must exist, the ``events`` table and its triggers are created on first open.
     ``readers`` bounds the pool that serves reads; ``poll_interval`` is how often
     ``wait_for_new`` polls the head while the LISTEN connection is down.
+    ``stall_timeout`` is how long an append's transaction may sit idle (its process
+    stopped) before PostgreSQL ends it and frees the append lock for every other node.
     """
 
     shared = True
@@ -151,9 +153,11 @@ class PostgresEventStore(EventStore):
         poll_interval: float = 0.1,
         connect_timeout: float = 10.0,
         retry_for: float = 60.0,
+        stall_timeout: float = 10.0,
     ) -> None:
         super().__init__()
         self.url = url
+        self._stall_ms = max(1, round(stall_timeout * 1000))
         self._retry_for = retry_for
         self._readers = readers
         self._poll_interval = poll_interval
@@ -212,6 +216,10 @@ class PostgresEventStore(EventStore):
         if conn is not None and not conn.is_closed():
             return conn
         conn = self._writer_conn = await self._connect()
+        # A process that stops inside an append (SIGSTOP, a frozen VM, a debugger) holds the
+        # append lock, and every node's appends wait on it: PostgreSQL ends such a session
+        # once its transaction has sat idle this long, and the lock is free again.
+        await conn.execute(f"SET idle_in_transaction_session_timeout = {self._stall_ms}")
         if await conn.fetchval("SHOW synchronous_commit") == "off":
             log.warning("synchronous_commit_off", action="set to on for the event log writer")
             await conn.execute("SET synchronous_commit = on")
@@ -415,6 +423,7 @@ class PostgresEventStore(EventStore):
         if not batch:
             return await self.head()
         async with self._acquire() as conn, conn.transaction():
+            await conn.execute(f"SET LOCAL idle_in_transaction_session_timeout = {self._stall_ms}")
             await conn.execute("SELECT pg_advisory_xact_lock($1)", APPEND_LOCK)
             tip = await conn.fetchrow(_TIP)
             seq, prev = (tip[0], bytes.fromhex(tip[1])) if tip else (0, GENESIS)

@@ -144,9 +144,16 @@ class SQLiteEventStore(EventStore):
         try:
             self._reader_db = await ThreadConnection.open(self.path, self._pragmas(READ_ONLY_PRAGMAS))
             stack.push_async_callback(self._reader_db.close)
-            await self._reader_db.fetchall("SELECT 1 FROM events LIMIT 1")
+            tables = await self._reader_db.fetchall("SELECT 1 FROM sqlite_master WHERE name = 'events'")
         except sqlite3.Error as e:
             raise StoreError(f"cannot read the event log {self.path}: {e}") from e
+        if not tables:
+            # An empty file (made by `touch`, or a copy that failed) or another database:
+            # nothing to read, and a command that only reads must not make it a log.
+            empty = "an empty file" if self.path.stat().st_size == 0 else "a database without an events table"
+            raise StoreError(
+                f"{self.path} is not a rollwatch event log ({empty}); `rollwatch serve` or `rollwatch run` creates one"
+            )
         self._head = await self.head()
 
     # -- writing ----------------------------------------------------------------------
