@@ -267,6 +267,42 @@ class TestHostileResults:
         assert field in failure.message
         assert all(a.cost_usd is not None and 0 <= a.cost_usd < 1 for a in out.answers)
 
+    @pytest.mark.parametrize("kind", FILE_KINDS)
+    async def test_the_key_in_json_escapes_in_results(self, kind: str, tmp_path: Path) -> None:
+        """The first batch's results spell the key in ``\\u`` escapes (which the mask of the
+        raw download does not see) in one answer's text and in another's error, whose
+        message is also a megabyte long. Before, both went into the log as they decoded:
+        the key in ``RolloutResponded.text`` and ``RolloutFailed.message``, and the whole
+        megabyte of message. Now the key is masked and the message is an excerpt."""
+        escaped = "".join(f"\\u{ord(c):04x}" for c in KEY)
+
+        def mangle(n: int, data: bytes) -> bytes:
+            if n > 1:
+                return data
+            items = lines_of(data)
+            cid = items[0]["custom_id"]
+            message = "KEYHERE " + "boom " * 200_000
+            if kind == "openai":
+                items[0] = {
+                    "id": "r",
+                    "custom_id": cid,
+                    "response": None,
+                    "error": {"code": "x", "message": message},
+                }
+                items[1]["response"]["body"]["choices"][0]["message"]["content"] = "# KEYHERE\ndef f(): ..."
+            else:
+                error = {"type": "error", "error": {"type": "invalid_request_error", "message": message}}
+                items[0] = {"custom_id": cid, "result": {"type": "errored", "error": error}}
+                items[1]["result"]["message"]["content"][0]["text"] = "# KEYHERE\ndef f(): ..."
+            return jsonl(items).replace(b"KEYHERE", escaped.encode())
+
+        out, _server = await hostile_run(tmp_path, kind, lambda s: mangle_downloads(s, mangle))
+        (failure,) = out.failures
+        assert KEY not in failure.message
+        assert len(failure.message) < 1000
+        assert all(KEY not in a.text for a in out.answers)
+        assert any("[redacted]" in a.text for a in out.answers)
+
 
 # --- the batch's state ---------------------------------------------------------------------
 

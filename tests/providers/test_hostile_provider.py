@@ -27,7 +27,7 @@ from rollwatch.events import RolloutResponded, stored_json
 from rollwatch.providers import Prompt, ProviderClient
 from rollwatch.providers.retry import MAX_HONOURED_WAIT
 from tests.providers.conftest import MODEL
-from tests.providers.fakes import KEY_ENV, RecordingLog, Wire
+from tests.providers.fakes import KEY, KEY_ENV, RecordingLog, Wire
 from tests.providers.loopback import LoopbackServer, Reply, serve
 
 pytestmark = pytest.mark.anyio
@@ -437,3 +437,48 @@ class TestOddFinishReasons:
                 rollout_id="r", attempt=1, text=answer.text, finish_reason=answer.finish_reason
             ).to_data()
         )
+
+
+def _escaped(text: str) -> bytes:
+    """``text`` as JSON spells it with every character a ``\\u`` escape (valid JSON that
+    decodes to ``text`` itself, and holds none of its bytes)."""
+    return "".join(f"\\u{ord(c):04x}" for c in text).encode()
+
+
+class TestKeyEchoedOutOfReach:
+    """A provider (or a proxy before it) that echoes the key where the mask of the raw
+    body does not look: in a header the request id is read from, or in JSON escapes. Each
+    put the key into the event log before: ``RolloutFailed.message`` ("… (request id
+    KEY)") and ``RolloutResponded``'s ``request_id``, ``text`` and ``model``."""
+
+    async def test_a_request_id_header_holding_the_key(
+        self, wire: Wire, server: LoopbackServer, make_config: MakeConfig
+    ) -> None:
+        failure, answer = wire.error(500, "boom"), wire.ok()
+        for reply in (failure, answer):
+            reply.headers.update({"x-request-id": f"Bearer {KEY}", "request-id": f"Bearer {KEY}"})
+        server.then(failure, answer)
+        async with ProviderClient(make_config()) as client:
+            log = RecordingLog()
+            got = await client.rollout(MODEL, PROMPT, {}, log)
+        assert log.trail == [("requested", 1), ("failed", 1), ("requested", 2), ("responded", 2)]
+        assert got is not None
+        assert KEY not in log.failures[0].message
+        assert "[redacted]" in log.failures[0].message
+        assert KEY not in repr(got)
+
+    @pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+    async def test_the_key_in_json_escapes_in_the_answer(
+        self, wire: Wire, server: LoopbackServer, make_config: MakeConfig, stream: bool
+    ) -> None:
+        reply = wire.sse(f"def f():\n    return '{KEY}'") if stream else wire.ok(f"# {KEY}\ndef f(): ...")
+        body = reply.payload().replace(KEY.encode(), _escaped(KEY))
+        body = body.replace(wire.model_echo.encode(), _escaped(KEY))
+        assert KEY.encode() not in body
+        server.then(Reply(200, body, reply.headers))
+        async with ProviderClient(make_config(stream=stream)) as client:
+            log = RecordingLog()
+            got = await client.rollout(MODEL, PROMPT, {}, log)
+        assert got is not None
+        assert "[redacted]" in got.text
+        assert KEY not in repr(got)

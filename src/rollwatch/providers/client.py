@@ -29,6 +29,7 @@ URLs never carry it (Gemini takes it in ``x-goog-api-key``).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import random
@@ -444,6 +445,7 @@ class ProviderClient:
         """The answer of a parsed response, after honouring its rate-limit headers."""
         if (pause := adapter.pause_hint(headers, time.time())) is not None:
             self.limits.pause(pause)
+        parsed = self.masked(parsed)
         return Answer(
             text=parsed.text,
             reasoning=parsed.reasoning,
@@ -454,6 +456,29 @@ class ProviderClient:
             model=parsed.model,
             system_fingerprint=parsed.system_fingerprint,
             ttft_ms=ttft_ms,
+        )
+
+    def masked(self, parsed: Parsed) -> Parsed:
+        """``parsed`` with the key masked in every text it holds, as it will be recorded.
+
+        Masking the raw body (:meth:`_scrub`) does not suffice: JSON may spell the key
+        with ``\\u`` escapes, which decode to the key itself, and a request id may come
+        from a header, which no body holds."""
+        mask = self._mask
+        if not mask:
+            return parsed
+
+        def clean(value: str | None) -> str | None:
+            return value.replace(mask, "[redacted]") if value and mask in value else value
+
+        return dataclasses.replace(
+            parsed,
+            text=clean(parsed.text) or "",
+            reasoning=clean(parsed.reasoning),
+            finish_reason=clean(parsed.finish_reason),
+            request_id=clean(parsed.request_id),
+            model=clean(parsed.model),
+            system_fingerprint=clean(parsed.system_fingerprint),
         )
 
     async def _send(
@@ -525,11 +550,18 @@ class ProviderClient:
         mask = self._mask
         return body.replace(mask.encode(), b"[redacted]") if mask else body
 
+    def redacted(self, err: ProviderError) -> ProviderError:
+        """``err`` with the key (and anything key-shaped) masked in its message: for errors
+        read from a batch's results, whose JSON may spell the key in escapes."""
+        return self._with_context(err, None)
+
     def _with_context(self, err: ProviderError, request_id: str | None) -> ProviderError:
-        """``err`` with its message redacted and the provider's request id appended."""
-        message = self._clean(err.message)
+        """``err`` with the provider's request id appended and the message redacted (the
+        request id comes from a header, which no masking of the body reached)."""
+        message = err.message
         if request_id:
             message += f" (request id {request_id})"
+        message = self._clean(message)
         return ProviderError(
             err.kind,
             message,

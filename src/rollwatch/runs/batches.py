@@ -201,6 +201,7 @@ class Batcher:
                 batch = await self._join(rid, model, wire, recorded_attempts + n)
             outcome: Outcome | None = batch.error or batch.results.get(rid)
             if isinstance(outcome, Parsed):
+                outcome = self.client.masked(outcome)
                 answer = Answer(
                     text=outcome.text,
                     reasoning=outcome.reasoning,
@@ -215,10 +216,14 @@ class Batcher:
                 list_cost = self.client.cost(model, answer.usage)
                 await recorder.responded(n, answer, cost, list_cost_usd=list_cost)
                 return answer, cost or 0.0
-            error = outcome or ProviderError(
-                "batch_unanswered",
-                f"batch {batch.batch_id} ended without an answer to this request",
-                retryable=True,
+            error = (
+                self.client.redacted(outcome)
+                if outcome is not None
+                else ProviderError(
+                    "batch_unanswered",
+                    f"batch {batch.batch_id} ended without an answer to this request",
+                    retryable=True,
+                )
             )
             final = not error.retryable or recorded_attempts + n >= self.config.max_attempts
             await recorder.failed(n, error, final)
