@@ -332,6 +332,32 @@ class TestHostileStreams:
         assert log.failures[0].kind == "bad_response"
         assert "too large" in log.failures[0].message
 
+    async def test_a_stream_that_trickles_for_ever_is_cut_at_the_deadline(self, wire: Wire) -> None:
+        """Keep-alive comments and empty deltas every 0.1 s, and never the end: no silence
+        ever reaches ``stream_idle_timeout``, so the attempt's own deadline (``timeout``)
+        must end it, each attempt a recorded ``timeout``, the rollout over by
+        ``max_rollout_time``."""
+        from tests.providers.conftest import provider_config
+
+        first = wire.sse("").payload().split(b"\n\n")[0] + b"\n\n"
+
+        async def trickle(stream: SocketStream) -> None:
+            await stream.send(_head(200, {"content-type": "text/event-stream"}) + first)
+            while True:
+                await stream.send(b": keep-alive\n\n")
+                await anyio.sleep(0.1)
+
+        async with raw_serve(trickle) as url:
+            config = provider_config(
+                wire.kind, url, stream=True, timeout=1.0, max_attempts=2, max_rollout_time=5.0
+            )
+            with anyio.fail_after(6):
+                async with ProviderClient(config) as client:
+                    log = RecordingLog()
+                    assert await client.rollout(MODEL, PROMPT, {}, log) is None
+        assert [f.kind for f in log.failures] == ["timeout", "timeout"]
+        assert log.records[-1].final
+
     async def test_lines_split_across_writes_and_bare_cr_still_fold(
         self, wire: Wire, server: LoopbackServer, make_config: MakeConfig
     ) -> None:
