@@ -23,6 +23,7 @@ from typing import Any
 
 import anyio
 import pytest
+import structlog
 from anyio.abc import SocketStream
 from anyio.streams.buffered import BufferedByteReceiveStream
 
@@ -42,7 +43,7 @@ from rollwatch.providers.batch import BatchState
 from rollwatch.store.sqlite import SQLiteEventStore
 from tests.providers.batch_server import BatchProvider, Fate, batch_provider
 from tests.providers.conftest import provider_config
-from tests.providers.fakes import KEY, OpenAIWire
+from tests.providers.fakes import KEY, KEY_ENV, OpenAIWire
 from tests.providers.loopback import Reply, Seen
 from tests.providers.test_hostile_provider import DEEP, _head, raw_serve
 from tests.test_batches import run_once, write_config
@@ -432,6 +433,26 @@ class TestHostileStates:
             )
         assert out.fin.failures == {"batch_timeout": 10}
         assert "paused_by_a_wizard" in out.failures[0].message
+
+    async def test_a_short_key_echoed_by_a_poll_is_in_no_log_line(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A key too short to be masked in bodies (a local server's), not shaped like a
+        vendor's, echoed by a poll's 401: the batch fails and its rollouts with it, and
+        the key is in no recorded failure and no log line. Before, the WARNING
+        ``batch_poll_failed`` carried the poll's message, key and all."""
+        short = "local-k3y"
+        monkeypatch.setenv(KEY_ENV, short)
+
+        def revoked(server: BatchProvider, b: Any, n: int) -> Reply | None:
+            return Reply(401, {"error": {"message": f"key {short} was revoked"}})
+
+        with structlog.testing.capture_logs() as captured:
+            out, _ = await hostile_run(tmp_path, "openai", lambda s: script_polls(s, revoked))
+        assert out.fin.status == "partial"
+        assert out.failures
+        assert all(short not in f.message for f in out.failures)
+        assert short not in repr(captured)
 
     async def test_a_batch_id_suddenly_404(self, tmp_path: Path) -> None:
         """The first batch answers its first poll, then is 404: its rollouts fail this

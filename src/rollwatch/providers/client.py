@@ -619,7 +619,7 @@ class ProviderClient:
             model=model,
             status=error.status,
             kind=error.kind,
-            reason=error.message,
+            reason=self._clean(error.message),
         )
 
     async def _fail(self, log: AttemptLog, attempt: int, error: ProviderError, *, final: bool) -> None:
