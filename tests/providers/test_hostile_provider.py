@@ -12,8 +12,12 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -35,6 +39,7 @@ pytestmark = pytest.mark.anyio
 PROMPT = Prompt("Write f() returning 1.", system="Answer with Python code only.")
 MakeConfig = Callable[..., ProviderConfig]
 DEEP = 100_000
+ROOT = Path(__file__).resolve().parents[2]
 """Nesting depth of the deep bodies: far past Python's recursion limit."""
 
 
@@ -222,6 +227,44 @@ class TestWaits:
             assert log.records[-1].final
 
 
+STACKED_BOMB_SCRIPT = """
+import json, resource, zlib
+import anyio
+from rollwatch.providers import Prompt, ProviderClient
+from tests.providers.conftest import MODEL, provider_config
+from tests.providers.fakes import WIRES, RecordingLog
+from tests.providers.loopback import Reply, serve
+
+def gz(chunks):
+    c = zlib.compressobj(9, zlib.DEFLATED, 31)
+    for chunk in chunks:
+        yield c.compress(chunk)
+    yield c.flush()
+
+BOMB = b"".join(gz(gz(b" " * (1 << 24) for _ in range(64))))  # 1 GB inside, twice
+HEADERS = {"content-encoding": "gzip, gzip"}
+wire = WIRES[KIND]
+
+async def main():
+    out = []
+    async with serve(lambda seen: Reply(200, BOMB, HEADERS)) as server:
+        for stream in (False, True):
+            config = provider_config(wire.kind, server.url, stream=stream, timeout=30.0, max_attempts=1)
+            async with ProviderClient(config) as client:
+                log = RecordingLog()
+                await client.rollout(MODEL, Prompt("x"), {}, log)
+            out.append([[f.kind, f.message] for f in log.failures])
+        async with ProviderClient(provider_config(wire.kind, server.url, timeout=30.0)) as client:
+            out.append(await client.served_models())
+    print(json.dumps(out))
+
+vm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmSize"))
+room = (vm << 10) + (700 << 20)
+resource.setrlimit(resource.RLIMIT_AS, (room, room))
+anyio.run(main)
+"""
+
+
 # --- a raw server for what LoopbackServer cannot send -----------------------------------
 
 
@@ -293,6 +336,27 @@ class TestTransport:
         assert log.failures[0].kind == "bad_response"
         assert "too large" in log.failures[0].message
         assert answer is not None
+
+    def test_a_body_compressed_twice_is_refused_before_it_inflates(self, wire: Wire) -> None:
+        """1.8 kB of gzip inside gzip (``Content-Encoding: gzip, gzip``) that inflates to
+        1 GB: httpx inflates a network chunk through both layers at once, so the size cap
+        (which looks after each chunk) came too late: the whole gigabyte was one string.
+        Run where the address space leaves 700 MB of room, a whole answer, a streamed one
+        and the model list each died of MemoryError; now each is refused by its headers."""
+        script = STACKED_BOMB_SCRIPT.replace("KIND", repr(wire.kind))
+        proc = subprocess.run(
+            [sys.executable, "-c", script],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT), KEY_ENV: KEY},
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        whole, streamed, models = json.loads(proc.stdout.strip().splitlines()[-1])
+        for failures in (whole, streamed):
+            assert failures == [["bad_response", "the body is compressed 2 times over (gzip, gzip)"]]
+        assert models is None
 
     async def test_a_redirect_off_host_is_not_followed_with_the_key(
         self, wire: Wire, server: LoopbackServer, make_config: MakeConfig

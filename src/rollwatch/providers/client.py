@@ -660,18 +660,14 @@ class ProviderClient:
         url = self.config.url + wire.path
         try:
             with anyio.fail_after(min(self.config.timeout, 30.0)):
-                response = await pools.clients[0].get(
-                    url, headers={**wire.headers, **adapter.auth_headers(key)}
-                )
+                async with pools.clients[0].stream(
+                    "GET", url, headers={**wire.headers, **adapter.auth_headers(key)}
+                ) as response:
+                    body = self._scrub(await _read_body(response))  # bounded, as an answer's
             if not 200 <= response.status_code < 300:
-                err = adapter.error(
-                    response.status_code,
-                    dict(response.headers.items()),
-                    self._scrub(response.content),
-                    time.time(),
-                )
+                err = adapter.error(response.status_code, dict(response.headers.items()), body, time.time())
                 raise self._with_context(err, None)
-            return adapter.parse_models(loads(response.content))
+            return adapter.parse_models(loads(body))
         except (TimeoutError, httpx.HTTPError, ValueError, ProviderError) as e:
             message = e.message if isinstance(e, ProviderError) else f"{type(e).__name__}: {e}"
             get_logger(__name__).warning(
@@ -795,8 +791,24 @@ class _Pools:
             await client.aclose()
 
 
+def _refuse_stacked_codings(response: httpx.Response) -> None:
+    """``bad_response`` for a body compressed more than once (``Content-Encoding: gzip,
+    gzip``): httpx inflates each network chunk through every layer at once, so two layers
+    turned 1.8 kB into a 1 GB string before any size check could see it. One layer inflates
+    a chunk about a thousandfold at most; no provider stacks them."""
+    codings = [
+        c.strip().lower()
+        for c in response.headers.get_list("content-encoding", split_commas=True)
+        if c.strip().lower() not in ("", "identity")
+    ]
+    if len(codings) > 1:
+        raise bad_response(f"the body is compressed {len(codings)} times over ({', '.join(codings)[:100]})")
+
+
 async def _read_body(response: httpx.Response, limit: int = MAX_BODY_BYTES) -> bytes:
-    """The decoded body, read up to ``limit`` bytes; ``bad_response`` past it."""
+    """The decoded body, read up to ``limit`` bytes; ``bad_response`` past it, or when
+    it is compressed more than once."""
+    _refuse_stacked_codings(response)
     body = bytearray()
     async for chunk in response.aiter_bytes():
         body += chunk
@@ -808,7 +820,8 @@ async def _read_body(response: httpx.Response, limit: int = MAX_BODY_BYTES) -> b
 async def _read_lines(response: httpx.Response) -> AsyncGenerator[str, None]:
     """The lines of a stream (ends ``\n``, ``\r\n`` or ``\r``, as SSE allows), read up
     to :data:`MAX_BODY_BYTES` decoded in all: past it, or a line that never ends,
-    ``bad_response``."""
+    ``bad_response`` (or for a stream compressed more than once)."""
+    _refuse_stacked_codings(response)
     total = 0
     pending = bytearray()
     async for chunk in response.aiter_bytes():
