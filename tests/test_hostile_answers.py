@@ -86,3 +86,62 @@ async def test_a_nan_finish_reason_is_recorded_and_the_run_completes(tmp_path: P
     assert len(events(db, "RolloutScored")) == 4
     (finished,) = events(db, "RunFinished")
     assert finished[2]["status"] == "completed"
+
+
+async def test_a_key_revoked_mid_run_ends_the_run_and_is_never_recorded(tmp_path: Path) -> None:
+    """The provider answers three requests, then refuses the key (401) for good, echoing it
+    in its error body (plain and in JSON escapes) and in the request-id header. The run
+    ends at once, ``partial``, exit 1, with one clear ERROR line and no traceback; no
+    request is retried after the 401 (the provider is disabled); the key is nowhere in
+    the log's files, nor in what the command printed."""
+    wire = WIRES["openai"]
+    escaped = "".join(f"\\u{ord(c):04x}" for c in KEY)
+    answered = 0
+
+    def answer(seen: Seen) -> Reply:
+        nonlocal answered
+        if seen.method != "POST":  # the model list
+            return Reply(200, {"object": "list", "data": [{"id": "m1", "object": "model"}]})
+        if answered < 3:
+            answered += 1
+            return wire.ok("```python\ndef solve(x):\n    return x\n```")
+        body = (
+            b'{"error": {"message": "Incorrect API key provided: '
+            + KEY.encode()
+            + b" "
+            + escaped.encode()
+            + b'", "type": "invalid_request_error", "code": "invalid_api_key"}}'
+        )
+        return Reply(401, body, {"x-request-id": KEY})
+
+    async with serve(answer) as server:
+        cfg = _config(tmp_path, server.url)
+        cfg.write_text(cfg.read_text().replace("rollouts = 1", "rollouts = 10") + "\n")
+        text = cfg.read_text().replace(
+            'api_key_env = "HOSTILE_ANSWERS_KEY"', 'api_key_env = "HOSTILE_ANSWERS_KEY"\nmax_concurrency = 2'
+        )
+        cfg.write_text(text)
+        with anyio.fail_after(120):
+            proc = await anyio.run_process(
+                [sys.executable, "-m", "rollwatch", "--config", str(cfg), "run", "odd-daily"],
+                check=False,
+                env={**os.environ, "HOSTILE_ANSWERS_KEY": KEY},
+            )
+        seen = sum(s.method == "POST" for s in server.seen)
+    err = proc.stderr.decode() + proc.stdout.decode()
+    assert proc.returncode == 1, err[-3000:]
+    assert "Traceback" not in err
+    assert "provider disabled" in err
+    # Two in flight when the first 401 came: at most those, never a retry after it.
+    assert seen <= 3 + 2, seen
+    for f in tmp_path.iterdir():
+        if f.is_file():
+            assert KEY.encode() not in f.read_bytes(), f
+    assert KEY not in err
+    db = tmp_path / "events.db"
+    (finished,) = events(db, "RunFinished")
+    assert finished[2]["status"] == "partial"
+    failed = events(db, "RolloutFailed")
+    assert failed
+    assert all(d["kind"] == "auth" for _, _, d in failed)
+    assert len(events(db, "RolloutResponded")) == len(events(db, "RolloutScored")) == 3

@@ -23,6 +23,7 @@ from typing import Any
 
 import anyio
 import pytest
+import structlog
 from anyio.abc import SocketStream
 from anyio.streams.buffered import BufferedByteReceiveStream
 
@@ -42,7 +43,7 @@ from rollwatch.providers.batch import BatchState
 from rollwatch.store.sqlite import SQLiteEventStore
 from tests.providers.batch_server import BatchProvider, Fate, batch_provider
 from tests.providers.conftest import provider_config
-from tests.providers.fakes import KEY, OpenAIWire
+from tests.providers.fakes import KEY, KEY_ENV, OpenAIWire
 from tests.providers.loopback import Reply, Seen
 from tests.providers.test_hostile_provider import DEEP, _head, raw_serve
 from tests.test_batches import run_once, write_config
@@ -267,6 +268,42 @@ class TestHostileResults:
         assert field in failure.message
         assert all(a.cost_usd is not None and 0 <= a.cost_usd < 1 for a in out.answers)
 
+    @pytest.mark.parametrize("kind", FILE_KINDS)
+    async def test_the_key_in_json_escapes_in_results(self, kind: str, tmp_path: Path) -> None:
+        """The first batch's results spell the key in ``\\u`` escapes (which the mask of the
+        raw download does not see) in one answer's text and in another's error, whose
+        message is also a megabyte long. Before, both went into the log as they decoded:
+        the key in ``RolloutResponded.text`` and ``RolloutFailed.message``, and the whole
+        megabyte of message. Now the key is masked and the message is an excerpt."""
+        escaped = "".join(f"\\u{ord(c):04x}" for c in KEY)
+
+        def mangle(n: int, data: bytes) -> bytes:
+            if n > 1:
+                return data
+            items = lines_of(data)
+            cid = items[0]["custom_id"]
+            message = "KEYHERE " + "boom " * 200_000
+            if kind == "openai":
+                items[0] = {
+                    "id": "r",
+                    "custom_id": cid,
+                    "response": None,
+                    "error": {"code": "x", "message": message},
+                }
+                items[1]["response"]["body"]["choices"][0]["message"]["content"] = "# KEYHERE\ndef f(): ..."
+            else:
+                error = {"type": "error", "error": {"type": "invalid_request_error", "message": message}}
+                items[0] = {"custom_id": cid, "result": {"type": "errored", "error": error}}
+                items[1]["result"]["message"]["content"][0]["text"] = "# KEYHERE\ndef f(): ..."
+            return jsonl(items).replace(b"KEYHERE", escaped.encode())
+
+        out, _server = await hostile_run(tmp_path, kind, lambda s: mangle_downloads(s, mangle))
+        (failure,) = out.failures
+        assert KEY not in failure.message
+        assert len(failure.message) < 1000
+        assert all(KEY not in a.text for a in out.answers)
+        assert any("[redacted]" in a.text for a in out.answers)
+
 
 # --- the batch's state ---------------------------------------------------------------------
 
@@ -396,6 +433,26 @@ class TestHostileStates:
             )
         assert out.fin.failures == {"batch_timeout": 10}
         assert "paused_by_a_wizard" in out.failures[0].message
+
+    async def test_a_short_key_echoed_by_a_poll_is_in_no_log_line(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A key too short to be masked in bodies (a local server's), not shaped like a
+        vendor's, echoed by a poll's 401: the batch fails and its rollouts with it, and
+        the key is in no recorded failure and no log line. Before, the WARNING
+        ``batch_poll_failed`` carried the poll's message, key and all."""
+        short = "local-k3y"
+        monkeypatch.setenv(KEY_ENV, short)
+
+        def revoked(server: BatchProvider, b: Any, n: int) -> Reply | None:
+            return Reply(401, {"error": {"message": f"key {short} was revoked"}})
+
+        with structlog.testing.capture_logs() as captured:
+            out, _ = await hostile_run(tmp_path, "openai", lambda s: script_polls(s, revoked))
+        assert out.fin.status == "partial"
+        assert out.failures
+        assert all(short not in f.message for f in out.failures)
+        assert short not in repr(captured)
 
     async def test_a_batch_id_suddenly_404(self, tmp_path: Path) -> None:
         """The first batch answers its first poll, then is 404: its rollouts fail this

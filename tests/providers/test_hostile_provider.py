@@ -12,8 +12,12 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -27,7 +31,7 @@ from rollwatch.events import RolloutResponded, stored_json
 from rollwatch.providers import Prompt, ProviderClient
 from rollwatch.providers.retry import MAX_HONOURED_WAIT
 from tests.providers.conftest import MODEL
-from tests.providers.fakes import KEY_ENV, RecordingLog, Wire
+from tests.providers.fakes import KEY, KEY_ENV, RecordingLog, Wire
 from tests.providers.loopback import LoopbackServer, Reply, serve
 
 pytestmark = pytest.mark.anyio
@@ -35,6 +39,7 @@ pytestmark = pytest.mark.anyio
 PROMPT = Prompt("Write f() returning 1.", system="Answer with Python code only.")
 MakeConfig = Callable[..., ProviderConfig]
 DEEP = 100_000
+ROOT = Path(__file__).resolve().parents[2]
 """Nesting depth of the deep bodies: far past Python's recursion limit."""
 
 
@@ -222,6 +227,44 @@ class TestWaits:
             assert log.records[-1].final
 
 
+STACKED_BOMB_SCRIPT = """
+import json, resource, zlib
+import anyio
+from rollwatch.providers import Prompt, ProviderClient
+from tests.providers.conftest import MODEL, provider_config
+from tests.providers.fakes import WIRES, RecordingLog
+from tests.providers.loopback import Reply, serve
+
+def gz(chunks):
+    c = zlib.compressobj(9, zlib.DEFLATED, 31)
+    for chunk in chunks:
+        yield c.compress(chunk)
+    yield c.flush()
+
+BOMB = b"".join(gz(gz(b" " * (1 << 24) for _ in range(64))))  # 1 GB inside, twice
+HEADERS = {"content-encoding": "gzip, gzip"}
+wire = WIRES[KIND]
+
+async def main():
+    out = []
+    async with serve(lambda seen: Reply(200, BOMB, HEADERS)) as server:
+        for stream in (False, True):
+            config = provider_config(wire.kind, server.url, stream=stream, timeout=30.0, max_attempts=1)
+            async with ProviderClient(config) as client:
+                log = RecordingLog()
+                await client.rollout(MODEL, Prompt("x"), {}, log)
+            out.append([[f.kind, f.message] for f in log.failures])
+        async with ProviderClient(provider_config(wire.kind, server.url, timeout=30.0)) as client:
+            out.append(await client.served_models())
+    print(json.dumps(out))
+
+vm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmSize"))
+room = (vm << 10) + (700 << 20)
+resource.setrlimit(resource.RLIMIT_AS, (room, room))
+anyio.run(main)
+"""
+
+
 # --- a raw server for what LoopbackServer cannot send -----------------------------------
 
 
@@ -294,6 +337,27 @@ class TestTransport:
         assert "too large" in log.failures[0].message
         assert answer is not None
 
+    def test_a_body_compressed_twice_is_refused_before_it_inflates(self, wire: Wire) -> None:
+        """1.8 kB of gzip inside gzip (``Content-Encoding: gzip, gzip``) that inflates to
+        1 GB: httpx inflates a network chunk through both layers at once, so the size cap
+        (which looks after each chunk) came too late: the whole gigabyte was one string.
+        Run where the address space leaves 700 MB of room, a whole answer, a streamed one
+        and the model list each died of MemoryError; now each is refused by its headers."""
+        script = STACKED_BOMB_SCRIPT.replace("KIND", repr(wire.kind))
+        proc = subprocess.run(
+            [sys.executable, "-c", script],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT), KEY_ENV: KEY},
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        whole, streamed, models = json.loads(proc.stdout.strip().splitlines()[-1])
+        for failures in (whole, streamed):
+            assert failures == [["bad_response", "the body is compressed 2 times over (gzip, gzip)"]]
+        assert models is None
+
     async def test_a_redirect_off_host_is_not_followed_with_the_key(
         self, wire: Wire, server: LoopbackServer, make_config: MakeConfig
     ) -> None:
@@ -331,6 +395,32 @@ class TestHostileStreams:
                     assert await client.rollout(MODEL, PROMPT, {}, log) is None
         assert log.failures[0].kind == "bad_response"
         assert "too large" in log.failures[0].message
+
+    async def test_a_stream_that_trickles_for_ever_is_cut_at_the_deadline(self, wire: Wire) -> None:
+        """Keep-alive comments and empty deltas every 0.1 s, and never the end: no silence
+        ever reaches ``stream_idle_timeout``, so the attempt's own deadline (``timeout``)
+        must end it, each attempt a recorded ``timeout``, the rollout over by
+        ``max_rollout_time``."""
+        from tests.providers.conftest import provider_config
+
+        first = wire.sse("").payload().split(b"\n\n")[0] + b"\n\n"
+
+        async def trickle(stream: SocketStream) -> None:
+            await stream.send(_head(200, {"content-type": "text/event-stream"}) + first)
+            while True:
+                await stream.send(b": keep-alive\n\n")
+                await anyio.sleep(0.1)
+
+        async with raw_serve(trickle) as url:
+            config = provider_config(
+                wire.kind, url, stream=True, timeout=1.0, max_attempts=2, max_rollout_time=5.0
+            )
+            with anyio.fail_after(6):
+                async with ProviderClient(config) as client:
+                    log = RecordingLog()
+                    assert await client.rollout(MODEL, PROMPT, {}, log) is None
+        assert [f.kind for f in log.failures] == ["timeout", "timeout"]
+        assert log.records[-1].final
 
     async def test_lines_split_across_writes_and_bare_cr_still_fold(
         self, wire: Wire, server: LoopbackServer, make_config: MakeConfig
@@ -437,3 +527,48 @@ class TestOddFinishReasons:
                 rollout_id="r", attempt=1, text=answer.text, finish_reason=answer.finish_reason
             ).to_data()
         )
+
+
+def _escaped(text: str) -> bytes:
+    """``text`` as JSON spells it with every character a ``\\u`` escape (valid JSON that
+    decodes to ``text`` itself, and holds none of its bytes)."""
+    return "".join(f"\\u{ord(c):04x}" for c in text).encode()
+
+
+class TestKeyEchoedOutOfReach:
+    """A provider (or a proxy before it) that echoes the key where the mask of the raw
+    body does not look: in a header the request id is read from, or in JSON escapes. Each
+    put the key into the event log before: ``RolloutFailed.message`` ("… (request id
+    KEY)") and ``RolloutResponded``'s ``request_id``, ``text`` and ``model``."""
+
+    async def test_a_request_id_header_holding_the_key(
+        self, wire: Wire, server: LoopbackServer, make_config: MakeConfig
+    ) -> None:
+        failure, answer = wire.error(500, "boom"), wire.ok()
+        for reply in (failure, answer):
+            reply.headers.update({"x-request-id": f"Bearer {KEY}", "request-id": f"Bearer {KEY}"})
+        server.then(failure, answer)
+        async with ProviderClient(make_config()) as client:
+            log = RecordingLog()
+            got = await client.rollout(MODEL, PROMPT, {}, log)
+        assert log.trail == [("requested", 1), ("failed", 1), ("requested", 2), ("responded", 2)]
+        assert got is not None
+        assert KEY not in log.failures[0].message
+        assert "[redacted]" in log.failures[0].message
+        assert KEY not in repr(got)
+
+    @pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+    async def test_the_key_in_json_escapes_in_the_answer(
+        self, wire: Wire, server: LoopbackServer, make_config: MakeConfig, stream: bool
+    ) -> None:
+        reply = wire.sse(f"def f():\n    return '{KEY}'") if stream else wire.ok(f"# {KEY}\ndef f(): ...")
+        body = reply.payload().replace(KEY.encode(), _escaped(KEY))
+        body = body.replace(wire.model_echo.encode(), _escaped(KEY))
+        assert KEY.encode() not in body
+        server.then(Reply(200, body, reply.headers))
+        async with ProviderClient(make_config(stream=stream)) as client:
+            log = RecordingLog()
+            got = await client.rollout(MODEL, PROMPT, {}, log)
+        assert got is not None
+        assert "[redacted]" in got.text
+        assert KEY not in repr(got)

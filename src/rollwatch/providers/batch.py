@@ -60,6 +60,7 @@ from rollwatch.providers.base import (
     as_int,
     bad_response,
     classify_status,
+    excerpt,
     loads,
 )
 
@@ -342,7 +343,9 @@ class OpenAIBatchAPI:
                     if code in ("batch_expired", "batch_cancelled"):
                         continue  # unanswered: submitted again
                     out[cid] = ProviderError(
-                        "invalid_request", f"batch: {code}: {err.get('message', '')}", retryable=False
+                        "invalid_request",
+                        excerpt(f"batch: {code}: {err.get('message', '')}"),
+                        retryable=False,
                     )
         return out
 
@@ -466,7 +469,7 @@ class AnthropicBatchAPI:
                     err = as_dict(as_dict(result.get("error")).get("error")) or as_dict(result.get("error"))
                     out[cid] = ProviderError(
                         "invalid_request",
-                        f"batch: {err.get('type', 'error')}: {err.get('message', '')}",
+                        excerpt(f"batch: {err.get('type', 'error')}: {err.get('message', '')}"),
                         retryable=err.get("type") in ("api_error", "overloaded_error"),
                     )
         return out
@@ -558,7 +561,7 @@ class GeminiBatchAPI:
                     code = as_int(err.get("code"))
                     out[cid] = ProviderError(
                         "server_error" if code in _GOOGLE_RETRYABLE else "invalid_request",
-                        f"batch: {err.get('status', code)}: {err.get('message', '')}",
+                        excerpt(f"batch: {err.get('status', code)}: {err.get('message', '')}"),
                         retryable=code in _GOOGLE_RETRYABLE,
                     )
         return out

@@ -29,6 +29,7 @@ URLs never carry it (Gemini takes it in ``x-goog-api-key``).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import random
@@ -444,6 +445,7 @@ class ProviderClient:
         """The answer of a parsed response, after honouring its rate-limit headers."""
         if (pause := adapter.pause_hint(headers, time.time())) is not None:
             self.limits.pause(pause)
+        parsed = self.masked(parsed)
         return Answer(
             text=parsed.text,
             reasoning=parsed.reasoning,
@@ -454,6 +456,29 @@ class ProviderClient:
             model=parsed.model,
             system_fingerprint=parsed.system_fingerprint,
             ttft_ms=ttft_ms,
+        )
+
+    def masked(self, parsed: Parsed) -> Parsed:
+        """``parsed`` with the key masked in every text it holds, as it will be recorded.
+
+        Masking the raw body (:meth:`_scrub`) does not suffice: JSON may spell the key
+        with ``\\u`` escapes, which decode to the key itself, and a request id may come
+        from a header, which no body holds."""
+        mask = self._mask
+        if not mask:
+            return parsed
+
+        def clean(value: str | None) -> str | None:
+            return value.replace(mask, "[redacted]") if value and mask in value else value
+
+        return dataclasses.replace(
+            parsed,
+            text=clean(parsed.text) or "",
+            reasoning=clean(parsed.reasoning),
+            finish_reason=clean(parsed.finish_reason),
+            request_id=clean(parsed.request_id),
+            model=clean(parsed.model),
+            system_fingerprint=clean(parsed.system_fingerprint),
         )
 
     async def _send(
@@ -525,11 +550,18 @@ class ProviderClient:
         mask = self._mask
         return body.replace(mask.encode(), b"[redacted]") if mask else body
 
+    def redacted(self, err: ProviderError) -> ProviderError:
+        """``err`` with the key (and anything key-shaped) masked in its message: for errors
+        read from a batch's results, whose JSON may spell the key in escapes."""
+        return self._with_context(err, None)
+
     def _with_context(self, err: ProviderError, request_id: str | None) -> ProviderError:
-        """``err`` with its message redacted and the provider's request id appended."""
-        message = self._clean(err.message)
+        """``err`` with the provider's request id appended and the message redacted (the
+        request id comes from a header, which no masking of the body reached)."""
+        message = err.message
         if request_id:
             message += f" (request id {request_id})"
+        message = self._clean(message)
         return ProviderError(
             err.kind,
             message,
@@ -587,7 +619,7 @@ class ProviderClient:
             model=model,
             status=error.status,
             kind=error.kind,
-            reason=error.message,
+            reason=self._clean(error.message),
         )
 
     async def _fail(self, log: AttemptLog, attempt: int, error: ProviderError, *, final: bool) -> None:
@@ -628,18 +660,14 @@ class ProviderClient:
         url = self.config.url + wire.path
         try:
             with anyio.fail_after(min(self.config.timeout, 30.0)):
-                response = await pools.clients[0].get(
-                    url, headers={**wire.headers, **adapter.auth_headers(key)}
-                )
+                async with pools.clients[0].stream(
+                    "GET", url, headers={**wire.headers, **adapter.auth_headers(key)}
+                ) as response:
+                    body = self._scrub(await _read_body(response))  # bounded, as an answer's
             if not 200 <= response.status_code < 300:
-                err = adapter.error(
-                    response.status_code,
-                    dict(response.headers.items()),
-                    self._scrub(response.content),
-                    time.time(),
-                )
+                err = adapter.error(response.status_code, dict(response.headers.items()), body, time.time())
                 raise self._with_context(err, None)
-            return adapter.parse_models(loads(response.content))
+            return adapter.parse_models(loads(body))
         except (TimeoutError, httpx.HTTPError, ValueError, ProviderError) as e:
             message = e.message if isinstance(e, ProviderError) else f"{type(e).__name__}: {e}"
             get_logger(__name__).warning(
@@ -763,8 +791,24 @@ class _Pools:
             await client.aclose()
 
 
+def _refuse_stacked_codings(response: httpx.Response) -> None:
+    """``bad_response`` for a body compressed more than once (``Content-Encoding: gzip,
+    gzip``): httpx inflates each network chunk through every layer at once, so two layers
+    turned 1.8 kB into a 1 GB string before any size check could see it. One layer inflates
+    a chunk about a thousandfold at most; no provider stacks them."""
+    codings = [
+        c.strip().lower()
+        for c in response.headers.get_list("content-encoding", split_commas=True)
+        if c.strip().lower() not in ("", "identity")
+    ]
+    if len(codings) > 1:
+        raise bad_response(f"the body is compressed {len(codings)} times over ({', '.join(codings)[:100]})")
+
+
 async def _read_body(response: httpx.Response, limit: int = MAX_BODY_BYTES) -> bytes:
-    """The decoded body, read up to ``limit`` bytes; ``bad_response`` past it."""
+    """The decoded body, read up to ``limit`` bytes; ``bad_response`` past it, or when
+    it is compressed more than once."""
+    _refuse_stacked_codings(response)
     body = bytearray()
     async for chunk in response.aiter_bytes():
         body += chunk
@@ -776,7 +820,8 @@ async def _read_body(response: httpx.Response, limit: int = MAX_BODY_BYTES) -> b
 async def _read_lines(response: httpx.Response) -> AsyncGenerator[str, None]:
     """The lines of a stream (ends ``\n``, ``\r\n`` or ``\r``, as SSE allows), read up
     to :data:`MAX_BODY_BYTES` decoded in all: past it, or a line that never ends,
-    ``bad_response``."""
+    ``bad_response`` (or for a stream compressed more than once)."""
+    _refuse_stacked_codings(response)
     total = 0
     pending = bytearray()
     async for chunk in response.aiter_bytes():

@@ -201,6 +201,7 @@ class Batcher:
                 batch = await self._join(rid, model, wire, recorded_attempts + n)
             outcome: Outcome | None = batch.error or batch.results.get(rid)
             if isinstance(outcome, Parsed):
+                outcome = self.client.masked(outcome)
                 answer = Answer(
                     text=outcome.text,
                     reasoning=outcome.reasoning,
@@ -215,10 +216,14 @@ class Batcher:
                 list_cost = self.client.cost(model, answer.usage)
                 await recorder.responded(n, answer, cost, list_cost_usd=list_cost)
                 return answer, cost or 0.0
-            error = outcome or ProviderError(
-                "batch_unanswered",
-                f"batch {batch.batch_id} ended without an answer to this request",
-                retryable=True,
+            error = (
+                self.client.redacted(outcome)
+                if outcome is not None
+                else ProviderError(
+                    "batch_unanswered",
+                    f"batch {batch.batch_id} ended without an answer to this request",
+                    retryable=True,
+                )
             )
             final = not error.retryable or recorded_attempts + n >= self.config.max_attempts
             await recorder.failed(n, error, final)
@@ -356,10 +361,13 @@ class Batcher:
             attempt += 1
             try:
                 return await self.api.submit(self.client.send, batch.requests, key)
-            except ProviderError as e:
+            except ProviderError as raw:
+                # A batch call's message is the provider's body: the key masked before it
+                # goes anywhere (a log line, a rollout's failure).
+                e = self.client.redacted(raw)
                 if not e.retryable or attempt >= self.config.max_attempts:
                     self.run.log.warning("batch_submit_failed", error=e.message, kind=e.kind)
-                    raise
+                    raise e from None
                 jitter = full_jitter(attempt, self.config.backoff_base, self.config.backoff_max, self._rng)
                 await anyio.sleep(max(e.retry_after or 0.0, jitter))
                 try:
@@ -495,14 +503,15 @@ class Batcher:
             attempt += 1
             try:
                 return await call()
-            except ProviderError as e:
+            except ProviderError as raw:
+                e = self.client.redacted(raw)  # as in _submit
                 if (
                     not e.retryable
                     or (attempt >= self.config.max_attempts and not forever)
                     or (deadline is not None and time.time() >= deadline)
                 ):
                     self.run.log.warning(f"batch_{what}_failed", error=e.message, kind=e.kind)
-                    raise
+                    raise e from None
                 jitter = full_jitter(attempt, self.config.backoff_base, self.config.backoff_max, self._rng)
                 wait = max(e.retry_after or 0.0, jitter)
                 if deadline is not None:
