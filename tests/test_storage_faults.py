@@ -152,7 +152,7 @@ def test_disk_full_mid_run(small_disk: Path, slowish_provider: tuple[str, Path])
             lambda: (
                 "".join(err_lines).count('"run_crashed"') >= 2 and "tree_follow_failed" in "".join(err_lines)
             ),
-            30,
+            60,  # two retries' backoff, and on a loaded machine more
             "the daemon to retry in the outage",
         )
         assert proc.poll() is None, "the daemon exited on a full disk:\n" + "".join(err_lines)[-3000:]
