@@ -632,7 +632,9 @@ async def decided_embargo(services: RunServices, run_id: str) -> float | None:
 
     The run's embargo for a run from before ``RunStarted.embargo_s``: resumed or re-scored
     under a configuration changed since to a shorter one, its verdicts would otherwise be
-    decided with that (a flip of a 90-day run's was public at once)."""
+    decided with that (a flip of a 90-day run's was public at once). The projections are
+    caught up first: another node's decisions may be in the log and not yet in them."""
+    await services.projections.catch_up(services.store)
     row = await services.projections.fetchone(
         "SELECT max(embargo_s) FROM public_rollouts WHERE run_id = ?", (run_id,)
     )
