@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
@@ -76,24 +77,39 @@ def test_audit_with_a_url_without_scheme_is_bad_usage(tmp_path: Path) -> None:
     assert "Traceback" not in p.stderr
 
 
-def test_commands_that_read_the_log_never_create_it(tmp_path: Path) -> None:
-    """A mistyped store path: every command that reads the log exits 2 naming it, and nothing is created."""
-    cfg = tmp_path / "rw.toml"
-    cfg.write_text(f'[store]\nurl = "sqlite:{tmp_path / "typo" / "events.db"}"\n')
-    for args in (
+def _reading(tmp_path: Path) -> list[list[str]]:
+    """The commands that only read the log."""
+    return [
         ["events", "tail"],
         ["report"],
         ["schedules", "list"],
         ["subscribers", "list"],
-        ["subscribers", "revoke", "bob"],
         ["publish", "export", str(tmp_path / "out")],
         ["rebuild"],
         ["verify"],
-        ["key", "rotate"],
-    ):
-        r = subprocess.run(
-            [sys.executable, "-m", "rollwatch", "--config", str(cfg), *args], capture_output=True, text=True
+    ]
+
+
+def _each(
+    cfg: Path, commands: list[list[str]]
+) -> Iterator[tuple[list[str], subprocess.CompletedProcess[str]]]:
+    """Each command run with ``cfg``, in turn, with what it did."""
+    for args in commands:
+        yield (
+            args,
+            subprocess.run(
+                [sys.executable, "-m", "rollwatch", "--config", str(cfg), *args],
+                capture_output=True,
+                text=True,
+            ),
         )
+
+
+def test_commands_that_read_the_log_never_create_it(tmp_path: Path) -> None:
+    """A mistyped store path: every command that reads the log exits 2 naming it, and nothing is created."""
+    cfg = tmp_path / "rw.toml"
+    cfg.write_text(f'[store]\nurl = "sqlite:{tmp_path / "typo" / "events.db"}"\n')
+    for args, r in _each(cfg, [*_reading(tmp_path), ["subscribers", "revoke", "bob"], ["key", "rotate"]]):
         assert r.returncode == 2, (args, r.stderr)
         assert f"there is no event log at {tmp_path / 'typo' / 'events.db'}" in r.stderr, args
         assert "Traceback" not in r.stderr
@@ -108,18 +124,7 @@ def test_commands_that_only_read_leave_an_empty_file_empty(tmp_path: Path) -> No
     db.write_bytes(b"")
     cfg = tmp_path / "rw.toml"
     cfg.write_text(f'[store]\nurl = "sqlite:{db}"\nprojections = "{tmp_path / "p.db"}"\n')
-    for args in (
-        ["events", "tail"],
-        ["report"],
-        ["schedules", "list"],
-        ["subscribers", "list"],
-        ["publish", "export", str(tmp_path / "out")],
-        ["rebuild"],
-        ["verify"],
-    ):
-        r = subprocess.run(
-            [sys.executable, "-m", "rollwatch", "--config", str(cfg), *args], capture_output=True, text=True
-        )
+    for args, r in _each(cfg, _reading(tmp_path)):
         assert r.returncode == 1, (args, r.stderr)
         assert f"{db} is not a rollwatch event log (an empty file)" in r.stderr, (args, r.stderr)
         assert "Traceback" not in r.stderr

@@ -234,6 +234,17 @@ def test_the_live_daemon_stops_signing_and_says_why(
 # --- (b) a restart ----------------------------------------------------------------------------------
 
 
+def refused_start(s: Site) -> str:
+    """Start a daemon on the site, which must exit 1 by itself; its stderr."""
+    again = s.serve()
+    try:
+        again.wait(timeout=60)
+    finally:
+        err = _stop(again)
+    assert again.returncode == 1, err
+    return err
+
+
 @pytest.mark.parametrize("attack", ATTACKS, ids=lambda a: a.__name__)
 def test_a_restarted_daemon_refuses_naming_the_seq(stopped_site: Site, attack: Callable[[Site], int]) -> None:
     """Changed while the daemon was down: the next start refuses before appending anything, naming the first bad seq."""
@@ -244,12 +255,7 @@ def test_a_restarted_daemon_refuses_naming_the_seq(stopped_site: Site, attack: C
         # checkpoint under a key used before is refused as a whole (seq 1).
         bad = 1
     head = s.head()
-    again = s.serve()
-    try:
-        again.wait(timeout=60)
-    finally:
-        err = _stop(again)
-    assert again.returncode == 1, err
+    err = refused_start(s)
     assert f"integrity check failed at seq {bad}:" in err, err
     assert s.head() == head, "something was appended to the changed log"
 
@@ -350,10 +356,5 @@ def test_an_emptied_log_file_is_refused(stopped_site: Site) -> None:
     assert f"{s.db} is not a rollwatch event log (an empty file)" in r.stderr, r.stderr
     assert "Traceback" not in r.stderr
     assert s.db.stat().st_size == 0
-    again = s.serve()
-    try:
-        again.wait(timeout=60)
-    finally:
-        err = _stop(again)
-    assert again.returncode == 1, err
+    err = refused_start(s)
     assert "integrity check failed at seq 1:" in err, err
