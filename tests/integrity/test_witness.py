@@ -47,7 +47,9 @@ class WitnessProc:
 
 
 @contextmanager
-def witness_serve(tmp: Path, name: str, log_vkey: str, port: int = 0) -> Iterator[WitnessProc]:
+def witness_serve(
+    tmp: Path, name: str, log_vkey: str, port: int = 0, more_logs: tuple[str, ...] = ()
+) -> Iterator[WitnessProc]:
     """``rollwatch witness serve`` on loopback; its key and state live in ``tmp/name``."""
     home = tmp / name
     home.mkdir(exist_ok=True)
@@ -64,6 +66,7 @@ def witness_serve(tmp: Path, name: str, log_vkey: str, port: int = 0) -> Iterato
             str(home / "witness.key"),
             "--log",
             log_vkey,
+            *(a for k in more_logs for a in ("--log", k)),
             "--name",
             f"witness.test/{name}",
         ],
@@ -291,8 +294,9 @@ def submission(old: int, proof: list[bytes], note: str) -> bytes:
 class TestWitnessProtocol:
     async def test_the_witness_answers_each_case_of_the_spec(self, tmp_path: Path) -> None:
         """404 unknown origin, 403 a note not signed by the log's key, 400 malformed bodies and old >
-        size, 409 (text/x.tlog.size) a wrong old size or the same size with another root, 422 a proof
-        that does not verify, 200 with a verifying timestamped cosignature otherwise."""
+        size, 409 (Content-Type exactly text/x.tlog.size, as clients compare it) a wrong old size,
+        422 the same size with another root or a proof that does not verify, 200 with a verifying
+        timestamped cosignature otherwise."""
         signer = NoteSigner(ORIGIN, Ed25519PrivateKey.generate())
         stranger = NoteSigner(ORIGIN, Ed25519PrivateKey.generate())
         other_log = NoteSigner("other.test/log", Ed25519PrivateKey.generate())
@@ -330,10 +334,10 @@ class TestWitnessProtocol:
             assert verifier.timestamp(first + r.text) is not None
             r = await call(submission(0, [], note(signer, 4, root4)))
             assert r.status_code == 409
-            assert r.headers["content-type"].startswith("text/x.tlog.size")
+            assert r.headers["content-type"] == "text/x.tlog.size"
             assert r.text == "2\n"
             r = await call(submission(2, [], note(signer, 2, EMPTY_ROOT)))
-            assert r.status_code == 409  # the same size, another root
+            assert r.status_code == 422  # the same size, another root: a fork
             bad_proof = [node_hash(leaves[3], leaves[2])]
             assert (await call(submission(2, bad_proof, note(signer, 4, root4)))).status_code == 422
             good_proof = [node_hash(leaves[2], leaves[3])]
@@ -343,6 +347,37 @@ class TestWitnessProtocol:
             # A cosignature over another checkpoint does not verify for this one.
             with pytest.raises(InvalidNote, match="does not verify"):
                 verifier.timestamp(first + r.text)
+
+    async def test_empty_tree_roots_and_every_trusted_signature_are_checked(self, tmp_path: Path) -> None:
+        """tlog-witness: a checkpoint of size 0 must carry the empty tree's root (else 422, and
+        nothing is cosigned), and a note with a failing signature by a key the witness trusts for
+        the log is refused (403) even when another trusted key's signature verifies."""
+        signer = NoteSigner(ORIGIN, Ed25519PrivateKey.generate())
+        second = NoteSigner(ORIGIN, Ed25519PrivateKey.generate())  # the log's next key (a rotation)
+        leaves = [bytes([i]) * 32 for i in range(2)]
+        root2 = node_hash(leaves[0], leaves[1])
+        with witness_serve(tmp_path, "w", signer.vkey, more_logs=(second.vkey,)) as w:
+
+            def post(body: bytes) -> httpx.Response:
+                return httpx.post(w.url + "/add-checkpoint", content=body, timeout=30)
+
+            async def call(body: bytes) -> httpx.Response:
+                return await anyio.to_thread.run_sync(post, body)
+
+            r = await call(submission(0, [], signer.sign_checkpoint(Checkpoint(ORIGIN, 0, root2))))
+            assert r.status_code == 422, r.text
+            assert "\u2014" not in r.text
+            r = await call(submission(0, [], signer.sign_checkpoint(Checkpoint(ORIGIN, 0, EMPTY_ROOT))))
+            assert r.status_code == 200, r.text
+
+            good = signer.sign_checkpoint(Checkpoint(ORIGIN, 2, root2))
+            other = second.sign_checkpoint(Checkpoint(ORIGIN, 2, EMPTY_ROOT))  # over another text
+            forged = good + other.rsplit("\n\n", 1)[1]  # second's line, not over this note
+            r = await call(submission(0, [], forged))
+            assert r.status_code == 403, r.text
+            assert "does not verify" in r.text
+            both = good + second.sign_checkpoint(Checkpoint(ORIGIN, 2, root2)).rsplit("\n\n", 1)[1]
+            assert (await call(submission(0, [], both))).status_code == 200
 
 
 class TestCosignatureAge:

@@ -9,11 +9,14 @@ whose body is ``old <size>\\n``, up to 63 base64 consistency-proof lines, a blan
 line, and the signed checkpoint. It cosigns only a checkpoint that is signed by the
 log's key and consistent with the one it holds:
 
-* 404: the origin is not a log it witnesses; 403: no signature by that log's key verifies;
+* 404: the origin is not a log it witnesses; 403: no signature by that log's key verifies,
+  or one by a key it trusts for that log fails to verify;
 * 400: the body is malformed, or ``old`` is larger than the checkpoint's size;
-* 409 (``text/x.tlog.size``, body ``<size>\\n``): ``old`` is not the size it holds, or
-  the same size with another root (a fork);
-* 422: the consistency proof from the size it holds does not verify (a fork);
+* 409 (``Content-Type: text/x.tlog.size`` exactly, body ``<size>\\n``): ``old`` is not
+  the size it holds;
+* 422: the consistency proof from the size it holds does not verify, the checkpoint has
+  the size it holds but another root (a fork), or a checkpoint of size 0 does not have
+  the empty tree's root;
 * 200: one cosignature line, ``— <name> base64(key ID ‖ u64 timestamp ‖ Ed25519 signature)``.
 
 The signed message (tlog-cosignature, Ed25519) is ``cosignature/v1\\ntime <t>\\n``
@@ -54,7 +57,7 @@ from starlette.routing import Route
 from rollwatch.errors import InvalidNote, WitnessRefused
 from rollwatch.integrity.checkpoint import Checkpoint, NoteVerifier, b64, check_key_name, split_note
 from rollwatch.integrity.keys import parse_private_key
-from rollwatch.integrity.merkle import HASH_SIZE, verify_consistency
+from rollwatch.integrity.merkle import EMPTY_ROOT, HASH_SIZE, verify_consistency
 from rollwatch.log import get_logger
 
 log = get_logger(__name__)
@@ -245,17 +248,20 @@ class Witness:
         verifiers = self.logs.get(cp.origin)
         if not verifiers:
             raise Refused(404, f"this witness does not witness the log {cp.origin!r}")
-        if not any(_signed_by(v, note) for v in verifiers):
-            raise Refused(403, f"no signature by a key of {cp.origin!r} verifies")
+        _check_log_signatures(cp.origin, verifiers, note)
         if old > cp.size:
             raise Refused(400, f"old size {old} is larger than the checkpoint's size {cp.size}")
         async with self._lock:
             held_size, held_root = self.state.logs.get(cp.origin, (0, b""))
             if old != held_size:
                 raise Refused(409, f"{held_size}\n", SIZE_TYPE)
+            if cp.size == 0 and cp.root != EMPTY_ROOT:
+                raise Refused(
+                    422, "a checkpoint of size 0 must have the empty tree's root (SHA-256 of nothing)"
+                )
             if held_size == cp.size and held_size and held_root != cp.root:
                 log.error("witness_fork_seen", origin=cp.origin, size=cp.size)
-                raise Refused(409, f"{held_size}\n", SIZE_TYPE)
+                raise Refused(422, f"the checkpoint of size {cp.size} has another root than the one cosigned")
             if held_size and not verify_consistency(held_size, cp.size, held_root, cp.root, proof):
                 log.error("witness_inconsistent_checkpoint", origin=cp.origin, held=held_size, size=cp.size)
                 raise Refused(
@@ -269,12 +275,22 @@ class Witness:
             return self.cosigner.cosign(text)
 
 
-def _signed_by(verifier: NoteVerifier, note: str) -> bool:
-    try:
-        verifier.open(note)
-    except InvalidNote:
-        return False
-    return True
+def _check_log_signatures(origin: str, verifiers: list[NoteVerifier], note: str) -> None:
+    """Refuse (403) a note that no trusted key of the log signed, or with a signature by a
+    trusted key that does not verify (tlog-witness: such a note is malformed, even when
+    another trusted key's signature verifies)."""
+    _, sigs = split_note(note)
+    verified = False
+    for v in verifiers:
+        if not any(name == v.name and blob[:4] == v.key_id for name, blob in sigs):
+            continue
+        try:
+            v.open(note)
+        except InvalidNote as e:
+            raise Refused(403, f"a signature by a key of {origin!r} does not verify: {e}") from None
+        verified = True
+    if not verified:
+        raise Refused(403, f"no signature by a key of {origin!r} verifies")
 
 
 def witness_app(witness: Witness) -> Starlette:
@@ -285,7 +301,9 @@ def witness_app(witness: Witness) -> Starlette:
         try:
             line = await witness.add_checkpoint(body)
         except Refused as e:
-            return Response(e.message, status_code=e.status, media_type=e.media_type)
+            # The media type exactly as given: clients compare text/x.tlog.size as a whole
+            # string, and Starlette would add "; charset=utf-8" to a text/ type.
+            return Response(e.message, status_code=e.status, headers={"Content-Type": e.media_type})
         return PlainTextResponse(line)
 
     async def info(_: Request) -> Response:
