@@ -380,6 +380,95 @@ class TestWitnessProtocol:
             assert (await call(submission(0, [], both))).status_code == 200
 
 
+@contextmanager
+def odd_witness(name: str, stamp: Callable[[], int]) -> Iterator[tuple[str, str, list[tuple[float, int]]]]:
+    """A third party's witness on loopback that cosigns every submission with the timestamp
+    ``stamp()`` (written from tlog-cosignature alone); yields its URL, vkey and the time and
+    checkpoint size of each submission."""
+    import hashlib
+    import struct
+    import threading
+    import time
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from cryptography.hazmat.primitives.serialization import PublicFormat
+
+    key = Ed25519PrivateKey.generate()
+    pub = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    kid = hashlib.sha256(name.encode() + b"\n\x04" + pub).digest()[:4]
+    vkey = f"{name}+{kid.hex()}+" + b64(b"\x04" + pub)
+    seen: list[tuple[float, int]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"])).decode()
+            note = body.split("\n\n", 1)[1]
+            seen.append((time.monotonic(), int(note.split("\n")[1])))
+            text = note[: note.rindex("\n\n") + 1]
+            t = stamp()
+            sig = key.sign(f"cosignature/v1\ntime {t}\n".encode() + text.encode())
+            line = f"\u2014 {name} ".encode() + b64(kid + struct.pack(">Q", t) + sig).encode() + b"\n"
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(line)))
+            self.end_headers()
+            self.wfile.write(line)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", vkey, seen
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+class TestCosignatureTimestamps:
+    async def test_a_cosignature_without_a_time_or_from_the_future_is_not_taken(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """tlog-witness: a cosignature's timestamp must not be zero. A witness that answers with 0,
+        or with a time a day ahead, has its answer refused: not published on /checkpoint, not
+        counted for the quorum, the reason on /healthz, and the next try after a backoff (a zero
+        timestamp once looked a day old and was resubmitted every half second); the same witness
+        answering with the time is then taken."""
+        import time
+
+        monkeypatch.delenv("STATE_DIRECTORY", raising=False)
+        key = tmp_path / "log" / "checkpoint.key"
+        log_key(key)
+        mode = {"stamp": 0}
+        with odd_witness("witness.test/odd", lambda: mode["stamp"]) as (url, vkey, seen):
+            w = WitnessProc(None, url, vkey, 0)  # type: ignore[arg-type]
+            async with site(tmp_path / "log", key, [w], quorum=1) as s:
+                size = await s.checkpoint(20)
+                status = s.witnessing.witnesses[0]
+
+                def tries() -> list[float]:
+                    return [t for t, n in seen if n == size]
+
+                await s.until(lambda: len(tries()) >= 2)
+                assert "timestamp 0" in (status.error or "")
+                first, second = tries()[:2]
+                assert second - first >= 0.9  # backed off, not resubmitted at the next poll
+                assert s.witnessing.witnessed_size == 0
+                assert "witness.test/odd" not in (await s.client.get("/checkpoint")).text
+                health = (await s.client.get("/healthz")).json()
+                assert "timestamp 0" in health["witness"]["witnesses"][0]["error"]
+
+                mode["stamp"] = int(time.time()) + 86400
+                await s.until(lambda: "in the future" in (status.error or ""), timeout=30)
+                assert s.witnessing.witnessed_size == 0
+
+                mode["stamp"] = int(time.time())
+                await s.until(lambda: s.witnessing.witnessed_size == size, timeout=90)
+                note = (await s.client.get("/checkpoint")).text
+                assert CosignatureVerifier.from_vkey(vkey).timestamp(note) == mode["stamp"]
+
+
 class TestCosignatureAge:
     def test_a_stale_or_future_cosignature_does_not_count(self) -> None:
         """check_witnessed counts only cosignatures younger than the bound (and not from the future),
@@ -402,6 +491,12 @@ class TestCosignatureAge:
             check_witnessed(cosigned, vs, 2, 86400, now=now)
         with pytest.raises(ValueError, match="in the future"):
             check_witnessed(note + a.cosign(text, now + 3600), vs[:1], 1, 86400, now=now)
+        # One witness's clock running ahead does not fail a note the other's cosignature satisfies.
+        ahead = note + a.cosign(text, now - 10) + b.cosign(text, now + 3600)
+        lines = check_witnessed(ahead, vs, 1, 86400, now=now)
+        assert "cosignature by witness.test/b: dated 3600 s in the future, not counted" in lines
+        with pytest.raises(ValueError, match="1 fresh cosignatures, 2 needed"):
+            check_witnessed(ahead, vs, 2, 86400, now=now)
         # Another checkpoint's cosignature moved onto this note does not verify.
         other = signer.sign_checkpoint(Checkpoint(ORIGIN, 3, EMPTY_ROOT)).split("\n\n")[0] + "\n"
         with pytest.raises(ValueError, match="does not verify"):

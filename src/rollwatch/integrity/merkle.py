@@ -303,7 +303,7 @@ def verify_consistency(
             return False
         if old_size == 0 and old_root != EMPTY_ROOT:
             return False
-        return old_size == 0 and new_size > 0 or old_root == new_root
+        return (old_size == 0 and new_size > 0) or old_root == new_root
     try:
         fr, sr = roots_from_consistency(old_size, new_size, old_root, path)
     except InvalidProof:

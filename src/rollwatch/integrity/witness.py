@@ -66,6 +66,8 @@ COSIGNATURE_V1 = 0x04
 """The signed-note signature type of timestamped Ed25519 cosignatures."""
 
 SIZE_TYPE = "text/x.tlog.size"
+MAX_TIMESTAMP = 2**63 - 1
+"""tlog-cosignature: a cosignature's timestamp must not exceed this."""
 MAX_PROOF_LINES = 63
 _MAX_BODY = 64 * 1024
 _SIG_PREFIX = "\u2014 "
@@ -144,6 +146,8 @@ class CosignatureVerifier:
             if len(blob) != 4 + 8 + 64:
                 raise InvalidNote(f"the cosignature by {name} is not 8 + 64 bytes")
             (t,) = struct.unpack(">Q", blob[4:12])
+            if t > MAX_TIMESTAMP:
+                raise InvalidNote(f"the cosignature by {name} has a timestamp beyond 2^63 - 1")
             try:
                 key.verify(blob[12:], cosigned_message(text, t))
             except InvalidSignature:
