@@ -296,7 +296,7 @@ class TestWitnessProtocol:
         """404 unknown origin, 403 a note not signed by the log's key, 400 malformed bodies and old >
         size, 409 (Content-Type exactly text/x.tlog.size, as clients compare it) a wrong old size,
         422 the same size with another root or a proof that does not verify, 200 with a verifying
-        timestamped cosignature otherwise."""
+        timestamped cosignature otherwise; the latest cosigned checkpoint for monitors."""
         signer = NoteSigner(ORIGIN, Ed25519PrivateKey.generate())
         stranger = NoteSigner(ORIGIN, Ed25519PrivateKey.generate())
         other_log = NoteSigner("other.test/log", Ed25519PrivateKey.generate())
@@ -347,6 +347,22 @@ class TestWitnessProtocol:
             # A cosignature over another checkpoint does not verify for this one.
             with pytest.raises(InvalidNote, match="does not verify"):
                 verifier.timestamp(first + r.text)
+
+            # Monitors read the latest cosigned checkpoint at /<hex SHA-256 of the origin>/checkpoint,
+            # with the log's signature and the witness's cosignature.
+            import hashlib
+
+            def get(path: str) -> httpx.Response:
+                return httpx.get(w.url + path, timeout=30)
+
+            origin_hash = hashlib.sha256(ORIGIN.encode()).hexdigest()
+            r = await anyio.to_thread.run_sync(get, f"/{origin_hash}/checkpoint")
+            assert r.status_code == 200, r.text
+            assert r.headers["content-type"] == "text/plain; charset=utf-8"
+            assert signer.verifier().open_checkpoint(r.text, origin=ORIGIN).size == 4
+            assert verifier.timestamp(r.text) is not None
+            unknown = hashlib.sha256(b"other.test/log").hexdigest()
+            assert (await anyio.to_thread.run_sync(get, f"/{unknown}/checkpoint")).status_code == 404
 
     async def test_empty_tree_roots_and_every_trusted_signature_are_checked(self, tmp_path: Path) -> None:
         """tlog-witness: a checkpoint of size 0 must carry the empty tree's root (else 422, and

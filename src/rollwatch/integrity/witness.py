@@ -4,8 +4,9 @@
 keeps the latest checkpoint it cosigned for each log (by origin), and answers
 
     POST /add-checkpoint
+    GET /<hex SHA-256 of the origin>/checkpoint
 
-whose body is ``old <size>\\n``, up to 63 base64 consistency-proof lines, a blank
+The first's body is ``old <size>\\n``, up to 63 base64 consistency-proof lines, a blank
 line, and the signed checkpoint. It cosigns only a checkpoint that is signed by the
 log's key and consistent with the one it holds:
 
@@ -18,6 +19,9 @@ log's key and consistent with the one it holds:
   the size it holds but another root (a fork), or a checkpoint of size 0 does not have
   the empty tree's root;
 * 200: one cosignature line, ``— <name> base64(key ID ‖ u64 timestamp ‖ Ed25519 signature)``.
+
+The second serves monitors the latest checkpoint it cosigned for that log, with the log's
+signatures it verified and its own cosignature (404 for a log it never cosigned).
 
 The signed message (tlog-cosignature, Ed25519) is ``cosignature/v1\\ntime <t>\\n``
 followed by the checkpoint's text; the key ID is ``SHA-256(name ‖ 0x0A ‖ 0x04 ‖
@@ -210,18 +214,25 @@ def parse_submission(body: bytes) -> tuple[int, list[bytes], str]:
 
 
 class WitnessState:
-    """The latest cosigned checkpoint per origin, in one JSON file replaced atomically."""
+    """The latest cosigned checkpoint per origin, in one JSON file replaced atomically:
+    its size and root, and the note as monitors get it (the log's verified signatures
+    and this witness's cosignature)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.logs: dict[str, tuple[int, bytes]] = {}
+        self.notes: dict[str, str] = {}
         if path.exists():
             data = json.loads(path.read_text(encoding="utf-8"))
             self.logs = {o: (int(v["size"]), base64.b64decode(v["root"])) for o, v in data.items()}
+            self.notes = {o: str(v["note"]) for o, v in data.items() if v.get("note")}
 
     def save(self) -> None:
         """Write the file (synced, then renamed into place)."""
-        data = {o: {"size": s, "root": b64(r)} for o, (s, r) in sorted(self.logs.items())}
+        data = {
+            o: {"size": s, "root": b64(r), **({"note": self.notes[o]} if o in self.notes else {})}
+            for o, (s, r) in sorted(self.logs.items())
+        }
         tmp = self.path.with_name(f".{self.path.name}.tmp")
         with tmp.open("w", encoding="utf-8") as f:
             json.dump(data, f, indent=1)
@@ -252,7 +263,7 @@ class Witness:
         verifiers = self.logs.get(cp.origin)
         if not verifiers:
             raise Refused(404, f"this witness does not witness the log {cp.origin!r}")
-        _check_log_signatures(cp.origin, verifiers, note)
+        log_lines = _check_log_signatures(cp.origin, verifiers, note)
         if old > cp.size:
             raise Refused(400, f"old size {old} is larger than the checkpoint's size {cp.size}")
         async with self._lock:
@@ -273,32 +284,46 @@ class Witness:
                 )
             if not held_size and proof:
                 raise Refused(422, "the consistency proof from size 0 must be empty")
+            line = self.cosigner.cosign(text)
             self.state.logs[cp.origin] = (cp.size, cp.root)
+            self.state.notes[cp.origin] = f"{text}\n{''.join(log_lines)}{line}"
             await anyio.to_thread.run_sync(self.state.save)
             log.info("witness_cosigned", origin=cp.origin, size=cp.size)
-            return self.cosigner.cosign(text)
+            return line
+
+    def checkpoint_for(self, origin_hash: str) -> str | None:
+        """The latest cosigned note of the log whose origin's SHA-256 is ``origin_hash``
+        (lowercase hex), for monitors; None if this witness never cosigned one for it."""
+        for origin, note in self.state.notes.items():
+            if hashlib.sha256(origin.encode()).hexdigest() == origin_hash:
+                return note
+        return None
 
 
-def _check_log_signatures(origin: str, verifiers: list[NoteVerifier], note: str) -> None:
-    """Refuse (403) a note that no trusted key of the log signed, or with a signature by a
-    trusted key that does not verify (tlog-witness: such a note is malformed, even when
-    another trusted key's signature verifies)."""
+def _check_log_signatures(origin: str, verifiers: list[NoteVerifier], note: str) -> list[str]:
+    """The note's signature lines by the log's trusted keys, all verified; refuse (403) a note
+    that no trusted key of the log signed, or with a signature by a trusted key that does
+    not verify (tlog-witness: such a note is malformed, even when another trusted key's
+    signature verifies)."""
     _, sigs = split_note(note)
-    verified = False
+    lines = []
     for v in verifiers:
-        if not any(name == v.name and blob[:4] == v.key_id for name, blob in sigs):
+        ours = [blob for name, blob in sigs if name == v.name and blob[:4] == v.key_id]
+        if not ours:
             continue
         try:
             v.open(note)
         except InvalidNote as e:
             raise Refused(403, f"a signature by a key of {origin!r} does not verify: {e}") from None
-        verified = True
-    if not verified:
+        lines += [f"{_SIG_PREFIX}{v.name} {b64(blob)}\n" for blob in ours]
+    if not lines:
         raise Refused(403, f"no signature by a key of {origin!r} verifies")
+    return lines
 
 
 def witness_app(witness: Witness) -> Starlette:
-    """``POST /add-checkpoint`` and ``GET /`` (the witness's vkey and the logs it witnesses)."""
+    """``POST /add-checkpoint``, ``GET /<origin hash>/checkpoint`` and ``GET /`` (the witness's
+    vkey and the logs it witnesses)."""
 
     async def add_checkpoint(request: Request) -> Response:
         body = await request.body()
@@ -314,6 +339,20 @@ def witness_app(witness: Witness) -> Starlette:
         logs = "".join(f"log {o}\n" for o in sorted(witness.logs))
         return PlainTextResponse(f"witness {witness.cosigner.vkey}\n{logs}")
 
+    async def checkpoint(request: Request) -> Response:
+        note = witness.checkpoint_for(request.path_params["origin_hash"])
+        if note is None:
+            return PlainTextResponse(
+                "this witness has cosigned no checkpoint of a log with that origin hash\n",
+                status_code=404,
+                headers={"Cache-Control": "no-cache"},
+            )
+        return PlainTextResponse(note, headers={"Cache-Control": "no-cache"})
+
     return Starlette(
-        routes=[Route("/add-checkpoint", add_checkpoint, methods=["POST"]), Route("/", info, methods=["GET"])]
+        routes=[
+            Route("/add-checkpoint", add_checkpoint, methods=["POST"]),
+            Route("/{origin_hash}/checkpoint", checkpoint, methods=["GET"]),
+            Route("/", info, methods=["GET"]),
+        ]
     )
