@@ -291,6 +291,39 @@ def submission(old: int, proof: list[bytes], note: str) -> bytes:
     return (f"old {old}\n" + "".join(f"{b64(h)}\n" for h in proof) + "\n" + note).encode()
 
 
+def spec_check_cosignature(vkey: str, note: str, answer: str) -> int:
+    """Check a witness's answer as tlog-cosignature describes it, with no rollwatch code: one
+    line ``— name base64(key ID ‖ u64 timestamp ‖ Ed25519 signature)``, the key ID
+    SHA-256(name ‖ 0x0A ‖ 0x04 ‖ key)[:4], the signature over ``cosignature/v1``, ``time T``
+    and the checkpoint's text; returns T."""
+    import base64
+    import hashlib
+    import struct
+    import time
+
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    name, kid_hex, key_b64 = vkey.split("+", 2)
+    raw = base64.b64decode(key_b64, validate=True)
+    assert raw[0] == 0x04
+    assert len(raw) == 33
+    assert hashlib.sha256(name.encode() + b"\n" + raw).digest()[:4].hex() == kid_hex
+    assert answer.endswith("\n")
+    assert answer.count("\n") == 1
+    dash, who, sig_b64 = answer[:-1].split(" ")
+    assert (dash, who) == ("\u2014", name)
+    blob = base64.b64decode(sig_b64, validate=True)
+    assert len(blob) == 4 + 8 + 64
+    assert blob[:4].hex() == kid_hex
+    (t,) = struct.unpack(">Q", blob[4:12])
+    assert 0 < t <= time.time() + 5
+    text = note[: note.rindex("\n\n") + 1]
+    Ed25519PublicKey.from_public_bytes(raw[1:]).verify(
+        blob[12:], f"cosignature/v1\ntime {t}\n{text}".encode()
+    )
+    return t
+
+
 class TestWitnessProtocol:
     async def test_the_witness_answers_each_case_of_the_spec(self, tmp_path: Path) -> None:
         """404 unknown origin, 403 a note not signed by the log's key, 400 malformed bodies and old >
@@ -332,6 +365,7 @@ class TestWitnessProtocol:
             r = await call(submission(0, [], first))
             assert r.status_code == 200
             assert verifier.timestamp(first + r.text) is not None
+            spec_check_cosignature(w.vkey, first, r.text)
             r = await call(submission(0, [], note(signer, 4, root4)))
             assert r.status_code == 409
             assert r.headers["content-type"] == "text/x.tlog.size"
