@@ -421,6 +421,8 @@ class TestWitnessProtocol:
             assert r.status_code == 200, r.text
 
             good = signer.sign_checkpoint(Checkpoint(ORIGIN, 2, root2))
+            r = await call(submission(0, [leaves[0]], good))  # from the empty tree the proof is empty
+            assert r.status_code == 422, r.text
             other = second.sign_checkpoint(Checkpoint(ORIGIN, 2, EMPTY_ROOT))  # over another text
             forged = good + other.rsplit("\n\n", 1)[1]  # second's line, not over this note
             r = await call(submission(0, [], forged))
