@@ -327,3 +327,106 @@ class TestConsistency:
             merkle.inclusion_ranges(4, 4)
         with pytest.raises(merkle.InvalidProof):
             merkle.root_from_inclusion(0, 2, b"short", [])
+
+
+# Certificate Transparency's RFC 6962 test tree (the 8 leaves of
+# test_known_answers_from_certificate_transparency): the hash of every perfect subtree,
+# as published with CT's (and transparency-dev's) proof test vectors, by (level, index).
+CT_NODES = {
+    (0, 0): "6e340b9cffb37a989ca544e6bb780a2c78901d3fb33738768511a30617afa01d",
+    (0, 1): "96a296d224f285c67bee93c30f8a309157f0daa35dc5b87e410b78630a09cfc7",
+    (0, 2): "0298d122906dcfc10892cb53a73992fc5b9f493ea4c9badb27b791b4127a7fe7",
+    (0, 3): "07506a85fd9dd2f120eb694f86011e5bb4662e5c415a62917033d4a9624487e7",
+    (0, 4): "bc1a0643b12e4d2d7c77918f44e0f4f79a838b6cf9ec5b5c283e1f4d88599e6b",
+    (0, 5): "4271a26be0d8a84f0bd54c8c302e7cb3a3b5d1fa6780a40bcce2873477dab658",
+    (0, 6): "b08693ec2e721597130641e8211e7eedccb4c26413963eee6c1e2ed16ffb1a5f",
+    (0, 7): "46f6ffadd3d06a09ff3c5860d2755c8b9819db7df44251788c7d8e3180de8eb1",
+    (1, 0): "fac54203e7cc696cf0dfcb42c92a1d9dbaf70ad9e621f4bd8d98662f00e3c125",
+    (1, 1): "5f083f0a1a33ca076a95279832580db3e0ef4584bdff1f54c8a360f50de3031e",
+    (1, 2): "0ebc5d3437fbe2db158b9f126a1d118e308181031d0a949f8dededebc558ef6a",
+    (1, 3): "ca854ea128ed050b41b35ffc1b87b8eb2bde461e9e3b5596ece6b9d5975a0ae0",
+    (2, 0): "d37ee418976dd95753c1c73862b9398fa2a2cf9b4ff0fdfe8b30cd95209614b7",
+    (2, 1): "6b47aaf29ee3c2af9af889bc1fb9254dabd31177f16232dd6aab035ca39bf6e4",
+    (3, 0): "5dc9da79a70659a9ad559cb701ded9a2ab9d823aad2f4960cfe370eff4604328",
+}
+CT_ROOTS = {
+    1: "6e340b9cffb37a989ca544e6bb780a2c78901d3fb33738768511a30617afa01d",
+    2: "fac54203e7cc696cf0dfcb42c92a1d9dbaf70ad9e621f4bd8d98662f00e3c125",
+    3: "aeb6bcfe274b70a14fb067a5e5578264db0fa9b51af5e0ba159158f329e06e77",
+    4: "d37ee418976dd95753c1c73862b9398fa2a2cf9b4ff0fdfe8b30cd95209614b7",
+    5: "4e3bbb1f7b478dcfe71fb631631519a3bca12c9aefca1612bfce4c13a86264d4",
+    6: "76e67dadbcdf1e10e1b74ddc608abd2f98dfb16fbce75277b5232a127f2087ef",
+    7: "ddb89be403809e325750d3d263cd78929c2942b7942a34b77e122c9594a74c8c",
+    8: "5dc9da79a70659a9ad559cb701ded9a2ab9d823aad2f4960cfe370eff4604328",
+}
+
+
+def ct(node: tuple[int, int]) -> bytes:
+    return bytes.fromhex(CT_NODES[node])
+
+
+def ct_root(size: int) -> bytes:
+    return merkle.EMPTY_ROOT if size == 0 else bytes.fromhex(CT_ROOTS[size])
+
+
+CT_NODE_BYTES = {n: ct(n) for n in CT_NODES}
+
+
+class TestKnownAnswers:
+    """Proofs over CT's RFC 6962 test tree equal the published ones, hash for hash: sizes of
+    one, powers of two and not, the leaf at the right edge; and the degenerate cases."""
+
+    @pytest.mark.parametrize(
+        ("index", "size", "path"),
+        [
+            (0, 1, []),
+            (0, 8, [(0, 1), (1, 1), (2, 1)]),
+            (5, 8, [(0, 4), (1, 3), (2, 0)]),
+            (2, 3, [(1, 0)]),
+            (1, 5, [(0, 0), (1, 1), (0, 4)]),
+        ],
+    )
+    def test_inclusion_paths_are_the_published_ones(
+        self, index: int, size: int, path: list[tuple[int, int]]
+    ) -> None:
+        want = [ct(n) for n in path]
+        got = merkle.assemble(merkle.inclusion_ranges(index, size), CT_NODE_BYTES)
+        assert got == want
+        assert merkle.verify_inclusion(index, size, ct((0, index)), want, ct_root(size))
+        assert not merkle.verify_inclusion(index, size, ct((0, index)), want, merkle.EMPTY_ROOT)
+
+    @pytest.mark.parametrize(
+        ("old", "new", "path"),
+        [
+            (1, 8, [(0, 1), (1, 1), (2, 1)]),
+            (6, 8, [(1, 2), (1, 3), (2, 0)]),
+            (2, 5, [(1, 1), (0, 4)]),
+            (6, 7, [(1, 2), (0, 6), (2, 0)]),
+        ],
+    )
+    def test_consistency_proofs_are_the_published_ones(
+        self, old: int, new: int, path: list[tuple[int, int]]
+    ) -> None:
+        want = [ct(n) for n in path]
+        got = merkle.assemble(merkle.consistency_ranges(old, new), CT_NODE_BYTES)
+        assert got == want
+        assert merkle.verify_consistency(old, new, ct_root(old), ct_root(new), want)
+        assert not merkle.verify_consistency(old, new, ct_root(new), ct_root(old), want)
+
+    def test_degenerate_sizes(self) -> None:
+        """Equal sizes need equal roots and no proof; the empty tree has SHA-256("") as its root and
+        precedes every tree; no leaf is in it; a root that is not a hash links nothing."""
+        empty, r1 = merkle.EMPTY_ROOT, ct_root(1)
+        assert merkle.verify_consistency(0, 0, empty, empty, [])
+        assert not merkle.verify_consistency(0, 0, empty, r1, [])  # two empty trees, two roots
+        assert not merkle.verify_consistency(0, 0, r1, r1, [])
+        assert merkle.verify_consistency(0, 8, empty, ct_root(8), [])
+        assert not merkle.verify_consistency(0, 1, empty, empty, [empty])  # a proof from 0 is empty
+        assert not merkle.verify_consistency(0, 1, empty, b"not a hash", [])
+        assert merkle.verify_consistency(1, 1, r1, r1, [])
+        assert not merkle.verify_consistency(1, 1, r1, ct_root(2), [])
+        assert not merkle.verify_consistency(1, 1, r1, r1, [r1])
+        assert not merkle.verify_consistency(8, 8, b"short", b"short", [])
+        assert not merkle.verify_inclusion(0, 0, empty, [], empty)
+        assert merkle.verify_inclusion(0, 1, r1, [], r1)
+        assert not merkle.verify_inclusion(0, 1, r1, [r1], r1)

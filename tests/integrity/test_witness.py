@@ -47,7 +47,9 @@ class WitnessProc:
 
 
 @contextmanager
-def witness_serve(tmp: Path, name: str, log_vkey: str, port: int = 0) -> Iterator[WitnessProc]:
+def witness_serve(
+    tmp: Path, name: str, log_vkey: str, port: int = 0, more_logs: tuple[str, ...] = ()
+) -> Iterator[WitnessProc]:
     """``rollwatch witness serve`` on loopback; its key and state live in ``tmp/name``."""
     home = tmp / name
     home.mkdir(exist_ok=True)
@@ -64,6 +66,7 @@ def witness_serve(tmp: Path, name: str, log_vkey: str, port: int = 0) -> Iterato
             str(home / "witness.key"),
             "--log",
             log_vkey,
+            *(a for k in more_logs for a in ("--log", k)),
             "--name",
             f"witness.test/{name}",
         ],
@@ -288,11 +291,45 @@ def submission(old: int, proof: list[bytes], note: str) -> bytes:
     return (f"old {old}\n" + "".join(f"{b64(h)}\n" for h in proof) + "\n" + note).encode()
 
 
+def spec_check_cosignature(vkey: str, note: str, answer: str) -> int:
+    """Check a witness's answer as tlog-cosignature describes it, with no rollwatch code: one
+    line ``— name base64(key ID ‖ u64 timestamp ‖ Ed25519 signature)``, the key ID
+    SHA-256(name ‖ 0x0A ‖ 0x04 ‖ key)[:4], the signature over ``cosignature/v1``, ``time T``
+    and the checkpoint's text; returns T."""
+    import base64
+    import hashlib
+    import struct
+    import time
+
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    name, kid_hex, key_b64 = vkey.split("+", 2)
+    raw = base64.b64decode(key_b64, validate=True)
+    assert raw[0] == 0x04
+    assert len(raw) == 33
+    assert hashlib.sha256(name.encode() + b"\n" + raw).digest()[:4].hex() == kid_hex
+    assert answer.endswith("\n")
+    assert answer.count("\n") == 1
+    dash, who, sig_b64 = answer[:-1].split(" ")
+    assert (dash, who) == ("\u2014", name)
+    blob = base64.b64decode(sig_b64, validate=True)
+    assert len(blob) == 4 + 8 + 64
+    assert blob[:4].hex() == kid_hex
+    (t,) = struct.unpack(">Q", blob[4:12])
+    assert 0 < t <= time.time() + 5
+    text = note[: note.rindex("\n\n") + 1]
+    Ed25519PublicKey.from_public_bytes(raw[1:]).verify(
+        blob[12:], f"cosignature/v1\ntime {t}\n{text}".encode()
+    )
+    return t
+
+
 class TestWitnessProtocol:
     async def test_the_witness_answers_each_case_of_the_spec(self, tmp_path: Path) -> None:
         """404 unknown origin, 403 a note not signed by the log's key, 400 malformed bodies and old >
-        size, 409 (text/x.tlog.size) a wrong old size or the same size with another root, 422 a proof
-        that does not verify, 200 with a verifying timestamped cosignature otherwise."""
+        size, 409 (Content-Type exactly text/x.tlog.size, as clients compare it) a wrong old size,
+        422 the same size with another root or a proof that does not verify, 200 with a verifying
+        timestamped cosignature otherwise; the latest cosigned checkpoint for monitors."""
         signer = NoteSigner(ORIGIN, Ed25519PrivateKey.generate())
         stranger = NoteSigner(ORIGIN, Ed25519PrivateKey.generate())
         other_log = NoteSigner("other.test/log", Ed25519PrivateKey.generate())
@@ -328,12 +365,13 @@ class TestWitnessProtocol:
             r = await call(submission(0, [], first))
             assert r.status_code == 200
             assert verifier.timestamp(first + r.text) is not None
+            spec_check_cosignature(w.vkey, first, r.text)
             r = await call(submission(0, [], note(signer, 4, root4)))
             assert r.status_code == 409
-            assert r.headers["content-type"].startswith("text/x.tlog.size")
+            assert r.headers["content-type"] == "text/x.tlog.size"
             assert r.text == "2\n"
             r = await call(submission(2, [], note(signer, 2, EMPTY_ROOT)))
-            assert r.status_code == 409  # the same size, another root
+            assert r.status_code == 422  # the same size, another root: a fork
             bad_proof = [node_hash(leaves[3], leaves[2])]
             assert (await call(submission(2, bad_proof, note(signer, 4, root4)))).status_code == 422
             good_proof = [node_hash(leaves[2], leaves[3])]
@@ -343,6 +381,144 @@ class TestWitnessProtocol:
             # A cosignature over another checkpoint does not verify for this one.
             with pytest.raises(InvalidNote, match="does not verify"):
                 verifier.timestamp(first + r.text)
+
+            # Monitors read the latest cosigned checkpoint at /<hex SHA-256 of the origin>/checkpoint,
+            # with the log's signature and the witness's cosignature.
+            import hashlib
+
+            def get(path: str) -> httpx.Response:
+                return httpx.get(w.url + path, timeout=30)
+
+            origin_hash = hashlib.sha256(ORIGIN.encode()).hexdigest()
+            r = await anyio.to_thread.run_sync(get, f"/{origin_hash}/checkpoint")
+            assert r.status_code == 200, r.text
+            assert r.headers["content-type"] == "text/plain; charset=utf-8"
+            assert signer.verifier().open_checkpoint(r.text, origin=ORIGIN).size == 4
+            assert verifier.timestamp(r.text) is not None
+            unknown = hashlib.sha256(b"other.test/log").hexdigest()
+            assert (await anyio.to_thread.run_sync(get, f"/{unknown}/checkpoint")).status_code == 404
+
+    async def test_empty_tree_roots_and_every_trusted_signature_are_checked(self, tmp_path: Path) -> None:
+        """tlog-witness: a checkpoint of size 0 must carry the empty tree's root (else 422, and
+        nothing is cosigned), and a note with a failing signature by a key the witness trusts for
+        the log is refused (403) even when another trusted key's signature verifies."""
+        signer = NoteSigner(ORIGIN, Ed25519PrivateKey.generate())
+        second = NoteSigner(ORIGIN, Ed25519PrivateKey.generate())  # the log's next key (a rotation)
+        leaves = [bytes([i]) * 32 for i in range(2)]
+        root2 = node_hash(leaves[0], leaves[1])
+        with witness_serve(tmp_path, "w", signer.vkey, more_logs=(second.vkey,)) as w:
+
+            def post(body: bytes) -> httpx.Response:
+                return httpx.post(w.url + "/add-checkpoint", content=body, timeout=30)
+
+            async def call(body: bytes) -> httpx.Response:
+                return await anyio.to_thread.run_sync(post, body)
+
+            r = await call(submission(0, [], signer.sign_checkpoint(Checkpoint(ORIGIN, 0, root2))))
+            assert r.status_code == 422, r.text
+            assert "\u2014" not in r.text
+            r = await call(submission(0, [], signer.sign_checkpoint(Checkpoint(ORIGIN, 0, EMPTY_ROOT))))
+            assert r.status_code == 200, r.text
+
+            good = signer.sign_checkpoint(Checkpoint(ORIGIN, 2, root2))
+            r = await call(submission(0, [leaves[0]], good))  # from the empty tree the proof is empty
+            assert r.status_code == 422, r.text
+            other = second.sign_checkpoint(Checkpoint(ORIGIN, 2, EMPTY_ROOT))  # over another text
+            forged = good + other.rsplit("\n\n", 1)[1]  # second's line, not over this note
+            r = await call(submission(0, [], forged))
+            assert r.status_code == 403, r.text
+            assert "does not verify" in r.text
+            both = good + second.sign_checkpoint(Checkpoint(ORIGIN, 2, root2)).rsplit("\n\n", 1)[1]
+            assert (await call(submission(0, [], both))).status_code == 200
+
+
+@contextmanager
+def odd_witness(name: str, stamp: Callable[[], int]) -> Iterator[tuple[str, str, list[tuple[float, int]]]]:
+    """A third party's witness on loopback that cosigns every submission with the timestamp
+    ``stamp()`` (written from tlog-cosignature alone); yields its URL, vkey and the time and
+    checkpoint size of each submission."""
+    import hashlib
+    import struct
+    import threading
+    import time
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from cryptography.hazmat.primitives.serialization import PublicFormat
+
+    key = Ed25519PrivateKey.generate()
+    pub = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    kid = hashlib.sha256(name.encode() + b"\n\x04" + pub).digest()[:4]
+    vkey = f"{name}+{kid.hex()}+" + b64(b"\x04" + pub)
+    seen: list[tuple[float, int]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"])).decode()
+            note = body.split("\n\n", 1)[1]
+            seen.append((time.monotonic(), int(note.split("\n")[1])))
+            text = note[: note.rindex("\n\n") + 1]
+            t = stamp()
+            sig = key.sign(f"cosignature/v1\ntime {t}\n".encode() + text.encode())
+            line = f"\u2014 {name} ".encode() + b64(kid + struct.pack(">Q", t) + sig).encode() + b"\n"
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(line)))
+            self.end_headers()
+            self.wfile.write(line)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", vkey, seen
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+class TestCosignatureTimestamps:
+    async def test_a_cosignature_without_a_time_or_from_the_future_is_not_taken(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """tlog-witness: a cosignature's timestamp must not be zero. A witness that answers with 0,
+        or with a time a day ahead, has its answer refused: not published on /checkpoint, not
+        counted for the quorum, the reason on /healthz, and the next try after a backoff (a zero
+        timestamp once looked a day old and was resubmitted every half second); the same witness
+        answering with the time is then taken."""
+        import time
+
+        monkeypatch.delenv("STATE_DIRECTORY", raising=False)
+        key = tmp_path / "log" / "checkpoint.key"
+        log_key(key)
+        mode = {"stamp": 0}
+        with odd_witness("witness.test/odd", lambda: mode["stamp"]) as (url, vkey, seen):
+            w = WitnessProc(None, url, vkey, 0)  # type: ignore[arg-type]
+            async with site(tmp_path / "log", key, [w], quorum=1) as s:
+                size = await s.checkpoint(20)
+                status = s.witnessing.witnesses[0]
+
+                def tries() -> list[float]:
+                    return [t for t, n in seen if n == size]
+
+                await s.until(lambda: len(tries()) >= 2)
+                assert "timestamp 0" in (status.error or "")
+                first, second = tries()[:2]
+                assert second - first >= 0.9  # backed off, not resubmitted at the next poll
+                assert s.witnessing.witnessed_size == 0
+                assert "witness.test/odd" not in (await s.client.get("/checkpoint")).text
+                health = (await s.client.get("/healthz")).json()
+                assert "timestamp 0" in health["witness"]["witnesses"][0]["error"]
+
+                mode["stamp"] = int(time.time()) + 86400
+                await s.until(lambda: "in the future" in (status.error or ""), timeout=30)
+                assert s.witnessing.witnessed_size == 0
+
+                mode["stamp"] = int(time.time())
+                await s.until(lambda: s.witnessing.witnessed_size == size, timeout=90)
+                note = (await s.client.get("/checkpoint")).text
+                assert CosignatureVerifier.from_vkey(vkey).timestamp(note) == mode["stamp"]
 
 
 class TestCosignatureAge:
@@ -367,6 +543,12 @@ class TestCosignatureAge:
             check_witnessed(cosigned, vs, 2, 86400, now=now)
         with pytest.raises(ValueError, match="in the future"):
             check_witnessed(note + a.cosign(text, now + 3600), vs[:1], 1, 86400, now=now)
+        # One witness's clock running ahead does not fail a note the other's cosignature satisfies.
+        ahead = note + a.cosign(text, now - 10) + b.cosign(text, now + 3600)
+        lines = check_witnessed(ahead, vs, 1, 86400, now=now)
+        assert "cosignature by witness.test/b: dated 3600 s in the future, not counted" in lines
+        with pytest.raises(ValueError, match="1 fresh cosignatures, 2 needed"):
+            check_witnessed(ahead, vs, 2, 86400, now=now)
         # Another checkpoint's cosignature moved onto this note does not verify.
         other = signer.sign_checkpoint(Checkpoint(ORIGIN, 3, EMPTY_ROOT)).split("\n\n")[0] + "\n"
         with pytest.raises(ValueError, match="does not verify"):

@@ -296,10 +296,14 @@ def verify_consistency(
     if old_size < 0 or old_size > new_size:
         return False
     if old_size in (0, new_size):
-        # Nothing to link: the proof is empty and the roots speak for themselves.
-        if path:
+        # Nothing to link: the proof is empty and the roots speak for themselves. Both
+        # are still checked: two trees of one size share their root, and the empty tree's
+        # is SHA-256 of nothing (a "root" of size 0 that is not is no tree at all).
+        if path or len(old_root) != HASH_SIZE or len(new_root) != HASH_SIZE:
             return False
-        return old_root == (EMPTY_ROOT if old_size == 0 else new_root)
+        if old_size == 0 and old_root != EMPTY_ROOT:
+            return False
+        return (old_size == 0 and new_size > 0) or old_root == new_root
     try:
         fr, sr = roots_from_consistency(old_size, new_size, old_root, path)
     except InvalidProof:

@@ -4,17 +4,24 @@
 keeps the latest checkpoint it cosigned for each log (by origin), and answers
 
     POST /add-checkpoint
+    GET /<hex SHA-256 of the origin>/checkpoint
 
-whose body is ``old <size>\\n``, up to 63 base64 consistency-proof lines, a blank
+The first's body is ``old <size>\\n``, up to 63 base64 consistency-proof lines, a blank
 line, and the signed checkpoint. It cosigns only a checkpoint that is signed by the
 log's key and consistent with the one it holds:
 
-* 404: the origin is not a log it witnesses; 403: no signature by that log's key verifies;
+* 404: the origin is not a log it witnesses; 403: no signature by that log's key verifies,
+  or one by a key it trusts for that log fails to verify;
 * 400: the body is malformed, or ``old`` is larger than the checkpoint's size;
-* 409 (``text/x.tlog.size``, body ``<size>\\n``): ``old`` is not the size it holds, or
-  the same size with another root (a fork);
-* 422: the consistency proof from the size it holds does not verify (a fork);
+* 409 (``Content-Type: text/x.tlog.size`` exactly, body ``<size>\\n``): ``old`` is not
+  the size it holds;
+* 422: the consistency proof from the size it holds does not verify, the checkpoint has
+  the size it holds but another root (a fork), or a checkpoint of size 0 does not have
+  the empty tree's root;
 * 200: one cosignature line, ``— <name> base64(key ID ‖ u64 timestamp ‖ Ed25519 signature)``.
+
+The second serves monitors the latest checkpoint it cosigned for that log, with the log's
+signatures it verified and its own cosignature (404 for a log it never cosigned).
 
 The signed message (tlog-cosignature, Ed25519) is ``cosignature/v1\\ntime <t>\\n``
 followed by the checkpoint's text; the key ID is ``SHA-256(name ‖ 0x0A ‖ 0x04 ‖
@@ -54,7 +61,7 @@ from starlette.routing import Route
 from rollwatch.errors import InvalidNote, WitnessRefused
 from rollwatch.integrity.checkpoint import Checkpoint, NoteVerifier, b64, check_key_name, split_note
 from rollwatch.integrity.keys import parse_private_key
-from rollwatch.integrity.merkle import HASH_SIZE, verify_consistency
+from rollwatch.integrity.merkle import EMPTY_ROOT, HASH_SIZE, verify_consistency
 from rollwatch.log import get_logger
 
 log = get_logger(__name__)
@@ -63,6 +70,8 @@ COSIGNATURE_V1 = 0x04
 """The signed-note signature type of timestamped Ed25519 cosignatures."""
 
 SIZE_TYPE = "text/x.tlog.size"
+MAX_TIMESTAMP = 2**63 - 1
+"""tlog-cosignature: a cosignature's timestamp must not exceed this."""
 MAX_PROOF_LINES = 63
 _MAX_BODY = 64 * 1024
 _SIG_PREFIX = "\u2014 "
@@ -141,6 +150,8 @@ class CosignatureVerifier:
             if len(blob) != 4 + 8 + 64:
                 raise InvalidNote(f"the cosignature by {name} is not 8 + 64 bytes")
             (t,) = struct.unpack(">Q", blob[4:12])
+            if t > MAX_TIMESTAMP:
+                raise InvalidNote(f"the cosignature by {name} has a timestamp beyond 2^63 - 1")
             try:
                 key.verify(blob[12:], cosigned_message(text, t))
             except InvalidSignature:
@@ -203,18 +214,25 @@ def parse_submission(body: bytes) -> tuple[int, list[bytes], str]:
 
 
 class WitnessState:
-    """The latest cosigned checkpoint per origin, in one JSON file replaced atomically."""
+    """The latest cosigned checkpoint per origin, in one JSON file replaced atomically:
+    its size and root, and the note as monitors get it (the log's verified signatures
+    and this witness's cosignature)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.logs: dict[str, tuple[int, bytes]] = {}
+        self.notes: dict[str, str] = {}
         if path.exists():
             data = json.loads(path.read_text(encoding="utf-8"))
             self.logs = {o: (int(v["size"]), base64.b64decode(v["root"])) for o, v in data.items()}
+            self.notes = {o: str(v["note"]) for o, v in data.items() if v.get("note")}
 
     def save(self) -> None:
         """Write the file (synced, then renamed into place)."""
-        data = {o: {"size": s, "root": b64(r)} for o, (s, r) in sorted(self.logs.items())}
+        data = {
+            o: {"size": s, "root": b64(r), **({"note": self.notes[o]} if o in self.notes else {})}
+            for o, (s, r) in sorted(self.logs.items())
+        }
         tmp = self.path.with_name(f".{self.path.name}.tmp")
         with tmp.open("w", encoding="utf-8") as f:
             json.dump(data, f, indent=1)
@@ -245,17 +263,20 @@ class Witness:
         verifiers = self.logs.get(cp.origin)
         if not verifiers:
             raise Refused(404, f"this witness does not witness the log {cp.origin!r}")
-        if not any(_signed_by(v, note) for v in verifiers):
-            raise Refused(403, f"no signature by a key of {cp.origin!r} verifies")
+        log_lines = _check_log_signatures(cp.origin, verifiers, note)
         if old > cp.size:
             raise Refused(400, f"old size {old} is larger than the checkpoint's size {cp.size}")
         async with self._lock:
             held_size, held_root = self.state.logs.get(cp.origin, (0, b""))
             if old != held_size:
                 raise Refused(409, f"{held_size}\n", SIZE_TYPE)
+            if cp.size == 0 and cp.root != EMPTY_ROOT:
+                raise Refused(
+                    422, "a checkpoint of size 0 must have the empty tree's root (SHA-256 of nothing)"
+                )
             if held_size == cp.size and held_size and held_root != cp.root:
                 log.error("witness_fork_seen", origin=cp.origin, size=cp.size)
-                raise Refused(409, f"{held_size}\n", SIZE_TYPE)
+                raise Refused(422, f"the checkpoint of size {cp.size} has another root than the one cosigned")
             if held_size and not verify_consistency(held_size, cp.size, held_root, cp.root, proof):
                 log.error("witness_inconsistent_checkpoint", origin=cp.origin, held=held_size, size=cp.size)
                 raise Refused(
@@ -263,35 +284,75 @@ class Witness:
                 )
             if not held_size and proof:
                 raise Refused(422, "the consistency proof from size 0 must be empty")
+            line = self.cosigner.cosign(text)
             self.state.logs[cp.origin] = (cp.size, cp.root)
+            self.state.notes[cp.origin] = f"{text}\n{''.join(log_lines)}{line}"
             await anyio.to_thread.run_sync(self.state.save)
             log.info("witness_cosigned", origin=cp.origin, size=cp.size)
-            return self.cosigner.cosign(text)
+            return line
+
+    def checkpoint_for(self, origin_hash: str) -> str | None:
+        """The latest cosigned note of the log whose origin's SHA-256 is ``origin_hash``
+        (lowercase hex), for monitors; None if this witness never cosigned one for it."""
+        for origin, note in self.state.notes.items():
+            if hashlib.sha256(origin.encode()).hexdigest() == origin_hash:
+                return note
+        return None
 
 
-def _signed_by(verifier: NoteVerifier, note: str) -> bool:
-    try:
-        verifier.open(note)
-    except InvalidNote:
-        return False
-    return True
+def _check_log_signatures(origin: str, verifiers: list[NoteVerifier], note: str) -> list[str]:
+    """The note's signature lines by the log's trusted keys, all verified; refuse (403) a note
+    that no trusted key of the log signed, or with a signature by a trusted key that does
+    not verify (tlog-witness: such a note is malformed, even when another trusted key's
+    signature verifies)."""
+    _, sigs = split_note(note)
+    lines = []
+    for v in verifiers:
+        ours = [blob for name, blob in sigs if name == v.name and blob[:4] == v.key_id]
+        if not ours:
+            continue
+        try:
+            v.open(note)
+        except InvalidNote as e:
+            raise Refused(403, f"a signature by a key of {origin!r} does not verify: {e}") from None
+        lines += [f"{_SIG_PREFIX}{v.name} {b64(blob)}\n" for blob in ours]
+    if not lines:
+        raise Refused(403, f"no signature by a key of {origin!r} verifies")
+    return lines
 
 
 def witness_app(witness: Witness) -> Starlette:
-    """``POST /add-checkpoint`` and ``GET /`` (the witness's vkey and the logs it witnesses)."""
+    """``POST /add-checkpoint``, ``GET /<origin hash>/checkpoint`` and ``GET /`` (the witness's
+    vkey and the logs it witnesses)."""
 
     async def add_checkpoint(request: Request) -> Response:
         body = await request.body()
         try:
             line = await witness.add_checkpoint(body)
         except Refused as e:
-            return Response(e.message, status_code=e.status, media_type=e.media_type)
+            # The media type exactly as given: clients compare text/x.tlog.size as a whole
+            # string, and Starlette would add "; charset=utf-8" to a text/ type.
+            return Response(e.message, status_code=e.status, headers={"Content-Type": e.media_type})
         return PlainTextResponse(line)
 
     async def info(_: Request) -> Response:
         logs = "".join(f"log {o}\n" for o in sorted(witness.logs))
         return PlainTextResponse(f"witness {witness.cosigner.vkey}\n{logs}")
 
+    async def checkpoint(request: Request) -> Response:
+        note = witness.checkpoint_for(request.path_params["origin_hash"])
+        if note is None:
+            return PlainTextResponse(
+                "this witness has cosigned no checkpoint of a log with that origin hash\n",
+                status_code=404,
+                headers={"Cache-Control": "no-cache"},
+            )
+        return PlainTextResponse(note, headers={"Cache-Control": "no-cache"})
+
     return Starlette(
-        routes=[Route("/add-checkpoint", add_checkpoint, methods=["POST"]), Route("/", info, methods=["GET"])]
+        routes=[
+            Route("/add-checkpoint", add_checkpoint, methods=["POST"]),
+            Route("/{origin_hash}/checkpoint", checkpoint, methods=["GET"]),
+            Route("/", info, methods=["GET"]),
+        ]
     )

@@ -44,6 +44,8 @@ COSIGNED_FILE = "checkpoint.cosigned"
 
 _POLL_S = 0.5  # how often the loop looks for a newly signed checkpoint
 _MAX_BACKOFF_S = 60.0
+CLOCK_SKEW_S = 60.0
+"""How far in the future a cosignature's timestamp may be (the witness's clock may run ahead)."""
 
 
 @dataclass(slots=True)
@@ -273,6 +275,13 @@ class Witnessing:
                 break
         if stamp is None:
             raise InvalidNote("its answer has no cosignature by its key")
+        # tlog-witness: the timestamp must not be zero; one far ahead would be published,
+        # fail every audit as "in the future", and keep the refresh from ever coming due.
+        if stamp == 0:
+            raise InvalidNote("its cosignature has timestamp 0 (tlog-witness requires the time of signing)")
+        ahead = stamp - time.time()
+        if ahead > CLOCK_SKEW_S:
+            raise InvalidNote(f"its cosignature is dated {ahead:.0f} s in the future")
         w.size = w.cosigned_size = cp.size
         w.cosigned_at = stamp
         w.error = None
@@ -317,7 +326,11 @@ def check_witnessed(
 ) -> list[str]:
     """Check ``note`` carries ``quorum`` valid cosignatures by ``verifiers``, none older than
     ``max_age`` seconds nor in the future (a minute of clock skew allowed); return one line per
-    cosignature, or raise ValueError saying what is missing."""
+    cosignature, or raise ValueError saying what is missing.
+
+    A cosignature dated in the future does not count (tlog-cosignature lets verifiers reject
+    it), but neither does it fail the note: one witness's clock cannot fail an audit that
+    the others' cosignatures satisfy."""
     t_now = time.time() if now is None else now
     try:
         times = cosignature_times(note, verifiers)
@@ -326,9 +339,9 @@ def check_witnessed(
     lines, fresh = [], 0
     for name, t in sorted(times.items()):
         age = t_now - t
-        if age < -60:
-            raise ValueError(f"the cosignature by {name} is dated {-age:.0f} s in the future")
-        if age > max_age:
+        if age < -CLOCK_SKEW_S:
+            lines.append(f"cosignature by {name}: dated {-age:.0f} s in the future, not counted")
+        elif age > max_age:
             lines.append(f"cosignature by {name}: {age:.0f} s old, older than the {max_age:.0f} s allowed")
         else:
             fresh += 1
