@@ -692,6 +692,7 @@ class Daemon:
                     stop_event=self.stopping,
                     health=integrity.health,
                     clock=clock,
+                    tree=integrity.tree,
                 )
             )
             background.start_soon(self._watch_problems, svc)
@@ -795,10 +796,15 @@ class Daemon:
     def projection_status(self) -> dict[str, object]:
         """/healthz's ``projections``: ``state`` (``building`` or ``current``) and, while
         building, ``phase``, ``seq``, ``head``, ``percent``, ``events_per_s``, ``eta_s``
-        (``phase`` is ``starting`` while the store and the rest are still being opened)."""
+        (``phase`` is ``starting`` while the store and the rest are still being opened, and
+        ``checking the log`` once they are built, until the log has passed its check at start)."""
         if self.services is None:
             return {"projections": {"state": "building", "phase": "starting"}}
         pdb = self.services.projections
+        api = self.publication
+        if pdb.ready and api is not None and api.integrity is not None and not api.integrity.checked:
+            # Current, but not served until the log has passed its check at start.
+            return {"projections": {"state": "building", "phase": "checking the log"}}
         if pdb.ready:
             return {"projections": {"state": "current"}}
         prog = pdb.progress

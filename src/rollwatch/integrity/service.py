@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,6 +21,7 @@ from starlette.routing import Route
 from rollwatch.abc import EventStore
 from rollwatch.config import IntegrityConfig
 from rollwatch.errors import ForeignCheckpointKey, IntegrityError, StoreError
+from rollwatch.events import Recorded
 from rollwatch.integrity.checkpoint import Checkpoint, NoteSigner
 from rollwatch.integrity.checkpointer import check_shared_key, checkpointer, final_checkpoint
 from rollwatch.integrity.health import Health
@@ -29,7 +30,7 @@ from rollwatch.integrity.keys import load_signer, promote_key
 from rollwatch.integrity.rotation import finish_rotation
 from rollwatch.integrity.routes import integrity_routes, tlog_routes
 from rollwatch.integrity.scrub import ScrubTarget, scrub_forever, scrub_pass
-from rollwatch.integrity.tree import MerkleTree
+from rollwatch.integrity.tree import MerkleTree, changed_error
 from rollwatch.integrity.witnessing import Witnessing
 from rollwatch.log import get_logger
 
@@ -70,6 +71,9 @@ class Integrity:
         self.signer = signer
         self.witness = witness
         self.witnessing: Witnessing | None = None
+        self.checked = False
+        """Whether the log passed the check at start (or it could not run): the routes that serve
+        what the log says wait for it (see :meth:`run`)."""
         """The witnesses of ``[integrity] witnesses`` and their cosignatures (None without any)."""
         if config.witnesses:
             self.witnessing = Witnessing.from_config(
@@ -98,6 +102,14 @@ class Integrity:
             return 0, None, 0
         age = None if w.witnessed_at is None else time.time() - w.witnessed_at
         return w.witnessed_size, age, len(w.refusals())
+
+    async def changed(self, records: Iterable[Recorded]) -> tuple[list[int], list[int]]:
+        """:meth:`MerkleTree.changed` (the public routes' check before serving a result); a
+        change found marks :attr:`health` tampered, as the scrub would at its next pass."""
+        changed, unabsorbed = await self.tree.changed(records)
+        if changed:
+            self.health.tampered(changed_error(changed[0]), found_by="public routes' check")
+        return changed, unabsorbed
 
     async def reload_signer(self) -> NoteSigner | None:
         """The key at hand now (after ``rollwatch key rotate``), which the routes then serve."""
@@ -205,6 +217,7 @@ class Integrity:
             except IntegrityError as e:
                 await fail_with(e, "scrub")
             else:
+                self.checked = True
                 try:
                     if self.store.shared:
                         # Every node keeps its tree (for proofs); one signs at a time, the

@@ -204,6 +204,14 @@ class _FileReader:
         return seqs, leaves, "" if last is None else str(last[0]), cps, bad
 
 
+def changed_error(seq: int) -> IntegrityError:
+    """The finding about an event :meth:`MerkleTree.changed` names (the scrub's words)."""
+    return IntegrityError(
+        seq,
+        "its content differs from what the Merkle tree absorbed when it was appended: the event was changed since",
+    )
+
+
 def _key(level: int, index: int) -> int:
     return (level << 40) | (index // STRIP)
 
@@ -772,6 +780,29 @@ class MerkleTree:
             return [nodes[(0, i)] for i in range(start, stop)]
 
         return await self._read(get)  # type: ignore[no-any-return]
+
+    async def leaves_at(self, seqs: Iterable[int]) -> dict[int, bytes]:
+        """The leaf hashes the tree recorded for the events at ``seqs`` when it absorbed them,
+        by seq (a seq it has not absorbed yet is left out)."""
+        wanted = sorted(set(seqs))
+
+        def get(db: sqlite3.Connection, stored: int) -> dict[int, bytes]:
+            nodes = _get_nodes(db, [(0, s - 1) for s in wanted if 1 <= s <= stored])
+            return {index + 1: h for (_, index), h in nodes.items()}
+
+        if not wanted:
+            return {}
+        return await self._read(get)  # type: ignore[no-any-return]
+
+    async def changed(self, records: Iterable[Recorded]) -> tuple[list[int], list[int]]:
+        """Check events read from the log against the leaves recorded when the tree absorbed
+        them: (the seqs of those that are no longer the event absorbed there, the seqs not
+        absorbed yet). The scrub finds such an edit only at its next pass; a reader about to
+        release or serve on an event's word asks here first (see :func:`changed_error`)."""
+        recs = sorted(records, key=lambda r: r.seq)
+        leaves = await self.leaves_at(r.seq for r in recs)
+        changed = [r.seq for r in recs if r.seq in leaves and leaves[r.seq] != leaf_hash(r.canonical())]
+        return changed, [r.seq for r in recs if r.seq not in leaves]
 
     async def node_hashes(self, level: int, start: int, end: int, *, size: int | None = None) -> list[bytes]:
         """The hashes of the perfect subtrees ``(level, i)`` for ``start <= i < end`` (tiles are made of these).

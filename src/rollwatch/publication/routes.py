@@ -208,6 +208,9 @@ class PublicationAPI:
         self.proofs: InclusionProofs | None = None
         self.bundles: ProofBundles | None = None
         self.witnessing = integrity.witnessing if integrity is not None else None
+        self.integrity = integrity
+        self.check = integrity
+        """Checks the events a public result rests on against the Merkle tree before it is served."""
         if integrity is not None:
             from rollwatch.publication.inclusion import InclusionProofs
             from rollwatch.publication.proofs import ProofBundles
@@ -223,12 +226,25 @@ class PublicationAPI:
 
     def not_building(self) -> None:
         """ServiceUnavailable (503, ``Retry-After``, the progress) while the projections are
-        being built: until then they would answer with data that is not current."""
+        being built: until then they would answer with data that is not current. Then, with
+        the integrity services, until the log has passed the check at start: read models
+        built from a log edited while the daemon was down (its tree deleted along) would
+        serve what the log was made to say until that check stops the daemon."""
         self.pdb.not_building()
+        if self.integrity is not None and not self.integrity.checked:
+            raise ServiceUnavailable(
+                "the log is being checked against what was signed before anything is served from it;"
+                " retry in 5 s",
+                {"Retry-After": "5"},
+            )
 
     async def current(self) -> int:
-        """The log's head, with the projections caught up to it (503 while they are being built)."""
+        """The log's head, with the projections caught up to it (503 while they are being built,
+        or the log checked at start)."""
         self.not_building()
+        return await self._caught_up()
+
+    async def _caught_up(self) -> int:
         head = await self.store.head()
         if self.pdb.applied < head:
             async with self._catch_up_lock:
@@ -370,7 +386,8 @@ class PublicationAPI:
         try:
             module = importlib.import_module("rollwatch.report")
             t = time.perf_counter()
-            head = await self.current()
+            self.pdb.not_building()
+            head = await self._caught_up()  # made ahead of the check at start, served after it
             for by in ("model", "run", "problem"):
                 await self.report_body(module, _report_view(by, {}), head, by, {})
             log.info("reports_primed", head=head, took_s=round(time.perf_counter() - t, 3))
@@ -402,6 +419,7 @@ class PublicationAPI:
                 now=self.now(),
                 embargo_default=self.config.publication.embargo,
                 embargo_counts=self.config.publication.embargo_counts,
+                check=self.check,
             )
             self._view = (key, time.monotonic(), v)
             self._renders.clear()
@@ -497,7 +515,7 @@ class PublicationAPI:
         cp = await bundles.checkpoint() if bundles is not None else None
 
         async def lines() -> AsyncIterator[bytes]:
-            async for r in iter_released(self.store, self.pdb, now):
+            async for r in iter_released(self.store, self.pdb, now, check=self.check):
                 line = r.to_json()
                 if bundles is not None and cp is not None:
                     # Every line against the same checkpoint, whatever is signed meanwhile.
@@ -512,7 +530,11 @@ class PublicationAPI:
         """``/public/rollouts/{id}.json``: one released result (404 unless released)."""
         rid = request.path_params["rollout_id"]
         await self.current()
-        r = await released_one(self.store, self.pdb, rid, self.now()) if ROLLOUT_ID.match(rid) else None
+        r = (
+            await released_one(self.store, self.pdb, rid, self.now(), self.check)
+            if ROLLOUT_ID.match(rid)
+            else None
+        )
         if r is None:
             raise NotFound("no released result with this id")
         body = r.to_json()
