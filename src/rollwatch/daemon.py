@@ -692,7 +692,7 @@ class Daemon:
                     stop_event=self.stopping,
                     health=integrity.health,
                     clock=clock,
-                    tree=integrity.tree,
+                    check=integrity,
                 )
             )
             background.start_soon(self._watch_problems, svc)

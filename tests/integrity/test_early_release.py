@@ -25,7 +25,9 @@ import anyio
 import httpx
 import pytest
 
-from rollwatch.events import canonical_bytes, canonical_json, chain_hash, rfc3339
+from rollwatch.events import Recorded, canonical_bytes, canonical_json, chain_hash, rfc3339
+from rollwatch.integrity.merkle import leaf_hash
+from rollwatch.integrity.tree import _COLUMNS, STRIP
 from rollwatch.store.sqlite import SQLiteEventStore
 from tests.helpers import rollwatch
 from tests.integrity.conftest import rewrite_event
@@ -119,6 +121,26 @@ def _append(db: Path, rollout_id: str, typ: str, data: dict[str, object]) -> int
         con.close()
 
 
+def move_the_date_and_its_leaf(db: Path, rollout_id: str) -> int:
+    """:func:`move_the_date`, and the event's leaf in ``merkle.db`` made the edited event's
+    (the tree's nodes above it left: the checkpoints' roots are signed)."""
+    seq = move_the_date(db, rollout_id)
+    con = sqlite3.connect(db)
+    try:
+        row = con.execute(f"SELECT {_COLUMNS} FROM events WHERE seq = ?", (seq,)).fetchone()
+    finally:
+        con.close()
+    leaf = leaf_hash(tuple.__new__(Recorded, row).canonical())
+    tree = sqlite3.connect(db.parent / "merkle.db", isolation_level=None)
+    try:  # level 0, 64 hashes of 32 bytes a row (see rollwatch.integrity.tree)
+        k, at = (seq - 1) // STRIP, ((seq - 1) % STRIP) * 32
+        (blob,) = tree.execute("SELECT hashes FROM tree_strips WHERE k = ?", (k,)).fetchone()
+        tree.execute("UPDATE tree_strips SET hashes = ? WHERE k = ?", (blob[:at] + leaf + blob[at + 32 :], k))
+    finally:
+        tree.close()
+    return seq
+
+
 def forge_the_release(db: Path, rollout_id: str) -> int:
     """The embargoed pass's decision dated in the past, and its release appended at the tail."""
     seq = move_the_date(db, rollout_id)
@@ -157,6 +179,7 @@ ATTACKS: list[tuple[Callable[[Path, str], int], str]] = [
     (move_the_date, "held"),
     (pass_a_failure, "failed"),
     (forge_the_release, "held"),
+    (move_the_date_and_its_leaf, "held"),
 ]
 
 

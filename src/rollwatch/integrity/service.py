@@ -27,6 +27,7 @@ from rollwatch.integrity.checkpointer import check_shared_key, checkpointer, fin
 from rollwatch.integrity.health import Health
 from rollwatch.integrity.identity import ORIGIN_FILE, resolve_origin, set_aside_foreign_state
 from rollwatch.integrity.keys import load_signer, promote_key
+from rollwatch.integrity.merkle import leaf_hash
 from rollwatch.integrity.rotation import finish_rotation
 from rollwatch.integrity.routes import integrity_routes, tlog_routes
 from rollwatch.integrity.scrub import ScrubTarget, scrub_forever, scrub_pass
@@ -39,6 +40,8 @@ if TYPE_CHECKING:
     from rollwatch.web.access import Operators
 
 log = get_logger(__name__)
+
+_PROVEN_KEPT = 100_000  # leaves of events proven in a signed root, kept (about 10 MB)
 
 
 class Integrity:
@@ -72,6 +75,10 @@ class Integrity:
         self.witness = witness
         self.witnessing: Witnessing | None = None
         self.checked = False
+        self.trusted: Checkpoint | None = None
+        """The largest checkpoint this process signed or verified the signature of (see :meth:`changed`)."""
+        self._proven: dict[int, bytes] = {}
+        """Seq -> the leaf of an event proven in a trusted checkpoint's root (it cannot change)."""
         """Whether the log passed the check at start (or it could not run): the routes that serve
         what the log says wait for it (see :meth:`run`)."""
         """The witnesses of ``[integrity] witnesses`` and their cosignatures (None without any)."""
@@ -103,12 +110,29 @@ class Integrity:
         age = None if w.witnessed_at is None else time.time() - w.witnessed_at
         return w.witnessed_size, age, len(w.refusals())
 
+    def _trust(self, cp: Checkpoint) -> None:
+        if self.trusted is None or cp.size > self.trusted.size:
+            self.trusted = cp
+
     async def changed(self, records: Iterable[Recorded]) -> tuple[list[int], list[int]]:
-        """:meth:`MerkleTree.changed` (the public routes' check before serving a result); a
-        change found marks :attr:`health` tampered, as the scrub would at its next pass."""
-        changed, unabsorbed = await self.tree.changed(records)
+        """:meth:`MerkleTree.changed` against the trusted checkpoint (the release job's and the
+        public routes' check before they release or serve on an event's word); a change
+        found marks :attr:`health` tampered at once, as the scrub would at its next pass.
+        An event proven once is compared with its proven leaf after (a feed asks for the
+        same few hundred on every request)."""
+        recs = list(records)
+        todo = [r for r in recs if self._proven.get(r.seq) != leaf_hash(r.canonical())]
+        trusted = self.trusted
+        signed = (trusted.size, trusted.root) if trusted is not None else None
+        changed, unabsorbed = await self.tree.changed(todo, signed)
         if changed:
-            self.health.tampered(changed_error(changed[0]), found_by="public routes' check")
+            self.health.tampered(
+                changed_error(changed[0]), found_by="check before a release or a public answer"
+            )
+        elif signed is not None:
+            if len(self._proven) > _PROVEN_KEPT:
+                self._proven.clear()
+            self._proven.update((r.seq, leaf_hash(r.canonical())) for r in todo if r.seq <= signed[0])
         return changed, unabsorbed
 
     async def reload_signer(self) -> NoteSigner | None:
@@ -199,6 +223,7 @@ class Integrity:
             key_used_before=self.key_used_before,
             reload=self.reload_signer,
             promote=functools.partial(promote_key, self.config.key_path(self.store_config)),
+            on_trusted=self._trust,
         )
         async with anyio.create_task_group() as tg:
             await tg.start(follow)

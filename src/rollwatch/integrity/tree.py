@@ -66,6 +66,7 @@ from rollwatch.integrity.merkle import (
     leaf_hash,
     node_hash,
     nodes_for,
+    root_from_inclusion,
     root_nodes,
 )
 from rollwatch.log import get_logger
@@ -781,28 +782,44 @@ class MerkleTree:
 
         return await self._read(get)  # type: ignore[no-any-return]
 
-    async def leaves_at(self, seqs: Iterable[int]) -> dict[int, bytes]:
-        """The leaf hashes the tree recorded for the events at ``seqs`` when it absorbed them,
-        by seq (a seq it has not absorbed yet is left out)."""
-        wanted = sorted(set(seqs))
-
-        def get(db: sqlite3.Connection, stored: int) -> dict[int, bytes]:
-            nodes = _get_nodes(db, [(0, s - 1) for s in wanted if 1 <= s <= stored])
-            return {index + 1: h for (_, index), h in nodes.items()}
-
-        if not wanted:
-            return {}
-        return await self._read(get)  # type: ignore[no-any-return]
-
-    async def changed(self, records: Iterable[Recorded]) -> tuple[list[int], list[int]]:
-        """Check events read from the log against the leaves recorded when the tree absorbed
-        them: (the seqs of those that are no longer the event absorbed there, the seqs not
-        absorbed yet). The scrub finds such an edit only at its next pass; a reader about to
-        release or serve on an event's word asks here first (see :func:`changed_error`)."""
+    async def changed(
+        self, records: Iterable[Recorded], signed: tuple[int, bytes] | None = None
+    ) -> tuple[list[int], list[int]]:
+        """Check events read from the log against what the tree absorbed when they were
+        appended: (the seqs of those that are no longer the event absorbed there, the seqs
+        it cannot tell yet, not absorbed). With ``signed`` (the size and root of a
+        checkpoint whose signature was verified), an event it covers must be proven in that
+        root by the tree's audit path, so an edit of ``merkle.db``'s leaf beside the log's row
+        is found too; any other is compared with the stored leaf. The scrub finds such edits
+        only at its next pass: a reader about to release or serve on an event's word asks
+        here first (see :func:`changed_error`)."""
         recs = sorted(records, key=lambda r: r.seq)
-        leaves = await self.leaves_at(r.seq for r in recs)
-        changed = [r.seq for r in recs if r.seq in leaves and leaves[r.seq] != leaf_hash(r.canonical())]
-        return changed, [r.seq for r in recs if r.seq not in leaves]
+        size, root = signed if signed is not None else (0, b"")
+
+        def get(db: sqlite3.Connection, stored: int) -> tuple[list[int], list[int]]:
+            n = size if size <= stored else 0  # a tree file behind the checkpoint: leaves only
+            proven = [r for r in recs if r.seq <= n]
+            rest = [r for r in recs if r.seq > n]
+            changed = []
+            if proven:
+                ranges = [inclusion_ranges(r.seq - 1, n) for r in proven]
+                nodes = _get_nodes(db, set().union(*(nodes_for(x) for x in ranges)))
+                for r, x in zip(proven, ranges, strict=True):
+                    leaf = leaf_hash(r.canonical())
+                    try:
+                        ok = root_from_inclusion(r.seq - 1, n, leaf, assemble(x, nodes)) == root
+                    except InvalidProof:
+                        ok = False
+                    if not ok:
+                        changed.append(r.seq)
+            absorbed = [r for r in rest if 1 <= r.seq <= stored]
+            leaves = _get_nodes(db, [(0, r.seq - 1) for r in absorbed])
+            changed += [r.seq for r in absorbed if leaves[(0, r.seq - 1)] != leaf_hash(r.canonical())]
+            return sorted(changed), [r.seq for r in rest if r.seq > stored]
+
+        if not recs:
+            return [], []
+        return await self._read(get)  # type: ignore[no-any-return]
 
     async def node_hashes(self, level: int, start: int, end: int, *, size: int | None = None) -> list[bytes]:
         """The hashes of the perfect subtrees ``(level, i)`` for ``start <= i < end`` (tiles are made of these).

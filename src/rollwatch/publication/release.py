@@ -41,7 +41,7 @@ from rollwatch.projections import ProjectionDB
 from rollwatch.publication.clock import ReleaseClock
 
 if TYPE_CHECKING:
-    from rollwatch.integrity.tree import MerkleTree
+    from rollwatch.publication.public import EventCheck
 
 log = get_logger(__name__)
 
@@ -59,7 +59,7 @@ async def caught_up(store: EventStore, pdb: ProjectionDB) -> int:
 
 
 async def release_one(
-    store: EventStore, rollout_id: str, now: datetime | None = None, tree: MerkleTree | None = None
+    store: EventStore, rollout_id: str, now: datetime | None = None, check: EventCheck | None = None
 ) -> bool:
     """Append ``PublicReleased`` for one rollout if its log says it is due; True if appended.
 
@@ -67,10 +67,11 @@ async def release_one(
     problem version that fails it means never), a public decision whose ``not_before``
     is at or before ``now``, and no ``PublicReleased`` yet.
 
-    With ``tree`` (the log's Merkle tree), the stream's events must also be the ones the
-    tree absorbed when they were appended: a decision whose date was edited in the file
-    (which the scrub finds only at its next pass) raises :class:`IntegrityError` instead
-    of releasing, and one the tree has not absorbed yet waits for a later pass.
+    With ``check`` (the daemon's integrity service), the stream's events must also be the
+    ones appended, as the Merkle tree and the signed checkpoints hold them: a decision whose
+    date was edited in the file (which the scrub finds only at its next pass) raises
+    :class:`IntegrityError` instead of releasing, and one the tree has not absorbed yet
+    waits for a later pass.
     """
     stream = rollout_stream(rollout_id)
     for _ in range(_ATTEMPTS):
@@ -92,10 +93,10 @@ async def release_one(
         when = now or datetime.now(UTC)
         if released or not passed or not_before is None or not_before > when:
             return False
-        if tree is not None:
+        if check is not None:
             from rollwatch.integrity.tree import changed_error
 
-            changed, unabsorbed = await tree.changed(read)
+            changed, unabsorbed = await check.changed(read)
             if changed:
                 raise changed_error(changed[0])
             if unabsorbed:
@@ -117,23 +118,23 @@ async def _release_into(
     now: datetime | None,
     limiter: anyio.CapacityLimiter,
     done: list[str],
-    tree: MerkleTree | None,
+    check: EventCheck | None,
     changed: list[IntegrityError],
 ) -> None:
     async with limiter:
         try:
-            if await release_one(store, rid, now, tree):
+            if await release_one(store, rid, now, check):
                 done.append(rid)
         except IntegrityError as e:
             changed.append(e)
 
 
 async def release_due(
-    store: EventStore, pdb: ProjectionDB, now: datetime | None = None, tree: MerkleTree | None = None
+    store: EventStore, pdb: ProjectionDB, now: datetime | None = None, check: EventCheck | None = None
 ) -> int:
     """Release every rollout whose public decision has fallen due; return how many were released.
 
-    With ``tree``, each release is checked against it first (:func:`release_one`); an event
+    With ``check``, each release is checked against it first (:func:`release_one`); an event
     found changed raises :class:`IntegrityError` (the lowest seq found) after the batch."""
     released = 0
     last_ts = float("-inf")
@@ -155,7 +156,7 @@ async def release_due(
         changed: list[IntegrityError] = []
         async with anyio.create_task_group() as tg:
             for rid, _ts in rows:
-                tg.start_soon(_release_into, store, rid, now, limiter, done, tree, changed)
+                tg.start_soon(_release_into, store, rid, now, limiter, done, check, changed)
         released += len(done)
         if changed:
             if released:
@@ -188,7 +189,7 @@ async def release_job(
     stop_event: anyio.Event | None = None,
     health: Health | None = None,
     clock: ReleaseClock | None = None,
-    tree: MerkleTree | None = None,
+    check: EventCheck | None = None,
     task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Release due results every ``interval`` seconds (sooner when one falls due sooner).
@@ -200,8 +201,8 @@ async def release_job(
     nothing more is released: a release would publish a result the log may no
     longer hold as it was scored. With ``clock``, releases go by it and wait while it is
     held (a jump of the wall clock, or a clock behind the log: :mod:`.clock`). With
-    ``tree``, every release is checked against the Merkle tree first (:func:`release_one`):
-    an event found changed marks ``health`` tampered, and nothing more is released.
+    ``check``, every release is checked first (:func:`release_one`): an event found
+    changed marks ``health`` tampered, and nothing more is released.
     """
     task_status.started()
     failing: str | None = None
@@ -217,15 +218,16 @@ async def release_job(
             if clock is not None:
                 await clock.check_log(store)
             if clock is None:
-                await release_due(store, pdb, tree=tree)
+                await release_due(store, pdb, check=check)
             elif not clock.held:
-                await release_due(store, pdb, clock.now(), tree)
+                await release_due(store, pdb, clock.now(), check)
             # Held, what the wall clock says is due waits a whole interval (not a loop).
             due = None if clock is not None and clock.held else await _next_due(pdb)
             failing = None
         except IntegrityError as e:
             health = health or Health()
-            health.tampered(e, found_by="release job")
+            if health.ok:  # else the check said so already
+                health.tampered(e, found_by="release job")
             continue
         except Exception as e:
             if (failure := storage_failure(e)) is None:
