@@ -557,12 +557,13 @@ class Daemon:
         opened once it answers, and READY=1 follows once it is all open.
         """
         from rollwatch.web.app import Starting, build_app
-        from rollwatch.web.server import HTTPServer, listening_sockets
+        from rollwatch.web.server import HTTPServer, listening_sockets, raise_open_file_limit
 
         async with AsyncExitStack() as stack:
             # The address first: a busy port is reported before anything is opened or
             # created (a scoring pool, a fresh checkpoint key).
             host, port = self.config.server.host, self.config.server.port
+            raise_open_file_limit()  # before the server sizes its connection limits by it
             sockets = await anyio.to_thread.run_sync(listening_sockets, host, port)
             for s in sockets:
                 stack.callback(s.close)
