@@ -87,3 +87,39 @@ def test_the_limits_leave_room_below_the_open_file_limit() -> None:
             assert conns + backlog <= max(limit // 2, 32), (limit, conns, backlog)
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_a_scrub_that_cannot_start_its_process_is_tried_again(tmp_path: Path) -> None:
+    """The daemon's open-file limit lowered under it (``prlimit``) to what it holds: the scrub
+    cannot start its process. That is no finding: one ``scrub_failed`` WARNING a pass, and
+    the next pass once the limit is back passes (before, the daemon exited 1)."""
+    port = free_port()
+    cfg = tmp_path / "rollwatch.toml"
+    cfg.write_text(
+        f'[store]\nurl = "sqlite:{tmp_path / "events.db"}"\n[server]\nlisten = "127.0.0.1:{port}"\n'
+        '[integrity]\nscrub_interval = "500ms"\n'
+    )
+    err = tmp_path / "serve.err"
+    with err.open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "rollwatch", "--config", str(cfg), "serve", "--grace", "2"],
+            stdout=subprocess.DEVNULL,
+            stderr=out,
+        )
+    try:
+        _poll(lambda: "scrub_passed" in err.read_text(), 60, "the daemon's first scrub")
+        limits = resource.prlimit(proc.pid, resource.RLIMIT_NOFILE)
+        held = len(list(Path(f"/proc/{proc.pid}/fd").iterdir()))
+        resource.prlimit(proc.pid, resource.RLIMIT_NOFILE, (held, limits[1]))
+        try:
+            _poll(lambda: "scrub_failed" in err.read_text() or proc.poll() is not None, 30, "a scrub to fail")
+        finally:
+            if proc.poll() is None:
+                resource.prlimit(proc.pid, resource.RLIMIT_NOFILE, limits)
+        assert proc.poll() is None, err.read_text()[-2000:]
+        passed = err.read_text().count("scrub_passed")
+        _poll(lambda: err.read_text().count("scrub_passed") > passed, 30, "a scrub to pass again")
+    finally:
+        _stop(proc)
+    assert proc.returncode == 0, err.read_text()[-2000:]
+    assert "Traceback" not in err.read_text()
