@@ -32,7 +32,7 @@ from rollwatch.store.sqlite import SQLiteEventStore
 from tests.helpers import rollwatch
 from tests.integrity.conftest import rewrite_event
 from tests.integrity.served import Site, _poll, _stop, serving
-from tests.publication.helpers import add_rollout, finish_run, new_run_id, start_run
+from tests.publication.helpers import add_rollout, add_subscriber, bearer, finish_run, new_run_id, start_run
 from tests.test_daemon import free_port
 
 PUBLIC = ("/public/feed.json", "/public/feed.atom", "/public/", "/public/results.jsonl")
@@ -270,3 +270,49 @@ def test_an_export_files_nothing_from_an_edited_log(tmp_path: Path) -> None:
     assert "Traceback" not in r.stderr
     filed = [p for p in out.rglob("*") if p.is_file() and held in p.read_text()] if out.exists() else []
     assert filed == []
+
+
+def test_subscribers_are_served_nothing_of_an_edited_event(tmp_path: Path) -> None:
+    """A failure's verdict made a pass in the log file (one row, the chain left), no
+    projections edit needed: the feed and the archived record read the log at each request,
+    and served the forged pass to every subscriber until the next scrub. Now both answer
+    503 naming the seq, and ``/healthz`` names it at once; the feed before it is still served."""
+    s, _, failed = _site(tmp_path)
+    with serving(s):
+
+        async def subscribe() -> str:
+            async with SQLiteEventStore(s.db) as store:
+                return await add_subscriber(store, "reader")
+
+        auth = bearer(anyio.run(subscribe))
+        feed = _poll(
+            lambda: (r := _get_auth(s.url + "/v1/feed?limit=1000", auth)) and r.status_code == 200 and r,
+            30,
+            "the feed",
+        )
+        assert isinstance(feed, httpx.Response)
+        evs = _events(s.db, failed)
+        scored, _ = evs["RolloutScored"]
+        assert any(i["seq"] == scored and i["passed"] is False for i in feed.json()["items"])
+        _edit(s.db, scored, passed=True, score=1.0)
+        for path in ("/v1/feed?limit=1000", f"/v1/rollouts/{failed}"):
+            r = _get_auth(s.url + path, auth)
+            assert r is not None
+            assert r.status_code == 503, (path, r.status_code, r.text[:300])
+            assert f"event {scored} was changed" in r.json()["message"]
+        h = _get(s.url + "/healthz")
+        assert h is not None
+        assert h.status_code == 503
+        assert h.json()["first_bad_seq"] == scored, h.json()
+        n = sum(i["seq"] < scored for i in feed.json()["items"])
+        before = _get_auth(s.url + f"/v1/feed?limit={n}", auth)
+        assert before is not None
+        assert before.status_code == 200
+        assert before.json()["next"] == max(i["seq"] for i in before.json()["items"]) < scored
+
+
+def _get_auth(url: str, headers: dict[str, str]) -> httpx.Response | None:
+    try:
+        return httpx.get(url, headers=headers, timeout=10)
+    except httpx.HTTPError:
+        return None

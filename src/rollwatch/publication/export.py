@@ -80,10 +80,12 @@ class _Refusing:
     def __init__(self, tree: MerkleTree) -> None:
         self.tree = tree
 
-    async def changed(self, records: Iterable[Recorded]) -> tuple[list[int], list[int]]:
+    async def changed(
+        self, records: Iterable[Recorded], *, prove: bool = True
+    ) -> tuple[list[int], list[int]]:
         from rollwatch.integrity.tree import changed_error
 
-        changed, unabsorbed = await self.tree.changed(records)
+        changed, unabsorbed = await self.tree.changed(records)  # the stored leaves: no key at hand
         if changed:
             raise changed_error(changed[0])
         return changed, unabsorbed

@@ -52,8 +52,11 @@ class EventCheck(Protocol):
     daemon's :class:`rollwatch.integrity.service.Integrity`, or a
     :class:`rollwatch.integrity.tree.MerkleTree` (``publish export``)."""
 
-    async def changed(self, records: Iterable[Recorded]) -> tuple[list[int], list[int]]:
-        """(the seqs of events changed since they were appended, the seqs it cannot tell yet)."""
+    async def changed(
+        self, records: Iterable[Recorded], *, prove: bool = True
+    ) -> tuple[list[int], list[int]]:
+        """(the seqs of events changed since they were appended, the seqs it cannot tell yet);
+        ``prove``: against a signed root where it can, not the stored leaves alone."""
         ...
 
 

@@ -56,6 +56,7 @@ from rollwatch.config import Config
 from rollwatch.errors import (
     BadRequest,
     Forbidden,
+    IntegrityError,
     NotFound,
     ServiceUnavailable,
     TooManyRequests,
@@ -157,6 +158,15 @@ _REPORTS_KEPT = 16
 def _report_view(by: str, options: dict[str, object]) -> tuple[object, ...]:
     """What names one report view: ``by`` and the options with their values."""
     return (by, *sorted(options.items()))
+
+
+def _changed(e: IntegrityError) -> ServiceUnavailable:
+    """The answer for a subscriber route whose events include one changed since it was
+    appended (found by the integrity check, which marks the log tampered with)."""
+    return ServiceUnavailable(
+        f"the log's event {e.seq} was changed since it was appended: nothing is served from it;"
+        " the operator is told (/healthz)"
+    )
 
 
 def _json_bytes(obj: Any) -> bytes:
@@ -296,7 +306,12 @@ class PublicationAPI:
         deadline = anyio.current_time() + wait
         while True:
             head = await self.current()
-            items, last = await feed_page(self.store, self.pdb, after=after, until=head, limit=limit)
+            try:
+                items, last = await feed_page(
+                    self.store, self.pdb, after=after, until=head, limit=limit, check=self.check
+                )
+            except IntegrityError as e:
+                raise _changed(e) from None
             remaining = deadline - anyio.current_time()
             if items or remaining <= 0:
                 break
@@ -318,7 +333,10 @@ class PublicationAPI:
         rid = request.path_params["rollout_id"]
         if not ROLLOUT_ID.match(rid):
             raise BadRequest(f"rollout_id {rid[:80]!r} is not a rollout id")
-        rec = await rollout_record(self.store, rid)
+        try:
+            rec = await rollout_record(self.store, rid, check=self.check)
+        except IntegrityError as e:
+            raise _changed(e) from None
         if rec is None:
             raise NotFound(f"no rollout {rid!r} in the log")
         return _tagged(
