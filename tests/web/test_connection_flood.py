@@ -68,7 +68,7 @@ def test_idle_connections_past_the_open_file_limit_take_nothing_down(tmp_path: P
     assert proc.returncode == 0, text[-2000:]
     assert "Too many open files" not in text
     assert "out of system resource" not in text
-    assert text.count("http_connections_full") == 1, text.count("http_connections_full")
+    assert 1 <= text.count("http_connections_full") <= 2, text.count("http_connections_full")  # one per 10 s
     assert "Traceback" not in text
 
 
