@@ -557,12 +557,13 @@ class Daemon:
         opened once it answers, and READY=1 follows once it is all open.
         """
         from rollwatch.web.app import Starting, build_app
-        from rollwatch.web.server import HTTPServer, listening_sockets
+        from rollwatch.web.server import HTTPServer, listening_sockets, raise_open_file_limit
 
         async with AsyncExitStack() as stack:
             # The address first: a busy port is reported before anything is opened or
             # created (a scoring pool, a fresh checkpoint key).
             host, port = self.config.server.host, self.config.server.port
+            raise_open_file_limit()  # before the server sizes its connection limits by it
             sockets = await anyio.to_thread.run_sync(listening_sockets, host, port)
             for s in sockets:
                 stack.callback(s.close)
@@ -692,6 +693,7 @@ class Daemon:
                     stop_event=self.stopping,
                     health=integrity.health,
                     clock=clock,
+                    check=integrity,
                 )
             )
             background.start_soon(self._watch_problems, svc)
@@ -795,10 +797,15 @@ class Daemon:
     def projection_status(self) -> dict[str, object]:
         """/healthz's ``projections``: ``state`` (``building`` or ``current``) and, while
         building, ``phase``, ``seq``, ``head``, ``percent``, ``events_per_s``, ``eta_s``
-        (``phase`` is ``starting`` while the store and the rest are still being opened)."""
+        (``phase`` is ``starting`` while the store and the rest are still being opened, and
+        ``checking the log`` once they are built, until the log has passed its check at start)."""
         if self.services is None:
             return {"projections": {"state": "building", "phase": "starting"}}
         pdb = self.services.projections
+        api = self.publication
+        if pdb.ready and api is not None and api.integrity is not None and not api.integrity.checked:
+            # Current, but not served until the log has passed its check at start.
+            return {"projections": {"state": "building", "phase": "checking the log"}}
         if pdb.ready:
             return {"projections": {"state": "current"}}
         prog = pdb.progress

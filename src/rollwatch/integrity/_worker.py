@@ -41,16 +41,20 @@ async def worker_pass(module: str, arg: str, what: str) -> int:
     :func:`worker_arg`.
 
     Raises :class:`IntegrityError` on a finding, :class:`StoreError` when the pass could
-    not run (the log out of reach, say); ``what`` names the pass in that message.
+    not run (the log out of reach, its process not started); ``what`` names the pass in
+    that message.
     """
-    result = await anyio.run_process(
-        [sys.executable, "-m", module],
-        input=arg.encode(),
-        check=False,
-        stderr=None,
-        start_new_session=True,
-        env=_child.env(),  # see rollwatch._child
-    )
+    try:
+        result = await anyio.run_process(
+            [sys.executable, "-m", module],
+            input=arg.encode(),
+            check=False,
+            stderr=None,
+            start_new_session=True,
+            env=_child.env(),  # see rollwatch._child
+        )
+    except OSError as e:  # no descriptor or process left for it (EMFILE, EAGAIN): not a finding
+        raise StoreError(f"{what} could not run: cannot start its process: {e}") from e
     lines = result.stdout.decode(errors="replace").strip().splitlines()
     last = lines[-1] if lines else f"error {what} exited with status {result.returncode}"
     kind, _, rest = last.partition(" ")

@@ -78,8 +78,12 @@ class Checkpointer:
         key_used_before: bool = False,
         reload: Callable[[], Awaitable[NoteSigner | None]] | None = None,
         promote: Callable[[], None] | None = None,
+        on_trusted: Callable[[Checkpoint], None] | None = None,
     ) -> None:
         self.node = node
+        self.on_trusted = on_trusted
+        """Told each checkpoint this process signed, or found signed by a key of the log's
+        chain (its signature verified): a tree head no file edit can move."""
         self.reload = reload
         self.promote = promote
         """Gives a new key the key file's name before its first signature (blocking; see
@@ -112,7 +116,10 @@ class Checkpointer:
             ring = self.ring or KeyRing(start=self.verifier)
             key = ring.signer_of(note)
             if key is not None:
-                return key.open_checkpoint(note)
+                cp = key.open_checkpoint(note)
+                if self.on_trusted is not None:
+                    self.on_trusted(cp)
+                return cp
             cp = Checkpoint.parse(text)
         except InvalidNote as e:
             raise self._refuse(seq, f"the checkpoint in {where} is not valid: {e}") from None
@@ -214,6 +221,8 @@ class Checkpointer:
                     return None
                 await self.tree.catch_up(self.store)
             log.info("checkpoint_signed", size=size, root=b64(root), seq=rec.seq)
+            if self.on_trusted is not None:
+                self.on_trusted(cp)
             self.latest = cp
             self.covered = size
             return cp
@@ -348,6 +357,7 @@ async def checkpointer(
     key_used_before: bool = False,
     reload: Callable[[], Awaitable[NoteSigner | None]] | None = None,
     promote: Callable[[], None] | None = None,
+    on_trusted: Callable[[Checkpoint], None] | None = None,
     task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """The checkpointer task: sign at start, every N events or T seconds, and once more at ``stop``.
@@ -367,6 +377,7 @@ async def checkpointer(
         key_used_before=key_used_before,
         reload=reload,
         promote=promote,
+        on_trusted=on_trusted,
     )
     await cp.checkpoint()
     task_status.started()

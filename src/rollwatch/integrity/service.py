@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,15 +21,17 @@ from starlette.routing import Route
 from rollwatch.abc import EventStore
 from rollwatch.config import IntegrityConfig
 from rollwatch.errors import ForeignCheckpointKey, IntegrityError, StoreError
+from rollwatch.events import Recorded
 from rollwatch.integrity.checkpoint import Checkpoint, NoteSigner
 from rollwatch.integrity.checkpointer import check_shared_key, checkpointer, final_checkpoint
 from rollwatch.integrity.health import Health
 from rollwatch.integrity.identity import ORIGIN_FILE, resolve_origin, set_aside_foreign_state
 from rollwatch.integrity.keys import load_signer, promote_key
+from rollwatch.integrity.merkle import leaf_hash
 from rollwatch.integrity.rotation import finish_rotation
 from rollwatch.integrity.routes import integrity_routes, tlog_routes
 from rollwatch.integrity.scrub import ScrubTarget, scrub_forever, scrub_pass
-from rollwatch.integrity.tree import MerkleTree
+from rollwatch.integrity.tree import MerkleTree, changed_error
 from rollwatch.integrity.witnessing import Witnessing
 from rollwatch.log import get_logger
 
@@ -38,6 +40,8 @@ if TYPE_CHECKING:
     from rollwatch.web.access import Operators
 
 log = get_logger(__name__)
+
+_PROVEN_KEPT = 100_000  # leaves of events proven in a signed root, kept (about 10 MB)
 
 
 class Integrity:
@@ -70,6 +74,13 @@ class Integrity:
         self.signer = signer
         self.witness = witness
         self.witnessing: Witnessing | None = None
+        self.checked = False
+        self.trusted: Checkpoint | None = None
+        """The largest checkpoint this process signed or verified the signature of (see :meth:`changed`)."""
+        self._proven: dict[int, bytes] = {}
+        """Seq -> the leaf of an event proven in a trusted checkpoint's root (it cannot change)."""
+        """Whether the log passed the check at start (or it could not run): the routes that serve
+        what the log says wait for it (see :meth:`run`)."""
         """The witnesses of ``[integrity] witnesses`` and their cosignatures (None without any)."""
         if config.witnesses:
             self.witnessing = Witnessing.from_config(
@@ -98,6 +109,35 @@ class Integrity:
             return 0, None, 0
         age = None if w.witnessed_at is None else time.time() - w.witnessed_at
         return w.witnessed_size, age, len(w.refusals())
+
+    def _trust(self, cp: Checkpoint) -> None:
+        if self.trusted is None or cp.size > self.trusted.size:
+            self.trusted = cp
+
+    async def changed(
+        self, records: Iterable[Recorded], *, prove: bool = True
+    ) -> tuple[list[int], list[int]]:
+        """:meth:`MerkleTree.changed` against the trusted checkpoint (the release job's and the
+        public routes' check before they release or serve on an event's word); a change
+        found marks :attr:`health` tampered at once, as the scrub would at its next pass.
+        An event proven once is compared with its proven leaf after (a feed asks for the
+        same few hundred on every request). Without ``prove``, an event not proven yet is
+        compared with the stored leaf only (about a tenth of the cost: the subscriber feed,
+        which pages through every event; an edit of ``merkle.db`` beside is the scrub's)."""
+        recs = list(records)
+        todo = [r for r in recs if self._proven.get(r.seq) != leaf_hash(r.canonical())]
+        trusted = self.trusted if prove else None
+        signed = (trusted.size, trusted.root) if trusted is not None else None
+        changed, unabsorbed = await self.tree.changed(todo, signed)
+        if changed:
+            self.health.tampered(
+                changed_error(changed[0]), found_by="check before a release or a public answer"
+            )
+        elif signed is not None:
+            if len(self._proven) > _PROVEN_KEPT:
+                self._proven.clear()
+            self._proven.update((r.seq, leaf_hash(r.canonical())) for r in todo if r.seq <= signed[0])
+        return changed, unabsorbed
 
     async def reload_signer(self) -> NoteSigner | None:
         """The key at hand now (after ``rollwatch key rotate``), which the routes then serve."""
@@ -187,6 +227,7 @@ class Integrity:
             key_used_before=self.key_used_before,
             reload=self.reload_signer,
             promote=functools.partial(promote_key, self.config.key_path(self.store_config)),
+            on_trusted=self._trust,
         )
         async with anyio.create_task_group() as tg:
             await tg.start(follow)
@@ -205,6 +246,7 @@ class Integrity:
             except IntegrityError as e:
                 await fail_with(e, "scrub")
             else:
+                self.checked = True
                 try:
                     if self.store.shared:
                         # Every node keeps its tree (for proofs); one signs at a time, the

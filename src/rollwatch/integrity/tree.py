@@ -66,6 +66,7 @@ from rollwatch.integrity.merkle import (
     leaf_hash,
     node_hash,
     nodes_for,
+    root_from_inclusion,
     root_nodes,
 )
 from rollwatch.log import get_logger
@@ -202,6 +203,14 @@ class _FileReader:
         finally:
             db.execute("COMMIT")
         return seqs, leaves, "" if last is None else str(last[0]), cps, bad
+
+
+def changed_error(seq: int) -> IntegrityError:
+    """The finding about an event :meth:`MerkleTree.changed` names (the scrub's words)."""
+    return IntegrityError(
+        seq,
+        "its content differs from what the Merkle tree absorbed when it was appended: the event was changed since",
+    )
 
 
 def _key(level: int, index: int) -> int:
@@ -771,6 +780,45 @@ class MerkleTree:
             nodes = _get_nodes(db, [(0, i) for i in range(start, stop)])
             return [nodes[(0, i)] for i in range(start, stop)]
 
+        return await self._read(get)  # type: ignore[no-any-return]
+
+    async def changed(
+        self, records: Iterable[Recorded], signed: tuple[int, bytes] | None = None
+    ) -> tuple[list[int], list[int]]:
+        """Check events read from the log against what the tree absorbed when they were
+        appended: (the seqs of those that are no longer the event absorbed there, the seqs
+        it cannot tell yet, not absorbed). With ``signed`` (the size and root of a
+        checkpoint whose signature was verified), an event it covers must be proven in that
+        root by the tree's audit path, so an edit of ``merkle.db``'s leaf beside the log's row
+        is found too; any other is compared with the stored leaf. The scrub finds such edits
+        only at its next pass: a reader about to release or serve on an event's word asks
+        here first (see :func:`changed_error`)."""
+        recs = sorted(records, key=lambda r: r.seq)
+        size, root = signed if signed is not None else (0, b"")
+
+        def get(db: sqlite3.Connection, stored: int) -> tuple[list[int], list[int]]:
+            n = size if size <= stored else 0  # a tree file behind the checkpoint: leaves only
+            proven = [r for r in recs if r.seq <= n]
+            rest = [r for r in recs if r.seq > n]
+            changed = []
+            if proven:
+                ranges = [inclusion_ranges(r.seq - 1, n) for r in proven]
+                nodes = _get_nodes(db, set().union(*(nodes_for(x) for x in ranges)))
+                for r, x in zip(proven, ranges, strict=True):
+                    leaf = leaf_hash(r.canonical())
+                    try:
+                        ok = root_from_inclusion(r.seq - 1, n, leaf, assemble(x, nodes)) == root
+                    except InvalidProof:
+                        ok = False
+                    if not ok:
+                        changed.append(r.seq)
+            absorbed = [r for r in rest if 1 <= r.seq <= stored]
+            leaves = _get_nodes(db, [(0, r.seq - 1) for r in absorbed])
+            changed += [r.seq for r in absorbed if leaves[(0, r.seq - 1)] != leaf_hash(r.canonical())]
+            return sorted(changed), [r.seq for r in rest if r.seq > stored]
+
+        if not recs:
+            return [], []
         return await self._read(get)  # type: ignore[no-any-return]
 
     async def node_hashes(self, level: int, start: int, end: int, *, size: int | None = None) -> list[bytes]:

@@ -8,12 +8,13 @@ against the log's checkpoints.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rollwatch.abc import EventStore
 from rollwatch.events import (
     PublicationDecided,
     PublicReleased,
+    Recorded,
     RolloutFailed,
     RolloutRequested,
     RolloutRescored,
@@ -25,9 +26,12 @@ from rollwatch.events import (
     run_stream,
 )
 
+if TYPE_CHECKING:
+    from rollwatch.publication.public import EventCheck
+
 
 async def rollout_record(
-    store: EventStore, rollout_id: str, now: datetime | None = None
+    store: EventStore, rollout_id: str, now: datetime | None = None, check: EventCheck | None = None
 ) -> dict[str, Any] | None:
     """Everything the log holds about ``rollout_id``; None when it has no events.
 
@@ -36,11 +40,13 @@ async def rollout_record(
     (each with its request as sent and its response or failure), ``answer`` (the final
     response: text, reasoning, usage, cost), ``score``, ``publication`` (each audience's
     decision and the public release, and a ``state``), ``cost_usd`` and ``events``
-    (seq, id, type, at, hash of every event of the stream).
+    (seq, id, type, at, hash of every event of the stream). With ``check``, an event changed
+    since it was appended raises :class:`IntegrityError` naming it (nothing is served).
     """
     events = [ev async for ev in store.read(stream=rollout_stream(rollout_id))]
     if not events:
         return None
+    await _unchanged(check, events)
     rec: dict[str, Any] = {
         "rollout_id": rollout_id,
         "run_id": None,
@@ -115,6 +121,7 @@ async def rollout_record(
     )
     if rec["run_id"]:
         async for stored in store.read(stream=run_stream(rec["run_id"]), types={"RunStarted"}):
+            await _unchanged(check, [stored])
             run = stored.event()
             if isinstance(run, RunStarted):
                 rec["run"] = {
@@ -131,6 +138,15 @@ async def rollout_record(
                 }
             break
     return rec
+
+
+async def _unchanged(check: EventCheck | None, events: list[Recorded]) -> None:
+    if check is not None:
+        changed, _ = await check.changed(events, prove=False)
+        if changed:
+            from rollwatch.integrity.tree import changed_error
+
+            raise changed_error(changed[0])
 
 
 def _without(data: dict[str, Any], *keys: str) -> dict[str, Any]:

@@ -25,6 +25,7 @@ new lines to it (what a killed export appended is cut off by the next).
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,7 +35,7 @@ import anyio
 
 from rollwatch.abc import EventStore
 from rollwatch.errors import UsageError
-from rollwatch.events import parse_rfc3339, rfc3339
+from rollwatch.events import Recorded, parse_rfc3339, rfc3339
 from rollwatch.projections import ProjectionDB
 from rollwatch.publication import feeds
 from rollwatch.publication.clock import behind_log, newest_event_at
@@ -70,6 +71,24 @@ class ExportSummary:
     """Released results in the whole archive."""
     closed: tuple[str, ...] = ()
     """Release folders closed by this export."""
+
+
+class _Refusing:
+    """The tree's check of the events a result rests on, raising :class:`IntegrityError` at
+    the first changed one (an export files nothing from a log edited since it was appended)."""
+
+    def __init__(self, tree: MerkleTree) -> None:
+        self.tree = tree
+
+    async def changed(
+        self, records: Iterable[Recorded], *, prove: bool = True
+    ) -> tuple[list[int], list[int]]:
+        from rollwatch.integrity.tree import changed_error
+
+        changed, unabsorbed = await self.tree.changed(records)  # the stored leaves: no key at hand
+        if changed:
+            raise changed_error(changed[0])
+        return changed, unabsorbed
 
 
 def _json(obj: object) -> bytes:
@@ -112,10 +131,12 @@ async def export_public(
                 f"this host's clock ({rfc3339(now)}) is {behind:.0f} s behind the log's newest event"
                 f" ({rfc3339(newest) if newest else '-'}); set the clock right, then export"
             )
+    # What is filed is never rewritten: an event found changed since it was appended ends the export.
+    check = _Refusing(tree) if tree is not None else None
     archive = await anyio.to_thread.run_sync(Archive.open, out_dir)  # refuses a folder not ours
     try:
         view = await public_view(
-            store, pdb, now=now, embargo_default=embargo_s, embargo_counts=embargo_counts
+            store, pdb, now=now, embargo_default=embargo_s, embargo_counts=embargo_counts, check=check
         )
         proofs = None
         bundles = None
@@ -152,7 +173,7 @@ async def export_public(
 
         released = 0
         try:
-            async for r in iter_released(store, pdb, now, after=since):
+            async for r in iter_released(store, pdb, now, after=since, check=check):
                 if r.released_seq > upto:
                     break
                 seen = max(seen, r.released_seq)
@@ -189,7 +210,7 @@ async def export_public(
         written += len(back)
         changed |= {rid for rid in back if rid in archive.superseded}
         for rid in sorted(changed):
-            one = await released_one(store, pdb, rid, now)
+            one = await released_one(store, pdb, rid, now, check)
             if one is not None:
                 record, _ = await _result(one, bundles, checkpoint, None)
                 await anyio.to_thread.run_sync(write_atomic, out_dir / rollout_file(rid), record)

@@ -14,13 +14,16 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rollwatch import events as e
 from rollwatch.abc import EventStore
 from rollwatch.events import Recorded, parse_rfc3339
 from rollwatch.projections import NULL, Projection, ProjectionDB, RowBatch
 from rollwatch.projections import ROLLOUT_TYPES as _ROLLOUT_TYPES
+
+if TYPE_CHECKING:
+    from rollwatch.publication.public import EventCheck
 
 _ROLLOUT_EVENTS = frozenset(
     {
@@ -328,11 +331,18 @@ class FeedProjection(Projection):
 
 
 async def feed_page(
-    store: EventStore, pdb: ProjectionDB, *, after: int, until: int, limit: int
+    store: EventStore,
+    pdb: ProjectionDB,
+    *,
+    after: int,
+    until: int,
+    limit: int,
+    check: EventCheck | None = None,
 ) -> tuple[list[str], int | None]:
     """Up to ``limit`` feed items after seq ``after`` up to ``until``, as JSON texts, and the
     seq of the last (None if there is none): the events read from the log, the contexts
-    from ``feed_rollouts``, one query each."""
+    from ``feed_rollouts``, one query each. With ``check``, a page holding an event changed
+    since it was appended raises :class:`IntegrityError` naming it (nothing of it is served)."""
     rows = await pdb.fetchall(
         "SELECT seq, known, cost_usd FROM feed_items WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT ?",
         (after, until, limit),
@@ -345,6 +355,12 @@ async def feed_page(
         after=rows[0][0] - 1, until=rows[-1][0], types=FEED_TYPES, batch=max(2 * len(rows), 100)
     ):
         recs.extend(r for r in page if r.seq in want)
+    if check is not None:
+        changed, _ = await check.changed(recs, prove=False)
+        if changed:
+            from rollwatch.integrity.tree import changed_error
+
+            raise changed_error(changed[0])
     events = [(rec, rec.event()) for rec in recs]
     rids = sorted({ev.rollout_id for _, ev in events if isinstance(ev, _ROLLOUT_TYPES)})
     contexts: dict[str, tuple[Any, ...]] = {}

@@ -17,10 +17,10 @@ where no decision carries one (a log from before), the configured embargo.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from rollwatch.abc import EventStore
 from rollwatch.errors import StoreError
@@ -45,6 +45,19 @@ _COLUMNS = (
 log = get_logger(__name__)
 
 _RELEASED = "released_seq IS NOT NULL AND not_before_ts IS NOT NULL AND not_before_ts <= ? AND passed = 1"
+
+
+class EventCheck(Protocol):
+    """Checks events read from the log before a public route serves on their word: the
+    daemon's :class:`rollwatch.integrity.service.Integrity`, or a
+    :class:`rollwatch.integrity.tree.MerkleTree` (``publish export``)."""
+
+    async def changed(
+        self, records: Iterable[Recorded], *, prove: bool = True
+    ) -> tuple[list[int], list[int]]:
+        """(the seqs of events changed since they were appended, the seqs it cannot tell yet);
+        ``prove``: against a signed root where it can, not the stored leaves alone."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +116,11 @@ class Released:
 
 
 async def _with_answers(
-    store: EventStore, pdb: ProjectionDB, rows: Sequence[tuple[Any, ...]], now: datetime
+    store: EventStore,
+    pdb: ProjectionDB,
+    rows: Sequence[tuple[Any, ...]],
+    now: datetime,
+    check: EventCheck | None = None,
 ) -> list[Released]:
     """The results of ``rows`` (``_COLUMNS`` and ``decided_seq``) with their answers, read
     from the log in one query, and each checked against the log's events there: the
@@ -112,14 +129,30 @@ async def _with_answers(
     projections file edited: a failure made a pass, a date moved earlier, a release
     added) is left out and logged as ERROR ``projections_tampered``: a public route never
     serves a result the log does not release. The file is then no longer trusted: a daemon
-    builds it again from the log (:meth:`ProjectionDB.distrusted`)."""
+    builds it again from the log (:meth:`ProjectionDB.distrusted`).
+
+    With ``check``, those events must also be the ones appended (the log itself edited: a
+    decision's date moved, a failure made a pass, with the projections built again from
+    it): a result resting on a changed event is left out and logged as ERROR
+    ``public_withheld`` (the daemon's check also marks the log tampered with)."""
     found = [(Released(*row[:-1]), row[-1]) for row in rows]
     want: list[int] = []
     for r, decided in found:
         want += [s for s in (r.answer_seq, r.released_seq, r.scored_seq, decided) if s is not None]
     events = await store.read_at(want)
+    changed = set((await check.changed(events.values()))[0]) if check is not None and events else set()
     out = []
     for r, decided in found:
+        bad = sorted(changed.intersection((r.answer_seq, r.released_seq, r.scored_seq, decided)))
+        if bad:
+            log.error(
+                "public_withheld",
+                rollout_id=r.rollout_id,
+                seq=bad[0],
+                reason=f"the log's event {bad[0]} was changed since it was appended",
+                consequence="left out of the public release",
+            )
+            continue
         why = _not_released_by_log(r, decided, events, now)
         if why is not None:
             log.error(
@@ -172,28 +205,36 @@ class _Mismatch(Exception):
 
 
 async def released_one(
-    store: EventStore, pdb: ProjectionDB, rollout_id: str, now: datetime
+    store: EventStore, pdb: ProjectionDB, rollout_id: str, now: datetime, check: EventCheck | None = None
 ) -> Released | None:
     """The released result of ``rollout_id``, or None when it is not (yet) public."""
     rows = await pdb.fetchall(
         f"SELECT {_COLUMNS} FROM public_rollouts WHERE rollout_id = ? AND {_RELEASED}",
         (rollout_id, now.timestamp()),
     )
-    found = await _with_answers(store, pdb, rows, now)
+    found = await _with_answers(store, pdb, rows, now, check)
     return found[0] if found else None
 
 
-async def recent_released(store: EventStore, pdb: ProjectionDB, now: datetime, limit: int) -> list[Released]:
+async def recent_released(
+    store: EventStore, pdb: ProjectionDB, now: datetime, limit: int, check: EventCheck | None = None
+) -> list[Released]:
     """The ``limit`` most recently released results, newest first, with their answers."""
     rows = await pdb.fetchall(
         f"SELECT {_COLUMNS} FROM public_rollouts WHERE {_RELEASED} ORDER BY released_seq DESC LIMIT ?",
         (now.timestamp(), limit),
     )
-    return await _with_answers(store, pdb, rows, now)
+    return await _with_answers(store, pdb, rows, now, check)
 
 
 async def iter_released(
-    store: EventStore, pdb: ProjectionDB, now: datetime, batch: int = 500, *, after: int = 0
+    store: EventStore,
+    pdb: ProjectionDB,
+    now: datetime,
+    batch: int = 500,
+    *,
+    after: int = 0,
+    check: EventCheck | None = None,
 ) -> AsyncIterator[Released]:
     """Every released result (released after seq ``after``), oldest release first, with its
     answer (in bounded batches)."""
@@ -203,7 +244,7 @@ async def iter_released(
             " ORDER BY released_seq LIMIT ?",
             (now.timestamp(), after, batch),
         )
-        for r in await _with_answers(store, pdb, rows, now):
+        for r in await _with_answers(store, pdb, rows, now, check):
             yield r
         if len(rows) < batch:
             return
@@ -417,6 +458,7 @@ async def public_view(
     embargo_default: float,
     recent: int = 100,
     embargo_counts: bool = True,
+    check: EventCheck | None = None,
 ) -> PublicView:
     """The released results as of ``now`` (see the module docstring for what counts), and
     with ``embargo_counts`` how many problems each model solved that are still embargoed."""
@@ -459,7 +501,7 @@ async def public_view(
     return PublicView(
         generated_at=now,
         total_released=total,
-        recent=await recent_released(store, pdb, now, recent),
+        recent=await recent_released(store, pdb, now, recent, check),
         models=sorted(models.values(), key=lambda m: (m.provider, m.model)),
         problems=sorted(problems, key=natural_key),
         cells=cells,

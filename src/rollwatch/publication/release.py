@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import anyio
 from anyio.abc import TaskStatus
 
 from rollwatch.abc import EventStore
-from rollwatch.errors import ConcurrencyConflict, storage_failure
+from rollwatch.errors import ConcurrencyConflict, IntegrityError, storage_failure
 from rollwatch.events import (
     PublicationDecided,
     PublicReleased,
@@ -38,6 +39,9 @@ from rollwatch.integrity.health import Health
 from rollwatch.log import get_logger
 from rollwatch.projections import ProjectionDB
 from rollwatch.publication.clock import ReleaseClock
+
+if TYPE_CHECKING:
+    from rollwatch.publication.public import EventCheck
 
 log = get_logger(__name__)
 
@@ -54,19 +58,29 @@ async def caught_up(store: EventStore, pdb: ProjectionDB) -> int:
     return head
 
 
-async def release_one(store: EventStore, rollout_id: str, now: datetime | None = None) -> bool:
+async def release_one(
+    store: EventStore, rollout_id: str, now: datetime | None = None, check: EventCheck | None = None
+) -> bool:
     """Append ``PublicReleased`` for one rollout if its log says it is due; True if appended.
 
     Due means: scored as passed (by the newest verdict: a re-score under a newer
     problem version that fails it means never), a public decision whose ``not_before``
     is at or before ``now``, and no ``PublicReleased`` yet.
+
+    With ``check`` (the daemon's integrity service), the stream's events must also be the
+    ones appended, as the Merkle tree and the signed checkpoints hold them: a decision whose
+    date was edited in the file (which the scrub finds only at its next pass) raises
+    :class:`IntegrityError` instead of releasing, and one the tree has not absorbed yet
+    waits for a later pass.
     """
     stream = rollout_stream(rollout_id)
     for _ in range(_ATTEMPTS):
         version = 0
         passed = released = False
         not_before: datetime | None = None
+        read = []
         async for rec in store.read(stream=stream):
+            read.append(rec)
             version = rec.version
             ev = rec.event()
             if isinstance(ev, RolloutScored | RolloutRescored):
@@ -79,6 +93,14 @@ async def release_one(store: EventStore, rollout_id: str, now: datetime | None =
         when = now or datetime.now(UTC)
         if released or not passed or not_before is None or not_before > when:
             return False
+        if check is not None:
+            from rollwatch.integrity.tree import changed_error
+
+            changed, unabsorbed = await check.changed(read)
+            if changed:
+                raise changed_error(changed[0])
+            if unabsorbed:
+                return False
         try:
             await store.append(stream, [PublicReleased(rollout_id=rollout_id)], expected_version=version)
         except ConcurrencyConflict:
@@ -91,15 +113,29 @@ async def release_one(store: EventStore, rollout_id: str, now: datetime | None =
 
 
 async def _release_into(
-    store: EventStore, rid: str, now: datetime | None, limiter: anyio.CapacityLimiter, done: list[str]
+    store: EventStore,
+    rid: str,
+    now: datetime | None,
+    limiter: anyio.CapacityLimiter,
+    done: list[str],
+    check: EventCheck | None,
+    changed: list[IntegrityError],
 ) -> None:
     async with limiter:
-        if await release_one(store, rid, now):
-            done.append(rid)
+        try:
+            if await release_one(store, rid, now, check):
+                done.append(rid)
+        except IntegrityError as e:
+            changed.append(e)
 
 
-async def release_due(store: EventStore, pdb: ProjectionDB, now: datetime | None = None) -> int:
-    """Release every rollout whose public decision has fallen due; return how many were released."""
+async def release_due(
+    store: EventStore, pdb: ProjectionDB, now: datetime | None = None, check: EventCheck | None = None
+) -> int:
+    """Release every rollout whose public decision has fallen due; return how many were released.
+
+    With ``check``, each release is checked against it first (:func:`release_one`); an event
+    found changed raises :class:`IntegrityError` (the lowest seq found) after the batch."""
     released = 0
     last_ts = float("-inf")
     last_id = ""
@@ -117,10 +153,15 @@ async def release_due(store: EventStore, pdb: ProjectionDB, now: datetime | None
             break
         limiter = anyio.CapacityLimiter(_PARALLEL)
         done: list[str] = []
+        changed: list[IntegrityError] = []
         async with anyio.create_task_group() as tg:
             for rid, _ts in rows:
-                tg.start_soon(_release_into, store, rid, now, limiter, done)
+                tg.start_soon(_release_into, store, rid, now, limiter, done, check, changed)
         released += len(done)
+        if changed:
+            if released:
+                log.info("public_released", rollouts=released)
+            raise min(changed, key=lambda e: e.seq)
         last_id, last_ts = rows[-1][0], rows[-1][1]
         if len(rows) < _BATCH:
             break
@@ -148,6 +189,7 @@ async def release_job(
     stop_event: anyio.Event | None = None,
     health: Health | None = None,
     clock: ReleaseClock | None = None,
+    check: EventCheck | None = None,
     task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Release due results every ``interval`` seconds (sooner when one falls due sooner).
@@ -158,7 +200,9 @@ async def release_job(
     after downtime. Once ``health`` is not ok (the log was found tampered with),
     nothing more is released: a release would publish a result the log may no
     longer hold as it was scored. With ``clock``, releases go by it and wait while it is
-    held (a jump of the wall clock, or a clock behind the log: :mod:`.clock`).
+    held (a jump of the wall clock, or a clock behind the log: :mod:`.clock`). With
+    ``check``, every release is checked first (:func:`release_one`): an event found
+    changed marks ``health`` tampered, and nothing more is released.
     """
     task_status.started()
     failing: str | None = None
@@ -174,19 +218,25 @@ async def release_job(
             if clock is not None:
                 await clock.check_log(store)
             if clock is None:
-                await release_due(store, pdb)
+                await release_due(store, pdb, check=check)
             elif not clock.held:
-                await release_due(store, pdb, clock.now())
+                await release_due(store, pdb, clock.now(), check)
             # Held, what the wall clock says is due waits a whole interval (not a loop).
             due = None if clock is not None and clock.held else await _next_due(pdb)
             failing = None
+        except IntegrityError as e:
+            health = health or Health()
+            if health.ok:  # else the check said so already
+                health.tampered(e, found_by="release job")
+            continue
         except Exception as e:
             if (failure := storage_failure(e)) is None:
                 log.exception("release_pass_failed", retry_in_s=interval)
             elif failure != failing:  # once per outage, not once a pass
                 log.error("release_pass_failed", error=failure, retry_in_s=interval)
             failing, due = failure, None
-        wait = interval if due is None else max(0.0, min(interval, due + 0.001))
+        # At least a pause: a due release can wait on the tree to absorb its events.
+        wait = interval if due is None else max(0.05, min(interval, due + 0.001))
         with anyio.move_on_after(wait):
             if stop_event is not None:
                 await stop_event.wait()

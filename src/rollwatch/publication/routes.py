@@ -56,6 +56,7 @@ from rollwatch.config import Config
 from rollwatch.errors import (
     BadRequest,
     Forbidden,
+    IntegrityError,
     NotFound,
     ServiceUnavailable,
     TooManyRequests,
@@ -159,6 +160,15 @@ def _report_view(by: str, options: dict[str, object]) -> tuple[object, ...]:
     return (by, *sorted(options.items()))
 
 
+def _changed(e: IntegrityError) -> ServiceUnavailable:
+    """The answer for a subscriber route whose events include one changed since it was
+    appended (found by the integrity check, which marks the log tampered with)."""
+    return ServiceUnavailable(
+        f"the log's event {e.seq} was changed since it was appended: nothing is served from it;"
+        " the operator is told (/healthz)"
+    )
+
+
 def _json_bytes(obj: Any) -> bytes:
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
 
@@ -208,6 +218,9 @@ class PublicationAPI:
         self.proofs: InclusionProofs | None = None
         self.bundles: ProofBundles | None = None
         self.witnessing = integrity.witnessing if integrity is not None else None
+        self.integrity = integrity
+        self.check = integrity
+        """Checks the events a public result rests on against the Merkle tree before it is served."""
         if integrity is not None:
             from rollwatch.publication.inclusion import InclusionProofs
             from rollwatch.publication.proofs import ProofBundles
@@ -223,12 +236,25 @@ class PublicationAPI:
 
     def not_building(self) -> None:
         """ServiceUnavailable (503, ``Retry-After``, the progress) while the projections are
-        being built: until then they would answer with data that is not current."""
+        being built: until then they would answer with data that is not current. Then, with
+        the integrity services, until the log has passed the check at start: read models
+        built from a log edited while the daemon was down (its tree deleted along) would
+        serve what the log was made to say until that check stops the daemon."""
         self.pdb.not_building()
+        if self.integrity is not None and not self.integrity.checked:
+            raise ServiceUnavailable(
+                "the log is being checked against what was signed before anything is served from it;"
+                " retry in 5 s",
+                {"Retry-After": "5"},
+            )
 
     async def current(self) -> int:
-        """The log's head, with the projections caught up to it (503 while they are being built)."""
+        """The log's head, with the projections caught up to it (503 while they are being built,
+        or the log checked at start)."""
         self.not_building()
+        return await self._caught_up()
+
+    async def _caught_up(self) -> int:
         head = await self.store.head()
         if self.pdb.applied < head:
             async with self._catch_up_lock:
@@ -280,7 +306,12 @@ class PublicationAPI:
         deadline = anyio.current_time() + wait
         while True:
             head = await self.current()
-            items, last = await feed_page(self.store, self.pdb, after=after, until=head, limit=limit)
+            try:
+                items, last = await feed_page(
+                    self.store, self.pdb, after=after, until=head, limit=limit, check=self.check
+                )
+            except IntegrityError as e:
+                raise _changed(e) from None
             remaining = deadline - anyio.current_time()
             if items or remaining <= 0:
                 break
@@ -302,7 +333,10 @@ class PublicationAPI:
         rid = request.path_params["rollout_id"]
         if not ROLLOUT_ID.match(rid):
             raise BadRequest(f"rollout_id {rid[:80]!r} is not a rollout id")
-        rec = await rollout_record(self.store, rid)
+        try:
+            rec = await rollout_record(self.store, rid, check=self.check)
+        except IntegrityError as e:
+            raise _changed(e) from None
         if rec is None:
             raise NotFound(f"no rollout {rid!r} in the log")
         return _tagged(
@@ -370,7 +404,8 @@ class PublicationAPI:
         try:
             module = importlib.import_module("rollwatch.report")
             t = time.perf_counter()
-            head = await self.current()
+            self.pdb.not_building()
+            head = await self._caught_up()  # made ahead of the check at start, served after it
             for by in ("model", "run", "problem"):
                 await self.report_body(module, _report_view(by, {}), head, by, {})
             log.info("reports_primed", head=head, took_s=round(time.perf_counter() - t, 3))
@@ -402,6 +437,7 @@ class PublicationAPI:
                 now=self.now(),
                 embargo_default=self.config.publication.embargo,
                 embargo_counts=self.config.publication.embargo_counts,
+                check=self.check,
             )
             self._view = (key, time.monotonic(), v)
             self._renders.clear()
@@ -497,7 +533,7 @@ class PublicationAPI:
         cp = await bundles.checkpoint() if bundles is not None else None
 
         async def lines() -> AsyncIterator[bytes]:
-            async for r in iter_released(self.store, self.pdb, now):
+            async for r in iter_released(self.store, self.pdb, now, check=self.check):
                 line = r.to_json()
                 if bundles is not None and cp is not None:
                     # Every line against the same checkpoint, whatever is signed meanwhile.
@@ -512,7 +548,11 @@ class PublicationAPI:
         """``/public/rollouts/{id}.json``: one released result (404 unless released)."""
         rid = request.path_params["rollout_id"]
         await self.current()
-        r = await released_one(self.store, self.pdb, rid, self.now()) if ROLLOUT_ID.match(rid) else None
+        r = (
+            await released_one(self.store, self.pdb, rid, self.now(), self.check)
+            if ROLLOUT_ID.match(rid)
+            else None
+        )
         if r is None:
             raise NotFound("no released result with this id")
         body = r.to_json()

@@ -12,6 +12,15 @@ each request ``head_timeout`` seconds, from the connection's start (or the end o
 previous response) until the request has arrived whole, then closes the connection.
 Long polls are not affected: the deadline is disarmed once the request is in.
 
+Connection floods: every open connection holds a file descriptor, and idle ones up to the
+open-file limit made the next file the daemon opened fail with EMFILE: the scrub could not
+start its process and the daemon exited 1, while asyncio logged an ERROR for every refused
+accept. The connections are bounded (:func:`connection_limits`): :class:`_DeadlineH11`
+keeps at most ``max_connections`` open, a connection over it closing the one that has
+waited longest for its request (or itself, when every other is busy), with one WARNING at
+most every 10 s; and the listen backlog, which is also how many connections asyncio
+accepts at once before any of them can be closed, is kept to a share of the limit.
+
 The listening sockets are bound here rather than by uvicorn, so that an address in use
 is an :class:`~rollwatch.errors.AddressInUse` naming it (uvicorn logs it and calls
 ``sys.exit(1)`` from inside our task group).
@@ -22,7 +31,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import resource
 import socket
+import time
 from collections.abc import Generator
 from typing import Any, cast
 
@@ -38,18 +49,70 @@ from rollwatch.log import get_logger
 log = get_logger("rollwatch.web")
 
 DEFAULT_HEAD_TIMEOUT = 10.0
+_FULL_SAID_EVERY_S = 10.0
+
+
+_MAX_CONNECTIONS = 10_000
+_MAX_BACKLOG = 2048
+
+
+def connection_limits() -> tuple[int, int]:
+    """(open connections, listen backlog) for this process's open-file limit: together at most
+    half of it (the other half for the log, the sandbox and the providers), the backlog an
+    eighth; at most 10,000 connections (each holds a few kB) and a backlog of 2048."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    limit = 1 << 20 if soft == resource.RLIM_INFINITY else soft
+    backlog = max(16, min(_MAX_BACKLOG, limit // 8))
+    return max(16, min(_MAX_CONNECTIONS, limit // 2 - backlog)), backlog
+
+
+def raise_open_file_limit() -> None:
+    """The soft open-file limit raised to the hard one (at most 65536), as a daemon expects:
+    systemd and most shells start processes at 1024 however high the hard limit is."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 65536 if hard == resource.RLIM_INFINITY else min(hard, 65536)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
 
 
 class _DeadlineH11(H11Protocol):
-    """uvicorn's h11 protocol, closing a connection whose request is not in within ``head_timeout``."""
+    """uvicorn's h11 protocol, closing a connection whose request is not in within ``head_timeout``,
+    and keeping at most ``max_connections`` open."""
 
     head_timeout = DEFAULT_HEAD_TIMEOUT
+    max_connections = 32768
+    full: dict[str, float] = {}  # noqa: RUF012  (per server class: when "full" was said, refused since)
     _deadline: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # asyncio hands a stream server's protocol a Transport; the base class says Base.
         super().connection_made(cast(asyncio.Transport, transport))
         self._arm()
+        if len(self.connections) > self.max_connections:
+            self._make_room()
+
+    def _make_room(self) -> None:
+        """Close the connection waiting longest for its request (this one when none is waiting)."""
+        live = [c for c in self.connections if not c.transport.is_closing()]
+        if len(live) <= self.max_connections:
+            return
+        waiting = [
+            c for c in live if c is not self and isinstance(c, _DeadlineH11) and c._deadline is not None
+        ]
+        victim = min(waiting, key=lambda c: c._deadline.when()) if waiting else self  # type: ignore[union-attr]
+        victim._disarm()
+        victim.transport.close()
+        self.full["refused"] = self.full.get("refused", 0) + 1
+        now = time.monotonic()
+        if now - self.full.get("said", -_FULL_SAID_EVERY_S) >= _FULL_SAID_EVERY_S:
+            log.warning(
+                "http_connections_full",
+                limit=self.max_connections,
+                closed=int(self.full["refused"]),
+                closes="the connection waiting longest for its request",
+            )
+            self.full.update(said=now, refused=0)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
@@ -120,7 +183,7 @@ def listening_sockets(host: str, port: int) -> list[socket.socket]:
                 raise UsageError(
                     f"cannot listen on {address}: {e.strerror or e}; set server.listen to another address"
                 ) from None
-            sock.listen(2048)
+            sock.listen(connection_limits()[1])
             sock.setblocking(False)
     except BaseException:
         for s in sockets:
@@ -145,8 +208,14 @@ class HTTPServer:
         head_timeout: float = DEFAULT_HEAD_TIMEOUT,
         sockets: list[socket.socket] | None = None,
     ) -> None:
-        """``head_timeout``: seconds a client has to send a whole request (line, headers, body)."""
-        protocol = type("DeadlineH11", (_DeadlineH11,), {"head_timeout": head_timeout})
+        """``head_timeout``: seconds a client has to send a whole request (line, headers, body).
+        Connections and the backlog are bounded by the open-file limit (:func:`connection_limits`)."""
+        max_connections, backlog = connection_limits()
+        protocol = type(
+            "DeadlineH11",
+            (_DeadlineH11,),
+            {"head_timeout": head_timeout, "max_connections": max_connections, "full": {}},
+        )
         config = uvicorn.Config(
             app,
             host=host,
@@ -156,6 +225,7 @@ class HTTPServer:
             access_log=False,
             lifespan="off",
             server_header=False,
+            backlog=backlog,
             timeout_graceful_shutdown=5,
             # X-Forwarded-For is believed from a proxy on this host only, whatever
             # FORWARDED_ALLOW_IPS says: with "*" uvicorn takes the header's leftmost entry,
