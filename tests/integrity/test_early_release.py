@@ -14,6 +14,8 @@ at start took, before the daemon refused to start. Real daemon, real files, real
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sqlite3
 import time
 import uuid
@@ -250,6 +252,51 @@ def test_a_restart_serves_nothing_before_its_check(tmp_path: Path) -> None:
     # Without the tree, the first checkpoint that no longer holds is what the check can name.
     assert "integrity check failed at seq" in err, err
     assert 503 in seen, seen
+
+
+def _caught_child(pid: int, module: str, timeout: float) -> int:
+    """Stop (SIGSTOP) the first child process of ``pid`` running ``python -m module`` as
+    soon as it shows; its pid."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for children in Path(f"/proc/{pid}/task").glob("*/children"):
+            for child in children.read_text().split():
+                try:
+                    cmdline = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+                except OSError:
+                    continue
+                if module.encode() in cmdline:
+                    os.kill(int(child), signal.SIGSTOP)
+                    return int(child)
+        time.sleep(0.001)
+    raise AssertionError(f"no {module} process of {pid} within {timeout} s")
+
+
+def test_a_restart_with_its_tree_serves_while_it_checks(tmp_path: Path) -> None:
+    """``merkle.db`` intact (it held every event when the daemon stopped): the public routes
+    serve at once, while the check at start is still running (its process held stopped
+    here), since each event they serve is compared with a leaf absorbed before this start.
+    Deleted, the tree cannot vouch for them: they wait (``test_a_restart_serves_nothing_before_its_check``)."""
+    s, held, _ = _site(tmp_path)
+    with serving(s):
+        _poll(lambda: any(size >= 13 for _, size in s.checkpoints()), 30, "a checkpoint of the log")
+    proc = s.serve()
+    try:
+        check = _caught_child(proc.pid, "rollwatch.integrity.scrub", 60)
+        try:
+            r = _poll(
+                lambda: (x := _get(s.url + "/public/")) is not None and x.status_code == 200 and x,
+                30,
+                "/public/ while the check at start is held",
+            )
+            assert isinstance(r, httpx.Response)
+            assert held not in r.text
+            assert Path(f"/proc/{check}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T"
+        finally:
+            os.kill(check, signal.SIGCONT)
+    finally:
+        err = _stop(proc)
+    assert proc.returncode == 0, err
 
 
 def test_an_export_files_nothing_from_an_edited_log(tmp_path: Path) -> None:

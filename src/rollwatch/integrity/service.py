@@ -74,14 +74,14 @@ class Integrity:
         self.signer = signer
         self.witness = witness
         self.witnessing: Witnessing | None = None
+        """The witnesses of ``[integrity] witnesses`` and their cosignatures (None without any)."""
         self.checked = False
+        """Whether the routes that serve what the log says may serve it: once the log has passed
+        the check at start, or at once when the tree held every event already (see :meth:`run`)."""
         self.trusted: Checkpoint | None = None
         """The largest checkpoint this process signed or verified the signature of (see :meth:`changed`)."""
         self._proven: dict[int, bytes] = {}
         """Seq -> the leaf of an event proven in a trusted checkpoint's root (it cannot change)."""
-        """Whether the log passed the check at start (or it could not run): the routes that serve
-        what the log says wait for it (see :meth:`run`)."""
-        """The witnesses of ``[integrity] witnesses`` and their cosignatures (None without any)."""
         if config.witnesses:
             self.witnessing = Witnessing.from_config(
                 tree,
@@ -229,6 +229,11 @@ class Integrity:
             promote=functools.partial(promote_key, self.config.key_path(self.store_config)),
             on_trusted=self._trust,
         )
+        # A tree that held every event of the log when opened vouches for each: an event
+        # served while the check at start runs is compared with a leaf absorbed before this
+        # start (see :meth:`changed`), so the routes serve at once. A tree deleted (built
+        # again from the log now) or behind it cannot: they wait for the check.
+        self.checked = self.tree.size > 0 and self.tree.size >= await self.store.head()
         async with anyio.create_task_group() as tg:
             await tg.start(follow)
             try:
