@@ -184,9 +184,11 @@ def test_ctrl_c_while_the_command_loads_prints_one_line(tmp_path: Path, program:
         _, err = proc.communicate(timeout=60)
         assert "Traceback" not in err, (delay, err)
         assert "KeyboardInterrupt" not in err, (delay, err)
+        if proc.returncode == -signal.SIGINT and not err and delay < 0.1:
+            continue  # before the interpreter ran a line (a loaded machine): the system's default
         if proc.returncode != 0:  # 0: it had finished before the signal
             assert proc.returncode in (130, -signal.SIGINT), (delay, proc.returncode, err)
-            assert err.strip().splitlines()[-1] == "interrupted", (delay, err)
+            assert err.strip().splitlines()[-1:] == ["interrupted"], (delay, proc.returncode, err)
 
 
 def test_a_connection_is_closed_only_after_a_unit_cancelled_under_it_ends(tmp_path: Path) -> None:
