@@ -21,7 +21,7 @@ from starlette.routing import Route
 from rollwatch.abc import EventStore
 from rollwatch.config import IntegrityConfig
 from rollwatch.errors import ForeignCheckpointKey, IntegrityError, StoreError
-from rollwatch.events import Recorded
+from rollwatch.events import CHECKPOINT_STREAM, Recorded
 from rollwatch.integrity.checkpoint import Checkpoint, NoteSigner
 from rollwatch.integrity.checkpointer import check_shared_key, checkpointer, final_checkpoint
 from rollwatch.integrity.health import Health
@@ -232,8 +232,11 @@ class Integrity:
         # A tree that held every event of the log when opened vouches for each: an event
         # served while the check at start runs is compared with a leaf absorbed before this
         # start (see :meth:`changed`), so the routes serve at once. A tree deleted (built
-        # again from the log now) or behind it cannot: they wait for the check.
-        self.checked = self.tree.size > 0 and self.tree.size >= await self.store.head()
+        # again from the log now) or behind it cannot: they wait for the check, unless
+        # nothing was ever signed, which leaves the check nothing to hold the log to.
+        self.checked = (0 < self.tree.size >= await self.store.head()) or (
+            not self.key_used_before and await self.store.stream_version(CHECKPOINT_STREAM) == 0
+        )
         async with anyio.create_task_group() as tg:
             await tg.start(follow)
             try:
