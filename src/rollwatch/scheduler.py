@@ -20,16 +20,15 @@ from collections.abc import Awaitable, Callable, Container, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Protocol, cast
-from zoneinfo import ZoneInfo
 
 import anyio
 import structlog
 from anyio.abc import TaskStatus
-from apscheduler.triggers.cron import CronTrigger  # type: ignore[import-untyped]
 from apscheduler.triggers.interval import IntervalTrigger  # type: ignore[import-untyped]
 
 from rollwatch.abc import EventStore
 from rollwatch.config import Config, ScheduleConfig
+from rollwatch.cron import Trigger, crontab
 from rollwatch.errors import IntegrityError, StoreError
 from rollwatch.events import ScheduleMissed, ScheduleSkipped, parse_rfc3339, rfc3339, schedule_stream
 from rollwatch.log import get_logger
@@ -41,19 +40,11 @@ _Logger = structlog.stdlib.BoundLogger
 _MAX_COUNT = 100_000
 
 
-class Trigger(Protocol):
-    """What we use of an APScheduler 3 trigger (the package has no type hints)."""
-
-    def get_next_fire_time(self, previous_fire_time: datetime | None, now: datetime) -> datetime | None:
-        """The first fire time after ``previous_fire_time`` (None: the first ever), or None."""
-        ...
-
-
 def make_trigger(s: ScheduleConfig) -> Trigger:
     """The trigger that computes ``s``'s fire times: APScheduler's, with our jitter."""
     base: Trigger
     if s.cron is not None:
-        base = cast(Trigger, CronTrigger.from_crontab(s.cron, timezone=ZoneInfo(s.timezone)))
+        base = crontab(s.cron, s.timezone)
     else:
         assert s.every is not None
         base = cast(Trigger, IntervalTrigger(seconds=s.every, timezone=UTC))
@@ -177,6 +168,10 @@ def next_fire(
         if s.every is not None:
             return now, 0, None
         return trigger.get_next_fire_time(None, now), 0, None
+    if last_fire > now:
+        # The wall clock went back past the last fire: counted from it, an ``every``
+        # schedule would wait the whole step back on top of its period.
+        last_fire = now
     nxt = trigger.get_next_fire_time(last_fire, now)
     missed = 0
     latest: datetime | None = None
