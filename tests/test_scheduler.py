@@ -185,3 +185,22 @@ class TestClockBack:
         nxt, missed, _ = next_fire(s, make_trigger(s), NOW + timedelta(days=7), NOW)
         assert missed == 0
         assert nxt == NOW + timedelta(hours=1)
+
+
+class TestLongDowntime:
+    def test_more_missed_fires_than_are_counted_make_one_catch_up(self) -> None:
+        """A fire a second (or a minute) missed over a year, with a catch-up window: one
+        answer, a catch-up now. The next fire was left a year back before, so every look
+        recorded another ScheduleMissed (and walked 100,000 fires again: 2.4 s each time
+        for a cron, on the daemon's event loop)."""
+        for kw in ({"every": "1s"}, {"every": "2s", "jitter": "1s"}, {"cron": "* * * * *"}):
+            s = sched(catch_up="10m", **kw)
+            trigger = make_trigger(s)
+            nxt, missed, latest = next_fire(s, trigger, NOW - timedelta(days=365), NOW)
+            assert (nxt, latest) == (NOW, NOW), kw
+            assert missed == 10_000
+            # The fire recorded now: the next one is a period ahead, nothing missed.
+            after, missed, _ = next_fire(s, trigger, NOW, NOW + timedelta(milliseconds=1))
+            assert missed == 0
+            assert after is not None
+            assert NOW < after <= NOW + timedelta(minutes=1)

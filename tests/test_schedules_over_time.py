@@ -1,0 +1,187 @@
+"""Schedules and runs of a long-running daemon, over weeks: a real ``rollwatch serve``, its
+log read as it goes. Each case ends with a recorded outcome and the daemon still up (it
+stops on SIGTERM with exit 0 and no traceback)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from rollwatch.events import RunFinished, RunStarted, rfc3339, run_stream
+from rollwatch.store.sqlite import SQLiteEventStore
+from tests.test_daemon import ROOT, events, free_port
+
+
+def one_problem(tmp_path: Path, name: str = "lis-length") -> Path:
+    """A problem set of one bundled problem (its reference solution passes)."""
+    problems = tmp_path / "problems"
+    shutil.copytree(ROOT / "config" / "problems" / name, problems / name)
+    return problems
+
+
+def write_config(tmp_path: Path, schedules: str, *, problems: Path | None = None, extra: str = "") -> Path:
+    cfg = tmp_path / "rollwatch.toml"
+    cfg.write_text(
+        f'node = "test-node"\n[store]\nurl = "sqlite:{tmp_path / "events.db"}"\n'
+        f'[server]\nlisten = "127.0.0.1:{free_port()}"\n[scoring]\nworkers = 1\n'
+        f'[[problem_sets]]\nname = "favorites"\npath = "{problems or one_problem(tmp_path)}"\n'
+        '[[providers]]\nname = "reference"\nkind = "reference"\n' + extra + schedules
+    )
+    return cfg
+
+
+def schedule(name: str, trigger: str, **more: object) -> str:
+    """A ``[[schedules]]`` table of one reference rollout per problem."""
+    lines = [
+        f'name = "{name}"',
+        'provider = "reference"',
+        'models = ["reference"]',
+        'problem_set = "favorites"',
+        "rollouts = 1",
+        trigger,
+        *(f"{k} = {v!r}".replace("'", '"') for k, v in more.items()),
+    ]
+    return "[[schedules]]\n" + "\n".join(lines) + "\n"
+
+
+class Daemon:
+    """A ``rollwatch serve`` in a subprocess, its stderr in a file."""
+
+    def __init__(self, cfg: Path, env: dict[str, str] | None = None) -> None:
+        self.cfg = cfg
+        self.db = cfg.parent / "events.db"
+        self.err = cfg.parent / f"serve-{time.monotonic_ns()}.err"
+        with self.err.open("w") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "rollwatch", "--config", str(cfg), "serve", "--grace", "5"],
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                env={**os.environ, **(env or {})},
+            )
+
+    def until(self, what: Callable[[], Any], why: str, seconds: float = 60) -> Any:
+        """Poll ``what`` until it is truthy, the daemon still up."""
+        deadline = time.monotonic() + seconds
+        while not (got := what()):
+            assert self.proc.poll() is None, f"the daemon exited: {self.err.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, f"{why} within {seconds} s\n{self.err.read_text()[-3000:]}"
+            time.sleep(0.05)
+        return got
+
+    def events(self, type_: str | None = None) -> list[tuple[int, str, dict[str, Any]]]:
+        return events(self.db, type_)
+
+    def stop(self) -> str:
+        """SIGTERM; the daemon must exit 0 without a traceback. Its log lines."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            code = self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise
+        text = self.err.read_text()
+        assert code == 0, text[-3000:]
+        assert "Traceback" not in text, text[-3000:]
+        return text
+
+
+@contextmanager
+def serving(cfg: Path, env: dict[str, str] | None = None) -> Iterator[Daemon]:
+    d = Daemon(cfg, env)
+    try:
+        yield d
+    finally:
+        if d.proc.poll() is None:
+            d.proc.send_signal(signal.SIGTERM)
+            try:
+                d.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                d.proc.kill()
+                d.proc.wait()
+
+
+def seed_fires(db: Path, fired: dict[str, datetime]) -> None:
+    """A finished run of each schedule, fired at the time given (as a daemon down since
+    then leaves its log)."""
+
+    async def go() -> None:
+        async with SQLiteEventStore(db) as store:
+            for i, (name, at) in enumerate(fired.items()):
+                run_id = f"seed-{i}"
+                await store.append(
+                    run_stream(run_id),
+                    [
+                        RunStarted(
+                            run_id=run_id,
+                            schedule=name,
+                            provider="reference",
+                            models=["reference"],
+                            problem_set="favorites",
+                            node="test-node",
+                            rollouts=1,
+                            problems=[],
+                            trigger="schedule",
+                            fire_time=rfc3339(at),
+                        ),
+                        RunFinished(run_id=run_id, status="completed", rollouts=0, passed=0, cost_usd=0.0),
+                    ],
+                    expected_version=0,
+                )
+
+    anyio.run(go)
+
+
+def test_a_week_down_makes_one_missed_and_one_catch_up_per_schedule(tmp_path: Path) -> None:
+    """Started after a week down, each schedule records one ScheduleMissed with the count and
+    starts one catch-up run, then fires as usual. A schedule of 5 s with a catch-up window
+    (120,960 fires missed) recorded a ScheduleMissed again and again before."""
+    cfg = write_config(
+        tmp_path,
+        schedule("hourly", 'every = "1h"')
+        + schedule("cron-hourly", 'cron = "0 * * * *"')
+        + schedule("often", 'every = "5s"', catch_up="1m"),
+    )
+    week_ago = datetime.now(UTC) - timedelta(days=7)
+    seed_fires(tmp_path / "events.db", dict.fromkeys(("hourly", "cron-hourly", "often"), week_ago))
+    with serving(cfg) as d:
+
+        def caught_up() -> bool:
+            started = [e[2] for e in d.events("RunStarted") if not e[2]["run_id"].startswith("seed-")]
+            kinds = Counter((s["schedule"], s["trigger"]) for s in started)
+            return kinds[("hourly", "catch_up")] == kinds[("cron-hourly", "catch_up")] == 1 and bool(
+                kinds[("often", "schedule")]
+            )
+
+        d.until(caught_up, "a catch-up run of each schedule, then a usual fire of the 5 s one", 90)
+        # Every run started ends, the daemon up.
+        d.until(
+            lambda: (
+                {e[2]["run_id"] for e in d.events("RunFinished")}
+                >= {e[2]["run_id"] for e in d.events("RunStarted")}
+            ),
+            "every run started to finish",
+        )
+        d.stop()
+    missed = {e[2]["schedule"]: e[2]["missed"] for e in d.events("ScheduleMissed")}
+    assert len(d.events("ScheduleMissed")) == 3, d.events("ScheduleMissed")
+    assert 167 <= missed["hourly"] <= 168
+    assert 167 <= missed["cron-hourly"] <= 169
+    assert missed["often"] == 10_000
+    started = Counter((e[2]["schedule"], e[2]["trigger"]) for e in d.events("RunStarted"))
+    assert started[("hourly", "catch_up")] == started[("cron-hourly", "catch_up")] == 1
+    assert started[("often", "catch_up")] == 1
+    assert started[("hourly", "schedule")] == 1  # the seed
