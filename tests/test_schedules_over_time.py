@@ -21,6 +21,7 @@ import anyio
 
 from rollwatch.events import RunFinished, RunStarted, rfc3339, run_stream
 from rollwatch.store.sqlite import SQLiteEventStore
+from tests.publication.test_clock_decisions import faketime_env
 from tests.test_daemon import ROOT, events, free_port
 
 
@@ -185,3 +186,39 @@ def test_a_week_down_makes_one_missed_and_one_catch_up_per_schedule(tmp_path: Pa
     assert started[("hourly", "catch_up")] == started[("cron-hourly", "catch_up")] == 1
     assert started[("often", "catch_up")] == 1
     assert started[("hourly", "schedule")] == 1  # the seed
+
+
+def test_a_schedule_keeps_firing_through_wall_clock_jumps(tmp_path: Path) -> None:
+    """The wall clock steps 40 days ahead, then back, while the daemon runs a 3 s
+    schedule (libfaketime). Ahead: one ScheduleMissed (the fires in between counted up to
+    10,000) and fires go on. Back: fires
+    again within seconds; it waited for the 40 days to pass again before."""
+    cfg = write_config(tmp_path, schedule("often", 'every = "3s"', catch_up="1m"))
+    clock = tmp_path / "faketime"
+    clock.write_text("+0\n")
+
+    def set_clock(offset: str) -> None:
+        (tmp_path / "faketime.tmp").write_text(offset + "\n")
+        os.replace(tmp_path / "faketime.tmp", clock)
+
+    with serving(cfg, faketime_env(clock)) as d:
+
+        def fires_after(seq: int, n: int = 2) -> Callable[[], bool]:
+            return lambda: len([e for e in d.events("RunStarted") if e[0] > seq]) >= n
+
+        d.until(fires_after(0), "two fires on the right clock")
+        set_clock("+40d")
+        head = d.events()[-1][0]
+        d.until(fires_after(head), "two fires after the step ahead")
+        set_clock("+0")
+        head = d.events()[-1][0]
+        d.until(fires_after(head), "two fires after the step back", 30)
+        d.until(
+            lambda: (
+                {e[2]["run_id"] for e in d.events("RunFinished")}
+                >= {e[2]["run_id"] for e in d.events("RunStarted")}
+            ),
+            "every run started to finish",
+        )
+        d.stop()
+    assert [e[2]["missed"] for e in d.events("ScheduleMissed")] == [10_000]
