@@ -195,7 +195,7 @@ class Rollouts:
                 reference_solution=problem.reference_solution,
             )
             recorder = AttemptRecorder(self, rid, model, problem, sample, known.attempts, known.version)
-            cost = 0.0
+            cost = counted = 0.0
             batcher = self.run.batcher
             try:
                 if batcher is not None:
@@ -209,8 +209,14 @@ class Rollouts:
                 if answer is not None:
                     self.run.state.answered += 1
                     self.run.state.cost_usd += cost
+                    counted = cost
+                    if reserved and not answer.usage.output_tokens and (answer.text or answer.reasoning):
+                        # No count of what was generated: the cost is unknown, so the
+                        # budget counts the most it could have been.
+                        counted = max(cost, reserved)
+                        self.budget.unknown_cost(self.run.log, rid)
             finally:
-                await self.budget.settle(progress.chunk, reserved, cost)
+                await self.budget.settle(progress.chunk, reserved, counted)
             if answer is not None:
                 await self.score(recorder, problem, answer.text)
             else:
