@@ -18,11 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import httpx
 
 from rollwatch.events import RunFinished, RunStarted, rfc3339, run_stream
 from rollwatch.store.sqlite import SQLiteEventStore
 from tests.publication.test_clock_decisions import faketime_env
-from tests.test_daemon import ROOT, events, free_port
+from tests.test_daemon import ROOT, _provider, events, free_port
 
 
 def one_problem(tmp_path: Path, name: str = "lis-length") -> Path:
@@ -222,3 +223,69 @@ def test_a_schedule_keeps_firing_through_wall_clock_jumps(tmp_path: Path) -> Non
         )
         d.stop()
     assert [e[2]["missed"] for e in d.events("ScheduleMissed")] == [10_000]
+
+
+def fake_config(tmp_path: Path, base_url: str, problems: Path, *, rollouts: int, extra: str = "") -> Path:
+    """A daemon on the loopback provider ``fake`` (``tests/fake_provider.py``), one hourly
+    schedule of ``rollouts`` per problem."""
+    return write_config(
+        tmp_path,
+        '[[schedules]]\nname = "fake-hourly"\nprovider = "fake"\nmodels = ["m1"]\n'
+        f'problem_set = "favorites"\nrollouts = {rollouts}\nevery = "1h"\n',
+        problems=problems,
+        extra=f'[[providers]]\nname = "fake"\nkind = "openai"\nbase_url = "{base_url}"\n'
+        'api_key_env = "FAKE_PROVIDER_KEY"\nmax_concurrency = 2\n' + extra,
+    )
+
+
+def test_a_run_whose_problem_set_is_gone_at_a_restart_waits_for_it(tmp_path: Path) -> None:
+    """The daemon stops mid-run; its problem set's folder is moved away before the next
+    start. The run is not resumed and not closed: the log says why and /healthz is
+    degraded; once the folder is back (SIGHUP), the run resumes and completes, each
+    rollout answered once; a schedule whose problem set did not load at start fires once it
+    does. Before, the restart closed the run as `failed` ("problem set 'favorites' is not
+    configured (or has no API key)"), its unanswered rollouts never asked; and a schedule
+    whose set loaded only at a SIGHUP never fired until a restart."""
+    gen = _provider(tmp_path, 0.05, hold_after=3)
+    base_url, requests = next(gen)
+    problems = one_problem(tmp_path)
+    late = tmp_path / "late"
+    cfg = fake_config(
+        tmp_path,
+        base_url,
+        problems,
+        rollouts=8,
+        extra=f'[[problem_sets]]\nname = "late"\npath = "{late}"\n'
+        + schedule("late-ref", 'every = "1h"').replace('"favorites"', '"late"'),
+    )
+    env = {"FAKE_PROVIDER_KEY": "k"}
+    try:
+        with serving(cfg, env) as d:
+            d.until(lambda: len(d.events("RolloutResponded")) >= 3, "three answers")
+            d.stop()
+        assert d.events("RunInterrupted")
+        problems.rename(tmp_path / "moved")
+        with serving(cfg, env) as d:
+            d.until(lambda: "run_cannot_resume" in d.err.read_text(), "the run said to wait")
+            health = httpx.get(f"http://{listen(cfg)}/healthz")
+            assert health.status_code == 503
+            assert "favorites" in health.text
+            (tmp_path / "moved").rename(problems)
+            shutil.copytree(problems, late)
+            Path(f"{requests}.release").touch()
+            d.proc.send_signal(signal.SIGHUP)
+            d.until(lambda: len(d.events("RunFinished")) == 2, "the run and the late schedule's to finish")
+            d.stop()
+    finally:
+        gen.close()
+    fin = {e[2]["run_id"]: e[2] for e in d.events("RunFinished")}
+    assert [e[2]["schedule"] for e in d.events("RunStarted")] == ["fake-hourly", "late-ref"]
+    assert {f["status"] for f in fin.values()} == {"completed"}, fin
+    answered = Counter(e[2]["rollout_id"] for e in d.events("RolloutResponded"))
+    assert len(answered) == 8 + 1  # and the late schedule's one
+    assert set(answered.values()) == {1}
+    assert len(requests.read_text().splitlines()) == 8  # what the provider served (and billed)
+
+
+def listen(cfg: Path) -> str:
+    return next(ln for ln in cfg.read_text().splitlines() if ln.startswith("listen")).split('"')[1]

@@ -225,13 +225,18 @@ class Scheduler:
         start_run: FireFn,
         is_running: Callable[[str], Awaitable[bool]],
         refresh: Callable[[], Awaitable[object]],
+        *,
+        can_fire: Callable[[ScheduleConfig], str | None] = lambda s: None,
     ) -> None:
+        """``can_fire``: why a schedule cannot start a run now (None: it can). Its fires
+        wait meanwhile (``wake()`` once that may have changed); a trigger is skipped."""
         self.schedules = schedules
         self.pdb = projections
         self.store = store
         self.start_run = start_run
         self.is_running = is_running
         self.refresh = refresh
+        self.can_fire = can_fire
         self._wake: dict[str, anyio.Event] = {s.name: anyio.Event() for s in schedules}
         self.next_fires: dict[str, datetime | None] = {}
 
@@ -270,10 +275,15 @@ class Scheduler:
             await self.refresh()
             st = (await load_states(self.pdb)).get(s.name, ScheduleState(name=s.name))
             now = datetime.now(UTC)
+            blocked = self.can_fire(s)
             if st.triggered_seq > st.handled_trigger_seq:
+                if blocked is not None:
+                    await self._skip(s, f"the schedule cannot run: {blocked}", now, st.triggered_seq)
+                    slog.warning("schedule_skipped", reason=blocked, trigger="trigger")
+                    continue
                 await self._fire(s, st, tg, "trigger", st.triggered_seq, now, slog)
                 continue
-            if st.paused or not s.enabled:
+            if st.paused or not s.enabled or blocked is not None:
                 self.next_fires[s.name] = None
                 await wake.wait()
                 continue
@@ -327,22 +337,23 @@ class Scheduler:
     ) -> None:
         ft = rfc3339(fire_time)
         if await self.is_running(s.name):
-            await self.store.append(
-                schedule_stream(s.name),
-                [
-                    ScheduleSkipped(
-                        schedule=s.name,
-                        reason="the previous run of this schedule is still going",
-                        fire_time=ft,
-                        trigger_seq=trigger_seq,
-                    )
-                ],
-            )
+            await self._skip(s, "the previous run of this schedule is still going", fire_time, trigger_seq)
             slog.info("schedule_skipped", reason="overlap", fire_time=ft, trigger=kind)
             return
         # The run records RunStarted before start() returns, so the next look at the log
         # sees this fire as done.
         await tg.start(self.start_run, s, kind, trigger_seq, ft, name=f"run of {s.name}")
+
+    async def _skip(self, s: ScheduleConfig, reason: str, fire_time: datetime, trigger_seq: int) -> None:
+        """Record a fire of ``s`` that starts no run (the trigger ``trigger_seq`` answered)."""
+        await self.store.append(
+            schedule_stream(s.name),
+            [
+                ScheduleSkipped(
+                    schedule=s.name, reason=reason, fire_time=rfc3339(fire_time), trigger_seq=trigger_seq
+                )
+            ],
+        )
 
 
 def fmt_next(dt: datetime | None) -> str:

@@ -268,11 +268,33 @@ class Run:
         provider = svc.providers.get(self.provider_name)
         pset = svc.problem_sets.get(self.problem_set_name)
         if provider is None or pset is None:
-            what = "provider" if provider is None else "problem set"
-            name = self.provider_name if provider is None else self.problem_set_name
-            message = f"{what} {name!r} is not configured (or has no API key) on this node"
+            config = svc.config
+            if provider is None and all(p.name != self.provider_name for p in config.providers):
+                message = f"provider {self.provider_name!r} is no longer configured"
+            elif pset is None and all(p.name != self.problem_set_name for p in config.problem_sets):
+                message = f"problem set {self.problem_set_name!r} is no longer configured"
+            else:
+                # Configured, and missing here for now: a key not set at this start, a
+                # problem set that did not load (a folder moved, a file being edited).
+                # The run waits, unfinished, for a start (or, for a problem set, a
+                # SIGHUP) that has it: closed, its rollouts not yet asked never would be.
+                why = (
+                    f"provider {self.provider_name!r} has no API key"
+                    if provider is None
+                    else f"problem set {self.problem_set_name!r} did not load (see problem_set_invalid)"
+                )
+                if board.shared:
+                    # Other nodes may have it: leave the run to them.
+                    self.log.warning("run_not_joined", reason=f"{why} on this node")
+                else:
+                    self.log.error(
+                        "run_cannot_resume",
+                        reason=why,
+                        hint="the run stays unfinished and resumes at the next start (or SIGHUP,"
+                        " for a problem set) that has it",
+                    )
+                return None
             if board.shared:
-                # Other nodes may have it: leave the run to them.
                 self.log.warning("run_not_joined", reason=message)
                 return None
             return await self._finish(message, failed=True)
