@@ -289,3 +289,82 @@ def test_a_run_whose_problem_set_is_gone_at_a_restart_waits_for_it(tmp_path: Pat
 
 def listen(cfg: Path) -> str:
     return next(ln for ln in cfg.read_text().splitlines() if ln.startswith("listen")).split('"')[1]
+
+
+def test_a_provider_gone_mid_run_ends_it_partial_with_counts_and_the_daemon_up(tmp_path: Path) -> None:
+    """The provider's process dies mid-run (every later request: connection refused). The
+    run ends `partial`: the answers it had scored, the rest counted by cause (`connection`),
+    the log saying so; /healthz answers, and the next fire (a trigger) runs again."""
+    gen = _provider(tmp_path, 0.05, hold_after=4)
+    base_url, requests = next(gen)
+    cfg = fake_config(
+        tmp_path,
+        base_url,
+        one_problem(tmp_path),
+        rollouts=10,
+        extra='max_attempts = 2\nbackoff_base = "50ms"\nbackoff_max = "100ms"\n',
+    )
+    try:
+        with serving(cfg, {"FAKE_PROVIDER_KEY": "k"}) as d:
+            d.until(lambda: len(d.events("RolloutScored")) >= 4, "four verdicts")
+            gen.close()  # the provider's process is killed: held requests cut, the port closed
+            (fin,) = d.until(lambda: d.events("RunFinished"), "the run to end")
+            assert httpx.get(f"http://{listen(cfg)}/healthz").status_code == 200
+            trigger = subprocess.run(
+                [sys.executable, "-m", "rollwatch", "--config", str(cfg), "schedules", "trigger", "fake-hourly"],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                env={**os.environ, "FAKE_PROVIDER_KEY": "k"},
+            )
+            assert trigger.returncode == 0, trigger.stderr
+            d.until(lambda: len(d.events("RunFinished")) == 2, "the triggered run to end")
+            log = d.stop()
+    finally:
+        gen.close()
+    f = fin[2]
+    assert f["status"] == "partial", f
+    assert f["scored"] == 4
+    assert sum(f["failures"].values()) == f["planned"] - f["scored"] == 6
+    assert f["failures"].get("connection", 0) >= 1, f
+    assert set(f["failures"]) <= {"connection", "server_error", "bad_response", "cancelled"}, f
+    assert '"run_finished"' in log
+    assert len(requests.read_text().splitlines()) == 4
+    (second,) = [e[2] for e in d.events("RunFinished")][1:]
+    assert second["status"] == "partial"
+    assert second["failures"] == {"connection": 10}
+
+
+def test_rollwatch_run_of_a_schedule_the_daemon_is_running_leaves_it_to_the_daemon(tmp_path: Path) -> None:
+    """`rollwatch run SCHEDULE` while the daemon drives that schedule's run: it would resume
+    the run, finds it driven, says so and exits 1, appending nothing; the daemon's run
+    completes with each rollout answered once."""
+    gen = _provider(tmp_path, 0.05, hold_after=2)
+    base_url, requests = next(gen)
+    cfg = fake_config(tmp_path, base_url, one_problem(tmp_path), rollouts=6)
+    env = {**os.environ, "FAKE_PROVIDER_KEY": "k"}
+    try:
+        with serving(cfg, env) as d:
+            d.until(lambda: len(d.events("RolloutResponded")) >= 2, "two answers")
+            cli = subprocess.run(
+                [sys.executable, "-m", "rollwatch", "--config", str(cfg), "run", "fake-hourly"],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                env=env,
+            )
+            assert cli.returncode == 1, cli.stderr[-2000:]
+            assert "being driven by another rollwatch process" in cli.stderr
+            assert "Traceback" not in cli.stderr
+            Path(f"{requests}.release").touch()
+            (fin,) = d.until(lambda: d.events("RunFinished"), "the daemon's run to finish")
+            d.stop()
+    finally:
+        gen.close()
+    assert fin[2]["status"] == "completed"
+    assert len(d.events("RunStarted")) == 1
+    for kind in ("RolloutRequested", "RolloutResponded"):
+        seen = Counter(e[2]["rollout_id"] for e in d.events(kind))
+        assert len(seen) == 6
+        assert set(seen.values()) == {1}
+    assert len(requests.read_text().splitlines()) == 6
