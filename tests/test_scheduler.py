@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 
 from rollwatch.config import ScheduleConfig
-from rollwatch.scheduler import make_trigger, next_fire
+from rollwatch.scheduler import make_trigger, next_fire, recorded_fire
 
 NOW = datetime(2026, 11, 29, 12, 0, 0, tzinfo=UTC)
 
@@ -204,3 +204,21 @@ class TestLongDowntime:
             assert missed == 0
             assert after is not None
             assert NOW < after <= NOW + timedelta(minutes=1)
+
+
+class TestJitterOverMonths:
+    def test_an_every_schedules_fires_stay_within_the_jitter_of_its_own_times(self) -> None:
+        """Sixty fires of `every = "24h"`, `jitter = "1h"`, each recorded as the daemon
+        records it: each is less than an hour after its day's time. Counted from the jittered
+        fire, they came about 30 minutes later each day (15 hours a month on)."""
+        s = sched(every="24h", jitter="1h")
+        trigger = make_trigger(s)
+        last, now = None, NOW
+        for k in range(60):
+            nxt, missed, _ = next_fire(s, trigger, last, now)
+            assert nxt is not None
+            assert missed == 0
+            due = NOW + timedelta(days=k)
+            assert due <= nxt < due + timedelta(hours=1), (k, nxt - due)
+            last = recorded_fire(trigger, last, nxt, now)
+            now = nxt + timedelta(seconds=1)  # the daemon slept until the fire, then looked again

@@ -311,7 +311,16 @@ def test_a_provider_gone_mid_run_ends_it_partial_with_counts_and_the_daemon_up(t
             (fin,) = d.until(lambda: d.events("RunFinished"), "the run to end")
             assert httpx.get(f"http://{listen(cfg)}/healthz").status_code == 200
             trigger = subprocess.run(
-                [sys.executable, "-m", "rollwatch", "--config", str(cfg), "schedules", "trigger", "fake-hourly"],
+                [
+                    sys.executable,
+                    "-m",
+                    "rollwatch",
+                    "--config",
+                    str(cfg),
+                    "schedules",
+                    "trigger",
+                    "fake-hourly",
+                ],
                 capture_output=True,
                 text=True,
                 timeout=60,
@@ -368,3 +377,67 @@ def test_rollwatch_run_of_a_schedule_the_daemon_is_running_leaves_it_to_the_daem
         assert len(seen) == 6
         assert set(seen.values()) == {1}
     assert len(requests.read_text().splitlines()) == 6
+
+
+def test_a_run_whose_schedule_was_removed_before_a_restart_still_completes(tmp_path: Path) -> None:
+    """The daemon stops mid-run; the schedule is removed from the config (its provider kept).
+    At the next start the run resumes from its RunStarted and completes, each rollout answered
+    once; `schedules list` shows the schedules configured, without a traceback."""
+    gen = _provider(tmp_path, 0.05, hold_after=3)
+    base_url, requests = next(gen)
+    problems = one_problem(tmp_path)
+    cfg = fake_config(tmp_path, base_url, problems, rollouts=8)
+    env = {**os.environ, "FAKE_PROVIDER_KEY": "k"}
+    try:
+        with serving(cfg, env) as d:
+            d.until(lambda: len(d.events("RolloutResponded")) >= 3, "three answers")
+            d.stop()
+        text = cfg.read_text()
+        cfg.write_text(text[: text.index("[[schedules]]")])
+        assert "fake-hourly" not in cfg.read_text()
+        Path(f"{requests}.release").touch()
+        with serving(cfg, env) as d:
+            (fin,) = d.until(lambda: d.events("RunFinished"), "the resumed run to finish")
+            listed = subprocess.run(
+                [sys.executable, "-m", "rollwatch", "--config", str(cfg), "schedules", "list"],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                env=env,
+            )
+            d.stop()
+    finally:
+        gen.close()
+    assert listed.returncode == 0, listed.stderr
+    assert "Traceback" not in listed.stderr
+    assert fin[2]["status"] == "completed", fin
+    seen = Counter(e[2]["rollout_id"] for e in d.events("RolloutResponded"))
+    assert len(seen) == 8
+    assert set(seen.values()) == {1}
+
+
+def test_a_jittered_schedule_counts_each_fire_from_the_last_ones_own_time(tmp_path: Path) -> None:
+    """`every = "2s"`, `jitter = "1s"`: each fire records the time it was due before its jitter
+    (`due`), and the next is due one period after it, so the fires keep to the schedule's
+    own times (they drifted later by half the jitter each fire before)."""
+    cfg = write_config(tmp_path, schedule("jittery", 'every = "2s"', jitter="1s"))
+    with serving(cfg) as d:
+
+        def fires() -> list[dict[str, Any]]:
+            return [e[2] for e in d.events() if e[1] in ("RunStarted", "ScheduleSkipped")]
+
+        d.until(lambda: len(fires()) >= 5, "five fires")
+        d.until(
+            lambda: (
+                {e[2]["run_id"] for e in d.events("RunFinished")}
+                >= {e[2]["run_id"] for e in d.events("RunStarted")}
+            ),
+            "every run started to finish",
+        )
+        d.stop()
+    got = fires()
+    first = datetime.fromisoformat(got[0]["fire_time"])
+    dues = [datetime.fromisoformat(f.get("due") or f["fire_time"]) for f in got]
+    assert [due - first for due in dues] == [timedelta(seconds=2 * k) for k in range(len(dues))]
+    for f, due in zip(got[1:], dues[1:], strict=True):
+        assert due <= datetime.fromisoformat(f["fire_time"]) < due + timedelta(seconds=1)

@@ -313,6 +313,7 @@ class Daemon:
         trigger_seq: int,
         fire_time: str,
         *,
+        due: str | None = None,
         task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
         """A scheduler fire: record RunStarted, report started, drive the run."""
@@ -324,7 +325,7 @@ class Daemon:
             return
         try:
             run = await Run.start(
-                self.services, s, trigger=kind, trigger_seq=trigger_seq, fire_time=fire_time
+                self.services, s, trigger=kind, trigger_seq=trigger_seq, fire_time=fire_time, due=due
             )
         except NotLeading as e:
             # Deposed while firing: the new leader decides this fire.

@@ -15,6 +15,7 @@ A fire while the schedule's previous run is still going is skipped and recorded.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Awaitable, Callable, Container, Mapping
 from dataclasses import dataclass
@@ -197,6 +198,19 @@ def next_fire(
     return now, missed, latest
 
 
+def recorded_fire(trigger: Trigger, last_fire: datetime | None, at: datetime, now: datetime) -> datetime:
+    """What a fire at ``at`` that followed ``last_fire`` records as due (``RunStarted.due``):
+    its time before its jitter, from which the next fire is counted. Counted from the jittered one, each fire
+    of an ``every`` schedule came half the jitter later on average than the one before
+    (``every = "24h"``, ``jitter = "1h"``: 15 hours later a month on), where each should
+    be delayed by less than the jitter from the schedule's own time."""
+    if isinstance(trigger, JitteredTrigger) and last_fire is not None:
+        base = trigger.base.get_next_fire_time(min(last_fire, now), now)
+        if base is not None and base + trigger.delay(base) == at:
+            return base
+    return at
+
+
 class FireFn(Protocol):
     """``Daemon.start_run``: what a fire of a schedule starts."""
 
@@ -207,6 +221,7 @@ class FireFn(Protocol):
         trigger_seq: int,
         fire_time: str,
         *,
+        due: str | None = None,
         task_status: TaskStatus[None] = ...,
     ) -> None:
         """Record RunStarted for a run of ``s``, call ``task_status.started()``, then
@@ -323,7 +338,10 @@ class Scheduler:
                     await wake.wait()
                 if datetime.now(UTC) < nxt:
                     continue  # woken by the log: look again
-            await self._fire(s, st, tg, "catch_up" if missed else "schedule", 0, nxt, slog)
+            due = None if missed else recorded_fire(trigger, st.last_fire_at, nxt, now)
+            await self._fire(
+                s, st, tg, "catch_up" if missed else "schedule", 0, nxt, slog, due=None if due == nxt else due
+            )
 
     async def _fire(
         self,
@@ -334,23 +352,46 @@ class Scheduler:
         trigger_seq: int,
         fire_time: datetime,
         slog: _Logger,
+        *,
+        due: datetime | None = None,
     ) -> None:
+        """``due``: the fire's time before its jitter (see :func:`recorded_fire`)."""
         ft = rfc3339(fire_time)
         if await self.is_running(s.name):
-            await self._skip(s, "the previous run of this schedule is still going", fire_time, trigger_seq)
+            reason = "the previous run of this schedule is still going"
+            await self._skip(s, reason, fire_time, trigger_seq, due=due)
             slog.info("schedule_skipped", reason="overlap", fire_time=ft, trigger=kind)
             return
         # The run records RunStarted before start() returns, so the next look at the log
         # sees this fire as done.
-        await tg.start(self.start_run, s, kind, trigger_seq, ft, name=f"run of {s.name}")
+        await tg.start(
+            functools.partial(self.start_run, due=None if due is None else rfc3339(due)),
+            s,
+            kind,
+            trigger_seq,
+            ft,
+            name=f"run of {s.name}",
+        )
 
-    async def _skip(self, s: ScheduleConfig, reason: str, fire_time: datetime, trigger_seq: int) -> None:
+    async def _skip(
+        self,
+        s: ScheduleConfig,
+        reason: str,
+        fire_time: datetime,
+        trigger_seq: int,
+        *,
+        due: datetime | None = None,
+    ) -> None:
         """Record a fire of ``s`` that starts no run (the trigger ``trigger_seq`` answered)."""
         await self.store.append(
             schedule_stream(s.name),
             [
                 ScheduleSkipped(
-                    schedule=s.name, reason=reason, fire_time=rfc3339(fire_time), trigger_seq=trigger_seq
+                    schedule=s.name,
+                    reason=reason,
+                    fire_time=rfc3339(fire_time),
+                    trigger_seq=trigger_seq,
+                    due=None if due is None else rfc3339(due),
                 )
             ],
         )
@@ -370,4 +411,5 @@ __all__ = [
     "load_states",
     "make_trigger",
     "next_fire",
+    "recorded_fire",
 ]

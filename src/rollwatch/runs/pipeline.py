@@ -142,6 +142,7 @@ class Run:
         models: list[str] | None = None,
         trigger_seq: int = 0,
         fire_time: str | None = None,
+        due: str | None = None,
         on_progress: Callable[[RunState], None] | None = None,
     ) -> Run:
         """Record ``RunStarted`` for a new run of ``schedule`` and return it (not yet driven)."""
@@ -162,6 +163,7 @@ class Run:
             trigger=trigger,
             trigger_seq=trigger_seq,
             fire_time=fire_time,
+            due=due,
             embargo_s=services.config.publication.embargo,
         )
         run = cls(services, started, on_progress=on_progress, fresh=True)
