@@ -88,3 +88,37 @@ def test_answers_costing_more_than_their_params_allow_stop_the_run_at_its_budget
     assert fin["status"] == "partial"
     assert fin["message"].startswith("budget_exhausted: ")
     assert 0.15 < fin["cost_usd"] <= 0.2
+
+
+def test_answers_that_cannot_be_read_count_against_the_budget(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every answer comes back with a negative token count: each attempt is a `bad_response`
+    (retried), yet the provider answered it and bills it. Each such attempt counts the
+    rollout's reservation. Counted as nothing before, every rollout was asked twice over
+    whatever the budget."""
+    monkeypatch.setenv("FAKE_PROVIDER_USAGE", '{"prompt_tokens": 100, "completion_tokens": -1}')
+    gen = _provider(tmp_path, 0.05)
+    base_url, requests = next(gen)
+    try:
+        cfg = config(tmp_path, base_url, rollouts=5)
+        cfg.write_text(
+            cfg.read_text().replace(
+                "max_concurrency = 4", 'max_concurrency = 4\nmax_attempts = 2\nbackoff_base = "10ms"'
+            )
+            + "budget_usd = 0.01\n"
+            + BUDGET_TAIL
+        )
+        res = run(cfg)
+    finally:
+        gen.close()
+    assert "Traceback" not in res.stderr, res.stderr[-3000:]
+    assert res.returncode == 1, res.stderr[-3000:]
+    (fin,) = [e[2] for e in events(tmp_path / "events.db", "RunFinished")]
+    assert fin["status"] == "partial"
+    assert fin["message"].startswith("budget_exhausted: ")
+    assert fin["failures"]["bad_response"] >= 1
+    # Each attempt counts over $0.001 (its reservation): the eight that the run's window
+    # holds at once, and then no more than ten fit $0.01.
+    served = len(requests.read_text().splitlines())
+    assert served <= 2 * 8 + 10 < 2 * fin["planned"], served
