@@ -441,3 +441,40 @@ def test_a_jittered_schedule_counts_each_fire_from_the_last_ones_own_time(tmp_pa
     assert [due - first for due in dues] == [timedelta(seconds=2 * k) for k in range(len(dues))]
     for f, due in zip(got[1:], dues[1:], strict=True):
         assert due <= datetime.fromisoformat(f["fire_time"]) < due + timedelta(seconds=1)
+
+
+def _hold_the_run_lock(locks: str, holders: Any, most: Any, until: float) -> None:
+    from rollwatch.runs import RunLock
+
+    while time.time() < until:
+        lock = RunLock(Path(locks), "r1")
+        if lock.acquire():
+            with holders.get_lock():
+                holders.value += 1
+                most.value = max(most.value, holders.value)
+            time.sleep(0.0005)
+            with holders.get_lock():
+                holders.value -= 1
+            lock.release()
+
+
+def test_a_run_lock_is_held_by_one_process_at_a_time(tmp_path: Path) -> None:
+    """Four processes take and let go of one run's lock as fast as they can: never two hold
+    it at once. The holder deleted the lock file after letting go, so a process that had
+    opened it meanwhile held a lock on a deleted file while the next made and locked a new
+    one: all four held the run at once (a probe of the daemon's, `rollwatch run` and a
+    resume could each drive it)."""
+    import multiprocessing
+
+    holders, most = multiprocessing.Value("i", 0), multiprocessing.Value("i", 0)
+    until = time.time() + 1.5
+    procs = [
+        multiprocessing.Process(target=_hold_the_run_lock, args=(str(tmp_path), holders, most, until))
+        for _ in range(4)
+    ]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(30)
+    assert [p.exitcode for p in procs] == [0] * 4
+    assert most.value == 1
