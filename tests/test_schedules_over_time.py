@@ -478,3 +478,39 @@ def test_a_run_lock_is_held_by_one_process_at_a_time(tmp_path: Path) -> None:
         p.join(30)
     assert [p.exitcode for p in procs] == [0] * 4
     assert most.value == 1
+
+
+def test_a_problem_removed_before_a_run_resumes_is_counted_in_its_end(tmp_path: Path) -> None:
+    """A run of two problems stops before asking anything of the second; that problem's
+    folder is removed before the next start. The resumed run ends `partial`, its planned
+    rollouts all there, the removed problem's counted under `problem_missing`, the message
+    naming it. Before, the run ended `completed`, planning half its rollouts (the removed
+    problem's were gone from its record)."""
+    gen = _provider(tmp_path, 0.05, hold_after=2)
+    base_url, requests = next(gen)
+    problems = one_problem(tmp_path)
+    shutil.copytree(ROOT / "config" / "problems" / "topo-order", problems / "topo-order")
+    # Two in flight at the provider, four places in the run: the first problem's six
+    # samples fill them.
+    cfg = fake_config(tmp_path, base_url, problems, rollouts=6)
+    env = {**os.environ, "FAKE_PROVIDER_KEY": "k"}
+    try:
+        with serving(cfg, env) as d:
+            d.until(lambda: len(d.events("RolloutScored")) >= 2, "two verdicts")
+            d.stop()
+        requested = {e[2]["problem_id"] for e in d.events("RolloutRequested")}
+        (gone,) = {"lis-length", "topo-order"} - requested
+        shutil.rmtree(problems / gone)
+        Path(f"{requests}.release").touch()
+        with serving(cfg, env) as d:
+            (fin,) = d.until(lambda: d.events("RunFinished"), "the resumed run to finish")
+            log = d.stop()
+    finally:
+        gen.close()
+    f = fin[2]
+    assert f["planned"] == 12, f
+    assert f["scored"] == 6, f
+    assert f["status"] == "partial", f
+    assert f["failures"] == {"problem_missing": 6}, f
+    assert gone in f["message"]
+    assert '"problem_missing"' in log

@@ -57,6 +57,8 @@ MAX_CRASHES = 3
 CRASH = "crash: "
 #: The cause counted for rollouts never requested, when the run was not closed early.
 NOT_REQUESTED = "not_requested"
+#: The cause counted for rollouts never requested whose problem left the set mid-run.
+PROBLEM_MISSING = "problem_missing"
 
 
 def _leaves(error: BaseException) -> Iterator[BaseException]:
@@ -116,6 +118,8 @@ class Run:
         """Created by this process just now: no rollout of it has events yet."""
         self.state = RunState(total=len(self.models) * len(self.problem_ids) * self.rollouts)
         self.stopping = anyio.Event()
+        self.missing: list[str] = []
+        """Problems of the run that its problem set no longer has (this drive)."""
         self.locked_elsewhere = False
         """Set when :meth:`drive` found another process of this host driving the run."""
         self.log = log.bind(run_id=self.run_id, schedule=self.schedule, provider=self.provider_name)
@@ -305,8 +309,10 @@ class Run:
             try:
                 problems[pid] = pset.get(pid)
             except KeyError:
-                self.log.error("problem_missing", problem_id=pid)
-                self.state.total -= len(self.models) * self.rollouts
+                # Gone from the set since the run started: its rollouts stay planned, those
+                # never asked counted under PROBLEM_MISSING when the run ends.
+                self.log.error("problem_missing", problem_id=pid, problem_set=self.problem_set_name)
+                self.missing.append(pid)
         if not self.fresh:
             # Resumed or joined: the live figures start from what the log already has.
             s = self.state
@@ -379,7 +385,12 @@ class Run:
             return None
         # Closed early ("budget_exhausted: ...", "provider_failed: ..."): the rollouts
         # never requested are counted under that cause.
-        return await self._finish(closed or "", cause=(closed or "").partition(": ")[0] or NOT_REQUESTED)
+        message = closed or (
+            f"{PROBLEM_MISSING}: no longer in problem set {self.problem_set_name!r}: {', '.join(self.missing)}"
+            if self.missing
+            else ""
+        )
+        return await self._finish(message, cause=(closed or "").partition(": ")[0] or NOT_REQUESTED)
 
     async def _produce(self, work: TaskGroup, d: _Driving) -> None:
         """Claim chunks and start their rollouts until the run has no work left for us."""
@@ -517,6 +528,17 @@ class Run:
         )
         assert scored_rows is not None
         never = self.state.total - int(scored_rows[0]) - seen
+        if self.missing and never > 0:
+            marks = ",".join("?" * len(self.missing))
+            asked = await self.services.projections.fetchone(
+                f"SELECT COUNT(*) FROM rollouts WHERE run_id = ? AND problem_id IN ({marks})",
+                (self.run_id, *self.missing),
+            )
+            assert asked is not None
+            gone = min(never, len(self.models) * self.rollouts * len(self.missing) - int(asked[0]))
+            if gone > 0:
+                out[PROBLEM_MISSING] = out.get(PROBLEM_MISSING, 0) + gone
+                never -= gone
         if never > 0:
             out[cause] = out.get(cause, 0) + never
         return dict(sorted(out.items()))
