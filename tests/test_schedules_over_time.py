@@ -514,3 +514,42 @@ def test_a_problem_removed_before_a_run_resumes_is_counted_in_its_end(tmp_path: 
     assert f["failures"] == {"problem_missing": 6}, f
     assert gone in f["message"]
     assert '"problem_missing"' in log
+
+
+def test_fires_that_pass_while_a_schedule_is_paused_are_not_caught_up_on_resume(tmp_path: Path) -> None:
+    """A 2 s schedule paused for a few periods, then resumed: one ScheduleSkipped says the
+    fires passed while it was paused, and the next run is the schedule's usual fire. Before,
+    the resume counted them as missed (ScheduleMissed) and started a catch-up run at once."""
+    cfg = write_config(tmp_path, schedule("often", 'every = "2s"'))
+    env = {**os.environ}
+
+    def cli(*args: str) -> None:
+        p = subprocess.run(
+            [sys.executable, "-m", "rollwatch", "--config", str(cfg), "schedules", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+        )
+        assert p.returncode == 0, p.stderr
+
+    with serving(cfg) as d:
+        d.until(lambda: d.events("RunFinished"), "a first run")
+        cli("pause", "often")
+        time.sleep(5)  # two periods and more pass, paused
+        cli("resume", "often")
+        resumed = d.events("ScheduleResumed")[0][0]
+        d.until(lambda: [e for e in d.events("RunStarted") if e[0] > resumed], "a run after the resume")
+        d.until(
+            lambda: (
+                {e[2]["run_id"] for e in d.events("RunFinished")}
+                >= {e[2]["run_id"] for e in d.events("RunStarted")}
+            ),
+            "every run started to finish",
+        )
+        d.stop()
+    assert not d.events("ScheduleMissed")
+    skipped = [e[2] for e in d.events("ScheduleSkipped") if e[0] > resumed]
+    assert [s["reason"] for s in skipped][:1] == ["fires passed while the schedule was paused"]
+    after = [e[2]["trigger"] for e in d.events("RunStarted") if e[0] > resumed]
+    assert after and set(after) == {"schedule"}

@@ -10,7 +10,9 @@ pauses, resumes, triggers) and the state is derived from those events.
 Rules: an ``every`` schedule that never ran starts at once; a ``cron`` one waits for
 its time. Fires missed while the daemon was down collapse into one catch-up run (one
 ``ScheduleMissed`` records how many), within the ``catch_up`` window when one is set.
-A fire while the schedule's previous run is still going is skipped and recorded.
+A fire while the schedule's previous run is still going is skipped and recorded; so
+are the fires that passed while it was paused, once it is resumed (one
+``ScheduleSkipped``; no run).
 """
 
 from __future__ import annotations
@@ -285,6 +287,7 @@ class Scheduler:
 
     async def _loop_once(self, s: ScheduleConfig, tg: anyio.abc.TaskGroup, slog: _Logger) -> None:
         trigger = make_trigger(s)
+        was_paused = False
         while True:
             wake = self._wake[s.name]
             await self.refresh()
@@ -299,11 +302,20 @@ class Scheduler:
                 await self._fire(s, st, tg, "trigger", st.triggered_seq, now, slog)
                 continue
             if st.paused or not s.enabled or blocked is not None:
+                was_paused = was_paused or st.paused
                 self.next_fires[s.name] = None
                 await wake.wait()
                 continue
             nxt, missed, latest = next_fire(s, trigger, st.last_fire_at, now)
             self.next_fires[s.name] = nxt
+            if missed and was_paused:
+                # Resumed: the fires that passed during the pause were the operator's to
+                # stop, not missed (a catch-up run at once, ScheduleMissed counting them).
+                was_paused = False
+                await self._skip(s, "fires passed while the schedule was paused", latest or now, 0)
+                slog.info("schedule_resumed_after_fires", skipped_fires=missed)
+                continue
+            was_paused = False
             if missed:
                 await self.store.append(
                     schedule_stream(s.name),
