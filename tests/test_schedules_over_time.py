@@ -552,4 +552,5 @@ def test_fires_that_pass_while_a_schedule_is_paused_are_not_caught_up_on_resume(
     skipped = [e[2] for e in d.events("ScheduleSkipped") if e[0] > resumed]
     assert [s["reason"] for s in skipped][:1] == ["fires passed while the schedule was paused"]
     after = [e[2]["trigger"] for e in d.events("RunStarted") if e[0] > resumed]
-    assert after and set(after) == {"schedule"}
+    assert after
+    assert set(after) == {"schedule"}
