@@ -15,6 +15,9 @@ that HTTP status with an OpenAI error body (a final failure when not retryable, 
 once retries run out), ``{"answer": TEXT}`` answers TEXT. The first matching rule
 applies; a scripted error is not logged as answered (nothing is billed).
 
+FAKE_PROVIDER_USAGE, when set, is the JSON text sent as every answer's ``usage`` (as is:
+``null``, ``{"completion_tokens": NaN}`` or ``{"completion_tokens": 5000}``, say).
+
 With HOLD_AFTER, requests after the first HOLD_AFTER answered are held (not answered)
 until the file ``REQUEST_LOG.release`` exists; a held request whose client went away
 in the meantime is never answered, so it is not counted (nor billed).
@@ -33,7 +36,7 @@ import anyio
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 PORT_FILE, LOG, DELAY = sys.argv[1], sys.argv[2], float(sys.argv[3]) if len(sys.argv) > 3 else 0.05
@@ -53,13 +56,14 @@ REJECTED_KEY = "sk-rejected"
 
 # The answer's text: FAKE_PROVIDER_ANSWER when set (hostile text for the console's tests).
 ANSWER = os.environ.get("FAKE_PROVIDER_ANSWER") or "```python\ndef solve():\n    return 42\n```"
+USAGE = os.environ.get("FAKE_PROVIDER_USAGE")
 SCRIPT: list[tuple[str, dict[str, object]]] = [
     (str(marker), dict(response))
     for marker, response in json.loads(os.environ.get("FAKE_PROVIDER_SCRIPT") or "[]")
 ]
 
 
-async def chat(request: Request) -> JSONResponse:
+async def chat(request: Request) -> Response:
     if request.headers.get("authorization") == f"Bearer {REJECTED_KEY}":
         error = {
             "message": "Incorrect API key provided.",
@@ -90,24 +94,26 @@ async def chat(request: Request) -> JSONResponse:
     with open(LOG, "a") as f:
         f.write(json.dumps({"id": rid, "model": body.get("model"), "t": time.time()}) + "\n")
         f.flush()
-    return JSONResponse(
-        {
-            "id": rid,
-            "object": "chat.completion",
-            "model": body.get("model"),
-            "choices": [
-                {
-                    "index": 0,
-                    "finish_reason": "stop",
-                    "message": {
-                        "role": "assistant",
-                        "content": text,
-                    },
-                }
-            ],
-            "usage": {"prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120},
-        }
-    )
+    answer = {
+        "id": rid,
+        "object": "chat.completion",
+        "model": body.get("model"),
+        "choices": [
+            {
+                "index": 0,
+                "finish_reason": "stop",
+                "message": {
+                    "role": "assistant",
+                    "content": text,
+                },
+            }
+        ],
+        "usage": {"prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120},
+    }
+    if USAGE is None:
+        return JSONResponse(answer)
+    del answer["usage"]
+    return Response(json.dumps(answer)[:-1] + f', "usage": {USAGE}}}', media_type="application/json")
 
 
 def main() -> None:

@@ -98,6 +98,17 @@ def test_bundled_config_is_valid() -> None:
             id="bad-cron",
         ),
         pytest.param(
+            BASE.replace('every = "24h"', 'cron = "0 3 30 2 *"'),
+            "schedules[0].cron: '0 3 30 2 *' never fires: no month has that day",
+            id="cron-never-fires",
+        ),
+        pytest.param(
+            BASE.replace('every = "24h"', 'cron = "0 3 * * 8"'),
+            "schedules[0].cron: '0 3 * * 8' is not a crontab expression (min hour day month dow): '8' is not"
+            " a day of the week",
+            id="cron-no-such-weekday",
+        ),
+        pytest.param(
             BASE.replace('provider = "openai"', 'provider = "openia"'),
             "schedules[0].provider: 'openia' is not one of reference, openai",
             id="dangling-provider",

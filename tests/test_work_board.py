@@ -98,6 +98,21 @@ async def test_reservations_keep_the_budget(board: WorkBoard) -> None:
     assert await board.reserve(b, 0.5, 1.0) is None
 
 
+async def test_a_budget_reached_with_nothing_pending_says_so_whatever_the_sums_round_to(
+    board: WorkBoard,
+) -> None:
+    """Reservations of 0.1, 0.2 and 0.3 settled in another order leave 2.8e-17 reserved in
+    floating point: the board took that for a reservation pending, and the run waited for it
+    to settle for good (a run whose reservations grew once one answer cost more hung so)."""
+    await board.plan("r1", UNITS, fresh=True, prior_cost=0.0)
+    (a,) = await board.claim("r1", 1)
+    for amount in (0.1, 0.2, 0.3):
+        assert await board.reserve(a, amount, 0.65) is True
+    for amount in (0.3, 0.1, 0.2):
+        await board.settle(a, amount, amount)
+    assert await board.reserve(a, 0.1, 0.65) is None
+
+
 async def test_release_hands_back_unfinished_chunks_to_others() -> None:
     async with scratch_database() as url, PostgresEventStore(url) as s1, PostgresEventStore(url) as s2:
         one, two = s1.work_board("n1/a", 30.0), s2.work_board("n2/b", 30.0)

@@ -453,12 +453,17 @@ class ScheduleConfig(_Strict):
     def _cron(cls, v: str | None) -> str | None:
         if v is None:
             return v
-        from apscheduler.triggers.cron import CronTrigger  # type: ignore[import-untyped]
+        from datetime import UTC, datetime
+
+        from rollwatch.cron import crontab
 
         try:
-            CronTrigger.from_crontab(v)
+            trigger = crontab(v)
         except ValueError as e:
             raise ValueError(f"{v!r} is not a crontab expression (min hour day month dow): {e}") from None
+        if trigger.get_next_fire_time(None, datetime.now(UTC)) is None:
+            # A date no month has (30 February): the schedule would wait for good.
+            raise ValueError(f"{v!r} never fires: no month has that day")
         return v
 
 

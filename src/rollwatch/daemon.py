@@ -313,6 +313,7 @@ class Daemon:
         trigger_seq: int,
         fire_time: str,
         *,
+        due: str | None = None,
         task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
         """A scheduler fire: record RunStarted, report started, drive the run."""
@@ -324,7 +325,7 @@ class Daemon:
             return
         try:
             run = await Run.start(
-                self.services, s, trigger=kind, trigger_seq=trigger_seq, fire_time=fire_time
+                self.services, s, trigger=kind, trigger_seq=trigger_seq, fire_time=fire_time, due=due
             )
         except NotLeading as e:
             # Deposed while firing: the new leader decides this fire.
@@ -512,6 +513,14 @@ class Daemon:
                 svc.problem_sets.update(fresh)
                 log.info("problems_reloaded", problem_sets=sorted(fresh))
                 await self.check_problems(svc, "sighup")
+                # A schedule, or an unfinished run, that waited for a set loaded now.
+                if self.scheduler is not None:
+                    self.scheduler.wake()
+                if self._runs is not None and (self.leading or svc.board.shared):
+                    try:
+                        await self.resume_unfinished(self._runs)
+                    except StoreError as e:
+                        log.warning("runs_resume_failed", error=str(e))
 
     async def check_problems(self, svc: RunServices, why: str) -> None:
         """Record the new version of every changed problem and, with ``scoring.rescore =
@@ -680,6 +689,7 @@ class Daemon:
                 self.start_run,
                 self.is_running,
                 lambda: svc.projections.catch_up(svc.store),
+                can_fire=self._can_fire,
             )
             background = await stages.start("background", stop=lambda tg: tg.cancel_scope.cancel())
             background.start_soon(self._follow_log)
@@ -861,18 +871,16 @@ class Daemon:
         )
 
     def _active_schedules(self, svc: RunServices) -> list[ScheduleConfig]:
-        """The schedules this node can fire (its provider has a key, its problem set loaded).
+        """The schedules this node can fire (its provider has a key). One whose problem
+        set did not load is among them: it fires once a SIGHUP has loaded the set (see
+        :meth:`_can_fire`).
 
-        Those that cannot are logged (a WARNING, and /healthz degraded, unless an
+        Those that cannot run are logged (a WARNING, and /healthz degraded, unless an
         ``optional`` schedule merely lacks its key).
         """
         from rollwatch.scheduler import cannot_run
 
-        schedules = [
-            s
-            for s in self.config.schedules
-            if s.provider in svc.providers and s.problem_set in svc.problem_sets
-        ]
+        schedules = [s for s in self.config.schedules if s.provider in svc.providers]
         blocked = cannot_run(self.config, svc.providers, svc.problem_sets)
         for s in self.config.schedules:
             if s.name in blocked:
@@ -882,6 +890,13 @@ class Daemon:
                     "schedule_inactive", schedule=s.name, reason="optional, and its provider has no API key"
                 )
         return schedules
+
+    def _can_fire(self, s: ScheduleConfig) -> str | None:
+        """Why ``s`` cannot start a run now (its problem set is not loaded), or None."""
+        assert self.services is not None
+        if s.problem_set not in self.services.problem_sets:
+            return f"problem set {s.problem_set!r} did not load (see problem_set_invalid in the log)"
+        return None
 
     def _stop_runs(self) -> None:
         for run in list(self.active.values()):

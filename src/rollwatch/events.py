@@ -532,6 +532,9 @@ class RunStarted(Event):
     """For trigger: the seq of the ScheduleTriggered event this run answers."""
     fire_time: str | None = None
     """For schedule and catch_up: the fire time the scheduler computed."""
+    due: str | None = None
+    """For schedule: the fire's time before its jitter, from which the next fire is
+    counted (None: ``fire_time``; runs from before it count from that)."""
     batch: bool = False
     """The run's rollouts go through the provider's batch API."""
     embargo_s: float | None = None
@@ -830,6 +833,8 @@ class ScheduleSkipped(Event):
     fire_time: str
     trigger_seq: int = 0
     """When the fire was a trigger: its seq (the trigger counts as answered)."""
+    due: str | None = None
+    """As ``RunStarted.due``."""
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -1445,7 +1445,7 @@ class SchedulesProjection(Projection):
             db.execute(
                 "UPDATE schedules SET skipped = skipped + 1, last_fire_at = max(coalesce(last_fire_at, ''), ?),"
                 " handled_trigger_seq = max(handled_trigger_seq, ?) WHERE name=?",
-                (ev.fire_time, ev.trigger_seq or 0, name),
+                (ev.due or ev.fire_time, ev.trigger_seq or 0, name),
             )
         elif isinstance(ev, e.ScheduleMissed):
             db.execute("UPDATE schedules SET missed = missed + ? WHERE name=?", (ev.missed, name))
@@ -1454,5 +1454,5 @@ class SchedulesProjection(Projection):
                 "UPDATE schedules SET last_run_id=?, last_started_at=?, last_finished_at=NULL,"
                 " last_status='running', last_fire_at = max(coalesce(last_fire_at, ''), ?),"
                 " handled_trigger_seq = max(handled_trigger_seq, ?) WHERE name=?",
-                (ev.run_id, rec.at, ev.fire_time or rec.at, ev.trigger_seq or 0, name),
+                (ev.run_id, rec.at, ev.due or ev.fire_time or rec.at, ev.trigger_seq or 0, name),
             )

@@ -10,26 +10,28 @@ pauses, resumes, triggers) and the state is derived from those events.
 Rules: an ``every`` schedule that never ran starts at once; a ``cron`` one waits for
 its time. Fires missed while the daemon was down collapse into one catch-up run (one
 ``ScheduleMissed`` records how many), within the ``catch_up`` window when one is set.
-A fire while the schedule's previous run is still going is skipped and recorded.
+A fire while the schedule's previous run is still going is skipped and recorded; so
+are the fires that passed while it was paused, once it is resumed (one
+``ScheduleSkipped``; no run).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Awaitable, Callable, Container, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Protocol, cast
-from zoneinfo import ZoneInfo
 
 import anyio
 import structlog
 from anyio.abc import TaskStatus
-from apscheduler.triggers.cron import CronTrigger  # type: ignore[import-untyped]
 from apscheduler.triggers.interval import IntervalTrigger  # type: ignore[import-untyped]
 
 from rollwatch.abc import EventStore
 from rollwatch.config import Config, ScheduleConfig
+from rollwatch.cron import Trigger, crontab
 from rollwatch.errors import IntegrityError, StoreError
 from rollwatch.events import ScheduleMissed, ScheduleSkipped, parse_rfc3339, rfc3339, schedule_stream
 from rollwatch.log import get_logger
@@ -38,22 +40,15 @@ from rollwatch.projections import ProjectionDB
 log = get_logger(__name__)
 _Logger = structlog.stdlib.BoundLogger
 
-_MAX_COUNT = 100_000
-
-
-class Trigger(Protocol):
-    """What we use of an APScheduler 3 trigger (the package has no type hints)."""
-
-    def get_next_fire_time(self, previous_fire_time: datetime | None, now: datetime) -> datetime | None:
-        """The first fire time after ``previous_fire_time`` (None: the first ever), or None."""
-        ...
+_MAX_COUNT = 10_000
+"""Missed fires counted at most (each counted is a look at the trigger: 25 µs for a cron)."""
 
 
 def make_trigger(s: ScheduleConfig) -> Trigger:
     """The trigger that computes ``s``'s fire times: APScheduler's, with our jitter."""
     base: Trigger
     if s.cron is not None:
-        base = cast(Trigger, CronTrigger.from_crontab(s.cron, timezone=ZoneInfo(s.timezone)))
+        base = crontab(s.cron, s.timezone)
     else:
         assert s.every is not None
         base = cast(Trigger, IntervalTrigger(seconds=s.every, timezone=UTC))
@@ -171,18 +166,31 @@ def next_fire(
     """(next fire time, fires missed before ``now``, the latest missed fire time).
 
     With fires missed, the next fire is "now" (one catch-up run), unless all of them
-    are older than the ``catch_up`` window: then they are only counted.
+    are older than the ``catch_up`` window: then they are only counted (up to
+    :data:`_MAX_COUNT`; past it the count is that, and the latest is taken as now).
     """
     if last_fire is None:
         if s.every is not None:
             return now, 0, None
         return trigger.get_next_fire_time(None, now), 0, None
+    if last_fire > now:
+        # The wall clock went back past the last fire: counted from it, an ``every``
+        # schedule would wait the whole step back on top of its period.
+        last_fire = now
     nxt = trigger.get_next_fire_time(last_fire, now)
     missed = 0
     latest: datetime | None = None
-    while nxt is not None and nxt <= now and missed < _MAX_COUNT:
+    while nxt is not None and nxt <= now:
         missed += 1
         latest = nxt
+        if missed == _MAX_COUNT:
+            # Too many to walk one by one (a period of seconds over a week down): the
+            # count stops here and the fires go on from now. Left in the past, the next
+            # fire started another count of missed fires, and another, each its own
+            # ScheduleMissed and seconds of this loop's time.
+            latest = now
+            nxt = trigger.get_next_fire_time(now, now)
+            break
         nxt = trigger.get_next_fire_time(nxt, now)
     if missed == 0:
         return nxt, 0, None
@@ -190,6 +198,19 @@ def next_fire(
     if window is not None and latest is not None and (now - latest).total_seconds() > window:
         return nxt, missed, latest
     return now, missed, latest
+
+
+def recorded_fire(trigger: Trigger, last_fire: datetime | None, at: datetime, now: datetime) -> datetime:
+    """What a fire at ``at`` that followed ``last_fire`` records as due (``RunStarted.due``):
+    its time before its jitter, from which the next fire is counted. Counted from the jittered one, each fire
+    of an ``every`` schedule came half the jitter later on average than the one before
+    (``every = "24h"``, ``jitter = "1h"``: 15 hours later a month on), where each should
+    be delayed by less than the jitter from the schedule's own time."""
+    if isinstance(trigger, JitteredTrigger) and last_fire is not None:
+        base = trigger.base.get_next_fire_time(min(last_fire, now), now)
+        if base is not None and base + trigger.delay(base) == at:
+            return base
+    return at
 
 
 class FireFn(Protocol):
@@ -202,6 +223,7 @@ class FireFn(Protocol):
         trigger_seq: int,
         fire_time: str,
         *,
+        due: str | None = None,
         task_status: TaskStatus[None] = ...,
     ) -> None:
         """Record RunStarted for a run of ``s``, call ``task_status.started()``, then
@@ -220,13 +242,18 @@ class Scheduler:
         start_run: FireFn,
         is_running: Callable[[str], Awaitable[bool]],
         refresh: Callable[[], Awaitable[object]],
+        *,
+        can_fire: Callable[[ScheduleConfig], str | None] = lambda s: None,
     ) -> None:
+        """``can_fire``: why a schedule cannot start a run now (None: it can). Its fires
+        wait meanwhile (``wake()`` once that may have changed); a trigger is skipped."""
         self.schedules = schedules
         self.pdb = projections
         self.store = store
         self.start_run = start_run
         self.is_running = is_running
         self.refresh = refresh
+        self.can_fire = can_fire
         self._wake: dict[str, anyio.Event] = {s.name: anyio.Event() for s in schedules}
         self.next_fires: dict[str, datetime | None] = {}
 
@@ -260,20 +287,35 @@ class Scheduler:
 
     async def _loop_once(self, s: ScheduleConfig, tg: anyio.abc.TaskGroup, slog: _Logger) -> None:
         trigger = make_trigger(s)
+        was_paused = False
         while True:
             wake = self._wake[s.name]
             await self.refresh()
             st = (await load_states(self.pdb)).get(s.name, ScheduleState(name=s.name))
             now = datetime.now(UTC)
+            blocked = self.can_fire(s)
             if st.triggered_seq > st.handled_trigger_seq:
+                if blocked is not None:
+                    await self._skip(s, f"the schedule cannot run: {blocked}", now, st.triggered_seq)
+                    slog.warning("schedule_skipped", reason=blocked, trigger="trigger")
+                    continue
                 await self._fire(s, st, tg, "trigger", st.triggered_seq, now, slog)
                 continue
-            if st.paused or not s.enabled:
+            if st.paused or not s.enabled or blocked is not None:
+                was_paused = was_paused or st.paused
                 self.next_fires[s.name] = None
                 await wake.wait()
                 continue
             nxt, missed, latest = next_fire(s, trigger, st.last_fire_at, now)
             self.next_fires[s.name] = nxt
+            if missed and was_paused:
+                # Resumed: the fires that passed during the pause were the operator's to
+                # stop, not missed (a catch-up run at once, ScheduleMissed counting them).
+                was_paused = False
+                await self._skip(s, "fires passed while the schedule was paused", latest or now, 0)
+                slog.info("schedule_resumed_after_fires", skipped_fires=missed)
+                continue
+            was_paused = False
             if missed:
                 await self.store.append(
                     schedule_stream(s.name),
@@ -308,7 +350,10 @@ class Scheduler:
                     await wake.wait()
                 if datetime.now(UTC) < nxt:
                     continue  # woken by the log: look again
-            await self._fire(s, st, tg, "catch_up" if missed else "schedule", 0, nxt, slog)
+            due = None if missed else recorded_fire(trigger, st.last_fire_at, nxt, now)
+            await self._fire(
+                s, st, tg, "catch_up" if missed else "schedule", 0, nxt, slog, due=None if due == nxt else due
+            )
 
     async def _fire(
         self,
@@ -319,25 +364,49 @@ class Scheduler:
         trigger_seq: int,
         fire_time: datetime,
         slog: _Logger,
+        *,
+        due: datetime | None = None,
     ) -> None:
+        """``due``: the fire's time before its jitter (see :func:`recorded_fire`)."""
         ft = rfc3339(fire_time)
         if await self.is_running(s.name):
-            await self.store.append(
-                schedule_stream(s.name),
-                [
-                    ScheduleSkipped(
-                        schedule=s.name,
-                        reason="the previous run of this schedule is still going",
-                        fire_time=ft,
-                        trigger_seq=trigger_seq,
-                    )
-                ],
-            )
+            reason = "the previous run of this schedule is still going"
+            await self._skip(s, reason, fire_time, trigger_seq, due=due)
             slog.info("schedule_skipped", reason="overlap", fire_time=ft, trigger=kind)
             return
         # The run records RunStarted before start() returns, so the next look at the log
         # sees this fire as done.
-        await tg.start(self.start_run, s, kind, trigger_seq, ft, name=f"run of {s.name}")
+        await tg.start(
+            functools.partial(self.start_run, due=None if due is None else rfc3339(due)),
+            s,
+            kind,
+            trigger_seq,
+            ft,
+            name=f"run of {s.name}",
+        )
+
+    async def _skip(
+        self,
+        s: ScheduleConfig,
+        reason: str,
+        fire_time: datetime,
+        trigger_seq: int,
+        *,
+        due: datetime | None = None,
+    ) -> None:
+        """Record a fire of ``s`` that starts no run (the trigger ``trigger_seq`` answered)."""
+        await self.store.append(
+            schedule_stream(s.name),
+            [
+                ScheduleSkipped(
+                    schedule=s.name,
+                    reason=reason,
+                    fire_time=rfc3339(fire_time),
+                    trigger_seq=trigger_seq,
+                    due=None if due is None else rfc3339(due),
+                )
+            ],
+        )
 
 
 def fmt_next(dt: datetime | None) -> str:
@@ -354,4 +423,5 @@ __all__ = [
     "load_states",
     "make_trigger",
     "next_fire",
+    "recorded_fire",
 ]

@@ -84,6 +84,9 @@ class LocalBoard(WorkBoard):
         self._closed: dict[str, str] = {}
         self._spent: dict[str, float] = {}
         self._reserved: dict[str, float] = {}
+        # Reservations not yet settled, counted: their USD sum, taken apart again in
+        # another order, need not come back to 0.0 exactly.
+        self._holding: dict[str, int] = {}
 
     async def plan(self, run_id: str, units: list[Unit], *, fresh: bool, prior_cost: float) -> None:
         if run_id in self._units:
@@ -94,6 +97,7 @@ class LocalBoard(WorkBoard):
         self._held[run_id] = set()
         self._spent[run_id] = prior_cost
         self._reserved[run_id] = 0.0
+        self._holding[run_id] = 0
 
     async def claim(self, run_id: str, n: int) -> list[Chunk]:
         if run_id in self._closed:
@@ -123,6 +127,7 @@ class LocalBoard(WorkBoard):
         self._held.pop(run_id, None)
         self._spent.pop(run_id, None)
         self._reserved.pop(run_id, None)
+        self._holding.pop(run_id, None)
         self._again = {a for a in self._again if a[0] != run_id}
 
     async def close(self, run_id: str, reason: str) -> None:
@@ -139,11 +144,13 @@ class LocalBoard(WorkBoard):
             return None
         if self._spent[run] + self._reserved[run] + amount <= budget:
             self._reserved[run] += amount
+            self._holding[run] += 1 if amount else 0
             return True
-        return False if self._reserved[run] > 0 else None
+        return False if self._holding[run] else None
 
     async def settle(self, chunk: Chunk, reserved: float, cost: float) -> None:
         run = chunk.run_id
         if run in self._reserved:
-            self._reserved[run] = max(0.0, self._reserved[run] - reserved)
+            self._holding[run] -= 1 if reserved else 0
+            self._reserved[run] = max(0.0, self._reserved[run] - reserved) if self._holding[run] else 0.0
             self._spent[run] += cost

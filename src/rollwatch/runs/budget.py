@@ -5,6 +5,14 @@ params allow, a generous token count for the prompt); when it ends it settles wh
 it really cost. A rollout whose reservation cannot fit is not started, so the run
 never spends past its budget, whatever the answers cost. A model without a price has
 no enforceable budget: its rollouts reserve nothing (and the run logs it once).
+
+What a provider reports is not taken on trust: an answer that gives no count of its
+output tokens (none, null, NaN, a string) settles its whole reservation, since what it
+cost is unknown, and so does each attempt that failed once the provider may have
+answered (``rollout.MAY_BE_BILLED``: a body we could not read, a timeout); and once an answer cost more than its reservation (more tokens than
+the params allow), later rollouts of that model reserve what the dearest one cost, so
+only the rollouts already in flight when the first such answer came in can pass the
+budget.
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import anyio
+import structlog
 
 from rollwatch.abc import WorkBoard
 from rollwatch.config import Price
@@ -46,6 +55,20 @@ class Budget:
     exhausted: bool = False
     """A rollout could not be reserved: the run starts no more."""
     _settled: anyio.Event = field(default_factory=anyio.Event, repr=False)
+    _dearest: dict[str, float] = field(default_factory=dict, repr=False)
+    """Per model: the most one of its rollouts cost in this run, when past its reservation."""
+    _unknown_said: bool = field(default=False, repr=False)
+
+    def unknown_cost(self, log: structlog.stdlib.BoundLogger, rollout_id: str) -> None:
+        """Say once per run that an answer gave no count of its output tokens."""
+        if not self._unknown_said:
+            self._unknown_said = True
+            log.warning(
+                "usage_unknown",
+                rollout_id=rollout_id,
+                consequence="the provider gave no output token count: the budget counts"
+                " the most such an answer could cost",
+            )
 
     def enforceable(self, model: str) -> bool:
         """Whether rollouts of ``model`` count against the limit (it has a price)."""
@@ -60,7 +83,8 @@ class Budget:
             p_out = price.batch_output if price.batch_output is not None else price.output / 2
         # A generous token count for the prompt: fewer than one token per two characters
         # in practice.
-        return ((len(prompt) // 2 + 1000) * p_in + max_output_tokens(self.params) * p_out) / 1e6
+        worst = ((len(prompt) // 2 + 1000) * p_in + max_output_tokens(self.params) * p_out) / 1e6
+        return max(worst, self._dearest.get(model, 0.0))
 
     async def reserve(self, chunk: Chunk, model: str, prompt: str) -> float | None:
         """Reserve the most this rollout could cost; None when the budget cannot allow it
@@ -84,6 +108,9 @@ class Budget:
     async def settle(self, chunk: Chunk, reserved: float, cost: float) -> None:
         """A rollout that reserved ``reserved`` ended having cost ``cost`` (shielded: the
         reservation is given back even when the rollout was cancelled)."""
+        model = chunk.unit.model
+        if reserved and cost > reserved:
+            self._dearest[model] = max(self._dearest.get(model, 0.0), cost)
         try:
             if reserved:
                 with anyio.CancelScope(shield=True):

@@ -57,6 +57,8 @@ MAX_CRASHES = 3
 CRASH = "crash: "
 #: The cause counted for rollouts never requested, when the run was not closed early.
 NOT_REQUESTED = "not_requested"
+#: The cause counted for rollouts never requested whose problem left the set mid-run.
+PROBLEM_MISSING = "problem_missing"
 
 
 def _leaves(error: BaseException) -> Iterator[BaseException]:
@@ -116,6 +118,8 @@ class Run:
         """Created by this process just now: no rollout of it has events yet."""
         self.state = RunState(total=len(self.models) * len(self.problem_ids) * self.rollouts)
         self.stopping = anyio.Event()
+        self.missing: list[str] = []
+        """Problems of the run that its problem set no longer has (this drive)."""
         self.locked_elsewhere = False
         """Set when :meth:`drive` found another process of this host driving the run."""
         self.log = log.bind(run_id=self.run_id, schedule=self.schedule, provider=self.provider_name)
@@ -142,6 +146,7 @@ class Run:
         models: list[str] | None = None,
         trigger_seq: int = 0,
         fire_time: str | None = None,
+        due: str | None = None,
         on_progress: Callable[[RunState], None] | None = None,
     ) -> Run:
         """Record ``RunStarted`` for a new run of ``schedule`` and return it (not yet driven)."""
@@ -162,6 +167,7 @@ class Run:
             trigger=trigger,
             trigger_seq=trigger_seq,
             fire_time=fire_time,
+            due=due,
             embargo_s=services.config.publication.embargo,
         )
         run = cls(services, started, on_progress=on_progress, fresh=True)
@@ -268,11 +274,33 @@ class Run:
         provider = svc.providers.get(self.provider_name)
         pset = svc.problem_sets.get(self.problem_set_name)
         if provider is None or pset is None:
-            what = "provider" if provider is None else "problem set"
-            name = self.provider_name if provider is None else self.problem_set_name
-            message = f"{what} {name!r} is not configured (or has no API key) on this node"
+            config = svc.config
+            if provider is None and all(p.name != self.provider_name for p in config.providers):
+                message = f"provider {self.provider_name!r} is no longer configured"
+            elif pset is None and all(p.name != self.problem_set_name for p in config.problem_sets):
+                message = f"problem set {self.problem_set_name!r} is no longer configured"
+            else:
+                # Configured, and missing here for now: a key not set at this start, a
+                # problem set that did not load (a folder moved, a file being edited).
+                # The run waits, unfinished, for a start (or, for a problem set, a
+                # SIGHUP) that has it: closed, its rollouts not yet asked never would be.
+                why = (
+                    f"provider {self.provider_name!r} has no API key"
+                    if provider is None
+                    else f"problem set {self.problem_set_name!r} did not load (see problem_set_invalid)"
+                )
+                if board.shared:
+                    # Other nodes may have it: leave the run to them.
+                    self.log.warning("run_not_joined", reason=f"{why} on this node")
+                else:
+                    self.log.error(
+                        "run_cannot_resume",
+                        reason=why,
+                        hint="the run stays unfinished and resumes at the next start (or SIGHUP,"
+                        " for a problem set) that has it",
+                    )
+                return None
             if board.shared:
-                # Other nodes may have it: leave the run to them.
                 self.log.warning("run_not_joined", reason=message)
                 return None
             return await self._finish(message, failed=True)
@@ -281,8 +309,10 @@ class Run:
             try:
                 problems[pid] = pset.get(pid)
             except KeyError:
-                self.log.error("problem_missing", problem_id=pid)
-                self.state.total -= len(self.models) * self.rollouts
+                # Gone from the set since the run started: its rollouts stay planned, those
+                # never asked counted under PROBLEM_MISSING when the run ends.
+                self.log.error("problem_missing", problem_id=pid, problem_set=self.problem_set_name)
+                self.missing.append(pid)
         if not self.fresh:
             # Resumed or joined: the live figures start from what the log already has.
             s = self.state
@@ -355,7 +385,12 @@ class Run:
             return None
         # Closed early ("budget_exhausted: ...", "provider_failed: ..."): the rollouts
         # never requested are counted under that cause.
-        return await self._finish(closed or "", cause=(closed or "").partition(": ")[0] or NOT_REQUESTED)
+        message = closed or (
+            f"{PROBLEM_MISSING}: no longer in problem set {self.problem_set_name!r}: {', '.join(self.missing)}"
+            if self.missing
+            else ""
+        )
+        return await self._finish(message, cause=(closed or "").partition(": ")[0] or NOT_REQUESTED)
 
     async def _produce(self, work: TaskGroup, d: _Driving) -> None:
         """Claim chunks and start their rollouts until the run has no work left for us."""
@@ -493,6 +528,17 @@ class Run:
         )
         assert scored_rows is not None
         never = self.state.total - int(scored_rows[0]) - seen
+        if self.missing and never > 0:
+            marks = ",".join("?" * len(self.missing))
+            asked = await self.services.projections.fetchone(
+                f"SELECT COUNT(*) FROM rollouts WHERE run_id = ? AND problem_id IN ({marks})",
+                (self.run_id, *self.missing),
+            )
+            assert asked is not None
+            gone = min(never, len(self.models) * self.rollouts * len(self.missing) - int(asked[0]))
+            if gone > 0:
+                out[PROBLEM_MISSING] = out.get(PROBLEM_MISSING, 0) + gone
+                never -= gone
         if never > 0:
             out[cause] = out.get(cause, 0) + never
         return dict(sorted(out.items()))

@@ -54,6 +54,12 @@ class Known:
 NEW = Known("new", 0, None, 0)
 
 
+#: Failures after which the provider may have generated the answer, and billed it: a body
+#: we could not read (a token count that is no count, a stream cut off), an answer too slow.
+#: Each counts its rollout's reservation against the budget, since what it cost is unknown.
+MAY_BE_BILLED = frozenset({"bad_response", "timeout"})
+
+
 @dataclass(slots=True)
 class AttemptRecorder:
     """The provider client's AttemptLog for one rollout: every attempt becomes an event.
@@ -71,6 +77,9 @@ class AttemptRecorder:
     """Attempts recorded before this process took the rollout up (the client counts from 1)."""
     version: int
     """The rollout stream's version as we last saw it."""
+    unread: int = 0
+    """Attempts that failed after the provider may have answered, and billed (see
+    :data:`MAY_BE_BILLED`)."""
 
     async def append(self, *events: Event) -> None:
         """Append to the rollout's stream at the version we last saw; _TakenOver if it moved."""
@@ -102,6 +111,8 @@ class AttemptRecorder:
 
     async def failed(self, attempt: int, error: ProviderError, final: bool) -> None:
         """See ``AttemptLog.failed``."""
+        if error.kind in MAY_BE_BILLED:
+            self.unread += 1
         await self.append(
             RolloutFailed(
                 rollout_id=self.rid,
@@ -195,7 +206,7 @@ class Rollouts:
                 reference_solution=problem.reference_solution,
             )
             recorder = AttemptRecorder(self, rid, model, problem, sample, known.attempts, known.version)
-            cost = 0.0
+            cost = counted = 0.0
             batcher = self.run.batcher
             try:
                 if batcher is not None:
@@ -209,8 +220,15 @@ class Rollouts:
                 if answer is not None:
                     self.run.state.answered += 1
                     self.run.state.cost_usd += cost
+                    counted = cost
+                    if reserved and not answer.usage.output_tokens and (answer.text or answer.reasoning):
+                        # No count of what was generated: the cost is unknown, so the
+                        # budget counts the most it could have been.
+                        counted = max(cost, reserved)
+                        self.budget.unknown_cost(self.run.log, rid)
             finally:
-                await self.budget.settle(progress.chunk, reserved, cost)
+                counted += reserved * recorder.unread
+                await self.budget.settle(progress.chunk, reserved, counted)
             if answer is not None:
                 await self.score(recorder, problem, answer.text)
             else:

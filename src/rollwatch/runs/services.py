@@ -180,18 +180,31 @@ class RunLock:
 
     def acquire(self) -> bool:
         """Take the lock if no other process holds it; False when one does."""
-        fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        while True:
+            fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                return False
+            # The holder before us deletes the file as it lets go (see release): a lock
+            # taken on the file it deleted is no lock, since the next process creates and
+            # locks a new one. Such locks let four processes hold a run at once (a probe
+            # of the daemon's, `rollwatch run`, a resume): take the file that is there.
+            try:
+                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                self._fd = fd
+                return True
             os.close(fd)
-            return False
-        self._fd = fd
-        return True
 
     def release(self) -> None:
         """Let go of the lock (a no-op when not held)."""
         if self._fd is not None:
+            # Deleted while still held: whoever opens the name next makes a new file (and
+            # whoever locks the old one after us sees it is gone, see acquire).
+            self.path.unlink(missing_ok=True)
             os.close(self._fd)
             self._fd = None
-            self.path.unlink(missing_ok=True)
