@@ -390,3 +390,27 @@ class TestRescoreFaults:
                 assert (e.passed, e.detail.get("error")) == (False, "scorer")
                 assert e.problem_hash.endswith("-v2")
             assert len(await events_of(svc.store, RescoreFinished)) == 2
+
+
+class TestRunLock:
+    async def test_a_run_is_locked_from_the_moment_its_run_started_is_in_the_log(
+        self, tmp_path: Path
+    ) -> None:
+        """Once `Run.start` has recorded RunStarted, no other process can take the run's lock
+        (the daemon's check of whether a schedule's run is going takes it); driving it keeps
+        the same lock and lets go at the end. The lock was taken only once driving: a fire
+        of the daemon in between found a `rollwatch run`'s new run unlocked and started
+        another run of the schedule."""
+        from rollwatch.runs import RunLock
+
+        config = write_config(tmp_path)
+        async with services(config, ReferenceAnswers()) as svc:
+            run = await Run.start(svc, config.schedule(SCHEDULE), trigger="manual")
+            assert not RunLock(svc.locks_dir, run.run_id).acquire()
+            fin = await run.drive()
+            assert fin is not None
+            assert fin.status == "completed"
+            assert not run.locked_elsewhere
+            other = RunLock(svc.locks_dir, run.run_id)
+            assert other.acquire()
+            other.release()

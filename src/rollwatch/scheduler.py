@@ -202,10 +202,11 @@ def next_fire(
 
 def recorded_fire(trigger: Trigger, last_fire: datetime | None, at: datetime, now: datetime) -> datetime:
     """What a fire at ``at`` that followed ``last_fire`` records as due (``RunStarted.due``):
-    its time before its jitter, from which the next fire is counted. Counted from the jittered one, each fire
-    of an ``every`` schedule came half the jitter later on average than the one before
-    (``every = "24h"``, ``jitter = "1h"``: 15 hours later a month on), where each should
-    be delayed by less than the jitter from the schedule's own time."""
+    its time before its jitter, from which the next fire is counted. Counted from the
+    jittered time, each fire of an ``every`` schedule came half the jitter later on
+    average than the one before (``every = "24h"``, ``jitter = "1h"``: 15 hours later a
+    month on), where each should be delayed by less than the jitter from the schedule's
+    own time."""
     if isinstance(trigger, JitteredTrigger) and last_fire is not None:
         base = trigger.base.get_next_fire_time(min(last_fire, now), now)
         if base is not None and base + trigger.delay(base) == at:

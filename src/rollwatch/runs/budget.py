@@ -6,13 +6,13 @@ it really cost. A rollout whose reservation cannot fit is not started, so the ru
 never spends past its budget, whatever the answers cost. A model without a price has
 no enforceable budget: its rollouts reserve nothing (and the run logs it once).
 
-What a provider reports is not taken on trust: an answer that gives no count of its
+What a provider reports is not taken on trust. An answer that gives no count of its
 output tokens (none, null, NaN, a string) settles its whole reservation, since what it
-cost is unknown, and so does each attempt that failed once the provider may have
-answered (``rollout.MAY_BE_BILLED``: a body we could not read, a timeout); and once an answer cost more than its reservation (more tokens than
-the params allow), later rollouts of that model reserve what the dearest one cost, so
-only the rollouts already in flight when the first such answer came in can pass the
-budget.
+cost is unknown; so does each attempt that failed once the provider may have answered
+(``rollout.MAY_BE_BILLED``: a body we could not read, a timeout). Once an answer cost
+more than its reservation (more tokens than the params allow), later rollouts of that
+model reserve what the dearest one cost, so only the rollouts already in flight when
+the first such answer came in can pass the budget.
 """
 
 from __future__ import annotations

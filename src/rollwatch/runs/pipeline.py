@@ -122,6 +122,8 @@ class Run:
         """Problems of the run that its problem set no longer has (this drive)."""
         self.locked_elsewhere = False
         """Set when :meth:`drive` found another process of this host driving the run."""
+        self._lock: RunLock | None = None
+        """The run's lock, taken by :meth:`start` before its RunStarted, for :meth:`drive`."""
         self.log = log.bind(run_id=self.run_id, schedule=self.schedule, provider=self.provider_name)
         own = services.config.publication.embargo
         if started.embargo_s is not None and started.embargo_s != own:
@@ -173,7 +175,18 @@ class Run:
         run = cls(services, started, on_progress=on_progress, fresh=True)
         # The plan goes on the board first, so that nodes joining at RunStarted find it.
         await run._plan()
-        await services.store.append(run_stream(run.run_id), [started], expected_version=0)
+        if not services.board.shared:
+            # Locked before its RunStarted is in the log, where the daemon looks for a
+            # run of the schedule going: taken only once driving, a fire of the daemon
+            # between the two found the run unlocked and started a second one.
+            run._lock = RunLock(services.locks_dir, run.run_id)
+            run._lock.acquire()
+        try:
+            await services.store.append(run_stream(run.run_id), [started], expected_version=0)
+        except BaseException:
+            if run._lock is not None:
+                run._lock.release()
+            raise
         run.log.info(
             "run_started",
             models=run.models,
@@ -214,8 +227,8 @@ class Run:
         """
         if self.services.board.shared:
             return await self._drive_or_count(grace)
-        lock = RunLock(self.services.locks_dir, self.run_id)
-        if not lock.acquire():
+        lock, self._lock = self._lock or RunLock(self.services.locks_dir, self.run_id), None
+        if not lock.held and not lock.acquire():
             self.locked_elsewhere = True
             self.log.warning("run_locked_elsewhere", hint="another rollwatch process drives this run")
             return None

@@ -8,6 +8,7 @@ satisfy them, and so does any other implementation a test or an operator plugs i
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 from collections.abc import Callable, Sequence
@@ -199,6 +200,17 @@ class RunLock:
                 self._fd = fd
                 return True
             os.close(fd)
+
+    def __del__(self) -> None:
+        # Dropped while held (a run started and never driven), it lets go as a file object
+        # closes: the run is then free to resume, as after a crash.
+        with contextlib.suppress(OSError):
+            self.release()
+
+    @property
+    def held(self) -> bool:
+        """Whether this object holds the lock."""
+        return self._fd is not None
 
     def release(self) -> None:
         """Let go of the lock (a no-op when not held)."""
