@@ -15,6 +15,7 @@ from typing import Any
 import anyio
 import httpx
 import pytest
+import structlog.testing
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
@@ -285,6 +286,26 @@ class TestFork:
                 assert "rollwatch_witness_refusals 1" in (await b.client.get("/metrics")).text
             state = (tmp_path / "w1" / "witness-state.json").read_text()
             assert f'"size": {size_a}' in state
+
+
+class TestRefusalMeaning:
+    async def test_a_witness_that_trusts_another_key_is_not_called_a_fork(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A witness configured with another key for our origin refuses with 403: the ERROR
+        ``witness_refused`` says its configuration names another key (it said "a fork of
+        the log", sending an operator after a forgery that is a typo in a config)."""
+        monkeypatch.delenv("STATE_DIRECTORY", raising=False)
+        key = tmp_path / "checkpoint.key"
+        log_key(key)
+        other = log_key(tmp_path / "other.key")
+        with witness_serve(tmp_path, "w1", other.vkey) as w1, structlog.testing.capture_logs() as logs:
+            async with site(tmp_path / "a", key, [w1], quorum=1) as a:
+                await a.until(lambda: bool(a.witnessing.refusals()))
+        [line] = [x for x in logs if x["event"] == "witness_refused"]
+        assert line["reason"].startswith("403:"), line
+        assert "does not trust the key" in line["meaning"], line
+        assert "fork" not in line["meaning"], line
 
 
 def submission(old: int, proof: list[bytes], note: str) -> bytes:

@@ -8,7 +8,9 @@ retried with a backoff doubling to a minute and never holds up the log: signing 
 on, and only the quorum waits. A witness that refuses (409 with a size we cannot
 prove consistency from, 422) has seen another history under our key, a fork: the
 daemon logs the ERROR ``witness_refused`` with its answer and shows it on
-``/healthz``; that witness is not asked again until a restart.
+``/healthz``; that witness is not asked again until a restart. A 403 or 404 (the witness
+trusts another key for our origin, or does not know it) is refused the same way, its
+``meaning`` saying so rather than calling it a fork.
 
 Each witness's size is learnt from its 409 (``text/x.tlog.size``): the first
 submission says ``old 0`` and is answered with the size it holds, and the next one
@@ -290,13 +292,7 @@ class Witnessing:
 
     def _refused(self, w: WitnessStatus, why: str) -> None:
         w.refused = why
-        log.error(
-            "witness_refused",
-            witness=w.verifier.name,
-            url=w.url,
-            reason=why,
-            meaning="the witness holds a checkpoint our log is not consistent with: a fork of the log",
-        )
+        log.error("witness_refused", witness=w.verifier.name, url=w.url, reason=why, meaning=_meaning(why))
         self._note_change()
 
 
@@ -319,6 +315,20 @@ def cosignature_times(note: str, verifiers: list[CosignatureVerifier]) -> dict[s
 def checkpoint_of(note: str) -> Checkpoint:
     """The (unverified) checkpoint body of ``note``."""
     return Checkpoint.parse(split_note(note)[0])
+
+
+def _meaning(why: str) -> str:
+    """What a witness's refusal (``why`` opens with its status) says about our log."""
+    status = why.partition(":")[0]
+    if status == "403":
+        return (
+            "the witness does not trust the key that signed our checkpoint: its configuration names another"
+        )
+    if status == "404":
+        return "the witness does not witness our log's origin: its configuration names another"
+    if status in ("409", "422"):
+        return "the witness holds a checkpoint our log is not consistent with: a fork of the log"
+    return "the witness refused our submission as malformed"
 
 
 def check_witnessed(
