@@ -256,3 +256,140 @@ async def test_a_stuck_second_process_is_killed_and_its_half_built_here(tmp_path
     assert "killed" in failed["error"]
     with pytest.raises(ProcessLookupError):
         os.kill(int(pidfile.read_text()), 0)
+
+
+class Counted(Where):
+    """:class:`Where` that counts the events applied to it in this process, by name."""
+
+    applied: dict[str, int] = {}  # noqa: RUF012 (a test's tally)
+
+    def apply(self, db: sqlite3.Connection, rec: Recorded) -> None:
+        Counted.applied[self.name] = Counted.applied.get(self.name, 0) + 1
+        super().apply(db, rec)
+
+
+def of_version(p: Where, version: int) -> Where:
+    p.version = version  # type: ignore[misc]
+    return p
+
+
+class TestOnlyWhatChanged:
+    """A release that changed one projection (a new version, or a new one) builds only it
+    at the next start; every other is copied from the file in use and caught up. The rows
+    are those of a whole build, and a file not otherwise trusted is built whole."""
+
+    async def _first(self, store: SQLiteEventStore, file: Path) -> None:
+        async with ProjectionDB(
+            file, [*default_projections(), Counted("kept", 0.0), Counted("changed", 0.0)], setup=False
+        ) as pdb:
+            await pdb.build(store)
+
+    async def _again(self, store: SQLiteEventStore, file: Path, version: int = 2) -> tuple[Path, list[Any]]:
+        Counted.applied.clear()
+        extra = [Counted("kept", 0.0), of_version(Counted("changed", 0.0), version)]
+        with structlog.testing.capture_logs() as logged:
+            async with ProjectionDB(file, [*default_projections(), *extra], setup=False, split_from=1) as pdb:
+                await pdb.build(store)
+                return pdb.file, logged
+
+    async def test_a_new_version_of_one_projection_builds_only_it(self, tmp_path: Path) -> None:
+        async with SQLiteEventStore(tmp_path / "events.db") as store:
+            await write_log(store, "rw_test_key_0000", runs=2)
+            await self._first(store, tmp_path / "p.db")
+            before = await store.head()
+            await write_log(store, "rw_test_key_0001", runs=1)  # more, for the kept ones to catch up
+            file, logged = await self._again(store, tmp_path / "p.db")
+            applied = dict(Counted.applied)
+            whole = dump(
+                await build(
+                    store, tmp_path / "whole.db", [Counted("kept", 0.0), Counted("changed", 0.0)], None
+                )
+            )
+            runs_started = len(dump(file)["changed"])
+            head = await store.head()
+        (beside,) = [e for e in logged if e["event"] == "projections_building_beside"]
+        assert beside["reason"] == "projection changed is of version 1, now 2"
+        assert beside["building"] == ["changed"]
+        assert "runs" in beside["keeping"] and "kept" in beside["keeping"]
+        # Only the changed one saw the whole log; the kept one only what came after.
+        assert applied["changed"] == runs_started
+        assert applied.get("kept", 0) == runs_started - 2 == 1
+        got = dump(file)
+        # The same rows as a whole build (pids aside: the kept rows were built earlier).
+        assert [r[0] for r in got["kept"]] == [r[0] for r in whole["kept"]]
+        assert without(got, "kept", "changed") == without(whole, "kept", "changed")
+        state = dict((r[0], r[2]) for r in got["projection_state"])
+        assert set(state.values()) == {head} and before < head
+
+    async def test_a_file_of_another_log_is_built_whole(self, tmp_path: Path) -> None:
+        """The file in use made from another log (a copy from elsewhere) with a projection
+        changed: nothing of it is kept."""
+        async with SQLiteEventStore(tmp_path / "other.db") as other:
+            await write_log(other, "rw_test_key_0009", runs=1)
+            await self._first(other, tmp_path / "p.db")
+        async with SQLiteEventStore(tmp_path / "events.db") as store:
+            await write_log(store, "rw_test_key_0000", runs=1)
+            file, logged = await self._again(store, tmp_path / "p.db")
+            whole = dump(
+                await build(
+                    store, tmp_path / "whole.db", [Counted("kept", 0.0), Counted("changed", 0.0)], None
+                )
+            )
+        (beside,) = [e for e in logged if e["event"] == "projections_building_beside"]
+        assert beside["reason"] == "made from another log"
+        assert "keeping" not in beside
+        assert without(dump(file), "kept", "changed") == without(whole, "kept", "changed")
+
+    async def test_a_rewritten_anchor_is_built_whole(self, tmp_path: Path) -> None:
+        """The file's last applied event is not the log's any more (the log rewritten under
+        it, or the file edited): a changed projection does not let the rest be kept."""
+        async with SQLiteEventStore(tmp_path / "events.db") as store:
+            await write_log(store, "rw_test_key_0000", runs=1)
+            await self._first(store, tmp_path / "p.db")
+            db = sqlite3.connect(tmp_path / "p.db")
+            db.execute("UPDATE projection_log SET anchor_hash = 'f' || substr(anchor_hash, 2)")
+            db.commit()
+            db.close()
+            file, logged = await self._again(store, tmp_path / "p.db")
+        (beside,) = [e for e in logged if e["event"] == "projections_building_beside"]
+        assert "is not the log's" in beside["reason"]
+        assert "keeping" not in beside
+        assert Counted.applied["kept"] == Counted.applied["changed"] > 0
+
+    @pytest.mark.parametrize(
+        "edit", ["DROP TABLE feed_items", "ALTER TABLE runs ADD COLUMN extra TEXT", "DROP INDEX rollouts_run"]
+    )
+    async def test_a_kept_table_not_as_made_is_built_whole(self, tmp_path: Path, edit: str) -> None:
+        """A kept projection's table dropped or reshaped in the file in use (by hand, or by
+        another program): no copy of it, a whole build instead, with a warning."""
+        async with SQLiteEventStore(tmp_path / "events.db") as store:
+            await write_log(store, "rw_test_key_0000", runs=1)
+            await self._first(store, tmp_path / "p.db")
+            db = sqlite3.connect(tmp_path / "p.db")
+            db.execute(edit)
+            db.commit()
+            db.close()
+            file, logged = await self._again(store, tmp_path / "p.db")
+            whole = dump(
+                await build(
+                    store, tmp_path / "whole.db", [Counted("kept", 0.0), Counted("changed", 0.0)], None
+                )
+            )
+        (warned,) = [e for e in logged if e["event"] == "projections_not_kept"]
+        assert warned["log_level"] == "warning"
+        assert Counted.applied["kept"] == Counted.applied["changed"] > 0
+        assert without(dump(file), "kept", "changed") == without(whole, "kept", "changed")
+
+    async def test_rebuild_builds_everything(self, tmp_path: Path) -> None:
+        """``rebuild`` (the operator's answer to a file they do not trust) never keeps anything."""
+        async with SQLiteEventStore(tmp_path / "events.db") as store:
+            await write_log(store, "rw_test_key_0000", runs=1)
+            await self._first(store, tmp_path / "p.db")
+            Counted.applied.clear()
+            async with ProjectionDB(
+                tmp_path / "p.db",
+                [*default_projections(), Counted("kept", 0.0), of_version(Counted("changed", 0.0), 2)],
+                setup=False,
+            ) as pdb:
+                await pdb.rebuild_beside(store)
+        assert Counted.applied["kept"] == Counted.applied["changed"] > 0

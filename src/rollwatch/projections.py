@@ -37,7 +37,7 @@ import sqlite3
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -249,10 +249,16 @@ class ProjectionDB:
                 progress(done, head)
 
         try:
-            why = await self.distrust(store)
+            why, stale = await self._assess(store)
             if why is not None:
-                log.info("projections_building_beside", path=str(self.path), reason=why)
-                head = await self.rebuild_beside(store, progress=show)
+                kept = [p.name for p in self.projections if p.name not in stale] if stale else []
+                log.info(
+                    "projections_building_beside",
+                    path=str(self.path),
+                    reason=why,
+                    **({"building": sorted(stale), "keeping": kept} if stale else {}),
+                )
+                head = await self.rebuild_beside(store, progress=show, only=stale or None)
                 self.ready = True
                 return head
             try:
@@ -340,41 +346,61 @@ class ProjectionDB:
         not the log's (an edited file, or a log rewritten under it). Row edits that keep
         the checkpoints are not detected: nothing short of a rebuild would.
         """
+        return (await self._assess(store))[0]
+
+    async def _assess(self, store: EventStore) -> tuple[str | None, list[str]]:
+        """:meth:`distrust`'s why, and the projections to build when that is all a build
+        beside needs to do: when the only fault is projections new or of another version
+        (a release that changed them) in a file that is otherwise this log's, at its
+        anchor, the others are kept (copied into the new file) rather than built again."""
         first = await _event_hash(store, 1)
         head = await store.head()
 
-        def read(db: sqlite3.Connection) -> str | None:
+        def read(db: sqlite3.Connection) -> tuple[str | None, list[str], str | None]:
             tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
             if "projection_state" not in tables:
-                return "no projections yet"
+                return "no projections yet", [], None
             state = {
                 r[0]: (r[1], r[2]) for r in db.execute("SELECT name, version, seq FROM projection_state")
             }
+            stale: list[str] = []
+            reasons: list[str] = []
             for p in self.projections:
                 if p.name not in state:
-                    return f"projection {p.name} is new"
-                if state[p.name][0] != p.version:
-                    return f"projection {p.name} is of version {state[p.name][0]}, now {p.version}"
-                if state[p.name][1] > head:
-                    return f"projection {p.name} is at seq {state[p.name][1]}, beyond the log's head {head}"
+                    stale.append(p.name)
+                    reasons.append(f"projection {p.name} is new")
+                elif state[p.name][0] != p.version:
+                    stale.append(p.name)
+                    reasons.append(f"projection {p.name} is of version {state[p.name][0]}, now {p.version}")
+                elif state[p.name][1] > head:
+                    return (
+                        f"projection {p.name} is at seq {state[p.name][1]}, beyond the log's head {head}",
+                        [],
+                        None,
+                    )
+            anchor = None
             if "projection_log" in tables:
                 row = db.execute("SELECT first_hash, anchor_seq, anchor_hash FROM projection_log").fetchone()
                 if row is not None and None not in (row[0], first) and row[0] != first:
-                    return "made from another log"
+                    return "made from another log", [], None
                 if row is not None and row[1]:
-                    return f"anchor:{row[1]}:{row[2]}"
-            return None
+                    anchor = f"{row[1]}:{row[2]}"
+            return ("; ".join(reasons) or None), stale, anchor
 
         try:
-            why: str | None = await self._run(read)
+            why, stale, anchor = await self._run(read)
         except sqlite3.DatabaseError as exc:
-            return f"unreadable ({exc})"
-        if why is not None and why.startswith("anchor:"):
-            _, seq, recorded = why.split(":", 2)
+            return f"unreadable ({exc})", []
+        if anchor is not None:
+            seq, recorded = anchor.split(":", 1)
             if await _event_hash(store, int(seq)) != recorded:
-                return f"the hash of its event {seq} is not the log's (an edited file, or a rewritten log)"
-            return None
-        return why
+                return (
+                    f"the hash of its event {seq} is not the log's (an edited file, or a rewritten log)",
+                    [],
+                )
+        if len(stale) == len(self.projections):
+            stale = []  # nothing to keep: a whole build
+        return why, stale
 
     def distrusted(self, why: str) -> None:
         """A reader found the file in use saying what the log does not (a row edited by
@@ -383,7 +409,11 @@ class ProjectionDB:
             self.on_distrusted(why)
 
     async def rebuild_beside(
-        self, store: EventStore, *, progress: Callable[[int, int], None] | None = None
+        self,
+        store: EventStore,
+        *,
+        progress: Callable[[int, int], None] | None = None,
+        only: Collection[str] | None = None,
     ) -> int:
         """Build every projection from the log into a new file beside the one in use, then
         switch ``path`` to it atomically; return the seq it is current to.
@@ -394,6 +424,12 @@ class ProjectionDB:
         and without syncs (it is derived from the log; a crash only means building it
         again) and synced once complete. Other processes follow the switch at their next
         catch-up; a previous file is deleted once no process holds it.
+
+        ``only``: build just these projections from the log, and copy every other one (its
+        tables and checkpoint) from the file in use, then catch those up. For a release that
+        changed some projections: :meth:`build` passes the ones :meth:`distrust` found new or
+        of another version in a file it otherwise trusts. A copy that cannot be made (a kept
+        table missing or of another shape in the file in use) means a whole build.
         """
         async with self._switching, self._build_lock():
             await anyio.to_thread.run_sync(self._collect)
@@ -409,7 +445,25 @@ class ProjectionDB:
                     head = await store.head()
                     if progress is not None:
                         progress(0, head)
-                    head = await self._fill(store, new, w, head, progress)
+                    kept = [p for p in self.projections if only is not None and p.name not in only]
+                    if kept and not await w.run(_copy_kept, self.file, kept):
+                        log.warning(
+                            "projections_not_kept",
+                            file=str(self.file),
+                            projections=[p.name for p in kept],
+                            reason="their tables in the file in use are not what this release makes",
+                            action="building every projection",
+                        )
+                        kept = []
+                    if kept:
+                        built = ProjectionDB(
+                            new, [p for p in self.projections if p not in kept], split_from=self.split_from
+                        )
+                        head = await built._fill(store, new, w, head, progress)
+                        # The kept ones, from the checkpoints they were copied with.
+                        head = await self.catch_up(store, until=head, writer=w)
+                    else:
+                        head = await self._fill(store, new, w, head, progress)
                     await w.run(_finish_build)
                 finally:
                     await w.close()
@@ -934,6 +988,36 @@ def _merge(db: sqlite3.Connection, part: Path, projections: list[Projection], he
     finally:
         rollback(db)
         db.execute("DETACH DATABASE part")
+
+
+def _copy_kept(db: sqlite3.Connection, current: Path, kept: list[Projection]) -> bool:
+    """Copy the tables and checkpoints of ``kept`` from ``current`` (the file in use) into
+    this new file's empty ones, in one read of ``current`` (a consistent state, whatever
+    another process commits meanwhile). False, copying nothing, when a kept table or index
+    in ``current`` is missing or not defined as this release defines it."""
+    db.execute("ATTACH DATABASE ? AS cur", (str(current),))
+    try:
+        db.execute("BEGIN")
+        names = [t for p in kept for t in p.tables]
+        schema = "SELECT type, name, tbl_name, sql FROM {}.sqlite_master WHERE tbl_name IN ({}) ORDER BY name"
+        marks = ", ".join("?" * len(names))
+        if (
+            db.execute(schema.format("main", marks), names).fetchall()
+            != db.execute(schema.format("cur", marks), names).fetchall()
+        ):
+            return False
+        state = dict(db.execute("SELECT name, seq FROM cur.projection_state").fetchall())
+        if any(p.name not in state for p in kept):
+            return False
+        for p in kept:
+            for t in p.tables:
+                db.execute(f"INSERT INTO main.{t} SELECT * FROM cur.{t}")
+            db.execute("UPDATE main.projection_state SET seq = ? WHERE name = ?", (state[p.name], p.name))
+        db.execute("COMMIT")
+        return True
+    finally:
+        rollback(db)
+        db.execute("DETACH DATABASE cur")
 
 
 def _finish_build(db: sqlite3.Connection) -> None:
