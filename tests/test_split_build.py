@@ -310,7 +310,8 @@ class TestOnlyWhatChanged:
         (beside,) = [e for e in logged if e["event"] == "projections_building_beside"]
         assert beside["reason"] == "projection changed is of version 1, now 2"
         assert beside["building"] == ["changed"]
-        assert "runs" in beside["keeping"] and "kept" in beside["keeping"]
+        assert "runs" in beside["keeping"]
+        assert "kept" in beside["keeping"]
         # Only the changed one saw the whole log; the kept one only what came after.
         assert applied["changed"] == runs_started
         assert applied.get("kept", 0) == runs_started - 2 == 1
@@ -318,8 +319,9 @@ class TestOnlyWhatChanged:
         # The same rows as a whole build (pids aside: the kept rows were built earlier).
         assert [r[0] for r in got["kept"]] == [r[0] for r in whole["kept"]]
         assert without(got, "kept", "changed") == without(whole, "kept", "changed")
-        state = dict((r[0], r[2]) for r in got["projection_state"])
-        assert set(state.values()) == {head} and before < head
+        state = {r[0]: r[2] for r in got["projection_state"]}
+        assert set(state.values()) == {head}
+        assert before < head
 
     async def test_a_file_of_another_log_is_built_whole(self, tmp_path: Path) -> None:
         """The file in use made from another log (a copy from elsewhere) with a projection
@@ -350,7 +352,7 @@ class TestOnlyWhatChanged:
             db.execute("UPDATE projection_log SET anchor_hash = 'f' || substr(anchor_hash, 2)")
             db.commit()
             db.close()
-            file, logged = await self._again(store, tmp_path / "p.db")
+            _file, logged = await self._again(store, tmp_path / "p.db")
         (beside,) = [e for e in logged if e["event"] == "projections_building_beside"]
         assert "is not the log's" in beside["reason"]
         assert "keeping" not in beside
