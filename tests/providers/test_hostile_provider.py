@@ -10,6 +10,7 @@ deadlines, and the key in no recorded failure or log line.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import os
@@ -29,6 +30,7 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 from rollwatch.config import ProviderConfig
 from rollwatch.events import RolloutResponded, stored_json
 from rollwatch.providers import Prompt, ProviderClient
+from rollwatch.providers.client import ANSWERS_IN_FLIGHT, MAX_IN_FLIGHT_BYTES, ByteBudget
 from rollwatch.providers.retry import MAX_HONOURED_WAIT
 from tests.providers.conftest import MODEL
 from tests.providers.fakes import KEY, KEY_ENV, RecordingLog, Wire
@@ -369,6 +371,81 @@ class TestTransport:
             assert elsewhere.seen == []
         assert log.failures[0].status == 307
         assert log.records[-1].final
+
+
+class TestAnswersInFlight:
+    @pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+    async def test_huge_answers_at_once_are_bounded_in_all(self, stream: bool) -> None:
+        """Answers sent at once, each under the 64 MiB one answer may have, and held just
+        short of their end: before, every one was read whole (64 MiB times
+        ``max_concurrency`` at worst, twice over while parsed). Now the bytes of answers
+        being read are bounded in all, by a budget every client of the process shares
+        (:data:`MAX_IN_FLIGHT_BYTES`, 256 MiB; here one of 12 MiB, for four answers of 5 MiB):
+        the answer that would pass it is a retryable ``bad_response``, answered again later."""
+        from tests.providers.conftest import provider_config
+        from tests.providers.fakes import WIRES
+
+        wire, n, size = WIRES["openai"], 4, 5 * 2**20
+        budget = ByteBudget(12 * 2**20)
+        reply = wire.sse(text="x" * size) if stream else wire.ok(text="x" * size)
+        body = reply.body if isinstance(reply.body, bytes) else json.dumps(reply.body).encode()
+        content_type = "text/event-stream" if stream else "application/json"
+        dropped = anyio.Event()
+
+        async def huge(conn: SocketStream) -> None:
+            await conn.send(_head(200, {"content-type": content_type, "content-length": str(len(body))}))
+            cut = len(body) - 1024
+            for i in range(0, cut, 1 << 20):
+                await conn.send(body[i : min(i + (1 << 20), cut)])
+
+            async def watch() -> None:
+                try:
+                    await conn.receive()
+                except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
+                    dropped.set()  # the client let this answer go
+
+            # The rest once the client has let one answer go (or after 20 s, when it
+            # holds every one).
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(watch)
+                with anyio.move_on_after(20):
+                    await dropped.wait()
+                tg.cancel_scope.cancel()
+            with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+                await conn.send(body[cut:])
+
+        answers: list[Any] = []
+        log = RecordingLog()
+        async with raw_serve(huge) as url:
+            config = provider_config(
+                "openai", url, stream=stream, max_concurrency=n, timeout=60.0, max_attempts=30,
+                max_rollout_time=120.0,
+            )  # fmt: skip
+            async with ProviderClient(config, answers_in_flight=budget) as client:
+
+                async def one() -> None:
+                    answers.append(await client.rollout(MODEL, PROMPT, {}, log))
+
+                with anyio.fail_after(110):
+                    async with anyio.create_task_group() as tg:
+                        for _ in range(n):
+                            tg.start_soon(one)
+        refused = [f for f in log.failures if "allowed in all" in f.message]
+        assert refused, [f.message for f in log.failures]
+        assert all(f.kind == "bad_response" and f.retryable for f in refused)
+        assert len(answers) == n
+        assert all(a is not None and len(a.text) == size for a in answers)
+        assert 2 * size <= budget.peak <= budget.limit
+        assert budget.used == 0
+
+    async def test_every_client_shares_one_budget_by_default(self) -> None:
+        from tests.providers.conftest import provider_config
+
+        one, two = (
+            ProviderClient(provider_config(kind, "http://127.0.0.1:9")) for kind in ("openai", "gemini")
+        )
+        assert one._in_flight is two._in_flight is ANSWERS_IN_FLIGHT
+        assert ANSWERS_IN_FLIGHT.limit == MAX_IN_FLIGHT_BYTES == 256 * 2**20
 
 
 class TestHostileStreams:

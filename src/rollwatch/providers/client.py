@@ -36,7 +36,7 @@ import random
 import ssl
 import time
 from collections import Counter
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Iterator
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Self
@@ -90,9 +90,63 @@ MAX_BODY_BYTES = 64 * 2**20
 #: The same for a batch's results (a download, or Gemini's operation with its answers
 #: inline): a whole batch of answers, so larger; still not a daemon out of memory.
 MAX_RESULTS_BYTES = 2**30
+#: Every answer being read at once, in all, across this process's providers: what
+#: ``MAX_BODY_BYTES`` alone leaves open is 64 MiB times ``max_concurrency`` (twice over
+#: while parsed). Past it, the answer whose bytes would pass it is refused, a retryable
+#: ``bad_response``, and tried again once others are done; honest answers are kilobytes.
+MAX_IN_FLIGHT_BYTES = 256 * 2**20
 #: A key this long or longer is masked wherever it appears in a provider's answer (see
 #: ``ProviderClient._mask``).
 MASK_FROM = 16
+
+
+class ByteBudget:
+    """The bytes of answers being read at once (see :data:`MAX_IN_FLIGHT_BYTES`).
+
+    One event loop reads every answer, so a plain count needs no lock.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self.peak = 0
+        """The most held at once (for tests and the curious)."""
+
+    @contextlib.contextmanager
+    def lease(self) -> Iterator[Lease]:
+        """A lease for one answer's bytes, all given back when the block ends."""
+        lease = Lease(self)
+        try:
+            yield lease
+        finally:
+            self.used -= lease.held
+            lease.held = 0
+
+
+class Lease:
+    """One answer's share of a :class:`ByteBudget`."""
+
+    __slots__ = ("budget", "held")
+
+    def __init__(self, budget: ByteBudget) -> None:
+        self.budget = budget
+        self.held = 0
+
+    def take(self, n: int) -> None:
+        """Count ``n`` more bytes of this answer; ``bad_response`` if the budget would pass."""
+        b = self.budget
+        if b.used + n > b.limit:
+            raise bad_response(
+                f"answers being read hold {b.used // 2**20} MiB, and this one's "
+                f"{(self.held + n) // 2**20} MiB would pass the {b.limit // 2**20} MiB allowed in all"
+            )
+        b.used += n
+        self.held += n
+        b.peak = max(b.peak, b.used)
+
+
+ANSWERS_IN_FLIGHT = ByteBudget(MAX_IN_FLIGHT_BYTES)
+"""The budget every :class:`ProviderClient` of this process shares, by default."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,8 +208,12 @@ class ProviderClient:
         transport: httpx.AsyncBaseTransport | None = None,
         clock: Clock | None = None,
         rng: random.Random | None = None,
+        answers_in_flight: ByteBudget = ANSWERS_IN_FLIGHT,
     ) -> None:
+        """``answers_in_flight``: the byte budget of answers being read, shared with every
+        other client of the process by default."""
         self.config = config
+        self._in_flight = answers_in_flight
         self.name = config.name
         self.disabled: ProviderError | None = None
         """Why the provider was disabled (a rejected key), or None while it is usable."""
@@ -263,7 +321,8 @@ class ProviderClient:
                 try:
                     http = pools.clients[lease]
                     send = self._send_stream if stream else self._send
-                    answer = await send(adapter, http, url, content, headers, time_limit)
+                    with self._in_flight.lease() as held:
+                        answer = await send(adapter, http, url, content, headers, time_limit, held)
                 except ProviderError as e:
                     error = e
                     # Feedback goes in while the slot is held, so that no waiting rollout
@@ -373,6 +432,7 @@ class ProviderClient:
         content: bytes,
         headers: dict[str, str],
         time_limit: float,
+        held: Lease,
     ) -> Answer:
         """One streamed attempt (``providers/streaming.py``): the events folded into a
         whole answer; a stream silent for ``stream_idle_timeout`` or ended before its end
@@ -388,11 +448,11 @@ class ProviderClient:
                     got = dict(response.headers.items())
                     rid = got.get("x-request-id") or got.get("request-id")
                     if not 200 <= response.status_code < 300:
-                        body = self._scrub(await _read_body(response))
+                        body = self._scrub(await _read_body(response, held=held))
                         raise self._with_context(
                             adapter.error(response.status_code, got, body, time.time()), rid
                         )
-                    lines = _read_lines(response)
+                    lines = _read_lines(response, held)
                     # Closed with the response, not left to the garbage collector.
                     async with contextlib.aclosing(lines):
                         while not fold.done:
@@ -489,12 +549,13 @@ class ProviderClient:
         content: bytes,
         headers: dict[str, str],
         time_limit: float,
+        held: Lease,
     ) -> Answer:
         start = time.perf_counter()
         try:
             with anyio.fail_after(time_limit):
                 async with http.stream("POST", url, content=content, headers=headers) as response:
-                    body = await _read_body(response)
+                    body = await _read_body(response, held=held)
         except (TimeoutError, httpx.TimeoutException):
             raise ProviderError(
                 "timeout", f"no complete answer within {time_limit:g}s", retryable=True
@@ -805,22 +866,28 @@ def _refuse_stacked_codings(response: httpx.Response) -> None:
         raise bad_response(f"the body is compressed {len(codings)} times over ({', '.join(codings)[:100]})")
 
 
-async def _read_body(response: httpx.Response, limit: int = MAX_BODY_BYTES) -> bytes:
-    """The decoded body, read up to ``limit`` bytes; ``bad_response`` past it, or when
-    it is compressed more than once."""
+async def _read_body(
+    response: httpx.Response, limit: int = MAX_BODY_BYTES, held: Lease | None = None
+) -> bytes:
+    """The decoded body, read up to ``limit`` bytes (each counted in ``held``, if given);
+    ``bad_response`` past it, past the budget ``held`` is a share of, or when it is
+    compressed more than once."""
     _refuse_stacked_codings(response)
     body = bytearray()
     async for chunk in response.aiter_bytes():
         body += chunk
         if len(body) > limit:
             raise bad_response(f"the body is too large: over {limit // 2**20} MiB decoded")
+        if held is not None:
+            held.take(len(chunk))
     return bytes(body)
 
 
-async def _read_lines(response: httpx.Response) -> AsyncGenerator[str, None]:
+async def _read_lines(response: httpx.Response, held: Lease) -> AsyncGenerator[str, None]:
     """The lines of a stream (ends ``\n``, ``\r\n`` or ``\r``, as SSE allows), read up
-    to :data:`MAX_BODY_BYTES` decoded in all: past it, or a line that never ends,
-    ``bad_response`` (or for a stream compressed more than once)."""
+    to :data:`MAX_BODY_BYTES` decoded in all (each byte counted in ``held``): past it, past
+    the budget ``held`` is a share of, or a line that never ends, ``bad_response`` (or for a
+    stream compressed more than once)."""
     _refuse_stacked_codings(response)
     total = 0
     pending = bytearray()
@@ -828,14 +895,20 @@ async def _read_lines(response: httpx.Response) -> AsyncGenerator[str, None]:
         total += len(chunk)
         if total > MAX_BODY_BYTES:
             raise bad_response(f"the stream is too large: over {MAX_BODY_BYTES // 2**20} MiB decoded")
+        held.take(len(chunk))
         # A CRLF split across chunks becomes two line ends: an empty line more, which the
         # reader skips (only ``data:`` lines count there).
-        pending += chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-        end = pending.rfind(b"\n")
-        if end >= 0:
-            for line in pending[:end].split(b"\n"):
-                yield line.decode("utf-8", "replace")
-            del pending[: end + 1]
+        data = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        # Only the new chunk is searched: a line that never ends is not scanned again at
+        # every chunk (64 MiB of it took seconds so).
+        end = data.rfind(b"\n")
+        if end < 0:
+            pending += data
+            continue
+        pending += data[:end]
+        for line in pending.split(b"\n"):
+            yield line.decode("utf-8", "replace")
+        pending = bytearray(data[end + 1 :])
     if pending:
         yield pending.decode("utf-8", "replace")
 
