@@ -12,6 +12,7 @@ import sys
 import textwrap
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import anyio
 import asyncpg
@@ -232,6 +233,91 @@ class TestProcesses:
                 child.proc.kill()
                 await child.proc.wait()
             await admin.close()
+
+    async def test_a_node_stopped_while_sending_an_append_holds_no_other_up(self, url: str) -> None:
+        """A node stopped in the middle of sending its append's rows (a frozen VM keeps the
+        connection open; here a proxy stops passing its bytes on after the first MiB of a
+        4 MiB append): the server has part of the statement and waits for the rest. When
+        appends were sent as a ``COPY``, it waited inside the statement, where no timeout
+        reaches, holding the append lock, and every node's appends, for good. Now the rows
+        go as one statement's parameters: the session waits idle in its transaction, the
+        server ends it after ``stall_timeout``, and the lock is free. The cut-off node then
+        writes its group again on a new session: the event is in the log once."""
+        frozen = anyio.Event()
+        pg_port = int(url.split("@", 1)[1].split("/", 1)[0].rsplit(":", 1)[1])
+
+        async def pump(src: anyio.abc.SocketStream, dst: anyio.abc.SocketStream, upstream: bool) -> None:
+            sent = 0
+            try:
+                async for chunk in src:
+                    if upstream and not frozen.is_set():
+                        if sent + len(chunk) > 1 << 20 and sent > 0:
+                            frozen.set()  # once: the node stops mid-statement, its socket open
+                            await anyio.sleep_forever()
+                        sent += len(chunk)
+                    elif not upstream:
+                        sent = 0  # an answer came back: the next statement starts
+                    await dst.send(chunk)
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                pass
+            finally:
+                await dst.aclose()
+
+        sockets: list[anyio.abc.SocketStream] = []
+
+        async def relay(client: anyio.abc.SocketStream) -> None:
+            async with (
+                client,
+                await anyio.connect_tcp("127.0.0.1", pg_port) as server,
+                anyio.create_task_group() as tg,
+            ):
+                sockets.extend((client, server))
+                tg.start_soon(pump, server, client, False)
+                await pump(client, server, True)
+                tg.cancel_scope.cancel()
+
+        listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
+        port = listener.extra(anyio.abc.SocketAttribute.local_port)
+        proxied = url.replace(f":{pg_port}/", f":{port}/", 1)
+        big = ev(7, note="x" * (4 << 20))
+        async with listener, anyio.create_task_group() as tg:
+            tg.start_soon(listener.serve, relay)
+            async with PostgresEventStore(proxied, stall_timeout=1.0) as cut:
+                recs: list[Any] = []
+
+                async def append_big() -> None:
+                    recs.extend(await cut.append("big", [big]))
+
+                async def unfreeze() -> None:
+                    # Cut the frozen node off, so that a failing test ends (every store
+                    # closing would wait on its append for good).
+                    for sock in sockets:
+                        await sock.aclose()
+
+                async with anyio.create_task_group() as writes:
+                    writes.start_soon(append_big)
+                    with anyio.fail_after(30):
+                        await frozen.wait()
+                    async with PostgresEventStore(url) as other:
+                        done: list[Any] = []
+
+                        async def append_other() -> None:
+                            done.extend(await other.append("other", [ev(1)]))
+
+                        writes.start_soon(append_other)
+                        with anyio.move_on_after(30):  # for good, before
+                            while not done:
+                                await anyio.sleep(0.05)
+                        if not done:
+                            await unfreeze()
+                            pytest.fail("the node stopped mid-append held every other append up")
+                    with anyio.fail_after(60):
+                        while not recs:
+                            await anyio.sleep(0.05)
+                got = [r async for r in cut.read(stream="big")]
+                assert [(r.seq, r.data["note"] == big.note) for r in got] == [(recs[0].seq, True)]
+                assert (await cut.verify()).events == await cut.head()
+            tg.cancel_scope.cancel()
 
     async def test_follower_is_woken_by_another_process_through_notify(self, url: str) -> None:
         """wait_for_new wakes when another process appends, by NOTIFY alone: polling is

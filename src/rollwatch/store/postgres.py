@@ -17,7 +17,7 @@ of the transaction that held it.) ``UNIQUE (stream, version)`` is the backstop f
 the version arithmetic.
 
 Group commit as in the SQLite store: ``append`` queues its events for one writer task
-that takes everything queued and writes it in one transaction (one lock, one COPY,
+that takes everything queued and writes it in one transaction (one lock, one INSERT of every row,
 one commit, one WAL flush); a call whose expected version is stale gets
 ``ConcurrencyConflict`` and contributes nothing, the others commit.
 
@@ -117,6 +117,14 @@ CHANNEL = "rollwatch_events"
 COLUMNS = ("seq", "id", "stream", "version", "type", "schema", "at", "data", "hash")
 _COLUMNS = ", ".join(COLUMNS)
 _BEGIN_LOCKED = f"BEGIN ISOLATION LEVEL READ COMMITTED; SELECT pg_advisory_xact_lock({APPEND_LOCK})"
+# One statement, its rows as arrays, not COPY: a process stopped (SIGSTOP, a frozen VM)
+# while sending a COPY's data left the server waiting inside the statement, where no
+# timeout reaches, holding the append lock for good; stopped while sending this one, its
+# session sits idle in its transaction, which ``idle_in_transaction_session_timeout`` ends.
+_INSERT = (
+    f"INSERT INTO events ({_COLUMNS}) SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[],"
+    " $4::bigint[], $5::text[], $6::integer[], $7::text[], $8::text[], $9::text[])"
+)
 _TIP = "SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1"
 _VERSIONS = "SELECT stream, MAX(version) FROM events WHERE stream = ANY($1::text[]) GROUP BY stream"
 _MAX_CACHED_STREAMS = 200_000
@@ -338,7 +346,7 @@ class PostgresEventStore(EventStore):
             await self._check_fences(conn, group)
             seq, prev = assign(group, seq, prev, versions, out)
             if out:
-                await conn.copy_records_to_table("events", records=out, columns=COLUMNS)
+                await conn.execute(_INSERT, *zip(*out, strict=True))
             committing = True
             # NOTIFY is delivered to listeners only if and when the transaction commits.
             await self._finish(conn, f"SELECT pg_notify('{CHANNEL}', '{seq}'); COMMIT" if out else "COMMIT")
@@ -447,7 +455,7 @@ class PostgresEventStore(EventStore):
                     )
                 versions[r.stream] = r.version
                 seq, prev = r.seq, bytes.fromhex(r.hash)
-            await conn.copy_records_to_table("events", records=batch, columns=COLUMNS)
+            await conn.execute(_INSERT, *zip(*batch, strict=True))
             await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, str(seq))
         self._note_head(seq)
         return seq
