@@ -826,15 +826,25 @@ class ScheduleTriggered(Event):
 
 @dataclass(frozen=True, kw_only=True)
 class ScheduleSkipped(Event):
-    """A fire that did not start a run: the previous run was still going, or paused."""
+    """Fires that did not start a run: the previous run was still going, or paused.
+
+    One event may stand for several fires (``fires``): those skipped while one run of the
+    schedule went are recorded at once for the first, then together (``first_fire_time``
+    to ``fire_time``) when the run ends, and at least once an hour of fires meanwhile.
+    """
 
     schedule: str
     reason: str
     fire_time: str
+    """The (latest) fire skipped."""
     trigger_seq: int = 0
     """When the fire was a trigger: its seq (the trigger counts as answered)."""
     due: str | None = None
-    """As ``RunStarted.due``."""
+    """As ``RunStarted.due`` (of the latest fire)."""
+    fires: int = 1
+    """How many fires this event records as skipped."""
+    first_fire_time: str | None = None
+    """The earliest of them, when ``fires`` is more than one."""
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -1443,9 +1443,9 @@ class SchedulesProjection(Projection):
             db.execute("UPDATE schedules SET triggered_seq=? WHERE name=?", (rec.seq, name))
         elif isinstance(ev, e.ScheduleSkipped):
             db.execute(
-                "UPDATE schedules SET skipped = skipped + 1, last_fire_at = max(coalesce(last_fire_at, ''), ?),"
+                "UPDATE schedules SET skipped = skipped + ?, last_fire_at = max(coalesce(last_fire_at, ''), ?),"
                 " handled_trigger_seq = max(handled_trigger_seq, ?) WHERE name=?",
-                (ev.due or ev.fire_time, ev.trigger_seq or 0, name),
+                (max(1, ev.fires), ev.due or ev.fire_time, ev.trigger_seq or 0, name),
             )
         elif isinstance(ev, e.ScheduleMissed):
             db.execute("UPDATE schedules SET missed = missed + ? WHERE name=?", (ev.missed, name))
