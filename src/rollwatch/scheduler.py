@@ -344,14 +344,15 @@ class Scheduler:
                     # decided, so look again shortly.
                     slog.warning("schedule_loop_failed", error=str(e), retry_in_s=5.0)
                     await anyio.sleep(5.0)
-        finally:
+        except anyio.get_cancelled_exc_class():
             # Stopped: the fires skipped and not yet recorded go in the log now (else the
             # next start would count them as missed).
             with anyio.CancelScope(shield=True), anyio.move_on_after(5.0):
                 try:
                     await self._record_skips(s, slog, ended=True)
-                except StoreError as e:
+                except StoreError as e:  # out of reach, or the leadership lost
                     slog.warning("schedule_skips_unrecorded", error=str(e))
+            raise
 
     async def _loop_once(self, s: ScheduleConfig, tg: anyio.abc.TaskGroup, slog: _Logger) -> None:
         trigger = make_trigger(s)
