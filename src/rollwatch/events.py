@@ -577,6 +577,10 @@ class RolloutResponded(Event):
     list_cost_usd: float | None = None
     """A batched answer's cost at the synchronous (list) prices; ``cost_usd`` is what it
     cost at the batch prices. None on an answer that was not batched."""
+    budget_usd: float | None = None
+    """What the answer counts against its run's budget when that is more than
+    ``cost_usd``: its usage gave no count of the output tokens, so its cost is unknown and
+    the budget counts the most it could have been (its reservation). None otherwise."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -590,6 +594,10 @@ class RolloutFailed(Event):
     retry_after_s: float | None = None
     final: bool = False
     """True when no further attempt will be made for this rollout in this run."""
+    budget_usd: float | None = None
+    """What the attempt counts against its run's budget: the provider may have answered
+    and billed it (a body that could not be read, a timeout), for an unknown cost, so the
+    budget counts the rollout's reservation. None when it counts nothing."""
 
 
 @dataclass(frozen=True, kw_only=True)
