@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_daemon import _provider, config, events
+from tests.test_daemon import _provider, config, events, wait_until
 
 #: USD per million tokens in ``config``: input 1.0, output 2.0; the params allow 50 output tokens.
 BUDGET_TAIL = "[schedules.params]\nmax_tokens = 50\n"
@@ -122,3 +122,63 @@ def test_answers_that_cannot_be_read_count_against_the_budget(
     # holds at once, and then no more than ten fit $0.01.
     served = len(requests.read_text().splitlines())
     assert served <= 2 * 8 + 10 < 2 * fin["planned"], served
+
+
+@pytest.mark.parametrize(
+    ("usage", "outcome", "more"),
+    [
+        ("null", "RolloutResponded", ""),
+        ('{"prompt_tokens": 100, "completion_tokens": -1}', "RolloutFailed", "\nmax_attempts = 1"),
+    ],
+    ids=["usage_unknown", "unreadable"],
+)
+def test_what_the_budget_counted_beyond_the_costs_counts_again_after_a_restart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, usage: str, outcome: str, more: str
+) -> None:
+    """Four answers without a count of their tokens (or four that cannot be read, each
+    the rollout's one attempt) each count their reservation against a $0.01 budget; the
+    provider then holds every request and the run is killed (SIGKILL). ``rollwatch run``
+    resumes it: the four reservations count again (the events record them as
+    ``budget_usd``), so the run stops at its budget, counting both lives: with each
+    rollout counting at least $0.0011 (1,000 prompt tokens at $1 per million and 50
+    output tokens at $2), the provider answered no more than nine requests. Before, the
+    resumed run counted only the recorded costs ($0 here) and started up to nine more."""
+    monkeypatch.setenv("FAKE_PROVIDER_USAGE", usage)
+    gen = _provider(tmp_path, 0.05, hold_after=4)
+    base_url, requests = next(gen)
+    db = tmp_path / "events.db"
+    try:
+        cfg = config(tmp_path, base_url, rollouts=5)
+        cfg.write_text(
+            cfg.read_text().replace("max_concurrency = 4", "max_concurrency = 4" + more)
+            + "budget_usd = 0.01\n"
+            + BUDGET_TAIL
+        )
+        first = subprocess.Popen(
+            [sys.executable, "-m", "rollwatch", "--config", str(cfg), "run", "fake-often"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env={**os.environ, "FAKE_PROVIDER_KEY": "k"},
+        )
+        try:
+            wait_until(lambda: len(events(db, outcome)) >= 4, 120, f"four {outcome}")
+        finally:
+            first.kill()
+            first.wait()
+        assert not events(db, "RunFinished")
+        counted = [e[2]["budget_usd"] for e in events(db, outcome)]
+        assert all(c and c >= 0.0011 for c in counted), counted
+        Path(f"{requests}.release").touch()
+        res = run(cfg)
+    finally:
+        gen.close()
+    assert "Traceback" not in res.stderr, res.stderr[-3000:]
+    assert res.returncode == 1, res.stderr[-3000:]
+    (fin,) = [e[2] for e in events(db, "RunFinished")]
+    assert fin["status"] == "partial"
+    assert fin["message"].startswith("budget_exhausted: ")
+    served = len(requests.read_text().splitlines())
+    assert 4 < served <= 9, served
+    counted = [e[2].get("budget_usd") or 0.0 for e in events(db, outcome)]
+    assert len(counted) == served
+    assert sum(counted) <= 0.01

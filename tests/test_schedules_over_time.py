@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -61,13 +61,13 @@ def schedule(name: str, trigger: str, **more: object) -> str:
 class Daemon:
     """A ``rollwatch serve`` in a subprocess, its stderr in a file."""
 
-    def __init__(self, cfg: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(self, cfg: Path, env: dict[str, str] | None = None, args: Sequence[str] = ()) -> None:
         self.cfg = cfg
         self.db = cfg.parent / "events.db"
         self.err = cfg.parent / f"serve-{time.monotonic_ns()}.err"
         with self.err.open("w") as err:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "rollwatch", "--config", str(cfg), "serve", "--grace", "5"],
+                [sys.executable, "-m", "rollwatch", "--config", str(cfg), "serve", "--grace", "5", *args],
                 stdout=subprocess.DEVNULL,
                 stderr=err,
                 env={**os.environ, **(env or {})},
@@ -102,8 +102,8 @@ class Daemon:
 
 
 @contextmanager
-def serving(cfg: Path, env: dict[str, str] | None = None) -> Iterator[Daemon]:
-    d = Daemon(cfg, env)
+def serving(cfg: Path, env: dict[str, str] | None = None, args: Sequence[str] = ()) -> Iterator[Daemon]:
+    d = Daemon(cfg, env, args)
     try:
         yield d
     finally:

@@ -416,6 +416,10 @@ class Daemon:
                             "ScheduleMissed",
                         ):
                             wake = True
+                        elif ev.type == "RunFinished":
+                            # A schedule whose fires were skipped while this run went
+                            # records them now, not at its next fire.
+                            wake = True
                     after = page[-1].seq
                 if wake and self.scheduler is not None:
                     await svc.projections.catch_up(svc.store)

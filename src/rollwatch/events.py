@@ -577,6 +577,10 @@ class RolloutResponded(Event):
     list_cost_usd: float | None = None
     """A batched answer's cost at the synchronous (list) prices; ``cost_usd`` is what it
     cost at the batch prices. None on an answer that was not batched."""
+    budget_usd: float | None = None
+    """What the answer counts against its run's budget when that is more than
+    ``cost_usd``: its usage gave no count of the output tokens, so its cost is unknown and
+    the budget counts the most it could have been (its reservation). None otherwise."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -590,6 +594,10 @@ class RolloutFailed(Event):
     retry_after_s: float | None = None
     final: bool = False
     """True when no further attempt will be made for this rollout in this run."""
+    budget_usd: float | None = None
+    """What the attempt counts against its run's budget: the provider may have answered
+    and billed it (a body that could not be read, a timeout), for an unknown cost, so the
+    budget counts the rollout's reservation. None when it counts nothing."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -826,15 +834,25 @@ class ScheduleTriggered(Event):
 
 @dataclass(frozen=True, kw_only=True)
 class ScheduleSkipped(Event):
-    """A fire that did not start a run: the previous run was still going, or paused."""
+    """Fires that did not start a run: the previous run was still going, or paused.
+
+    One event may stand for several fires (``fires``): those skipped while one run of the
+    schedule went are recorded at once for the first, then together (``first_fire_time``
+    to ``fire_time``) when the run ends, and at least once an hour of fires meanwhile.
+    """
 
     schedule: str
     reason: str
     fire_time: str
+    """The (latest) fire skipped."""
     trigger_seq: int = 0
     """When the fire was a trigger: its seq (the trigger counts as answered)."""
     due: str | None = None
-    """As ``RunStarted.due``."""
+    """As ``RunStarted.due`` (of the latest fire)."""
+    fires: int = 1
+    """How many fires this event records as skipped."""
+    first_fire_time: str | None = None
+    """The earliest of them, when ``fires`` is more than one."""
 
 
 @dataclass(frozen=True, kw_only=True)

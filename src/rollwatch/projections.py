@@ -1247,8 +1247,8 @@ class RunsProjection(Projection):
     name = "runs"
     build_weight = 1.0
     # 2: verdicts, problem_versions, rollouts.verdict_hash (re-scores); 3: rollouts.served_model;
-    # 4: rollouts.list_cost_usd (batched answers at list prices)
-    version = 4
+    # 4: rollouts.list_cost_usd (batched answers at list prices); 5: rollouts.budget_extra_usd
+    version = 5
     tables = ("runs", "rollouts", "verdicts", "problem_versions")
     types = frozenset(
         {
@@ -1276,7 +1276,8 @@ class RunsProjection(Projection):
         fail_kind TEXT, passed INTEGER, score REAL, scored_at TEXT, scored_seq INTEGER, reason TEXT,
         verdict_hash TEXT,
         served_model TEXT,
-        list_cost_usd REAL
+        list_cost_usd REAL,
+        budget_extra_usd REAL
     );
     CREATE TABLE IF NOT EXISTS verdicts (
         seq INTEGER PRIMARY KEY, rollout_id TEXT NOT NULL, problem_id TEXT, problem_hash TEXT,
@@ -1300,6 +1301,7 @@ class RunsProjection(Projection):
         "rollout_id", "run_id", "provider", "model", "problem_id", "problem_hash", "sample", "attempts",
         "state", "requested_at", "answered_at", "answer_seq", "cost_usd", "fail_kind", "passed", "score",
         "scored_at", "scored_seq", "reason", "verdict_hash", "served_model", "list_cost_usd",
+        "budget_extra_usd",
     )  # fmt: skip
 
     def apply(self, db: sqlite3.Connection, rec: Recorded) -> None:
@@ -1391,6 +1393,9 @@ class RunsProjection(Projection):
                         served_model=ev.model,
                         list_cost_usd=ev.list_cost_usd,
                     )
+                    if ev.budget_usd:  # counted against the budget beyond its cost
+                        extra = max(0.0, ev.budget_usd - (ev.cost_usd or 0.0))
+                        row["budget_extra_usd"] = (row["budget_extra_usd"] or 0.0) + extra
                 if ev.cost_usd:
                     add_to_run(row, "cost_usd", ev.cost_usd)
             elif isinstance(ev, e.RolloutFailed):
@@ -1398,6 +1403,8 @@ class RunsProjection(Projection):
                     row["fail_kind"] = ev.kind
                     if ev.final and row["state"] == "requested":
                         row["state"] = "failed"
+                    if ev.budget_usd:  # an attempt that may have been billed
+                        row["budget_extra_usd"] = (row["budget_extra_usd"] or 0.0) + ev.budget_usd
             elif isinstance(ev, e.RolloutScored):
                 row = rollouts.change(ev.rollout_id)
                 pid, requested_hash = (
@@ -1527,9 +1534,9 @@ class SchedulesProjection(Projection):
             db.execute("UPDATE schedules SET triggered_seq=? WHERE name=?", (rec.seq, name))
         elif isinstance(ev, e.ScheduleSkipped):
             db.execute(
-                "UPDATE schedules SET skipped = skipped + 1, last_fire_at = max(coalesce(last_fire_at, ''), ?),"
+                "UPDATE schedules SET skipped = skipped + ?, last_fire_at = max(coalesce(last_fire_at, ''), ?),"
                 " handled_trigger_seq = max(handled_trigger_seq, ?) WHERE name=?",
-                (ev.due or ev.fire_time, ev.trigger_seq or 0, name),
+                (max(1, ev.fires), ev.due or ev.fire_time, ev.trigger_seq or 0, name),
             )
         elif isinstance(ev, e.ScheduleMissed):
             db.execute("UPDATE schedules SET missed = missed + ? WHERE name=?", (ev.missed, name))

@@ -13,6 +13,14 @@ its time. Fires missed while the daemon was down collapse into one catch-up run 
 A fire while the schedule's previous run is still going is skipped and recorded; so
 are the fires that passed while it was paused, once it is resumed (one
 ``ScheduleSkipped``; no run).
+
+Fires skipped while one run goes are not one event each (``every = "1s"`` over an
+hour-long run made 3,600 of them, in a log kept forever): the first is recorded at
+once, the following ones are counted and recorded together (``ScheduleSkipped.fires``,
+from ``first_fire_time`` to ``fire_time``) when the run is over, when the schedule is
+paused or stopped, and at least once per hour of fires (:data:`_SKIPS_RECORDED_EVERY`),
+so that a daemon killed meanwhile loses at most that hour of the count (its fires then
+count as missed at the restart).
 """
 
 from __future__ import annotations
@@ -42,6 +50,48 @@ _Logger = structlog.stdlib.BoundLogger
 
 _MAX_COUNT = 10_000
 """Missed fires counted at most (each counted is a look at the trigger: 25 µs for a cron)."""
+
+_SKIPS_RECORDED_EVERY = timedelta(hours=1)
+"""Fires skipped while a run goes are recorded together at least this often (of fire time)."""
+
+OVERLAP = "the previous run of this schedule is still going"
+"""``ScheduleSkipped.reason`` of fires skipped because the schedule's run was going."""
+
+
+class WallClock:
+    """The time schedules fire by: the UTC wall clock, and a wait until a time on it
+    (or until ``wake`` is set). A test replaces it to pass hours at once."""
+
+    def now(self) -> datetime:
+        return datetime.now(UTC)
+
+    async def wait_until(self, at: datetime, wake: anyio.Event) -> None:
+        delay = (at - self.now()).total_seconds()
+        if delay > 0:
+            with anyio.move_on_after(delay):
+                await wake.wait()
+
+
+@dataclass
+class _Overlap:
+    """Fires of a schedule skipped while its run goes, since the last one recorded."""
+
+    recorded: datetime
+    """The fire time of the last one recorded."""
+    fires: int = 0
+    first: datetime | None = None
+    last: datetime | None = None
+    last_due: datetime | None = None
+
+    def add(self, fire_time: datetime, due: datetime | None) -> None:
+        self.fires += 1
+        self.first = self.first or fire_time
+        self.last, self.last_due = fire_time, due
+
+    @property
+    def handled(self) -> datetime | None:
+        """The time the next fire counts from: the last one skipped (before its jitter)."""
+        return self.last_due or self.last
 
 
 def make_trigger(s: ScheduleConfig) -> Trigger:
@@ -161,13 +211,17 @@ async def load_states(pdb: ProjectionDB) -> dict[str, ScheduleState]:
 
 
 def next_fire(
-    s: ScheduleConfig, trigger: Trigger, last_fire: datetime | None, now: datetime
+    s: ScheduleConfig, trigger: Trigger, last_fire: datetime | None, now: datetime, *, running: bool = False
 ) -> tuple[datetime | None, int, datetime | None]:
     """(next fire time, fires missed before ``now``, the latest missed fire time).
 
     With fires missed, the next fire is "now" (one catch-up run), unless all of them
     are older than the ``catch_up`` window: then they are only counted (up to
     :data:`_MAX_COUNT`; past it the count is that, and the latest is taken as now).
+
+    ``running``: a run of the schedule is going, so the fires since ``last_fire`` were
+    skipped (a daemon records them together later), not missed: the next fire is the
+    first after ``now`` (what a reader of the log, such as ``schedules list``, shows).
     """
     if last_fire is None:
         if s.every is not None:
@@ -192,7 +246,7 @@ def next_fire(
             nxt = trigger.get_next_fire_time(now, now)
             break
         nxt = trigger.get_next_fire_time(nxt, now)
-    if missed == 0:
+    if missed == 0 or running:
         return nxt, 0, None
     window = s.catch_up
     if window is not None and latest is not None and (now - latest).total_seconds() > window:
@@ -245,6 +299,7 @@ class Scheduler:
         refresh: Callable[[], Awaitable[object]],
         *,
         can_fire: Callable[[ScheduleConfig], str | None] = lambda s: None,
+        clock: WallClock | None = None,
     ) -> None:
         """``can_fire``: why a schedule cannot start a run now (None: it can). Its fires
         wait meanwhile (``wake()`` once that may have changed); a trigger is skipped."""
@@ -255,8 +310,11 @@ class Scheduler:
         self.is_running = is_running
         self.refresh = refresh
         self.can_fire = can_fire
+        self.clock = clock or WallClock()
         self._wake: dict[str, anyio.Event] = {s.name: anyio.Event() for s in schedules}
         self.next_fires: dict[str, datetime | None] = {}
+        self._overlaps: dict[str, _Overlap] = {}
+        """Schedule → the fires skipped while its run goes, once the first is recorded."""
 
     def wake(self) -> None:
         """Make every schedule loop look at the log again."""
@@ -275,16 +333,26 @@ class Scheduler:
 
     async def _loop(self, s: ScheduleConfig, tg: anyio.abc.TaskGroup) -> None:
         slog = log.bind(schedule=s.name)
-        while True:
-            try:
-                await self._loop_once(s, tg, slog)
-            except IntegrityError:
-                raise
-            except StoreError as e:
-                # The log is out of reach for now (a database outage): nothing was
-                # decided, so look again shortly.
-                slog.warning("schedule_loop_failed", error=str(e), retry_in_s=5.0)
-                await anyio.sleep(5.0)
+        try:
+            while True:
+                try:
+                    await self._loop_once(s, tg, slog)
+                except IntegrityError:
+                    raise
+                except StoreError as e:
+                    # The log is out of reach for now (a database outage): nothing was
+                    # decided, so look again shortly.
+                    slog.warning("schedule_loop_failed", error=str(e), retry_in_s=5.0)
+                    await anyio.sleep(5.0)
+        except anyio.get_cancelled_exc_class():
+            # Stopped: the fires skipped and not yet recorded go in the log now (else the
+            # next start would count them as missed).
+            with anyio.CancelScope(shield=True), anyio.move_on_after(5.0):
+                try:
+                    await self._record_skips(s, slog, ended=True)
+                except StoreError as e:  # out of reach, or the leadership lost
+                    slog.warning("schedule_skips_unrecorded", error=str(e))
+            raise
 
     async def _loop_once(self, s: ScheduleConfig, tg: anyio.abc.TaskGroup, slog: _Logger) -> None:
         trigger = make_trigger(s)
@@ -292,9 +360,14 @@ class Scheduler:
         while True:
             wake = self._wake[s.name]
             await self.refresh()
+            if s.name in self._overlaps and not await self.is_running(s.name):
+                await self._record_skips(s, slog, ended=True)  # the run is over
             st = (await load_states(self.pdb)).get(s.name, ScheduleState(name=s.name))
-            now = datetime.now(UTC)
+            now = self.clock.now()
             blocked = self.can_fire(s)
+            if (ov := self._overlaps.get(s.name)) is not None and ov.handled is not None:
+                # Fires skipped since the log's last: the next one counts from them.
+                st.last_fire_at = max(st.last_fire_at or ov.handled, ov.handled)
             if st.triggered_seq > st.handled_trigger_seq:
                 if blocked is not None:
                     await self._skip(s, f"the schedule cannot run: {blocked}", now, st.triggered_seq)
@@ -303,6 +376,7 @@ class Scheduler:
                 await self._fire(s, st, tg, "trigger", st.triggered_seq, now, slog)
                 continue
             if st.paused or not s.enabled or blocked is not None:
+                await self._record_skips(s, slog, ended=True)
                 was_paused = was_paused or st.paused
                 self.next_fires[s.name] = None
                 await wake.wait()
@@ -345,11 +419,9 @@ class Scheduler:
             if nxt is None:
                 await wake.wait()
                 continue
-            delay = (nxt - now).total_seconds()
-            if delay > 0:
-                with anyio.move_on_after(delay):
-                    await wake.wait()
-                if datetime.now(UTC) < nxt:
+            if nxt > now:
+                await self.clock.wait_until(nxt, wake)
+                if self.clock.now() < nxt:
                     continue  # woken by the log: look again
             due = None if missed else recorded_fire(trigger, st.last_fire_at, nxt, now)
             await self._fire(
@@ -371,10 +443,22 @@ class Scheduler:
         """``due``: the fire's time before its jitter (see :func:`recorded_fire`)."""
         ft = rfc3339(fire_time)
         if await self.is_running(s.name):
-            reason = "the previous run of this schedule is still going"
-            await self._skip(s, reason, fire_time, trigger_seq, due=due)
-            slog.info("schedule_skipped", reason="overlap", fire_time=ft, trigger=kind)
+            ov = self._overlaps.get(s.name)
+            if kind == "trigger" or ov is None:
+                # A trigger is answered in the log at once; a run's first skipped fire is
+                # recorded at once (a reader learns that its fires are being skipped).
+                await self._skip(s, OVERLAP, fire_time, trigger_seq, due=due)
+                slog.info("schedule_skipped", reason="overlap", fire_time=ft, trigger=kind)
+                if kind != "trigger":
+                    self._overlaps[s.name] = _Overlap(recorded=fire_time)
+                return
+            # Counted, recorded with the others (see the module docstring).
+            slog.debug("schedule_skipped", reason="overlap", fire_time=ft, trigger=kind, counted=True)
+            ov.add(fire_time, due)
+            if fire_time - ov.recorded >= _SKIPS_RECORDED_EVERY:
+                await self._record_skips(s, slog, ended=False)
             return
+        await self._record_skips(s, slog, ended=True)
         # The run records RunStarted before start() returns, so the next look at the log
         # sees this fire as done.
         await tg.start(
@@ -385,6 +469,36 @@ class Scheduler:
             ft,
             name=f"run of {s.name}",
         )
+
+    async def _record_skips(self, s: ScheduleConfig, slog: _Logger, *, ended: bool) -> None:
+        """Record the fires of ``s`` skipped while its run goes and not recorded yet, as
+        one ``ScheduleSkipped``; ``ended``: the overlap is over (the run ended, or the
+        schedule is paused or stopped)."""
+        ov = self._overlaps.get(s.name)
+        if ov is None:
+            return
+        if ov.fires:
+            assert ov.first is not None
+            assert ov.last is not None
+            await self.store.append(
+                schedule_stream(s.name),
+                [
+                    ScheduleSkipped(
+                        schedule=s.name,
+                        reason=OVERLAP,
+                        fire_time=rfc3339(ov.last),
+                        due=None if ov.last_due is None else rfc3339(ov.last_due),
+                        fires=ov.fires,
+                        first_fire_time=rfc3339(ov.first),
+                    )
+                ],
+            )
+            slog.info(
+                "schedule_skips_recorded", fires=ov.fires, first=rfc3339(ov.first), last=rfc3339(ov.last)
+            )
+            self._overlaps[s.name] = _Overlap(recorded=ov.last)
+        if ended:
+            del self._overlaps[s.name]
 
     async def _skip(
         self,
@@ -417,9 +531,11 @@ def fmt_next(dt: datetime | None) -> str:
 
 
 __all__ = [
+    "OVERLAP",
     "JitteredTrigger",
     "ScheduleState",
     "Scheduler",
+    "WallClock",
     "fmt_next",
     "load_states",
     "make_trigger",

@@ -8,7 +8,8 @@ a request of it expires), after ``polls_in_progress`` polls in progress. What ea
 request gets is the test's choice (``fate``): an answer, an error, or nothing (the
 batch "expired" before it: it is missing from the results). ``creates`` counts the
 batches created, ``hold_results`` holds the results download until released, and
-``after_create`` (a fault hook) runs right after a create's answer is sent.
+``after_create`` (a fault hook) runs right after a create's answer is sent;
+``hold_lists`` holds a client's lookup of its batch until the test releases it.
 """
 
 from __future__ import annotations
@@ -64,6 +65,12 @@ class BatchProvider:
         more at each poll."""
         self.after_create: Callable[[], None] | None = None
         """Called right after a create's answer is sent (e.g. SIGKILL the client)."""
+        self.hold_lists = 0
+        """Hold this many batch listings (a client's lookup of a batch by its key) until
+        ``server.release`` is set; ``listed`` is set when one arrives (OpenAI wire)."""
+        self.listed = anyio.Event()
+        self.lists = 0
+        """Batch listings answered (OpenAI wire)."""
         self.released = anyio.Event()
         self.result_requested = anyio.Event()
         self.server: LoopbackServer | None = None
@@ -106,6 +113,11 @@ class BatchProvider:
                 return Reply(action="stall")
             return self._created(Reply(200, self._openai_view(b)))
         if seen.method == "GET" and t.startswith("/batches?"):
+            self.listed.set()
+            if self.hold_lists > 0:
+                self.hold_lists -= 1
+                return Reply(action="hold")  # answered (by this route again) once released
+            self.lists += 1
             data = [self._openai_view(b) for b in reversed(self.batches.values())]
             return Reply(200, {"object": "list", "data": data, "has_more": False, "last_id": None})
         if seen.method == "GET" and (m := re.fullmatch(r"/batches/([\w-]+)", t)):

@@ -80,7 +80,12 @@ def schedules_list(ctx: Context, as_json: bool) -> None:
             state = "paused"
         else:
             state = "active" if active else "inactive (no API key)"
-        nxt = next_fire(s, make_trigger(s), st.last_fire_at, now)[0] if state == "active" else None
+        running = st.last_status == "running"
+        nxt = (
+            next_fire(s, make_trigger(s), st.last_fire_at, now, running=running)[0]
+            if state == "active"
+            else None
+        )
         rows.append(
             {
                 "schedule": s.name,

@@ -26,7 +26,10 @@ its display name. A daemon killed after asking but before ``BatchSubmitted`` rea
 the log looks the batch up at the provider on resume and adopts the batch it finds
 (``BatchSubmitted`` with ``adopted``); only when there is none are the rollouts
 submitted again. A create whose answer is lost (a timeout) is looked up the same way
-before it is retried. Anthropic's batches carry no metadata: there the lookup takes
+before it is retried. One record per batch: ``BatchSubmitted`` (submitted or adopted) is
+appended with the batch stream's version as read and checked (its key and batch id not
+in it), so on a shared log a node whose read is stale (the submitter's record, or
+another node's adoption, landed since) reads again and follows that record. Anthropic's batches carry no metadata: there the lookup takes
 the batches created since the intent (``BatchPrepared``'s time), of its request
 count and not in the log, waits for each to end, and adopts the one whose results'
 custom ids are exactly the intent's rollout ids (see ``providers/batch.py``).
@@ -45,7 +48,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 import anyio
 
-from rollwatch.errors import ProviderError
+from rollwatch.errors import ConcurrencyConflict, ProviderError
 from rollwatch.events import BatchEnded, BatchPolled, BatchPrepared, BatchSubmitted, Event, batch_stream
 from rollwatch.log import get_logger
 from rollwatch.providers.base import Answer, Parsed, Prompt, WireRequest
@@ -120,8 +123,16 @@ class Batcher:
         self._adoption: dict[str, anyio.Lock] = {}
         self._settled: set[str] = set()
         """Keys this process prepared itself, or looked for already: never adopted again."""
+        self._recorded: dict[str, str] = {}
+        """Keys recorded as submitted (read from the log, or appended by this process) →
+        the batch id recorded first under each."""
+        self._recorded_ids: set[str] = set()
+        """Batch ids recorded as submitted, likewise."""
         self._load_lock = anyio.Lock()
         self._loaded = -1
+        """The batch stream's version as last read."""
+        self._loaded_seq = 0
+        """The seq of the last event of the batch stream read: a reload reads on from there."""
 
     async def load(self) -> None:
         """Read what the log says of this run's batches: on resume, and again when a
@@ -132,7 +143,9 @@ class Batcher:
             version = await store.stream_version(self.stream)
             if version == self._loaded:
                 return
-            async for rec in store.read(stream=self.stream):
+            async for rec in store.read(stream=self.stream, after=self._loaded_seq):
+                self._loaded_seq = rec.seq
+                version = max(version, rec.version)
                 ev = rec.event()
                 if isinstance(ev, BatchPrepared):
                     self._prepared_at[ev.key] = _epoch(rec.at)
@@ -148,6 +161,8 @@ class Batcher:
             if ev.key not in self._settled:
                 self._prepared[ev.key] = dict(ev.rollouts)
         elif isinstance(ev, BatchSubmitted):
+            self._recorded.setdefault(ev.key, ev.batch_id)
+            self._recorded_ids.add(ev.batch_id)
             self._settled.add(ev.key)
             self._prepared.pop(ev.key, None)
             b = self._batches.setdefault(ev.batch_id, _Batch(batch_id=ev.batch_id))
@@ -276,12 +291,19 @@ class Batcher:
 
     async def _adopt(self, key: str) -> None:
         """Look for the batch prepared under ``key`` at the provider (once per key); when
-        found, record it as submitted so that its rollouts follow it."""
+        found, record it as submitted so that its rollouts follow it.
+
+        What this process read of the batch stream may be stale: the node that prepared
+        the batch may have recorded it since (its ``BatchSubmitted`` landing after our
+        read), or another node adopted it. So the stream is read again first (a key
+        recorded there is followed, without asking the provider), and the adoption is
+        appended only if the stream has not moved since (``_record``)."""
         lock = self._adoption.setdefault(key, anyio.Lock())
         async with lock:
+            await self.load()
             members = self._prepared.get(key)
             if members is None or key in self._settled:
-                return  # settled by another rollout of the batch
+                return  # recorded in the log, or settled by another rollout of the batch
             self._settled.add(key)
             lookup = self._lookup(members, self._prepared_at.get(key, 0.0))
             # Anthropic: this may wait for candidate batches to end (hours, at worst).
@@ -291,22 +313,51 @@ class Batcher:
             except ProviderError:
                 bid = None
             if bid is not None:
-                self._batches[bid] = _Batch(batch_id=bid, rollouts=dict(members))
-                for rid, attempt in members.items():
-                    self._latest[rid] = (bid, attempt)
-                await self._append(
-                    BatchSubmitted(
-                        run_id=self.run.run_id,
-                        provider=self.client.name,
-                        batch_id=bid,
-                        rollouts=dict(members),
-                        node=self.run.services.node,
-                        key=key,
-                        adopted=True,
-                    )
+                adopted = BatchSubmitted(
+                    run_id=self.run.run_id,
+                    provider=self.client.name,
+                    batch_id=bid,
+                    rollouts=dict(members),
+                    node=self.run.services.node,
+                    key=key,
+                    adopted=True,
                 )
-                self.run.log.info("batch_adopted", batch_id=bid, key=key, requests=len(members))
-            del self._prepared[key]
+                if await self._record(adopted):
+                    self._batches[bid] = _Batch(batch_id=bid, rollouts=dict(members))
+                    for rid, attempt in members.items():
+                        self._latest[rid] = (bid, attempt)
+                    self.run.log.info("batch_adopted", batch_id=bid, key=key, requests=len(members))
+                else:
+                    # Recorded meanwhile by the node that submitted it (or adopted by
+                    # another): the reload made its rollouts follow that record.
+                    self.run.log.info(
+                        "batch_recorded_elsewhere", batch_id=self._recorded.get(key, bid), key=key
+                    )
+            self._prepared.pop(key, None)
+
+    async def _record(self, event: BatchSubmitted) -> bool:
+        """Append ``event`` unless the log already records a batch under its key or its
+        batch id; False (nothing appended) when it does.
+
+        Race-free across nodes: the append expects the batch stream at the version this
+        process last read and checked; when another node appended since, the stream is
+        read again and checked again."""
+        store = self.run.services.store
+        async with self._append_lock:
+            while True:
+                await self.load()
+                if event.key in self._recorded or event.batch_id in self._recorded_ids:
+                    return False
+                try:
+                    [rec] = await store.append(self.stream, [event], expected_version=self._loaded)
+                except ConcurrencyConflict:
+                    continue  # another node appended to the stream: read it and check again
+                break
+        self._recorded[event.key] = event.batch_id
+        self._recorded_ids.add(event.batch_id)
+        self._track(event, _epoch(rec.at))
+        self.run.report_progress()
+        return True
 
     async def _lead(self, batch: _Batch) -> None:
         batch.polling = True
@@ -334,7 +385,7 @@ class Batcher:
             batch.submitted_at = time.monotonic()
             batch.started = time.time()
             self._batches[sub.batch_id] = batch
-            await self._append(
+            recorded = await self._record(
                 BatchSubmitted(
                     run_id=self.run.run_id,
                     provider=self.client.name,
@@ -346,7 +397,12 @@ class Batcher:
                     key=key,
                 )
             )
-            self.run.log.info("batch_submitted", batch_id=sub.batch_id, requests=len(batch.rollouts))
+            if recorded:
+                self.run.log.info("batch_submitted", batch_id=sub.batch_id, requests=len(batch.rollouts))
+            else:
+                # Adopted meanwhile by a node that took this batch's rollouts over (this
+                # process stalled past its lease): one record of the batch is enough.
+                self.run.log.info("batch_recorded_elsewhere", batch_id=sub.batch_id, key=key)
             batch.requests = {}  # the bodies are in the rollouts' events; free them
             await self._poll_and_read(batch)
         finally:

@@ -9,7 +9,9 @@ no enforceable budget: its rollouts reserve nothing (and the run logs it once).
 What a provider reports is not taken on trust. An answer that gives no count of its
 output tokens (none, null, NaN, a string) settles its whole reservation, since what it
 cost is unknown; so does each attempt that failed once the provider may have answered
-(``rollout.MAY_BE_BILLED``: a body we could not read, a timeout). Once an answer cost
+(``rollout.MAY_BE_BILLED``: a body we could not read, a timeout). Those amounts are in
+the answer's or the attempt's event (``budget_usd``), so a run resumed after a restart
+counts them with the recorded costs. Once an answer cost
 more than its reservation (more tokens than the params allow), later rollouts of that
 model reserve what the dearest one cost, so only the rollouts already in flight when
 the first such answer came in can pass the budget.

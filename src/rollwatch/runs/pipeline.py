@@ -331,7 +331,9 @@ class Run:
             s = self.state
             s.answered, s.scored, s.passed, s.cost_usd = await self._summary()
             s.done = s.scored
-            await self._plan(prior_cost=s.cost_usd)
+            # What the budget counted beyond the costs (answers of unknown usage, attempts
+            # that may have been billed) counts again: the log has it.
+            await self._plan(prior_cost=s.cost_usd + await self._budget_extra())
         pconf = svc.config.provider(self.provider_name)
         budget = Budget(board, self.budget_usd, pconf.prices, self.params, batch=self.batch)
         places = max(2, pconf.max_concurrency * 2)
@@ -519,6 +521,14 @@ class Run:
         )
         assert row is not None
         return int(row[0]), int(row[1]), int(row[2]), float(row[3])
+
+    async def _budget_extra(self) -> float:
+        """What the run's attempts counted against its budget beyond their costs (their
+        events' ``budget_usd``), from the log."""
+        row = await self.services.projections.fetchone(
+            "SELECT COALESCE(SUM(budget_extra_usd), 0) FROM rollouts WHERE run_id = ?", (self.run_id,)
+        )
+        return float(row[0]) if row is not None else 0.0
 
     async def _unscored(self, cause: str) -> dict[str, int]:
         """The run's rollouts without a verdict, by cause: the final provider failure's

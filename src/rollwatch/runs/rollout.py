@@ -77,9 +77,16 @@ class AttemptRecorder:
     """Attempts recorded before this process took the rollout up (the client counts from 1)."""
     version: int
     """The rollout stream's version as we last saw it."""
-    unread: int = 0
-    """Attempts that failed after the provider may have answered, and billed (see
-    :data:`MAY_BE_BILLED`)."""
+    reserved: float = 0.0
+    """What the rollout reserved of its run's budget (0.0: no budget to enforce)."""
+    extra: float = 0.0
+    """What the attempts recorded count against the budget beyond the answer's cost: the
+    reservation once per attempt that failed after the provider may have answered, and
+    billed (see :data:`MAY_BE_BILLED`), and what an answer of unknown usage may have cost
+    beyond its priced tokens. Recorded in the events (``budget_usd``), so that a run
+    resumed after a restart counts it too."""
+    unknown_usage: bool = False
+    """The answer gave no count of its output tokens."""
 
     async def append(self, *events: Event) -> None:
         """Append to the rollout's stream at the version we last saw; _TakenOver if it moved."""
@@ -111,8 +118,7 @@ class AttemptRecorder:
 
     async def failed(self, attempt: int, error: ProviderError, final: bool) -> None:
         """See ``AttemptLog.failed``."""
-        if error.kind in MAY_BE_BILLED:
-            self.unread += 1
+        counted = self.reserved if error.kind in MAY_BE_BILLED and self.reserved else None
         await self.append(
             RolloutFailed(
                 rollout_id=self.rid,
@@ -123,14 +129,21 @@ class AttemptRecorder:
                 message=error.message,
                 retry_after_s=error.retry_after,
                 final=final,
+                budget_usd=counted,
             ),
         )
+        self.extra += counted or 0.0
 
     async def responded(
         self, attempt: int, answer: Answer, cost_usd: float | None, *, list_cost_usd: float | None = None
     ) -> None:
         """See ``AttemptLog.responded``; ``list_cost_usd`` for a batched answer (its
         cost at the synchronous prices)."""
+        cost = cost_usd or 0.0
+        self.unknown_usage = not answer.usage.output_tokens and bool(answer.text or answer.reasoning)
+        # No count of what was generated: the cost is unknown, so the budget counts the
+        # most it could have been.
+        counted = self.reserved if self.unknown_usage and self.reserved > cost else None
         await self.append(
             RolloutResponded(
                 rollout_id=self.rid,
@@ -146,8 +159,11 @@ class AttemptRecorder:
                 system_fingerprint=answer.system_fingerprint,
                 ttft_ms=round(answer.ttft_ms, 3) if answer.ttft_ms is not None else None,
                 list_cost_usd=list_cost_usd,
+                budget_usd=counted,
             ),
         )
+        if counted is not None:
+            self.extra += counted - cost
 
 
 class ChunkWork:
@@ -205,7 +221,9 @@ class Rollouts:
                 system=self.run.services.config.provider(self.run.provider_name).system_prompt,
                 reference_solution=problem.reference_solution,
             )
-            recorder = AttemptRecorder(self, rid, model, problem, sample, known.attempts, known.version)
+            recorder = AttemptRecorder(
+                self, rid, model, problem, sample, known.attempts, known.version, reserved=reserved
+            )
             cost = counted = 0.0
             batcher = self.run.batcher
             try:
@@ -221,13 +239,12 @@ class Rollouts:
                     self.run.state.answered += 1
                     self.run.state.cost_usd += cost
                     counted = cost
-                    if reserved and not answer.usage.output_tokens and (answer.text or answer.reasoning):
-                        # No count of what was generated: the cost is unknown, so the
-                        # budget counts the most it could have been.
-                        counted = max(cost, reserved)
+                    if reserved and recorder.unknown_usage:
                         self.budget.unknown_cost(self.run.log, rid)
             finally:
-                counted += reserved * recorder.unread
+                # What the recorded attempts count beyond the answer's cost (in their
+                # events' budget_usd): unknown usage, attempts that may have been billed.
+                counted += recorder.extra
                 await self.budget.settle(progress.chunk, reserved, counted)
             if answer is not None:
                 await self.score(recorder, problem, answer.text)

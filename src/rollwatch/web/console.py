@@ -572,7 +572,8 @@ class Console:
             elif s.name in known:
                 nxt = known[s.name]
             else:
-                nxt = next_fire(s, make_trigger(s), st.last_fire_at, now)[0]
+                running = st.last_status == "running"
+                nxt = next_fire(s, make_trigger(s), st.last_fire_at, now, running=running)[0]
             rows.append(
                 {
                     "name": s.name,
