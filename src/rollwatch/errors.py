@@ -320,3 +320,12 @@ def storage_failure(error: BaseException) -> str | None:
     if type(error) is StoreError or isinstance(error, sqlite3.OperationalError):
         return str(error)
     return None
+
+
+def damaged_log(path: object, error: BaseException) -> StoreError:
+    """The error for an event log file SQLite finds damaged (``error``): named, with the way
+    back. A plain copy of a live WAL database, a torn write or a bad disk make one."""
+    return StoreError(
+        f"the event log {path} is damaged ({error}): SQLite cannot read it; restore it from a "
+        "backup made with SQLite's online backup (README, Backups), not a plain copy of the live file"
+    )

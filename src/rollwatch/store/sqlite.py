@@ -31,7 +31,7 @@ from anyio.abc import TaskGroup
 
 from rollwatch._sqlite import ThreadConnection, rollback
 from rollwatch.abc import EventStore, WorkBoard
-from rollwatch.errors import IntegrityError, StoreError
+from rollwatch.errors import IntegrityError, StoreError, damaged_log
 from rollwatch.events import GENESIS, Event, Recorded
 from rollwatch.log import get_logger
 from rollwatch.store._group_commit import GroupCommitter, Pending, assign
@@ -123,10 +123,12 @@ class SQLiteEventStore(EventStore):
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self._writer_db = await ThreadConnection.open(self.path, self._pragmas(PRAGMAS))
+            self._writer_db = await ThreadConnection.open(self.path, self._pragmas(PRAGMAS), self._damaged)
             stack.push_async_callback(self._writer_db.close)
             await self._writer_db.run(lambda db: db.executescript(SCHEMA))
-            self._reader_db = await ThreadConnection.open(self.path, self._pragmas(READER_PRAGMAS))
+            self._reader_db = await ThreadConnection.open(
+                self.path, self._pragmas(READER_PRAGMAS), self._damaged
+            )
             stack.push_async_callback(self._reader_db.close)
         except sqlite3.Error as e:
             raise StoreError(f"cannot open the event log {self.path}: {e}") from e
@@ -142,7 +144,9 @@ class SQLiteEventStore(EventStore):
         if not await anyio.Path(self.path).is_file():
             raise StoreError(f"there is no event log at {self.path}")
         try:
-            self._reader_db = await ThreadConnection.open(self.path, self._pragmas(READ_ONLY_PRAGMAS))
+            self._reader_db = await ThreadConnection.open(
+                self.path, self._pragmas(READ_ONLY_PRAGMAS), self._damaged
+            )
             stack.push_async_callback(self._reader_db.close)
             tables = await self._reader_db.fetchall("SELECT 1 FROM sqlite_master WHERE name = 'events'")
         except sqlite3.Error as e:
@@ -155,6 +159,9 @@ class SQLiteEventStore(EventStore):
                 f"{self.path} is not a rollwatch event log ({empty}); `rollwatch serve` or `rollwatch run` creates one"
             )
         self._head = await self.head()
+
+    def _damaged(self, e: sqlite3.DatabaseError) -> StoreError:
+        return damaged_log(self.path, e)
 
     # -- writing ----------------------------------------------------------------------
 
