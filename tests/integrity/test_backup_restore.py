@@ -231,3 +231,44 @@ def test_serve_names_a_damaged_log(stopped_site: Site) -> None:
     assert proc.returncode == 1, err
     assert f"the event log {s.db} is damaged" in err.splitlines()[-1], err[-2000:]
     assert "Traceback" not in err
+
+
+def test_a_log_moved_to_postgresql_serves_with_its_key_outside_systemd(
+    stopped_site: Site, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Moving to PostgreSQL as the README says, from a shell (no ``$STATE_DIRECTORY``): the
+    PostgreSQL log's state folder is ``var/pg-HOST-PORT-DB/``, not the SQLite log's. ``migrate``
+    copies the checkpoint key, ``origin`` and ``checkpoint.last`` there, and ``serve`` on the
+    migrated log starts and signs on with the log's key. Before, ``serve`` made a new key and
+    stopped (exit 2, "signed by another key than this node's"), and the witness file that
+    catches a rollback stayed behind."""
+    from tests.pg import scratch_database
+
+    s = stopped_site
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    monkeypatch.delenv("STATE_DIRECTORY", raising=False)
+
+    async def main() -> None:
+        async with scratch_database() as url:
+            m = await anyio.to_thread.run_sync(lambda: rollwatch("--config", str(s.config), "migrate", "--to", url))
+            assert m.returncode == 0, m.stderr
+            assert "checkpoint.key" in m.stdout and "checkpoint.last" in m.stdout, m.stdout
+            pg = s.dir / "pg.toml"
+            pg.write_text(s.config.read_text().replace(f"sqlite:{s.db}", url))
+            assert url in pg.read_text()
+            site = Site(s.dir, pg, s.url)
+
+            def serve() -> str:
+                with serving(site) as proc:
+                    pass
+                return _stop(proc)
+
+            err = await anyio.to_thread.run_sync(serve)
+            assert "another key" not in err and "log_tampered" not in err, err[-3000:]
+            state = next((work / "var").iterdir())
+            assert (state / "checkpoint.key").read_bytes() == (s.dir / "checkpoint.key").read_bytes()
+            assert not (state / "checkpoint.key.pending").exists()
+
+    anyio.run(main)
