@@ -72,11 +72,18 @@ class ThreadConnection:
         path: Path,
         pragmas: Sequence[str],
         damaged: Callable[[sqlite3.DatabaseError], Exception] | None = None,
+        *,
+        uri: str | None = None,
     ) -> ThreadConnection:
-        """Open ``path`` in autocommit mode (we write BEGIN/COMMIT) and apply ``pragmas``."""
+        """Open ``path`` (or the SQLite ``uri``, e.g. ``file:…?immutable=1``) in autocommit mode
+        (we write BEGIN/COMMIT) and apply ``pragmas``."""
 
         def connect() -> sqlite3.Connection:
-            db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            db = (
+                sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+                if uri is not None
+                else sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            )
             for p in pragmas:
                 db.execute(p)
             return db

@@ -272,3 +272,37 @@ def test_a_log_moved_to_postgresql_serves_with_its_key_outside_systemd(
             assert not (state / "checkpoint.key.pending").exists()
 
     anyio.run(main)
+
+
+def test_a_backup_on_a_read_only_mount_verifies_where_it_is(stopped_site: Site, tmp_path: Path) -> None:
+    """A backup verified where it is kept, a read-only mount (a snapshot, a backup disk):
+    ``verify`` and ``events tail`` read it. Before, SQLite could not make the WAL file's
+    ``-shm`` beside it: "cannot read the event log …: unable to open database file", exit 1."""
+    s = stopped_site
+    backup = tmp_path / "backup"
+    backup.mkdir()
+    _copy_state(s.dir, backup)
+    _online_backup(s.db, backup / "events.db")
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    bind = subprocess.run(["mount", "--bind", str(backup), str(ro)], capture_output=True, text=True)
+    if bind.returncode != 0:
+        pytest.skip(f"cannot bind-mount here (root and mount(2) needed): {bind.stderr.strip()}")
+    try:
+        remount = subprocess.run(
+            ["mount", "-o", "remount,bind,ro", str(ro)], capture_output=True, text=True, check=False
+        )
+        assert remount.returncode == 0, remount.stderr
+        with pytest.raises(OSError):
+            (ro / "probe").write_text("")
+        cfg = tmp_path / "ro.toml"
+        cfg.write_text(s.config.read_text().replace(f"sqlite:{s.db}", f"sqlite:{ro / 'events.db'}"))
+        v = rollwatch("--config", str(cfg), "verify")
+        assert v.returncode == 0, v.stdout + v.stderr
+        assert f"ok: {s.head()} events" in v.stdout
+        assert "signatures valid" in v.stdout and " 0 signatures valid" not in v.stdout, v.stdout
+        t = rollwatch("--config", str(cfg), "events", "tail", "--json")
+        assert t.returncode == 0, t.stderr
+    finally:
+        subprocess.run(["umount", str(ro)], check=False)
+    assert sorted(p.name for p in backup.iterdir()) == sorted(["events.db", *(n for n in STATE_FILES if (s.dir / n).exists())])

@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import functools
 import itertools
+import os
 import sqlite3
+import urllib.parse
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -96,6 +98,13 @@ def _insert(db: sqlite3.Connection, rows: list[Recorded]) -> None:
     db.executemany(_INSERT_ONE, rows[full:])
 
 
+def _on_read_only_file_system(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path.parent).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
 class SQLiteEventStore(EventStore):
     """The SQLite implementation of :class:`rollwatch.abc.EventStore`."""
 
@@ -143,9 +152,16 @@ class SQLiteEventStore(EventStore):
         # leave an empty log behind (and report "ok: 0 events").
         if not await anyio.Path(self.path).is_file():
             raise StoreError(f"there is no event log at {self.path}")
+        # A WAL database on a read-only file system (a backup on a read-only mount or
+        # snapshot) cannot be opened as usual: SQLite needs to make its -shm file beside it
+        # ("unable to open database file"). Nothing can write to such a file system, so
+        # the file is read as immutable: no locks, no -shm.
+        uri = None
+        if await anyio.to_thread.run_sync(_on_read_only_file_system, self.path):
+            uri = f"file:{urllib.parse.quote(str(self.path.resolve()))}?mode=ro&immutable=1"
         try:
             self._reader_db = await ThreadConnection.open(
-                self.path, self._pragmas(READ_ONLY_PRAGMAS), self._damaged
+                self.path, self._pragmas(READ_ONLY_PRAGMAS), self._damaged, uri=uri
             )
             stack.push_async_callback(self._reader_db.close)
             tables = await self._reader_db.fetchall("SELECT 1 FROM sqlite_master WHERE name = 'events'")
