@@ -46,7 +46,9 @@ def test_a_listen_address_no_url_can_carry_is_a_config_error(tmp_path: Path, lis
     assert any(line.strip().startswith("server.listen:") and why in line for line in lines), lines
 
 
-@pytest.mark.parametrize("listen", ["[::1]:8080", "localhost:8080", "0.0.0.0:0", "rollwatch-1.example.org:80"])
+@pytest.mark.parametrize(
+    "listen", ["[::1]:8080", "localhost:8080", "0.0.0.0:0", "rollwatch-1.example.org:80"]
+)
 def test_listen_addresses_that_work_still_pass(tmp_path: Path, listen: str) -> None:
     config = write_config(tmp_path, f'[server]\nlisten = "{listen}"\n')
     make_log(tmp_path / "events.db")
@@ -56,7 +58,9 @@ def test_listen_addresses_that_work_still_pass(tmp_path: Path, listen: str) -> N
 def test_witness_listen_is_checked_the_same_way(tmp_path: Path) -> None:
     p = rollwatch("witness", "serve", "--listen", "[::1", "--log", "x", "--key", str(tmp_path / "w.key"))
     lines = _lines(p, 2)
-    assert lines == ["error: --listen '[::1': an IPv6 address in brackets, e.g. [::1]:8080, needs a valid address inside them"]
+    assert lines == [
+        "error: --listen '[::1': an IPv6 address in brackets, e.g. [::1]:8080, needs a valid address inside them"
+    ]
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -142,4 +142,6 @@ def _carry_state(config: Config, target: StoreConfig) -> list[str]:
             copied.append(b.name)
     if not copied:
         return []
-    return [f"copied {', '.join(copied)} from {src} to {dst}, where `serve` on the PostgreSQL log looks for them"]
+    return [
+        f"copied {', '.join(copied)} from {src} to {dst}, where `serve` on the PostgreSQL log looks for them"
+    ]
