@@ -112,6 +112,11 @@ class TestUnitFile:
         ]
         assert [n for n in needed if n not in allowed or n in denied] == []
 
+    def test_bad_configuration_is_not_restarted(self) -> None:
+        """Exit 2 (bad configuration) needs the operator: the unit does not restart it every 5 s."""
+        assert unit_lines("Restart") == ["on-failure"]
+        assert unit_lines("RestartPreventExitStatus") == ["2"]
+
     def test_one_folder_of_credentials(self) -> None:
         """The unit loads the credentials folder as a whole, under the ID whose prefix rollwatch
         looks for, and names no single key file (a missing one would keep the unit from starting)."""
