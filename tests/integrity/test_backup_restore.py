@@ -316,6 +316,30 @@ def test_a_backup_on_a_read_only_mount_verifies_where_it_is(stopped_site: Site, 
         assert t.returncode == 0, t.stderr
     finally:
         subprocess.run(["umount", str(ro)], check=False)
+    # A plain copy with its write-ahead log: read as immutable, the log would lack what the
+    # WAL holds; refused, saying why.
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    con = sqlite3.connect(backup / "events.db", isolation_level=None)
+    try:
+        con.execute("PRAGMA journal_mode=WAL")
+        con.execute("PRAGMA wal_autocheckpoint=0")
+        con.execute("CREATE TABLE scratch (x)")
+        for name in ("events.db", "events.db-wal"):
+            shutil.copy2(backup / name, plain / name)
+    finally:
+        con.close()
+    assert (plain / "events.db-wal").stat().st_size > 0
+    subprocess.run(["mount", "--bind", str(plain), str(ro)], check=True)
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(ro)], check=True)
+        v = rollwatch("--config", str(cfg), "verify")
+        assert v.returncode == 1, v.stdout + v.stderr
+        assert "on a read-only file system with a write-ahead log beside it" in v.stderr, v.stderr
+    finally:
+        subprocess.run(["umount", str(ro)], check=False)
+    (backup / "events.db-wal").unlink(missing_ok=True)
+    (backup / "events.db-shm").unlink(missing_ok=True)
     assert sorted(p.name for p in backup.iterdir()) == sorted(
         ["events.db", *(n for n in STATE_FILES if (s.dir / n).exists())]
     )

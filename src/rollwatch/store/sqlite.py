@@ -156,8 +156,17 @@ class SQLiteEventStore(EventStore):
         # snapshot) cannot be opened as usual: SQLite needs to make its -shm file beside it
         # ("unable to open database file"). Nothing can write to such a file system, so
         # the file is read as immutable: no locks, no -shm.
+        # Not with a write-ahead log beside it (a plain copy of a live log): an immutable
+        # open ignores that file, and would read the log without its newest events.
         uri = None
         if await anyio.to_thread.run_sync(_on_read_only_file_system, self.path):
+            wal = self.path.with_name(self.path.name + "-wal")
+            if await anyio.Path(wal).exists() and (await anyio.Path(wal).stat()).st_size > 0:
+                raise StoreError(
+                    f"cannot read the event log {self.path}: it is on a read-only file system with a "
+                    f"write-ahead log beside it ({wal.name}), which SQLite reads only where it can write; "
+                    "copy both to a writable folder (and back up with SQLite's online backup, README, Backups)"
+                )
             uri = f"file:{urllib.parse.quote(str(self.path.resolve()))}?mode=ro&immutable=1"
         try:
             self._reader_db = await ThreadConnection.open(
