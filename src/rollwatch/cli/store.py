@@ -109,7 +109,7 @@ def migrate(ctx: Context, target: str) -> None:
             return 0
 
     code = run_async(main)
-    for line in _carry_state(ctx.config, StoreConfig(url=target)):
+    for line in _carry_state(ctx.config, StoreConfig(url=target, projections=ctx.config.store.projections)):
         click.echo(line)
     sys.exit(code)
 
@@ -120,7 +120,8 @@ def _carry_state(config: Config, target: StoreConfig) -> list[str]:
     ``var/pg-HOST-PORT-DB/`` rather than the SQLite log's folder) and they are not there yet.
     Without them, ``serve`` on the migrated log made a new key and stopped, the log's
     checkpoints being "signed by another key than this node's", and the witness file that
-    catches a rollback was left behind. Nothing is overwritten."""
+    catches a rollback was left behind. Nothing is overwritten. ``target`` keeps the other
+    ``[store]`` keys (``projections``): the operator changes ``url`` only."""
     import shutil
 
     from rollwatch.integrity.identity import ORIGIN_FILE
