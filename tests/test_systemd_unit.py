@@ -68,6 +68,55 @@ class TestUnitFile:
         assert float(found.group(1)) <= 2.5, found.group(0)
         assert unit_lines("RestrictNamespaces") == ["user mnt pid net ipc uts cgroup"]
 
+    def test_the_system_call_filter_allows_what_the_scoring_sandbox_calls(self) -> None:
+        """Every system call the sandbox makes (bubblewrap's namespaces and mounts, the
+        zygote's uids, limits and IPC cleanup, the samples' own seccomp filter) passes the
+        unit's ``SystemCallFilter=`` lines, groups expanded by ``systemd-analyze``. ``seccomp``
+        was missing: the filter then went on through ``prctl``, which turns on the
+        speculative-store-bypass mitigation that slows CPU-bound samples."""
+        analyze = shutil.which("systemd-analyze")
+        if analyze is None:
+            pytest.skip("systemd-analyze is not installed here")
+        known: dict[str, frozenset[str]] = {}
+
+        def expand(token: str) -> frozenset[str]:
+            if not token.startswith("@"):
+                return frozenset([token])
+            if token not in known:
+                out = subprocess.run(
+                    [analyze, "syscall-filter", token], capture_output=True, text=True, timeout=60
+                ).stdout
+                names: set[str] = set()
+                for line in out.splitlines()[1:]:
+                    name = line.strip()
+                    if name and not name.startswith("#"):
+                        names |= expand(name)
+                known[token] = frozenset(names)
+            return known[token]
+
+        allowed: set[str] = set()
+        denied: set[str] = set()
+        for value in unit_lines("SystemCallFilter"):
+            if value.startswith("~"):
+                denied.update(*(expand(t) for t in value[1:].split()))
+            else:
+                allowed.update(*(expand(t) for t in value.split()))
+        # The groups were expanded.
+        assert "read" in allowed
+        assert "reboot" in denied
+        needed = [
+            *("seccomp", "prctl", "unshare", "clone", "clone3", "mount", "umount2", "pivot_root"),
+            *("chroot", "sethostname", "capset", "setresuid", "setresgid", "setgroups"),
+            *("sched_setaffinity", "pidfd_open", "prlimit64", "setrlimit", "shmctl", "semctl"),
+            *("msgctl", "kill", "execve", "wait4"),
+        ]
+        assert [n for n in needed if n not in allowed or n in denied] == []
+
+    def test_bad_configuration_is_not_restarted(self) -> None:
+        """Exit 2 (bad configuration) needs the operator: the unit does not restart it every 5 s."""
+        assert unit_lines("Restart") == ["on-failure"]
+        assert unit_lines("RestartPreventExitStatus") == ["2"]
+
     def test_one_folder_of_credentials(self) -> None:
         """The unit loads the credentials folder as a whole, under the ID whose prefix rollwatch
         looks for, and names no single key file (a missing one would keep the unit from starting)."""

@@ -36,11 +36,25 @@ def rollback(db: sqlite3.Connection) -> None:
         db.execute("ROLLBACK")
 
 
+_DAMAGED = (11, 26)  # SQLITE_CORRUPT, SQLITE_NOTADB: the file's pages are not a database's
+
+
+def is_damaged(e: BaseException) -> bool:
+    """Whether ``e`` says the database file itself is damaged (a torn copy, a bad disk),
+    not that a statement failed or a lock was busy."""
+    return isinstance(e, sqlite3.DatabaseError) and (getattr(e, "sqlite_errorcode", 0) & 0xFF) in _DAMAGED
+
+
 class ThreadConnection:
     """A ``sqlite3.Connection`` whose work runs in a worker thread, one unit at a time."""
 
-    def __init__(self, db: sqlite3.Connection) -> None:
+    def __init__(
+        self, db: sqlite3.Connection, damaged: Callable[[sqlite3.DatabaseError], Exception] | None = None
+    ) -> None:
         self.db = db
+        self.damaged = damaged
+        """What to raise instead of SQLite's error when the file is damaged (naming the file
+        and what to do); None: SQLite's error as it is."""
         self._lock = anyio.Lock()
         # Held by the worker thread for the whole unit. The async lock is not enough on its
         # own: Ctrl-C under asyncio.run cancels the main task natively, through the
@@ -53,16 +67,28 @@ class ThreadConnection:
             self._loop = None
 
     @classmethod
-    async def open(cls, path: Path, pragmas: Sequence[str]) -> ThreadConnection:
-        """Open ``path`` in autocommit mode (we write BEGIN/COMMIT) and apply ``pragmas``."""
+    async def open(
+        cls,
+        path: Path,
+        pragmas: Sequence[str],
+        damaged: Callable[[sqlite3.DatabaseError], Exception] | None = None,
+        *,
+        uri: str | None = None,
+    ) -> ThreadConnection:
+        """Open ``path`` (or the SQLite ``uri``, e.g. ``file:…?immutable=1``) in autocommit mode
+        (we write BEGIN/COMMIT) and apply ``pragmas``."""
 
         def connect() -> sqlite3.Connection:
-            db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            db = (
+                sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+                if uri is not None
+                else sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            )
             for p in pragmas:
                 db.execute(p)
             return db
 
-        return cls(await anyio.to_thread.run_sync(connect))
+        return cls(await anyio.to_thread.run_sync(connect), damaged)
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(connection, *args)`` in a worker thread."""
@@ -70,7 +96,12 @@ class ThreadConnection:
             # The thread finishes its unit even if we are cancelled; shielding keeps the
             # lock held until it has, so the next unit never overlaps it.
             with anyio.CancelScope(shield=True):
-                return await anyio.to_thread.run_sync(self._unit, fn, *args)
+                try:
+                    return await anyio.to_thread.run_sync(self._unit, fn, *args)
+                except sqlite3.DatabaseError as e:
+                    if self.damaged is not None and is_damaged(e):
+                        raise self.damaged(e) from e
+                    raise
         raise AssertionError("unreachable: a shielded scope swallows no exception")
 
     def _unit(self, fn: Callable[..., T], *args: Any) -> T:

@@ -100,6 +100,39 @@ def postgres_state_folder(url: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", name)
 
 
+_HOST_NAME = re.compile(
+    r"(?=.{1,253}$)[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?(\.[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?)*\.?"
+)
+
+
+def listen_host_problem(host: str) -> str | None:
+    """What is wrong with the HOST of a ``HOST:PORT`` to listen on, or None: an IP address
+    (IPv6 in brackets) or a host name. Links and URLs are made from it (``http://HOST:PORT``),
+    so a host no URL can carry ("[::1", "::1", "256.1.1.1") was a traceback in every command."""
+    if "/" in host:
+        return "give HOST:PORT alone, without a scheme or a path"
+    if host.startswith("[") or host.endswith("]"):
+        inner = host[1:-1] if host.startswith("[") and host.endswith("]") else None
+        try:
+            if inner is None:
+                raise ValueError
+            ipaddress.IPv6Address(inner)
+        except ValueError:
+            return "an IPv6 address in brackets, e.g. [::1]:8080, needs a valid address inside them"
+        return None
+    if ":" in host:
+        return "an IPv6 address goes in brackets, e.g. [::1]:8080"
+    if re.fullmatch(r"[0-9.]+", host):
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            return f"{host!r} is not an IPv4 address"
+        return None
+    if not _HOST_NAME.fullmatch(host):
+        return f"{host!r} is not a host name or IP address"
+    return None
+
+
 class StoreConfig(_Strict):
     url: str = "sqlite:var/events.db"
     projections: str | None = None
@@ -187,6 +220,9 @@ class ServerConfig(_Strict):
         host, sep, port = v.rpartition(":")
         if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
             raise ValueError(f"{v!r}: expected HOST:PORT, e.g. 127.0.0.1:8080")
+        why = listen_host_problem(host)
+        if why:
+            raise ValueError(f"{v!r}: {why}")
         return v
 
     @property

@@ -30,7 +30,7 @@ import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
 from rollwatch.config import Config, ScheduleConfig
-from rollwatch.errors import IntegrityError, NotLeading, StoreError, storage_failure
+from rollwatch.errors import IntegrityError, NewerSchema, NotLeading, StoreError, storage_failure
 from rollwatch.log import get_logger
 from rollwatch.metrics import Metrics
 from rollwatch.notify import Notifier
@@ -849,6 +849,10 @@ class Daemon:
                     try:
                         head = await pdb.build(svc.store)
                         break
+                    except NewerSchema:
+                        # A newer rollwatch wrote the log (a downgrade): no retry reads
+                        # it, and the daemon would answer 503 behind a 200 /healthz for good.
+                        raise
                     except (sqlite3.OperationalError, StoreError) as e:
                         log.warning("projections_build_failed", error=str(e), retry_in_s=pause)
                         await anyio.sleep(pause)

@@ -95,6 +95,20 @@ class ForeignCheckpointKey(UsageError):
         )
 
 
+class MissingCheckpointKey(UsageError):
+    """Raised when ``serve`` finds a log whose checkpoints were signed, and no checkpoint key
+    (a log restored from a backup without its key, a key file deleted): a new key would
+    not continue the log's checkpoints, and the scrub would call every one a forgery."""
+
+    def __init__(self, key_file: str, checkpoints: int) -> None:
+        super().__init__(
+            f"the log holds {checkpoints} signed checkpoint(s), but there is no checkpoint key at {key_file}: "
+            "put back the key that signed them (checkpoint.key, and any checkpoint.key.retired-*, from the "
+            "backup of the state folder; or the checkpoint-key credential) and start again; a new key cannot "
+            "continue this log's checkpoints"
+        )
+
+
 class StoreError(RollwatchError):
     """Raised when the event store cannot carry out an operation."""
 
@@ -134,6 +148,11 @@ class IntegrityError(StoreError):
 
 class UnknownEventType(StoreError):
     """Raised when an event's type or schema version has no class or upcaster."""
+
+
+class NewerSchema(UnknownEventType):
+    """Raised when an event was written under a schema newer than this version reads: a
+    newer rollwatch wrote the log (a downgrade). Waiting does not help; upgrading does."""
 
 
 class ProblemError(RollwatchError):
@@ -301,3 +320,12 @@ def storage_failure(error: BaseException) -> str | None:
     if type(error) is StoreError or isinstance(error, sqlite3.OperationalError):
         return str(error)
     return None
+
+
+def damaged_log(path: object, error: BaseException) -> StoreError:
+    """The error for an event log file SQLite finds damaged (``error``): named, with the way
+    back. A plain copy of a live WAL database, a torn write or a bad disk make one."""
+    return StoreError(
+        f"the event log {path} is damaged ({error}): SQLite cannot read it; restore it from a "
+        "backup made with SQLite's online backup (README, Backups), not a plain copy of the live file"
+    )

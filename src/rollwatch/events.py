@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, ClassVar, NamedTuple, TypeVar
 
-from rollwatch.errors import UnknownEventType
+from rollwatch.errors import NewerSchema, UnknownEventType
 
 GENESIS = bytes(32)
 
@@ -382,7 +382,7 @@ def decode(type_: str, schema: int, data: dict[str, Any]) -> Event:
         data = up(data)
         schema += 1
     if schema > cls.SCHEMA:
-        raise UnknownEventType(
+        raise NewerSchema(
             f"{type_} schema {schema} is newer than this version reads ({cls.SCHEMA}); upgrade rollwatch"
         )
     return cls.from_data(data)
@@ -480,7 +480,7 @@ def _test(hint: Any) -> Callable[[Any], bool] | None:
 def unreadable(seq: int, type_: str, exc: Exception) -> UnknownEventType:
     """The error for event ``seq`` whose data did not decode (``exc``: why), naming the seq."""
     if isinstance(exc, UnknownEventType):
-        return UnknownEventType(f"event {seq}: {exc}")
+        return type(exc)(f"event {seq}: {exc}")
     # json's ValueError (bad JSON, a lone surrogate): never in data rollwatch wrote.
     return UnknownEventType(f"event {seq}: its {type_} data is not valid JSON ({exc})")
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from rollwatch.cli._common import Context, common, require_log, run_async
+from rollwatch.config import Config, StoreConfig
 from rollwatch.errors import IntegrityError, UsageError
 from rollwatch.log import get_logger
 
@@ -90,7 +91,6 @@ def rebuild(ctx: Context) -> None:
 @common
 def migrate(ctx: Context, target: str) -> None:
     """Copy this config's SQLite log into PostgreSQL and verify the copy."""
-    from rollwatch.config import StoreConfig
     from rollwatch.migrate import migrate as copy_log
     from rollwatch.progress import Progress
     from rollwatch.store import open_store
@@ -108,4 +108,41 @@ def migrate(ctx: Context, target: str) -> None:
             click.echo(f"copied {n} events; the PostgreSQL log verifies and ends with the same hash")
             return 0
 
-    sys.exit(run_async(main))
+    code = run_async(main)
+    for line in _carry_state(ctx.config, StoreConfig(url=target, projections=ctx.config.store.projections)):
+        click.echo(line)
+    sys.exit(code)
+
+
+def _carry_state(config: Config, target: StoreConfig) -> list[str]:
+    """Copy the checkpoint key (and retired keys), ``origin`` and ``checkpoint.last`` into the
+    state folder the PostgreSQL log will use, when that is another folder (outside systemd:
+    ``var/pg-HOST-PORT-DB/`` rather than the SQLite log's folder) and they are not there yet.
+    Without them, ``serve`` on the migrated log made a new key and stopped, the log's
+    checkpoints being "signed by another key than this node's", and the witness file that
+    catches a rollback was left behind. Nothing is overwritten. ``target`` keeps the other
+    ``[store]`` keys (``projections``): the operator changes ``url`` only."""
+    import shutil
+
+    from rollwatch.integrity.identity import ORIGIN_FILE
+
+    integrity = config.integrity
+    src, dst = integrity.state_dir(config.store), integrity.state_dir(target)
+    pairs: list[tuple[Path, Path]] = []
+    key_src, key_dst = integrity.key_path(config.store), integrity.key_path(target)
+    if key_src != key_dst:
+        pairs += [(k, key_dst.with_name(k.name)) for k in sorted(key_src.parent.glob(key_src.name + "*"))]
+        pairs = [(a, b) for a, b in pairs if not a.name.endswith((".pending", ".tmp"))]
+    if src.resolve() != dst.resolve():
+        pairs += [(src / name, dst / name) for name in (ORIGIN_FILE, "checkpoint.last")]
+    copied = []
+    for a, b in pairs:
+        if a.is_file() and not b.exists():
+            b.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(a, b)
+            copied.append(b.name)
+    if not copied:
+        return []
+    return [
+        f"copied {', '.join(copied)} from {src} to {dst}, where `serve` on the PostgreSQL log looks for them"
+    ]

@@ -68,6 +68,11 @@ def witness_serve(
     host, sep, port_s = listen.rpartition(":")
     if not sep or not port_s.isdigit() or int(port_s) > 65535:
         raise UsageError(f"--listen {listen!r}: expected HOST:PORT, e.g. 127.0.0.1:8090")
+    from rollwatch.config import listen_host_problem
+
+    why = listen_host_problem(host) if host else None
+    if why:
+        raise UsageError(f"--listen {listen!r}: {why}")
     verifiers = []
     for vkey in logs:
         try:

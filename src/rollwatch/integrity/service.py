@@ -20,13 +20,13 @@ from starlette.routing import Route
 
 from rollwatch.abc import EventStore
 from rollwatch.config import IntegrityConfig
-from rollwatch.errors import ForeignCheckpointKey, IntegrityError, StoreError
+from rollwatch.errors import ForeignCheckpointKey, IntegrityError, MissingCheckpointKey, StoreError
 from rollwatch.events import CHECKPOINT_STREAM, Recorded
 from rollwatch.integrity.checkpoint import Checkpoint, NoteSigner
 from rollwatch.integrity.checkpointer import check_shared_key, checkpointer, final_checkpoint
 from rollwatch.integrity.health import Health
 from rollwatch.integrity.identity import ORIGIN_FILE, resolve_origin, set_aside_foreign_state
-from rollwatch.integrity.keys import load_signer, promote_key
+from rollwatch.integrity.keys import credential_path, load_signer, promote_key
 from rollwatch.integrity.merkle import leaf_hash
 from rollwatch.integrity.rotation import finish_rotation
 from rollwatch.integrity.routes import integrity_routes, tlog_routes
@@ -353,6 +353,14 @@ async def open_integrity(
     key_file = config.key_path(store_config)
     await finish_rotation(store, key_file, config.name)
     key_used_before = await anyio.Path(key_file).exists()
+    if not key_used_before and not store.shared and credential_path() is None:
+        # No key, yet the log was signed: a new one would sign nothing this log's
+        # checkpoints lead to, and the scrub would call each of them a forgery (it did,
+        # exit 1 "integrity check failed", on a log restored without its key). On a
+        # shared log, check_shared_key says the nodes need the same key.
+        checkpoints = await store.stream_version(CHECKPOINT_STREAM)
+        if checkpoints > 0:
+            raise MissingCheckpointKey(str(key_file), checkpoints)
     signer = await anyio.to_thread.run_sync(load_signer, key_file, config.name)
     async with MerkleTree(config.tree_path(store_config)) as tree:
         yield Integrity(

@@ -36,13 +36,14 @@ throughput on two cores; the worker, a few per cent).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,9 +53,9 @@ from anyio.abc import TaskStatus
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from rollwatch import _child
-from rollwatch._sqlite import ThreadConnection, rollback
+from rollwatch._sqlite import ThreadConnection, is_damaged, rollback
 from rollwatch.abc import EventStore
-from rollwatch.errors import IntegrityError, InvalidProof, StoreError
+from rollwatch.errors import IntegrityError, InvalidProof, StoreError, damaged_log
 from rollwatch.events import GENESIS, CheckpointSigned, Recorded
 from rollwatch.integrity.merkle import (
     HASH_SIZE,
@@ -148,17 +149,36 @@ class _FileReader:
             self._db = None
 
     def head(self) -> int:
-        return int(self.db().execute("SELECT MAX(seq) FROM events").fetchone()[0] or 0)
+        with self._naming_damage():
+            return int(self.db().execute("SELECT MAX(seq) FROM events").fetchone()[0] or 0)
 
     def hash_at(self, seq: int) -> str | None:
-        row = self.db().execute("SELECT hash FROM events WHERE seq = ?", (seq,)).fetchone()
+        with self._naming_damage():
+            row = self.db().execute("SELECT hash FROM events WHERE seq = ?", (seq,)).fetchone()
         return None if row is None else str(row[0])
+
+    @contextlib.contextmanager
+    def _naming_damage(self) -> Iterator[None]:
+        """A damaged log file said as such, naming it (the daemon showed SQLite's words only,
+        "the Merkle tree worker failed: DatabaseError: database disk image is malformed")."""
+        try:
+            yield
+        except sqlite3.DatabaseError as e:
+            if is_damaged(e):
+                raise damaged_log(self.path, e) from e
+            raise
 
     def page(
         self, after: int, upto: int, prev: bytes | None = None
     ) -> tuple[list[int], list[bytes], str, list[tuple[int, str]], int | None]:
         """Events ``after < seq <= upto``: (seqs, leaf hashes, chain hash of the last, checkpoint data,
         the first seq whose chain hash does not follow from ``prev`` and its content, if any)."""
+        with self._naming_damage():
+            return self._page(after, upto, prev)
+
+    def _page(
+        self, after: int, upto: int, prev: bytes | None
+    ) -> tuple[list[int], list[bytes], str, list[tuple[int, str]], int | None]:
         db = self.db()
         db.execute("BEGIN")
         try:

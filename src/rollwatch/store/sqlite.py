@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import functools
 import itertools
+import os
 import sqlite3
+import urllib.parse
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -31,7 +33,7 @@ from anyio.abc import TaskGroup
 
 from rollwatch._sqlite import ThreadConnection, rollback
 from rollwatch.abc import EventStore, WorkBoard
-from rollwatch.errors import IntegrityError, StoreError
+from rollwatch.errors import IntegrityError, StoreError, damaged_log
 from rollwatch.events import GENESIS, Event, Recorded
 from rollwatch.log import get_logger
 from rollwatch.store._group_commit import GroupCommitter, Pending, assign
@@ -96,6 +98,13 @@ def _insert(db: sqlite3.Connection, rows: list[Recorded]) -> None:
     db.executemany(_INSERT_ONE, rows[full:])
 
 
+def _on_read_only_file_system(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path.parent).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
 class SQLiteEventStore(EventStore):
     """The SQLite implementation of :class:`rollwatch.abc.EventStore`."""
 
@@ -123,10 +132,12 @@ class SQLiteEventStore(EventStore):
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self._writer_db = await ThreadConnection.open(self.path, self._pragmas(PRAGMAS))
+            self._writer_db = await ThreadConnection.open(self.path, self._pragmas(PRAGMAS), self._damaged)
             stack.push_async_callback(self._writer_db.close)
             await self._writer_db.run(lambda db: db.executescript(SCHEMA))
-            self._reader_db = await ThreadConnection.open(self.path, self._pragmas(READER_PRAGMAS))
+            self._reader_db = await ThreadConnection.open(
+                self.path, self._pragmas(READER_PRAGMAS), self._damaged
+            )
             stack.push_async_callback(self._reader_db.close)
         except sqlite3.Error as e:
             raise StoreError(f"cannot open the event log {self.path}: {e}") from e
@@ -141,8 +152,26 @@ class SQLiteEventStore(EventStore):
         # leave an empty log behind (and report "ok: 0 events").
         if not await anyio.Path(self.path).is_file():
             raise StoreError(f"there is no event log at {self.path}")
+        # A WAL database on a read-only file system (a backup on a read-only mount or
+        # snapshot) cannot be opened as usual: SQLite needs to make its -shm file beside it
+        # ("unable to open database file"). Nothing can write to such a file system, so
+        # the file is read as immutable: no locks, no -shm.
+        # Not with a write-ahead log beside it (a plain copy of a live log): an immutable
+        # open ignores that file, and would read the log without its newest events.
+        uri = None
+        if await anyio.to_thread.run_sync(_on_read_only_file_system, self.path):
+            wal = self.path.with_name(self.path.name + "-wal")
+            if await anyio.Path(wal).exists() and (await anyio.Path(wal).stat()).st_size > 0:
+                raise StoreError(
+                    f"cannot read the event log {self.path}: it is on a read-only file system with a "
+                    f"write-ahead log beside it ({wal.name}), which SQLite reads only where it can write; "
+                    "copy both to a writable folder (and back up with SQLite's online backup, README, Backups)"
+                )
+            uri = f"file:{urllib.parse.quote(str(self.path.resolve()))}?mode=ro&immutable=1"
         try:
-            self._reader_db = await ThreadConnection.open(self.path, self._pragmas(READ_ONLY_PRAGMAS))
+            self._reader_db = await ThreadConnection.open(
+                self.path, self._pragmas(READ_ONLY_PRAGMAS), self._damaged, uri=uri
+            )
             stack.push_async_callback(self._reader_db.close)
             tables = await self._reader_db.fetchall("SELECT 1 FROM sqlite_master WHERE name = 'events'")
         except sqlite3.Error as e:
@@ -155,6 +184,9 @@ class SQLiteEventStore(EventStore):
                 f"{self.path} is not a rollwatch event log ({empty}); `rollwatch serve` or `rollwatch run` creates one"
             )
         self._head = await self.head()
+
+    def _damaged(self, e: sqlite3.DatabaseError) -> StoreError:
+        return damaged_log(self.path, e)
 
     # -- writing ----------------------------------------------------------------------
 
