@@ -52,6 +52,7 @@ import signal
 import struct
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import IO, Any, ClassVar
 
@@ -312,6 +313,7 @@ class ZygoteSandbox(Sandbox):
                 await self.start()
                 assert self._proc is not None
                 assert self._proc.stdin is not None
+                starved_before = self._starved_us()
                 try:
                     with anyio.fail_after(request.timeout + _BACKSTOP_S):
                         await self._proc.stdin.send(wire)
@@ -339,10 +341,13 @@ class ZygoteSandbox(Sandbox):
                     continue
                 except TimeoutError:
                     # The zygote itself did not answer in time: it is stuck, so it goes.
+                    starved = self._starved_ms(starved_before)
                     await self._kill()
                     self.restarts += 1
                     log.warning("sandbox_unresponsive", isolation=self.isolation, slot=self.slot)
-                    return SampleResult(outcome="timeout", wall_ms=(request.timeout + _BACKSTOP_S) * 1000)
+                    return SampleResult(
+                        outcome="timeout", wall_ms=(request.timeout + _BACKSTOP_S) * 1000, cpu_starved_ms=starved
+                    )
                 except BaseException:
                     # Cancelled mid-sample: the zygote's state is unknown; start afresh next time.
                     await self._kill()
@@ -360,7 +365,9 @@ class ZygoteSandbox(Sandbox):
                         error=str(resp.get("error") or resp.get("restart"))[:300],
                         traceback=str(resp.get("traceback") or "")[-2000:],
                     )
-                return SampleResult.from_wire(resp, *raw)
+                result = SampleResult.from_wire(resp, *raw)
+                starved = self._starved_ms(starved_before)
+                return replace(result, cpu_starved_ms=starved) if starved is not None else result
                 # --- end issue 20 ---
         raise AssertionError("unreachable")
 
@@ -395,6 +402,18 @@ class ZygoteSandbox(Sandbox):
         if type(n) is not int or not 0 <= n <= _RAW_MAX:
             raise ValueError(f"the zygote announced {n!r} raw bytes")
         return await self._rx.receive_exactly(n) if n else b""
+
+    def _starved_us(self) -> int | None:
+        """The slot cgroup's CPU starvation so far (``SlotCgroup.cpu_starved_us``), if known."""
+        return self._cgroup.cpu_starved_us() if self._cgroup is not None else None
+
+    def _starved_ms(self, before: int | None) -> float | None:
+        """How long since ``before`` the sandbox's ready work waited while its CPU ran
+        processes outside it: a sample's timeout is then the host's doing, not the model's."""
+        after = self._starved_us()
+        if before is None or after is None:
+            return None
+        return round(max(0, after - before) / 1000, 3)
 
     def _stderr_tail(self) -> str:
         if self._errors is None:
