@@ -346,7 +346,9 @@ class ZygoteSandbox(Sandbox):
                     self.restarts += 1
                     log.warning("sandbox_unresponsive", isolation=self.isolation, slot=self.slot)
                     return SampleResult(
-                        outcome="timeout", wall_ms=(request.timeout + _BACKSTOP_S) * 1000, cpu_starved_ms=starved
+                        outcome="timeout",
+                        wall_ms=(request.timeout + _BACKSTOP_S) * 1000,
+                        cpu_starved_ms=starved,
                     )
                 except BaseException:
                     # Cancelled mid-sample: the zygote's state is unknown; start afresh next time.
@@ -448,6 +450,16 @@ class ZygoteSandbox(Sandbox):
                 self._errors = None
 
 
+def _reset_traces(cfg: dict[str, Any], settings: ScoringSettings) -> dict[str, Any]:
+    """As root, in namespaces: each sample gets the same PIDs, fresh tmpfs mounts and a /proc
+    of its own processes, so that nothing a sample counts up (forks, files, the zygote's
+    work) is there for the next one to read (see ``inside/zygote.py``, rollwatch:traces)."""
+    if privileged():
+        cfg["reset_traces"] = True
+        cfg["fresh_tmpfs"] = [[s[1], s[2], TMP_INODES] for s in fs_plan(settings) if s[0] == "tmpfs"]
+    return cfg
+
+
 class BwrapSandbox(ZygoteSandbox):
     """The zygote in bubblewrap."""
 
@@ -461,7 +473,7 @@ class BwrapSandbox(ZygoteSandbox):
         cfg = super().zygote_config(oneshot=oneshot)
         cfg["remount_tmpfs"] = [[s[1], s[2], TMP_INODES] for s in fs_plan(self.settings) if s[0] == "tmpfs"]
         cfg["drop_caps"] = not privileged()
-        return cfg
+        return _reset_traces(cfg, self.settings)
 
     def launcher(self, zygote: str, config: dict[str, Any]) -> list[str]:
         bwrap = shutil.which("bwrap") or "bwrap"
@@ -561,7 +573,7 @@ class UnshareSandbox(ZygoteSandbox):
     def zygote_config(self, *, oneshot: bool = False) -> dict[str, Any]:
         cfg = super().zygote_config(oneshot=oneshot)
         cfg["setup"] = fs_plan(self.settings)
-        return cfg
+        return _reset_traces(cfg, self.settings)
 
 
 class UnisolatedSandbox(ZygoteSandbox):
