@@ -131,6 +131,31 @@ async def test_a_sample_gets_no_more_cpu_shares_from_new_sessions(backend: str) 
         assert s.passed, s
 
 
+OOM_SCORE = r"""
+adj = open("/proc/self/oom_score_adj").read().strip()
+try:
+    with open("/proc/self/oom_score_adj", "w") as f:
+        f.write("-1000")
+    lowered = open("/proc/self/oom_score_adj").read().strip()
+except OSError:
+    lowered = "refused"
+print(adj, lowered)
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="as root only (without root a sample may lower it)")
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_a_sample_is_the_oom_killers_first_choice(backend: str) -> None:
+    """Without a memory cgroup a sample's processes together can exhaust the host's memory
+    (each has its own limit); the OOM killer then took the largest process of the host, as
+    likely the daemon (and its runs) as the sample. Every process of the sandbox now has
+    ``oom_score_adj`` 1000, which it cannot lower. (Not shown by exhausting this shared
+    machine's memory: the kernel's choice follows from the score.)"""
+    async with ScoringPool(settings(backend, workers=1)) as pool:
+        s = await pool.score(stdio_problem([("", "1000 refused\n")], timeout=5.0), fenced(OOM_SCORE))
+        assert s.passed, s
+
+
 # -- what a sample counts up, and the next sample reads ------------------------------------
 
 

@@ -180,6 +180,20 @@ def fs_plan(settings: ScoringSettings) -> list[list[Any]]:
     return out
 
 
+def oom_first(argv: list[str]) -> list[str]:
+    """``argv`` started as the kernel's first choice when memory runs out (``oom_score_adj``
+    1000), for it and everything it starts, which cannot lower it again.
+
+    Without a memory cgroup the processes of one sample together may hold far more than
+    ``memory_mb`` (each process has its own limit), enough to exhaust the host's memory:
+    the OOM killer then kills the largest process of the host, which was as likely the
+    daemon as the sample. Set by a shell that has the daemon's CAP_SYS_RESOURCE (as root),
+    the value is also the floor every descendant inherits; without root, a sample may lower
+    it back to the daemon's own.
+    """
+    return ["/bin/sh", "-c", '{ echo 1000 > /proc/self/oom_score_adj; } 2>/dev/null; exec "$@"', "sh", *argv]
+
+
 def slot_cpu(index: int) -> int | None:
     """The CPU the sandbox of slot ``index`` (its uid where it has one, so that pools on one
     host spread) is pinned to: one of this process's, in turn; None with only one.
@@ -253,7 +267,7 @@ class ZygoteSandbox(Sandbox):
     # -- the Sandbox interface ------------------------------------------------------------
 
     def argv(self, *, oneshot: bool = False) -> list[str]:
-        return self.launcher(str(ZYGOTE), self.zygote_config(oneshot=oneshot))
+        return oom_first(self.launcher(str(ZYGOTE), self.zygote_config(oneshot=oneshot)))
 
     def oneshot_argv(self) -> list[str]:
         argv = self.argv(oneshot=True)
