@@ -145,6 +145,16 @@ def fenced(code: str) -> str:
     return "Here you go:\n```python\n" + textwrap.dedent(code).strip() + "\n```\n"
 
 
+def timed_out(reason: str, where: str = "") -> bool:
+    """Whether ``reason`` is a timeout (``where``: what follows it, " on case 2 (02)"): the
+    model's, or ours when the machine kept the sample's CPU busy with other work for most of
+    its time (a loaded test machine: SampleResult.starved)."""
+    return reason == "timeout" + where or (
+        reason.startswith("sandbox error: the host ran other work on the sample's CPU")
+        and reason.endswith(where)
+    )
+
+
 SECRET = "sk-rollwatch-test-" + os.urandom(8).hex()
 
 

@@ -229,6 +229,13 @@ _SIGNAL_REASONS = {
 }
 
 
+STARVED_SHARE = 0.75
+"""A run that times out after its CPU went to processes outside its sandbox for more than
+this share of its time is our failure (an overloaded host), not the model's timeout: it
+ran at less than a quarter of its speed, and a time limit is four times (the default
+``time_limit_factor``) what the reference solution takes on an idle CPU."""
+
+
 VERDICT_KEYS = {"ok": bool, "kind": str, "reason": str, "stage": str, "test_line": int, "test_source": str}
 
 
@@ -332,6 +339,10 @@ class SampleResult:
     """Something else wrote on the verdict channel."""
     wall_ms: float = 0.0
     cpu_ms: float | None = None
+    cpu_starved_ms: float | None = None
+    """How long, during the run, the sandbox had work ready and its CPU ran other processes
+    of the host instead (measured by the host from the slot's cgroup; None where it cannot
+    be: no cgroup v2, no pressure stall information)."""
     maxrss_kb: int | None = None
 
     @classmethod
@@ -358,8 +369,21 @@ class SampleResult:
             maxrss_kb=d.get("maxrss_kb"),
         )
 
+    def starved(self) -> bool:
+        """Whether the host kept the CPU from the sandbox for more than ``STARVED_SHARE`` of the run."""
+        return self.cpu_starved_ms is not None and self.cpu_starved_ms > STARVED_SHARE * self.wall_ms
+
     def abnormal(self) -> str | None:
         """Why the run ended other than by the program exiting by itself, if it did."""
+        if self.outcome == "timeout" and self.starved():
+            # Not the model's timeout: the sample was starved by processes outside its
+            # sandbox (another pool's sample on the same CPU, a loaded host). Ours, and
+            # judged again by `rescore`.
+            return (
+                f"sandbox error: the host ran other work on the sample's CPU for "
+                f"{(self.cpu_starved_ms or 0) / 1000:.1f}s of its {self.wall_ms / 1000:.1f}s "
+                "(an overloaded machine, not the model's timeout)"
+            )
         if self.outcome == "timeout":
             return "timeout"
         if self.outcome == "output_limit":
@@ -392,6 +416,8 @@ class SampleResult:
         d["stdout_bytes"] = self.stdout_bytes
         if self.verdict_forged:
             d["verdict_forged"] = True
+        if self.cpu_starved_ms:
+            d["cpu_starved_ms"] = self.cpu_starved_ms
         if self.judge_exit is not None:
             d["judge_exit"] = self.judge_exit
         return d

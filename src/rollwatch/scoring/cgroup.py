@@ -153,6 +153,26 @@ class SlotCgroup:
         except OSError:
             pass
 
+    def cpu_starved_us(self) -> int | None:
+        """Microseconds (since the cgroup was made) during which the slot had work ready to
+        run and none of it ran: its CPU was busy with processes outside it (pressure stall
+        information, ``cpu.pressure``'s ``full`` line); None where the kernel has no PSI.
+
+        Contention among the slot's own processes (a sample's busy children) is never
+        counted: one of them is running then. A pseudo-file the kernel answers at once.
+        """
+        try:
+            with open(self.path / "cpu.pressure", "rb") as f:
+                text = f.read()
+        except OSError:  # no PSI (psi=0, an older kernel), or the cgroup is gone
+            return None
+        for line in text.splitlines():
+            if line.startswith(b"full "):
+                for field in line.split():
+                    if field.startswith(b"total="):
+                        return int(field[6:])
+        return None
+
     def pids(self) -> list[int]:
         try:
             return [int(x) for x in (self.path / "cgroup.procs").read_text().split()]

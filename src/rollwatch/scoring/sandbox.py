@@ -52,6 +52,7 @@ import signal
 import struct
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import IO, Any, ClassVar
 
@@ -179,6 +180,20 @@ def fs_plan(settings: ScoringSettings) -> list[list[Any]]:
     return out
 
 
+def oom_first(argv: list[str]) -> list[str]:
+    """``argv`` started as the kernel's first choice when memory runs out (``oom_score_adj``
+    1000), for it and everything it starts, which cannot lower it again.
+
+    Without a memory cgroup the processes of one sample together may hold far more than
+    ``memory_mb`` (each process has its own limit), enough to exhaust the host's memory:
+    the OOM killer then kills the largest process of the host, which was as likely the
+    daemon as the sample. Set by a shell that has the daemon's CAP_SYS_RESOURCE (as root),
+    the value is also the floor every descendant inherits; without root, a sample may lower
+    it back to the daemon's own.
+    """
+    return ["/bin/sh", "-c", '{ echo 1000 > /proc/self/oom_score_adj; } 2>/dev/null; exec "$@"', "sh", *argv]
+
+
 def slot_cpu(index: int) -> int | None:
     """The CPU the sandbox of slot ``index`` (its uid where it has one, so that pools on one
     host spread) is pinned to: one of this process's, in turn; None with only one.
@@ -252,7 +267,7 @@ class ZygoteSandbox(Sandbox):
     # -- the Sandbox interface ------------------------------------------------------------
 
     def argv(self, *, oneshot: bool = False) -> list[str]:
-        return self.launcher(str(ZYGOTE), self.zygote_config(oneshot=oneshot))
+        return oom_first(self.launcher(str(ZYGOTE), self.zygote_config(oneshot=oneshot)))
 
     def oneshot_argv(self) -> list[str]:
         argv = self.argv(oneshot=True)
@@ -312,6 +327,7 @@ class ZygoteSandbox(Sandbox):
                 await self.start()
                 assert self._proc is not None
                 assert self._proc.stdin is not None
+                starved_before = self._starved_us()
                 try:
                     with anyio.fail_after(request.timeout + _BACKSTOP_S):
                         await self._proc.stdin.send(wire)
@@ -339,10 +355,15 @@ class ZygoteSandbox(Sandbox):
                     continue
                 except TimeoutError:
                     # The zygote itself did not answer in time: it is stuck, so it goes.
+                    starved = self._starved_ms(starved_before)
                     await self._kill()
                     self.restarts += 1
                     log.warning("sandbox_unresponsive", isolation=self.isolation, slot=self.slot)
-                    return SampleResult(outcome="timeout", wall_ms=(request.timeout + _BACKSTOP_S) * 1000)
+                    return SampleResult(
+                        outcome="timeout",
+                        wall_ms=(request.timeout + _BACKSTOP_S) * 1000,
+                        cpu_starved_ms=starved,
+                    )
                 except BaseException:
                     # Cancelled mid-sample: the zygote's state is unknown; start afresh next time.
                     await self._kill()
@@ -360,7 +381,9 @@ class ZygoteSandbox(Sandbox):
                         error=str(resp.get("error") or resp.get("restart"))[:300],
                         traceback=str(resp.get("traceback") or "")[-2000:],
                     )
-                return SampleResult.from_wire(resp, *raw)
+                result = SampleResult.from_wire(resp, *raw)
+                starved = self._starved_ms(starved_before)
+                return replace(result, cpu_starved_ms=starved) if starved is not None else result
                 # --- end issue 20 ---
         raise AssertionError("unreachable")
 
@@ -396,6 +419,18 @@ class ZygoteSandbox(Sandbox):
             raise ValueError(f"the zygote announced {n!r} raw bytes")
         return await self._rx.receive_exactly(n) if n else b""
 
+    def _starved_us(self) -> int | None:
+        """The slot cgroup's CPU starvation so far (``SlotCgroup.cpu_starved_us``), if known."""
+        return self._cgroup.cpu_starved_us() if self._cgroup is not None else None
+
+    def _starved_ms(self, before: int | None) -> float | None:
+        """How long since ``before`` the sandbox's ready work waited while its CPU ran
+        processes outside it: a sample's timeout is then the host's doing, not the model's."""
+        after = self._starved_us()
+        if before is None or after is None:
+            return None
+        return round(max(0, after - before) / 1000, 3)
+
     def _stderr_tail(self) -> str:
         if self._errors is None:
             return ""
@@ -429,6 +464,16 @@ class ZygoteSandbox(Sandbox):
                 self._errors = None
 
 
+def _reset_traces(cfg: dict[str, Any], settings: ScoringSettings) -> dict[str, Any]:
+    """As root, in namespaces: each sample gets the same PIDs, fresh tmpfs mounts and a /proc
+    of its own processes, so that nothing a sample counts up (forks, files, the zygote's
+    work) is there for the next one to read (see ``inside/zygote.py``, rollwatch:traces)."""
+    if privileged():
+        cfg["reset_traces"] = True
+        cfg["fresh_tmpfs"] = [[s[1], s[2], TMP_INODES] for s in fs_plan(settings) if s[0] == "tmpfs"]
+    return cfg
+
+
 class BwrapSandbox(ZygoteSandbox):
     """The zygote in bubblewrap."""
 
@@ -442,7 +487,7 @@ class BwrapSandbox(ZygoteSandbox):
         cfg = super().zygote_config(oneshot=oneshot)
         cfg["remount_tmpfs"] = [[s[1], s[2], TMP_INODES] for s in fs_plan(self.settings) if s[0] == "tmpfs"]
         cfg["drop_caps"] = not privileged()
-        return cfg
+        return _reset_traces(cfg, self.settings)
 
     def launcher(self, zygote: str, config: dict[str, Any]) -> list[str]:
         bwrap = shutil.which("bwrap") or "bwrap"
@@ -542,7 +587,7 @@ class UnshareSandbox(ZygoteSandbox):
     def zygote_config(self, *, oneshot: bool = False) -> dict[str, Any]:
         cfg = super().zygote_config(oneshot=oneshot)
         cfg["setup"] = fs_plan(self.settings)
-        return cfg
+        return _reset_traces(cfg, self.settings)
 
 
 class UnisolatedSandbox(ZygoteSandbox):

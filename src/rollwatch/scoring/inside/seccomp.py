@@ -36,6 +36,12 @@ Denied with EPERM (the call fails; the program goes on and can report it):
   signal). Without root the samples share the zygote's uid, so the kernel alone
   would let them stop it.
 
+``setsid`` succeeds without doing anything: the process stays in the sample's session.
+The scheduler shares a CPU between sessions (autogroups), so 40 busy processes, each in a
+session of its own, took 40 shares of it to another sample's one: pinned to the same CPU,
+another pool's honest answer ran at a fortieth of its speed and timed out. A program that
+starts a process in a new session (``start_new_session=True``) still runs.
+
 ``clone3`` fails with ENOSYS instead: its flags live in memory a filter cannot
 read, and on ENOSYS the C library falls back to ``clone``, whose flags it can.
 A system call of a foreign ABI (i386 or x32 on x86-64) fails with EPERM.
@@ -154,6 +160,9 @@ _SIGNALS: dict[str, tuple[int, int]] = {
 TARGETED = tuple(_SIGNALS)
 """System calls that may not be aimed (first argument) at a protected process."""
 
+_SETSID = {"x86_64": 112, "aarch64": 157}
+FAKED = ("setsid",)
+"""System calls that return success and do nothing."""
 _SOCKET = {"x86_64": 41, "aarch64": 198}
 _SOCKETPAIR = {"x86_64": 53, "aarch64": 199}
 ALLOWED_DOMAINS = {"AF_UNIX": 1, "AF_NETLINK": 16}
@@ -178,6 +187,8 @@ def number(name: str, machine: str | None = None) -> int | None:
         return _SIGNALS[name][col]
     if name == "clone":
         return _CLONE[machine]
+    if name == "setsid":
+        return _SETSID[machine]
     if name == "socket":
         return _SOCKET[machine]
     if name == "socketpair":
@@ -234,6 +245,7 @@ def build(protected: list[int], machine: str | None = None) -> bytes:
             a.op(_JEQ_K, nr, "deny", 0)
     a.op(_JEQ_K, _CLONE[machine], "clone", 0)
     a.op(_JEQ_K, _CLONE3, "enosys", 0)
+    a.op(_JEQ_K, _SETSID[machine], "fake", 0)
     a.op(_JEQ_K, _SOCKET[machine], "socket", 0)
     a.op(_JEQ_K, _SOCKETPAIR[machine], "socket", 0)
     for nrs2 in _SIGNALS.values():
@@ -262,6 +274,8 @@ def build(protected: list[int], machine: str | None = None) -> bytes:
     a.op(_RET_K, _RET_ERRNO | EPERM)
     a.label("enosys")
     a.op(_RET_K, _RET_ERRNO | ENOSYS)
+    a.label("fake")
+    a.op(_RET_K, _RET_ERRNO | 0)  # errno 0: the call returns 0, not run
     return a.assemble()
 
 

@@ -46,7 +46,10 @@ requests from the host, one at a time, each in a fresh child:
   judged outside the sandbox. The harness in that process may only report why it
   failed (a syntax error, an exception): nothing it writes can make it pass.
 * Between samples the private ``/tmp``, ``/var/tmp``, ``/dev/shm`` and
-  ``/dev/mqueue`` are emptied and SysV IPC objects removed.
+  ``/dev/mqueue`` are emptied (as root, the tmpfs mounts are replaced by fresh ones) and
+  SysV IPC objects removed; as root, each sample's PIDs are the same and /proc shows it
+  its own processes only, and a Unix socket left in flight restarts the sandbox, so
+  nothing a sample counted up or left is there for the next (rollwatch:traces).
 
 Protocol: frames of a 4-byte big-endian length and a compact JSON object, requests
 on fd 0 and responses on fd 1; each request's frame is followed by its code's and its
@@ -453,6 +456,94 @@ def bound_tmpfs(cfg: Json) -> None:
 
 
 # -- rollwatch:tmpfs end -------------------------------------------------------------------------
+
+
+# -- rollwatch:traces begin (nothing a sample counts up is seen by the next) ---------------------
+#
+# As root in its namespaces the zygote leaves a sample nothing of the samples before it
+# to read, not even counts: the PID namespace hands out PIDs in turn and each tmpfs
+# numbers its inodes in turn, so a sample that forked or made files N times told the next
+# sample N (its own PID, ``os.stat("/tmp/work").st_ino``), and the zygote's and resident
+# judge's /proc counters (page faults, context switches, CPU time) grew with what a sample
+# made them do. With HumanEval-style tests, which stop calling the candidate at its first
+# wrong answer, such a count carried what one wrong answer learnt to the next: a chain of
+# them learnt the expected values one rollout at a time and passed
+# (tests/scoring/test_hostile_cross.py). Now each sample gets the same PIDs, fresh tmpfs
+# mounts, and a /proc that shows it its own processes only.
+
+CANDIDATE_PID = 200
+"""The PID every sample's first process gets (the next ones follow it)."""
+JUDGE_PID = 100
+"""The PID every resident judge gets."""
+
+
+def pid_setter(cfg: Json) -> int | None:
+    """A descriptor on the PID namespace's ``ns_last_pid`` to write before each fork, or None.
+
+    As root only (it takes CAP_SYS_ADMIN over the namespace). bwrap shows /proc/sys
+    read-only: the file is then opened through a proc of our own, mounted for that moment.
+    """
+    if not cfg.get("reset_traces"):
+        return None
+    try:
+        fd = os.open("/proc/sys/kernel/ns_last_pid", os.O_WRONLY | os.O_CLOEXEC)
+    except OSError:
+        path = "/tmp/.rollwatch-proc"
+        try:
+            os.mkdir(path, 0o700)
+            try:
+                _mount("proc", path, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+                try:
+                    fd = os.open(path + "/sys/kernel/ns_last_pid", os.O_WRONLY | os.O_CLOEXEC)
+                finally:
+                    _libc.umount2(path.encode(), MNT_DETACH)
+            finally:
+                os.rmdir(path)
+        except OSError as e:
+            _lacking("ns_last_pid", e)
+            return None
+    try:
+        os.pwrite(fd, b"%d" % (JUDGE_PID - 1), 0)  # the kernel checks the capability here
+    except OSError as e:
+        os.close(fd)
+        _lacking("ns_last_pid", e)
+        return None
+    return fd
+
+
+def _lacking(what: str, e: OSError) -> None:
+    """Say on the zygote's stderr (the daemon's log when the sandbox fails) that ``what``
+    could not be set: samples may then read what the ones before them counted up."""
+    with contextlib.suppress(OSError):
+        os.write(
+            2,
+            f"sandbox: cannot set {what} ({e.strerror}): later samples may see earlier ones' counts\n".encode(),
+        )
+
+
+def hide_other_processes(cfg: Json) -> None:
+    """Remount /proc so that a process sees only its own uid's (``hidepid=2``); root (group
+    0: the zygote) sees all of them. As root only; the samples' uid is never group 0."""
+    if cfg.get("reset_traces"):
+        try:
+            _mount(None, "/proc", None, MS_REMOUNT | MS_NOSUID | MS_NODEV | MS_NOEXEC, "hidepid=2,gid=0")
+        except OSError as e:
+            _lacking("hidepid", e)
+
+
+def fresh_tmpfs(path: str, size: int, inodes: int) -> bool:
+    """Replace the tmpfs at ``path`` by a new empty one (its inodes numbered from the start
+    again); False if that failed (the caller empties it, or restarts the sandbox)."""
+    if _libc.umount2(path.encode(), MNT_DETACH) != 0:
+        return False
+    try:
+        _mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, f"mode=1777,size={size},nr_inodes={inodes}")
+    except OSError:
+        return False
+    return True
+
+
+# -- rollwatch:traces end -------------------------------------------------------------------------
 
 
 # -- one sample -----------------------------------------------------------------------------
@@ -1123,7 +1214,7 @@ JUDGE_RUNS = 500
 """Samples a resident judge serves before a fresh one is forked (bounds what it accumulates)."""
 
 
-def _judge_loop() -> int:
+def _judge_loop(workdir: str) -> int:
     """The resident judge: one sample per message from the zygote, until the zygote closes the socket.
 
     Each message carries a memfd with the request and the sample's pipes (SCM_RIGHTS):
@@ -1154,6 +1245,9 @@ def _judge_loop() -> int:
             head, _, tests = b"".join(chunks).partition(b"\n")
             req = json_decode(head.decode())
             req["tests"] = tests.decode("utf-8", "surrogatepass")
+            # The sample's own /tmp (a fresh mount for each sample, as root): between
+            # samples the judge stands on "/", holding no old mount alive.
+            os.chdir(workdir)
             status = _run_judge(req, req["nonce"])
         except BaseException as e:
             with contextlib.suppress(BaseException):
@@ -1164,6 +1258,8 @@ def _judge_loop() -> int:
             sys.stderr.flush()
         for target in range(1, 6):
             os.dup2(null, target)
+        with contextlib.suppress(OSError):
+            os.chdir("/")
         try:
             ctl.sendall(bytes([status & 0xFF]))
         except OSError:
@@ -1292,6 +1388,9 @@ class Zygote:
         self.ctl_in = ctl_in
         self.ctl_out = ctl_out
         self.kill_mode = cfg["kill"]
+        self.own_sockets: set[int] = set()
+        """The inodes of the Unix sockets between this zygote and its resident judge."""
+        self.pid_fd = pid_setter(cfg)  # rollwatch:traces
         # The resident judge: (pid, pidfd, control socket) while it lives, and its sample count.
         self.judge: tuple[int, int, socket.socket] | None = None
         self.judge_runs = 0
@@ -1381,6 +1480,34 @@ class Zygote:
             elif self.kill_mode == "tree":
                 self.kill_all()
 
+    def unix_leftovers(self) -> bool:
+        """Whether a Unix socket not ours is left in the sandbox's network namespace.
+
+        Every process of the sample is gone and reaped, and a socket closes with its last
+        descriptor, but one sent in a message that no one will read (into its own queue,
+        say) lives on until the kernel's collector gets to it, later: the next sample could
+        connect to it, or read the name it was bound to in /proc/net/unix (a message of a
+        hundred bytes per socket). The sandbox then starts afresh (a new namespace).
+        """
+        try:
+            fd = os.open("/proc/net/unix", os.O_RDONLY)
+        except OSError:
+            return False
+        try:
+            chunks = []
+            while chunk := os.read(fd, 65536):
+                chunks.append(chunk)
+        except OSError:
+            return False
+        finally:
+            os.close(fd)
+        own = self.own_sockets if self.judge is not None else set()
+        for row in b"".join(chunks).splitlines()[1:]:
+            fields = row.split()
+            if len(fields) >= 7 and fields[6].isdigit() and int(fields[6]) not in own:
+                return True
+        return False
+
     def wipe_ipc(self) -> None:
         """Remove the SysV IPC objects a sample left in the sandbox's IPC namespace."""
         for kind in ("shm", "msg", "sem"):
@@ -1413,7 +1540,12 @@ class Zygote:
         if self.kill_mode != "tree" and self.kill_mode != "uid":
             self.wipe_ipc()
         clean = True
+        with contextlib.suppress(OSError):
+            os.chdir("/")
+        fresh = {path: (size, inodes) for path, size, inodes in self.cfg.get("fresh_tmpfs") or []}
         for d in self.cfg["wipe"]:
+            if d in fresh and fresh_tmpfs(d, *fresh[d]):  # rollwatch:traces
+                continue
             try:
                 with os.scandir(d) as it:
                     if next(it, None) is None:
@@ -1428,8 +1560,17 @@ class Zygote:
     # -- one request --------------------------------------------------------------------
 
     def _spawn(
-        self, req: Json, fds: list[int], uid: int | None, workdir: str, body: Callable[[], int]
+        self,
+        req: Json,
+        fds: list[int],
+        uid: int | None,
+        workdir: str,
+        body: Callable[[], int],
+        first_pid: int = CANDIDATE_PID,
     ) -> int:
+        if self.pid_fd is not None:
+            # rollwatch:traces: the child's PID is ``first_pid`` whatever came before.
+            os.pwrite(self.pid_fd, b"%d" % (first_pid - 1), 0)
         pid = os.fork()
         if pid == 0:
             _child(self.cfg, req, fds, uid, workdir, body)
@@ -1445,14 +1586,16 @@ class Zygote:
         """
         if self.judge is None:
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.own_sockets = {os.fstat(ours.fileno()).st_ino, os.fstat(theirs.fileno()).st_ino}
             null = os.open("/dev/null", os.O_RDWR)
             limits = {**req["limits"], "cpu_s": 0}
             pid = self._spawn(
                 {**req, "limits": limits},
                 [null] * JUDGE_CTL_FD + [theirs.fileno()],
                 self.cfg.get("judge_uid", self.cfg.get("uid")),
-                os.path.dirname(self.cfg["workdir"]),
-                _judge_loop,
+                "/",
+                lambda: _judge_loop(os.path.dirname(self.cfg["workdir"])),
+                JUDGE_PID,
             )
             theirs.close()
             os.close(null)
@@ -1723,6 +1866,8 @@ class Zygote:
         }
         if not clean:
             resp["restart"] = "the private folders could not be emptied"
+        elif self.kill_mode == "namespace" and self.unix_leftovers():
+            resp["restart"] = "Unix sockets outlived the sample (in flight)"
         if function and judge_status is not None:
             resp["judge_exit"] = judge_status
         status, usage = ends[cand] if cand in ends else (None, None)  # noqa: SIM401 (typed pair)
@@ -1828,6 +1973,7 @@ def main() -> None:
     if cfg.get("setup"):
         setup_root(cfg["setup"])
     bound_tmpfs(cfg)  # rollwatch:tmpfs
+    hide_other_processes(cfg)  # rollwatch:traces
     # Once for every sample: an empty environment, and no privilege from any exec.
     os.environ.clear()
     os.environ.update(cfg["env"])
