@@ -5,12 +5,14 @@
     ├── UsageError                  a command was used wrongly (exit code 2)
     │   ├── AddressInUse            server.listen is taken by another process
     │   ├── ClockSkewed             this host's clock is far from the shared log's database's
-    │   └── ForeignCheckpointKey    a shared log's checkpoints are signed by a key this node lacks
+    │   ├── ForeignCheckpointKey    a shared log's checkpoints are signed by a key this node lacks
+    │   └── MissingCheckpointKey    a signed log with no checkpoint key (restored without it)
     ├── StoreError                  the event log could not do what was asked
     │   ├── ConcurrencyConflict     a stream moved on since the caller read it
     │   ├── NotLeading              an append made under a leadership lost since
     │   ├── IntegrityError          the stored log is not what was appended (tampering)
     │   └── UnknownEventType        an event type this version cannot read
+    │       └── NewerSchema         an event of a schema newer than this version reads
     ├── ProblemError                a problem file or problem set is invalid
     ├── SandboxError                the sandbox could not run (not: the code failed)
     │   └── IsolationUnavailable    namespace isolation is required but missing

@@ -329,6 +329,10 @@ class Integrity:
         """Sign the log as it stands now (shutdown, after the runs); None when nothing is new."""
         if not self.health.ok:
             return None
+        # As before any signature: a new key takes the key file's name first (a process whose
+        # only checkpoint is this one left it pending, and the next start found the log
+        # signed with no key).
+        await anyio.to_thread.run_sync(promote_key, self.config.key_path(self.store_config))
         return await final_checkpoint(
             self.store, self.tree, self.signer, origin=self.config.origin, witness=self.witness
         )
