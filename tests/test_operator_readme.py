@@ -86,7 +86,8 @@ def _log_a_newer_rollwatch_wrote(db: Path) -> int:
 
 def test_serve_refuses_a_log_a_newer_rollwatch_wrote(tmp_path: Path) -> None:
     """A downgrade (the Upgrades steps run backwards, or an old node on a shared log): ``serve``
-    stops, exit 1, naming the event and that rollwatch must be upgraded, and appends nothing.
+    stops, exit 2 (which the shipped unit does not restart: no retry reads the log), naming the
+    event and that rollwatch must be upgraded, and appends nothing.
     Before, it retried building its read models forever (a WARNING every 30 s) while
     ``/healthz`` said 200 ok and every other route 503."""
     config = write_config(tmp_path)
@@ -97,7 +98,7 @@ def test_serve_refuses_a_log_a_newer_rollwatch_wrote(tmp_path: Path) -> None:
         text=True,
         timeout=120,
     )
-    lines = _lines(p, 1)
+    lines = _lines(p, 2)
     assert lines[-1] == (
         f"error: event {head}: RolloutScored schema {_ScoredNext.SCHEMA} is newer than this version "
         f"reads ({RolloutScored.SCHEMA}); upgrade rollwatch"
@@ -113,6 +114,6 @@ def test_serve_refuses_a_log_a_newer_rollwatch_wrote(tmp_path: Path) -> None:
 def test_commands_refuse_a_log_a_newer_rollwatch_wrote(tmp_path: Path, command: list[str]) -> None:
     config = write_config(tmp_path)
     head = _log_a_newer_rollwatch_wrote(tmp_path / "events.db")
-    lines = _lines(rollwatch("--config", str(config), *command), 1)
+    lines = _lines(rollwatch("--config", str(config), *command), 2)
     assert lines[-1].startswith(f"error: event {head}: RolloutScored schema"), lines
     assert lines[-1].endswith("upgrade rollwatch"), lines

@@ -21,7 +21,7 @@ import click
 
 from rollwatch import _interrupt
 from rollwatch.config import Config, load_config
-from rollwatch.errors import ConfigError, RollwatchError, StoreError, UsageError
+from rollwatch.errors import ConfigError, NewerSchema, RollwatchError, StoreError, UsageError
 from rollwatch.log import configure_logging
 
 if TYPE_CHECKING:
@@ -158,7 +158,9 @@ def run_command(group: click.Group) -> NoReturn:
     except click.ClickException as e:
         e.show()
         sys.exit(e.exit_code)
-    except (ConfigError, UsageError) as e:
+    except (ConfigError, UsageError, NewerSchema) as e:
+        # NewerSchema: this release is older than the log (a downgrade). No retry reads it
+        # (systemd does not restart an exit 2); installing the newer release does.
         click.echo(f"error: {e}", err=True)
         sys.exit(2)
     except RollwatchError as e:
