@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import anyio
+import pytest
 
 from rollwatch.events import RunStarted, parse_rfc3339
 from rollwatch.store.sqlite import SQLiteEventStore
@@ -140,3 +141,43 @@ def test_an_old_run_resumed_decides_with_the_embargo_its_verdicts_were_decided_w
     assert len(public) == 4, public  # the seeded one (not of the run's own ids) and the run's three
     early = [d for d in public[1:] if parse_rfc3339(d["not_before"]) < before + timedelta(days=90)]
     assert not early, early
+
+
+@pytest.mark.anyio
+async def test_an_old_runs_embargo_counts_decisions_another_node_appended_since(tmp_path: Path) -> None:
+    """The embargo of an old run is read from the read models, which a long-running node
+    caught up before another node (sharing the log) decided the run's verdicts under 90
+    days: they are caught up first, so the run keeps its 90 days. Without it, the run's
+    embargo was this node's configured one (none), and its next passes public at once."""
+    from rollwatch.config import load_config
+    from rollwatch.projections import ProjectionDB
+    from rollwatch.readmodels import default_projections
+    from rollwatch.runs import RunServices
+    from rollwatch.runs.pipeline import run_embargo
+
+    db = tmp_path / "events.db"
+    cfg = tmp_path / "rollwatch.toml"
+    cfg.write_text(
+        f'[store]\nurl = "sqlite:{db}"\nprojections = "{tmp_path / "projections.db"}"\n'
+        "[publication]\nembargo = \"0s\"\n"
+    )
+    config = load_config(cfg)
+    async with (
+        SQLiteEventStore(db) as store,
+        ProjectionDB(config.store.projections_path, default_projections()) as pdb,
+    ):
+        await pdb.catch_up(store)  # this node is current: the log is empty
+        run_id = new_run_id()  # another node's old run and its verdict, decided under 90 days
+        await start_run(store, run_id, provider="reference", models=("reference",))
+        await add_rollout(store, run_id, passed=True, embargo_s=DAYS_90)
+        services = RunServices(
+            config=config,
+            store=store,
+            projections=pdb,
+            providers={},
+            problem_sets={},
+            scorer=None,  # type: ignore[arg-type]  # not used to read an embargo
+            node="here",
+            locks_dir=tmp_path / "locks",
+        )
+        assert (await run_embargo(services, run_id)).embargo == DAYS_90
