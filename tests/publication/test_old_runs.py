@@ -159,7 +159,7 @@ async def test_an_old_runs_embargo_counts_decisions_another_node_appended_since(
     cfg = tmp_path / "rollwatch.toml"
     cfg.write_text(
         f'[store]\nurl = "sqlite:{db}"\nprojections = "{tmp_path / "projections.db"}"\n'
-        "[publication]\nembargo = \"0s\"\n"
+        '[publication]\nembargo = "0s"\n'
     )
     config = load_config(cfg)
     async with (
