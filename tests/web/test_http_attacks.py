@@ -139,6 +139,34 @@ class TestKeysNeverEchoed:
             assert all(key not in a for a in answers), key
             assert key not in log_text, key
 
+    def test_a_key_sent_in_the_path_reaches_no_answer_and_no_log_line(self, daemon: Daemon) -> None:
+        """A client that puts its key in the URL's path (``/v1/rollouts/KEY``, ``/v1/feed/KEY``,
+        a mistyped route): every request gets one access-log line with its path, and the 400 of
+        a bad rollout id quoted the id. Neither may carry the key; the line keeps the route."""
+        keys = [daemon.feed_key, daemon.ops_key, "rw_" + "Z" * 43, daemon.feed_key[:20]]
+        paths = [
+            "/v1/rollouts/{k}",
+            "/v1/feed/{k}",
+            "/public/rollouts/{k}.json",
+            "/ops/rollouts/{k}",
+            "/ops/problems/{k}",
+            "/{k}",
+            "/tile/entries/{k}",
+        ]
+        answers = []
+        for key in keys:
+            for path in paths:
+                r = httpx.get(
+                    daemon.url + path.format(k=key), headers={**REMOTE, "Authorization": f"Bearer {key}"}
+                )
+                assert r.status_code in (400, 401, 403, 404), (path, r.status_code)
+                answers.append(r.text + repr(r.headers))
+        log_text = (daemon.config.parent / "serve.err").read_text()
+        for key in keys:
+            assert all(key not in a for a in answers), key
+            assert key not in log_text, key
+        assert '"/v1/feed/rw_' in log_text  # the line is there, its key masked
+
 
 ODD_PATHS = [
     "/public/../ops/",
