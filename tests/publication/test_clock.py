@@ -28,7 +28,7 @@ from rollwatch.events import PublicReleased
 from rollwatch.store.postgres import PostgresEventStore
 from rollwatch.store.sqlite import SQLiteEventStore
 from tests.pg import scratch_database
-from tests.publication.helpers import add_rollout, finish_run, new_run_id, start_run
+from tests.publication.helpers import add_rollout, add_subscriber, finish_run, new_run_id, start_run
 
 LIBFAKETIME = next(iter(sorted(glob.glob("/usr/lib/*/faketime/libfaketime.so.1"))), None)
 pytestmark = pytest.mark.skipif(
@@ -290,3 +290,27 @@ async def test_publish_export_on_a_shared_log_refuses_a_clock_off_the_databases(
         assert p.returncode == 0, p.stderr
         assert (out / "releases.json").is_file()
         assert ids["forged"] not in (out / "results.jsonl").read_text()
+
+
+def test_a_clock_stepped_back_opens_no_expired_key(tmp_path: Path) -> None:
+    """A subscriber's key stops working at its ``expires``, checked against the wall clock: a
+    clock stepped back two days (while the daemon runs) let a key that had expired read the
+    feed again, results under embargo included. Keys now expire by the latest time the daemon
+    knows has passed (as decisions are dated): the step back changes nothing."""
+    ids = seed(tmp_path / "events.db")
+
+    async def add_key() -> str:
+        async with SQLiteEventStore(tmp_path / "events.db") as store:
+            return await add_subscriber(store, "ending", expires=datetime.now(UTC) + timedelta(seconds=2))
+
+    key = anyio.run(add_key)
+    with serve(tmp_path, "+0") as s:
+        feed = {"Authorization": f"Bearer {key}"}
+        s.until(lambda: s.client.get("/v1/feed", headers=feed).status_code == 401, "the key never expired")
+        s.set_clock("-2d")
+        s.until(held_for(s, "clock_jumped"), "a step back not noticed", 15)
+        r = s.client.get("/v1/feed", headers=feed)
+        assert r.status_code == 401, "an expired key read the feed on a clock stepped back"
+        assert ids["later"] not in r.text
+        assert "expired" in r.json()["message"]
+        s.set_clock("+0")
