@@ -90,6 +90,26 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True, allow_inf_nan=False)
 
 
+# ``?password=`` and ``?sslpassword=`` (libpq's parameters, which asyncpg takes too): a
+# password given there was printed whole by every "cannot open the event log at URL" and
+# shown to anyone by /healthz's "out of reach" reason. The value runs to the next ``&`` or
+# ``#`` (an ``@`` in it included).
+_PASSWORD_PARAM = re.compile(r"(?i)(password=)[^&#]*")
+
+
+def redact_url(url: str) -> str:
+    """``url`` without a password (in its user information or its query), for messages and logs."""
+    url = _PASSWORD_PARAM.sub(r"\1***", url)
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return url
+    # Everything before the last ``@`` but the user name goes: an ``@`` left in the query
+    # (``?application_name=a@b``) costs the reader the host, never the password.
+    creds, _, host = rest.rpartition("@")
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user}{':***' if ':' in creds else ''}@{host}"
+
+
 def postgres_state_folder(url: str) -> str:
     """The folder a PostgreSQL log's state goes to, named after its server and database:
     ``pg-HOST-PORT-DATABASE`` (without ``$STATE_DIRECTORY``, under ``./var``)."""
@@ -148,7 +168,9 @@ class StoreConfig(_Strict):
     @classmethod
     def _known_scheme(cls, v: str) -> str:
         if not (v.startswith(("sqlite:", "postgresql://", "postgres://"))):
-            raise ValueError(f"{v!r}: use sqlite:PATH (sqlite:///abs/path.db) or postgresql://user@host/db")
+            raise ValueError(
+                f"{redact_url(v)!r}: use sqlite:PATH (sqlite:///abs/path.db) or postgresql://user@host/db"
+            )
         if not v.startswith("sqlite:"):
             from urllib.parse import urlsplit
 

@@ -788,7 +788,9 @@ class Daemon:
 
         # One directory of keys for the feed, the operator's routes and the console
         # (which shows each key's last use).
-        directory = SubscriberDirectory(svc.store, svc.projections)
+        directory = SubscriberDirectory(
+            svc.store, svc.projections, clock=self.clock.decision_time if self.clock is not None else None
+        )
         operators = Operators(self.config.server.trusted_peers, directory)
         return build_app(
             self.metrics,

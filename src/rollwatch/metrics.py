@@ -7,7 +7,8 @@ queue depth are measured where they happen; each provider client's live figures
 latency, tokens, cost, requests in flight, the concurrency window, pauses) are read
 from ``Metrics.providers`` at each scrape. The process's own figures (CPU, memory,
 file descriptors, garbage collection, Python version) come from the library's
-standard collectors.
+standard collectors. Anyone may scrape; only the operator gets the figures that count
+work (see :meth:`Metrics.render`).
 
 ``prometheus_client`` writes the exposition (label escaping, number formatting, the
 text format or OpenMetrics as the scraper's ``Accept`` asks). Our figures are read at
@@ -49,8 +50,20 @@ if TYPE_CHECKING:
 # ``prometheus_client`` and the event classes are imported on first use (a scrape, an
 # event): ``rollwatch serve`` answers /healthz before it needs them.
 
-RESULT_OUTCOMES = frozenset({"passed", "not_passed"})
-"""Outcomes that reveal scores, hence results under embargo: the operator's only."""
+OUTSIDER_FAMILIES = frozenset(
+    {
+        "rollwatch_provider_disabled",
+        "rollwatch_provider_paused_seconds",
+        "rollwatch_witnessed_checkpoint_size",
+        "rollwatch_witnessed_checkpoint_age_seconds",
+        "rollwatch_witness_refusals",
+    }
+)
+"""The rollwatch families anyone may scrape (with the process's own ``process_*`` and
+``python_*``): states, never counts of work. Before, outsiders read each provider's requests,
+answered and failed rollouts, tokens and cost, runs started and finished, and the latency
+histograms' counts: sampled around a run, how many rollouts a model had and what they cost,
+under embargo. A family not named here is the operator's, so a new one is by default."""
 
 _BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 
@@ -149,10 +162,12 @@ class Metrics:
         """The exposition for a scraper whose ``Accept`` header is ``accept``, and its
         content type (the text format 0.0.4 unless OpenMetrics is asked for).
 
-        ``results=False`` leaves out the series that tell how answers scored (passed,
-        not passed) and the log's live length (``rollwatch_events_applied``, whose steps
-        tell a pass from a failure): they count rollouts still under embargo, so only
-        the operator may read them (SPEC §7).
+        ``results=False`` (anyone but the operator, SPEC §7) gives only what counts no work:
+        the process's own figures, whether each provider is disabled or paused, and the
+        witnesses' view of the signed checkpoints. Every other series counts or prices the
+        work behind results still under embargo (runs, rollouts, pass counts, requests,
+        tokens, cost, latencies' counts, appends, the scoring queue, the log's live length):
+        the operator's only. See :data:`OUTSIDER_FAMILIES`.
         """
         from prometheus_client.exposition import choose_encoder
 
@@ -180,7 +195,12 @@ class _Figures:
     results: bool
 
     def collect(self) -> Iterator[Metric]:
-        """Every rollwatch family, the result-revealing samples only when ``results``."""
+        """Every rollwatch family when ``results``, else only :data:`OUTSIDER_FAMILIES`."""
+        for family in self._all():
+            if self.results or family.name in OUTSIDER_FAMILIES:
+                yield family
+
+    def _all(self) -> Iterator[Metric]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
         m = self.metrics
@@ -195,8 +215,7 @@ class _Figures:
             labels=["outcome"],
         )
         for outcome, n in sorted(m.rollouts.items()):
-            if self.results or outcome not in RESULT_OUTCOMES:
-                rollouts.add_metric([outcome], n)
+            rollouts.add_metric([outcome], n)
         yield rollouts
         errors = CounterMetricFamily(
             "rollwatch_provider_errors",
@@ -230,12 +249,9 @@ class _Figures:
         yield GaugeMetricFamily(
             "rollwatch_scoring_queue_depth", "Answers waiting for a scorer.", value=m.scoring_queue()
         )
-        if self.results:
-            # The log's live length steps by one more event for a pass (its public
-            # decision) than for a failure: the operator's only, as the pass counts are.
-            yield GaugeMetricFamily(
-                "rollwatch_events_applied", "The highest seq this daemon has applied.", value=m.events_seen
-            )
+        yield GaugeMetricFamily(
+            "rollwatch_events_applied", "The highest seq this daemon has applied.", value=m.events_seen
+        )
         if m.witnessed is not None:
             size, age, refusals = m.witnessed()
             yield GaugeMetricFamily(

@@ -108,3 +108,48 @@ async def test_the_scrub_and_the_content_check_get_no_password_on_their_command_
         )
         assert "Traceback" not in verified, verified
         assert SECRET not in verified
+
+
+# A database nobody answers at: every command fails to open the log and says where.
+_UNREACHABLE = [
+    "postgresql://rw@127.0.0.1:{port}/db?password={secret}",
+    "postgresql://127.0.0.1:{port}/db?user=rw&sslmode=disable&password={secret}",
+    "postgresql://rw@127.0.0.1:{port}/db?sslpassword={secret}&application_name=x",
+    "postgresql://rw@127.0.0.1:{port}/db?PassWord={secret}#frag",
+    "postgresql://rw:{secret}@127.0.0.1:{port}/db",
+    "postgresql://rw:{secret}@127.0.0.1:{port}/db?application_name=a@b",
+    "postgres+asyncpg://rw:{secret}@127.0.0.1:{port}/db",  # a scheme mistyped: a config error
+]
+
+
+def _fails_without_the_secret(tmp_path: Path, url: str, argv: list[str]) -> str:
+    """Run ``rollwatch argv`` on a store at ``url``; it must fail in a line without ``SECRET``."""
+    cfg = tmp_path / "rollwatch.toml"
+    cfg.write_text(f'[store]\nurl = "{url}"\n[server]\nlisten = "127.0.0.1:{_free_port()}"\n')
+    p = subprocess.run(
+        [sys.executable, "-m", "rollwatch", "--config", str(cfg), *argv],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert p.returncode in (1, 2), (argv, p.returncode, p.stderr[-2000:])
+    assert "Traceback" not in p.stderr, p.stderr
+    assert SECRET not in p.stdout + p.stderr, (url, argv, p.stderr[-2000:])
+    return p.stderr
+
+
+def test_a_password_in_the_store_url_reaches_no_error_message(tmp_path: Path) -> None:
+    """libpq (and asyncpg) take a password in the URL's query as well as in its user
+    information (``?password=``, ``?sslpassword=``). Every command printed the store URL whole
+    in "cannot open the event log at URL", as does ``/healthz``'s "out of reach" reason, to
+    anyone: a password given in the query was printed with it. Each message still names the
+    host it could not reach; ``serve`` and ``verify`` say it the same way."""
+    for template in _UNREACHABLE:
+        url = template.format(port=_free_port(), secret=SECRET)
+        said = _fails_without_the_secret(tmp_path, url, ["report"])
+        if not template.startswith("postgres+"):
+            assert "127.0.0.1" in said, said
+    url = _UNREACHABLE[1].format(port=_free_port(), secret=SECRET)
+    for argv in (["serve"], ["verify"]):
+        assert "127.0.0.1" in _fails_without_the_secret(tmp_path, url, argv)

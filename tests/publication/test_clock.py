@@ -23,9 +23,12 @@ import anyio
 import httpx
 import pytest
 
+from rollwatch.abc import EventStore
 from rollwatch.events import PublicReleased
+from rollwatch.store.postgres import PostgresEventStore
 from rollwatch.store.sqlite import SQLiteEventStore
-from tests.publication.helpers import add_rollout, finish_run, new_run_id, start_run
+from tests.pg import scratch_database
+from tests.publication.helpers import add_rollout, add_subscriber, finish_run, new_run_id, start_run
 
 LIBFAKETIME = next(iter(sorted(glob.glob("/usr/lib/*/faketime/libfaketime.so.1"))), None)
 pytestmark = pytest.mark.skipif(
@@ -33,24 +36,29 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def seed(path: Path) -> dict[str, str]:
-    """A log with three passing rollouts: ``due`` (its embargo over an hour ago), ``later``
-    (due in 30 days) and ``forged`` (due in 30 days, yet with a ``PublicReleased``, as a
-    node whose clock ran ahead would have appended)."""
+async def seed_into(store: EventStore) -> dict[str, str]:
+    """Three passing rollouts: ``due`` (its embargo over an hour ago), ``later`` (due in 30
+    days) and ``forged`` (due in 30 days, yet with a ``PublicReleased``, as a node whose clock
+    ran ahead would have appended)."""
     now = datetime.now(UTC)
+    run_id = new_run_id()
+    await start_run(store, run_id)
+    ids = {
+        "due": await add_rollout(store, run_id, passed=True, not_before=now - timedelta(hours=1)),
+        "later": await add_rollout(store, run_id, passed=True, not_before=now + timedelta(days=30)),
+        "forged": await add_rollout(store, run_id, passed=True, not_before=now + timedelta(days=30)),
+    }
+    await store.append(f"rollout-{ids['forged']}", [PublicReleased(rollout_id=ids["forged"])])
+    await finish_run(store, run_id, rollouts=3, passed=3)
+    return ids
+
+
+def seed(path: Path) -> dict[str, str]:
+    """A log at ``path`` holding :func:`seed_into`'s rollouts."""
 
     async def go() -> dict[str, str]:
         async with SQLiteEventStore(path) as store:
-            run_id = new_run_id()
-            await start_run(store, run_id)
-            ids = {
-                "due": await add_rollout(store, run_id, passed=True, not_before=now - timedelta(hours=1)),
-                "later": await add_rollout(store, run_id, passed=True, not_before=now + timedelta(days=30)),
-                "forged": await add_rollout(store, run_id, passed=True, not_before=now + timedelta(days=30)),
-            }
-            await store.append(f"rollout-{ids['forged']}", [PublicReleased(rollout_id=ids["forged"])])
-            await finish_run(store, run_id, rollouts=3, passed=3)
-            return ids
+            return await seed_into(store)
 
     return anyio.run(go)
 
@@ -251,3 +259,58 @@ def test_publish_export_refuses_a_clock_behind_the_log(tmp_path: Path) -> None:
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
     assert (out / "releases.json").is_file()
+
+
+@pytest.mark.anyio
+async def test_publish_export_on_a_shared_log_refuses_a_clock_off_the_databases(tmp_path: Path) -> None:
+    """On a PostgreSQL log the database's clock is the one every node goes by: ``serve`` and
+    ``run`` refuse a host clock off it, ``publish export`` did not. On a host 40 days ahead it
+    filed, for good, a result another node had released ahead of its date (due in 30 days).
+    Now it exits 2 naming the database's clock and files nothing; on the right clock it
+    exports, without that result (the log releases nothing else: no release job ran)."""
+    async with scratch_database() as url:
+        async with PostgresEventStore(url) as store:
+            ids = await seed_into(store)
+        cfg = tmp_path / "rollwatch.toml"
+        cfg.write_text(f'[store]\nurl = "{url}"\n')
+        out = tmp_path / "site"
+        cmd = [sys.executable, "-m", "rollwatch", "--config", str(cfg), "publish", "export", str(out)]
+        ahead = {**os.environ, "LD_PRELOAD": str(LIBFAKETIME), "FAKETIME": "+40d"}
+
+        def export(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+
+        p = await anyio.to_thread.run_sync(export, ahead)
+        filed = (out / "results.jsonl").read_text() if (out / "results.jsonl").exists() else ""
+        assert ids["forged"] not in filed, "filed ahead of its date on a clock off the database's"
+        assert p.returncode == 2, p.stderr
+        assert "database server" in p.stderr
+        assert "Traceback" not in p.stderr
+        p = await anyio.to_thread.run_sync(export, dict(os.environ))
+        assert p.returncode == 0, p.stderr
+        assert (out / "releases.json").is_file()
+        assert ids["forged"] not in (out / "results.jsonl").read_text()
+
+
+def test_a_clock_stepped_back_opens_no_expired_key(tmp_path: Path) -> None:
+    """A subscriber's key stops working at its ``expires``, checked against the wall clock: a
+    clock stepped back two days (while the daemon runs) let a key that had expired read the
+    feed again, results under embargo included. Keys now expire by the latest time the daemon
+    knows has passed (as decisions are dated): the step back changes nothing."""
+    ids = seed(tmp_path / "events.db")
+
+    async def add_key() -> str:
+        async with SQLiteEventStore(tmp_path / "events.db") as store:
+            return await add_subscriber(store, "ending", expires=datetime.now(UTC) + timedelta(seconds=2))
+
+    key = anyio.run(add_key)
+    with serve(tmp_path, "+0") as s:
+        feed = {"Authorization": f"Bearer {key}"}
+        s.until(lambda: s.client.get("/v1/feed", headers=feed).status_code == 401, "the key never expired")
+        s.set_clock("-2d")
+        s.until(held_for(s, "clock_jumped"), "a step back not noticed", 15)
+        r = s.client.get("/v1/feed", headers=feed)
+        assert r.status_code == 401, "an expired key read the feed on a clock stepped back"
+        assert ids["later"] not in r.text
+        assert "expired" in r.json()["message"]
+        s.set_clock("+0")

@@ -19,6 +19,14 @@ from tests.web.opsd import FAKE_KEY, Daemon
 from tests.web.test_console_attacks import raw_get
 from tests.web.test_http import server
 
+
+def families(text: str) -> set[str]:
+    """The names of the families of an exposition, parsed by prometheus_client's own parser."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {f.name for f in text_string_to_metric_families(text)}
+
+
 REMOTE = {"X-Forwarded-For": "203.0.113.9"}  # the daemon believes a loopback proxy
 PASS_COUNTS = 'outcome="passed"'
 
@@ -80,6 +88,33 @@ class TestMetricsForOutsiders:
             assert series in operator, series
             assert series not in outsider, series
 
+    def test_outsiders_count_no_work(self, daemon: Daemon) -> None:
+        """After the daemon's runs, a remote scrape had each provider's requests, answered and
+        failed rollouts, input and output tokens and cost, the runs started and finished, and
+        the answers' latency counts: sampled around a run, how many rollouts each model had and
+        what they cost, every one still under embargo. An outsider now gets only the providers'
+        states (disabled, paused) and the process's figures; the operator every family (the control)."""
+        outsider = families(httpx.get(daemon.url + "/metrics", headers=REMOTE).text)
+        operator = families(httpx.get(daemon.url + "/metrics").text)
+        counts = (
+            "rollwatch_runs_started",
+            "rollwatch_runs_finished",
+            "rollwatch_rollouts",
+            "rollwatch_provider_requests",
+            "rollwatch_provider_rollouts",
+            "rollwatch_provider_output_tokens",
+            "rollwatch_provider_cost_usd",
+            "rollwatch_request_latency_seconds",
+            "rollwatch_append_latency_seconds",
+        )
+        for name in counts:
+            assert name in operator, name
+            assert name not in outsider, name
+        states = {"rollwatch_provider_disabled", "rollwatch_provider_paused_seconds"}
+        assert {n for n in outsider if n.startswith("rollwatch_")} <= states
+        assert "rollwatch_provider_disabled" in outsider
+        assert "process_cpu_seconds" in outsider
+
 
 class TestKeysNeverEchoed:
     def test_keys_sent_anywhere_reach_no_answer_and_no_log_line(self, daemon: Daemon) -> None:
@@ -103,6 +138,34 @@ class TestKeysNeverEchoed:
         for key in secrets:
             assert all(key not in a for a in answers), key
             assert key not in log_text, key
+
+    def test_a_key_sent_in_the_path_reaches_no_answer_and_no_log_line(self, daemon: Daemon) -> None:
+        """A client that puts its key in the URL's path (``/v1/rollouts/KEY``, ``/v1/feed/KEY``,
+        a mistyped route): every request gets one access-log line with its path, and the 400 of
+        a bad rollout id quoted the id. Neither may carry the key; the line keeps the route."""
+        keys = [daemon.feed_key, daemon.ops_key, "rw_" + "Z" * 43, daemon.feed_key[:20]]
+        paths = [
+            "/v1/rollouts/{k}",
+            "/v1/feed/{k}",
+            "/public/rollouts/{k}.json",
+            "/ops/rollouts/{k}",
+            "/ops/problems/{k}",
+            "/{k}",
+            "/tile/entries/{k}",
+        ]
+        answers = []
+        for key in keys:
+            for path in paths:
+                r = httpx.get(
+                    daemon.url + path.format(k=key), headers={**REMOTE, "Authorization": f"Bearer {key}"}
+                )
+                assert r.status_code in (400, 401, 403, 404), (path, r.status_code)
+                answers.append(r.text + repr(r.headers))
+        log_text = (daemon.config.parent / "serve.err").read_text()
+        for key in keys:
+            assert all(key not in a for a in answers), key
+            assert key not in log_text, key
+        assert '"/v1/feed/rw_' in log_text  # the line is there, its key masked
 
 
 ODD_PATHS = [

@@ -12,7 +12,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from prometheus_client.parser import text_string_to_metric_families
 
-from rollwatch.metrics import Metrics
+from rollwatch.metrics import OUTSIDER_FAMILIES, Metrics
 from rollwatch.providers import Prompt, ProviderClient
 from rollwatch.web.access import Operators
 from rollwatch.web.app import build_app
@@ -94,7 +94,7 @@ class TestProviderMetrics:
                     await client.rollout("gemini-2.5-pro", Prompt("p"), {}, RecordingLog())
                 metrics = Metrics()
                 metrics.providers = lambda: [client.stats]
-                fams = families(text_of(metrics, results=False))
+                fams = families(text_of(metrics))
         p = {"provider": "test-openai"}
         assert sample(fams, "rollwatch_provider_requests", "rollwatch_provider_requests_total", **p) == 4
         assert sample(fams, "rollwatch_provider_responses", "rollwatch_provider_responses_total", **p) == 3
@@ -115,6 +115,10 @@ class TestProviderMetrics:
         assert fams["rollwatch_provider_in_flight"].type == "gauge"
         assert sample(fams, "rollwatch_provider_window", "rollwatch_provider_window", **p) == 4
         assert sample(fams, "rollwatch_provider_disabled", "rollwatch_provider_disabled", **p) == 0
+        outsider = families(text_of(metrics, results=False))  # states only, never counts
+        assert sample(outsider, "rollwatch_provider_disabled", "rollwatch_provider_disabled", **p) == 0
+        assert "rollwatch_provider_requests" not in outsider
+        assert "rollwatch_provider_cost_usd" not in outsider
         answered = {"provider": "test-openai", "outcome": "answered"}
         assert (
             sample(fams, "rollwatch_provider_rollouts", "rollwatch_provider_rollouts_total", **answered) == 3
@@ -140,28 +144,32 @@ class TestProviderMetrics:
         hostile = 'we"ird\\na\nme} 1\nrollwatch_rollouts_total{outcome="passed"} 99 ü'
         metrics = Metrics()
         metrics.provider_errors[(hostile, "timeout")] = 2
-        text = text_of(metrics, results=False)
+        text = text_of(metrics)
         fams = families(text)
         assert sample(fams, "rollwatch_provider_errors", "rollwatch_provider_errors_total",
                       provider=hostile, kind="timeout") == 2  # fmt: skip
         assert not [s for s in fams["rollwatch_rollouts"].samples if s.labels.get("outcome") == "passed"]
+        assert not [s for s in fams["rollwatch_rollouts"].samples if s.value == 99]
 
-    def test_the_outsiders_exposition_lacks_only_the_pass_counts(self) -> None:
-        """Without the operator's rights, the samples of outcome passed/not_passed and the
-        log's live length (whose steps tell passes from failures) are gone and nothing else
-        is: the control (the operator's exposition) has them."""
+    def test_the_outsiders_exposition_counts_no_work(self) -> None:
+        """Without the operator's rights only the families of ``OUTSIDER_FAMILIES`` (states,
+        never counts) and the process's own figures are there: no runs, rollouts, pass counts,
+        requests, tokens, cost, latency counts or the log's live length. The control (the
+        operator's exposition) has every family."""
         metrics = Metrics()
         for outcome, n in (("answered", 5), ("failed", 1), ("passed", 3), ("not_passed", 2)):
             metrics.rollouts[outcome] = n
+        metrics.runs_started = 2
+        metrics.witnessed = lambda: (10, 1.5, 0)
         full = families(text_of(metrics, results=True))
         outsider = families(text_of(metrics, results=False))
         outcomes = {s.labels["outcome"]: s.value for s in full["rollwatch_rollouts"].samples}
         assert outcomes == {"answered": 5, "failed": 1, "passed": 3, "not_passed": 2}
-        assert {s.labels["outcome"] for s in outsider["rollwatch_rollouts"].samples} == {"answered", "failed"}
-        assert set(full) - set(outsider) == {"rollwatch_events_applied"}
+        assert set(KEPT) <= set(full)
+        ours = {name for name in outsider if name.startswith("rollwatch_")}
+        assert ours == {name for name in OUTSIDER_FAMILIES if name.startswith("rollwatch_witness")}
+        assert {name for name in outsider if not name.startswith("rollwatch_")} >= {"process_cpu_seconds"}
         assert set(outsider) <= set(full)
-        for labels in sample_labels(outsider.values()):
-            assert labels.get("outcome") not in ("passed", "not_passed")
 
     def test_openmetrics_when_asked(self) -> None:
         """A scraper asking for OpenMetrics gets it (its parser accepts it, ``# EOF`` included)."""
@@ -176,7 +184,7 @@ class TestProviderMetrics:
 class TestMetricsRoute:
     async def test_served_exposition_parses_and_hides_results_from_outsiders(self) -> None:
         """Over HTTP: an outsider (no trusted peer, no key) gets a parseable exposition with the
-        health figures but no pass counts; the loopback operator (the default) gets them."""
+        process's figures but no count of work; the loopback operator (the default) gets them."""
         metrics = Metrics()
         metrics.rollouts.update({"answered": 4, "passed": 3})
         for operators, has_passes in ((Operators(trusted_peers=[]), False), (None, True)):
@@ -186,6 +194,9 @@ class TestMetricsRoute:
             assert r.headers["content-type"].startswith("text/plain; version=0.0.4")
             assert "Authorization" in r.headers["vary"]
             fams = families(r.text)
-            outcomes = {s.labels["outcome"] for s in fams["rollwatch_rollouts"].samples}
-            assert ("passed" in outcomes) is has_passes
-            assert "answered" in outcomes
+            assert ("rollwatch_rollouts" in fams) is has_passes
+            if has_passes:
+                assert {s.labels["outcome"] for s in fams["rollwatch_rollouts"].samples} == {
+                    "answered",
+                    "passed",
+                }

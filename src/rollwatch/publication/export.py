@@ -34,11 +34,11 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from rollwatch.abc import EventStore
-from rollwatch.errors import UsageError
+from rollwatch.errors import ClockSkewed, UsageError
 from rollwatch.events import Recorded, parse_rfc3339, rfc3339
 from rollwatch.projections import ProjectionDB
 from rollwatch.publication import feeds
-from rollwatch.publication.clock import behind_log, newest_event_at
+from rollwatch.publication.clock import SKEW_S, behind_log, newest_event_at
 from rollwatch.publication.public import (
     Released,
     held_back,
@@ -131,6 +131,12 @@ async def export_public(
                 f"this host's clock ({rfc3339(now)}) is {behind:.0f} s behind the log's newest event"
                 f" ({rfc3339(newest) if newest else '-'}); set the clock right, then export"
             )
+        # On a shared log the database's clock is the one every node goes by (serve and run
+        # refuse a clock off it): an export on a host 40 days ahead filed, for good, a result
+        # another node had released ahead of its date (a clock of its own ahead).
+        skew = await store.clock_skew()
+        if skew is not None and abs(skew) > SKEW_S:
+            raise ClockSkewed(skew, SKEW_S)
     # What is filed is never rewritten: an event found changed since it was appended ends the export.
     check = _Refusing(tree) if tree is not None else None
     archive = await anyio.to_thread.run_sync(Archive.open, out_dir)  # refuses a folder not ours

@@ -22,7 +22,8 @@ an in-memory map brought up to the log's head before every key is checked, so a
 is committed, on every keyed route. It starts from the subscribers projection when it
 has one, so the first request after a start reads the log from that projection's
 checkpoint rather than from seq 0.
-Expiry is checked against the wall clock on every request.
+Expiry is checked on every request, against the daemon's latest known time (never a wall
+clock stepped back).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ import json
 import re
 import secrets
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
@@ -174,6 +175,11 @@ class SubscriberDirectory:
     pdb: ProjectionDB | None = None
     """When it holds the subscribers projection, the first refresh starts from it, not seq 0."""
     max_age: float = 0.5
+    clock: Callable[[], datetime] | None = None
+    """The time keys expire by (default: the wall clock). The daemon gives its release
+    clock's :meth:`~rollwatch.publication.clock.ReleaseClock.decision_time`, the latest time
+    it knows has passed: a wall clock stepped back two days opened a key that had expired
+    (results under embargo included) for those two days."""
     _seeded: bool = False
     _by_name: dict[str, Subscriber] = field(default_factory=dict)
     _by_prefix: dict[str, list[Subscriber]] = field(default_factory=dict)
@@ -284,7 +290,7 @@ class SubscriberDirectory:
             return AuthResult(None, "unknown API key")
         if match.revoked:
             return AuthResult(None, "this API key has been revoked")
-        now = now or datetime.now(UTC)
+        now = now or (self.clock() if self.clock is not None else datetime.now(UTC))
         if match.expired(now):
             assert match.expires is not None
             return AuthResult(None, f"this API key expired at {rfc3339(match.expires)}")

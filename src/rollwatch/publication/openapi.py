@@ -126,9 +126,10 @@ _OPERATION_PATHS: dict[str, Any] = {
     "/metrics": {
         "get": {
             "summary": "Prometheus metrics (text format 0.0.4, or OpenMetrics when the Accept header asks)",
-            "description": "Open to all, but the pass counts (rollwatch_rollouts_total with outcome "
-            "passed or not_passed) appear only for the operator: a peer in server.trusted_peers or a "
-            "bearer key with scope ops.",
+            "description": "Open to all, but every figure that counts or prices work (runs, rollouts, "
+            "pass counts, requests, tokens, cost) appears only for the operator: a peer in "
+            "server.trusted_peers or a bearer key with scope ops. Anyone else gets the process's "
+            "figures, the providers' disabled and paused states and the witness gauges.",
             "security": [{}, {"bearer": []}],
             "responses": {"200": {"description": "The exposition", "content": _TEXT}},
         }

@@ -57,6 +57,7 @@ from anyio.abc import TaskGroup, TaskStatus
 from asyncpg.pool import PoolAcquireContext
 
 from rollwatch.abc import LEADERSHIP, EventStore, WorkBoard
+from rollwatch.config import redact_url
 from rollwatch.errors import IntegrityError, NotLeading, StoreError
 from rollwatch.events import GENESIS, Event, Recorded, chain_hash
 from rollwatch.log import get_logger
@@ -818,9 +819,4 @@ def _connection_lost(e: asyncpg.PostgresError) -> bool:
 
 def _redact(url: str) -> str:
     """``url`` without a password, for messages and logs."""
-    scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest:
-        return url
-    creds, _, host = rest.rpartition("@")
-    user = creds.split(":", 1)[0]
-    return f"{scheme}://{user}{':***' if ':' in creds else ''}@{host}"
+    return redact_url(url)

@@ -12,6 +12,7 @@ not set it, every request would come from loopback: set ``trusted_peers = []`` t
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Iterable
 from typing import Protocol
 
@@ -42,6 +43,18 @@ class KeyCheck(Protocol):
     async def refresh(self, *, force: bool = False) -> None:
         """Apply the subscriber events appended since the last look (``force``: now)."""
         ...
+
+
+# A subscriber key (``rw_`` and 43 URL-safe characters), or a long enough piece of one, that
+# a client put where it does not belong: the URL's path, which the access log records and
+# error messages quote (a rollout id that is not one). Rollout ids are UUIDs and run ids
+# ``run-…``: nothing of ours is shaped so.
+_KEY_SHAPE = re.compile(r"rw_[A-Za-z0-9_-]{8,}")
+
+
+def redact_keys(text: str) -> str:
+    """``text`` with anything shaped like a subscriber key masked (for log lines and messages)."""
+    return _KEY_SHAPE.sub("rw_[redacted]", text) if "rw_" in text else text
 
 
 def bearer_key(request: Request) -> str | None:

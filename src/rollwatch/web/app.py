@@ -19,7 +19,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from rollwatch.log import get_logger
 from rollwatch.metrics import Metrics
-from rollwatch.web.access import Operators
+from rollwatch.web.access import Operators, redact_keys
 from rollwatch.web.errors import EXCEPTION_HANDLERS
 
 if TYPE_CHECKING:
@@ -29,7 +29,8 @@ access = get_logger("rollwatch.access")
 
 
 class AccessLog:
-    """One log line per request: method, path (no query: it may hold cursors), status, ms."""
+    """One log line per request: method, path (no query: it may hold cursors or a key put
+    there; a key put in the path is masked), status, ms."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -54,7 +55,7 @@ class AccessLog:
             access.info(
                 "http_request",
                 method=scope["method"],
-                path=scope["path"],
+                path=redact_keys(scope["path"]),
                 status=status,
                 ms=round((time.perf_counter() - start) * 1000, 2),
                 client=client[0] if client else None,

@@ -15,6 +15,7 @@ from starlette.responses import JSONResponse, Response
 
 from rollwatch.errors import HTTP_CODES, HTTPError, storage_failure
 from rollwatch.log import get_logger
+from rollwatch.web.access import redact_keys
 
 log = get_logger("rollwatch.web")
 
@@ -29,7 +30,8 @@ def error_response(
 async def on_http_error(_: Request, exc: Exception) -> Response:
     """A handler's :class:`HTTPError` as the error body."""
     assert isinstance(exc, HTTPError)
-    return error_response(exc.status, exc.code, exc.message, exc.headers)
+    # A message may quote what the request named (a rollout id): never a key put there.
+    return error_response(exc.status, exc.code, redact_keys(exc.message), exc.headers)
 
 
 async def on_starlette_error(_: Request, exc: Exception) -> Response:
@@ -38,12 +40,12 @@ async def on_starlette_error(_: Request, exc: Exception) -> Response:
     if exc.status_code in (204, 304):  # no body allowed
         return Response(status_code=exc.status_code, headers=exc.headers)
     code = HTTP_CODES.get(exc.status_code, "error")
-    return error_response(exc.status_code, code, str(exc.detail), dict(exc.headers or {}))
+    return error_response(exc.status_code, code, redact_keys(str(exc.detail)), dict(exc.headers or {}))
 
 
 async def on_unexpected(request: Request, exc: Exception) -> Response:
     """A bug: logged with its traceback, answered 500 without details."""
-    log.error("http_unhandled_error", path=request.url.path, error=repr(exc), exc_info=exc)
+    log.error("http_unhandled_error", path=redact_keys(request.url.path), error=repr(exc), exc_info=exc)
     return error_response(500, "internal", "internal error; the operator's log has the details")
 
 
@@ -52,7 +54,7 @@ async def on_storage(request: Request, exc: Exception) -> Response:
     being rebuilt): 503 with Retry-After, one line in the log; any other SQLite error is a bug."""
     if storage_failure(exc) is None and type(exc) is not sqlite3.DatabaseError:
         return await on_unexpected(request, exc)
-    log.warning("http_storage_unavailable", path=request.url.path, error=str(exc))
+    log.warning("http_storage_unavailable", path=redact_keys(request.url.path), error=str(exc))
     return error_response(
         503, "unavailable", "the data is not available for now; try again shortly", {"Retry-After": "5"}
     )
