@@ -90,6 +90,7 @@ class Integrity:
                 config.witness_timeout,
                 witness.parent,
                 refresh=config.checkpoint_interval,
+                sole=not store.shared,
             )
             self.health.witness = self.witnessing.status
 
