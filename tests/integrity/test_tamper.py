@@ -158,6 +158,23 @@ def truncate_and_drop_tree(site: Site) -> int:
     return 21
 
 
+def edit_tree_node(site: Site) -> int:
+    """One interior node of ``merkle.db`` (level 1, over events 7 and 8) changed, the log
+    untouched: every proof through it (inclusion, consistency, to witnesses) is wrong. The
+    checks compared the stored leaves with the log and the roots the log derives, never the
+    stored nodes between them: nothing noticed it."""
+    con = sqlite3.connect(site.dir / "merkle.db", isolation_level=None)
+    try:
+        k = 1 << 40  # level 1, strip 0
+        [blob] = con.execute("SELECT hashes FROM tree_strips WHERE k = ?", (k,)).fetchone()
+        edited = bytearray(blob)
+        edited[3 * 32] ^= 1  # node (1, 3): leaves 6 and 7, events 7 and 8
+        con.execute("UPDATE tree_strips SET hashes = ? WHERE k = ?", (bytes(edited), k))
+    finally:
+        con.close()
+    return 7
+
+
 def new_history(site: Site) -> int:
     """Truncate, delete the tree, the witness and the projections, and write a new history of 5 events."""
     rows = []
@@ -196,6 +213,7 @@ ATTACKS = [
     append_forged,
     truncate,
     truncate_and_drop_tree,
+    edit_tree_node,
     new_history,
 ]
 

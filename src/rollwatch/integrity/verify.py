@@ -353,6 +353,15 @@ async def _check_stored_tree(tree: MerkleTree, stored: int, cr: CompactRange, cl
         raise IntegrityError(cr.size + 1, f"the Merkle tree holds {stored} events but the log only {cr.size}")
     if stored == cr.size and await tree.root(stored) != cr.root():
         raise IntegrityError(stored, "the stored Merkle tree's root is not the log's; rebuild the tree")
+    bad = await tree.first_bad_node(stored)
+    if bad is not None:
+        level, index = bad
+        first, last = index << level, ((index + 1) << level)
+        raise IntegrityError(
+            first + 1,
+            f"the Merkle tree's stored node over events {first + 1} to {last} (level {level}) is not the hash of "
+            "its two children: merkle.db was edited, and every proof through that node is wrong; rebuild the tree",
+        )
     linked = sorted((c for c in claims if c.size <= stored), key=lambda c: c.seq)
     for a, b in pairwise(linked):
         if b.size < a.size:
