@@ -82,6 +82,19 @@ def rewrite_old(site: Site) -> int:
     return seq
 
 
+def rewrite_first(site: Site) -> int:
+    """Event 1 edited, every later hash recomputed. The tree and the witness file record the
+    hash of the log's event 1 to tell another log's state from this log's: they were set
+    aside as another log's (a WARNING), unread, and the finding named a checkpoint's seq."""
+    con = sqlite3.connect(site.db)
+    try:
+        [data] = con.execute("SELECT data FROM events WHERE seq = 1").fetchone()
+    finally:
+        con.close()
+    rewrite_event(site.db, 1, data.replace('"schedule":"e', '"schedule":"x'))
+    return 1
+
+
 def delete_row(site: Site) -> int:
     delete_events(site.db, "seq = 10")
     return 10
@@ -145,6 +158,23 @@ def truncate_and_drop_tree(site: Site) -> int:
     return 21
 
 
+def edit_tree_node(site: Site) -> int:
+    """One interior node of ``merkle.db`` (level 1, over events 7 and 8) changed, the log
+    untouched: every proof through it (inclusion, consistency, to witnesses) is wrong. The
+    checks compared the stored leaves with the log and the roots the log derives, never the
+    stored nodes between them: nothing noticed it."""
+    con = sqlite3.connect(site.dir / "merkle.db", isolation_level=None)
+    try:
+        k = 1 << 40  # level 1, strip 0
+        [blob] = con.execute("SELECT hashes FROM tree_strips WHERE k = ?", (k,)).fetchone()
+        edited = bytearray(blob)
+        edited[3 * 32] ^= 1  # node (1, 3): leaves 6 and 7, events 7 and 8
+        con.execute("UPDATE tree_strips SET hashes = ? WHERE k = ?", (bytes(edited), k))
+    finally:
+        con.close()
+    return 7
+
+
 def new_history(site: Site) -> int:
     """Truncate, delete the tree, the witness and the projections, and write a new history of 5 events."""
     rows = []
@@ -175,6 +205,7 @@ def new_history(site: Site) -> int:
 
 ATTACKS = [
     rewrite_old,
+    rewrite_first,
     delete_row,
     swap_rows,
     flip_byte,
@@ -182,6 +213,7 @@ ATTACKS = [
     append_forged,
     truncate,
     truncate_and_drop_tree,
+    edit_tree_node,
     new_history,
 ]
 
@@ -273,11 +305,12 @@ def test_verify_names_the_seq(stopped_site: Site, attack: Callable[[Site], int])
     assert r.returncode == 1, r.stdout + r.stderr
     assert f"FAILED at seq {bad}:" in r.stderr, r.stderr
     assert sorted(p.name for p in s.dir.iterdir()) == before
-    if attack is not new_history:
-        # Every local record is enough for these: no kept checkpoint needed.
-        plain = rollwatch("--config", str(s.config), "verify")
-        assert plain.returncode == 1, plain.stdout
-        assert f"FAILED at seq {bad}:" in plain.stderr
+    # Every local record is enough for these: no kept checkpoint needed. A new history
+    # is named by the key that signed the old one (a log with no checkpoint anywhere
+    # under a key that has signed), as a restart names it: seq 1 (it passed before).
+    plain = rollwatch("--config", str(s.config), "verify")
+    assert plain.returncode == 1, plain.stdout
+    assert f"FAILED at seq {1 if attack is new_history else bad}:" in plain.stderr, plain.stderr
 
 
 def test_verify_names_a_changed_stream_version(stopped_site: Site) -> None:
@@ -358,3 +391,54 @@ def test_an_emptied_log_file_is_refused(stopped_site: Site) -> None:
     assert s.db.stat().st_size == 0
     err = refused_start(s)
     assert "integrity check failed at seq 1:" in err, err
+
+
+def _another_log_as_a_wal(directory: Path, events: int) -> bytes:
+    """The write-ahead log of another, well-formed rollwatch log of ``events`` events (chain
+    hashes right, no checkpoint), every page of it in the WAL: what a stale ``-wal`` left by
+    another database holds. SQLite ties a WAL to no database file: beside ours, it is read."""
+    from rollwatch.store.sqlite import SCHEMA
+
+    con = sqlite3.connect(directory / "other.db", isolation_level=None)
+    try:
+        con.execute("PRAGMA journal_mode=WAL")
+        con.execute("PRAGMA wal_autocheckpoint=0")
+        con.executescript(SCHEMA)
+        prev = GENESIS
+        for seq in range(1, events + 1):
+            eid, stream = str(uuid.uuid4()), f"s-other-{seq}"
+            at, data = "2026-11-30T00:00:00.000000Z", f'{{"note":"","schedule":"o{seq}"}}'
+            prev = chain_hash(
+                prev,
+                canonical_bytes(
+                    seq=seq, id=eid, stream=stream, type="SchedulePaused", schema=1, at=at, data_json=data
+                ),
+            )
+            con.execute(
+                "INSERT INTO events VALUES (?,?,?,?,?,?,?,?,?)",
+                (seq, eid, stream, 1, "SchedulePaused", 1, at, data, prev.hex()),
+            )
+        wal = (directory / "other.db-wal").read_bytes()
+    finally:
+        con.close()
+    return wal
+
+
+def test_another_logs_wal_beside_the_log_is_named(
+    stopped_site: Site, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A stale ``events.db-wal`` of another database (a whole other log of 30 events, chain
+    right) beside the stopped log: SQLite reads it as the log. `verify` exits 1 naming seq 1,
+    and a restart refuses at seq 1. Before, this log's tree and witness file were taken for
+    another log's (event 1 differs), left out, and `verify` passed the log replaced."""
+    s = stopped_site
+    s.db.with_name("events.db-wal").write_bytes(_another_log_as_a_wal(tmp_path_factory.mktemp("other"), 30))
+    plain = rollwatch("--config", str(s.config), "verify")
+    assert plain.returncode == 1, plain.stdout + plain.stderr
+    assert "FAILED at seq 1:" in plain.stderr, plain.stderr
+    assert s.head() == 30  # what SQLite reads now
+    err = refused_start(s)
+    assert "integrity check failed at seq 1:" in err, err
+    assert "state_of_another_log_set_aside" not in err
+    assert (s.dir / "merkle.db").exists()
+    assert (s.dir / "checkpoint.last").exists()

@@ -3,6 +3,7 @@ and a log on loopback that submits its checkpoints to them."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -279,13 +280,48 @@ class TestFork:
                 # Whichever checkpoint of the fork reaches the witness first: the one of
                 # size 0 signed at start (the witness holds a larger tree), or a later one
                 # (its consistency proof fails, 422).
-                assert "422" in why or "larger than our checkpoint" in why, why
+                assert "422" in why or "larger than our latest checkpoint" in why, why
                 assert b.witnessing.witnessed_size < size_b
                 health = (await b.client.get("/healthz")).json()
                 assert health["witness"]["witnesses"][0]["refused"]
                 assert "rollwatch_witness_refusals 1" in (await b.client.get("/metrics")).text
             state = (tmp_path / "w1" / "witness-state.json").read_text()
             assert f'"size": {size_a}' in state
+
+    async def test_a_log_put_back_from_an_older_copy_is_named_by_its_witness(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The log's whole folder (log, tree, witness file, projections; the key kept) put back
+        from a copy taken before the witness cosigned a larger tree: every local check passes
+        (the README's limit), but the witness's 409 names a size beyond our latest checkpoint,
+        so the ERROR ``witness_refused`` says the log lost events it had signed, on /healthz,
+        at once. Before, that witness was retried as unreachable (a WARNING) until the log
+        outgrew the size it holds, then refused as a fork."""
+        monkeypatch.delenv("STATE_DIRECTORY", raising=False)
+        key = tmp_path / "checkpoint.key"
+        signer = log_key(key)
+        home, old = tmp_path / "log", tmp_path / "old"
+        with witness_serve(tmp_path, "w1", signer.vkey) as w1:
+            async with site(home, key, [w1], quorum=1) as a:
+                size_a = await a.checkpoint(10)
+                await a.until(lambda: a.witnessing.witnessed_size == size_a)
+            shutil.copytree(home, old)
+            async with site(home, key, [w1], quorum=1) as a:
+                size_b = await a.checkpoint(30, tag="later")
+                await a.until(lambda: a.witnessing.witnessed_size == size_b)
+            shutil.rmtree(home)
+            shutil.copytree(old, home)
+            with structlog.testing.capture_logs() as logs:
+                async with site(home, key, [w1], quorum=1) as b:
+                    await b.until(lambda: bool(b.witnessing.refusals()), timeout=30)
+                    assert b.integrity.health.ok  # nothing local can tell
+                    [why] = b.witnessing.refusals()
+                    assert f"it holds a tree of {size_b} events" in why, why
+                    health = (await b.client.get("/healthz")).json()
+                    assert health["witness"]["witnesses"][0]["refused"]
+        [line] = [x for x in logs if x["event"] == "witness_refused"]
+        assert line["log_level"] == "error"
+        assert "lost events it had signed" in line["meaning"], line
 
 
 class TestRefusalMeaning:

@@ -7,6 +7,15 @@ evidence about this log: the daemon sets it aside (renamed, never deleted) with 
 WARNING and rebuilds, and ``rollwatch verify`` leaves it out. State that records
 this log's event 1 and disagrees with the log is tampering, and is reported as such.
 
+Event 1 is only a row of the file, though: someone holding it can edit that row (or
+put another log in its place, a stale ``-wal`` of another database beside it does
+that) and so make this log's own tree and witness file look like another log's, to
+be set aside unread (``rollwatch verify`` then passed a log replaced wholesale).
+State that carries a checkpoint signed by this deployment's key (the key file, the
+systemd credential, or a key a rotation retired) is this deployment's whatever event
+1 says: it is never set aside, and a log that disagrees with it is tampering, named
+at seq 1 by the usual checks.
+
 A log replaced wholesale (a new event 1) under a key that has signed before still
 meets the signer's rule: no checkpoint of it exists anywhere, so nothing is signed
 (see :class:`rollwatch.integrity.checkpointer.Checkpointer`).
@@ -14,8 +23,10 @@ meets the signer's rule: no checkpoint of it exists anywhere, so nothing is sign
 
 from __future__ import annotations
 
+import contextlib
 import re
 import socket
+import sqlite3
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,6 +34,8 @@ from typing import TYPE_CHECKING
 import anyio
 
 from rollwatch.abc import EventStore
+from rollwatch.errors import InvalidNote
+from rollwatch.integrity.checkpoint import NoteSigner, NoteVerifier, split_note
 from rollwatch.integrity.tree import recorded_first_hash
 from rollwatch.log import get_logger
 
@@ -39,13 +52,88 @@ async def first_hash(store: EventStore) -> str | None:
     return None
 
 
-async def foreign_tree(store: EventStore, tree: Path) -> str | None:
-    """The event-1 hash ``tree`` records when it is another log's (else None)."""
+async def foreign_tree(
+    store: EventStore, tree: Path, witness: Path | None = None, key_file: Path | None = None
+) -> str | None:
+    """The event-1 hash ``tree`` records when it is another log's (else None).
+
+    Never another log's when the tree or ``witness`` holds a checkpoint signed by the key
+    of ``key_file`` (or one it retired): see the module's docstring."""
     recorded = await anyio.to_thread.run_sync(recorded_first_hash, tree)
     if recorded is None:
         return None
     ours = await first_hash(store)
-    return recorded if ours is not None and ours != recorded else None
+    if ours is None or ours == recorded:
+        return None
+    if key_file is not None and await anyio.to_thread.run_sync(signed_here, tree, witness, key_file):
+        log.warning(
+            "state_of_this_log_kept",
+            tree=str(tree),
+            its_log_first_hash=recorded,
+            this_log_first_hash=ours,
+            reason="it holds a checkpoint signed by this log's key: event 1 was changed or the log replaced",
+        )
+        return None
+    return recorded
+
+
+def _public_keys(key_file: Path) -> list[bytes]:
+    """The public halves of this deployment's keys: the credential or key file, and retired ones."""
+    from rollwatch.errors import ConfigError
+    from rollwatch.integrity.keys import credential_path, parse_private_key
+
+    files = [p for p in (credential_path(), key_file) if p is not None and p.is_file()]
+    if key_file.parent.is_dir():
+        files += sorted(key_file.parent.glob(f"{key_file.name}.retired-*"))
+    keys = []
+    for f in files:
+        try:
+            private = parse_private_key(f.read_bytes(), str(f))
+        except (OSError, ConfigError):
+            continue
+        keys.append(NoteSigner("k", private).public_key)
+    return keys
+
+
+def _notes(tree: Path, witness: Path | None) -> list[str]:
+    """The witness file's note and the latest checkpoint notes the tree absorbed."""
+    notes = []
+    if witness is not None and witness.is_file():
+        with contextlib.suppress(OSError, UnicodeDecodeError):
+            notes.append(witness.read_text(encoding="utf-8"))
+    if tree.is_file():
+        try:
+            con = sqlite3.connect(f"file:{tree}?mode=ro", uri=True)
+            try:
+                rows = con.execute("SELECT note FROM tree_checkpoints ORDER BY seq DESC LIMIT 3").fetchall()
+            finally:
+                con.close()
+            notes += [str(r[0]) for r in rows]
+        except sqlite3.Error:
+            pass
+    return notes
+
+
+def signed_here(tree: Path, witness: Path | None, key_file: Path) -> bool:
+    """Whether the tree file or the witness file holds a note signed by one of this
+    deployment's keys (blocking). Only a valid signature counts: the key's name is taken
+    from the note (the origin may be one of the files set aside), the key from here."""
+    keys = _public_keys(key_file)
+    if not keys:
+        return False
+    for note in _notes(tree, witness):
+        try:
+            _, sigs = split_note(note)
+        except InvalidNote:
+            continue
+        for name, _blob in sigs:
+            for key in keys:
+                try:
+                    NoteVerifier(name, key).open(note)
+                except (InvalidNote, ValueError):
+                    continue
+                return True
+    return False
 
 
 def _set_aside(paths: list[Path], tag: str) -> list[str]:
@@ -58,13 +146,20 @@ def _set_aside(paths: list[Path], tag: str) -> list[str]:
     return moved
 
 
-async def set_aside_foreign_state(store: EventStore, tree: Path, others: list[Path]) -> bool:
+async def set_aside_foreign_state(
+    store: EventStore,
+    tree: Path,
+    others: list[Path],
+    *,
+    witness: Path | None = None,
+    key_file: Path | None = None,
+) -> bool:
     """Move the tree and ``others`` (the witness file, the origin file) away when the tree is another log's; True if it was.
 
     Call before the tree is opened. Logs one WARNING naming both logs and where the
-    files went.
+    files went. ``witness`` and ``key_file``: see :func:`foreign_tree`.
     """
-    recorded = await foreign_tree(store, tree)
+    recorded = await foreign_tree(store, tree, witness, key_file)
     if recorded is None:
         return False
     paths = [tree, tree.with_name(tree.name + "-wal"), tree.with_name(tree.name + "-shm"), *others]

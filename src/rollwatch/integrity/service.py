@@ -90,6 +90,7 @@ class Integrity:
                 config.witness_timeout,
                 witness.parent,
                 refresh=config.checkpoint_interval,
+                sole=not store.shared,
             )
             self.health.witness = self.witnessing.status
 
@@ -352,6 +353,8 @@ async def open_integrity(
         store,
         config.tree_path(store_config),
         [config.witness_path(store_config), config.state_dir(store_config) / ORIGIN_FILE],
+        witness=config.witness_path(store_config),
+        key_file=config.key_path(store_config),
     )
     config = await resolve_origin(config, config.state_dir(store_config), store, store_url=store_config.url)
     key_file = config.key_path(store_config)

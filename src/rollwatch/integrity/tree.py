@@ -790,6 +790,43 @@ class MerkleTree:
 
         return await self._read(get)  # type: ignore[no-any-return]
 
+    async def first_bad_node(self, size: int) -> tuple[int, int] | None:
+        """The first stored interior node, among those of the tree of ``size``, that is not
+        the hash of its two stored children, as (level, index); None when each is.
+
+        Leaves are checked against the log elsewhere (``verify``, the scrub), and roots at
+        the checkpoints' sizes are computed from the log's leaves: an interior node edited
+        in ``merkle.db`` escaped both, and was served in every proof through it (inclusion
+        and consistency proofs, proof bundles, the proofs sent to witnesses). One pass over
+        the stored nodes, level by level, a strip of each at a time (about a second at 10⁶
+        events)."""
+
+        def get(db: sqlite3.Connection, stored: int) -> tuple[int, int] | None:
+            n = min(size, stored)
+
+            def strip(level: int, j: int) -> bytes:
+                row = db.execute(
+                    "SELECT hashes FROM tree_strips WHERE k = ?", ((level << 40) | j,)
+                ).fetchone()
+                return bytes(row[0]) if row is not None else b""
+
+            level = 1
+            while (1 << level) <= n:
+                count = n >> level
+                for j in range((count + STRIP - 1) // STRIP):
+                    parents = strip(level, j)
+                    children = strip(level - 1, 2 * j) + strip(level - 1, 2 * j + 1)
+                    for i in range(min(STRIP, count - j * STRIP)):
+                        left = children[2 * i * HASH_SIZE : (2 * i + 1) * HASH_SIZE]
+                        right = children[(2 * i + 1) * HASH_SIZE : (2 * i + 2) * HASH_SIZE]
+                        got = parents[i * HASH_SIZE : (i + 1) * HASH_SIZE]
+                        if len(right) != HASH_SIZE or got != node_hash(left, right):
+                            return level, j * STRIP + i
+                level += 1
+            return None
+
+        return await self._read(get)  # type: ignore[no-any-return]
+
     async def leaf_hashes(self, start: int, end: int) -> list[bytes]:
         """The stored leaf hashes of indices ``[start, end)`` (``end`` capped at the size)."""
 

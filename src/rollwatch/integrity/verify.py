@@ -353,6 +353,15 @@ async def _check_stored_tree(tree: MerkleTree, stored: int, cr: CompactRange, cl
         raise IntegrityError(cr.size + 1, f"the Merkle tree holds {stored} events but the log only {cr.size}")
     if stored == cr.size and await tree.root(stored) != cr.root():
         raise IntegrityError(stored, "the stored Merkle tree's root is not the log's; rebuild the tree")
+    bad = await tree.first_bad_node(stored)
+    if bad is not None:
+        level, index = bad
+        first, last = index << level, ((index + 1) << level)
+        raise IntegrityError(
+            first + 1,
+            f"the Merkle tree's stored node over events {first + 1} to {last} (level {level}) is not the hash of "
+            "its two children: merkle.db was edited, and every proof through that node is wrong; rebuild the tree",
+        )
     linked = sorted((c for c in claims if c.size <= stored), key=lambda c: c.seq)
     for a, b in pairwise(linked):
         if b.size < a.size:
@@ -419,8 +428,11 @@ async def verify_state(
     signer = await key_at_hand(store, integrity.key_path(store_config), integrity.name)
     vkey = signer.vkey if signer is not None else None
     path = integrity.tree_path(store_config)
-    foreign = await foreign_tree(store, path)
+    foreign = await foreign_tree(
+        store, path, integrity.witness_path(store_config), integrity.key_path(store_config)
+    )
     kept = [] if foreign else await anyio.to_thread.run_sync(read_kept, integrity.witness_path(store_config))
+    witnessed = bool(kept)
     if foreign:
         # Another log's state is no evidence about this one (the daemon sets it aside).
         log.warning("state_of_another_log_ignored", tree=str(path), its_log_first_hash=foreign)
@@ -437,8 +449,24 @@ async def verify_state(
                 store, vkey=vkey, tree=tree, progress=progress, kept=kept, chain=chain, content=content
             )
 
+    # The signer's rule (see Checkpointer): a key file is a key that has signed, so a
+    # non-empty log with no checkpoint anywhere beside it (none in the log, no witness
+    # file) was replaced; `serve` refuses to sign it, and so `verify` fails it (it passed).
+    used_before = await anyio.Path(integrity.key_path(store_config)).is_file()
+
+    def unsigned(report: TreeReport) -> TreeReport:
+        if used_before and not witnessed and report.events > 0 and report.checkpoints == 0:
+            raise IntegrityError(
+                1,
+                f"the log holds {report.events} events but no signed checkpoint of them is found anywhere: "
+                "none in the log (no CheckpointSigned event), no witness file, though the key "
+                f"{integrity.key_path(store_config)} has signed before; the log may have been replaced by another "
+                "history (to start a new log on purpose, move the key file away)",
+            )
+        return report
+
     if not chain:
-        return await hashed(False)
+        return unsigned(await hashed(False))
     # Each event's content is checked in a second process meanwhile (it costs about what
     # the hashing does); the first bad seq either finds is the one named.
     from rollwatch.integrity._worker import worker_pass
@@ -461,4 +489,4 @@ async def verify_state(
     if found:
         raise min(found, key=lambda e: e.seq)
     assert report is not None
-    return report
+    return unsigned(report)

@@ -10,7 +10,10 @@ prove consistency from, 422) has seen another history under our key, a fork: the
 daemon logs the ERROR ``witness_refused`` with its answer and shows it on
 ``/healthz``; that witness is not asked again until a restart. A 403 or 404 (the witness
 trusts another key for our origin, or does not know it) is refused the same way, its
-``meaning`` saying so rather than calling it a fork.
+``meaning`` saying so rather than calling it a fork. On a log of our own (not a shared
+database), a witness whose 409 names a size beyond our latest checkpoint is refused too:
+it cosigned a tree our log no longer has (a log put back from an older copy); it was
+retried as unreachable, and named only once the log outgrew that size (422).
 
 Each witness's size is learnt from its 409 (``text/x.tlog.size``): the first
 submission says ``old 0`` and is answered with the size it holds, and the next one
@@ -93,6 +96,12 @@ class Witnessing:
     refresh: float = 600.0
     """Resubmit the latest checkpoint this often even when no new one was signed: a quiet log
     then still gets fresh cosignatures, so an old cosignature means a frozen log (or witness)."""
+    sole: bool = False
+    """This process is the log's only signer (a log file of its own, not a shared database):
+    every checkpoint it submitted was in its log first, so a witness holding a larger tree
+    than the log's latest checkpoint means the log lost checkpoints it had signed (put
+    back from an older copy), or another copy of it signs under our key. On a shared log a
+    node may just not have absorbed another node's newest checkpoint yet: it waits."""
     latest: StoredCheckpoint | None = None
     witnessed_size: int = 0
     witnessed_at: float | None = None
@@ -108,6 +117,8 @@ class Witnessing:
         timeout: float,
         state_dir: Path,
         refresh: float = 600.0,
+        *,
+        sole: bool = False,
     ) -> Witnessing:
         """From ``[(url, vkey), ...]`` (validated by the configuration)."""
         return cls(
@@ -117,6 +128,7 @@ class Witnessing:
             timeout,
             state_dir / COSIGNED_FILE,
             refresh,
+            sole,
         )
 
     # -- what others read ------------------------------------------------------------------------
@@ -214,6 +226,12 @@ class Witnessing:
     async def _submit(self, http: httpx.AsyncClient, w: WitnessStatus, cp: StoredCheckpoint) -> None:
         try:
             for _ in range(2):  # the second time with the size a 409 told us
+                if self.sole and w.size > cp.size:
+                    self._refused(
+                        w,
+                        f"409: it holds a tree of {w.size} events, larger than our latest checkpoint ({cp.size})",
+                    )
+                    return
                 body = await self._body(w.size, cp)
                 if body is None:
                     # Not proof of a fork by itself: this node may not have absorbed the
@@ -326,6 +344,12 @@ def _meaning(why: str) -> str:
         )
     if status == "404":
         return "the witness does not witness our log's origin: its configuration names another"
+    if status == "409" and "larger than our latest checkpoint" in why:
+        return (
+            "the witness cosigned a larger tree under our key than our log now holds a checkpoint of: the log "
+            "lost events it had signed (put back from an older copy, its state folder with it?), or another "
+            "copy of the log signs with our key"
+        )
     if status in ("409", "422"):
         return "the witness holds a checkpoint our log is not consistent with: a fork of the log"
     return "the witness refused our submission as malformed"
