@@ -110,6 +110,51 @@ def test_serve_refuses_a_log_a_newer_rollwatch_wrote(tmp_path: Path) -> None:
         con.close()
 
 
+def _schema_raised_by_hand(db: Path) -> int:
+    """A log whose event 2's schema column was raised by hand (hash not recomputed): it
+    reads as a newer release's event. That event's seq."""
+
+    async def write() -> int:
+        async with SQLiteEventStore(db) as store:
+            await store.append("schedule-s", [SchedulePaused(schedule="s")])
+            (rec,) = await store.append(
+                "rollout-x",
+                [RolloutScored(rollout_id="x", passed=False, score=0.0, scorer="python-function")],
+            )
+            await store.append("schedule-s", [SchedulePaused(schedule="s")])
+            return rec.seq
+
+    seq = anyio.run(write)
+    con = sqlite3.connect(db)
+    try:
+        con.execute("DROP TRIGGER IF EXISTS events_no_update")  # as someone holding the file may
+        con.execute("UPDATE events SET schema = 99 WHERE seq = ?", (seq,))
+        con.commit()
+    finally:
+        con.close()
+    return seq
+
+
+@pytest.mark.parametrize("command", [["serve"], ["report"], ["rebuild"]])
+def test_a_schema_raised_by_hand_is_tampering_not_a_newer_release(tmp_path: Path, command: list[str]) -> None:
+    """Someone holding the file raises an event's schema column: every command that reads it
+    names the edit (exit 1, the integrity check's words), not "upgrade rollwatch" (exit 2,
+    which sent the operator to install a release that does not exist, and which the unit
+    does not restart). Before, ``serve`` stopped on the read models' "schema 99 is newer"
+    before its integrity check at start could name the row."""
+    config = write_config(tmp_path)
+    seq = _schema_raised_by_hand(tmp_path / "events.db")
+    p = subprocess.run(
+        [sys.executable, "-m", "rollwatch", "--config", str(config), *command],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    lines = _lines(p, 1)
+    assert lines[-1].startswith(f"error: event log integrity check failed at seq {seq}: "), lines
+    assert "edited" in lines[-1] and "upgrade" not in lines[-1], lines
+
+
 @pytest.mark.parametrize("command", [["report"], ["rebuild"], ["schedules", "list"]])
 def test_commands_refuse_a_log_a_newer_rollwatch_wrote(tmp_path: Path, command: list[str]) -> None:
     config = write_config(tmp_path)

@@ -851,9 +851,10 @@ class Daemon:
                     try:
                         head = await pdb.build(svc.store)
                         break
-                    except NewerSchema:
-                        # A newer rollwatch wrote the log (a downgrade): no retry reads
-                        # it, and the daemon would answer 503 behind a 200 /healthz for good.
+                    except (NewerSchema, IntegrityError):
+                        # A newer rollwatch wrote the log (a downgrade), or a row was edited
+                        # to look so: no retry reads it, and the daemon would answer 503
+                        # behind a 200 /healthz for good.
                         raise
                     except (sqlite3.OperationalError, StoreError) as e:
                         log.warning("projections_build_failed", error=str(e), retry_in_s=pause)

@@ -151,6 +151,9 @@ class IntegrityError(StoreError):
 class UnknownEventType(StoreError):
     """Raised when an event's type or schema version has no class or upcaster."""
 
+    seq: int | None = None
+    """The event's seq, when raised reading a stored event."""
+
 
 class NewerSchema(UnknownEventType):
     """Raised when an event was written under a schema newer than this version reads: a

@@ -480,9 +480,12 @@ def _test(hint: Any) -> Callable[[Any], bool] | None:
 def unreadable(seq: int, type_: str, exc: Exception) -> UnknownEventType:
     """The error for event ``seq`` whose data did not decode (``exc``: why), naming the seq."""
     if isinstance(exc, UnknownEventType):
-        return type(exc)(f"event {seq}: {exc}")
-    # json's ValueError (bad JSON, a lone surrogate): never in data rollwatch wrote.
-    return UnknownEventType(f"event {seq}: its {type_} data is not valid JSON ({exc})")
+        err = type(exc)(f"event {seq}: {exc}")
+    else:
+        # json's ValueError (bad JSON, a lone surrogate): never in data rollwatch wrote.
+        err = UnknownEventType(f"event {seq}: its {type_} data is not valid JSON ({exc})")
+    err.seq = seq
+    return err
 
 
 def event_class(type_: str) -> type[Event] | None:

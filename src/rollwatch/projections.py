@@ -49,8 +49,8 @@ from rollwatch import _child
 from rollwatch import events as e
 from rollwatch._sqlite import ThreadConnection, rollback
 from rollwatch.abc import EventStore, Projection
-from rollwatch.errors import ServiceUnavailable, StoreError, UnknownEventType
-from rollwatch.events import Recorded, canonical_json
+from rollwatch.errors import IntegrityError, ServiceUnavailable, StoreError, UnknownEventType
+from rollwatch.events import GENESIS, Recorded, canonical_json, chain_hash
 from rollwatch.log import get_logger
 
 __all__ = [
@@ -724,6 +724,13 @@ class ProjectionDB:
         says "malformed" or "not a database") is rebuilt from the log beside it."""
         try:
             return await self._catch_up(store, until=until, progress=progress, writer=writer)
+        except UnknownEventType as e:
+            # A type or schema this release cannot read, or a row edited to look so (a
+            # schema column raised to say "upgrade rollwatch", hiding the edit): an event
+            # whose stored hash is not that of its content is named as tampering.
+            if e.seq is not None and (edited := await _edited(store, e.seq)) is not None:
+                raise edited from e
+            raise
         except sqlite3.DatabaseError as e:
             if writer is not None or type(e) is not sqlite3.DatabaseError:
                 raise
@@ -1039,6 +1046,26 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+async def _edited(store: EventStore, seq: int) -> IntegrityError | None:
+    """The error naming event ``seq`` when its stored hash is not the hash of its content
+    and the previous event's hash (a row edited after it was appended), else None."""
+    recs = await store.read_at([seq - 1, seq] if seq > 1 else [seq])
+    rec = recs.get(seq)
+    if rec is None or (seq > 1 and seq - 1 not in recs):
+        return None  # a gap: the integrity checks name it
+    prev = bytes.fromhex(recs[seq - 1].hash) if seq > 1 else GENESIS
+    try:
+        if chain_hash(prev, rec.canonical()).hex() == rec.hash:
+            return None
+    except (ValueError, TypeError):  # a hash or field no writer of ours makes
+        pass
+    return IntegrityError(
+        seq,
+        f"its hash does not match its content and the previous hash (the row was edited): "
+        f"its {rec.type!r} schema {rec.schema} is no newer release's event",
+    )
 
 
 async def _event_hash(store: EventStore, seq: int) -> str | None:
