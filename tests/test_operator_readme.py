@@ -152,7 +152,8 @@ def test_a_schema_raised_by_hand_is_tampering_not_a_newer_release(tmp_path: Path
     )
     lines = _lines(p, 1)
     assert lines[-1].startswith(f"error: event log integrity check failed at seq {seq}: "), lines
-    assert "edited" in lines[-1] and "upgrade" not in lines[-1], lines
+    assert "edited" in lines[-1], lines
+    assert "upgrade" not in lines[-1], lines
 
 
 @pytest.mark.parametrize("command", [["report"], ["rebuild"], ["schedules", "list"]])
