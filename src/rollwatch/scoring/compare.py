@@ -19,8 +19,17 @@ def _show(s: str, limit: int = 80) -> str:
     return repr(s if len(s) <= limit else s[:limit] + "…")
 
 
+def _text(data: bytes) -> str:
+    """``data`` as text, each byte that is not UTF-8 a character of its own (a lone surrogate).
+
+    Decoded with "replace", every invalid byte became the same U+FFFD: an expected output
+    that is not UTF-8 (Latin-1 "café", say) matched any invalid byte in its place, and a
+    literal U+FFFD."""
+    return data.decode("utf-8", "surrogateescape")
+
+
 def _lines(data: bytes) -> list[str]:
-    lines = [ln.rstrip() for ln in data.decode("utf-8", "replace").replace("\r\n", "\n").split("\n")]
+    lines = [ln.rstrip() for ln in _text(data).replace("\r\n", "\n").split("\n")]
     while lines and not lines[-1]:
         lines.pop()
     return lines
@@ -43,8 +52,8 @@ def compare_output(got: bytes, expected: bytes, tolerance: float | None = None) 
         if len(got_lines) != len(want_lines):
             return f"{len(got_lines)} lines of output, expected {len(want_lines)}"
         return None
-    want_tokens = expected.decode("utf-8", "replace").split()
-    got_tokens = got.decode("utf-8", "replace").split()
+    want_tokens = _text(expected).split()
+    got_tokens = _text(got).split()
     for i, (w, g) in enumerate(zip(want_tokens, got_tokens, strict=False), 1):
         if w == g:
             continue
