@@ -137,6 +137,25 @@ async def test_output_that_is_not_utf8_is_compared_byte_for_byte(pool: ScoringPo
     assert not s.passed, s
 
 
+BIG = "1" * 400
+NUMBERS_TOLERATED = stdio_problem([("", f"{BIG}\n9007199254740993\n")], tolerance=0.0)
+
+
+@pytest.mark.parametrize(
+    "output",
+    [f"{'2' * 400}\n9007199254740993", f"{'9' * 399}\n9007199254740993", f"{BIG}\n9007199254740992"],
+)
+async def test_numbers_beyond_a_float_are_not_equal_to_all_their_like(pool: ScoringPool, output: str) -> None:
+    """Under ``float_tolerance`` tokens were read as floats: every number past 1.8e308 read as
+    inf, so any one matched any other (a wrong 400-digit answer passed), and integers past 2**53
+    lost their last digits (9007199254740992 matched 9007199254740993, tolerance 0)."""
+    s = await pool.score(NUMBERS_TOLERATED, fenced(f"print({output!r})"))
+    assert not s.passed, s
+    assert len(s.detail["first_failure"]["difference"]) <= 250, s  # cut at 80 a token
+    right = await pool.score(NUMBERS_TOLERATED, fenced(f"print({BIG!r})\nprint(9007199254740993)"))
+    assert right.passed, right
+
+
 # -- command checkers that echo the program -------------------------------------------------
 
 
