@@ -39,6 +39,9 @@ from rollwatch.scoring.sandbox import ONESHOT, SANDBOX_ENV, sandbox_python
 _CHECKER_OUTPUT = 1024 * 1024
 _OUR_WORDS = ("scorer error", "sandbox", "checker")
 """How rollwatch's own failures start (report/failures.py): never the opening of a checker's reason."""
+_CHECKER_FAULTS = ("score is not a number",)
+"""What follows "checker: " in a reason of ours (report/failures.py: the checker's fault, not the
+model's): never what follows it in the reason quoting a checker's last line."""
 
 
 async def _read_capped(stream: ByteReceiveStream | None, sink: bytearray) -> None:
@@ -202,5 +205,9 @@ class CommandScorer(Scorer):
         if code is not None and code < 0:
             reason = f"checker killed by signal {signal.Signals(-code).name}"
         else:
+            if last.startswith(_CHECKER_FAULTS):
+                # The checker's last line may be the program's output: "checker: score is not a
+                # number" would count a wrong answer as our checker's fault (re-scored, not the model's).
+                last = "the checker's last line: " + last
             reason = f"checker: {last[:300]}" if last else f"checker exit status {code}"
         return Outcome(passed=False, score=0.0, reason=reason, detail=detail)

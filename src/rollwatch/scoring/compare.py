@@ -5,32 +5,75 @@ ends and trailing empty lines are ignored. Tolerance mode: equal token by token
 (whitespace-separated); where the expected token is a number, the output's token
 must be a number within ``tolerance`` of it, absolutely or relative to its size
 (``|got - want| <= tolerance * max(1, |want|)``); ``nan`` matches only ``nan`` and
-an infinity only the same infinity.
+an infinity only the same infinity. Integers are read exactly (not as 53-bit floats), and a
+number too large for a float, not written as an infinity, only as the same text.
 """
 
 from __future__ import annotations
 
 import math
+import re
+from fractions import Fraction
 
 __all__ = ["compare_output"]
 
 
+def _cut(s: str, limit: int = 80) -> str:
+    return s if len(s) <= limit else s[:limit] + "…"
+
+
 def _show(s: str, limit: int = 80) -> str:
-    return repr(s if len(s) <= limit else s[:limit] + "…")
+    return repr(_cut(s, limit))
+
+
+def _text(data: bytes) -> str:
+    """``data`` as text, each byte that is not UTF-8 a character of its own (a lone surrogate).
+
+    Decoded with "replace", every invalid byte became the same U+FFFD: an expected output
+    that is not UTF-8 (Latin-1 "café", say) matched any invalid byte in its place, and a
+    literal U+FFFD."""
+    return data.decode("utf-8", "surrogateescape")
 
 
 def _lines(data: bytes) -> list[str]:
-    lines = [ln.rstrip() for ln in data.decode("utf-8", "replace").replace("\r\n", "\n").split("\n")]
+    lines = [ln.rstrip() for ln in _text(data).replace("\r\n", "\n").split("\n")]
     while lines and not lines[-1]:
         lines.pop()
     return lines
 
 
-def _number(token: str) -> float | None:
+def _number(token: str) -> float | int | None:
+    """The number ``token`` spells, if any: an exact int for an integer (floats hold 53 bits:
+    9007199254740993 read as 9007199254740992), and None for a number too large for a float
+    but not written as an infinity (both read as inf, so any two such numbers were equal)."""
+    if _INTEGER.fullmatch(token) and len(token) <= _INT_DIGITS:
+        return int(token)
     try:
-        return float(token)
+        value = float(token)
     except ValueError:
         return None
+    if math.isinf(value) and not _INFINITY.fullmatch(token):
+        return None
+    return value
+
+
+def _close(got: float | int, want: float | int, tolerance: float) -> bool:
+    """Whether ``got`` is within ``tolerance`` of ``want`` (see the module's docstring)."""
+    if (type(got) is float and not math.isfinite(got)) or (type(want) is float and not math.isfinite(want)):
+        return (got != got and want != want) or got == want  # nan only matches nan
+    try:
+        # int - int stays exact, and an int compared with a float is compared exactly.
+        return abs(got - want) <= tolerance * max(1.0, abs(want))
+    except OverflowError:  # an int beyond a float's range
+        bound = Fraction(tolerance) * max(Fraction(1), abs(Fraction(want)))
+        return abs(Fraction(got) - Fraction(want)) <= bound
+
+
+_INTEGER = re.compile(r"[+-]?[0-9]+")
+_INT_DIGITS = 4000
+"""Longest integer read as one (Python refuses to read ints of more than 4300 digits);
+longer ones are compared as text."""
+_INFINITY = re.compile(r"[+-]?inf(inity)?", re.I)
 
 
 def compare_output(got: bytes, expected: bytes, tolerance: float | None = None) -> str | None:
@@ -43,8 +86,8 @@ def compare_output(got: bytes, expected: bytes, tolerance: float | None = None) 
         if len(got_lines) != len(want_lines):
             return f"{len(got_lines)} lines of output, expected {len(want_lines)}"
         return None
-    want_tokens = expected.decode("utf-8", "replace").split()
-    got_tokens = got.decode("utf-8", "replace").split()
+    want_tokens = _text(expected).split()
+    got_tokens = _text(got).split()
     for i, (w, g) in enumerate(zip(want_tokens, got_tokens, strict=False), 1):
         if w == g:
             continue
@@ -54,12 +97,9 @@ def compare_output(got: bytes, expected: bytes, tolerance: float | None = None) 
         gf = _number(g)
         if gf is None:
             return f"token {i}: expected the number {_show(w)}, got {_show(g)}"
-        if math.isnan(wf) or math.isnan(gf) or math.isinf(wf) or math.isinf(gf):
-            same = (math.isnan(wf) and math.isnan(gf)) or wf == gf
-        else:
-            same = abs(gf - wf) <= tolerance * max(1.0, abs(wf))
+        same = _close(gf, wf, tolerance)
         if not same:
-            return f"token {i}: expected {w}, got {g} (tolerance {tolerance:g})"
+            return f"token {i}: expected {_cut(w)}, got {_cut(g)} (tolerance {tolerance:g})"
     if len(got_tokens) != len(want_tokens):
         return f"{len(got_tokens)} tokens of output, expected {len(want_tokens)}"
     return None

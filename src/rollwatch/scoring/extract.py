@@ -2,6 +2,7 @@
 
 Rules, in order:
 
+0. An answer longer than ``EXTRACT_MAX`` characters has no code: ``none``.
 1. Reasoning a model returns inline (``<think>…</think>``) is dropped first: code it
    drafted while thinking is not its answer.
 2. Fenced blocks (```` ``` ```` or ``~~~``, of at least three characters) tagged
@@ -20,6 +21,7 @@ Rules, in order:
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
 import re
 from collections.abc import Iterator
@@ -34,11 +36,21 @@ _PYTHON_TAGS = {"", "python", "py", "python3", "py3", "pycon3"}
 # The info string starts at its first non-blank character: were the blanks before it
 # free to go to either part, a line of a fence and 60 KB of spaces that then fails
 # (a stray backtick at its end) would take seconds, on the daemon's event loop.
-_OPEN = re.compile(r"^(?P<indent>[ \t]{0,3})(?P<fence>`{3,}|~{3,})[ \t]*(?P<info>(?:[^\n` \t][^\n`]*)?)$")
+_OPEN = re.compile(r"(?P<indent>[ \t]{0,3})(?P<fence>`{3,}|~{3,})[ \t]*(?P<info>(?:[^\n` \t][^\n`]*)?)")
+"""A whole line that opens a fence (``fullmatch`` over the line)."""
 # Parsing runs on the daemon's event loop, at a few µs a character, and holds the GIL
 # (a thread would not help): 1 MB of unfenced code stalled every run and request for
 # 4-30 s. Code that long comes fenced.
 WHOLE_TEXT_MAX = 64 * 1024
+EXTRACT_MAX = 4 * 1024 * 1024
+"""Longest answer (in characters) extraction reads; a longer one has no code (``none``).
+
+A provider may send tens of MB (its client takes bodies up to 64 MiB): a 32 MB answer of
+short lines took 19-27 s of the daemon's event loop to extract from, and even a linear
+pass over it holds the GIL for seconds in single calls (a pattern over the whole text).
+No answer of a few MB of code is written by hand: past this it is a degenerate output."""
+_RUN = re.compile("```|~~~")
+"""Three fence characters in a row: only the lines holding them are looked at."""
 _THINK = re.compile(r"<think(?:ing)?>.*?(?:</think(?:ing)?>|\Z)", re.S | re.I)
 
 
@@ -79,69 +91,102 @@ def candidates(text: str) -> list[Candidate]:
 
     The console finds the code a verdict ran among these by its hash, or by the rule
     the verdict names (:func:`extract_code` picks among the same blocks)."""
+    if len(text) > EXTRACT_MAX:
+        return [Candidate(text, True, (0, len(text)))]
     tidied = _THINK.sub("", text)
     normalized = tidied.replace("\r\n", "\n")
     exact = normalized == text  # offsets in the tidied copy are the answer's own
-    lines = normalized.split("\n")
-    starts = [0]
-    for ln in lines:
-        starts.append(starts[-1] + len(ln) + 1)
-    out = []
-    for code, first, end, python in _fences(lines):
-        if python:
-            span = (starts[first], max(starts[first], starts[end] - 1)) if exact else None
-            out.append(Candidate(code, False, span))
-    out.append(Candidate(tidied, True, (0, len(text)) if tidied == text else None))
-    return out
+    return [
+        Candidate(code, False, span if exact else None)
+        for code, span, python in _fences(normalized)
+        if python
+    ] + [Candidate(tidied, True, (0, len(text)) if tidied == text else None)]
 
 
 def _blocks(text: str) -> list[str]:
     """The bodies of the Python and untagged fenced blocks, in order."""
-    # Only "\n" ends a line: splitlines() would also split code at "\x85" or "\u2028".
-    lines = text.replace("\r\n", "\n").split("\n")
-    return [code for code, _, _, python in _fences(lines) if python]
+    return [code for code, _, python in _fences(text.replace("\r\n", "\n")) if python]
 
 
-def _fences(lines: list[str]) -> Iterator[tuple[str, int, int, bool]]:
-    """Each fenced block of ``lines``: its body (de-indented, as code; empty for another
-    language's), the index of its first body line and of the line past its last, and
-    whether it is Python or untagged."""
-    i = 0
-    while i < len(lines):
-        m = _OPEN.match(lines[i])
-        if not m:
-            i += 1
+def _fences(text: str) -> Iterator[tuple[str, tuple[int, int], bool]]:
+    """Each fenced block of ``text``: its body (de-indented, as code; empty for another
+    language's), where the body lies (the offsets of its first line's start and of its
+    last line's end), and whether it is Python or untagged.
+
+    Only "\\n" ends a line (``splitlines()`` would also split code at "\\x85" or
+    "\\u2028"). Only the lines holding three fence characters in a row (and, in a block,
+    its whole fence) are looked at, found by searches in C: a line-by-line walk (or a
+    pattern anchored at every line's start) took seconds for a few MB of short lines, and
+    the closing fence's check once built a string as long as the fence for every line of
+    the body (142 s for 2 M backticks over 2 M empty lines, on the daemon's event loop).
+    """
+    n = len(text)
+    pos = 0  # always the start of a line
+    while pos <= n:
+        hit = _RUN.search(text, pos)
+        if hit is None:
+            return
+        at = hit.start()
+        start = text.rfind("\n", 0, at) + 1
+        end = text.find("\n", at)
+        end = n if end < 0 else end
+        pos = end + 1
+        m = _OPEN.fullmatch(text, start, end) if at - start <= 3 else None
+        if m is None:
             continue
         fence = m.group("fence")
+        char = fence[0]
         tag = m.group("info").strip().split(maxsplit=1)
         lang = tag[0].lower().lstrip("{.").rstrip("}") if tag else ""
-        body: list[str] = []
-        i += 1
-        while i < len(lines):
-            stripped = lines[i].strip()
-            if stripped.startswith(fence[0] * len(fence)) and set(stripped) == {fence[0]}:
+        first = pos
+        # The closing fence: a line of the fence's character only (at least as many),
+        # blanks around it.
+        closing = -1
+        at = first
+        while at <= n:
+            found = text.find(fence, at)
+            if found < 0:
                 break
-            body.append(lines[i])
-            i += 1
-        first = i - len(body)
-        if i >= len(lines):  # never closed (a cut-off answer): drop the text's final newline
-            while body and not body[-1].strip():
-                body.pop()
-        i += 1  # past the closing fence
-        if lang in _PYTHON_TAGS:
-            indent = len(m.group("indent"))
-            code = "\n".join(ln[indent:] if ln[:indent].isspace() else ln for ln in body) + "\n"
-            yield code, first, first + len(body), True
-        else:
-            yield "", first, first + len(body), False
+            line_start, line_end = _line(text, found)
+            if not text[line_start:line_end].strip().strip(char):
+                closing, pos = line_start, line_end + 1
+                break
+            at = line_end + 1
+        if closing >= 0:
+            last = max(first, closing - 1)
+        else:  # never closed (a cut-off answer): the body ends at its last line that is not blank
+            pos = n + 1
+            kept = len(text.rstrip())
+            last = first if kept <= first else _line(text, kept - 1)[1]
+        if lang not in _PYTHON_TAGS:
+            yield "", (first, last), False
+            continue
+        body = text[first:last]
+        indent = len(m.group("indent"))
+        if indent:
+            body = "\n".join(ln[indent:] if ln[:indent].isspace() else ln for ln in body.split("\n"))
+        yield body + "\n", (first, last), True
 
 
-# One pattern for every name, compiled once: a pattern per entry point costs more to
-# compile (~1 ms) than the search, for each problem a process scores.
-_DEFINITION = re.compile(
-    r"^(?:(?:async[ \t]+)?def[ \t]+(\w+)[ \t]*\(|class[ \t]+(\w+)\b|(\w+)[ \t]*(?::[^=\n]*)?=(?!=))", re.M
-)
-_NAME = re.compile(r"\w+")
+def _line(text: str, at: int) -> tuple[int, int]:
+    """The offsets of the start of the line holding ``at`` and of its end (its "\\n", or the text's end)."""
+    end = text.find("\n", at)
+    return text.rfind("\n", 0, at) + 1, len(text) if end < 0 else end
+
+
+@functools.lru_cache(maxsize=256)
+def _definition(name: str) -> re.Pattern[str]:
+    """What defines ``name`` at the start of a line (after its "\\n"): def, class or assignment.
+
+    One pattern per name (compiled once: ~1 ms, more than a search costs), led by the
+    literal "\\n" so that a search skips from line to line in C: a pattern anchored by
+    ``^`` is tried at every character, ~0.2 s a MB of short lines in one call that holds
+    the GIL.
+    """
+    n = re.escape(name)
+    return re.compile(
+        rf"\n(?:(?:async[ \t]+)?def[ \t]+{n}[ \t]*\(|class[ \t]+{n}\b|{n}[ \t]*(?::[^=\n]*)?=(?!=))"
+    )
 
 
 def _defines(code: str, name: str) -> bool:
@@ -150,13 +195,7 @@ def _defines(code: str, name: str) -> bool:
     Textual on purpose: it also recognizes the intended block when it does not parse,
     and costs nothing next to an ``ast.parse`` of every block.
     """
-    if _NAME.fullmatch(name) is None:  # not a plain name: a pattern of its own
-        n = re.escape(name)
-        pattern = rf"^(?:(?:async[ \t]+)?def[ \t]+{n}[ \t]*\(|class[ \t]+{n}\b|{n}[ \t]*(?::[^=\n]*)?=(?!=))"
-        return re.search(pattern, code, re.M) is not None
-    if name not in code:
-        return False
-    return any(name in m.groups() for m in _DEFINITION.finditer(code))
+    return name in code and _definition(name).search("\n" + code) is not None
 
 
 def _is_program(text: str) -> bool:
@@ -175,6 +214,8 @@ def _is_program(text: str) -> bool:
 
 def extract_code(text: str, entry_point: str | None = None) -> Extraction:
     """The code in ``text`` by the rules of this module's docstring."""
+    if len(text) > EXTRACT_MAX:
+        return Extraction(None, "none", 0)
     text = _THINK.sub("", text)
     blocks = _blocks(text)
     if blocks:

@@ -30,7 +30,7 @@ from rollwatch.problems import Problem
 from rollwatch.scoring.base import Outcome, Score, Scorer, ScoringSettings, TimeLimit
 from rollwatch.scoring.cgroup import cgroups
 from rollwatch.scoring.command import CommandScorer
-from rollwatch.scoring.extract import Extraction, code_sha256, extract_code
+from rollwatch.scoring.extract import EXTRACT_MAX, Extraction, code_sha256, extract_code
 from rollwatch.scoring.function import FunctionScorer
 from rollwatch.scoring.sandbox import (
     SANDBOXES,
@@ -51,6 +51,28 @@ SCORERS: dict[str, type[Scorer]] = {
     StdioScorer.kind: StdioScorer,
     CommandScorer.kind: CommandScorer,
 }
+
+
+EXTRACT_INLINE = 16 * 1024
+"""Answers up to this many characters are extracted from on the event loop (a few ms at
+worst: a thread's hop would cost more than most extractions); longer ones in a thread."""
+
+
+def as_stored(text: str) -> str:
+    """``text`` as the event log stores it: a lone surrogate (which a provider's JSON can
+    carry as ``"\\ud800"``) becomes U+FFFD (see ``rollwatch.events.stored_json``).
+
+    An answer is judged as it is archived, so that ``rescore`` judges the same text and the
+    verdict's ``code_sha256`` names a part of the answer as recorded. Judged raw, such an
+    answer to a ``command`` problem failed to be written out (a scorer error, counted ours).
+    """
+    if text.isascii():
+        return text
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return text
 
 
 def plain_text(s: str, limit: int = 4000) -> str:
@@ -103,6 +125,7 @@ class ScoringPool:
         self._free_tx: MemoryObjectSendStream[ZygoteSandbox] | None = None
         self._free_rx: MemoryObjectReceiveStream[ZygoteSandbox] | None = None
         self._uids: UidLease | None = None
+        self._extracting = anyio.CapacityLimiter(1)
 
     # -- lifetime ---------------------------------------------------------------------------
 
@@ -202,9 +225,23 @@ class ScoringPool:
         """Extract the code from ``answer`` (a model's whole text) and judge it."""
         started = time.perf_counter()
         limit = await self.time_limit(problem)
-        ex = extract_code(answer, problem.entry_point)
+        answer = as_stored(answer)
+        if len(answer) <= EXTRACT_INLINE:
+            ex = extract_code(answer, problem.entry_point)
+        else:
+            # Off the event loop: a few MB of degenerate text take seconds (ast.parse, the one
+            # step that would hold the GIL throughout, reads at most WHOLE_TEXT_MAX of it). One
+            # at a time: threads share the GIL anyway, and each holds a copy or two of its answer.
+            ex = await anyio.to_thread.run_sync(
+                extract_code, answer, problem.entry_point, limiter=self._extracting
+            )
         if ex.code is None:
-            outcome = Outcome(passed=False, score=0.0, reason="no code found")
+            reason = "no code found"
+            if len(answer) > EXTRACT_MAX:
+                reason += (
+                    f" (the answer has {len(answer)} characters: extraction reads at most {EXTRACT_MAX})"
+                )
+            outcome = Outcome(passed=False, score=0.0, reason=reason)
         else:
             outcome = await self._judge(replace(problem, timeout=limit.seconds), ex.code)
         return self._score(problem, outcome, ex, started, limit)
