@@ -197,3 +197,35 @@ class TestEmbargoedProofs:
         r = httpx.get(f"{daemon.url}/public/rollouts/{rid}.json", headers=REMOTE)
         assert r.status_code == 404, r.text
         assert rid not in r.text or set(r.json()) == {"error", "message"}
+
+
+class TestHugeAnswers:
+    @pytest.mark.parametrize(
+        "text",
+        [
+            "\u200b\u200c" * 2_000_000,  # 4M invisible characters, each written out as a mark
+            "<" * 4_000_000,  # each escaped to four characters
+            "x" * 4_000_000,
+        ],
+        ids=["hidden", "escaped", "plain"],
+    )
+    def test_a_huge_answer_makes_a_page_of_bounded_size(self, text: str) -> None:
+        """A model's answer (up to 64 MiB) is shown cut, saying how much more there is. Before,
+        4M zero-width characters made 164 MB of HTML for the rollout's page, in the daemon's
+        memory (each written out as a marked code point)."""
+        from rollwatch.web.render import shown
+
+        out = str(shown(text))
+        assert len(out) < 2_000_000, len(out)
+        assert out.endswith("more characters not shown: the event log holds the whole text⟩</span>"), out[
+            -200:
+        ]
+        assert "<" not in out.replace('<span class="ctl">', "").replace("</span>", "")
+
+    def test_an_answer_within_the_limits_is_shown_whole(self) -> None:
+        from rollwatch.web.render import shown
+
+        text = "def f():\n    return 1  # \u202e\n" * 1000
+        out = str(shown(text))
+        assert "not shown" not in out
+        assert out.count("⟨U+202E⟩") == 1000

@@ -50,14 +50,37 @@ _HIDDEN = re.compile(
 )
 
 
+SHOWN_MAX = 200_000
+"""Characters of one text a page shows; the rest is said, not shown (the log has it all)."""
+MARKED_MAX = 2_000
+"""Hidden characters of one text a page writes out; the text is cut at the next one."""
+
+
 def shown(text: object) -> markupsafe.Markup:
     """``text`` escaped, with every character that would hide or reorder what is shown
     (``_HIDDEN``) written out as a marked ``⟨U+XXXX⟩``: an operator reads the code that ran,
-    not what a right-to-left override or a zero-width space makes it look like."""
-    escaped = str(markupsafe.escape(text))
-    return markupsafe.Markup(  # noqa: S704 (escaped first; the replacement is constant markup)
-        _HIDDEN.sub(lambda m: f'<span class="ctl">⟨U+{ord(m[0]):04X}⟩</span>', escaped)
-    )
+    not what a right-to-left override or a zero-width space makes it look like.
+
+    At most :data:`SHOWN_MAX` characters and :data:`MARKED_MAX` marked ones are shown, then
+    how many more there are: a model's answer may be 64 MiB, and one of zero-width
+    characters made a page forty times that (each written out as a marked code point),
+    built in the daemon's memory."""
+    s = str(text)
+    total = len(s)
+    if total > SHOWN_MAX:
+        s = s[:SHOWN_MAX]
+    for n, m in enumerate(_HIDDEN.finditer(s), 1):
+        if n > MARKED_MAX:
+            s = s[: m.start()]
+            break
+    escaped = str(markupsafe.escape(s))
+    out = _HIDDEN.sub(lambda m: f'<span class="ctl">⟨U+{ord(m[0]):04X}⟩</span>', escaped)
+    if len(s) < total:
+        out += (
+            f'<span class="ctl">⟨{total - len(s):,} more characters not shown: the event log holds the'
+            " whole text⟩</span>"
+        )
+    return markupsafe.Markup(out)  # noqa: S704 (escaped first; the additions are constant markup)
 
 
 @functools.cache
