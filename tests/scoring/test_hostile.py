@@ -391,13 +391,13 @@ def judges() -> list[tuple[int, int, str]]:
 
 
 async def honest_still_passes(pool: ScoringPool) -> None:
-    await nothing_left(within=1.0)
+    await nothing_left(within=5.0)  # 1 s was missed once at load 16 (a fork bomb reaped)
     assert len(judges()) <= pool.workers, judges()
     for p, code in ((SQUARE, HONEST_SQUARE), (ECHO, HONEST_ECHO)):
         with anyio.fail_after(15):
             ok = await pool.score(p, fenced(code))
         assert ok.passed, ok
-    await nothing_left(within=1.0)
+    await nothing_left(within=5.0)  # 1 s was missed once at load 16 (a fork bomb reaped)
 
 
 class TestForgers:
