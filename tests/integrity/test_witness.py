@@ -3,6 +3,7 @@ and a log on loopback that submits its checkpoints to them."""
 
 from __future__ import annotations
 
+import base64
 import shutil
 import subprocess
 import sys
@@ -217,8 +218,22 @@ class TestQuorum:
 
                     kept = tmp_path / "log" / "checkpoint.cosigned"
                     plain = note.split("\u2014 witness.test/")[0]
-                    assert cosigned_note(plain, kept) == note
-                    assert cosigned_note(plain.replace(f"\n{size}\n", "\n1\n"), kept) != note
+                    keys = [w1.vkey, w2.vkey]
+                    assert cosigned_note(plain, kept, keys) == note
+                    assert cosigned_note(plain.replace(f"\n{size}\n", "\n1\n"), kept, keys) != note
+                    # Only cosignatures that verify under a configured witness's key are shipped:
+                    # a line added to the file by hand (a witness not configured, a signature
+                    # changed) is not (before, the file was shipped as it stood).
+                    lines = note[len(plain) :].splitlines(keepends=True)
+                    assert cosigned_note(plain, kept, [w1.vkey]) == plain + lines[0]
+                    name, blob = lines[0][2:].rsplit(" ", 1)
+                    raw = bytearray(base64.b64decode(blob))
+                    raw[-1] ^= 1
+                    forged = f"\u2014 {name} {base64.b64encode(bytes(raw)).decode()}\n"
+                    kept.write_text(note + forged + "\u2014 witness.test/w9 AAAAAAAAAAAA\n", encoding="utf-8")
+                    assert cosigned_note(plain, kept, keys) == note
+                    kept.write_text(plain + forged, encoding="utf-8")
+                    assert cosigned_note(plain, kept, keys) == plain
                     both = ("--witness", w1.vkey, "--witness", w2.vkey)
                     code, out, err = await audit_cmd("--url", s.url, "--key", signer.vkey, *both)
                     assert code == 0, err

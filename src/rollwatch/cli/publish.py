@@ -249,6 +249,7 @@ def publish_export(ctx: Context, directory: Path, base_url: str | None) -> None:
                     tree=tree,
                     vkey=await _vkey(config, store),
                     cosigned=config.integrity.state_dir(config.store) / "checkpoint.cosigned",
+                    witness_keys=[w.key for w in config.integrity.witnesses],
                 )
             except OSError as e:  # a folder read-only, a file where a folder should be, a full disk
                 where = e.filename or directory

@@ -36,6 +36,7 @@ import anyio
 from rollwatch.abc import EventStore
 from rollwatch.errors import ClockSkewed, UsageError
 from rollwatch.events import Recorded, parse_rfc3339, rfc3339
+from rollwatch.log import get_logger
 from rollwatch.projections import ProjectionDB
 from rollwatch.publication import feeds
 from rollwatch.publication.clock import SKEW_S, behind_log, newest_event_at
@@ -49,6 +50,8 @@ from rollwatch.publication.public import (
 )
 from rollwatch.publication.release import caught_up
 from rollwatch.publication.releases import Archive, rollout_file, write_atomic
+
+log = get_logger(__name__)
 
 if TYPE_CHECKING:
     from rollwatch.integrity.tree import MerkleTree, StoredCheckpoint
@@ -107,6 +110,7 @@ async def export_public(
     tree: MerkleTree | None = None,
     vkey: str | None = None,
     cosigned: Path | None = None,
+    witness_keys: Iterable[str] = (),
 ) -> ExportSummary:
     """Add what is new to the public release under ``out_dir``; ``base_url`` is where DIR will be served.
 
@@ -116,7 +120,8 @@ async def export_public(
     new results carry their proof bundles under ``proof`` and their lines the feed's
     inclusion proof under ``_rollwatch``, and the export holds the checkpoint, the key
     ``vkey`` and the hash tiles. ``cosigned``: the daemon's file of the latest checkpoint
-    with its witnesses' cosignatures, shipped instead when it is that checkpoint.
+    with its witnesses' cosignatures, shipped instead when it is that checkpoint; only the
+    cosignatures that verify under ``witness_keys`` (the configured witnesses' vkeys) are kept.
     """
     if not base_url.endswith("/"):
         base_url += "/"
@@ -230,7 +235,7 @@ async def export_public(
         }
         if checkpoint is not None:
             pages["checkpoint"] = (
-                cosigned_note(checkpoint.note, cosigned) if cosigned else checkpoint.note
+                cosigned_note(checkpoint.note, cosigned, witness_keys) if cosigned else checkpoint.note
             ).encode()
         if vkey is not None:
             pages["key"] = (vkey + "\n").encode()
@@ -340,10 +345,45 @@ def _scored_fields(bundle: dict[str, Any] | None, seq: int | None) -> dict[str, 
     return None
 
 
-def cosigned_note(note: str, path: Path) -> str:
-    """``note`` with the cosignatures kept in ``path``, when ``path`` holds that very note cosigned."""
+def cosigned_note(note: str, path: Path, witness_keys: Iterable[str] = ()) -> str:
+    """``note`` with the cosignatures kept in ``path``, when ``path`` holds that very note
+    cosigned: each one that verifies under one of ``witness_keys`` (vkeys), no other.
+
+    The file is state on the host: a line added to it by hand (a cosignature of a witness
+    not configured, or one that does not verify) was shipped in the export's checkpoint as
+    if that witness had seen the log. Verifiers reject such lines, but a reader that only
+    counts them would not."""
+    from rollwatch.errors import InvalidNote
+    from rollwatch.integrity.witness import CosignatureVerifier
+
     try:
         kept = path.read_text(encoding="utf-8")
-    except OSError:
+    except (OSError, UnicodeDecodeError):
         return note
-    return kept if kept.startswith(note) else note
+    if not kept.startswith(note):
+        return note
+    verifiers = []
+    for k in witness_keys:
+        try:
+            verifiers.append(CosignatureVerifier.from_vkey(k))
+        except ValueError:
+            continue  # refused by the configuration's check already
+    out = note
+    for line in kept[len(note) :].splitlines(keepends=True):
+        valid = False
+        for v in verifiers:
+            try:
+                valid = v.timestamp(note + line) is not None
+            except (InvalidNote, ValueError):
+                valid = False
+            if valid:
+                break
+        if valid and line.endswith("\n"):
+            out += line
+        else:
+            log.warning(
+                "cosignature_not_shipped",
+                line=line.strip()[:200],
+                reason="no configured witness's key verifies it",
+            )
+    return out
