@@ -526,6 +526,14 @@ def test_schedules_that_cannot_run_degrade_health_and_refuse_triggers(
         assert "disabled" in body["schedules"]["rejected"]
         assert len(body["reasons"]) == 3
         assert "sk-rejected" not in r.text
+        # From outside, degraded with a count: which schedules (a name may say which unreleased
+        # model is evaluated) and why (a provider's words) are the operator's.
+        outside = httpx.get(f"http://{listen}/healthz", headers={"X-Forwarded-For": "203.0.113.9"}, timeout=5)
+        assert outside.status_code == 503
+        assert outside.json()["status"] == "degraded"
+        assert outside.json()["reasons"] == ["3 schedule(s) cannot run (the operator's /healthz names them)"]
+        for name in ("typo", "nokey", "rejected", "ROLLWATCH_TEST_NEVER_SET", "keyless", "problemz"):
+            assert name not in outside.text, (name, outside.text)
 
         rows = {row["schedule"]: row for row in json.loads(cli("schedules", "list", "--json").stdout)}
         for name in ("typo", "nokey", "rejected"):

@@ -85,18 +85,26 @@ def build_app(
     """
     gate = operators or Operators()
 
-    async def healthz(_: Request) -> Response:
+    async def healthz(request: Request) -> Response:
         blocked = cannot_run() if cannot_run is not None else {}
         extra = status() if status is not None else {}
         body: dict[str, Any] = health.as_json() if health is not None else {"status": "ok"}
         if blocked:
             if body["status"] == "ok":
                 body["status"] = "degraded"
-            body["reasons"] = [
-                *body.get("reasons", []),
-                *(f"schedule {name!r} cannot run: {why}" for name, why in sorted(blocked.items())),
-            ]
-            body["schedules"] = dict(sorted(blocked.items()))
+            if await gate.allows(request):
+                body["reasons"] = [
+                    *body.get("reasons", []),
+                    *(f"schedule {name!r} cannot run: {why}" for name, why in sorted(blocked.items())),
+                ]
+                body["schedules"] = dict(sorted(blocked.items()))
+            else:
+                # Which schedules, and why, are the operator's: a schedule's name may say which
+                # unreleased model is being evaluated, and why may quote a provider's words.
+                body["reasons"] = [
+                    *body.get("reasons", []),
+                    f"{len(blocked)} schedule(s) cannot run (the operator's /healthz names them)",
+                ]
         failures = failing() if failing is not None else []
         if failures:
             if body["status"] == "ok":
