@@ -117,7 +117,8 @@ _OPERATION_PATHS: dict[str, Any] = {
                 },
                 "503": {
                     "description": "Degraded: the log was tampered with, or a configured schedule "
-                    "cannot run; the reasons say which",
+                    "cannot run; the reasons say which (the schedules' names and why only to the operator: a "
+                    "trusted peer or a bearer key with scope ops)",
                     "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Health"}}},
                 },
             },
