@@ -16,6 +16,7 @@ from pathlib import Path
 
 import anyio
 import pytest
+import structlog.testing
 
 from rollwatch.report.failures import verdict_cause
 from rollwatch.scoring import ScoringPool
@@ -96,11 +97,16 @@ async def test_a_hog_in_another_pool_does_not_make_an_honest_answer_the_models_t
             with anyio.fail_after(15):  # the hogs' processes are running
                 while len(sandbox_processes(range(hogs.settings.uid_base, hogs.settings.uid_base + 2))) < 70:
                     await anyio.sleep(0.05)
-            s = await pool.score(honest, fenced(BUSY_HONEST))
+            with structlog.testing.capture_logs() as logs:
+                s = await pool.score(honest, fenced(BUSY_HONEST))
         storable(s)
         assert s.passed or verdict_cause(s.reason)[0] == "infra", s
+        # A starved sample is judged again (2 s, then 8 s later: by then the hogs' 8 s are
+        # over); its sandbox error stands only after both. Before, the first stood.
+        starved = [entry for entry in logs if entry["event"] == "scoring_starved"]
         if not s.passed:
             assert s.reason.startswith("sandbox error: the host ran other work on the sample's CPU"), s
+            assert len(starved) == 2, logs
         for h in hogged:
             assert verdict_cause(h.reason) == ("model", "timeout"), h  # type: ignore[attr-defined]
     await nothing_left(range(UID_BASE, UID_BASE + 8))

@@ -177,6 +177,9 @@ class Outcome:
     score: float
     reason: str
     detail: dict[str, Any] = field(default_factory=dict)
+    starved: bool = False
+    """The code ran out of time because the host kept its CPU busy with other work (see
+    :meth:`SampleResult.starved`): a sandbox error, which the pool judges again once."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -368,6 +371,10 @@ class SampleResult:
             cpu_ms=d.get("cpu_ms"),
             maxrss_kb=d.get("maxrss_kb"),
         )
+
+    def starved_timeout(self) -> bool:
+        """A timeout the host's other work caused (see :meth:`abnormal`), not the code."""
+        return self.outcome == "timeout" and self.starved()
 
     def starved(self) -> bool:
         """Whether the host kept the CPU from the sandbox for more than ``STARVED_SHARE`` of the run."""

@@ -73,4 +73,4 @@ class FunctionScorer(Scorer):
                 reason = str(verdict.get("reason") or "the tests failed")
             else:
                 reason = f"sandbox error: the judge ended without a verdict (status {res.judge_exit})"
-        return Outcome(passed=False, score=0.0, reason=reason, detail=detail)
+        return Outcome(passed=False, score=0.0, reason=reason, detail=detail, starved=res.starved_timeout())

@@ -53,6 +53,9 @@ SCORERS: dict[str, type[Scorer]] = {
 }
 
 
+STARVED_RETRIES = (2.0, 8.0)
+"""Pauses before judging again a sample the host starved of CPU (then its sandbox error stands)."""
+
 EXTRACT_INLINE = 16 * 1024
 """Answers up to this many characters are extracted from on the event loop (a few ms at
 worst: a thread's hop would cost more than most extractions); longer ones in a thread."""
@@ -326,8 +329,17 @@ class ScoringPool:
                 reason=f"scorer error: the problem's folder {problem.folder} is in the sandbox's "
                 f"read-only view of the host ({shown}): every answer could read its tests; move it elsewhere",
             )
-        async with self._lease() as sandbox:
-            return await scorer.score(problem, code, sandbox)
+        for wait in (*STARVED_RETRIES, None):
+            async with self._lease() as sandbox:
+                outcome = await scorer.score(problem, code, sandbox)
+            if not outcome.starved or wait is None:
+                return outcome
+            # The host kept the sample's CPU busy with other work until its time ran out:
+            # judged again once the load may have passed (the slot is free meanwhile), not
+            # left as a sandbox error (ours) that only a `rescore` would judge again.
+            log.info("scoring_starved", problem_id=problem.id, reason=outcome.reason, retry_in_s=wait)
+            await anyio.sleep(wait)
+        raise AssertionError("unreachable")
 
     def _shown(self, problem: Problem) -> str | None:
         """The folder of the sandbox's view that shows ``problem``'s folder to samples, if any

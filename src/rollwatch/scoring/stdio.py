@@ -26,6 +26,7 @@ class StdioScorer(Scorer):
         """Judge ``code`` on every case of ``problem``."""
         passed = 0
         first: tuple[str, dict[str, Any]] | None = None
+        starved = False
         total_ms = 0.0
         for i, case in enumerate(problem.cases, 1):
             request = self.request(problem, "program", code, stdin=case.input, keep_stdout=True)
@@ -53,6 +54,7 @@ class StdioScorer(Scorer):
                 if diff is not None:
                     detail["difference"] = diff
                 first = (f"{why} on case {i} ({case.name})", detail)
+                starved = res.starved_timeout()
             if why.startswith(("timeout", "syntax error", "sandbox lost", "sandbox error")):
                 break
         n = len(problem.cases)
@@ -65,4 +67,5 @@ class StdioScorer(Scorer):
             score=passed / n if n else 0.0,
             reason=reason,
             detail={**summary, "first_failure": detail},
+            starved=starved,
         )
