@@ -101,12 +101,15 @@ lint: $(STAMP)
 
 # A real install: the package built from this checkout into $(PREFIX)/venv with only its
 # runtime dependencies, at the locked versions; nothing links back to the checkout. An
-# upgrade is the same command from the new checkout, then a restart.
+# upgrade is the same command from the new checkout, then a restart. The wheel is built
+# once (each `pip install .` builds it anew in a fresh build environment: 6 s of 17 here).
 install: system
 	$(PY) -m venv $(PREFIX)/venv
 	$(PREFIX)/venv/bin/pip install -q --upgrade pip
-	$(PREFIX)/venv/bin/pip install -q --force-reinstall --no-deps -c requirements.lock .
-	$(PREFIX)/venv/bin/pip install -q -c requirements.lock .
+	wheels="$$(mktemp -d)" && trap 'rm -rf "$$wheels"' EXIT && \
+	$(PREFIX)/venv/bin/pip wheel -q --no-deps -c requirements.lock -w "$$wheels" . && \
+	$(PREFIX)/venv/bin/pip install -q --force-reinstall --no-deps "$$wheels"/rollwatch-*.whl && \
+	$(PREFIX)/venv/bin/pip install -q -c requirements.lock "$$wheels"/rollwatch-*.whl
 	install -m 0644 README.md systemd/rollwatch.service $(PREFIX)/
 
 clean:

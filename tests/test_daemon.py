@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import sqlite3
@@ -87,15 +88,35 @@ def _provider(tmp_path: Path, delay: float, hold_after: int | None = None) -> It
         proc.wait()
 
 
+def one_problem(tmp_path: Path, name: str = "lis-length") -> Path:
+    """A problem set of one bundled problem (its reference solution passes)."""
+    return bundled(tmp_path, name)
+
+
+QUICK = ("closest-pair", "dijkstra", "expression-eval", "lis-length", "merge-intervals", "n-queens")
+"""The bundled problems whose reference solutions score in well under a second each, of
+every scorer kind (stdio, python-function, command): 3 s of scoring for all six, against
+15 s for the ten (topo-order alone is 6 s)."""
+
+
+def bundled(tmp_path: Path, *names: str) -> Path:
+    """A problem set (``tmp_path/problems``) of the bundled problems ``names``."""
+    problems = tmp_path / "problems"
+    for name in names:
+        shutil.copytree(ROOT / "config" / "problems" / name, problems / name)
+    return problems
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
 
-def daemon_toml(tmp_path: Path) -> str:
+def daemon_toml(tmp_path: Path, problems: Path | None = None) -> str:
     """The start of a test daemon's config: its node, a log in ``tmp_path``, a free port,
-    two scoring workers and the bundled favorites problems."""
+    two scoring workers and the problem set ``favorites`` (``problems``, by default the
+    bundled problems)."""
     return f"""
 node = "test-node"
 [store]
@@ -106,7 +127,7 @@ listen = "127.0.0.1:{free_port()}"
 workers = 2
 [[problem_sets]]
 name = "favorites"
-path = "{ROOT / "config" / "problems"}"
+path = "{problems or ROOT / "config" / "problems"}"
 """
 
 
@@ -283,11 +304,15 @@ def test_budget_stops_starting_rollouts(tmp_path: Path, provider: tuple[str, Pat
     assert "budget_exhausted" in res.stdout
 
 
-def test_schedules_are_steered_through_the_log(tmp_path: Path, slow_provider: tuple[str, Path]) -> None:
+def test_schedules_are_steered_through_the_log(tmp_path: Path) -> None:
     """pause, trigger, resume from the CLI act on a running daemon; a fire during a run is skipped and recorded."""
-    base_url, _ = slow_provider
-    # Three rounds of answers: a run outlasts a `schedules trigger` on a loaded machine.
-    cfg = config(tmp_path, base_url, rollouts=3)
+    # The first run's ten answers come at once; the triggered run's are held until the
+    # second trigger's skip is in the log, so that run outlasts it however slow the machine
+    # (it used to take three rounds of one-second answers, 30 s a test, for the same end).
+    first_run = len([p for p in (ROOT / "config" / "problems").iterdir() if p.is_dir()])
+    gen = _provider(tmp_path, 0.05, hold_after=first_run)
+    base_url, _ = next(gen)
+    cfg = config(tmp_path, base_url, rollouts=1)
     db = tmp_path / "events.db"
     env = {"FAKE_PROVIDER_KEY": "k"}
 
@@ -310,11 +335,12 @@ def test_schedules_are_steered_through_the_log(tmp_path: Path, slow_provider: tu
         # A trigger is an explicit order: it runs even while paused.
         assert cli("schedules", "trigger", "fake-often").returncode == 0
         wait_until(lambda: len(events(db, "RunStarted")) == 2, 30, "the triggered run")
-        # A second trigger while that run goes (each answer takes a second) is skipped
+        # A second trigger while that run goes (its answers are held) is skipped
         # and recorded, never queued.
         assert cli("schedules", "trigger", "fake-often").returncode == 0
         wait_until(lambda: events(db, "ScheduleSkipped"), 30, "the skipped fire")
         assert not events(db, "RunFinished")[1:], "the triggered run ended before the second trigger"
+        (tmp_path / "requests.jsonl.release").touch()
         wait_until(lambda: len(events(db, "RunFinished")) == 2, 60, "the triggered run to finish")
         started = events(db, "RunStarted")
         assert started[1][2]["trigger"] == "trigger"
@@ -326,6 +352,7 @@ def test_schedules_are_steered_through_the_log(tmp_path: Path, slow_provider: tu
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=30)
+        gen.close()
     assert proc.returncode == 0
 
 
@@ -411,7 +438,7 @@ url = "sqlite:{tmp_path / "events.db"}"
 listen = "127.0.0.1:{free_port()}"
 [[problem_sets]]
 name = "favorites"
-path = "{ROOT / "config" / "problems"}"
+path = "{one_problem(tmp_path)}"
 [[providers]]
 name = "reference"
 kind = "reference"
@@ -481,11 +508,13 @@ def test_schedules_that_cannot_run_degrade_health_and_refuse_triggers(
         f'[store]\nurl = "sqlite:{tmp_path / "events.db"}"\n[server]\nlisten = "{listen}"\n'
         f'[[problem_sets]]\nname = "favorites"\npath = "{ROOT / "config" / "problems"}"\n'
         f'[[problem_sets]]\nname = "typo"\npath = "{ROOT / "config" / "problemz"}"\n'
+        f'[[problem_sets]]\nname = "one"\npath = "{one_problem(tmp_path)}"\n'
         '[[providers]]\nname = "reference"\nkind = "reference"\n'
         '[[providers]]\nname = "keyless"\nkind = "openai"\napi_key_env = "ROLLWATCH_TEST_NEVER_SET"\n'
         f'[[providers]]\nname = "fake"\nkind = "openai"\nbase_url = "{base_url}"\n'
         'api_key_env = "FAKE_PROVIDER_KEY"\nmax_attempts = 2\n'
-        + schedule("good", "reference")
+        # The healthy one runs a problem, not the ten bundled (two runs of 15 s of scoring).
+        + schedule("good", "reference", "one")
         + schedule("typo", "reference", "typo")
         + schedule("nokey", "keyless")
         + schedule("maybe", "keyless", extra="optional = true\n")

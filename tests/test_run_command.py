@@ -19,7 +19,7 @@ from rollwatch.config import load_config
 from rollwatch.daemon import open_services
 from rollwatch.runs import Run
 from tests.helpers import rollwatch, write_config
-from tests.test_daemon import ROOT, config, events, wait_until
+from tests.test_daemon import ROOT, config, events, one_problem, wait_until
 
 ENV = {"FAKE_PROVIDER_KEY": "sk-test-secret-123"}
 
@@ -96,12 +96,14 @@ class TestResume:
         assert set(scored.values()) == {1}
 
     def _unfinished(self, tmp_path: Path) -> tuple[Path, str]:
-        """A config on the reference provider and a run of its schedule started and
-        never driven (as after a crash before its first request)."""
+        """A config on the reference provider (one bundled problem: the ten cost 15 s of
+        scoring a run) and a run of its schedule started and never driven (as after a crash
+        before its first request)."""
         cfg = write_config(
             tmp_path,
             '[[schedules]]\nname = "ref"\nprovider = "reference"\nmodels = ["reference"]\n'
             'problem_set = "favorites"\nrollouts = 1\nevery = "1h"\n',
+            problems=str(one_problem(tmp_path)),
         )
 
         async def start() -> str:

@@ -36,7 +36,7 @@ from rollwatch.providers.base import Answer, Prompt, Usage
 from rollwatch.runs import MAX_CRASHES, Run, RunServices
 from rollwatch.scoring import ScoringPool, settings_from_config
 from rollwatch.scoring.base import Score
-from tests.test_daemon import daemon_toml
+from tests.test_daemon import QUICK, bundled, daemon_toml
 
 pytestmark = pytest.mark.anyio
 
@@ -45,10 +45,11 @@ E = TypeVar("E", bound=Event)
 
 
 def write_config(tmp_path: Path, *, every: str = "1h") -> Config:
-    """One schedule of one rollout per favorites problem; the provider is the test's."""
+    """One schedule of one rollout per favorites problem (the quick six of the bundled
+    ten: every scorer kind, dijkstra and n-queens among them); the provider is the test's."""
     cfg = tmp_path / "rollwatch.toml"
     cfg.write_text(
-        daemon_toml(tmp_path)
+        daemon_toml(tmp_path, bundled(tmp_path, *QUICK))
         + f"""
 [[providers]]
 name = "local"

@@ -23,14 +23,7 @@ import httpx
 from rollwatch.events import RunFinished, RunStarted, rfc3339, run_stream
 from rollwatch.store.sqlite import SQLiteEventStore
 from tests.publication.test_clock_decisions import faketime_env
-from tests.test_daemon import ROOT, _provider, events, free_port
-
-
-def one_problem(tmp_path: Path, name: str = "lis-length") -> Path:
-    """A problem set of one bundled problem (its reference solution passes)."""
-    problems = tmp_path / "problems"
-    shutil.copytree(ROOT / "config" / "problems" / name, problems / name)
-    return problems
+from tests.test_daemon import ROOT, _provider, events, free_port, one_problem
 
 
 def write_config(tmp_path: Path, schedules: str, *, problems: Path | None = None, extra: str = "") -> Path:

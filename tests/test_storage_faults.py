@@ -26,7 +26,7 @@ import httpx
 import pytest
 
 from tests.helpers import rollwatch, write_config
-from tests.test_daemon import _provider, config, events, serve, wait_until
+from tests.test_daemon import QUICK, _provider, bundled, config, events, serve, wait_until
 
 
 @pytest.fixture
@@ -210,6 +210,7 @@ def test_disk_full_during_rebuild_and_export(small_disk: Path) -> None:
         small_disk,
         '[[schedules]]\nname = "ref"\nprovider = "reference"\nmodels = ["reference"]\n'
         'problem_set = "favorites"\nrollouts = 2\nevery = "24h"\n',
+        problems=str(bundled(small_disk / "set", *QUICK)),
     )
     done = rollwatch("--config", str(cfg), "run", "ref", timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]

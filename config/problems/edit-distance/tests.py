@@ -23,4 +23,6 @@ def check(candidate):
         assert candidate(a, b) == _slow(a, b)
     a = "".join(rng.choice("acgt") for _ in range(1500))
     b = "".join(rng.choice("acgt") for _ in range(1500))
-    assert candidate(a, b) == _slow(a, b)
+    # _slow(a, b), worked out once: the 2.25 million cells took as long as the answer
+    # itself, out of the same time limit.
+    assert candidate(a, b) == 780
