@@ -349,7 +349,11 @@ class TestOnlyWhatChanged:
             await write_log(store, "rw_test_key_0000", runs=1)
             await self._first(store, tmp_path / "p.db")
             db = sqlite3.connect(tmp_path / "p.db")
-            db.execute("UPDATE projection_log SET anchor_hash = 'f' || substr(anchor_hash, 2)")
+            # Its first hex digit changed (to "f" unless it is one already: then the edit was none).
+            db.execute(
+                "UPDATE projection_log SET anchor_hash ="
+                " (CASE WHEN substr(anchor_hash, 1, 1) = 'f' THEN 'e' ELSE 'f' END) || substr(anchor_hash, 2)"
+            )
             db.commit()
             db.close()
             _file, logged = await self._again(store, tmp_path / "p.db")

@@ -81,14 +81,19 @@ def stored_json(value: Any) -> str:
     commit it lands in; it is replaced by U+FFFD (pairs of surrogates are joined into
     the character they stand for). The check costs one ``isascii`` on ASCII text.
     """
-    text = canonical_json_fast(value)
+    # Surrogates only occur inside JSON strings here (ensure_ascii=False writes them
+    # raw), so mending the text mends exactly those strings.
+    return stored_text(canonical_json_fast(value))
+
+
+def stored_text(text: str) -> str:
+    """``text`` as the log stores a string: each lone surrogate replaced by U+FFFD (pairs
+    joined into the character they stand for); ``text`` itself when it is valid UTF-8."""
     if not text.isascii():
         try:
             text.encode()
         except UnicodeEncodeError:
-            # Surrogates only occur inside JSON strings here (ensure_ascii=False
-            # writes them raw), so mending the text mends exactly those strings.
-            text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+            return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
     return text
 
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import re
 import socket
-import sqlite3
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -36,7 +35,7 @@ import anyio
 from rollwatch.abc import EventStore
 from rollwatch.errors import InvalidNote
 from rollwatch.integrity.checkpoint import NoteSigner, NoteVerifier, split_note
-from rollwatch.integrity.tree import recorded_first_hash
+from rollwatch.integrity.tree import read_tree_file, recorded_first_hash
 from rollwatch.log import get_logger
 
 if TYPE_CHECKING:
@@ -101,17 +100,8 @@ def _notes(tree: Path, witness: Path | None) -> list[str]:
     if witness is not None and witness.is_file():
         with contextlib.suppress(OSError, UnicodeDecodeError):
             notes.append(witness.read_text(encoding="utf-8"))
-    if tree.is_file():
-        try:
-            con = sqlite3.connect(f"file:{tree}?mode=ro", uri=True)
-            try:
-                rows = con.execute("SELECT note FROM tree_checkpoints ORDER BY seq DESC LIMIT 3").fetchall()
-            finally:
-                con.close()
-            notes += [str(r[0]) for r in rows]
-        except sqlite3.Error:
-            pass
-    return notes
+    rows = read_tree_file(tree, "SELECT note FROM tree_checkpoints ORDER BY seq DESC LIMIT 3")
+    return notes + [str(r[0]) for r in rows]
 
 
 def signed_here(tree: Path, witness: Path | None, key_file: Path) -> bool:

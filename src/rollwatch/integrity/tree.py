@@ -924,19 +924,25 @@ async def _first_hash(
     return None
 
 
-def recorded_first_hash(tree_file: Path) -> str | None:
-    """The event-1 hash a tree file records, read without opening it for writing (None: no file, or not recorded)."""
+def read_tree_file(tree_file: Path, sql: str) -> list[Any]:
+    """The rows ``sql`` reads from a tree file, opened read-only (blocking); none when
+    there is no file or it cannot be read."""
     if not tree_file.is_file():
-        return None
+        return []
     try:
         con = sqlite3.connect(f"file:{tree_file}?mode=ro", uri=True)
         try:
-            row = con.execute("SELECT first_hash FROM tree_log").fetchone()
+            return con.execute(sql).fetchall()
         finally:
             con.close()
     except sqlite3.Error:
-        return None
-    return None if row is None else str(row[0])
+        return []
+
+
+def recorded_first_hash(tree_file: Path) -> str | None:
+    """The event-1 hash a tree file records, read without opening it for writing (None: no file, or not recorded)."""
+    rows = read_tree_file(tree_file, "SELECT first_hash FROM tree_log")
+    return str(rows[0][0]) if rows else None
 
 
 def _previous_hash(db: sqlite3.Connection, size: int) -> bytes | None:

@@ -25,6 +25,7 @@ import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from rollwatch.errors import IsolationUnavailable, SandboxError
+from rollwatch.events import stored_text
 from rollwatch.log import get_logger
 from rollwatch.problems import Problem
 from rollwatch.scoring.base import Outcome, Score, Scorer, ScoringSettings, TimeLimit
@@ -62,20 +63,14 @@ worst: a thread's hop would cost more than most extractions); longer ones in a t
 
 
 def as_stored(text: str) -> str:
-    """``text`` as the event log stores it: a lone surrogate (which a provider's JSON can
-    carry as ``"\\ud800"``) becomes U+FFFD (see ``rollwatch.events.stored_json``).
+    """``text`` as the event log stores it (:func:`rollwatch.events.stored_text`): a lone
+    surrogate (which a provider's JSON can carry as ``"\\ud800"``) becomes U+FFFD.
 
     An answer is judged as it is archived, so that ``rescore`` judges the same text and the
     verdict's ``code_sha256`` names a part of the answer as recorded. Judged raw, such an
     answer to a ``command`` problem failed to be written out (a scorer error, counted ours).
     """
-    if text.isascii():
-        return text
-    try:
-        text.encode()
-    except UnicodeEncodeError:
-        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
-    return text
+    return stored_text(text)
 
 
 def plain_text(s: str, limit: int = 4000) -> str:
@@ -329,17 +324,18 @@ class ScoringPool:
                 reason=f"scorer error: the problem's folder {problem.folder} is in the sandbox's "
                 f"read-only view of the host ({shown}): every answer could read its tests; move it elsewhere",
             )
-        for wait in (*STARVED_RETRIES, None):
+        for wait in STARVED_RETRIES:
             async with self._lease() as sandbox:
                 outcome = await scorer.score(problem, code, sandbox)
-            if not outcome.starved or wait is None:
+            if not outcome.starved:
                 return outcome
             # The host kept the sample's CPU busy with other work until its time ran out:
             # judged again once the load may have passed (the slot is free meanwhile), not
             # left as a sandbox error (ours) that only a `rescore` would judge again.
             log.info("scoring_starved", problem_id=problem.id, reason=outcome.reason, retry_in_s=wait)
             await anyio.sleep(wait)
-        raise AssertionError("unreachable")
+        async with self._lease() as sandbox:
+            return await scorer.score(problem, code, sandbox)  # starved again: its error stands
 
     def _shown(self, problem: Problem) -> str | None:
         """The folder of the sandbox's view that shows ``problem``'s folder to samples, if any
