@@ -297,8 +297,12 @@ class TestFork:
                 # (its consistency proof fails, 422).
                 assert "422" in why or "larger than our latest checkpoint" in why, why
                 assert b.witnessing.witnessed_size < size_b
-                health = (await b.client.get("/healthz")).json()
+                r = await b.client.get("/healthz")
+                health = r.json()
                 assert health["witness"]["witnesses"][0]["refused"]
+                # Degraded: a fork under our key is the operator's to look into at once.
+                assert (r.status_code, health["status"]) == (503, "degraded"), health
+                assert any("w1 refused our checkpoint" in x for x in health["reasons"]), health
                 assert "rollwatch_witness_refusals 1" in (await b.client.get("/metrics")).text
             state = (tmp_path / "w1" / "witness-state.json").read_text()
             assert f'"size": {size_a}' in state
@@ -332,8 +336,11 @@ class TestFork:
                     assert b.integrity.health.ok  # nothing local can tell
                     [why] = b.witnessing.refusals()
                     assert f"it holds a tree of {size_b} events" in why, why
-                    health = (await b.client.get("/healthz")).json()
+                    r = await b.client.get("/healthz")
+                    health = r.json()
                     assert health["witness"]["witnesses"][0]["refused"]
+                    assert (r.status_code, health["status"]) == (503, "degraded"), health
+                    assert any("lost events it had signed" in x for x in health["reasons"]), health
         [line] = [x for x in logs if x["event"] == "witness_refused"]
         assert line["log_level"] == "error"
         assert "lost events it had signed" in line["meaning"], line

@@ -26,6 +26,10 @@ class Health:
     _reported: bool = False
     witness: Callable[[], dict[str, object]] | None = None
     """The witnesses' status (:meth:`rollwatch.integrity.witnessing.Witnessing.status`), when configured."""
+    refusals: Callable[[], list[str]] | None = None
+    """The witnesses that refused a checkpoint, with what that means
+    (:meth:`~rollwatch.integrity.witnessing.Witnessing.refusal_reasons`): each makes
+    ``/healthz`` degraded. Not a finding in the log itself, so signing and releases go on."""
 
     @property
     def ok(self) -> bool:
@@ -65,6 +69,15 @@ class Health:
             if self.ok
             else {"status": "tampered", "first_bad_seq": self.first_seq, "reasons": list(self.reasons)}
         )
+        refused = self.refusals() if self.refusals is not None else []
+        if refused:
+            if out["status"] == "ok":
+                out["status"] = "degraded"
+            reasons = out.get("reasons")
+            out["reasons"] = [
+                *(reasons if isinstance(reasons, list) else []),
+                *refused,
+            ]
         if self.witness is not None:
             out["witness"] = self.witness()
         return out

@@ -93,6 +93,7 @@ class Integrity:
                 sole=not store.shared,
             )
             self.health.witness = self.witnessing.status
+            self.health.refusals = self.witnessing.refusal_reasons
 
     def routes(self, operators: Operators | None = None) -> list[Route]:
         """``/public/checkpoint``, ``/public/key``, ``/public/key/rotations``, ``/public/proof/*``, and the tlog-tiles routes

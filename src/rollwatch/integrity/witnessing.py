@@ -7,8 +7,8 @@ every witness at once (``POST <url>/add-checkpoint``), each with
 retried with a backoff doubling to a minute and never holds up the log: signing goes
 on, and only the quorum waits. A witness that refuses (409 with a size we cannot
 prove consistency from, 422) has seen another history under our key, a fork: the
-daemon logs the ERROR ``witness_refused`` with its answer and shows it on
-``/healthz``; that witness is not asked again until a restart. A 403 or 404 (the witness
+daemon logs the ERROR ``witness_refused`` with its answer, and ``/healthz`` answers 503
+(degraded, the refusal and its meaning among the reasons); that witness is not asked again until a restart. A 403 or 404 (the witness
 trusts another key for our origin, or does not know it) is refused the same way, its
 ``meaning`` saying so rather than calling it a fork. On a log of our own (not a shared
 database), a witness whose 409 names a size beyond our latest checkpoint is refused too:
@@ -153,6 +153,14 @@ class Witnessing:
     def refusals(self) -> list[str]:
         """The witnesses that refused a checkpoint, with their reasons."""
         return [f"witness {w.verifier.name}: {w.refused}" for w in self.witnesses if w.refused]
+
+    def refusal_reasons(self) -> list[str]:
+        """:meth:`refusals` with what each means, for ``/healthz``'s reasons."""
+        return [
+            f"witness {w.verifier.name} refused our checkpoint: {w.refused} ({_meaning(w.refused)})"
+            for w in self.witnesses
+            if w.refused
+        ]
 
     async def wait_changed(self) -> None:
         """Until the next cosignature, refusal or failure is recorded."""
