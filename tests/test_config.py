@@ -200,6 +200,8 @@ def test_library_logs_come_out_as_the_same_json_lines() -> None:
         "logging.getLogger('httpx').warning('pool %s full', 'p')\n"
         "logging.getLogger('apscheduler.scheduler').error('job missed')\n"
         "logging.getLogger('uvicorn.error').error('socket closed')\n"
+        "logging.getLogger('uvicorn.error').info('Finished server process [%d]', 7,"
+        " extra={'color_message': 'Finished server process [\\x1b[36m%d\\x1b[0m]'})\n"
         "get_logger('rollwatch.runs').info('run_started', run_id='r1')\n"
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
@@ -208,9 +210,12 @@ def test_library_logs_come_out_as_the_same_json_lines() -> None:
         ("httpx", "pool p full", "warning"),
         ("apscheduler.scheduler", "job missed", "error"),
         ("uvicorn.error", "socket closed", "error"),
+        ("uvicorn.error", "Finished server process [7]", "info"),
         ("rollwatch.runs", "run_started", "info"),
     ]
     assert lines[-1]["run_id"] == "r1"
+    # uvicorn's copy of a message in terminal colours is not a key of the JSON line.
+    assert all("color_message" not in o and "\x1b" not in json.dumps(o) for o in lines), lines
     for o in lines:
         assert o["timestamp"].endswith("Z"), o
         assert datetime.fromisoformat(o["timestamp"]).utcoffset() == timedelta(0)

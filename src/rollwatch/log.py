@@ -14,6 +14,7 @@ from typing import Any, TextIO
 
 import structlog
 import structlog.tracebacks
+from structlog.typing import EventDict
 
 _LEVELS = ("debug", "info", "warning", "error", "critical")
 
@@ -37,6 +38,7 @@ def configure_logging(level: str = "info", *, stream: TextIO | None = None, json
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.stdlib.ExtraAdder(),
+        _without_color_message,
     ]
     renderer: structlog.typing.Processor
     if json:
@@ -88,6 +90,13 @@ def configure_logging(level: str = "info", *, stream: TextIO | None = None, json
         lg = logging.getLogger(name)
         lg.handlers.clear()
         lg.propagate = True
+
+
+def _without_color_message(_logger: Any, _name: str, event: EventDict) -> EventDict:
+    """uvicorn passes each message again with terminal colour codes (``color_message``):
+    one event per line keeps the plain one."""
+    event.pop("color_message", None)
+    return event
 
 
 def get_logger(name: str, **context: Any) -> structlog.stdlib.BoundLogger:
