@@ -230,6 +230,8 @@ class Daemon:
         self.services: RunServices | None = None
         self.scheduler: Scheduler | None = None
         self.publication: PublicationAPI | None = None
+        self.directory: SubscriberDirectory | None = None
+        """Who may read (the feed's keys, the console's ``ops`` keys), read from the log."""
         self.clock: ReleaseClock | None = None
         """The clock releases go by (made once the services are open)."""
         self._runs: TaskGroup | None = None  # where every run this process drives goes
@@ -669,6 +671,7 @@ class Daemon:
 
             building = await stages.start("projections", stop=lambda tg: tg.cancel_scope.cancel())
             building.start_soon(build)
+            building.start_soon(self._load_keys)
             integrity_stop = anyio.Event()
             checkpoints = await stages.start("checkpoints", stop=lambda _: integrity_stop.set())
             # The integrity service's start gives way to a stop, as the build does: the
@@ -779,6 +782,18 @@ class Daemon:
         self.metrics.witnessed = integrity.witnessed if integrity.witnessing is not None else None
         return integrity
 
+    async def _load_keys(self) -> None:
+        """Read the subscribers' keys from the log now, rather than at the first keyed request."""
+        if self.directory is None:
+            return
+        started = anyio.current_time()
+        try:
+            await self.directory.refresh(force=True)
+        except StoreError as e:  # the next keyed request reads them again
+            log.warning("subscribers_not_loaded", error=str(e))
+            return
+        log.info("subscribers_loaded", took_s=round(anyio.current_time() - started, 3))
+
     def _whole_app(self, svc: RunServices, integrity: Integrity) -> ASGIApp:
         """Every route: the publication's, the integrity service's, the console's."""
         from rollwatch.publication.keys import SubscriberDirectory
@@ -788,8 +803,8 @@ class Daemon:
 
         # One directory of keys for the feed, the operator's routes and the console
         # (which shows each key's last use).
-        directory = SubscriberDirectory(
-            svc.store, svc.projections, clock=self.clock.decision_time if self.clock is not None else None
+        directory = self.directory = SubscriberDirectory(
+            svc.store, clock=self.clock.decision_time if self.clock is not None else None
         )
         operators = Operators(self.config.server.trusted_peers, directory)
         return build_app(

@@ -6,12 +6,10 @@ import base64
 import hashlib
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, ClassVar
 
 import pytest
 
 from rollwatch.errors import UsageError
-from rollwatch.projections import ProjectionDB
 from rollwatch.publication.keys import (
     SCOPES,
     SubscriberDirectory,
@@ -23,7 +21,7 @@ from rollwatch.publication.keys import (
     parse_expires,
 )
 from rollwatch.store.sqlite import SQLiteEventStore
-from tests.publication.helpers import add_subscriber, all_projections, revoke
+from tests.publication.helpers import add_subscriber, revoke
 
 pytestmark = pytest.mark.anyio
 
@@ -91,30 +89,3 @@ class TestDirectory:
             later = datetime.now(UTC) + timedelta(hours=2)
             assert "expired" in (await d.authenticate(old, now=later)).reason
             assert (await d.authenticate(old)).subscriber is not None
-
-    async def test_seeded_from_the_projection(self, tmp_path: Path) -> None:
-        """With the subscribers projection, the directory reads the log only after its checkpoint,
-        and events after the checkpoint (adds and revocations) still take effect."""
-
-        class Recording(SQLiteEventStore):
-            afters: ClassVar[list[int]] = []
-
-            def read(self, **kw: Any) -> Any:
-                self.afters.append(kw.get("after", 0))
-                return super().read(**kw)
-
-        async with (
-            Recording(tmp_path / "e.db") as store,
-            ProjectionDB(tmp_path / "p.db", all_projections()) as pdb,
-        ):
-            early = await add_subscriber(store, "early")
-            dropped = await add_subscriber(store, "dropped")
-            await pdb.catch_up(store)
-            checkpoint = (await pdb.checkpoints())["subscribers"]
-            await revoke(store, "dropped")
-            late = await add_subscriber(store, "late")
-            d = SubscriberDirectory(store, pdb)
-            assert (await d.authenticate(early)).subscriber is not None
-            assert (await d.authenticate(late)).subscriber is not None
-            assert "revoked" in (await d.authenticate(dropped)).reason
-            assert store.afters == [checkpoint]

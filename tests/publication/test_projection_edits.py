@@ -25,8 +25,18 @@ from structlog.testing import capture_logs
 
 from rollwatch.events import SchedulePaused
 from rollwatch.publication import release_due
+from rollwatch.publication.keys import hash_key, key_prefix, new_key
 from rollwatch.store.sqlite import SQLiteEventStore
-from tests.publication.helpers import add_rollout, finish_run, new_run_id, serving, start_run
+from tests.publication.helpers import (
+    add_rollout,
+    add_subscriber,
+    bearer,
+    finish_run,
+    new_run_id,
+    revoke,
+    serving,
+    start_run,
+)
 from tests.test_daemon import free_port, wait_until
 
 PUBLIC = ("/public/", "/public/feed.json", "/public/feed.atom", "/public/results.jsonl")
@@ -74,6 +84,43 @@ async def test_an_edited_row_is_not_served_as_released(tmp_path: Path) -> None:
         tampered = {e["rollout_id"] for e in logs if e["event"] == "projections_tampered"}
         assert tampered == {failed, held}
         assert all(e["log_level"] == "error" for e in logs if e["event"] == "projections_tampered")
+
+
+@pytest.mark.anyio
+async def test_edited_subscriber_rows_open_no_route(tmp_path: Path) -> None:
+    """``pub_subscribers`` edited with the recorded hash of the log kept (so the file is
+    trusted): a revocation undone, a key added, a key's scopes widened. Before, the keys of a
+    restarted daemon came from those rows (the log was read only after the file's
+    checkpoint): the revoked key, the added one and the widened scope all opened their routes.
+    The keys now come from the log alone."""
+    async with serving(tmp_path) as env:
+        kept = await add_subscriber(env.store, "kept", scopes=["feed"])
+        fired = await add_subscriber(env.store, "fired")
+        await revoke(env.store, "fired")
+        await env.pdb.catch_up(env.store)
+        assert (await env.client.get("/v1/feed", headers=bearer(fired))).status_code == 401
+        assert (await env.client.get("/v1/report", headers=bearer(kept))).status_code == 403
+    intruder = new_key()
+    db = sqlite3.connect((tmp_path / "projections.db").resolve(), isolation_level=None)
+    try:
+        db.execute("UPDATE pub_subscribers SET revoked_at = NULL, revoked_seq = NULL WHERE name = 'fired'")
+        db.execute(
+            """UPDATE pub_subscribers SET scopes = '["feed","report","rollouts"]' WHERE name = 'kept'"""
+        )
+        db.execute(
+            "INSERT INTO pub_subscribers (name, key_prefix, key_hash, scopes, added_at, added_seq)"
+            """ VALUES ('intruder', ?, ?, '["feed","report","rollouts"]', '2026-01-01T00:00:00Z', 1)""",
+            (key_prefix(intruder), hash_key(intruder)),
+        )
+    finally:
+        db.close()
+    async with serving(tmp_path) as env:  # a restart on the edited file
+        assert (await env.client.get("/v1/feed", headers=bearer(kept))).status_code == 200
+        assert (await env.client.get("/v1/report", headers=bearer(kept))).status_code == 403
+        for key in (fired, intruder):
+            r = await env.client.get("/v1/feed", headers=bearer(key))
+            assert r.status_code == 401, r.text
+            assert "items" not in r.text
 
 
 def test_a_daemon_builds_an_edited_file_again(tmp_path: Path) -> None:

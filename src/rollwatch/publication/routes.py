@@ -204,7 +204,7 @@ class PublicationAPI:
         self.pdb = pdb
         self.config = config
         self.metrics = metrics
-        self.subscribers = subscribers or SubscriberDirectory(store, pdb)
+        self.subscribers = subscribers or SubscriberDirectory(store)
         self.clock = clock
         self.limiter = RateLimiter(config.server.feed_rate_per_minute)
         self._catch_up_lock = anyio.Lock()
