@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
+import anyio
 import pytest
 
-from rollwatch.errors import UsageError
+from rollwatch.errors import ServiceUnavailable, UsageError
+from rollwatch.events import Recorded
 from rollwatch.publication.keys import (
     SCOPES,
     SubscriberDirectory,
@@ -89,3 +94,35 @@ class TestDirectory:
             later = datetime.now(UTC) + timedelta(hours=2)
             assert "expired" in (await d.authenticate(old, now=later)).reason
             assert (await d.authenticate(old)).subscriber is not None
+
+    async def test_a_request_during_the_first_read_gets_503_not_a_hang(self, tmp_path: Path) -> None:
+        """The keys are read from the log alone, and the first read steps through every row (a
+        minute or more at millions of events): a request meanwhile is answered 503 with
+        ``Retry-After`` rather than held for that long, and served once the read is done."""
+        reading, go_on = anyio.Event(), anyio.Event()
+
+        class Slow(SQLiteEventStore):
+            def read(self, **kw: Any) -> AsyncIterator[Recorded]:
+                inner = super().read(**kw)
+
+                async def slowly() -> AsyncIterator[Recorded]:
+                    reading.set()
+                    await go_on.wait()
+                    async for rec in inner:
+                        yield rec
+
+                return slowly()
+
+        async with Slow(tmp_path / "e.db") as store:
+            key = await add_subscriber(store, "a")
+            d = SubscriberDirectory(store)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(functools.partial(d.refresh, force=True))
+                await reading.wait()
+                try:
+                    with anyio.fail_after(5), pytest.raises(ServiceUnavailable) as refused:
+                        await d.authenticate(key)
+                finally:
+                    go_on.set()
+                assert refused.value.headers == {"Retry-After": "2"}
+            assert (await d.authenticate(key)).subscriber is not None

@@ -44,7 +44,7 @@ import anyio
 
 from rollwatch.abc import EventStore
 from rollwatch.config import parse_duration
-from rollwatch.errors import UsageError
+from rollwatch.errors import ServiceUnavailable, UsageError
 from rollwatch.events import (
     Recorded,
     SubscriberAdded,
@@ -181,6 +181,8 @@ class SubscriberDirectory:
     _by_name: dict[str, Subscriber] = field(default_factory=dict)
     _by_prefix: dict[str, list[Subscriber]] = field(default_factory=dict)
     _cursor: int = 0
+    loaded: bool = False
+    """Whether the log has been read once (the first read steps through every row)."""
     _fresh_at: float = float("-inf")
     _lock: anyio.Lock = field(default_factory=anyio.Lock)
     last_used: dict[str, datetime] = field(default_factory=dict)
@@ -201,6 +203,7 @@ class SubscriberDirectory:
                 self._apply(ev)
                 changed = True
             self._cursor = max(self._cursor, head)
+            self.loaded = True
             if changed:
                 self._by_prefix = {}
                 for s in self._by_name.values():
@@ -244,6 +247,12 @@ class SubscriberDirectory:
             return AuthResult(None, "missing API key: send 'Authorization: Bearer rw_...'")
         if not _KEY.match(key):
             return AuthResult(None, "unknown API key")
+        if not self.loaded and self._lock.locked():
+            # The first read of the log (the daemon's, at start) is under way: a minute or
+            # more on a log of millions of events, which a request should not hang for.
+            raise ServiceUnavailable(
+                "the subscribers' keys are being read from the log; retry in 2 s", {"Retry-After": "2"}
+            )
         # Every subscriber event up to the log's head as of now: a key works from the
         # moment its `subscribers add` is committed, and is refused from the moment its
         # revocation is, on every route (one head query when nothing is new).

@@ -17,6 +17,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from rollwatch.errors import ServiceUnavailable
 from rollwatch.log import get_logger
 from rollwatch.metrics import Metrics
 from rollwatch.web.access import Operators, redact_keys
@@ -85,6 +86,14 @@ def build_app(
     """
     gate = operators or Operators()
 
+    async def operator(request: Request) -> bool:
+        # While the keys are first read from the log, a keyed peer is answered as an
+        # outsider here (health and metrics stay up), not with a 503.
+        try:
+            return await gate.allows(request)
+        except ServiceUnavailable:
+            return False
+
     async def healthz(request: Request) -> Response:
         blocked = cannot_run() if cannot_run is not None else {}
         extra = status() if status is not None else {}
@@ -92,7 +101,7 @@ def build_app(
         if blocked:
             if body["status"] == "ok":
                 body["status"] = "degraded"
-            if await gate.allows(request):
+            if await operator(request):
                 body["reasons"] = [
                     *body.get("reasons", []),
                     *(f"schedule {name!r} cannot run: {why}" for name, why in sorted(blocked.items())),
@@ -115,7 +124,7 @@ def build_app(
 
     async def metrics_route(request: Request) -> Response:
         body, content_type = metrics.render(
-            results=await gate.allows(request), accept=request.headers.get("accept", "")
+            results=await operator(request), accept=request.headers.get("accept", "")
         )
         # No cache may keep it: the operator's copy holds the pass counts, and who is the
         # operator depends on the peer's address too, which no Vary can name.
