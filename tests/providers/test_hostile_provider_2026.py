@@ -1,0 +1,168 @@
+"""A hostile or broken provider against the real ``rollwatch run``, in each wire format.
+
+``rollwatch run`` (a subprocess) against a loopback server of this process
+(:mod:`tests.providers.loopback`) speaking OpenAI's, Anthropic's or Gemini's wire format
+and misbehaving in ways ``test_hostile_provider.py`` does not try. The promises: the run
+goes on to an honest end (every rollout answered, failed with a named cause, or left for
+a later run), no retry storm, budgets true, the key in nothing written or printed, and
+the next run fine once the provider behaves.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from tests.providers.fakes import WIRES, Wire, _sse
+from tests.providers.loopback import Reply, Seen, serve
+from tests.test_daemon import events
+from tests.web.opsd import write_problems
+
+pytestmark = pytest.mark.anyio
+
+#: A key of no vendor shape (a hex token, as Together or a vLLM host use): only the
+#: exact-key masking can hide it.
+KEY = "0123456789abcdef0123456789abcdef"
+CODE = "```python\ndef solve(x):\n    return x\n```"
+MODELS = {"object": "list", "data": [{"id": "m1"}], "models": [{"name": "models/m1"}]}
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def _config(tmp_path: Path, url: str, kind: str, provider: str = "", rollouts: int = 1) -> Path:
+    problems = tmp_path / "problems"
+    if not problems.exists():
+        write_problems(problems)
+    cfg = tmp_path / "rollwatch.toml"
+    cfg.write_text(f"""
+[store]
+url = "sqlite:{tmp_path / "events.db"}"
+[scoring]
+workers = 1
+[[problem_sets]]
+name = "small"
+path = "{problems}"
+[[providers]]
+name = "odd"
+kind = "{kind}"
+base_url = "{url}"
+api_key_env = "HOSTILE_2026_KEY"
+backoff_base = "10ms"
+backoff_max = "50ms"
+{provider}
+[providers.prices]
+"m1" = {{ input = 1.0, output = 2.0 }}
+[[schedules]]
+name = "odd-daily"
+provider = "odd"
+models = ["m1"]
+problem_set = "small"
+rollouts = {rollouts}
+every = "24h"
+""")
+    return cfg
+
+
+async def _run(cfg: Path, *args: str, timeout: float = 60) -> tuple[int, str]:
+    """``rollwatch run odd-daily ARGS``: its exit status and everything it printed."""
+    with anyio.fail_after(timeout):
+        proc = await anyio.run_process(
+            [sys.executable, "-m", "rollwatch", "--config", str(cfg), "run", "odd-daily", *args],
+            check=False,
+            env={**os.environ, "HOSTILE_2026_KEY": KEY},
+        )
+    out = proc.stdout.decode() + proc.stderr.decode()
+    assert "Traceback" not in out, out[-3000:]
+    return proc.returncode, out
+
+
+def _key_nowhere(tmp_path: Path, *outputs: str) -> None:
+    for f in tmp_path.iterdir():
+        if f.is_file():
+            assert KEY.encode() not in f.read_bytes(), f
+    for out in outputs:
+        assert KEY not in out
+
+
+def _answering(wire: Wire, stream: bool, then: Callable[[Seen], Reply], good: int) -> Callable[[Seen], Reply]:
+    """A provider that answers ``good`` requests well, then as ``then`` says."""
+    posts = 0
+
+    def answer(seen: Seen) -> Reply:
+        nonlocal posts
+        if seen.method != "POST":
+            return Reply(200, MODELS)
+        posts += 1
+        if posts <= good:
+            return wire.sse(CODE) if stream else wire.ok(CODE)
+        return then(seen)
+
+    return answer
+
+
+def _revoked(kind: str, stream: bool) -> Reply:
+    """A 200 whose stream (or body) says the key is invalid, each vendor in its own words,
+    echoing the key as OpenAI's and Anthropic's messages do."""
+    err: dict[str, Any]
+    if kind == "anthropic":
+        err = {"type": "authentication_error", "message": f"invalid x-api-key {KEY}"}
+        if not stream:
+            return Reply(200, {"type": "error", "error": err})
+        start = {"type": "message_start", "message": {"id": "msg_1", "model": "m1", "usage": {"input_tokens": 5}}}
+        return _sse([start, {"type": "error", "error": err}], {}, named=True)
+    if kind == "openai":
+        err = {
+            "message": f"Incorrect API key provided: {KEY}",
+            "type": "invalid_request_error",
+            "param": None,
+            "code": "invalid_api_key",
+        }
+    else:
+        err = {
+            "code": 400,
+            "message": "API key not valid. Please pass a valid API key.",
+            "status": "INVALID_ARGUMENT",
+            "details": [{"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "API_KEY_INVALID"}],
+        }
+    return _sse([{"error": err}], {}) if stream else Reply(200, {"error": err})
+
+
+@pytest.mark.parametrize("stream", [True, False], ids=["streamed", "whole"])
+@pytest.mark.parametrize("kind", sorted(WIRES))
+async def test_a_key_revoked_inside_a_200_disables_the_provider(kind: str, stream: bool, tmp_path: Path) -> None:
+    """Two answers, then every request gets a 200 whose stream ends with an error event
+    (or whose body is an error) saying the key is invalid. Before: a retryable
+    ``server_error`` (OpenAI, Anthropic; ``bad_response`` for a whole body) or an
+    ``invalid_request`` (Gemini's ``API_KEY_INVALID``): every rollout retried it
+    ``max_attempts`` times (110 requests for 20 rollouts) and the provider was never
+    disabled. Now it is ``auth``: the provider is disabled at the first one, the run ends
+    ``partial`` with the cause, and the next run, the key working again, completes."""
+    wire = WIRES[kind]
+    extra = f"stream = {'true' if stream else 'false'}\nmax_concurrency = 1"
+    async with serve(_answering(wire, stream, lambda _: _revoked(kind, stream), good=2)) as server:
+        cfg = _config(tmp_path, server.url, kind, extra, rollouts=5)
+        code, out = await _run(cfg)
+        posts = sum(s.method == "POST" for s in server.seen)
+        server.default = _answering(wire, stream, lambda _: wire.ok(CODE), good=10**6)
+        code2, out2 = await _run(cfg)
+    assert code == 1, out[-3000:]
+    assert posts == 3, posts  # two answers, one refusal, no retry of it
+    assert "provider disabled" in out
+    db = tmp_path / "events.db"
+    failed = events(db, "RolloutFailed")
+    assert [(d["kind"], d["retryable"]) for _, _, d in failed] == [("auth", False)]
+    first, second = events(db, "RunFinished")
+    assert first[2]["status"] == "partial"
+    assert first[2]["failures"] == {"auth": 1, "provider_failed": 17}
+    assert code2 == 0, out2[-3000:]
+    assert second[2]["status"] == "completed"
+    _key_nowhere(tmp_path, out, out2)
