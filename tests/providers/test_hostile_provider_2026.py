@@ -10,6 +10,7 @@ the next run fine once the provider behaves.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from collections.abc import Callable
@@ -166,3 +167,58 @@ async def test_a_key_revoked_inside_a_200_disables_the_provider(kind: str, strea
     assert code2 == 0, out2[-3000:]
     assert second[2]["status"] == "completed"
     _key_nowhere(tmp_path, out, out2)
+
+
+
+def _half_answer_then(kind: str, how: str) -> Reply:
+    """A 200 that begins an answer of 4,000 characters and fails before its end: ``error``
+    a stream whose first text is followed by an overload error event; ``reset-streamed``
+    and ``reset-whole`` a stream or a whole body whose connection is reset (a RST, as a
+    proxy or load balancer drops it) halfway through."""
+    wire = WIRES[kind]
+    if how == "reset-whole":
+        return Reply(200, wire.ok("x" * 4000).payload(), action="reset")
+    stream = wire.sse("x" * 4000)
+    if how == "reset-streamed":
+        return Reply(200, stream.payload(), stream.headers, action="reset")
+    events_ = stream.payload().split(b"\n\n")
+    first_text = next(i for i, e in enumerate(events_) if b"xxxx" in e)
+    error: dict[str, Any] = {"error": {"code": 503, "message": "overloaded", "status": "UNAVAILABLE"}}
+    line = b"data: "
+    if kind == "anthropic":
+        error = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
+        line = b"event: error\ndata: "
+    body = b"\n\n".join([*events_[: first_text + 1], line + json.dumps(error).encode()]) + b"\n\n"
+    return Reply(200, body, stream.headers)
+
+
+@pytest.mark.parametrize(
+    ("kind", "how"),
+    [("anthropic", "error"), ("gemini", "reset-streamed"), ("openai", "reset-whole")],
+)
+async def test_attempts_cut_after_the_answer_began_count_against_the_budget(
+    kind: str, how: str, tmp_path: Path
+) -> None:
+    """Every attempt gets a 200 that begins the answer, then fails: an overload error event
+    after the first text, or the connection reset mid-stream or mid-body. The provider
+    generated (and may bill) each. Before, such a failure (``overloaded``, ``connection``)
+    counted nothing against the budget: 20 rollouts x 3 attempts = 60 requests under a
+    $0.01 budget that reserves for three. Now each counts its rollout's reservation
+    (``budget_usd``), as a body cut off cleanly did, and the run stops at its budget."""
+    async with serve(lambda _: _half_answer_then(kind, how)) as server:
+        stream = "false" if how == "reset-whole" else "true"
+        extra = f"stream = {stream}\nmax_concurrency = 2\nmax_attempts = 3"
+        cfg = _config(tmp_path, server.url, kind, extra, rollouts=5)
+        cfg.write_text(cfg.read_text() + "budget_usd = 0.01\n[schedules.params]\nmax_tokens = 1000\n")
+        code, out = await _run(cfg)
+        posts = sum(s.method == "POST" for s in server.seen)
+    assert code == 1, out[-3000:]
+    db = tmp_path / "events.db"
+    (finished,) = events(db, "RunFinished")
+    assert finished[2]["status"] == "partial"
+    assert "budget_exhausted" in finished[2]["failures"], finished[2]
+    failed = [d for _, _, d in events(db, "RolloutFailed")]
+    # Three reservations ($0.003 each) fit $0.01; each of their attempts counts one.
+    assert len(failed) == posts <= 3 * 3, (posts, finished[2])
+    assert all(d["budget_usd"] and d["budget_usd"] > 0 for d in failed), failed
+    _key_nowhere(tmp_path, out)

@@ -437,11 +437,31 @@ class ProviderClient:
         """One streamed attempt (``providers/streaming.py``): the events folded into a
         whole answer; a stream silent for ``stream_idle_timeout`` or ended before its end
         marker is a retryable failure, never a truncated answer."""
-        start = time.perf_counter()
         fold = StreamFold(adapter.kind)
+        try:
+            return await self._read_stream(adapter, http, url, content, headers, time_limit, held, fold)
+        except ProviderError as e:
+            # Part of the answer came before the failure: the provider may bill it.
+            e.generated = e.generated or fold.first_token
+            raise
+
+    async def _read_stream(
+        self,
+        adapter: WireAdapter,
+        http: httpx.AsyncClient,
+        url: str,
+        content: bytes,
+        headers: dict[str, str],
+        time_limit: float,
+        held: Lease,
+        fold: StreamFold,
+    ) -> Answer:
+        start = time.perf_counter()
         ttft: float | None = None
         idle = self.config.stream_idle_timeout
         key = self._mask or "\0"  # a stream echoing the key has it masked, as a body has
+        got: dict[str, str] = {}
+        answering = False
         try:
             with anyio.fail_after(time_limit):
                 async with http.stream("POST", url, content=content, headers=headers) as response:
@@ -452,6 +472,7 @@ class ProviderClient:
                         raise self._with_context(
                             adapter.error(response.status_code, got, body, time.time()), rid
                         )
+                    answering = True
                     lines = _read_lines(response, held)
                     # Closed with the response, not left to the garbage collector.
                     async with contextlib.aclosing(lines):
@@ -483,6 +504,10 @@ class ProviderClient:
         except httpx.DecodingError as e:
             raise bad_response(f"the stream cannot be decoded: {self._clean(str(e))}") from None
         except httpx.TransportError as e:
+            if answering:  # a 200 had begun: the answer was cut off (and may be billed)
+                raise bad_response(
+                    f"the stream was cut off: {type(e).__name__}: {self._clean(str(e))}"
+                ) from None
             raise ProviderError(
                 "connection", f"{type(e).__name__}: {self._clean(str(e))}", retryable=True
             ) from None
@@ -552,9 +577,11 @@ class ProviderClient:
         held: Lease,
     ) -> Answer:
         start = time.perf_counter()
+        answering = False
         try:
             with anyio.fail_after(time_limit):
                 async with http.stream("POST", url, content=content, headers=headers) as response:
+                    answering = 200 <= response.status_code < 300
                     body = await _read_body(response, held=held)
         except (TimeoutError, httpx.TimeoutException):
             raise ProviderError(
@@ -569,6 +596,10 @@ class ProviderClient:
         except httpx.DecodingError as e:  # a body that fails its Content-Encoding
             raise bad_response(f"the body cannot be decoded: {self._clean(str(e))}") from None
         except httpx.TransportError as e:
+            if answering:  # a 200 had begun: the answer was cut off (and may be billed)
+                raise bad_response(
+                    f"the body was cut off: {type(e).__name__}: {self._clean(str(e))}"
+                ) from None
             raise ProviderError(
                 "connection", f"{type(e).__name__}: {self._clean(str(e))}", retryable=True
             ) from None
@@ -630,6 +661,7 @@ class ProviderClient:
             retryable=err.retryable,
             retry_after=err.retry_after,
             provider_wide=err.provider_wide,
+            generated=err.generated,
         )
 
     def _succeeded(self, model: str, slot: Slot, answer: Answer) -> float | None:
