@@ -222,3 +222,30 @@ async def test_attempts_cut_after_the_answer_began_count_against_the_budget(
     assert len(failed) == posts <= 3 * 3, (posts, finished[2])
     assert all(d["budget_usd"] and d["budget_usd"] > 0 for d in failed), failed
     _key_nowhere(tmp_path, out)
+
+
+async def test_a_million_tiny_deltas_do_not_eat_the_attempts_time(tmp_path: Path) -> None:
+    """One answer streamed as 300,000 one-character deltas (16 MB, no byte of it late)
+    within a 3 s timeout. Before, each line armed and disarmed its own idle timer (about
+    16 µs a line, twice an event): the client spent 5 s of event loop on this one stream,
+    the attempt timed out and the rollout failed, and 64 MiB of such deltas kept the loop
+    busy 20 s and more per attempt. Now the silence is timed per network read: the answer
+    is read whole, well within its time."""
+    wire = WIRES["openai"]
+    delta = b'data: {"choices":[{"index":0,"delta":{"content":"a"}}]}\n\n'
+    n = 300_000
+    tail = b'data: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\ndata: [DONE]\n\n'
+    hostile = Reply(200, delta * n + tail, {"content-type": "text/event-stream"})
+
+    def answer(seen: Seen) -> Reply:
+        if seen.method != "POST":
+            return Reply(200, MODELS)
+        return hostile if b"Return x + 0." in seen.body else wire.sse(CODE)
+
+    async with serve(answer) as server:
+        extra = 'stream = true\nmax_concurrency = 1\nmax_attempts = 1\ntimeout = "3s"'
+        code, out = await _run(_config(tmp_path, server.url, "openai", extra))
+    assert code == 0, out[-3000:]
+    responded = [d for _, _, d in events(tmp_path / "events.db", "RolloutResponded")]
+    assert sorted(len(d["text"]) for d in responded)[-1] == n
+    assert len(responded) == 4

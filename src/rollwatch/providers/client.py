@@ -473,28 +473,24 @@ class ProviderClient:
                             adapter.error(response.status_code, got, body, time.time()), rid
                         )
                     answering = True
-                    lines = _read_lines(response, held)
                     # Closed with the response, not left to the garbage collector.
-                    async with contextlib.aclosing(lines):
-                        while not fold.done:
-                            line: str | None = None
-                            with anyio.move_on_after(idle):
-                                line = await anext(lines, None)
-                                if line is None:
-                                    raise bad_response(
-                                        "the stream ended before its end: the answer was cut off"
-                                    )
-                            if line is None:
-                                raise ProviderError(
-                                    "timeout", f"the stream was silent for {idle:g}s", retryable=True
-                                )
-                            if line.startswith("data:"):
+                    async with contextlib.aclosing(_read_lines(response, held, idle)) as reads:
+                        async for lines in reads:
+                            for line in lines:
+                                if not line.startswith("data:"):
+                                    continue
                                 try:
                                     fold.feed(line[5:].strip().replace(key, "[redacted]"))
                                 except ProviderError as e:
                                     raise self._with_context(e, rid) from None
-                                if ttft is None and fold.first_token:
-                                    ttft = (time.perf_counter() - start) * 1000.0
+                                if fold.done:
+                                    break
+                            if ttft is None and fold.first_token:
+                                ttft = (time.perf_counter() - start) * 1000.0
+                            if fold.done:
+                                break
+                    if not fold.done:
+                        raise bad_response("the stream ended before its end: the answer was cut off")
         except (TimeoutError, httpx.TimeoutException):
             raise ProviderError(
                 "timeout", f"no complete answer within {time_limit:g}s", retryable=True
@@ -915,34 +911,46 @@ async def _read_body(
     return bytes(body)
 
 
-async def _read_lines(response: httpx.Response, held: Lease) -> AsyncGenerator[str, None]:
-    """The lines of a stream (ends ``\n``, ``\r\n`` or ``\r``, as SSE allows), read up
-    to :data:`MAX_BODY_BYTES` decoded in all (each byte counted in ``held``): past it, past
-    the budget ``held`` is a share of, or a line that never ends, ``bad_response`` (or for a
-    stream compressed more than once)."""
+async def _read_lines(response: httpx.Response, held: Lease, idle: float) -> AsyncGenerator[list[str], None]:
+    """The lines of a stream (ends ``\n``, ``\r\n`` or ``\r``, as SSE allows), those each
+    network read completes in one list, read up to :data:`MAX_BODY_BYTES` decoded in all
+    (each byte counted in ``held``): past it, past the budget ``held`` is a share of, or a
+    line that never ends, ``bad_response`` (or for a stream compressed more than once); no
+    byte for ``idle`` seconds, a retryable ``timeout``.
+
+    The silence is timed per read, not per line: a timer per line cost about 16 µs, so a
+    stream of a million one-character deltas (64 MiB) kept the event loop busy for 20 s
+    and more per attempt."""
     _refuse_stacked_codings(response)
     total = 0
     pending = bytearray()
-    async for chunk in response.aiter_bytes():
-        total += len(chunk)
-        if total > MAX_BODY_BYTES:
-            raise bad_response(f"the stream is too large: over {MAX_BODY_BYTES // 2**20} MiB decoded")
-        held.take(len(chunk))
-        # A CRLF split across chunks becomes two line ends: an empty line more, which the
-        # reader skips (only ``data:`` lines count there).
-        data = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-        # Only the new chunk is searched: a line that never ends is not scanned again at
-        # every chunk (64 MiB of it took seconds so).
-        end = data.rfind(b"\n")
-        if end < 0:
-            pending += data
-            continue
-        pending += data[:end]
-        for line in pending.split(b"\n"):
-            yield line.decode("utf-8", "replace")
-        pending = bytearray(data[end + 1 :])
+    async with contextlib.aclosing(response.aiter_bytes()) as chunks:
+        while True:
+            chunk: bytes | None = None
+            with anyio.move_on_after(idle) as silent:
+                chunk = await anext(chunks, None)
+            if silent.cancelled_caught:
+                raise ProviderError("timeout", f"the stream was silent for {idle:g}s", retryable=True)
+            if chunk is None:
+                break
+            total += len(chunk)
+            if total > MAX_BODY_BYTES:
+                raise bad_response(f"the stream is too large: over {MAX_BODY_BYTES // 2**20} MiB decoded")
+            held.take(len(chunk))
+            # A CRLF split across chunks becomes two line ends: an empty line more, which the
+            # reader skips (only ``data:`` lines count there).
+            data = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+            # Only the new chunk is searched: a line that never ends is not scanned again at
+            # every chunk (64 MiB of it took seconds so).
+            end = data.rfind(b"\n")
+            if end < 0:
+                pending += data
+                continue
+            pending += data[:end]
+            yield [line.decode("utf-8", "replace") for line in pending.split(b"\n")]
+            pending = bytearray(data[end + 1 :])
     if pending:
-        yield pending.decode("utf-8", "replace")
+        yield [pending.decode("utf-8", "replace")]
 
 
 def _encode(body: dict[str, Any]) -> bytes:
