@@ -118,7 +118,10 @@ def _revoked(kind: str, stream: bool) -> Reply:
         err = {"type": "authentication_error", "message": f"invalid x-api-key {KEY}"}
         if not stream:
             return Reply(200, {"type": "error", "error": err})
-        start = {"type": "message_start", "message": {"id": "msg_1", "model": "m1", "usage": {"input_tokens": 5}}}
+        start = {
+            "type": "message_start",
+            "message": {"id": "msg_1", "model": "m1", "usage": {"input_tokens": 5}},
+        }
         return _sse([start, {"type": "error", "error": err}], {}, named=True)
     if kind == "openai":
         err = {
@@ -139,7 +142,9 @@ def _revoked(kind: str, stream: bool) -> Reply:
 
 @pytest.mark.parametrize("stream", [True, False], ids=["streamed", "whole"])
 @pytest.mark.parametrize("kind", sorted(WIRES))
-async def test_a_key_revoked_inside_a_200_disables_the_provider(kind: str, stream: bool, tmp_path: Path) -> None:
+async def test_a_key_revoked_inside_a_200_disables_the_provider(
+    kind: str, stream: bool, tmp_path: Path
+) -> None:
     """Two answers, then every request gets a 200 whose stream ends with an error event
     (or whose body is an error) saying the key is invalid. Before: a retryable
     ``server_error`` (OpenAI, Anthropic; ``bad_response`` for a whole body) or an
@@ -167,7 +172,6 @@ async def test_a_key_revoked_inside_a_200_disables_the_provider(kind: str, strea
     assert code2 == 0, out2[-3000:]
     assert second[2]["status"] == "completed"
     _key_nowhere(tmp_path, out, out2)
-
 
 
 def _half_answer_then(kind: str, how: str) -> Reply:

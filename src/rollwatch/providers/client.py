@@ -924,31 +924,31 @@ async def _read_lines(response: httpx.Response, held: Lease, idle: float) -> Asy
     _refuse_stacked_codings(response)
     total = 0
     pending = bytearray()
-    async with contextlib.aclosing(response.aiter_bytes()) as chunks:
-        while True:
-            chunk: bytes | None = None
-            with anyio.move_on_after(idle) as silent:
-                chunk = await anext(chunks, None)
-            if silent.cancelled_caught:
-                raise ProviderError("timeout", f"the stream was silent for {idle:g}s", retryable=True)
-            if chunk is None:
-                break
-            total += len(chunk)
-            if total > MAX_BODY_BYTES:
-                raise bad_response(f"the stream is too large: over {MAX_BODY_BYTES // 2**20} MiB decoded")
-            held.take(len(chunk))
-            # A CRLF split across chunks becomes two line ends: an empty line more, which the
-            # reader skips (only ``data:`` lines count there).
-            data = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-            # Only the new chunk is searched: a line that never ends is not scanned again at
-            # every chunk (64 MiB of it took seconds so).
-            end = data.rfind(b"\n")
-            if end < 0:
-                pending += data
-                continue
-            pending += data[:end]
-            yield [line.decode("utf-8", "replace") for line in pending.split(b"\n")]
-            pending = bytearray(data[end + 1 :])
+    chunks = response.aiter_bytes()  # closed with the response
+    while True:
+        chunk: bytes | None = None
+        with anyio.move_on_after(idle) as silent:
+            chunk = await anext(chunks, None)
+        if silent.cancelled_caught:
+            raise ProviderError("timeout", f"the stream was silent for {idle:g}s", retryable=True)
+        if chunk is None:
+            break
+        total += len(chunk)
+        if total > MAX_BODY_BYTES:
+            raise bad_response(f"the stream is too large: over {MAX_BODY_BYTES // 2**20} MiB decoded")
+        held.take(len(chunk))
+        # A CRLF split across chunks becomes two line ends: an empty line more, which the
+        # reader skips (only ``data:`` lines count there).
+        data = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        # Only the new chunk is searched: a line that never ends is not scanned again at
+        # every chunk (64 MiB of it took seconds so).
+        end = data.rfind(b"\n")
+        if end < 0:
+            pending += data
+            continue
+        pending += data[:end]
+        yield [line.decode("utf-8", "replace") for line in pending.split(b"\n")]
+        pending = bytearray(data[end + 1 :])
     if pending:
         yield [pending.decode("utf-8", "replace")]
 
