@@ -253,3 +253,31 @@ async def test_a_million_tiny_deltas_do_not_eat_the_attempts_time(tmp_path: Path
     responded = [d for _, _, d in events(tmp_path / "events.db", "RolloutResponded")]
     assert sorted(len(d["text"]) for d in responded)[-1] == n
     assert len(responded) == 4
+
+
+async def test_a_stream_that_is_not_utf8_is_refused_not_rewritten(tmp_path: Path) -> None:
+    """The first streamed answer carries a byte that is no UTF-8 (``\\xff``) inside its
+    code. Before, the stream was decoded with U+FFFD in its place: an answer the provider
+    never sent was recorded and scored (a whole body that is not UTF-8 was refused). Now it
+    is a retryable ``bad_response``, and the retry's answer is recorded exactly."""
+    wire = WIRES["anthropic"]
+    good = wire.sse(CODE)
+    bad = Reply(200, good.payload().replace(b"return x", b"return x  # \xff"), good.headers)
+    posts = 0
+
+    def answer(seen: Seen) -> Reply:
+        nonlocal posts
+        if seen.method != "POST":
+            return Reply(200, MODELS)
+        posts += 1
+        return bad if posts == 1 else good
+
+    async with serve(answer) as server:
+        cfg = _config(tmp_path, server.url, "anthropic", "stream = true\nmax_concurrency = 1")
+        code, out = await _run(cfg)
+    assert code == 0, out[-3000:]
+    db = tmp_path / "events.db"
+    (failed,) = [d for _, _, d in events(db, "RolloutFailed")]
+    assert (failed["kind"], failed["retryable"]) == ("bad_response", True)
+    assert "not UTF-8" in failed["message"]
+    assert {d["text"] for _, _, d in events(db, "RolloutResponded")} == {CODE}

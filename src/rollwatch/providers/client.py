@@ -947,10 +947,20 @@ async def _read_lines(response: httpx.Response, held: Lease, idle: float) -> Asy
             pending += data
             continue
         pending += data[:end]
-        yield [line.decode("utf-8", "replace") for line in pending.split(b"\n")]
+        yield _utf8(pending).split("\n")
         pending = bytearray(data[end + 1 :])
     if pending:
-        yield [pending.decode("utf-8", "replace")]
+        yield [_utf8(pending)]
+
+
+def _utf8(data: bytes | bytearray) -> str:
+    """``data`` decoded; ``bad_response`` when it is not UTF-8 (as a whole body that is not
+    is: replacing the bad bytes with U+FFFD, as streams did, scored an answer the provider
+    never sent)."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise bad_response(f"the stream is not UTF-8: {e.reason} at byte {e.start} of a line") from None
 
 
 def _encode(body: dict[str, Any]) -> bytes:
