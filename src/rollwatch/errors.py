@@ -180,7 +180,9 @@ class ProviderError(RollwatchError):
     wait in seconds the provider asked for, when it said so. ``provider_wide`` is set
     when the response showed the provider's whole budget used up (a rate-limit window
     with nothing remaining and a reset time, or Google's ``QuotaFailure``): then every
-    request of the provider waits, not only this one.
+    request of the provider waits, not only this one. ``generated`` is set when the
+    provider had already sent part of an answer (a stream that failed after its first
+    token): it may bill the attempt, whatever the kind of the failure.
     """
 
     def __init__(
@@ -192,12 +194,14 @@ class ProviderError(RollwatchError):
         retryable: bool = False,
         retry_after: float | None = None,
         provider_wide: bool = False,
+        generated: bool = False,
     ) -> None:
         self.kind = kind
         self.status = status
         self.retryable = retryable
         self.retry_after = retry_after
         self.provider_wide = provider_wide
+        self.generated = generated
         self.message = message
         super().__init__(f"{kind}" + (f" (HTTP {status})" if status else "") + f": {message}")
 

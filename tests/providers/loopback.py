@@ -9,6 +9,8 @@ response, an answer that never comes. Each test scripts the replies in order
 from __future__ import annotations
 
 import json
+import socket
+import struct
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -19,7 +21,7 @@ import anyio
 from anyio.abc import SocketStream
 from anyio.streams.buffered import BufferedByteReceiveStream
 
-Action = Literal["respond", "malformed", "cut", "drop", "stall", "hold", "trickle"]
+Action = Literal["respond", "malformed", "cut", "reset", "drop", "stall", "hold", "trickle"]
 
 _REASONS = {
     200: "OK",
@@ -43,6 +45,8 @@ class Reply:
     ``respond`` sends ``status``/``headers``/``body``; ``malformed`` sends a 200 whose
     body is not JSON; ``cut`` announces the full body (``body``, else the default
     reply's) but sends half of it and closes;
+    ``reset`` does the same but resets the connection (a TCP RST: a proxy or load
+    balancer dropping it) instead of closing it cleanly;
     ``drop`` closes without a response; ``stall`` never answers (until the server
     stops), for timeouts; ``hold`` answers the default reply once ``server.release``
     is set; ``trickle`` sends the head and half the body, then nothing more (a stream
@@ -142,15 +146,18 @@ class LoopbackServer:
             reply = self.default(seen)
         status = 200 if reply.action == "malformed" else reply.status
         body = b'{"choices": [{"message": ' if reply.action == "malformed" else reply.payload()
-        if reply.action == "cut" and not body:  # cut the wire's real answer in half
+        if reply.action in ("cut", "reset") and not body:  # cut the wire's real answer in half
             body = self.default(seen).payload()
         headers = {"content-type": "application/json", **reply.headers}
         headers["content-length"] = str(len(body))
         head = f"HTTP/1.1 {status} {_REASONS.get(status, 'Status')}\r\n"
         head += "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
-        if reply.action == "cut":
+        if reply.action in ("cut", "reset"):
             await stream.send(head.encode() + body[: len(body) // 2])
             seen.replied_at = anyio.current_time()
+            if reply.action == "reset":  # SO_LINGER 0: the close sends a RST
+                sock = stream.extra(anyio.abc.SocketAttribute.raw_socket)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             return False
         if reply.action == "trickle":
             await stream.send(head.encode() + body[: len(body) // 2])

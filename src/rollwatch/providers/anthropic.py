@@ -38,6 +38,7 @@ from rollwatch.providers.base import (
     as_dict,
     bad_response,
     check_params,
+    classify_error,
     classify_status,
     error_message,
     excerpt,
@@ -91,8 +92,10 @@ class AnthropicAdapter:
         if not isinstance(data, dict):
             raise bad_response("the body is not a JSON object")
         if data.get("type") == "error":
-            err = data.get("error") or {}
-            raise bad_response(f"an error body with status 200: {excerpt(str(err.get('message', '')))}")
+            err = as_dict(data.get("error"))
+            message = f"an error body with status 200: {excerpt(str(err.get('message', '')))}"
+            kind, retryable = classify_error(err) or ("bad_response", True)
+            raise ProviderError(kind, message, retryable=retryable)
         content = data.get("content")
         if not isinstance(content, list):
             raise bad_response("the body has no content list")

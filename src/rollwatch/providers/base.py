@@ -195,6 +195,59 @@ def classify_status(status: int) -> tuple[str, bool]:
     return "invalid_request", False
 
 
+#: The error words of the three APIs, as the HTTP status each stands for: OpenAI's
+#: ``error.code`` (read first: its ``type`` is ``invalid_request_error`` for a bad key
+#: too), Anthropic's ``error.type`` and Google's ``error.status``.
+_ERROR_WORDS = {
+    "invalid_api_key": 401,
+    "rate_limit_exceeded": 429,
+    "invalid_request_error": 400,
+    "authentication_error": 401,
+    "billing_error": 402,
+    "permission_error": 403,
+    "not_found_error": 404,
+    "request_too_large": 413,
+    "rate_limit_error": 429,
+    "api_error": 500,
+    "server_error": 500,
+    "timeout_error": 504,
+    "overloaded_error": 529,
+    "INVALID_ARGUMENT": 400,
+    "FAILED_PRECONDITION": 400,
+    "UNAUTHENTICATED": 401,
+    "PERMISSION_DENIED": 403,
+    "NOT_FOUND": 404,
+    "RESOURCE_EXHAUSTED": 429,
+    "INTERNAL": 500,
+    "UNAVAILABLE": 503,
+    "DEADLINE_EXCEEDED": 504,
+}
+
+
+def classify_error(err: Mapping[str, Any]) -> tuple[str, bool] | None:
+    """The kind of an error object sent where an answer was expected (an error event in a
+    stream, an error body with status 200) and whether it is worth retrying: as the HTTP
+    status it names (a bad key is ``auth`` however it comes); None when it names none.
+
+    Before, such an error was a retryable ``server_error`` (or ``bad_response``) whatever it
+    said: a key revoked mid-stream was retried ``max_attempts`` times by every rollout and
+    never disabled the provider."""
+    details = err.get("details")
+    if isinstance(details, list) and any(
+        isinstance(d, dict) and d.get("reason") == "API_KEY_INVALID" for d in details
+    ):
+        return "auth", False
+    code = err.get("code")
+    if code == "insufficient_quota":  # billing, not pacing (as a 429 saying it is)
+        return "rate_limited", False
+    for word in (code, err.get("type"), err.get("status")):
+        if isinstance(word, str) and word in _ERROR_WORDS:
+            return classify_status(_ERROR_WORDS[word])
+    if isinstance(code, int) and not isinstance(code, bool) and 400 <= code < 600:
+        return classify_status(code)
+    return None
+
+
 STREAM_UNSUPPORTED = "params.stream is not for schedules: set stream = true on the provider instead"
 
 

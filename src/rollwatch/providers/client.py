@@ -437,11 +437,31 @@ class ProviderClient:
         """One streamed attempt (``providers/streaming.py``): the events folded into a
         whole answer; a stream silent for ``stream_idle_timeout`` or ended before its end
         marker is a retryable failure, never a truncated answer."""
-        start = time.perf_counter()
         fold = StreamFold(adapter.kind)
+        try:
+            return await self._read_stream(adapter, http, url, content, headers, time_limit, held, fold)
+        except ProviderError as e:
+            # Part of the answer came before the failure: the provider may bill it.
+            e.generated = e.generated or fold.first_token
+            raise
+
+    async def _read_stream(
+        self,
+        adapter: WireAdapter,
+        http: httpx.AsyncClient,
+        url: str,
+        content: bytes,
+        headers: dict[str, str],
+        time_limit: float,
+        held: Lease,
+        fold: StreamFold,
+    ) -> Answer:
+        start = time.perf_counter()
         ttft: float | None = None
         idle = self.config.stream_idle_timeout
         key = self._mask or "\0"  # a stream echoing the key has it masked, as a body has
+        got: dict[str, str] = {}
+        answering = False
         try:
             with anyio.fail_after(time_limit):
                 async with http.stream("POST", url, content=content, headers=headers) as response:
@@ -452,28 +472,25 @@ class ProviderClient:
                         raise self._with_context(
                             adapter.error(response.status_code, got, body, time.time()), rid
                         )
-                    lines = _read_lines(response, held)
+                    answering = True
                     # Closed with the response, not left to the garbage collector.
-                    async with contextlib.aclosing(lines):
-                        while not fold.done:
-                            line: str | None = None
-                            with anyio.move_on_after(idle):
-                                line = await anext(lines, None)
-                                if line is None:
-                                    raise bad_response(
-                                        "the stream ended before its end: the answer was cut off"
-                                    )
-                            if line is None:
-                                raise ProviderError(
-                                    "timeout", f"the stream was silent for {idle:g}s", retryable=True
-                                )
-                            if line.startswith("data:"):
+                    async with contextlib.aclosing(_read_lines(response, held, idle)) as reads:
+                        async for lines in reads:
+                            for line in lines:
+                                if not line.startswith("data:"):
+                                    continue
                                 try:
                                     fold.feed(line[5:].strip().replace(key, "[redacted]"))
                                 except ProviderError as e:
                                     raise self._with_context(e, rid) from None
-                                if ttft is None and fold.first_token:
-                                    ttft = (time.perf_counter() - start) * 1000.0
+                                if fold.done:
+                                    break
+                            if ttft is None and fold.first_token:
+                                ttft = (time.perf_counter() - start) * 1000.0
+                            if fold.done:
+                                break
+                    if not fold.done:
+                        raise bad_response("the stream ended before its end: the answer was cut off")
         except (TimeoutError, httpx.TimeoutException):
             raise ProviderError(
                 "timeout", f"no complete answer within {time_limit:g}s", retryable=True
@@ -483,6 +500,10 @@ class ProviderClient:
         except httpx.DecodingError as e:
             raise bad_response(f"the stream cannot be decoded: {self._clean(str(e))}") from None
         except httpx.TransportError as e:
+            if answering:  # a 200 had begun: the answer was cut off (and may be billed)
+                raise bad_response(
+                    f"the stream was cut off: {type(e).__name__}: {self._clean(str(e))}"
+                ) from None
             raise ProviderError(
                 "connection", f"{type(e).__name__}: {self._clean(str(e))}", retryable=True
             ) from None
@@ -552,9 +573,11 @@ class ProviderClient:
         held: Lease,
     ) -> Answer:
         start = time.perf_counter()
+        answering = False
         try:
             with anyio.fail_after(time_limit):
                 async with http.stream("POST", url, content=content, headers=headers) as response:
+                    answering = 200 <= response.status_code < 300
                     body = await _read_body(response, held=held)
         except (TimeoutError, httpx.TimeoutException):
             raise ProviderError(
@@ -569,6 +592,10 @@ class ProviderClient:
         except httpx.DecodingError as e:  # a body that fails its Content-Encoding
             raise bad_response(f"the body cannot be decoded: {self._clean(str(e))}") from None
         except httpx.TransportError as e:
+            if answering:  # a 200 had begun: the answer was cut off (and may be billed)
+                raise bad_response(
+                    f"the body was cut off: {type(e).__name__}: {self._clean(str(e))}"
+                ) from None
             raise ProviderError(
                 "connection", f"{type(e).__name__}: {self._clean(str(e))}", retryable=True
             ) from None
@@ -630,6 +657,7 @@ class ProviderClient:
             retryable=err.retryable,
             retry_after=err.retry_after,
             provider_wide=err.provider_wide,
+            generated=err.generated,
         )
 
     def _succeeded(self, model: str, slot: Slot, answer: Answer) -> float | None:
@@ -883,15 +911,28 @@ async def _read_body(
     return bytes(body)
 
 
-async def _read_lines(response: httpx.Response, held: Lease) -> AsyncGenerator[str, None]:
-    """The lines of a stream (ends ``\n``, ``\r\n`` or ``\r``, as SSE allows), read up
-    to :data:`MAX_BODY_BYTES` decoded in all (each byte counted in ``held``): past it, past
-    the budget ``held`` is a share of, or a line that never ends, ``bad_response`` (or for a
-    stream compressed more than once)."""
+async def _read_lines(response: httpx.Response, held: Lease, idle: float) -> AsyncGenerator[list[str], None]:
+    """The lines of a stream (ends ``\n``, ``\r\n`` or ``\r``, as SSE allows), those each
+    network read completes in one list, read up to :data:`MAX_BODY_BYTES` decoded in all
+    (each byte counted in ``held``): past it, past the budget ``held`` is a share of, or a
+    line that never ends, ``bad_response`` (or for a stream compressed more than once); no
+    byte for ``idle`` seconds, a retryable ``timeout``.
+
+    The silence is timed per read, not per line: a timer per line cost about 16 µs, so a
+    stream of a million one-character deltas (64 MiB) kept the event loop busy for 20 s
+    and more per attempt."""
     _refuse_stacked_codings(response)
     total = 0
     pending = bytearray()
-    async for chunk in response.aiter_bytes():
+    chunks = response.aiter_bytes()  # closed with the response
+    while True:
+        chunk: bytes | None = None
+        with anyio.move_on_after(idle) as silent:
+            chunk = await anext(chunks, None)
+        if silent.cancelled_caught:
+            raise ProviderError("timeout", f"the stream was silent for {idle:g}s", retryable=True)
+        if chunk is None:
+            break
         total += len(chunk)
         if total > MAX_BODY_BYTES:
             raise bad_response(f"the stream is too large: over {MAX_BODY_BYTES // 2**20} MiB decoded")
@@ -906,11 +947,20 @@ async def _read_lines(response: httpx.Response, held: Lease) -> AsyncGenerator[s
             pending += data
             continue
         pending += data[:end]
-        for line in pending.split(b"\n"):
-            yield line.decode("utf-8", "replace")
+        yield _utf8(pending).split("\n")
         pending = bytearray(data[end + 1 :])
     if pending:
-        yield pending.decode("utf-8", "replace")
+        yield [_utf8(pending)]
+
+
+def _utf8(data: bytes | bytearray) -> str:
+    """``data`` decoded; ``bad_response`` when it is not UTF-8 (as a whole body that is not
+    is: replacing the bad bytes with U+FFFD, as streams did, scored an answer the provider
+    never sent)."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise bad_response(f"the stream is not UTF-8: {e.reason} at byte {e.start} of a line") from None
 
 
 def _encode(body: dict[str, Any]) -> bytes:

@@ -43,6 +43,7 @@ from rollwatch.providers.base import (
     WireRequest,
     as_dict,
     bad_response,
+    classify_error,
     classify_status,
     error_message,
     loads,
@@ -147,8 +148,9 @@ class GeminiAdapter:
             if reason:
                 return Parsed("", None, f"blocked:{reason}", usage, request_id, model)
             if "error" in data:
-                message = error_message(json.dumps(data).encode())
-                raise bad_response(f"an error body with status 200: {message}")
+                message = f"an error body with status 200: {error_message(json.dumps(data).encode())}"
+                kind, retryable = classify_error(as_dict(data["error"])) or ("bad_response", True)
+                raise ProviderError(kind, message, retryable=retryable)
             raise bad_response("the body has no candidates")
         candidate = candidates[0]
         if not isinstance(candidate, dict):

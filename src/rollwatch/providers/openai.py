@@ -32,6 +32,7 @@ from rollwatch.providers.base import (
     as_dict,
     bad_response,
     check_params,
+    classify_error,
     classify_status,
     error_message,
     loads,
@@ -161,10 +162,10 @@ def _error_code(body: bytes) -> str | None:
 
 
 def _body_error(data: dict[str, Any]) -> ProviderError:
-    err = data.get("error")
-    code = err.get("code") if isinstance(err, dict) else None
-    status = code if isinstance(code, int) and 400 <= code < 600 else None
-    kind, retryable = classify_status(status) if status else ("bad_response", True)
+    err = as_dict(data.get("error"))
+    code = err.get("code")
+    status = code if isinstance(code, int) and not isinstance(code, bool) and 400 <= code < 600 else None
+    kind, retryable = classify_error(err) or ("bad_response", True)
     message = error_message(json.dumps(data).encode())
     return ProviderError(kind, message, status=status, retryable=retryable)
 

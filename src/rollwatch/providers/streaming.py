@@ -27,7 +27,8 @@ from __future__ import annotations
 from typing import Any
 
 from rollwatch.errors import ProviderError
-from rollwatch.providers.base import WireRequest, as_dict, bad_response, classify_status, excerpt, loads
+from rollwatch.providers.base import WireRequest, as_dict, bad_response, classify_error, excerpt, loads
+from rollwatch.providers.retry import google_retry_delay
 
 
 class StreamFold:
@@ -204,15 +205,15 @@ def streamed(kind: str, wire: WireRequest) -> WireRequest:
 
 
 def _stream_error(event: dict[str, Any]) -> ProviderError:
+    """The failure an error event stands for, classified as its HTTP status would be (a
+    bad key mid-stream is ``auth``, which disables the provider); one that names no status
+    we know is a retryable ``server_error``."""
     err = as_dict(event.get("error"))
-    kind_word = str(err.get("type") or err.get("status") or "")
-    code = err.get("code")
-    if kind_word in ("overloaded_error", "UNAVAILABLE") or code in (503, 529):
-        kind, retryable = "overloaded", True
-    elif isinstance(code, int) and 400 <= code < 600:
-        kind, retryable = classify_status(code)
-    else:
-        kind, retryable = "server_error", True
+    kind, retryable = classify_error(err) or ("server_error", True)
+    word = str(err.get("type") or err.get("status") or kind)
     return ProviderError(
-        kind, f"an error in the stream: {excerpt(str(err.get('message', kind_word)))}", retryable=retryable
+        kind,
+        f"an error in the stream: {excerpt(str(err.get('message', word)))}",
+        retryable=retryable,
+        retry_after=google_retry_delay(event),
     )

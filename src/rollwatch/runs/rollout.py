@@ -55,8 +55,10 @@ NEW = Known("new", 0, None, 0)
 
 
 #: Failures after which the provider may have generated the answer, and billed it: a body
-#: we could not read (a token count that is no count, a stream cut off), an answer too slow.
-#: Each counts its rollout's reservation against the budget, since what it cost is unknown.
+#: we could not read (a token count that is no count, an answer cut off), an answer too slow.
+#: Each counts its rollout's reservation against the budget, since what it cost is unknown;
+#: so does any failure after part of the answer came (``ProviderError.generated``: an
+#: error event mid-stream, which before counted nothing however many attempts it took).
 MAY_BE_BILLED = frozenset({"bad_response", "timeout"})
 
 
@@ -118,7 +120,8 @@ class AttemptRecorder:
 
     async def failed(self, attempt: int, error: ProviderError, final: bool) -> None:
         """See ``AttemptLog.failed``."""
-        counted = self.reserved if error.kind in MAY_BE_BILLED and self.reserved else None
+        billed = error.kind in MAY_BE_BILLED or error.generated
+        counted = self.reserved if billed and self.reserved else None
         await self.append(
             RolloutFailed(
                 rollout_id=self.rid,
