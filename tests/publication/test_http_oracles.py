@@ -85,10 +85,15 @@ class TestSlashRedirects:
         """Paths that would resolve elsewhere once a slash is added or removed (doubled
         slashes, dot segments, several trailing slashes) are 404s in the error body."""
         async with serving(tmp_path) as env:
-            for path in ("//public", "/public//", "/v1/feed//", "//evil.example/public", "/public/..", "/nope/"):
-                status, _, body = await anyio.to_thread.run_sync(
-                    _get_raw, _port(env), path, {"Host": EVIL}
-                )
+            for path in (
+                "//public",
+                "/public//",
+                "/v1/feed//",
+                "//evil.example/public",
+                "/public/..",
+                "/nope/",
+            ):
+                status, _, body = await anyio.to_thread.run_sync(_get_raw, _port(env), path, {"Host": EVIL})
                 assert status == 404, (path, status)
                 assert set(json.loads(body)) == {"error", "message"}, path
 
