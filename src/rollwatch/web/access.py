@@ -18,6 +18,8 @@ from typing import Protocol
 
 from starlette.requests import Request
 
+from rollwatch.errors import BadRequest
+
 OPS_SCOPE = "ops"
 
 _LOOPBACK = ("127.0.0.0/8", "::1/128")
@@ -58,8 +60,19 @@ def redact_keys(text: str) -> str:
 
 
 def bearer_key(request: Request) -> str | None:
-    """The key of an ``Authorization: Bearer KEY`` header, if any."""
-    scheme, _, key = request.headers.get("authorization", "").partition(" ")
+    """The key of an ``Authorization: Bearer KEY`` header, if any; :class:`BadRequest` when
+    the request has more than one ``Authorization`` header.
+
+    Two of them (one the client's, one a proxy's, say) would otherwise be read as the first,
+    while a proxy or a log in front may go by the other: which credentials the request
+    carries must not depend on who reads it.
+    """
+    values = request.headers.getlist("authorization")
+    if len(values) > 1:
+        raise BadRequest(
+            f"the request has {len(values)} Authorization headers; send one: 'Authorization: Bearer KEY'"
+        )
+    scheme, _, key = (values[0] if values else "").partition(" ")
     return (key.strip() or None) if scheme.lower() == "bearer" else None
 
 

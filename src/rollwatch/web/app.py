@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 import anyio
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.routing import Match, Route, Router
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from rollwatch.errors import ServiceUnavailable
@@ -132,7 +132,51 @@ def build_app(
         return Response(body, headers=headers)
 
     routes = [Route("/healthz", healthz), Route("/metrics", metrics_route), *(extra_routes or [])]
-    return AccessLog(Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS))
+    app = Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS)
+    app.router.redirect_slashes = False  # SlashRedirects does it, without the Host header
+    app.router.default = SlashRedirects(app.router)
+    return AccessLog(app)
+
+
+class SlashRedirects:
+    """What the router does with a path no route takes: a 307 to the same path with its
+    trailing slash added (``/public`` to ``/public/``) or removed (``/v1/feed/`` to
+    ``/v1/feed``) when a route takes that, else its 404.
+
+    Starlette's own redirect wrote an absolute ``Location`` from the request's ``Host``
+    header, which the client writes: ``Host: evil.example`` on ``/public`` sent the
+    reader to ``http://evil.example/public/``, and a cache in front (or a page linking
+    there) handed that on. The ``Location`` here is relative to the request's own path
+    (``./public/``, ``../feed``): no host in it, and it stays right under a proxy that
+    serves us under a prefix.
+    """
+
+    def __init__(self, router: Router) -> None:
+        self.router = router
+
+    def _target(self, scope: Scope) -> str | None:
+        path: str = scope["path"]
+        if path.endswith("//") or path == "/":
+            return None
+        other = path[:-1] if path.endswith("/") else path + "/"
+        probe = {**scope, "path": other}
+        if not any(r.matches(probe)[0] is not Match.NONE for r in self.router.routes):
+            return None
+        # The last segment as the client sent it (percent-encoded), made relative.
+        raw = scope.get("raw_path") or path.encode()
+        segment = raw.decode("latin-1").rstrip("/").rpartition("/")[2]
+        if not segment:
+            return None
+        target = f"../{segment}" if path.endswith("/") else f"./{segment}/"
+        query = scope.get("query_string", b"").decode("latin-1")
+        return f"{target}?{query}" if query else target
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        target = self._target(scope) if scope["type"] == "http" else None
+        if target is None:
+            await self.router.not_found(scope, receive, send)
+            return
+        await RedirectResponse(target, 307)(scope, receive, send)
 
 
 class Starting:
