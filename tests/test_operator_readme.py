@@ -219,7 +219,9 @@ def _field(path: str) -> Any:
         field = model.model_fields[part]
         inner = field.annotation
         while get_args(inner) and get_origin(inner) is not Literal:
-            inner = next((a for a in get_args(inner) if isinstance(a, type) and issubclass(a, BaseModel)), None)
+            inner = next(
+                (a for a in get_args(inner) if isinstance(a, type) and issubclass(a, BaseModel)), None
+            )
             if inner is None:
                 break
         model = inner

@@ -228,7 +228,9 @@ class TestFeed:
             assert len(first["items"]) == 100
             assert first["next"] == first["items"][-1]["seq"]
             rest = (
-                await env.client.get("/v1/feed", params={"after": first["next"], "limit": 1000}, headers=bearer(key))
+                await env.client.get(
+                    "/v1/feed", params={"after": first["next"], "limit": 1000}, headers=bearer(key)
+                )
             ).json()
             assert 0 < len(rest["items"]) < 1000
             assert rest["next"] == await env.store.head()
