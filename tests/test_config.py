@@ -151,6 +151,27 @@ def test_bundled_config_is_valid() -> None:
             "providers[1].batch_max_requests",
             id="batch-max-requests",
         ),
+        pytest.param(
+            BASE + '\n[scoring]\nisolation = "none"\n',
+            'scoring: isolation = "none" needs require_isolation = false as well',
+            id="isolation-none-with-the-interlock-on",
+        ),
+        pytest.param(
+            BASE + '\n[store]\nprojections = "var/events.db"\n',
+            "store.projections: 'var/events.db' would be the read models' file and the event log too (store.url)",
+            id="projections-on-the-log",
+        ),
+        pytest.param(
+            BASE + '\n[store]\nurl = "sqlite:var/merkle.db"\n',
+            "store.url: 'var/merkle.db' would be the event log and the Merkle tree's file too "
+            "(integrity.tree, by default)",
+            id="log-where-the-tree-goes",
+        ),
+        pytest.param(
+            BASE + '\n[integrity]\nkey_file = "var/events.db"\n',
+            "integrity.key_file: 'var/events.db' would be the checkpoint key and the event log too (store.url)",
+            id="key-file-on-the-log",
+        ),
     ],
 )
 def test_bad_config_exits_2_naming_file_and_key(tmp_path: Path, change: str, expected: str) -> None:
@@ -162,6 +183,22 @@ def test_bad_config_exits_2_naming_file_and_key(tmp_path: Path, change: str, exp
     assert str(cfg) in res.stderr
     assert expected in res.stderr
     assert "Traceback" not in res.stderr
+
+
+def test_rebuild_with_the_projections_on_the_log_loses_nothing(tmp_path: Path) -> None:
+    """``store.projections`` naming the log's own file is a config error before anything
+    opens it. Before, ``rollwatch rebuild`` replaced the log with a link to the new read
+    models and said ``rebuilt 9 projections``, exit 0: every event was gone."""
+    log = make_log(tmp_path / "events.db")
+    before = log.read_bytes()
+    cfg = tmp_path / "rollwatch.toml"
+    cfg.write_text(f'[store]\nurl = "sqlite:{log}"\nprojections = "{log}"\n')
+    res = rollwatch("--config", str(cfg), "rebuild")
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert f"error: {cfg}: invalid configuration:" in res.stderr
+    assert "store.projections:" in res.stderr
+    assert not log.is_symlink()
+    assert log.read_bytes() == before
 
 
 def test_all_problems_are_reported_at_once(tmp_path: Path) -> None:

@@ -3,16 +3,21 @@ follows them: each case runs the real ``rollwatch`` on a real SQLite log."""
 
 from __future__ import annotations
 
+import contextlib
+import json
+import re
 import sqlite3
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar, Literal, get_args, get_origin
 
 import anyio
 import pytest
+from pydantic import BaseModel
 
+from rollwatch.config import parse_duration
 from rollwatch.events import RolloutScored, SchedulePaused
 from rollwatch.store.sqlite import SQLiteEventStore
 from tests.helpers import make_log, rollwatch, write_config
@@ -163,3 +168,133 @@ def test_commands_refuse_a_log_a_newer_rollwatch_wrote(tmp_path: Path, command: 
     lines = _lines(rollwatch("--config", str(config), *command), 2)
     assert lines[-1].startswith(f"error: event {head}: RolloutScored schema"), lines
     assert lines[-1].endswith("upgrade rollwatch"), lines
+
+
+# -- the table of keys beyond SPEC §3 ----------------------------------------------------------
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+#: Defaults the table states in words: the value the model holds for each (the words are
+#: made concrete at run time: the host's name, the cores, the state folder's files).
+_DEFAULTS_IN_WORDS = {
+    "node": ("host name and pid", None),
+    "store.projections": ("`NAME.projections.db` next to a SQLite log `NAME.db`", None),
+    "server.base_url": ("the address the server listens on", None),
+    "scoring.workers": ("cores", None),
+    "providers.stream": ("auto", None),
+    "schedules.batch": ("the provider's", None),
+    "integrity.origin": ("`HOST/rollwatch-RANDOM`", "rollwatch.example/log"),
+    "integrity.key_name": ("the origin", None),
+    "integrity.key_file": ("`<state dir>/checkpoint.key`", None),
+}
+
+
+def _key_table() -> list[tuple[list[str], list[str]]]:
+    """The rows of the README's "Keys beyond SPEC §3" table: (key paths, defaults)."""
+    text = README.read_text(encoding="utf-8")
+    table = text.split("Keys beyond SPEC §3:", 1)[1].split("\n\n", 2)[1]
+    rows = []
+    for line in table.splitlines()[2:]:
+        cells = [c.strip() for c in re.split(r"(?<!\\)\|", line)[1:-1]]
+        names = re.findall(r"`([^`]+)`", cells[0])
+        keys: list[str] = []
+        for name in names:
+            name = name.replace("[]", "")
+            if "." not in name and keys:  # `max_rollout_time` after `providers[].max_attempts`
+                name = keys[0].rsplit(".", 1)[0] + "." + name
+            keys.append(name)
+        rows.append((keys, [cells[1]] if len(keys) == 1 else cells[1].split(", ")))
+    return rows
+
+
+def _field(path: str) -> Any:
+    """The pydantic field of a dotted key path (``providers.max_attempts``)."""
+    from rollwatch.config import Config
+
+    model: Any = Config
+    field = None
+    for part in path.split("."):
+        if part.startswith('"'):  # a table's own key (`prices."model"`)
+            return field
+        field = model.model_fields[part]
+        inner = field.annotation
+        while get_args(inner) and get_origin(inner) is not Literal:
+            inner = next(
+                (a for a in get_args(inner) if isinstance(a, type) and issubclass(a, BaseModel)), None
+            )
+            if inner is None:
+                break
+        model = inner
+    return field
+
+
+def _stated(text: str) -> object:
+    """The value a default cell of the table states."""
+    text = text.strip().strip("`")
+    if text in ("none", "unlimited", "—"):
+        return None
+    if text in ("true", "false"):
+        return text == "true"
+    with contextlib.suppress(ValueError):
+        return json.loads(text)
+    with contextlib.suppress(ValueError):
+        return parse_duration(text)
+    return text
+
+
+def test_every_key_in_the_readme_table_is_taken_with_its_stated_default() -> None:
+    """Each key of the README's table is one the configuration takes, and its default is
+    the one the table states (in words where it is made at run time, listed above)."""
+    rows = _key_table()
+    assert len(rows) > 30
+    checked = set()
+    for keys, defaults in rows:
+        assert len(defaults) in (1, len(keys)), (keys, defaults)
+        for key, stated in zip(keys, defaults * len(keys) if len(defaults) == 1 else defaults, strict=True):
+            field = _field(key)
+            assert field is not None, key
+            if '"' in key:  # `providers[].prices."model"`: a table of the operator's names
+                continue
+            actual = field.get_default(call_default_factory=False)
+            if key in _DEFAULTS_IN_WORDS:
+                words, value = _DEFAULTS_IN_WORDS[key]
+                assert stated.startswith(words), (key, stated)
+                assert actual == value or field.default_factory is not None, (key, actual)
+            elif isinstance(_stated(stated), float | int) and not isinstance(actual, bool):
+                assert actual == pytest.approx(_stated(stated)), (key, stated, actual)
+            elif _stated(stated) is None:
+                assert actual in (None, 0.0), (key, stated, actual)
+            else:
+                assert actual == _stated(stated) or field.get_default(call_default_factory=True) == _stated(
+                    stated
+                ), (key, stated, actual)
+            checked.add(key)
+    assert {"scoring.isolation", "providers.batch_max_time", "schedules.catch_up"} <= checked
+
+
+def test_a_bad_value_of_every_key_in_the_table_names_the_key() -> None:
+    """A value of the wrong kind for any key of the table is a ConfigError naming the file
+    and that key (SPEC §2: the CLI turns it into exit 2, ``test_config.py``)."""
+    from rollwatch.config import parse_config
+    from rollwatch.errors import ConfigError
+
+    base = {
+        "problem_sets": [{"name": "p", "path": "config/problems"}],
+        "providers": [{"name": "o", "kind": "openai"}],
+        "schedules": [{"name": "s", "provider": "o", "models": ["m"], "problem_set": "p", "every": "1h"}],
+    }
+    for keys, _ in _key_table():
+        for key in keys:
+            if '"' in key:
+                continue
+            data = json.loads(json.dumps(base))
+            *tables, name = key.split(".")
+            where = data
+            for t in tables:
+                where = where[t][0] if isinstance(where.get(t), list) else where.setdefault(t, {})
+            where[name] = {"not": "a value"}
+            with pytest.raises(ConfigError) as e:
+                parse_config(data, "rw.toml")
+            shown = key if not tables or tables[0] not in base else f"{tables[0]}[0].{name}"
+            assert str(e.value).startswith("rw.toml: invalid configuration:"), key
+            assert any(p.startswith(f"{shown}:") for p in e.value.problems), (key, e.value.problems)

@@ -9,6 +9,7 @@ as the example in SPEC §3 (``path = "config/problems"``) reads.
 from __future__ import annotations
 
 import base64
+import contextlib
 import ipaddress
 import json
 import math
@@ -293,6 +294,17 @@ class ScoringConfig(_Strict):
     """auto: the daemon re-scores archived answers in the background when it finds a
     changed problem (at start, on SIGHUP); manual: only ``rollwatch rescore`` does."""
 
+    @model_validator(mode="after")
+    def _none_needs_the_interlock_off(self) -> ScoringConfig:
+        # Known from the file alone: before, every command that scores read it as
+        # "error: ...", exit 1 (a check failed), without the file, once it had started.
+        if self.isolation == "none" and self.require_isolation:
+            raise ValueError(
+                'isolation = "none" needs require_isolation = false as well (it is true by default): '
+                "write both to score without isolation, or remove isolation"
+            )
+        return self
+
 
 class ProblemSetConfig(_Strict):
     name: Name
@@ -463,7 +475,8 @@ class ScheduleConfig(_Strict):
     jitter: Duration = 0.0
     budget_usd: float | None = Field(default=None, ge=0)
     catch_up: Duration | None = None
-    """Missed fires within this window collapse into one run at start (default: one period)."""
+    """Missed fires within this window collapse into one run at start; older ones are only
+    counted (default: no window, missed fires however old make that one run)."""
     params: dict[str, Any] = Field(default_factory=dict)
     enabled: bool = True
     optional: bool = False
@@ -708,9 +721,56 @@ class Config(_Strict):
                     f"schedules[{i}].batch: provider {s.provider!r} is of kind {kind!r}, which has no "
                     f"batch API rollwatch speaks ({', '.join(BATCH_KINDS)})"
                 )
+        problems += self._shared_files()
         if problems:
             raise _CrossRefError(problems)
         return self
+
+    def _shared_files(self) -> list[str]:
+        """A problem for each file two of rollwatch's files would be (the log's included).
+
+        ``store.projections`` naming the log's own file made ``rollwatch rebuild`` replace
+        the log with a link to the new read models: every event was lost, exit 0. The Merkle
+        tree, the checkpoint key (written as ``KEY.pending``, then renamed over ``KEY``), the
+        witness file and the origin file are written in place or replaced the same way.
+        """
+        store, integrity = self.store, self.integrity
+        key = integrity.key_path(store)
+        state = integrity.state_dir(store)
+        files: list[tuple[str, str, Path, bool]] = []  # (key, what, path, written out)
+        log = store.sqlite_path
+        if log is not None:
+            for suffix in ("", "-wal", "-shm"):
+                what = f"the event log's {suffix} file" if suffix else "the event log"
+                files.append(("store.url", what, Path(f"{log}{suffix}"), True))
+        files += [
+            ("store.projections", "the read models' file", store.projections_path, bool(store.projections)),
+            ("integrity.tree", "the Merkle tree's file", integrity.tree_path(store), bool(integrity.tree)),
+            ("integrity.key_file", "the checkpoint key", key, bool(integrity.key_file)),
+            ("integrity.key_file", "the checkpoint key as it is made", Path(f"{key}.pending"), False),
+            ("integrity", "the last signed checkpoint's file", integrity.witness_path(store), False),
+            ("integrity", "the origin file", state / "origin", False),
+        ]
+        problems: list[str] = []
+        seen: dict[Path, tuple[str, str, Path, bool]] = {}
+        for name, what, path, explicit in files:
+            where = Path(os.path.abspath(path))
+            with contextlib.suppress(OSError, RuntimeError):
+                where = where.resolve()
+            other = seen.get(where)
+            if other is None:
+                seen[where] = (name, what, path, explicit)
+                continue
+            o_name, o_what, o_path, o_explicit = other
+            # Name the key the operator wrote (the later one when both or neither were).
+            mine, theirs = (name, what, path, explicit), (o_name, o_what, o_path, o_explicit)
+            if o_explicit and not explicit:
+                mine, theirs = theirs, mine
+            problems.append(
+                f"{mine[0]}: {str(mine[2])!r} would be {mine[1]} and {theirs[1]} too "
+                f"({theirs[0]}{'' if theirs[3] else ', by default'}); each needs a file of its own"
+            )
+        return problems
 
     def provider(self, name: str) -> ProviderConfig:
         """The provider called ``name`` (names are validated to exist)."""

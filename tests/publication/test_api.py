@@ -215,6 +215,26 @@ class TestFeed:
             assert "key_hash" not in r.text
             assert r.json()["next"] == await env.store.head()
 
+    async def test_a_page_holds_100_items_unless_limit_says_otherwise(self, tmp_path: Path) -> None:
+        """The README's ``limit`` default (100) and bound (1000): a page without ``limit``
+        stops at 100 items and its ``next`` is the last one's seq; ``limit=1000`` takes the rest."""
+        async with serving(tmp_path) as env:
+            key = await add_subscriber(env.store, "alice")
+            rid = new_run_id()
+            await start_run(env.store, rid)
+            for i in range(40):
+                await add_rollout(env.store, rid, passed=i % 2 == 0, sample=i)
+            first = (await env.client.get("/v1/feed", headers=bearer(key))).json()
+            assert len(first["items"]) == 100
+            assert first["next"] == first["items"][-1]["seq"]
+            rest = (
+                await env.client.get(
+                    "/v1/feed", params={"after": first["next"], "limit": 1000}, headers=bearer(key)
+                )
+            ).json()
+            assert 0 < len(rest["items"]) < 1000
+            assert rest["next"] == await env.store.head()
+
     async def test_long_poll_returns_promptly_when_an_event_arrives(self, tmp_path: Path) -> None:
         """A long poll waiting for 30 s answers as soon as a visible event is appended."""
         store = SignallingStore(tmp_path / "events.db")

@@ -112,6 +112,35 @@ class TestOneErrorBody:
             r = await env.client.get(f"/v1/feed?after={raw}", headers=bearer(key))
             assert_error_body(r, 400, "bad_request", "after")
 
+    @pytest.mark.parametrize(
+        "raw",
+        [
+            b"GARBAGE\r\n\r\n",
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\nNo colon rw_secret\r\n\r\n",
+            b"POST /v1/feed HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
+        ],
+        ids=["no-request-line", "header-without-colon", "bad-content-length"],
+    )
+    async def test_a_request_that_is_not_http_gets_the_body_too(self, raw: bytes) -> None:
+        """What the server cannot parse as HTTP is a 400 in the same JSON body, quoting
+        nothing of the request. Before, uvicorn answered ``text/plain`` ``Invalid HTTP
+        request received.``, against the README's "every 4xx and 5xx answer"."""
+        async with server(build_app(Metrics(), [])) as url:
+            port = int(url.rsplit(":", 1)[1])
+            async with await anyio.connect_tcp("127.0.0.1", port) as stream:
+                await stream.send(raw)
+                received = b""
+                with anyio.fail_after(5):
+                    try:
+                        while True:
+                            received += await stream.receive()
+                    except (anyio.EndOfStream, anyio.BrokenResourceError, ConnectionError):
+                        pass
+        head, _, body = received.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 400 "), received
+        assert b"content-type: application/json" in head.lower(), received
+        assert json.loads(body) == {"error": "bad_request", "message": "not a valid HTTP/1.1 request"}
+
     async def test_an_unexpected_error_is_a_500_with_the_body_and_no_details(self) -> None:
         """A bug in a handler answers 500 in the error body, without the exception's text."""
 
