@@ -139,7 +139,9 @@ class TestOneErrorBody:
         head, _, body = received.partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 400 "), received
         assert b"content-type: application/json" in head.lower(), received
-        assert json.loads(body) == {"error": "bad_request", "message": "not a valid HTTP/1.1 request"}
+        answer = json.loads(body)
+        assert answer["error"] == "bad_request"
+        assert "not valid HTTP/1.1" in answer["message"], answer
 
     async def test_an_unexpected_error_is_a_500_with_the_body_and_no_details(self) -> None:
         """A bug in a handler answers 500 in the error body, without the exception's text."""

@@ -160,25 +160,6 @@ class _DeadlineH11(H11Protocol):
             self._arm()
         super().on_response_complete()
 
-    def send_400_response(self, msg: str) -> None:
-        """A request h11 cannot read (no request line, a header line without a colon, a
-        Content-Length that is not a number) answered in the error body every route uses;
-        uvicorn's own answer was ``text/plain`` ``Invalid HTTP request received.``"""
-        # ``msg`` is uvicorn's own words, never echoed: what a request says stays out of answers.
-        body = b'{"error":"bad_request","message":"not a valid HTTP/1.1 request"}'
-        headers = [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-            (b"connection", b"close"),
-        ]
-        for event in (
-            h11.Response(status_code=400, headers=headers, reason=b"Bad Request"),
-            h11.Data(data=body),
-        ):
-            self.transport.write(self.conn.send(event) or b"")
-        self.transport.write(self.conn.send(h11.EndOfMessage()) or b"")
-        self.transport.close()
-
     def _arm(self) -> None:
         self._disarm()
         if not self.transport.is_closing():
