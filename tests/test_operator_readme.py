@@ -186,6 +186,7 @@ _DEFAULTS_IN_WORDS = {
     "integrity.origin": ("`HOST/rollwatch-RANDOM`", "rollwatch.example/log"),
     "integrity.key_name": ("the origin", None),
     "integrity.key_file": ("`<state dir>/checkpoint.key`", None),
+    "integrity.tree": ("`merkle.db` next to the projections", None),
 }
 
 

@@ -273,6 +273,29 @@ class TestQuorum:
                 w2_ctx.__exit__(None, None, None)
 
 
+class TestWitnessCredentials:
+    async def test_a_witness_urls_credentials_are_not_on_healthz(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A witness's URL may carry a credential (``http://user:token@host``, which the config
+        takes and httpx sends as Basic auth): ``/healthz``, which anyone reads, showed it whole."""
+        monkeypatch.delenv("STATE_DIRECTORY", raising=False)
+        key = tmp_path / "log" / "checkpoint.key"
+        signer = log_key(key)
+        with witness_serve(tmp_path, "w1", signer.vkey) as w1:
+            host = w1.url.removeprefix("http://")
+            keyed = WitnessProc(None, f"http://alice:s3cret@{host}", w1.vkey, 0)  # type: ignore[arg-type]
+            with structlog.testing.capture_logs() as logs:
+                async with site(tmp_path / "log", key, [keyed], quorum=1) as s:
+                    size = await s.checkpoint(5)
+                    await s.until(lambda: s.witnessing.witnessed_size == size)
+                    health = (await s.client.get("/healthz")).text
+            assert "s3cret" not in health, health
+            assert "alice" not in health, health
+            assert f'"url":"http://{host}"' in health.replace(" ", ""), health
+            assert "s3cret" not in repr(logs)
+
+
 class TestFork:
     async def test_a_witness_refuses_a_fork_and_the_daemon_reports_it(
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch

@@ -29,10 +29,12 @@ cosigned note is also kept in ``<state dir>/checkpoint.cosigned`` for ``publish 
 from __future__ import annotations
 
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import anyio
 import httpx
@@ -49,6 +51,8 @@ COSIGNED_FILE = "checkpoint.cosigned"
 
 _POLL_S = 0.5  # how often the loop looks for a newly signed checkpoint
 _MAX_BACKOFF_S = 60.0
+_USERINFO = re.compile(r"//[^/@\s'\"]*@")
+"""A URL's user information (``//user:password@``), wherever a message quotes one."""
 CLOCK_SKEW_S = 60.0
 """How far in the future a cosignature's timestamp may be (the witness's clock may run ahead)."""
 
@@ -73,14 +77,27 @@ class WitnessStatus:
     retry_at: float = 0.0
     backoff: float = 1.0
 
+    @property
+    def shown_url(self) -> str:
+        """The URL as ``/healthz`` (anyone's) and the logs show it: without user information
+        or query, either of which may carry a credential for the witness."""
+        parts = urlsplit(self.url)
+        return urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))
+
+    def shown(self, text: str | None) -> str | None:
+        """``text`` (an error, a refusal) with the URL as :attr:`shown_url` shows it."""
+        if text is None:
+            return None
+        return _USERINFO.sub("//", text.replace(self.url, self.shown_url))
+
     def as_json(self, now: float) -> dict[str, Any]:
         return {
             "name": self.verifier.name,
-            "url": self.url,
+            "url": self.shown_url,
             "cosigned_size": self.cosigned_size,
             "cosigned_age_s": None if self.cosigned_at is None else round(now - self.cosigned_at, 1),
-            "refused": self.refused,
-            "error": self.error,
+            "refused": self.shown(self.refused),
+            "error": self.shown(self.error),
         }
 
 
@@ -152,12 +169,12 @@ class Witnessing:
 
     def refusals(self) -> list[str]:
         """The witnesses that refused a checkpoint, with their reasons."""
-        return [f"witness {w.verifier.name}: {w.refused}" for w in self.witnesses if w.refused]
+        return [f"witness {w.verifier.name}: {w.shown(w.refused)}" for w in self.witnesses if w.refused]
 
     def refusal_reasons(self) -> list[str]:
         """:meth:`refusals` with what each means, for ``/healthz``'s reasons."""
         return [
-            f"witness {w.verifier.name} refused our checkpoint: {w.refused} ({_meaning(w.refused)})"
+            f"witness {w.verifier.name} refused our checkpoint: {w.shown(w.refused)} ({_meaning(w.refused)})"
             for w in self.witnesses
             if w.refused
         ]
@@ -273,7 +290,11 @@ class Witnessing:
             w.retry_at = time.monotonic() + w.backoff
             w.backoff = min(w.backoff * 2, _MAX_BACKOFF_S)
             log.warning(
-                "witness_unreachable", witness=w.verifier.name, url=w.url, error=w.error, retry_in_s=w.backoff
+                "witness_unreachable",
+                witness=w.verifier.name,
+                url=w.shown_url,
+                error=w.shown(w.error),
+                retry_in_s=w.backoff,
             )
             self._note_change()
 
@@ -318,7 +339,13 @@ class Witnessing:
 
     def _refused(self, w: WitnessStatus, why: str) -> None:
         w.refused = why
-        log.error("witness_refused", witness=w.verifier.name, url=w.url, reason=why, meaning=_meaning(why))
+        log.error(
+            "witness_refused",
+            witness=w.verifier.name,
+            url=w.shown_url,
+            reason=w.shown(why),
+            meaning=_meaning(why),
+        )
         self._note_change()
 
 
