@@ -12,6 +12,7 @@ from typing import Any
 
 import anyio
 import pytest
+from anyio import wait_all_tasks_blocked
 
 from rollwatch.errors import ServiceUnavailable, UsageError
 from rollwatch.events import Recorded
@@ -126,3 +127,36 @@ class TestDirectory:
                     go_on.set()
                 assert refused.value.headers == {"Retry-After": "2"}
             assert (await d.authenticate(key)).subscriber is not None
+
+    async def test_a_request_during_a_short_first_read_waits_for_it(self, tmp_path: Path) -> None:
+        """A first read that ends within a second (any small log) is waited for, not a 503."""
+        reading, go_on = anyio.Event(), anyio.Event()
+
+        class Slow(SQLiteEventStore):
+            def read(self, **kw: Any) -> AsyncIterator[Recorded]:
+                inner = super().read(**kw)
+
+                async def slowly() -> AsyncIterator[Recorded]:
+                    reading.set()
+                    await go_on.wait()
+                    async for rec in inner:
+                        yield rec
+
+                return slowly()
+
+        async with Slow(tmp_path / "e.db") as store:
+            key = await add_subscriber(store, "a")
+            d = SubscriberDirectory(store)
+            got: list[object] = []
+
+            async def ask() -> None:
+                got.append((await d.authenticate(key)).subscriber)
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(functools.partial(d.refresh, force=True))
+                await reading.wait()
+                tg.start_soon(ask)
+                await wait_all_tasks_blocked()  # the request waits for the read
+                go_on.set()
+            assert got != [None]
+            assert len(got) == 1

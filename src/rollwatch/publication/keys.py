@@ -167,6 +167,10 @@ class AuthResult:
     reason: str = ""
 
 
+LOAD_WAIT_S = 1.0
+"""How long a keyed request waits for the first read of the keys before it gets a 503."""
+
+
 @dataclass
 class SubscriberDirectory:
     """Who may read, kept current from the log (``authenticate`` reads it up to its head)."""
@@ -185,6 +189,7 @@ class SubscriberDirectory:
     """Whether the log has been read once (the first read steps through every row)."""
     _fresh_at: float = float("-inf")
     _lock: anyio.Lock = field(default_factory=anyio.Lock)
+    _loaded: anyio.Event = field(default_factory=anyio.Event)
     last_used: dict[str, datetime] = field(default_factory=dict)
     """When each subscriber's key last opened a route, in this process (not in the log:
     a read appends nothing). The console shows it."""
@@ -204,6 +209,7 @@ class SubscriberDirectory:
                 changed = True
             self._cursor = max(self._cursor, head)
             self.loaded = True
+            self._loaded.set()
             if changed:
                 self._by_prefix = {}
                 for s in self._by_name.values():
@@ -249,7 +255,11 @@ class SubscriberDirectory:
             return AuthResult(None, "unknown API key")
         if not self.loaded and self._lock.locked():
             # The first read of the log (the daemon's, at start) is under way: a minute or
-            # more on a log of millions of events, which a request should not hang for.
+            # more on a log of millions of events, which a request should not hang for
+            # (on a small log it is done in milliseconds: worth a short wait).
+            with anyio.move_on_after(LOAD_WAIT_S):
+                await self._loaded.wait()
+        if not self.loaded and self._lock.locked():
             raise ServiceUnavailable(
                 "the subscribers' keys are being read from the log; retry in 2 s", {"Retry-After": "2"}
             )
