@@ -22,6 +22,7 @@ from tests.integrity.conftest import _site_config, append_n
 from tests.integrity.served import Site, _poll, _stop, serving
 
 STATE_FILES = ("checkpoint.key", "origin", "checkpoint.last")
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def _sqlite3_shell() -> str:
@@ -80,6 +81,39 @@ def _copy_state(state: Path, backup: Path) -> None:
     for name in STATE_FILES:
         if name != "origin" or (state / name).exists():
             shutil.copy2(state / name, backup / name)
+
+
+def _readme_backup(state: Path, backup: Path) -> subprocess.CompletedProcess[str]:
+    """The README's backup lines, run by bash as written, with its two paths replaced."""
+    section = README.read_text(encoding="utf-8").split("### Backups", 1)[1]
+    lines = section.split("```sh\n", 1)[1].split("```", 1)[0]
+    assert "/backup/$(date +%F)" in lines
+    assert "cd /var/lib/rollwatch" in lines
+    script = lines.replace("/backup/$(date +%F)", str(backup)).replace("cd /var/lib/rollwatch", f"cd {state}")
+    path = f"{Path(_sqlite3_shell()).parent}:/usr/bin:/bin"
+    return subprocess.run(
+        ["bash", "-c", script], capture_output=True, text=True, timeout=60, env={"PATH": path}
+    )
+
+
+@pytest.mark.parametrize("signed", [True, False], ids=["signed", "before-the-first-checkpoint"])
+def test_the_readme_backup_lines_run_as_written(stopped_site: Site, tmp_path: Path, signed: bool) -> None:
+    """The Backups section's shell lines, run as written: every state file there is, then the
+    log. Before the daemon's first checkpoint there is no ``checkpoint.last``: the README's
+    ``cp -p checkpoint.key* checkpoint.last … && { … origin … }`` failed there, and the ``&&``
+    skipped ``origin``, without which the restored log's checkpoints name another origin."""
+    s = stopped_site
+    if not signed:
+        (s.dir / "checkpoint.last").unlink()
+    r = _readme_backup(s.dir, tmp_path / "backup")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stderr == ""
+    wanted = {n for n in STATE_FILES if (s.dir / n).exists()} | {"events.db"}
+    assert "checkpoint.key" in wanted
+    assert {p.name for p in (tmp_path / "backup").iterdir()} == wanted
+    for name in wanted - {"events.db"}:
+        assert (tmp_path / "backup" / name).read_bytes() == (s.dir / name).read_bytes()
+    assert _rows(tmp_path / "backup" / "events.db") == _rows(s.db)
 
 
 def _backup_while_writing(s: Site, backup: Path, *, state_first: bool) -> int:
