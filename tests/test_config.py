@@ -156,6 +156,8 @@ def test_bundled_config_is_valid() -> None:
             'scoring: isolation = "none" needs require_isolation = false as well',
             id="isolation-none-with-the-interlock-on",
         ),
+        pytest.param('node = ""\n' + BASE, "node: ", id="empty-node"),
+        pytest.param('node = "a\\nb"\n' + BASE, "node: ", id="node-with-a-newline"),
         pytest.param(
             BASE + '\n[store]\nprojections = "var/events.db"\n',
             "store.projections: 'var/events.db' would be the read models' file and the event log too (store.url)",

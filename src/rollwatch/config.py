@@ -683,7 +683,13 @@ class ClusterConfig(_Strict):
 
 
 class Config(_Strict):
-    node: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+    node: str = Field(
+        default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}",
+        max_length=255,
+        # A name, printed in every RunStarted and lease: not empty, no control characters,
+        # no spaces at either end (two nodes "" and " " would look the same).
+        pattern=r"^[^\s\x00-\x1f\x7f](?:[^\x00-\x1f\x7f]*[^\s\x00-\x1f\x7f])?$",
+    )
     store: StoreConfig = StoreConfig()
     server: ServerConfig = ServerConfig()
     publication: PublicationConfig = PublicationConfig()
