@@ -789,8 +789,9 @@ class Daemon:
         started = anyio.current_time()
         try:
             await self.directory.refresh(force=True)
-        except StoreError as e:  # the next keyed request reads them again
-            log.warning("subscribers_not_loaded", error=str(e))
+        except Exception as e:  # the next keyed request reads them again, and says why
+            # (an unreadable event here is the read models' and the scrub's to name as tampering)
+            log.warning("subscribers_not_loaded", error=str(e), error_type=type(e).__name__)
             return
         log.info("subscribers_loaded", took_s=round(anyio.current_time() - started, 3))
 
