@@ -18,9 +18,11 @@ import pytest
 from pydantic import BaseModel
 
 from rollwatch.config import parse_duration
-from rollwatch.events import RolloutScored, SchedulePaused
+from rollwatch.events import RolloutScored, SchedulePaused, SubscriberAdded, subscriber_stream
+from rollwatch.publication.keys import hash_key, key_prefix, new_key
 from rollwatch.store.sqlite import SQLiteEventStore
 from tests.helpers import make_log, rollwatch, write_config
+from tests.test_daemon import free_port
 
 
 def _lines(proc: subprocess.CompletedProcess[str], code: int) -> list[str]:
@@ -95,7 +97,7 @@ def test_serve_refuses_a_log_a_newer_rollwatch_wrote(tmp_path: Path) -> None:
     event and that rollwatch must be upgraded, and appends nothing.
     Before, it retried building its read models forever (a WARNING every 30 s) while
     ``/healthz`` said 200 ok and every other route 503."""
-    config = write_config(tmp_path)
+    config = write_config(tmp_path, f'[server]\nlisten = "127.0.0.1:{free_port()}"\n')
     head = _log_a_newer_rollwatch_wrote(tmp_path / "events.db")
     p = subprocess.run(
         [sys.executable, "-m", "rollwatch", "--config", str(config), "serve"],
@@ -115,17 +117,24 @@ def test_serve_refuses_a_log_a_newer_rollwatch_wrote(tmp_path: Path) -> None:
         con.close()
 
 
-def _schema_raised_by_hand(db: Path) -> int:
+def _schema_raised_by_hand(db: Path, *, subscriber: bool = False) -> int:
     """A log whose event 2's schema column was raised by hand (hash not recomputed): it
-    reads as a newer release's event. That event's seq."""
+    reads as a newer release's event (``subscriber``: a SubscriberAdded). That event's seq."""
 
     async def write() -> int:
         async with SQLiteEventStore(db) as store:
             await store.append("schedule-s", [SchedulePaused(schedule="s")])
-            (rec,) = await store.append(
-                "rollout-x",
-                [RolloutScored(rollout_id="x", passed=False, score=0.0, scorer="python-function")],
-            )
+            if subscriber:
+                key = new_key()
+                added = SubscriberAdded(
+                    name="s", key_hash=hash_key(key), key_prefix=key_prefix(key), scopes=["feed"]
+                )
+                (rec,) = await store.append(subscriber_stream("s"), [added])
+            else:
+                (rec,) = await store.append(
+                    "rollout-x",
+                    [RolloutScored(rollout_id="x", passed=False, score=0.0, scorer="python-function")],
+                )
             await store.append("schedule-s", [SchedulePaused(schedule="s")])
             return rec.seq
 
@@ -140,15 +149,24 @@ def _schema_raised_by_hand(db: Path) -> int:
     return seq
 
 
-@pytest.mark.parametrize("command", [["serve"], ["report"], ["rebuild"]])
-def test_a_schema_raised_by_hand_is_tampering_not_a_newer_release(tmp_path: Path, command: list[str]) -> None:
+@pytest.mark.parametrize(
+    ("command", "subscriber"),
+    [(["serve"], False), (["report"], False), (["rebuild"], False), (["serve"], True)],
+    ids=["serve", "report", "rebuild", "serve-a-subscriber-event"],
+)
+def test_a_schema_raised_by_hand_is_tampering_not_a_newer_release(
+    tmp_path: Path, command: list[str], subscriber: bool
+) -> None:
     """Someone holding the file raises an event's schema column: every command that reads it
     names the edit (exit 1, the integrity check's words), not "upgrade rollwatch" (exit 2,
     which sent the operator to install a release that does not exist, and which the unit
     does not restart). Before, ``serve`` stopped on the read models' "schema 99 is newer"
-    before its integrity check at start could name the row."""
-    config = write_config(tmp_path)
-    seq = _schema_raised_by_hand(tmp_path / "events.db")
+    before its integrity check at start could name the row. A subscriber event so edited is
+    read at start for the keys too: that read logs its failure and leaves the naming to the
+    integrity check (it ended the daemon with "upgrade rollwatch")."""
+    # serve on a port of its own: two of these at once on xdist workers both took 8080.
+    config = write_config(tmp_path, f'[server]\nlisten = "127.0.0.1:{free_port()}"\n')
+    seq = _schema_raised_by_hand(tmp_path / "events.db", subscriber=subscriber)
     p = subprocess.run(
         [sys.executable, "-m", "rollwatch", "--config", str(config), *command],
         capture_output=True,
