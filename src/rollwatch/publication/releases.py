@@ -36,6 +36,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -163,6 +164,7 @@ class Folder:
             raise UsageError(
                 f"{f.path / MANIFEST}: not a release manifest (bad or missing {e}); restore it from a copy"
             ) from None
+        _check_names(f.path / MANIFEST, m)
         return f
 
     def check_files(self) -> None:
@@ -459,7 +461,7 @@ class Archive:
             return []
         back = []
         for f in self.folders.values():
-            files = f.files if f.state == "open" else json.loads((f.path / MANIFEST).read_bytes())["files"]
+            files = f.files if f.state == "open" else _closed_manifest(f.path)["files"]
             for rel in files:
                 name = rel.removeprefix("rollouts/")
                 if name != rel and name not in have:
@@ -492,7 +494,7 @@ class Archive:
             for f in sorted(self.folders.values(), key=lambda f: f.period):
                 chunks = f.chunks
                 if f.state == "closed":
-                    chunks = json.loads((f.path / MANIFEST).read_bytes())["chunks"]
+                    chunks = _closed_manifest(f.path)["chunks"]
                 sources += [f.path / c["file"] for c in chunks]
         else:
             start = self.results_bytes
@@ -563,6 +565,40 @@ class Archive:
             write_atomic(self.root / SUPERSEDED, b"".join(_json(r) + b"\n" for r in now.values()))
         self.superseded = now
         return changed
+
+
+_CHUNK = re.compile(r"results-[0-9]{4,}\.jsonl")
+_RESULT = re.compile(r"rollouts/[^/\\\x00]+\.json")
+
+
+def _check_names(path: Path, manifest: dict[str, Any]) -> None:
+    """Refuse a manifest naming a file an export never writes (``../../events.db``, a path out of
+    its folder): its chunks are copied into the public ``results.jsonl`` and its results linked
+    at the top, so a name edited into it would publish, or overwrite, a file outside DIR."""
+    names = [c.get("file") if isinstance(c, dict) else c for c in manifest["chunks"]]
+    for name in names:
+        if not isinstance(name, str) or not _CHUNK.fullmatch(name):
+            raise UsageError(
+                f"{path}: not a release manifest (chunk {name!r} is not a results-NNNN.jsonl of its folder);"
+                " restore it from a copy"
+            )
+    for name in manifest["files"]:
+        if not (name == LICENSE or name in names or _RESULT.fullmatch(name)):
+            raise UsageError(
+                f"{path}: not a release manifest (file {name!r} is not one an export writes in its folder);"
+                " restore it from a copy"
+            )
+
+
+def _closed_manifest(folder: Path) -> dict[str, Any]:
+    """A closed folder's manifest, its names checked (see :func:`_check_names`)."""
+    path = folder / MANIFEST
+    try:
+        m = json.loads(path.read_bytes())
+        _check_names(path, m)
+    except (TypeError, KeyError, ValueError, AttributeError) as e:
+        raise UsageError(f"{path}: not a release manifest ({e}); restore it from a copy") from None
+    return m  # type: ignore[no-any-return]
 
 
 def _link(src: Path, dst: Path) -> None:

@@ -1,0 +1,96 @@
+"""More attacks on ``publish export``: an export directory whose manifests, links or folders were
+edited by someone with write access to it (or by an operator's backup), between exports."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rollwatch.errors import UsageError
+from rollwatch.projections import ProjectionDB
+from rollwatch.publication.releases import check_export, period_of
+from rollwatch.store.sqlite import SQLiteEventStore
+from tests.publication.helpers import all_projections, start_run
+from tests.publication.test_releases import Log, month_start
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+async def log(tmp_path: Path) -> Any:
+    async with (
+        SQLiteEventStore(tmp_path / "events.db") as store,
+        ProjectionDB(tmp_path / "projections.db", all_projections()) as pdb,
+    ):
+        lg = Log(store, pdb)
+        await start_run(store, lg.run_id)
+        yield lg
+
+
+def this_folder(out: Path) -> Path:
+    return out / "releases" / period_of(datetime.now(UTC).timestamp())
+
+
+def everything(out: Path) -> bytes:
+    return b"".join(p.read_bytes() for p in out.rglob("*") if p.is_file())
+
+
+class TestManifestPaths:
+    async def test_a_chunk_named_outside_the_folder_is_refused_not_published(
+        self, log: Log, tmp_path: Path
+    ) -> None:
+        """The open folder's MANIFEST.json edited to list a chunk ``../../../secret.txt`` (with its
+        size), results.jsonl deleted: the next export refuses the manifest, naming it, instead of
+        copying the file outside DIR into the public results.jsonl."""
+        now = datetime.now(UTC)
+        out = tmp_path / "site"
+        await log.results(1, month_start(now))
+        await log.export(out)
+        secret = tmp_path / "secret.txt"
+        secret.write_text("SECRET-OUTSIDE-DIR\n")
+        mpath = this_folder(out) / "MANIFEST.json"
+        m = json.loads(mpath.read_text())
+        rel = "../../../secret.txt"
+        m["chunks"].append({"file": rel, "results": 1, "through_seq": 1, "checkpoint": None})
+        m["files"][rel] = {"sha256": "0" * 64, "bytes": secret.stat().st_size}
+        mpath.write_text(json.dumps(m))
+        (out / "results.jsonl").unlink()
+        with pytest.raises(UsageError, match=r"MANIFEST\.json: not a release manifest .*secret\.txt"):
+            await log.export(out)
+        assert b"SECRET-OUTSIDE-DIR" not in everything(out)
+
+    async def test_a_closed_manifest_naming_files_outside_is_refused(self, log: Log, tmp_path: Path) -> None:
+        """A closed folder's MANIFEST.json edited the same way (and the index's size for it made
+        to match), or listing a result ``rollouts/../../../../x.json``: refused, naming the
+        manifest; nothing outside DIR is copied in or linked over."""
+        now = datetime.now(UTC)
+        out = tmp_path / "site"
+        await log.results(1, month_start(now, 2))
+        await log.export(out)
+        secret = tmp_path / "secret.txt"
+        secret.write_text("SECRET-OUTSIDE-DIR\n")
+        folder = out / "releases" / period_of(month_start(now, 2).timestamp())
+        mpath = folder / "MANIFEST.json"
+        kept = mpath.read_bytes()
+        for rel, chunk in (("../../../secret.txt", True), ("rollouts/../../../../secret.json", False)):
+            m = json.loads(kept)
+            if chunk:
+                m["chunks"].append({"file": rel, "results": 1, "through_seq": 1, "checkpoint": None})
+            m["files"][rel] = {"sha256": "0" * 64, "bytes": secret.stat().st_size}
+            mpath.write_text(json.dumps(m))
+            index = json.loads((out / "releases.json").read_text())
+            index["releases"][0]["manifest_bytes"] = mpath.stat().st_size
+            (out / "releases.json").write_text(json.dumps(index))
+            (out / "results.jsonl").unlink(missing_ok=True)
+            for p in (out / "rollouts").iterdir():
+                p.unlink()
+            with pytest.raises(UsageError, match=r"MANIFEST\.json: not a release manifest .*secret"):
+                await log.export(out)
+            assert b"SECRET-OUTSIDE-DIR" not in everything(out)
+            assert not (tmp_path / "secret.json").exists()
