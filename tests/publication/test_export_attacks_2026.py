@@ -94,3 +94,44 @@ class TestManifestPaths:
                 await log.export(out)
             assert b"SECRET-OUTSIDE-DIR" not in everything(out)
             assert not (tmp_path / "secret.json").exists()
+
+
+class TestHardLinks:
+    async def test_a_hard_linked_backup_of_dir_is_not_written_through(self, log: Log, tmp_path: Path) -> None:
+        """DIR backed up with ``cp -al DIR backup`` (every file a hard link, as rsync --link-dest and
+        snapshot scripts do): the next export leaves every byte of the backup as it was (it used
+        to append the new results to the backup's results.jsonl too)."""
+        import subprocess
+
+        now = datetime.now(UTC)
+        out = tmp_path / "site"
+        await log.results(2, month_start(now))
+        await log.export(out)
+        backup = tmp_path / "backup"
+        subprocess.run(["cp", "-al", str(out), str(backup)], check=True)
+        before = {p: p.read_bytes() for p in backup.rglob("*") if p.is_file()}
+        new = await log.results(2, month_start(now), problem_id="p2")
+        await log.export(out)
+        assert {p: p.read_bytes() for p in backup.rglob("*") if p.is_file()} == before
+        lines = (out / "results.jsonl").read_text().splitlines()
+        assert sorted(json.loads(x)["rollout_id"] for x in lines[2:]) == sorted(new)
+        assert (out / "results.jsonl").stat().st_nlink == 1
+        assert check_export(out) == []
+
+    async def test_a_hard_link_at_the_in_progress_mark_is_not_truncated_through(
+        self, log: Log, tmp_path: Path
+    ) -> None:
+        """DIR/.export-in-progress planted as a hard link to a file outside DIR: the export replaces
+        it; the file outside keeps its bytes (it used to be truncated to nothing)."""
+        now = datetime.now(UTC)
+        out = tmp_path / "site"
+        await log.results(1, month_start(now))
+        await log.export(out)
+        outside = tmp_path / "outside.txt"
+        outside.write_text("precious\n")
+        os.link(outside, out / ".export-in-progress")
+        await log.results(1, month_start(now), problem_id="p2")
+        await log.export(out)
+        assert outside.read_text() == "precious\n"
+        assert not (out / ".export-in-progress").exists()
+        assert check_export(out) == []

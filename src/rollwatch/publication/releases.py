@@ -425,7 +425,8 @@ class Archive:
                 )
         for tmp in root.glob("*.tmp"):
             tmp.unlink()
-        (root / _IN_PROGRESS).write_bytes(b"")
+        (root / _IN_PROGRESS).unlink(missing_ok=True)  # a hard link there is not truncated through
+        os.close(os.open(root / _IN_PROGRESS, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644))
         try:
             for line in (root / SUPERSEDED).read_bytes().splitlines():
                 row = json.loads(line)
@@ -504,6 +505,15 @@ class Archive:
                 if f.new_chunk is not None
             ]
         fd = os.open(out, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        if os.fstat(fd).st_nlink > 1:
+            # A hard link to a file outside DIR too (a ``cp -al`` backup of DIR, a link planted
+            # there): appended to in place, that file grew with this export. A copy of our own first.
+            os.close(fd)
+            tmp = out.with_name(out.name + ".tmp")
+            tmp.unlink(missing_ok=True)
+            shutil.copyfile(out, tmp)
+            os.replace(tmp, out)
+            fd = os.open(out, os.O_RDWR | os.O_NOFOLLOW)
         with os.fdopen(fd, "r+b") as dst:
             dst.truncate(start)
             dst.seek(start)
