@@ -135,3 +135,25 @@ class TestHardLinks:
         assert outside.read_text() == "precious\n"
         assert not (out / ".export-in-progress").exists()
         assert check_export(out) == []
+
+
+class TestStrayFolders:
+    @pytest.mark.parametrize("back", [0, 2])
+    async def test_a_copy_of_a_release_folder_is_refused_not_released_twice(
+        self, log: Log, tmp_path: Path, back: int
+    ) -> None:
+        """An operator's copy of a release folder inside releases/ (``cp -r releases/2026-10
+        releases/2026-10.bak``), open or closed: the next export refuses it, naming it (a closed
+        copy used to be listed in releases.json as a release of its own, every result in it twice;
+        an open one stopped the export with a traceback)."""
+        now = datetime.now(UTC)
+        out = tmp_path / "site"
+        await log.results(2, month_start(now, back))
+        await log.export(out)
+        folder = out / "releases" / period_of(month_start(now, back).timestamp())
+        shutil.copytree(folder, folder.with_name(folder.name + ".bak"))
+        index = (out / "releases.json").read_bytes()
+        await log.results(1, month_start(now), problem_id="p2")
+        with pytest.raises(UsageError, match=r"\.bak: not a release folder"):
+            await log.export(out)
+        assert (out / "releases.json").read_bytes() == index

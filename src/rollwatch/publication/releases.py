@@ -397,6 +397,12 @@ class Archive:
             for d in sorted(base.iterdir()):
                 if not d.is_dir():
                     continue
+                if not _PERIOD.fullmatch(d.name):
+                    # A copy of a folder (``2026-10.bak``) was listed in the index as a release of
+                    # its own, every result in it twice.
+                    raise UsageError(
+                        f"{d}: not a release folder (their names are YYYY-MM); move it out of the export"
+                    )
                 if d.name in closed:
                     n, sha, size = closed[d.name]
                     a.folders[d.name] = Folder(
@@ -577,6 +583,7 @@ class Archive:
         return changed
 
 
+_PERIOD = re.compile(r"[0-9]{4}-(0[1-9]|1[0-2])")
 _CHUNK = re.compile(r"results-[0-9]{4,}\.jsonl")
 _RESULT = re.compile(r"rollouts/[^/\\\x00]+\.json")
 
