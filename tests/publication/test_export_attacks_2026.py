@@ -157,3 +157,28 @@ class TestStrayFolders:
         with pytest.raises(UsageError, match=r"\.bak: not a release folder"):
             await log.export(out)
         assert (out / "releases.json").read_bytes() == index
+
+
+class TestStaleIndex:
+    async def test_an_older_index_restored_files_nothing_twice(self, log: Log, tmp_path: Path) -> None:
+        """releases.json restored from a backup one export old (the folders newer than it): the
+        next export files every result exactly once, in the folders and in results.jsonl (the
+        results the old index did not cover used to be filed a second time)."""
+        from tests.publication.test_releases import folder_ids
+
+        now = datetime.now(UTC)
+        out = tmp_path / "site"
+        first = await log.results(2, month_start(now))
+        await log.export(out)
+        old = (out / "releases.json").read_bytes()
+        second = await log.results(2, month_start(now), problem_id="p2")
+        await log.export(out)
+        (out / "releases.json").write_bytes(old)
+        third = await log.results(1, month_start(now), problem_id="p3")
+        await log.export(out)
+        period = this_folder(out).name
+        assert sorted(folder_ids(out, period)) == sorted(first + second + third)
+        top = [json.loads(x)["rollout_id"] for x in (out / "results.jsonl").read_text().splitlines()]
+        assert sorted(top) == sorted(first + second + third)
+        assert json.loads((out / "releases.json").read_text())["results"] == 5
+        assert check_export(out) == []

@@ -410,7 +410,11 @@ class Archive:
                     )
                     continue
                 f = a.folders[d.name] = Folder.load(root, d.name)
-                if killed:
+                if killed or any(c["through_seq"] > a.exported_seq for c in f.chunks) or (
+                    f.state == "closed"
+                ):
+                    # Killed, or an index older than its folders (restored from a backup): what
+                    # the index does not cover is filed again, so it was filed twice.
                     f.roll_back(a.exported_seq)
                 f.sweep()  # what a killed export (or anyone) left here unlisted is not served
                 f.check_files()
@@ -593,8 +597,14 @@ def _check_names(path: Path, manifest: dict[str, Any]) -> None:
     its folder): its chunks are copied into the public ``results.jsonl`` and its results linked
     at the top, so a name edited into it would publish, or overwrite, a file outside DIR."""
     names = [c.get("file") if isinstance(c, dict) else c for c in manifest["chunks"]]
-    for name in names:
-        if not isinstance(name, str) or not _CHUNK.fullmatch(name):
+    for c, name in zip(manifest["chunks"], names, strict=True):
+        if (
+            not isinstance(c, dict)
+            or not isinstance(name, str)
+            or not _CHUNK.fullmatch(name)
+            or not isinstance(c.get("through_seq"), int)
+            or not isinstance(c.get("results"), int)
+        ):
             raise UsageError(
                 f"{path}: not a release manifest (chunk {name!r} is not a results-NNNN.jsonl of its folder);"
                 " restore it from a copy"
