@@ -182,3 +182,18 @@ class TestStaleIndex:
         assert sorted(top) == sorted(first + second + third)
         assert json.loads((out / "releases.json").read_text())["results"] == 5
         assert check_export(out) == []
+
+    async def test_an_index_ahead_of_the_log_is_refused(self, log: Log, tmp_path: Path) -> None:
+        """releases.json's exported_seq past the log's end (edited, or DIR reused for a fresh
+        database): refused, naming it (the results at or before that seq were skipped for good,
+        the export saying it filed 0)."""
+        now = datetime.now(UTC)
+        out = tmp_path / "site"
+        await log.results(1, month_start(now))
+        await log.export(out)
+        index = json.loads((out / "releases.json").read_text())
+        index["exported_seq"] = 10**6
+        (out / "releases.json").write_text(json.dumps(index))
+        await log.results(2, month_start(now), problem_id="p2")
+        with pytest.raises(UsageError, match=r"releases\.json: says results through seq 1000000"):
+            await log.export(out)
