@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -197,3 +197,48 @@ class TestStaleIndex:
         await log.results(2, month_start(now), problem_id="p2")
         with pytest.raises(UsageError, match=r"releases\.json: says results through seq 1000000"):
             await log.export(out)
+
+
+class TestCommand:
+    async def test_publish_export_names_a_bad_folder_or_manifest_in_one_line(self, tmp_path: Path) -> None:
+        """``rollwatch publish export DIR`` over a folder copy or a manifest naming ``../events.db``:
+        exit 2, one line naming the path, no traceback, nothing of the log in DIR."""
+        import anyio
+
+        from tests.helpers import rollwatch
+
+        now = datetime.now(UTC)
+        cfg = tmp_path / "rollwatch.toml"
+        cfg.write_text(f'[store]\nurl = "sqlite:{tmp_path / "events.db"}"\n')
+        out = tmp_path / "site"
+        async with (
+            SQLiteEventStore(tmp_path / "events.db") as store,
+            ProjectionDB(tmp_path / "projections.db", all_projections()) as pdb,
+        ):
+            lg = Log(store, pdb)
+            await start_run(store, lg.run_id)
+            await lg.results(1, month_start(now))
+
+        def export() -> Any:
+            return rollwatch("--config", str(cfg), "publish", "export", str(out))
+
+        p = await anyio.to_thread.run_sync(export)
+        assert p.returncode == 0, p.stderr
+        folder = this_folder(out)
+        shutil.copytree(folder, folder.with_name(folder.name + ".bak"))
+        p = await anyio.to_thread.run_sync(export)
+        assert p.returncode == 2, p.stderr
+        assert ".bak: not a release folder" in p.stderr
+        assert "Traceback" not in p.stderr
+        shutil.rmtree(folder.with_name(folder.name + ".bak"))
+        m = json.loads((folder / "MANIFEST.json").read_text())
+        rel = "../../../events.db"
+        m["chunks"].append({"file": rel, "results": 1, "through_seq": 1, "checkpoint": None})
+        m["files"][rel] = {"sha256": "0" * 64, "bytes": (tmp_path / "events.db").stat().st_size}
+        (folder / "MANIFEST.json").write_text(json.dumps(m))
+        (out / "results.jsonl").unlink()
+        p = await anyio.to_thread.run_sync(export)
+        assert p.returncode == 2, p.stderr
+        assert "events.db' is not a results-NNNN.jsonl" in p.stderr
+        assert "Traceback" not in p.stderr
+        assert b"SQLite format 3" not in everything(out)
