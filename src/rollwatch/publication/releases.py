@@ -410,11 +410,7 @@ class Archive:
                     )
                     continue
                 f = a.folders[d.name] = Folder.load(root, d.name)
-                if (
-                    killed
-                    or any(c["through_seq"] > a.exported_seq for c in f.chunks)
-                    or f.state == "closed"
-                ):
+                if killed or any(c["through_seq"] > a.exported_seq for c in f.chunks) or f.state == "closed":
                     # Killed, or an index older than its folders (restored from a backup): what
                     # the index does not cover is filed again, so it was filed twice.
                     f.roll_back(a.exported_seq)
