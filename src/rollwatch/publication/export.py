@@ -146,6 +146,14 @@ async def export_public(
     check = _Refusing(tree) if tree is not None else None
     archive = await anyio.to_thread.run_sync(Archive.open, out_dir)  # refuses a folder not ours
     try:
+        if archive.exported_seq > head:
+            # An index from another log (DIR reused for a new database) or edited: every result
+            # released at or before its exported_seq would be taken as filed, and never be.
+            raise UsageError(
+                f"{out_dir / 'releases.json'}: says results through seq {archive.exported_seq} are"
+                f" exported, but the log ends at seq {head} (another log's export, or edited);"
+                " export into another folder, or restore it from a copy"
+            )
         view = await public_view(
             store, pdb, now=now, embargo_default=embargo_s, embargo_counts=embargo_counts, check=check
         )

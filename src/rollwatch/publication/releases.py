@@ -36,6 +36,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -163,6 +164,7 @@ class Folder:
             raise UsageError(
                 f"{f.path / MANIFEST}: not a release manifest (bad or missing {e}); restore it from a copy"
             ) from None
+        _check_names(f.path / MANIFEST, m)
         return f
 
     def check_files(self) -> None:
@@ -395,6 +397,12 @@ class Archive:
             for d in sorted(base.iterdir()):
                 if not d.is_dir():
                     continue
+                if not _PERIOD.fullmatch(d.name):
+                    # A copy of a folder (``2026-10.bak``) was listed in the index as a release of
+                    # its own, every result in it twice.
+                    raise UsageError(
+                        f"{d}: not a release folder (their names are YYYY-MM); move it out of the export"
+                    )
                 if d.name in closed:
                     n, sha, size = closed[d.name]
                     a.folders[d.name] = Folder(
@@ -402,7 +410,9 @@ class Archive:
                     )
                     continue
                 f = a.folders[d.name] = Folder.load(root, d.name)
-                if killed:
+                if killed or any(c["through_seq"] > a.exported_seq for c in f.chunks) or f.state == "closed":
+                    # Killed, or an index older than its folders (restored from a backup): what
+                    # the index does not cover is filed again, so it was filed twice.
                     f.roll_back(a.exported_seq)
                 f.sweep()  # what a killed export (or anyone) left here unlisted is not served
                 f.check_files()
@@ -423,7 +433,8 @@ class Archive:
                 )
         for tmp in root.glob("*.tmp"):
             tmp.unlink()
-        (root / _IN_PROGRESS).write_bytes(b"")
+        (root / _IN_PROGRESS).unlink(missing_ok=True)  # a hard link there is not truncated through
+        os.close(os.open(root / _IN_PROGRESS, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644))
         try:
             for line in (root / SUPERSEDED).read_bytes().splitlines():
                 row = json.loads(line)
@@ -459,7 +470,7 @@ class Archive:
             return []
         back = []
         for f in self.folders.values():
-            files = f.files if f.state == "open" else json.loads((f.path / MANIFEST).read_bytes())["files"]
+            files = f.files if f.state == "open" else _closed_manifest(f.path)["files"]
             for rel in files:
                 name = rel.removeprefix("rollouts/")
                 if name != rel and name not in have:
@@ -492,7 +503,7 @@ class Archive:
             for f in sorted(self.folders.values(), key=lambda f: f.period):
                 chunks = f.chunks
                 if f.state == "closed":
-                    chunks = json.loads((f.path / MANIFEST).read_bytes())["chunks"]
+                    chunks = _closed_manifest(f.path)["chunks"]
                 sources += [f.path / c["file"] for c in chunks]
         else:
             start = self.results_bytes
@@ -502,6 +513,15 @@ class Archive:
                 if f.new_chunk is not None
             ]
         fd = os.open(out, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        if os.fstat(fd).st_nlink > 1:
+            # A hard link to a file outside DIR too (a ``cp -al`` backup of DIR, a link planted
+            # there): appended to in place, that file grew with this export. A copy of our own first.
+            os.close(fd)
+            tmp = out.with_name(out.name + ".tmp")
+            tmp.unlink(missing_ok=True)
+            shutil.copyfile(out, tmp)
+            os.replace(tmp, out)
+            fd = os.open(out, os.O_RDWR | os.O_NOFOLLOW)
         with os.fdopen(fd, "r+b") as dst:
             dst.truncate(start)
             dst.seek(start)
@@ -563,6 +583,47 @@ class Archive:
             write_atomic(self.root / SUPERSEDED, b"".join(_json(r) + b"\n" for r in now.values()))
         self.superseded = now
         return changed
+
+
+_PERIOD = re.compile(r"[0-9]{4}-(0[1-9]|1[0-2])")
+_CHUNK = re.compile(r"results-[0-9]{4,}\.jsonl")
+_RESULT = re.compile(r"rollouts/[^/\\\x00]+\.json")
+
+
+def _check_names(path: Path, manifest: dict[str, Any]) -> None:
+    """Refuse a manifest naming a file an export never writes (``../../events.db``, a path out of
+    its folder): its chunks are copied into the public ``results.jsonl`` and its results linked
+    at the top, so a name edited into it would publish, or overwrite, a file outside DIR."""
+    names = [c.get("file") if isinstance(c, dict) else c for c in manifest["chunks"]]
+    for c, name in zip(manifest["chunks"], names, strict=True):
+        if (
+            not isinstance(c, dict)
+            or not isinstance(name, str)
+            or not _CHUNK.fullmatch(name)
+            or not isinstance(c.get("through_seq"), int)
+            or not isinstance(c.get("results"), int)
+        ):
+            raise UsageError(
+                f"{path}: not a release manifest (chunk {name!r} is not a results-NNNN.jsonl of its folder);"
+                " restore it from a copy"
+            )
+    for name in manifest["files"]:
+        if not (name == LICENSE or name in names or _RESULT.fullmatch(name)):
+            raise UsageError(
+                f"{path}: not a release manifest (file {name!r} is not one an export writes in its folder);"
+                " restore it from a copy"
+            )
+
+
+def _closed_manifest(folder: Path) -> dict[str, Any]:
+    """A closed folder's manifest, its names checked (see :func:`_check_names`)."""
+    path = folder / MANIFEST
+    try:
+        m = json.loads(path.read_bytes())
+        _check_names(path, m)
+    except (TypeError, KeyError, ValueError, AttributeError) as e:
+        raise UsageError(f"{path}: not a release manifest ({e}); restore it from a copy") from None
+    return m  # type: ignore[no-any-return]
 
 
 def _link(src: Path, dst: Path) -> None:
