@@ -748,8 +748,5 @@ async def _check_archive(
         raise AuditFailure("fetch", f"GET {url}: {type(e).__name__}: {e}") from None
     out = f"archive: {check.checked} results of results.jsonl in the signed tree, as their lines say: ok"
     if check.unchecked:
-        out += (
-            f"; {check.unchecked} lines carry no proof (an export made without the tree):"
-            " NOT checked"
-        )
+        out += f"; {check.unchecked} lines carry no proof (an export made without the tree): NOT checked"
     return out
