@@ -490,11 +490,26 @@ class TestAuditArchive:
             assert (
                 "archive: 2 results of results.jsonl in the signed tree, as their lines say: ok" in p.stdout
             )
+            assert "archive: 2 results of the release folders' chunks in the signed tree" in p.stdout
             assert "NOT checked" not in p.stdout
+            # A folder's chunk (what mirrors copy, and a closed folder keeps for good) edited alike.
+            (chunk,) = (out / "releases").glob("*/results-0001.jsonl")
+            name = chunk.relative_to(out).as_posix()
+            chunk_kept = chunk.read_text()
+            first = json.loads(chunk_kept.splitlines()[0])
+            first["passed"] = False
+            chunk.write_text(json.dumps(first) + "\n" + "".join(chunk_kept.splitlines(keepends=True)[1:]))
+            p = await anyio.to_thread.run_sync(lambda: run("audit", "--url", url))
+            chunk.write_text(chunk_kept)
+            assert p.returncode == 1, p.stdout + p.stderr
+            assert (
+                f"FAILED archive: {name} line 1 (rollout {first['rollout_id']}): its passed is False"
+                in p.stderr
+            )
             for change, said in [
                 (flip, "its passed is False, but its logged verdict"),
                 (model, "the result's model is not what its logged events say"),
-                (duplicate, "the same result is on line 2 too"),
+                (duplicate, "the same result is on results.jsonl line 2 too"),
                 (flip_event_too, "its proof does not lead to the signed root"),
             ]:
                 p = await anyio.to_thread.run_sync(lambda change=change: edited(change))  # type: ignore[misc]

@@ -108,7 +108,7 @@ def audit(
             now = time.monotonic()
             if now - shown[0] >= 1.0:
                 shown[0], shown[1] = now, 1.0
-                click.echo(f"\rarchive: {n} lines of results.jsonl checked", err=True, nl=False)
+                click.echo(f"\rarchive: {n} lines checked", err=True, nl=False)
 
     async def main() -> int:
         try:

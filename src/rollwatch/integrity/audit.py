@@ -340,7 +340,7 @@ async def audit(
 
         # 6. the whole archive: every line's events in the signed tree, saying what the line says
         if archive:
-            lines.append(await _check_archive(http, verifier, cp, progress))
+            lines += await _check_archive(http, verifier, cp, progress)
 
     if keep is not None:
         _save_keep(keep, verifier.vkey, note, remembered)
@@ -620,12 +620,14 @@ class _Archive:
     """
 
     def __init__(self, http: _Client, verifier: NoteVerifier, cp: Checkpoint) -> None:
+        self.file = "results.jsonl"
+        """The file whose lines are being checked (named in every failure)."""
         self.http = http
         self.verifier = verifier
         self.cp = cp
         self.linked: set[tuple[int, bytes]] = {(cp.size, cp.root)}
         self.notes: dict[str, Checkpoint] = {}
-        self.seen: dict[str, int] = {}
+        self.seen: dict[str, str] = {}
         self.checked = 0
         self.unchecked = 0
 
@@ -650,22 +652,22 @@ class _Archive:
         self.linked.add((size, root))
 
     async def line(self, n: int, text: str) -> None:
-        """Check line ``n`` (1-based) of the archive; AuditFailure naming it and what differs."""
+        """Check line ``n`` (1-based) of :attr:`file`; AuditFailure naming it and what differs."""
         from rollwatch.integrity.bundle import check_bundle
 
         try:
             record = json.loads(text)
         except ValueError:
-            raise AuditFailure("archive", f"results.jsonl line {n} is not JSON") from None
+            raise AuditFailure("archive", f"{self.file} line {n} is not JSON") from None
         rid = record.get("rollout_id") if isinstance(record, dict) else None
         if not isinstance(rid, str):
-            raise AuditFailure("archive", f"results.jsonl line {n} is not a result (no rollout_id)")
-        what = f"results.jsonl line {n} (rollout {rid})"
+            raise AuditFailure("archive", f"{self.file} line {n} is not a result (no rollout_id)")
+        what = f"{self.file} line {n} (rollout {rid})"
         if rid in self.seen:
             raise AuditFailure(
-                "archive", f"{what}: the same result is on line {self.seen[rid]} too (a line was duplicated)"
+                "archive", f"{what}: the same result is on {self.seen[rid]} too (a line was duplicated)"
             )
-        self.seen[rid] = n
+        self.seen[rid] = f"{self.file} line {n}"
         bundle = record.get("proof")
         meta = record.get("_rollwatch")
         if bundle is None and meta is None:
@@ -726,27 +728,88 @@ async def _check_archive(
     verifier: NoteVerifier,
     cp: Checkpoint,
     progress: Callable[[int], None] | None,
-) -> str:
-    """Every line of ``/public/results.jsonl`` (see :class:`_Archive`); the report's line."""
-    url = http.url("/public/results.jsonl")
+) -> list[str]:
+    """Every line of ``/public/results.jsonl`` and, in a static export, of every release folder's
+    chunks (see :class:`_Archive`); the report's lines."""
     check = _Archive(http, verifier, cp)
+    read = [0]  # lines read, for progress
+    top = await _check_lines(http, check, "/public/results.jsonl", "results.jsonl", progress, read)
+    if top is None:
+        return ["archive: the service serves no results.jsonl: not checked"]
+    out = [f"archive: {check.checked} results of results.jsonl in the signed tree, as their lines say: ok"]
+    unchecked = check.unchecked
+    if not http.public:
+        # A static export: each release folder's chunks hold the same results (a closed folder's
+        # bytes never change, and mirrors copy them): every result filed once, with its proofs.
+        folders = _Archive(http, verifier, cp)
+        folders.linked = check.linked
+        for chunk in await _chunks(http):
+            await _check_lines(http, folders, "/public/" + chunk, chunk, progress, read)
+        unchecked += folders.unchecked
+        out.append(
+            f"archive: {folders.checked} results of the release folders' chunks in the signed tree,"
+            " as their lines say: ok"
+        )
+    if unchecked:
+        out.append(
+            f"archive: {unchecked} lines carry no proof (an export made without the tree): NOT checked"
+        )
+    return out
+
+
+async def _chunks(http: _Client) -> list[str]:
+    """The chunk files (``releases/YYYY-MM/results-NNNN.jsonl``) the export's index and manifests list."""
+    import re
+
+    index = await http.json("/public/releases.json")
+    entries = index.get("releases") if isinstance(index, dict) else None
+    if not isinstance(entries, list):
+        raise AuditFailure("archive", "releases.json has no releases list")
+    out = []
+    for entry in entries:
+        period = entry.get("period") if isinstance(entry, dict) else None
+        if not isinstance(period, str) or not re.fullmatch(r"[0-9]{4}-(0[1-9]|1[0-2])", period):
+            raise AuditFailure("archive", f"releases.json lists a folder that is not a month: {entry!r:.100}")
+        manifest = await http.json(f"/public/releases/{period}/MANIFEST.json")
+        chunks = manifest.get("chunks") if isinstance(manifest, dict) else None
+        if not isinstance(chunks, list):
+            raise AuditFailure("archive", f"releases/{period}/MANIFEST.json has no chunks list")
+        for c in chunks:
+            name = c.get("file") if isinstance(c, dict) else None
+            if not isinstance(name, str) or not re.fullmatch(r"results-[0-9]{4,}\.jsonl", name):
+                raise AuditFailure(
+                    "archive", f"releases/{period}/MANIFEST.json lists a chunk that is not results-NNNN.jsonl"
+                )
+            out.append(f"releases/{period}/{name}")
+    return out
+
+
+async def _check_lines(
+    http: _Client,
+    check: _Archive,
+    path: str,
+    name: str,
+    progress: Callable[[int], None] | None,
+    read: list[int],
+) -> int | None:
+    """Check every line of the file at ``path`` (named ``name``); its number of lines, None if not served."""
+    url = http.url(path)
+    check.file = name
     n = 0
     try:
         async with http.client.stream("GET", url) as r:
-            if r.status_code == 404:
-                return "archive: the service serves no results.jsonl: not checked"
+            if r.status_code == 404 and name == "results.jsonl":
+                return None
             if r.status_code != 200:
                 await r.aread()
                 raise AuditFailure("fetch", f"GET {url} answered {r.status_code}: {r.text[:200].strip()}")
             async for text in r.aiter_lines():
                 n += 1
+                read[0] += 1
                 if text.strip():
                     await check.line(n, text)
                 if progress is not None:
-                    progress(n)
+                    progress(read[0])
     except httpx.HTTPError as e:
         raise AuditFailure("fetch", f"GET {url}: {type(e).__name__}: {e}") from None
-    out = f"archive: {check.checked} results of results.jsonl in the signed tree, as their lines say: ok"
-    if check.unchecked:
-        out += f"; {check.unchecked} lines carry no proof (an export made without the tree): NOT checked"
-    return out
+    return n
