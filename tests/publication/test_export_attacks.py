@@ -410,6 +410,136 @@ class TestAudit:
         assert "the result's answer is not what its logged events say" in p.stdout + p.stderr
 
 
+class TestAuditArchive:
+    async def test_audit_checks_every_line_of_an_exported_results_jsonl(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """``rollwatch audit --url URL`` on an export served by ``python -m http.server`` reads
+        ``results.jsonl`` and checks every line: an untouched archive passes; a line whose
+        ``passed`` was flipped, whose model was changed, a line duplicated, and a line whose
+        ``_rollwatch`` event was edited to say what the flipped field says (its proof no longer
+        verifies) each fail with exit 1 naming the line and its rollout id (audit used to check
+        one ``--item`` only: every other line could be edited unseen). A line stripped of its
+        proofs is counted as not checked, never passed silently."""
+        import base64
+        import hashlib
+
+        from tests.helpers import rollwatch
+        from tests.integrity.test_tlog_tiles import add_released, fill, live_log, static_server
+
+        monkeypatch.delenv("STATE_DIRECTORY", raising=False)
+        out = tmp_path / "site"
+        env = {"STATE_DIRECTORY": ""}
+
+        def run(*args: str) -> subprocess.CompletedProcess[str]:
+            return rollwatch("--config", cfg, *args, env=env)  # type: ignore[no-any-return]
+
+        async with live_log(tmp_path) as live:
+            await fill(live)
+            await add_released(live.store, live.pdb)
+            await live.integrity.final_checkpoint()
+            cfg = str(live.config_file)
+            p = await anyio.to_thread.run_sync(lambda: run("publish", "export", str(out)))
+            assert p.returncode == 0, p.stderr
+        results = out / "results.jsonl"
+        kept = results.read_text()
+        lines = [json.loads(x) for x in kept.splitlines()]
+        assert len(lines) == 2
+        assert all("_rollwatch" in x and "proof" in x for x in lines)
+        rid = lines[1]["rollout_id"]
+
+        def edited(change: Any) -> subprocess.CompletedProcess[str]:
+            second = json.loads(json.dumps(lines[1]))
+            change(second)
+            rows = [json.dumps(x) for x in (lines[0], second) if x]
+            if not second:  # the change asks for the line to be duplicated
+                rows = [json.dumps(lines[0]), json.dumps(lines[1]), json.dumps(lines[1])]
+            results.write_text("\n".join(rows) + "\n")
+            try:
+                return run("audit", "--url", url)  # type: ignore[no-any-return]
+            finally:
+                results.write_text(kept)
+
+        def flip(x: dict[str, Any]) -> None:
+            x["passed"] = False
+
+        def model(x: dict[str, Any]) -> None:
+            x["model"] = "gpt-better"
+
+        def duplicate(x: dict[str, Any]) -> None:
+            x.clear()
+
+        def flip_event_too(x: dict[str, Any]) -> None:
+            x["passed"] = False
+            event = json.loads(x["_rollwatch"]["canonical"])
+            event["data"]["passed"] = False
+            canonical = json.dumps(event, separators=(",", ":"))
+            x["_rollwatch"]["canonical"] = canonical  # and its leaf hash made to match
+            x["_rollwatch"]["leaf_hash"] = base64.b64encode(
+                hashlib.sha256(b"\x00" + canonical.encode()).digest()
+            ).decode()
+            x.pop("proof")
+
+        def strip(x: dict[str, Any]) -> None:
+            x.pop("proof")
+            x.pop("_rollwatch")
+
+        with static_server(out) as url:
+            p = await anyio.to_thread.run_sync(lambda: run("audit", "--url", url))
+            assert p.returncode == 0, p.stdout + p.stderr
+            assert (
+                "archive: 2 results of results.jsonl in the signed tree, as their lines say: ok" in p.stdout
+            )
+            assert "archive: 2 results of the release folders' chunks in the signed tree" in p.stdout
+            assert "NOT checked" not in p.stdout
+            # A folder's chunk (what mirrors copy, and a closed folder keeps for good) edited alike.
+            (chunk,) = (out / "releases").glob("*/results-0001.jsonl")
+            name = chunk.relative_to(out).as_posix()
+            chunk_kept = chunk.read_text()
+            first = json.loads(chunk_kept.splitlines()[0])
+            first["passed"] = False
+            chunk.write_text(json.dumps(first) + "\n" + "".join(chunk_kept.splitlines(keepends=True)[1:]))
+            p = await anyio.to_thread.run_sync(lambda: run("audit", "--url", url))
+            chunk.write_text(chunk_kept)
+            assert p.returncode == 1, p.stdout + p.stderr
+            assert (
+                f"FAILED archive: {name} line 1 (rollout {first['rollout_id']}): its passed is False"
+                in p.stderr
+            )
+            for change, said in [
+                (flip, "its passed is False, but its logged verdict"),
+                (model, "the result's model is not what its logged events say"),
+                (duplicate, "the same result is on results.jsonl line 2 too"),
+                (flip_event_too, "its proof does not lead to the signed root"),
+            ]:
+                p = await anyio.to_thread.run_sync(lambda change=change: edited(change))  # type: ignore[misc]
+                at = "line 3" if change is duplicate else "line 2"
+                assert p.returncode == 1, (change.__name__, p.stdout + p.stderr)
+                assert f"FAILED archive: results.jsonl {at} (rollout {rid})" in p.stderr, p.stderr
+                assert said in p.stderr, (change.__name__, p.stderr)
+            p = await anyio.to_thread.run_sync(lambda: edited(strip))
+            assert p.returncode == 0, p.stdout + p.stderr
+            assert "1 lines carry no proof (an export made without the tree): NOT checked" in p.stdout
+            p = await anyio.to_thread.run_sync(lambda: run("audit", "--url", url, "--no-archive"))
+            assert p.returncode == 0, p.stdout + p.stderr
+            assert "archive:" not in p.stdout
+
+    async def test_audit_checks_a_live_daemons_results_jsonl(self, tmp_path: Path) -> None:
+        """On a live service, ``audit`` reads ``/public/results.jsonl`` (each line with its proof
+        bundle) and checks every result in it against the signed checkpoint."""
+        from tests.helpers import rollwatch
+        from tests.integrity.test_tlog_tiles import add_released, fill, live_log
+
+        async with live_log(tmp_path) as live:
+            await fill(live)
+            await add_released(live.store, live.pdb)
+            await live.integrity.final_checkpoint()
+            cfg = str(live.config_file)
+            p = await anyio.to_thread.run_sync(lambda: rollwatch("--config", cfg, "audit", "--url", live.url))
+        assert p.returncode == 0, p.stdout + p.stderr
+        assert "archive: 2 results of results.jsonl in the signed tree, as their lines say: ok" in p.stdout
+
+
 class TestKilled:
     async def test_kills_at_later_points_lose_and_duplicate_nothing(self, tmp_path: Path) -> None:
         """``publish export`` killed with SIGKILL once its chunk is in place, once it has appended

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -44,6 +45,12 @@ from rollwatch.errors import AuditFailure, UsageError
     show_default=True,
     help="a cosignature older than this does not count (e.g. 1h, 1d)",
 )
+@click.option(
+    "--no-archive",
+    is_flag=True,
+    default=False,
+    help="skip the check of every line of results.jsonl (long for a huge archive)",
+)
 @common
 def audit(
     ctx: Context,
@@ -55,8 +62,10 @@ def audit(
     witnesses: tuple[str, ...],
     quorum: int | None,
     max_cosignature_age: str,
+    no_archive: bool,
 ) -> None:
-    """Check the signed checkpoint, its consistency with the kept one, and an item's inclusion; exit 1 on failure."""
+    """Check the signed checkpoint, its consistency with the kept one, an item's inclusion, and
+    every result of results.jsonl; exit 1 on failure."""
     from urllib.parse import urlsplit
 
     from rollwatch.integrity.audit import audit as run_audit
@@ -89,6 +98,18 @@ def audit(
     if quorum is not None and quorum > len(witnesses):
         raise UsageError(f"--quorum {quorum} is more than the {len(witnesses)} --witness keys given")
 
+    # A line count on a terminal about once a second, while a long results.jsonl is checked.
+    progress = None
+    shown = [time.monotonic(), 0.0]  # when last shown; whether a count is on the line
+
+    if sys.stderr.isatty():
+
+        def progress(n: int) -> None:
+            now = time.monotonic()
+            if now - shown[0] >= 1.0:
+                shown[0], shown[1] = now, 1.0
+                click.echo(f"\rarchive: {n} lines checked", err=True, nl=False)
+
     async def main() -> int:
         try:
             report = await run_audit(
@@ -100,12 +121,18 @@ def audit(
                 witnesses=witnesses,
                 quorum=quorum,
                 max_cosignature_age=max_age,
+                archive=not no_archive,
+                progress=progress,
             )
         except ValueError as e:
             raise UsageError(f"--key: {e}") from None
         except AuditFailure as e:
+            if shown[1]:
+                click.echo(err=True)
             click.echo(f"FAILED {e.check}: {e.message}", err=True)
             return 1
+        if shown[1]:
+            click.echo(err=True)
         for line in report.lines:
             click.echo(line)
         click.echo("ok")

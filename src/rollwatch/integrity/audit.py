@@ -27,6 +27,14 @@ An auditor has no access to the log, only to the public routes. Each run:
    proof of it verifies against the signed root. A released result rewritten or
    withdrawn since, even with the tree rebuilt afterwards, fails here.
 
+6. **archive** (unless ``--no-archive``): every line of ``results.jsonl`` (an export's,
+   or the live ``/public/results.jsonl``) is one released result; the events it carries
+   (its proof bundle, its ``_rollwatch`` verdict event) must hash to leaves under the
+   signed root (or a root the signed tree is consistent with), and every field the line
+   states (passed, score, provider, model, problem, sample, rollout id, answer, dates,
+   release seq) must be what those events say. A result on two lines fails too. Lines
+   without proofs (an export made without the tree) are counted and said not checked.
+
 Only when every check passes is the new checkpoint (and the key) kept in the file,
 so the next run checks consistency from it. Any failure raises
 :class:`AuditFailure` naming the check.
@@ -36,6 +44,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -218,12 +227,16 @@ async def audit(
     witnesses: tuple[str, ...] = (),
     quorum: int | None = None,
     max_cosignature_age: float = 86400.0,
+    archive: bool = True,
+    progress: Callable[[int], None] | None = None,
 ) -> AuditReport:
     """Run every check against the service at ``url``; raise :class:`AuditFailure` at the first that fails.
 
     ``key`` pins the verifier key (a ``vkey`` string; ValueError if malformed).
     ``witnesses`` (cosignature vkeys): the checkpoint must carry ``quorum`` (default:
     all) of their cosignatures, none older than ``max_cosignature_age`` seconds.
+    ``archive``: check every line of ``results.jsonl`` (step 6); ``progress`` is called
+    with the number of lines read so far, after each line.
     """
     from rollwatch.integrity.witness import CosignatureVerifier
 
@@ -324,6 +337,10 @@ async def audit(
                 await _check_remembered(http, rid, rec["seq"], rec["leaf"], cp)
             if remembered:
                 lines.append(f"remembered: {len(remembered)} released items still in the signed tree: ok")
+
+        # 6. the whole archive: every line's events in the signed tree, saying what the line says
+        if archive:
+            lines += await _check_archive(http, verifier, cp, progress)
 
     if keep is not None:
         _save_keep(keep, verifier.vkey, note, remembered)
@@ -589,3 +606,210 @@ async def _check_bundle(http: _Client, item: str, verifier: NoteVerifier, cp: Ch
         )
     await _check_consistency(http, bundle_cp, cp)
     return f"bundle: item {item}: {events} events (request, answer, score, decision, release) in the tree of size {bundle_cp.size}: ok"
+
+
+class _Archive:
+    """The check of every line of ``/public/results.jsonl`` against the verified checkpoint ``cp``.
+
+    A line is one released result: its ``proof`` bundle (every event of its claim, against
+    a signed checkpoint) and/or its ``_rollwatch`` fields (its verdict event and that
+    event's inclusion proof). Each event must hash to a leaf under a root that is ``cp``'s
+    or one it is consistent with, and every field the line states must be what the events
+    say. Proofs for earlier trees (an older release folder's lines) are linked to ``cp`` by
+    one consistency proof per distinct tree, so a long archive costs one proof a checkpoint.
+    """
+
+    def __init__(self, http: _Client, verifier: NoteVerifier, cp: Checkpoint) -> None:
+        self.file = "results.jsonl"
+        """The file whose lines are being checked (named in every failure)."""
+        self.http = http
+        self.verifier = verifier
+        self.cp = cp
+        self.linked: set[tuple[int, bytes]] = {(cp.size, cp.root)}
+        self.notes: dict[str, Checkpoint] = {}
+        self.seen: dict[str, str] = {}
+        self.checked = 0
+        self.unchecked = 0
+
+    async def _link(self, size: int, root: bytes, what: str) -> None:
+        """The tree (``size``, ``root``) is a prefix of the verified one."""
+        if (size, root) in self.linked:
+            return
+        if size >= self.cp.size:
+            raise AuditFailure(
+                "archive",
+                f"{what}: its proof does not lead to the signed root of size {self.cp.size}"
+                " (its bytes or its proof were changed)",
+            )
+        proof = await self.http.proof(f"/public/proof/consistency?from={size}&to={self.cp.size}")
+        path = _hashes(proof.get("path") if isinstance(proof, dict) else None, "the consistency proof")
+        if not verify_consistency(size, self.cp.size, root, self.cp.root, path):
+            raise AuditFailure(
+                "archive",
+                f"{what}: the tree of size {size} its proof leads to is not a prefix of the signed tree "
+                f"of size {self.cp.size}: the line or its proof was changed",
+            )
+        self.linked.add((size, root))
+
+    async def line(self, n: int, text: str) -> None:
+        """Check line ``n`` (1-based) of :attr:`file`; AuditFailure naming it and what differs."""
+        from rollwatch.integrity.bundle import check_bundle
+
+        try:
+            record = json.loads(text)
+        except ValueError:
+            raise AuditFailure("archive", f"{self.file} line {n} is not JSON") from None
+        rid = record.get("rollout_id") if isinstance(record, dict) else None
+        if not isinstance(rid, str):
+            raise AuditFailure("archive", f"{self.file} line {n} is not a result (no rollout_id)")
+        what = f"{self.file} line {n} (rollout {rid})"
+        if rid in self.seen:
+            raise AuditFailure(
+                "archive", f"{what}: the same result is on {self.seen[rid]} too (a line was duplicated)"
+            )
+        self.seen[rid] = f"{self.file} line {n}"
+        bundle = record.get("proof")
+        meta = record.get("_rollwatch")
+        if bundle is None and meta is None:
+            self.unchecked += 1
+            return
+        if meta is not None:
+            await self._scored(what, record, meta)
+        if bundle is not None:
+            try:
+                bcp, _ = check_bundle(bundle, rid, self.verifier, record)
+            except ValueError as e:
+                raise AuditFailure("archive", f"{what}: {e}") from None
+            await self._link(bcp.size, bcp.root, what)
+        self.checked += 1
+
+    async def _scored(self, what: str, record: dict[str, Any], meta: Any) -> None:
+        """The line's ``_rollwatch``: its verdict event is in the signed tree and says what the line says."""
+        canonical = meta.get("canonical") if isinstance(meta, dict) else None
+        inc = meta.get("inclusion") if isinstance(meta, dict) else None
+        try:
+            event = json.loads(canonical) if isinstance(canonical, str) else None
+        except ValueError:
+            event = None
+        data = event.get("data") if isinstance(event, dict) else None
+        if not isinstance(event, dict) or not isinstance(data, dict) or not isinstance(inc, dict):
+            raise AuditFailure("archive", f"{what}: its _rollwatch does not carry its event and proof")
+        seq, size = event.get("seq"), inc.get("size")
+        if not isinstance(seq, int) or not isinstance(size, int) or not 0 < seq <= size:
+            raise AuditFailure("archive", f"{what}: its _rollwatch event has no seq within its proof's tree")
+        leaf = leaf_hash(canonical.encode())  # type: ignore[union-attr]
+        if meta.get("leaf_index", seq - 1) != seq - 1 or meta.get("leaf_hash", b64(leaf)) != b64(leaf):
+            raise AuditFailure("archive", f"{what}: its _rollwatch leaf is not its event's (seq {seq})")
+        try:
+            root = root_from_inclusion(seq - 1, size, leaf, _hashes(inc.get("path"), "an inclusion proof"))
+        except InvalidProof as e:
+            raise AuditFailure("archive", f"{what}: its inclusion proof is malformed: {e}") from None
+        await self._link(size, root, f"{what}: event {seq}")
+        # The event is the log's: now every field the line states about it must be the event's.
+        claims: list[tuple[str, Any]] = [
+            ("rollout_id", data.get("rollout_id")),
+            ("passed", data.get("passed")),
+            ("scored_at", event.get("at")),
+        ]
+        if record.get("superseded") is not True:
+            claims.append(("score", data.get("score")))
+        if event.get("type") not in ("RolloutScored", "RolloutRescored"):
+            raise AuditFailure("archive", f"{what}: its _rollwatch event {seq} is not a verdict")
+        for k, logged in claims:
+            if k in record and record[k] != logged:
+                raise AuditFailure(
+                    "archive",
+                    f"{what}: its {k} is {record[k]!r}, but its logged verdict (event {seq}) says {logged!r}",
+                )
+
+
+async def _check_archive(
+    http: _Client,
+    verifier: NoteVerifier,
+    cp: Checkpoint,
+    progress: Callable[[int], None] | None,
+) -> list[str]:
+    """Every line of ``/public/results.jsonl`` and, in a static export, of every release folder's
+    chunks (see :class:`_Archive`); the report's lines."""
+    check = _Archive(http, verifier, cp)
+    read = [0]  # lines read, for progress
+    top = await _check_lines(http, check, "/public/results.jsonl", "results.jsonl", progress, read)
+    if top is None:
+        return ["archive: the service serves no results.jsonl: not checked"]
+    out = [f"archive: {check.checked} results of results.jsonl in the signed tree, as their lines say: ok"]
+    unchecked = check.unchecked
+    if not http.public:
+        # A static export: each release folder's chunks hold the same results (a closed folder's
+        # bytes never change, and mirrors copy them): every result filed once, with its proofs.
+        folders = _Archive(http, verifier, cp)
+        folders.linked = check.linked
+        for chunk in await _chunks(http):
+            await _check_lines(http, folders, "/public/" + chunk, chunk, progress, read)
+        unchecked += folders.unchecked
+        out.append(
+            f"archive: {folders.checked} results of the release folders' chunks in the signed tree,"
+            " as their lines say: ok"
+        )
+    if unchecked:
+        out.append(
+            f"archive: {unchecked} lines carry no proof (an export made without the tree): NOT checked"
+        )
+    return out
+
+
+async def _chunks(http: _Client) -> list[str]:
+    """The chunk files (``releases/YYYY-MM/results-NNNN.jsonl``) the export's index and manifests list."""
+    import re
+
+    index = await http.json("/public/releases.json")
+    entries = index.get("releases") if isinstance(index, dict) else None
+    if not isinstance(entries, list):
+        raise AuditFailure("archive", "releases.json has no releases list")
+    out = []
+    for entry in entries:
+        period = entry.get("period") if isinstance(entry, dict) else None
+        if not isinstance(period, str) or not re.fullmatch(r"[0-9]{4}-(0[1-9]|1[0-2])", period):
+            raise AuditFailure("archive", f"releases.json lists a folder that is not a month: {entry!r:.100}")
+        manifest = await http.json(f"/public/releases/{period}/MANIFEST.json")
+        chunks = manifest.get("chunks") if isinstance(manifest, dict) else None
+        if not isinstance(chunks, list):
+            raise AuditFailure("archive", f"releases/{period}/MANIFEST.json has no chunks list")
+        for c in chunks:
+            name = c.get("file") if isinstance(c, dict) else None
+            if not isinstance(name, str) or not re.fullmatch(r"results-[0-9]{4,}\.jsonl", name):
+                raise AuditFailure(
+                    "archive", f"releases/{period}/MANIFEST.json lists a chunk that is not results-NNNN.jsonl"
+                )
+            out.append(f"releases/{period}/{name}")
+    return out
+
+
+async def _check_lines(
+    http: _Client,
+    check: _Archive,
+    path: str,
+    name: str,
+    progress: Callable[[int], None] | None,
+    read: list[int],
+) -> int | None:
+    """Check every line of the file at ``path`` (named ``name``); its number of lines, None if not served."""
+    url = http.url(path)
+    check.file = name
+    n = 0
+    try:
+        async with http.client.stream("GET", url) as r:
+            if r.status_code == 404 and name == "results.jsonl":
+                return None
+            if r.status_code != 200:
+                await r.aread()
+                raise AuditFailure("fetch", f"GET {url} answered {r.status_code}: {r.text[:200].strip()}")
+            async for text in r.aiter_lines():
+                n += 1
+                read[0] += 1
+                if text.strip():
+                    await check.line(n, text)
+                if progress is not None:
+                    progress(read[0])
+    except httpx.HTTPError as e:
+        raise AuditFailure("fetch", f"GET {url}: {type(e).__name__}: {e}") from None
+    return n

@@ -35,7 +35,7 @@ def check_bundle(
     """The bundle's verified checkpoint and its number of events; ValueError saying what is wrong.
 
     ``record``: the result the bundle came with, whose fields must be what the events say (its
-    request, answer and public date; its score too unless it is marked superseded)."""
+    request, answer, public date, release and verdict; its score too unless it is marked superseded)."""
     if not isinstance(bundle, dict) or bundle.get("format") != "rollwatch-proof/v1":
         raise ValueError("no rollwatch-proof/v1 bundle")
     try:
@@ -46,6 +46,7 @@ def check_bundle(
         raise ValueError(f"events {bundle['pending']} are not under its checkpoint yet (ask again later)")
     seen: dict[str, dict[str, Any]] = {}
     seqs: dict[str, int] = {}
+    ats: dict[str, Any] = {}
     verdicts: list[tuple[int, dict[str, Any]]] = []  # (seq, data) of every verdict
     for ev in bundle.get("events") or []:
         try:
@@ -73,6 +74,7 @@ def check_bundle(
             verdicts.append((index + 1, data))
         seen[str(env.get("type"))] = data
         seqs[str(env.get("type"))] = index + 1
+        ats[str(env.get("type"))] = env.get("at")
     missing = [t for t in CLAIM if t not in seen]
     if missing:
         raise ValueError(f"the bundle lacks {', '.join(missing)}")
@@ -93,6 +95,9 @@ def check_bundle(
         claims += [
             ("answer", seen["RolloutResponded"].get("text")),
             ("not_before", seen["PublicationDecided"].get("not_before")),
+            ("released_seq", seqs["PublicReleased"]),
+            ("released_at", ats["PublicReleased"]),
+            ("passed", True),  # a released result is a pass (the verdict above)
         ]
         if record.get("superseded") is not True:
             claims.append(("score", max(before, key=lambda v: v[0])[1].get("score")))
