@@ -24,17 +24,6 @@ from tests.publication.test_releases import Log, folder_ids, month_start
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-async def log(tmp_path: Path) -> Any:
-    async with (
-        SQLiteEventStore(tmp_path / "events.db") as store,
-        ProjectionDB(tmp_path / "projections.db", all_projections()) as pdb,
-    ):
-        lg = Log(store, pdb)
-        await start_run(store, lg.run_id)
-        yield lg
-
-
 def top_ids(out: Path) -> list[str]:
     return [json.loads(x)["rollout_id"] for x in (out / "results.jsonl").read_text().splitlines()]
 

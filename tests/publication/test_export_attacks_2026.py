@@ -22,17 +22,6 @@ from tests.publication.test_releases import Log, month_start
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-async def log(tmp_path: Path) -> Any:
-    async with (
-        SQLiteEventStore(tmp_path / "events.db") as store,
-        ProjectionDB(tmp_path / "projections.db", all_projections()) as pdb,
-    ):
-        lg = Log(store, pdb)
-        await start_run(store, lg.run_id)
-        yield lg
-
-
 def this_folder(out: Path) -> Path:
     return out / "releases" / period_of(datetime.now(UTC).timestamp())
 

@@ -73,6 +73,24 @@ class TestKeys:
             parse_expires("next tuesday", now)
 
 
+def _held_reads(reading: anyio.Event, go_on: anyio.Event) -> type[SQLiteEventStore]:
+    """A SQLite log whose reads set ``reading``, then wait for ``go_on`` (a slow first read)."""
+
+    class Held(SQLiteEventStore):
+        def read(self, **kw: Any) -> AsyncIterator[Recorded]:
+            inner = super().read(**kw)
+
+            async def slowly() -> AsyncIterator[Recorded]:
+                reading.set()
+                await go_on.wait()
+                async for rec in inner:
+                    yield rec
+
+            return slowly()
+
+    return Held
+
+
 class TestDirectory:
     async def test_verdicts(self, tmp_path: Path) -> None:
         """Known keys pass; missing, malformed, unknown, expired and revoked keys each say why."""
@@ -101,20 +119,7 @@ class TestDirectory:
         minute or more at millions of events): a request meanwhile is answered 503 with
         ``Retry-After`` rather than held for that long, and served once the read is done."""
         reading, go_on = anyio.Event(), anyio.Event()
-
-        class Slow(SQLiteEventStore):
-            def read(self, **kw: Any) -> AsyncIterator[Recorded]:
-                inner = super().read(**kw)
-
-                async def slowly() -> AsyncIterator[Recorded]:
-                    reading.set()
-                    await go_on.wait()
-                    async for rec in inner:
-                        yield rec
-
-                return slowly()
-
-        async with Slow(tmp_path / "e.db") as store:
+        async with _held_reads(reading, go_on)(tmp_path / "e.db") as store:
             key = await add_subscriber(store, "a")
             d = SubscriberDirectory(store)
             async with anyio.create_task_group() as tg:
@@ -131,20 +136,7 @@ class TestDirectory:
     async def test_a_request_during_a_short_first_read_waits_for_it(self, tmp_path: Path) -> None:
         """A first read that ends within a second (any small log) is waited for, not a 503."""
         reading, go_on = anyio.Event(), anyio.Event()
-
-        class Slow(SQLiteEventStore):
-            def read(self, **kw: Any) -> AsyncIterator[Recorded]:
-                inner = super().read(**kw)
-
-                async def slowly() -> AsyncIterator[Recorded]:
-                    reading.set()
-                    await go_on.wait()
-                    async for rec in inner:
-                        yield rec
-
-                return slowly()
-
-        async with Slow(tmp_path / "e.db") as store:
+        async with _held_reads(reading, go_on)(tmp_path / "e.db") as store:
             key = await add_subscriber(store, "a")
             d = SubscriberDirectory(store)
             got: list[object] = []

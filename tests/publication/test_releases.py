@@ -83,17 +83,6 @@ class Log:
         return await export_public(self.store, self.pdb, out, base_url=BASE, embargo_s=0.0, now=now)
 
 
-@pytest.fixture
-async def log(tmp_path: Path) -> Any:
-    async with (
-        SQLiteEventStore(tmp_path / "events.db") as store,
-        ProjectionDB(tmp_path / "projections.db", all_projections()) as pdb,
-    ):
-        lg = Log(store, pdb)
-        await start_run(store, lg.run_id)
-        yield lg
-
-
 class TestFolders:
     async def test_a_second_export_writes_only_the_new_month(self, log: Log, tmp_path: Path) -> None:
         """Results public two months ago go into that month's folder, closed at once; a month of
