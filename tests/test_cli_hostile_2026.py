@@ -1,0 +1,37 @@
+"""The command line as an operator having a bad day drives it: closed or broken standard
+streams and the like. One line and a stated exit code, never a traceback."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import make_log, write_config
+
+
+def _without_stdout(*args: str) -> subprocess.CompletedProcess[str]:
+    """``rollwatch ARGS >&-``: the process starts with descriptor 1 closed."""
+    return subprocess.run(
+        [sys.executable, "-m", "rollwatch", *args],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=30,
+        check=False,
+        preexec_fn=lambda: os.close(1),
+    )
+
+
+@pytest.mark.parametrize("command", [["problems", "list"], ["report"], ["schedules", "list"]])
+def test_a_closed_stdout_is_one_line_not_a_traceback(tmp_path: Path, command: list[str]) -> None:
+    config = write_config(tmp_path)
+    make_log(tmp_path / "events.db")
+    r = _without_stdout(*command, "--config", str(config), "--log-level", "error")
+    assert "Traceback" not in r.stderr, r.stderr
+    assert r.returncode == 1, r.stderr
+    assert r.stderr.strip() == "error: cannot use standard output: it was closed when the command started"
