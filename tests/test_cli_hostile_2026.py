@@ -35,3 +35,27 @@ def test_a_closed_stdout_is_one_line_not_a_traceback(tmp_path: Path, command: li
     assert "Traceback" not in r.stderr, r.stderr
     assert r.returncode == 1, r.stderr
     assert r.stderr.strip() == "error: cannot use standard output: it was closed when the command started"
+
+
+@pytest.mark.parametrize("command", [["problems", "list"], ["verify"]])
+def test_a_reader_gone_is_sigpipes_status_not_a_failed_check(tmp_path: Path, command: list[str]) -> None:
+    """``rollwatch verify | true``: exit 1 is "a check failed" (SPEC §2), which a pipeline
+    under ``set -o pipefail`` took for a tampered log. It is 141 (128 + SIGPIPE), silently."""
+    config = write_config(tmp_path)
+    make_log(tmp_path / "events.db")
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader left before the first line
+    try:
+        r = subprocess.run(
+            [sys.executable, "-m", "rollwatch", *command, "--config", str(config), "--log-level", "error"],
+            stdin=subprocess.DEVNULL,
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+    finally:
+        os.close(write_end)
+    assert r.returncode == 141, r.stderr
+    assert r.stderr == ""

@@ -136,11 +136,32 @@ def _single(e: BaseException) -> BaseException:
     return e
 
 
+def _stdout_reader_gone() -> bool:
+    """Whether standard output is a pipe whose reader has left (a broken pipe of a socket
+    is an error like any other)."""
+    import select
+
+    poll = select.poll()
+    poll.register(1, select.POLLOUT)
+    return any(revents & select.POLLERR for _, revents in poll.poll(0))
+
+
+def _reader_gone() -> NoReturn:
+    """End as a process killed by SIGPIPE is reported (141), without a word: the reader
+    asked for no more. Standard output goes to /dev/null first, so that Python's flush as
+    it exits does not print "Exception ignored ... BrokenPipeError"."""
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 1)
+    os.close(null)
+    sys.exit(141)
+
+
 def run_command(group: click.Group) -> NoReturn:
     """Run ``group`` as the program: map errors to exit codes and one-line messages.
 
     Exit codes (SPEC §2): 0 ok, 1 a check failed, 2 bad usage or configuration,
-    130 interrupted (Ctrl-C). An error we can name never shows a traceback.
+    130 interrupted (Ctrl-C), 141 the reader of standard output went away (as SIGPIPE
+    ends a process). An error we can name never shows a traceback.
     """
     _standard_streams()
     try:
@@ -159,6 +180,11 @@ def run_command(group: click.Group) -> NoReturn:
         warnings.simplefilter("ignore")
         click.echo("interrupted", err=True)
         sys.exit(130)
+    except BrokenPipeError as e:
+        if _stdout_reader_gone():
+            _reader_gone()
+        click.echo(f"error: {_os_message(e)}", err=True)
+        sys.exit(1)
     except click.ClickException as e:
         e.show()
         sys.exit(e.exit_code)
