@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import make_log, write_config
+from tests.helpers import make_log, rollwatch, write_config
 
 
 def _without_stdout(*args: str) -> subprocess.CompletedProcess[str]:
@@ -59,3 +59,34 @@ def test_a_reader_gone_is_sigpipes_status_not_a_failed_check(tmp_path: Path, com
         os.close(write_end)
     assert r.returncode == 141, r.stderr
     assert r.stderr == ""
+
+
+def _vkey() -> str:
+    """A log's verifier key (C2SP signed-note, Ed25519) for ``witness serve --log``."""
+    import base64
+    import hashlib
+
+    public = bytes(range(32))
+    name = "example.org/log"
+    key_id = hashlib.sha256(name.encode() + b"\n\x01" + public).digest()[:4].hex()
+    encoded = base64.b64encode(b"\x01" + public).decode()
+    return f"{name}+{key_id}+{encoded}"
+
+
+def test_witness_on_a_busy_port_names_its_listen_option(tmp_path: Path) -> None:
+    """The witness has no config key server.listen: its address is --listen, and the message says so."""
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        r = rollwatch(
+            "witness", "serve", "--listen", f"127.0.0.1:{port}", "--key", str(tmp_path / "w.key"),
+            "--log", _vkey(), timeout=30,
+        )  # fmt: skip
+    assert "Traceback" not in r.stderr, r.stderr
+    assert r.returncode == 2, r.stderr
+    assert f"127.0.0.1:{port} is already in use" in r.stderr
+    assert "set --listen to another address" in r.stderr
+    assert "server.listen" not in r.stderr
