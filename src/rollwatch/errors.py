@@ -62,11 +62,11 @@ class UsageError(RollwatchError):
 class AddressInUse(UsageError):
     """Raised when the address the HTTP server should listen on is taken by another process."""
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, setting: str = "server.listen") -> None:
         self.address = address
         super().__init__(
             f"{address} is already in use; stop whatever listens there "
-            "(another `rollwatch serve`?) or set server.listen to another address"
+            f"(another `rollwatch serve`?) or set {setting} to another address"
         )
 
 

@@ -52,6 +52,15 @@ class LazyGroup(click.Group):
             raise TypeError(f"rollwatch.cli.{module}.{attribute} is not the command {cmd_name!r}")
         return command
 
+    def invoke(self, ctx: click.Context) -> object:
+        """The command. A broken pipe on its output (``rollwatch verify | true``) passes click
+        inside a group: click ends the command with exit 1 on it, a failed check's status, and
+        run_command ends it with SIGPIPE's (141)."""
+        try:
+            return super().invoke(ctx)
+        except BrokenPipeError as e:
+            raise ExceptionGroup("the reader of standard output went away", [e]) from None
+
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None, help="config file")

@@ -8,7 +8,10 @@ that the root can import them all without a cycle.
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
+import io
+import os
 import sqlite3
 import sys
 import time
@@ -133,12 +136,34 @@ def _single(e: BaseException) -> BaseException:
     return e
 
 
+def _stdout_reader_gone() -> bool:
+    """Whether standard output is a pipe whose reader has left (a broken pipe of a socket
+    is an error like any other)."""
+    import select
+
+    poll = select.poll()
+    poll.register(1, select.POLLOUT)
+    return any(revents & select.POLLERR for _, revents in poll.poll(0))
+
+
+def _reader_gone() -> NoReturn:
+    """End as a process killed by SIGPIPE is reported (141), without a word: the reader
+    asked for no more. Standard output goes to /dev/null first, so that Python's flush as
+    it exits does not print "Exception ignored ... BrokenPipeError"."""
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 1)
+    os.close(null)
+    sys.exit(141)
+
+
 def run_command(group: click.Group) -> NoReturn:
     """Run ``group`` as the program: map errors to exit codes and one-line messages.
 
     Exit codes (SPEC §2): 0 ok, 1 a check failed, 2 bad usage or configuration,
-    130 interrupted (Ctrl-C). An error we can name never shows a traceback.
+    130 interrupted (Ctrl-C), 141 the reader of standard output went away (as SIGPIPE
+    ends a process). An error we can name never shows a traceback.
     """
+    _standard_streams()
     try:
         try:
             group.main(standalone_mode=False)
@@ -155,6 +180,11 @@ def run_command(group: click.Group) -> NoReturn:
         warnings.simplefilter("ignore")
         click.echo("interrupted", err=True)
         sys.exit(130)
+    except BrokenPipeError as e:
+        if _stdout_reader_gone():
+            _reader_gone()
+        click.echo(f"error: {_os_message(e)}", err=True)
+        sys.exit(1)
     except click.ClickException as e:
         e.show()
         sys.exit(e.exit_code)
@@ -172,6 +202,43 @@ def run_command(group: click.Group) -> NoReturn:
         click.echo(f"error: {_os_message(e)}", err=True)
         sys.exit(1)
     sys.exit(0)
+
+
+class _ClosedOutput(io.TextIOBase):
+    """Standard output of a process started with it closed (``rollwatch report >&-``): a
+    command that prints fails on its first line (exit 1, one line) instead of a traceback
+    ("'NoneType' object has no attribute 'write'") or a success whose output went nowhere."""
+
+    def writable(self) -> bool:
+        return True
+
+    def isatty(self) -> bool:
+        return False
+
+    def write(self, s: str) -> int:
+        raise OSError(errno.EBADF, "it was closed when the command started", "standard output")
+
+
+def _standard_streams() -> None:
+    """Put /dev/null on any of the descriptors 0, 1, 2 the process started without.
+
+    Otherwise the next file opened takes that number (the event log, a socket, the
+    epoll of the event loop) and whatever writes to "standard output" (a print, a child
+    process inheriting it) writes into it. A closed standard output then refuses to be
+    written (:class:`_ClosedOutput`); a closed standard error stays silent.
+    """
+    for fd, flags in ((0, os.O_RDONLY), (1, os.O_WRONLY), (2, os.O_WRONLY)):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, flags)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+            if fd == 1:
+                sys.stdout = _ClosedOutput()
+            elif fd == 2:
+                sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115  # the process's own stream
 
 
 def _os_message(e: OSError) -> str:

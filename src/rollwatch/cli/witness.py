@@ -63,7 +63,7 @@ def witness_serve(
     """Cosign checkpoints of the given logs that are consistent with the last one cosigned."""
     from rollwatch.integrity.checkpoint import NoteVerifier
     from rollwatch.integrity.witness import Witness, WitnessState, load_cosigner, witness_app
-    from rollwatch.web.server import HTTPServer
+    from rollwatch.web.server import HTTPServer, listening_sockets
 
     host, sep, port_s = listen.rpartition(":")
     if not sep or not port_s.isdigit() or int(port_s) > 65535:
@@ -88,7 +88,11 @@ def witness_serve(
         state = WitnessState(state_path)
     except (ValueError, KeyError, TypeError) as e:
         raise UsageError(f"--state {state_path}: not a witness state file ({e})") from None
-    server = HTTPServer(witness_app(Witness(cosigner, verifiers, state)), host.strip("[]"), int(port_s))
+    # Bound here, before the event loop: a taken or foreign address is one line naming --listen.
+    sockets = listening_sockets(host.strip("[]"), int(port_s), "--listen")
+    server = HTTPServer(
+        witness_app(Witness(cosigner, verifiers, state)), host.strip("[]"), int(port_s), sockets=sockets
+    )
 
     async def main() -> None:
         async with anyio.create_task_group() as tg:

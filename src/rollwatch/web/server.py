@@ -184,13 +184,14 @@ class _Server(uvicorn.Server):
         yield
 
 
-def listening_sockets(host: str, port: int) -> list[socket.socket]:
-    """Bound, listening sockets for ``host:port`` (one per address it resolves to)."""
+def listening_sockets(host: str, port: int, setting: str = "server.listen") -> list[socket.socket]:
+    """Bound, listening sockets for ``host:port`` (one per address it resolves to).
+    ``setting``: where the address comes from, named in the error when it cannot be used."""
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as e:
-        raise UsageError(f"server.listen {address}: cannot resolve {host!r} ({e.strerror})") from None
+        raise UsageError(f"{setting} {address}: cannot resolve {host!r} ({e.strerror})") from None
     sockets: list[socket.socket] = []
     seen: set[tuple[Any, ...]] = set()
     try:
@@ -207,9 +208,9 @@ def listening_sockets(host: str, port: int) -> list[socket.socket]:
                 sock.bind(sockaddr)
             except OSError as e:
                 if e.errno == errno.EADDRINUSE:
-                    raise AddressInUse(address) from None
+                    raise AddressInUse(address, setting) from None
                 raise UsageError(
-                    f"cannot listen on {address}: {e.strerror or e}; set server.listen to another address"
+                    f"cannot listen on {address}: {e.strerror or e}; set {setting} to another address"
                 ) from None
             sock.listen(connection_limits()[1])
             sock.setblocking(False)
