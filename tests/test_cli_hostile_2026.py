@@ -3,9 +3,13 @@ streams and the like. One line and a stated exit code, never a traceback."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import resource
+import socketserver
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -90,3 +94,39 @@ def test_witness_on_a_busy_port_names_its_listen_option(tmp_path: Path) -> None:
     assert f"127.0.0.1:{port} is already in use" in r.stderr
     assert "set --listen to another address" in r.stderr
     assert "server.listen" not in r.stderr
+
+
+class _Endless(socketserver.StreamRequestHandler):
+    """Answers any request with a 200 whose body never ends (a megabyte at a time)."""
+
+    def handle(self) -> None:
+        self.rfile.readline()
+        chunk = b"x" * (1 << 20)
+        with contextlib.suppress(OSError):
+            self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10000000000\r\n\r\n")
+            while True:
+                self.wfile.write(chunk)
+
+
+@pytest.mark.parametrize("path", ["", "/export"])
+def test_audit_of_a_server_that_streams_for_ever_fails_without_eating_memory(path: str) -> None:
+    """``audit --url`` read each answer whole: a server streaming an endless body took 13.6 GB
+    in 61 s before it was killed. Each answer is read up to 64 MiB now: exit 1, one line."""
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _Endless)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}{path}"
+        p = subprocess.run(
+            [sys.executable, "-m", "rollwatch", "audit", "--url", url],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30)),
+        )
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert "Traceback" not in p.stderr, p.stderr
+    assert p.returncode == 1, p.stdout + p.stderr
+    assert "larger than 67,108,864 bytes" in p.stdout + p.stderr, p.stdout + p.stderr

@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,12 +101,17 @@ class _Client:
         """A static ``publish export`` served at the base (its ``key`` and ``releases.json`` there,
         no ``/public/key``): read the public routes from the base."""
         try:
-            if (await self.client.get(self.base + "/public/key")).status_code != 404:
+            if await self._status(self.base + "/public/key") != 404:
                 return
-            if (await self.client.get(self.base + "/releases.json")).status_code == 200:
+            if await self._status(self.base + "/releases.json") == 200:
                 self.public = ""
         except httpx.HTTPError:
             return  # the checks that follow say what is wrong
+
+    async def _status(self, url: str) -> int:
+        """The status of a GET of ``url``, its body not read."""
+        async with self.client.stream("GET", url) as r:
+            return r.status_code
 
     async def proof(self, path: str) -> Any:
         """What a proof route (``/public/proof/inclusion?seq=&size=``, ``…/consistency?from=&to=``)
@@ -160,14 +165,17 @@ class _Client:
         return hashes[0]
 
     async def get(self, path: str) -> httpx.Response:
+        """The answer to a GET of ``path``, read whole up to :data:`MAX_BODY` bytes (a server that
+        streams for ever fails the audit, not the auditor's memory)."""
         url = self.url(path)
         try:
-            r = await self.client.get(url)
+            async with self.client.stream("GET", url) as r:
+                if r.status_code != 200:
+                    raise AuditFailure("fetch", f"GET {url} answered {r.status_code}: {await _excerpt(r)}")
+                body = await _body(r, url)
         except httpx.HTTPError as e:
             raise AuditFailure("fetch", f"GET {url}: {type(e).__name__}: {e}") from None
-        if r.status_code != 200:
-            raise AuditFailure("fetch", f"GET {url} answered {r.status_code}: {r.text[:200].strip()}")
-        return r
+        return httpx.Response(200, headers=r.headers, content=body, request=r.request)
 
     async def json(self, path: str) -> Any:
         r = await self.get(path)
@@ -175,6 +183,53 @@ class _Client:
             return r.json()
         except ValueError:
             raise AuditFailure("fetch", f"GET {self.url(path)} did not return JSON") from None
+
+
+MAX_BODY = 64 * 1024 * 1024
+"""The largest answer (and ``results.jsonl`` line) audit reads: a tile is 8 KiB, a proof bundle
+or a result's line some kilobytes."""
+
+
+async def _fetch(client: httpx.AsyncClient, url: str) -> httpx.Response:
+    """A GET of ``url`` whatever its status, its body read up to :data:`MAX_BODY` bytes."""
+    async with client.stream("GET", url) as r:
+        body = await _body(r, url)
+        return httpx.Response(r.status_code, headers=r.headers, content=body, request=r.request)
+
+
+async def _body(r: httpx.Response, url: str) -> bytes:
+    """``r``'s body, read as a stream; AuditFailure past :data:`MAX_BODY` bytes."""
+    out = bytearray()
+    async for chunk in r.aiter_bytes():
+        out += chunk
+        if len(out) > MAX_BODY:
+            raise AuditFailure("fetch", f"GET {url}: the answer is larger than {MAX_BODY:,} bytes")
+    return bytes(out)
+
+
+async def _excerpt(r: httpx.Response) -> str:
+    """The start of an error answer's body (never the whole of it)."""
+    out = bytearray()
+    async for chunk in r.aiter_bytes():
+        out += chunk
+        if len(out) >= 200:
+            break
+    return out[:200].decode(errors="replace").strip()
+
+
+async def _lines(r: httpx.Response, url: str) -> AsyncIterator[str]:
+    """``r``'s body line by line (UTF-8); AuditFailure on a line past :data:`MAX_BODY` bytes."""
+    rest = bytearray()
+    async for chunk in r.aiter_bytes():
+        rest += chunk
+        if b"\n" in chunk:
+            *lines, rest = rest.split(b"\n")
+            for line in lines:
+                yield line.decode(errors="replace").removesuffix("\r")
+        if len(rest) > MAX_BODY:
+            raise AuditFailure("fetch", f"GET {url}: a line longer than {MAX_BODY:,} bytes")
+    if rest:
+        yield rest.decode(errors="replace").removesuffix("\r")
 
 
 def _hashes(value: Any, what: str) -> list[bytes]:
@@ -463,7 +518,7 @@ def _find_item(feed: Any, item: str) -> dict[str, Any]:
 async def _check_health(client: httpx.AsyncClient, base: str) -> None:
     """Fail when the service itself reports its log tampered with (/healthz 503)."""
     try:
-        r = await client.get(base + "/healthz")
+        r = await _fetch(client, base + "/healthz")
     except httpx.HTTPError as e:
         raise AuditFailure("fetch", f"GET {base}/healthz: {type(e).__name__}: {e}") from None
     if r.status_code != 503:
@@ -579,7 +634,7 @@ async def _check_bundle(http: _Client, item: str, verifier: NoteVerifier, cp: Ch
 
     path = http.url(f"/public/rollouts/{quote(item, safe='')}.json")
     try:
-        r = await http.client.get(path)
+        r = await _fetch(http.client, path)
     except httpx.HTTPError as e:
         raise AuditFailure("fetch", f"GET {path}: {type(e).__name__}: {e}") from None
     if r.status_code == 404:
@@ -801,9 +856,8 @@ async def _check_lines(
             if r.status_code == 404 and name == "results.jsonl":
                 return None
             if r.status_code != 200:
-                await r.aread()
-                raise AuditFailure("fetch", f"GET {url} answered {r.status_code}: {r.text[:200].strip()}")
-            async for text in r.aiter_lines():
+                raise AuditFailure("fetch", f"GET {url} answered {r.status_code}: {await _excerpt(r)}")
+            async for text in _lines(r, url):
                 n += 1
                 read[0] += 1
                 if text.strip():
