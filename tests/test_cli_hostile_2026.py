@@ -12,6 +12,7 @@ import sys
 import threading
 from pathlib import Path
 
+import anyio
 import pytest
 
 from tests.helpers import make_log, rollwatch, write_config
@@ -130,3 +131,48 @@ def test_audit_of_a_server_that_streams_for_ever_fails_without_eating_memory(pat
     assert "Traceback" not in p.stderr, p.stderr
     assert p.returncode == 1, p.stdout + p.stderr
     assert "larger than 67,108,864 bytes" in p.stdout + p.stderr, p.stdout + p.stderr
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("body", "fails"),
+    [
+        ({"status": "degraded", "reasons": ["1 schedule(s) cannot run"]}, False),
+        ({"status": "tampered", "first_bad_seq": 7, "reasons": ["seq 7: changed"]}, True),
+        ("not json", True),
+    ],
+    ids=["degraded", "tampered", "not-json"],
+)
+async def test_audit_fails_on_a_tampered_service_not_a_degraded_one(body: object, fails: bool) -> None:
+    """A service whose ``/healthz`` is 503 ``degraded`` (a schedule that cannot run, a witness's
+    refusal) made every outsider's audit fail with "its log is not what it signed"; only a
+    ``tampered`` one (or a 503 that says nothing readable) does now."""
+    import json
+
+    import httpx
+    from starlette.applications import Starlette
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    from rollwatch.errors import AuditFailure
+    from rollwatch.integrity.audit import _check_health
+    from rollwatch.web.server import HTTPServer
+
+    text = body if isinstance(body, str) else json.dumps(body)
+
+    async def healthz(_: object) -> Response:
+        return Response(text, 503, media_type="application/json")
+
+    server = HTTPServer(Starlette(routes=[Route("/healthz", healthz)]), "127.0.0.1", 0)
+    async with anyio.create_task_group() as tg:
+        await tg.start(server.run)
+        try:
+            async with httpx.AsyncClient() as client:
+                base = f"http://127.0.0.1:{server.port}"
+                if fails:
+                    with pytest.raises(AuditFailure, match="not what it signed"):
+                        await _check_health(client, base)
+                else:
+                    await _check_health(client, base)
+        finally:
+            server.stop()
