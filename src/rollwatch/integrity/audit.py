@@ -169,13 +169,12 @@ class _Client:
         streams for ever fails the audit, not the auditor's memory)."""
         url = self.url(path)
         try:
-            async with self.client.stream("GET", url) as r:
-                if r.status_code != 200:
-                    raise AuditFailure("fetch", f"GET {url} answered {r.status_code}: {await _excerpt(r)}")
-                body = await _body(r, url)
+            r = await _fetch(self.client, url)
         except httpx.HTTPError as e:
             raise AuditFailure("fetch", f"GET {url}: {type(e).__name__}: {e}") from None
-        return httpx.Response(200, headers=r.headers, content=body, request=r.request)
+        if r.status_code != 200:
+            raise AuditFailure("fetch", f"GET {url} answered {r.status_code}: {r.text[:200].strip()}")
+        return r
 
     async def json(self, path: str) -> Any:
         r = await self.get(path)
