@@ -440,9 +440,9 @@ class TestAuditArchive:
         def edited(change: Any) -> subprocess.CompletedProcess[str]:
             second = json.loads(json.dumps(lines[1]))
             change(second)
-            rows = [json.dumps(x) for x in (lines[0], second) if x]
+            rows = [kept.splitlines()[0], json.dumps(second)]  # the first line's bytes as exported
             if not second:  # the change asks for the line to be duplicated
-                rows = [json.dumps(lines[0]), json.dumps(lines[1]), json.dumps(lines[1])]
+                rows = [*kept.splitlines(), kept.splitlines()[1]]
             results.write_text("\n".join(rows) + "\n")
             try:
                 return run("audit", "--url", url)  # type: ignore[no-any-return]
@@ -506,9 +506,13 @@ class TestAuditArchive:
                 assert p.returncode == 1, (change.__name__, p.stdout + p.stderr)
                 assert f"FAILED archive: results.jsonl {at} (rollout {rid})" in p.stderr, p.stderr
                 assert said in p.stderr, (change.__name__, p.stderr)
+            # A line stripped of its proofs used to be "NOT checked" and pass (exit 0): the signed
+            # export says which line its folder holds, with its proofs.
             p = await anyio.to_thread.run_sync(lambda: edited(strip))
-            assert p.returncode == 0, p.stdout + p.stderr
-            assert "1 lines carry no proof (an export made without the tree): NOT checked" in p.stdout
+            assert p.returncode == 1, p.stdout + p.stderr
+            assert (
+                f"FAILED archive: results.jsonl line 2 (rollout {rid}): not the line releases/" in p.stderr
+            ), p.stderr
             p = await anyio.to_thread.run_sync(lambda: run("audit", "--url", url, "--no-archive"))
             assert p.returncode == 0, p.stdout + p.stderr
             assert "archive:" not in p.stdout
@@ -527,6 +531,204 @@ class TestAuditArchive:
             p = await anyio.to_thread.run_sync(lambda: rollwatch("--config", cfg, "audit", "--url", live.url))
         assert p.returncode == 0, p.stdout + p.stderr
         assert "archive: 2 results of results.jsonl in the signed tree, as their lines say: ok" in p.stdout
+
+
+class TestAuditCompleteness:
+    async def test_audit_finds_what_was_removed_or_edited_in_a_signed_export(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """``publish export`` signs ``releases.json`` with the log's key (``releases.json.sig``:
+        the checkpoint it was cut at and the index's SHA-256; the index names each manifest's
+        SHA-256, each manifest its chunks'). ``rollwatch audit --url`` on the export served by
+        ``python -m http.server``: the honest export passes; a line deleted (from its chunk and
+        from results.jsonl alike), a chunk deleted (the file alone, or with its manifest entry,
+        its lines and the index's hash of the manifest made to match), the folder dropped from the
+        index, the manifest edited, a line's proofs stripped in its chunk and in results.jsonl,
+        the signature replaced by another key's or its statement edited: each fails with exit 1
+        and one line. Each of them used to pass (every line shown was proven, a missing one was
+        never looked for; a stripped line was "NOT checked", exit 0)."""
+        import hashlib
+        import shutil
+
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+        from rollwatch.integrity.checkpoint import NoteSigner, split_note
+        from tests.helpers import rollwatch
+        from tests.integrity.test_tlog_tiles import add_released, fill, live_log, static_server
+
+        monkeypatch.delenv("STATE_DIRECTORY", raising=False)
+        out = tmp_path / "site"
+        env = {"STATE_DIRECTORY": ""}
+
+        def run(*args: str) -> subprocess.CompletedProcess[str]:
+            return rollwatch("--config", cfg, *args, env=env)  # type: ignore[no-any-return]
+
+        async with live_log(tmp_path) as live:
+            cfg = str(live.config_file)
+            await fill(live)
+            await add_released(live.store, live.pdb)
+            await live.integrity.final_checkpoint()
+            p = await anyio.to_thread.run_sync(lambda: run("publish", "export", str(out)))
+            assert p.returncode == 0, p.stderr
+            await add_released(live.store, live.pdb)
+            await live.integrity.final_checkpoint()
+            p = await anyio.to_thread.run_sync(lambda: run("publish", "export", str(out)))
+            assert p.returncode == 0, p.stderr
+            assert "NOT signed" not in p.stdout
+        assert (out / "releases.json.sig").is_file()
+        folder = this_folder(out)
+        period = folder.name
+        chunk1, chunk2 = folder / "results-0001.jsonl", folder / "results-0002.jsonl"
+        assert len(chunk1.read_text().splitlines()) == 2 and len(chunk2.read_text().splitlines()) == 1
+        honest = tmp_path / "honest"
+        shutil.copytree(out, honest)
+
+        def audit() -> subprocess.CompletedProcess[str]:
+            return run("audit", "--url", url)
+
+        def rehash_index() -> None:
+            """The index's hash of the folder's manifest made to match an edited manifest."""
+            index = json.loads((out / "releases.json").read_text())
+            raw = (folder / "MANIFEST.json").read_bytes()
+            index["releases"][0]["manifest_sha256"] = hashlib.sha256(raw).hexdigest()
+            index["releases"][0]["manifest_bytes"] = len(raw)
+            (out / "releases.json").write_text(json.dumps(index, indent=1) + "\n")
+
+        def drop_lines(path: Path, rids: set[str]) -> None:
+            kept = [x for x in path.read_text().splitlines(keepends=True) if json.loads(x)["rollout_id"] not in rids]
+            path.write_text("".join(kept))
+
+        def delete_line() -> None:
+            rid = json.loads(chunk1.read_text().splitlines()[1])["rollout_id"]
+            drop_lines(chunk1, {rid})
+            drop_lines(out / "results.jsonl", {rid})
+
+        def delete_chunk_file() -> None:
+            chunk2.unlink()
+
+        def delete_chunk_everywhere() -> None:
+            rids = {json.loads(x)["rollout_id"] for x in chunk2.read_text().splitlines()}
+            chunk2.unlink()
+            drop_lines(out / "results.jsonl", rids)
+            m = json.loads((folder / "MANIFEST.json").read_text())
+            m["chunks"] = m["chunks"][:1]
+            m["files"].pop("results-0002.jsonl")
+            m["results"] -= len(rids)
+            (folder / "MANIFEST.json").write_text(json.dumps(m, indent=1) + "\n")
+            rehash_index()
+
+        def drop_folder() -> None:
+            index = json.loads((out / "releases.json").read_text())
+            index["releases"], index["results"] = [], 0
+            (out / "releases.json").write_text(json.dumps(index, indent=1) + "\n")
+            (out / "results.jsonl").write_text("")
+
+        def edit_manifest() -> None:
+            m = json.loads((folder / "MANIFEST.json").read_text())
+            m["results"] += 1
+            (folder / "MANIFEST.json").write_text(json.dumps(m, indent=1) + "\n")
+
+        def strip(path: Path) -> None:
+            rows = path.read_text().splitlines()
+            first = json.loads(rows[0])
+            first.pop("proof")
+            first.pop("_rollwatch")
+            path.write_text("".join(x + "\n" for x in [json.dumps(first, separators=(",", ":")), *rows[1:]]))
+
+        def strip_chunk() -> None:
+            strip(chunk1)
+
+        def strip_both() -> None:
+            strip(chunk1)
+            strip(out / "results.jsonl")
+
+        def another_key() -> None:
+            drop_folder()
+            text, _ = split_note((out / "releases.json.sig").read_text())
+            sha = hashlib.sha256((out / "releases.json").read_bytes()).hexdigest()
+            text = text[: text.index("releases.json sha256 ")] + f"releases.json sha256 {sha}\n"
+            forger = NoteSigner("rollwatch.test/log", Ed25519PrivateKey.generate())
+            (out / "releases.json.sig").write_text(forger.sign(text))
+
+        def edited_statement() -> None:
+            drop_folder()
+            note = (out / "releases.json.sig").read_text()
+            sha = hashlib.sha256((out / "releases.json").read_bytes()).hexdigest()
+            text, _ = split_note(note)
+            old = text[text.index("releases.json sha256 ") :].split()[-1]
+            (out / "releases.json.sig").write_text(note.replace(old, sha))
+
+        cases = [
+            (delete_line, f"{period}/results-0001.jsonl: not the bytes its signed manifest lists"),
+            (delete_chunk_file, f"{period}/results-0002.jsonl: listed in its signed manifest, but not served"),
+            (delete_chunk_everywhere, "releases.json is not the index releases.json.sig signs"),
+            (drop_folder, "releases.json is not the index releases.json.sig signs"),
+            (edit_manifest, f"releases/{period}/MANIFEST.json is not the manifest the signed releases.json names"),
+            (strip_chunk, "carries no proof, but its signed manifest says its chunk was exported with proofs"),
+            (strip_both, "carries no proof, but its signed manifest says its chunk was exported with proofs"),
+            (another_key, "releases.json.sig: the note is not signed by rollwatch.test/log"),
+            (edited_statement, "releases.json.sig: the signature by rollwatch.test/log does not verify"),
+        ]
+        with static_server(out) as url:
+            p = await anyio.to_thread.run_sync(audit)
+            assert p.returncode == 0, p.stdout + p.stderr
+            assert (
+                "releases.json signed for the checkpoint of size 624: its 1 release folders, 2 chunks and"
+                " 3 results all there, unedited, and results.jsonl holds them all: ok"
+            ) in p.stdout, p.stdout
+            for attack, said in cases:
+                await anyio.to_thread.run_sync(attack)
+                p = await anyio.to_thread.run_sync(audit)
+                shutil.rmtree(out)
+                shutil.copytree(honest, out)
+                assert p.returncode == 1, (attack.__name__, p.stdout + p.stderr)
+                assert "FAILED archive: " in p.stderr and said in p.stderr, (attack.__name__, p.stderr)
+                assert "Traceback" not in p.stderr, p.stderr
+
+    async def test_an_unsigned_export_is_checked_line_by_line_and_fails_as_unsigned(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """An export made before exports were signed (no ``releases.json.sig``; the same as one
+        whose signature was removed, which audit cannot tell apart) has every line checked as
+        before, shown, and then fails as unsigned (exit 1): passing it would let whoever holds
+        the host remove the signature to hide a deletion. An export that cannot read the key
+        says so, and writes none."""
+        from tests.helpers import rollwatch
+        from tests.integrity.test_tlog_tiles import add_released, fill, live_log, static_server
+
+        monkeypatch.delenv("STATE_DIRECTORY", raising=False)
+        out = tmp_path / "site"
+        env = {"STATE_DIRECTORY": ""}
+
+        def run(*args: str) -> subprocess.CompletedProcess[str]:
+            return rollwatch("--config", cfg, *args, env=env)  # type: ignore[no-any-return]
+
+        async with live_log(tmp_path) as live:
+            cfg = str(live.config_file)
+            await fill(live)
+            await add_released(live.store, live.pdb)
+            await live.integrity.final_checkpoint()
+            p = await anyio.to_thread.run_sync(lambda: run("publish", "export", str(out)))
+            assert p.returncode == 0, p.stderr
+        (out / "releases.json.sig").unlink()  # as the previous release wrote it
+        with static_server(out) as url:
+            p = await anyio.to_thread.run_sync(lambda: run("audit", "--url", url))
+        assert p.returncode == 1, p.stdout + p.stderr
+        assert "archive: 2 results of results.jsonl in the signed tree, as their lines say: ok" in p.stdout
+        assert "archive: 2 results of the release folders' chunks in the signed tree" in p.stdout
+        assert p.stderr.strip().splitlines()[-1].startswith(
+            "FAILED archive: releases.json is not signed (no releases.json.sig: an export by an older"
+            " rollwatch, or its signature removed)"
+        ), p.stderr
+        assert "\nok\n" not in p.stdout
+
+        # The key out of reach of the exporter (a systemd credential of the daemon's unit only).
+        key = next(tmp_path.glob("checkpoint.key*"))
+        key.rename(tmp_path / "elsewhere.key")
+        p = await anyio.to_thread.run_sync(lambda: run("publish", "export", str(out)))
+        assert p.returncode == 0, p.stderr
+        assert "releases.json NOT signed (the checkpoint key cannot be read here)" in p.stdout, p.stdout
+        assert not (out / "releases.json.sig").exists()
 
 
 class TestKilled:

@@ -135,6 +135,9 @@ def audit(
             click.echo(err=True)
         for line in report.lines:
             click.echo(line)
+        if report.failure is not None:
+            click.echo(f"FAILED {report.failure.check}: {report.failure.message}", err=True)
+            return 1
         click.echo("ok")
         return 0
 

@@ -11,7 +11,7 @@ import json
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import click
@@ -31,6 +31,9 @@ from rollwatch.publication.keys import (
     new_key,
     parse_expires,
 )
+
+if TYPE_CHECKING:
+    from rollwatch.integrity.checkpoint import NoteSigner
 
 
 @click.group()
@@ -181,8 +184,9 @@ def subscribers_revoke(ctx: Context, name: str, note: str) -> None:
     click.echo(run_async(main))
 
 
-async def _vkey(config: Config, store: EventStore) -> str | None:
-    """The log's public key (None before the first ``serve`` made one); never creates anything."""
+async def _signer(config: Config, store: EventStore) -> NoteSigner | None:
+    """The log's key (None before the first ``serve`` made one, or when this command cannot read
+    it: a systemd credential only the daemon's unit is given); never creates anything."""
     from rollwatch.integrity.identity import resolve_origin
     from rollwatch.integrity.keys import existing_signer
 
@@ -193,8 +197,7 @@ async def _vkey(config: Config, store: EventStore) -> str | None:
         create=False,
         store_url=config.store.url,
     )
-    signer = await anyio.to_thread.run_sync(existing_signer, integrity.key_path(config.store), integrity.name)
-    return signer.vkey if signer is not None else None
+    return await anyio.to_thread.run_sync(existing_signer, integrity.key_path(config.store), integrity.name)
 
 
 @click.group()
@@ -247,7 +250,7 @@ def publish_export(ctx: Context, directory: Path, base_url: str | None) -> None:
                     embargo_s=config.publication.embargo,
                     embargo_counts=config.publication.embargo_counts,
                     tree=tree,
-                    vkey=await _vkey(config, store),
+                    signer=await _signer(config, store),
                     cosigned=config.integrity.state_dir(config.store) / "checkpoint.cosigned",
                     witness_keys=[w.key for w in config.integrity.witnesses],
                 )
@@ -256,6 +259,8 @@ def publish_export(ctx: Context, directory: Path, base_url: str | None) -> None:
                 raise UsageError(f"{where}: cannot write the export: {e.strerror or e}") from None
             proven = f", proofs against the checkpoint of size {s.tree_size}" if s.tree_size else ""
             closed = f"; closed release {', '.join(s.closed)}" if s.closed else ""
+            if s.tree_size and not s.signed:
+                closed += "; releases.json NOT signed (the checkpoint key cannot be read here): audit will fail it"
             return (
                 f"wrote {s.files} files to {s.directory} ({s.released} new released results,"
                 f" {s.total} in all{proven}{closed})"

@@ -34,6 +34,12 @@ An auditor has no access to the log, only to the public routes. Each run:
    states (passed, score, provider, model, problem, sample, rollout id, answer, dates,
    release seq) must be what those events say. A result on two lines fails too. Lines
    without proofs (an export made without the tree) are counted and said not checked.
+   A static export's completeness: ``releases.json.sig``, signed by the log's key, names
+   the served checkpoint and the SHA-256 of ``releases.json``, which names each release
+   folder's manifest by its SHA-256, each manifest its chunks by theirs; a line, chunk or
+   folder removed, an index or manifest edited, a proof stripped from a chunk exported
+   with proofs, a ``results.jsonl`` that is not exactly the folders' lines: each fails.
+   An export without the signature is checked line by line and fails as unsigned.
 
 Only when every check passes is the new checkpoint (and the key) kept in the file,
 so the next run checks consistency from it. Any failure raises
@@ -42,6 +48,7 @@ so the next run checks consistency from it. Any failure raises
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import AsyncIterator, Callable
@@ -76,6 +83,9 @@ class AuditReport:
     checkpoint: Checkpoint
     key: str
     lines: list[str] = field(default_factory=list)
+    failure: AuditFailure | None = None
+    """A failure found after every check ran (an unsigned export: each line checked, its
+    completeness not): the lines are worth showing, and the audit still fails."""
 
 
 def base_url(url: str) -> str:
@@ -216,10 +226,13 @@ async def _excerpt(r: httpx.Response) -> str:
     return out[:200].decode(errors="replace").strip()
 
 
-async def _lines(r: httpx.Response, url: str) -> AsyncIterator[str]:
-    """``r``'s body line by line (UTF-8); AuditFailure on a line past :data:`MAX_BODY` bytes."""
+async def _lines(r: httpx.Response, url: str, digest: Any = None) -> AsyncIterator[str]:
+    """``r``'s body line by line (UTF-8); AuditFailure on a line past :data:`MAX_BODY` bytes.
+    ``digest`` (a hashlib object) is updated with every byte read."""
     rest = bytearray()
     async for chunk in r.aiter_bytes():
+        if digest is not None:
+            digest.update(chunk)
         rest += chunk
         if b"\n" in chunk:
             *lines, rest = rest.split(b"\n")
@@ -393,9 +406,14 @@ async def audit(
                 lines.append(f"remembered: {len(remembered)} released items still in the signed tree: ok")
 
         # 6. the whole archive: every line's events in the signed tree, saying what the line says
+        failure = None
         if archive:
-            lines += await _check_archive(http, verifier, cp, progress)
+            keys = [pinned_verifier] + [NoteVerifier.from_vkey(link["new_key"]) for link in links]
+            found, failure = await _check_archive(http, keys, verifier, cp, progress)
+            lines += found
 
+    if failure is not None:
+        return AuditReport(checkpoint=cp, key=verifier.vkey, lines=lines, failure=failure)
     if keep is not None:
         _save_keep(keep, verifier.vkey, note, remembered)
         lines.append(f"kept: checkpoint of size {cp.size} in {keep}")
@@ -685,6 +703,11 @@ class _Archive:
         self.linked: set[tuple[int, bytes]] = {(cp.size, cp.root)}
         self.notes: dict[str, Checkpoint] = {}
         self.seen: dict[str, str] = {}
+        self.digests: dict[str, bytes] = {}
+        """Each line's SHA-256 by rollout id (kept in a signed export, to match the folders' lines)."""
+        self.keep_digests = False
+        self.proven = False
+        """The file's signed manifest says it was exported with proofs: a line without is stripped."""
         self.checked = 0
         self.unchecked = 0
 
@@ -725,9 +748,17 @@ class _Archive:
                 "archive", f"{what}: the same result is on {self.seen[rid]} too (a line was duplicated)"
             )
         self.seen[rid] = f"{self.file} line {n}"
+        if self.keep_digests:
+            self.digests[rid] = hashlib.sha256(text.encode()).digest()
         bundle = record.get("proof")
         meta = record.get("_rollwatch")
         if bundle is None and meta is None:
+            if self.proven:
+                raise AuditFailure(
+                    "archive",
+                    f"{what}: carries no proof, but its signed manifest says its chunk was exported"
+                    " with proofs (they were stripped)",
+                )
             self.unchecked += 1
             return
         if meta is not None:
@@ -782,62 +813,178 @@ class _Archive:
 
 async def _check_archive(
     http: _Client,
+    keys: list[NoteVerifier],
     verifier: NoteVerifier,
     cp: Checkpoint,
     progress: Callable[[int], None] | None,
-) -> list[str]:
+) -> tuple[list[str], AuditFailure | None]:
     """Every line of ``/public/results.jsonl`` and, in a static export, of every release folder's
-    chunks (see :class:`_Archive`); the report's lines."""
+    chunks (see :class:`_Archive`); the report's lines, and the failure of an unsigned export.
+
+    A static export's ``releases.json.sig`` (signed by one of ``keys``: the pinned key or one a
+    rotation led to) names the served checkpoint and the index's SHA-256; the index names each
+    folder's manifest by its SHA-256, each manifest its chunks by theirs. Then a line, chunk or
+    folder deleted, a manifest or the index edited, and a proof stripped all fail, and
+    ``results.jsonl`` must hold exactly the folders' lines. An export without the signature (made
+    before exports were signed, or with it removed: audit cannot tell which) has every line
+    checked as before, and fails as unsigned: passing it would let anyone who holds the host
+    remove the signature to hide a deletion."""
     check = _Archive(http, verifier, cp)
     read = [0]  # lines read, for progress
+    index = None
+    if not http.public:
+        index = await _signed_index(http, keys, cp)
+        check.keep_digests = index[1]
     top = await _check_lines(http, check, "/public/results.jsonl", "results.jsonl", progress, read)
     if top is None:
-        return ["archive: the service serves no results.jsonl: not checked"]
+        return ["archive: the service serves no results.jsonl: not checked"], None
     out = [f"archive: {check.checked} results of results.jsonl in the signed tree, as their lines say: ok"]
     unchecked = check.unchecked
-    if not http.public:
+    failure = None
+    if index is not None:
         # A static export: each release folder's chunks hold the same results (a closed folder's
         # bytes never change, and mirrors copy them): every result filed once, with its proofs.
+        body, signed = index
         folders = _Archive(http, verifier, cp)
         folders.linked = check.linked
-        for chunk in await _chunks(http):
-            await _check_lines(http, folders, "/public/" + chunk, chunk, progress, read)
+        folders.keep_digests = signed
+        chunks = await _chunks(http, body, signed)
+        for chunk, sha256, proven in chunks:
+            folders.proven = signed and proven
+            await _check_lines(http, folders, "/public/" + chunk, chunk, progress, read, sha256)
         unchecked += folders.unchecked
         out.append(
             f"archive: {folders.checked} results of the release folders' chunks in the signed tree,"
             " as their lines say: ok"
         )
+        if signed:
+            _same_lines(check, folders)
+            out.append(
+                f"archive: releases.json signed for the checkpoint of size {cp.size}: its"
+                f" {len({c.split('/')[1] for c, _, _ in chunks})} release folders, {len(chunks)} chunks"
+                f" and {len(folders.seen)} results all there, unedited, and results.jsonl holds them all: ok"
+            )
+        else:
+            failure = AuditFailure(
+                "archive",
+                "releases.json is not signed (no releases.json.sig: an export by an older rollwatch, or"
+                " its signature removed): each line shown was checked, but not that none is missing;"
+                " export again with this rollwatch (it signs the index with the log's key)",
+            )
     if unchecked:
         out.append(
             f"archive: {unchecked} lines carry no proof (an export made without the tree): NOT checked"
         )
-    return out
+    return out, failure
 
 
-async def _chunks(http: _Client) -> list[str]:
-    """The chunk files (``releases/YYYY-MM/results-NNNN.jsonl``) the export's index and manifests list."""
+async def _signed_index(
+    http: _Client, keys: list[NoteVerifier], cp: Checkpoint
+) -> tuple[dict[str, Any], bool]:
+    """A static export's ``releases.json`` and whether it is signed (``releases.json.sig``,
+    checked: by one of ``keys``, for the checkpoint ``cp``, over these very bytes)."""
+    raw = (await http.get("/public/releases.json")).content
+    url = http.url("/public/releases.json.sig")
+    try:
+        r = await _fetch(http.client, url)
+    except httpx.HTTPError as e:
+        raise AuditFailure("fetch", f"GET {url}: {type(e).__name__}: {e}") from None
+    try:
+        index = json.loads(raw)
+    except ValueError:
+        raise AuditFailure("archive", "releases.json is not JSON") from None
+    if not isinstance(index, dict):
+        raise AuditFailure("archive", "releases.json is not a release index")
+    if r.status_code == 404:
+        return index, False
+    if r.status_code != 200:
+        raise AuditFailure("fetch", f"GET {url} answered {r.status_code}: {r.text[:200].strip()}")
+    from rollwatch.integrity.checkpoint import parse_release_statement
+
+    note = r.content.decode(errors="replace")
+    error: InvalidNote | None = None
+    for v in keys:
+        try:
+            signed_cp, sha256 = parse_release_statement(v.open(note))
+            break
+        except InvalidNote as e:
+            error = error if error is not None and "not signed by" in str(e) else e
+    else:
+        raise AuditFailure("archive", f"releases.json.sig: {error}")
+    if (signed_cp.origin, signed_cp.size, signed_cp.root) != (cp.origin, cp.size, cp.root):
+        raise AuditFailure(
+            "archive",
+            f"releases.json.sig is for the checkpoint of size {signed_cp.size} of {signed_cp.origin!r},"
+            f" not the served one (size {cp.size} of {cp.origin!r}): an index of another export",
+        )
+    if hashlib.sha256(raw).hexdigest() != sha256:
+        raise AuditFailure(
+            "archive",
+            "releases.json is not the index releases.json.sig signs (edited since the export:"
+            " a release folder dropped or its manifest swapped)",
+        )
+    return index, True
+
+
+def _same_lines(top: _Archive, folders: _Archive) -> None:
+    """``results.jsonl`` holds exactly the release folders' lines (a signed export's)."""
+    for rid, digest in top.digests.items():
+        if rid not in folders.digests:
+            raise AuditFailure(
+                "archive", f"{top.seen[rid]} (rollout {rid}): no release folder of the signed index holds it"
+            )
+        if folders.digests[rid] != digest:
+            raise AuditFailure(
+                "archive",
+                f"{top.seen[rid]} (rollout {rid}): not the line {folders.seen[rid]} holds"
+                " (edited, or its proofs stripped)",
+            )
+    for rid in folders.digests.keys() - top.digests.keys():
+        raise AuditFailure(
+            "archive",
+            f"results.jsonl lacks rollout {rid}, which {folders.seen[rid]} holds (a line was deleted)",
+        )
+
+
+async def _chunks(http: _Client, index: dict[str, Any], signed: bool) -> list[tuple[str, str | None, bool]]:
+    """The chunk files (``releases/YYYY-MM/results-NNNN.jsonl``) the export's index and manifests
+    list: each with its SHA-256 and whether it was exported with proofs, as a signed index's
+    manifests say (None, False: unsigned)."""
     import re
 
-    index = await http.json("/public/releases.json")
-    entries = index.get("releases") if isinstance(index, dict) else None
+    entries = index.get("releases")
     if not isinstance(entries, list):
         raise AuditFailure("archive", "releases.json has no releases list")
-    out = []
+    out: list[tuple[str, str | None, bool]] = []
     for entry in entries:
         period = entry.get("period") if isinstance(entry, dict) else None
         if not isinstance(period, str) or not re.fullmatch(r"[0-9]{4}-(0[1-9]|1[0-2])", period):
             raise AuditFailure("archive", f"releases.json lists a folder that is not a month: {entry!r:.100}")
-        manifest = await http.json(f"/public/releases/{period}/MANIFEST.json")
+        mpath = f"releases/{period}/MANIFEST.json"
+        raw = (await http.get(f"/public/{mpath}")).content
+        if signed and hashlib.sha256(raw).hexdigest() != entry.get("manifest_sha256"):  # type: ignore[union-attr]
+            raise AuditFailure(
+                "archive", f"{mpath} is not the manifest the signed releases.json names (edited)"
+            )
+        try:
+            manifest = json.loads(raw)
+        except ValueError:
+            raise AuditFailure("fetch", f"GET {http.url('/public/' + mpath)} did not return JSON") from None
         chunks = manifest.get("chunks") if isinstance(manifest, dict) else None
-        if not isinstance(chunks, list):
-            raise AuditFailure("archive", f"releases/{period}/MANIFEST.json has no chunks list")
+        files = manifest.get("files") if isinstance(manifest, dict) else None
+        if not isinstance(chunks, list) or (signed and not isinstance(files, dict)):
+            raise AuditFailure("archive", f"{mpath} has no chunks list")
         for c in chunks:
             name = c.get("file") if isinstance(c, dict) else None
             if not isinstance(name, str) or not re.fullmatch(r"results-[0-9]{4,}\.jsonl", name):
-                raise AuditFailure(
-                    "archive", f"releases/{period}/MANIFEST.json lists a chunk that is not results-NNNN.jsonl"
-                )
-            out.append(f"releases/{period}/{name}")
+                raise AuditFailure("archive", f"{mpath} lists a chunk that is not results-NNNN.jsonl")
+            sha256 = None
+            if signed:
+                meta = files.get(name)  # type: ignore[union-attr]
+                sha256 = meta.get("sha256") if isinstance(meta, dict) else None
+                if not isinstance(sha256, str):
+                    raise AuditFailure("archive", f"{mpath} lists chunk {name} without its SHA-256")
+            out.append((f"releases/{period}/{name}", sha256, c.get("checkpoint") is not None))  # type: ignore[union-attr]
     return out
 
 
@@ -848,18 +995,23 @@ async def _check_lines(
     name: str,
     progress: Callable[[int], None] | None,
     read: list[int],
+    sha256: str | None = None,
 ) -> int | None:
-    """Check every line of the file at ``path`` (named ``name``); its number of lines, None if not served."""
+    """Check every line of the file at ``path`` (named ``name``), and that its bytes have the
+    SHA-256 ``sha256`` when given; its number of lines, None if not served."""
     url = http.url(path)
     check.file = name
     n = 0
+    digest = hashlib.sha256()
     try:
         async with http.client.stream("GET", url) as r:
             if r.status_code == 404 and name == "results.jsonl":
                 return None
+            if r.status_code == 404 and sha256 is not None:
+                raise AuditFailure("archive", f"{name}: listed in its signed manifest, but not served (deleted)")
             if r.status_code != 200:
                 raise AuditFailure("fetch", f"GET {url} answered {r.status_code}: {await _excerpt(r)}")
-            async for text in _lines(r, url):
+            async for text in _lines(r, url, digest):
                 n += 1
                 read[0] += 1
                 if text.strip():
@@ -868,4 +1020,8 @@ async def _check_lines(
                     progress(read[0])
     except httpx.HTTPError as e:
         raise AuditFailure("fetch", f"GET {url}: {type(e).__name__}: {e}") from None
+    if sha256 is not None and digest.hexdigest() != sha256:
+        raise AuditFailure(
+            "archive", f"{name}: not the bytes its signed manifest lists (a line deleted, added or edited)"
+        )
     return n

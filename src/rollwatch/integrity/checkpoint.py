@@ -247,3 +247,38 @@ def split_note(note: str) -> tuple[str, list[tuple[str, bytes]]]:
     if len(sigs) > _MAX_SIGNATURES:
         raise InvalidNote(f"the note has {len(sigs)} signatures; at most {_MAX_SIGNATURES} are accepted")
     return text, sigs
+
+
+# --- the signed statement of a static export's release index ----------------------------------
+
+RELEASE_INDEX = "rollwatch-release-index/1"
+"""The first line of the note ``publish export`` signs over its ``releases.json``."""
+
+
+def release_statement(checkpoint: Checkpoint, index_sha256: str) -> str:
+    """The text the log's key signs for an export's index: which checkpoint the export was cut
+    at and the SHA-256 of ``releases.json`` (which names every release folder's manifest by its
+    SHA-256, each manifest every chunk by its own). Its second line is not a number, so no
+    checkpoint parser takes it for a tree head signed by the same key."""
+    return (
+        f"{RELEASE_INDEX}\norigin {checkpoint.origin}\nsize {checkpoint.size}\n"
+        f"root {b64(checkpoint.root)}\nreleases.json sha256 {index_sha256}\n"
+    )
+
+
+def parse_release_statement(text: str) -> tuple[Checkpoint, str]:
+    """The checkpoint and the index's SHA-256 a (verified) release statement names; InvalidNote if not one."""
+    lines = text.split("\n")
+    if len(lines) != 6 or lines[0] != RELEASE_INDEX or lines[5] != "":
+        raise InvalidNote(f"not a {RELEASE_INDEX} statement")
+    origin, size, root, sha = (
+        lines[1].removeprefix("origin "),
+        lines[2].removeprefix("size "),
+        lines[3].removeprefix("root "),
+        lines[4].removeprefix("releases.json sha256 "),
+    )
+    if not re.fullmatch(r"[0-9a-f]{64}", sha) or not lines[4].startswith("releases.json sha256 "):
+        raise InvalidNote(f"not a {RELEASE_INDEX} statement (no releases.json sha256)")
+    if not (lines[1].startswith("origin ") and lines[2].startswith("size ") and lines[3].startswith("root ")):
+        raise InvalidNote(f"not a {RELEASE_INDEX} statement (no origin, size or root)")
+    return Checkpoint.parse(f"{origin}\n{size}\n{root}\n"), sha

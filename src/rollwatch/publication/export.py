@@ -54,6 +54,7 @@ from rollwatch.publication.releases import Archive, rollout_file, write_atomic
 log = get_logger(__name__)
 
 if TYPE_CHECKING:
+    from rollwatch.integrity.checkpoint import NoteSigner
     from rollwatch.integrity.tree import MerkleTree, StoredCheckpoint
     from rollwatch.publication.inclusion import InclusionProofs
     from rollwatch.publication.proofs import ProofBundles
@@ -74,6 +75,8 @@ class ExportSummary:
     """Released results in the whole archive."""
     closed: tuple[str, ...] = ()
     """Release folders closed by this export."""
+    signed: bool = False
+    """``releases.json.sig`` was written (the index signed with the log's key)."""
 
 
 class _Refusing:
@@ -111,6 +114,7 @@ async def export_public(
     vkey: str | None = None,
     cosigned: Path | None = None,
     witness_keys: Iterable[str] = (),
+    signer: NoteSigner | None = None,
 ) -> ExportSummary:
     """Add what is new to the public release under ``out_dir``; ``base_url`` is where DIR will be served.
 
@@ -122,7 +126,12 @@ async def export_public(
     ``vkey`` and the hash tiles. ``cosigned``: the daemon's file of the latest checkpoint
     with its witnesses' cosignatures, shipped instead when it is that checkpoint; only the
     cosignatures that verify under ``witness_keys`` (the configured witnesses' vkeys) are kept.
+    ``signer``: the log's key, which signs the index with the checkpoint the export was cut at
+    (``releases.json.sig``; see :mod:`rollwatch.publication.releases`); its vkey is the ``key``
+    shipped when ``vkey`` is not given.
     """
+    if signer is not None and vkey is None:
+        vkey = signer.vkey
     if not base_url.endswith("/"):
         base_url += "/"
     head = await caught_up(store, pdb)
@@ -249,21 +258,29 @@ async def export_public(
             pages["key"] = (vkey + "\n").encode()
         for name, body in pages.items():
             await anyio.to_thread.run_sync(write_atomic, out_dir / name, body)
+        sign = None
+        if signer is not None and checkpoint is not None:
+            from rollwatch.integrity.checkpoint import Checkpoint, release_statement, split_note
+
+            cut_at = Checkpoint.parse(split_note(checkpoint.note)[0])
+            sign = lambda sha256: signer.sign(release_statement(cut_at, sha256))  # noqa: E731
         await anyio.to_thread.run_sync(
             lambda: archive.write_index(
                 now=now,
                 exported_seq=until,
                 held_from=held_from,
                 tree_size=checkpoint.size if checkpoint else 0,
+                sign=sign,
             )
         )
         return ExportSummary(
             directory=out_dir,
             released=released,
-            files=written + len(pages) + 4,  # + results.jsonl, superseded.jsonl, LICENSE, releases.json
+            files=written + len(pages) + 4 + (sign is not None),  # + results.jsonl, superseded.jsonl, LICENSE, releases.json(.sig)
             tree_size=checkpoint.size if checkpoint is not None else 0,
             total=sum(f.results for f in archive.folders.values()),
             closed=closed,
+            signed=sign is not None,
         )
     finally:
         archive.close()  # the next export may start

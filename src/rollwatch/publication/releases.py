@@ -3,6 +3,9 @@
 An export directory holds one folder per release period (a calendar month, UTC)::
 
     releases.json                  the index: every folder, its state, its manifest's SHA-256
+    releases.json.sig              a note signed by the log's key: the checkpoint the export was
+                                   cut at and the SHA-256 of releases.json (what audit checks
+                                   the archive's completeness by)
     superseded.jsonl               released results a re-score later found failing (issue 17)
     LICENSE                        CC BY 4.0, for every file of the export
     releases/2026-11/MANIFEST.json every file of the folder with its SHA-256 and size, the
@@ -38,7 +41,7 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -50,6 +53,7 @@ from rollwatch.errors import UsageError
 FORMAT = "rollwatch-releases/1"
 MANIFEST_FORMAT = "rollwatch-release/1"
 INDEX = "releases.json"
+INDEX_SIG = "releases.json.sig"
 MANIFEST = "MANIFEST.json"
 SUPERSEDED = "superseded.jsonl"
 LICENSE = "LICENSE"
@@ -534,8 +538,21 @@ class Archive:
         self.results_bytes = size
         return size
 
-    def write_index(self, *, now: datetime, exported_seq: int, held_from: int | None, tree_size: int) -> None:
-        """The top-level index, written last; then the export is complete."""
+    def write_index(
+        self,
+        *,
+        now: datetime,
+        exported_seq: int,
+        held_from: int | None,
+        tree_size: int,
+        sign: Callable[[str], str] | None = None,
+    ) -> None:
+        """The top-level index, written last; then the export is complete.
+
+        ``sign``: the signed note of the index's SHA-256 (see
+        :func:`rollwatch.integrity.checkpoint.release_statement`), written beside it as
+        ``releases.json.sig``; without it (no key or no checkpoint at hand) an older one is
+        removed, so the index is plainly unsigned rather than signed as something else."""
         releases = []
         for f in sorted(self.folders.values(), key=lambda f: f.period):
             if not f.results:
@@ -553,6 +570,11 @@ class Archive:
                 if f.manifest_size is None:
                     f.manifest_size = (f.path / MANIFEST).stat().st_size
                 entry["manifest_bytes"] = f.manifest_size
+            else:
+                # The open folder's manifest as this export left it: signed with the index, its
+                # chunks (and so every line) are committed to until the next export.
+                entry["manifest_sha256"] = sha256_file(f.path / MANIFEST)
+                entry["manifest_bytes"] = (f.path / MANIFEST).stat().st_size
             releases.append(entry)
         index = {
             "format": FORMAT,
@@ -570,7 +592,12 @@ class Archive:
             "results_jsonl_bytes": self.results_bytes,
         }
         write_atomic(self.root / LICENSE, LICENCE_TEXT.encode())
-        write_atomic(self.root / INDEX, json.dumps(index, ensure_ascii=False, indent=1).encode() + b"\n")
+        body = json.dumps(index, ensure_ascii=False, indent=1).encode() + b"\n"
+        write_atomic(self.root / INDEX, body)
+        if sign is not None:
+            write_atomic(self.root / INDEX_SIG, sign(hashlib.sha256(body).hexdigest()).encode())
+        else:
+            (self.root / INDEX_SIG).unlink(missing_ok=True)
         (self.root / _IN_PROGRESS).unlink(missing_ok=True)
 
     def write_superseded(self, rows: Iterable[dict[str, Any]]) -> set[str]:
