@@ -579,7 +579,8 @@ class TestAuditCompleteness:
         folder = this_folder(out)
         period = folder.name
         chunk1, chunk2 = folder / "results-0001.jsonl", folder / "results-0002.jsonl"
-        assert len(chunk1.read_text().splitlines()) == 2 and len(chunk2.read_text().splitlines()) == 1
+        assert len(chunk1.read_text().splitlines()) == 2
+        assert len(chunk2.read_text().splitlines()) == 1
         honest = tmp_path / "honest"
         shutil.copytree(out, honest)
 
@@ -595,7 +596,11 @@ class TestAuditCompleteness:
             (out / "releases.json").write_text(json.dumps(index, indent=1) + "\n")
 
         def drop_lines(path: Path, rids: set[str]) -> None:
-            kept = [x for x in path.read_text().splitlines(keepends=True) if json.loads(x)["rollout_id"] not in rids]
+            kept = [
+                x
+                for x in path.read_text().splitlines(keepends=True)
+                if json.loads(x)["rollout_id"] not in rids
+            ]
             path.write_text("".join(kept))
 
         def delete_line() -> None:
@@ -660,11 +665,20 @@ class TestAuditCompleteness:
 
         cases = [
             (delete_line, f"{period}/results-0001.jsonl: not the bytes its signed manifest lists"),
-            (delete_chunk_file, f"{period}/results-0002.jsonl: listed in its signed manifest, but not served"),
+            (
+                delete_chunk_file,
+                f"{period}/results-0002.jsonl: listed in its signed manifest, but not served",
+            ),
             (delete_chunk_everywhere, "releases.json is not the index releases.json.sig signs"),
             (drop_folder, "releases.json is not the index releases.json.sig signs"),
-            (edit_manifest, f"releases/{period}/MANIFEST.json is not the manifest the signed releases.json names"),
-            (strip_chunk, "carries no proof, but its signed manifest says its chunk was exported with proofs"),
+            (
+                edit_manifest,
+                f"releases/{period}/MANIFEST.json is not the manifest the signed releases.json names",
+            ),
+            (
+                strip_chunk,
+                "carries no proof, but its signed manifest says its chunk was exported with proofs",
+            ),
             (strip_both, "carries no proof, but its signed manifest says its chunk was exported with proofs"),
             (another_key, "releases.json.sig: the note is not signed by rollwatch.test/log"),
             (edited_statement, "releases.json.sig: the signature by rollwatch.test/log does not verify"),
@@ -682,7 +696,10 @@ class TestAuditCompleteness:
                 shutil.rmtree(out)
                 shutil.copytree(honest, out)
                 assert p.returncode == 1, (attack.__name__, p.stdout + p.stderr)
-                assert "FAILED archive: " in p.stderr and said in p.stderr, (attack.__name__, p.stderr)
+                failed = [x for x in p.stderr.splitlines() if x.startswith("FAILED ")]
+                assert len(failed) == 1, (attack.__name__, p.stderr)
+                assert failed[0].startswith("FAILED archive: "), (attack.__name__, p.stderr)
+                assert said in failed[0], (attack.__name__, p.stderr)
                 assert "Traceback" not in p.stderr, p.stderr
 
     async def test_an_unsigned_export_is_checked_line_by_line_and_fails_as_unsigned(
@@ -716,9 +733,13 @@ class TestAuditCompleteness:
         assert p.returncode == 1, p.stdout + p.stderr
         assert "archive: 2 results of results.jsonl in the signed tree, as their lines say: ok" in p.stdout
         assert "archive: 2 results of the release folders' chunks in the signed tree" in p.stdout
-        assert p.stderr.strip().splitlines()[-1].startswith(
-            "FAILED archive: releases.json is not signed (no releases.json.sig: an export by an older"
-            " rollwatch, or its signature removed)"
+        assert (
+            p.stderr.strip()
+            .splitlines()[-1]
+            .startswith(
+                "FAILED archive: releases.json is not signed (no releases.json.sig: an export by an older"
+                " rollwatch, or its signature removed)"
+            )
         ), p.stderr
         assert "\nok\n" not in p.stdout
 

@@ -260,7 +260,9 @@ def publish_export(ctx: Context, directory: Path, base_url: str | None) -> None:
             proven = f", proofs against the checkpoint of size {s.tree_size}" if s.tree_size else ""
             closed = f"; closed release {', '.join(s.closed)}" if s.closed else ""
             if s.tree_size and not s.signed:
-                closed += "; releases.json NOT signed (the checkpoint key cannot be read here): audit will fail it"
+                closed += (
+                    "; releases.json NOT signed (the checkpoint key cannot be read here): audit will fail it"
+                )
             return (
                 f"wrote {s.files} files to {s.directory} ({s.released} new released results,"
                 f" {s.total} in all{proven}{closed})"

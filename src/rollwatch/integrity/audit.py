@@ -962,9 +962,11 @@ async def _chunks(http: _Client, index: dict[str, Any], signed: bool) -> list[tu
             raise AuditFailure("archive", f"releases.json lists a folder that is not a month: {entry!r:.100}")
         mpath = f"releases/{period}/MANIFEST.json"
         raw = (await http.get(f"/public/{mpath}")).content
-        if signed and hashlib.sha256(raw).hexdigest() != entry.get("manifest_sha256"):  # type: ignore[union-attr]
+        if signed and hashlib.sha256(raw).hexdigest() != entry.get("manifest_sha256"):
             raise AuditFailure(
-                "archive", f"{mpath} is not the manifest the signed releases.json names (edited)"
+                "archive",
+                f"{mpath} is not the manifest the signed releases.json names (edited, or an export"
+                " was killed before it finished: export again)",
             )
         try:
             manifest = json.loads(raw)
@@ -984,7 +986,7 @@ async def _chunks(http: _Client, index: dict[str, Any], signed: bool) -> list[tu
                 sha256 = meta.get("sha256") if isinstance(meta, dict) else None
                 if not isinstance(sha256, str):
                     raise AuditFailure("archive", f"{mpath} lists chunk {name} without its SHA-256")
-            out.append((f"releases/{period}/{name}", sha256, c.get("checkpoint") is not None))  # type: ignore[union-attr]
+            out.append((f"releases/{period}/{name}", sha256, c.get("checkpoint") is not None))
     return out
 
 
@@ -1008,7 +1010,9 @@ async def _check_lines(
             if r.status_code == 404 and name == "results.jsonl":
                 return None
             if r.status_code == 404 and sha256 is not None:
-                raise AuditFailure("archive", f"{name}: listed in its signed manifest, but not served (deleted)")
+                raise AuditFailure(
+                    "archive", f"{name}: listed in its signed manifest, but not served (deleted)"
+                )
             if r.status_code != 200:
                 raise AuditFailure("fetch", f"GET {url} answered {r.status_code}: {await _excerpt(r)}")
             async for text in _lines(r, url, digest):

@@ -276,7 +276,8 @@ async def export_public(
         return ExportSummary(
             directory=out_dir,
             released=released,
-            files=written + len(pages) + 4 + (sign is not None),  # + results.jsonl, superseded.jsonl, LICENSE, releases.json(.sig)
+            # + results.jsonl, superseded.jsonl, LICENSE, releases.json (and its .sig)
+            files=written + len(pages) + 4 + (sign is not None),
             tree_size=checkpoint.size if checkpoint is not None else 0,
             total=sum(f.results for f in archive.folders.values()),
             closed=closed,
