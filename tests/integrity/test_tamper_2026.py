@@ -4,7 +4,9 @@ in ``test_tamper.py``, ``test_forged_rows.py`` or ``test_early_release.py``.
 *An index edited, the table left.* Every row of the log, every hash and every leaf stay as
 appended; only SQLite's index over ``(stream, version)`` is replaced by one built over other
 values (``writable_schema``), so that reading a rollout's events (``WHERE stream = ?``, through
-that index) returns what the attacker chose. Real daemon, real files, real HTTP.
+that index) returns what the attacker chose. *A stream's version edited* (no hash covers it).
+*Every local file rolled back together* (the limit the threat model states: only what was kept
+outside names it). Real daemon, real files, real HTTP.
 """
 
 from __future__ import annotations
@@ -19,8 +21,10 @@ import httpx
 from rollwatch.events import RolloutRescored
 from rollwatch.store.sqlite import SQLiteEventStore
 from tests.helpers import rollwatch
-from tests.integrity.served import _poll, _stop, serving
+from tests.integrity.conftest import append_n, delete_events
+from tests.integrity.served import Site, _poll, _stop, serving
 from tests.integrity.test_early_release import _events, _get_auth, _site
+from tests.integrity.test_tamper import refused_start
 from tests.publication.helpers import add_subscriber, bearer
 
 
@@ -69,7 +73,11 @@ def test_an_index_swapped_to_show_another_rollouts_verdict_is_named(tmp_path: Pa
     honest = _passed(s.db)
     with serving(s):
         auth = bearer(anyio.run(_subscribe, s.db))
-        _poll(lambda: (r := _get_auth(s.url + f"/v1/rollouts/{failed}", auth)) and r.status_code == 200, 30, "a record")
+        _poll(
+            lambda: (r := _get_auth(s.url + f"/v1/rollouts/{failed}", auth)) and r.status_code == 200,
+            30,
+            "a record",
+        )
         fail_seq, _ = _events(s.db, failed)["RolloutScored"]
         pass_seq, _ = _events(s.db, honest)["RolloutScored"]
         edit_index(s.db, swap=(fail_seq, pass_seq))
@@ -119,7 +127,11 @@ def test_a_rescore_left_out_of_the_index_is_named(tmp_path: Path) -> None:
         auth = bearer(anyio.run(_subscribe, s.db))
         seq = anyio.run(_rescore_failed, s.db, honest)
         _poll(
-            lambda: (r := _get_auth(s.url + f"/v1/rollouts/{honest}", auth)) and r.status_code == 200 and r.json()["rescores"],
+            lambda: (
+                (r := _get_auth(s.url + f"/v1/rollouts/{honest}", auth))
+                and r.status_code == 200
+                and r.json()["rescores"]
+            ),
             30,
             "the re-score in the record",
         )
@@ -142,3 +154,53 @@ def test_a_rescore_left_out_of_the_index_is_named(tmp_path: Path) -> None:
         _stop(proc)
     assert proc.returncode == 1, err[-2000:]
     assert f"seq {seq}" in err, err[-2000:]
+
+
+def test_a_rollback_of_every_local_file_is_caught_only_from_outside(stopped_site: Site) -> None:
+    """The log cut back to a checkpoint it holds, with ``merkle.db`` and ``checkpoint.last``
+    removed (the key kept): a consistent prefix of what was signed. As the threat model's
+    limits say, the daemon starts on it and signs on; what was kept outside names it: a
+    subscriber's ``audit --keep`` and ``verify --checkpoint`` with a later checkpoint."""
+    s = stopped_site
+    with serving(s):
+        cut = s.checkpoints()[-1][0]  # the one its daemon signed at stop
+
+        async def more() -> None:
+            async with SQLiteEventStore(s.db) as store:
+                await append_n(store, 12, tag="late")
+
+        anyio.run(more)
+        _poll(
+            lambda: any(size >= cut + 12 for _, size in s.checkpoints()), 30, "a checkpoint of the new events"
+        )
+        (s.dir / "later.note").write_text(httpx.get(s.url + "/public/checkpoint").text)
+        a = rollwatch("audit", "--url", s.url, "--keep", str(s.dir / "audit.json"))
+        assert a.returncode == 0, a.stderr
+    delete_events(s.db, f"seq > {cut}")
+    for name in ("merkle.db", "checkpoint.last"):
+        (s.dir / name).unlink()
+    plain = rollwatch("--config", str(s.config), "verify")
+    assert plain.returncode == 0, plain.stderr  # the limit: nothing local remembers the tail
+    kept = rollwatch("--config", str(s.config), "verify", "--checkpoint", str(s.dir / "later.note"))
+    assert kept.returncode == 1, kept.stdout
+    assert f"FAILED at seq {cut + 1}:" in kept.stderr, kept.stderr
+    assert "events were removed" in kept.stderr, kept.stderr
+    with serving(s):  # starts, as the limits say
+        a = rollwatch("audit", "--url", s.url, "--keep", str(s.dir / "audit.json"))
+        assert a.returncode == 1, a.stdout
+        assert "the log was truncated or rolled back" in a.stderr, a.stderr
+
+
+def test_a_changed_stream_version_stops_a_start(stopped_site: Site) -> None:
+    """No hash covers a stream's version: only ``verify`` compared it with the order of the
+    log, and a daemon started on the edited log served and signed on. The check at start (the
+    scrub's first pass) now compares them too, and the daemon refuses naming the seq."""
+    s = stopped_site
+    con = sqlite3.connect(s.db, isolation_level=None)
+    try:
+        con.execute("DROP TRIGGER events_no_update")
+        con.execute("UPDATE events SET version = version + 30 WHERE seq = 12")
+    finally:
+        con.close()
+    err = refused_start(s)
+    assert "integrity check failed at seq 12: its stream version does not follow" in err, err[-2000:]

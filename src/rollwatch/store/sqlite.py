@@ -359,7 +359,9 @@ class SQLiteEventStore(EventStore):
         # of the table never sees. SQLite compares each index with the table's rows.
         found = [m for (m,) in await self._conn(reader=True).fetchall("PRAGMA integrity_check(events)")]
         if found != ["ok"]:
-            rows_named = [int(w) for m in found for w in m.split()[1:2] if m.startswith("row ") and w.isdigit()]
+            rows_named = [
+                int(w) for m in found for w in m.split()[1:2] if m.startswith("row ") and w.isdigit()
+            ]
             raise IntegrityError(
                 min(rows_named, default=1), f"the log's index does not match its rows: {'; '.join(found[:3])}"
             )
