@@ -93,9 +93,11 @@ async def scrub_once(target: ScrubTarget, *, duty: float = 1.0) -> TreeReport:
             await anyio.sleep(worked * (1 / duty - 1))
             last = time.monotonic()
 
-        return await check_log_tree(
+        report = await check_log_tree(
             store, vkey=target.vkey, tree=tree, chain=True, kept=kept, pace=pace if duty < 1 else None
         )
+        await store.verify_versions(report.events)  # what no hash covers: versions, SQLite's index
+        return report
 
 
 async def scrub_pass(target: ScrubTarget) -> tuple[int, float]:

@@ -1,0 +1,206 @@
+"""Session 2026's tampering by someone holding the database files (helper-61): edits not tried
+in ``test_tamper.py``, ``test_forged_rows.py`` or ``test_early_release.py``.
+
+*An index edited, the table left.* Every row of the log, every hash and every leaf stay as
+appended; only SQLite's index over ``(stream, version)`` is replaced by one built over other
+values (``writable_schema``), so that reading a rollout's events (``WHERE stream = ?``, through
+that index) returns what the attacker chose. *A stream's version edited* (no hash covers it).
+*Every local file rolled back together* (the limit the threat model states: only what was kept
+outside names it). Real daemon, real files, real HTTP.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import uuid
+from pathlib import Path
+
+import anyio
+import httpx
+
+from rollwatch.events import RolloutRescored
+from rollwatch.store.sqlite import SQLiteEventStore
+from tests.helpers import rollwatch
+from tests.integrity.conftest import append_n, delete_events
+from tests.integrity.served import Site, _poll, _stop, serving
+from tests.integrity.test_early_release import _events, _get_auth, _site
+from tests.integrity.test_tamper import refused_start
+from tests.publication.helpers import add_subscriber, bearer
+
+
+def edit_index(db: Path, *, swap: tuple[int, int] | None = None, omit: int | None = None) -> None:
+    """Point the log's ``(stream, version)`` index at pages built over other keys: ``swap``
+    gives two events each other's key, ``omit`` leaves an event out. The table is untouched."""
+    con = sqlite3.connect(db, isolation_level=None)
+    try:
+        con.execute("BEGIN IMMEDIATE")
+        con.execute("CREATE TABLE shadow (stream TEXT NOT NULL, version INTEGER NOT NULL)")
+        con.execute("INSERT INTO shadow (rowid, stream, version) SELECT seq, stream, version FROM events")
+        if swap is not None:
+            a, b = swap
+            ka = con.execute("SELECT stream, version FROM events WHERE seq = ?", (a,)).fetchone()
+            kb = con.execute("SELECT stream, version FROM events WHERE seq = ?", (b,)).fetchone()
+            con.execute("UPDATE shadow SET stream = ?, version = ? WHERE rowid = ?", (*kb, a))
+            con.execute("UPDATE shadow SET stream = ?, version = ? WHERE rowid = ?", (*ka, b))
+        if omit is not None:
+            con.execute("DELETE FROM shadow WHERE rowid = ?", (omit,))
+        con.execute("CREATE UNIQUE INDEX shadow_idx ON shadow (stream, version)")
+        (root,) = con.execute("SELECT rootpage FROM sqlite_master WHERE name = 'shadow_idx'").fetchone()
+        (version,) = con.execute("PRAGMA schema_version").fetchone()
+        con.execute("PRAGMA writable_schema = ON")
+        con.execute("UPDATE sqlite_master SET rootpage = ? WHERE name = 'sqlite_autoindex_events_1'", (root,))
+        con.execute("DELETE FROM sqlite_master WHERE name IN ('shadow', 'shadow_idx')")
+        con.execute(f"PRAGMA schema_version = {version + 1}")
+        con.execute("COMMIT")
+    finally:
+        con.close()
+
+
+def _passed(db: Path) -> str:
+    con = sqlite3.connect(db)
+    try:
+        rows = con.execute("SELECT data FROM events WHERE type = 'RolloutScored'").fetchall()
+    finally:
+        con.close()
+    return next(str(d.split('"rollout_id":"')[1][:36]) for (d,) in rows if '"passed":true' in d)
+
+
+def test_an_index_swapped_to_show_another_rollouts_verdict_is_named(tmp_path: Path) -> None:
+    """The failure's verdict and a pass's swapped in the index: the record read through it
+    carries the index's stream, which the leaf covers, so nothing false is served (503) and
+    ``verify`` fails. Held before this session; kept as the case the omission below is not."""
+    s, _, failed = _site(tmp_path)
+    honest = _passed(s.db)
+    with serving(s):
+        auth = bearer(anyio.run(_subscribe, s.db))
+        _poll(
+            lambda: (r := _get_auth(s.url + f"/v1/rollouts/{failed}", auth)) and r.status_code == 200,
+            30,
+            "a record",
+        )
+        fail_seq, _ = _events(s.db, failed)["RolloutScored"]
+        pass_seq, _ = _events(s.db, honest)["RolloutScored"]
+        edit_index(s.db, swap=(fail_seq, pass_seq))
+        r = _get_auth(s.url + f"/v1/rollouts/{failed}", auth)
+        assert r is not None
+        assert r.status_code == 503, r.text
+    v = rollwatch("verify", "--config", str(s.config))
+    assert v.returncode == 1, v.stdout + v.stderr
+
+
+async def _subscribe(db: Path) -> str:
+    async with SQLiteEventStore(db) as store:
+        return await add_subscriber(store, "reader")
+
+
+async def _rescore_failed(db: Path, rollout_id: str) -> int:
+    async with SQLiteEventStore(db) as store:
+        recs = await store.append(
+            f"rollout-{rollout_id}",
+            [
+                RolloutRescored(
+                    rollout_id=rollout_id,
+                    problem_id="p1",
+                    passed=False,
+                    score=0.0,
+                    scorer="python-function",
+                    problem_hash="ab" * 32,
+                    scorer_version="1",
+                    rescore_id=str(uuid.uuid4()),
+                    previous_passed=True,
+                )
+            ],
+        )
+        return recs[-1].seq
+
+
+def test_a_rescore_left_out_of_the_index_is_named(tmp_path: Path) -> None:
+    """A pass re-scored as a failure, the re-score's entry then left out of the index: every
+    row and leaf as appended, so the subscriber's record (read through the index) showed the
+    pass with no re-score, and ``verify``, the scrub and a restart all passed the log. Now
+    the scrub names it (``/healthz`` 503), ``verify`` exits 1 and a restart refuses."""
+    s, _, _ = _site(tmp_path)
+    with s.config.open("a") as cfg:  # [integrity] is the file's last section
+        cfg.write('scrub_interval = "500ms"\n')
+    honest = _passed(s.db)
+    with serving(s):
+        auth = bearer(anyio.run(_subscribe, s.db))
+        seq = anyio.run(_rescore_failed, s.db, honest)
+        _poll(
+            lambda: (
+                (r := _get_auth(s.url + f"/v1/rollouts/{honest}", auth))
+                and r.status_code == 200
+                and r.json()["rescores"]
+            ),
+            30,
+            "the re-score in the record",
+        )
+        edit_index(s.db, omit=seq)
+        h = _poll(
+            lambda: (r := httpx.get(s.url + "/healthz", timeout=10)).status_code == 503 and r,
+            30,
+            "/healthz to name the index",
+        )
+        assert isinstance(h, httpx.Response)
+        assert h.json()["first_bad_seq"] == seq, h.text
+        assert "index" in h.text, h.text
+    v = rollwatch("verify", "--config", str(s.config))
+    assert v.returncode == 1, v.stdout + v.stderr
+    assert f"FAILED at seq {seq}: the log's index does not match its rows" in v.stderr, v.stderr
+    proc = s.serve()
+    try:
+        _, err = proc.communicate(timeout=60)
+    finally:
+        _stop(proc)
+    assert proc.returncode == 1, err[-2000:]
+    assert f"seq {seq}" in err, err[-2000:]
+
+
+def test_a_rollback_of_every_local_file_is_caught_only_from_outside(stopped_site: Site) -> None:
+    """The log cut back to a checkpoint it holds, with ``merkle.db`` and ``checkpoint.last``
+    removed (the key kept): a consistent prefix of what was signed. As the threat model's
+    limits say, the daemon starts on it and signs on; what was kept outside names it: a
+    subscriber's ``audit --keep`` and ``verify --checkpoint`` with a later checkpoint."""
+    s = stopped_site
+    with serving(s):
+        cut = s.checkpoints()[-1][0]  # the one its daemon signed at stop
+
+        async def more() -> None:
+            async with SQLiteEventStore(s.db) as store:
+                await append_n(store, 12, tag="late")
+
+        anyio.run(more)
+        _poll(
+            lambda: any(size >= cut + 12 for _, size in s.checkpoints()), 30, "a checkpoint of the new events"
+        )
+        (s.dir / "later.note").write_text(httpx.get(s.url + "/public/checkpoint").text)
+        a = rollwatch("audit", "--url", s.url, "--keep", str(s.dir / "audit.json"))
+        assert a.returncode == 0, a.stderr
+    delete_events(s.db, f"seq > {cut}")
+    for name in ("merkle.db", "checkpoint.last"):
+        (s.dir / name).unlink()
+    plain = rollwatch("--config", str(s.config), "verify")
+    assert plain.returncode == 0, plain.stderr  # the limit: nothing local remembers the tail
+    kept = rollwatch("--config", str(s.config), "verify", "--checkpoint", str(s.dir / "later.note"))
+    assert kept.returncode == 1, kept.stdout
+    assert f"FAILED at seq {cut + 1}:" in kept.stderr, kept.stderr
+    assert "events were removed" in kept.stderr, kept.stderr
+    with serving(s):  # starts, as the limits say
+        a = rollwatch("audit", "--url", s.url, "--keep", str(s.dir / "audit.json"))
+        assert a.returncode == 1, a.stdout
+        assert "the log was truncated or rolled back" in a.stderr, a.stderr
+
+
+def test_a_changed_stream_version_stops_a_start(stopped_site: Site) -> None:
+    """No hash covers a stream's version: only ``verify`` compared it with the order of the
+    log, and a daemon started on the edited log served and signed on. The check at start (the
+    scrub's first pass) now compares them too, and the daemon refuses naming the seq."""
+    s = stopped_site
+    con = sqlite3.connect(s.db, isolation_level=None)
+    try:
+        con.execute("DROP TRIGGER events_no_update")
+        con.execute("UPDATE events SET version = version + 30 WHERE seq = 12")
+    finally:
+        con.close()
+    err = refused_start(s)
+    assert "integrity check failed at seq 12: its stream version does not follow" in err, err[-2000:]
