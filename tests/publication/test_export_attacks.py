@@ -751,6 +751,18 @@ class TestAuditCompleteness:
         assert "releases.json NOT signed (the checkpoint key cannot be read here)" in p.stdout, p.stdout
         assert not (out / "releases.json.sig").exists()
 
+        # As the README says to run it there: the unit's credentials folder named for this command.
+        creds = tmp_path / "credentials"
+        creds.mkdir()
+        (tmp_path / "elsewhere.key").rename(creds / "checkpoint-key")
+        env["CREDENTIALS_DIRECTORY"] = str(creds)
+        p = await anyio.to_thread.run_sync(lambda: run("publish", "export", str(out)))
+        assert p.returncode == 0, p.stderr
+        assert "NOT signed" not in p.stdout, p.stdout
+        with static_server(out) as url:
+            p = await anyio.to_thread.run_sync(lambda: run("audit", "--url", url))
+        assert p.returncode == 0, p.stdout + p.stderr
+
 
 class TestKilled:
     async def test_kills_at_later_points_lose_and_duplicate_nothing(self, tmp_path: Path) -> None:
