@@ -9,7 +9,9 @@ Denied with EPERM (the call fails; the program goes on and can report it):
 
 * the kernel keyring (``keyctl``, ``add_key``, ``request_key``): it is per uid,
   not per namespace, so one sample could leave a key for the next;
-* ``ptrace``, ``process_vm_readv``/``writev``, ``kcmp``, ``pidfd_getfd``;
+* ``ptrace``, ``process_vm_readv``/``writev``, ``kcmp``, ``pidfd_getfd``, and
+  ``pidfd_send_signal``: it takes an fd of a ``/proc/PID`` folder, which the filter
+  cannot see the target of, so it would signal a protected process past the rule below;
 * new namespaces (``unshare``, ``setns``, ``clone`` with any ``CLONE_NEW*``
   flag) and every way to mount (``mount``, ``umount2``, ``pivot_root``,
   ``chroot``, the new mount API, ``open_by_handle_at``);
@@ -31,10 +33,11 @@ Denied with EPERM (the call fails; the program goes on and can report it):
   host names, ``iopl``/``ioperm`` and the other legacy ones;
 * signals (``kill``, ``tkill``, ``tgkill``, ``rt_*sigqueueinfo``,
   ``pidfd_open``) and ``prlimit64`` aimed at a protected process: the zygote,
-  its parent, its process group or PID 1 (EPERM, as the kernel answers another
-  uid), or at every process (``kill(-1)``: ESRCH, as if there were none to
-  signal). Without root the samples share the zygote's uid, so the kernel alone
-  would let them stop it.
+  its parent, its process group, PID 1 or the resident judge (EPERM, as the kernel
+  answers another uid), or at every process (``kill(-1)``: ESRCH, as if there were
+  none to signal). Without root the samples share the zygote's uid (and the judge's),
+  so the kernel alone would let them stop it: a wrong answer that killed the judge was
+  scored "sandbox error" (ours, judged again by ``rescore``), not the model's failure.
 
 ``setsid`` succeeds without doing anything: the process stays in the sample's session.
 The scheduler shares a CPU between sessions (autogroups), so 40 busy processes, each in a
@@ -93,6 +96,7 @@ _TABLE: dict[str, tuple[int | None, int | None]] = {
     "process_vm_writev": (311, 271),
     "kcmp": (312, 272),
     "pidfd_getfd": (438, 438),
+    "pidfd_send_signal": (424, 424),
     "unshare": (272, 97),
     "setns": (308, 268),
     "mount": (165, 40),
