@@ -17,24 +17,24 @@ from .test_kernel import _as_nobody, needs_nonroot_bwrap
 pytestmark = pytest.mark.anyio
 
 # Each reaches every other process of the sandbox it can see (the resident judge among
-# them, the zygote is PID 1 there), then waits for the sweep: a wrong answer either way.
+# them; the zygote is PID 1 there, and it catches SIGINT as any Python program does), then
+# waits for the sweep: a wrong answer either way.
 _EVERY_OTHER = """
 import ctypes, os, signal, time
 libc = ctypes.CDLL(None, use_errno=True)
-def others():
-    return [int(p) for p in os.listdir("/proc") if p.isdigit() and int(p) not in (1, os.getpid())]
 def f(x):
-    for pid in others():
+    for pid in [int(p) for p in os.listdir("/proc") if p.isdigit() and int(p) != os.getpid()]:
+        sig = signal.SIGINT if pid == 1 else signal.SIGKILL
         {call}
     time.sleep(0.5)
     return -1
 """
-JUDGE_KILLERS = {
-    "kill": "os.kill(pid, signal.SIGKILL) if pid else None",
-    "kill-its-group": "libc.kill(-pid, signal.SIGKILL)",
-    "tgkill": f"libc.syscall({seccomp.number('tgkill')}, pid, pid, signal.SIGKILL)",
+SANDBOX_KILLERS = {
+    "kill": "libc.kill(pid, sig)",
+    "kill-its-group": "libc.kill(-pid, sig)",
+    "tgkill": f"libc.syscall({seccomp.number('tgkill')}, pid, pid, sig)",
     "pidfd-send-signal-through-its-proc-folder": (
-        "libc.syscall(424, os.open(f'/proc/{pid}', os.O_RDONLY | os.O_DIRECTORY), signal.SIGKILL, None, 0)"
+        "libc.syscall(424, os.open(f'/proc/{pid}', os.O_RDONLY | os.O_DIRECTORY), sig, None, 0)"
     ),
     "prlimit-of-one-mib": (
         f"libc.syscall({seccomp.number('prlimit64')}, pid, 9, (ctypes.c_ulong * 2)(1 << 20, 1 << 20), None)"
@@ -44,19 +44,22 @@ JUDGE_KILLERS = {
 
 @needs_nonroot_bwrap
 @pytest.mark.skipif(not seccomp.supported(), reason="no seccomp filter for this machine")
-def test_without_root_a_candidate_cannot_take_the_judge_down() -> None:
-    """As nobody the candidate shares the resident judge's uid: a wrong answer that killed it
-    (by kill, its group, tgkill, pidfd_send_signal on its /proc folder) or cut its memory
-    to 1 MiB was scored "sandbox error: the judge ended without a verdict": ours, judged
-    again by `rescore`, never the model's failure. The judge is now a protected process of
-    the seccomp filter (and pidfd_send_signal denied): each is the model's wrong answer."""
-    codes = [_EVERY_OTHER.format(call=call) for call in JUDGE_KILLERS.values()]
+def test_without_root_a_candidate_cannot_take_the_judge_or_the_zygote_down() -> None:
+    """As nobody the candidate shares the resident judge's uid and the zygote's: a wrong
+    answer that killed the judge (by kill, its group, tgkill, pidfd_send_signal on its /proc
+    folder) was scored "sandbox error: the judge ended without a verdict", and one that sent
+    the zygote SIGINT through pidfd_send_signal "sandbox error: KeyboardInterrupt": ours,
+    judged again by `rescore`, never the model's failure. The judge is now a protected
+    process of the seccomp filter, and pidfd_send_signal is denied: each is the model's
+    wrong answer, and the next sample passes."""
+    codes = [_EVERY_OTHER.format(call=call) for call in SANDBOX_KILLERS.values()]
     results = _as_nobody([*codes, "def f(x):\n    return x * x"])
     *attacks, (honest, why) = results
     wrong = {
         name: reason
-        for name, (passed, reason) in zip(JUDGE_KILLERS, attacks, strict=True)
+        for name, (passed, reason) in zip(SANDBOX_KILLERS, attacks, strict=True)
         if passed or verdict_cause(reason) != ("model", "wrong_answer")
     }
     assert wrong == {}
     assert honest, why
+
