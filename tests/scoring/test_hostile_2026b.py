@@ -73,4 +73,3 @@ def test_without_root_a_candidate_cannot_take_the_judge_or_the_zygote_down() -> 
     }
     assert wrong == {}
     assert honest, why
-

@@ -195,6 +195,8 @@ def protect_judge(pid: int) -> None:
     global SECCOMP
     if SECCOMP is not None:
         SECCOMP = _seccomp.Installer(_seccomp.build([*PROTECTED, pid, -pid]))
+
+
 # -- rollwatch:seccomp end -------------------------------------------------------------------
 
 
