@@ -9,7 +9,9 @@ Denied with EPERM (the call fails; the program goes on and can report it):
 
 * the kernel keyring (``keyctl``, ``add_key``, ``request_key``): it is per uid,
   not per namespace, so one sample could leave a key for the next;
-* ``ptrace``, ``process_vm_readv``/``writev``, ``kcmp``, ``pidfd_getfd``;
+* ``ptrace``, ``process_vm_readv``/``writev``, ``kcmp``, ``pidfd_getfd``, and
+  ``pidfd_send_signal``: it takes an fd of a ``/proc/PID`` folder, which the filter
+  cannot see the target of, so it would signal a protected process past the rule below;
 * new namespaces (``unshare``, ``setns``, ``clone`` with any ``CLONE_NEW*``
   flag) and every way to mount (``mount``, ``umount2``, ``pivot_root``,
   ``chroot``, the new mount API, ``open_by_handle_at``);
@@ -31,10 +33,16 @@ Denied with EPERM (the call fails; the program goes on and can report it):
   host names, ``iopl``/``ioperm`` and the other legacy ones;
 * signals (``kill``, ``tkill``, ``tgkill``, ``rt_*sigqueueinfo``,
   ``pidfd_open``) and ``prlimit64`` aimed at a protected process: the zygote,
-  its parent, its process group or PID 1 (EPERM, as the kernel answers another
-  uid), or at every process (``kill(-1)``: ESRCH, as if there were none to
-  signal). Without root the samples share the zygote's uid, so the kernel alone
-  would let them stop it.
+  its parent, its process group, PID 1 or the resident judge (EPERM, as the kernel
+  answers another uid), or at every process (``kill(-1)``: ESRCH, as if there were
+  none to signal). Without root the samples share the zygote's uid (and the judge's),
+  so the kernel alone would let them stop it: a wrong answer that killed the judge was
+  scored "sandbox error" (ours, judged again by ``rescore``), not the model's failure;
+* naming a process to be sent SIGIO (or any signal) when a file is ready: ``fcntl``'s
+  ``F_SETOWN``, ``F_SETOWN_EX`` and ``F_SETSIG``, ``ioctl``'s ``FIOSETOWN`` and
+  ``SIOCSPGRP``. The kernel sends it with the sample's credentials but no ``kill``
+  call for the rule above to see: without root a pipe owned by the judge killed it, and
+  one owned by the zygote (PID 1) with SIGINT took the sandbox down ("sandbox lost").
 
 ``setsid`` succeeds without doing anything: the process stays in the sample's session.
 The scheduler shares a CPU between sessions (autogroups), so 40 busy processes, each in a
@@ -54,7 +62,7 @@ import os
 import struct
 
 # struct seccomp_data: int nr; u32 arch; u64 ip; u64 args[6] (little-endian on both arches).
-_NR, _ARCH, _ARG0_LO = 0, 4, 16
+_NR, _ARCH, _ARG0_LO, _ARG1_LO = 0, 4, 16, 24
 
 _LD_W_ABS = 0x20
 _JEQ_K = 0x15
@@ -93,6 +101,7 @@ _TABLE: dict[str, tuple[int | None, int | None]] = {
     "process_vm_writev": (311, 271),
     "kcmp": (312, 272),
     "pidfd_getfd": (438, 438),
+    "pidfd_send_signal": (424, 424),
     "unshare": (272, 97),
     "setns": (308, 268),
     "mount": (165, 40),
@@ -168,6 +177,12 @@ _SOCKETPAIR = {"x86_64": 53, "aarch64": 199}
 ALLOWED_DOMAINS = {"AF_UNIX": 1, "AF_NETLINK": 16}
 """The only socket address families a sample may open (``socket``'s first argument)."""
 _CLONE = {"x86_64": 56, "aarch64": 220}
+_FCNTL = {"x86_64": 72, "aarch64": 25}
+_IOCTL = {"x86_64": 16, "aarch64": 29}
+OWNER_FCNTL = {"F_SETOWN": 8, "F_SETSIG": 10, "F_SETOWN_EX": 15}
+"""``fcntl`` commands a sample may not make (the second argument): who gets a file's signal, and which."""
+OWNER_IOCTL = {"FIOSETOWN": 0x8901, "SIOCSPGRP": 0x8902}
+"""``ioctl`` requests a sample may not make: the same for sockets."""
 _CLONE3 = 435
 _ARCHES = {"x86_64": (0xC000003E, 0), "aarch64": (0xC00000B7, 1)}
 
@@ -250,6 +265,18 @@ def build(protected: list[int], machine: str | None = None) -> bytes:
     a.op(_JEQ_K, _SOCKETPAIR[machine], "socket", 0)
     for nrs2 in _SIGNALS.values():
         a.op(_JEQ_K, nrs2[col], "target", 0)
+    a.op(_JEQ_K, _FCNTL[machine], "fcntl", 0)
+    a.op(_JEQ_K, _IOCTL[machine], "ioctl", 0)
+    a.op(_RET_K, _RET_ALLOW)
+    a.label("fcntl")
+    a.op(_LD_W_ABS, _ARG1_LO)  # the command, an unsigned int
+    for cmd in OWNER_FCNTL.values():
+        a.op(_JEQ_K, cmd, "deny", 0)
+    a.op(_RET_K, _RET_ALLOW)
+    a.label("ioctl")
+    a.op(_LD_W_ABS, _ARG1_LO)  # the request, an unsigned int
+    for req in OWNER_IOCTL.values():
+        a.op(_JEQ_K, req, "deny", 0)
     a.op(_RET_K, _RET_ALLOW)
     a.label("clone")
     a.op(_LD_W_ABS, _ARG0_LO)

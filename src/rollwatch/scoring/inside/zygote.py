@@ -183,6 +183,20 @@ def _load_seccomp() -> Any:
 
 _seccomp = _load_seccomp()
 SECCOMP: Any = None  # the sample filter, made ready in main() before the first fork
+PROTECTED: list[int] = []  # what no sample may signal (seccomp.protected_here), set in main()
+
+
+def protect_judge(pid: int) -> None:
+    """The filter of the samples forked from now on also protects the resident judge ``pid``.
+
+    Without root the candidate shares the judge's uid: killing it made the sample's end
+    "sandbox error: the judge ended without a verdict" (ours), not the model's failure.
+    """
+    global SECCOMP
+    if SECCOMP is not None:
+        SECCOMP = _seccomp.Installer(_seccomp.build([*PROTECTED, pid, -pid]))
+
+
 # -- rollwatch:seccomp end -------------------------------------------------------------------
 
 
@@ -1599,6 +1613,7 @@ class Zygote:
             )
             theirs.close()
             os.close(null)
+            protect_judge(pid)
             self.judge = (pid, os.pidfd_open(pid), ours)
             self.judge_runs = 0
         return self.judge
@@ -1980,7 +1995,8 @@ def main() -> None:
     prctl(PR_SET_NO_NEW_PRIVS, 1)
     if cfg.get("seccomp", True):  # rollwatch:seccomp
         global SECCOMP
-        SECCOMP = _seccomp.Installer(_seccomp.build(_seccomp.protected_here()))
+        PROTECTED[:] = _seccomp.protected_here()
+        SECCOMP = _seccomp.Installer(_seccomp.build(PROTECTED))
     for d in cfg["wipe"]:
         with contextlib.suppress(OSError):
             os.chmod(d, 0o1777)  # bwrap makes its tmpfs 0755: the sample's uid must write there
