@@ -28,7 +28,10 @@ LOOSE = {
         '[scoring]\nrequire_isolation = "yes"\n',
         "scoring.require_isolation: 'yes' is not a boolean (true or false, unquoted)",
     ),
-    "bool-as-int": ("[scoring]\ncgroups = 1\n", "scoring.cgroups: 1 is not a boolean (true or false, unquoted)"),
+    "bool-as-int": (
+        "[scoring]\ncgroups = 1\n",
+        "scoring.cgroups: 1 is not a boolean (true or false, unquoted)",
+    ),
     "int-as-string": (
         '[scoring]\nmemory_mb = "2048"\n',
         "scoring.memory_mb: '2048' is not an integer (unquoted, e.g. 1024)",
@@ -59,9 +62,18 @@ LOOSE = {
         "[publication]\nembargo = 90\n",
         "publication.embargo: 90 is not a duration: write it as a string with a unit, ms s m h d w (e.g. '90s')",
     ),
-    "backoff-zero": (PROVIDER + 'backoff_base = "0s"\n', "providers[1].backoff_base: '0s': must be more than 0s"),
-    "backoff-max-zero": (PROVIDER + 'backoff_max = "0ms"\n', "providers[1].backoff_max: '0ms': must be more than 0s"),
-    "floor-zero": ('[scoring]\ntime_limit_floor = "0s"\n', "scoring.time_limit_floor: '0s': must be more than 0s"),
+    "backoff-zero": (
+        PROVIDER + 'backoff_base = "0s"\n',
+        "providers[1].backoff_base: '0s': must be more than 0s",
+    ),
+    "backoff-max-zero": (
+        PROVIDER + 'backoff_max = "0ms"\n',
+        "providers[1].backoff_max: '0ms': must be more than 0s",
+    ),
+    "floor-zero": (
+        '[scoring]\ntime_limit_floor = "0s"\n',
+        "scoring.time_limit_floor: '0s': must be more than 0s",
+    ),
     "timeout-too-long": (
         '[server]\nrequest_head_timeout = "301s"\n',
         "server.request_head_timeout: '301s': must be at most 300s",
@@ -92,8 +104,10 @@ def test_every_kind_of_value_still_loads_when_written_as_documented(tmp_path: Pa
     )
     config = load_config(write_config(tmp_path, extra))
     assert config.scoring.time_limit_factor == 4.0
-    assert config.scoring.memory_mb == 2048 and config.scoring.cgroups is False
-    assert config.providers[1].backoff_base == 0.01 and config.providers[1].prices["m"].input == 1.0
+    assert config.scoring.memory_mb == 2048
+    assert config.scoring.cgroups is False
+    assert config.providers[1].backoff_base == 0.01
+    assert config.providers[1].prices["m"].input == 1.0
     assert config.publication.embargo == 0.0
 
 
@@ -103,9 +117,12 @@ def test_the_shipped_config_loads() -> None:
 
 
 @pytest.mark.parametrize(
-    "command", [("verify",), ("serve",), ("run", "s"), ("schedules", "list"), ("report",), ("problems", "list")]
+    "command",
+    [("verify",), ("serve",), ("run", "s"), ("schedules", "list"), ("report",), ("problems", "list")],
 )
-def test_every_command_that_reads_the_config_refuses_a_loose_value(tmp_path: Path, command: tuple[str, ...]) -> None:
+def test_every_command_that_reads_the_config_refuses_a_loose_value(
+    tmp_path: Path, command: tuple[str, ...]
+) -> None:
     """Exit 2, one line naming the key, no traceback, before the command does anything."""
     config = write_config(tmp_path, '[scoring]\nrequire_isolation = "yes"\n' + SCHEDULE + 'every = "1h"\n')
     proc = rollwatch(*command, "--config", str(config))
@@ -116,7 +133,7 @@ def test_every_command_that_reads_the_config_refuses_a_loose_value(tmp_path: Pat
 def test_a_config_that_starts_with_a_byte_order_mark_loads(tmp_path: Path) -> None:
     """Notepad writes a UTF-8 BOM unasked; it carries nothing, so it is skipped. Before, the
     file was "not valid TOML (at line 1, column 1)" with nothing to see at line 1."""
-    config = write_config(tmp_path, '[scoring]\nmemory_mb = 512\n')
+    config = write_config(tmp_path, "[scoring]\nmemory_mb = 512\n")
     config.write_bytes(b"\xef\xbb\xbf" + config.read_bytes())
     assert load_config(config).scoring.memory_mb == 512
 

@@ -72,7 +72,12 @@ _FROM_FILE = "from_file"
 def _config_duration(value: object, info: ValidationInfo) -> float:
     # A bare number in the file is refused: ``embargo = 90`` meant 90 days to whoever wrote
     # it and was read as 90 seconds. Code that builds a config passes seconds.
-    if info.context and info.context.get(_FROM_FILE) and isinstance(value, int | float) and not isinstance(value, bool):
+    if (
+        info.context
+        and info.context.get(_FROM_FILE)
+        and isinstance(value, int | float)
+        and not isinstance(value, bool)
+    ):
         raise ValueError(
             f"{value!r} is not a duration: write it as a string with a unit, ms s m h d w (e.g. '{value}s')"
         )
@@ -858,10 +863,10 @@ _BOUNDS = {
 def _given(data: object, loc: tuple[int | str, ...]) -> object:
     """The value the document holds at ``loc`` (as written, before any conversion)."""
     for part in loc:
-        if isinstance(data, list) and isinstance(part, int) and 0 <= part < len(data):
-            data = data[part]
-        elif isinstance(data, dict) and part in data:
-            data = data[part]
+        if (isinstance(data, list) and isinstance(part, int) and 0 <= part < len(data)) or (
+            isinstance(data, dict) and part in data
+        ):
+            data = data[part]  # type: ignore[index]
         elif isinstance(part, str) and (part.startswith(("function-", "is-instance[")) or "[" in part):
             continue
         else:

@@ -696,9 +696,9 @@ class TestWitnessStart:
             taken.listen()
             port = taken.getsockname()[1] if why == "busy port" else 0
             name = "witness.test/w" if why == "busy port" else "bad name+"
+            command = ["witness", "serve", "--listen", f"127.0.0.1:{port}", "--key", str(key)]
             proc = subprocess.run(
-                [sys.executable, "-m", "rollwatch", "witness", "serve", "--listen", f"127.0.0.1:{port}"]
-                + ["--key", str(key), "--log", log_vkey, "--name", name],
+                [sys.executable, "-m", "rollwatch", *command, "--log", log_vkey, "--name", name],
                 capture_output=True,
                 text=True,
                 timeout=60,
