@@ -72,12 +72,8 @@ _FROM_FILE = "from_file"
 def _config_duration(value: object, info: ValidationInfo) -> float:
     # A bare number in the file is refused: ``embargo = 90`` meant 90 days to whoever wrote
     # it and was read as 90 seconds. Code that builds a config passes seconds.
-    if (
-        info.context
-        and info.context.get(_FROM_FILE)
-        and isinstance(value, int | float)
-        and not isinstance(value, bool)
-    ):
+    number = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if number and info.context and info.context.get(_FROM_FILE):
         raise ValueError(
             f"{value!r} is not a duration: write it as a string with a unit, ms s m h d w (e.g. '{value}s')"
         )
