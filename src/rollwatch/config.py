@@ -29,6 +29,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -64,7 +65,22 @@ def parse_duration(value: object) -> float:
     )
 
 
-Duration = Annotated[float, BeforeValidator(parse_duration)]
+#: The validation context :func:`parse_config` gives: the document came from a file.
+_FROM_FILE = "from_file"
+
+
+def _config_duration(value: object, info: ValidationInfo) -> float:
+    # A bare number in the file is refused: ``embargo = 90`` meant 90 days to whoever wrote
+    # it and was read as 90 seconds. Code that builds a config passes seconds.
+    number = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if number and info.context and info.context.get(_FROM_FILE):
+        raise ValueError(
+            f"{value!r} is not a duration: write it as a string with a unit, ms s m h d w (e.g. '{value}s')"
+        )
+    return parse_duration(value)
+
+
+Duration = Annotated[float, BeforeValidator(_config_duration)]
 
 
 def _http_url(value: str) -> str:
@@ -87,8 +103,11 @@ Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
 
 class _Strict(BaseModel):
     # inf and nan are TOML numbers, but no count, price or budget: they cannot be written
-    # to the log (JSON) nor compared or added to a date.
-    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True, allow_inf_nan=False)
+    # to the log (JSON) nor compared or added to a date. Strict: each key takes the TOML
+    # type it names, no conversion ("yes" or 1 is no boolean, "2048" or 2048.0 no integer).
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, str_strip_whitespace=True, allow_inf_nan=False, strict=True
+    )
 
 
 # ``?password=`` and ``?sslpassword=`` (libpq's parameters, which asyncpg takes too): a
@@ -288,7 +307,7 @@ class ScoringConfig(_Strict):
     """Count memory and processes per sample in a cgroup v2 where one can be made (systemd: Delegate=yes)."""
     time_limit_factor: float = Field(default=4.0, ge=1.0, le=1000.0)
     """A problem without its own timeout: this multiple of its reference solution's runtime..."""
-    time_limit_floor: Duration = 1.0
+    time_limit_floor: Duration = Field(default=1.0, gt=0.0)
     """...and at least this long."""
     rescore: Literal["auto", "manual"] = "manual"
     """auto: the daemon re-scores archived answers in the background when it finds a
@@ -349,8 +368,8 @@ class ProviderConfig(_Strict):
     max_attempts: int = Field(default=6, ge=1, le=100)
     max_rollout_time: Duration = Field(default=3600.0, gt=0.0)
     """Cap on the total time of one rollout, all retries and waits included."""
-    backoff_base: Duration = 1.0
-    backoff_max: Duration = 120.0
+    backoff_base: Duration = Field(default=1.0, gt=0.0)
+    backoff_max: Duration = Field(default=120.0, gt=0.0)
     system_prompt: str | None = None
     prices: dict[str, Price] = Field(default_factory=dict)
     api: Literal["chat", "responses"] = "chat"
@@ -816,10 +835,61 @@ def _loc(loc: tuple[int | str, ...]) -> str:
     return out or "(top level)"
 
 
-def _message(err: Mapping[str, Any]) -> str:
+_MISSING = object()
+
+#: What a key of each type takes, for "the TOML gave another type" errors.
+_EXPECTED = {
+    "bool_type": "a boolean (true or false, unquoted)",
+    "int_type": "an integer (unquoted, e.g. 1024)",
+    "float_type": "a number (unquoted, e.g. 4.0)",
+    "string_type": "a string (quoted)",
+    "list_type": "a list ([ ... ])",
+    "dict_type": "a table",
+    "model_type": "a table",
+    "model_attributes_type": "a table",
+}
+_BOUNDS = {
+    "greater_than": ("gt", "more than"),
+    "greater_than_equal": ("ge", "at least"),
+    "less_than": ("lt", "less than"),
+    "less_than_equal": ("le", "at most"),
+}
+
+
+def _given(data: object, loc: tuple[int | str, ...]) -> object:
+    """The value the document holds at ``loc`` (as written, before any conversion)."""
+    for part in loc:
+        if (isinstance(data, list) and isinstance(part, int) and 0 <= part < len(data)) or (
+            isinstance(data, dict) and part in data
+        ):
+            data = data[part]  # type: ignore[index]
+        elif isinstance(part, str) and (part.startswith(("function-", "is-instance[")) or "[" in part):
+            continue
+        else:
+            return _MISSING
+    return data
+
+
+def _shown(value: object) -> str:
+    """A value as the operator wrote it in TOML, for a message on one line."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return repr(value)
+    if isinstance(value, int | float):
+        return str(value)
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a table"
+    return f"{value!r}"
+
+
+def _message(err: Mapping[str, Any], given: object = _MISSING) -> str:
     kind = err["type"]
     msg = str(err["msg"])
     ctx = err.get("ctx") or {}
+    value = err.get("input") if given is _MISSING else given
     if kind == "extra_forbidden":
         return "unknown key (a typo?); remove it or check the spelling against the README"
     if kind == "literal_error":
@@ -828,13 +898,21 @@ def _message(err: Mapping[str, Any]) -> str:
         return "required key is missing"
     if kind == "string_pattern_mismatch":
         return f"{err['input']!r}: use letters, digits, '.', '_' or '-' (at most 64)"
+    if kind in _EXPECTED:
+        return f"{_shown(value)} is not {_EXPECTED[kind]}"
+    if kind in _BOUNDS:
+        key, words = _BOUNDS[kind]
+        bound = ctx.get(key)
+        # A duration was converted to seconds: say the bound in seconds too.
+        limit = f"{bound:g}s" if isinstance(value, str) and isinstance(bound, int | float) else f"{bound}"
+        return f"{_shown(value)}: must be {words} {limit}"
     return msg.removeprefix("Value error, ").removeprefix("Assertion failed, ")
 
 
 def parse_config(data: dict[str, Any], path: str = "<config>") -> Config:
     """Validate a parsed TOML document; raise ConfigError listing every problem."""
     try:
-        return Config.model_validate(data)
+        return Config.model_validate(data, context={_FROM_FILE: True})
     except ValidationError as e:
         problems: list[str] = []
         for err in e.errors():
@@ -843,7 +921,7 @@ def parse_config(data: dict[str, Any], path: str = "<config>") -> Config:
             ):
                 problems.extend(err["ctx"]["error"].problems)
                 continue
-            problems.append(f"{_loc(err['loc'])}: {_message(err)}")
+            problems.append(f"{_loc(err['loc'])}: {_message(err, _given(data, err['loc']))}")
         raise ConfigError(path, problems) from None
 
 
@@ -866,7 +944,9 @@ def load_config(path: Path | str | None = None) -> Config:
     except OSError as e:
         raise ConfigError(str(p), [f"cannot read the file: {e.strerror or e}"]) from None
     try:
-        data = tomllib.loads(raw.decode("utf-8"))
+        # A byte order mark carries nothing in UTF-8, and editors on Windows (Notepad) write
+        # one unasked: tomllib read it as "not valid TOML" at line 1, column 1.
+        data = tomllib.loads(raw.decode("utf-8-sig"))
     except UnicodeDecodeError:
         raise ConfigError(str(p), ["the file is not UTF-8 text"]) from None
     except tomllib.TOMLDecodeError as e:

@@ -679,3 +679,32 @@ class TestWitnessConfig:
             {"integrity": {"witnesses": [{"url": "http://w/", "key": good}], "witness_quorum": 1}}
         )
         assert cfg.integrity.witnesses[0].url == "http://w"
+
+
+class TestWitnessStart:
+    @pytest.mark.parametrize("why", ["busy port", "bad name"])
+    def test_a_witness_that_cannot_start_leaves_no_key_behind(self, tmp_path: Path, why: str) -> None:
+        """A taken --listen (or a --name no key can have) is one line and exit 2, and no key
+        file is made. Before, the key was made first: the next start, on a free port, served
+        that stray key, which no log had been told to trust."""
+        import socket
+
+        key = tmp_path / "w" / "witness.key"
+        log_vkey = NoteSigner(ORIGIN, Ed25519PrivateKey.generate()).vkey
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            port = taken.getsockname()[1] if why == "busy port" else 0
+            name = "witness.test/w" if why == "busy port" else "bad name+"
+            command = ["witness", "serve", "--listen", f"127.0.0.1:{port}", "--key", str(key)]
+            proc = subprocess.run(
+                [sys.executable, "-m", "rollwatch", *command, "--log", log_vkey, "--name", name],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+        assert proc.returncode == 2, proc.stderr
+        assert "Traceback" not in proc.stderr, proc.stderr
+        assert ("already in use" if why == "busy port" else "--name") in proc.stderr, proc.stderr
+        assert not key.exists()
+        assert not key.parent.exists() or not any(key.parent.iterdir())

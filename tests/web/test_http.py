@@ -12,6 +12,7 @@ from pathlib import Path
 import anyio
 import httpx
 import pytest
+import structlog.testing
 from anyio.abc import SocketStream
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -142,6 +143,45 @@ class TestOneErrorBody:
         answer = json.loads(body)
         assert answer["error"] == "bad_request"
         assert "not valid HTTP/1.1" in answer["message"], answer
+
+    @pytest.mark.parametrize(
+        "raw",
+        [
+            b"GARBAGE\r\n\r\n",
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\nNo colon rw_secret\r\n\r\n",
+            b"POST /v1/feed HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\nrw_body",
+        ],
+        ids=["no-request-line", "header-without-colon", "bad-content-length"],
+    )
+    async def test_a_request_that_is_not_http_has_its_access_line(self, raw: bytes) -> None:
+        """The 400 the server gives a request it cannot parse never reaches the app, whose
+        middleware writes the access log: before, an operator tailing the log saw nothing of
+        it. Now it is one ``http_request`` line with the keys of every other (method and
+        path unknown), quoting nothing of the request."""
+        with structlog.testing.capture_logs() as captured:
+            async with server(build_app(Metrics(), [])) as url:
+                port = int(url.rsplit(":", 1)[1])
+                async with await anyio.connect_tcp("127.0.0.1", port) as stream:
+                    await stream.send(raw)
+                    with anyio.fail_after(5):
+                        try:
+                            while await stream.receive():
+                                pass
+                        except (anyio.EndOfStream, anyio.BrokenResourceError, ConnectionError):
+                            pass
+        lines = [e for e in captured if e["event"] == "http_request"]
+        assert len(lines) == 1, captured
+        line = lines[0]
+        assert {k: line[k] for k in ("method", "path", "status", "client", "refused")} == {
+            "method": None,
+            "path": None,
+            "status": 400,
+            "client": "127.0.0.1",
+            "refused": "not valid HTTP/1.1",
+        }
+        assert isinstance(line["ms"], float)
+        assert line["ms"] >= 0
+        assert "rw_" not in repr(captured)
 
     async def test_an_unexpected_error_is_a_500_with_the_body_and_no_details(self) -> None:
         """A bug in a handler answers 500 in the error body, without the exception's text."""

@@ -79,17 +79,21 @@ def witness_serve(
             verifiers.append(NoteVerifier.from_vkey(vkey))
         except ValueError as e:
             raise UsageError(f"--log: {e}") from None
-    try:
-        cosigner = load_cosigner(key_file, name or f"{socket.gethostname()}/rollwatch-witness")
-    except ValueError as e:
-        raise UsageError(f"--name: {e}") from None
     state_path = state_file or key_file.parent / "witness-state.json"
     try:
         state = WitnessState(state_path)
     except (ValueError, KeyError, TypeError) as e:
         raise UsageError(f"--state {state_path}: not a witness state file ({e})") from None
     # Bound here, before the event loop: a taken or foreign address is one line naming --listen.
+    # And before the key is made: a busy port left a new witness key behind, which the next
+    # start (on a free port) took for the witness's own, under a name no log trusted.
     sockets = listening_sockets(host.strip("[]"), int(port_s), "--listen")
+    try:
+        cosigner = load_cosigner(key_file, name or f"{socket.gethostname()}/rollwatch-witness")
+    except ValueError as e:
+        for sock in sockets:
+            sock.close()
+        raise UsageError(f"--name: {e}") from None
     server = HTTPServer(
         witness_app(Witness(cosigner, verifiers, state)), host.strip("[]"), int(port_s), sockets=sockets
     )

@@ -162,6 +162,7 @@ class CosignatureVerifier:
 
 def load_cosigner(path: Path, name: str) -> Cosigner:
     """The witness key in ``path`` (PEM or a 32-byte seed), made (mode 0600) when missing."""
+    check_key_name(name)  # before a key is made: a bad --name must not leave one behind
     if not path.exists():
         key = Ed25519PrivateKey.generate()
         pem = key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())

@@ -48,6 +48,7 @@ from rollwatch.errors import AddressInUse, UsageError
 from rollwatch.log import get_logger
 
 log = get_logger("rollwatch.web")
+access = get_logger("rollwatch.access")
 
 DEFAULT_HEAD_TIMEOUT = 10.0
 _FULL_SAID_EVERY_S = 10.0
@@ -85,6 +86,8 @@ class _DeadlineH11(H11Protocol):
     max_connections = 32768
     full: dict[str, float] = {}  # noqa: RUF012  (per server class: when "full" was said, refused since)
     _deadline: asyncio.TimerHandle | None = None
+    _since = 0.0
+    """When the request being read began to be awaited (the loop's clock), for its access line."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # asyncio hands a stream server's protocol a Transport; the base class says Base.
@@ -133,6 +136,19 @@ class _DeadlineH11(H11Protocol):
         # parse as the error body every other 4xx has. Same status, same close, our body.
         # The request is not quoted: its bad header may be the client's key.
         del msg
+        # It never reaches the app, whose AccessLog writes every other request's line: the
+        # same event here, so an operator tailing the log sees these too (before, nothing;
+        # uvicorn's own warning goes to a logger nobody configures). Method and path are
+        # not known: h11 does not hand out the part of the request it had parsed.
+        access.info(
+            "http_request",
+            method=None,
+            path=None,
+            status=400,
+            ms=round((self.loop.time() - self._since) * 1000, 2),
+            client=self.client[0] if self.client else None,
+            refused="not valid HTTP/1.1",
+        )
         body = json.dumps(
             {
                 "error": "bad_request",
@@ -162,6 +178,7 @@ class _DeadlineH11(H11Protocol):
 
     def _arm(self) -> None:
         self._disarm()
+        self._since = self.loop.time()
         if not self.transport.is_closing():
             self._deadline = self.loop.call_later(self.head_timeout, self._expired)
 
