@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -182,6 +183,10 @@ def test_ctrl_c_while_the_command_loads_prints_one_line(tmp_path: Path, program:
         time.sleep(delay)  # the moment of the Ctrl-C is the input under test, not a wait
         os.killpg(proc.pid, signal.SIGINT)
         _, err = proc.communicate(timeout=60)
+        if delay < 0.1 and proc.returncode != 0 and not re.search(r'File "[^"]*/rollwatch[/"]', err):
+            # A loaded machine: Python itself was still starting (its `site`, `runpy`: "Could
+            # not import runpy module"), no line of rollwatch had run to catch anything.
+            continue
         assert "Traceback" not in err, (delay, err)
         assert "KeyboardInterrupt" not in err, (delay, err)
         if proc.returncode == -signal.SIGINT and not err and delay < 0.1:
