@@ -590,7 +590,11 @@ class PostgresEventStore(EventStore):
         started = time.monotonic()
 
         async def build(conn: Any) -> bool:
-            if await conn.fetchrow(_SUBSCRIBER_INDEX_FOUND, SUBSCRIBER_INDEX) is not None:
+            found = await conn.fetchrow(_SUBSCRIBER_INDEX_FOUND, SUBSCRIBER_INDEX)
+            if found is not None and found["def"] == SUBSCRIBER_INDEX_DEF and not found["valid"]:
+                # Ours, its build cut short (a CONCURRENTLY build leaves it INVALID): again.
+                await conn.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {SUBSCRIBER_INDEX}")
+            elif found is not None:
                 return False  # ours, or one that is not (refused by subscriber_events, left as evidence)
             # CONCURRENTLY: appends go on while it reads the whole table (once).
             await conn.execute(_SUBSCRIBER_INDEX_CREATE)
