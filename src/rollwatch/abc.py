@@ -187,6 +187,7 @@ class EventStore(ABC):
     async def build_subscriber_index(self) -> None:
         """Make the index :meth:`subscriber_events` reads, if the log has none (a log
         written before it: one read of the whole log, once). Nothing in this fallback."""
+        return
 
     async def read_at(self, seqs: Collection[int]) -> dict[int, Recorded]:
         """The events at positions ``seqs`` (those the log has), by seq. The stores read

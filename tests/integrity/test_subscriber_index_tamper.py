@@ -43,7 +43,9 @@ def leave_out_of_index(db: Path, seq: int) -> None:
         con.execute(f"{SUBSCRIBER_INDEX_SQL} AND seq != {seq}")
         (version,) = con.execute("PRAGMA schema_version").fetchone()
         con.execute("PRAGMA writable_schema = ON")
-        con.execute("UPDATE sqlite_master SET sql = ? WHERE name = 'events_subscribers'", (SUBSCRIBER_INDEX_SQL,))
+        con.execute(
+            "UPDATE sqlite_master SET sql = ? WHERE name = 'events_subscribers'", (SUBSCRIBER_INDEX_SQL,)
+        )
         con.execute(f"PRAGMA schema_version = {version + 1}")
         con.execute("COMMIT")
     finally:
@@ -73,7 +75,8 @@ async def test_a_revocation_left_out_of_the_index_is_found_by_the_scrub(tmp_path
         with anyio.fail_after(60), pytest.raises(IntegrityError) as found:
             await scrub_pass(target, d.check_seen)
     assert found.value.seq == seq, found.value
-    assert d.closed is not None and f"seq {seq}" in d.closed
+    assert d.closed is not None
+    assert f"seq {seq}" in d.closed
     for key in (gone, good):
         with pytest.raises(ServiceUnavailable):
             await d.authenticate(key)

@@ -108,7 +108,8 @@ async def test_a_redefined_index_is_refused_and_named(tmp_path: Path) -> None:
         with structlog.testing.capture_logs() as logs:
             assert await _verdicts(store, good, gone) == ("good", "this API key has been revoked")
     refused = [e for e in logs if e["event"] == "subscriber_index_refused"]
-    assert refused and f"seq != {seq}" in str(refused[0]["found"]), logs
+    assert refused, logs
+    assert f"seq != {seq}" in str(refused[0]["found"]), logs
     assert refused[0]["log_level"] == "error"
 
 
@@ -127,7 +128,8 @@ async def test_postgres_reads_the_index_and_refuses_a_redefined_one() -> None:
             return "\n".join(r[0] for r in rows)
 
         shown = await store._with_conn(plan)
-        assert "events_subscribers" in shown and "Seq Scan" not in shown, shown
+        assert "events_subscribers" in shown, shown
+        assert "Seq Scan" not in shown, shown
         assert await _verdicts(store, good, gone) == ("good", "this API key has been revoked")
 
         async def redefine(conn: object) -> None:
@@ -141,4 +143,5 @@ async def test_postgres_reads_the_index_and_refuses_a_redefined_one() -> None:
         with structlog.testing.capture_logs() as logs:
             assert await _verdicts(store, good, gone) == ("good", "this API key has been revoked")
         refused = [e for e in logs if e["event"] == "subscriber_index_refused"]
-        assert refused and f"{seq}" in str(refused[0]["found"]), logs
+        assert refused, logs
+        assert f"{seq}" in str(refused[0]["found"]), logs

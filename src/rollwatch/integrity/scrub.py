@@ -198,7 +198,9 @@ async def _main(arg: str) -> int:
     def subscribers(found: dict[int, str], events: int) -> None:
         print(f"subscribers {events} {json.dumps(found, separators=(',', ':'))}", flush=True)
 
-    report, status = await reported(scrub_once(ScrubTarget.from_json(arg), duty=DUTY, subscribers=subscribers))
+    report, status = await reported(
+        scrub_once(ScrubTarget.from_json(arg), duty=DUTY, subscribers=subscribers)
+    )
     if report is not None:
         print(f"ok {report.events}", flush=True)
     return status

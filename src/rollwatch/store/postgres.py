@@ -135,7 +135,9 @@ CHANNEL = "rollwatch_events"
 
 COLUMNS = ("seq", "id", "stream", "version", "type", "schema", "at", "data", "hash")
 _COLUMNS = ", ".join(COLUMNS)
-_SUBSCRIBER_READ = f"SELECT {_COLUMNS} FROM events WHERE {_SUBSCRIBER_IN} AND seq > $1 AND seq <= $2 ORDER BY seq"
+_SUBSCRIBER_READ = (
+    f"SELECT {_COLUMNS} FROM events WHERE {_SUBSCRIBER_IN} AND seq > $1 AND seq <= $2 ORDER BY seq"
+)
 _BEGIN_LOCKED = f"BEGIN ISOLATION LEVEL READ COMMITTED; SELECT pg_advisory_xact_lock({APPEND_LOCK})"
 # One statement, its rows as arrays, not COPY: a process stopped (SIGSTOP, a frozen VM)
 # while sending a COPY's data left the server waiting inside the statement, where no

@@ -347,7 +347,9 @@ class SQLiteEventStore(EventStore):
         # The types as written in the index's condition (not parameters): SQLite uses a
         # partial index only for a query whose terms match its condition as written.
         sql = f"SELECT {_COLUMNS} FROM events {source} WHERE {_SUBSCRIBER_IN} AND seq > ? AND seq <= ? ORDER BY seq"
-        return [tuple.__new__(Recorded, r) for r in await self._conn(reader=True).fetchall(sql, (after, until))]
+        return [
+            tuple.__new__(Recorded, r) for r in await self._conn(reader=True).fetchall(sql, (after, until))
+        ]
 
     async def build_subscriber_index(self) -> None:
         if self.read_only:
