@@ -37,11 +37,11 @@ of the log (floor: linear or better, i.e. factor ≤ the log's growth).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
 import os
-import re
 import shutil
 import signal
 import socket
@@ -536,9 +536,13 @@ def export_again(cfg: Path, exp: Path) -> dict[str, float]:
 def keys_at_start(log: Path, offset: int) -> dict[str, float]:
     """From the daemon's log since ``offset``: how long the warm start took to read the keys
     (``keys_warm``), and to build the subscribers' index where this measure's cold start built it."""
-    text = log.read_bytes()[offset:].decode(errors="replace")
-    loaded = [float(x) for x in re.findall(r"subscribers_loaded\W+took_s\W+([\d.]+)", text)]
-    built = [float(x) for x in re.findall(r"subscriber_index_built\W+took_s\W+([\d.]+)", text)]
+    found: dict[str, list[float]] = {"subscribers_loaded": [], "subscriber_index_built": []}
+    for line in log.read_bytes()[offset:].decode(errors="replace").splitlines():
+        with contextlib.suppress(ValueError):
+            rec = json.loads(line)
+            if isinstance(rec, dict) and rec.get("event") in found:
+                found[rec["event"]].append(float(rec["took_s"]))
+    loaded, built = found["subscribers_loaded"], found["subscriber_index_built"]
     return {"keys_warm": loaded[-1] if loaded else -1.0, "index_built": built[0] if built else -1.0}
 
 
@@ -658,7 +662,7 @@ def main() -> None:
                 f"{'':>17} keys read at a warm start {m['keys_warm'] * 1000:.0f} ms (first keyed request waits"
                 " for it); "
                 + (
-                    f"subscribers' index built (once, at this start) {m['index_built']:.1f} s"
+                    f"subscribers' index built (once, at the cold start) {m['index_built']:.1f} s"
                     if m["index_built"] >= 0
                     else "index already built"
                 ),
