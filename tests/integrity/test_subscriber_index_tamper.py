@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import httpx
 import pytest
 
 from rollwatch.errors import IntegrityError, ServiceUnavailable
@@ -25,7 +26,7 @@ from rollwatch.integrity.tree import MerkleTree
 from rollwatch.publication.keys import SubscriberDirectory
 from rollwatch.store.sqlite import SUBSCRIBER_INDEX_SQL, SQLiteEventStore
 from tests.integrity.conftest import append_n
-from tests.integrity.served import _stop, serving
+from tests.integrity.served import _poll, _stop, serving
 from tests.integrity.test_early_release import _site
 from tests.pg import ScratchPostgresStore
 from tests.publication.helpers import add_subscriber, revoke
@@ -159,3 +160,21 @@ async def test_postgres_a_revocation_left_out_of_the_index_is_found_by_the_scrub
     for key in (gone, good):
         with pytest.raises(ServiceUnavailable):
             await d.authenticate(key)
+
+
+def test_a_log_from_before_the_index_gets_it_after_start(tmp_path: Path) -> None:
+    """A log written without the index (as every log before it): the daemon serves, reads the
+    keys from every row, then builds the index once, after it answers ``/healthz``."""
+    s, _, _ = _site(tmp_path)
+
+    def index() -> list[tuple[str]]:
+        con = sqlite3.connect(s.db)
+        try:
+            return con.execute("SELECT sql FROM sqlite_master WHERE name = 'events_subscribers'").fetchall()
+        finally:
+            con.close()
+
+    assert index() == []
+    with serving(s):
+        assert httpx.get(s.url + "/healthz", timeout=10).status_code == 200
+        _poll(lambda: index() == [(SUBSCRIBER_INDEX_SQL,)], 30, "the subscribers' index")

@@ -145,3 +145,30 @@ async def test_postgres_reads_the_index_and_refuses_a_redefined_one() -> None:
         refused = [e for e in logs if e["event"] == "subscriber_index_refused"]
         assert refused, logs
         assert f"{seq}" in str(refused[0]["found"]), logs
+
+
+async def test_postgres_makes_an_invalid_index_again() -> None:
+    """PostgreSQL: a ``CREATE INDEX CONCURRENTLY`` cut short leaves the index INVALID (here
+    marked so by hand): it is refused, named, and made again at the next build."""
+    async with ScratchPostgresStore() as store:
+        good, gone, _ = await _fill(store)
+        await store.build_subscriber_index()
+
+        async def invalidate(conn: object) -> None:
+            await conn.execute(  # type: ignore[attr-defined]
+                "UPDATE pg_index SET indisvalid = false WHERE indexrelid = 'events_subscribers'::regclass"
+            )
+
+        async def valid(conn: object) -> bool:
+            return bool(
+                await conn.fetchval(  # type: ignore[attr-defined]
+                    "SELECT indisvalid FROM pg_index WHERE indexrelid = 'events_subscribers'::regclass"
+                )
+            )
+
+        await store._with_conn(invalidate)
+        with structlog.testing.capture_logs() as logs:
+            assert await _verdicts(store, good, gone) == ("good", "this API key has been revoked")
+        assert any(e["event"] == "subscriber_index_refused" and "INVALID" in e["found"] for e in logs), logs
+        await store.build_subscriber_index()
+        assert await store._with_conn(valid)
