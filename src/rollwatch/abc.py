@@ -53,6 +53,10 @@ if TYPE_CHECKING:
     from rollwatch.work import Chunk, Status, Unit
 
 #: ``expected_version`` for "this stream must not exist yet".
+SUBSCRIBER_TYPES = ("SubscriberAdded", "SubscriberRevoked")
+"""The events that give and take away the subscribers' keys (indexed apart: see
+:meth:`EventStore.subscriber_events`)."""
+
 NO_STREAM = 0
 
 LEADERSHIP: ContextVar[object | None] = ContextVar("rollwatch_leadership", default=None)
@@ -169,6 +173,21 @@ class EventStore(ABC):
         ):
             for ev in page:
                 yield ev
+
+    async def subscriber_events(self, *, after: int, until: int) -> list[Recorded]:
+        """The ``SubscriberAdded`` and ``SubscriberRevoked`` events with ``after < seq <= until``.
+
+        The stores answer from an index of those events alone (one that is exactly
+        theirs: see :meth:`build_subscriber_index`), so that the keys at start do not
+        read the whole log; this fallback, and a store whose index is missing or not
+        theirs, reads every event. The scrub compares the answers with every event it
+        reads (:meth:`rollwatch.publication.keys.SubscriberDirectory.check_seen`)."""
+        return [r async for r in self.read(after=after, types=SUBSCRIBER_TYPES, until=until)]
+
+    async def build_subscriber_index(self) -> None:
+        """Make the index :meth:`subscriber_events` reads, if the log has none (a log
+        written before it: one read of the whole log, once). Nothing in this fallback."""
+        return
 
     async def read_at(self, seqs: Collection[int]) -> dict[int, Recorded]:
         """The events at positions ``seqs`` (those the log has), by seq. The stores read

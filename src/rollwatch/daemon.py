@@ -794,6 +794,13 @@ class Daemon:
             log.warning("subscribers_not_loaded", error=str(e), error_type=type(e).__name__)
             return
         log.info("subscribers_loaded", took_s=round(anyio.current_time() - started, 3))
+        # A log written before the subscribers' index has none yet: the read above stepped
+        # through every event, and builds it now, once (after READY=1: /healthz answers
+        # meanwhile; SQLite's appends wait for it, PostgreSQL's do not).
+        try:
+            await self.directory.store.build_subscriber_index()
+        except Exception as e:
+            log.warning("subscriber_index_not_built", error=str(e), error_type=type(e).__name__)
 
     def _whole_app(self, svc: RunServices, integrity: Integrity) -> ASGIApp:
         """Every route: the publication's, the integrity service's, the console's."""
@@ -807,6 +814,8 @@ class Daemon:
         directory = self.directory = SubscriberDirectory(
             svc.store, clock=self.clock.decision_time if self.clock is not None else None
         )
+        # The scrub compares the subscriber events it reads with those the keys came from.
+        integrity.subscribers = directory.check_seen
         operators = Operators(self.config.server.trusted_peers, directory)
         return build_app(
             self.metrics,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import functools
 import hashlib
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -77,16 +76,10 @@ def _held_reads(reading: anyio.Event, go_on: anyio.Event) -> type[SQLiteEventSto
     """A SQLite log whose reads set ``reading``, then wait for ``go_on`` (a slow first read)."""
 
     class Held(SQLiteEventStore):
-        def read(self, **kw: Any) -> AsyncIterator[Recorded]:
-            inner = super().read(**kw)
-
-            async def slowly() -> AsyncIterator[Recorded]:
-                reading.set()
-                await go_on.wait()
-                async for rec in inner:
-                    yield rec
-
-            return slowly()
+        async def subscriber_events(self, **kw: Any) -> list[Recorded]:
+            reading.set()
+            await go_on.wait()
+            return await super().subscriber_events(**kw)
 
     return Held
 

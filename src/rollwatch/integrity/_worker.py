@@ -32,7 +32,7 @@ from rollwatch.log import configure_logging
 T = TypeVar("T")
 
 
-async def worker_pass(module: str, arg: str, what: str) -> int:
+async def worker_pass(module: str, arg: str, what: str, lines_before: list[str] | None = None) -> int:
     """Run ``python -m module`` with ``arg`` on its stdin (a pass over the log that
     reports as :func:`reported` does) and return the events it checked.
 
@@ -42,7 +42,8 @@ async def worker_pass(module: str, arg: str, what: str) -> int:
 
     Raises :class:`IntegrityError` on a finding, :class:`StoreError` when the pass could
     not run (the log out of reach, its process not started); ``what`` names the pass in
-    that message.
+    that message. ``lines_before``, when given, gets the lines the pass printed before its
+    last (what else it reports: the scrub's subscriber events).
     """
     try:
         result = await anyio.run_process(
@@ -58,6 +59,8 @@ async def worker_pass(module: str, arg: str, what: str) -> int:
     lines = result.stdout.decode(errors="replace").strip().splitlines()
     last = lines[-1] if lines else f"error {what} exited with status {result.returncode}"
     kind, _, rest = last.partition(" ")
+    if lines_before is not None:
+        lines_before.extend(lines[:-1])
     if kind == "ok":
         return int(rest)
     if kind == "integrity":

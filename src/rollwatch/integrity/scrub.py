@@ -9,7 +9,10 @@ every event, every ``scrub_interval``, and checks in one pass:
 * no seq is missing, and each event's chain hash covers its content and the hash before;
 * each event's Merkle leaf is the leaf ``merkle.db`` absorbed when it was appended;
 * every ``CheckpointSigned`` event of the log, and the witness file, sign the root
-  the log's first ``size`` events hash to now, and the log is not shorter than any.
+  the log's first ``size`` events hash to now, and the log is not shorter than any;
+* the subscriber events (``SubscriberAdded``, ``SubscriberRevoked``) it reads are
+  exactly those the daemon's keys were read from, through an index of those alone
+  (:meth:`rollwatch.publication.keys.SubscriberDirectory.check_seen`, in the daemon).
 
 A pass runs in a separate process (``python -m rollwatch.integrity.scrub``) at nice
 19, so that its hashing never takes the daemon's GIL, and paces itself: after each
@@ -21,16 +24,20 @@ slowing down (``bench/bench_scrub.py``). It opens the log and the tree read-only
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import anyio
 
+from rollwatch.abc import SUBSCRIBER_TYPES
 from rollwatch.errors import IntegrityError, StoreError
+from rollwatch.events import Recorded
 from rollwatch.integrity._worker import worker_pass
 from rollwatch.integrity.verify import TreeReport, check_log_tree, read_kept
 from rollwatch.log import get_logger
@@ -71,11 +78,25 @@ class ScrubTarget:
         return cls(d["store_url"], Path(d["tree"]), d["vkey"], Path(d["witness"]) if d["witness"] else None)
 
 
-async def scrub_once(target: ScrubTarget, *, duty: float = 1.0) -> TreeReport:
+SubscribersSeen = Callable[[dict[int, str], int], Awaitable[None]]
+"""Given the hash of every subscriber event a pass read (by seq) and how many events it
+read: raises :class:`IntegrityError` when the keys were read from others."""
+
+
+async def scrub_once(
+    target: ScrubTarget,
+    *,
+    duty: float = 1.0,
+    subscribers: Callable[[dict[int, str], int], None] | None = None,
+) -> TreeReport:
     """One full pass, in this process; raises :class:`IntegrityError` naming the first bad seq.
 
     ``duty`` < 1: rest between pages so that the pass uses at most that share of a core.
+    ``subscribers``, when given, is told the hash of every subscriber event read (by seq)
+    and how many events were read, once every row is read and checked (before the
+    indexes are: so an index found not to match its rows still has them compared).
     """
+    found: dict[int, str] = {}
     from rollwatch.config import StoreConfig
     from rollwatch.integrity.tree import MerkleTree
     from rollwatch.store import open_store
@@ -93,25 +114,59 @@ async def scrub_once(target: ScrubTarget, *, duty: float = 1.0) -> TreeReport:
             await anyio.sleep(worked * (1 / duty - 1))
             last = time.monotonic()
 
+        def seen(page: list[Recorded]) -> None:
+            found.update((ev.seq, ev.hash) for ev in page if ev.type in SUBSCRIBER_TYPES)
+
         report = await check_log_tree(
-            store, vkey=target.vkey, tree=tree, chain=True, kept=kept, pace=pace if duty < 1 else None
+            store,
+            vkey=target.vkey,
+            tree=tree,
+            chain=True,
+            kept=kept,
+            pace=pace if duty < 1 else None,
+            seen=seen,
         )
+        if subscribers is not None:
+            subscribers(found, report.events)
         await store.verify_versions(report.events)  # what no hash covers: versions, SQLite's index
         return report
 
 
-async def scrub_pass(target: ScrubTarget) -> tuple[int, float]:
+async def scrub_pass(target: ScrubTarget, subscribers: SubscribersSeen | None = None) -> tuple[int, float]:
     """One pass in a worker process at low priority: (events checked, seconds).
 
-    Raises :class:`IntegrityError` on a finding, :class:`StoreError` when the pass
-    could not run (the log out of reach, say).
+    Raises :class:`IntegrityError` on a finding (``subscribers``'s too, given the
+    subscriber events the pass read), :class:`StoreError` when the pass could not run
+    (the log out of reach, say).
     """
     started = time.monotonic()
-    events = await worker_pass("rollwatch.integrity.scrub", target.to_json(), "the scrub")
+    before: list[str] = []
+
+    async def compare() -> None:
+        found = [line.split(" ", 2) for line in before if line.startswith("subscribers ")]
+        if subscribers is not None and found:
+            _, until, seen = found[-1]
+            await subscribers({int(k): v for k, v in json.loads(seen).items()}, int(until))
+
+    try:
+        events = await worker_pass("rollwatch.integrity.scrub", target.to_json(), "the scrub", before)
+    except IntegrityError:
+        # An index that does not match its rows (SQLite's check): the subscriber events,
+        # read from the rows, are compared all the same, and the keys closed if they differ.
+        with contextlib.suppress(IntegrityError):
+            await compare()
+        raise
+    await compare()
     return events, time.monotonic() - started
 
 
-async def scrub_forever(target: ScrubTarget, interval: float, *, first_after: float = 0.0) -> None:
+async def scrub_forever(
+    target: ScrubTarget,
+    interval: float,
+    *,
+    first_after: float = 0.0,
+    subscribers: SubscribersSeen | None = None,
+) -> None:
     """A pass after ``first_after`` seconds, then one every ``interval`` (start to start); never returns.
 
     Raises :class:`IntegrityError` on the first finding. A pass that cannot run is
@@ -121,7 +176,7 @@ async def scrub_forever(target: ScrubTarget, interval: float, *, first_after: fl
     while True:
         next_at = anyio.current_time() + interval
         try:
-            events, seconds = await scrub_pass(target)
+            events, seconds = await scrub_pass(target, subscribers)
             log.info("scrub_passed", events=events, seconds=round(seconds, 2), next_in_s=interval)
         except StoreError as e:
             if isinstance(e, IntegrityError):
@@ -140,7 +195,12 @@ async def _main(arg: str) -> int:
     os.nice(19)
     from rollwatch.integrity._worker import reported
 
-    report, status = await reported(scrub_once(ScrubTarget.from_json(arg), duty=DUTY))
+    def subscribers(found: dict[int, str], events: int) -> None:
+        print(f"subscribers {events} {json.dumps(found, separators=(',', ':'))}", flush=True)
+
+    report, status = await reported(
+        scrub_once(ScrubTarget.from_json(arg), duty=DUTY, subscribers=subscribers)
+    )
     if report is not None:
         print(f"ok {report.events}", flush=True)
     return status

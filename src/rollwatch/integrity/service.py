@@ -30,7 +30,7 @@ from rollwatch.integrity.keys import credential_path, load_signer, promote_key
 from rollwatch.integrity.merkle import leaf_hash
 from rollwatch.integrity.rotation import finish_rotation
 from rollwatch.integrity.routes import integrity_routes, tlog_routes
-from rollwatch.integrity.scrub import ScrubTarget, scrub_forever, scrub_pass
+from rollwatch.integrity.scrub import ScrubTarget, SubscribersSeen, scrub_forever, scrub_pass
 from rollwatch.integrity.tree import MerkleTree, changed_error
 from rollwatch.integrity.witnessing import Witnessing
 from rollwatch.log import get_logger
@@ -75,6 +75,9 @@ class Integrity:
         self.witness = witness
         self.witnessing: Witnessing | None = None
         """The witnesses of ``[integrity] witnesses`` and their cosignatures (None without any)."""
+        self.subscribers: SubscribersSeen | None = None
+        """Given the subscriber events each scrub pass read: raises when the keys were read
+        from others (:meth:`rollwatch.publication.keys.SubscriberDirectory.check_seen`)."""
         self.checked = False
         """Whether the routes that serve what the log says may serve it: once the log has passed
         the check at start, or at once when the tree held every event already (see :meth:`run`)."""
@@ -207,7 +210,9 @@ class Integrity:
         async def scrub() -> None:
             try:
                 interval = self.config.scrub_interval
-                await scrub_forever(self.scrub_target(), interval, first_after=interval)
+                await scrub_forever(
+                    self.scrub_target(), interval, first_after=interval, subscribers=self.subscribers
+                )
             except Exception as e:
                 await fail_with(e, "scrub")
 
@@ -305,7 +310,7 @@ class Integrity:
     async def _locate(self) -> IntegrityError | None:
         """The scrub's finding, if one pass now finds anything."""
         try:
-            await scrub_pass(self.scrub_target())
+            await scrub_pass(self.scrub_target(), self.subscribers)
         except IntegrityError as e:
             return e
         except StoreError as e:
@@ -314,7 +319,7 @@ class Integrity:
 
     async def _scrub_at_start(self) -> None:
         try:
-            events, seconds = await scrub_pass(self.scrub_target())
+            events, seconds = await scrub_pass(self.scrub_target(), self.subscribers)
         except IntegrityError:
             raise
         except StoreError as e:

@@ -135,6 +135,7 @@ async def check_log_tree(
     pace: Callable[[], Awaitable[None]] | None = None,
     kept: Sequence[KeptCheckpoint] = (),
     content: bool = True,
+    seen: Callable[[list[Recorded]], None] | None = None,
 ) -> TreeReport:
     """Check every checkpoint against the log (and ``tree`` against the log); raise IntegrityError naming the seq.
 
@@ -143,7 +144,8 @@ async def check_log_tree(
     kept outside the log (the witness file, one a user saved), each of which the log
     must still contain: a log now shorter than one, or whose first ``size`` events
     hash to another root (a fork, a rewrite), fails. ``pace`` is awaited after each
-    page (the scrub yields the cores there).
+    page (the scrub yields the cores there). ``seen`` is given each page once checked
+    (the scrub takes the subscriber events from it).
     """
     start = NoteVerifier.from_vkey(vkey) if vkey else None
     claims: list[_Claim] = []
@@ -224,6 +226,8 @@ async def check_log_tree(
                 check_root(cr.size, cr.root())
         if progress is not None:
             progress(page[-1].seq)
+        if seen is not None:
+            seen(page)
         if pace is not None:
             await pace()
     for c in claims:

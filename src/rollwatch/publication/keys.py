@@ -22,8 +22,10 @@ an in-memory map brought up to the log's head before every key is checked, so a
 is committed, on every keyed route. It is read from the log alone, from seq 0 (the
 daemon does so at start, in the background): not from the subscribers projection, whose
 rows someone holding that file could edit (a revocation undone, a key added) without
-touching the log. That first read steps through every row of the log for the few
-subscriber events (about 0.2-0.4 s per 240,000 events here).
+touching the log. The few subscriber events are found through an index of them alone
+(:meth:`rollwatch.abc.EventStore.subscriber_events`: read only when its definition is
+exactly the store's); the scrub compares them with those it reads from every row
+(:meth:`SubscriberDirectory.check_seen`), and a difference closes every key.
 Expiry is checked on every request, against the daemon's latest known time (never a wall
 clock stepped back).
 """
@@ -42,9 +44,10 @@ from datetime import UTC, date, datetime, timedelta
 
 import anyio
 
+from rollwatch.abc import SUBSCRIBER_TYPES as _SUBSCRIBER_TYPES
 from rollwatch.abc import EventStore
 from rollwatch.config import parse_duration
-from rollwatch.errors import ServiceUnavailable, UsageError
+from rollwatch.errors import IntegrityError, ServiceUnavailable, UsageError
 from rollwatch.events import (
     Recorded,
     SubscriberAdded,
@@ -63,7 +66,7 @@ SCOPES = ("feed", "rollouts", "report")
 ALL_SCOPES = (*SCOPES, "ops")
 """Also ``ops``: the operator's routes (``/metrics`` in full); given only when asked for."""
 
-SUBSCRIBER_TYPES = frozenset({"SubscriberAdded", "SubscriberRevoked"})
+SUBSCRIBER_TYPES = frozenset(_SUBSCRIBER_TYPES)
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _KEY = re.compile(r"^rw_[A-Za-z0-9_-]{43}$")
@@ -186,10 +189,16 @@ class SubscriberDirectory:
     _by_prefix: dict[str, list[Subscriber]] = field(default_factory=dict)
     _cursor: int = 0
     loaded: bool = False
-    """Whether the log has been read once (the first read steps through every row)."""
+    """Whether the log has been read once (every row, on a log without the subscribers' index)."""
     _fresh_at: float = float("-inf")
     _lock: anyio.Lock = field(default_factory=anyio.Lock)
     _loaded: anyio.Event = field(default_factory=anyio.Event)
+    applied: dict[int, str] = field(default_factory=dict)
+    """The hash of every subscriber event applied, by seq: what the scrub compares with the
+    subscriber events it finds reading every event (:meth:`check_seen`)."""
+    closed: str | None = None
+    """Why no key opens anything any more: the index the keys were read from left out (or
+    added) a subscriber event that the scrub found in the log."""
     last_used: dict[str, datetime] = field(default_factory=dict)
     """When each subscriber's key last opened a route, in this process (not in the log:
     a read appends nothing). The console shows it."""
@@ -204,8 +213,9 @@ class SubscriberDirectory:
             started = time.monotonic()
             changed = False
             head = await self.store.head()
-            async for ev in self.store.read(after=self._cursor, types=SUBSCRIBER_TYPES, until=head):
+            for ev in await self.store.subscriber_events(after=self._cursor, until=head):
                 self._apply(ev)
+                self.applied[ev.seq] = ev.hash
                 changed = True
             self._cursor = max(self._cursor, head)
             self.loaded = True
@@ -224,6 +234,30 @@ class SubscriberDirectory:
         """
         if self._cursor < await self.store.head():
             await self.refresh(force=True)
+
+    async def check_seen(self, seen: dict[int, str], until: int) -> None:
+        """Compare the subscriber events the scrub found in the log's first ``until`` events
+        (their hashes by seq) with those this directory applied; :class:`IntegrityError`
+        naming the first seq that differs, and every key refused from then on.
+
+        The keys are read through an index of those events alone: someone holding the
+        log's file can leave a revocation out of it (its key works again) without touching
+        a row, which no hash covers. The scrub reads every row."""
+        if self._cursor < until:
+            await self.refresh(force=True)
+        mine = {seq: h for seq, h in self.applied.items() if seq <= until}
+        differ = sorted(seq for seq in mine.keys() | seen.keys() if mine.get(seq) != seen.get(seq))
+        if not differ:
+            return
+        seq = differ[0]
+        if seq not in mine:
+            reason = f"the subscriber event at seq {seq} is missing from the index the keys were read from"
+        elif seq not in seen:
+            reason = f"the index the keys were read from gives a subscriber event at seq {seq} the log lacks"
+        else:
+            reason = f"the subscriber event at seq {seq} read through the index differs from the log's"
+        self.closed = reason
+        raise IntegrityError(seq, reason)
 
     def _apply(self, rec: Recorded) -> None:
         ev = rec.event()
@@ -253,6 +287,10 @@ class SubscriberDirectory:
             return AuthResult(None, "missing API key: send 'Authorization: Bearer rw_...'")
         if not _KEY.match(key):
             return AuthResult(None, "unknown API key")
+        if self.closed is not None:
+            raise ServiceUnavailable(
+                "no key is accepted: the subscribers' index of the log was tampered with (the operator's /healthz)"
+            )
         if not self.loaded and self._lock.locked():
             # The first read of the log (the daemon's, at start) is under way: a minute or
             # more on a log of millions of events, which a request should not hang for

@@ -56,7 +56,7 @@ import asyncpg
 from anyio.abc import TaskGroup, TaskStatus
 from asyncpg.pool import PoolAcquireContext
 
-from rollwatch.abc import LEADERSHIP, EventStore, WorkBoard
+from rollwatch.abc import LEADERSHIP, SUBSCRIBER_TYPES, EventStore, WorkBoard
 from rollwatch.config import redact_url
 from rollwatch.errors import IntegrityError, NotLeading, StoreError
 from rollwatch.events import GENESIS, Event, Recorded, chain_hash
@@ -107,6 +107,24 @@ BEGIN
 END $$;
 """
 
+SUBSCRIBER_INDEX = "events_subscribers"
+_SUBSCRIBER_IN = f"type IN ({', '.join(repr(t) for t in SUBSCRIBER_TYPES)})"
+_SUBSCRIBER_INDEX_CREATE = (
+    f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {SUBSCRIBER_INDEX} ON events (seq) WHERE {_SUBSCRIBER_IN}"
+)
+SUBSCRIBER_INDEX_DEF = (
+    f"CREATE INDEX {SUBSCRIBER_INDEX} ON events USING btree (seq) WHERE (type = ANY "
+    f"(ARRAY[{', '.join(repr(t) + '::text' for t in SUBSCRIBER_TYPES)}]))"
+)
+"""The index of the subscriber events as PostgreSQL describes it (the table's schema left
+out): any other definition is not read (someone with the database could redefine it to
+leave a revocation out)."""
+_SUBSCRIBER_INDEX_FOUND = (
+    "SELECT regexp_replace(pg_get_indexdef(i.indexrelid), ' ON \\S+\\.events ', ' ON events ') AS def,"
+    " i.indisvalid AS valid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
+    " WHERE c.relname = $1 AND i.indrelid = 'events'::regclass"
+)
+
 #: The advisory lock every append and import transaction holds (b"rw-event" as a bigint).
 APPEND_LOCK = int.from_bytes(b"rw-event", "big", signed=True)
 #: Taken while creating the schema, so that processes opening a new database at once
@@ -117,6 +135,9 @@ CHANNEL = "rollwatch_events"
 
 COLUMNS = ("seq", "id", "stream", "version", "type", "schema", "at", "data", "hash")
 _COLUMNS = ", ".join(COLUMNS)
+_SUBSCRIBER_READ = (
+    f"SELECT {_COLUMNS} FROM events WHERE {_SUBSCRIBER_IN} AND seq > $1 AND seq <= $2 ORDER BY seq"
+)
 _BEGIN_LOCKED = f"BEGIN ISOLATION LEVEL READ COMMITTED; SELECT pg_advisory_xact_lock({APPEND_LOCK})"
 # One statement, its rows as arrays, not COPY: a process stopped (SIGSTOP, a frozen VM)
 # while sending a COPY's data left the server waiting inside the statement, where no
@@ -183,6 +204,7 @@ class PostgresEventStore(EventStore):
         # appended since (checked under the lock by comparing the tip's seq).
         self._versions_seen: dict[str, int] = {}
         self._versions_at = -1
+        self._index_refused: str | None = None
 
     def __repr__(self) -> str:
         return f"PostgresEventStore({_redact(self.url)!r})"
@@ -541,6 +563,47 @@ class PostgresEventStore(EventStore):
             )
 
         return {rec.seq: rec for rec in (tuple.__new__(Recorded, r) for r in await self._with_conn(read))}
+
+    async def subscriber_events(self, *, after: int, until: int) -> list[Recorded]:
+        async def read(conn: Any) -> list[asyncpg.Record]:
+            found = await conn.fetchrow(_SUBSCRIBER_INDEX_FOUND, SUBSCRIBER_INDEX)
+            async with conn.transaction():
+                if found is None or found["def"] != SUBSCRIBER_INDEX_DEF or not found["valid"]:
+                    # Not ours (or half built): the table's rows alone answer.
+                    await conn.execute("SET LOCAL enable_indexscan = off; SET LOCAL enable_bitmapscan = off")
+                rows = list(await conn.fetch(_SUBSCRIBER_READ, after, until))
+            return [found, rows]
+
+        found, rows = await self._with_conn(read)
+        if found is not None and (found["def"], found["valid"]) != (SUBSCRIBER_INDEX_DEF, True):
+            shown = f"{found['def']}{'' if found['valid'] else ' (INVALID)'}"
+            if self._index_refused != shown:
+                self._index_refused = shown
+                log.error(
+                    "subscriber_index_refused",
+                    index=SUBSCRIBER_INDEX,
+                    found=shown,
+                    expected=SUBSCRIBER_INDEX_DEF,
+                    consequence="the subscribers' keys are read from every event of the log",
+                )
+        return [tuple.__new__(Recorded, r) for r in rows]
+
+    async def build_subscriber_index(self) -> None:
+        started = time.monotonic()
+
+        async def build(conn: Any) -> bool:
+            found = await conn.fetchrow(_SUBSCRIBER_INDEX_FOUND, SUBSCRIBER_INDEX)
+            if found is not None and found["def"] == SUBSCRIBER_INDEX_DEF and not found["valid"]:
+                # Ours, its build cut short (a CONCURRENTLY build leaves it INVALID): again.
+                await conn.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {SUBSCRIBER_INDEX}")
+            elif found is not None:
+                return False  # ours, or one that is not (refused by subscriber_events, left as evidence)
+            # CONCURRENTLY: appends go on while it reads the whole table (once).
+            await conn.execute(_SUBSCRIBER_INDEX_CREATE)
+            return True
+
+        if await self._with_conn(build):
+            log.info("subscriber_index_built", took_s=round(time.monotonic() - started, 3))
 
     def opener(self) -> Callable[[], EventStore]:
         return functools.partial(

@@ -22,6 +22,7 @@ import functools
 import itertools
 import os
 import sqlite3
+import time
 import urllib.parse
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from contextlib import AsyncExitStack
@@ -32,7 +33,7 @@ import anyio
 from anyio.abc import TaskGroup
 
 from rollwatch._sqlite import ThreadConnection, rollback
-from rollwatch.abc import EventStore, WorkBoard
+from rollwatch.abc import SUBSCRIBER_TYPES, EventStore, WorkBoard
 from rollwatch.errors import IntegrityError, StoreError, damaged_log
 from rollwatch.events import GENESIS, Event, Recorded
 from rollwatch.log import get_logger
@@ -78,6 +79,12 @@ keeps what point reads use again (the indexes' upper pages, the newest pages).""
 READ_ONLY_PRAGMAS = ("PRAGMA query_only=1", "PRAGMA busy_timeout=30000", "PRAGMA cache_size=-8192")
 
 _COLUMNS = "seq, id, stream, version, type, schema, at, data, hash"
+
+SUBSCRIBER_INDEX = "events_subscribers"
+_SUBSCRIBER_IN = f"type IN ({', '.join(repr(t) for t in SUBSCRIBER_TYPES)})"
+SUBSCRIBER_INDEX_SQL = f"CREATE INDEX {SUBSCRIBER_INDEX} ON events (seq) WHERE {_SUBSCRIBER_IN}"
+"""The index of the subscriber events: exactly this text in ``sqlite_master`` or it is not
+read (someone holding the file can redefine it: with ``AND seq != N``, a revocation left out)."""
 _INSERT_ONE = f"INSERT INTO events ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)"
 _CHUNK = 250  # rows per INSERT statement (9 parameters each; SQLite allows 32,766)
 _INSERT_CHUNK = f"INSERT INTO events ({_COLUMNS}) VALUES " + ",".join(["(?,?,?,?,?,?,?,?,?)"] * _CHUNK)
@@ -125,6 +132,7 @@ class SQLiteEventStore(EventStore):
         # appended since (checked under the write lock by comparing the tip's seq).
         self._versions_seen: dict[str, int] = {}
         self._versions_at = -1
+        self._index_refused: str | None = None
 
     async def _open(self, stack: AsyncExitStack) -> None:
         if self.read_only:
@@ -315,6 +323,46 @@ class SQLiteEventStore(EventStore):
             return out
 
         return await self._conn(reader=True).run(read) if want else {}
+
+    async def subscriber_events(self, *, after: int, until: int) -> list[Recorded]:
+        rows = await self._conn(reader=True).fetchall(
+            "SELECT sql FROM sqlite_master WHERE type = 'index' AND name = ? AND tbl_name = 'events'",
+            (SUBSCRIBER_INDEX,),
+        )
+        found = rows[0][0] if rows else None
+        # INDEXED BY: this index and no other one answers; NOT INDEXED: the table's rows alone.
+        if found == SUBSCRIBER_INDEX_SQL:
+            source = f"INDEXED BY {SUBSCRIBER_INDEX}"
+        else:
+            source = "NOT INDEXED"
+            if found is not None and self._index_refused != found:
+                self._index_refused = found
+                log.error(
+                    "subscriber_index_refused",
+                    index=SUBSCRIBER_INDEX,
+                    found=found,
+                    expected=SUBSCRIBER_INDEX_SQL,
+                    consequence="the subscribers' keys are read from every event of the log",
+                )
+        # The types as written in the index's condition (not parameters): SQLite uses a
+        # partial index only for a query whose terms match its condition as written.
+        sql = f"SELECT {_COLUMNS} FROM events {source} WHERE {_SUBSCRIBER_IN} AND seq > ? AND seq <= ? ORDER BY seq"
+        return [
+            tuple.__new__(Recorded, r) for r in await self._conn(reader=True).fetchall(sql, (after, until))
+        ]
+
+    async def build_subscriber_index(self) -> None:
+        if self.read_only:
+            return
+        rows = await self._conn().fetchall(
+            "SELECT sql FROM sqlite_master WHERE type = 'index' AND name = ?", (SUBSCRIBER_INDEX,)
+        )
+        if rows:  # ours, or one that is not (refused by subscriber_events, left as evidence)
+            return
+        started = time.monotonic()
+        # One read of the whole log, under the write lock (appends wait for it, once).
+        await self._conn().run(lambda db: db.execute(SUBSCRIBER_INDEX_SQL))
+        log.info("subscriber_index_built", took_s=round(time.monotonic() - started, 3))
 
     def opener(self) -> Callable[[], EventStore]:
         return functools.partial(SQLiteEventStore, self.path, read_only=True, busy_timeout=self.busy_timeout)
