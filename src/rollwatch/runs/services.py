@@ -78,6 +78,15 @@ class ProviderLike(Protocol):
 
 
 @runtime_checkable
+class TriesAgain(Protocol):
+    """A provider that, disabled by a rejected key, can be tried again (``ProviderClient``)."""
+
+    def try_again(self) -> None:
+        """A schedule of the provider fired: its next rollout tries the key anew."""
+        ...
+
+
+@runtime_checkable
 class ListsModels(Protocol):
     """A provider that can say which models it serves (``ProviderClient`` can)."""
 
