@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.test_daemon import _provider, events, one_problem
+from tests.test_daemon import _provider, events
 from tests.test_schedules_over_time import serving, write_config
 
 
@@ -80,10 +80,13 @@ def test_a_replaced_key_file_enables_the_provider_at_the_next_fire(
     assert "Incorrect API key" in enabled[0], enabled
     # What the log says of the runs while disabled did not change.
     failed = events(tmp_path / "events.db", "RolloutFailed")
-    assert failed and all(f[2]["kind"] == "auth" for f in failed)
+    assert failed
+    assert all(f[2]["kind"] == "auth" for f in failed)
 
 
-def test_a_key_that_stays_rejected_costs_one_request_per_fire(tmp_path: Path, provider: tuple[str, Path]) -> None:
+def test_a_key_that_stays_rejected_costs_one_request_per_fire(
+    tmp_path: Path, provider: tuple[str, Path]
+) -> None:
     """A key the provider keeps refusing, runs of 12 rollouts firing every 2 s: after the
     first run (which may have had its 4 concurrent requests in flight when the 401 came),
     each run sends exactly one request (its first rollout; the others wait for its answer
@@ -137,4 +140,5 @@ def test_a_key_file_emptied_keeps_the_provider_disabled_and_says_why(
         assert _healthz(cfg) == 503
         text = d.stop()
     still = [x for x in text.splitlines() if "provider_still_disabled" in x]
-    assert still and all("api_key_file" in x and str(key) in x for x in still), still
+    assert still
+    assert all("api_key_file" in x and str(key) in x for x in still), still
