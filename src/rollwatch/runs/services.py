@@ -63,7 +63,8 @@ class ProviderLike(Protocol):
 
     @property
     def disabled(self) -> ProviderError | None:
-        """Why the provider cannot be used any more (a rejected key), or None."""
+        """Why the run gives up on the provider now (a rejected key), or None (a
+        ``ProviderClient`` disabled so is None again while a fire tries its key anew)."""
         ...
 
     async def rollout(
