@@ -4,7 +4,7 @@
 
 It binds an ephemeral port on 127.0.0.1, writes the port to PORT_FILE, answers every
 chat completion after DELAY_S with a short code answer (or 401 to the key
-``sk-rejected``), and appends one line per
+``sk-rejected``, one line appended to ``REQUEST_LOG.rejected`` for each), and appends one line per
 answered request to REQUEST_LOG (flushed before the response is sent), so a test
 can count what the provider served (and would bill). ``GET /v1/models`` lists the
 models it serves (``m1``, ``m2``), as OpenAI's API does.
@@ -70,6 +70,8 @@ async def chat(request: Request) -> Response:
             "type": "invalid_request_error",
             "code": "invalid_api_key",
         }
+        with open(LOG + ".rejected", "a") as f:
+            f.write(json.dumps({"t": time.time()}) + "\n")
         return JSONResponse({"error": error}, status_code=401)
     global answered
     raw = await request.body()

@@ -320,11 +320,18 @@ class Daemon:
     ) -> None:
         """A scheduler fire: record RunStarted, report started, drive the run."""
         from rollwatch.runs import Run
+        from rollwatch.runs.services import TriesAgain
 
         assert self.services is not None
         if self.stopping.is_set():
             task_status.started()
             return
+        provider = self.services.providers.get(s.provider)
+        pconf = self.config.provider(s.provider)
+        if isinstance(provider, TriesAgain) and not (s.batch if s.batch is not None else pconf.batch):
+            # A provider disabled by a rejected key is tried again by this run's first
+            # rollout (a batch run does not try it: see ``providers/client.py``).
+            provider.try_again()
         try:
             run = await Run.start(
                 self.services, s, trigger=kind, trigger_seq=trigger_seq, fire_time=fire_time, due=due

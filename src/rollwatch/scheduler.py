@@ -137,7 +137,7 @@ class JitteredTrigger:
 class _Provider(Protocol):
     @property
     def disabled(self) -> object | None:
-        """Why the provider cannot be used any more (a rejected key), or None."""
+        """Why a run gives up on the provider now (a rejected key), or None."""
         ...
 
 
@@ -162,8 +162,12 @@ def cannot_run(
                 out[s.name] = (
                     f"provider {s.provider!r} has no API key ({config.provider(s.provider).missing_key()})"
                 )
-        elif (client := providers[s.provider]) is not None and client.disabled is not None:
-            out[s.name] = f"provider {s.provider!r} was disabled: {client.disabled}"
+        elif (client := providers[s.provider]) is not None and (
+            # A ProviderClient's ``rejected`` stays set while its key is tried again
+            # (``disabled`` is None then), until an answer comes.
+            why := getattr(client, "rejected", None) or client.disabled
+        ) is not None:
+            out[s.name] = f"provider {s.provider!r} was disabled: {why}"
     return out
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import anyio
 import pytest
 import structlog
 
@@ -104,6 +105,60 @@ class TestAccountDisabled:
                 assert log.trail == [("requested", 1), ("failed", 1)]
                 assert await client.rollout("m", Prompt("p"), {}, RecordingLog()) is None
             assert len(server.seen) == 1
+
+    async def test_a_fire_tries_a_disabled_provider_with_one_request(self) -> None:
+        """Disabled, the client sends nothing until a schedule fires (``try_again``); then,
+        of 20 rollouts at once, the first is the one request sent and the others wait for
+        its answer: refused again, all 20 give up (one WARNING ``provider_still_disabled``,
+        the 19 with no attempt recorded); answered, the provider is enabled again (INFO
+        ``provider_enabled`` with why it had been disabled) and all 20 are answered.
+        Before, a disabled client never sent another request."""
+        wire = WIRES["openai"]
+        quota = wire.error(429, "You exceeded your current quota", "insufficient_quota")
+
+        async def twenty(client: ProviderClient) -> list[tuple[object, RecordingLog]]:
+            out: list[tuple[object, RecordingLog]] = []
+
+            async def one() -> None:
+                log = RecordingLog()
+                out.append((await client.rollout("m", Prompt("p"), {}, log), log))
+
+            with anyio.fail_after(30):
+                async with anyio.create_task_group() as tg:
+                    for _ in range(20):
+                        tg.start_soon(one)
+            return out
+
+        async with serve(default_reply(wire)) as server:
+            server.then(quota)
+            async with ProviderClient(provider_config("openai", server.url)) as client:
+                assert await client.rollout("m", Prompt("p"), {}, RecordingLog()) is None
+                assert client.disabled is not None
+                assert [a for a, _ in await twenty(client)] == [None] * 20
+                assert len(server.seen) == 1  # no fire: nothing sent
+                server.then(quota)
+                client.try_again()
+                assert client.disabled is None  # a run of the fire goes on
+                with structlog.testing.capture_logs() as refused:
+                    again = await twenty(client)
+                assert [a for a, _ in again] == [None] * 20
+                assert sorted(len(log.trail) for _, log in again) == [0] * 19 + [2]
+                assert len(server.seen) == 2
+                assert client.disabled is not None
+                assert client.stats.disabled
+                assert [e["event"] for e in refused] == ["provider_still_disabled"]
+                assert "quota" in refused[0]["reason"]
+                client.try_again()
+                with structlog.testing.capture_logs() as enabled:
+                    answered = await twenty(client)
+                assert all(a is not None for a, _ in answered)
+                assert len(server.seen) == 22
+                assert client.disabled is None
+                assert client.rejected is None
+                assert not client.stats.disabled
+                on = [e for e in enabled if e["event"] == "provider_enabled"]
+                assert len(on) == 1, enabled
+                assert "quota" in on[0]["was_disabled_for"]
 
 
 class TestStats:

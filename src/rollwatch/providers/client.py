@@ -16,9 +16,19 @@ own rollout by the wait it asked for; a 429 showing the provider's whole budget 
 (a window at 0 with a reset) pauses every rollout of the provider until the reset and
 cuts harder (see ``limits.py``).
 A rejected key (401/403, Gemini's ``API_KEY_INVALID``, 402 out of credits, OpenAI's
-``insufficient_quota``) disables the client: one ERROR log line, ``disabled`` set, and
-every later ``rollout`` returns None at once, with no request and no event. A rollout
-that was backing off when that happened also returns None without another event.
+``insufficient_quota``) disables the client: one ERROR log line, ``rejected`` and
+``disabled`` set, and every later ``rollout`` returns None at once, with no request and
+no event. A rollout that was backing off when that happened also returns None without
+another event.
+
+A disabled client is tried again when one of its schedules next fires
+(:meth:`try_again`, called by the daemon): ``disabled`` reads None, the key is read anew
+from where the configuration says, and the first rollout that comes is the one request
+sent; every other rollout waits for its answer. An answer enables the client again (INFO
+``provider_enabled``); anything else (the key missing or malformed, rejected again, no
+answer) keeps it disabled with one WARNING ``provider_still_disabled`` naming why, and
+the rollouts that waited return None as before. So a key that stays rejected costs one
+request per fire, never a retry storm.
 
 Secrets: the key lives only in this object and in the headers of the requests it
 sends. Recorded requests are the JSON bodies (the key is a header), error messages
@@ -215,8 +225,12 @@ class ProviderClient:
         self.config = config
         self._in_flight = answers_in_flight
         self.name = config.name
-        self.disabled: ProviderError | None = None
-        """Why the provider was disabled (a rejected key), or None while it is usable."""
+        self.rejected: ProviderError | None = None
+        """Why the provider was disabled (a rejected key), until an answer comes again."""
+        self._retry = False
+        """A schedule fired while disabled: the next rollout tries the key again."""
+        self._probe: anyio.Event | None = None
+        """Set while that one rollout is under way; the others wait for it."""
         self._clock = clock or AnyioClock()
         self._rng = rng or random.Random()
         self._transport = transport
@@ -241,6 +255,56 @@ class ProviderClient:
 
     def __repr__(self) -> str:
         return f"ProviderClient(name={self.name!r}, kind={self.config.kind!r})"
+
+    @property
+    def disabled(self) -> ProviderError | None:
+        """Why a run gives up on this provider now: ``rejected``, except once a schedule
+        fired since (:meth:`try_again`) and until that try is answered."""
+        if self.rejected is None or self._retry or self._probe is not None:
+            return None
+        return self.rejected
+
+    def try_again(self) -> None:
+        """One of the provider's schedules fired: if it is disabled, its next rollout
+        reads the key anew and sends the one request that decides (module docstring)."""
+        if self.rejected is not None and self._probe is None:
+            self._retry = True
+
+    async def _may_send(self) -> bool:
+        """While disabled: whether this rollout may go on. It waits for the try under way
+        and goes on if that enabled the provider, or is the try itself (False when the key
+        read anew is missing or malformed)."""
+        if self._probe is not None:
+            await self._probe.wait()
+            return self.rejected is None
+        if not self._retry:
+            return False
+        self._retry = False
+        self._probe = anyio.Event()
+        try:
+            key = await anyio.to_thread.run_sync(self.config.read_key)
+        except BaseException:  # cancelled: the rollouts waiting for the try must not wait for ever
+            self._tried()
+            raise
+        if not key:
+            self._tried(_missing_key(self.config))
+            return False
+        self._key = key
+        return True
+
+    def _tried(self, why: str | None = None) -> None:
+        """The try ended: enabled (``rejected`` cleared by an answer) or still disabled,
+        with ``why`` (default: what the provider said last)."""
+        probe, self._probe = self._probe, None
+        if probe is not None:
+            probe.set()
+        if self.rejected is not None:
+            get_logger(__name__).warning(
+                "provider_still_disabled",
+                provider=self.name,
+                reason=why or self._clean(self.rejected.message),
+                retry="when one of its schedules next fires",
+            )
 
     async def __aenter__(self) -> Self:
         if self._adapter is None:
@@ -273,10 +337,24 @@ class ProviderClient:
         Returns the answer, or None when the rollout failed for good (after
         ``log.failed(..., final=True)``) or the provider is disabled (see ``disabled``).
         """
-        if self.disabled is not None:
-            return None
         if self._reference is not None:
             return await self._reference_rollout(model, prompt, params, log)
+        if self.rejected is not None:
+            probe = self._probe is None  # no try under way: this rollout would be it
+            if not await self._may_send():
+                return None
+            if probe:
+                try:
+                    return await self._rollout(model, prompt, params, log, probe=True)
+                finally:
+                    self._tried()
+        return await self._rollout(model, prompt, params, log, probe=False)
+
+    async def _rollout(
+        self, model: str, prompt: Prompt, params: dict[str, Any], log: AttemptLog, *, probe: bool
+    ) -> Answer | None:
+        """``rollout`` once the provider may be asked; ``probe``: this is the one request
+        of a disabled provider's try (see the module docstring)."""
         adapter, pools, key = self._adapter, self._pools, self._key
         if adapter is None or pools is None or key is None:
             raise RuntimeError("use the ProviderClient as `async with ProviderClient(...)`")
@@ -300,7 +378,7 @@ class ProviderClient:
             attempt += 1
             answer: Answer | None = None
             async with self.limits.slot(estimate) as slot:
-                if self.disabled is not None:
+                if self.rejected is not None and not probe:
                     return None
                 now = self._clock.now()
                 if attempt == 1:
@@ -337,6 +415,8 @@ class ProviderClient:
                     raise
                 else:
                     cost = self._succeeded(model, slot, answer)
+                    if probe:
+                        self._enable(model)
                 finally:
                     pools.give(lease)
             # Recording and backing off happen without the slot: others may use it.
@@ -352,7 +432,7 @@ class ProviderClient:
             if final:
                 return None
             await self._clock.sleep(delay)
-            if self.disabled is not None:
+            if self.rejected is not None and not probe:
                 return None
 
     # -- batch APIs (``providers/batch.py``; driven by ``runs/batches.py``) -----------
@@ -699,17 +779,34 @@ class ProviderClient:
     def disable(self, model: str, error: ProviderError) -> None:
         """Stop using this provider: ``error`` showed the key or account rejected (one
         ERROR line; every later ``rollout`` returns None at once)."""
-        if self.disabled is not None:
+        if self.rejected is not None:
+            # Rejected again: the latest reason, and a try not yet taken is answered.
+            self.rejected, self._retry = error, False
             return
-        self.disabled = error
+        self.rejected = error
         get_logger(__name__).error(
-            "provider disabled: it rejected the key or the account; fix it and restart",
+            "provider disabled: it rejected the key or the account; fix the key (no restart"
+            " needed): it is tried again when one of its schedules next fires",
             provider=self.name,
             model=model,
             status=error.status,
             kind=error.kind,
             reason=self._clean(error.message),
         )
+
+    def _enable(self, model: str) -> None:
+        """The try was answered: use the provider again (one INFO line saying why it had
+        been disabled)."""
+        was, self.rejected = self.rejected, None
+        if was is not None:
+            get_logger(__name__).info(
+                "provider_enabled",
+                provider=self.name,
+                model=model,
+                was_disabled_for=self._clean(was.message),
+                status=was.status,
+                kind=was.kind,
+            )
 
     async def _fail(self, log: AttemptLog, attempt: int, error: ProviderError, *, final: bool) -> None:
         self._n.errors[error.kind] += 1
@@ -821,7 +918,7 @@ class ProviderClient:
             rate_factor=self.limits.rate_factor,
             slowdowns=self.limits.cuts,
             paused_s=max(0.0, self.limits.not_before - self._clock.now()),
-            disabled=self.disabled is not None,
+            disabled=self.rejected is not None,
         )
 
 

@@ -364,8 +364,8 @@ class Batcher:
         key = uuid.uuid4().hex
         self._settled.add(key)  # ours: a reload of the log must not adopt it
         try:
-            if self.client.disabled is not None:  # rejected while this batch formed
-                batch.error = self.client.disabled
+            if self.client.rejected is not None:  # rejected while this batch formed
+                batch.error = self.client.rejected
                 return
             await self._append(
                 BatchPrepared(

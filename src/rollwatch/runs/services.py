@@ -63,7 +63,8 @@ class ProviderLike(Protocol):
 
     @property
     def disabled(self) -> ProviderError | None:
-        """Why the provider cannot be used any more (a rejected key), or None."""
+        """Why the run gives up on the provider now (a rejected key), or None (a
+        ``ProviderClient`` disabled so is None again while a fire tries its key anew)."""
         ...
 
     async def rollout(
@@ -74,6 +75,15 @@ class ProviderLike(Protocol):
 
     def cost(self, model: str, usage: Usage) -> float | None:
         """USD for ``usage`` at the configured prices of ``model``; None if it has none."""
+        ...
+
+
+@runtime_checkable
+class TriesAgain(Protocol):
+    """A provider that, disabled by a rejected key, can be tried again (``ProviderClient``)."""
+
+    def try_again(self) -> None:
+        """A schedule of the provider fired: its next rollout tries the key anew."""
         ...
 
 

@@ -1,0 +1,150 @@
+"""A provider disabled by a rejected key is tried again when one of its schedules next
+fires, without a restart: a real ``rollwatch serve``, the loopback provider of
+``tests/fake_provider.py`` (it refuses the key ``sk-rejected`` with 401 and counts each
+refusal), the key in an ``api_key_file`` the test replaces."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.test_daemon import _provider, events
+from tests.test_schedules_over_time import serving, write_config
+
+
+@pytest.fixture
+def provider(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    yield from _provider(tmp_path, 0.05)
+
+
+def _config(tmp_path: Path, base_url: str, key_file: Path, rollouts: int) -> Path:
+    return write_config(
+        tmp_path,
+        "[[schedules]]\n"
+        'name = "often"\nprovider = "fake"\nmodels = ["m1"]\nproblem_set = "favorites"\n'
+        f'rollouts = {rollouts}\nevery = "2s"\n',
+        extra=(
+            f'[[providers]]\nname = "fake"\nkind = "openai"\nbase_url = "{base_url}"\n'
+            f'api_key_file = "{key_file}"\nmax_concurrency = 4\nmax_attempts = 2\n'
+        ),
+    )
+
+
+def _healthz(cfg: Path) -> int:
+    listen = next(line for line in cfg.read_text().splitlines() if line.startswith("listen"))
+    url = "http://" + listen.split('"')[1] + "/healthz"
+    try:
+        return httpx.get(url, timeout=5).status_code
+    except httpx.HTTPError:
+        return 0
+
+
+def _rejected(log: Path) -> int:
+    path = Path(f"{log}.rejected")
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def test_a_replaced_key_file_enables_the_provider_at_the_next_fire(
+    tmp_path: Path, provider: tuple[str, Path]
+) -> None:
+    """The key file holds a key the provider refuses: the first run ends ``partial``, the
+    provider is disabled, /healthz degraded. The operator replaces the file; at the next
+    fire the key is read anew, its first request is answered, the provider is enabled
+    again (INFO ``provider_enabled`` saying why it had been disabled), /healthz is ok and
+    the run completes, with no restart. Before, every later run ended at once with
+    ``provider_failed`` until the daemon restarted."""
+    url, log = provider
+    key = tmp_path / "key"
+    key.write_text("sk-rejected\n")
+    cfg = _config(tmp_path, url, key, rollouts=4)
+    with serving(cfg) as d:
+        first = d.until(lambda: d.events("RunFinished"), "the first run to end")
+        assert first[0][2]["status"] == "partial", first
+        d.until(lambda: _healthz(cfg) == 503, "/healthz degraded while disabled")
+        answered = len(log.read_text().splitlines())
+        key.write_text("sk-good-key-0123456789\n")
+        d.until(
+            lambda: any(r[2]["status"] == "completed" for r in d.events("RunFinished")),
+            "a run to complete after the key was replaced",
+        )
+        assert len(log.read_text().splitlines()) >= answered + 4
+        d.until(lambda: _healthz(cfg) == 200, "/healthz ok once enabled")
+        text = d.stop()
+    assert answered == 0
+    enabled = [x for x in text.splitlines() if "provider_enabled" in x]
+    assert len(enabled) == 1, text[-3000:]
+    assert "Incorrect API key" in enabled[0], enabled
+    # What the log says of the runs while disabled did not change.
+    failed = events(tmp_path / "events.db", "RolloutFailed")
+    assert failed
+    assert all(f[2]["kind"] == "auth" for f in failed)
+
+
+def test_a_key_that_stays_rejected_costs_one_request_per_fire(
+    tmp_path: Path, provider: tuple[str, Path]
+) -> None:
+    """A key the provider keeps refusing, runs of 12 rollouts firing every 2 s: after the
+    first run (which may have had its 4 concurrent requests in flight when the 401 came),
+    each run sends exactly one request (its first rollout; the others wait for its answer
+    and are not requested), each refusal is one WARNING ``provider_still_disabled``, and
+    the provider counts exactly the requests the log records. Before, a disabled provider
+    was never tried again: no run after the first sent anything."""
+    url, log = provider
+    key = tmp_path / "key"
+    key.write_text("sk-rejected\n")
+    cfg = _config(tmp_path, url, key, rollouts=12)
+    with serving(cfg) as d:
+        d.until(lambda: len(d.events("RunFinished")) >= 4, "four runs to end", seconds=90)
+        text = d.stop()
+    db = tmp_path / "events.db"
+    started = [s[2]["run_id"] for s in events(db, "RunStarted")]
+    finished = events(db, "RunFinished")
+    assert len(finished) == len(started), "a run was left unfinished"
+    run_of = {r[2]["rollout_id"]: r[2]["run_id"] for r in events(db, "RolloutRequested")}
+    per_run = Counter(run_of[f[2]["rollout_id"]] for f in events(db, "RolloutFailed"))
+    assert len(events(db, "RolloutRequested")) == sum(per_run.values())  # every request refused
+    sent = [per_run[run] for run in started]
+    assert 1 <= sent[0] <= 4, sent
+    assert sent[1:] == [1] * (len(started) - 1), sent
+    assert _rejected(log) == sum(sent)  # counted at the provider: nothing unrecorded
+    assert log.read_text() == ""
+    for _, _, f in finished:
+        assert f["status"] == "partial", f
+        assert sum(f["failures"].values()) == 12, f
+    still = [x for x in text.splitlines() if "provider_still_disabled" in x]
+    assert len(still) == len(started) - 1, text[-3000:]
+    assert all("Incorrect API key" in x for x in still), still
+    assert text.count("provider disabled") == 1, text[-3000:]
+
+
+def test_a_malformed_key_file_keeps_the_provider_disabled_and_says_why(
+    tmp_path: Path, provider: tuple[str, Path]
+) -> None:
+    """The key file holding a malformed key (a space inside) when a fire tries the key
+    again: nothing is sent, the provider stays disabled (/healthz degraded), and each
+    fire's WARNING names the file."""
+    url, log = provider
+    key = tmp_path / "key"
+    key.write_text("sk-rejected\n")
+    cfg = _config(tmp_path, url, key, rollouts=2)
+
+    def still(text: str) -> list[str]:
+        return [x for x in text.splitlines() if "provider_still_disabled" in x]
+
+    with serving(cfg) as d:
+        d.until(lambda: d.events("RunFinished"), "the first run to end")
+        key.write_text("sk bad key\n")
+        d.until(lambda: any("api_key_file" in x for x in still(d.err.read_text())), "the key read anew")
+        rejected, runs = _rejected(log), len(d.events("RunFinished"))
+        d.until(lambda: len(d.events("RunFinished")) >= runs + 2, "two more runs")
+        assert _rejected(log) == rejected  # nothing sent with the malformed key
+        assert _healthz(cfg) == 503
+        text = d.stop()
+    lines = still(text)
+    first = next(i for i, x in enumerate(lines) if "api_key_file" in x)
+    assert len(lines[first:]) >= 2, lines
+    assert all("api_key_file" in x and str(key) in x for x in lines[first:]), lines
