@@ -522,9 +522,12 @@ async def test_a_node_with_a_shorter_embargo_decides_the_runs_verdicts_with_the_
     def edit(node: str, toml: str) -> str:
         return toml + '[publication]\nembargo = "0s"\n' if node == "node-b" else toml
 
+    # 0.6 s an answer: 40 rollouts two at a time last 12 s, time for node-b to start and join
+    # on a loaded machine (with 0.3 s, the suite's three workers on two cores once left it
+    # nothing to score).
     async with cluster(
         tmp_path,
-        delay=0.3,
+        delay=0.6,
         rollouts=20,
         concurrency=2,
         problems=passing_problems(tmp_path),
