@@ -702,6 +702,46 @@ class TestAuditCompleteness:
                 assert said in failed[0], (attack.__name__, p.stderr)
                 assert "Traceback" not in p.stderr, p.stderr
 
+    async def test_a_superseded_mark_removed_from_a_signed_export_fails(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """``superseded.jsonl`` (released results a re-score later found failing) is part of what
+        ``releases.json.sig`` signs: emptied on the host, a re-scored pass reads as a pass again,
+        and ``rollwatch audit`` fails it. It used to pass (the signed index named every folder's
+        manifest, not the superseded list)."""
+        from tests.helpers import rollwatch
+        from tests.integrity.test_tlog_tiles import add_released, fill, live_log, static_server
+        from tests.publication.test_flip_attacks import rescore
+
+        monkeypatch.delenv("STATE_DIRECTORY", raising=False)
+        out = tmp_path / "site"
+        env = {"STATE_DIRECTORY": ""}
+
+        def run(*args: str) -> subprocess.CompletedProcess[str]:
+            return rollwatch("--config", cfg, *args, env=env)  # type: ignore[no-any-return]
+
+        async with live_log(tmp_path) as live:
+            cfg = str(live.config_file)
+            await fill(live)
+            rid = await add_released(live.store, live.pdb)
+            await rescore(live.store, rid, passed=False, previous=True, decide=False)
+            await live.integrity.final_checkpoint()
+            p = await anyio.to_thread.run_sync(lambda: run("publish", "export", str(out)))
+            assert p.returncode == 0, p.stderr
+        marks = (out / "superseded.jsonl").read_text().splitlines()
+        assert [json.loads(x)["rollout_id"] for x in marks] == [rid]
+        with static_server(out) as url:
+            p = await anyio.to_thread.run_sync(lambda: run("audit", "--url", url))
+            assert p.returncode == 0, p.stdout + p.stderr
+            (out / "superseded.jsonl").write_text("")
+            p = await anyio.to_thread.run_sync(lambda: run("audit", "--url", url))
+        assert p.returncode == 1, p.stdout + p.stderr
+        failed = [x for x in p.stderr.splitlines() if x.startswith("FAILED ")]
+        assert failed == [
+            "FAILED archive: superseded.jsonl is not the one the signed releases.json names"
+            " (a superseded mark removed or edited)"
+        ], p.stderr
+
     async def test_an_unsigned_export_is_checked_line_by_line_and_fails_as_unsigned(
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:

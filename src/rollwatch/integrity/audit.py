@@ -859,6 +859,7 @@ async def _check_archive(
         )
         if signed:
             _same_lines(check, folders)
+            await _check_superseded(http, body)
             out.append(
                 f"archive: releases.json signed for the checkpoint of size {cp.size}: its"
                 f" {len({c.split('/')[1] for c, _, _ in chunks})} release folders, {len(chunks)} chunks"
@@ -924,6 +925,18 @@ async def _signed_index(
             " a release folder dropped or its manifest swapped)",
         )
     return index, True
+
+
+async def _check_superseded(http: _Client, index: dict[str, Any]) -> None:
+    """``superseded.jsonl`` is the one the signed index names (its SHA-256): a mark removed
+    would show a re-scored pass as a pass."""
+    want = index.get("superseded_sha256")
+    raw = (await http.get("/public/superseded.jsonl")).content if want is not None else None
+    if raw is None or hashlib.sha256(raw).hexdigest() != want:
+        raise AuditFailure(
+            "archive",
+            "superseded.jsonl is not the one the signed releases.json names (a superseded mark removed or edited)",
+        )
 
 
 def _same_lines(top: _Archive, folders: _Archive) -> None:

@@ -585,6 +585,8 @@ class Archive:
             "results": sum(r["results"] for r in releases),
             "open_results": "results.jsonl",
             "superseded": SUPERSEDED,
+            # Signed with the index: a mark removed on the host makes a re-scored pass a pass again.
+            "superseded_sha256": sha256_file(self.root / SUPERSEDED) if (self.root / SUPERSEDED).exists() else None,
             "releases": releases,
             "exported_seq": exported_seq,
             "exported_at": now.timestamp(),
