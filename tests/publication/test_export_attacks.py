@@ -783,7 +783,8 @@ class TestAuditCompleteness:
             rotations = (await anyio.to_thread.run_sync(httpx.get, live.url + "public/key/rotations")).content
         [retired_file] = tmp_path.glob("checkpoint.key.retired-*")
         retired = existing_signer(retired_file, "rollwatch.test/log")
-        assert retired is not None and retired.vkey == old_key
+        assert retired is not None
+        assert retired.vkey == old_key
         served_rotations = tmp_path / "rotations"
         served_rotations.write_bytes(rotations)
 
@@ -818,7 +819,10 @@ class TestAuditCompleteness:
             server.server_close()
         assert p.returncode == 1, p.stdout + p.stderr
         failed = [x for x in p.stderr.splitlines() if x.startswith("FAILED ")]
-        assert len(failed) == 1 and failed[0].startswith("FAILED archive: releases.json.sig: "), p.stderr
+        assert len(failed) == 1, p.stderr
+        assert failed[0].startswith(
+            "FAILED archive: releases.json.sig: the note is not signed by rollwatch.test/log"
+        ), p.stderr
 
     async def test_an_unsigned_export_is_checked_line_by_line_and_fails_as_unsigned(
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
