@@ -934,8 +934,14 @@ async def _check_superseded(http: _Client, index: dict[str, Any]) -> None:
     """``superseded.jsonl`` is the one the signed index names (its SHA-256): a mark removed
     would show a re-scored pass as a pass."""
     want = index.get("superseded_sha256")
-    raw = (await http.get("/public/superseded.jsonl")).content if want is not None else None
-    if raw is None or hashlib.sha256(raw).hexdigest() != want:
+    if want is None:
+        raise AuditFailure(
+            "archive",
+            "the signed releases.json does not name superseded.jsonl's SHA-256 (an export by an older"
+            " rollwatch): export again with this rollwatch",
+        )
+    raw = (await http.get("/public/superseded.jsonl")).content
+    if hashlib.sha256(raw).hexdigest() != want:
         raise AuditFailure(
             "archive",
             "superseded.jsonl is not the one the signed releases.json names (a superseded mark removed or edited)",
