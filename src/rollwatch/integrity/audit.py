@@ -408,7 +408,9 @@ async def audit(
         # 6. the whole archive: every line's events in the signed tree, saying what the line says
         failure = None
         if archive:
-            keys = [pinned_verifier] + [NoteVerifier.from_vkey(link["new_key"]) for link in links]
+            # The index is signed by the key in force, the one that signed the served checkpoint:
+            # a key rotated away from (leaked, say) must not vouch for an index any more.
+            keys = [verifier]
             found, failure = await _check_archive(http, keys, verifier, cp, progress)
             lines += found
 
@@ -821,9 +823,10 @@ async def _check_archive(
     """Every line of ``/public/results.jsonl`` and, in a static export, of every release folder's
     chunks (see :class:`_Archive`); the report's lines, and the failure of an unsigned export.
 
-    A static export's ``releases.json.sig`` (signed by one of ``keys``: the pinned key or one a
-    rotation led to) names the served checkpoint and the index's SHA-256; the index names each
-    folder's manifest by its SHA-256, each manifest its chunks by theirs. Then a line, chunk or
+    A static export's ``releases.json.sig`` (signed by one of ``keys``: the key in force, which
+    signed the served checkpoint; never a retired one) names the served checkpoint and the
+    index's SHA-256; the index names each folder's manifest by its SHA-256, each manifest its
+    chunks by theirs. Then a line, chunk or
     folder deleted, a manifest or the index edited, and a proof stripped all fail, and
     ``results.jsonl`` must hold exactly the folders' lines. An export without the signature (made
     before exports were signed, or with it removed: audit cannot tell which) has every line
@@ -859,6 +862,7 @@ async def _check_archive(
         )
         if signed:
             _same_lines(check, folders)
+            await _check_superseded(http, body)
             out.append(
                 f"archive: releases.json signed for the checkpoint of size {cp.size}: its"
                 f" {len({c.split('/')[1] for c, _, _ in chunks})} release folders, {len(chunks)} chunks"
@@ -924,6 +928,24 @@ async def _signed_index(
             " a release folder dropped or its manifest swapped)",
         )
     return index, True
+
+
+async def _check_superseded(http: _Client, index: dict[str, Any]) -> None:
+    """``superseded.jsonl`` is the one the signed index names (its SHA-256): a mark removed
+    would show a re-scored pass as a pass."""
+    want = index.get("superseded_sha256")
+    if want is None:
+        raise AuditFailure(
+            "archive",
+            "the signed releases.json does not name superseded.jsonl's SHA-256 (an export by an older"
+            " rollwatch): export again with this rollwatch",
+        )
+    raw = (await http.get("/public/superseded.jsonl")).content
+    if hashlib.sha256(raw).hexdigest() != want:
+        raise AuditFailure(
+            "archive",
+            "superseded.jsonl is not the one the signed releases.json names (a superseded mark removed or edited)",
+        )
 
 
 def _same_lines(top: _Archive, folders: _Archive) -> None:

@@ -576,6 +576,8 @@ class Archive:
                 entry["manifest_sha256"] = sha256_file(f.path / MANIFEST)
                 entry["manifest_bytes"] = (f.path / MANIFEST).stat().st_size
             releases.append(entry)
+        marks = self.root / SUPERSEDED
+        superseded = sha256_file(marks) if marks.exists() else None
         index = {
             "format": FORMAT,
             "generated_at": now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
@@ -585,6 +587,8 @@ class Archive:
             "results": sum(r["results"] for r in releases),
             "open_results": "results.jsonl",
             "superseded": SUPERSEDED,
+            # Signed with the index: a mark removed on the host makes a re-scored pass a pass again.
+            "superseded_sha256": superseded,
             "releases": releases,
             "exported_seq": exported_seq,
             "exported_at": now.timestamp(),
