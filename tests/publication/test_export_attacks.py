@@ -824,21 +824,16 @@ class TestAuditCompleteness:
             "FAILED archive: releases.json.sig: the note is not signed by rollwatch.test/log"
         ), p.stderr
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="the open folder's new MANIFEST.json is in place before the new releases.json and"
-        " its .sig (the top-level copies and pages are written between): an audit of the served"
-        " directory then reads the old signed index beside the new manifest and calls it edited",
-    )
-    async def test_an_audit_during_an_honest_export_is_no_tamper_alarm(
-        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-    ) -> None:
-        """The directory as an export into it leaves it halfway (its chunk and the open folder's
-        manifest written, the index not yet): an honest operator's export, served as it runs."""
+    @staticmethod
+    async def halfway_export(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[list[str], Path, Path]:
+        """An export, and a second one into a copy of it stopped halfway as ``publish export``
+        leaves the directory then: the open folder's new manifest and chunk in place, the index,
+        its signature and the top-level files not yet, ``.export-in-progress`` there. The command
+        that audits, the finished export, the halfway one."""
         import shutil
 
         from tests.helpers import rollwatch
-        from tests.integrity.test_tlog_tiles import add_released, fill, live_log, static_server
+        from tests.integrity.test_tlog_tiles import add_released, fill, live_log
 
         monkeypatch.delenv("STATE_DIRECTORY", raising=False)
         out = tmp_path / "site"
@@ -852,19 +847,102 @@ class TestAuditCompleteness:
             await fill(live)
             p = await anyio.to_thread.run_sync(lambda: run("publish", "export", str(out)))
             assert p.returncode == 0, p.stderr
-            first = tmp_path / "first"
-            shutil.copytree(out, first)
+            halfway = tmp_path / "halfway"
+            shutil.copytree(out, halfway)
             await add_released(live.store, live.pdb)
             await live.integrity.final_checkpoint()
             p = await anyio.to_thread.run_sync(lambda: run("publish", "export", str(out)))
             assert p.returncode == 0, p.stderr
-        folder = this_folder(out)
-        halfway = this_folder(first)
         for name in ("MANIFEST.json", "results-0002.jsonl"):
-            shutil.copy2(folder / name, halfway / name)
-        with static_server(first) as url:
-            p = await anyio.to_thread.run_sync(lambda: run("audit", "--url", url))
-        assert p.returncode == 0, p.stdout + p.stderr
+            shutil.copy2(this_folder(out) / name, this_folder(halfway) / name)
+        (halfway / ".export-in-progress").touch()
+        return [sys.executable, "-m", "rollwatch", "--config", cfg, "audit"], out, halfway
+
+    async def test_an_audit_during_an_honest_export_waits_for_it_and_passes(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """An audit of a directory an honest export is writing into (its new manifest beside the
+        old signed index) says it waits, and passes once the export has finished; before, it
+        failed at once: ``FAILED archive: … MANIFEST.json is not the manifest the signed
+        releases.json names``, exit 1."""
+        import shutil
+
+        from tests.integrity.test_tlog_tiles import static_server
+
+        command, out, halfway = await self.halfway_export(tmp_path, monkeypatch)
+        with static_server(halfway) as url:
+            async with await anyio.open_process([*command, "--url", url]) as proc:
+                assert proc.stdout is not None
+                assert proc.stderr is not None
+                err = b""
+                with anyio.fail_after(60):
+                    while b"waiting for it to finish" not in err:
+                        try:
+                            err += await proc.stderr.receive()
+                        except (anyio.EndOfStream, anyio.ClosedResourceError):
+                            break  # it ended without waiting
+                assert f"an export is being written into {url}" in err.decode(), err
+                # The export finishes: the index, its signature and the top-level files, then the
+                # mark removed.
+                shutil.copytree(out, halfway, dirs_exist_ok=True)
+                (halfway / ".export-in-progress").unlink()
+                with anyio.fail_after(60):
+                    async for chunk in proc.stderr:
+                        err += chunk
+                    stdout = b"".join([c async for c in proc.stdout])
+                    await proc.wait()
+        assert proc.returncode == 0, (stdout + err).decode()
+        assert err.decode().count("waiting for it to finish") == 1, err
+        assert stdout.decode().splitlines()[-1] == "ok", stdout
+
+    async def test_a_halfway_export_without_its_mark_fails_at_once(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The same directory without ``.export-in-progress`` (no export is running: someone put
+        another manifest in place) fails as before, without waiting."""
+        from tests.integrity.test_tlog_tiles import static_server
+
+        command, _, halfway = await self.halfway_export(tmp_path, monkeypatch)
+        (halfway / ".export-in-progress").unlink()
+        with static_server(halfway) as url:
+            p = await anyio.to_thread.run_sync(
+                lambda: subprocess.run([*command, "--url", url], capture_output=True, text=True, timeout=60)
+            )
+        assert p.returncode == 1, p.stdout + p.stderr
+        assert "waiting" not in p.stderr, p.stderr
+        assert "MANIFEST.json is not the manifest the signed releases.json names" in p.stderr, p.stderr
+
+    async def test_a_mark_that_stays_only_delays_the_failure(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A mark that never goes away (served by whoever holds the host, or an export that died):
+        after ``--export-wait`` the audit fails as it would have, saying an export was in
+        progress. The mark never turns a failure into a pass."""
+        from tests.integrity.test_tlog_tiles import static_server
+
+        command, _, halfway = await self.halfway_export(tmp_path, monkeypatch)
+        with static_server(halfway) as url:
+            with anyio.fail_after(60):
+                start = anyio.current_time()
+                p = await anyio.to_thread.run_sync(
+                    lambda: subprocess.run(
+                        [*command, "--url", url, "--export-wait", "2s"],
+                        capture_output=True,
+                        text=True,
+                        timeout=60,
+                    )
+                )
+                waited = anyio.current_time() - start
+        assert p.returncode == 1, p.stdout + p.stderr
+        assert waited >= 2, waited
+        assert p.stderr.count("waiting for it to finish") == 1, p.stderr
+        failed = [x for x in p.stderr.splitlines() if x.startswith("FAILED ")]
+        assert len(failed) == 1, p.stderr
+        assert "MANIFEST.json is not the manifest the signed releases.json names" in failed[0], p.stderr
+        assert failed[0].endswith(
+            f"(an export was being written into {url.rstrip('/')}/ and .export-in-progress was still"
+            " served after waiting 2 s: not checked again)"
+        ), p.stderr
 
     async def test_an_unsigned_export_is_checked_line_by_line_and_fails_as_unsigned(
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch

@@ -51,6 +51,12 @@ from rollwatch.errors import AuditFailure, UsageError
     default=False,
     help="skip the check of every line of results.jsonl (long for a huge archive)",
 )
+@click.option(
+    "--export-wait",
+    default="10m",
+    show_default=True,
+    help="how long to wait for an export being written into a static export to finish (0: not at all)",
+)
 @common
 def audit(
     ctx: Context,
@@ -63,6 +69,7 @@ def audit(
     quorum: int | None,
     max_cosignature_age: str,
     no_archive: bool,
+    export_wait: str,
 ) -> None:
     """Check the signed checkpoint, its consistency with the kept one, an item's inclusion, and
     every result of results.jsonl; exit 1 on failure."""
@@ -90,6 +97,10 @@ def audit(
         max_age = parse_duration(max_cosignature_age)
     except ValueError as e:
         raise UsageError(f"--max-cosignature-age: {e}") from None
+    try:
+        export_wait_s = parse_duration(export_wait)
+    except ValueError as e:
+        raise UsageError(f"--export-wait: {e}") from None
     for w in witnesses:
         try:
             CosignatureVerifier.from_vkey(w)
@@ -110,6 +121,12 @@ def audit(
                 shown[0], shown[1] = now, 1.0
                 click.echo(f"\rarchive: {n} lines checked", err=True, nl=False)
 
+    def waiting(line: str) -> None:
+        if shown[1]:
+            click.echo(err=True)
+            shown[1] = 0.0
+        click.echo(line, err=True)
+
     async def main() -> int:
         try:
             report = await run_audit(
@@ -123,6 +140,8 @@ def audit(
                 max_cosignature_age=max_age,
                 archive=not no_archive,
                 progress=progress,
+                export_wait=export_wait_s,
+                waiting=waiting,
             )
         except ValueError as e:
             raise UsageError(f"--key: {e}") from None

@@ -57,6 +57,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 
 from rollwatch.errors import AuditFailure, InvalidNote, InvalidProof
@@ -296,6 +297,8 @@ async def audit(
     max_cosignature_age: float = 86400.0,
     archive: bool = True,
     progress: Callable[[int], None] | None = None,
+    export_wait: float = 600.0,
+    waiting: Callable[[str], None] | None = None,
 ) -> AuditReport:
     """Run every check against the service at ``url``; raise :class:`AuditFailure` at the first that fails.
 
@@ -304,6 +307,14 @@ async def audit(
     all) of their cosignatures, none older than ``max_cosignature_age`` seconds.
     ``archive``: check every line of ``results.jsonl`` (step 6); ``progress`` is called
     with the number of lines read so far, after each line.
+
+    A static export that fails while it serves :data:`EXPORT_MARK` is being written into (an
+    honest export puts the open folder's new manifest in place before the new index and its
+    signature): ``waiting`` is called with a line saying so, the mark is asked for about once a
+    second until it is gone, and every check runs again from the start, at most
+    :data:`EXPORT_RECHECKS` times and within ``export_wait`` seconds. Past those, or when the
+    check after the export fails again, the failure stands, saying an export was in progress. A
+    mark served by an attacker only delays the failure: the checks are the same.
     """
     from rollwatch.integrity.witness import CosignatureVerifier
 
@@ -317,102 +328,180 @@ async def audit(
     )
     async with ctx as c:
         http = _Client(c, base_url(url))
-        lines: list[str] = []
-
-        # 0. the service's own verdict on its log
-        await _check_health(c, http.base)
-        await http.find_export()
-
-        # 1. key
-        served = (await http.get("/public/key")).text.strip()
-        if pinned is not None:
-            verifier = pinned
-            source = "given with --key"
-        elif kept is not None:
+        deadline = anyio.current_time() + export_wait
+        note = ""  # what a failure says of an export written during the audit
+        report: AuditReport | None = None
+        failure: AuditFailure | None = None
+        for attempt in range(EXPORT_RECHECKS + 1):
+            report = None
             try:
-                verifier = NoteVerifier.from_vkey(kept["key"])
-            except ValueError as e:
-                raise AuditFailure("keep", f"{keep}: {e}") from None
-            source = f"kept in {keep}"
-        else:
-            try:
-                verifier = NoteVerifier.from_vkey(served)
-            except ValueError as e:
-                raise AuditFailure("key", f"/public/key: {e}") from None
-            source = "fetched from /public/key (trust on first use: compare it out of band, then pin it with --key or --keep)"
-        if kept is not None and kept["key"] != verifier.vkey:
-            raise AuditFailure(
-                "key", f"the key {verifier.vkey} is not the one kept in {keep} ({kept['key']})"
-            )
-        lines.append(f"key: {verifier.vkey} ({source})")
-        pinned_verifier = verifier
-        links: list[dict[str, Any]] = []
-        if served != verifier.vkey:
-            # 1b. a rotation: each link signed by the key before it (and the new one).
-            verifier, links = await _follow_rotations(http, verifier, served)
-            for link in links:
-                lines.append(
-                    f"key: rotated at seq {link['seq']} to {link['new_key']} (signed by the old key): ok"
+                report = await _audit_once(
+                    http, keep, item, pinned, kept, cosigners, quorum, max_cosignature_age, archive, progress
                 )
+                failure = report.failure
+            except AuditFailure as e:
+                failure = e
+            if failure is None or http.public:
+                break
+            mark = http.url("/public/" + EXPORT_MARK)
+            if attempt == EXPORT_RECHECKS or not await _served(c, mark):
+                break
+            if waiting is not None:
+                waiting(
+                    f"an export is being written into {http.base}/ ({EXPORT_MARK} is served):"
+                    " waiting for it to finish"
+                )
+            if not await _export_finished(c, mark, deadline):
+                note = (
+                    f" (an export was being written into {http.base}/ and {EXPORT_MARK} was still"
+                    f" served after waiting {export_wait:g} s: not checked again)"
+                )
+                break
+            note = f" (checked again after an export into {http.base}/ finished: the failure stands)"
+    if failure is not None and note:
+        failure = AuditFailure(failure.check, failure.message + note)
+    if report is None:
+        assert failure is not None
+        raise failure
+    report.failure = failure
+    return report
 
-        # 2. checkpoint
-        note = (await http.get("/public/checkpoint")).text
+
+EXPORT_MARK = ".export-in-progress"
+"""The file ``publish export`` keeps at the root of its folder from its start until the new index
+and its signature are written (:mod:`rollwatch.publication.releases`)."""
+
+EXPORT_RECHECKS = 3
+"""How many times audit checks a static export again after an export into it finished."""
+
+
+async def _served(client: httpx.AsyncClient, url: str) -> bool:
+    """Whether a GET of ``url`` answers 200 (its body not read; a failed request: no)."""
+    try:
+        async with client.stream("GET", url) as r:
+            return r.status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+async def _export_finished(client: httpx.AsyncClient, mark: str, deadline: float) -> bool:
+    """Whether the export's ``mark`` is gone before ``deadline`` (asked for about once a second)."""
+    while await _served(client, mark):
+        left = deadline - anyio.current_time()
+        if left <= 0:
+            return False
+        await anyio.sleep(min(1.0, left))
+    return True
+
+
+async def _audit_once(
+    http: _Client,
+    keep: Path | None,
+    item: str | None,
+    pinned: NoteVerifier | None,
+    kept: dict[str, Any] | None,
+    cosigners: list[Any],
+    quorum: int | None,
+    max_cosignature_age: float,
+    archive: bool,
+    progress: Callable[[int], None] | None,
+) -> AuditReport:
+    """Every check once (see :func:`audit`)."""
+    c = http.client
+    lines: list[str] = []
+
+    # 0. the service's own verdict on its log
+    await _check_health(c, http.base)
+    await http.find_export()
+
+    # 1. key
+    served = (await http.get("/public/key")).text.strip()
+    if pinned is not None:
+        verifier = pinned
+        source = "given with --key"
+    elif kept is not None:
         try:
-            cp = verifier.open_checkpoint(note)
-        except InvalidNote as e:
-            raise AuditFailure("checkpoint", f"/public/checkpoint: {e}") from None
-        lines.append(f"checkpoint: {cp.origin} size {cp.size} root {b64(cp.root)}: signature ok")
-        if cosigners:
-            from rollwatch.integrity.witnessing import check_witnessed
-
-            need = len(cosigners) if quorum is None else quorum
-            try:
-                lines += check_witnessed(note, cosigners, need, max_cosignature_age)
-            except ValueError as e:
-                raise AuditFailure("witness", f"/public/checkpoint: {e}") from None
-            lines.append(f"witnessed: {need} of {len(cosigners)} witnesses needed: ok")
+            verifier = NoteVerifier.from_vkey(kept["key"])
+        except ValueError as e:
+            raise AuditFailure("keep", f"{keep}: {e}") from None
+        source = f"kept in {keep}"
+    else:
+        try:
+            verifier = NoteVerifier.from_vkey(served)
+        except ValueError as e:
+            raise AuditFailure("key", f"/public/key: {e}") from None
+        source = "fetched from /public/key (trust on first use: compare it out of band, then pin it with --key or --keep)"
+    if kept is not None and kept["key"] != verifier.vkey:
+        raise AuditFailure("key", f"the key {verifier.vkey} is not the one kept in {keep} ({kept['key']})")
+    lines.append(f"key: {verifier.vkey} ({source})")
+    pinned_verifier = verifier
+    links: list[dict[str, Any]] = []
+    if served != verifier.vkey:
+        # 1b. a rotation: each link signed by the key before it (and the new one).
+        verifier, links = await _follow_rotations(http, verifier, served)
         for link in links:
-            await _check_rotation_logged(http, link, cp)
+            lines.append(
+                f"key: rotated at seq {link['seq']} to {link['new_key']} (signed by the old key): ok"
+            )
 
-        # 3. consistency with the kept checkpoint
-        if kept is not None:
-            try:
-                old = pinned_verifier.open_checkpoint(kept["checkpoint"])
-            except InvalidNote as e:
-                raise AuditFailure("keep", f"the checkpoint kept in {keep} does not verify: {e}") from None
-            await _check_consistency(http, old, cp)
-            lines.append(f"consistency: kept size {old.size} -> size {cp.size}: ok")
+    # 2. checkpoint
+    note = (await http.get("/public/checkpoint")).text
+    try:
+        cp = verifier.open_checkpoint(note)
+    except InvalidNote as e:
+        raise AuditFailure("checkpoint", f"/public/checkpoint: {e}") from None
+    lines.append(f"checkpoint: {cp.origin} size {cp.size} root {b64(cp.root)}: signature ok")
+    if cosigners:
+        from rollwatch.integrity.witnessing import check_witnessed
 
-        # 4. a released item's inclusion
-        remembered: dict[str, dict[str, Any]] = dict(kept.get("items", {})) if kept is not None else {}
-        if item is not None:
-            seq, leaf = await _check_item(http, item, cp)
-            lines.append(f"inclusion: item {item} (event {seq}) is in the tree of size {cp.size}: ok")
-            lines.append(await _check_bundle(http, item, verifier, cp))
-            old_item = remembered.get(item)
-            if old_item is not None and (old_item["seq"], old_item["leaf"]) != (seq, b64(leaf)):
-                raise AuditFailure(
-                    "remembered",
-                    f"item {item} was event {old_item['seq']} with leaf {old_item['leaf']} when audited before; "
-                    f"now it is event {seq} with leaf {b64(leaf)}: the released result was rewritten",
-                )
-            remembered[item] = {"seq": seq, "leaf": b64(leaf)}
+        need = len(cosigners) if quorum is None else quorum
+        try:
+            lines += check_witnessed(note, cosigners, need, max_cosignature_age)
+        except ValueError as e:
+            raise AuditFailure("witness", f"/public/checkpoint: {e}") from None
+        lines.append(f"witnessed: {need} of {len(cosigners)} witnesses needed: ok")
+    for link in links:
+        await _check_rotation_logged(http, link, cp)
 
-        # 5. every item audited before is still in the signed tree, unchanged
-        if kept is not None:
-            for rid, rec in sorted(remembered.items()):
-                await _check_remembered(http, rid, rec["seq"], rec["leaf"], cp)
-            if remembered:
-                lines.append(f"remembered: {len(remembered)} released items still in the signed tree: ok")
+    # 3. consistency with the kept checkpoint
+    if kept is not None:
+        try:
+            old = pinned_verifier.open_checkpoint(kept["checkpoint"])
+        except InvalidNote as e:
+            raise AuditFailure("keep", f"the checkpoint kept in {keep} does not verify: {e}") from None
+        await _check_consistency(http, old, cp)
+        lines.append(f"consistency: kept size {old.size} -> size {cp.size}: ok")
 
-        # 6. the whole archive: every line's events in the signed tree, saying what the line says
-        failure = None
-        if archive:
-            # The index is signed by the key in force, the one that signed the served checkpoint:
-            # a key rotated away from (leaked, say) must not vouch for an index any more.
-            keys = [verifier]
-            found, failure = await _check_archive(http, keys, verifier, cp, progress)
-            lines += found
+    # 4. a released item's inclusion
+    remembered: dict[str, dict[str, Any]] = dict(kept.get("items", {})) if kept is not None else {}
+    if item is not None:
+        seq, leaf = await _check_item(http, item, cp)
+        lines.append(f"inclusion: item {item} (event {seq}) is in the tree of size {cp.size}: ok")
+        lines.append(await _check_bundle(http, item, verifier, cp))
+        old_item = remembered.get(item)
+        if old_item is not None and (old_item["seq"], old_item["leaf"]) != (seq, b64(leaf)):
+            raise AuditFailure(
+                "remembered",
+                f"item {item} was event {old_item['seq']} with leaf {old_item['leaf']} when audited before; "
+                f"now it is event {seq} with leaf {b64(leaf)}: the released result was rewritten",
+            )
+        remembered[item] = {"seq": seq, "leaf": b64(leaf)}
+
+    # 5. every item audited before is still in the signed tree, unchanged
+    if kept is not None:
+        for rid, rec in sorted(remembered.items()):
+            await _check_remembered(http, rid, rec["seq"], rec["leaf"], cp)
+        if remembered:
+            lines.append(f"remembered: {len(remembered)} released items still in the signed tree: ok")
+
+    # 6. the whole archive: every line's events in the signed tree, saying what the line says
+    failure = None
+    if archive:
+        # The index is signed by the key in force, the one that signed the served checkpoint:
+        # a key rotated away from (leaked, say) must not vouch for an index any more.
+        keys = [verifier]
+        found, failure = await _check_archive(http, keys, verifier, cp, progress)
+        lines += found
 
     if failure is not None:
         return AuditReport(checkpoint=cp, key=verifier.vkey, lines=lines, failure=failure)
