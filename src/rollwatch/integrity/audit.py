@@ -40,6 +40,8 @@ An auditor has no access to the log, only to the public routes. Each run:
    folder removed, an index or manifest edited, a proof stripped from a chunk exported
    with proofs, a ``results.jsonl`` that is not exactly the folders' lines: each fails.
    An export without the signature is checked line by line and fails as unsigned.
+   A static export that fails while it serves ``.export-in-progress`` (an export is being
+   written into it) is checked again once the mark is gone, within ``export_wait``.
 
 Only when every check passes is the new checkpoint (and the key) kept in the file,
 so the next run checks consistency from it. Any failure raises
