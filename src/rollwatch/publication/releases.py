@@ -49,6 +49,7 @@ from typing import Any
 from urllib.parse import quote, unquote
 
 from rollwatch.errors import UsageError
+from rollwatch.integrity.audit import EXPORT_MARK
 
 FORMAT = "rollwatch-releases/1"
 MANIFEST_FORMAT = "rollwatch-release/1"
@@ -57,7 +58,6 @@ INDEX_SIG = "releases.json.sig"
 MANIFEST = "MANIFEST.json"
 SUPERSEDED = "superseded.jsonl"
 LICENSE = "LICENSE"
-_IN_PROGRESS = ".export-in-progress"
 
 LICENCE = {
     "id": "CC-BY-4.0",
@@ -368,7 +368,7 @@ class Archive:
         # index.html, a LICENSE, a feed.json, anything.tmp of someone else's) would be
         # overwritten or swept.
         others = sorted(e.name for e in root.iterdir())
-        if index is None and others and not (root / _IN_PROGRESS).exists():
+        if index is None and others and not (root / EXPORT_MARK).exists():
             raise UsageError(
                 f"{root}: not empty ({', '.join(others[:3])}{', ...' if len(others) > 3 else ''}) and"
                 f" no export made it (no {INDEX}); export into an empty folder or one an export made"
@@ -395,7 +395,7 @@ class Archive:
         # A closed folder is never read again (the index has what we need of it); the
         # others as their manifests say, less what an export killed before the index
         # was written added to them.
-        killed = index is None or (root / _IN_PROGRESS).exists()
+        killed = index is None or (root / EXPORT_MARK).exists()
         base = root / "releases"
         if base.is_dir():
             for d in sorted(base.iterdir()):
@@ -437,8 +437,8 @@ class Archive:
                 )
         for tmp in root.glob("*.tmp"):
             tmp.unlink()
-        (root / _IN_PROGRESS).unlink(missing_ok=True)  # a hard link there is not truncated through
-        os.close(os.open(root / _IN_PROGRESS, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644))
+        (root / EXPORT_MARK).unlink(missing_ok=True)  # a hard link there is not truncated through
+        os.close(os.open(root / EXPORT_MARK, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644))
         try:
             for line in (root / SUPERSEDED).read_bytes().splitlines():
                 row = json.loads(line)
@@ -602,7 +602,7 @@ class Archive:
             write_atomic(self.root / INDEX_SIG, sign(hashlib.sha256(body).hexdigest()).encode())
         else:
             (self.root / INDEX_SIG).unlink(missing_ok=True)
-        (self.root / _IN_PROGRESS).unlink(missing_ok=True)
+        (self.root / EXPORT_MARK).unlink(missing_ok=True)
 
     def write_superseded(self, rows: Iterable[dict[str, Any]]) -> set[str]:
         """Write ``superseded.jsonl``; return the ids whose mark changed since the last export."""
