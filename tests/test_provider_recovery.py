@@ -280,6 +280,7 @@ def test_a_manual_trigger_tries_a_disabled_providers_key_now(
         down.unlink()
         ok = _trigger(cfg, "often")
         assert ok.returncode == 0, (ok.stdout, ok.stderr)
+        assert "enabled again" in ok.stdout, ok.stdout
         d.until(
             lambda: any(r[2]["status"] == "completed" for r in d.events("RunFinished")),
             "the triggered run to complete",

@@ -184,7 +184,10 @@ async def _tried(config: Config, seq: int) -> tuple[bool, str] | None:
                     ):
                         return True, run_id
                     elif isinstance(ev, RunFinished) and ev.run_id == run_id:
-                        return False, f"run {run_id}'s try got {got or ev.message}; the run ended {ev.status}"
+                        return (
+                            False,
+                            f"run {run_id}'s try got {got or ev.message} (the run ended {ev.status})",
+                        )
                 after = head
     return None
 
