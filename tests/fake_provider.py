@@ -7,7 +7,9 @@ chat completion after DELAY_S with a short code answer (or 401 to the key
 ``sk-rejected``, one line appended to ``REQUEST_LOG.rejected`` for each), and appends one line per
 answered request to REQUEST_LOG (flushed before the response is sent), so a test
 can count what the provider served (and would bill). ``GET /v1/models`` lists the
-models it serves (``m1``, ``m2``), as OpenAI's API does.
+models it serves (``m1``, ``m2``), as OpenAI's API does. While the file
+``REQUEST_LOG.down`` exists, every chat completion is answered 503 whatever its key (an
+outage), one line appended to ``REQUEST_LOG.down.seen`` for each.
 
 FAKE_PROVIDER_SCRIPT (JSON: a list of ``[MARKER, RESPONSE]``) scripts requests whose
 body holds MARKER (a problem's prompt can carry one): RESPONSE ``{"status": N}`` answers
@@ -64,6 +66,11 @@ SCRIPT: list[tuple[str, dict[str, object]]] = [
 
 
 async def chat(request: Request) -> Response:
+    if os.path.exists(LOG + ".down"):
+        with open(LOG + ".down.seen", "a") as f:
+            f.write(json.dumps({"t": time.time()}) + "\n")
+        error = {"message": "The server is temporarily down.", "type": "server_error", "code": None}
+        return JSONResponse({"error": error}, status_code=503)
     if request.headers.get("authorization") == f"Bearer {REJECTED_KEY}":
         error = {
             "message": "Incorrect API key provided.",

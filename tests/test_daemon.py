@@ -492,7 +492,8 @@ def test_schedules_that_cannot_run_degrade_health_and_refuse_triggers(
     """A schedule whose problem folder is a typo, one whose provider has no key, and one whose
     provider rejected its key (401) make /healthz 503 "degraded" naming each with why;
     `schedules list` shows them as "cannot run" with the same reason; `schedules trigger` on
-    them exits 2 with the reason and records nothing. An `optional` schedule without a key is
+    the first two exits 2 with the reason and records nothing (on the third it tries the key
+    again, and says it is still refused). An `optional` schedule without a key is
     only inactive, and the healthy schedule runs and can be triggered."""
     base_url, _ = provider
     cfg = tmp_path / "rollwatch.toml"
@@ -573,12 +574,18 @@ def test_schedules_that_cannot_run_degrade_health_and_refuse_triggers(
         assert rows["good"]["state"] == "active"
         assert rows["good"]["why"] == ""
 
-        for name in ("typo", "nokey", "rejected"):
+        for name in ("typo", "nokey"):
             p = cli("schedules", "trigger", name)
             assert p.returncode == 2, (name, p.stdout, p.stderr)
             assert f"schedule {name!r} cannot run" in p.stderr
             assert body["schedules"][name] in p.stderr
         assert not events(db, "ScheduleTriggered")
+        # A disabled provider is the one reason a trigger goes on: it tries the key now
+        # (tests/test_provider_recovery.py), here refused again.
+        p = cli("schedules", "trigger", "rejected")
+        assert p.returncode == 1, (p.stdout, p.stderr)
+        assert "provider 'fake' is still disabled" in p.stderr, p.stderr
+        assert [d["schedule"] for _, _, d in events(db, "ScheduleTriggered")] == ["rejected"]
         good = {d["run_id"] for _, _, d in events(db, "RunStarted") if d["schedule"] == "good"}
         wait_until(lambda: {d["run_id"] for _, _, d in events(db, "RunFinished")} >= good, 60, "good's run")
         assert cli("schedules", "trigger", "good").returncode == 0

@@ -1,17 +1,24 @@
 """A provider disabled by a rejected key is tried again when one of its schedules next
 fires, without a restart: a real ``rollwatch serve``, the loopback provider of
 ``tests/fake_provider.py`` (it refuses the key ``sk-rejected`` with 401 and counts each
-refusal), the key in an ``api_key_file`` the test replaces."""
+refusal), the key in an ``api_key_file`` the test replaces. A batch schedule the same way
+against the loopback batch server (``tests/providers/batch_server.py``, run in a thread
+of its own), and ``rollwatch schedules trigger`` as the operator's "try now"."""
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
+import anyio.from_thread
 import httpx
 import pytest
 
+from tests.providers.batch_server import batch_provider
 from tests.test_daemon import _provider, events
 from tests.test_schedules_over_time import serving, write_config
 
@@ -34,13 +41,31 @@ def _config(tmp_path: Path, base_url: str, key_file: Path, rollouts: int) -> Pat
     )
 
 
-def _healthz(cfg: Path) -> int:
+def _url(cfg: Path, path: str) -> str:
     listen = next(line for line in cfg.read_text().splitlines() if line.startswith("listen"))
-    url = "http://" + listen.split('"')[1] + "/healthz"
+    return "http://" + listen.split('"')[1] + path
+
+
+def _healthz(cfg: Path) -> int:
     try:
-        return httpx.get(url, timeout=5).status_code
+        return httpx.get(_url(cfg, "/healthz"), timeout=5).status_code
     except httpx.HTTPError:
         return 0
+
+
+def _gauge(cfg: Path, provider: str) -> float | None:
+    """The ``rollwatch_provider_disabled`` gauge of ``provider`` (None: not scraped)."""
+    try:
+        text = httpx.get(_url(cfg, "/metrics"), timeout=5).text
+    except httpx.HTTPError:
+        return None
+    m = re.search(rf'^rollwatch_provider_disabled{{provider="{provider}"}} (\S+)$', text, re.M)
+    return float(m.group(1)) if m else None
+
+
+def _agree(cfg: Path, provider: str, disabled: bool) -> bool:
+    """/healthz and the ``disabled`` gauge both say ``disabled``."""
+    return _healthz(cfg) == (503 if disabled else 200) and _gauge(cfg, provider) == float(disabled)
 
 
 def _rejected(log: Path) -> int:
@@ -148,3 +173,124 @@ def test_a_malformed_key_file_keeps_the_provider_disabled_and_says_why(
     first = next(i for i, x in enumerate(lines) if "api_key_file" in x)
     assert len(lines[first:]) >= 2, lines
     assert all("api_key_file" in x and str(key) in x for x in lines[first:]), lines
+
+
+def test_a_batch_schedule_tries_a_replaced_key_at_its_next_fire(tmp_path: Path) -> None:
+    """A batch schedule (``batch = true``) whose key the provider refuses: the first run's
+    batch create gets a 401, the provider is disabled (/healthz degraded, gauge 1). At
+    the next fires, while the key is still refused, each run's one try (the batch's first
+    request) is refused again: one request and one WARNING per fire. The operator replaces
+    the key file; the next fire's batch is the try, answered: INFO ``provider_enabled``, a
+    run completes, /healthz ok, gauge 0. Before, a batch run never tried the key again:
+    every later run ended at once with ``provider_failed`` until a restart."""
+    key = tmp_path / "key"
+    key.write_text("sk-rejected\n")
+    with (
+        anyio.from_thread.start_blocking_portal() as portal,
+        portal.wrap_async_context_manager(
+            batch_provider("openai", lambda b, i, c: "ok", polls_in_progress=0)
+        ) as server,
+    ):
+        server.rejected_key = "sk-rejected"
+        cfg = write_config(
+            tmp_path,
+            "[[schedules]]\n"
+            'name = "nightly"\nprovider = "acme"\nmodels = ["m1"]\nproblem_set = "favorites"\n'
+            'rollouts = 2\nevery = "2s"\nbatch = true\n',
+            extra=(
+                f'[[providers]]\nname = "acme"\nkind = "openai"\nbase_url = "{server.url}"\n'
+                f'api_key_file = "{key}"\nmax_attempts = 2\nbackoff_base = "10ms"\n'
+                'batch_poll = "20ms"\nbatch_linger = "50ms"\n'
+            ),
+        )
+        with serving(cfg) as d:
+            d.until(lambda: len(d.events("RunFinished")) >= 3, "three runs to end with the key refused")
+            d.until(lambda: _agree(cfg, "acme", True), "/healthz and the gauge to say disabled")
+            runs, refused = len(d.events("RunStarted")), server.rejections
+            assert refused <= runs, (refused, runs)  # one request per fire, at most
+            assert server.creates == 0
+            key.write_text("sk-good-key-0123456789\n")
+            d.until(
+                lambda: any(r[2]["status"] == "completed" for r in d.events("RunFinished")),
+                "a batch run to complete after the key was replaced",
+                seconds=30,
+            )
+            d.until(lambda: _agree(cfg, "acme", False), "/healthz and the gauge to say enabled")
+            text = d.stop()
+    still = [x for x in text.splitlines() if "provider_still_disabled" in x]
+    assert still, text[-3000:]
+    assert all("Incorrect API key" in x for x in still), still
+    enabled = [x for x in text.splitlines() if "provider_enabled" in x]
+    assert len(enabled) == 1, text[-3000:]
+    assert text.count("provider disabled") == 1, text[-3000:]
+
+
+def _trigger(cfg: Path, name: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "rollwatch", "--config", str(cfg), "schedules", "trigger", name],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_a_manual_trigger_tries_a_disabled_providers_key_now(
+    tmp_path: Path, provider: tuple[str, Path]
+) -> None:
+    """``rollwatch schedules trigger`` for a schedule whose provider is disabled is the
+    operator saying "try now": the triggered run's first request is the try. Key still
+    refused: the trigger is answered in the log (a run of it, ``trigger_seq``), the
+    command says in one line that the provider is still disabled and why, and exits 1.
+    The key fixed but the provider down (503): the same, naming the 503, and so does the
+    WARNING (it named the old 401 before). The provider up: the run goes on and completes,
+    the command exits 0. /healthz and the gauge follow each step. Before, the trigger was
+    refused (exit 2) for as long as the provider was disabled."""
+    url, log = provider
+    key = tmp_path / "key"
+    key.write_text("sk-rejected\n")
+    cfg = _config(tmp_path, url, key, rollouts=3).resolve()
+    text = cfg.read_text().replace('every = "2s"', 'every = "24h"')
+    cfg.write_text(text)
+    with serving(cfg) as d:
+        d.until(lambda: _healthz(cfg) == 200, "the daemon to serve")
+        first = _trigger(cfg, "often")
+        assert first.returncode == 0, first.stderr
+        d.until(lambda: d.events("RunFinished"), "the first run to end")
+        d.until(lambda: _agree(cfg, "fake", True), "/healthz and the gauge to say disabled")
+
+        again = _trigger(cfg, "often")  # the key still refused
+        assert again.returncode == 1, (again.stdout, again.stderr)
+        assert "still disabled" in again.stderr, again.stderr
+        assert "Incorrect API key" in again.stderr, again.stderr
+        assert len(again.stderr.strip().splitlines()) == 1, again.stderr
+        seqs = [e[0] for e in d.events("ScheduleTriggered")]
+        started = [e[2] for e in d.events("RunStarted")]
+        assert [s["trigger_seq"] for s in started] == seqs, (started, seqs)  # each trigger answered
+        assert _agree(cfg, "fake", True)
+
+        key.write_text("sk-good-key-0123456789\n")
+        down = Path(f"{log}.down")
+        down.touch()
+        outage = _trigger(cfg, "often")
+        assert outage.returncode == 1, (outage.stdout, outage.stderr)
+        assert "503" in outage.stderr, outage.stderr
+        assert "Incorrect API key" not in outage.stderr, outage.stderr
+        assert _agree(cfg, "fake", True)
+
+        down.unlink()
+        ok = _trigger(cfg, "often")
+        assert ok.returncode == 0, (ok.stdout, ok.stderr)
+        assert "enabled again" in ok.stdout, ok.stdout
+        d.until(
+            lambda: any(r[2]["status"] == "completed" for r in d.events("RunFinished")),
+            "the triggered run to complete",
+        )
+        d.until(lambda: _agree(cfg, "fake", False), "/healthz and the gauge to say enabled")
+        text = d.stop()
+    still = [x for x in text.splitlines() if "provider_still_disabled" in x]
+    assert len(still) == 2, still
+    assert "Incorrect API key" in still[0], still
+    assert "503" in still[1], still
+    assert "Incorrect API key" not in still[1], still
+    assert len([x for x in text.splitlines() if "provider_enabled" in x]) == 1, text[-3000:]
+    assert len(Path(f"{log}.down.seen").read_text().splitlines()) == 2  # max_attempts, no more

@@ -327,10 +327,9 @@ class Daemon:
             task_status.started()
             return
         provider = self.services.providers.get(s.provider)
-        pconf = self.config.provider(s.provider)
-        if isinstance(provider, TriesAgain) and not (s.batch if s.batch is not None else pconf.batch):
+        if isinstance(provider, TriesAgain):
             # A provider disabled by a rejected key is tried again by this run's first
-            # rollout (a batch run does not try it: see ``providers/client.py``).
+            # request (a rollout, or a batch's create: see ``providers/client.py``).
             provider.try_again()
         try:
             run = await Run.start(

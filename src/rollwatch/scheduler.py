@@ -167,8 +167,14 @@ def cannot_run(
             # (``disabled`` is None then), until an answer comes.
             why := getattr(client, "rejected", None) or client.disabled
         ) is not None:
-            out[s.name] = f"provider {s.provider!r} was disabled: {why}"
+            out[s.name] = f"{disabled_prefix(s.provider)}{why}"
     return out
+
+
+def disabled_prefix(provider: str) -> str:
+    """How :func:`cannot_run` begins a reason that is a disabled provider: that one
+    alone does not refuse ``schedules trigger``, which tries the key again."""
+    return f"provider {provider!r} was disabled: "
 
 
 @dataclass
@@ -540,6 +546,7 @@ __all__ = [
     "ScheduleState",
     "Scheduler",
     "WallClock",
+    "disabled_prefix",
     "fmt_next",
     "load_states",
     "make_trigger",

@@ -10,6 +10,8 @@ batch "expired" before it: it is missing from the results). ``creates`` counts t
 batches created, ``hold_results`` holds the results download until released, and
 ``after_create`` (a fault hook) runs right after a create's answer is sent;
 ``hold_lists`` holds a client's lookup of its batch until the test releases it.
+``rejected_key``: a key every route refuses with 401 (a revoked key), counted in
+``rejections``.
 """
 
 from __future__ import annotations
@@ -56,6 +58,9 @@ class BatchProvider:
         self.polls = 0
         self.downloads = 0
         self.hold_results = False
+        self.rejected_key: str | None = None
+        """Refuse every request carrying this key with 401, as a provider refuses a revoked key."""
+        self.rejections = 0
         self.reject_creates: int | None = None
         """Answer every create with this status (e.g. 401) instead."""
         self.stall_creates = 0
@@ -83,6 +88,13 @@ class BatchProvider:
     # -- routing ------------------------------------------------------------------------
 
     def reply(self, seen: Seen) -> Reply:
+        if self.rejected_key is not None and any(
+            self.rejected_key in seen.headers.get(h, "")
+            for h in ("authorization", "x-api-key", "x-goog-api-key")
+        ):
+            self.rejections += 1
+            wire = {"openai": OpenAIWire, "gemini": GeminiWire}.get(self.kind, AnthropicWire)()
+            return wire.error(401, "Incorrect API key provided")
         if self.kind == "openai":
             return self._openai(seen)
         if self.kind == "gemini":

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any
 
+import anyio
 import click
 
 from rollwatch.cli._common import Context, common, current_projections, require_log, run_async
@@ -135,10 +137,67 @@ def _append_schedule_event(config: Config, name: str, event: Any) -> int:
     return run_async(main)
 
 
+#: How long ``schedules trigger`` waits for the try of a disabled provider's key.
+TRY_WAIT_S = 60.0
+
+
+async def _tried(config: Config, seq: int) -> tuple[bool, str] | None:
+    """How the daemon answered the trigger ``seq`` of a schedule whose provider it had
+    disabled, as the log tells: (True, the run) once the run's first request was answered
+    (a rollout's answer, or its batch submitted), (False, why) once the run ended without
+    one or the trigger was skipped; None when neither within :data:`TRY_WAIT_S`."""
+    from rollwatch.events import (
+        BatchSubmitted,
+        RolloutFailed,
+        RolloutRequested,
+        RolloutResponded,
+        RunFinished,
+        RunStarted,
+        ScheduleSkipped,
+    )
+    from rollwatch.store import open_store
+
+    types = {"RunStarted", "ScheduleSkipped", "RolloutRequested", "RolloutResponded", "RolloutFailed"}
+    types |= {"BatchSubmitted", "RunFinished"}
+    run_id: str | None = None
+    rollouts: set[str] = set()
+    got = ""
+    async with open_store(config.store, read_only=True) as store:
+        after = seq
+        with anyio.move_on_after(TRY_WAIT_S):
+            while True:
+                head = await store.wait_for_new(after, timeout=1.0)
+                async for rec in store.read(after=after, until=head, types=types):
+                    ev = rec.event()
+                    if isinstance(ev, ScheduleSkipped) and ev.trigger_seq == seq:
+                        return False, f"the daemon skipped the trigger: {ev.reason}"
+                    if isinstance(ev, RunStarted) and ev.trigger_seq == seq:
+                        run_id = ev.run_id
+                    elif run_id is None:
+                        continue
+                    elif isinstance(ev, RolloutRequested) and ev.run_id == run_id:
+                        rollouts.add(ev.rollout_id)
+                    elif isinstance(ev, RolloutFailed) and ev.rollout_id in rollouts and ev.final:
+                        got = f"{ev.kind}" + (f" (HTTP {ev.status})" if ev.status else "") + f": {ev.message}"
+                    elif (isinstance(ev, RolloutResponded) and ev.rollout_id in rollouts) or (
+                        isinstance(ev, BatchSubmitted) and ev.run_id == run_id
+                    ):
+                        return True, run_id
+                    elif isinstance(ev, RunFinished) and ev.run_id == run_id:
+                        return (
+                            False,
+                            f"run {run_id}'s try got {got or ev.message} (the run ended {ev.status})",
+                        )
+                after = head
+    return None
+
+
 def _steering_command(verb: str, event: str, doc: str, said: str, *, runnable: bool = False) -> None:
     """``schedules VERB NAME [--note]``: append one schedule event; the daemon acts on it.
 
-    ``runnable``: refuse (exit 2, nothing appended) when the schedule cannot run.
+    ``runnable``: refuse (exit 2, nothing appended) when the schedule cannot run; a
+    provider the daemon disabled does not refuse it (the run tries the key again: the
+    command waits for that try and says how it went, exit 1 when the key still fails).
     """
 
     @schedules.command(verb, help=doc)
@@ -148,17 +207,37 @@ def _steering_command(verb: str, event: str, doc: str, said: str, *, runnable: b
     def command(ctx: Context, name: str, note: str) -> None:
         from rollwatch import events
         from rollwatch.errors import UsageError
+        from rollwatch.scheduler import disabled_prefix
 
-        ctx.config.schedule(name)  # names the known schedules when this one is not
+        schedule = ctx.config.schedule(name)  # names the known schedules when this one is not
+        disabled = None
         if runnable:
             why = _cannot_run(ctx.config).get(name)
-            if why is None and not ctx.config.schedule(name).enabled:
+            if why is None and not schedule.enabled:
                 why = "it is disabled (enabled = false)"
+            if why is not None and why.startswith(disabled_prefix(schedule.provider)):
+                disabled, why = why, None  # "try now": the run tries the key again
             if why is not None:
                 raise UsageError(f"schedule {name!r} cannot run: {why}; nothing was triggered")
         cls = getattr(events, event)
         seq = _append_schedule_event(ctx.config, name, cls(schedule=name, note=note))
         click.echo(said.format(name=name, seq=seq))
+        if disabled is None:
+            return
+        click.echo(f"{disabled}; the run's first request tries its key again")
+        tried = run_async(lambda: _tried(ctx.config, seq))
+        if tried is None:
+            click.echo(
+                f"no answer to the try within {TRY_WAIT_S:g} s; `rollwatch schedules list` shows"
+                " whether the provider is still disabled"
+            )
+        elif tried[0]:
+            click.echo(
+                f"provider {schedule.provider!r} answered: it is enabled again; run {tried[1]} goes on"
+            )
+        else:
+            click.echo(f"error: provider {schedule.provider!r} is still disabled: {tried[1]}", err=True)
+            sys.exit(1)
 
 
 _steering_command(

@@ -21,14 +21,17 @@ A rejected key (401/403, Gemini's ``API_KEY_INVALID``, 402 out of credits, OpenA
 no event. A rollout that was backing off when that happened also returns None without
 another event.
 
-A disabled client is tried again when one of its schedules next fires
-(:meth:`try_again`, called by the daemon): ``disabled`` reads None, the key is read anew
-from where the configuration says, and the first rollout that comes is the one request
-sent; every other rollout waits for its answer. An answer enables the client again (INFO
-``provider_enabled``); anything else (the key missing or malformed, rejected again, no
-answer) keeps it disabled with one WARNING ``provider_still_disabled`` naming why, and
-the rollouts that waited return None as before. So a key that stays rejected costs one
-request per fire, never a retry storm.
+A disabled client is tried again when one of its schedules next fires, by the clock or
+by ``rollwatch schedules trigger`` (:meth:`try_again`, called by the daemon for every
+run, batch or not): ``disabled`` reads None, the key is read anew from where the
+configuration says, and the first rollout (or, in a batch run, the first batch's create:
+:meth:`admit`) that comes is the try: one request, retried only as any request is, up to
+``max_attempts`` when it fails retryably; every other rollout or batch waits for its
+answer. An answer enables the client again (INFO ``provider_enabled``); anything else
+(the key missing or malformed, rejected again, no answer) keeps it disabled with one
+WARNING ``provider_still_disabled`` naming what this try got, and the rollouts that
+waited return None as before. So a key that stays rejected costs one request per fire,
+never a retry storm.
 
 Secrets: the key lives only in this object and in the headers of the requests it
 sends. Recorded requests are the JSON bodies (the key is a header), error messages
@@ -46,10 +49,10 @@ import random
 import ssl
 import time
 from collections import Counter
-from collections.abc import AsyncGenerator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 import anyio
 import anyio.to_thread
@@ -86,6 +89,9 @@ ADAPTERS: dict[str, type[WireAdapter]] = {
     "anthropic": AnthropicAdapter,
     "gemini": GeminiAdapter,
 }
+
+Admission = Literal["send", "try", "refused"]
+"""What :meth:`ProviderClient.admit` says of a request about to go."""
 
 #: Error kinds after which the provider is paused and slowed down as a whole.
 _PACING_KINDS = frozenset({"rate_limited", "overloaded"})
@@ -231,6 +237,8 @@ class ProviderClient:
         """A schedule fired while disabled: the next rollout tries the key again."""
         self._probe: anyio.Event | None = None
         """Set while that one rollout is under way; the others wait for it."""
+        self._try_got: ProviderError | None = None
+        """What the try under way got last, when it failed (the WARNING names it)."""
         self._clock = clock or AnyioClock()
         self._rng = rng or random.Random()
         self._transport = transport
@@ -270,6 +278,33 @@ class ProviderClient:
         if self.rejected is not None and self._probe is None:
             self._retry = True
 
+    @contextlib.asynccontextmanager
+    async def admit(self) -> AsyncIterator[Admission]:
+        """Whether a rollout, or a batch's create, may send now (see the module docstring):
+        ``send`` while enabled; while disabled, ``try`` for the one try a fire allowed (the
+        try ends with the block: :meth:`enable` once answered, :meth:`try_failed` for each
+        failure), ``send`` for those that waited for a try that enabled the provider, and
+        ``refused`` otherwise."""
+        if self.rejected is None:
+            yield "send"
+            return
+        probe = self._probe is None  # no try under way: this one would be it
+        if not await self._may_send():
+            yield "refused"
+            return
+        if not probe:
+            yield "send"
+            return
+        try:
+            yield "try"
+        finally:
+            self._tried()
+
+    def try_failed(self, error: ProviderError) -> None:
+        """The try under way got ``error`` (the WARNING names the last one)."""
+        if self._probe is not None:
+            self._try_got = error
+
     async def _may_send(self) -> bool:
         """While disabled: whether this rollout may go on. It waits for the try under way
         and goes on if that enabled the provider, or is the try itself (False when the key
@@ -281,6 +316,7 @@ class ProviderClient:
             return False
         self._retry = False
         self._probe = anyio.Event()
+        self._try_got = None
         try:
             key = await anyio.to_thread.run_sync(self.config.read_key)
         except BaseException:  # cancelled: the rollouts waiting for the try must not wait for ever
@@ -294,16 +330,18 @@ class ProviderClient:
 
     def _tried(self, why: str | None = None) -> None:
         """The try ended: enabled (``rejected`` cleared by an answer) or still disabled,
-        with ``why`` (default: what the provider said last)."""
+        with ``why`` (default: what this try got; the rejection is named only when the
+        try got nothing else, as when it was cancelled)."""
         probe, self._probe = self._probe, None
+        got, self._try_got = self._try_got, None
         if probe is not None:
             probe.set()
         if self.rejected is not None:
             get_logger(__name__).warning(
                 "provider_still_disabled",
                 provider=self.name,
-                reason=why or self._clean(self.rejected.message),
-                retry="when one of its schedules next fires",
+                reason=why or self._clean(str(got or self.rejected)),
+                retry="when one of its schedules next fires, or `rollwatch schedules trigger`",
             )
 
     async def __aenter__(self) -> Self:
@@ -339,16 +377,10 @@ class ProviderClient:
         """
         if self._reference is not None:
             return await self._reference_rollout(model, prompt, params, log)
-        if self.rejected is not None:
-            probe = self._probe is None  # no try under way: this rollout would be it
-            if not await self._may_send():
+        async with self.admit() as may:
+            if may == "refused":
                 return None
-            if probe:
-                try:
-                    return await self._rollout(model, prompt, params, log, probe=True)
-                finally:
-                    self._tried()
-        return await self._rollout(model, prompt, params, log, probe=False)
+            return await self._rollout(model, prompt, params, log, probe=may == "try")
 
     async def _rollout(
         self, model: str, prompt: Prompt, params: dict[str, Any], log: AttemptLog, *, probe: bool
@@ -366,6 +398,8 @@ class ProviderClient:
                 wire = streamed(adapter.kind, wire)
             content = _encode(wire.body)
         except ProviderError as e:
+            if probe:
+                self.try_failed(e)
             await self._fail(log, 1, e, final=True)
             return None
         headers = {"content-type": "application/json", **wire.headers, **adapter.auth_headers(key)}
@@ -390,6 +424,8 @@ class ProviderClient:
                         "waiting for the provider's limits; nothing was sent",
                         retryable=True,
                     )
+                    if probe:
+                        self.try_failed(err)
                     await self._fail(log, attempt, err, final=True)
                     return None
                 await log.requested(attempt, wire.body)
@@ -406,6 +442,8 @@ class ProviderClient:
                     # Feedback goes in while the slot is held, so that no waiting rollout
                     # can slip a request past a pause or a disabled key.
                     delay = self._after_failure(model, slot, error, attempt)
+                    if probe:
+                        self.try_failed(error)
                 except anyio.get_cancelled_exc_class():
                     with anyio.move_on_after(_SHIELD_S, shield=True):
                         cancelled = ProviderError(
@@ -416,7 +454,7 @@ class ProviderClient:
                 else:
                     cost = self._succeeded(model, slot, answer)
                     if probe:
-                        self._enable(model)
+                        self.enable(model)
                 finally:
                     pools.give(lease)
             # Recording and backing off happen without the slot: others may use it.
@@ -794,7 +832,7 @@ class ProviderClient:
             reason=self._clean(error.message),
         )
 
-    def _enable(self, model: str) -> None:
+    def enable(self, model: str) -> None:
         """The try was answered: use the provider again (one INFO line saying why it had
         been disabled)."""
         was, self.rejected = self.rejected, None

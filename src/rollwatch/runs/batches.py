@@ -100,6 +100,11 @@ class _Batch:
     bytes: int = 0
 
 
+def _model(batch: _Batch) -> str:
+    """The model a batch asks (OpenAI takes one model per batch)."""
+    return str(next(iter(batch.requests.values())).body.get("model", "?")) if batch.requests else "?"
+
+
 class Batcher:
     """The batches of one run on this node (see the module docstring)."""
 
@@ -364,23 +369,30 @@ class Batcher:
         key = uuid.uuid4().hex
         self._settled.add(key)  # ours: a reload of the log must not adopt it
         try:
-            if self.client.rejected is not None:  # rejected while this batch formed
-                batch.error = self.client.rejected
-                return
-            await self._append(
-                BatchPrepared(
-                    run_id=self.run.run_id,
-                    provider=self.client.name,
-                    key=key,
-                    rollouts=dict(batch.rollouts),
-                    node=self.run.services.node,
+            # A disabled provider: this batch's create is the try a fire allowed, or waits
+            # for that try, or is refused (rejected while this batch formed).
+            async with self.client.admit() as may:
+                if may == "refused":
+                    batch.error = self.client.rejected
+                    return
+                await self._append(
+                    BatchPrepared(
+                        run_id=self.run.run_id,
+                        provider=self.client.name,
+                        key=key,
+                        rollouts=dict(batch.rollouts),
+                        node=self.run.services.node,
+                    )
                 )
-            )
-            try:
-                sub = await self._submit(batch, key)
-            except ProviderError as e:
-                self._failed(batch, e)
-                return
+                try:
+                    sub = await self._submit(batch, key)
+                except ProviderError as e:
+                    if may == "try":
+                        self.client.try_failed(e)
+                    self._failed(batch, e)
+                    return
+                if may == "try":
+                    self.client.enable(_model(batch))
             batch.batch_id = sub.batch_id
             batch.submitted_at = time.monotonic()
             batch.started = time.time()
@@ -581,8 +593,7 @@ class Batcher:
         if batch.batch_id is not None:  # lost at the provider: no longer open
             self.run.state.batches.pop(batch.batch_id, None)
         if error.kind == "auth":
-            model = next(iter(batch.requests.values())).body.get("model", "?") if batch.requests else "?"
-            self.client.disable(str(model), error)
+            self.client.disable(_model(batch), error)
 
     async def _append(self, event: Event) -> None:
         async with self._append_lock:
