@@ -702,6 +702,95 @@ class TestAuditCompleteness:
                 assert said in failed[0], (attack.__name__, p.stderr)
                 assert "Traceback" not in p.stderr, p.stderr
 
+    async def test_an_older_export_served_whole_fails_max_export_age(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Whoever holds the static host serves an older export whole (its checkpoint, index and
+        signature together, as the exporter made them) in place of the current one: every
+        signature and hash checks, so it passed every audit without ``--keep``. The signed
+        statement now says when the export was made: ``audit`` prints it, and ``--max-export-age``
+        fails an export older than that, or one whose statement does not say (signed by an older
+        rollwatch), each with one line and exit 1. The "older export" here is the honest one
+        signed again by the log's own key with an earlier time, as the exporter would have."""
+        from datetime import UTC, datetime, timedelta
+
+        from rollwatch.config import load_config
+        from rollwatch.integrity.checkpoint import RELEASE_INDEX_V1, split_note
+        from rollwatch.integrity.keys import existing_signer
+        from tests.helpers import rollwatch
+        from tests.integrity.test_tlog_tiles import add_released, fill, live_log, static_server
+
+        monkeypatch.delenv("STATE_DIRECTORY", raising=False)
+        out = tmp_path / "site"
+        env = {"STATE_DIRECTORY": ""}
+
+        def run(*args: str) -> subprocess.CompletedProcess[str]:
+            return rollwatch("--config", cfg, *args, env=env)  # type: ignore[no-any-return]
+
+        async with live_log(tmp_path) as live:
+            cfg = str(live.config_file)
+            await fill(live)
+            await add_released(live.store, live.pdb)
+            await live.integrity.final_checkpoint()
+            p = await anyio.to_thread.run_sync(lambda: run("publish", "export", str(out)))
+            assert p.returncode == 0, p.stderr
+            live_url = live.url
+            p = await anyio.to_thread.run_sync(
+                lambda: run("audit", "--url", live_url, "--no-archive", "--max-export-age", "1d")
+            )
+            assert p.returncode == 0, p.stdout + p.stderr
+            assert "max-export-age: a live service, not a static export: not applicable" in p.stdout
+        config = load_config(cfg)
+        signer = existing_signer(config.integrity.key_path(config.store), config.integrity.name)
+        assert signer is not None
+        sig = out / "releases.json.sig"
+        text, _ = split_note(sig.read_text())
+        made = datetime.strptime(text.splitlines()[-1], "exported %Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+        assert abs((datetime.now(UTC) - made).total_seconds()) < 600, text
+
+        def resign(statement: str) -> None:
+            sig.write_text(signer.sign(statement))
+
+        def older(days: int) -> None:
+            when = (made - timedelta(days=days)).strftime("%Y-%m-%dT%H:%M:%SZ")
+            resign(text[: text.index("exported ")] + f"exported {when}\n")
+
+        def first_format() -> None:
+            body = text[: text.index("exported ")].replace(text.splitlines()[0], RELEASE_INDEX_V1, 1)
+            resign(body)
+
+        def audit(*extra: str) -> subprocess.CompletedProcess[str]:
+            return run("audit", "--url", url, *extra)  # type: ignore[no-any-return]
+
+        def failed(p: subprocess.CompletedProcess[str]) -> str:
+            assert p.returncode == 1, p.stdout + p.stderr
+            lines = [x for x in p.stderr.splitlines() if x.startswith("FAILED ")]
+            assert len(lines) == 1, p.stderr
+            assert "Traceback" not in p.stderr, p.stderr
+            return lines[0]
+
+        with static_server(out) as url:
+            p = await anyio.to_thread.run_sync(lambda: audit("--max-export-age", "1d"))
+            assert p.returncode == 0, p.stdout + p.stderr
+            assert "ago, as its signature says (at most 1d): ok" in p.stdout, p.stdout
+
+            await anyio.to_thread.run_sync(older, 60)
+            p = await anyio.to_thread.run_sync(audit)
+            assert p.returncode == 0, p.stdout + p.stderr  # without the option: shown, not judged
+            assert "60d ago, as its signature says" in p.stdout, p.stdout
+            p = await anyio.to_thread.run_sync(lambda: audit("--max-export-age", "30d"))
+            assert "60d ago, as its signature says: older than --max-export-age 30d" in failed(p)
+
+            await anyio.to_thread.run_sync(first_format)
+            p = await anyio.to_thread.run_sync(audit)
+            assert p.returncode == 0, p.stdout + p.stderr
+            assert "the export does not say when it was made (it was signed before" in p.stdout, p.stdout
+            p = await anyio.to_thread.run_sync(lambda: audit("--max-export-age", "30d"))
+            assert "--max-export-age: the export does not say when it was made" in failed(p)
+
+            p = await anyio.to_thread.run_sync(lambda: audit("--max-export-age", "soon"))
+            assert p.returncode == 2 and "--max-export-age" in p.stderr, p.stderr
+
     async def test_a_superseded_mark_removed_from_a_signed_export_fails(
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:

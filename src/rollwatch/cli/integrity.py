@@ -57,6 +57,11 @@ from rollwatch.errors import AuditFailure, UsageError
     show_default=True,
     help="how long to wait for an export being written into a static export to finish (0: not at all)",
 )
+@click.option(
+    "--max-export-age",
+    default=None,
+    help="a static export must say, under its signature, it was made at most this long ago (e.g. 35d)",
+)
 @common
 def audit(
     ctx: Context,
@@ -70,6 +75,7 @@ def audit(
     max_cosignature_age: str,
     no_archive: bool,
     export_wait: str,
+    max_export_age: str | None,
 ) -> None:
     """Check the signed checkpoint, its consistency with the kept one, an item's inclusion, and
     every result of results.jsonl; exit 1 on failure."""
@@ -101,6 +107,12 @@ def audit(
         export_wait_s = parse_duration(export_wait)
     except ValueError as e:
         raise UsageError(f"--export-wait: {e}") from None
+    max_export_age_s = None
+    if max_export_age is not None:
+        try:
+            max_export_age_s = parse_duration(max_export_age)
+        except ValueError as e:
+            raise UsageError(f"--max-export-age: {e}") from None
     for w in witnesses:
         try:
             CosignatureVerifier.from_vkey(w)
@@ -141,6 +153,7 @@ def audit(
                 archive=not no_archive,
                 progress=progress,
                 export_wait=export_wait_s,
+                max_export_age=max_export_age_s,
                 waiting=waiting,
             )
         except ValueError as e:

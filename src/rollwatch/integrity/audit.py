@@ -63,7 +63,7 @@ import anyio
 import httpx
 
 from rollwatch.errors import AuditFailure, InvalidNote, InvalidProof
-from rollwatch.integrity.checkpoint import Checkpoint, NoteVerifier, b64, unb64
+from rollwatch.integrity.checkpoint import Checkpoint, NoteVerifier, ReleaseStatement, b64, unb64
 from rollwatch.integrity.merkle import (
     Node,
     assemble,
@@ -301,6 +301,7 @@ async def audit(
     progress: Callable[[int], None] | None = None,
     export_wait: float = 600.0,
     waiting: Callable[[str], None] | None = None,
+    max_export_age: float | None = None,
 ) -> AuditReport:
     """Run every check against the service at ``url``; raise :class:`AuditFailure` at the first that fails.
 
@@ -309,6 +310,9 @@ async def audit(
     all) of their cosignatures, none older than ``max_cosignature_age`` seconds.
     ``archive``: check every line of ``results.jsonl`` (step 6); ``progress`` is called
     with the number of lines read so far, after each line.
+    ``max_export_age`` (seconds): a static export must say, under its signature, that it was
+    made at most that long ago (an older export served whole in place of the current one
+    passes every other check).
 
     A static export that fails while it serves :data:`EXPORT_MARK` is being written into (an
     honest export puts the open folder's new manifest in place before the new index and its
@@ -338,7 +342,17 @@ async def audit(
             report = None
             try:
                 report = await _audit_once(
-                    http, keep, item, pinned, kept, cosigners, quorum, max_cosignature_age, archive, progress
+                    http,
+                    keep,
+                    item,
+                    pinned,
+                    kept,
+                    cosigners,
+                    quorum,
+                    max_cosignature_age,
+                    archive,
+                    progress,
+                    max_export_age,
                 )
                 failure = report.failure
             except AuditFailure as e:
@@ -407,6 +421,7 @@ async def _audit_once(
     max_cosignature_age: float,
     archive: bool,
     progress: Callable[[int], None] | None,
+    max_export_age: float | None = None,
 ) -> AuditReport:
     """Every check once (see :func:`audit`)."""
     c = http.client
@@ -502,9 +517,17 @@ async def _audit_once(
         # The index is signed by the key in force, the one that signed the served checkpoint:
         # a key rotated away from (leaked, say) must not vouch for an index any more.
         keys = [verifier]
-        found, failure = await _check_archive(http, keys, verifier, cp, progress)
+        found, failure = await _check_archive(http, keys, verifier, cp, progress, max_export_age)
         lines += found
+    elif max_export_age is not None and not http.public:
+        statement = (await _signed_index(http, [verifier], cp))[1]
+        lines.append(_export_age(statement, max_export_age))
 
+    if max_export_age is not None and http.public:
+        lines.append(
+            "max-export-age: a live service, not a static export: not applicable (a live log's"
+            " freshness is its witnesses' cosignatures: --witness, --max-cosignature-age)"
+        )
     if failure is not None:
         return AuditReport(checkpoint=cp, key=verifier.vkey, lines=lines, failure=failure)
     if keep is not None:
@@ -910,6 +933,7 @@ async def _check_archive(
     verifier: NoteVerifier,
     cp: Checkpoint,
     progress: Callable[[int], None] | None,
+    max_export_age: float | None = None,
 ) -> tuple[list[str], AuditFailure | None]:
     """Every line of ``/public/results.jsonl`` and, in a static export, of every release folder's
     chunks (see :class:`_Archive`); the report's lines, and the failure of an unsigned export.
@@ -926,9 +950,12 @@ async def _check_archive(
     check = _Archive(http, verifier, cp)
     read = [0]  # lines read, for progress
     index = None
+    age = None
     if not http.public:
         index = await _signed_index(http, keys, cp)
-        check.keep_digests = index[1]
+        check.keep_digests = index[1] is not None
+        if index[1] is not None or max_export_age is not None:
+            age = _export_age(index[1], max_export_age)
     top = await _check_lines(http, check, "/public/results.jsonl", "results.jsonl", progress, read)
     if top is None:
         return ["archive: the service serves no results.jsonl: not checked"], None
@@ -938,7 +965,8 @@ async def _check_archive(
     if index is not None:
         # A static export: each release folder's chunks hold the same results (a closed folder's
         # bytes never change, and mirrors copy them): every result filed once, with its proofs.
-        body, signed = index
+        body, statement = index
+        signed = statement is not None
         folders = _Archive(http, verifier, cp)
         folders.linked = check.linked
         folders.keep_digests = signed
@@ -959,6 +987,8 @@ async def _check_archive(
                 f" {len({c.split('/')[1] for c, _, _ in chunks})} release folders, {len(chunks)} chunks"
                 f" and {len(folders.seen)} results all there, unedited, and results.jsonl holds them all: ok"
             )
+            if age is not None:
+                out.append(age)
         else:
             failure = AuditFailure(
                 "archive",
@@ -975,9 +1005,10 @@ async def _check_archive(
 
 async def _signed_index(
     http: _Client, keys: list[NoteVerifier], cp: Checkpoint
-) -> tuple[dict[str, Any], bool]:
-    """A static export's ``releases.json`` and whether it is signed (``releases.json.sig``,
-    checked: by one of ``keys``, for the checkpoint ``cp``, over these very bytes)."""
+) -> tuple[dict[str, Any], ReleaseStatement | None]:
+    """A static export's ``releases.json`` and its signed statement (``releases.json.sig``,
+    checked: by one of ``keys``, for the checkpoint ``cp``, over these very bytes), None when
+    it is not signed."""
     raw = (await http.get("/public/releases.json")).content
     url = http.url("/public/releases.json.sig")
     try:
@@ -991,7 +1022,7 @@ async def _signed_index(
     if not isinstance(index, dict):
         raise AuditFailure("archive", "releases.json is not a release index")
     if r.status_code == 404:
-        return index, False
+        return index, None
     if r.status_code != 200:
         raise AuditFailure("fetch", f"GET {url} answered {r.status_code}: {r.text[:200].strip()}")
     from rollwatch.integrity.checkpoint import parse_release_statement
@@ -1000,7 +1031,8 @@ async def _signed_index(
     error: InvalidNote | None = None
     for v in keys:
         try:
-            signed_cp, sha256 = parse_release_statement(v.open(note))
+            statement = parse_release_statement(v.open(note))
+            signed_cp, sha256 = statement.checkpoint, statement.index_sha256
             break
         except InvalidNote as e:
             error = error if error is not None and "not signed by" in str(e) else e
@@ -1018,7 +1050,43 @@ async def _signed_index(
             "releases.json is not the index releases.json.sig signs (edited since the export:"
             " a release folder dropped or its manifest swapped)",
         )
-    return index, True
+    return index, statement
+
+
+def _export_age(statement: ReleaseStatement | None, max_age: float | None) -> str:
+    """The line saying when a static export was made, as its signed statement says; an
+    AuditFailure when that is longer ago than ``max_age`` seconds (None: not checked), or when
+    the export does not say (not signed, or signed before exports said their time)."""
+    from datetime import UTC, datetime
+
+    if statement is None or statement.exported is None:
+        why = "it is not signed" if statement is None else "it was signed before exports said when"
+        if max_age is None:
+            return f"archive: the export does not say when it was made ({why})"
+        raise AuditFailure(
+            "archive",
+            f"--max-export-age: the export does not say when it was made ({why}): an older export"
+            " served whole cannot be told from the current one; export again with this rollwatch",
+        )
+    made = statement.exported
+    age = (datetime.now(UTC) - made).total_seconds()
+    when = f"exported {made:%Y-%m-%dT%H:%M:%SZ}, {_ago(age)} ago, as its signature says"
+    if max_age is not None and age > max_age:
+        raise AuditFailure(
+            "archive",
+            f"{when}: older than --max-export-age {_ago(max_age)} (an older export served in place"
+            " of the current one, or the exporter has stopped exporting)",
+        )
+    return f"archive: {when}" + (f" (at most {_ago(max_age)}): ok" if max_age is not None else "")
+
+
+def _ago(seconds: float) -> str:
+    """A duration in the largest whole unit that fits: 3d, 5h, 12m, 40s."""
+    s = max(0, int(seconds))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if s >= size:
+            return f"{s // size}{unit}"
+    return f"{s}s"
 
 
 async def _check_superseded(http: _Client, index: dict[str, Any]) -> None:

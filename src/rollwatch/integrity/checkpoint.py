@@ -26,6 +26,7 @@ import binascii
 import hashlib
 import re
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -251,25 +252,42 @@ def split_note(note: str) -> tuple[str, list[tuple[str, bytes]]]:
 
 # --- the signed statement of a static export's release index ----------------------------------
 
-RELEASE_INDEX = "rollwatch-release-index/1"
+RELEASE_INDEX = "rollwatch-release-index/2"
 """The first line of the note ``publish export`` signs over its ``releases.json``."""
+RELEASE_INDEX_V1 = "rollwatch-release-index/1"
+"""The same without the export's time (exports before session 18): still read."""
+_EXPORTED = re.compile(r"exported \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
 
 
-def release_statement(checkpoint: Checkpoint, index_sha256: str) -> str:
+def release_statement(checkpoint: Checkpoint, index_sha256: str, exported: datetime) -> str:
     """The text the log's key signs for an export's index: which checkpoint the export was cut
-    at and the SHA-256 of ``releases.json`` (which names every release folder's manifest by its
-    SHA-256, each manifest every chunk by its own). Its second line is not a number, so no
-    checkpoint parser takes it for a tree head signed by the same key."""
+    at, the SHA-256 of ``releases.json`` (which names every release folder's manifest by its
+    SHA-256, each manifest every chunk by its own) and when the export was made (so an auditor
+    can refuse an old export served whole in place of the current one: ``audit
+    --max-export-age``). Its second line is not a number, so no checkpoint parser takes it for a
+    tree head signed by the same key."""
+    when = exported.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     return (
         f"{RELEASE_INDEX}\norigin {checkpoint.origin}\nsize {checkpoint.size}\n"
-        f"root {b64(checkpoint.root)}\nreleases.json sha256 {index_sha256}\n"
+        f"root {b64(checkpoint.root)}\nreleases.json sha256 {index_sha256}\nexported {when}\n"
     )
 
 
-def parse_release_statement(text: str) -> tuple[Checkpoint, str]:
-    """The checkpoint and the index's SHA-256 a (verified) release statement names; InvalidNote if not one."""
+@dataclass(frozen=True)
+class ReleaseStatement:
+    """What a (verified) release statement says."""
+
+    checkpoint: Checkpoint
+    index_sha256: str
+    exported: datetime | None
+    """When the export was made; None in a statement of the first format, which has no time."""
+
+
+def parse_release_statement(text: str) -> ReleaseStatement:
+    """What a (verified) release statement names; InvalidNote if it is not one."""
     lines = text.split("\n")
-    if len(lines) != 6 or lines[0] != RELEASE_INDEX or lines[5] != "":
+    v1 = lines[0] == RELEASE_INDEX_V1
+    if len(lines) != (6 if v1 else 7) or lines[0] not in (RELEASE_INDEX, RELEASE_INDEX_V1) or lines[-1] != "":
         raise InvalidNote(f"not a {RELEASE_INDEX} statement")
     origin, size, root, sha = (
         lines[1].removeprefix("origin "),
@@ -281,4 +299,12 @@ def parse_release_statement(text: str) -> tuple[Checkpoint, str]:
         raise InvalidNote(f"not a {RELEASE_INDEX} statement (no releases.json sha256)")
     if not (lines[1].startswith("origin ") and lines[2].startswith("size ") and lines[3].startswith("root ")):
         raise InvalidNote(f"not a {RELEASE_INDEX} statement (no origin, size or root)")
-    return Checkpoint.parse(f"{origin}\n{size}\n{root}\n"), sha
+    exported = None
+    if not v1:
+        if not _EXPORTED.fullmatch(lines[5]):
+            raise InvalidNote(f"not a {RELEASE_INDEX} statement (no export time)")
+        try:
+            exported = datetime.strptime(lines[5], "exported %Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+        except ValueError:
+            raise InvalidNote(f"not a {RELEASE_INDEX} statement (no export time)") from None
+    return ReleaseStatement(Checkpoint.parse(f"{origin}\n{size}\n{root}\n"), sha, exported)

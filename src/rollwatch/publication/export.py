@@ -263,7 +263,7 @@ async def export_public(
             from rollwatch.integrity.checkpoint import Checkpoint, release_statement, split_note
 
             cut_at = Checkpoint.parse(split_note(checkpoint.note)[0])
-            sign = lambda sha256: signer.sign(release_statement(cut_at, sha256))  # noqa: E731
+            sign = lambda sha256: signer.sign(release_statement(cut_at, sha256, now))  # noqa: E731
         await anyio.to_thread.run_sync(
             lambda: archive.write_index(
                 now=now,
