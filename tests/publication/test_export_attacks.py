@@ -789,7 +789,8 @@ class TestAuditCompleteness:
             assert "--max-export-age: the export does not say when it was made" in failed(p)
 
             p = await anyio.to_thread.run_sync(lambda: audit("--max-export-age", "soon"))
-            assert p.returncode == 2 and "--max-export-age" in p.stderr, p.stderr
+            assert p.returncode == 2, p.stderr
+            assert "--max-export-age" in p.stderr, p.stderr
 
     async def test_a_superseded_mark_removed_from_a_signed_export_fails(
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
