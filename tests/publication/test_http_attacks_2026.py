@@ -187,3 +187,35 @@ async def test_a_slow_reader_of_a_big_answer_gets_all_of_it() -> None:
         got = await anyio.to_thread.run_sync(_read_slowly, port)
         assert time.monotonic() - started > 0.6  # the reading outlasted the timeout twice over
     assert got > BIG
+
+
+def _exchange(port: int, data: bytes) -> bytes:
+    """``data`` sent on one connection; everything the server answers until it closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(data)
+        out = b""
+        while chunk := s.recv(65536):
+            out += chunk
+    return out
+
+
+class TestRequestSmuggling:
+    def test_content_length_and_transfer_encoding_together_are_refused_and_the_connection_closed(
+        self, limited: Limited
+    ) -> None:
+        """A request with both ``Content-Length`` and ``Transfer-Encoding`` is how a request is
+        smuggled past a proxy that reads the other one: here the chunked body ends early and a
+        second request (the console, which a loopback peer may open) follows on the same
+        connection. RFC 9112 6.1: the server must close the connection after answering such a
+        request. Before, the daemon answered both (200, then the console page); now one 400
+        in the error body, and the connection closed."""
+        smuggled = b"GET /ops/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        out = _exchange(
+            limited.port,
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n" + smuggled,
+        )
+        assert out.count(b"HTTP/1.1 ") == 1, out[:2000]
+        assert out.startswith(b"HTTP/1.1 400 "), out[:300]
+        assert out.split(b"\r\n\r\n", 1)[1].startswith(b'{"error":"bad_request"'), out[:500]
+        assert b"<html" not in out.lower()
