@@ -81,6 +81,7 @@ def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Limited]:
     d = Limited(port, proc, err)
     try:
         _poll(lambda: _healthz(port) == 200, 60, "the daemon")
+        _poll(lambda: _get(port, "/ops/", {"Host": "127.0.0.1"})[0] == 200, 60, "the console")
         yield d
     finally:
         _stop(proc)
@@ -219,3 +220,32 @@ class TestRequestSmuggling:
         assert out.startswith(b"HTTP/1.1 400 "), out[:300]
         assert out.split(b"\r\n\r\n", 1)[1].startswith(b'{"error":"bad_request"'), out[:500]
         assert b"<html" not in out.lower()
+
+
+class TestDnsRebinding:
+    def test_a_loopback_request_for_another_host_name_is_not_the_operators(self, limited: Limited) -> None:
+        """DNS rebinding: a page at ``rebind.attacker.example`` whose name is made to resolve to
+        127.0.0.1 has the operator's browser fetch the daemon as that name: the request comes
+        from loopback, with ``Host: rebind.attacker.example:PORT``, and the page may read the
+        answer (same origin to the browser). Before, that was the operator's: the console
+        (its form token too), the pass counts in ``/metrics``, every event in the entry
+        bundles. Now only a Host the daemon goes by (an IP address, ``localhost``, the host
+        of ``server.listen`` or ``server.base_url``, this machine's name) makes a loopback
+        peer the operator; any other gets what an outsider gets."""
+        port = limited.port
+        foreign = {"Host": f"rebind.attacker.example:{port}"}
+        for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"LOCALHOST.:{port}", socket.gethostname()):
+            assert _get(port, "/ops/", {"Host": host})[0] == 200, host  # the controls
+        status, body = _get(port, "/ops/", foreign)
+        assert status == 401, (status, body[:300])
+        assert _get(port, "/tile/entries/000.p/1", foreign)[0] == 403
+        assert b"rollwatch_events_applied" in _get(port, "/metrics", {"Host": f"localhost:{port}"})[1]
+        assert b"rollwatch_events_applied" not in _get(port, "/metrics", foreign)[1]
+
+
+def _get(port: int, path: str, headers: dict[str, str]) -> tuple[int, bytes]:
+    """GET ``path`` with exactly ``headers`` (Host included): status and body."""
+    lines = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    out = _exchange(port, f"GET {path} HTTP/1.1\r\n{lines}Connection: close\r\n\r\n".encode())
+    head, _, body = out.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body
