@@ -220,6 +220,7 @@ class TestRequestSmuggling:
         assert out.startswith(b"HTTP/1.1 400 "), out[:300]
         assert out.split(b"\r\n\r\n", 1)[1].startswith(b'{"error":"bad_request"'), out[:500]
         assert b"<html" not in out.lower()
+        _poll(lambda: "Content-Length and Transfer-Encoding" in limited.log(), 5, "its access line")
 
 
 class TestDnsRebinding:

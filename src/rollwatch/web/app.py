@@ -21,7 +21,7 @@ from rollwatch.errors import ServiceUnavailable
 from rollwatch.log import get_logger
 from rollwatch.metrics import Metrics
 from rollwatch.web.access import Operators, redact_keys
-from rollwatch.web.errors import EXCEPTION_HANDLERS, error_response
+from rollwatch.web.errors import EXCEPTION_HANDLERS
 
 if TYPE_CHECKING:
     from rollwatch.integrity.health import Health
@@ -61,35 +61,6 @@ class AccessLog:
                 ms=round((time.perf_counter() - start) * 1000, 2),
                 client=client[0] if client else None,
             )
-
-
-class OneBodyLength:
-    """A 400, and the connection closed, for a request that states its body's length twice
-    over: ``Content-Length`` and ``Transfer-Encoding`` both.
-
-    That is how a request is smuggled past a proxy that goes by the other header (RFC 9112
-    6.1: "the server MUST close the connection after responding to such a request"). h11
-    went by ``Transfer-Encoding`` and kept the connection: a chunked body ending early let a
-    second request, written where the proxy saw a body, reach us on the proxy's connection,
-    from a loopback peer (the operator's console, every event under embargo included).
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            names = {name for name, _ in scope["headers"]}
-            if b"content-length" in names and b"transfer-encoding" in names:
-                response = error_response(
-                    400,
-                    "bad_request",
-                    "the request has both Content-Length and Transfer-Encoding; send one",
-                    {"Connection": "close"},
-                )
-                await response(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
 
 
 def build_app(
@@ -164,7 +135,7 @@ def build_app(
     app = Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS)
     app.router.redirect_slashes = False  # SlashRedirects does it, without the Host header
     app.router.default = SlashRedirects(app.router)
-    return AccessLog(OneBodyLength(app))
+    return AccessLog(app)
 
 
 class SlashRedirects:

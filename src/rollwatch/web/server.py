@@ -55,10 +55,13 @@ import anyio
 import h11
 import uvicorn
 from anyio.abc import TaskStatus
+from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from rollwatch.errors import AddressInUse, UsageError
 from rollwatch.log import get_logger
+from rollwatch.web.access import redact_keys
+from rollwatch.web.errors import error_response
 
 log = get_logger("rollwatch.web")
 access = get_logger("rollwatch.access")
@@ -269,6 +272,47 @@ class _DeadlineH11(H11Protocol):
             self.transport.close()
 
 
+class OneBodyLength:
+    """A 400, and the connection closed, for a request that states its body's length twice
+    over: ``Content-Length`` and ``Transfer-Encoding`` both (around every app this server
+    serves: the daemon's, a witness's, whose ``/add-checkpoint`` reads bodies).
+
+    That is how a request is smuggled past a proxy that goes by the other header (RFC 9112
+    6.1: "the server MUST close the connection after responding to such a request"). h11
+    went by ``Transfer-Encoding`` and kept the connection: a chunked body ending early let a
+    second request, written where the proxy saw a body, reach us on the proxy's connection,
+    from a loopback peer (the operator's console, every event under embargo included).
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            names = {name for name, _ in scope["headers"]}
+            if b"content-length" in names and b"transfer-encoding" in names:
+                # Refused before the app, whose AccessLog writes the other lines: the same event.
+                client = scope.get("client")
+                access.info(
+                    "http_request",
+                    method=scope["method"],
+                    path=redact_keys(scope["path"]),
+                    status=400,
+                    ms=0.0,
+                    client=client[0] if client else None,
+                    refused="Content-Length and Transfer-Encoding",
+                )
+                response = error_response(
+                    400,
+                    "bad_request",
+                    "the request has both Content-Length and Transfer-Encoding; send one",
+                    {"Connection": "close"},
+                )
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 class _Server(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
@@ -337,7 +381,7 @@ class HTTPServer:
             {"head_timeout": head_timeout, "max_connections": max_connections, "full": {}},
         )
         config = uvicorn.Config(
-            app,
+            OneBodyLength(app),
             host=host,
             port=port,
             http=protocol,
