@@ -99,7 +99,7 @@ class Operators:
         this machine's name)."""
         self.networks = [ipaddress.ip_network(n, strict=False) for n in trusted_peers]
         self.keys = keys
-        self.hosts = {"localhost", *(_host_name(h) for h in hosts)}
+        self.hosts = {"localhost", *(_host_name(h) for h in hosts if h)}
 
     def trusted_peer(self, request: Request) -> bool:
         """Whether the request's peer address is in a trusted network, asking for this server by
