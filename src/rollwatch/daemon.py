@@ -20,7 +20,9 @@ from __future__ import annotations
 import functools
 import importlib
 import signal
+import socket
 import sqlite3
+import urllib.parse
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -822,7 +824,9 @@ class Daemon:
         )
         # The scrub compares the subscriber events it reads with those the keys came from.
         integrity.subscribers = directory.check_seen
-        operators = Operators(self.config.server.trusted_peers, directory)
+        server = self.config.server
+        own_names = [server.host, urllib.parse.urlsplit(server.url).hostname or "", socket.gethostname()]
+        operators = Operators(server.trusted_peers, directory, hosts=own_names)
         return build_app(
             self.metrics,
             [

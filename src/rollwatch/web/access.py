@@ -7,6 +7,14 @@ the ``ops`` scope that is neither expired nor revoked. The peer is the address u
 reports: the socket's, or a local proxy's ``X-Forwarded-For`` when that proxy
 connects from 127.0.0.1 (uvicorn's default). Behind a proxy on this host that does
 not set it, every request would come from loopback: set ``trusted_peers = []`` there.
+
+A trusted peer is the operator only when its ``Host`` header names this server as the
+operator reaches it (an IP address, ``localhost``, or a name of :attr:`Operators.hosts`).
+DNS rebinding otherwise made the operator's browser the attacker's: a page at a name the
+attacker then resolves to 127.0.0.1 fetches the daemon as that name, from loopback, and may
+read the answers (to the browser, they are the page's own origin): the console, with its
+form token, the pass counts and every event under embargo. The name it sends is the
+attacker's, and no rebinding makes a browser send one of ours.
 """
 
 from __future__ import annotations
@@ -79,14 +87,24 @@ def bearer_key(request: Request) -> str | None:
 class Operators:
     """Decides whether a request is the operator's: a trusted peer, or an ``ops`` key."""
 
-    def __init__(self, trusted_peers: Iterable[str] = _LOOPBACK, keys: KeyCheck | None = None) -> None:
-        """``trusted_peers``: IP networks (CIDR); ``keys``: checks ``ops`` keys (none: peers only)."""
+    def __init__(
+        self,
+        trusted_peers: Iterable[str] = _LOOPBACK,
+        keys: KeyCheck | None = None,
+        hosts: Iterable[str] = (),
+    ) -> None:
+        """``trusted_peers``: IP networks (CIDR); ``keys``: checks ``ops`` keys (none: peers only);
+        ``hosts``: the names, besides IP addresses and ``localhost``, a trusted peer's ``Host``
+        header may give (the daemon's: the hosts of ``server.listen`` and ``server.base_url``,
+        this machine's name)."""
         self.networks = [ipaddress.ip_network(n, strict=False) for n in trusted_peers]
         self.keys = keys
+        self.hosts = {"localhost", *(_host_name(h) for h in hosts if h)}
 
     def trusted_peer(self, request: Request) -> bool:
-        """Whether the request's peer address is in a trusted network."""
-        if request.client is None:
+        """Whether the request's peer address is in a trusted network, asking for this server by
+        one of its own names (not a name rebound to it: see the module's docstring)."""
+        if request.client is None or not self.own_host(request.headers.get("host")):
             return False
         try:
             addr = ipaddress.ip_address(request.client.host)
@@ -95,6 +113,22 @@ class Operators:
         if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
             addr = addr.ipv4_mapped
         return any(addr.version == n.version and addr in n for n in self.networks)
+
+    def own_host(self, header: str | None) -> bool:
+        """Whether a ``Host`` header (``name[:port]``, ``[v6]:port``) names this server: an IP
+        address or one of :attr:`hosts`. None (HTTP/1.0 without it, which no browser sends) does."""
+        if header is None:
+            return True
+        host = header.strip()
+        if host.startswith("["):
+            host = host[1 : host.find("]")] if "]" in host else host
+        elif host.count(":") == 1:
+            host = host.partition(":")[0]
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            return _host_name(host) in self.hosts
+        return True
 
     async def allows(self, request: Request) -> bool:
         """Whether ``request`` is the operator's."""
@@ -112,3 +146,8 @@ class Operators:
         if self.keys is not None and not self.trusted_peer(request):
             await self.keys.refresh(force=True)
         return await self.allows(request)
+
+
+def _host_name(name: str) -> str:
+    """A host name as DNS compares it: lower case, without the root's trailing dot."""
+    return name.lower().rstrip(".")

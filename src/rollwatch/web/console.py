@@ -142,7 +142,8 @@ class Console:
             return
         if bearer_key(request) is None:
             raise Unauthorized(
-                "the operator's console: connect from a trusted address or send a key with scope 'ops'",
+                "the operator's console: connect from a trusted address (by its IP address, localhost or this server's own name)"
+                " or send a key with scope 'ops'",
                 headers={"WWW-Authenticate": 'Bearer realm="rollwatch-ops"'},
             )
         raise Forbidden("this key has no 'ops' scope")

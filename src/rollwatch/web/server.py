@@ -21,6 +21,19 @@ waited longest for its request (or itself, when every other is busy), with one W
 most every 10 s; and the listen backlog, which is also how many connections asyncio
 accepts at once before any of them can be closed, is kept to a share of the limit.
 
+Slow readers: a client can also leave its receive window shut (a tiny receive buffer and
+MSS, its own socket options), so that its kernel and ours take some 20 kB of an answer and
+the rest waits in our buffer for as long as it likes. Answers pipelined and never read held
+their handler in uvicorn's ``drain`` for ever, on a connection the bound counted but could
+not close for a newcomer: 200 of them shut every new client out, ``/healthz`` included. And a
+connection closed with its answer still buffered kept its descriptor until the client left,
+uncounted: 700 took every descriptor of a daemon limited to 512 files. Now a client that
+takes nothing of an answer waiting in our buffer for ``head_timeout`` loses its connection
+(a slow reader, taking some meanwhile, gets as long again each time), connections closed
+with an answer still to send are counted, and a connection over the bound first drops one
+of those, then closes the one waiting longest for its request, then drops the one whose
+client has read nothing for longest.
+
 The listening sockets are bound here rather than by uvicorn, so that an address in use
 is an :class:`~rollwatch.errors.AddressInUse` naming it (uvicorn logs it and calls
 ``sys.exit(1)`` from inside our task group).
@@ -42,10 +55,13 @@ import anyio
 import h11
 import uvicorn
 from anyio.abc import TaskStatus
+from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from rollwatch.errors import AddressInUse, UsageError
 from rollwatch.log import get_logger
+from rollwatch.web.access import redact_keys
+from rollwatch.web.errors import error_response
 
 log = get_logger("rollwatch.web")
 access = get_logger("rollwatch.access")
@@ -86,27 +102,46 @@ class _DeadlineH11(H11Protocol):
     max_connections = 32768
     full: dict[str, float] = {}  # noqa: RUF012  (per server class: when "full" was said, refused since)
     _deadline: asyncio.TimerHandle | None = None
+    _stall: asyncio.TimerHandle | None = None
+    """Set while part of an answer waits in our buffer: the client has until then to take some."""
+    _unsent = 0
+    """How much of it waited when the stall timer was last armed."""
     _since = 0.0
     """When the request being read began to be awaited (the loop's clock), for its access line."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # asyncio hands a stream server's protocol a Transport; the base class says Base.
         super().connection_made(cast(asyncio.Transport, transport))
+        # Told (pause_writing) as soon as any of an answer waits in our buffer, not only
+        # past 64 kB: what is left of an answer the client does not read may be less.
+        self.transport.set_write_buffer_limits(high=0)
         self._arm()
         if len(self.connections) > self.max_connections:
             self._make_room()
 
     def _make_room(self) -> None:
-        """Close the connection waiting longest for its request (this one when none is waiting)."""
-        live = [c for c in self.connections if not c.transport.is_closing()]
+        """Drop a connection closed with its answer unread, else close the one waiting longest
+        for its request, else drop the one whose client has read nothing for longest (this
+        one when every other is busy)."""
+        # A closing transport still holds its descriptor while it has data to send.
+        live = [
+            c for c in self.connections if not c.transport.is_closing() or c.transport.get_write_buffer_size()
+        ]
         if len(live) <= self.max_connections:
             return
-        waiting = [
-            c for c in live if c is not self and isinstance(c, _DeadlineH11) and c._deadline is not None
-        ]
-        victim = min(waiting, key=lambda c: c._deadline.when()) if waiting else self  # type: ignore[union-attr]
-        victim._disarm()
-        victim.transport.close()
+        others = [c for c in live if c is not self and isinstance(c, _DeadlineH11)]
+        unread = [c for c in others if c.transport.is_closing()]
+        open_ = [c for c in others if not c.transport.is_closing()]
+        waiting = [c for c in open_ if c._deadline is not None]
+        stalled = [c for c in open_ if c._stall is not None]
+        victim: _DeadlineH11 = self
+        if unread:
+            victim = unread[0]
+        elif waiting:
+            victim = min(waiting, key=lambda c: c._deadline.when())  # type: ignore[union-attr]
+        elif stalled:
+            victim = min(stalled, key=lambda c: c._stall.when())  # type: ignore[union-attr]
+        victim._drop()
         self.full["refused"] = self.full.get("refused", 0) + 1
         now = time.monotonic()
         if now - self.full.get("said", -_FULL_SAID_EVERY_S) >= _FULL_SAID_EVERY_S:
@@ -114,13 +149,55 @@ class _DeadlineH11(H11Protocol):
                 "http_connections_full",
                 limit=self.max_connections,
                 closed=int(self.full["refused"]),
-                closes="the connection waiting longest for its request",
+                closes="one closed with its answer unread, else the one waiting longest for its request, "
+                "else the one not reading its answer for longest",
             )
             self.full.update(said=now, refused=0)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        self._unstall()
         super().connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        # Part of an answer waits in our buffer (high water 0): the client must take some of
+        # it within head_timeout. Also once the connection is closing, which waits for it.
+        super().pause_writing()
+        if self._stall is None:
+            self._wait_for_reader()
+
+    def _wait_for_reader(self) -> None:
+        self._unsent = self.transport.get_write_buffer_size()
+        self._stall = self.loop.call_later(self.head_timeout, self._not_reading)
+
+    def resume_writing(self) -> None:
+        self._unstall()
+        super().resume_writing()
+
+    def _unstall(self) -> None:
+        if self._stall is not None:
+            self._stall.cancel()
+            self._stall = None
+
+    def _not_reading(self) -> None:
+        self._stall = None
+        if self.transport.get_write_buffer_size() < self._unsent:
+            # A slow reader, not a stopped one (a big answer on a slow link): it has as long again.
+            self._wait_for_reader()
+            return
+        log.info(
+            "http_client_not_reading",
+            client=self.client[0] if self.client else None,
+            unsent=self.transport.get_write_buffer_size(),
+            limit_s=self.head_timeout,
+        )
+        self._drop()
+
+    def _drop(self) -> None:
+        """Close now, dropping what is left to send (``close`` would wait for the client to read it)."""
+        self._disarm()
+        self._unstall()
+        self.transport.abort()
 
     def handle_events(self) -> None:
         super().handle_events()
@@ -195,6 +272,47 @@ class _DeadlineH11(H11Protocol):
             self.transport.close()
 
 
+class OneBodyLength:
+    """A 400, and the connection closed, for a request that states its body's length twice
+    over: ``Content-Length`` and ``Transfer-Encoding`` both (around every app this server
+    serves: the daemon's, a witness's, whose ``/add-checkpoint`` reads bodies).
+
+    That is how a request is smuggled past a proxy that goes by the other header (RFC 9112
+    6.1: "the server MUST close the connection after responding to such a request"). h11
+    went by ``Transfer-Encoding`` and kept the connection: a chunked body ending early let a
+    second request, written where the proxy saw a body, reach us on the proxy's connection,
+    from a loopback peer (the operator's console, every event under embargo included).
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            names = {name for name, _ in scope["headers"]}
+            if b"content-length" in names and b"transfer-encoding" in names:
+                # Refused before the app, whose AccessLog writes the other lines: the same event.
+                client = scope.get("client")
+                access.info(
+                    "http_request",
+                    method=scope["method"],
+                    path=redact_keys(scope["path"]),
+                    status=400,
+                    ms=0.0,
+                    client=client[0] if client else None,
+                    refused="Content-Length and Transfer-Encoding",
+                )
+                response = error_response(
+                    400,
+                    "bad_request",
+                    "the request has both Content-Length and Transfer-Encoding; send one",
+                    {"Connection": "close"},
+                )
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 class _Server(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
@@ -263,7 +381,7 @@ class HTTPServer:
             {"head_timeout": head_timeout, "max_connections": max_connections, "full": {}},
         )
         config = uvicorn.Config(
-            app,
+            OneBodyLength(app),
             host=host,
             port=port,
             http=protocol,
