@@ -14,6 +14,7 @@ Real SQLite files, a real daemon, the real scrub.
 from __future__ import annotations
 
 import sqlite3
+import subprocess
 from pathlib import Path
 
 import anyio
@@ -24,7 +25,8 @@ from rollwatch.errors import IntegrityError, StoreError
 from rollwatch.events import SchedulePaused
 from rollwatch.store.sqlite import SQLiteEventStore
 from tests.helpers import rollwatch
-from tests.integrity.served import _poll, serving
+from tests.integrity.conftest import append_n
+from tests.integrity.served import Site, _poll, serving
 from tests.integrity.test_early_release import _get_auth, _site
 from tests.integrity.test_tamper import refused_start
 from tests.integrity.test_tamper_2026 import _passed, _rescore_failed, _subscribe
@@ -151,3 +153,40 @@ async def test_a_check_edited_into_the_table_is_named(tmp_path: Path) -> None:
         with pytest.raises(IntegrityError, match=r"at seq 2: .*: table events \(its definition changed\) "):
             async with SQLiteEventStore(db, read_only=read_only) as store:
                 await store.verify()
+
+
+def test_a_damaged_page_under_a_live_daemon_is_named(site: tuple[Site, subprocess.Popen[str]]) -> None:
+    """Bytes of a page of old events overwritten, no SQL: the scrub could not read the log,
+    logged ``scrub_failed`` at each pass and retried, and ``/healthz`` said ok while the daemon
+    signed and released on (a restart and ``verify`` refused the file). The scrub now names the
+    first seq it cannot read, as a finding."""
+    s, _ = site
+
+    async def more() -> None:  # so that the second leaf page holds old events, not the tail
+        async with SQLiteEventStore(s.db) as store:
+            await append_n(store, 120, tag="late")
+
+    anyio.run(more)
+    head = _head(s.db)
+    _poll(lambda: any(size >= head for _, size in s.checkpoints()), 30, "a checkpoint of every event")
+    con = sqlite3.connect(s.db, isolation_level=None)
+    try:
+        assert con.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0] == 0
+        (size,) = con.execute("PRAGMA page_size").fetchone()
+        leaves = con.execute(
+            "SELECT pageno, ncell FROM dbstat WHERE name = 'events' AND pagetype = 'leaf' ORDER BY path"
+        ).fetchall()
+        page, first_seq = leaves[1][0], leaves[0][1] + 1  # the second leaf, and the first seq on it
+    finally:
+        con.close()
+    with s.db.open("r+b") as f:
+        f.seek((page - 1) * size)
+        f.write(bytes(8))  # the page's header: no b-tree page any more
+    h = _poll(
+        lambda: (r := httpx.get(s.url + "/healthz", timeout=10)).status_code == 503 and r,
+        20,
+        "/healthz to name the damaged log",
+    )
+    assert isinstance(h, httpx.Response)
+    assert h.json()["first_bad_seq"] == first_seq, h.text
+    assert "is damaged" in h.text, h.text
