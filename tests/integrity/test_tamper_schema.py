@@ -190,3 +190,38 @@ def test_a_damaged_page_under_a_live_daemon_is_named(site: tuple[Site, subproces
     assert isinstance(h, httpx.Response)
     assert h.json()["first_bad_seq"] == first_seq, h.text
     assert "is damaged" in h.text, h.text
+
+
+def test_a_log_file_renamed_over_the_live_one_is_named(site: tuple[Site, subprocess.Popen[str]]) -> None:
+    """A copy of the log renamed over it under a live daemon: the daemon kept the file it had
+    opened, never saw what other processes appended to the new one (a revocation, a re-score),
+    and the scrub, reading the new file, passed it: ``/healthz`` said ok. Now the daemon's
+    scrub loop names the file replaced."""
+    s, _ = site
+    src, dst = sqlite3.connect(s.db), sqlite3.connect(s.dir / "copy.db")
+    try:
+        src.backup(dst)
+    finally:
+        src.close()
+        dst.close()
+    (s.dir / "copy.db").rename(s.db)
+    h = _poll(
+        lambda: (r := httpx.get(s.url + "/healthz", timeout=10)).status_code == 503 and r,
+        20,
+        "/healthz to name the file replaced",
+    )
+    assert isinstance(h, httpx.Response)
+    assert "was replaced or removed while this process had it open" in h.text, h.text
+
+
+@pytest.mark.anyio
+async def test_an_append_after_the_file_was_replaced_is_refused(tmp_path: Path) -> None:
+    """An open store whose file was renamed over: its append would go to the file no later
+    reader opens (and share the write-ahead log, found by name, with the new one). Refused."""
+    db = tmp_path / "events.db"
+    async with SQLiteEventStore(db) as store:
+        await store.append("s", [SchedulePaused(schedule="a")])
+        _sql(tmp_path / "other.db", "CREATE TABLE t (x)")
+        (tmp_path / "other.db").rename(db)
+        with pytest.raises(StoreError, match="was replaced or removed while this process had it open"):
+            await store.append("s", [SchedulePaused(schedule="b")])

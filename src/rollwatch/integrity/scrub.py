@@ -193,8 +193,12 @@ async def scrub_forever(
     *,
     first_after: float = 0.0,
     subscribers: SubscribersSeen | None = None,
+    before_pass: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
     """A pass after ``first_after`` seconds, then one every ``interval`` (start to start); never returns.
+
+    ``before_pass``, in this process before each pass, raises :class:`IntegrityError` on
+    what only this process can see (its log file replaced: the pass reads the new one).
 
     Raises :class:`IntegrityError` on the first finding. A pass that cannot run is
     logged and tried again at the next interval.
@@ -203,6 +207,8 @@ async def scrub_forever(
     while True:
         next_at = anyio.current_time() + interval
         try:
+            if before_pass is not None:
+                await before_pass()
             events, seconds = await scrub_pass(target, subscribers)
             log.info("scrub_passed", events=events, seconds=round(seconds, 2), next_in_s=interval)
         except StoreError as e:

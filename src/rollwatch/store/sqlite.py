@@ -157,6 +157,14 @@ def _insert(db: sqlite3.Connection, rows: list[Recorded]) -> None:
     db.executemany(_INSERT_ONE, rows[full:])
 
 
+def _file_id(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 def _on_read_only_file_system(path: Path) -> bool:
     try:
         return bool(os.statvfs(path.parent).f_flag & os.ST_RDONLY)
@@ -186,6 +194,7 @@ class SQLiteEventStore(EventStore):
         self._versions_at = -1
         self._index_refused: str | None = None
         self._schema_checked = -1  # the schema version foreign_schema last passed
+        self._file_id: tuple[int, int] | None = None  # (device, inode) of the file opened
 
     async def _open(self, stack: AsyncExitStack) -> None:
         if self.read_only:
@@ -201,6 +210,7 @@ class SQLiteEventStore(EventStore):
             )
             stack.push_async_callback(self._reader_db.close)
             found = await self._writer_db.run(self._check_schema)
+            self._file_id = _file_id(self.path)
         except sqlite3.Error as e:
             raise StoreError(f"cannot open the event log {self.path}: {e}") from e
         self._head = await self.head()
@@ -259,6 +269,20 @@ class SQLiteEventStore(EventStore):
         self._schema_checked = -1 if found else version
         return found
 
+    def _same_file(self, head: int) -> None:
+        """Raise when the path now names another file, or none: what this process writes
+        would reach no later reader (SQLite finds the write-ahead log by name, so both
+        files would share one, which corrupts them)."""
+        if self._file_id is not None and _file_id(self.path) != self._file_id:
+            raise IntegrityError(
+                head + 1,
+                f"the log file {self.path} was replaced or removed while this process had it open: "
+                "a restart, verify and the scrub read what is there now, not what this process wrote and read",
+            )
+
+    async def check_same_file(self) -> None:
+        await anyio.to_thread.run_sync(self._same_file, self._head)
+
     def _damaged(self, e: sqlite3.DatabaseError) -> StoreError:
         return damaged_log(self.path, e)
 
@@ -309,6 +333,7 @@ class SQLiteEventStore(EventStore):
         try:
             tip = db.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1").fetchone()
             seq, prev = (tip[0], bytes.fromhex(tip[1])) if tip else (0, GENESIS)
+            self._same_file(seq)
             # A trigger or view added while we run would act on this insert: the schema is
             # checked again whenever its version moved (under the write lock, so it holds).
             if db.execute("PRAGMA schema_version").fetchone()[0] != self._schema_checked and (
