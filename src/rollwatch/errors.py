@@ -9,6 +9,7 @@
     │   └── MissingCheckpointKey    a signed log with no checkpoint key (restored without it)
     ├── StoreError                  the event log could not do what was asked
     │   ├── ConcurrencyConflict     a stream moved on since the caller read it
+    │   ├── DamagedLog              SQLite cannot read the log file's pages
     │   ├── NotLeading              an append made under a leadership lost since
     │   ├── IntegrityError          the stored log is not what was appended (tampering)
     │   └── UnknownEventType        an event type this version cannot read
