@@ -26,11 +26,11 @@ from rollwatch.events import SchedulePaused
 from rollwatch.store.sqlite import SQLiteEventStore
 from tests.helpers import rollwatch
 from tests.integrity.conftest import append_n
-from tests.integrity.served import Site, _poll, serving
-from tests.integrity.test_early_release import _get_auth, _site
+from tests.integrity.served import Site, _poll, _stop, serving
+from tests.integrity.test_early_release import _get_auth, _site, _text
 from tests.integrity.test_tamper import refused_start
 from tests.integrity.test_tamper_2026 import _passed, _rescore_failed, _subscribe
-from tests.publication.helpers import bearer
+from tests.publication.helpers import add_rollout, bearer, finish_run, new_run_id, start_run
 
 HIDE_RESCORES = "CREATE TRIGGER hide BEFORE INSERT ON events WHEN NEW.type = 'RolloutRescored' BEGIN SELECT RAISE(IGNORE); END"
 
@@ -225,3 +225,33 @@ async def test_an_append_after_the_file_was_replaced_is_refused(tmp_path: Path) 
         (tmp_path / "other.db").rename(db)
         with pytest.raises(StoreError, match="was replaced or removed while this process had it open"):
             await store.append("s", [SchedulePaused(schedule="b")])
+
+
+def test_a_trigger_in_the_projections_file_hides_no_later_result(tmp_path: Path) -> None:
+    """A trigger added to the projections file that deletes the public row of every new result
+    of a problem: a one-time visit to the file hid each later result of it from the public,
+    release after release, and nothing noticed (the routes check what they serve, not what
+    is missing). rollwatch makes no trigger or view there: the file is built again from the
+    log beside (``projections_building_beside``), without it, and the result is served."""
+    s, _, _ = _site(tmp_path)
+    with serving(s):
+        _poll(lambda: _text(s.url + "/public/results.jsonl").count("\n") == 1, 30, "the released pass")
+    _sql(
+        s.dir / "events.projections.db",
+        "CREATE TRIGGER censor AFTER INSERT ON public_rollouts WHEN NEW.problem_id = 'p4'"
+        " BEGIN DELETE FROM public_rollouts WHERE rollout_id = NEW.rollout_id; END",
+    )
+
+    async def later() -> str:
+        async with SQLiteEventStore(s.db) as store:
+            run = new_run_id()
+            await start_run(store, run)
+            rid = await add_rollout(store, run, passed=True, problem_id="p4")
+            await finish_run(store, run, rollouts=1, passed=1)
+            return rid
+
+    rid = anyio.run(later)
+    with serving(s) as proc:
+        _poll(lambda: rid in _text(s.url + "/public/results.jsonl"), 20, "the later result in public")
+        err = _stop(proc)
+    assert "trigger censor" in err, err[-2000:]
