@@ -8,6 +8,8 @@ failing re-score (or a revocation) was never written. A view named ``events`` ov
 table, and a constraint edited into the table's definition, are the same kind of edit. The
 store now refuses a schema that is not exactly the one rollwatch made: at open (so ``verify``,
 each scrub pass and a restart), and at each append whose schema moved since it was checked.
+The same visit without SQL: a page of the log overwritten (the live scrub only warned), the
+file renamed over (the live daemon kept the old one). And a trigger in the projections file.
 Real SQLite files, a real daemon, the real scrub.
 """
 
