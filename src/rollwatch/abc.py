@@ -293,6 +293,12 @@ class EventStore(ABC):
         await self.verify_versions(events)
         return VerifyReport(events=events, head_hash=head)
 
+    async def check_same_file(self) -> None:
+        """Raise :class:`IntegrityError` when the log this process opened is no longer the one
+        its name gives (a file renamed over it, or removed): a restart would read another log.
+        A store that is not a file has nothing to check."""
+        return
+
     async def verify_versions(self, until: int) -> None:
         """What the hash chain does not cover: each stream's versions follow the order of
         the log (1, 2, 3, ... by seq) up to ``until``; ``IntegrityError`` naming the first

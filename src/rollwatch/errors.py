@@ -9,6 +9,7 @@
     │   └── MissingCheckpointKey    a signed log with no checkpoint key (restored without it)
     ├── StoreError                  the event log could not do what was asked
     │   ├── ConcurrencyConflict     a stream moved on since the caller read it
+    │   ├── DamagedLog              SQLite cannot read the log file's pages
     │   ├── NotLeading              an append made under a leadership lost since
     │   ├── IntegrityError          the stored log is not what was appended (tampering)
     │   └── UnknownEventType        an event type this version cannot read
@@ -326,15 +327,21 @@ def storage_failure(error: BaseException) -> str | None:
     if isinstance(error, BaseExceptionGroup):
         found = [storage_failure(e) for e in error.exceptions]
         return found[0] if all(found) else None
-    if type(error) is StoreError or isinstance(error, sqlite3.OperationalError):
+    if type(error) in (StoreError, DamagedLog) or isinstance(error, sqlite3.OperationalError):
         return str(error)
     return None
+
+
+class DamagedLog(StoreError):
+    """Raised when SQLite finds the event log file's pages are not a database's: a plain copy
+    of a live WAL database, a torn write, a bad disk, or someone editing its bytes. The scrub
+    names it as a finding (a restart and ``verify`` refuse such a log)."""
 
 
 def damaged_log(path: object, error: BaseException) -> StoreError:
     """The error for an event log file SQLite finds damaged (``error``): named, with the way
     back. A plain copy of a live WAL database, a torn write or a bad disk make one."""
-    return StoreError(
+    return DamagedLog(
         f"the event log {path} is damaged ({error}): SQLite cannot read it; restore it from a "
         "backup made with SQLite's online backup (README, Backups), not a plain copy of the live file"
     )

@@ -343,8 +343,9 @@ class ProjectionDB:
 
         A projection missing or of another version; the file made from another log (its
         event 1 differs); a checkpoint beyond the log's head, or whose event's hash is
-        not the log's (an edited file, or a log rewritten under it). Row edits that keep
-        the checkpoints are not detected: nothing short of a rebuild would.
+        not the log's (an edited file, or a log rewritten under it); a trigger or view,
+        which rollwatch never makes there. Row edits that keep the checkpoints are not
+        detected: nothing short of a rebuild would.
         """
         return (await self._assess(store))[0]
 
@@ -357,7 +358,12 @@ class ProjectionDB:
         head = await store.head()
 
         def read(db: sqlite3.Connection) -> tuple[str | None, list[str], str | None]:
-            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            schema = db.execute("SELECT type, name FROM sqlite_master").fetchall()
+            # rollwatch makes no trigger or view here; one added can change or drop rows as
+            # they are written or read (a public result deleted as it is released, each time).
+            if added := [f"{kind} {name}" for kind, name in schema if kind in ("trigger", "view")]:
+                return f"it holds what rollwatch never makes there: {', '.join(added)}", [], None
+            tables = {name for kind, name in schema if kind == "table"}
             if "projection_state" not in tables:
                 return "no projections yet", [], None
             state = {

@@ -36,13 +36,14 @@ from typing import TYPE_CHECKING
 import anyio
 
 from rollwatch.abc import SUBSCRIBER_TYPES
-from rollwatch.errors import IntegrityError, StoreError
+from rollwatch.errors import DamagedLog, IntegrityError, StoreError
 from rollwatch.events import Recorded
 from rollwatch.integrity._worker import worker_pass
 from rollwatch.integrity.verify import TreeReport, check_log_tree, read_kept
 from rollwatch.log import get_logger
 
 if TYPE_CHECKING:
+    from rollwatch.abc import EventStore
     from rollwatch.config import StoreConfig
 
 log = get_logger(__name__)
@@ -102,34 +103,60 @@ async def scrub_once(
     from rollwatch.store import open_store
 
     kept = await anyio.to_thread.run_sync(read_kept, target.witness)
-    async with (
-        open_store(StoreConfig(url=target.store_url), read_only=True) as store,
-        MerkleTree(target.tree, read_only=True) as tree,
-    ):
-        last = time.monotonic()
-
-        async def pace() -> None:
-            nonlocal last
-            worked = time.monotonic() - last
-            await anyio.sleep(worked * (1 / duty - 1))
+    read = 0  # the last seq read and checked
+    try:
+        async with (
+            open_store(StoreConfig(url=target.store_url), read_only=True) as store,
+            MerkleTree(target.tree, read_only=True) as tree,
+        ):
             last = time.monotonic()
 
-        def seen(page: list[Recorded]) -> None:
-            found.update((ev.seq, ev.hash) for ev in page if ev.type in SUBSCRIBER_TYPES)
+            async def pace() -> None:
+                nonlocal last
+                worked = time.monotonic() - last
+                await anyio.sleep(worked * (1 / duty - 1))
+                last = time.monotonic()
 
-        report = await check_log_tree(
-            store,
-            vkey=target.vkey,
-            tree=tree,
-            chain=True,
-            kept=kept,
-            pace=pace if duty < 1 else None,
-            seen=seen,
-        )
-        if subscribers is not None:
-            subscribers(found, report.events)
-        await store.verify_versions(report.events)  # what no hash covers: versions, SQLite's index
-        return report
+            def seen(page: list[Recorded]) -> None:
+                nonlocal read
+                read = page[-1].seq
+                found.update((ev.seq, ev.hash) for ev in page if ev.type in SUBSCRIBER_TYPES)
+
+            try:
+                report = await check_log_tree(
+                    store,
+                    vkey=target.vkey,
+                    tree=tree,
+                    chain=True,
+                    kept=kept,
+                    pace=pace if duty < 1 else None,
+                    seen=seen,
+                )
+            except DamagedLog:
+                read = await _last_readable(store, read)
+                raise
+            if subscribers is not None:
+                subscribers(found, report.events)
+            await store.verify_versions(report.events)  # what no hash covers: versions, SQLite's index
+            return report
+    except DamagedLog as e:
+        # Not a pass that could not run (the log out of reach): a restart and ``verify``
+        # refuse a file SQLite cannot read, and a daemon that went on signing and releasing
+        # over it, its /healthz "ok", hid whatever the damaged pages hold.
+        raise IntegrityError(read + 1, f"the pass could read no further: {e}") from e
+
+
+async def _last_readable(store: EventStore, after: int, most: int = 10_000) -> int:
+    """The seq before the first one after ``after`` that SQLite cannot read: the pass reads
+    the checkpoints first, through every page, so where it stopped says little. A lookup by
+    seq reads one leaf page: the first that fails is on the damaged one."""
+    head = await store.head()
+    for seq in range(after + 1, min(head, after + most) + 1):
+        try:
+            await store.read_at([seq])
+        except DamagedLog:
+            return seq - 1
+    return after
 
 
 async def scrub_pass(target: ScrubTarget, subscribers: SubscribersSeen | None = None) -> tuple[int, float]:
@@ -166,8 +193,12 @@ async def scrub_forever(
     *,
     first_after: float = 0.0,
     subscribers: SubscribersSeen | None = None,
+    before_pass: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
     """A pass after ``first_after`` seconds, then one every ``interval`` (start to start); never returns.
+
+    ``before_pass``, in this process before each pass, raises :class:`IntegrityError` on
+    what only this process can see (its log file replaced: the pass reads the new one).
 
     Raises :class:`IntegrityError` on the first finding. A pass that cannot run is
     logged and tried again at the next interval.
@@ -176,6 +207,8 @@ async def scrub_forever(
     while True:
         next_at = anyio.current_time() + interval
         try:
+            if before_pass is not None:
+                await before_pass()
             events, seconds = await scrub_pass(target, subscribers)
             log.info("scrub_passed", events=events, seconds=round(seconds, 2), next_in_s=interval)
         except StoreError as e:

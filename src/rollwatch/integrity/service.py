@@ -211,7 +211,11 @@ class Integrity:
             try:
                 interval = self.config.scrub_interval
                 await scrub_forever(
-                    self.scrub_target(), interval, first_after=interval, subscribers=self.subscribers
+                    self.scrub_target(),
+                    interval,
+                    first_after=interval,
+                    subscribers=self.subscribers,
+                    before_pass=self.store.check_same_file,
                 )
             except Exception as e:
                 await fail_with(e, "scrub")

@@ -85,6 +85,58 @@ _SUBSCRIBER_IN = f"type IN ({', '.join(repr(t) for t in SUBSCRIBER_TYPES)})"
 SUBSCRIBER_INDEX_SQL = f"CREATE INDEX {SUBSCRIBER_INDEX} ON events (seq) WHERE {_SUBSCRIBER_IN}"
 """The index of the subscriber events: exactly this text in ``sqlite_master`` or it is not
 read (someone holding the file can redefine it: with ``AND seq != N``, a revocation left out)."""
+
+
+@functools.cache
+def _our_schema() -> dict[tuple[str, str], tuple[str, str | None]]:
+    """What ``SCHEMA`` puts in ``sqlite_master``, as SQLite words it: (type, name) -> (table, sql)."""
+    db = sqlite3.connect(":memory:")
+    try:
+        db.executescript(SCHEMA)
+        return {(t, n): (tbl, sql) for t, n, tbl, sql in db.execute(_SCHEMA_READ)}
+    finally:
+        db.close()
+
+
+_SCHEMA_READ = "SELECT type, name, tbl_name, sql FROM sqlite_master"
+_ANALYZE_TABLES = ("sqlite_stat1", "sqlite_stat4")
+
+
+def foreign_schema(db: sqlite3.Connection) -> list[str]:
+    """Every object in the file's schema that rollwatch did not make, or made otherwise.
+
+    Whoever holds the file can add to its schema what changes the log as it is written or
+    read, and no hash sees it: a trigger that drops an event as it is inserted (the append
+    returns its seq, the next event takes that seq, the chain stays whole), a view named
+    ``events`` over the renamed table, a column or constraint edited into the table's
+    definition. So the schema must be exactly ours: our table, its index, our two triggers
+    (one missing is made again at the next start), and the subscribers' index under any
+    definition (read only when it is exactly ours: :meth:`SQLiteEventStore.subscriber_events`).
+    ANALYZE's statistics tables are SQLite's own and can only choose among these indexes.
+    """
+    ours = _our_schema()
+    found = []
+    for kind, name, table, sql in db.execute(_SCHEMA_READ):
+        if (kind, name, table) == ("index", SUBSCRIBER_INDEX, "events") or (
+            kind == "table" and name in _ANALYZE_TABLES
+        ):
+            continue
+        if (kind, name) not in ours:
+            found.append(f"{kind} {name}")
+        elif ours[kind, name] != (table, sql):
+            found.append(f"{kind} {name} (its definition changed)")
+    return found
+
+
+def schema_finding(found: list[str], head: int, path: Path) -> IntegrityError:
+    """The finding for ``found`` (from :func:`foreign_schema`), at the seq an append would take next."""
+    return IntegrityError(
+        head + 1,
+        "the log file's schema holds what rollwatch did not make, which can drop, hide or change "
+        f"events as they are written or read: {', '.join(found)} (`sqlite3 {path} .schema` shows them)",
+    )
+
+
 _INSERT_ONE = f"INSERT INTO events ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)"
 _CHUNK = 250  # rows per INSERT statement (9 parameters each; SQLite allows 32,766)
 _INSERT_CHUNK = f"INSERT INTO events ({_COLUMNS}) VALUES " + ",".join(["(?,?,?,?,?,?,?,?,?)"] * _CHUNK)
@@ -103,6 +155,14 @@ def _insert(db: sqlite3.Connection, rows: list[Recorded]) -> None:
     for i in range(0, full, _CHUNK):
         db.execute(_INSERT_CHUNK, list(itertools.chain.from_iterable(rows[i : i + _CHUNK])))
     db.executemany(_INSERT_ONE, rows[full:])
+
+
+def _file_id(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def _on_read_only_file_system(path: Path) -> bool:
@@ -133,6 +193,8 @@ class SQLiteEventStore(EventStore):
         self._versions_seen: dict[str, int] = {}
         self._versions_at = -1
         self._index_refused: str | None = None
+        self._schema_checked = -1  # the schema version foreign_schema last passed
+        self._file_id: tuple[int, int] | None = None  # (device, inode) of the file opened
 
     async def _open(self, stack: AsyncExitStack) -> None:
         if self.read_only:
@@ -147,9 +209,13 @@ class SQLiteEventStore(EventStore):
                 self.path, self._pragmas(READER_PRAGMAS), self._damaged
             )
             stack.push_async_callback(self._reader_db.close)
+            found = await self._writer_db.run(self._check_schema)
+            self._file_id = _file_id(self.path)
         except sqlite3.Error as e:
             raise StoreError(f"cannot open the event log {self.path}: {e}") from e
         self._head = await self.head()
+        if found:
+            raise schema_finding(found, self._head, self.path)
         tg: TaskGroup = await stack.enter_async_context(anyio.create_task_group())
         # On exit: refuse new appends, let the writer commit what is queued, then stop.
         stack.callback(self._writer.close)
@@ -182,6 +248,7 @@ class SQLiteEventStore(EventStore):
             )
             stack.push_async_callback(self._reader_db.close)
             tables = await self._reader_db.fetchall("SELECT 1 FROM sqlite_master WHERE name = 'events'")
+            found = await self._reader_db.run(foreign_schema)
         except sqlite3.Error as e:
             raise StoreError(f"cannot read the event log {self.path}: {e}") from e
         if not tables:
@@ -192,6 +259,29 @@ class SQLiteEventStore(EventStore):
                 f"{self.path} is not a rollwatch event log ({empty}); `rollwatch serve` or `rollwatch run` creates one"
             )
         self._head = await self.head()
+        if found:
+            raise schema_finding(found, self._head, self.path)
+
+    def _check_schema(self, db: sqlite3.Connection) -> list[str]:
+        """:func:`foreign_schema`, remembering the schema's version it was checked at."""
+        version = db.execute("PRAGMA schema_version").fetchone()[0]
+        found = foreign_schema(db)
+        self._schema_checked = -1 if found else version
+        return found
+
+    def _same_file(self, head: int) -> None:
+        """Raise when the path now names another file, or none: what this process writes
+        would reach no later reader (SQLite finds the write-ahead log by name, so both
+        files would share one, which corrupts them)."""
+        if self._file_id is not None and _file_id(self.path) != self._file_id:
+            raise IntegrityError(
+                head + 1,
+                f"the log file {self.path} was replaced or removed while this process had it open: "
+                "a restart, verify and the scrub read what is there now, not what this process wrote and read",
+            )
+
+    async def check_same_file(self) -> None:
+        await anyio.to_thread.run_sync(self._same_file, self._head)
 
     def _damaged(self, e: sqlite3.DatabaseError) -> StoreError:
         return damaged_log(self.path, e)
@@ -243,6 +333,13 @@ class SQLiteEventStore(EventStore):
         try:
             tip = db.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1").fetchone()
             seq, prev = (tip[0], bytes.fromhex(tip[1])) if tip else (0, GENESIS)
+            self._same_file(seq)
+            # A trigger or view added while we run would act on this insert: the schema is
+            # checked again whenever its version moved (under the write lock, so it holds).
+            if db.execute("PRAGMA schema_version").fetchone()[0] != self._schema_checked and (
+                found := self._check_schema(db)
+            ):
+                raise schema_finding(found, seq, self.path)
             if seq != self._versions_at or len(self._versions_seen) > 200_000:
                 self._versions_seen = {}
             versions = self._versions_seen
@@ -405,6 +502,9 @@ class SQLiteEventStore(EventStore):
         # The (stream, version) index answers every read of one stream (a rollout's record):
         # an index edited alone, the rows left, leaves out or adds events there that a scan
         # of the table never sees. SQLite compares each index with the table's rows.
+        # And a trigger or view added since the store was opened is named here (verify, scrub).
+        if found_schema := await self._conn(reader=True).run(foreign_schema):
+            raise schema_finding(found_schema, until, self.path)
         found = [m for (m,) in await self._conn(reader=True).fetchall("PRAGMA integrity_check(events)")]
         if found != ["ok"]:
             rows_named = [
