@@ -283,3 +283,27 @@ def test_a_huge_problem_file_is_refused(tmp_path: Path) -> None:
     assert _one_line(proc) == (
         f"error: {folder / 'problem.toml'}: scorer.tests: tests.py is larger than 8 MB; a problem's file is at most that"
     )
+
+
+# A valid witness key's shape (the config checks the shape only).
+WITNESS_KEY = "w.example/w1+1a2b3c4d+BAABAgMEBQYHCAkKCwwNDg8QERITFBUWFxgZGhscHR4f"
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("http://", "'http://': needs a host, e.g. https://rollwatch.example.org"),
+        (
+            "https://w.example/\\nx",
+            "'https://w.example/\\nx': needs a host, e.g. https://rollwatch.example.org",
+        ),
+    ],
+    ids=["no-host", "line-break"],
+)
+def test_a_witness_url_without_a_host_is_refused(tmp_path: Path, url: str, problem: str) -> None:
+    """A witness URL was checked for its scheme only: "http://" loaded, and every checkpoint
+    was then submitted to nowhere (a failure logged each time, never a config error)."""
+    extra = f'[integrity]\nwitnesses = [{{ url = "{url}", key = "{WITNESS_KEY}" }}]\n'
+    with pytest.raises(ConfigError) as e:
+        load_config(write_config(tmp_path, extra))
+    assert e.value.problems == [f"integrity.witnesses[0].url: {problem}"]

@@ -86,14 +86,14 @@ Duration = Annotated[float, BeforeValidator(_config_duration)]
 
 def _http_url(value: str) -> str:
     if not value.startswith(("http://", "https://")):
-        raise ValueError(f"{value!r}: base_url must start with http:// or https://")
+        raise ValueError(f"{value!r}: must start with http:// or https://")
     try:
         parts = urlsplit(value)
         parts.port  # noqa: B018  # raises on a port that is not a number up to 65535
     except ValueError as e:
         raise ValueError(f"{value!r}: not a URL ({e})") from None
     if not parts.hostname or any(c.isspace() for c in value):
-        raise ValueError(f"{value!r}: base_url needs a host, e.g. https://rollwatch.example.org")
+        raise ValueError(f"{value!r}: needs a host, e.g. https://rollwatch.example.org")
     return value.rstrip("/")
 
 
@@ -636,17 +636,10 @@ _KEY_NAME = re.compile(r"[^\s+]+")
 class WitnessConfig(_Strict):
     """One ``[[integrity.witnesses]]`` entry: a C2SP tlog-witness and its cosignature key."""
 
-    url: str
+    url: HttpURL
     """The witness's submission prefix (``POST {url}/add-checkpoint``)."""
     key: str
     """Its public key as a vkey: ``<name>+<hex key ID>+base64(0x04 ‖ Ed25519 key)``."""
-
-    @field_validator("url")
-    @classmethod
-    def _url(cls, v: str) -> str:
-        if not v.startswith(("http://", "https://")):
-            raise ValueError(f"{v!r}: a witness URL starts with http:// or https://")
-        return v.rstrip("/")
 
     @field_validator("key")
     @classmethod
