@@ -307,3 +307,37 @@ def test_a_witness_url_without_a_host_is_refused(tmp_path: Path, url: str, probl
     with pytest.raises(ConfigError) as e:
         load_config(write_config(tmp_path, extra))
     assert e.value.problems == [f"integrity.witnesses[0].url: {problem}"]
+
+
+def test_a_model_listed_twice_is_refused(tmp_path: Path) -> None:
+    """Both entries planned the same rollouts (one rollout id each): every second append was
+    a conflict, 10 of 20 rollouts "not_requested", the run `partial`, exit 1."""
+    extra = SCHEDULE.replace('models = ["reference"]', 'models = ["reference", "x", " reference"]')
+    with pytest.raises(ConfigError) as e:
+        load_config(write_config(tmp_path, extra))
+    assert e.value.problems == ["schedules[0].models: 'reference' is listed twice"]
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ("reference,reference", "error: --models: 'reference' is listed twice"),
+        (" , ", "error: --models names no model; give them comma-separated, or leave the option out"),
+    ],
+    ids=["twice", "none"],
+)
+def test_run_models_that_repeat_or_name_none_are_bad_usage(tmp_path: Path, option: str, message: str) -> None:
+    """`run --models` is refused before the run starts: a model twice made the run partial
+    (as above), a list of nothing ran every model of the schedule."""
+    config = write_config(tmp_path, SCHEDULE)
+    proc = rollwatch("--config", str(config), "run", "s", "--models", option)
+    assert _one_line(proc) == message
+    assert not (tmp_path / "events.db").exists()
+
+
+def test_a_jitter_as_long_as_the_period_is_refused(tmp_path: Path) -> None:
+    """``every = "1h"`` with ``jitter = "5000w"`` loaded: the first fire waited up to a
+    century, `schedules list` showing a next fire decades away."""
+    with pytest.raises(ConfigError) as e:
+        load_config(write_config(tmp_path, SCHEDULE + 'jitter = "1h"\n'))
+    assert e.value.problems == ["schedules[0]: jitter (3600s) must be shorter than every (3600s)"]

@@ -583,7 +583,20 @@ class ScheduleConfig(_Strict):
             raise ValueError("set exactly one of every (e.g. '24h') and cron (e.g. '0 3 * * *')")
         if self.every is not None and self.every < 1:
             raise ValueError("every must be at least 1s")
+        if self.every is not None and self.jitter >= self.every:
+            # A fire delayed by up to the whole period (or a century) is no schedule.
+            raise ValueError(f"jitter ({self.jitter:g}s) must be shorter than every ({self.every:g}s)")
         return self
+
+    @field_validator("models")
+    @classmethod
+    def _each_model_once(cls, v: list[str]) -> list[str]:
+        # Both entries planned the same rollouts (the same rollout ids): half of them
+        # conflicted and the run ended partial.
+        for i, model in enumerate(v):
+            if model in v[:i]:
+                raise ValueError(f"{model!r} is listed twice")
+        return v
 
     @field_validator("params")
     @classmethod
