@@ -341,3 +341,13 @@ def test_a_jitter_as_long_as_the_period_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as e:
         load_config(write_config(tmp_path, SCHEDULE + 'jitter = "1h"\n'))
     assert e.value.problems == ["schedules[0]: jitter (3600s) must be shorter than every (3600s)"]
+
+
+def test_a_huge_problem_toml_is_refused(tmp_path: Path) -> None:
+    """An inline prompt lives in problem.toml: one of 300 MB was read whole and sent to the
+    provider with every request."""
+    config, folder = _problem(tmp_path, {"prompt = '''": "prompt = '''" + "x" * 8 * 1024 * 1024})
+    proc = rollwatch("--config", str(config), "problems", "list")
+    assert _one_line(proc) == (
+        f"error: {folder / 'problem.toml'}: is larger than 8 MB; a problem's file is at most that"
+    )

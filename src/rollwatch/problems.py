@@ -324,9 +324,7 @@ class _Reader:
 
     def text(self, p: Path, key: str) -> str:
         if p.stat().st_size > MAX_FILE_BYTES:
-            raise self.fail(
-                key, f"{p.name} is larger than {MAX_FILE_BYTES // 2**20} MB; a problem's file is at most that"
-            )
+            raise self.fail(key, f"{p.name} {_too_large()}")
         try:
             return p.read_text(encoding="utf-8")
         except UnicodeDecodeError as e:
@@ -345,6 +343,10 @@ class _Reader:
         if seconds <= 0:
             raise self.fail(prefix + key, "must be more than zero")
         return seconds
+
+
+def _too_large() -> str:
+    return f"is larger than {MAX_FILE_BYTES // 2**20} MB; a problem's file is at most that"
 
 
 def _resolve(p: Path) -> Path:
@@ -371,6 +373,8 @@ def _load_problem(folder: Path) -> Problem:
     path = folder / "problem.toml"
     r = _Reader(path)
     try:
+        if path.stat().st_size > MAX_FILE_BYTES:
+            raise ProblemError(f"{path}: {_too_large()}")
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as e:
         raise ProblemError(f"{path}: cannot read: {e}") from None
