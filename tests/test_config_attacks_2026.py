@@ -351,3 +351,55 @@ def test_a_huge_problem_toml_is_refused(tmp_path: Path) -> None:
     assert _one_line(proc) == (
         f"error: {folder / 'problem.toml'}: is larger than 8 MB; a problem's file is at most that"
     )
+
+
+@pytest.mark.parametrize(
+    ("provider", "params", "problem"),
+    [
+        (
+            'kind = "openai"\n',
+            'model = "other"\n',
+            "schedules[0].params: model may not be set: rollwatch sets it for provider 'p' (kind 'openai')",
+        ),
+        (
+            'kind = "openai"\napi = "responses"\n',
+            'instructions = "x"\n',
+            "schedules[0].params: instructions may not be set: rollwatch sets it for provider 'p' (kind 'openai')",
+        ),
+        (
+            'kind = "anthropic"\n',
+            'system = "x"\nmessages = []\n',
+            "schedules[0].params: messages, system may not be set: rollwatch sets them for provider 'p' "
+            "(kind 'anthropic')",
+        ),
+        (
+            'kind = "gemini"\n',
+            'system_instruction = "x"\n',
+            "schedules[0].params: system_instruction may not be set: rollwatch sets it for provider 'p' "
+            "(kind 'gemini')",
+        ),
+        (
+            'kind = "openai"\n',
+            "stream = true\n",
+            "schedules[0].params.stream: not for schedules; set stream = true on the provider instead",
+        ),
+    ],
+    ids=["openai-model", "responses-instructions", "anthropic-system", "gemini-system", "stream"],
+)
+def test_params_that_rollwatch_sets_itself_are_refused(
+    tmp_path: Path, provider: str, params: str, problem: str
+) -> None:
+    """Found only as each request was built: the run started, every rollout failed
+    (invalid_request, "not_requested"), the run ended partial; the daemon served such a
+    schedule without a word until it fired."""
+    extra = (
+        '[[providers]]\nname = "p"\n'
+        + provider
+        + 'api_key_env = "K"\n'
+        + SCHEDULE.replace('provider = "reference"', 'provider = "p"')
+        + "[schedules.params]\n"
+        + params
+    )
+    with pytest.raises(ConfigError) as e:
+        load_config(write_config(tmp_path, extra))
+    assert e.value.problems == [problem]

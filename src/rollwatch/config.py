@@ -391,6 +391,22 @@ ProviderKind = Literal["openai", "anthropic", "gemini", "reference"]
 #: Provider kinds whose batch API rollwatch speaks.
 BATCH_KINDS = ("openai", "anthropic", "gemini")
 
+#: The request fields rollwatch sets itself, per provider API ("responses": OpenAI's
+#: Responses API): ``[schedules.params]`` may not set them. The adapters refuse them too;
+#: here a schedule that would fail every request is refused before anything starts.
+RESERVED_PARAMS: dict[str, frozenset[str]] = {
+    "openai": frozenset({"model", "messages"}),
+    "responses": frozenset({"model", "input", "instructions"}),
+    "anthropic": frozenset({"model", "messages", "system"}),
+    "gemini": frozenset({"contents", "systemInstruction", "model"}),
+}
+
+
+def camel_case(name: str) -> str:
+    """``system_instruction`` as Gemini's JSON names it (``systemInstruction``)."""
+    return re.sub(r"_([a-z0-9])", lambda m: m.group(1).upper(), name)
+
+
 DEFAULT_BASE_URLS: dict[str, str] = {
     "openai": "https://api.openai.com/v1",
     "anthropic": "https://api.anthropic.com",
@@ -833,6 +849,7 @@ class Config(_Strict):
             if s.problem_set not in sets:
                 problems.append(f"schedules[{i}].problem_set: {s.problem_set!r} is not one of {_alts(sets)}")
             kind = next((p.kind for p in self.providers if p.name == s.provider), None)
+            problems += self._params_problems(i, s)
             if s.batch and kind is not None and kind not in BATCH_KINDS:
                 problems.append(
                     f"schedules[{i}].batch: provider {s.provider!r} is of kind {kind!r}, which has no "
@@ -842,6 +859,27 @@ class Config(_Strict):
         if problems:
             raise _CrossRefError(problems)
         return self
+
+    def _params_problems(self, i: int, schedule: ScheduleConfig) -> list[str]:
+        """A problem for params the provider's adapter would refuse on every request."""
+        provider = next((p for p in self.providers if p.name == schedule.provider), None)
+        if provider is None:
+            return []
+        api = "responses" if provider.api == "responses" else provider.kind
+        reserved = RESERVED_PARAMS.get(api, frozenset())
+        clash = sorted(k for k in schedule.params if k in reserved or camel_case(k) in reserved)
+        problems = []
+        if clash:
+            them = "them" if len(clash) > 1 else "it"
+            problems.append(
+                f"schedules[{i}].params: {', '.join(clash)} may not be set: rollwatch sets {them} "
+                f"for provider {provider.name!r} (kind {provider.kind!r})"
+            )
+        if schedule.params.get("stream"):
+            problems.append(
+                f"schedules[{i}].params.stream: not for schedules; set stream = true on the provider instead"
+            )
+        return problems
 
     def _shared_files(self) -> list[str]:
         """A problem for each file two of rollwatch's files would be (the log's included).
