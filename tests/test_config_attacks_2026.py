@@ -403,3 +403,22 @@ def test_params_that_rollwatch_sets_itself_are_refused(
     with pytest.raises(ConfigError) as e:
         load_config(write_config(tmp_path, extra))
     assert e.value.problems == [problem]
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_an_empty_or_folder_config_option_is_refused(tmp_path: Path, where: str) -> None:
+    """``--config "$CFG"`` with CFG unset silently read ./config/rollwatch.toml (or /etc's):
+    now bad usage. ``--config FOLDER`` after the command was four lines of click usage."""
+
+    def run(path: str) -> subprocess.CompletedProcess[str]:
+        if where == "before":
+            return rollwatch("--config", path, "schedules", "list")
+        return rollwatch("schedules", "list", "--config", path)
+
+    assert _one_line(run("")) == "error: --config is empty; name the configuration file"
+    proc = run(str(tmp_path))
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.splitlines() == [
+        f"error: {tmp_path}: invalid configuration:",
+        "  is a folder; name the TOML file in it",
+    ]

@@ -11,7 +11,7 @@ import importlib
 
 import click
 
-from rollwatch.cli._common import Context, run_command
+from rollwatch.cli._common import Context, config_option, run_command
 
 __all__ = ["cli", "main"]
 
@@ -70,7 +70,7 @@ class LazyGroup(click.Group):
 def cli(click_ctx: click.Context, config_path: str | None, log_level: str) -> None:
     """rollwatch: measure LLMs on programming problems, into a tamper-evident log."""
     ctx = click_ctx.ensure_object(Context)
-    ctx.config_path = config_path
+    ctx.config_path = None if config_path is None else config_option(config_path)
     ctx.log_level = log_level
 
 
