@@ -118,31 +118,43 @@ CONTROL = {
     "model-newline": (
         SCHEDULE.replace('models = ["reference"]', 'models = ["gpt-5\\nrun_finished ok"]'),
         "schedules[0].models[0]: 'gpt-5\\nrun_finished ok': a model name cannot hold control characters "
-        "(line breaks, tabs, NUL)",
+        "(line breaks, tabs, NUL, bidi marks)",
+    ),
+    # Not only ASCII's: a bidi override turns the rest of a table row around, U+2028 is a
+    # line break to many readers (Python's splitlines among them).
+    "model-bidi": (
+        SCHEDULE.replace('models = ["reference"]', 'models = ["gpt\\u202e5"]'),
+        "schedules[0].models[0]: 'gpt\\u202e5': a model name cannot hold control characters "
+        "(line breaks, tabs, NUL, bidi marks)",
+    ),
+    "model-line-separator": (
+        SCHEDULE.replace('models = ["reference"]', 'models = ["gpt\\u20285"]'),
+        "schedules[0].models[0]: 'gpt\\u20285': a model name cannot hold control characters "
+        "(line breaks, tabs, NUL, bidi marks)",
     ),
     "model-nul": (
         SCHEDULE.replace('models = ["reference"]', 'models = ["gpt\\u0000"]'),
-        "schedules[0].models[0]: 'gpt\\x00': a model name cannot hold control characters (line breaks, tabs, NUL)",
+        "schedules[0].models[0]: 'gpt\\x00': a model name cannot hold control characters (line breaks, tabs, NUL, bidi marks)",
     ),
     "price-model-newline": (
         OPENAI + '[providers.prices]\n"a\\nb" = { input = 1.0, output = 1.0 }\n',
-        "providers[1].prices: 'a\\nb': a model name cannot hold control characters (line breaks, tabs, NUL)",
+        "providers[1].prices: 'a\\nb': a model name cannot hold control characters (line breaks, tabs, NUL, bidi marks)",
     ),
     "param-name-newline": (
         SCHEDULE + '[schedules.params]\n"a\\nb" = 1\n',
-        "schedules[0].params: 'a\\nb': a parameter name cannot hold control characters (line breaks, tabs, NUL)",
+        "schedules[0].params: 'a\\nb': a parameter name cannot hold control characters (line breaks, tabs, NUL, bidi marks)",
     ),
     "tree-nul": (
         '[integrity]\ntree = "m\\u0000.db"\n',
-        "integrity.tree: 'm\\x00.db': a path cannot hold control characters (line breaks, tabs, NUL)",
+        "integrity.tree: 'm\\x00.db': a path cannot hold control characters (line breaks, tabs, NUL, bidi marks)",
     ),
     "key-file-newline": (
         '[integrity]\nkey_file = "k\\n.pem"\n',
-        "integrity.key_file: 'k\\n.pem': a path cannot hold control characters (line breaks, tabs, NUL)",
+        "integrity.key_file: 'k\\n.pem': a path cannot hold control characters (line breaks, tabs, NUL, bidi marks)",
     ),
     "set-path-nul": (
         '[[problem_sets]]\nname = "e"\npath = "a\\u0000"\n',
-        "problem_sets[1].path: 'a\\x00': a path cannot hold control characters (line breaks, tabs, NUL)",
+        "problem_sets[1].path: 'a\\x00': a path cannot hold control characters (line breaks, tabs, NUL, bidi marks)",
     ),
     "api-key-env-equals": (
         OPENAI + 'api_key_env = "A=B"\n',
@@ -261,8 +273,12 @@ def _problem(tmp_path: Path, edit: dict[str, str] | None = None) -> tuple[Path, 
             {'title = "LRU cache"': 'title = "LRU\\n  forged   python-function"'},
             "title: 'LRU\\n  forged   python-function': a title is one line without control characters",
         ),
+        (
+            {'title = "LRU cache"': 'title = "LRU\\u2028cache"'},
+            "title: 'LRU\\u2028cache': a title is one line without control characters",
+        ),
     ],
-    ids=["id-newline", "id-dotdot", "title-newline"],
+    ids=["id-newline", "id-dotdot", "title-newline", "title-line-separator"],
 )
 def test_a_problem_id_or_title_that_forges_a_line_or_path_is_refused(
     tmp_path: Path, edit: dict[str, str], problem: str

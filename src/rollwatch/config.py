@@ -18,6 +18,7 @@ import re
 import socket
 import stat
 import tomllib
+import unicodedata
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -101,8 +102,15 @@ HttpURL = Annotated[str, AfterValidator(_http_url)]
 """An absolute http:// or https:// URL, kept without a trailing slash."""
 Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-_NO_CONTROL = "cannot hold control characters (line breaks, tabs, NUL)"
+_NO_CONTROL = "cannot hold control characters (line breaks, tabs, NUL, bidi marks)"
+
+
+def has_control(text: str) -> bool:
+    """Whether ``text`` holds a character that is no part of a one-line name: a control
+    character (C0 or C1: a line break, a tab, NUL, an escape), a format character (a bidi
+    override turns the rest of a table row around, a zero-width or soft hyphen hides) or
+    a line or paragraph separator (U+2028 and U+2029 break lines for many readers)."""
+    return any(unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") for c in text)
 
 
 def _text(value: str, empty: str, what: str) -> str:
@@ -114,7 +122,7 @@ def _text(value: str, empty: str, what: str) -> str:
     a path or a name forged a line in tables and terminal logs, or failed later naming no key."""
     if not value:
         raise ValueError(empty)
-    if _CONTROL.search(value):
+    if has_control(value):
         raise ValueError(f"{value!r}: {what} {_NO_CONTROL}")
     return value
 
@@ -219,7 +227,7 @@ class StoreConfig(_Strict):
             raise ValueError(
                 f"{redact_url(v)!r}: use sqlite:PATH (sqlite:///abs/path.db) or postgresql://user@host/db"
             )
-        if _CONTROL.search(v):
+        if has_control(v):
             raise ValueError(f"{redact_url(v)!r}: a URL {_NO_CONTROL}")
         # "postgresql://" alone is libpq's every default (local socket, the user's own
         # database), so only a SQLite URL can name nothing: before, "(top level):
@@ -796,9 +804,6 @@ class ClusterConfig(_Strict):
     """Rollouts (samples of one model on one problem) per chunk of work."""
 
 
-_NODE = re.compile(r"[^\s\x00-\x1f\x7f](?:[^\x00-\x1f\x7f]*[^\s\x00-\x1f\x7f])?")
-
-
 class Config(_Strict):
     node: str = Field(
         default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}",
@@ -823,7 +828,7 @@ class Config(_Strict):
         # digits, '.', '_' or '-'", which a node name need not).
         if isinstance(v, str) and not v.strip():
             raise ValueError("is empty; name this daemon, or leave the key out for host name and process id")
-        if isinstance(v, str) and not _NODE.fullmatch(v):
+        if isinstance(v, str) and (v != v.strip() or has_control(v)):
             raise ValueError(f"{v!r}: a node name holds no control characters and no spaces at either end")
         return v
 

@@ -46,6 +46,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+from rollwatch.config import has_control
 from rollwatch.errors import ProblemError
 
 __all__ = [
@@ -88,7 +89,6 @@ _PLACEHOLDERS = ("prompt", "entry_point", "title", "id")
 # a problem of its own (an entry point "f\n" as a function no test could find).
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}\Z")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 #: The largest prompt, tests or reference solution read: a tests file is sent to every
 #: sample, a prompt to the provider (paid per token); 300 MB ones were read whole.
 MAX_FILE_BYTES = 8 * 1024 * 1024
@@ -391,7 +391,7 @@ def _load_problem(folder: Path) -> Problem:
         # Ids are paths of URLs (/ops/problems/ID), where "a/../b" is another page.
         raise r.fail("id", f"{pid!r}: no part between slashes may be empty, '.' or '..'")
     title = r.string(data, "title") or pid
-    if _CONTROL.search(title):
+    if has_control(title):
         # A title is one line of `problems list`: a line break forged a row of its own.
         raise r.fail("title", f"{title!r}: a title is one line without control characters")
     released = data.get("released")
