@@ -357,7 +357,7 @@ def test_toml_nested_too_deep_is_a_config_or_problem_error(tmp_path: Path) -> No
 
 def test_a_problem_set_with_no_problems_or_no_path_is_a_problem_error(tmp_path: Path) -> None:
     """An empty folder listed 0 problems (every run of it does nothing); an empty path meant
-    the working directory; a HumanEval id used twice said "(None and None)"."""
+    the working directory (now a configuration error); a HumanEval id used twice said "(None and None)"."""
     empty = tmp_path / "empty"
     empty.mkdir()
     config = tmp_path / "rollwatch.toml"
@@ -366,7 +366,10 @@ def test_a_problem_set_with_no_problems_or_no_path_is_a_problem_error(tmp_path: 
     assert lines[-1].startswith(f"error: {empty}: holds no problems"), lines
     config.write_text('[[problem_sets]]\nname = "e"\npath = ""\n')
     lines = _clean(rollwatch("problems", "list", "--config", str(config)), 2)
-    assert lines[-1] == "error: problem set 'e': path is empty; name its folder or HumanEval file", lines
+    # Known from the file alone, so refused with the configuration (exit 2 as before).
+    assert lines[-1] == "  problem_sets[0].path: is empty; name the problem set's folder or HumanEval file", (
+        lines
+    )
     data = tmp_path / "he.jsonl"
     data.write_text(json.dumps(HUMANEVAL) + "\n" + json.dumps(HUMANEVAL) + "\n")
     config.write_text(f'[[problem_sets]]\nname = "he"\nformat = "humaneval"\npath = "{data}"\n')

@@ -16,7 +16,9 @@ import math
 import os
 import re
 import socket
+import stat
 import tomllib
+import unicodedata
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -85,20 +87,54 @@ Duration = Annotated[float, BeforeValidator(_config_duration)]
 
 def _http_url(value: str) -> str:
     if not value.startswith(("http://", "https://")):
-        raise ValueError(f"{value!r}: base_url must start with http:// or https://")
+        raise ValueError(f"{value!r}: must start with http:// or https://")
     try:
         parts = urlsplit(value)
         parts.port  # noqa: B018  # raises on a port that is not a number up to 65535
     except ValueError as e:
         raise ValueError(f"{value!r}: not a URL ({e})") from None
     if not parts.hostname or any(c.isspace() for c in value):
-        raise ValueError(f"{value!r}: base_url needs a host, e.g. https://rollwatch.example.org")
+        raise ValueError(f"{value!r}: needs a host, e.g. https://rollwatch.example.org")
     return value.rstrip("/")
 
 
 HttpURL = Annotated[str, AfterValidator(_http_url)]
 """An absolute http:// or https:// URL, kept without a trailing slash."""
 Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
+
+_NO_CONTROL = "cannot hold control characters (line breaks, tabs, NUL, bidi marks)"
+
+
+def has_control(text: str) -> bool:
+    """Whether ``text`` holds a character that is no part of a one-line name: a control
+    character (C0 or C1: a line break, a tab, NUL, an escape), a format character (a bidi
+    override turns the rest of a table row around, a zero-width or soft hyphen hides) or
+    a line or paragraph separator (U+2028 and U+2029 break lines for many readers)."""
+    return any(unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") for c in text)
+
+
+def _text(value: str, empty: str, what: str) -> str:
+    """``value`` when it holds something and no control character, else a ValueError:
+    ``empty`` is the whole message for nothing (it says what to write instead), ``what``
+    names the thing in the other. Spaces at either end are stripped before (``_Strict``),
+    so "   " is empty too. An empty path silently meant the default (or the working
+    folder), an empty model or variable name meant nothing at all; a line break or NUL in
+    a path or a name forged a line in tables and terminal logs, or failed later naming no key."""
+    if not value:
+        raise ValueError(empty)
+    if has_control(value):
+        raise ValueError(f"{value!r}: {what} {_NO_CONTROL}")
+    return value
+
+
+def _filled(empty: str, what: str) -> AfterValidator:
+    """:func:`_text` as a pydantic validator."""
+    return AfterValidator(lambda value: _text(value, empty, what))
+
+
+FilePath = Annotated[str, _filled("is empty; name a file, or leave the key out for its default", "a path")]
+"""An optional file's path: leaving the key out is how to ask for the default."""
+ModelName = Annotated[str, _filled("a model name cannot be empty", "a model name")]
 
 
 class _Strict(BaseModel):
@@ -175,7 +211,7 @@ def listen_host_problem(host: str) -> str | None:
 
 class StoreConfig(_Strict):
     url: str = "sqlite:var/events.db"
-    projections: str | None = None
+    projections: FilePath | None = None
     """Where read models live (a SQLite file); default: next to a SQLite log, else
     ``$STATE_DIRECTORY``, else ``./var/pg-HOST-PORT-DATABASE/``."""
     retry: Duration = Field(default=60.0, ge=0.0, le=3600.0)
@@ -191,6 +227,13 @@ class StoreConfig(_Strict):
             raise ValueError(
                 f"{redact_url(v)!r}: use sqlite:PATH (sqlite:///abs/path.db) or postgresql://user@host/db"
             )
+        if has_control(v):
+            raise ValueError(f"{redact_url(v)!r}: a URL {_NO_CONTROL}")
+        # "postgresql://" alone is libpq's every default (local socket, the user's own
+        # database), so only a SQLite URL can name nothing: before, "(top level):
+        # PosixPath('.') has an empty name".
+        if v.startswith("sqlite:") and not v.removeprefix("sqlite:").strip("/ "):
+            raise ValueError(f"{v!r} names no file; use sqlite:PATH (sqlite:///abs/path.db)")
         if not v.startswith("sqlite:"):
             from urllib.parse import urlsplit
 
@@ -296,7 +339,8 @@ class ScoringConfig(_Strict):
     """Parallel scoring processes; default: the number of cores."""
     require_isolation: bool = True
     """Refuse to score without namespace isolation (bubblewrap or unshare)."""
-    memory_mb: int = Field(default=1024, ge=64)
+    # At most 1 TiB: 2**63 overflowed the sandbox's setrlimit on every sample.
+    memory_mb: int = Field(default=1024, ge=64, le=1024 * 1024)
     timeout: Duration = Field(default=10.0, gt=0.0)
     isolation: Literal["auto", "bwrap", "unshare", "none"] = "auto"
     """auto: bubblewrap, else unshare (as root). "none" only when written out (and require_isolation = false)."""
@@ -327,9 +371,17 @@ class ScoringConfig(_Strict):
 
 class ProblemSetConfig(_Strict):
     name: Name
-    path: str
+    path: Annotated[str, _filled("is empty; name the problem set's folder or HumanEval file", "a path")]
     format: Literal["folder", "humaneval"] = "folder"
     prompt_template: str | None = None
+
+    @field_validator("prompt_template")
+    @classmethod
+    def _placeholder(cls, v: str | None) -> str | None:
+        # Known from the file alone: before, the set failed to load when a schedule ran.
+        if v is not None and "{prompt}" not in v:
+            raise ValueError("has no {prompt} placeholder; add one where the problem's text goes")
+        return v
 
 
 class Price(_Strict):
@@ -347,6 +399,22 @@ ProviderKind = Literal["openai", "anthropic", "gemini", "reference"]
 #: Provider kinds whose batch API rollwatch speaks.
 BATCH_KINDS = ("openai", "anthropic", "gemini")
 
+#: The request fields rollwatch sets itself, per provider API ("responses": OpenAI's
+#: Responses API): ``[schedules.params]`` may not set them. The adapters refuse them too;
+#: here a schedule that would fail every request is refused before anything starts.
+RESERVED_PARAMS: dict[str, frozenset[str]] = {
+    "openai": frozenset({"model", "messages"}),
+    "responses": frozenset({"model", "input", "instructions"}),
+    "anthropic": frozenset({"model", "messages", "system"}),
+    "gemini": frozenset({"contents", "systemInstruction", "model"}),
+}
+
+
+def camel_case(name: str) -> str:
+    """``system_instruction`` as Gemini's JSON names it (``systemInstruction``)."""
+    return re.sub(r"_([a-z0-9])", lambda m: m.group(1).upper(), name)
+
+
 DEFAULT_BASE_URLS: dict[str, str] = {
     "openai": "https://api.openai.com/v1",
     "anthropic": "https://api.anthropic.com",
@@ -359,11 +427,22 @@ class ProviderConfig(_Strict):
     name: Name
     kind: ProviderKind
     base_url: HttpURL | None = None
-    api_key_env: str | None = None
-    api_key_file: str | None = None
+    api_key_env: (
+        Annotated[
+            str, _filled("is empty; name the environment variable that holds the key", "a variable name")
+        ]
+        | None
+    ) = None
+    api_key_file: (
+        Annotated[
+            str, _filled("is empty; name the file (or systemd credential) that holds the key", "a path")
+        ]
+        | None
+    ) = None
     max_concurrency: int = Field(default=8, ge=1, le=10000)
-    requests_per_minute: float | None = Field(default=None, gt=0)
-    tokens_per_minute: float | None = Field(default=None, gt=0)
+    # Bounded below: at 1e-308 a minute the next request's time was infinity, waited for.
+    requests_per_minute: float | None = Field(default=None, ge=0.001)
+    tokens_per_minute: float | None = Field(default=None, ge=1)
     timeout: Duration = Field(default=600.0, gt=0.0)
     max_attempts: int = Field(default=6, ge=1, le=100)
     max_rollout_time: Duration = Field(default=3600.0, gt=0.0)
@@ -392,6 +471,22 @@ class ProviderConfig(_Strict):
     """How long a submitted batch may take, its polls and results download included,
     before its rollouts fail for good (``batch_timeout``): a provider whose batch never
     ends must not hold the run forever. The vendors end theirs within 24 to 48 hours."""
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _variable(cls, v: str | None) -> str | None:
+        if v is not None and ("=" in v or any(c.isspace() for c in v)):
+            raise ValueError(
+                f"{v!r} cannot name an environment variable (no '=', spaces or control characters)"
+            )
+        return v
+
+    @field_validator("prices")
+    @classmethod
+    def _price_models(cls, v: dict[str, Price]) -> dict[str, Price]:
+        for model in v:
+            _text(model.strip(), "a model name cannot be empty", "a model name")
+        return v
 
     @model_validator(mode="after")
     def _key_source(self) -> ProviderConfig:
@@ -485,7 +580,7 @@ def _credential_path(value: str) -> Path:
 class ScheduleConfig(_Strict):
     name: Name
     provider: str
-    models: list[Annotated[str, Field(min_length=1)]] = Field(min_length=1)
+    models: list[ModelName] = Field(min_length=1)
     problem_set: str
     rollouts: int = Field(default=1, ge=1, le=100000)
     every: Duration | None = None
@@ -512,11 +607,26 @@ class ScheduleConfig(_Strict):
             raise ValueError("set exactly one of every (e.g. '24h') and cron (e.g. '0 3 * * *')")
         if self.every is not None and self.every < 1:
             raise ValueError("every must be at least 1s")
+        if self.every is not None and self.jitter >= self.every:
+            # A fire delayed by up to the whole period (or a century) is no schedule.
+            raise ValueError(f"jitter ({self.jitter:g}s) must be shorter than every ({self.every:g}s)")
         return self
+
+    @field_validator("models")
+    @classmethod
+    def _each_model_once(cls, v: list[str]) -> list[str]:
+        # Both entries planned the same rollouts (the same rollout ids): half of them
+        # conflicted and the run ended partial.
+        for i, model in enumerate(v):
+            if model in v[:i]:
+                raise ValueError(f"{model!r} is listed twice")
+        return v
 
     @field_validator("params")
     @classmethod
     def _json_params(cls, v: dict[str, Any]) -> dict[str, Any]:
+        for name in v:
+            _text(name.strip(), "a parameter name cannot be empty", "a parameter name")
         # Sent as JSON and recorded in the log: a TOML date or time, inf or nan is neither.
         try:
             json.dumps(v, allow_nan=False)
@@ -563,17 +673,10 @@ _KEY_NAME = re.compile(r"[^\s+]+")
 class WitnessConfig(_Strict):
     """One ``[[integrity.witnesses]]`` entry: a C2SP tlog-witness and its cosignature key."""
 
-    url: str
+    url: HttpURL
     """The witness's submission prefix (``POST {url}/add-checkpoint``)."""
     key: str
     """Its public key as a vkey: ``<name>+<hex key ID>+base64(0x04 ‖ Ed25519 key)``."""
-
-    @field_validator("url")
-    @classmethod
-    def _url(cls, v: str) -> str:
-        if not v.startswith(("http://", "https://")):
-            raise ValueError(f"{v!r}: a witness URL starts with http:// or https://")
-        return v.rstrip("/")
 
     @field_validator("key")
     @classmethod
@@ -624,9 +727,9 @@ class IntegrityConfig(_Strict):
     """The log's name on the first line of every checkpoint; a schema-less URL is recommended."""
     key_name: str | None = None
     """The signing key's name (default: ``origin``)."""
-    key_file: str | None = None
+    key_file: FilePath | None = None
     """The Ed25519 private key (PEM); made at first start (default ``<state dir>/checkpoint.key``)."""
-    tree: str | None = None
+    tree: FilePath | None = None
     """The Merkle tree's SQLite file (default ``merkle.db`` next to the projections)."""
     checkpoint_every: int = Field(default=1000, ge=1)
     """Sign a checkpoint once this many events were appended since the last one."""
@@ -705,9 +808,6 @@ class Config(_Strict):
     node: str = Field(
         default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}",
         max_length=255,
-        # A name, printed in every RunStarted and lease: not empty, no control characters,
-        # no spaces at either end (two nodes "" and " " would look the same).
-        pattern=r"^[^\s\x00-\x1f\x7f](?:[^\x00-\x1f\x7f]*[^\s\x00-\x1f\x7f])?$",
     )
     store: StoreConfig = StoreConfig()
     server: ServerConfig = ServerConfig()
@@ -718,6 +818,19 @@ class Config(_Strict):
     problem_sets: list[ProblemSetConfig] = Field(default_factory=list)
     providers: list[ProviderConfig] = Field(default_factory=list)
     schedules: list[ScheduleConfig] = Field(default_factory=list)
+
+    @field_validator("node", mode="before")
+    @classmethod
+    def _node(cls, v: object) -> object:
+        # A name, printed in every RunStarted and lease: not empty, no control characters,
+        # no spaces at either end (two nodes "" and " " would look the same). Checked as
+        # written, before the spaces are stripped; its own words (it was told "use letters,
+        # digits, '.', '_' or '-'", which a node name need not).
+        if isinstance(v, str) and not v.strip():
+            raise ValueError("is empty; name this daemon, or leave the key out for host name and process id")
+        if isinstance(v, str) and (v != v.strip() or has_control(v)):
+            raise ValueError(f"{v!r}: a node name holds no control characters and no spaces at either end")
+        return v
 
     @model_validator(mode="after")
     def _references(self) -> Config:
@@ -741,6 +854,7 @@ class Config(_Strict):
             if s.problem_set not in sets:
                 problems.append(f"schedules[{i}].problem_set: {s.problem_set!r} is not one of {_alts(sets)}")
             kind = next((p.kind for p in self.providers if p.name == s.provider), None)
+            problems += self._params_problems(i, s)
             if s.batch and kind is not None and kind not in BATCH_KINDS:
                 problems.append(
                     f"schedules[{i}].batch: provider {s.provider!r} is of kind {kind!r}, which has no "
@@ -750,6 +864,27 @@ class Config(_Strict):
         if problems:
             raise _CrossRefError(problems)
         return self
+
+    def _params_problems(self, i: int, schedule: ScheduleConfig) -> list[str]:
+        """A problem for params the provider's adapter would refuse on every request."""
+        provider = next((p for p in self.providers if p.name == schedule.provider), None)
+        if provider is None:
+            return []
+        api = "responses" if provider.api == "responses" else provider.kind
+        reserved = RESERVED_PARAMS.get(api, frozenset())
+        clash = sorted(k for k in schedule.params if k in reserved or camel_case(k) in reserved)
+        problems = []
+        if clash:
+            them = "them" if len(clash) > 1 else "it"
+            problems.append(
+                f"schedules[{i}].params: {', '.join(clash)} may not be set: rollwatch sets {them} "
+                f"for provider {provider.name!r} (kind {provider.kind!r})"
+            )
+        if schedule.params.get("stream"):
+            problems.append(
+                f"schedules[{i}].params.stream: not for schedules; set stream = true on the provider instead"
+            )
+        return problems
 
     def _shared_files(self) -> list[str]:
         """A problem for each file two of rollwatch's files would be (the log's included).
@@ -936,11 +1071,37 @@ def default_config_path() -> Path:
     return Path("/etc/rollwatch/rollwatch.toml")
 
 
+#: No configuration comes near this; a file that does is not one (a log, a dump, a disk image).
+MAX_CONFIG_BYTES = 10 * 1024 * 1024
+
+
+def _read_config(p: Path) -> bytes:
+    """The file's bytes, or a ConfigError when it is no regular file or too large. Opened
+    without blocking and checked before it is read: ``--config /dev/zero`` was read until
+    the kernel killed the process, a named pipe was waited on for good."""
+    fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        mode = os.fstat(fd).st_mode
+    except OSError:
+        os.close(fd)
+        raise
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        if stat.S_ISDIR(mode):
+            raise ConfigError(str(p), ["is a folder; name the TOML file in it"])
+        raise ConfigError(str(p), ["is not a regular file (a device, a pipe or a socket); name a TOML file"])
+    with os.fdopen(fd, "rb") as f:
+        raw = f.read(MAX_CONFIG_BYTES + 1)
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(str(p), [f"is larger than {MAX_CONFIG_BYTES // 2**20} MB; is it the right file?"])
+    return raw
+
+
 def load_config(path: Path | str | None = None) -> Config:
     """Read and validate the configuration file; raise ConfigError on any problem."""
     p = Path(path) if path is not None else default_config_path()
     try:
-        raw = p.read_bytes()
+        raw = _read_config(p)
     except OSError as e:
         raise ConfigError(str(p), [f"cannot read the file: {e.strerror or e}"]) from None
     try:

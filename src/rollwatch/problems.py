@@ -46,6 +46,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+from rollwatch.config import has_control
 from rollwatch.errors import ProblemError
 
 __all__ = [
@@ -84,8 +85,13 @@ DEFAULT_TEMPLATES: dict[str, str] = {
     "command": "{prompt}\n\nWrite a complete Python 3 program. " + _FENCE_ASK,
 }
 _PLACEHOLDERS = ("prompt", "entry_point", "title", "id")
-_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$")
+# ``\Z``, not ``$``: ``$`` matches before a final line break, and "two-sum\n" loaded as
+# a problem of its own (an entry point "f\n" as a function no test could find).
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}\Z")
+#: The largest prompt, tests or reference solution read: a tests file is sent to every
+#: sample, a prompt to the provider (paid per token); 300 MB ones were read whole.
+MAX_FILE_BYTES = 8 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -317,6 +323,8 @@ class _Reader:
         return p
 
     def text(self, p: Path, key: str) -> str:
+        if p.stat().st_size > MAX_FILE_BYTES:
+            raise self.fail(key, f"{p.name} {_too_large()}")
         try:
             return p.read_text(encoding="utf-8")
         except UnicodeDecodeError as e:
@@ -335,6 +343,10 @@ class _Reader:
         if seconds <= 0:
             raise self.fail(prefix + key, "must be more than zero")
         return seconds
+
+
+def _too_large() -> str:
+    return f"is larger than {MAX_FILE_BYTES // 2**20} MB; a problem's file is at most that"
 
 
 def _resolve(p: Path) -> Path:
@@ -361,6 +373,8 @@ def _load_problem(folder: Path) -> Problem:
     path = folder / "problem.toml"
     r = _Reader(path)
     try:
+        if path.stat().st_size > MAX_FILE_BYTES:
+            raise ProblemError(f"{path}: {_too_large()}")
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as e:
         raise ProblemError(f"{path}: cannot read: {e}") from None
@@ -373,7 +387,13 @@ def _load_problem(folder: Path) -> Problem:
     pid = r.string(data, "id") or folder.name
     if not _ID.match(pid):
         raise r.fail("id", f"{pid!r}: use letters, digits and . _ - / (at most 128)")
+    if any(part in ("", ".", "..") for part in pid.split("/")):
+        # Ids are paths of URLs (/ops/problems/ID), where "a/../b" is another page.
+        raise r.fail("id", f"{pid!r}: no part between slashes may be empty, '.' or '..'")
     title = r.string(data, "title") or pid
+    if has_control(title):
+        # A title is one line of `problems list`: a line break forged a row of its own.
+        raise r.fail("title", f"{title!r}: a title is one line without control characters")
     released = data.get("released")
     if isinstance(released, str):
         try:

@@ -11,7 +11,7 @@ import importlib
 
 import click
 
-from rollwatch.cli._common import Context, run_command
+from rollwatch.cli._common import Context, config_option, run_command
 
 __all__ = ["cli", "main"]
 
@@ -63,14 +63,14 @@ class LazyGroup(click.Group):
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None, help="config file")
+@click.option("--config", "config_path", type=click.Path(), default=None, help="config file")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info")
 @click.version_option(package_name="rollwatch")
 @click.pass_context
 def cli(click_ctx: click.Context, config_path: str | None, log_level: str) -> None:
     """rollwatch: measure LLMs on programming problems, into a tamper-evident log."""
     ctx = click_ctx.ensure_object(Context)
-    ctx.config_path = config_path
+    ctx.config_path = None if config_path is None else config_option(config_path)
     ctx.log_level = log_level
 
 

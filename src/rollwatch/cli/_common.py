@@ -84,13 +84,21 @@ class Context:
         return self._config
 
 
+def config_option(path: str) -> str:
+    """``--config PATH`` as given; an empty one is bad usage. ``--config "$CFG"`` with CFG
+    unset read ./config/rollwatch.toml (or /etc's) unasked, or the working folder."""
+    if not path.strip():
+        raise UsageError("--config is empty; name the configuration file")
+    return path
+
+
 def common(fn: F) -> F:
     """``--config`` and ``--log-level`` on every command (also accepted before the command)."""
 
     @click.option(
         "--config",
         "config_path",
-        type=click.Path(dir_okay=False),
+        type=click.Path(),
         default=None,
         help="config file (default: $ROLLWATCH_CONFIG, ./config/rollwatch.toml, /etc/rollwatch/rollwatch.toml)",
     )
@@ -99,8 +107,8 @@ def common(fn: F) -> F:
     def wrapper(*args: Any, config_path: str | None, log_level: str | None, **kw: Any) -> Any:
         ctx = click.get_current_context().find_object(Context)
         assert ctx is not None
-        if config_path:
-            ctx.config_path = config_path
+        if config_path is not None:
+            ctx.config_path = config_option(config_path)
         if log_level:
             ctx.log_level = log_level
         configure_logging(ctx.log_level)

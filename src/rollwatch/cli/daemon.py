@@ -61,7 +61,7 @@ def run_cmd(ctx: Context, schedule: str, rollouts: int | None, models: str | Non
 
     config = ctx.config
     sched = config.schedule(schedule)
-    model_list = [m.strip() for m in models.split(",") if m.strip()] if models else None
+    model_list = _model_list(models)
 
     async def main() -> int:
         async with open_services(config) as svc:
@@ -148,6 +148,21 @@ def run_cmd(ctx: Context, schedule: str, rollouts: int | None, models: str | Non
             return 1 if fin.status in ("partial", "failed") else 0
 
     sys.exit(run_async(main))
+
+
+def _model_list(option: str | None) -> list[str] | None:
+    """The models ``--models`` names, None without the option. A list of nothing ran every
+    model of the schedule; a model twice planned its rollouts twice (the same rollout ids),
+    half of them conflicted and the run ended partial."""
+    if option is None:
+        return None
+    models = [m.strip() for m in option.split(",") if m.strip()]
+    if not models:
+        raise UsageError("--models names no model; give them comma-separated, or leave the option out")
+    for i, model in enumerate(models):
+        if model in models[:i]:
+            raise UsageError(f"--models: {model!r} is listed twice")
+    return models
 
 
 async def _check_models(provider: object, name: str, models: list[str], config: Config) -> None:

@@ -28,6 +28,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
+from rollwatch.config import RESERVED_PARAMS
 from rollwatch.errors import ProviderError
 from rollwatch.providers.base import (
     Headers,
@@ -49,7 +50,7 @@ from rollwatch.providers.retry import MAX_HONOURED_WAIT, parse_retry_after
 
 API_VERSION = "2023-06-01"
 DEFAULT_MAX_TOKENS = 16000
-_RESERVED = frozenset({"model", "messages", "system"})
+_RESERVED = RESERVED_PARAMS["anthropic"]
 #: The rate-limit windows Anthropic reports, as in ``anthropic-ratelimit-{window}-reset``.
 _WINDOWS = ("requests", "tokens", "input-tokens", "output-tokens")
 

@@ -28,11 +28,11 @@ key is a 400 with ``ErrorInfo.reason = "API_KEY_INVALID"``: classified as ``auth
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
 
+from rollwatch.config import RESERVED_PARAMS, camel_case
 from rollwatch.errors import ProviderError
 from rollwatch.providers.base import (
     STREAM_UNSUPPORTED,
@@ -66,11 +66,7 @@ _THINKING = {
     "reasoning_effort": "thinkingLevel",
 }
 _TOP_LEVEL = {"safetySettings", "tools", "toolConfig", "cachedContent", "labels"}
-_RESERVED = {"contents", "systemInstruction", "model"}
-
-
-def _camel(name: str) -> str:
-    return re.sub(r"_([a-z0-9])", lambda m: m.group(1).upper(), name)
+_RESERVED = RESERVED_PARAMS["gemini"]
 
 
 class GeminiAdapter:
@@ -89,7 +85,7 @@ class GeminiAdapter:
             if key in _THINKING:
                 thinking[_THINKING[key]] = value
                 continue
-            name = _ALIASES.get(key) or _camel(key)
+            name = _ALIASES.get(key) or camel_case(key)
             if name in _RESERVED:
                 raise ProviderError("invalid_request", f"params may not set {key}: rollwatch sets it")
             if key == "stream":

@@ -22,6 +22,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from rollwatch.config import RESERVED_PARAMS
 from rollwatch.errors import ProviderError
 from rollwatch.providers.base import (
     Headers,
@@ -42,7 +43,7 @@ from rollwatch.providers.base import (
 from rollwatch.providers.retry import MAX_HONOURED_WAIT, parse_go_duration, parse_retry_after
 
 #: Keys rollwatch sets itself; params may not override them.
-_RESERVED = frozenset({"model", "messages"})
+_RESERVED = RESERVED_PARAMS["openai"]
 
 
 class OpenAIAdapter:

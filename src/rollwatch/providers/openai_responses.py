@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from rollwatch.config import RESERVED_PARAMS
 from rollwatch.errors import ProviderError
 from rollwatch.providers.base import (
     Headers,
@@ -34,7 +35,7 @@ from rollwatch.providers.base import (
 )
 from rollwatch.providers.openai import OpenAIAdapter
 
-_RESERVED = frozenset({"model", "input", "instructions"})
+_RESERVED = RESERVED_PARAMS["responses"]
 
 
 class OpenAIResponsesAdapter(OpenAIAdapter):
