@@ -438,3 +438,31 @@ def test_an_empty_or_folder_config_option_is_refused(tmp_path: Path, where: str)
         f"error: {tmp_path}: invalid configuration:",
         "  is a folder; name the TOML file in it",
     ]
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        OPENAI + 'base_url = "https://user:hunter2-secret@llm.example.org/v1"\n',
+        '[server]\nbase_url = "https://ops:hunter2-secret@rollwatch.example.org"\n',
+        '[integrity]\n[[integrity.witnesses]]\nurl = "https://w:hunter2-secret@witness.example"\n'
+        'key = "w+00000000+AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"\n',
+    ],
+    ids=["provider", "server", "witness"],
+)
+def test_a_url_holding_a_password_is_refused_without_quoting_it(tmp_path: Path, extra: str) -> None:
+    """A credential in a URL (``https://user:password@host``) is refused at load, and the
+    error line shows the URL without it: the line goes to a terminal or the journal, and a
+    URL is shown in logs, errors and the console, where no credential may go. Before, a
+    provider's loaded (httpx sends it as Basic auth beside the key) and a malformed one was
+    quoted whole in the error."""
+    config = write_config(tmp_path, extra)
+    with pytest.raises(ConfigError) as e:
+        load_config(config)
+    text = "\n".join(e.value.problems)
+    assert "holds a user name or password" in text, text
+    assert "hunter2" not in text, text
+    proc = rollwatch("--config", str(config), "schedules", "list")
+    assert proc.returncode == 2, proc.stderr
+    assert "hunter2" not in proc.stdout + proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr

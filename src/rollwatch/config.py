@@ -93,6 +93,14 @@ def _http_url(value: str) -> str:
         parts.port  # noqa: B018  # raises on a port that is not a number up to 65535
     except ValueError as e:
         raise ValueError(f"{value!r}: not a URL ({e})") from None
+    if "@" in parts.netloc:
+        # Quoted without it: a password in the URL would be in the error line (and a URL is
+        # shown in logs, errors and the console, where no credential may go).
+        shown = parts._replace(netloc="…@" + parts.netloc.rpartition("@")[2]).geturl()
+        raise ValueError(
+            f"{shown!r}: holds a user name or password; a provider's key goes in api_key_env or"
+            " api_key_file, never in a URL"
+        )
     if not parts.hostname or any(c.isspace() for c in value):
         raise ValueError(f"{value!r}: needs a host, e.g. https://rollwatch.example.org")
     return value.rstrip("/")
