@@ -388,6 +388,9 @@ class HTTPServer:
             log_config=None,
             access_log=False,
             lifespan="off",
+            # No WebSocket protocol, whatever is installed: an upgraded connection would escape
+            # the deadlines and the connection bound above (rollwatch serves none).
+            ws="none",
             server_header=False,
             backlog=backlog,
             timeout_graceful_shutdown=5,
