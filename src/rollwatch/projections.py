@@ -116,6 +116,9 @@ class ProjectionDB:
         self._hold: int | None = None  # a shared flock on ``file``: "in use, keep it"
         self._retired: list[ThreadConnection] = []
         self._switching = anyio.Lock()
+        self._found: list[str] = []  # what the writer's thread found, for on_distrusted
+        self._schema_seen: tuple[int, int] | None = None
+        """(writer connection, its file's schema version) last found holding no trigger or view."""
         self.on_distrusted: Callable[[str], None] | None = None
         """Called with why when a reader finds the file in use contradicting the log (see
         :meth:`distrusted`); a daemon builds the file again from the log."""
@@ -799,7 +802,11 @@ class ProjectionDB:
     ) -> None:
         conn = writer or self._w
         assert conn is not None, "use ProjectionDB with `async with`"
-        await conn.run(self._apply, events, upto)
+        try:
+            await conn.run(self._apply, events, upto)
+        finally:
+            while self._found:
+                self.distrusted(self._found.pop(0))
 
     def _apply(self, db: sqlite3.Connection, events: list[Recorded], upto: int | None) -> None:
         if not events and upto is None:
@@ -810,6 +817,7 @@ class ProjectionDB:
     def _apply_in_txn(self, db: sqlite3.Connection, events: list[Recorded], upto: int | None) -> None:
         db.execute("BEGIN IMMEDIATE")
         try:
+            self._no_foreign_schema(db)
             cps = {r[0]: r[1] for r in db.execute("SELECT name, seq FROM projection_state")}
             done = {p.name: cps.get(p.name, 0) for p in self.projections}
             floor = min(done.values(), default=0)
@@ -852,6 +860,32 @@ class ProjectionDB:
         except BaseException:
             rollback(db)
             raise
+
+    def _no_foreign_schema(self, db: sqlite3.Connection) -> None:
+        """Drop a trigger or view someone added to the file while it is in use, before this
+        transaction writes a row, and have the file built again from the log.
+
+        rollwatch makes none there. One added under a running daemon (an ``AFTER INSERT`` that
+        deletes each new public row of a problem) acted on every write until the next start,
+        which builds such a file again (:meth:`distrust`). The schema's version moves with any
+        such change, so it is looked at only when it moved: one PRAGMA a transaction. The
+        file is not trusted after that (what the trigger did before cannot be told apart), so
+        it is handed to :attr:`on_distrusted` (from the event loop): a daemon builds it again beside.
+        """
+        version = db.execute("PRAGMA schema_version").fetchone()[0]
+        if self._schema_seen == (id(db), version):
+            return
+        added = db.execute(
+            "SELECT type, name FROM sqlite_master WHERE type IN ('trigger', 'view')"
+        ).fetchall()
+        for kind, name in added:
+            db.execute(f'DROP {kind.upper()} IF EXISTS "{name.replace(chr(34), chr(34) * 2)}"')
+        if added:
+            why = f"it holds what rollwatch never makes there: {', '.join(f'{k} {n}' for k, n in added)}"
+            log.error("projections_tampered", file=str(self.file), reason=why, action="dropped; rebuilding")
+            self._found.append(why)  # handed on from the event loop (this is the writer's thread)
+            version = db.execute("PRAGMA schema_version").fetchone()[0]
+        self._schema_seen = (id(db), version)
 
     @functools.cached_property
     def _by_type(self) -> dict[str, list[Projection]]:

@@ -257,3 +257,34 @@ def test_a_trigger_in_the_projections_file_hides_no_later_result(tmp_path: Path)
         _poll(lambda: rid in _text(s.url + "/public/results.jsonl"), 20, "the later result in public")
         err = _stop(proc)
     assert "trigger censor" in err, err[-2000:]
+
+
+def test_a_trigger_added_to_the_projections_file_under_a_live_daemon_acts_on_nothing(tmp_path: Path) -> None:
+    """The same trigger added while the daemon runs: it acted on every write until the next
+    start (each later result of the problem deleted from the public rows as it was released).
+    Now the writer looks at the file's schema whenever its version moved, before it writes:
+    the trigger is dropped before it can act, logged (ERROR ``projections_tampered`` naming
+    it), and the file is built again from the log beside (``projections_rebuilding``)."""
+    s, _, _ = _site(tmp_path)
+
+    async def later() -> str:
+        async with SQLiteEventStore(s.db) as store:
+            run = new_run_id()
+            await start_run(store, run)
+            rid = await add_rollout(store, run, passed=True, problem_id="p4")
+            await finish_run(store, run, rollouts=1, passed=1)
+            return rid
+
+    with serving(s) as proc:
+        _poll(lambda: _text(s.url + "/public/results.jsonl").count("\n") == 1, 30, "the released pass")
+        _sql(
+            s.dir / "events.projections.db",
+            "CREATE TRIGGER censor AFTER INSERT ON public_rollouts WHEN NEW.problem_id = 'p4'"
+            " BEGIN DELETE FROM public_rollouts WHERE rollout_id = NEW.rollout_id; END",
+        )
+        rid = anyio.run(later)
+        _poll(lambda: rid in _text(s.url + "/public/results.jsonl"), 20, "the later result in public")
+        err = _stop(proc)
+    assert "projections_tampered" in err, err[-2000:]
+    assert "trigger censor" in err, err[-2000:]
+    assert "projections_rebuilding" in err, err[-2000:]
