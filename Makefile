@@ -93,8 +93,8 @@ compile: $(STAMP)
 # waited on them: the property test of the public aggregates took 22-30 s on /tmp and 5-7 s
 # here (the same SQLite, the same calls; no test cuts power, so none can tell the
 # difference). Mode 1777 as /tmp: the scoring sandboxes' folders in it are entered by the
-# samples' own uids.
-TEST_TMP_ROOT ?= /dev/shm
+# samples' own uids. Without a writable /dev/shm, the usual temporary folder.
+TEST_TMP_ROOT ?= $(shell [ -d /dev/shm ] && [ -w /dev/shm ] && echo /dev/shm || echo $${TMPDIR:-/tmp})
 
 test: system $(STAMP) compile
 	pg="$$(scripts/test-postgres)" && tmp="$$(mktemp -d $(TEST_TMP_ROOT)/rwt.XXXXXX)" && chmod 1777 "$$tmp" && \
