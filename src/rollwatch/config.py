@@ -85,29 +85,46 @@ def _config_duration(value: object, info: ValidationInfo) -> float:
 Duration = Annotated[float, BeforeValidator(_config_duration)]
 
 
+def _redacted(value: str) -> str:
+    """``value`` as an error line may quote it: a user name or password in it left out."""
+    scheme, sep, rest = value.partition("://")
+    netloc, slash, path = rest.partition("/")
+    if sep and "@" in netloc:
+        return f"{scheme}://…@{netloc.rpartition('@')[2]}{slash}{path}"
+    return value
+
+
 def _http_url(value: str) -> str:
+    shown = _redacted(value)  # an error line goes to a terminal or the journal: no credential
     if not value.startswith(("http://", "https://")):
-        raise ValueError(f"{value!r}: must start with http:// or https://")
+        raise ValueError(f"{shown!r}: must start with http:// or https://")
     try:
         parts = urlsplit(value)
         parts.port  # noqa: B018  # raises on a port that is not a number up to 65535
     except ValueError as e:
-        raise ValueError(f"{value!r}: not a URL ({e})") from None
-    if "@" in parts.netloc:
-        # Quoted without it: a password in the URL would be in the error line (and a URL is
-        # shown in logs, errors and the console, where no credential may go).
-        shown = parts._replace(netloc="…@" + parts.netloc.rpartition("@")[2]).geturl()
-        raise ValueError(
-            f"{shown!r}: holds a user name or password; a provider's key goes in api_key_env or"
-            " api_key_file, never in a URL"
-        )
+        raise ValueError(f"{shown!r}: not a URL ({_redacted(str(e))})") from None
     if not parts.hostname or any(c.isspace() for c in value):
-        raise ValueError(f"{value!r}: needs a host, e.g. https://rollwatch.example.org")
+        raise ValueError(f"{shown!r}: needs a host, e.g. https://rollwatch.example.org")
     return value.rstrip("/")
 
 
+def _no_credentials(value: str) -> str:
+    """A URL without a user name or password: a provider's (whose key goes in api_key_env or
+    api_key_file; httpx sent one in the URL as Basic auth beside the key) or the server's
+    public base URL (written into every feed and page)."""
+    if "@" in urlsplit(value).netloc:
+        raise ValueError(
+            f"{_redacted(value)!r}: holds a user name or password; no credential goes in this URL"
+            " (a provider's key goes in api_key_env or api_key_file)"
+        )
+    return value
+
+
 HttpURL = Annotated[str, AfterValidator(_http_url)]
-"""An absolute http:// or https:// URL, kept without a trailing slash."""
+"""An absolute http:// or https:// URL, kept without a trailing slash. A witness's may hold
+a credential (``http://user:token@host``, sent as Basic auth), never shown."""
+PlainURL = Annotated[str, AfterValidator(_http_url), AfterValidator(_no_credentials)]
+"""An :data:`HttpURL` holding no user name or password."""
 Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
 
 _NO_CONTROL = "cannot hold control characters (line breaks, tabs, NUL, bidi marks)"
@@ -287,7 +304,7 @@ class StoreConfig(_Strict):
 class ServerConfig(_Strict):
     listen: str = "127.0.0.1:8080"
     feed_rate_per_minute: int = Field(default=600, ge=1)
-    base_url: HttpURL | None = None
+    base_url: PlainURL | None = None
     """The URL the service is reached at, for links in the feeds (default ``http://LISTEN``,
     with a wildcard host or port 0 made concrete from the socket a request came in on).
     Links never copy a request's ``Host`` header: a client could make them point anywhere."""
@@ -434,7 +451,7 @@ DEFAULT_BASE_URLS: dict[str, str] = {
 class ProviderConfig(_Strict):
     name: Name
     kind: ProviderKind
-    base_url: HttpURL | None = None
+    base_url: PlainURL | None = None
     api_key_env: (
         Annotated[
             str, _filled("is empty; name the environment variable that holds the key", "a variable name")
