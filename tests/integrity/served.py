@@ -37,6 +37,15 @@ def _poll(pred: Callable[[], object], timeout: float, what: str) -> object:
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
+def unhealthy(url: str, what: str, timeout: float = 30) -> httpx.Response:
+    """The daemon at ``url``'s first ``/healthz`` answer of 503 (a finding), within ``timeout``."""
+    got = _poll(
+        lambda: (r := httpx.get(url + "/healthz", timeout=10)).status_code == 503 and r, timeout, what
+    )
+    assert isinstance(got, httpx.Response)
+    return got
+
+
 @dataclass
 class Site:
     """A served log's files and address."""

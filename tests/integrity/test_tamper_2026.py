@@ -22,7 +22,7 @@ from rollwatch.events import RolloutRescored
 from rollwatch.store.sqlite import SQLiteEventStore
 from tests.helpers import rollwatch
 from tests.integrity.conftest import append_n, delete_events
-from tests.integrity.served import Site, _poll, _stop, serving
+from tests.integrity.served import Site, _poll, _stop, serving, unhealthy
 from tests.integrity.test_early_release import _events, _get_auth, _site
 from tests.integrity.test_tamper import refused_start
 from tests.publication.helpers import add_subscriber, bearer
@@ -136,12 +136,7 @@ def test_a_rescore_left_out_of_the_index_is_named(tmp_path: Path) -> None:
             "the re-score in the record",
         )
         edit_index(s.db, omit=seq)
-        h = _poll(
-            lambda: (r := httpx.get(s.url + "/healthz", timeout=10)).status_code == 503 and r,
-            30,
-            "/healthz to name the index",
-        )
-        assert isinstance(h, httpx.Response)
+        h = unhealthy(s.url, "/healthz to name the index", 30)
         assert h.json()["first_bad_seq"] == seq, h.text
         assert "index" in h.text, h.text
     v = rollwatch("verify", "--config", str(s.config))

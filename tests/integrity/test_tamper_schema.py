@@ -20,7 +20,6 @@ import subprocess
 from pathlib import Path
 
 import anyio
-import httpx
 import pytest
 
 from rollwatch.errors import IntegrityError, StoreError
@@ -28,7 +27,7 @@ from rollwatch.events import SchedulePaused
 from rollwatch.store.sqlite import SQLiteEventStore
 from tests.helpers import rollwatch
 from tests.integrity.conftest import append_n
-from tests.integrity.served import Site, _poll, _stop, serving
+from tests.integrity.served import Site, _poll, _stop, serving, unhealthy
 from tests.integrity.test_early_release import _get_auth, _site, _text
 from tests.integrity.test_tamper import refused_start
 from tests.integrity.test_tamper_2026 import _passed, _rescore_failed, _subscribe
@@ -75,12 +74,7 @@ def test_a_trigger_that_drops_a_rescore_is_named(tmp_path: Path) -> None:
         with pytest.raises(IntegrityError, match="trigger hide"):
             anyio.run(_rescore_failed, s.db, honest)
         assert _head(s.db) == head
-        h = _poll(
-            lambda: (r := httpx.get(s.url + "/healthz", timeout=10)).status_code == 503 and r,
-            30,
-            "/healthz to name the trigger",
-        )
-        assert isinstance(h, httpx.Response)
+        h = unhealthy(s.url, "/healthz to name the trigger", 30)
         assert "trigger hide" in h.text, h.text
     v = rollwatch("verify", "--config", str(s.config))
     assert v.returncode == 1, v.stdout + v.stderr
@@ -184,12 +178,7 @@ def test_a_damaged_page_under_a_live_daemon_is_named(site: tuple[Site, subproces
     with s.db.open("r+b") as f:
         f.seek((page - 1) * size)
         f.write(bytes(8))  # the page's header: no b-tree page any more
-    h = _poll(
-        lambda: (r := httpx.get(s.url + "/healthz", timeout=10)).status_code == 503 and r,
-        20,
-        "/healthz to name the damaged log",
-    )
-    assert isinstance(h, httpx.Response)
+    h = unhealthy(s.url, "/healthz to name the damaged log", 20)
     assert h.json()["first_bad_seq"] == first_seq, h.text
     assert "is damaged" in h.text, h.text
 
@@ -207,12 +196,7 @@ def test_a_log_file_renamed_over_the_live_one_is_named(site: tuple[Site, subproc
         src.close()
         dst.close()
     (s.dir / "copy.db").rename(s.db)
-    h = _poll(
-        lambda: (r := httpx.get(s.url + "/healthz", timeout=10)).status_code == 503 and r,
-        20,
-        "/healthz to name the file replaced",
-    )
-    assert isinstance(h, httpx.Response)
+    h = unhealthy(s.url, "/healthz to name the file replaced", 20)
     assert "was replaced or removed while this process had it open" in h.text, h.text
 
 
@@ -229,6 +213,23 @@ async def test_an_append_after_the_file_was_replaced_is_refused(tmp_path: Path) 
             await store.append("s", [SchedulePaused(schedule="b")])
 
 
+CENSOR_P4 = (
+    "CREATE TRIGGER censor AFTER INSERT ON public_rollouts WHEN NEW.problem_id = 'p4'"
+    " BEGIN DELETE FROM public_rollouts WHERE rollout_id = NEW.rollout_id; END"
+)
+"""A trigger in the projections file deleting the public row of each new result of problem p4."""
+
+
+async def _a_later_pass(db: Path) -> str:
+    """A run with one released pass of problem p4 appended to the log ``db``; its rollout id."""
+    async with SQLiteEventStore(db) as store:
+        run = new_run_id()
+        await start_run(store, run)
+        rid = await add_rollout(store, run, passed=True, problem_id="p4")
+        await finish_run(store, run, rollouts=1, passed=1)
+        return rid
+
+
 def test_a_trigger_in_the_projections_file_hides_no_later_result(tmp_path: Path) -> None:
     """A trigger added to the projections file that deletes the public row of every new result
     of a problem: a one-time visit to the file hid each later result of it from the public,
@@ -238,21 +239,8 @@ def test_a_trigger_in_the_projections_file_hides_no_later_result(tmp_path: Path)
     s, _, _ = _site(tmp_path)
     with serving(s):
         _poll(lambda: _text(s.url + "/public/results.jsonl").count("\n") == 1, 30, "the released pass")
-    _sql(
-        s.dir / "events.projections.db",
-        "CREATE TRIGGER censor AFTER INSERT ON public_rollouts WHEN NEW.problem_id = 'p4'"
-        " BEGIN DELETE FROM public_rollouts WHERE rollout_id = NEW.rollout_id; END",
-    )
-
-    async def later() -> str:
-        async with SQLiteEventStore(s.db) as store:
-            run = new_run_id()
-            await start_run(store, run)
-            rid = await add_rollout(store, run, passed=True, problem_id="p4")
-            await finish_run(store, run, rollouts=1, passed=1)
-            return rid
-
-    rid = anyio.run(later)
+    _sql(s.dir / "events.projections.db", CENSOR_P4)
+    rid = anyio.run(_a_later_pass, s.db)
     with serving(s) as proc:
         _poll(lambda: rid in _text(s.url + "/public/results.jsonl"), 20, "the later result in public")
         err = _stop(proc)
@@ -266,23 +254,10 @@ def test_a_trigger_added_to_the_projections_file_under_a_live_daemon_acts_on_not
     the trigger is dropped before it can act, logged (ERROR ``projections_tampered`` naming
     it), and the file is built again from the log beside (``projections_rebuilding``)."""
     s, _, _ = _site(tmp_path)
-
-    async def later() -> str:
-        async with SQLiteEventStore(s.db) as store:
-            run = new_run_id()
-            await start_run(store, run)
-            rid = await add_rollout(store, run, passed=True, problem_id="p4")
-            await finish_run(store, run, rollouts=1, passed=1)
-            return rid
-
     with serving(s) as proc:
         _poll(lambda: _text(s.url + "/public/results.jsonl").count("\n") == 1, 30, "the released pass")
-        _sql(
-            s.dir / "events.projections.db",
-            "CREATE TRIGGER censor AFTER INSERT ON public_rollouts WHEN NEW.problem_id = 'p4'"
-            " BEGIN DELETE FROM public_rollouts WHERE rollout_id = NEW.rollout_id; END",
-        )
-        rid = anyio.run(later)
+        _sql(s.dir / "events.projections.db", CENSOR_P4)
+        rid = anyio.run(_a_later_pass, s.db)
         _poll(lambda: rid in _text(s.url + "/public/results.jsonl"), 20, "the later result in public")
         err = _stop(proc)
     assert "projections_tampered" in err, err[-2000:]

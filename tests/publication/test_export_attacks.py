@@ -3,10 +3,12 @@ short or added, symbolic links out of it), two exports of one directory at once.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,27 @@ from tests.publication.helpers import all_projections, start_run
 from tests.publication.test_releases import Log, folder_ids, month_start
 
 pytestmark = pytest.mark.anyio
+
+
+@contextlib.asynccontextmanager
+async def exporting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[tuple[Any, Callable[..., subprocess.CompletedProcess[str]], Path]]:
+    """A live log on loopback filled as ``test_tlog_tiles.fill`` does (a signed checkpoint, a
+    released result and one under embargo), the ``rollwatch`` command on its configuration
+    (usable after the block too), and the folder its exports go to: (live, run, out)."""
+    from tests.helpers import rollwatch
+    from tests.integrity.test_tlog_tiles import fill, live_log
+
+    monkeypatch.delenv("STATE_DIRECTORY", raising=False)
+    async with live_log(tmp_path) as live:
+        cfg = str(live.config_file)
+
+        def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+            return rollwatch("--config", cfg, *args, env={"STATE_DIRECTORY": "", **(env or {})})  # type: ignore[no-any-return]
+
+        await fill(live)
+        yield live, run, tmp_path / "site"
 
 
 def top_ids(out: Path) -> list[str]:
@@ -553,19 +576,9 @@ class TestAuditCompleteness:
         from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
         from rollwatch.integrity.checkpoint import NoteSigner, split_note
-        from tests.helpers import rollwatch
-        from tests.integrity.test_tlog_tiles import add_released, fill, live_log, static_server
+        from tests.integrity.test_tlog_tiles import add_released, static_server
 
-        monkeypatch.delenv("STATE_DIRECTORY", raising=False)
-        out = tmp_path / "site"
-        env = {"STATE_DIRECTORY": ""}
-
-        def run(*args: str) -> subprocess.CompletedProcess[str]:
-            return rollwatch("--config", cfg, *args, env=env)  # type: ignore[no-any-return]
-
-        async with live_log(tmp_path) as live:
-            cfg = str(live.config_file)
-            await fill(live)
+        async with exporting(tmp_path, monkeypatch) as (live, run, out):
             await add_released(live.store, live.pdb)
             await live.integrity.final_checkpoint()
             p = await anyio.to_thread.run_sync(lambda: run("publish", "export", str(out)))
@@ -717,19 +730,9 @@ class TestAuditCompleteness:
         from rollwatch.config import load_config
         from rollwatch.integrity.checkpoint import RELEASE_INDEX_V1, split_note
         from rollwatch.integrity.keys import existing_signer
-        from tests.helpers import rollwatch
-        from tests.integrity.test_tlog_tiles import add_released, fill, live_log, static_server
+        from tests.integrity.test_tlog_tiles import add_released, static_server
 
-        monkeypatch.delenv("STATE_DIRECTORY", raising=False)
-        out = tmp_path / "site"
-        env = {"STATE_DIRECTORY": ""}
-
-        def run(*args: str) -> subprocess.CompletedProcess[str]:
-            return rollwatch("--config", cfg, *args, env=env)  # type: ignore[no-any-return]
-
-        async with live_log(tmp_path) as live:
-            cfg = str(live.config_file)
-            await fill(live)
+        async with exporting(tmp_path, monkeypatch) as (live, run, out):
             await add_released(live.store, live.pdb)
             await live.integrity.final_checkpoint()
             p = await anyio.to_thread.run_sync(lambda: run("publish", "export", str(out)))
@@ -740,7 +743,7 @@ class TestAuditCompleteness:
             )
             assert p.returncode == 0, p.stdout + p.stderr
             assert "max-export-age: a live service, not a static export: not applicable" in p.stdout
-        config = load_config(cfg)
+        config = load_config(live.config_file)
         signer = existing_signer(config.integrity.key_path(config.store), config.integrity.name)
         assert signer is not None
         sig = out / "releases.json.sig"
@@ -799,20 +802,10 @@ class TestAuditCompleteness:
         ``releases.json.sig`` signs: emptied on the host, a re-scored pass reads as a pass again,
         and ``rollwatch audit`` fails it. It used to pass (the signed index named every folder's
         manifest, not the superseded list)."""
-        from tests.helpers import rollwatch
-        from tests.integrity.test_tlog_tiles import add_released, fill, live_log, static_server
+        from tests.integrity.test_tlog_tiles import add_released, static_server
         from tests.publication.test_flip_attacks import rescore
 
-        monkeypatch.delenv("STATE_DIRECTORY", raising=False)
-        out = tmp_path / "site"
-        env = {"STATE_DIRECTORY": ""}
-
-        def run(*args: str) -> subprocess.CompletedProcess[str]:
-            return rollwatch("--config", cfg, *args, env=env)  # type: ignore[no-any-return]
-
-        async with live_log(tmp_path) as live:
-            cfg = str(live.config_file)
-            await fill(live)
+        async with exporting(tmp_path, monkeypatch) as (live, run, out):
             rid = await add_released(live.store, live.pdb)
             await rescore(live.store, rid, passed=False, previous=True, decide=False)
             await live.integrity.final_checkpoint()
@@ -849,19 +842,9 @@ class TestAuditCompleteness:
 
         from rollwatch.integrity.checkpoint import split_note
         from rollwatch.integrity.keys import existing_signer
-        from tests.helpers import rollwatch
-        from tests.integrity.test_tlog_tiles import add_released, fill, live_log
+        from tests.integrity.test_tlog_tiles import add_released
 
-        monkeypatch.delenv("STATE_DIRECTORY", raising=False)
-        out = tmp_path / "site"
-        env = {"STATE_DIRECTORY": ""}
-
-        def run(*args: str) -> subprocess.CompletedProcess[str]:
-            return rollwatch("--config", cfg, *args, env=env)  # type: ignore[no-any-return]
-
-        async with live_log(tmp_path) as live:
-            cfg = str(live.config_file)
-            await fill(live)
+        async with exporting(tmp_path, monkeypatch) as (live, run, out):
             r = await anyio.to_thread.run_sync(lambda: run("key", "rotate"))
             assert r.returncode == 0, r.stderr
             old_key = r.stdout.split("old key: ")[1].split()[0]
@@ -922,19 +905,9 @@ class TestAuditCompleteness:
         that audits, the finished export, the halfway one."""
         import shutil
 
-        from tests.helpers import rollwatch
-        from tests.integrity.test_tlog_tiles import add_released, fill, live_log
+        from tests.integrity.test_tlog_tiles import add_released
 
-        monkeypatch.delenv("STATE_DIRECTORY", raising=False)
-        out = tmp_path / "site"
-        env = {"STATE_DIRECTORY": ""}
-
-        def run(*args: str) -> subprocess.CompletedProcess[str]:
-            return rollwatch("--config", cfg, *args, env=env)  # type: ignore[no-any-return]
-
-        async with live_log(tmp_path) as live:
-            cfg = str(live.config_file)
-            await fill(live)
+        async with exporting(tmp_path, monkeypatch) as (live, run, out):
             p = await anyio.to_thread.run_sync(lambda: run("publish", "export", str(out)))
             assert p.returncode == 0, p.stderr
             halfway = tmp_path / "halfway"
@@ -946,7 +919,7 @@ class TestAuditCompleteness:
         for name in ("MANIFEST.json", "results-0002.jsonl"):
             shutil.copy2(this_folder(out) / name, this_folder(halfway) / name)
         (halfway / ".export-in-progress").touch()
-        return [sys.executable, "-m", "rollwatch", "--config", cfg, "audit"], out, halfway
+        return [sys.executable, "-m", "rollwatch", "--config", str(live.config_file), "audit"], out, halfway
 
     async def test_an_audit_during_an_honest_export_waits_for_it_and_passes(
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -1042,19 +1015,9 @@ class TestAuditCompleteness:
         before, shown, and then fails as unsigned (exit 1): passing it would let whoever holds
         the host remove the signature to hide a deletion. An export that cannot read the key
         says so, and writes none."""
-        from tests.helpers import rollwatch
-        from tests.integrity.test_tlog_tiles import add_released, fill, live_log, static_server
+        from tests.integrity.test_tlog_tiles import add_released, static_server
 
-        monkeypatch.delenv("STATE_DIRECTORY", raising=False)
-        out = tmp_path / "site"
-        env = {"STATE_DIRECTORY": ""}
-
-        def run(*args: str) -> subprocess.CompletedProcess[str]:
-            return rollwatch("--config", cfg, *args, env=env)  # type: ignore[no-any-return]
-
-        async with live_log(tmp_path) as live:
-            cfg = str(live.config_file)
-            await fill(live)
+        async with exporting(tmp_path, monkeypatch) as (live, run, out):
             await add_released(live.store, live.pdb)
             await live.integrity.final_checkpoint()
             p = await anyio.to_thread.run_sync(lambda: run("publish", "export", str(out)))
@@ -1087,12 +1050,12 @@ class TestAuditCompleteness:
         creds = tmp_path / "credentials"
         creds.mkdir()
         (tmp_path / "elsewhere.key").rename(creds / "checkpoint-key")
-        env["CREDENTIALS_DIRECTORY"] = str(creds)
-        p = await anyio.to_thread.run_sync(lambda: run("publish", "export", str(out)))
+        env = {"CREDENTIALS_DIRECTORY": str(creds)}
+        p = await anyio.to_thread.run_sync(lambda: run("publish", "export", str(out), env=env))
         assert p.returncode == 0, p.stderr
         assert "NOT signed" not in p.stdout, p.stdout
         with static_server(out) as url:
-            p = await anyio.to_thread.run_sync(lambda: run("audit", "--url", url))
+            p = await anyio.to_thread.run_sync(lambda: run("audit", "--url", url, env=env))
         assert p.returncode == 0, p.stdout + p.stderr
 
 

@@ -99,20 +99,15 @@ def audit(
     from rollwatch.config import parse_duration
     from rollwatch.integrity.witness import CosignatureVerifier
 
-    try:
-        max_age = parse_duration(max_cosignature_age)
-    except ValueError as e:
-        raise UsageError(f"--max-cosignature-age: {e}") from None
-    try:
-        export_wait_s = parse_duration(export_wait)
-    except ValueError as e:
-        raise UsageError(f"--export-wait: {e}") from None
-    max_export_age_s = None
-    if max_export_age is not None:
+    def seconds(option: str, value: str) -> float:
         try:
-            max_export_age_s = parse_duration(max_export_age)
+            return parse_duration(value)
         except ValueError as e:
-            raise UsageError(f"--max-export-age: {e}") from None
+            raise UsageError(f"{option}: {e}") from None
+
+    max_age = seconds("--max-cosignature-age", max_cosignature_age)
+    export_wait_s = seconds("--export-wait", export_wait)
+    max_export_age_s = None if max_export_age is None else seconds("--max-export-age", max_export_age)
     for w in witnesses:
         try:
             CosignatureVerifier.from_vkey(w)
