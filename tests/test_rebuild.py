@@ -212,13 +212,18 @@ async def write_log(store: SQLiteEventStore, key: str, runs: int = 3, per_run: i
 
 
 def dump(file: Path) -> dict[str, list[tuple[Any, ...]]]:
-    """Every row of every table but the file's own bookkeeping, sorted."""
+    """Every row of every table but the file's own bookkeeping, sorted; and, under
+    ``sqlite_master``, the file's schema (every table and index, as made)."""
     db = sqlite3.connect(file)
     try:
         names = [
             r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
         ]
-        return {t: sorted(db.execute(f"SELECT * FROM {t}"), key=repr) for t in names if t != "projection_log"}
+        rows = {t: sorted(db.execute(f"SELECT * FROM {t}"), key=repr) for t in names if t != "projection_log"}
+        rows["sqlite_master"] = db.execute(
+            "SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY type, name"
+        ).fetchall()
+        return rows
     finally:
         db.close()
 

@@ -74,6 +74,7 @@ def without(rows: dict[str, Any], *extra: str) -> dict[str, Any]:
     """``rows`` (a dump) without the tables and checkpoints of the projections ``extra``."""
     out = {t: v for t, v in rows.items() if t not in extra}
     out["projection_state"] = [r for r in out["projection_state"] if r[0] not in extra]
+    out["sqlite_master"] = [r for r in out["sqlite_master"] if r[2] not in extra]
     return out
 
 
