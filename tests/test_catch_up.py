@@ -106,3 +106,43 @@ async def test_large_batches_pause_the_collector_and_leave_it_as_it_was(
                 (gc.enable if was else gc.disable)()
         assert watcher.seen[0] == (3000, False)
         assert watcher.seen[-1] == (1, enabled)
+
+
+class GcSeeingStore(SQLiteEventStore):
+    """A real SQLite store that notes, as each page of a read is asked for, whether the
+    cyclic collector is enabled."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.reads: list[bool] = []
+
+    async def read_batches(self, **kw: object) -> AsyncIterator[list[Recorded]]:  # type: ignore[override]
+        pages = super().read_batches(**kw)  # type: ignore[arg-type]
+        try:
+            while True:
+                self.reads.append(gc.isenabled())
+                try:
+                    page = await anext(pages)
+                except StopAsyncIteration:
+                    return
+                yield page
+        finally:
+            await pages.aclose()
+
+
+async def test_a_build_beside_reads_its_batches_with_the_collector_paused(tmp_path: Path) -> None:
+    """A build beside holds thousands of rows read from the log until their batch is applied:
+    the collector is paused from a batch's first page until it is applied (it runs between
+    batches), and is enabled again once the build is done."""
+    async with GcSeeingStore(tmp_path / "events.db") as store:
+        await store.append(rollout_stream("r"), [PublicReleased(rollout_id="r") for _ in range(12_000)])
+        watcher = GcWatcher()
+        assert gc.isenabled()
+        async with ProjectionDB(tmp_path / "p.db", [watcher], setup=False, split_from=None) as pdb:
+            await pdb.rebuild_beside(store)
+        assert gc.isenabled()
+    # Pages of 2,000: each batch's first page is read with the collector running, the
+    # next pages of that batch with it paused.
+    assert False in store.reads
+    assert True in store.reads
+    assert all(not enabled for _, enabled in watcher.seen)
