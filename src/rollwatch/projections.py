@@ -864,17 +864,27 @@ class ProjectionDB:
             # is decoded once however many projections read it.
             by_type = self._by_type
             shares: dict[str, list[Recorded]] = {p.name: [] for p in self.projections}
-            for rec in events:
-                seq = rec.seq
-                if seq <= floor:
-                    continue
-                wants = by_type.get(rec.type)
-                if not wants:
-                    continue
-                once = tuple.__new__(_DecodedOnce, rec)
-                for p in wants:
-                    if seq > done[p.name]:
-                        shares[p.name].append(once)
+            if all(d == floor for d in done.values()):
+                # Every projection at one checkpoint (a build, a daemon's catch-up): each
+                # event after it goes to every projection of its type, unchecked.
+                adds = {t: [shares[p.name].append for p in ps] for t, ps in by_type.items()}
+                for rec in events:
+                    if rec.seq > floor and (to := adds.get(rec.type)):
+                        once = tuple.__new__(_DecodedOnce, rec)
+                        for add in to:
+                            add(once)
+            else:
+                for rec in events:
+                    seq = rec.seq
+                    if seq <= floor:
+                        continue
+                    wants = by_type.get(rec.type)
+                    if not wants:
+                        continue
+                    once = tuple.__new__(_DecodedOnce, rec)
+                    for p in wants:
+                        if seq > done[p.name]:
+                            shares[p.name].append(once)
             for p in self.projections:
                 if shares[p.name]:
                     try:
