@@ -56,6 +56,8 @@ other failed verdict is the model's ``wrong_answer``."""
 PREFIX = max(len(prefix) for prefix, _, _ in VERDICT_CAUSES)
 """How much of a reason decides its cause (the SQL groups by that much of it)."""
 
+_PREFIXES = tuple(prefix for prefix, _, _ in VERDICT_CAUSES)
+
 INFRA_VERDICTS = frozenset(cause for _, side, cause in VERDICT_CAUSES if side == "infra")
 """Causes of failed verdicts that judged nothing of the model (re-scored by ``rescore``)."""
 
@@ -63,6 +65,8 @@ INFRA_VERDICTS = frozenset(cause for _, side, cause in VERDICT_CAUSES if side ==
 def verdict_cause(reason: str | None) -> tuple[Side, str]:
     """(side, cause) of a failed verdict with this ``reason``."""
     text = reason or ""
+    if not text.startswith(_PREFIXES):  # most failed verdicts: one C-level test
+        return "model", "wrong_answer"
     for prefix, side, cause in VERDICT_CAUSES:
         if text.startswith(prefix):
             return side, cause
