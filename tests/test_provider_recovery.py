@@ -7,6 +7,7 @@ of its own), and ``rollwatch schedules trigger`` as the operator's "try now"."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -234,6 +235,18 @@ def _trigger(cfg: Path, name: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def _listed(cfg: Path) -> list[dict[str, str]]:
+    """``rollwatch schedules list --json``."""
+    out = subprocess.run(
+        [sys.executable, "-m", "rollwatch", "--config", str(cfg), "schedules", "list", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    return json.loads(out.stdout)  # type: ignore[no-any-return]
+
+
 def test_a_manual_trigger_tries_a_disabled_providers_key_now(
     tmp_path: Path, provider: tuple[str, Path]
 ) -> None:
@@ -257,6 +270,13 @@ def test_a_manual_trigger_tries_a_disabled_providers_key_now(
         assert first.returncode == 0, first.stderr
         d.until(lambda: d.events("RunFinished"), "the first run to end")
         d.until(lambda: _agree(cfg, "fake", True), "/healthz and the gauge to say disabled")
+
+        # Disabled, the schedule still fires (each fire tries the key): list shows when.
+        (row,) = _listed(cfg)
+        assert row["state"] == "cannot run", row
+        assert row["next"] != "-", row
+        assert "tried again at the next fire" in row["why"], row
+        assert "Incorrect API key" in row["why"], row
 
         again = _trigger(cfg, "often")  # the key still refused
         assert again.returncode == 1, (again.stdout, again.stderr)

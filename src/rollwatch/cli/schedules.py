@@ -64,7 +64,7 @@ def schedules_list(ctx: Context, as_json: bool) -> None:
     and why a schedule cannot run (state "cannot run")."""
     from datetime import UTC, datetime
 
-    from rollwatch.scheduler import ScheduleState, fmt_next, make_trigger, next_fire
+    from rollwatch.scheduler import ScheduleState, disabled_prefix, fmt_next, make_trigger, next_fire
 
     config = ctx.config
     _, states = run_async(lambda: _schedule_states(config))
@@ -82,10 +82,16 @@ def schedules_list(ctx: Context, as_json: bool) -> None:
             state = "paused"
         else:
             state = "active" if active else "inactive (no API key)"
+        why = blocked.get(s.name, "")
+        # A provider the daemon disabled (a rejected key) is tried again at each fire of its
+        # schedules: the schedule still fires, and its next fire is the next try.
+        retried = state == "cannot run" and why.startswith(disabled_prefix(s.provider))
+        if retried:
+            why += "; its key is tried again at the next fire"
         running = st.last_status == "running"
         nxt = (
             next_fire(s, make_trigger(s), st.last_fire_at, now, running=running)[0]
-            if state == "active"
+            if state == "active" or retried
             else None
         )
         rows.append(
@@ -99,7 +105,7 @@ def schedules_list(ctx: Context, as_json: bool) -> None:
                 "skipped": st.skipped,
                 "missed": st.missed,
                 "note": st.note,
-                "why": blocked.get(s.name, ""),
+                "why": why,
             }
         )
     if as_json:
