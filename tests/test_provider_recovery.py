@@ -314,3 +314,54 @@ def test_a_manual_trigger_tries_a_disabled_providers_key_now(
     assert "Incorrect API key" not in still[1], still
     assert len([x for x in text.splitlines() if "provider_enabled" in x]) == 1, text[-3000:]
     assert len(Path(f"{log}.down.seen").read_text().splitlines()) == 2  # max_attempts, no more
+
+
+def test_a_manual_trigger_of_a_batch_schedule_tries_the_key_now(tmp_path: Path) -> None:
+    """``schedules trigger`` on a batch schedule (``batch = true``) whose provider is
+    disabled: the triggered run's batch create is the try. Key still refused: exit 1, one
+    line naming the refusal, no batch created. Key replaced: exit 0 ("enabled again"), the
+    batch is created and the run completes, /healthz and the gauge say enabled."""
+    key = tmp_path / "key"
+    key.write_text("sk-rejected\n")
+    with (
+        anyio.from_thread.start_blocking_portal() as portal,
+        portal.wrap_async_context_manager(
+            batch_provider("openai", lambda b, i, c: "ok", polls_in_progress=0)
+        ) as server,
+    ):
+        server.rejected_key = "sk-rejected"
+        cfg = write_config(
+            tmp_path,
+            "[[schedules]]\n"
+            'name = "nightly"\nprovider = "acme"\nmodels = ["m1"]\nproblem_set = "favorites"\n'
+            'rollouts = 2\nevery = "24h"\nbatch = true\n',
+            extra=(
+                f'[[providers]]\nname = "acme"\nkind = "openai"\nbase_url = "{server.url}"\n'
+                f'api_key_file = "{key}"\nmax_attempts = 2\nbackoff_base = "10ms"\n'
+                'batch_poll = "20ms"\nbatch_linger = "50ms"\n'
+            ),
+        ).resolve()
+        with serving(cfg) as d:
+            # An ``every`` schedule fires at start: that run meets the refused key.
+            d.until(lambda: d.events("RunFinished"), "the first run to end")
+            d.until(lambda: _agree(cfg, "acme", True), "/healthz and the gauge to say disabled")
+
+            again = _trigger(cfg, "nightly")
+            assert again.returncode == 1, (again.stdout, again.stderr)
+            assert "still disabled" in again.stderr, again.stderr
+            assert "Incorrect API key" in again.stderr, again.stderr
+            assert len(again.stderr.strip().splitlines()) == 1, again.stderr
+            assert server.creates == 0
+
+            key.write_text("sk-good-key-0123456789\n")
+            ok = _trigger(cfg, "nightly")
+            assert ok.returncode == 0, (ok.stdout, ok.stderr)
+            assert "enabled again" in ok.stdout, ok.stdout
+            d.until(
+                lambda: any(r[2]["status"] == "completed" for r in d.events("RunFinished")),
+                "the triggered batch run to complete",
+                seconds=30,
+            )
+            assert server.creates >= 1
+            d.until(lambda: _agree(cfg, "acme", False), "/healthz and the gauge to say enabled")
+            d.stop()
