@@ -103,6 +103,24 @@ CREATE TABLE IF NOT EXISTS tree_checkpoints (
 """
 
 
+def _create_tables(db: sqlite3.Connection) -> None:
+    """:data:`SCHEMA`'s tables that are missing, in the caller's transaction."""
+    for stmt in SCHEMA.split(";"):
+        if "CREATE" in stmt:
+            db.execute(stmt)
+
+
+def _foreign(db: sqlite3.Connection) -> list[tuple[str, str]]:
+    """Every trigger and view in a tree file (rollwatch makes none there)."""
+    return db.execute(
+        "SELECT type, name FROM sqlite_master WHERE type IN ('trigger', 'view') ORDER BY name"
+    ).fetchall()
+
+
+def _named(objects: list[tuple[str, str]]) -> str:
+    return ", ".join(f"{kind} {name}" for kind, name in objects)
+
+
 _COLUMNS = "seq, id, stream, version, type, schema, at, data, hash"
 # Everything as bytes (no UTF-8 decoding into str), and the data of checkpoint events.
 _FILE_PAGE = f"""
@@ -266,6 +284,8 @@ class MerkleTree:
         self._files: dict[Path, _FileReader] = {}
         self._lock = anyio.Lock()
         self._identified = False
+        self._schema_seen: tuple[int, int] | None = None
+        """(connection, PRAGMA schema_version) last found holding nothing foreign."""
 
     async def __aenter__(self) -> MerkleTree:
         if self.read_only:
@@ -275,6 +295,12 @@ class MerkleTree:
                 self._r = await ThreadConnection.open(
                     self.path, ("PRAGMA query_only=1", "PRAGMA busy_timeout=30000")
                 )
+                if added := await self._r.run(_foreign):
+                    raise StoreError(
+                        f"the Merkle tree {self.path} holds what rollwatch never makes there"
+                        f" ({_named(added)}); it is derived from the log: delete it, or open it"
+                        " read-write to have it built again"
+                    )
                 self.size, _ = await self._state()
             except sqlite3.Error as e:
                 await self.__aexit__()
@@ -310,13 +336,16 @@ class MerkleTree:
             raise StoreError("the Merkle tree is not open (use it with `async with`)")
         return db
 
-    @staticmethod
-    def _setup(db: sqlite3.Connection) -> int:
-        db.executescript(SCHEMA)  # idempotent; executescript commits on its own
+    def _setup(self, db: sqlite3.Connection) -> int:
         db.execute("BEGIN IMMEDIATE")
         try:
+            dropped = self._drop_foreign(db)
+            _create_tables(db)
             row = db.execute("SELECT format, size FROM tree_state").fetchone()
-            if row is not None and row[0] != FORMAT:
+            if dropped:
+                MerkleTree._clear(db)
+                row = None
+            elif row is not None and row[0] != FORMAT:
                 log.info("merkle_tree_format_changed", stored=row[0], current=FORMAT, rebuild=True)
                 MerkleTree._clear(db)
                 row = None
@@ -326,7 +355,34 @@ class MerkleTree:
         except BaseException:
             rollback(db)
             raise
+        self._schema_seen = (id(db), db.execute("PRAGMA schema_version").fetchone()[0])
         return int(row[1]) if row else 0
+
+    def _drop_foreign(self, db: sqlite3.Connection) -> bool:
+        """Drop every trigger and view in the file (in the caller's write transaction) and
+        say whether there was one: rollwatch makes none there.
+
+        Someone holding ``merkle.db`` could add a trigger that zeroes each node as it is
+        written (every proof through it wrong), or replace a table by a view that shows
+        nothing and swallows writes. What such an object did cannot be told apart, so the
+        caller builds the tree again from the log (it is derived from the log). Looked at
+        when the schema's version moved: one PRAGMA a write.
+        """
+        version = db.execute("PRAGMA schema_version").fetchone()[0]
+        if self._schema_seen == (id(db), version):
+            return False
+        added = _foreign(db)
+        for kind, name in added:
+            db.execute(f'DROP {kind.upper()} IF EXISTS "{name.replace(chr(34), chr(34) * 2)}"')
+        if added:
+            log.error(
+                "merkle_tree_tampered",
+                file=str(self.path),
+                reason=f"it holds what rollwatch never makes there: {_named(added)}",
+                action="dropped; building the tree again from the log",
+            )
+        self._schema_seen = (id(db), db.execute("PRAGMA schema_version").fetchone()[0])
+        return bool(added)
 
     @staticmethod
     def _clear(db: sqlite3.Connection) -> None:
@@ -638,6 +694,13 @@ class MerkleTree:
         """Add the leaves of events ``first, first + 1, ...`` in one transaction; return the size after."""
         db.execute("BEGIN IMMEDIATE")
         try:
+            if self._drop_foreign(db):
+                # Built again from the log: the catch-up starts over from event 1.
+                _create_tables(db)  # a table dropped for a view of its name
+                self._clear(db)
+                db.execute("COMMIT")
+                self._identified = False
+                return 0
             size = int(db.execute("SELECT size FROM tree_state").fetchone()[0])
             if size != expected:
                 # Another process got here first; keep what it has not absorbed yet.
