@@ -34,6 +34,7 @@ the socket the request came in on, i.e. ``http://LISTEN``), never the request's 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import json
@@ -41,7 +42,7 @@ import math
 import secrets
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
@@ -151,6 +152,11 @@ def _tagged(request: Request, body: bytes, media_type: str, cache: str, vary: st
     return Response(body, media_type=media_type, headers=headers)
 
 
+_RESULTS_TTL = 30.0
+"""Seconds a made ``/public/results.jsonl`` is served again (its ``Cache-Control`` max-age)."""
+_RESULTS_KEPT = 64 * 1024 * 1024
+"""The largest ``/public/results.jsonl`` kept in memory (about 8,000 results with proofs)."""
+
 _REPORTS_KEPT = 16
 """Report bodies kept (the views last made): the nine plain views and a few problem versions."""
 
@@ -215,6 +221,12 @@ class PublicationAPI:
         self._kept: Any = None  # what the report keeps per run between requests (report.KeptByRun)
         self._report_locks: dict[tuple[str, ...], anyio.Lock] = {}  # (by, option names) -> lock
         self._boot = secrets.token_hex(4)
+        # /public/results.jsonl: the body last made (key, when, body), made by one request
+        # at a time; an archive too large to keep is streamed to one client at a time.
+        self._results: tuple[tuple[object, ...], float, bytes] | None = None
+        self._results_lock = anyio.Lock()
+        self._results_too_large = False  # an archive only grows: once over, streamed from then on
+        self._results_streams = anyio.CapacityLimiter(1)
         self.proofs: InclusionProofs | None = None
         self.bundles: ProofBundles | None = None
         self.witnessing = integrity.witnessing if integrity is not None else None
@@ -525,24 +537,88 @@ class PublicationAPI:
         return await self._public(request, "atom", feeds.atom_feed, "application/atom+xml")
 
     async def results(self, request: Request) -> Response:
-        """``/public/results.jsonl``: every released result, one per line, oldest release first."""
-        await self.current()
-        now = self.now()
+        """``/public/results.jsonl``: every released result, one per line, oldest release first.
 
+        Each line's proof bundle costs milliseconds, so the whole archive is made once for
+        what it shows (the releases and superseded marks in the log, the checkpoint its
+        proofs are against) and served to every request for up to ``_RESULTS_TTL`` seconds
+        (as ``/public/``'s view: time only makes more public, so a body reused that long
+        shows less than it could, never more), with an ETag (``If-None-Match`` -> 304).
+        One request makes it at a time; the others wait for it and are served the same
+        body. An archive over ``_RESULTS_KEPT`` bytes is not kept: it is streamed, made as
+        it goes, to one client at a time, and a request meanwhile gets 503 with Retry-After.
+        Before, every request made the whole archive again: a few clients in a loop kept
+        the daemon's CPU busy.
+        """
+        await self.current()
         bundles = self.bundles
         cp = await bundles.checkpoint() if bundles is not None else None
+        state = await self.pdb.fetchone(_RELEASE_STATE_SQL)
+        key = (*(tuple(state) if state else ()), cp.seq if cp is not None else None)
+        ndjson = "application/x-ndjson"
+        if (body := self._kept_results(key)) is not None:
+            return _tagged(request, body, ndjson, "public, max-age=30")
+        if not self._results_too_large:
+            async with self._results_lock:
+                if (body := self._kept_results(key)) is not None:  # made while this one waited
+                    return _tagged(request, body, ndjson, "public, max-age=30")
+                t = time.perf_counter()
+                chunks: list[bytes] = []
+                size = 0
+                lines = self._result_lines(cp)
+                async with contextlib.aclosing(lines):
+                    async for line in lines:
+                        chunks.append(line)
+                        size += len(line)
+                        if size > _RESULTS_KEPT:
+                            break
+                if size <= _RESULTS_KEPT:
+                    body = b"".join(chunks)
+                    self._results = (key, time.monotonic(), body)
+                    log.info(
+                        "public_results_made",
+                        results=len(chunks),
+                        checkpoint=cp.seq if cp is not None else None,
+                        bytes=size,
+                        took_s=round(time.perf_counter() - t, 3),
+                    )
+                    return _tagged(request, body, ndjson, "public, max-age=30")
+                self._results_too_large = True
+                log.info("public_results_streamed", reason=f"the archive is over {_RESULTS_KEPT} bytes")
+        try:
+            self._results_streams.acquire_nowait()
+        except anyio.WouldBlock:
+            raise ServiceUnavailable(
+                "the archive is being sent to another client; retry in 30 s", {"Retry-After": "30"}
+            ) from None
 
-        async def lines() -> AsyncIterator[bytes]:
-            async for r in iter_released(self.store, self.pdb, now, check=self.check):
-                line = r.to_json()
-                if bundles is not None and cp is not None:
-                    # Every line against the same checkpoint, whatever is signed meanwhile.
-                    line["proof"] = await bundles.bundle(r.rollout_id, cp)
-                yield _json_bytes(line) + b"\n"
+        async def streamed() -> AsyncIterator[bytes]:
+            try:
+                lines = self._result_lines(cp)
+                async with contextlib.aclosing(lines):
+                    async for line in lines:
+                        yield line
+            finally:
+                self._results_streams.release()
 
         return StreamingResponse(
-            lines(), media_type="application/x-ndjson", headers={"Cache-Control": "public, max-age=30"}
+            streamed(), media_type=ndjson, headers={"Cache-Control": "public, max-age=30"}
         )
+
+    def _kept_results(self, key: tuple[object, ...]) -> bytes | None:
+        kept = self._results
+        if kept is not None and kept[0] == key and time.monotonic() - kept[1] < _RESULTS_TTL:
+            return kept[2]
+        return None
+
+    async def _result_lines(self, cp: Any) -> AsyncGenerator[bytes, None]:
+        """Every released result's line, each proof against ``cp`` (whatever is signed meanwhile)."""
+        bundles = self.bundles
+        async for r in iter_released(self.store, self.pdb, self.now(), check=self.check):
+            line = r.to_json()
+            if bundles is not None and cp is not None:
+                line["proof"] = await bundles.bundle(r.rollout_id, cp)
+            yield _json_bytes(line) + b"\n"
 
     async def public_rollout(self, request: Request) -> Response:
         """``/public/rollouts/{id}.json``: one released result (404 unless released)."""
