@@ -144,6 +144,31 @@ def test_an_api_key_file_no_header_can_carry_is_a_missing_key(tmp_path: Path, co
     assert "SECRET" not in proc.stderr + proc.stdout
 
 
+@pytest.mark.parametrize("kind", ["fifo", "huge"])
+def test_an_api_key_file_that_is_a_fifo_or_huge_is_a_missing_key(tmp_path: Path, kind: str) -> None:
+    """A FIFO with no writer was read on the event loop, which waited forever; a file of
+    gigabytes (a key file pointed at the wrong file) was read whole into memory. Now each
+    is one line naming the file, exit 2, at once, and the key is not read."""
+    key = tmp_path / "key"
+    if kind == "fifo":
+        os.mkfifo(key)
+    else:
+        with key.open("wb") as f:  # sparse: 8 GiB that take no disk
+            f.write(b"sk-SECRET")
+            f.truncate(8 << 30)
+    config = write_config(
+        tmp_path,
+        f'[[providers]]\nname = "oa"\nkind = "openai"\nbase_url = "http://127.0.0.1:9"\napi_key_file = "{key}"\n'
+        + SCHEDULE.replace('"reference"]', '"m"]').replace('provider = "reference"', 'provider = "oa"')
+        + 'every = "1h"\n[scoring]\nrequire_isolation = false\nisolation = "none"\nworkers = 1\n',
+    )
+    proc = rollwatch("run", "s", "--config", str(config))
+    lines = _clean(proc, 2)
+    assert lines[-1].startswith(f"  api_key_file: '{key}' cannot be read"), lines
+    assert "regular file of at most 65536 bytes" in lines[-1], lines
+    assert "SECRET" not in proc.stderr + proc.stdout
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

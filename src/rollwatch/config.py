@@ -548,7 +548,8 @@ class ProviderConfig(_Strict):
         if self.api_key_file:
             return (
                 f"api_key_file: {str(_credential_path(self.api_key_file))!r} cannot be read, is empty, "
-                "or holds spaces or characters other than printable ASCII"
+                "or holds spaces or characters other than printable ASCII, or is not a regular file of "
+                f"at most {KEY_FILE_MAX} bytes"
             )
         return f"no API key: set api_key_env or api_key_file for a provider of kind {self.kind!r}"
 
@@ -561,13 +562,38 @@ class ProviderConfig(_Strict):
         if self.api_key_env:
             key = os.environ.get(self.api_key_env, "").strip()
         elif self.api_key_file:
-            try:
-                key = _credential_path(self.api_key_file).read_text(encoding="utf-8").strip()
-            except (OSError, UnicodeDecodeError):
-                return None
+            key = _read_small_file(_credential_path(self.api_key_file))
         if not key or not all("!" <= c <= "~" for c in key):
             return None
         return key
+
+
+KEY_FILE_MAX = 64 * 1024
+"""The largest ``api_key_file`` read (a key is a few hundred bytes at most)."""
+
+
+def _read_small_file(path: Path) -> str | None:
+    """The text of ``path`` with its surrounding space removed, or None when it cannot be
+    read, is not a regular file (a FIFO, ``/dev/zero``: read whole, one blocked the event
+    loop and the other filled memory) or holds more than :data:`KEY_FILE_MAX` bytes.
+    Opened without blocking (a FIFO with no writer), checked once open (no swap between a
+    check and the read)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > KEY_FILE_MAX:
+            return None
+        data = os.read(fd, KEY_FILE_MAX + 1)
+        if len(data) > KEY_FILE_MAX:
+            return None
+        return data.decode("utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    finally:
+        os.close(fd)
 
 
 CREDENTIAL_PREFIX = "rollwatch_"
