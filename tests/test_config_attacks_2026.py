@@ -179,6 +179,20 @@ CONTROL = {
         OPENAI + "tokens_per_minute = 1e-308\n",
         "providers[1].tokens_per_minute: 1e-308: must be at least 1.0",
     ),
+    # Periods that turn a guarantee off while looking set: a scrub every century never
+    # reads the log again, a release check every year releases results a year late.
+    "release-check-year": (
+        '[publication]\nrelease_check = "52w"\n',
+        "publication.release_check: '52w': must be at most 86400s",
+    ),
+    "checkpoint-interval-year": (
+        '[integrity]\ncheckpoint_interval = "52w"\n',
+        "integrity.checkpoint_interval: '52w': must be at most 86400s",
+    ),
+    "scrub-interval-century": (
+        '[integrity]\nscrub_interval = "5200w"\n',
+        "integrity.scrub_interval: '5200w': must be at most 604800s",
+    ),
 }
 
 

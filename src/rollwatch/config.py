@@ -352,8 +352,9 @@ class ServerConfig(_Strict):
 class PublicationConfig(_Strict):
     embargo: Duration = parse_duration("90d")
     positive: Literal["passed"] = "passed"
-    release_check: Duration = Field(default=1.0, gt=0.0)
-    """How often the release job looks for decisions whose embargo has passed."""
+    release_check: Duration = Field(default=1.0, gt=0.0, le=86400.0)
+    """How often the release job looks for decisions whose embargo has passed (at most a
+    day: longer only releases results that late)."""
     embargo_counts: bool = True
     """Whether the public page announces, per model, how many problems are solved under
     embargo and when the next release is due (counts only; off for operators who sell them)."""
@@ -784,9 +785,10 @@ class IntegrityConfig(_Strict):
     """The Merkle tree's SQLite file (default ``merkle.db`` next to the projections)."""
     checkpoint_every: int = Field(default=1000, ge=1)
     """Sign a checkpoint once this many events were appended since the last one."""
-    checkpoint_interval: Duration = Field(default=600.0, ge=1.0)
-    """Sign a checkpoint at least this often when anything was appended."""
-    scrub_interval: Duration = Field(default=300.0, ge=0.1)
+    checkpoint_interval: Duration = Field(default=600.0, ge=1.0, le=86400.0)
+    """Sign a checkpoint at least this often when anything was appended (at most a day:
+    what is appended stays unsigned, and unwitnessed, that long)."""
+    scrub_interval: Duration = Field(default=300.0, ge=0.1, le=7 * 86400.0)
     """Start a full re-read of the log (chain, tree leaves, checkpoints) this often; a pass
     over 10⁶ events takes 15-25 s (paced to half a core, at nice 19, in a process of its own)."""
     witnesses: list[WitnessConfig] = Field(default_factory=list)
