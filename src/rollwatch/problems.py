@@ -39,6 +39,7 @@ import hashlib
 import json
 import os
 import re
+import stat
 import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -509,15 +510,34 @@ def _read_cases(r: _Reader, name: str) -> tuple[Case, ...]:
     cases = []
     for inp in sorted(folder.glob("*.in")):
         out = inp.with_suffix(".out")
-        if not out.is_file():
+        if not out.exists():
             raise r.fail("scorer.cases", f"{inp.name} has no {out.name} beside it")
-        cases.append(Case(name=inp.stem, input=inp.read_bytes(), output=out.read_bytes()))
+        cases.append(Case(name=inp.stem, input=_case_bytes(r, inp), output=_case_bytes(r, out)))
     for out in folder.glob("*.out"):
         if not out.with_suffix(".in").is_file():
             raise r.fail("scorer.cases", f"{out.name} has no {out.stem}.in beside it")
     if not cases:
         raise r.fail("scorer.cases", f"{folder} holds no NAME.in / NAME.out pairs")
     return tuple(cases)
+
+
+def _case_bytes(r: _Reader, p: Path) -> bytes:
+    """A stdio case file's bytes: a regular file (a FIFO blocked the load forever) of at
+    most :data:`MAX_FILE_BYTES` (every case is given to every sample)."""
+    try:
+        with open(p, "rb", buffering=0, opener=_nonblocking) as f:
+            st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                raise r.fail("scorer.cases", f"{p.name} is not a regular file")
+            if st.st_size > MAX_FILE_BYTES:
+                raise r.fail("scorer.cases", f"{p.name} {_too_large()}")
+            return f.read()
+    except OSError as e:
+        raise r.fail("scorer.cases", f"{p.name}: cannot read ({e.strerror or e})") from None
+
+
+def _nonblocking(path: str, flags: int) -> int:
+    return os.open(path, flags | os.O_NONBLOCK | os.O_CLOEXEC)
 
 
 def _hashed_files(folder: Path) -> Iterable[Path]:
@@ -529,12 +549,15 @@ def _hashed_files(folder: Path) -> Iterable[Path]:
             yield p
 
 
+def _file_sha256(p: Path) -> str:
+    """A file's SHA-256, read in chunks (a data file of gigabytes was read whole)."""
+    with p.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
 def _folder_hash(folder: Path, settings: dict[str, Any]) -> str:
     """SHA-256 over the parsed settings and (path, SHA-256) of every file of the folder."""
-    files = [
-        [p.relative_to(folder).as_posix(), hashlib.sha256(p.read_bytes()).hexdigest()]
-        for p in _hashed_files(folder)
-    ]
+    files = [[p.relative_to(folder).as_posix(), _file_sha256(p)] for p in _hashed_files(folder)]
     listing = {"format": "rollwatch-problem/1", "settings": settings, "files": files}
     # A file name that is not UTF-8 hashes as its bytes (the settings are text already).
     return "sha256:" + hashlib.sha256(_canonical(listing, "surrogateescape")).hexdigest()

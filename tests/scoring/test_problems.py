@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import shutil
+import tracemalloc
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -108,6 +110,39 @@ class TestFolderProblems:
         assert [(c.name, c.input, c.output) for c in p.cases] == [("a", b"1", b"1"), ("b", b"2", b"2")]
         assert p.prompt == "Echo"
         assert p.float_tolerance == 0.001
+
+    @pytest.mark.parametrize("case", ["huge-in", "huge-out", "fifo-in", "fifo-out"])
+    def test_a_stdio_case_that_is_huge_or_no_file_is_refused(self, tmp_path: Path, case: str) -> None:
+        """A case file over 8 MB was read whole (and given to every sample); a case that is a
+        FIFO blocked the load forever. Now each is one ProblemError naming the file."""
+        folder = write_problem(
+            tmp_path / "echo",
+            'prompt = "Echo"\n[scorer]\nkind = "stdio"\n',
+            {"cases/a.in": "1", "cases/a.out": "1"},
+        )
+        target = folder / "cases" / ("a.in" if case.endswith("-in") else "a.out")
+        target.unlink()
+        if case.startswith("fifo"):
+            os.mkfifo(target)
+        else:
+            with target.open("wb") as f:  # sparse: no disk taken
+                f.truncate(8 * 1024 * 1024 + 1)
+        with pytest.raises(ProblemError, match=rf"{target.name} (is larger than 8 MB|is not a regular file)"):
+            load_problem(folder)
+
+    def test_a_huge_file_beside_the_problem_is_hashed_without_reading_it_whole(self, tmp_path: Path) -> None:
+        """Every file of a problem's folder goes into its content hash: one of 1 GB (sparse)
+        is hashed in chunks (it was read whole into memory)."""
+        folder = write_problem(tmp_path / "sq", FUNCTION_TOML, FUNCTION_FILES)
+        with (folder / "data.bin").open("wb") as f:
+            f.truncate(1 << 30)
+        tracemalloc.start()
+        try:
+            load_problem(folder)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert peak < 64 * 1024 * 1024, peak
 
     @pytest.mark.parametrize(
         ("toml", "files", "message"),
