@@ -566,10 +566,17 @@ def test_schedules_that_cannot_run_degrade_health_and_refuse_triggers(
             assert name not in outside.text, (name, outside.text)
 
         rows = {row["schedule"]: row for row in json.loads(cli("schedules", "list", "--json").stdout)}
-        for name in ("typo", "nokey", "rejected"):
+        for name in ("typo", "nokey"):
             assert rows[name]["state"] == "cannot run", rows[name]
             assert rows[name]["why"] == body["schedules"][name]
             assert rows[name]["next"] == "-"
+        # A disabled provider's schedule still fires (each fire tries the key): its next fire shows.
+        assert rows["rejected"]["state"] == "cannot run", rows["rejected"]
+        assert (
+            rows["rejected"]["why"]
+            == body["schedules"]["rejected"] + "; its key is tried again at the next fire"
+        )
+        assert rows["rejected"]["next"] != "-"
         assert rows["maybe"]["state"] == "inactive (no API key)"
         assert rows["good"]["state"] == "active"
         assert rows["good"]["why"] == ""
