@@ -52,6 +52,39 @@ OPS = st.lists(
     max_size=30,
 )
 
+EMBARGO = st.sampled_from([None, 0.0, 3600.0, 1e7])
+DAYS = st.sampled_from([-2, 2])
+
+
+@st.composite
+def lifecycles(draw: st.DrawFn) -> list[tuple[Any, ...]]:
+    """Each of a few rollouts' events in the order a run makes them (a request, a score and
+    maybe a second, maybe a subscribers' decision, the public decision, maybe a release, maybe
+    a re-score and a release after it), the rollouts' lifecycles interleaved at random, with run
+    ends anywhere: the orders the flat generator above rarely reaches (a re-score after a
+    public decision of the same rollout)."""
+    queues: list[list[tuple[Any, ...]]] = []
+    for rid in draw(st.lists(R, min_size=1, max_size=4, unique=True)):
+        life: list[tuple[Any, ...]] = [("req", rid), ("score", rid, draw(st.booleans()))]
+        if draw(st.booleans()):
+            life.append(("score", rid, draw(st.booleans())))
+        if draw(st.booleans()):
+            life.append(("decide", rid, "subscribers", draw(DAYS), draw(EMBARGO)))
+        life.append(("decide", rid, "public", draw(DAYS), draw(EMBARGO)))
+        if draw(st.booleans()):
+            life.append(("release", rid))
+        if draw(st.booleans()):
+            life.append(("rescore", rid, draw(st.booleans())))
+            if draw(st.booleans()):
+                life.append(("release", rid))
+        queues.append(life)
+    ops: list[tuple[Any, ...]] = []
+    while live := [q for q in queues if q]:
+        ops.append(live[draw(st.integers(0, len(live) - 1))].pop(0))
+        if draw(st.integers(0, 7)) == 0:
+            ops.append(("finish", draw(st.sampled_from(["run-0", "run-1"]))))
+    return ops
+
 
 def event(op: tuple[Any, ...], now: datetime) -> tuple[str, Event]:
     kind, key = op[0], op[1]
@@ -141,6 +174,14 @@ class TestPublicAggregates:
         subscriber decisions, releases (on time or ahead of their date) and run ends, the public
         view from the aggregates — released cells, disclosed runs, embargo counts — is the one
         grouping every rollout gives, seen before, at and after the decisions' dates."""
+        anyio.run(compare, ops, split)
+
+    @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(ops=lifecycles(), split=st.integers(0, 30))
+    def test_the_page_from_aggregates_equals_grouping_after_any_lifecycles(
+        self, ops: list[tuple[Any, ...]], split: int
+    ) -> None:
+        """The same, the events drawn rollout by rollout in a run's order and interleaved."""
         anyio.run(compare, ops, split)
 
     async def test_no_embargoed_count_leaks_on_public_routes(self, tmp_path: Path) -> None:
