@@ -164,13 +164,15 @@ async def cluster(
     nodes: tuple[str, ...] = ("node-a", "node-b"),
     edit: Callable[[str, str], str] | None = None,
     prefix: dict[str, list[str]] | None = None,
+    hold_after: int | None = None,
     **cfg: Any,
 ) -> AsyncIterator[Cluster]:
     """A fake provider answering after ``delay`` s and ``nodes`` running ``serve`` on a new
     database (``cfg``: see ``node_config``); everything is killed on exit. ``edit(node,
     toml)`` returns a node's config text as it is to be; ``prefix[node]`` is a command
-    put before that node's ``python`` (faketime, say)."""
-    gen = _provider(tmp_path, delay)
+    put before that node's ``python`` (faketime, say). ``hold_after``: the provider holds
+    every request after that many answers until ``served`` + ``.release`` exists."""
+    gen = _provider(tmp_path, delay, hold_after)
     base_url, served = next(gen)
     procs: dict[str, subprocess.Popen[bytes]] = {}
     try:
@@ -522,23 +524,26 @@ async def test_a_node_with_a_shorter_embargo_decides_the_runs_verdicts_with_the_
     def edit(node: str, toml: str) -> str:
         return toml + '[publication]\nembargo = "0s"\n' if node == "node-b" else toml
 
-    # 0.6 s an answer: 40 rollouts two at a time last 12 s, time for node-b to start and join
-    # on a loaded machine (with 0.3 s, the suite's three workers on two cores once left it
-    # nothing to score).
+    # node-a's answers after its first two are held until node-b has requested a rollout
+    # of the run: node-b scores a share however slowly it starts (with answers merely
+    # slowed, a loaded machine once left it nothing to score).
     async with cluster(
         tmp_path,
-        delay=0.6,
+        delay=0.05,
         rollouts=20,
         concurrency=2,
         problems=passing_problems(tmp_path),
         cluster=FAST_LEASE,
         edit=edit,
         prefix=prefix,
+        hold_after=2,
     ) as c:
         [started] = await c.until(60, "RunStarted")
         assert started["node"] == "node-a"
         assert started["embargo_s"] == 90 * 86400
         gate.touch()
+        await c.until(90, "RolloutRequested", enough=lambda evs: any(e["node"] == "node-b" for e in evs))
+        c.served.with_name(c.served.name + ".release").touch()
         [fin] = await c.until(120, "RunFinished")
         assert fin["status"] == "completed", fin
         by = {e["rollout_id"]: e["node"] for e in await c.events("RolloutRequested")}
