@@ -582,10 +582,13 @@ class TestDatabaseGuards:
         ],
     )
     async def test_verify_names_the_first_tampered_seq(self, url: str, sql: list[str], bad_seq: int) -> None:
-        """Any change to a stored event, made after disabling the triggers, makes verify
-        raise IntegrityError naming its seq."""
+        """Any change to a stored event, made with the triggers disabled (and enabled
+        again: left disabled, the store's open refuses the schema, test_pg_schema_tamper.py),
+        makes verify raise IntegrityError naming its seq."""
         await _fill(url)
-        await _sql(url, "ALTER TABLE events DISABLE TRIGGER USER", *sql)
+        await _sql(
+            url, "ALTER TABLE events DISABLE TRIGGER USER", *sql, "ALTER TABLE events ENABLE TRIGGER USER"
+        )
         async with PostgresEventStore(url) as store:
             with pytest.raises(IntegrityError, match=f"at seq {bad_seq}:") as e:
                 await store.verify()

@@ -44,17 +44,18 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, Union
 
 import anyio
 import anyio.lowlevel
 import asyncpg
 from anyio.abc import TaskGroup, TaskStatus
-from asyncpg.pool import PoolAcquireContext
+from asyncpg.pool import PoolAcquireContext, PoolConnectionProxy
 
 from rollwatch.abc import LEADERSHIP, SUBSCRIBER_TYPES, EventStore, WorkBoard
 from rollwatch.config import redact_url
@@ -67,7 +68,13 @@ from rollwatch.store.postgres_work import PostgresBoard
 
 log = get_logger(__name__)
 
-SCHEMA = """
+_APPEND_ONLY_BODY = """
+BEGIN
+    RAISE EXCEPTION 'the event log is append-only' USING ERRCODE = 'insufficient_privilege';
+END """
+"""The body of the append-only triggers' function, as PostgreSQL keeps it (``prosrc``)."""
+
+SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS events (
     seq     bigint  PRIMARY KEY,      -- the global position, handed out under the append lock
     id      text    NOT NULL,
@@ -83,10 +90,7 @@ CREATE TABLE IF NOT EXISTS events (
 );
 -- Append-only at the database level too: UPDATE, DELETE and TRUNCATE fail. (A superuser
 -- can disable these; that is what the hash chain and verify are for.)
-CREATE OR REPLACE FUNCTION rollwatch_events_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    RAISE EXCEPTION 'the event log is append-only' USING ERRCODE = 'insufficient_privilege';
-END $$;
+CREATE OR REPLACE FUNCTION rollwatch_events_append_only() RETURNS trigger LANGUAGE plpgsql AS $${_APPEND_ONLY_BODY}$$;
 DO $$
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_trigger
@@ -125,6 +129,102 @@ _SUBSCRIBER_INDEX_FOUND = (
     " WHERE c.relname = $1 AND i.indrelid = 'events'::regclass"
 )
 
+_Conn = Union[asyncpg.Connection, "PoolConnectionProxy[asyncpg.Record]"]
+
+_APPEND_ONLY_TRIGGERS = {
+    "events_no_update": "BEFORE UPDATE ON events FOR EACH ROW",
+    "events_no_delete": "BEFORE DELETE ON events FOR EACH ROW",
+    "events_no_truncate": "BEFORE TRUNCATE ON events FOR EACH STATEMENT",
+}
+_SCHEMA_FOUND = """
+SELECT c.oid, c.relkind::text AS relkind, n.nspname::text AS nspname, c.relrowsecurity OR c.relforcerowsecurity AS rls,
+    (SELECT array_agg(n2.nspname) FROM pg_class c2 JOIN pg_namespace n2 ON n2.oid = c2.relnamespace
+     WHERE c2.relname = 'events' AND c2.oid <> c.oid AND n2.nspname = ANY(current_schemas(false))) AS also,
+    (SELECT array_agg(polname::text) FROM pg_policy WHERE polrelid = c.oid) AS policies,
+    (SELECT array_agg(rulename::text) FROM pg_rewrite WHERE ev_class = c.oid) AS rules,
+    (SELECT array_agg(inhrelid::regclass::text) FROM pg_inherits WHERE inhparent = c.oid) AS children,
+    (SELECT array_agg(ARRAY[t.tgname::text, pg_get_triggerdef(t.oid), t.tgenabled::text, p.prosrc,
+                            p.prosecdef::text])
+     FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid
+     WHERE t.tgrelid = c.oid AND NOT t.tgisinternal) AS triggers
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = to_regclass('events')
+"""
+
+
+async def foreign_schema(conn: _Conn) -> list[str]:
+    """What in the database acts on the log as it is written or read, and is not rollwatch's.
+
+    Whoever owns the database can make PostgreSQL change the log without changing a row
+    the hash chain covers: a trigger that drops an event as it is inserted (the append
+    returns its seq, the next event takes it, the chain stays whole) or rewrites it, a
+    rule, row-level security hiding events from reads (a revocation, say), a table
+    inheriting from ``events`` (its rows are read as the log's), a relation named
+    ``events`` in a schema our search path reads first, the append-only triggers disabled
+    or their function rewritten. The log must be an ordinary table with our three
+    triggers, as made (one missing is made again at the next open), and nothing else.
+    """
+    row = await conn.fetchrow(_SCHEMA_FOUND)
+    if row is None:
+        return []  # no log yet
+    found = []
+    where = f"{row['nspname']}.events"
+    if row["relkind"] != "r":
+        kind = {"v": "view", "m": "materialized view", "p": "partitioned table", "f": "foreign table"}
+        found.append(
+            f"{where} is a {kind.get(row['relkind'], 'relation of kind ' + row['relkind'])}, not a table"
+        )
+    if row["also"]:
+        found.append(f"{where} is read, and shadows events in {', '.join(row['also'])}")
+    if row["rls"]:
+        found.append("row-level security is on for the events table (policies can hide events)")
+    found += [f"policy {p}" for p in row["policies"] or ()]
+    found += [f"rule {r}" for r in row["rules"] or ()]
+    found += [
+        f"table {t} inherits from events (its rows are read as the log's)" for t in row["children"] or ()
+    ]
+    for name, definition, enabled, body, definer in row["triggers"] or ():
+        ours = _APPEND_ONLY_TRIGGERS.get(name)
+        if ours is None:
+            found.append(f"trigger {name}")
+        elif enabled != "O":
+            found.append(f"trigger {name} (disabled)")
+        elif (
+            _unqualified(definition)
+            != f"CREATE TRIGGER {name} {ours} EXECUTE FUNCTION rollwatch_events_append_only()"
+            or body != _APPEND_ONLY_BODY
+            or definer != "false"
+        ):
+            found.append(f"trigger {name} (its definition changed)")
+    return found
+
+
+def _unqualified(definition: str) -> str:
+    """A trigger's definition with schema names left out (``ON public.events`` -> ``ON events``)."""
+    return re.sub(r"(ON|FUNCTION) (?:\S+\.)?(events|rollwatch_events_append_only)\b", r"\1 \2", definition)
+
+
+async def _insert(conn: _Conn, rows: Sequence[Recorded]) -> None:
+    """Insert ``rows`` (in the caller's transaction); raise, the transaction to be rolled
+    back, when the database did not store each exactly as sent."""
+    stored = await conn.fetchval(_INSERT, *zip(*rows, strict=True))
+    if stored != len(rows):
+        found = await foreign_schema(conn)
+        raise IntegrityError(
+            rows[0].seq,
+            f"the database changed or dropped events as they were written ({stored} of {len(rows)} stored"
+            f" as sent): {'; '.join(found) or 'nothing found in its schema'}; nothing was written",
+        )
+
+
+def schema_finding(found: list[str], head: int, url: str) -> IntegrityError:
+    """The finding for ``found`` (from :func:`foreign_schema`), at the seq an append would take next."""
+    return IntegrityError(
+        head + 1,
+        "the database holds what rollwatch did not make, which can drop, hide or change events "
+        f"as they are written or read: {'; '.join(found)} (in {_redact(url)}; psql's \\d+ events shows them)",
+    )
+
+
 #: The advisory lock every append and import transaction holds (b"rw-event" as a bigint).
 APPEND_LOCK = int.from_bytes(b"rw-event", "big", signed=True)
 #: Taken while creating the schema, so that processes opening a new database at once
@@ -143,9 +243,13 @@ _BEGIN_LOCKED = f"BEGIN ISOLATION LEVEL READ COMMITTED; SELECT pg_advisory_xact_
 # while sending a COPY's data left the server waiting inside the statement, where no
 # timeout reaches, holding the append lock for good; stopped while sending this one, its
 # session sits idle in its transaction, which ``idle_in_transaction_session_timeout`` ends.
+# It answers how many rows were stored exactly as sent: a trigger or rule added under a
+# running daemon that drops or rewrites one (see ``foreign_schema``) fails the append.
 _INSERT = (
-    f"INSERT INTO events ({_COLUMNS}) SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[],"
-    " $4::bigint[], $5::text[], $6::integer[], $7::text[], $8::text[], $9::text[])"
+    "WITH sent AS (SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bigint[], $5::text[],"
+    f" $6::integer[], $7::text[], $8::text[], $9::text[]) AS s ({_COLUMNS})),"
+    f" stored AS (INSERT INTO events ({_COLUMNS}) SELECT * FROM sent RETURNING {_COLUMNS})"
+    f" SELECT count(*) FROM stored JOIN sent USING ({_COLUMNS})"
 )
 _TIP = "SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1"
 _VERSIONS = "SELECT stream, MAX(version) FROM events WHERE stream = ANY($1::text[]) GROUP BY stream"
@@ -217,14 +321,22 @@ class PostgresEventStore(EventStore):
             conn = await self._connect_writer()
             async with conn.transaction():
                 await conn.execute("SELECT pg_advisory_xact_lock($1)", SCHEMA_LOCK)
-                await conn.execute(SCHEMA)
-                await conn.execute(WORK_SCHEMA)
+                # Looked at before the schema is made: making it replaces the append-only
+                # triggers' function, which would hide that it had been rewritten.
+                found = await foreign_schema(conn)
+                if not found:
+                    await conn.execute(SCHEMA)
+                    await conn.execute(WORK_SCHEMA)
+                    found = await foreign_schema(conn)
+                head = await conn.fetchval("SELECT coalesce(max(seq), 0) FROM events") if found else 0
             self._pool = await asyncpg.create_pool(
                 self.url, min_size=1, max_size=self._readers, timeout=self._connect_timeout
             )
             stack.push_async_callback(self._pool.close)
         except _CONN_ERRORS as e:
             raise StoreError(f"cannot open the event log at {_redact(self.url)}: {e}") from e
+        if found:
+            raise schema_finding(found, head, self.url)
         tg: TaskGroup = await stack.enter_async_context(anyio.create_task_group())
         # On exit: refuse new appends, let the writer commit what is queued, then stop.
         stack.callback(self._close_writer)
@@ -369,7 +481,7 @@ class PostgresEventStore(EventStore):
             await self._check_fences(conn, group)
             seq, prev = assign(group, seq, prev, versions, out)
             if out:
-                await conn.execute(_INSERT, *zip(*out, strict=True))
+                await _insert(conn, out)
             committing = True
             # NOTIFY is delivered to listeners only if and when the transaction commits.
             await self._finish(conn, f"SELECT pg_notify('{CHANNEL}', '{seq}'); COMMIT" if out else "COMMIT")
@@ -478,7 +590,7 @@ class PostgresEventStore(EventStore):
                     )
                 versions[r.stream] = r.version
                 seq, prev = r.seq, bytes.fromhex(r.hash)
-            await conn.execute(_INSERT, *zip(*batch, strict=True))
+            await _insert(conn, batch)
             await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, str(seq))
         self._note_head(seq)
         return seq
@@ -823,6 +935,8 @@ class PostgresEventStore(EventStore):
         # Stream versions are not in the hashed envelope (they follow from seq order);
         # checked up to the last event whose hash was checked.
         async with self._acquire() as conn:
+            if found := await foreign_schema(conn):
+                raise schema_finding(found, until, self.url)
             bad = await conn.fetchval(
                 "SELECT seq FROM (SELECT seq, version, ROW_NUMBER() OVER "
                 "(PARTITION BY stream ORDER BY seq) AS n FROM events WHERE seq <= $1) AS t "
