@@ -75,6 +75,7 @@ ATTACKS = {
     ),
     "row-level security hiding events": (HIDE_ROWS, "row-level security"),
     "a table inheriting from events": (("CREATE TABLE extra () INHERITS (events)",), "extra"),
+    "the log made unlogged": (("ALTER TABLE events SET UNLOGGED",), "unlogged"),
     "the append-only trigger disabled": (
         ("ALTER TABLE events DISABLE TRIGGER events_no_update",),
         "events_no_update",

@@ -138,6 +138,7 @@ _APPEND_ONLY_TRIGGERS = {
 }
 _SCHEMA_FOUND = """
 SELECT c.oid, c.relkind::text AS relkind, n.nspname::text AS nspname, c.relrowsecurity OR c.relforcerowsecurity AS rls,
+    c.relpersistence::text AS persistence,
     (SELECT array_agg(n2.nspname) FROM pg_class c2 JOIN pg_namespace n2 ON n2.oid = c2.relnamespace
      WHERE c2.relname = 'events' AND c2.oid <> c.oid AND n2.nspname = ANY(current_schemas(false))) AS also,
     (SELECT array_agg(polname::text) FROM pg_policy WHERE polrelid = c.oid) AS policies,
@@ -175,6 +176,8 @@ async def foreign_schema(conn: _Conn) -> list[str]:
         )
     if row["also"]:
         found.append(f"{where} is read, and shadows events in {', '.join(row['also'])}")
+    if row["persistence"] != "p":
+        found.append("the events table is unlogged (a crash of the database server empties it)")
     if row["rls"]:
         found.append("row-level security is on for the events table (policies can hide events)")
     found += [f"policy {p}" for p in row["policies"] or ()]
