@@ -227,7 +227,9 @@ class PublicAggregatesProjection(Projection):
 
     name = "public_aggregates"
     build_weight = 0.7
-    version = 3  # 2: re-scores (a flip to pass makes a positive result; a flip to fail supersedes); 3: "none" embargoes
+    # 2: re-scores (a flip to pass makes a positive result; a flip to fail supersedes); 3: "none"
+    # embargoes; 4: a re-score of any verdict moves its run's newest score
+    version = 4
     tables = ("pa_rollouts", "pa_cells", "pa_runs", "pa_pending", "pa_run_ends")
     types = frozenset(
         {
@@ -337,10 +339,16 @@ class PublicAggregatesProjection(Projection):
                 # As the public projection: ``passed`` stays 1 once any verdict passed (the
                 # first flip to pass stands for the result, dated by the re-score); a failing
                 # re-score marks it superseded, a passing one lifts the mark.
+                # Whatever it says, a re-score is the run's newest verdict: its pass rate waits
+                # an embargo after it (a flip to pass alone took a disclosed run off the chart).
+                ts = parse_rfc3339(rec.at).timestamp()
                 if ev.passed and state[PASSED] != 1:
                     state[PASSED] = 1
-                    state[SCORED_TS] = parse_rfc3339(rec.at).timestamp()
+                    state[SCORED_TS] = ts
                     columns = (PASSED, SCORED_TS, SUPERSEDED)
+                elif state[SCORED_TS] is not None and ts > state[SCORED_TS]:
+                    state[SCORED_TS] = ts
+                    columns = (SCORED_TS, SUPERSEDED)
                 else:
                     columns = (SUPERSEDED,)
                 state[SUPERSEDED] = 0 if ev.passed else 1
