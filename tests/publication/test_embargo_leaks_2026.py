@@ -81,3 +81,37 @@ class TestReScoresOnTheChart:
             shown = {run: f"run {run}: " in page for run in failures}
             assert shown[flipped] == shown[again], f"the chart tells the runs apart: {shown}"
             assert failures[flipped] not in page
+
+    async def test_a_pass_withdrawn_before_its_release_does_not_keep_its_run_off_the_chart(
+        self, tmp_path: Path
+    ) -> None:
+        """Two runs of two rollouts. One run's pass, under embargo, is re-scored failing
+        before its release (superseded: it will never be released); the other run's failure
+        is re-scored failing again. Before, the first run never reached the chart (a public
+        decision never released), and the second did an embargo after its re-score: anyone
+        could tell, for good, which run had held a pass that was withdrawn unreleased, which
+        the counts under embargo take care never to announce. A withdrawn pass now counts as
+        a failure there, and the run is disclosed like any other."""
+        config = make_config(publication={"embargo": f"{EMBARGO_S}s", "embargo_counts": False})
+        withdrawn, again = new_run_id(), new_run_id()
+        async with serving(tmp_path, config) as env:
+            rescored: dict[str, str] = {}
+            for run in (withdrawn, again):
+                await start_run(env.store, run)
+                first = await add_rollout(
+                    env.store, run, passed=run == withdrawn, embargo_s=EMBARGO_S, none_embargo_s=EMBARGO_S
+                )
+                await add_rollout(env.store, run, passed=False, sample=1, none_embargo_s=EMBARGO_S)
+                await finish_run(env.store, run, rollouts=2, passed=int(run == withdrawn))
+                rescored[run] = first
+            await rescore(env.store, rescored[withdrawn], passed=False, previous=True)
+            await rescore(env.store, rescored[again], passed=False, previous=False)
+            with anyio.fail_after(EMBARGO_S + 10):  # an embargo after the re-scores
+                while f"run {again}: " not in (page := (await env.client.get("/public/")).text):
+                    await release_due(env.store, env.pdb)
+                    await anyio.sleep(0.1)
+            await release_due(env.store, env.pdb)
+            page = (await env.client.get("/public/")).text
+            assert f"run {again}: 0/2 passed" in page
+            assert f"run {withdrawn}: 0/2 passed" in page, "the run with a withdrawn pass is told apart"
+            assert rescored[withdrawn] not in page

@@ -80,12 +80,15 @@ def _run(s: State) -> Contribution | None:
     released = bool(s[RELEASED])
     nb_ts = s[NB_TS]
     embargo_s = s[EMBARGO_S]
+    # A pass a re-score failed before its release will never be released: the run counts it
+    # as the failure it is, undecided (see public._WITHDRAWN).
+    withdrawn = bool(s[SUPERSEDED]) and not released
     return (
         (s[RUN], s[PROVIDER], s[MODEL]),
         (
             1,
-            int(s[PASSED] or 0),
-            int(bool(s[DECIDED])),
+            int(s[PASSED] == 1 and not withdrawn),
+            int(bool(s[DECIDED]) and not withdrawn),
             int(released and nb_ts is not None),
             int(released and nb_ts is None),
         ),
@@ -228,7 +231,8 @@ class PublicAggregatesProjection(Projection):
     name = "public_aggregates"
     build_weight = 0.7
     # 2: re-scores (a flip to pass makes a positive result; a flip to fail supersedes); 3: "none"
-    # embargoes; 4: a re-score of any verdict moves its run's newest score
+    # embargoes; 4: a re-score of any verdict moves its run's newest score, a pass withdrawn
+    # unreleased counts as a failure
     version = 4
     tables = ("pa_rollouts", "pa_cells", "pa_runs", "pa_pending", "pa_run_ends")
     types = frozenset(
