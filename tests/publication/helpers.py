@@ -136,12 +136,14 @@ def rollout_events(
     failed_first: bool = False,
     answer: str | None = None,
     old_shape: bool = False,
+    none_embargo_s: float | None = None,
 ) -> list[Event]:
     """One rollout's events as ``runs`` appends them: request(s), answer, score, decisions.
 
     The public decision's ``not_before`` is now + ``embargo_s`` unless given. A failure's
     second decision is "none" (``publication.policy.decide``), or with ``old_shape`` left
-    out, as logs from before it have it.
+    out, as logs from before it have it; ``none_embargo_s`` is the embargo in force that
+    "none" decision carries (as ``decide`` records it).
     """
     now = datetime.now(UTC)
     evs: list[Event] = []
@@ -191,7 +193,11 @@ def rollout_events(
             PublicationDecided(rollout_id=rid, audience="public", not_before=rfc3339(nb), embargo_s=embargo_s)
         )
     elif not old_shape:
-        evs.append(PublicationDecided(rollout_id=rid, audience="none", not_before=rfc3339(now)))
+        evs.append(
+            PublicationDecided(
+                rollout_id=rid, audience="none", not_before=rfc3339(now), embargo_s=none_embargo_s
+            )
+        )
     return evs
 
 

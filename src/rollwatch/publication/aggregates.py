@@ -80,12 +80,15 @@ def _run(s: State) -> Contribution | None:
     released = bool(s[RELEASED])
     nb_ts = s[NB_TS]
     embargo_s = s[EMBARGO_S]
+    # A pass a re-score failed before its release will never be released: the run counts it
+    # as the failure it is, undecided (see public._WITHDRAWN).
+    withdrawn = bool(s[SUPERSEDED]) and not released
     return (
         (s[RUN], s[PROVIDER], s[MODEL]),
         (
             1,
-            int(s[PASSED] or 0),
-            int(bool(s[DECIDED])),
+            int(s[PASSED] == 1 and not withdrawn),
+            int(bool(s[DECIDED]) and not withdrawn),
             int(released and nb_ts is not None),
             int(released and nb_ts is None),
         ),
@@ -227,7 +230,10 @@ class PublicAggregatesProjection(Projection):
 
     name = "public_aggregates"
     build_weight = 0.7
-    version = 3  # 2: re-scores (a flip to pass makes a positive result; a flip to fail supersedes); 3: "none" embargoes
+    # 2: re-scores (a flip to pass makes a positive result; a flip to fail supersedes); 3: "none"
+    # embargoes; 4: a re-score of any verdict moves its run's newest score, a pass withdrawn
+    # unreleased counts as a failure
+    version = 4
     tables = ("pa_rollouts", "pa_cells", "pa_runs", "pa_pending", "pa_run_ends")
     types = frozenset(
         {
@@ -337,10 +343,16 @@ class PublicAggregatesProjection(Projection):
                 # As the public projection: ``passed`` stays 1 once any verdict passed (the
                 # first flip to pass stands for the result, dated by the re-score); a failing
                 # re-score marks it superseded, a passing one lifts the mark.
+                # Whatever it says, a re-score is the run's newest verdict: its pass rate waits
+                # an embargo after it (a flip to pass alone took a disclosed run off the chart).
+                ts = parse_rfc3339(rec.at).timestamp()
                 if ev.passed and state[PASSED] != 1:
                     state[PASSED] = 1
-                    state[SCORED_TS] = parse_rfc3339(rec.at).timestamp()
+                    state[SCORED_TS] = ts
                     columns = (PASSED, SCORED_TS, SUPERSEDED)
+                elif state[SCORED_TS] is not None and ts > state[SCORED_TS]:
+                    state[SCORED_TS] = ts
+                    columns = (SCORED_TS, SUPERSEDED)
                 else:
                     columns = (SUPERSEDED,)
                 state[SUPERSEDED] = 0 if ev.passed else 1

@@ -429,8 +429,8 @@ class PublicProjection(Projection):
     # 2: scored_seq (the event a released item's inclusion proof is for); 3: superseded;
     # 4: a re-score's flip to pass makes a positive result; 5: public_rollouts WITHOUT ROWID (one
     # b-tree, not a table and its key's index: a quarter less time writing them); 6: embargo_s is
-    # the largest of every decision's, "none" included
-    version = 6
+    # the largest of every decision's, "none" included; 7: a re-score of any verdict moves scored_ts
+    version = 7
     tables = ("public_rollouts", "public_runs")
     types = frozenset({"RunStarted", "RunFinished"}) | _ROLLOUT_EVENTS
     ddl = """
@@ -517,6 +517,13 @@ class PublicProjection(Projection):
                             row[_PASSED : _SCORED_SEQ + 1] = (1, ev.score, ev.scorer, at, _epoch(at), rec.seq)
                     else:
                         row[_SUPERSEDED_AT:] = (rec.at, rec.seq, ev.problem_hash)
+                    # Whatever it says, a re-score is its run's newest verdict: the run's pass
+                    # rate waits an embargo after it (``scored_ts`` dates only that). Before, a
+                    # flip to pass alone took a disclosed run off the chart, and anyone could
+                    # tell which run held a new pass under embargo.
+                    rescored = _epoch(rec.at)
+                    if (old := row[_SCORED_TS]) is not None and old == old and rescored > old:
+                        row[_SCORED_TS] = rescored
                 elif k == _P_DECIDED:
                     # The first public decision stands; a later one (there should be none) cannot
                     # move a release date that readers may already rely on.
@@ -552,7 +559,7 @@ class PublicProjection(Projection):
 
 
 # Positions in a public_rollouts row (PublicProjection._COLUMNS).
-_COST, _ANSWER_SEQ, _PASSED, _SCORED_SEQ = 7, 8, 9, 14
+_COST, _ANSWER_SEQ, _PASSED, _SCORED_TS, _SCORED_SEQ = 7, 8, 9, 13, 14
 _NOT_BEFORE, _EMBARGO, _DECIDED_SEQ, _RELEASED_AT, _RELEASED_SEQ, _SUPERSEDED_AT = 15, 17, 18, 19, 20, 21
 _EMPTY_TAIL = (NULL,) * 17
 """A new row's columns after ``requested_at``."""
@@ -564,6 +571,7 @@ assert PublicProjection._COLUMNS[_PASSED : _SCORED_SEQ + 1] == (
 assert PublicProjection._COLUMNS[_NOT_BEFORE : _DECIDED_SEQ + 1] == (
     "not_before", "not_before_ts", "embargo_s", "decided_seq"
 )  # fmt: skip
+assert PublicProjection._COLUMNS[_SCORED_TS] == "scored_ts"
 assert PublicProjection._COLUMNS[_EMBARGO] == "embargo_s"
 assert PublicProjection._COLUMNS[_RELEASED_AT : _RELEASED_SEQ + 1] == ("released_at", "released_seq")
 assert PublicProjection._COLUMNS[_SUPERSEDED_AT:] == ("superseded_at", "superseded_seq", "superseded_hash")

@@ -279,9 +279,14 @@ _CELLS_GROUPED = (
     "SELECT provider, model, problem_id, count(*), min(released_at), max(released_at)"
     f" FROM public_rollouts WHERE {_RELEASED} GROUP BY provider, model, problem_id"
 )
+# A pass a re-score failed before its release (superseded, never to be released) counts as
+# the failure it now is, with no public decision: else its run waited for that release for
+# good, and the chart told which runs had held a pass withdrawn unreleased.
+_WITHDRAWN = "(r.superseded_seq IS NOT NULL AND r.released_seq IS NULL)"
 _RUNS_GROUPED = (
-    "SELECT r.run_id, r.provider, r.model, count(*), sum(r.passed), max(r.scored_ts),"
-    " max(r.embargo_s), count(r.decided_seq),"
+    "SELECT r.run_id, r.provider, r.model, count(*),"
+    f" sum(r.passed = 1 AND NOT {_WITHDRAWN}), max(r.scored_ts),"
+    f" max(r.embargo_s), sum(r.decided_seq IS NOT NULL AND NOT {_WITHDRAWN}),"
     " sum(r.released_seq IS NOT NULL AND r.not_before_ts <= ?), u.finished_at"
     " FROM public_rollouts r JOIN public_runs u ON u.run_id = r.run_id"
     " WHERE r.scored_ts IS NOT NULL AND u.finished_at IS NOT NULL{run}"
