@@ -12,19 +12,22 @@ outside names it). Real daemon, real files, real HTTP.
 from __future__ import annotations
 
 import sqlite3
+import subprocess
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import anyio
 import httpx
+import pytest
 
 from rollwatch.events import RolloutRescored
 from rollwatch.store.sqlite import SQLiteEventStore
 from tests.helpers import rollwatch
-from tests.integrity.conftest import append_n, delete_events
+from tests.integrity.conftest import append_n, delete_events, rewrite_event
 from tests.integrity.served import Site, _poll, _stop, serving, unhealthy
 from tests.integrity.test_early_release import _events, _get_auth, _site
-from tests.integrity.test_tamper import refused_start
+from tests.integrity.test_tamper import _paused_from, refused_start
 from tests.publication.helpers import add_subscriber, bearer
 
 
@@ -199,3 +202,46 @@ def test_a_changed_stream_version_stops_a_start(stopped_site: Site) -> None:
         con.close()
     err = refused_start(s)
     assert "integrity check failed at seq 12: its stream version does not follow" in err, err[-2000:]
+
+
+# --- session 2026, helper-81 ---------------------------------------------------------------------
+
+
+def _move_tree_away(s: Site) -> None:
+    """``merkle.db`` (and its WAL files) renamed away, as someone holding the folder can: the
+    daemon's open connections keep the file they opened; a new open by path finds none."""
+    for suffix in ("", "-wal", "-shm"):
+        p = s.dir / f"merkle.db{suffix}"
+        if p.exists():
+            p.rename(s.dir / f"merkle.db.away{suffix}")
+
+
+def _view_in_tree(s: Site) -> None:
+    """A view added to ``merkle.db`` in place: a read-only open refuses such a file (the
+    daemon's writer drops it, but only at its next write, and an idle log has none)."""
+    con = sqlite3.connect(s.dir / "merkle.db", isolation_level=None)
+    try:
+        con.execute("CREATE VIEW spare AS SELECT 1")
+    finally:
+        con.close()
+
+
+@pytest.mark.parametrize("spoil", [_move_tree_away, _view_in_tree], ids=["moved_away", "view_added"])
+def test_a_tree_file_a_pass_cannot_open_does_not_stop_the_scrub(
+    site: tuple[Site, subprocess.Popen[str]], spoil: Callable[[Site], None]
+) -> None:
+    """``merkle.db`` moved away (or given a view) under a live daemon, then an old, signed event rewritten (the
+    chain recomputed). Each scrub pass opens the tree by its path, found none and failed as
+    ``scrub_failed`` (a WARNING, "could not run"), pass after pass: ``/healthz`` said ok, the
+    daemon signed and released on, and the rewrite was never found while it ran. (The hash is
+    left as it was: with the chain recomputed, the tree's follower sees the tail change.)"""
+    s, proc = site
+    spoil(s)
+    bad = _paused_from(s, 10)
+    rewrite_event(s.db, bad, '{"note":"","schedule":"rewritten"}', recompute_chain=False)
+    r = unhealthy(s.url, "the scrub to find the rewrite", timeout=20)
+    body = r.json()
+    assert body["status"] == "tampered", body
+    assert body["first_bad_seq"] == bad, body
+    err = _stop(proc)
+    assert "log_tampered" in err, err[-3000:]
