@@ -245,3 +245,24 @@ def test_a_tree_file_a_pass_cannot_open_does_not_stop_the_scrub(
     assert body["first_bad_seq"] == bad, body
     err = _stop(proc)
     assert "log_tampered" in err, err[-3000:]
+
+
+def test_a_witness_file_that_is_not_text_does_not_stop_the_scrub(
+    site: tuple[Site, subprocess.Popen[str]],
+) -> None:
+    """``checkpoint.last`` overwritten with bytes that are not UTF-8 under a live daemon, then
+    a signed event edited: each scrub pass died reading the file (``UnicodeDecodeError``),
+    logged as ``scrub_failed`` pass after pass while ``/healthz`` said ok, and the edit went
+    unseen; ``verify`` printed a traceback. A witness file that holds no checkpoint is a
+    finding, as one that holds text that is no checkpoint was already."""
+    s, proc = site
+    (s.dir / "checkpoint.last").write_bytes(b"\xff\xfe not a note")
+    bad = _paused_from(s, 10)
+    rewrite_event(s.db, bad, '{"note":"","schedule":"rewritten"}', recompute_chain=False)
+    r = unhealthy(s.url, "the scrub to name a finding", timeout=20)
+    assert r.json()["status"] == "tampered", r.json()
+    _stop(proc)
+    v = rollwatch("--config", str(s.config), "verify")
+    assert v.returncode == 1, v.stdout + v.stderr
+    assert "Traceback" not in v.stderr, v.stderr
+    assert "checkpoint.last does not hold a valid checkpoint" in v.stderr, v.stderr

@@ -329,7 +329,9 @@ async def _node_of(store: EventStore, seq: int) -> str:
 def _read_witness(path: Path | None) -> str | None:
     if path is None or not path.exists():
         return None
-    return path.read_text(encoding="utf-8")
+    # Bytes that are not UTF-8 are no checkpoint, as any other text that is not one (the
+    # signer refuses, naming the file): a UnicodeDecodeError killed the daemon with a traceback.
+    return path.read_bytes().decode("utf-8", errors="replace")
 
 
 def _write_atomically(path: Path, text: str) -> None:

@@ -383,7 +383,12 @@ def read_kept(witness: Path | None) -> list[KeptCheckpoint]:
     """The witness file's checkpoint, if there is one."""
     if witness is None or not witness.is_file():
         return []
-    return [KeptCheckpoint(f"the witness file {witness}", witness.read_text(encoding="utf-8"))]
+    # Bytes that are not UTF-8 hold no checkpoint, and are named as such (_kept_claim): a
+    # UnicodeDecodeError failed every scrub pass as one that could not run (/healthz ok)
+    # and printed a traceback from `verify`.
+    return [
+        KeptCheckpoint(f"the witness file {witness}", witness.read_bytes().decode("utf-8", errors="replace"))
+    ]
 
 
 def load_kept_checkpoint(path: Path) -> KeptCheckpoint:
