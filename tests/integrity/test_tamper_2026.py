@@ -266,3 +266,54 @@ def test_a_witness_file_that_is_not_text_does_not_stop_the_scrub(
     assert v.returncode == 1, v.stdout + v.stderr
     assert "Traceback" not in v.stderr, v.stderr
     assert "checkpoint.last does not hold a valid checkpoint" in v.stderr, v.stderr
+
+
+def _spoil_last_checkpoint_row(db: Path) -> int:
+    """The log's latest ``CheckpointSigned`` row given data that is not JSON, its hash left."""
+    con = sqlite3.connect(db, isolation_level=None)
+    try:
+        con.execute("DROP TRIGGER IF EXISTS events_no_update")
+        [seq] = con.execute("SELECT MAX(seq) FROM events WHERE type = 'CheckpointSigned'").fetchone()
+        con.execute("UPDATE events SET data = 'not json' WHERE seq = ?", (seq,))
+    finally:
+        con.close()
+    return int(seq)
+
+
+def test_a_checkpoint_row_that_is_not_json_does_not_stop_the_scrub(
+    site: tuple[Site, subprocess.Popen[str]],
+) -> None:
+    """A ``CheckpointSigned`` row's data made something that is not JSON, under a live daemon,
+    and an older signed event edited. The checkpoints are read before every other event, and
+    one that did not parse raised ``JSONDecodeError``: each scrub pass failed as one that could
+    not run (``scrub_failed``, ``/healthz`` ok), so neither edit was found while the daemon ran,
+    and ``verify`` printed a traceback. Now such a row is named, in the order of the log."""
+    s, proc = site
+    cp_seq = _spoil_last_checkpoint_row(s.db)
+    bad = _paused_from(s, 10)
+    rewrite_event(s.db, bad, '{"note":"","schedule":"rewritten"}', recompute_chain=False)
+    r = unhealthy(s.url, "the scrub to name a finding", timeout=20)
+    assert r.json()["status"] == "tampered", r.json()
+    _poll(
+        lambda: (h := s.healthz()) is not None and h.json().get("first_bad_seq") == bad,
+        20,
+        f"/healthz to name seq {bad}",
+    )
+    _stop(proc)
+    v = rollwatch("--config", str(s.config), "verify")
+    assert v.returncode == 1, v.stdout + v.stderr
+    assert "Traceback" not in v.stderr, v.stderr
+    assert f"FAILED at seq {bad}:" in v.stderr, v.stderr
+    assert cp_seq > bad
+
+
+def test_verify_names_a_checkpoint_row_that_is_not_json(stopped_site: Site) -> None:
+    """Alone, the row is named at its seq by ``verify`` and a restart (a traceback before)."""
+    s = stopped_site
+    cp_seq = _spoil_last_checkpoint_row(s.db)
+    v = rollwatch("--config", str(s.config), "verify")
+    assert v.returncode == 1, v.stdout + v.stderr
+    assert "Traceback" not in v.stderr, v.stderr
+    assert f"FAILED at seq {cp_seq}:" in v.stderr, v.stderr
+    err = refused_start(s)
+    assert f"integrity check failed at seq {cp_seq}:" in err, err[-3000:]

@@ -151,10 +151,18 @@ async def check_log_tree(
     claims: list[_Claim] = []
     signatures = 0
     found: list[Recorded] = []
+    # A checkpoint or rotation row whose data is no JSON object is named when the pass below
+    # reaches its seq (an earlier finding first): raised here, as JSONDecodeError, it failed
+    # every scrub pass as one that could not run (`/healthz` ok, every other edit unseen).
+    unreadable: IntegrityError | None = None
     async for page in store.read_batches(
         types=[CheckpointSigned.TYPE, CheckpointKeyRotated.TYPE], batch=1000
     ):
-        found.extend(page)
+        for ev in page:
+            if (why := _not_an_object(ev)) is None:
+                found.append(ev)
+            elif unreadable is None:
+                unreadable = IntegrityError(ev.seq, why)
     # Which key signs at each point: the chain of rotations, which must lead to the
     # key at hand (each link is signed by both its keys; see rotation.py).
     ring = KeyRing.from_events((ev for ev in found if ev.type == CheckpointKeyRotated.TYPE), start)
@@ -220,6 +228,8 @@ async def check_log_tree(
             raise IntegrityError(bad, "its hash does not match its content and the previous hash")
         if odd is not None:
             raise odd
+        if unreadable is not None and unreadable.seq <= page[-1].seq:
+            raise unreadable
         for leaf in leaves:
             cr.append(leaf)
             if cr.size in by_size:
@@ -250,6 +260,17 @@ async def check_log_tree(
         tree_leaves=compared,
         head_hash=prev.hex() if chain and cr.size else "",
     )
+
+
+def _not_an_object(ev: Recorded) -> str | None:
+    """Why ``ev``'s data is no JSON object (what every checkpoint and rotation is), or None."""
+    try:
+        data = ev.data
+    except ValueError as e:
+        return f"its data is not valid JSON ({e}): rollwatch never writes such a row"
+    if not isinstance(data, dict):
+        return f"its data is a JSON {type(data).__name__}, not an object: rollwatch never writes such a row"
+    return None
 
 
 def _leaf_hashes(
