@@ -262,6 +262,38 @@ async def check_log_tree(
     )
 
 
+def _stored_types_ok(ev: Recorded) -> bool:
+    """Whether every column of ``ev``'s row holds the type rollwatch writes there."""
+    return (
+        type(ev.at) is str
+        and type(ev.id) is str
+        and type(ev.stream) is str
+        and type(ev.type) is str
+        and type(ev.data_json) is str
+        and type(ev.hash) is str
+        and type(ev.schema) is int
+    )
+
+
+def _readable(ev: Recorded) -> Recorded:
+    """``ev``, its BLOBs (or numbers) read as the text they spell, so that its leaf and chain
+    hash are computed as for any row (:func:`foreign_data` names the row itself)."""
+    if _stored_types_ok(ev):
+        return ev
+
+    def text(v: object) -> str:
+        return v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
+
+    return ev._replace(
+        at=text(ev.at),
+        id=text(ev.id),
+        stream=text(ev.stream),
+        type=text(ev.type),
+        data_json=text(ev.data_json),
+        hash=text(ev.hash),
+    )
+
+
 def _not_an_object(ev: Recorded) -> str | None:
     """Why ``ev``'s data is no JSON object (what every checkpoint and rotation is), or None."""
     try:
@@ -280,18 +312,19 @@ def _leaf_hashes(
     and the content check: (leaves, the last hash, the first seq whose chain hash is wrong
     or None, the first event no rollwatch wrote or None; see :func:`foreign_data`)."""
     if prev is None:
-        return [leaf_hash(ev.canonical()) for ev in page], b"", None, None
+        return [leaf_hash(_readable(ev).canonical()) for ev in page], b"", None, None
     leaves = []
     bad = None
     odd = None
     for ev in page:
-        canonical = ev.canonical()
+        row = _readable(ev)
+        canonical = row.canonical()
         leaves.append(leaf_hash(canonical))
         if bad is None:
             h = chain_hash(prev, canonical)
-            if h.hex() != ev.hash:
+            if h.hex() != row.hash:
                 bad = ev.seq
-            prev = bytes.fromhex(ev.hash) if bad is None else prev
+            prev = bytes.fromhex(row.hash) if bad is None else prev
         if content and odd is None and (why := foreign_data(ev)) is not None:
             odd = IntegrityError(ev.seq, why)
     return leaves, prev, bad, odd
@@ -340,6 +373,12 @@ def foreign_data(ev: Recorded) -> str | None:
     orjson answers for almost every row (about 3 us); where it disagrees (a float it
     writes differently, say), ``canonical_json`` decides.
     """
+    if not _stored_types_ok(ev):
+        # SQLite keeps a BLOB as it is in a TEXT column (and a number in any column): read as
+        # bytes, such a row made the pass raise TypeError, and every scrub pass failed as one
+        # that could not run while /healthz said ok.
+        kinds = {k: type(v).__name__ for k, v in ev._asdict().items() if k not in ("seq", "version")}
+        return f"its row holds values of types rollwatch never writes there ({kinds}): rollwatch never writes such a row"
     if _AT.fullmatch(ev.at) is None:
         return f"its time {ev.at!r} is not one rollwatch writes (UTC, RFC 3339, microseconds)"
     text = ev.data_json
