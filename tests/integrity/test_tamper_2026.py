@@ -11,8 +11,10 @@ outside names it). Real daemon, real files, real HTTP.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import subprocess
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -359,3 +361,33 @@ def _sql_blob(db: Path, column: str, seq: int) -> None:
         con.execute(f"UPDATE events SET {column} = CAST({column} AS BLOB) WHERE seq = ?", (seq,))
     finally:
         con.close()
+
+
+def test_a_pipe_in_place_of_the_witness_file_does_not_stop_the_signer_unseen(
+    site: tuple[Site, subprocess.Popen[str]],
+) -> None:
+    """``checkpoint.last`` replaced by a named pipe under a live daemon: the signer's read of it
+    waited for a writer for good. Nothing more was signed (every later event open to a
+    consistent rewrite, the limit that holds only until the next checkpoint), ``/healthz`` said
+    ok, and SIGTERM could not stop the daemon. The scrub passed over it (not a file: no
+    witness). Such a file now holds no checkpoint: the signer refuses, naming it."""
+    s, proc = site
+    witness = s.dir / "checkpoint.last"
+    witness.unlink()
+    os.mkfifo(witness)
+
+    async def more() -> None:
+        async with SQLiteEventStore(s.db) as store:
+            await append_n(store, 12, tag="late")
+
+    anyio.run(more)
+    r = unhealthy(s.url, "the signer or the scrub to name the witness file", timeout=20)
+    assert r.json()["status"] == "tampered", r.json()
+    assert any("checkpoint.last" in reason for reason in r.json()["reasons"]), r.json()
+    started = time.monotonic()
+    err = _stop(proc)
+    assert proc.returncode == 0, err[-3000:]
+    assert time.monotonic() - started < 20, "the daemon did not stop by itself"
+    v = rollwatch("--config", str(s.config), "verify")
+    assert v.returncode == 1, v.stdout + v.stderr
+    assert "checkpoint.last does not hold a valid checkpoint" in v.stderr, v.stderr

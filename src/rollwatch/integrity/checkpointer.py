@@ -41,6 +41,7 @@ from rollwatch.integrity.checkpoint import (
     Checkpoint,
     NoteSigner,
     b64,
+    read_witness_file,
     split_note,
 )
 from rollwatch.integrity.health import Health
@@ -141,9 +142,12 @@ class Checkpointer:
                     f"{where} records size {stored.size} and root {stored.root} but its note says otherwise",
                 )
             out.append((where, cp))
-        witnessed = await anyio.to_thread.run_sync(_read_witness, self.witness)
+        where = f"the witness file {self.witness}"
+        try:
+            witnessed = await anyio.to_thread.run_sync(_read_witness, self.witness)
+        except InvalidNote as e:
+            raise self._refuse(0, f"the checkpoint in {where} is not valid: {e}") from None
         if witnessed is not None:
-            where = f"the witness file {self.witness}"
             out.append((where, self._from_note(witnessed, where, 0)))
         return out
 
@@ -327,11 +331,7 @@ async def _node_of(store: EventStore, seq: int) -> str:
 
 
 def _read_witness(path: Path | None) -> str | None:
-    if path is None or not path.exists():
-        return None
-    # Bytes that are not UTF-8 are no checkpoint, as any other text that is not one (the
-    # signer refuses, naming the file): a UnicodeDecodeError killed the daemon with a traceback.
-    return path.read_bytes().decode("utf-8", errors="replace")
+    return None if path is None else read_witness_file(path)
 
 
 def _write_atomically(path: Path, text: str) -> None:

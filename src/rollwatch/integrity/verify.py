@@ -42,7 +42,7 @@ from rollwatch.events import (
     decode,
     event_class,
 )
-from rollwatch.integrity.checkpoint import NoteVerifier, b64, unb64
+from rollwatch.integrity.checkpoint import NoteVerifier, b64, read_witness_file, unb64
 from rollwatch.integrity.merkle import EMPTY_ROOT, CompactRange, leaf_hash, verify_consistency
 from rollwatch.integrity.rotation import KeyRing
 from rollwatch.integrity.tree import MerkleTree
@@ -440,15 +440,20 @@ async def _check_stored_tree(tree: MerkleTree, stored: int, cr: CompactRange, cl
 
 
 def read_kept(witness: Path | None) -> list[KeptCheckpoint]:
-    """The witness file's checkpoint, if there is one."""
-    if witness is None or not witness.is_file():
+    """The witness file's checkpoint, if there is one.
+
+    Raises :class:`IntegrityError` when something is there that cannot hold one (a pipe, a
+    folder, bytes that are not UTF-8: see :func:`read_witness_file`), as for text that is no
+    checkpoint: a pipe was passed over as no witness file, and bytes that are not UTF-8 failed
+    every scrub pass as one that could not run (``/healthz`` ok) and printed a traceback."""
+    if witness is None:
         return []
-    # Bytes that are not UTF-8 hold no checkpoint, and are named as such (_kept_claim): a
-    # UnicodeDecodeError failed every scrub pass as one that could not run (/healthz ok)
-    # and printed a traceback from `verify`.
-    return [
-        KeptCheckpoint(f"the witness file {witness}", witness.read_bytes().decode("utf-8", errors="replace"))
-    ]
+    where = f"the witness file {witness}"
+    try:
+        text = read_witness_file(witness)
+    except InvalidNote as e:
+        raise IntegrityError(0, f"{where} does not hold a valid checkpoint of this log: {e}") from None
+    return [] if text is None else [KeptCheckpoint(where, text)]
 
 
 def load_kept_checkpoint(path: Path) -> KeptCheckpoint:
