@@ -391,3 +391,27 @@ def test_a_pipe_in_place_of_the_witness_file_does_not_stop_the_signer_unseen(
     v = rollwatch("--config", str(s.config), "verify")
     assert v.returncode == 1, v.stdout + v.stderr
     assert "checkpoint.last does not hold a valid checkpoint" in v.stderr, v.stderr
+
+
+def test_a_pipe_at_the_witness_files_temporary_name_does_not_stop_the_signer(
+    site: tuple[Site, subprocess.Popen[str]],
+) -> None:
+    """A named pipe made where the signer writes the witness file before renaming it
+    (``.checkpoint.last.PID.tmp``: the daemon's pid is no secret): opening it to write waited
+    for a reader for good. Nothing more was signed, ``/healthz`` said ok, SIGTERM could not
+    stop the daemon. The temporary file is now one the signer makes itself, new."""
+    s, proc = site
+    os.mkfifo(s.dir / f".checkpoint.last.{proc.pid}.tmp")
+    signed = len(s.checkpoints())
+
+    async def more() -> None:
+        async with SQLiteEventStore(s.db) as store:
+            await append_n(store, 12, tag="late")
+
+    anyio.run(more)
+    _poll(lambda: len(s.checkpoints()) > signed, 20, "a checkpoint of the new events")
+    assert s.healthz() is not None
+    started = time.monotonic()
+    err = _stop(proc)
+    assert proc.returncode == 0, err[-3000:]
+    assert time.monotonic() - started < 20, "the daemon did not stop by itself"

@@ -19,8 +19,10 @@ rebuild (``rollwatch verify`` names the event when the chain itself is broken).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
+import tempfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -336,12 +338,20 @@ def _read_witness(path: Path | None) -> str | None:
 
 def _write_atomically(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    # A file of our own making, new (O_EXCL, a random name): at a name known beforehand
+    # (".checkpoint.last.PID.tmp") someone could put a named pipe, whose open for writing
+    # waited for a reader for good (nothing more signed, /healthz ok, SIGTERM unheeded).
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with open(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(name, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(name)
+        raise
 
 
 async def checkpointer(
