@@ -12,6 +12,7 @@ outside names it). Real daemon, real files, real HTTP.
 from __future__ import annotations
 
 import os
+import signal
 import sqlite3
 import subprocess
 import time
@@ -24,11 +25,12 @@ import httpx
 import pytest
 
 from rollwatch.events import RolloutRescored
+from rollwatch.publication.keys import hash_key, key_prefix, new_key
 from rollwatch.store.sqlite import SQLiteEventStore
 from tests.helpers import rollwatch
 from tests.integrity.conftest import append_n, delete_events, rewrite_event
 from tests.integrity.served import Site, _poll, _stop, serving, unhealthy
-from tests.integrity.test_early_release import _events, _get_auth, _site
+from tests.integrity.test_early_release import _caught_child, _events, _get_auth, _site
 from tests.integrity.test_tamper import _paused_from, refused_start
 from tests.publication.helpers import add_subscriber, bearer
 
@@ -415,3 +417,52 @@ def test_a_pipe_at_the_witness_files_temporary_name_does_not_stop_the_signer(
     err = _stop(proc)
     assert proc.returncode == 0, err[-3000:]
     assert time.monotonic() - started < 20, "the daemon did not stop by itself"
+
+
+def test_a_key_edited_into_the_log_opens_nothing_while_a_restart_checks(tmp_path: Path) -> None:
+    """A subscriber's ``SubscriberAdded`` edited while the daemon was down to carry the hash of
+    another key (one row, the chain left): a restart reads the keys from the log at once and
+    serves keyed routes while its check at start runs (held stopped here; 15-40 s at 10^6
+    events). The forged key read the feed (embargoed results included) for as long as that
+    check took, restart after restart, though the tree held every event and could have told
+    the row changed. Now the keys' events are compared with the tree's leaves as they are
+    read: a changed one opens nothing (503) and ``/healthz`` names it at once."""
+    s, _, _ = _site(tmp_path)
+    with serving(s):
+        honest = anyio.run(_subscribe, s.db)
+        head = s.head()
+        _poll(lambda: any(size >= head for _, size in s.checkpoints()), 30, "a checkpoint of the key")
+        assert _get_auth(s.url + "/v1/feed", bearer(honest)) is not None
+    forged = new_key()
+    con = sqlite3.connect(s.db, isolation_level=None)
+    try:
+        con.execute("DROP TRIGGER events_no_update")
+        [(seq, data)] = con.execute("SELECT seq, data FROM events WHERE type = 'SubscriberAdded'").fetchall()
+        edited = data.replace(hash_key(honest), hash_key(forged)).replace(
+            key_prefix(honest), key_prefix(forged)
+        )
+        con.execute("UPDATE events SET data = ? WHERE seq = ?", (edited, seq))
+    finally:
+        con.close()
+    proc = s.serve()
+    try:
+        check = _caught_child(proc.pid, "rollwatch.integrity.scrub", 60)
+        try:
+            r = _poll(
+                lambda: (
+                    (x := _get_auth(s.url + "/v1/feed", bearer(forged))) is not None
+                    and x.status_code in (200, 401, 503)
+                    and x
+                ),
+                30,
+                "an answer to the forged key while the check at start is held",
+            )
+            assert isinstance(r, httpx.Response)
+            assert r.status_code == 503, r.text[:500]
+            h = s.healthz()
+            assert h is not None
+            assert h.json().get("first_bad_seq") == seq, h.text
+        finally:
+            os.kill(check, signal.SIGCONT)
+    finally:
+        _stop(proc)
