@@ -820,7 +820,7 @@ class Daemon:
         # One directory of keys for the feed, the operator's routes and the console
         # (which shows each key's last use).
         directory = self.directory = SubscriberDirectory(
-            svc.store, clock=self.clock.decision_time if self.clock is not None else None
+            svc.store, clock=self.clock.decision_time if self.clock is not None else None, check=integrity
         )
         # The scrub compares the subscriber events it reads with those the keys came from.
         integrity.subscribers = directory.check_seen

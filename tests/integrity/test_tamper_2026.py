@@ -11,20 +11,27 @@ outside names it). Real daemon, real files, real HTTP.
 
 from __future__ import annotations
 
+import os
+import signal
 import sqlite3
+import subprocess
+import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import anyio
 import httpx
+import pytest
 
 from rollwatch.events import RolloutRescored
+from rollwatch.publication.keys import hash_key, key_prefix, new_key
 from rollwatch.store.sqlite import SQLiteEventStore
 from tests.helpers import rollwatch
-from tests.integrity.conftest import append_n, delete_events
+from tests.integrity.conftest import append_n, delete_events, rewrite_event
 from tests.integrity.served import Site, _poll, _stop, serving, unhealthy
-from tests.integrity.test_early_release import _events, _get_auth, _site
-from tests.integrity.test_tamper import refused_start
+from tests.integrity.test_early_release import _caught_child, _events, _get_auth, _site
+from tests.integrity.test_tamper import _paused_from, refused_start
 from tests.publication.helpers import add_subscriber, bearer
 
 
@@ -199,3 +206,263 @@ def test_a_changed_stream_version_stops_a_start(stopped_site: Site) -> None:
         con.close()
     err = refused_start(s)
     assert "integrity check failed at seq 12: its stream version does not follow" in err, err[-2000:]
+
+
+# --- session 2026, helper-81 ---------------------------------------------------------------------
+
+
+def _move_tree_away(s: Site) -> None:
+    """``merkle.db`` (and its WAL files) renamed away, as someone holding the folder can: the
+    daemon's open connections keep the file they opened; a new open by path finds none."""
+    for suffix in ("", "-wal", "-shm"):
+        p = s.dir / f"merkle.db{suffix}"
+        if p.exists():
+            p.rename(s.dir / f"merkle.db.away{suffix}")
+
+
+def _view_in_tree(s: Site) -> None:
+    """A view added to ``merkle.db`` in place: a read-only open refuses such a file (the
+    daemon's writer drops it, but only at its next write, and an idle log has none)."""
+    con = sqlite3.connect(s.dir / "merkle.db", isolation_level=None)
+    try:
+        con.execute("CREATE VIEW spare AS SELECT 1")
+    finally:
+        con.close()
+
+
+@pytest.mark.parametrize("spoil", [_move_tree_away, _view_in_tree], ids=["moved_away", "view_added"])
+def test_a_tree_file_a_pass_cannot_open_does_not_stop_the_scrub(
+    site: tuple[Site, subprocess.Popen[str]], spoil: Callable[[Site], None]
+) -> None:
+    """``merkle.db`` moved away (or given a view) under a live daemon, then an old, signed event rewritten (the
+    chain recomputed). Each scrub pass opens the tree by its path, found none and failed as
+    ``scrub_failed`` (a WARNING, "could not run"), pass after pass: ``/healthz`` said ok, the
+    daemon signed and released on, and the rewrite was never found while it ran. (The hash is
+    left as it was: with the chain recomputed, the tree's follower sees the tail change.)"""
+    s, proc = site
+    spoil(s)
+    bad = _paused_from(s, 10)
+    rewrite_event(s.db, bad, '{"note":"","schedule":"rewritten"}', recompute_chain=False)
+    r = unhealthy(s.url, "the scrub to find the rewrite", timeout=20)
+    body = r.json()
+    assert body["status"] == "tampered", body
+    assert body["first_bad_seq"] == bad, body
+    err = _stop(proc)
+    assert "log_tampered" in err, err[-3000:]
+
+
+def test_a_witness_file_that_is_not_text_does_not_stop_the_scrub(
+    site: tuple[Site, subprocess.Popen[str]],
+) -> None:
+    """``checkpoint.last`` overwritten with bytes that are not UTF-8 under a live daemon, then
+    a signed event edited: each scrub pass died reading the file (``UnicodeDecodeError``),
+    logged as ``scrub_failed`` pass after pass while ``/healthz`` said ok, and the edit went
+    unseen; ``verify`` printed a traceback. A witness file that holds no checkpoint is a
+    finding, as one that holds text that is no checkpoint was already."""
+    s, proc = site
+    (s.dir / "checkpoint.last").write_bytes(b"\xff\xfe not a note")
+    bad = _paused_from(s, 10)
+    rewrite_event(s.db, bad, '{"note":"","schedule":"rewritten"}', recompute_chain=False)
+    r = unhealthy(s.url, "the scrub to name a finding", timeout=20)
+    assert r.json()["status"] == "tampered", r.json()
+    _stop(proc)
+    v = rollwatch("--config", str(s.config), "verify")
+    assert v.returncode == 1, v.stdout + v.stderr
+    assert "Traceback" not in v.stderr, v.stderr
+    assert "checkpoint.last does not hold a valid checkpoint" in v.stderr, v.stderr
+
+
+def _spoil_last_checkpoint_row(db: Path) -> int:
+    """The log's latest ``CheckpointSigned`` row given data that is not JSON, its hash left."""
+    con = sqlite3.connect(db, isolation_level=None)
+    try:
+        con.execute("DROP TRIGGER IF EXISTS events_no_update")
+        [seq] = con.execute("SELECT MAX(seq) FROM events WHERE type = 'CheckpointSigned'").fetchone()
+        con.execute("UPDATE events SET data = 'not json' WHERE seq = ?", (seq,))
+    finally:
+        con.close()
+    return int(seq)
+
+
+def test_a_checkpoint_row_that_is_not_json_does_not_stop_the_scrub(
+    site: tuple[Site, subprocess.Popen[str]],
+) -> None:
+    """A ``CheckpointSigned`` row's data made something that is not JSON, under a live daemon,
+    and an older signed event edited. The checkpoints are read before every other event, and
+    one that did not parse raised ``JSONDecodeError``: each scrub pass failed as one that could
+    not run (``scrub_failed``, ``/healthz`` ok), so neither edit was found while the daemon ran,
+    and ``verify`` printed a traceback. Now such a row is named, in the order of the log."""
+    s, proc = site
+    cp_seq = _spoil_last_checkpoint_row(s.db)
+    bad = _paused_from(s, 10)
+    rewrite_event(s.db, bad, '{"note":"","schedule":"rewritten"}', recompute_chain=False)
+    r = unhealthy(s.url, "the scrub to name a finding", timeout=20)
+    assert r.json()["status"] == "tampered", r.json()
+    _poll(
+        lambda: (h := s.healthz()) is not None and h.json().get("first_bad_seq") == bad,
+        20,
+        f"/healthz to name seq {bad}",
+    )
+    _stop(proc)
+    v = rollwatch("--config", str(s.config), "verify")
+    assert v.returncode == 1, v.stdout + v.stderr
+    assert "Traceback" not in v.stderr, v.stderr
+    assert f"FAILED at seq {bad}:" in v.stderr, v.stderr
+    assert cp_seq > bad
+
+
+def test_verify_names_a_checkpoint_row_that_is_not_json(stopped_site: Site) -> None:
+    """Alone, the row is named at its seq by ``verify`` and a restart (a traceback before)."""
+    s = stopped_site
+    cp_seq = _spoil_last_checkpoint_row(s.db)
+    v = rollwatch("--config", str(s.config), "verify")
+    assert v.returncode == 1, v.stdout + v.stderr
+    assert "Traceback" not in v.stderr, v.stderr
+    assert f"FAILED at seq {cp_seq}:" in v.stderr, v.stderr
+    err = refused_start(s)
+    assert f"integrity check failed at seq {cp_seq}:" in err, err[-3000:]
+
+
+@pytest.mark.parametrize("column", ["at", "data"])
+def test_a_value_stored_as_a_blob_does_not_stop_the_scrub(
+    site: tuple[Site, subprocess.Popen[str]], column: str
+) -> None:
+    """An older signed event edited under a live daemon, and a later row's ``at`` or ``data``
+    stored as a BLOB of the same bytes (SQLite keeps a BLOB as it is in a TEXT column; no
+    constraint or trigger says no). Python reads it as bytes: the pass's hashing raised
+    ``TypeError`` (``AttributeError`` for the data), every scrub pass failed as one that could
+    not run (``scrub_failed``, ``/healthz`` ok) and the edit went unseen while the daemon ran."""
+    s, _ = site
+    bad = _paused_from(s, 10)
+    rewrite_event(s.db, bad, '{"note":"","schedule":"rewritten"}', recompute_chain=False)
+    _sql_blob(s.db, column, _paused_from(s, bad + 5))
+    r = unhealthy(s.url, "the scrub to name a finding", timeout=20)
+    assert r.json()["status"] == "tampered", r.json()
+    _poll(
+        lambda: (h := s.healthz()) is not None and h.json().get("first_bad_seq") == bad,
+        20,
+        f"/healthz to name seq {bad}",
+    )
+
+
+def test_verify_names_a_value_stored_as_a_blob(stopped_site: Site) -> None:
+    """Alone, such a row is named at its seq by ``verify`` (a traceback before)."""
+    s = stopped_site
+    seq = _paused_from(s, 20)
+    _sql_blob(s.db, "at", seq)
+    v = rollwatch("--config", str(s.config), "verify")
+    assert v.returncode == 1, v.stdout + v.stderr
+    assert "Traceback" not in v.stderr, v.stderr
+    assert f"FAILED at seq {seq}:" in v.stderr, v.stderr
+
+
+def _sql_blob(db: Path, column: str, seq: int) -> None:
+    con = sqlite3.connect(db, isolation_level=None)
+    try:
+        con.execute("DROP TRIGGER IF EXISTS events_no_update")
+        con.execute(f"UPDATE events SET {column} = CAST({column} AS BLOB) WHERE seq = ?", (seq,))
+    finally:
+        con.close()
+
+
+def test_a_pipe_in_place_of_the_witness_file_does_not_stop_the_signer_unseen(
+    site: tuple[Site, subprocess.Popen[str]],
+) -> None:
+    """``checkpoint.last`` replaced by a named pipe under a live daemon: the signer's read of it
+    waited for a writer for good. Nothing more was signed (every later event open to a
+    consistent rewrite, the limit that holds only until the next checkpoint), ``/healthz`` said
+    ok, and SIGTERM could not stop the daemon. The scrub passed over it (not a file: no
+    witness). Such a file now holds no checkpoint: the signer refuses, naming it."""
+    s, proc = site
+    witness = s.dir / "checkpoint.last"
+    witness.unlink()
+    os.mkfifo(witness)
+
+    async def more() -> None:
+        async with SQLiteEventStore(s.db) as store:
+            await append_n(store, 12, tag="late")
+
+    anyio.run(more)
+    r = unhealthy(s.url, "the signer or the scrub to name the witness file", timeout=20)
+    assert r.json()["status"] == "tampered", r.json()
+    assert any("checkpoint.last" in reason for reason in r.json()["reasons"]), r.json()
+    started = time.monotonic()
+    err = _stop(proc)
+    assert proc.returncode == 0, err[-3000:]
+    assert time.monotonic() - started < 20, "the daemon did not stop by itself"
+    v = rollwatch("--config", str(s.config), "verify")
+    assert v.returncode == 1, v.stdout + v.stderr
+    assert "checkpoint.last does not hold a valid checkpoint" in v.stderr, v.stderr
+
+
+def test_a_pipe_at_the_witness_files_temporary_name_does_not_stop_the_signer(
+    site: tuple[Site, subprocess.Popen[str]],
+) -> None:
+    """A named pipe made where the signer writes the witness file before renaming it
+    (``.checkpoint.last.PID.tmp``: the daemon's pid is no secret): opening it to write waited
+    for a reader for good. Nothing more was signed, ``/healthz`` said ok, SIGTERM could not
+    stop the daemon. The temporary file is now one the signer makes itself, new."""
+    s, proc = site
+    os.mkfifo(s.dir / f".checkpoint.last.{proc.pid}.tmp")
+    signed = len(s.checkpoints())
+
+    async def more() -> None:
+        async with SQLiteEventStore(s.db) as store:
+            await append_n(store, 12, tag="late")
+
+    anyio.run(more)
+    _poll(lambda: len(s.checkpoints()) > signed, 20, "a checkpoint of the new events")
+    assert s.healthz() is not None
+    started = time.monotonic()
+    err = _stop(proc)
+    assert proc.returncode == 0, err[-3000:]
+    assert time.monotonic() - started < 20, "the daemon did not stop by itself"
+
+
+def test_a_key_edited_into_the_log_opens_nothing_while_a_restart_checks(tmp_path: Path) -> None:
+    """A subscriber's ``SubscriberAdded`` edited while the daemon was down to carry the hash of
+    another key (one row, the chain left): a restart reads the keys from the log at once and
+    serves keyed routes while its check at start runs (held stopped here; 15-40 s at 10^6
+    events). The forged key read the feed (embargoed results included) for as long as that
+    check took, restart after restart, though the tree held every event and could have told
+    the row changed. Now the keys' events are compared with the tree's leaves as they are
+    read: a changed one opens nothing (503) and ``/healthz`` names it at once."""
+    s, _, _ = _site(tmp_path)
+    with serving(s):
+        honest = anyio.run(_subscribe, s.db)
+        head = s.head()
+        _poll(lambda: any(size >= head for _, size in s.checkpoints()), 30, "a checkpoint of the key")
+        assert _get_auth(s.url + "/v1/feed", bearer(honest)) is not None
+    forged = new_key()
+    con = sqlite3.connect(s.db, isolation_level=None)
+    try:
+        con.execute("DROP TRIGGER events_no_update")
+        [(seq, data)] = con.execute("SELECT seq, data FROM events WHERE type = 'SubscriberAdded'").fetchall()
+        edited = data.replace(hash_key(honest), hash_key(forged)).replace(
+            key_prefix(honest), key_prefix(forged)
+        )
+        con.execute("UPDATE events SET data = ? WHERE seq = ?", (edited, seq))
+    finally:
+        con.close()
+    proc = s.serve()
+    try:
+        check = _caught_child(proc.pid, "rollwatch.integrity.scrub", 60)
+        try:
+            r = _poll(
+                lambda: (
+                    (x := _get_auth(s.url + "/v1/feed", bearer(forged))) is not None
+                    and x.status_code in (200, 401, 503)
+                    and x
+                ),
+                30,
+                "an answer to the forged key while the check at start is held",
+            )
+            assert isinstance(r, httpx.Response)
+            assert r.status_code == 503, r.text[:500]
+            h = s.healthz()
+            assert h is not None
+            assert h.json().get("first_bad_seq") == seq, h.text
+        finally:
+            os.kill(check, signal.SIGCONT)
+    finally:
+        _stop(proc)

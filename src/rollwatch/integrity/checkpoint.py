@@ -24,9 +24,12 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import os
 import re
+import stat
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -308,3 +311,31 @@ def parse_release_statement(text: str) -> ReleaseStatement:
         except ValueError:
             raise InvalidNote(f"not a {RELEASE_INDEX} statement (no export time)") from None
     return ReleaseStatement(Checkpoint.parse(f"{origin}\n{size}\n{root}\n"), sha, exported)
+
+
+WITNESS_MAX = 1 << 20
+"""The largest witness file read (a note is a few hundred bytes)."""
+
+
+def read_witness_file(path: Path) -> str | None:
+    """The text of a witness file (``checkpoint.last``), or None when there is none.
+
+    Raises :class:`InvalidNote` when what is there cannot hold a checkpoint: not a regular
+    file, larger than :data:`WITNESS_MAX`, or not UTF-8. Opened without blocking, checked once
+    open: a named pipe put in its place held the signer's read for good (nothing more signed,
+    ``/healthz`` ok, the daemon deaf to SIGTERM), and bytes that are not UTF-8 raised
+    ``UnicodeDecodeError`` wherever it was read."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise InvalidNote("it is not a regular file (a pipe, a folder or a device was put in its place)")
+        data = f.read(WITNESS_MAX + 1)
+    if len(data) > WITNESS_MAX:
+        raise InvalidNote(f"it holds more than {WITNESS_MAX} bytes")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidNote("it is not UTF-8 text") from None

@@ -19,8 +19,10 @@ rebuild (``rollwatch verify`` names the event when the chain itself is broken).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
+import tempfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -41,6 +43,7 @@ from rollwatch.integrity.checkpoint import (
     Checkpoint,
     NoteSigner,
     b64,
+    read_witness_file,
     split_note,
 )
 from rollwatch.integrity.health import Health
@@ -141,9 +144,12 @@ class Checkpointer:
                     f"{where} records size {stored.size} and root {stored.root} but its note says otherwise",
                 )
             out.append((where, cp))
-        witnessed = await anyio.to_thread.run_sync(_read_witness, self.witness)
+        where = f"the witness file {self.witness}"
+        try:
+            witnessed = await anyio.to_thread.run_sync(_read_witness, self.witness)
+        except InvalidNote as e:
+            raise self._refuse(0, f"the checkpoint in {where} is not valid: {e}") from None
         if witnessed is not None:
-            where = f"the witness file {self.witness}"
             out.append((where, self._from_note(witnessed, where, 0)))
         return out
 
@@ -327,19 +333,25 @@ async def _node_of(store: EventStore, seq: int) -> str:
 
 
 def _read_witness(path: Path | None) -> str | None:
-    if path is None or not path.exists():
-        return None
-    return path.read_text(encoding="utf-8")
+    return None if path is None else read_witness_file(path)
 
 
 def _write_atomically(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    # A file of our own making, new (O_EXCL, a random name): at a name known beforehand
+    # (".checkpoint.last.PID.tmp") someone could put a named pipe, whose open for writing
+    # waited for a reader for good (nothing more signed, /healthz ok, SIGTERM unheeded).
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with open(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(name, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(name)
+        raise
 
 
 async def checkpointer(

@@ -34,7 +34,7 @@ import anyio
 
 from rollwatch.abc import EventStore
 from rollwatch.errors import InvalidNote
-from rollwatch.integrity.checkpoint import NoteSigner, NoteVerifier, split_note
+from rollwatch.integrity.checkpoint import NoteSigner, NoteVerifier, read_witness_file, split_note
 from rollwatch.integrity.tree import read_tree_file, recorded_first_hash
 from rollwatch.log import get_logger
 
@@ -97,9 +97,10 @@ def _public_keys(key_file: Path) -> list[bytes]:
 def _notes(tree: Path, witness: Path | None) -> list[str]:
     """The witness file's note and the latest checkpoint notes the tree absorbed."""
     notes = []
-    if witness is not None and witness.is_file():
-        with contextlib.suppress(OSError, UnicodeDecodeError):
-            notes.append(witness.read_text(encoding="utf-8"))
+    if witness is not None:
+        with contextlib.suppress(OSError, InvalidNote):
+            if (text := read_witness_file(witness)) is not None:
+                notes.append(text)
     rows = read_tree_file(tree, "SELECT note FROM tree_checkpoints ORDER BY seq DESC LIMIT 3")
     return notes + [str(r[0]) for r in rows]
 

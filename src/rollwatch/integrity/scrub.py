@@ -39,6 +39,7 @@ from rollwatch.abc import SUBSCRIBER_TYPES
 from rollwatch.errors import DamagedLog, IntegrityError, StoreError
 from rollwatch.events import Recorded
 from rollwatch.integrity._worker import worker_pass
+from rollwatch.integrity.tree import MerkleTree
 from rollwatch.integrity.verify import TreeReport, check_log_tree, read_kept
 from rollwatch.log import get_logger
 
@@ -99,7 +100,6 @@ async def scrub_once(
     """
     found: dict[int, str] = {}
     from rollwatch.config import StoreConfig
-    from rollwatch.integrity.tree import MerkleTree
     from rollwatch.store import open_store
 
     kept = await anyio.to_thread.run_sync(read_kept, target.witness)
@@ -107,8 +107,9 @@ async def scrub_once(
     try:
         async with (
             open_store(StoreConfig(url=target.store_url), read_only=True) as store,
-            MerkleTree(target.tree, read_only=True) as tree,
+            contextlib.AsyncExitStack() as stack,
         ):
+            tree = await _tree_or_none(stack, target.tree)
             last = time.monotonic()
 
             async def pace() -> None:
@@ -144,6 +145,27 @@ async def scrub_once(
         # refuse a file SQLite cannot read, and a daemon that went on signing and releasing
         # over it, its /healthz "ok", hid whatever the damaged pages hold.
         raise IntegrityError(read + 1, f"the pass could read no further: {e}") from e
+
+
+async def _tree_or_none(stack: contextlib.AsyncExitStack, path: Path) -> MerkleTree | None:
+    """The tree file opened read-only, or None when it cannot be (then the pass checks the log
+    without it: chain, content, every signed checkpoint, the witness file).
+
+    The daemon keeps the tree it opened: someone who moves ``merkle.db`` away, or puts in its
+    place a file a read-only open refuses (a view added, not a database), changes nothing the
+    daemon does, but a pass that needed the file failed as ``scrub_failed`` pass after pass
+    while ``/healthz`` said ok, and a rewrite of signed events went unseen for as long as the
+    daemon ran. The leaves are what the file adds; the signed roots hold without it."""
+    try:
+        return await stack.enter_async_context(MerkleTree(path, read_only=True))
+    except StoreError as e:
+        log.warning(
+            "scrub_without_tree",
+            tree=str(path),
+            error=str(e),
+            consequence="this pass checks the log against its signed checkpoints, not leaf by leaf",
+        )
+        return None
 
 
 async def _last_readable(store: EventStore, after: int, most: int = 10_000) -> int:

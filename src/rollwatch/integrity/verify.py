@@ -42,7 +42,7 @@ from rollwatch.events import (
     decode,
     event_class,
 )
-from rollwatch.integrity.checkpoint import NoteVerifier, b64, unb64
+from rollwatch.integrity.checkpoint import NoteVerifier, b64, read_witness_file, unb64
 from rollwatch.integrity.merkle import EMPTY_ROOT, CompactRange, leaf_hash, verify_consistency
 from rollwatch.integrity.rotation import KeyRing
 from rollwatch.integrity.tree import MerkleTree
@@ -151,10 +151,18 @@ async def check_log_tree(
     claims: list[_Claim] = []
     signatures = 0
     found: list[Recorded] = []
+    # A checkpoint or rotation row whose data is no JSON object is named when the pass below
+    # reaches its seq (an earlier finding first): raised here, as JSONDecodeError, it failed
+    # every scrub pass as one that could not run (`/healthz` ok, every other edit unseen).
+    unreadable: IntegrityError | None = None
     async for page in store.read_batches(
         types=[CheckpointSigned.TYPE, CheckpointKeyRotated.TYPE], batch=1000
     ):
-        found.extend(page)
+        for ev in page:
+            if (why := _not_an_object(ev)) is None:
+                found.append(ev)
+            elif unreadable is None:
+                unreadable = IntegrityError(ev.seq, why)
     # Which key signs at each point: the chain of rotations, which must lead to the
     # key at hand (each link is signed by both its keys; see rotation.py).
     ring = KeyRing.from_events((ev for ev in found if ev.type == CheckpointKeyRotated.TYPE), start)
@@ -220,6 +228,8 @@ async def check_log_tree(
             raise IntegrityError(bad, "its hash does not match its content and the previous hash")
         if odd is not None:
             raise odd
+        if unreadable is not None and unreadable.seq <= page[-1].seq:
+            raise unreadable
         for leaf in leaves:
             cr.append(leaf)
             if cr.size in by_size:
@@ -252,6 +262,49 @@ async def check_log_tree(
     )
 
 
+def _stored_types_ok(ev: Recorded) -> bool:
+    """Whether every column of ``ev``'s row holds the type rollwatch writes there."""
+    return (
+        type(ev.at) is str
+        and type(ev.id) is str
+        and type(ev.stream) is str
+        and type(ev.type) is str
+        and type(ev.data_json) is str
+        and type(ev.hash) is str
+        and type(ev.schema) is int
+    )
+
+
+def _readable(ev: Recorded) -> Recorded:
+    """``ev``, its BLOBs (or numbers) read as the text they spell, so that its leaf and chain
+    hash are computed as for any row (:func:`foreign_data` names the row itself)."""
+    if _stored_types_ok(ev):
+        return ev
+
+    def text(v: object) -> str:
+        return v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
+
+    return ev._replace(
+        at=text(ev.at),
+        id=text(ev.id),
+        stream=text(ev.stream),
+        type=text(ev.type),
+        data_json=text(ev.data_json),
+        hash=text(ev.hash),
+    )
+
+
+def _not_an_object(ev: Recorded) -> str | None:
+    """Why ``ev``'s data is no JSON object (what every checkpoint and rotation is), or None."""
+    try:
+        data = ev.data
+    except ValueError as e:
+        return f"its data is not valid JSON ({e}): rollwatch never writes such a row"
+    if not isinstance(data, dict):
+        return f"its data is a JSON {type(data).__name__}, not an object: rollwatch never writes such a row"
+    return None
+
+
 def _leaf_hashes(
     page: list[Recorded], prev: bytes | None, content: bool = True
 ) -> tuple[list[bytes], bytes, int | None, IntegrityError | None]:
@@ -259,18 +312,19 @@ def _leaf_hashes(
     and the content check: (leaves, the last hash, the first seq whose chain hash is wrong
     or None, the first event no rollwatch wrote or None; see :func:`foreign_data`)."""
     if prev is None:
-        return [leaf_hash(ev.canonical()) for ev in page], b"", None, None
+        return [leaf_hash(_readable(ev).canonical()) for ev in page], b"", None, None
     leaves = []
     bad = None
     odd = None
     for ev in page:
-        canonical = ev.canonical()
+        row = _readable(ev)
+        canonical = row.canonical()
         leaves.append(leaf_hash(canonical))
         if bad is None:
             h = chain_hash(prev, canonical)
-            if h.hex() != ev.hash:
+            if h.hex() != row.hash:
                 bad = ev.seq
-            prev = bytes.fromhex(ev.hash) if bad is None else prev
+            prev = bytes.fromhex(row.hash) if bad is None else prev
         if content and odd is None and (why := foreign_data(ev)) is not None:
             odd = IntegrityError(ev.seq, why)
     return leaves, prev, bad, odd
@@ -319,6 +373,12 @@ def foreign_data(ev: Recorded) -> str | None:
     orjson answers for almost every row (about 3 us); where it disagrees (a float it
     writes differently, say), ``canonical_json`` decides.
     """
+    if not _stored_types_ok(ev):
+        # SQLite keeps a BLOB as it is in a TEXT column (and a number in any column): read as
+        # bytes, such a row made the pass raise TypeError, and every scrub pass failed as one
+        # that could not run while /healthz said ok.
+        kinds = {k: type(v).__name__ for k, v in ev._asdict().items() if k not in ("seq", "version")}
+        return f"its row holds values of types rollwatch never writes there ({kinds}): rollwatch never writes such a row"
     if _AT.fullmatch(ev.at) is None:
         return f"its time {ev.at!r} is not one rollwatch writes (UTC, RFC 3339, microseconds)"
     text = ev.data_json
@@ -380,10 +440,20 @@ async def _check_stored_tree(tree: MerkleTree, stored: int, cr: CompactRange, cl
 
 
 def read_kept(witness: Path | None) -> list[KeptCheckpoint]:
-    """The witness file's checkpoint, if there is one."""
-    if witness is None or not witness.is_file():
+    """The witness file's checkpoint, if there is one.
+
+    Raises :class:`IntegrityError` when something is there that cannot hold one (a pipe, a
+    folder, bytes that are not UTF-8: see :func:`read_witness_file`), as for text that is no
+    checkpoint: a pipe was passed over as no witness file, and bytes that are not UTF-8 failed
+    every scrub pass as one that could not run (``/healthz`` ok) and printed a traceback."""
+    if witness is None:
         return []
-    return [KeptCheckpoint(f"the witness file {witness}", witness.read_text(encoding="utf-8"))]
+    where = f"the witness file {witness}"
+    try:
+        text = read_witness_file(witness)
+    except InvalidNote as e:
+        raise IntegrityError(0, f"{where} does not hold a valid checkpoint of this log: {e}") from None
+    return [] if text is None else [KeptCheckpoint(where, text)]
 
 
 def load_kept_checkpoint(path: Path) -> KeptCheckpoint:

@@ -41,6 +41,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from typing import TYPE_CHECKING
 
 import anyio
 
@@ -55,6 +56,9 @@ from rollwatch.events import (
     parse_rfc3339,
     rfc3339,
 )
+
+if TYPE_CHECKING:
+    from rollwatch.publication.public import EventCheck
 
 KEY_PREFIX = "rw_"
 PREFIX_LEN = len(KEY_PREFIX) + 7
@@ -193,6 +197,11 @@ class SubscriberDirectory:
     _fresh_at: float = float("-inf")
     _lock: anyio.Lock = field(default_factory=anyio.Lock)
     _loaded: anyio.Event = field(default_factory=anyio.Event)
+    check: EventCheck | None = None
+    """Compares the subscriber events read with the leaves the Merkle tree absorbed when they
+    were appended (the daemon's integrity service): a restart reads the keys at once and
+    serves while its check at start runs, so a key edited into the log while the daemon was
+    down opened the feed for as long as that check took."""
     applied: dict[int, str] = field(default_factory=dict)
     """The hash of every subscriber event applied, by seq: what the scrub compares with the
     subscriber events it finds reading every event (:meth:`check_seen`)."""
@@ -213,7 +222,16 @@ class SubscriberDirectory:
             started = time.monotonic()
             changed = False
             head = await self.store.head()
-            for ev in await self.store.subscriber_events(after=self._cursor, until=head):
+            events = await self.store.subscriber_events(after=self._cursor, until=head)
+            if self.check is not None and events:
+                # The check marks the daemon's health tampered, naming the seq.
+                edited, _ = await self.check.changed(events, prove=False)
+                if edited:
+                    self.closed = f"the subscriber event at seq {edited[0]} was changed since it was appended"
+                    self.loaded = True
+                    self._loaded.set()
+                    return
+            for ev in events:
                 self._apply(ev)
                 self.applied[ev.seq] = ev.hash
                 changed = True
