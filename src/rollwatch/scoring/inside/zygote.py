@@ -1709,7 +1709,12 @@ class Zygote:
                 err_v[at : at + k] = scratch[:k]
                 used[1] = at + k
                 if used[1] > 2 * STDERR_KEEP:  # keep the tail (the two ranges do not overlap)
-                    err_v[:STDERR_KEEP] = err_v[used[1] - STDERR_KEEP : used[1]]
+                    end = used[1]
+                    err_v[:STDERR_KEEP] = err_v[end - STDERR_KEEP : end]
+                    # What scrolled out is wiped now: the wipe after the sample only reaches
+                    # the tail kept, and the judge's traceback (its failing test line, with the
+                    # expected value) must not wait here for the next sample's fork.
+                    err_v[STDERR_KEEP:end] = bytes(end - STDERR_KEEP)
                     used[1] = STDERR_KEEP
             else:
                 n = min(k, VERDICT_KEEP - used[2])
