@@ -129,6 +129,9 @@ class Problem:
     reference_solution: str | None = None
     folder: Path | None = None
     """The problem's folder (None for HumanEval problems)."""
+    file: Path | None = None
+    """HumanEval problems: the JSONL file they were read from (the pool refuses to score one
+    the sandbox shows, as it does a folder: every answer could read its tests)."""
     prelude: str = ""
     """Code run before the candidate's and before the tests (HumanEval: the prompt)."""
     source: Literal["folder", "humaneval"] = "folder"
@@ -645,6 +648,7 @@ def _humaneval_problem(path: Path, lineno: int, line: str) -> Problem:
         reference_solution=prompt + canonical if canonical is not None else None,
         prelude=prompt,
         source="humaneval",
+        file=path,
     )
 
 

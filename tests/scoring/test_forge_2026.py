@@ -1,4 +1,5 @@
-"""Brief h80's hostile answers: what the zygote's output buffers keep for the next sample.
+"""Brief h80's hostile answers: what the zygote's output buffers keep for the next sample,
+and a HumanEval file the sandbox shows.
 
 The zygote reads a sample's stderr into a buffer that keeps its tail: past twice
 ``STDERR_KEEP`` bytes the last ``STDERR_KEEP`` move to the front. The wipe after the
@@ -9,10 +10,16 @@ goes down the same pipe: the failing test's line, with its expected value.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 
+from rollwatch.problems import load_humaneval
 from rollwatch.scoring import ScoringPool
 
 from .conftest import BACKENDS, fenced, function_problem, nothing_left, settings, stdio_problem
@@ -95,3 +102,60 @@ async def test_a_wrong_answer_cannot_read_the_last_failed_tests_expected_value(p
         s = await pool1.score(HIDDEN, fenced(READS_THE_LAST_FAILURE))
         assert not s.passed, s
         assert PRIMITIVE_FAILED not in s.reason, s
+
+
+@pytest.fixture
+def humaneval_under_usr() -> Iterator[Path]:
+    """A HumanEval file where an operator might install one: under /usr/local/share, which
+    the sandbox shows (read-only) like the rest of /usr."""
+    top = Path("/usr/local/share")
+    if not os.access(top, os.W_OK):
+        pytest.skip("/usr/local/share is not writable here")
+    folder = Path(tempfile.mkdtemp(prefix="rollwatch-humaneval-", dir=top))
+    try:
+        row = {
+            "task_id": "Secret/0",
+            "prompt": 'def f(x):\n    """A function no one guesses."""\n',
+            "canonical_solution": "    return (x * 7919 + 17) % 1009\n",
+            "test": "def check(candidate):\n    for x in range(-5, 30):\n"
+            "        assert candidate(x) == (x * 7919 + 17) % 1009, x\n",
+            "entry_point": "f",
+        }
+        path = folder / "secret.jsonl"
+        path.write_text(json.dumps(row) + "\n")
+        folder.chmod(0o755)
+        path.chmod(0o644)
+        yield path
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+# Finds the HumanEval file in what the sandbox shows and answers with its canonical solution.
+READS_THE_CANONICAL_SOLUTION = r"""
+import json, os
+_solution = None
+for root, _, files in os.walk("/usr/local/share"):
+    for name in files:
+        if name.endswith(".jsonl") and root.split("/")[-1].startswith("rollwatch-humaneval-"):
+            for line in open(os.path.join(root, name)):
+                row = json.loads(line)
+                if row["entry_point"] == "f":
+                    _solution = row["prompt"] + row["canonical_solution"]
+_ns = {}
+exec(_solution or "def f(x):\n    return 0\n", _ns)
+def f(x):
+    return _ns["f"](x)
+"""
+
+
+async def test_a_humaneval_file_the_sandbox_shows_is_refused(
+    pool1: ScoringPool, humaneval_under_usr: Path
+) -> None:
+    """A problem folder the sandbox shows was refused; a HumanEval file was not looked at (its
+    problems have no folder): an answer read the file's canonical solution and passed. Its
+    problems are now a scorer error naming the file, as a folder's are."""
+    (problem,) = load_humaneval(humaneval_under_usr).problems
+    s = await pool1.score(problem, fenced(READS_THE_CANONICAL_SOLUTION))
+    assert not s.passed, s
+    assert s.reason.startswith("scorer error: the problem's file"), s
+    assert str(humaneval_under_usr) in s.reason, s

@@ -318,10 +318,11 @@ class ScoringPool:
         shown = self._shown(problem)
         if shown is not None:
             # Its tests, expected outputs and checker would be there for every answer to read.
+            where = f"folder {problem.folder}" if problem.folder is not None else f"file {problem.file}"
             return Outcome(
                 passed=False,
                 score=0.0,
-                reason=f"scorer error: the problem's folder {problem.folder} is in the sandbox's "
+                reason=f"scorer error: the problem's {where} is in the sandbox's "
                 f"read-only view of the host ({shown}): every answer could read its tests; move it elsewhere",
             )
         for wait in STARVED_RETRIES:
@@ -338,13 +339,15 @@ class ScoringPool:
             return await scorer.score(problem, code, sandbox)  # starved again: its error stands
 
     def _shown(self, problem: Problem) -> str | None:
-        """The folder of the sandbox's view that shows ``problem``'s folder to samples, if any
-        (under ``isolation = "none"`` samples see the whole host anyway)."""
-        if problem.folder is None or self.isolation not in ("bwrap", "unshare"):
+        """The folder of the sandbox's view that shows ``problem``'s folder (a HumanEval
+        problem's file) to samples, if any (under ``isolation = "none"`` samples see the whole
+        host anyway)."""
+        path = problem.folder if problem.folder is not None else problem.file
+        if path is None or self.isolation not in ("bwrap", "unshare"):
             return None
-        key = str(problem.folder)
+        key = str(path)
         if key not in self._shown_folders:
-            self._shown_folders[key] = shown_to_samples(problem.folder, fs_plan(self.settings))
+            self._shown_folders[key] = shown_to_samples(path, fs_plan(self.settings))
         return self._shown_folders[key]
 
     def _score(
