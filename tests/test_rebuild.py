@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import signal
 import sqlite3
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -438,3 +439,27 @@ def test_a_command_does_not_trust_an_edited_file_either(tmp_path: Path, command:
     got = subprocess.run(_cli(cfg, *command), capture_output=True, text=True, check=True).stdout
     assert got == truth
     assert link.resolve() != edited
+
+
+def test_a_named_pipe_among_the_generations_does_not_hold_a_rebuild(tmp_path: Path) -> None:
+    """A named pipe called ``*.db`` put in the projections' generations folder: the rebuild's
+    clean-up opened each such file to learn whether a process still holds it, and that open
+    waited for a writer for good (the command never ended; a daemon's catch-up the same).
+    Only regular files are generations: the pipe is left alone and the rebuild ends."""
+    db = tmp_path / "events.db"
+    link = tmp_path / "projections.db"
+    cfg = tmp_path / "rollwatch.toml"
+    cfg.write_text(f'[store]\nurl = "sqlite:{db}"\nprojections = "{link}"\n')
+
+    async def build() -> None:
+        async with SQLiteEventStore(db) as store:
+            await write_log(store, new_key(), runs=1)
+
+    anyio.run(build)
+    subprocess.run(_cli(cfg, "rebuild"), capture_output=True, check=True, timeout=60)
+    pipe = link.resolve().parent / "planted.db"
+    os.mkfifo(pipe)
+    done = subprocess.run(_cli(cfg, "rebuild"), capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "rebuilt" in done.stdout
+    assert pipe.exists()
