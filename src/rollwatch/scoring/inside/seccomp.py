@@ -28,6 +28,11 @@ Denied with EPERM (the call fails; the program goes on and can report it):
   AF_ALG...) are kernel code, some loaded on first use, no answer needs;
 * ``sched_setaffinity``: the zygote pins its slot to one CPU, and a sample of many busy
   processes must not spread over the other slots' CPUs;
+* lowering its own priority (``setpriority``: ``nice``; ``sched_setscheduler``,
+  ``sched_setattr``, ``sched_setparam``: ``SCHED_IDLE``): where the scheduler shares the CPU
+  by process (no autogroups: the service in a cpu cgroup of its own), any busy process of the
+  host on the slot's CPU then ran nearly all the time, and the sample's own timeout read as the
+  host's starvation, "sandbox error" (ours, judged again), not the model's;
 * ``bpf``, ``perf_event_open``, ``userfaultfd``, ``io_uring_*``, kernel modules,
   ``kexec_*``, ``reboot``, swap, ``acct``, ``quotactl``, the clocks, ``syslog``,
   host names, ``iopl``/``ioperm`` and the other legacy ones;
@@ -153,6 +158,10 @@ _TABLE: dict[str, tuple[int | None, int | None]] = {
     "msgget": (68, 186),
     "semget": (64, 190),
     "sched_setaffinity": (203, 122),
+    "setpriority": (141, 140),
+    "sched_setscheduler": (144, 119),
+    "sched_setattr": (314, 274),
+    "sched_setparam": (142, 118),
 }
 DENIED = tuple(_TABLE)
 """System calls a sample may never make."""
