@@ -223,11 +223,11 @@ async def main():
         hog = subprocess.Popen(["taskset", "-c", str(cpu), sys.executable, "-c", "while True: pass"])
         try:
             problem = stdio_problem([("", "x\\n")], timeout=2.0)
-            reasons = [(await pool.score(problem, fenced(code))).reason for code in sys.argv[3:]]
+            scores = [await pool.score(problem, fenced(code)) for code in sys.argv[3:]]
         finally:
             hog.kill()
             hog.wait()
-    print(json.dumps(reasons))
+    print(json.dumps([[s.reason, s.detail["first_failure"].get("cpu_ms", 0.0)] for s in scores]))
 
 anyio.run(main)
 """
@@ -238,7 +238,8 @@ def test_a_timeout_cannot_pass_as_the_hosts_starvation(backend: str, tmp_path: P
     """In a cpu cgroup shared with one busy process on the slot's CPU (no autogroups there),
     an endless loop at nice 19 or SCHED_IDLE ran 1% of its time and was scored "sandbox error:
     the host ran other work on the sample's CPU" (infra) where the same loop at the default
-    priority was the model's timeout. Now it cannot lower its priority: it fares as that loop."""
+    priority, with half the CPU, was the model's timeout. Now it cannot lower its priority:
+    it fares as that loop."""
     from rollwatch.report.failures import verdict_cause
     from rollwatch.scoring.cgroup import cgroups
 
@@ -265,7 +266,7 @@ def test_a_timeout_cannot_pass_as_the_hosts_starvation(backend: str, tmp_path: P
             cwd=Path(__file__).resolve().parents[2],
         )
         assert r.returncode == 0, r.stderr[-3000:]
-        control, reason = json.loads(r.stdout.strip().splitlines()[-1])
+        (control, control_cpu), (reason, cpu) = json.loads(r.stdout.strip().splitlines()[-1])
     finally:
         for _ in range(100):
             try:
@@ -273,7 +274,10 @@ def test_a_timeout_cannot_pass_as_the_hosts_starvation(backend: str, tmp_path: P
                 break
             except OSError:  # its processes are still on their way out
                 time.sleep(0.05)
-    # As a loop at the default priority fares beside the same hog (the model's timeout; were
-    # this machine loaded enough to starve that too, both would be ours).
-    assert verdict_cause(reason) == verdict_cause(control), (reason, control)
-    assert verdict_cause(reason)[1] in ("timeout", "sandbox_error"), reason
+    # It fares as a loop at the default priority beside the same hog: about half the CPU
+    # (1% before), and so the same verdict, the model's timeout on a machine not otherwise
+    # loaded. (The verdicts themselves are not compared: on a loaded machine either run's
+    # share may fall on either side of the starvation line.)
+    assert cpu >= 0.5 * control_cpu, (reason, cpu, control, control_cpu)
+    for why in (reason, control):
+        assert verdict_cause(why)[1] in ("timeout", "sandbox_error"), why
