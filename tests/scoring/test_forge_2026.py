@@ -179,6 +179,12 @@ for lower in (lambda: os.nice(19), lambda: os.sched_setscheduler(0, os.SCHED_IDL
 while True:
     pass
 """
+# The same without a change of priority: a loop that yields the CPU, and stays ready to run.
+YIELDS_ITS_CPU = """
+import os
+while True:
+    os.sched_yield()
+"""
 LOWERS_ITS_PRIORITY = """
 import os
 out = []
@@ -192,6 +198,7 @@ for name, call in (
         out.append(name + ":changed")
     except PermissionError:
         out.append(name + ":EPERM")
+os.sched_yield()  # still succeeds (without yielding)
 print(" ".join(out))
 """
 
@@ -238,8 +245,9 @@ def test_a_timeout_cannot_pass_as_the_hosts_starvation(backend: str, tmp_path: P
     """In a cpu cgroup shared with one busy process on the slot's CPU (no autogroups there),
     an endless loop at nice 19 or SCHED_IDLE ran 1% of its time and was scored "sandbox error:
     the host ran other work on the sample's CPU" (infra) where the same loop at the default
-    priority, with half the CPU, was the model's timeout. Now it cannot lower its priority:
-    it fares as that loop."""
+    priority, with half the CPU, was the model's timeout; so was a loop of sched_yield (1% of
+    the CPU, ready to run all the time). Now a sample cannot lower its priority, and
+    sched_yield does not yield: both fare as that loop."""
     from rollwatch.report.failures import verdict_cause
     from rollwatch.scoring.cgroup import cgroups
 
@@ -259,6 +267,7 @@ def test_a_timeout_cannot_pass_as_the_hosts_starvation(backend: str, tmp_path: P
                 backend,
                 "while True:\n    pass\n",
                 GIVES_ITS_CPU_AWAY,
+                YIELDS_ITS_CPU,
             ],
             capture_output=True,
             text=True,
@@ -266,7 +275,7 @@ def test_a_timeout_cannot_pass_as_the_hosts_starvation(backend: str, tmp_path: P
             cwd=Path(__file__).resolve().parents[2],
         )
         assert r.returncode == 0, r.stderr[-3000:]
-        (control, control_cpu), (reason, cpu) = json.loads(r.stdout.strip().splitlines()[-1])
+        (control, control_cpu), *others = json.loads(r.stdout.strip().splitlines()[-1])
     finally:
         for _ in range(100):
             try:
@@ -278,6 +287,7 @@ def test_a_timeout_cannot_pass_as_the_hosts_starvation(backend: str, tmp_path: P
     # (1% before), and so the same verdict, the model's timeout on a machine not otherwise
     # loaded. (The verdicts themselves are not compared: on a loaded machine either run's
     # share may fall on either side of the starvation line.)
-    assert cpu >= 0.5 * control_cpu, (reason, cpu, control, control_cpu)
-    for why in (reason, control):
-        assert verdict_cause(why)[1] in ("timeout", "sandbox_error"), why
+    for reason, cpu in others:
+        assert cpu >= 0.5 * control_cpu, (reason, cpu, control, control_cpu)
+        assert verdict_cause(reason)[1] in ("timeout", "sandbox_error"), reason
+    assert verdict_cause(control)[1] in ("timeout", "sandbox_error"), control

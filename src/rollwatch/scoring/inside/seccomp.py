@@ -55,6 +55,11 @@ session of its own, took 40 shares of it to another sample's one: pinned to the 
 another pool's honest answer ran at a fortieth of its speed and timed out. A program that
 starts a process in a new session (``start_new_session=True``) still runs.
 
+``sched_yield`` succeeds without yielding, for the reason priorities may not be lowered
+(above): where the CPU is shared by process, a loop of it beside one busy process of the
+host stayed ready to run and all but never ran, and its timeout read as the host's
+starvation. A spinning wait that yields still works; it spins.
+
 ``clone3`` fails with ENOSYS instead: its flags live in memory a filter cannot
 read, and on ENOSYS the C library falls back to ``clone``, whose flags it can.
 A system call of a foreign ABI (i386 or x32 on x86-64) fails with EPERM.
@@ -178,8 +183,11 @@ _SIGNALS: dict[str, tuple[int, int]] = {
 TARGETED = tuple(_SIGNALS)
 """System calls that may not be aimed (first argument) at a protected process."""
 
-_SETSID = {"x86_64": 112, "aarch64": 157}
-FAKED = ("setsid",)
+_FAKE: dict[str, tuple[int, int]] = {
+    "setsid": (112, 157),
+    "sched_yield": (24, 124),
+}
+FAKED = tuple(_FAKE)
 """System calls that return success and do nothing."""
 _SOCKET = {"x86_64": 41, "aarch64": 198}
 _SOCKETPAIR = {"x86_64": 53, "aarch64": 199}
@@ -211,8 +219,8 @@ def number(name: str, machine: str | None = None) -> int | None:
         return _SIGNALS[name][col]
     if name == "clone":
         return _CLONE[machine]
-    if name == "setsid":
-        return _SETSID[machine]
+    if name in _FAKE:
+        return _FAKE[name][col]
     if name == "socket":
         return _SOCKET[machine]
     if name == "socketpair":
@@ -269,7 +277,8 @@ def build(protected: list[int], machine: str | None = None) -> bytes:
             a.op(_JEQ_K, nr, "deny", 0)
     a.op(_JEQ_K, _CLONE[machine], "clone", 0)
     a.op(_JEQ_K, _CLONE3, "enosys", 0)
-    a.op(_JEQ_K, _SETSID[machine], "fake", 0)
+    for nrs3 in _FAKE.values():
+        a.op(_JEQ_K, nrs3[col], "fake", 0)
     a.op(_JEQ_K, _SOCKET[machine], "socket", 0)
     a.op(_JEQ_K, _SOCKETPAIR[machine], "socket", 0)
     for nrs2 in _SIGNALS.values():
