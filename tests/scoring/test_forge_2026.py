@@ -13,7 +13,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -159,3 +162,132 @@ async def test_a_humaneval_file_the_sandbox_shows_is_refused(
     assert not s.passed, s
     assert s.reason.startswith("scorer error: the problem's file"), s
     assert str(humaneval_under_usr) in s.reason, s
+
+
+# A sample that gives its CPU away: its processes at the lowest priority, then a loop.
+# Where the scheduler shares the CPU by process (the sandbox in a cpu cgroup of the service,
+# or autogroups off), any other busy process on the slot's CPU then runs nearly all the
+# time, and the host read the sample's own timeout as its starvation: "sandbox error: the
+# host ran other work ..." (ours: judged twice more by the pool, then again by `rescore`).
+GIVES_ITS_CPU_AWAY = """
+import os
+for lower in (lambda: os.nice(19), lambda: os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))):
+    try:
+        lower()
+    except OSError:
+        pass
+while True:
+    pass
+"""
+# The same without a change of priority: a loop that yields the CPU, and stays ready to run.
+YIELDS_ITS_CPU = """
+import os
+while True:
+    os.sched_yield()
+"""
+LOWERS_ITS_PRIORITY = """
+import os
+out = []
+for name, call in (
+    ("nice", lambda: os.nice(19)),
+    ("setpriority", lambda: os.setpriority(os.PRIO_PROCESS, 0, 19)),
+    ("sched_setscheduler", lambda: os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))),
+):
+    try:
+        call()
+        out.append(name + ":changed")
+    except PermissionError:
+        out.append(name + ":EPERM")
+os.sched_yield()  # still succeeds (without yielding)
+print(" ".join(out))
+"""
+
+
+async def test_a_sample_cannot_lower_its_own_priority(pool1: ScoringPool) -> None:
+    """nice, setpriority and SCHED_IDLE each succeeded (a sample may always lower its own
+    priority); now each fails with EPERM, as the seccomp filter's other denied calls do."""
+    want = "nice:EPERM setpriority:EPERM sched_setscheduler:EPERM\n"
+    s = await pool1.score(stdio_problem([("", want)]), fenced(LOWERS_ITS_PRIORITY))
+    assert s.passed, s
+
+
+CPU_V1 = Path("/sys/fs/cgroup/cpu")
+STARVED_RUN = """
+import json, os, subprocess, sys
+import anyio
+sys.path[:0] = [os.getcwd()]
+from tests.scoring.conftest import settings, stdio_problem, fenced
+import rollwatch.scoring.pool as pool_module
+from rollwatch.scoring import ScoringPool
+
+pool_module.STARVED_RETRIES = ()  # the verdict as it stands after the retries, at once
+with open(sys.argv[1] + "/cgroup.procs", "w") as f:  # the pool, its sandbox and the hog: one cpu group
+    f.write(str(os.getpid()))
+
+async def main():
+    async with ScoringPool(settings(sys.argv[2], workers=1, timeout=2.0)) as pool:
+        cpu = pool.sandboxes[0].zygote_config()["cpu"]
+        hog = subprocess.Popen(["taskset", "-c", str(cpu), sys.executable, "-c", "while True: pass"])
+        try:
+            problem = stdio_problem([("", "x\\n")], timeout=2.0)
+            scores = [await pool.score(problem, fenced(code)) for code in sys.argv[3:]]
+        finally:
+            hog.kill()
+            hog.wait()
+    print(json.dumps([[s.reason, s.detail["first_failure"].get("cpu_ms", 0.0)] for s in scores]))
+
+anyio.run(main)
+"""
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_timeout_cannot_pass_as_the_hosts_starvation(backend: str, tmp_path: Path) -> None:
+    """In a cpu cgroup shared with one busy process on the slot's CPU (no autogroups there),
+    an endless loop at nice 19 or SCHED_IDLE ran 1% of its time and was scored "sandbox error:
+    the host ran other work on the sample's CPU" (infra) where the same loop at the default
+    priority, with half the CPU, was the model's timeout; so was a loop of sched_yield (1% of
+    the CPU, ready to run all the time). Now a sample cannot lower its priority, and
+    sched_yield does not yield: both fare as that loop."""
+    from rollwatch.report.failures import verdict_cause
+    from rollwatch.scoring.cgroup import cgroups
+
+    if os.geteuid() != 0 or not (CPU_V1 / "cpu.shares").exists() or shutil.which("taskset") is None:
+        pytest.skip("needs root, a cgroup v1 cpu hierarchy at /sys/fs/cgroup/cpu and taskset")
+    root = cgroups().root
+    if root is None or not (root.parent / "cpu.pressure").exists() or (os.cpu_count() or 1) == 1:
+        pytest.skip("needs slot cgroups with pressure stall information, and more than one CPU")
+    group = Path(tempfile.mkdtemp(prefix="rollwatch-h80-", dir=CPU_V1))
+    try:
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                STARVED_RUN,
+                str(group),
+                backend,
+                "while True:\n    pass\n",
+                GIVES_ITS_CPU_AWAY,
+                YIELDS_ITS_CPU,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=Path(__file__).resolve().parents[2],
+        )
+        assert r.returncode == 0, r.stderr[-3000:]
+        (control, control_cpu), *others = json.loads(r.stdout.strip().splitlines()[-1])
+    finally:
+        for _ in range(100):
+            try:
+                group.rmdir()
+                break
+            except OSError:  # its processes are still on their way out
+                time.sleep(0.05)
+    # It fares as a loop at the default priority beside the same hog: about half the CPU
+    # (1% before), and so the same verdict, the model's timeout on a machine not otherwise
+    # loaded. (The verdicts themselves are not compared: on a loaded machine either run's
+    # share may fall on either side of the starvation line.)
+    for reason, cpu in others:
+        assert cpu >= 0.5 * control_cpu, (reason, cpu, control, control_cpu)
+        assert verdict_cause(reason)[1] in ("timeout", "sandbox_error"), reason
+    assert verdict_cause(control)[1] in ("timeout", "sandbox_error"), control

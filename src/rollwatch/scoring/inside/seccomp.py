@@ -28,6 +28,11 @@ Denied with EPERM (the call fails; the program goes on and can report it):
   AF_ALG...) are kernel code, some loaded on first use, no answer needs;
 * ``sched_setaffinity``: the zygote pins its slot to one CPU, and a sample of many busy
   processes must not spread over the other slots' CPUs;
+* lowering its own priority (``setpriority``: ``nice``; ``sched_setscheduler``,
+  ``sched_setattr``, ``sched_setparam``: ``SCHED_IDLE``): where the scheduler shares the CPU
+  by process (no autogroups: the service in a cpu cgroup of its own), any busy process of the
+  host on the slot's CPU then ran nearly all the time, and the sample's own timeout read as the
+  host's starvation, "sandbox error" (ours, judged again), not the model's;
 * ``bpf``, ``perf_event_open``, ``userfaultfd``, ``io_uring_*``, kernel modules,
   ``kexec_*``, ``reboot``, swap, ``acct``, ``quotactl``, the clocks, ``syslog``,
   host names, ``iopl``/``ioperm`` and the other legacy ones;
@@ -49,6 +54,11 @@ The scheduler shares a CPU between sessions (autogroups), so 40 busy processes, 
 session of its own, took 40 shares of it to another sample's one: pinned to the same CPU,
 another pool's honest answer ran at a fortieth of its speed and timed out. A program that
 starts a process in a new session (``start_new_session=True``) still runs.
+
+``sched_yield`` succeeds without yielding, for the reason priorities may not be lowered
+(above): where the CPU is shared by process, a loop of it beside one busy process of the
+host stayed ready to run and all but never ran, and its timeout read as the host's
+starvation. A spinning wait that yields still works; it spins.
 
 ``clone3`` fails with ENOSYS instead: its flags live in memory a filter cannot
 read, and on ENOSYS the C library falls back to ``clone``, whose flags it can.
@@ -153,6 +163,10 @@ _TABLE: dict[str, tuple[int | None, int | None]] = {
     "msgget": (68, 186),
     "semget": (64, 190),
     "sched_setaffinity": (203, 122),
+    "setpriority": (141, 140),
+    "sched_setscheduler": (144, 119),
+    "sched_setattr": (314, 274),
+    "sched_setparam": (142, 118),
 }
 DENIED = tuple(_TABLE)
 """System calls a sample may never make."""
@@ -169,8 +183,11 @@ _SIGNALS: dict[str, tuple[int, int]] = {
 TARGETED = tuple(_SIGNALS)
 """System calls that may not be aimed (first argument) at a protected process."""
 
-_SETSID = {"x86_64": 112, "aarch64": 157}
-FAKED = ("setsid",)
+_FAKE: dict[str, tuple[int, int]] = {
+    "setsid": (112, 157),
+    "sched_yield": (24, 124),
+}
+FAKED = tuple(_FAKE)
 """System calls that return success and do nothing."""
 _SOCKET = {"x86_64": 41, "aarch64": 198}
 _SOCKETPAIR = {"x86_64": 53, "aarch64": 199}
@@ -202,8 +219,8 @@ def number(name: str, machine: str | None = None) -> int | None:
         return _SIGNALS[name][col]
     if name == "clone":
         return _CLONE[machine]
-    if name == "setsid":
-        return _SETSID[machine]
+    if name in _FAKE:
+        return _FAKE[name][col]
     if name == "socket":
         return _SOCKET[machine]
     if name == "socketpair":
@@ -260,7 +277,8 @@ def build(protected: list[int], machine: str | None = None) -> bytes:
             a.op(_JEQ_K, nr, "deny", 0)
     a.op(_JEQ_K, _CLONE[machine], "clone", 0)
     a.op(_JEQ_K, _CLONE3, "enosys", 0)
-    a.op(_JEQ_K, _SETSID[machine], "fake", 0)
+    for nrs3 in _FAKE.values():
+        a.op(_JEQ_K, nrs3[col], "fake", 0)
     a.op(_JEQ_K, _SOCKET[machine], "socket", 0)
     a.op(_JEQ_K, _SOCKETPAIR[machine], "socket", 0)
     for nrs2 in _SIGNALS.values():
