@@ -4,9 +4,9 @@ file that does not match the log is rebuilt, never trusted."""
 
 from __future__ import annotations
 
+import os
 import signal
 import sqlite3
-import os
 import subprocess
 import sys
 from pathlib import Path

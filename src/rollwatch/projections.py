@@ -34,6 +34,7 @@ import operator
 import os
 import pickle
 import sqlite3
+import stat
 import sys
 import threading
 import time
@@ -222,10 +223,14 @@ class ProjectionDB:
             if f == current or f == self.file:
                 continue
             try:
-                fd = os.open(f, os.O_RDONLY | os.O_CLOEXEC)
+                # Not blocking: a named pipe called ``*.db`` put here waited for a writer for
+                # good (a rebuild, a catch-up never ended). Only a regular file is a generation.
+                fd = os.open(f, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
             except FileNotFoundError:
                 continue
             try:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    continue
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 continue  # still in use: its user deletes it once it has switched
