@@ -283,11 +283,13 @@ def test_a_timeout_cannot_pass_as_the_hosts_starvation(backend: str, tmp_path: P
                 break
             except OSError:  # its processes are still on their way out
                 time.sleep(0.05)
-    # It fares as a loop at the default priority beside the same hog: about half the CPU
-    # (1% before), and so the same verdict, the model's timeout on a machine not otherwise
-    # loaded. (The verdicts themselves are not compared: on a loaded machine either run's
-    # share may fall on either side of the starvation line.)
+    # It fares as a loop at the default priority beside the same hog: about as much CPU as
+    # that loop (1% of its time before), and so the same verdict, the model's timeout on a
+    # machine not otherwise loaded. (The verdicts themselves are not compared: on a loaded
+    # machine either run's share may fall on either side of the starvation line. Nor is the
+    # share held to half the control's: the suite's other workers moved it to 0.497 once;
+    # a fifth still tells it from the 1% it was.)
     for reason, cpu in others:
-        assert cpu >= 0.5 * control_cpu, (reason, cpu, control, control_cpu)
+        assert cpu >= 0.2 * control_cpu, (reason, cpu, control, control_cpu)
         assert verdict_cause(reason)[1] in ("timeout", "sandbox_error"), reason
     assert verdict_cause(control)[1] in ("timeout", "sandbox_error"), control
