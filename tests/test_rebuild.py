@@ -411,14 +411,8 @@ def test_rebuild_under_a_live_daemon_and_a_rebuild_killed_midway(tmp_path: Path)
     assert "projections_following_rebuild" in lines
 
 
-@pytest.mark.parametrize(
-    "command", [("report", "--by", "model", "--format", "json"), ("subscribers", "list", "--json")]
-)
-def test_a_command_does_not_trust_an_edited_file_either(tmp_path: Path, command: tuple[str, ...]) -> None:
-    """``rollwatch report`` (and every command that reads the read models) checks the file
-    against the log as the daemon does: one whose rows were edited along with the hash it
-    recorded of its last event (so that a catch-up in place would carry the edit on) is
-    rebuilt beside it, and the command answers from the log's truth."""
+def _small_log(tmp_path: Path) -> tuple[Path, Path]:
+    """A log of one run in ``tmp_path`` and a config naming it; (the config, the projections' link)."""
     db = tmp_path / "events.db"
     link = tmp_path / "projections.db"
     cfg = tmp_path / "rollwatch.toml"
@@ -429,6 +423,18 @@ def test_a_command_does_not_trust_an_edited_file_either(tmp_path: Path, command:
             await write_log(store, new_key(), runs=1)
 
     anyio.run(build)
+    return cfg, link
+
+
+@pytest.mark.parametrize(
+    "command", [("report", "--by", "model", "--format", "json"), ("subscribers", "list", "--json")]
+)
+def test_a_command_does_not_trust_an_edited_file_either(tmp_path: Path, command: tuple[str, ...]) -> None:
+    """``rollwatch report`` (and every command that reads the read models) checks the file
+    against the log as the daemon does: one whose rows were edited along with the hash it
+    recorded of its last event (so that a catch-up in place would carry the edit on) is
+    rebuilt beside it, and the command answers from the log's truth."""
+    cfg, link = _small_log(tmp_path)
     truth = subprocess.run(_cli(cfg, *command), capture_output=True, text=True, check=True).stdout
     edited = link.resolve()
     conn = sqlite3.connect(edited, isolation_level=None)
@@ -446,16 +452,7 @@ def test_a_named_pipe_among_the_generations_does_not_hold_a_rebuild(tmp_path: Pa
     clean-up opened each such file to learn whether a process still holds it, and that open
     waited for a writer for good (the command never ended; a daemon's catch-up the same).
     Only regular files are generations: the pipe is left alone and the rebuild ends."""
-    db = tmp_path / "events.db"
-    link = tmp_path / "projections.db"
-    cfg = tmp_path / "rollwatch.toml"
-    cfg.write_text(f'[store]\nurl = "sqlite:{db}"\nprojections = "{link}"\n')
-
-    async def build() -> None:
-        async with SQLiteEventStore(db) as store:
-            await write_log(store, new_key(), runs=1)
-
-    anyio.run(build)
+    cfg, link = _small_log(tmp_path)
     subprocess.run(_cli(cfg, "rebuild"), capture_output=True, check=True, timeout=60)
     pipe = link.resolve().parent / "planted.db"
     os.mkfifo(pipe)

@@ -4,6 +4,7 @@ and a log on loopback that submits its checkpoints to them."""
 from __future__ import annotations
 
 import base64
+import os
 import shutil
 import subprocess
 import sys
@@ -708,3 +709,28 @@ class TestWitnessStart:
         assert ("already in use" if why == "busy port" else "--name") in proc.stderr, proc.stderr
         assert not key.exists()
         assert not key.parent.exists() or not any(key.parent.iterdir())
+
+
+async def test_a_named_pipe_at_the_cosigned_files_old_temporary_name_holds_nothing(tmp_path: Path) -> None:
+    """The cosigned checkpoint was written through ``.checkpoint.cosigned.tmp``, a name known
+    beforehand, on the event loop: a named pipe put there held that write, and with it the whole
+    daemon, for good. It is now written off the loop through a new file of its own making."""
+    from rollwatch.integrity.tree import MerkleTree, StoredCheckpoint
+    from rollwatch.integrity.witnessing import Witnessing
+
+    cosigned = tmp_path / "checkpoint.cosigned"
+    planted = tmp_path / ".checkpoint.cosigned.tmp"
+    os.mkfifo(planted)
+    note = "example.org/log\n1\nroot\n\n— key sig\n"
+    w = Witnessing(
+        MerkleTree(tmp_path / "merkle.db"),
+        [],
+        quorum=0,
+        cosigned_file=cosigned,
+        latest=StoredCheckpoint(seq=1, size=1, root="root", note=note),
+    )
+    with anyio.fail_after(10):
+        await w._write_cosigned()
+    assert cosigned.read_text(encoding="utf-8") == note
+    assert planted.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == [planted.name]

@@ -23,10 +23,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
 import os
 import re
 import stat
+import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -339,3 +341,22 @@ def read_witness_file(path: Path) -> str | None:
         return data.decode("utf-8")
     except UnicodeDecodeError:
         raise InvalidNote("it is not UTF-8 text") from None
+
+
+def write_file_atomically(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` whole or not at all (synced, then renamed over it), through a
+    new file of our own making (O_EXCL, a random name): at a name known beforehand
+    (``.checkpoint.last.PID.tmp``) someone could put a named pipe, whose open for writing
+    waited for a reader for good (nothing more signed, ``/healthz`` ok, SIGTERM unheeded)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with open(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(name, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(name)
+        raise

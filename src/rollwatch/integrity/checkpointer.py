@@ -19,10 +19,7 @@ rebuild (``rollwatch verify`` names the event when the chain itself is broken).
 
 from __future__ import annotations
 
-import contextlib
-import os
 import sqlite3
-import tempfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -45,6 +42,7 @@ from rollwatch.integrity.checkpoint import (
     b64,
     read_witness_file,
     split_note,
+    write_file_atomically,
 )
 from rollwatch.integrity.health import Health
 from rollwatch.integrity.merkle import verify_consistency
@@ -210,7 +208,7 @@ class Checkpointer:
                     self.promote = None
                 note = self.signer.sign_checkpoint(cp)
                 if self.witness is not None:
-                    await anyio.to_thread.run_sync(_write_atomically, self.witness, note)
+                    await anyio.to_thread.run_sync(write_file_atomically, self.witness, note)
                 try:
                     [rec] = await self.store.append(
                         STREAM,
@@ -334,24 +332,6 @@ async def _node_of(store: EventStore, seq: int) -> str:
 
 def _read_witness(path: Path | None) -> str | None:
     return None if path is None else read_witness_file(path)
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # A file of our own making, new (O_EXCL, a random name): at a name known beforehand
-    # (".checkpoint.last.PID.tmp") someone could put a named pipe, whose open for writing
-    # waited for a reader for good (nothing more signed, /healthz ok, SIGTERM unheeded).
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with open(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(name, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(name)
-        raise
 
 
 async def checkpointer(

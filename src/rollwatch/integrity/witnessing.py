@@ -28,7 +28,6 @@ cosigned note is also kept in ``<state dir>/checkpoint.cosigned`` for ``publish 
 
 from __future__ import annotations
 
-import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -40,7 +39,7 @@ import anyio
 import httpx
 
 from rollwatch.errors import InvalidNote, InvalidProof
-from rollwatch.integrity.checkpoint import Checkpoint, b64, split_note
+from rollwatch.integrity.checkpoint import Checkpoint, b64, split_note, write_file_atomically
 from rollwatch.integrity.tree import MerkleTree, StoredCheckpoint
 from rollwatch.integrity.witness import SIZE_TYPE, CosignatureVerifier
 from rollwatch.log import get_logger
@@ -213,38 +212,43 @@ class Witnessing:
                         async with anyio.create_task_group() as tg:
                             for w in due:
                                 tg.start_soon(self._submit, http, w, self.latest)
-                        self._count_quorum()
+                        if self._count_quorum():
+                            await self._write_cosigned()
                 await anyio.sleep(_POLL_S)
         finally:
             if own:
                 with anyio.CancelScope(shield=True):
                     await http.aclose()
 
-    def _count_quorum(self) -> None:
+    def _count_quorum(self) -> bool:
+        """Note the latest checkpoint witnessed once a quorum cosigned it; whether it is."""
         cp = self.latest
         if cp is None:
-            return
+            return False
         times = sorted(
             (w.cosigned_at or 0 for w in self.witnesses if w.cosigned_size == cp.size and w.line),
             reverse=True,
         )
         if len(times) < self.quorum or cp.size < self.witnessed_size:
-            return
+            return False
         # Witnessed as of the quorum-th freshest cosignature (refreshes move it on).
         at = float(times[self.quorum - 1]) if self.quorum else time.time()
         if cp.size > self.witnessed_size:
             log.info("checkpoint_witnessed", size=cp.size, cosignatures=len(times), quorum=self.quorum)
         self.witnessed_size = cp.size
         self.witnessed_at = at
-        self._write_cosigned()
+        return True
 
-    def _write_cosigned(self) -> None:
+    async def _write_cosigned(self) -> None:
+        """Keep the latest checkpoint with its cosignatures in :attr:`cosigned_file`, written
+        off the event loop through a new file of its own making: at the fixed name it used
+        (``.checkpoint.cosigned.tmp``) a named pipe held the write, and the whole daemon, for good."""
         if self.cosigned_file is None or self.latest is None:
             return
-        tmp = self.cosigned_file.with_name(f".{self.cosigned_file.name}.tmp")
         try:
-            tmp.write_text(self.cosigned(self.latest.note), encoding="utf-8")
-            os.replace(tmp, self.cosigned_file)
+            await anyio.to_thread.run_sync(
+                write_file_atomically, self.cosigned_file, self.cosigned(self.latest.note)
+            )
         except OSError as e:
             log.warning("cosigned_checkpoint_not_kept", path=str(self.cosigned_file), error=str(e))
 
