@@ -323,6 +323,28 @@ def test_verify_names_a_checkpoint_row_that_is_not_json(stopped_site: Site) -> N
     assert f"integrity check failed at seq {cp_seq}:" in err, err[-3000:]
 
 
+def test_verify_names_a_checkpoint_row_that_is_not_json_with_the_origin_file_gone(stopped_site: Site) -> None:
+    """As above, with no origin configured and the state folder's ``origin`` file gone: it is read from
+    the log's latest checkpoint row, which raised ``JSONDecodeError`` (a traceback from
+    ``verify`` and from a start). A row that does not parse gives no origin; the check names
+    what does not match."""
+    s = stopped_site
+    cp_seq = _spoil_last_checkpoint_row(s.db)
+    # The origin left to the state (no origin in the config) and its file gone.
+    s.config.write_text(s.config.read_text().replace('origin = "rollwatch.test/tamper"\n', ""))
+    (s.dir / "origin").unlink(missing_ok=True)
+    v = rollwatch("--config", str(s.config), "verify")
+    assert "Traceback" not in v.stderr, v.stderr
+    assert v.returncode == 1, v.stdout + v.stderr
+    # Its only checkpoint row spoiled, the log names no origin: the witness file, signed
+    # under the log's own, is the first thing found not to match (or the row itself).
+    assert "FAILED at seq " in v.stderr, v.stderr
+    assert cp_seq > 0
+    err = refused_start(s)
+    assert "Traceback" not in err, err[-3000:]
+    assert "integrity check failed at seq " in err, err[-3000:]
+
+
 @pytest.mark.parametrize("column", ["at", "data"])
 def test_a_value_stored_as_a_blob_does_not_stop_the_scrub(
     site: tuple[Site, subprocess.Popen[str]], column: str

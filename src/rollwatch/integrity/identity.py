@@ -24,6 +24,7 @@ meets the signer's rule: no checkpoint of it exists anywhere, so nothing is sign
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import socket
 import uuid
@@ -182,8 +183,13 @@ async def _origin_in_log(store: EventStore) -> str | None:
 
     last: str | None = None
     async for page in store.read_batches(types=[CheckpointSigned.TYPE], batch=1000):
-        note = page[-1].data.get("note")
-        last = note if isinstance(note, str) else last
+        # A row that does not parse (an edit: the integrity check names it) gives no origin.
+        for rec in reversed(page):
+            with contextlib.suppress(ValueError, TypeError, AttributeError):
+                note = json.loads(rec.data_json).get("note")
+                if isinstance(note, str):
+                    last = note
+                    break
     if last is None:
         return None
     try:
