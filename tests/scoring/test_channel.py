@@ -137,6 +137,27 @@ async def test_a_callable_argument_is_the_tests_error(pool: ScoringPool) -> None
     assert s.reason == "the tests passed the candidate a value the channel cannot carry (function)", s
 
 
+async def test_integers_of_any_size_cross_both_ways(pool: ScoringPool) -> None:
+    """An integer of more than 4,300 digits (Python's limit on turning one into decimal text)
+    crosses as itself, as an argument and as a return value: a right answer of 3**10000 was
+    "unverifiable" before, a failure counted against the model. A wrong one still fails."""
+    p = function_problem(
+        """
+        def check(candidate):
+            assert candidate(10000) == 3**10000
+            assert candidate(-(7**9000)) == -(7**9000) * 3
+            assert candidate(5) == 243
+        """
+    )
+    right = "def f(n):\n    return 3**n if n >= 0 else n * 3"
+    s = await pool.score(p, fenced(right))
+    assert s.passed, s
+    wrong = "def f(n):\n    return 3**n + 1 if n > 5 else (3**n if n >= 0 else n * 3)"
+    s = await pool.score(p, fenced(wrong))
+    assert not s.passed
+    assert "AssertionError" in s.reason, s
+
+
 async def test_objects_do_not_cross(pool: ScoringPool) -> None:
     """A generator, a namedtuple or a Fraction is not plain data: the answer is unverifiable."""
     p = function_problem("def check(candidate):\n    assert list(candidate(2)) == [0, 1]\n")

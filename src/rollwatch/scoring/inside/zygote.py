@@ -671,14 +671,22 @@ class NotPlain(Exception):
     """A value the channel does not carry: an object, a function, too deep or too large."""
 
 
+_DECIMAL_BITS = 14_000
+"""Integers longer than this (about 4,200 decimal digits) cross in hexadecimal (see to_plain)."""
+
+
 def to_plain(x: Any, depth: int = 0) -> Any:
     """``x`` as JSON-ready tagged data, or NotPlain naming the first type that is not plain data.
 
     Types are checked exactly (``type(x) is int``), so no subclass with an ``__eq__`` of
     its own crosses. Containers become ``[tag, *items]``: l list, t tuple, s set,
-    f frozenset, d dict (``[key, value]`` pairs), b bytes (base64), c complex.
+    f frozenset, d dict (``[key, value]`` pairs), b bytes (base64), c complex, i an integer
+    too long for JSON's decimal text (Python refuses to write or read more than 4,300
+    digits), in hexadecimal.
     """
     t = type(x)
+    if t is int and x.bit_length() > _DECIMAL_BITS:
+        return ["i", hex(x)]
     if x is None or t is bool or t is int or t is float or t is str:
         return x
     if depth >= PLAIN_DEPTH:
@@ -724,6 +732,8 @@ def from_plain(x: Any, depth: int = 0) -> Any:
             return binascii.a2b_base64(x[1], strict_mode=True)  # base64.b64decode(validate=True)
         if tag == "c" and len(x) == 3 and all(type(v) in (int, float) for v in x[1:]):
             return complex(x[1], x[2])
+        if tag == "i" and len(x) == 2 and type(x[1]) is str and x[1].lstrip("-").startswith("0x"):
+            return int(x[1], 16)  # (no digit limit in base 16)
     except (TypeError, ValueError) as e:  # unhashable keys, bad base64
         raise NotPlain("garbled value") from e
     raise NotPlain("garbled value")
