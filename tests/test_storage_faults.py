@@ -301,6 +301,13 @@ def test_log_read_only_then_locked_mid_run(small_disk: Path, tmp_path: Path) -> 
             assert proc.poll() is None, (
                 "the daemon exited on a read-only folder:\n" + "".join(err_lines)[-3000:]
             )
+            # Nothing more is signed meanwhile: /healthz says so, not the journal alone.
+            unsigned = wait_until(
+                lambda: any("no checkpoint can be signed" in r for r in health(cfg)[1].get("reasons", [])),
+                30,
+                "/healthz to name the signer",
+            )
+            assert unsigned
         finally:
             db.chmod(0o644)
             small_disk.chmod(0o1777)
@@ -310,7 +317,13 @@ def test_log_read_only_then_locked_mid_run(small_disk: Path, tmp_path: Path) -> 
         holder.stdin.write("BEGIN EXCLUSIVE;\nSELECT 'held';\n")
         holder.stdin.flush()
         status = wait_until(
-            lambda: health(cfg)[0] == 503 and health(cfg), 60, "/healthz to say the log is locked"
+            lambda: (
+                (h := health(cfg))[0] == 503
+                and any("database is locked" in r for r in h[1].get("reasons", []))
+                and h
+            ),
+            60,
+            "/healthz to say the log is locked",
         )
         assert proc.poll() is None
         holder.stdin.write("COMMIT;\n.quit\n")

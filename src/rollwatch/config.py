@@ -764,6 +764,7 @@ class IntegrityConfig(_Strict):
         checkpoint_every = 1000            # sign after this many events ...
         checkpoint_interval = "10m"        # ... or this long, whichever comes first (and at shutdown)
         scrub_interval = "5m"              # re-read and check the whole log this often
+        scrub_timeout = "1h"               # ... stopping a pass that runs longer (/healthz degraded)
         key_file = "/var/lib/rollwatch/checkpoint.key"   # default <state dir>/checkpoint.key
         # key_name = "..."                 # default: origin
         # tree = "var/merkle.db"           # default: merkle.db next to the projections
@@ -791,6 +792,10 @@ class IntegrityConfig(_Strict):
     scrub_interval: Duration = Field(default=300.0, ge=0.1, le=7 * 86400.0)
     """Start a full re-read of the log (chain, tree leaves, checkpoints) this often; a pass
     over 10⁶ events takes 15-25 s (paced to half a core, at nice 19, in a process of its own)."""
+    scrub_timeout: Duration = Field(default=3600.0, ge=1.0, le=7 * 86400.0)
+    """The longest one pass may run: it is then stopped, and ``/healthz`` is degraded until a
+    pass passes (a pass whose process was stopped, or that waits on a file that never
+    answers, would otherwise hold every later one while ``/healthz`` said ok)."""
     witnesses: list[WitnessConfig] = Field(default_factory=list)
     """C2SP tlog-witnesses each new checkpoint is submitted to (``{url, key}`` each)."""
     witness_quorum: int = Field(default=0, ge=0)

@@ -93,6 +93,8 @@ class Checkpointer:
         self.ring: KeyRing | None = None
         """The log's chain of checkpoint keys, read before each signature."""
         self._retired_said = False
+        self.retired = False
+        """The log rotated to another key than ours: nothing can be signed (``/healthz`` degraded)."""
         self.health = health
         self.key_used_before = key_used_before
         """The key existed before this process: it has signed this log before, so a
@@ -174,7 +176,14 @@ class Checkpointer:
             # that lost its lease but is still signing, say) makes ours conflict
             # instead of landing after a larger one.
             version = await self.store.stream_version(STREAM)
-            if not await self._key_in_force():
+            self.retired = not await self._key_in_force()
+            if self.retired:
+                if self.health is not None:
+                    self.health.stall(
+                        "signer",
+                        "no checkpoint can be signed: the log rotated to another key, and this service"
+                        " signs with a retired one (give it the new key and restart it)",
+                    )
                 return None
             size = await self.tree.catch_up(self.store)
             # Another node signing this log with another key: signing on would start a
@@ -292,8 +301,14 @@ class Checkpointer:
                     # appended; try again shortly (the events that made it due are still
                     # there: without the pause this would try again at once, forever).
                     log.error("checkpoint_failed", error=str(e), retry_in_s=_RETRY_S)
+                    if self.health is not None:
+                        # Everything appended meanwhile stays unsigned (open to a consistent
+                        # rewrite), so the operator hears of it in /healthz, not in the logs alone.
+                        self.health.stall("signer", f"no checkpoint can be signed: {e}")
                     await anyio.sleep(_RETRY_S)
                     continue
+                if self.health is not None and not self.retired:
+                    self.health.resume("signer")
                 deadline = anyio.current_time() + interval
 
 

@@ -30,6 +30,12 @@ class Health:
     """The witnesses that refused a checkpoint, with what that means
     (:meth:`~rollwatch.integrity.witnessing.Witnessing.refusal_reasons`): each makes
     ``/healthz`` degraded. Not a finding in the log itself, so signing and releases go on."""
+    stalled: dict[str, str] = field(default_factory=dict)
+    """A watch that cannot do its work now (the scrub, the signer), with why: each makes
+    ``/healthz`` degraded until its next success. Not a finding either: a pass that cannot
+    run checks nothing, so whatever it would have found stays unseen meanwhile, and the
+    operator must hear of it rather than read ``ok`` (someone who moved a file the scrub
+    needs, or stopped its process, stopped every later check)."""
 
     @property
     def ok(self) -> bool:
@@ -57,6 +63,14 @@ class Health:
             consequence="no more checkpoints or releases; serving what was public, read-only",
         )
 
+    def stall(self, watch: str, why: str) -> None:
+        """``watch`` could not do its work: ``/healthz`` is degraded, naming it, until :meth:`resume`."""
+        self.stalled[watch] = why
+
+    def resume(self, watch: str) -> None:
+        """``watch`` did its work again."""
+        self.stalled.pop(watch, None)
+
     def tampered(self, error: IntegrityError, *, found_by: str) -> None:
         """:meth:`note` and :meth:`report` in one."""
         self.note(error, found_by=found_by)
@@ -69,15 +83,12 @@ class Health:
             if self.ok
             else {"status": "tampered", "first_bad_seq": self.first_seq, "reasons": list(self.reasons)}
         )
-        refused = self.refusals() if self.refusals is not None else []
-        if refused:
+        degraded = [*(self.refusals() if self.refusals is not None else []), *self.stalled.values()]
+        if degraded:
             if out["status"] == "ok":
                 out["status"] = "degraded"
             reasons = out.get("reasons")
-            out["reasons"] = [
-                *(reasons if isinstance(reasons, list) else []),
-                *refused,
-            ]
+            out["reasons"] = [*(reasons if isinstance(reasons, list) else []), *degraded]
         if self.witness is not None:
             out["witness"] = self.witness()
         return out

@@ -39,6 +39,7 @@ from rollwatch.abc import SUBSCRIBER_TYPES
 from rollwatch.errors import DamagedLog, IntegrityError, StoreError
 from rollwatch.events import Recorded
 from rollwatch.integrity._worker import worker_pass
+from rollwatch.integrity.health import Health
 from rollwatch.integrity.tree import MerkleTree
 from rollwatch.integrity.verify import TreeReport, check_log_tree, read_kept
 from rollwatch.log import get_logger
@@ -181,12 +182,16 @@ async def _last_readable(store: EventStore, after: int, most: int = 10_000) -> i
     return after
 
 
-async def scrub_pass(target: ScrubTarget, subscribers: SubscribersSeen | None = None) -> tuple[int, float]:
+async def scrub_pass(
+    target: ScrubTarget, subscribers: SubscribersSeen | None = None, *, longest: float | None = None
+) -> tuple[int, float]:
     """One pass in a worker process at low priority: (events checked, seconds).
 
     Raises :class:`IntegrityError` on a finding (``subscribers``'s too, given the
     subscriber events the pass read), :class:`StoreError` when the pass could not run
-    (the log out of reach, say).
+    (the log out of reach, say) or its process did not finish within ``longest`` seconds
+    (it is killed: one stopped with SIGSTOP, or waiting on a file that never answers, held
+    every later pass for good).
     """
     started = time.monotonic()
     before: list[str] = []
@@ -198,7 +203,13 @@ async def scrub_pass(target: ScrubTarget, subscribers: SubscribersSeen | None = 
             await subscribers({int(k): v for k, v in json.loads(seen).items()}, int(until))
 
     try:
-        events = await worker_pass("rollwatch.integrity.scrub", target.to_json(), "the scrub", before)
+        with anyio.move_on_after(longest) as limit:
+            events = await worker_pass("rollwatch.integrity.scrub", target.to_json(), "the scrub", before)
+        if limit.cancelled_caught:
+            raise StoreError(
+                f"the scrub could not run: its pass did not finish within {longest:g} s"
+                " (integrity.scrub_timeout) and was stopped"
+            )
     except IntegrityError:
         # An index that does not match its rows (SQLite's check): the subscriber events,
         # read from the rows, are compared all the same, and the keys closed if they differ.
@@ -216,14 +227,18 @@ async def scrub_forever(
     first_after: float = 0.0,
     subscribers: SubscribersSeen | None = None,
     before_pass: Callable[[], Awaitable[None]] | None = None,
+    longest: float | None = None,
+    health: Health | None = None,
 ) -> None:
     """A pass after ``first_after`` seconds, then one every ``interval`` (start to start); never returns.
 
     ``before_pass``, in this process before each pass, raises :class:`IntegrityError` on
     what only this process can see (its log file replaced: the pass reads the new one).
+    ``longest``: the longest a pass may run (its process is then killed).
 
     Raises :class:`IntegrityError` on the first finding. A pass that cannot run is
-    logged and tried again at the next interval.
+    logged and tried again at the next interval; ``health`` is degraded, naming why,
+    from then until a pass passes.
     """
     await anyio.sleep(first_after)
     while True:
@@ -231,12 +246,16 @@ async def scrub_forever(
         try:
             if before_pass is not None:
                 await before_pass()
-            events, seconds = await scrub_pass(target, subscribers)
+            events, seconds = await scrub_pass(target, subscribers, longest=longest)
             log.info("scrub_passed", events=events, seconds=round(seconds, 2), next_in_s=interval)
+            if health is not None:
+                health.resume("scrub")
         except StoreError as e:
             if isinstance(e, IntegrityError):
                 raise
             log.warning("scrub_failed", error=str(e), retry_in_s=interval)
+            if health is not None:
+                health.stall("scrub", f"the log is not being re-checked: {e}")
         await anyio.sleep(max(0.0, next_at - anyio.current_time()))
 
 

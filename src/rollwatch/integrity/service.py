@@ -216,6 +216,8 @@ class Integrity:
                     first_after=interval,
                     subscribers=self.subscribers,
                     before_pass=self.store.check_same_file,
+                    longest=self.config.scrub_timeout,
+                    health=self.health,
                 )
             except Exception as e:
                 await fail_with(e, "scrub")
