@@ -32,10 +32,11 @@ class DroppingStore(SQLiteEventStore):
         types: Collection[str] | None = None,
         until: int | None = None,
         batch: int = 1000,
+        lean: bool = False,
     ) -> AsyncIterator[list[Recorded]]:
         n = 0
         async for page in super().read_batches(
-            after=after, stream=stream, types=types, until=until, batch=batch
+            after=after, stream=stream, types=types, until=until, batch=batch, lean=lean
         ):
             if n == self.pages:
                 raise StoreError("connection to the database lost")

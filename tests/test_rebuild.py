@@ -267,6 +267,29 @@ class TestRebuild:
                 assert pages[0] == pages[1]
                 assert len(pages[0][0]) > 300
 
+    async def test_read_models_read_nothing_a_lean_read_leaves_out(self, tmp_path: Path) -> None:
+        """A catch-up reads events without their id, stream and version (``lean``); built
+        from rows that have them, every table is the same (no read model reads them)."""
+
+        class EveryColumn(SQLiteEventStore):
+            def read_batches(self, **kw: Any) -> Any:
+                return super().read_batches(**{**kw, "lean": False})
+
+        async with SQLiteEventStore(tmp_path / "events.db") as store:
+            head = await write_log(store, new_key())
+            (first,) = [p async for p in store.read_batches(until=1, lean=True)]
+            assert (first[0].seq, first[0].id, first[0].stream, first[0].version) == (1, None, None, None)
+            async with ProjectionDB(tmp_path / "lean.db", default_projections(), setup=False) as lean:
+                assert await lean.rebuild_beside(store) == head
+                lean_rows = dump(lean.file)
+        async with (
+            EveryColumn(tmp_path / "events.db") as store,
+            ProjectionDB(tmp_path / "full.db", default_projections(), setup=False) as full,
+        ):
+            assert await full.rebuild_beside(store) == head
+            assert dump(full.file) == lean_rows
+        assert len(lean_rows["rollouts"]) == 120
+
     @pytest.mark.parametrize("edit", ["garbage", "checkpoint beyond the log", "anchor of another log"])
     async def test_a_file_that_does_not_match_the_log_is_rebuilt(self, tmp_path: Path, edit: str) -> None:
         """A file that is not a database, claims events the log does not have, or applied an

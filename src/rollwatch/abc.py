@@ -155,8 +155,13 @@ class EventStore(ABC):
         types: Collection[str] | None = None,
         until: int | None = None,
         batch: int = 1000,
+        lean: bool = False,
     ) -> AsyncIterator[list[Recorded]]:
-        """Events with ``seq > after`` (and ``<= until``), oldest first, in lists of at most ``batch``."""
+        """Events with ``seq > after`` (and ``<= until``), oldest first, in lists of at most ``batch``.
+
+        ``lean``: each event's ``id``, ``stream`` and ``version`` are None, not read (what a
+        catch-up hands the read models, which read none of them: see :meth:`Projection.apply`).
+        """
 
     async def read(
         self,
@@ -389,7 +394,8 @@ class Projection:
         """Apply one event (of one of ``types``) inside the caller's transaction.
 
         Read the event's meaning from ``rec.event()`` (typed and upcast), and its
-        position and time from ``rec.seq`` and ``rec.at``.
+        position and time from ``rec.seq`` and ``rec.at``. Its ``id``, ``stream`` and
+        ``version`` are None (a catch-up does not read them: ``read_batches(lean=True)``).
         """
         raise NotImplementedError
 

@@ -238,6 +238,7 @@ CHANNEL = "rollwatch_events"
 
 COLUMNS = ("seq", "id", "stream", "version", "type", "schema", "at", "data", "hash")
 _COLUMNS = ", ".join(COLUMNS)
+_LEAN_COLUMNS = "seq, NULL, NULL, NULL, type, schema, at, data, hash"
 _SUBSCRIBER_READ = (
     f"SELECT {_COLUMNS} FROM events WHERE {_SUBSCRIBER_IN} AND seq > $1 AND seq <= $2 ORDER BY seq"
 )
@@ -637,6 +638,7 @@ class PostgresEventStore(EventStore):
         types: Collection[str] | None = None,
         until: int | None = None,
         batch: int = 1000,
+        lean: bool = False,
     ) -> AsyncIterator[list[Recorded]]:
         where = ["seq > $1"]
         extra: list[Any] = []
@@ -650,7 +652,8 @@ class PostgresEventStore(EventStore):
             extra.append(until)
             where.append(f"seq <= ${len(extra) + 1}")
         sql = (
-            f"SELECT {_COLUMNS} FROM events WHERE {' AND '.join(where)} ORDER BY seq LIMIT ${len(extra) + 2}"
+            f"SELECT {_LEAN_COLUMNS if lean else _COLUMNS} FROM events WHERE {' AND '.join(where)}"
+            f" ORDER BY seq LIMIT ${len(extra) + 2}"
         )
         cursor = after
         while True:
