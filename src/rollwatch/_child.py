@@ -33,3 +33,17 @@ def die_with_parent() -> None:
     parent = os.environ.get(_PARENT)
     if parent is not None and parent.isdigit() and os.getppid() != int(parent):
         os._exit(1)
+
+
+def background(niceness: int) -> None:
+    """In a worker: yield the cores to the daemon and its other work (``niceness``, 1-19).
+
+    A worker is in a session of its own, and where the kernel groups processes by session
+    (``CONFIG_SCHED_AUTOGROUP``, on in Debian's kernels) a session is scheduled as one
+    group against the others: a process's own nice value then weighs only against the
+    processes of its session, so a scrub at nice 19 took a core as fully as the daemon did.
+    Its session's nice value (``/proc/self/autogroup``) is set too.
+    """
+    os.nice(niceness)
+    with contextlib.suppress(OSError), open("/proc/self/autogroup", "w") as f:
+        f.write(f"{niceness}\n")

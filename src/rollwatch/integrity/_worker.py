@@ -98,7 +98,7 @@ async def reported(work: Awaitable[T]) -> tuple[T | None, int]:
 async def main(log_path: str, tree_path: str, batch: int) -> int:
     # Background work: when the cores are busy, appends (the evidence) go first and the
     # tree catches up after them. A checkpoint catches the tree up itself before signing.
-    os.nice(10)
+    _child.background(10)
     fd = sys.stdin.fileno()
     async with MerkleTree(tree_path, batch=batch) as tree:
         log = SQLiteLogFile(log_path)

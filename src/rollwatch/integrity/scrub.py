@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 
+from rollwatch._child import background
 from rollwatch.abc import SUBSCRIBER_TYPES
 from rollwatch.errors import DamagedLog, IntegrityError, StoreError
 from rollwatch.events import Recorded
@@ -266,7 +266,7 @@ def target_for(store_config: StoreConfig, tree: Path, vkey: str | None, witness:
 
 async def _main(arg: str) -> int:
     # Background work: appends and the tree's follower go first.
-    os.nice(19)
+    background(19)
     from rollwatch.integrity._worker import reported
 
     def subscribers(found: dict[int, str], events: int) -> None:
