@@ -52,11 +52,15 @@ WRONG: dict[str, tuple[Problem, str]] = {
         "def f(x):\n    return 1",
     ),
     "float-for-int": (
-        function_problem("def check(candidate):\n    r = candidate(3)\n    assert r == 9 and type(r) is int\n"),
+        function_problem(
+            "def check(candidate):\n    r = candidate(3)\n    assert r == 9 and type(r) is int\n"
+        ),
         "def f(x):\n    return 9.0",
     ),
     "list-for-tuple": (
-        function_problem("def check(candidate):\n    r = candidate(1)\n    assert r == (1, 2) and type(r) is tuple\n"),
+        function_problem(
+            "def check(candidate):\n    r = candidate(1)\n    assert r == (1, 2) and type(r) is tuple\n"
+        ),
         "class T(tuple):\n    pass\ndef f(x):\n    return T((1, 2))",
     ),
     "str-for-bytes": (
@@ -122,7 +126,8 @@ WRONG: dict[str, tuple[Problem, str]] = {
     ),
     "unhashable-key-and-bool-complex": (
         SQUARE,
-        _SEND + "def f(x):\n    _send(['return', ['d', [['l', 1], 4]], None])\n    _send(['return', ['c', True, 1], None])\n"
+        _SEND
+        + "def f(x):\n    _send(['return', ['d', [['l', 1], 4]], None])\n    _send(['return', ['c', True, 1], None])\n"
         "    import time\n    time.sleep(0.2)\n    return x * x",
     ),
     "fork-at-import-parent-exits-child-answers": (
@@ -253,7 +258,7 @@ RIGHT: dict[str, tuple[Problem, str]] = {
         function_problem(
             """
             def check(candidate):
-                for key in ("k", 3, (1, "a")):
+                for key in ("k", 3, (1, "a"), None, "it's \\ 'quoted'"):
                     try:
                         candidate(key)
                     except KeyError as e:
@@ -261,9 +266,13 @@ RIGHT: dict[str, tuple[Problem, str]] = {
                         assert str(e) == repr(key), str(e)
                     else:
                         raise AssertionError("no KeyError")
+                try:
+                    candidate("bare")
+                except KeyError as e:
+                    assert e.args == () and str(e) == "", e.args
             """
         ),
-        "def f(k):\n    return {}[k]",
+        "def f(k):\n    if k == 'bare':\n        raise KeyError\n    return {}[k]",
     ),
     "prelude-runs-again-for-each-sample": (
         function_problem(

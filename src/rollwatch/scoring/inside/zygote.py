@@ -709,9 +709,20 @@ def from_plain(x: Any, depth: int = 0) -> Any:
     t = type(x)
     if x is None or t is bool or t is int or t is float or t is str:
         return x
-    if t is not list or not x or depth >= PLAIN_DEPTH:
+    if t is not list or not x:
         raise NotPlain("garbled value")
     tag, d = x[0], depth + 1
+    if tag == "i":
+        # A scalar: to_plain writes one wherever an int may sit, at the deepest level too
+        # (a right answer's 100-deep list of huge ints read as garbled before).
+        if len(x) == 2 and type(x[1]) is str and x[1].lstrip("-").startswith("0x"):
+            try:
+                return int(x[1], 16)  # (no digit limit in base 16)
+            except ValueError as e:
+                raise NotPlain("garbled value") from e
+        raise NotPlain("garbled value")
+    if depth >= PLAIN_DEPTH:
+        raise NotPlain("garbled value")
     try:
         if tag == "l":
             return [from_plain(v, d) for v in x[1:]]
@@ -732,8 +743,6 @@ def from_plain(x: Any, depth: int = 0) -> Any:
             return binascii.a2b_base64(x[1], strict_mode=True)  # base64.b64decode(validate=True)
         if tag == "c" and len(x) == 3 and all(type(v) in (int, float) for v in x[1:]):
             return complex(x[1], x[2])
-        if tag == "i" and len(x) == 2 and type(x[1]) is str and x[1].lstrip("-").startswith("0x"):
-            return int(x[1], 16)  # (no digit limit in base 16)
     except (TypeError, ValueError) as e:  # unhashable keys, bad base64
         raise NotPlain("garbled value") from e
     raise NotPlain("garbled value")
@@ -1015,13 +1024,39 @@ def _rebuilt_exception(name: str, message: str, visible: Json) -> Exception:
     cls = (visible.get(name) or getattr(builtins, name, None)) if name.isidentifier() else None
     if isinstance(cls, type) and issubclass(cls, (StopIteration, StopAsyncIteration)):
         return RuntimeError(f"the candidate raised {name}: {message}")
+    if cls is KeyError:
+        # str(KeyError(key)) is repr(key): the key itself goes back in (once, not repr'd again).
+        if not message:
+            return KeyError()
+        import ast
+
+        try:
+            return KeyError(ast.literal_eval(message))
+        except Exception:  # noqa: S110 (not a literal: the message as it came)
+            pass
     if isinstance(cls, type) and issubclass(cls, Exception):
         try:
             return cls(message)
-        except Exception:  # noqa: S110 (classes such as UnicodeDecodeError want more arguments)
-            pass
+        except Exception:
+            # A built-in whose constructor wants more than a message (UnicodeDecodeError):
+            # a subclass of it carrying the message, so that ``except ValueError`` still catches it.
+            try:
+                sub: type[Exception] = type(
+                    name, (cls,), {"__init__": _message_init, "__str__": _message_str}
+                )
+                return sub(message)
+            except Exception:  # noqa: S110 (a class that cannot be subclassed)
+                pass
     made: type[Exception] = type(name if name.isidentifier() else "CandidateError", (Exception,), {})
     return made(message)
+
+
+def _message_init(self: BaseException, message: str) -> None:
+    BaseException.__init__(self, message)
+
+
+def _message_str(self: BaseException) -> str:
+    return str(self.args[0]) if self.args else ""
 
 
 _JUDGE_CODE: dict[tuple[str, str], CodeType] = {}
