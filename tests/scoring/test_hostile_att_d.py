@@ -143,6 +143,12 @@ WRONG: dict[str, tuple[Problem, str]] = {
         SQUARE,
         "import sys\ndef f(x):\n    sys.setrecursionlimit(20)\n    return [[[[[[[[[[[x + 1]]]]]]]]]]]",
     ),
+    "hash-colliding-set-for-the-judge-to-build": (
+        function_problem(SQUARE.tests, timeout=1.0),
+        _SEND
+        + "def f(x):\n    m = 2 ** 61 - 1\n    _send(['return', ['s', *[i * m for i in range(60000)]], None])\n"
+        "    import time\n    time.sleep(30)",
+    ),
     "verdict-lines-on-every-fd-with-the-right-length": (
         SQUARE,
         "import os\n"
@@ -273,6 +279,21 @@ RIGHT: dict[str, tuple[Problem, str]] = {
             """
         ),
         "def f(k):\n    if k == 'bare':\n        raise KeyError\n    return {}[k]",
+    ),
+    "exception-message-whole": (
+        function_problem(
+            """
+            def check(candidate):
+                for msg in ("line one\\nline two", "  padded  ", "x" * 900, ""):
+                    try:
+                        candidate(msg)
+                    except ValueError as e:
+                        assert str(e) == msg, repr(str(e))
+                    else:
+                        raise AssertionError("no ValueError")
+            """
+        ),
+        "def f(m):\n    raise ValueError(m)",
     ),
     "prelude-runs-again-for-each-sample": (
         function_problem(

@@ -973,7 +973,12 @@ def _run_candidate(req: Json, watched: Watched, prelude: CodeType | None = None)
             if kind == "exit":
                 message = f"exited before the tests finished (SystemExit {getattr(e, 'code', None)!r})"
             else:
-                message = _describe(e).partition(": ")[2]
+                # The whole message, as str(e) gives it (its first line only, stripped, cut
+                # the tests' comparisons of str(e) before): the judge keeps 1,000 characters.
+                try:
+                    message = str(e)[:1000]
+                except BaseException:  # a candidate-made exception whose __str__ raises
+                    message = "<unprintable>"
             answer(["raise", type(e).__name__, message, kind, tampered()])
             continue
         try:
