@@ -149,6 +149,24 @@ WRONG: dict[str, tuple[Problem, str]] = {
         + "def f(x):\n    m = 2 ** 61 - 1\n    _send(['return', ['s', *[i * m for i in range(60000)]], None])\n"
         "    import time\n    time.sleep(30)",
     ),
+    # JSON reads an escaped surrogate pair as one astral character: two lone surrogates
+    # must not arrive as the character they would encode in UTF-16.
+    "surrogate-pair-for-an-astral-character": (
+        function_problem("def check(candidate):\n    assert candidate(0x1F600) == '\\U0001F600'\n"),
+        "def f(x):\n    return '\\ud83d\\ude00'",
+    ),
+    "surrogate-pair-as-a-set-member-and-key": (
+        function_problem(
+            "def check(candidate):\n    assert candidate(1) == [{'\\U0001F600'}, {'\\U0001F600': 1}]\n"
+        ),
+        "def f(x):\n    s = '\\ud83d' + '\\ude00'\n    return [{s}, {s: 1}]",
+    ),
+    # A 16 MiB frame of empty lists: JSON and the judge's copy of it pass its memory limit.
+    "memory-squeeze-of-the-judge": (
+        SQUARE,
+        _SEND + "def f(x):\n    _send(b'[\"return\",[\"l\"' + b',[\"l\"]' * 2790000 + b'],null]')\n"
+        "    import time\n    time.sleep(5)",
+    ),
     "verdict-lines-on-every-fd-with-the-right-length": (
         SQUARE,
         "import os\n"
@@ -294,6 +312,17 @@ RIGHT: dict[str, tuple[Problem, str]] = {
             """
         ),
         "def f(m):\n    raise ValueError(m)",
+    ),
+    "utf16-code-units-stay-two-both-ways": (
+        function_problem(
+            """
+            def check(candidate):
+                assert candidate("\\ud83d\\ude00") == ["\\ud83d\\ude00", 2]
+                assert candidate("\\U0001F600") == ["\\U0001F600", 1]
+                assert candidate("\\ud800 \\udfff") == ["\\ud800 \\udfff", 3]
+            """
+        ),
+        "def f(s):\n    return [s, len(s)]",
     ),
     "prelude-runs-again-for-each-sample": (
         function_problem(
