@@ -673,6 +673,8 @@ class NotPlain(Exception):
 
 _DECIMAL_BITS = 14_000
 """Integers longer than this (about 4,200 decimal digits) cross in hexadecimal (see to_plain)."""
+_SURROGATE = re.compile("[\\ud800-\\udfff]")
+"""A str with any of these crosses as UTF-8 with surrogatepass (see to_plain)."""
 
 
 def to_plain(x: Any, depth: int = 0) -> Any:
@@ -682,11 +684,16 @@ def to_plain(x: Any, depth: int = 0) -> Any:
     its own crosses. Containers become ``[tag, *items]``: l list, t tuple, s set,
     f frozenset, d dict (``[key, value]`` pairs), b bytes (base64), c complex, i an integer
     too long for JSON's decimal text (Python refuses to write or read more than 4,300
-    digits), in hexadecimal.
+    digits), in hexadecimal, u a str with a surrogate code point in it (UTF-8 with
+    surrogatepass, base64: JSON would join an escaped pair into one character).
     """
     t = type(x)
     if t is int and x.bit_length() > _DECIMAL_BITS:
         return ["i", hex(x)]
+    if t is str and not x.isascii() and _SURROGATE.search(x) is not None:
+        # JSON reads an escaped high and low surrogate back as the one character they
+        # encode in UTF-16: "\\ud83d\\ude00" (two code points) arrived as U+1F600.
+        return ["u", binascii.b2a_base64(x.encode("utf-8", "surrogatepass"), newline=False).decode()]
     if x is None or t is bool or t is int or t is float or t is str:
         return x
     if depth >= PLAIN_DEPTH:
@@ -712,13 +719,16 @@ def from_plain(x: Any, depth: int = 0) -> Any:
     if t is not list or not x:
         raise NotPlain("garbled value")
     tag, d = x[0], depth + 1
-    if tag == "i":
-        # A scalar: to_plain writes one wherever an int may sit, at the deepest level too
-        # (a right answer's 100-deep list of huge ints read as garbled before).
-        if len(x) == 2 and type(x[1]) is str and x[1].lstrip("-").startswith("0x"):
+    if tag == "i" or tag == "u":
+        # Scalars: to_plain writes them wherever an int or a str may sit, at the deepest
+        # level too (a right answer's 100-deep list of huge ints read as garbled before).
+        if len(x) == 2 and type(x[1]) is str:
             try:
-                return int(x[1], 16)  # (no digit limit in base 16)
-            except ValueError as e:
+                if tag == "u":
+                    return binascii.a2b_base64(x[1], strict_mode=True).decode("utf-8", "surrogatepass")
+                if x[1].lstrip("-").startswith("0x"):
+                    return int(x[1], 16)  # (no digit limit in base 16)
+            except ValueError as e:  # bad base64, not UTF-8, not hexadecimal
                 raise NotPlain("garbled value") from e
         raise NotPlain("garbled value")
     if depth >= PLAIN_DEPTH:
