@@ -983,8 +983,8 @@ def _run_candidate(req: Json, watched: Watched, prelude: CodeType | None = None)
             if kind == "exit":
                 message = f"exited before the tests finished (SystemExit {getattr(e, 'code', None)!r})"
             else:
-                # The whole message, as str(e) gives it (its first line only, stripped, cut
-                # the tests' comparisons of str(e) before): the judge keeps 1,000 characters.
+                # The message as str(e) gives it, up to the 1,000 characters the judge keeps
+                # (it was the first line, stripped, of 300: tests comparing str(e) failed).
                 try:
                     message = str(e)[:1000]
                 except BaseException:  # a candidate-made exception whose __str__ raises
