@@ -161,6 +161,13 @@ WRONG: dict[str, tuple[Problem, str]] = {
         ),
         "def f(x):\n    s = '\\ud83d' + '\\ude00'\n    return [{s}, {s: 1}]",
     ),
+    "surrogate-pair-in-an-exception-message": (
+        function_problem(
+            "def check(candidate):\n    try:\n        candidate(1)\n    except ValueError as e:\n"
+            "        assert str(e) == '\\U0001F600'\n"
+        ),
+        "def f(x):\n    raise ValueError('\\ud83d\\ude00')",
+    ),
     # A 16 MiB frame of empty lists: JSON and the judge's copy of it pass its memory limit.
     "memory-squeeze-of-the-judge": (
         SQUARE,

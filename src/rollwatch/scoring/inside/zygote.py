@@ -989,7 +989,8 @@ def _run_candidate(req: Json, watched: Watched, prelude: CodeType | None = None)
                     message = str(e)[:1000]
                 except BaseException:  # a candidate-made exception whose __str__ raises
                     message = "<unprintable>"
-            answer(["raise", type(e).__name__, message, kind, tampered()])
+            # (to_plain: a message with surrogates crosses as they are, as a returned str does)
+            answer(["raise", type(e).__name__, to_plain(message), kind, tampered()])
             continue
         try:
             answer(["return", to_plain(result), tampered()])
@@ -1202,7 +1203,13 @@ def _run_judge(req: Json, nonce: str) -> int:
         if tag == "unplain" and len(msg) == 3:
             raise Unverifiable(str(msg[1])[:200])
         if tag == "raise" and len(msg) == 5:
-            name, message, kind = str(msg[1])[:100], str(msg[2])[:1000], msg[3]
+            text = msg[2]
+            if type(text) is list:  # a message with surrogates (see _run_candidate)
+                try:
+                    text = from_plain(text)
+                except NotPlain as e:
+                    raise ChannelBroken(f"the candidate sent a {e}") from None
+            name, message, kind = str(msg[1])[:100], str(text)[:1000], msg[3]
             if kind in ("memory", "file_size"):
                 raise LimitHit(kind)
             if kind == "exit":
