@@ -673,6 +673,8 @@ class NotPlain(Exception):
 
 _DECIMAL_BITS = 14_000
 """Integers longer than this (about 4,200 decimal digits) cross in hexadecimal (see to_plain)."""
+_SURROGATE = re.compile("[\\ud800-\\udfff]")
+"""A str with any of these crosses as UTF-8 with surrogatepass (see to_plain)."""
 
 
 def to_plain(x: Any, depth: int = 0) -> Any:
@@ -682,11 +684,16 @@ def to_plain(x: Any, depth: int = 0) -> Any:
     its own crosses. Containers become ``[tag, *items]``: l list, t tuple, s set,
     f frozenset, d dict (``[key, value]`` pairs), b bytes (base64), c complex, i an integer
     too long for JSON's decimal text (Python refuses to write or read more than 4,300
-    digits), in hexadecimal.
+    digits), in hexadecimal, u a str with a surrogate code point in it (UTF-8 with
+    surrogatepass, base64: JSON would join an escaped pair into one character).
     """
     t = type(x)
     if t is int and x.bit_length() > _DECIMAL_BITS:
         return ["i", hex(x)]
+    if t is str and not x.isascii() and _SURROGATE.search(x) is not None:
+        # JSON reads an escaped high and low surrogate back as the one character they
+        # encode in UTF-16: "\\ud83d\\ude00" (two code points) arrived as U+1F600.
+        return ["u", binascii.b2a_base64(x.encode("utf-8", "surrogatepass"), newline=False).decode()]
     if x is None or t is bool or t is int or t is float or t is str:
         return x
     if depth >= PLAIN_DEPTH:
@@ -709,9 +716,23 @@ def from_plain(x: Any, depth: int = 0) -> Any:
     t = type(x)
     if x is None or t is bool or t is int or t is float or t is str:
         return x
-    if t is not list or not x or depth >= PLAIN_DEPTH:
+    if t is not list or not x:
         raise NotPlain("garbled value")
     tag, d = x[0], depth + 1
+    if tag == "i" or tag == "u":
+        # Scalars: to_plain writes them wherever an int or a str may sit, at the deepest
+        # level too (a right answer's 100-deep list of huge ints read as garbled before).
+        if len(x) == 2 and type(x[1]) is str:
+            try:
+                if tag == "u":
+                    return binascii.a2b_base64(x[1], strict_mode=True).decode("utf-8", "surrogatepass")
+                if x[1].lstrip("-").startswith("0x"):
+                    return int(x[1], 16)  # (no digit limit in base 16)
+            except ValueError as e:  # bad base64, not UTF-8, not hexadecimal
+                raise NotPlain("garbled value") from e
+        raise NotPlain("garbled value")
+    if depth >= PLAIN_DEPTH:
+        raise NotPlain("garbled value")
     try:
         if tag == "l":
             return [from_plain(v, d) for v in x[1:]]
@@ -732,8 +753,6 @@ def from_plain(x: Any, depth: int = 0) -> Any:
             return binascii.a2b_base64(x[1], strict_mode=True)  # base64.b64decode(validate=True)
         if tag == "c" and len(x) == 3 and all(type(v) in (int, float) for v in x[1:]):
             return complex(x[1], x[2])
-        if tag == "i" and len(x) == 2 and type(x[1]) is str and x[1].lstrip("-").startswith("0x"):
-            return int(x[1], 16)  # (no digit limit in base 16)
     except (TypeError, ValueError) as e:  # unhashable keys, bad base64
         raise NotPlain("garbled value") from e
     raise NotPlain("garbled value")
@@ -964,8 +983,14 @@ def _run_candidate(req: Json, watched: Watched, prelude: CodeType | None = None)
             if kind == "exit":
                 message = f"exited before the tests finished (SystemExit {getattr(e, 'code', None)!r})"
             else:
-                message = _describe(e).partition(": ")[2]
-            answer(["raise", type(e).__name__, message, kind, tampered()])
+                # The message as str(e) gives it, up to the 1,000 characters the judge keeps
+                # (it was the first line, stripped, of 300: tests comparing str(e) failed).
+                try:
+                    message = str(e)[:1000]
+                except BaseException:  # a candidate-made exception whose __str__ raises
+                    message = "<unprintable>"
+            # (to_plain: a message with surrogates crosses as they are, as a returned str does)
+            answer(["raise", type(e).__name__, to_plain(message), kind, tampered()])
             continue
         try:
             answer(["return", to_plain(result), tampered()])
@@ -1015,13 +1040,39 @@ def _rebuilt_exception(name: str, message: str, visible: Json) -> Exception:
     cls = (visible.get(name) or getattr(builtins, name, None)) if name.isidentifier() else None
     if isinstance(cls, type) and issubclass(cls, (StopIteration, StopAsyncIteration)):
         return RuntimeError(f"the candidate raised {name}: {message}")
+    if cls is KeyError:
+        # str(KeyError(key)) is repr(key): the key itself goes back in (once, not repr'd again).
+        if not message:
+            return KeyError()
+        import ast
+
+        try:
+            return KeyError(ast.literal_eval(message))
+        except Exception:  # noqa: S110 (not a literal: the message as it came)
+            pass
     if isinstance(cls, type) and issubclass(cls, Exception):
         try:
             return cls(message)
-        except Exception:  # noqa: S110 (classes such as UnicodeDecodeError want more arguments)
-            pass
+        except Exception:
+            # A built-in whose constructor wants more than a message (UnicodeDecodeError):
+            # a subclass of it carrying the message, so that ``except ValueError`` still catches it.
+            try:
+                sub: type[Exception] = type(
+                    name, (cls,), {"__init__": _message_init, "__str__": _message_str}
+                )
+                return sub(message)
+            except Exception:  # noqa: S110 (a class that cannot be subclassed)
+                pass
     made: type[Exception] = type(name if name.isidentifier() else "CandidateError", (Exception,), {})
     return made(message)
+
+
+def _message_init(self: BaseException, message: str) -> None:
+    BaseException.__init__(self, message)
+
+
+def _message_str(self: BaseException) -> str:
+    return str(self.args[0]) if self.args else ""
 
 
 _JUDGE_CODE: dict[tuple[str, str], CodeType] = {}
@@ -1152,7 +1203,13 @@ def _run_judge(req: Json, nonce: str) -> int:
         if tag == "unplain" and len(msg) == 3:
             raise Unverifiable(str(msg[1])[:200])
         if tag == "raise" and len(msg) == 5:
-            name, message, kind = str(msg[1])[:100], str(msg[2])[:1000], msg[3]
+            text = msg[2]
+            if type(text) is list:  # a message with surrogates (see _run_candidate)
+                try:
+                    text = from_plain(text)
+                except NotPlain as e:
+                    raise ChannelBroken(f"the candidate sent a {e}") from None
+            name, message, kind = str(msg[1])[:100], str(text)[:1000], msg[3]
             if kind in ("memory", "file_size"):
                 raise LimitHit(kind)
             if kind == "exit":
