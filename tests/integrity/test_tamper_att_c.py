@@ -8,10 +8,13 @@ what is wrong, without a traceback.
 from __future__ import annotations
 
 import sqlite3
-from pathlib import Path
+import subprocess
+
+import httpx
+import pytest
 
 from tests.helpers import rollwatch
-from tests.integrity.served import Site
+from tests.integrity.served import Site, _poll, _stop, unhealthy
 from tests.integrity.test_forged_rows import append_raw
 
 
@@ -46,6 +49,39 @@ def test_a_checkpoint_row_nested_past_the_parsers_depth_is_named(stopped_site: S
         con.execute("UPDATE events SET data = ? WHERE seq = ?", (_deep(), seq))
     finally:
         con.close()
+    code, out = _verify(s)
+    assert code == 1, out
+    assert f"FAILED at seq {seq}:" in out, out
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        '{"node":"","note":"x","root":"AAAA","size":1180591620717411303424}',
+        "[1]",
+        "not json",
+    ],
+    ids=["size_past_64_bits", "a_list", "not_json"],
+)
+def test_a_checkpoint_row_appended_around_a_live_daemon_is_named(
+    site: tuple[Site, subprocess.Popen[str]], data: str
+) -> None:
+    """A CheckpointSigned row appended under a live daemon, its chain hash right, whose
+    data the Merkle tree's follower cannot file (a size past SQLite's 64-bit integers, data
+    that is no object or no JSON): /healthz turns 503 ``tampered`` naming its seq, and
+    ``verify`` names it once the daemon is stopped."""
+    s, proc = site
+    seq = append_raw(s, "CheckpointSigned", data)
+    unhealthy(s.url, "/healthz to turn 503", timeout=30)
+    r = _poll(
+        lambda: (h := s.healthz()) is not None and h.json().get("first_bad_seq") == seq and h,
+        30,
+        f"/healthz to name seq {seq}",
+    )
+    assert isinstance(r, httpx.Response)
+    assert r.json()["status"] == "tampered", r.json()
+    err = _stop(proc)
+    assert "Traceback" not in err, err[-3000:]
     code, out = _verify(s)
     assert code == 1, out
     assert f"FAILED at seq {seq}:" in out, out
