@@ -298,6 +298,8 @@ def _not_an_object(ev: Recorded) -> str | None:
     """Why ``ev``'s data is no JSON object (what every checkpoint and rotation is), or None."""
     try:
         data = ev.data
+    except RecursionError:
+        return "its data is JSON nested deeper than a parser can read: rollwatch never writes such a row"
     except ValueError as e:
         return f"its data is not valid JSON ({e}): rollwatch never writes such a row"
     if not isinstance(data, dict):
@@ -388,6 +390,11 @@ def foreign_data(ev: Recorded) -> str | None:
     except orjson.JSONDecodeError:
         try:
             data = json.loads(text)
+        except RecursionError:
+            # orjson stops at 1,024 levels, json at the interpreter's recursion limit: data
+            # nested deeper failed the whole pass as one that could not run (verify named
+            # no seq, and hid every other finding; the scrub said only that it could not run).
+            return "its data is JSON nested deeper than a parser can read: rollwatch never writes such a row"
         except ValueError as e:
             return f"its data is not valid JSON ({e}): rollwatch never writes such a row"
     if type(data) is not dict:
