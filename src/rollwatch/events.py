@@ -198,7 +198,7 @@ class Recorded(NamedTuple):
         """
         try:
             return decode(self.type, self.schema, json.loads(self.data_json))
-        except (ValueError, UnknownEventType) as exc:
+        except (ValueError, RecursionError, UnknownEventType) as exc:
             raise unreadable(self.seq, self.type, exc) from None
 
     @property
@@ -486,6 +486,10 @@ def unreadable(seq: int, type_: str, exc: Exception) -> UnknownEventType:
     """The error for event ``seq`` whose data did not decode (``exc``: why), naming the seq."""
     if isinstance(exc, UnknownEventType):
         err = type(exc)(f"event {seq}: {exc}")
+    elif isinstance(exc, RecursionError):
+        # Nested deeper than a parser reads (orjson stops at 1,024 levels, json at the
+        # interpreter's recursion limit): never in data rollwatch wrote.
+        err = UnknownEventType(f"event {seq}: its {type_} data is JSON nested deeper than a parser can read")
     else:
         # json's ValueError (bad JSON, a lone surrogate): never in data rollwatch wrote.
         err = UnknownEventType(f"event {seq}: its {type_} data is not valid JSON ({exc})")

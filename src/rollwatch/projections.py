@@ -1278,7 +1278,7 @@ def _decoded(rec: Recorded) -> _Decoded:
     """``rec`` with its event, decoded as :meth:`Recorded.event` would (with orjson)."""
     try:
         ev = e.decode(rec.type, rec.schema, fast_loads(rec.data_json))
-    except (ValueError, UnknownEventType) as exc:
+    except (ValueError, RecursionError, UnknownEventType) as exc:
         raise e.unreadable(rec.seq, rec.type, exc) from None
     return tuple.__new__(_Decoded, (*rec, ev))
 

@@ -67,6 +67,15 @@ FORGED = {
     ),
     "spaces": ("RolloutScored", SCORED.replace(",", ", "), {}, "not in canonical JSON form"),
     "fields_missing": ("RolloutScored", '{"rollout_id":"r1"}', {}, "lacks required field(s) passed"),
+    # Deeper than orjson (1,024 levels) and json (the recursion limit) read: a RecursionError,
+    # no ValueError, which verify took for a pass that could not run and rebuild printed as
+    # a traceback.
+    "nested_too_deep": (
+        "RolloutScored",
+        '{"a":' * 100_000 + "1" + "}" * 100_000,
+        {},
+        "JSON nested deeper than a parser can read",
+    ),
     "time_not_rfc3339": (
         "SchedulePaused",
         '{"note":"","schedule":"e1"}',
@@ -135,7 +144,7 @@ def test_serve_refuses_such_a_log_naming_the_seq(stopped_site: Site, case: str) 
     assert stopped_site.head() == seq
 
 
-@pytest.mark.parametrize("case", ["not_json", "not_an_object", "fields_missing"])
+@pytest.mark.parametrize("case", ["not_json", "not_an_object", "fields_missing", "nested_too_deep"])
 def test_rebuild_names_the_event_it_cannot_read(stopped_site: Site, case: str) -> None:
     """`rollwatch rebuild` exits 1 naming the event, without a traceback (it printed one for bad
     JSON, and named no event for the others)."""
