@@ -42,8 +42,9 @@ def background(niceness: int) -> None:
     (``CONFIG_SCHED_AUTOGROUP``, on in Debian's kernels) a session is scheduled as one
     group against the others: a process's own nice value then weighs only against the
     processes of its session, so a scrub at nice 19 took a core as fully as the daemon did.
-    Its session's nice value (``/proc/self/autogroup``) is set too.
+    Its session's nice value (``/proc/self/autogroup``) is set too, first: a worker seen at
+    its own nice value has its session's.
     """
-    os.nice(niceness)
     with contextlib.suppress(OSError), open("/proc/self/autogroup", "w") as f:
         f.write(f"{niceness}\n")
+    os.nice(niceness)

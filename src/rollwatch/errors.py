@@ -345,3 +345,12 @@ def damaged_log(path: object, error: BaseException) -> StoreError:
         f"the event log {path} is damaged ({error}): SQLite cannot read it; restore it from a "
         "backup made with SQLite's online backup (README, Backups), not a plain copy of the live file"
     )
+
+
+def seq_below_one(seq: int) -> IntegrityError:
+    """The finding for a row stored at ``seq`` 0 or below (the log's seqs start at 1)."""
+    return IntegrityError(
+        seq,
+        f"a row at seq {seq}: the log's seqs start at 1, so no read, hash or check sees it"
+        " (rollwatch never writes such a row)",
+    )

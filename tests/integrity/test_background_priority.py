@@ -42,6 +42,8 @@ def _niceness(pid: int, module: bytes) -> tuple[int, int] | None:
 
 
 def _seen(daemon: int, module: bytes, want: int) -> tuple[int, int] | None:
+    """A worker of ``daemon`` running ``module`` once it has lowered itself (its own nice
+    value, set last, is ``want``): its own and its session's values."""
     for pid in _children(daemon):
         got = _niceness(pid, module)
         if got is not None and got[0] == want:

@@ -110,7 +110,32 @@ async def truncate_the_tail(url: str) -> int:
     return 21
 
 
-ATTACKS = [rewrite_keeping_the_chain, rewrite_and_recompute_the_chain, delete_a_row, truncate_the_tail]
+async def insert_below_seq_one(url: str) -> int:
+    """A row at seq 0, a stream of its own at version 1: every read asks for seq > after,
+    so no hash or check saw it (verify passed)."""
+    await _superuser(
+        url,
+        (
+            "INSERT INTO events (seq, id, stream, version, type, schema, at, data, hash)"
+            " VALUES (0, $1, 'rollout-hidden', 1, 'RolloutScored', 1, $2, $3, $4)",
+            (
+                "00000000-0000-4000-8000-000000000000",
+                "2026-01-01T00:00:00.000000Z",
+                '{"passed":true,"rollout_id":"hidden","score":1.0,"scorer":"s"}',
+                "0" * 64,
+            ),
+        ),
+    )
+    return 0
+
+
+ATTACKS = [
+    rewrite_keeping_the_chain,
+    rewrite_and_recompute_the_chain,
+    delete_a_row,
+    truncate_the_tail,
+    insert_below_seq_one,
+]
 
 
 class _Node:

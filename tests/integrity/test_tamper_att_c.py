@@ -72,10 +72,10 @@ def test_a_checkpoint_row_appended_around_a_live_daemon_is_named(
     ``verify`` names it once the daemon is stopped."""
     s, proc = site
     seq = append_raw(s, "CheckpointSigned", data)
-    unhealthy(s.url, "/healthz to turn 503", timeout=30)
+    unhealthy(s.url, "/healthz to turn 503", timeout=60)
     r = _poll(
         lambda: (h := s.healthz()) is not None and h.json().get("first_bad_seq") == seq and h,
-        30,
+        60,
         f"/healthz to name seq {seq}",
     )
     assert isinstance(r, httpx.Response)
@@ -85,3 +85,40 @@ def test_a_checkpoint_row_appended_around_a_live_daemon_is_named(
     code, out = _verify(s)
     assert code == 1, out
     assert f"FAILED at seq {seq}:" in out, out
+
+
+@pytest.mark.parametrize("seq", [0, -7])
+def test_a_row_below_seq_one_is_named(stopped_site: Site, seq: int) -> None:
+    """A row inserted at seq 0 or below, a stream of its own at version 1 (its stream version
+    holds): every read asks for ``seq > after``, so the chain, the tree and the content check
+    never saw it, and verify passed. Now it is named, by verify and by a start's scrub."""
+    s = stopped_site
+    con = sqlite3.connect(s.db, isolation_level=None)
+    try:
+        con.execute(
+            "INSERT INTO events VALUES (?,?,?,?,?,?,?,?,?)",
+            (
+                seq,
+                "00000000-0000-4000-8000-000000000000",
+                "rollout-hidden",
+                1,
+                "RolloutScored",
+                1,
+                "2026-01-01T00:00:00.000000Z",
+                '{"passed":true,"rollout_id":"hidden","score":1.0,"scorer":"s"}',
+                "0" * 64,
+            ),
+        )
+    finally:
+        con.close()
+    code, out = _verify(s)
+    assert code == 1, out
+    assert f"FAILED at seq {seq}: a row at seq {seq}" in out, out
+    proc = s.serve()
+    try:
+        proc.wait(timeout=60)
+    finally:
+        err = _stop(proc)
+    assert proc.returncode == 1, err[-3000:]
+    assert f"integrity check failed at seq {seq}" in err, err[-3000:]
+    assert "Traceback" not in err

@@ -59,7 +59,7 @@ from asyncpg.pool import PoolAcquireContext, PoolConnectionProxy
 
 from rollwatch.abc import LEADERSHIP, SUBSCRIBER_TYPES, EventStore, WorkBoard
 from rollwatch.config import redact_url
-from rollwatch.errors import IntegrityError, NotLeading, StoreError
+from rollwatch.errors import IntegrityError, NotLeading, StoreError, seq_below_one
 from rollwatch.events import GENESIS, Event, Recorded, chain_hash
 from rollwatch.log import get_logger
 from rollwatch.store._group_commit import GroupCommitter, Pending, assign
@@ -943,6 +943,10 @@ class PostgresEventStore(EventStore):
         async with self._acquire() as conn:
             if found := await foreign_schema(conn):
                 raise schema_finding(found, until, self.url)
+            # Every read asks for seq > after (after >= 0): a row below 1 no check ever sees.
+            first = await conn.fetchval("SELECT MIN(seq) FROM events")
+            if first is not None and first < 1:
+                raise seq_below_one(int(first))
             bad = await conn.fetchval(
                 "SELECT seq FROM (SELECT seq, version, ROW_NUMBER() OVER "
                 "(PARTITION BY stream ORDER BY seq) AS n FROM events WHERE seq <= $1) AS t "

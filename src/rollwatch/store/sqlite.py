@@ -34,7 +34,7 @@ from anyio.abc import TaskGroup
 
 from rollwatch._sqlite import ThreadConnection, rollback
 from rollwatch.abc import SUBSCRIBER_TYPES, EventStore, WorkBoard
-from rollwatch.errors import IntegrityError, StoreError, damaged_log
+from rollwatch.errors import IntegrityError, StoreError, damaged_log, seq_below_one
 from rollwatch.events import GENESIS, Event, Recorded
 from rollwatch.log import get_logger
 from rollwatch.store._group_commit import GroupCommitter, Pending, assign
@@ -517,6 +517,10 @@ class SQLiteEventStore(EventStore):
             raise IntegrityError(
                 min(rows_named, default=1), f"the log's index does not match its rows: {'; '.join(found[:3])}"
             )
+        # Every read asks for seq > after (after >= 0): a row below 1 no check ever sees.
+        rows = await self._conn(reader=True).fetchall("SELECT MIN(seq) FROM events")
+        if rows and rows[0][0] is not None and rows[0][0] < 1:
+            raise seq_below_one(int(rows[0][0]))
         # Stream versions are not in the hashed envelope (they follow from seq order).
         rows = await self._conn(reader=True).fetchall(
             "SELECT seq FROM (SELECT seq, version, ROW_NUMBER() OVER "
