@@ -381,3 +381,70 @@ class TestRealDaemonUnderEmbargo:
                     b = shape(raw(embargoed.url, method, tmpl.format(unknown), h), unknown)
                     assert a[0] in (401, 403, 404), (tmpl, a)
                     assert a == b, (tmpl, h, a, b)
+
+
+class TestFailuresUnderEmbargoWithCountsShown:
+    """With ``embargo_counts`` on (the default) the page shows, per model, how many problems
+    it solved under embargo: passes only. Failures under embargo (of a model with passes
+    under embargo, of a disclosed model, of a model that only failed) change no byte and no
+    header of any public answer: neither the attempts nor the new model's name show."""
+
+    async def test_failures_change_nothing_public(self, tmp_path: Path) -> None:
+        from tests.publication.test_leak_attacks import public_snapshot
+
+        config = make_config(publication={"embargo": "1h"}, server={"base_url": "http://feed.test"})
+        async with serving(tmp_path, config) as env:
+            run = new_run_id()
+            await start_run(env.store, run, models=("gpt-x", "gpt-y"))
+            public = await add_rollout(env.store, run, passed=True, embargo_s=0)
+            await add_rollout(env.store, run, passed=True, model="gpt-y", sample=1, embargo_s=3600)
+            await finish_run(env.store, run, rollouts=2, passed=2)
+            with anyio.fail_after(10):
+                while await release_due(env.store, env.pdb) == 0:
+                    await anyio.sleep(0.05)
+            later = new_run_id()  # unfinished: its counts are not disclosed in any case
+            await start_run(env.store, later, models=("gpt-x", "gpt-y"))
+            await add_rollout(env.store, later, passed=True, model="gpt-y", sample=0, embargo_s=3600)
+            unknown = str(uuid.uuid4())
+            before = await public_snapshot(env, public, unknown)
+            assert "gpt-y" in before["GET /public/"][1]  # its counts under embargo are shown
+        hidden = []
+        from rollwatch.store.sqlite import SQLiteEventStore
+
+        async with SQLiteEventStore(tmp_path / "events.db") as store:
+            for model in ("gpt-x", "gpt-y", "gpt-fails"):
+                for sample in range(1, 4):
+                    hidden.append(
+                        await add_rollout(
+                            store, later, passed=False, model=model, sample=sample, problem_id="p2"
+                        )
+                    )
+        async with serving(tmp_path, config) as env:
+            after = await public_snapshot(env, public, unknown)
+            for rid in hidden:
+                r = await env.client.get(f"/public/rollouts/{rid}.json")
+                assert (r.status_code, r.text) == after[f"GET /public/rollouts/{unknown}.json"][:2]
+        for key, (status, body, headers) in after.items():
+            assert "gpt-fails" not in body, key
+            assert (status, body, headers) == before[key], key
+
+
+class TestExportUnderEmbargo:
+    def test_an_export_names_nothing_under_embargo(self, embargoed: Daemon, tmp_path: Path) -> None:
+        """``rollwatch publish export DIR`` with every result under embargo (counts hidden):
+        no file names a rollout or a run, and the index says no more of the log than the
+        signed checkpoint does."""
+        out = tmp_path / "site"
+        r = embargoed.cli("publish", "export", str(out))
+        assert r.returncode == 0, r.stderr
+        secrets = _secrets(embargoed)
+        files = [p for p in out.rglob("*") if p.is_file()]
+        assert files
+        for p in files:
+            text = p.read_bytes().decode("utf-8", "replace")
+            leaked = [s for s in secrets if s in text]
+            assert not leaked, (p.relative_to(out), leaked)
+        index = json.loads((out / "releases.json").read_text())
+        size = index.get("tree_size") or 0
+        assert index["exported_seq"] <= size, index
+        assert index.get("held_from") is None, index
