@@ -448,3 +448,52 @@ class TestExportUnderEmbargo:
         size = index.get("tree_size") or 0
         assert index["exported_seq"] <= size, index
         assert index.get("held_from") is None, index
+
+
+def _pipelined(base: str, requests: list[tuple[str, dict[str, str]]]) -> list[tuple[int, str]]:
+    """Several GETs written at once on one keep-alive connection; their answers in order."""
+    u = urllib.parse.urlsplit(base)
+    con = http.client.HTTPConnection(u.hostname or "127.0.0.1", u.port, timeout=30)
+    out = []
+    try:
+        for path, headers in requests:
+            con.request("GET", path, headers=headers)
+            r = con.getresponse()
+            out.append((r.status, r.read().decode("utf-8", "replace")))
+    finally:
+        con.close()
+    return out
+
+
+class TestOneConnectionManyClients:
+    """A keep-alive connection (a proxy's, shared by clients) carries a paying key's request,
+    then requests without a key or with a lesser one: each is judged on its own header,
+    nothing of the first answer is served again."""
+
+    async def test_a_key_on_a_connection_opens_nothing_for_the_next_request(self, tmp_path: Path) -> None:
+        async with serving(tmp_path) as env:
+            w = await _world(env)
+            full, lesser = bearer(w["full"]), bearer(w["report-only"])
+            hidden = f"/v1/rollouts/{w['hidden']}"
+            seq = [
+                (hidden, full),
+                (hidden, {}),
+                ("/v1/feed?after=0", full),
+                ("/v1/feed?after=0", lesser),
+                (hidden, lesser),
+                (hidden, bearer(w["revoked"])),
+                ("/v1/feed?after=0&limit=1000&limit=1&wait=%D9%A3", {}),
+                ("/v1/feed?after=-1&limit=99999999999999999999", bearer(w["expired"])),
+                ("/v1/report?by=secret&problem_version=" + "x" * 500, bearer(w["feed-only"])),
+            ]
+            answers = await anyio.to_thread.run_sync(_pipelined, env.base, seq)
+            assert answers[0][0] == answers[2][0] == 200
+            assert w["hidden"] in answers[0][1]
+            for (path, _h), (status, body) in zip(seq[1:], answers[1:], strict=True):
+                if _h is full:
+                    continue
+                assert status in (401, 403), (path, status, body[:200])
+                assert set(json.loads(body)) == {"error", "message"}
+                assert w["hidden"] not in body
+                assert "gpt-secret" not in body
+                assert "secret" not in json.loads(body)["message"], body  # no parameter echoed before the key
