@@ -159,7 +159,7 @@ class TestEmbargoedIsUnknown:
             assert r.status_code == 200
             assert w["released"] in r.text
 
-    async def test_a_key_with_the_scope_but_not_the_ops_scope_reads_no_console(self, tmp_path: Path) -> None:
+    async def test_the_control_a_full_key_reads_the_embargoed_one(self, tmp_path: Path) -> None:
         """The control of the test above: the full key does read the embargoed one from
         ``/v1/rollouts`` (so the equality above is not of two errors by accident)."""
         async with serving(tmp_path) as env:
