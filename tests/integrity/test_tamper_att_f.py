@@ -168,3 +168,47 @@ def test_a_pipe_as_a_write_ahead_log_changes_nothing_and_holds_nothing(stopped_s
     assert got.returncode == 0, got.stderr
     assert "ok: 41 events" in got.stdout, got.stdout
     _no_traceback(got.stderr)
+
+
+def _sql(db: Path, *statements: str) -> None:
+    con = sqlite3.connect(db, isolation_level=None)
+    try:
+        for s in statements:
+            con.execute(s)
+    finally:
+        con.close()
+
+
+@pytest.mark.parametrize(
+    ("edit", "said"),
+    [
+        # No hash covers the version; stored as TEXT it is no number SQLite can convert.
+        ("UPDATE events SET version = '2x' WHERE seq = 10", "its stream version does not follow"),
+        # A REAL where the schema's INTEGER belongs: the row's leaf changes.
+        ("UPDATE events SET schema = 1.5 WHERE seq = 10", "its content differs from what the Merkle tree"),
+    ],
+)
+def test_a_value_of_another_type_is_named_at_its_seq(stopped_site: Site, edit: str, said: str) -> None:
+    _sql(stopped_site.db, "DROP TRIGGER events_no_update", edit)
+    got = _verify(stopped_site)
+    assert got.returncode == 1, got.stdout + got.stderr
+    out = got.stdout + got.stderr
+    assert "FAILED at seq 10:" in out, out
+    assert said in out, out
+    _no_traceback(got.stderr)
+
+
+def test_statistics_made_up_in_sqlite_stat1_change_no_answer(stopped_site: Site) -> None:
+    # ANALYZE's table is allowed in the schema; rows steering the planner (an index said to
+    # be unordered, sizes made up, a row for no index) can only choose among our indexes.
+    _sql(
+        stopped_site.db,
+        "ANALYZE",
+        "DELETE FROM sqlite_stat1",
+        "INSERT INTO sqlite_stat1 VALUES ('events', 'sqlite_autoindex_events_1', "
+        "'1 1 1 unordered noskipscan sz=999999'), ('events', NULL, 'x'), ('events', 'events_subscribers', '0 0')",
+    )
+    got = _verify(stopped_site)
+    assert got.returncode == 0, got.stderr
+    assert "ok: 41 events" in got.stdout, got.stdout
+    _no_traceback(got.stderr)
