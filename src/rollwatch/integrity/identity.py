@@ -25,8 +25,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 import socket
+import stat
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -80,7 +82,7 @@ async def foreign_tree(
 def _public_keys(key_file: Path) -> list[bytes]:
     """The public halves of this deployment's keys: the credential or key file, and retired ones."""
     from rollwatch.errors import ConfigError
-    from rollwatch.integrity.keys import credential_path, parse_private_key
+    from rollwatch.integrity.keys import credential_path, parse_private_key, read_key_file
 
     files = [p for p in (credential_path(), key_file) if p is not None and p.is_file()]
     if key_file.parent.is_dir():
@@ -88,11 +90,44 @@ def _public_keys(key_file: Path) -> list[bytes]:
     keys = []
     for f in files:
         try:
-            private = parse_private_key(f.read_bytes(), str(f))
+            private = parse_private_key(read_key_file(f), str(f))
         except (OSError, ConfigError):
             continue
         keys.append(NoteSigner("k", private).public_key)
     return keys
+
+
+ORIGIN_MAX = 4096
+"""The largest origin file read (a name is a line)."""
+
+
+def _read_origin_file(path: Path) -> str | None:
+    """The origin kept in ``path`` (None when empty); ConfigError naming the file when it holds
+    no name: bytes that are not UTF-8 raised UnicodeDecodeError, a traceback from ``verify``
+    and ``serve``. Opened without blocking, as the witness file is."""
+    from rollwatch.errors import ConfigError
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ConfigError(str(path), ["the log's origin file is not a regular file"])
+        data = f.read(ORIGIN_MAX + 1)
+    try:
+        text = data.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        text = None
+    if text is None or len(data) > ORIGIN_MAX or "\n" in text:
+        raise ConfigError(
+            str(path),
+            [
+                "the log's origin file holds no name (not one line of UTF-8 text): it was damaged or edited; "
+                "put back the name the log's checkpoints carry, or set integrity.origin"
+            ],
+        )
+    return text or None
 
 
 def _notes(tree: Path, witness: Path | None) -> list[str]:
@@ -235,7 +270,7 @@ async def resolve_origin(
     path = state_dir / ORIGIN_FILE
     origin: str | None = None
     if await anyio.Path(path).is_file():
-        origin = (await anyio.Path(path).read_text(encoding="utf-8")).strip() or None
+        origin = await anyio.to_thread.run_sync(_read_origin_file, path)
     if origin is None:
         origin = await _origin_in_log(store)
         if origin is None and not create:

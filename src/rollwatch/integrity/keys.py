@@ -49,6 +49,29 @@ def credential_path() -> Path | None:
     return credential_file(CREDENTIAL_NAME)
 
 
+KEY_FILE_MAX = 1 << 16
+"""The largest key file read (a PEM Ed25519 key is 119 bytes)."""
+
+
+def read_key_file(path: Path) -> bytes:
+    """The bytes of the key file ``path``; ConfigError naming it when what is there cannot be one.
+
+    Opened without blocking and checked once open: a named pipe put in the place of the key
+    file (or of a retired key beside it) held ``verify`` and ``serve`` in their read for good,
+    deaf to SIGTERM. A missing file raises FileNotFoundError, as before."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ConfigError(
+                str(path),
+                ["the key file is not a regular file (a pipe, a folder or a device was put in its place)"],
+            )
+        data = f.read(KEY_FILE_MAX + 1)
+    if len(data) > KEY_FILE_MAX:
+        raise ConfigError(str(path), [f"the key file holds more than {KEY_FILE_MAX} bytes: it is no key"])
+    return data
+
+
 def parse_private_key(data: bytes, source: str) -> Ed25519PrivateKey:
     """An Ed25519 private key from PEM (PKCS #8) or a raw 32-byte seed; ConfigError naming ``source``."""
     if len(data) == 32 and not data.startswith(b"-----"):
@@ -104,7 +127,7 @@ def _read_key(path: Path) -> Ed25519PrivateKey:
             mode=oct(stat.S_IMODE(mode)),
             fix=f"chmod 600 {path}",
         )
-    return parse_private_key(path.read_bytes(), str(path))
+    return parse_private_key(read_key_file(path), str(path))
 
 
 def pending_key_path(key_file: Path) -> Path:
@@ -132,7 +155,7 @@ def load_signer(key_file: Path, name: str, *, create: bool = True) -> NoteSigner
     cred = credential_path()
     pending = pending_key_path(key_file)
     if cred is not None:
-        key = parse_private_key(cred.read_bytes(), str(cred))
+        key = parse_private_key(read_key_file(cred), str(cred))
     elif key_file.exists():
         key = _read_key(key_file)
     elif create and pending.exists():

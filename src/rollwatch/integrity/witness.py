@@ -60,7 +60,7 @@ from starlette.routing import Route
 
 from rollwatch.errors import InvalidNote, WitnessRefused
 from rollwatch.integrity.checkpoint import Checkpoint, NoteVerifier, b64, check_key_name, split_note
-from rollwatch.integrity.keys import parse_private_key
+from rollwatch.integrity.keys import parse_private_key, read_key_file
 from rollwatch.integrity.merkle import EMPTY_ROOT, HASH_SIZE, verify_consistency
 from rollwatch.log import get_logger
 
@@ -175,7 +175,7 @@ def load_cosigner(path: Path, name: str) -> Cosigner:
             os.close(fd)
         log.info("witness_key_created", path=str(path))
         return Cosigner(name, key)
-    return Cosigner(name, parse_private_key(path.read_bytes(), str(path)))
+    return Cosigner(name, parse_private_key(read_key_file(path), str(path)))
 
 
 # --- the witness --------------------------------------------------------------------------------
