@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import sqlite3
 import subprocess
+from pathlib import Path
 
 import httpx
 import pytest
 
+from rollwatch.integrity.tree import MerkleTree, SQLiteLogFile
+from rollwatch.store.sqlite import SQLiteEventStore
 from tests.helpers import rollwatch
 from tests.integrity.served import Site, _poll, _stop, unhealthy
 from tests.integrity.test_forged_rows import append_raw
@@ -122,3 +125,27 @@ def test_a_row_below_seq_one_is_named(stopped_site: Site, seq: int) -> None:
     assert proc.returncode == 1, err[-3000:]
     assert f"integrity check failed at seq {seq}" in err, err[-3000:]
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "data",
+    ['{"node":"","note":"x","root":"AAAA","size":1180591620717411303424}', "[1]", "not json"],
+    ids=["size_past_64_bits", "a_list", "not_json"],
+)
+@pytest.mark.anyio
+@pytest.mark.parametrize("source", ["file", "store"])
+async def test_the_tree_takes_in_a_malformed_checkpoint_row_as_found(
+    stopped_site: Site, tmp_path: Path, data: str, source: str
+) -> None:
+    """The tree's follower (the worker's file reader, or a store's records) files such a row
+    as found, for verification to name, rather than failing: it raised OverflowError,
+    JSONDecodeError or AttributeError, which stopped a live daemon with a traceback whenever
+    the follower saw the row before the scrub did (the test above passed or failed by that race)."""
+    seq = append_raw(stopped_site, "CheckpointSigned", data)
+    async with MerkleTree(tmp_path / "fresh.db") as tree:
+        if source == "file":
+            size = await tree.catch_up(SQLiteLogFile(stopped_site.db))
+        else:
+            async with SQLiteEventStore(stopped_site.db) as store:
+                size = await tree.catch_up(store)
+    assert size == seq

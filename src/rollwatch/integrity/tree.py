@@ -660,7 +660,7 @@ class MerkleTree:
                 raise self._fail(first + i, f"event {first + i} is missing from the log (the next is {seq})")
         if bad is not None and first == expected + 1:
             raise self._fail(bad, "its hash does not match its content and the previous hash")
-        rows = [(seq, *_checkpoint_fields(json.loads(data))) for seq, data in cps]
+        rows = [(seq, *_checkpoint_fields(data)) for seq, data in cps]
         return self._write_batch(db, expected, first, leaves, last_hash, rows)
 
     def _absorb_records(self, db: sqlite3.Connection, expected: int, events: Sequence[Recorded]) -> int:
@@ -679,7 +679,9 @@ class MerkleTree:
                 if hashlib.sha256(prev + canonical).hexdigest() != ev.hash:
                     raise self._fail(ev.seq, "its hash does not match its content and the previous hash")
                 prev = bytes.fromhex(ev.hash)
-        cps = [(ev.seq, *_checkpoint_fields(ev.data)) for ev in events if ev.type == CheckpointSigned.TYPE]
+        cps = [
+            (ev.seq, *_checkpoint_fields(ev.data_json)) for ev in events if ev.type == CheckpointSigned.TYPE
+        ]
         return self._write_batch(db, expected, first, leaves, events[-1].hash, cps)
 
     def _write_batch(
@@ -1018,10 +1020,24 @@ def _previous_hash(db: sqlite3.Connection, size: int) -> bytes | None:
     return bytes.fromhex(row[1])
 
 
-def _checkpoint_fields(d: dict[str, Any]) -> tuple[int, str, str]:
+def _checkpoint_fields(data: str | bytes) -> tuple[int, str, str]:
+    """(size, root, note) of a ``CheckpointSigned`` event's data as stored.
+
+    Malformed checkpoint events are kept as found (size -1 when it is no 64-bit integer):
+    verification rejects them loudly, naming the seq. Data that is not a JSON object, or a
+    size past SQLite's integers, stopped the tree's follower instead, and with it the daemon,
+    with a traceback (whichever of the follower and the scrub saw such a row first).
+    """
+    try:
+        d = json.loads(data)
+    except (ValueError, RecursionError):
+        return (-1, "", "")
+    if not isinstance(d, dict):
+        return (-1, "", "")
     size, root, note = d.get("size"), d.get("root"), d.get("note")
-    # Malformed checkpoint events are kept as found: verification rejects them loudly.
-    return (size if isinstance(size, int) else -1, str(root or ""), str(note or ""))
+    if type(size) is not int or not -(1 << 63) <= size < (1 << 63):
+        size = -1
+    return (size, str(root or ""), str(note or ""))
 
 
 def _get_nodes(db: sqlite3.Connection, nodes: Iterable[Node]) -> dict[Node, bytes]:
