@@ -36,15 +36,13 @@ def die_with_parent() -> None:
 
 
 def background(niceness: int) -> None:
-    """In a worker: yield the cores to the daemon and its other work (``niceness``, 1-19).
+    """In a worker: a lower priority (``niceness``, 1-19) than the daemon's own work.
 
     A worker is in a session of its own, and where the kernel groups processes by session
-    (``CONFIG_SCHED_AUTOGROUP``, on in Debian's kernels) a session is scheduled as one
-    group against the others: a process's own nice value then weighs only against the
-    processes of its session, so a scrub at nice 19 took a core as fully as the daemon did.
-    Its session's nice value (``/proc/self/autogroup``) is set too, first: a worker seen at
-    its own nice value has its session's.
+    (``CONFIG_SCHED_AUTOGROUP``) a process's nice value weighs only within its session: the
+    worker then takes a core as fully as the daemon does. Setting its session's nice value
+    too (``/proc/self/autogroup``) was tried and taken out (session 24): work of the daemon
+    waits on these workers (a problem check and re-score in a cluster test took past 90 s,
+    2 of 6 tries, with two busy loops on the machine), so starving them stalled it.
     """
-    with contextlib.suppress(OSError), open("/proc/self/autogroup", "w") as f:
-        f.write(f"{niceness}\n")
     os.nice(niceness)
