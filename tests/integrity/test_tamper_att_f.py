@@ -103,11 +103,23 @@ def test_a_pipe_as_a_retired_key_does_not_hold_the_check_of_an_edited_first_even
     _no_traceback(got.stderr)
 
 
-@pytest.mark.parametrize("content", [b"\xff\xfe\x00rollwatch", b"a.example/log\nb.example/log\n"])
-def test_an_origin_file_that_holds_no_name_is_named(stopped_site: Site, content: bytes) -> None:
+@pytest.mark.parametrize(
+    "content",
+    [b"\xff\xfe\x00rollwatch", b"a.example/log\nb.example/log\n", b"x" * 5000, "pipe", "folder"],
+    ids=["not-utf8", "two-lines", "huge", "pipe", "folder"],
+)
+def test_an_origin_file_that_holds_no_name_is_named(stopped_site: Site, content: bytes | str) -> None:
     site = _unsigned_origin_config(stopped_site)
     origin = site.dir / "origin"
-    origin.write_bytes(content)
+    if content == "pipe":  # a named pipe: opening it to read waited for a writer for good
+        origin.unlink(missing_ok=True)
+        os.mkfifo(origin)
+    elif content == "folder":  # was taken for no file, then written to at start: a traceback
+        origin.unlink(missing_ok=True)
+        origin.mkdir()
+    else:
+        assert isinstance(content, bytes)
+        origin.write_bytes(content)
     got = _verify(site)
     assert got.returncode != 0, got.stdout
     assert "origin file holds no name" in got.stderr, got.stderr

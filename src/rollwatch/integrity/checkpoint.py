@@ -319,24 +319,45 @@ WITNESS_MAX = 1 << 20
 """The largest witness file read (a note is a few hundred bytes)."""
 
 
+class UnfitFile(ValueError):
+    """What :func:`read_small_file` found cannot be the file asked for (the message says why)."""
+
+
+def read_small_file(path: Path, limit: int) -> bytes:
+    """The bytes of ``path``, at most ``limit`` of them; :class:`UnfitFile` when it is not a
+    regular file or holds more. A missing file raises FileNotFoundError.
+
+    Opened without blocking and checked once open: a named pipe put in the place of a key,
+    origin or witness file held the read (``verify``, ``serve``, the signer) for good, deaf
+    to SIGTERM."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        regular = stat.S_ISREG(os.fstat(fd).st_mode)
+    except BaseException:
+        os.close(fd)
+        raise
+    if not regular:  # checked before fdopen, which refuses a folder with IsADirectoryError
+        os.close(fd)
+        raise UnfitFile("it is not a regular file (a pipe, a folder or a device was put in its place)")
+    with os.fdopen(fd, "rb") as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise UnfitFile(f"it holds more than {limit} bytes")
+    return data
+
+
 def read_witness_file(path: Path) -> str | None:
     """The text of a witness file (``checkpoint.last``), or None when there is none.
 
     Raises :class:`InvalidNote` when what is there cannot hold a checkpoint: not a regular
-    file, larger than :data:`WITNESS_MAX`, or not UTF-8. Opened without blocking, checked once
-    open: a named pipe put in its place held the signer's read for good (nothing more signed,
-    ``/healthz`` ok, the daemon deaf to SIGTERM), and bytes that are not UTF-8 raised
-    ``UnicodeDecodeError`` wherever it was read."""
+    file, larger than :data:`WITNESS_MAX`, or not UTF-8 (which raised ``UnicodeDecodeError``
+    wherever it was read)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        data = read_small_file(path, WITNESS_MAX)
     except FileNotFoundError:
         return None
-    with os.fdopen(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise InvalidNote("it is not a regular file (a pipe, a folder or a device was put in its place)")
-        data = f.read(WITNESS_MAX + 1)
-    if len(data) > WITNESS_MAX:
-        raise InvalidNote(f"it holds more than {WITNESS_MAX} bytes")
+    except UnfitFile as e:
+        raise InvalidNote(str(e)) from None
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:

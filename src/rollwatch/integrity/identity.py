@@ -25,10 +25,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
 import socket
-import stat
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -37,7 +35,14 @@ import anyio
 
 from rollwatch.abc import EventStore
 from rollwatch.errors import InvalidNote
-from rollwatch.integrity.checkpoint import NoteSigner, NoteVerifier, read_witness_file, split_note
+from rollwatch.integrity.checkpoint import (
+    NoteSigner,
+    NoteVerifier,
+    UnfitFile,
+    read_small_file,
+    read_witness_file,
+    split_note,
+)
 from rollwatch.integrity.tree import read_tree_file, recorded_first_hash
 from rollwatch.log import get_logger
 
@@ -108,18 +113,16 @@ def _read_origin_file(path: Path) -> str | None:
     from rollwatch.errors import ConfigError
 
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        data = read_small_file(path, ORIGIN_MAX)
     except FileNotFoundError:
         return None
-    with os.fdopen(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise ConfigError(str(path), ["the log's origin file is not a regular file"])
-        data = f.read(ORIGIN_MAX + 1)
+    except UnfitFile as e:
+        raise ConfigError(str(path), [f"the log's origin file holds no name: {e}"]) from None
     try:
         text = data.decode("utf-8").strip()
     except UnicodeDecodeError:
         text = None
-    if text is None or len(data) > ORIGIN_MAX or "\n" in text:
+    if text is None or "\n" in text:
         raise ConfigError(
             str(path),
             [
@@ -268,9 +271,7 @@ async def resolve_origin(
         shared = await _origin_in_log(store) or _database_origin(store_url)
         return config.model_copy(update={"origin": shared})
     path = state_dir / ORIGIN_FILE
-    origin: str | None = None
-    if await anyio.Path(path).is_file():
-        origin = await anyio.to_thread.run_sync(_read_origin_file, path)
+    origin = await anyio.to_thread.run_sync(_read_origin_file, path)
     if origin is None:
         origin = await _origin_in_log(store)
         if origin is None and not create:

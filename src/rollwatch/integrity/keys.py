@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives.serialization import (
 
 from rollwatch.config import credential_file
 from rollwatch.errors import ConfigError
-from rollwatch.integrity.checkpoint import NoteSigner
+from rollwatch.integrity.checkpoint import NoteSigner, UnfitFile, read_small_file
 from rollwatch.log import get_logger
 
 log = get_logger(__name__)
@@ -54,22 +54,13 @@ KEY_FILE_MAX = 1 << 16
 
 
 def read_key_file(path: Path) -> bytes:
-    """The bytes of the key file ``path``; ConfigError naming it when what is there cannot be one.
-
-    Opened without blocking and checked once open: a named pipe put in the place of the key
-    file (or of a retired key beside it) held ``verify`` and ``serve`` in their read for good,
-    deaf to SIGTERM. A missing file raises FileNotFoundError, as before."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    with os.fdopen(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise ConfigError(
-                str(path),
-                ["the key file is not a regular file (a pipe, a folder or a device was put in its place)"],
-            )
-        data = f.read(KEY_FILE_MAX + 1)
-    if len(data) > KEY_FILE_MAX:
-        raise ConfigError(str(path), [f"the key file holds more than {KEY_FILE_MAX} bytes: it is no key"])
-    return data
+    """The bytes of the key file ``path``; ConfigError naming it when what is there cannot be
+    one (see :func:`read_small_file`: a pipe in its place held ``verify`` and ``serve`` for
+    good). A missing file raises FileNotFoundError, as before."""
+    try:
+        return read_small_file(path, KEY_FILE_MAX)
+    except UnfitFile as e:
+        raise ConfigError(str(path), [f"the key file cannot be a key: {e}"]) from None
 
 
 def parse_private_key(data: bytes, source: str) -> Ed25519PrivateKey:
