@@ -83,6 +83,17 @@ def rewrite_event(db_path: Path, seq: int, data_json: str, *, recompute_chain: b
         con.close()
 
 
+def run_sql(db: Path, *statements: str) -> None:
+    """Run ``statements`` on the SQLite file ``db`` as someone holding it could, each on its
+    own (autocommit), with nothing of rollwatch's in between: no trigger is dropped for them."""
+    con = sqlite3.connect(db, isolation_level=None)
+    try:
+        for s in statements:
+            con.execute(s)
+    finally:
+        con.close()
+
+
 def delete_events(db_path: Path, where: str) -> None:
     """Remove events matching ``where`` (and renumber nothing: the log then has gaps or a shorter tail)."""
     con = sqlite3.connect(db_path, isolation_level=None)

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import rollwatch, write_config
-from tests.integrity.conftest import rewrite_event
+from tests.integrity.conftest import rewrite_event, run_sql
 from tests.integrity.served import Site, _free_port, _poll, _stop
 
 DEADLINE = 30.0
@@ -59,31 +59,55 @@ def _no_traceback(err: str) -> None:
     assert "Traceback" not in err, err[-3000:]
 
 
+def _verify_refuses(site: Site, *said: str) -> None:
+    """``verify`` exits non-zero (no check run) with each of ``said`` on stderr, no traceback."""
+    got = _verify(site)
+    assert got.returncode != 0, got.stdout
+    for words in said:
+        assert words in got.stderr, got.stderr
+    _no_traceback(got.stderr)
+
+
+def _serve_refuses_naming(site: Site, *said: str) -> None:
+    """``serve`` exits non-zero within the deadline with each of ``said`` on stderr, no traceback."""
+    status, err = _serve_refuses(site)
+    assert status != 0
+    for words in said:
+        assert words in err, err[-3000:]
+    _no_traceback(err)
+
+
+def _verify_fails(site: Site, *said: str) -> None:
+    """``verify`` exits 1 (the check ran and failed) with each of ``said`` in its output."""
+    got = _verify(site)
+    out = got.stdout + got.stderr
+    assert got.returncode == 1, out
+    for words in said:
+        assert words in out, out
+    _no_traceback(got.stderr)
+
+
+def _verify_passes(site: Site) -> None:
+    """``verify`` exits 0 naming the whole signed log (41 events), no traceback."""
+    got = _verify(site)
+    assert got.returncode == 0, got.stderr
+    assert "ok: 41 events" in got.stdout, got.stdout
+    _no_traceback(got.stderr)
+
+
 def test_a_pipe_in_place_of_the_key_file_is_named_not_waited_on(stopped_site: Site) -> None:
     key = stopped_site.dir / "checkpoint.key"
     key.unlink()
     os.mkfifo(key)
-    got = _verify(stopped_site)
-    assert got.returncode != 0, got.stdout
-    assert "not a regular file" in got.stderr, got.stderr
-    assert str(key) in got.stderr, got.stderr
-    _no_traceback(got.stderr)
-    status, err = _serve_refuses(stopped_site)
-    assert status != 0
-    assert "not a regular file" in err, err[-3000:]
-    assert str(key) in err, err[-3000:]
-    _no_traceback(err)
+    _verify_refuses(stopped_site, "not a regular file", str(key))
+    _serve_refuses_naming(stopped_site, "not a regular file", str(key))
 
 
 def test_a_huge_key_file_is_named_unread(stopped_site: Site) -> None:
     key = stopped_site.dir / "checkpoint.key"
     with key.open("r+b") as f:
         f.truncate(8 << 30)  # sparse: 8 GiB read whole before
-    got = _verify(stopped_site)
-    assert got.returncode != 0, got.stdout
-    assert "more than" in got.stderr, got.stderr
-    assert str(key) in got.stderr, got.stderr
-    _no_traceback(got.stderr)
+    _verify_refuses(stopped_site, "more than", str(key))
 
 
 def test_a_pipe_as_a_retired_key_does_not_hold_the_check_of_an_edited_first_event(stopped_site: Site) -> None:
@@ -97,10 +121,7 @@ def test_a_pipe_as_a_retired_key_does_not_hold_the_check_of_an_edited_first_even
         con.close()
     data["schedule"] = "forged"
     rewrite_event(stopped_site.db, 1, json.dumps(data, separators=(",", ":"), sort_keys=True))
-    got = _verify(stopped_site)
-    assert got.returncode == 1, got.stdout + got.stderr
-    assert "FAILED at seq 1:" in got.stdout + got.stderr, got.stdout + got.stderr
-    _no_traceback(got.stderr)
+    _verify_fails(stopped_site, "FAILED at seq 1:")
 
 
 @pytest.mark.parametrize(
@@ -120,26 +141,14 @@ def test_an_origin_file_that_holds_no_name_is_named(stopped_site: Site, content:
     else:
         assert isinstance(content, bytes)
         origin.write_bytes(content)
-    got = _verify(site)
-    assert got.returncode != 0, got.stdout
-    assert "origin file holds no name" in got.stderr, got.stderr
-    assert str(origin) in got.stderr, got.stderr
-    _no_traceback(got.stderr)
-    status, err = _serve_refuses(site)
-    assert status != 0
-    assert "origin file holds no name" in err, err[-3000:]
-    _no_traceback(err)
+    _verify_refuses(site, "origin file holds no name", str(origin))
+    _serve_refuses_naming(site, "origin file holds no name")
 
 
 def test_an_origin_file_naming_another_log_fails_every_signature(stopped_site: Site) -> None:
     site = _unsigned_origin_config(stopped_site)
     (site.dir / "origin").write_text("evil.example/log\n")
-    got = _verify(site)
-    assert got.returncode == 1, got.stdout + got.stderr
-    out = got.stdout + got.stderr
-    assert "FAILED at seq" in out, out
-    assert "not signed by evil.example/log" in out, out
-    _no_traceback(got.stderr)
+    _verify_fails(site, "FAILED at seq", "not signed by evil.example/log")
 
 
 def _fifo(p: Path) -> None:
@@ -166,29 +175,14 @@ def _replace_by_fifo(p: Path) -> None:
 def test_sqlite_side_files_replaced_are_named(stopped_site: Site, name: str, make: object, said: str) -> None:
     assert callable(make)
     make(stopped_site.dir / name)
-    got = _verify(stopped_site)
-    assert got.returncode != 0, got.stdout
-    assert said in got.stderr, got.stderr
-    _no_traceback(got.stderr)
+    _verify_refuses(stopped_site, said)
 
 
 @pytest.mark.parametrize("name", ["events.db-wal", "merkle.db-wal"])
 def test_a_pipe_as_a_write_ahead_log_changes_nothing_and_holds_nothing(stopped_site: Site, name: str) -> None:
     # SQLite reads an empty write-ahead log there: the log is what was signed, and verify says so.
     os.mkfifo(stopped_site.dir / name)
-    got = _verify(stopped_site)
-    assert got.returncode == 0, got.stderr
-    assert "ok: 41 events" in got.stdout, got.stdout
-    _no_traceback(got.stderr)
-
-
-def _sql(db: Path, *statements: str) -> None:
-    con = sqlite3.connect(db, isolation_level=None)
-    try:
-        for s in statements:
-            con.execute(s)
-    finally:
-        con.close()
+    _verify_passes(stopped_site)
 
 
 @pytest.mark.parametrize(
@@ -201,26 +195,18 @@ def _sql(db: Path, *statements: str) -> None:
     ],
 )
 def test_a_value_of_another_type_is_named_at_its_seq(stopped_site: Site, edit: str, said: str) -> None:
-    _sql(stopped_site.db, "DROP TRIGGER events_no_update", edit)
-    got = _verify(stopped_site)
-    assert got.returncode == 1, got.stdout + got.stderr
-    out = got.stdout + got.stderr
-    assert "FAILED at seq 10:" in out, out
-    assert said in out, out
-    _no_traceback(got.stderr)
+    run_sql(stopped_site.db, "DROP TRIGGER events_no_update", edit)
+    _verify_fails(stopped_site, "FAILED at seq 10:", said)
 
 
 def test_statistics_made_up_in_sqlite_stat1_change_no_answer(stopped_site: Site) -> None:
     # ANALYZE's table is allowed in the schema; rows steering the planner (an index said to
     # be unordered, sizes made up, a row for no index) can only choose among our indexes.
-    _sql(
+    run_sql(
         stopped_site.db,
         "ANALYZE",
         "DELETE FROM sqlite_stat1",
         "INSERT INTO sqlite_stat1 VALUES ('events', 'sqlite_autoindex_events_1', "
         "'1 1 1 unordered noskipscan sz=999999'), ('events', NULL, 'x'), ('events', 'events_subscribers', '0 0')",
     )
-    got = _verify(stopped_site)
-    assert got.returncode == 0, got.stderr
-    assert "ok: 41 events" in got.stdout, got.stdout
-    _no_traceback(got.stderr)
+    _verify_passes(stopped_site)

@@ -26,7 +26,7 @@ from rollwatch.errors import IntegrityError, StoreError
 from rollwatch.events import SchedulePaused
 from rollwatch.store.sqlite import SQLiteEventStore
 from tests.helpers import rollwatch
-from tests.integrity.conftest import append_n
+from tests.integrity.conftest import append_n, run_sql
 from tests.integrity.served import Site, _poll, _stop, serving, unhealthy
 from tests.integrity.test_early_release import _get_auth, _site, _text
 from tests.integrity.test_tamper import refused_start
@@ -34,15 +34,6 @@ from tests.integrity.test_tamper_2026 import _passed, _rescore_failed, _subscrib
 from tests.publication.helpers import add_rollout, bearer, finish_run, new_run_id, start_run
 
 HIDE_RESCORES = "CREATE TRIGGER hide BEFORE INSERT ON events WHEN NEW.type = 'RolloutRescored' BEGIN SELECT RAISE(IGNORE); END"
-
-
-def _sql(db: Path, *statements: str) -> None:
-    con = sqlite3.connect(db, isolation_level=None)
-    try:
-        for s in statements:
-            con.execute(s)
-    finally:
-        con.close()
 
 
 def _head(db: Path) -> int:
@@ -69,7 +60,7 @@ def test_a_trigger_that_drops_a_rescore_is_named(tmp_path: Path) -> None:
             30,
             "the record",
         )
-        _sql(s.db, HIDE_RESCORES)
+        run_sql(s.db, HIDE_RESCORES)
         head = _head(s.db)
         with pytest.raises(IntegrityError, match="trigger hide"):
             anyio.run(_rescore_failed, s.db, honest)
@@ -92,7 +83,7 @@ async def test_a_trigger_added_under_an_open_store_stops_its_appends(tmp_path: P
     db = tmp_path / "events.db"
     async with SQLiteEventStore(db) as store:
         await store.append("s", [SchedulePaused(schedule="a")])
-        _sql(db, "CREATE TRIGGER hide BEFORE INSERT ON events BEGIN SELECT RAISE(IGNORE); END")
+        run_sql(db, "CREATE TRIGGER hide BEFORE INSERT ON events BEGIN SELECT RAISE(IGNORE); END")
         with pytest.raises(StoreError, match="trigger hide"):
             await store.append("s", [SchedulePaused(schedule="b")])
         assert await store.head() == 1
@@ -107,7 +98,7 @@ async def test_a_view_named_events_is_named(tmp_path: Path) -> None:
     db = tmp_path / "events.db"
     async with SQLiteEventStore(db) as store:
         await store.append("s", [SchedulePaused(schedule="a")])
-    _sql(
+    run_sql(
         db,
         "ALTER TABLE events RENAME TO events_kept",
         "CREATE VIEW events AS SELECT * FROM events_kept WHERE seq <= 1",
@@ -207,7 +198,7 @@ async def test_an_append_after_the_file_was_replaced_is_refused(tmp_path: Path) 
     db = tmp_path / "events.db"
     async with SQLiteEventStore(db) as store:
         await store.append("s", [SchedulePaused(schedule="a")])
-        _sql(tmp_path / "other.db", "CREATE TABLE t (x)")
+        run_sql(tmp_path / "other.db", "CREATE TABLE t (x)")
         (tmp_path / "other.db").rename(db)
         with pytest.raises(StoreError, match="was replaced or removed while this process had it open"):
             await store.append("s", [SchedulePaused(schedule="b")])
@@ -239,7 +230,7 @@ def test_a_trigger_in_the_projections_file_hides_no_later_result(tmp_path: Path)
     s, _, _ = _site(tmp_path)
     with serving(s):
         _poll(lambda: _text(s.url + "/public/results.jsonl").count("\n") == 1, 30, "the released pass")
-    _sql(s.dir / "events.projections.db", CENSOR_P4)
+    run_sql(s.dir / "events.projections.db", CENSOR_P4)
     rid = anyio.run(_a_later_pass, s.db)
     with serving(s) as proc:
         _poll(lambda: rid in _text(s.url + "/public/results.jsonl"), 20, "the later result in public")
@@ -256,7 +247,7 @@ def test_a_trigger_added_to_the_projections_file_under_a_live_daemon_acts_on_not
     s, _, _ = _site(tmp_path)
     with serving(s) as proc:
         _poll(lambda: _text(s.url + "/public/results.jsonl").count("\n") == 1, 30, "the released pass")
-        _sql(s.dir / "events.projections.db", CENSOR_P4)
+        run_sql(s.dir / "events.projections.db", CENSOR_P4)
         rid = anyio.run(_a_later_pass, s.db)
         _poll(lambda: rid in _text(s.url + "/public/results.jsonl"), 20, "the later result in public")
         err = _stop(proc)

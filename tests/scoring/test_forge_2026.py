@@ -26,7 +26,8 @@ from rollwatch.problems import load_humaneval
 from rollwatch.scoring import ScoringPool
 
 from .conftest import BACKENDS, fenced, function_problem, nothing_left, settings, stdio_problem
-from .test_hostile_more import PRIMITIVE_FAILED, SCAN
+from .helpers import PRIMITIVE_FAILED
+from .test_hostile_more import SCAN
 
 pytestmark = pytest.mark.anyio
 

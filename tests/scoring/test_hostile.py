@@ -9,7 +9,6 @@ answer on the same pool must pass.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import anyio
@@ -17,24 +16,20 @@ import pytest
 
 from rollwatch.problems import Problem
 from rollwatch.report.failures import verdict_cause
-from rollwatch.scoring import Score, ScoringPool
-from rollwatch.scoring.sandbox import JUDGE_UID_OFFSET
+from rollwatch.scoring import ScoringPool
 
 from .conftest import (
     SQUARE,
-    UID_BASE,
     fenced,
     function_problem,
     nothing_left,
     sandbox_processes,
-    stdio_problem,
 )
+from .helpers import ECHO, HONEST_SQUARE, PRIMITIVE_FAILED, honest_still_passes, judges, storable
 from .test_scorers import command_problem
 
 pytestmark = pytest.mark.anyio
 
-HONEST_SQUARE = "def f(x):\n    return x * x"
-PRIMITIVE_FAILED = "ATTACK-PRIMITIVE-FAILED"
 
 # Tests that draw random inputs from an instance (as HumanEval/32's do).
 RANDOM_SQUARE = function_problem(
@@ -64,8 +59,6 @@ MAP_SQUARE = function_problem(
         assert all(map(lambda x: candidate(x) == x * x, [2, 5, -3]))
     """
 )
-ECHO = stdio_problem([("hello\n", "hello\n")])
-HONEST_ECHO = "print(input())"
 
 # Every forger ends like this: whatever looks like a verdict tag goes out as a passing
 # verdict on every fd, and the process leaves at once with status 0 (before the
@@ -378,26 +371,6 @@ PROGRAM_VERDICTS: dict[str, str] = {
     "lone-surrogate-reason": r"""'{"kind": "exception", "reason": "\\ud800 boom"}'""",
     "a-second-verdict": r"""'{"kind": "exited"}\n' + nonce + ' {"ok": true}'""",
 }
-
-
-def storable(s: Score) -> None:
-    """The score encodes as the event log stores it (UTF-8 JSON), whatever the sample wrote."""
-    json.dumps(s.to_dict(), ensure_ascii=False).encode("utf-8")
-
-
-def judges() -> list[tuple[int, int, str]]:
-    """The processes running as a judge uid: at most the resident judge of each slot."""
-    return sandbox_processes(range(UID_BASE + JUDGE_UID_OFFSET, UID_BASE + JUDGE_UID_OFFSET + 8))
-
-
-async def honest_still_passes(pool: ScoringPool) -> None:
-    await nothing_left(within=5.0)  # 1 s was missed once at load 16 (a fork bomb reaped)
-    assert len(judges()) <= pool.workers, judges()
-    for p, code in ((SQUARE, HONEST_SQUARE), (ECHO, HONEST_ECHO)):
-        with anyio.fail_after(15):
-            ok = await pool.score(p, fenced(code))
-        assert ok.passed, ok
-    await nothing_left(within=5.0)  # 1 s was missed once at load 16 (a fork bomb reaped)
 
 
 class TestForgers:

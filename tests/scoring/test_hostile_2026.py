@@ -23,7 +23,7 @@ from rollwatch.scoring import ScoringPool
 from rollwatch.scoring.extract import WHOLE_TEXT_MAX, extract_code
 
 from .conftest import BACKENDS, SQUARE, fenced, nothing_left, sandbox_processes, settings, stdio_problem
-from .test_hostile import ECHO, honest_still_passes, storable
+from .helpers import ECHO, honest_still_passes, storable
 from .test_scorers import command_problem
 
 pytestmark = pytest.mark.anyio

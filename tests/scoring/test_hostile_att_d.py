@@ -11,11 +11,10 @@ import anyio
 import pytest
 
 from rollwatch.problems import Problem
-from rollwatch.report.failures import verdict_cause
 from rollwatch.scoring import ScoringPool
 
 from .conftest import SQUARE, fenced, function_problem
-from .test_hostile import honest_still_passes, storable
+from .helpers import fails_as_the_models
 
 pytestmark = pytest.mark.anyio
 
@@ -33,6 +32,12 @@ IN_ALL_MAP = function_problem(
         assert all(map(lambda x: candidate(x) == x * x, [2, 3, 4]))
     """
 )
+# Tests that take any exception out of the call for the right answer.
+UNDER_A_BARE_EXCEPT = function_problem(
+    "def check(candidate):\n    try:\n        r = candidate(2)\n    except BaseException:\n        r = 4\n"
+    "    assert r == 4\n"
+)
+SQUARE_WITHIN_1S = function_problem(SQUARE.tests, timeout=1.0)
 
 # name -> (problem, wrong answer): each must fail, as the model's failure.
 WRONG: dict[str, tuple[Problem, str]] = {
@@ -91,20 +96,8 @@ WRONG: dict[str, tuple[Problem, str]] = {
         "class LoadFailed(Exception):\n    pass\n"
         "def f(x):\n    raise LoadFailed('syntax', 'sandbox error: ours')",
     ),
-    "systemexit-under-a-bare-except": (
-        function_problem(
-            "def check(candidate):\n    try:\n        r = candidate(2)\n    except BaseException:\n        r = 4\n"
-            "    assert r == 4\n"
-        ),
-        "def f(x):\n    raise SystemExit(0)",
-    ),
-    "memoryerror-under-a-bare-except": (
-        function_problem(
-            "def check(candidate):\n    try:\n        r = candidate(2)\n    except BaseException:\n        r = 4\n"
-            "    assert r == 4\n"
-        ),
-        "def f(x):\n    raise MemoryError",
-    ),
+    "systemexit-under-a-bare-except": (UNDER_A_BARE_EXCEPT, "def f(x):\n    raise SystemExit(0)"),
+    "memoryerror-under-a-bare-except": (UNDER_A_BARE_EXCEPT, "def f(x):\n    raise MemoryError"),
     "answers-sent-at-import-time": (
         SQUARE,
         _SEND + "for v in (4, 25, 9):\n    _send(['return', v + 1, None])\ndef f(x):\n    return x * x",
@@ -136,7 +129,7 @@ WRONG: dict[str, tuple[Problem, str]] = {
     ),
     "closes-its-call-pipe-at-import": (SQUARE, "import os\nos.close(3)\ndef f(x):\n    return x * x"),
     "stops-itself-in-the-call": (
-        function_problem(SQUARE.tests, timeout=1.0),
+        SQUARE_WITHIN_1S,
         "import os, signal\ndef f(x):\n    os.kill(os.getpid(), signal.SIGSTOP)\n    return x * x",
     ),
     "recursion-limit-too-low-for-the-harness": (
@@ -144,7 +137,7 @@ WRONG: dict[str, tuple[Problem, str]] = {
         "import sys\ndef f(x):\n    sys.setrecursionlimit(20)\n    return [[[[[[[[[[[x + 1]]]]]]]]]]]",
     ),
     "hash-colliding-set-for-the-judge-to-build": (
-        function_problem(SQUARE.tests, timeout=1.0),
+        SQUARE_WITHIN_1S,
         _SEND
         + "def f(x):\n    m = 2 ** 61 - 1\n    _send(['return', ['s', *[i * m for i in range(60000)]], None])\n"
         "    import time\n    time.sleep(30)",
@@ -189,12 +182,7 @@ WRONG: dict[str, tuple[Problem, str]] = {
 @pytest.mark.parametrize("name", sorted(WRONG))
 async def test_a_wrong_answer_fails_as_the_models_failure(pool: ScoringPool, name: str) -> None:
     problem, code = WRONG[name]
-    with anyio.fail_after(30):
-        s = await pool.score(problem, fenced(code))
-    assert not s.passed, s
-    assert verdict_cause(s.reason)[0] == "model", s
-    storable(s)
-    await honest_still_passes(pool)
+    await fails_as_the_models(pool, problem, code)
 
 
 # name -> (problem, right answer): each must pass.
@@ -344,9 +332,7 @@ RIGHT: dict[str, tuple[Problem, str]] = {
 @pytest.mark.parametrize("name", sorted(RIGHT))
 async def test_a_right_answer_passes(pool: ScoringPool, name: str) -> None:
     problem, code = RIGHT[name]
-    with anyio.fail_after(30):
-        s = await pool.score(problem, fenced(code))
-    assert s.passed, s
-    with anyio.fail_after(30):  # twice: the resident judge serves the second
-        s = await pool.score(problem, fenced(code))
-    assert s.passed, s
+    for _ in range(2):  # twice: the resident judge serves the second
+        with anyio.fail_after(30):
+            s = await pool.score(problem, fenced(code))
+        assert s.passed, s

@@ -32,7 +32,7 @@ from .conftest import (
     settings,
     stdio_problem,
 )
-from .test_hostile import storable
+from .helpers import storable
 
 pytestmark = pytest.mark.anyio
 
@@ -431,7 +431,7 @@ async def test_hostile_answers_scored_at_once_leave_honest_verdicts_alone(backen
     (a run's concurrency): every hostile one fails, no honest one is failed as the model's,
     and nothing is left running."""
     from .conftest import SQUARE
-    from .test_hostile import ECHO, HONEST_ECHO, HONEST_SQUARE
+    from .helpers import ECHO, HONEST_ECHO, HONEST_SQUARE
 
     async with ScoringPool(settings(backend, timeout=10.0)) as pool:
         hostile: dict[str, object] = {}

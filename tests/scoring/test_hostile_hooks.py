@@ -12,15 +12,13 @@ a hole: they cover hooks no earlier test reached for.
 
 from __future__ import annotations
 
-import anyio
 import pytest
 
 from rollwatch.problems import Problem
-from rollwatch.report.failures import verdict_cause
 from rollwatch.scoring import ScoringPool
 
-from .conftest import SQUARE, fenced, function_problem
-from .test_hostile import ECHO, honest_still_passes, storable
+from .conftest import SQUARE, function_problem
+from .helpers import ECHO, fails_as_the_models
 
 pytestmark = pytest.mark.anyio
 
@@ -192,21 +190,11 @@ async def test_a_hook_in_the_candidates_process_cannot_pass_it(pool: ScoringPool
     """Hooks fire in the candidate's process only: the judge sees plain data, and the
     verdict pipe is not in reach. The wrong answer fails as the model's."""
     problem, code = FUNCTION_HOOKS[name]
-    with anyio.fail_after(40):
-        s = await pool.score(problem, fenced(code))
-    assert not s.passed, s
-    assert verdict_cause(s.reason)[0] == "model", s
-    storable(s)
-    await honest_still_passes(pool)
+    await fails_as_the_models(pool, problem, code, within=40)
 
 
 @pytest.mark.parametrize("name", sorted(PROGRAM_HOOKS))
 async def test_a_program_that_bends_its_output_or_exit_fails(pool: ScoringPool, name: str) -> None:
     """A program whose output is wrong as bytes (whatever a terminal would show), or whose
     right output comes only from a hook after a failing exit, fails as the model's."""
-    with anyio.fail_after(30):
-        s = await pool.score(ECHO, fenced(PROGRAM_HOOKS[name]))
-    assert not s.passed, s
-    assert verdict_cause(s.reason)[0] == "model", s
-    storable(s)
-    await honest_still_passes(pool)
+    await fails_as_the_models(pool, ECHO, PROGRAM_HOOKS[name])

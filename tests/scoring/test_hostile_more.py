@@ -23,11 +23,9 @@ from rollwatch.scoring import ScoringPool
 from rollwatch.scoring.extract import extract_code
 
 from .conftest import BACKENDS, SQUARE, fenced, function_problem, nothing_left, settings, stdio_problem
-from .test_hostile import ECHO, honest_still_passes, storable
+from .helpers import ECHO, PRIMITIVE_FAILED, fails_as_the_models, honest_still_passes, storable
 
 pytestmark = pytest.mark.anyio
-
-PRIMITIVE_FAILED = "ATTACK-PRIMITIVE-FAILED"
 
 
 @pytest.fixture(params=BACKENDS)
@@ -343,12 +341,7 @@ STDIO_MORE: dict[str, str] = {
 async def test_another_forging_answer_fails(pool: ScoringPool, name: str) -> None:
     """A wrong answer that bends the channel, the judge's view or its own process is scored failed."""
     problem, code = FORGERS_MORE[name]
-    with anyio.fail_after(30):
-        s = await pool.score(problem, fenced(code))
-    assert not s.passed, s
-    assert verdict_cause(s.reason)[0] == "model", s
-    storable(s)
-    await honest_still_passes(pool)
+    await fails_as_the_models(pool, problem, code)
 
 
 @pytest.mark.parametrize("name", sorted(STDIO_MORE))

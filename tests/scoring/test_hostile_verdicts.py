@@ -24,7 +24,7 @@ from rollwatch.scoring import ScoringPool
 from rollwatch.scoring.extract import EXTRACT_MAX, candidates, code_sha256, extract_code
 
 from .conftest import SQUARE, fenced, function_problem, stdio_problem
-from .test_hostile import honest_still_passes, storable
+from .helpers import honest_still_passes, storable
 from .test_hostile_2026 import ECHOING_CHECKER
 from .test_scorers import command_problem
 
