@@ -990,13 +990,58 @@ def _run_candidate(req: Json, watched: Watched, prelude: CodeType | None = None)
                 except BaseException:  # a candidate-made exception whose __str__ raises
                     message = "<unprintable>"
             # (to_plain: a message with surrogates crosses as they are, as a returned str does)
-            answer(["raise", type(e).__name__, to_plain(message), kind, tampered()])
+            # The built-in classes it derives from and its args go too, as plain data; the
+            # judge decides what it makes of them (see _rebuilt_exception).
+            bases, args = _exception_bases(e), _exception_args(e)
+            try:
+                answer(["raise", type(e).__name__, to_plain(message), kind, bases, args, tampered()])
+            except NotPlain:  # args past the channel's size limit: the message alone
+                answer(["raise", type(e).__name__, to_plain(message), kind, bases, None, tampered()])
             continue
         try:
             answer(["return", to_plain(result), tampered()])
         except (NotPlain, ValueError, TypeError, RecursionError, OverflowError) as e:
             name = str(e) if isinstance(e, NotPlain) else type(result).__qualname__
             answer(["unplain", name, tampered()])
+
+
+_BUILTIN_EXCEPTIONS: dict[type, str] = {
+    c: n
+    for n, c in vars(builtins).items()
+    if isinstance(c, type) and issubclass(c, Exception) and c is not Exception and n[0] != "_"
+}
+"""Built-in exception classes (``EnvironmentError`` is ``OSError``: the last name wins) by class."""
+_BUILTIN_EXCEPTIONS.update({OSError: "OSError"})
+_BASES_MAX = 16
+_type_mro = type.__dict__["__mro__"].__get__
+
+
+def _exception_bases(e: BaseException) -> list[str]:
+    """The names of the built-in exception classes ``e``'s class derives from, most derived first.
+
+    Read in the candidate's process (the judge checks them: see ``_rebuilt_exception``);
+    the class's real MRO, whatever its metaclass says.
+    """
+    out: list[str] = []
+    try:
+        for c in _type_mro(type(e)):
+            name = _BUILTIN_EXCEPTIONS.get(c)
+            if name is not None and len(out) < _BASES_MAX:
+                out.append(name)
+    except BaseException:  # noqa: S110 (a class whose hash raises: no bases, the name still goes)
+        pass
+    return out
+
+
+def _exception_args(e: BaseException) -> Any:
+    """``e.args`` as plain data (``to_plain``), or None when they are not plain data."""
+    try:
+        args = e.args
+        if type(args) is not tuple:
+            return None
+        return to_plain(args)
+    except BaseException:  # not plain, too deep, a property that raises: the message alone
+        return None
 
 
 class ChannelBroken(BaseException):
@@ -1023,14 +1068,65 @@ class LoadFailed(BaseException):
     """The candidate's code did not load (syntax, exception, no entry point): ``(kind, reason)``."""
 
 
-def _rebuilt_exception(name: str, message: str, visible: Json) -> Exception:
-    """The judge's own exception for the candidate's, by the class's name and with its message.
+_JUDGE_BASES: dict[str, type] = {
+    n: c
+    for c, n in _BUILTIN_EXCEPTIONS.items()
+    if not issubclass(c, (StopIteration, StopAsyncIteration, BaseExceptionGroup))
+}
+"""What the judge accepts as a base of a rebuilt exception: built-in subclasses of Exception,
+but never StopIteration (see below) or an exception group (its constructor wants more, and
+``except*`` would look inside it)."""
+
+
+def _args_safe(cls: type, args: tuple[Any, ...]) -> bool:
+    """Whether the built-in ``cls`` can be made from ``args`` (plain data) as the candidate made it.
+
+    Most built-ins just keep their args. UnicodeError's three subclasses read their
+    ``start`` and ``end`` unchecked in ``str()`` (CPython 3.11: a start of -10**12 read far
+    outside the object, a SIGSEGV): their fields are checked here. SyntaxError parses a
+    tuple of details that tracebacks print: only its message is taken.
+    """
+    if issubclass(cls, SyntaxError):
+        return len(args) <= 1
+    kinds: tuple[type, ...]
+    if issubclass(cls, UnicodeTranslateError):
+        fields, kinds = args, (str, int, int, str)
+    elif issubclass(cls, UnicodeDecodeError):
+        fields, kinds = args[1:], (bytes, int, int, str)
+    elif issubclass(cls, UnicodeEncodeError):
+        fields, kinds = args[1:], (str, int, int, str)
+    else:
+        return True
+    if len(fields) != 4 or len(args) - len(fields) != (0 if cls is UnicodeTranslateError else 1):
+        return False
+    if any(type(v) is not t for v, t in zip(fields, kinds, strict=True)) or (
+        len(args) == 5 and type(args[0]) is not str
+    ):
+        return False
+    obj, start, end, _reason = fields
+    return bool(0 <= start <= end <= len(obj))
+
+
+def _rebuilt_exception(
+    name: str,
+    message: str,
+    visible: Json,
+    bases: list[str] | None = None,
+    args: tuple[Any, ...] | None = None,
+) -> Exception:
+    """The judge's own exception for the candidate's, by the class's name, with its args and message.
 
     A class of that name the candidate could see too (``visible``: what the prompt
-    defines) or among the built-ins; else a new class of that name, derived from
-    Exception. Never a class only the tests define: the candidate cannot see those, so
-    naming one is a guess, and tests that catch one as their success signal (to leave a
-    loop, say) would pass it.
+    defines) or among the built-ins, made from the candidate's ``args`` (plain data) when
+    it can be (see ``_args_safe``), else from the message; else a new class of that name
+    deriving from the built-in classes in ``bases`` (the candidate's class's, such as
+    ValueError for its own ``class BadInput(ValueError)`` or for ``json.JSONDecodeError``;
+    only built-in subclasses of Exception are taken: no SystemExit or KeyboardInterrupt
+    that would leave the tests' ``except Exception``), whose ``str()`` is the message and
+    whose ``args`` are the candidate's. Never a class only the tests define: the candidate
+    cannot see those, so naming one is a guess, and tests that catch one as their success
+    signal (to leave a loop, say) would pass it. Nothing of the candidate's runs here, and
+    everything made is what the candidate could have raised itself with plain data.
 
     Never StopIteration or StopAsyncIteration (or a subclass): raised from a call inside
     ``map``, ``filter`` or a hand-written ``__next__``, it would end the tests' loop
@@ -1040,7 +1136,9 @@ def _rebuilt_exception(name: str, message: str, visible: Json) -> Exception:
     cls = (visible.get(name) or getattr(builtins, name, None)) if name.isidentifier() else None
     if isinstance(cls, type) and issubclass(cls, (StopIteration, StopAsyncIteration)):
         return RuntimeError(f"the candidate raised {name}: {message}")
-    if cls is KeyError:
+    if isinstance(cls, type) and issubclass(cls, BaseExceptionGroup):
+        cls = None
+    if cls is KeyError and args is None:
         # str(KeyError(key)) is repr(key): the key itself goes back in (once, not repr'd again).
         if not message:
             return KeyError()
@@ -1051,28 +1149,57 @@ def _rebuilt_exception(name: str, message: str, visible: Json) -> Exception:
         except Exception:  # noqa: S110 (not a literal: the message as it came)
             pass
     if isinstance(cls, type) and issubclass(cls, Exception):
-        try:
-            return cls(message)
-        except Exception:
-            # A built-in whose constructor wants more than a message (UnicodeDecodeError):
-            # a subclass of it carrying the message, so that ``except ValueError`` still catches it.
+        builtin = _BUILTIN_EXCEPTIONS.get(cls) is not None or cls is Exception
+        if args is not None and (not builtin or _args_safe(cls, args)):
             try:
-                sub: type[Exception] = type(
-                    name, (cls,), {"__init__": _message_init, "__str__": _message_str}
-                )
-                return sub(message)
-            except Exception:  # noqa: S110 (a class that cannot be subclassed)
+                made_from_args: Exception = cls(*args)
+                if not builtin or str(made_from_args) == message:
+                    return made_from_args
+                # What str() shows is not all in the args (an OSError's filename): the
+                # built-in made from them, showing the candidate's message.
+                shown: Exception = type(name, (cls,), {"__str__": _message_str, "_message": message})(*args)
+                return shown
+            except Exception:  # noqa: S110 (a prompt's class that wants other args)
                 pass
-    made: type[Exception] = type(name if name.isidentifier() else "CandidateError", (Exception,), {})
-    return made(message)
+        if args is None or not builtin:
+            try:
+                return cls(message)
+            except Exception:  # noqa: S110 (UnicodeDecodeError wants more than a message)
+                pass
+        made = _message_class(name, (cls,), message)
+        if made is not None:
+            return made(message, args)
+    chosen = [_JUDGE_BASES[b] for b in (bases or [])[:_BASES_MAX] if type(b) is str and b in _JUDGE_BASES]
+    # The most derived ones (KeyError, not LookupError too), in the candidate's order.
+    chosen = [c for c in chosen if not any(o is not c and issubclass(o, c) for o in chosen)]
+    for tried in (tuple(chosen), tuple(chosen[:1])):
+        made = (
+            _message_class(name if name.isidentifier() else "CandidateError", tried, message)
+            if tried
+            else None
+        )
+        if made is not None:
+            return made(message, args)
+    plain = _message_class(name if name.isidentifier() else "CandidateError", (Exception,), message)
+    assert plain is not None
+    return plain(message, args)
 
 
-def _message_init(self: BaseException, message: str) -> None:
-    BaseException.__init__(self, message)
+def _message_class(name: str, bases: tuple[type, ...], message: str) -> type[Exception] | None:
+    """A new class ``name`` deriving from ``bases`` whose instances' ``str()`` is ``message``;
+    None if those bases cannot be combined (two built-ins of different layouts)."""
+    try:
+        return type(name, bases, {"__init__": _message_init, "__str__": _message_str, "_message": message})
+    except TypeError:
+        return None
+
+
+def _message_init(self: BaseException, message: str, args: tuple[Any, ...] | None = None) -> None:
+    BaseException.__init__(self, *(args if args is not None else (message,)))
 
 
 def _message_str(self: BaseException) -> str:
-    return str(self.args[0]) if self.args else ""
+    return str(type(self).__dict__.get("_message", ""))
 
 
 _JUDGE_CODE: dict[tuple[str, str], CodeType] = {}
@@ -1202,19 +1329,25 @@ def _run_judge(req: Json, nonce: str) -> int:
             raise ChannelBroken(f"the candidate sent a {e}") from None
         if tag == "unplain" and len(msg) == 3:
             raise Unverifiable(str(msg[1])[:200])
-        if tag == "raise" and len(msg) == 5:
-            text = msg[2]
-            if type(text) is list:  # a message with surrogates (see _run_candidate)
-                try:
+        if tag == "raise" and len(msg) == 7:
+            text, bases, exc_args = msg[2], msg[4], msg[5]
+            try:
+                if type(text) is list:  # a message with surrogates (see _run_candidate)
                     text = from_plain(text)
-                except NotPlain as e:
-                    raise ChannelBroken(f"the candidate sent a {e}") from None
+                if exc_args is not None:
+                    exc_args = from_plain(exc_args)
+            except NotPlain as e:
+                raise ChannelBroken(f"the candidate sent a {e}") from None
+            if type(exc_args) is not tuple:
+                exc_args = None
+            if type(bases) is not list:
+                bases = None
             name, message, kind = str(msg[1])[:100], str(text)[:1000], msg[3]
             if kind in ("memory", "file_size"):
                 raise LimitHit(kind)
             if kind == "exit":
                 raise CandidateExit(message)
-            raise _rebuilt_exception(name, message, visible)
+            raise _rebuilt_exception(name, message, visible, bases, exc_args)
         raise ChannelBroken("the candidate sent a garbled message")
 
     entry = req["entry_point"]
@@ -1295,6 +1428,190 @@ JUDGE_RUNS = 500
 """Samples a resident judge serves before a fresh one is forked (bounds what it accumulates)."""
 
 
+JUDGE_RETIRE = 0x80
+"""Set in the judge's reply byte when it could not put back what a sample's tests changed
+(a thread left running, a hard rlimit lowered): the zygote replaces it after the sample."""
+
+_WORD = re.compile(r"[A-Za-z_]\w*")
+_RLIMITS = [
+    getattr(resource, n)
+    for n in (
+        "RLIMIT_AS",
+        "RLIMIT_CORE",
+        "RLIMIT_CPU",
+        "RLIMIT_DATA",
+        "RLIMIT_FSIZE",
+        "RLIMIT_MEMLOCK",
+        "RLIMIT_NOFILE",
+        "RLIMIT_NPROC",
+        "RLIMIT_STACK",
+    )
+    if hasattr(resource, n)
+]
+_SYS_ATTRS = (
+    "stdin",
+    "stdout",
+    "stderr",
+    "displayhook",
+    "excepthook",
+    "unraisablehook",
+    "breakpointhook",
+    "argv",
+    "dont_write_bytecode",
+    "ps1",
+    "ps2",
+)
+
+
+class JudgeState:
+    """What a problem's tests may change in the resident judge, as the judge started, put back
+    after every sample: one problem's tests must not change another problem's verdict.
+
+    Put back: the decimal contexts, the warnings filters and hooks, the recursion, integer
+    digit and switch limits, trace and profile functions, ``sys``'s streams, hooks, ``path``,
+    ``meta_path``, ``path_hooks`` and ``modules`` (entries added by a sample are removed, so
+    a fake module cannot stay), the built-ins, the environment, the umask, signal handlers,
+    the signal mask, interval timers, the collector's settings, the locale, soft rlimits, and
+    the names of every module the tests or prelude mention (a patched ``math.sqrt``). The
+    module-level ``random`` generator is seeded afresh for each sample. What cannot be put
+    back (a thread left running, a hard rlimit lowered) retires the judge after the sample.
+    Not covered: changes to a class's or object's attributes inside a module (say
+    ``json.JSONEncoder.default``), and modules reached without their name in the text.
+    """
+
+    def __init__(self) -> None:
+        import ast  # noqa: F401 (imported by the harness later: part of the baseline)
+        import decimal
+        import gc
+        import random
+        import traceback  # noqa: F401
+        import warnings
+
+        self.decimal: Any = decimal
+        self.random: Any = random
+        self.warnings: Any = warnings
+        self.gc: Any = gc
+        self.contexts = [
+            (c, c.copy()) for c in (decimal.DefaultContext, decimal.BasicContext, decimal.ExtendedContext)
+        ]
+        self.context = decimal.getcontext().copy()
+        self.filters = list(warnings.filters)
+        self.warn_hooks = (warnings.showwarning, warnings.formatwarning, self.warnings.defaultaction)
+        self.limits = (sys.getrecursionlimit(), sys.get_int_max_str_digits(), sys.getswitchinterval())
+        self.sys_attrs = {k: getattr(sys, k) for k in _SYS_ATTRS if hasattr(sys, k)}
+        self.lists: list[tuple[list[Any], list[Any]]] = [
+            (lst, list(lst)) for lst in (sys.path, sys.meta_path, sys.path_hooks)
+        ]
+        self.importer_cache = dict(sys.path_importer_cache)
+        self.modules = dict(sys.modules)
+        self.module_dicts: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
+        self.builtins = dict(vars(builtins))
+        self.environ = dict(os.environ)
+        self.umask = os.umask(0o022)
+        os.umask(self.umask)
+        self.signals = {}
+        for sig in signal.valid_signals():
+            try:
+                handler = signal.getsignal(sig)
+            except (OSError, ValueError):
+                continue
+            if handler is not None:
+                self.signals[sig] = handler
+        self.sigmask = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+        self.gc_state = (gc.isenabled(), gc.get_threshold())
+        self.rlimits = {r: resource.getrlimit(r) for r in _RLIMITS}
+        self.dlopen = sys.getdlopenflags()
+        import _locale
+
+        self.locale = _locale
+        self.locale_all = _locale.setlocale(_locale.LC_ALL, None)
+
+    def watch(self, text: str) -> None:
+        """Keep a copy of the namespace of every module ``text`` (tests, prelude) names, as it is now."""
+        mods = self.modules
+        for word in set(_WORD.findall(text)):
+            if word in mods and word not in self.module_dicts and word not in ("sys", "builtins"):
+                d = getattr(mods[word], "__dict__", None)
+                if type(d) is dict:
+                    self.module_dicts[word] = (d, dict(d))
+
+    def restore(self) -> bool:
+        """Put everything back; False if something could not be (the judge must go)."""
+        ok = True
+        # The modules first: a test may have replaced warnings.filters or decimal itself.
+        mods = sys.modules
+        if len(mods) != len(self.modules) or not all(
+            map(is_, map(mods.get, self.modules), self.modules.values())
+        ):
+            for k in [k for k in mods if k not in self.modules]:
+                del mods[k]
+            mods.update(self.modules)
+        for d, saved in self.module_dicts.values():
+            if len(d) != len(saved) or not all(map(is_, map(d.get, saved), saved.values())):
+                d.clear()
+                d.update(saved)
+        live = vars(builtins)
+        if len(live) != len(self.builtins) or not all(
+            map(is_, map(live.get, self.builtins), self.builtins.values())
+        ):
+            live.clear()
+            live.update(self.builtins)
+        decimal = self.decimal
+        for ctx, kept in self.contexts:
+            for attr in ("prec", "rounding", "Emin", "Emax", "capitals", "clamp"):
+                setattr(ctx, attr, getattr(kept, attr))
+            ctx.traps = dict(kept.traps)
+            ctx.flags = dict(kept.flags)
+        decimal.setcontext(self.context.copy())
+        self.random.seed(os.urandom(32))
+        w = self.warnings
+        w.filters[:] = self.filters
+        w.showwarning, w.formatwarning, w.defaultaction = self.warn_hooks
+        w._filters_mutated()
+        sys.setrecursionlimit(self.limits[0])
+        sys.set_int_max_str_digits(self.limits[1])
+        sys.setswitchinterval(self.limits[2])
+        sys.settrace(None)
+        sys.setprofile(None)
+        sys.setdlopenflags(self.dlopen)
+        for k, v in self.sys_attrs.items():
+            setattr(sys, k, v)
+        for lst, saved_list in self.lists:
+            if lst != saved_list:
+                lst[:] = saved_list
+        if sys.path_importer_cache != self.importer_cache:
+            sys.path_importer_cache.clear()
+            sys.path_importer_cache.update(self.importer_cache)
+        if dict(os.environ) != self.environ:
+            os.environ.clear()
+            os.environ.update(self.environ)
+        os.umask(self.umask)
+        for timer in (signal.ITIMER_REAL, signal.ITIMER_VIRTUAL, signal.ITIMER_PROF):
+            signal.setitimer(timer, 0)
+        for sig, handler in self.signals.items():
+            if signal.getsignal(sig) is not handler:
+                signal.signal(sig, handler)
+        signal.pthread_sigmask(signal.SIG_SETMASK, self.sigmask)
+        with contextlib.suppress(ValueError):
+            signal.set_wakeup_fd(-1)
+        enabled, thresholds = self.gc_state
+        self.gc.set_threshold(*thresholds)
+        (self.gc.enable if enabled else self.gc.disable)()
+        with contextlib.suppress(Exception):
+            if self.locale.setlocale(self.locale.LC_ALL, None) != self.locale_all:
+                self.locale.setlocale(self.locale.LC_ALL, self.locale_all)
+        for r, (soft, hard) in self.rlimits.items():
+            now = resource.getrlimit(r)
+            if now != (soft, hard):
+                try:
+                    resource.setrlimit(r, (soft, hard))
+                except (OSError, ValueError):
+                    ok = False  # a hard limit lowered: only a fresh judge has it back
+        if len(os.listdir("/proc/self/task")) > 1:
+            ok = False  # a thread of the tests still runs: it could change anything later
+        return ok
+
+
 def _judge_loop(workdir: str) -> int:
     """The resident judge: one sample per message from the zygote, until the zygote closes the socket.
 
@@ -1305,6 +1622,7 @@ def _judge_loop(workdir: str) -> int:
     """
     ctl = socket.socket(fileno=JUDGE_CTL_FD)
     null = os.open("/dev/null", os.O_RDWR)
+    state = JudgeState()
     while True:
         try:
             msg, fds, _flags, _addr = socket.recv_fds(ctl, 16, 8)
@@ -1329,6 +1647,8 @@ def _judge_loop(workdir: str) -> int:
             # The sample's own /tmp (a fresh mount for each sample, as root): between
             # samples the judge stands on "/", holding no old mount alive.
             os.chdir(workdir)
+            state.watch(req["tests"])
+            state.watch(req.get("prelude") or "")
             status = _run_judge(req, req["nonce"])
         except BaseException as e:
             with contextlib.suppress(BaseException):
@@ -1337,6 +1657,13 @@ def _judge_loop(workdir: str) -> int:
             sys.stdout.flush()
         with contextlib.suppress(BaseException):
             sys.stderr.flush()
+        try:
+            if not state.restore():
+                status |= JUDGE_RETIRE
+        except BaseException as e:
+            status |= JUDGE_RETIRE
+            with contextlib.suppress(BaseException):
+                os.write(2, f"sandbox judge: could not reset its state: {_describe(e)}\n".encode())
         for target in range(1, 6):
             os.dup2(null, target)
         with contextlib.suppress(OSError):
@@ -1860,6 +2187,7 @@ class Zygote:
 
         exited = False
         judge_status: int | None = None
+        retire = False
         while not exited and outcome is None:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -1872,7 +2200,8 @@ class Zygote:
                     exited = True
                     reply = judge_sock.recv(1)
                     if reply:
-                        judge_status = reply[0]
+                        judge_status = reply[0] & ~JUDGE_RETIRE
+                        retire = bool(reply[0] & JUDGE_RETIRE)
                 elif fd == self.ctl_in:
                     host_gone = True
                     outcome = "host_gone"
@@ -1934,7 +2263,7 @@ class Zygote:
         clean = self.wipe()
         if self.judge is not None:
             self.judge_runs += 1
-            if self.judge_runs >= JUDGE_RUNS:
+            if self.judge_runs >= JUDGE_RUNS or retire:
                 self._drop_judge()
         if host_gone:
             raise SystemExit(0)
