@@ -316,7 +316,7 @@ class Integrity:
     async def _locate(self) -> IntegrityError | None:
         """The scrub's finding, if one pass now finds anything."""
         try:
-            await scrub_pass(self.scrub_target(), self.subscribers)
+            await scrub_pass(self.scrub_target(background=False), self.subscribers)
         except IntegrityError as e:
             return e
         except StoreError as e:
@@ -325,7 +325,8 @@ class Integrity:
 
     async def _scrub_at_start(self) -> None:
         try:
-            events, seconds = await scrub_pass(self.scrub_target(), self.subscribers)
+            # Not in the background: nothing is appended or signed until it passes.
+            events, seconds = await scrub_pass(self.scrub_target(background=False), self.subscribers)
         except IntegrityError:
             raise
         except StoreError as e:
@@ -334,9 +335,9 @@ class Integrity:
             return
         log.info("scrub_passed", events=events, seconds=round(seconds, 2), at="start")
 
-    def scrub_target(self) -> ScrubTarget:
+    def scrub_target(self, *, background: bool = True) -> ScrubTarget:
         """What the scrub reads: this daemon's log, tree, key and witness file."""
-        return ScrubTarget(self.store_config.url, self.tree.path, self.signer.vkey, self.witness)
+        return ScrubTarget(self.store_config.url, self.tree.path, self.signer.vkey, self.witness, background)
 
     async def final_checkpoint(self) -> Checkpoint | None:
         """Sign the log as it stands now (shutdown, after the runs); None when nothing is new."""
