@@ -24,7 +24,8 @@ def test_the_mode_crosses_to_the_worker() -> None:
     fg = ScrubTarget("sqlite:/x.db", Path("/t.db"), None, None, background=False)
     assert ScrubTarget.from_json(fg.to_json()) == fg
     bg = ScrubTarget("sqlite:/x.db", Path("/t.db"), "k", Path("/w"))
-    assert bg.background and ScrubTarget.from_json(bg.to_json()) == bg
+    assert bg.background
+    assert ScrubTarget.from_json(bg.to_json()) == bg
 
 
 @pytest.mark.parametrize("background", [True, False], ids=["background", "at-start"])
