@@ -238,7 +238,7 @@ class PublicationAPI:
             from rollwatch.publication.proofs import ProofBundles
 
             self.proofs = InclusionProofs(store, integrity.tree)
-            self.bundles = ProofBundles(store, integrity.tree)
+            self.bundles = ProofBundles(store, integrity.tree, public=True)
 
     # -- plumbing ----------------------------------------------------------------------------------
 
