@@ -253,3 +253,27 @@ class TestRestoredPassWaitsItsEmbargo:
             assert record["not_before"] == rfc3339(due)
             vkey = (await c.get("/public/key")).text.strip()
         check_bundle(record["proof"], rid, NoteVerifier.from_vkey(vkey), record)
+
+
+class TestTimingOfWithdrawals:
+    async def test_withdrawing_an_embargoed_pass_does_not_make_the_public_archive_again(
+        self, tmp_path: Path
+    ) -> None:
+        """``/public/results.jsonl`` is made again (milliseconds a result: a slower answer)
+        when what it shows may have moved; the key counted every superseded mark, an embargoed
+        pass's withdrawal included, so timing the next answer told that a pass under embargo
+        had just been withdrawn. Only marks on released results count now."""
+        async with serving(tmp_path) as env:
+            run = new_run_id()
+            await start_run(env.store, run)
+            past = datetime.now(UTC) - timedelta(seconds=1)
+            await add_rollout(env.store, run, passed=True, problem_id="p0", not_before=past)
+            held = await add_rollout(env.store, run, passed=True, embargo_s=EMBARGO_S, sample=1)
+            await release_due(env.store, env.pdb)
+            first = await env.client.get("/public/results.jsonl")
+            made = env.api._results
+            assert made is not None
+            await withdraw(env.store, held)
+            again = await env.client.get("/public/results.jsonl")
+            assert again.content == first.content
+            assert env.api._results is made, "the archive was made again for a withdrawal under embargo"
