@@ -14,7 +14,14 @@ from typing import Any
 import pytest
 
 from rollwatch.abc import EventStore
-from rollwatch.events import Event, PublicationDecided, PublicReleased, RolloutRescored, rfc3339
+from rollwatch.events import (
+    Event,
+    PublicationDecided,
+    PublicReleased,
+    RolloutRescored,
+    parse_rfc3339,
+    rfc3339,
+)
 from rollwatch.publication import release_due
 from rollwatch.publication.public import PublicView, public_view
 from rollwatch.publication.release import caught_up, release_one
@@ -91,7 +98,9 @@ class TestFlipsOnThePublicPage:
 
     async def test_counts_under_embargo_follow_flips_back_and_forth(self, tmp_path: Path) -> None:
         """A pass under embargo flipped to fail is no longer announced as solved (it will
-        never be released); flipped to pass again it is, with its first release date."""
+        never be released); flipped to pass again it is, with a release date an embargo after
+        the flip back (its first date was withdrawn with it; before, the first date stood, and
+        a pass restored after it was released at once: ``test_attacks_emb.py``)."""
         async with serving(tmp_path) as env:
             run = new_run_id()
             await start_run(env.store, run)
@@ -102,9 +111,12 @@ class TestFlipsOnThePublicPage:
             await rescore(env.store, rid, passed=False, previous=True, decide=False)
             assert counts(await fresh_view(env)) == [], "a superseded result is announced as solved"
             await rescore(env.store, rid, passed=True, previous=False, decide=False)
+            restored = max([r.at async for r in env.store.read(stream=f"rollout-{rid}")])
             again = await fresh_view(env)
             assert counts(again) == counts(first)
-            assert [e.next_release for e in again.embargoed] == [e.next_release for e in first.embargoed]
+            want = rfc3339(parse_rfc3339(restored) + timedelta(seconds=EMBARGO_S))
+            assert [e.next_release for e in again.embargoed] == [want]
+            assert want > first.embargoed[0].next_release
             assert rid not in (await env.client.get("/public/feed.json")).text
 
 

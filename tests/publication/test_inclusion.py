@@ -27,6 +27,7 @@ from rollwatch.metrics import Metrics
 from rollwatch.projections import ProjectionDB
 from rollwatch.publication import export_public, release_due
 from rollwatch.publication.policy import decide
+from rollwatch.publication.proofs import ProofBundles
 from rollwatch.publication.routes import publication_routes
 from rollwatch.store.sqlite import SQLiteEventStore
 from rollwatch.web.app import build_app
@@ -185,8 +186,10 @@ class TestFeedInclusion:
     ) -> None:
         """A released pass judged again, passing again (a new problem version, the same
         verdict), gets a "none" decision with its ``RolloutRescored`` (as every verdict
-        gets one more decision, pass or fail): its bundle holds it, and ``rollwatch audit
-        --item`` still passes, the claim made of the public decision alone."""
+        gets one more decision, pass or fail): ``rollwatch audit --item`` still passes, the
+        claim made of the public decision alone. The public bundle stops at the release, so
+        it leaves the re-score and its decision out (listed, they told the log's size when
+        they were appended); the operator's bundle holds them."""
         monkeypatch.delenv("STATE_DIRECTORY", raising=False)
         async with site(tmp_path, integrity_config(tmp_path), before=1) as s:
             rid = await s.release_positive()
@@ -203,10 +206,16 @@ class TestFeedInclusion:
                 for e in proof["events"]
                 if e["type"] == "PublicationDecided"
             ]
-            assert decided == ["subscribers", "public", "none"]
+            assert decided == ["subscribers", "public"]
+            full = await ProofBundles(s.store, s.integrity.tree).bundle(rid)
+            assert full is not None
+            assert [json.loads(e["canonical"])["type"] for e in full["events"]][-2:] == [
+                "RolloutRescored",
+                "PublicationDecided",
+            ]
             code, out, err = await rollwatch_audit("--url", s.url, "--item", rid)
             assert code == 0, err
-            assert f"bundle: item {rid}: 8 events (request, answer, score, decision, release)" in out
+            assert f"bundle: item {rid}: 6 events (request, answer, score, decision, release)" in out
 
     async def test_audit_checks_a_result_a_rescore_flipped_to_pass(
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch

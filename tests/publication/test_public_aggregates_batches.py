@@ -162,4 +162,5 @@ class TestBatches:
         assert [r[3] for r in rows["pa_pending"]] == [0]
         [row] = rows["pa_rollouts"]
         assert row[8] == 3600.0
-        assert row[11:] == (1, rfc3339(T0 + timedelta(minutes=2)), 0)
+        assert row[11:14] == (1, rfc3339(T0 + timedelta(minutes=2)), 0)
+        assert row[14:] == (3600.0, 0)  # the public date's embargo; not restored

@@ -48,6 +48,7 @@ def check_bundle(
     seqs: dict[str, int] = {}
     ats: dict[str, Any] = {}
     verdicts: list[tuple[int, dict[str, Any]]] = []  # (seq, data) of every verdict
+    stream: list[tuple[int, Any]] = []  # (seq, envelope) of every event, for the public date
     for ev in bundle.get("events") or []:
         try:
             canonical = str(ev["canonical"]).encode()
@@ -68,6 +69,7 @@ def check_bundle(
             or data.get("rollout_id") != rollout_id
         ):
             raise ValueError(f"event {index + 1} is not an event of rollout {rollout_id}")
+        stream.append((index + 1, env))
         if env.get("type") == "PublicationDecided" and data.get("audience") != "public":
             continue  # the claim is the public decision: not subscribers, not "none" (a re-score's)
         if env.get("type") in ("RolloutScored", "RolloutRescored"):
@@ -94,7 +96,7 @@ def check_bundle(
         claims = [(k, req.get(k)) for k in ("run_id", "provider", "model", "problem_id", "sample")]
         claims += [
             ("answer", seen["RolloutResponded"].get("text")),
-            ("not_before", seen["PublicationDecided"].get("not_before")),
+            ("not_before", _public_date(stream, seqs["PublicReleased"])),
             ("released_seq", seqs["PublicReleased"]),
             ("released_at", ats["PublicReleased"]),
             ("passed", True),  # a released result is a pass (the verdict above)
@@ -105,3 +107,24 @@ def check_bundle(
             if record.get(k) != logged:
                 raise ValueError(f"the result's {k} is not what its logged events say")
     return cp, len(bundle.get("events") or [])
+
+
+def _public_date(stream: list[tuple[int, Any]], released: int) -> str | None:
+    """The public date the events up to the release (``released``) give the result, as the
+    release job reads it (:class:`rollwatch.publication.policy.PublicDate`: the public
+    decision's, or for a pass withdrawn before its release and restored, an embargo after
+    the restore)."""
+    from rollwatch.errors import StoreError
+    from rollwatch.events import decode
+    from rollwatch.publication.policy import PublicDate
+
+    date = PublicDate()
+    for seq, env in sorted(stream, key=lambda x: x[0]):
+        if seq > released:
+            break
+        try:
+            ev = decode(str(env.get("type")), int(env.get("schema") or 1), env["data"])
+        except (StoreError, KeyError, TypeError, ValueError):
+            continue  # a type this rollwatch does not know dates nothing
+        date.take(seq, str(env.get("at")), ev)
+    return date.not_before

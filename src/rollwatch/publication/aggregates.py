@@ -33,6 +33,7 @@ from typing import Any
 from rollwatch import events as e
 from rollwatch.events import Recorded, parse_rfc3339
 from rollwatch.projections import Projection
+from rollwatch.publication.policy import date_length, restored_date
 
 _STATE = (
     "run_id",
@@ -48,11 +49,13 @@ _STATE = (
     "released",
     "released_at",
     "superseded",
+    "date_s",
+    "restored",
 )
 """A rollout's state as the aggregates counted it: ``pa_rollouts``'s columns after its key."""
 (RUN, PROVIDER, MODEL, PROBLEM, PASSED, SCORED_TS, DECIDED, EMBARGO_S, NB_TS, NOT_BEFORE, RELEASED,
- RELEASED_AT, SUPERSEDED) = range(len(_STATE))  # fmt: skip
-_UNSET = (None, None, 0, None, None, None, 0, None, 0)
+ RELEASED_AT, SUPERSEDED, DATE_S, RESTORED) = range(len(_STATE))  # fmt: skip
+_UNSET = (None, None, 0, None, None, None, 0, None, 0, None, 0)
 """A requested rollout's state after its place, before any is set (the table's defaults)."""
 _NOTHING = (None, None, None)
 """What such a state adds to the aggregates: nothing."""
@@ -232,8 +235,9 @@ class PublicAggregatesProjection(Projection):
     build_weight = 0.7
     # 2: re-scores (a flip to pass makes a positive result; a flip to fail supersedes); 3: "none"
     # embargoes; 4: a re-score of any verdict moves its run's newest score, a pass withdrawn
-    # unreleased counts as a failure
-    version = 4
+    # unreleased counts as a failure; 5: a pass withdrawn before its release and restored is dated
+    # from the restore (date_s, restored)
+    version = 5
     tables = ("pa_rollouts", "pa_cells", "pa_runs", "pa_pending", "pa_run_ends")
     types = frozenset(
         {
@@ -251,7 +255,7 @@ class PublicAggregatesProjection(Projection):
         rollout_id TEXT PRIMARY KEY, run_id TEXT, provider TEXT, model TEXT, problem_id TEXT,
         passed INTEGER, scored_ts REAL, decided INTEGER NOT NULL DEFAULT 0, embargo_s REAL,
         nb_ts REAL, not_before TEXT, released INTEGER NOT NULL DEFAULT 0, released_at TEXT,
-        superseded INTEGER NOT NULL DEFAULT 0
+        superseded INTEGER NOT NULL DEFAULT 0, date_s REAL, restored INTEGER NOT NULL DEFAULT 0
     );
     CREATE INDEX IF NOT EXISTS pa_rollouts_pending ON pa_rollouts (provider, model, nb_ts)
         WHERE passed = 1 AND decided = 1 AND released = 0;
@@ -346,6 +350,15 @@ class PublicAggregatesProjection(Projection):
                 # Whatever it says, a re-score is the run's newest verdict: its pass rate waits
                 # an embargo after it (a flip to pass alone took a disclosed run off the chart).
                 ts = parse_rfc3339(rec.at).timestamp()
+                restore: tuple[int, ...] = ()
+                if ev.passed and state[SUPERSEDED] and state[DECIDED] and not state[RELEASED]:
+                    # A pass withdrawn before its release, restored: dated an embargo after this
+                    # event (as the public projection; publication.policy.PublicDate).
+                    nb = restored_date(rec.at, state[DATE_S] or 0.0)
+                    state[NB_TS] = parse_rfc3339(nb).timestamp()
+                    state[NOT_BEFORE] = nb
+                    state[RESTORED] = 1
+                    restore = (NB_TS, NOT_BEFORE, RESTORED)
                 if ev.passed and state[PASSED] != 1:
                     state[PASSED] = 1
                     state[SCORED_TS] = ts
@@ -356,6 +369,7 @@ class PublicAggregatesProjection(Projection):
                 else:
                     columns = (SUPERSEDED,)
                 state[SUPERSEDED] = 0 if ev.passed else 1
+                columns += restore
             elif kind == _DECIDED:
                 embargo_s = ev.embargo_s
                 embargo_s = embargo_s if type(embargo_s) is float else _real(db, embargo_s)
@@ -364,14 +378,19 @@ class PublicAggregatesProjection(Projection):
                     # waits for the largest, whatever its verdicts.
                     state[EMBARGO_S] = _larger(state[EMBARGO_S], embargo_s)
                     columns = (EMBARGO_S,)
-                elif ev.audience != "public" or state[DECIDED]:  # once only: a second changes nothing
+                elif ev.audience != "public" or (
+                    # once only: a second changes nothing, but a restore's own (see above)
+                    state[DECIDED] and not (state[RESTORED] and not state[SUPERSEDED] and not state[RELEASED])
+                ):
                     continue
                 else:
                     state[DECIDED] = 1
                     state[EMBARGO_S] = _larger(state[EMBARGO_S], embargo_s)
                     state[NB_TS] = parse_rfc3339(ev.not_before).timestamp()
                     state[NOT_BEFORE] = _text(db, ev.not_before)
-                    columns = (DECIDED, EMBARGO_S, NB_TS, NOT_BEFORE)
+                    state[DATE_S] = date_length(ev, rec.at)
+                    state[RESTORED] = 0
+                    columns = (DECIDED, EMBARGO_S, NB_TS, NOT_BEFORE, DATE_S, RESTORED)
             else:  # released, once only
                 if state[RELEASED]:
                     continue
@@ -451,7 +470,7 @@ class _Rollouts:
     def flush(self) -> None:
         """Write the new and changed rows."""
         db, rows = self._db, self.rows
-        insert = f"INSERT INTO pa_rollouts (rollout_id, {', '.join(_STATE)}) VALUES ({', '.join('?' * 14)})"
+        insert = f"INSERT INTO pa_rollouts (rollout_id, {', '.join(_STATE)}) VALUES ({', '.join('?' * (len(_STATE) + 1))})"
         db.executemany(insert, [[rid, *rows[rid]] for rid in self.inserted] + self.nulls)  # type: ignore[misc]
         by_columns: dict[tuple[int, ...], list[list[Any]]] = {}
         for rid, columns in self.updated.items():

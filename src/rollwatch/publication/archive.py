@@ -25,6 +25,7 @@ from rollwatch.events import (
     rollout_stream,
     run_stream,
 )
+from rollwatch.publication.policy import PublicDate
 
 if TYPE_CHECKING:
     from rollwatch.publication.public import EventCheck
@@ -65,7 +66,9 @@ async def rollout_record(
         "events": [],
     }
     attempts: dict[int, dict[str, Any]] = {}
+    date = PublicDate()
     for stored in events:
+        date.apply(stored)
         rec["events"].append(
             {"seq": stored.seq, "id": stored.id, "type": stored.type, "at": stored.at, "hash": stored.hash}
         )
@@ -111,6 +114,10 @@ async def rollout_record(
                 }
         elif isinstance(ev, PublicReleased) and rec["publication"]["released"] is None:
             rec["publication"]["released"] = {"at": at, "seq": stored.seq}
+    if rec["publication"]["public"] is not None and date.not_before is not None:
+        # The date in force: a pass withdrawn before its release and restored is dated from
+        # the restore (publication.policy.PublicDate), not by its first decision.
+        rec["publication"]["public"]["not_before"] = date.not_before
     rec["attempts"] = [attempts[k] for k in sorted(attempts)]
     rec["publication"]["state"] = _state(rec, now or datetime.now(UTC))
     # A positive whose newest verdict (a re-score under a newer problem version) fails:

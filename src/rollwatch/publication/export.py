@@ -175,7 +175,7 @@ async def export_public(
             from rollwatch.publication.proofs import ProofBundles
 
             proofs = InclusionProofs(store, tree)
-            bundles = ProofBundles(store, tree)
+            bundles = ProofBundles(store, tree, public=True)
             checkpoint = await bundles.checkpoint()
             if checkpoint is not None:
                 written += await write_tiles(tree, out_dir, checkpoint.size)

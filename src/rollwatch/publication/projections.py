@@ -21,6 +21,7 @@ from rollwatch.abc import EventStore
 from rollwatch.events import Recorded, parse_rfc3339
 from rollwatch.projections import NULL, Projection, ProjectionDB, RowBatch
 from rollwatch.projections import ROLLOUT_TYPES as _ROLLOUT_TYPES
+from rollwatch.publication.policy import date_length, restored_date
 
 if TYPE_CHECKING:
     from rollwatch.publication.public import EventCheck
@@ -429,8 +430,9 @@ class PublicProjection(Projection):
     # 2: scored_seq (the event a released item's inclusion proof is for); 3: superseded;
     # 4: a re-score's flip to pass makes a positive result; 5: public_rollouts WITHOUT ROWID (one
     # b-tree, not a table and its key's index: a quarter less time writing them); 6: embargo_s is
-    # the largest of every decision's, "none" included; 7: a re-score of any verdict moves scored_ts
-    version = 7
+    # the largest of every decision's, "none" included; 7: a re-score of any verdict moves scored_ts;
+    # 8: a pass withdrawn before its release and restored is dated from the restore (date_s, restored_seq)
+    version = 8
     tables = ("public_rollouts", "public_runs")
     types = frozenset({"RunStarted", "RunFinished"}) | _ROLLOUT_EVENTS
     ddl = """
@@ -440,7 +442,8 @@ class PublicProjection(Projection):
         passed INTEGER, score REAL, scorer TEXT, scored_at TEXT, scored_ts REAL, scored_seq INTEGER,
         not_before TEXT, not_before_ts REAL, embargo_s REAL, decided_seq INTEGER,
         released_at TEXT, released_seq INTEGER,
-        superseded_at TEXT, superseded_seq INTEGER, superseded_hash TEXT
+        superseded_at TEXT, superseded_seq INTEGER, superseded_hash TEXT,
+        date_s REAL, restored_seq INTEGER
     ) WITHOUT ROWID;
     CREATE INDEX IF NOT EXISTS public_rollouts_pending ON public_rollouts (not_before_ts)
         WHERE released_seq IS NULL AND not_before_ts IS NOT NULL;
@@ -458,7 +461,7 @@ class PublicProjection(Projection):
         "rollout_id", "run_id", "provider", "model", "problem_id", "sample", "requested_at", "cost_usd",
         "answer_seq", "passed", "score", "scorer", "scored_at", "scored_ts", "scored_seq", "not_before",
         "not_before_ts", "embargo_s", "decided_seq", "released_at", "released_seq", "superseded_at",
-        "superseded_seq", "superseded_hash",
+        "superseded_seq", "superseded_hash", "date_s", "restored_seq",
     )  # fmt: skip
 
     def apply(self, db: sqlite3.Connection, rec: Recorded) -> None:
@@ -511,12 +514,27 @@ class PublicProjection(Projection):
                     # the event its inclusion proof is for); its public decision is appended
                     # with it.
                     if ev.passed:
-                        row[_SUPERSEDED_AT:] = (NULL, NULL, NULL)
+                        # A pass withdrawn before its release (decided, failed since, never
+                        # released) is restored with a new date: an embargo after this event
+                        # (publication.policy.PublicDate; its own public decision, appended
+                        # with it by this release, dates it instead). Before, its first date
+                        # stood, and a restore after that date was released at once.
+                        if (
+                            (sup := row[_SUPERSEDED_SEQ]) == sup
+                            and (d := row[_DECIDED_SEQ]) == d
+                            and (r := row[_RELEASED_SEQ]) != r
+                        ):
+                            length = row[_DATE_S]
+                            nb = restored_date(rec.at, length if length == length and length else 0.0)
+                            row[_NOT_BEFORE] = nb
+                            row[_NOT_BEFORE + 1] = _epoch(nb)
+                            row[_RESTORED_SEQ] = rec.seq
+                        row[_SUPERSEDED_AT : _SUPERSEDED_AT + 3] = (NULL, NULL, NULL)
                         if row[_PASSED] != 1:
                             at = rec.at
                             row[_PASSED : _SCORED_SEQ + 1] = (1, ev.score, ev.scorer, at, _epoch(at), rec.seq)
                     else:
-                        row[_SUPERSEDED_AT:] = (rec.at, rec.seq, ev.problem_hash)
+                        row[_SUPERSEDED_AT : _SUPERSEDED_AT + 3] = (rec.at, rec.seq, ev.problem_hash)
                     # Whatever it says, a re-score is its run's newest verdict: the run's pass
                     # rate waits an embargo after it (``scored_ts`` dates only that). Before, a
                     # flip to pass alone took a disclosed run off the chart, and anyone could
@@ -525,9 +543,17 @@ class PublicProjection(Projection):
                     if (old := row[_SCORED_TS]) is not None and old == old and rescored > old:
                         row[_SCORED_TS] = rescored
                 elif k == _P_DECIDED:
-                    # The first public decision stands; a later one (there should be none) cannot
-                    # move a release date that readers may already rely on.
-                    if ev.audience == "public" and (d := row[_DECIDED_SEQ]) != d:  # no decision yet
+                    # The first public decision stands; a later one cannot move a release date
+                    # that readers may already rely on, except a restore's own (a pass withdrawn
+                    # before its release and restored: see publication.policy.PublicDate).
+                    if ev.audience == "public" and (
+                        (d := row[_DECIDED_SEQ]) != d  # no decision yet
+                        or (
+                            (rs := row[_RESTORED_SEQ]) == rs
+                            and (sup := row[_SUPERSEDED_SEQ]) != sup
+                            and (r := row[_RELEASED_SEQ]) != r
+                        )
+                    ):
                         nb = ev.not_before
                         if (ts := epochs.get(nb)) is None:
                             ts = epochs[nb] = _epoch(nb)
@@ -537,6 +563,8 @@ class PublicProjection(Projection):
                             _larger(row[_EMBARGO], ev.embargo_s),
                             rec.seq,
                         )
+                        row[_DATE_S] = date_length(ev, rec.at)
+                        row[_RESTORED_SEQ] = NULL
                     elif ev.audience == "none" and ev.embargo_s:
                         # The embargo in force when a verdict was decided not public (none
                         # before 2026-12: 0): the run's disclosure waits for the largest.
@@ -561,7 +589,8 @@ class PublicProjection(Projection):
 # Positions in a public_rollouts row (PublicProjection._COLUMNS).
 _COST, _ANSWER_SEQ, _PASSED, _SCORED_TS, _SCORED_SEQ = 7, 8, 9, 13, 14
 _NOT_BEFORE, _EMBARGO, _DECIDED_SEQ, _RELEASED_AT, _RELEASED_SEQ, _SUPERSEDED_AT = 15, 17, 18, 19, 20, 21
-_EMPTY_TAIL = (NULL,) * 17
+_SUPERSEDED_SEQ, _DATE_S, _RESTORED_SEQ = 22, 24, 25
+_EMPTY_TAIL = (NULL,) * 19
 """A new row's columns after ``requested_at``."""
 assert PublicProjection._COLUMNS[_COST] == "cost_usd"
 assert PublicProjection._COLUMNS[_ANSWER_SEQ] == "answer_seq"
@@ -574,7 +603,11 @@ assert PublicProjection._COLUMNS[_NOT_BEFORE : _DECIDED_SEQ + 1] == (
 assert PublicProjection._COLUMNS[_SCORED_TS] == "scored_ts"
 assert PublicProjection._COLUMNS[_EMBARGO] == "embargo_s"
 assert PublicProjection._COLUMNS[_RELEASED_AT : _RELEASED_SEQ + 1] == ("released_at", "released_seq")
-assert PublicProjection._COLUMNS[_SUPERSEDED_AT:] == ("superseded_at", "superseded_seq", "superseded_hash")
+assert PublicProjection._COLUMNS[_SUPERSEDED_AT : _SUPERSEDED_AT + 3] == (
+    "superseded_at", "superseded_seq", "superseded_hash"
+)  # fmt: skip
+assert PublicProjection._COLUMNS[_SUPERSEDED_SEQ] == "superseded_seq"
+assert PublicProjection._COLUMNS[_DATE_S:] == ("date_s", "restored_seq")
 assert len(PublicProjection._COLUMNS) == 7 + len(_EMPTY_TAIL)
 
 

@@ -16,6 +16,14 @@ checkpoint they are proven against::
      "pending": [S, ...],                  # events after the checkpoint: proven at the next one
      "complete": true}                     # no event pending
 
+A public bundle (``public=True``: the public routes and ``publish export``) stops at the
+result's release: it names no event after it, pending or not. Before, it listed the seqs
+of the rollout's later events (a re-score of it) under ``pending``: the log's live size
+between checkpoints, and from its steps how many events, re-scores of results under
+embargo among them, were appended meanwhile. Every seq a public bundle names is at most
+``released_seq``, which the result states anyway; the claim (request, answer, verdict,
+decision, release) is all before it. The operator's console keeps the whole stream.
+
 An auditor needs the log's public key (``/public/key``, ``key`` in an export; pin it
 once) and nothing of ours: verify the note's Ed25519 signature, take its size and
 root, and for each event hash ``0x00 ‖ canonical`` and fold ``inclusion`` (RFC 9162
@@ -48,9 +56,11 @@ _KEEP = 2_000  # about 8 KB each
 class ProofBundles:
     """The proof bundles of released results, from ``store`` and its ``tree``."""
 
-    def __init__(self, store: EventStore, tree: MerkleTree) -> None:
+    def __init__(self, store: EventStore, tree: MerkleTree, *, public: bool = False) -> None:
+        """``public``: bundles stop at the release (see the module's docstring)."""
         self.store = store
         self.tree = tree
+        self.public = public
         self._seq = -1  # the CheckpointSigned event the kept bundles are for
         self._kept: dict[str, dict[str, Any]] = {}
 
@@ -66,7 +76,8 @@ class ProofBundles:
     ) -> dict[str, Any] | None:
         """The bundle of ``rollout_id`` against ``checkpoint`` (default: the latest); None without one.
 
-        Only call this for released results: the bundle shows every event of the rollout.
+        Only call this for released results: the bundle shows every event of the rollout (a
+        public one every event up to its release; None for one without a release).
         """
         cp = checkpoint or await self.checkpoint()
         if cp is None:
@@ -76,11 +87,17 @@ class ProofBundles:
             return self._kept[rollout_id]
         pending: list[int] = []
         covered = []
+        released = False
         async for ev in self.store.read(stream=rollout_stream(rollout_id)):
+            if self.public and released:
+                break  # nothing after the release: its seq would tell the log's live size
+            released = released or ev.type == "PublicReleased"
             if ev.seq > cp.size:
                 pending.append(ev.seq)
             else:
                 covered.append(ev)
+        if self.public and not released:
+            return None
         paths = await self.tree.inclusion_proofs([ev.seq - 1 for ev in covered], cp.size)
         events: list[dict[str, Any]] = []
         for ev, path in zip(covered, paths, strict=True):

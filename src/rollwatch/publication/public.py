@@ -36,11 +36,13 @@ from rollwatch.events import (
 )
 from rollwatch.log import get_logger
 from rollwatch.projections import ProjectionDB
+from rollwatch.publication.policy import date_length, restored_date
 from rollwatch.web.render import natural_key
 
 _COLUMNS = (
     "rollout_id, run_id, provider, model, problem_id, sample, score, cost_usd, scored_at,"
-    " not_before, released_at, released_seq, answer_seq, scored_seq, superseded_at, superseded_hash, decided_seq"
+    " not_before, released_at, released_seq, answer_seq, scored_seq, superseded_at, superseded_hash, decided_seq,"
+    " restored_seq"
 )
 log = get_logger(__name__)
 
@@ -135,15 +137,15 @@ async def _with_answers(
     decision's date moved, a failure made a pass, with the projections built again from
     it): a result resting on a changed event is left out and logged as ERROR
     ``public_withheld`` (the daemon's check also marks the log tampered with)."""
-    found = [(Released(*row[:-1]), row[-1]) for row in rows]
+    found = [(Released(*row[:-2]), row[-2], row[-1]) for row in rows]
     want: list[int] = []
-    for r, decided in found:
-        want += [s for s in (r.answer_seq, r.released_seq, r.scored_seq, decided) if s is not None]
+    for r, decided, restored in found:
+        want += [s for s in (r.answer_seq, r.released_seq, r.scored_seq, decided, restored) if s is not None]
     events = await store.read_at(want)
     changed = set((await check.changed(events.values()))[0]) if check is not None and events else set()
     out = []
-    for r, decided in found:
-        bad = sorted(changed.intersection((r.answer_seq, r.released_seq, r.scored_seq, decided)))
+    for r, decided, restored in found:
+        bad = sorted(changed.intersection((r.answer_seq, r.released_seq, r.scored_seq, decided, restored)))
         if bad:
             log.error(
                 "public_withheld",
@@ -153,7 +155,7 @@ async def _with_answers(
                 consequence="left out of the public release",
             )
             continue
-        why = _not_released_by_log(r, decided, events, now)
+        why = _not_released_by_log(r, decided, restored, events, now)
         if why is not None:
             log.error(
                 "projections_tampered",
@@ -170,9 +172,13 @@ async def _with_answers(
 
 
 def _not_released_by_log(
-    r: Released, decided: int | None, events: dict[int, Recorded], now: datetime
+    r: Released, decided: int | None, restored: int | None, events: dict[int, Recorded], now: datetime
 ) -> str | None:
-    """Why the log's events at the row's seqs do not release ``r`` as the row says, or None."""
+    """Why the log's events at the row's seqs do not release ``r`` as the row says, or None.
+
+    ``restored``: the re-score that restored a pass withdrawn before its release, which dates
+    it (an embargo as long as the decision ``decided``'s after it) when no decision came with
+    it (a log written before this rule; see :class:`rollwatch.publication.policy.PublicDate`)."""
 
     def of_rollout(seq: int | None, kinds: tuple[type[Event], ...], what: str) -> Any:
         rec = events.get(seq) if seq is not None else None
@@ -187,10 +193,16 @@ def _not_released_by_log(
         if not verdict.passed:
             return f"its verdict (event {r.scored_seq}) did not pass"
         decision = of_rollout(decided, (PublicationDecided,), "public decision")
-        if decision.audience != "public" or decision.not_before != r.not_before:
+        date = decision.not_before
+        if restored is not None:
+            restore = of_rollout(restored, (RolloutRescored,), "restoring verdict")
+            if not restore.passed or decided is None or restored < decided or r.released_seq < restored:
+                return f"its restore (event {restored}) does not date it"
+            date = restored_date(events[restored].at, date_length(decision, events[decided].at))
+        if decision.audience != "public" or date != r.not_before:
             return f"its decision (event {decided}) does not release it to the public on {r.not_before}"
-        if parse_rfc3339(decision.not_before) > now:
-            return f"its decision (event {decided}) holds it until {decision.not_before}"
+        if parse_rfc3339(date) > now:
+            return f"its decision (event {decided}) holds it until {date}"
         if r.answer_seq is not None:
             of_rollout(r.answer_seq, (RolloutResponded,), "answer")
     except _Mismatch as e:

@@ -27,18 +27,12 @@ from anyio.abc import TaskStatus
 
 from rollwatch.abc import EventStore
 from rollwatch.errors import ConcurrencyConflict, IntegrityError, storage_failure
-from rollwatch.events import (
-    PublicationDecided,
-    PublicReleased,
-    RolloutRescored,
-    RolloutScored,
-    parse_rfc3339,
-    rollout_stream,
-)
+from rollwatch.events import PublicReleased, rollout_stream
 from rollwatch.integrity.health import Health
 from rollwatch.log import get_logger
 from rollwatch.projections import ProjectionDB
 from rollwatch.publication.clock import ReleaseClock
+from rollwatch.publication.policy import PublicDate
 
 if TYPE_CHECKING:
     from rollwatch.publication.public import EventCheck
@@ -64,8 +58,11 @@ async def release_one(
     """Append ``PublicReleased`` for one rollout if its log says it is due; True if appended.
 
     Due means: scored as passed (by the newest verdict: a re-score under a newer
-    problem version that fails it means never), a public decision whose ``not_before``
-    is at or before ``now``, and no ``PublicReleased`` yet.
+    problem version that fails it means never), a public date at or before ``now``, and no
+    ``PublicReleased`` yet. The date is :class:`~rollwatch.publication.policy.PublicDate`'s:
+    the public decision's ``not_before``, or for a pass withdrawn before its release and
+    restored, an embargo after the restore (before, the first date stood, and such a pass
+    was released at once).
 
     With ``check`` (the daemon's integrity service), the stream's events must also be the
     ones appended, as the Merkle tree and the signed checkpoints hold them: a decision whose
@@ -76,22 +73,15 @@ async def release_one(
     stream = rollout_stream(rollout_id)
     for _ in range(_ATTEMPTS):
         version = 0
-        passed = released = False
-        not_before: datetime | None = None
+        date = PublicDate()
         read = []
         async for rec in store.read(stream=stream):
             read.append(rec)
             version = rec.version
-            ev = rec.event()
-            if isinstance(ev, RolloutScored | RolloutRescored):
-                passed = bool(ev.passed)
-            elif isinstance(ev, PublicationDecided) and not_before is None:
-                if ev.audience == "public":
-                    not_before = parse_rfc3339(ev.not_before)
-            elif isinstance(ev, PublicReleased):
-                released = True
+            date.apply(rec)
         when = now or datetime.now(UTC)
-        if released or not passed or not_before is None or not_before > when:
+        due = date.due
+        if date.released_seq is not None or due is None or due > when:
             return False
         if check is not None:
             from rollwatch.integrity.tree import changed_error

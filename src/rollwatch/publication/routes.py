@@ -87,9 +87,14 @@ log = get_logger(__name__)
 _VIEW_TTL = 10.0  # seconds a rendered public view is reused (it only grows with time)
 _RELEASE_STATE_SQL = (
     "SELECT (SELECT coalesce(max(released_seq), 0) FROM public_rollouts WHERE released_seq IS NOT NULL),"
-    " (SELECT coalesce(max(superseded_seq), 0) FROM public_rollouts WHERE superseded_seq IS NOT NULL),"
-    " (SELECT count(*) FROM public_rollouts WHERE superseded_seq IS NOT NULL)"
+    " (SELECT coalesce(max(superseded_seq), 0) FROM public_rollouts"
+    " WHERE superseded_seq IS NOT NULL AND released_seq IS NOT NULL),"
+    " (SELECT count(*) FROM public_rollouts WHERE superseded_seq IS NOT NULL AND released_seq IS NOT NULL)"
 )
+"""What the public view and archive are made again for: the newest release, the newest mark on
+a released result and the number of such marks. Marks on results never released (a pass
+withdrawn under embargo) are left out: they change nothing public, and a view or archive made
+again for them answered slower, which timed the withdrawal."""
 
 
 class ServicesLike(Protocol):
@@ -238,7 +243,7 @@ class PublicationAPI:
             from rollwatch.publication.proofs import ProofBundles
 
             self.proofs = InclusionProofs(store, integrity.tree)
-            self.bundles = ProofBundles(store, integrity.tree)
+            self.bundles = ProofBundles(store, integrity.tree, public=True)
 
     # -- plumbing ----------------------------------------------------------------------------------
 

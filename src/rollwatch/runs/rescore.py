@@ -44,7 +44,7 @@ from rollwatch.events import (
 )
 from rollwatch.log import get_logger
 from rollwatch.problems import Problem
-from rollwatch.publication.policy import Embargo, PublicationPolicy, decide
+from rollwatch.publication.policy import Embargo, PublicationPolicy, PublicDate, decide
 from rollwatch.report.failures import verdict_cause
 from rollwatch.runs.pipeline import run_embargo
 from rollwatch.runs.rollout import scorer_error
@@ -285,7 +285,8 @@ _ATTEMPTS = 5
 
 async def _append_with_decisions(svc: RunServices, ev: RolloutRescored, policy: PublicationPolicy) -> None:
     """Append ``ev`` with its publication decisions: "public" if it passes and its rollout
-    has none yet, else "none" (and "subscribers" if its rollout somehow lacks it).
+    has none yet, or had one a re-score withdrew before its release (dated from now), else
+    "none" (and "subscribers" if its rollout somehow lacks it).
 
     Read and appended at the stream's version, so two re-scores of one rollout at once
     (the command and the daemon's) cannot both decide it public.
@@ -294,15 +295,11 @@ async def _append_with_decisions(svc: RunServices, ev: RolloutRescored, policy: 
     decisions: list[PublicationDecided] = []
     for _ in range(_ATTEMPTS):
         version = 0
-        decided: set[str] = set()
+        date = PublicDate()
         async for rec in svc.store.read(stream=stream):
             version = rec.version
-            if rec.type == "PublicationDecided":
-                old = rec.event()
-                assert isinstance(old, PublicationDecided)
-                if old.audience != "none":
-                    decided.add(old.audience)
-        decisions = decide(policy, ev, svc.decision_time(), decided)
+            date.apply(rec)
+        decisions = decide(policy, ev, svc.decision_time(), date.decided, withdrawn=date.withdrawn)
         try:
             await svc.store.append(stream, [ev, *decisions], expected_version=version)
         except ConcurrencyConflict:
