@@ -20,6 +20,7 @@
     ├── ProviderError               a provider call failed; carries kind/status/retryable
     ├── InvalidProof                a Merkle proof is malformed or names sizes that do not exist
     ├── InvalidNote                 a signed note or checkpoint is malformed or badly signed
+    ├── UnfitFile                   a key, origin or witness file is no regular file or too large (also a ValueError)
     ├── TilePathError               a path is not a C2SP tlog-tiles tile path (also a ValueError)
     ├── EntryTooLong                an event too long for an entry bundle (also a ValueError)
     ├── WitnessRefused              a witness will not cosign a submission (its HTTP status)
@@ -213,6 +214,11 @@ class InvalidProof(RollwatchError):
 
 class InvalidNote(RollwatchError):
     """Raised when a signed note or checkpoint is malformed or carries no valid signature of the expected key."""
+
+
+class UnfitFile(RollwatchError, ValueError):
+    """Raised when what is at a small file's path (a key, an origin, a witness file) cannot be
+    that file: not a regular file, or larger than it can be (the message says which)."""
 
 
 class TilePathError(RollwatchError, ValueError):

@@ -37,7 +37,7 @@ import types
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar, NamedTuple, TypeVar
 
 from rollwatch.errors import NewerSchema, UnknownEventType
@@ -926,3 +926,86 @@ class CheckpointKeyRotated(Event):
     """The verifier key now in force (vkey)."""
     note: str
     node: str = ""
+
+
+# -- a rollout's public date, as its events make it ------------------------------------------
+# (here, not in rollwatch.publication.policy, so that integrity's bundle check reads it too)
+
+
+def date_length(decision: PublicationDecided, decided_at: str) -> float:
+    """The embargo a public decision dated its result with: its ``embargo_s``, or (a decision
+    that does not carry one: 0, the field's default) its date less the time it was logged."""
+    if decision.embargo_s:
+        return float(decision.embargo_s)
+    return max(0.0, (parse_rfc3339(decision.not_before) - parse_rfc3339(decided_at)).total_seconds())
+
+
+def restored_date(restored_at: str, length: float) -> str:
+    """The public date of a pass restored at ``restored_at`` (its event's time) whose withdrawn
+    date had the embargo ``length``: one embargo after the restore."""
+    return rfc3339(parse_rfc3339(restored_at) + timedelta(seconds=length))
+
+
+@dataclass(slots=True)
+class PublicDate:
+    """A rollout's public date as its events make it, applied in the stream's order.
+
+    * the first public decision dates it (a later one changes nothing: readers may rely on
+      the date), unless the date was withdrawn;
+    * a failing verdict before the release withdraws the date (:attr:`withdrawn`);
+    * a passing verdict while withdrawn restores it, dated an embargo (the withdrawn date's)
+      after the restore; a public decision appended with that restore (this release's
+      :func:`decide`) dates it instead;
+    * after the release nothing moves the date.
+
+    :attr:`not_before` is the date in force (None: none, or withdrawn); :attr:`decided_seq`
+    the public decision it comes from (or whose embargo a restore reused), and
+    :attr:`restored_seq` the restore that dates it when no decision of its own came with it.
+    """
+
+    passed: bool = False
+    not_before: str | None = None
+    length: float = 0.0
+    decided_seq: int | None = None
+    restored_seq: int | None = None
+    withdrawn: bool = False
+    released_seq: int | None = None
+    decided: set[str] = field(default_factory=set)
+    """The audiences decided (not "none")."""
+
+    @property
+    def due(self) -> datetime | None:
+        """When the result may be released (None: never, as things stand)."""
+        if not self.passed or self.not_before is None or self.withdrawn:
+            return None
+        return parse_rfc3339(self.not_before)
+
+    def apply(self, rec: Recorded) -> None:
+        """Take in the rollout's next event."""
+        self.take(rec.seq, rec.at, rec.event())
+
+    def take(self, seq: int, at: str, ev: Any) -> None:
+        """Take in the event ``ev`` logged at ``seq`` and ``at``."""
+        if isinstance(ev, RolloutScored | RolloutRescored):
+            passed = bool(ev.passed)
+            if self.released_seq is None and self.not_before is not None:
+                if not passed and not self.withdrawn:
+                    self.withdrawn = True
+                elif passed and self.withdrawn:
+                    self.withdrawn = False
+                    self.not_before = restored_date(at, self.length)
+                    self.restored_seq = seq
+            self.passed = passed
+        elif isinstance(ev, PublicationDecided):
+            if ev.audience != "none":
+                self.decided.add(ev.audience)
+            if ev.audience != "public" or self.released_seq is not None:
+                return
+            if self.not_before is None or (self.restored_seq is not None and not self.withdrawn):
+                # The first decision, or the restore's own (appended with it).
+                self.not_before = ev.not_before
+                self.length = date_length(ev, at)
+                self.decided_seq = seq
+                self.restored_seq = None
+        elif isinstance(ev, PublicReleased) and self.released_seq is None:
+            self.released_seq = seq

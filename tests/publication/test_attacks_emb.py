@@ -28,10 +28,10 @@ import httpx
 import pytest
 
 from rollwatch.abc import EventStore
-from rollwatch.events import PublicationDecided, RolloutRescored, parse_rfc3339, rfc3339
+from rollwatch.events import PublicationDecided, PublicDate, RolloutRescored, parse_rfc3339, rfc3339
 from rollwatch.publication import release_due
 from rollwatch.publication.export import export_public
-from rollwatch.publication.policy import Embargo, PublicDate, decide
+from rollwatch.publication.policy import Embargo, decide
 from rollwatch.publication.proofs import ProofBundles
 from rollwatch.publication.public import public_view
 from rollwatch.publication.release import caught_up

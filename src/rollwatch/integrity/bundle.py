@@ -111,12 +111,11 @@ def check_bundle(
 
 def _public_date(stream: list[tuple[int, Any]], released: int) -> str | None:
     """The public date the events up to the release (``released``) give the result, as the
-    release job reads it (:class:`rollwatch.publication.policy.PublicDate`: the public
+    release job reads it (:class:`rollwatch.events.PublicDate`: the public
     decision's, or for a pass withdrawn before its release and restored, an embargo after
     the restore)."""
     from rollwatch.errors import StoreError
-    from rollwatch.events import decode
-    from rollwatch.publication.policy import PublicDate
+    from rollwatch.events import PublicDate, decode
 
     date = PublicDate()
     for seq, env in sorted(stream, key=lambda x: x[0]):

@@ -37,7 +37,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from rollwatch.errors import InvalidNote
+from rollwatch.errors import InvalidNote, UnfitFile
 from rollwatch.integrity.merkle import HASH_SIZE
 
 ED25519 = 0x01
@@ -317,10 +317,6 @@ def parse_release_statement(text: str) -> ReleaseStatement:
 
 WITNESS_MAX = 1 << 20
 """The largest witness file read (a note is a few hundred bytes)."""
-
-
-class UnfitFile(ValueError):
-    """What :func:`read_small_file` found cannot be the file asked for (the message says why)."""
 
 
 def read_small_file(path: Path, limit: int) -> bytes:

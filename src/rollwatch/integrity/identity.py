@@ -34,11 +34,10 @@ from typing import TYPE_CHECKING
 import anyio
 
 from rollwatch.abc import EventStore
-from rollwatch.errors import InvalidNote
+from rollwatch.errors import InvalidNote, UnfitFile
 from rollwatch.integrity.checkpoint import (
     NoteSigner,
     NoteVerifier,
-    UnfitFile,
     read_small_file,
     read_witness_file,
     split_note,

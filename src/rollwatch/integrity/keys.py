@@ -34,8 +34,8 @@ from cryptography.hazmat.primitives.serialization import (
 )
 
 from rollwatch.config import credential_file
-from rollwatch.errors import ConfigError
-from rollwatch.integrity.checkpoint import NoteSigner, UnfitFile, read_small_file
+from rollwatch.errors import ConfigError, UnfitFile
+from rollwatch.integrity.checkpoint import NoteSigner, read_small_file
 from rollwatch.log import get_logger
 
 log = get_logger(__name__)

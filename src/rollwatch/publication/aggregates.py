@@ -31,9 +31,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from rollwatch import events as e
-from rollwatch.events import Recorded, parse_rfc3339
+from rollwatch.events import Recorded, date_length, parse_rfc3339, restored_date
 from rollwatch.projections import Projection
-from rollwatch.publication.policy import date_length, restored_date
 
 _STATE = (
     "run_id",
@@ -353,7 +352,7 @@ class PublicAggregatesProjection(Projection):
                 restore: tuple[int, ...] = ()
                 if ev.passed and state[SUPERSEDED] and state[DECIDED] and not state[RELEASED]:
                     # A pass withdrawn before its release, restored: dated an embargo after this
-                    # event (as the public projection; publication.policy.PublicDate).
+                    # event (as the public projection; events.PublicDate).
                     nb = restored_date(rec.at, state[DATE_S] or 0.0)
                     state[NB_TS] = parse_rfc3339(nb).timestamp()
                     state[NOT_BEFORE] = nb

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from rollwatch.abc import EventStore
 from rollwatch.events import (
     PublicationDecided,
+    PublicDate,
     PublicReleased,
     Recorded,
     RolloutFailed,
@@ -25,7 +26,6 @@ from rollwatch.events import (
     rollout_stream,
     run_stream,
 )
-from rollwatch.publication.policy import PublicDate
 
 if TYPE_CHECKING:
     from rollwatch.publication.public import EventCheck
@@ -116,7 +116,7 @@ async def rollout_record(
             rec["publication"]["released"] = {"at": at, "seq": stored.seq}
     if rec["publication"]["public"] is not None and date.not_before is not None:
         # The date in force: a pass withdrawn before its release and restored is dated from
-        # the restore (publication.policy.PublicDate), not by its first decision.
+        # the restore (events.PublicDate), not by its first decision.
         rec["publication"]["public"]["not_before"] = date.not_before
     rec["attempts"] = [attempts[k] for k in sorted(attempts)]
     rec["publication"]["state"] = _state(rec, now or datetime.now(UTC))

@@ -18,10 +18,9 @@ from typing import TYPE_CHECKING, Any
 
 from rollwatch import events as e
 from rollwatch.abc import EventStore
-from rollwatch.events import Recorded, parse_rfc3339
+from rollwatch.events import Recorded, date_length, parse_rfc3339, restored_date
 from rollwatch.projections import NULL, Projection, ProjectionDB, RowBatch
 from rollwatch.projections import ROLLOUT_TYPES as _ROLLOUT_TYPES
-from rollwatch.publication.policy import date_length, restored_date
 
 if TYPE_CHECKING:
     from rollwatch.publication.public import EventCheck
@@ -516,7 +515,7 @@ class PublicProjection(Projection):
                     if ev.passed:
                         # A pass withdrawn before its release (decided, failed since, never
                         # released) is restored with a new date: an embargo after this event
-                        # (publication.policy.PublicDate; its own public decision, appended
+                        # (events.PublicDate; its own public decision, appended
                         # with it by this release, dates it instead). Before, its first date
                         # stood, and a restore after that date was released at once.
                         if (
@@ -545,7 +544,7 @@ class PublicProjection(Projection):
                 elif k == _P_DECIDED:
                     # The first public decision stands; a later one cannot move a release date
                     # that readers may already rely on, except a restore's own (a pass withdrawn
-                    # before its release and restored: see publication.policy.PublicDate).
+                    # before its release and restored: see events.PublicDate).
                     if ev.audience == "public" and (
                         (d := row[_DECIDED_SEQ]) != d  # no decision yet
                         or (

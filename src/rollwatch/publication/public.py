@@ -32,11 +32,12 @@ from rollwatch.events import (
     RolloutRescored,
     RolloutResponded,
     RolloutScored,
+    date_length,
     parse_rfc3339,
+    restored_date,
 )
 from rollwatch.log import get_logger
 from rollwatch.projections import ProjectionDB
-from rollwatch.publication.policy import date_length, restored_date
 from rollwatch.web.render import natural_key
 
 _COLUMNS = (
@@ -178,7 +179,7 @@ def _not_released_by_log(
 
     ``restored``: the re-score that restored a pass withdrawn before its release, which dates
     it (an embargo as long as the decision ``decided``'s after it) when no decision came with
-    it (a log written before this rule; see :class:`rollwatch.publication.policy.PublicDate`)."""
+    it (a log written before this rule; see :class:`rollwatch.events.PublicDate`)."""
 
     def of_rollout(seq: int | None, kinds: tuple[type[Event], ...], what: str) -> Any:
         rec = events.get(seq) if seq is not None else None

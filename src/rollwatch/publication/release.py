@@ -27,12 +27,11 @@ from anyio.abc import TaskStatus
 
 from rollwatch.abc import EventStore
 from rollwatch.errors import ConcurrencyConflict, IntegrityError, storage_failure
-from rollwatch.events import PublicReleased, rollout_stream
+from rollwatch.events import PublicDate, PublicReleased, rollout_stream
 from rollwatch.integrity.health import Health
 from rollwatch.log import get_logger
 from rollwatch.projections import ProjectionDB
 from rollwatch.publication.clock import ReleaseClock
-from rollwatch.publication.policy import PublicDate
 
 if TYPE_CHECKING:
     from rollwatch.publication.public import EventCheck
@@ -59,7 +58,7 @@ async def release_one(
 
     Due means: scored as passed (by the newest verdict: a re-score under a newer
     problem version that fails it means never), a public date at or before ``now``, and no
-    ``PublicReleased`` yet. The date is :class:`~rollwatch.publication.policy.PublicDate`'s:
+    ``PublicReleased`` yet. The date is :class:`~rollwatch.events.PublicDate`'s:
     the public decision's ``not_before``, or for a pass withdrawn before its release and
     restored, an embargo after the restore (before, the first date stood, and such a pass
     was released at once).

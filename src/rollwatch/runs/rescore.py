@@ -34,6 +34,7 @@ from rollwatch.errors import ConcurrencyConflict, UsageError
 from rollwatch.events import (
     ProblemVersioned,
     PublicationDecided,
+    PublicDate,
     RescoreFinished,
     RolloutRescored,
     RolloutResponded,
@@ -44,7 +45,7 @@ from rollwatch.events import (
 )
 from rollwatch.log import get_logger
 from rollwatch.problems import Problem
-from rollwatch.publication.policy import Embargo, PublicationPolicy, PublicDate, decide
+from rollwatch.publication.policy import Embargo, PublicationPolicy, decide
 from rollwatch.report.failures import verdict_cause
 from rollwatch.runs.pipeline import run_embargo
 from rollwatch.runs.rollout import scorer_error
