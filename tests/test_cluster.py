@@ -135,10 +135,14 @@ class Cluster:
         port = re.search(r'listen = "127.0.0.1:(\d+)"', self.cfgs[node].read_text())
         assert port is not None
         async with httpx.AsyncClient(timeout=5) as client:
-            with anyio.fail_after(timeout):
+            r = None
+            with anyio.move_on_after(timeout):
                 while not enough(r := await client.get(f"http://127.0.0.1:{port[1]}/healthz")):
                     await anyio.sleep(0.1)
-        assert r.json()["status"] in ("ok", "degraded"), r.text
+                assert r.json()["status"] in ("ok", "degraded"), r.text
+                return
+        last = "no answer" if r is None else f"{r.status_code} {r.text}"
+        raise AssertionError(f"{node}'s /healthz within {timeout} s: last {last}")
 
     def kill(self, node: str) -> None:
         self.procs[node].kill()
