@@ -53,3 +53,11 @@ async def fails_as_the_models(pool: ScoringPool, problem: Problem, code: str, *,
     storable(s)
     await honest_still_passes(pool)
     return s
+
+
+async def passes_on_a_fresh_and_a_resident_judge(pool: ScoringPool, problem: Problem, code: str) -> None:
+    """A right answer ``code`` (unfenced) passes ``problem`` twice: the resident judge serves the second."""
+    for _ in range(2):
+        with anyio.fail_after(30):
+            s = await pool.score(problem, fenced(code))
+        assert s.passed, s

@@ -7,14 +7,13 @@ channel must not change what the tests see). Real pools, real sandboxes.
 
 from __future__ import annotations
 
-import anyio
 import pytest
 
 from rollwatch.problems import Problem
 from rollwatch.scoring import ScoringPool
 
-from .conftest import SQUARE, fenced, function_problem
-from .helpers import fails_as_the_models
+from .conftest import SQUARE, function_problem
+from .helpers import fails_as_the_models, passes_on_a_fresh_and_a_resident_judge
 
 pytestmark = pytest.mark.anyio
 
@@ -331,8 +330,4 @@ RIGHT: dict[str, tuple[Problem, str]] = {
 
 @pytest.mark.parametrize("name", sorted(RIGHT))
 async def test_a_right_answer_passes(pool: ScoringPool, name: str) -> None:
-    problem, code = RIGHT[name]
-    for _ in range(2):  # twice: the resident judge serves the second
-        with anyio.fail_after(30):
-            s = await pool.score(problem, fenced(code))
-        assert s.passed, s
+    await passes_on_a_fresh_and_a_resident_judge(pool, *RIGHT[name])

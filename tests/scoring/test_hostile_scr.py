@@ -15,7 +15,7 @@ from rollwatch.report.failures import verdict_cause
 from rollwatch.scoring import ScoringPool
 
 from .conftest import BACKENDS, SQUARE, fenced, function_problem, settings
-from .test_hostile import honest_still_passes, storable
+from .helpers import honest_still_passes, passes_on_a_fresh_and_a_resident_judge, storable
 from .test_hostile_att_d import _SEND
 
 pytestmark = pytest.mark.anyio
@@ -128,11 +128,7 @@ RIGHT: dict[str, tuple[Problem, str]] = {
 
 @pytest.mark.parametrize("name", sorted(RIGHT))
 async def test_a_right_answer_passes(pool: ScoringPool, name: str) -> None:
-    problem, code = RIGHT[name]
-    for _ in range(2):  # twice: the resident judge serves the second
-        with anyio.fail_after(30):
-            s = await pool.score(problem, fenced(code))
-        assert s.passed, s
+    await passes_on_a_fresh_and_a_resident_judge(pool, *RIGHT[name])
 
 
 def _raise_frame(name: str, message: str, bases: list[str], args: object) -> str:
