@@ -192,9 +192,9 @@ class _Client:
     async def json(self, path: str) -> Any:
         r = await self.get(path)
         try:
-            return r.json()
-        except ValueError:
-            raise AuditFailure("fetch", f"GET {self.url(path)} did not return JSON") from None
+            return loads(r.content)
+        except BadJSON as e:
+            raise AuditFailure("fetch", f"GET {self.url(path)} did not return JSON: {e}") from None
 
 
 MAX_BODY = 64 * 1024 * 1024
@@ -209,22 +209,40 @@ async def _fetch(client: httpx.AsyncClient, url: str) -> httpx.Response:
         return httpx.Response(r.status_code, headers=r.headers, content=body, request=r.request)
 
 
+def _limit(r: httpx.Response) -> float:
+    """The seconds a whole answer (or a line of ``results.jsonl``) may take: the client's timeout
+    (``--timeout``). httpx's own read timeout is per read: a server sending a byte a second
+    never trips it, and held an audit for as long as it liked."""
+    timeout = r.request.extensions.get("timeout", {}).get("read")
+    return float(timeout) if timeout else 30.0
+
+
+def _too_slow(url: str, limit: float, what: str = "the answer") -> AuditFailure:
+    return AuditFailure("fetch", f"GET {url}: {what} took longer than {limit:g} s to arrive (--timeout)")
+
+
 async def _body(r: httpx.Response, url: str) -> bytes:
-    """``r``'s body, read as a stream; AuditFailure past :data:`MAX_BODY` bytes."""
+    """``r``'s body, read as a stream; AuditFailure past :data:`MAX_BODY` bytes or, once its
+    headers came, past the client's timeout (:func:`_limit`)."""
     out = bytearray()
+    limit = _limit(r)
+    end = anyio.current_time() + limit
     async for chunk in r.aiter_bytes():
         out += chunk
         if len(out) > MAX_BODY:
             raise AuditFailure("fetch", f"GET {url}: the answer is larger than {MAX_BODY:,} bytes")
+        if anyio.current_time() > end:
+            raise _too_slow(url, limit)
     return bytes(out)
 
 
 async def _excerpt(r: httpx.Response) -> str:
-    """The start of an error answer's body (never the whole of it)."""
+    """The start of an error answer's body (never the whole of it, nor for longer than its timeout)."""
     out = bytearray()
+    end = anyio.current_time() + _limit(r)
     async for chunk in r.aiter_bytes():
         out += chunk
-        if len(out) >= 200:
+        if len(out) >= 200 or anyio.current_time() > end:
             break
     return out[:200].decode(errors="replace").strip()
 
@@ -233,6 +251,8 @@ async def _lines(r: httpx.Response, url: str, digest: Any = None) -> AsyncIterat
     """``r``'s body line by line (UTF-8); AuditFailure on a line past :data:`MAX_BODY` bytes.
     ``digest`` (a hashlib object) is updated with every byte read."""
     rest = bytearray()
+    limit = _limit(r)
+    end = anyio.current_time() + limit
     async for chunk in r.aiter_bytes():
         if digest is not None:
             digest.update(chunk)
@@ -241,10 +261,44 @@ async def _lines(r: httpx.Response, url: str, digest: Any = None) -> AsyncIterat
             *lines, rest = rest.split(b"\n")
             for line in lines:
                 yield line.decode(errors="replace").removesuffix("\r")
+            end = anyio.current_time() + limit  # each line in its own --timeout
         if len(rest) > MAX_BODY:
             raise AuditFailure("fetch", f"GET {url}: a line longer than {MAX_BODY:,} bytes")
+        if anyio.current_time() > end:
+            raise _too_slow(url, limit, "a line")
     if rest:
         yield rest.decode(errors="replace").removesuffix("\r")
+
+
+class BadJSON(ValueError):
+    """What a hostile server may send as JSON and audit refuses to read (see :func:`loads`)."""
+
+
+def _no_twice(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise BadJSON(f"the key {k[:60]!r} is given twice (readers disagree on which counts)")
+        out[k] = v
+    return out
+
+
+def loads(raw: bytes | str) -> Any:
+    """JSON as audit reads it from an untrusted host: UTF-8, no key given twice in an object (Python
+    keeps the last, other readers the first: the audit would pass what they read otherwise), not
+    nested past what Python can parse (a RecursionError was a traceback). :class:`BadJSON`
+    (a ValueError) naming what is wrong."""
+    try:
+        text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+        return json.loads(text, object_pairs_hook=_no_twice)
+    except BadJSON:
+        raise
+    except UnicodeDecodeError:
+        raise BadJSON("not UTF-8") from None
+    except RecursionError:
+        raise BadJSON("nested too deep") from None
+    except ValueError as e:
+        raise BadJSON(f"not JSON ({str(e)[:80]})") from None
 
 
 def _hashes(value: Any, what: str) -> list[bytes]:
@@ -256,12 +310,38 @@ def _hashes(value: Any, what: str) -> list[bytes]:
         raise AuditFailure("fetch", str(e)) from None
 
 
+MAX_KEEP = 64 * 1024 * 1024
+"""The largest ``--keep`` file audit reads (a checkpoint and some 100 bytes per remembered item)."""
+
+
 def _load_keep(path: Path) -> dict[str, Any] | None:
-    if not path.exists():
-        return None
+    import stat
+
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise AuditFailure("keep", f"{path} cannot be read as a kept checkpoint: {e.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise AuditFailure(
+                "keep", f"{path} is not a regular file (a pipe, a device or a folder): not a kept checkpoint"
+            )
+        if st.st_size > MAX_KEEP:
+            raise AuditFailure(
+                "keep", f"{path} is {st.st_size:,} bytes, more than a kept checkpoint's {MAX_KEEP:,}"
+            )
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            raw = f.read(MAX_KEEP + 1)
+    except OSError as e:
+        raise AuditFailure("keep", f"{path} cannot be read as a kept checkpoint: {e.strerror}") from None
+    finally:
+        os.close(fd)
+    try:
+        data = loads(raw)
+    except BadJSON as e:
         raise AuditFailure("keep", f"{path} cannot be read as a kept checkpoint: {e}") from None
     if (
         not isinstance(data, dict)
@@ -328,7 +408,11 @@ async def audit(
     pinned = NoteVerifier.from_vkey(key) if key is not None else None
     kept = _load_keep(keep) if keep is not None else None
     ctx = (
-        httpx.AsyncClient(timeout=http_timeout, follow_redirects=True)
+        httpx.AsyncClient(
+            timeout=http_timeout,
+            follow_redirects=True,
+            event_hooks={"response": [_same_origin(url)]},
+        )
         if client is None
         else nullcontext(client)
     )
@@ -381,6 +465,40 @@ async def audit(
         raise failure
     report.failure = failure
     return report
+
+
+class RedirectRefused(httpx.HTTPError):
+    """A redirect away from the audited address (another host or port, another scheme)."""
+
+
+def _same_origin(url: str) -> Callable[[httpx.Response], Any]:
+    """A response hook refusing a redirect that leaves ``url``'s scheme, host and port (an
+    ``http`` address may move to ``https`` on its host). Audit asks the host it was given: a
+    redirect elsewhere (a host of the auditor's network, ``file://``) is not followed."""
+    base = httpx.URL(url)
+
+    def origin(u: httpx.URL) -> tuple[str, str, int | None]:
+        return u.scheme, u.host, u.port or {"http": 80, "https": 443}.get(u.scheme)
+
+    allowed = {origin(base)}
+    if base.scheme == "http":
+        allowed |= {("https", base.host, base.port or 443), ("https", base.host, 443)}
+
+    async def hook(r: httpx.Response) -> None:
+        if not r.has_redirect_location:
+            return
+        location = r.headers["location"]
+        try:
+            target = r.request.url.join(location)
+        except (httpx.InvalidURL, ValueError):
+            target = None
+        if target is None or origin(target) not in allowed:
+            raise RedirectRefused(
+                f"redirected to {location[:200]!r}, away from {origin(base)[0]}://{base.netloc.decode()}:"
+                " not followed (audit that address itself if you trust it)"
+            )
+
+    return hook
 
 
 EXPORT_MARK = ".export-in-progress"
@@ -578,7 +696,7 @@ async def _check_rotation_logged(http: _Client, link: dict[str, Any], cp: Checkp
     seq = link["seq"]
     canonical = link.get("canonical")
     try:
-        event = json.loads(canonical) if isinstance(canonical, str) else None
+        event = loads(canonical) if isinstance(canonical, str) else None
     except ValueError:
         event = None
     if (
@@ -658,7 +776,7 @@ async def _check_health(client: httpx.AsyncClient, base: str) -> None:
     if r.status_code != 503:
         return
     try:
-        body = r.json()
+        body = loads(r.content)
     except ValueError:
         body = {}
     if isinstance(body, dict) and body.get("status") == "degraded":
@@ -703,7 +821,7 @@ async def _check_item(http: _Client, item: str, cp: Checkpoint) -> tuple[int, by
     if isinstance(canonical, str):
         leaf = leaf_hash(canonical.encode())
         try:
-            event = json.loads(canonical)
+            event = loads(canonical)
         except ValueError:
             raise AuditFailure("inclusion", f"item {item}: its canonical event is not JSON") from None
         if not isinstance(event, dict) or event.get("seq") != index + 1:
@@ -778,9 +896,9 @@ async def _check_bundle(http: _Client, item: str, verifier: NoteVerifier, cp: Ch
     if r.status_code != 200:
         raise AuditFailure("fetch", f"GET {path} answered {r.status_code}: {r.text[:200].strip()}")
     try:
-        record = r.json()
-    except ValueError:
-        raise AuditFailure("fetch", f"GET {path} did not return JSON") from None
+        record = loads(r.content)
+    except BadJSON as e:
+        raise AuditFailure("fetch", f"GET {path} did not return JSON: {e}") from None
     bundle = record.get("proof") if isinstance(record, dict) else None
     if bundle is None:
         return f"bundle: item {item}: the service serves no proof bundle (an older rollwatch): not checked"
@@ -852,9 +970,9 @@ class _Archive:
         from rollwatch.integrity.bundle import check_bundle
 
         try:
-            record = json.loads(text)
-        except ValueError:
-            raise AuditFailure("archive", f"{self.file} line {n} is not JSON") from None
+            record = loads(text)
+        except BadJSON as e:
+            raise AuditFailure("archive", f"{self.file} line {n} is not JSON: {e}") from None
         rid = record.get("rollout_id") if isinstance(record, dict) else None
         if not isinstance(rid, str):
             raise AuditFailure("archive", f"{self.file} line {n} is not a result (no rollout_id)")
@@ -892,7 +1010,7 @@ class _Archive:
         canonical = meta.get("canonical") if isinstance(meta, dict) else None
         inc = meta.get("inclusion") if isinstance(meta, dict) else None
         try:
-            event = json.loads(canonical) if isinstance(canonical, str) else None
+            event = loads(canonical) if isinstance(canonical, str) else None
         except ValueError:
             event = None
         data = event.get("data") if isinstance(event, dict) else None
@@ -1016,9 +1134,9 @@ async def _signed_index(
     except httpx.HTTPError as e:
         raise AuditFailure("fetch", f"GET {url}: {type(e).__name__}: {e}") from None
     try:
-        index = json.loads(raw)
-    except ValueError:
-        raise AuditFailure("archive", "releases.json is not JSON") from None
+        index = loads(raw)
+    except BadJSON as e:
+        raise AuditFailure("archive", f"releases.json is not JSON: {e}") from None
     if not isinstance(index, dict):
         raise AuditFailure("archive", "releases.json is not a release index")
     if r.status_code == 404:
@@ -1150,9 +1268,11 @@ async def _chunks(http: _Client, index: dict[str, Any], signed: bool) -> list[tu
                 " was killed before it finished: export again)",
             )
         try:
-            manifest = json.loads(raw)
-        except ValueError:
-            raise AuditFailure("fetch", f"GET {http.url('/public/' + mpath)} did not return JSON") from None
+            manifest = loads(raw)
+        except BadJSON as e:
+            raise AuditFailure(
+                "fetch", f"GET {http.url('/public/' + mpath)} did not return JSON: {e}"
+            ) from None
         chunks = manifest.get("chunks") if isinstance(manifest, dict) else None
         files = manifest.get("files") if isinstance(manifest, dict) else None
         if not isinstance(chunks, list) or (signed and not isinstance(files, dict)):

@@ -55,7 +55,7 @@ def check_bundle(
             index = int(ev["leaf_index"])
             path = [unb64(h, "an inclusion hash") for h in ev["inclusion"]]
             env = json.loads(canonical)
-        except (KeyError, TypeError, ValueError, InvalidNote) as e:
+        except (KeyError, TypeError, ValueError, InvalidNote, RecursionError) as e:
             raise ValueError(f"a malformed event: {e}") from None
         if not verify_inclusion(index, cp.size, leaf_hash(canonical), path, cp.root):
             raise ValueError(
