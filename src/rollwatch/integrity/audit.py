@@ -62,8 +62,15 @@ from typing import Any
 import anyio
 import httpx
 
-from rollwatch.errors import AuditFailure, InvalidNote, InvalidProof
-from rollwatch.integrity.checkpoint import Checkpoint, NoteVerifier, ReleaseStatement, b64, unb64
+from rollwatch.errors import AuditFailure, InvalidNote, InvalidProof, UnfitFile
+from rollwatch.integrity.checkpoint import (
+    Checkpoint,
+    NoteVerifier,
+    ReleaseStatement,
+    b64,
+    read_small_file,
+    unb64,
+)
 from rollwatch.integrity.merkle import (
     Node,
     assemble,
@@ -193,7 +200,7 @@ class _Client:
         r = await self.get(path)
         try:
             return loads(r.content)
-        except BadJSON as e:
+        except _BadJSON as e:
             raise AuditFailure("fetch", f"GET {self.url(path)} did not return JSON: {e}") from None
 
 
@@ -270,7 +277,7 @@ async def _lines(r: httpx.Response, url: str, digest: Any = None) -> AsyncIterat
         yield rest.decode(errors="replace").removesuffix("\r")
 
 
-class BadJSON(ValueError):
+class _BadJSON(ValueError):
     """What a hostile server may send as JSON and audit refuses to read (see :func:`loads`)."""
 
 
@@ -278,7 +285,7 @@ def _no_twice(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in pairs:
         if k in out:
-            raise BadJSON(f"the key {k[:60]!r} is given twice (readers disagree on which counts)")
+            raise _BadJSON(f"the key {k[:60]!r} is given twice (readers disagree on which counts)")
         out[k] = v
     return out
 
@@ -286,19 +293,19 @@ def _no_twice(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 def loads(raw: bytes | str) -> Any:
     """JSON as audit reads it from an untrusted host: UTF-8, no key given twice in an object (Python
     keeps the last, other readers the first: the audit would pass what they read otherwise), not
-    nested past what Python can parse (a RecursionError was a traceback). :class:`BadJSON`
+    nested past what Python can parse (a RecursionError was a traceback). :class:`_BadJSON`
     (a ValueError) naming what is wrong."""
     try:
         text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
         return json.loads(text, object_pairs_hook=_no_twice)
-    except BadJSON:
+    except _BadJSON:
         raise
     except UnicodeDecodeError:
-        raise BadJSON("not UTF-8") from None
+        raise _BadJSON("not UTF-8") from None
     except RecursionError:
-        raise BadJSON("nested too deep") from None
+        raise _BadJSON("nested too deep") from None
     except ValueError as e:
-        raise BadJSON(f"not JSON ({str(e)[:80]})") from None
+        raise _BadJSON(f"not JSON ({str(e)[:80]})") from None
 
 
 def _hashes(value: Any, what: str) -> list[bytes]:
@@ -315,33 +322,16 @@ MAX_KEEP = 64 * 1024 * 1024
 
 
 def _load_keep(path: Path) -> dict[str, Any] | None:
-    import stat
-
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        raw = read_small_file(path, MAX_KEEP)  # a pipe waited for ever, /dev/zero filled memory
     except FileNotFoundError:
         return None
-    except OSError as e:
-        raise AuditFailure("keep", f"{path} cannot be read as a kept checkpoint: {e.strerror}") from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise AuditFailure(
-                "keep", f"{path} is not a regular file (a pipe, a device or a folder): not a kept checkpoint"
-            )
-        if st.st_size > MAX_KEEP:
-            raise AuditFailure(
-                "keep", f"{path} is {st.st_size:,} bytes, more than a kept checkpoint's {MAX_KEEP:,}"
-            )
-        with os.fdopen(fd, "rb", closefd=False) as f:
-            raw = f.read(MAX_KEEP + 1)
-    except OSError as e:
-        raise AuditFailure("keep", f"{path} cannot be read as a kept checkpoint: {e.strerror}") from None
-    finally:
-        os.close(fd)
+    except (UnfitFile, OSError) as e:
+        why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise AuditFailure("keep", f"{path} cannot be read as a kept checkpoint: {why}") from None
     try:
         data = loads(raw)
-    except BadJSON as e:
+    except _BadJSON as e:
         raise AuditFailure("keep", f"{path} cannot be read as a kept checkpoint: {e}") from None
     if (
         not isinstance(data, dict)
@@ -467,7 +457,7 @@ async def audit(
     return report
 
 
-class RedirectRefused(httpx.HTTPError):
+class _RedirectRefused(httpx.HTTPError):
     """A redirect away from the audited address (another host or port, another scheme)."""
 
 
@@ -493,7 +483,7 @@ def _same_origin(url: str) -> Callable[[httpx.Response], Any]:
         except (httpx.InvalidURL, ValueError):
             target = None
         if target is None or origin(target) not in allowed:
-            raise RedirectRefused(
+            raise _RedirectRefused(
                 f"redirected to {location[:200]!r}, away from {origin(base)[0]}://{base.netloc.decode()}:"
                 " not followed (audit that address itself if you trust it)"
             )
@@ -897,7 +887,7 @@ async def _check_bundle(http: _Client, item: str, verifier: NoteVerifier, cp: Ch
         raise AuditFailure("fetch", f"GET {path} answered {r.status_code}: {r.text[:200].strip()}")
     try:
         record = loads(r.content)
-    except BadJSON as e:
+    except _BadJSON as e:
         raise AuditFailure("fetch", f"GET {path} did not return JSON: {e}") from None
     bundle = record.get("proof") if isinstance(record, dict) else None
     if bundle is None:
@@ -971,7 +961,7 @@ class _Archive:
 
         try:
             record = loads(text)
-        except BadJSON as e:
+        except _BadJSON as e:
             raise AuditFailure("archive", f"{self.file} line {n} is not JSON: {e}") from None
         rid = record.get("rollout_id") if isinstance(record, dict) else None
         if not isinstance(rid, str):
@@ -1135,7 +1125,7 @@ async def _signed_index(
         raise AuditFailure("fetch", f"GET {url}: {type(e).__name__}: {e}") from None
     try:
         index = loads(raw)
-    except BadJSON as e:
+    except _BadJSON as e:
         raise AuditFailure("archive", f"releases.json is not JSON: {e}") from None
     if not isinstance(index, dict):
         raise AuditFailure("archive", "releases.json is not a release index")
@@ -1269,7 +1259,7 @@ async def _chunks(http: _Client, index: dict[str, Any], signed: bool) -> list[tu
             )
         try:
             manifest = loads(raw)
-        except BadJSON as e:
+        except _BadJSON as e:
             raise AuditFailure(
                 "fetch", f"GET {http.url('/public/' + mpath)} did not return JSON: {e}"
             ) from None
