@@ -592,21 +592,33 @@ class ProviderClient:
                         )
                     answering = True
                     # Closed with the response, not left to the garbage collector.
+                    # An event is its ``data:`` lines joined by newlines, dispatched at the
+                    # blank line that ends it (SSE); one the stream's end leaves open is
+                    # dispatched too, as servers that omit the last blank line mean it.
+                    data: list[str] = []
+
+                    def dispatch() -> None:
+                        try:
+                            fold.feed("\n".join(data).strip().replace(key, "[redacted]"))
+                        except ProviderError as e:
+                            raise self._with_context(e, rid) from None
+                        data.clear()
+
                     async with contextlib.aclosing(_read_lines(response, held, idle)) as reads:
                         async for lines in reads:
                             for line in lines:
-                                if not line.startswith("data:"):
-                                    continue
-                                try:
-                                    fold.feed(line[5:].strip().replace(key, "[redacted]"))
-                                except ProviderError as e:
-                                    raise self._with_context(e, rid) from None
-                                if fold.done:
-                                    break
+                                if line.startswith("data:"):
+                                    data.append(line[5:])
+                                elif not line and data:
+                                    dispatch()
+                                    if fold.done:
+                                        break
                             if ttft is None and fold.first_token:
                                 ttft = (time.perf_counter() - start) * 1000.0
                             if fold.done:
                                 break
+                    if data and not fold.done:
+                        dispatch()
                     if not fold.done:
                         raise bad_response("the stream ended before its end: the answer was cut off")
         except (TimeoutError, httpx.TimeoutException):
@@ -664,20 +676,21 @@ class ProviderClient:
         with ``\\u`` escapes, which decode to the key itself, and a request id may come
         from a header, which no body holds."""
         mask = self._mask
-        if not mask:
-            return parsed
 
         def clean(value: str | None) -> str | None:
-            return value.replace(mask, "[redacted]") if value and mask in value else value
+            return value.replace(mask, "[redacted]") if mask and value and mask in value else value
+
+        def label(value: str | None) -> str | None:
+            return _label(clean(value))
 
         return dataclasses.replace(
             parsed,
             text=clean(parsed.text) or "",
             reasoning=clean(parsed.reasoning),
-            finish_reason=clean(parsed.finish_reason),
-            request_id=clean(parsed.request_id),
-            model=clean(parsed.model),
-            system_fingerprint=clean(parsed.system_fingerprint),
+            finish_reason=label(parsed.finish_reason),
+            request_id=label(parsed.request_id),
+            model=label(parsed.model),
+            system_fingerprint=label(parsed.system_fingerprint),
         )
 
     async def _send(
@@ -1059,6 +1072,7 @@ async def _read_lines(response: httpx.Response, held: Lease, idle: float) -> Asy
     _refuse_stacked_codings(response)
     total = 0
     pending = bytearray()
+    after_cr = False
     chunks = response.aiter_bytes()  # closed with the response
     while True:
         chunk: bytes | None = None
@@ -1072,8 +1086,11 @@ async def _read_lines(response: httpx.Response, held: Lease, idle: float) -> Asy
         if total > MAX_BODY_BYTES:
             raise bad_response(f"the stream is too large: over {MAX_BODY_BYTES // 2**20} MiB decoded")
         held.take(len(chunk))
-        # A CRLF split across chunks becomes two line ends: an empty line more, which the
-        # reader skips (only ``data:`` lines count there).
+        # A CRLF split across chunks is one line end: an empty line more would end an
+        # event early (an event's ``data:`` lines are joined until a blank line).
+        if after_cr and chunk.startswith(b"\n"):
+            chunk = chunk[1:]
+        after_cr = chunk.endswith(b"\r")
         data = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         # Only the new chunk is searched: a line that never ends is not scanned again at
         # every chunk (64 MiB of it took seconds so).
@@ -1086,6 +1103,20 @@ async def _read_lines(response: httpx.Response, held: Lease, idle: float) -> Asy
         pending = bytearray(data[end + 1 :])
     if pending:
         yield [_utf8(pending)]
+
+
+#: A name the provider gives (served model, fingerprint, request id, finish reason) is
+#: recorded up to this many characters: it keys report rows and log lines.
+MAX_LABEL_CHARS = 200
+
+
+def _label(value: str | None) -> str | None:
+    """``value`` fit to be a name: control and other unprintable characters (a newline
+    forging a log line, an ANSI escape) as ``?``, cut to :data:`MAX_LABEL_CHARS`."""
+    if value is None or (len(value) <= MAX_LABEL_CHARS and value.isprintable()):
+        return value
+    cut = value[: MAX_LABEL_CHARS - 1] + "…" if len(value) > MAX_LABEL_CHARS else value
+    return "".join(c if c.isprintable() else "?" for c in cut)
 
 
 def _utf8(data: bytes | bytearray) -> str:

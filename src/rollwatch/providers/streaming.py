@@ -17,8 +17,9 @@ adapter's own ``parse``, so a streamed answer is recorded exactly like a whole o
 * Gemini: ``:streamGenerateContent?alt=sse``; each ``data:`` is a
   ``GenerateContentResponse`` with the next parts; the one with a ``finishReason`` ends it.
 
-A stream that ends before its end marker was cut: a retryable ``bad_response``, never
-a truncated answer to score. The client enforces an idle timeout between chunks and
+A stream that ends before its end marker, or whose end marker comes with no finish or
+stop reason (OpenAI, Anthropic), was cut: a retryable ``bad_response``, never a truncated
+answer to score. An event's ``data:`` lines are joined with newlines, as SSE says. The client enforces an idle timeout between chunks and
 records the time to the first token.
 """
 
@@ -48,7 +49,7 @@ class StreamFold:
     def feed(self, data: str) -> None:
         """One ``data:`` payload; ProviderError for an error event."""
         if self.kind == "openai" and data.strip() == "[DONE]":
-            self.done = True
+            self._ended()
             return
         try:
             event = loads(data)
@@ -57,6 +58,14 @@ class StreamFold:
         if not isinstance(event, dict):
             raise bad_response("a stream event is not a JSON object")
         getattr(self, f"_{self.kind}")(event)
+
+    def _ended(self) -> None:
+        """The end marker (OpenAI's ``[DONE]``, Anthropic's ``message_stop``). Both vendors
+        send a finish/stop reason before it; an end without one is a proxy closing politely
+        after losing its upstream mid-answer: a cut answer, never a whole one to score."""
+        if self._finish is None:
+            raise bad_response("the stream ended with no finish or stop reason: the answer was cut off")
+        self.done = True
 
     def _add(self, text: Any, reasoning: Any) -> None:
         if isinstance(text, str) and text:
@@ -112,7 +121,7 @@ class StreamFold:
             self._finish = as_dict(event.get("delta")).get("stop_reason") or self._finish
             self._usage.update({k: v for k, v in as_dict(event.get("usage")).items() if v is not None})
         elif kind == "message_stop":
-            self.done = True
+            self._ended()
 
     def _gemini(self, event: dict[str, Any]) -> None:
         if "error" in event:
