@@ -234,6 +234,14 @@ def listen_host_problem(host: str) -> str | None:
     return None
 
 
+def _sqlite_file(url: str) -> Path:
+    """The file of a ``sqlite:`` URL (``sqlite:///abs`` is absolute, ``sqlite:rel`` relative)."""
+    rest = url.removeprefix("sqlite:")
+    if rest.startswith("//"):
+        rest = rest[2:]
+    return Path(os.path.expandvars(rest))
+
+
 class StoreConfig(_Strict):
     url: str = "sqlite:var/events.db"
     projections: FilePath | None = None
@@ -266,6 +274,16 @@ class StoreConfig(_Strict):
                 urlsplit(v).port  # noqa: B018 (raises ValueError when out of range or not a number)
             except ValueError:
                 raise ValueError("the port must be a number up to 65535") from None
+        else:
+            # A folder or a FIFO: every command said "there is no event log", or serve and
+            # run "unable to open database file" / "disk I/O error".
+            path = _sqlite_file(v)
+            if path.is_dir():
+                raise ValueError(
+                    f"{v!r} names a folder; name the log's file in it, e.g. sqlite:{path}/events.db"
+                )
+            if path.exists() and not path.is_file():
+                raise ValueError(f"{v!r} names no regular file (a FIFO or a device?); name the log's file")
         return v
 
     @field_validator("projections")
@@ -280,10 +298,7 @@ class StoreConfig(_Strict):
         """The SQLite file of ``url`` (``sqlite:///abs`` is absolute, ``sqlite:rel`` relative)."""
         if not self.url.startswith("sqlite:"):
             return None
-        rest = self.url.removeprefix("sqlite:")
-        if rest.startswith("//"):
-            rest = rest[2:]
-        return Path(os.path.expandvars(rest))
+        return _sqlite_file(self.url)
 
     @property
     def projections_path(self) -> Path:

@@ -526,8 +526,11 @@ def _read_cases(r: _Reader, name: str) -> tuple[Case, ...]:
 
 def _case_bytes(r: _Reader, p: Path) -> bytes:
     """A stdio case file's bytes: a regular file (a FIFO blocked the load forever) of at
-    most :data:`MAX_FILE_BYTES` (every case is given to every sample)."""
+    most :data:`MAX_FILE_BYTES` (every case is given to every sample), inside the problem's
+    folder as its other files are (a symlink to /etc/passwd was read as a case)."""
     try:
+        if not _resolve(p).is_relative_to(r.root.resolve()):
+            raise r.fail("scorer.cases", f"{p.name} is outside the problem's folder (a symlink out of it)")
         with open(p, "rb", buffering=0, opener=_nonblocking) as f:
             st = os.fstat(f.fileno())
             if not stat.S_ISREG(st.st_mode):

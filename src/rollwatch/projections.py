@@ -498,6 +498,14 @@ class ProjectionDB:
                 building = -1
                 await anyio.to_thread.run_sync(self._collect)
                 raise StoreError(f"cannot build the projections in {new}: {e}") from e
+            except BaseException:
+                # Cancelled (Ctrl-C on `rollwatch rebuild`, SIGTERM while serve builds): the
+                # unfinished file goes now, as on an error; it took the space of a whole build
+                # until the next one. The file in use (or, once switched, the new one) stays.
+                os.close(building)
+                building = -1
+                self._collect()
+                raise
             finally:
                 if building >= 0:
                     os.close(building)
