@@ -431,3 +431,35 @@ def test_sigterm_while_serve_starts_stops_it_at_once_without_a_traceback(
     assert time.monotonic() - started < 10
     assert proc.returncode in (0, -signal.SIGTERM), err[-3000:]
     assert "Traceback" not in err, err[-3000:]
+
+
+def test_ctrl_c_during_migrate_leaves_a_copy_that_a_second_migrate_finishes(
+    big_log: Path, tmp_path: Path
+) -> None:
+    """Held: 130 and "interrupted"; the events copied so far are whole batches (of the
+    same seq, id and hash), and ``migrate`` run again copies the rest and verifies."""
+    from tests.pg import scratch_database
+
+    cfg = _copy_log(big_log, tmp_path)
+
+    async def main() -> None:
+        async with scratch_database() as url:
+            out = await anyio.to_thread.run_sync(
+                lambda: _interrupted(cfg, ["migrate", "--to", url, "--log-level", "error"], when=2.5)
+            )
+            assert out.split("|")[0] == "130", out
+            assert out.endswith("interrupted\n"), out
+            again = await anyio.to_thread.run_sync(
+                lambda: rollwatch("--config", str(cfg), "migrate", "--to", url, timeout=300)
+            )
+            assert again.returncode == 0, again.stderr[-3000:]
+            assert "the PostgreSQL log verifies and ends with the same hash" in again.stdout, again.stdout
+            pg_cfg = tmp_path / "pg.toml"
+            pg_cfg.write_text(f'[store]\nurl = "{url}"\nprojections = "{tmp_path / "pg.db"}"\n')
+            ver = await anyio.to_thread.run_sync(
+                lambda: rollwatch("--config", str(pg_cfg), "verify", timeout=300)
+            )
+            assert ver.returncode == 0, ver.stderr[-3000:]
+            assert "ok: 300000 events" in ver.stdout, ver.stdout
+
+    anyio.run(main)
