@@ -463,3 +463,49 @@ def test_ctrl_c_during_migrate_leaves_a_copy_that_a_second_migrate_finishes(
             assert "ok: 300000 events" in ver.stdout, ver.stdout
 
     anyio.run(main)
+
+
+def test_problems_check_on_a_terminal_shows_progress(tmp_path: Path) -> None:
+    """Broke: `problems check` printed nothing until every reference solution had run (6 s
+    for the 10 bundled problems on two cores, minutes for a HumanEval set). On a terminal it
+    now draws a progress line per set; off one (this test's stdout) it stays silent."""
+    import pty
+
+    cfg = write_config(tmp_path)
+    main, tty = pty.openpty()
+    try:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "rollwatch",
+                "--config",
+                str(cfg),
+                "problems",
+                "check",
+                "--log-level",
+                "error",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=tty,
+            text=True,
+        )
+        os.close(tty)
+        out, _ = proc.communicate(timeout=300)
+        seen = b""
+        while True:
+            try:
+                chunk = os.read(main, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            seen += chunk
+    finally:
+        os.close(main)
+    assert proc.returncode == 0, (out, seen)
+    text = seen.decode(errors="replace")
+    assert "Traceback" not in text, text
+    assert "\rcheck favorites [" in text, text
+    assert "10/10" in text, text
+    assert "\r" not in out, out
