@@ -509,3 +509,56 @@ def test_problems_check_on_a_terminal_shows_progress(tmp_path: Path) -> None:
     assert "\rcheck favorites [" in text, text
     assert "10/10" in text, text
     assert "\r" not in out, out
+
+
+def _on_a_terminal(cfg: Path, *args: str, timeout: float = 300) -> tuple[int, str, str]:
+    """``rollwatch ARGS`` with its standard error on a pseudo-terminal: (status, stdout,
+    what the terminal showed)."""
+    import pty
+    import threading
+
+    main, tty = pty.openpty()
+    seen: list[bytes] = []
+
+    def read() -> None:
+        while True:
+            try:
+                chunk = os.read(main, 65536)
+            except OSError:
+                return
+            if not chunk:
+                return
+            seen.append(chunk)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "rollwatch", "--config", str(cfg), *args, "--log-level", "error"],
+            stdout=subprocess.PIPE,
+            stderr=tty,
+            text=True,
+        )
+        os.close(tty)
+        out, _ = proc.communicate(timeout=timeout)
+        reader.join(timeout=5)
+    finally:
+        os.close(main)
+    return proc.returncode, out, b"".join(seen).decode(errors="replace")
+
+
+def test_rescore_on_a_terminal_shows_progress(tmp_path: Path) -> None:
+    """Broke: `rescore` judged every archived answer again in the sandbox (thousands, after
+    a problem's tests changed) with nothing on the terminal until the end."""
+    problems = _problem_set(tmp_path)
+    cfg = write_config(tmp_path, SCHEDULE + "rollouts = 2\nevery = '1h'\n", problems=str(problems))
+    done = rollwatch("run", "s", "--config", str(cfg), "--log-level", "error", timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    with (problems / "edit-distance" / "tests.py").open("a") as f:
+        f.write("\n# a new version of the tests\n")
+    status, out, shown = _on_a_terminal(cfg, "rescore")
+    assert status == 0, (out, shown)
+    assert "Traceback" not in shown, shown
+    assert "\rrescore [" in shown, shown
+    assert "2/2" in shown, shown
+    assert "rescore " in out, out
