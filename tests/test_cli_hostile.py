@@ -431,3 +431,134 @@ def test_sigterm_while_serve_starts_stops_it_at_once_without_a_traceback(
     assert time.monotonic() - started < 10
     assert proc.returncode in (0, -signal.SIGTERM), err[-3000:]
     assert "Traceback" not in err, err[-3000:]
+
+
+def test_ctrl_c_during_migrate_leaves_a_copy_that_a_second_migrate_finishes(
+    big_log: Path, tmp_path: Path
+) -> None:
+    """Held: 130 and "interrupted"; the events copied so far are whole batches (of the
+    same seq, id and hash), and ``migrate`` run again copies the rest and verifies."""
+    from tests.pg import scratch_database
+
+    cfg = _copy_log(big_log, tmp_path)
+
+    async def main() -> None:
+        async with scratch_database() as url:
+            out = await anyio.to_thread.run_sync(
+                lambda: _interrupted(cfg, ["migrate", "--to", url, "--log-level", "error"], when=2.5)
+            )
+            assert out.split("|")[0] == "130", out
+            assert out.endswith("interrupted\n"), out
+            again = await anyio.to_thread.run_sync(
+                lambda: rollwatch("--config", str(cfg), "migrate", "--to", url, timeout=300)
+            )
+            assert again.returncode == 0, again.stderr[-3000:]
+            assert "the PostgreSQL log verifies and ends with the same hash" in again.stdout, again.stdout
+            pg_cfg = tmp_path / "pg.toml"
+            pg_cfg.write_text(f'[store]\nurl = "{url}"\nprojections = "{tmp_path / "pg.db"}"\n')
+            ver = await anyio.to_thread.run_sync(
+                lambda: rollwatch("--config", str(pg_cfg), "verify", timeout=300)
+            )
+            assert ver.returncode == 0, ver.stderr[-3000:]
+            assert "ok: 300000 events" in ver.stdout, ver.stdout
+
+    anyio.run(main)
+
+
+def test_problems_check_on_a_terminal_shows_progress(tmp_path: Path) -> None:
+    """Broke: `problems check` printed nothing until every reference solution had run (6 s
+    for the 10 bundled problems on two cores, minutes for a HumanEval set). On a terminal it
+    now draws a progress line per set; off one (this test's stdout) it stays silent."""
+    import pty
+
+    cfg = write_config(tmp_path)
+    main, tty = pty.openpty()
+    try:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "rollwatch",
+                "--config",
+                str(cfg),
+                "problems",
+                "check",
+                "--log-level",
+                "error",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=tty,
+            text=True,
+        )
+        os.close(tty)
+        out, _ = proc.communicate(timeout=300)
+        seen = b""
+        while True:
+            try:
+                chunk = os.read(main, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            seen += chunk
+    finally:
+        os.close(main)
+    assert proc.returncode == 0, (out, seen)
+    text = seen.decode(errors="replace")
+    assert "Traceback" not in text, text
+    assert "\rcheck favorites [" in text, text
+    assert "10/10" in text, text
+    assert "\r" not in out, out
+
+
+def _on_a_terminal(cfg: Path, *args: str, timeout: float = 300) -> tuple[int, str, str]:
+    """``rollwatch ARGS`` with its standard error on a pseudo-terminal: (status, stdout,
+    what the terminal showed)."""
+    import pty
+    import threading
+
+    main, tty = pty.openpty()
+    seen: list[bytes] = []
+
+    def read() -> None:
+        while True:
+            try:
+                chunk = os.read(main, 65536)
+            except OSError:
+                return
+            if not chunk:
+                return
+            seen.append(chunk)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "rollwatch", "--config", str(cfg), *args, "--log-level", "error"],
+            stdout=subprocess.PIPE,
+            stderr=tty,
+            text=True,
+        )
+        os.close(tty)
+        out, _ = proc.communicate(timeout=timeout)
+        reader.join(timeout=5)
+    finally:
+        os.close(main)
+    return proc.returncode, out, b"".join(seen).decode(errors="replace")
+
+
+def test_rescore_on_a_terminal_shows_progress(tmp_path: Path) -> None:
+    """Broke: `rescore` judged every archived answer again in the sandbox (thousands, after
+    a problem's tests changed) with nothing on the terminal until the end."""
+    problems = _problem_set(tmp_path)
+    cfg = write_config(tmp_path, SCHEDULE + "rollouts = 2\nevery = '1h'\n", problems=str(problems))
+    done = rollwatch("run", "s", "--config", str(cfg), "--log-level", "error", timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    with (problems / "edit-distance" / "tests.py").open("a") as f:
+        f.write("\n# a new version of the tests\n")
+    status, out, shown = _on_a_terminal(cfg, "rescore")
+    assert status == 0, (out, shown)
+    assert "Traceback" not in shown, shown
+    assert "\rrescore [" in shown, shown
+    assert "2/2" in shown, shown
+    assert "rescore " in out, out

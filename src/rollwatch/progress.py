@@ -46,6 +46,11 @@ class Progress:
             self._last = now
             self._draw(now)
 
+    def set(self, done: int, total: int) -> None:
+        """Set the count and the total (a callback of ``(done, total)``)."""
+        self.total = total
+        self.update(done)
+
     def _draw(self, now: float) -> None:
         total = max(self.total, 1)
         frac = min(1.0, self.done / total)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import sys
 from typing import Any
 
@@ -52,6 +53,7 @@ def problems_list(ctx: Context, problem_set: str | None) -> None:
 @common
 def problems_check(ctx: Context, problem_set: str | None) -> None:
     """Run every reference solution through its scorer; exit 1 naming each that fails."""
+    from rollwatch.progress import Progress
     from rollwatch.scoring import ScoringPool, check_references, settings_from_config
 
     sets = _problem_sets(ctx.config, problem_set)
@@ -60,7 +62,15 @@ def problems_check(ctx: Context, problem_set: str | None) -> None:
         bad = 0
         async with ScoringPool(settings_from_config(ctx.config.scoring)) as pool:
             for ps in sets:
-                failures = await check_references(ps, pool)
+                # On a terminal, a line that moves: nothing showed until every reference had
+                # run (minutes for a HumanEval set). Off one, Progress prints nothing.
+                bar = Progress(f"check {ps.name}", len(ps.problems))
+                try:
+                    failures = await check_references(
+                        ps, pool, on_checked=functools.partial(bar.update, advance=1)
+                    )
+                finally:
+                    bar.close()
                 for pid, why in failures:
                     click.echo(f"FAIL {ps.name}/{pid}: {why}")
                 for p in ps.problems:

@@ -20,6 +20,7 @@ def rescore_cmd(ctx: Context, problem_set: str | None, problem: str | None, run_
     problem, how many verdicts flipped each way.
     """
     from rollwatch.daemon import open_services
+    from rollwatch.progress import Progress
     from rollwatch.publication.clock import deciding_clock
     from rollwatch.runs.rescore import rescore
 
@@ -30,7 +31,15 @@ def rescore_cmd(ctx: Context, problem_set: str | None, problem: str | None, run_
         async with open_services(config, providers={}) as svc:
             # A flip to pass is decided by this clock: checked against the log first.
             svc.decision_time = (await deciding_clock(svc.store)).decision_time
-            summary = await rescore(svc, problem_set=problem_set, problem=problem, run=run_id)
+            # On a terminal, a line that moves (thousands of answers judged again in the
+            # sandbox showed nothing until the end); off one, Progress prints nothing.
+            bar = Progress("rescore", 0)
+            try:
+                summary = await rescore(
+                    svc, problem_set=problem_set, problem=problem, run=run_id, progress=bar.set
+                )
+            finally:
+                bar.close()
         for v in summary.versions:
             click.echo(
                 f"problem {v.problem_set}/{v.problem_id}: new version {v.problem_hash[:19]}"

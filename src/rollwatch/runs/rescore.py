@@ -24,7 +24,7 @@ the files on one machine) says which version is the newest.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -156,6 +156,7 @@ async def rescore(
     parallel: int | None = None,
     rescore_id: str | None = None,
     infra: bool = True,
+    progress: Callable[[int, int], None] | None = None,
 ) -> RescoreSummary:
     """Judge again every scored rollout (of ``problem_set``, ``problem``, ``run`` when
     given) whose newest verdict is not under its problem's current version, or (with
@@ -167,7 +168,8 @@ async def rescore(
     Never calls a provider: the answers come from the log. ``parallel`` bounds the
     samples in the scorer at once (default: all the scorer takes; the daemon's
     background re-score uses 1, so runs keep the pool). ``UsageError`` for a set,
-    problem or run that does not exist.
+    problem or run that does not exist. ``progress(done, total)`` is called as each
+    answer's new verdict is in (a progress line on a terminal).
     """
     svc = services
     if problem_set is not None and problem_set not in svc.problem_sets:
@@ -233,7 +235,20 @@ async def rescore(
             embargoes[run_id] = await run_embargo(svc, run_id)
         return embargoes[run_id]
 
+    judged = 0
+    if progress is not None:
+        progress(0, len(todo))
+
     async def one(c: _Candidate) -> None:
+        nonlocal judged
+        try:
+            await judge(c)
+        finally:
+            judged += 1
+            if progress is not None:
+                progress(judged, len(todo))
+
+    async def judge(c: _Candidate) -> None:
         async with limiter:
             answered = [ev.event() async for ev in svc.store.read(after=c.answer_seq - 1, until=c.answer_seq)]
             answer = answered[0] if answered else None

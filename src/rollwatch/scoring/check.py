@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import anyio
@@ -19,13 +20,18 @@ class CheckFailure(NamedTuple):
 
 
 async def check_references(
-    problem_set: ProblemSet, pool: ScoringPool, *, require_reference: bool = True
+    problem_set: ProblemSet,
+    pool: ScoringPool,
+    *,
+    require_reference: bool = True,
+    on_checked: Callable[[], None] | None = None,
 ) -> list[CheckFailure]:
     """Score every reference solution of ``problem_set`` in parallel; the failures, in set order.
 
     The reference goes through extraction exactly as the ``reference`` provider sends
     it (in a ``python`` fence), so a reference that extraction would mangle fails too.
     A problem without a reference is a failure unless ``require_reference`` is False.
+    ``on_checked`` is called as each problem's check ends (a progress line).
     """
     results: dict[str, Score | str] = {}
 
@@ -33,9 +39,11 @@ async def check_references(
         if problem.reference_solution is None:
             if require_reference:
                 results[problem.id] = "no reference solution to check"
-            return
-        text = f"```python\n{problem.reference_solution.rstrip()}\n```\n"
-        results[problem.id] = await pool.score(problem, text)
+        else:
+            text = f"```python\n{problem.reference_solution.rstrip()}\n```\n"
+            results[problem.id] = await pool.score(problem, text)
+        if on_checked is not None:
+            on_checked()
 
     async with anyio.create_task_group() as tg:
         for p in problem_set.problems:
