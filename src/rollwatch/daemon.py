@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import os
 import signal
 import socket
 import sqlite3
@@ -590,6 +591,11 @@ class Daemon:
             sockets = await anyio.to_thread.run_sync(listening_sockets, host, port)
             for s in sockets:
                 stack.callback(s.close)
+            # Then one daemon per SQLite log (after the port: a busy one is said first, with
+            # nothing made for nothing).
+            lock = await anyio.to_thread.run_sync(one_daemon_per_sqlite_log, self.config)
+            if lock is not None:
+                stack.callback(os.close, lock)
             gate = Starting(build_app(self.metrics, status=self.projection_status))
             http = self.http = HTTPServer(
                 gate, host, port, head_timeout=self.config.server.request_head_timeout, sockets=sockets
@@ -989,3 +995,43 @@ class Daemon:
             svc.store, svc.projections, svc.config, self.metrics, integrity, subscribers, self.clock
         )
         return self.publication.routes()
+
+
+def one_daemon_per_sqlite_log(config: Config) -> int | None:
+    """An exclusive lock on ``LOG.serve.lock`` beside a SQLite log, held while serve runs.
+
+    A log on SQLite has one leader by construction (one daemon): a second ``serve`` on it
+    (another port, another config naming the same file) ran beside the first, and both
+    fired every schedule and resumed the same unfinished runs. Now it stops at once (exit
+    2) naming the first one. PostgreSQL logs elect a leader and take several daemons.
+    A lock file that cannot be made (a read-only folder) is no lock: the store says why.
+    """
+    import fcntl
+
+    from rollwatch.errors import UsageError
+
+    path = config.store.sqlite_path
+    if path is None:
+        return None
+    lock_path = path.with_name(path.name + ".serve.lock")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 32).decode("ascii", "replace").strip()
+        os.close(fd)
+        raise UsageError(
+            f"another `rollwatch serve`{f' (pid {holder})' if holder.isdigit() else ''} already serves "
+            f"the log {path} (it holds {lock_path}); one daemon per SQLite log: stop that one first, "
+            "or move to PostgreSQL for several (README, Moving to PostgreSQL)"
+        ) from None
+    except OSError:
+        os.close(fd)
+        return None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
