@@ -491,20 +491,18 @@ class ProjectionDB:
                 await anyio.to_thread.run_sync(_fsync, new)
                 await anyio.to_thread.run_sync(self._point_at, new)
                 await self._switch_to(new, store)
-            except sqlite3.Error as e:
-                # A full disk, say: the file in use stays as it was, the unfinished one
-                # goes at once (it takes the space the next attempt needs).
+            except BaseException as e:
+                # A full disk (sqlite3.Error), or cancelled (Ctrl-C on `rollwatch rebuild`,
+                # SIGTERM while serve builds): the file in use (or, once switched, the new one)
+                # stays as it was; the unfinished one goes at once (it takes the space of a
+                # whole build, which the next attempt needs). Shielded: a cancelled build
+                # still removes it, in a thread rather than on the event loop.
                 os.close(building)
                 building = -1
-                await anyio.to_thread.run_sync(self._collect)
-                raise StoreError(f"cannot build the projections in {new}: {e}") from e
-            except BaseException:
-                # Cancelled (Ctrl-C on `rollwatch rebuild`, SIGTERM while serve builds): the
-                # unfinished file goes now, as on an error; it took the space of a whole build
-                # until the next one. The file in use (or, once switched, the new one) stays.
-                os.close(building)
-                building = -1
-                self._collect()
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(self._collect)
+                if isinstance(e, sqlite3.Error):
+                    raise StoreError(f"cannot build the projections in {new}: {e}") from e
                 raise
             finally:
                 if building >= 0:

@@ -11,11 +11,13 @@ import anyio
 import pytest
 
 from rollwatch.problems import Problem
-from rollwatch.report.failures import verdict_cause
 from rollwatch.scoring import ScoringPool
 
 from .conftest import BACKENDS, SQUARE, fenced, function_problem, settings
-from .helpers import honest_still_passes, passes_on_a_fresh_and_a_resident_judge, storable
+from .helpers import (
+    fails_as_the_models,
+    passes_on_a_fresh_and_a_resident_judge,
+)
 from .test_hostile_att_d import _SEND
 
 pytestmark = pytest.mark.anyio
@@ -235,13 +237,7 @@ WRONG: dict[str, tuple[Problem, str]] = {
 
 @pytest.mark.parametrize("name", sorted(WRONG))
 async def test_a_hostile_exception_fails_as_the_models_failure(pool: ScoringPool, name: str) -> None:
-    problem, code = WRONG[name]
-    with anyio.fail_after(30):
-        s = await pool.score(problem, fenced(code))
-    assert not s.passed, s
-    assert verdict_cause(s.reason)[0] == "model", s
-    storable(s)
-    await honest_still_passes(pool)
+    await fails_as_the_models(pool, *WRONG[name])
 
 
 # -- 3: one problem's tests and the next problem's verdict -----------------------------------
