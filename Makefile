@@ -9,10 +9,11 @@ export PYTHONDONTWRITEBYTECODE := 1
 .PHONY: run test bench lint lock install system services clean compile
 
 # Tests spend much of their time waiting on subprocesses and timers (daemons, sandboxes,
-# schedules, leases, a browser): one pytest-xdist worker more than there are cores, at
-# least three, keeps the cores busy (session 12, the whole suite on 2 cores: 596 s with
-# three workers against 668 s with two).
-TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); n=$$((n + 1)); [ $$n -lt 3 ] && n=3; echo $$n)
+# schedules, leases, a browser): two pytest-xdist workers more than there are cores, at
+# least four, keep the cores busy (session 26, the whole suite on 2 cores: 591 s with three
+# workers, 518-537 s with four, the cores 86% busy; session 12: 596 s with three against
+# 668 s with two).
+TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); n=$$((n + 2)); [ $$n -lt 4 ] && n=4; echo $$n)
 
 # Where `make install` puts the service: its own virtual environment, no dev tools.
 PREFIX ?= /opt/rollwatch
