@@ -27,8 +27,14 @@ def write_config(tmp_path: Path, extra: str = "", *, problems: str | None = None
 def rollwatch(
     *args: str, env: dict[str, str] | None = None, timeout: float = 60, input: str | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m rollwatch ARGS`` and capture its output."""
+    """Run ``python -m rollwatch ARGS`` and capture its output (in a process forked from
+    one that has loaded the command's modules where it can: see :mod:`tests.forkserver`)."""
+    from tests import forkserver
+
     full_env = {**os.environ, **(env or {})}
+    done = forkserver.run(list(args), full_env, timeout, input)
+    if done is not None:
+        return done
     return subprocess.run(
         [sys.executable, "-m", "rollwatch", *args],
         capture_output=True,

@@ -25,6 +25,7 @@ import httpx
 import pytest
 
 from rollwatch.events import parse_rfc3339
+from tests.helpers import rollwatch
 from tests.pg import ADMIN_URL, scratch_database
 from tests.publication.test_clock import LIBFAKETIME
 from tests.test_daemon import ROOT, _provider, free_port
@@ -153,9 +154,8 @@ class Cluster:
         return await anyio.to_thread.run_sync(lambda: self.procs[node].wait(30))
 
     async def cli(self, node: str, *args: str) -> subprocess.CompletedProcess[str]:
-        cmd = [sys.executable, "-m", "rollwatch", "--config", str(self.cfgs[node]), *args]
         return await anyio.to_thread.run_sync(
-            lambda: subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=60)
+            lambda: rollwatch("--config", str(self.cfgs[node]), *args, env=ENV, timeout=60)
         )
 
 

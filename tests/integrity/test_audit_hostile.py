@@ -3,7 +3,8 @@
 One honest, signed static export is made per module (``publish export`` of a real log: a
 checkpoint, hash tiles, a released result with its proof bundle, a signed index). A hostile
 HTTP server on 127.0.0.1, in this process, serves it with one answer changed per test; the
-audit is the real command (``python -m rollwatch audit``) in a subprocess. Each failure must
+audit is the real command (``python -m rollwatch audit``) in a subprocess (forked from one that
+has loaded it: :mod:`tests.forkserver`; afresh where its memory is bounded). Each failure must
 exit 1 with one ``FAILED <check>: …`` line naming what failed, never a traceback, within a
 bound, and never write what it was served into the ``--keep`` file.
 """
@@ -32,6 +33,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from rollwatch.integrity.checkpoint import Checkpoint, NoteSigner
+from tests import forkserver
 
 Answer = Callable[[BaseHTTPRequestHandler], None]
 
@@ -149,12 +151,15 @@ def audit(
     def limit() -> None:
         resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
 
+    env = {**os.environ, "STATE_DIRECTORY": ""}
+    if not limit_memory and (done := forkserver.run(["audit", "--url", url, *args], env, timeout)):
+        return done
     return subprocess.run(
         [sys.executable, "-m", "rollwatch", "audit", "--url", url, *args],
         capture_output=True,
         text=True,
         timeout=timeout,
-        env={**os.environ, "STATE_DIRECTORY": ""},
+        env=env,
         preexec_fn=limit if limit_memory else None,
     )
 

@@ -29,6 +29,7 @@ from pathlib import Path
 import anyio
 
 from rollwatch.store.sqlite import SQLiteEventStore
+from tests.helpers import rollwatch
 from tests.publication.helpers import add_subscriber
 from tests.test_daemon import ROOT, events, free_port, wait_until
 
@@ -75,13 +76,7 @@ class Daemon:
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         """``rollwatch --config CONFIG ARGS``."""
-        return subprocess.run(
-            [sys.executable, "-m", "rollwatch", "--config", str(self.config), *args],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env={**os.environ, "FAKE_PROVIDER_KEY": FAKE_KEY},
-        )
+        return rollwatch("--config", str(self.config), *args, env={"FAKE_PROVIDER_KEY": FAKE_KEY})
 
     def schedules(self) -> dict[str, dict[str, object]]:
         """``rollwatch schedules list --json``, by schedule name."""
