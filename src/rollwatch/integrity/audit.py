@@ -32,7 +32,9 @@ An auditor has no access to the log, only to the public routes. Each run:
    (its proof bundle, its ``_rollwatch`` verdict event) must hash to leaves under the
    signed root (or a root the signed tree is consistent with), and every field the line
    states (passed, score, provider, model, problem, sample, rollout id, answer, dates,
-   release seq) must be what those events say. A result on two lines fails too. Lines
+   release seq) must be what those events say. A result on two lines fails too. A live
+   service's results released after its signed checkpoint (their events ``pending``, each
+   after that checkpoint) are counted and said not checked yet. Lines
    without proofs (an export made without the tree) are counted and said not checked.
    A static export's completeness: ``releases.json.sig``, signed by the log's key, names
    the served checkpoint and the SHA-256 of ``releases.json``, which names each release
@@ -934,6 +936,8 @@ class _Archive:
         """The file's signed manifest says it was exported with proofs: a line without is stripped."""
         self.checked = 0
         self.unchecked = 0
+        self.awaiting = 0
+        """A live service's results released after the verified checkpoint (checked at the next)."""
 
     async def _link(self, size: int, root: bytes, what: str) -> None:
         """The tree (``size``, ``root``) is a prefix of the verified one."""
@@ -976,6 +980,9 @@ class _Archive:
             self.digests[rid] = hashlib.sha256(text.encode()).digest()
         bundle = record.get("proof")
         meta = record.get("_rollwatch")
+        if self._awaits_checkpoint(what, bundle):
+            self.awaiting += 1
+            return
         if bundle is None and meta is None:
             if self.proven:
                 raise AuditFailure(
@@ -994,6 +1001,23 @@ class _Archive:
                 raise AuditFailure("archive", f"{what}: {e}") from None
             await self._link(bcp.size, bcp.root, what)
         self.checked += 1
+
+    def _awaits_checkpoint(self, what: str, bundle: Any) -> bool:
+        """Whether the line is a live service's result released after the verified checkpoint:
+        its bundle lists as ``pending`` the events the next checkpoint covers (an honest log
+        releases between checkpoints; this is no failure). Each must be after the verified
+        checkpoint; one it covers could have been proven, and fails. A static export files only
+        results its checkpoint covers: there, ``pending`` fails as before."""
+        pending = bundle.get("pending") if isinstance(bundle, dict) else None
+        if not pending or not self.http.public:
+            return False
+        if not isinstance(pending, list) or not all(type(s) is int and s > self.cp.size for s in pending):
+            raise AuditFailure(
+                "archive",
+                f"{what}: its proof leaves events {pending!r} unproven, but the signed checkpoint"
+                f" (size {self.cp.size}) covers them",
+            )
+        return True
 
     async def _scored(self, what: str, record: dict[str, Any], meta: Any) -> None:
         """The line's ``_rollwatch``: its verdict event is in the signed tree and says what the line says."""
@@ -1068,6 +1092,11 @@ async def _check_archive(
     if top is None:
         return ["archive: the service serves no results.jsonl: not checked"], None
     out = [f"archive: {check.checked} results of results.jsonl in the signed tree, as their lines say: ok"]
+    if check.awaiting:
+        out.append(
+            f"archive: {check.awaiting} results released after the checkpoint of size {cp.size}"
+            " await the next checkpoint: not checked yet"
+        )
     unchecked = check.unchecked
     failure = None
     if index is not None:

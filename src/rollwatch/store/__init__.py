@@ -12,7 +12,7 @@ if TYPE_CHECKING:  # the configuration (pydantic) is not imported by who opens a
 def open_store(config: StoreConfig, *, read_only: bool = False) -> EventStore:
     """An (unopened) event store for ``config.url``; use it with ``async with``.
 
-    ``read_only``: a SQLite log must exist (nothing is created) and ``append`` refuses.
+    ``read_only``: the log must exist (nothing is created; a SQLite one's ``append`` refuses).
     """
     path = config.sqlite_path
     if path is not None:
@@ -21,7 +21,7 @@ def open_store(config: StoreConfig, *, read_only: bool = False) -> EventStore:
         return SQLiteEventStore(path, read_only=read_only, busy_timeout=config.busy_timeout)
     from rollwatch.store.postgres import PostgresEventStore
 
-    return PostgresEventStore(config.url, retry_for=config.retry)
+    return PostgresEventStore(config.url, retry_for=config.retry, read_only=read_only)
 
 
 __all__ = ["open_store"]

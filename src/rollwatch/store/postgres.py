@@ -59,7 +59,7 @@ from asyncpg.pool import PoolAcquireContext, PoolConnectionProxy
 
 from rollwatch.abc import LEADERSHIP, SUBSCRIBER_TYPES, EventStore, WorkBoard
 from rollwatch.config import redact_url
-from rollwatch.errors import IntegrityError, NotLeading, StoreError, seq_below_one
+from rollwatch.errors import IntegrityError, NotLeading, StoreError, UsageError, seq_below_one
 from rollwatch.events import GENESIS, Event, Recorded, chain_hash
 from rollwatch.log import get_logger
 from rollwatch.store._group_commit import GroupCommitter, Pending, assign
@@ -292,9 +292,11 @@ class PostgresEventStore(EventStore):
         connect_timeout: float = 10.0,
         retry_for: float = 60.0,
         stall_timeout: float = 10.0,
+        read_only: bool = False,
     ) -> None:
         super().__init__()
         self.url = url
+        self.read_only = read_only
         self._stall_ms = max(1, round(stall_timeout * 1000))
         self._retry_for = retry_for
         self._readers = readers
@@ -322,7 +324,14 @@ class PostgresEventStore(EventStore):
     async def _open(self, stack: AsyncExitStack) -> None:
         stack.push_async_callback(self._close_writer_conn)
         try:
-            conn = await self._connect_writer()
+            try:
+                conn = await self._connect_writer()
+            except asyncpg.InvalidCatalogNameError:
+                if self.read_only:
+                    raise self._no_log("its database does not exist") from None
+                raise
+            if self.read_only and await conn.fetchval("SELECT to_regclass('events') IS NULL"):
+                raise self._no_log()
             async with conn.transaction():
                 await conn.execute("SELECT pg_advisory_xact_lock($1)", SCHEMA_LOCK)
                 # Looked at before the schema is made: making it replaces the append-only
@@ -349,6 +358,13 @@ class PostgresEventStore(EventStore):
         await tg.start(self._keep_listening)
         self._head = await self.head()
         await tg.start(self._writer.run)
+
+    def _no_log(self, why: str = "the database holds none") -> UsageError:
+        """A command that only reads the log, on a database without one: it makes none."""
+        return UsageError(
+            f"there is no event log at {_redact(self.url)} (store.url): {why}; "
+            "`rollwatch serve` or `rollwatch run` creates the log in an existing database"
+        )
 
     def _close_writer(self) -> None:
         self._writer.close()
