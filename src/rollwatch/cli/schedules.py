@@ -9,7 +9,7 @@ from typing import Any
 import anyio
 import click
 
-from rollwatch.cli._common import Context, common, current_projections, require_log, run_async
+from rollwatch.cli._common import Context, cell, common, current_projections, require_log, run_async
 from rollwatch.config import Config
 
 
@@ -123,10 +123,11 @@ def schedules_list(ctx: Context, as_json: bool) -> None:
         "note",
         "why",
     ]
-    widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) if rows else len(c) for c in cols}
+    table = [{c: cell(r[c]) for c in cols} for r in rows]
+    widths = {c: max(len(c), *(len(t[c]) for t in table)) if table else len(c) for c in cols}
     click.echo("  ".join(c.upper().ljust(widths[c]) for c in cols).rstrip())
-    for r in rows:
-        click.echo("  ".join(str(r[c]).ljust(widths[c]) for c in cols).rstrip())
+    for t in table:
+        click.echo("  ".join(t[c].ljust(widths[c]) for c in cols).rstrip())
 
 
 def _append_schedule_event(config: Config, name: str, event: Any) -> int:
