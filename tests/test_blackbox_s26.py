@@ -7,6 +7,10 @@
   form, which a key of scope ``ops`` may use) was printed as it is by ``schedules list`` and
   ``subscribers list``: a line break forged a row of the table, an escape sequence reached
   the operator's terminal. Every cell of those tables now shows such characters escaped.
+* ``/v1/feed?after=N`` with N past the log's head (a cursor no page of this log gave: a typo,
+  another daemon's log, this log restored from an earlier backup) answered an empty page
+  with ``next`` = N, and a long poll waited in silence: the client then skipped every event up
+  to N as they came. Now a 400 naming the head.
 """
 
 from __future__ import annotations
@@ -14,9 +18,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import anyio
 import pytest
 
 from tests.helpers import rollwatch, write_config
+from tests.publication.helpers import add_rollout, add_subscriber, bearer, serving, start_run
 
 
 def _config(tmp_path: Path) -> Path:
@@ -83,3 +89,34 @@ class TestNotesInTables:
         assert lines[1].startswith("alice")
         assert lines[1].endswith("\\x1b[31m")
         assert lines[2].startswith("bob")
+
+
+class TestFeedCursorPastTheHead:
+    @pytest.mark.anyio
+    async def test_a_cursor_past_the_head_is_a_400_naming_it(self, tmp_path: Path) -> None:
+        async with serving(tmp_path) as env:
+            key = await add_subscriber(env.store, "alice", scopes=["feed"])
+            await start_run(env.store, "r1")
+            await add_rollout(env.store, "r1", passed=True)
+            head = await env.store.head()
+            for query in (f"after={head + 1}", f"after={head + 50}&wait=0.2", "after=4611686018427387903"):
+                r = await env.client.get(f"/v1/feed?{query}", headers=bearer(key))
+                assert r.status_code == 400, (query, r.text)
+                assert r.json()["error"] == "bad_request"
+                assert f"past the log's head ({head})" in r.json()["message"]
+            # The head itself is a cursor: an empty page, then a long poll gets what comes.
+            r = await env.client.get(f"/v1/feed?after={head}", headers=bearer(key))
+            assert r.status_code == 200
+            assert r.json() == {"items": [], "next": head}
+            async with anyio.create_task_group() as tg:
+
+                async def more() -> None:
+                    await anyio.sleep(0.3)
+                    await add_rollout(env.store, "r1", passed=False, sample=1)
+
+                tg.start_soon(more)
+                r = await env.client.get(f"/v1/feed?after={head}&wait=10", headers=bearer(key))
+            assert r.status_code == 200
+            page = r.json()
+            assert page["items"]
+            assert all(item["seq"] > head for item in page["items"])
