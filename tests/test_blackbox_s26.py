@@ -16,12 +16,16 @@
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 
 import anyio
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from rollwatch.integrity.checkpoint import NoteSigner
 from tests.helpers import rollwatch, write_config
+from tests.integrity.test_witness import witness_serve
 from tests.publication.helpers import add_rollout, add_subscriber, bearer, serving, start_run
 
 
@@ -120,3 +124,54 @@ class TestFeedCursorPastTheHead:
             page = r.json()
             assert page["items"]
             assert all(item["seq"] > head for item in page["items"])
+
+
+def _peak_rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmHWM")
+
+
+def _post_huge(port: int, *, chunked: bool, mib: int) -> bytes:
+    """A POST /add-checkpoint of ``mib`` MiB; the witness's answer (what it sent before closing)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        if chunked:
+            s.sendall(b"POST /add-checkpoint HTTP/1.1\r\nHost: w\r\nTransfer-Encoding: chunked\r\n\r\n")
+            piece = b"100000\r\n" + b"a" * (1 << 20) + b"\r\n"
+        else:
+            head = b"POST /add-checkpoint HTTP/1.1\r\nHost: w\r\nContent-Length: %d\r\n\r\n"
+            s.sendall(head % (mib << 20))
+            piece = b"a" * (1 << 20)
+        try:
+            for _ in range(mib):
+                s.sendall(piece)
+        except OSError:
+            pass  # refused and closed before the whole body was sent
+        answer = b""
+        try:
+            while b"\r\n\r\n" not in answer or not answer.endswith(b"bytes"):
+                got = s.recv(4096)
+                if not got:
+                    break
+                answer += got
+        except OSError:
+            pass
+        return answer
+
+
+class TestWitnessBodyBound:
+    @pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+    def test_a_huge_submission_is_refused_without_being_held(self, tmp_path: Path, chunked: bool) -> None:
+        log_vkey = NoteSigner("witness.test/log", Ed25519PrivateKey.generate()).vkey
+        with witness_serve(tmp_path, "w", log_vkey) as w:
+            before = _peak_rss_kib(w.proc.pid)
+            answer = _post_huge(w.port, chunked=chunked, mib=300)
+            assert answer.startswith(b"HTTP/1.1 400"), answer[:200]
+            assert answer.endswith(b"the body is larger than 65536 bytes"), answer[-200:]
+            # Held whole, the body took 300 MiB more; refused as it came, a few MiB at most.
+            assert _peak_rss_kib(w.proc.pid) - before < 64 * 1024
+            # Still up, and answering.
+            with socket.create_connection(("127.0.0.1", w.port), timeout=10) as s:
+                s.sendall(b"GET / HTTP/1.1\r\nHost: w\r\nConnection: close\r\n\r\n")
+                assert s.recv(4096).startswith(b"HTTP/1.1 200")
