@@ -17,16 +17,27 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import anyio
+import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from rollwatch.integrity.checkpoint import NoteSigner
+from rollwatch.integrity.witness import Cosigner
 from tests.helpers import rollwatch, write_config
+from tests.integrity.served import _poll, _stop
 from tests.integrity.test_witness import witness_serve
 from tests.publication.helpers import add_rollout, add_subscriber, bearer, serving, start_run
+from tests.test_daemon import free_port
 
 
 def _config(tmp_path: Path) -> Path:
@@ -175,3 +186,93 @@ class TestWitnessBodyBound:
             with socket.create_connection(("127.0.0.1", w.port), timeout=10) as s:
                 s.sendall(b"GET / HTTP/1.1\r\nHost: w\r\nConnection: close\r\n\r\n")
                 assert s.recv(4096).startswith(b"HTTP/1.1 200")
+
+
+_FLOOD_CAP = 768 << 20
+"""What the flooding witness sends at most (so that the daemon before the fix was not killed)."""
+
+
+@contextmanager
+def _hostile_witness(mode: str) -> Iterator[int]:
+    """A witness answering every add-checkpoint with 200 and a body without end: "flood" (as
+    fast as the daemon reads, up to ``_FLOOD_CAP``) or "trickle" (a byte a second). Its port."""
+    stop = threading.Event()
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.0"
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain")
+            self.end_headers()
+            sent = 0
+            try:
+                while not stop.is_set() and sent < _FLOOD_CAP:
+                    if mode == "flood":
+                        self.wfile.write(b"a" * (1 << 20))
+                        sent += 1 << 20
+                    else:
+                        self.wfile.write(b"a")
+                        self.wfile.flush()
+                        stop.wait(1.0)
+            except OSError:
+                pass
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1]
+    finally:
+        stop.set()
+        server.shutdown()
+        server.server_close()
+
+
+class TestHostileWitnessAnswer:
+    @pytest.mark.parametrize(
+        ("mode", "said"),
+        [("flood", "its answer is larger than 65536 bytes"), ("trickle", "no whole answer within 2 s")],
+    )
+    def test_an_endless_answer_is_cut_and_named(self, tmp_path: Path, mode: str, said: str) -> None:
+        vkey = Cosigner("witness.test/hostile", Ed25519PrivateKey.generate()).vkey
+        port = free_port()
+        with _hostile_witness(mode) as wport:
+            cfg = tmp_path / "rollwatch.toml"
+            cfg.write_text(
+                f'[store]\nurl = "sqlite:{tmp_path / "events.db"}"\n'
+                f'[server]\nlisten = "127.0.0.1:{port}"\n'
+                '[integrity]\ncheckpoint_interval = "1s"\nwitness_timeout = "2s"\n'
+                f'witnesses = [{{ url = "http://127.0.0.1:{wport}", key = "{vkey}" }}]\n'
+            )
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "rollwatch", "--config", str(cfg), "serve"],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            try:
+                url = f"http://127.0.0.1:{port}"
+
+                def named() -> bool:
+                    try:
+                        r = httpx.get(url + "/healthz", timeout=5)
+                    except httpx.HTTPError:
+                        return False
+                    return said in r.text
+
+                start = time.monotonic()
+                _poll(named, 40, f"/healthz naming the witness's answer ({said})")
+                # Cut at 64 KiB (flood) or at the timeout (trickle): the daemon never held the
+                # hundreds of MiB the flood offers, and answered meanwhile.
+                assert _peak_rss_kib(proc.pid) < 400 * 1024
+                assert time.monotonic() - start < 30
+                assert proc.poll() is None
+            finally:
+                err = _stop(proc)
+            assert "Traceback" not in err
