@@ -276,3 +276,91 @@ class TestHostileWitnessAnswer:
             finally:
                 err = _stop(proc)
             assert "Traceback" not in err
+
+
+HOSTILE_401 = "Incorrect API key\x1b]0;owned\x07\x1b[2J"
+"""A provider's 401 message with escape sequences: the terminal's title, the screen cleared."""
+
+
+@contextmanager
+def _rejecting_provider() -> Iterator[str]:
+    """An OpenAI-compatible provider serving the model ``m1`` and refusing every key with
+    ``HOSTILE_401``; its base URL."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def _send(self, status: int, obj: object) -> None:
+            body = json.dumps(obj).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self) -> None:
+            self._send(200, {"object": "list", "data": [{"id": "m1", "object": "model"}]})
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            error = {"message": HOSTILE_401, "type": "invalid_request_error", "code": "invalid_api_key"}
+            self._send(401, {"error": error})
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+class TestProviderWordsOnTheTerminal:
+    def test_schedules_trigger_escapes_a_disabled_providers_message(self, tmp_path: Path) -> None:
+        from tests.test_schedules_over_time import serving as daemon
+        from tests.test_schedules_over_time import write_config as daemon_config
+
+        with _rejecting_provider() as base_url:
+            key = tmp_path / "key"
+            key.write_text("sk-some-key\n")
+            cfg = daemon_config(
+                tmp_path,
+                '[[schedules]]\nname = "often"\nprovider = "fake"\nmodels = ["m1"]\n'
+                'problem_set = "favorites"\nrollouts = 1\nevery = "24h"\n',
+                extra=(
+                    f'[[providers]]\nname = "fake"\nkind = "openai"\nbase_url = "{base_url}"\n'
+                    f'api_key_file = "{key}"\nmax_attempts = 1\n'
+                ),
+            ).resolve()
+
+            def trigger() -> subprocess.CompletedProcess[str]:
+                command = [
+                    sys.executable,
+                    "-m",
+                    "rollwatch",
+                    "--config",
+                    str(cfg),
+                    "schedules",
+                    "trigger",
+                    "often",
+                ]
+                return subprocess.run(command, capture_output=True, text=True, timeout=120)
+
+            with daemon(cfg) as d:
+                d.until(lambda: d.events("RunFinished"), "the first fire's run to end")
+
+                def disabled() -> bool:
+                    p = rollwatch("--config", str(cfg), "schedules", "list", "--json")
+                    return p.returncode == 0 and json.loads(p.stdout)[0]["state"] == "cannot run"
+
+                _poll(disabled, 60, "the provider to be disabled")
+                again = trigger()
+            assert again.returncode == 1, (again.stdout, again.stderr)
+            assert "still disabled" in again.stderr
+            out = again.stdout + again.stderr
+            assert "\x1b" not in out
+            assert "\x07" not in out
+            assert "Incorrect API key\\x1b]0;owned\\x07" in again.stderr
+            assert "Incorrect API key\\x1b]0;owned\\x07" in again.stdout  # the reason it was disabled

@@ -225,13 +225,15 @@ def _steering_command(verb: str, event: str, doc: str, said: str, *, runnable: b
             if why is not None and why.startswith(disabled_prefix(schedule.provider)):
                 disabled, why = why, None  # "try now": the run tries the key again
             if why is not None:
-                raise UsageError(f"schedule {name!r} cannot run: {why}; nothing was triggered")
+                raise UsageError(f"schedule {name!r} cannot run: {cell(why)}; nothing was triggered")
         cls = getattr(events, event)
         seq = _append_schedule_event(ctx.config, name, cls(schedule=name, note=note))
         click.echo(said.format(name=name, seq=seq))
         if disabled is None:
             return
-        click.echo(f"{disabled}; the run's first request tries its key again")
+        # ``disabled`` and what the try got quote the provider's error message: its words,
+        # which may carry a line break or an escape sequence for the operator's terminal.
+        click.echo(f"{cell(disabled)}; the run's first request tries its key again")
         tried = run_async(lambda: _tried(ctx.config, seq))
         if tried is None:
             click.echo(
@@ -243,7 +245,7 @@ def _steering_command(verb: str, event: str, doc: str, said: str, *, runnable: b
                 f"provider {schedule.provider!r} answered: it is enabled again; run {tried[1]} goes on"
             )
         else:
-            click.echo(f"error: provider {schedule.provider!r} is still disabled: {tried[1]}", err=True)
+            click.echo(f"error: provider {schedule.provider!r} is still disabled: {cell(tried[1])}", err=True)
             sys.exit(1)
 
 
