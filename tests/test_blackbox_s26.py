@@ -364,3 +364,22 @@ class TestProviderWordsOnTheTerminal:
             assert "\x07" not in out
             assert "Incorrect API key\\x1b]0;owned\\x07" in again.stderr
             assert "Incorrect API key\\x1b]0;owned\\x07" in again.stdout  # the reason it was disabled
+
+
+class TestWitnessSizesPastUint64:
+    def test_a_size_of_thousands_of_digits_is_a_400(self, tmp_path: Path) -> None:
+        signer = NoteSigner("witness.test/log", Ed25519PrivateKey.generate())
+        huge = "1" + "0" * 5000
+        root = "A" * 43 + "="
+        with witness_serve(tmp_path, "w", signer.vkey) as w:
+            url = w.url + "/add-checkpoint"
+            note = f"witness.test/log\n{huge}\n{root}\n\n\u2014 witness.test/log AAAAAAAA\n"
+            for body, said in (
+                (f"old {huge}\n\n{note}", "the first line must be 'old <size>'"),
+                (f"old 0\n\n{note}", "is not a decimal number below 2^64"),
+                (f"old 18446744073709551616\n\n{note}", "the first line must be 'old <size>'"),
+            ):
+                r = httpx.post(url, content=body.encode(), timeout=10)
+                assert r.status_code == 400, (r.status_code, r.text[:200])
+                assert said in r.text
+            assert httpx.get(w.url + "/", timeout=10).status_code == 200

@@ -197,9 +197,10 @@ def parse_submission(body: bytes) -> tuple[int, list[bytes], str]:
     if not sep:
         raise Refused(400, "no blank line between the old size and proof, and the checkpoint")
     lines = head.split("\n")
-    m = re.fullmatch(r"old (0|[1-9][0-9]*)", lines[0])
-    if not m:
-        raise Refused(400, f"the first line must be 'old <size>', not {lines[0][:40]!r}")
+    # A size is a uint64: past 4300 digits ``int`` raised a ValueError, a 500 and a traceback.
+    m = re.fullmatch(r"old (0|[1-9][0-9]{0,19})", lines[0])
+    if not m or int(m.group(1)) >= 1 << 64:
+        raise Refused(400, f"the first line must be 'old <size>' (a size below 2^64), not {lines[0][:40]!r}")
     if len(lines) - 1 > MAX_PROOF_LINES:
         raise Refused(400, f"more than {MAX_PROOF_LINES} consistency proof lines")
     proof = []
