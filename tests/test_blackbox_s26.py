@@ -383,3 +383,67 @@ class TestWitnessSizesPastUint64:
                 assert r.status_code == 400, (r.status_code, r.text[:200])
                 assert said in r.text
             assert httpx.get(w.url + "/", timeout=10).status_code == 200
+
+
+@contextmanager
+def _witness_answering_409(size: str) -> Iterator[int]:
+    """A witness answering every add-checkpoint with 409 ``text/x.tlog.size`` and ``size``; its port."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            body = size.encode() + b"\n"
+            self.send_response(409)
+            self.send_header("Content-Type", "text/x.tlog.size")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+class TestWitnessSizeThatIsNoNumber:
+    @pytest.mark.parametrize("size", ["\u00b2", "1" + "0" * 5000], ids=["superscript-two", "5000-digits"])
+    def test_the_daemon_stays_up_and_names_the_answer(self, tmp_path: Path, size: str) -> None:
+        vkey = Cosigner("witness.test/odd", Ed25519PrivateKey.generate()).vkey
+        port = free_port()
+        with _witness_answering_409(size) as wport:
+            cfg = tmp_path / "rollwatch.toml"
+            cfg.write_text(
+                f'[store]\nurl = "sqlite:{tmp_path / "events.db"}"\n'
+                f'[server]\nlisten = "127.0.0.1:{port}"\n'
+                '[integrity]\ncheckpoint_interval = "1s"\n'
+                f'witnesses = [{{ url = "http://127.0.0.1:{wport}", key = "{vkey}" }}]\n'
+            )
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "rollwatch", "--config", str(cfg), "serve"],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            try:
+
+                def named() -> bool:
+                    assert proc.poll() is None, "the daemon ended"
+                    try:
+                        r = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5)
+                    except httpx.HTTPError:
+                        return False
+                    return "409 with a malformed size" in r.text
+
+                _poll(named, 40, "/healthz naming the witness's 409")
+                assert proc.poll() is None
+            finally:
+                err = _stop(proc)
+            assert "Traceback" not in err
+            assert "ValueError" not in err

@@ -378,8 +378,12 @@ class Witnessing:
 
 
 def _size(text: str) -> int | None:
+    """The tree size a witness's 409 names (a uint64 in ASCII digits), else None. ``isdigit``
+    alone let "²" and 5,000 digits through to ``int``, whose ValueError ended the daemon."""
     s = text.strip()
-    return int(s) if s.isdigit() and (s == "0" or not s.startswith("0")) else None
+    if not re.fullmatch(r"0|[1-9][0-9]{0,19}", s) or int(s) >= 1 << 64:
+        return None
+    return int(s)
 
 
 def cosignature_times(note: str, verifiers: list[CosignatureVerifier]) -> dict[str, int]:
