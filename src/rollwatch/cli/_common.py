@@ -127,6 +127,16 @@ def require_log(config: Config) -> None:
         )
 
 
+def cell(value: object) -> str:
+    """``value`` as one cell of a table printed on a terminal: every character that is not
+    printable (a line break, the ESC of an escape sequence, a bidi mark) written as its Python
+    escape (``\\n``, ``\\x1b``). Notes are text from the log that anyone with an ``ops`` key can
+    write through the console; a line break in one forged a line of ``schedules list``, and
+    an escape sequence drove the operator's terminal."""
+    text = str(value)
+    return text if text.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def run_async(fn: Callable[[], Awaitable[T]]) -> T:
     """Run ``fn`` on a fresh event loop (one per command) and return its result.
 

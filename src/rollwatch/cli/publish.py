@@ -17,7 +17,7 @@ import anyio
 import click
 
 from rollwatch.abc import EventStore
-from rollwatch.cli._common import Context, common, current_projections, require_log, run_async
+from rollwatch.cli._common import Context, cell, common, current_projections, require_log, run_async
 from rollwatch.config import Config
 from rollwatch.errors import ConcurrencyConflict, UsageError
 from rollwatch.events import SubscriberAdded, SubscriberRevoked, parse_rfc3339, rfc3339, subscriber_stream
@@ -144,7 +144,7 @@ def subscribers_list(ctx: Context, as_json: bool) -> None:
         click.echo(json.dumps(rows, indent=2, ensure_ascii=False))
         return
     cols = ["name", "state", "key", "scopes", "expires", "added", "note"]
-    table = [{c: (",".join(r[c]) if c == "scopes" else str(r[c] or "-")) for c in cols} for r in rows]
+    table = [{c: cell(",".join(r[c]) if c == "scopes" else r[c] or "-") for c in cols} for r in rows]
     widths = {c: max([len(c), *(len(t[c]) for t in table)]) for c in cols}
     click.echo("  ".join(c.upper().ljust(widths[c]) for c in cols).rstrip())
     for t in table:

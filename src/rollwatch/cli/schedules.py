@@ -9,7 +9,7 @@ from typing import Any
 import anyio
 import click
 
-from rollwatch.cli._common import Context, common, current_projections, require_log, run_async
+from rollwatch.cli._common import Context, cell, common, current_projections, require_log, run_async
 from rollwatch.config import Config
 
 
@@ -123,10 +123,11 @@ def schedules_list(ctx: Context, as_json: bool) -> None:
         "note",
         "why",
     ]
-    widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) if rows else len(c) for c in cols}
+    table = [{c: cell(r[c]) for c in cols} for r in rows]
+    widths = {c: max(len(c), *(len(t[c]) for t in table)) if table else len(c) for c in cols}
     click.echo("  ".join(c.upper().ljust(widths[c]) for c in cols).rstrip())
-    for r in rows:
-        click.echo("  ".join(str(r[c]).ljust(widths[c]) for c in cols).rstrip())
+    for t in table:
+        click.echo("  ".join(t[c].ljust(widths[c]) for c in cols).rstrip())
 
 
 def _append_schedule_event(config: Config, name: str, event: Any) -> int:
@@ -224,13 +225,15 @@ def _steering_command(verb: str, event: str, doc: str, said: str, *, runnable: b
             if why is not None and why.startswith(disabled_prefix(schedule.provider)):
                 disabled, why = why, None  # "try now": the run tries the key again
             if why is not None:
-                raise UsageError(f"schedule {name!r} cannot run: {why}; nothing was triggered")
+                raise UsageError(f"schedule {name!r} cannot run: {cell(why)}; nothing was triggered")
         cls = getattr(events, event)
         seq = _append_schedule_event(ctx.config, name, cls(schedule=name, note=note))
         click.echo(said.format(name=name, seq=seq))
         if disabled is None:
             return
-        click.echo(f"{disabled}; the run's first request tries its key again")
+        # ``disabled`` and what the try got quote the provider's error message: its words,
+        # which may carry a line break or an escape sequence for the operator's terminal.
+        click.echo(f"{cell(disabled)}; the run's first request tries its key again")
         tried = run_async(lambda: _tried(ctx.config, seq))
         if tried is None:
             click.echo(
@@ -242,7 +245,7 @@ def _steering_command(verb: str, event: str, doc: str, said: str, *, runnable: b
                 f"provider {schedule.provider!r} answered: it is enabled again; run {tried[1]} goes on"
             )
         else:
-            click.echo(f"error: provider {schedule.provider!r} is still disabled: {tried[1]}", err=True)
+            click.echo(f"error: provider {schedule.provider!r} is still disabled: {cell(tried[1])}", err=True)
             sys.exit(1)
 
 

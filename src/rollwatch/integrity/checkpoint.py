@@ -106,8 +106,12 @@ class Checkpoint:
         origin, size_s, root_s, *ext = lines
         if not origin:
             raise InvalidNote("the checkpoint's origin line is empty")
-        if not re.fullmatch(r"0|[1-9][0-9]*", size_s):
-            raise InvalidNote(f"the checkpoint's tree size {size_s!r} is not a decimal number")
+        # At most 20 digits (a uint64): ``int`` refuses more than 4300 with a ValueError, which
+        # a witness answered with a 500 and a traceback for anyone's POST.
+        if not re.fullmatch(r"0|[1-9][0-9]{0,19}", size_s) or int(size_s) >= 1 << 64:
+            raise InvalidNote(
+                f"the checkpoint's tree size {size_s[:40]!r} is not a decimal number below 2^64"
+            )
         root = unb64(root_s, "the checkpoint's root hash")
         if len(root) != HASH_SIZE:
             raise InvalidNote(f"the checkpoint's root hash is {len(root)} bytes, not {HASH_SIZE}")

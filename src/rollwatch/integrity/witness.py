@@ -197,9 +197,10 @@ def parse_submission(body: bytes) -> tuple[int, list[bytes], str]:
     if not sep:
         raise Refused(400, "no blank line between the old size and proof, and the checkpoint")
     lines = head.split("\n")
-    m = re.fullmatch(r"old (0|[1-9][0-9]*)", lines[0])
-    if not m:
-        raise Refused(400, f"the first line must be 'old <size>', not {lines[0][:40]!r}")
+    # A size is a uint64: past 4300 digits ``int`` raised a ValueError, a 500 and a traceback.
+    m = re.fullmatch(r"old (0|[1-9][0-9]{0,19})", lines[0])
+    if not m or int(m.group(1)) >= 1 << 64:
+        raise Refused(400, f"the first line must be 'old <size>' (a size below 2^64), not {lines[0][:40]!r}")
     if len(lines) - 1 > MAX_PROOF_LINES:
         raise Refused(400, f"more than {MAX_PROOF_LINES} consistency proof lines")
     proof = []
@@ -322,14 +323,32 @@ def _check_log_signatures(origin: str, verifiers: list[NoteVerifier], note: str)
     return lines
 
 
+async def _bounded_body(request: Request) -> bytes:
+    """The request's body, refused (400) as soon as it is past ``_MAX_BODY`` bytes, by its
+    ``Content-Length`` or as it arrives (chunked). ``request.body()`` read it whole first:
+    anyone could send one POST of gigabytes, all of it held in the witness's memory (2 GB
+    in the 10 s a request may take, over loopback), and a few at once ended the witness."""
+    too_large = Refused(400, f"the body is larger than {_MAX_BODY} bytes")
+    size = request.headers.get("content-length", "")
+    if size.isascii() and size.isdigit() and int(size) > _MAX_BODY:
+        raise too_large
+    chunks: list[bytes] = []
+    got = 0
+    async for chunk in request.stream():
+        got += len(chunk)
+        if got > _MAX_BODY:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def witness_app(witness: Witness) -> Starlette:
     """``POST /add-checkpoint``, ``GET /<origin hash>/checkpoint`` and ``GET /`` (the witness's
     vkey and the logs it witnesses)."""
 
     async def add_checkpoint(request: Request) -> Response:
-        body = await request.body()
         try:
-            line = await witness.add_checkpoint(body)
+            line = await witness.add_checkpoint(await _bounded_body(request))
         except Refused as e:
             # The media type exactly as given: clients compare text/x.tlog.size as a whole
             # string, and Starlette would add "; charset=utf-8" to a text/ type.

@@ -50,6 +50,8 @@ COSIGNED_FILE = "checkpoint.cosigned"
 
 _POLL_S = 0.5  # how often the loop looks for a newly signed checkpoint
 _MAX_BACKOFF_S = 60.0
+_MAX_ANSWER = 64 * 1024
+"""The longest answer read from a witness (a cosignature is one line; an error a few)."""
 _USERINFO = re.compile(r"//[^/@\s'\"]*@")
 """A URL's user information (``//user:password@``), wherever a message quotes one."""
 CLOCK_SKEW_S = 60.0
@@ -252,6 +254,30 @@ class Witnessing:
         except OSError as e:
             log.warning("cosigned_checkpoint_not_kept", path=str(self.cosigned_file), error=str(e))
 
+    async def _post(self, http: httpx.AsyncClient, url: str, body: bytes) -> tuple[int, str, str]:
+        """(status, media type, text) of a witness's answer to ``body``: at most
+        :data:`_MAX_ANSWER` bytes of it, the whole within ``timeout``.
+
+        httpx's timeout bounds each read, not the answer, and ``post`` keeps all of it: a
+        witness sending an endless answer grew the daemon's memory until the kernel ended it,
+        and one sending a byte every few seconds held every witness's next submission (they
+        are made together) for as long as it liked."""
+        try:
+            with anyio.fail_after(self.timeout):
+                async with http.stream(
+                    "POST", url, content=body, headers={"Content-Type": "text/plain"}
+                ) as r:
+                    data = bytearray()
+                    async for chunk in r.aiter_bytes():
+                        data += chunk
+                        if len(data) > _MAX_ANSWER:
+                            raise httpx.HTTPError(f"its answer is larger than {_MAX_ANSWER} bytes")
+                    return r.status_code, r.headers.get("content-type", ""), data.decode("utf-8", "replace")
+        except TimeoutError:
+            raise httpx.HTTPError(
+                f"no whole answer within {self.timeout:g} s (integrity.witness_timeout)"
+            ) from None
+
     async def _submit(self, http: httpx.AsyncClient, w: WitnessStatus, cp: StoredCheckpoint) -> None:
         try:
             for _ in range(2):  # the second time with the size a 409 told us
@@ -269,25 +295,23 @@ class Witnessing:
                     raise httpx.HTTPError(
                         f"it holds size {w.size}, ahead of our latest checkpoint ({cp.size})"
                     )
-                r = await http.post(
-                    f"{w.url}/add-checkpoint", content=body, headers={"Content-Type": "text/plain"}
-                )
-                if r.status_code == 409 and r.headers.get("content-type", "").startswith(SIZE_TYPE):
-                    held = _size(r.text)
+                status, media_type, text = await self._post(http, f"{w.url}/add-checkpoint", body)
+                if status == 409 and media_type.startswith(SIZE_TYPE):
+                    held = _size(text)
                     if held is None:
-                        raise httpx.HTTPError(f"409 with a malformed size {r.text[:40]!r}")
+                        raise httpx.HTTPError(f"409 with a malformed size {text[:40]!r}")
                     if held == w.size:  # same size, another root: a fork
                         self._refused(w, f"409: it holds another tree of size {held}")
                         return
                     w.size = held
                     continue
-                if r.status_code == 200:
-                    self._cosigned(w, cp, r.text)
+                if status == 200:
+                    self._cosigned(w, cp, text)
                     return
-                if r.status_code in (403, 404, 422) or 400 <= r.status_code < 500:
-                    self._refused(w, f"{r.status_code}: {r.text.strip()[:200]}")
+                if status in (403, 404, 422) or 400 <= status < 500:
+                    self._refused(w, f"{status}: {text.strip()[:200]}")
                     return
-                raise httpx.HTTPError(f"{r.status_code}: {r.text.strip()[:200]}")
+                raise httpx.HTTPError(f"{status}: {text.strip()[:200]}")
             raise httpx.HTTPError("the witness keeps changing its size")
         except (httpx.HTTPError, OSError, InvalidNote) as e:
             w.error = str(e) or type(e).__name__
@@ -354,8 +378,12 @@ class Witnessing:
 
 
 def _size(text: str) -> int | None:
+    """The tree size a witness's 409 names (a uint64 in ASCII digits), else None. ``isdigit``
+    alone let "²" and 5,000 digits through to ``int``, whose ValueError ended the daemon."""
     s = text.strip()
-    return int(s) if s.isdigit() and (s == "0" or not s.startswith("0")) else None
+    if not re.fullmatch(r"0|[1-9][0-9]{0,19}", s) or int(s) >= 1 << 64:
+        return None
+    return int(s)
 
 
 def cosignature_times(note: str, verifiers: list[CosignatureVerifier]) -> dict[str, int]:

@@ -145,9 +145,17 @@ def parse_expires(text: str, now: datetime | None = None) -> datetime:
                 f"--expires {text!r}: use a date (2026-12-31), an RFC 3339 time "
                 "(2026-12-31T18:00:00Z) or a duration from now (90d)"
             ) from None
-    if when <= now:
-        raise UsageError(f"--expires {text!r} is in the past ({rfc3339(when)}); give a later moment")
-    return when.astimezone(UTC)
+    try:
+        # A time near either end of the calendar with an offset falls outside it in UTC
+        # (9999-12-31T23:59:59-01:00 is in the year 10000): an OverflowError, a traceback.
+        utc = when.astimezone(UTC)
+    except OverflowError:
+        raise UsageError(
+            f"--expires {text!r} is outside the years 1-9999 in UTC; give a moment within them"
+        ) from None
+    if utc <= now:
+        raise UsageError(f"--expires {text!r} is in the past ({rfc3339(utc)}); give a later moment")
+    return utc
 
 
 @dataclass(frozen=True, slots=True)

@@ -321,8 +321,18 @@ class PublicationAPI:
         q = FeedQuery.parse(request)
         after, limit, wait = q.after, q.limit, q.wait
         deadline = anyio.current_time() + wait
+        head = await self.current()
+        if after > head:
+            # No cursor this log handed out (every ``next`` is at most the head it was read
+            # at, and the head only grows): a typo, another daemon's log, or this log restored
+            # from a backup that ends earlier. Answered as a page with ``next`` = ``after``,
+            # the client waited in silence, then skipped every event up to its cursor.
+            raise BadRequest(
+                f"after={after} is past the log's head ({head}): no cursor this log gave"
+                " (a log restored from a backup ends earlier); ask again with after at most"
+                f" {head} (0: from the start)"
+            )
         while True:
-            head = await self.current()
             try:
                 items, last = await feed_page(
                     self.store, self.pdb, after=after, until=head, limit=limit, check=self.check
@@ -338,6 +348,7 @@ class PublicationAPI:
             await self.store.wait_for_new(head, min(remaining, 1.0))
             if await request.is_disconnected():
                 return Response(status_code=499)
+            head = await self.current()
         await self.still_valid(request)
         nxt = last if last is not None and len(items) == limit else max(after, head)
         body = b'{"items":[' + ",".join(items).encode() + b'],"next":%d}' % nxt

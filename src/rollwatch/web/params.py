@@ -155,7 +155,10 @@ class FeedQuery(QueryModel):
     """``/v1/feed``."""
 
     after: AsciiInt = Field(
-        0, ge=0, le=MAX_SEQ, description="Cursor: the `next` of the previous page (a seq)."
+        0,
+        ge=0,
+        le=MAX_SEQ,
+        description="Cursor: the `next` of the previous page (a seq, at most the log's head).",
     )
     limit: AsciiInt = Field(DEFAULT_LIMIT, ge=1, le=MAX_LIMIT, description="Items at most in this page.")
     wait: Seconds = Field(
