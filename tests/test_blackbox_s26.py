@@ -447,3 +447,20 @@ class TestWitnessSizeThatIsNoNumber:
                 err = _stop(proc)
             assert "Traceback" not in err
             assert "ValueError" not in err
+
+
+@pytest.mark.parametrize(
+    "port", ["\u00b2", "1" + "0" * 5000, "８０８０"], ids=["superscript-two", "5000-digits", "fullwidth"]
+)
+def test_a_listen_port_of_other_digits_is_named_in_our_words(tmp_path: Path, port: str) -> None:
+    """``server.listen`` with a port of non-ASCII digits or thousands of them: exit 2 with the
+    key and the expected form, not Python's ``int`` message."""
+    cfg = tmp_path / "rollwatch.toml"
+    cfg.write_text(
+        f'[store]\nurl = "sqlite:{tmp_path / "events.db"}"\n[server]\nlisten = "127.0.0.1:{port}"\n'
+    )
+    p = rollwatch("--config", str(cfg), "verify")
+    assert p.returncode == 2, p.stderr
+    assert "expected HOST:PORT" in p.stderr, p.stderr
+    assert "invalid literal" not in p.stderr
+    assert "4300" not in p.stderr

@@ -343,7 +343,9 @@ class ServerConfig(_Strict):
     @classmethod
     def _host_port(cls, v: str) -> str:
         host, sep, port = v.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        # ASCII digits, five at most: ``isdigit`` also takes "²" and 5,000 digits, which
+        # ``int`` refuses with Python's own words instead of this message.
+        if not sep or not host or not re.fullmatch(r"[0-9]{1,5}", port) or int(port) > 65535:
             raise ValueError(f"{v!r}: expected HOST:PORT, e.g. 127.0.0.1:8080")
         why = listen_host_problem(host)
         if why:
