@@ -36,11 +36,13 @@ import dataclasses
 import errno
 import gzip
 import hashlib
+import itertools
 import json
 import os
 import re
 import stat
 import tomllib
+import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date
@@ -93,6 +95,8 @@ _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}\Z")
 #: The largest prompt, tests or reference solution read: a tests file is sent to every
 #: sample, a prompt to the provider (paid per token); 300 MB ones were read whole.
 MAX_FILE_BYTES = 8 * 1024 * 1024
+#: The largest HumanEval file read, decompressed (HumanEval's own is under 1 MB).
+MAX_HUMANEVAL_BYTES = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -349,6 +353,19 @@ class _Reader:
         return seconds
 
 
+def _compile(source: str, filename: str) -> None:
+    """Compile ``source`` to see that it is Python; SyntaxError when it is not. Expressions
+    nested thousands deep (``-----…1``, ``1+1+…``) raised MemoryError or RecursionError from
+    the compiler, and a NUL byte ValueError: each a traceback of every command that loads
+    the problem set."""
+    try:
+        compile(source, filename, "exec", dont_inherit=True)
+    except ValueError as e:
+        raise SyntaxError(str(e)) from None
+    except (MemoryError, RecursionError):
+        raise SyntaxError("expressions or blocks nested too deep for the compiler") from None
+
+
 def _too_large() -> str:
     return f"is larger than {MAX_FILE_BYTES // 2**20} MB; a problem's file is at most that"
 
@@ -441,7 +458,7 @@ def _load_problem(folder: Path) -> Problem:
         assert tests_path is not None
         tests = r.text(tests_path, "scorer.tests")
         try:
-            compile(tests, str(tests_path), "exec", dont_inherit=True)
+            _compile(tests, str(tests_path))
         except SyntaxError as e:
             raise r.fail("scorer.tests", f"{tests_path.name} does not compile: {e}") from None
         if not re.search(r"^def check\(", tests, re.M):
@@ -584,12 +601,26 @@ def load_humaneval(path: Path, *, name: str | None = None, prompt_template: str 
         raise ProblemError(f"{path}: no such HumanEval file (problem_sets.path)")
     opener = gzip.open if path.suffix == ".gz" else open
     problems = []
+    left = MAX_HUMANEVAL_BYTES
     try:
-        with opener(path, "rt", encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
+        with opener(path, "rb") as f:
+            for lineno in itertools.count(1):
+                # Read within the bound (decompressed): a 2 MB gzip of one 2 GB line was
+                # read whole, a MemoryError traceback or the OOM killer.
+                raw = f.readline(left + 1)
+                if not raw:
+                    break
+                left -= len(raw)
+                if left < 0:
+                    raise ProblemError(
+                        f"{path}: is larger than {MAX_HUMANEVAL_BYTES // 2**20} MB (decompressed); "
+                        "a HumanEval file is at most that"
+                    )
+                line = raw.decode("utf-8")
                 if line.strip():
                     problems.append(_humaneval_problem(path, lineno, line))
-    except (OSError, UnicodeDecodeError, EOFError) as e:
+    except (OSError, UnicodeDecodeError, EOFError, zlib.error) as e:
+        # zlib.error: a gzip file whose compressed data is damaged (not truncated).
         raise ProblemError(f"{path}: cannot read: {e}") from None
     if not problems:
         raise ProblemError(f"{path}: holds no problems")
@@ -634,8 +665,8 @@ def _humaneval_problem(path: Path, lineno: int, line: str) -> Problem:
             f"{where}: task_id: {row['task_id']!r}: use letters, digits and . _ - / (at most 128)"
         )
     try:
-        compile(test, "test", "exec", dont_inherit=True)
-    except (SyntaxError, ValueError) as e:
+        _compile(test, "test")
+    except SyntaxError as e:
         raise ProblemError(f"{where}: test: does not compile: {e}") from None
     if not re.search(r"^def check\(", test, re.M):
         raise ProblemError(f"{where}: test: defines no check(candidate) function")

@@ -1,0 +1,146 @@
+"""Bad input from operators and third parties, found in session 26: each case runs the real
+command (``python -m rollwatch``) and was a Python traceback, a wrong exit code or an
+unbounded read before its fix. One clear line naming the file and the key, exit 2."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+import subprocess
+import zlib
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import make_log, rollwatch, write_config
+
+HUMANEVAL = {
+    "task_id": "HumanEval/0",
+    "prompt": "def f(x):\n",
+    "entry_point": "f",
+    "canonical_solution": "    return x\n",
+    "test": "def check(candidate):\n    assert candidate(1) == 1\n",
+}
+
+
+def _clean(proc: subprocess.CompletedProcess[str], code: int) -> list[str]:
+    """The stderr lines that are not structured log records, after checking the exit code
+    and that no traceback reached the user."""
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert proc.returncode == code, proc.stderr[-3000:]
+    return [line for line in proc.stderr.splitlines() if line and not line.startswith("{")]
+
+
+def _humaneval_config(tmp_path: Path, data: Path) -> Path:
+    config = tmp_path / "rollwatch.toml"
+    config.write_text(f'[[problem_sets]]\nname = "he"\nformat = "humaneval"\npath = "{data}"\n')
+    return config
+
+
+#: Python that the compiler cannot take: nested thousands deep. ``-----…1`` was a MemoryError
+#: from the parser, ``1+1+…+1`` a RecursionError from the compiler: tracebacks, exit 1.
+TOO_DEEP = {
+    "unary": "def check(candidate):\n    x = " + "-" * 200_000 + "1\n",
+    "binary": "def check(candidate):\n    x = 1" + "+1" * 200_000 + "\n",
+}
+
+
+@pytest.mark.parametrize("tests", TOO_DEEP.values(), ids=TOO_DEEP.keys())
+def test_a_tests_file_nested_too_deep_is_a_problem_error(tmp_path: Path, tests: str) -> None:
+    """A folder problem whose tests.py the compiler cannot take names the file and the key."""
+    problem = tmp_path / "problems" / "edit-distance"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "config" / "problems" / "edit-distance", problem)
+    (problem / "tests.py").write_text(tests)
+    config = write_config(tmp_path, problems=str(tmp_path / "problems"))
+    lines = _clean(rollwatch("problems", "list", "--config", str(config)), 2)
+    assert lines[-1] == (
+        f"error: {problem / 'problem.toml'}: scorer.tests: tests.py does not compile: "
+        "expressions or blocks nested too deep for the compiler"
+    ), lines
+
+
+@pytest.mark.parametrize("tests", TOO_DEEP.values(), ids=TOO_DEEP.keys())
+def test_a_humaneval_test_nested_too_deep_is_a_problem_error(tmp_path: Path, tests: str) -> None:
+    """The same for a HumanEval line's ``test``."""
+    data = tmp_path / "he.jsonl"
+    data.write_text(json.dumps({**HUMANEVAL, "test": tests}) + "\n")
+    lines = _clean(rollwatch("problems", "list", "--config", str(_humaneval_config(tmp_path, data))), 2)
+    assert lines[-1].startswith(f"error: {data}:1: test: does not compile: expressions or blocks nested"), (
+        lines
+    )
+
+
+def test_a_damaged_humaneval_gzip_is_a_problem_error(tmp_path: Path) -> None:
+    """A .jsonl.gz whose compressed data is damaged (not cut short: that was handled) raised
+    zlib.error, a traceback; now the file and what is wrong with it, exit 2."""
+    packed = bytearray(gzip.compress((json.dumps(HUMANEVAL) + "\n").encode() * 50))
+    packed[30] ^= 0xFF
+    packed[40] ^= 0xFF
+    data = tmp_path / "he.jsonl.gz"
+    data.write_bytes(bytes(packed))
+    lines = _clean(rollwatch("problems", "list", "--config", str(_humaneval_config(tmp_path, data))), 2)
+    assert lines[-1].startswith(f"error: {data}: cannot read: Error -3 while decompressing data"), lines
+
+
+def test_a_humaneval_file_past_its_bound_is_refused_unread(tmp_path: Path) -> None:
+    """A 100 KB gzip holding a 70 MB line (a prompt of 70 MB) loaded whole: nothing bounded a
+    HumanEval file, and a 2 MB gzip of one 2 GB line took 2 GB of memory before a MemoryError
+    traceback (or the OOM killer). The file is read up to its bound (64 MB decompressed)."""
+    data = tmp_path / "he.jsonl.gz"
+    head, tail = json.dumps({**HUMANEVAL, "prompt": "@"}).split("@")
+    packer = zlib.compressobj(9, zlib.DEFLATED, 31)
+    with data.open("wb") as f:
+        f.write(packer.compress(head.encode()))
+        chunk = b"#" * 2**20
+        for _ in range(70):
+            f.write(packer.compress(chunk))
+        f.write(packer.compress(tail.encode() + b"\n"))
+        f.write(packer.flush())
+    assert data.stat().st_size < 200_000
+    lines = _clean(rollwatch("problems", "list", "--config", str(_humaneval_config(tmp_path, data))), 2)
+    assert lines[-1] == (
+        f"error: {data}: is larger than 64 MB (decompressed); a HumanEval file is at most that"
+    ), lines
+
+
+@pytest.mark.parametrize("zone", ["America", "Etc", "A" * 300], ids=["folder", "folder-etc", "too-long"])
+def test_a_time_zone_naming_no_zone_file_is_a_configuration_error(tmp_path: Path, zone: str) -> None:
+    """``timezone = "America"`` (a folder of the zone database) or a name too long for a file
+    was ``error: cannot use …/zoneinfo/America: Is a directory``, exit 1, naming no key."""
+    config = write_config(
+        tmp_path,
+        '[[schedules]]\nname = "s"\nprovider = "reference"\nmodels = ["reference"]\n'
+        f'problem_set = "favorites"\ncron = "0 3 * * *"\ntimezone = "{zone}"\n',
+    )
+    make_log(tmp_path / "events.db")
+    lines = _clean(rollwatch("schedules", "list", "--config", str(config)), 2)
+    assert lines[-1].startswith("  schedules[0].timezone: "), lines
+    assert "is not an IANA time zone" in lines[-1], lines
+
+
+@pytest.mark.parametrize("key", ["input", "output", "cached_input", "batch_input", "batch_output"])
+def test_a_price_no_cost_can_be_counted_in_is_a_configuration_error(tmp_path: Path, key: str) -> None:
+    """A finite price as large as ``1e308`` (USD per million tokens) passed validation and made
+    every answer's cost infinite: ``rollwatch run`` died at its first answer with a traceback
+    ("Out of range float values are not JSON compliant"), the run left without RunFinished.
+    Prices are at most $1,000,000 per million tokens."""
+    prices = {"input": 1.0, "output": 2.0, key: 1e308}
+    row = ", ".join(f"{k} = {v!r}" for k, v in prices.items())
+    config = write_config(
+        tmp_path, f'[[providers]]\nname = "oa"\nkind = "openai"\n[providers.prices]\n"m1" = {{ {row} }}\n'
+    )
+    make_log(tmp_path / "events.db")
+    lines = _clean(rollwatch("schedules", "list", "--config", str(config)), 2)
+    assert f"  providers[1].prices.m1.{key}: 1e+308: must be at most 1000000.0" in lines, lines
+
+
+def test_a_price_at_its_bound_is_taken(tmp_path: Path) -> None:
+    """The bound itself is a price (no working config is refused below it)."""
+    config = write_config(
+        tmp_path,
+        '[[providers]]\nname = "oa"\nkind = "openai"\n[providers.prices]\n'
+        '"m1" = { input = 1000000.0, output = 1000000.0 }\n',
+    )
+    make_log(tmp_path / "events.db")
+    _clean(rollwatch("schedules", "list", "--config", str(config)), 0)
