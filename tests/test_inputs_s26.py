@@ -144,3 +144,100 @@ def test_a_price_at_its_bound_is_taken(tmp_path: Path) -> None:
     )
     make_log(tmp_path / "events.db")
     _clean(rollwatch("schedules", "list", "--config", str(config)), 0)
+
+
+def _copy(tmp_path: Path, name: str) -> tuple[Path, Path]:
+    """A copy of the bundled problem ``name`` under ``tmp_path``; (its folder, a config)."""
+    problem = tmp_path / "problems" / name
+    shutil.copytree(Path(__file__).resolve().parents[1] / "config" / "problems" / name, problem)
+    return problem, write_config(tmp_path, problems=str(tmp_path / "problems"))
+
+
+def _edit(path: Path, old: str, new: str) -> None:
+    text = path.read_text()
+    assert old in text
+    path.write_text(text.replace(old, new, 1))
+
+
+# problem -> (the edit to its problem.toml, the line `problems list` must end with after
+# "error: FOLDER/problem.toml: "). Each loaded before: a NUL in a file name was a
+# ValueError traceback ("embedded null byte"); a NUL in a checker's argument loaded and
+# was that traceback at `problems check` (and at every score); an infinite tolerance
+# passed every number for every other (no answer could fail); a keyword as the entry
+# point made every test's `check(class)` a SyntaxError (no answer could pass).
+BAD_PROBLEMS = {
+    "prompt-file-nul": (
+        "dijkstra",
+        ('prompt_file = "prompt.md"', 'prompt_file = "prompt\\u0000.md"'),
+        "prompt_file: 'prompt\\x00.md': cannot be resolved (embedded null byte)",
+    ),
+    "solution-nul": (
+        "dijkstra",
+        ('solution = "solution.py"', 'solution = "solution\\u0000.py"'),
+        "reference.solution: 'solution\\x00.py': cannot be resolved (embedded null byte)",
+    ),
+    "cases-nul": (
+        "dijkstra",
+        ('kind = "stdio"', 'kind = "stdio"\ncases = "ca\\u0000ses"'),
+        "scorer.cases: 'ca\\x00ses': cannot be resolved (embedded null byte)",
+    ),
+    "command-nul": (
+        "n-queens",
+        ('command = ["python3", "check.py"]', 'command = ["python3", "check.py", "x\\u0000y"]'),
+        "scorer.command: 'x\\x00y': an argument holds NUL",
+    ),
+    "tolerance-inf": (
+        "closest-pair",
+        ("float_tolerance = 1e-6", "float_tolerance = inf"),
+        "scorer.float_tolerance: expected a finite number >= 0, got inf",
+    ),
+    "entry-point-keyword": (
+        "edit-distance",
+        ('entry_point = "edit_distance"', 'entry_point = "class"'),
+        "scorer.entry_point: 'class' is not a Python identifier",
+    ),
+}
+
+
+@pytest.mark.parametrize(("name", "edit", "message"), BAD_PROBLEMS.values(), ids=BAD_PROBLEMS.keys())
+def test_a_problem_that_cannot_be_scored_is_refused_at_load(
+    tmp_path: Path, name: str, edit: tuple[str, str], message: str
+) -> None:
+    problem, config = _copy(tmp_path, name)
+    _edit(problem / "problem.toml", *edit)
+    lines = _clean(rollwatch("problems", "list", "--config", str(config)), 2)
+    assert lines[-1] == f"error: {problem / 'problem.toml'}: {message}", lines
+
+
+def test_a_humaneval_entry_point_that_is_a_keyword_is_a_problem_error(tmp_path: Path) -> None:
+    """The same for a HumanEval line: ``"entry_point": "def"`` loaded."""
+    data = tmp_path / "he.jsonl"
+    data.write_text(json.dumps({**HUMANEVAL, "entry_point": "def"}) + "\n")
+    lines = _clean(rollwatch("problems", "list", "--config", str(_humaneval_config(tmp_path, data))), 2)
+    assert lines[-1] == f"error: {data}:1: entry_point: 'def' is not a Python identifier", lines
+
+
+@pytest.mark.parametrize("verb", ["pause", "resume", "trigger"])
+@pytest.mark.parametrize("note", ["why\nd  active  every 3600s", "a\x1b[2Jb", "rtl\u202eetoN"])
+def test_a_note_with_a_line_break_or_control_characters_is_refused(
+    tmp_path: Path, verb: str, note: str
+) -> None:
+    """``schedules pause d --note "why<LF>d  active …"`` was appended as given, and its line
+    break forged a row of ``schedules list``. Refused now, exit 2, nothing appended."""
+    from tests.test_daemon import events
+
+    config = write_config(
+        tmp_path,
+        '[[schedules]]\nname = "d"\nprovider = "reference"\nmodels = ["reference"]\n'
+        'problem_set = "favorites"\nevery = "1h"\n',
+    )
+    make_log(tmp_path / "events.db")
+    lines = _clean(rollwatch("schedules", verb, "d", "--note", note, "--config", str(config)), 2)
+    assert lines[-1] == (
+        f"error: --note: {note!r}: a note is one line without control characters "
+        "(line breaks, tabs, escapes, bidi marks); nothing was appended"
+    ), lines
+    assert events(tmp_path / "events.db") == []
+    listed = rollwatch("schedules", "list", "--config", str(config))
+    assert listed.returncode == 0, listed.stderr
+    assert len(listed.stdout.splitlines()) == 2, listed.stdout  # the header and one row

@@ -38,6 +38,8 @@ import gzip
 import hashlib
 import itertools
 import json
+import keyword
+import math
 import os
 import re
 import stat
@@ -322,8 +324,10 @@ class _Reader:
             return None
         try:
             p = _resolve(self.root / name)
-        except OSError as e:
-            raise self.fail(prefix + key, f"{name!r}: cannot be resolved ({e.strerror or e})") from None
+        except (OSError, ValueError) as e:  # ValueError: a NUL in the name ("embedded null byte")
+            raise self.fail(
+                prefix + key, f"{name!r}: cannot be resolved ({getattr(e, 'strerror', None) or e})"
+            ) from None
         if not p.is_relative_to(self.root.resolve()):
             raise self.fail(prefix + key, f"{name!r} is outside the problem's folder")
         if not p.is_file():
@@ -452,7 +456,8 @@ def _load_problem(folder: Path) -> Problem:
     if kind == "python-function":
         entry = r.string(scorer, "entry_point", "scorer.", required=True)
         assert entry is not None
-        if not _IDENT.match(entry):
+        if not _IDENT.match(entry) or keyword.iskeyword(entry):
+            # A keyword ("class") loaded, and every test's check(class) was a SyntaxError.
             raise r.fail("scorer.entry_point", f"{entry!r} is not a Python identifier")
         tests_path = r.file(scorer, "tests", "scorer.", required=True)
         assert tests_path is not None
@@ -466,8 +471,10 @@ def _load_problem(folder: Path) -> Problem:
         fields.update(entry_point=entry, tests=tests)
     elif kind == "stdio":
         tol = scorer.get("float_tolerance")
-        if tol is not None and (isinstance(tol, bool) or not isinstance(tol, int | float) or not tol >= 0):
-            raise r.fail("scorer.float_tolerance", f"expected a number >= 0, got {tol!r}")
+        # inf passed every number for every other: a problem no answer could fail.
+        bad_tol = isinstance(tol, bool) or not isinstance(tol, int | float) or not 0 <= tol < math.inf
+        if tol is not None and bad_tol:
+            raise r.fail("scorer.float_tolerance", f"expected a finite number >= 0, got {tol!r}")
         fields.update(
             cases=_read_cases(r, r.string(scorer, "cases", "scorer.") or "cases"),
             float_tolerance=float(tol) if tol is not None else None,
@@ -476,6 +483,11 @@ def _load_problem(folder: Path) -> Problem:
         command = scorer.get("command")
         if not isinstance(command, list) or not command or not all(isinstance(a, str) and a for a in command):
             raise r.fail("scorer.command", 'expected a list of strings such as ["python3", "check.py"]')
+        if any("\0" in a for a in command):
+            # No program can be given one: "embedded null byte", a traceback at the first score.
+            raise r.fail(
+                "scorer.command", f"{next(a for a in command if chr(0) in a)!r}: an argument holds NUL"
+            )
         # Every argument naming a file of the folder is resolved to it, so the checker
         # can be given as "check.py" whatever the working folder.
         resolved = []
@@ -523,8 +535,10 @@ def _load_problem(folder: Path) -> Problem:
 def _read_cases(r: _Reader, name: str) -> tuple[Case, ...]:
     try:
         folder = _resolve(r.root / name)
-    except OSError as e:
-        raise r.fail("scorer.cases", f"{name!r}: cannot be resolved ({e.strerror or e})") from None
+    except (OSError, ValueError) as e:  # ValueError: a NUL in the name ("embedded null byte")
+        raise r.fail(
+            "scorer.cases", f"{name!r}: cannot be resolved ({getattr(e, 'strerror', None) or e})"
+        ) from None
     if not folder.is_relative_to(r.root.resolve()) or not folder.is_dir():
         raise r.fail("scorer.cases", f"{name!r}: no such folder in {r.root} (it holds NAME.in and NAME.out)")
     cases = []
@@ -654,7 +668,7 @@ def _humaneval_problem(path: Path, lineno: int, line: str) -> Problem:
                 raise ProblemError(
                     f"{where}: {key}: holds {e.object[e.start]!r}, which is no Unicode character"
                 ) from None
-    if not _IDENT.match(row["entry_point"]):
+    if not _IDENT.match(row["entry_point"]) or keyword.iskeyword(row["entry_point"]):
         raise ProblemError(f"{where}: entry_point: {row['entry_point']!r} is not a Python identifier")
     prompt, test, entry = row["prompt"], row["test"], row["entry_point"]
     canonical = row.get("canonical_solution")
