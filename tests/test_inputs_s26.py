@@ -241,3 +241,18 @@ def test_a_note_with_a_line_break_or_control_characters_is_refused(
     listed = rollwatch("schedules", "list", "--config", str(config))
     assert listed.returncode == 0, listed.stderr
     assert len(listed.stdout.splitlines()) == 2, listed.stdout  # the header and one row
+
+
+@pytest.mark.parametrize("option", ["--key", "--state", "--name"])
+def test_an_empty_witness_option_is_bad_usage(tmp_path: Path, option: str) -> None:
+    """``witness serve --state ""`` (``--state "$STATE"`` with STATE unset) was ``error: cannot
+    use .: Is a directory``, exit 1, naming no option; ``--key ""`` called the working folder
+    no key; ``--name ""`` quietly meant the default name. Each is bad usage now, exit 2,
+    before any file is made."""
+    from tests.test_cli_hostile_2026 import _vkey
+
+    args = ["--key", str(tmp_path / "w.key"), "--state", str(tmp_path / "state.json"), option, ""]
+    r = rollwatch("witness", "serve", "--listen", "127.0.0.1:0", "--log", _vkey(), *args, timeout=30)
+    lines = _clean(r, 2)
+    assert lines[-1] == f"error: {option}: is empty; give one, or leave the option out for its default", lines
+    assert list(tmp_path.iterdir()) == []
