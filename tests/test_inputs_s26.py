@@ -256,3 +256,23 @@ def test_an_empty_witness_option_is_bad_usage(tmp_path: Path, option: str) -> No
     lines = _clean(r, 2)
     assert lines[-1] == f"error: {option}: is empty; give one, or leave the option out for its default", lines
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("kind", ["device", "fifo"])
+def test_verify_refuses_a_kept_checkpoint_that_is_no_regular_file(tmp_path: Path, kind: str) -> None:
+    """``verify --checkpoint /dev/zero`` read until memory ran out, and a named pipe waited for
+    a writer for good (``audit --keep`` had been fixed for both, ``verify`` not). One line
+    naming the option, exit 2."""
+    import os
+
+    kept = Path("/dev/zero")
+    if kind == "fifo":
+        kept = tmp_path / "kept.fifo"
+        os.mkfifo(kept)
+    config = write_config(tmp_path)
+    make_log(tmp_path / "events.db")
+    lines = _clean(rollwatch("verify", "--checkpoint", str(kept), "--config", str(config), timeout=30), 2)
+    assert lines[-1] == (
+        f"error: --checkpoint {kept}: cannot read it: it is not a regular file "
+        "(a pipe, a folder or a device was put in its place)"
+    ), lines
