@@ -276,3 +276,26 @@ def test_verify_refuses_a_kept_checkpoint_that_is_no_regular_file(tmp_path: Path
         f"error: --checkpoint {kept}: cannot read it: it is not a regular file "
         "(a pipe, a folder or a device was put in its place)"
     ), lines
+
+
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        ("http://a b/public/", "'http://a b/public/': needs a host"),
+        ("http:///public/", "'http:///public/': needs a host"),
+        ("http://h:99999/public/", "'http://h:99999/public/': not a URL (Port out of range 0-65535)"),
+        ("https://user:pw@h/public/", "'https://…@h/public': holds a user name or password"),
+    ],
+    ids=["space", "no-host", "port", "credentials"],
+)
+def test_publish_export_checks_its_base_url_as_the_config_does(tmp_path: Path, url: str, why: str) -> None:
+    """``publish export DIR --base-url URL`` checked only the scheme: a URL ``server.base_url``
+    refuses (no host, a space, a port past 65535, a user and password) was written into
+    every link of the export, whose closed months never change. Exit 2, nothing written."""
+    config = write_config(tmp_path)
+    make_log(tmp_path / "events.db")
+    out = tmp_path / "export"
+    lines = _clean(rollwatch("publish", "export", str(out), "--base-url", url, "--config", str(config)), 2)
+    assert lines[-1].startswith(f"error: --base-url {why}"), lines
+    assert not out.exists() or list(out.iterdir()) == []
+    assert "pw" not in "\n".join(lines)

@@ -120,6 +120,12 @@ def _no_credentials(value: str) -> str:
     return value
 
 
+def check_plain_url(value: str) -> None:
+    """ValueError (its message starting with the URL, redacted) unless ``value`` is what
+    :data:`PlainURL` takes: an absolute http(s) URL with a host and no credential."""
+    _no_credentials(_http_url(value))
+
+
 HttpURL = Annotated[str, AfterValidator(_http_url)]
 """An absolute http:// or https:// URL, kept without a trailing slash. A witness's may hold
 a credential (``http://user:token@host``, sent as Basic auth), never shown."""
