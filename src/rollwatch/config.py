@@ -120,6 +120,12 @@ def _no_credentials(value: str) -> str:
     return value
 
 
+def check_plain_url(value: str) -> None:
+    """ValueError (its message starting with the URL, redacted) unless ``value`` is what
+    :data:`PlainURL` takes: an absolute http(s) URL with a host and no credential."""
+    _no_credentials(_http_url(value))
+
+
 HttpURL = Annotated[str, AfterValidator(_http_url)]
 """An absolute http:// or https:// URL, kept without a trailing slash. A witness's may hold
 a credential (``http://user:token@host``, sent as Basic auth), never shown."""
@@ -427,14 +433,21 @@ class ProblemSetConfig(_Strict):
         return v
 
 
+#: The highest price taken, USD per million tokens ($1 a token, over a thousand times the
+#: dearest model's): ``input = 1e308`` made every answer's cost infinite, which no event
+#: can hold, and ``rollwatch run`` died with a traceback at its first answer, no
+#: RunFinished recorded.
+MAX_PRICE = 1_000_000.0
+
+
 class Price(_Strict):
-    input: float = Field(ge=0)
-    output: float = Field(ge=0)
-    cached_input: float | None = Field(default=None, ge=0)
-    batch_input: float | None = Field(default=None, ge=0)
+    input: float = Field(ge=0, le=MAX_PRICE)
+    output: float = Field(ge=0, le=MAX_PRICE)
+    cached_input: float | None = Field(default=None, ge=0, le=MAX_PRICE)
+    batch_input: float | None = Field(default=None, ge=0, le=MAX_PRICE)
     """USD per million input tokens through the batch API (default: half of ``input``,
     OpenAI's, Anthropic's and Gemini's batch discount)."""
-    batch_output: float | None = Field(default=None, ge=0)
+    batch_output: float | None = Field(default=None, ge=0, le=MAX_PRICE)
     """USD per million output tokens through the batch API (default: half of ``output``)."""
 
 
@@ -713,7 +726,9 @@ class ScheduleConfig(_Strict):
 
         try:
             ZoneInfo(v)
-        except (ZoneInfoNotFoundError, ValueError):
+        except (ZoneInfoNotFoundError, ValueError, OSError):
+            # OSError: a folder of the zone database ("America", "Etc") or a name too long
+            # for a file, which was "error: cannot use …/zoneinfo/America", exit 1.
             raise ValueError(f"{v!r} is not an IANA time zone (e.g. 'UTC', 'Europe/Paris')") from None
         return v
 

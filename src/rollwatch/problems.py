@@ -36,11 +36,15 @@ import dataclasses
 import errno
 import gzip
 import hashlib
+import itertools
 import json
+import keyword
+import math
 import os
 import re
 import stat
 import tomllib
+import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date
@@ -93,6 +97,8 @@ _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}\Z")
 #: The largest prompt, tests or reference solution read: a tests file is sent to every
 #: sample, a prompt to the provider (paid per token); 300 MB ones were read whole.
 MAX_FILE_BYTES = 8 * 1024 * 1024
+#: The largest HumanEval file read, decompressed (HumanEval's own is under 1 MB).
+MAX_HUMANEVAL_BYTES = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -318,8 +324,10 @@ class _Reader:
             return None
         try:
             p = _resolve(self.root / name)
-        except OSError as e:
-            raise self.fail(prefix + key, f"{name!r}: cannot be resolved ({e.strerror or e})") from None
+        except (OSError, ValueError) as e:  # ValueError: a NUL in the name ("embedded null byte")
+            raise self.fail(
+                prefix + key, f"{name!r}: cannot be resolved ({getattr(e, 'strerror', None) or e})"
+            ) from None
         if not p.is_relative_to(self.root.resolve()):
             raise self.fail(prefix + key, f"{name!r} is outside the problem's folder")
         if not p.is_file():
@@ -347,6 +355,19 @@ class _Reader:
         if seconds <= 0:
             raise self.fail(prefix + key, "must be more than zero")
         return seconds
+
+
+def _compile(source: str, filename: str) -> None:
+    """Compile ``source`` to see that it is Python; SyntaxError when it is not. Expressions
+    nested thousands deep (``-----…1``, ``1+1+…``) raised MemoryError or RecursionError from
+    the compiler, and a NUL byte ValueError: each a traceback of every command that loads
+    the problem set."""
+    try:
+        compile(source, filename, "exec", dont_inherit=True)
+    except ValueError as e:
+        raise SyntaxError(str(e)) from None
+    except (MemoryError, RecursionError):
+        raise SyntaxError("expressions or blocks nested too deep for the compiler") from None
 
 
 def _too_large() -> str:
@@ -435,13 +456,14 @@ def _load_problem(folder: Path) -> Problem:
     if kind == "python-function":
         entry = r.string(scorer, "entry_point", "scorer.", required=True)
         assert entry is not None
-        if not _IDENT.match(entry):
+        if not _IDENT.match(entry) or keyword.iskeyword(entry):
+            # A keyword ("class") loaded, and every test's check(class) was a SyntaxError.
             raise r.fail("scorer.entry_point", f"{entry!r} is not a Python identifier")
         tests_path = r.file(scorer, "tests", "scorer.", required=True)
         assert tests_path is not None
         tests = r.text(tests_path, "scorer.tests")
         try:
-            compile(tests, str(tests_path), "exec", dont_inherit=True)
+            _compile(tests, str(tests_path))
         except SyntaxError as e:
             raise r.fail("scorer.tests", f"{tests_path.name} does not compile: {e}") from None
         if not re.search(r"^def check\(", tests, re.M):
@@ -449,8 +471,10 @@ def _load_problem(folder: Path) -> Problem:
         fields.update(entry_point=entry, tests=tests)
     elif kind == "stdio":
         tol = scorer.get("float_tolerance")
-        if tol is not None and (isinstance(tol, bool) or not isinstance(tol, int | float) or not tol >= 0):
-            raise r.fail("scorer.float_tolerance", f"expected a number >= 0, got {tol!r}")
+        # inf passed every number for every other: a problem no answer could fail.
+        bad_tol = isinstance(tol, bool) or not isinstance(tol, int | float) or not 0 <= tol < math.inf
+        if tol is not None and bad_tol:
+            raise r.fail("scorer.float_tolerance", f"expected a finite number >= 0, got {tol!r}")
         fields.update(
             cases=_read_cases(r, r.string(scorer, "cases", "scorer.") or "cases"),
             float_tolerance=float(tol) if tol is not None else None,
@@ -459,6 +483,11 @@ def _load_problem(folder: Path) -> Problem:
         command = scorer.get("command")
         if not isinstance(command, list) or not command or not all(isinstance(a, str) and a for a in command):
             raise r.fail("scorer.command", 'expected a list of strings such as ["python3", "check.py"]')
+        if any("\0" in a for a in command):
+            # No program can be given one: "embedded null byte", a traceback at the first score.
+            raise r.fail(
+                "scorer.command", f"{next(a for a in command if chr(0) in a)!r}: an argument holds NUL"
+            )
         # Every argument naming a file of the folder is resolved to it, so the checker
         # can be given as "check.py" whatever the working folder.
         resolved = []
@@ -506,8 +535,10 @@ def _load_problem(folder: Path) -> Problem:
 def _read_cases(r: _Reader, name: str) -> tuple[Case, ...]:
     try:
         folder = _resolve(r.root / name)
-    except OSError as e:
-        raise r.fail("scorer.cases", f"{name!r}: cannot be resolved ({e.strerror or e})") from None
+    except (OSError, ValueError) as e:  # ValueError: a NUL in the name ("embedded null byte")
+        raise r.fail(
+            "scorer.cases", f"{name!r}: cannot be resolved ({getattr(e, 'strerror', None) or e})"
+        ) from None
     if not folder.is_relative_to(r.root.resolve()) or not folder.is_dir():
         raise r.fail("scorer.cases", f"{name!r}: no such folder in {r.root} (it holds NAME.in and NAME.out)")
     cases = []
@@ -584,12 +615,26 @@ def load_humaneval(path: Path, *, name: str | None = None, prompt_template: str 
         raise ProblemError(f"{path}: no such HumanEval file (problem_sets.path)")
     opener = gzip.open if path.suffix == ".gz" else open
     problems = []
+    left = MAX_HUMANEVAL_BYTES
     try:
-        with opener(path, "rt", encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
+        with opener(path, "rb") as f:
+            for lineno in itertools.count(1):
+                # Read within the bound (decompressed): a 2 MB gzip of one 2 GB line was
+                # read whole, a MemoryError traceback or the OOM killer.
+                raw = f.readline(left + 1)
+                if not raw:
+                    break
+                left -= len(raw)
+                if left < 0:
+                    raise ProblemError(
+                        f"{path}: is larger than {MAX_HUMANEVAL_BYTES // 2**20} MB (decompressed); "
+                        "a HumanEval file is at most that"
+                    )
+                line = raw.decode("utf-8")
                 if line.strip():
                     problems.append(_humaneval_problem(path, lineno, line))
-    except (OSError, UnicodeDecodeError, EOFError) as e:
+    except (OSError, UnicodeDecodeError, EOFError, zlib.error) as e:
+        # zlib.error: a gzip file whose compressed data is damaged (not truncated).
         raise ProblemError(f"{path}: cannot read: {e}") from None
     if not problems:
         raise ProblemError(f"{path}: holds no problems")
@@ -623,7 +668,7 @@ def _humaneval_problem(path: Path, lineno: int, line: str) -> Problem:
                 raise ProblemError(
                     f"{where}: {key}: holds {e.object[e.start]!r}, which is no Unicode character"
                 ) from None
-    if not _IDENT.match(row["entry_point"]):
+    if not _IDENT.match(row["entry_point"]) or keyword.iskeyword(row["entry_point"]):
         raise ProblemError(f"{where}: entry_point: {row['entry_point']!r} is not a Python identifier")
     prompt, test, entry = row["prompt"], row["test"], row["entry_point"]
     canonical = row.get("canonical_solution")
@@ -634,8 +679,8 @@ def _humaneval_problem(path: Path, lineno: int, line: str) -> Problem:
             f"{where}: task_id: {row['task_id']!r}: use letters, digits and . _ - / (at most 128)"
         )
     try:
-        compile(test, "test", "exec", dont_inherit=True)
-    except (SyntaxError, ValueError) as e:
+        _compile(test, "test")
+    except SyntaxError as e:
         raise ProblemError(f"{where}: test: does not compile: {e}") from None
     if not re.search(r"^def check\(", test, re.M):
         raise ProblemError(f"{where}: test: defines no check(candidate) function")

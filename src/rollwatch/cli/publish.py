@@ -18,7 +18,7 @@ import click
 
 from rollwatch.abc import EventStore
 from rollwatch.cli._common import Context, cell, common, current_projections, require_log, run_async
-from rollwatch.config import Config
+from rollwatch.config import Config, check_plain_url
 from rollwatch.errors import ConcurrencyConflict, UsageError
 from rollwatch.events import SubscriberAdded, SubscriberRevoked, parse_rfc3339, rfc3339, subscriber_stream
 from rollwatch.publication.keys import (
@@ -229,6 +229,12 @@ def publish_export(ctx: Context, directory: Path, base_url: str | None) -> None:
     base = base_url or f"{config.server.url}/public/"
     if not base.startswith(("http://", "https://")):
         raise UsageError(f"--base-url {base!r}: give an absolute http:// or https:// URL")
+    try:
+        # As server.base_url is checked: "http://", "http://a b", a port past 65535 or a
+        # user:password were written into every link of the release's closed months.
+        check_plain_url(base)
+    except ValueError as e:
+        raise UsageError(f"--base-url {e}") from None
     require_log(config)
 
     async def main() -> str:

@@ -213,9 +213,16 @@ def _steering_command(verb: str, event: str, doc: str, said: str, *, runnable: b
     @common
     def command(ctx: Context, name: str, note: str) -> None:
         from rollwatch import events
+        from rollwatch.config import has_control
         from rollwatch.errors import UsageError
         from rollwatch.scheduler import disabled_prefix
 
+        if has_control(note):
+            # A line break in a note forged a row of `schedules list` (and the console's).
+            raise UsageError(
+                f"--note: {note!r}: a note is one line without control characters "
+                "(line breaks, tabs, escapes, bidi marks); nothing was appended"
+            )
         schedule = ctx.config.schedule(name)  # names the known schedules when this one is not
         disabled = None
         if runnable:

@@ -31,8 +31,8 @@ def witness() -> None:
 @click.option(
     "--key",
     "key_file",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=Path("witness.key"),
+    type=click.Path(dir_okay=False),
+    default="witness.key",
     show_default=True,
     help="the witness's Ed25519 key (PEM); made, mode 0600, when missing",
 )
@@ -46,7 +46,7 @@ def witness() -> None:
 @click.option(
     "--state",
     "state_file",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=click.Path(dir_okay=False),
     default=None,
     help="where the latest cosigned checkpoint of each log is kept (default: next to the key, witness-state.json)",
 )
@@ -55,12 +55,18 @@ def witness() -> None:
 def witness_serve(
     ctx: Context,
     listen: str,
-    key_file: Path,
+    key_file: str,
     logs: tuple[str, ...],
-    state_file: Path | None,
+    state_file: str | None,
     name: str | None,
 ) -> None:
     """Cosign checkpoints of the given logs that are consistent with the last one cosigned."""
+    # An empty value (`--state "$STATE"` with STATE unset) named the working folder:
+    # "error: cannot use .: Is a directory", exit 1, naming no option; an empty --name
+    # silently meant the default.
+    for option, value in (("--key", key_file), ("--state", state_file), ("--name", name)):
+        if value is not None and not value.strip():
+            raise UsageError(f"{option}: is empty; give one, or leave the option out for its default")
     from rollwatch.integrity.checkpoint import NoteVerifier
     from rollwatch.integrity.witness import Witness, WitnessState, load_cosigner, witness_app
     from rollwatch.web.server import HTTPServer, listening_sockets
@@ -79,7 +85,7 @@ def witness_serve(
             verifiers.append(NoteVerifier.from_vkey(vkey))
         except ValueError as e:
             raise UsageError(f"--log: {e}") from None
-    state_path = state_file or key_file.parent / "witness-state.json"
+    state_path = Path(state_file) if state_file else Path(key_file).parent / "witness-state.json"
     try:
         state = WitnessState(state_path)
     except (ValueError, KeyError, TypeError) as e:
@@ -89,7 +95,7 @@ def witness_serve(
     # start (on a free port) took for the witness's own, under a name no log trusted.
     sockets = listening_sockets(host.strip("[]"), int(port_s), "--listen")
     try:
-        cosigner = load_cosigner(key_file, name or f"{socket.gethostname()}/rollwatch-witness")
+        cosigner = load_cosigner(Path(key_file), name or f"{socket.gethostname()}/rollwatch-witness")
     except ValueError as e:
         for sock in sockets:
             sock.close()

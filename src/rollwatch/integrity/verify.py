@@ -31,7 +31,7 @@ import anyio
 import orjson
 
 from rollwatch.abc import EventStore
-from rollwatch.errors import IntegrityError, InvalidNote, UnknownEventType, UsageError
+from rollwatch.errors import IntegrityError, InvalidNote, UnfitFile, UnknownEventType, UsageError
 from rollwatch.events import (
     GENESIS,
     CheckpointKeyRotated,
@@ -42,7 +42,7 @@ from rollwatch.events import (
     decode,
     event_class,
 )
-from rollwatch.integrity.checkpoint import NoteVerifier, b64, read_witness_file, unb64
+from rollwatch.integrity.checkpoint import NoteVerifier, b64, read_small_file, read_witness_file, unb64
 from rollwatch.integrity.merkle import EMPTY_ROOT, CompactRange, leaf_hash, verify_consistency
 from rollwatch.integrity.rotation import KeyRing
 from rollwatch.integrity.tree import MerkleTree
@@ -463,14 +463,20 @@ def read_kept(witness: Path | None) -> list[KeptCheckpoint]:
     return [] if text is None else [KeptCheckpoint(where, text)]
 
 
+KEPT_MAX = 64 * 1024 * 1024
+"""The largest ``--checkpoint`` file read: what ``rollwatch audit --keep`` writes (its ``MAX_KEEP``)."""
+
+
 def load_kept_checkpoint(path: Path) -> KeptCheckpoint:
     """A checkpoint someone kept: a signed note, or the JSON file ``rollwatch audit --keep`` writes.
 
     Raises :class:`UsageError` when the file cannot be read as either.
     """
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
+        # Bounded, and refused unless a regular file: /dev/zero was read until memory ran
+        # out, a named pipe waited for ever (as `audit --keep` once did).
+        text = read_small_file(path, KEPT_MAX).decode("utf-8")
+    except (OSError, UnicodeDecodeError, UnfitFile) as e:
         raise UsageError(f"--checkpoint {path}: cannot read it: {e}") from None
     if text.lstrip().startswith("{"):
         try:
