@@ -366,6 +366,18 @@ class TestActions:
         )
         assert steering(daemon) == before
 
+    def test_a_note_with_a_line_break_or_an_escape_is_a_400_and_appends_nothing(self, daemon: Daemon) -> None:
+        """As ``schedules pause --note`` refuses it (it forged a row of ``schedules list``)."""
+        token = _token(httpx.get(daemon.url + "/ops/schedules").text)
+        before = steering(daemon)
+        for note in ("hi\nref  active  forged", "red\x1b[31m", "turn\u202eed"):
+            r = httpx.post(
+                daemon.url + "/ops/schedules/fake-hostile/pause", data={"note": note, "token": token}
+            )
+            assert r.status_code == 400, (note, r.text)
+            assert "control characters" in r.text
+        assert steering(daemon) == before
+
     def test_a_huge_note_is_cut_not_fatal(self, daemon: Daemon, tmp_path: Path) -> None:
         """A note longer than 500 characters is stored cut; an oversized form is a 400."""
         token = _token(httpx.get(daemon.url + "/ops/schedules").text)

@@ -35,6 +35,7 @@ from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Re
 from starlette.routing import Route
 
 from rollwatch import events as e
+from rollwatch.config import has_control
 from rollwatch.errors import BadRequest, Forbidden, NotFound, Unauthorized
 from rollwatch.events import rollout_stream, schedule_stream
 from rollwatch.log import get_logger
@@ -620,6 +621,13 @@ class Console:
         if not hmac.compare_digest(token.encode(), self.token().encode()):
             raise Forbidden("missing or stale console form token; reload the page")
         note = form.get("note", [""])[-1].strip()[:_NOTE_MAX]
+        if has_control(note):
+            # As `schedules pause --note` refuses it: a line break forged a row of `schedules
+            # list`, an escape sequence reached the operator's terminal.
+            raise BadRequest(
+                "a note is one line without control characters (line breaks, tabs, escapes,"
+                " bidi marks); nothing was appended"
+            )
         if name not in {s.name for s in self.config.schedules}:
             raise NotFound(f"no schedule {name[:80]!r}")
         recs = await self.store.append(schedule_stream(name), [cls(schedule=name, note=note)])
