@@ -299,3 +299,19 @@ def test_publish_export_checks_its_base_url_as_the_config_does(tmp_path: Path, u
     assert lines[-1].startswith(f"error: --base-url {why}"), lines
     assert not out.exists() or list(out.iterdir()) == []
     assert "pw" not in "\n".join(lines)
+
+
+def test_stdio_cases_past_their_bound_in_all_are_refused(tmp_path: Path) -> None:
+    """Each case file is bounded (8 MB), and so are a problem's cases in all (128 MB): a
+    thousand cases of 8 MB were read whole and held for the daemon's life. Sparse files:
+    nothing of their size is written to the disk."""
+    from rollwatch.problems import MAX_CASES_BYTES, MAX_FILE_BYTES
+
+    problem, config = _copy(tmp_path, "dijkstra")
+    cases = problem / "cases"
+    for i in range(MAX_CASES_BYTES // (2 * MAX_FILE_BYTES) + 1):
+        for ext in ("in", "out"):
+            with (cases / f"zz{i:03d}.{ext}").open("wb") as f:
+                f.truncate(MAX_FILE_BYTES)
+    lines = _clean(rollwatch("--config", str(config), "problems", "list"), 2)
+    assert any("scorer.cases" in line and "128 MB in all" in line for line in lines), lines

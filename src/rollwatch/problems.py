@@ -97,6 +97,10 @@ _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}\Z")
 #: The largest prompt, tests or reference solution read: a tests file is sent to every
 #: sample, a prompt to the provider (paid per token); 300 MB ones were read whole.
 MAX_FILE_BYTES = 8 * 1024 * 1024
+#: The most a stdio problem's cases hold in all (inputs and outputs): each is bounded by
+#: :data:`MAX_FILE_BYTES`, but a thousand of them were read whole, 8 GB held for the
+#: daemon's life. Every case goes to every sample, so a set this large is no benchmark.
+MAX_CASES_BYTES = 128 * 1024 * 1024
 #: The largest HumanEval file read, decompressed (HumanEval's own is under 1 MB).
 MAX_HUMANEVAL_BYTES = 64 * 1024 * 1024
 
@@ -542,11 +546,20 @@ def _read_cases(r: _Reader, name: str) -> tuple[Case, ...]:
     if not folder.is_relative_to(r.root.resolve()) or not folder.is_dir():
         raise r.fail("scorer.cases", f"{name!r}: no such folder in {r.root} (it holds NAME.in and NAME.out)")
     cases = []
+    total = 0
     for inp in sorted(folder.glob("*.in")):
         out = inp.with_suffix(".out")
         if not out.exists():
             raise r.fail("scorer.cases", f"{inp.name} has no {out.name} beside it")
-        cases.append(Case(name=inp.stem, input=_case_bytes(r, inp), output=_case_bytes(r, out)))
+        case = Case(name=inp.stem, input=_case_bytes(r, inp), output=_case_bytes(r, out))
+        total += len(case.input) + len(case.output)
+        if total > MAX_CASES_BYTES:
+            raise r.fail(
+                "scorer.cases",
+                f"{folder.name}: the cases hold more than {MAX_CASES_BYTES // 2**20} MB in all"
+                f" (past it at {inp.name}); a problem's cases are at most that",
+            )
+        cases.append(case)
     for out in folder.glob("*.out"):
         if not out.with_suffix(".in").is_file():
             raise r.fail("scorer.cases", f"{out.name} has no {out.stem}.in beside it")
