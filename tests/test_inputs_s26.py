@@ -315,3 +315,10 @@ def test_stdio_cases_past_their_bound_in_all_are_refused(tmp_path: Path) -> None
                 f.truncate(MAX_FILE_BYTES)
     lines = _clean(rollwatch("--config", str(config), "problems", "list"), 2)
     assert any("scorer.cases" in line and "128 MB in all" in line for line in lines), lines
+
+
+def test_an_empty_audit_keep_is_bad_usage(tmp_path: Path) -> None:
+    """``--keep "$FILE"`` with FILE unset: it named the working folder (exit 1, "Is a
+    directory"); now bad usage, exit 2, before any request."""
+    lines = _clean(rollwatch("audit", "--url", "http://127.0.0.1:9", "--keep", ""), 2)
+    assert lines[-1].startswith("error: --keep: is empty"), lines

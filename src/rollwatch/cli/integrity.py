@@ -16,7 +16,7 @@ from rollwatch.errors import AuditFailure, UsageError
 @click.option("--url", required=True, help="the service, e.g. https://rollwatch.example.org")
 @click.option(
     "--keep",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=click.Path(dir_okay=False),
     default=None,
     help="file with the checkpoint (and key) of the last audit: check consistency from it, then keep the new one",
 )
@@ -66,7 +66,7 @@ from rollwatch.errors import AuditFailure, UsageError
 def audit(
     ctx: Context,
     url: str,
-    keep: Path | None,
+    keep: str | None,
     item: str | None,
     key: str | None,
     http_timeout: float,
@@ -91,6 +91,9 @@ def audit(
         raise UsageError(usage) from None
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise UsageError(usage)
+    if keep is not None and not keep.strip():
+        # `--keep "$FILE"` with FILE unset named the working folder: exit 1, "Is a directory".
+        raise UsageError("--keep: is empty; name the file the last audit's checkpoint is kept in")
     if not 0 < http_timeout <= 3600:  # also nan
         raise UsageError(
             f"--timeout {http_timeout}: give the seconds per request, more than 0 and at most 3600"
@@ -138,7 +141,7 @@ def audit(
         try:
             report = await run_audit(
                 url,
-                keep=keep,
+                keep=Path(keep) if keep is not None else None,
                 item=item,
                 key=key,
                 http_timeout=http_timeout,
