@@ -143,7 +143,8 @@ class Cluster:
                 assert r.json()["status"] in ("ok", "degraded"), r.text
                 return
         last = "no answer" if r is None else f"{r.status_code} {r.text}"
-        raise AssertionError(f"{node}'s /healthz within {timeout} s: last {last}")
+        log = self.logs[node].read_text(errors="replace")[-4000:] if node in self.logs else ""
+        raise AssertionError(f"{node}'s /healthz within {timeout} s: last {last}\n{node}'s log:\n{log}")
 
     def kill(self, node: str) -> None:
         self.procs[node].kill()
@@ -374,8 +375,10 @@ async def test_runs_survive_the_database_going_away(tmp_path: Path, outage: str)
         finally:
             await admin.close()
         if outage == "down":
+            # The signer tries again 5 s after each failure; under a full suite's load a node
+            # once stayed 503 past 30 s (its signer's outage error): 90 s, then its log if not.
             for node in c.procs:
-                await c.health(node, lambda r: r.status_code == 200)
+                await c.health(node, lambda r: r.status_code == 200, timeout=90)
         [fin] = await c.until(90, "RunFinished")
         assert fin["status"] == "completed", fin
         assert fin["scored"] == 40
