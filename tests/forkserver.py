@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 _SERVER = r"""
@@ -109,7 +110,7 @@ class _Server:
         line = b""
         while not line.endswith(b"\n"):
             if deadline is not None:
-                wait = deadline - _now()
+                wait = deadline - time.monotonic()
                 if wait <= 0 or not select.select([self.replies], [], [], wait)[0]:
                     return None
             got = self.replies.read(1)
@@ -124,7 +125,8 @@ class _Server:
         with tempfile.TemporaryDirectory(prefix="rw-fork-") as tmp:
             d = Path(tmp)
             stdin = d / "in"
-            stdin.write_text(input or "")
+            if input is not None:
+                stdin.write_text(input)
             out, err = d / "out", d / "err"
             write = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
             mask = os.umask(0)
@@ -144,7 +146,7 @@ class _Server:
             self.proc.stdin.write(json.dumps(req).encode() + b"\n")
             self.proc.stdin.flush()
             pid = int(self._reply(None) or 0)
-            deadline = None if timeout is None else _now() + timeout
+            deadline = None if timeout is None else time.monotonic() + timeout
             code = self._reply(deadline)
             if code is None:
                 os.kill(pid, signal.SIGKILL)
@@ -169,12 +171,6 @@ class _Server:
                 self.proc.kill()
                 self.proc.wait()
         self.replies.close()
-
-
-def _now() -> float:
-    import time
-
-    return time.monotonic()
 
 
 _server: _Server | None = None

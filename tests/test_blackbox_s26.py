@@ -243,28 +243,35 @@ def _hostile_witness(mode: str) -> Iterator[int]:
         server.server_close()
 
 
+def _serve_witnessed(tmp_path: Path, wport: int, extra: str = "") -> tuple[int, subprocess.Popen[str]]:
+    """``rollwatch serve`` signing every second and submitting to the witness on ``wport``
+    (under a key of its own: what the witness answers is the test); its port and process."""
+    vkey = Cosigner("witness.test/hostile", Ed25519PrivateKey.generate()).vkey
+    port = free_port()
+    cfg = tmp_path / "rollwatch.toml"
+    cfg.write_text(
+        f'[store]\nurl = "sqlite:{tmp_path / "events.db"}"\n'
+        f'[server]\nlisten = "127.0.0.1:{port}"\n'
+        f'[integrity]\ncheckpoint_interval = "1s"\n{extra}'
+        f'witnesses = [{{ url = "http://127.0.0.1:{wport}", key = "{vkey}" }}]\n'
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rollwatch", "--config", str(cfg), "serve"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    return port, proc
+
+
 class TestHostileWitnessAnswer:
     @pytest.mark.parametrize(
         ("mode", "said"),
         [("flood", "its answer is larger than 65536 bytes"), ("trickle", "no whole answer within 2 s")],
     )
     def test_an_endless_answer_is_cut_and_named(self, tmp_path: Path, mode: str, said: str) -> None:
-        vkey = Cosigner("witness.test/hostile", Ed25519PrivateKey.generate()).vkey
-        port = free_port()
         with _hostile_witness(mode) as wport:
-            cfg = tmp_path / "rollwatch.toml"
-            cfg.write_text(
-                f'[store]\nurl = "sqlite:{tmp_path / "events.db"}"\n'
-                f'[server]\nlisten = "127.0.0.1:{port}"\n'
-                '[integrity]\ncheckpoint_interval = "1s"\nwitness_timeout = "2s"\n'
-                f'witnesses = [{{ url = "http://127.0.0.1:{wport}", key = "{vkey}" }}]\n'
-            )
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "rollwatch", "--config", str(cfg), "serve"],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
+            port, proc = _serve_witnessed(tmp_path, wport, 'witness_timeout = "2s"\n')
             try:
                 url = f"http://127.0.0.1:{port}"
 
@@ -424,22 +431,8 @@ def _witness_answering_409(size: str) -> Iterator[int]:
 class TestWitnessSizeThatIsNoNumber:
     @pytest.mark.parametrize("size", ["\u00b2", "1" + "0" * 5000], ids=["superscript-two", "5000-digits"])
     def test_the_daemon_stays_up_and_names_the_answer(self, tmp_path: Path, size: str) -> None:
-        vkey = Cosigner("witness.test/odd", Ed25519PrivateKey.generate()).vkey
-        port = free_port()
         with _witness_answering_409(size) as wport:
-            cfg = tmp_path / "rollwatch.toml"
-            cfg.write_text(
-                f'[store]\nurl = "sqlite:{tmp_path / "events.db"}"\n'
-                f'[server]\nlisten = "127.0.0.1:{port}"\n'
-                '[integrity]\ncheckpoint_interval = "1s"\n'
-                f'witnesses = [{{ url = "http://127.0.0.1:{wport}", key = "{vkey}" }}]\n'
-            )
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "rollwatch", "--config", str(cfg), "serve"],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
+            port, proc = _serve_witnessed(tmp_path, wport)
             try:
 
                 def named() -> bool:

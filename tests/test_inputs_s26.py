@@ -14,14 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import make_log, rollwatch, write_config
-
-HUMANEVAL = {
-    "task_id": "HumanEval/0",
-    "prompt": "def f(x):\n",
-    "entry_point": "f",
-    "canonical_solution": "    return x\n",
-    "test": "def check(candidate):\n    assert candidate(1) == 1\n",
-}
+from tests.test_bad_input import HUMANEVAL
 
 
 def _clean(proc: subprocess.CompletedProcess[str], code: int) -> list[str]:

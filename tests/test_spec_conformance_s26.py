@@ -15,12 +15,10 @@ from __future__ import annotations
 
 import json
 import secrets
-import socket
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -29,7 +27,9 @@ import httpx
 import pytest
 
 from tests.helpers import rollwatch, write_config
+from tests.integrity.served import _poll
 from tests.pg import ADMIN_URL, scratch_database
+from tests.test_daemon import free_port
 
 pytestmark = pytest.mark.anyio
 
@@ -89,27 +89,11 @@ class TestReadersOnAPostgresqlDatabaseWithoutALog:
             assert r.stdout.startswith("ok: 1 events"), r.stdout
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _poll(pred: Callable[[], object], timeout: float, what: str) -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = pred()
-        if got:
-            return got
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
 @pytest.fixture
 def daemon(tmp_path: Path) -> Iterator[tuple[Path, str]]:
     """A real ``rollwatch serve`` on the log of one run, whose next checkpoint (after the one
     it signs at start) is a day away; embargo one second."""
-    port = _free_port()
+    port = free_port()
     cfg = write_config(
         tmp_path,
         f'[server]\nlisten = "127.0.0.1:{port}"\n'
