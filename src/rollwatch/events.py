@@ -98,8 +98,9 @@ def stored_text(text: str) -> str:
 
 
 def rfc3339(ts: datetime) -> str:
-    """UTC timestamp as RFC 3339 with microseconds and a ``Z``."""
-    return ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """UTC timestamp as RFC 3339 with microseconds and a ``Z``; the year in four digits
+    (``strftime``'s ``%Y`` wrote year 999 as ``999``, which no RFC 3339 reader takes)."""
+    return ts.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
 def parse_rfc3339(text: str) -> datetime:

@@ -434,6 +434,9 @@ def _load_problem(folder: Path) -> Problem:
     tags = data.get("tags", [])
     if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
         raise r.fail("tags", "expected a list of strings")
+    if bad := next((t for t in tags if has_control(t) or not t.strip()), None):
+        # Tags are shown in `problems list` and the console, one row a problem.
+        raise r.fail("tags", f"{bad!r}: a tag is a word or two, not empty, without control characters")
 
     if "prompt" in data and "prompt_file" in data:
         raise r.fail("prompt", "give prompt or prompt_file, not both")

@@ -46,7 +46,7 @@ ED25519 = 0x01
 _SIG_PREFIX = "— "  # U+2014 EM DASH, then a space
 _MAX_NOTE = 64 * 1024
 _MAX_SIGNATURES = 100
-_NAME = re.compile(r"[^\s+]+")
+_NAME = re.compile(r"[^\s+\x00-\x1f\x7f-\x9f]+")
 _CONTROL = re.compile(r"[\x00-\x09\x0b-\x1f]")
 
 
@@ -64,9 +64,13 @@ def unb64(text: str, what: str) -> bytes:
 
 
 def check_key_name(name: str) -> str:
-    """``name`` if it is a valid note key name (non-empty, no spaces, no ``+``)."""
+    """``name`` if it is a valid note key name (non-empty, no spaces, no ``+``, no control
+    characters: a note's text holds none, so a name with an escape could sign no note)."""
     if not _NAME.fullmatch(name):
-        raise ValueError(f"{name!r} is not a valid key name: it must be non-empty, with no spaces and no '+'")
+        raise ValueError(
+            f"{name!r} is not a valid key name: it must be non-empty, with no spaces, no '+'"
+            " and no control characters"
+        )
     return name
 
 
