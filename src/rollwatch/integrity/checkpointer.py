@@ -45,9 +45,9 @@ from rollwatch.integrity.checkpoint import (
     write_file_atomically,
 )
 from rollwatch.integrity.health import Health
-from rollwatch.integrity.merkle import verify_consistency
+from rollwatch.integrity.merkle import leaf_hash, verify_consistency
 from rollwatch.integrity.rotation import KeyRing
-from rollwatch.integrity.tree import MerkleTree
+from rollwatch.integrity.tree import MerkleTree, checkpoint_fields
 from rollwatch.log import get_logger
 
 log = get_logger(__name__)
@@ -136,6 +136,7 @@ class Checkpointer:
         out: list[tuple[str, Checkpoint]] = []
         stored = await self.tree.latest_checkpoint()
         if stored is not None:
+            await self._recorded_as_logged(stored.seq, (stored.size, stored.root, stored.note))
             where = f"the CheckpointSigned event at seq {stored.seq}"
             cp = self._from_note(stored.note, where, stored.seq)
             if (cp.size, b64(cp.root)) != (stored.size, stored.root):
@@ -152,6 +153,29 @@ class Checkpointer:
         if witnessed is not None:
             out.append((where, self._from_note(witnessed, where, 0)))
         return out
+
+    async def _recorded_as_logged(self, seq: int, recorded: tuple[int, str, str]) -> None:
+        """The tree's record of the checkpoint at ``seq`` (size, root, note) must be the log's
+        event there: the public routes serve that record. When they differ, the one whose
+        leaf the tree absorbed when it was appended is the log's event as written."""
+        rec = (await self.store.read_at([seq])).get(seq)
+        if (
+            rec is not None
+            and rec.type == CheckpointSigned.TYPE
+            and checkpoint_fields(rec.data_json) == recorded
+        ):
+            return
+        absorbed = await self.tree.leaf_hashes(seq - 1, seq) if rec is not None else []
+        if rec is not None and absorbed != [leaf_hash(rec.canonical())]:
+            raise self._refuse(
+                seq, "its content differs from what the Merkle tree absorbed when it was appended"
+            )
+        raise self._refuse(
+            seq,
+            f"the Merkle tree's record of the checkpoint at seq {seq} differs from the log's CheckpointSigned "
+            "event: merkle.db was edited, and /checkpoint and the proofs are served from that record; "
+            "rebuild the tree",
+        )
 
     def _refuse(self, seq: int, reason: str) -> IntegrityError:
         log.error("checkpoint_refused", seq=seq, reason=reason)

@@ -660,7 +660,7 @@ class MerkleTree:
                 raise self._fail(first + i, f"event {first + i} is missing from the log (the next is {seq})")
         if bad is not None and first == expected + 1:
             raise self._fail(bad, "its hash does not match its content and the previous hash")
-        rows = [(seq, *_checkpoint_fields(data)) for seq, data in cps]
+        rows = [(seq, *checkpoint_fields(data)) for seq, data in cps]
         return self._write_batch(db, expected, first, leaves, last_hash, rows)
 
     def _absorb_records(self, db: sqlite3.Connection, expected: int, events: Sequence[Recorded]) -> int:
@@ -680,7 +680,7 @@ class MerkleTree:
                     raise self._fail(ev.seq, "its hash does not match its content and the previous hash")
                 prev = bytes.fromhex(ev.hash)
         cps = [
-            (ev.seq, *_checkpoint_fields(ev.data_json)) for ev in events if ev.type == CheckpointSigned.TYPE
+            (ev.seq, *checkpoint_fields(ev.data_json)) for ev in events if ev.type == CheckpointSigned.TYPE
         ]
         return self._write_batch(db, expected, first, leaves, events[-1].hash, cps)
 
@@ -970,6 +970,13 @@ class MerkleTree:
         )
         return StoredCheckpoint(*rows[0]) if rows else None
 
+    async def checkpoint_rows(self) -> list[tuple[int, int, str, str]]:
+        """Every checkpoint the tree recorded as absorbed: (seq, size, root, note), by seq."""
+        rows = await self._conn(reader=True).fetchall(
+            "SELECT seq, size, root, note FROM tree_checkpoints ORDER BY seq"
+        )
+        return [(int(a), int(b), str(c), str(d)) for a, b, c, d in rows]
+
     async def checkpoint_events_between(self, lo: int, hi: int) -> int:
         """How many events with ``lo < seq <= hi`` are checkpoints."""
         rows = await self._conn(reader=True).fetchall(
@@ -1020,7 +1027,7 @@ def _previous_hash(db: sqlite3.Connection, size: int) -> bytes | None:
     return bytes.fromhex(row[1])
 
 
-def _checkpoint_fields(data: str | bytes) -> tuple[int, str, str]:
+def checkpoint_fields(data: str | bytes) -> tuple[int, str, str]:
     """(size, root, note) of a ``CheckpointSigned`` event's data as stored.
 
     Malformed checkpoint events are kept as found (size -1 when it is no 64-bit integer):

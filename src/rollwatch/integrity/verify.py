@@ -45,7 +45,7 @@ from rollwatch.events import (
 from rollwatch.integrity.checkpoint import NoteVerifier, b64, read_small_file, read_witness_file, unb64
 from rollwatch.integrity.merkle import EMPTY_ROOT, CompactRange, leaf_hash, verify_consistency
 from rollwatch.integrity.rotation import KeyRing
-from rollwatch.integrity.tree import MerkleTree
+from rollwatch.integrity.tree import MerkleTree, checkpoint_fields
 from rollwatch.log import get_logger
 
 log = get_logger(__name__)
@@ -168,6 +168,7 @@ async def check_log_tree(
     ring = KeyRing.from_events((ev for ev in found if ev.type == CheckpointKeyRotated.TYPE), start)
     if vkey:
         ring.check_holds(vkey)
+    recorded = {ev.seq: checkpoint_fields(ev.data_json) for ev in found if ev.type == CheckpointSigned.TYPE}
     for ev in found:
         if ev.type == CheckpointSigned.TYPE:
             claim, signed = _claim(ev.seq, ev.data, ring.at(ev.seq))
@@ -251,7 +252,7 @@ async def check_log_tree(
             )
 
     if tree is not None:
-        await _check_stored_tree(tree, stored, cr, claims)
+        await _check_stored_tree(tree, stored, cr, claims, recorded)
     return TreeReport(
         events=cr.size,
         root=b64(cr.root()),
@@ -418,12 +419,39 @@ def foreign_data(ev: Recorded) -> str | None:
     return None
 
 
-async def _check_stored_tree(tree: MerkleTree, stored: int, cr: CompactRange, claims: list[_Claim]) -> None:
-    """The stored tree's proofs link consecutive checkpoints, and its root is the log's."""
+async def _check_stored_tree(
+    tree: MerkleTree,
+    stored: int,
+    cr: CompactRange,
+    claims: list[_Claim],
+    recorded: dict[int, tuple[int, str, str]],
+) -> None:
+    """The stored tree's proofs link consecutive checkpoints, its root is the log's, and the
+    checkpoints it recorded (which ``/checkpoint``, the proofs and the hash tiles are served
+    by) are the log's ``CheckpointSigned`` events it absorbed, as they are in the log."""
     if stored > cr.size:
         raise IntegrityError(cr.size + 1, f"the Merkle tree holds {stored} events but the log only {cr.size}")
     if stored == cr.size and await tree.root(stored) != cr.root():
         raise IntegrityError(stored, "the stored Merkle tree's root is not the log's; rebuild the tree")
+    # The tree keeps its own copy of each checkpoint: the latest is what the public routes
+    # serve and prove against. An edited copy was served while every check passed.
+    kept = {seq: (size, root, note) for seq, size, root, note in await tree.checkpoint_rows()}
+    logged = {seq: fields for seq, fields in recorded.items() if seq <= stored}
+    differ = sorted(seq for seq in kept.keys() | logged.keys() if kept.get(seq) != logged.get(seq))
+    if differ:
+        seq = differ[0]
+        what = (
+            "is not in the log"
+            if seq not in logged
+            else "is missing"
+            if seq not in kept
+            else "differs from the log's CheckpointSigned event"
+        )
+        raise IntegrityError(
+            seq,
+            f"the Merkle tree's record of the checkpoint at seq {seq} {what}: merkle.db was edited, and "
+            "/checkpoint and the proofs are served from that record; rebuild the tree",
+        )
     bad = await tree.first_bad_node(stored)
     if bad is not None:
         level, index = bad
