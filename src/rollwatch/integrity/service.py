@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -273,7 +273,9 @@ class Integrity:
                         # Every node keeps its tree (for proofs); one signs at a time, the
                         # leader of "checkpoints", so the log has one series of checkpoints.
                         report_started()
-                        await self.store.lead("checkpoints", sign, stop, lease=self.lease)
+                        await self.store.lead(
+                            "checkpoints", self._signing_while_leading(sign), stop, lease=self.lease
+                        )
                     else:
                         await sign(task_status=_Started())
                 except Exception as e:
@@ -322,6 +324,21 @@ class Integrity:
         except StoreError as e:
             log.warning("scrub_failed", error=str(e))
         return None
+
+    def _signing_while_leading(self, sign: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
+        """``sign`` as the body of the "checkpoints" leadership on a shared log: once it ends
+        (the leadership lost or handed on), this node no longer signs, so what its signer
+        could not sign is no longer its to say. A node that lost the lead while its signer
+        was failing (the database down a few seconds) kept saying "no checkpoint can be
+        signed" in /healthz for as long as it ran, while the new leader signed."""
+
+        async def body() -> None:
+            try:
+                await sign()
+            finally:
+                self.health.resume("signer")
+
+        return body
 
     async def _scrub_at_start(self) -> None:
         try:
