@@ -12,16 +12,19 @@ scored as whole), the cost the usage says, the key nowhere.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from typing import Any
 
 import anyio
 import pytest
+from anyio.abc import SocketStream
 
 from rollwatch.providers import Prompt, ProviderClient
 from tests.providers.conftest import MODEL, provider_config
 from tests.providers.fakes import KEY, RecordingLog, Wire
 from tests.providers.loopback import Reply, serve
+from tests.providers.test_hostile_provider import _head, raw_serve
 
 pytestmark = pytest.mark.anyio
 
@@ -207,3 +210,145 @@ class TestOpenAIStreamChoices:
         assert answer.text == TEXT
         assert answer.finish_reason == "stop"
         assert log.records[-1].cost == pytest.approx(COST_150_300)
+
+
+def _events_of(body: bytes) -> list[bytes]:
+    return [e + b"\n\n" for e in body.split(b"\n\n") if e.strip()]
+
+
+async def _per_connection(
+    wire: Wire, first: Any, *, stream: bool, **overrides: Any
+) -> tuple[Any, RecordingLog]:
+    """A rollout of two attempts whose first connection ``first`` handles and whose
+    second gets the wire's good answer (as a stream when ``stream``)."""
+    good = wire.sse(TEXT) if stream else wire.ok(TEXT)
+    payload = good.payload()
+    n = 0
+
+    async def handler(sock: SocketStream) -> None:
+        nonlocal n
+        n += 1
+        if n == 1:
+            await first(sock, payload)
+            return
+        headers = {"content-type": "text/event-stream" if stream else "application/json", **good.headers}
+        headers["content-length"] = str(len(payload))
+        await sock.send(_head(200, headers) + payload)
+
+    async with raw_serve(handler) as url:
+        config = provider_config(wire.kind, url, stream=stream, max_attempts=2, timeout=3.0, **overrides)
+        async with ProviderClient(config) as client:
+            log = RecordingLog()
+            with anyio.fail_after(15):
+                answer = await client.rollout(MODEL, PROMPT, {}, log)
+    return answer, log
+
+
+_PHASES: dict[str, tuple[Any, str, bool]] = {
+    "no response": (lambda p: b"", "connection", False),
+    "half a status line": (lambda p: b"HTTP/1.1 20", "connection", False),
+    "headers only": (lambda p: _head(200, {"content-type": "text/event-stream"}), "bad_response", False),
+    "inside the first text event": (
+        lambda p: (
+            _head(200, {"content-type": "text/event-stream"})
+            + b"".join(e for e in _events_of(p) if b"text" in e or b"content" in e)[:-30]
+        ),
+        "bad_response",
+        True,
+    ),
+    "all but the end": (
+        lambda p: _head(200, {"content-type": "text/event-stream"}) + b"".join(_events_of(p)[:-1]),
+        "bad_response",
+        True,
+    ),
+}
+
+
+class TestConnectionDroppedAtEachPhase:
+    """The connection closed at each phase of a streamed answer: before the status line,
+    inside it, after the headers, inside the first event, and with the whole answer but
+    its end marker. Each is one retryable failure of its kind, counted as generated only
+    once text came, then the retry's whole answer: never a partial answer, never two."""
+
+    @pytest.mark.parametrize("phase", list(_PHASES))
+    async def test_a_stream_dropped(self, wire: Wire, phase: str) -> None:
+        make, kind, generated = _PHASES[phase]
+        if phase == "all but the end" and wire.kind == "gemini":
+            generated = True  # its last event is the one with the finish reason
+
+        async def first(sock: SocketStream, payload: bytes) -> None:
+            data = make(payload)
+            if data:
+                await sock.send(data)
+
+        answer, log = await _per_connection(wire, first, stream=True)
+        assert answer is not None
+        assert answer.text == TEXT
+        assert log.trail == [("requested", 1), ("failed", 1), ("requested", 2), ("responded", 2)]
+        (failure,) = log.failures
+        assert failure.kind == kind, failure
+        assert failure.retryable
+        assert bool(failure.generated) is generated, failure
+        _assert_no_key(log)
+
+
+class TestHTTP10:
+    """A host (an old proxy, a toy server) answering in HTTP/1.0 with no Content-Length:
+    the body ends when the connection closes. A whole body is an answer; one whose
+    connection closes early is not JSON, a retryable ``bad_response``."""
+
+    @pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+    async def test_a_body_ended_by_the_close_is_an_answer(self, wire: Wire, stream: bool) -> None:
+        good = wire.sse(TEXT) if stream else wire.ok(TEXT)
+
+        async def handler(sock: SocketStream) -> None:
+            ctype = "text/event-stream" if stream else "application/json"
+            await sock.send(f"HTTP/1.0 200 OK\r\ncontent-type: {ctype}\r\n\r\n".encode())
+            await sock.send(good.payload())
+
+        async with raw_serve(handler) as url:
+            config = provider_config(wire.kind, url, stream=stream, max_attempts=1)
+            async with ProviderClient(config) as client:
+                log = RecordingLog()
+                with anyio.fail_after(10):
+                    answer = await client.rollout(MODEL, PROMPT, {}, log)
+        assert log.failures == []
+        assert answer is not None
+        assert answer.text == TEXT
+
+    async def test_a_body_cut_by_an_early_close_is_retried(self, wire: Wire) -> None:
+        async def first(sock: SocketStream, payload: bytes) -> None:
+            await sock.send(b"HTTP/1.0 200 OK\r\ncontent-type: application/json\r\n\r\n" + payload[:40])
+
+        answer, log = await _per_connection(wire, first, stream=False)
+        assert answer is not None
+        assert answer.text == TEXT
+        (failure,) = log.failures
+        assert failure.kind == "bad_response"
+        assert failure.retryable
+
+
+class TestGiganticHeaders:
+    """A response whose head is a megabyte (one header, or ten thousand): refused by the
+    HTTP parser, one retryable failure per attempt, no key in its message."""
+
+    @pytest.mark.parametrize("shape", ["one huge header", "many headers"])
+    async def test_a_megabyte_head(self, wire: Wire, shape: str) -> None:
+        async def first(sock: SocketStream, payload: bytes) -> None:
+            if shape == "one huge header":
+                extra = {"x-huge": "a" * 2**20}
+            else:
+                extra = {f"x-h{i}": "b" * 100 for i in range(10_000)}
+            head = _head(
+                200, {"content-type": "application/json", "content-length": str(len(payload)), **extra}
+            )
+            with contextlib.suppress(anyio.BrokenResourceError, OSError):
+                await sock.send(head + payload)
+
+        answer, log = await _per_connection(wire, first, stream=False)
+        assert answer is not None
+        assert answer.text == TEXT
+        (failure,) = log.failures
+        assert failure.retryable
+        assert failure.kind in ("connection", "bad_response"), failure
+        _assert_no_key(log)

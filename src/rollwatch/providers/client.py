@@ -626,7 +626,11 @@ class ProviderClient:
                 "timeout", f"no complete answer within {time_limit:g}s", retryable=True
             ) from None
         except httpx.RemoteProtocolError as e:
-            raise bad_response(f"the stream was cut off: {self._clean(str(e))}") from None
+            if answering:
+                raise bad_response(f"the stream was cut off: {self._clean(str(e))}") from None
+            # Closed before a 200 began ("Server disconnected without sending a
+            # response"): nothing was cut, the provider is out of reach, as for a whole body.
+            raise ProviderError("connection", self._clean(str(e)), retryable=True) from None
         except httpx.DecodingError as e:
             raise bad_response(f"the stream cannot be decoded: {self._clean(str(e))}") from None
         except httpx.TransportError as e:
