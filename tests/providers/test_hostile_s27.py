@@ -352,3 +352,197 @@ class TestGiganticHeaders:
         assert failure.retryable
         assert failure.kind in ("connection", "bad_response"), failure
         _assert_no_key(log)
+
+
+class TestGeminiStreamCandidates:
+    """Gemini streams every candidate (``candidateCount``, which ``n`` in params asks
+    for) in the chunks' ``candidates``, each with its ``index``. The fold read
+    ``candidates[0]`` of every chunk whatever its index, as the OpenAI fold did choices:
+    the second candidate's parts were mixed into the first's text, and its finish reason
+    ended the stream before the first candidate's end."""
+
+    async def test_a_second_candidate_is_not_mixed_into_the_first(self) -> None:
+        other = "import os\nos.system('rm -rf /')"
+        half, ohalf = len(TEXT) // 2, len(other) // 2
+
+        def chunk(index: int, text: str, finish: str | None = None) -> dict[str, Any]:
+            cand: dict[str, Any] = {"content": {"role": "model", "parts": [{"text": text}]}, "index": index}
+            if finish:
+                cand["finishReason"] = finish
+            return {"candidates": [cand], "modelVersion": "gemini-x", "responseId": "r1"}
+
+        chunks = [
+            chunk(0, TEXT[:half]),
+            chunk(1, other[:ohalf]),
+            chunk(1, other[ohalf:], "STOP"),
+            chunk(0, TEXT[half:]),
+        ]
+        last = chunk(0, "", "STOP")
+        last["usageMetadata"] = {"promptTokenCount": 150, "candidatesTokenCount": 300}
+        chunks.append(last)
+        answer, log = await _rollout("gemini", Reply(200, _sse(chunks), SSE), stream=True)
+        assert log.failures == []
+        assert answer is not None
+        assert answer.text == TEXT
+        assert log.records[-1].cost == pytest.approx(COST_150_300)
+
+
+class TestBlocksBesideText:
+    """What Anthropic and Gemini send beside the answer's text: tool calls, thinking
+    (readable or redacted), citations, server tools, executable code, inline data, and
+    blocks of types not yet invented. The text is the text blocks' alone, the reasoning
+    the thinking's, whole or streamed; nothing else is taken for the answer."""
+
+    async def test_anthropic_blocks_of_every_type(self) -> None:
+        content = [
+            {"type": "thinking", "thinking": "let me think", "signature": "sig"},
+            {"type": "redacted_thinking", "data": "opaque"},
+            {"type": "server_tool_use", "id": "t1", "name": "web_search", "input": {"query": "x"}},
+            {
+                "type": "web_search_tool_result",
+                "tool_use_id": "t1",
+                "content": [{"type": "text", "text": "NOT"}],
+            },
+            {"type": "text", "text": TEXT[:5], "citations": [{"type": "char_location", "cited_text": "NOT"}]},
+            {"type": "tool_use", "id": "t2", "name": "run", "input": {"code": "NOT"}},
+            {"type": "text", "text": TEXT[5:]},
+            {"type": "hologram_2030", "text": "NOT"},
+            {"type": "text", "text": None},
+        ]
+        body = {
+            "id": "msg_1",
+            "type": "message",
+            "model": "claude-x",
+            "content": content,
+            "stop_reason": "tool_use",
+            "usage": {"input_tokens": 150, "output_tokens": 300},
+        }
+        answer, log = await _rollout("anthropic", Reply(200, body))
+        assert log.failures == []
+        assert answer is not None
+        assert answer.text == TEXT
+        assert answer.reasoning == "let me think"
+        assert answer.finish_reason == "tool_use"
+        assert log.records[-1].cost == pytest.approx(COST_150_300)
+
+    async def test_anthropic_stream_blocks_of_every_type(self) -> None:
+        e = _anthropic_events()
+        extra = [
+            {
+                "type": "content_block_start",
+                "index": 0,
+                "content_block": {"type": "thinking", "thinking": ""},
+            },
+            {
+                "type": "content_block_delta",
+                "index": 0,
+                "delta": {"type": "thinking_delta", "thinking": "hm"},
+            },
+            {
+                "type": "content_block_delta",
+                "index": 0,
+                "delta": {"type": "signature_delta", "signature": "s"},
+            },
+            {
+                "type": "content_block_start",
+                "index": 1,
+                "content_block": {"type": "redacted_thinking", "data": "x"},
+            },
+            {
+                "type": "content_block_start",
+                "index": 2,
+                "content_block": {"type": "tool_use", "id": "t", "name": "n"},
+            },
+            {
+                "type": "content_block_delta",
+                "index": 2,
+                "delta": {"type": "input_json_delta", "partial_json": "NOT"},
+            },
+            {
+                "type": "content_block_delta",
+                "index": 3,
+                "delta": {"type": "citations_delta", "citation": {"x": "NOT"}},
+            },
+        ]
+        body = _sse([e["start"], *extra, *e["deltas"], e["end"], e["stop"]], named=True)
+        answer, log = await _rollout("anthropic", Reply(200, body, SSE), stream=True)
+        assert log.failures == []
+        assert answer is not None
+        assert answer.text == TEXT
+        assert answer.reasoning == "hm"
+
+    @pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+    async def test_gemini_parts_of_every_type(self, stream: bool) -> None:
+        parts = [
+            {"text": "thinking...", "thought": True},
+            {"functionCall": {"name": "run", "args": {"code": "NOT"}}},
+            {"executableCode": {"language": "PYTHON", "code": "print('NOT')"}},
+            {"codeExecutionResult": {"outcome": "OUTCOME_OK", "output": "NOT"}},
+            {"inlineData": {"mimeType": "image/png", "data": "AAAA"}},
+            {"text": TEXT[:5]},
+            {"thoughtSignature": "c2ln"},
+            {"text": TEXT[5:]},
+            {"text": 12345},
+        ]
+        usage = {"promptTokenCount": 150, "candidatesTokenCount": 300}
+        cand = {"content": {"role": "model", "parts": parts}, "finishReason": "STOP", "index": 0}
+        if stream:
+            chunks = [
+                {"candidates": [{"content": {"role": "model", "parts": [p]}, "index": 0}]} for p in parts
+            ]
+            chunks.append({"candidates": [{"finishReason": "STOP", "index": 0}], "usageMetadata": usage})
+            reply = Reply(200, _sse(chunks), SSE)
+        else:
+            reply = Reply(200, {"candidates": [cand], "usageMetadata": usage})
+        answer, log = await _rollout("gemini", reply, stream=stream)
+        assert log.failures == []
+        assert answer is not None
+        assert answer.text == TEXT
+        assert answer.reasoning == "thinking..."
+        assert log.records[-1].cost == pytest.approx(COST_150_300)
+
+
+class TestGeminiBlocked:
+    """A candidate stopped by safety filters (``SAFETY``, ``PROHIBITED_CONTENT``,
+    ``RECITATION``) has no content at all; a prompt blocked outright has no candidates,
+    only ``promptFeedback``; a body with an empty candidate list and no feedback says
+    nothing. The first two are answers with no text whose finish reason names the
+    block (the model's doing, scored as failed, billed for the prompt); the last is a
+    retryable ``bad_response``: nothing that could be scored came."""
+
+    @pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+    @pytest.mark.parametrize("reason", ["SAFETY", "PROHIBITED_CONTENT", "RECITATION"])
+    async def test_a_safety_blocked_candidate(self, stream: bool, reason: str) -> None:
+        cand = {
+            "finishReason": reason,
+            "index": 0,
+            "safetyRatings": [{"category": "X", "probability": "HIGH"}],
+        }
+        body = {"candidates": [cand], "usageMetadata": {"promptTokenCount": 150}}
+        reply = Reply(200, _sse([body]), SSE) if stream else Reply(200, body)
+        answer, log = await _rollout("gemini", reply, stream=stream)
+        assert log.failures == []
+        assert answer is not None
+        assert answer.text == ""
+        assert answer.finish_reason == reason
+        assert log.records[-1].cost == pytest.approx(150 / 1_000_000)
+
+    @pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+    async def test_a_blocked_prompt(self, stream: bool) -> None:
+        body = {"promptFeedback": {"blockReason": "SAFETY"}, "usageMetadata": {"promptTokenCount": 150}}
+        reply = Reply(200, _sse([body]), SSE) if stream else Reply(200, body)
+        answer, log = await _rollout("gemini", reply, stream=stream)
+        assert log.failures == []
+        assert answer is not None
+        assert (answer.text, answer.finish_reason) == ("", "blocked:SAFETY")
+
+    @pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+    @pytest.mark.parametrize(
+        "body", [{"candidates": []}, {"candidates": [{}]}, {}], ids=["empty", "one-empty", "none"]
+    )
+    async def test_empty_candidates(self, stream: bool, body: dict[str, Any]) -> None:
+        reply = Reply(200, _sse([body]), SSE) if stream else Reply(200, body)
+        answer, log = await _rollout("gemini", reply, stream=stream, max_attempts=2)
+        assert answer is None
+        assert [f.kind for f in log.failures] == ["bad_response", "bad_response"]
+        assert log.records[-1].final

@@ -141,16 +141,22 @@ class StreamFold:
         if isinstance(event.get("usageMetadata"), dict):
             self._usage = event["usageMetadata"]
         candidates = event.get("candidates")
-        if isinstance(candidates, list) and candidates and isinstance(candidates[0], dict):
-            for part in as_dict(candidates[0].get("content")).get("parts") or []:
-                if isinstance(part, dict):
-                    if part.get("thought") is True:
-                        self._add(None, part.get("text"))
-                    else:
-                        self._add(part.get("text"), None)
-            if candidates[0].get("finishReason"):
-                self._finish = candidates[0]["finishReason"]
-                self.done = True
+        if isinstance(candidates, list) and candidates:
+            # Each candidate (``candidateCount``) comes with its ``index`` (left out when
+            # 0): only the first one's parts are the answer, its finish reason the end.
+            for candidate in candidates:
+                if not isinstance(candidate, dict) or candidate.get("index") not in (0, None):
+                    continue
+                for part in as_dict(candidate.get("content")).get("parts") or []:
+                    if isinstance(part, dict):
+                        if part.get("thought") is True:
+                            self._add(None, part.get("text"))
+                        else:
+                            self._add(part.get("text"), None)
+                if candidate.get("finishReason"):
+                    self._finish = candidate["finishReason"]
+                    self.done = True
+                break
         elif as_dict(event.get("promptFeedback")).get("blockReason"):
             self._meta["promptFeedback"] = event["promptFeedback"]
             self.done = True
