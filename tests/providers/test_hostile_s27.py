@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -24,6 +25,7 @@ from rollwatch.providers import Prompt, ProviderClient
 from tests.providers.conftest import MODEL, provider_config
 from tests.providers.fakes import KEY, RecordingLog, Wire
 from tests.providers.loopback import Reply, serve
+from tests.providers.test_hostile_batch import hostile_run, jsonl, lines_of, mangle_downloads
 from tests.providers.test_hostile_provider import _head, raw_serve
 
 pytestmark = pytest.mark.anyio
@@ -546,3 +548,38 @@ class TestGeminiBlocked:
         assert answer is None
         assert [f.kind for f in log.failures] == ["bad_response", "bad_response"]
         assert log.records[-1].final
+
+
+class TestBatchResultsThatContradict:
+    """A batch's results give one request an answer and also an error (OpenAI: a line in
+    the output file and one in the error file, or two lines; Anthropic: ``succeeded``
+    then ``errored``). The last line won: every answered rollout was recorded as failed
+    for good (a non-retryable error), its answer, which the provider bills, lost from the
+    log and from the budget, and the run ended ``partial``. An answer now stands against
+    any error for the same request; the run completes, every rollout answered once."""
+
+    @pytest.mark.parametrize("kind", ["openai", "anthropic"])
+    @pytest.mark.parametrize("order", ["answer first", "error first"])
+    async def test_an_answer_and_an_error_for_one_request(
+        self, kind: str, order: str, tmp_path: Path
+    ) -> None:
+        def error_for(item: dict[str, Any]) -> dict[str, Any]:
+            if kind == "openai":
+                body = {"error": {"message": "Invalid value", "type": "invalid_request_error"}}
+                return {"custom_id": item["custom_id"], "response": {"status_code": 400, "body": body}}
+            err = {"type": "error", "error": {"type": "invalid_request_error", "message": "bad"}}
+            return {"custom_id": item["custom_id"], "result": {"type": "errored", "error": err}}
+
+        def mangle(n: int, data: bytes) -> bytes:
+            out = []
+            for item in lines_of(data):
+                pair = [item, error_for(item)]
+                out += pair if order == "answer first" else pair[::-1]
+            return jsonl(out)
+
+        out, _ = await hostile_run(tmp_path, kind, lambda s: mangle_downloads(s, mangle))
+        assert out.fin.status == "completed", out.fin
+        out.answered_once()
+        assert out.failures == []
+        assert [(e.answered, e.failed, e.unanswered) for e in out.ended] == [(10, 0, [])]
+        assert all(a.cost_usd for a in out.answers)
