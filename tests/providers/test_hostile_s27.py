@@ -583,3 +583,39 @@ class TestBatchResultsThatContradict:
         assert out.failures == []
         assert [(e.answered, e.failed, e.unanswered) for e in out.ended] == [(10, 0, [])]
         assert all(a.cost_usd for a in out.answers)
+
+
+def _escaped(text: str) -> str:
+    """``text`` spelled in JSON ``\\u`` escapes (which decode to ``text`` itself)."""
+    return "".join(f"\\u{ord(c):04x}" for c in text)
+
+
+class TestBatchStateEchoingTheKey:
+    """A poll's answer naming the key in JSON ``\\u`` escapes, which decode to the key
+    after the raw body was masked: as the batch's state, its expected end, a request
+    count's name. Each went whole into ``BatchPolled`` (the log, for ever) and the
+    progress line, as the answers' texts did before session 13."""
+
+    async def test_a_poll_spelling_the_key_in_escapes(self, tmp_path: Path) -> None:
+        from tests.providers.test_hostile_batch import script_polls
+
+        def answer(server: Any, b: Any, n: int) -> Reply:
+            if n >= 3:
+                b.state = "completed"
+                if f"out-{b.id}" not in server.files:
+                    server._write_openai_results(b)
+                return Reply(200, server._openai_view(b))
+            b.state = "in_progress"
+            view = json.dumps(server._openai_view(b))
+            view = view.replace('"in_progress"', f'"{_escaped(KEY)}"', 1)
+            view = view.replace('"request_counts": {', f'"request_counts": {{"{_escaped(KEY)}": {n}, ', 1)
+            view = view.replace('"expires_at": ', f'"expires_at": "{_escaped(KEY)}", "x": ', 1)
+            return Reply(200, view.encode())
+
+        out, _ = await hostile_run(tmp_path, "openai", lambda s: script_polls(s, answer))
+        assert out.fin.status == "completed"
+        out.answered_once()
+        assert len(out.polled) >= 2
+        for p in out.polled:
+            assert KEY not in repr(p)
+        assert KEY.encode() not in (tmp_path / "events.db").read_bytes()
