@@ -220,6 +220,15 @@ def _jsonl(body: bytes) -> list[dict[str, Any]]:
     return out
 
 
+def _put(out: dict[str, Outcome], cid: str, outcome: Outcome) -> None:
+    """Record ``outcome`` for request ``cid``, unless an answer to it is in already: results
+    that give one request an answer and an error (two lines, or a line in each of OpenAI's
+    files) keep the answer, which the provider bills; of two answers, the last."""
+    if isinstance(out.get(cid), Parsed) and not isinstance(outcome, Parsed):
+        return
+    out[cid] = outcome
+
+
 def _parse(adapter: WireAdapter, status: int, body: Any) -> Outcome:
     if not 200 <= status < 300:
         return adapter.error(status, {}, json.dumps(body).encode(), 0.0)
@@ -337,15 +346,23 @@ class OpenAIBatchAPI:
                 response = as_dict(item.get("response"))
                 err = item.get("error")
                 if response:
-                    out[cid] = _parse(self.adapter, as_int(response.get("status_code")), response.get("body"))
+                    _put(
+                        out,
+                        cid,
+                        _parse(self.adapter, as_int(response.get("status_code")), response.get("body")),
+                    )
                 elif isinstance(err, dict):
                     code = str(err.get("code", ""))
                     if code in ("batch_expired", "batch_cancelled"):
                         continue  # unanswered: submitted again
-                    out[cid] = ProviderError(
-                        "invalid_request",
-                        excerpt(f"batch: {code}: {err.get('message', '')}"),
-                        retryable=False,
+                    _put(
+                        out,
+                        cid,
+                        ProviderError(
+                            "invalid_request",
+                            excerpt(f"batch: {code}: {err.get('message', '')}"),
+                            retryable=False,
+                        ),
                     )
         return out
 
@@ -464,13 +481,17 @@ class AnthropicBatchAPI:
                     continue
                 kind = result.get("type")
                 if kind == "succeeded":
-                    out[cid] = _parse(self.adapter, 200, result.get("message"))
+                    _put(out, cid, _parse(self.adapter, 200, result.get("message")))
                 elif kind == "errored":
                     err = as_dict(as_dict(result.get("error")).get("error")) or as_dict(result.get("error"))
-                    out[cid] = ProviderError(
-                        "invalid_request",
-                        excerpt(f"batch: {err.get('type', 'error')}: {err.get('message', '')}"),
-                        retryable=err.get("type") in ("api_error", "overloaded_error"),
+                    _put(
+                        out,
+                        cid,
+                        ProviderError(
+                            "invalid_request",
+                            excerpt(f"batch: {err.get('type', 'error')}: {err.get('message', '')}"),
+                            retryable=err.get("type") in ("api_error", "overloaded_error"),
+                        ),
                     )
         return out
 
@@ -555,14 +576,18 @@ class GeminiBatchAPI:
                 if not isinstance(cid, str):
                     continue
                 if isinstance(item.get("response"), dict):
-                    out[cid] = _parse(self.adapter, 200, item["response"])
+                    _put(out, cid, _parse(self.adapter, 200, item["response"]))
                 elif isinstance(item.get("error"), dict):
                     err = as_dict(item.get("error"))
                     code = as_int(err.get("code"))
-                    out[cid] = ProviderError(
-                        "server_error" if code in _GOOGLE_RETRYABLE else "invalid_request",
-                        excerpt(f"batch: {err.get('status', code)}: {err.get('message', '')}"),
-                        retryable=code in _GOOGLE_RETRYABLE,
+                    _put(
+                        out,
+                        cid,
+                        ProviderError(
+                            "server_error" if code in _GOOGLE_RETRYABLE else "invalid_request",
+                            excerpt(f"batch: {err.get('status', code)}: {err.get('message', '')}"),
+                            retryable=code in _GOOGLE_RETRYABLE,
+                        ),
                     )
         return out
 

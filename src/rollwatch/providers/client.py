@@ -52,7 +52,7 @@ from collections import Counter
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Literal, Self
+from typing import Any, Literal, Self, TypeVar
 
 import anyio
 import anyio.to_thread
@@ -75,7 +75,7 @@ from rollwatch.providers.base import (
     loads,
     redact,
 )
-from rollwatch.providers.batch import BATCH_APIS, BatchAPI
+from rollwatch.providers.batch import BATCH_APIS, BatchAPI, BatchState, Submitted
 from rollwatch.providers.gemini import GeminiAdapter
 from rollwatch.providers.limits import ProviderLimits, Slot
 from rollwatch.providers.openai import OpenAIAdapter
@@ -92,6 +92,7 @@ ADAPTERS: dict[str, type[WireAdapter]] = {
 
 Admission = Literal["send", "try", "refused"]
 """What :meth:`ProviderClient.admit` says of a request about to go."""
+_B = TypeVar("_B", BatchState, Submitted, str | None)
 
 #: Error kinds after which the provider is paused and slowed down as a whole.
 _PACING_KINDS = frozenset({"rate_limited", "overloaded"})
@@ -626,7 +627,11 @@ class ProviderClient:
                 "timeout", f"no complete answer within {time_limit:g}s", retryable=True
             ) from None
         except httpx.RemoteProtocolError as e:
-            raise bad_response(f"the stream was cut off: {self._clean(str(e))}") from None
+            if answering:
+                raise bad_response(f"the stream was cut off: {self._clean(str(e))}") from None
+            # Closed before a 200 began ("Server disconnected without sending a
+            # response"): nothing was cut, the provider is out of reach, as for a whole body.
+            raise ProviderError("connection", self._clean(str(e)), retryable=True) from None
         except httpx.DecodingError as e:
             raise bad_response(f"the stream cannot be decoded: {self._clean(str(e))}") from None
         except httpx.TransportError as e:
@@ -768,6 +773,30 @@ class ProviderClient:
         two (a cut key no longer matches :meth:`_clean`'s exact-key redaction)."""
         mask = self._mask
         return body.replace(mask.encode(), b"[redacted]") if mask else body
+
+    def masked_batch(self, value: _B) -> _B:
+        """A batch call's answer with the key masked in every name it holds (state, ids,
+        expected end, count names, result files), as it will be recorded: JSON may spell
+        the key in ``\\u`` escapes that :meth:`_scrub` of the raw body never sees."""
+        mask = self._mask
+
+        def clean(text: str | None) -> str | None:
+            return text.replace(mask, "[redacted]") if mask and text and mask in text else text
+
+        if isinstance(value, BatchState):
+            return dataclasses.replace(
+                value,
+                batch_id=clean(value.batch_id) or "",
+                state=clean(value.state) or "",
+                ends_at=clean(value.ends_at),
+                counts={clean(k) or "": v for k, v in value.counts.items()},
+                results=tuple(clean(r) or "" for r in value.results),
+            )
+        if isinstance(value, Submitted):
+            return dataclasses.replace(
+                value, batch_id=clean(value.batch_id) or "", input_file_id=clean(value.input_file_id)
+            )
+        return clean(value)
 
     def redacted(self, err: ProviderError) -> ProviderError:
         """``err`` with the key (and anything key-shaped) masked in its message: for errors

@@ -157,6 +157,9 @@ class GeminiAdapter:
         parts = content.get("parts") or []  # absent when the answer is empty (MAX_TOKENS)
         if not isinstance(parts, list):
             raise bad_response("candidates[0].content.parts is not a list")
+        if not parts and not candidate.get("finishReason"):
+            # Empty with no reason why (as a blocked or cut-off answer has): no answer.
+            raise bad_response("candidates[0] is empty: no parts and no finishReason")
         texts: list[str] = []
         reasoning: list[str] = []
         for part in parts:

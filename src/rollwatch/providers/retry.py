@@ -78,7 +78,7 @@ def parse_retry_after(headers: Mapping[str, str], now: float) -> float | None:
         pass
     try:
         when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # a 20-digit hour or zone: OverflowError
         return None
     if when.tzinfo is None:  # RFC 9110 dates are GMT; a naive parse means "GMT"
         return None

@@ -83,12 +83,17 @@ class StreamFold:
                 self._meta[key] = event[key]
         if isinstance(event.get("usage"), dict):
             self._usage = event["usage"]
+        # Each choice streams as ``choices[0]`` of its own chunks, told apart by ``index``:
+        # only the first choice's (index 0, or none given) is the answer, never a mix.
         choices = event.get("choices")
-        if isinstance(choices, list) and choices and isinstance(choices[0], dict):
-            delta = as_dict(choices[0].get("delta"))
+        for choice in choices if isinstance(choices, list) else ():
+            if not isinstance(choice, dict) or choice.get("index") not in (0, None):
+                continue
+            delta = as_dict(choice.get("delta"))
             self._add(delta.get("content"), delta.get("reasoning_content") or delta.get("reasoning"))
-            if choices[0].get("finish_reason"):
-                self._finish = choices[0]["finish_reason"]
+            if choice.get("finish_reason"):
+                self._finish = choice["finish_reason"]
+            break
 
     def _openai_responses(self, event: dict[str, Any]) -> None:
         kind = event.get("type")
@@ -108,9 +113,13 @@ class StreamFold:
         if kind == "error":
             raise _stream_error(event)
         if kind == "message_start":
+            # Counts already given (a ``message_delta`` sent before it, or this event sent
+            # twice) stand: its own output count is a placeholder (1) that would undo them.
             message = as_dict(event.get("message"))
-            self._meta = {k: message.get(k) for k in ("id", "model")}
-            self._usage = dict(as_dict(message.get("usage")))
+            for k in ("id", "model"):
+                self._meta.setdefault(k, message.get(k))
+            for k, v in as_dict(message.get("usage")).items():
+                self._usage.setdefault(k, v)
         elif kind == "content_block_delta":
             delta = as_dict(event.get("delta"))
             if delta.get("type") == "text_delta":
@@ -132,16 +141,22 @@ class StreamFold:
         if isinstance(event.get("usageMetadata"), dict):
             self._usage = event["usageMetadata"]
         candidates = event.get("candidates")
-        if isinstance(candidates, list) and candidates and isinstance(candidates[0], dict):
-            for part in as_dict(candidates[0].get("content")).get("parts") or []:
-                if isinstance(part, dict):
-                    if part.get("thought") is True:
-                        self._add(None, part.get("text"))
-                    else:
-                        self._add(part.get("text"), None)
-            if candidates[0].get("finishReason"):
-                self._finish = candidates[0]["finishReason"]
-                self.done = True
+        if isinstance(candidates, list) and candidates:
+            # Each candidate (``candidateCount``) comes with its ``index`` (left out when
+            # 0): only the first one's parts are the answer, its finish reason the end.
+            for candidate in candidates:
+                if not isinstance(candidate, dict) or candidate.get("index") not in (0, None):
+                    continue
+                for part in as_dict(candidate.get("content")).get("parts") or []:
+                    if isinstance(part, dict):
+                        if part.get("thought") is True:
+                            self._add(None, part.get("text"))
+                        else:
+                            self._add(part.get("text"), None)
+                if candidate.get("finishReason"):
+                    self._finish = candidate["finishReason"]
+                    self.done = True
+                break
         elif as_dict(event.get("promptFeedback")).get("blockReason"):
             self._meta["promptFeedback"] = event["promptFeedback"]
             self.done = True

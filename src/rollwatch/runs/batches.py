@@ -314,7 +314,9 @@ class Batcher:
             # Anthropic: this may wait for candidate batches to end (hours, at worst).
             self.run.log.info("batch_lookup", key=key, requests=len(members))
             try:
-                bid = await self._retrying("find", lambda: self.api.find(self.client.send, key, lookup))
+                bid = self.client.masked_batch(
+                    await self._retrying("find", lambda: self.api.find(self.client.send, key, lookup))
+                )
             except ProviderError:
                 bid = None
             if bid is not None:
@@ -428,7 +430,7 @@ class Batcher:
         while True:
             attempt += 1
             try:
-                return await self.api.submit(self.client.send, batch.requests, key)
+                return self.client.masked_batch(await self.api.submit(self.client.send, batch.requests, key))
             except ProviderError as raw:
                 # A batch call's message is the provider's body: the key masked before it
                 # goes anywhere (a log line, a rollout's failure).
@@ -439,7 +441,7 @@ class Batcher:
                 jitter = full_jitter(attempt, self.config.backoff_base, self.config.backoff_max, self._rng)
                 await anyio.sleep(max(e.retry_after or 0.0, jitter))
                 try:
-                    found = await self.api.find(self.client.send, key, lookup)
+                    found = self.client.masked_batch(await self.api.find(self.client.send, key, lookup))
                 except ProviderError:
                     found = None
                 if found is not None:
@@ -479,8 +481,10 @@ class Batcher:
         last: tuple[str, Mapping[str, int]] | None = None
         while True:
             try:
-                state = await self._retrying(
-                    "poll", lambda: self.api.poll(self.client.send, bid), forever=True, deadline=deadline
+                state = self.client.masked_batch(
+                    await self._retrying(
+                        "poll", lambda: self.api.poll(self.client.send, bid), forever=True, deadline=deadline
+                    )
                 )
             except ProviderError as e:
                 error = e
