@@ -10,7 +10,9 @@ verdict, now fixed: the judge's stdout and stderr share their open file descript
 candidate, which made them non-blocking and kept them full, so the judge's traceback stayed in
 its stream buffer and went out with the next sample's output (a judge whose streams do not
 flush empty is replaced now; so is one whose tests closed ``sys.stdout``, which before failed
-every later printing test). The others held when written, and cover what no earlier test
+every later printing test). A third found another problem's test line, expected value and
+all, in a warning the tests showed (the judge's line cache held the last failed sample's
+tests), now fixed. The others held when written, and cover what no earlier test
 reached for: the output pipes' open file descriptions the candidate shares with the judge
 (made non-blocking and left full), an exception whose ``__class__`` claims ``SystemExit``,
 one whose ``__str__`` exits 0 while the harness words it, an answer pipe made non-blocking
@@ -209,3 +211,24 @@ async def test_tests_that_close_the_judges_stdout_leave_the_next_problem_a_worki
         assert (await one_slot.score(closes, fenced(HONEST_SQUARE))).passed
         s = await one_slot.score(prints, fenced(HONEST_SQUARE))
     assert s.passed, s
+
+
+async def test_a_warning_in_the_tests_shows_no_line_of_another_problems_tests(one_slot: ScoringPool) -> None:
+    """The lines the tests show while they run (a warning's) are their own: the resident
+    judge's line cache held the last failed sample's tests, and a warning on line 3 of one
+    problem's tests showed line 3 of the other's, expected value and all, in this rollout's
+    output (which a candidate without root can read from its stderr pipe)."""
+    secret = function_problem(
+        "def check(candidate):\n    assert candidate(2) == 4\n    assert candidate(12345) == 152399025\n"
+    )
+    warns = function_problem(
+        "import warnings\ndef check(candidate):\n    warnings.warn('look', UserWarning)\n"
+        "    assert candidate(3) == 9\n"
+    )
+    with anyio.fail_after(30):
+        failed = await one_slot.score(secret, fenced("def f(x):\n    return x * x if x < 100 else 0"))
+        s = await one_slot.score(warns, fenced(HONEST_SQUARE))
+    assert not failed.passed, failed
+    assert s.passed, s
+    assert "152399025" not in s.detail.get("stderr_tail", ""), s
+    assert "warnings.warn('look'" in s.detail.get("stderr_tail", ""), s

@@ -1274,6 +1274,11 @@ def _run_judge(req: Json, nonce: str) -> int:
     except SyntaxError as e:
         report({"ok": False, "kind": "harness", "reason": f"the problem's tests do not compile: {e}"})
         return 2
+    # This sample's lines for what the tests show while they run (a warning, a traceback they
+    # print): the resident judge's linecache held the last failed sample's, and a warning on
+    # line 3 of one problem's tests showed line 3 of another's (`assert candidate(12345) == …`).
+    for name, text in sources.items():
+        linecache.cache[name] = (len(text), None, text.splitlines(True), name)
 
     tns: Json = {"__name__": "__tests__", "__builtins__": builtins}
     visible: Json = {}  # the prelude's names (the candidate's process has them too), before the tests'
