@@ -1274,6 +1274,11 @@ def _run_judge(req: Json, nonce: str) -> int:
     except SyntaxError as e:
         report({"ok": False, "kind": "harness", "reason": f"the problem's tests do not compile: {e}"})
         return 2
+    # This sample's lines for what the tests show while they run (a warning, a traceback they
+    # print): the resident judge's linecache held the last failed sample's, and a warning on
+    # line 3 of one problem's tests showed line 3 of another's (`assert candidate(12345) == …`).
+    for name, text in sources.items():
+        linecache.cache[name] = (len(text), None, text.splitlines(True), name)
 
     tns: Json = {"__name__": "__tests__", "__builtins__": builtins}
     visible: Json = {}  # the prelude's names (the candidate's process has them too), before the tests'
@@ -1474,12 +1479,14 @@ class JudgeState:
     the signal mask, interval timers, the collector's settings, the locale, soft rlimits, and
     the names of every module the tests or prelude mention (a patched ``math.sqrt``). The
     module-level ``random`` generator is seeded afresh for each sample. What cannot be put
-    back (a thread left running, a hard rlimit lowered) retires the judge after the sample.
+    back (a thread left running, a hard rlimit lowered, a module the sample imported: numpy,
+    imported again, refuses to load twice in a process) retires the judge after the sample.
     Not covered: changes to a class's or object's attributes inside a module (say
     ``json.JSONEncoder.default``), and modules reached without their name in the text.
     """
 
     def __init__(self) -> None:
+        import _locale
         import ast  # noqa: F401 (imported by the harness later: part of the baseline)
         import decimal
         import gc
@@ -1521,8 +1528,6 @@ class JudgeState:
         self.gc_state = (gc.isenabled(), gc.get_threshold())
         self.rlimits = {r: resource.getrlimit(r) for r in _RLIMITS}
         self.dlopen = sys.getdlopenflags()
-        import _locale
-
         self.locale = _locale
         self.locale_all = _locale.setlocale(_locale.LC_ALL, None)
 
@@ -1543,7 +1548,14 @@ class JudgeState:
         if len(mods) != len(self.modules) or not all(
             map(is_, map(mods.get, self.modules), self.modules.values())
         ):
-            for k in [k for k in mods if k not in self.modules]:
+            added = [k for k in mods if k not in self.modules]
+            if added:
+                # A module the sample imported cannot be unloaded: taken out of sys.modules,
+                # it was imported afresh by the next sample, and an extension module that
+                # loads once per process (numpy) then raised ImportError, so every right
+                # answer after the first failed. Only a fresh judge has the zygote's modules.
+                ok = False
+            for k in added:
                 del mods[k]
             mods.update(self.modules)
         for d, saved in self.module_dicts.values():
@@ -1653,12 +1665,24 @@ def _judge_loop(workdir: str) -> int:
         except BaseException as e:
             with contextlib.suppress(BaseException):
                 os.write(2, f"sandbox judge: {_describe(e)}\n".encode())
+        # The judge's own streams (those put back after every sample) must be empty before
+        # the next sample's pipes take fds 1 and 2: the candidate shares these pipes' open
+        # file descriptions, and one it made non-blocking and kept full left the tests' output
+        # and the failing test's traceback in their buffers, written into the next sample's
+        # output (its verdict's stderr tail) by the judge's next write.
+        flushed = True
+        for stream in (state.sys_attrs.get("stdout"), state.sys_attrs.get("stderr")):
+            try:
+                if stream is not None:
+                    stream.flush()
+            except BaseException:
+                flushed = False
         with contextlib.suppress(BaseException):
             sys.stdout.flush()
         with contextlib.suppress(BaseException):
             sys.stderr.flush()
         try:
-            if not state.restore():
+            if not state.restore() or not flushed:
                 status |= JUDGE_RETIRE
         except BaseException as e:
             status |= JUDGE_RETIRE
