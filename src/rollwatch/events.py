@@ -568,6 +568,12 @@ class RolloutRequested(Event):
     attempt: int
     request: dict[str, Any]
     node: str
+    budget_usd: float | None = None
+    """What the attempt reserved of its run's budget, the most it could cost. An attempt
+    that never gets an outcome (the daemon died, or stopped, with it at the provider,
+    which may have answered and billed it) counts this against the budget when the run
+    resumes, as a timed-out attempt counts its reservation. None when it reserved nothing
+    (no budget, no price, or a batched attempt, whose outcome a resumed run still gets)."""
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -1400,8 +1400,9 @@ class RunsProjection(Projection):
     name = "runs"
     build_weight = 1.0
     # 2: verdicts, problem_versions, rollouts.verdict_hash (re-scores); 3: rollouts.served_model;
-    # 4: rollouts.list_cost_usd (batched answers at list prices); 5: rollouts.budget_extra_usd
-    version = 5
+    # 4: rollouts.list_cost_usd (batched answers at list prices); 5: rollouts.budget_extra_usd;
+    # 6: rollouts.open_budget_usd (the reservation of an attempt with no outcome yet)
+    version = 6
     tables = ("runs", "rollouts", "verdicts", "problem_versions")
     types = frozenset(
         {
@@ -1430,7 +1431,8 @@ class RunsProjection(Projection):
         verdict_hash TEXT,
         served_model TEXT,
         list_cost_usd REAL,
-        budget_extra_usd REAL
+        budget_extra_usd REAL,
+        open_budget_usd REAL
     );
     CREATE TABLE IF NOT EXISTS verdicts (
         seq INTEGER PRIMARY KEY, rollout_id TEXT NOT NULL, problem_id TEXT, problem_hash TEXT,
@@ -1454,7 +1456,7 @@ class RunsProjection(Projection):
         "rollout_id", "run_id", "provider", "model", "problem_id", "problem_hash", "sample", "attempts",
         "state", "requested_at", "answered_at", "answer_seq", "cost_usd", "fail_kind", "passed", "score",
         "scored_at", "scored_seq", "reason", "verdict_hash", "served_model", "list_cost_usd",
-        "budget_extra_usd",
+        "budget_extra_usd", "open_budget_usd",
     )  # fmt: skip
 
     def apply(self, db: sqlite3.Connection, rec: Recorded) -> None:
@@ -1528,10 +1530,14 @@ class RunsProjection(Projection):
                             "attempts": 1,
                             "state": "requested",
                             "requested_at": rec.at,
+                            "open_budget_usd": ev.budget_usd,
                         },
                     )
                 else:
                     row["attempts"] += 1
+                    if row["open_budget_usd"]:  # the attempt before got no outcome: it may be billed
+                        row["budget_extra_usd"] = (row["budget_extra_usd"] or 0.0) + row["open_budget_usd"]
+                    row["open_budget_usd"] = ev.budget_usd
                     if row["state"] not in ("answered", "scored"):
                         row["state"] = "requested"
                 version_seen(ev.problem_id, ev.problem_hash, rec.seq)
@@ -1540,6 +1546,7 @@ class RunsProjection(Projection):
                     if row["state"] != "scored":
                         row["state"] = "answered"
                     row.update(
+                        open_budget_usd=None,
                         answered_at=rec.at,
                         answer_seq=rec.seq,
                         cost_usd=ev.cost_usd,
@@ -1554,6 +1561,7 @@ class RunsProjection(Projection):
             elif isinstance(ev, e.RolloutFailed):
                 if (row := rollouts.change(ev.rollout_id)) is not None:
                     row["fail_kind"] = ev.kind
+                    row["open_budget_usd"] = None
                     if ev.final and row["state"] == "requested":
                         row["state"] = "failed"
                     if ev.budget_usd:  # an attempt that may have been billed

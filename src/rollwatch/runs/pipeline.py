@@ -524,9 +524,12 @@ class Run:
 
     async def _budget_extra(self) -> float:
         """What the run's attempts counted against its budget beyond their costs (their
-        events' ``budget_usd``), from the log."""
+        events' ``budget_usd``), from the log: attempts with no outcome (in flight when
+        the run last stopped) count their reservation."""
         row = await self.services.projections.fetchone(
-            "SELECT COALESCE(SUM(budget_extra_usd), 0) FROM rollouts WHERE run_id = ?", (self.run_id,)
+            "SELECT COALESCE(SUM(budget_extra_usd), 0) + COALESCE(SUM(open_budget_usd), 0)"
+            " FROM rollouts WHERE run_id = ?",
+            (self.run_id,),
         )
         return float(row[0]) if row is not None else 0.0
 

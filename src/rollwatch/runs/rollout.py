@@ -115,6 +115,7 @@ class AttemptRecorder:
                 attempt=attempt + self.offset,
                 request=request,
                 node=r.services.node,
+                budget_usd=None if r.batch else self.reserved or None,
             ),
         )
 
