@@ -153,8 +153,29 @@ async def export_public(
             raise ClockSkewed(skew, SKEW_S)
     # What is filed is never rewritten: an event found changed since it was appended ends the export.
     check = _Refusing(tree) if tree is not None else None
+    # The log's first event names it: a folder another log's export made is not built on.
+    first = (await store.read_at([1])).get(1) if head else None
     archive = await anyio.to_thread.run_sync(Archive.open, out_dir)  # refuses a folder not ours
     try:
+        if first is not None and archive.log not in (None, first.hash):
+            # Another configuration's log exported into DIR: its results were filed beside the
+            # other log's in the same folders, under one index, as if one log had made them all.
+            raise UsageError(
+                f"{out_dir / 'releases.json'}: an export of another log (its first event's hash is"
+                f" {archive.log}, this log's {first.hash}); export into another folder"
+            )
+        if now.timestamp() < archive.exported_at - SKEW_S:
+            # An export on a clock ahead closed the months it took for ended; on the right
+            # clock, a result of such a month had no open folder left (an AssertionError, every
+            # export after it), or would be filed by a date older than the archive's own.
+            raise UsageError(
+                f"{out_dir / 'releases.json'}: the last export into this folder was made at"
+                f" {rfc3339(datetime.fromtimestamp(archive.exported_at, UTC))}, after this clock's"
+                f" {rfc3339(now)} (a clock ahead then, or behind now); set the clock right, or export"
+                " into another folder"
+            )
+        # Within the skew allowed, the archive's time never goes back (a month it closed stays closed).
+        filed = max(now, datetime.fromtimestamp(archive.exported_at, UTC))
         if archive.exported_seq > head:
             # An index from another log (DIR reused for a new database) or edited: every result
             # released at or before its exported_seq would be taken as filed, and never be.
@@ -197,7 +218,7 @@ async def export_public(
 
         def put(items: list[tuple[str, float, bytes, bytes]]) -> None:
             for rid, nb_ts, record_bytes, line_bytes in items:
-                archive.add(rid, nb_ts, now, record_bytes, line_bytes)
+                archive.add(rid, nb_ts, filed, record_bytes, line_bytes)
 
         released = 0
         try:
@@ -218,7 +239,7 @@ async def export_public(
             until = max(seen, upto)
             held_from = await held_back(pdb, since, until, now)
             before = {f.period for f in archive.folders.values() if f.state == "closed"}
-            await anyio.to_thread.run_sync(archive.finish, now, cut, until)
+            await anyio.to_thread.run_sync(archive.finish, filed, cut, until)
         except BaseException:
             await anyio.to_thread.run_sync(archive.abandon)
             raise
@@ -266,7 +287,8 @@ async def export_public(
             sign = lambda sha256: signer.sign(release_statement(cut_at, sha256, now))  # noqa: E731
         await anyio.to_thread.run_sync(
             lambda: archive.write_index(
-                now=now,
+                now=filed,
+                log=first.hash if first is not None else archive.log,
                 exported_seq=until,
                 held_from=held_from,
                 tree_size=checkpoint.size if checkpoint else 0,

@@ -314,6 +314,8 @@ class Archive:
     """The lowest released seq that was not yet public at the last export (a release ahead
     of its ``not_before`` by this clock): the next export looks again from there."""
     superseded: dict[str, dict[str, Any]] = field(default_factory=dict)
+    log: str | None = None
+    """The hash of the first event of the log the last export was of (None: an older index)."""
     results_bytes: int | None = None
     """The length of the top-level results.jsonl the last complete export left (None: an
     index that does not say, so the file is made again from every chunk)."""
@@ -382,6 +384,7 @@ class Archive:
                 a.exported_seq = int(index["exported_seq"])
                 a.exported_at = float(index["exported_at"])
                 a.held_from = index.get("held_from")
+                a.log = index.get("log")
                 a.results_bytes = index.get("results_jsonl_bytes")
                 closed = {
                     str(e["period"]): (int(e["results"]), e.get("manifest_sha256"), e.get("manifest_bytes"))
@@ -545,6 +548,7 @@ class Archive:
         exported_seq: int,
         held_from: int | None,
         tree_size: int,
+        log: str | None = None,
         sign: Callable[[str], str] | None = None,
     ) -> None:
         """The top-level index, written last; then the export is complete.
@@ -594,6 +598,8 @@ class Archive:
             "exported_at": now.timestamp(),
             "held_from": held_from,
             "results_jsonl_bytes": self.results_bytes,
+            # The log exported (its first event's hash): an export of another log is refused.
+            "log": log,
         }
         write_atomic(self.root / LICENSE, LICENCE_TEXT.encode())
         body = json.dumps(index, ensure_ascii=False, indent=1).encode() + b"\n"
