@@ -11,6 +11,7 @@ import pytest
 
 from rollwatch.errors import UsageError
 from rollwatch.projections import ProjectionDB
+from rollwatch.publication.releases import check_export, period_of
 from rollwatch.store.sqlite import SQLiteEventStore
 from tests.publication.helpers import all_projections, start_run
 from tests.publication.test_releases import Log, folder_ids, month_start
@@ -144,3 +145,77 @@ class TestExportBesideTheRoutes:
 async def _get_json(tmp_path: Path, rid: str, out: Path) -> dict[str, object] | None:
     p = out / "rollouts" / f"{rid}.json"
     return json.loads(p.read_text()) if p.exists() else None
+
+
+class TestMonthEnds:
+    async def test_a_result_public_at_the_last_and_first_microsecond_of_a_month(
+        self, log: Log, tmp_path: Path
+    ) -> None:
+        """A result public at the month's last microsecond is filed in that month's folder, one
+        public at the next month's first instant in the next; an export at that very instant
+        closes the old folder with the first result only (held: new, no test filed at a month's
+        edge)."""
+        now = datetime.now(UTC)
+        edge = month_start(now)
+        before, after = period_of(month_start(now, 1).timestamp()), period_of(edge.timestamp())
+        [last] = await log.results(1, edge - timedelta(microseconds=1))
+        [first] = await log.results(1, edge, problem_id="p2")
+        out = tmp_path / "site"
+        s = await log.export(out, now=edge - timedelta(microseconds=1))
+        assert (s.released, s.closed) == (1, ())
+        s = await log.export(out, now=edge)
+        assert (s.released, s.closed) == (1, (before,))
+        assert folder_ids(out, before) == [last]
+        assert folder_ids(out, after) == [first]
+        assert check_export(out) == []
+
+
+class TestClosedMonthReplaced:
+    async def test_a_closed_month_put_back_as_an_older_export_left_it_is_refused(
+        self, log: Log, tmp_path: Path
+    ) -> None:
+        """Last month's folder as an export made while that month was open left it (a copy
+        kept from then) put in place of the closed folder: the next export refuses it and a
+        mirror's check names it (held: new, the closed folder edited by a copy of itself)."""
+        import shutil
+
+        now = datetime.now(UTC)
+        last = month_start(now, 1)
+        period = period_of(last.timestamp())
+        await log.results(1, last + timedelta(days=1))
+        out = tmp_path / "site"
+        await log.export(out, now=last + timedelta(days=2))
+        shutil.copytree(out / "releases" / period, tmp_path / "then")
+        await log.results(1, last + timedelta(days=3), problem_id="p2")
+        s = await log.export(out)
+        assert period in s.closed
+        shutil.rmtree(out / "releases" / period)
+        shutil.copytree(tmp_path / "then", out / "releases" / period)
+        problems = check_export(out)
+        assert [p.path for p in problems] == [f"releases/{period}/MANIFEST.json"], problems
+        with pytest.raises(UsageError, match=f"not the manifest releases.json names for release {period}"):
+            await log.export(out)
+
+
+class TestAnotherBaseUrl:
+    async def test_an_export_to_another_base_url_rewrites_the_feeds_only(
+        self, log: Log, tmp_path: Path
+    ) -> None:
+        """An export with another base URL into a folder an export made: closed folders are not
+        rewritten (they hold no URL), the feeds name the new base only, and the archive still
+        checks (held: new)."""
+        from rollwatch.publication.export import export_public
+        from tests.publication.test_releases import snapshot
+
+        now = datetime.now(UTC)
+        await log.results(2, month_start(now, 1) + timedelta(days=1))
+        out = tmp_path / "site"
+        await log.export(out)
+        folders = snapshot(out / "releases")
+        await export_public(log.store, log.pdb, out, base_url="https://mirror.example/x", embargo_s=0.0)
+        assert snapshot(out / "releases") == folders
+        for name in ("feed.json", "feed.atom"):
+            body = (out / name).read_text()
+            assert "https://mirror.example/x/" in body
+            assert "example.org/rw" not in body, name
+        assert check_export(out) == []
