@@ -146,10 +146,27 @@ def _matches(if_none_match: str | None, etag: str) -> bool:
     return False
 
 
-def _tagged(request: Request, body: bytes, media_type: str, cache: str, vary: str | None = None) -> Response:
-    """``body`` with its ETag, or 304 when the client already has it."""
+# The public page is served from the console's origin: markup that ever slipped into it (it
+# shows released answers, model text) would run with the console's trust, read its form
+# token and post its forms. No script at all, no forms, no <base>; its one <style> inline.
+_PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src data:;"
+    " base-uri 'none'; form-action 'none'",
+    "X-Content-Type-Options": "nosniff",
+}
+
+
+def _tagged(
+    request: Request,
+    body: bytes,
+    media_type: str,
+    cache: str,
+    vary: str | None = None,
+    extra: dict[str, str] | None = None,
+) -> Response:
+    """``body`` with its ETag (and ``extra`` headers), or 304 when the client already has it."""
     etag = _etag(body)
-    headers = {"ETag": etag, "Cache-Control": cache}
+    headers = {"ETag": etag, "Cache-Control": cache, **(extra or {})}
     if vary:
         headers["Vary"] = vary
     if _matches(request.headers.get("if-none-match"), etag):
@@ -508,7 +525,8 @@ class PublicationAPI:
                 if len(self._renders) > 64:
                     self._renders.clear()
                 self._renders[(kind, base)] = body
-        return _tagged(request, body, media_type, "public, max-age=30")
+        extra = _PAGE_HEADERS if media_type.startswith("text/html") else None
+        return _tagged(request, body, media_type, "public, max-age=30", extra=extra)
 
     async def public_page(self, request: Request) -> Response:
         """``/public/``: the HTML page."""

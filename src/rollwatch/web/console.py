@@ -69,6 +69,7 @@ _HEADERS = {
     "Referrer-Policy": "same-origin",  # no-referrer would make form POSTs send Origin: null
     "Cache-Control": "no-store",
 }
+_JSON_HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
 _ACTIONS = {"pause": e.SchedulePaused, "resume": e.ScheduleResumed, "trigger": e.ScheduleTriggered}
 _RUNS_SHOWN = 200
 _ROLLOUTS_SHOWN = 2000  # a run's rollouts listed on its page (the page says when there are more)
@@ -394,7 +395,7 @@ class Console:
         return JSONResponse(
             bundle,
             headers={
-                "Cache-Control": "no-store",
+                **_JSON_HEADERS,
                 "Content-Disposition": f'inline; filename="{rollout_id}.proof.json"',
             },
         )
@@ -558,7 +559,14 @@ class Console:
     async def schedules(self, request: Request) -> Response:
         """Each schedule: state, next fire, last outcome, skipped and missed fires, actions."""
         q = params.query(request, {"done", "schedule"})
-        done = {"done": q["done"], "schedule": q.get("schedule", "")} if q.get("done") in _ACTIONS else {}
+        # The notice an action redirects to: only for a configured schedule, as a link from
+        # elsewhere with any text there showed a notice of an action nobody took.
+        configured = {s.name for s in self.config.schedules}
+        done = (
+            {"done": q["done"], "schedule": q["schedule"]}
+            if q.get("done") in _ACTIONS and q.get("schedule") in configured
+            else {}
+        )
         from rollwatch.scheduler import ScheduleState, load_states, make_trigger, next_fire
 
         await self._current()
@@ -695,7 +703,7 @@ class Console:
                     for r in rows
                 ],
             },
-            headers={"Cache-Control": "no-store"},
+            headers=_JSON_HEADERS,
         )
 
     async def asset(self, request: Request) -> Response:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlite3
 
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
 from rollwatch.errors import HTTP_CODES, HTTPError, storage_failure
@@ -23,8 +23,11 @@ log = get_logger("rollwatch.web")
 def error_response(
     status: int, code: str, message: str, headers: dict[str, str] | None = None
 ) -> JSONResponse:
-    """The error body with ``status`` (and ``headers``, such as ``Retry-After``)."""
-    return JSONResponse({"error": code, "message": message}, status, headers)
+    """The error body with ``status`` (and ``headers``, such as ``Retry-After``), never sniffed
+    as anything but JSON: a message may quote what the request named (``<script>`` in an id)."""
+    return JSONResponse(
+        {"error": code, "message": message}, status, {"X-Content-Type-Options": "nosniff", **(headers or {})}
+    )
 
 
 async def on_http_error(_: Request, exc: Exception) -> Response:
@@ -49,6 +52,16 @@ async def on_unexpected(request: Request, exc: Exception) -> Response:
     return error_response(500, "internal", "internal error; the operator's log has the details")
 
 
+async def on_client_gone(_: Request, exc: Exception) -> Response:
+    """A client that left before its request's body was whole (a form half sent, then the tab
+    closed; or the server's deadline closed it): nothing was done, and it is not a bug of ours.
+    Before, every one was an ERROR with a traceback, written at will by anyone who could POST."""
+    assert isinstance(exc, ClientDisconnect)
+    return error_response(
+        400, "bad_request", "the client left before its request was whole; nothing was done"
+    )
+
+
 async def on_storage(request: Request, exc: Exception) -> Response:
     """A SQLite file that cannot answer for now (the log locked, the read models damaged and
     being rebuilt): 503 with Retry-After, one line in the log; any other SQLite error is a bug."""
@@ -64,6 +77,7 @@ EXCEPTION_HANDLERS = {
     HTTPError: on_http_error,
     sqlite3.DatabaseError: on_storage,
     HTTPException: on_starlette_error,
+    ClientDisconnect: on_client_gone,
     Exception: on_unexpected,
 }
 """For ``Starlette(exception_handlers=...)``."""
