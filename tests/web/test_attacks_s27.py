@@ -257,6 +257,16 @@ class TestHeaders:
             assert "no-store" in h["cache-control"], path
             assert h.get("x-content-type-options") == "nosniff", path
 
+    def test_answers_that_differ_by_peer_are_never_cached(self, daemon: Daemon) -> None:
+        """``/healthz`` names the schedules that cannot run, and why, to the operator only
+        (a loopback peer or an ``ops`` key), and ``/metrics`` the pass counts: a cache in
+        front that kept the operator's copy would hand it to everyone, and no ``Vary`` can
+        name the peer's address. Both are ``no-store`` (``/healthz`` had no ``Cache-Control``)."""
+        for path in ("/healthz", "/metrics"):
+            for headers in ({}, REMOTE):
+                r = httpx.get(daemon.url + path, headers=headers)
+                assert "no-store" in r.headers.get("cache-control", ""), (path, headers, r.headers)
+
     def test_the_public_page_cannot_run_script_on_the_consoles_origin(self, daemon: Daemon) -> None:
         """``/public/`` shows released answers (model text) and is served from the console's
         origin: markup that ever slipped through there would run with the console's trust (read
@@ -362,6 +372,32 @@ class TestWire:
         assert all(400 <= c < 500 for c in codes), out[:1500]
         assert b"ops-user" not in out, out[:1500]
         assert b"<html" not in out.lower(), out[:1500]
+
+    @pytest.mark.parametrize(
+        "first",
+        [
+            b"POST /ops/schedules/fake-slow/pause HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Forwarded-For: 203.0.113.9\r\n",
+            b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Forwarded-For: 203.0.113.9\r\n",
+        ],
+        ids=["refused-post", "get-with-body"],
+    )
+    def test_a_body_left_unread_is_never_read_as_a_request(self, daemon: Daemon, first: bytes) -> None:
+        """A remote peer's request whose body (which the route never reads: refused at the
+        gate, or a GET) is a whole request of its own, then a request of the same peer:
+        the body is skipped as the body it is, never answered as a request from this
+        connection (before the next one, or in its place)."""
+        inner = b"GET /ops/subscribers HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+        raw = (
+            first
+            + f"Content-Length: {len(inner)}\r\nContent-Type: application/x-www-form-urlencoded\r\n\r\n".encode()
+            + inner
+            + b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+        )
+        out = exchange(daemon, raw)
+        codes = _responses(out)
+        assert codes[0] in (200, 401), out[:1500]
+        assert codes[1:] in ([], [200]), out[:2000]  # the second request, or a close
+        assert b"ops-user" not in out, out[:2000]
 
     def test_pipelined_requests_are_answered_in_order_each_with_its_own_trust(self, daemon: Daemon) -> None:
         """Keep-alive pipelining: three requests in one write, the middle one a remote peer's
@@ -600,7 +636,7 @@ fetch("{action}", {{method: "POST", mode: "no-cors", body: "token={tok}&note=csr
 
     def test_markup_in_every_field_a_page_shows_stays_text(self, hostile: Daemon, browser: Browser) -> None:
         """Problem titles, a model name, a provider's error message (quoting
-        the prompt), a released answer, a pause note: each is markup here. On every console
+        the prompt), a released answer, a pause note, a revocation note: each is markup here. On every console
         page and the public page none of it becomes an element or runs, and Chromium reports
         no error (no CSP violation: it is escaped, not merely blocked)."""
         d = hostile
@@ -611,6 +647,8 @@ fetch("{action}", {{method: "POST", mode: "no-cors", body: "token={tok}&note=csr
             f"{d.url}/ops/schedules/{sched}/pause", data={"token": token(d), "note": PWN.format(n=25)}
         )
         assert r.status_code == 303, r.text
+        assert d.cli("subscribers", "add", "eve", "--scope", "feed").returncode == 0
+        assert d.cli("subscribers", "revoke", "eve", "--note", PWN.format(n=26)).returncode == 0
         run = next(x["run_id"] for _, _, x in events(d.db, "RunStarted"))
         rollouts = [x["rollout_id"] for _, _, x in events(d.db, "RolloutRequested")]
         pages = [
@@ -646,6 +684,7 @@ fetch("{action}", {{method: "POST", mode: "no-cors", body: "token={tok}&note=csr
             PWN.format(n=31),
             HOSTILE_MODEL,
             PWN.format(n=25),
+            PWN.format(n=26),
             MARKER,
             "window.__pwned=23",
         ):

@@ -120,7 +120,11 @@ def build_app(
                 body["status"] = "degraded"
             body["reasons"] = [*body.get("reasons", []), *failures]
         body.update(extra)
-        return JSONResponse(body, status_code=200 if body["status"] == "ok" else 503)
+        # No cache may keep it, as /metrics: the operator's copy names the schedules that
+        # cannot run and why, and who is the operator depends on the peer's address.
+        return JSONResponse(
+            body, status_code=200 if body["status"] == "ok" else 503, headers={"Cache-Control": "no-store"}
+        )
 
     async def metrics_route(request: Request) -> Response:
         body, content_type = metrics.render(
