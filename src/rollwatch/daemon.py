@@ -513,29 +513,29 @@ class Daemon:
                 self.stopping.set()
                 return
 
-    async def _watch_problems(self, svc: RunServices) -> None:
+    async def _watch_problems(self, svc: RunServices, hups: AsyncIterator[int]) -> None:
         """Notice changed problems at start and on SIGHUP (the problem folders are read
         again): see :meth:`check_problems`. Runs already going keep the problem
-        versions they started with."""
-        with anyio.open_signal_receiver(signal.SIGHUP) as hups:
-            await self.check_problems(svc, "start")
-            async for _ in hups:
+        versions they started with. ``hups`` was opened as the daemon began: a SIGHUP
+        while it was starting (which would otherwise have ended it) is read here."""
+        await self.check_problems(svc, "start")
+        async for _ in hups:
+            try:
+                fresh = await anyio.to_thread.run_sync(load_problem_sets, self.config)
+            except Exception:
+                log.error("problems_reload_failed", exc_info=True)
+                continue
+            svc.problem_sets.update(fresh)
+            log.info("problems_reloaded", problem_sets=sorted(fresh))
+            await self.check_problems(svc, "sighup")
+            # A schedule, or an unfinished run, that waited for a set loaded now.
+            if self.scheduler is not None:
+                self.scheduler.wake()
+            if self._runs is not None and (self.leading or svc.board.shared):
                 try:
-                    fresh = await anyio.to_thread.run_sync(load_problem_sets, self.config)
-                except Exception:
-                    log.error("problems_reload_failed", exc_info=True)
-                    continue
-                svc.problem_sets.update(fresh)
-                log.info("problems_reloaded", problem_sets=sorted(fresh))
-                await self.check_problems(svc, "sighup")
-                # A schedule, or an unfinished run, that waited for a set loaded now.
-                if self.scheduler is not None:
-                    self.scheduler.wake()
-                if self._runs is not None and (self.leading or svc.board.shared):
-                    try:
-                        await self.resume_unfinished(self._runs)
-                    except StoreError as e:
-                        log.warning("runs_resume_failed", error=str(e))
+                    await self.resume_unfinished(self._runs)
+                except StoreError as e:
+                    log.warning("runs_resume_failed", error=str(e))
 
     async def check_problems(self, svc: RunServices, why: str) -> None:
         """Record the new version of every changed problem and, with ``scoring.rescore =
@@ -584,6 +584,11 @@ class Daemon:
         from rollwatch.web.server import HTTPServer, listening_sockets, raise_open_file_limit
 
         async with AsyncExitStack() as stack:
+            # SIGHUP (a reload) is caught from the first moment: while the daemon starts it
+            # waits in this receiver, and is read once the problems are watched. (Its
+            # default would end the daemon.) Once the receiver is closed, it is ignored.
+            stack.callback(signal.signal, signal.SIGHUP, signal.SIG_IGN)
+            hups = stack.enter_context(anyio.open_signal_receiver(signal.SIGHUP))
             # The address first: a busy port is reported before anything is opened or
             # created (a scoring pool, a fresh checkpoint key).
             host, port = self.config.server.host, self.config.server.port
@@ -727,7 +732,7 @@ class Daemon:
                     check=integrity,
                 )
             )
-            background.start_soon(self._watch_problems, svc)
+            background.start_soon(self._watch_problems, svc, hups)
             # Runs, once told to stop, start no more rollouts; those in flight get the
             # grace period.
             self._runs = await stages.start("runs", stop=lambda _: self._stop_runs())

@@ -27,6 +27,11 @@ log = get_logger("rollwatch.cli")
 @common
 def serve(ctx: Context, grace: float) -> None:
     """The daemon: scheduler, runs, feed server. Stops cleanly on SIGTERM/SIGINT."""
+    import signal
+
+    # A reload (SIGHUP) before the daemon catches it would end it: ignored until then
+    # (the problems are read after the daemon catches it, so none is missed).
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     from rollwatch.daemon import Daemon
 
     config = ctx.config
