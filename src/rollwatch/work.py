@@ -17,8 +17,9 @@ lease (stalled, cut off) wakes up, its next append conflicts and it drops the ro
 so no rollout is requested or answered by two nodes at once.
 
 Budgets are kept here too, because several nodes spend them: a rollout reserves the
-most it could cost before it starts and settles the real cost when it ends. The
-reservations of a chunk whose lease ran out are void.
+most it could cost before it starts and settles the real cost when it ends. A reservation
+its owner never settled (a node that died, or stopped, with requests at the provider, which
+may answer and bill them all the same) counts as spent, never void.
 """
 
 from __future__ import annotations

@@ -64,7 +64,7 @@ _TODO = "(state = 'todo' OR (state = 'claimed' AND lease_until < clock_timestamp
 _CLAIM = f"""
 UPDATE work_chunks c
    SET state = 'claimed', owner = $2, lease_until = clock_timestamp() + make_interval(secs => $3),
-       claims = c.claims + 1, reserved = 0
+       claims = c.claims + 1, spent = c.spent + c.reserved, reserved = 0
   FROM (SELECT run_id, idx, owner AS previous FROM work_chunks
          WHERE run_id = $1 AND {_TODO}
            AND NOT EXISTS (SELECT 1 FROM work_runs r WHERE r.run_id = $1 AND r.closed IS NOT NULL)
@@ -125,7 +125,7 @@ class PostgresBoard(WorkBoard):
         # Only while still ours: a chunk taken over is the new owner's to finish.
         sql = (
             "UPDATE work_chunks SET state = $4, owner = CASE WHEN $4 = 'done' THEN owner END,"
-            " lease_until = NULL, reserved = 0"
+            " lease_until = NULL, spent = spent + reserved, reserved = 0"
             " WHERE run_id = $1 AND idx = $2 AND owner = $3 AND state = 'claimed'"
         )
         state = "done" if finished else "todo"
@@ -134,7 +134,8 @@ class PostgresBoard(WorkBoard):
 
     async def release(self, run_id: str) -> None:
         sql = (
-            "UPDATE work_chunks SET state = 'todo', owner = NULL, lease_until = NULL, reserved = 0"
+            "UPDATE work_chunks SET state = 'todo', owner = NULL, lease_until = NULL,"
+            " spent = spent + reserved, reserved = 0"
             " WHERE run_id = $1 AND owner = $2 AND state = 'claimed'"
         )
         n = await self._with_conn(lambda c: c.execute(sql, run_id, self.owner))
@@ -170,14 +171,17 @@ class PostgresBoard(WorkBoard):
             )
             if run is None or run["closed"] is not None:
                 return None
+            # Every reservation counts, a dead owner's too: its requests may have reached
+            # the provider, which bills them all the same. Only live ones are waited for.
             totals = await conn.fetchrow(
-                f"SELECT COALESCE(SUM(spent), 0), COALESCE(SUM(reserved) FILTER (WHERE {_LIVE}), 0)"
+                "SELECT COALESCE(SUM(spent), 0), COALESCE(SUM(reserved), 0),"
+                f" COALESCE(SUM(reserved) FILTER (WHERE {_LIVE}), 0)"
                 " FROM work_chunks WHERE run_id = $1",
                 chunk.run_id,
             )
             assert totals is not None
-            spent, reserved = totals
-            if run["prior_cost"] + spent + reserved + amount <= budget:
+            spent, held, reserved = totals
+            if run["prior_cost"] + spent + held + amount <= budget:
                 await conn.execute(
                     "UPDATE work_chunks SET reserved = reserved + $3 WHERE run_id = $1 AND idx = $2",
                     chunk.run_id,
@@ -188,11 +192,16 @@ class PostgresBoard(WorkBoard):
             return False if reserved > _NONE_PENDING else None
 
     async def settle(self, chunk: Chunk, reserved: float, cost: float) -> None:
+        # A chunk taken over since (our lease ran out) has counted our reservation as spent
+        # and holds its new owner's: the cost is added, the reservations are left alone
+        # (ours then counts twice: kept with room to spare, never passed).
         sql = (
-            "UPDATE work_chunks SET reserved = GREATEST(reserved - $3, 0), spent = spent + $4"
+            "UPDATE work_chunks SET spent = spent + $4,"
+            " reserved = CASE WHEN owner = $5 AND state = 'claimed' THEN GREATEST(reserved - $3, 0)"
+            " ELSE reserved END"
             " WHERE run_id = $1 AND idx = $2"
         )
-        await self._with_conn(lambda c: c.execute(sql, chunk.run_id, chunk.index, reserved, cost))
+        await self._with_conn(lambda c: c.execute(sql, chunk.run_id, chunk.index, reserved, cost, self.owner))
 
     async def keep(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
