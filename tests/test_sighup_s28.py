@@ -91,3 +91,46 @@ def test_a_sighup_after_the_daemon_stopped_watching_does_not_end_it_with_signal_
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def _caught(pid: int, signum: int) -> bool:
+    """Whether process ``pid`` has a handler for ``signum`` (its ``SigCgt`` mask)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    mask = next(int(line.split()[1], 16) for line in status.splitlines() if line.startswith("SigCgt:"))
+    return bool(mask & (1 << (signum - 1)))
+
+
+def test_a_sigterm_while_the_daemon_starts_stops_it_cleanly(tmp_path: Path) -> None:
+    """SIGTERM at the first moment `serve` catches it (polled from /proc: its handler is
+    there), long before the daemon listens: exit 0, `shutdown_requested` said (while
+    starting), `daemon_stopped`, no traceback. Before, the signal's default action ended
+    the process (exit by signal 15) until the daemon's own receiver was open."""
+    cfg = tmp_path / "rollwatch.toml"
+    cfg.write_text(daemon_toml(tmp_path))
+    err_path = tmp_path / "serve.err"
+    with err_path.open("w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "rollwatch", "--config", str(cfg), "serve", "--grace", "5"],
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while not _caught(proc.pid, signal.SIGTERM):
+            assert proc.poll() is None, err_path.read_text()
+            assert time.monotonic() < deadline, "SIGTERM never caught"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0, err_path.read_text()
+        text = err_path.read_text()
+        lines = [json.loads(ln) for ln in text.splitlines() if ln.startswith("{")]
+        [asked] = [o for o in lines if o["event"] == "shutdown_requested"]
+        assert asked["signal"] == "SIGTERM" and asked.get("while_starting") is True, asked
+        assert "daemon_stopped" in [o["event"] for o in lines], lines[-3:]
+        assert "Traceback" not in text
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -215,9 +215,13 @@ class Daemon:
         notifier: Notifier | None = None,
         scorer: ScorerLike | None = None,
         providers: dict[str, ProviderLike] | None = None,
+        stop_requested: list[int] | None = None,
     ) -> None:
-        """``scorer`` and ``providers``: see :func:`open_services`."""
+        """``scorer`` and ``providers``: see :func:`open_services`. ``stop_requested``: the
+        SIGTERMs received before the daemon catches them (``serve`` collects them from its
+        first moment): one there stops the daemon as soon as it can stop cleanly."""
         self.config = config
+        self._stop_requested = stop_requested if stop_requested is not None else []
         self.grace = grace
         self.notifier = notifier or Notifier()
         self._scorer = scorer
@@ -502,16 +506,22 @@ class Daemon:
 
     async def _signals(self) -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            async for signum in signals:
-                log.info(
-                    "shutdown_requested",
-                    signal=signal.Signals(signum).name,
-                    runs=len(self.active),
-                    grace_s=self.grace,
-                )
-                self.notifier.notify(STOPPING=1, STATUS="stopping")
-                self.stopping.set()
-                return
+            # The receiver first: a SIGTERM from now on is its, one before it is in the list.
+            early = bool(self._stop_requested)
+            signum = self._stop_requested[0] if early else None
+            if signum is None:
+                async for signum in signals:
+                    break
+            assert signum is not None
+            log.info(
+                "shutdown_requested",
+                signal=signal.Signals(signum).name,
+                runs=len(self.active),
+                grace_s=self.grace,
+                **({"while_starting": True} if early else {}),
+            )
+            self.notifier.notify(STOPPING=1, STATUS="stopping")
+            self.stopping.set()
 
     async def _watch_problems(self, svc: RunServices, hups: AsyncIterator[int]) -> None:
         """Notice changed problems at start and on SIGHUP (the problem folders are read

@@ -30,12 +30,15 @@ def serve(ctx: Context, grace: float) -> None:
     import signal
 
     # A reload (SIGHUP) before the daemon catches it would end it: ignored until then
-    # (the problems are read after the daemon catches it, so none is missed).
+    # (the problems are read after the daemon catches it, so none is missed). A stop
+    # (SIGTERM) then is kept, and the daemon stops cleanly as soon as it can.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    stop_requested: list[int] = []
+    signal.signal(signal.SIGTERM, lambda signum, _frame: stop_requested.append(signum))
     from rollwatch.daemon import Daemon
 
     config = ctx.config
-    run_async(lambda: Daemon(config, grace=grace).run())
+    run_async(lambda: Daemon(config, grace=grace, stop_requested=stop_requested).run())
 
 
 @click.command("run")
