@@ -127,7 +127,8 @@ def test_a_sigterm_while_the_daemon_starts_stops_it_cleanly(tmp_path: Path) -> N
         text = err_path.read_text()
         lines = [json.loads(ln) for ln in text.splitlines() if ln.startswith("{")]
         [asked] = [o for o in lines if o["event"] == "shutdown_requested"]
-        assert asked["signal"] == "SIGTERM" and asked.get("while_starting") is True, asked
+        assert asked["signal"] == "SIGTERM", asked
+        assert asked.get("while_starting") is True, asked
         assert "daemon_stopped" in [o["event"] for o in lines], lines[-3:]
         assert "Traceback" not in text
     finally:

@@ -508,11 +508,7 @@ class Daemon:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             # The receiver first: a SIGTERM from now on is its, one before it is in the list.
             early = bool(self._stop_requested)
-            signum = self._stop_requested[0] if early else None
-            if signum is None:
-                async for signum in signals:
-                    break
-            assert signum is not None
+            signum = self._stop_requested[0] if early else await anext(aiter(signals))
             log.info(
                 "shutdown_requested",
                 signal=signal.Signals(signum).name,
