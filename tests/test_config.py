@@ -231,7 +231,8 @@ def test_library_logs_come_out_as_the_same_json_lines() -> None:
     """Off a terminal, what httpx, apscheduler and uvicorn log through the standard library
     comes out as rollwatch's own lines do: one JSON object each with ``event``, ``level``, a
     UTC ISO ``timestamp`` and the ``logger`` that wrote it; context keys such as ``run_id``
-    stay keys of their own."""
+    stay keys of their own. uvicorn's INFO lines (its server's start and stop, a process id
+    in the message) are left out: the daemon logs both under stable event names."""
     code = (
         "import logging, sys\n"
         "from rollwatch.log import configure_logging, get_logger\n"
@@ -241,6 +242,8 @@ def test_library_logs_come_out_as_the_same_json_lines() -> None:
         "logging.getLogger('uvicorn.error').error('socket closed')\n"
         "logging.getLogger('uvicorn.error').info('Finished server process [%d]', 7,"
         " extra={'color_message': 'Finished server process [\\x1b[36m%d\\x1b[0m]'})\n"
+        "logging.getLogger('uvicorn.error').warning('Invalid HTTP request received from %d.', 7,"
+        " extra={'color_message': 'Invalid HTTP request received from \\x1b[36m%d\\x1b[0m.'})\n"
         "get_logger('rollwatch.runs').info('run_started', run_id='r1')\n"
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
@@ -249,7 +252,7 @@ def test_library_logs_come_out_as_the_same_json_lines() -> None:
         ("httpx", "pool p full", "warning"),
         ("apscheduler.scheduler", "job missed", "error"),
         ("uvicorn.error", "socket closed", "error"),
-        ("uvicorn.error", "Finished server process [7]", "info"),
+        ("uvicorn.error", "Invalid HTTP request received from 7.", "warning"),
         ("rollwatch.runs", "run_started", "info"),
     ]
     assert lines[-1]["run_id"] == "r1"

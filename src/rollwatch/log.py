@@ -90,6 +90,10 @@ def configure_logging(level: str = "info", *, stream: TextIO | None = None, json
         lg = logging.getLogger(name)
         lg.handlers.clear()
         lg.propagate = True
+    # uvicorn's INFO lines are the server's start and stop ("Started server process
+    # [4242]"): the daemon says both itself (``daemon_listening``, ``daemon_stopped``),
+    # under event names that do not change with the process id. Its warnings stay.
+    logging.getLogger("uvicorn.error").setLevel(quiet)
 
 
 def _without_color_message(_logger: Any, _name: str, event: EventDict) -> EventDict:
