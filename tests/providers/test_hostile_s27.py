@@ -286,6 +286,12 @@ class TestConnectionDroppedAtEachPhase:
         answer, log = await _per_connection(wire, first, stream=True)
         assert answer is not None
         assert answer.text == TEXT
+        if phase == "all but the end" and wire.kind != "gemini":
+            # Session s28: all but ``[DONE]``/``message_stop`` (the finish, stop reason
+            # and usage all came), then the close that ends this body: a whole answer
+            # (tests/providers/test_streams_s28.py); before, a retried ``bad_response``.
+            assert log.trail == [("requested", 1), ("responded", 1)]
+            return
         assert log.trail == [("requested", 1), ("failed", 1), ("requested", 2), ("responded", 2)]
         (failure,) = log.failures
         assert failure.kind == kind, failure

@@ -72,15 +72,18 @@ class TestStreaming:
         err = log.failures[0]
         assert (err.kind, err.retryable) == ("bad_response", True)
 
-    async def test_a_stream_without_its_end_marker_is_cut(
+    async def test_a_stream_without_its_final_data_is_cut(
         self, wire: Wire, server: LoopbackServer, make_config: MakeConfig
     ) -> None:
-        """A stream that ends cleanly (whole HTTP body) but without the format's end
-        (``[DONE]``, ``message_stop``, a ``finishReason``) was cut upstream: retried."""
+        """A stream that ends cleanly (whole HTTP body) before the format's final data
+        (the finish or stop reason, OpenAI's usage after it) and its end marker
+        (``[DONE]``, ``message_stop``) was cut upstream: retried. (Without only the end
+        marker it is whole: ``test_streams_s28.py``.)"""
         whole = wire.sse()
         assert isinstance(whole.body, bytes)
         events = [e for e in whole.body.split(b"\n\n") if e]
-        short = Reply(200, b"\n\n".join(events[:-1]) + b"\n\n", dict(whole.headers))  # all but the end
+        final = {"openai": -3, "anthropic": -2, "gemini": -1}[wire.kind]  # from the finish on
+        short = Reply(200, b"\n\n".join(events[:final]) + b"\n\n", dict(whole.headers))
         server.then(short, wire.sse())
         async with ProviderClient(make_config(stream=True)) as client:
             log = RecordingLog()

@@ -118,7 +118,7 @@ class AnthropicAdapter:
             finish_reason=_str(data.get("stop_reason")),
             usage=Usage(
                 input_tokens=token_count(usage, "input_tokens") + cache_read + cache_write,
-                output_tokens=token_count(usage, "output_tokens"),
+                output_tokens=token_count(usage, "output_tokens", may_be_unknown=True),
                 reasoning_tokens=0,
                 cached_tokens=cache_read,
             ),

@@ -272,15 +272,45 @@ def as_int(value: Any) -> int:
 MAX_TOKEN_COUNT = 2**53
 
 
-def token_count(usage: Mapping[str, Any], name: str) -> int:
-    """``usage[name]`` as a token count: 0 when missing or not an integer (as a count the
-    provider did not give); a retryable ``bad_response`` for a negative one or one past
-    :data:`MAX_TOKEN_COUNT`, which no answer can have (never recorded, never priced)."""
-    value = as_int(usage.get(name))
+def token_count(usage: Mapping[str, Any], name: str, *, may_be_unknown: bool = False) -> int:
+    """``usage[name]`` as a token count: 0 when missing or null (a count the provider did
+    not give); a float holding a whole number is that number; a retryable ``bad_response``
+    for a negative count or one past :data:`MAX_TOKEN_COUNT`, which no answer can have
+    (never recorded, never priced).
+
+    A value that is no count at all (a string, a fraction, ``1e999``, a boolean, a list) is
+    a ``bad_response`` too, unless ``may_be_unknown``: a count whose loss cannot make the
+    cost lower than it is, read as missing (0). Those are the one count of an answer's
+    output (OpenAI's ``completion_tokens``, Anthropic's ``output_tokens``: the run's budget
+    takes an answer without it as of unknown cost and counts its whole reservation),
+    cached tokens (0 of them prices all input at the full price) and reasoning tokens
+    (priced as output already). Read as 0 elsewhere, as every such count was until session
+    s28, it made the tokens it counts free: a host sending ``"prompt_tokens": "150000"``
+    had every answer's input cost nothing, and the budget never knew."""
+    raw = usage.get(name)
+    if raw is None:
+        return 0
+    if isinstance(raw, float) and raw.is_integer():
+        if not 0 <= raw <= MAX_TOKEN_COUNT:
+            raise bad_response(f"usage {name} is not a possible token count: {raw:g}")
+        raw = int(raw)
+    if not isinstance(raw, int) or isinstance(raw, bool):
+        if may_be_unknown:
+            return 0
+        raise bad_response(f"usage {name} is not a token count: a JSON {_json_type(raw)}")
+    value = raw
     if not 0 <= value <= MAX_TOKEN_COUNT:
         shown = str(value) if abs(value) < 10**20 else f"a {len(str(abs(value)))}-digit number"
         raise bad_response(f"usage {name} is not a possible token count: {shown}")
     return value
+
+
+def _json_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    return {str: "string", float: "number that is no whole count", list: "array", dict: "object"}.get(
+        type(value), type(value).__name__
+    )
 
 
 def as_dict(value: Any) -> dict[str, Any]:

@@ -554,8 +554,9 @@ class ProviderClient:
         held: Lease,
     ) -> Answer:
         """One streamed attempt (``providers/streaming.py``): the events folded into a
-        whole answer; a stream silent for ``stream_idle_timeout`` or ended before its end
-        marker is a retryable failure, never a truncated answer."""
+        whole answer; a stream silent for ``stream_idle_timeout``, ended before its final
+        data or whose body broke before its end marker is a retryable failure, never a
+        truncated answer."""
         fold = StreamFold(adapter.kind)
         try:
             return await self._read_stream(adapter, http, url, content, headers, time_limit, held, fold)
@@ -620,8 +621,12 @@ class ProviderClient:
                                 break
                     if data and not fold.done:
                         dispatch()
-                    if not fold.done:
-                        raise bad_response("the stream ended before its end: the answer was cut off")
+                    # The body ended cleanly (a broken one raised above): whole if the
+                    # stream's final data came, even with no end marker (streaming.py).
+                    try:
+                        fold.body_ended()
+                    except ProviderError as e:
+                        raise self._with_context(e, rid) from None
         except (TimeoutError, httpx.TimeoutException):
             raise ProviderError(
                 "timeout", f"no complete answer within {time_limit:g}s", retryable=True

@@ -133,7 +133,7 @@ class GeminiAdapter:
             input_tokens=token_count(meta, "promptTokenCount"),
             output_tokens=token_count(meta, "candidatesTokenCount") + thoughts,
             reasoning_tokens=thoughts,
-            cached_tokens=token_count(meta, "cachedContentTokenCount"),
+            cached_tokens=token_count(meta, "cachedContentTokenCount", may_be_unknown=True),
         )
         request_id = _str(data.get("responseId")) or headers.get("x-request-id")
         model = _str(data.get("modelVersion"))

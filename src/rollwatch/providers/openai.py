@@ -99,9 +99,9 @@ class OpenAIAdapter:
             finish_reason=_str(choice.get("finish_reason")),
             usage=Usage(
                 input_tokens=token_count(usage, "prompt_tokens"),
-                output_tokens=token_count(usage, "completion_tokens"),
-                reasoning_tokens=token_count(completion_details, "reasoning_tokens"),
-                cached_tokens=token_count(prompt_details, "cached_tokens"),
+                output_tokens=token_count(usage, "completion_tokens", may_be_unknown=True),
+                reasoning_tokens=token_count(completion_details, "reasoning_tokens", may_be_unknown=True),
+                cached_tokens=token_count(prompt_details, "cached_tokens", may_be_unknown=True),
             ),
             request_id=headers.get("x-request-id") or _str(data.get("id")),
             model=_str(data.get("model")),

@@ -100,9 +100,13 @@ class OpenAIResponsesAdapter(OpenAIAdapter):
             finish_reason=finish if isinstance(finish, str) else None,
             usage=Usage(
                 input_tokens=token_count(usage, "input_tokens"),
-                output_tokens=token_count(usage, "output_tokens"),
-                reasoning_tokens=token_count(as_dict(usage.get("output_tokens_details")), "reasoning_tokens"),
-                cached_tokens=token_count(as_dict(usage.get("input_tokens_details")), "cached_tokens"),
+                output_tokens=token_count(usage, "output_tokens", may_be_unknown=True),
+                reasoning_tokens=token_count(
+                    as_dict(usage.get("output_tokens_details")), "reasoning_tokens", may_be_unknown=True
+                ),
+                cached_tokens=token_count(
+                    as_dict(usage.get("input_tokens_details")), "cached_tokens", may_be_unknown=True
+                ),
             ),
             request_id=headers.get("x-request-id") or _str(data.get("id")),
             model=_str(data.get("model")),

@@ -17,10 +17,19 @@ adapter's own ``parse``, so a streamed answer is recorded exactly like a whole o
 * Gemini: ``:streamGenerateContent?alt=sse``; each ``data:`` is a
   ``GenerateContentResponse`` with the next parts; the one with a ``finishReason`` ends it.
 
-A stream that ends before its end marker, or whose end marker comes with no finish or
-stop reason (OpenAI, Anthropic), was cut: a retryable ``bad_response``, never a truncated
-answer to score. An event's ``data:`` lines are joined with newlines, as SSE says. The client enforces an idle timeout between chunks and
-records the time to the first token.
+When a stream is whole, the same rule for the three formats: its final data came (the
+finish or stop reason; for OpenAI also the usage, which ``include_usage`` sends after the
+finish) and then its end, either the end marker (``[DONE]``, ``message_stop``,
+``response.completed``) or the clean end of the HTTP body (a chunked body's last chunk,
+its ``Content-Length`` reached, the close of a body the close delimits). Several
+OpenAI-compatible hosts omit ``[DONE]``; Gemini has no end marker at all, so its stream
+is read to the body's end (usage sent after the finish is read). A stream that ends
+before its final data, or whose end marker comes with no finish or stop reason, was
+cut; a body that breaks (reset, short of its length, a chunked body closed before its
+last chunk) was cut whatever came before: a retryable ``bad_response``, never a
+truncated answer to score. A body that never ends after the final data is a timeout.
+An event's ``data:`` lines are joined with newlines, as SSE says. The client enforces an
+idle timeout between chunks and records the time to the first token.
 """
 
 from __future__ import annotations
@@ -44,6 +53,7 @@ class StreamFold:
         """Set once a chunk carried answer or reasoning text."""
         self._meta: dict[str, Any] = {}
         self._usage: dict[str, Any] = {}
+        self._usage_seen = False
         self._finish: Any = None
 
     def feed(self, data: str) -> None:
@@ -54,10 +64,19 @@ class StreamFold:
         try:
             event = loads(data)
         except ValueError:
+            if self._after_gemini_finish():
+                return
             raise bad_response("a stream event is not JSON") from None
         if not isinstance(event, dict):
+            if self._after_gemini_finish():
+                return
             raise bad_response("a stream event is not a JSON object")
         getattr(self, f"_{self.kind}")(event)
+
+    def _after_gemini_finish(self) -> bool:
+        """Gemini's finish reason is as good as an end marker for what follows it: junk
+        after it is ignored, as data after ``[DONE]`` is (only usage is read there)."""
+        return self.kind == "gemini" and self._finish is not None
 
     def _ended(self) -> None:
         """The end marker (OpenAI's ``[DONE]``, Anthropic's ``message_stop``). Both vendors
@@ -65,6 +84,24 @@ class StreamFold:
         after losing its upstream mid-answer: a cut answer, never a whole one to score."""
         if self._finish is None:
             raise bad_response("the stream ended with no finish or stop reason: the answer was cut off")
+        self.done = True
+
+    def body_ended(self) -> None:
+        """The HTTP body ended cleanly before any end marker: the stream is whole if its
+        final data came (the module docstring), else a ``bad_response`` (cut off)."""
+        if self.done:
+            return
+        if self.kind == "openai_responses" or (self._finish is None and "promptFeedback" not in self._meta):
+            raise bad_response(
+                "the stream ended before its end (no finish or stop reason): the answer was cut off"
+            )
+        if self.kind == "openai" and not self._usage_seen:
+            # ``include_usage`` puts the usage in a chunk after the finish: the stream
+            # was cut between them, and the answer's cost would be unknown.
+            raise bad_response(
+                "the stream ended before its end (a finish reason, but no usage and no [DONE]): "
+                "the answer was cut off"
+            )
         self.done = True
 
     def _add(self, text: Any, reasoning: Any) -> None:
@@ -83,6 +120,7 @@ class StreamFold:
                 self._meta[key] = event[key]
         if isinstance(event.get("usage"), dict):
             self._usage = event["usage"]
+            self._usage_seen = True
         # Each choice streams as ``choices[0]`` of its own chunks, told apart by ``index``:
         # only the first choice's (index 0, or none given) is the answer, never a mix.
         choices = event.get("choices")
@@ -155,11 +193,11 @@ class StreamFold:
                             self._add(part.get("text"), None)
                 if candidate.get("finishReason"):
                     self._finish = candidate["finishReason"]
-                    self.done = True
                 break
         elif as_dict(event.get("promptFeedback")).get("blockReason"):
             self._meta["promptFeedback"] = event["promptFeedback"]
-            self.done = True
+        # No end marker: the stream ends with its body (``body_ended``), so usage sent in
+        # a chunk after the finish is read, and a body cut after the finish is no answer.
 
     def body(self) -> dict[str, Any]:
         """The whole-answer body these events add up to (for the adapter's ``parse``)."""

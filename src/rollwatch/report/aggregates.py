@@ -39,6 +39,7 @@ _COUNTS = (
     "listed",
     "batch_paid_nusd",
     "batched",
+    "unpriced",
 )
 _SET = ", ".join(f"{c} = {c} + excluded.{c}" for c in _COUNTS)
 
@@ -69,8 +70,9 @@ class ReportAggregatesProjection(Projection):
     name = "report_aggregates"
     build_weight = 0.9
     # 2: agg_failures, agg_run_failures (the report's failures by cause); 3: agg_runs (the
-    # report by run makes a run's rows again only once the run changed)
-    version = 3
+    # report by run makes a run's rows again only once the run changed); 4: unpriced (answers
+    # whose cost is unknown: the report's cost is then unknown, else 0 where none was spent)
+    version = 4
     tables = (
         "agg_runs",
         "agg_rollouts",
@@ -105,7 +107,7 @@ class ReportAggregatesProjection(Projection):
         cost_nusd INTEGER NOT NULL, costed INTEGER NOT NULL,
         cost_scored_nusd INTEGER NOT NULL, costed_scored INTEGER NOT NULL,
         list_nusd INTEGER NOT NULL, listed INTEGER NOT NULL,
-        batch_paid_nusd INTEGER NOT NULL, batched INTEGER NOT NULL,
+        batch_paid_nusd INTEGER NOT NULL, batched INTEGER NOT NULL, unpriced INTEGER NOT NULL,
         PRIMARY KEY (provider, model, problem_id, run_id, served_model)
     );
     CREATE INDEX IF NOT EXISTS agg_cells_run ON agg_cells (run_id);
@@ -116,7 +118,7 @@ class ReportAggregatesProjection(Projection):
         cost_nusd INTEGER NOT NULL, costed INTEGER NOT NULL,
         cost_scored_nusd INTEGER NOT NULL, costed_scored INTEGER NOT NULL,
         list_nusd INTEGER NOT NULL, listed INTEGER NOT NULL,
-        batch_paid_nusd INTEGER NOT NULL, batched INTEGER NOT NULL,
+        batch_paid_nusd INTEGER NOT NULL, batched INTEGER NOT NULL, unpriced INTEGER NOT NULL,
         PRIMARY KEY (provider, model, served_model, problem_id)
     );
     CREATE TABLE IF NOT EXISTS agg_verdicts (
@@ -288,6 +290,7 @@ def _contribution(row: dict[str, Any]) -> tuple[int, ...]:
         int(costed or listed is not None),
         c if batched else 0,
         int(batched),
+        int(not costed and row["state"] in ("answered", "scored")),
     )
 
 

@@ -89,8 +89,9 @@ class Row:
 
     ``rollouts`` and ``passed`` count scored rollouts; ``unscored`` the others
     (in flight, awaiting a scorer, or failed at the provider). ``cost_usd`` is the
-    whole spend of the group, unscored rollouts included; ``cost_per_rollout`` the mean
-    cost of a scored one. The ``expected_*`` fields follow from this row's pass rate:
+    whole spend of the group's answers, unscored rollouts included: 0 when none has cost
+    anything yet (no answer so far), None only when an answer's cost is unknown (a model
+    without a price); ``cost_per_rollout`` the mean cost of a scored one with a known cost. The ``expected_*`` fields follow from this row's pass rate:
     on a ``--by problem`` row they are the rollouts and dollars to a first solution
     of that problem; on wider rows, the rollouts and dollars per pass.
 
@@ -220,6 +221,8 @@ class _Cell:
     costed_scored: int
     list_cost: float | None
     batch_paid: float | None
+    unpriced: int = 0
+    """Answers whose cost is unknown (their model had no price)."""
 
     def values(self) -> tuple[Any, ...]:
         """Every field, in order (what a row made from this cell depends on)."""
@@ -237,6 +240,7 @@ class _Cell:
             self.costed_scored,
             self.list_cost,
             self.batch_paid,
+            self.unpriced,
         )
 
 
@@ -249,7 +253,8 @@ SELECT provider, model, problem_id, run_id, served_model,
        SUM(CASE WHEN state = 'scored' THEN cost_usd END),
        SUM(state = 'scored' AND cost_usd IS NOT NULL),
        SUM(coalesce(list_cost_usd, cost_usd)),
-       SUM(CASE WHEN list_cost_usd IS NOT NULL THEN cost_usd END)
+       SUM(CASE WHEN list_cost_usd IS NOT NULL THEN cost_usd END),
+       SUM(state IN ('answered', 'scored') AND cost_usd IS NULL)
 FROM rollouts
 GROUP BY provider, model, problem_id, run_id, served_model
 """
@@ -270,7 +275,8 @@ SELECT o.provider, o.model, o.problem_id, o.run_id, o.served_model,
        SUM(CASE WHEN v.rollout_id IS NOT NULL THEN o.cost_usd END),
        SUM(v.rollout_id IS NOT NULL AND o.cost_usd IS NOT NULL),
        SUM(coalesce(o.list_cost_usd, o.cost_usd)),
-       SUM(CASE WHEN o.list_cost_usd IS NOT NULL THEN o.cost_usd END)
+       SUM(CASE WHEN o.list_cost_usd IS NOT NULL THEN o.cost_usd END),
+       SUM(o.state IN ('answered', 'scored') AND o.cost_usd IS NULL)
 FROM rollouts o LEFT JOIN v ON v.rollout_id = o.rollout_id
 WHERE o.problem_id = ?
 GROUP BY o.provider, o.model, o.problem_id, o.run_id, o.served_model
@@ -308,7 +314,10 @@ async def resolve_version(pdb: Fetcher, version: str) -> tuple[str, str]:
     return str(rows[0][0]), str(rows[0][1])
 
 
-_AGG_COLUMNS = "scored, passed, total, cost_nusd, costed, cost_scored_nusd, costed_scored, list_nusd, listed, batch_paid_nusd, batched"
+_AGG_COLUMNS = (
+    "scored, passed, total, cost_nusd, costed, cost_scored_nusd, costed_scored,"
+    " list_nusd, listed, batch_paid_nusd, batched, unpriced"
+)
 # The whole grouping (for --by run and the trend), from the maintained aggregates.
 _AGG_CELLS_SQL = (
     f"SELECT provider, model, problem_id, run_id, served_model, {_AGG_COLUMNS} FROM agg_cells WHERE total > 0"
@@ -345,7 +354,7 @@ def _agg_cell(row: tuple[Any, ...]) -> _Cell:
     provider, model, pid, run_id, served, scored, passed, total, cost, costed, cost_scored, costed_scored = (
         row[:12]
     )
-    list_cost, listed, batch_paid, batched = row[12:]
+    list_cost, listed, batch_paid, batched, unpriced = row[12:]
     return _Cell(
         provider,
         model,
@@ -360,6 +369,7 @@ def _agg_cell(row: tuple[Any, ...]) -> _Cell:
         costed_scored,
         list_cost / 1e9 if listed else None,
         batch_paid / 1e9 if batched else None,
+        unpriced,
     )
 
 
@@ -422,7 +432,10 @@ def _row(provider: str, model: str, cells: Sequence[_Cell], **ident: Any) -> Row
     ci = wilson(c, n)
     p10, p10n = mean_pass_at_k(counts, 10)
     p100, p100n = mean_pass_at_k(counts, 100)
-    cost = _sum_opt(cell.cost for cell in cells)
+    # What the group's answers cost: 0 where none has cost anything yet (no answer, or
+    # answers of a model priced at 0), unknown (None) once one answer's cost is unknown
+    # (its model had no price): a sum of the others would under-count it.
+    cost = None if any(cell.unpriced for cell in cells) else _sum_opt([*(c.cost for c in cells), 0.0])
     cost_per_rollout = _ratio(
         _sum_opt(cell.cost_scored for cell in cells), sum(cell.costed_scored for cell in cells)
     )
