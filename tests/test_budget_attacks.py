@@ -36,15 +36,20 @@ def run(cfg: Path) -> subprocess.CompletedProcess[str]:
         '{"prompt_tokens": 100, "completion_tokens": NaN}',
         '{"prompt_tokens": 100, "completion_tokens": "20"}',
         '{"prompt_tokens": 100, "completion_tokens": 1e400}',
+        '{"completion_tokens": 20}',
+        '{"prompt_tokens": null, "completion_tokens": 20}',
+        '{"prompt_tokens": 0, "completion_tokens": 20}',
     ],
-    ids=["null", "missing", "nan", "string", "infinite"],
+    ids=["null", "missing", "nan", "string", "infinite", "no-prompt", "null-prompt", "zero-prompt"],
 )
 def test_answers_without_a_count_of_their_tokens_count_the_most_they_could_cost(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, usage: str
 ) -> None:
     """An answer whose usage gives no output count cost what its tokens cost, unknown: the
     budget counts the most it could have (the reservation). Counted as nothing before, every
-    rollout of the run was requested whatever the budget."""
+    rollout of the run was requested whatever the budget. The same for an answer with no
+    count of its prompt's tokens (left out, null or 0: every request has a prompt): its
+    input was free before (session 28), 40 micro-dollars an answer."""
     monkeypatch.setenv("FAKE_PROVIDER_USAGE", usage)
     gen = _provider(tmp_path, 0.05)
     base_url, requests = next(gen)

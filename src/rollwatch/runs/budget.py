@@ -68,8 +68,8 @@ class Budget:
             log.warning(
                 "usage_unknown",
                 rollout_id=rollout_id,
-                consequence="the provider gave no output token count: the budget counts"
-                " the most such an answer could cost",
+                consequence="the provider gave no count of the output's or the prompt's tokens:"
+                " the budget counts the most such an answer could cost",
             )
 
     def enforceable(self, model: str) -> bool:

@@ -88,7 +88,7 @@ class AttemptRecorder:
     beyond its priced tokens. Recorded in the events (``budget_usd``), so that a run
     resumed after a restart counts it too."""
     unknown_usage: bool = False
-    """The answer gave no count of its output tokens."""
+    """The answer gave no count of its output tokens, or none of its prompt's."""
 
     async def append(self, *events: Event) -> None:
         """Append to the rollout's stream at the version we last saw; _TakenOver if it moved."""
@@ -144,9 +144,12 @@ class AttemptRecorder:
         """See ``AttemptLog.responded``; ``list_cost_usd`` for a batched answer (its
         cost at the synchronous prices)."""
         cost = cost_usd or 0.0
-        self.unknown_usage = not answer.usage.output_tokens and bool(answer.text or answer.reasoning)
-        # No count of what was generated: the cost is unknown, so the budget counts the
+        # No count of what was generated, or of the prompt (every request has one: a count
+        # of 0 is one the provider left out): the cost is unknown, so the budget counts the
         # most it could have been.
+        self.unknown_usage = (
+            not answer.usage.output_tokens and bool(answer.text or answer.reasoning)
+        ) or not answer.usage.input_tokens
         counted = self.reserved if self.unknown_usage and self.reserved > cost else None
         await self.append(
             RolloutResponded(
