@@ -644,11 +644,15 @@ async def test_a_node_whose_clock_steps_back_mid_run_decides_no_embargo_early(tm
         problems=passing_problems(tmp_path),
         cluster=FAST_LEASE,
         prefix=prefix,
+        # Every request held until both nodes are at work: node-b (slower to start under
+        # libfaketime) once joined after node-a had asked for every rollout (CI under load).
+        hold_after=0,
     ) as c:
         await c.both_at_work(each=1)
         tmp = offset.with_suffix(".tmp")
         tmp.write_text("-100d\n")
         os.replace(tmp, offset)
+        c.served.with_name(c.served.name + ".release").touch()
         [fin] = await c.until(120, "RunFinished")
         assert fin["status"] == "completed", fin
         by = {e["rollout_id"]: e["node"] for e in await c.events("RolloutRequested")}
