@@ -123,6 +123,10 @@ class Cluster:
                 await anyio.sleep(0.1)
         return evs
 
+    def release(self) -> None:
+        """Let the provider answer the requests it holds (``hold_after``), and all later ones."""
+        self.served.with_name(self.served.name + ".release").touch()
+
     async def both_at_work(self, each: int = 3) -> None:
         """Wait until every node has requested at least ``each`` rollouts."""
 
@@ -325,9 +329,12 @@ async def test_rollouts_spread_over_nodes_and_a_dead_nodes_work_is_taken_over(tm
     mid-run, the other takes its chunks over once their lease runs out and finishes the
     run; no rollout is answered or scored twice, and RunFinished is recorded once."""
     victim, survivor = "node-a", "node-b"
-    async with cluster(tmp_path, delay=0.3, rollouts=4, concurrency=2, cluster=FAST_LEASE) as c:
-        await c.both_at_work()
+    # Requests held until both nodes are at work (hold_after=0): under load one node could
+    # otherwise ask for every rollout before the other had started.
+    async with cluster(tmp_path, delay=0.3, rollouts=4, concurrency=2, cluster=FAST_LEASE, hold_after=0) as c:
+        await c.both_at_work(each=2)
         c.kill(victim)
+        c.release()
         killed_at = len(await c.events("RolloutRequested"))
         await c.until(90, "RunFinished")
         assert len(await c.events("RunStarted")) == 1
@@ -362,9 +369,12 @@ async def test_a_node_stopped_with_sigterm_hands_its_chunks_over_at_once(tmp_pat
     """SIGTERM to one of two daemons mid-run: it hands back its chunks and exits 0; the
     other finishes the run long before the (30 s) lease would have run out."""
     lease = '[cluster]\nlease = "30s"\nchunk = 1'
-    async with cluster(tmp_path, delay=0.3, grace="0", rollouts=4, concurrency=2, cluster=lease) as c:
-        await c.both_at_work()
+    async with cluster(
+        tmp_path, delay=0.3, grace="0", rollouts=4, concurrency=2, cluster=lease, hold_after=0
+    ) as c:
+        await c.both_at_work(each=2)
         assert await c.stop("node-a") == 0
+        c.release()
         [fin] = await c.until(25, "RunFinished")
         assert fin["status"] == "completed"
         assert fin["scored"] == 40
@@ -400,8 +410,11 @@ async def test_runs_survive_the_database_going_away(tmp_path: Path, outage: str)
     reach, then 200 again). The daemons stay up, and the run completes with every rollout
     answered once."""
     retry = "60s" if outage == "blips" else "1s"
-    async with cluster(tmp_path, delay=0.2, rollouts=4, concurrency=2, cluster=FAST_LEASE, retry=retry) as c:
-        await c.both_at_work()
+    async with cluster(
+        tmp_path, delay=0.2, rollouts=4, concurrency=2, cluster=FAST_LEASE, retry=retry, hold_after=0
+    ) as c:
+        await c.both_at_work(each=2)
+        c.release()
         db = c.url.rpartition("/")[2]
         terminate = (
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
@@ -652,7 +665,7 @@ async def test_a_node_whose_clock_steps_back_mid_run_decides_no_embargo_early(tm
         tmp = offset.with_suffix(".tmp")
         tmp.write_text("-100d\n")
         os.replace(tmp, offset)
-        c.served.with_name(c.served.name + ".release").touch()
+        c.release()
         [fin] = await c.until(120, "RunFinished")
         assert fin["status"] == "completed", fin
         by = {e["rollout_id"]: e["node"] for e in await c.events("RolloutRequested")}
