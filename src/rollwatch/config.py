@@ -36,6 +36,7 @@ from pydantic import (
     model_validator,
 )
 
+from rollwatch._sqlite_url import sqlite_file
 from rollwatch.errors import ConfigError, UsageError
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
@@ -240,14 +241,6 @@ def listen_host_problem(host: str) -> str | None:
     return None
 
 
-def _sqlite_file(url: str) -> Path:
-    """The file of a ``sqlite:`` URL (``sqlite:///abs`` is absolute, ``sqlite:rel`` relative)."""
-    rest = url.removeprefix("sqlite:")
-    if rest.startswith("//"):
-        rest = rest[2:]
-    return Path(os.path.expandvars(rest))
-
-
 class StoreConfig(_Strict):
     url: str = "sqlite:var/events.db"
     projections: FilePath | None = None
@@ -283,7 +276,7 @@ class StoreConfig(_Strict):
         else:
             # A folder or a FIFO: every command said "there is no event log", or serve and
             # run "unable to open database file" / "disk I/O error".
-            path = _sqlite_file(v)
+            path = sqlite_file(v)
             if path.is_dir():
                 raise ValueError(
                     f"{v!r} names a folder; name the log's file in it, e.g. sqlite:{path}/events.db"
@@ -304,7 +297,7 @@ class StoreConfig(_Strict):
         """The SQLite file of ``url`` (``sqlite:///abs`` is absolute, ``sqlite:rel`` relative)."""
         if not self.url.startswith("sqlite:"):
             return None
-        return _sqlite_file(self.url)
+        return sqlite_file(self.url)
 
     @property
     def projections_path(self) -> Path:
