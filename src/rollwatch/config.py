@@ -36,7 +36,6 @@ from pydantic import (
     model_validator,
 )
 
-from rollwatch._sqlite_url import sqlite_file
 from rollwatch.errors import ConfigError, UsageError
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
@@ -276,6 +275,8 @@ class StoreConfig(_Strict):
         else:
             # A folder or a FIFO: every command said "there is no event log", or serve and
             # run "unable to open database file" / "disk I/O error".
+            from rollwatch._sqlite_url import sqlite_file  # here: importing this module loads no other
+
             path = sqlite_file(v)
             if path.is_dir():
                 raise ValueError(
@@ -297,6 +298,8 @@ class StoreConfig(_Strict):
         """The SQLite file of ``url`` (``sqlite:///abs`` is absolute, ``sqlite:rel`` relative)."""
         if not self.url.startswith("sqlite:"):
             return None
+        from rollwatch._sqlite_url import sqlite_file
+
         return sqlite_file(self.url)
 
     @property
