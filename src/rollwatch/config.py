@@ -240,14 +240,6 @@ def listen_host_problem(host: str) -> str | None:
     return None
 
 
-def _sqlite_file(url: str) -> Path:
-    """The file of a ``sqlite:`` URL (``sqlite:///abs`` is absolute, ``sqlite:rel`` relative)."""
-    rest = url.removeprefix("sqlite:")
-    if rest.startswith("//"):
-        rest = rest[2:]
-    return Path(os.path.expandvars(rest))
-
-
 class StoreConfig(_Strict):
     url: str = "sqlite:var/events.db"
     projections: FilePath | None = None
@@ -283,7 +275,9 @@ class StoreConfig(_Strict):
         else:
             # A folder or a FIFO: every command said "there is no event log", or serve and
             # run "unable to open database file" / "disk I/O error".
-            path = _sqlite_file(v)
+            from rollwatch._sqlite_url import sqlite_file  # here: importing this module loads no other
+
+            path = sqlite_file(v)
             if path.is_dir():
                 raise ValueError(
                     f"{v!r} names a folder; name the log's file in it, e.g. sqlite:{path}/events.db"
@@ -304,7 +298,9 @@ class StoreConfig(_Strict):
         """The SQLite file of ``url`` (``sqlite:///abs`` is absolute, ``sqlite:rel`` relative)."""
         if not self.url.startswith("sqlite:"):
             return None
-        return _sqlite_file(self.url)
+        from rollwatch._sqlite_url import sqlite_file
+
+        return sqlite_file(self.url)
 
     @property
     def projections_path(self) -> Path:

@@ -28,6 +28,23 @@ def test_the_mode_crosses_to_the_worker() -> None:
     assert ScrubTarget.from_json(bg.to_json()) == bg
 
 
+@pytest.mark.parametrize("url", ["sqlite:events.db", "sqlite:///abs/$HOME/events.db", "sqlite://rel/e.db"])
+def test_the_pass_opens_the_log_as_the_configuration_would(url: str) -> None:
+    """The pass opens its log without the configuration (pydantic, imported by each pass
+    anew): the same file, read-only, with the same busy timeout as ``StoreConfig`` gives."""
+    from rollwatch.config import StoreConfig
+    from rollwatch.store import open_store, open_store_url
+
+    mine, theirs = open_store_url(url, read_only=True), open_store(StoreConfig(url=url), read_only=True)
+    assert isinstance(mine, SQLiteEventStore)
+    assert isinstance(theirs, SQLiteEventStore)
+    assert (mine.path, mine.read_only, mine.busy_timeout) == (
+        theirs.path,
+        theirs.read_only,
+        theirs.busy_timeout,
+    )
+
+
 @pytest.mark.parametrize("background", [True, False], ids=["background", "at-start"])
 async def test_either_mode_finds_an_edited_event(tmp_path: Path, background: bool) -> None:
     db = tmp_path / "events.db"

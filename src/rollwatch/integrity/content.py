@@ -13,12 +13,12 @@ from __future__ import annotations
 
 
 async def _main(store_url: str) -> int:
-    from rollwatch.config import StoreConfig
     from rollwatch.integrity._worker import reported
     from rollwatch.integrity.verify import content_pass
-    from rollwatch.store import open_store
+    from rollwatch.store import open_store_url
 
-    async with open_store(StoreConfig(url=store_url), read_only=True) as store:
+    # Not through the configuration: its import (pydantic) cost this process a third of its CPU.
+    async with open_store_url(store_url, read_only=True) as store:
         events, status = await reported(content_pass(store))
     if events is not None:
         print(f"ok {events}", flush=True)

@@ -112,14 +112,13 @@ async def scrub_once(
     indexes are: so an index found not to match its rows still has them compared).
     """
     found: dict[int, str] = {}
-    from rollwatch.config import StoreConfig
-    from rollwatch.store import open_store
+    from rollwatch.store import open_store_url
 
     kept = await anyio.to_thread.run_sync(read_kept, target.witness)
     read = 0  # the last seq read and checked
     try:
         async with (
-            open_store(StoreConfig(url=target.store_url), read_only=True) as store,
+            open_store_url(target.store_url, read_only=True) as store,
             contextlib.AsyncExitStack() as stack,
         ):
             tree = await _tree_or_none(stack, target.tree)
