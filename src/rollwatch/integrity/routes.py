@@ -39,9 +39,19 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from rollwatch.abc import EventStore
-from rollwatch.errors import BadRequest, EntryTooLong, Forbidden, InvalidProof, NotFound, TilePathError
+from rollwatch.errors import (
+    BadRequest,
+    EntryTooLong,
+    Forbidden,
+    InvalidProof,
+    NotFound,
+    ServiceUnavailable,
+    TilePathError,
+)
 from rollwatch.events import CHECKPOINT_STREAM, CheckpointKeyRotated, Recorded
 from rollwatch.integrity.checkpoint import b64
+from rollwatch.integrity.checkpointer import record_differs
+from rollwatch.integrity.health import Health
 from rollwatch.integrity.merkle import leaf_hash
 from rollwatch.integrity.tiles import (
     FULL_CACHE,
@@ -50,7 +60,7 @@ from rollwatch.integrity.tiles import (
     hash_tile,
     parse_tile_path,
 )
-from rollwatch.integrity.tree import MerkleTree
+from rollwatch.integrity.tree import MerkleTree, StoredCheckpoint
 from rollwatch.web.access import Operators
 from rollwatch.web.params import ConsistencyQuery, InclusionQuery
 
@@ -62,6 +72,57 @@ async def signed_size(tree: MerkleTree) -> int:
     routes serve proofs and hash tiles for."""
     latest = await tree.latest_checkpoint()
     return latest.size if latest is not None else 0
+
+
+class ServedCheckpoint:
+    """The latest checkpoint as ``/public/checkpoint`` and ``/checkpoint`` serve it: the tree's
+    record, checked against the log's ``CheckpointSigned`` event at its seq (once per record), and
+    never while a finding says ``merkle.db`` was edited.
+
+    The tree keeps its own copy of each checkpoint, and its latest was served as it stood: a
+    note edited there (or a row added past the log's head) was served until a restart, and a
+    finding of the scrub's changed nothing in what the routes served. A record that is not the
+    log's is now a finding (``health``) and a 503, as is any record while such a finding holds
+    (a deleted latest row leaves an older, genuine note: the tree is still not to be believed).
+    """
+
+    def __init__(self, tree: MerkleTree, store: EventStore | None, health: Health | None) -> None:
+        self.tree = tree
+        self.store = store
+        self.health = health
+        self._checked: StoredCheckpoint | None = None
+
+    async def latest(self) -> StoredCheckpoint:
+        """The record to serve; NotFound before the first, ServiceUnavailable when known bad."""
+        latest = await self.tree.latest_checkpoint()
+        if latest is None:
+            raise NotFound("no checkpoint has been signed yet", _NO_STORE)
+        self.withheld()
+        if self.store is not None and latest != self._checked:
+            error = await record_differs(
+                self.store, self.tree, latest.seq, (latest.size, latest.root, latest.note)
+            )
+            if error is not None:
+                if self.health is not None:
+                    self.health.tampered(error, found_by="checkpoint route")
+                raise ServiceUnavailable(
+                    "the latest checkpoint is withheld: the Merkle tree's record of it is not the log's signed"
+                    " checkpoint (tampering); the operator is told (/healthz)",
+                    _NO_STORE,
+                )
+            self._checked = latest
+            self.withheld()  # a finding made while the log was read
+        return latest
+
+    def withheld(self) -> None:
+        """ServiceUnavailable while a finding says ``merkle.db`` was edited (proofs and hash tiles
+        are read from it too, and cut at its record's size)."""
+        if self.health is not None and self.health.tree_untrusted:
+            raise ServiceUnavailable(
+                "the latest checkpoint is withheld: the Merkle tree (merkle.db) was found edited, so neither"
+                " its record of the checkpoint nor its proofs and tiles are served; the operator is told (/healthz)",
+                _NO_STORE,
+            )
 
 
 def _within_signed(name: str, size: int, signed: int) -> None:
@@ -77,18 +138,19 @@ def integrity_routes(
     vkey: str | Callable[[], str],
     store: EventStore | None = None,
     cosigned: Callable[[str], str] | None = None,
+    served: ServedCheckpoint | None = None,
 ) -> list[Route]:
     """The public routes, serving ``tree``, the verifier key ``vkey`` (the key in force
     when a callable: it changes at a rotation) and the key rotations ``store`` holds.
 
-    ``cosigned`` adds the witnesses' cosignatures to the latest checkpoint's note.
+    ``cosigned`` adds the witnesses' cosignatures to the latest checkpoint's note;
+    ``served`` checks the note before it is served (default: against ``store``).
     """
     current_key = vkey if callable(vkey) else (lambda: vkey)
+    served = served or ServedCheckpoint(tree, store, None)
 
     async def checkpoint(_: Request) -> Response:
-        latest = await tree.latest_checkpoint()
-        if latest is None:
-            raise NotFound("no checkpoint has been signed yet", _NO_STORE)
+        latest = await served.latest()
         note = cosigned(latest.note) if cosigned is not None else latest.note
         return PlainTextResponse(note, headers=_NO_STORE)
 
@@ -122,6 +184,7 @@ def integrity_routes(
         old, new = q.from_, q.to
         if old > new:
             raise BadRequest(f"from={old} is larger than to={new}")
+        served.withheld()
         _within_signed("to", new, await signed_size(tree))
         try:
             path = await tree.consistency_proof(old, new)
@@ -134,6 +197,7 @@ def integrity_routes(
         seq, size = q.seq, q.size
         if seq > size:
             raise BadRequest(f"event {seq} is not in a tree of size {size}")
+        served.withheld()
         _within_signed("size", size, await signed_size(tree))
         try:
             path = await tree.inclusion_proof(seq - 1, size)
@@ -165,18 +229,19 @@ def tlog_routes(
     store: EventStore,
     operators: Operators | None = None,
     cosigned: Callable[[str], str] | None = None,
+    served: ServedCheckpoint | None = None,
 ) -> list[Route]:
     """``/checkpoint``, ``/tile/...`` and ``/tile/entries/...`` (C2SP tlog-tiles) over ``tree``.
 
     Entry bundles go only to the operator, as ``operators`` decides (default:
-    loopback peers); ``cosigned`` adds the witnesses' cosignatures to the checkpoint.
+    loopback peers); ``cosigned`` adds the witnesses' cosignatures to the checkpoint;
+    ``served`` checks the note before it is served (default: against ``store``).
     """
     gate = operators or Operators()
+    served = served or ServedCheckpoint(tree, store, None)
 
     async def checkpoint(_: Request) -> Response:
-        latest = await tree.latest_checkpoint()
-        if latest is None:
-            raise NotFound("no checkpoint has been signed yet", _NO_STORE)
+        latest = await served.latest()
         note = cosigned(latest.note) if cosigned is not None else latest.note
         return PlainTextResponse(note, headers=_NO_STORE)
 
@@ -199,6 +264,7 @@ def tlog_routes(
                     )
                 body = await entry_bundle(store, t, await tree.current_size())
             else:
+                served.withheld()
                 body = await hash_tile(tree, t, size=await signed_size(tree))
         except InvalidProof as e:
             raise NotFound(f"{t.path()} is not in the tree yet: {e}", _NO_STORE) from None
