@@ -6,6 +6,7 @@ asking by IP address. Each test here failed before its fix."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import subprocess
 from collections.abc import Iterator
@@ -131,7 +132,8 @@ class TestHealthzForOutsiders:
 class TestCheckpointKnownBad:
     """After a check found ``merkle.db``'s copy of the checkpoints edited, ``/public/checkpoint``
     (and ``/checkpoint``) went on serving the edited note, pass after pass, while ``/healthz`` said
-    tampered. A note the daemon knows is bad is now a 503, and ``/healthz`` says it is withheld."""
+    tampered. A record that is neither the log's event nor a note of ours for its size and root is
+    now a 503 from the first request, and ``/healthz`` says the checkpoint is withheld."""
 
     def test_a_forged_note_is_never_served(self, site: tuple[Site, subprocess.Popen[str]]) -> None:
         s, _ = site
@@ -152,25 +154,48 @@ class TestCheckpointKnownBad:
         outside = _health(s, REMOTE).json()
         assert outside["status"] == "tampered", outside
         assert WITHHELD in outside["reasons"], outside
-        # The proofs and hash tiles read from the same file are withheld too.
+        # The proofs and hash tiles, cut at that record's size, are withheld too.
         for path in ("/public/proof/inclusion?seq=1&size=1", "/public/proof/consistency?from=1&to=2"):
             assert httpx.get(s.url + path, headers=REMOTE).status_code == 503, path
 
-    def test_a_deleted_record_once_found_is_not_served(
+    def test_a_row_past_the_head_cuts_no_proof(self, site: tuple[Site, subprocess.Popen[str]]) -> None:
+        """A row added past the log's head with the latest genuine note and one more event: the
+        note verifies, but not for the record's size, at which the proofs and tiles were cut."""
+        s, _ = site
+        seq, size, root, note = _tree_rows(s)[-1]
+        _tree_sql(s, "INSERT INTO tree_checkpoints VALUES (?, ?, ?, ?)", (seq + 1000, size + 1, root, note))
+        for path in ("/public/checkpoint", "/checkpoint", f"/public/proof/inclusion?seq=1&size={size + 1}"):
+            r = httpx.get(s.url + path, headers=REMOTE)
+            assert r.status_code == 503, (path, r.status_code, r.text)
+        body = _health(s).json()
+        assert body["first_bad_seq"] == seq + 1000, body
+        assert WITHHELD in body["reasons"], body
+
+    def test_a_deleted_record_leaves_the_genuine_note_before_it(
         self, site: tuple[Site, subprocess.Popen[str]]
     ) -> None:
-        """The latest row deleted: the note left is an older, genuine one, so no look at one record
-        tells; the scrub finds the row missing, and from then on nothing of the tree is served."""
+        """Held: the latest row deleted leaves the one before, the log's own signed note, which is
+        served (what was public stays served) while the scrub names the deleted row."""
         s, _ = site
-        seq = _tree_rows(s)[-1][0]
+        rows = _tree_rows(s)
+        seq = rows[-1][0]
         _tree_sql(s, "DELETE FROM tree_checkpoints WHERE seq = ?", (seq,))
-        _poll(
-            lambda: httpx.get(s.url + "/public/checkpoint", headers=REMOTE).status_code == 503,
+        got = _poll(
+            lambda: (r := _health(s)).status_code == 503 and r.json().get("first_bad_seq") == seq and r,
             60,
-            "/public/checkpoint to be withheld once the scrub finds the record missing",
+            "the scrub to name the deleted record",
         )
-        body = _health(s).json()
-        assert body["status"] == "tampered", body
-        assert body["first_bad_seq"] == seq, body
-        assert WITHHELD in body["reasons"], body
-        assert any("merkle.db was edited" in why for why in body["reasons"]), body
+        assert isinstance(got, httpx.Response)
+        assert any("merkle.db was edited" in why for why in got.json()["reasons"]), got.json()
+        r = httpx.get(s.url + "/public/checkpoint", headers=REMOTE)
+        assert r.status_code == 200, r.text
+        con = sqlite3.connect(s.db)
+        try:
+            logged = [
+                json.loads(d)["note"]
+                for (d,) in con.execute("SELECT data FROM events WHERE type = 'CheckpointSigned'")
+            ]
+        finally:
+            con.close()
+        assert r.text in logged, (r.text, logged)
+        assert r.text != rows[-1][3]

@@ -18,8 +18,7 @@ log = get_logger(__name__)
 
 TREE_EDITED = "merkle.db was edited"
 """Words every finding of an edited ``merkle.db`` carries (``verify``'s, the scrub's, the signer's
-and the checkpoint routes'): while such a finding holds, the tree's record of the latest
-checkpoint is not served (:attr:`Health.tree_untrusted`)."""
+and the checkpoint routes')."""
 
 TAMPERED_PUBLIC = "the log or its Merkle tree was found changed since it was written (tampering)"
 """What anyone but the operator reads on ``/healthz`` for the findings themselves: which seq, which
@@ -28,9 +27,9 @@ event under embargo holds)."""
 
 WITHHELD = (
     "the latest checkpoint is withheld: /public/checkpoint, /checkpoint, the proofs and the hash tiles"
-    " answer 503, since the Merkle tree (merkle.db) was found edited; rebuild the tree and restart"
+    " answer 503, since the Merkle tree's record of it is not a checkpoint this log signed"
 )
-"""The reason ``/healthz`` gives while :attr:`Health.tree_untrusted` (to anyone: it names no file)."""
+"""The reason ``/healthz`` gives while :attr:`Health.withheld` (to anyone: it names no file)."""
 
 _WATCHES_PUBLIC = {
     "scrub": "the log is not being re-checked (the scrub cannot run)",
@@ -51,6 +50,9 @@ class Health:
     """The witnesses that refused a checkpoint, with what that means
     (:meth:`~rollwatch.integrity.witnessing.Witnessing.refusal_reasons`): each makes
     ``/healthz`` degraded. Not a finding in the log itself, so signing and releases go on."""
+    withheld: str | None = None
+    """The latest checkpoint record the checkpoint routes refuse to serve (``seq N``), while they
+    do (:class:`rollwatch.integrity.routes.ServedCheckpoint`): ``/healthz`` says so."""
     stalled: dict[str, str] = field(default_factory=dict)
     """A watch that cannot do its work now (the scrub, the signer), with why: each makes
     ``/healthz`` degraded until its next success. Not a finding either: a pass that cannot
@@ -62,12 +64,6 @@ class Health:
     def ok(self) -> bool:
         """True while no check has found the log tampered with."""
         return not self.reasons
-
-    @property
-    def tree_untrusted(self) -> bool:
-        """Whether a finding says ``merkle.db`` itself was edited: its record of the latest
-        checkpoint, which ``/public/checkpoint`` and ``/checkpoint`` serve, is then not served."""
-        return any(TREE_EDITED in r for r in self.reasons)
 
     def note(self, error: IntegrityError, *, found_by: str) -> None:
         """Record a finding at once (everything that checks :attr:`ok` stops); log it with :meth:`report`."""
@@ -108,7 +104,7 @@ class Health:
         they are; to anyone else (``operator=False``) the status and what kind of trouble only
         (a finding's words name files, seqs and what differs; a watch's error quotes paths and
         the store's messages; a witness's error its URL and the network's words)."""
-        withheld = [WITHHELD] if self.tree_untrusted else []
+        withheld = [WITHHELD] if self.withheld is not None else []
         out: dict[str, object]
         if self.ok:
             out = {"status": "ok"}

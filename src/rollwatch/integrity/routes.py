@@ -43,13 +43,14 @@ from rollwatch.errors import (
     BadRequest,
     EntryTooLong,
     Forbidden,
+    InvalidNote,
     InvalidProof,
     NotFound,
     ServiceUnavailable,
     TilePathError,
 )
 from rollwatch.events import CHECKPOINT_STREAM, CheckpointKeyRotated, Recorded
-from rollwatch.integrity.checkpoint import b64
+from rollwatch.integrity.checkpoint import NoteVerifier, b64
 from rollwatch.integrity.checkpointer import record_differs
 from rollwatch.integrity.health import Health
 from rollwatch.integrity.merkle import leaf_hash
@@ -75,54 +76,73 @@ async def signed_size(tree: MerkleTree) -> int:
 
 
 class ServedCheckpoint:
-    """The latest checkpoint as ``/public/checkpoint`` and ``/checkpoint`` serve it: the tree's
-    record, checked against the log's ``CheckpointSigned`` event at its seq (once per record), and
-    never while a finding says ``merkle.db`` was edited.
+    """The latest checkpoint as ``/public/checkpoint`` and ``/checkpoint`` serve it (and the size
+    the public proofs and hash tiles are cut at): the tree's record, checked once per record.
 
-    The tree keeps its own copy of each checkpoint, and its latest was served as it stood: a
-    note edited there (or a row added past the log's head) was served until a restart, and a
-    finding of the scrub's changed nothing in what the routes served. A record that is not the
-    log's is now a finding (``health``) and a 503, as is any record while such a finding holds
-    (a deleted latest row leaves an older, genuine note: the tree is still not to be believed).
+    The tree keeps its own copy of each checkpoint, and its latest was served as it stood: a note
+    edited there (its signature changed) was served, as was a row added past the log's head (and
+    proofs cut at its size), while ``/healthz`` said tampered. A record is now served when it is
+    the log's ``CheckpointSigned`` event at its seq, or else a note of ours that verifies and says
+    the record's size and root (the log lost or changed that event: what was public stays served);
+    any other record is a finding (``health``) and a 503, and ``/healthz`` says it is withheld.
     """
 
-    def __init__(self, tree: MerkleTree, store: EventStore | None, health: Health | None) -> None:
+    def __init__(
+        self,
+        tree: MerkleTree,
+        store: EventStore | None,
+        health: Health | None = None,
+        vkey: Callable[[], str] | None = None,
+    ) -> None:
         self.tree = tree
         self.store = store
         self.health = health
+        self.vkey = vkey
         self._checked: StoredCheckpoint | None = None
+        self._refused: StoredCheckpoint | None = None
 
     async def latest(self) -> StoredCheckpoint:
         """The record to serve; NotFound before the first, ServiceUnavailable when known bad."""
         latest = await self.tree.latest_checkpoint()
         if latest is None:
             raise NotFound("no checkpoint has been signed yet", _NO_STORE)
-        self.withheld()
-        if self.store is not None and latest != self._checked:
+        if self.store is None or latest == self._checked:
+            return latest
+        if latest != self._refused:
             error = await record_differs(
                 self.store, self.tree, latest.seq, (latest.size, latest.root, latest.note)
             )
-            if error is not None:
+            if error is None or self._genuine(latest):
+                self._checked = latest
                 if self.health is not None:
-                    self.health.tampered(error, found_by="checkpoint route")
-                raise ServiceUnavailable(
-                    "the latest checkpoint is withheld: the Merkle tree's record of it is not the log's signed"
-                    " checkpoint (tampering); the operator is told (/healthz)",
-                    _NO_STORE,
-                )
-            self._checked = latest
-            self.withheld()  # a finding made while the log was read
-        return latest
+                    self.health.withheld = None
+                return latest
+            self._refused = latest
+            if self.health is not None:
+                self.health.withheld = f"seq {latest.seq}"
+                self.health.tampered(error, found_by="checkpoint route")
+        raise ServiceUnavailable(
+            "the latest checkpoint is withheld: the Merkle tree's record of it is not a checkpoint this log"
+            " signed (tampering); the operator is told (/healthz)",
+            _NO_STORE,
+        )
 
-    def withheld(self) -> None:
-        """ServiceUnavailable while a finding says ``merkle.db`` was edited (proofs and hash tiles
-        are read from it too, and cut at its record's size)."""
-        if self.health is not None and self.health.tree_untrusted:
-            raise ServiceUnavailable(
-                "the latest checkpoint is withheld: the Merkle tree (merkle.db) was found edited, so neither"
-                " its record of the checkpoint nor its proofs and tiles are served; the operator is told (/healthz)",
-                _NO_STORE,
-            )
+    async def size(self) -> int:
+        """The latest checkpoint's size (0 before the first); ServiceUnavailable when known bad."""
+        try:
+            return (await self.latest()).size
+        except NotFound:
+            return 0
+
+    def _genuine(self, record: StoredCheckpoint) -> bool:
+        """Whether ``record``'s note is signed by the key in force and says its size and root."""
+        if self.vkey is None:
+            return False
+        try:
+            cp = NoteVerifier.from_vkey(self.vkey()).open_checkpoint(record.note)
+        except (InvalidNote, ValueError):
+            return False
+        return (cp.size, b64(cp.root)) == (record.size, record.root)
 
 
 def _within_signed(name: str, size: int, signed: int) -> None:
@@ -147,7 +167,7 @@ def integrity_routes(
     ``served`` checks the note before it is served (default: against ``store``).
     """
     current_key = vkey if callable(vkey) else (lambda: vkey)
-    served = served or ServedCheckpoint(tree, store, None)
+    served = served or ServedCheckpoint(tree, store, None, current_key)
 
     async def checkpoint(_: Request) -> Response:
         latest = await served.latest()
@@ -184,8 +204,7 @@ def integrity_routes(
         old, new = q.from_, q.to
         if old > new:
             raise BadRequest(f"from={old} is larger than to={new}")
-        served.withheld()
-        _within_signed("to", new, await signed_size(tree))
+        _within_signed("to", new, await served.size())
         try:
             path = await tree.consistency_proof(old, new)
         except InvalidProof as e:
@@ -197,8 +216,7 @@ def integrity_routes(
         seq, size = q.seq, q.size
         if seq > size:
             raise BadRequest(f"event {seq} is not in a tree of size {size}")
-        served.withheld()
-        _within_signed("size", size, await signed_size(tree))
+        _within_signed("size", size, await served.size())
         try:
             path = await tree.inclusion_proof(seq - 1, size)
             [leaf] = await tree.leaf_hashes(seq - 1, seq)
@@ -264,8 +282,7 @@ def tlog_routes(
                     )
                 body = await entry_bundle(store, t, await tree.current_size())
             else:
-                served.withheld()
-                body = await hash_tile(tree, t, size=await signed_size(tree))
+                body = await hash_tile(tree, t, size=await served.size())
         except InvalidProof as e:
             raise NotFound(f"{t.path()} is not in the tree yet: {e}", _NO_STORE) from None
         except EntryTooLong as e:

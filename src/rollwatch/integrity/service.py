@@ -102,7 +102,7 @@ class Integrity:
         """``/public/checkpoint``, ``/public/key``, ``/public/key/rotations``, ``/public/proof/*``, and the tlog-tiles routes
         (``/checkpoint``, ``/tile/...``; entry bundles for the operator, as ``operators`` decides)."""
         cosigned = self.witnessing.cosigned if self.witnessing is not None else None
-        served = ServedCheckpoint(self.tree, self.store, self.health)
+        served = ServedCheckpoint(self.tree, self.store, self.health, lambda: self.signer.vkey)
         return [
             *integrity_routes(self.tree, lambda: self.signer.vkey, self.store, cosigned, served),
             *tlog_routes(self.tree, self.store, operators, cosigned, served),
