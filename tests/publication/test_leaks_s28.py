@@ -177,6 +177,14 @@ class TestCheckpointKnownBad:
         """Held: the latest row deleted leaves the one before, the log's own signed note, which is
         served (what was public stays served) while the scrub names the deleted row."""
         s, _ = site
+        before = len(_tree_rows(s))
+
+        async def more() -> None:
+            async with SQLiteEventStore(s.db) as store:
+                await append_n(store, 6, tag="s28-more")
+
+        anyio.run(more)  # a checkpoint more, so that one is left once the latest row is gone
+        _poll(lambda: len(_tree_rows(s)) > max(before, 1), 60, "a checkpoint of the new events")
         rows = _tree_rows(s)
         seq = rows[-1][0]
         _tree_sql(s, "DELETE FROM tree_checkpoints WHERE seq = ?", (seq,))
