@@ -855,10 +855,19 @@ class Daemon:
             health=integrity.health,
             cannot_run=lambda: cannot_run(self.config, svc.providers, svc.problem_sets),
             status=self.projection_status,
+            # Each as (what anyone may read, what the operator reads): the store's errors name
+            # its file or URL, the clock's the seconds it is off.
             failing=lambda: [
-                *([f"the log refuses appends: {e}"] if (e := svc.store.append_failing) else []),
-                *([u] if (u := svc.store.unreachable) else []),
-                *(self.clock.reasons() if self.clock is not None else []),
+                *(
+                    [("the log refuses appends", f"the log refuses appends: {e}")]
+                    if (e := svc.store.append_failing)
+                    else []
+                ),
+                *([("the database is out of reach", u)] if (u := svc.store.unreachable) else []),
+                *(
+                    (f"{r.partition(':')[0]}: releases held", r)
+                    for r in (self.clock.reasons() if self.clock is not None else [])
+                ),
             ],
         )
 

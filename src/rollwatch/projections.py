@@ -316,10 +316,14 @@ class ProjectionDB:
         catch-up per event (bench_scale, 200k), so when three quarters are left."""
         return self.split_from is not None and head >= self.split_from and (head - applied) * 4 >= head * 3
 
-    def not_building(self) -> None:
+    def not_building(self, *, detail: bool = True) -> None:
         """ServiceUnavailable (503, ``Retry-After``, how far) while :meth:`build` runs: the
         tables would answer with data that is not current. Every route that reads them
-        (feed, report, public page, console) calls this first."""
+        (feed, report, public page, console) calls this first.
+
+        ``detail=False`` (the public routes): how far in percent only, not the seq applied and
+        the log's head (its live length: how many events were appended under embargo since
+        the latest checkpoint), nor the rate (times the time left, the same)."""
         if self.ready:
             return
         prog = self.progress
@@ -327,7 +331,9 @@ class ProjectionDB:
         eta = f.get("eta_s")
         eta_s = math.ceil(eta) if isinstance(eta, float | int) else None
         retry = min(60, max(1, eta_s)) if eta_s is not None else 5
-        if f.get("phase") == "catching up":
+        if f.get("phase") == "catching up" and not detail:
+            state = f"{f['percent']}%" + (f", about {eta_s} s left" if eta_s is not None else "")
+        elif f.get("phase") == "catching up":
             rate = f.get("events_per_s")
             state = (
                 f"{f['percent']}% (seq {f['seq']} of {f['head']}"

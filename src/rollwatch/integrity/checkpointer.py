@@ -44,7 +44,7 @@ from rollwatch.integrity.checkpoint import (
     split_note,
     write_file_atomically,
 )
-from rollwatch.integrity.health import Health
+from rollwatch.integrity.health import TREE_EDITED, Health
 from rollwatch.integrity.merkle import leaf_hash, verify_consistency
 from rollwatch.integrity.rotation import KeyRing
 from rollwatch.integrity.tree import MerkleTree, checkpoint_fields
@@ -57,6 +57,28 @@ _RETRY_S = 5.0
 
 STREAM = CHECKPOINT_STREAM
 """The log stream that holds the CheckpointSigned events."""
+
+
+async def record_differs(
+    store: EventStore, tree: MerkleTree, seq: int, recorded: tuple[int, str, str]
+) -> IntegrityError | None:
+    """None when the tree's record of the checkpoint at ``seq`` (size, root, note) is the log's
+    ``CheckpointSigned`` event there, else the finding: the public routes serve that record.
+    When they differ, the one whose leaf the tree absorbed when it was appended is the log's
+    event as written."""
+    rec = (await store.read_at([seq])).get(seq)
+    if rec is not None and rec.type == CheckpointSigned.TYPE and checkpoint_fields(rec.data_json) == recorded:
+        return None
+    absorbed = await tree.leaf_hashes(seq - 1, seq) if rec is not None else []
+    if rec is not None and absorbed != [leaf_hash(rec.canonical())]:
+        return IntegrityError(
+            seq, "its content differs from what the Merkle tree absorbed when it was appended"
+        )
+    return IntegrityError(
+        seq,
+        f"the Merkle tree's record of the checkpoint at seq {seq} differs from the log's CheckpointSigned "
+        f"event: {TREE_EDITED}, and /checkpoint and the proofs are served from that record; rebuild the tree",
+    )
 
 
 class Checkpointer:
@@ -156,26 +178,10 @@ class Checkpointer:
 
     async def _recorded_as_logged(self, seq: int, recorded: tuple[int, str, str]) -> None:
         """The tree's record of the checkpoint at ``seq`` (size, root, note) must be the log's
-        event there: the public routes serve that record. When they differ, the one whose
-        leaf the tree absorbed when it was appended is the log's event as written."""
-        rec = (await self.store.read_at([seq])).get(seq)
-        if (
-            rec is not None
-            and rec.type == CheckpointSigned.TYPE
-            and checkpoint_fields(rec.data_json) == recorded
-        ):
-            return
-        absorbed = await self.tree.leaf_hashes(seq - 1, seq) if rec is not None else []
-        if rec is not None and absorbed != [leaf_hash(rec.canonical())]:
-            raise self._refuse(
-                seq, "its content differs from what the Merkle tree absorbed when it was appended"
-            )
-        raise self._refuse(
-            seq,
-            f"the Merkle tree's record of the checkpoint at seq {seq} differs from the log's CheckpointSigned "
-            "event: merkle.db was edited, and /checkpoint and the proofs are served from that record; "
-            "rebuild the tree",
-        )
+        event there: the public routes serve that record (see :func:`record_differs`)."""
+        error = await record_differs(self.store, self.tree, seq, recorded)
+        if error is not None:
+            raise self._refuse(error.seq, error.reason)
 
     def _refuse(self, seq: int, reason: str) -> IntegrityError:
         log.error("checkpoint_refused", seq=seq, reason=reason)

@@ -39,9 +39,20 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from rollwatch.abc import EventStore
-from rollwatch.errors import BadRequest, EntryTooLong, Forbidden, InvalidProof, NotFound, TilePathError
+from rollwatch.errors import (
+    BadRequest,
+    EntryTooLong,
+    Forbidden,
+    InvalidNote,
+    InvalidProof,
+    NotFound,
+    ServiceUnavailable,
+    TilePathError,
+)
 from rollwatch.events import CHECKPOINT_STREAM, CheckpointKeyRotated, Recorded
-from rollwatch.integrity.checkpoint import b64
+from rollwatch.integrity.checkpoint import NoteVerifier, b64
+from rollwatch.integrity.checkpointer import record_differs
+from rollwatch.integrity.health import Health
 from rollwatch.integrity.merkle import leaf_hash
 from rollwatch.integrity.tiles import (
     FULL_CACHE,
@@ -50,7 +61,7 @@ from rollwatch.integrity.tiles import (
     hash_tile,
     parse_tile_path,
 )
-from rollwatch.integrity.tree import MerkleTree
+from rollwatch.integrity.tree import MerkleTree, StoredCheckpoint
 from rollwatch.web.access import Operators
 from rollwatch.web.params import ConsistencyQuery, InclusionQuery
 
@@ -62,6 +73,76 @@ async def signed_size(tree: MerkleTree) -> int:
     routes serve proofs and hash tiles for."""
     latest = await tree.latest_checkpoint()
     return latest.size if latest is not None else 0
+
+
+class ServedCheckpoint:
+    """The latest checkpoint as ``/public/checkpoint`` and ``/checkpoint`` serve it (and the size
+    the public proofs and hash tiles are cut at): the tree's record, checked once per record.
+
+    The tree keeps its own copy of each checkpoint, and its latest was served as it stood: a note
+    edited there (its signature changed) was served, as was a row added past the log's head (and
+    proofs cut at its size), while ``/healthz`` said tampered. A record is now served when it is
+    the log's ``CheckpointSigned`` event at its seq, or else a note of ours that verifies and says
+    the record's size and root (the log lost or changed that event: what was public stays served);
+    any other record is a finding (``health``) and a 503, and ``/healthz`` says it is withheld.
+    """
+
+    def __init__(
+        self,
+        tree: MerkleTree,
+        store: EventStore | None,
+        health: Health | None = None,
+        vkey: Callable[[], str] | None = None,
+    ) -> None:
+        self.tree = tree
+        self.store = store
+        self.health = health
+        self.vkey = vkey
+        self._checked: StoredCheckpoint | None = None
+        self._refused: StoredCheckpoint | None = None
+
+    async def latest(self) -> StoredCheckpoint:
+        """The record to serve; NotFound before the first, ServiceUnavailable when known bad."""
+        latest = await self.tree.latest_checkpoint()
+        if latest is None:
+            raise NotFound("no checkpoint has been signed yet", _NO_STORE)
+        if self.store is None or latest == self._checked:
+            return latest
+        if latest != self._refused:
+            error = await record_differs(
+                self.store, self.tree, latest.seq, (latest.size, latest.root, latest.note)
+            )
+            if error is None or self._genuine(latest):
+                self._checked = latest
+                if self.health is not None:
+                    self.health.withheld = None
+                return latest
+            self._refused = latest
+            if self.health is not None:
+                self.health.withheld = f"seq {latest.seq}"
+                self.health.tampered(error, found_by="checkpoint route")
+        raise ServiceUnavailable(
+            "the latest checkpoint is withheld: the Merkle tree's record of it is not a checkpoint this log"
+            " signed (tampering); the operator is told (/healthz)",
+            _NO_STORE,
+        )
+
+    async def size(self) -> int:
+        """The latest checkpoint's size (0 before the first); ServiceUnavailable when known bad."""
+        try:
+            return (await self.latest()).size
+        except NotFound:
+            return 0
+
+    def _genuine(self, record: StoredCheckpoint) -> bool:
+        """Whether ``record``'s note is signed by the key in force and says its size and root."""
+        if self.vkey is None:
+            return False
+        try:
+            cp = NoteVerifier.from_vkey(self.vkey()).open_checkpoint(record.note)
+        except (InvalidNote, ValueError):
+            return False
+        return (cp.size, b64(cp.root)) == (record.size, record.root)
 
 
 def _within_signed(name: str, size: int, signed: int) -> None:
@@ -77,18 +158,19 @@ def integrity_routes(
     vkey: str | Callable[[], str],
     store: EventStore | None = None,
     cosigned: Callable[[str], str] | None = None,
+    served: ServedCheckpoint | None = None,
 ) -> list[Route]:
     """The public routes, serving ``tree``, the verifier key ``vkey`` (the key in force
     when a callable: it changes at a rotation) and the key rotations ``store`` holds.
 
-    ``cosigned`` adds the witnesses' cosignatures to the latest checkpoint's note.
+    ``cosigned`` adds the witnesses' cosignatures to the latest checkpoint's note;
+    ``served`` checks the note before it is served (default: against ``store``).
     """
     current_key = vkey if callable(vkey) else (lambda: vkey)
+    served = served or ServedCheckpoint(tree, store, None, current_key)
 
     async def checkpoint(_: Request) -> Response:
-        latest = await tree.latest_checkpoint()
-        if latest is None:
-            raise NotFound("no checkpoint has been signed yet", _NO_STORE)
+        latest = await served.latest()
         note = cosigned(latest.note) if cosigned is not None else latest.note
         return PlainTextResponse(note, headers=_NO_STORE)
 
@@ -122,7 +204,7 @@ def integrity_routes(
         old, new = q.from_, q.to
         if old > new:
             raise BadRequest(f"from={old} is larger than to={new}")
-        _within_signed("to", new, await signed_size(tree))
+        _within_signed("to", new, await served.size())
         try:
             path = await tree.consistency_proof(old, new)
         except InvalidProof as e:
@@ -134,7 +216,7 @@ def integrity_routes(
         seq, size = q.seq, q.size
         if seq > size:
             raise BadRequest(f"event {seq} is not in a tree of size {size}")
-        _within_signed("size", size, await signed_size(tree))
+        _within_signed("size", size, await served.size())
         try:
             path = await tree.inclusion_proof(seq - 1, size)
             [leaf] = await tree.leaf_hashes(seq - 1, seq)
@@ -165,18 +247,19 @@ def tlog_routes(
     store: EventStore,
     operators: Operators | None = None,
     cosigned: Callable[[str], str] | None = None,
+    served: ServedCheckpoint | None = None,
 ) -> list[Route]:
     """``/checkpoint``, ``/tile/...`` and ``/tile/entries/...`` (C2SP tlog-tiles) over ``tree``.
 
     Entry bundles go only to the operator, as ``operators`` decides (default:
-    loopback peers); ``cosigned`` adds the witnesses' cosignatures to the checkpoint.
+    loopback peers); ``cosigned`` adds the witnesses' cosignatures to the checkpoint;
+    ``served`` checks the note before it is served (default: against ``store``).
     """
     gate = operators or Operators()
+    served = served or ServedCheckpoint(tree, store, None)
 
     async def checkpoint(_: Request) -> Response:
-        latest = await tree.latest_checkpoint()
-        if latest is None:
-            raise NotFound("no checkpoint has been signed yet", _NO_STORE)
+        latest = await served.latest()
         note = cosigned(latest.note) if cosigned is not None else latest.note
         return PlainTextResponse(note, headers=_NO_STORE)
 
@@ -199,7 +282,7 @@ def tlog_routes(
                     )
                 body = await entry_bundle(store, t, await tree.current_size())
             else:
-                body = await hash_tile(tree, t, size=await signed_size(tree))
+                body = await hash_tile(tree, t, size=await served.size())
         except InvalidProof as e:
             raise NotFound(f"{t.path()} is not in the tree yet: {e}", _NO_STORE) from None
         except EntryTooLong as e:

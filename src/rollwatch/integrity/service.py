@@ -29,7 +29,7 @@ from rollwatch.integrity.identity import ORIGIN_FILE, resolve_origin, set_aside_
 from rollwatch.integrity.keys import credential_path, load_signer, promote_key
 from rollwatch.integrity.merkle import leaf_hash
 from rollwatch.integrity.rotation import finish_rotation
-from rollwatch.integrity.routes import integrity_routes, tlog_routes
+from rollwatch.integrity.routes import ServedCheckpoint, integrity_routes, tlog_routes
 from rollwatch.integrity.scrub import ScrubTarget, SubscribersSeen, scrub_forever, scrub_pass
 from rollwatch.integrity.tree import MerkleTree, changed_error
 from rollwatch.integrity.witnessing import Witnessing
@@ -102,9 +102,10 @@ class Integrity:
         """``/public/checkpoint``, ``/public/key``, ``/public/key/rotations``, ``/public/proof/*``, and the tlog-tiles routes
         (``/checkpoint``, ``/tile/...``; entry bundles for the operator, as ``operators`` decides)."""
         cosigned = self.witnessing.cosigned if self.witnessing is not None else None
+        served = ServedCheckpoint(self.tree, self.store, self.health, lambda: self.signer.vkey)
         return [
-            *integrity_routes(self.tree, lambda: self.signer.vkey, self.store, cosigned),
-            *tlog_routes(self.tree, self.store, operators, cosigned),
+            *integrity_routes(self.tree, lambda: self.signer.vkey, self.store, cosigned, served),
+            *tlog_routes(self.tree, self.store, operators, cosigned, served),
         ]
 
     def witnessed(self) -> tuple[int, float | None, int]:

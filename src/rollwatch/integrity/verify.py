@@ -43,6 +43,7 @@ from rollwatch.events import (
     event_class,
 )
 from rollwatch.integrity.checkpoint import NoteVerifier, b64, read_small_file, read_witness_file, unb64
+from rollwatch.integrity.health import TREE_EDITED
 from rollwatch.integrity.merkle import EMPTY_ROOT, CompactRange, leaf_hash, verify_consistency
 from rollwatch.integrity.rotation import KeyRing
 from rollwatch.integrity.tree import MerkleTree, checkpoint_fields
@@ -449,7 +450,7 @@ async def _check_stored_tree(
         )
         raise IntegrityError(
             seq,
-            f"the Merkle tree's record of the checkpoint at seq {seq} {what}: merkle.db was edited, and "
+            f"the Merkle tree's record of the checkpoint at seq {seq} {what}: {TREE_EDITED}, and "
             "/checkpoint and the proofs are served from that record; rebuild the tree",
         )
     bad = await tree.first_bad_node(stored)
@@ -459,7 +460,7 @@ async def _check_stored_tree(
         raise IntegrityError(
             first + 1,
             f"the Merkle tree's stored node over events {first + 1} to {last} (level {level}) is not the hash of "
-            "its two children: merkle.db was edited, and every proof through that node is wrong; rebuild the tree",
+            f"its two children: {TREE_EDITED}, and every proof through that node is wrong; rebuild the tree",
         )
     linked = sorted((c for c in claims if c.size <= stored), key=lambda c: c.seq)
     for a, b in pairwise(linked):

@@ -268,13 +268,13 @@ class PublicationAPI:
         """The time the public routes show releases as of."""
         return self.clock.now() if self.clock is not None else datetime.now(UTC)
 
-    def not_building(self) -> None:
+    def not_building(self, *, detail: bool = True) -> None:
         """ServiceUnavailable (503, ``Retry-After``, the progress) while the projections are
         being built: until then they would answer with data that is not current. Then, with
         the integrity services, until the log has passed the check at start: read models
         built from a log edited while the daemon was down (its tree deleted along) would
         serve what the log was made to say until that check stops the daemon."""
-        self.pdb.not_building()
+        self.pdb.not_building(detail=detail)
         if self.integrity is not None and not self.integrity.checked:
             raise ServiceUnavailable(
                 "the log is being checked against what was signed before anything is served from it;"
@@ -282,10 +282,10 @@ class PublicationAPI:
                 {"Retry-After": "5"},
             )
 
-    async def current(self) -> int:
+    async def current(self, *, public: bool = False) -> int:
         """The log's head, with the projections caught up to it (503 while they are being built,
-        or the log checked at start)."""
-        self.not_building()
+        or the log checked at start; ``public``: saying how far without the log's head)."""
+        self.not_building(detail=not public)
         return await self._caught_up()
 
     async def _caught_up(self) -> int:
@@ -298,8 +298,9 @@ class PublicationAPI:
 
     async def authorize(self, request: Request, scope: str) -> Subscriber:
         """The subscriber behind the request's bearer key; Unauthorized, Forbidden or TooManyRequests otherwise
-        (ServiceUnavailable first while the projections are being built)."""
-        self.not_building()
+        (ServiceUnavailable first while the projections are being built: asked before the key is
+        read, so how far in percent only, as the public routes say it)."""
+        self.not_building(detail=False)
         key = bearer_key(request)
         result = await self.subscribers.authenticate(key)
         if result.subscriber is None:
@@ -463,7 +464,7 @@ class PublicationAPI:
 
     async def view(self) -> PublicView:
         """The public view as of now, reused while no release happens (for a few seconds)."""
-        await self.current()
+        await self.current(public=True)
         async with self._view_lock:
             # What has been released or marked superseded since: a release's seq and a mark's
             # are the newest in the log when made, and a mark lifted lowers the count. Read
@@ -584,7 +585,7 @@ class PublicationAPI:
         Before, every request made the whole archive again: a few clients in a loop kept
         the daemon's CPU busy.
         """
-        await self.current()
+        await self.current(public=True)
         bundles = self.bundles
         cp = await bundles.checkpoint() if bundles is not None else None
         state = await self.pdb.fetchone(_RELEASE_STATE_SQL)
@@ -657,7 +658,7 @@ class PublicationAPI:
     async def public_rollout(self, request: Request) -> Response:
         """``/public/rollouts/{id}.json``: one released result (404 unless released)."""
         rid = request.path_params["rollout_id"]
-        await self.current()
+        await self.current(public=True)
         r = (
             await released_one(self.store, self.pdb, rid, self.now(), self.check)
             if ROLLOUT_ID.match(rid)

@@ -71,7 +71,7 @@ def build_app(
     health: Health | None = None,
     cannot_run: Callable[[], dict[str, str]] | None = None,
     status: Callable[[], dict[str, object]] | None = None,
-    failing: Callable[[], list[str]] | None = None,
+    failing: Callable[[], list[tuple[str, str]]] | None = None,
 ) -> ASGIApp:
     """The app with /healthz and /metrics, plus any routes the daemon adds.
 
@@ -82,7 +82,8 @@ def build_app(
     request); any makes /healthz answer 503, status ``degraded``, naming them.
     ``status``: more fields for /healthz's body (the projections' state and progress).
     ``failing``: what fails now (the log refusing appends, releases held for the clock; read
-    at each request); any makes /healthz answer 503, status ``degraded``, naming them.
+    at each request), each as (what anyone may read, what the operator reads); any makes
+    /healthz answer 503, status ``degraded``, naming them.
     """
     gate = operators or Operators()
 
@@ -97,11 +98,15 @@ def build_app(
     async def healthz(request: Request) -> Response:
         blocked = cannot_run() if cannot_run is not None else {}
         extra = status() if status is not None else {}
-        body: dict[str, Any] = health.as_json() if health is not None else {"status": "ok"}
+        # The operator reads every reason as it is; anyone else the status and what kind of
+        # trouble only: a reason's words name the store's URL, files, the store's and the
+        # network's errors, a finding's seq and what differs (the operator's, SPEC §7).
+        trusted = await operator(request)
+        body: dict[str, Any] = health.as_json(operator=trusted) if health is not None else {"status": "ok"}
         if blocked:
             if body["status"] == "ok":
                 body["status"] = "degraded"
-            if await operator(request):
+            if trusted:
                 body["reasons"] = [
                     *body.get("reasons", []),
                     *(f"schedule {name!r} cannot run: {why}" for name, why in sorted(blocked.items())),
@@ -118,8 +123,9 @@ def build_app(
         if failures:
             if body["status"] == "ok":
                 body["status"] = "degraded"
-            body["reasons"] = [*body.get("reasons", []), *failures]
-        body.update(extra)
+            shown = [detail if trusted else kind for kind, detail in failures]
+            body["reasons"] = [*body.get("reasons", []), *dict.fromkeys(shown)]
+        body.update(extra if trusted else _outsiders_status(extra))
         # No cache may keep it, as /metrics: the operator's copy names the schedules that
         # cannot run and why, and who is the operator depends on the peer's address.
         return JSONResponse(
@@ -140,6 +146,20 @@ def build_app(
     app.router.redirect_slashes = False  # SlashRedirects does it, without the Host header
     app.router.default = SlashRedirects(app.router)
     return AccessLog(app)
+
+
+_OUTSIDERS_PROGRESS = ("state", "phase", "percent", "eta_s")
+"""What anyone but the operator reads of the read models' build on ``/healthz``: not the seq
+applied, the log's head nor the rate (their product with the time left), which give the
+log's live length, and so how many events were appended under embargo since a checkpoint."""
+
+
+def _outsiders_status(extra: dict[str, object]) -> dict[str, object]:
+    out = dict(extra)
+    progress = extra.get("projections")
+    if isinstance(progress, dict):
+        out["projections"] = {k: v for k, v in progress.items() if k in _OUTSIDERS_PROGRESS}
+    return out
 
 
 class SlashRedirects:

@@ -166,8 +166,9 @@ class Console:
         self, fn: Callable[[Request], Awaitable[Response]]
     ) -> Callable[[Request], Awaitable[Response]]:
         async def route(request: Request) -> Response:
-            # 503 + Retry-After while the projections are built, as every route reading them.
-            self.pdb.not_building()
+            # 503 + Retry-After while the projections are built, as every route reading them;
+            # asked before the gate, so how far in percent only (not the log's live head).
+            self.pdb.not_building(detail=False)
             await self._gate(request)
             return await fn(request)
 
