@@ -188,3 +188,31 @@ async def test_a_renewed_lease_is_not_taken_over() -> None:
             await alive.done(mine)
             tg.cancel_scope.cancel()
         assert (await other.status("r1")).open == 0
+
+
+async def test_a_dead_owners_reservation_counts_as_spent_and_its_late_settle_spares_the_new_owners() -> None:
+    """A node whose lease ran out with a reservation unsettled (its request may be billed):
+    the reservation still counts once its lease is out, becomes spent when another node
+    takes the chunk over, and the stalled node's late settle adds its cost without taking
+    the new owner's reservation away. Before, the reservation lapsed with the lease (the
+    run spent it again) and the late settle cleared the new owner's."""
+    async with scratch_database() as url, PostgresEventStore(url) as s1, PostgresEventStore(url) as s2:
+        stalled, other = s1.work_board("n1/a", 1.0), s2.work_board("n2/b", 30.0)
+        await stalled.plan("r1", UNITS[:2], fresh=True, prior_cost=0.0)
+        [mine] = await stalled.claim("r1", 1)
+        assert await stalled.reserve(mine, 0.5, 1.0) is True
+        [second] = await other.claim("r1", 1)
+        # 0.5 reserved + 0.6 passes the budget: wait while that reservation is live; once its
+        # lease is out nothing is left to wait for, and it still counts (before: True).
+        with anyio.fail_after(10):
+            while (got := await other.reserve(second, 0.6, 1.0)) is False:
+                await anyio.sleep(0.1)
+        assert got is None
+        await other.done(second)
+        [theirs] = await other.claim("r1", 1)  # the stalled node's chunk, taken over
+        assert theirs.unit == mine.unit
+        assert await other.reserve(theirs, 0.4, 1.0) is True  # 0.5 spent + 0.4
+        await stalled.settle(mine, 0.5, 0.1)  # late: 0.6 spent, the new owner's 0.4 still reserved
+        assert await other.reserve(theirs, 0.05, 1.0) is False  # 1.05: wait for the 0.4
+        await other.settle(theirs, 0.4, 0.3)
+        assert await other.reserve(theirs, 0.05, 1.0) is True  # 0.9 spent + 0.05

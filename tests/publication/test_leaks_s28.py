@@ -21,6 +21,7 @@ from rollwatch.store.sqlite import SQLiteEventStore
 from tests.integrity import conftest as integrity
 from tests.integrity.conftest import append_n
 from tests.integrity.served import Site, _poll
+from tests.integrity.test_tamper_s27 import forged_note, row_added, tree_rows, tree_sql
 
 # The signed log's fixtures (a copy of it per test, served by a real daemon).
 signed_log, stopped_site, site = integrity.signed_log, integrity.stopped_site, integrity.site
@@ -30,32 +31,6 @@ REMOTE = {"X-Forwarded-For": "203.0.113.9"}  # the daemon believes a loopback pr
 
 def _health(s: Site, headers: dict[str, str] | None = None) -> httpx.Response:
     return httpx.get(s.url + "/healthz", headers=headers or {}, timeout=10)
-
-
-def _tree_rows(s: Site) -> list[tuple[int, int, str, str]]:
-    con = sqlite3.connect(s.dir / "merkle.db")
-    try:
-        return con.execute("SELECT seq, size, root, note FROM tree_checkpoints ORDER BY seq").fetchall()
-    finally:
-        con.close()
-
-
-def _tree_sql(s: Site, statement: str, params: tuple[object, ...] = ()) -> None:
-    con = sqlite3.connect(s.dir / "merkle.db", isolation_level=None)
-    try:
-        con.execute(statement, params)
-    finally:
-        con.close()
-
-
-def _forge_latest_note(s: Site) -> tuple[int, str]:
-    """The latest checkpoint's signature changed in merkle.db's copy (the log left as it is)."""
-    seq, _, _, note = _tree_rows(s)[-1]
-    body, _, sig = note.rstrip("\n").rpartition("\n")
-    name, _, value = sig.rpartition(" ")
-    forged = f"{body}\n{name} {value[:8] + ('A' if value[8] != 'A' else 'B') + value[9:]}\n"
-    _tree_sql(s, "UPDATE tree_checkpoints SET note = ? WHERE seq = ?", (forged, seq))
-    return seq, forged
 
 
 @pytest.fixture
@@ -139,7 +114,8 @@ class TestCheckpointKnownBad:
         s, _ = site
         genuine = httpx.get(s.url + "/public/checkpoint", headers=REMOTE).text
         assert genuine.endswith("\n"), genuine
-        seq, forged = _forge_latest_note(s)
+        seq = forged_note(s)
+        forged = tree_rows(s)[-1][3]
         # The very next request: the record is checked against the log's event before it is served.
         for path in ("/public/checkpoint", "/checkpoint"):
             r = httpx.get(s.url + path, headers=REMOTE)
@@ -162,8 +138,8 @@ class TestCheckpointKnownBad:
         """A row added past the log's head with the latest genuine note and one more event: the
         note verifies, but not for the record's size, at which the proofs and tiles were cut."""
         s, _ = site
-        seq, size, root, note = _tree_rows(s)[-1]
-        _tree_sql(s, "INSERT INTO tree_checkpoints VALUES (?, ?, ?, ?)", (seq + 1000, size + 1, root, note))
+        size = tree_rows(s)[-1][1]
+        seq = row_added(s) - 1000
         for path in ("/public/checkpoint", "/checkpoint", f"/public/proof/inclusion?seq=1&size={size + 1}"):
             r = httpx.get(s.url + path, headers=REMOTE)
             assert r.status_code == 503, (path, r.status_code, r.text)
@@ -177,17 +153,17 @@ class TestCheckpointKnownBad:
         """Held: the latest row deleted leaves the one before, the log's own signed note, which is
         served (what was public stays served) while the scrub names the deleted row."""
         s, _ = site
-        before = len(_tree_rows(s))
+        before = len(tree_rows(s))
 
         async def more() -> None:
             async with SQLiteEventStore(s.db) as store:
                 await append_n(store, 6, tag="s28-more")
 
         anyio.run(more)  # a checkpoint more, so that one is left once the latest row is gone
-        _poll(lambda: len(_tree_rows(s)) > max(before, 1), 60, "a checkpoint of the new events")
-        rows = _tree_rows(s)
+        _poll(lambda: len(tree_rows(s)) > max(before, 1), 60, "a checkpoint of the new events")
+        rows = tree_rows(s)
         seq = rows[-1][0]
-        _tree_sql(s, "DELETE FROM tree_checkpoints WHERE seq = ?", (seq,))
+        tree_sql(s, "DELETE FROM tree_checkpoints WHERE seq = ?", (seq,))
         got = _poll(
             lambda: (r := _health(s)).status_code == 503 and r.json().get("first_bad_seq") == seq and r,
             60,
