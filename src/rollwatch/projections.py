@@ -838,7 +838,7 @@ class ProjectionDB:
                         if len(pending) >= _TXN_EVENTS:
                             await self._w_apply(pending, None, writer)
                             if progress is not None:
-                                progress(pending[-1].seq, head)
+                                progress(pending[-1][0], head)
                             pending = []
                             if paused:
                                 _gc_resume()
@@ -889,16 +889,16 @@ class ProjectionDB:
                 # event after it goes to every projection of its type, unchecked.
                 adds = {t: [shares[p.name].append for p in ps] for t, ps in by_type.items()}
                 for rec in events:
-                    if rec.seq > floor and (to := adds.get(rec.type)):
+                    if rec[0] > floor and (to := adds.get(rec[4])):
                         once = _decoded(rec)
                         for add in to:
                             add(once)
             else:
                 for rec in events:
-                    seq = rec.seq
+                    seq = rec[0]
                     if seq <= floor:
                         continue
-                    wants = by_type.get(rec.type)
+                    wants = by_type.get(rec[4])
                     if not wants:
                         continue
                     once = _decoded(rec)
@@ -911,7 +911,7 @@ class ProjectionDB:
                         p.apply_batch(db, shares[p.name])
                     except _BAD_VALUE as exc:
                         raise _naming_the_event(shares[p.name], exc) from exc
-            last = events[-1].seq if events else 0
+            last = events[-1][0] if events else 0
             if upto is not None:
                 last = max(last, upto)
             for p in self.projections:
@@ -922,7 +922,7 @@ class ProjectionDB:
                 # log still has it (see ``distrust``).
                 db.execute(
                     "UPDATE projection_log SET anchor_seq = ?, anchor_hash = ?",
-                    (events[-1].seq, events[-1].hash),
+                    (events[-1][0], events[-1][8]),
                 )
             db.execute("COMMIT")
         except BaseException:
@@ -1289,9 +1289,9 @@ class _Decoded(Recorded):
 def _decoded(rec: Recorded) -> _Decoded:
     """``rec`` with its event, decoded as :meth:`Recorded.event` would (with orjson)."""
     try:
-        ev = e.decode(rec.type, rec.schema, fast_loads(rec.data_json))
+        ev = e.decode(rec[4], rec[5], fast_loads(rec[7]))
     except (ValueError, RecursionError, UnknownEventType) as exc:
-        raise e.unreadable(rec.seq, rec.type, exc) from None
+        raise e.unreadable(rec[0], rec[4], exc) from None
     return tuple.__new__(_Decoded, (*rec, ev))
 
 
