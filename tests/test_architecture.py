@@ -202,6 +202,7 @@ _THIRD_PARTY = [
     "prometheus_client",
     "jinja2",
     "orjson",
+    "msgspec",
 ]
 
 

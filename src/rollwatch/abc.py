@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import sqlite3
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
 from contextlib import AsyncExitStack
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -393,6 +393,12 @@ class Projection:
     """What building it from the whole log costs, relative to the others (about its seconds
     per 200k events, reading and decoding them apart: each process pays those once): a
     build split in two processes balances the halves by it."""
+    unread: ClassVar[Mapping[str, frozenset[str]]] = {}
+    """Fields of its event types (type -> names) that it never reads, such as the request
+    and answer bodies (:data:`rollwatch.events.BODIES`). Where no read model of a catch-up
+    reads a field, the catch-up leaves it unparsed: the event's attribute then holds its
+    JSON text as a ``msgspec.Raw``, not its value. Declare none (the default) and every
+    field is parsed."""
 
     def apply(self, db: sqlite3.Connection, rec: Recorded) -> None:
         """Apply one event (of one of ``types``) inside the caller's transaction.

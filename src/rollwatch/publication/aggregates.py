@@ -232,6 +232,7 @@ class PublicAggregatesProjection(Projection):
 
     name = "public_aggregates"
     build_weight = 0.7
+    unread = e.BODIES  # reads no request, answer or scorer's findings
     # 2: re-scores (a flip to pass makes a positive result; a flip to fail supersedes); 3: "none"
     # embargoes; 4: a re-score of any verdict moves its run's newest score, a pass withdrawn
     # unreleased counts as a failure; 5: a pass withdrawn before its release and restored is dated

@@ -198,6 +198,7 @@ class FeedProjection(Projection):
 
     name = "feed"
     build_weight = 0.55
+    unread = e.BODIES  # reads no request, answer or scorer's findings
     # 2: RolloutRescored items; 3: items rendered when read; 4: feed_rollouts WITHOUT ROWID (one
     # b-tree, not a table and its key's index: a third less time writing them)
     version = 4
@@ -426,6 +427,7 @@ class PublicProjection(Projection):
 
     name = "public"
     build_weight = 0.6
+    unread = e.BODIES  # reads no request, answer or scorer's findings
     # 2: scored_seq (the event a released item's inclusion proof is for); 3: superseded;
     # 4: a re-score's flip to pass makes a positive result; 5: public_rollouts WITHOUT ROWID (one
     # b-tree, not a table and its key's index: a quarter less time writing them); 6: embargo_s is

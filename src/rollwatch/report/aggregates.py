@@ -69,6 +69,7 @@ class ReportAggregatesProjection(Projection):
 
     name = "report_aggregates"
     build_weight = 0.9
+    unread = e.BODIES  # reads no request, answer or scorer's findings
     # 2: agg_failures, agg_run_failures (the report's failures by cause); 3: agg_runs (the
     # report by run makes a run's rows again only once the run changed); 4: unpriced (answers
     # whose cost is unknown: the report's cost is then unknown, else 0 where none was spent)

@@ -36,6 +36,7 @@ class ConsoleRunsProjection(Projection):
 
     name = "ops_runs"
     build_weight = 0.55
+    unread = e.BODIES  # reads no request, answer or scorer's findings
     version = 2  # 2: counts per run, cell and problem version (ops_rollouts, ops_cells, ops_problem_versions)
     tables = ("ops_runs", "ops_rollouts", "ops_cells", "ops_problem_versions")
     types = frozenset(
