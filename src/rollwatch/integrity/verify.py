@@ -527,9 +527,10 @@ async def verify_state(
     progress: Callable[[int], None] | None = None,
     chain: bool = False,
 ) -> TreeReport:
-    """``rollwatch verify``'s tree part: every checkpoint in the log, the stored tree, the
-    witness file and ``checkpoint`` (one someone kept), all against the log; ``chain``:
-    every event's chain hash too, in the same pass.
+    """``rollwatch verify``: every checkpoint in the log, the stored tree, the witness file
+    and ``checkpoint`` (one someone kept), all against the log, and what no hash covers
+    (:meth:`EventStore.verify_versions`); ``chain``: every event's chain hash too, in the
+    same pass, and every event's content.
 
     Uses the configured key when it exists (never creates one) and opens the tree
     read-only when it exists; raises :class:`IntegrityError` naming the seq at fault.
@@ -582,16 +583,23 @@ async def verify_state(
         return report
 
     if not chain:
-        return unsigned(await hashed(False))
-    # Each event's content is checked in a second process meanwhile (it costs about what
-    # the hashing does); the first bad seq either finds is the one named.
+        alone = await hashed(False)
+        await store.verify_versions(alone.events)
+        return unsigned(alone)
+    # Each event's content, then the stream versions and SQLite's index (which no hash
+    # covers: :meth:`EventStore.verify_versions`), are checked in a second process
+    # meanwhile (together they cost about what the hashing does); the first bad seq
+    # either finds is the one named.
     from rollwatch.integrity._worker import worker_pass
 
     found: list[IntegrityError] = []
+    covered: list[int] = []
 
     async def beside() -> None:
         try:
-            await worker_pass("rollwatch.integrity.content", store_config.url, "the content check")
+            covered.append(
+                await worker_pass("rollwatch.integrity.content", store_config.url, "the content check")
+            )
         except IntegrityError as e:
             found.append(e)
 
@@ -605,4 +613,6 @@ async def verify_state(
     if found:
         raise min(found, key=lambda e: e.seq)
     assert report is not None
+    if covered[0] < report.events:  # appended while the process checked: versions up to here
+        await store.verify_versions(report.events)
     return unsigned(report)
