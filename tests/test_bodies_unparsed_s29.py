@@ -25,7 +25,7 @@ from rollwatch.events import (
     rollout_stream,
     run_stream,
 )
-from rollwatch.projections import ProjectionDB, _decoded
+from rollwatch.projections import ProjectionDB, _decoded, fast_loads
 from rollwatch.publication.keys import new_key
 from rollwatch.readmodels import default_projections
 from rollwatch.store.sqlite import SQLiteEventStore
@@ -221,10 +221,11 @@ def test_bodies_are_their_json_text_and_the_rest_is_as_a_whole_parse(data: str) 
 )
 def test_a_document_msgspec_refuses_is_parsed_whole_as_before(data: str) -> None:
     """What msgspec refuses (NaN, a number out of range, a lone surrogate: no writer of
-    ours makes one) is read as the catch-up always read it, every field parsed."""
+    ours makes one) is read as the catch-up always read it (orjson, then ``json`` where
+    orjson refuses), every field parsed."""
     row = _row(data)
     ev = _decoded(row, SLIM).event()  # type: ignore[arg-type]
-    whole = Recorded(*row).event()
+    whole = e.decode(row[4], row[5], fast_loads(row[7]))
     assert repr(_fields(ev)) == repr(_fields(whole))
     assert isinstance(ev.text, str)  # type: ignore[attr-defined]
 
@@ -257,3 +258,24 @@ def test_an_older_schema_is_parsed_whole_and_upcast() -> None:
     ev = _decoded(row, SLIM).event()  # type: ignore[arg-type]
     assert _fields(ev) == _fields(Recorded(*row).event())
     assert ev.detail == {"a": [1]}  # type: ignore[attr-defined]
+
+
+def test_nesting_past_the_recursion_limit_is_parsed_whole_as_before() -> None:
+    """msgspec stops at the interpreter's recursion limit (about 1,000 levels), orjson at
+    1,024: a field nested between the two is read by orjson, as before."""
+    deep = "[" * 1010 + "]" * 1010
+    data = json.dumps({**GOOD, "usage": {"deep": "X"}}).replace('"X"', deep)
+    row = _row(data)
+    ev = _decoded(row, SLIM).event()  # type: ignore[arg-type]
+    whole = e.decode(row[4], row[5], fast_loads(row[7]))
+    assert _depth(ev.usage["deep"]) == _depth(whole.usage["deep"]) == 1010  # type: ignore[attr-defined]
+    assert ev.text == GOOD["text"]  # type: ignore[attr-defined]
+
+
+def _depth(value: Any) -> int:
+    """How deep a nest of lists goes (without recursion: 1,010 levels)."""
+    n = 0
+    while isinstance(value, list):
+        n += 1
+        value = value[0] if value else None
+    return n

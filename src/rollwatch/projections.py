@@ -1323,8 +1323,8 @@ def _slim_loads(type_: str, schema: int, unread: frozenset[str], text: str) -> A
     parsing (200k events: 0.36 s of parsing in each process of a build, 0.18 s so).
     The other fields are parsed as they are (no type is checked, as :func:`fast_loads`).
     Data of an older schema (which an upcaster may rewrite whole), and any document that
-    msgspec refuses (not an object, NaN, a lone surrogate, a number out of range) are
-    read by :func:`fast_loads` as before.
+    msgspec refuses (not an object, NaN, a lone surrogate, a number out of range, nesting
+    deeper than the recursion limit) are read by :func:`fast_loads` as before.
     """
     cls = e.event_class(type_)
     if cls is None or schema != cls.SCHEMA:
@@ -1334,8 +1334,8 @@ def _slim_loads(type_: str, schema: int, unread: frozenset[str], text: str) -> A
         decode = _SLIM_DECODERS[(cls, unread)] = _slim_decoder(cls, unread)
     try:
         return decode(text)
-    except msgspec.DecodeError:  # ValidationError included
-        return fast_loads(text)
+    except (msgspec.DecodeError, RecursionError):  # ValidationError included; msgspec's depth is
+        return fast_loads(text)  # the interpreter's recursion limit, orjson's 1,024 levels
 
 
 _SLIM_DECODERS: dict[tuple[type[e.Event], frozenset[str]], Callable[[str], Any]] = {}
