@@ -117,10 +117,20 @@ class Cluster:
         return [{"type": r["type"], **json.loads(r["data"])} for r in rows]
 
     async def until(self, timeout: float, *types: str, enough: Any = bool) -> list[dict[str, Any]]:
-        """Poll the events of ``types`` until ``enough(events)`` holds; return them."""
-        with anyio.fail_after(timeout):
-            while not enough(evs := await self.events(*types)):
-                await anyio.sleep(0.1)
+        """Poll the events of ``types`` until ``enough(events)`` holds; return them. On a
+        timeout, the failure shows what each node logged last (a flake under load, named)."""
+        try:
+            with anyio.fail_after(timeout):
+                while not enough(evs := await self.events(*types)):
+                    await anyio.sleep(0.1)
+        except TimeoutError:
+            tails = "\n".join(
+                f"--- {name}:\n{log.read_text(errors='replace')[-2500:] if log.exists() else '(no log)'}"
+                for name, log in self.logs.items()
+            )
+            raise AssertionError(
+                f"no {types} enough after {timeout} s; the nodes' logs end:\n{tails}"
+            ) from None
         return evs
 
     def release(self) -> None:
