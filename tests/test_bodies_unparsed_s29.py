@@ -191,6 +191,13 @@ def _fields(ev: e.Event, skip: frozenset[str] = frozenset()) -> dict[str, Any]:
             json.dumps({k: v for k, v in GOOD.items() if k != "reasoning"}), id="a-default-left-out"
         ),
         pytest.param(json.dumps(GOOD, indent=2, ensure_ascii=True), id="spaced-and-escaped"),
+        pytest.param(
+            json.dumps(GOOD).replace('"cost_usd"', '"cost\\u005fusd"').replace('"text"', '"te\\u0078t"'),
+            id="escaped-keys",
+        ),
+        pytest.param(
+            json.dumps(GOOD)[:-1] + ', "cost_usd": 9.5, "text": "second", "model": "last"}', id="keys-twice"
+        ),
     ],
 )
 def test_bodies_are_their_json_text_and_the_rest_is_as_a_whole_parse(data: str) -> None:
