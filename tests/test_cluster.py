@@ -150,13 +150,25 @@ class Cluster:
         port = re.search(r'listen = "127.0.0.1:(\d+)"', self.cfgs[node].read_text())
         assert port is not None
         async with httpx.AsyncClient(timeout=5) as client:
-            r = None
+            r: httpx.Response | None = None
+            refused = ""
             with anyio.move_on_after(timeout):
-                while not enough(r := await client.get(f"http://127.0.0.1:{port[1]}/healthz")):
+                while True:
+                    try:
+                        r = await client.get(f"http://127.0.0.1:{port[1]}/healthz")
+                    except httpx.TransportError as e:  # not listening (exited?): its log says why
+                        refused = f"{type(e).__name__}: {e}"
+                        if self.procs[node].poll() is not None:
+                            break
+                    else:
+                        refused = ""
+                        if enough(r):
+                            assert r.json()["status"] in ("ok", "degraded"), r.text
+                            return
                     await anyio.sleep(0.1)
-                assert r.json()["status"] in ("ok", "degraded"), r.text
-                return
-        last = "no answer" if r is None else f"{r.status_code} {r.text}"
+        last = refused or ("no answer" if r is None else f"{r.status_code} {r.text}")
+        if (code := self.procs[node].poll()) is not None:
+            last += f" (the process exited with {code})"
         # Its log without the access lines (the polling above fills the tail with them).
         lines = self.logs[node].read_text(errors="replace").splitlines() if node in self.logs else []
         log = "\n".join(x for x in lines if '"http_request"' not in x)[-6000:]
