@@ -130,3 +130,26 @@ def _stop(proc: subprocess.Popen[str]) -> str:
         proc.kill()
         _, err = proc.communicate()
     return err
+
+
+def stall_signer(site: Site, immutable: list[Path], tag: str) -> None:
+    """Make ``site``'s folder immutable (``chattr +i``: nothing created or renamed in it,
+    root included; the test is skipped where that is not supported), note it in
+    ``immutable`` for the test's fixture to undo, and append 12 events: the signer then has
+    something to sign and cannot write its witness file."""
+    import anyio
+    import pytest
+
+    from rollwatch.store.sqlite import SQLiteEventStore
+    from tests.integrity.conftest import append_n
+
+    made = subprocess.run(["chattr", "+i", str(site.dir)], capture_output=True, text=True)
+    if made.returncode != 0:
+        pytest.skip(f"chattr +i is not supported here: {made.stderr.strip()}")
+    immutable.append(site.dir)
+
+    async def more() -> None:
+        async with SQLiteEventStore(site.db) as store:
+            await append_n(store, 12, tag=tag)
+
+    anyio.run(more)

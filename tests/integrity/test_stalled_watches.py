@@ -18,13 +18,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import anyio
 import httpx
 import pytest
 
-from rollwatch.store.sqlite import SQLiteEventStore
-from tests.integrity.conftest import append_n
-from tests.integrity.served import Site, _poll, _stop, serving, unhealthy
+from tests.integrity.served import Site, _poll, _stop, serving, stall_signer, unhealthy
 
 
 def _children(pid: int) -> list[int]:
@@ -129,16 +126,7 @@ def test_a_signer_that_cannot_write_is_named_in_healthz(
     ``/healthz`` is degraded naming it, and ok again once a checkpoint is signed."""
     s, proc = site
     signed = len(s.checkpoints())
-    made = subprocess.run(["chattr", "+i", str(s.dir)], capture_output=True, text=True)
-    if made.returncode != 0:
-        pytest.skip(f"chattr +i is not supported here: {made.stderr.strip()}")
-    immutable.append(s.dir)
-
-    async def more() -> None:
-        async with SQLiteEventStore(s.db) as store:
-            await append_n(store, 12, tag="late")
-
-    anyio.run(more)
+    stall_signer(s, immutable, "late")
     r = unhealthy(s.url, "/healthz to name the signer", timeout=60)
     body = r.json()
     assert body["status"] == "degraded", body

@@ -20,7 +20,7 @@ from rollwatch.integrity.health import TAMPERED_PUBLIC, WITHHELD
 from rollwatch.store.sqlite import SQLiteEventStore
 from tests.integrity import conftest as integrity
 from tests.integrity.conftest import append_n
-from tests.integrity.served import Site, _poll
+from tests.integrity.served import Site, _poll, stall_signer
 from tests.integrity.test_tamper_s27 import forged_note, row_added, tree_rows, tree_sql
 
 # The signed log's fixtures (a copy of it per test, served by a real daemon).
@@ -51,16 +51,7 @@ class TestHealthzForOutsiders:
         self, site: tuple[Site, subprocess.Popen[str]], immutable: list[Path]
     ) -> None:
         s, _ = site
-        made = subprocess.run(["chattr", "+i", str(s.dir)], capture_output=True, text=True)
-        if made.returncode != 0:
-            pytest.skip(f"chattr +i is not supported here: {made.stderr.strip()}")
-        immutable.append(s.dir)
-
-        async def more() -> None:
-            async with SQLiteEventStore(s.db) as store:
-                await append_n(store, 12, tag="s28")
-
-        anyio.run(more)
+        stall_signer(s, immutable, "s28")
         got = _poll(
             lambda: (r := _health(s)).status_code == 503 and "no checkpoint can be signed" in r.text and r,
             60,
