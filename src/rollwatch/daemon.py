@@ -683,13 +683,23 @@ class Daemon:
             # log in its own process); nothing that reads them starts before they are built.
             built = anyio.Event()
             current = False
+            # The check at start waits for a build of the read models from the whole log:
+            # each takes both cores (two processes each), so one after the other the read
+            # models are current in about half the time, and the check ends when it would
+            # have. A catch-up in place (one process) and a build that failed do not hold it.
+            check_may_start = anyio.Event()
+
+            def planned(beside: bool) -> None:
+                if not beside:
+                    check_may_start.set()
 
             async def build() -> None:
                 nonlocal current
                 try:
-                    current = await self._build_projections(svc)
+                    current = await self._build_projections(svc, planned)
                 finally:
                     built.set()
+                    check_may_start.set()
                 if current and self.publication is not None:
                     # The reports' first answers made now, not on the first request.
                     await self.publication.prime_reports()
@@ -703,7 +713,11 @@ class Daemon:
             # scrub at start reads the whole log (40 s a million events), and SIGTERM
             # meanwhile ends the daemon now, not once it is done. A start cut short signs
             # nothing (the log was not checked) and runs nothing.
-            if not await self._unless_stopping(checkpoints.start, integrity.run, integrity_stop):
+            if not await self._unless_stopping(
+                checkpoints.start,
+                functools.partial(integrity.run, check_after=check_may_start.wait),
+                integrity_stop,
+            ):
                 task_status.started()
                 log.info("daemon_stopped", while_starting=True)
                 return
@@ -889,20 +903,27 @@ class Daemon:
         figures = prog.figures() if prog is not None else {"phase": "setting up"}
         return {"projections": {"state": "building", **figures}}
 
-    async def _build_projections(self, svc: RunServices) -> bool:
+    async def _build_projections(self, svc: RunServices, planned: Callable[[bool], None]) -> bool:
         """Build the projections (set up, check they are this log's, catch up) while the
         server answers; log and report the progress every few seconds. A failure that
         may pass (the file locked by another process, the database away) is logged and
-        retried. False if the daemon was told to stop first."""
+        retried. False if the daemon was told to stop first. ``planned``: see
+        :meth:`ProjectionDB.build`; told False too when an attempt failed, or when a
+        build has not moved between two reports (its second process stopped, say)."""
         pdb = svc.projections
 
         async def build() -> None:
             async with anyio.create_task_group() as tg:
 
                 async def report() -> None:
+                    last = None
                     while True:
                         await anyio.sleep(_PROGRESS_EVERY)
                         self._report_progress(pdb)
+                        now = None if pdb.progress is None else (pdb.progress.phase, pdb.progress.done)
+                        if now is not None and now == last:
+                            planned(False)
+                        last = now
 
                 tg.start_soon(report)
                 started = anyio.current_time()
@@ -910,7 +931,7 @@ class Daemon:
                 pause = 1.0
                 while True:
                     try:
-                        head = await pdb.build(svc.store)
+                        head = await pdb.build(svc.store, planned=planned)
                         break
                     except (NewerSchema, IntegrityError):
                         # A newer rollwatch wrote the log (a downgrade), or a row was edited
@@ -918,6 +939,7 @@ class Daemon:
                         # behind a 200 /healthz for good.
                         raise
                     except (sqlite3.OperationalError, StoreError) as e:
+                        planned(False)
                         log.warning("projections_build_failed", error=str(e), retry_in_s=pause)
                         await anyio.sleep(pause)
                         pause = min(pause * 2, 30.0)

@@ -241,14 +241,23 @@ class ProjectionDB:
             finally:
                 os.close(fd)
 
-    async def build(self, store: EventStore, *, progress: Callable[[int, int], None] | None = None) -> int:
+    async def build(
+        self,
+        store: EventStore,
+        *,
+        progress: Callable[[int, int], None] | None = None,
+        planned: Callable[[bool], None] | None = None,
+    ) -> int:
         """Set the tables up and catch up with the log, keeping :attr:`progress` current
         (and telling ``progress``, when given, events done of the head); :attr:`ready` once
         done. For a daemon that serves while its projections build, and for commands that
         read them (a file that does not match the log is rebuilt beside, see :meth:`distrust`).
+        ``planned``, when given, is told once how: True when it builds beside (the whole
+        log read again, in two processes), False when it catches up in place.
 
         Safe to call again after it failed: each batch is committed with its checkpoint.
         """
+        plan = planned if planned is not None else lambda beside: None
         self.progress = CatchUpProgress(
             first=0, target=0, done=0, started=time.monotonic(), phase="setting up"
         )
@@ -268,11 +277,12 @@ class ProjectionDB:
                     reason=why,
                     **({"building": sorted(stale), "keeping": kept} if stale else {}),
                 )
+                plan(True)
                 head = await self.rebuild_beside(store, progress=show, only=stale or None)
                 self.ready = True
                 return head
             try:
-                return await self._build_in_place(store, show)
+                return await self._build_in_place(store, show, plan)
             except sqlite3.DatabaseError as e:
                 if type(e) is not sqlite3.DatabaseError:
                     raise
@@ -286,7 +296,9 @@ class ProjectionDB:
         finally:
             self.progress = None
 
-    async def _build_in_place(self, store: EventStore, show: Callable[[int, int], None]) -> int:
+    async def _build_in_place(
+        self, store: EventStore, show: Callable[[int, int], None], plan: Callable[[bool], None]
+    ) -> int:
         """:meth:`build` on the file in use, which :meth:`distrust` did not find wanting."""
         await self._run(self._setup)
         first_hash = await _event_hash(store, 1)
@@ -302,9 +314,11 @@ class ProjectionDB:
                 path=str(self.path),
                 reason=f"{head - first} of the log's {head} events to apply: sooner built beside",
             )
+            plan(True)
             head = await self.rebuild_beside(store, progress=show)
             self.ready = True
             return head
+        plan(False)
         self.progress = CatchUpProgress(first=first, target=head, done=first, started=time.monotonic())
         head = await self.catch_up(store, until=head, progress=show)
         # Events appended meanwhile: a short second pass before switching over.

@@ -29,7 +29,7 @@ import contextlib
 import json
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -67,6 +67,10 @@ class ScrubTarget:
     """At nice 19 and :data:`DUTY` (the passes while the daemon runs), or at the daemon's
     own priority and a whole core (the check at start: the runs and the signer wait for
     it; paced, it took 10.75 s of a 200k-event log)."""
+    content: bool = True
+    """This pass checks each event's content and what no hash covers (stream versions,
+    SQLite's index); False where another process does (the check at start, see
+    :func:`scrub_pass`)."""
 
     def to_json(self) -> str:
         """The pass's one argument."""
@@ -77,6 +81,7 @@ class ScrubTarget:
                 "vkey": self.vkey,
                 "witness": None if self.witness is None else str(self.witness),
                 "background": self.background,
+                "content": self.content,
             }
         )
 
@@ -90,6 +95,7 @@ class ScrubTarget:
             d["vkey"],
             Path(d["witness"]) if d["witness"] else None,
             bool(d.get("background", True)),
+            bool(d.get("content", True)),
         )
 
 
@@ -141,6 +147,7 @@ async def scrub_once(
                     vkey=target.vkey,
                     tree=tree,
                     chain=True,
+                    content=target.content,
                     kept=kept,
                     pace=pace if duty < 1 else None,
                     seen=seen,
@@ -150,7 +157,8 @@ async def scrub_once(
                 raise
             if subscribers is not None:
                 subscribers(found, report.events)
-            await store.verify_versions(report.events)  # what no hash covers: versions, SQLite's index
+            if target.content:  # what no hash covers: versions, SQLite's index
+                await store.verify_versions(report.events)
             return report
     except DamagedLog as e:
         # Not a pass that could not run (the log out of reach): a restart and ``verify``
@@ -213,20 +221,51 @@ async def scrub_pass(
             _, until, seen = found[-1]
             await subscribers({int(k): v for k, v in json.loads(seen).items()}, int(until))
 
-    try:
-        with anyio.move_on_after(longest) as limit:
-            events = await worker_pass("rollwatch.integrity.scrub", target.to_json(), "the scrub", before)
-        if limit.cancelled_caught:
-            raise StoreError(
-                f"the scrub could not run: its pass did not finish within {longest:g} s"
-                " (integrity.scrub_timeout) and was stopped"
-            )
-    except IntegrityError:
+    # The check at start (nothing runs or is signed until it passes) checks each event's
+    # content, the stream versions and SQLite's index in a second process meanwhile, as
+    # ``verify`` does: the content costs about what the hashing does, so on two cores the
+    # check ends in about half the time. The first bad seq either finds is the one named.
+    passes: list[tuple[str, str, str, list[str] | None]] = [
+        ("rollwatch.integrity.scrub", target.to_json(), "the scrub", before)
+    ]
+    if not target.background and target.content:
+        passes = [
+            ("rollwatch.integrity.scrub", replace(target, content=False).to_json(), "the scrub", before),
+            ("rollwatch.integrity.content", target.store_url, "the scrub's content check", None),
+        ]
+    checked: list[int] = []
+    found: list[IntegrityError] = []
+    failed: list[StoreError] = []
+
+    async def one(module: str, arg: str, what: str, lines: list[str] | None) -> None:
+        try:
+            events = await worker_pass(module, arg, what, lines)
+        except IntegrityError as e:
+            found.append(e)
+        except StoreError as e:
+            failed.append(e)
+        else:
+            if lines is not None:
+                checked.append(events)
+
+    with anyio.move_on_after(longest) as limit:
+        async with anyio.create_task_group() as tg:
+            for module, arg, what, lines in passes:
+                tg.start_soon(one, module, arg, what, lines)
+    if found:
         # An index that does not match its rows (SQLite's check): the subscriber events,
         # read from the rows, are compared all the same, and the keys closed if they differ.
         with contextlib.suppress(IntegrityError):
             await compare()
-        raise
+        raise min(found, key=lambda e: e.seq)
+    if limit.cancelled_caught:
+        raise StoreError(
+            f"the scrub could not run: its pass did not finish within {longest:g} s"
+            " (integrity.scrub_timeout) and was stopped"
+        )
+    if failed:
+        raise failed[0]
+    events = checked[0]
     await compare()
     return events, time.monotonic() - started
 

@@ -155,7 +155,11 @@ class Integrity:
         return signer
 
     async def run(
-        self, stop: anyio.Event, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+        self,
+        stop: anyio.Event,
+        *,
+        check_after: Callable[[], Awaitable[object]] | None = None,
+        task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
         """Keep the tree current, sign checkpoints and scrub the log until ``stop``; then sign a final one.
 
@@ -167,6 +171,8 @@ class Integrity:
         event, every ``scrub_interval``) mark :attr:`health` tampered instead; then
         nothing more is signed, the tree stops, and this returns at ``stop`` with
         no final checkpoint, while the daemon keeps serving what was public.
+        ``check_after``, when given, is awaited before the check at start begins (the
+        daemon's build of its read models from the whole log, which would share the cores).
         """
         started = False
         failure: BaseException | None = None
@@ -264,6 +270,8 @@ class Integrity:
                 await check_shared_key(
                     self.store, self.tree, self.signer, self.config.origin or self.signer.name
                 )
+                if check_after is not None:
+                    await check_after()
                 await self._scrub_at_start()
             except IntegrityError as e:
                 await fail_with(e, "scrub")
