@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -186,3 +187,57 @@ def _child(pid: int, name: str) -> int | None:
             if name in cmd and "integrity._worker" not in cmd:
                 return int(kid)
     return None
+
+
+# merkle.db's leaves, compared a page at a time as one run of bytes (session 30): an edit of
+# one leaf is named at its event; leaves missing below the size the file records (a strip
+# deleted, cut short, or rewritten as text) are an edited file, named at the first one
+# missing (before, a missing one made the pass one that could not run: the start went on).
+
+
+def _strip(tmp_path: Path, j: int) -> bytes:
+    con = sqlite3.connect(tmp_path / "merkle.db")
+    try:
+        return bytes(con.execute("SELECT hashes FROM tree_strips WHERE k = ?", (j,)).fetchone()[0])
+    finally:
+        con.close()
+
+
+def _set_strip(tmp_path: Path, j: int, value: object) -> None:
+    con = sqlite3.connect(tmp_path / "merkle.db", isolation_level=None)
+    try:
+        for (name,) in con.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'").fetchall():
+            con.execute(f'DROP TRIGGER "{name}"')
+        if value is None:
+            con.execute("DELETE FROM tree_strips WHERE k = ?", (j,))
+        else:
+            con.execute("UPDATE tree_strips SET hashes = ? WHERE k = ?", (value, j))
+    finally:
+        con.close()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("index", [0, 9, 63, 64, 200, 299])
+async def test_an_edited_leaf_in_the_tree_file_is_named_at_its_event(tmp_path: Path, index: int) -> None:
+    target = await _log(tmp_path)
+    j, at = divmod(index, 64)
+    blob = bytearray(_strip(tmp_path, j))
+    blob[at * 32] ^= 1
+    _set_strip(tmp_path, j, bytes(blob))
+    with anyio.fail_after(60), pytest.raises(IntegrityError) as found:
+        await scrub_pass(target)
+    assert found.value.seq == index + 1, found.value
+    assert "differs from what the Merkle tree absorbed" in found.value.reason
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("edit", ["deleted", "cut_short", "text"])
+async def test_leaves_missing_from_the_tree_file_are_named(tmp_path: Path, edit: str) -> None:
+    target = await _log(tmp_path)
+    value: object = {"deleted": None, "cut_short": _strip(tmp_path, 2)[: 10 * 32], "text": "x" * 2048}[edit]
+    _set_strip(tmp_path, 2, value)
+    with anyio.fail_after(60), pytest.raises(IntegrityError) as found:
+        await scrub_pass(target)
+    first = 129 + (10 if edit == "cut_short" else 0)
+    assert found.value.seq == first, found.value
+    assert "merkle.db was edited" in found.value.reason

@@ -57,6 +57,7 @@ from rollwatch._sqlite import ThreadConnection, is_damaged, rollback
 from rollwatch.abc import EventStore
 from rollwatch.errors import IntegrityError, InvalidProof, StoreError, damaged_log
 from rollwatch.events import GENESIS, CheckpointSigned, Recorded
+from rollwatch.integrity.health import TREE_EDITED
 from rollwatch.integrity.merkle import (
     HASH_SIZE,
     Node,
@@ -901,6 +902,41 @@ class MerkleTree:
                 return []
             nodes = _get_nodes(db, [(0, i) for i in range(start, stop)])
             return [nodes[(0, i)] for i in range(start, stop)]
+
+        return await self._read(get)  # type: ignore[no-any-return]
+
+    async def leaf_blob(self, start: int, end: int) -> bytes:
+        """:meth:`leaf_hashes` joined into one ``bytes``, read strip by strip (what the scrub
+        and ``verify`` compare a page of the log's leaves with: one comparison, not one a leaf).
+        Raises :class:`IntegrityError` where the file lacks a leaf below its size."""
+
+        def get(db: sqlite3.Connection, stored: int) -> bytes:
+            stop = min(end, stored)
+            if start >= stop:
+                return b""
+            first, last = start // STRIP, (stop - 1) // STRIP
+            rows = dict(
+                db.execute(
+                    "SELECT k, hashes FROM tree_strips WHERE k BETWEEN ? AND ?",
+                    (_key(0, start), _key(0, stop - 1)),
+                ).fetchall()
+            )
+            parts = []
+            for j in range(first, last + 1):
+                lo = start - j * STRIP if j == first else 0
+                hi = stop - j * STRIP if j == last else STRIP
+                blob = rows.get(_key(0, j * STRIP))
+                piece = bytes(blob[lo * HASH_SIZE : hi * HASH_SIZE]) if isinstance(blob, bytes) else b""
+                if len(piece) != (hi - lo) * HASH_SIZE:
+                    # Below the size the file records: a row deleted or cut short there.
+                    missing = j * STRIP + max(lo, len(blob) // HASH_SIZE if isinstance(blob, bytes) else 0)
+                    raise IntegrityError(
+                        missing + 1,
+                        f"the Merkle tree holds {stored} events but not the leaves of events"
+                        f" {missing + 1} to {j * STRIP + hi}: {TREE_EDITED}; rebuild the tree",
+                    )
+                parts.append(piece)
+            return b"".join(parts)
 
         return await self._read(get)  # type: ignore[no-any-return]
 
