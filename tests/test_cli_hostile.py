@@ -251,11 +251,17 @@ def big_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _interrupted(cfg: Path, args: list[str], when: float | None = None, until: Path | None = None) -> str:
     """``rollwatch ARGS`` stopped with SIGINT (Ctrl-C) after ``when`` seconds, or once a new
     ``*.db`` appears in folder ``until``; its standard error, once it ended with 130 or 0."""
+    # What this process does with SIGINT now, in case the command did not see it (CI once saw
+    # three commands of this module on one xdist worker each end 0, silently, after their Ctrl-C).
+    here = (signal.getsignal(signal.SIGINT), sorted(signal.pthread_sigmask(signal.SIG_BLOCK, [])))
     proc = subprocess.Popen(
         [sys.executable, "-m", "rollwatch", "--config", str(cfg), *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # As a terminal's Ctrl-C finds a command: SIGINT neither ignored nor blocked, whatever
+        # the test process inherited or was left with.
+        preexec_fn=_sigint_default,
     )
     if until is not None:
         before = set(until.glob("*.db"))
@@ -269,7 +275,14 @@ def _interrupted(cfg: Path, args: list[str], when: float | None = None, until: P
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=30)
     assert "Traceback" not in err, err[-3000:]
+    if proc.returncode == 0 and not err:
+        print(f"the command ended 0 after its Ctrl-C; this process's SIGINT handler and mask: {here}")
     return f"{proc.returncode}|{err}"
+
+
+def _sigint_default() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT])
 
 
 def _copy_log(big_log: Path, tmp_path: Path) -> Path:

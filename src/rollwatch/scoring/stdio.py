@@ -5,6 +5,11 @@ output is compared outside the sandbox (``compare.py``): exactly, or token by to
 within the problem's ``float_tolerance``. The reason names the first failing case;
 the score is the share of cases passed. After a timeout the remaining cases are
 not run (each would likely cost the whole timeout again) and count as failed.
+
+Once a case has failed, the verdict is decided and the remaining cases only fill in the
+score: together they get one more timeout, not one each (a wrong answer that waited just under
+the limit in every case held its slot for cases x limit); a case cut short by it, and any
+after it, count as failed.
 """
 
 from __future__ import annotations
@@ -28,13 +33,23 @@ class StdioScorer(Scorer):
         first: tuple[str, dict[str, Any]] | None = None
         starved = False
         total_ms = 0.0
+        rest_s: float | None = None  # once a case failed: what the cases left may take together
         for i, case in enumerate(problem.cases, 1):
             request = self.request(problem, "program", code, stdin=case.input, keep_stdout=True)
             # Room for the expected output however large, whatever the general limit.
             limit = max(request.output_limit, 2 * len(case.output) + 65536)
             request = dataclasses.replace(request, output_limit=limit)
+            if rest_s is not None:
+                if rest_s <= 0:
+                    break
+                if rest_s < request.timeout:
+                    request = dataclasses.replace(
+                        request, timeout=rest_s, limits=self.settings.limits(rest_s)
+                    )
             res = await sandbox.run(request)
             total_ms += res.wall_ms
+            if rest_s is not None:
+                rest_s -= res.wall_ms / 1000
             why = res.abnormal()
             diff = None
             if why is None and res.verdict_forged:
@@ -55,6 +70,7 @@ class StdioScorer(Scorer):
                     detail["difference"] = diff
                 first = (f"{why} on case {i} ({case.name})", detail)
                 starved = res.starved_timeout()
+                rest_s = request.timeout
             if why.startswith(("timeout", "syntax error", "sandbox lost", "sandbox error")):
                 break
         n = len(problem.cases)
