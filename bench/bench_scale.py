@@ -13,9 +13,12 @@ quicker look) and at each size,
 through the real ``rollwatch`` command in subprocesses:
 
 * ``serve`` with no projections file (every projection to build): wall time from the
-  process start to the first ``/healthz`` answer, and to caught up (``/healthz``
+  process start to the first ``/healthz`` answer, to caught up (``/healthz``
   ``projections.state == "current"``; a daemon that only listens once caught up has
-  both the same); then a warm start (projections current) to the first ``/healthz``;
+  both the same) and to ``daemon_ready`` (the check at start passed); then a warm start
+  (projections current) to the first ``/healthz`` and to ``daemon_ready``; and, after the
+  reads below, a release's first start (the projections deleted again, the tree current)
+  to caught up and to ``daemon_ready``;
 * ``GET /v1/report`` (first request and best of 5), the first ``GET /public/``, and each
   again first after one more released result (catch-up plus a read of the maintained
   aggregates), with the GROUP BYs they replace timed on the same projections file;
@@ -370,6 +373,19 @@ class Served:
                 time.sleep(0.05)
         raise RuntimeError("serve did not answer in time")
 
+    def logged(self, event: str, offset: int, deadline_s: float = 3600) -> float:
+        """Seconds from start until the daemon's log, past ``offset``, holds ``event``."""
+        end = time.monotonic() + deadline_s
+        with open(self.log.name, "rb") as f:
+            while time.monotonic() < end:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"serve exited with {self.proc.returncode}; see {self.log.name}")
+                f.seek(offset)
+                if f'"event": "{event}"'.encode() in f.read():
+                    return time.perf_counter() - self.t0
+                time.sleep(0.05)
+        raise RuntimeError(f"no {event} in time")
+
     def get(self, path: str, key: str | None = None) -> float:
         headers = {"authorization": f"Bearer {key}"} if key else {}
         if self.client is None:
@@ -557,12 +573,15 @@ def measure(d: Path, cfg: Path, db: Path, port: int, key: str, export: bool, hea
     try:
         out["cold_healthz"] = s.poll_health(False)
         out["cold_current"] = s.poll_health(True)
+        out["cold_ready"] = s.logged("daemon_ready", log_from)
     finally:
         s.stop()
+    at = (d / "serve.log").stat().st_size
     s = Served(cfg, port, d / "serve.log")
     try:
         out["warm_healthz"] = s.poll_health(False)
         s.poll_health(True)
+        out["warm_ready"] = s.logged("daemon_ready", at)
         out["report_first"] = s.get("/v1/report?by=model", key)
         out["report_best"] = min(s.get("/v1/report?by=model", key) for _ in range(5))
         out["public_first"] = s.get("/public/")
@@ -572,6 +591,18 @@ def measure(d: Path, cfg: Path, db: Path, port: int, key: str, export: bool, hea
         out["feed_last"] = min(s.get(f"/v1/feed?after={head - 400}&limit=100", key) for _ in range(5))
         if export:  # the export files results under a signed checkpoint only
             wait_signed(s, head)
+    finally:
+        s.stop()
+    # A release's first start: every read model rebuilt (it bumped their versions), the tree
+    # current. The check at start (the whole log) begins once they are built.
+    for p in d.glob("projections.db*"):
+        p.unlink()
+    shutil.rmtree(d / "projections.gen", ignore_errors=True)
+    at = (d / "serve.log").stat().st_size
+    s = Served(cfg, port, d / "serve.log")
+    try:
+        out["upgrade_current"] = s.poll_health(True)
+        out["upgrade_ready"] = s.logged("daemon_ready", at)
     finally:
         s.stop()
     out.update(keys_at_start(d / "serve.log", log_from))
@@ -637,8 +668,13 @@ def main() -> None:
             print(json.dumps({"events": head, **{k: round(v, 3) for k, v in m.items()}}), file=sys.stderr)
             r = m["raw"]
             print(
-                f"{head:>9,} events: cold start /healthz {m['cold_healthz']:.1f} s, caught up {m['cold_current']:.1f} s;"
-                f" warm start /healthz {m['warm_healthz']:.2f} s"
+                f"{head:>9,} events: cold start /healthz {m['cold_healthz']:.1f} s, caught up {m['cold_current']:.1f} s,"
+                f" ready {m['cold_ready']:.1f} s; warm start /healthz {m['warm_healthz']:.2f} s, ready"
+                f" {m['warm_ready']:.1f} s"
+            )
+            print(
+                f"{'':>17} a release's first start (read models rebuilt, tree current): caught up"
+                f" {m['upgrade_current']:.1f} s = {m['upgrade_current'] / r:.1f}x raw, ready {m['upgrade_ready']:.1f} s"
             )
             print(
                 f"{'':>17} raw sha256 pass {r:.2f} s; rebuild {m['rebuild']:.1f} s = {m['rebuild'] / r:.1f}x raw"
