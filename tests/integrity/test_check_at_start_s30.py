@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -106,10 +107,14 @@ async def test_a_clean_log_passes_with_its_count(tmp_path: Path) -> None:
     assert events == 250
 
 
-def test_a_start_that_builds_the_read_models_checks_the_log_after_the_build(tmp_path: Path) -> None:
-    """A log long enough to be built beside in two processes, its tree current, no read
-    models (a release's first start): the check at start begins once the read models are
-    built (their second process and the check's never run at once), and the daemon is ready."""
+@pytest.mark.parametrize("tree", ["current", "deleted"])
+def test_a_start_that_builds_the_read_models_checks_the_log_after_the_build(
+    tmp_path: Path, tree: str
+) -> None:
+    """A log long enough to be built beside in two processes, no read models (a release's
+    first start). Its tree current: the check at start begins once the read models are built
+    (their second process and the check's never run at once). Its tree deleted after a
+    checkpoint was signed: the routes wait for the check too, so the two run side by side."""
     from rollwatch.events import SchedulePaused
     from rollwatch.projections import SPLIT_FROM
     from tests.integrity.served import _free_port
@@ -128,15 +133,13 @@ def test_a_start_that_builds_the_read_models_checks_the_log_after_the_build(tmp_
         f'[store]\nurl = "sqlite:///{tmp_path}/events.db"\n[server]\nlisten = "127.0.0.1:{_free_port()}"\n'
     )
     log = tmp_path / "serve.log"
-    with log.open("wb") as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "rollwatch", "serve", "--config", str(config)],
-            cwd=tmp_path,
-            stderr=err,
-            stdout=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+    if tree == "deleted":  # a key that has signed: the tree must be rebuilt and the log checked
+        _serve_until(tmp_path, config, tmp_path / "first.log", "checkpoint_signed")
+        for f in [*tmp_path.glob("merkle.db*"), *tmp_path.glob("events.projections.db*")]:
+            f.unlink()
+        shutil.rmtree(tmp_path / "events.projections.gen", ignore_errors=True)
     together = []  # what the check started while the build's second process was held
+    proc = _serve(tmp_path, config, log)
     try:
         deadline = time.monotonic() + 90
         while (part := _child(proc.pid, "build_part")) is None:
@@ -145,10 +148,11 @@ def test_a_start_that_builds_the_read_models_checks_the_log_after_the_build(tmp_
             time.sleep(0.005)
         # Held for 2 s (the daemon lets a build that has not moved for two of its progress
         # reports, 5 s apart, no longer hold the check): unheld, the check began within 0.2 s.
+        # Where it runs beside the build, held until the check begins (8 s at most).
         os.kill(part, signal.SIGSTOP)
         try:
-            held_until = time.monotonic() + 2
-            while time.monotonic() < held_until:
+            held_until = time.monotonic() + (2 if tree == "current" else 8)
+            while time.monotonic() < held_until and not together:
                 if (scrub := _child(proc.pid, "rollwatch.integrity.")) is not None:
                     together.append(scrub)
                 time.sleep(0.01)
@@ -164,11 +168,39 @@ def test_a_start_that_builds_the_read_models_checks_the_log_after_the_build(tmp_
     events = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
     names = [e["event"] for e in events]
     assert "projections_building_beside" in names
+    assert proc.returncode == 0
+    if tree == "deleted":
+        assert together, "the check waited for the build though the routes wait for both"
+        return
     current = names.index("projections_current")
     passed = next(i for i, e in enumerate(events) if e["event"] == "scrub_passed" and e.get("at") == "start")
     assert current < passed, names
     assert not together, together
-    assert proc.returncode == 0
+
+
+def _serve(tmp_path: Path, config: Path, log: Path) -> subprocess.Popen[bytes]:
+    with log.open("wb") as err:
+        return subprocess.Popen(
+            [sys.executable, "-m", "rollwatch", "serve", "--config", str(config)],
+            cwd=tmp_path,
+            stderr=err,
+            stdout=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+
+
+def _serve_until(tmp_path: Path, config: Path, log: Path, event: str) -> None:
+    proc = _serve(tmp_path, config, log)
+    try:
+        deadline = time.monotonic() + 90
+        while event not in log.read_text():
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    assert proc.returncode == 0, log.read_text()
 
 
 def _child(pid: int, name: str) -> int | None:

@@ -172,7 +172,8 @@ class Integrity:
         nothing more is signed, the tree stops, and this returns at ``stop`` with
         no final checkpoint, while the daemon keeps serving what was public.
         ``check_after``, when given, is awaited before the check at start begins (the
-        daemon's build of its read models from the whole log, which would share the cores).
+        daemon's build of its read models from the whole log, which would share the cores),
+        unless the routes wait for the check (a tree that did not hold every event).
         """
         started = False
         failure: BaseException | None = None
@@ -270,7 +271,10 @@ class Integrity:
                 await check_shared_key(
                     self.store, self.tree, self.signer, self.config.origin or self.signer.name
                 )
-                if check_after is not None:
+                if check_after is not None and self.checked:
+                    # Only where the routes need not wait for the check (the tree vouches for
+                    # every event): where they do, they wait for both, which end together
+                    # sooner side by side (each leaves part of the cores idle near its end).
                     await check_after()
                 await self._scrub_at_start()
             except IntegrityError as e:
