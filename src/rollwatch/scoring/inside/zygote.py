@@ -708,7 +708,22 @@ def to_plain(x: Any, depth: int = 0) -> Any:
         return ["b", binascii.b2a_base64(x, newline=False).decode()]
     if t is complex:
         return ["c", x.real, x.imag]
+    if _numpy_number(x):
+        # A number numpy made (numpy.int64, numpy.float64, ...), what a right answer computed
+        # with numpy returns: its value as Python's own int, float or complex, checked as
+        # any value is. Made here, on the side that sends it (the candidate's, for a return):
+        # the other side still reads plain data only. Not numpy.bool_ (``is True`` would hold
+        # where it did not), nor arrays.
+        return to_plain(x.item(), d)
     raise NotPlain(str(getattr(t, "__qualname__", "?")))
+
+
+def _numpy_number(x: Any) -> bool:
+    np = sys.modules.get("numpy")
+    try:
+        return np is not None and isinstance(x, (np.integer, np.floating, np.complexfloating))
+    except (AttributeError, TypeError):  # a module by that name that is not numpy
+        return False
 
 
 def from_plain(x: Any, depth: int = 0) -> Any:
