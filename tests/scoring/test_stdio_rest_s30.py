@@ -34,10 +34,10 @@ print("wrong" if x == "{wrong}" else x)
 async def test_a_slow_wrong_answer_holds_its_slot_for_one_more_limit_not_one_a_case(
     pool: ScoringPool,
 ) -> None:
-    """Each case takes 0.7 s of a 1 s limit: before, cases 2 to 8 ran one after another
-    (right, 7 of 8 passed, 5.6 s held); now they share one more second: case 2 at most."""
-    problem = stdio_problem(CASES, timeout=1.0)
-    s = await fails_as_the_models(pool, problem, SLOW.format(wait=0.7, wrong="1"), within=60)
+    """Each case takes 1.2 s of a 2 s limit: before, cases 2 to 8 ran one after another
+    (right, 7 of 8 passed, 9.6 s held); now they share one more limit: case 2 at most."""
+    problem = stdio_problem(CASES, timeout=2.0)
+    s = await fails_as_the_models(pool, problem, SLOW.format(wait=1.2, wrong="1"), within=60)
     assert s.reason.startswith("wrong answer on case 1"), s
     assert s.detail["cases"] == 8
     assert s.detail["cases_passed"] <= 1, s.detail
@@ -63,8 +63,9 @@ async def test_a_right_answer_slow_in_every_case_still_passes(pool: ScoringPool)
 
 
 async def test_the_first_failure_is_named_when_a_later_case_is_cut_short(pool: ScoringPool) -> None:
-    """The reason names case 1's wrong answer, not case 2's or 3's cut-short run."""
-    problem = stdio_problem(CASES, timeout=1.0)
-    s = await fails_as_the_models(pool, problem, SLOW.format(wait=0.9, wrong="1"), within=60)
+    """The reason names case 1's wrong answer, not case 3's cut-short run (0.8 s of the
+    shared 2 s left after case 2's 1.2 s)."""
+    problem = stdio_problem(CASES, timeout=2.0)
+    s = await fails_as_the_models(pool, problem, SLOW.format(wait=1.2, wrong="1"), within=60)
     assert s.reason.startswith("wrong answer on case 1 (01)"), s
     assert "difference" in s.detail["first_failure"], s.detail
