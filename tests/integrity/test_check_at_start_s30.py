@@ -16,7 +16,6 @@ import shutil
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from rollwatch.integrity.scrub import ScrubTarget, scrub_pass
 from rollwatch.integrity.tree import MerkleTree
 from rollwatch.store.sqlite import SQLiteEventStore
 from tests.integrity.conftest import append_n, rewrite_event, run_sql
+from tests.integrity.test_first_key import _start
 
 
 async def _log(tmp_path: Path, n: int = 300) -> ScrubTarget:
@@ -158,10 +158,7 @@ def test_a_start_that_builds_the_read_models_checks_the_log_after_the_build(
                 time.sleep(0.01)
         finally:
             os.kill(part, signal.SIGCONT)
-        while "daemon_ready" not in log.read_text():
-            assert proc.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.05)
+        _wait_logged(proc, log, "daemon_ready", deadline)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
@@ -179,24 +176,20 @@ def test_a_start_that_builds_the_read_models_checks_the_log_after_the_build(
 
 
 def _serve(tmp_path: Path, config: Path, log: Path) -> subprocess.Popen[bytes]:
-    with log.open("wb") as err:
-        return subprocess.Popen(
-            [sys.executable, "-m", "rollwatch", "serve", "--config", str(config)],
-            cwd=tmp_path,
-            stderr=err,
-            stdout=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+    return _start(config, tmp_path, log.name)
+
+
+def _wait_logged(proc: subprocess.Popen[bytes], log: Path, event: str, deadline: float) -> None:
+    while event not in log.read_text():
+        assert proc.poll() is None, log.read_text()
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.05)
 
 
 def _serve_until(tmp_path: Path, config: Path, log: Path, event: str) -> None:
     proc = _serve(tmp_path, config, log)
     try:
-        deadline = time.monotonic() + 90
-        while event not in log.read_text():
-            assert proc.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.05)
+        _wait_logged(proc, log, event, time.monotonic() + 90)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
