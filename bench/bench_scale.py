@@ -546,7 +546,12 @@ def export_again(cfg: Path, exp: Path) -> dict[str, float]:
     t_ns = time.time_ns()
     took = cli(cfg, "publish", "export", str(exp))
     files, size = files_since(exp, t_ns)
-    return {"export_second": took, "export_second_files": files, "export_second_mb": size / 1e6}
+    return {
+        "export_second": took,
+        "export_second_files": files,
+        "export_second_mb": size / 1e6,
+        "export_second_rss_mb": RSS["publish"],
+    }
 
 
 def keys_at_start(log: Path, offset: int) -> dict[str, float]:
@@ -628,6 +633,7 @@ def measure(d: Path, cfg: Path, db: Path, port: int, key: str, export: bool, hea
         out["export_first"] = cli(cfg, "publish", "export", str(exp))
         files, size = files_since(exp, t_ns)
         out["export_first_files"], out["export_first_mb"] = files, size / 1e6
+        out["export_first_rss_mb"] = RSS["publish"]
     assert proj.exists()
     return out
 
@@ -729,7 +735,8 @@ def main() -> None:
                     f"{'':>17} publish export {m['export_first']:.1f} s ({m['export_first_files']:,.0f} files,"
                     f" {m['export_first_mb']:,.0f} MB); again after +10% rollouts {m['export_second']:.1f} s"
                     f" ({m['export_second_files']:,.0f} files, {m['export_second_mb']:,.0f} MB)"
-                    f" = {m['export_second'] / m['export_first']:.2f}x the first",
+                    f" = {m['export_second'] / m['export_first']:.2f}x the first; peak memory"
+                    f" {m['export_first_rss_mb']:.0f} MB, {m['export_second_rss_mb']:.0f} MB",
                     flush=True,
                 )
         for (n0, a), (n1, b) in itertools.pairwise(results):

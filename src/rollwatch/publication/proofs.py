@@ -32,10 +32,13 @@ rollout id itself is ``UUIDv5(6f1d7f0e-3c9b-4c1e-9a57-2b8f0d4c7a11, run_id ‖ 0
 model ‖ 0x00 ‖ problem_id ‖ 0x00 ‖ sample)`` (see :func:`rollwatch.runs.pipeline.rollout_id`),
 so the request event ties the id to what was asked.
 
-Bundles for the checkpoint of the moment are kept (up to 2,000, about 16 MB), so
-the feed's items and popular results are built once per checkpoint; a
-``results.jsonl`` of more results than that rebuilds the rest as it streams (about
-3 ms a result).
+Bundles for the checkpoint of the moment are kept (the 2,000 used last, about 40 MB),
+so the feed's items and popular results are built once per checkpoint; a
+``results.jsonl`` or an export of more results than that makes the rest as it goes
+(about 3 ms a result) and keeps no more. Before, every bundle made against one
+checkpoint was kept until the next one: an export of a 1M-event log, or one anonymous
+pull of ``/public/results.jsonl`` streamed from the daemon, held every result's bundle
+(1.2 GB at 1M events; a year's log would have taken the daemon's memory).
 """
 
 from __future__ import annotations
@@ -50,24 +53,33 @@ from rollwatch.integrity.tree import MerkleTree, StoredCheckpoint
 
 FORMAT = "rollwatch-proof/v1"
 
-_KEEP = 2_000  # about 8 KB each
+_KEEP = 2_000  # about 20 KB each in memory
 
 
 class ProofBundles:
     """The proof bundles of released results, from ``store`` and its ``tree``."""
 
-    def __init__(self, store: EventStore, tree: MerkleTree, *, public: bool = False) -> None:
-        """``public``: bundles stop at the release (see the module's docstring)."""
+    def __init__(
+        self, store: EventStore, tree: MerkleTree, *, public: bool = False, keep: int = _KEEP
+    ) -> None:
+        """``public``: bundles stop at the release (see the module's docstring). ``keep``:
+        how many bundles of the current checkpoint are kept (the ones used last)."""
         self.store = store
         self.tree = tree
         self.public = public
+        self.keep = keep
         self._seq = -1  # the CheckpointSigned event the kept bundles are for
         self._kept: dict[str, dict[str, Any]] = {}
+
+    @property
+    def kept(self) -> int:
+        """How many bundles are kept now (at most ``keep``)."""
+        return len(self._kept)
 
     async def checkpoint(self) -> StoredCheckpoint | None:
         """The checkpoint bundles are made against now (the latest signed one)."""
         cp = await self.tree.latest_checkpoint()
-        if cp is None or cp.seq != self._seq or len(self._kept) > _KEEP:
+        if cp is None or cp.seq != self._seq:
             self._seq, self._kept = (cp.seq if cp is not None else -1), {}
         return cp
 
@@ -83,8 +95,9 @@ class ProofBundles:
         if cp is None:
             return None
         current = cp.seq == self._seq
-        if current and rollout_id in self._kept:
-            return self._kept[rollout_id]
+        if current and (kept := self._kept.pop(rollout_id, None)) is not None:
+            self._kept[rollout_id] = kept  # used last: kept longest
+            return kept
         pending: list[int] = []
         covered = []
         released = False
@@ -121,6 +134,8 @@ class ProofBundles:
             "pending": pending,
             "complete": not pending,
         }
-        if current:
+        if current and self.keep > 0:
+            while len(self._kept) >= self.keep:
+                del self._kept[next(iter(self._kept))]  # the one used longest ago
             self._kept[rollout_id] = out
         return out
