@@ -42,7 +42,7 @@ import math
 import secrets
 import sqlite3
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
@@ -156,6 +156,32 @@ _PAGE_HEADERS = {
 }
 
 
+class _Streamed(StreamingResponse):
+    """A streamed answer that closes its generator and calls ``release`` once it ends, however
+    it ends (sent whole, the client gone, the daemon stopping), in the request's own task.
+
+    The one stream slot of ``/public/results.jsonl`` was an anyio ``CapacityLimiter`` taken in
+    the request's task and given back from the body's generator, which Starlette runs in a
+    task of its own: the release raised (the borrower is not holding a token), so the body
+    ended without its last chunk (the client saw a cut-off answer) and the slot was never
+    given back: one anonymous GET made every later one 503 until the daemon restarted."""
+
+    def __init__(self, body: AsyncGenerator[bytes, None], release: Callable[[], None], **kw: Any) -> None:
+        super().__init__(body, **kw)
+        self._body = body
+        self._release = release
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            try:
+                with anyio.CancelScope(shield=True):
+                    await self._body.aclose()
+            finally:
+                self._release()
+
+
 def _tagged(
     request: Request,
     body: bytes,
@@ -248,7 +274,7 @@ class PublicationAPI:
         self._results: tuple[tuple[object, ...], float, bytes] | None = None
         self._results_lock = anyio.Lock()
         self._results_too_large = False  # an archive only grows: once over, streamed from then on
-        self._results_streams = anyio.CapacityLimiter(1)
+        self._results_stream: object | None = None  # the one stream being sent, if any
         self.proofs: InclusionProofs | None = None
         self.bundles: ProofBundles | None = None
         self.witnessing = integrity.witnessing if integrity is not None else None
@@ -620,24 +646,21 @@ class PublicationAPI:
                     return _tagged(request, body, ndjson, "public, max-age=30")
                 self._results_too_large = True
                 log.info("public_results_streamed", reason=f"the archive is over {_RESULTS_KEPT} bytes")
-        try:
-            self._results_streams.acquire_nowait()
-        except anyio.WouldBlock:
+        if self._results_stream is not None:
             raise ServiceUnavailable(
                 "the archive is being sent to another client; retry in 30 s", {"Retry-After": "30"}
-            ) from None
+            )
+        stream = self._results_stream = object()
 
-        async def streamed() -> AsyncIterator[bytes]:
-            try:
-                lines = self._result_lines(cp)
-                async with contextlib.aclosing(lines):
-                    async for line in lines:
-                        yield line
-            finally:
-                self._results_streams.release()
+        def release() -> None:
+            if self._results_stream is stream:
+                self._results_stream = None
 
-        return StreamingResponse(
-            streamed(), media_type=ndjson, headers={"Cache-Control": "public, max-age=30"}
+        return _Streamed(
+            self._result_lines(cp),
+            release,
+            media_type=ndjson,
+            headers={"Cache-Control": "public, max-age=30"},
         )
 
     def _kept_results(self, key: tuple[object, ...]) -> bytes | None:
