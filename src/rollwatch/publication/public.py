@@ -35,6 +35,7 @@ from rollwatch.events import (
     date_length,
     parse_rfc3339,
     restored_date,
+    rollout_stream,
 )
 from rollwatch.log import get_logger
 from rollwatch.projections import ProjectionDB
@@ -157,6 +158,8 @@ async def _with_answers(
             )
             continue
         why = _not_released_by_log(r, decided, restored, events, now)
+        if why is None:
+            why = await _cost_not_the_logs(store, r, events)
         if why is not None:
             log.error(
                 "projections_tampered",
@@ -190,9 +193,16 @@ def _not_released_by_log(
 
     try:
         of_rollout(r.released_seq, (PublicReleased,), "release")
+        if (at := events[r.released_seq].at) != r.released_at:
+            return f"its release (event {r.released_seq}) was logged at {at}, not {r.released_at}"
         verdict = of_rollout(r.scored_seq, (RolloutScored, RolloutRescored), "verdict")
         if not verdict.passed:
             return f"its verdict (event {r.scored_seq}) did not pass"
+        if (at := events[r.scored_seq].at) != r.scored_at or not _same(verdict.score, r.score):
+            return (
+                f"its verdict (event {r.scored_seq}, logged at {at}, score {verdict.score})"
+                f" is not the row's ({r.scored_at}, score {r.score})"
+            )
         decision = of_rollout(decided, (PublicationDecided,), "public decision")
         date = decision.not_before
         if restored is not None:
@@ -211,6 +221,36 @@ def _not_released_by_log(
     except StoreError as e:  # an event that does not decode (UnknownEventType)
         return str(e)
     return None
+
+
+def _same(a: float | None, b: float | None) -> bool:
+    """Two figures alike, an unknown one (None or NaN: a NaN is stored as NULL) like another."""
+    return a == b or ((a is None or a != a) and (b is None or b != b))
+
+
+async def _cost_not_the_logs(store: EventStore, r: Released, events: dict[int, Recorded]) -> str | None:
+    """Why the row's cost is not the sum of its rollout's answers' costs in the log, or None.
+
+    Its answer's own cost (one answer: the usual case) is read already; only when that is
+    not the row's are the rollout's events read to add its answers up as the read model does."""
+    rec = events.get(r.answer_seq) if r.answer_seq is not None else None
+    if rec is None:
+        return None if _same(r.cost_usd, None) else f"its cost {r.cost_usd} has no answer in the log"
+    ev = rec.event()
+    if isinstance(ev, RolloutResponded) and _same(ev.cost_usd, r.cost_usd):
+        return None
+    cost: float | None = None
+    try:
+        async for rec in store.read(stream=rollout_stream(r.rollout_id)):
+            if rec.seq > r.answer_seq:  # type: ignore[operator]  # not None: read above
+                break
+            if rec.type == "RolloutResponded" and (c := rec.event().cost_usd) is not None:  # type: ignore[attr-defined]
+                cost = (cost if cost is not None and cost == cost and cost else 0) + c
+    except StoreError as e:  # an event that does not decode
+        return str(e)
+    if _same(cost, r.cost_usd):
+        return None
+    return f"its cost {r.cost_usd} is not its answers' in the log ({cost})"
 
 
 class _Mismatch(Exception):

@@ -1,0 +1,113 @@
+"""Session 32's attacks on the files (an attacker holding the database files).
+
+*A pending release edited away in the projections file.* The release job takes what is
+due from ``public_rollouts`` in the projections file; the log's own decision (the public
+decision event and its ``not_before``) is never consulted for what is *missing*. A pass
+whose row was edited so the job does not pick it (its date moved past year 9999, or the row
+marked superseded, or deleted), with the file's recorded hash of the last applied event
+kept, is never released: no ``PublicReleased`` is appended, and nothing names the edit.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from rollwatch.publication import release_due
+from tests.publication.helpers import add_rollout, finish_run, new_run_id, serving, start_run
+
+EDITS = {
+    "date_moved": "UPDATE public_rollouts SET not_before_ts = 253402300799 WHERE rollout_id = ?",
+    "superseded": "UPDATE public_rollouts SET superseded_seq = scored_seq WHERE rollout_id = ?",
+    "deleted": "DELETE FROM public_rollouts WHERE rollout_id = ?",
+    "failed": "UPDATE public_rollouts SET passed = 0 WHERE rollout_id = ?",
+}
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("edit", sorted(EDITS))
+async def test_a_pending_release_edited_away_in_the_projections_file_is_still_released(
+    tmp_path: Path, edit: str
+) -> None:
+    async with serving(tmp_path) as env:
+        run = new_run_id()
+        await start_run(env.store, run)
+        held = await add_rollout(env.store, run, passed=True, embargo_s=90 * 86400, problem_id="p1")
+        await finish_run(env.store, run, rollouts=1, passed=1)
+        await env.pdb.catch_up(env.store)
+        db = sqlite3.connect(env.pdb.file, isolation_level=None)
+        try:
+            db.execute(EDITS[edit], (held,))
+        finally:
+            db.close()
+        later = datetime.now(UTC) + timedelta(days=91)
+        await release_due(env.store, env.pdb, now=later)
+        types = [rec.type async for rec in env.store.read(stream=f"rollout-{held}")]
+        assert "PublicReleased" in types, types
+
+
+@pytest.mark.anyio
+async def test_a_projection_checkpoint_moved_ahead_under_a_live_daemon_skips_no_event(tmp_path: Path) -> None:
+    """``projection_state.seq`` moved a few events past the log's head while the file is in
+    use: the writer skips every event up to it (a whole rollout, its pass and its public
+    decision), then records the next event it applies as its anchor, with the log's hash, so
+    a restart trusts the file. The pass is never released and never in the subscriber feed."""
+    async with serving(tmp_path) as env:
+        run = new_run_id()
+        await start_run(env.store, run)
+        await env.pdb.catch_up(env.store)
+        head = await env.store.head()
+        db = sqlite3.connect(env.pdb.file, isolation_level=None)
+        try:
+            # the next append's events (one rollout, one append) go unapplied
+            db.execute("UPDATE projection_state SET seq = ?", (head + 5,))
+        finally:
+            db.close()
+        skipped = await add_rollout(env.store, run, passed=True, problem_id="p1")
+        await finish_run(env.store, run, rollouts=1, passed=1)
+        await env.pdb.catch_up(env.store)
+        why = await env.pdb.distrust(env.store)  # what a restart would ask
+        await release_due(env.store, env.pdb)
+        types = [rec.type async for rec in env.store.read(stream=f"rollout-{skipped}")]
+        assert why is not None or "PublicReleased" in types, (why, types)
+
+
+RELEASED_EDITS = {
+    "released_at": (
+        "UPDATE public_rollouts SET released_at = '2020-01-01T00:00:00.000000Z' WHERE rollout_id = ?",
+        "2020-01-01T00:00:00",
+    ),
+    "scored_at": (
+        "UPDATE public_rollouts SET scored_at = '2020-01-01T00:00:00.000000Z' WHERE rollout_id = ?",
+        "2020-01-01T00:00:00",
+    ),
+    "score": ("UPDATE public_rollouts SET score = 0.123456 WHERE rollout_id = ?", "0.123456"),
+    "cost_usd": ("UPDATE public_rollouts SET cost_usd = 9876.5 WHERE rollout_id = ?", "9876.5"),
+}
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("edit", sorted(RELEASED_EDITS))
+async def test_a_released_results_edited_field_is_not_served(tmp_path: Path, edit: str) -> None:
+    """A released result's release time, verdict time, score or cost edited in the projections
+    file (every seq left as it was, so the row's events still check out): not served as
+    the log's."""
+    sql, mark = RELEASED_EDITS[edit]
+    async with serving(tmp_path) as env:
+        run = new_run_id()
+        await start_run(env.store, run)
+        rid = await add_rollout(env.store, run, passed=True, problem_id="p1")
+        await finish_run(env.store, run, rollouts=1, passed=1)
+        await release_due(env.store, env.pdb)
+        assert rid in (await env.client.get(f"/public/rollouts/{rid}.json")).text
+        db = sqlite3.connect(env.pdb.file, isolation_level=None)
+        try:
+            db.execute(sql, (rid,))
+        finally:
+            db.close()
+        for path in ("/public/results.jsonl", f"/public/rollouts/{rid}.json", "/public/feed.json"):
+            r = await env.client.get(path)
+            assert mark not in r.text, (path, r.text[:400])
