@@ -111,3 +111,53 @@ async def test_a_released_results_edited_field_is_not_served(tmp_path: Path, edi
         for path in ("/public/results.jsonl", f"/public/rollouts/{rid}.json", "/public/feed.json"):
             r = await env.client.get(path)
             assert mark not in r.text, (path, r.text[:400])
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("edit", ["mark_lifted", "mark_added"])
+async def test_a_released_results_superseded_mark_edited_is_not_served(tmp_path: Path, edit: str) -> None:
+    """A released result that a re-score found failing its problem's newest version is
+    published marked ``superseded``. The mark lifted in the projections file (the result
+    shown standing), or one added to an honest result (``superseded_seq`` pointing at its
+    own verdict): not served as the log's."""
+    import uuid
+
+    from rollwatch.events import RolloutRescored
+
+    async with serving(tmp_path) as env:
+        run = new_run_id()
+        await start_run(env.store, run)
+        rid = await add_rollout(env.store, run, passed=True, problem_id="p1")
+        await finish_run(env.store, run, rollouts=1, passed=1)
+        await release_due(env.store, env.pdb)
+        if edit == "mark_lifted":
+            ev = RolloutRescored(
+                rollout_id=rid,
+                problem_id="p1",
+                passed=False,
+                score=0.0,
+                scorer="python-function",
+                problem_hash="h-newer",
+                scorer_version="1",
+                rescore_id=str(uuid.uuid4()),
+                previous_passed=True,
+            )
+            await env.store.append(f"rollout-{rid}", [ev])
+            await env.pdb.catch_up(env.store)
+            assert '"superseded":true' in (await env.client.get(f"/public/rollouts/{rid}.json")).text
+            sql = "UPDATE public_rollouts SET superseded_at = NULL, superseded_seq = NULL, superseded_hash = NULL"
+            honest = '"superseded":false'
+        else:
+            sql = (
+                "UPDATE public_rollouts SET superseded_at = '2026-01-01T00:00:00.000000Z',"
+                " superseded_seq = scored_seq, superseded_hash = 'h-forged'"
+            )
+            honest = '"superseded":true'
+        db = sqlite3.connect(env.pdb.file, isolation_level=None)
+        try:
+            db.execute(f"{sql} WHERE rollout_id = ?", (rid,))
+        finally:
+            db.close()
+        for path in ("/public/results.jsonl", f"/public/rollouts/{rid}.json"):
+            r = await env.client.get(path)
+            assert honest.replace(" ", "") not in r.text.replace(" ", ""), (path, r.text[:600])

@@ -44,7 +44,7 @@ from rollwatch.web.render import natural_key
 _COLUMNS = (
     "rollout_id, run_id, provider, model, problem_id, sample, score, cost_usd, scored_at,"
     " not_before, released_at, released_seq, answer_seq, scored_seq, superseded_at, superseded_hash, decided_seq,"
-    " restored_seq"
+    " restored_seq, superseded_seq"
 )
 log = get_logger(__name__)
 
@@ -139,15 +139,18 @@ async def _with_answers(
     decision's date moved, a failure made a pass, with the projections built again from
     it): a result resting on a changed event is left out and logged as ERROR
     ``public_withheld`` (the daemon's check also marks the log tampered with)."""
-    found = [(Released(*row[:-2]), row[-2], row[-1]) for row in rows]
+    found = [(Released(*row[:-3]), row[-3], row[-2], row[-1]) for row in rows]
     want: list[int] = []
-    for r, decided, restored in found:
-        want += [s for s in (r.answer_seq, r.released_seq, r.scored_seq, decided, restored) if s is not None]
+    for r, decided, restored, superseded in found:
+        seqs = (r.answer_seq, r.released_seq, r.scored_seq, decided, restored, superseded)
+        want += [s for s in seqs if s is not None]
     events = await store.read_at(want)
     changed = set((await check.changed(events.values()))[0]) if check is not None and events else set()
     out = []
-    for r, decided, restored in found:
-        bad = sorted(changed.intersection((r.answer_seq, r.released_seq, r.scored_seq, decided, restored)))
+    for r, decided, restored, superseded in found:
+        bad = sorted(
+            changed.intersection((r.answer_seq, r.released_seq, r.scored_seq, decided, restored, superseded))
+        )
         if bad:
             log.error(
                 "public_withheld",
@@ -158,6 +161,8 @@ async def _with_answers(
             )
             continue
         why = _not_released_by_log(r, decided, restored, events, now)
+        if why is None:
+            why = _mark_not_the_logs(r, superseded, events)
         if why is None:
             why = await _cost_not_the_logs(store, r, events)
         if why is not None:
@@ -220,6 +225,29 @@ def _not_released_by_log(
         return str(e)
     except StoreError as e:  # an event that does not decode (UnknownEventType)
         return str(e)
+    return None
+
+
+def _mark_not_the_logs(r: Released, superseded: int | None, events: dict[int, Recorded]) -> str | None:
+    """Why the row's superseded mark is not the log's re-score at ``superseded``, or None.
+
+    A mark the row does not have is not checked here (a re-score left out of the row would
+    take reading the rollout's events; see the README's threat model)."""
+    if superseded is None and r.superseded_at is None and r.superseded_hash is None:
+        return None
+    rec = events.get(superseded) if superseded is not None else None
+    try:
+        ev = rec.event() if rec is not None else None
+    except StoreError as e:
+        return str(e)
+    if (
+        not isinstance(ev, RolloutRescored)
+        or ev.rollout_id != r.rollout_id
+        or ev.passed
+        or rec.at != r.superseded_at  # type: ignore[union-attr]  # not None: ev is
+        or ev.problem_hash != r.superseded_hash
+    ):
+        return f"its superseded mark (event {superseded}) is not a re-score of this rollout failing it then"
     return None
 
 
