@@ -46,7 +46,7 @@ async def test_a_pending_release_edited_away_in_the_projections_file_is_still_re
         later = datetime.now(UTC) + timedelta(days=91)
         await release_due(env.store, env.pdb, now=later)
         types = [rec.type async for rec in env.store.read(stream=f"rollout-{held}")]
-        assert "PublicReleased" in types, types
+    assert "PublicReleased" in types, types
 
 
 @pytest.mark.anyio
@@ -72,7 +72,7 @@ async def test_a_projection_checkpoint_moved_ahead_under_a_live_daemon_skips_no_
         why = await env.pdb.distrust(env.store)  # what a restart would ask
         await release_due(env.store, env.pdb)
         types = [rec.type async for rec in env.store.read(stream=f"rollout-{skipped}")]
-        assert why is not None or "PublicReleased" in types, (why, types)
+    assert why is not None or "PublicReleased" in types, (why, types)
 
 
 RELEASED_EDITS = {
@@ -158,6 +158,93 @@ async def test_a_released_results_superseded_mark_edited_is_not_served(tmp_path:
             db.execute(f"{sql} WHERE rollout_id = ?", (rid,))
         finally:
             db.close()
-        for path in ("/public/results.jsonl", f"/public/rollouts/{rid}.json"):
-            r = await env.client.get(path)
-            assert honest.replace(" ", "") not in r.text.replace(" ", ""), (path, r.text[:600])
+        served = [
+            (await env.client.get(path)).text
+            for path in ("/public/results.jsonl", f"/public/rollouts/{rid}.json")
+        ]
+    for text in served:
+        assert honest not in text.replace(" ", ""), text[:600]
+
+
+def test_a_live_daemon_releases_a_pass_whose_pending_row_was_edited(tmp_path: Path) -> None:
+    """The same edit under a real daemon (its scrub every 500 ms, its release job every
+    200 ms): a pass under an 8 s embargo whose pending row's date is moved to year 9999 once
+    the daemon has it. Safe: it is released when due anyway, or the edit is named."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import anyio
+    import httpx
+
+    from rollwatch.store.sqlite import SQLiteEventStore
+    from tests.test_daemon import free_port, wait_until
+
+    db = tmp_path / "events.db"
+    pfile = tmp_path / "projections.db"
+    run = new_run_id()
+
+    async def fill() -> str:
+        async with SQLiteEventStore(db) as store:
+            await start_run(store, run)
+            rid = await add_rollout(store, run, passed=True, embargo_s=8)
+            await finish_run(store, run, rollouts=1, passed=1)
+            return rid
+
+    held = anyio.run(fill)
+    port = free_port()
+    cfg = tmp_path / "rollwatch.toml"
+    cfg.write_text(
+        f'[store]\nurl = "sqlite:{db}"\nprojections = "{pfile}"\n'
+        f'[server]\nlisten = "127.0.0.1:{port}"\n[publication]\nembargo = "8s"\nrelease_check = "200ms"\n'
+        '[integrity]\nscrub_interval = "500ms"\n'
+    )
+
+    def pending() -> bool:
+        try:
+            con = sqlite3.connect(pfile)
+            try:
+                return bool(
+                    con.execute("SELECT 1 FROM public_rollouts WHERE rollout_id = ?", (held,)).fetchall()
+                )
+            finally:
+                con.close()
+        except sqlite3.Error:
+            return False
+
+    with (tmp_path / "serve.log").open("wb") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "rollwatch", "--config", str(cfg), "serve"],
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
+    try:
+        wait_until(pending, 60, "the pending row")
+        assert "PublicReleased" not in _types(db, held), "the daemon started too slowly for this test"
+        edit = sqlite3.connect(pfile, isolation_level=None)
+        try:
+            edit.execute(
+                "UPDATE public_rollouts SET not_before_ts = 253402300799 WHERE rollout_id = ?", (held,)
+            )
+        finally:
+            edit.close()
+        time.sleep(14)  # the embargo over, and many scrub passes and release checks
+        health = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=10).text
+        feed = httpx.get(f"http://127.0.0.1:{port}/public/feed.json", timeout=10).text
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    log = (tmp_path / "serve.log").read_text()
+    assert held in feed or "projections_tampered" in log, (health, log[-1500:])
+
+
+def _types(db: Path, rid: str) -> list[str]:
+    con = sqlite3.connect(db)
+    try:
+        return [
+            r[0]
+            for r in con.execute("SELECT type FROM events WHERE stream = ? ORDER BY seq", (f"rollout-{rid}",))
+        ]
+    finally:
+        con.close()
