@@ -750,6 +750,7 @@ class Daemon:
                     health=integrity.health,
                     clock=clock,
                     check=integrity,
+                    missed=integrity.take_due,
                 )
             )
             background.start_soon(self._watch_problems, svc, hups)

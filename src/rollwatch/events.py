@@ -965,6 +965,56 @@ def restored_date(restored_at: str, length: float) -> str:
     return rfc3339(parse_rfc3339(restored_at) + timedelta(seconds=length))
 
 
+class PendingReleases:
+    """Rollouts with a public decision in the log and no release yet, as one pass over the
+    log (the scrub's) finds them, whatever the read models hold.
+
+    The release job finds what is due in the projections file; a pending row edited there
+    (its date moved, marked failed, deleted) or events skipped by a checkpoint moved ahead
+    left a pass never released, and nothing said so. The scrub hands :meth:`due` to the
+    release job, which releases each one the log says is due (``release_one`` decides from
+    the rollout's stream: a withdrawn or restored date included) and names the file.
+    Only what lies between a public decision and its release is kept (the embargo window).
+    """
+
+    __slots__ = ("pending",)
+
+    def __init__(self) -> None:
+        self.pending: dict[str, str] = {}
+        """Rollout id -> the ``not_before`` of its latest public decision."""
+
+    def see(self, rec: Recorded) -> None:
+        """Note one event of the log (read in the log's order); others than decisions and
+        releases, and one that does not decode (the scrub names those), change nothing."""
+        t = rec.type
+        if t != "PublicationDecided" and t != "PublicReleased":
+            return
+        try:
+            ev = rec.event()
+            if isinstance(ev, PublicationDecided):
+                if (
+                    ev.audience == "public"
+                    and isinstance(ev.rollout_id, str)
+                    and isinstance(ev.not_before, str)
+                ):
+                    self.pending[ev.rollout_id] = ev.not_before
+            elif isinstance(ev, PublicReleased) and isinstance(ev.rollout_id, str):
+                self.pending.pop(ev.rollout_id, None)
+        except (UnknownEventType, NewerSchema, ValueError, TypeError):
+            return
+
+    def due(self, now: datetime) -> list[str]:
+        """The pending rollouts whose decision's date is at or before ``now``."""
+        out = []
+        for rid, nb in self.pending.items():
+            try:
+                if parse_rfc3339(nb) <= now:
+                    out.append(rid)
+            except (ValueError, TypeError):
+                continue
+        return sorted(out)
+
+
 @dataclass(slots=True)
 class PublicDate:
     """A rollout's public date as its events make it, applied in the stream's order.

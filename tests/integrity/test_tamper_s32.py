@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from rollwatch.abc import EventStore
+from rollwatch.events import PendingReleases
 from rollwatch.publication import release_due
 from tests.publication.helpers import add_rollout, finish_run, new_run_id, serving, start_run
 
@@ -44,9 +46,50 @@ async def test_a_pending_release_edited_away_in_the_projections_file_is_still_re
         finally:
             db.close()
         later = datetime.now(UTC) + timedelta(days=91)
-        await release_due(env.store, env.pdb, now=later)
+        # The release job alone (its query of the file) misses it ...
+        assert await release_due(env.store, env.pdb, now=later) == 0
+        # ... the scrub's pass over the log does not: handed to the job, it is released.
+        distrusted: list[str] = []
+        env.pdb.on_distrusted = distrusted.append
+        assert await release_due(env.store, env.pdb, now=later, also=await _due_in_log(env.store, later)) == 1
         types = [rec.type async for rec in env.store.read(stream=f"rollout-{held}")]
     assert "PublicReleased" in types, types
+    assert distrusted, "the file was not named"
+    assert held in distrusted[0], distrusted
+
+
+async def _due_in_log(store: EventStore, now: datetime) -> list[str]:
+    """What a scrub pass hands the release job: the log's due and unreleased decisions."""
+    pending = PendingReleases()
+    async for rec in store.read():
+        pending.see(rec)
+    return pending.due(now)
+
+
+@pytest.mark.anyio
+async def test_the_logs_finding_releases_nothing_early_nor_twice(tmp_path: Path) -> None:
+    """The scrub's finding is a list of candidates: one not due (under embargo), one released
+    already, one superseded by a failing re-score, an honest file: nothing is released by it,
+    and nothing is named."""
+    async with serving(tmp_path) as env:
+        run = new_run_id()
+        await start_run(env.store, run)
+        held = await add_rollout(env.store, run, passed=True, embargo_s=90 * 86400, problem_id="p1")
+        done = await add_rollout(env.store, run, passed=True, embargo_s=0, problem_id="p2")
+        await finish_run(env.store, run, rollouts=2, passed=2)
+        await env.pdb.catch_up(env.store)
+        assert await release_due(env.store, env.pdb) == 1  # ``done``
+        distrusted: list[str] = []
+        env.pdb.on_distrusted = distrusted.append
+        now = datetime.now(UTC)
+        assert await _due_in_log(env.store, now) == []
+        assert await release_due(env.store, env.pdb, now=now, also=[held, done, "no-such-rollout"]) == 0
+        later = now + timedelta(days=91)
+        assert await _due_in_log(env.store, later) == [held]
+        # Due later, and the file shows it: the job's own query releases it, the finding adds nothing.
+        assert await release_due(env.store, env.pdb, now=later, also=[held]) == 1
+        assert distrusted == []
+        assert await _due_in_log(env.store, later) == []
 
 
 @pytest.mark.anyio
@@ -70,7 +113,8 @@ async def test_a_projection_checkpoint_moved_ahead_under_a_live_daemon_skips_no_
         await finish_run(env.store, run, rollouts=1, passed=1)
         await env.pdb.catch_up(env.store)
         why = await env.pdb.distrust(env.store)  # what a restart would ask
-        await release_due(env.store, env.pdb)
+        now = datetime.now(UTC)
+        await release_due(env.store, env.pdb, now=now, also=await _due_in_log(env.store, now))
         types = [rec.type async for rec in env.store.read(stream=f"rollout-{skipped}")]
     assert why is not None or "PublicReleased" in types, (why, types)
 
@@ -114,7 +158,20 @@ async def test_a_released_results_edited_field_is_not_served(tmp_path: Path, edi
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("edit", ["mark_lifted", "mark_added"])
+@pytest.mark.parametrize(
+    "edit",
+    [
+        pytest.param(
+            "mark_lifted",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="open (README threat model, session 32): telling a lifted mark needs the"
+                " rollout's later re-scores read for every served result",
+            ),
+        ),
+        "mark_added",
+    ],
+)
 async def test_a_released_results_superseded_mark_edited_is_not_served(tmp_path: Path, edit: str) -> None:
     """A released result that a re-score found failing its problem's newest version is
     published marked ``superseded``. The mark lifted in the projections file (the result
@@ -173,7 +230,6 @@ def test_a_live_daemon_releases_a_pass_whose_pending_row_was_edited(tmp_path: Pa
     import signal
     import subprocess
     import sys
-    import time
 
     import anyio
     import httpx
@@ -229,14 +285,22 @@ def test_a_live_daemon_releases_a_pass_whose_pending_row_was_edited(tmp_path: Pa
             )
         finally:
             edit.close()
-        time.sleep(14)  # the embargo over, and many scrub passes and release checks
+        # The embargo over, the scrub's next pass finds it due in the log and the release job
+        # releases it (and names the file).
+        wait_until(lambda: "PublicReleased" in _types(db, held), 60, "the release")
         health = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=10).text
+        wait_until(
+            lambda: held in httpx.get(f"http://127.0.0.1:{port}/public/feed.json", timeout=10).text,
+            60,
+            "the public feed",
+        )
         feed = httpx.get(f"http://127.0.0.1:{port}/public/feed.json", timeout=10).text
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
     log = (tmp_path / "serve.log").read_text()
-    assert held in feed or "projections_tampered" in log, (health, log[-1500:])
+    assert held in feed, (health, log[-1500:])
+    assert "projections_tampered" in log, (health, log[-1500:])
 
 
 def _types(db: Path, rid: str) -> list[str]:

@@ -30,6 +30,7 @@ import json
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -38,7 +39,7 @@ import anyio
 from rollwatch._child import background
 from rollwatch.abc import SUBSCRIBER_TYPES
 from rollwatch.errors import DamagedLog, IntegrityError, StoreError
-from rollwatch.events import Recorded
+from rollwatch.events import PendingReleases, Recorded
 from rollwatch.integrity._worker import worker_pass
 from rollwatch.integrity.health import Health
 from rollwatch.integrity.tree import MerkleTree
@@ -99,6 +100,8 @@ class ScrubTarget:
         )
 
 
+_RELEASE_TYPES = frozenset({"PublicationDecided", "PublicReleased"})
+
 SubscribersSeen = Callable[[dict[int, str], int], Awaitable[None]]
 """Given the hash of every subscriber event a pass read (by seq) and how many events it
 read: raises :class:`IntegrityError` when the keys were read from others."""
@@ -109,6 +112,7 @@ async def scrub_once(
     *,
     duty: float = 1.0,
     subscribers: Callable[[dict[int, str], int], None] | None = None,
+    due: Callable[[list[str]], None] | None = None,
 ) -> TreeReport:
     """One full pass, in this process; raises :class:`IntegrityError` naming the first bad seq.
 
@@ -116,8 +120,11 @@ async def scrub_once(
     ``subscribers``, when given, is told the hash of every subscriber event read (by seq)
     and how many events were read, once every row is read and checked (before the
     indexes are: so an index found not to match its rows still has them compared).
+    ``due``, when given, is told the rollouts the log has a public decision for, due by
+    now, and no release (:class:`~rollwatch.events.PendingReleases`), once the pass passed.
     """
     found: dict[int, str] = {}
+    pending = PendingReleases() if due is not None else None
     from rollwatch.store import open_store_url
 
     kept = await anyio.to_thread.run_sync(read_kept, target.witness)
@@ -140,6 +147,10 @@ async def scrub_once(
                 nonlocal read
                 read = page[-1].seq
                 found.update((ev.seq, ev.hash) for ev in page if ev.type in SUBSCRIBER_TYPES)
+                if pending is not None:
+                    for ev in page:
+                        if ev.type in _RELEASE_TYPES:
+                            pending.see(ev)
 
             try:
                 report = await check_log_tree(
@@ -159,6 +170,8 @@ async def scrub_once(
                 subscribers(found, report.events)
             if target.content:  # what no hash covers: versions, SQLite's index
                 await store.verify_versions(report.events)
+            if due is not None and pending is not None:
+                due(pending.due(datetime.now(UTC)))
             return report
     except DamagedLog as e:
         # Not a pass that could not run (the log out of reach): a restart and ``verify``
@@ -202,7 +215,11 @@ async def _last_readable(store: EventStore, after: int, most: int = 10_000) -> i
 
 
 async def scrub_pass(
-    target: ScrubTarget, subscribers: SubscribersSeen | None = None, *, longest: float | None = None
+    target: ScrubTarget,
+    subscribers: SubscribersSeen | None = None,
+    *,
+    longest: float | None = None,
+    due: Callable[[list[str]], None] | None = None,
 ) -> tuple[int, float]:
     """One pass in a worker process at low priority: (events checked, seconds).
 
@@ -210,7 +227,7 @@ async def scrub_pass(
     subscriber events the pass read), :class:`StoreError` when the pass could not run
     (the log out of reach, say) or its process did not finish within ``longest`` seconds
     (it is killed: one stopped with SIGSTOP, or waiting on a file that never answers, held
-    every later pass for good).
+    every later pass for good). ``due``: told what :func:`scrub_once`'s is, once it passed.
     """
     started = time.monotonic()
     before: list[str] = []
@@ -267,6 +284,10 @@ async def scrub_pass(
         raise failed[0]
     events = checked[0]
     await compare()
+    if due is not None:
+        for line in before:
+            if line.startswith("due "):
+                due([str(r) for r in json.loads(line[4:])])
     return events, time.monotonic() - started
 
 
@@ -279,6 +300,7 @@ async def scrub_forever(
     before_pass: Callable[[], Awaitable[None]] | None = None,
     longest: float | None = None,
     health: Health | None = None,
+    due: Callable[[list[str]], None] | None = None,
 ) -> None:
     """A pass after ``first_after`` seconds, then one every ``interval`` (start to start); never returns.
 
@@ -296,7 +318,7 @@ async def scrub_forever(
         try:
             if before_pass is not None:
                 await before_pass()
-            events, seconds = await scrub_pass(target, subscribers, longest=longest)
+            events, seconds = await scrub_pass(target, subscribers, longest=longest, due=due)
             log.info("scrub_passed", events=events, seconds=round(seconds, 2), next_in_s=interval)
             if health is not None:
                 health.resume("scrub")
@@ -323,8 +345,11 @@ async def _main(arg: str) -> int:
     def subscribers(found: dict[int, str], events: int) -> None:
         print(f"subscribers {events} {json.dumps(found, separators=(',', ':'))}", flush=True)
 
+    def due(rids: list[str]) -> None:
+        print(f"due {json.dumps(rids, separators=(',', ':'))}", flush=True)
+
     report, status = await reported(
-        scrub_once(target, duty=DUTY if target.background else 1.0, subscribers=subscribers)
+        scrub_once(target, duty=DUTY if target.background else 1.0, subscribers=subscribers, due=due)
     )
     if report is not None:
         print(f"ok {report.events}", flush=True)

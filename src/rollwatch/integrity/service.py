@@ -78,6 +78,10 @@ class Integrity:
         self.subscribers: SubscribersSeen | None = None
         """Given the subscriber events each scrub pass read: raises when the keys were read
         from others (:meth:`rollwatch.publication.keys.SubscriberDirectory.check_seen`)."""
+        self.due_in_log: set[str] = set()
+        """The rollouts the last scrub pass found with a public decision due and no release in
+        the log (:class:`~rollwatch.events.PendingReleases`), until the release job takes them:
+        it releases those its read models missed (an edited projections file)."""
         self.checked = False
         """Whether the routes that serve what the log says may serve it: once the log has passed
         the check at start, or at once when the tree held every event already (see :meth:`run`)."""
@@ -223,6 +227,7 @@ class Integrity:
                     interval,
                     first_after=interval,
                     subscribers=self.subscribers,
+                    due=self._found_due,
                     before_pass=self.store.check_same_file,
                     longest=self.config.scrub_timeout,
                     health=self.health,
@@ -328,6 +333,15 @@ class Integrity:
                 log.warning("checkpoint_key_check_failed", error=str(e))
         return None
 
+    def _found_due(self, rids: list[str]) -> None:
+        self.due_in_log.update(rids)
+
+    def take_due(self) -> list[str]:
+        """What :attr:`due_in_log` holds, emptied: for the release job (see there)."""
+        out = sorted(self.due_in_log)
+        self.due_in_log.clear()
+        return out
+
     async def _locate(self) -> IntegrityError | None:
         """The scrub's finding, if one pass now finds anything."""
         try:
@@ -356,7 +370,9 @@ class Integrity:
     async def _scrub_at_start(self) -> None:
         try:
             # Not in the background: nothing is appended or signed until it passes.
-            events, seconds = await scrub_pass(self.scrub_target(background=False), self.subscribers)
+            events, seconds = await scrub_pass(
+                self.scrub_target(background=False), self.subscribers, due=self._found_due
+            )
         except IntegrityError:
             raise
         except StoreError as e:

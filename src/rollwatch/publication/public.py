@@ -203,7 +203,7 @@ def _not_released_by_log(
         verdict = of_rollout(r.scored_seq, (RolloutScored, RolloutRescored), "verdict")
         if not verdict.passed:
             return f"its verdict (event {r.scored_seq}) did not pass"
-        if (at := events[r.scored_seq].at) != r.scored_at or not _same(verdict.score, r.score):
+        if (at := events[r.scored_seq].at) != r.scored_at or not _same(verdict.score, r.score):  # type: ignore[index]  # found: of_rollout read it
             return (
                 f"its verdict (event {r.scored_seq}, logged at {at}, score {verdict.score})"
                 f" is not the row's ({r.scored_at}, score {r.score})"

@@ -19,6 +19,7 @@ rollout's stream (the log is the truth; the projection may lag) and appends
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Collection
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -119,15 +120,28 @@ async def _release_into(
 
 
 async def release_due(
-    store: EventStore, pdb: ProjectionDB, now: datetime | None = None, check: EventCheck | None = None
+    store: EventStore,
+    pdb: ProjectionDB,
+    now: datetime | None = None,
+    check: EventCheck | None = None,
+    also: Collection[str] = (),
 ) -> int:
     """Release every rollout whose public decision has fallen due; return how many were released.
 
     With ``check``, each release is checked against it first (:func:`release_one`); an event
-    found changed raises :class:`IntegrityError` (the lowest seq found) after the batch."""
+    found changed raises :class:`IntegrityError` (the lowest seq found) after the batch.
+
+    ``also``: rollouts the log itself has a due public decision for and no release (the
+    scrub's finding, :class:`~rollwatch.events.PendingReleases`), tried after those the
+    projections show due. One released so was missed by the projections file, caught up
+    with the log: its row edited (its date moved, marked failed or superseded, deleted) or
+    its events skipped (a checkpoint moved ahead). It is released all the same (as
+    :func:`release_one` decides from the rollout's stream), logged as ERROR
+    ``projections_tampered``, and the file is no longer trusted (built again beside)."""
     released = 0
     last_ts = float("-inf")
     last_id = ""
+    first = now or datetime.now(UTC)  # what was due when the log's finding is weighed
     while True:
         await caught_up(store, pdb)
         when = now or datetime.now(UTC)
@@ -154,6 +168,19 @@ async def release_due(
         last_id, last_ts = rows[-1][0], rows[-1][1]
         if len(rows) < _BATCH:
             break
+    missed = []
+    for rid in also:
+        # Due by ``first``, so due in the projections' query above too, had they shown it.
+        if await release_one(store, rid, first, check):
+            missed.append(rid)
+    if missed:
+        released += len(missed)
+        why = (
+            f"the log had {len(missed)} public decision(s) due and unreleased that it did not show"
+            f" as due: {', '.join(missed[:5])}{' ...' if len(missed) > 5 else ''}"
+        )
+        log.error("projections_tampered", file=str(pdb.file), reason=why, action="released; rebuilding")
+        pdb.distrusted(why)
     if released:
         log.info("public_released", rollouts=released)
     return released
@@ -179,6 +206,7 @@ async def release_job(
     health: Health | None = None,
     clock: ReleaseClock | None = None,
     check: EventCheck | None = None,
+    missed: Callable[[], Collection[str]] | None = None,
     task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Release due results every ``interval`` seconds (sooner when one falls due sooner).
@@ -191,7 +219,8 @@ async def release_job(
     longer hold as it was scored. With ``clock``, releases go by it and wait while it is
     held (a jump of the wall clock, or a clock behind the log: :mod:`.clock`). With
     ``check``, every release is checked first (:func:`release_one`): an event found
-    changed marks ``health`` tampered, and nothing more is released.
+    changed marks ``health`` tampered, and nothing more is released. ``missed``: the
+    scrub's finding of what the log has due, taken once a pass (``release_due``'s ``also``).
     """
     task_status.started()
     failing: str | None = None
@@ -207,9 +236,9 @@ async def release_job(
             if clock is not None:
                 await clock.check_log(store)
             if clock is None:
-                await release_due(store, pdb, check=check)
+                await release_due(store, pdb, check=check, also=missed() if missed else ())
             elif not clock.held:
-                await release_due(store, pdb, clock.now(), check)
+                await release_due(store, pdb, clock.now(), check, missed() if missed else ())
             # Held, what the wall clock says is due waits a whole interval (not a loop).
             due = None if clock is not None and clock.held else await _next_due(pdb)
             failing = None
