@@ -158,20 +158,7 @@ async def test_a_released_results_edited_field_is_not_served(tmp_path: Path, edi
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize(
-    "edit",
-    [
-        pytest.param(
-            "mark_lifted",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="open (README threat model, session 32): telling a lifted mark needs the"
-                " rollout's later re-scores read for every served result",
-            ),
-        ),
-        "mark_added",
-    ],
-)
+@pytest.mark.parametrize("edit", ["mark_lifted", "mark_added"])
 async def test_a_released_results_superseded_mark_edited_is_not_served(tmp_path: Path, edit: str) -> None:
     """A released result that a re-score found failing its problem's newest version is
     published marked ``superseded``. The mark lifted in the projections file (the result
@@ -312,3 +299,42 @@ def _types(db: Path, rid: str) -> list[str]:
         ]
     finally:
         con.close()
+
+
+@pytest.mark.anyio
+async def test_an_honest_mark_lifted_by_a_passing_rescore_is_served_as_standing(tmp_path: Path) -> None:
+    """The check of a row with no mark is the log's rule, not a guess: a released result a
+    re-score failed and a later one passed again stands, unmarked, and nothing is named."""
+    import uuid
+
+    from rollwatch.events import RolloutRescored
+
+    def rescore(rid: str, passed: bool) -> RolloutRescored:
+        return RolloutRescored(
+            rollout_id=rid,
+            problem_id="p1",
+            passed=passed,
+            score=1.0 if passed else 0.0,
+            scorer="python-function",
+            problem_hash="h-newer",
+            scorer_version="1",
+            rescore_id=str(uuid.uuid4()),
+            previous_passed=not passed,
+        )
+
+    async with serving(tmp_path) as env:
+        distrusted: list[str] = []
+        env.pdb.on_distrusted = distrusted.append
+        run = new_run_id()
+        await start_run(env.store, run)
+        rid = await add_rollout(env.store, run, passed=True, problem_id="p1")
+        await finish_run(env.store, run, rollouts=1, passed=1)
+        await release_due(env.store, env.pdb)
+        await env.store.append(f"rollout-{rid}", [rescore(rid, False)])
+        await env.store.append(f"rollout-{rid}", [rescore(rid, True)])
+        await env.pdb.catch_up(env.store)
+        standing = (await env.client.get(f"/public/rollouts/{rid}.json")).text.replace(" ", "")
+        body = (await env.client.get("/public/results.jsonl")).text
+    assert '"superseded":false' in standing, standing[:600]
+    assert rid in body
+    assert distrusted == [], distrusted

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+import anyio
+
 from rollwatch.abc import EventStore
 from rollwatch.errors import StoreError
 from rollwatch.events import (
@@ -146,6 +148,10 @@ async def _with_answers(
         want += [s for s in seqs if s is not None]
     events = await store.read_at(want)
     changed = set((await check.changed(events.values()))[0]) if check is not None and events else set()
+    unmarked = [
+        r.rollout_id for r, _d, _r, superseded in found if superseded is None and r.superseded_at is None
+    ]
+    rescored = await _latest_rescores(store, unmarked, pdb.applied)
     out = []
     for r, decided, restored, superseded in found:
         bad = sorted(
@@ -163,6 +169,16 @@ async def _with_answers(
         why = _not_released_by_log(r, decided, restored, events, now)
         if why is None:
             why = _mark_not_the_logs(r, superseded, events)
+        if why is None and (latest := rescored.get(r.rollout_id)) is not None:
+            why = _mark_lifted(r, latest)
+            if why is not None:
+                # The rows were read before a catch-up that applied the re-score (the file
+                # moved on meanwhile): the file marks it now, so this is no edit.
+                now_row = await pdb.fetchone(
+                    "SELECT superseded_seq FROM public_rollouts WHERE rollout_id = ?", (r.rollout_id,)
+                )
+                if now_row is not None and now_row[0] is not None and now_row[0] >= latest.seq:
+                    why = None
         if why is None:
             why = await _cost_not_the_logs(store, r, events)
         if why is not None:
@@ -248,6 +264,41 @@ def _mark_not_the_logs(r: Released, superseded: int | None, events: dict[int, Re
         or ev.problem_hash != r.superseded_hash
     ):
         return f"its superseded mark (event {superseded}) is not a re-score of this rollout failing it then"
+    return None
+
+
+async def _latest_rescores(store: EventStore, rids: Sequence[str], upto: int) -> dict[str, Recorded]:
+    """Each of ``rids``'s newest re-score in the log up to ``upto`` (what the read models
+    applied), for those with any: one read of the rollout's stream each (its index), a few
+    at a time."""
+    out: dict[str, Recorded] = {}
+    if upto <= 0 or not rids:
+        return out
+    limiter = anyio.CapacityLimiter(16)
+
+    async def one(rid: str) -> None:
+        async with limiter:
+            async for rec in store.read(stream=rollout_stream(rid), types=("RolloutRescored",), until=upto):
+                out[rid] = rec
+
+    async with anyio.create_task_group() as tg:
+        for rid in rids:
+            tg.start_soon(one, rid)
+    return out
+
+
+def _mark_lifted(r: Released, latest: Recorded) -> str | None:
+    """Why a row with no superseded mark is not the log's, given the rollout's newest
+    re-score ``latest``: one that failed it marks it (the public projection's rule), or None.
+
+    A mark lifted in the projections file from a result a re-score failed since its release
+    was served as standing (session 32)."""
+    try:
+        ev = latest.event()
+    except StoreError as e:
+        return str(e)
+    if isinstance(ev, RolloutRescored) and ev.rollout_id == r.rollout_id and not ev.passed:
+        return f"a re-score (event {latest.seq}) failed it, and the row has no superseded mark"
     return None
 
 
