@@ -73,6 +73,10 @@ class WithoutAggregates:
         rows: list[tuple[Any, ...]] = await self.pdb.fetchall(sql, params)
         return rows
 
+    def __getattr__(self, name: str) -> Any:
+        """Anything else as the database has it (``applied``, ``fetchone``, ``distrusted``)."""
+        return getattr(self.pdb, name)
+
 
 @contextlib.asynccontextmanager
 async def replayed(events: Sequence[tuple[str, Any]], split: int) -> AsyncIterator[tuple[Any, Any]]:
