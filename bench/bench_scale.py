@@ -479,6 +479,10 @@ class _Grouped:
             return []
         return await self.pdb.fetchall(sql, params)  # type: ignore[attr-defined, no-any-return]
 
+    def __getattr__(self, name: str) -> object:
+        """Anything else as the file has it (``applied``, ``fetchone``)."""
+        return getattr(self.pdb, name)
+
 
 async def in_process(proj: Path) -> dict[str, float]:
     """``build_report`` by model and ``public_view``, from the aggregates and by grouping,
