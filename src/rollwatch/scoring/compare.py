@@ -1,8 +1,8 @@
 """Comparing a program's output with the expected one, outside the sandbox.
 
-Exact mode: equal line by line once each line's trailing whitespace, ``\\r`` line
+Exact mode: equal line by line once each line's trailing ASCII whitespace, ``\\r`` line
 ends and trailing empty lines are ignored. Tolerance mode: equal token by token
-(whitespace-separated); where the expected token is a number, the output's token
+(separated by ASCII whitespace); where the expected token is a number, the output's token
 must be a number within ``tolerance`` of it, absolutely or relative to its size
 (``|got - want| <= tolerance * max(1, |want|)``); ``nan`` matches only ``nan`` and
 an infinity only the same infinity. Integers are read exactly (not as 53-bit floats), and a
@@ -35,8 +35,18 @@ def _text(data: bytes) -> str:
     return data.decode("utf-8", "surrogateescape")
 
 
+_SPACE = " \t\r\n\f\v"
+"""The whitespace a comparison ignores: ASCII only. str.rstrip() and str.split() took Unicode
+whitespace and U+001C..U+001F too, so "YES\\x1c" or "YES\\u00a0" matched "YES" (session 32)."""
+_TOKEN_SEP = re.compile(f"[{re.escape(_SPACE)}]+")
+
+
+def _tokens(text: str) -> list[str]:
+    return [t for t in _TOKEN_SEP.split(text) if t]
+
+
 def _lines(data: bytes) -> list[str]:
-    lines = [ln.rstrip() for ln in _text(data).replace("\r\n", "\n").split("\n")]
+    lines = [ln.rstrip(_SPACE) for ln in _text(data).replace("\r\n", "\n").split("\n")]
     while lines and not lines[-1]:
         lines.pop()
     return lines
@@ -48,6 +58,9 @@ def _number(token: str) -> float | int | None:
     but not written as an infinity (both read as inf, so any two such numbers were equal)."""
     if _INTEGER.fullmatch(token) and len(token) <= _INT_DIGITS:
         return int(token)
+    if not _FLOAT.fullmatch(token):
+        # float() also reads "1_000", "١٠" and "１０" (session 32): not what a judge reads as a number.
+        return None
     try:
         value = float(token)
     except ValueError:
@@ -73,6 +86,8 @@ _INTEGER = re.compile(r"[+-]?[0-9]+")
 _INT_DIGITS = 4000
 """Longest integer read as one (Python refuses to read ints of more than 4300 digits);
 longer ones are compared as text."""
+_FLOAT = re.compile(r"[+-]?(?:(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|inf(?:inity)?|nan)", re.I)
+"""A number as an ASCII decimal float (no digit-group underscores, no non-ASCII digits)."""
 _INFINITY = re.compile(r"[+-]?inf(inity)?", re.I)
 
 
@@ -86,8 +101,8 @@ def compare_output(got: bytes, expected: bytes, tolerance: float | None = None) 
         if len(got_lines) != len(want_lines):
             return f"{len(got_lines)} lines of output, expected {len(want_lines)}"
         return None
-    want_tokens = _text(expected).split()
-    got_tokens = _text(got).split()
+    want_tokens = _tokens(_text(expected))
+    got_tokens = _tokens(_text(got))
     for i, (w, g) in enumerate(zip(want_tokens, got_tokens, strict=False), 1):
         if w == g:
             continue
