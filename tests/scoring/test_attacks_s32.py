@@ -119,3 +119,41 @@ async def test_a_value_or_hook_from_the_candidate_cannot_pass_square(pool: Scori
     """Subclasses of built-ins with their own __eq__, patched json/os.write, a thread writing
     answers on the channel, os._exit: none of them makes a wrong square pass."""
     await _fails(pool, SQUARE, code)
+
+
+async def test_a_return_value_whose_keys_all_collide_costs_one_timeout(pool: ScoringPool) -> None:
+    """A set of 300,000 ints that all hash to 0 (multiples of 2**61 - 1): the judge rebuilding
+    it spends quadratic time. It is the model's timeout, not ours (no retry), within one limit."""
+    from rollwatch.report.failures import verdict_cause
+
+    code = "def f(x):\n    m = (1 << 61) - 1\n    return {i * m for i in range(300000)}"
+    problem = SQUARE.__class__(**{**SQUARE.__dict__, "timeout": 2.0})
+    with anyio.fail_after(30):
+        s = await pool.score(problem, fenced(code))
+    assert not s.passed, s
+    assert verdict_cause(s.reason)[0] == "model", s
+    assert not s.starved if hasattr(s, "starved") else True, s
+
+
+async def test_a_colliding_set_sent_raw_costs_the_judge_one_timeout(pool: ScoringPool) -> None:
+    """The same set written on the channel by hand (cheap for the candidate, quadratic for the
+    judge that rebuilds it): the model's failure within one limit, and the pool goes on."""
+    from rollwatch.report.failures import verdict_cause
+
+    from .helpers import honest_still_passes
+
+    code = (
+        "import os, struct, time\n"
+        "def f(x):\n"
+        "    m = (1 << 61) - 1\n"
+        "    body = ('[\"return\",[\"s\",' + ','.join(str(i * m) for i in range(400000)) + '],null]').encode()\n"
+        "    os.write(4, struct.pack('>I', len(body)) + body)\n"
+        "    time.sleep(100)\n"
+    )
+    problem = SQUARE.__class__(**{**SQUARE.__dict__, "timeout": 2.0})
+    with anyio.fail_after(30):
+        s = await pool.score(problem, fenced(code))
+    print(s.reason, s.detail)
+    assert not s.passed, s
+    assert verdict_cause(s.reason)[0] == "model", s
+    await honest_still_passes(pool)
