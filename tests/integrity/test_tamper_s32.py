@@ -1,25 +1,65 @@
 """Session 32's attacks on the files (an attacker holding the database files).
 
-*A pending release edited away in the projections file.* The release job takes what is
-due from ``public_rollouts`` in the projections file; the log's own decision (the public
-decision event and its ``not_before``) is never consulted for what is *missing*. A pass
-whose row was edited so the job does not pick it (its date moved past year 9999, or the row
-marked superseded, or deleted), with the file's recorded hash of the last applied event
-kept, is never released: no ``PublicReleased`` is appended, and nothing names the edit.
+*A pending release edited away in the projections file.* The release job took what is due
+from ``public_rollouts`` in the projections file alone; the log's own decision (the public
+decision event and its ``not_before``) was never consulted for what is *missing*. A pass
+whose row was edited so the job did not pick it (its date moved past year 9999, the row
+marked failed or superseded, or deleted), or whose events were skipped by a checkpoint moved
+ahead, with the file's recorded hash of the last applied event kept, was never released,
+and nothing named the edit. Now the scrub's pass over the log hands the job what the log
+has due (``PendingReleases``): released, and the file named. *A released row's fields or
+superseded mark edited* were served as the log's: now each is compared with the log.
 """
 
 from __future__ import annotations
 
 import sqlite3
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from rollwatch.abc import EventStore
-from rollwatch.events import PendingReleases
+from rollwatch.events import PendingReleases, RolloutRescored
 from rollwatch.publication import release_due
 from tests.publication.helpers import add_rollout, finish_run, new_run_id, serving, start_run
+
+
+def _edit(file: Path, sql: str, *params: object) -> None:
+    """One statement on the projections file, as someone holding it runs it."""
+    db = sqlite3.connect(file, isolation_level=None)
+    try:
+        db.execute(sql, params)
+    finally:
+        db.close()
+
+
+def _rescore(rid: str, passed: bool) -> RolloutRescored:
+    """A re-score of ``rid`` under a newer problem version."""
+    return RolloutRescored(
+        rollout_id=rid,
+        problem_id="p1",
+        passed=passed,
+        score=1.0 if passed else 0.0,
+        scorer="python-function",
+        problem_hash="h-newer",
+        scorer_version="1",
+        rescore_id=str(uuid.uuid4()),
+        previous_passed=not passed,
+    )
+
+
+async def _released(env: Any) -> str:
+    """A run of one passing rollout, released at once; its id."""
+    run = new_run_id()
+    await start_run(env.store, run)
+    rid = await add_rollout(env.store, run, passed=True, problem_id="p1")
+    await finish_run(env.store, run, rollouts=1, passed=1)
+    await release_due(env.store, env.pdb)
+    return rid
+
 
 EDITS = {
     "date_moved": "UPDATE public_rollouts SET not_before_ts = 253402300799 WHERE rollout_id = ?",
@@ -40,11 +80,7 @@ async def test_a_pending_release_edited_away_in_the_projections_file_is_still_re
         held = await add_rollout(env.store, run, passed=True, embargo_s=90 * 86400, problem_id="p1")
         await finish_run(env.store, run, rollouts=1, passed=1)
         await env.pdb.catch_up(env.store)
-        db = sqlite3.connect(env.pdb.file, isolation_level=None)
-        try:
-            db.execute(EDITS[edit], (held,))
-        finally:
-            db.close()
+        _edit(env.pdb.file, EDITS[edit], held)
         later = datetime.now(UTC) + timedelta(days=91)
         # The release job alone (its query of the file) misses it ...
         assert await release_due(env.store, env.pdb, now=later) == 0
@@ -103,12 +139,8 @@ async def test_a_projection_checkpoint_moved_ahead_under_a_live_daemon_skips_no_
         await start_run(env.store, run)
         await env.pdb.catch_up(env.store)
         head = await env.store.head()
-        db = sqlite3.connect(env.pdb.file, isolation_level=None)
-        try:
-            # the next append's events (one rollout, one append) go unapplied
-            db.execute("UPDATE projection_state SET seq = ?", (head + 5,))
-        finally:
-            db.close()
+        # the next append's events (one rollout, one append) go unapplied
+        _edit(env.pdb.file, "UPDATE projection_state SET seq = ?", head + 5)
         skipped = await add_rollout(env.store, run, passed=True, problem_id="p1")
         await finish_run(env.store, run, rollouts=1, passed=1)
         await env.pdb.catch_up(env.store)
@@ -141,17 +173,9 @@ async def test_a_released_results_edited_field_is_not_served(tmp_path: Path, edi
     the log's."""
     sql, mark = RELEASED_EDITS[edit]
     async with serving(tmp_path) as env:
-        run = new_run_id()
-        await start_run(env.store, run)
-        rid = await add_rollout(env.store, run, passed=True, problem_id="p1")
-        await finish_run(env.store, run, rollouts=1, passed=1)
-        await release_due(env.store, env.pdb)
+        rid = await _released(env)
         assert rid in (await env.client.get(f"/public/rollouts/{rid}.json")).text
-        db = sqlite3.connect(env.pdb.file, isolation_level=None)
-        try:
-            db.execute(sql, (rid,))
-        finally:
-            db.close()
+        _edit(env.pdb.file, sql, rid)
         for path in ("/public/results.jsonl", f"/public/rollouts/{rid}.json", "/public/feed.json"):
             r = await env.client.get(path)
             assert mark not in r.text, (path, r.text[:400])
@@ -164,28 +188,10 @@ async def test_a_released_results_superseded_mark_edited_is_not_served(tmp_path:
     published marked ``superseded``. The mark lifted in the projections file (the result
     shown standing), or one added to an honest result (``superseded_seq`` pointing at its
     own verdict): not served as the log's."""
-    import uuid
-
-    from rollwatch.events import RolloutRescored
-
     async with serving(tmp_path) as env:
-        run = new_run_id()
-        await start_run(env.store, run)
-        rid = await add_rollout(env.store, run, passed=True, problem_id="p1")
-        await finish_run(env.store, run, rollouts=1, passed=1)
-        await release_due(env.store, env.pdb)
+        rid = await _released(env)
         if edit == "mark_lifted":
-            ev = RolloutRescored(
-                rollout_id=rid,
-                problem_id="p1",
-                passed=False,
-                score=0.0,
-                scorer="python-function",
-                problem_hash="h-newer",
-                scorer_version="1",
-                rescore_id=str(uuid.uuid4()),
-                previous_passed=True,
-            )
+            ev = _rescore(rid, False)
             await env.store.append(f"rollout-{rid}", [ev])
             await env.pdb.catch_up(env.store)
             assert '"superseded":true' in (await env.client.get(f"/public/rollouts/{rid}.json")).text
@@ -197,11 +203,7 @@ async def test_a_released_results_superseded_mark_edited_is_not_served(tmp_path:
                 " superseded_seq = scored_seq, superseded_hash = 'h-forged'"
             )
             honest = '"superseded":true'
-        db = sqlite3.connect(env.pdb.file, isolation_level=None)
-        try:
-            db.execute(f"{sql} WHERE rollout_id = ?", (rid,))
-        finally:
-            db.close()
+        _edit(env.pdb.file, f"{sql} WHERE rollout_id = ?", rid)
         served = [
             (await env.client.get(path)).text
             for path in ("/public/results.jsonl", f"/public/rollouts/{rid}.json")
@@ -265,13 +267,7 @@ def test_a_live_daemon_releases_a_pass_whose_pending_row_was_edited(tmp_path: Pa
     try:
         wait_until(pending, 60, "the pending row")
         assert "PublicReleased" not in _types(db, held), "the daemon started too slowly for this test"
-        edit = sqlite3.connect(pfile, isolation_level=None)
-        try:
-            edit.execute(
-                "UPDATE public_rollouts SET not_before_ts = 253402300799 WHERE rollout_id = ?", (held,)
-            )
-        finally:
-            edit.close()
+        _edit(pfile, EDITS["date_moved"], held)
         # The embargo over, the scrub's next pass finds it due in the log and the release job
         # releases it (and names the file).
         wait_until(lambda: "PublicReleased" in _types(db, held), 60, "the release")
@@ -305,33 +301,12 @@ def _types(db: Path, rid: str) -> list[str]:
 async def test_an_honest_mark_lifted_by_a_passing_rescore_is_served_as_standing(tmp_path: Path) -> None:
     """The check of a row with no mark is the log's rule, not a guess: a released result a
     re-score failed and a later one passed again stands, unmarked, and nothing is named."""
-    import uuid
-
-    from rollwatch.events import RolloutRescored
-
-    def rescore(rid: str, passed: bool) -> RolloutRescored:
-        return RolloutRescored(
-            rollout_id=rid,
-            problem_id="p1",
-            passed=passed,
-            score=1.0 if passed else 0.0,
-            scorer="python-function",
-            problem_hash="h-newer",
-            scorer_version="1",
-            rescore_id=str(uuid.uuid4()),
-            previous_passed=not passed,
-        )
-
     async with serving(tmp_path) as env:
         distrusted: list[str] = []
         env.pdb.on_distrusted = distrusted.append
-        run = new_run_id()
-        await start_run(env.store, run)
-        rid = await add_rollout(env.store, run, passed=True, problem_id="p1")
-        await finish_run(env.store, run, rollouts=1, passed=1)
-        await release_due(env.store, env.pdb)
-        await env.store.append(f"rollout-{rid}", [rescore(rid, False)])
-        await env.store.append(f"rollout-{rid}", [rescore(rid, True)])
+        rid = await _released(env)
+        await env.store.append(f"rollout-{rid}", [_rescore(rid, False)])
+        await env.store.append(f"rollout-{rid}", [_rescore(rid, True)])
         await env.pdb.catch_up(env.store)
         standing = (await env.client.get(f"/public/rollouts/{rid}.json")).text.replace(" ", "")
         body = (await env.client.get("/public/results.jsonl")).text

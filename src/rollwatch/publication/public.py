@@ -247,8 +247,8 @@ def _not_released_by_log(
 def _mark_not_the_logs(r: Released, superseded: int | None, events: dict[int, Recorded]) -> str | None:
     """Why the row's superseded mark is not the log's re-score at ``superseded``, or None.
 
-    A mark the row does not have is not checked here (a re-score left out of the row would
-    take reading the rollout's events; see the README's threat model)."""
+    A mark the row does not have is checked by :func:`_mark_lifted`, against the rollout's
+    newest re-score (read from its stream)."""
     if superseded is None and r.superseded_at is None and r.superseded_hash is None:
         return None
     rec = events.get(superseded) if superseded is not None else None
