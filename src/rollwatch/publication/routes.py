@@ -438,6 +438,7 @@ class PublicationAPI:
         etag = f'"report-{self._boot}-{head}-{hashlib.sha256(repr(view).encode()).hexdigest()[:16]}"'
         headers = {"ETag": etag, "Cache-Control": "private, no-cache", "Vary": "Authorization"}
         if _matches(request.headers.get("if-none-match"), etag):
+            await self.still_valid(request)
             return Response(status_code=304, headers=headers)
         try:
             body = await self.report_body(report_module, view, head, by, options)
@@ -446,6 +447,10 @@ class PublicationAPI:
         except sqlite3.OperationalError as e:
             log.error("report_unavailable", error=str(e))
             raise ServiceUnavailable("the report's read models are not available") from None
+        # The key again, as /v1/feed does: catching up and making the report may have waited
+        # (another process's catch-up holding the read models' file, a large catch-up, a report
+        # made from every run), and a key revoked meanwhile got the report (session 33).
+        await self.still_valid(request)
         return Response(body, media_type="application/json", headers=headers)
 
     async def report_body(

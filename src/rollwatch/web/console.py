@@ -170,7 +170,14 @@ class Console:
             # asked before the gate, so how far in percent only (not the log's live head).
             self.pdb.not_building(detail=False)
             await self._gate(request)
-            return await fn(request)
+            response = await fn(request)
+            # The key again before a page goes out, as /v1/feed does: a page first catches the
+            # read models up with the log, which waits as long as another process's catch-up
+            # holds their file, and a key revoked meanwhile got the page (session 33). A POST's
+            # answer is a redirect that shows nothing; what it did was done by a key let in.
+            if request.method != "POST" and not await self.operators.still_allows(request):
+                await self._gate(request)
+            return response
 
         return route
 
