@@ -18,6 +18,9 @@ from rollwatch.web.access import Operators
 from rollwatch.web.app import build_app
 from rollwatch.web.console import Console
 from rollwatch.web.server import HTTPServer
+from tests.helpers import rollwatch
+from tests.integrity.conftest import append_n
+from tests.integrity.test_tlog_tiles import live_log
 from tests.publication.helpers import (
     Env,
     add_rollout,
@@ -132,3 +135,36 @@ class TestRevokedWhileAnswering:
         assert r.status_code in (401, 403), (r.status_code, r.text[:300])
         assert set(r.json()) == {"error", "message"}
         assert run not in r.text
+
+
+class TestKeyRotationsWithinTheCheckpoint:
+    """``/public/key/rotations`` listed a rotation as soon as it was appended, with its seq: the
+    log's live size, which the proofs and hash tiles keep to the latest checkpoint (between two
+    checkpoints its steps count what was appended under embargo). A rotation is listed once a
+    checkpoint holds it, when the daemon serves the key it names (before: listed at once)."""
+
+    async def test_a_rotation_is_listed_once_signed(self, tmp_path: Path) -> None:
+        async with live_log(tmp_path) as live, httpx.AsyncClient(base_url=live.url) as c:
+            await append_n(live.store, 10)
+            await live.integrity.final_checkpoint()
+            cp = await live.integrity.tree.latest_checkpoint()
+            assert cp is not None
+            run = new_run_id()
+            await start_run(live.store, run)
+            await add_rollout(live.store, run, passed=True, embargo_s=3600)
+            done = await anyio.to_thread.run_sync(
+                lambda: rollwatch("--config", str(live.config_file), "key", "rotate")
+            )
+            assert done.returncode == 0, done.stderr
+            rotated = int(done.stdout.split("rotated at seq ")[1].split()[0])
+            assert rotated > cp.size + 1
+            r = await c.get("/public/key/rotations")
+            assert r.status_code == 200, r.text
+            assert r.json()["rotations"] == [], r.text
+            assert str(rotated) not in r.text
+            # The control: the service takes the new key (as the daemon's signer does at its next
+            # checkpoint) and signs; the rotation is listed.
+            await live.integrity.reload_signer()
+            await live.integrity.final_checkpoint()
+            r = await c.get("/public/key/rotations")
+            assert [x["seq"] for x in r.json()["rotations"]] == [rotated]

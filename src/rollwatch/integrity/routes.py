@@ -179,13 +179,19 @@ def integrity_routes(
 
     async def rotations(_: Request) -> Response:
         # Every link of the chain from the first key to the one in force, with its event
-        # (an auditor checks that event's inclusion in the signed tree).
+        # (an auditor checks that event's inclusion in the signed tree). Links within the
+        # latest checkpoint only, as the proofs and hash tiles: a rotation's seq before that
+        # told the log's live size (session 33), and the key it names is served from the
+        # next checkpoint on, which holds it.
         out: list[dict[str, Any]] = []
         if store is not None:
+            signed = await served.size()
             async for page in store.read_batches(
                 stream=CHECKPOINT_STREAM, types=[CheckpointKeyRotated.TYPE], batch=100
             ):
                 for ev in page:
+                    if ev.seq > signed:
+                        continue
                     canonical = ev.canonical()
                     out.append(
                         {
