@@ -411,6 +411,7 @@ class PublicationAPI:
             raise _changed(e) from None
         if rec is None:
             raise NotFound(f"no rollout {rid!r} in the log")
+        await self.still_valid(request)  # as /v1/report: the key again before the record goes out
         return _tagged(
             request, _json_bytes(rec), "application/json", "private, no-cache", vary="Authorization"
         )
