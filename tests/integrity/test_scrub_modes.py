@@ -6,13 +6,14 @@ same pass in a worker process of its own; each must find an edit."""
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
 
 import anyio
 import pytest
 
 from rollwatch.errors import IntegrityError
-from rollwatch.integrity.scrub import ScrubTarget, scrub_pass
+from rollwatch.integrity.scrub import SPLIT_ABOVE, ScrubTarget, scrub_pass
 from rollwatch.integrity.tree import MerkleTree
 from rollwatch.store.sqlite import SQLiteEventStore
 from tests.integrity.conftest import append_n, rewrite_event
@@ -45,19 +46,51 @@ def test_the_pass_opens_the_log_as_the_configuration_would(url: str) -> None:
     )
 
 
-@pytest.mark.parametrize("background", [True, False], ids=["background", "at-start"])
-async def test_either_mode_finds_an_edited_event(tmp_path: Path, background: bool) -> None:
+# The check at start splits the content check into a second process on a log above
+# SPLIT_ABOVE events (``events=None``: not known, split too); below, one process does both.
+MODES = {
+    "background": (True, None),
+    "at-start": (False, None),
+    "at-start-small": (False, 200),
+    "at-start-large": (False, SPLIT_ABOVE + 1),
+}
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_either_mode_finds_an_edited_event(tmp_path: Path, mode: str) -> None:
+    background, events = MODES[mode]
     db = tmp_path / "events.db"
     async with SQLiteEventStore(db) as store, MerkleTree(tmp_path / "merkle.db") as tree:
         await append_n(store, 200, per_call=50)
         await tree.catch_up(store)  # type: ignore[arg-type]
         target = ScrubTarget(f"sqlite:{db}", tree.path, None, None, background)
         with anyio.fail_after(60):
-            events, _ = await scrub_pass(target)
-        assert events == 200
+            checked, _ = await scrub_pass(target, events=events)
+        assert checked == 200
         data = dict((await store.read_at([77]))[77].data)
     data["forged"] = True
     rewrite_event(db, 77, json.dumps(data, separators=(",", ":"), sort_keys=True))
     with anyio.fail_after(60), pytest.raises(IntegrityError) as found:
-        await scrub_pass(target)
+        await scrub_pass(target, events=events)
+    assert found.value.seq == 77, found.value
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_either_mode_finds_a_version_no_hash_covers(tmp_path: Path, mode: str) -> None:
+    """A stream version changed (no hash covers it): the content check finds it, whether it
+    runs in the pass's own process or in a second one beside it."""
+    background, events = MODES[mode]
+    db = tmp_path / "events.db"
+    async with SQLiteEventStore(db) as store, MerkleTree(tmp_path / "merkle.db") as tree:
+        await append_n(store, 200, per_call=50)
+        await tree.catch_up(store)  # type: ignore[arg-type]
+    con = sqlite3.connect(db, isolation_level=None)
+    try:
+        con.execute("DROP TRIGGER IF EXISTS events_no_update")
+        con.execute("UPDATE events SET version = version + 1000 WHERE seq = 77")
+    finally:
+        con.close()
+    target = ScrubTarget(f"sqlite:{db}", tmp_path / "merkle.db", None, None, background)
+    with anyio.fail_after(60), pytest.raises(IntegrityError) as found:
+        await scrub_pass(target, events=events)
     assert found.value.seq == 77, found.value

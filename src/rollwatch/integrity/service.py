@@ -345,7 +345,9 @@ class Integrity:
     async def _locate(self) -> IntegrityError | None:
         """The scrub's finding, if one pass now finds anything."""
         try:
-            await scrub_pass(self.scrub_target(background=False), self.subscribers)
+            await scrub_pass(
+                self.scrub_target(background=False), self.subscribers, events=await self.store.head()
+            )
         except IntegrityError as e:
             return e
         except StoreError as e:
@@ -371,7 +373,10 @@ class Integrity:
         try:
             # Not in the background: nothing is appended or signed until it passes.
             events, seconds = await scrub_pass(
-                self.scrub_target(background=False), self.subscribers, due=self._found_due
+                self.scrub_target(background=False),
+                self.subscribers,
+                due=self._found_due,
+                events=await self.store.head(),
             )
         except IntegrityError:
             raise
