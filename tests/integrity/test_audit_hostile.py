@@ -19,6 +19,7 @@ import resource
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import zlib
@@ -344,10 +345,18 @@ def _chunked_forever(h: BaseHTTPRequestHandler) -> None:
 
 
 def _bomb(encoding: str) -> Answer:
-    """A compressed body that inflates to 512 MiB of zeros."""
-    comp = zlib.compressobj(9, zlib.DEFLATED, 31 if encoding == "gzip" else 15)
-    block = bytes(1 << 20)
-    data = b"".join(comp.compress(block) for _ in range(512)) + comp.flush()
+    """A compressed body that inflates to 512 MiB of zeros (compressed once per test session
+    and kept in the session's temporary folder: each compression took 1.5-10 s of CPU)."""
+    kept = Path(tempfile.gettempdir()) / f"rollwatch-test-bomb-{encoding}"
+    try:
+        data = kept.read_bytes()
+    except FileNotFoundError:
+        comp = zlib.compressobj(9, zlib.DEFLATED, 31 if encoding == "gzip" else 15)
+        block = bytes(1 << 20)
+        data = b"".join(comp.compress(block) for _ in range(512)) + comp.flush()
+        part = kept.with_name(f"{kept.name}.{os.getpid()}")
+        part.write_bytes(data)
+        part.replace(kept)  # whole or absent: another worker may be reading it
     return body(data, Content_Encoding=encoding)
 
 
