@@ -345,9 +345,7 @@ class Integrity:
     async def _locate(self) -> IntegrityError | None:
         """The scrub's finding, if one pass now finds anything."""
         try:
-            await scrub_pass(
-                self.scrub_target(background=False), self.subscribers, events=await self.store.head()
-            )
+            await scrub_pass(self.scrub_target(background=False), self.subscribers, events=await self._head())
         except IntegrityError as e:
             return e
         except StoreError as e:
@@ -376,7 +374,7 @@ class Integrity:
                 self.scrub_target(background=False),
                 self.subscribers,
                 due=self._found_due,
-                events=await self.store.head(),
+                events=await self._head(),
             )
         except IntegrityError:
             raise
@@ -385,6 +383,14 @@ class Integrity:
             log.warning("scrub_failed", error=str(e), at="start", retry_in_s=self.config.scrub_interval)
             return
         log.info("scrub_passed", events=events, seconds=round(seconds, 2), at="start")
+
+    async def _head(self) -> int | None:
+        """The log's head, for the check at start to choose one process or two; None when it
+        cannot be read (a damaged page is the pass's to name as a finding, not this read's)."""
+        try:
+            return await self.store.head()
+        except StoreError:
+            return None
 
     def scrub_target(self, *, background: bool = True) -> ScrubTarget:
         """What the scrub reads: this daemon's log, tree, key and witness file."""
