@@ -1,0 +1,132 @@
+"""Session 33 (helper attack-export-s33): ``publish export`` attacked for results released early or
+counts told under embargo. Each attack here failed (nothing was found to fix); each test pins
+what an existing test did not: a configuration whose embargo is shorter than the one the log's
+decisions carry, a run partly released, names made of path separators and markup."""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from rollwatch.publication.export import export_public
+from rollwatch.publication.release import release_due
+from rollwatch.publication.releases import check_export
+from tests.publication.helpers import add_rollout, finish_run
+from tests.publication.test_releases import BASE, Log
+
+pytestmark = pytest.mark.anyio
+
+HOUR = 3600.0
+
+
+def everything(out: Path) -> bytes:
+    """Every byte the export holds (what a mirror of DIR serves)."""
+    return b"".join(p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file())
+
+
+async def export(log: Log, out: Path, now: datetime, embargo_s: float) -> None:
+    await export_public(
+        log.store, log.pdb, out, base_url=BASE, embargo_s=embargo_s, embargo_counts=False, now=now
+    )
+
+
+class TestShorterEmbargo:
+    async def test_a_configuration_with_a_shorter_embargo_exports_nothing_sooner(
+        self, log: Log, tmp_path: Path
+    ) -> None:
+        """Verdicts decided under an hour, exported by a configuration that now says no embargo
+        (and no counts): the decisions in the log win. A minute on, nothing of the pass, of its
+        run's pass rate or of the failure is in any file; an hour on, all of it is."""
+        now = datetime.now(UTC)
+        out = tmp_path / "site"
+        passed = await add_rollout(
+            log.store, log.run_id, passed=True, embargo_s=HOUR, answer="EMBARGOED-PASS"
+        )
+        await add_rollout(log.store, log.run_id, passed=False, sample=1, none_embargo_s=HOUR)
+        await finish_run(log.store, log.run_id, rollouts=2, passed=1)
+        soon = now + timedelta(minutes=1)
+        assert await release_due(log.store, log.pdb, now=soon) == 0
+        await export(log, out, soon, embargo_s=0.0)
+        blob = everything(out)
+        assert passed.encode() not in blob
+        assert b"EMBARGOED-PASS" not in blob
+        assert log.run_id.encode() not in blob, "the run's pass rate is told an embargo early"
+        assert json.loads((out / "feed.json").read_text())["items"] == []
+
+        later = now + timedelta(hours=1, minutes=1)
+        assert await release_due(log.store, log.pdb, now=later) == 1
+        await export(log, out, later, embargo_s=0.0)
+        page = (out / "index.html").read_text()
+        assert f"run {log.run_id}: 1/2 passed" in page
+        assert passed.encode() in (out / "results.jsonl").read_bytes()
+        assert check_export(out) == []
+
+
+class TestPartlyReleased:
+    async def test_a_run_partly_released_tells_nothing_of_the_rest(self, log: Log, tmp_path: Path) -> None:
+        """A run of two passes, one public in a minute and one in an hour, and a failure. Between the
+        two releases the export holds the first pass and nothing else: no pass rate of the run, no
+        count of its rollouts, no word of the second pass (counts switched off)."""
+        now = datetime.now(UTC)
+        out = tmp_path / "site"
+        first = await add_rollout(log.store, log.run_id, passed=True, embargo_s=60.0, none_embargo_s=HOUR)
+        second = await add_rollout(
+            log.store, log.run_id, passed=True, embargo_s=HOUR, sample=1, answer="SECOND"
+        )
+        await add_rollout(log.store, log.run_id, passed=False, sample=2, none_embargo_s=HOUR)
+        await finish_run(log.store, log.run_id, rollouts=3, passed=2)
+        between = now + timedelta(minutes=30)
+        assert await release_due(log.store, log.pdb, now=between) == 1
+        await export(log, out, between, embargo_s=60.0)
+        blob = everything(out)
+        assert first.encode() in blob
+        assert second.encode() not in blob
+        assert b"SECOND" not in blob
+        page = (out / "index.html").read_text()
+        assert f"run {log.run_id}:" not in page
+        assert "/3 passed" not in page
+        assert "No disclosed runs yet" in page
+
+        after = now + timedelta(hours=2)
+        assert await release_due(log.store, log.pdb, now=after) == 1
+        await export(log, out, after, embargo_s=60.0)
+        assert f"run {log.run_id}: 2/3 passed" in (out / "index.html").read_text()
+
+
+class TestNames:
+    async def test_names_of_path_separators_and_markup_stay_text_inside_dir(
+        self, log: Log, tmp_path: Path
+    ) -> None:
+        """A provider, model and problem named with ``../``, slashes and markup: the export writes
+        only inside DIR (rollout files are named by id), and every page shows the names as text."""
+        now = datetime.now(UTC)
+        out = tmp_path / "site"
+        nasty = '../../<script>alert(1)</script>"&x'
+        rid = await add_rollout(
+            log.store,
+            log.run_id,
+            passed=True,
+            not_before=now - timedelta(minutes=5),
+            provider="../p/<b>",
+            model=nasty,
+            problem_id="../../../etc/passwd",
+        )
+        await add_rollout(log.store, log.run_id, passed=False, sample=1, model=nasty, none_embargo_s=0.0)
+        await finish_run(log.store, log.run_id, rollouts=2, passed=1)
+        await release_due(log.store, log.pdb, now=now)
+        before = set(os.listdir(tmp_path))
+        await export(log, out, now + timedelta(minutes=1), embargo_s=0.0)
+        assert set(os.listdir(tmp_path)) - before == {"site"}
+        assert all(p.resolve().is_relative_to(out.resolve()) for p in out.rglob("*"))
+        page = (out / "index.html").read_text()
+        assert "<script>alert(1)" not in page
+        assert "&lt;script&gt;" in page
+        assert "<b>" not in page
+        atom = (out / "feed.atom").read_text()
+        assert "<script>" not in atom
+        assert json.loads((out / "rollouts" / f"{rid}.json").read_text())["model"] == nasty
+        assert check_export(out) == []
