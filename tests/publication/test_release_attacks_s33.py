@@ -1,21 +1,24 @@
 """Session 33 (helper attack-export-s33): ``publish export`` attacked for results released early or
-counts told under embargo. Each attack here failed (nothing was found to fix); each test pins
-what an existing test did not: a configuration whose embargo is shorter than the one the log's
-decisions carry, a run partly released, names made of path separators and markup."""
+counts told under embargo. The attacks that failed are pinned where no test did: a configuration
+whose embargo is shorter than the one the log's decisions carry, a run partly released, names
+made of path separators and markup. One found a leak not fixed here (a strict ``xfail``, see
+:class:`TestFailedVerdictInABundle`)."""
 
 from __future__ import annotations
 
 import json
 import os
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
+from rollwatch.events import PublicationDecided, RolloutRescored, RolloutScored, rfc3339
 from rollwatch.publication.export import export_public
 from rollwatch.publication.release import release_due
 from rollwatch.publication.releases import check_export
-from tests.publication.helpers import add_rollout, finish_run
+from tests.publication.helpers import add_rollout, finish_run, new_run_id, rollout_events, start_run
 from tests.publication.test_releases import BASE, Log
 
 pytestmark = pytest.mark.anyio
@@ -130,3 +133,69 @@ class TestNames:
         assert "<script>" not in atom
         assert json.loads((out / "rollouts" / f"{rid}.json").read_text())["model"] == nasty
         assert check_export(out) == []
+
+
+class TestFailedVerdictInABundle:
+    @pytest.mark.xfail(
+        strict=True,
+        reason="a public proof bundle holds every event of the rollout up to its release, each as"
+        " the canonical bytes its leaf is the hash of: a failing verdict before a flip to pass (or"
+        " a withdrawal before a restore) cannot be left out or cut without a bundle format that"
+        " proves an event by its leaf hash alone, and audit's check_bundle reads those verdicts"
+        " (the newest before the release, the public date of a restored pass)",
+    )
+    async def test_a_flip_to_pass_exports_no_hidden_test_of_its_failing_verdict(
+        self, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    ) -> None:
+        """A failure whose verdict names the hidden test it failed (its ``reason`` and ``detail``:
+        the subscribers' alone, see the README's limits), flipped to a pass by a re-score and
+        released: the export's proof bundle of the pass carries the failing verdict's bytes, so
+        the public reads the hidden test's line and expected value."""
+        from tests.integrity.test_tlog_tiles import live_log
+        from tests.publication.test_leak_2026 import _absorbed
+
+        monkeypatch.delenv("STATE_DIRECTORY", raising=False)
+        out = tmp_path / "site"
+        async with live_log(tmp_path) as live:
+            run = new_run_id()
+            await start_run(live.store, run)
+            rid = str(uuid.uuid4())
+            failing = RolloutScored(
+                rollout_id=rid,
+                passed=False,
+                score=0.0,
+                scorer="python-function",
+                reason="exception: AssertionError: assert candidate(12345) == 98761",
+                detail={"traceback": "HIDDEN-TEST-LINE"},
+            )
+            evs = [
+                failing if isinstance(e, RolloutScored) else e
+                for e in rollout_events(rid, run, passed=False, none_embargo_s=0.0)
+            ]
+            await live.store.append(f"rollout-{rid}", evs)
+            await finish_run(live.store, run, rollouts=1, passed=0)
+            flip = RolloutRescored(
+                rollout_id=rid,
+                problem_id="p1",
+                passed=True,
+                score=1.0,
+                scorer="python-function",
+                problem_hash="h2",
+                scorer_version="1",
+                rescore_id=str(uuid.uuid4()),
+                previous_passed=False,
+            )
+            public = PublicationDecided(
+                rollout_id=rid, audience="public", not_before=rfc3339(datetime.now(UTC)), embargo_s=0.0
+            )
+            await live.store.append(f"rollout-{rid}", [flip, public])
+            assert await release_due(live.store, live.pdb) == 1
+            await live.integrity.final_checkpoint()
+            await _absorbed(live)
+            await export_public(
+                live.store, live.pdb, out, base_url=BASE, embargo_s=0.0, tree=live.integrity.tree
+            )
+        blob = everything(out)
+        assert rid.encode() in blob
+        assert b"98761" not in blob
+        assert b"HIDDEN-TEST-LINE" not in blob
