@@ -1,8 +1,8 @@
 """Session 33 (helper attack-export-s33): ``publish export`` attacked for results released early or
 counts told under embargo. The attacks that failed are pinned where no test did: a configuration
 whose embargo is shorter than the one the log's decisions carry, a run partly released, names
-made of path separators and markup. One found a leak not fixed here (a strict ``xfail``, see
-:class:`TestFailedVerdictInABundle`)."""
+made of path separators and markup. One wrote outside DIR (fixed, :class:`TestPlantedDuringAnExport`);
+one found a leak not fixed here (a strict ``xfail``, see :class:`TestFailedVerdictInABundle`)."""
 
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ import pytest
 from rollwatch.events import PublicationDecided, RolloutRescored, RolloutScored, rfc3339
 from rollwatch.publication.export import export_public
 from rollwatch.publication.release import release_due
-from rollwatch.publication.releases import check_export
+from rollwatch.publication.releases import Archive, check_export, period_of
 from tests.publication.helpers import add_rollout, finish_run, new_run_id, rollout_events, start_run
-from tests.publication.test_releases import BASE, Log
+from tests.publication.test_releases import BASE, Log, month_start
 
 pytestmark = pytest.mark.anyio
 
@@ -199,3 +199,39 @@ class TestFailedVerdictInABundle:
         assert rid.encode() in blob
         assert b"98761" not in blob
         assert b"HIDDEN-TEST-LINE" not in blob
+
+
+class TestPlantedDuringAnExport:
+    @pytest.mark.parametrize("how", ["symlink", "hardlink"])
+    async def test_a_link_planted_at_the_chunks_temporary_name_is_not_written_through(
+        self, log: Log, tmp_path: Path, how: str
+    ) -> None:
+        """An export checks DIR for links when it opens it, then spends its time on the read
+        models, the tiles and the proof bundles before it opens the open folder's next chunk
+        (``results-0002.jsonl.tmp``, a name anyone can tell from the public manifest). A link
+        planted there meanwhile was opened and written through: the file it pointed at, outside
+        DIR, was cut and filled with the export's results. The chunk is now made as every other
+        file is: the name removed, then created anew, never followed."""
+        now = datetime.now(UTC)
+        out = tmp_path / "site"
+        await log.results(1, month_start(now))
+        await log.export(out)
+        [rid] = await log.results(1, month_start(now), problem_id="p2")
+        outside = tmp_path / "outside.txt"
+        outside.write_text("precious\n")
+        folder = out / "releases" / period_of(now.timestamp())
+        archive = Archive.open(out)  # as export_public opens it, links refused
+        try:
+            planted = folder / "results-0002.jsonl.tmp"  # meanwhile, by someone who may write in DIR
+            if how == "symlink":
+                planted.symlink_to(outside)
+            else:
+                os.link(outside, planted)
+            archive.add(rid, month_start(now).timestamp(), now, b'{"rollout_id":"x"}', b"LEAKED-LINE\n")
+            archive.finish(now, None, 10**6)
+        finally:
+            archive.abandon()
+            archive.close()
+        assert outside.read_text() == "precious\n"
+        assert (folder / "results-0002.jsonl").read_bytes() == b"LEAKED-LINE\n"
+        assert not (folder / "results-0002.jsonl").is_symlink()
