@@ -197,7 +197,12 @@ class Folder:
                 self._listed(LICENSE, LICENCE_TEXT.encode())
                 self.wrote += 1
             self._chunk_name = f"results-{len(self.chunks) + 1:04d}.jsonl"
-            self._chunk = (self.path / (self._chunk_name + ".tmp")).open("wb")
+            # Made as write_atomic makes a file: a link planted at this name since DIR was
+            # checked (its name is told by the public manifest) is removed, never written through.
+            tmp = self.path / (self._chunk_name + ".tmp")
+            tmp.unlink(missing_ok=True)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+            self._chunk = os.fdopen(fd, "wb")
             self._chunk_hash = hashlib.sha256()
             self.changed = True
         rel = rollout_file(rollout_id)
