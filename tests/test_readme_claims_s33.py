@@ -1,0 +1,192 @@
+"""README promises checked in session 33's README audit that no other test showed.
+
+In-process and fast: the README's text is read and compared with the command line's own
+definitions (click) and the configuration's own defaults (pydantic).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+import click
+import pytest
+from pydantic import BaseModel
+
+from rollwatch.cli import cli
+from rollwatch.config import Config
+
+README = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+SPEC_KEYS = {  # the keys of SPEC §3's example (SPEC.md is not part of the checkout)
+    "store.url",
+    "server.listen",
+    "publication.embargo",
+    "publication.positive",
+    "problem_sets.name",
+    "problem_sets.path",
+    "problem_sets.format",
+    "providers.name",
+    "providers.kind",
+    "providers.base_url",
+    "providers.api_key_env",
+    "providers.api_key_file",
+    "providers.max_concurrency",
+    "providers.requests_per_minute",
+    "providers.timeout",
+    "providers.prices",
+    "schedules.name",
+    "schedules.provider",
+    "schedules.models",
+    "schedules.problem_set",
+    "schedules.rollouts",
+    "schedules.every",
+    "schedules.cron",
+    "schedules.jitter",
+    "schedules.budget_usd",
+    "schedules.params",
+}
+
+
+def _commands_table() -> list[str]:
+    """The first cell of each row of the README's Commands table."""
+    table = README.split("## Commands", 1)[1].strip().split("\n\n", 1)[0]
+    return [re.split(r"(?<!\\)\|", line)[1] for line in table.splitlines()[2:]]
+
+
+def _command(words: list[str]) -> click.Command:
+    ctx = click.Context(cli)
+    cmd: click.Command = cli
+    for w in words:
+        assert isinstance(cmd, click.Group), words
+        sub = cmd.get_command(ctx, w)
+        assert sub is not None, f"README names `rollwatch {' '.join(words)}`, the CLI has no {w!r}"
+        cmd = sub
+    return cmd
+
+
+def _options(cmd: click.Command) -> set[str]:
+    return {o for p in cmd.params for o in (*p.opts, *p.secondary_opts)}
+
+
+def test_every_command_and_option_the_readme_table_names_exists() -> None:
+    """README (Commands): each `rollwatch …` row names commands and options the CLI has: every
+    subcommand in an `a\\|b` list, and every `--option` on the command it is written after."""
+    rows = _commands_table()
+    assert len(rows) >= 15
+    checked = 0
+    for cell in rows:
+        for part in re.findall(r"`([^`]+)`", cell):
+            part = part.replace("\\|", "|")
+            words = part.split()
+            if words[0] != "rollwatch":  # `list`, `revoke NAME` after `subscribers add`
+                words = ["rollwatch", "subscribers", *words]
+            path: list[str] = []
+            rest = words[1:]
+            while rest and re.fullmatch(r"[a-z]+", rest[0]):
+                path.append(rest.pop(0))
+            if rest and re.match(r"[a-z]+\|", rest[0]):  # `list|pause NAME [--note]|resume NAME`
+                alternatives = [a.split() for a in " ".join(rest).split("|")]
+            else:
+                alternatives = [[path.pop(), *rest]] if path else [rest]
+            for alt in alternatives:
+                sub = [w for w in alt[:1] if re.fullmatch(r"[a-z]+", w)]
+                options = [w.strip("[]").split("=")[0] for w in alt if w.strip("[").startswith("-")]
+                cmd = _command([*path, *sub])
+                for o in options:
+                    on = cmd if o not in ("--config", "--log-level") else cli
+                    assert o in _options(on), f"README: `{part}`: {o} is not an option of {path + sub}"
+                checked += 1
+    assert checked >= 20
+
+
+def test_options_every_command_takes() -> None:
+    """README: "Every command takes `--config PATH` … and `--log-level`" (on the group, before the
+    command, and on each command, after it)."""
+    assert {"--config", "--log-level"} <= _options(cli)
+    ctx = click.Context(cli)
+    for name in cli.list_commands(ctx):
+        cmd = cli.get_command(ctx, name)
+        assert cmd is not None
+        leaves = (
+            [cmd]
+            if not isinstance(cmd, click.Group)
+            else [cmd.get_command(ctx, n) for n in cmd.list_commands(ctx)]
+        )
+        for leaf in leaves:
+            assert leaf is not None
+            assert {"--config", "--log-level"} <= _options(leaf), (name, leaf.name)
+
+
+def _walk(model: type[BaseModel], prefix: str = "") -> list[tuple[str, Any]]:
+    out = []
+    for name, field in model.model_fields.items():
+        key = prefix + name
+        out.append((key, field))
+        stack, inner = [field.annotation], None
+        while stack:
+            a = stack.pop()
+            if isinstance(a, type) and issubclass(a, BaseModel):
+                inner = a
+                break
+            if get_origin(a) is not Literal:
+                stack.extend(get_args(a))
+        if inner is not None and name != "prices":
+            out += _walk(inner, key + ".")
+    return out
+
+
+def _readme_name(key: str) -> str:
+    """``providers.timeout`` as the README writes it: ``providers[].timeout``."""
+    head, _, rest = key.partition(".")
+    if head in ("providers", "schedules", "problem_sets") and rest:
+        return f"{head}[].{rest}"
+    return key
+
+
+def test_every_configuration_key_is_spec_s3s_or_in_the_readme() -> None:
+    """Each key the configuration takes is either one of SPEC §3's or has a row, with its
+    default, in a table of the README: `server.feed_rate_per_minute` and
+    `publication.release_check` had none before session 33."""
+    missing = []
+    for key, _ in _walk(Config):
+        if key in SPEC_KEYS:
+            continue
+        if "." not in key:  # a table (`[store]`), or `node`, a row of its own
+            assert key != "node" or "| `node` |" in README
+            continue
+        leaf = key.rsplit(".", 1)[1]
+        if key.startswith("integrity.witnesses."):
+            continue  # `{ url = …, key = … }` in the `integrity.witnesses` row
+        if key.startswith("providers.prices."):
+            continue
+        table = re.escape(_readme_name(key).rsplit(".", 1)[0])
+        if not re.search(rf"^\|[^|]*`{table}\.[^|]*\b{leaf}\b[^|]*\| [^|]+ \|", README, re.M):
+            missing.append(key)
+    assert missing == [], missing
+
+
+@pytest.mark.parametrize(
+    ("key", "default"),
+    [
+        ("server.listen", "127.0.0.1:8080"),
+        ("publication.embargo", 90 * 86400.0),
+        ("publication.positive", "passed"),
+        ("providers.max_concurrency", 8),
+        ("providers.requests_per_minute", None),
+        ("providers.timeout", 600.0),
+        ("schedules.rollouts", 1),
+        ("schedules.jitter", 0.0),
+        ("schedules.budget_usd", None),
+    ],
+)
+def test_spec_s3_keys_take_the_defaults_the_readme_states(key: str, default: object) -> None:
+    """README (Configuration): "SPEC §3's own keys, left out, take these defaults"; the sentence
+    names each of these with its value."""
+    fields = dict(_walk(Config))
+    assert fields[key].get_default(call_default_factory=True) == default
+    sentence = README.split("SPEC §3's own keys, left out", 1)[1].split("\n\n", 1)[0]
+    shown = {None: "none", 0.0: "none", 90 * 86400.0: "`90d`", 600.0: "`600s`"}.get(default, f"`{default}`")  # type: ignore[call-overload]
+    assert re.search(rf"`{re.escape(_readme_name(key))}` {re.escape(shown)}", sentence.replace("\n", " ")), (
+        key
+    )
