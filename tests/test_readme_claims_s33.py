@@ -190,3 +190,94 @@ def test_spec_s3_keys_take_the_defaults_the_readme_states(key: str, default: obj
     assert re.search(rf"`{re.escape(_readme_name(key))}` {re.escape(shown)}", sentence.replace("\n", " ")), (
         key
     )
+
+
+def _reference_config(tmp_path: Path, extra: str = "") -> Path:
+    from tests.test_daemon import daemon_toml
+    from tests.web.opsd import write_problems
+
+    cfg = tmp_path / "rw.toml"
+    cfg.write_text(
+        daemon_toml(tmp_path, write_problems(tmp_path / "problems"))
+        + f"""
+[[providers]]
+name = "reference"
+kind = "reference"
+[[schedules]]
+name = "ref"
+provider = "reference"
+models = ["reference"]
+problem_set = "favorites"
+rollouts = 1
+every = "1h"
+{extra}
+"""
+    )
+    return cfg
+
+
+def test_a_runs_log_lines_carry_its_keys_and_model_only_where_stated(tmp_path: Path) -> None:
+    """README (Logs): every line a run logs carries `run_id`, `schedule` and `provider`; `model`
+    is on the lines about one model (`budget_unenforceable`: the reference provider has no
+    prices); every line has `event`, `level`, `logger` and a UTC ISO 8601 `timestamp`. A real
+    `rollwatch run`, its stderr off a terminal."""
+    import json
+    from datetime import datetime
+
+    from tests.helpers import rollwatch
+
+    cfg = _reference_config(tmp_path, "budget_usd = 1.0")
+    r = rollwatch("--config", str(cfg), "run", "ref", timeout=120)
+    assert r.returncode == 0, r.stderr[-3000:]
+    lines = [json.loads(ln) for ln in r.stderr.splitlines() if ln.strip()]
+    for o in lines:
+        assert {"event", "level", "logger", "timestamp"} <= o.keys(), o
+        assert o["timestamp"].endswith("Z"), o
+        assert datetime.fromisoformat(o["timestamp"]).utcoffset() is not None, o
+    run = [o for o in lines if o["logger"].startswith("rollwatch.runs")]
+    assert {o["event"] for o in run} >= {"run_started", "run_finished", "budget_unenforceable"}
+    run_ids = {o.get("run_id") for o in run}
+    assert len(run_ids) == 1, run
+    assert None not in run_ids, run
+    assert all((o.get("schedule"), o.get("provider")) == ("ref", "reference") for o in run), run
+    assert [o["event"] for o in lines if "model" in o] == ["budget_unenforceable"]
+    assert next(o for o in run if o["event"] == "budget_unenforceable")["model"] == "reference"
+
+
+def test_the_config_is_found_as_the_readme_says(tmp_path: Path) -> None:
+    """README (Commands): `--config PATH` (before or after the command), else
+    `$ROLLWATCH_CONFIG`, else `./config/rollwatch.toml`, else `/etc/rollwatch/rollwatch.toml`.
+    Each config names a log that does not exist; the exit-2 line says which one was read (and
+    no log is made: a read-only command)."""
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "config").mkdir()
+    for name in "ABC":
+        (tmp_path / f"{name}.toml").write_text(f'[store]\nurl = "sqlite:{tmp_path / name}.db"\n')
+    (tmp_path / "config" / "rollwatch.toml").write_text((tmp_path / "A.toml").read_text())
+    base = {k: v for k, v in os.environ.items() if k != "ROLLWATCH_CONFIG"}
+
+    def used(env: dict[str, str], *args: str, cwd: Path = tmp_path) -> str:
+        r = subprocess.run(
+            [sys.executable, "-m", "rollwatch", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+            cwd=cwd,
+        )
+        assert r.returncode == 2, r.stderr
+        return r.stderr
+
+    env_b = {**base, "ROLLWATCH_CONFIG": str(tmp_path / "B.toml")}
+    assert f"no event log at {tmp_path}/A.db" in used(base, "events", "tail")
+    assert f"no event log at {tmp_path}/B.db" in used(env_b, "events", "tail")
+    assert f"no event log at {tmp_path}/C.db" in used(env_b, "--config", "C.toml", "events", "tail")
+    assert f"no event log at {tmp_path}/C.db" in used(env_b, "events", "tail", "--config", "C.toml")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    if not Path("/etc/rollwatch/rollwatch.toml").exists():
+        assert "/etc/rollwatch/rollwatch.toml" in used(base, "events", "tail", cwd=elsewhere)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["A.toml", "B.toml", "C.toml", "config", "elsewhere"]
