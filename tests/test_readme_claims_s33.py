@@ -281,3 +281,45 @@ def test_the_config_is_found_as_the_readme_says(tmp_path: Path) -> None:
     if not Path("/etc/rollwatch/rollwatch.toml").exists():
         assert "/etc/rollwatch/rollwatch.toml" in used(base, "events", "tail", cwd=elsewhere)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["A.toml", "B.toml", "C.toml", "config", "elsewhere"]
+
+
+def test_a_healthy_daemon_answers_healthz_as_the_readme_shows(tmp_path: Path) -> None:
+    """README (Health): a real `serve` with nothing wrong answers `/healthz` 200 with exactly
+    `{"status":"ok","projections":{"state":"current"}}` once its read models are built (before,
+    the README showed `{"status":"ok"}`), and `GET /` redirects to `/public/` (SPEC §7)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    cfg = _reference_config(tmp_path)
+    listen = cfg.read_text().split('listen = "')[1].split('"')[0]
+    err = tmp_path / "serve.err"
+    with err.open("w") as f:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "rollwatch", "--config", str(cfg), "serve"],
+            stdout=subprocess.DEVNULL,
+            stderr=f,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        body: object = None
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                r = httpx.get(f"http://{listen}/healthz", timeout=5)
+            except httpx.TransportError:
+                continue
+            body = (r.status_code, r.json())
+            if body[1].get("projections", {}).get("state") == "current":
+                break
+        assert body == (200, {"status": "ok", "projections": {"state": "current"}}), (
+            body,
+            err.read_text()[-2000:],
+        )
+        r = httpx.get(f"http://{listen}/", timeout=5)
+        assert (r.status_code, r.headers["location"]) == (302, "/public/")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0, err.read_text()[-3000:]
