@@ -323,3 +323,45 @@ def test_a_healthy_daemon_answers_healthz_as_the_readme_shows(tmp_path: Path) ->
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0, err.read_text()[-3000:]
+
+
+def test_report_problem_version_takes_a_hash_or_4_of_its_hex_digits(tmp_path: Path) -> None:
+    """README (Commands): `report --problem-version H`, H a hash or a prefix of 4+ characters.
+    On a real run's log: the whole hash, 4 digits with or without `sha256:` name the version;
+    3 digits are refused (exit 2) with `sha256:` before them too, and so is `sha2`, a prefix of
+    the text every hash starts with (both named a version before session 33)."""
+    import json
+
+    from tests.helpers import rollwatch
+
+    cfg = _reference_config(tmp_path)
+    assert rollwatch("--config", str(cfg), "run", "ref", timeout=120).returncode == 0
+    tail = rollwatch("--config", str(cfg), "events", "tail", "--type", "RolloutScored", "--json")
+    hashes = sorted({json.loads(ln)["data"]["problem_hash"] for ln in tail.stdout.splitlines()})
+    assert len(hashes) >= 2
+    assert all(h.startswith("sha256:") for h in hashes)
+    # A hash whose first 4 digits no other version shares.
+    full = next(h for h in hashes if sum(o[7:11] == h[7:11] for o in hashes) == 1)
+
+    def report(version: str) -> tuple[int, object]:
+        r = rollwatch(
+            "--config",
+            str(cfg),
+            "report",
+            "--format",
+            "json",
+            "--by",
+            "problem",
+            "--problem-version",
+            version,
+        )
+        return r.returncode, json.loads(r.stdout) if r.returncode == 0 else r.stderr
+
+    named = report(full)
+    assert named[0] == 0, named
+    assert report(full[7:11]) == named
+    assert report(full[:11]) == named
+    for short in (full[7:10], full[:10], "sha2", "sha256:"):
+        code, err = report(short)
+        assert code == 2, (short, err)
+        assert "no problem version" in str(err), (short, err)
