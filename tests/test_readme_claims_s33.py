@@ -365,3 +365,40 @@ def test_report_problem_version_takes_a_hash_or_4_of_its_hex_digits(tmp_path: Pa
         code, err = report(short)
         assert code == 2, (short, err)
         assert "no problem version" in str(err), (short, err)
+
+
+def test_events_tail_after_prints_every_event_after_seq(tmp_path: Path) -> None:
+    """README (Commands): `events tail` prints the last 20 events, "or those after SEQ": all of
+    them, oldest first, not only 20; with `--type` only that type's; `--json` one envelope a line."""
+    import json
+
+    from tests.helpers import rollwatch
+    from tests.test_cli_usage import _log
+
+    cfg = _log(tmp_path)  # 5 SubscriberRevoked, then 40 SchedulePaused
+    r = rollwatch("--config", str(cfg), "events", "tail", "--after", "3", "--json")
+    assert r.returncode == 0, r.stderr
+    assert [json.loads(ln)["seq"] for ln in r.stdout.splitlines()] == list(range(4, 46))
+    r = rollwatch("--config", str(cfg), "events", "tail", "--after", "3", "--type", "SubscriberRevoked")
+    assert r.returncode == 0, r.stderr
+    assert [int(ln.split()[0]) for ln in r.stdout.splitlines()] == [4, 5]
+
+
+def test_the_shipped_unit_has_the_settings_the_readme_names() -> None:
+    """README (systemd, Health): the unit is `Type=notify` with a `WatchdogSec`, restarts a
+    `serve` that exits 1 after 5 s but not one that exits 2, ships `KillMode=mixed`, runs as a
+    `DynamicUser` with `StateDirectory=rollwatch`, and runs the installed command on
+    `/etc/rollwatch/rollwatch.toml` (the paths of `make install` and the set-up steps)."""
+    from tests.test_systemd_unit import unit_lines
+
+    assert unit_lines("Type") == ["notify"]
+    assert len(unit_lines("WatchdogSec")) == 1
+    assert unit_lines("Restart") == ["on-failure"]
+    assert unit_lines("RestartSec") == ["5s"]
+    assert unit_lines("RestartPreventExitStatus") == ["2"]
+    assert unit_lines("KillMode") == ["mixed"]
+    assert unit_lines("DynamicUser") == ["yes"]
+    assert unit_lines("StateDirectory") == ["rollwatch"]
+    assert unit_lines("ExecStart") == [
+        "/opt/rollwatch/venv/bin/rollwatch --config /etc/rollwatch/rollwatch.toml serve"
+    ]
