@@ -283,10 +283,15 @@ def test_the_config_is_found_as_the_readme_says(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["A.toml", "B.toml", "C.toml", "config", "elsewhere"]
 
 
-def test_a_healthy_daemon_answers_healthz_as_the_readme_shows(tmp_path: Path) -> None:
+def test_a_real_serve_answers_healthz_report_by_run_and_rollout_records_as_the_readme_shows(
+    tmp_path: Path,
+) -> None:
     """README (Health): a real `serve` with nothing wrong answers `/healthz` 200 with exactly
     `{"status":"ok","projections":{"state":"current"}}` once its read models are built (before,
-    the README showed `{"status":"ok"}`), and `GET /` redirects to `/public/` (SPEC §7)."""
+    the README showed `{"status":"ok"}`), and `GET /` redirects to `/public/` (SPEC §7).
+    README (feed API): `/v1/report?by=run` has a row per run, another `by` is a 400 naming it;
+    `/v1/rollouts/{id}` holds the request as sent, every attempt, the answer, the score and the
+    publication state. On a log a real `rollwatch run` wrote."""
     import signal
     import subprocess
     import sys
@@ -294,8 +299,14 @@ def test_a_healthy_daemon_answers_healthz_as_the_readme_shows(tmp_path: Path) ->
 
     import httpx
 
+    from tests.helpers import rollwatch
+
     cfg = _reference_config(tmp_path)
+    assert rollwatch("--config", str(cfg), "run", "ref", timeout=120).returncode == 0
+    key = rollwatch("--config", str(cfg), "subscribers", "add", "reader").stdout.split()[0]
+    bearer = {"Authorization": f"Bearer {key}"}
     listen = cfg.read_text().split('listen = "')[1].split('"')[0]
+    url = f"http://{listen}"
     err = tmp_path / "serve.err"
     with err.open("w") as f:
         proc = subprocess.Popen(
@@ -308,7 +319,7 @@ def test_a_healthy_daemon_answers_healthz_as_the_readme_shows(tmp_path: Path) ->
         body: object = None
         while time.monotonic() < deadline and proc.poll() is None:
             try:
-                r = httpx.get(f"http://{listen}/healthz", timeout=5)
+                r = httpx.get(f"{url}/healthz", timeout=5)
             except httpx.TransportError:
                 continue
             body = (r.status_code, r.json())
@@ -318,8 +329,26 @@ def test_a_healthy_daemon_answers_healthz_as_the_readme_shows(tmp_path: Path) ->
             body,
             err.read_text()[-2000:],
         )
-        r = httpx.get(f"http://{listen}/", timeout=5)
+        r = httpx.get(f"{url}/", timeout=5)
         assert (r.status_code, r.headers["location"]) == (302, "/public/")
+
+        rows = httpx.get(f"{url}/v1/report?by=run", headers=bearer, timeout=10).json()
+        assert len(rows) == 1, rows
+        assert rows[0]["run_id"]
+        assert rows[0]["rollouts"] == rows[0]["passed"] > 0
+        r = httpx.get(f"{url}/v1/report?by=nope", headers=bearer, timeout=10)
+        assert r.status_code == 400
+        assert r.json()["error"] == "bad_request"
+        assert r.json()["message"].startswith("by:")
+
+        items = httpx.get(f"{url}/v1/feed?limit=1000", headers=bearer, timeout=10).json()["items"]
+        rid = next(i["rollout_id"] for i in items if i["type"] == "RolloutScored")
+        record = httpx.get(f"{url}/v1/rollouts/{rid}", headers=bearer, timeout=10).json()
+        assert record["attempts"][0]["request"]["model"] == "reference"
+        assert record["attempts"][0]["outcome"] == "responded"
+        assert record["answer"]["text"] == record["attempts"][-1]["response"]["text"]
+        assert record["score"]["passed"] is True
+        assert record["publication"], record
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0, err.read_text()[-3000:]
