@@ -426,6 +426,9 @@ def test_the_shipped_unit_has_the_settings_the_readme_names() -> None:
     assert unit_lines("RestartSec") == ["5s"]
     assert unit_lines("RestartPreventExitStatus") == ["2"]
     assert unit_lines("KillMode") == ["mixed"]
+    assert unit_lines("TimeoutStopSec") == ["60s"]
+    grace = next(p for p in _command(["serve"]).params if p.name == "grace")
+    assert grace.default == 30.0  # README (Commands): `serve --grace S`, default 30
     assert unit_lines("DynamicUser") == ["yes"]
     assert unit_lines("StateDirectory") == ["rollwatch"]
     assert unit_lines("ExecStart") == [
