@@ -434,3 +434,32 @@ def test_the_shipped_unit_has_the_settings_the_readme_names() -> None:
     assert unit_lines("ExecStart") == [
         "/opt/rollwatch/venv/bin/rollwatch --config /etc/rollwatch/rollwatch.toml serve"
     ]
+
+
+def test_the_readme_config_error_example_is_what_the_command_prints(tmp_path: Path) -> None:
+    """README (Configuration): the example of every mistake reported at once is, word for word
+    and in order, what a command prints for a config with those two mistakes, exit 2 (the
+    README's block lacked the `error: ` prefix and had the two lines the other way round)."""
+    import os
+    import subprocess
+    import sys
+
+    block = README.split("Every mistake is reported at once", 1)[1].split("```\n", 2)[1]
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "rollwatch.toml").write_text(
+        f'[store]\nurl = "sqlite:{tmp_path}/e.db"\n'
+        '[[providers]]\nname = "reference"\nkind = "reference"\n'
+        '[[providers]]\nname = "o"\nkind = "opena"\n'
+        '[publication]\nembarg = "90d"\n'
+    )
+    env = {k: v for k, v in os.environ.items() if k != "ROLLWATCH_CONFIG"}
+    r = subprocess.run(
+        [sys.executable, "-m", "rollwatch", "events", "tail"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert r.returncode == 2
+    assert r.stderr == block
