@@ -297,15 +297,18 @@ WHERE o.state = 'scored' AND o.verdict_hash IS NOT NULL AND o.verdict_hash != n.
 
 async def resolve_version(pdb: Fetcher, version: str) -> tuple[str, str]:
     """(problem_id, full hash) of the problem version ``version`` names (a hash or a
-    unique prefix of one, with or without ``sha256:``); UsageError otherwise."""
+    unique prefix of at least 4 of its hex digits, with or without ``sha256:``); UsageError
+    otherwise."""
     text = version.strip()
-    prefix = text if text.startswith("sha256:") else "sha256:" + text
+    # At least 4 of the hash's own hex digits: `sha256:` counted, `sha256:6c2` (3 digits) and
+    # `sha2` (none) named a version as a prefix of the text every hash starts with.
+    digits = text.removeprefix("sha256:")
+    prefix = "sha256:" + digits
     rows = await pdb.fetchall(
-        "SELECT DISTINCT problem_id, problem_hash FROM problem_versions"
-        " WHERE substr(problem_hash, 1, ?) = ? OR substr(problem_hash, 1, ?) = ?",
-        (len(prefix), prefix, len(text), text),
+        "SELECT DISTINCT problem_id, problem_hash FROM problem_versions WHERE substr(problem_hash, 1, ?) = ?",
+        (len(prefix), prefix),
     )
-    if len(text) < 4 or not rows:
+    if len(digits) < 4 or not rows:
         raise UsageError(
             f"report: no problem version {version!r} in the log (`rollwatch problems list` shows hashes)"
         )
