@@ -23,9 +23,11 @@ def _interrupted(signum: int, frame: object) -> None:
     os._exit(130)
 
 
-def while_loading() -> None:
-    """End the process at once on SIGINT, if SIGINT would raise KeyboardInterrupt."""
-    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+def while_loading(early: object = None) -> None:
+    """End the process at once on SIGINT, if SIGINT would raise KeyboardInterrupt (or is
+    ``early``, the same handler ``__main__`` put in place before it could import this)."""
+    current = signal.getsignal(signal.SIGINT)
+    if current is signal.default_int_handler or (early is not None and current is early):
         signal.signal(signal.SIGINT, _interrupted)
 
 
