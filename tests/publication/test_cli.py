@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import time
 from functools import partial
 from pathlib import Path
 
@@ -32,7 +31,7 @@ def all_bytes(root: Path) -> bytes:
 class TestSubscribersCommand:
     async def test_add_prints_key_once_and_stores_only_its_hash(self, tmp_path: Path) -> None:
         """``subscribers add`` prints the key once on stdout; no file holds the key, the log holds
-        its SHA-256; the key works on a running server, and ``revoke`` locks it out within a second."""
+        its SHA-256; the key works on a running server, and ``revoke`` locks it out from the next request on."""
         cfg = str(config_file(tmp_path))
         run = partial(rollwatch, "--config", cfg)
         p = await anyio.to_thread.run_sync(lambda: run("subscribers", "add", "alice", "--expires", "30d"))
@@ -62,11 +61,9 @@ class TestSubscribersCommand:
                 lambda: run("subscribers", "revoke", "alice", "--note", "left")
             )
             assert p.returncode == 0, p.stderr
-            revoked_at = time.monotonic()
-            with anyio.fail_after(5):
-                while (await env.client.get("/v1/feed", headers=bearer(key))).status_code == 200:
-                    await anyio.sleep(0.02)
-            assert time.monotonic() - revoked_at < 1.0
+            assert "refuses its key from the next request on" in p.stdout + p.stderr
+            # The very next request: the server checks the key against the log's head.
+            assert (await env.client.get("/v1/feed", headers=bearer(key))).status_code == 401
 
         p = await anyio.to_thread.run_sync(lambda: run("subscribers", "list"))
         assert p.returncode == 0

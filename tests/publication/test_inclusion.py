@@ -244,7 +244,7 @@ class TestFeedInclusion:
             # The same bundle with the flip left out stands for the run's failing verdict.
             record = (await s.client.get(f"/public/rollouts/{rid}.json")).json()
             bundle = record["proof"]
-            bundle["events"] = [e for e in bundle["events"] if e["type"] != "RolloutRescored"]
+            bundle["events"] = [e for e in bundle["events"] if e.get("type") != "RolloutRescored"]
             verifier = NoteVerifier.from_vkey(s.integrity.signer.vkey)
             with pytest.raises(ValueError, match="the verdict its release stands for is not a pass"):
                 check_bundle(bundle, rid, verifier)

@@ -2,20 +2,27 @@
 counts told under embargo. The attacks that failed are pinned where no test did: a configuration
 whose embargo is shorter than the one the log's decisions carry, a run partly released, names
 made of path separators and markup. One wrote outside DIR (fixed, :class:`TestPlantedDuringAnExport`);
-one found a leak not fixed here (a strict ``xfail``, see :class:`TestFailedVerdictInABundle`)."""
+one leaked a hidden test through a proof bundle (fixed in session 34, :class:`TestFailedVerdictInABundle`)."""
 
 from __future__ import annotations
 
+import base64
+import copy
 import json
 import os
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from rollwatch.events import PublicationDecided, RolloutRescored, RolloutScored, rfc3339
+from rollwatch.integrity.bundle import WITHHELD, check_bundle, derive_rollout_id
+from rollwatch.integrity.checkpoint import NoteVerifier
 from rollwatch.publication.export import export_public
+from rollwatch.publication.proofs import ProofBundles
 from rollwatch.publication.release import release_due
 from rollwatch.publication.releases import Archive, check_export, period_of
 from tests.publication.helpers import add_rollout, finish_run, new_run_id, rollout_events, start_run
@@ -135,70 +142,155 @@ class TestNames:
         assert check_export(out) == []
 
 
-class TestFailedVerdictInABundle:
-    @pytest.mark.xfail(
-        strict=True,
-        reason="a public proof bundle holds every event of the rollout up to its release, each as"
-        " the canonical bytes its leaf is the hash of: a failing verdict before a flip to pass (or"
-        " a withdrawal before a restore) cannot be left out or cut without a bundle format that"
-        " proves an event by its leaf hash alone, and audit's check_bundle reads those verdicts"
-        " (the newest before the release, the public date of a restored pass)",
-    )
-    async def test_a_flip_to_pass_exports_no_hidden_test_of_its_failing_verdict(
-        self, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-    ) -> None:
-        """A failure whose verdict names the hidden test it failed (its ``reason`` and ``detail``:
-        the subscribers' alone, see the README's limits), flipped to a pass by a re-score and
-        released: the export's proof bundle of the pass carries the failing verdict's bytes, so
-        the public reads the hidden test's line and expected value."""
-        from tests.integrity.test_tlog_tiles import live_log
-        from tests.publication.test_leak_2026 import _absorbed
+@dataclass
+class Flipped:
+    """A released pass that a re-score flipped from a failure naming a hidden test, exported."""
 
-        monkeypatch.delenv("STATE_DIRECTORY", raising=False)
-        out = tmp_path / "site"
-        async with live_log(tmp_path) as live:
-            run = new_run_id()
-            await start_run(live.store, run)
-            rid = str(uuid.uuid4())
-            failing = RolloutScored(
-                rollout_id=rid,
-                passed=False,
-                score=0.0,
-                scorer="python-function",
-                reason="exception: AssertionError: assert candidate(12345) == 98761",
-                detail={"traceback": "HIDDEN-TEST-LINE"},
-            )
-            evs = [
-                failing if isinstance(e, RolloutScored) else e
-                for e in rollout_events(rid, run, passed=False, none_embargo_s=0.0)
-            ]
-            await live.store.append(f"rollout-{rid}", evs)
-            await finish_run(live.store, run, rollouts=1, passed=0)
-            flip = RolloutRescored(
-                rollout_id=rid,
-                problem_id="p1",
-                passed=True,
-                score=1.0,
-                scorer="python-function",
-                problem_hash="h2",
-                scorer_version="1",
-                rescore_id=str(uuid.uuid4()),
-                previous_passed=False,
-            )
-            public = PublicationDecided(
-                rollout_id=rid, audience="public", not_before=rfc3339(datetime.now(UTC)), embargo_s=0.0
-            )
-            await live.store.append(f"rollout-{rid}", [flip, public])
-            assert await release_due(live.store, live.pdb) == 1
-            await live.integrity.final_checkpoint()
-            await _absorbed(live)
-            await export_public(
-                live.store, live.pdb, out, base_url=BASE, embargo_s=0.0, tree=live.integrity.tree
-            )
-        blob = everything(out)
-        assert rid.encode() in blob
+    rid: str
+    out: Path
+    record: dict[str, Any]
+    verifier: NoteVerifier
+    seqs: dict[str, int]  # the rollout's event types and their seqs (the last of each type)
+    operators_bundle: dict[str, Any]  # the console's bundle of it (the operator's)
+    between: dict[str, Any]  # another rollout's event, logged between the pass and the release
+
+
+@pytest.fixture
+async def flipped(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Flipped:
+    from tests.integrity.test_tlog_tiles import live_log
+    from tests.publication.test_leak_2026 import _absorbed
+
+    monkeypatch.delenv("STATE_DIRECTORY", raising=False)
+    out = tmp_path / "site"
+    async with live_log(tmp_path) as live:
+        run = new_run_id()
+        await start_run(live.store, run)
+        rid = derive_rollout_id(run, "gpt-x", "p1", 0)
+        failing = RolloutScored(
+            rollout_id=rid,
+            passed=False,
+            score=0.0,
+            scorer="python-function",
+            reason="exception: AssertionError: assert candidate(12345) == 98761",
+            detail={"traceback": "HIDDEN-TEST-LINE"},
+        )
+        evs = [
+            failing if isinstance(e, RolloutScored) else e
+            for e in rollout_events(rid, run, passed=False, none_embargo_s=0.0)
+        ]
+        await live.store.append(f"rollout-{rid}", evs)
+        await finish_run(live.store, run, rollouts=1, passed=0)
+        flip = RolloutRescored(
+            rollout_id=rid,
+            problem_id="p1",
+            passed=True,
+            score=1.0,
+            scorer="python-function",
+            problem_hash="h2",
+            scorer_version="1",
+            rescore_id=str(uuid.uuid4()),
+            previous_passed=False,
+        )
+        public = PublicationDecided(
+            rollout_id=rid, audience="public", not_before=rfc3339(datetime.now(UTC)), embargo_s=0.0
+        )
+        await live.store.append(f"rollout-{rid}", [flip, public])
+        other = derive_rollout_id(run, "gpt-x", "p2", 0)  # a leaf between the pass and the release
+        await live.store.append(f"rollout-{other}", rollout_events(other, run, passed=False)[:1])
+        assert await release_due(live.store, live.pdb) == 1
+        await live.integrity.final_checkpoint()
+        await _absorbed(live)
+        await export_public(live.store, live.pdb, out, base_url=BASE, embargo_s=0.0, tree=live.integrity.tree)
+        seqs = {ev.type: ev.seq async for ev in live.store.read(stream=f"rollout-{rid}")}
+        operators = await ProofBundles(live.store, live.integrity.tree).bundle(rid)
+        assert operators is not None
+        others = await ProofBundles(live.store, live.integrity.tree).bundle(other)
+        assert others is not None
+        verifier = NoteVerifier.from_vkey(live.integrity.signer.vkey)
+    record = json.loads((out / "rollouts" / f"{rid}.json").read_text())
+    return Flipped(rid, out, record, verifier, seqs, operators, others["events"][0])
+
+
+def withheld_as_written(bundle: dict[str, Any], ev: dict[str, Any]) -> dict[str, Any]:
+    """``ev`` of ``bundle`` (one with its bytes) given as a withheld failing verdict."""
+    return {
+        "seq": ev["seq"],
+        "leaf_index": ev["leaf_index"],
+        "withheld": WITHHELD,
+        "leaf_hash": ev["leaf_hash"],
+        "inclusion": ev["inclusion"],
+    }
+
+
+class TestFailedVerdictInABundle:
+    """A failing verdict's ``reason`` and ``detail`` name the hidden test it failed, its line
+    and expected value: the subscribers' alone. A failure flipped to a pass by a re-score and
+    released carried the failing verdict's bytes in the public proof bundle (session 33 found
+    it; a strict xfail until session 34). The bundle now gives that verdict by its leaf."""
+
+    async def test_a_flip_to_pass_exports_no_hidden_test_of_its_failing_verdict(
+        self, flipped: Flipped
+    ) -> None:
+        blob = everything(flipped.out)
+        assert flipped.rid.encode() in blob
         assert b"98761" not in blob
         assert b"HIDDEN-TEST-LINE" not in blob
+        [withheld] = [e for e in flipped.record["proof"]["events"] if "canonical" not in e]
+        assert withheld["withheld"] == WITHHELD
+        assert withheld["seq"] == flipped.seqs["RolloutScored"]
+        assert set(withheld) == {"seq", "leaf_index", "withheld", "leaf_hash", "inclusion"}
+        # The claim still proves out, as `rollwatch audit --item` checks it.
+        _, n = check_bundle(flipped.record["proof"], flipped.rid, flipped.verifier, flipped.record)
+        assert n == len(flipped.record["proof"]["events"])
+        # The operator's bundle (the console's) keeps the verdict's bytes.
+        ops = [e for e in flipped.operators_bundle["events"] if e["seq"] == withheld["seq"]]
+        assert "HIDDEN-TEST-LINE" in ops[0]["canonical"]
+
+    async def test_the_pass_given_as_withheld_is_no_pass(self, flipped: Flipped) -> None:
+        """Someone serving the bundle hides the passing re-score behind a leaf hash: a withheld
+        entry is a failing verdict, and the release then stands for no pass."""
+        bundle = copy.deepcopy(flipped.record["proof"])
+        bundle["events"] = [
+            withheld_as_written(bundle, e) if e.get("type") == "RolloutRescored" else e
+            for e in bundle["events"]
+        ]
+        with pytest.raises(ValueError, match="the verdict its release stands for is not a pass"):
+            check_bundle(bundle, flipped.rid, flipped.verifier)
+
+    async def test_a_withheld_leaf_after_the_pass_counts_against_it(self, flipped: Flipped) -> None:
+        """A withheld entry placed between the pass and the release (any leaf of the tree would
+        prove): it is the newest verdict before the release, and a failing one."""
+        bundle = copy.deepcopy(flipped.record["proof"])
+        assert flipped.seqs["RolloutRescored"] < flipped.between["seq"] < flipped.seqs["PublicReleased"]
+        check_bundle(bundle, flipped.rid, flipped.verifier)  # as served: a pass
+        bundle["events"].append(withheld_as_written(bundle, flipped.between))
+        with pytest.raises(ValueError, match="not a pass"):
+            check_bundle(bundle, flipped.rid, flipped.verifier)
+
+    @pytest.mark.parametrize(
+        "edit",
+        ["leaf_hash", "short_leaf_hash", "twice", "other_label", "index_moved"],
+    )
+    async def test_a_withheld_entry_edited_is_refused(self, flipped: Flipped, edit: str) -> None:
+        bundle = copy.deepcopy(flipped.record["proof"])
+        [w] = [e for e in bundle["events"] if "withheld" in e]
+        if edit == "leaf_hash":
+            w["leaf_hash"] = base64.b64encode(bytes(32)).decode()
+            match = "is not in the tree"
+        elif edit == "short_leaf_hash":
+            w["leaf_hash"] = base64.b64encode(base64.b64decode(w["leaf_hash"])[:31]).decode()
+            match = "is not in the tree"
+        elif edit == "twice":
+            bundle["events"].append(dict(w))
+            match = "in the bundle twice"
+        elif edit == "other_label":
+            w["withheld"] = "passing verdict"
+            match = "a malformed event"
+        else:
+            w["leaf_index"] += 1
+            match = "is not in the tree|in the bundle twice"
+        with pytest.raises(ValueError, match=match):
+            check_bundle(bundle, flipped.rid, flipped.verifier, flipped.record)
 
 
 class TestPlantedDuringAnExport:

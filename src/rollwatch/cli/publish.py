@@ -2,7 +2,7 @@
 
 Thin: each command appends an event or reads a projection; the rules live in
 :mod:`rollwatch.publication`. A running daemon sees a new or revoked subscriber
-within a second, through the log.
+from the moment its event is committed: each keyed request checks the log's head.
 """
 
 from __future__ import annotations
@@ -156,7 +156,7 @@ def subscribers_list(ctx: Context, as_json: bool) -> None:
 @click.option("--note", default="", help="why (shown by `subscribers list`)")
 @common
 def subscribers_revoke(ctx: Context, name: str, note: str) -> None:
-    """Revoke NAME's key; a running daemon refuses it within a second."""
+    """Revoke NAME's key; a running daemon refuses it from the next request on."""
     from rollwatch.store import open_store
 
     check_name(name)
@@ -178,7 +178,7 @@ def subscribers_revoke(ctx: Context, name: str, note: str) -> None:
                     )
                 except ConcurrencyConflict:
                     continue
-                return f"revoked {name} (seq {recs[0].seq}); a running daemon refuses its key within a second"
+                return f"revoked {name} (seq {recs[0].seq}); a running daemon refuses its key from the next request on"
             raise UsageError(f"subscriber {name!r} keeps changing under us; try again")
 
     click.echo(run_async(main))

@@ -21,7 +21,13 @@ from rollwatch.integrity.merkle import leaf_hash, verify_inclusion
 ROLLOUT_NAMESPACE = uuid.UUID("6f1d7f0e-3c9b-4c1e-9a57-2b8f0d4c7a11")
 """``rollout_id = UUIDv5(ROLLOUT_NAMESPACE, run_id ‖ 0x00 ‖ model ‖ 0x00 ‖ problem_id ‖ 0x00 ‖ sample)``."""
 
-CLAIM = ("RolloutRequested", "RolloutResponded", "RolloutScored", "PublicationDecided", "PublicReleased")
+WITHHELD = "failing verdict"
+"""A public bundle's entry for a failing verdict: its leaf hash and inclusion path, not its
+bytes (see :mod:`rollwatch.publication.proofs`)."""
+
+CLAIM = ("RolloutRequested", "RolloutResponded", "PublicationDecided", "PublicReleased")
+"""The events a bundle must show with their bytes; and a passing verdict (the run's
+``RolloutScored`` or a re-score's ``RolloutRescored``), the newest before the release."""
 
 
 def derive_rollout_id(run_id: str, model: str, problem_id: str, sample: int) -> str:
@@ -48,19 +54,32 @@ def check_bundle(
     seqs: dict[str, int] = {}
     ats: dict[str, Any] = {}
     verdicts: list[tuple[int, dict[str, Any]]] = []  # (seq, data) of every verdict
-    stream: list[tuple[int, Any]] = []  # (seq, envelope) of every event, for the public date
+    stream: list[tuple[int, Any]] = []  # (seq, envelope; None: withheld) of every event, for the public date
+    indexes: set[int] = set()
     for ev in bundle.get("events") or []:
         try:
-            canonical = str(ev["canonical"]).encode()
             index = int(ev["leaf_index"])
             path = [unb64(h, "an inclusion hash") for h in ev["inclusion"]]
-            env = json.loads(canonical)
+            if "canonical" in ev or ev.get("withheld") != WITHHELD:
+                canonical = str(ev["canonical"]).encode()
+                leaf, env = leaf_hash(canonical), json.loads(canonical)
+            else:
+                leaf, env = unb64(ev["leaf_hash"], "a leaf hash"), None
         except (KeyError, TypeError, ValueError, InvalidNote, RecursionError) as e:
             raise ValueError(f"a malformed event: {e}") from None
-        if not verify_inclusion(index, cp.size, leaf_hash(canonical), path, cp.root):
+        if index in indexes:
+            raise ValueError(f"event {index + 1} is in the bundle twice")
+        indexes.add(index)
+        if len(leaf) != 32 or not verify_inclusion(index, cp.size, leaf, path, cp.root):
             raise ValueError(
                 f"event {index + 1} is not in the tree of size {cp.size} (its bytes or path were changed)"
             )
+        if env is None:
+            # A failing verdict given by its leaf alone (its reason names a hidden test): taken
+            # as one, it can only count against the claim (see rollwatch.publication.proofs).
+            verdicts.append((index + 1, {"passed": False}))
+            stream.append((index + 1, None))
+            continue
         data = env.get("data") if isinstance(env, dict) else None
         if (
             not isinstance(data, dict)
@@ -90,7 +109,9 @@ def check_bundle(
     # The release stands for the newest verdict before it: the run's, or a re-score's that
     # flipped it to a pass (a later flip back marks it superseded; the release still was).
     before = [(seq, data) for seq, data in verdicts if seq < seqs["PublicReleased"]]
-    if not before or max(before, key=lambda v: v[0])[1].get("passed") is not True:
+    if not before:
+        raise ValueError("the bundle holds no verdict before its release")
+    if max(before, key=lambda v: v[0])[1].get("passed") is not True:
         raise ValueError("the verdict its release stands for is not a pass")
     if record is not None:
         claims = [(k, req.get(k)) for k in ("run_id", "provider", "model", "problem_id", "sample")]
@@ -115,12 +136,16 @@ def _public_date(stream: list[tuple[int, Any]], released: int) -> str | None:
     decision's, or for a pass withdrawn before its release and restored, an embargo after
     the restore)."""
     from rollwatch.errors import StoreError
-    from rollwatch.events import PublicDate, decode
+    from rollwatch.events import PublicDate, RolloutScored, decode
 
     date = PublicDate()
+    withheld = RolloutScored(rollout_id="", passed=False, score=0.0, scorer="")
     for seq, env in sorted(stream, key=lambda x: x[0]):
         if seq > released:
             break
+        if env is None:
+            date.take(seq, "", withheld)  # a failing verdict's "at" dates nothing
+            continue
         try:
             ev = decode(str(env.get("type")), int(env.get("schema") or 1), env["data"])
         except (StoreError, KeyError, TypeError, ValueError):

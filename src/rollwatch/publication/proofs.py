@@ -16,6 +16,22 @@ checkpoint they are proven against::
      "pending": [S, ...],                  # events after the checkpoint: proven at the next one
      "complete": true}                     # no event pending
 
+A public bundle gives a failing verdict before the release (the run's, flipped to a pass
+by a re-score; or one that withdrew a public date a later pass restored) as its leaf hash
+alone::
+
+     {"seq": S, "leaf_index": S - 1, "withheld": "failing verdict",
+      "leaf_hash": base64, "inclusion": [base64, ...]}
+
+A failing verdict's ``reason`` and ``detail`` name the hidden test it failed, its line and
+expected value: the subscribers' (the feed, the console), never the public's. Its bytes
+were in the bundle, released with the pass (session 34). The leaf is still proven in the
+tree; a verifier takes it as a failing verdict at that seq, which can only count against
+the claim (it must come before the pass the release stands for; it withdraws the public
+date until a later pass restores it), never for it. A verifier cannot tell a withheld
+entry is this rollout's event: any leaf would do. That gives an operator nothing the log
+does not: it may append a real failing verdict just as well.
+
 A public bundle (``public=True``: the public routes and ``publish export``) stops at the
 result's release: it names no event after it, pending or not. Before, it listed the seqs
 of the rollout's later events (a re-score of it) under ``pending``: the log's live size
@@ -47,11 +63,14 @@ from typing import Any
 
 from rollwatch.abc import EventStore
 from rollwatch.events import rollout_stream
+from rollwatch.integrity.bundle import WITHHELD
 from rollwatch.integrity.checkpoint import b64
 from rollwatch.integrity.merkle import leaf_hash
 from rollwatch.integrity.tree import MerkleTree, StoredCheckpoint
 
 FORMAT = "rollwatch-proof/v1"
+
+_VERDICTS = ("RolloutScored", "RolloutRescored")
 
 _KEEP = 2_000  # about 20 KB each in memory
 
@@ -115,6 +134,17 @@ class ProofBundles:
         events: list[dict[str, Any]] = []
         for ev, path in zip(covered, paths, strict=True):
             canonical = ev.canonical()
+            if self.public and ev.type in _VERDICTS and ev.data.get("passed") is not True:
+                events.append(
+                    {
+                        "seq": ev.seq,
+                        "leaf_index": ev.seq - 1,
+                        "withheld": WITHHELD,
+                        "leaf_hash": b64(leaf_hash(canonical)),
+                        "inclusion": [b64(h) for h in path],
+                    }
+                )
+                continue
             events.append(
                 {
                     "seq": ev.seq,
