@@ -216,6 +216,7 @@ def withheld_as_written(bundle: dict[str, Any], ev: dict[str, Any]) -> dict[str,
     return {
         "seq": ev["seq"],
         "leaf_index": ev["leaf_index"],
+        "type": "RolloutScored",
         "withheld": WITHHELD,
         "leaf_hash": ev["leaf_hash"],
         "inclusion": ev["inclusion"],
@@ -238,7 +239,7 @@ class TestFailedVerdictInABundle:
         [withheld] = [e for e in flipped.record["proof"]["events"] if "canonical" not in e]
         assert withheld["withheld"] == WITHHELD
         assert withheld["seq"] == flipped.seqs["RolloutScored"]
-        assert set(withheld) == {"seq", "leaf_index", "withheld", "leaf_hash", "inclusion"}
+        assert set(withheld) == {"seq", "leaf_index", "type", "withheld", "leaf_hash", "inclusion"}
         # The claim still proves out, as `rollwatch audit --item` checks it.
         _, n = check_bundle(flipped.record["proof"], flipped.rid, flipped.verifier, flipped.record)
         assert n == len(flipped.record["proof"]["events"])

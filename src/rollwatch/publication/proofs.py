@@ -20,7 +20,7 @@ A public bundle gives a failing verdict before the release (the run's, flipped t
 by a re-score; or one that withdrew a public date a later pass restored) as its leaf hash
 alone::
 
-     {"seq": S, "leaf_index": S - 1, "withheld": "failing verdict",
+     {"seq": S, "leaf_index": S - 1, "type": "RolloutScored", "withheld": "failing verdict",
       "leaf_hash": base64, "inclusion": [base64, ...]}
 
 A failing verdict's ``reason`` and ``detail`` name the hidden test it failed, its line and
@@ -28,7 +28,8 @@ expected value: the subscribers' (the feed, the console), never the public's. It
 were in the bundle, released with the pass (session 34). The leaf is still proven in the
 tree; a verifier takes it as a failing verdict at that seq, which can only count against
 the claim (it must come before the pass the release stands for; it withdraws the public
-date until a later pass restores it), never for it. A verifier cannot tell a withheld
+date until a later pass restores it), never for it; its ``type`` is the operator's word,
+read by nothing that checks. A verifier cannot tell a withheld
 entry is this rollout's event: any leaf would do. That gives an operator nothing the log
 does not: it may append a real failing verdict just as well.
 
@@ -139,6 +140,7 @@ class ProofBundles:
                     {
                         "seq": ev.seq,
                         "leaf_index": ev.seq - 1,
+                        "type": ev.type,  # what the operator says it is: no proof of it
                         "withheld": WITHHELD,
                         "leaf_hash": b64(leaf_hash(canonical)),
                         "inclusion": [b64(h) for h in path],
