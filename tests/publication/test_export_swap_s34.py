@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from rollwatch.errors import UsageError
 from rollwatch.integrity.tree import MerkleTree
 from rollwatch.publication.export import export_public
 from rollwatch.publication.releases import check_export, period_of
-from tests.integrity.test_tlog_tiles import Live, add_released, live_log
+from tests.integrity.test_tlog_tiles import add_released, live_log
 from tests.publication.test_releases import BASE
 
 pytestmark = pytest.mark.anyio
@@ -87,9 +88,10 @@ async def test_a_folder_swapped_for_a_link_mid_export_is_not_written_through(
 ) -> None:
     """An export into DIR, a new result and a new checkpoint; the next export is under way (DIR
     opened and checked) when ``folder`` is renamed out of DIR and a link to ``outside`` put in
-    its place. Nothing under ``outside`` is created or changed. The export either finishes into
-    the real folder, which it holds by descriptor, or stops with a one-line error; once the
-    folder is put back, the next export is whole and files every result exactly once."""
+    its place. Nothing under ``outside`` is created or changed: the export finishes into the
+    real folder, which it holds by descriptor (it used to follow the link, and write its tiles,
+    chunk, results or their top-level links outside DIR). Put back, DIR is a whole export that
+    files every result exactly once."""
     monkeypatch.delenv("STATE_DIRECTORY", raising=False)
     out = tmp_path / "site"
     outside = tmp_path / "outside"
@@ -105,45 +107,69 @@ async def test_a_folder_swapped_for_a_link_mid_export_is_not_written_through(
         second = await add_released(live.store, live.pdb)
         await live.integrity.final_checkpoint()
 
-        rel = folder.format(period=period_of(_now()), partial=partial_tile_folder(out))
+        period = period_of(datetime.now(UTC).timestamp())
+        rel = folder.format(period=period, partial=partial_tile_folder(out))
         real = out / rel
-        assert real.is_dir() and not real.is_symlink()
-        # The link points at a look-alike of the folder outside (the export's names there would
-        # resolve), plus a file of someone else's.
+        assert real.is_dir()
+        assert not real.is_symlink()
+        # The link points at a look-alike of the folder (the export's names there resolve),
+        # beside a file of someone else's.
         for name in os.listdir(real):
             if (real / name).is_dir():
                 (outside / name).mkdir()
-        before = files(outside)
+        before, had = files(outside), files(real)
 
         def swap() -> None:
             os.rename(real, stash)
             real.symlink_to(outside, target_is_directory=True)
 
         tree = SwapWhileExporting(live.integrity.tree, swap)
-        error: UsageError | None = None
-        try:
-            await export_public(live.store, live.pdb, out, tree=tree, **kw)  # type: ignore[arg-type]
-        except UsageError as e:
-            error = e
+        await export_public(live.store, live.pdb, out, tree=tree, **kw)  # type: ignore[arg-type]
         assert real.is_symlink(), "the swap happened during the export"
         assert files(outside) == before, f"written outside DIR through {rel}"
-        if error is not None:
-            assert "\n" not in str(error)
+        assert files(stash) != had, "the export wrote into the real folder, held open"
 
         # Put back as it was; the next export is whole, every result filed once.
         real.unlink()
         os.rename(stash, real)
-        await _export_again(live, out, kw)
+        await export_public(live.store, live.pdb, out, tree=live.integrity.tree, **kw)
         assert check_export(out) == []
         assert sorted(filed(out)) == sorted([first, second])
         assert files(outside) == before
 
 
-async def _export_again(live: Live, out: Path, kw: dict[str, Any]) -> None:
-    await export_public(live.store, live.pdb, out, tree=live.integrity.tree, **kw)
+@pytest.mark.parametrize("folder", ["releases", "rollouts", "tile"])
+async def test_a_link_planted_where_a_folder_is_yet_to_be_made_stops_the_export(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, folder: str
+) -> None:
+    """The first export into an empty DIR: ``releases/``, ``rollouts/`` and ``tile/`` are not
+    there when it checks DIR, and a link to ``outside`` is planted at one of those names before
+    the export makes the folder. It is not followed (the export used to write there): the export
+    stops with one line naming the link, and writes nothing outside. The link removed, the next
+    export is whole."""
+    monkeypatch.delenv("STATE_DIRECTORY", raising=False)
+    out = tmp_path / "site"
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "precious.txt").write_text("precious\n")
+    before = files(outside)
+    async with live_log(tmp_path) as live:
+        kw: dict[str, Any] = {"base_url": BASE, "embargo_s": 0.0}
+        rid = await add_released(live.store, live.pdb)
+        await live.integrity.final_checkpoint()
+        planted = out / folder
+        tree = SwapWhileExporting(
+            live.integrity.tree, lambda: planted.symlink_to(outside, target_is_directory=True)
+        )
+        with pytest.raises(UsageError) as e:
+            await export_public(live.store, live.pdb, out, tree=tree, **kw)  # type: ignore[arg-type]
+        assert str(e.value) == (
+            f"{planted}: a symbolic link in the export; an export writes only inside its folder, remove it"
+        )
+        assert files(outside) == before
 
-
-def _now() -> float:
-    from datetime import UTC, datetime
-
-    return datetime.now(UTC).timestamp()
+        planted.unlink()
+        await export_public(live.store, live.pdb, out, tree=live.integrity.tree, **kw)
+        assert check_export(out) == []
+        assert filed(out) == [rid]
+        assert files(outside) == before
