@@ -348,9 +348,17 @@ async def write_tiles(tree: MerkleTree, out: Dir | Path, size: int) -> int:
     time (one read of 16,384 stored hashes) and written 64 per thread hop: 10⁶
     events' 3,924 tiles were written in seconds rather than a minute.
     """
+    if isinstance(out, Path):
+        held = await anyio.to_thread.run_sync(Dir.of, out)
+        try:
+            return await write_tiles(tree, held, size)
+        finally:
+            held.close()
     from itertools import groupby
 
     from rollwatch.integrity.tiles import HEIGHT, WIDTH, Tile, tiles_for
+
+    top = out
 
     def put_all(bodies: list[tuple[str, bytes]]) -> int:
         n = 0
@@ -366,13 +374,6 @@ async def write_tiles(tree: MerkleTree, out: Dir | Path, size: int) -> int:
             n += 1
         return n
 
-    if isinstance(out, Path):
-        top = await anyio.to_thread.run_sync(Dir.of, out)
-        try:
-            return await write_tiles(tree, top, size)
-        finally:
-            top.close()
-    top = out
     written = 0
     for level, same_level in groupby(tiles_for(size), key=lambda t: t.level):
         assert level is not None

@@ -31,6 +31,10 @@ files are in place before its manifest lists them, the manifests before the inde
 ``releases.json`` names only closed folders' manifest hashes (an open folder's
 manifest changes with each export), so an export killed at any point leaves the
 previous export whole; the next one removes what the killed one left unlisted.
+
+Every file is reached relative to a descriptor of its folder, opened ``O_NOFOLLOW`` when the
+export checks DIR and held to its end (:class:`Dir`): a folder swapped for a symbolic link
+meanwhile is never followed out of DIR.
 """
 
 from __future__ import annotations
