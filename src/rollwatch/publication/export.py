@@ -25,6 +25,7 @@ new lines to it (what a killed export appended is cut off by the next).
 from __future__ import annotations
 
 import json
+import stat
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -49,7 +50,7 @@ from rollwatch.publication.public import (
     superseded_marks,
 )
 from rollwatch.publication.release import caught_up
-from rollwatch.publication.releases import Archive, rollout_file, write_atomic
+from rollwatch.publication.releases import Archive, Dir, rollout_file
 
 log = get_logger(__name__)
 
@@ -199,7 +200,7 @@ async def export_public(
             bundles = ProofBundles(store, tree, public=True)
             checkpoint = await bundles.checkpoint()
             if checkpoint is not None:
-                written += await write_tiles(tree, out_dir, checkpoint.size)
+                written += await write_tiles(tree, archive.top, checkpoint.size)
         cut = {"tree_size": checkpoint.size, "note": checkpoint.note} if checkpoint is not None else None
         # Folders are cut at the signed checkpoint: a result released after it waits for the
         # next export, so every result filed carries a complete proof (files are never
@@ -262,9 +263,9 @@ async def export_public(
             one = await released_one(store, pdb, rid, now, check)
             if one is not None:
                 record, _ = await _result(one, bundles, checkpoint, None)
-                await anyio.to_thread.run_sync(write_atomic, out_dir / rollout_file(rid), record)
+                await anyio.to_thread.run_sync(archive.write, rollout_file(rid), record)
                 written += 1
-        await anyio.to_thread.run_sync(archive.append_results, out_dir / "results.jsonl")
+        await anyio.to_thread.run_sync(archive.append_results)
         extra = (await proofs.fields(view.recent))[0] if proofs is not None else None
         pages = {
             "feed.json": feeds.json_feed_bytes(view, base_url, extra),
@@ -278,7 +279,7 @@ async def export_public(
         if vkey is not None:
             pages["key"] = (vkey + "\n").encode()
         for name, body in pages.items():
-            await anyio.to_thread.run_sync(write_atomic, out_dir / name, body)
+            await anyio.to_thread.run_sync(archive.write, name, body)
         sign = None
         if signer is not None and checkpoint is not None:
             from rollwatch.integrity.checkpoint import Checkpoint, release_statement, split_note
@@ -335,8 +336,11 @@ async def _result(
     return body, line + b"\n"
 
 
-async def write_tiles(tree: MerkleTree, out_dir: Path, size: int) -> int:
-    """Write the hash tiles of the tree of ``size`` under ``out_dir/tile``; return how many were written.
+async def write_tiles(tree: MerkleTree, out: Dir | Path, size: int) -> int:
+    """Write the hash tiles of the tree of ``size`` under ``out/tile``; return how many were written.
+
+    ``out``: the export's DIR as :class:`~rollwatch.publication.releases.Archive` holds it
+    (its folders opened once, never through a link swapped in since), or a path (opened here).
 
     A full tile already there with the same bytes is left alone (full tiles never
     change); one with other bytes is rewritten, so an export directory reused for
@@ -344,17 +348,29 @@ async def write_tiles(tree: MerkleTree, out_dir: Path, size: int) -> int:
     time (one read of 16,384 stored hashes) and written 64 per thread hop: 10⁶
     events' 3,924 tiles were written in seconds rather than a minute.
     """
+    if isinstance(out, Path):
+        held = await anyio.to_thread.run_sync(Dir.of, out)
+        try:
+            return await write_tiles(tree, held, size)
+        finally:
+            held.close()
     from itertools import groupby
 
     from rollwatch.integrity.tiles import HEIGHT, WIDTH, Tile, tiles_for
 
-    def put_all(bodies: list[tuple[Path, bytes]]) -> int:
+    top = out
+
+    def put_all(bodies: list[tuple[str, bytes]]) -> int:
         n = 0
-        for path, body in bodies:
-            if path.is_file() and path.stat().st_size == len(body) and path.read_bytes() == body:
-                continue
-            path.parent.mkdir(parents=True, exist_ok=True)
-            write_atomic(path, body)
+        for rel, body in bodies:
+            d, name = top.split(rel, create=True)
+            try:
+                st = d.lstat(name)
+                if stat.S_ISREG(st.st_mode) and st.st_size == len(body) and d.read(name) == body:
+                    continue
+            except FileNotFoundError:
+                pass
+            d.write_atomic(name, body)
             n += 1
         return n
 
@@ -372,7 +388,7 @@ async def write_tiles(tree: MerkleTree, out_dir: Path, size: int) -> int:
             bodies = []
             for t in chunk:
                 off = (t.index * WIDTH - start) * 32
-                bodies.append((out_dir / t.path(), blob[off : off + t.width * 32]))
+                bodies.append((t.path(), blob[off : off + t.width * 32]))
             written += await anyio.to_thread.run_sync(put_all, bodies)
     return written
 

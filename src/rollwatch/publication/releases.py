@@ -31,21 +31,28 @@ files are in place before its manifest lists them, the manifests before the inde
 ``releases.json`` names only closed folders' manifest hashes (an open folder's
 manifest changes with each export), so an export killed at any point leaves the
 previous export whole; the next one removes what the killed one left unlisted.
+
+Every file is reached relative to a descriptor of its folder, opened ``O_NOFOLLOW`` when the
+export checks DIR and held to its end (:class:`Dir`): a folder swapped for a symbolic link
+meanwhile is never followed out of DIR.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
 import os
 import re
 import shutil
-from collections.abc import Callable, Iterable
+import stat
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import quote, unquote
 
 from rollwatch.errors import UsageError
@@ -56,6 +63,7 @@ MANIFEST_FORMAT = "rollwatch-release/1"
 INDEX = "releases.json"
 INDEX_SIG = "releases.json.sig"
 MANIFEST = "MANIFEST.json"
+RESULTS = "results.jsonl"
 SUPERSEDED = "superseded.jsonl"
 LICENSE = "LICENSE"
 
@@ -92,21 +100,196 @@ def period_end(period: str) -> datetime:
 
 def sha256_file(path: Path) -> str:
     """The hex SHA-256 of a file's bytes, read in 1 MB blocks."""
-    h = hashlib.sha256()
     with path.open("rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
+        return _sha256(f)
+
+
+def _sha256(f: BinaryIO) -> str:
+    h = hashlib.sha256()
+    while block := f.read(1 << 20):
+        h.update(block)
     return h.hexdigest()
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary name, so no reader sees half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.unlink(missing_ok=True)  # a link planted there is removed, never written through
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)  # replaces a symbolic link at ``path`` itself, not its target
+_FOLDER = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+
+
+class Dir:
+    """A folder of the export held open by a descriptor, from the export's check of DIR to its end.
+
+    Every file an export reads, creates, replaces, links or removes is reached by one name
+    relative to one of these (``os.open(name, dir_fd=...)``, ``os.replace(...,
+    src_dir_fd=..., dst_dir_fd=...)``), and each folder is opened once, ``O_NOFOLLOW``, from
+    its parent's descriptor, then kept (:meth:`sub`). Someone who may write in DIR and swaps
+    a folder for a symbolic link afterwards (the real one renamed away) is not followed: the
+    export goes on in the folder it opened. ``path`` is for messages; nothing is opened by it.
+    """
+
+    def __init__(self, fd: int, path: Path) -> None:
+        self.fd = fd
+        self.path = path
+        self._subs: dict[str, Dir] = {}
+
+    @classmethod
+    def of(cls, path: Path) -> Dir:
+        """DIR itself, as its owner names it (a link given as DIR is followed, once); made when missing."""
+        path.mkdir(parents=True, exist_ok=True)
+        return cls(os.open(path, os.O_RDONLY | os.O_DIRECTORY), path)
+
+    def close(self) -> None:
+        """Close this folder's descriptor and every one held under it."""
+        for d in self._subs.values():
+            d.close()
+        self._subs.clear()
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    @contextmanager
+    def _named(self, name: str) -> Iterator[None]:
+        """An error names the file by its path (one line of the CLI says which), not by ``name``."""
+        try:
+            yield
+        except OSError as e:
+            e.filename = str(self.path / name)
+            raise
+
+    def sub(self, rel: str, *, create: bool = False) -> Dir:
+        """The folder ``rel`` (``a`` or ``a/b/c``) under this one, held from its first use on;
+        made first when ``create``. FileNotFoundError when it is not there; a symbolic link
+        there is refused, a file there is a NotADirectoryError."""
+        name, _, rest = rel.partition("/")
+        d = self._subs.get(name)
+        if d is None:
+            if name in ("", ".", ".."):
+                raise UsageError(f"{self.path / rel}: not a name inside the export")
+            with self._named(name):
+                if create:
+                    with suppress(FileExistsError):
+                        os.mkdir(name, 0o755, dir_fd=self.fd)
+                try:
+                    fd = os.open(name, _FOLDER, dir_fd=self.fd)
+                except OSError as e:
+                    if e.errno in (errno.ENOTDIR, errno.ELOOP) and self.is_link(name):
+                        raise UsageError(
+                            f"{self.path / name}: a symbolic link in the export; an export writes"
+                            " only inside its folder, remove it"
+                        ) from None
+                    raise
+            d = self._subs[name] = Dir(fd, self.path / name)
+        return d.sub(rest, create=create) if rest else d
+
+    def find(self, name: str) -> Dir | None:
+        """The folder ``name`` here held (see :meth:`sub`), or None when there is none."""
+        try:
+            return self.sub(name)
+        except FileNotFoundError:
+            return None
+
+    def drop(self, name: str) -> None:
+        """Stop holding the folder ``name`` (a closed release's: only ever read again)."""
+        d = self._subs.pop(name, None)
+        if d is not None:
+            d.close()
+
+    def split(self, rel: str, *, create: bool = False) -> tuple[Dir, str]:
+        """The folder holding ``rel`` (``rollouts/ID.json``, ``tile/0/000``) and the file's own name."""
+        head, _, name = rel.rpartition("/")
+        return (self.sub(head, create=create) if head else self), name
+
+    def names(self) -> list[str]:
+        """The names of this folder's entries, sorted."""
+        return sorted(os.listdir(self.fd))
+
+    def folders(self) -> list[str]:
+        """The entries that are folders, or symbolic links to one (which :meth:`sub` refuses)."""
+        with os.scandir(self.fd) as it:
+            return sorted(e.name for e in it if e.is_dir())
+
+    def links(self) -> list[str]:
+        """The entries that are symbolic links."""
+        with os.scandir(self.fd) as it:
+            return sorted(e.name for e in it if e.is_symlink())
+
+    def lstat(self, name: str) -> os.stat_result:
+        with self._named(name):
+            return os.stat(name, dir_fd=self.fd, follow_symlinks=False)
+
+    def exists(self, name: str) -> bool:
+        try:
+            self.lstat(name)
+        except FileNotFoundError:
+            return False
+        return True
+
+    def is_link(self, name: str) -> bool:
+        try:
+            return stat.S_ISLNK(self.lstat(name).st_mode)
+        except OSError:
+            return False
+
+    def open(self, name: str, flags: int, mode: int = 0o644) -> int:
+        """``os.open`` of ``name`` here, never through a symbolic link at ``name``."""
+        with self._named(name):
+            return os.open(name, flags | os.O_NOFOLLOW, mode, dir_fd=self.fd)
+
+    def reader(self, name: str) -> BinaryIO:
+        return os.fdopen(self.open(name, os.O_RDONLY), "rb")
+
+    def read(self, name: str) -> bytes:
+        with self.reader(name) as f:
+            return f.read()
+
+    def sha256(self, name: str) -> str:
+        with self.reader(name) as f:
+            return _sha256(f)
+
+    def create(self, name: str) -> BinaryIO:
+        """A new file ``name``: what is there (a link planted at the name) is removed, never
+        written through, and the file made with ``O_EXCL``."""
+        self.unlink(name)
+        return os.fdopen(self.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL), "wb")
+
+    def write_atomic(self, name: str, data: bytes) -> None:
+        """Write ``data`` as ``name`` through a temporary name, so no reader sees half a file."""
+        with self.create(name + ".tmp") as f:
+            f.write(data)
+        self.replace(name + ".tmp", name)  # replaces a symbolic link at ``name`` itself, not its target
+
+    def replace(self, src: str, dst: str) -> None:
+        with self._named(dst):
+            os.replace(src, dst, src_dir_fd=self.fd, dst_dir_fd=self.fd)
+
+    def unlink(self, name: str, *, missing_ok: bool = True) -> None:
+        try:
+            with self._named(name):
+                os.unlink(name, dir_fd=self.fd)
+        except FileNotFoundError:
+            if not missing_ok:
+                raise
+
+    def link(self, name: str, dst: Dir, dst_name: str) -> None:
+        """``dst_name`` in ``dst`` a hard link to ``name`` here (one copy on disk for both names),
+        else a copy; atomically."""
+        tmp = dst_name + ".tmp"
+        dst.unlink(tmp)
+        try:
+            os.link(name, tmp, src_dir_fd=self.fd, dst_dir_fd=dst.fd, follow_symlinks=False)
+        except OSError:
+            with self.reader(name) as src, dst.create(tmp) as out:
+                shutil.copyfileobj(src, out, 1 << 20)
+        dst.replace(tmp, dst_name)
+
+    def files(self, prefix: str = "") -> Iterator[tuple[Dir, str, str]]:
+        """Every entry under this folder that is not a folder (links not followed): the folder
+        it is in, its name, its path from here."""
+        with os.scandir(self.fd) as it:
+            entries = sorted((e.name, e.is_dir(follow_symlinks=False)) for e in it)
+        for name, is_dir in entries:
+            if is_dir:
+                yield from self.sub(name).files(f"{prefix}{name}/")
+            else:
+                yield self, name, prefix + name
 
 
 def _json(obj: object) -> bytes:
@@ -122,7 +305,8 @@ def rollout_file(rollout_id: str) -> str:
 class Folder:
     """One release period's folder and its manifest, as loaded and as being extended."""
 
-    root: Path
+    top: Dir
+    """DIR, held (the folder is ``releases/PERIOD`` under it)."""
     period: str
     state: str = "open"
     results: int = 0
@@ -147,14 +331,19 @@ class Folder:
 
     @property
     def path(self) -> Path:
-        return self.root / "releases" / self.period
+        """For messages: the folder is reached by :meth:`dir`."""
+        return self.top.path / "releases" / self.period
+
+    def dir(self, *, create: bool = False) -> Dir:
+        """The folder, held open (made first when ``create``)."""
+        return self.top.sub(f"releases/{self.period}", create=create)
 
     @classmethod
-    def load(cls, root: Path, period: str) -> Folder:
+    def load(cls, top: Dir, period: str) -> Folder:
         """The folder as its manifest describes it (a new, empty one when there is none)."""
-        f = cls(root, period)
+        f = cls(top, period)
         try:
-            m = json.loads((f.path / MANIFEST).read_bytes())
+            m = json.loads(f.dir().read(MANIFEST))
         except FileNotFoundError:
             return f
         except ValueError as e:
@@ -174,47 +363,48 @@ class Folder:
     def check_files(self) -> None:
         """Refuse an open folder whose listed files are gone or changed in size (someone edited
         the export): a later export would list them in its manifest as if they were intact."""
+        d = self.dir()
         for rel, meta in self.files.items():
             p = self.path / rel
             try:
-                st = p.lstat()
+                where, name = d.split(rel)
+                st = where.lstat(name)
             except FileNotFoundError:
                 raise UsageError(
                     f"{p}: missing, but its folder's {MANIFEST} lists it; restore it from a copy"
                 ) from None
-            if not p.is_file() or p.is_symlink() or st.st_size != meta["bytes"]:
+            if not stat.S_ISREG(st.st_mode) or st.st_size != meta["bytes"]:
                 raise UsageError(
                     f"{p}: not the file its folder's {MANIFEST} lists (edited or replaced); restore it from a copy"
                 )
 
-    def add(self, rollout_id: str, record: bytes, line: bytes) -> Path:
-        """Write one result's file and append its line to this export's chunk; return the file."""
+    def add(self, rollout_id: str, record: bytes, line: bytes) -> tuple[Dir, str]:
+        """Write one result's file and append its line to this export's chunk; return the file
+        (its folder, its name)."""
         assert self.state == "open", f"release {self.period} is closed"
+        d = self.dir(create=True)
         if self._chunk is None:
-            (self.path / "rollouts").mkdir(parents=True, exist_ok=True)
+            d.sub("rollouts", create=True)
             if LICENSE not in self.files:
-                write_atomic(self.path / LICENSE, LICENCE_TEXT.encode())
+                d.write_atomic(LICENSE, LICENCE_TEXT.encode())
                 self._listed(LICENSE, LICENCE_TEXT.encode())
                 self.wrote += 1
             self._chunk_name = f"results-{len(self.chunks) + 1:04d}.jsonl"
-            # Made as write_atomic makes a file: a link planted at this name since DIR was
-            # checked (its name is told by the public manifest) is removed, never written through.
-            tmp = self.path / (self._chunk_name + ".tmp")
-            tmp.unlink(missing_ok=True)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
-            self._chunk = os.fdopen(fd, "wb")
+            # Made as every file is: a link planted at this name since DIR was checked (its
+            # name is told by the public manifest) is removed, never written through.
+            self._chunk = d.create(self._chunk_name + ".tmp")
             self._chunk_hash = hashlib.sha256()
             self.changed = True
         rel = rollout_file(rollout_id)
-        path = self.path / rel
-        write_atomic(path, record)
+        where, name = d.split(rel)
+        where.write_atomic(name, record)
         self._listed(rel, record)
         self.wrote += 1
         self._chunk.write(line)
         self._chunk_hash.update(line)
         self._chunk_bytes += len(line)
         self._chunk_results += 1
-        return path
+        return where, name
 
     def _listed(self, rel: str, data: bytes) -> None:
         self.files[rel] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
@@ -223,7 +413,7 @@ class Folder:
         """Put this export's chunk in place, close the folder when asked, then write the manifest."""
         if self._chunk is not None:
             self._chunk.close()
-            os.replace(self.path / (self._chunk_name + ".tmp"), self.path / self._chunk_name)
+            self.dir().replace(self._chunk_name + ".tmp", self._chunk_name)
             self.files[self._chunk_name] = {
                 "sha256": self._chunk_hash.hexdigest(),
                 "bytes": self._chunk_bytes,
@@ -245,14 +435,14 @@ class Folder:
             self.state = "closed"
             self.changed = True
         if self.changed:
-            write_atomic(self.path / MANIFEST, self.manifest_bytes())
+            self.dir().write_atomic(MANIFEST, self.manifest_bytes())
             self.wrote += 1
 
     def abandon(self) -> None:
         """Drop this export's unfinished chunk (an error stopped the export)."""
         if self._chunk is not None:
             self._chunk.close()
-            (self.path / (self._chunk_name + ".tmp")).unlink(missing_ok=True)
+            self.dir().unlink(self._chunk_name + ".tmp")
             self._chunk = None
 
     def manifest_bytes(self) -> bytes:
@@ -280,7 +470,7 @@ class Folder:
         keep = [c for c in self.chunks if c["through_seq"] <= exported_seq]
         for c in self.chunks[len(keep) :]:
             try:
-                lines = (self.path / c["file"]).read_bytes().splitlines()
+                lines = self.dir().read(c["file"]).splitlines()
             except FileNotFoundError:
                 lines = []
             for line in lines:
@@ -295,14 +485,14 @@ class Folder:
     def sweep(self) -> int:
         """Remove files a killed export left here that the manifest does not list; return how many."""
         removed = 0
-        if not self.path.is_dir():
+        try:
+            d = self.dir()
+        except FileNotFoundError:
             return 0
-        for p in sorted(self.path.rglob("*")):
-            if p.is_file():
-                rel = p.relative_to(self.path).as_posix()
-                if rel != MANIFEST and rel not in self.files:
-                    p.unlink()
-                    removed += 1
+        for where, name, rel in d.files():
+            if rel != MANIFEST and rel not in self.files:
+                where.unlink(name)
+                removed += 1
         return removed
 
 
@@ -311,6 +501,9 @@ class Archive:
     """The release folders of one export directory and the index that points at them."""
 
     root: Path
+    top: Dir
+    """DIR, held open for the whole export; every file is reached through it (see :class:`Dir`).
+    It holds the directory's export lock too (see :meth:`open`, :meth:`close`)."""
     folders: dict[str, Folder] = field(default_factory=dict)
     exported_seq: int = 0
     """Every result released at or before this seq (and public at ``exported_at``) is in a folder."""
@@ -325,9 +518,6 @@ class Archive:
     """The length of the top-level results.jsonl the last complete export left (None: an
     index that does not say, so the file is made again from every chunk)."""
 
-    lock: int | None = None
-    """A descriptor holding the directory's export lock (see :meth:`open`, :meth:`close`)."""
-
     @classmethod
     def open(cls, root: Path) -> Archive:
         """The archive as the last complete export left it; cleans up after a killed one.
@@ -335,17 +525,14 @@ class Archive:
         Holds an exclusive lock on the directory until :meth:`close`: a second export of the
         same directory at the same time is refused (it would take the first one's unfinished
         files for a killed export's and remove them)."""
-        a = cls(root)
-        root.mkdir(parents=True, exist_ok=True)
-        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)  # the lock is on the directory itself
+        a = cls(root, Dir.of(root))
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(a.top.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # the lock is on the directory itself
         except BlockingIOError:
-            os.close(fd)
+            a.close()
             raise UsageError(
                 f"{root}: another export is writing this folder; wait for it to finish"
             ) from None
-        a.lock = fd
         try:
             a._load()
         except BaseException:
@@ -354,16 +541,14 @@ class Archive:
         return a
 
     def close(self) -> None:
-        """Let the next export in."""
-        if self.lock is not None:
-            os.close(self.lock)
-            self.lock = None
+        """Let the next export in (every folder's descriptor closed, the lock with DIR's)."""
+        self.top.close()
 
     def _load(self) -> None:
-        a, root = self, self.root
-        _refuse_links(root)
+        a, root, top = self, self.root, self.top
+        _hold_folders(top)
         try:
-            index = json.loads((root / INDEX).read_bytes())
+            index = json.loads(top.read(INDEX))
         except FileNotFoundError:
             index = None
         except ValueError as e:
@@ -374,8 +559,8 @@ class Archive:
         # No export made a folder without an index and no export in progress: its files (an
         # index.html, a LICENSE, a feed.json, anything.tmp of someone else's) would be
         # overwritten or swept.
-        others = sorted(e.name for e in root.iterdir())
-        if index is None and others and not (root / EXPORT_MARK).exists():
+        others = top.names()
+        if index is None and others and not top.exists(EXPORT_MARK):
             raise UsageError(
                 f"{root}: not empty ({', '.join(others[:3])}{', ...' if len(others) > 3 else ''}) and"
                 f" no export made it (no {INDEX}); export into an empty folder or one an export made"
@@ -403,25 +588,23 @@ class Archive:
         # A closed folder is never read again (the index has what we need of it); the
         # others as their manifests say, less what an export killed before the index
         # was written added to them.
-        killed = index is None or (root / EXPORT_MARK).exists()
-        base = root / "releases"
-        if base.is_dir():
-            for d in sorted(base.iterdir()):
-                if not d.is_dir():
-                    continue
-                if not _PERIOD.fullmatch(d.name):
+        killed = index is None or top.exists(EXPORT_MARK)
+        base = top.find("releases")
+        if base is not None:
+            for name in base.folders():
+                if not _PERIOD.fullmatch(name):
                     # A copy of a folder (``2026-10.bak``) was listed in the index as a release of
                     # its own, every result in it twice.
                     raise UsageError(
-                        f"{d}: not a release folder (their names are YYYY-MM); move it out of the export"
+                        f"{base.path / name}: not a release folder (their names are YYYY-MM); move it out of the export"
                     )
-                if d.name in closed:
-                    n, sha, size = closed[d.name]
-                    a.folders[d.name] = Folder(
-                        root, d.name, state="closed", results=n, manifest_sha256=sha, manifest_size=size
+                if name in closed:
+                    n, sha, size = closed[name]
+                    a.folders[name] = Folder(
+                        top, name, state="closed", results=n, manifest_sha256=sha, manifest_size=size
                     )
                     continue
-                f = a.folders[d.name] = Folder.load(root, d.name)
+                f = a.folders[name] = Folder.load(top, name)
                 if killed or any(c["through_seq"] > a.exported_seq for c in f.chunks) or f.state == "closed":
                     # Killed, or an index older than its folders (restored from a backup): what
                     # the index does not cover is filed again, so it was filed twice.
@@ -432,9 +615,9 @@ class Archive:
         # (a stat each: a later folder would be added beside a hole, or the index drop it).
         for period in closed:
             kept = a.folders.get(period)
-            manifest = base / period / MANIFEST
+            manifest = root / "releases" / period / MANIFEST
             try:
-                size = manifest.stat().st_size
+                size = top.sub(f"releases/{period}").lstat(MANIFEST).st_size
             except FileNotFoundError:
                 raise UsageError(
                     f"{manifest}: missing, but {INDEX} lists release {period} as closed; restore it from a copy"
@@ -443,12 +626,14 @@ class Archive:
                 raise UsageError(
                     f"{manifest}: not the manifest {INDEX} names for release {period} (edited); restore it from a copy"
                 )
-        for tmp in root.glob("*.tmp"):
-            tmp.unlink()
-        (root / EXPORT_MARK).unlink(missing_ok=True)  # a hard link there is not truncated through
-        os.close(os.open(root / EXPORT_MARK, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644))
+            # Only read from now on, and opened again then (O_NOFOLLOW again): a descriptor less each.
+            top.sub("releases").drop(period)
+        for name in top.names():
+            if name.endswith(".tmp"):
+                top.unlink(name)
+        top.create(EXPORT_MARK).close()  # a hard link there is removed, not truncated through
         try:
-            for line in (root / SUPERSEDED).read_bytes().splitlines():
+            for line in top.read(SUPERSEDED).splitlines():
                 row = json.loads(line)
                 a.superseded[row["rollout_id"]] = row
         except FileNotFoundError:
@@ -459,35 +644,38 @@ class Archive:
     def folder_for(self, not_before_ts: float, now: datetime) -> Folder:
         """The open folder a result public from ``not_before_ts`` goes in."""
         period = period_of(not_before_ts)
-        f = self.folders.get(period) or self.folders.setdefault(period, Folder(self.root, period))
+        f = self.folders.get(period) or self.folders.setdefault(period, Folder(self.top, period))
         if f.state == "closed":
             period = now.strftime("%Y-%m")
-            f = self.folders.get(period) or self.folders.setdefault(period, Folder(self.root, period))
+            f = self.folders.get(period) or self.folders.setdefault(period, Folder(self.top, period))
         return f
 
     def add(self, rollout_id: str, not_before_ts: float, now: datetime, record: bytes, line: bytes) -> None:
         """File one new result in its folder, and link it at the top (``rollouts/ID.json``)."""
-        src = self.folder_for(not_before_ts, now).add(rollout_id, record, line)
-        top = self.root / rollout_file(rollout_id)
-        top.parent.mkdir(exist_ok=True)
-        _link(src, top)
+        where, name = self.folder_for(not_before_ts, now).add(rollout_id, record, line)
+        where.link(name, self.top.sub("rollouts", create=True), name)
+
+    def write(self, rel: str, data: bytes) -> None:
+        """Write (replace) the file ``rel`` of DIR (``feed.json``, ``rollouts/ID.json``, ``tile/0/000``),
+        its folders made as needed; through DIR's descriptor, see :class:`Dir`."""
+        where, name = self.top.split(rel, create=True)
+        where.write_atomic(name, data)
 
     def relink_missing(self) -> list[str]:
         """Put back the top-level copies (``rollouts/ID.json``) someone deleted: linked again to
         their folder's copy. Only when ``rollouts/`` holds fewer files than the archive has
         results (a listing, no read, when nothing is missing); returns the ids put back."""
-        top = self.root / "rollouts"
-        have = {e.name for e in os.scandir(top) if not e.name.endswith(".tmp")} if top.is_dir() else set()
+        top = self.top.find("rollouts")
+        have = {n for n in top.names() if not n.endswith(".tmp")} if top is not None else set()
         if len(have) >= sum(f.results for f in self.folders.values()):
             return []
         back = []
         for f in self.folders.values():
-            files = f.files if f.state == "open" else _closed_manifest(f.path)["files"]
+            files = f.files if f.state == "open" else _closed_manifest(f)["files"]
             for rel in files:
                 name = rel.removeprefix("rollouts/")
                 if name != rel and name not in have:
-                    top.mkdir(exist_ok=True)
-                    _link(f.path / rel, top / name)
+                    f.dir().sub("rollouts").link(name, self.top.sub("rollouts", create=True), name)
                     back.append(unquote(name.removesuffix(".json")))
         return back
 
@@ -502,12 +690,22 @@ class Archive:
         for f in self.folders.values():
             f.abandon()
 
-    def append_results(self, out: Path) -> int:
-        """Append this export's chunks to ``out`` (every filed result, one line each, in the
-        order exports filed them); return its size. The file only grows: what a killed
+    def append_results(self, out: str = RESULTS) -> int:
+        """Append this export's chunks to DIR's ``out`` (every filed result, one line each, in
+        the order exports filed them); return its size. The file only grows: what a killed
         export appended past the length the index records is cut off first, so each
         export costs what it adds, not the archive."""
-        if self.results_bytes is None or not out.is_file() or out.stat().st_size < self.results_bytes:
+        top = self.top
+        try:
+            st: os.stat_result | None = top.lstat(out)
+        except FileNotFoundError:
+            st = None
+        if (
+            self.results_bytes is None
+            or st is None
+            or not stat.S_ISREG(st.st_mode)
+            or st.st_size < self.results_bytes
+        ):
             # Made again from every folder's chunks, as their manifests list them (not a file
             # someone put beside them): an old index, or a results.jsonl deleted or cut short.
             start = 0
@@ -515,30 +713,29 @@ class Archive:
             for f in sorted(self.folders.values(), key=lambda f: f.period):
                 chunks = f.chunks
                 if f.state == "closed":
-                    chunks = _closed_manifest(f.path)["chunks"]
-                sources += [f.path / c["file"] for c in chunks]
+                    chunks = _closed_manifest(f)["chunks"]
+                sources += [(f.dir(), c["file"]) for c in chunks]
         else:
             start = self.results_bytes
             sources = [
-                f.path / f.new_chunk
+                (f.dir(), f.new_chunk)
                 for f in sorted(self.folders.values(), key=lambda f: f.period)
                 if f.new_chunk is not None
             ]
-        fd = os.open(out, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        fd = top.open(out, os.O_RDWR | os.O_CREAT)
         if os.fstat(fd).st_nlink > 1:
             # A hard link to a file outside DIR too (a ``cp -al`` backup of DIR, a link planted
             # there): appended to in place, that file grew with this export. A copy of our own first.
             os.close(fd)
-            tmp = out.with_name(out.name + ".tmp")
-            tmp.unlink(missing_ok=True)
-            shutil.copyfile(out, tmp)
-            os.replace(tmp, out)
-            fd = os.open(out, os.O_RDWR | os.O_NOFOLLOW)
+            with top.reader(out) as src, top.create(out + ".tmp") as copy:
+                shutil.copyfileobj(src, copy, 1 << 20)
+            top.replace(out + ".tmp", out)
+            fd = top.open(out, os.O_RDWR)
         with os.fdopen(fd, "r+b") as dst:
             dst.truncate(start)
             dst.seek(start)
-            for path in sources:
-                with path.open("rb") as src:
+            for d, chunk in sources:
+                with d.reader(chunk) as src:
                     shutil.copyfileobj(src, dst, 1 << 20)
             size = dst.tell()
             dst.flush()
@@ -574,19 +771,18 @@ class Archive:
                 "manifest": f"releases/{f.period}/{MANIFEST}",
             }
             if f.state == "closed":
-                f.manifest_sha256 = f.manifest_sha256 or sha256_file(f.path / MANIFEST)
+                f.manifest_sha256 = f.manifest_sha256 or f.dir().sha256(MANIFEST)
                 entry["manifest_sha256"] = f.manifest_sha256
                 if f.manifest_size is None:
-                    f.manifest_size = (f.path / MANIFEST).stat().st_size
+                    f.manifest_size = f.dir().lstat(MANIFEST).st_size
                 entry["manifest_bytes"] = f.manifest_size
             else:
                 # The open folder's manifest as this export left it: signed with the index, its
                 # chunks (and so every line) are committed to until the next export.
-                entry["manifest_sha256"] = sha256_file(f.path / MANIFEST)
-                entry["manifest_bytes"] = (f.path / MANIFEST).stat().st_size
+                entry["manifest_sha256"] = f.dir().sha256(MANIFEST)
+                entry["manifest_bytes"] = f.dir().lstat(MANIFEST).st_size
             releases.append(entry)
-        marks = self.root / SUPERSEDED
-        superseded = sha256_file(marks) if marks.exists() else None
+        superseded = self.top.sha256(SUPERSEDED) if self.top.exists(SUPERSEDED) else None
         index = {
             "format": FORMAT,
             "generated_at": now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
@@ -606,14 +802,15 @@ class Archive:
             # The log exported (its first event's hash): an export of another log is refused.
             "log": log,
         }
-        write_atomic(self.root / LICENSE, LICENCE_TEXT.encode())
+        top = self.top
+        top.write_atomic(LICENSE, LICENCE_TEXT.encode())
         body = json.dumps(index, ensure_ascii=False, indent=1).encode() + b"\n"
-        write_atomic(self.root / INDEX, body)
+        top.write_atomic(INDEX, body)
         if sign is not None:
-            write_atomic(self.root / INDEX_SIG, sign(hashlib.sha256(body).hexdigest()).encode())
+            top.write_atomic(INDEX_SIG, sign(hashlib.sha256(body).hexdigest()).encode())
         else:
-            (self.root / INDEX_SIG).unlink(missing_ok=True)
-        (self.root / EXPORT_MARK).unlink(missing_ok=True)
+            top.unlink(INDEX_SIG)
+        top.unlink(EXPORT_MARK)
 
     def write_superseded(self, rows: Iterable[dict[str, Any]]) -> set[str]:
         """Write ``superseded.jsonl``; return the ids whose mark changed since the last export."""
@@ -621,8 +818,8 @@ class Archive:
         changed = {
             rid for rid in now.keys() | self.superseded.keys() if now.get(rid) != self.superseded.get(rid)
         }
-        if changed or not (self.root / SUPERSEDED).exists():
-            write_atomic(self.root / SUPERSEDED, b"".join(_json(r) + b"\n" for r in now.values()))
+        if changed or not self.top.exists(SUPERSEDED):
+            self.top.write_atomic(SUPERSEDED, b"".join(_json(r) + b"\n" for r in now.values()))
         self.superseded = now
         return changed
 
@@ -657,52 +854,45 @@ def _check_names(path: Path, manifest: dict[str, Any]) -> None:
             )
 
 
-def _closed_manifest(folder: Path) -> dict[str, Any]:
+def _closed_manifest(folder: Folder) -> dict[str, Any]:
     """A closed folder's manifest, its names checked (see :func:`_check_names`)."""
-    path = folder / MANIFEST
+    path = folder.path / MANIFEST
     try:
-        m = json.loads(path.read_bytes())
+        m = json.loads(folder.dir().read(MANIFEST))
         _check_names(path, m)
     except (TypeError, KeyError, ValueError, AttributeError) as e:
         raise UsageError(f"{path}: not a release manifest ({e}); restore it from a copy") from None
     return m  # type: ignore[no-any-return]
 
 
-def _link(src: Path, dst: Path) -> None:
-    """``dst`` a hard link to ``src`` (one copy on disk for both names), else a copy; atomically."""
-    tmp = dst.with_name(dst.name + ".tmp")
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(src, tmp)
-    except OSError:
-        shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
+def _hold_folders(top: Dir) -> None:
+    """Open every folder an export writes in, and hold it for the whole export (see :class:`Dir`):
+    ``releases/``, each release folder and its ``rollouts/``, ``rollouts/``, ``tile/`` and every
+    folder under it. Each is opened ``O_NOFOLLOW`` from its parent's descriptor, so a symbolic
+    link there (it could point outside DIR) is refused, and one swapped in later is never
+    followed. A symbolic link among the entries of DIR, ``releases/`` or a release folder is
+    refused too. (Files an export writes are replaced, never written through, wherever they are.)"""
+    listed = [top]  # folders whose every entry is checked: a few entries each
+    top.find("rollouts")
+    if (tile := top.find("tile")) is not None:
+        _hold_all(tile)
+    if (releases := top.find("releases")) is not None:
+        listed.append(releases)
+        for name in releases.folders():
+            folder = releases.sub(name)
+            listed.append(folder)
+            folder.find("rollouts")
+    for d in listed:
+        if links := d.links():
+            raise UsageError(
+                f"{d.path / links[0]}: a symbolic link in the export; an export writes only inside its folder,"
+                " remove it"
+            )
 
 
-def _refuse_links(root: Path) -> None:
-    """Refuse a directory holding a symbolic link where an export reads or writes (it could point
-    outside the directory): an entry of the top level, of ``releases/`` or of a release folder,
-    a folder's ``rollouts/``, a folder under ``tile/``. (Files an export writes are replaced,
-    never written through, wherever they are.)"""
-    small = [root]  # folders listed whole: a few entries each
-    dirs = [root / "rollouts", root / "tile"]  # folders only checked themselves
-    releases = root / "releases"
-    if releases.is_dir() and not releases.is_symlink():
-        small.append(releases)
-        for d in releases.iterdir():
-            if d.is_dir() and not d.is_symlink():
-                small.append(d)
-                dirs.append(d / "rollouts")
-    tile = root / "tile"
-    if tile.is_dir() and not tile.is_symlink():
-        dirs += [Path(top) / d for top, subdirs, _ in os.walk(tile) for d in subdirs]
-    links = [p for p in dirs if p.is_symlink()]
-    for d in small:
-        links += [Path(e.path) for e in os.scandir(d) if e.is_symlink()]
-    if links:
-        raise UsageError(
-            f"{links[0]}: a symbolic link in the export; an export writes only inside its folder, remove it"
-        )
+def _hold_all(d: Dir) -> None:
+    for name in d.folders():
+        _hold_all(d.sub(name))
 
 
 @dataclass(frozen=True)
