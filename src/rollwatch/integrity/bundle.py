@@ -25,6 +25,10 @@ WITHHELD = "failing verdict"
 """A public bundle's entry for a failing verdict: its leaf hash and inclusion path, not its
 bytes (see :mod:`rollwatch.publication.proofs`)."""
 
+WITHHELD_ATTEMPT = "failed attempt"
+"""A public bundle's entry for a failed attempt (``RolloutFailed``: the provider's error text),
+given as a failing verdict is; a verifier counts it as one (it cannot tell them apart)."""
+
 CLAIM = ("RolloutRequested", "RolloutResponded", "PublicationDecided", "PublicReleased")
 """The events a bundle must show with their bytes; and a passing verdict (the run's
 ``RolloutScored`` or a re-score's ``RolloutRescored``), the newest before the release."""
@@ -60,12 +64,12 @@ def check_bundle(
         try:
             index = int(ev["leaf_index"])
             path = [unb64(h, "an inclusion hash") for h in ev["inclusion"]]
-            if "canonical" in ev or ev.get("withheld") != WITHHELD:
+            if "canonical" in ev or ev.get("withheld") not in (WITHHELD, WITHHELD_ATTEMPT):
                 canonical = str(ev["canonical"]).encode()
                 leaf, env = leaf_hash(canonical), json.loads(canonical)
             else:
                 leaf, env = unb64(ev["leaf_hash"], "a leaf hash"), None
-        except (KeyError, TypeError, ValueError, InvalidNote, RecursionError) as e:
+        except (KeyError, TypeError, ValueError, OverflowError, InvalidNote, RecursionError) as e:
             raise ValueError(f"a malformed event: {e}") from None
         if index in indexes:
             raise ValueError(f"event {index + 1} is in the bundle twice")
@@ -123,7 +127,12 @@ def check_bundle(
             ("passed", True),  # a released result is a pass (the verdict above)
         ]
         if record.get("superseded") is not True:
-            claims.append(("score", max(before, key=lambda v: v[0])[1].get("score")))
+            # The score is the first pass's, as the read models give it (``scored_seq``: a later
+            # pass changes neither the score nor the event the feed item proves). Before, the
+            # newest verdict's was asked for, and a pass re-scored a pass of another score
+            # (a checker's partial score) was refused: an honest bundle.
+            first = min((v for v in before if v[1].get("passed") is True), key=lambda v: v[0])
+            claims.append(("score", first[1].get("score")))
         for k, logged in claims:
             if record.get(k) != logged:
                 raise ValueError(f"the result's {k} is not what its logged events say")

@@ -30,8 +30,17 @@ tree; a verifier takes it as a failing verdict at that seq, which can only count
 the claim (it must come before the pass the release stands for; it withdraws the public
 date until a later pass restores it), never for it; its ``type`` is the operator's word,
 read by nothing that checks. A verifier cannot tell a withheld
-entry is this rollout's event: any leaf would do. That gives an operator nothing the log
-does not: it may append a real failing verdict just as well.
+entry is this rollout's event: any leaf would do. So whoever serves a bundle may put a
+failing verdict at any past seq, which no one can append: before a later pass, that moves
+the proven public date later (a restore's). Leaving an event out moved it, earlier too,
+before withheld entries: no bundle proves it holds every event of its rollout
+(tests/publication/test_withheld_attacks_s34.py ``TestLeftOut``).
+
+A failed attempt (``RolloutFailed``, retried: its ``message`` is the provider's error body,
+which not even the subscribers' feed shows) is given the same way, ``"withheld": "failed
+attempt"``; a verifier counts it as a failing verdict too. It always comes before the answer,
+so before any verdict: it changes nothing of the claim (session 34 found its bytes in every
+public bundle of a result whose first attempt failed).
 
 A public bundle (``public=True``: the public routes and ``publish export``) stops at the
 result's release: it names no event after it, pending or not. Before, it listed the seqs
@@ -64,7 +73,7 @@ from typing import Any
 
 from rollwatch.abc import EventStore
 from rollwatch.events import rollout_stream
-from rollwatch.integrity.bundle import WITHHELD
+from rollwatch.integrity.bundle import WITHHELD, WITHHELD_ATTEMPT
 from rollwatch.integrity.checkpoint import b64
 from rollwatch.integrity.merkle import leaf_hash
 from rollwatch.integrity.tree import MerkleTree, StoredCheckpoint
@@ -135,13 +144,16 @@ class ProofBundles:
         events: list[dict[str, Any]] = []
         for ev, path in zip(covered, paths, strict=True):
             canonical = ev.canonical()
-            if self.public and ev.type in _VERDICTS and ev.data.get("passed") is not True:
+            if self.public and (
+                (failed := ev.type == "RolloutFailed")
+                or (ev.type in _VERDICTS and ev.data.get("passed") is not True)
+            ):
                 events.append(
                     {
                         "seq": ev.seq,
                         "leaf_index": ev.seq - 1,
                         "type": ev.type,  # what the operator says it is: no proof of it
-                        "withheld": WITHHELD,
+                        "withheld": WITHHELD_ATTEMPT if failed else WITHHELD,
                         "leaf_hash": b64(leaf_hash(canonical)),
                         "inclusion": [b64(h) for h in path],
                     }
