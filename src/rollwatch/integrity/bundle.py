@@ -80,7 +80,8 @@ def check_bundle(
             )
         if env is None:
             # A failing verdict given by its leaf alone (its reason names a hidden test): taken
-            # as one, it can only count against the claim (see rollwatch.publication.proofs).
+            # as one, it never makes the release stand for a pass; it can move the public date
+            # (see rollwatch.publication.proofs and test_withheld_attacks_s34's TestLeftOut).
             verdicts.append((index + 1, {"passed": False}))
             stream.append((index + 1, None))
             continue
