@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import sqlite3
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from rollwatch.config import IntegrityConfig, StoreConfig
 from rollwatch.errors import IntegrityError
-from rollwatch.events import CheckpointSigned
+from rollwatch.events import CheckpointSigned, Recorded
 from rollwatch.integrity.checkpoint import Checkpoint, NoteSigner, b64
 from rollwatch.integrity.checkpointer import Checkpointer
 from rollwatch.integrity.keys import load_signer, promote_key
@@ -96,6 +99,72 @@ class TestCheckLogTree:
         with pytest.raises(IntegrityError, match="precede it") as e:
             await check_log_tree(store, vkey=signer.vkey)
         assert e.value.seq == ev.seq
+
+
+class TestWhileTheLogGrows:
+    """The scrub checks the log while a daemon goes on signing checkpoints and its tree worker
+    goes on absorbing them: nothing that grows the log honestly mid-pass is a finding. CI saw
+    a cluster node's start scrub call the log tampered ("the Merkle tree's record of the
+    checkpoint at seq 1 is not in the log") and the node go read-only: the other node had
+    signed its first checkpoint between the scrub's read of the log and of the tree."""
+
+    @pytest.mark.anyio
+    async def test_a_checkpoint_absorbed_mid_pass(
+        self, store: SQLiteEventStore, tree: MerkleTree, signer: NoteSigner
+    ) -> None:
+        await signed_log(store, tree, signer)
+        cpr = Checkpointer(store, tree, signer)
+        grown = 0
+
+        async def grow() -> None:
+            nonlocal grown
+            if not grown:
+                await append_n(store, 4, tag="late")
+                assert await cpr.checkpoint() is not None
+                grown = await tree.current_size()
+
+        report = await check_log_tree(store, vkey=signer.vkey, tree=tree, chain=True, pace=grow)
+        assert grown == 68
+        assert report.events >= 63
+
+    @pytest.mark.anyio
+    async def test_a_checkpoint_absorbed_after_the_log_checkpoints_were_read(
+        self, store: SQLiteEventStore, tree: MerkleTree, signer: NoteSigner
+    ) -> None:
+        """The growth lands just after the pass has read the log's checkpoints (a store that
+        hands over the real one's pages, then lets the other writer in)."""
+        await signed_log(store, tree, signer)
+        cpr = Checkpointer(store, tree, signer)
+
+        class Racing:
+            def __init__(self) -> None:
+                self.grown = False
+
+            def __getattr__(self, name: str) -> Any:
+                return getattr(store, name)
+
+            async def read_batches(self, **kw: Any) -> AsyncIterator[list[Recorded]]:
+                async for page in store.read_batches(**kw):
+                    yield page
+                if kw.get("types") and not self.grown:
+                    self.grown = True
+                    await append_n(store, 4, tag="late")
+                    assert await cpr.checkpoint() is not None
+
+        racing = Racing()
+        report = await check_log_tree(racing, vkey=signer.vkey, tree=tree, chain=True)  # type: ignore[arg-type]
+        assert racing.grown
+        assert await tree.current_size() == 68
+        assert report.events == 68
+        # A record past the tree's size, in one snapshot, is still an edit.
+        db = sqlite3.connect(tree.path, isolation_level=None)
+        with db:
+            db.execute(
+                "INSERT INTO tree_checkpoints SELECT seq + 100, size, root, note FROM tree_checkpoints LIMIT 1"
+            )
+        db.close()
+        with pytest.raises(IntegrityError, match="is not in the log"):
+            await check_log_tree(store, vkey=signer.vkey, tree=tree)
 
 
 class TestVerifyTreeForConfig:

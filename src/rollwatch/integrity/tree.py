@@ -1006,12 +1006,16 @@ class MerkleTree:
         )
         return StoredCheckpoint(*rows[0]) if rows else None
 
-    async def checkpoint_rows(self) -> list[tuple[int, int, str, str]]:
-        """Every checkpoint the tree recorded as absorbed: (seq, size, root, note), by seq."""
-        rows = await self._conn(reader=True).fetchall(
-            "SELECT seq, size, root, note FROM tree_checkpoints ORDER BY seq"
-        )
-        return [(int(a), int(b), str(c), str(d)) for a, b, c, d in rows]
+    async def checkpoint_rows(self) -> tuple[int, list[tuple[int, int, str, str]]]:
+        """The tree's size and every checkpoint it recorded as absorbed, (seq, size, root,
+        note) by seq, read in one snapshot: the two are written in one transaction, so a
+        row past the size is an edit, never a catch-up that ran between two reads."""
+
+        def get(db: sqlite3.Connection, stored: int) -> tuple[int, list[tuple[int, int, str, str]]]:
+            rows = db.execute("SELECT seq, size, root, note FROM tree_checkpoints ORDER BY seq").fetchall()
+            return stored, [(int(a), int(b), str(c), str(d)) for a, b, c, d in rows]
+
+        return await self._read(get)  # type: ignore[no-any-return]
 
     async def checkpoint_events_between(self, lo: int, hi: int) -> int:
         """How many events with ``lo < seq <= hi`` are checkpoints."""

@@ -157,6 +157,12 @@ async def check_log_tree(
     # reaches its seq (an earlier finding first): raised here, as JSONDecodeError, it failed
     # every scrub pass as one that could not run (`/healthz` ok, every other edit unseen).
     unreadable: IntegrityError | None = None
+    # The stored tree is read before the log: everything it holds is then in the log as
+    # read below (the log only grows), while a daemon's tree worker goes on absorbing. Read
+    # after the log's checkpoints, a checkpoint signed and absorbed in between (another
+    # node's, or this daemon's own) was "the Merkle tree's record ... is not in the log":
+    # the scrub called the log tampered and the daemon went read-only (CI, a cluster test).
+    stored, tree_cps = await tree.checkpoint_rows() if tree is not None else (0, [])
     async for page in store.read_batches(
         types=[CheckpointSigned.TYPE, CheckpointKeyRotated.TYPE], batch=1000
     ):
@@ -182,7 +188,6 @@ async def check_log_tree(
     for c in [*claims, *outside]:
         by_size.setdefault(c.size, []).append(c)
 
-    stored = await tree.current_size() if tree is not None else 0
     cr = CompactRange()
     holds = 0  # the largest signed size found to hold so far
     compared = 0
@@ -255,7 +260,7 @@ async def check_log_tree(
             )
 
     if tree is not None:
-        await _check_stored_tree(tree, stored, cr, claims, recorded)
+        await _check_stored_tree(tree, stored, tree_cps, cr, claims, recorded)
     return TreeReport(
         events=cr.size,
         root=b64(cr.root()),
@@ -446,6 +451,7 @@ def foreign_data(ev: Recorded) -> str | None:
 async def _check_stored_tree(
     tree: MerkleTree,
     stored: int,
+    rows: list[tuple[int, int, str, str]],
     cr: CompactRange,
     claims: list[_Claim],
     recorded: dict[int, tuple[int, str, str]],
@@ -459,7 +465,7 @@ async def _check_stored_tree(
         raise IntegrityError(stored, "the stored Merkle tree's root is not the log's; rebuild the tree")
     # The tree keeps its own copy of each checkpoint: the latest is what the public routes
     # serve and prove against. An edited copy was served while every check passed.
-    kept = {seq: (size, root, note) for seq, size, root, note in await tree.checkpoint_rows()}
+    kept = {seq: (size, root, note) for seq, size, root, note in rows}
     logged = {seq: fields for seq, fields in recorded.items() if seq <= stored}
     differ = sorted(seq for seq in kept.keys() | logged.keys() if kept.get(seq) != logged.get(seq))
     if differ:
