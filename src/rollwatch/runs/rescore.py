@@ -50,7 +50,7 @@ from rollwatch.report.failures import verdict_cause
 from rollwatch.runs.pipeline import run_embargo
 from rollwatch.runs.rollout import scorer_error
 from rollwatch.runs.services import RunServices
-from rollwatch.scoring.base import scorer_version
+from rollwatch.scoring.base import recorded_detail, scorer_version
 
 log = get_logger(__name__)
 
@@ -369,7 +369,7 @@ async def _verdict(
             float(r.score),
             r.scorer,
             r.reason,
-            r.detail,
+            recorded_detail(bool(r.passed), r.detail),
             r.extraction,
             r.duration_ms,
             r.time_limit_s,

@@ -30,7 +30,7 @@ from rollwatch.providers.base import Answer, Prompt
 from rollwatch.publication.policy import decide
 from rollwatch.runs.budget import Budget
 from rollwatch.runs.services import ProviderLike
-from rollwatch.scoring.base import scorer_version
+from rollwatch.scoring.base import recorded_detail, scorer_version
 from rollwatch.work import Chunk
 
 if TYPE_CHECKING:
@@ -328,7 +328,7 @@ class Rollouts:
                 reason=result.reason,
                 extraction=result.extraction,
                 duration_ms=result.duration_ms,
-                detail=result.detail,
+                detail=recorded_detail(bool(result.passed), result.detail),
                 problem_hash=problem.content_hash,
                 scorer_version=scorer_version(),
                 time_limit_s=result.time_limit_s,

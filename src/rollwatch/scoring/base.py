@@ -122,7 +122,8 @@ def settings_from_config(config: _ScoringConfig) -> ScoringSettings:
 
 @dataclass(frozen=True, kw_only=True)
 class Score:
-    """The verdict on one answer; ``to_dict`` is what ``RolloutScored`` records."""
+    """The verdict on one answer; ``to_dict`` is what ``RolloutScored`` records, with
+    :func:`recorded_detail` of its detail."""
 
     passed: bool
     score: float
@@ -154,6 +155,27 @@ class Score:
             "problem_hash": self.problem_hash,
             "time_limit_s": self.time_limit_s,
         }
+
+
+OUTPUT_KEYS = ("stderr_tail", "checker_stdout_tail", "checker_stderr_tail", "checker")
+"""The keys of a verdict's detail that carry what ran printed: the candidate's stderr, the
+checker's streams, the checker's JSON verdict (which may echo the program's output)."""
+
+
+def recorded_detail(passed: bool, detail: dict[str, Any]) -> dict[str, Any]:
+    """The detail a verdict records in the log: a pass keeps no output (:data:`OUTPUT_KEYS`),
+    only its figures and the names of the keys left out (``output_not_kept``).
+
+    A released pass is public with its verdict's bytes (its proof bundle proves the pass by
+    them), and what a passing run printed can be the hidden tests: tests that print their
+    expected values, a checker that logs each case, a candidate that prints its arguments.
+    A failure keeps its tails (what an operator needs to see why), and the public never
+    sees a failing verdict's bytes (its proof bundle gives it by leaf hash alone)."""
+    if not passed or not any(k in detail for k in OUTPUT_KEYS):
+        return detail
+    kept = {k: v for k, v in detail.items() if k not in OUTPUT_KEYS}
+    kept["output_not_kept"] = [k for k in OUTPUT_KEYS if k in detail]
+    return kept
 
 
 @dataclass(frozen=True, kw_only=True)
