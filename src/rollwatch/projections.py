@@ -385,17 +385,16 @@ class ProjectionDB:
         (a release that changed them) in a file that is otherwise this log's, at its
         anchor, the others are kept (copied into the new file) rather than built again."""
         first = await _event_hash(store, 1)
-        head = await store.head()
 
-        def read(db: sqlite3.Connection) -> tuple[str | None, list[str], str | None]:
+        def read(db: sqlite3.Connection) -> tuple[str | None, list[str], str | None, dict[str, int]]:
             schema = db.execute("SELECT type, name FROM sqlite_master").fetchall()
             # rollwatch makes no trigger or view here; one added can change or drop rows as
             # they are written or read (a public result deleted as it is released, each time).
             if added := [f"{kind} {name}" for kind, name in schema if kind in ("trigger", "view")]:
-                return f"it holds what rollwatch never makes there: {', '.join(added)}", [], None
+                return f"it holds what rollwatch never makes there: {', '.join(added)}", [], None, {}
             tables = {name for kind, name in schema if kind == "table"}
             if "projection_state" not in tables:
-                return "no projections yet", [], None
+                return "no projections yet", [], None, {}
             state = {
                 r[0]: (r[1], r[2]) for r in db.execute("SELECT name, version, seq FROM projection_state")
             }
@@ -408,25 +407,31 @@ class ProjectionDB:
                 elif state[p.name][0] != p.version:
                     stale.append(p.name)
                     reasons.append(f"projection {p.name} is of version {state[p.name][0]}, now {p.version}")
-                elif state[p.name][1] > head:
-                    return (
-                        f"projection {p.name} is at seq {state[p.name][1]}, beyond the log's head {head}",
-                        [],
-                        None,
-                    )
             anchor = None
             if "projection_log" in tables:
                 row = db.execute("SELECT first_hash, anchor_seq, anchor_hash FROM projection_log").fetchone()
                 if row is not None and None not in (row[0], first) and row[0] != first:
-                    return "made from another log", [], None
+                    return "made from another log", [], None, {}
                 if row is not None and row[1]:
                     anchor = f"{row[1]}:{row[2]}"
-            return ("; ".join(reasons) or None), stale, anchor
+            applied = {
+                p.name: state[p.name][1] for p in self.projections if p.name in state and p.name not in stale
+            }
+            return ("; ".join(reasons) or None), stale, anchor, applied
 
         try:
-            why, stale, anchor = await self._run(read)
+            why, stale, anchor, applied = await self._run(read)
         except sqlite3.DatabaseError as exc:
             return f"unreadable ({exc})", []
+        # The log's head is read after the file: every seq the file holds is then within it,
+        # while a daemon goes on appending and catching the file up (the log only grows). Read
+        # before, an event appended and applied in between made the file "beyond the log's
+        # head" and the command (a report, an export) built every projection again from the
+        # whole log, when the file only held an event the head it read did not.
+        head = await store.head()
+        for name, seq in applied.items():
+            if seq > head:
+                return f"projection {name} is at seq {seq}, beyond the log's head {head}", []
         if anchor is not None:
             seq, recorded = anchor.split(":", 1)
             if await _event_hash(store, int(seq)) != recorded:
@@ -700,6 +705,26 @@ class ProjectionDB:
     async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
         rows = await self.fetchall(sql, params)
         return rows[0] if rows else None
+
+    async def fetchall_applied(
+        self, sql: str, params: Sequence[Any], projection: str
+    ) -> tuple[list[Row], int]:
+        """:meth:`fetchall`, and the seq ``projection`` had applied the log up to, read in the same
+        snapshot: what the rows say, they say of the log's events up to that seq. The file moves
+        on under a reader (the daemon catches it up, in this process or another), so :attr:`applied`
+        (this process's last catch-up) may be behind what a row already holds."""
+        assert self._r is not None, "use ProjectionDB with `async with`"
+
+        def read(db: sqlite3.Connection) -> tuple[list[Row], int]:
+            db.execute("BEGIN")
+            try:
+                rows = db.execute(sql, params).fetchall()
+                seq = db.execute("SELECT seq FROM projection_state WHERE name = ?", (projection,)).fetchone()
+            finally:
+                rollback(db)
+            return rows, int(seq[0]) if seq is not None and isinstance(seq[0], int) else 0
+
+        return await self._r.run(read)
 
     # -- schema and checkpoints ---------------------------------------------------------
 

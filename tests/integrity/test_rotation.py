@@ -212,7 +212,9 @@ def test_a_rotation_cut_short_is_finished_at_the_next_start(stopped_site: Site) 
     again = s.serve()
     try:
         _poll(lambda: (h := s.healthz()) is not None and h.status_code == 200, 60, "the restarted daemon")
-        assert _served_key(s) == new_key
+        # Served from its first checkpoint on (signed at start), as the rotation is (session 35).
+        _poll(lambda: _served_key(s) == new_key, 30, "the new key's first checkpoint")
+        NoteVerifier.from_vkey(new_key).open_checkpoint(httpx.get(s.url + "/public/checkpoint").text)
     finally:
         err = _stop(again)
     assert again.returncode == 0, err

@@ -417,19 +417,30 @@ async def audit(
         for attempt in range(EXPORT_RECHECKS + 1):
             report = None
             try:
-                report = await _audit_once(
-                    http,
-                    keep,
-                    item,
-                    pinned,
-                    kept,
-                    cosigners,
-                    quorum,
-                    max_cosignature_age,
-                    archive,
-                    progress,
-                    max_export_age,
-                )
+                for moved in range(KEY_MOVES + 1):
+                    try:
+                        report = await _audit_once(
+                            http,
+                            keep,
+                            item,
+                            pinned,
+                            kept,
+                            cosigners,
+                            quorum,
+                            max_cosignature_age,
+                            archive,
+                            progress,
+                            max_export_age,
+                        )
+                        break
+                    except _KeyMoved as e:
+                        if moved == KEY_MOVES:
+                            raise AuditFailure(
+                                e.failure.check,
+                                f"{e.failure.message} (the service's key kept changing during the audit:"
+                                f" checked {KEY_MOVES + 1} times)",
+                            ) from None
+                assert report is not None
                 failure = report.failure
             except AuditFailure as e:
                 failure = e
@@ -457,6 +468,19 @@ async def audit(
         raise failure
     report.failure = failure
     return report
+
+
+KEY_MOVES = 3
+"""How many times an audit starts over when the service's key changed between its read of
+``/public/key`` and a failure of the key or checkpoint checks (a rotation signed meanwhile)."""
+
+
+class _KeyMoved(Exception):
+    """The key or checkpoint check failed, and ``/public/key`` no longer serves the key read
+    before it: the service rotated its key between the two reads (internal)."""
+
+    def __init__(self, failure: AuditFailure) -> None:
+        self.failure = failure
 
 
 class _RedirectRefused(httpx.HTTPError):
@@ -534,15 +558,58 @@ async def _audit_once(
     max_export_age: float | None = None,
 ) -> AuditReport:
     """Every check once (see :func:`audit`)."""
-    c = http.client
-    lines: list[str] = []
-
     # 0. the service's own verdict on its log
-    await _check_health(c, http.base)
+    await _check_health(http.client, http.base)
     await http.find_export()
 
     # 1. key
     served = (await http.get("/public/key")).text.strip()
+    try:
+        return await _audit_from_key(
+            http,
+            served,
+            keep,
+            item,
+            pinned,
+            kept,
+            cosigners,
+            quorum,
+            max_cosignature_age,
+            archive,
+            progress,
+            max_export_age,
+        )
+    except AuditFailure as e:
+        # Read one after the other, the key (and its rotations) and the checkpoint can straddle a
+        # rotation the service signed meanwhile: its new key's first checkpoint served after the
+        # old key was read. A key that changed since is read again from the start, a few times.
+        if e.check not in ("key", "checkpoint"):
+            raise
+        try:
+            now = (await http.get("/public/key")).text.strip()
+        except AuditFailure:
+            raise e from None
+        if now != served:
+            raise _KeyMoved(e) from None
+        raise
+
+
+async def _audit_from_key(
+    http: _Client,
+    served: str,
+    keep: Path | None,
+    item: str | None,
+    pinned: NoteVerifier | None,
+    kept: dict[str, Any] | None,
+    cosigners: list[Any],
+    quorum: int | None,
+    max_cosignature_age: float,
+    archive: bool,
+    progress: Callable[[int], None] | None,
+    max_export_age: float | None,
+) -> AuditReport:
+    """:func:`_audit_once` from its step 1 on, given the key ``/public/key`` served."""
+    lines: list[str] = []
     if pinned is not None:
         verifier = pinned
         source = "given with --key"

@@ -43,6 +43,7 @@ from rollwatch.errors import (
     BadRequest,
     EntryTooLong,
     Forbidden,
+    IntegrityError,
     InvalidNote,
     InvalidProof,
     NotFound,
@@ -54,6 +55,7 @@ from rollwatch.integrity.checkpoint import NoteVerifier, b64
 from rollwatch.integrity.checkpointer import record_differs
 from rollwatch.integrity.health import Health
 from rollwatch.integrity.merkle import leaf_hash
+from rollwatch.integrity.rotation import KeyRing
 from rollwatch.integrity.tiles import (
     FULL_CACHE,
     PARTIAL_CACHE,
@@ -100,6 +102,8 @@ class ServedCheckpoint:
         self.vkey = vkey
         self._checked: StoredCheckpoint | None = None
         self._refused: StoredCheckpoint | None = None
+        self._ring: KeyRing | None = None
+        self._signed_by: tuple[StoredCheckpoint, str] | None = None
 
     async def latest(self) -> StoredCheckpoint:
         """The record to serve; NotFound before the first, ServiceUnavailable when known bad."""
@@ -133,6 +137,42 @@ class ServedCheckpoint:
             return (await self.latest()).size
         except NotFound:
             return 0
+
+    async def key(self, in_force: str) -> str:
+        """The key ``/public/key`` serves: the key of the log's chain that signed the checkpoint
+        served now, else ``in_force`` (the signer's key: before the first checkpoint, or while
+        the latest is withheld).
+
+        A rotation takes effect at the signer's next checkpoint: it loads the new key, then signs,
+        appends and absorbs. Served from the moment it loaded it, the new key stood beside a
+        checkpoint of the old one and a ``/public/key/rotations`` without the link to it (links
+        within the latest checkpoint only): an audit that pinned the old key found no chain of
+        rotations leading to the key served, one that trusted the key served a checkpoint not
+        signed by it. The key a rotation names is served from the checkpoint that holds it on, as
+        the rotation itself is."""
+        try:
+            latest = await self.latest()
+        except (NotFound, ServiceUnavailable):
+            return in_force
+        if self.store is None:
+            return in_force
+        if self._signed_by is not None and self._signed_by[0] == latest:
+            return self._signed_by[1]
+        try:
+            if self._ring is None:
+                self._ring = await KeyRing.load(self.store, NoteVerifier.from_vkey(in_force))
+            else:
+                await self._ring.refresh(self.store)
+        except (IntegrityError, ValueError):
+            # A forged link is the scrub's and the signer's finding; this route says what it did.
+            self._ring = None
+            return in_force
+        # Every rotation before the record is in the ring: the record's seq is at most the head
+        # the refresh read (the tree absorbs only what the log holds).
+        by = self._ring.signer_of(latest.note)
+        vkey = by.vkey if by is not None else in_force
+        self._signed_by = (latest, vkey)
+        return vkey
 
     def _genuine(self, record: StoredCheckpoint) -> bool:
         """Whether ``record``'s note is signed by the key in force and says its size and root."""
@@ -175,7 +215,7 @@ def integrity_routes(
         return PlainTextResponse(note, headers=_NO_STORE)
 
     async def key(_: Request) -> Response:
-        return PlainTextResponse(current_key() + "\n", headers=_NO_STORE)
+        return PlainTextResponse(await served.key(current_key()) + "\n", headers=_NO_STORE)
 
     async def rotations(_: Request) -> Response:
         # Every link of the chain from the first key to the one in force, with its event
@@ -203,7 +243,7 @@ def integrity_routes(
                             "leaf_hash": b64(leaf_hash(canonical)),
                         }
                     )
-        return JSONResponse({"key": current_key(), "rotations": out}, headers=_NO_STORE)
+        return JSONResponse({"key": await served.key(current_key()), "rotations": out}, headers=_NO_STORE)
 
     async def consistency(request: Request) -> Response:
         q = ConsistencyQuery.parse(request)

@@ -51,6 +51,8 @@ _COLUMNS = (
 log = get_logger(__name__)
 
 _RELEASED = "released_seq IS NOT NULL AND not_before_ts IS NOT NULL AND not_before_ts <= ? AND passed = 1"
+_PUBLIC = "public"
+"""The projection that writes ``public_rollouts`` (:class:`~rollwatch.publication.projections.PublicProjection`)."""
 
 
 class EventCheck(Protocol):
@@ -127,6 +129,7 @@ async def _with_answers(
     rows: Sequence[tuple[Any, ...]],
     now: datetime,
     check: EventCheck | None = None,
+    applied: int = 0,
 ) -> list[Released]:
     """The results of ``rows`` (``_COLUMNS`` and ``decided_seq``) with their answers, read
     from the log in one query, and each checked against the log's events there: the
@@ -140,7 +143,10 @@ async def _with_answers(
     With ``check``, those events must also be the ones appended (the log itself edited: a
     decision's date moved, a failure made a pass, with the projections built again from
     it): a result resting on a changed event is left out and logged as ERROR
-    ``public_withheld`` (the daemon's check also marks the log tampered with)."""
+    ``public_withheld`` (the daemon's check also marks the log tampered with).
+
+    ``applied``: the seq the public projection had applied when ``rows`` were read, in the
+    same snapshot (:meth:`ProjectionDB.fetchall_applied`)."""
     found = [(Released(*row[:-3]), row[-3], row[-2], row[-1]) for row in rows]
     want: list[int] = []
     for r, decided, restored, superseded in found:
@@ -151,7 +157,14 @@ async def _with_answers(
     unmarked = [
         r.rollout_id for r, _d, _r, superseded in found if superseded is None and r.superseded_at is None
     ]
-    rescored = await _latest_rescores(store, unmarked, pdb.applied)
+    # Each row's newest re-score in the log as far as the row says: up to what the file had
+    # applied when the rows were read, not only what this process applied. The daemon (or this
+    # process's own catch-up, between its commit and ``applied``) moves the file on: a row that
+    # a later re-score restored (its mark lifted) was judged by the failing one before it, and
+    # left out as ERROR projections_tampered (an export without a released result, the read
+    # models built again). Never below this process's own: a checkpoint moved back in the file
+    # must not hide from the check a re-score that failed the result.
+    rescored = await _latest_rescores(store, unmarked, max(pdb.applied, applied))
     out = []
     for r, decided, restored, superseded in found:
         bad = sorted(
@@ -340,11 +353,12 @@ async def released_one(
     store: EventStore, pdb: ProjectionDB, rollout_id: str, now: datetime, check: EventCheck | None = None
 ) -> Released | None:
     """The released result of ``rollout_id``, or None when it is not (yet) public."""
-    rows = await pdb.fetchall(
+    rows, applied = await pdb.fetchall_applied(
         f"SELECT {_COLUMNS} FROM public_rollouts WHERE rollout_id = ? AND {_RELEASED}",
         (rollout_id, now.timestamp()),
+        _PUBLIC,
     )
-    found = await _with_answers(store, pdb, rows, now, check)
+    found = await _with_answers(store, pdb, rows, now, check, applied)
     return found[0] if found else None
 
 
@@ -352,11 +366,12 @@ async def recent_released(
     store: EventStore, pdb: ProjectionDB, now: datetime, limit: int, check: EventCheck | None = None
 ) -> list[Released]:
     """The ``limit`` most recently released results, newest first, with their answers."""
-    rows = await pdb.fetchall(
+    rows, applied = await pdb.fetchall_applied(
         f"SELECT {_COLUMNS} FROM public_rollouts WHERE {_RELEASED} ORDER BY released_seq DESC LIMIT ?",
         (now.timestamp(), limit),
+        _PUBLIC,
     )
-    return await _with_answers(store, pdb, rows, now, check)
+    return await _with_answers(store, pdb, rows, now, check, applied)
 
 
 async def iter_released(
@@ -371,12 +386,13 @@ async def iter_released(
     """Every released result (released after seq ``after``), oldest release first, with its
     answer (in bounded batches)."""
     while True:
-        rows = await pdb.fetchall(
+        rows, applied = await pdb.fetchall_applied(
             f"SELECT {_COLUMNS} FROM public_rollouts WHERE {_RELEASED} AND released_seq > ?"
             " ORDER BY released_seq LIMIT ?",
             (now.timestamp(), after, batch),
+            _PUBLIC,
         )
-        for r in await _with_answers(store, pdb, rows, now, check):
+        for r in await _with_answers(store, pdb, rows, now, check, applied):
             yield r
         if len(rows) < batch:
             return
