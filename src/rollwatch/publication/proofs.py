@@ -73,14 +73,12 @@ from typing import Any
 
 from rollwatch.abc import EventStore
 from rollwatch.events import rollout_stream
-from rollwatch.integrity.bundle import WITHHELD, WITHHELD_ATTEMPT
+from rollwatch.integrity.bundle import withheld_as
 from rollwatch.integrity.checkpoint import b64
 from rollwatch.integrity.merkle import leaf_hash
 from rollwatch.integrity.tree import MerkleTree, StoredCheckpoint
 
 FORMAT = "rollwatch-proof/v1"
-
-_VERDICTS = ("RolloutScored", "RolloutRescored")
 
 _KEEP = 2_000  # about 20 KB each in memory
 
@@ -144,16 +142,13 @@ class ProofBundles:
         events: list[dict[str, Any]] = []
         for ev, path in zip(covered, paths, strict=True):
             canonical = ev.canonical()
-            if self.public and (
-                (failed := ev.type == "RolloutFailed")
-                or (ev.type in _VERDICTS and ev.data.get("passed") is not True)
-            ):
+            if self.public and (withheld := withheld_as(ev.type, ev.data)) is not None:
                 events.append(
                     {
                         "seq": ev.seq,
                         "leaf_index": ev.seq - 1,
                         "type": ev.type,  # what the operator says it is: no proof of it
-                        "withheld": WITHHELD_ATTEMPT if failed else WITHHELD,
+                        "withheld": withheld,
                         "leaf_hash": b64(leaf_hash(canonical)),
                         "inclusion": [b64(h) for h in path],
                     }
