@@ -46,6 +46,7 @@ from rollwatch.integrity.bundle import WITHHELD, WITHHELD_ATTEMPT, check_bundle,
 from rollwatch.integrity.checkpoint import NoteVerifier
 from rollwatch.integrity.merkle import leaf_hash
 from rollwatch.publication import release as release_mod
+from rollwatch.publication.proofs import ProofBundles
 from rollwatch.publication.release import release_due
 from tests.publication.helpers import finish_run, new_run_id, rollout_events, start_run
 from tests.publication.test_withheld_attacks_s34 import as_withheld, failing, none, rescored_pass
@@ -73,6 +74,7 @@ class Scene:
     stream: list[tuple[int, str, dict[str, Any]]]  # (seq, type, data) of the rollout's events
     release: dict[str, Any]  # the PublicReleased's envelope as stored
     foreign: list[dict[str, Any]]  # each FOREIGN batch's leaf, with its bytes and path
+    operators: dict[str, Any]  # the operator's bundle (/ops/rollouts/{rid}/proof): every byte
 
     @property
     def bundle(self) -> dict[str, Any]:
@@ -132,11 +134,13 @@ async def scene(tmp_path: Path, *batches: Sequence[Event] | str, rid: str, run: 
                         "inclusion": [base64.b64encode(h).decode() for h in path],
                     }
                 )
+        operators = await ProofBundles(live.store, live.integrity.tree).bundle(rid)
+        assert operators is not None
         recs = [ev async for ev in live.store.read(stream=f"rollout-{rid}")]
         [rel] = [ev for ev in recs if ev.type == "PublicReleased"]
         stream = [(ev.seq, ev.type, ev.data) for ev in recs]
         verifier = NoteVerifier.from_vkey(live.integrity.signer.vkey)
-    return Scene(rid, record, verifier, stream, json.loads(rel.canonical()), foreign)
+    return Scene(rid, record, verifier, stream, json.loads(rel.canonical()), foreign, operators)
 
 
 def ids() -> tuple[str, str]:
@@ -198,6 +202,9 @@ class TestTheReleaseNamesItsClaim:
         )
         assert rel["data"]["not_before"] == restored == s.record["not_before"]
         s.check(s.bundle)
+        # The operator's bundle gives every event with its bytes, the withheld ones too.
+        assert not any("withheld" in e for e in s.operators["events"])
+        s.check(s.operators)
 
     async def test_an_old_release_keeps_the_check_of_before(
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch

@@ -29,12 +29,16 @@ were in the bundle, released with the pass (session 34). The leaf is still prove
 tree; a verifier takes it as a failing verdict at that seq, which can only count against
 the claim (it must come before the pass the release stands for; it withdraws the public
 date until a later pass restores it), never for it; its ``type`` is the operator's word,
-read by nothing that checks. A verifier cannot tell a withheld
-entry is this rollout's event: any leaf would do. So whoever serves a bundle may put a
-failing verdict at any past seq, which no one can append: before a later pass, that moves
-the proven public date later (a restore's). Leaving an event out moved it, earlier too,
-before withheld entries: no bundle proves it holds every event of its rollout
-(tests/publication/test_withheld_attacks_s34.py ``TestLeftOut``).
+read by nothing that checks. A leaf's inclusion does not tell a withheld entry is this
+rollout's event (any leaf would do), and no inclusion proof tells a bundle holds every event
+of its rollout: whoever served a bundle could leave a withdrawal out, or give a foreign leaf
+as a failing verdict before a later pass, and move the proven public date
+(tests/publication/test_withheld_attacks_s34.py ``TestLeftOut``). Since session 35 the
+release's own event says which: ``PublicReleased`` (schema 2,
+:func:`rollwatch.publication.release.released`) names the seq of every event of the rollout
+before it and those given here by leaf alone (one rule, :func:`withheld_as`), and
+``check_bundle`` holds the bundle to exactly those (``test_claim_attacks_s35``). A result
+released before (schema 1) names none, and its bundle gets the check of before.
 
 A failed attempt (``RolloutFailed``, retried: its ``message`` is the provider's error body,
 which not even the subscribers' feed shows) is given the same way, ``"withheld": "failed
