@@ -839,7 +839,43 @@ class PublicationDecided(Event):
 
 @dataclass(frozen=True, kw_only=True)
 class PublicReleased(Event):
+    """The rollout's result is public from now on (the release job's, when its date fell due).
+
+    Schema 2 commits to the claim a public proof bundle makes (see
+    :func:`rollwatch.integrity.bundle.check_bundle`): the seq of every event of the rollout
+    before this one, which of them a public bundle gives by its leaf alone, the verdict it
+    releases, the decision it acts on and the date. A bundle then holds exactly those events:
+    one left out, or another leaf of the tree given as a withheld failing verdict, is refused.
+    Schema 1 (and a schema 2 event written without them, as tests and tools may) names none:
+    its bundles get the weaker check of before (``seqs`` None)."""
+
+    SCHEMA: ClassVar[int] = 2  # 2: seqs, withheld, verdict_seq, decided_seq, not_before
     rollout_id: str
+    seqs: list[int] | None = None
+    """The seq of every event of the rollout's stream before this release, in order."""
+    withheld: list[int] | None = None
+    """Those of ``seqs`` a public bundle gives by leaf alone (:func:`rollwatch.integrity.bundle.withheld_as`:
+    failing verdicts and failed attempts)."""
+    verdict_seq: int | None = None
+    """The verdict the release stands for: the rollout's newest before it, a pass."""
+    decided_seq: int | None = None
+    """The public decision whose date (or, for a pass restored with no decision of its own,
+    whose embargo) the release acted on (:attr:`PublicDate.decided_seq`)."""
+    not_before: str | None = None
+    """The public date in force at the release (:attr:`PublicDate.not_before`)."""
+
+
+@upcaster("PublicReleased", 1)
+def _released_1_to_2(data: dict[str, Any]) -> dict[str, Any]:
+    # Schema 1 named no claim: its bundles get the check of before.
+    return {
+        **data,
+        "seqs": None,
+        "withheld": None,
+        "verdict_seq": None,
+        "decided_seq": None,
+        "not_before": None,
+    }
 
 
 # Schedules ------------------------------------------------------------------------------

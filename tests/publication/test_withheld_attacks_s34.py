@@ -7,8 +7,9 @@ Broke (each test failed before its fix): a failed attempt's error text was in th
 (:class:`TestFailedAttempt`); a ``leaf_index`` of ``1e400`` was a traceback, not a refusal
 (:class:`TestHostileEntries`); an honest bundle of a pass re-scored as a pass with another score
 was refused (:class:`TestHonestBundles`). Held (pinned): the rest of :class:`TestHostileEntries`
-and :class:`TestHonestBundles`. Not fixed: a verifier cannot tell an event left out of a bundle
-(:class:`TestLeftOut`, a strict xfail)."""
+and :class:`TestHonestBundles`. Not fixed in session 34: a verifier could not tell an event left
+out of a bundle (:class:`TestLeftOut`, strict xfails; fixed in session 35 by the release's claim,
+``PublicReleased`` schema 2)."""
 
 from __future__ import annotations
 
@@ -313,15 +314,17 @@ class TestHonestBundles:
 
 
 class TestLeftOut:
-    """Not fixed: an inclusion proof shows an event is in the log, never that the bundle holds
-    every event of the rollout (the canonical bytes carry no count of the stream's events).
-    Whoever serves a bundle may leave events out, or (since 0adf48b) give any leaf of the tree
-    as a withheld failing verdict: either moves the public date the bundle proves. A fix needs
-    the log to commit to the claim (a ``PublicReleased`` naming its verdict's seq and its date,
-    say), not a change to the checker."""
+    """An inclusion proof shows an event is in the log, never that the bundle holds every event
+    of the rollout (the canonical bytes carry no count of the stream's events). Whoever serves a
+    bundle could leave events out, or (since 0adf48b) give any leaf of the tree as a withheld
+    failing verdict: either moved the public date the bundle proves (strict xfails until session
+    35). The release job's ``PublicReleased`` (schema 2) now names the seq of every event of the
+    rollout before it, and which a public bundle gives by leaf: ``check_bundle`` holds the
+    bundle to exactly those (more attacks: ``test_claim_attacks_s35``)."""
 
-    @pytest.mark.xfail(strict=True, reason="a bundle cannot prove no event of its rollout was left out")
     async def test_the_withdrawal_left_out_proves_an_earlier_date(self, tmp_path: Path) -> None:
+        """The attacker drops the withheld failing re-score (the withdrawal) and states the first
+        decision's earlier date: the release names the withdrawal's seq, so the bundle lacks it."""
         run, rid = ids()
         now = datetime.now(UTC)
         restore = PublicationDecided(
@@ -337,12 +340,15 @@ class TestLeftOut:
         )
         assert s.record["not_before"] == restore.not_before  # the log's date
         bundle = s.bundle
+        [withdrawal] = [e["seq"] for e in bundle["events"] if "withheld" in e]
         bundle["events"] = [e for e in bundle["events"] if "withheld" not in e]
-        with pytest.raises(ValueError, match="not_before"):
+        with pytest.raises(ValueError, match=f"the bundle lacks event {withdrawal}, which its release names"):
             s.check(bundle, {**s.record, "not_before": rfc3339(now - timedelta(hours=2))})
 
-    @pytest.mark.xfail(strict=True, reason="a withheld entry is not bound to its rollout")
     async def test_a_foreign_leaf_as_a_withheld_verdict_moves_the_date(self, tmp_path: Path) -> None:
+        """The attacker gives another rollout's leaf (between the public decision and a later
+        pass) as a withheld failing verdict: taken so, it withdrew the date and the later pass
+        restored it, a re-score's time later. Its seq is not one the release names."""
         run, rid = ids()
         s = await scene(
             tmp_path,
@@ -358,5 +364,5 @@ class TestLeftOut:
         assert s.foreign[0]["seq"] < rescore["seq"]  # a leaf between the decision and the re-score
         bundle = s.bundle
         bundle["events"].append(as_withheld(s.foreign[0]))
-        with pytest.raises(ValueError, match="not_before"):
+        with pytest.raises(ValueError, match=f"event {s.foreign[0]['seq']} is not one of the events"):
             s.check(bundle, {**s.record, "not_before": rescore["at"]})

@@ -6,17 +6,31 @@ root of the bundle's checkpoint, and that checkpoint must carry the log's signat
 the request must derive the rollout id (UUIDv5, :data:`ROLLOUT_NAMESPACE`), and the
 events must make the whole claim: request, answer, passing score, public decision,
 release.
+
+An inclusion proof shows an event is in the log, never that a bundle holds every event of
+its rollout. A ``PublicReleased`` of schema 2 (the release job's since session 35) names
+them: the seq of every event of the rollout before it, those a public bundle gives by leaf
+alone (:func:`withheld_as`), the verdict it releases, the decision it acts on and the date.
+The bundle must then hold exactly those events before the release (none left out, no other
+leaf), by leaf alone only where the release says so, and its events must give that verdict
+and that date. A release of schema 1 names none: the check of before, which cannot tell an
+event left out or a foreign leaf given as a withheld failing verdict (either can move the
+date the bundle proves).
 """
 
 from __future__ import annotations
 
 import json
 import uuid
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from rollwatch.errors import InvalidNote
 from rollwatch.integrity.checkpoint import Checkpoint, NoteVerifier, unb64
 from rollwatch.integrity.merkle import leaf_hash, verify_inclusion
+
+if TYPE_CHECKING:
+    from rollwatch.events import PublicDate
 
 ROLLOUT_NAMESPACE = uuid.UUID("6f1d7f0e-3c9b-4c1e-9a57-2b8f0d4c7a11")
 """``rollout_id = UUIDv5(ROLLOUT_NAMESPACE, run_id ‖ 0x00 ‖ model ‖ 0x00 ‖ problem_id ‖ 0x00 ‖ sample)``."""
@@ -32,6 +46,20 @@ given as a failing verdict is; a verifier counts it as one (it cannot tell them 
 CLAIM = ("RolloutRequested", "RolloutResponded", "PublicationDecided", "PublicReleased")
 """The events a bundle must show with their bytes; and a passing verdict (the run's
 ``RolloutScored`` or a re-score's ``RolloutRescored``), the newest before the release."""
+
+VERDICTS = ("RolloutScored", "RolloutRescored")
+
+
+def withheld_as(type_: str, data: Any) -> str | None:
+    """How a public bundle gives an event of type ``type_`` with stored ``data`` (as hashed, not
+    upcast): by its leaf alone as :data:`WITHHELD_ATTEMPT` or :data:`WITHHELD`, or None (with its
+    bytes). One rule for the bundles (:mod:`rollwatch.publication.proofs`) and the release job,
+    whose ``PublicReleased`` names the seqs so given."""
+    if type_ == "RolloutFailed":
+        return WITHHELD_ATTEMPT
+    if type_ in VERDICTS and (not isinstance(data, dict) or data.get("passed") is not True):
+        return WITHHELD
+    return None
 
 
 def derive_rollout_id(run_id: str, model: str, problem_id: str, sample: int) -> str:
@@ -57,6 +85,7 @@ def check_bundle(
     seen: dict[str, dict[str, Any]] = {}
     seqs: dict[str, int] = {}
     ats: dict[str, Any] = {}
+    schemas: dict[str, Any] = {}
     verdicts: list[tuple[int, dict[str, Any]]] = []  # (seq, data) of every verdict
     stream: list[tuple[int, Any]] = []  # (seq, envelope; None: withheld) of every event, for the public date
     indexes: set[int] = set()
@@ -80,8 +109,10 @@ def check_bundle(
             )
         if env is None:
             # A failing verdict given by its leaf alone (its reason names a hidden test): taken
-            # as one, it never makes the release stand for a pass; it can move the public date
-            # (see rollwatch.publication.proofs and test_withheld_attacks_s34's TestLeftOut).
+            # as one, it never makes the release stand for a pass. Any leaf of the tree proves
+            # so: a release that names its claim (PublicReleased schema 2) binds each such entry
+            # to a seq it names as withheld (_holds_exactly); without one, it can move the public
+            # date (rollwatch.publication.proofs, test_withheld_attacks_s34's TestLeftOut).
             verdicts.append((index + 1, {"passed": False}))
             stream.append((index + 1, None))
             continue
@@ -96,11 +127,12 @@ def check_bundle(
         stream.append((index + 1, env))
         if env.get("type") == "PublicationDecided" and data.get("audience") != "public":
             continue  # the claim is the public decision: not subscribers, not "none" (a re-score's)
-        if env.get("type") in ("RolloutScored", "RolloutRescored"):
+        if env.get("type") in VERDICTS:
             verdicts.append((index + 1, data))
         seen[str(env.get("type"))] = data
         seqs[str(env.get("type"))] = index + 1
         ats[str(env.get("type"))] = env.get("at")
+        schemas[str(env.get("type"))] = env.get("schema")
     missing = [t for t in CLAIM if t not in seen]
     if missing:
         raise ValueError(f"the bundle lacks {', '.join(missing)}")
@@ -116,13 +148,18 @@ def check_bundle(
     before = [(seq, data) for seq, data in verdicts if seq < seqs["PublicReleased"]]
     if not before:
         raise ValueError("the bundle holds no verdict before its release")
-    if max(before, key=lambda v: v[0])[1].get("passed") is not True:
+    newest = max(before, key=lambda v: v[0])
+    if newest[1].get("passed") is not True:
         raise ValueError("the verdict its release stands for is not a pass")
+    date = _public_date(stream, seqs["PublicReleased"])
+    claim = _claim(schemas["PublicReleased"], seen["PublicReleased"], seqs["PublicReleased"])
+    if claim is not None:
+        _holds_exactly(claim, stream, seqs["PublicReleased"], newest[0], date)
     if record is not None:
         claims = [(k, req.get(k)) for k in ("run_id", "provider", "model", "problem_id", "sample")]
         claims += [
             ("answer", seen["RolloutResponded"].get("text")),
-            ("not_before", _public_date(stream, seqs["PublicReleased"])),
+            ("not_before", date.not_before),
             ("released_seq", seqs["PublicReleased"]),
             ("released_at", ats["PublicReleased"]),
             ("passed", True),  # a released result is a pass (the verdict above)
@@ -140,11 +177,88 @@ def check_bundle(
     return cp, len(bundle.get("events") or [])
 
 
-def _public_date(stream: list[tuple[int, Any]], released: int) -> str | None:
+@dataclass(frozen=True)
+class _Claim:
+    """What a ``PublicReleased`` of schema 2 commits to (:class:`rollwatch.events.PublicReleased`)."""
+
+    seqs: frozenset[int]
+    withheld: frozenset[int]
+    verdict_seq: int
+    decided_seq: int
+    not_before: str
+
+
+def _claim(schema: Any, data: dict[str, Any], released: int) -> _Claim | None:
+    """The claim the release (its ``schema`` and stored ``data``, logged at ``released``) commits to; None for
+    a release that names none (schema 1, or written without it): the weaker check of before.
+    ValueError for one that names it malformed."""
+    from rollwatch.errors import StoreError
+    from rollwatch.events import PublicReleased, decode
+
+    try:
+        ev = decode("PublicReleased", int(schema or 1), dict(data))
+    except (StoreError, TypeError, ValueError, OverflowError) as e:
+        raise ValueError(f"its release does not read: {e}") from None
+    assert isinstance(ev, PublicReleased)
+    named = (ev.seqs, ev.withheld, ev.verdict_seq, ev.decided_seq, ev.not_before)
+    if all(v is None for v in named):
+        return None
+
+    def is_seq(v: Any) -> bool:
+        return type(v) is int and 0 < v < released
+
+    seqs, withheld = ev.seqs, ev.withheld
+    if (
+        not isinstance(seqs, list)
+        or not all(is_seq(s) for s in seqs)
+        or seqs != sorted(set(seqs))
+        or not isinstance(withheld, list)
+        or not all(type(s) is int for s in withheld)
+        or not set(withheld) <= set(seqs)
+        or not (type(ev.verdict_seq) is int and ev.verdict_seq in seqs)
+        or not (type(ev.decided_seq) is int and ev.decided_seq in seqs)
+        or not isinstance(ev.not_before, str)
+    ):
+        raise ValueError(f"its release (event {released}) names its claim malformed")
+    return _Claim(frozenset(seqs), frozenset(withheld), ev.verdict_seq, ev.decided_seq, ev.not_before)
+
+
+def _holds_exactly(
+    claim: _Claim, stream: list[tuple[int, Any]], released: int, newest: int, date: PublicDate
+) -> None:
+    """ValueError unless the bundle's entries before the release are exactly the events its
+    release names, given by leaf alone only where it says a public bundle does, and make the
+    claim it states: its verdict (the newest before it, with its bytes), its decision, its date."""
+    before = {seq: env for seq, env in stream if seq < released}
+    if extra := sorted(set(before) - claim.seqs):
+        raise ValueError(f"event {extra[0]} is not one of the events of the rollout its release names")
+    if missing := sorted(claim.seqs - set(before)):
+        raise ValueError(f"the bundle lacks event {missing[0]}, which its release names")
+    for seq, env in stream:
+        if env is None and seq not in claim.withheld:
+            raise ValueError(f"event {seq} is given by its leaf alone; its release names it one to show")
+        if (
+            env is not None
+            and seq in claim.withheld
+            and withheld_as(str(env.get("type")), env["data"]) is None
+        ):
+            raise ValueError(f"event {seq} is not one its release says a public bundle withholds")
+    if newest != claim.verdict_seq:
+        raise ValueError(
+            f"the verdict its release stands for is event {newest}; the release names event {claim.verdict_seq}"
+        )
+    if (date.decided_seq, date.not_before) != (claim.decided_seq, claim.not_before):
+        raise ValueError(
+            f"its events give the public date {date.not_before} (decision {date.decided_seq});"
+            f" its release names {claim.not_before} (decision {claim.decided_seq})"
+        )
+
+
+def _public_date(stream: list[tuple[int, Any]], released: int) -> PublicDate:
     """The public date the events up to the release (``released``) give the result, as the
     release job reads it (:class:`rollwatch.events.PublicDate`: the public
     decision's, or for a pass withdrawn before its release and restored, an embargo after
-    the restore)."""
+    the restore); its ``not_before`` is the date."""
     from rollwatch.errors import StoreError
     from rollwatch.events import PublicDate, RolloutScored, decode
 
@@ -161,4 +275,4 @@ def _public_date(stream: list[tuple[int, Any]], released: int) -> str | None:
         except (StoreError, KeyError, TypeError, ValueError):
             continue  # a type this rollwatch does not know dates nothing
         date.take(seq, str(env.get("at")), ev)
-    return date.not_before
+    return date

@@ -29,12 +29,16 @@ were in the bundle, released with the pass (session 34). The leaf is still prove
 tree; a verifier takes it as a failing verdict at that seq, which can only count against
 the claim (it must come before the pass the release stands for; it withdraws the public
 date until a later pass restores it), never for it; its ``type`` is the operator's word,
-read by nothing that checks. A verifier cannot tell a withheld
-entry is this rollout's event: any leaf would do. So whoever serves a bundle may put a
-failing verdict at any past seq, which no one can append: before a later pass, that moves
-the proven public date later (a restore's). Leaving an event out moved it, earlier too,
-before withheld entries: no bundle proves it holds every event of its rollout
-(tests/publication/test_withheld_attacks_s34.py ``TestLeftOut``).
+read by nothing that checks. A leaf's inclusion does not tell a withheld entry is this
+rollout's event (any leaf would do), and no inclusion proof tells a bundle holds every event
+of its rollout: whoever served a bundle could leave a withdrawal out, or give a foreign leaf
+as a failing verdict before a later pass, and move the proven public date
+(tests/publication/test_withheld_attacks_s34.py ``TestLeftOut``). Since session 35 the
+release's own event says which: ``PublicReleased`` (schema 2,
+:func:`rollwatch.publication.release.released`) names the seq of every event of the rollout
+before it and those given here by leaf alone (one rule, :func:`withheld_as`), and
+``check_bundle`` holds the bundle to exactly those (``test_claim_attacks_s35``). A result
+released before (schema 1) names none, and its bundle gets the check of before.
 
 A failed attempt (``RolloutFailed``, retried: its ``message`` is the provider's error body,
 which not even the subscribers' feed shows) is given the same way, ``"withheld": "failed
@@ -73,14 +77,12 @@ from typing import Any
 
 from rollwatch.abc import EventStore
 from rollwatch.events import rollout_stream
-from rollwatch.integrity.bundle import WITHHELD, WITHHELD_ATTEMPT
+from rollwatch.integrity.bundle import withheld_as
 from rollwatch.integrity.checkpoint import b64
 from rollwatch.integrity.merkle import leaf_hash
 from rollwatch.integrity.tree import MerkleTree, StoredCheckpoint
 
 FORMAT = "rollwatch-proof/v1"
-
-_VERDICTS = ("RolloutScored", "RolloutRescored")
 
 _KEEP = 2_000  # about 20 KB each in memory
 
@@ -144,16 +146,13 @@ class ProofBundles:
         events: list[dict[str, Any]] = []
         for ev, path in zip(covered, paths, strict=True):
             canonical = ev.canonical()
-            if self.public and (
-                (failed := ev.type == "RolloutFailed")
-                or (ev.type in _VERDICTS and ev.data.get("passed") is not True)
-            ):
+            if self.public and (withheld := withheld_as(ev.type, ev.data)) is not None:
                 events.append(
                     {
                         "seq": ev.seq,
                         "leaf_index": ev.seq - 1,
                         "type": ev.type,  # what the operator says it is: no proof of it
-                        "withheld": WITHHELD_ATTEMPT if failed else WITHHELD,
+                        "withheld": withheld,
                         "leaf_hash": b64(leaf_hash(canonical)),
                         "inclusion": [b64(h) for h in path],
                     }

@@ -13,7 +13,10 @@ rollout's stream (the log is the truth; the projection may lag) and appends
   the second append expects a version the first one moved on from
   (``ConcurrencyConflict``; the loser re-reads and finds the release);
 * a change of ``publication.embargo`` cannot move a decision already in the log: the
-  job never computes a date, it compares the event's ``not_before`` with the clock.
+  job never computes a date, it compares the event's ``not_before`` with the clock;
+* the ``PublicReleased`` names what it releases (:func:`released`): the seq of every event
+  of the stream before it, those a public proof bundle gives by leaf alone, the verdict, the
+  decision and the date; ``check_bundle`` holds a bundle to exactly those.
 """
 
 from __future__ import annotations
@@ -28,7 +31,8 @@ from anyio.abc import TaskStatus
 
 from rollwatch.abc import EventStore
 from rollwatch.errors import ConcurrencyConflict, IntegrityError, storage_failure
-from rollwatch.events import PublicDate, PublicReleased, rollout_stream
+from rollwatch.events import PublicDate, PublicReleased, Recorded, rollout_stream
+from rollwatch.integrity.bundle import VERDICTS, withheld_as
 from rollwatch.integrity.health import Health
 from rollwatch.log import get_logger
 from rollwatch.projections import ProjectionDB
@@ -92,7 +96,7 @@ async def release_one(
             if unabsorbed:
                 return False
         try:
-            await store.append(stream, [PublicReleased(rollout_id=rollout_id)], expected_version=version)
+            await store.append(stream, [released(rollout_id, read, date)], expected_version=version)
         except ConcurrencyConflict:
             # Someone appended to this stream since we read it (perhaps the same release
             # from another process): read again and decide again.
@@ -100,6 +104,23 @@ async def release_one(
         return True
     log.warning("release_contended", rollout_id=rollout_id, attempts=_ATTEMPTS)
     return False
+
+
+def released(rollout_id: str, read: list[Recorded], date: PublicDate) -> PublicReleased:
+    """The ``PublicReleased`` of ``rollout_id`` whose stream, read whole, is ``read`` and whose
+    date ``date`` is due: it names the claim its public proof bundle makes (schema 2), so that
+    :func:`~rollwatch.integrity.bundle.check_bundle` requires the bundle to hold exactly these
+    events (none left out, no other leaf given as a withheld one). The append expects the
+    stream's version as read: nothing can come between."""
+    verdicts = [rec.seq for rec in read if rec.type in VERDICTS]
+    return PublicReleased(
+        rollout_id=rollout_id,
+        seqs=[rec.seq for rec in read],
+        withheld=[rec.seq for rec in read if withheld_as(rec.type, rec.data) is not None],
+        verdict_seq=verdicts[-1] if verdicts else None,
+        decided_seq=date.decided_seq,
+        not_before=date.not_before,
+    )
 
 
 async def _release_into(
