@@ -223,6 +223,37 @@ def test_a_rotation_cut_short_is_finished_at_the_next_start(stopped_site: Site) 
     assert not (s.dir / "checkpoint.key.next").exists()
 
 
+def test_an_export_between_a_rotation_and_the_new_keys_first_checkpoint_is_refused(
+    stopped_site: Site,
+) -> None:
+    """`publish export` ships the key in force and signs its index with it, at the newest signed
+    checkpoint. Right after `key rotate`, before the daemon signs with the new key, that
+    checkpoint is the retired key's: the export shipped the new key beside it, and every audit
+    that trusts the export's key failed ("not signed by"). It is refused, saying when to export;
+    once the new key has signed, the export ships a key that verifies its checkpoint."""
+    s = stopped_site
+    r = rollwatch("--config", str(s.config), "key", "rotate")
+    assert r.returncode == 0, r.stderr
+    new_key = r.stdout.split("new key: ")[1].split()[0]
+    out = s.dir / "export"
+    refused = rollwatch("--config", str(s.config), "publish", "export", str(out))
+    assert refused.returncode == 2, refused.stderr
+    assert "not signed by the key in force" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert not (out / "key").exists()
+    again = s.serve()
+    try:
+        _poll(lambda: (h := s.healthz()) is not None and h.status_code == 200, 60, "the restarted daemon")
+        _poll(lambda: _served_key(s) == new_key, 30, "the new key's first checkpoint")
+    finally:
+        err = _stop(again)
+    assert again.returncode == 0, err
+    done = rollwatch("--config", str(s.config), "publish", "export", str(out))
+    assert done.returncode == 0, done.stderr
+    assert (out / "key").read_text().strip() == new_key
+    NoteVerifier.from_vkey(new_key).open_checkpoint((out / "checkpoint").read_text())
+
+
 def _served_key_from_file(s: Site) -> str:
     from rollwatch.integrity.keys import load_signer
 

@@ -102,6 +102,24 @@ def _json(obj: object) -> bytes:
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
 
 
+def _signed_by(note: str, vkey: str, size: int) -> None:
+    """The export ships ``vkey`` as its ``key`` and signs its index with it: the checkpoint it is
+    cut at must be signed by that key. Between ``key rotate`` and the daemon's first checkpoint
+    with the new key, the newest checkpoint is the retired key's: shipped beside the new key
+    (and an index the new key signed), the export failed every audit that trusts its key."""
+    from rollwatch.errors import InvalidNote
+    from rollwatch.integrity.checkpoint import NoteVerifier
+
+    try:
+        NoteVerifier.from_vkey(vkey).open(note)
+    except (InvalidNote, ValueError):
+        raise UsageError(
+            f"the newest signed checkpoint (tree size {size}) is not signed by the key in force"
+            f" ({vkey}): the key was rotated since; the daemon signs with the new key at its next"
+            " checkpoint (at its start, then every integrity.checkpoint_interval): export after it"
+        ) from None
+
+
 async def export_public(
     store: EventStore,
     pdb: ProjectionDB,
@@ -199,6 +217,8 @@ async def export_public(
             proofs = InclusionProofs(store, tree)
             bundles = ProofBundles(store, tree, public=True)
             checkpoint = await bundles.checkpoint()
+            if checkpoint is not None and vkey is not None:
+                _signed_by(checkpoint.note, vkey, checkpoint.size)
             if checkpoint is not None:
                 written += await write_tiles(tree, archive.top, checkpoint.size)
         cut = {"tree_size": checkpoint.size, "note": checkpoint.note} if checkpoint is not None else None
