@@ -10,6 +10,7 @@ command line as ``ps`` would, and look for the password there and in the logs.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import signal
 import subprocess
@@ -60,13 +61,22 @@ def _all_command_lines() -> bytes:
     return b"\n".join(lines)
 
 
-def _run_holding(tmp_path: Path, argv: list[str], module: bytes) -> str:
+# ``rollwatch`` with verify's content check in a process of its own whatever the log's size
+# (it is, above SPLIT_ABOVE events; below, verify checks the content itself).
+_SPLIT_VERIFY = (
+    "import rollwatch.integrity.verify as v; v.SPLIT_ABOVE = -1; from rollwatch.__main__ import main; main()"
+)
+
+
+def _run_holding(
+    tmp_path: Path, argv: list[str], module: bytes, *, launch: tuple[str, ...] = ("-m", "rollwatch")
+) -> str:
     """Run ``rollwatch argv``; hold its ``module`` child stopped while every command line
     on the machine is read; let it go; return the log (stderr) once it has been stopped."""
     log = tmp_path / f"{argv[0]}.log"
     with log.open("wb") as err:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "rollwatch", "--config", str(tmp_path / "rollwatch.toml"), *argv],
+            [sys.executable, *launch, "--config", str(tmp_path / "rollwatch.toml"), *argv],
             cwd=tmp_path,
             stdout=subprocess.DEVNULL,
             stderr=err,
@@ -104,7 +114,13 @@ async def test_the_scrub_and_the_content_check_get_no_password_on_their_command_
         assert "Traceback" not in served, served
         assert SECRET not in served
         verified = await anyio.to_thread.run_sync(
-            _run_holding, tmp_path, ["verify"], b"rollwatch.integrity.content"
+            functools.partial(
+                _run_holding,
+                tmp_path,
+                ["verify"],
+                b"rollwatch.integrity.content",
+                launch=("-c", _SPLIT_VERIFY),
+            )
         )
         assert "Traceback" not in verified, verified
         assert SECRET not in verified

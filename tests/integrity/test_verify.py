@@ -183,3 +183,66 @@ class TestVerifyTreeForConfig:
         assert (report.checkpoints, report.signatures, report.tree_leaves) == (3, 3, 63)
         assert cfg.tree_path(store_cfg) == tmp_path / "merkle.db"
         assert cfg.key_path(store_cfg) == tmp_path / "checkpoint.key"
+
+
+# ``verify`` checks each event's content, the stream versions and SQLite's index beside the
+# hashing: in a second process on a log above SPLIT_ABOVE events, in its own below.
+CONTENT_CHECK = {"in-this-process": 10**9, "in-a-second-process": -1}
+
+
+class TestVerifyContentCheck:
+    async def _verify(self, tmp_path: Path, split_above: int, monkeypatch: pytest.MonkeyPatch) -> int:
+        from rollwatch.integrity import verify
+
+        monkeypatch.setattr(verify, "SPLIT_ABOVE", split_above)
+        store_cfg = StoreConfig(url=f"sqlite:{tmp_path / 'events.db'}")
+        async with SQLiteEventStore(tmp_path / "events.db", read_only=True) as store:
+            report = await verify.verify_state(
+                store, IntegrityConfig(origin="rollwatch.test/log"), store_cfg, chain=True
+            )
+        return report.events
+
+    @pytest.mark.anyio
+    @pytest.mark.parametrize("where", CONTENT_CHECK)
+    async def test_a_clean_log_passes(
+        self, tmp_path: Path, where: str, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Either way a clean log passes, every event counted."""
+        async with SQLiteEventStore(tmp_path / "events.db") as store:
+            await append_n(store, 120, per_call=40)
+        assert await self._verify(tmp_path, CONTENT_CHECK[where], monkeypatch) == 120
+
+    @pytest.mark.anyio
+    @pytest.mark.parametrize("where", CONTENT_CHECK)
+    async def test_data_no_rollwatch_wrote_is_named(
+        self, tmp_path: Path, where: str, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """An event's data rewritten out of canonical form, every hash after it recomputed
+        (no tree, no checkpoint to betray it): only the content check sees it, either way."""
+        async with SQLiteEventStore(tmp_path / "events.db") as store:
+            await append_n(store, 120, per_call=40)
+            data = (await store.read_at([77]))[77].data_json
+        rewrite_event(tmp_path / "events.db", 77, data.replace(":", ": "))
+        with pytest.raises(IntegrityError) as found:
+            await self._verify(tmp_path, CONTENT_CHECK[where], monkeypatch)
+        assert found.value.seq == 77, found.value
+
+    @pytest.mark.anyio
+    @pytest.mark.parametrize("where", CONTENT_CHECK)
+    async def test_a_version_no_hash_covers_is_named(
+        self, tmp_path: Path, where: str, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A stream version changed (no hash covers it) is found either way, and so is the
+        first of two findings when the hashing finds a later one."""
+        async with SQLiteEventStore(tmp_path / "events.db") as store:
+            await append_n(store, 120, per_call=40)
+        con = sqlite3.connect(tmp_path / "events.db", isolation_level=None)
+        try:
+            con.execute("DROP TRIGGER IF EXISTS events_no_update")
+            con.execute("UPDATE events SET version = version + 1000 WHERE seq = 30")
+            con.execute("UPDATE events SET hash = ? WHERE seq = 90", ("0" * 64,))
+        finally:
+            con.close()
+        with pytest.raises(IntegrityError) as found:
+            await self._verify(tmp_path, CONTENT_CHECK[where], monkeypatch)
+        assert found.value.seq == 30, found.value

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import sys
 import time
+from typing import TYPE_CHECKING
 
 import anyio
 import click
 
 from rollwatch.cli._common import Context, common, run_async
-from rollwatch.config import Config
 from rollwatch.errors import UsageError
-from rollwatch.log import get_logger
 
-log = get_logger("rollwatch.cli")
+if TYPE_CHECKING:
+    from rollwatch.config import Config
 
 
 @click.command()
@@ -63,6 +63,7 @@ def run_cmd(ctx: Context, schedule: str, rollouts: int | None, models: str | Non
     import signal
 
     from rollwatch.daemon import open_services
+    from rollwatch.log import get_logger
     from rollwatch.progress import Progress
     from rollwatch.publication.clock import deciding_clock
     from rollwatch.runs import Run, RunState, unfinished_run_of
@@ -122,7 +123,7 @@ def run_cmd(ctx: Context, schedule: str, rollouts: int | None, models: str | Non
                     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as sigs:
                         async for signum in sigs:
                             received.append(signum)
-                            log.info(
+                            get_logger("rollwatch.cli").info(
                                 "run_stopping",
                                 run_id=run.run_id,
                                 hint="resumes at the next start of the daemon",

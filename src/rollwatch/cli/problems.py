@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import functools
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from rollwatch.cli._common import Context, common, run_async
-from rollwatch.config import Config
 from rollwatch.errors import UsageError
+
+if TYPE_CHECKING:
+    from rollwatch.config import Config
 
 
 @click.group()

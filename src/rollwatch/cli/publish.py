@@ -16,9 +16,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import click
 
-from rollwatch.abc import EventStore
 from rollwatch.cli._common import Context, cell, common, current_projections, require_log, run_async
-from rollwatch.config import Config, check_plain_url
 from rollwatch.errors import ConcurrencyConflict, UsageError
 from rollwatch.events import SubscriberAdded, SubscriberRevoked, parse_rfc3339, rfc3339, subscriber_stream
 from rollwatch.publication.keys import (
@@ -33,6 +31,8 @@ from rollwatch.publication.keys import (
 )
 
 if TYPE_CHECKING:
+    from rollwatch.abc import EventStore
+    from rollwatch.config import Config
     from rollwatch.integrity.checkpoint import NoteSigner
 
 
@@ -229,6 +229,8 @@ def publish_export(ctx: Context, directory: Path, base_url: str | None) -> None:
     base = base_url or f"{config.server.url}/public/"
     if not base.startswith(("http://", "https://")):
         raise UsageError(f"--base-url {base!r}: give an absolute http:// or https:// URL")
+    from rollwatch.config import check_plain_url
+
     try:
         # As server.base_url is checked: "http://", "http://a b", a port past 65535 or a
         # user:password were written into every link of the release's closed months.

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import click
 
 from rollwatch.cli._common import Context, cell, common, current_projections, require_log, run_async
-from rollwatch.config import Config
+
+if TYPE_CHECKING:
+    from rollwatch.config import Config
 
 
 @click.group()

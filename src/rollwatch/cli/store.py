@@ -5,15 +5,15 @@ from __future__ import annotations
 import gc
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from rollwatch.cli._common import Context, common, require_log, run_async
-from rollwatch.config import Config, StoreConfig
 from rollwatch.errors import IntegrityError, UsageError
-from rollwatch.log import get_logger
 
-log = get_logger("rollwatch.cli")
+if TYPE_CHECKING:
+    from rollwatch.config import Config, StoreConfig
 
 
 @click.command()
@@ -68,6 +68,7 @@ def verify(ctx: Context, checkpoint: Path | None) -> None:
 def rebuild(ctx: Context) -> None:
     """Rebuild every projection from the log, beside the one in use, and switch to it."""
     require_log(ctx.config)
+    from rollwatch.log import get_logger
     from rollwatch.progress import Progress
     from rollwatch.projections import ProjectionDB
     from rollwatch.readmodels import default_projections
@@ -84,7 +85,9 @@ def rebuild(ctx: Context) -> None:
             bar = Progress("rebuild", await store.head())
             head = await pdb.rebuild_beside(store, progress=lambda done, total: bar.update(done))
             bar.close()
-            log.info("projections_rebuilt", events=head, projections=[p.name for p in pdb.projections])
+            get_logger("rollwatch.cli").info(
+                "projections_rebuilt", events=head, projections=[p.name for p in pdb.projections]
+            )
             click.echo(f"rebuilt {len(pdb.projections)} projections from {head} events")
 
     run_async(main)
@@ -95,6 +98,7 @@ def rebuild(ctx: Context) -> None:
 @common
 def migrate(ctx: Context, target: str) -> None:
     """Copy this config's SQLite log into PostgreSQL and verify the copy."""
+    from rollwatch.config import StoreConfig
     from rollwatch.migrate import migrate as copy_log
     from rollwatch.progress import Progress
     from rollwatch.store import open_store

@@ -4,7 +4,8 @@ and the check of what no hash covers (stream versions, SQLite's index).
 Every event's data must be what rollwatch writes (see
 :func:`rollwatch.integrity.verify.foreign_data`): parsing and re-serializing it costs
 about as much as the rest of ``verify`` together, so ``verify`` runs it here, on the
-other core, while it hashes the log (``python -m rollwatch.integrity.content``, the store URL on stdin,
+other core, while it hashes a log of more than
+:data:`~rollwatch.integrity.verify.SPLIT_ABOVE` events (``python -m rollwatch.integrity.content``, the store URL on stdin,
 started through :func:`rollwatch.integrity._worker.worker_pass`; this module imports
 ``verify``, so ``verify`` never imports it).
 The scrub checks content in its own pass (it runs in a process of its own already).
@@ -22,11 +23,9 @@ async def _checked(store: EventStore) -> int:
     """Every event's content, then what no hash covers (the stream versions, SQLite's
     index: :meth:`EventStore.verify_versions`) up to the same event: on this core, while
     the other hashes (they took a 200k-event ``verify`` 0.33 s after the hashing)."""
-    from rollwatch.integrity.verify import content_pass
+    from rollwatch.integrity.verify import content_and_versions
 
-    events = await content_pass(store)
-    await store.verify_versions(events)
-    return events
+    return await content_and_versions(store)
 
 
 async def _main(store_url: str) -> int:

@@ -43,7 +43,7 @@ from rollwatch.events import PendingReleases, Recorded
 from rollwatch.integrity._worker import worker_pass
 from rollwatch.integrity.health import Health
 from rollwatch.integrity.tree import MerkleTree
-from rollwatch.integrity.verify import TreeReport, check_log_tree, read_kept
+from rollwatch.integrity.verify import SPLIT_ABOVE, TreeReport, check_log_tree, read_kept
 from rollwatch.log import get_logger
 
 if TYPE_CHECKING:
@@ -99,11 +99,6 @@ class ScrubTarget:
             bool(d.get("content", True)),
         )
 
-
-SPLIT_ABOVE = 20_000
-"""Events above which the check at start checks the content in a second process beside the
-hashing. Below, one process does both: a second interpreter's start and imports (about
-0.25 s of CPU) cost more than the content check it would take over (about 15 µs an event)."""
 
 _RELEASE_TYPES = frozenset({"PublicationDecided", "PublicReleased"})
 

@@ -47,7 +47,6 @@ import anyio
 
 from rollwatch.abc import SUBSCRIBER_TYPES as _SUBSCRIBER_TYPES
 from rollwatch.abc import EventStore
-from rollwatch.config import parse_duration
 from rollwatch.errors import IntegrityError, ServiceUnavailable, UsageError
 from rollwatch.events import (
     Recorded,
@@ -127,6 +126,10 @@ def parse_expires(text: str, now: datetime | None = None) -> datetime:
     UTC), an RFC 3339 timestamp (``2026-12-31T18:00:00+01:00``; without an offset it
     is UTC), or a duration from now (``90d``, ``12h``). A moment in the past is an error.
     """
+    # Here, not at the top: listing `rollwatch subscribers`' options (``--help``) needs
+    # this module, not the configuration's (pydantic).
+    from rollwatch.config import parse_duration
+
     now = now or datetime.now(UTC)
     raw = text.strip()
     when: datetime | None = None
