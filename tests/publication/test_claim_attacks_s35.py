@@ -93,10 +93,12 @@ class Scene:
         return copy.deepcopy(e)
 
 
-async def scene(tmp_path: Path, *batches: Sequence[Event] | str, rid: str, run: str) -> Scene:
+async def scene(
+    tmp_path: Path, *batches: Sequence[Event] | str, rid: str, run: str, after: Sequence[Event] = ()
+) -> Scene:
     """Each batch appended in turn (to the rollout's stream, or a FOREIGN leaf), the run started
-    before and finished after the first; released by the release job, checkpointed, and fetched
-    as the public fetches it."""
+    before and finished after the first; released by the release job, ``after`` appended to the
+    rollout's stream, checkpointed, and fetched as the public fetches it."""
     from tests.integrity.test_tlog_tiles import live_log
     from tests.publication.test_leak_2026 import _absorbed
 
@@ -113,6 +115,8 @@ async def scene(tmp_path: Path, *batches: Sequence[Event] | str, rid: str, run: 
             if i == 0 or (i == 1 and batches[0] == FOREIGN):
                 await finish_run(live.store, run, rollouts=1, passed=1)
         assert await release_due(live.store, live.pdb) == 1
+        if after:
+            await live.store.append(f"rollout-{rid}", list(after))
         await live.integrity.final_checkpoint()
         await _absorbed(live)
         async with httpx.AsyncClient(base_url=live.url) as c:

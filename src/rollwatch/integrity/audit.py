@@ -961,8 +961,19 @@ async def _check_bundle(http: _Client, item: str, verifier: NoteVerifier, cp: Ch
     bundle = record.get("proof") if isinstance(record, dict) else None
     if bundle is None:
         return f"bundle: item {item}: the service serves no proof bundle (an older rollwatch): not checked"
-    if isinstance(bundle, dict) and bundle.get("pending"):
-        return f"bundle: item {item}: events {bundle['pending']} await the next checkpoint: not checked yet"
+    pending = bundle.get("pending") if isinstance(bundle, dict) else None
+    if pending and http.public:
+        # A live service releases between checkpoints: its bundle is checked at the next one.
+        # Only events after the verified checkpoint may wait: before, any ``pending`` skipped the
+        # check (exit 0), so a hostile server could state any result of any rollout with a line
+        # ``"pending": [1]``. A static export's bundle never waits (check_bundle refuses it).
+        if not isinstance(pending, list) or not all(type(s) is int and s > cp.size for s in pending):
+            raise AuditFailure(
+                "bundle",
+                f"item {item}: its proof leaves events {pending!r} unproven, but the signed checkpoint"
+                f" (size {cp.size}) covers them",
+            )
+        return f"bundle: item {item}: events {pending} await the next checkpoint: not checked yet"
     try:
         bundle_cp, events = check_bundle(bundle, item, verifier, record)
     except ValueError as e:
@@ -1113,9 +1124,10 @@ class _Archive:
             ("rollout_id", data.get("rollout_id")),
             ("passed", data.get("passed")),
             ("scored_at", event.get("at")),
+            # A superseded mark leaves the score the first pass's (the read models' rule): before,
+            # a line marked superseded was not held to its score, and could state any.
+            ("score", data.get("score")),
         ]
-        if record.get("superseded") is not True:
-            claims.append(("score", data.get("score")))
         if event.get("type") not in ("RolloutScored", "RolloutRescored"):
             raise AuditFailure("archive", f"{what}: its _rollwatch event {seq} is not a verdict")
         for k, logged in claims:

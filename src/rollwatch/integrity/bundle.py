@@ -73,7 +73,8 @@ def check_bundle(
     """The bundle's verified checkpoint and its number of events; ValueError saying what is wrong.
 
     ``record``: the result the bundle came with, whose fields must be what the events say (its
-    request, answer, public date, release and verdict; its score too unless it is marked superseded)."""
+    rollout id, request, answer, cost, public date, release, and the first pass's score and date,
+    superseded or not)."""
     if not isinstance(bundle, dict) or bundle.get("format") != "rollwatch-proof/v1":
         raise ValueError("no rollwatch-proof/v1 bundle")
     try:
@@ -82,14 +83,15 @@ def check_bundle(
         raise ValueError(f"its checkpoint: {e}") from None
     if bundle.get("pending"):
         raise ValueError(f"events {bundle['pending']} are not under its checkpoint yet (ask again later)")
-    seen: dict[str, dict[str, Any]] = {}
-    seqs: dict[str, int] = {}
-    ats: dict[str, Any] = {}
-    schemas: dict[str, Any] = {}
-    verdicts: list[tuple[int, dict[str, Any]]] = []  # (seq, data) of every verdict
-    stream: list[tuple[int, Any]] = []  # (seq, envelope; None: withheld) of every event, for the public date
+    entries = bundle.get("events")
+    if entries is None:
+        entries = []
+    if not isinstance(entries, list):
+        # A number here was a TypeError traceback out of audit --item.
+        raise ValueError("its events are not a list")
+    parsed: list[tuple[int, Any]] = []  # (seq, envelope; None: withheld), as the bundle gives them
     indexes: set[int] = set()
-    for ev in bundle.get("events") or []:
+    for ev in entries:
         try:
             index = int(ev["leaf_index"])
             path = [unb64(h, "an inclusion hash") for h in ev["inclusion"]]
@@ -107,30 +109,49 @@ def check_bundle(
             raise ValueError(
                 f"event {index + 1} is not in the tree of size {cp.size} (its bytes or path were changed)"
             )
+        parsed.append((index + 1, env))
+    seen: dict[str, dict[str, Any]] = {}
+    seqs: dict[str, int] = {}
+    ats: dict[str, Any] = {}
+    schemas: dict[str, Any] = {}
+    verdicts: list[tuple[int, dict[str, Any]]] = []  # (seq, data) of every verdict
+    verdict_ats: dict[int, Any] = {}
+    costs: list[Any] = []  # each answer's cost_usd before the release, in the log's order
+    stream: list[tuple[int, Any]] = []  # (seq, envelope; None: withheld) of every event, for the public date
+    # In the log's order, whatever the bundle's: the claim is the newest answer (and request)
+    # before the release, as the read models give it, and the first release. Before, the last
+    # entry of a type in the bundle's own order was taken: a bundle reordered could state an
+    # earlier answer of the rollout (one attempt's, re-asked) as the one its pass judged.
+    for seq, env in sorted(parsed, key=lambda x: x[0]):
         if env is None:
             # A failing verdict given by its leaf alone (its reason names a hidden test): taken
             # as one, it never makes the release stand for a pass. Any leaf of the tree proves
             # so: a release that names its claim (PublicReleased schema 2) binds each such entry
             # to a seq it names as withheld (_holds_exactly); without one, it can move the public
             # date (rollwatch.publication.proofs, test_withheld_attacks_s34's TestLeftOut).
-            verdicts.append((index + 1, {"passed": False}))
-            stream.append((index + 1, None))
+            verdicts.append((seq, {"passed": False}))
+            stream.append((seq, None))
             continue
         data = env.get("data") if isinstance(env, dict) else None
         if (
             not isinstance(data, dict)
-            or env.get("seq") != index + 1
+            or env.get("seq") != seq
             or env.get("stream") != f"rollout-{rollout_id}"
             or data.get("rollout_id") != rollout_id
         ):
-            raise ValueError(f"event {index + 1} is not an event of rollout {rollout_id}")
-        stream.append((index + 1, env))
+            raise ValueError(f"event {seq} is not an event of rollout {rollout_id}")
+        stream.append((seq, env))
+        if "PublicReleased" in seqs:
+            continue  # after the release: no part of its claim
         if env.get("type") == "PublicationDecided" and data.get("audience") != "public":
             continue  # the claim is the public decision: not subscribers, not "none" (a re-score's)
         if env.get("type") in VERDICTS:
-            verdicts.append((index + 1, data))
+            verdicts.append((seq, data))
+            verdict_ats[seq] = env.get("at")
+        if env.get("type") == "RolloutResponded":
+            costs.append(data.get("cost_usd"))
         seen[str(env.get("type"))] = data
-        seqs[str(env.get("type"))] = index + 1
+        seqs[str(env.get("type"))] = seq
         ats[str(env.get("type"))] = env.get("at")
         schemas[str(env.get("type"))] = env.get("schema")
     missing = [t for t in CLAIM if t not in seen]
@@ -156,25 +177,48 @@ def check_bundle(
     if claim is not None:
         _holds_exactly(claim, stream, seqs["PublicReleased"], newest[0], date)
     if record is not None:
+        if not isinstance(record, dict):
+            raise ValueError("the result is not a JSON object")
+        # The score and its date are the first pass's, as the read models give them
+        # (``scored_seq``: a later pass changes neither the score nor the event the feed item
+        # proves; nor does a superseded mark, a failing re-score after the release, which a
+        # public bundle does not reach). Before, the newest verdict's was asked for, and a pass
+        # re-scored a pass of another score (a checker's partial score) was refused: an honest
+        # bundle; and a result marked superseded was not held to its score at all, so anyone
+        # serving it could state any score by marking it so.
+        first = min((v for v in before if v[1].get("passed") is True), key=lambda v: v[0])
         claims = [(k, req.get(k)) for k in ("run_id", "provider", "model", "problem_id", "sample")]
         claims += [
+            ("rollout_id", rollout_id),
             ("answer", seen["RolloutResponded"].get("text")),
             ("not_before", date.not_before),
             ("released_seq", seqs["PublicReleased"]),
             ("released_at", ats["PublicReleased"]),
             ("passed", True),  # a released result is a pass (the verdict above)
+            ("score", first[1].get("score")),
+            ("scored_at", verdict_ats.get(first[0])),
         ]
-        if record.get("superseded") is not True:
-            # The score is the first pass's, as the read models give it (``scored_seq``: a later
-            # pass changes neither the score nor the event the feed item proves). Before, the
-            # newest verdict's was asked for, and a pass re-scored a pass of another score
-            # (a checker's partial score) was refused: an honest bundle.
-            first = min((v for v in before if v[1].get("passed") is True), key=lambda v: v[0])
-            claims.append(("score", first[1].get("score")))
         for k, logged in claims:
             if record.get(k) != logged:
                 raise ValueError(f"the result's {k} is not what its logged events say")
-    return cp, len(bundle.get("events") or [])
+        if not _same_cost(record.get("cost_usd"), _cost(costs)):
+            raise ValueError("the result's cost_usd is not what its logged events say")
+    return cp, len(parsed)
+
+
+def _cost(costs: list[Any]) -> Any:
+    """The cost the read models give a result whose answers cost ``costs`` (in the log's order):
+    their sum, None when none says (as the public projection adds them up)."""
+    total: Any = None
+    for c in costs:
+        if c is not None:
+            total = (total if total is not None and total == total and total else 0) + c
+    return total
+
+
+def _same_cost(a: Any, b: Any) -> bool:
+    """Two costs alike: equal, or both unknown (None or NaN: a NaN is stored as NULL)."""
+    return a == b or ((a is None or a != a) and (b is None or b != b))
 
 
 @dataclass(frozen=True)

@@ -56,7 +56,10 @@ def b64(data: bytes) -> str:
 
 
 def unb64(text: str, what: str) -> bytes:
-    """Decode strict standard base64 or raise :class:`InvalidNote` naming ``what``."""
+    """Decode strict standard base64 or raise :class:`InvalidNote` naming ``what`` (also for a
+    ``text`` that is no string: a hostile JSON's number or null was an AttributeError)."""
+    if not isinstance(text, str):
+        raise InvalidNote(f"{what} is not a base64 string: {type(text).__name__}")
     try:
         return base64.b64decode(text.encode("ascii"), validate=True)
     except (binascii.Error, UnicodeEncodeError, ValueError):
