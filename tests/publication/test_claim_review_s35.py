@@ -305,3 +305,31 @@ class _Racing:
             self.raced = True
             await self.store.append(stream, [self.event])
         return await self.store.append(stream, events, expected_version=expected_version)
+
+
+class TestTheArchiveLine:
+    def test_a_live_line_stripped_to_its_verdict_is_not_checked(
+        self,
+        exported: Exported,  # noqa: F811
+        tmp_path: Path,
+    ) -> None:
+        """A host serving the public routes serves ``results.jsonl`` with the result's line
+        stripped of its bundle (``proof``) but keeping its verdict and proof (``_rollwatch``, as an
+        export's lines carry it), its public date moved earlier and its answer replaced. The
+        verdict proves neither: ``audit`` counted the line among those "in the signed tree, as
+        their lines say: ok" (exit 0). It is counted among the lines that carry no proof of their
+        claim, NOT checked (a live rollwatch's lines always carry their bundle)."""
+        from tests.integrity.test_audit_hostile import audit, body, hostile
+
+        root = tmp_path / "host"
+        shutil.copytree(exported.out, root / "public")
+        [line] = [json.loads(x) for x in (root / "public" / "results.jsonl").read_text().splitlines()]
+        assert line["rollout_id"] == exported.rid
+        assert "_rollwatch" in line
+        del line["proof"]
+        line |= {"not_before": exported.first, "answer": "print('not the answer it scored')"}
+        with hostile(root, {"/public/results.jsonl": body(json.dumps(line) + "\n")}) as s:
+            p = audit(s.url, "--item", exported.rid)
+        assert "Traceback" not in p.stderr, p.stderr
+        assert "archive: 0 results of results.jsonl in the signed tree" in p.stdout, p.stdout
+        assert "archive: 1 lines carry no proof" in p.stdout, p.stdout

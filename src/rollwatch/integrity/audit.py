@@ -1072,12 +1072,24 @@ class _Archive:
             return
         if meta is not None:
             await self._scored(what, record, meta)
-        if bundle is not None:
-            try:
-                bcp, _ = check_bundle(bundle, rid, self.verifier, record)
-            except ValueError as e:
-                raise AuditFailure("archive", f"{what}: {e}") from None
-            await self._link(bcp.size, bcp.root, what)
+        if bundle is None:
+            # Its verdict alone (``_rollwatch``) proves the pass and its score, not the rest the
+            # line states: its answer, public date, release. Before, such a line counted as
+            # checked "as its line says": a live host (whose own lines always carry their
+            # bundle) could drop a line's bundle and state another answer or an earlier date.
+            if self.proven:
+                raise AuditFailure(
+                    "archive",
+                    f"{what}: carries no proof bundle, but its signed manifest says its chunk was"
+                    " exported with proofs (it was stripped)",
+                )
+            self.unchecked += 1
+            return
+        try:
+            bcp, _ = check_bundle(bundle, rid, self.verifier, record)
+        except ValueError as e:
+            raise AuditFailure("archive", f"{what}: {e}") from None
+        await self._link(bcp.size, bcp.root, what)
         self.checked += 1
 
     def _awaits_checkpoint(self, what: str, bundle: Any) -> bool:
@@ -1214,7 +1226,8 @@ async def _check_archive(
             )
     if unchecked:
         out.append(
-            f"archive: {unchecked} lines carry no proof (an export made without the tree): NOT checked"
+            f"archive: {unchecked} lines carry no proof bundle (an export made without the tree, or"
+            " before bundles; at most their verdict checked): NOT checked"
         )
     return out, failure
 
