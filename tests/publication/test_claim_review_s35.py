@@ -39,6 +39,7 @@ import pytest
 
 from rollwatch.abc import EventStore
 from rollwatch.events import Event, PublicReleased, RolloutRequested, RolloutResponded
+from rollwatch.integrity.bundle import VERDICTS
 from rollwatch.publication.release import release_one
 from tests.publication.helpers import add_rollout, new_run_id, rollout_events, start_run
 from tests.publication.test_claim_attacks_s35 import (  # noqa: F401  (exported: a fixture)
@@ -284,6 +285,34 @@ class TestTheReleaseRace:
         assert ev.seqs == [r.seq for r in recs if r.seq < rel.seq]
         assert rel.seq == recs[-1].seq
         assert ev.verdict_seq == [r.seq for r in recs if r.type == "RolloutRescored"][-1]
+
+    async def test_releases_and_rescores_at_once(self, store: EventStore) -> None:
+        """Twenty due passes, each released by two release jobs at once while a re-score (a pass,
+        with its "none" decision) is appended to its stream, unfenced, as a contended re-score
+        does, on SQLite and PostgreSQL: each rollout is released once, and its release names
+        exactly the events of its stream before it."""
+        import anyio
+
+        from tests.publication.test_withheld_attacks_s34 import none
+
+        run = new_run_id()
+        await start_run(store, run)
+        past = datetime.now(UTC) - timedelta(seconds=1)
+        rids = [
+            await add_rollout(store, run, passed=True, problem_id="p1", not_before=past) for _ in range(20)
+        ]
+        async with anyio.create_task_group() as tg:
+            for rid in rids:
+                tg.start_soon(release_one, store, rid)
+                tg.start_soon(store.append, f"rollout-{rid}", [rescored_pass(rid, previous=True), none(rid)])
+                tg.start_soon(release_one, store, rid)
+        for rid in rids:
+            recs = [r async for r in store.read(stream=f"rollout-{rid}")]
+            [rel] = [r for r in recs if r.type == "PublicReleased"]
+            ev = rel.event()
+            assert isinstance(ev, PublicReleased)
+            assert ev.seqs == [r.seq for r in recs if r.seq < rel.seq]
+            assert ev.verdict_seq == [r.seq for r in recs if r.seq < rel.seq and r.type in VERDICTS][-1]
 
 
 class _Racing:
