@@ -14,10 +14,14 @@ beside them was not all held to them. Broke (each test failed before its fix):
 * ``audit --item`` skipped the bundle of a result whose proof said ``"pending": [...]``, any
   seq (exit 0): a hostile host could state any result so (:class:`TestPending`);
 * hostile JSON (``"events": 5``, a number or null for a hash) was a traceback out of
-  ``check_bundle`` and ``audit --item`` (:class:`TestHostileJSON`).
+  ``check_bundle`` and ``audit --item`` (:class:`TestHostileJSON`; ``"events"`` an object was
+  refused before too);
+* a ``results.jsonl`` line keeping its verdict (``_rollwatch``) but stripped of its bundle
+  counted as checked "as its line says", its date and answer unproven (:class:`TestTheArchiveLine`).
 
 Held (pinned): a re-score landing between the release job's read and its append, on SQLite and
-PostgreSQL, makes the job read again and name it (:class:`TestTheReleaseRace`); a public bundle of
+PostgreSQL, makes the job read again and name it; two release jobs and an unfenced re-score at
+once release each rollout once, naming its stream exactly (:class:`TestTheReleaseRace`); a public bundle of
 a released result names nothing after the release (its ``seqs`` no event the public should not
 know of: every one is also an entry of the bundle, and all are before ``released_seq``).
 
