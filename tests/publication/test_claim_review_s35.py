@@ -168,6 +168,26 @@ class TestTheLogsOrder:
         with pytest.raises(ValueError, match="the result's answer is not what its logged events say"):
             s.check(bundle, {**s.record, "answer": "old"})
 
+    async def test_events_after_the_release_change_nothing(self, tmp_path: Path) -> None:
+        """Held before (pinned): the attacker adds to the public bundle the rollout's real events
+        after its release, with their bytes (a later pass at 0.5 and a public decision, as the
+        operator's bundle gives them), listed first, and states that pass's score: the claim
+        is the first pass before the first release."""
+        from tests.publication.test_withheld_attacks_s34 import none
+
+        run, rid = ids()
+        later = [rescored_pass(rid, 0.5, previous=True), none(rid)]
+        s = await scene(tmp_path, *passes(rid, run), rid=rid, run=run, after=later)
+        released = s.release["seq"]
+        extra = [e for e in s.operators["events"] if e["seq"] > released]
+        assert len(extra) == 2
+        bundle = s.bundle
+        assert all(e["seq"] <= released for e in bundle["events"])
+        bundle["events"] = extra + bundle["events"]
+        s.check(bundle)
+        with pytest.raises(ValueError, match="the result's score is not what its logged events say"):
+            s.check(bundle, {**s.record, "score": 0.5})
+
 
 def _mutations() -> dict[str, Callable[[dict[str, Any]], None]]:
     def withheld(b: dict[str, Any], value: Any) -> None:
