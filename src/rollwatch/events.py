@@ -995,6 +995,13 @@ def date_length(decision: PublicationDecided, decided_at: str) -> float:
     return max(0.0, (parse_rfc3339(decision.not_before) - parse_rfc3339(decided_at)).total_seconds())
 
 
+def add_cost(total: Any, cost: float) -> float:
+    """``total`` with one more answer's ``cost`` (not None): how a result's cost adds up, in
+    the read models and in ``check_bundle`` alike. An unknown total (None, or the NaN the read
+    models bind as NULL) counts as 0."""
+    return (total if total is not None and total == total and total else 0) + cost
+
+
 def restored_date(restored_at: str, length: float) -> str:
     """The public date of a pass restored at ``restored_at`` (its event's time) whose withdrawn
     date had the embargo ``length``: one embargo after the restore."""

@@ -208,11 +208,13 @@ def check_bundle(
 
 def _cost(costs: list[Any]) -> Any:
     """The cost the read models give a result whose answers cost ``costs`` (in the log's order):
-    their sum, None when none says (as the public projection adds them up)."""
+    their sum, None when none says (:func:`rollwatch.events.add_cost`)."""
+    from rollwatch.events import add_cost
+
     total: Any = None
     for c in costs:
         if c is not None:
-            total = (total if total is not None and total == total and total else 0) + c
+            total = add_cost(total, c)
     return total
 
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from rollwatch import events as e
 from rollwatch.abc import EventStore
-from rollwatch.events import Recorded, date_length, parse_rfc3339, restored_date
+from rollwatch.events import Recorded, add_cost, date_length, parse_rfc3339, restored_date
 from rollwatch.projections import NULL, Projection, ProjectionDB, RowBatch
 from rollwatch.projections import ROLLOUT_TYPES as _ROLLOUT_TYPES
 
@@ -247,8 +247,7 @@ class FeedProjection(Projection):
                     changed[rid] = None
             elif k == _F_RESPONDED:
                 if ev.cost_usd is not None and (row := ctx[ev.rollout_id]) is not None:
-                    cost = row[6]
-                    row[6] = (cost if cost == cost and cost else 0) + ev.cost_usd  # (cost or 0)
+                    row[6] = add_cost(row[6], ev.cost_usd)
                     changed[ev.rollout_id] = None
             elif k == _F_OTHER:
                 append((rec.seq, 0, NULL))
@@ -500,8 +499,7 @@ class PublicProjection(Projection):
                 if k == _P_RESPONDED:
                     row[_ANSWER_SEQ] = rec.seq
                     if ev.cost_usd is not None:
-                        cost = row[_COST]
-                        row[_COST] = (cost if cost == cost and cost else 0) + ev.cost_usd  # (cost or 0)
+                        row[_COST] = add_cost(row[_COST], ev.cost_usd)
                 elif k == _P_SCORED:
                     at = rec.at
                     row[_PASSED:_SCORED_SEQ + 1] = (
