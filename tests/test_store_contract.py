@@ -202,6 +202,35 @@ class TestRead:
         fallback = await EventStore.read_at(store, [5, 700, 1300])
         assert fallback == {5: every[5], 700: every[700]}
 
+    async def test_read_streams_gives_those_streams_events_oldest_first(self, store: EventStore) -> None:
+        """read_streams() gives every event of the streams asked for (of the types, up to
+        ``until``), oldest first, the same rows read() gives; no other stream's, whatever
+        its name (a prefix, a LIKE pattern, a quote), and as many streams as asked (past one
+        query's parameters: 1,000 here)."""
+        names = [f"rollout-{i}" for i in range(1000)] + ["rollout-1%", "rollout-'", "rollout-_"]
+        for i in range(3 * len(names)):
+            kind = (
+                ev(i)
+                if i % 3
+                else RunFinished(run_id=f"r{i}", status="completed", rollouts=1, passed=0, cost_usd=0.0)
+            )
+            await store.append(names[(i * 7) % len(names)], [kind])
+        every = [r async for r in store.read()]
+        asked = {*names[::2], "rollout-1%", "nope", "rollout-"}
+        got = await store.read_streams(asked)
+        assert got == [r for r in every if r.stream in asked]
+        assert [r.seq for r in got] == sorted(r.seq for r in got)
+        until = every[len(every) // 2].seq
+        got = await store.read_streams(asked, types=["RunFinished"], until=until)
+        assert got == [r for r in every if r.stream in asked and r.type == "RunFinished" and r.seq <= until]
+        assert got
+        assert await store.read_streams([]) == []
+        assert await store.read_streams(["nope"]) == []
+        fallback = await EventStore.read_streams(store, ["rollout-3", "rollout-1%"], types=["SchedulePaused"])
+        assert fallback == [
+            r for r in every if r.stream in ("rollout-3", "rollout-1%") and r.type == "SchedulePaused"
+        ]
+
     async def test_follow_yields_new_events(self, store: EventStore) -> None:
         """follow() yields the backlog, then events appended later, promptly."""
         await store.append("a", [ev(0)])

@@ -252,3 +252,35 @@ def test_an_append_gives_up_on_a_held_lock_after_the_busy_timeout(tmp_path: Path
 
     anyio.run(main)
     holder.close()
+
+
+@pytest.mark.parametrize(("streams", "types", "until"), [(1, 0, False), (400, 1, True), (3, 2, True)])
+def test_read_streams_looks_each_stream_up_in_its_index(
+    tmp_path: Path, streams: int, types: int, until: bool
+) -> None:
+    """read_streams' query (the public routes' check of each shown result's newest re-score)
+    is answered through the (stream, version) index, never by walking the log by seq: on a
+    log of millions the walk is seconds per public request. Planned on a real log file."""
+    from rollwatch.events import SchedulePaused
+    from rollwatch.store.sqlite import streams_sql
+
+    db = tmp_path / "events.db"
+
+    async def fill() -> None:
+        async with SQLiteEventStore(db) as store:  # a log's shape: many streams of a few events
+            for i in range(0, 6000, 3):
+                await store.append(f"rollout-{i}", [SchedulePaused(schedule=f"s{i + k}") for k in range(3)])
+
+    anyio.run(fill)
+    con = sqlite3.connect(db)
+    con.execute("ANALYZE")  # with statistics, the planner could prefer walking the table
+    plan = " ".join(
+        str(row[-1])
+        for row in con.execute(
+            "EXPLAIN QUERY PLAN " + streams_sql(streams, types, until),
+            [f"rollout-{i}" for i in range(streams)] + ["SchedulePaused"] * types + [10**9] * until,
+        )
+    )
+    con.close()
+    assert "USING INDEX sqlite_autoindex_events_1 (stream=?)" in plan, plan
+    assert "SCAN" not in plan, plan

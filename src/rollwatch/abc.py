@@ -207,6 +207,18 @@ class EventStore(ABC):
                 out[rec.seq] = rec
         return out
 
+    async def read_streams(
+        self, streams: Collection[str], *, types: Collection[str] | None = None, until: int | None = None
+    ) -> list[Recorded]:
+        """The events of ``streams`` (of ``types``, with ``seq <= until``), oldest first. The
+        stores read them in one query through their ``(stream, version)`` index; this
+        fallback reads one stream at a time."""
+        out: list[Recorded] = []
+        for stream in sorted(set(streams)):
+            out += [r async for r in self.read(stream=stream, types=types, until=until)]
+        out.sort(key=lambda r: r.seq)
+        return out
+
     def opener(self) -> Callable[[], EventStore] | None:
         """A picklable callable that makes an unopened store reading this same log, for a
         process of our own (a projections build split in two); None where there is none."""

@@ -770,6 +770,8 @@ class Daemon:
             if svc.board.shared:
                 leading.start_soon(self._join_runs)
 
+            if self.publication is not None:
+                await self.publication.prime_public()
             self.notifier.notify(STATUS=f"serving on {self.config.server.listen}")
             log.info(
                 "daemon_ready",

@@ -134,11 +134,13 @@ class Integrity:
         same few hundred on every request). Without ``prove``, an event not proven yet is
         compared with the stored leaf only (about a tenth of the cost: the subscriber feed,
         which pages through every event; an edit of ``merkle.db`` beside is the scrub's)."""
-        recs = list(records)
-        todo = [r for r in recs if self._proven.get(r.seq) != leaf_hash(r.canonical())]
+        # Each record's leaf made once (canonical bytes and SHA-256: most of a check's cost).
+        todo = [(r, leaf) for r in records if self._proven.get(r.seq) != (leaf := leaf_hash(r.canonical()))]
         trusted = self.trusted if prove else None
         signed = (trusted.size, trusted.root) if trusted is not None else None
-        changed, unabsorbed = await self.tree.changed(todo, signed)
+        changed, unabsorbed = await self.tree.changed(
+            [r for r, _ in todo], signed, leaves=[leaf for _, leaf in todo]
+        )
         if changed:
             self.health.tampered(
                 changed_error(changed[0]), found_by="check before a release or a public answer"
@@ -146,7 +148,7 @@ class Integrity:
         elif signed is not None:
             if len(self._proven) > _PROVEN_KEPT:
                 self._proven.clear()
-            self._proven.update((r.seq, leaf_hash(r.canonical())) for r in todo if r.seq <= signed[0])
+            self._proven.update((r.seq, leaf) for r, leaf in todo if r.seq <= signed[0])
         return changed, unabsorbed
 
     async def reload_signer(self) -> NoteSigner | None:

@@ -941,7 +941,11 @@ class MerkleTree:
         return await self._read(get)  # type: ignore[no-any-return]
 
     async def changed(
-        self, records: Iterable[Recorded], signed: tuple[int, bytes] | None = None
+        self,
+        records: Iterable[Recorded],
+        signed: tuple[int, bytes] | None = None,
+        *,
+        leaves: Sequence[bytes] | None = None,
     ) -> tuple[list[int], list[int]]:
         """Check events read from the log against what the tree absorbed when they were
         appended: (the seqs of those that are no longer the event absorbed there, the seqs
@@ -950,32 +954,37 @@ class MerkleTree:
         root by the tree's audit path, so an edit of ``merkle.db``'s leaf beside the log's row
         is found too; any other is compared with the stored leaf. The scrub finds such edits
         only at its next pass: a reader about to release or serve on an event's word asks
-        here first (see :func:`changed_error`)."""
-        recs = sorted(records, key=lambda r: r.seq)
+        here first (see :func:`changed_error`).
+
+        ``leaves``: each record's :func:`leaf_hash`, in ``records``' order, where the caller
+        has them already (else computed here)."""
+        recs = list(records)
+        hashes = list(leaves) if leaves is not None else [leaf_hash(r.canonical()) for r in recs]
+        assert len(hashes) == len(recs), "one leaf hash per record"
+        pairs = sorted(zip(recs, hashes, strict=True), key=lambda p: p[0].seq)
         size, root = signed if signed is not None else (0, b"")
 
         def get(db: sqlite3.Connection, stored: int) -> tuple[list[int], list[int]]:
             n = size if size <= stored else 0  # a tree file behind the checkpoint: leaves only
-            proven = [r for r in recs if r.seq <= n]
-            rest = [r for r in recs if r.seq > n]
+            proven = [(r.seq, leaf) for r, leaf in pairs if r.seq <= n]
+            rest = [(r.seq, leaf) for r, leaf in pairs if r.seq > n]
             changed = []
             if proven:
-                ranges = [inclusion_ranges(r.seq - 1, n) for r in proven]
+                ranges = [inclusion_ranges(seq - 1, n) for seq, _ in proven]
                 nodes = _get_nodes(db, set().union(*(nodes_for(x) for x in ranges)))
-                for r, x in zip(proven, ranges, strict=True):
-                    leaf = leaf_hash(r.canonical())
+                for (seq, leaf), x in zip(proven, ranges, strict=True):
                     try:
-                        ok = root_from_inclusion(r.seq - 1, n, leaf, assemble(x, nodes)) == root
+                        ok = root_from_inclusion(seq - 1, n, leaf, assemble(x, nodes)) == root
                     except InvalidProof:
                         ok = False
                     if not ok:
-                        changed.append(r.seq)
-            absorbed = [r for r in rest if 1 <= r.seq <= stored]
-            leaves = _get_nodes(db, [(0, r.seq - 1) for r in absorbed])
-            changed += [r.seq for r in absorbed if leaves[(0, r.seq - 1)] != leaf_hash(r.canonical())]
-            return sorted(changed), [r.seq for r in rest if r.seq > stored]
+                        changed.append(seq)
+            absorbed = [(seq, leaf) for seq, leaf in rest if 1 <= seq <= stored]
+            stored_leaves = _get_nodes(db, [(0, seq - 1) for seq, _ in absorbed])
+            changed += [seq for seq, leaf in absorbed if stored_leaves[(0, seq - 1)] != leaf]
+            return sorted(changed), [seq for seq, _ in rest if seq > stored]
 
-        if not recs:
+        if not pairs:
             return [], []
         return await self._read(get)  # type: ignore[no-any-return]
 

@@ -494,6 +494,21 @@ class PublicationAPI:
 
     # -- public routes -------------------------------------------------------------------------------
 
+    async def prime_public(self) -> None:
+        """Make the public view now (the daemon calls this once it is ready): its first
+        request would otherwise prove each shown event in the signed tree (18 of its 33 ms at
+        a million events); proven once, an event is compared with its proven leaf after."""
+        try:
+            t = time.perf_counter()
+            v = await self.view()
+            if self.proofs is not None:  # the JSON feed's proofs, kept until the next checkpoint
+                await self.proofs.fields(v.recent)
+            log.info("public_primed", took_s=round(time.perf_counter() - t, 3))
+        except (sqlite3.OperationalError, ServiceUnavailable) as e:
+            log.warning("public_not_primed", error=str(e))
+        except Exception as e:  # a warm-up only: the first request makes the view (or says why not)
+            log.error("public_not_primed", error=repr(e))
+
     async def view(self) -> PublicView:
         """The public view as of now, reused while no release happens (for a few seconds)."""
         await self.current(public=True)

@@ -698,6 +698,28 @@ class PostgresEventStore(EventStore):
 
         return {rec.seq: rec for rec in (tuple.__new__(Recorded, r) for r in await self._with_conn(read))}
 
+    async def read_streams(
+        self, streams: Collection[str], *, types: Collection[str] | None = None, until: int | None = None
+    ) -> list[Recorded]:
+        want = sorted(set(streams))
+        if not want:
+            return []
+        kinds = list(types) if types else None
+
+        async def read(conn: Any) -> list[asyncpg.Record]:
+            return list(
+                await conn.fetch(
+                    f"SELECT {_COLUMNS} FROM events WHERE stream = ANY($1::text[])"
+                    " AND ($2::text[] IS NULL OR type = ANY($2::text[]))"
+                    " AND ($3::bigint IS NULL OR seq <= $3::bigint) ORDER BY seq",
+                    want,
+                    kinds,
+                    until,
+                )
+            )
+
+        return [tuple.__new__(Recorded, r) for r in await self._with_conn(read)]
+
     async def subscriber_events(self, *, after: int, until: int) -> list[Recorded]:
         async def read(conn: Any) -> list[asyncpg.Record]:
             found = await conn.fetchrow(_SUBSCRIBER_INDEX_FOUND, SUBSCRIBER_INDEX)

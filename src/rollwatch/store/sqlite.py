@@ -174,6 +174,20 @@ def _on_read_only_file_system(path: Path) -> bool:
         return False
 
 
+def streams_sql(streams: int, types: int, until: bool) -> str:
+    """:meth:`SQLiteEventStore.read_streams`'s query for that many streams and types (and a
+    ``seq <= ?`` bound). Each stream is looked up in the ``(stream, version)`` index, never by
+    walking the table by seq: no ORDER BY (the rows are sorted in Python), and the bound is
+    written ``+seq`` so that it cannot be a range of the rowid (with statistics of a small
+    log, the planner chose that walk for 400 streams)."""
+    where = f"stream IN ({','.join('?' * streams)})"
+    if types:
+        where += f" AND type IN ({','.join('?' * types)})"
+    if until:
+        where += " AND +seq <= ?"
+    return f"SELECT {_COLUMNS} FROM events WHERE {where}"
+
+
 class SQLiteEventStore(EventStore):
     """The SQLite implementation of :class:`rollwatch.abc.EventStore`."""
 
@@ -427,6 +441,24 @@ class SQLiteEventStore(EventStore):
             return out
 
         return await self._conn(reader=True).run(read) if want else {}
+
+    async def read_streams(
+        self, streams: Collection[str], *, types: Collection[str] | None = None, until: int | None = None
+    ) -> list[Recorded]:
+        want = sorted(set(streams))
+        kinds = list(types or ())
+        tail = [*kinds, *([until] if until is not None else [])]
+
+        def read(conn: sqlite3.Connection) -> list[Recorded]:
+            out: list[Recorded] = []
+            for i in range(0, len(want), 400):
+                chunk = want[i : i + 400]
+                sql = streams_sql(len(chunk), len(kinds), until is not None)
+                out += [tuple.__new__(Recorded, r) for r in conn.execute(sql, (*chunk, *tail))]
+            out.sort(key=lambda r: r[0])
+            return out
+
+        return await self._conn(reader=True).run(read) if want else []
 
     async def subscriber_events(self, *, after: int, until: int) -> list[Recorded]:
         rows = await self._conn(reader=True).fetchall(
