@@ -7,7 +7,8 @@ request as sent), a ``RolloutResponded`` (answer, reasoning, usage, cost), a
 ``RolloutScored``, two ``PublicationDecided`` (subscribers, then public for a pass or
 none for a failure, as every real verdict has), for 3 in 8 rollouts a retried attempt (a
 non-final ``RolloutFailed`` and a second ``RolloutRequested``), and for every pass
-(1 in 4) a ``PublicReleased``: 6.0 events and about 7.0 KB per rollout. The log is
+(1 in 4) a ``PublicReleased`` naming its claim, as the release job writes it
+(``publication.release.released``): 6.0 events and about 7.0 KB per rollout. The log is
 grown size by size (default 200k then 1M events; ``BENCH_SCALE_SIZES=50000,200000`` for a
 quicker look) and at each size,
 through the real ``rollwatch`` command in subprocesses:
@@ -64,7 +65,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from rollwatch.events import (
     PublicationDecided,
+    PublicDate,
     PublicReleased,
+    Recorded,
     RolloutFailed,
     RolloutRequested,
     RolloutResponded,
@@ -77,6 +80,7 @@ from rollwatch.events import (
     subscriber_stream,
 )
 from rollwatch.publication.keys import hash_key, key_prefix, new_key
+from rollwatch.publication.release import released
 from rollwatch.store.sqlite import SQLiteEventStore
 
 MODELS = [f"model-{i}" for i in range(10)]
@@ -229,8 +233,15 @@ async def grow(db: Path, start_rollouts: int, rollouts: int, key: str | None) ->
             ) -> None:
                 for n in range(first + w, last, WRITERS):
                     rid = f"{run_id}-{n:08d}"
+                    read: list[Recorded] = []
                     for call in rollout_events(run_id, model, n, rid):
-                        await store.append(rollout_stream(rid), call)  # type: ignore[arg-type]
+                        if isinstance(call[0], PublicReleased):
+                            # The claim the release job names (schema 2), made by its own function.
+                            date = PublicDate()
+                            for rec in read:
+                                date.apply(rec)
+                            call = [released(rid, read, date)]
+                        read += await store.append(rollout_stream(rid), call)  # type: ignore[arg-type]
 
             async with anyio.create_task_group() as tg:
                 for w in range(WRITERS):
