@@ -206,15 +206,17 @@ class TestRead:
         """read_streams() gives every event of the streams asked for (of the types, up to
         ``until``), oldest first, the same rows read() gives; no other stream's, whatever
         its name (a prefix, a LIKE pattern, a quote), and as many streams as asked (past one
-        query's parameters: 1,000 here)."""
-        names = [f"rollout-{i}" for i in range(1000)] + ["rollout-1%", "rollout-'", "rollout-_"]
-        for i in range(3 * len(names)):
-            kind = (
-                ev(i)
-                if i % 3
-                else RunFinished(run_id=f"r{i}", status="completed", rollouts=1, passed=0, cost_usd=0.0)
-            )
-            await store.append(names[(i * 7) % len(names)], [kind])
+        query's parameters: 453 here)."""
+        names = [f"rollout-{i}" for i in range(903)] + ["rollout-1%", "rollout-'", "rollout-_"]
+
+        async def writer(w: int) -> None:  # streams interleaved in the log, as runs write them
+            for i in range(w, len(names), 10):
+                kind = RunFinished(run_id=f"r{i}", status="completed", rollouts=1, passed=0, cost_usd=0.0)
+                await store.append(names[i], [ev(i), kind] if i % 3 else [kind, ev(i)])
+
+        async with anyio.create_task_group() as tg:
+            for w in range(10):
+                tg.start_soon(writer, w)
         every = [r async for r in store.read()]
         asked = {*names[::2], "rollout-1%", "nope", "rollout-"}
         got = await store.read_streams(asked)
