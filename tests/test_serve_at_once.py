@@ -256,6 +256,9 @@ def test_listens_and_reports_progress_before_the_read_models_are_built(tmp_path:
     primed = next(ln for ln in lines if ln["event"] == "reports_primed")
     assert names.index("projections_current") < names.index("reports_primed")
     assert primed["head"] >= head
+    # And the public view, once the log passed the check at start, before daemon_ready.
+    assert names.index("projections_current") < names.index("public_primed") < names.index("daemon_ready")
+    assert "public_not_primed" not in names
 
 
 def test_progress_figures() -> None:
