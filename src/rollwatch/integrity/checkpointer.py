@@ -349,24 +349,43 @@ async def check_shared_key(
     at seq ``at``, if that event is a checkpoint) is signed by a key outside the log's key
     chain as this node knows it (its own key and the rotations in the log): the nodes were
     given different keys. Checked at start, before the scrub would call that checkpoint
-    tampered with, before each signature, and on a finding (``at``: the seq it names)."""
+    tampered with, before each signature, and on a finding (``at``: the seq it names).
+
+    Once the log holds rotations, this node's key must also be one of the chain's (the key
+    in force or one it retired): a key outside it would sign a second series, and the
+    scrub would call the chain tampered with ("the key was replaced without a rotation")."""
     if not store.shared:
         return
+    seq = await _foreign_at(store, tree, signer, origin, at)
+    if seq is not None:
+        node = await _node_of(store, seq)
+        log.error("checkpoint_key_mismatch", seq=seq, signed_by=node, our_key=signer.vkey)
+        raise ForeignCheckpointKey(signer.vkey, seq, node)
+
+
+async def _foreign_at(
+    store: EventStore, tree: MerkleTree, signer: NoteSigner, origin: str, at: int | None
+) -> int | None:
+    """The seq of the checkpoint that shows ``signer`` foreign to the log's chain of keys
+    (see :func:`check_shared_key`), or None."""
+    stored = await tree.latest_checkpoint()
+    found: tuple[int, str] | None = None
     if at is None:
-        stored = await tree.latest_checkpoint()
-        if stored is None:
-            return
-        seq, note = stored.seq, stored.note
+        if stored is not None:
+            found = (stored.seq, stored.note)
     else:
         rec = (await store.read_at([at])).get(at)
-        if rec is None or rec.type != CheckpointSigned.TYPE or not isinstance(rec.data.get("note"), str):
-            return
-        seq, note = at, rec.data["note"]
+        if rec is not None and rec.type == CheckpointSigned.TYPE and isinstance(rec.data.get("note"), str):
+            found = (at, rec.data["note"])
+    # Read after the checkpoint: every rotation before it is in the chain.
     ring = await KeyRing.load(store, signer.verifier(), origin)
-    if ring.signer_of(note) is None:
-        node = await _node_of(store, seq)
-        log.error("checkpoint_key_mismatch", seq=seq, signed_by=node, our_key=signer.verifier().vkey)
-        raise ForeignCheckpointKey(signer.verifier().vkey, seq, node)
+    chain = ring.keys()
+    if ring.rotations and signer.vkey not in {k.vkey for k in chain}:
+        # Named by the log's latest checkpoint (a key of the chain signed it), else its last rotation.
+        return stored.seq if stored is not None else ring.rotations[-1].seq
+    if found is not None and ring.signer_of(found[1]) is None:
+        return found[0]
+    return None
 
 
 async def _node_of(store: EventStore, seq: int) -> str:

@@ -20,7 +20,13 @@ from starlette.routing import Route
 
 from rollwatch.abc import EventStore
 from rollwatch.config import IntegrityConfig
-from rollwatch.errors import ForeignCheckpointKey, IntegrityError, MissingCheckpointKey, StoreError
+from rollwatch.errors import (
+    ConfigError,
+    ForeignCheckpointKey,
+    IntegrityError,
+    MissingCheckpointKey,
+    StoreError,
+)
 from rollwatch.events import CHECKPOINT_STREAM, Recorded
 from rollwatch.integrity.checkpoint import Checkpoint, NoteSigner
 from rollwatch.integrity.checkpointer import check_shared_key, checkpointer, final_checkpoint
@@ -152,12 +158,30 @@ class Integrity:
         return changed, unabsorbed
 
     async def reload_signer(self) -> NoteSigner | None:
-        """The key at hand now (after ``rollwatch key rotate``), which the routes then serve."""
-        from rollwatch.integrity.rotation import key_at_hand
+        """The key at hand now (after ``rollwatch key rotate``, or the new key copied in), taken
+        only when it is the key the log's chain of rotations has in force; None otherwise.
 
-        signer = await key_at_hand(self.store, self.config.key_path(self.store_config), self.config.name)
-        if signer is not None:
-            self.signer = signer
+        Asked before each checkpoint by a signer whose key the log retired. A key file that
+        cannot be read as a key now (caught mid-copy: ``cp`` empties it, then writes) stopped
+        the daemon (exit 2, "not an unencrypted PEM private key"); it is read again at the
+        next checkpoint. A key the chain does not name is never taken (the routes, the scrub's
+        finding and the key check would have gone by it)."""
+        from rollwatch.integrity.rotation import KeyRing, key_at_hand
+
+        key_file = self.config.key_path(self.store_config)
+        try:
+            signer = await key_at_hand(self.store, key_file, self.config.name)
+        except (ConfigError, OSError) as e:
+            log.warning(
+                "checkpoint_key_unreadable", key_file=str(key_file), error=str(e), retry="next checkpoint"
+            )
+            return None
+        if signer is None or signer.vkey == self.signer.vkey:
+            return signer
+        ring = await KeyRing.load(self.store, self.signer.verifier(), self.config.origin or self.signer.name)
+        if ring.current is None or ring.current.vkey != signer.vkey:
+            return None
+        self.signer = signer
         return signer
 
     async def run(
