@@ -52,6 +52,12 @@ from rollwatch.errors import AuditFailure, UsageError
     help="skip the check of every line of results.jsonl (long for a huge archive)",
 )
 @click.option(
+    "--inclusion-only",
+    is_flag=True,
+    default=False,
+    help="with --item: check the item's inclusion only, not its proof bundle (a service older than the bundles)",
+)
+@click.option(
     "--export-wait",
     default="10m",
     show_default=True,
@@ -74,6 +80,7 @@ def audit(
     quorum: int | None,
     max_cosignature_age: str,
     no_archive: bool,
+    inclusion_only: bool,
     export_wait: str,
     max_export_age: str | None,
 ) -> None:
@@ -149,6 +156,7 @@ def audit(
                 quorum=quorum,
                 max_cosignature_age=max_age,
                 archive=not no_archive,
+                bundle=not inclusion_only,
                 progress=progress,
                 export_wait=export_wait_s,
                 max_export_age=max_export_age_s,

@@ -112,6 +112,8 @@ class _Client:
         self.base = base
         self.public = "/public"
         """Where the public routes are: ``""`` for a ``publish export`` served at ``base``."""
+        self.bundles = True
+        """Whether ``--item``'s proof bundle is required (``--inclusion-only``: not asked for)."""
 
     def url(self, path: str) -> str:
         """The URL of a public route (given as ``/public/…``)."""
@@ -374,8 +376,12 @@ async def audit(
     export_wait: float = 600.0,
     waiting: Callable[[str], None] | None = None,
     max_export_age: float | None = None,
+    bundle: bool = True,
 ) -> AuditReport:
     """Run every check against the service at ``url``; raise :class:`AuditFailure` at the first that fails.
+
+    ``bundle``: ``item``'s proof bundle must be served and hold (its answer, verdict and public
+    date); without, the item's inclusion alone is checked (a service older than the bundles).
 
     ``key`` pins the verifier key (a ``vkey`` string; ValueError if malformed).
     ``witnesses`` (cosignature vkeys): the checkpoint must carry ``quorum`` (default:
@@ -410,6 +416,7 @@ async def audit(
     )
     async with ctx as c:
         http = _Client(c, base_url(url))
+        http.bundles = bundle
         deadline = anyio.current_time() + export_wait
         note = ""  # what a failure says of an export written during the audit
         report: AuditReport | None = None
@@ -671,7 +678,13 @@ async def _audit_from_key(
     if item is not None:
         seq, leaf = await _check_item(http, item, cp)
         lines.append(f"inclusion: item {item} (event {seq}) is in the tree of size {cp.size}: ok")
-        lines.append(await _check_bundle(http, item, verifier, cp))
+        if http.bundles:
+            lines.append(await _check_bundle(http, item, verifier, cp))
+        else:
+            lines.append(
+                f"bundle: item {item}: not asked for (--inclusion-only): its answer, verdict and public"
+                " date are NOT checked"
+            )
         old_item = remembered.get(item)
         if old_item is not None and (old_item["seq"], old_item["leaf"]) != (seq, b64(leaf)):
             raise AuditFailure(
@@ -938,6 +951,19 @@ async def _check_item(http: _Client, item: str, cp: Checkpoint) -> tuple[int, by
     return index + 1, leaf
 
 
+def _no_bundle(item: str, how: str) -> AuditFailure:
+    """The failure of an item whose proof bundle the service does not serve. Its inclusion alone
+    proves one event (the feed's item may name any leaf): the answer, the verdict and the public
+    date would stand on the host's word. Said "not checked" with exit 0 before session 36, which a
+    hostile host or mirror could have by dropping the bundle of a result it rewrote."""
+    return AuditFailure(
+        "bundle",
+        f"item {item}: the service {how} (/public/rollouts/{item}.json with its proof bundle, which"
+        " rollwatch serves with every released result): its answer, verdict and public date are not"
+        " proven",
+    )
+
+
 async def _check_bundle(http: _Client, item: str, verifier: NoteVerifier, cp: Checkpoint) -> str:
     """The item's proof bundle (``/public/rollouts/{id}.json``): every event of its claim, against a
     checkpoint consistent with the verified one."""
@@ -951,7 +977,7 @@ async def _check_bundle(http: _Client, item: str, verifier: NoteVerifier, cp: Ch
     except httpx.HTTPError as e:
         raise AuditFailure("fetch", f"GET {path}: {type(e).__name__}: {e}") from None
     if r.status_code == 404:
-        return f"bundle: item {item}: the service serves no proof bundle (an older rollwatch): not checked"
+        raise _no_bundle(item, "answers 404 for it")
     if r.status_code != 200:
         raise AuditFailure("fetch", f"GET {path} answered {r.status_code}: {r.text[:200].strip()}")
     try:
@@ -960,7 +986,7 @@ async def _check_bundle(http: _Client, item: str, verifier: NoteVerifier, cp: Ch
         raise AuditFailure("fetch", f"GET {path} did not return JSON: {e}") from None
     bundle = record.get("proof") if isinstance(record, dict) else None
     if bundle is None:
-        return f"bundle: item {item}: the service serves no proof bundle (an older rollwatch): not checked"
+        raise _no_bundle(item, "serves it without one")
     pending = bundle.get("pending") if isinstance(bundle, dict) else None
     if pending and http.public:
         # A live service releases between checkpoints: its bundle is checked at the next one.
