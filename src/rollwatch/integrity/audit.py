@@ -1038,6 +1038,8 @@ class _Archive:
         self.keep_digests = False
         self.proven = False
         """The file's signed manifest says it was exported with proofs: a line without is stripped."""
+        self.live = bool(getattr(http, "public", ""))
+        """A live service's file (its public routes): every line carries its bundle."""
         self.checked = 0
         self.unchecked = 0
         self.awaiting = 0
@@ -1087,6 +1089,15 @@ class _Archive:
         if self._awaits_checkpoint(what, bundle):
             self.awaiting += 1
             return
+        if bundle is None and self.live:
+            # A live service makes each line with its proof bundle (or says it awaits the next
+            # checkpoint): one without is a line the host rewrote, its answer, verdict and date
+            # on its word alone. Counted "NOT checked" before session 36, exit 0.
+            raise AuditFailure(
+                "archive",
+                f"{what}: carries no proof bundle, which a live service serves with every line:"
+                " its answer, verdict and public date are not proven",
+            )
         if bundle is None and meta is None:
             if self.proven:
                 raise AuditFailure(
