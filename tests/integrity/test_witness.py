@@ -52,11 +52,18 @@ class WitnessProc:
 
 @contextmanager
 def witness_serve(
-    tmp: Path, name: str, log_vkey: str, port: int = 0, more_logs: tuple[str, ...] = ()
+    tmp: Path,
+    name: str,
+    log_vkey: str,
+    port: int = 0,
+    more_logs: tuple[str, ...] = (),
+    stderr: Path | None = None,
 ) -> Iterator[WitnessProc]:
-    """``rollwatch witness serve`` on loopback; its key and state live in ``tmp/name``."""
+    """``rollwatch witness serve`` on loopback; its key and state live in ``tmp/name`` (its log
+    lines go to ``stderr`` when given)."""
     home = tmp / name
     home.mkdir(exist_ok=True)
+    err = subprocess.DEVNULL if stderr is None else stderr.open("ab")
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -75,7 +82,7 @@ def witness_serve(
             f"witness.test/{name}",
         ],
         stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
+        stderr=err,
         text=True,
     )
     try:
@@ -89,6 +96,8 @@ def witness_serve(
         proc.wait(timeout=15)
         if proc.stdout is not None:
             proc.stdout.close()
+        if stderr is not None:
+            err.close()  # type: ignore[union-attr]
 
 
 async def audit_cmd(*args: str) -> tuple[int, str, str]:
@@ -734,3 +743,248 @@ async def test_a_named_pipe_at_the_cosigned_files_old_temporary_name_holds_nothi
     assert cosigned.read_text(encoding="utf-8") == note
     assert planted.exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == [planted.name]
+
+
+def _tree_root(leaves: list[bytes]) -> bytes:
+    """RFC 6962's MTH of ``leaves`` (already leaf hashes)."""
+    if len(leaves) <= 1:
+        return leaves[0] if leaves else EMPTY_ROOT
+    k = 1 << ((len(leaves) - 1).bit_length() - 1)
+    return node_hash(_tree_root(leaves[:k]), _tree_root(leaves[k:]))
+
+
+def _proof(m: int, leaves: list[bytes], whole: bool = True) -> list[bytes]:
+    """RFC 6962's consistency proof SUBPROOF(m, leaves, whole) (empty for m = 0)."""
+    n = len(leaves)
+    if m in (0, n):
+        return [] if whole or m == 0 else [_tree_root(leaves)]
+    k = 1 << ((n - 1).bit_length() - 1)
+    if m <= k:
+        return [*_proof(m, leaves[:k], whole), _tree_root(leaves[k:])]
+    return [*_proof(m - k, leaves[k:], False), _tree_root(leaves[:k])]
+
+
+def _grow(signer: NoteSigner, leaves: list[bytes], more: list[bytes]) -> tuple[list[bytes], bytes]:
+    """``leaves + more`` and the add-checkpoint body from ``len(leaves)`` to it."""
+    new = leaves + more
+    note = signer.sign_checkpoint(Checkpoint(ORIGIN, len(new), _tree_root(new)))
+    return new, submission(len(leaves), _proof(len(leaves), new), note)
+
+
+def _raw(port: int, data: bytes) -> bytes:
+    """``data`` sent on a new connection to the witness; all it answers before closing."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as s:
+        s.sendall(data)
+        got = b""
+        while chunk := s.recv(65536):
+            got += chunk
+    return got
+
+
+def _post(body: bytes) -> bytes:
+    return (
+        f"POST /add-checkpoint HTTP/1.1\r\nHost: w\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+        + body
+    )
+
+
+def _poll(cond: Callable[[], bool], what: str, timeout: float = 15) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, f"no {what} within {timeout} s"
+        time.sleep(0.02)
+
+
+def _leaves(tag: str, n: int) -> list[bytes]:
+    from rollwatch.integrity.merkle import leaf_hash
+
+    return [leaf_hash(f"{tag}{i}".encode()) for i in range(n)]
+
+
+def _send_at_once(start: Any, port: int, body: bytes, answers: list[bytes], i: int) -> None:
+    start.wait()
+    answers[i] = _raw(port, _post(body))
+
+
+class TestWitnessUnderAttack:
+    """An outsider's attacks on a real ``witness serve`` (session 36)."""
+
+    def test_raced_forks_get_one_cosignature_and_a_cut_body_is_no_error(self, tmp_path: Path) -> None:
+        """Twenty submissions from one size to twenty forks, sent at once: exactly one is
+        cosigned, the others get 409 and its size (the size check and the record are one step).
+        And a body cut short (its client gone, or the server's deadline) is no ERROR with a
+        traceback, which anyone could write at will before; the witness serves on."""
+        import threading
+
+        signer = NoteSigner(ORIGIN, Ed25519PrivateKey.generate())
+        err = tmp_path / "witness.log"
+        with witness_serve(tmp_path, "w", signer.vkey, stderr=err) as w:
+            leaves, first = _grow(signer, [], _leaves("base", 4))
+            assert _raw(w.port, _post(first)).startswith(b"HTTP/1.1 200")
+            for rnd in range(3):
+                forks = [_grow(signer, leaves, _leaves(f"r{rnd}f{i}-", 1 + i % 4)) for i in range(20)]
+                answers: list[bytes] = [b""] * len(forks)
+                start = threading.Barrier(len(forks))
+                threads = [
+                    threading.Thread(target=_send_at_once, args=(start, w.port, body, answers, i))
+                    for i, (_, body) in enumerate(forks)
+                ]
+                for t in threads:
+                    t.start()
+                for t in threads:
+                    t.join(30)
+                won = [i for i, a in enumerate(answers) if a.startswith(b"HTTP/1.1 200")]
+                assert len(won) == 1, [a[:12] for a in answers]
+                leaves = forks[won[0]][0]
+                for a in answers:
+                    if not a.startswith(b"HTTP/1.1 200"):
+                        assert a.startswith(b"HTTP/1.1 409"), a
+                        assert b"content-type: text/x.tlog.size\r\n" in a.lower(), a
+                        assert a.endswith(f"\r\n\r\n{len(leaves)}\n".encode()), a
+
+            import socket
+
+            body = _grow(signer, leaves, _leaves("cut", 2))[1]
+            with socket.create_connection(("127.0.0.1", w.port), timeout=20) as s:
+                s.sendall(_post(body)[: -len(body) // 2])  # the head and half the body, then gone
+            _poll(
+                lambda: any(
+                    w in err.read_text(encoding="utf-8") for w in ("incomplete", "Exception in ASGI")
+                ),
+                "word of the cut body",
+            )
+            logged = err.read_text(encoding="utf-8")
+            assert "Exception in ASGI" not in logged, logged[-2000:]
+            assert "Traceback" not in logged, logged[-2000:]
+            assert '"level": "error"' not in logged, logged[-2000:]
+            assert _raw(w.port, _post(_grow(signer, leaves, _leaves("after", 1))[1])).startswith(
+                b"HTTP/1.1 200"
+            )
+
+    def test_a_cosignature_outlives_sigkill_and_a_failed_save_cosigns_nothing(self, tmp_path: Path) -> None:
+        """SIGKILL right after a cosignature, then a restart: a fork from the old size gets 409 and
+        the new size, a fork of the new size 422. A save that fails (here: a folder where its
+        temporary file goes) is a 503 with nothing cosigned: before, the checkpoint was taken
+        into the witness's memory first, served to monitors with its cosignature, and a 500;
+        after a restart the witness, having forgotten it, cosigned a fork of it."""
+        import hashlib
+        import signal
+
+        signer = NoteSigner(ORIGIN, Ed25519PrivateKey.generate())
+        home = tmp_path / "w"
+        monitor = "/" + hashlib.sha256(ORIGIN.encode()).hexdigest() + "/checkpoint"
+        with witness_serve(tmp_path, "w", signer.vkey) as w:
+            leaves, body = _grow(signer, [], _leaves("a", 4))
+            answer = httpx.post(w.url + "/add-checkpoint", content=body, timeout=20)
+            assert answer.status_code == 200
+            os.kill(w.proc.pid, signal.SIGKILL)
+            w.proc.wait(10)
+        with witness_serve(tmp_path, "w", signer.vkey) as w:
+            fork, body = _grow(signer, [], _leaves("fork", 4))
+            r = httpx.post(w.url + "/add-checkpoint", content=body, timeout=20)
+            assert (r.status_code, r.text) == (409, "4\n")
+            same_size = submission(4, [], signer.sign_checkpoint(Checkpoint(ORIGIN, 4, _tree_root(fork))))
+            assert httpx.post(w.url + "/add-checkpoint", content=same_size, timeout=20).status_code == 422
+
+            (home / ".witness-state.json.tmp").mkdir()  # the next save fails
+            _, body = _grow(signer, leaves, _leaves("b", 4))
+            r = httpx.post(w.url + "/add-checkpoint", content=body, timeout=20)
+            assert r.status_code == 503, r.text
+            assert "\u2014" not in r.text
+            served = httpx.get(w.url + monitor, timeout=20).text
+            assert served.startswith(f"{ORIGIN}\n4\n"), served
+            (home / ".witness-state.json.tmp").rmdir()
+            _, body = _grow(signer, leaves, _leaves("c", 4))  # the size stayed 4
+            assert httpx.post(w.url + "/add-checkpoint", content=body, timeout=20).status_code == 200
+        with witness_serve(tmp_path, "w", signer.vkey) as w:
+            r = httpx.post(
+                w.url + "/add-checkpoint", content=_grow(signer, leaves, _leaves("d", 4))[1], timeout=20
+            )
+            assert (r.status_code, r.text) == (409, "8\n")
+
+    def test_a_second_process_a_lost_or_edited_state_is_refused_at_start(self, tmp_path: Path) -> None:
+        """A second ``witness serve`` with the same key (each held the state in memory and
+        cosigned its own fork), a state file deleted while the key stays (the witness started
+        over and cosigned any fork), and one whose size was edited (taken as it was): each is
+        exit 2 naming the cause, before anything is served."""
+        import json
+
+        signer = NoteSigner(ORIGIN, Ed25519PrivateKey.generate())
+        home = tmp_path / "w"
+
+        def start() -> subprocess.CompletedProcess[str]:
+            command = ["witness", "serve", "--listen", "127.0.0.1:0", "--key", str(home / "witness.key")]
+            return subprocess.run(
+                [sys.executable, "-m", "rollwatch", *command, "--log", signer.vkey],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+
+        with witness_serve(tmp_path, "w", signer.vkey) as w:
+            _, body = _grow(signer, [], _leaves("a", 8))
+            assert httpx.post(w.url + "/add-checkpoint", content=body, timeout=20).status_code == 200
+            second = start()
+            assert second.returncode == 2, second.stderr
+            assert "another witness process" in second.stderr, second.stderr
+        state = home / "witness-state.json"
+        kept = state.read_text(encoding="utf-8")
+        state.unlink()
+        lost = start()
+        assert lost.returncode == 2, lost.stderr
+        assert "no such file" in lost.stderr, lost.stderr
+        assert "fork" in lost.stderr, lost.stderr
+        edited = json.loads(kept)
+        edited[ORIGIN]["size"] = 2
+        state.write_text(json.dumps(edited), encoding="utf-8")
+        changed = start()
+        assert changed.returncode == 2, changed.stderr
+        assert "edited" in changed.stderr, changed.stderr
+        assert "Traceback" not in lost.stderr + changed.stderr + second.stderr
+        state.write_text(kept, encoding="utf-8")
+        with witness_serve(tmp_path, "w", signer.vkey) as w:
+            r = httpx.post(
+                w.url + "/add-checkpoint", content=_grow(signer, [], _leaves("b", 8))[1], timeout=20
+            )
+            assert (r.status_code, r.text) == (409, "8\n")
+
+    @pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace")
+    def test_the_state_files_rename_is_synced_before_the_answer(self, tmp_path: Path) -> None:
+        """tlog-witness: the new checkpoint is persisted before the answer. The state file was
+        synced and renamed into place, but its folder not synced: after a power cut the old
+        file could come back, and the witness cosign a fork. The rename is now followed by an
+        fsync of the folder (seen with strace on the running witness)."""
+        signer = NoteSigner(ORIGIN, Ed25519PrivateKey.generate())
+        trace = tmp_path / "trace"
+        with witness_serve(tmp_path, "w", signer.vkey) as w:
+            tasks = [t.name for t in Path(f"/proc/{w.proc.pid}/task").iterdir()]
+            tracer = subprocess.Popen(
+                ["strace", "-f", "-y", "-e", "trace=fsync,rename,renameat,renameat2", "-o", str(trace)]
+                + [a for t in tasks for a in ("-p", t)],
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            try:
+                assert tracer.stderr is not None
+                attached = 0
+                while attached < len(tasks):
+                    line = tracer.stderr.readline()
+                    assert line, "strace could not attach"
+                    attached += "attached" in line
+                _, body = _grow(signer, [], _leaves("a", 3))
+                r = httpx.post(w.url + "/add-checkpoint", content=body, timeout=20)
+                assert r.status_code == 200
+            finally:
+                tracer.terminate()
+                tracer.wait(10)
+                if tracer.stderr is not None:
+                    tracer.stderr.close()
+        lines = trace.read_text().splitlines()
+        folder = str(tmp_path / "w")
+        renamed = [i for i, line in enumerate(lines) if "rename" in line and 'witness-state.json"' in line]
+        assert renamed, lines
+        assert any("fsync(" in line and f"<{folder}>" in line for line in lines[renamed[-1] :]), lines

@@ -68,7 +68,13 @@ def witness_serve(
         if value is not None and not value.strip():
             raise UsageError(f"{option}: is empty; give one, or leave the option out for its default")
     from rollwatch.integrity.checkpoint import NoteVerifier
-    from rollwatch.integrity.witness import Witness, WitnessState, load_cosigner, witness_app
+    from rollwatch.integrity.witness import (
+        Witness,
+        WitnessState,
+        hold_exclusively,
+        load_cosigner,
+        witness_app,
+    )
     from rollwatch.web.server import HTTPServer, listening_sockets
 
     host, sep, port_s = listen.rpartition(":")
@@ -86,20 +92,55 @@ def witness_serve(
         except ValueError as e:
             raise UsageError(f"--log: {e}") from None
     state_path = Path(state_file) if state_file else Path(key_file).parent / "witness-state.json"
+    # A witness whose key is there but whose state is not may have cosigned checkpoints it no
+    # longer knows of: started over, it cosigned any fork of them (its state file deleted, or
+    # --state mistyped). Its state is made with its key, so only a witness that never had one
+    # starts empty.
+    if Path(key_file).exists() and not state_path.exists():
+        raise UsageError(
+            f"--state {state_path}: there is no such file, but the witness key {key_file} exists: this"
+            " witness may have cosigned checkpoints its state no longer holds, and started over it could"
+            " cosign a fork of them. Put the state file back, or, if this key never cosigned anything,"
+            " write {} into it"
+        )
     try:
         state = WitnessState(state_path)
-    except (ValueError, KeyError, TypeError) as e:
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise UsageError(f"--state {state_path}: not a witness state file ({e})") from None
+    if state.logs and not Path(key_file).exists():
+        raise UsageError(
+            f"--key {key_file}: there is no such file, but --state {state_path} holds checkpoints"
+            " cosigned by this witness's key; give that key"
+        )
     # Bound here, before the event loop: a taken or foreign address is one line naming --listen.
     # And before the key is made: a busy port left a new witness key behind, which the next
     # start (on a free port) took for the witness's own, under a name no log trusted.
     sockets = listening_sockets(host.strip("[]"), int(port_s), "--listen")
+
+    def refuse(message: str) -> UsageError:
+        for sock in sockets:
+            sock.close()
+        return UsageError(message)
+
     try:
         cosigner = load_cosigner(Path(key_file), name or f"{socket.gethostname()}/rollwatch-witness")
     except ValueError as e:
-        for sock in sockets:
-            sock.close()
-        raise UsageError(f"--name: {e}") from None
+        raise refuse(f"--name: {e}") from None
+    # One process per witness key: two (a second unit, a restart overlapping the old process)
+    # each held the state in memory, and each cosigned its own fork.
+    try:
+        key_lock = hold_exclusively(Path(key_file))
+    except OSError as e:
+        raise refuse(f"--key {key_file}: {e}") from None
+    try:
+        state.check(cosigner)
+    except ValueError as e:
+        raise refuse(f"--state {state_path}: {e}") from None
+    if not state_path.exists():
+        try:
+            state.save()
+        except OSError as e:
+            raise refuse(f"--state {state_path}: cannot be written ({e})") from None
     server = HTTPServer(
         witness_app(Witness(cosigner, verifiers, state)), host.strip("[]"), int(port_s), sockets=sockets
     )
@@ -116,3 +157,4 @@ def witness_serve(
                     break
 
     run_async(main)
+    key_lock.close()

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import fcntl
 import hashlib
 import json
 import os
@@ -43,6 +44,7 @@ import struct
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import anyio
 from cryptography.exceptions import InvalidSignature
@@ -54,7 +56,7 @@ from cryptography.hazmat.primitives.serialization import (
     PublicFormat,
 )
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
@@ -178,6 +180,18 @@ def load_cosigner(path: Path, name: str) -> Cosigner:
     return Cosigner(name, parse_private_key(read_key_file(path), str(path)))
 
 
+def hold_exclusively(path: Path) -> IO[bytes]:
+    """``path`` opened and locked (``flock``) for as long as it stays open; OSError naming the
+    other process's hold when one has it."""
+    f = path.open("rb")
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        raise OSError("another witness process is serving with this key; stop it first") from None
+    return f
+
+
 # --- the witness --------------------------------------------------------------------------------
 
 
@@ -229,11 +243,37 @@ class WitnessState:
             self.logs = {o: (int(v["size"]), base64.b64decode(v["root"])) for o, v in data.items()}
             self.notes = {o: str(v["note"]) for o, v in data.items() if v.get("note")}
 
-    def save(self) -> None:
-        """Write the file (synced, then renamed into place)."""
+    def check(self, cosigner: Cosigner) -> None:
+        """ValueError unless each log's size and root are those of the note kept with them, and
+        that note carries this witness's valid cosignature: an edited size or root (say, put
+        back to let a fork through) is refused at start, not served from."""
+        verifier = CosignatureVerifier.from_vkey(cosigner.vkey)
+        for origin, (size, root) in self.logs.items():
+            note = self.notes.get(origin)
+            if note is None:  # a state file written before the notes were kept
+                log.warning("witness_state_unverified", origin=origin, size=size)
+                continue
+            try:
+                cp = Checkpoint.parse(split_note(note)[0])
+                stamped = verifier.timestamp(note)
+            except InvalidNote as e:
+                raise ValueError(f"the checkpoint kept for {origin!r} is not valid: {e}") from None
+            if (cp.origin, cp.size, cp.root) != (origin, size, root) or stamped is None:
+                raise ValueError(
+                    f"the size or root of {origin!r} ({size}) is not that of the checkpoint kept with it,"
+                    " cosigned by this witness's key: the file was edited"
+                )
+
+    def save(
+        self, logs: dict[str, tuple[int, bytes]] | None = None, notes: dict[str, str] | None = None
+    ) -> None:
+        """Write the file (synced, renamed into place, and the rename synced), with ``logs`` and
+        ``notes`` when given, which become the state only once they are on disk."""
+        logs = self.logs if logs is None else logs
+        notes = self.notes if notes is None else notes
         data = {
-            o: {"size": s, "root": b64(r), **({"note": self.notes[o]} if o in self.notes else {})}
-            for o, (s, r) in sorted(self.logs.items())
+            o: {"size": s, "root": b64(r), **({"note": notes[o]} if o in notes else {})}
+            for o, (s, r) in sorted(logs.items())
         }
         tmp = self.path.with_name(f".{self.path.name}.tmp")
         with tmp.open("w", encoding="utf-8") as f:
@@ -241,6 +281,15 @@ class WitnessState:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.path)
+        # The rename is on disk only once the folder is: without this, a power cut after the
+        # answer could bring back the previous file, and the witness cosign a fork of what it
+        # had just cosigned.
+        fd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self.logs, self.notes = logs, notes
 
 
 class Witness:
@@ -287,9 +336,18 @@ class Witness:
             if not held_size and proof:
                 raise Refused(422, "the consistency proof from size 0 must be empty")
             line = self.cosigner.cosign(text)
-            self.state.logs[cp.origin] = (cp.size, cp.root)
-            self.state.notes[cp.origin] = f"{text}\n{''.join(log_lines)}{line}"
-            await anyio.to_thread.run_sync(self.state.save)
+            # The state takes the checkpoint only once it is on disk: set before, a failed save
+            # (a full disk) left it served to monitors with the cosignature, which a restart
+            # then forgot, and the witness could cosign a fork of it.
+            logs = {**self.state.logs, cp.origin: (cp.size, cp.root)}
+            notes = {**self.state.notes, cp.origin: f"{text}\n{''.join(log_lines)}{line}"}
+            try:
+                await anyio.to_thread.run_sync(self.state.save, logs, notes)
+            except OSError as e:
+                log.error("witness_state_not_saved", origin=cp.origin, size=cp.size, error=str(e))
+                raise Refused(
+                    503, "the witness could not record the checkpoint; nothing was cosigned"
+                ) from None
             log.info("witness_cosigned", origin=cp.origin, size=cp.size)
             return line
 
@@ -349,6 +407,11 @@ def witness_app(witness: Witness) -> Starlette:
     async def add_checkpoint(request: Request) -> Response:
         try:
             line = await witness.add_checkpoint(await _bounded_body(request))
+        except ClientDisconnect:
+            # The client left (or the server's deadline closed it) before its body was whole:
+            # nothing was done. Uncaught, each was an ERROR with a traceback, at anyone's will.
+            log.info("witness_request_incomplete")
+            return PlainTextResponse("the request's body did not arrive whole; nothing was done\n", 400)
         except Refused as e:
             # The media type exactly as given: clients compare text/x.tlog.size as a whole
             # string, and Starlette would add "; charset=utf-8" to a text/ type.
