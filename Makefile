@@ -45,6 +45,11 @@ system:
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq sqlite3) \
 		|| echo "warning: could not install sqlite3; a storage-fault test will fail"; \
 	fi
+	@# The durability tests (tests/integrity/test_witness.py) watch a process's fsyncs with strace.
+	@if ! command -v strace >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq strace) \
+		|| echo "warning: could not install strace; the fsync tests will be skipped"; \
+	fi
 	@# The clock tests (tests/publication/test_clock.py) run the daemon under libfaketime.
 	@if ! ls /usr/lib/*/faketime/libfaketime.so.1 >/dev/null 2>&1; then \
 		if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \

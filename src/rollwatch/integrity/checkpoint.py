@@ -388,3 +388,11 @@ def write_file_atomically(path: Path, text: str) -> None:
         with contextlib.suppress(OSError):
             os.unlink(name)
         raise
+    # The rename made durable too: without the folder's fsync, a power cut could bring the old
+    # file back (the last checkpoint this node signed or saw cosigned, against which a log put
+    # back from an older copy is caught).
+    folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
