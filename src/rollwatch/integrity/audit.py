@@ -54,7 +54,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -353,11 +352,13 @@ def _load_keep(path: Path) -> dict[str, Any] | None:
 
 
 def _save_keep(path: Path, key: str, note: str, items: dict[str, dict[str, Any]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    # Whole or not at all, and durable (the file is the auditor's anchor: one emptied by a power
+    # cut after an unsynced write, then thrown away, would trust the next checkpoint served on
+    # first use); through a new file of our own making, not a name known beforehand.
+    from rollwatch.integrity.checkpoint import write_file_atomically
+
     body = {"key": key, "checkpoint": note, "items": items}
-    tmp.write_text(json.dumps(body, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_file_atomically(path, json.dumps(body, indent=1, sort_keys=True) + "\n")
 
 
 async def audit(
