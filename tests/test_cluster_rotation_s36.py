@@ -15,7 +15,9 @@ What did not (both failed before session 36's fixes):
   one) was told the log was tampered with (ERROR ``log_tampered``, exit 1) instead of
   exit 2 ``checkpoint_key_mismatch``, as a node with another key is on a log with no rotation;
 * the node left leading with the retired key, which reads its key file before each
-  checkpoint, stopped (exit 2) when it read the file while the new key was being copied in.
+  checkpoint, stopped (exit 2) when it read the file while the new key was being copied in;
+* a rotation run with a non-leader's configuration left the leader, holding the retired key,
+  leading and signing nothing, and the node holding the new key never came to lead.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
+from rollwatch.errors import InvalidNote
 from rollwatch.integrity.checkpoint import NoteVerifier
 from tests.helpers import rollwatch
 from tests.test_cluster import ENV, FAST_LEASE, Cluster, cluster, exited
@@ -251,3 +254,60 @@ async def test_a_key_file_read_mid_copy_leaves_the_retired_leader_running(tmp_pa
         await c.health(other, lambda r: r.status_code == 200, 60)
         assert await c.stop(other) == 0
     assert "Traceback" not in c.logs[other].read_text()
+
+
+async def test_a_leader_left_with_the_retired_key_steps_down_for_the_node_holding_the_new_one(
+    tmp_path: Path,
+) -> None:
+    """The operator runs `key rotate` with the configuration of the node that does NOT lead:
+    that node's key file holds the new key, the leader's still the retired one. The leader
+    gives up the checkpoints' leadership (INFO ``checkpoint_leadership_released``) and the
+    other node takes it and signs with the new key; nothing after the rotation verifies
+    with the old key. The stepped-down node's /healthz says what it waits for, without
+    503 while the other signs. Given the new key (the file copied), it competes again: the
+    new leader killed, it signs with the new key. Before, the leader kept the leadership
+    and signed nothing (503 "signs with a retired one") until it was given the new key."""
+    keys = key_files(tmp_path)
+    edit = own_key_and_fast_watches(tmp_path, keys)
+    async with cluster(tmp_path, delay=0.05, cluster=FAST_LEASE, edit=edit) as c:
+        [first, *_] = await c.until(60, "CheckpointSigned")
+        leader = str(first["node"])
+        other = "node-b" if leader == "node-a" else "node-a"
+        old, new, rot_seq = await rotate(c, other)
+        assert (await c.cli(leader, "schedules", "trigger", "fake-often")).returncode == 0
+        after = await c.until(
+            20, "CheckpointSigned", enough=lambda evs: any(e["size"] > rot_seq for e in evs)
+        )
+        late = [e for e in after if e["size"] > rot_seq]
+        assert {e["node"] for e in late} == {other}, late
+        assert "checkpoint_leadership_released" in c.logs[leader].read_text()
+
+        def standby(r: httpx.Response) -> bool:
+            return r.status_code == 200 and "standby" in r.json()
+
+        await c.health(leader, standby, timeout=10)
+
+        # Given the new key, the old leader competes again: the new leader gone, it signs.
+        keys[leader].write_bytes(keys[other].read_bytes())
+        await c.health(leader, lambda r: r.status_code == 200 and "standby" not in r.json(), timeout=10)
+        c.kill(other)
+        signed = max(e["size"] for e in await c.events("CheckpointSigned"))
+        assert (await c.cli(leader, "schedules", "trigger", "fake-often")).returncode == 0
+        cps = await c.until(
+            20,
+            "CheckpointSigned",
+            enough=lambda evs: any(e["node"] == leader and e["size"] > signed for e in evs),
+        )
+        await c.health(leader, lambda r: r.status_code == 200, timeout=10)
+        assert await c.stop(leader) == 0
+
+    for cp in cps:
+        if cp["size"] >= rot_seq:
+            NoteVerifier.from_vkey(new).open_checkpoint(cp["note"])
+            with pytest.raises(InvalidNote):
+                NoteVerifier.from_vkey(old).open_checkpoint(cp["note"])
+        else:
+            NoteVerifier.from_vkey(old).open_checkpoint(cp["note"])
+    log = c.logs[leader].read_text()
+    assert "log_tampered" not in log
+    assert "Traceback" not in log

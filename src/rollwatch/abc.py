@@ -277,6 +277,11 @@ class EventStore(ABC):
         task_status.started()
         await body()
 
+    async def led(self, name: str) -> bool:
+        """Whether some process leads ``name`` now (see :meth:`lead`): a shared store asks the
+        database; a store one machine owns has no other process to ask about (False)."""
+        return False
+
     @abstractmethod
     def work_board(self, owner: str, lease: float) -> WorkBoard:
         """The board on which the processes driving a run share its rollouts.

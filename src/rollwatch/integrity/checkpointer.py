@@ -59,6 +59,17 @@ STREAM = CHECKPOINT_STREAM
 """The log stream that holds the CheckpointSigned events."""
 
 
+class KeyRetired(Exception):
+    """Raised by a checkpointer told to ``step_down``: the log retired its key (and its key file
+    does not hold the one in force), so it cannot sign; the leader of a shared log gives up
+    the "checkpoints" leadership for a node that holds the key in force."""
+
+    def __init__(self, key: str, in_force: str) -> None:
+        super().__init__(f"the log rotated from key {key} to {in_force}")
+        self.key = key
+        self.in_force = in_force
+
+
 async def record_differs(
     store: EventStore, tree: MerkleTree, seq: int, recorded: tuple[int, str, str]
 ) -> IntegrityError | None:
@@ -102,8 +113,11 @@ class Checkpointer:
         reload: Callable[[], Awaitable[NoteSigner | None]] | None = None,
         promote: Callable[[], None] | None = None,
         on_trusted: Callable[[Checkpoint], None] | None = None,
+        step_down: bool = False,
     ) -> None:
         self.node = node
+        self.step_down = step_down
+        """Raise :class:`KeyRetired` instead of staying retired (a leader of a shared log)."""
         self.on_trusted = on_trusted
         """Told each checkpoint this process signed, or found signed by a key of the log's
         chain (its signature verified): a tree head no file edit can move."""
@@ -207,6 +221,8 @@ class Checkpointer:
             # instead of landing after a larger one.
             version = await self.store.stream_version(STREAM)
             self.retired = not await self._key_in_force()
+            if self.retired and self.step_down and self.ring is not None and self.ring.current is not None:
+                raise KeyRetired(self.signer.vkey, self.ring.current.vkey)
             if self.retired:
                 if self.health is not None:
                     self.health.stall(
@@ -414,13 +430,15 @@ async def checkpointer(
     reload: Callable[[], Awaitable[NoteSigner | None]] | None = None,
     promote: Callable[[], None] | None = None,
     on_trusted: Callable[[Checkpoint], None] | None = None,
+    step_down: bool = False,
     task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """The checkpointer task: sign at start, every N events or T seconds, and once more at ``stop``.
 
     Set ``stop`` once nothing else will append (after the runs have ended): the task
     then signs a final checkpoint and returns. Raises :class:`IntegrityError` when
-    the log is inconsistent with a checkpoint signed before (nothing is signed).
+    the log is inconsistent with a checkpoint signed before (nothing is signed), and,
+    with ``step_down``, :class:`KeyRetired` once the log retired the key it signs with.
     """
     cp = Checkpointer(
         store,
@@ -434,6 +452,7 @@ async def checkpointer(
         reload=reload,
         promote=promote,
         on_trusted=on_trusted,
+        step_down=step_down,
     )
     await cp.checkpoint()
     task_status.started()

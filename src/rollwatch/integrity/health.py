@@ -59,6 +59,9 @@ class Health:
     run checks nothing, so whatever it would have found stays unseen meanwhile, and the
     operator must hear of it rather than read ``ok`` (someone who moved a file the scrub
     needs, or stopped its process, stopped every later check)."""
+    standby: str | None = None
+    """What a node of a shared log that gave up signing waits for (its key retired by a
+    rotation) while another node signs: ``/healthz`` says it, not degraded."""
 
     @property
     def ok(self) -> bool:
@@ -127,6 +130,8 @@ class Health:
                 out["status"] = "degraded"
             reasons = out.get("reasons")
             out["reasons"] = [*(reasons if isinstance(reasons, list) else []), *degraded]
+        if self.standby is not None:
+            out["standby"] = self.standby
         if self.witness is not None:
             witness = self.witness()
             out["witness"] = witness if operator else _witness_public(witness)

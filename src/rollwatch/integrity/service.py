@@ -29,7 +29,7 @@ from rollwatch.errors import (
 )
 from rollwatch.events import CHECKPOINT_STREAM, Recorded
 from rollwatch.integrity.checkpoint import Checkpoint, NoteSigner
-from rollwatch.integrity.checkpointer import check_shared_key, checkpointer, final_checkpoint
+from rollwatch.integrity.checkpointer import KeyRetired, check_shared_key, checkpointer, final_checkpoint
 from rollwatch.integrity.health import Health
 from rollwatch.integrity.identity import ORIGIN_FILE, resolve_origin, set_aside_foreign_state
 from rollwatch.integrity.keys import credential_path, load_signer, promote_key
@@ -264,11 +264,11 @@ class Integrity:
         # Failures leave through here as themselves, not wrapped in an ExceptionGroup:
         # the daemon reports an IntegrityError as such. The worker catches up first; a
         # log that no longer continues the tree fails before anything is reported started.
+        # The signer given at each call: the one in force (see :meth:`reload_signer`).
         sign = functools.partial(
             checkpointer,
             self.store,
             self.tree,
-            self.signer,
             every_events=self.config.checkpoint_every,
             interval=self.config.checkpoint_interval,
             stop=stop,
@@ -317,11 +317,17 @@ class Integrity:
                         # Every node keeps its tree (for proofs); one signs at a time, the
                         # leader of "checkpoints", so the log has one series of checkpoints.
                         report_started()
-                        await self.store.lead(
-                            "checkpoints", self._signing_while_leading(sign), stop, lease=self.lease
-                        )
+                        while not stop.is_set():
+                            body = self._signing_while_leading(
+                                functools.partial(sign, self.signer, step_down=True)
+                            )
+                            await self.store.lead("checkpoints", body, stop, lease=self.lease)
+                            if not body.stepped_down:
+                                break
+                            # Our key retired: another node, given the key in force, signs.
+                            await self._until_key_in_force(stop)
                     else:
-                        await sign(task_status=_Started())
+                        await sign(self.signer, task_status=_Started())
                 except Exception as e:
                     await fail_with(e, "checkpointer")
                 else:
@@ -378,20 +384,54 @@ class Integrity:
             log.warning("scrub_failed", error=str(e))
         return None
 
-    def _signing_while_leading(self, sign: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
+    def _signing_while_leading(self, sign: Callable[[], Awaitable[None]]) -> _LeaderBody:
         """``sign`` as the body of the "checkpoints" leadership on a shared log: once it ends
         (the leadership lost or handed on), this node no longer signs, so what its signer
         could not sign is no longer its to say. A node that lost the lead while its signer
         was failing (the database down a few seconds) kept saying "no checkpoint can be
-        signed" in /healthz for as long as it ran, while the new leader signed."""
+        signed" in /healthz for as long as it ran, while the new leader signed.
 
-        async def body() -> None:
+        A signer whose key the log retired (:class:`KeyRetired`) ends the body, which hands
+        the leadership on (``stepped_down``): a leader left with the retired key kept it and
+        signed nothing, while a node given the new key never came to lead."""
+        return _LeaderBody(sign, self.health)
+
+    async def _until_key_in_force(self, stop: anyio.Event) -> None:
+        """Wait, after stepping down, until the key file holds the key the log has in force (or
+        ``stop``). Meanwhile /healthz says what this node waits for: degraded only while no
+        node leads the checkpoints (then the log goes unsigned)."""
+        every = min(self.config.checkpoint_interval, _STANDBY_POLL_S)
+        while not stop.is_set():
             try:
-                await sign()
-            finally:
-                self.health.resume("signer")
+                if await self._holds_key_in_force():
+                    log.info("checkpoint_leadership_sought", key=self.signer.vkey)
+                    self.health.standby = None
+                    self.health.resume("signer")
+                    return
+                if await self.store.led("checkpoints"):
+                    self.health.resume("signer")
+                    self.health.standby = _STANDBY
+                else:
+                    self.health.standby = None
+                    self.health.stall(
+                        "signer", f"{_RETIRED}, and no node holding the key in force leads ({_GIVE})"
+                    )
+            except (StoreError, OSError) as e:
+                log.warning("checkpoint_key_check_failed", error=str(e), retry_in_s=every)
+            with anyio.move_on_after(every):
+                await stop.wait()
+        self.health.standby = None
 
-        return body
+    async def _holds_key_in_force(self) -> bool:
+        """Whether this node's signer (or its key file, read again) holds the key in force."""
+        from rollwatch.integrity.rotation import KeyRing
+
+        ring = await KeyRing.load(self.store, self.signer.verifier(), self.config.origin or self.signer.name)
+        current = ring.current
+        if current is None or current.vkey == self.signer.vkey:
+            return True
+        signer = await self.reload_signer()
+        return signer is not None and signer.vkey == current.vkey
 
     async def _scrub_at_start(self) -> None:
         try:
@@ -433,6 +473,45 @@ class Integrity:
         return await final_checkpoint(
             self.store, self.tree, self.signer, origin=self.config.origin, witness=self.witness
         )
+
+
+_STANDBY_POLL_S = 5.0
+"""Seconds between reads of the key file by a node that stepped down (at most)."""
+
+_RETIRED = (
+    "no checkpoint can be signed: the log rotated to another key, and this service signs with a retired one"
+)
+
+_GIVE = "give this node the new key: it takes it without a restart"
+
+_STANDBY = (
+    "not signing: the log rotated to another key and this node holds a retired one; another node"
+    " leads the checkpoints, and this one competes again once its key file holds the key in force"
+)
+
+
+class _LeaderBody:
+    """The body of the "checkpoints" leadership (see :meth:`Integrity._signing_while_leading`)."""
+
+    def __init__(self, sign: Callable[[], Awaitable[None]], health: Health) -> None:
+        self.sign = sign
+        self.health = health
+        self.stepped_down = False
+
+    async def __call__(self) -> None:
+        try:
+            await self.sign()
+        except KeyRetired as e:
+            self.stepped_down = True
+            log.warning(
+                "checkpoint_leadership_released",
+                key=e.key,
+                in_force=e.in_force,
+                reason="the log retired this node's key; a node holding the key in force signs",
+                next="competes again once the key file holds the key in force",
+            )
+        finally:
+            self.health.resume("signer")
 
 
 @asynccontextmanager

@@ -902,9 +902,7 @@ class PostgresEventStore(EventStore):
         # Never under 5 s: a busy node (its cores scoring) may miss a beat of a second or two.
         idle = max(lease, _LEADER_IDLE_MIN)
         beat = min(2.0, idle / 3)
-        key = int.from_bytes(
-            hashlib.sha256(f"rollwatch-leader:{name}".encode()).digest()[:8], "big", signed=True
-        )
+        key = _leader_key(name)
         while not stop.is_set():
             conn: asyncpg.Connection | None = None
             lost = False
@@ -957,6 +955,20 @@ class PostgresEventStore(EventStore):
                     with anyio.CancelScope(shield=True):
                         await conn.close(timeout=self._connect_timeout)
 
+    async def led(self, name: str) -> bool:
+        async def held(conn: asyncpg.Connection) -> bool:
+            classid, objid = _Leadership(name, _leader_key(name), 0).lock_ids
+            return bool(
+                await conn.fetchval(
+                    "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted"
+                    " AND objsubid = 1 AND classid::bigint = $1 AND objid::bigint = $2)",
+                    classid,
+                    objid,
+                )
+            )
+
+        return await self._with_conn(held)
+
     _idle_timeout_unsupported = False
 
     async def _idle_timeout(self, conn: asyncpg.Connection, lease: float) -> None:
@@ -993,6 +1005,13 @@ class PostgresEventStore(EventStore):
             )
         if bad is not None:
             raise IntegrityError(bad, "its stream version does not follow the order of the log")
+
+
+def _leader_key(name: str) -> int:
+    """The advisory lock of the leadership of ``name``."""
+    return int.from_bytes(
+        hashlib.sha256(f"rollwatch-leader:{name}".encode()).digest()[:8], "big", signed=True
+    )
 
 
 _LEADER_IDLE_MIN = 5.0
