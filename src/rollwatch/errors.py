@@ -18,6 +18,7 @@
     ├── SandboxError                the sandbox could not run (not: the code failed)
     │   └── IsolationUnavailable    namespace isolation is required but missing
     ├── ProviderError               a provider call failed; carries kind/status/retryable
+    ├── KeyRetired                  a shared log's checkpoint leader holds a key the log retired
     ├── InvalidProof                a Merkle proof is malformed or names sizes that do not exist
     ├── InvalidNote                 a signed note or checkpoint is malformed or badly signed
     ├── UnfitFile                   a key, origin or witness file is no regular file or too large (also a ValueError)
@@ -206,6 +207,17 @@ class ProviderError(RollwatchError):
         self.generated = generated
         self.message = message
         super().__init__(f"{kind}" + (f" (HTTP {status})" if status else "") + f": {message}")
+
+
+class KeyRetired(RollwatchError):
+    """Raised by a checkpointer told to ``step_down``: the log retired its key (and its key file
+    does not hold the one in force), so it cannot sign; the leader of a shared log gives up
+    the "checkpoints" leadership for a node that holds the key in force."""
+
+    def __init__(self, key: str, in_force: str) -> None:
+        super().__init__(f"the log rotated from key {key} to {in_force}")
+        self.key = key
+        self.in_force = in_force
 
 
 class InvalidProof(RollwatchError):

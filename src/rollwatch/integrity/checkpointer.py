@@ -32,6 +32,7 @@ from rollwatch.errors import (
     ForeignCheckpointKey,
     IntegrityError,
     InvalidNote,
+    KeyRetired,
     NotLeading,
     StoreError,
 )
@@ -57,17 +58,6 @@ _RETRY_S = 5.0
 
 STREAM = CHECKPOINT_STREAM
 """The log stream that holds the CheckpointSigned events."""
-
-
-class KeyRetired(Exception):
-    """Raised by a checkpointer told to ``step_down``: the log retired its key (and its key file
-    does not hold the one in force), so it cannot sign; the leader of a shared log gives up
-    the "checkpoints" leadership for a node that holds the key in force."""
-
-    def __init__(self, key: str, in_force: str) -> None:
-        super().__init__(f"the log rotated from key {key} to {in_force}")
-        self.key = key
-        self.in_force = in_force
 
 
 async def record_differs(

@@ -24,12 +24,13 @@ from rollwatch.errors import (
     ConfigError,
     ForeignCheckpointKey,
     IntegrityError,
+    KeyRetired,
     MissingCheckpointKey,
     StoreError,
 )
 from rollwatch.events import CHECKPOINT_STREAM, Recorded
 from rollwatch.integrity.checkpoint import Checkpoint, NoteSigner
-from rollwatch.integrity.checkpointer import KeyRetired, check_shared_key, checkpointer, final_checkpoint
+from rollwatch.integrity.checkpointer import check_shared_key, checkpointer, final_checkpoint
 from rollwatch.integrity.health import Health
 from rollwatch.integrity.identity import ORIGIN_FILE, resolve_origin, set_aside_foreign_state
 from rollwatch.integrity.keys import credential_path, load_signer, promote_key
