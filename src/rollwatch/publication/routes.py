@@ -84,6 +84,8 @@ if TYPE_CHECKING:
 
 log = get_logger(__name__)
 
+_PRIME_S = 10.0
+"""Seconds the daemon gives the public view's warm-up before daemon_ready (:meth:`PublicationAPI.prime_public`)."""
 _VIEW_TTL = 10.0  # seconds a rendered public view is reused (it only grows with time)
 _RELEASE_STATE_SQL = (
     "SELECT (SELECT coalesce(max(released_seq), 0) FROM public_rollouts WHERE released_seq IS NOT NULL),"
@@ -500,10 +502,15 @@ class PublicationAPI:
         a million events); proven once, an event is compared with its proven leaf after."""
         try:
             t = time.perf_counter()
-            v = await self.view()
-            if self.proofs is not None:  # the JSON feed's proofs, kept until the next checkpoint
-                await self.proofs.fields(v.recent)
+            # A warm-up only: a store that answers slowly (a database far away, a disk stalled)
+            # delays daemon_ready by this much at most, then the first request makes the view.
+            with anyio.fail_after(_PRIME_S):
+                v = await self.view()
+                if self.proofs is not None:  # the JSON feed's proofs, kept until the next checkpoint
+                    await self.proofs.fields(v.recent)
             log.info("public_primed", took_s=round(time.perf_counter() - t, 3))
+        except TimeoutError:
+            log.warning("public_not_primed", error=f"not made within {_PRIME_S:g} s")
         except (sqlite3.OperationalError, ServiceUnavailable) as e:
             log.warning("public_not_primed", error=str(e))
         except Exception as e:  # a warm-up only: the first request makes the view (or says why not)
