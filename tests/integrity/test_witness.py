@@ -890,14 +890,18 @@ class TestWitnessUnderAttack:
             same_size = submission(4, [], signer.sign_checkpoint(Checkpoint(ORIGIN, 4, _tree_root(fork))))
             assert httpx.post(w.url + "/add-checkpoint", content=same_size, timeout=20).status_code == 422
 
-            (home / ".witness-state.json.tmp").mkdir()  # the next save fails
+            state = home / "witness-state.json"
+            state.rename(home / "kept")  # a folder where the state goes: the next save fails
+            (state / "x").mkdir(parents=True)
             _, body = _grow(signer, leaves, _leaves("b", 4))
             r = httpx.post(w.url + "/add-checkpoint", content=body, timeout=20)
             assert r.status_code == 503, r.text
             assert "\u2014" not in r.text
             served = httpx.get(w.url + monitor, timeout=20).text
             assert served.startswith(f"{ORIGIN}\n4\n"), served
-            (home / ".witness-state.json.tmp").rmdir()
+            (state / "x").rmdir()
+            state.rmdir()
+            (home / "kept").rename(state)
             _, body = _grow(signer, leaves, _leaves("c", 4))  # the size stayed 4
             assert httpx.post(w.url + "/add-checkpoint", content=body, timeout=20).status_code == 200
         with witness_serve(tmp_path, "w", signer.vkey) as w:

@@ -61,7 +61,14 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from rollwatch.errors import InvalidNote, WitnessRefused
-from rollwatch.integrity.checkpoint import Checkpoint, NoteVerifier, b64, check_key_name, split_note
+from rollwatch.integrity.checkpoint import (
+    Checkpoint,
+    NoteVerifier,
+    b64,
+    check_key_name,
+    split_note,
+    write_file_atomically,
+)
 from rollwatch.integrity.keys import parse_private_key, read_key_file
 from rollwatch.integrity.merkle import EMPTY_ROOT, HASH_SIZE, verify_consistency
 from rollwatch.log import get_logger
@@ -275,20 +282,10 @@ class WitnessState:
             o: {"size": s, "root": b64(r), **({"note": notes[o]} if o in notes else {})}
             for o, (s, r) in sorted(logs.items())
         }
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        with tmp.open("w", encoding="utf-8") as f:
-            json.dump(data, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
-        # The rename is on disk only once the folder is: without this, a power cut after the
-        # answer could bring back the previous file, and the witness cosign a fork of what it
-        # had just cosigned.
-        fd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        # Through a new file of its own (synced, renamed, the folder synced): without the folder's
+        # fsync a power cut after the answer could bring back the previous file, and the witness
+        # cosign a fork of what it had just cosigned.
+        write_file_atomically(self.path, json.dumps(data, indent=1))
         self.logs, self.notes = logs, notes
 
 
